@@ -1,0 +1,309 @@
+"""UsageStore on ClickHouse through clickhouse-connect: the HTTP client in Lambda, the chdb backend embedded.
+
+Both run the same SQL (schema in `clickhouse_schema.py`). Every value from a request reaches ClickHouse as a
+bound parameter; the only identifiers in the SQL text are this module's own constants.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from billow import jsonx
+from billow.adapters.clickhouse_schema import MIGRATIONS
+from billow.domain.events import CloudEvent
+from billow.domain.usage import AggRow, GroupFilter, MeterValue, StoredEvent, UsageQuery
+
+_VALUE_COLUMNS = ["namespace", "meter_id", "subject", "time", "value", "value_str", "group_by", "source", "id"]
+_EVENT_COLUMNS = ["namespace", "source", "id", "type", "subject", "time", "data", "ingested_at", "validation_error"]
+
+_WINDOW_EXPR = {
+    None: "0",
+    "MINUTE": "toUnixTimestamp(t)",
+    "HOUR": "toUnixTimestamp(toStartOfHour(t, {tz:String}))",
+    "DAY": "toUnixTimestamp(toStartOfDay(t, {tz:String}))",
+    # toStartOfMonth gives a Date; turn it back into the local midnight of that date.
+    "MONTH": "toUnixTimestamp(toDateTime(toStartOfMonth(t, {tz:String}), {tz:String}))",
+}
+_AGG_EXPR = {
+    "SUM": "sum(s)", "COUNT": "sum(c)", "AVG": "sum(s), sum(c)", "MIN": "min(mn)", "MAX": "max(mx)",
+    "UNIQUE_COUNT": "uniqExactMerge(u)", "LATEST": "argMaxMerge(l)",
+}
+_FILTER_SQL = {
+    "$eq": "{col} = {p:String}", "$ne": "{col} != {p:String}",
+    "$in": "{col} IN {p:Array(String)}", "$nin": "{col} NOT IN {p:Array(String)}",
+    "$like": "like({col}, {p:String})", "$nlike": "NOT like({col}, {p:String})",
+    "$ilike": "ilike({col}, {p:String})", "$nilike": "NOT ilike({col}, {p:String})",
+    "$gt": "{col} > {p:String}", "$gte": "{col} >= {p:String}",
+    "$lt": "{col} < {p:String}", "$lte": "{col} <= {p:String}",
+}
+_MS = timedelta(milliseconds=1)
+_MINUTE = timedelta(minutes=1)
+
+
+def _floor_minute(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+def _ceil_minute(t: datetime) -> datetime:
+    f = _floor_minute(t)
+    return f if f == t else f + _MINUTE
+
+
+class ClickHouseUsageStore:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.RLock()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._client.query(sql, parameters=params).result_rows)
+
+    def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            self._client.command(sql, parameters=params or None)
+
+    def migrate(self) -> None:
+        """Apply the versioned migrations not yet recorded; re-running is a no-op."""
+        with self._lock:
+            self._command(
+                "CREATE TABLE IF NOT EXISTS billow_migrations (version UInt32, name String, "
+                "applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version"
+            )
+            done = {r[0] for r in self._query("SELECT version FROM billow_migrations", {})}
+            for version, name, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for stmt in statements:
+                    self._command(stmt)
+                self._client.insert("billow_migrations", [[version, name, datetime.now(UTC)]],
+                                    column_names=["version", "name", "applied_at"])
+
+    def ping(self) -> None:
+        self._query("SELECT 1", {})
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()
+
+    # -- writes ------------------------------------------------------------------------------------
+    def present_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        if not keys:
+            return set()
+        rows = self._query(
+            "SELECT source, id FROM events WHERE namespace = {ns:String} "
+            "AND (source, id) IN {keys:Array(Tuple(String, String))}",
+            {"ns": namespace, "keys": list(keys)},
+        )
+        return {(r[0], r[1]) for r in rows}
+
+    def valued_keys(self, namespace: str, meter_ids: Sequence[str], start: datetime, end: datetime,
+                    keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        if not keys or not meter_ids:
+            return set()
+        rows = self._query(
+            "SELECT DISTINCT source, id FROM meter_values WHERE namespace = {ns:String} "
+            "AND meter_id IN {mids:Array(String)} AND time >= {start:DateTime64(3, 'UTC')} "
+            "AND time <= {end:DateTime64(3, 'UTC')} AND (source, id) IN {keys:Array(Tuple(String, String))}",
+            {"ns": namespace, "mids": list(meter_ids), "start": start, "end": end, "keys": list(keys)},
+        )
+        return {(r[0], r[1]) for r in rows}
+
+    def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:
+        with self._lock:
+            if values:
+                self._client.insert("meter_values", [
+                    [namespace, v.meter_id, v.subject, v.time, v.value, v.value_str, v.group_by, v.source, v.event_id]
+                    for v in values
+                ], column_names=_VALUE_COLUMNS)
+            if events:
+                self._client.insert("events", [
+                    [namespace, s.event.source, s.event.id, s.event.type, s.event.subject, s.event.time,
+                     jsonx.dumps(s.event.data) if s.event.data is not None else "", s.ingested_at, s.validation_error]
+                    for s in events
+                ], column_names=_EVENT_COLUMNS)
+
+    # -- reads -------------------------------------------------------------------------------------
+    def aggregate(self, q: UsageQuery) -> list[AggRow]:
+        params: dict[str, Any] = {"ns": q.namespace, "mid": q.meter_id, "tz": q.window_tz}
+        where = ["namespace = {ns:String}", "meter_id = {mid:String}"]
+        if q.subjects is not None:
+            where.append("subject IN {subjects:Array(String)}")
+            params["subjects"] = q.subjects
+        if q.filters:
+            where.append(self._filters_sql(q.filters, params))
+        common = " AND ".join(where)
+
+        branches = []
+        start, end_excl = q.start, (q.end + _MS if q.end is not None else None)
+        full_from = _ceil_minute(start) if start is not None else None
+        full_to = _floor_minute(end_excl) if end_excl is not None else None
+        raw_select = (
+            "SELECT toDateTime(toStartOfMinute(time), 'UTC') AS t, subject, group_by, sum(toDecimal256(value, 18)) AS s, "
+            "count() AS c, min(value) AS mn, max(value) AS mx, uniqExactState(value_str) AS u, "
+            "argMaxState(value, time) AS l FROM meter_values WHERE " + common + " AND ({edges}) "
+            "GROUP BY t, subject, group_by"
+        )
+        if full_from is not None and full_to is not None and full_from >= full_to:
+            # The whole range lies within one or two partial minutes: raw values only.
+            params.update(r_from=start, r_to=end_excl)
+            branches.append(raw_select.format(edges="time >= {r_from:DateTime64(3, 'UTC')} AND time < {r_to:DateTime64(3, 'UTC')}"))
+        else:
+            roll_where = [common]
+            if full_from is not None:
+                roll_where.append("minute >= {f_from:DateTime('UTC')}")
+                params["f_from"] = full_from
+            if full_to is not None:
+                roll_where.append("minute < {f_to:DateTime('UTC')}")
+                params["f_to"] = full_to
+            branches.append(
+                "SELECT minute AS t, subject, group_by, sum_value AS s, cnt AS c, min_value AS mn, max_value AS mx, "
+                "uniq_state AS u, latest_state AS l FROM meter_rollup_1m WHERE " + " AND ".join(roll_where)
+            )
+            edges = []
+            if start is not None and full_from is not None and start < full_from:
+                edges.append("(time >= {e1_from:DateTime64(3, 'UTC')} AND time < {e1_to:DateTime64(3, 'UTC')})")
+                params.update(e1_from=start, e1_to=full_from)
+            if end_excl is not None and full_to is not None and full_to < end_excl:
+                edges.append("(time >= {e2_from:DateTime64(3, 'UTC')} AND time < {e2_to:DateTime64(3, 'UTC')})")
+                params.update(e2_from=full_to, e2_to=end_excl)
+            if edges:
+                branches.append(raw_select.format(edges=" OR ".join(edges)))
+
+        keys = ["w"]
+        select = [_WINDOW_EXPR[q.window_size] + " AS w"]
+        customers = q.subject_customers is not None
+        if q.by_subject:
+            select.append("subject")
+            keys.append("subject")
+        if customers:
+            assert q.subject_customers is not None
+            params["cs_subj"] = list(q.subject_customers.keys())
+            params["cs_cust"] = list(q.subject_customers.values())
+            select.append("transform(subject, {cs_subj:Array(String)}, {cs_cust:Array(String)}, '') AS customer_id")
+            keys.append("customer_id")
+        for i, k in enumerate(q.group_by):
+            params[f"gk{i}"] = k
+            select.append(f"group_by[{{gk{i}:String}}] AS g{i}")
+            keys.append(f"g{i}")
+        select.append(_AGG_EXPR[q.aggregation])
+        select.append("min(t), max(t)")
+        sql = (
+            "SELECT " + ", ".join(select) + " FROM (" + " UNION ALL ".join(branches) + ") "
+            "GROUP BY " + ", ".join(keys) + " ORDER BY " + ", ".join(keys)
+        )
+        rows = self._query(sql, params)
+        out = []
+        for r in rows:
+            i = 1
+            subject = customer = None
+            if q.by_subject:
+                subject = r[i]
+                i += 1
+            if customers:
+                customer = r[i] or None
+                i += 1
+            groups = {k: r[i + n] for n, k in enumerate(q.group_by)}
+            i += len(q.group_by)
+            row = AggRow(
+                window_start=datetime.fromtimestamp(r[0], UTC) if q.window_size else None,
+                subject=subject, customer_id=customer, groups=groups,
+                sum=Decimal(0), count=0, min=None, max=None, uniq=0, latest=None,
+            )
+            agg = q.aggregation
+            if agg == "SUM":
+                row.sum = r[i]
+            elif agg == "COUNT":
+                row.count = int(r[i])
+            elif agg == "AVG":
+                row.sum, row.count = r[i], int(r[i + 1])
+                i += 1
+            elif agg == "MIN":
+                row.min = r[i]
+            elif agg == "MAX":
+                row.max = r[i]
+            elif agg == "UNIQUE_COUNT":
+                row.uniq = int(r[i])
+            elif agg == "LATEST":
+                row.latest = r[i]
+            row.first_time = _utc(r[i + 1])
+            row.last_time = _utc(r[i + 2]) + _MINUTE
+            out.append(row)
+        return out
+
+    @staticmethod
+    def _filters_sql(filters: list[list[GroupFilter]], params: dict[str, Any]) -> str:
+        ors = []
+        for a, conj in enumerate(filters):
+            ands = []
+            for b, f in enumerate(conj):
+                kp, vp = f"fk{a}_{b}", f"fv{a}_{b}"
+                params[kp], params[vp] = f.key, f.value
+                col = "subject" if f.key == "subject" else "group_by[{" + kp + ":String}]"
+                ands.append(_FILTER_SQL[f.op].replace("{col}", col).replace("{p:", "{" + vp + ":"))
+            ors.append("(" + " AND ".join(ands) + ")")
+        return "(" + " OR ".join(ors) + ")"
+
+    def scan_events(self, namespace: str, event_type: str, after: tuple[str, str] | None, limit: int) -> list[CloudEvent]:
+        params: dict[str, Any] = {"ns": namespace, "type": event_type, "limit": limit}
+        cond = ""
+        if after is not None:
+            cond = " AND (source, id) > ({as:String}, {ai:String})"
+            params.update({"as": after[0], "ai": after[1]})
+        rows = self._query(
+            "SELECT source, id, type, subject, time, data FROM events FINAL WHERE namespace = {ns:String} "
+            "AND type = {type:String}" + cond + " ORDER BY source, id LIMIT {limit:UInt32}", params)
+        return [_row_event(r) for r in rows]
+
+    def list_events(self, namespace: str, *, subjects: Sequence[str] | None, start: datetime | None,
+                    end: datetime | None, event_id: str | None, limit: int) -> list[StoredEvent]:
+        params: dict[str, Any] = {"ns": namespace, "limit": limit}
+        where = ["namespace = {ns:String}"]
+        if subjects:
+            where.append("subject IN {subjects:Array(String)}")
+            params["subjects"] = list(subjects)
+        if start is not None:
+            where.append("time >= {start:DateTime64(3, 'UTC')}")
+            params["start"] = start
+        if end is not None:
+            where.append("time <= {end:DateTime64(3, 'UTC')}")
+            params["end"] = end
+        if event_id is not None:
+            where.append("position(id, {eid:String}) > 0")
+            params["eid"] = event_id
+        rows = self._query(
+            "SELECT source, id, type, subject, time, data, ingested_at, validation_error FROM events FINAL WHERE "
+            + " AND ".join(where) + " ORDER BY time DESC, source, id LIMIT {limit:UInt32}", params)
+        return [StoredEvent(_row_event(r), _utc(r[6]), r[7]) for r in rows]
+
+    def subjects(self, namespace: str, meter_id: str, start: datetime | None, end: datetime | None) -> list[str]:
+        params: dict[str, Any] = {"ns": namespace, "mid": meter_id}
+        where = ["namespace = {ns:String}", "meter_id = {mid:String}"]
+        if start is not None:
+            where.append("time >= {start:DateTime64(3, 'UTC')}")
+            params["start"] = start
+        if end is not None:
+            where.append("time <= {end:DateTime64(3, 'UTC')}")
+            params["end"] = end
+        rows = self._query("SELECT DISTINCT subject FROM meter_values WHERE " + " AND ".join(where) + " ORDER BY subject", params)
+        return [r[0] for r in rows]
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _row_event(r: tuple[Any, ...]) -> CloudEvent:
+    return CloudEvent(id=r[1], source=r[0], type=r[2], subject=r[3], time=_utc(r[4]),
+                      data=jsonx.loads(r[5]) if r[5] else None)
+
+
+def connect(dsn: str) -> Any:
+    """A clickhouse-connect client: `chdb:///path` for the embedded engine, or an http(s):// URL."""
+    import clickhouse_connect
+
+    return clickhouse_connect.get_client(dsn=dsn)

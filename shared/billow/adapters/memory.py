@@ -1,0 +1,135 @@
+"""In-memory twin of the UsageStore for unit tests. The adapter contract suite runs it beside chdb so the
+two cannot drift: same dedup ledger, same windows, same filters, same exact sums."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from billow.domain.events import CloudEvent
+from billow.domain.usage import AggRow, GroupFilter, MeterValue, StoredEvent, UsageQuery
+from billow.exact import exact_sum
+from billow.timeutil import window_start, zone
+
+
+def _like(pattern: str, value: str, ci: bool) -> bool:
+    # SQL LIKE: % any run, _ one character, backslash escapes.
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+        i += 1
+    return re.fullmatch("".join(out), value, re.S | (re.I if ci else 0)) is not None
+
+
+_OPS = {
+    "$eq": lambda v, p: v == p, "$ne": lambda v, p: v != p,
+    "$in": lambda v, p: v in p, "$nin": lambda v, p: v not in p,
+    "$like": lambda v, p: _like(p, v, False), "$nlike": lambda v, p: not _like(p, v, False),
+    "$ilike": lambda v, p: _like(p, v, True), "$nilike": lambda v, p: not _like(p, v, True),
+    "$gt": lambda v, p: v.encode() > p.encode(), "$gte": lambda v, p: v.encode() >= p.encode(),
+    "$lt": lambda v, p: v.encode() < p.encode(), "$lte": lambda v, p: v.encode() <= p.encode(),
+}
+
+
+def matches(filters: list[list[GroupFilter]], subject: str, groups: dict[str, str]) -> bool:
+    if not filters:
+        return True
+    return any(
+        all(_OPS[f.op](subject if f.key == "subject" else groups.get(f.key, ""), f.value) for f in conj)
+        for conj in filters
+    )
+
+
+class InMemoryUsageStore:
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str, str], StoredEvent] = {}
+        self._values: list[tuple[str, MeterValue]] = []
+        self._lock = threading.Lock()
+
+    def migrate(self) -> None:
+        return None
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def present_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        return {k for k in keys if (namespace, *k) in self._events}
+
+    def valued_keys(self, namespace: str, meter_ids: Sequence[str], start: datetime, end: datetime,
+                    keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        wanted, mids = set(keys), set(meter_ids)
+        return {(v.source, v.event_id) for ns, v in self._values
+                if ns == namespace and v.meter_id in mids and start <= v.time <= end and (v.source, v.event_id) in wanted}
+
+    def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:
+        with self._lock:
+            self._values.extend((namespace, v) for v in values)
+            for s in events:
+                self._events[(namespace, s.event.source, s.event.id)] = s
+
+    def aggregate(self, q: UsageQuery) -> list[AggRow]:
+        tz = zone(q.window_tz)
+        buckets: dict[tuple[Any, ...], list[MeterValue]] = {}
+        customers = q.subject_customers
+        for ns, v in self._values:
+            if ns != q.namespace or v.meter_id != q.meter_id:
+                continue
+            if q.start is not None and v.time < q.start or q.end is not None and v.time > q.end:
+                continue
+            if q.subjects is not None and v.subject not in q.subjects:
+                continue
+            if not matches(q.filters, v.subject, v.group_by):
+                continue
+            w = window_start(v.time, q.window_size, tz) if q.window_size else None
+            key = (
+                w,
+                v.subject if q.by_subject else None,
+                customers.get(v.subject, "") if customers is not None else None,
+                tuple(v.group_by.get(k, "") for k in q.group_by),
+            )
+            buckets.setdefault(key, []).append(v)
+        out = []
+        for key in sorted(buckets, key=lambda k: (k[0] or datetime.min.replace(tzinfo=UTC), k[1] or "", k[2] or "", k[3])):
+            vals = buckets[key]
+            latest = max(vals, key=lambda v: v.time)
+            minutes = [v.time.replace(second=0, microsecond=0) for v in vals]
+            out.append(AggRow(
+                window_start=key[0], subject=key[1], customer_id=(key[2] or None) if customers is not None else None,
+                groups=dict(zip(q.group_by, key[3], strict=True)),
+                sum=exact_sum(v.value for v in vals), count=len(vals),
+                min=min(v.value for v in vals), max=max(v.value for v in vals),
+                uniq=len({v.value_str for v in vals}), latest=latest.value,
+                first_time=min(minutes), last_time=max(minutes) + timedelta(minutes=1),
+            ))
+        return out
+
+    def scan_events(self, namespace: str, event_type: str, after: tuple[str, str] | None, limit: int) -> list[CloudEvent]:
+        rows = sorted((k[1], k[2]) for k, s in self._events.items() if k[0] == namespace and s.event.type == event_type)
+        if after is not None:
+            rows = [r for r in rows if r > after]
+        return [self._events[(namespace, *r)].event for r in rows[:limit]]
+
+    def list_events(self, namespace: str, *, subjects: Sequence[str] | None, start: datetime | None,
+                    end: datetime | None, event_id: str | None, limit: int) -> list[StoredEvent]:
+        rows = [s for k, s in self._events.items() if k[0] == namespace
+                and (not subjects or s.event.subject in subjects)
+                and (start is None or s.event.time >= start) and (end is None or s.event.time <= end)
+                and (event_id is None or event_id in s.event.id)]
+        rows.sort(key=lambda s: (-s.event.time.timestamp(), s.event.source, s.event.id))
+        return rows[:limit]
+
+    def subjects(self, namespace: str, meter_id: str, start: datetime | None, end: datetime | None) -> list[str]:
+        return sorted({v.subject for ns, v in self._values if ns == namespace and v.meter_id == meter_id
+                       and (start is None or v.time >= start) and (end is None or v.time <= end)})
+

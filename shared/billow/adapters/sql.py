@@ -1,0 +1,273 @@
+"""MetaStore on SQLAlchemy Core: SQLite (embedded default) and PostgreSQL through pg8000 (Aurora in AWS).
+One set of statements serves both; the adapter contract tests run against each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from billow import jsonx
+from billow.domain.meters import Meter
+from billow.errors import Conflict
+from billow.ids import new_id
+from billow.timeutil import parse_rfc3339
+
+md = sa.MetaData()
+TS = sa.DateTime(timezone=True)
+
+meters = sa.Table(
+    "meters", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("slug", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("aggregation", sa.String(16), nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("event_from", TS),
+    sa.Column("value_property", sa.Text),
+    sa.Column("group_by", sa.Text, nullable=False),
+    sa.Column("metadata", sa.Text),
+    sa.Column("managed", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Column("deleted_at", TS),
+    sa.Index("meters_live_slug", "namespace", "slug", unique=True,
+             sqlite_where=sa.text("deleted_at IS NULL"), postgresql_where=sa.text("deleted_at IS NULL")),
+)
+
+subjects = sa.Table(
+    "subjects", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text),
+    sa.Column("metadata", sa.Text),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Column("deleted_at", TS),
+    sa.Index("subjects_live_key", "namespace", "key", unique=True,
+             sqlite_where=sa.text("deleted_at IS NULL"), postgresql_where=sa.text("deleted_at IS NULL")),
+)
+
+customers = sa.Table(
+    "customers", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("key", sa.String(256)),
+    sa.Column("doc", sa.Text, nullable=False),  # the Customer resource as served (JSON)
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("deleted_at", TS),
+    sa.Index("customers_live_key", "namespace", "key", unique=True,
+             sqlite_where=sa.text("deleted_at IS NULL AND key IS NOT NULL"),
+             postgresql_where=sa.text("deleted_at IS NULL AND key IS NOT NULL")),
+)
+
+customer_subjects = sa.Table(
+    "customer_subjects", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("subject_key", sa.Text, nullable=False),
+    sa.Column("customer_id", sa.String(26), nullable=False),
+    sa.PrimaryKeyConstraint("namespace", "subject_key"),
+)
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    if t is None:
+        return None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _ts(value: Any) -> datetime | None:
+    return parse_rfc3339(value, "timestamp") if isinstance(value, str) else value
+
+
+def _meter(row: Any) -> Meter:
+    return Meter(
+        id=row.id, slug=row.slug, aggregation=row.aggregation, event_type=row.event_type, name=row.name,
+        description=row.description, value_property=row.value_property, group_by=jsonx.loads(row.group_by),
+        event_from=_utc(row.event_from), created_at=_utc(row.created_at) or datetime.now(UTC),
+        updated_at=_utc(row.updated_at) or datetime.now(UTC),
+        metadata=jsonx.loads(row.metadata) if row.metadata else None, deleted_at=_utc(row.deleted_at),
+    )
+
+
+def _subject(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "key": row.key, "displayName": row.display_name,
+            "metadata": jsonx.loads(row.metadata) if row.metadata else None,
+            "createdAt": _utc(row.created_at), "updatedAt": _utc(row.updated_at), "deletedAt": _utc(row.deleted_at)}
+
+
+class SqlMetaStore:
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            engine_kwargs.setdefault("connect_args", {"check_same_thread": False})
+        self.engine = sa.create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"), **engine_kwargs)
+        if url.startswith("sqlite"):
+            @sa.event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_conn: Any, _: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.close()
+        self._cache: dict[str, list[Meter]] = {}
+
+    def _tx(self) -> Any:
+        return self.engine.begin()
+
+    def migrate(self) -> None:
+        md.create_all(self.engine)
+
+    def ping(self) -> None:
+        with self.engine.connect() as c:
+            c.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- meters -----------------------------------------------------------------------------------
+    def _meter_row(self, namespace: str, m: Meter) -> dict[str, Any]:
+        return dict(namespace=namespace, id=m.id, slug=m.slug, name=m.name, description=m.description,
+                    aggregation=m.aggregation, event_type=m.event_type, event_from=m.event_from,
+                    value_property=m.value_property, group_by=jsonx.dumps(m.group_by),
+                    metadata=jsonx.dumps(m.metadata) if m.metadata is not None else None,
+                    created_at=m.created_at, updated_at=m.updated_at, deleted_at=m.deleted_at)
+
+    def put_meter(self, namespace: str, meter: Meter, managed: bool = False) -> None:
+        try:
+            with self._tx() as c:
+                c.execute(meters.insert().values(**self._meter_row(namespace, meter), managed=managed))
+        except IntegrityError:
+            raise Conflict(f"a meter with slug {meter.slug!r} already exists") from None
+        self._cache.pop(namespace, None)
+
+    def update_meter(self, namespace: str, meter: Meter) -> None:
+        row = self._meter_row(namespace, meter)
+        with self._tx() as c:
+            c.execute(meters.update().where(meters.c.namespace == namespace, meters.c.id == meter.id).values(**row))
+        self._cache.pop(namespace, None)
+
+    def is_managed(self, namespace: str, meter_id: str) -> bool:
+        with self.engine.connect() as c:
+            return bool(c.execute(sa.select(meters.c.managed).where(
+                meters.c.namespace == namespace, meters.c.id == meter_id)).scalar())
+
+    def get_meter(self, namespace: str, id_or_slug: str, include_deleted: bool = False) -> Meter | None:
+        q = sa.select(meters).where(meters.c.namespace == namespace,
+                                    sa.or_(meters.c.id == id_or_slug, meters.c.slug == id_or_slug))
+        if not include_deleted:
+            q = q.where(meters.c.deleted_at.is_(None))
+        with self.engine.connect() as c:
+            row = c.execute(q.order_by(meters.c.deleted_at.is_(None).desc(), meters.c.created_at.desc())).first()
+        return _meter(row) if row else None
+
+    def list_meters(self, namespace: str, include_deleted: bool = False) -> list[Meter]:
+        if not include_deleted and namespace in self._cache:
+            return self._cache[namespace]
+        q = sa.select(meters).where(meters.c.namespace == namespace)
+        if not include_deleted:
+            q = q.where(meters.c.deleted_at.is_(None))
+        with self.engine.connect() as c:
+            out = [_meter(r) for r in c.execute(q.order_by(meters.c.created_at, meters.c.id))]
+        if not include_deleted:
+            self._cache[namespace] = out
+        return out
+
+    def delete_meter(self, namespace: str, meter_id: str, at: datetime) -> None:
+        with self._tx() as c:
+            c.execute(meters.update().where(meters.c.namespace == namespace, meters.c.id == meter_id)
+                      .values(deleted_at=at, updated_at=at))
+        self._cache.pop(namespace, None)
+
+    # -- subjects ---------------------------------------------------------------------------------
+    def upsert_subject(self, namespace: str, subject: dict[str, Any], now: datetime) -> dict[str, Any]:
+        key = subject["key"]
+        values = {"display_name": subject.get("displayName"),
+                  "metadata": jsonx.dumps(subject["metadata"]) if subject.get("metadata") is not None else None,
+                  "updated_at": now}
+        with self._tx() as c:
+            row = c.execute(sa.select(subjects).where(subjects.c.namespace == namespace, subjects.c.key == key,
+                                                      subjects.c.deleted_at.is_(None))).first()
+            if row is None:
+                sid = new_id()
+                c.execute(subjects.insert().values(namespace=namespace, id=sid, key=key, created_at=now, **values))
+            else:
+                sid = row.id
+                c.execute(subjects.update().where(subjects.c.id == sid).values(**values))
+            return _subject(c.execute(sa.select(subjects).where(subjects.c.id == sid)).one())
+
+    def list_subjects(self, namespace: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(subjects).where(subjects.c.namespace == namespace, subjects.c.deleted_at.is_(None))
+                             .order_by(subjects.c.key))
+            return [_subject(r) for r in rows]
+
+    def get_subject(self, namespace: str, id_or_key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(subjects).where(
+                subjects.c.namespace == namespace, subjects.c.deleted_at.is_(None),
+                sa.or_(subjects.c.id == id_or_key, subjects.c.key == id_or_key))).first()
+            return _subject(row) if row else None
+
+    def delete_subject(self, namespace: str, subject_id: str, at: datetime) -> None:
+        with self._tx() as c:
+            c.execute(subjects.update().where(subjects.c.namespace == namespace, subjects.c.id == subject_id)
+                      .values(deleted_at=at, updated_at=at))
+
+    # -- customers --------------------------------------------------------------------------------
+    def put_customer(self, namespace: str, customer: dict[str, Any]) -> None:
+        """Insert or replace a customer; its usage-attribution subjects must not belong to another customer."""
+        keys = list(customer.get("usageAttribution", {}).get("subjectKeys", []))
+        deleted = _ts(customer.get("deletedAt"))
+        try:
+            with self._tx() as c:
+                exists = c.execute(sa.select(customers.c.id).where(customers.c.id == customer["id"])).first()
+                row = dict(namespace=namespace, id=customer["id"], key=customer.get("key"),
+                           doc=jsonx.dumps(customer), created_at=_ts(customer["createdAt"]), deleted_at=deleted)
+                if exists:
+                    c.execute(customers.update().where(customers.c.id == customer["id"]).values(**row))
+                else:
+                    c.execute(customers.insert().values(**row))
+                c.execute(customer_subjects.delete().where(customer_subjects.c.namespace == namespace,
+                                                           customer_subjects.c.customer_id == customer["id"]))
+                if keys and deleted is None:
+                    c.execute(customer_subjects.insert(), [
+                        {"namespace": namespace, "subject_key": k, "customer_id": customer["id"]} for k in keys])
+        except IntegrityError:
+            raise Conflict("customer key or a usageAttribution subject key is already used by another customer") from None
+
+    def get_customer(self, namespace: str, id_or_key: str, include_deleted: bool = False) -> dict[str, Any] | None:
+        q = sa.select(customers.c.doc).where(customers.c.namespace == namespace,
+                                             sa.or_(customers.c.id == id_or_key, customers.c.key == id_or_key))
+        if not include_deleted:
+            q = q.where(customers.c.deleted_at.is_(None))
+        with self.engine.connect() as c:
+            row = c.execute(q).first()
+        return jsonx.loads(row.doc) if row else None
+
+    def list_customers(self, namespace: str, include_deleted: bool = False) -> list[dict[str, Any]]:
+        q = sa.select(customers.c.doc).where(customers.c.namespace == namespace)
+        if not include_deleted:
+            q = q.where(customers.c.deleted_at.is_(None))
+        with self.engine.connect() as c:
+            return [jsonx.loads(r.doc) for r in c.execute(q.order_by(customers.c.created_at, customers.c.id))]
+
+    def customers_for_subjects(self, namespace: str, subject_keys: Iterable[str]) -> dict[str, str]:
+        keys = list(subject_keys)
+        q = sa.select(customer_subjects.c.subject_key, customer_subjects.c.customer_id).where(
+            customer_subjects.c.namespace == namespace)
+        if keys:
+            q = q.where(customer_subjects.c.subject_key.in_(keys))
+        with self.engine.connect() as c:
+            return {r.subject_key: r.customer_id for r in c.execute(q)}
+
+    def subjects_of_customers(self, namespace: str, customer_ids: Iterable[str]) -> dict[str, str]:
+        q = sa.select(customer_subjects.c.subject_key, customer_subjects.c.customer_id).where(
+            customer_subjects.c.namespace == namespace, customer_subjects.c.customer_id.in_(list(customer_ids)))
+        with self.engine.connect() as c:
+            return {r.subject_key: r.customer_id for r in c.execute(q)}

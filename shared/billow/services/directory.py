@@ -1,0 +1,103 @@
+"""Subjects and customers: who usage belongs to. A customer owns subjects through usageAttribution.subjectKeys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from billow.errors import NotFound, ValidationFailed
+from billow.ids import new_id
+from billow.ports import MetaStore
+from billow.timeutil import format_rfc3339
+
+CUSTOMER_FIELDS = ("name", "description", "metadata", "key", "usageAttribution", "primaryEmail", "currency", "billingAddress")
+
+
+def _bad(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {message}", [{"field": field, "message": message}])
+
+
+def upsert_subjects(namespace: str, body: Any, *, meta: MetaStore, now: datetime) -> list[dict[str, Any]]:
+    if not isinstance(body, list):
+        raise _bad("", "body must be a JSON array of subjects")
+    for i, s in enumerate(body):
+        if not isinstance(s, dict) or not isinstance(s.get("key"), str) or not s["key"].strip():
+            raise _bad(f"[{i}].key", "required, a non-empty string")
+        if len(s["key"]) > 1024 or "\x00" in s["key"]:
+            raise _bad(f"[{i}].key", "at most 1024 characters, no NUL")
+        if s.get("metadata") is not None and not isinstance(s["metadata"], dict):
+            raise _bad(f"[{i}].metadata", "must be an object")
+        if s.get("displayName") is not None and not isinstance(s["displayName"], str):
+            raise _bad(f"[{i}].displayName", "must be a string")
+    return [meta.upsert_subject(namespace, s, now) for s in body]
+
+
+def get_subject(namespace: str, id_or_key: str, *, meta: MetaStore) -> dict[str, Any]:
+    s = meta.get_subject(namespace, id_or_key)
+    if s is None:
+        raise NotFound(f"subject {id_or_key!r} not found")
+    return s
+
+
+def delete_subject(namespace: str, id_or_key: str, *, meta: MetaStore, now: datetime) -> None:
+    meta.delete_subject(namespace, get_subject(namespace, id_or_key, meta=meta)["id"], now)
+
+
+def _validate_customer(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _bad("", "customer must be a JSON object")
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 256:
+        raise _bad("name", "required, 1 to 256 characters")
+    key = body.get("key")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 256):
+        raise _bad("key", "1 to 256 characters")
+    ua = body.get("usageAttribution", {"subjectKeys": []})
+    if not isinstance(ua, dict) or not isinstance(ua.get("subjectKeys"), list) or not all(
+            isinstance(k, str) and k for k in ua["subjectKeys"]):
+        raise _bad("usageAttribution.subjectKeys", "must be a list of non-empty strings")
+    cur = body.get("currency")
+    if cur is not None and (not isinstance(cur, str) or len(cur) != 3 or not cur.isupper()):
+        raise _bad("currency", "must be an ISO 4217 code such as USD")
+    out = {k: body[k] for k in CUSTOMER_FIELDS if body.get(k) is not None}
+    out["usageAttribution"] = {"subjectKeys": list(dict.fromkeys(ua["subjectKeys"]))}
+    return out
+
+
+def create_customer(namespace: str, body: Any, *, meta: MetaStore, now: datetime) -> dict[str, Any]:
+    doc = _validate_customer(body)
+    stamp = format_rfc3339(now)
+    doc.update(id=new_id(), createdAt=stamp, updatedAt=stamp)
+    meta.put_customer(namespace, doc)
+    return doc
+
+
+def get_customer(namespace: str, id_or_key: str, *, meta: MetaStore) -> dict[str, Any]:
+    c = meta.get_customer(namespace, id_or_key)
+    if c is None:
+        raise NotFound(f"customer {id_or_key!r} not found")
+    return c
+
+
+def update_customer(namespace: str, id_or_key: str, body: Any, *, meta: MetaStore, now: datetime) -> dict[str, Any]:
+    current = get_customer(namespace, id_or_key, meta=meta)
+    doc = _validate_customer(body)
+    doc.update(id=current["id"], createdAt=current["createdAt"], updatedAt=format_rfc3339(now))
+    meta.put_customer(namespace, doc)
+    return doc
+
+
+def delete_customer(namespace: str, id_or_key: str, *, meta: MetaStore, now: datetime) -> None:
+    doc = get_customer(namespace, id_or_key, meta=meta)
+    doc["deletedAt"] = format_rfc3339(now)
+    meta.put_customer(namespace, doc)
+
+
+def list_customers(namespace: str, page: int, page_size: int, *, meta: MetaStore) -> dict[str, Any]:
+    if page < 1:
+        raise _bad("page", "must be at least 1")
+    if not 1 <= page_size <= 1000:
+        raise _bad("pageSize", "must be between 1 and 1000")
+    items = meta.list_customers(namespace)
+    return {"totalCount": len(items), "page": page, "pageSize": page_size,
+            "items": items[(page - 1) * page_size: page * page_size]}

@@ -1,0 +1,73 @@
+"""Ingest: validate a batch of CloudEvents against the meters, then hand it to the bus.
+
+The batch is all-or-nothing: any invalid event refuses the whole batch with every problem listed, and
+nothing of it is published. Returns only after the bus has the records (Kafka acked / sink stored)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from billow import jsonx
+from billow.domain.events import CloudEvent, parse_batch
+from billow.domain.meters import Meter
+from billow.errors import PayloadTooLarge, ValidationFailed
+from billow.ports import EventBus, MetaStore
+from billow.timeutil import format_rfc3339
+
+MAX_BATCH_EVENTS = 10_000
+
+
+@dataclass(slots=True)
+class IngestResult:
+    accepted: int
+
+
+def partition_key(event: CloudEvent) -> bytes:
+    """Kafka key: duplicates of one (source, id) always land on the same partition, so one consumer sees both."""
+    return f"{event.source}\x1f{event.id}".encode()
+
+
+def encode_record(event: CloudEvent, ingested_at: datetime) -> bytes:
+    body = event.to_json()
+    body["ingestedAt"] = format_rfc3339(ingested_at)
+    return jsonx.dumps(body).encode()
+
+
+def check_against_meters(events: Sequence[CloudEvent], meters: Sequence[Meter]) -> None:
+    by_type: dict[str, list[Meter]] = {}
+    for m in meters:
+        by_type.setdefault(m.event_type, []).append(m)
+    errors: list[dict[str, Any]] = []
+    for i, ev in enumerate(events):
+        for m in by_type.get(ev.type, ()):
+            if not m.applies_to(ev):
+                continue
+            try:
+                m.extract(ev)
+            except ValueError as exc:
+                errors.append({"index": i, "field": f"data ({m.value_property})", "meter": m.slug, "message": str(exc)})
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ValidationFailed(
+            f"invalid event batch, nothing was ingested: event {first['index']}: meter {first['meter']}: "
+            f"{first['message']}{more}", errors)
+
+
+def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: EventBus, now: datetime) -> IngestResult:
+    if len(raws) > MAX_BATCH_EVENTS:
+        raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH_EVENTS} events; this one has {len(raws)}")
+    if not raws:
+        return IngestResult(0)
+    events = parse_batch(raws, now)
+    check_against_meters(events, meta.list_meters(namespace))
+    bus.publish(namespace, [(partition_key(e), encode_record(e, now)) for e in events])
+    return IngestResult(len(events))
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    return zlib.crc32(key) % partitions

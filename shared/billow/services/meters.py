@@ -1,0 +1,98 @@
+"""Meter use-cases: create (with backfill from stored events), list, get, update, delete, config sync."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+from billow.domain.meters import Meter, validate_meter_definition
+from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.ids import new_id
+from billow.ports import MetaStore, UsageStore
+from billow.services.sink import backfill_meter
+from billow.timeutil import parse_rfc3339
+
+SinkLock = Callable[[], AbstractContextManager[Any]]
+
+
+def build_meter(body: dict[str, Any], now: datetime) -> Meter:
+    validate_meter_definition(body)
+    event_from = parse_rfc3339(body["eventFrom"], "eventFrom") if body.get("eventFrom") else None
+    return Meter(
+        id=new_id(), slug=body["slug"], aggregation=body["aggregation"], event_type=body["eventType"],
+        name=body.get("name") or body["slug"], description=body.get("description"),
+        value_property=body.get("valueProperty") or None, group_by=dict(body.get("groupBy") or {}),
+        event_from=event_from, created_at=now, updated_at=now, metadata=body.get("metadata"),
+    )
+
+
+def create_meter(namespace: str, body: Any, *, meta: MetaStore, usage: UsageStore, now: datetime,
+                 sink_lock: SinkLock, managed: bool = False) -> Meter:
+    if not isinstance(body, dict):
+        raise ValidationFailed("meter must be a JSON object", [{"field": "", "message": "must be a JSON object"}])
+    meter = build_meter(body, now)
+    with sink_lock():
+        meta.put_meter(namespace, meter, managed=managed)
+        backfill_meter(namespace, meter, usage)
+    return meter
+
+
+def get_meter(namespace: str, id_or_slug: str, *, meta: MetaStore) -> Meter:
+    meter = meta.get_meter(namespace, id_or_slug)
+    if meter is None:
+        raise NotFound(f"meter {id_or_slug!r} not found")
+    return meter
+
+
+def update_meter(namespace: str, id_or_slug: str, body: Any, *, meta: MetaStore, now: datetime) -> Meter:
+    """MeterUpdate: name, description, metadata, groupBy (new group-by keys apply to events from now on)."""
+    meter = get_meter(namespace, id_or_slug, meta=meta)
+    if not isinstance(body, dict):
+        raise ValidationFailed("meter update must be a JSON object", [{"field": "", "message": "must be a JSON object"}])
+    merged = {"slug": meter.slug, "aggregation": meter.aggregation, "eventType": meter.event_type,
+              "valueProperty": meter.value_property, "name": body.get("name", meter.name),
+              "description": body.get("description", meter.description),
+              "metadata": body.get("metadata", meter.metadata), "groupBy": body.get("groupBy", meter.group_by)}
+    validate_meter_definition(merged)
+    removed = set(meter.group_by) - set(merged["groupBy"] or {})
+    if removed:
+        raise ValidationFailed(f"groupBy keys cannot be removed: {sorted(removed)}",
+                               [{"field": "groupBy", "message": "existing keys cannot be removed"}])
+    updated = Meter(id=meter.id, slug=meter.slug, aggregation=meter.aggregation, event_type=meter.event_type,
+                    name=merged["name"] or meter.slug, description=merged["description"],
+                    value_property=meter.value_property, group_by=dict(merged["groupBy"] or {}),
+                    event_from=meter.event_from, created_at=meter.created_at, updated_at=now, metadata=merged["metadata"])
+    meta.update_meter(namespace, updated)
+    return updated
+
+
+def delete_meter(namespace: str, id_or_slug: str, *, meta: MetaStore, now: datetime) -> None:
+    meter = get_meter(namespace, id_or_slug, meta=meta)
+    if getattr(meta, "is_managed", lambda *_: False)(namespace, meter.id):
+        raise Conflict(f"meter {meter.slug!r} is declared in the config file; remove it there")
+    meta.delete_meter(namespace, meter.id, now)
+
+
+def sync_config_meters(namespace: str, declared: list[dict[str, Any]], *, meta: MetaStore, usage: UsageStore,
+                       now: datetime, sink_lock: SinkLock) -> list[str]:
+    """Create the meters declared in the config file that do not exist yet; a changed definition is an error
+    (a meter's meaning never changes under stored usage: delete and re-create under a new slug)."""
+    created = []
+    for i, body in enumerate(declared):
+        if not isinstance(body, dict) or "slug" not in body:
+            raise ValidationFailed(f"config meters[{i}]: needs a slug", [{"field": f"meters[{i}].slug", "message": "required"}])
+        existing = meta.get_meter(namespace, body["slug"])
+        if existing is None:
+            create_meter(namespace, body, meta=meta, usage=usage, now=now, sink_lock=sink_lock, managed=True)
+            created.append(body["slug"])
+            continue
+        want = build_meter(body, now)
+        if (want.aggregation, want.event_type, want.value_property, want.group_by) != (
+                existing.aggregation, existing.event_type, existing.value_property, existing.group_by):
+            raise ValidationFailed(
+                f"config meter {body['slug']!r} differs from the stored meter of that slug; "
+                "meters are immutable once created (use a new slug)",
+                [{"field": f"meters[{i}]", "message": "differs from the stored definition"}])
+    return created

@@ -1,0 +1,227 @@
+"""Meter query (GET and POST /api/v1/meters/{meterIdOrSlug}/query) with OpenMeter's parameters and shape."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from billow import jsonx
+from billow.domain.meters import GROUP_KEY_RE
+from billow.domain.usage import GroupFilter, UsageQuery, final_value
+from billow.errors import ValidationFailed
+from billow.ports import MetaStore, UsageStore
+from billow.services.meters import get_meter
+from billow.timeutil import WINDOW_SIZES, parse_rfc3339, window_end, zone
+
+FILTER_OPS = ("$eq", "$ne", "$in", "$nin", "$like", "$nlike", "$ilike", "$nilike", "$gt", "$gte", "$lt", "$lte")
+_DEEP_RE = re.compile(r"^filterGroupBy\[([^\]]+)\]$")
+MAX_LIST = 100
+
+
+@dataclass(slots=True)
+class QueryParams:
+    start: datetime | None = None
+    end: datetime | None = None
+    window_size: str | None = None
+    window_tz: str = "UTC"
+    subjects: list[str] | None = None
+    customer_ids: list[str] | None = None
+    group_by: list[str] | None = None
+    filters: list[list[GroupFilter]] | None = None
+
+
+def _bad(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {message}", [{"field": field, "message": message}])
+
+
+def _one(qs: dict[str, list[str]], name: str) -> str | None:
+    values = qs.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _bad(name, "given more than once")
+    return values[0]
+
+
+def _list(value: Any, field: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(field, "must be a list of strings")
+    if len(value) > MAX_LIST:
+        raise _bad(field, f"at most {MAX_LIST} values")
+    return value
+
+
+def parse_filters(raw: Any, field: str = "advancedMeterGroupByFilters") -> list[list[GroupFilter]]:
+    """{key: FilterString} -> OR-of-ANDs. FilterString may nest $and / $or of FilterStrings for one key."""
+    if not isinstance(raw, dict):
+        raise _bad(field, "must be an object of groupBy key -> filter")
+    conj: list[list[GroupFilter]] = [[]]
+    for key, spec in raw.items():
+        alternatives = _filter_alternatives(key, spec, f"{field}.{key}")
+        conj = [c + alt for c in conj for alt in alternatives]
+        if len(conj) > 256:
+            raise _bad(field, "filter too complex")
+    return [c for c in conj if c] or []
+
+
+def _filter_alternatives(key: str, spec: Any, field: str) -> list[list[GroupFilter]]:
+    if not isinstance(spec, dict) or not spec:
+        raise _bad(field, "must be a non-empty FilterString object")
+    alts: list[list[GroupFilter]] = [[]]
+    for op, value in spec.items():
+        if op in ("$and", "$or"):
+            if not isinstance(value, list) or not value:
+                raise _bad(f"{field}.{op}", "must be a non-empty list of filters")
+            subs = [_filter_alternatives(key, v, f"{field}.{op}[{i}]") for i, v in enumerate(value)]
+            if op == "$or":
+                options = [a for s in subs for a in s]
+            else:
+                options = [[]]
+                for s in subs:
+                    options = [o + a for o in options for a in s]
+            alts = [a + o for a in alts for o in options]
+        elif op in FILTER_OPS:
+            if value is None:
+                continue
+            if op in ("$in", "$nin"):
+                value = _list(value, f"{field}.{op}")
+            elif not isinstance(value, str):
+                raise _bad(f"{field}.{op}", "must be a string")
+            alts = [a + [GroupFilter(key, op, value)] for a in alts]
+        else:
+            raise _bad(f"{field}.{op}", f"unknown operator; use one of {', '.join(FILTER_OPS)}, $and, $or")
+    return alts
+
+
+def params_from_query_string(qs: dict[str, list[str]]) -> QueryParams:
+    p = QueryParams()
+    if (v := _one(qs, "from")) is not None:
+        p.start = parse_rfc3339(v, "from")
+    if (v := _one(qs, "to")) is not None:
+        p.end = parse_rfc3339(v, "to")
+    p.window_size = _one(qs, "windowSize")
+    p.window_tz = _one(qs, "windowTimeZone") or "UTC"
+    if "subject" in qs:
+        p.subjects = _list(qs["subject"], "subject")
+    if "filterCustomerId" in qs:
+        p.customer_ids = _list(qs["filterCustomerId"], "filterCustomerId")
+    if "groupBy" in qs:
+        p.group_by = _list(qs["groupBy"], "groupBy")
+    filters: dict[str, Any] = {}
+    if (v := _one(qs, "advancedMeterGroupByFilters")) is not None:
+        try:
+            filters.update(jsonx.loads(v))
+        except (jsonx.JSONDecodeError, ValueError, TypeError):
+            raise _bad("advancedMeterGroupByFilters", "must be a JSON object") from None
+        if not isinstance(filters, dict):
+            raise _bad("advancedMeterGroupByFilters", "must be a JSON object")
+    for name, values in qs.items():
+        m = _DEEP_RE.match(name)
+        if m:  # deprecated filterGroupBy[key]=value: equality
+            filters.setdefault(m.group(1), {})["$in" if len(values) > 1 else "$eq"] = values if len(values) > 1 else values[0]
+    if filters:
+        p.filters = parse_filters(filters)
+    return p
+
+
+def params_from_body(body: Any) -> QueryParams:
+    if not isinstance(body, dict):
+        raise _bad("", "query must be a JSON object")
+    p = QueryParams()
+    if body.get("from") is not None:
+        p.start = parse_rfc3339(_str(body["from"], "from"), "from")
+    if body.get("to") is not None:
+        p.end = parse_rfc3339(_str(body["to"], "to"), "to")
+    p.window_size = body.get("windowSize")
+    p.window_tz = body.get("windowTimeZone") or "UTC"
+    for attr, name in (("subjects", "subject"), ("customer_ids", "filterCustomerId"), ("group_by", "groupBy")):
+        if body.get(name) is not None:
+            setattr(p, attr, _list(body[name], name))
+    filters: dict[str, Any] = {}
+    if body.get("filterGroupBy") is not None:
+        fg = body["filterGroupBy"]
+        if not isinstance(fg, dict):
+            raise _bad("filterGroupBy", "must be an object of key -> list of values")
+        for k, vals in fg.items():
+            filters[k] = {"$in": _list(vals, f"filterGroupBy.{k}")}
+    if body.get("advancedMeterGroupByFilters") is not None:
+        adv = body["advancedMeterGroupByFilters"]
+        if not isinstance(adv, dict):
+            raise _bad("advancedMeterGroupByFilters", "must be an object")
+        filters.update(adv)
+    if filters:
+        p.filters = parse_filters(filters)
+    return p
+
+
+def _str(v: Any, field: str) -> str:
+    if not isinstance(v, str):
+        raise _bad(field, "must be an RFC 3339 date-time string")
+    return v
+
+
+def query_meter(namespace: str, id_or_slug: str, p: QueryParams, *, meta: MetaStore, usage: UsageStore) -> dict[str, Any]:
+    meter = get_meter(namespace, id_or_slug, meta=meta)
+    if p.window_size is not None and p.window_size not in WINDOW_SIZES:
+        raise _bad("windowSize", f"must be one of {', '.join(WINDOW_SIZES)}")
+    tz = zone(p.window_tz)
+    if p.start is not None and p.end is not None and p.start > p.end:
+        raise _bad("from", "must not be after to")
+    group_by = list(dict.fromkeys(p.group_by or []))
+    by_subject = "subject" in group_by
+    keys = [k for k in group_by if k != "subject"]
+    for k in keys:
+        if not GROUP_KEY_RE.match(k) or k not in meter.group_by:
+            raise _bad("groupBy", f"{k!r} is not a groupBy key of meter {meter.slug!r} (has: {sorted(meter.group_by)})")
+    for conj in p.filters or []:
+        for f in conj:
+            if f.key not in meter.group_by:
+                raise _bad("advancedMeterGroupByFilters", f"{f.key!r} is not a groupBy key of meter {meter.slug!r}")
+    subjects = p.subjects
+    subject_customers: dict[str, str] | None = None
+    if p.customer_ids is not None:
+        resolved: dict[str, str] = {}
+        for cid in p.customer_ids:
+            cust = meta.get_customer(namespace, cid)
+            if cust is None:
+                raise _bad("filterCustomerId", f"customer {cid!r} not found")
+            for key in cust.get("usageAttribution", {}).get("subjectKeys", []):
+                resolved[key] = cust["id"]
+        subject_customers = resolved
+        allowed = set(resolved)
+        subjects = [s for s in subjects if s in allowed] if subjects is not None else sorted(allowed)
+    rows = usage.aggregate(UsageQuery(
+        namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=p.start, end=p.end,
+        window_size=p.window_size, window_tz=p.window_tz, subjects=subjects, group_by=keys, by_subject=by_subject,
+        subject_customers=subject_customers, filters=p.filters or [],
+    ))
+    data = []
+    for r in rows:
+        if r.window_start is not None:
+            assert p.window_size is not None
+            ws, we = r.window_start, window_end(r.window_start, p.window_size, tz)
+        else:
+            ws = p.start or r.first_time
+            we = p.end or r.last_time
+        item: dict[str, Any] = {
+            "value": final_value(meter.aggregation, r),
+            "windowStart": ws, "windowEnd": we,
+            "subject": r.subject,
+            "groupBy": {k: r.groups.get(k) for k in keys},
+        }
+        if r.customer_id:
+            item["customerId"] = r.customer_id
+        data.append(item)
+    out: dict[str, Any] = {"data": data}
+    if p.start is not None:
+        out["from"] = p.start
+    if p.end is not None:
+        out["to"] = p.end
+    if p.window_size is not None:
+        out["windowSize"] = p.window_size
+    return out
+
+

@@ -1,0 +1,96 @@
+"""UTC instants, RFC 3339 parsing and IANA time-zone windows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from billow.errors import ValidationFailed
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_millis(dt: datetime) -> datetime:
+    """Truncate to the storage resolution (DateTime64(3)): milliseconds, UTC."""
+    dt = dt.astimezone(UTC)
+    return dt.replace(microsecond=dt.microsecond - dt.microsecond % 1000)
+
+
+def parse_rfc3339(value: str, field: str) -> datetime:
+    """Parse an RFC 3339 date-time with an explicit offset; naive times are refused, not guessed."""
+    text = value.strip()
+    if len(text) < 20 or text[10] not in "Tt ":
+        raise ValidationFailed(f"{field}: not an RFC 3339 date-time: {value!r}", [{"field": field, "message": "not an RFC 3339 date-time"}])
+    if text[-1] in "zZ":
+        text = text[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationFailed(f"{field}: not an RFC 3339 date-time: {value!r}", [{"field": field, "message": "not an RFC 3339 date-time"}]) from None
+    if dt.tzinfo is None:
+        raise ValidationFailed(f"{field}: date-time needs a time-zone offset (e.g. Z): {value!r}", [{"field": field, "message": "missing time-zone offset"}])
+    return dt.astimezone(UTC)
+
+
+def format_rfc3339(dt: datetime) -> str:
+    dt = dt.astimezone(UTC)
+    if dt.microsecond:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def zone(name: str, field: str = "windowTimeZone") -> ZoneInfo:
+    try:
+        if not name or "\x00" in name or ".." in name or name.startswith("/"):
+            raise ValueError(name)
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationFailed(f"{field}: unknown IANA time zone {name!r}", [{"field": field, "message": "unknown IANA time zone"}]) from None
+
+
+WINDOW_SIZES = ("MINUTE", "HOUR", "DAY", "MONTH")
+
+
+def window_start(t: datetime, size: str, tz: ZoneInfo) -> datetime:
+    """Start (UTC) of the window of `size` in zone `tz` that holds instant `t`."""
+    local = t.astimezone(tz)
+    if size == "MINUTE":
+        start = local.replace(second=0, microsecond=0)
+    elif size == "HOUR":
+        start = local.replace(minute=0, second=0, microsecond=0)
+    elif size == "DAY":
+        start = _local_midnight(local.year, local.month, local.day, tz)
+    elif size == "MONTH":
+        start = _local_midnight(local.year, local.month, 1, tz)
+    else:  # pragma: no cover - validated at the edge
+        raise ValueError(size)
+    return start.astimezone(UTC)
+
+
+def window_end(start: datetime, size: str, tz: ZoneInfo) -> datetime:
+    """End (UTC, exclusive) of the window that begins at `start`. Days and months follow the calendar in `tz`."""
+    if size == "MINUTE":
+        return start + timedelta(minutes=1)
+    if size == "HOUR":
+        return start + timedelta(hours=1)
+    local = start.astimezone(tz)
+    if size == "DAY":
+        nxt = (local.replace(tzinfo=None) + timedelta(days=1)).date()
+        return _local_midnight(nxt.year, nxt.month, nxt.day, tz).astimezone(UTC)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    return _local_midnight(year, month, 1, tz).astimezone(UTC)
+
+
+def _local_midnight(year: int, month: int, day: int, tz: ZoneInfo) -> datetime:
+    """The first instant of a local calendar day (if midnight is skipped by DST, the first valid instant)."""
+    naive = datetime(year, month, day)
+    candidate = naive.replace(tzinfo=tz)
+    # A skipped wall time does not round-trip; step forward to the first one that does.
+    for _ in range(4 * 24):
+        roundtrip = candidate.astimezone(UTC).astimezone(tz)
+        if roundtrip.replace(tzinfo=None) == candidate.replace(tzinfo=None):
+            return candidate
+        candidate = (candidate.replace(tzinfo=None) + timedelta(minutes=15)).replace(tzinfo=tz)
+    return candidate  # pragma: no cover
