@@ -14,7 +14,7 @@ import simplejson
 
 from billow.exact import exact
 
-_decoder = simplejson.JSONDecoder(use_decimal=True)
+_decoder = simplejson.JSONDecoder(parse_float=Decimal)
 
 
 def _default(obj: Any) -> Any:

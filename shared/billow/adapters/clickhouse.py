@@ -145,13 +145,13 @@ class ClickHouseUsageStore:
         raw_select = (
             "SELECT toDateTime(toStartOfMinute(time), 'UTC') AS t, subject, group_by, sum(toDecimal256(value, 18)) AS s, "
             "count() AS c, min(value) AS mn, max(value) AS mx, uniqExactState(value_str) AS u, "
-            "argMaxState(value, time) AS l FROM meter_values WHERE " + common + " AND ({edges}) "
+            "argMaxState(value, time) AS l FROM meter_values WHERE " + common + " AND (EDGES) "
             "GROUP BY t, subject, group_by"
         )
         if full_from is not None and full_to is not None and full_from >= full_to:
             # The whole range lies within one or two partial minutes: raw values only.
             params.update(r_from=start, r_to=end_excl)
-            branches.append(raw_select.format(edges="time >= {r_from:DateTime64(3, 'UTC')} AND time < {r_to:DateTime64(3, 'UTC')}"))
+            branches.append(raw_select.replace("EDGES", "time >= {r_from:DateTime64(3, 'UTC')} AND time < {r_to:DateTime64(3, 'UTC')}"))
         else:
             roll_where = [common]
             if full_from is not None:
@@ -172,7 +172,7 @@ class ClickHouseUsageStore:
                 edges.append("(time >= {e2_from:DateTime64(3, 'UTC')} AND time < {e2_to:DateTime64(3, 'UTC')})")
                 params.update(e2_from=full_to, e2_to=end_excl)
             if edges:
-                branches.append(raw_select.format(edges=" OR ".join(edges)))
+                branches.append(raw_select.replace("EDGES", " OR ".join(edges)))
 
         keys = ["w"]
         select = [_WINDOW_EXPR[q.window_size] + " AS w"]

@@ -1,0 +1,223 @@
+"""REST API Lambda (API Gateway HTTP API, payload 2.0): meters, meter queries, events list, subjects,
+customers, OpenAPI document. Each route parses, calls one use-case, maps the result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billow import jsonx
+from billow.api import present
+from billow.api.http import JSON, PROBLEM, json_body, path_param, query_multi, wants_csv
+from billow.api.openapi import document
+from billow.bootstrap import container
+from billow.errors import BillowError, ValidationFailed, problem
+from billow.services import directory, meters, query
+from billow.timeutil import parse_rfc3339
+
+logger = Logger(service="billow-api")
+app = APIGatewayHttpResolver(serializer=jsonx.dumps)
+
+
+def ok(body: Any, status: int = 200) -> Response:
+    return Response(status, JSON, jsonx.dumps(body))
+
+
+def no_content() -> Response:
+    return Response(204, None, "")
+
+
+def _event() -> dict[str, Any]:
+    return app.current_event.raw_event
+
+
+@app.exception_handler(BillowError)
+def _billow_error(exc: BillowError) -> Response:
+    return Response(exc.status, PROBLEM, jsonx.dumps(problem(exc.status, exc.title, exc.detail, app.current_event.path, exc.extensions)))
+
+
+@app.not_found
+def _not_found(_: Exception) -> Response:
+    path = app.current_event.path
+    return Response(404, PROBLEM, jsonx.dumps(problem(404, "Not Found", f"no route for {app.current_event.http_method} {path}", path)))
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    logger.exception("unhandled error")
+    path = app.current_event.path
+    return Response(500, PROBLEM, jsonx.dumps(problem(500, "Internal Server Error", "unexpected error; it was logged", path)))
+
+
+# -- meters -------------------------------------------------------------------------------------------
+@app.get("/api/v1/meters")
+def list_meters() -> Response:
+    c = container()
+    include_deleted = (query_multi(_event()).get("includeDeleted") or ["false"])[0] == "true"
+    return ok([present.meter_json(m) for m in c.meta.list_meters(c.namespace, include_deleted=include_deleted)])
+
+
+@app.post("/api/v1/meters")
+def create_meter() -> Response:
+    c = container()
+    m = meters.create_meter(c.namespace, json_body(_event()), meta=c.meta, usage=c.usage, now=c.clock.now(), sink_lock=c.sink_lock)
+    return ok(present.meter_json(m), 201)
+
+
+@app.get("/api/v1/meters/<meter>")
+def get_meter(meter: str) -> Response:
+    c = container()
+    return ok(present.meter_json(meters.get_meter(c.namespace, path_param(meter), meta=c.meta)))
+
+
+@app.put("/api/v1/meters/<meter>")
+def update_meter(meter: str) -> Response:
+    c = container()
+    m = meters.update_meter(c.namespace, path_param(meter), json_body(_event()), meta=c.meta, now=c.clock.now())
+    return ok(present.meter_json(m))
+
+
+@app.delete("/api/v1/meters/<meter>")
+def delete_meter(meter: str) -> Response:
+    c = container()
+    meters.delete_meter(c.namespace, path_param(meter), meta=c.meta, now=c.clock.now())
+    return no_content()
+
+
+def _query_response(result: dict[str, Any]) -> Response:
+    if wants_csv(_event()):
+        return Response(200, "text/csv", present.query_csv(result))
+    return ok(present.query_json(result))
+
+
+@app.get("/api/v1/meters/<meter>/query")
+def query_meter_get(meter: str) -> Response:
+    c = container()
+    params = query.params_from_query_string(query_multi(_event()))
+    return _query_response(query.query_meter(c.namespace, path_param(meter), params, meta=c.meta, usage=c.usage))
+
+
+@app.post("/api/v1/meters/<meter>/query")
+def query_meter_post(meter: str) -> Response:
+    c = container()
+    params = query.params_from_body(json_body(_event()))
+    return _query_response(query.query_meter(c.namespace, path_param(meter), params, meta=c.meta, usage=c.usage))
+
+
+@app.get("/api/v1/meters/<meter>/subjects")
+def meter_subjects(meter: str) -> Response:
+    c = container()
+    m = meters.get_meter(c.namespace, path_param(meter), meta=c.meta)
+    qs = query_multi(_event())
+    start = parse_rfc3339(qs["from"][0], "from") if qs.get("from") else None
+    end = parse_rfc3339(qs["to"][0], "to") if qs.get("to") else None
+    return ok(c.usage.subjects(c.namespace, m.id, start, end))
+
+
+# -- events (list) --------------------------------------------------------------------------------------
+@app.get("/api/v1/events")
+def list_events() -> Response:
+    c = container()
+    qs = query_multi(_event())
+    try:
+        limit = int((qs.get("limit") or ["100"])[0])
+    except ValueError:
+        raise ValidationFailed("limit: must be an integer", [{"field": "limit", "message": "must be an integer"}]) from None
+    if not 1 <= limit <= 100:
+        raise ValidationFailed("limit: must be between 1 and 100", [{"field": "limit", "message": "1..100"}])
+    rows = c.usage.list_events(
+        c.namespace, subjects=qs.get("subject"),
+        start=parse_rfc3339(qs["from"][0], "from") if qs.get("from") else None,
+        end=parse_rfc3339(qs["to"][0], "to") if qs.get("to") else None,
+        event_id=(qs.get("id") or [None])[0], limit=limit)
+    out = []
+    for s in rows:
+        item: dict[str, Any] = {"event": s.event.to_json(), "ingestedAt": s.ingested_at, "storedAt": s.ingested_at}
+        if s.validation_error:
+            item["validationError"] = s.validation_error
+        out.append(item)
+    return ok(out)
+
+
+# -- subjects ---------------------------------------------------------------------------------------------
+@app.get("/api/v1/subjects")
+def list_subjects() -> Response:
+    c = container()
+    return ok([present.subject_json(s) for s in c.meta.list_subjects(c.namespace)])
+
+
+@app.post("/api/v1/subjects")
+def upsert_subjects() -> Response:
+    c = container()
+    rows = directory.upsert_subjects(c.namespace, json_body(_event()), meta=c.meta, now=c.clock.now())
+    return ok([present.subject_json(s) for s in rows])
+
+
+@app.get("/api/v1/subjects/<subject>")
+def get_subject(subject: str) -> Response:
+    c = container()
+    return ok(present.subject_json(directory.get_subject(c.namespace, path_param(subject), meta=c.meta)))
+
+
+@app.delete("/api/v1/subjects/<subject>")
+def delete_subject(subject: str) -> Response:
+    c = container()
+    directory.delete_subject(c.namespace, path_param(subject), meta=c.meta, now=c.clock.now())
+    return no_content()
+
+
+# -- customers --------------------------------------------------------------------------------------------
+@app.get("/api/v1/customers")
+def list_customers() -> Response:
+    c = container()
+    qs = query_multi(_event())
+    try:
+        page, size = int((qs.get("page") or ["1"])[0]), int((qs.get("pageSize") or ["100"])[0])
+    except ValueError:
+        raise ValidationFailed("page and pageSize must be integers", [{"field": "page", "message": "integer"}]) from None
+    return ok(directory.list_customers(c.namespace, page, size, meta=c.meta))
+
+
+@app.post("/api/v1/customers")
+def create_customer() -> Response:
+    c = container()
+    return ok(directory.create_customer(c.namespace, json_body(_event()), meta=c.meta, now=c.clock.now()), 201)
+
+
+@app.get("/api/v1/customers/<customer>")
+def get_customer(customer: str) -> Response:
+    c = container()
+    return ok(directory.get_customer(c.namespace, path_param(customer), meta=c.meta))
+
+
+@app.put("/api/v1/customers/<customer>")
+def update_customer(customer: str) -> Response:
+    c = container()
+    return ok(directory.update_customer(c.namespace, path_param(customer), json_body(_event()), meta=c.meta, now=c.clock.now()))
+
+
+@app.delete("/api/v1/customers/<customer>")
+def delete_customer(customer: str) -> Response:
+    c = container()
+    directory.delete_customer(c.namespace, path_param(customer), meta=c.meta, now=c.clock.now())
+    return no_content()
+
+
+# -- meta -------------------------------------------------------------------------------------------------
+@app.get("/api/v1/openapi.json")
+def openapi() -> Response:
+    return Response(200, JSON, document())
+
+
+@app.get("/healthz")
+def healthz() -> Response:
+    return ok({"status": "ok"})
+
+
+def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
+    return app.resolve(event, context)  # type: ignore[arg-type]
+
+

@@ -1,0 +1,46 @@
+"""Ingest Lambda: POST /api/v1/events (CloudEvents, single or batch) -> validate -> publish -> 204."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billow.api.http import guarded, header, json_body, response
+from billow.bootstrap import container
+from billow.errors import Unavailable, UnsupportedMediaType, ValidationFailed
+from billow.services.ingest import ingest_events
+
+SINGLE = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+JSON = "application/json"
+
+
+def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
+    raw = event.raw_event
+    ctype = header(raw, "content-type").split(";")[0].strip().lower()
+    if ctype not in (SINGLE, BATCH, JSON):
+        raise UnsupportedMediaType(
+            f"Content-Type must be {SINGLE}, {BATCH} or {JSON}; got {ctype or 'none'!r}")
+    body = json_body(raw)
+    if ctype == SINGLE and not isinstance(body, dict):
+        raise ValidationFailed(f"{SINGLE} takes one event object", [{"field": "body", "message": "must be an object"}])
+    if ctype == BATCH and not isinstance(body, list):
+        raise ValidationFailed(f"{BATCH} takes a JSON array of events", [{"field": "body", "message": "must be an array"}])
+    events = body if isinstance(body, list) else [body]
+    c = container()
+    if c.bus is None:
+        raise Unavailable("no event bus is configured")
+    try:
+        ingest_events(c.namespace, events, meta=c.meta, bus=c.bus, now=c.clock.now())
+    except (ValidationFailed, UnsupportedMediaType):
+        raise
+    except ConnectionError as exc:
+        raise Unavailable(f"event bus unavailable, nothing was ingested: {exc}") from exc
+    return response(204)
+
+
+@event_source(data_class=APIGatewayProxyEventV2)
+def lambda_handler(event: APIGatewayProxyEventV2, context: LambdaContext | None) -> dict[str, Any]:
+    return guarded(event.raw_path, lambda: _ingest(event))

@@ -1,0 +1,30 @@
+"""Usage sink Lambda (MSK trigger): decode records, store usage exactly once, dead-letter what is unreadable.
+One bad record never fails the batch; a store outage does (so the batch is delivered again)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes import KafkaEvent, event_source
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billow.adapters.inprocess_bus import namespace_of
+from billow.bootstrap import container
+from billow.services.sink import SinkRecord, sink_batch
+
+
+@event_source(data_class=KafkaEvent)
+def lambda_handler(event: KafkaEvent, context: LambdaContext | None) -> dict[str, Any]:
+    c = container()
+    records = []
+    bad: list[dict[str, Any]] = []
+    for rec in event.records:
+        where = f"{rec.topic}/{rec.partition}/{rec.offset}"
+        try:
+            records.append(SinkRecord(namespace_of(rec.topic), rec.decoded_value, where))
+        except ValueError as exc:
+            bad.append({"where": where, "reason": str(exc)})
+    if bad:
+        c.dead_letters(bad)
+    result = sink_batch(records, usage=c.usage, meta=c.meta, dead_letter=c.dead_letters)
+    return {"stored": result.stored, "duplicates": result.duplicates, "deadLettered": len(result.dead_letters) + len(bad)}

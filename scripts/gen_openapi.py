@@ -1,0 +1,82 @@
+"""Build Billow's OpenAPI document from OpenMeter's v1 contract: the operations Billow serves, with their
+schemas, and no upstream prose (descriptions and examples are dropped). Run after adding a route:
+    .venv/bin/python scripts/gen_openapi.py ../shared/reference/openmeter/openapi.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OPERATIONS = {
+    "/api/v1/events": ["get", "post"],
+    "/api/v1/meters": ["get", "post"],
+    "/api/v1/meters/{meterIdOrSlug}": ["get", "put", "delete"],
+    "/api/v1/meters/{meterIdOrSlug}/query": ["get", "post"],
+    "/api/v1/meters/{meterIdOrSlug}/subjects": ["get"],
+    "/api/v1/subjects": ["get", "post"],
+    "/api/v1/subjects/{subjectIdOrKey}": ["get", "delete"],
+    "/api/v1/customers": ["get", "post"],
+    "/api/v1/customers/{customerIdOrKey}": ["get", "put", "delete"],
+}
+DROP = {"description", "example", "examples", "summary", "x-enum-varnames"}
+OUT = Path(__file__).resolve().parent.parent / "shared" / "billow" / "api" / "openapi.json"
+
+
+def strip(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: strip(v) for k, v in node.items() if k not in DROP}
+    if isinstance(node, list):
+        return [strip(v) for v in node]
+    return node
+
+
+def refs(node: Any, found: set[str]) -> None:
+    if isinstance(node, dict):
+        r = node.get("$ref")
+        if isinstance(r, str):
+            found.add(r)
+        for v in node.values():
+            refs(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            refs(v, found)
+
+
+def main(source: str) -> None:
+    spec = yaml.safe_load(Path(source).read_text())
+    paths = {p: {m: spec["paths"][p][m] for m in ms} for p, ms in OPERATIONS.items()}
+    # customers list: Billow implements paging (page, pageSize) and includeDeleted only.
+    comps: dict[str, dict[str, Any]] = {}
+    todo: set[str] = set()
+    refs(paths, todo)
+    seen: set[str] = set()
+    while todo:
+        r = todo.pop()
+        if r in seen:
+            continue
+        seen.add(r)
+        _, _, kind, name = r.split("/", 3)
+        node = spec["components"][kind][name]
+        comps.setdefault(kind, {})[name] = node
+        refs(node, todo)
+    doc = {
+        "openapi": spec.get("openapi", "3.0.3"),
+        "info": {"title": "Billow API", "version": "1.0.0",
+                 "description": "Billow serves the operations below with OpenMeter v1 paths, fields and shapes."},
+        "servers": [{"url": "/"}],
+        "paths": strip(paths),
+        "components": strip({k: dict(sorted(v.items())) for k, v in sorted(comps.items())}),
+    }
+    if "securitySchemes" in spec.get("components", {}):
+        doc["components"]["securitySchemes"] = strip(spec["components"]["securitySchemes"])
+    OUT.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    print(f"wrote {OUT} ({len(paths)} paths)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "../shared/reference/openmeter/openapi.yaml")

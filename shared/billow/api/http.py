@@ -1,0 +1,91 @@
+"""HTTP edge helpers shared by the API Gateway handlers: problem+json, exact JSON bodies, query strings."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from billow import jsonx
+from billow.errors import BillowError, ValidationFailed, problem
+
+log = logging.getLogger("billow.api")
+
+PROBLEM = "application/problem+json"
+JSON = "application/json"
+
+
+def response(status: int, body: Any = None, content_type: str = JSON, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) response."""
+    out: dict[str, Any] = {"statusCode": status, "headers": {**(headers or {})}, "isBase64Encoded": False}
+    if body is None:
+        out["body"] = ""
+    else:
+        out["headers"]["Content-Type"] = content_type
+        out["body"] = body if isinstance(body, str) else jsonx.dumps(body)
+    return out
+
+
+def problem_response(exc: BillowError, path: str) -> dict[str, Any]:
+    return response(exc.status, problem(exc.status, exc.title, exc.detail, path, exc.extensions), PROBLEM)
+
+
+def internal_error(path: str) -> dict[str, Any]:
+    log.exception("unhandled error on %s", path)
+    return response(500, problem(500, "Internal Server Error", "unexpected error; it was logged", path), PROBLEM)
+
+
+def body_text(event: dict[str, Any]) -> str:
+    raw = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            return base64.b64decode(raw).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise ValidationFailed("request body is not valid UTF-8", [{"field": "body", "message": "not UTF-8"}]) from None
+    return raw
+
+
+def json_body(event: dict[str, Any]) -> Any:
+    text = body_text(event)
+    if not text.strip():
+        raise ValidationFailed("request body is empty; a JSON document is required", [{"field": "body", "message": "empty"}])
+    try:
+        return jsonx.loads(text)
+    except (jsonx.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise ValidationFailed(f"malformed JSON: {exc}", [{"field": "body", "message": "malformed JSON"}]) from None
+
+
+def header(event: dict[str, Any], name: str) -> str:
+    headers = event.get("headers") or {}
+    for k, v in headers.items():
+        if k.lower() == name:
+            return v or ""
+    return ""
+
+
+def query_multi(event: dict[str, Any]) -> dict[str, list[str]]:
+    """Repeated parameters kept apart (API Gateway joins them with commas in queryStringParameters)."""
+    raw = event.get("rawQueryString")
+    if raw is not None:
+        return parse_qs(raw, keep_blank_values=True)
+    return {k: [v] for k, v in (event.get("queryStringParameters") or {}).items()}
+
+
+def path_param(value: str) -> str:
+    return unquote(value)
+
+
+def guarded(path: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return fn()
+    except BillowError as exc:
+        return problem_response(exc, path)
+    except Exception:
+        return internal_error(path)
+
+
+def wants_csv(event: dict[str, Any]) -> bool:
+    accept = header(event, "accept")
+    return "text/csv" in accept and "application/json" not in accept.split(",")[0]

@@ -1,0 +1,149 @@
+"""The embedded host: one process serving the Lambda handlers. Each HTTP request becomes an API Gateway
+HTTP API (payload 2.0) event for functions/ingest or functions/api; the in-process bus hands ingested
+batches to functions/usage_sink in the MSK event shape."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from billow import jsonx
+from billow.bootstrap import Container, Settings, build, install
+from billow.errors import problem
+
+log = logging.getLogger("billow.serve")
+
+
+def apigw_event(method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> dict[str, Any]:
+    parts = urlsplit(target)
+    qsp: dict[str, str] = {}
+    if parts.query:
+        from urllib.parse import parse_qsl
+
+        for k, v in parse_qsl(parts.query, keep_blank_values=True):
+            qsp[k] = f"{qsp[k]},{v}" if k in qsp else v
+    try:
+        text, b64 = body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, b64 = base64.b64encode(body).decode(), True
+    now = time.time()
+    return {
+        "version": "2.0", "routeKey": "$default", "rawPath": parts.path, "rawQueryString": parts.query,
+        "headers": headers, "queryStringParameters": qsp or None,
+        "requestContext": {
+            "accountId": "local", "apiId": "billow-local", "domainName": "localhost", "domainPrefix": "localhost",
+            "http": {"method": method, "path": parts.path, "protocol": "HTTP/1.1", "sourceIp": client,
+                     "userAgent": headers.get("user-agent", "")},
+            "requestId": str(uuid.uuid4()), "routeKey": "$default", "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)), "timeEpoch": int(now * 1000),
+        },
+        "body": text or None, "isBase64Encoded": b64,
+    }
+
+
+def route(method: str, path: str) -> Any:
+    if path.rstrip("/") == "/api/v1/events" and method == "POST":
+        from functions.ingest.handler import lambda_handler as ingest
+
+        return ingest
+    from functions.api.handler import lambda_handler as api
+
+    return api
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "billow"
+    max_body: int = 16 * 1024 * 1024
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("%s " + fmt, self.client_address[0], *args)
+
+    def _send(self, status: int, headers: dict[str, Any], body: bytes, close: bool = False) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            if k.lower() not in ("content-length", "connection"):
+                self.send_header(k, str(v))
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _problem(self, status: int, title: str, detail: str, close: bool = False) -> None:
+        body = jsonx.dumps(problem(status, title, detail, self.path)).encode()
+        self._send(status, {"Content-Type": "application/problem+json"}, body, close)
+
+    def _dispatch(self) -> None:
+        length_raw = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self._problem(411, "Length Required", "send the body with a Content-Length", close=True)
+            return
+        try:
+            length = int(length_raw) if length_raw else 0
+        except ValueError:
+            self._problem(400, "Bad Request", "invalid Content-Length", close=True)
+            return
+        if length > self.max_body:
+            self._problem(413, "Payload Too Large", f"request body over {self.max_body} bytes", close=True)
+            return
+        body = self.rfile.read(length) if length else b""
+        headers: dict[str, str] = {}
+        for k, v in self.headers.items():
+            lk = k.lower()
+            headers[lk] = f"{headers[lk]},{v}" if lk in headers else v
+        event = apigw_event(self.command, self.path, headers, body, self.client_address[0])
+        handler = route(self.command, urlsplit(self.path).path)
+        try:
+            result = handler(event, None)
+        except Exception:
+            log.exception("handler failed")
+            self._problem(500, "Internal Server Error", "unexpected error; it was logged")
+            return
+        out = result.get("body") or ""
+        data = base64.b64decode(out) if result.get("isBase64Encoded") else out.encode("utf-8")
+        hdrs = dict(result.get("headers") or {})
+        for k, vs in (result.get("multiValueHeaders") or {}).items():
+            hdrs[k] = ",".join(vs)
+        self._send(int(result.get("statusCode", 200)), hdrs, data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+
+
+class BillowServer:
+    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8888) -> None:
+        from functions.usage_sink.handler import lambda_handler as sink
+
+        self.container: Container = build(settings, deliver=lambda ev: sink(ev, None))
+        install(self.container)
+        handler = type("Handler", (_Handler,), {"max_body": settings.max_body_bytes})
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.httpd.server_address[:2]
+        return str(host), int(port)
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def start_background(self) -> threading.Thread:
+        t = threading.Thread(target=self.serve_forever, name="billow-http", daemon=True)
+        t.start()
+        return t
+
+    def shutdown(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        install(None)
+        self.container.close()
