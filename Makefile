@@ -1,0 +1,24 @@
+.PHONY: setup serve test unit lint bench openapi
+
+setup:
+	@bash scripts/setup.sh
+
+serve: setup
+	.venv/bin/billow serve --config billow.yaml
+
+# Starts PostgreSQL, runs the whole suite (chdb is the ClickHouse engine, in-process).
+test: setup
+	@eval "$$(bash scripts/services.sh start)" && .venv/bin/python -m pytest -q -n 2 --dist loadfile
+
+unit: setup
+	.venv/bin/python -m pytest -q tests/unit
+
+lint: setup
+	.venv/bin/ruff check shared functions tests bench
+	.venv/bin/mypy
+
+bench: setup
+	.venv/bin/python -m bench
+
+openapi: setup
+	.venv/bin/python scripts/gen_openapi.py ../shared/reference/openmeter/openapi.yaml

@@ -1,0 +1,131 @@
+"""One contract, two implementations: the in-memory twin and chdb (the ClickHouse engine)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from billow.adapters.memory import InMemoryUsageStore
+from billow.domain.events import CloudEvent
+from billow.domain.usage import GroupFilter, MeterValue, StoredEvent, UsageQuery, final_value
+from tests.conftest import t
+
+T0 = t("2026-03-28T22:00:00Z")
+
+
+def mv(i: int, value: str, when: str, subject: str = "a", model: str = "m1", meter: str = "M1") -> MeterValue:
+    return MeterValue(meter, subject, t(when), Decimal(value), value, {"model": model}, "src", str(i))
+
+
+def q(ns: str, agg: str = "SUM", **kw: Any) -> UsageQuery:
+    base: dict[str, Any] = dict(namespace=ns, meter_id="M1", aggregation=agg, start=None, end=None, window_size=None,
+                                window_tz="UTC", subjects=None, group_by=[], by_subject=False, subject_customers=None)
+    base.update(kw)
+    return UsageQuery(**base)
+
+
+def test_dedup_ledger(usage_store: Any, namespace: str) -> None:
+    ev = CloudEvent("e1", "src", "prompt", "a", T0, {"x": 1})
+    assert usage_store.present_keys(namespace, [("src", "e1")]) == set()
+    usage_store.write(namespace, [mv(1, "1", "2026-03-28T22:00:00Z")], [StoredEvent(ev, T0)])
+    assert usage_store.present_keys(namespace, [("src", "e1"), ("src", "e2")]) == {("src", "e1")}
+    assert usage_store.present_keys("other_ns", [("src", "e1")]) == set()
+    assert usage_store.valued_keys(namespace, ["M1"], T0, T0, [("src", "1"), ("src", "2")]) == {("src", "1")}
+    assert usage_store.valued_keys(namespace, ["M2"], T0, T0, [("src", "1")]) == set()
+
+
+def test_aggregations_are_exact(usage_store: Any, namespace: str) -> None:
+    big = "99999999999999999999.999999999999999999"  # the largest Decimal(38, 18) value
+    usage_store.write(namespace, [mv(1, big, "2026-03-28T22:00:01Z"), mv(2, big, "2026-03-28T22:00:02Z"),
+                                  mv(3, "0.1", "2026-03-28T22:05:00Z"), mv(4, "0.2", "2026-03-28T22:59:59.999Z")], [])
+    expected = {
+        "SUM": "200000000000000000000.299999999999999998",  # past Decimal128's range: no overflow
+        "COUNT": "4", "MIN": "0.1", "MAX": big, "LATEST": "0.2",
+        "AVG": "50000000000000000000.075",
+    }
+    for agg, want in expected.items():
+        (row,) = usage_store.aggregate(q(namespace, agg))
+        assert final_value(agg, row) == Decimal(want), agg
+
+
+def test_from_to_inclusive_and_partial_minutes(usage_store: Any, namespace: str) -> None:
+    usage_store.write(namespace, [mv(i, "1", w) for i, w in enumerate([
+        "2026-03-28T22:00:00.000Z", "2026-03-28T22:00:30.250Z", "2026-03-28T22:01:00Z",
+        "2026-03-28T22:10:59.999Z", "2026-03-28T22:11:00Z", "2026-03-28T22:11:00.001Z"])], [])
+
+    def total(start: str, end: str) -> Decimal:
+        rows = usage_store.aggregate(q(namespace, "COUNT", start=t(start), end=t(end)))
+        return sum((final_value("COUNT", r) for r in rows), Decimal(0))
+
+    assert total("2026-03-28T22:00:00Z", "2026-03-28T22:11:00Z") == 5  # `to` is inclusive
+    assert total("2026-03-28T22:00:30.250Z", "2026-03-28T22:10:59.999Z") == 3
+    assert total("2026-03-28T22:00:30.251Z", "2026-03-28T22:00:59.999Z") == 0
+    assert total("2026-03-28T22:11:00.001Z", "2026-03-28T23:00:00Z") == 1
+
+
+def test_windows_group_by_and_dst(usage_store: Any, namespace: str) -> None:
+    # 2026-03-29 is 23 hours long in Berlin.
+    usage_store.write(namespace, [
+        mv(1, "1", "2026-03-28T22:59:00Z", model="a"), mv(2, "2", "2026-03-28T23:00:00Z", model="a"),
+        mv(3, "4", "2026-03-29T21:59:59Z", model="b"), mv(4, "8", "2026-03-29T22:00:00Z", model="b", subject="z"),
+    ], [])
+    rows = usage_store.aggregate(q(namespace, window_size="DAY", window_tz="Europe/Berlin", group_by=["model"]))
+    got = [(r.window_start, r.groups["model"], r.sum) for r in rows]
+    assert got == [
+        (t("2026-03-27T23:00:00Z"), "a", Decimal(1)),
+        (t("2026-03-28T23:00:00Z"), "a", Decimal(2)),
+        (t("2026-03-28T23:00:00Z"), "b", Decimal(4)),
+        (t("2026-03-29T22:00:00Z"), "b", Decimal(8)),
+    ]
+    by_subject = usage_store.aggregate(q(namespace, by_subject=True, subjects=["z", "a"]))
+    assert [(r.subject, r.sum) for r in by_subject] == [("a", Decimal(7)), ("z", Decimal(8))]
+    cust = usage_store.aggregate(q(namespace, subject_customers={"a": "C1", "z": "C2"}, subjects=["a", "z"]))
+    assert [(r.customer_id, r.sum) for r in cust] == [("C1", Decimal(7)), ("C2", Decimal(8))]
+
+
+def test_group_filters(usage_store: Any, namespace: str) -> None:
+    usage_store.write(namespace, [mv(i, "1", "2026-03-28T22:00:00Z", model=m) for i, m in
+                                  enumerate(["gpt-4", "gpt-4o", "claude", "Claude-3", "llama"])], [])
+
+    def count(*conj: list[GroupFilter]) -> int:
+        rows = usage_store.aggregate(q(namespace, "COUNT", filters=list(conj)))
+        return int(rows[0].count) if rows else 0
+
+    f = GroupFilter
+    assert count([f("model", "$eq", "claude")]) == 1
+    assert count([f("model", "$like", "gpt%")]) == 2
+    assert count([f("model", "$ilike", "claude%")]) == 2
+    assert count([f("model", "$nin", ["llama", "claude"])]) == 3
+    assert count([f("model", "$gt", "gpt")], [f("model", "$eq", "Claude-3")]) == 4
+    assert count([f("model", "$eq", "x'); DROP TABLE events; --")]) == 0
+
+
+_value = st.decimals(min_value=Decimal("-1000"), max_value=Decimal("1000"), places=3, allow_nan=False)
+_offset = st.integers(min_value=0, max_value=3 * 24 * 3600 * 1000)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(_value, _offset, st.sampled_from("ab"), st.sampled_from(["x", "y", ""])), min_size=1, max_size=40),
+       agg=st.sampled_from(["SUM", "COUNT", "AVG", "MIN", "MAX", "UNIQUE_COUNT"]),
+       size=st.sampled_from([None, "MINUTE", "HOUR", "DAY", "MONTH"]),
+       tz=st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kolkata", "America/St_Johns"]),
+       cut=st.tuples(_offset, _offset))
+def test_twin_and_chdb_agree(chdb_store: Any, rows: list, agg: str, size: str | None, tz: str, cut: tuple[int, int]) -> None:
+    import uuid
+
+    ns = "prop_" + uuid.uuid4().hex[:12]
+    twin = InMemoryUsageStore()
+    vals = [MeterValue("M1", subj, T0 + timedelta(milliseconds=off), v, str(v.normalize()), {"model": model}, "p", str(i))
+            for i, (v, off, subj, model) in enumerate(rows)]
+    for store in (twin, chdb_store):
+        store.write(ns, vals, [])
+    lo, hi = sorted(cut)
+    query = q(ns, agg, window_size=size, window_tz=tz, group_by=["model"], by_subject=True,
+              start=T0 + timedelta(milliseconds=lo), end=T0 + timedelta(milliseconds=hi))
+    expected = [(r.window_start, r.subject, r.groups, final_value(agg, r)) for r in twin.aggregate(query)]
+    actual = [(r.window_start, r.subject, r.groups, final_value(agg, r)) for r in chdb_store.aggregate(query)]
+    assert actual == expected
