@@ -1,0 +1,57 @@
+"""Data survives a restart (dedup too), config meters, and the unmodified `openmeter` client drives Billow."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from openmeter import Client
+
+from tests.conftest import event
+from tests.e2e.conftest import Server
+
+CONFIG = """
+meters:
+  - slug: requests
+    eventType: request
+    aggregation: COUNT
+    groupBy: {route: $.route}
+"""
+
+
+def test_restart_keeps_data_and_dedup(tmp_path: Path) -> None:
+    (tmp_path / "billow.yaml").write_text(CONFIG)
+    srv = Server(tmp_path / "data", tmp_path / "billow.yaml").start()
+    try:
+        batch = [event(i, type="request", route="/a" if i % 2 else "/b") for i in range(50)]
+        assert srv.request("POST", "/api/v1/events", batch, "application/cloudevents-batch+json")[0] == 204
+    finally:
+        assert srv.stop() == 0
+    srv.start()
+    try:
+        assert srv.request("POST", "/api/v1/events", batch, "application/cloudevents-batch+json")[0] == 204  # resent
+        _, _, body = srv.request("GET", "/api/v1/meters/requests/query?groupBy=route")
+        assert [(r["groupBy"]["route"], r["value"]) for r in body["data"]] == [("/a", 25), ("/b", 25)]
+        status, _, prob = srv.request("DELETE", "/api/v1/meters/requests")
+        assert status == 409 and "config" in prob["detail"]
+    finally:
+        srv.stop()
+
+
+def test_openmeter_client_ingest_list_query(server: Server) -> None:
+    client = Client(endpoint=server.url)
+    client.meters.create({"slug": "om_tokens", "eventType": "om_prompt", "aggregation": "SUM",
+                          "valueProperty": "$.tokens", "groupBy": {"model": "$.model"}})
+    client.events.ingest_event(event("o1", type="om_prompt", time="2026-11-28T10:05:00Z", tokens=30, model="m1"))
+    client.events.ingest_events([
+        event("o2", type="om_prompt", time="2026-11-28T10:55:00Z", tokens=12.5, model="m2"),
+        event("o3", type="om_prompt", time="2026-11-28T11:00:00Z", tokens=7, model="m1"),
+        event("o1", type="om_prompt", time="2026-11-28T10:05:00Z", tokens=30, model="m1"),  # duplicate
+    ])
+    assert "om_tokens" in [m.slug for m in client.meters.list()]
+    result = client.meters.query_json(
+        "om_tokens", window_size="HOUR", group_by=["model"],
+        from_parameter=dt.datetime(2026, 11, 28, 10, tzinfo=dt.UTC), to=dt.datetime(2026, 11, 28, 12, tzinfo=dt.UTC))
+    got = [(r.window_start.isoformat(), r.group_by["model"], r.value) for r in result.data]
+    assert got == [("2026-11-28T10:00:00+00:00", "m1", 30), ("2026-11-28T10:00:00+00:00", "m2", 12.5),
+                   ("2026-11-28T11:00:00+00:00", "m1", 7)]
