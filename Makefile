@@ -1,4 +1,4 @@
-.PHONY: setup serve test unit lint bench openapi
+.PHONY: setup serve test unit lint lint-only bench openapi
 
 setup:
 	@bash scripts/setup.sh
@@ -7,13 +7,15 @@ serve: setup
 	.venv/bin/billow serve --config billow.yaml
 
 # Starts PostgreSQL, runs the whole suite (chdb is the ClickHouse engine, in-process).
-test: setup
+test: setup lint-only
 	@eval "$$(bash scripts/services.sh start)" && .venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 unit: setup
 	.venv/bin/python -m pytest -q tests/unit
 
-lint: setup
+lint: setup lint-only
+
+lint-only:
 	.venv/bin/ruff check shared functions tests bench
 	.venv/bin/mypy
 

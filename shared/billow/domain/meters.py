@@ -8,8 +8,6 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import jsonpath
-
 from billow.domain.events import CloudEvent
 from billow.errors import ValidationFailed
 from billow.exact import exact
@@ -36,6 +34,8 @@ class Path:
         self._keys: tuple[str, ...] | None = tuple(text[2:].split(".")) if _SIMPLE_PATH_RE.match(text) else None
         self._compiled = None
         if self._keys is None:
+            import jsonpath  # only for paths beyond $.a.b (keeps handler cold start small)
+
             try:
                 self._compiled = jsonpath.compile(text)
             except Exception as exc:  # python-jsonpath raises several syntax error types

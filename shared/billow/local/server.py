@@ -103,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         event = apigw_event(self.command, self.path, headers, body, self.client_address[0])
         handler = route(self.command, urlsplit(self.path).path)
         try:
-            result = handler(event, None)
+            result = handler(event, None)  # no LambdaContext outside Lambda
         except Exception:
             log.exception("handler failed")
             self._problem(500, "Internal Server Error", "unexpected error; it was logged")
@@ -122,7 +122,7 @@ class BillowServer:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8888) -> None:
         from functions.usage_sink.handler import lambda_handler as sink
 
-        self.container: Container = build(settings, deliver=lambda ev: sink(ev, None))
+        self.container: Container = build(settings, deliver=lambda ev: sink(ev, None))  # type: ignore[arg-type]
         install(self.container)
         handler = type("Handler", (_Handler,), {"max_body": settings.max_body_bytes})
         self.httpd = ThreadingHTTPServer((host, port), handler)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from billow import jsonx
@@ -200,6 +199,8 @@ def query_meter(namespace: str, id_or_slug: str, p: QueryParams, *, meta: MetaSt
     ))
     data = []
     for r in rows:
+        ws: datetime | None
+        we: datetime | None
         if r.window_start is not None:
             assert p.window_size is not None
             ws, we = r.window_start, window_end(r.window_start, p.window_size, tz)
