@@ -55,3 +55,46 @@ def test_openmeter_client_ingest_list_query(server: Server) -> None:
     got = [(r.window_start.isoformat(), r.group_by["model"], r.value) for r in result.data]
     assert got == [("2026-11-28T10:00:00+00:00", "m1", 30), ("2026-11-28T10:00:00+00:00", "m2", 12.5),
                    ("2026-11-28T11:00:00+00:00", "m1", 7)]
+
+
+def test_kill_mid_ingest_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    import signal
+    import threading
+    import time
+
+    (tmp_path / "billow.yaml").write_text(CONFIG)
+    srv = Server(tmp_path / "data", tmp_path / "billow.yaml").start()
+    batches = [[event(f"k{b}-{i}", type="request", route="/k") for i in range(500)] for b in range(40)]
+    acked: list[int] = []
+
+    def send() -> None:
+        for n, batch in enumerate(batches):
+            try:
+                status = srv.request("POST", "/api/v1/events", batch, "application/cloudevents-batch+json")[0]
+            except OSError:
+                return
+            if status == 204:
+                acked.append(n)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    while len(acked) < 3:
+        time.sleep(0.01)
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGKILL)  # no chance to flush anything
+    srv.proc.wait()
+    srv.proc = None
+    sender.join()
+    assert 3 <= len(acked) < len(batches)
+    srv.start()
+    try:
+        def count() -> int:
+            _, _, body = srv.request("GET", "/api/v1/meters/requests/query?advancedMeterGroupByFilters=%7B%22route%22%3A%7B%22%24eq%22%3A%22%2Fk%22%7D%7D")
+            return int(body["data"][0]["value"]) if body["data"] else 0
+
+        assert count() >= 500 * len(acked)  # every acknowledged event survived the kill
+        for batch in batches:  # the client retries everything: nothing counts twice
+            assert srv.request("POST", "/api/v1/events", batch, "application/cloudevents-batch+json")[0] == 204
+        assert count() == 500 * len(batches)
+    finally:
+        srv.stop()
