@@ -108,7 +108,7 @@ _value = st.decimals(min_value=Decimal("-1000"), max_value=Decimal("1000"), plac
 _offset = st.integers(min_value=0, max_value=3 * 24 * 3600 * 1000)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.tuples(_value, _offset, st.sampled_from("ab"), st.sampled_from(["x", "y", ""])), min_size=1, max_size=40),
        agg=st.sampled_from(["SUM", "COUNT", "AVG", "MIN", "MAX", "UNIQUE_COUNT"]),
        size=st.sampled_from([None, "MINUTE", "HOUR", "DAY", "MONTH"]),

@@ -6,6 +6,7 @@ bound parameter; the only identifiers in the SQL text are this module's own cons
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -142,39 +143,36 @@ class ClickHouseUsageStore:
 
         branches = []
         start, end_excl = q.start, (q.end + _MS if q.end is not None else None)
-        full_from = _ceil_minute(start) if start is not None else None
-        full_to = _floor_minute(end_excl) if end_excl is not None else None
+        rollup = (
+            "SELECT minute AS t, subject, group_by, sum_value AS s, cnt AS c, min_value AS mn, max_value AS mx, "
+            "uniq_state AS u, latest_state AS l FROM {table} WHERE " + common
+        )
         raw_select = (
             "SELECT toDateTime(toStartOfMinute(time), 'UTC') AS t, subject, group_by, sum(toDecimal256(value, 18)) AS s, "
             "count() AS c, min(value) AS mn, max(value) AS mx, uniqExactState(value_str) AS u, "
             "argMaxState(value, time) AS l FROM meter_values WHERE " + common + " AND (EDGES) "
             "GROUP BY t, subject, group_by"
         )
-        if full_from is not None and full_to is not None and full_from >= full_to:
-            # The whole range lies within one or two partial minutes: raw values only.
-            params.update(r_from=start, r_to=end_excl)
-            branches.append(raw_select.replace("EDGES", "time >= {r_from:DateTime64(3, 'UTC')} AND time < {r_to:DateTime64(3, 'UTC')}"))
-        else:
-            roll_where = [common]
-            if full_from is not None:
-                roll_where.append("minute >= {f_from:DateTime('UTC')}")
-                params["f_from"] = full_from
-            if full_to is not None:
-                roll_where.append("minute < {f_to:DateTime('UTC')}")
-                params["f_to"] = full_to
-            branches.append(
-                "SELECT minute AS t, subject, group_by, sum_value AS s, cnt AS c, min_value AS mn, max_value AS mx, "
-                "uniq_state AS u, latest_state AS l FROM meter_rollup_1m WHERE " + " AND ".join(roll_where)
-            )
-            edges = []
-            if start is not None and full_from is not None and start < full_from:
-                edges.append("(time >= {e1_from:DateTime64(3, 'UTC')} AND time < {e1_to:DateTime64(3, 'UTC')})")
-                params.update(e1_from=start, e1_to=full_from)
-            if end_excl is not None and full_to is not None and full_to < end_excl:
-                edges.append("(time >= {e2_from:DateTime64(3, 'UTC')} AND time < {e2_to:DateTime64(3, 'UTC')})")
-                params.update(e2_from=full_to, e2_to=end_excl)
-            if edges:
-                branches.append(raw_select.replace("EDGES", " OR ".join(edges)))
+        edges: list[str] = []
+        for n, (tier, lo, hi) in enumerate(_segments(start, end_excl, _hourly_ok(q))):
+            cond = []
+            col = "time" if tier == "raw" else "minute"
+            ptype = "DateTime64(3, 'UTC')" if tier == "raw" else "DateTime('UTC')"
+            if lo is not None:
+                cond.append(f"{col} >= {{s{n}_lo:{ptype}}}")
+                params[f"s{n}_lo"] = lo
+            if hi is not None:
+                cond.append(f"{col} < {{s{n}_hi:{ptype}}}")
+                params[f"s{n}_hi"] = hi
+            if tier == "raw":
+                edges.append("(" + " AND ".join(cond) + ")")
+            else:
+                table = "meter_rollup_1h" if tier == "hour" else "meter_rollup_1m"
+                branches.append(rollup.replace("{table}", table) + "".join(" AND " + c for c in cond))
+        if edges:
+            branches.append(raw_select.replace("EDGES", " OR ".join(edges)))
+        if not branches:
+            branches.append(raw_select.replace("EDGES", "0"))
 
         keys = ["w"]
         select = [_WINDOW_EXPR[q.window_size] + " AS w"]
@@ -293,6 +291,74 @@ class ClickHouseUsageStore:
             params["end"] = end
         rows = self._query("SELECT DISTINCT subject FROM meter_values WHERE " + " AND ".join(where) + " ORDER BY subject", params)
         return [r[0] for r in rows]
+
+
+_HOUR = timedelta(hours=1)
+_HOURLY_SINCE = datetime(1990, 1, 1, tzinfo=UTC)
+
+
+def _floor_hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(t: datetime) -> datetime:
+    f = _floor_hour(t)
+    return f if f == t else f + _HOUR
+
+
+@functools.cache
+def _whole_hour_zone(tz: str) -> bool:
+    """True when every UTC offset of `tz` from 1990 to 2060 is a whole number of hours, so that every window
+    boundary of that zone falls on a UTC hour and hourly rollups can serve its windows."""
+    if tz == "UTC":
+        return True
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(tz)
+    t = _HOURLY_SINCE
+    end = datetime(2060, 1, 1, tzinfo=UTC)
+    while t < end:
+        off = zone.utcoffset(t)
+        if off is None or off.total_seconds() % 3600:
+            return False
+        t += timedelta(hours=6)
+    return True
+
+
+def _hourly_ok(q: UsageQuery) -> bool:
+    if q.window_size == "MINUTE":
+        return False
+    if q.window_size is not None and not _whole_hour_zone(q.window_tz):
+        return False
+    return q.window_tz == "UTC" or q.window_size is None or (q.start is not None and q.start >= _HOURLY_SINCE)
+
+
+def _segments(start: datetime | None, end: datetime | None, hourly: bool) -> list[tuple[str, datetime | None, datetime | None]]:
+    """Split [start, end) into raw partial minutes, rollup minutes and (if allowed) rollup hours.
+    None is an open end. Each tier serves only whole units that lie inside the range."""
+    m_lo = _ceil_minute(start) if start is not None else None
+    m_hi = _floor_minute(end) if end is not None else None
+    if m_lo is not None and m_hi is not None and m_lo >= m_hi:
+        return [("raw", start, end)] if start is not None and end is not None and start < end else []
+    out: list[tuple[str, datetime | None, datetime | None]] = []
+    if start is not None and m_lo is not None and start < m_lo:
+        out.append(("raw", start, m_lo))
+    if end is not None and m_hi is not None and m_hi < end:
+        out.append(("raw", m_hi, end))
+    if not hourly:
+        out.append(("minute", m_lo, m_hi))
+        return out
+    h_lo = _ceil_hour(m_lo) if m_lo is not None else None
+    h_hi = _floor_hour(m_hi) if m_hi is not None else None
+    if h_lo is not None and h_hi is not None and h_lo >= h_hi:
+        out.append(("minute", m_lo, m_hi))
+        return out
+    if m_lo is not None and h_lo is not None and m_lo < h_lo:
+        out.append(("minute", m_lo, h_lo))
+    if m_hi is not None and h_hi is not None and h_hi < m_hi:
+        out.append(("minute", h_hi, m_hi))
+    out.append(("hour", h_lo, h_hi))
+    return out
 
 
 def _key_params(namespace: str, keys: Sequence[tuple[str, str]]) -> dict[str, Any]:

@@ -52,5 +52,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             max(value) AS max_value, uniqExactState(value_str) AS uniq_state,
             argMaxState(value, time) AS latest_state
         FROM meter_values GROUP BY namespace, meter_id, minute, subject, group_by""",
+        # The same per UTC hour: long ranges read 60 times fewer rows.
+        """CREATE TABLE IF NOT EXISTS meter_rollup_1h AS meter_rollup_1m""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS meter_rollup_1h_mv TO meter_rollup_1h AS
+        SELECT namespace, meter_id, toDateTime(toStartOfHour(time), 'UTC') AS minute, subject, group_by,
+            sum(toDecimal256(value, 18)) AS sum_value, count() AS cnt, min(value) AS min_value,
+            max(value) AS max_value, uniqExactState(value_str) AS uniq_state,
+            argMaxState(value, time) AS latest_state
+        FROM meter_values GROUP BY namespace, meter_id, minute, subject, group_by""",
     ]),
 ]
