@@ -33,11 +33,13 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
     if c.bus is None:
         raise Unavailable("no event bus is configured")
     try:
-        ingest_events(c.namespace, events, meta=c.meta, bus=c.bus, now=c.clock.now())
+        result = ingest_events(c.namespace, events, meta=c.meta, bus=c.bus, now=c.clock.now())
     except (ValidationFailed, UnsupportedMediaType):
         raise
     except ConnectionError as exc:
+        c.metrics.add("ingest_refused_unavailable", len(events))
         raise Unavailable(f"event bus unavailable, nothing was ingested: {exc}") from exc
+    c.metrics.add("ingest_accepted", result.accepted)
     return response(204)
 
 

@@ -3,14 +3,20 @@ One bad record never fails the batch; a store outage does (so the batch is deliv
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import KafkaEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from billow.adapters.inprocess_bus import namespace_of
 from billow.bootstrap import container
+from billow.bus import namespace_of
 from billow.services.sink import SinkRecord, sink_batch
+
+metrics = Metrics(namespace="Billow", service="usage_sink")
+IN_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 
 
 @event_source(data_class=KafkaEvent)
@@ -27,4 +33,12 @@ def lambda_handler(event: KafkaEvent, context: LambdaContext | None) -> dict[str
     if bad:
         c.dead_letters(bad)
     result = sink_batch(records, usage=c.usage, meta=c.meta, dead_letter=c.dead_letters)
-    return {"stored": result.stored, "duplicates": result.duplicates, "deadLettered": len(result.dead_letters) + len(bad)}
+    counts = {"stored": result.stored, "duplicates": result.duplicates, "unmatched": result.unmatched,
+              "deadLettered": len(result.dead_letters) + len(bad)}
+    for name, n in counts.items():
+        c.metrics.add(f"sink_{name}", n)
+    if IN_LAMBDA:  # CloudWatch EMF, one line per batch
+        for name, n in counts.items():
+            metrics.add_metric(name=f"Events{name[0].upper()}{name[1:]}", unit=MetricUnit.Count, value=n)
+        metrics.flush_metrics()
+    return counts

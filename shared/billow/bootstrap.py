@@ -1,7 +1,8 @@
 """The one place that chooses adapters, from a validated settings model.
 
 Embedded default: chdb usage store + SQLite meta store + in-process bus, all under one data directory.
-Lambda: settings from BILLOW_* environment variables (ClickHouse over HTTP, PostgreSQL via pg8000)."""
+Lambda: settings from BILLOW_* environment variables (ClickHouse over HTTP, PostgreSQL via pg8000, MSK via
+confluent-kafka, dead letters to SQS); credentials come from Secrets Manager ARNs, never from plain text."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from billow.ports import EventBus, MetaStore, UsageStore
+from billow.ports import DeadLetters, EventBus, MetaStore, UsageStore
 from billow.timeutil import utcnow
 
 
@@ -28,23 +29,76 @@ class Settings(BaseModel):
     usage_store: Literal["chdb", "clickhouse", "memory"] = "chdb"
     clickhouse_dsn: str | None = None  # e.g. https://user:pass@host:8443/billow
     meta_store_url: str | None = None  # default: sqlite in data_dir; postgresql+pg8000://... in AWS
-    bus: Literal["inprocess"] = "inprocess"
+    bus: Literal["inprocess", "kafka"] = "inprocess"
+    kafka_bootstrap: str | None = None  # host:port[,host:port]; MSK Serverless IAM listener is port 9098
+    kafka_auth: Literal["none", "iam"] = "none"
+    kafka_partitions: int = Field(default=4, ge=1, le=1024)
+    kafka_group: str = "billow-usage-sink"  # consumer group of the local MSK-trigger stand-in
+    dlq_url: str | None = None  # SQS queue for records the usage sink cannot process
+    clickhouse_secret_arn: str | None = None  # {"dsn": ...} or {"host", "port", "username", "password", "database"}
+    db_secret_arn: str | None = None  # RDS-generated secret; db_host (RDS Proxy endpoint) overrides its host
+    db_host: str | None = None
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     meters: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod
     def from_env(cls) -> Settings:
         values: dict[str, Any] = {}
-        for name in ("namespace", "data_dir", "usage_store", "clickhouse_dsn", "meta_store_url", "max_body_bytes"):
+        for name in cls.model_fields:
             env = os.environ.get("BILLOW_" + name.upper())
-            if env:
+            if env and name != "meters":
                 values[name] = env
-        return cls(**values)
+        return cls(**values).with_secrets()
+
+    def with_secrets(self) -> Settings:
+        """Resolve the Secrets Manager ARNs into connection strings (once per cold start)."""
+        if not (self.clickhouse_secret_arn and not self.clickhouse_dsn) and \
+                not (self.db_secret_arn and not self.meta_store_url):
+            return self
+        from urllib.parse import quote
+
+        from billow.adapters.aws import secret_json
+
+        update: dict[str, Any] = {}
+        if self.clickhouse_secret_arn and not self.clickhouse_dsn:
+            ch = secret_json(self.clickhouse_secret_arn)
+            update["clickhouse_dsn"] = ch.get("dsn") or (
+                f"https://{quote(str(ch['username']), safe='')}:{quote(str(ch['password']), safe='')}"
+                f"@{ch['host']}:{ch.get('port', 8443)}/{ch.get('database', 'default')}")
+        if self.db_secret_arn and not self.meta_store_url:
+            db = secret_json(self.db_secret_arn)
+            update["meta_store_url"] = (
+                f"postgresql+pg8000://{quote(str(db['username']), safe='')}:{quote(str(db['password']), safe='')}"
+                f"@{self.db_host or db['host']}:{db.get('port', 5432)}/{db.get('dbname', 'postgres')}")
+        return self.model_copy(update=update)
+
+    def kafka_config(self) -> dict[str, Any]:
+        if not self.kafka_bootstrap:
+            raise ValueError("bus=kafka needs kafka_bootstrap (host:port)")
+        from billow.adapters.kafka import client_config
+
+        return client_config(self.kafka_bootstrap, self.kafka_auth, os.environ.get("AWS_REGION"))
 
 
 class SystemClock:
     def now(self) -> datetime:
         return utcnow()
+
+
+class Counters:
+    """Process-wide event counters (ingested, stored, duplicates, dead-lettered, unmatched)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
 
 
 class FileDeadLetters:
@@ -72,8 +126,9 @@ class Container:
     meta: MetaStore
     usage: UsageStore
     clock: SystemClock
-    dead_letters: FileDeadLetters
+    dead_letters: DeadLetters
     bus: EventBus | None = None
+    metrics: Counters = field(default_factory=Counters)
     _sink_lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -114,9 +169,19 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
     meta = SqlMetaStore(settings.meta_store_url or f"sqlite:///{(data / 'billow.db').resolve()}")
     usage.migrate()
     meta.migrate()
-    dl = FileDeadLetters(data / "dead-letters.jsonl" if settings.usage_store != "memory" or data.exists() else None)
+    dl: DeadLetters
+    if settings.dlq_url:
+        from billow.adapters.aws import SqsDeadLetters
+
+        dl = SqsDeadLetters(settings.dlq_url)
+    else:
+        dl = FileDeadLetters(data / "dead-letters.jsonl" if data.exists() else None)
     c = Container(settings=settings, meta=meta, usage=usage, clock=SystemClock(), dead_letters=dl)
-    if deliver is not None:
+    if settings.bus == "kafka":
+        from billow.adapters.kafka import KafkaBus
+
+        c.bus = KafkaBus(settings.kafka_config(), partitions=settings.kafka_partitions)
+    elif deliver is not None:
         from billow.adapters.inprocess_bus import InProcessBus
 
         c.bus = InProcessBus(deliver, c.sink_lock)

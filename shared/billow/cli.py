@@ -39,11 +39,16 @@ def serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"billow: invalid config: {exc}", file=sys.stderr)
         return 2
-    print(f"billow: starting (usage store: {settings.usage_store}, data dir: {Path(settings.data_dir).resolve()})", flush=True)
+    bus = f"kafka at {settings.kafka_bootstrap}" if settings.bus == "kafka" else "in-process"
+    print(f"billow: starting (usage store: {settings.usage_store}, bus: {bus}, "
+          f"data dir: {Path(settings.data_dir).resolve()})", flush=True)
     try:
         server = BillowServer(settings, args.host, args.port)
     except BillowError as exc:
         print(f"billow: cannot start: {exc.detail}", file=sys.stderr)
+        return 2
+    except ConnectionError as exc:
+        print(f"billow: cannot reach the event bus: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"billow: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
@@ -61,7 +66,7 @@ def serve(args: argparse.Namespace) -> int:
           "auth: off in this embedded default — do not expose this port)", flush=True)
     server.serve_forever()
     server.httpd.server_close()
-    server.container.close()
+    server.close()
     print("billow: stopped", flush=True)
     return 0
 

@@ -91,3 +91,11 @@ class EventBus(Protocol):
     def publish(self, namespace: str, records: Sequence[tuple[bytes, bytes]]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class DeadLetters(Protocol):
+    """Where the usage sink reports records it cannot process (SQS in AWS, a JSON-lines file embedded)."""
+
+    count: int
+
+    def __call__(self, items: list[dict[str, Any]]) -> None: ...

@@ -4,40 +4,13 @@ them, so an acknowledged ingest is already durable and queryable."""
 
 from __future__ import annotations
 
-import base64
 import threading
-import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from billow.bus import PARTITIONS, BusRecord, msk_event, topic_for
 from billow.services.ingest import partition_for
-
-PARTITIONS = 4
-
-
-def topic_for(namespace: str) -> str:
-    return f"billow.{namespace}.events"
-
-
-def namespace_of(topic: str) -> str:
-    if not (topic.startswith("billow.") and topic.endswith(".events")):
-        raise ValueError(f"not a billow events topic: {topic!r}")
-    return topic[len("billow."):-len(".events")]
-
-
-def msk_event(topic: str, batch: Sequence[tuple[int, int, bytes, bytes]]) -> dict[str, Any]:
-    """(partition, offset, key, value) records -> the MSK event source payload."""
-    records: dict[str, list[dict[str, Any]]] = {}
-    now_ms = int(time.time() * 1000)
-    for partition, offset, key, value in batch:
-        records.setdefault(f"{topic}-{partition}", []).append({
-            "topic": topic, "partition": partition, "offset": offset, "timestamp": now_ms,
-            "timestampType": "CREATE_TIME", "key": base64.b64encode(key).decode(),
-            "value": base64.b64encode(value).decode(), "headers": [],
-        })
-    return {"eventSource": "aws:kafka", "eventSourceArn": "arn:aws:kafka:local:000000000000:cluster/billow/local",
-            "bootstrapServers": "inprocess", "records": records}
 
 
 class InProcessBus:
@@ -56,9 +29,9 @@ class InProcessBus:
                 p = partition_for(key, PARTITIONS)
                 off = self._offsets.get((topic, p), 0)
                 self._offsets[(topic, p)] = off + 1
-                batch.append((p, off, key, value))
+                batch.append(BusRecord(topic, p, off, key, value))
         with self._lock():
-            self._deliver(msk_event(topic, batch))
+            self._deliver(msk_event(batch, bootstrap="inprocess"))
 
     def close(self) -> None:
         return None

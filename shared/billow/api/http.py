@@ -29,7 +29,10 @@ def response(status: int, body: Any = None, content_type: str = JSON, headers: d
 
 
 def problem_response(exc: BillowError, path: str) -> dict[str, Any]:
-    return response(exc.status, problem(exc.status, exc.title, exc.detail, path, exc.extensions), PROBLEM)
+    out = response(exc.status, problem(exc.status, exc.title, exc.detail, path, exc.extensions), PROBLEM)
+    if exc.status == 503:  # a dependency is down: tell the client when to resend
+        out["headers"]["Retry-After"] = "1"
+    return out
 
 
 def internal_error(path: str) -> dict[str, Any]:

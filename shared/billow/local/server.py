@@ -122,8 +122,20 @@ class BillowServer:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8888) -> None:
         from functions.usage_sink.handler import lambda_handler as sink
 
-        self.container: Container = build(settings, deliver=lambda ev: sink(ev, None))  # type: ignore[arg-type]
+        deliver = lambda ev: sink(ev, None)  # type: ignore[arg-type]  # noqa: E731
+        self.container: Container = build(settings, deliver=deliver)
         install(self.container)
+        self.poller: Any = None
+        if settings.bus == "kafka":  # play the MSK trigger against the real broker
+            from billow.adapters.kafka import KafkaBus, KafkaSinkPoller
+            from billow.bus import topic_for
+
+            topic = topic_for(settings.namespace)
+            assert isinstance(self.container.bus, KafkaBus)
+            self.container.bus.ensure_topic(topic)
+            self.poller = KafkaSinkPoller(settings.kafka_config(), [topic], deliver, group=settings.kafka_group,
+                                          lock=self.container.sink_lock)
+            self.poller.start()
         handler = type("Handler", (_Handler,), {"max_body": settings.max_body_bytes})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -142,8 +154,14 @@ class BillowServer:
         t.start()
         return t
 
+    def close(self) -> None:
+        """After the HTTP server stopped: stop the sink poller, flush the bus, close the stores."""
+        if self.poller is not None:
+            self.poller.close()
+        install(None)
+        self.container.close()
+
     def shutdown(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-        install(None)
-        self.container.close()
+        self.close()

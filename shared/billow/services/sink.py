@@ -33,6 +33,7 @@ class SinkRecord:
 class SinkResult:
     stored: int = 0
     duplicates: int = 0
+    unmatched: int = 0  # stored raw events that no meter counts (kept, so a later meter can backfill them)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -105,6 +106,7 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
         owners[s.event.key] = vals
         stored.append(StoredEvent(s.event, s.ingested_at, error) if error else s)
     valued_candidates = [k for k, v in owners.items() if v]
+    result.unmatched += len(owners) - len(valued_candidates)
     if valued_candidates:
         times = [items[k].event.time for k in valued_candidates]
         half_done = usage.valued_keys(namespace, sorted({m.id for m in meters}), min(times), max(times), valued_candidates)
