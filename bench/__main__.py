@@ -1,8 +1,12 @@
 """Run every benchmark: `.venv/bin/python -m bench` (or `make bench`)."""
 
+import os
 import subprocess
 import sys
 
-for module in ("bench.ingest", "bench.query"):
+modules = ["bench.ingest", "bench.query"]
+if os.environ.get("BILLOW_TEST_KAFKA"):  # the Kafka path needs a broker (scripts/services.sh starts one)
+    modules.append("bench.kafka_path")
+for module in modules:
     print(f"== {module}", flush=True)
     subprocess.run([sys.executable, "-m", module, *sys.argv[1:]], check=True)

@@ -1,0 +1,105 @@
+"""The production usage path on one machine: ingest use-case -> Kafka (idempotent producer, acks=all) ->
+MSK-trigger stand-in -> usage sink handler -> ClickHouse engine (chdb via clickhouse-connect).
+
+Prints end-to-end throughput (first publish until every event is queryable) and the lag from a publish
+being acknowledged to its event being visible in a meter query (median and p95 over single-event batches).
+Needs a broker: BILLOW_TEST_KAFKA=host:port (`eval "$(bash scripts/services.sh start)"` starts Tansu).
+Run: .venv/bin/python -m bench.kafka_path [--events 100000] [--batch 5000] [--lag-samples 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from decimal import Decimal
+
+from bench.ingest import METER, batches
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--lag-samples", type=int, default=30)
+    args, _ = ap.parse_known_args()
+    bootstrap = os.environ.get("BILLOW_TEST_KAFKA")
+    if not bootstrap:
+        sys.exit("bench.kafka_path: set BILLOW_TEST_KAFKA (eval \"$(bash scripts/services.sh start)\")")
+
+    from functions.usage_sink.handler import lambda_handler as sink
+
+    from billow.adapters.kafka import KafkaSinkPoller
+    from billow.bootstrap import Settings, build, install
+    from billow.bus import topic_for
+    from billow.domain.usage import UsageQuery, final_value
+    from billow.services.ingest import ingest_events
+    from billow.services.meters import create_meter
+
+    ns = "bench" + uuid.uuid4().hex[:8]
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(namespace=ns, data_dir=tmp, bus="kafka", kafka_bootstrap=bootstrap)
+        c = build(settings)
+        install(c)
+        meter = create_meter(ns, METER, meta=c.meta, usage=c.usage, now=c.clock.now(), sink_lock=c.sink_lock)
+        assert c.bus is not None
+        c.bus.ensure_topic(topic_for(ns))  # type: ignore[attr-defined]
+        poller = KafkaSinkPoller(settings.kafka_config(), [topic_for(ns)], lambda ev: sink(ev, None),  # type: ignore[arg-type]
+                                 group=f"bench-{ns}", batch_size=5000, batch_window_s=0.05, session_timeout_ms=2000,
+                                 lock=c.sink_lock)
+        stop = threading.Event()
+
+        def consume() -> None:
+            while not stop.is_set():
+                poller.poll_once()
+
+        worker = threading.Thread(target=consume, daemon=True)
+        worker.start()
+
+        def count() -> int:
+            rows = c.usage.aggregate(UsageQuery(ns, meter.id, "COUNT", None, None, None, "UTC", None, [], False, None))
+            return int(final_value("COUNT", rows[0])) if rows else 0
+
+        # Warm up: the consumer group join and first producer session are not part of the figures.
+        ingest_events(ns, batches(1, 1, "w")[0], meta=c.meta, bus=c.bus, now=c.clock.now())
+        while count() < 1:
+            time.sleep(0.01)
+
+        work = batches(args.events, args.batch, "b")
+        t0 = time.perf_counter()
+        for b in work:
+            ingest_events(ns, b, meta=c.meta, bus=c.bus, now=c.clock.now())
+        t_acked = time.perf_counter() - t0
+        while count() < args.events + 1:
+            time.sleep(0.01)
+        dt = time.perf_counter() - t0
+        print(f"kafka path: {args.events} events (batches of {args.batch}): all acked by the broker after "
+              f"{t_acked:.2f} s ({args.events / t_acked:,.0f} events/s publish), all queryable after {dt:.2f} s "
+              f"= {args.events / dt:,.0f} events/s end to end")
+
+        lags = []
+        for i in range(args.lag_samples):
+            before = count()
+            ingest_events(ns, batches(1, 1, f"lag{i}-")[0], meta=c.meta, bus=c.bus, now=c.clock.now())
+            t1 = time.perf_counter()
+            while count() == before:
+                time.sleep(0.002)
+            lags.append((time.perf_counter() - t1) * 1000)
+        lags.sort()
+        p95 = lags[max(0, int(len(lags) * 0.95) - 1)]
+        print(f"kafka path: lag from broker ack to queryable, {len(lags)} samples: median "
+              f"{statistics.median(lags):.0f} ms, p95 {p95:.0f} ms, max {lags[-1]:.0f} ms")
+        stop.set()
+        worker.join(timeout=10)
+        assert Decimal(count()) == args.events + 1 + args.lag_samples
+        poller.close()
+        c.close()
+
+
+if __name__ == "__main__":
+    main()
