@@ -6,7 +6,8 @@ setup:
 serve: setup
 	.venv/bin/billow serve --config billow.yaml
 
-# Starts PostgreSQL, runs the whole suite (chdb is the ClickHouse engine, in-process).
+# Starts PostgreSQL, LocalStack and the Tansu broker, runs the whole suite (chdb is the ClickHouse engine,
+# in-process).
 test: setup lint-only
 	@eval "$$(bash scripts/services.sh start)" && .venv/bin/python -m pytest -q -n 2 --dist loadfile
 
@@ -20,7 +21,7 @@ lint-only:
 	.venv/bin/mypy
 
 bench: setup
-	.venv/bin/python -m bench
+	@eval "$$(bash scripts/services.sh start)" && .venv/bin/python -m bench
 
 openapi: setup
 	.venv/bin/python scripts/gen_openapi.py ../shared/reference/openmeter/openapi.yaml

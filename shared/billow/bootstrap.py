@@ -8,47 +8,92 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from billow.ports import DeadLetters, EventBus, MetaStore, UsageStore
 from billow.timeutil import utcnow
 
+_NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "usage_store": ("chdb", "clickhouse", "memory"), "bus": ("inprocess", "kafka"), "kafka_auth": ("none", "iam"),
+}
+_INT_RANGES: dict[str, tuple[int, int]] = {"kafka_partitions": (1, 1024), "max_body_bytes": (1024, 1 << 31)}
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-    namespace: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated settings (config file, CLI flags or BILLOW_* variables). A plain dataclass rather than a
+    pydantic model: every Lambda handler imports this module, and pydantic alone costs ~0.4 s of cold start."""
+
+    namespace: str = "default"
     data_dir: str = ".billow"
-    usage_store: Literal["chdb", "clickhouse", "memory"] = "chdb"
+    usage_store: str = "chdb"  # chdb | clickhouse | memory
     clickhouse_dsn: str | None = None  # e.g. https://user:pass@host:8443/billow
     meta_store_url: str | None = None  # default: sqlite in data_dir; postgresql+pg8000://... in AWS
-    bus: Literal["inprocess", "kafka"] = "inprocess"
+    bus: str = "inprocess"  # inprocess | kafka
     kafka_bootstrap: str | None = None  # host:port[,host:port]; MSK Serverless IAM listener is port 9098
-    kafka_auth: Literal["none", "iam"] = "none"
-    kafka_partitions: int = Field(default=4, ge=1, le=1024)
+    kafka_auth: str = "none"  # none | iam
+    kafka_partitions: int = 4
     kafka_group: str = "billow-usage-sink"  # consumer group of the local MSK-trigger stand-in
     dlq_url: str | None = None  # SQS queue for records the usage sink cannot process
     clickhouse_secret_arn: str | None = None  # {"dsn": ...} or {"host", "port", "username", "password", "database"}
     db_secret_arn: str | None = None  # RDS-generated secret; db_host (RDS Proxy endpoint) overrides its host
     db_host: str | None = None
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    meters: list[dict[str, Any]] = Field(default_factory=list)
+    max_body_bytes: int = 16 * 1024 * 1024
+    meters: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> Settings:
+        """Build from loosely typed input (YAML, environment), naming every bad field in one ValueError."""
+        known = {f.name: f for f in fields(cls)}
+        errors: list[str] = [f"{k}: unknown setting" for k in values if k not in known]
+        clean: dict[str, Any] = {}
+        for name, value in values.items():
+            if name not in known or value is None:
+                continue
+            default = known[name].default
+            if name == "meters":
+                if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+                    errors.append("meters: must be a list of meter definitions")
+                else:
+                    clean[name] = tuple(value)
+            elif isinstance(default, int):
+                try:
+                    number = int(value)
+                except (TypeError, ValueError):
+                    errors.append(f"{name}: must be an integer, got {value!r}")
+                    continue
+                lo, hi = _INT_RANGES[name]
+                if not lo <= number <= hi:
+                    errors.append(f"{name}: must be between {lo} and {hi}")
+                clean[name] = number
+            elif not isinstance(value, str):
+                errors.append(f"{name}: must be a string, got {type(value).__name__}")
+            else:
+                if name in _CHOICES and value not in _CHOICES[name]:
+                    errors.append(f"{name}: must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+                clean[name] = value
+        ns = clean.get("namespace", "default")
+        if not _NAMESPACE_RE.match(ns):
+            errors.append(f"namespace: {ns!r} must match {_NAMESPACE_RE.pattern}")
+        if errors:
+            raise ValueError("invalid settings: " + "; ".join(errors))
+        return cls(**clean)
 
     @classmethod
     def from_env(cls) -> Settings:
         values: dict[str, Any] = {}
-        for name in cls.model_fields:
-            env = os.environ.get("BILLOW_" + name.upper())
-            if env and name != "meters":
-                values[name] = env
-        return cls(**values).with_secrets()
+        for f in fields(cls):
+            env = os.environ.get("BILLOW_" + f.name.upper())
+            if env and f.name != "meters":
+                values[f.name] = env
+        return cls.parse(values).with_secrets()
 
     def with_secrets(self) -> Settings:
         """Resolve the Secrets Manager ARNs into connection strings (once per cold start)."""
@@ -70,7 +115,7 @@ class Settings(BaseModel):
             update["meta_store_url"] = (
                 f"postgresql+pg8000://{quote(str(db['username']), safe='')}:{quote(str(db['password']), safe='')}"
                 f"@{self.db_host or db['host']}:{db.get('port', 5432)}/{db.get('dbname', 'postgres')}")
-        return self.model_copy(update=update)
+        return replace(self, **update)
 
     def kafka_config(self) -> dict[str, Any]:
         if not self.kafka_bootstrap:
@@ -188,7 +233,7 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
     if settings.meters:
         from billow.services.meters import sync_config_meters
 
-        sync_config_meters(settings.namespace, settings.meters, meta=meta, usage=usage, now=c.clock.now(),
+        sync_config_meters(settings.namespace, list(settings.meters), meta=meta, usage=usage, now=c.clock.now(),
                            sink_lock=c.sink_lock)
     return c
 

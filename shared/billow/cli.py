@@ -25,8 +25,6 @@ def load_config(path: str | None) -> dict[str, Any]:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from billow.bootstrap import Settings
     from billow.errors import BillowError
     from billow.local.server import BillowServer
@@ -35,8 +33,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.data_dir:
         cfg["data_dir"] = args.data_dir
     try:
-        settings = Settings(**{k.replace("-", "_"): v for k, v in cfg.items()})
-    except ValidationError as exc:
+        settings = Settings.parse({k.replace("-", "_"): v for k, v in cfg.items()})
+    except ValueError as exc:
         print(f"billow: invalid config: {exc}", file=sys.stderr)
         return 2
     bus = f"kafka at {settings.kafka_bootstrap}" if settings.bus == "kafka" else "in-process"

@@ -22,8 +22,8 @@ def load(name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def container(tmp_path: Path) -> Any:
-    c = build(Settings(usage_store="memory", data_dir=str(tmp_path), meters=[
-        {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens", "groupBy": {"model": "$.model"}}]),
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), meters=[
+        {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens", "groupBy": {"model": "$.model"}}])),
         deliver=lambda ev: sink(ev, None))
     install(c)
     yield c
