@@ -17,7 +17,7 @@ unit: setup
 lint: setup lint-only
 
 lint-only:
-	.venv/bin/ruff check shared functions tests bench
+	.venv/bin/ruff check shared functions tests bench infra layers
 	.venv/bin/mypy
 
 bench: setup
