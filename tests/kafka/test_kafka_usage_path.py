@@ -192,3 +192,15 @@ def test_broker_restart_mid_stream(private_broker: PrivateBroker, namespace: str
             poller_.close()
         assert p.container.bus is not None
         p.container.bus.close()
+
+
+def test_an_event_over_the_record_limit_refuses_the_whole_batch(pipeline: Pipeline) -> None:
+    batch = tokens_events(range(3))
+    batch[1]["data"]["note"] = "x" * 1_100_000
+    resp = pipeline.ingest(batch)
+    assert resp["statusCode"] == 413 and "nothing of this batch" in jsonx.loads(resp["body"])["detail"]
+    assert pipeline.ingest(tokens_events(range(10, 12)))["statusCode"] == 204
+    poller = pipeline.poller()
+    pipeline.drain(poller, 2)
+    wait_until(lambda: False, 1.0, poller.poll_once)
+    assert poller.delivered == 2 and pipeline.total() == truth(tokens_events(range(10, 12)))

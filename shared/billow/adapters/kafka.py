@@ -17,8 +17,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from billow.bus import PARTITIONS, BusRecord, msk_event, topic_for
+from billow.errors import PayloadTooLarge
 
 log = logging.getLogger("billow.kafka")
+MAX_RECORD_BYTES = 1_000_000  # Kafka's default message.max.bytes (MSK Serverless: 8 MB, but one MB is portable)
 
 
 def client_config(bootstrap: str, auth: str = "none", region: str | None = None) -> dict[str, Any]:
@@ -83,6 +85,10 @@ class KafkaBus:
 
     def publish(self, namespace: str, records: Sequence[tuple[bytes, bytes]]) -> None:
         topic = topic_for(namespace)
+        for key, value in records:  # refuse before producing anything: a batch is all or nothing
+            if len(key) + len(value) > MAX_RECORD_BYTES:
+                raise PayloadTooLarge(f"an event of {len(value)} bytes is over the {MAX_RECORD_BYTES}-byte limit "
+                                      "of one Kafka record; nothing of this batch was ingested")
         with self._lock:
             self.ensure_topic(topic)
             failures: list[KafkaError] = []
