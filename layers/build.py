@@ -1,12 +1,27 @@
-"""Build the Lambda assets without Docker, from the lockfile:
+"""Build the Lambda assets from the lockfile, without Docker.
 
-  build/lambda/deps/python/...   third-party dependencies: manylinux wheels for the Lambda architecture
-  build/lambda/code/{billow,functions}   Billow's own code (the shared core and the thin handlers)
+  build/layers/deps/python/...          the dependencies layer: manylinux wheels for the Lambda architecture
+  build/layers/code/{billow,functions}  the function code asset: the shared core and the thin handlers
 
-Both are byte-compiled (Lambda's file system is read-only: a .pyc not shipped is compiled on every cold
-start). chdb is never included (the `embedded` extra stays out), nor boto3/botocore, which the Lambda
-Python runtime provides. Sizes are checked against Lambda's limits.
-Run: .venv/bin/python -m layers.build [--arch arm64|x86_64] [--python 3.13]
+Run from the repo root: `.venv/bin/python -m layers.build [--arch arm64|x86_64] [--force]`.
+
+* Requirements come from `uv export --frozen` (uv.lock) with the `postgres` and `kafka` extras only: never
+  `embedded` (chdb, ~530 MB) nor the dev/infra groups. The build fails if chdb turns up anyway.
+* boto3, botocore and s3transfer are left out: the Lambda Python runtime ships them, Billow only uses stable
+  calls (SQS SendMessageBatch, Secrets Manager GetSecretValue, credentials for the MSK IAM signer), and they
+  are the biggest packages in the tree (botocore alone is ~25 MB unzipped). Put them back (drop them from
+  RUNTIME_PROVIDED) if a feature needs a newer botocore than the runtime's.
+* Wheels are installed with `uv pip install --python-platform <arch>-manylinux_2_34 --python-version 3.12
+  --only-binary :all: --no-deps --target ...`, the uv equivalent of `pip install --platform ... --target`:
+  the uv-managed venv has no pip, and uv accepts every manylinux tag up to glibc 2.34 (Amazon Linux 2023,
+  which the python3.12 runtime runs on), where pip's `--platform manylinux2014_*` would refuse a wheel
+  tagged only manylinux_2_28. `--no-deps` is right because the export is already the full locked closure.
+* Everything is byte-compiled with unchecked-hash .pyc files when the build interpreter is the target
+  version: Lambda's file system is read-only, and the asset zip stores every file with the same fixed
+  timestamp, so timestamp-checked .pyc files would be stale and recompiled in memory on every cold start.
+* The dependencies layer is cached under build/layers keyed by the lockfile, arch, Python version and this
+  script; the code asset is rebuilt every time (it is small).
+* Sizes are checked: the layer < 50 MB zipped (direct upload limit) and code + layer < 250 MB unzipped.
 """
 
 from __future__ import annotations
@@ -15,35 +30,84 @@ import argparse
 import compileall
 import hashlib
 import io
+import py_compile
 import shutil
 import subprocess
+import sys
+import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "build" / "lambda"
-LAYER_ZIP_LIMIT = 50 * 1024 * 1024  # direct upload limit for one layer, zipped
-FUNCTION_UNZIPPED_LIMIT = 250 * 1024 * 1024  # function + all its layers, unzipped
-EXCLUDED = {"chdb", "boto3", "botocore", "s3transfer", "jmespath"}  # jmespath comes with the runtime's boto3
-UV_PYTHON = shutil.which("python3") or "python3"  # scripts/setup.sh installs uv there
-# Lambda's python3.12/3.13 runtimes run on Amazon Linux 2023 (glibc 2.34): manylinux_2_34 wheels and older.
-PLATFORMS = {"arm64": "aarch64-manylinux_2_34", "x86_64": "x86_64-manylinux_2_34"}
+OUT = ROOT / "build" / "layers"
+PYTHON = "3.12"  # the Lambda runtime (infra/constructs/functions.py RUNTIME) and the venv
+ARCHES = {"arm64": "aarch64", "x86_64": "x86_64"}
+LAYER_ZIP_LIMIT = 50 * 1024 * 1024  # one layer, zipped (direct upload)
+FUNCTION_UNZIPPED_LIMIT = 250 * 1024 * 1024  # function code + all its layers, unzipped
+FORBIDDEN = ("chdb",)  # must never reach a Lambda asset
+RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
+EXTRAS = ("postgres", "kafka")
+
+
+class BuildError(SystemExit):
+    pass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    deps_unzipped: int
+    deps_zipped: int
+    code_unzipped: int
+    code_zipped: int
+
+    @property
+    def function_unzipped(self) -> int:
+        return self.deps_unzipped + self.code_unzipped
+
+    def report(self) -> str:
+        def mb(n: int) -> str:
+            return f"{n / 1024 / 1024:.1f} MB"
+
+        return (f"deps layer {mb(self.deps_zipped)} zipped / {mb(self.deps_unzipped)} unzipped "
+                f"(limit {mb(LAYER_ZIP_LIMIT)} zipped); code {mb(self.code_zipped)} zipped / "
+                f"{mb(self.code_unzipped)} unzipped; function total {mb(self.function_unzipped)} unzipped "
+                f"(limit {mb(FUNCTION_UNZIPPED_LIMIT)})")
+
+
+def _uv(*args: str) -> list[str]:
+    """`python3 -m uv` as scripts/setup.sh installs it (the pinned uv), else a `uv` on PATH."""
+    python3 = shutil.which("python3")
+    if python3 and subprocess.run([python3, "-m", "uv", "--version"], capture_output=True).returncode == 0:
+        return [python3, "-m", "uv", *args]
+    uv = shutil.which("uv")
+    if not uv:
+        raise BuildError("layers: uv not found (scripts/setup.sh installs it as `python3 -m uv`)")
+    return [uv, *args]
+
+
+def package_name(requirement: str) -> str:
+    return requirement.split(";")[0].split("==")[0].split("[")[0].strip().lower().replace("_", "-")
 
 
 def requirements() -> list[str]:
-    out = subprocess.run([UV_PYTHON, "-m", "uv", "export", "--frozen", "--no-dev", "--no-emit-project",
-                          "--no-hashes", "--no-header", "--no-annotate", "--extra", "postgres", "--extra", "kafka",
-                          "--no-default-groups"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    reqs = []
-    for line in out.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name = line.split("==")[0].split(";")[0].strip().lower().replace("_", "-")
-        if name in EXCLUDED:
-            continue
-        reqs.append(line)
-    return reqs
+    """The locked runtime closure for the Lambda extras, minus what the runtime provides."""
+    cmd = _uv("export", "--frozen", "--no-dev", "--no-default-groups", "--no-emit-project", "--no-hashes",
+              "--no-header", "--no-annotate", *(a for e in EXTRAS for a in ("--extra", e)))
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    reqs = [line.strip() for line in out.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    names = {package_name(r) for r in reqs}
+    if bad := names.intersection(FORBIDDEN):
+        raise BuildError(f"layers: {sorted(bad)} is in the Lambda requirements; it must never be in a layer")
+    return [r for r in reqs if package_name(r) not in RUNTIME_PROVIDED]
+
+
+def cache_key(reqs: list[str], arch: str) -> str:
+    h = hashlib.sha256()
+    for part in (*reqs, arch, PYTHON, Path(__file__).read_text()):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:20]
 
 
 def dir_size(path: Path) -> int:
@@ -51,6 +115,7 @@ def dir_size(path: Path) -> int:
 
 
 def zipped_size(path: Path) -> int:
+    """Size of the directory as CDK would upload it (deflate)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(path.rglob("*")):
@@ -59,49 +124,85 @@ def zipped_size(path: Path) -> int:
     return buf.tell()
 
 
-def build(arch: str = "arm64", python: str = "3.13") -> dict[str, int]:
+def _compile(path: Path) -> None:
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON:
+        print(f"layers: not byte-compiling (running {sys.version.split()[0]}, target {PYTHON})", file=sys.stderr)
+        return
+    ok = compileall.compile_dir(str(path), quiet=2, workers=0,
+                                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    if not ok:  # a third-party file with Python 2 syntax (test data, templates) is not fatal
+        print(f"layers: some files under {path} did not compile (left as source)", file=sys.stderr)
+
+
+def forbidden_in(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name.lower().split("-")[0].split(".")[0] in FORBIDDEN)
+
+
+def build_deps(arch: str, *, force: bool = False, out: Path = OUT) -> Path:
+    if arch not in ARCHES:
+        raise BuildError(f"layers: arch must be one of {sorted(ARCHES)}, got {arch!r}")
     reqs = requirements()
-    key = hashlib.sha256(("\n".join(reqs) + arch + python).encode()).hexdigest()[:16]
-    deps = OUT / "deps"
-    stamp = OUT / "deps.key"
-    if not (stamp.exists() and stamp.read_text() == key and deps.exists()):
-        shutil.rmtree(deps, ignore_errors=True)
-        (deps / "python").mkdir(parents=True)
-        req_file = OUT / "requirements.txt"
-        req_file.write_text("\n".join(reqs) + "\n")
-        subprocess.run([UV_PYTHON, "-m", "uv", "pip", "install", "--quiet", "--no-deps", "--target",
-                        str(deps / "python"), "--python-platform", PLATFORMS[arch], "--python-version", python, "--only-binary", ":all:", "-r", str(req_file)],
-                       cwd=ROOT, check=True)
-        for junk in (deps / "python").rglob("__pycache__"):
-            shutil.rmtree(junk, ignore_errors=True)
-        compileall.compile_dir(str(deps / "python"), quiet=1, workers=0, legacy=False)
-        stamp.write_text(key)
-    code = OUT / "code"
+    key = cache_key(reqs, arch)
+    deps = out / f"deps-{arch}"
+    stamp = deps / ".key"
+    if not force and stamp.exists() and stamp.read_text() == key:
+        return deps
+    shutil.rmtree(deps, ignore_errors=True)
+    site = deps / "python"
+    site.mkdir(parents=True)
+    req_file = out / f"requirements-{arch}.txt"
+    req_file.write_text("\n".join(reqs) + "\n")
+    subprocess.run(_uv("pip", "install", "--quiet", "--no-deps", "--only-binary", ":all:",
+                       "--python-platform", f"{ARCHES[arch]}-manylinux_2_34", "--python-version", PYTHON,
+                       "--target", str(site), "-r", str(req_file)), cwd=ROOT, check=True)
+    for junk in [*site.rglob("__pycache__"), site / "bin"]:
+        shutil.rmtree(junk, ignore_errors=True)
+    _compile(site)
+    stamp.write_text(key)  # outside python/: not part of the layer content hash that matters
+    return deps
+
+
+def build_code(out: Path = OUT) -> Path:
+    code = out / "code"
     shutil.rmtree(code, ignore_errors=True)
     code.mkdir(parents=True)
-    shutil.copytree(ROOT / "shared" / "billow", code / "billow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "functions", code / "functions", ignore=shutil.ignore_patterns("__pycache__"))
-    compileall.compile_dir(str(code), quiet=1)
-    if any((deps / "python").glob("chdb*")):
-        raise SystemExit("layers: chdb must never be in a Lambda layer")
-    sizes = {"deps_unzipped": dir_size(deps), "deps_zipped": zipped_size(deps),
-             "code_unzipped": dir_size(code), "code_zipped": zipped_size(code)}
-    if sizes["deps_zipped"] > LAYER_ZIP_LIMIT:
-        raise SystemExit(f"layers: dependencies layer is {sizes['deps_zipped']} bytes zipped (limit 50 MB)")
-    if sizes["deps_unzipped"] + sizes["code_unzipped"] > FUNCTION_UNZIPPED_LIMIT:
-        raise SystemExit("layers: function + layers exceed 250 MB unzipped")
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", ".pytest_cache")
+    shutil.copytree(ROOT / "shared" / "billow", code / "billow", ignore=skip)
+    shutil.copytree(ROOT / "functions", code / "functions", ignore=skip)
+    _compile(code)
+    return code
+
+
+def check(deps: Path, code: Path) -> Sizes:
+    for where in (deps / "python", code):
+        if found := forbidden_in(where):
+            raise BuildError(f"layers: {found} found in {where}; chdb must never be in a Lambda asset")
+    # the stamp file is excluded from the layer asset (see infra/constructs/functions.py)
+    sizes = Sizes(deps_unzipped=dir_size(deps / "python"), deps_zipped=zipped_size(deps / "python"),
+                  code_unzipped=dir_size(code), code_zipped=zipped_size(code))
+    if sizes.deps_zipped >= LAYER_ZIP_LIMIT:
+        raise BuildError(f"layers: the dependencies layer is too big: {sizes.report()}")
+    if sizes.function_unzipped >= FUNCTION_UNZIPPED_LIMIT:
+        raise BuildError(f"layers: code + layer exceed Lambda's unzipped limit: {sizes.report()}")
     return sizes
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", choices=sorted(PLATFORMS), default="arm64")
-    ap.add_argument("--python", default="3.13")
-    args = ap.parse_args()
-    sizes = build(args.arch, args.python)
-    mb = {k: f"{v / 1024 / 1024:.1f} MB" for k, v in sizes.items()}
-    print(f"layers: deps {mb['deps_zipped']} zipped ({mb['deps_unzipped']} unzipped), "
-          f"code {mb['code_zipped']} zipped ({mb['code_unzipped']} unzipped) in {OUT}")
+def build(arch: str = "arm64", *, force: bool = False, out: Path = OUT) -> tuple[Path, Path, Sizes]:
+    """Build (or reuse) the dependencies layer and rebuild the code asset; returns (deps, code, sizes)."""
+    deps = build_deps(arch, force=force, out=out)
+    code = build_code(out)
+    return deps, code, check(deps, code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m layers.build", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", choices=sorted(ARCHES), default="arm64")
+    ap.add_argument("--force", action="store_true", help="rebuild the dependencies layer even if cached")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    deps, code, sizes = build(args.arch, force=args.force)
+    print(f"layers: {sizes.report()}")
+    print(f"layers: {deps}/python and {code} ready in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

@@ -46,10 +46,10 @@ class KafkaBus:
     `source\\x1fid` so every copy of one event lands on one partition."""
 
     def __init__(self, conf: dict[str, Any], *, partitions: int = PARTITIONS, ack_timeout_s: float = 10.0,
-                 replication: int = 1) -> None:
+                 replication: int = -1) -> None:
         self._conf = conf
         self._partitions = partitions
-        self._replication = replication
+        self._replication = replication  # -1: the broker's default (MSK Serverless allows no other)
         self._ack_timeout_s = ack_timeout_s
         self._known_topics: set[str] = set()
         self._lock = threading.Lock()  # one batch in flight per process keeps acks per batch simple
