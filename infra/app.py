@@ -1,38 +1,85 @@
-"""CDK app: `npx aws-cdk@2 deploy -c stage=dev` (cdk.json runs this). Stage, namespace, account and region
-come from context or the CDK_DEFAULT_* environment, never from code. The Lambda assets are built from
-the lockfile first (layers/build.py, no Docker)."""
+"""CDK app entry point (`cdk.json` runs `.venv/bin/python -m infra.app` from the repo root).
+
+Stage, namespace, architecture, account and region come from context (`-c stage=prod -c namespace=acme
+-c account=123456789012 -c region=eu-west-1 -c arch=arm64`) or from CDK_DEFAULT_ACCOUNT/REGION, which the
+cdk CLI sets from the active credentials; nothing is hard-coded. Without an account and region the stack is
+environment-agnostic (fine for `cdk synth`; `cdk deploy` resolves them from the credentials).
+
+The Lambda assets are built first (layers/build.py, cached by lockfile hash, no Docker)."""
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from aws_cdk import App, Aspects, Environment, Tags
 from cdk_nag import AwsSolutionsChecks
 
-from infra.nag import suppress
+from infra.nag import apply_suppressions
 from infra.stack import BillowStack
 
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # the same rule as billow.bootstrap.Settings
 
-def build_app(app: App | None = None, assets: Path | None = None) -> tuple[App, BillowStack]:
+
+@dataclass(frozen=True)
+class Config:
+    stage: str
+    namespace: str
+    arch: str
+    account: str | None
+    region: str | None
+
+    @classmethod
+    def from_app(cls, app: App) -> Config:
+        def ctx(key: str, default: str | None = None) -> str | None:
+            value = app.node.try_get_context(key)
+            return str(value) if value not in (None, "") else default
+
+        cfg = cls(stage=ctx("stage", "dev") or "dev", namespace=ctx("namespace", "default") or "default",
+                  arch=ctx("arch", "arm64") or "arm64",
+                  account=ctx("account", os.environ.get("CDK_DEFAULT_ACCOUNT")),
+                  region=ctx("region", os.environ.get("CDK_DEFAULT_REGION")))
+        errors = []
+        if not _NAME.match(cfg.stage):
+            errors.append(f"stage {cfg.stage!r} must match {_NAME.pattern}")
+        if not _NAMESPACE.match(cfg.namespace):
+            errors.append(f"namespace {cfg.namespace!r} must match {_NAMESPACE.pattern}")
+        if cfg.arch not in ("arm64", "x86_64"):
+            errors.append(f"arch {cfg.arch!r} must be arm64 or x86_64")
+        if errors:
+            raise ValueError("invalid context: " + "; ".join(errors))
+        return cfg
+
+
+def build_app(app: App | None = None, *, assets: tuple[Path, Path] | None = None,
+              functions_root: Path | None = None) -> tuple[App, BillowStack]:
+    """Compose the app. `assets` = (dependencies layer dir, code dir); built by layers/build.py if omitted.
+    `functions_root` is where job handlers are looked for (default: the repo's functions/)."""
     app = app or App()
-    stage = str(app.node.try_get_context("stage") or "dev")
-    namespace = str(app.node.try_get_context("namespace") or "default")
-    account = app.node.try_get_context("account") or os.environ.get("CDK_DEFAULT_ACCOUNT")
-    region = app.node.try_get_context("region") or os.environ.get("CDK_DEFAULT_REGION")
+    cfg = Config.from_app(app)
     if assets is None:
-        from layers.build import OUT, build
+        from layers.build import build
 
-        build(str(app.node.try_get_context("arch") or "arm64"))
-        assets = OUT
-    stack = BillowStack(app, f"Billow-{stage}", stage=stage, namespace=namespace, assets=assets,
-                        env=Environment(account=account, region=region) if account or region else None)
-    for key, value in (("app", "billow"), ("stage", stage)):  # proxy target groups take no tags
+        deps, code, _ = build(cfg.arch)
+        assets = (deps, code)
+    env = Environment(account=cfg.account, region=cfg.region) if cfg.account or cfg.region else None
+    stack = BillowStack(app, f"Billow-{cfg.stage}", stage=cfg.stage, namespace=cfg.namespace, arch=cfg.arch,
+                        deps_dir=assets[0], code_dir=assets[1], functions_root=functions_root, env=env,
+                        description=f"Billow usage metering and billing ({cfg.stage})")
+    # RDS Proxy target groups take no tags (CloudFormation rejects them).
+    for key, value in (("app", "billow"), ("stage", cfg.stage)):
         Tags.of(stack).add(key, value, exclude_resource_types=["AWS::RDS::DBProxyTargetGroup"])
-    suppress(stack)
+    apply_suppressions(stack)
     Aspects.of(app).add(AwsSolutionsChecks(verbose=True))
     return app, stack
 
 
-if __name__ == "__main__":
+def main() -> None:
     build_app()[0].synth()
+
+
+if __name__ == "__main__":
+    main()

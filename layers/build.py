@@ -30,6 +30,7 @@ import argparse
 import compileall
 import hashlib
 import io
+import json
 import py_compile
 import shutil
 import subprocess
@@ -48,6 +49,7 @@ FUNCTION_UNZIPPED_LIMIT = 250 * 1024 * 1024  # function code + all its layers, u
 FORBIDDEN = ("chdb",)  # must never reach a Lambda asset
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
 EXTRAS = ("postgres", "kafka")
+ASSET_EXCLUDE = [".key", ".sizes.json"]  # bookkeeping files next to deps/python, not layer content
 
 
 class BuildError(SystemExit):
@@ -158,7 +160,7 @@ def build_deps(arch: str, *, force: bool = False, out: Path = OUT) -> Path:
     for junk in [*site.rglob("__pycache__"), site / "bin"]:
         shutil.rmtree(junk, ignore_errors=True)
     _compile(site)
-    stamp.write_text(key)  # outside python/: not part of the layer content hash that matters
+    stamp.write_text(key)  # next to python/, excluded from the layer asset (infra/constructs/functions.py)
     return deps
 
 
@@ -173,12 +175,23 @@ def build_code(out: Path = OUT) -> Path:
     return code
 
 
+def _deps_sizes(deps: Path) -> tuple[int, int]:
+    """(unzipped, zipped) of the layer content, cached next to it (zipping 80 MB takes seconds)."""
+    cached = deps / ".sizes.json"
+    if cached.exists():
+        data = json.loads(cached.read_text())
+        return int(data["unzipped"]), int(data["zipped"])
+    sizes = dir_size(deps / "python"), zipped_size(deps / "python")
+    cached.write_text(json.dumps({"unzipped": sizes[0], "zipped": sizes[1]}))
+    return sizes
+
+
 def check(deps: Path, code: Path) -> Sizes:
     for where in (deps / "python", code):
         if found := forbidden_in(where):
             raise BuildError(f"layers: {found} found in {where}; chdb must never be in a Lambda asset")
-    # the stamp file is excluded from the layer asset (see infra/constructs/functions.py)
-    sizes = Sizes(deps_unzipped=dir_size(deps / "python"), deps_zipped=zipped_size(deps / "python"),
+    deps_unzipped, deps_zipped = _deps_sizes(deps)
+    sizes = Sizes(deps_unzipped=deps_unzipped, deps_zipped=deps_zipped,
                   code_unzipped=dir_size(code), code_zipped=zipped_size(code))
     if sizes.deps_zipped >= LAYER_ZIP_LIMIT:
         raise BuildError(f"layers: the dependencies layer is too big: {sizes.report()}")

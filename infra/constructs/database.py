@@ -1,4 +1,6 @@
-"""Aurora Serverless v2 PostgreSQL behind RDS Proxy; credentials generated into Secrets Manager."""
+"""Aurora Serverless v2 PostgreSQL in isolated subnets, reached only through RDS Proxy (TLS required).
+The master credentials are generated into Secrets Manager (rotated every 30 days); the functions get the
+secret's ARN plus the proxy endpoint (BILLOW_DB_HOST), never the password."""
 
 from __future__ import annotations
 
@@ -7,32 +9,38 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_rds as rds
 from constructs import Construct
 
+ENGINE_VERSION = rds.AuroraPostgresEngineVersion.VER_16_9
+DATABASE = "billow"
+
 
 class Database(Construct):
     def __init__(self, scope: Construct, cid: str, *, vpc: ec2.IVpc, clients: ec2.ISecurityGroup,
+                 app_subnets: ec2.SubnetSelection, data_subnets: ec2.SubnetSelection,
                  min_acu: float, max_acu: float, retain: bool) -> None:
         super().__init__(scope, cid)
         self.security_group = ec2.SecurityGroup(self, "Db", vpc=vpc, allow_all_outbound=False,
-                                                description="Aurora PostgreSQL: reachable from the proxy only")
-        proxy_sg = ec2.SecurityGroup(self, "Proxy", vpc=vpc, allow_all_outbound=True,
-                                     description="RDS Proxy: reachable from Billow functions only")
-        proxy_sg.add_ingress_rule(clients, ec2.Port.tcp(5432), "Billow functions")
-        self.security_group.add_ingress_rule(proxy_sg, ec2.Port.tcp(5432), "RDS Proxy")
+                                                description="Aurora PostgreSQL: from RDS Proxy and rotation only")
+        self.proxy_security_group = ec2.SecurityGroup(self, "ProxySg", vpc=vpc, allow_all_outbound=False,
+                                                      description="RDS Proxy: from Billow functions only")
+        self.proxy_security_group.add_ingress_rule(clients, ec2.Port.tcp(5432), "Billow functions")
+        self.proxy_security_group.add_egress_rule(self.security_group, ec2.Port.tcp(5432), "to Aurora")
+        self.security_group.add_ingress_rule(self.proxy_security_group, ec2.Port.tcp(5432), "RDS Proxy")
         self.cluster = rds.DatabaseCluster(
             self, "Cluster",
-            engine=rds.DatabaseClusterEngine.aurora_postgres(version=rds.AuroraPostgresEngineVersion.VER_16_4),
-            writer=rds.ClusterInstance.serverless_v2("Writer"),
+            engine=rds.DatabaseClusterEngine.aurora_postgres(version=ENGINE_VERSION),
+            writer=rds.ClusterInstance.serverless_v2("Writer", publicly_accessible=False),
             serverless_v2_min_capacity=min_acu, serverless_v2_max_capacity=max_acu,
             credentials=rds.Credentials.from_generated_secret("billow"),
-            default_database_name="billow",
-            vpc=vpc, vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
-            security_groups=[self.security_group], storage_encrypted=True, iam_authentication=True,
-            deletion_protection=retain, backup=rds.BackupProps(retention=Duration.days(7)),
-            cloudwatch_logs_exports=["postgresql"],
+            default_database_name=DATABASE,
+            vpc=vpc, vpc_subnets=data_subnets, security_groups=[self.security_group],
+            storage_encrypted=True, iam_authentication=True, deletion_protection=retain,
+            backup=rds.BackupProps(retention=Duration.days(7)), cloudwatch_logs_exports=["postgresql"],
             removal_policy=RemovalPolicy.SNAPSHOT if retain else RemovalPolicy.DESTROY)
         assert self.cluster.secret is not None
         self.secret = self.cluster.secret
-        self.cluster.add_rotation_single_user(automatically_after=Duration.days(30))
+        # The rotation function needs Secrets Manager's API: run it in the app subnets (NAT), not isolated.
+        self.cluster.add_rotation_single_user(automatically_after=Duration.days(30), vpc_subnets=app_subnets)
         self.proxy = self.cluster.add_proxy(
-            "Proxy", secrets=[self.secret], vpc=vpc, security_groups=[proxy_sg], require_tls=True,
-            vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS))
+            "Proxy", secrets=[self.secret], vpc=vpc, vpc_subnets=app_subnets,
+            security_groups=[self.proxy_security_group], require_tls=True,
+            debug_logging=False, idle_client_timeout=Duration.minutes(30))

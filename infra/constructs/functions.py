@@ -1,4 +1,5 @@
-"""One Lambda function per handler, all on the same two assets: the dependencies layer and the code."""
+"""Lambda functions: one per handler, each with its own role and log group, all on two shared assets
+(the dependencies layer and the code, both from layers/build.py)."""
 
 from __future__ import annotations
 
@@ -6,36 +7,51 @@ from pathlib import Path
 
 from aws_cdk import Duration
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-RUNTIME = lambda_.Runtime.PYTHON_3_13
-ARCH = lambda_.Architecture.ARM_64
+from layers.build import ASSET_EXCLUDE
+
+RUNTIME = lambda_.Runtime.PYTHON_3_12  # = layers.build.PYTHON; the wheels and .pyc files are cp312
+ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Architecture.X86_64}
 
 
 class BillowFunctions(Construct):
-    """Shared assets (layers/build.py output) and a factory for the functions."""
-
-    def __init__(self, scope: Construct, cid: str, *, assets: Path, vpc: ec2.IVpc, security_group: ec2.ISecurityGroup,
-                 environment: dict[str, str]) -> None:
+    def __init__(self, scope: Construct, cid: str, *, deps_dir: Path, code_dir: Path, arch: str,
+                 vpc: ec2.IVpc, subnets: ec2.SubnetSelection, security_group: ec2.ISecurityGroup,
+                 environment: dict[str, str], stage: str) -> None:
         super().__init__(scope, cid)
-        self.assets = assets
-        self.vpc = vpc
-        self.security_group = security_group
+        if not (deps_dir / "python").is_dir() or not (code_dir / "functions").is_dir():
+            raise FileNotFoundError(f"Lambda assets missing under {deps_dir} / {code_dir}: "
+                                    "run `.venv/bin/python -m layers.build` first")
+        self.architecture = ARCHITECTURES[arch]
+        self.vpc, self.subnets, self.security_group = vpc, subnets, security_group
         self.environment = environment
+        self.stage = stage
         self.deps = lambda_.LayerVersion(
-            self, "Deps", code=lambda_.Code.from_asset(str(assets / "deps")),
-            compatible_runtimes=[RUNTIME], compatible_architectures=[ARCH],
-            description="Billow third-party dependencies from uv.lock (manylinux wheels, no chdb)")
-        self.code = lambda_.Code.from_asset(str(assets / "code"))
+            self, "Deps", code=lambda_.Code.from_asset(str(deps_dir), exclude=ASSET_EXCLUDE),
+            compatible_runtimes=[RUNTIME], compatible_architectures=[self.architecture],
+            description="Billow third-party dependencies from uv.lock (manylinux wheels; no chdb, no boto3)")
+        self.code = lambda_.Code.from_asset(str(code_dir))
+        self.functions: dict[str, lambda_.Function] = {}
 
-    def function(self, cid: str, handler: str, *, memory: int = 512, timeout_s: int = 29,
+    def function(self, name: str, *, memory: int = 512, timeout: Duration = Duration.seconds(29),
                  extra_env: dict[str, str] | None = None) -> lambda_.Function:
+        """`name` is the handler package under functions/ (api, ingest, usage_sink, billing_run, ...)."""
+        cid = "".join(part.capitalize() for part in name.split("_"))
         log_group = logs.LogGroup(self, f"{cid}Logs", retention=logs.RetentionDays.ONE_MONTH)
-        return lambda_.Function(
-            self, cid, runtime=RUNTIME, architecture=ARCH, handler=handler, code=self.code, layers=[self.deps],
-            memory_size=memory, timeout=Duration.seconds(timeout_s), log_group=log_group,
-            vpc=self.vpc, vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
-            security_groups=[self.security_group], tracing=lambda_.Tracing.ACTIVE,
-            environment={**self.environment, "POWERTOOLS_SERVICE_NAME": cid.lower(), **(extra_env or {})})
+        role = iam.Role(self, f"{cid}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                        description=f"Billow {name} function (least privilege, one role per function)",
+                        managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(
+                            "service-role/AWSLambdaVPCAccessExecutionRole")])
+        fn = lambda_.Function(
+            self, cid, function_name=f"billow-{self.stage}-{name.replace('_', '-')}",
+            runtime=RUNTIME, architecture=self.architecture, handler=f"functions.{name}.handler.lambda_handler",
+            code=self.code, layers=[self.deps], role=role, memory_size=memory, timeout=timeout,
+            log_group=log_group, vpc=self.vpc, vpc_subnets=self.subnets, security_groups=[self.security_group],
+            tracing=lambda_.Tracing.ACTIVE,
+            environment={**self.environment, "POWERTOOLS_SERVICE_NAME": name, **(extra_env or {})})
+        self.functions[name] = fn
+        return fn

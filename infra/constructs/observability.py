@@ -1,4 +1,6 @@
-"""Alarms: errors per function, dead-letter depth, MSK consumer lag; all to one encrypted SNS topic."""
+"""Alarms, all to one SNS topic (subscribe your pager/e-mail to it): errors per function, depth of every
+dead-letter queue (> 0: something was set aside and needs a look), and the MSK trigger's consumer lag
+(AWS/Lambda OffsetLag of the usage sink: usage is ingested but not yet queryable)."""
 
 from __future__ import annotations
 
@@ -12,32 +14,40 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+MINUTE = Duration.minutes(1)
+
 
 class Alarms(Construct):
-    def __init__(self, scope: Construct, cid: str, *, functions: dict[str, lambda_.IFunction],
-                 queues: dict[str, sqs.IQueue], sink: lambda_.IFunction, max_lag: int) -> None:
+    def __init__(self, scope: Construct, cid: str, *, stage: str) -> None:
         super().__init__(scope, cid)
-        self.topic = sns.Topic(self, "Topic", display_name="Billow alarms",
+        self.stage = stage
+        self.topic = sns.Topic(self, "Topic", display_name=f"Billow {stage} alarms",
                                master_key=kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"))
         self.topic.add_to_resource_policy(iam.PolicyStatement(
             effect=iam.Effect.DENY, principals=[iam.AnyPrincipal()], actions=["sns:Publish"],
             resources=[self.topic.topic_arn], conditions={"Bool": {"aws:SecureTransport": "false"}}))
-        action = cw_actions.SnsAction(self.topic)
-        self.alarms: list[cw.Alarm] = []
-        for name, fn in functions.items():
-            self._add(f"{name}Errors", fn.metric_errors(period=Duration.minutes(1), statistic="Sum"), 1,
-                      f"{name} function errors", action)
-        for name, q in queues.items():
-            self._add(f"{name}Depth", q.metric_approximate_number_of_messages_visible(period=Duration.minutes(1)),
-                      1, f"{name} holds messages", action)
-        lag = cw.Metric(namespace="AWS/Lambda", metric_name="OffsetLag", statistic="Maximum",
-                        dimensions_map={"FunctionName": sink.function_name}, period=Duration.minutes(1))
-        self._add("SinkOffsetLag", lag, max_lag, "usage sink is behind the MSK topic", action, periods=5)
+        self.action = cw_actions.SnsAction(self.topic)
+        self.alarms: dict[str, cw.Alarm] = {}
 
-    def _add(self, cid: str, metric: cw.IMetric, threshold: float, description: str, action: cw_actions.SnsAction,
-             periods: int = 1) -> None:
-        alarm = cw.Alarm(self, cid, metric=metric, threshold=threshold, evaluation_periods=periods,
-                         comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+    def function_errors(self, name: str, fn: lambda_.IFunction) -> None:
+        self._add(f"{name}-errors", fn.metric_errors(period=MINUTE, statistic="Sum"), 0,
+                  f"The {name} function raised errors (see its log group)")
+
+    def dead_letters(self, name: str, queue: sqs.IQueue) -> None:
+        self._add(f"{name}-depth", queue.metric_approximate_number_of_messages_visible(period=MINUTE,
+                                                                                       statistic="Maximum"),
+                  0, f"{name} holds messages: something was set aside and needs a look")
+
+    def consumer_lag(self, fn: lambda_.IFunction, *, max_lag: int, minutes: int) -> None:
+        lag = cw.Metric(namespace="AWS/Lambda", metric_name="OffsetLag", statistic="Maximum", period=MINUTE,
+                        dimensions_map={"FunctionName": fn.function_name})
+        self._add("usage-sink-offset-lag", lag, max_lag,
+                  f"The usage sink is more than {max_lag} records behind its MSK topic for {minutes} min",
+                  periods=minutes)
+
+    def _add(self, name: str, metric: cw.IMetric, threshold: float, description: str, periods: int = 1) -> None:
+        alarm = cw.Alarm(self, name, alarm_name=f"billow-{self.stage}-{name}", metric=metric, threshold=threshold,
+                         evaluation_periods=periods, comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
                          treat_missing_data=cw.TreatMissingData.NOT_BREACHING, alarm_description=description)
-        alarm.add_alarm_action(action)
-        self.alarms.append(alarm)
+        alarm.add_alarm_action(self.action)
+        self.alarms[name] = alarm

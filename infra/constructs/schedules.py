@@ -1,8 +1,14 @@
 """EventBridge Scheduler: billing runs, entitlement resets and notification dispatch.
 
-The jobs' handlers arrive with their issues (billing run, entitlements, notifications). Until then each
-schedule delivers its job message to one encrypted SQS queue, where the job handler's SQS trigger will pick
-it up; nothing is invoked that does not exist."""
+Each schedule sends its job message to that job's own SQS queue (`billow-<stage>-jobs-<job>`), never
+straight to a function. The job handlers (functions/billing_run, entitlement_reset, notify_dispatch) arrive
+with later issues; the stack wires `functions/<job>/handler.py` to its queue with an SQS trigger as soon
+as that file exists at synth time, and until then the queue simply holds the ticks (4-day retention; the
+job DLQ alarm stays quiet because nothing fails). The schedule target never changes when a handler lands,
+and the queue adds retries, a dead-letter queue and a buffer when a run outlasts its interval.
+
+The message carries the scheduler's own tick time and execution id, so a job can be made idempotent per
+tick: {"job": ..., "namespace": ..., "scheduledTime": "<ISO-8601>", "executionId": "..."}."""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ import json
 
 from aws_cdk import Duration
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
@@ -19,23 +27,44 @@ JOBS = {
     "entitlement_reset": "rate(5 minutes)",
     "notify_dispatch": "rate(1 minute)",
 }
+JOB_TIMEOUT = Duration.minutes(5)  # a job function's timeout; the queue's visibility timeout is 6x this
+
+
+def job_message(job: str, namespace: str) -> str:
+    return json.dumps({"job": job, "namespace": namespace, "scheduledTime": "<aws.scheduler.scheduled-time>",
+                       "executionId": "<aws.scheduler.execution-id>"})
 
 
 class Schedules(Construct):
-    def __init__(self, scope: Construct, cid: str, *, namespace: str, dead_letters: sqs.IQueue) -> None:
+    def __init__(self, scope: Construct, cid: str, *, stage: str, namespace: str) -> None:
         super().__init__(scope, cid)
-        self.queue = sqs.Queue(self, "Jobs", encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
-                               visibility_timeout=Duration.minutes(15),
-                               dead_letter_queue=sqs.DeadLetterQueue(queue=dead_letters, max_receive_count=5))
-        role = iam.Role(self, "SchedulerRole", assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
-                        description="EventBridge Scheduler: send Billow job messages")
-        self.queue.grant_send_messages(role)
+        self.dead_letters = sqs.Queue(self, "JobsDlq", queue_name=f"billow-{stage}-jobs-dlq",
+                                      encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
+                                      retention_period=Duration.days(14))
+        self.role = iam.Role(self, "SchedulerRole", assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
+                             description="EventBridge Scheduler: send Billow job messages to their queues")
+        self.dead_letters.grant_send_messages(self.role)  # undeliverable ticks
+        self.queues: dict[str, sqs.Queue] = {}
         self.schedules: dict[str, scheduler.CfnSchedule] = {}
         for job, expression in JOBS.items():
+            queue = sqs.Queue(self, f"{job}Queue", queue_name=f"billow-{stage}-jobs-{job.replace('_', '-')}",
+                              encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
+                              visibility_timeout=Duration.seconds(JOB_TIMEOUT.to_seconds() * 6),
+                              retention_period=Duration.days(4),
+                              dead_letter_queue=sqs.DeadLetterQueue(queue=self.dead_letters, max_receive_count=5))
+            queue.grant_send_messages(self.role)
+            self.queues[job] = queue
             self.schedules[job] = scheduler.CfnSchedule(
-                self, job, schedule_expression=expression,
+                self, job, name=f"billow-{stage}-{job.replace('_', '-')}", schedule_expression=expression,
+                description=f"Billow {job} tick", state="ENABLED",
                 flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
                 target=scheduler.CfnSchedule.TargetProperty(
-                    arn=self.queue.queue_arn, role_arn=role.role_arn,
-                    input=json.dumps({"job": job, "namespace": namespace}),
-                    retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(maximum_retry_attempts=3)))
+                    arn=queue.queue_arn, role_arn=self.role.role_arn, input=job_message(job, namespace),
+                    retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(
+                        maximum_retry_attempts=3, maximum_event_age_in_seconds=3600),
+                    dead_letter_config=scheduler.CfnSchedule.DeadLetterConfigProperty(
+                        arn=self.dead_letters.queue_arn)))
+
+    def subscribe(self, job: str, fn: lambda_.IFunction) -> None:
+        """A job handler consumes its queue: one tick per invocation, failures retried, then the job DLQ."""
+        fn.add_event_source(sources.SqsEventSource(self.queues[job], batch_size=1))

@@ -35,10 +35,9 @@ def parse_rfc3339(value: str, field: str) -> datetime:
 
 
 def format_rfc3339(dt: datetime) -> str:
+    """UTC with a Z, milliseconds only when there are any (truncated, as stored); e.g. 2026-01-01T00:00:00Z."""
     dt = dt.astimezone(UTC)
-    if dt.microsecond:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.isoformat(timespec="milliseconds" if dt.microsecond >= 1000 else "seconds")[:-6] + "Z"
 
 
 def zone(name: str, field: str = "windowTimeZone") -> ZoneInfo:

@@ -31,9 +31,9 @@ def partition_key(event: CloudEvent) -> bytes:
     return f"{event.source}\x1f{event.id}".encode()
 
 
-def encode_record(event: CloudEvent, ingested_at: datetime) -> bytes:
+def encode_record(event: CloudEvent, ingested_at: datetime | str) -> bytes:
     body = event.to_json()
-    body["ingestedAt"] = format_rfc3339(ingested_at)
+    body["ingestedAt"] = ingested_at if isinstance(ingested_at, str) else format_rfc3339(ingested_at)
     return jsonx.dumps(body).encode()
 
 
@@ -65,7 +65,8 @@ def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: Even
         return IngestResult(0)
     events = parse_batch(raws, now)
     check_against_meters(events, meta.list_meters(namespace))
-    bus.publish(namespace, [(partition_key(e), encode_record(e, now)) for e in events])
+    stamp = format_rfc3339(now)  # one ingestedAt for the whole batch
+    bus.publish(namespace, [(partition_key(e), encode_record(e, stamp)) for e in events])
     return IngestResult(len(events))
 
 
