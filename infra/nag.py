@@ -1,41 +1,78 @@
-"""cdk-nag suppressions, each with the reason it is acceptable here."""
+"""cdk-nag suppressions. Each one is attached to the resource it covers (nothing is suppressed stack-wide)
+and, for wildcard and managed-policy findings, names the exact finding (`applies_to`), with the reason it is
+acceptable here. tests/infra checks that every wildcard resource in an IAM policy is covered by one."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cdk_nag import NagPackSuppression, NagSuppressions
+from constructs import IConstruct
+
+if TYPE_CHECKING:
+    from infra.stack import BillowStack
+
+VPC_ACCESS = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+MSK_ACCESS = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaMSKExecutionRole"
+BASIC_EXECUTION = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+# The singleton provider function of custom_resources.AwsCustomResource (aws-cdk-lib's fixed id).
+AWS_CUSTOM_RESOURCE_PROVIDER = "AWS679f53fac002430cb0da5b7982bd2287"
 
 
-def suppress(stack: Any) -> None:
-    """`stack` is an infra.stack.BillowStack."""
-    NagSuppressions.add_resource_suppressions(stack.clickhouse, [NagPackSuppression(id="AwsSolutions-SMG4", reason=(
-        "The ClickHouse password belongs to a service outside this account (ClickHouse Cloud or self-managed); "
-        "Secrets Manager cannot rotate it there. Rotate it at ClickHouse and update the secret."))], apply_to_children=True)
+def _suppress(construct: IConstruct, rule: str, reason: str, applies_to: list[str] | None = None) -> None:
+    NagSuppressions.add_resource_suppressions(
+        construct, [NagPackSuppression(id=rule, reason=reason, applies_to=applies_to)], apply_to_children=True)
+
+
+def apply_suppressions(stack: BillowStack) -> None:
+    for name, fn in stack.fns.functions.items():
+        role = fn.role
+        assert role is not None
+        managed = [VPC_ACCESS] + ([MSK_ACCESS] if name == "usage_sink" else [])
+        _suppress(role, "AwsSolutions-IAM4", (
+            "AWS-maintained execution policies: AWSLambdaVPCAccessExecutionRole (CloudWatch Logs and the "
+            "network interfaces a function in a VPC needs; ec2:CreateNetworkInterface has no resource-level "
+            "scoping) and, on the usage sink only, AWSLambdaMSKExecutionRole, which aws-cdk-lib's "
+            "ManagedKafkaEventSource attaches for the MSK trigger's pollers (kafka:DescribeClusterV2, "
+            "GetBootstrapBrokers and the same ENI actions)."), applies_to=managed)
+        _suppress(role, "AwsSolutions-IAM5", (
+            "Only X-Ray: xray:PutTraceSegments and xray:PutTelemetryRecords (active tracing) support no "
+            "resource-level permissions. Every other statement of this role names its secret, cluster, "
+            "topic, consumer group or queue."), applies_to=["Resource::*"])
+        _suppress(fn, "AwsSolutions-L1", (
+            "python3.12 on purpose: it is the interpreter of the project's venv and CI, the dependencies "
+            "layer is built from cp312 wheels and ships cp312 bytecode (layers/build.py PYTHON). Move "
+            "runtime, layer and venv together."))
+
+    provider = stack.node.try_find_child(AWS_CUSTOM_RESOURCE_PROVIDER)
+    if provider is not None:
+        _suppress(provider, "AwsSolutions-IAM4", (
+            "aws-cdk-lib's AwsCustomResource provider (reads the MSK bootstrap brokers once per deploy) runs "
+            "with AWSLambdaBasicExecutionRole, i.e. only CloudWatch Logs; its one API permission is "
+            "kafka:GetBootstrapBrokers on this cluster."), applies_to=[BASIC_EXECUTION])
+        _suppress(provider, "AwsSolutions-L1", (
+            "The provider's Node.js runtime is chosen by aws-cdk-lib, not by this app."))
+
+    for queue, what in ((stack.dead_letters, "the usage sink's own dead-letter queue for unreadable records"),
+                        (stack.failed_batches, "the MSK trigger's on-failure destination")):
+        _suppress(queue, "AwsSolutions-SQS3", (
+            f"This queue is itself a dead-letter destination ({what}); nothing consumes it automatically, an "
+            "alarm fires at depth > 0, and a DLQ for it would only move that alarm."))
+
+    _suppress(stack.usage_store.secret, "AwsSolutions-SMG4", (
+        "The ClickHouse credentials belong to a server outside this account (ClickHouse Cloud or "
+        "self-managed), which Secrets Manager cannot rotate; rotate them at ClickHouse and update the secret "
+        "(docs/deploy.md)."))
+
+    for route in stack.http.api.node.children:
+        if route.node.id.startswith(("POST--", "ANY--", "GET--")):
+            _suppress(route, "AwsSolutions-APIG4", (
+                "Billow's clients are OpenMeter SDKs sending `Authorization: Bearer <API key>`, which API "
+                "Gateway's IAM/JWT authorizers cannot check; per-namespace API keys belong to the application "
+                "(DESIGN.md section 3). NOT YET IMPLEMENTED in the handlers: until it is, the API is open and "
+                "docs/deploy.md says not to expose a deployment to untrusted clients."))
+
     if not stack.retain_data:
-        NagSuppressions.add_resource_suppressions(stack.database.cluster, [NagPackSuppression(
-            id="AwsSolutions-RDS10", reason="Non-prod stages are disposable (cdk destroy must work); stage=prod "
-                                            "turns deletion protection on and snapshots on removal.")],
-            apply_to_children=True)
-    NagSuppressions.add_stack_suppressions(stack, [
-        NagPackSuppression(id="AwsSolutions-IAM4", reason=(
-            "AWSLambdaBasicExecutionRole / AWSLambdaVPCAccessExecutionRole are the AWS-maintained minimum for "
-            "writing logs and attaching ENIs in the VPC; the custom resource provider uses the same basic role.")),
-        NagPackSuppression(id="AwsSolutions-IAM5", reason=(
-            "Wildcards are AWS-generated: ENI management (ec2:*NetworkInterface on *, required by Lambda in a VPC), "
-            "X-Ray PutTraceSegments (no resource-level permissions), CloudWatch log streams of our own log groups, "
-            "and the secret rotation application; every Billow statement names its cluster, topic, group, queue "
-            "and secret.")),
-        NagPackSuppression(id="AwsSolutions-APIG4", reason=(
-            "Billow authenticates API keys in the application (issue 10 adds the cached Lambda authorizer); "
-            "OpenMeter's API is bearer-token based and the embedded host checks the same way.")),
-        NagPackSuppression(id="AwsSolutions-RDS11", reason=(
-            "The cluster is only reachable from the RDS Proxy security group in isolated subnets; a non-default "
-            "port adds no protection and would have to be carried separately from the RDS-generated secret.")),
-        NagPackSuppression(id="AwsSolutions-L1", reason=(
-            "python3.13 is the newest runtime the locked dependency wheels are built and tested for; the custom "
-            "resource provider's Node.js runtime is chosen by aws-cdk-lib.")),
-        NagPackSuppression(id="AwsSolutions-SQS3", reason=(
-            "These queues are themselves dead-letter destinations (records, failed batches); a DLQ of a DLQ "
-            "would only move the alarm.")),
-    ])
+        _suppress(stack.database.cluster, "AwsSolutions-RDS10", (
+            "Non-prod stages are disposable (`cdk destroy` must work); stage=prod enables deletion protection "
+            "and snapshots the cluster on removal."))

@@ -130,7 +130,7 @@ def _compile(path: Path) -> None:
     if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON:
         print(f"layers: not byte-compiling (running {sys.version.split()[0]}, target {PYTHON})", file=sys.stderr)
         return
-    ok = compileall.compile_dir(str(path), quiet=2, workers=0,
+    ok = compileall.compile_dir(str(path), quiet=2, workers=1,  # no process pool: importable anywhere
                                 invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     if not ok:  # a third-party file with Python 2 syntax (test data, templates) is not fatal
         print(f"layers: some files under {path} did not compile (left as source)", file=sys.stderr)

@@ -33,6 +33,12 @@ _AGG_EXPR = {
     "SUM": "sum(s)", "COUNT": "sum(c)", "AVG": "sum(s), sum(c)", "MIN": "min(mn)", "MAX": "max(mx)",
     "UNIQUE_COUNT": "uniqExactMerge(u)", "LATEST": "argMaxMerge(l)",
 }
+_NEEDS = {"SUM": ("s",), "COUNT": ("c",), "AVG": ("s", "c"), "MIN": ("mn",), "MAX": ("mx",),
+          "UNIQUE_COUNT": ("u",), "LATEST": ("l",)}
+_ROLLUP_COL = {"s": "sum_value AS s", "c": "cnt AS c", "mn": "min_value AS mn", "mx": "max_value AS mx",
+               "u": "uniq_state AS u", "l": "latest_state AS l"}
+_RAW_COL = {"s": "sum(toDecimal256(value, 18)) AS s", "c": "count() AS c", "mn": "min(value) AS mn",
+            "mx": "max(value) AS mx", "u": "uniqExactState(value_str) AS u", "l": "argMaxState(value, time) AS l"}
 _FILTER_SQL = {
     "$eq": "{col} = {p:String}", "$ne": "{col} != {p:String}",
     "$in": "{col} IN {p:Array(String)}", "$nin": "{col} NOT IN {p:Array(String)}",
@@ -143,14 +149,15 @@ class ClickHouseUsageStore:
 
         branches = []
         start, end_excl = q.start, (q.end + _MS if q.end is not None else None)
+        # Only the partial aggregates this aggregation needs: the uniq and argMax states are wide.
+        needs = _NEEDS[q.aggregation]
         rollup = (
-            "SELECT minute AS t, subject, group_by, sum_value AS s, cnt AS c, min_value AS mn, max_value AS mx, "
-            "uniq_state AS u, latest_state AS l FROM {table} WHERE " + common
+            "SELECT minute AS t, subject, group_by, " + ", ".join(_ROLLUP_COL[c] for c in needs)
+            + " FROM {table} WHERE " + common
         )
         raw_select = (
-            "SELECT toDateTime(toStartOfMinute(time), 'UTC') AS t, subject, group_by, sum(toDecimal256(value, 18)) AS s, "
-            "count() AS c, min(value) AS mn, max(value) AS mx, uniqExactState(value_str) AS u, "
-            "argMaxState(value, time) AS l FROM meter_values WHERE " + common + " AND (EDGES) "
+            "SELECT toDateTime(toStartOfMinute(time), 'UTC') AS t, subject, group_by, "
+            + ", ".join(_RAW_COL[c] for c in needs) + " FROM meter_values WHERE " + common + " AND (EDGES) "
             "GROUP BY t, subject, group_by"
         )
         edges: list[str] = []
