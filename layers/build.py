@@ -1,7 +1,7 @@
 """Build the Lambda assets from the lockfile, without Docker.
 
-  build/layers/deps/python/...          the dependencies layer: manylinux wheels for the Lambda architecture
-  build/layers/code/{billow,functions}  the function code asset: the shared core and the thin handlers
+  build/layers/deps-<arch>/python/...  the dependencies layer: manylinux wheels for the Lambda architecture
+  build/layers/code-<hash>/{billow,functions}  the function code asset: the shared core and the handlers
 
 Run from the repo root: `.venv/bin/python -m layers.build [--arch arm64|x86_64] [--force]`.
 
@@ -19,8 +19,9 @@ Run from the repo root: `.venv/bin/python -m layers.build [--arch arm64|x86_64] 
 * Everything is byte-compiled with unchecked-hash .pyc files when the build interpreter is the target
   version: Lambda's file system is read-only, and the asset zip stores every file with the same fixed
   timestamp, so timestamp-checked .pyc files would be stale and recompiled in memory on every cold start.
-* The dependencies layer is cached under build/layers keyed by the lockfile, arch, Python version and this
-  script; the code asset is rebuilt every time (it is small).
+* The dependencies layer is cached under build/layers keyed by the exported requirements (the lockfile),
+  arch, Python version and this script; the code asset is keyed by the hash of its sources. Builds hold a
+  file lock and swap finished directories in by rename (parallel test workers, synth next to tests).
 * Sizes are checked: the layer < 50 MB zipped (direct upload limit) and code + layer < 250 MB unzipped.
 """
 
@@ -28,15 +29,20 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
+import os
 import py_compile
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +55,6 @@ FUNCTION_UNZIPPED_LIMIT = 250 * 1024 * 1024  # function code + all its layers, u
 FORBIDDEN = ("chdb",)  # must never reach a Lambda asset
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
 EXTRAS = ("postgres", "kafka")
-ASSET_EXCLUDE = [".key", ".sizes.json"]  # bookkeeping files next to deps/python, not layer content
 
 
 class BuildError(SystemExit):
@@ -140,38 +145,85 @@ def forbidden_in(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.name.lower().split("-")[0].split(".")[0] in FORBIDDEN)
 
 
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """One builder at a time (pytest-xdist workers, a `cdk synth` next to a test run)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Swap a finished build into place with renames, so a reader never sees a half-built directory."""
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def build_deps(arch: str, *, force: bool = False, out: Path = OUT) -> Path:
     if arch not in ARCHES:
         raise BuildError(f"layers: arch must be one of {sorted(ARCHES)}, got {arch!r}")
     reqs = requirements()
     key = cache_key(reqs, arch)
     deps = out / f"deps-{arch}"
-    stamp = deps / ".key"
+    stamp = deps / ".key"  # dot files next to python/ are not layer content (infra excludes them from the asset)
     if not force and stamp.exists() and stamp.read_text() == key:
         return deps
-    shutil.rmtree(deps, ignore_errors=True)
-    site = deps / "python"
-    site.mkdir(parents=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-deps-{arch}-", dir=out))
+    site = tmp / "python"
+    site.mkdir()
     req_file = out / f"requirements-{arch}.txt"
     req_file.write_text("\n".join(reqs) + "\n")
-    subprocess.run(_uv("pip", "install", "--quiet", "--no-deps", "--only-binary", ":all:",
-                       "--python-platform", f"{ARCHES[arch]}-manylinux_2_34", "--python-version", PYTHON,
-                       "--target", str(site), "-r", str(req_file)), cwd=ROOT, check=True)
-    for junk in [*site.rglob("__pycache__"), site / "bin"]:
-        shutil.rmtree(junk, ignore_errors=True)
-    _compile(site)
-    stamp.write_text(key)  # next to python/, excluded from the layer asset (infra/constructs/functions.py)
+    try:
+        subprocess.run(_uv("pip", "install", "--quiet", "--no-deps", "--only-binary", ":all:",
+                           "--python-platform", f"{ARCHES[arch]}-manylinux_2_34", "--python-version", PYTHON,
+                           "--target", str(site), "-r", str(req_file)), cwd=ROOT, check=True)
+        for junk in [*site.rglob("__pycache__"), site / "bin"]:
+            shutil.rmtree(junk, ignore_errors=True)
+        _compile(site)
+        (tmp / ".key").write_text(key)
+        _publish(tmp, deps)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return deps
 
 
+def _sources() -> list[Path]:
+    skip = {"__pycache__", "tests", ".pytest_cache"}
+    files = [f for base in (ROOT / "shared" / "billow", ROOT / "functions") for f in base.rglob("*")
+             if f.is_file() and f.suffix != ".pyc" and not skip.intersection(f.relative_to(ROOT).parts)]
+    return sorted(files)
+
+
 def build_code(out: Path = OUT) -> Path:
-    code = out / "code"
-    shutil.rmtree(code, ignore_errors=True)
-    code.mkdir(parents=True)
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", ".pytest_cache")
-    shutil.copytree(ROOT / "shared" / "billow", code / "billow", ignore=skip)
-    shutil.copytree(ROOT / "functions", code / "functions", ignore=skip)
-    _compile(code)
+    """The code asset, in a directory named by the hash of its sources: unchanged code is reused, and a
+    directory another process is zipping is never rewritten under it."""
+    files = _sources()
+    h = hashlib.sha256(f"{PYTHON}\0{sys.version_info[:2]}".encode())
+    for f in files:
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    code = out / f"code-{h.hexdigest()[:16]}"
+    if code.is_dir():
+        return code
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-code-", dir=out))
+    try:
+        for f in files:
+            rel = f.relative_to(ROOT / "shared") if f.is_relative_to(ROOT / "shared") else f.relative_to(ROOT)
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, tmp / rel)
+        _compile(tmp)
+        _publish(tmp, code)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for stale in out.glob("code-*"):  # older versions of the code asset
+        if stale != code:
+            shutil.rmtree(stale, ignore_errors=True)
     return code
 
 
@@ -201,10 +253,11 @@ def check(deps: Path, code: Path) -> Sizes:
 
 
 def build(arch: str = "arm64", *, force: bool = False, out: Path = OUT) -> tuple[Path, Path, Sizes]:
-    """Build (or reuse) the dependencies layer and rebuild the code asset; returns (deps, code, sizes)."""
-    deps = build_deps(arch, force=force, out=out)
-    code = build_code(out)
-    return deps, code, check(deps, code)
+    """Build (or reuse) the dependencies layer and the code asset; returns (deps, code, sizes)."""
+    with _locked(out):
+        deps = build_deps(arch, force=force, out=out)
+        code = build_code(out)
+        return deps, code, check(deps, code)
 
 
 def main(argv: list[str] | None = None) -> None:
