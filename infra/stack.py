@@ -54,7 +54,8 @@ class BillowStack(Stack):
         self.network.allow_endpoints_from(self.streaming.security_group, "MSK trigger pollers (SQS on-failure)")
         self.database = Database(self, "Database", vpc=vpc, clients=self.network.functions_sg,
                                  app_subnets=app_subnets, data_subnets=self.network.data_subnets,
-                                 min_acu=1 if prod else 0.5, max_acu=32 if prod else 8, retain=prod)
+                                 min_acu=1 if prod else 0.5, max_acu=32 if prod else 8, retain=prod,
+                                 name=prefix)
         self.usage_store = UsageStore(self, "UsageStore", retain=prod)
 
         # Records the sink cannot read (it sends them itself) and batches the MSK trigger gave up on.

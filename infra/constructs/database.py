@@ -16,7 +16,7 @@ DATABASE = "billow"
 class Database(Construct):
     def __init__(self, scope: Construct, cid: str, *, vpc: ec2.IVpc, clients: ec2.ISecurityGroup,
                  app_subnets: ec2.SubnetSelection, data_subnets: ec2.SubnetSelection,
-                 min_acu: float, max_acu: float, retain: bool) -> None:
+                 min_acu: float, max_acu: float, retain: bool, name: str) -> None:
         super().__init__(scope, cid)
         self.security_group = ec2.SecurityGroup(self, "Db", vpc=vpc, allow_all_outbound=False,
                                                 description="Aurora PostgreSQL: from RDS Proxy and rotation only")
@@ -41,6 +41,6 @@ class Database(Construct):
         # The rotation function needs Secrets Manager's API: run it in the app subnets (NAT), not isolated.
         self.cluster.add_rotation_single_user(automatically_after=Duration.days(30), vpc_subnets=app_subnets)
         self.proxy = self.cluster.add_proxy(
-            "Proxy", secrets=[self.secret], vpc=vpc, vpc_subnets=app_subnets,
+            "Proxy", db_proxy_name=f"{name}-db", secrets=[self.secret], vpc=vpc, vpc_subnets=app_subnets,
             security_groups=[self.proxy_security_group], require_tls=True,
             debug_logging=False, idle_client_timeout=Duration.minutes(30))

@@ -12,9 +12,8 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from layers.build import ASSET_EXCLUDE
-
 RUNTIME = lambda_.Runtime.PYTHON_3_12  # = layers.build.PYTHON; the wheels and .pyc files are cp312
+DEFAULT_TIMEOUT = Duration.seconds(29)  # API Gateway's integration timeout
 ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Architecture.X86_64}
 
 
@@ -31,13 +30,13 @@ class BillowFunctions(Construct):
         self.environment = environment
         self.stage = stage
         self.deps = lambda_.LayerVersion(
-            self, "Deps", code=lambda_.Code.from_asset(str(deps_dir), exclude=ASSET_EXCLUDE),
+            self, "Deps", code=lambda_.Code.from_asset(str(deps_dir), exclude=[".key", ".sizes.json"]),  # layers/build.py stamps
             compatible_runtimes=[RUNTIME], compatible_architectures=[self.architecture],
             description="Billow third-party dependencies from uv.lock (manylinux wheels; no chdb, no boto3)")
         self.code = lambda_.Code.from_asset(str(code_dir))
         self.functions: dict[str, lambda_.Function] = {}
 
-    def function(self, name: str, *, memory: int = 512, timeout: Duration = Duration.seconds(29),
+    def function(self, name: str, *, memory: int = 512, timeout: Duration = DEFAULT_TIMEOUT,
                  extra_env: dict[str, str] | None = None) -> lambda_.Function:
         """`name` is the handler package under functions/ (api, ingest, usage_sink, billing_run, ...)."""
         cid = "".join(part.capitalize() for part in name.split("_"))

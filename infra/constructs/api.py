@@ -1,0 +1,44 @@
+"""HTTP API (API Gateway v2, payload format 2.0): ingest on its own function (its own concurrency and
+throttling), everything else on the API function. Access logs as JSON; stage-wide throttling."""
+
+from __future__ import annotations
+
+from aws_cdk import aws_apigatewayv2 as apigw
+from aws_cdk import aws_apigatewayv2_integrations as integrations
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+ROUTES = {  # route key -> function name; an explicit route wins over {proxy+} in API Gateway
+    "POST /api/v1/events": "ingest",
+    "ANY /api/v1/{proxy+}": "api",
+    "GET /api/v1/openapi.json": "api",
+    "GET /healthz": "api",
+}
+ACCESS_LOG_FORMAT = ('{"requestId":"$context.requestId","ip":"$context.identity.sourceIp",'
+                     '"method":"$context.httpMethod","path":"$context.path","status":"$context.status",'
+                     '"latencyMs":"$context.responseLatency","error":"$context.integrationErrorMessage"}')
+
+
+class HttpApi(Construct):
+    def __init__(self, scope: Construct, cid: str, *, name: str, functions: dict[str, lambda_.IFunction],
+                 rate_limit: int, burst_limit: int) -> None:
+        super().__init__(scope, cid)
+        self.access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.ONE_MONTH)
+        self.api = apigw.HttpApi(self, "Http", api_name=name, create_default_stage=False,
+                                 description="Billow REST API (OpenMeter v1 compatible)")
+        self.stage = apigw.HttpStage(self, "DefaultStage", http_api=self.api, auto_deploy=True,
+                                     throttle=apigw.ThrottleSettings(rate_limit=rate_limit, burst_limit=burst_limit))
+        cfn_stage = self.stage.node.default_child
+        assert isinstance(cfn_stage, apigw.CfnStage)
+        cfn_stage.access_log_settings = apigw.CfnStage.AccessLogSettingsProperty(
+            destination_arn=self.access_logs.log_group_arn, format=ACCESS_LOG_FORMAT)
+        targets = {name: integrations.HttpLambdaIntegration(f"{name.capitalize()}Integration", fn)
+                   for name, fn in functions.items()}
+        for key, fn_name in ROUTES.items():
+            method, path = key.split(" ", 1)
+            self.api.add_routes(path=path, methods=[apigw.HttpMethod(method)], integration=targets[fn_name])
+
+    @property
+    def url(self) -> str:
+        return self.api.api_endpoint

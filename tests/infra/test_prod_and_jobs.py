@@ -1,0 +1,78 @@
+"""stage=prod keeps its data, and a job handler that exists at synth time is wired to its schedule's queue
+(a temporary functions root stands in for a later issue's handler; the repo has no such stub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra.support import Synth, refs, synthesize
+
+
+@pytest.fixture(scope="module")
+def prod(tmp_path_factory: pytest.TempPathFactory, lambda_assets: Any) -> Synth:
+    root = tmp_path_factory.mktemp("functions")
+    (root / "billing_run").mkdir()
+    (root / "billing_run" / "handler.py").write_text("def lambda_handler(event, context): ...\n")
+    (root / "notify_dispatch").mkdir()  # a directory without handler.py is not a handler
+    return synthesize(tmp_path_factory.mktemp("cdk.out"), {"stage": "prod"}, lambda_assets, functions_root=root)
+
+
+def test_prod_keeps_its_data(prod: Synth) -> None:
+    (cluster,) = prod.of_type("AWS::RDS::DBCluster").values()
+    assert cluster["Properties"]["DeletionProtection"] is True and cluster["DeletionPolicy"] == "Snapshot"
+    assert cluster["Properties"]["ServerlessV2ScalingConfiguration"]["MinCapacity"] == 1
+    clickhouse = prod.resources[prod.logical_id(prod.stack.usage_store.secret)]
+    assert clickhouse["DeletionPolicy"] == "Retain"
+    assert len(prod.of_type("AWS::EC2::NatGateway")) == 2  # one per AZ
+    assert "AwsSolutions-RDS10" not in str(cluster.get("Metadata"))  # nothing to suppress in prod
+
+
+def test_existing_job_handler_consumes_its_queue(prod: Synth) -> None:
+    fn_id, fn = prod.function("billing_run")
+    assert fn["Properties"]["Timeout"] == 300 and fn["Properties"]["Environment"]["Variables"]["BILLOW_NAMESPACE"] == "default"
+    mappings = [m["Properties"] for m in prod.of_type("AWS::Lambda::EventSourceMapping").values()
+                if m["Properties"]["FunctionName"] == {"Ref": fn_id}]
+    assert len(mappings) == 1
+    queue = prod.logical_id(prod.stack.schedules.queues["billing_run"])
+    assert refs(mappings[0]["EventSourceArn"]) == {queue} and mappings[0]["BatchSize"] == 1
+    visibility = prod.resources[queue]["Properties"]["VisibilityTimeout"]
+    assert visibility >= fn["Properties"]["Timeout"]  # SQS triggers require it
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage"} <= prod.actions(prod.role_of("billing_run"))
+    errors = [a["Properties"] for a in prod.of_type("AWS::CloudWatch::Alarm").values()
+              if a["Properties"]["MetricName"] == "Errors"]
+    assert {"Ref": fn_id} in [d["Value"] for a in errors for d in a["Dimensions"]]
+    handlers = {f["Properties"]["Handler"] for f in prod.of_type("AWS::Lambda::Function").values()}
+    assert "functions.notify_dispatch.handler.lambda_handler" not in handlers
+    assert "functions.entitlement_reset.handler.lambda_handler" not in handlers
+
+
+def test_prod_is_cdk_nag_clean_too(prod: Synth) -> None:
+    from aws_cdk.assertions import Annotations, Match
+
+    annotations = Annotations.from_stack(prod.stack)
+    found = [*annotations.find_error("*", Match.string_like_regexp(".*AwsSolutions-.*")),
+             *annotations.find_warning("*", Match.string_like_regexp(".*(AwsSolutions|CdkNag).*"))]
+    assert not found, [f"{e.id}: {str(e.entry.data)[:120]}" for e in found]
+
+
+def test_context_is_validated() -> None:
+    from aws_cdk import App
+    from infra.app import Config
+
+    ok = Config.from_app(App(context={"stage": "prod", "namespace": "acme_2", "account": "123456789012",
+                                      "region": "eu-west-1"}))
+    assert (ok.stage, ok.namespace, ok.arch, ok.account, ok.region) == ("prod", "acme_2", "arm64", "123456789012",
+                                                                         "eu-west-1")
+    with pytest.raises(ValueError, match="stage.*namespace.*arch"):
+        Config.from_app(App(context={"stage": "Prod!", "namespace": "-bad", "arch": "mips"}))
+
+
+def test_missing_assets_fail_with_the_build_command(tmp_path: Path) -> None:
+    from aws_cdk import App
+    from infra.app import build_app
+
+    with pytest.raises(FileNotFoundError, match="layers.build"):
+        build_app(App(context={"stage": "x"}), assets=(tmp_path / "deps", tmp_path / "code"))
