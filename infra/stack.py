@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aws_cdk import CfnOutput, Duration, Stack
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
@@ -78,7 +79,7 @@ class BillowStack(Stack):
         }
         self.fns = BillowFunctions(self, "Functions", deps_dir=deps_dir, code_dir=code_dir, arch=arch, vpc=vpc,
                                    subnets=app_subnets, security_group=self.network.functions_sg,
-                                   environment=common_env, stage=stage)
+                                   environment=common_env, stage=stage, retain_logs=prod)
         self.api_fn = self.fns.function("api")
         self.ingest_fn = self.fns.function("ingest", extra_env={
             "BILLOW_BUS": "kafka", "BILLOW_KAFKA_AUTH": "iam",
@@ -126,7 +127,7 @@ class BillowStack(Stack):
         self.sink_fn.add_event_source(self.sink_source)
 
         self.http = HttpApi(self, "Api", name=prefix, functions={"api": self.api_fn, "ingest": self.ingest_fn},
-                            rate_limit=2000, burst_limit=4000)
+                            rate_limit=2000, burst_limit=4000, retain_logs=prod)
 
         self.schedules = Schedules(self, "Schedules", stage=stage, namespace=namespace)
         root = functions_root or REPO / "functions"
@@ -152,6 +153,11 @@ class BillowStack(Stack):
         CfnOutput(self, "DatabaseProxyEndpoint", value=self.database.proxy.endpoint)
         CfnOutput(self, "MskClusterArn", value=self.streaming.cluster_arn)
         CfnOutput(self, "DeadLetterQueueUrl", value=self.dead_letters.queue_url)
+        for i, subnet in enumerate(self.network.vpc.public_subnets, 1):
+            eip = subnet.node.try_find_child("EIP")
+            if isinstance(eip, ec2.CfnEIP):  # ClickHouse Cloud's IP allow list needs these
+                CfnOutput(self, f"NatPublicIp{i}", value=eip.attr_public_ip,
+                          description="Egress IP of the functions (allow it at ClickHouse)")
         CfnOutput(self, "AlarmTopicArn", value=self.alarms.topic.topic_arn,
                   description="Subscribe an e-mail or pager endpoint to receive alarms")
 

@@ -3,6 +3,7 @@ throttling), everything else on the API function. Access logs as JSON; stage-wid
 
 from __future__ import annotations
 
+from aws_cdk import RemovalPolicy
 from aws_cdk import aws_apigatewayv2 as apigw
 from aws_cdk import aws_apigatewayv2_integrations as integrations
 from aws_cdk import aws_lambda as lambda_
@@ -22,9 +23,11 @@ ACCESS_LOG_FORMAT = ('{"requestId":"$context.requestId","ip":"$context.identity.
 
 class HttpApi(Construct):
     def __init__(self, scope: Construct, cid: str, *, name: str, functions: dict[str, lambda_.IFunction],
-                 rate_limit: int, burst_limit: int) -> None:
+                 rate_limit: int, burst_limit: int, retain_logs: bool) -> None:
         super().__init__(scope, cid)
-        self.access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.ONE_MONTH)
+        self.access_logs = logs.LogGroup(
+            self, "AccessLogs", retention=logs.RetentionDays.ONE_MONTH,
+            removal_policy=RemovalPolicy.RETAIN if retain_logs else RemovalPolicy.DESTROY)
         self.api = apigw.HttpApi(self, "Http", api_name=name, create_default_stage=False,
                                  description="Billow REST API (OpenMeter v1 compatible)")
         self.stage = apigw.HttpStage(self, "DefaultStage", http_api=self.api, auto_deploy=True,

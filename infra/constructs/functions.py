@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Duration
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -20,7 +20,7 @@ ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Archite
 class BillowFunctions(Construct):
     def __init__(self, scope: Construct, cid: str, *, deps_dir: Path, code_dir: Path, arch: str,
                  vpc: ec2.IVpc, subnets: ec2.SubnetSelection, security_group: ec2.ISecurityGroup,
-                 environment: dict[str, str], stage: str) -> None:
+                 environment: dict[str, str], stage: str, retain_logs: bool) -> None:
         super().__init__(scope, cid)
         if not (deps_dir / "python").is_dir() or not (code_dir / "functions").is_dir():
             raise FileNotFoundError(f"Lambda assets missing under {deps_dir} / {code_dir}: "
@@ -29,8 +29,10 @@ class BillowFunctions(Construct):
         self.vpc, self.subnets, self.security_group = vpc, subnets, security_group
         self.environment = environment
         self.stage = stage
+        self.logs_removal = RemovalPolicy.RETAIN if retain_logs else RemovalPolicy.DESTROY
         self.deps = lambda_.LayerVersion(
-            self, "Deps", code=lambda_.Code.from_asset(str(deps_dir), exclude=[".key", ".sizes.json"]),  # layers/build.py stamps
+            self, "Deps",  # the exclusions are layers/build.py's stamp files, not layer content
+            code=lambda_.Code.from_asset(str(deps_dir), exclude=[".key", ".sizes.json"]),
             compatible_runtimes=[RUNTIME], compatible_architectures=[self.architecture],
             description="Billow third-party dependencies from uv.lock (manylinux wheels; no chdb, no boto3)")
         self.code = lambda_.Code.from_asset(str(code_dir))
@@ -40,7 +42,8 @@ class BillowFunctions(Construct):
                  extra_env: dict[str, str] | None = None) -> lambda_.Function:
         """`name` is the handler package under functions/ (api, ingest, usage_sink, billing_run, ...)."""
         cid = "".join(part.capitalize() for part in name.split("_"))
-        log_group = logs.LogGroup(self, f"{cid}Logs", retention=logs.RetentionDays.ONE_MONTH)
+        log_group = logs.LogGroup(self, f"{cid}Logs", retention=logs.RetentionDays.ONE_MONTH,
+                                  removal_policy=self.logs_removal)
         role = iam.Role(self, f"{cid}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                         description=f"Billow {name} function (least privilege, one role per function)",
                         managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(

@@ -27,6 +27,9 @@ def test_prod_keeps_its_data(prod: Synth) -> None:
     clickhouse = prod.resources[prod.logical_id(prod.stack.usage_store.secret)]
     assert clickhouse["DeletionPolicy"] == "Retain"
     assert len(prod.of_type("AWS::EC2::NatGateway")) == 2  # one per AZ
+    outputs = prod.template.to_json()["Outputs"]
+    assert len([o for o in outputs if o.startswith("NatPublicIp")]) == 2  # to allow-list at ClickHouse Cloud
+    assert {lg["DeletionPolicy"] for lg in prod.of_type("AWS::Logs::LogGroup").values()} == {"Retain"}
     assert "AwsSolutions-RDS10" not in str(cluster.get("Metadata"))  # nothing to suppress in prod
 
 

@@ -314,6 +314,17 @@ def test_cdk_nag_finds_nothing_unsuppressed(s: Synth) -> None:
     assert not errors and not warnings, [f"{e.id}: {str(e.entry.data)[:120]}" for e in [*errors, *warnings]]
 
 
+def test_non_prod_stage_leaves_nothing_behind_on_destroy(s: Synth) -> None:
+    function_logs = {refs(f["Properties"]["LoggingConfig"]["LogGroup"]).pop()
+                     for f in s.of_type("AWS::Lambda::Function").values() if "LoggingConfig" in f["Properties"]}
+    assert len(function_logs) == len(HANDLERS)
+    for lid in function_logs | {s.logical_id(s.stack.http.access_logs)}:
+        assert s.resources[lid]["DeletionPolicy"] == "Delete", lid
+    assert s.resources[s.logical_id(s.stack.usage_store.secret)]["DeletionPolicy"] == "Delete"
+    outputs = s.template.to_json()["Outputs"]
+    assert {"ApiUrl", "ClickHouseSecretArn", "AlarmTopicArn", "NatPublicIp1"} <= set(outputs)
+
+
 def test_every_suppression_states_a_specific_reason(s: Synth) -> None:
     found = [(lid, r) for lid, res in s.resources.items()
              for r in res.get("Metadata", {}).get("cdk_nag", {}).get("rules_to_suppress", [])]
