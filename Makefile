@@ -1,4 +1,4 @@
-.PHONY: setup serve test unit lint lint-only bench openapi
+.PHONY: setup serve test unit lint lint-only bench openapi layers synth infra-test
 
 setup:
 	@bash scripts/setup.sh
@@ -25,3 +25,13 @@ bench: setup
 
 openapi: setup
 	.venv/bin/python scripts/gen_openapi.py ../shared/reference/openmeter/openapi.yaml
+
+# AWS: Lambda assets from uv.lock (no Docker), the CloudFormation template (cdk-nag runs on it), its tests.
+layers: setup
+	.venv/bin/python -m layers.build
+
+synth: setup
+	.venv/bin/python -m infra.app
+
+infra-test: setup
+	.venv/bin/python -m pytest -q tests/infra

@@ -30,11 +30,10 @@ def batches(n: int, size: int, prefix: str) -> list[list[dict[str, Any]]]:
 
 
 def service_path(n: int, size: int) -> None:
-    from functions.usage_sink.handler import lambda_handler as sink
-
     from billow.bootstrap import Settings, build, install
     from billow.services.ingest import ingest_events
     from billow.services.meters import create_meter
+    from functions.usage_sink.handler import lambda_handler as sink
 
     with tempfile.TemporaryDirectory() as tmp:
         c = build(Settings(data_dir=tmp), deliver=lambda ev: sink(ev, None))  # type: ignore[arg-type]

@@ -32,14 +32,13 @@ def main() -> None:
     if not bootstrap:
         sys.exit("bench.kafka_path: set BILLOW_TEST_KAFKA (eval \"$(bash scripts/services.sh start)\")")
 
-    from functions.usage_sink.handler import lambda_handler as sink
-
     from billow.adapters.kafka import KafkaSinkPoller
     from billow.bootstrap import Settings, build, install
     from billow.bus import topic_for
     from billow.domain.usage import UsageQuery, final_value
     from billow.services.ingest import ingest_events
     from billow.services.meters import create_meter
+    from functions.usage_sink.handler import lambda_handler as sink
 
     ns = "bench" + uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:

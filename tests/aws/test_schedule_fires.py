@@ -20,7 +20,7 @@ def test_rate_rule_delivers_the_job_message_to_the_queue() -> None:
         if os.environ.get("CI"):
             pytest.fail("BILLOW_TEST_AWS_ENDPOINT is not set in CI")
         pytest.skip("LocalStack not started (run through `make test`)")
-    from infra.constructs.schedules import JOBS
+    from infra.constructs.schedules import JOBS, job_message
 
     assert JOBS["billing_run"].startswith("rate(")
     kw = {"endpoint_url": endpoint, "region_name": "us-east-1"}
@@ -28,10 +28,11 @@ def test_rate_rule_delivers_the_job_message_to_the_queue() -> None:
     name = f"billow-jobs-{uuid.uuid4().hex[:8]}"
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    message = {"job": "billing_run", "namespace": "default"}
+    body = job_message("billing_run", "default")  # the stack's schedules send exactly this
+    message = json.loads(body)
     try:
         events.put_rule(Name=name, ScheduleExpression="rate(1 minute)", State="ENABLED")
-        events.put_targets(Rule=name, Targets=[{"Id": "jobs", "Arn": arn, "Input": json.dumps(message)}])
+        events.put_targets(Rule=name, Targets=[{"Id": "jobs", "Arn": arn, "Input": body}])
         deadline = time.monotonic() + 90
         got: list[dict[str, str]] = []
         while not got and time.monotonic() < deadline:

@@ -72,6 +72,7 @@ def synthesize(tmp: Path, context: dict[str, Any], assets: tuple[Path, Path, Any
                functions_root: Path | None = None) -> Synth:
     from aws_cdk import App
     from aws_cdk.assertions import Template
+
     from infra.app import build_app
 
     app = App(outdir=str(tmp), context={**context, "aws:cdk:enable-asset-metadata": True})

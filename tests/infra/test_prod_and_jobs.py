@@ -63,6 +63,7 @@ def test_prod_is_cdk_nag_clean_too(prod: Synth) -> None:
 
 def test_context_is_validated() -> None:
     from aws_cdk import App
+
     from infra.app import Config
 
     ok = Config.from_app(App(context={"stage": "prod", "namespace": "acme_2", "account": "123456789012",
@@ -75,6 +76,7 @@ def test_context_is_validated() -> None:
 
 def test_missing_assets_fail_with_the_build_command(tmp_path: Path) -> None:
     from aws_cdk import App
+
     from infra.app import build_app
 
     with pytest.raises(FileNotFoundError, match="layers.build"):

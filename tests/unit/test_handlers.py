@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from billow.bootstrap import Settings, build, install
 from functions.api.handler import lambda_handler as api
 from functions.ingest.handler import lambda_handler as ingest
 from functions.usage_sink.handler import lambda_handler as sink
-
-from billow.bootstrap import Settings, build, install
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
