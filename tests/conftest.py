@@ -51,8 +51,25 @@ def usage_store(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue("chdb_store")
 
 
-def _pg_url() -> str | None:
-    return os.environ.get("BILLOW_TEST_PG_URL")
+def require_service(env: str, what: str) -> str:
+    """The address scripts/services.sh exported for a real service; a CI run without it fails, a local run
+    outside `make test` skips."""
+    value = os.environ.get(env)
+    if not value:
+        if os.environ.get("CI"):
+            pytest.fail(f"{env} is not set in CI: scripts/services.sh must start {what}")
+        pytest.skip(f"{what} not started (run through `make test`)")
+    return value
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    return require_service("BILLOW_TEST_KAFKA", "the Tansu broker")
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint() -> str:
+    return require_service("BILLOW_TEST_AWS_ENDPOINT", "LocalStack")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -60,12 +77,7 @@ def meta_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[SqlMet
     if request.param == "sqlite":
         store = SqlMetaStore(f"sqlite:///{tmp_path / 'meta.db'}")
     else:
-        url = _pg_url()
-        if not url:
-            if os.environ.get("CI"):
-                pytest.fail("BILLOW_TEST_PG_URL is not set in CI: scripts/services.sh must start PostgreSQL")
-            pytest.skip("PostgreSQL not started (run through `make test`)")
-        store = SqlMetaStore(url)
+        store = SqlMetaStore(require_service("BILLOW_TEST_PG_URL", "PostgreSQL"))
     store.migrate()
     yield store
     store.close()

@@ -5,25 +5,17 @@ consume it (billing run, entitlement reset, notification dispatch) arrive with t
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 
-import pytest
 
-
-def test_rate_rule_delivers_the_job_message_to_the_queue() -> None:
+def test_rate_rule_delivers_the_job_message_to_the_queue(aws_endpoint: str) -> None:
     import boto3
 
-    endpoint = os.environ.get("BILLOW_TEST_AWS_ENDPOINT")
-    if not endpoint:
-        if os.environ.get("CI"):
-            pytest.fail("BILLOW_TEST_AWS_ENDPOINT is not set in CI")
-        pytest.skip("LocalStack not started (run through `make test`)")
     from infra.constructs.schedules import JOBS, job_message
 
     assert JOBS["billing_run"].startswith("rate(")
-    kw = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    kw = {"endpoint_url": aws_endpoint, "region_name": "us-east-1"}
     sqs, events = boto3.client("sqs", **kw), boto3.client("events", **kw)
     name = f"billow-jobs-{uuid.uuid4().hex[:8]}"
     url = sqs.create_queue(QueueName=name)["QueueUrl"]

@@ -13,22 +13,14 @@ import pytest
 from billow import jsonx
 from billow.bootstrap import Settings, build
 from billow.services.meters import create_meter, get_meter
-
-
-def _endpoint() -> str:
-    url = os.environ.get("BILLOW_TEST_AWS_ENDPOINT")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("BILLOW_TEST_AWS_ENDPOINT is not set in CI: scripts/services.sh must start LocalStack")
-        pytest.skip("LocalStack not started (run through `make test`)")
-    return url
+from tests.conftest import require_service
 
 
 @pytest.fixture
-def secrets(monkeypatch: pytest.MonkeyPatch) -> Any:
+def secrets(monkeypatch: pytest.MonkeyPatch, aws_endpoint: str) -> Any:
     import boto3
 
-    endpoint = _endpoint()
+    endpoint = aws_endpoint
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # what boto3 in the bootstrap picks up
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
@@ -40,9 +32,7 @@ def make_secret(sm: Any, value: dict[str, Any]) -> str:
 
 def test_db_secret_and_proxy_host_give_a_working_postgres_store(secrets: Any, monkeypatch: pytest.MonkeyPatch,
                                                                 tmp_path: Any) -> None:
-    pg = os.environ.get("BILLOW_TEST_PG_URL")
-    if not pg:
-        pytest.skip("PostgreSQL not started")
+    pg = require_service("BILLOW_TEST_PG_URL", "PostgreSQL")
     parts = urlsplit(pg.replace("postgresql+pg8000", "postgresql"))
     # The shape RDS writes for a generated secret; the host in it is the cluster's, the proxy's comes apart.
     arn = make_secret(secrets, {"engine": "postgres", "host": "cluster.invalid", "port": parts.port,

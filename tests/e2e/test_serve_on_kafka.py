@@ -4,14 +4,11 @@ restart resumes from the committed offsets without counting anything twice."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.e2e.conftest import Server
 
@@ -38,12 +35,8 @@ def events(ids: range) -> list[dict[str, Any]]:
              "time": "2026-04-01T12:00:00Z", "data": {"tokens": "0.1"}} for i in ids]
 
 
-def test_serve_with_kafka_bus(tmp_path: Path) -> None:
-    bootstrap = os.environ.get("BILLOW_TEST_KAFKA")
-    if not bootstrap:
-        if os.environ.get("CI"):
-            pytest.fail("BILLOW_TEST_KAFKA is not set in CI")
-        pytest.skip("Tansu not started (run through `make test`)")
+def test_serve_with_kafka_bus(tmp_path: Path, kafka_bootstrap: str) -> None:
+    bootstrap = kafka_bootstrap
     ns = "k" + uuid.uuid4().hex[:10]
     config = tmp_path / "billow.yaml"
     config.write_text(f"""namespace: {ns}

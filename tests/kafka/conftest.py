@@ -27,27 +27,9 @@ from billow.bus import topic_for
 from billow.local.server import apigw_event
 from billow.services.meters import create_meter
 from billow.services.query import params_from_query_string, query_meter
+from tests.conftest import require_service
 
 _groups = itertools.count()
-
-
-def _service(env: str, what: str) -> str:
-    value = os.environ.get(env)
-    if not value:
-        if os.environ.get("CI"):
-            pytest.fail(f"{env} is not set in CI: scripts/services.sh must start {what}")
-        pytest.skip(f"{what} not started (run through `make test`)")
-    return value
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    return _service("BILLOW_TEST_KAFKA", "the Tansu broker")
-
-
-@pytest.fixture(scope="session")
-def aws_endpoint() -> str:
-    return _service("BILLOW_TEST_AWS_ENDPOINT", "LocalStack")
 
 
 @pytest.fixture(scope="session")
@@ -141,7 +123,8 @@ def make_pipeline(namespace: str, bootstrap: str, dlq_url: str, usage: Any, meta
     meta.migrate()
     settings = Settings(namespace=namespace, usage_store="chdb", bus="kafka", kafka_bootstrap=bootstrap,
                         dlq_url=dlq_url)
-    sqs_client = boto3.client("sqs", endpoint_url=os.environ["BILLOW_TEST_AWS_ENDPOINT"], region_name="us-east-1")
+    sqs_client = boto3.client("sqs", endpoint_url=require_service("BILLOW_TEST_AWS_ENDPOINT", "LocalStack"),
+                              region_name="us-east-1")
     c = Container(settings=settings, meta=meta, usage=usage, clock=SystemClock(),
                   dead_letters=SqsDeadLetters(dlq_url, sqs_client),
                   bus=KafkaBus(client_config(bootstrap), ack_timeout_s=ack_timeout_s))
