@@ -97,20 +97,23 @@ class Settings:
 
     def with_secrets(self) -> Settings:
         """Resolve the Secrets Manager ARNs into connection strings (once per cold start)."""
-        if not (self.clickhouse_secret_arn and not self.clickhouse_dsn) and \
-                not (self.db_secret_arn and not self.meta_store_url):
-            return self
+        need_ch = bool(self.clickhouse_secret_arn and not self.clickhouse_dsn)
+        need_db = bool(self.db_secret_arn and not self.meta_store_url)
+        if not (need_ch or need_db):
+            return self  # nothing to resolve: boto3 is never imported
         from urllib.parse import quote
 
         from billow.adapters.aws import secret_json
 
         update: dict[str, Any] = {}
-        if self.clickhouse_secret_arn and not self.clickhouse_dsn:
+        if need_ch:
+            assert self.clickhouse_secret_arn is not None
             ch = secret_json(self.clickhouse_secret_arn)
             update["clickhouse_dsn"] = ch.get("dsn") or (
                 f"https://{quote(str(ch['username']), safe='')}:{quote(str(ch['password']), safe='')}"
                 f"@{ch['host']}:{ch.get('port', 8443)}/{ch.get('database', 'default')}")
-        if self.db_secret_arn and not self.meta_store_url:
+        if need_db:
+            assert self.db_secret_arn is not None
             db = secret_json(self.db_secret_arn)
             update["meta_store_url"] = (
                 f"postgresql+pg8000://{quote(str(db['username']), safe='')}:{quote(str(db['password']), safe='')}"
