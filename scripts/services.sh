@@ -62,9 +62,12 @@ start_localstack() {
       'cbor2<6' 'cryptography<45' 'pyopenssl<25' service-identity 'joserfc<1.8' >&2
   fi
   rm -rf "$STATE/localstack-volume"
-  (cd "$STATE" && env GATEWAY_LISTEN="127.0.0.1:$LS_PORT" DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 \
+  # Every background start detaches all three standard streams: `make test` reads this script's stdout
+  # through $(...), which waits until no process holds that pipe open.
+  (cd "$STATE" && exec env GATEWAY_LISTEN="127.0.0.1:$LS_PORT" DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 \
       LOCALSTACK_VOLUME_DIR="$STATE/localstack-volume" "${AWS_ENV[@]}" \
-      nohup "$LS_VENV/bin/python" -m localstack.runtime.main >"$STATE/localstack.log" 2>&1 & echo $! >"$STATE/localstack.pid")
+      "$LS_VENV/bin/python" -m localstack.runtime.main) </dev/null >"$STATE/localstack.log" 2>&1 &
+  echo $! >"$STATE/localstack.pid"
   wait_for localstack 60 curl -sf "http://127.0.0.1:$LS_PORT/_localstack/health"
 }
 
@@ -76,10 +79,11 @@ start_tansu() {
   if alive tansu; then return; fi
   curl -sf -X PUT "http://127.0.0.1:$LS_PORT/$TANSU_BUCKET" >/dev/null || true
   local bin; bin=$(tansu_bin)
-  (env "${AWS_ENV[@]}" AWS_ENDPOINT="http://127.0.0.1:$LS_PORT" AWS_ALLOW_HTTP=true \
-      nohup "$bin" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+  env "${AWS_ENV[@]}" AWS_ENDPOINT="http://127.0.0.1:$LS_PORT" AWS_ALLOW_HTTP=true \
+      "$bin" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine "s3://$TANSU_BUCKET/" \
-      >"$STATE/tansu.log" 2>&1 & echo $! >"$STATE/tansu.pid")
+      </dev/null >"$STATE/tansu.log" 2>&1 &
+  echo $! >"$STATE/tansu.pid"
   wait_for tansu 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$KAFKA_PORT"
 }
 
