@@ -104,6 +104,23 @@ def test_group_filters(usage_store: Any, namespace: str) -> None:
     assert count([f("model", "$eq", "x'); DROP TABLE events; --")]) == 0
 
 
+def test_bounds_windows_one_value_per_segment(usage_store: Any, namespace: str) -> None:
+    """Balance segments: one query gives the usage of each [bounds[i], bounds[i+1]), whole hours or not."""
+    usage_store.write(namespace, [mv(i, v, w) for i, (v, w) in enumerate([
+        ("1", "2026-03-28T21:59:59.999Z"), ("2", "2026-03-28T22:00:00Z"), ("4", "2026-03-28T22:06:59.999Z"),
+        ("8", "2026-03-28T22:07:00Z"), ("16", "2026-03-29T00:59:00Z"), ("32", "2026-03-29T01:00:00Z")])], [])
+    for bounds in (["2026-03-28T22:00:00Z", "2026-03-28T22:07:00Z", "2026-03-29T01:00:00Z"],
+                   ["2026-03-28T22:00:00Z", "2026-03-28T23:00:00Z", "2026-03-29T01:00:00Z"]):
+        b = [t(x) for x in bounds]
+        rows = usage_store.aggregate(q(namespace, start=b[0], end=b[-1] - timedelta(milliseconds=1),
+                                       window_size="BOUNDS", bounds=b))
+        got = {r.window_start: r.sum for r in rows}
+        if bounds[1].endswith("22:07:00Z"):
+            assert got == {b[0]: Decimal(6), b[1]: Decimal(24)}
+        else:
+            assert got == {b[0]: Decimal(14), b[1]: Decimal(16)}
+
+
 _value = st.decimals(min_value=Decimal("-1000"), max_value=Decimal("1000"), places=3, allow_nan=False)
 _offset = st.integers(min_value=0, max_value=3 * 24 * 3600 * 1000)
 

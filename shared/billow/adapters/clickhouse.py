@@ -28,6 +28,9 @@ _WINDOW_EXPR = {
     "DAY": "toUnixTimestamp(toStartOfDay(t, {tz:String}))",
     # toStartOfMonth gives a Date; turn it back into the local midnight of that date.
     "MONTH": "toUnixTimestamp(toDateTime(toStartOfMonth(t, {tz:String}), {tz:String}))",
+    # The last bound at or before t (bounds are ascending whole minutes).
+    "BOUNDS": "{bounds:Array(Int64)}[arrayFirstIndex(b -> b > toUnixTimestamp(t), arrayPushBack({bounds:Array(Int64)}, "
+              "toInt64(9223372036854775807))) - 1]",
 }
 _AGG_EXPR = {
     "SUM": "sum(s)", "COUNT": "sum(c)", "AVG": "sum(s), sum(c)", "MIN": "min(mn)", "MAX": "max(mx)",
@@ -139,6 +142,9 @@ class ClickHouseUsageStore:
     # -- reads -------------------------------------------------------------------------------------
     def aggregate(self, q: UsageQuery) -> list[AggRow]:
         params: dict[str, Any] = {"ns": q.namespace, "mid": q.meter_id, "tz": q.window_tz}
+        if q.window_size == "BOUNDS":
+            assert q.bounds is not None
+            params["bounds"] = [int(b.timestamp()) for b in q.bounds]
         where = ["namespace = {ns:String}", "meter_id = {mid:String}"]
         if q.subjects is not None:
             where.append("subject IN {subjects:Array(String)}")
@@ -335,6 +341,8 @@ def _whole_hour_zone(tz: str) -> bool:
 def _hourly_ok(q: UsageQuery) -> bool:
     if q.window_size == "MINUTE":
         return False
+    if q.window_size == "BOUNDS":
+        return all(b.minute == 0 and b.second == 0 and b.microsecond == 0 for b in q.bounds or ())
     if q.window_size is not None and not _whole_hour_zone(q.window_tz):
         return False
     return q.window_tz == "UTC" or q.window_size is None or (q.start is not None and q.start >= _HOURLY_SINCE)

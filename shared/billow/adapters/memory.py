@@ -3,6 +3,7 @@ two cannot drift: same dedup ledger, same windows, same filters, same exact sums
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 from collections.abc import Sequence
@@ -91,7 +92,11 @@ class InMemoryUsageStore:
                 continue
             if not matches(q.filters, v.subject, v.group_by):
                 continue
-            w = window_start(v.time, q.window_size, tz) if q.window_size else None
+            if q.window_size == "BOUNDS":
+                assert q.bounds is not None
+                w: datetime | None = q.bounds[bisect.bisect_right(q.bounds, v.time) - 1]
+            else:
+                w = window_start(v.time, q.window_size, tz) if q.window_size else None
             key = (
                 w,
                 v.subject if q.by_subject else None,

@@ -58,6 +58,8 @@ class UsageQuery:
     by_subject: bool
     subject_customers: dict[str, str] | None  # subject -> customer id, when grouping/filtering by customer
     filters: list[list[GroupFilter]] = field(default_factory=list)  # OR of ANDs
+    # window_size "BOUNDS": one window per [bounds[i], bounds[i+1]), whole UTC minutes (balance segments).
+    bounds: list[datetime] | None = None
 
 
 @dataclass(slots=True)
