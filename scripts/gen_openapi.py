@@ -22,6 +22,20 @@ OPERATIONS = {
     "/api/v1/subjects/{subjectIdOrKey}": ["get", "delete"],
     "/api/v1/customers": ["get", "post"],
     "/api/v1/customers/{customerIdOrKey}": ["get", "put", "delete"],
+    "/api/v1/customers/{customerIdOrKey}/entitlements/{featureKey}/value": ["get"],
+    "/api/v1/features": ["get", "post"],
+    "/api/v1/features/{featureId}": ["get", "delete"],
+    "/api/v1/entitlements": ["get"],
+    "/api/v1/entitlements/{entitlementId}": ["get"],
+    "/api/v1/grants": ["get"],
+    "/api/v1/grants/{grantId}": ["delete"],
+    "/api/v1/subjects/{subjectIdOrKey}/entitlements": ["get", "post"],
+    "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementIdOrFeatureKey}/grants": ["get", "post"],
+    "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementIdOrFeatureKey}/override": ["put"],
+    "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementIdOrFeatureKey}/value": ["get"],
+    "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementId}": ["get", "delete"],
+    "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementId}/history": ["get"],
+    "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementId}/reset": ["post"],
 }
 DROP = {"description", "example", "examples", "summary", "x-enum-varnames"}
 OUT = Path(__file__).resolve().parent.parent / "shared" / "billow" / "api" / "openapi.json"

@@ -1,5 +1,6 @@
 """REST API Lambda (API Gateway HTTP API, payload 2.0): meters, meter queries, events list, subjects,
-customers, OpenAPI document. Each route parses, calls one use-case, maps the result."""
+customers, OpenAPI document; features, entitlements and grants come from `entitlement_routes`. Each route
+parses, calls one use-case, maps the result."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
 from billow.services import directory, meters, query
 from billow.timeutil import parse_rfc3339
+from functions.api import entitlement_routes
 
 logger = Logger(service="billow-api")
 app = APIGatewayHttpResolver(serializer=jsonx.dumps)
+app.include_router(entitlement_routes.router)
 
 
 def ok(body: Any, status: int = 200) -> Response:

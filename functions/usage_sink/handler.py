@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow.bootstrap import container
 from billow.bus import namespace_of
+from billow.services.balances import SNAPSHOT_GRACE
 from billow.services.sink import SinkRecord, sink_batch
 
 metrics = Metrics(namespace="Billow", service="usage_sink")
@@ -32,7 +33,13 @@ def lambda_handler(event: KafkaEvent, context: LambdaContext | None) -> dict[str
             bad.append({"where": where, "reason": str(exc)})
     if bad:
         c.dead_letters(bad)
-    result = sink_batch(records, usage=c.usage, meta=c.meta, dead_letter=c.dead_letters)
+    now = c.clock.now()
+    result = sink_batch(records, usage=c.usage, meta=c.meta, dead_letter=c.dead_letters,
+                        late_before=now - SNAPSHOT_GRACE,
+                        on_late=lambda ns, earliest: c.entitlements.usage_arrived_late(ns, earliest, now))
+    if c.balance_cache is not None:
+        for ns, subjects in result.subjects.items():
+            c.balance_cache.usage_stored(ns, subjects)
     counts = {"stored": result.stored, "duplicates": result.duplicates, "unmatched": result.unmatched,
               "deadLettered": len(result.dead_letters) + len(bad)}
     for name, n in counts.items():

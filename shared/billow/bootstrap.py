@@ -14,10 +14,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billow.ports import DeadLetters, EventBus, MetaStore, UsageStore
 from billow.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services.balances import BalanceCache
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -175,7 +179,10 @@ class Container:
     usage: UsageStore
     clock: SystemClock
     dead_letters: DeadLetters
+    entitlements: SqlEntitlementStore
     bus: EventBus | None = None
+    # Set where this process hosts its own usage sink (the in-process bus): see services.balances.BalanceCache.
+    balance_cache: BalanceCache | None = None
     metrics: Counters = field(default_factory=Counters)
     _sink_lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -213,10 +220,13 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
             raise ValueError("usage_store=clickhouse needs clickhouse_dsn")
         usage = ClickHouseUsageStore(connect(dsn))
     from billow.adapters.sql import SqlMetaStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
 
     meta = SqlMetaStore(settings.meta_store_url or f"sqlite:///{(data / 'billow.db').resolve()}")
     usage.migrate()
     meta.migrate()
+    entitlements = SqlEntitlementStore(meta.engine)
+    entitlements.migrate()
     dl: DeadLetters
     if settings.dlq_url:
         from billow.adapters.aws import SqsDeadLetters
@@ -224,7 +234,8 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
         dl = SqsDeadLetters(settings.dlq_url)
     else:
         dl = FileDeadLetters(data / "dead-letters.jsonl" if data.exists() else None)
-    c = Container(settings=settings, meta=meta, usage=usage, clock=SystemClock(), dead_letters=dl)
+    c = Container(settings=settings, meta=meta, usage=usage, clock=SystemClock(), dead_letters=dl,
+                  entitlements=entitlements)
     if settings.bus == "kafka":
         from billow.adapters.kafka import KafkaBus
 
@@ -233,6 +244,9 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
         from billow.adapters.inprocess_bus import InProcessBus
 
         c.bus = InProcessBus(deliver, c.sink_lock)
+        from billow.services.balances import BalanceCache
+
+        c.balance_cache = BalanceCache()
     if settings.meters:
         from billow.services.meters import sync_config_meters
 

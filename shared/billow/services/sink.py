@@ -34,6 +34,7 @@ class SinkResult:
     stored: int = 0
     duplicates: int = 0
     unmatched: int = 0  # stored raw events that no meter counts (kept, so a later meter can backfill them)
+    subjects: dict[str, set[str]] = field(default_factory=dict)  # namespace -> subjects with usage stored
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -66,8 +67,14 @@ def decode_record(record: SinkRecord) -> tuple[CloudEvent, datetime]:
     return event, ingested_at
 
 
+LateUsage = Callable[[str, dict[str, datetime]], None]
+
+
 def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaStore,
-               dead_letter: Callable[[list[dict[str, Any]]], None]) -> SinkResult:
+               dead_letter: Callable[[list[dict[str, Any]]], None], late_before: datetime | None = None,
+               on_late: LateUsage | None = None) -> SinkResult:
+    """`on_late(namespace, {subject: earliest time})` hears of stored usage older than `late_before`, after it
+    is written: balance snapshots taken past that time are stale."""
     result = SinkResult()
     by_ns: dict[str, dict[tuple[str, str], StoredEvent]] = {}
     for rec in records:
@@ -83,14 +90,14 @@ def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaSt
             continue
         batch[event.key] = StoredEvent(event, ingested_at)
     for namespace, items in by_ns.items():
-        result.stored += _store(namespace, items, usage, meta, result)
+        result.stored += _store(namespace, items, usage, meta, result, late_before, on_late)
     if result.dead_letters:
         dead_letter(result.dead_letters)
     return result
 
 
 def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: UsageStore, meta: MetaStore,
-           result: SinkResult) -> int:
+           result: SinkResult, late_before: datetime | None = None, on_late: LateUsage | None = None) -> int:
     keys = list(items)
     present = usage.present_keys(namespace, keys)
     result.duplicates += len(present)
@@ -114,6 +121,14 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
             if k not in half_done:
                 values.extend(vals)
     usage.write(namespace, values, stored)
+    result.subjects.setdefault(namespace, set()).update(v.subject for v in values)
+    if on_late is not None and late_before is not None:
+        earliest: dict[str, datetime] = {}
+        for v in values:
+            if v.time < late_before and (v.subject not in earliest or v.time < earliest[v.subject]):
+                earliest[v.subject] = v.time
+        if earliest:
+            on_late(namespace, earliest)
     return len(stored)
 
 

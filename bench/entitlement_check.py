@@ -1,0 +1,116 @@
+"""Entitlement check latency, warm, embedded (chdb + SQLite): GET .../entitlements/{feature}/value through the
+API handler, as `billow serve` runs it (minus the socket).
+
+Set-up: one metered entitlement (monthly usage period, reset on the 1st) with a free-tier grant and three
+prepaid grants of different priorities and expiries; N usage events (default 1 M) for 1,000 subjects over
+45 days, so the check runs from the snapshot at the last reset over ~2 weeks of this subject's usage.
+Run: .venv/bin/python -m bench.entitlement_check [--rows 1000000] [--runs 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from billow.bootstrap import Settings, build, install
+from billow.local.server import apigw_event
+from functions.api.handler import lambda_handler as api
+from functions.ingest.handler import lambda_handler as ingest
+from functions.usage_sink.handler import lambda_handler as sink
+
+NOW = datetime(2026, 2, 14, 12, 0, tzinfo=UTC)
+
+
+class FixedClock:
+    def now(self) -> datetime:
+        return NOW
+
+
+def call(method: str, path: str, body: Any = None) -> Any:
+    raw = json.dumps(body).encode() if body is not None else b""
+    out = api(apigw_event(method, path, {"content-type": "application/json"}, raw, "127.0.0.1"), None)
+    assert out["statusCode"] in (200, 201, 204), out
+    return json.loads(out["body"]) if out.get("body") else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=2000)
+    args, _ = ap.parse_known_args(argv)
+    # As `billow serve` builds it: the usage sink in-process, so the balance cache is on.
+    c = build(Settings.parse(dict(data_dir=tempfile.mkdtemp(prefix="billow-bench-ent-"), meters=[
+        {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens"}])),
+        deliver=lambda ev: sink(ev, None))
+    c.clock = FixedClock()  # type: ignore[assignment]
+    install(c)
+    meter = c.meta.get_meter(c.namespace, "tokens")
+    assert meter is not None
+    t0 = time.perf_counter()
+    c.usage._command(  # type: ignore[attr-defined]
+        "INSERT INTO meter_values (namespace, meter_id, subject, time, value, value_str, group_by, source, id) "
+        "SELECT 'default', {mid:String}, concat('customer_', toString(number % 1000)), "
+        "toDateTime64('2026-01-01 00:00:00', 3, 'UTC') + toIntervalMillisecond(number * {step:UInt64}), "
+        "toDecimal128(number % 7, 18) / 100, '', map(), 'bench', toString(number) FROM numbers({rows:UInt64})",
+        {"mid": meter.id, "step": 45 * 24 * 3600 * 1000 // args.rows, "rows": args.rows})
+    print(f"loaded {args.rows:,} usage rows in {time.perf_counter() - t0:.1f} s")
+    call("POST", "/api/v1/subjects", [{"key": "customer_7"}])
+    call("POST", "/api/v1/features", {"key": "ai_tokens", "name": "AI tokens", "meterSlug": "tokens"})
+    path = "/api/v1/subjects/customer_7/entitlements"
+    call("POST", path, {"type": "metered", "featureKey": "ai_tokens", "issueAfterReset": 100,
+                        "measureUsageFrom": "2026-01-01T00:00:00Z",
+                        "usagePeriod": {"interval": "MONTH", "anchor": "2026-01-01T00:00:00Z"}})
+    for amount, prio, days in ((500, 1, 10), (1000, 2, 30), (5000, 3, 365)):
+        call("POST", path + "/ai_tokens/grants", {"amount": amount, "priority": prio, "effectiveAt": "2026-02-03T00:00:00Z",
+                                                   "expiration": {"duration": "DAY", "count": days}})
+    value_path = path + "/ai_tokens/value"
+    print(f"value: {call('GET', value_path)}")
+
+    def measure(label: str) -> None:
+        for _ in range(20):
+            call("GET", value_path)
+        times = []
+        for _ in range(args.runs):
+            s = time.perf_counter()
+            call("GET", value_path)
+            times.append((time.perf_counter() - s) * 1000)
+        times.sort()
+        p99 = times[max(0, int(len(times) * 0.99) - 1)]
+        print(f"{label}: median {statistics.median(times):.2f} ms, p99 {p99:.2f} ms, max {times[-1]:.2f} ms "
+              f"over {args.runs} calls")
+
+    measure("entitlement check via API handler, embedded, warm (budget: p99 < 5 ms)")
+    # Usage keeps arriving for this subject: every check after a write reads the snapshot plus the usage since.
+    n = 0
+
+    def with_usage() -> None:
+        nonlocal n
+        n += 1
+        sink_event = [{"specversion": "1.0", "id": f"live-{n}", "source": "bench", "type": "prompt",
+                       "subject": "customer_7", "time": "2026-02-14T11:59:00Z", "data": {"tokens": 1}}]
+        out = ingest(apigw_event("POST", "/api/v1/events", {"content-type": "application/json"},
+                              json.dumps(sink_event).encode(), "127.0.0.1"), None)
+        assert out["statusCode"] == 204, out
+
+    times = []
+    for _ in range(min(args.runs, 300)):
+        with_usage()
+        s = time.perf_counter()
+        call("GET", value_path)
+        times.append((time.perf_counter() - s) * 1000)
+    times.sort()
+    print(f"check right after new usage for the subject (snapshot + one usage query): median "
+          f"{statistics.median(times):.2f} ms, p99 {times[max(0, int(len(times) * 0.99) - 1)]:.2f} ms")
+    c.balance_cache = None
+    measure("no balance cache (Lambda: snapshot + one usage query per check)")
+    install(None)
+    c.close()
+
+
+if __name__ == "__main__":
+    main()

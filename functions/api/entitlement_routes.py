@@ -1,0 +1,196 @@
+"""REST routes for features, entitlements and grants (OpenMeter v1 paths). Each parses, calls one use-case,
+maps the result; the API handler includes this router."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+
+from billow import jsonx
+from billow.api.http import JSON, json_body, path_param, query_multi
+from billow.bootstrap import container
+from billow.services import balances, entitlements, features
+from billow.services.features import paginate
+from billow.timeutil import parse_rfc3339
+
+router = APIGatewayHttpRouter()
+
+
+def ok(body: Any, status: int = 200) -> Response:
+    return Response(status, JSON, jsonx.dumps(body))
+
+
+def no_content() -> Response:
+    return Response(204, None, "")
+
+
+def _event() -> dict[str, Any]:
+    return router.current_event.raw_event
+
+
+def _optional_body() -> Any:
+    raw = _event().get("body")
+    return json_body(_event()) if raw and raw.strip() else None
+
+
+# -- features ---------------------------------------------------------------------------------------
+@router.get("/api/v1/features")
+def list_features() -> Response:
+    c = container()
+    return ok(features.list_features(c.namespace, query_multi(_event()), store=c.entitlements))
+
+
+@router.post("/api/v1/features")
+def create_feature() -> Response:
+    c = container()
+    return ok(features.create_feature(c.namespace, json_body(_event()), store=c.entitlements, meta=c.meta,
+                                      now=c.clock.now()), 201)
+
+
+@router.get("/api/v1/features/<feature>")
+def get_feature(feature: str) -> Response:
+    c = container()
+    return ok(features.get_feature(c.namespace, path_param(feature), store=c.entitlements))
+
+
+@router.delete("/api/v1/features/<feature>")
+def archive_feature(feature: str) -> Response:
+    c = container()
+    features.archive_feature(c.namespace, path_param(feature), store=c.entitlements, now=c.clock.now())
+    return no_content()
+
+
+# -- entitlements -----------------------------------------------------------------------------------
+def _present(doc: dict[str, Any]) -> dict[str, Any]:
+    c = container()
+    return balances.entitlement_json(c.namespace, doc, store=c.entitlements, now=c.clock.now())
+
+
+@router.get("/api/v1/entitlements")
+def list_all_entitlements() -> Response:
+    c = container()
+    qs = query_multi(_event())
+    docs = c.entitlements.list_entitlements(
+        c.namespace, subject_keys=qs.get("subject") or None, feature_keys=qs.get("feature") or None,
+        include_deleted=(qs.get("includeDeleted") or ["false"])[0] == "true")
+    kinds = qs.get("entitlementType")
+    return ok(paginate([_present(d) for d in docs if not kinds or d["type"] in kinds],
+                       {k: v for k, v in qs.items() if k in ("page", "pageSize", "limit", "offset")}))
+
+
+@router.get("/api/v1/entitlements/<entitlement>")
+def get_any_entitlement(entitlement: str) -> Response:
+    c = container()
+    return ok(_present(entitlements.get_entitlement(c.namespace, path_param(entitlement), store=c.entitlements,
+                                                    include_deleted=True)))
+
+
+@router.post("/api/v1/subjects/<subject>/entitlements")
+def create_entitlement(subject: str) -> Response:
+    c = container()
+    doc = entitlements.create_entitlement(c.namespace, path_param(subject), json_body(_event()),
+                                          store=c.entitlements, meta=c.meta, now=c.clock.now())
+    return ok(_present(doc), 201)
+
+
+@router.get("/api/v1/subjects/<subject>/entitlements")
+def list_subject_entitlements(subject: str) -> Response:
+    c = container()
+    key = entitlements.subject_key(c.namespace, path_param(subject), c.meta)
+    include = (query_multi(_event()).get("includeDeleted") or ["false"])[0] == "true"
+    return ok([_present(d) for d in c.entitlements.list_entitlements(c.namespace, [key], include_deleted=include)])
+
+
+@router.get("/api/v1/subjects/<subject>/entitlements/<entitlement>")
+def get_subject_entitlement(subject: str, entitlement: str) -> Response:
+    c = container()
+    key = entitlements.subject_key(c.namespace, path_param(subject), c.meta)
+    return ok(_present(entitlements.get_entitlement(c.namespace, path_param(entitlement), store=c.entitlements,
+                                                    subject_keys=[key], include_deleted=True)))
+
+
+@router.delete("/api/v1/subjects/<subject>/entitlements/<entitlement>")
+def delete_entitlement(subject: str, entitlement: str) -> Response:
+    c = container()
+    entitlements.delete_entitlement(c.namespace, path_param(subject), path_param(entitlement), store=c.entitlements,
+                                    meta=c.meta, now=c.clock.now())
+    return no_content()
+
+
+@router.put("/api/v1/subjects/<subject>/entitlements/<entitlement>/override")
+def override_entitlement(subject: str, entitlement: str) -> Response:
+    c = container()
+    doc = entitlements.override_entitlement(c.namespace, path_param(subject), path_param(entitlement),
+                                            json_body(_event()), store=c.entitlements, meta=c.meta, now=c.clock.now())
+    return ok(_present(doc), 201)
+
+
+@router.get("/api/v1/subjects/<subject>/entitlements/<entitlement>/value")
+def entitlement_value(subject: str, entitlement: str) -> Response:
+    c = container()
+    key = entitlements.subject_key(c.namespace, path_param(subject), c.meta)
+    return ok(balances.value(c.namespace, [key], path_param(entitlement), _at(), store=c.entitlements, meta=c.meta,
+                             usage=c.usage, now=c.clock.now(), cache=c.balance_cache))
+
+
+@router.get("/api/v1/customers/<customer>/entitlements/<feature>/value")
+def customer_entitlement_value(customer: str, feature: str) -> Response:
+    c = container()
+    keys = entitlements.customer_subject_keys(c.namespace, path_param(customer), c.meta)
+    return ok(balances.value(c.namespace, keys, path_param(feature), _at(), store=c.entitlements, meta=c.meta,
+                             usage=c.usage, now=c.clock.now(), cache=c.balance_cache))
+
+
+def _at() -> Any:
+    raw = (query_multi(_event()).get("time") or [None])[0]
+    return parse_rfc3339(raw, "time") if raw else None
+
+
+@router.get("/api/v1/subjects/<subject>/entitlements/<entitlement>/history")
+def entitlement_history(subject: str, entitlement: str) -> Response:
+    c = container()
+    key = entitlements.subject_key(c.namespace, path_param(subject), c.meta)
+    return ok(balances.history(c.namespace, [key], path_param(entitlement), query_multi(_event()),
+                               store=c.entitlements, meta=c.meta, usage=c.usage, now=c.clock.now()))
+
+
+@router.post("/api/v1/subjects/<subject>/entitlements/<entitlement>/reset")
+def reset_entitlement(subject: str, entitlement: str) -> Response:
+    c = container()
+    entitlements.reset(c.namespace, path_param(subject), path_param(entitlement), _optional_body(),
+                       store=c.entitlements, meta=c.meta, now=c.clock.now())
+    return no_content()
+
+
+# -- grants -----------------------------------------------------------------------------------------
+@router.post("/api/v1/subjects/<subject>/entitlements/<entitlement>/grants")
+def create_grant(subject: str, entitlement: str) -> Response:
+    c = container()
+    return ok(entitlements.create_grant(c.namespace, path_param(subject), path_param(entitlement), json_body(_event()),
+                                        store=c.entitlements, meta=c.meta, now=c.clock.now()), 201)
+
+
+@router.get("/api/v1/subjects/<subject>/entitlements/<entitlement>/grants")
+def list_entitlement_grants(subject: str, entitlement: str) -> Response:
+    c = container()
+    include = (query_multi(_event()).get("includeDeleted") or ["false"])[0] == "true"
+    return ok(entitlements.list_grants(c.namespace, path_param(subject), path_param(entitlement), store=c.entitlements,
+                                       meta=c.meta, now=c.clock.now(), include_deleted=include))
+
+
+@router.get("/api/v1/grants")
+def list_all_grants() -> Response:
+    c = container()
+    qs = query_multi(_event())
+    items = entitlements.list_grants(c.namespace, None, None, store=c.entitlements, meta=c.meta, now=c.clock.now(),
+                                     include_deleted=(qs.get("includeDeleted") or ["false"])[0] == "true")
+    return ok(paginate(items, {k: v for k, v in qs.items() if k in ("page", "pageSize", "limit", "offset")}))
+
+
+@router.delete("/api/v1/grants/<grant>")
+def void_grant(grant: str) -> Response:
+    c = container()
+    entitlements.void_grant(c.namespace, path_param(grant), store=c.entitlements, now=c.clock.now())
+    return no_content()

@@ -1,0 +1,288 @@
+"""Features, entitlements, grants, resets and balance snapshots on SQLAlchemy Core: SQLite (embedded default)
+and PostgreSQL through pg8000 (Aurora in AWS). Resources are kept as the JSON documents the API serves, with
+the columns their look-ups need beside them; exact amounts stay decimal strings inside the documents."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from billow import jsonx
+from billow.errors import Conflict
+
+md = sa.MetaData()
+TS = sa.DateTime(timezone=True)
+
+features = sa.Table(
+    "features", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("key", sa.String(64), nullable=False),
+    sa.Column("meter_slug", sa.String(64)),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("archived_at", TS),
+    sa.Index("features_live_key", "namespace", "key", unique=True,
+             sqlite_where=sa.text("archived_at IS NULL"), postgresql_where=sa.text("archived_at IS NULL")),
+)
+
+entitlements = sa.Table(
+    "entitlements", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("subject_key", sa.Text, nullable=False),
+    sa.Column("feature_key", sa.String(64), nullable=False),
+    sa.Column("feature_id", sa.String(26), nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("deleted_at", TS),
+    # At most one live entitlement per feature per subject.
+    sa.Index("entitlements_live", "namespace", "subject_key", "feature_key", unique=True,
+             sqlite_where=sa.text("deleted_at IS NULL"), postgresql_where=sa.text("deleted_at IS NULL")),
+)
+
+grants = sa.Table(
+    "grants", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("entitlement_id", sa.String(26), nullable=False, index=True),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+resets = sa.Table(
+    "entitlement_resets", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("entitlement_id", sa.String(26), nullable=False),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("retain_anchor", sa.Boolean, nullable=False),
+    sa.Column("preserve_overage", sa.Boolean),
+    sa.Column("created_at", TS, nullable=False),
+    sa.PrimaryKeyConstraint("entitlement_id", "at"),
+)
+
+# A balance snapshot: the engine state of one entitlement at one instant, so that a balance is computed from the
+# latest snapshot forward instead of from the beginning of time. Late usage older than a snapshot deletes it.
+snapshots = sa.Table(
+    "balance_snapshots", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("entitlement_id", sa.String(26), nullable=False),
+    sa.Column("subject_key", sa.Text, nullable=False),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("entitlement_id", "at"),
+    sa.Index("balance_snapshots_subject", "namespace", "subject_key", "at"),
+)
+
+# Late usage seen by the sink: a snapshot computed while such usage was being written is not saved.
+late_usage = sa.Table(
+    "late_usage", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("subject_key", sa.Text, nullable=False),
+    sa.Column("earliest", TS, nullable=False),
+    sa.Column("seen_at", TS, nullable=False),
+    sa.Index("late_usage_subject", "namespace", "subject_key", "seen_at"),
+)
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    if t is None:
+        return None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+class SqlEntitlementStore:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        # Counts this process's writes: a cached balance computed at an older generation is stale.
+        self.generation = 0
+
+    def migrate(self) -> None:
+        md.create_all(self.engine)
+
+    # -- features ---------------------------------------------------------------------------------
+    def put_feature(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
+                    archived_at: datetime | None = None) -> None:
+        self.generation += 1
+        row = dict(namespace=namespace, id=doc["id"], key=doc["key"], meter_slug=doc.get("meterSlug"),
+                   doc=jsonx.dumps(doc), created_at=created_at, archived_at=archived_at)
+        try:
+            with self.engine.begin() as c:
+                if c.execute(sa.select(features.c.id).where(features.c.id == doc["id"])).first():
+                    c.execute(features.update().where(features.c.id == doc["id"]).values(**row))
+                else:
+                    c.execute(features.insert().values(**row))
+        except IntegrityError:
+            raise Conflict(f"a feature with key {doc['key']!r} already exists") from None
+
+    def get_feature(self, namespace: str, id_or_key: str, include_archived: bool = False) -> dict[str, Any] | None:
+        q = sa.select(features.c.doc).where(features.c.namespace == namespace,
+                                            sa.or_(features.c.id == id_or_key, features.c.key == id_or_key))
+        if not include_archived:
+            q = q.where(features.c.archived_at.is_(None))
+        with self.engine.connect() as c:
+            row = c.execute(q.order_by(features.c.archived_at.is_(None).desc(), features.c.created_at.desc())).first()
+        return jsonx.loads(row.doc) if row else None
+
+    def list_features(self, namespace: str, include_archived: bool = False,
+                      meter_slugs: list[str] | None = None) -> list[dict[str, Any]]:
+        q = sa.select(features.c.doc).where(features.c.namespace == namespace)
+        if not include_archived:
+            q = q.where(features.c.archived_at.is_(None))
+        if meter_slugs:
+            q = q.where(features.c.meter_slug.in_(meter_slugs))
+        with self.engine.connect() as c:
+            return [jsonx.loads(r.doc) for r in c.execute(q.order_by(features.c.created_at, features.c.id))]
+
+    # -- entitlements -----------------------------------------------------------------------------
+    def put_entitlement(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
+                        deleted_at: datetime | None = None) -> None:
+        self.generation += 1
+        row = dict(namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
+                   feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=created_at, deleted_at=deleted_at)
+        try:
+            with self.engine.begin() as c:
+                if c.execute(sa.select(entitlements.c.id).where(entitlements.c.id == doc["id"])).first():
+                    c.execute(entitlements.update().where(entitlements.c.id == doc["id"]).values(**row))
+                else:
+                    c.execute(entitlements.insert().values(**row))
+        except IntegrityError:
+            raise Conflict(f"subject {doc['subjectKey']!r} already has an entitlement for feature "
+                           f"{doc['featureKey']!r}") from None
+
+    def replace_entitlement(self, namespace: str, old_id: str, doc: Mapping[str, Any], *, at: datetime,
+                            old_doc: Mapping[str, Any]) -> None:
+        """Delete `old_id` and insert `doc` in one transaction (override)."""
+        self.generation += 1
+        with self.engine.begin() as c:
+            c.execute(entitlements.update().where(entitlements.c.namespace == namespace, entitlements.c.id == old_id)
+                      .values(deleted_at=at, doc=jsonx.dumps(old_doc)))
+            c.execute(entitlements.insert().values(
+                namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
+                feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=at, deleted_at=None))
+
+    def get_entitlement(self, namespace: str, entitlement_id: str, include_deleted: bool = False) -> dict[str, Any] | None:
+        q = sa.select(entitlements.c.doc).where(entitlements.c.namespace == namespace, entitlements.c.id == entitlement_id)
+        if not include_deleted:
+            q = q.where(entitlements.c.deleted_at.is_(None))
+        with self.engine.connect() as c:
+            row = c.execute(q).first()
+        return jsonx.loads(row.doc) if row else None
+
+    def find_entitlement(self, namespace: str, subject_keys: list[str], feature_key: str) -> dict[str, Any] | None:
+        q = sa.select(entitlements.c.doc).where(
+            entitlements.c.namespace == namespace, entitlements.c.subject_key.in_(subject_keys),
+            entitlements.c.feature_key == feature_key, entitlements.c.deleted_at.is_(None))
+        with self.engine.connect() as c:
+            row = c.execute(q.order_by(entitlements.c.created_at)).first()
+        return jsonx.loads(row.doc) if row else None
+
+    def list_entitlements(self, namespace: str, subject_keys: list[str] | None = None, include_deleted: bool = False,
+                          feature_keys: list[str] | None = None) -> list[dict[str, Any]]:
+        q = sa.select(entitlements.c.doc).where(entitlements.c.namespace == namespace)
+        if subject_keys is not None:
+            q = q.where(entitlements.c.subject_key.in_(subject_keys))
+        if feature_keys:
+            q = q.where(entitlements.c.feature_key.in_(feature_keys))
+        if not include_deleted:
+            q = q.where(entitlements.c.deleted_at.is_(None))
+        with self.engine.connect() as c:
+            return [jsonx.loads(r.doc) for r in c.execute(q.order_by(entitlements.c.created_at, entitlements.c.id))]
+
+    # -- grants -----------------------------------------------------------------------------------
+    def put_grant(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime) -> None:
+        with self.engine.begin() as c:
+            if c.execute(sa.select(grants.c.id).where(grants.c.id == doc["id"])).first():
+                c.execute(grants.update().where(grants.c.id == doc["id"]).values(doc=jsonx.dumps(doc)))
+            else:
+                c.execute(grants.insert().values(namespace=namespace, id=doc["id"], entitlement_id=doc["entitlementId"],
+                                                 doc=jsonx.dumps(doc), created_at=created_at))
+            # A grant changes the balance from its effective time on: later snapshots no longer hold.
+            effective = _utc(jsonx_time(doc["effectiveAt"]))
+            c.execute(snapshots.delete().where(snapshots.c.entitlement_id == doc["entitlementId"],
+                                               snapshots.c.at >= effective))
+
+    def get_grant(self, namespace: str, grant_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(grants.c.doc).where(grants.c.namespace == namespace, grants.c.id == grant_id)).first()
+        return jsonx.loads(row.doc) if row else None
+
+    def list_grants(self, namespace: str, entitlement_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        q = sa.select(grants.c.doc).where(grants.c.namespace == namespace)
+        if entitlement_ids is not None:
+            q = q.where(grants.c.entitlement_id.in_(entitlement_ids))
+        with self.engine.connect() as c:
+            return [jsonx.loads(r.doc) for r in c.execute(q.order_by(grants.c.created_at, grants.c.id))]
+
+    # -- resets -----------------------------------------------------------------------------------
+    def add_reset(self, namespace: str, entitlement_id: str, at: datetime, *, retain_anchor: bool,
+                  preserve_overage: bool | None, now: datetime) -> None:
+        self.generation += 1
+        self.generation += 1
+        try:
+            with self.engine.begin() as c:
+                c.execute(resets.insert().values(namespace=namespace, entitlement_id=entitlement_id, at=at,
+                                                 retain_anchor=retain_anchor, preserve_overage=preserve_overage,
+                                                 created_at=now))
+                c.execute(snapshots.delete().where(snapshots.c.entitlement_id == entitlement_id, snapshots.c.at >= at))
+        except IntegrityError:
+            raise Conflict(f"the entitlement was already reset at {jsonx.dumps(at)}") from None
+
+    def list_resets(self, namespace: str, entitlement_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(resets).where(resets.c.namespace == namespace,
+                                                     resets.c.entitlement_id == entitlement_id).order_by(resets.c.at))
+            return [{"at": _utc(r.at), "retainAnchor": r.retain_anchor, "preserveOverage": r.preserve_overage}
+                    for r in rows]
+
+    # -- snapshots --------------------------------------------------------------------------------
+    def latest_snapshot(self, namespace: str, entitlement_id: str, not_after: datetime) -> dict[str, Any] | None:
+        q = (sa.select(snapshots.c.doc).where(snapshots.c.namespace == namespace,
+                                              snapshots.c.entitlement_id == entitlement_id, snapshots.c.at <= not_after)
+             .order_by(snapshots.c.at.desc()).limit(1))
+        with self.engine.connect() as c:
+            row = c.execute(q).first()
+        return jsonx.loads(row.doc) if row else None
+
+    def save_snapshot(self, namespace: str, entitlement_id: str, subject_key: str, at: datetime,
+                      doc: Mapping[str, Any], *, computed_from: datetime) -> bool:
+        """Save unless late usage for the subject, older than `at`, was seen since `computed_from` (the wall
+        time before the usage it rests on was read). Returns whether it was saved."""
+        with self.engine.begin() as c:
+            late = c.execute(sa.select(late_usage.c.earliest).where(
+                late_usage.c.namespace == namespace, late_usage.c.subject_key == subject_key,
+                late_usage.c.seen_at >= computed_from, late_usage.c.earliest < at).limit(1)).first()
+            if late:
+                return False
+            exists = c.execute(sa.select(snapshots.c.at).where(snapshots.c.entitlement_id == entitlement_id,
+                                                               snapshots.c.at == at)).first()
+            if not exists:
+                c.execute(snapshots.insert().values(namespace=namespace, entitlement_id=entitlement_id,
+                                                    subject_key=subject_key, at=at, doc=jsonx.dumps(doc)))
+        return True
+
+    def usage_arrived_late(self, namespace: str, earliest_by_subject: Mapping[str, datetime], now: datetime) -> None:
+        """Late usage was stored: drop the snapshots it makes stale and remember it for snapshots in flight."""
+        if not earliest_by_subject:
+            return
+        with self.engine.begin() as c:
+            c.execute(late_usage.insert(), [{"namespace": namespace, "subject_key": s, "earliest": t, "seen_at": now}
+                                            for s, t in earliest_by_subject.items()])
+            for subject, earliest in earliest_by_subject.items():
+                c.execute(snapshots.delete().where(snapshots.c.namespace == namespace,
+                                                   snapshots.c.subject_key == subject, snapshots.c.at > earliest))
+
+    def forget_late_usage(self, before: datetime) -> None:
+        self.generation += 1
+        with self.engine.begin() as c:
+            c.execute(late_usage.delete().where(late_usage.c.seen_at < before))
+
+
+def jsonx_time(value: Any) -> datetime:
+    from billow.timeutil import parse_rfc3339
+
+    return value if isinstance(value, datetime) else parse_rfc3339(value, "effectiveAt")

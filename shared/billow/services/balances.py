@@ -1,0 +1,331 @@
+"""Entitlement values and balance history: the balance engine run over usage from the usage store.
+
+A balance is computed from the latest snapshot (the engine state at a reset) forward, never from the start of
+time. All the usage one computation needs comes from one usage-store query: the engine's segment boundaries are
+found first by a dry run (they depend on grants and resets, never on usage), then one windowed query returns the
+usage of every segment. Snapshots are saved only at resets older than SNAPSHOT_GRACE; usage the sink stores for
+earlier times deletes the snapshots it makes stale (`usage_arrived_late`)."""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from billow.domain import credits
+from billow.domain.usage import GroupFilter, UsageQuery, final_value
+from billow.errors import NotFound
+from billow.exact import exact_sum
+from billow.jsonx import plain_decimal
+from billow.ports import MetaStore, UsageStore
+from billow.services.entitlements import (
+    EntitlementStore,
+    Reset,
+    bad,
+    current_period,
+    minute,
+    period_of,
+    reset_schedule,
+    resolve,
+)
+from billow.services.query import parse_filters
+from billow.timeutil import WINDOW_SIZES, format_rfc3339, parse_rfc3339, window_end, window_start, zone
+
+SNAPSHOT_GRACE = timedelta(hours=1)
+MAX_HISTORY_WINDOWS = 2000
+
+
+def _num(d: Decimal) -> Decimal:
+    return plain_decimal(d)
+
+
+# -- presentation ------------------------------------------------------------------------------------------
+def entitlement_json(namespace: str, doc: dict[str, Any], *, store: EntitlementStore, now: datetime) -> dict[str, Any]:
+    """The stored entitlement plus what is derived from time: the current usage period and the last reset."""
+    out = dict(doc)
+    if doc.get("usagePeriod"):
+        if doc["type"] == "metered":
+            start, end = current_period(doc, store=store, namespace=namespace, at=now)
+            out["lastReset"] = format_rfc3339(start)
+            out["measureUsageFrom"] = doc["measureUsageFrom"]
+        else:
+            start, end = period_of(doc["usagePeriod"]).containing(minute(now))
+        out["currentUsagePeriod"] = {"from": format_rfc3339(start), "to": format_rfc3339(end)}
+        out["usagePeriod"] = {k: v for k, v in doc["usagePeriod"].items()}
+    for k in ("issueAfterReset",):
+        if k in out:
+            out[k] = _num(Decimal(out[k]))
+    return out
+
+
+# -- the engine over stored usage ---------------------------------------------------------------------------
+@dataclass
+class Ledger:
+    """Everything one balance computation reads, loaded once."""
+
+    ent: dict[str, Any]
+    grants: list[credits.Grant]
+    resets: list[Reset]  # those after the starting snapshot
+    start: credits.Snapshot
+    usage_query: Callable[[list[datetime]], dict[datetime, Decimal]]
+    period: Any  # the usage period in force at `until` (a manual reset may have moved its anchor)
+    period_start: datetime  # start of the current usage period at `until`
+
+    def next_change(self, after: datetime) -> datetime | None:
+        """The first instant after `after` where the balance can change without usage: a grant starts, ends or
+        recurs, or the usage period resets."""
+        times = [self.period.next_after(after)]
+        for g in self.grants:
+            times += [t for t in (g.effective_at, g.ends_at) if t is not None and t > after]
+            if g.recurrence is not None:
+                times.append(g.recurrence.next_after(after))
+        return min(times, default=None)
+
+
+def _engine_grants(docs: list[dict[str, Any]]) -> list[credits.Grant]:
+    out = []
+    for g in docs:
+        if g.get("deletedAt"):
+            continue
+        out.append(credits.Grant(
+            id=g["id"], amount=Decimal(g["amount"]), priority=int(g.get("priority", 1)),
+            effective_at=parse_rfc3339(g["effectiveAt"], "effectiveAt"),
+            expires_at=parse_rfc3339(g["expiresAt"], "expiresAt") if g.get("expiresAt") else None,
+            created_at=parse_rfc3339(g["createdAt"], "createdAt"),
+            max_rollover_amount=Decimal(g.get("maxRolloverAmount", 0)),
+            min_rollover_amount=Decimal(g.get("minRolloverAmount", 0)),
+            recurrence=period_of(g["recurrence"]) if g.get("recurrence") else None,
+            voided_at=parse_rfc3339(g["voidedAt"], "voidedAt") if g.get("voidedAt") else None,
+        ))
+    return out
+
+
+def _filters(feature: dict[str, Any]) -> list[list[GroupFilter]]:
+    conj = parse_filters(feature["advancedMeterGroupByFilters"]) if feature.get("advancedMeterGroupByFilters") else []
+    simple = [GroupFilter(k, "$eq", v) for k, v in (feature.get("meterGroupByFilters") or {}).items()]
+    if simple:
+        conj = [c + simple for c in conj] if conj else [simple]
+    return conj
+
+
+def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: EntitlementStore, meta: MetaStore,
+            usage: UsageStore) -> Ledger:
+    feature = store.get_feature(namespace, ent["featureId"], include_archived=True)
+    if feature is None or not feature.get("meterSlug"):
+        raise NotFound(f"feature {ent['featureKey']!r} of the entitlement has no meter")
+    meter = meta.get_meter(namespace, feature["meterSlug"])
+    if meter is None:
+        raise NotFound(f"meter {feature['meterSlug']!r} of feature {feature['key']!r} was deleted")
+    resets, period = reset_schedule(ent, store.list_resets(namespace, ent["id"]), until)
+    measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
+    period_start = max(period.containing(minute(until))[0], resets[-1].at if resets else measure, measure)
+    snap = store.latest_snapshot(namespace, ent["id"], until)
+    if snap is not None:
+        start = credits.Snapshot.from_json(snap)
+        resets = [r for r in resets if r.at > start.at]
+    else:
+        start = credits.Snapshot.empty(parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom"))
+    filters = _filters(feature)
+
+    def query(bounds: list[datetime]) -> dict[datetime, Decimal]:
+        if len(bounds) < 2:
+            return {}
+        rows = usage.aggregate(UsageQuery(
+            namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=bounds[0],
+            end=bounds[-1] - timedelta(milliseconds=1), window_size="BOUNDS", window_tz="UTC",
+            subjects=[ent["subjectKey"]], group_by=[], by_subject=False, subject_customers=None, filters=filters,
+            bounds=bounds))
+        return {r.window_start: final_value(meter.aggregation, r) for r in rows if r.window_start is not None}
+
+    return Ledger(ent, _engine_grants(store.list_grants(namespace, [ent["id"]])), resets, start, query, period,
+                  max(period_start, start.at))
+
+
+class _Usage:
+    """Usage of [s, e) for any s, e among the bounds: the sum of the buckets between them."""
+
+    def __init__(self, bounds: list[datetime], values: dict[datetime, Decimal]) -> None:
+        self.bounds = bounds
+        self.values = [values.get(b, Decimal(0)) for b in bounds]
+
+    def __call__(self, s: datetime, e: datetime) -> Decimal:
+        i, j = bisect_left(self.bounds, s), bisect_left(self.bounds, e)
+        if i >= len(self.bounds) or self.bounds[i] != s or (j < len(self.bounds) and self.bounds[j] != e) or (
+                j == len(self.bounds) and e != self.bounds[-1]):
+            raise AssertionError(f"usage asked for [{s}, {e}) off the segment bounds")
+        return exact_sum(self.values[i:j])
+
+
+def _run(ledger: Ledger, start: credits.Snapshot, until: datetime,
+         usage: Callable[[datetime, datetime], Decimal]) -> credits.Result:
+    resets = [r for r in ledger.resets if start.at < r.at <= until]
+    return credits.run(ledger.grants, start, [credits.ResetAt(r.at, r.preserve_overage) for r in resets], usage,
+                       until)
+
+
+def _bounds(ledger: Ledger, stops: list[datetime]) -> list[datetime]:
+    """Every instant a segment of a run from the ledger's start through `stops` begins or ends."""
+    seen: set[datetime] = {ledger.start.at, *stops}
+
+    def record(s: datetime, e: datetime) -> Decimal:
+        seen.update((s, e))
+        return Decimal(0)
+
+    cur = ledger.start
+    for stop in stops:
+        if stop < cur.at:
+            continue
+        cur = _run(ledger, cur, stop, record).end
+    return sorted(t for t in seen if ledger.start.at <= t <= stops[-1])
+
+
+class BalanceCache:
+    """Entitlement values of one process that hosts its own usage sink (`billow serve` on the in-process bus):
+    a value stays right until usage for its subject is stored, an entitlement/grant/reset is written, or the
+    balance's next change without usage (a grant starting, ending or recurring; a reset) comes due. The sink
+    calls `usage_stored`; the entitlement store counts its writes (`generation`). Not for Lambda, where the
+    sink runs elsewhere: there every check reads the snapshot plus the usage since."""
+
+    def __init__(self, max_items: int = 100_000) -> None:
+        self._lock = threading.Lock()
+        self._versions: dict[tuple[str, str], int] = {}
+        self._items: dict[tuple[str, tuple[str, ...], str], tuple[int, tuple[int, ...], datetime, datetime | None,
+                                                                dict[str, Any]]] = {}
+        self.max_items = max_items
+
+    def usage_stored(self, namespace: str, subjects: Iterable[str]) -> None:
+        with self._lock:
+            for s in subjects:
+                self._versions[(namespace, s)] = self._versions.get((namespace, s), 0) + 1
+
+    def _key(self, namespace: str, subjects: list[str], ref: str) -> tuple[str, tuple[str, ...], str]:
+        return namespace, tuple(subjects), ref
+
+    def versions(self, namespace: str, subjects: list[str]) -> tuple[int, ...]:
+        return tuple(self._versions.get((namespace, s), 0) for s in subjects)
+
+    def get(self, namespace: str, subjects: list[str], ref: str, generation: int, t: datetime) -> dict[str, Any] | None:
+        item = self._items.get(self._key(namespace, subjects, ref))
+        if item is None:
+            return None
+        gen, versions, computed_at, valid_until, result = item
+        if gen != generation or versions != self.versions(namespace, subjects) or t < computed_at or (
+                valid_until is not None and t >= valid_until):
+            return None
+        return dict(result)
+
+    def put(self, namespace: str, subjects: list[str], ref: str, generation: int, versions: tuple[int, ...],
+            computed_at: datetime, valid_until: datetime | None, result: dict[str, Any]) -> None:
+        with self._lock:
+            if len(self._items) >= self.max_items:
+                self._items.clear()
+            self._items[self._key(namespace, subjects, ref)] = (generation, versions, computed_at, valid_until,
+                                                                dict(result))
+
+
+def value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: datetime | None, *,
+          store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime,
+          cache: BalanceCache | None = None) -> dict[str, Any]:
+    live = cache is not None and at is None
+    if live:
+        assert cache is not None
+        generation = store.generation
+        versions = cache.versions(namespace, subject_keys)
+        hit = cache.get(namespace, subject_keys, id_or_feature_key, generation, now)
+        if hit is not None:
+            return hit
+    out, valid_until = _value(namespace, subject_keys, id_or_feature_key, at, store=store, meta=meta, usage=usage,
+                              now=now)
+    if live:
+        assert cache is not None
+        cache.put(namespace, subject_keys, id_or_feature_key, generation, versions, now, valid_until, out)
+    return out
+
+
+def _value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: datetime | None, *,
+           store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime
+           ) -> tuple[dict[str, Any], datetime | None]:
+    """The value, and until when it holds if no usage arrives and nothing is written."""
+    ent = resolve(namespace, subject_keys, id_or_feature_key, store=store)
+    if ent["type"] == "boolean":
+        return {"hasAccess": True}, None
+    if ent["type"] == "static":
+        return {"hasAccess": True, "config": ent["config"]}, None
+    until = (at or now).astimezone(UTC)
+    soft = bool(ent.get("isSoftLimit"))
+    measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
+    if until < measure:
+        return {"hasAccess": soft, "balance": 0, "usage": 0, "overage": 0, "totalAvailableGrantAmount": 0}, measure
+    ledger = _ledger(namespace, ent, until, store=store, meta=meta, usage=usage)
+    period_start = ledger.period_start
+    last_reset = ledger.resets[-1].at if ledger.resets else None
+    snapshot_at = last_reset if last_reset is not None and last_reset <= now - SNAPSHOT_GRACE else None
+    stops = sorted({t for t in (snapshot_at, period_start, until) if t is not None})
+    bounds = _bounds(ledger, stops)
+    read_at = now
+    used = _Usage(bounds, ledger.usage_query(bounds))
+    cur = ledger.start
+    for stop in stops:
+        if stop < cur.at:
+            continue
+        cur = _run(ledger, cur, stop, used).end
+        if stop == snapshot_at:
+            store.save_snapshot(namespace, ent["id"], ent["subjectKey"], stop, cur.to_json(),
+                                computed_from=read_at)
+    balance, overage = cur.balance, cur.overage
+    in_period = used(period_start, until)
+    # What the grants held for this period: what is left plus what usage burned of it.
+    available = balance + in_period - overage
+    return ({"hasAccess": balance > 0 or soft, "balance": _num(balance), "usage": _num(in_period),
+             "overage": _num(overage), "totalAvailableGrantAmount": _num(max(available, Decimal(0)))},
+            ledger.next_change(until))
+
+
+def history(namespace: str, subject_keys: list[str], entitlement_id: str, qs: dict[str, list[str]], *,
+            store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime) -> dict[str, Any]:
+    ent = resolve(namespace, subject_keys, entitlement_id, store=store)
+    if ent["type"] != "metered":
+        raise bad("entitlementId", "only metered entitlements have a balance history")
+    size = (qs.get("windowSize") or [""])[0]
+    if size not in WINDOW_SIZES:
+        raise bad("windowSize", f"required, one of {', '.join(WINDOW_SIZES)}")
+    tz = zone((qs.get("windowTimeZone") or ["UTC"])[0])
+    measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
+    start = parse_rfc3339(qs["from"][0], "from") if qs.get("from") else measure
+    end = parse_rfc3339(qs["to"][0], "to") if qs.get("to") else now
+    if end > now:
+        end = now
+    start = max(start, measure)
+    if start >= end:
+        raise bad("from", "must be before to (and before now)")
+    windows = [window_start(start, size, tz)]
+    windows[0] = max(windows[0], start)
+    while True:
+        nxt = window_end(window_start(windows[-1], size, tz), size, tz)
+        if nxt >= end:
+            break
+        windows.append(nxt)
+        if len(windows) > MAX_HISTORY_WINDOWS:
+            raise bad("windowSize", f"more than {MAX_HISTORY_WINDOWS} windows; use a larger window or a shorter range")
+    ledger = _ledger(namespace, ent, end, store=store, meta=meta, usage=usage)
+    stops = sorted({t for t in (*windows, end) if t > ledger.start.at})
+    bounds = _bounds(ledger, stops)
+    used = _Usage(bounds, ledger.usage_query(bounds))
+    cur = ledger.start
+    windowed, burndown = [], []
+    for i, stop in enumerate(stops):
+        if stop < cur.at:
+            continue
+        res = _run(ledger, cur, stop, used)
+        if cur.at >= start:
+            burndown.extend(res.segments_json())
+        cur = res.end
+        if stop in windows:
+            w_end = stops[i + 1] if i + 1 < len(stops) else end
+            windowed.append({"period": {"from": format_rfc3339(stop), "to": format_rfc3339(w_end)},
+                             "usage": _num(used(stop, w_end)), "balanceAtStart": _num(cur.balance)})
+    return {"windowedHistory": windowed, "burndownHistory": burndown}

@@ -1,0 +1,440 @@
+"""Entitlements (boolean, static, metered) and their grants: create, list, override, delete, void, reset, and
+the value/history reads that run the balance engine over usage from the usage store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+
+from billow import jsonx
+from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.ids import is_ulid, new_id
+from billow.ports import MetaStore
+from billow.services.features import FeatureStore, bad, valid_key
+from billow.timeutil import format_rfc3339, parse_rfc3339, zone
+
+INTERVALS = {"DAY": "P1D", "WEEK": "P1W", "MONTH": "P1M", "YEAR": "P1Y"}
+EXPIRATION_UNITS = ("HOUR", "DAY", "WEEK", "MONTH", "YEAR")
+MAX_AMOUNT = Decimal("1e20")
+
+
+class EntitlementStore(FeatureStore, Protocol):
+    generation: int  # bumped by every write
+
+    def put_entitlement(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
+                        deleted_at: datetime | None = None) -> None: ...
+
+    def replace_entitlement(self, namespace: str, old_id: str, doc: dict[str, Any], *, at: datetime,
+                            old_doc: dict[str, Any]) -> None: ...
+
+    def get_entitlement(self, namespace: str, entitlement_id: str, include_deleted: bool = False) -> dict[str, Any] | None: ...
+
+    def find_entitlement(self, namespace: str, subject_keys: list[str], feature_key: str) -> dict[str, Any] | None: ...
+
+    def list_entitlements(self, namespace: str, subject_keys: list[str] | None = None, include_deleted: bool = False,
+                          feature_keys: list[str] | None = None) -> list[dict[str, Any]]: ...
+
+    def put_grant(self, namespace: str, doc: dict[str, Any], *, created_at: datetime) -> None: ...
+
+    def get_grant(self, namespace: str, grant_id: str) -> dict[str, Any] | None: ...
+
+    def list_grants(self, namespace: str, entitlement_ids: list[str] | None = None) -> list[dict[str, Any]]: ...
+
+    def add_reset(self, namespace: str, entitlement_id: str, at: datetime, *, retain_anchor: bool,
+                  preserve_overage: bool | None, now: datetime) -> None: ...
+
+    def list_resets(self, namespace: str, entitlement_id: str) -> list[dict[str, Any]]: ...
+
+    def latest_snapshot(self, namespace: str, entitlement_id: str, not_after: datetime) -> dict[str, Any] | None: ...
+
+    def save_snapshot(self, namespace: str, entitlement_id: str, subject_key: str, at: datetime,
+                      doc: dict[str, Any], *, computed_from: datetime) -> bool: ...
+
+
+def minute(t: datetime) -> datetime:
+    """The engine's resolution is one minute (as OpenMeter's): instants are truncated to the minute."""
+    return t.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def amount(value: Any, field: str, *, positive: bool = False) -> Decimal:
+    """A JSON number (or decimal string) as an exact Decimal; floats never reach here (jsonx reads Decimals)."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        raise bad(field, "must be a number")
+    try:
+        d = Decimal(value) if not isinstance(value, Decimal) else value
+    except InvalidOperation:
+        raise bad(field, "must be a number") from None
+    if not d.is_finite():
+        raise bad(field, "must be a finite number")
+    if d < 0 or (positive and d == 0):
+        raise bad(field, "must be greater than 0" if positive else "must not be negative")
+    if d >= MAX_AMOUNT or d.as_tuple().exponent < -18:  # type: ignore[operator]
+        raise bad(field, "at most 20 integer digits and 18 decimal places")
+    return d
+
+
+def _time(value: Any, field: str) -> datetime:
+    if not isinstance(value, str):
+        raise bad(field, "must be an RFC 3339 date-time string")
+    return parse_rfc3339(value, field)
+
+
+def _bool(body: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise bad(key, "must be true or false")
+    return value
+
+
+def _metadata(body: dict[str, Any]) -> dict[str, str] | None:
+    md = body.get("metadata")
+    if md is None:
+        return None
+    if not isinstance(md, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in md.items()):
+        raise bad("metadata", "must be an object of strings")
+    return md
+
+
+# -- recurring periods ------------------------------------------------------------------------------
+def parse_period(raw: Any, field: str, default_anchor: datetime) -> dict[str, Any]:
+    """usagePeriod / recurrence: {interval, anchor?, timeZone?}. `timeZone` (IANA) is Billow's addition: the
+    calendar the interval is counted in (a monthly period anchored at local midnight stays at local midnight)."""
+    from billow.domain.periods import RecurringPeriod
+
+    if not isinstance(raw, dict):
+        raise bad(field, "must be an object with an interval")
+    interval = raw.get("interval")
+    if not isinstance(interval, str):
+        raise bad(f"{field}.interval", "required: DAY, WEEK, MONTH, YEAR or an ISO 8601 duration")
+    iso = INTERVALS.get(interval, interval)
+    anchor = minute(_time(raw["anchor"], f"{field}.anchor")) if raw.get("anchor") is not None else minute(default_anchor)
+    tz = raw.get("timeZone", "UTC")
+    if not isinstance(tz, str):
+        raise bad(f"{field}.timeZone", "must be an IANA time zone name")
+    zone(tz, f"{field}.timeZone")
+    try:
+        RecurringPeriod(interval=iso, anchor=anchor, tz=tz)
+    except ValidationFailed as e:
+        raise bad(f"{field}.interval", e.detail) from None
+    return {"interval": interval, "intervalISO": iso, "anchor": format_rfc3339(anchor), "timeZone": tz}
+
+
+def period_of(doc: dict[str, Any]) -> Any:
+    from billow.domain.periods import RecurringPeriod
+
+    return RecurringPeriod(interval=doc["intervalISO"], anchor=parse_rfc3339(doc["anchor"], "anchor"),
+                           tz=doc.get("timeZone", "UTC"))
+
+
+# -- subjects ------------------------------------------------------------------------------------------
+def subject_key(namespace: str, id_or_key: str, meta: MetaStore) -> str:
+    """A subject known to Billow: upserted through /subjects or attributed to a customer."""
+    s = meta.get_subject(namespace, id_or_key)
+    if s is not None:
+        return str(s["key"])
+    if meta.customers_for_subjects(namespace, [id_or_key]):
+        return id_or_key
+    raise NotFound(f"subject {id_or_key!r} not found; create it with POST /api/v1/subjects or attribute it to a customer")
+
+
+def customer_subject_keys(namespace: str, id_or_key: str, meta: MetaStore) -> list[str]:
+    c = meta.get_customer(namespace, id_or_key)
+    if c is None:
+        raise NotFound(f"customer {id_or_key!r} not found")
+    return list(c.get("usageAttribution", {}).get("subjectKeys", []))
+
+
+# -- entitlements --------------------------------------------------------------------------------------
+def create_entitlement(namespace: str, subject: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
+                       now: datetime) -> dict[str, Any]:
+    key = subject_key(namespace, subject, meta)
+    doc, grant = _build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
+    store.put_entitlement(namespace, doc, created_at=now)
+    if grant is not None:
+        store.put_grant(namespace, grant, created_at=now)
+    return doc
+
+
+def _build_entitlement(namespace: str, key: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
+                       now: datetime) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    if not isinstance(body, dict):
+        raise bad("", "entitlement must be a JSON object")
+    etype = body.get("type")
+    if etype not in ("metered", "static", "boolean"):
+        raise bad("type", "required: metered, static or boolean")
+    feature = _feature_of(namespace, body, store)
+    stamp = format_rfc3339(now)
+    doc: dict[str, Any] = {"id": new_id(), "type": etype, "subjectKey": key, "featureKey": feature["key"],
+                           "featureId": feature["id"], "createdAt": stamp, "updatedAt": stamp, "activeFrom": stamp}
+    if (md := _metadata(body)) is not None:
+        doc["metadata"] = md
+    grant = None
+    if etype == "metered":
+        if not feature.get("meterSlug"):
+            raise bad("featureKey", f"feature {feature['key']!r} has no meter; a metered entitlement needs one")
+        if body.get("usagePeriod") is None:
+            raise bad("usagePeriod", "required for a metered entitlement")
+        doc["usagePeriod"] = parse_period(body["usagePeriod"], "usagePeriod", now)
+        doc["isSoftLimit"] = _bool(body, "isSoftLimit")
+        if _bool(body, "isUnlimited"):
+            raise bad("isUnlimited", "is deprecated and not supported; use a boolean entitlement")
+        doc["isUnlimited"] = False
+        doc["preserveOverageAtReset"] = _bool(body, "preserveOverageAtReset")
+        doc["measureUsageFrom"] = format_rfc3339(_measure_from(body.get("measureUsageFrom"), doc["usagePeriod"], now))
+        if body.get("issueAfterReset") is not None:
+            issue = amount(body["issueAfterReset"], "issueAfterReset")
+            prio = body.get("issueAfterResetPriority", 1)
+            if isinstance(prio, bool) or not isinstance(prio, int) or not 1 <= prio <= 255:
+                raise bad("issueAfterResetPriority", "must be an integer from 1 to 255")
+            doc["issueAfterReset"], doc["issueAfterResetPriority"] = issue, prio
+            if issue > 0:
+                # OpenMeter: a grant whose rollover bounds both equal its amount, so every reset refills it.
+                grant = {"id": new_id(), "entitlementId": doc["id"], "amount": issue, "priority": prio,
+                         "effectiveAt": doc["measureUsageFrom"], "minRolloverAmount": issue,
+                         "maxRolloverAmount": issue, "createdAt": stamp, "updatedAt": stamp,
+                         "annotations": {"issueAfterReset": "true"}}
+    elif etype == "static":
+        config = body.get("config")
+        if not isinstance(config, str):
+            raise bad("config", "required: a JSON document encoded as a string")
+        try:
+            jsonx.loads(config)
+        except jsonx.JSONDecodeError:
+            raise bad("config", "must be valid JSON") from None
+        doc["config"] = config
+    if etype != "metered" and body.get("usagePeriod") is not None:
+        doc["usagePeriod"] = parse_period(body["usagePeriod"], "usagePeriod", now)
+    return doc, grant
+
+
+def _feature_of(namespace: str, body: dict[str, Any], store: FeatureStore) -> dict[str, Any]:
+    fkey, fid = body.get("featureKey"), body.get("featureId")
+    if fkey is None and fid is None:
+        raise bad("featureKey", "featureKey or featureId is required")
+    if fkey is not None:
+        valid_key(fkey, "featureKey")
+    if fid is not None and (not isinstance(fid, str) or not is_ulid(fid)):
+        raise bad("featureId", "must be a feature id")
+    ref = str(fid or fkey)
+    feature = store.get_feature(namespace, ref, include_archived=False)
+    if feature is None:
+        archived = store.get_feature(namespace, ref, include_archived=True)
+        why = "is archived; new entitlements cannot be created for it" if archived else "does not exist"
+        raise bad("featureId" if fid else "featureKey", f"feature {ref!r} {why}")
+    if fkey is not None and fid is not None and feature["key"] != fkey:
+        raise bad("featureKey", "does not match featureId")
+    return feature
+
+
+def _measure_from(raw: Any, usage_period: dict[str, Any], now: datetime) -> datetime:
+    if raw is None or raw == "CURRENT_PERIOD_START":
+        start, _ = period_of(usage_period).containing(minute(now))
+        return start
+    if raw == "NOW":
+        return minute(now)
+    return minute(_time(raw, "measureUsageFrom"))
+
+
+def get_entitlement(namespace: str, entitlement_id: str, *, store: EntitlementStore,
+                    subject_keys: list[str] | None = None, include_deleted: bool = False) -> dict[str, Any]:
+    doc = store.get_entitlement(namespace, entitlement_id, include_deleted=include_deleted)
+    if doc is None or (subject_keys is not None and doc["subjectKey"] not in subject_keys):
+        raise NotFound(f"entitlement {entitlement_id!r} not found")
+    return doc
+
+
+def resolve(namespace: str, subject_keys: list[str], id_or_feature_key: str, *, store: EntitlementStore) -> dict[str, Any]:
+    """An entitlement of the subject(s) by id, or by the key of its feature."""
+    if is_ulid(id_or_feature_key):
+        doc = store.get_entitlement(namespace, id_or_feature_key)
+        if doc is not None and doc["subjectKey"] in subject_keys:
+            return doc
+    doc = store.find_entitlement(namespace, subject_keys, id_or_feature_key)
+    if doc is None:
+        raise NotFound(f"no entitlement {id_or_feature_key!r} for this subject")
+    return doc
+
+
+def delete_entitlement(namespace: str, subject: str, entitlement_id: str, *, store: EntitlementStore,
+                       meta: MetaStore, now: datetime) -> None:
+    key = subject_key(namespace, subject, meta)
+    doc = get_entitlement(namespace, entitlement_id, store=store, subject_keys=[key])
+    stamp = format_rfc3339(now)
+    doc.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
+    store.put_entitlement(namespace, doc, created_at=parse_rfc3339(doc["createdAt"], "createdAt"), deleted_at=now)
+
+
+def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, body: Any, *,
+                         store: EntitlementStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
+    """Replace the entitlement with a new one (a new id, fresh grants). The old one keeps its history."""
+    key = subject_key(namespace, subject, meta)
+    old = resolve(namespace, [key], id_or_feature_key, store=store)
+    doc, grant = _build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
+    if doc["featureKey"] != old["featureKey"]:
+        raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
+    stamp = format_rfc3339(now)
+    old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
+    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old)
+    if grant is not None:
+        store.put_grant(namespace, grant, created_at=now)
+    return doc
+
+
+# -- grants --------------------------------------------------------------------------------------------
+def create_grant(namespace: str, subject: str, id_or_feature_key: str, body: Any, *, store: EntitlementStore,
+                 meta: MetaStore, now: datetime) -> dict[str, Any]:
+    key = subject_key(namespace, subject, meta)
+    ent = resolve(namespace, [key], id_or_feature_key, store=store)
+    if ent["type"] != "metered":
+        raise bad("entitlementIdOrFeatureKey", "grants apply to metered entitlements only")
+    if not isinstance(body, dict):
+        raise bad("", "grant must be a JSON object")
+    amt = amount(body.get("amount"), "amount", positive=True)
+    prio = body.get("priority", 1)
+    if isinstance(prio, bool) or not isinstance(prio, int) or not 1 <= prio <= 255:
+        raise bad("priority", "must be an integer from 1 to 255")
+    if body.get("effectiveAt") is None:
+        raise bad("effectiveAt", "required")
+    effective = minute(_time(body["effectiveAt"], "effectiveAt"))
+    period_start = current_period(ent, store=store, namespace=namespace, at=now)[0]
+    if effective < period_start:
+        raise bad("effectiveAt", f"before the current usage period ({format_rfc3339(period_start)}): a grant may "
+                                 "not rewrite the balance of a closed period")
+    exp = body.get("expiration")
+    if not isinstance(exp, dict):
+        raise bad("expiration", "required: {duration: HOUR|DAY|WEEK|MONTH|YEAR, count: 1..1000}")
+    if exp.get("duration") not in EXPIRATION_UNITS:
+        raise bad("expiration.duration", "one of HOUR, DAY, WEEK, MONTH, YEAR")
+    count = exp.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+        raise bad("expiration.count", "must be an integer from 1 to 1000")
+    expires = add_duration(effective, exp["duration"], count)
+    max_roll = amount(body.get("maxRolloverAmount", 0), "maxRolloverAmount")
+    min_roll = amount(body.get("minRolloverAmount", 0), "minRolloverAmount")
+    if min_roll > max_roll:
+        raise bad("minRolloverAmount", "must not exceed maxRolloverAmount")
+    stamp = format_rfc3339(now)
+    doc: dict[str, Any] = {
+        "id": new_id(), "entitlementId": ent["id"], "amount": amt, "priority": prio,
+        "effectiveAt": format_rfc3339(effective), "expiration": {"duration": exp["duration"], "count": count},
+        "expiresAt": format_rfc3339(expires), "maxRolloverAmount": max_roll, "minRolloverAmount": min_roll,
+        "createdAt": stamp, "updatedAt": stamp,
+    }
+    if (md := _metadata(body)) is not None:
+        doc["metadata"] = md
+    if body.get("recurrence") is not None:
+        doc["recurrence"] = parse_period(body["recurrence"], "recurrence", effective)
+    store.put_grant(namespace, doc, created_at=now)
+    return _grant_json(doc, now)
+
+
+def add_duration(t: datetime, unit: str, count: int) -> datetime:
+    if unit == "HOUR":
+        return t + timedelta(hours=count)
+    if unit == "DAY":
+        return t + timedelta(days=count)
+    if unit == "WEEK":
+        return t + timedelta(weeks=count)
+    months = count * (12 if unit == "YEAR" else 1)
+    y, m = divmod(t.month - 1 + months, 12)
+    year, month = t.year + y, m + 1
+    import calendar
+
+    return t.replace(year=year, month=month, day=min(t.day, calendar.monthrange(year, month)[1]))
+
+
+def _grant_json(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
+    out = dict(doc)
+    if doc.get("recurrence"):
+        nxt = period_of(doc["recurrence"]).containing(max(minute(now), parse_rfc3339(doc["effectiveAt"], "e")))[1]
+        out["nextRecurrence"] = format_rfc3339(nxt)
+    return out
+
+
+def list_grants(namespace: str, subject: str | None, id_or_feature_key: str | None, *, store: EntitlementStore,
+                meta: MetaStore, now: datetime, include_deleted: bool = False) -> list[dict[str, Any]]:
+    if subject is not None and id_or_feature_key is not None:
+        ent = resolve(namespace, [subject_key(namespace, subject, meta)], id_or_feature_key, store=store)
+        docs = store.list_grants(namespace, [ent["id"]])
+    else:
+        docs = store.list_grants(namespace)
+    return [_grant_json(d, now) for d in docs if include_deleted or not d.get("deletedAt")]
+
+
+def void_grant(namespace: str, grant_id: str, *, store: EntitlementStore, now: datetime) -> None:
+    doc = store.get_grant(namespace, grant_id)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"grant {grant_id!r} not found")
+    if doc.get("voidedAt"):
+        raise Conflict(f"grant {grant_id!r} is already voided")
+    stamp = format_rfc3339(minute(now))
+    doc.update(voidedAt=stamp, updatedAt=format_rfc3339(now))
+    store.put_grant(namespace, doc, created_at=now)
+
+
+# -- resets --------------------------------------------------------------------------------------------
+def reset(namespace: str, subject: str, entitlement_id: str, body: Any, *, store: EntitlementStore,
+          meta: MetaStore, now: datetime) -> None:
+    key = subject_key(namespace, subject, meta)
+    ent = get_entitlement(namespace, entitlement_id, store=store, subject_keys=[key])
+    if ent["type"] != "metered":
+        raise bad("entitlementId", "only metered entitlements have usage to reset")
+    body = body if body is not None else {}
+    if not isinstance(body, dict):
+        raise bad("", "reset must be a JSON object")
+    at = minute(_time(body["effectiveAt"], "effectiveAt")) if body.get("effectiveAt") is not None else minute(now)
+    if at > now:
+        raise bad("effectiveAt", "a reset cannot be in the future")
+    start = current_period(ent, store=store, namespace=namespace, at=now)[0]
+    if at <= start:
+        raise bad("effectiveAt", f"must be after the start of the current usage period ({format_rfc3339(start)}); "
+                                 "resets may not overlap")
+    preserve = body.get("preserveOverage")
+    if preserve is not None and not isinstance(preserve, bool):
+        raise bad("preserveOverage", "must be true or false")
+    store.add_reset(namespace, ent["id"], at, retain_anchor=_bool(body, "retainAnchor"), preserve_overage=preserve,
+                    now=now)
+
+
+# -- the reset schedule ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reset:
+    at: datetime
+    preserve_overage: bool
+
+
+def reset_schedule(ent: dict[str, Any], manual: list[dict[str, Any]], until: datetime) -> tuple[list[Reset], Any]:
+    """Every reset in (measureUsageFrom, until]: the usage period's boundaries, and manual resets (which move
+    the anchor to themselves unless retainAnchor). Returns the resets and the period in force at `until`."""
+    period = period_of(ent["usagePeriod"])
+    start = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
+    preserve = bool(ent.get("preserveOverageAtReset"))
+    out: list[Reset] = []
+    cursor = start
+    for m in manual:
+        at = m["at"]
+        if at > until:
+            break
+        out += [Reset(b, preserve) for b in period.boundaries(cursor, at) if cursor < b < at]
+        out.append(Reset(at, preserve if m.get("preserveOverage") is None else bool(m["preserveOverage"])))
+        if not m.get("retainAnchor"):
+            period = type(period)(interval=period.interval, anchor=at, tz=period.tz)
+        cursor = at
+    out += [Reset(b, preserve) for b in period.boundaries(cursor, until) if cursor < b <= until]
+    return out, period
+
+
+def current_period(ent: dict[str, Any], *, store: EntitlementStore, namespace: str, at: datetime) -> tuple[datetime, datetime]:
+    resets, period = reset_schedule(ent, store.list_resets(namespace, ent["id"]), at)
+    start, end = period.containing(minute(at))
+    measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
+    last = resets[-1].at if resets else measure
+    return max(start, last, measure), end
+
+
+UsageFn = Callable[[datetime, datetime], Decimal]

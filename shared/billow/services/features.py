@@ -1,0 +1,126 @@
+"""Features: what a customer can be entitled to. A feature is metered when it names a meter (and may narrow
+the meter's usage with group-by filters), static/boolean otherwise. Archiving is final."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Protocol
+
+from billow.errors import NotFound, ValidationFailed
+from billow.ids import new_id
+from billow.ports import MetaStore
+from billow.services.query import parse_filters
+from billow.timeutil import format_rfc3339
+
+KEY_RE = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
+# Meters whose value over a span can be burned against credit. MIN/MAX/AVG are not usage that adds up.
+METERED_AGGREGATIONS = ("SUM", "COUNT", "UNIQUE_COUNT", "LATEST")
+
+
+class FeatureStore(Protocol):
+    def put_feature(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
+                    archived_at: datetime | None = None) -> None: ...
+
+    def get_feature(self, namespace: str, id_or_key: str, include_archived: bool = False) -> dict[str, Any] | None: ...
+
+    def list_features(self, namespace: str, include_archived: bool = False,
+                      meter_slugs: list[str] | None = None) -> list[dict[str, Any]]: ...
+
+
+def bad(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {message}", [{"field": field, "message": message}])
+
+
+def valid_key(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not KEY_RE.match(value) or len(value) > 64:
+        raise bad(field, "required, 1 to 64 characters of a-z, 0-9 and single underscores between them")
+    return value
+
+
+def create_feature(namespace: str, body: Any, *, store: FeatureStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise bad("", "feature must be a JSON object")
+    key = valid_key(body.get("key"), "key")
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 256:
+        raise bad("name", "required, 1 to 256 characters")
+    doc: dict[str, Any] = {"id": new_id(), "key": key, "name": name}
+    if body.get("metadata") is not None:
+        if not isinstance(body["metadata"], dict) or not all(isinstance(v, str) for v in body["metadata"].values()):
+            raise bad("metadata", "must be an object of strings")
+        doc["metadata"] = body["metadata"]
+    slug = body.get("meterSlug")
+    if slug is not None:
+        valid_key(slug, "meterSlug")
+        meter = meta.get_meter(namespace, slug)
+        if meter is None:
+            raise bad("meterSlug", f"no meter {slug!r}")
+        if meter.aggregation not in METERED_AGGREGATIONS:
+            raise bad("meterSlug", f"a {meter.aggregation} meter cannot be burned down; use one of "
+                                   + ", ".join(METERED_AGGREGATIONS))
+        doc["meterSlug"] = slug
+        simple = body.get("meterGroupByFilters")
+        if simple is not None:
+            if not isinstance(simple, dict) or not all(isinstance(v, str) for v in simple.values()):
+                raise bad("meterGroupByFilters", "must be an object of groupBy key -> value")
+            _known_keys(simple, meter.group_by, "meterGroupByFilters")
+            doc["meterGroupByFilters"] = simple
+        advanced = body.get("advancedMeterGroupByFilters")
+        if advanced is not None:
+            parse_filters(advanced)
+            _known_keys(advanced, meter.group_by, "advancedMeterGroupByFilters")
+            doc["advancedMeterGroupByFilters"] = advanced
+    elif body.get("meterGroupByFilters") or body.get("advancedMeterGroupByFilters"):
+        raise bad("meterSlug", "group-by filters need a meter")
+    stamp = format_rfc3339(now)
+    doc.update(createdAt=stamp, updatedAt=stamp)
+    store.put_feature(namespace, doc, created_at=now)
+    return doc
+
+
+def _known_keys(filters: dict[str, Any], group_by: dict[str, str], field: str) -> None:
+    for k in filters:
+        if k not in group_by:
+            raise bad(f"{field}.{k}", f"not a groupBy key of the meter ({', '.join(sorted(group_by)) or 'none'})")
+
+
+def get_feature(namespace: str, id_or_key: str, *, store: FeatureStore, include_archived: bool = True) -> dict[str, Any]:
+    doc = store.get_feature(namespace, id_or_key, include_archived=include_archived)
+    if doc is None:
+        raise NotFound(f"feature {id_or_key!r} not found")
+    return doc
+
+
+def archive_feature(namespace: str, feature_id: str, *, store: FeatureStore, now: datetime) -> None:
+    doc = get_feature(namespace, feature_id, store=store, include_archived=False)
+    stamp = format_rfc3339(now)
+    doc.update(archivedAt=stamp, updatedAt=stamp)
+    store.put_feature(namespace, doc, created_at=now, archived_at=now)
+
+
+def list_features(namespace: str, qs: dict[str, list[str]], *, store: FeatureStore) -> Any:
+    include = (qs.get("includeArchived") or ["false"])[0] == "true"
+    items = store.list_features(namespace, include_archived=include, meter_slugs=qs.get("meterSlug"))
+    return paginate(items, qs)
+
+
+def paginate(items: list[dict[str, Any]], qs: dict[str, list[str]]) -> Any:
+    """OpenMeter's list shape: a plain array, or a page object when page/pageSize is asked for; limit/offset
+    slice the array."""
+    def num(name: str, default: int, lo: int, hi: int) -> int:
+        raw = (qs.get(name) or [str(default)])[0]
+        try:
+            value = int(raw)
+        except ValueError:
+            raise bad(name, "must be an integer") from None
+        if not lo <= value <= hi:
+            raise bad(name, f"must be between {lo} and {hi}")
+        return value
+
+    if "page" in qs or "pageSize" in qs:
+        page, size = num("page", 1, 1, 1_000_000), num("pageSize", 100, 1, 1000)
+        return {"totalCount": len(items), "page": page, "pageSize": size,
+                "items": items[(page - 1) * size: page * size]}
+    offset, limit = num("offset", 0, 0, 1_000_000_000), num("limit", 1000, 1, 1000)
+    return items[offset: offset + limit]

@@ -1,0 +1,86 @@
+"""Entitlements through the real handlers (API Gateway v2 events in-process) with a clock the test moves, on
+the in-memory twin and on chdb, with the SQLite meta store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from billow.bootstrap import Settings, build, install
+from billow.local.server import apigw_event
+from functions.api.handler import lambda_handler as api
+from functions.ingest.handler import lambda_handler as ingest
+from functions.usage_sink.handler import lambda_handler as sink
+from tests.conftest import t
+
+METERS = [{"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens",
+           "groupBy": {"model": "$.model"}}]
+
+
+class Clock:
+    def __init__(self, now: str) -> None:
+        self.t = t(now)
+
+    def now(self) -> datetime:
+        return self.t
+
+    def set(self, now: str) -> None:
+        self.t = t(now)
+
+
+class Billow:
+    """One namespace of a Billow, spoken to as an HTTP client would."""
+
+    def __init__(self, container: Any, clock: Clock) -> None:
+        self.c, self.clock = container, clock
+        self._n = 0
+
+    def call(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
+             content_type: str = "application/json") -> tuple[int, Any]:
+        target = path + ("?" + urlencode(query) if query else "")
+        raw = b"" if body is None else json.dumps(body).encode()
+        headers = {"content-type": content_type} if body is not None else {}
+        fn = ingest if path == "/api/v1/events" else api
+        out = fn(apigw_event(method, target, headers, raw, "127.0.0.1"), None)
+        text = out.get("body") or ""
+        return out["statusCode"], json.loads(text) if text else None
+
+    def ok(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Any:
+        status, out = self.call(method, path, body, query)
+        assert status in (200, 201, 204), (status, out)
+        return out
+
+    def usage(self, tokens: Any, at: str, subject: str = "customer_1", model: str = "gpt") -> None:
+        self._n += 1
+        ev = {"specversion": "1.0", "id": f"e{self._n}", "source": "test", "type": "prompt", "subject": subject,
+              "time": at, "data": {"tokens": tokens, "model": model}}
+        status, out = self.call("POST", "/api/v1/events", [ev], content_type="application/cloudevents-batch+json")
+        assert status == 204, out
+
+    def value(self, subject: str, feature: str, at: str | None = None) -> dict[str, Any]:
+        return self.ok("GET", f"/api/v1/subjects/{subject}/entitlements/{feature}/value",
+                       query={"time": at} if at else None)
+
+
+@pytest.fixture(params=["memory", "chdb"])
+def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
+    clock = Clock("2026-01-01T00:00:00Z")
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace=namespace, meters=METERS)),
+              deliver=lambda ev: sink(ev, None))
+    own_usage = c.usage
+    if request.param == "chdb":
+        c.usage = request.getfixturevalue("chdb_store")  # one chdb per process; tests keep apart by namespace
+    c.clock = clock
+    install(c)
+    b = Billow(c, clock)
+    b.ok("POST", "/api/v1/subjects", [{"key": "customer_1"}, {"key": "customer_2"}])
+    yield b
+    install(None)
+    c.usage = own_usage  # the shared chdb store stays open for the other tests
+    c.close()
