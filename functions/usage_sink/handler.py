@@ -13,8 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow.bootstrap import container
 from billow.bus import namespace_of
-from billow.services.balances import SNAPSHOT_GRACE
-from billow.services.sink import SinkRecord, sink_batch
+from billow.services.sink import LATE_AFTER, SinkRecord, sink_batch
 
 metrics = Metrics(namespace="Billow", service="usage_sink")
 IN_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
@@ -35,7 +34,7 @@ def lambda_handler(event: KafkaEvent, context: LambdaContext | None) -> dict[str
         c.dead_letters(bad)
     now = c.clock.now()
     result = sink_batch(records, usage=c.usage, meta=c.meta, dead_letter=c.dead_letters,
-                        late_before=now - SNAPSHOT_GRACE,
+                        late_before=now - LATE_AFTER,
                         on_late=lambda ns, earliest: c.entitlements.usage_arrived_late(ns, earliest, now))
     if c.balance_cache is not None:
         for ns, subjects in result.subjects.items():

@@ -33,9 +33,10 @@ from billow.services.entitlements import (
     resolve,
 )
 from billow.services.query import parse_filters
+from billow.services.sink import LATE_AFTER
 from billow.timeutil import WINDOW_SIZES, format_rfc3339, parse_rfc3339, window_end, window_start, zone
 
-SNAPSHOT_GRACE = timedelta(hours=1)
+SNAPSHOT_GRACE = LATE_AFTER
 MAX_HISTORY_WINDOWS = 2000
 
 

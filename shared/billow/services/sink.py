@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from billow import jsonx
@@ -68,6 +68,9 @@ def decode_record(record: SinkRecord) -> tuple[CloudEvent, datetime]:
 
 
 LateUsage = Callable[[str, dict[str, datetime]], None]
+# Usage older than this when it is stored is "late": balance snapshots are only taken at resets older than this,
+# so only late usage can make one stale (services.balances).
+LATE_AFTER = timedelta(hours=1)
 
 
 def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaStore,
