@@ -76,6 +76,7 @@ class BillowStack(Stack):
             "BILLOW_DB_HOST": self.database.proxy.endpoint,
             "POWERTOOLS_METRICS_NAMESPACE": "Billow",
             "POWERTOOLS_LOG_LEVEL": "INFO",
+            "BILLOW_AUTH": "keys",  # every request's namespace comes from its API key
         }
         self.fns = BillowFunctions(self, "Functions", deps_dir=deps_dir, code_dir=code_dir, arch=arch, vpc=vpc,
                                    subnets=app_subnets, security_group=self.network.functions_sg,
@@ -86,10 +87,11 @@ class BillowStack(Stack):
             "BILLOW_KAFKA_BOOTSTRAP": self.streaming.bootstrap_brokers})
         self.sink_fn = self.fns.function("usage_sink", memory=1024, timeout=Duration.minutes(2),
                                          extra_env={"BILLOW_DLQ_URL": self.dead_letters.queue_url})
+        self.auth_fn = self.fns.function("authorizer", memory=256, timeout=Duration.seconds(10))
 
         # Secrets: billow.bootstrap.build() opens (and migrates) both stores in every handler's container,
         # so each of these functions reads both secrets; nothing else does.
-        for fn in (self.api_fn, self.ingest_fn, self.sink_fn):
+        for fn in (self.api_fn, self.ingest_fn, self.sink_fn, self.auth_fn):
             self._read_stores(fn)
         # ingest produces to its namespace topic (idempotent producer; creates the topic on first use).
         self.ingest_fn.add_to_role_policy(iam.PolicyStatement(
@@ -127,7 +129,7 @@ class BillowStack(Stack):
         self.sink_fn.add_event_source(self.sink_source)
 
         self.http = HttpApi(self, "Api", name=prefix, functions={"api": self.api_fn, "ingest": self.ingest_fn},
-                            rate_limit=2000, burst_limit=4000, retain_logs=prod)
+                            authorizer=self.auth_fn, rate_limit=2000, burst_limit=4000, retain_logs=prod)
 
         self.schedules = Schedules(self, "Schedules", stage=stage, namespace=namespace)
         root = functions_root or REPO / "functions"

@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow import jsonx
 from billow.api import present
-from billow.api.http import JSON, PROBLEM, json_body, path_param, query_multi, wants_csv
+from billow.api.http import JSON, PROBLEM, as_caller, json_body, path_param, query_multi, wants_csv
 from billow.api.openapi import document
 from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
@@ -221,6 +221,6 @@ def healthz() -> Response:
 
 
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
-    return app.resolve(event, context)  # type: ignore[arg-type]
+    return as_caller(event, lambda: app.resolve(event, context))  # type: ignore[arg-type]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from billow.api.http import guarded, header, json_body, response
+from billow.api.http import as_caller, guarded, header, json_body, response
 from billow.bootstrap import container
 from billow.errors import Unavailable, UnsupportedMediaType, ValidationFailed
 from billow.services.ingest import ingest_events
@@ -45,4 +45,4 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
 
 @event_source(data_class=APIGatewayProxyEventV2)
 def lambda_handler(event: APIGatewayProxyEventV2, context: LambdaContext | None) -> dict[str, Any]:
-    return guarded(event.raw_path, lambda: _ingest(event))
+    return as_caller(event.raw_event, lambda: guarded(event.raw_path, lambda: _ingest(event)))

@@ -1,10 +1,12 @@
 """HTTP API (API Gateway v2, payload format 2.0): ingest on its own function (its own concurrency and
-throttling), everything else on the API function. Access logs as JSON; stage-wide throttling."""
+throttling), everything else on the API function, every route but health and the API document behind the API-key
+Lambda authorizer. Access logs as JSON; stage-wide throttling."""
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_apigatewayv2 as apigw
+from aws_cdk import aws_apigatewayv2_authorizers as authorizers
 from aws_cdk import aws_apigatewayv2_integrations as integrations
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -16,6 +18,8 @@ ROUTES = {  # route key -> function name; an explicit route wins over {proxy+} i
     "GET /api/v1/openapi.json": "api",
     "GET /healthz": "api",
 }
+PUBLIC_ROUTES = {"GET /api/v1/openapi.json", "GET /healthz"}  # every other route needs an API key
+AUTH_CACHE = Duration.minutes(5)  # a revoked key keeps working at most this long
 ACCESS_LOG_FORMAT = ('{"requestId":"$context.requestId","ip":"$context.identity.sourceIp",'
                      '"method":"$context.httpMethod","path":"$context.path","status":"$context.status",'
                      '"latencyMs":"$context.responseLatency","error":"$context.integrationErrorMessage"}')
@@ -23,7 +27,7 @@ ACCESS_LOG_FORMAT = ('{"requestId":"$context.requestId","ip":"$context.identity.
 
 class HttpApi(Construct):
     def __init__(self, scope: Construct, cid: str, *, name: str, functions: dict[str, lambda_.IFunction],
-                 rate_limit: int, burst_limit: int, retain_logs: bool) -> None:
+                 authorizer: lambda_.IFunction, rate_limit: int, burst_limit: int, retain_logs: bool) -> None:
         super().__init__(scope, cid)
         self.access_logs = logs.LogGroup(
             self, "AccessLogs", retention=logs.RetentionDays.ONE_MONTH,
@@ -38,9 +42,16 @@ class HttpApi(Construct):
             destination_arn=self.access_logs.log_group_arn, format=ACCESS_LOG_FORMAT)
         targets = {name: integrations.HttpLambdaIntegration(f"{name.capitalize()}Integration", fn)
                    for name, fn in functions.items()}
+        # API keys: the authorizer checks the Bearer key and passes its namespace and scopes on; API Gateway
+        # caches its answer per Authorization header, so the handlers enforce scopes per route.
+        self.authorizer = authorizers.HttpLambdaAuthorizer(
+            "ApiKeys", authorizer, authorizer_name=f"{name}-api-keys",
+            response_types=[authorizers.HttpLambdaResponseType.SIMPLE],
+            identity_source=["$request.header.Authorization"], results_cache_ttl=AUTH_CACHE)
         for key, fn_name in ROUTES.items():
             method, path = key.split(" ", 1)
-            self.api.add_routes(path=path, methods=[apigw.HttpMethod(method)], integration=targets[fn_name])
+            self.api.add_routes(path=path, methods=[apigw.HttpMethod(method)], integration=targets[fn_name],
+                                authorizer=None if key in PUBLIC_ROUTES else self.authorizer)
 
     @property
     def url(self) -> str:

@@ -7,6 +7,7 @@ confluent-kafka, dead letters to SQS); credentials come from Secrets Manager ARN
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import threading
@@ -21,11 +22,13 @@ from billow.timeutil import utcnow
 
 if TYPE_CHECKING:
     from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.adapters.sql_keys import SqlKeyStore
     from billow.services.balances import BalanceCache
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "usage_store": ("chdb", "clickhouse", "memory"), "bus": ("inprocess", "kafka"), "kafka_auth": ("none", "iam"),
+    "auth": ("off", "keys"),
 }
 _INT_RANGES: dict[str, tuple[int, int]] = {"kafka_partitions": (1, 1024), "max_body_bytes": (1024, 1 << 31)}
 
@@ -35,7 +38,8 @@ class Settings:
     """Validated settings (config file, CLI flags or BILLOW_* variables). A plain dataclass rather than a
     pydantic model: every Lambda handler imports this module, and pydantic alone costs ~0.4 s of cold start."""
 
-    namespace: str = "default"
+    namespace: str = "default"  # with auth off; with API keys each request's namespace is its key's
+    auth: str = "off"  # off (embedded first try, said loudly at start) | keys (API keys, Bearer)
     data_dir: str = ".billow"
     usage_store: str = "chdb"  # chdb | clickhouse | memory
     clickhouse_dsn: str | None = None  # e.g. https://user:pass@host:8443/billow
@@ -180,6 +184,7 @@ class Container:
     clock: SystemClock
     dead_letters: DeadLetters
     entitlements: SqlEntitlementStore
+    keys: SqlKeyStore
     bus: EventBus | None = None
     # Set where this process hosts its own usage sink (the in-process bus): see services.balances.BalanceCache.
     balance_cache: BalanceCache | None = None
@@ -188,7 +193,16 @@ class Container:
 
     @property
     def namespace(self) -> str:
-        return self.settings.namespace
+        """The namespace of the request being served (from its API key), else the configured one."""
+        return _request_namespace.get() or self.settings.namespace
+
+    @contextlib.contextmanager
+    def acting_for(self, namespace: str | None) -> Iterator[None]:
+        token = _request_namespace.set(namespace)
+        try:
+            yield
+        finally:
+            _request_namespace.reset(token)
 
     @contextlib.contextmanager
     def sink_lock(self) -> Iterator[None]:
@@ -221,12 +235,15 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
         usage = ClickHouseUsageStore(connect(dsn))
     from billow.adapters.sql import SqlMetaStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.adapters.sql_keys import SqlKeyStore
 
     meta = SqlMetaStore(settings.meta_store_url or f"sqlite:///{(data / 'billow.db').resolve()}")
     usage.migrate()
     meta.migrate()
     entitlements = SqlEntitlementStore(meta.engine)
     entitlements.migrate()
+    keys = SqlKeyStore(meta.engine)
+    keys.migrate()
     dl: DeadLetters
     if settings.dlq_url:
         from billow.adapters.aws import SqsDeadLetters
@@ -235,11 +252,12 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
     else:
         dl = FileDeadLetters(data / "dead-letters.jsonl" if data.exists() else None)
     c = Container(settings=settings, meta=meta, usage=usage, clock=SystemClock(), dead_letters=dl,
-                  entitlements=entitlements)
+                  entitlements=entitlements, keys=keys)
     if settings.bus == "kafka":
         from billow.adapters.kafka import KafkaBus
 
-        c.bus = KafkaBus(settings.kafka_config(), partitions=settings.kafka_partitions)
+        c.bus = KafkaBus(settings.kafka_config(), partitions=settings.kafka_partitions,
+                         namespaces={settings.namespace})  # the one topic this deployment's sink consumes
     elif deliver is not None:
         from billow.adapters.inprocess_bus import InProcessBus
 
@@ -256,6 +274,7 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
 
 
 _current: Container | None = None
+_request_namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar("billow_namespace", default=None)
 _current_lock = threading.Lock()
 
 

@@ -60,12 +60,50 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"billow: ready, listening on http://{host}:{port} (API at http://{host}:{port}/api/v1, "
-          "auth: off in this embedded default — do not expose this port)", flush=True)
+    auth = ("auth: API keys (create one with `billow keys create`)" if settings.auth == "keys" else
+            "auth: OFF - anyone who reaches this port can read and write; set `auth: keys` before exposing it")
+    print(f"billow: ready, listening on http://{host}:{port} (API at http://{host}:{port}/api/v1, {auth})", flush=True)
     server.serve_forever()
     server.httpd.server_close()
     server.close()
     print("billow: stopped", flush=True)
+    return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    """`billow keys create|list|revoke` against the same meta store `billow serve` (or AWS) uses."""
+    import sqlalchemy as sa
+
+    from billow.adapters.sql_keys import SqlKeyStore
+    from billow.bootstrap import Settings
+    from billow.errors import BillowError
+    from billow.services import apikeys
+    from billow.timeutil import utcnow
+
+    cfg = load_config(args.config)
+    if args.data_dir:
+        cfg["data_dir"] = args.data_dir
+    settings = Settings.parse({k.replace("-", "_"): v for k, v in cfg.items()})
+    data = Path(settings.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    store = SqlKeyStore(sa.create_engine(settings.meta_store_url or f"sqlite:///{(data / 'billow.db').resolve()}"))
+    store.migrate()
+    try:
+        if args.action == "create":
+            token, doc = apikeys.create_key(args.namespace or settings.namespace, args.name, args.scope or ["admin"],
+                                            store=store, now=utcnow())
+            print(f"created API key {doc['id']} for namespace {doc['namespace']!r}, scopes {', '.join(doc['scopes'])}")
+            print(f"token (shown once, store it now): {token}")
+        elif args.action == "list":
+            for d in store.list_keys(args.namespace):
+                state = f"revoked {d['revokedAt']}" if d.get("revokedAt") else "active"
+                print(f"{d['id']}  {d['namespace']}  {','.join(d['scopes'])}  {d['name']}  {state}")
+        else:
+            doc = apikeys.revoke_key(args.key_id, store=store, now=utcnow())
+            print(f"revoked {doc['id']} at {doc['revokedAt']}")
+    except BillowError as exc:
+        print(f"billow: {exc.detail}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -78,10 +116,25 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data-dir", default=None, help="where data is kept across restarts (default .billow)")
     s.add_argument("--config", default=None, help="billow.yaml: namespace, meters, stores")
     s.add_argument("--log-level", default="WARNING")
+    k = sub.add_parser("keys", help="create, list and revoke API keys")
+    k.add_argument("--data-dir", default=None)
+    k.add_argument("--config", default=None)
+    ksub = k.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create", help="a new key; its token is printed once")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--scope", action="append", choices=["ingest", "read", "admin"],
+                    help="repeat for several (default: admin)")
+    kc.add_argument("--namespace", default=None, help="default: the config's namespace")
+    kl = ksub.add_parser("list")
+    kl.add_argument("--namespace", default=None)
+    kr = ksub.add_parser("revoke")
+    kr.add_argument("key_id")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
         return serve(args)
+    if args.command == "keys":
+        return keys(args)
     return 2
 
 

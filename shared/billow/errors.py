@@ -26,6 +26,16 @@ class ValidationFailed(BillowError):
         self.errors = errors or []
 
 
+class Unauthorized(BillowError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(BillowError):
+    status = 403
+    title = "Forbidden"
+
+
 class NotFound(BillowError):
     status = 404
     title = "Not Found"

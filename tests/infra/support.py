@@ -10,7 +10,7 @@ from typing import Any
 
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
-HANDLERS = {name: f"functions.{name}.handler.lambda_handler" for name in ("api", "ingest", "usage_sink")}
+HANDLERS = {name: f"functions.{name}.handler.lambda_handler" for name in ("api", "ingest", "usage_sink", "authorizer")}
 
 
 @dataclass

@@ -17,7 +17,8 @@ from tests.infra.support import HANDLERS, Synth, as_list, dumps, refs, synthesiz
 NAMESPACE = "acme"
 TOPIC = "billow.acme.events"
 COMMON_ENV = {"BILLOW_NAMESPACE", "BILLOW_USAGE_STORE", "BILLOW_CLICKHOUSE_SECRET_ARN", "BILLOW_DB_SECRET_ARN",
-              "BILLOW_DB_HOST", "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
+              "BILLOW_DB_HOST", "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL",
+              "BILLOW_AUTH"}
 KAFKA_ENV = {"BILLOW_BUS", "BILLOW_KAFKA_BOOTSTRAP", "BILLOW_KAFKA_AUTH"}
 
 
@@ -55,6 +56,8 @@ def test_functions_read_exactly_the_settings_they_use(s: Synth) -> None:
     assert set(env_of(s, "api")) == COMMON_ENV  # no bus: the API never publishes
     assert set(env_of(s, "ingest")) == COMMON_ENV | KAFKA_ENV
     assert set(env_of(s, "usage_sink")) == COMMON_ENV | {"BILLOW_DLQ_URL"}  # fed by the MSK trigger, no bus
+    assert set(env_of(s, "authorizer")) == COMMON_ENV
+    assert env_of(s, "api")["BILLOW_AUTH"] == "keys"
     ingest = env_of(s, "ingest")
     assert ingest["BILLOW_BUS"] == "kafka" and ingest["BILLOW_KAFKA_AUTH"] == "iam"
     (brokers_id,) = [k for k, v in s.of_type("Custom::AWS").items() if "getBootstrapBrokers" in dumps(v)]
@@ -98,7 +101,7 @@ def test_only_the_store_functions_can_read_the_secrets(s: Synth) -> None:
     for role in fn_roles:
         assert readers[role] == {s.logical_id(s.stack.usage_store.secret), attachment}
     others = set(readers) - fn_roles
-    # besides the three functions only RDS Proxy reads a secret (the DB one it authenticates with)
+    # besides the four functions only RDS Proxy reads a secret (the DB one it authenticates with)
     assert all("Proxy" in r for r in others), others
     assert all(readers[r] == {attachment} for r in others)
 
@@ -117,13 +120,25 @@ def test_http_api_routes_reach_their_functions(s: Synth) -> None:
         (fn,) = refs(props["IntegrationUri"])
         return fn
 
-    ingest, api = s.function("ingest")[0], s.function("api")[0]
+    ingest, api, auth = s.function("ingest")[0], s.function("api")[0], s.function("authorizer")[0]
     assert function_of(routes["POST /api/v1/events"]) == ingest
     for key in ("ANY /api/v1/{proxy+}", "GET /api/v1/openapi.json", "GET /healthz"):
         assert function_of(routes[key]) == api, key
+    # API keys: every route but health and the API document goes through the authorizer (simple responses,
+    # cached per Authorization header).
+    (authorizer_id, authorizer), = s.of_type("AWS::ApiGatewayV2::Authorizer").items()
+    a = authorizer["Properties"]
+    assert a["AuthorizerType"] == "REQUEST" and a["EnableSimpleResponses"] is True
+    assert a["IdentitySource"] == ["$request.header.Authorization"] and a["AuthorizerResultTtlInSeconds"] == 300
+    assert auth in refs(a["AuthorizerUri"])
+    for key, route in routes.items():
+        if key in ("GET /api/v1/openapi.json", "GET /healthz"):
+            assert route.get("AuthorizationType", "NONE") == "NONE", key
+        else:
+            assert route["AuthorizationType"] == "CUSTOM" and refs(route["AuthorizerId"]) == {authorizer_id}, key
     invokers = [p["Properties"] for p in s.of_type("AWS::Lambda::Permission").values()
                 if p["Properties"]["Principal"] == "apigateway.amazonaws.com"]
-    assert {next(iter(refs(p["FunctionName"]))) for p in invokers} == {ingest, api}
+    assert {next(iter(refs(p["FunctionName"]))) for p in invokers} == {ingest, api, auth}
     (stage,) = s.of_type("AWS::ApiGatewayV2::Stage").values()
     settings = stage["Properties"]
     assert settings["AutoDeploy"] is True and settings["DefaultRouteSettings"]["ThrottlingRateLimit"] > 0

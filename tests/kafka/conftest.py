@@ -23,6 +23,7 @@ from billow.adapters.aws import SqsDeadLetters
 from billow.adapters.kafka import KafkaBus, KafkaSinkPoller, client_config
 from billow.adapters.sql import SqlMetaStore
 from billow.adapters.sql_entitlements import SqlEntitlementStore
+from billow.adapters.sql_keys import SqlKeyStore
 from billow.bootstrap import Container, Settings, SystemClock, install
 from billow.bus import topic_for
 from billow.local.server import apigw_event
@@ -129,8 +130,9 @@ def make_pipeline(namespace: str, bootstrap: str, dlq_url: str, usage: Any, meta
     c = Container(settings=settings, meta=meta, usage=usage, clock=SystemClock(),
                   dead_letters=SqsDeadLetters(dlq_url, sqs_client),
                   bus=KafkaBus(client_config(bootstrap), ack_timeout_s=ack_timeout_s),
-                  entitlements=SqlEntitlementStore(meta.engine))
+                  entitlements=SqlEntitlementStore(meta.engine), keys=SqlKeyStore(meta.engine))
     c.entitlements.migrate()
+    c.keys.migrate()
     create_meter(namespace, {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM",
                              "valueProperty": "$.tokens", "groupBy": {"model": "$.model"}},
                  meta=meta, usage=usage, now=c.clock.now(), sink_lock=c.sink_lock)

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from billow.bus import PARTITIONS, BusRecord, msk_event, topic_for
-from billow.errors import PayloadTooLarge
+from billow.errors import Forbidden, PayloadTooLarge
 
 log = logging.getLogger("billow.kafka")
 MAX_RECORD_BYTES = 1_000_000  # Kafka's default message.max.bytes (MSK Serverless: 8 MB, but one MB is portable)
@@ -46,8 +46,11 @@ class KafkaBus:
     `source\\x1fid` so every copy of one event lands on one partition."""
 
     def __init__(self, conf: dict[str, Any], *, partitions: int = PARTITIONS, ack_timeout_s: float = 10.0,
-                 replication: int = -1) -> None:
+                 replication: int = -1, namespaces: set[str] | None = None) -> None:
         self._conf = conf
+        # The namespaces whose topics a usage sink consumes (one MSK trigger per topic); None: any. A record
+        # for any other namespace would be acknowledged and never stored, so it is refused instead.
+        self._namespaces = namespaces
         self._partitions = partitions
         self._replication = replication  # -1: the broker's default (MSK Serverless allows no other)
         self._ack_timeout_s = ack_timeout_s
@@ -84,6 +87,9 @@ class KafkaBus:
         self._known_topics.add(topic)
 
     def publish(self, namespace: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        if self._namespaces is not None and namespace not in self._namespaces:
+            raise Forbidden(f"namespace {namespace!r} has no usage sink on this deployment's event stream "
+                            f"(served: {', '.join(sorted(self._namespaces))}); nothing was ingested")
         topic = topic_for(namespace)
         for key, value in records:  # refuse before producing anything: a batch is all or nothing
             if len(key) + len(value) > MAX_RECORD_BYTES:

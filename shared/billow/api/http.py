@@ -92,3 +92,33 @@ def guarded(path: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 def wants_csv(event: dict[str, Any]) -> bool:
     accept = header(event, "accept")
     return "text/csv" in accept and "application/json" not in accept.split(",")[0]
+
+
+def as_caller(event: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Serve `fn` as the caller of `event`: the API key's namespace (from the authorizer context that API Gateway,
+    or the embedded host, put on the event) and its scopes for this route. With auth off, the configured
+    namespace. Auth failures are problem+json 401/403."""
+    from billow.bootstrap import container
+    from billow.services.apikeys import Principal, Unauthorized, authorize
+
+    http = (event.get("requestContext") or {}).get("http") or {}
+    method, path = str(http.get("method", "GET")), str(event.get("rawPath") or http.get("path") or "/")
+    c = container()
+    ctx = ((event.get("requestContext") or {}).get("authorizer") or {}).get("lambda")
+    try:
+        if ctx:
+            principal = Principal.from_context(ctx)
+            authorize(principal, method, path)
+            namespace: str | None = principal.namespace
+        elif c.settings.auth == "off":
+            namespace = None
+        else:
+            from billow.services.apikeys import required_scope
+
+            if required_scope(method, path) is not None:
+                raise Unauthorized("an API key is required: Authorization: Bearer bk_...")
+            namespace = None
+    except BillowError as exc:
+        return problem_response(exc, path)
+    with c.acting_for(namespace):
+        return fn()

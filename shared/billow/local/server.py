@@ -61,6 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "billow"
     max_body: int = 16 * 1024 * 1024
+    auth: bool = False
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s " + fmt, self.client_address[0], *args)
@@ -101,6 +102,17 @@ class _Handler(BaseHTTPRequestHandler):
             lk = k.lower()
             headers[lk] = f"{headers[lk]},{v}" if lk in headers else v
         event = apigw_event(self.command, self.path, headers, body, self.client_address[0])
+        if self.auth and headers.get("authorization"):
+            # What the API Gateway Lambda authorizer does in AWS: check the key, pass its namespace and scopes on.
+            from billow.bootstrap import container
+            from billow.services.apikeys import Unauthorized, authenticate
+
+            try:
+                principal = authenticate(headers["authorization"], store=container().keys)
+            except Unauthorized as exc:
+                self._problem(401, "Unauthorized", exc.detail)
+                return
+            event["requestContext"]["authorizer"] = {"lambda": principal.context()}
         handler = route(self.command, urlsplit(self.path).path)
         try:
             result = handler(event, None)  # no LambdaContext outside Lambda
@@ -136,7 +148,7 @@ class BillowServer:
             self.poller = KafkaSinkPoller(settings.kafka_config(), [topic], deliver, group=settings.kafka_group,
                                           lock=self.container.sink_lock)
             self.poller.start()
-        handler = type("Handler", (_Handler,), {"max_body": settings.max_body_bytes})
+        handler = type("Handler", (_Handler,), {"max_body": settings.max_body_bytes, "auth": settings.auth == "keys"})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False

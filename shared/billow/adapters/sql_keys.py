@@ -1,0 +1,47 @@
+"""API keys on SQLAlchemy Core (SQLite embedded, PostgreSQL in AWS): the record and the SHA-256 of the secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from billow import jsonx
+
+md = sa.MetaData()
+
+api_keys = sa.Table(
+    "api_keys", md,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("namespace", sa.String(64), nullable=False, index=True),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+)
+
+
+class SqlKeyStore:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def migrate(self) -> None:
+        md.create_all(self.engine)
+
+    def put_key(self, doc: dict[str, Any], key_hash: str) -> None:
+        row = {"id": doc["id"], "namespace": doc["namespace"], "key_hash": key_hash, "doc": jsonx.dumps(doc)}
+        with self.engine.begin() as c:
+            if c.execute(sa.select(api_keys.c.id).where(api_keys.c.id == doc["id"])).first():
+                c.execute(api_keys.update().where(api_keys.c.id == doc["id"]).values(**row))
+            else:
+                c.execute(api_keys.insert().values(**row))
+
+    def get_key(self, key_id: str) -> tuple[dict[str, Any], str] | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(api_keys.c.doc, api_keys.c.key_hash).where(api_keys.c.id == key_id)).first()
+        return (jsonx.loads(row.doc), row.key_hash) if row else None
+
+    def list_keys(self, namespace: str | None) -> list[dict[str, Any]]:
+        q = sa.select(api_keys.c.doc)
+        if namespace is not None:
+            q = q.where(api_keys.c.namespace == namespace)
+        with self.engine.connect() as c:
+            return [jsonx.loads(r.doc) for r in c.execute(q.order_by(api_keys.c.id))]

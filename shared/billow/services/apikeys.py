@@ -1,0 +1,116 @@
+"""API keys: one namespace and a set of scopes each, stored as a SHA-256 of the secret (the secret is 256 random
+bits, so a slow hash adds nothing), shown once at creation. `Authorization: Bearer bk_<id>_<secret>`.
+
+Scopes: `ingest` (POST /api/v1/events), `read` (GET, and POST of a meter query), `admin` (everything, keys
+included). The namespace of every request comes from its key, never from the request."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from billow.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from billow.ids import new_id
+from billow.timeutil import format_rfc3339
+
+SCOPES = ("ingest", "read", "admin")
+__all__ = ["Forbidden", "Principal", "Unauthorized", "authenticate", "authorize", "create_key", "required_scope",
+           "revoke_key"]
+TOKEN_RE = re.compile(r"^bk_([0-9A-HJKMNP-TV-Z]{26})_([A-Za-z0-9_-]{43})$")
+NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Routes anyone may call: liveness/readiness and the API description.
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/openapi.json")}
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    namespace: str
+    scopes: frozenset[str]
+
+    def context(self) -> dict[str, str]:
+        """What an API Gateway Lambda authorizer hands to the handlers (string values only)."""
+        return {"keyId": self.key_id, "namespace": self.namespace, "scopes": ",".join(sorted(self.scopes))}
+
+    @classmethod
+    def from_context(cls, ctx: dict[str, Any]) -> Principal:
+        return cls(str(ctx["keyId"]), str(ctx["namespace"]), frozenset(str(ctx.get("scopes", "")).split(",")) - {""})
+
+
+class KeyStore(Protocol):
+    def put_key(self, doc: dict[str, Any], key_hash: str) -> None: ...
+
+    def get_key(self, key_id: str) -> tuple[dict[str, Any], str] | None: ...
+
+    def list_keys(self, namespace: str | None) -> list[dict[str, Any]]: ...
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(namespace: str, name: str, scopes: list[str], *, store: KeyStore, now: datetime) -> tuple[str, dict[str, Any]]:
+    """A new key: (the token, shown once; the stored record without any secret)."""
+    if not NAMESPACE_RE.match(namespace):
+        raise ValidationFailed("namespace: 1 to 63 of a-z, 0-9, _ and -", [{"field": "namespace", "message": "invalid"}])
+    if not isinstance(name, str) or not name.strip() or len(name) > 256:
+        raise ValidationFailed("name: required, 1 to 256 characters", [{"field": "name", "message": "required"}])
+    if not scopes or not isinstance(scopes, list) or any(s not in SCOPES for s in scopes):
+        raise ValidationFailed(f"scopes: a non-empty list of {', '.join(SCOPES)}",
+                               [{"field": "scopes", "message": f"one or more of {', '.join(SCOPES)}"}])
+    key_id, secret = new_id(), secrets.token_urlsafe(32)
+    doc = {"id": key_id, "namespace": namespace, "name": name, "scopes": sorted(set(scopes)),
+           "createdAt": format_rfc3339(now), "prefix": f"bk_{key_id}_{secret[:4]}"}
+    store.put_key(doc, _digest(secret))
+    return f"bk_{key_id}_{secret}", doc
+
+
+def revoke_key(key_id: str, *, store: KeyStore, now: datetime, namespace: str | None = None) -> dict[str, Any]:
+    found = store.get_key(key_id)
+    if found is None or (namespace is not None and found[0]["namespace"] != namespace):
+        raise NotFound(f"API key {key_id!r} not found")
+    doc, digest = found
+    if not doc.get("revokedAt"):
+        doc["revokedAt"] = format_rfc3339(now)
+        store.put_key(doc, digest)
+    return doc
+
+
+def authenticate(authorization: str, *, store: KeyStore) -> Principal:
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("an API key is required: Authorization: Bearer bk_...")
+    m = TOKEN_RE.match(token.strip())
+    found = store.get_key(m.group(1)) if m else None
+    # The same comparison runs whether or not the key exists, so timing tells nothing.
+    digest = found[1] if found else _digest("no such key")
+    if not m or not hmac.compare_digest(digest, _digest(m.group(2))) or found is None or found[0].get("revokedAt"):
+        raise Unauthorized("the API key is not valid (unknown, malformed or revoked)")
+    doc = found[0]
+    return Principal(doc["id"], doc["namespace"], frozenset(doc["scopes"]))
+
+
+def required_scope(method: str, path: str) -> str | None:
+    """The scope a route needs; None for public routes."""
+    method = method.upper()
+    path = path.rstrip("/") or "/"
+    if (method, path) in PUBLIC:
+        return None
+    if path == "/api/v1/events" and method == "POST":
+        return "ingest"
+    if method in ("GET", "HEAD") or (method == "POST" and re.fullmatch(r"/api/v1/meters/[^/]+/query", path)):
+        return "read"
+    return "admin"
+
+
+def authorize(principal: Principal, method: str, path: str) -> None:
+    need = required_scope(method, path)
+    if need is None or "admin" in principal.scopes or need in principal.scopes:
+        return
+    raise Forbidden(f"this API key's scopes ({', '.join(sorted(principal.scopes))}) do not allow {method} {path}; "
+                    f"it needs {need!r}")

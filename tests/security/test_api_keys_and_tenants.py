@@ -1,0 +1,145 @@
+"""API keys and tenant isolation against `billow serve` with `auth: keys`: keys made with the `billow keys`
+CLI, scopes per route, revocation, and two tenants that can never see or touch each other's data."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import event
+from tests.e2e.conftest import Server
+
+BILLOW = str(Path(sys.executable).with_name("billow"))
+
+
+def make_key(data: Path, config: Path, namespace: str, *scopes: str) -> tuple[str, str]:
+    args = [BILLOW, "keys", "--data-dir", str(data), "--config", str(config), "create", "--name", f"{namespace} key",
+            "--namespace", namespace]
+    for s in scopes:
+        args += ["--scope", s]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    token = re.search(r"token \(shown once, store it now\): (\S+)", out)
+    key_id = re.search(r"created API key (\S+)", out)
+    assert token and key_id, out
+    return key_id.group(1), token.group(1)
+
+
+class Tenant:
+    def __init__(self, server: Server, token: str) -> None:
+        self.server, self.token = server, token
+
+    def call(self, method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Any]:
+        status, _, out = self.server.request(method, path, body, ctype, headers={"Authorization": f"Bearer {self.token}"})
+        return status, out
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str], Path, Path]]:
+    tmp = tmp_path_factory.mktemp("auth")
+    config = tmp / "billow.yaml"
+    config.write_text("auth: keys\n")
+    data = tmp / "data"
+    tokens = {}
+    for name, ns, scopes in (("a_admin", "tenant_a", ["admin"]), ("b_admin", "tenant_b", ["admin"]),
+                             ("a_ingest", "tenant_a", ["ingest"]), ("a_read", "tenant_a", ["read"])):
+        key_id, tokens[name] = make_key(data, config, ns, *scopes)
+        tokens[name + "_id"] = key_id
+    srv = Server(data, config).start()
+    yield srv, tokens, data, config
+    srv.stop()
+
+
+def test_every_route_needs_a_valid_key(served: tuple[Server, dict[str, str], Path, Path]) -> None:
+    srv = served[0]
+    assert srv.request("GET", "/healthz")[0] == 200
+    assert srv.request("GET", "/api/v1/openapi.json")[0] == 200
+    for method, path in (("GET", "/api/v1/meters"), ("POST", "/api/v1/events"), ("GET", "/api/v1/features"),
+                         ("GET", "/api/v1/entitlements"), ("DELETE", "/api/v1/meters/x")):
+        status, hdrs, body = srv.request(method, path, [] if method == "POST" else None)
+        assert status == 401 and hdrs["Content-Type"] == "application/problem+json", (method, path, body)
+    bad = Tenant(srv, "bk_01ARZ3NDEKTSV4RRFFQ69G5FAV_" + "x" * 43)
+    assert bad.call("GET", "/api/v1/meters")[0] == 401
+    assert Tenant(srv, "not-a-key").call("GET", "/api/v1/meters")[0] == 401
+
+
+def test_scopes(served: tuple[Server, dict[str, str], Path, Path]) -> None:
+    srv, tokens = served[0], served[1]
+    ingest, read = Tenant(srv, tokens["a_ingest"]), Tenant(srv, tokens["a_read"])
+    assert ingest.call("POST", "/api/v1/events", [event("s1", type="scoped")])[0] == 204
+    status, prob = ingest.call("GET", "/api/v1/meters")
+    assert status == 403 and "read" in prob["detail"]
+    assert read.call("GET", "/api/v1/meters")[0] == 200
+    assert read.call("POST", "/api/v1/meters", {"slug": "nope", "eventType": "e", "aggregation": "COUNT"})[0] == 403
+    assert read.call("POST", "/api/v1/events", [event("s2")])[0] == 403
+
+
+def test_revoked_key_is_refused(served: tuple[Server, dict[str, str], Path, Path]) -> None:
+    srv, tokens, data, config = served
+    key_id, token = make_key(data, config, "tenant_a", "read")
+    t = Tenant(srv, token)
+    assert t.call("GET", "/api/v1/meters")[0] == 200
+    subprocess.run([BILLOW, "keys", "--data-dir", str(data), "--config", str(config), "revoke", key_id], check=True,
+                   capture_output=True)
+    assert t.call("GET", "/api/v1/meters")[0] == 401
+    listed = subprocess.run([BILLOW, "keys", "--data-dir", str(data), "--config", str(config), "list"], check=True,
+                            capture_output=True, text=True).stdout
+    assert key_id in listed and "revoked" in listed and token not in listed
+
+
+def test_tenants_never_see_each_other(served: tuple[Server, dict[str, str], Path, Path]) -> None:
+    srv, tokens = served[0], served[1]
+    a, b = Tenant(srv, tokens["a_admin"]), Tenant(srv, tokens["b_admin"])
+    status, meter = a.call("POST", "/api/v1/meters", {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM",
+                                                      "valueProperty": "$.tokens"})
+    assert status == 201
+    assert a.call("POST", "/api/v1/events", [event("t1", type="prompt", subject="alice", time=None, tokens=5)],
+                  "application/cloudevents-batch+json")[0] == 204
+    assert a.call("POST", "/api/v1/subjects", [{"key": "alice"}])[0] == 200
+    status, cust = a.call("POST", "/api/v1/customers", {"name": "Alice Inc", "key": "alice_inc",
+                                                        "usageAttribution": {"subjectKeys": ["alice"]}})
+    assert status == 201
+    status, feature = a.call("POST", "/api/v1/features", {"key": "ai", "name": "AI", "meterSlug": "tokens"})
+    assert status == 201
+    status, ent = a.call("POST", "/api/v1/subjects/alice/entitlements", {
+        "type": "metered", "featureKey": "ai", "usagePeriod": {"interval": "MONTH"}})
+    assert status == 201
+    status, grant = a.call("POST", "/api/v1/subjects/alice/entitlements/ai/grants", {
+        "amount": 100, "effectiveAt": ent["currentUsagePeriod"]["from"], "expiration": {"duration": "DAY", "count": 1}})
+    assert status == 201
+
+    # Tenant B: every read of A's resources is empty or 404, every write to them 404.
+    empty = ["/api/v1/meters", "/api/v1/subjects", "/api/v1/features", "/api/v1/entitlements", "/api/v1/grants",
+             "/api/v1/events"]
+    for path in empty:
+        status, body = b.call("GET", path)
+        assert status == 200 and body == [], (path, body)
+    assert b.call("GET", "/api/v1/customers")[1]["items"] == []
+    for path in (f"/api/v1/meters/{meter['id']}", "/api/v1/meters/tokens", "/api/v1/meters/tokens/query",
+                 "/api/v1/subjects/alice", f"/api/v1/customers/{cust['id']}", "/api/v1/customers/alice_inc",
+                 f"/api/v1/features/{feature['id']}", f"/api/v1/entitlements/{ent['id']}",
+                 "/api/v1/subjects/alice/entitlements", "/api/v1/subjects/alice/entitlements/ai/value",
+                 f"/api/v1/subjects/alice/entitlements/{ent['id']}/history?windowSize=DAY",
+                 "/api/v1/customers/alice_inc/entitlements/ai/value"):
+        status, body = b.call("GET", path)
+        assert status == 404, (path, status, body)
+    for method, path in (("DELETE", f"/api/v1/meters/{meter['id']}"), ("DELETE", f"/api/v1/features/{feature['id']}"),
+                         ("DELETE", f"/api/v1/grants/{grant['id']}"), ("DELETE", f"/api/v1/customers/{cust['id']}"),
+                         ("PUT", f"/api/v1/customers/{cust['id']}"), ("DELETE", "/api/v1/subjects/alice"),
+                         ("POST", f"/api/v1/subjects/alice/entitlements/{ent['id']}/reset")):
+        status, body = b.call(method, path, {"name": "x"} if method == "PUT" else None)
+        assert status == 404, (method, path, status, body)
+    # B may use the same names for its own data, and sees only its own usage.
+    assert b.call("POST", "/api/v1/meters", {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM",
+                                             "valueProperty": "$.tokens"})[0] == 201
+    assert b.call("POST", "/api/v1/events", [event("t1", type="prompt", subject="alice", time=None, tokens=7)],
+                  "application/cloudevents-batch+json")[0] == 204
+    assert [r["value"] for r in b.call("GET", "/api/v1/meters/tokens/query")[1]["data"]] == [7]
+    assert [r["value"] for r in a.call("GET", "/api/v1/meters/tokens/query")[1]["data"]] == [5]
+    # A's data is untouched by all of B's attempts.
+    assert a.call("GET", "/api/v1/subjects/alice/entitlements/ai/value")[1]["balance"] == 95
