@@ -65,9 +65,9 @@ def apply_suppressions(stack: BillowStack) -> None:
         "(docs/deploy.md)."))
 
     for route in stack.http.api.node.children:
-        if route.node.id in ("GET--healthz", "GET--api--v1--openapi.json"):
+        if route.node.id in ("GET--healthz", "GET--readyz", "GET--api--v1--openapi.json"):
             _suppress(route, "AwsSolutions-APIG4", (
-                "Public on purpose: the liveness check (load balancers and uptime probes carry no API key) and "
+                "Public on purpose: liveness and readiness (load balancers and uptime probes carry no API key) and "
                 "the OpenAPI document (public API description, no data). Every other route goes through the "
                 "API-key Lambda authorizer."))
 

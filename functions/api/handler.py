@@ -16,7 +16,7 @@ from billow.api.http import JSON, PROBLEM, as_caller, json_body, path_param, que
 from billow.api.openapi import document
 from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
-from billow.services import directory, meters, query
+from billow.services import directory, health, meters, query
 from billow.timeutil import parse_rfc3339
 from functions.api import entitlement_routes
 
@@ -218,6 +218,18 @@ def openapi() -> Response:
 @app.get("/healthz")
 def healthz() -> Response:
     return ok({"status": "ok"})
+
+
+@app.get("/readyz")
+def readyz() -> Response:
+    """200 when every store and the bus answer, else 503; each with its latency."""
+    c = container()
+    checks = {"metaStore": c.meta.ping, "usageStore": c.usage.ping}
+    if c.bus is not None and hasattr(c.bus, "ping"):
+        checks["eventBus"] = c.bus.ping
+    ready, results = health.readiness(checks)
+    return Response(200 if ready else 503, JSON, jsonx.dumps({"status": "ready" if ready else "not ready",
+                                                                "checks": results}))
 
 
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:

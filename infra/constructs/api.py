@@ -17,8 +17,9 @@ ROUTES = {  # route key -> function name; an explicit route wins over {proxy+} i
     "ANY /api/v1/{proxy+}": "api",
     "GET /api/v1/openapi.json": "api",
     "GET /healthz": "api",
+    "GET /readyz": "api",
 }
-PUBLIC_ROUTES = {"GET /api/v1/openapi.json", "GET /healthz"}  # every other route needs an API key
+PUBLIC_ROUTES = {"GET /api/v1/openapi.json", "GET /healthz", "GET /readyz"}  # every other route needs an API key
 AUTH_CACHE = Duration.minutes(5)  # a revoked key keeps working at most this long
 ACCESS_LOG_FORMAT = ('{"requestId":"$context.requestId","ip":"$context.identity.sourceIp",'
                      '"method":"$context.httpMethod","path":"$context.path","status":"$context.status",'

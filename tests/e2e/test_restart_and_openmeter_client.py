@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import signal
 from pathlib import Path
+
+import pytest
 
 from openmeter import Client
 
@@ -57,8 +60,10 @@ def test_openmeter_client_ingest_list_query(server: Server) -> None:
                    ("2026-11-28T11:00:00+00:00", "m1", 7)]
 
 
-def test_kill_mid_ingest_loses_no_acknowledged_event(tmp_path: Path) -> None:
-    import signal
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_mid_ingest_loses_no_acknowledged_event(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGKILL: no chance to flush anything. SIGTERM: stop taking requests, finish those in flight, close the
+    stores, exit 0. Either way every acknowledged event is there after a restart."""
     import threading
     import time
 
@@ -81,8 +86,9 @@ def test_kill_mid_ingest_loses_no_acknowledged_event(tmp_path: Path) -> None:
     while len(acked) < 3:
         time.sleep(0.01)
     assert srv.proc is not None
-    srv.proc.send_signal(signal.SIGKILL)  # no chance to flush anything
-    srv.proc.wait()
+    srv.proc.send_signal(sig)
+    code = srv.proc.wait(timeout=60)
+    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     srv.proc = None
     sender.join()
     assert 3 <= len(acked) < len(batches)

@@ -111,7 +111,8 @@ def test_only_the_store_functions_can_read_the_secrets(s: Synth) -> None:
 def test_http_api_routes_reach_their_functions(s: Synth) -> None:
     integrations = s.of_type("AWS::ApiGatewayV2::Integration")
     routes = {r["Properties"]["RouteKey"]: r["Properties"] for r in s.of_type("AWS::ApiGatewayV2::Route").values()}
-    assert set(routes) == {"POST /api/v1/events", "ANY /api/v1/{proxy+}", "GET /api/v1/openapi.json", "GET /healthz"}
+    assert set(routes) == {"POST /api/v1/events", "ANY /api/v1/{proxy+}", "GET /api/v1/openapi.json", "GET /healthz",
+                           "GET /readyz"}
 
     def function_of(route: dict[str, Any]) -> str:
         (integration,) = refs(route["Target"])
@@ -122,7 +123,7 @@ def test_http_api_routes_reach_their_functions(s: Synth) -> None:
 
     ingest, api, auth = s.function("ingest")[0], s.function("api")[0], s.function("authorizer")[0]
     assert function_of(routes["POST /api/v1/events"]) == ingest
-    for key in ("ANY /api/v1/{proxy+}", "GET /api/v1/openapi.json", "GET /healthz"):
+    for key in ("ANY /api/v1/{proxy+}", "GET /api/v1/openapi.json", "GET /healthz", "GET /readyz"):
         assert function_of(routes[key]) == api, key
     # API keys: every route but health and the API document goes through the authorizer (simple responses,
     # cached per Authorization header).
@@ -132,7 +133,7 @@ def test_http_api_routes_reach_their_functions(s: Synth) -> None:
     assert a["IdentitySource"] == ["$request.header.Authorization"] and a["AuthorizerResultTtlInSeconds"] == 300
     assert auth in refs(a["AuthorizerUri"])
     for key, route in routes.items():
-        if key in ("GET /api/v1/openapi.json", "GET /healthz"):
+        if key in ("GET /api/v1/openapi.json", "GET /healthz", "GET /readyz"):
             assert route.get("AuthorizationType", "NONE") == "NONE", key
         else:
             assert route["AuthorizationType"] == "CUSTOM" and refs(route["AuthorizerId"]) == {authorizer_id}, key

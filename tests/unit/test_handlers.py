@@ -54,3 +54,21 @@ def test_unknown_route_is_problem_json(container: Any) -> None:
     out = api(ev, None)
     assert out["statusCode"] == 404
     assert out["headers"]["Content-Type"] == "application/problem+json"
+
+
+def test_readyz_reports_each_dependency(container: Any) -> None:
+    from billow.local.server import apigw_event
+
+    out = api(apigw_event("GET", "/readyz", {}, b"", "127.0.0.1"), None)
+    body = json.loads(out["body"])
+    assert out["statusCode"] == 200 and body["status"] == "ready"
+    assert {k: v["status"] for k, v in body["checks"].items()} == {"metaStore": "ok", "usageStore": "ok"}
+
+    def down() -> None:
+        raise ConnectionError("ClickHouse unreachable")
+
+    container.usage.ping = down
+    out = api(apigw_event("GET", "/readyz", {}, b"", "127.0.0.1"), None)
+    body = json.loads(out["body"])
+    assert out["statusCode"] == 503 and body["checks"]["usageStore"]["status"] == "failing"
+    assert "ClickHouse unreachable" in body["checks"]["usageStore"]["error"]

@@ -84,6 +84,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, {"Content-Type": "application/problem+json"}, body, close)
 
     def _dispatch(self) -> None:
+        gate: _Drain = self.server.drain  # type: ignore[attr-defined]
+        if not gate.enter():
+            self._problem(503, "Service Unavailable", "the server is shutting down; retry against another "
+                          "instance or after it restarts", close=True)
+            return
+        try:
+            self._serve_one()
+        finally:
+            gate.leave()
+
+    def _serve_one(self) -> None:
         length_raw = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             self._problem(411, "Length Required", "send the body with a Content-Length", close=True)
@@ -130,6 +141,32 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
 
+class _Drain:
+    """Counts requests in flight; once draining, new ones are refused and `wait` returns when none is left."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._inflight = 0
+        self._draining = False
+
+    def enter(self) -> bool:
+        with self._cv:
+            if self._draining:
+                return False
+            self._inflight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cv:
+            self._inflight -= 1
+            self._cv.notify_all()
+
+    def wait(self, timeout_s: float) -> bool:
+        with self._cv:
+            self._draining = True
+            return self._cv.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
+
+
 class BillowServer:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8888) -> None:
         from functions.usage_sink.handler import lambda_handler as sink
@@ -152,6 +189,8 @@ class BillowServer:
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
+        self.drain = _Drain()
+        self.httpd.drain = self.drain  # type: ignore[attr-defined]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -166,8 +205,11 @@ class BillowServer:
         t.start()
         return t
 
-    def close(self) -> None:
-        """After the HTTP server stopped: stop the sink poller, flush the bus, close the stores."""
+    def close(self, drain_timeout_s: float = 30.0) -> None:
+        """After the HTTP server stopped accepting: let the requests in flight finish (new ones on open
+        connections get 503), then stop the sink poller, flush the bus, close the stores."""
+        if not self.drain.wait(drain_timeout_s):
+            log.warning("requests still in flight after %.0f s; closing anyway", drain_timeout_s)
         if self.poller is not None:
             self.poller.close()
         install(None)
