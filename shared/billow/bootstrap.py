@@ -30,7 +30,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "usage_store": ("chdb", "clickhouse", "memory"), "bus": ("inprocess", "kafka"), "kafka_auth": ("none", "iam"),
     "auth": ("off", "keys"),
 }
-_INT_RANGES: dict[str, tuple[int, int]] = {"kafka_partitions": (1, 1024), "max_body_bytes": (1024, 1 << 31)}
+_INT_RANGES: dict[str, tuple[int, int]] = {"kafka_partitions": (1, 1024), "max_body_bytes": (1024, 1 << 31),
+                                           "rate_limit_per_key": (0, 1_000_000)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class Settings:
     db_secret_arn: str | None = None  # RDS-generated secret; db_host (RDS Proxy endpoint) overrides its host
     db_host: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
+    rate_limit_per_key: int = 200  # requests/s per API key in billow serve (burst: twice that); 0 = off
     meters: tuple[dict[str, Any], ...] = ()
 
     @classmethod

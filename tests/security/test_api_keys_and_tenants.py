@@ -143,3 +143,23 @@ def test_tenants_never_see_each_other(served: tuple[Server, dict[str, str], Path
     assert [r["value"] for r in a.call("GET", "/api/v1/meters/tokens/query")[1]["data"]] == [5]
     # A's data is untouched by all of B's attempts.
     assert a.call("GET", "/api/v1/subjects/alice/entitlements/ai/value")[1]["balance"] == 95
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(tmp_path: Path) -> None:
+    config = tmp_path / "billow.yaml"
+    config.write_text("auth: keys\nrate_limit_per_key: 2\n")
+    _, token = make_key(tmp_path / "data", config, "limited", "read")
+    _, other = make_key(tmp_path / "data", config, "limited", "read")
+    srv = Server(tmp_path / "data", config).start()
+    try:
+        statuses = []
+        for _ in range(20):
+            status, hdrs, body = srv.request("GET", "/api/v1/meters", headers={"Authorization": f"Bearer {token}"})
+            statuses.append(status)
+            if status == 429:
+                assert hdrs["Content-Type"] == "application/problem+json" and int(hdrs["Retry-After"]) >= 1
+                assert "rate limit" in body["detail"]
+        assert statuses[:4] == [200] * 4 and 429 in statuses  # a burst of twice the rate, then refused
+        assert srv.request("GET", "/api/v1/meters", headers={"Authorization": f"Bearer {other}"})[0] == 200
+    finally:
+        srv.stop()

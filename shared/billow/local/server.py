@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 from billow import jsonx
 from billow.bootstrap import Container, Settings, build, install
 from billow.errors import problem
+from billow.services.ratelimit import TokenBuckets
 
 log = logging.getLogger("billow.serve")
 
@@ -62,6 +64,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "billow"
     max_body: int = 16 * 1024 * 1024
     auth: bool = False
+    limiter: TokenBuckets | None = None
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s " + fmt, self.client_address[0], *args)
@@ -124,6 +127,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._problem(401, "Unauthorized", exc.detail)
                 return
             event["requestContext"]["authorizer"] = {"lambda": principal.context()}
+            if self.limiter is not None and (wait := self.limiter.take(principal.key_id)) > 0:
+                body = jsonx.dumps(problem(429, "Too Many Requests", f"this API key is over its rate limit of "
+                                           f"{self.limiter.rate:g} requests/s; retry after the given seconds",
+                                           self.path)).encode()
+                self._send(429, {"Content-Type": "application/problem+json", "Retry-After": str(math.ceil(wait))},
+                           body)
+                return
         handler = route(self.command, urlsplit(self.path).path)
         try:
             result = handler(event, None)  # no LambdaContext outside Lambda
@@ -185,7 +195,10 @@ class BillowServer:
             self.poller = KafkaSinkPoller(settings.kafka_config(), [topic], deliver, group=settings.kafka_group,
                                           lock=self.container.sink_lock)
             self.poller.start()
-        handler = type("Handler", (_Handler,), {"max_body": settings.max_body_bytes, "auth": settings.auth == "keys"})
+        rate = settings.rate_limit_per_key
+        limiter = TokenBuckets(rate, 2 * rate) if rate and settings.auth == "keys" else None
+        handler = type("Handler", (_Handler,), {"max_body": settings.max_body_bytes, "auth": settings.auth == "keys",
+                                                "limiter": limiter})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
