@@ -18,11 +18,12 @@ from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
 from billow.services import directory, health, meters, query
 from billow.timeutil import parse_rfc3339
-from functions.api import entitlement_routes
+from functions.api import admin_routes, entitlement_routes
 
 logger = Logger(service="billow-api")
 app = APIGatewayHttpResolver(serializer=jsonx.dumps)
 app.include_router(entitlement_routes.router)
+app.include_router(admin_routes.router)
 
 
 def ok(body: Any, status: int = 200) -> Response:

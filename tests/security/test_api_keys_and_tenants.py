@@ -163,3 +163,22 @@ def test_rate_limit_per_key_answers_429_with_retry_after(tmp_path: Path) -> None
         assert srv.request("GET", "/api/v1/meters", headers={"Authorization": f"Bearer {other}"})[0] == 200
     finally:
         srv.stop()
+
+
+def test_admin_endpoint_manages_keys_of_its_own_namespace_only(served: tuple[Server, dict[str, str], Path, Path]) -> None:
+    srv, tokens = served[0], served[1]
+    a, b, read = Tenant(srv, tokens["a_admin"]), Tenant(srv, tokens["b_admin"]), Tenant(srv, tokens["a_read"])
+    status, made = a.call("POST", "/api/v1/admin/keys", {"name": "ci ingest", "scopes": ["ingest"]})
+    assert status == 201 and made["namespace"] == "tenant_a" and made["token"].startswith("bk_")
+    assert read.call("GET", "/api/v1/admin/keys")[0] == 403  # listing keys needs admin
+    assert read.call("POST", "/api/v1/admin/keys", {"name": "x", "scopes": ["admin"]})[0] == 403
+    listed = a.call("GET", "/api/v1/admin/keys")[1]
+    assert made["id"] in {k["id"] for k in listed} and all("token" not in k for k in listed)
+    assert {k["namespace"] for k in listed} == {"tenant_a"}
+    assert made["id"] not in {k["id"] for k in b.call("GET", "/api/v1/admin/keys")[1]}
+    assert b.call("DELETE", f"/api/v1/admin/keys/{made['id']}")[0] == 404  # another tenant's key
+    new = Tenant(srv, made["token"])
+    assert new.call("POST", "/api/v1/events", [event("adm1", type="x")])[0] == 204
+    assert a.call("DELETE", f"/api/v1/admin/keys/{made['id']}")[0] == 204
+    assert new.call("POST", "/api/v1/events", [event("adm2", type="x")])[0] == 401
+    assert a.call("POST", "/api/v1/admin/keys", {"name": "bad", "scopes": ["root"]})[0] == 400

@@ -101,6 +101,8 @@ def required_scope(method: str, path: str) -> str | None:
     path = path.rstrip("/") or "/"
     if (method, path) in PUBLIC:
         return None
+    if path.startswith("/api/v1/admin/"):
+        return "admin"
     if path == "/api/v1/events" and method == "POST":
         return "ingest"
     if method in ("GET", "HEAD") or (method == "POST" and re.fullmatch(r"/api/v1/meters/[^/]+/query", path)):
