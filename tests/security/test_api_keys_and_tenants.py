@@ -182,3 +182,47 @@ def test_admin_endpoint_manages_keys_of_its_own_namespace_only(served: tuple[Ser
     assert a.call("DELETE", f"/api/v1/admin/keys/{made['id']}")[0] == 204
     assert new.call("POST", "/api/v1/events", [event("adm2", type="x")])[0] == 401
     assert a.call("POST", "/api/v1/admin/keys", {"name": "bad", "scopes": ["root"]})[0] == 400
+
+
+def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server, dict[str, str], Path, Path]) -> None:
+    """Every operation of the served OpenAPI document, called by tenant B with tenant A's identifiers in every
+    path parameter: never a 5xx, and no successful answer carries anything of A's."""
+    import json
+    from importlib import resources
+    from urllib.parse import quote
+
+    srv, tokens = served[0], served[1]
+    a, b = Tenant(srv, tokens["a_admin"]), Tenant(srv, tokens["b_admin"])
+    assert a.call("POST", "/api/v1/meters", {"slug": "leak_m", "eventType": "leak", "aggregation": "COUNT"})[0] == 201
+    assert a.call("POST", "/api/v1/subjects", [{"key": "leak_subject"}])[0] == 200
+    assert a.call("POST", "/api/v1/events", [event("leak1", type="leak", subject="leak_subject", time=None)])[0] == 204
+    _, cust = a.call("POST", "/api/v1/customers", {"name": "Leak Customer", "key": "leak_cust",
+                                                   "usageAttribution": {"subjectKeys": ["leak_subject"]}})
+    _, feat = a.call("POST", "/api/v1/features", {"key": "leak_f", "name": "Leak", "meterSlug": "leak_m"})
+    _, ent = a.call("POST", "/api/v1/subjects/leak_subject/entitlements", {
+        "type": "metered", "featureKey": "leak_f", "usagePeriod": {"interval": "DAY"}})
+    _, grant = a.call("POST", "/api/v1/subjects/leak_subject/entitlements/leak_f/grants", {
+        "amount": 5, "effectiveAt": ent["currentUsagePeriod"]["from"], "expiration": {"duration": "DAY", "count": 1}})
+    values = {"meterIdOrSlug": "leak_m", "subjectIdOrKey": "leak_subject", "customerIdOrKey": cust["id"],
+              "featureId": feat["id"], "featureKey": "leak_f", "entitlementId": ent["id"],
+              "entitlementIdOrFeatureKey": "leak_f", "grantId": grant["id"]}
+    secrets = {cust["id"], feat["id"], ent["id"], grant["id"], "Leak Customer", "leak_subject", "leak1"}
+    doc = json.loads(resources.files("billow.api").joinpath("openapi.json").read_text())
+    for path, ops in doc["paths"].items():
+        concrete = path
+        for name, value in values.items():
+            concrete = concrete.replace("{" + name + "}", quote(value, safe=""))
+        assert "{" not in concrete, f"no tenant-A value for a parameter of {path}"
+        for method in ops:
+            status, body = b.call(method.upper(), concrete, {} if method in ("post", "put") else None)
+            assert status < 500, (method, path, status, body)
+            if status < 300 and method == "get":
+                text = json.dumps(body)
+                assert not any(s in text for s in secrets), (method, path, body)
+    # ...and none of B's writes touched A's resources.
+    assert a.call("GET", "/api/v1/meters/leak_m")[0] == 200
+    assert a.call("GET", f"/api/v1/customers/{cust['id']}")[1].get("deletedAt") is None
+    assert a.call("GET", f"/api/v1/features/{feat['id']}")[1].get("archivedAt") is None
+    assert a.call("GET", f"/api/v1/entitlements/{ent['id']}")[1].get("deletedAt") is None
+    (g,) = [g for g in a.call("GET", "/api/v1/grants")[1] if g["id"] == grant["id"]]
+    assert g.get("voidedAt") is None
