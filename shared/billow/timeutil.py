@@ -31,6 +31,10 @@ def parse_rfc3339(value: str, field: str) -> datetime:
         raise ValidationFailed(f"{field}: not an RFC 3339 date-time: {value!r}", [{"field": field, "message": "not an RFC 3339 date-time"}]) from None
     if dt.tzinfo is None:
         raise ValidationFailed(f"{field}: date-time needs a time-zone offset (e.g. Z): {value!r}", [{"field": field, "message": "missing time-zone offset"}])
+    # The usage store's DateTime64 holds 1900-01-01..2299-12-31; outside it ClickHouse fails (a 500 before).
+    if not 1900 < dt.year < 2299:
+        raise ValidationFailed(f"{field}: date-time must be between 1901 and 2298: {value!r}",
+                               [{"field": field, "message": "year out of range 1901..2298"}])
     return dt.astimezone(UTC)
 
 

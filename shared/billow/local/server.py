@@ -150,6 +150,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
+    def _not_allowed(self) -> None:
+        # http.server answers methods without a do_* with a 501 HTML page; the API serves none of these.
+        self._problem(405, "Method Not Allowed", f"{self.command} is not supported", close=True)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("do_"):  # any other method (HEAD, OPTIONS, TRACE, QUERY, ...)
+            return self._not_allowed
+        raise AttributeError(name)
+
 
 class _Drain:
     """Counts requests in flight; once draining, new ones are refused and `wait` returns when none is left."""
