@@ -52,14 +52,11 @@ def entitlement_json(namespace: str, doc: dict[str, Any], *, store: EntitlementS
         if doc["type"] == "metered":
             start, end = current_period(doc, store=store, namespace=namespace, at=now)
             out["lastReset"] = format_rfc3339(start)
-            out["measureUsageFrom"] = doc["measureUsageFrom"]
         else:
             start, end = period_of(doc["usagePeriod"]).containing(minute(now))
         out["currentUsagePeriod"] = {"from": format_rfc3339(start), "to": format_rfc3339(end)}
-        out["usagePeriod"] = {k: v for k, v in doc["usagePeriod"].items()}
-    for k in ("issueAfterReset",):
-        if k in out:
-            out[k] = _num(Decimal(out[k]))
+    if "issueAfterReset" in out:
+        out["issueAfterReset"] = _num(Decimal(out["issueAfterReset"]))
     return out
 
 
