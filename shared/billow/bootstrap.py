@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from billow.ports import DeadLetters, EventBus, MetaStore, UsageStore
 from billow.timeutil import utcnow
@@ -143,6 +143,29 @@ class SystemClock:
         return utcnow()
 
 
+class LazyUsageStore:
+    """A usage store opened (and migrated) by the first call that needs it."""
+
+    def __init__(self, factory: Callable[[], UsageStore]) -> None:
+        self._factory = factory
+        self._store: UsageStore | None = None
+        self._lock = threading.Lock()
+
+    def _real(self) -> UsageStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._factory()
+        return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
 class Counters:
     """Process-wide event counters (ingested, stored, duplicates, dead-lettered, unmatched)."""
 
@@ -229,18 +252,25 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
 
         usage = InMemoryUsageStore()
     else:
-        from billow.adapters.clickhouse import ClickHouseUsageStore, connect
-
         dsn = settings.clickhouse_dsn if settings.usage_store == "clickhouse" else f"chdb://{(data / 'usage').resolve()}"
         if not dsn:
             raise ValueError("usage_store=clickhouse needs clickhouse_dsn")
-        usage = ClickHouseUsageStore(connect(dsn))
+
+        def open_usage() -> UsageStore:
+            from billow.adapters.clickhouse import ClickHouseUsageStore, connect
+
+            store = ClickHouseUsageStore(connect(dsn))
+            store.migrate()
+            return store
+
+        # Opened on first use: ingest and the authorizer never touch usage, so they neither wait for nor depend
+        # on ClickHouse.
+        usage = cast(UsageStore, LazyUsageStore(open_usage))
     from billow.adapters.sql import SqlMetaStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
     from billow.adapters.sql_keys import SqlKeyStore
 
     meta = SqlMetaStore(settings.meta_store_url or f"sqlite:///{(data / 'billow.db').resolve()}")
-    usage.migrate()
     meta.migrate()
     entitlements = SqlEntitlementStore(meta.engine)
     entitlements.migrate()

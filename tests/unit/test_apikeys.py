@@ -69,3 +69,20 @@ def test_kafka_bus_refuses_a_namespace_no_sink_consumes() -> None:
             bus.publish("beta", [(b"k", b"v")])
     finally:
         bus.close()
+
+
+def test_authorizer_and_ingest_side_do_not_need_clickhouse(tmp_path: Path) -> None:
+    """The usage store opens on first use: with ClickHouse unreachable, the container builds and API keys are
+    checked; only what reads usage fails (and says so)."""
+    c = build(Settings.parse(dict(usage_store="clickhouse", clickhouse_dsn="http://127.0.0.1:9/billow",
+                                  data_dir=str(tmp_path), auth="keys")))
+    install(c)
+    try:
+        token, doc = apikeys.create_key("acme", "ci", ["ingest"], store=c.keys, now=t("2026-01-01T00:00:00Z"))
+        ev = {"version": "2.0", "type": "REQUEST", "headers": {"authorization": f"Bearer {token}"}}
+        assert authorizer(ev, None)["isAuthorized"] is True
+        with pytest.raises(Exception, match="9"):  # connection refused to 127.0.0.1:9
+            c.usage.ping()
+    finally:
+        install(None)
+        c.close()
