@@ -71,7 +71,6 @@ class BillowStack(Stack):
         common_env = {
             "BILLOW_NAMESPACE": namespace,
             "BILLOW_USAGE_STORE": "clickhouse",
-            "BILLOW_CLICKHOUSE_SECRET_ARN": self.usage_store.secret.secret_arn,
             "BILLOW_DB_SECRET_ARN": self.database.secret.secret_arn,
             "BILLOW_DB_HOST": self.database.proxy.endpoint,
             "POWERTOOLS_METRICS_NAMESPACE": "Billow",
@@ -81,18 +80,23 @@ class BillowStack(Stack):
         self.fns = BillowFunctions(self, "Functions", deps_dir=deps_dir, code_dir=code_dir, arch=arch, vpc=vpc,
                                    subnets=app_subnets, security_group=self.network.functions_sg,
                                    environment=common_env, stage=stage, retain_logs=prod)
-        self.api_fn = self.fns.function("api")
+        # Only the functions that read or write usage get the ClickHouse secret (the usage store opens on first
+        # use, so ingest and the authorizer never need it).
+        clickhouse_env = {"BILLOW_CLICKHOUSE_SECRET_ARN": self.usage_store.secret.secret_arn}
+        self.api_fn = self.fns.function("api", extra_env=clickhouse_env)
         self.ingest_fn = self.fns.function("ingest", extra_env={
             "BILLOW_BUS": "kafka", "BILLOW_KAFKA_AUTH": "iam",
             "BILLOW_KAFKA_BOOTSTRAP": self.streaming.bootstrap_brokers})
         self.sink_fn = self.fns.function("usage_sink", memory=1024, timeout=Duration.minutes(2),
-                                         extra_env={"BILLOW_DLQ_URL": self.dead_letters.queue_url})
+                                         extra_env={"BILLOW_DLQ_URL": self.dead_letters.queue_url, **clickhouse_env})
         self.auth_fn = self.fns.function("authorizer", memory=256, timeout=Duration.seconds(10))
 
         # Secrets: billow.bootstrap.build() opens (and migrates) both stores in every handler's container,
         # so each of these functions reads both secrets; nothing else does.
-        for fn in (self.api_fn, self.ingest_fn, self.sink_fn, self.auth_fn):
+        for fn in (self.api_fn, self.sink_fn):
             self._read_stores(fn)
+        for fn in (self.ingest_fn, self.auth_fn):
+            self.database.secret.grant_read(fn)
         # ingest produces to its namespace topic (idempotent producer; creates the topic on first use).
         self.ingest_fn.add_to_role_policy(iam.PolicyStatement(
             sid="KafkaConnect", actions=["kafka-cluster:Connect", "kafka-cluster:DescribeCluster",
@@ -136,7 +140,7 @@ class BillowStack(Stack):
         self.job_fns: dict[str, lambda_.Function] = {}
         for job in JOBS:  # a job handler is wired only once its code exists (no stubs)
             if (root / job / "handler.py").is_file():
-                fn = self.fns.function(job, timeout=JOB_TIMEOUT)
+                fn = self.fns.function(job, timeout=JOB_TIMEOUT, extra_env=clickhouse_env)
                 self._read_stores(fn)
                 self.schedules.subscribe(job, fn)
                 self.job_fns[job] = fn

@@ -253,11 +253,12 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
         usage = InMemoryUsageStore()
     else:
         dsn = settings.clickhouse_dsn if settings.usage_store == "clickhouse" else f"chdb://{(data / 'usage').resolve()}"
-        if not dsn:
-            raise ValueError("usage_store=clickhouse needs clickhouse_dsn")
 
         def open_usage() -> UsageStore:
             from billow.adapters.clickhouse import ClickHouseUsageStore, connect
+
+            if not dsn:
+                raise ValueError("usage_store=clickhouse needs clickhouse_dsn (or clickhouse_secret_arn)")
 
             store = ClickHouseUsageStore(connect(dsn))
             store.migrate()

@@ -16,10 +16,12 @@ from tests.infra.support import HANDLERS, Synth, as_list, dumps, refs, synthesiz
 
 NAMESPACE = "acme"
 TOPIC = "billow.acme.events"
-COMMON_ENV = {"BILLOW_NAMESPACE", "BILLOW_USAGE_STORE", "BILLOW_CLICKHOUSE_SECRET_ARN", "BILLOW_DB_SECRET_ARN",
+COMMON_ENV = {"BILLOW_NAMESPACE", "BILLOW_USAGE_STORE", "BILLOW_DB_SECRET_ARN",
               "BILLOW_DB_HOST", "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL",
               "BILLOW_AUTH"}
 KAFKA_ENV = {"BILLOW_BUS", "BILLOW_KAFKA_BOOTSTRAP", "BILLOW_KAFKA_AUTH"}
+CLICKHOUSE_ENV = {"BILLOW_CLICKHOUSE_SECRET_ARN"}
+USAGE_READERS = {"api", "usage_sink"}  # the others never open the usage store (it opens on first use)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +55,9 @@ def test_each_handler_is_a_python312_arm64_function_on_the_layer_in_the_vpc(s: S
 
 
 def test_functions_read_exactly_the_settings_they_use(s: Synth) -> None:
-    assert set(env_of(s, "api")) == COMMON_ENV  # no bus: the API never publishes
-    assert set(env_of(s, "ingest")) == COMMON_ENV | KAFKA_ENV
-    assert set(env_of(s, "usage_sink")) == COMMON_ENV | {"BILLOW_DLQ_URL"}  # fed by the MSK trigger, no bus
+    assert set(env_of(s, "api")) == COMMON_ENV | CLICKHOUSE_ENV  # no bus: the API never publishes
+    assert set(env_of(s, "ingest")) == COMMON_ENV | KAFKA_ENV  # no ClickHouse: ingest only publishes
+    assert set(env_of(s, "usage_sink")) == COMMON_ENV | CLICKHOUSE_ENV | {"BILLOW_DLQ_URL"}  # MSK-fed, no bus
     assert set(env_of(s, "authorizer")) == COMMON_ENV
     assert env_of(s, "api")["BILLOW_AUTH"] == "keys"
     ingest = env_of(s, "ingest")
@@ -71,7 +73,7 @@ def test_secrets_reach_functions_only_as_arns_and_the_proxy_endpoint(s: Synth) -
     (proxy,) = s.of_type("AWS::RDS::DBProxy")
     for name in HANDLERS:
         env = env_of(s, name)
-        assert env["BILLOW_CLICKHOUSE_SECRET_ARN"] == {"Ref": clickhouse}
+        assert env.get("BILLOW_CLICKHOUSE_SECRET_ARN") == ({"Ref": clickhouse} if name in USAGE_READERS else None)
         assert env["BILLOW_DB_SECRET_ARN"] == {"Ref": attachment}  # the secret with host/port attached
         assert env["BILLOW_DB_HOST"] == {"Fn::GetAtt": [proxy, "Endpoint"]}
         for key, value in env.items():  # nothing secret-shaped in plain text
@@ -98,8 +100,9 @@ def test_only_the_store_functions_can_read_the_secrets(s: Synth) -> None:
                 for role in refs(policy["Properties"]["Roles"]):
                     readers.setdefault(role, set()).update(refs(st["Resource"]) & secrets)
     fn_roles = {s.role_of(n) for n in HANDLERS}
-    for role in fn_roles:
-        assert readers[role] == {s.logical_id(s.stack.usage_store.secret), attachment}
+    for name in HANDLERS:
+        want = {s.logical_id(s.stack.usage_store.secret), attachment} if name in USAGE_READERS else {attachment}
+        assert readers[s.role_of(name)] == want, name
     others = set(readers) - fn_roles
     # besides the four functions only RDS Proxy reads a secret (the DB one it authenticates with)
     assert all("Proxy" in r for r in others), others
