@@ -76,13 +76,22 @@ customer_subjects = sa.Table(
 )
 
 
-def _utc(t: datetime | None) -> datetime | None:
+def save_by_id(c: Any, table: sa.Table, row: dict[str, Any], *, keep: tuple[str, ...] = ()) -> None:
+    """Insert `row`, or update the row with its id (leaving the columns in `keep` as stored)."""
+    if c.execute(sa.select(table.c.id).where(table.c.id == row["id"])).first():
+        c.execute(table.update().where(table.c.id == row["id"]).values(
+            **{k: v for k, v in row.items() if k not in keep}))
+    else:
+        c.execute(table.insert().values(**row))
+
+
+def utc(t: datetime | None) -> datetime | None:
     if t is None:
         return None
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def _ts(value: Any) -> datetime | None:
+def to_datetime(value: Any) -> datetime | None:
     return parse_rfc3339(value, "timestamp") if isinstance(value, str) else value
 
 
@@ -90,16 +99,16 @@ def _meter(row: Any) -> Meter:
     return Meter(
         id=row.id, slug=row.slug, aggregation=row.aggregation, event_type=row.event_type, name=row.name,
         description=row.description, value_property=row.value_property, group_by=jsonx.loads(row.group_by),
-        event_from=_utc(row.event_from), created_at=_utc(row.created_at) or datetime.now(UTC),
-        updated_at=_utc(row.updated_at) or datetime.now(UTC),
-        metadata=jsonx.loads(row.metadata) if row.metadata else None, deleted_at=_utc(row.deleted_at),
+        event_from=utc(row.event_from), created_at=utc(row.created_at) or datetime.now(UTC),
+        updated_at=utc(row.updated_at) or datetime.now(UTC),
+        metadata=jsonx.loads(row.metadata) if row.metadata else None, deleted_at=utc(row.deleted_at),
     )
 
 
 def _subject(row: Any) -> dict[str, Any]:
     return {"id": row.id, "key": row.key, "displayName": row.display_name,
             "metadata": jsonx.loads(row.metadata) if row.metadata else None,
-            "createdAt": _utc(row.created_at), "updatedAt": _utc(row.updated_at), "deletedAt": _utc(row.deleted_at)}
+            "createdAt": utc(row.created_at), "updatedAt": utc(row.updated_at), "deletedAt": utc(row.deleted_at)}
 
 
 class SqlMetaStore:
@@ -223,16 +232,12 @@ class SqlMetaStore:
     def put_customer(self, namespace: str, customer: dict[str, Any]) -> None:
         """Insert or replace a customer; its usage-attribution subjects must not belong to another customer."""
         keys = list(customer.get("usageAttribution", {}).get("subjectKeys", []))
-        deleted = _ts(customer.get("deletedAt"))
+        deleted = to_datetime(customer.get("deletedAt"))
         try:
             with self._tx() as c:
-                exists = c.execute(sa.select(customers.c.id).where(customers.c.id == customer["id"])).first()
-                row = dict(namespace=namespace, id=customer["id"], key=customer.get("key"),
-                           doc=jsonx.dumps(customer), created_at=_ts(customer["createdAt"]), deleted_at=deleted)
-                if exists:
-                    c.execute(customers.update().where(customers.c.id == customer["id"]).values(**row))
-                else:
-                    c.execute(customers.insert().values(**row))
+                save_by_id(c, customers, dict(namespace=namespace, id=customer["id"], key=customer.get("key"),
+                                              doc=jsonx.dumps(customer), created_at=to_datetime(customer["createdAt"]),
+                                              deleted_at=deleted))
                 c.execute(customer_subjects.delete().where(customer_subjects.c.namespace == namespace,
                                                            customer_subjects.c.customer_id == customer["id"]))
                 if keys and deleted is None:

@@ -5,17 +5,17 @@ the columns their look-ups need beside them; exact amounts stay decimal strings 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
+from billow.adapters.sql import TS, save_by_id, to_datetime, utc
 from billow.errors import Conflict
 
 md = sa.MetaData()
-TS = sa.DateTime(timezone=True)
 
 features = sa.Table(
     "features", md,
@@ -89,12 +89,6 @@ late_usage = sa.Table(
 )
 
 
-def _utc(t: datetime | None) -> datetime | None:
-    if t is None:
-        return None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-
-
 class SqlEntitlementStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -112,10 +106,7 @@ class SqlEntitlementStore:
                    doc=jsonx.dumps(doc), created_at=created_at, archived_at=archived_at)
         try:
             with self.engine.begin() as c:
-                if c.execute(sa.select(features.c.id).where(features.c.id == doc["id"])).first():
-                    c.execute(features.update().where(features.c.id == doc["id"]).values(**row))
-                else:
-                    c.execute(features.insert().values(**row))
+                save_by_id(c, features, row)
         except IntegrityError:
             raise Conflict(f"a feature with key {doc['key']!r} already exists") from None
 
@@ -146,10 +137,7 @@ class SqlEntitlementStore:
                    feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=created_at, deleted_at=deleted_at)
         try:
             with self.engine.begin() as c:
-                if c.execute(sa.select(entitlements.c.id).where(entitlements.c.id == doc["id"])).first():
-                    c.execute(entitlements.update().where(entitlements.c.id == doc["id"]).values(**row))
-                else:
-                    c.execute(entitlements.insert().values(**row))
+                save_by_id(c, entitlements, row)
         except IntegrityError:
             raise Conflict(f"subject {doc['subjectKey']!r} already has an entitlement for feature "
                            f"{doc['featureKey']!r}") from None
@@ -196,13 +184,10 @@ class SqlEntitlementStore:
     # -- grants -----------------------------------------------------------------------------------
     def put_grant(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime) -> None:
         with self.engine.begin() as c:
-            if c.execute(sa.select(grants.c.id).where(grants.c.id == doc["id"])).first():
-                c.execute(grants.update().where(grants.c.id == doc["id"]).values(doc=jsonx.dumps(doc)))
-            else:
-                c.execute(grants.insert().values(namespace=namespace, id=doc["id"], entitlement_id=doc["entitlementId"],
-                                                 doc=jsonx.dumps(doc), created_at=created_at))
+            save_by_id(c, grants, dict(namespace=namespace, id=doc["id"], entitlement_id=doc["entitlementId"],
+                                       doc=jsonx.dumps(doc), created_at=created_at), keep=("created_at",))
             # A grant changes the balance from its effective time on: later snapshots no longer hold.
-            effective = _utc(jsonx_time(doc["effectiveAt"]))
+            effective = utc(to_datetime(doc["effectiveAt"]))
             c.execute(snapshots.delete().where(snapshots.c.entitlement_id == doc["entitlementId"],
                                                snapshots.c.at >= effective))
 
@@ -236,7 +221,7 @@ class SqlEntitlementStore:
         with self.engine.connect() as c:
             rows = c.execute(sa.select(resets).where(resets.c.namespace == namespace,
                                                      resets.c.entitlement_id == entitlement_id).order_by(resets.c.at))
-            return [{"at": _utc(r.at), "retainAnchor": r.retain_anchor, "preserveOverage": r.preserve_overage}
+            return [{"at": utc(r.at), "retainAnchor": r.retain_anchor, "preserveOverage": r.preserve_overage}
                     for r in rows]
 
     # -- snapshots --------------------------------------------------------------------------------
@@ -281,8 +266,3 @@ class SqlEntitlementStore:
         with self.engine.begin() as c:
             c.execute(late_usage.delete().where(late_usage.c.seen_at < before))
 
-
-def jsonx_time(value: Any) -> datetime:
-    from billow.timeutil import parse_rfc3339
-
-    return value if isinstance(value, datetime) else parse_rfc3339(value, "effectiveAt")

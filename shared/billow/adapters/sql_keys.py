@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from billow import jsonx
+from billow.adapters.sql import save_by_id
 
 md = sa.MetaData()
 
@@ -27,12 +28,9 @@ class SqlKeyStore:
         md.create_all(self.engine)
 
     def put_key(self, doc: dict[str, Any], key_hash: str) -> None:
-        row = {"id": doc["id"], "namespace": doc["namespace"], "key_hash": key_hash, "doc": jsonx.dumps(doc)}
         with self.engine.begin() as c:
-            if c.execute(sa.select(api_keys.c.id).where(api_keys.c.id == doc["id"])).first():
-                c.execute(api_keys.update().where(api_keys.c.id == doc["id"]).values(**row))
-            else:
-                c.execute(api_keys.insert().values(**row))
+            save_by_id(c, api_keys, {"id": doc["id"], "namespace": doc["namespace"], "key_hash": key_hash,
+                                     "doc": jsonx.dumps(doc)})
 
     def get_key(self, key_id: str) -> tuple[dict[str, Any], str] | None:
         with self.engine.connect() as c:
