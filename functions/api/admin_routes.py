@@ -7,11 +7,11 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow import jsonx
-from billow.api.http import JSON, json_body, path_param
+from billow.api.http import json_body, path_param
 from billow.bootstrap import container
 from billow.errors import ValidationFailed
 from billow.services import apikeys
+from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
 
@@ -24,17 +24,17 @@ def create_key() -> Response:
         raise ValidationFailed("body: must be an object {name, scopes}", [{"field": "body", "message": "object"}])
     token, doc = apikeys.create_key(c.namespace, body.get("name"), body.get("scopes"), store=c.keys,  # type: ignore[arg-type]
                                     now=c.clock.now())
-    return Response(201, JSON, jsonx.dumps({**doc, "token": token}))
+    return ok({**doc, "token": token}, 201)
 
 
 @router.get("/api/v1/admin/keys")
 def list_keys() -> Response:
     c = container()
-    return Response(200, JSON, jsonx.dumps(c.keys.list_keys(c.namespace)))
+    return ok(c.keys.list_keys(c.namespace))
 
 
 @router.delete("/api/v1/admin/keys/<key_id>")
 def revoke_key(key_id: str) -> Response:
     c = container()
     apikeys.revoke_key(path_param(key_id), store=c.keys, now=c.clock.now(), namespace=c.namespace)
-    return Response(204, None, "")
+    return no_content()

@@ -8,22 +8,14 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow import jsonx
-from billow.api.http import JSON, json_body, path_param, query_multi
+from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import container
 from billow.services import balances, entitlements, features
 from billow.services.features import paginate
 from billow.timeutil import parse_rfc3339
+from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
-
-
-def ok(body: Any, status: int = 200) -> Response:
-    return Response(status, JSON, jsonx.dumps(body))
-
-
-def no_content() -> Response:
-    return Response(204, None, "")
 
 
 def _event() -> dict[str, Any]:

@@ -19,19 +19,12 @@ from billow.errors import BillowError, ValidationFailed, problem
 from billow.services import directory, health, meters, query
 from billow.timeutil import parse_rfc3339
 from functions.api import admin_routes, entitlement_routes
+from functions.api.responses import no_content, ok
 
 logger = Logger(service="billow-api")
 app = APIGatewayHttpResolver(serializer=jsonx.dumps)
 app.include_router(entitlement_routes.router)
 app.include_router(admin_routes.router)
-
-
-def ok(body: Any, status: int = 200) -> Response:
-    return Response(status, JSON, jsonx.dumps(body))
-
-
-def no_content() -> Response:
-    return Response(204, None, "")
 
 
 def _event() -> dict[str, Any]:

@@ -99,7 +99,7 @@ def as_caller(event: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[s
     or the embedded host, put on the event) and its scopes for this route. With auth off, the configured
     namespace. Auth failures are problem+json 401/403."""
     from billow.bootstrap import container
-    from billow.services.apikeys import Principal, Unauthorized, authorize
+    from billow.services.apikeys import Principal, Unauthorized, authorize, required_scope
 
     http = (event.get("requestContext") or {}).get("http") or {}
     method, path = str(http.get("method", "GET")), str(event.get("rawPath") or http.get("path") or "/")
@@ -112,11 +112,9 @@ def as_caller(event: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[s
             namespace: str | None = principal.namespace
         elif c.settings.auth == "off":
             namespace = None
+        elif required_scope(method, path) is not None:
+            raise Unauthorized("an API key is required: Authorization: Bearer bk_...")
         else:
-            from billow.services.apikeys import required_scope
-
-            if required_scope(method, path) is not None:
-                raise Unauthorized("an API key is required: Authorization: Bearer bk_...")
             namespace = None
     except BillowError as exc:
         return problem_response(exc, path)
