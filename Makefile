@@ -6,9 +6,10 @@ setup:
 serve: setup
 	.venv/bin/billow serve --config billow.yaml
 
-# Starts PostgreSQL, LocalStack and the Tansu broker, runs the whole suite (chdb is the ClickHouse engine,
-# in-process).
+# Installs Chromium and Go if missing (scripts/toolchains.sh), starts PostgreSQL, LocalStack and the Tansu
+# broker, runs the whole suite (chdb is the ClickHouse engine, in-process).
 test: setup lint-only
+	@bash scripts/toolchains.sh
 	@eval "$$(bash scripts/services.sh start)" && .venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 unit: setup
