@@ -18,13 +18,26 @@ from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
 from billow.services import directory, health, meters, query
 from billow.timeutil import parse_rfc3339
-from functions.api import admin_routes, entitlement_routes
+from functions.api import (
+    admin_routes,
+    catalog_routes,
+    entitlement_routes,
+    llm_routes,
+    notification_routes,
+    portal_routes,
+    subscription_routes,
+)
 from functions.api.responses import no_content, ok
 
 logger = Logger(service="billow-api")
 app = APIGatewayHttpResolver(serializer=jsonx.dumps)
 app.include_router(entitlement_routes.router)
 app.include_router(admin_routes.router)
+app.include_router(catalog_routes.router)
+app.include_router(subscription_routes.router)
+app.include_router(notification_routes.router)
+app.include_router(portal_routes.router)
+app.include_router(llm_routes.router)
 
 
 def _event() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from billow.ports import DeadLetters, EventBus, MetaStore, UsageStore
 from billow.timeutil import utcnow
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from billow.adapters.sql_keys import SqlKeyStore
     from billow.services.balances import BalanceCache
 
+S = TypeVar("S")
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "usage_store": ("chdb", "clickhouse", "memory"), "bus": ("inprocess", "kafka"), "kafka_auth": ("none", "iam"),
@@ -215,6 +216,21 @@ class Container:
     balance_cache: BalanceCache | None = None
     metrics: Counters = field(default_factory=Counters)
     _sink_lock: threading.RLock = field(default_factory=threading.RLock)
+    _stores: dict[type, Any] = field(default_factory=dict)
+    _stores_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def store(self, cls: type[S]) -> S:
+        """The process's one `cls(engine)` on the meta store's database (an SQL store of one bounded context:
+        catalog, subscriptions, notifications, portal tokens, ...), its tables created on first use."""
+        found = self._stores.get(cls)
+        if found is None:
+            with self._stores_lock:
+                found = self._stores.get(cls)
+                if found is None:
+                    found = cls(self.meta.engine)  # type: ignore[attr-defined,call-arg]
+                    found.migrate()  # type: ignore[attr-defined]
+                    self._stores[cls] = found
+        return cast(S, found)
 
     @property
     def namespace(self) -> str:
