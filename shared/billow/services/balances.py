@@ -102,7 +102,7 @@ def _engine_grants(docs: list[dict[str, Any]]) -> list[credits.Grant]:
     return out
 
 
-def _filters(feature: dict[str, Any]) -> list[list[GroupFilter]]:
+def feature_filters(feature: dict[str, Any]) -> list[list[GroupFilter]]:
     conj = parse_filters(feature["advancedMeterGroupByFilters"]) if feature.get("advancedMeterGroupByFilters") else []
     simple = [GroupFilter(k, "$eq", v) for k, v in (feature.get("meterGroupByFilters") or {}).items()]
     if simple:
@@ -127,7 +127,7 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
         resets = [r for r in resets if r.at > start.at]
     else:
         start = credits.Snapshot.empty(parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom"))
-    filters = _filters(feature)
+    filters = feature_filters(feature)
 
     def query(bounds: list[datetime]) -> dict[datetime, Decimal]:
         if len(bounds) < 2:

@@ -1,0 +1,122 @@
+"""Plans, add-ons, plan add-ons and subscriptions on SQLAlchemy Core (SQLite embedded, PostgreSQL in AWS). Each
+resource is kept as the JSON document the API serves, with the columns its look-ups need beside it; amounts
+stay decimal strings inside the documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from billow import jsonx
+from billow.adapters.sql import save_by_id
+from billow.errors import Conflict
+
+md = sa.MetaData()
+
+
+def _versioned(name: str) -> sa.Table:
+    return sa.Table(
+        name, md,
+        sa.Column("namespace", sa.String(64), nullable=False),
+        sa.Column("id", sa.String(26), primary_key=True),
+        sa.Column("key", sa.String(64), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("deleted", sa.Boolean, nullable=False),
+        sa.Column("doc", sa.Text, nullable=False),
+        sa.UniqueConstraint("namespace", "key", "version", name=f"{name}_key_version"),
+    )
+
+
+plans = _versioned("plans")
+addons = _versioned("addons")
+
+plan_addons = sa.Table(
+    "plan_addons", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("plan_id", sa.String(26), nullable=False, index=True),
+    sa.Column("addon_id", sa.String(26), nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+)
+
+subscriptions = sa.Table(
+    "subscriptions", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("customer_id", sa.String(26), nullable=False, index=True),
+    sa.Column("doc", sa.Text, nullable=False),
+)
+
+KINDS = {"plan": plans, "addon": addons}
+
+
+class SqlCatalogStore:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def migrate(self) -> None:
+        md.create_all(self.engine)
+
+    # -- plans and add-ons (versioned by key) ------------------------------------------------------------
+    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any]) -> None:
+        table = KINDS[kind]
+        try:
+            with self.engine.begin() as c:
+                save_by_id(c, table, {"id": doc["id"], "namespace": namespace, "key": doc["key"],
+                                      "version": doc["version"], "deleted": doc.get("deletedAt") is not None,
+                                      "doc": jsonx.dumps(doc)})
+        except IntegrityError:
+            raise Conflict(f"{kind} {doc['key']!r} version {doc['version']} already exists") from None
+
+    def get_versioned(self, kind: str, namespace: str, id_: str) -> dict[str, Any] | None:
+        table = KINDS[kind]
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(table.c.doc).where(table.c.namespace == namespace, table.c.id == id_)).first()
+        return jsonx.loads(row.doc) if row else None
+
+    def list_versioned(self, kind: str, namespace: str, *, key: str | None = None,
+                       include_deleted: bool = False) -> list[dict[str, Any]]:
+        """Ordered by key, then version."""
+        table = KINDS[kind]
+        q = sa.select(table.c.doc).where(table.c.namespace == namespace)
+        if key is not None:
+            q = q.where(table.c.key == key)
+        if not include_deleted:
+            q = q.where(table.c.deleted.is_(False))
+        with self.engine.connect() as c:
+            return [jsonx.loads(r.doc) for r in c.execute(q.order_by(table.c.key, table.c.version))]
+
+    # -- plan add-ons ------------------------------------------------------------------------------------
+    def put_plan_addon(self, namespace: str, doc: dict[str, Any]) -> None:
+        with self.engine.begin() as c:
+            save_by_id(c, plan_addons, {"id": doc["id"], "namespace": namespace, "plan_id": doc["planId"],
+                                        "addon_id": doc["addon"]["id"], "deleted": doc.get("deletedAt") is not None,
+                                        "doc": jsonx.dumps(doc)})
+
+    def list_plan_addons(self, namespace: str, plan_id: str) -> list[dict[str, Any]]:
+        q = sa.select(plan_addons.c.doc).where(plan_addons.c.namespace == namespace, plan_addons.c.plan_id == plan_id,
+                                               plan_addons.c.deleted.is_(False))
+        with self.engine.connect() as c:
+            return [jsonx.loads(r.doc) for r in c.execute(q.order_by(plan_addons.c.id))]
+
+    # -- subscriptions -------------------------------------------------------------------------------------
+    def put_subscription(self, namespace: str, doc: dict[str, Any]) -> None:
+        with self.engine.begin() as c:
+            save_by_id(c, subscriptions, {"id": doc["id"], "namespace": namespace, "customer_id": doc["customerId"],
+                                          "doc": jsonx.dumps(doc)})
+
+    def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None:
+        q = sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace, subscriptions.c.id == id_)
+        with self.engine.connect() as c:
+            row = c.execute(q).first()
+        return jsonx.loads(row.doc) if row else None
+
+    def list_subscriptions(self, namespace: str, customer_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace)
+        if customer_id is not None:
+            q = q.where(subscriptions.c.customer_id == customer_id)
+        with self.engine.connect() as c:
+            return [jsonx.loads(r.doc) for r in c.execute(q.order_by(subscriptions.c.id))]

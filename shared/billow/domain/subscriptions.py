@@ -1,0 +1,210 @@
+"""Subscriptions: a customer's timeline of plan phases and add-ons, its billing cycle, and what it owes for a
+billing period (flat fees prorated by time served, usage rated by `billow.domain.pricing`). Pure: usage comes
+in through a callable, time through arguments.
+
+A subscription document keeps absolute instants: `activeFrom`/`activeTo` of the subscription, of each phase
+and of each add-on. Its billing cycle is `billingCadence` counted from `billingAnchor`. A change of plan ends
+one subscription at an instant and starts the next at the same instant on the same anchor, so the cycle in
+which the change happens is shared: each subscription owes the share of the cycle it served.
+
+Proration (when `proRatingConfig.enabled`): a recurring flat fee is multiplied by served / cycle length
+(an exact Fraction of microseconds; `pricing.prorate`), and a usage price's minimum and maximum spend
+commitments are prorated the same way. Usage is measured over the served span only, at the usage store's
+one-minute resolution. Every amount is rounded to the currency's minor unit once per line, with the
+rounding mode the caller states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from billow.domain import pricing
+from billow.domain.money import Rounding
+from billow.domain.periods import RecurringPeriod
+from billow.errors import ValidationFailed
+from billow.timeutil import format_rfc3339, parse_rfc3339
+
+_TICK = timedelta(microseconds=1)
+UsageFn = Callable[[str, datetime, datetime], Decimal]  # (feature key, start, end) -> usage in [start, end)
+
+
+def t(value: str | None) -> datetime | None:
+    return None if value is None else parse_rfc3339(value, "time")
+
+
+def phase_timeline(phases: list[dict[str, Any]], start: datetime, starting_phase: str | None = None) -> list[dict[str, Any]]:
+    """The plan's phases from `starting_phase` (default: the first) laid end to end from `start`."""
+    keys = [p["key"] for p in phases]
+    if starting_phase is not None and starting_phase not in keys:
+        raise ValidationFailed(f"startingPhase: the plan has no phase {starting_phase!r}",
+                               [{"field": "startingPhase", "message": f"one of {', '.join(keys)}"}])
+    chosen = phases[keys.index(starting_phase):] if starting_phase else phases
+    out, at = [], start
+    for ph in chosen:
+        end = RecurringPeriod(ph["duration"], at).at(1) if ph.get("duration") else None
+        out.append({"key": ph["key"], "name": ph["name"], "description": ph.get("description"),
+                    "metadata": ph.get("metadata"), "activeFrom": format_rfc3339(at),
+                    "activeTo": format_rfc3339(end) if end else None, "rateCards": ph["rateCards"]})
+        if end is None:
+            break
+        at = end
+    return out
+
+
+def cycle(sub: dict[str, Any]) -> RecurringPeriod:
+    return RecurringPeriod(sub["billingCadence"], parse_rfc3339(sub["billingAnchor"], "billingAnchor"))
+
+
+def status(sub: dict[str, Any], now: datetime) -> str:
+    """OpenMeter's: scheduled (starts later), active, canceled (an end is set, still running), inactive (ended)."""
+    frm, to = t(sub["activeFrom"]), t(sub.get("activeTo"))
+    assert frm is not None
+    if frm > now:
+        return "scheduled"
+    if to is not None:
+        return "inactive" if to <= now else "canceled"
+    return "active"
+
+
+def _overlap(a: tuple[datetime, datetime | None], b: tuple[datetime, datetime | None]) -> tuple[datetime, datetime | None] | None:
+    s = max(a[0], b[0])
+    ends = [e for e in (a[1], b[1]) if e is not None]
+    e = min(ends) if ends else None
+    return None if e is not None and e <= s else (s, e)
+
+
+@dataclass(frozen=True)
+class Item:
+    """A rate card in force over [start, end): from a plan phase or an add-on (times `quantity`)."""
+
+    source: str  # "phase:<key>" or "addon:<subscription addon id>"
+    rate_card: dict[str, Any]
+    start: datetime
+    end: datetime | None
+    quantity: int = 1
+
+
+def items(sub: dict[str, Any]) -> list[Item]:
+    """Every rate card of the subscription with the span it is in force (within the subscription's own)."""
+    span = (parse_rfc3339(sub["activeFrom"], "activeFrom"), t(sub.get("activeTo")))
+    out: list[Item] = []
+    for ph in sub["phases"]:
+        within = _overlap(span, (parse_rfc3339(ph["activeFrom"], "activeFrom"), t(ph.get("activeTo"))))
+        if within is not None:
+            out += [Item(f"phase:{ph['key']}", rc, within[0], within[1]) for rc in ph["rateCards"]]
+    for addon in sub.get("addons") or []:
+        for seg in addon["timeline"]:
+            within = _overlap(span, (parse_rfc3339(seg["activeFrom"], "activeFrom"), t(seg.get("activeTo"))))
+            if within is not None and seg["quantity"] > 0:
+                out += [Item(f"addon:{addon['id']}", rc, within[0], within[1], seg["quantity"])
+                        for rc in addon["rateCards"]]
+    return out
+
+
+def active_items(sub: dict[str, Any], at: datetime) -> list[Item]:
+    return [i for i in items(sub) if i.start <= at and (i.end is None or at < i.end)]
+
+
+@dataclass(frozen=True)
+class Charge:
+    item: Item
+    line: pricing.Line
+
+    def to_json(self) -> dict[str, Any]:
+        ln = self.line
+        out: dict[str, Any] = {
+            "rateCardKey": self.item.rate_card["key"], "featureKey": self.item.rate_card.get("featureKey"),
+            "source": self.item.source, "name": f"{self.item.rate_card['name']}: {ln.description}",
+            "period": {"from": format_rfc3339(ln.period_start), "to": format_rfc3339(ln.period_end)},
+            "quantity": ln.quantity, "perUnitAmount": ln.unit_price, "amount": ln.amount_rounded,
+            "discountsTotal": ln.discounts_total, "total": ln.total, "currency": ln.currency,
+            "paymentTerm": ln.payment_term, "category": ln.category,
+        }
+        if ln.tier is not None:
+            out["tier"] = ln.tier
+        if ln.proration is not None:
+            out["proration"] = {"served": str(ln.proration), "value": _share(ln.proration)}
+        if ln.discounts:
+            out["discounts"] = [{"reason": d.reason, "description": d.description, "amount": d.amount}
+                                for d in ln.discounts]
+        return out
+
+
+def _share(f: Fraction) -> str:
+    return format((Decimal(f.numerator) / Decimal(f.denominator)).quantize(Decimal("0.000001")), "f")
+
+
+def _item_periods(item: Item, sub: dict[str, Any], start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """The item's own billing periods that this invoice period [start, end) settles: for a rate card on the
+    subscription's cadence, exactly [start, end); otherwise its own periods (counted from the same anchor)
+    that end inside it (in arrears) or begin inside it (in advance)."""
+    cadence = item.rate_card.get("billingCadence")
+    if cadence == sub["billingCadence"]:
+        return [(start, end)]
+    grid = RecurringPeriod(str(cadence), parse_rfc3339(sub["billingAnchor"], "billingAnchor"))
+    term = (item.rate_card.get("price") or {}).get("paymentTerm")
+    if term is None:
+        term = "in_advance" if item.rate_card["type"] == "flat_fee" else "in_arrears"
+    bounds = grid.boundaries(start, end)
+    if term == "in_advance":  # periods beginning in [start, end)
+        return [(b, grid.next_after(b)) for b in bounds if b < end]
+    return [(grid.containing(b - _TICK)[0], b) for b in bounds if b > start]  # periods ending in (start, end]
+
+
+def charges(sub: dict[str, Any], period_start: datetime, period_end: datetime, *, usage: UsageFn,
+            rounding: Rounding = "ROUND_HALF_UP") -> list[Charge]:
+    """What the subscription owes for its billing period [period_start, period_end): one or more detailed lines
+    per rate card in force during it."""
+    prorate = bool((sub.get("proRatingConfig") or {}).get("enabled", True))
+    out: list[Charge] = []
+    for item in items(sub):
+        rc = item.rate_card
+        if rc.get("price") is None:
+            continue
+        price = pricing.parse_price(rc["price"])
+        discounts = pricing.parse_discounts(rc.get("discounts"))
+        if rc.get("billingCadence") is None:  # a one-time fee: in the period where its item starts
+            if period_start <= item.start < period_end:
+                assert isinstance(price, pricing.FlatPrice)
+                one = replace(price, amount=price.amount * item.quantity)
+                out += [Charge(item, ln) for ln in pricing.rate(one, Decimal(0), currency=sub["currency"],
+                                                                  rounding=rounding, period_start=period_start,
+                                                                  period_end=period_end, discounts=discounts,
+                                                                  name=rc["name"])]
+            continue
+        for ps, pe in _item_periods(item, sub, period_start, period_end):
+            served = _overlap((ps, pe), (item.start, item.end))
+            if served is None:
+                continue
+            s, e = served[0], served[1] if served[1] is not None else pe
+            if isinstance(price, pricing.FlatPrice):
+                flat = replace(price, amount=price.amount * item.quantity)
+                lines = pricing.rate(flat, Decimal(0), currency=sub["currency"], rounding=rounding,
+                                     period_start=ps, period_end=pe, served_start=s if prorate else ps,
+                                     served_end=e if prorate else pe, discounts=discounts)
+            else:
+                part = _prorated_commitments(price, ps, pe, s, e, sub["currency"], rounding) \
+                    if prorate and (s, e) != (ps, pe) else price
+                qty = usage(rc["featureKey"], s, e)
+                lines = pricing.rate(part, qty, currency=sub["currency"], rounding=rounding, period_start=ps,
+                                     period_end=pe, served_start=s, served_end=e, discounts=discounts)
+            out += [Charge(item, ln) for ln in lines]
+    return out
+
+
+def _prorated_commitments(price: pricing.UsagePrice, ps: datetime, pe: datetime, s: datetime, e: datetime,
+                          currency: str, rounding: Rounding) -> pricing.UsagePrice:
+    def part(amount: Decimal | None) -> Decimal | None:
+        if amount is None:
+            return None
+        return pricing.prorate(amount, period_start=ps, period_end=pe, served_start=s, served_end=e,
+                               currency=currency, rounding=rounding)[0]
+
+    if price.minimum_amount is None and price.maximum_amount is None:
+        return price
+    return replace(price, minimum_amount=part(price.minimum_amount), maximum_amount=part(price.maximum_amount))

@@ -1,0 +1,232 @@
+"""Product catalog use-cases: plans and add-ons with versions (draft -> published -> archived), plan add-ons.
+
+A key has versions 1, 2, ...; at most one draft at a time. Publishing makes a draft effective now and ends the
+version that was effective before it; only drafts are edited; an active version is archived (ended), never
+deleted. Publishing checks what a draft cannot: every rate card's feature exists, and usage-based and metered
+rate cards have a feature with a meter."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from billow.domain import catalog
+from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.ids import new_id
+from billow.services.features import FeatureStore, paginate
+from billow.timeutil import format_rfc3339
+
+KIND_NAMES = {"plan": "plan", "addon": "add-on"}
+
+
+class CatalogStore(Protocol):
+    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any]) -> None: ...
+
+    def get_versioned(self, kind: str, namespace: str, id_: str) -> dict[str, Any] | None: ...
+
+    def list_versioned(self, kind: str, namespace: str, *, key: str | None = None,
+                       include_deleted: bool = False) -> list[dict[str, Any]]: ...
+
+    def put_plan_addon(self, namespace: str, doc: dict[str, Any]) -> None: ...
+
+    def list_plan_addons(self, namespace: str, plan_id: str) -> list[dict[str, Any]]: ...
+
+
+def _parse(kind: str, body: Any) -> dict[str, Any]:
+    return catalog.parse_plan(body) if kind == "plan" else catalog.parse_addon(body)
+
+
+def _cards(kind: str, doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    if kind == "plan":
+        return catalog.plan_rate_cards(doc)
+    return [(f"rateCards[{i}]", rc) for i, rc in enumerate(doc["rateCards"])]
+
+
+def _publish_problems(namespace: str, kind: str, doc: dict[str, Any], features: FeatureStore) -> catalog.Problems:
+    cards = _cards(kind, doc)
+    keys = {rc["featureKey"] for _, rc in cards if rc.get("featureKey")}
+    found = {k: features.get_feature(namespace, k) for k in keys}
+    return catalog.publish_problems(cards, found)
+
+
+def present(namespace: str, kind: str, doc: dict[str, Any], *, features: FeatureStore, now: datetime) -> dict[str, Any]:
+    """The served document: its status now and, for drafts, what would stop publishing it."""
+    out = dict(doc)
+    out["status"] = catalog.status(doc, now)
+    problems = _publish_problems(namespace, kind, doc, features) if out["status"] == "draft" else []
+    out["validationErrors"] = [{"field": f, "message": m, "code": "invalid_reference", "severity": "critical"}
+                               for f, m in problems] or None
+    return out
+
+
+def create(namespace: str, kind: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
+    fields = _parse(kind, body)
+    if store.list_versioned(kind, namespace, key=fields["key"]):
+        hint = f"; make a new version with POST /api/v1/plans/{fields['key']}/next" if kind == "plan" else ""
+        raise Conflict(f"{KIND_NAMES[kind]} {fields['key']!r} exists{hint}")
+    stamp = format_rfc3339(now)
+    doc = {"id": new_id(), **fields, "version": 1, "createdAt": stamp, "updatedAt": stamp,
+           "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
+    store.put_versioned(kind, namespace, doc)
+    return doc
+
+
+def get(namespace: str, kind: str, id_or_key: str, *, store: CatalogStore, include_latest: bool = False) -> dict[str, Any]:
+    """By id; by key: the active version, else the latest (`includeLatest` always takes the latest)."""
+    doc = store.get_versioned(kind, namespace, id_or_key)
+    if doc is not None and not include_latest:
+        return doc
+    key = doc["key"] if doc is not None else id_or_key
+    versions = store.list_versioned(kind, namespace, key=key)
+    if not versions:
+        raise NotFound(f"{KIND_NAMES[kind]} {id_or_key!r} not found")
+    if include_latest:
+        return versions[-1]
+    live = [v for v in versions if v.get("effectiveFrom") and not v.get("effectiveTo")]
+    return live[-1] if live else versions[-1]
+
+
+def _draft(namespace: str, kind: str, id_: str, store: CatalogStore, now: datetime) -> dict[str, Any]:
+    doc = store.get_versioned(kind, namespace, id_)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
+    if catalog.status(doc, now) != "draft":
+        raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is {catalog.status(doc, now)}; "
+                       f"only a draft can be changed (POST /api/v1/{kind}s/{doc['key']}/next makes one)")
+    return doc
+
+
+def update(namespace: str, kind: str, id_: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
+    doc = _draft(namespace, kind, id_, store, now)
+    if isinstance(body, dict) and "key" not in body:
+        body = {**body, "key": doc["key"]}
+    fields = _parse(kind, body)
+    if fields["key"] != doc["key"]:
+        raise ValidationFailed("key: a version keeps its key", [{"field": "key", "message": f"must be {doc['key']!r}"}])
+    doc.update(fields, updatedAt=format_rfc3339(now))
+    store.put_versioned(kind, namespace, doc)
+    return doc
+
+
+def publish(namespace: str, kind: str, id_: str, *, store: CatalogStore, features: FeatureStore,
+            now: datetime) -> dict[str, Any]:
+    doc = _draft(namespace, kind, id_, store, now)
+    problems = _publish_problems(namespace, kind, doc, features)
+    if problems:
+        raise catalog.failure(problems)
+    stamp = format_rfc3339(now)
+    for other in store.list_versioned(kind, namespace, key=doc["key"]):
+        if other["id"] != doc["id"] and other.get("effectiveFrom") and not other.get("effectiveTo"):
+            other.update(effectiveTo=stamp, updatedAt=stamp)
+            store.put_versioned(kind, namespace, other)
+    doc.update(effectiveFrom=stamp, updatedAt=stamp)
+    store.put_versioned(kind, namespace, doc)
+    return doc
+
+
+def archive(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
+    doc = store.get_versioned(kind, namespace, id_)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
+    if catalog.status(doc, now) not in ("active", "scheduled"):
+        raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is {catalog.status(doc, now)}; "
+                       "only an active one can be archived")
+    stamp = format_rfc3339(now)
+    doc.update(effectiveTo=stamp, updatedAt=stamp)
+    store.put_versioned(kind, namespace, doc)
+    return doc
+
+
+def delete(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: datetime) -> None:
+    doc = store.get_versioned(kind, namespace, id_)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
+    if catalog.status(doc, now) in ("active", "scheduled"):
+        raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is in effect; archive it first")
+    stamp = format_rfc3339(now)
+    doc.update(deletedAt=stamp, updatedAt=stamp)
+    store.put_versioned(kind, namespace, doc)
+
+
+def next_version(namespace: str, kind: str, id_or_key: str, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
+    """A new draft copying the latest version."""
+    latest = get(namespace, kind, id_or_key, store=store, include_latest=True)
+    if catalog.status(latest, now) == "draft":
+        raise Conflict(f"{KIND_NAMES[kind]} {latest['key']!r} already has a draft (version {latest['version']})")
+    stamp = format_rfc3339(now)
+    doc = {**latest, "id": new_id(), "version": latest["version"] + 1, "createdAt": stamp, "updatedAt": stamp,
+           "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
+    store.put_versioned(kind, namespace, doc)
+    return doc
+
+
+def list_docs(namespace: str, kind: str, qs: dict[str, list[str]], *, store: CatalogStore, now: datetime) -> list[dict[str, Any]]:
+    include_deleted = (qs.get("includeDeleted") or ["false"])[0] == "true"
+    docs = store.list_versioned(kind, namespace, include_deleted=include_deleted)
+    if qs.get("id"):
+        docs = [d for d in docs if d["id"] in qs["id"]]
+    if qs.get("key"):
+        docs = [d for d in docs if d["key"] in qs["key"]]
+    if qs.get("currency"):
+        docs = [d for d in docs if d["currency"] in qs["currency"]]
+    if qs.get("status"):
+        docs = [d for d in docs if catalog.status(d, now) in qs["status"]]
+    return docs
+
+
+def page(items: list[dict[str, Any]], qs: dict[str, list[str]]) -> Any:
+    """OpenMeter's paginated response for catalog lists (page 1, 100 per page by default)."""
+    return paginate(items, {"page": ["1"], **qs} if "pageSize" not in qs and "page" not in qs else qs)
+
+
+# -- plan add-ons ------------------------------------------------------------------------------------------
+def add_plan_addon(namespace: str, plan_id: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
+    plan = _draft(namespace, "plan", plan_id, store, now)
+    if not isinstance(body, dict):
+        raise catalog.failure([("body", "must be an object {addonId, fromPlanPhase, maxQuantity?}")])
+    problems: catalog.Problems = []
+    addon = store.get_versioned("addon", namespace, str(body.get("addonId")))
+    if addon is None or addon.get("deletedAt"):
+        problems.append(("addonId", "unknown add-on"))
+    elif addon["currency"] != plan["currency"]:
+        problems.append(("addonId", f"the add-on is in {addon['currency']}, the plan in {plan['currency']}"))
+    phase = body.get("fromPlanPhase")
+    if phase not in [p["key"] for p in plan["phases"]]:
+        problems.append(("fromPlanPhase", "must be a phase key of the plan"))
+    maxq = body.get("maxQuantity")
+    if maxq is not None and (isinstance(maxq, bool) or not isinstance(maxq, int) or maxq < 1):
+        problems.append(("maxQuantity", "must be a positive integer"))
+    if addon is not None and addon.get("instanceType") == "single" and maxq not in (None, 1):
+        problems.append(("maxQuantity", "a single-instance add-on can be added once"))
+    if problems:
+        raise catalog.failure(problems)
+    assert addon is not None
+    if any(pa["addon"]["id"] == addon["id"] for pa in store.list_plan_addons(namespace, plan_id)):
+        raise Conflict(f"add-on {addon['key']!r} is already on the plan")
+    stamp = format_rfc3339(now)
+    doc = {"id": new_id(), "planId": plan_id, "addon": {"id": addon["id"], "key": addon["key"], "version": addon["version"]},
+           "fromPlanPhase": phase, "maxQuantity": maxq, "metadata": body.get("metadata"), "createdAt": stamp,
+           "updatedAt": stamp, "deletedAt": None}
+    store.put_plan_addon(namespace, doc)
+    return doc
+
+
+def plan_addon(namespace: str, plan_id: str, plan_addon_id: str, *, store: CatalogStore) -> dict[str, Any]:
+    for pa in store.list_plan_addons(namespace, plan_id):
+        if plan_addon_id in (pa["id"], pa["addon"]["id"], pa["addon"]["key"]):
+            return pa
+    raise NotFound(f"add-on {plan_addon_id!r} is not on plan {plan_id!r}")
+
+
+def remove_plan_addon(namespace: str, plan_id: str, plan_addon_id: str, *, store: CatalogStore, now: datetime) -> None:
+    _draft(namespace, "plan", plan_id, store, now)
+    doc = plan_addon(namespace, plan_id, plan_addon_id, store=store)
+    doc.update(deletedAt=format_rfc3339(now))
+    store.put_plan_addon(namespace, doc)
+
+
+def present_plan_addon(namespace: str, doc: dict[str, Any], *, store: CatalogStore, features: FeatureStore,
+                       now: datetime) -> dict[str, Any]:
+    addon = store.get_versioned("addon", namespace, doc["addon"]["id"])
+    return {**doc, "addon": present(namespace, "addon", addon, features=features, now=now) if addon else doc["addon"],
+            "validationErrors": None}

@@ -1,0 +1,443 @@
+"""Subscription use-cases: create (from a published plan or a custom plan), change plan, cancel, continue,
+add-ons, the charges of a billing period, and the entitlements a subscription grants.
+
+Timing is `immediate`, `next_billing_cycle` or an RFC 3339 instant; an instant in the past is refused (a past
+invoice period is never rewritten). A customer has one subscription at a time: a new one may start only where
+the previous one ends. Changing plan ends the current subscription at the change and starts the next one
+there on the same billing anchor; each owes its share of the shared billing period (see
+billow.domain.subscriptions). Entitlements follow the rate cards in force: `sync_entitlements` creates the
+templates' entitlements for the customer's subject when their item starts and deletes them when it ends; it
+runs after every change here and from the scheduled jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from billow.domain import catalog as catalog_rules
+from billow.domain import pricing
+from billow.domain import subscriptions as subs
+from billow.domain.usage import UsageQuery, final_value
+from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.ids import new_id
+from billow.ports import MetaStore, UsageStore
+from billow.services import catalog, entitlements
+from billow.services.balances import feature_filters
+from billow.services.entitlements import EntitlementStore
+from billow.timeutil import format_rfc3339, parse_rfc3339
+
+TIMINGS = ("immediate", "next_billing_cycle")
+_GRACE = timedelta(minutes=1)  # clock skew between a client's "now" and ours
+
+
+class SubscriptionStore(catalog.CatalogStore, Protocol):
+    def put_subscription(self, namespace: str, doc: dict[str, Any]) -> None: ...
+
+    def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
+
+    def list_subscriptions(self, namespace: str, customer_id: str | None = None) -> list[dict[str, Any]]: ...
+
+
+def bad(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {message}", [{"field": field, "message": message}])
+
+
+def _when(timing: Any, sub: dict[str, Any] | None, now: datetime, field: str = "timing") -> datetime:
+    if timing is None or timing == "immediate":
+        return now
+    if timing == "next_billing_cycle":
+        if sub is None:
+            raise bad(field, "next_billing_cycle needs a running subscription; use immediate or an instant")
+        return subs.cycle(sub).next_after(now)
+    if not isinstance(timing, str):
+        raise bad(field, "must be immediate, next_billing_cycle or an RFC 3339 date-time")
+    try:
+        at = parse_rfc3339(timing, field)
+    except ValidationFailed:
+        raise bad(field, "must be immediate, next_billing_cycle or an RFC 3339 date-time") from None
+    if at < now - _GRACE:
+        raise bad(field, f"{timing} is in the past; a change takes effect now or later")
+    return max(at, now)
+
+
+def _customer(namespace: str, body: dict[str, Any], meta: MetaStore) -> dict[str, Any]:
+    ref = body.get("customerId") or body.get("customerKey")
+    if not isinstance(ref, str):
+        raise bad("customerId", "customerId or customerKey is required")
+    found = meta.get_customer(namespace, ref)
+    if found is None:
+        raise bad("customerId" if body.get("customerId") else "customerKey", f"unknown customer {ref!r}")
+    return found
+
+
+def _plan_version(namespace: str, ref: Any, store: SubscriptionStore, now: datetime) -> dict[str, Any]:
+    if not isinstance(ref, dict) or not isinstance(ref.get("key"), str):
+        raise bad("plan", "must be {key, version?}")
+    versions = store.list_versioned("plan", namespace, key=ref["key"])
+    if ref.get("version") is not None:
+        versions = [v for v in versions if v["version"] == ref["version"]]
+    live = [v for v in versions if catalog_rules.status(v, now) == "active"]
+    if not live:
+        raise bad("plan", f"no active version of plan {ref['key']!r}"
+                          f"{' version ' + str(ref['version']) if ref.get('version') is not None else ''}; publish it first")
+    return live[-1]
+
+
+def _overlapping(namespace: str, customer_id: str, start: datetime, store: SubscriptionStore,
+                 ignore: str | None = None) -> dict[str, Any] | None:
+    for other in store.list_subscriptions(namespace, customer_id):
+        if other["id"] == ignore or other.get("deletedAt"):
+            continue
+        end = subs.t(other.get("activeTo"))
+        if end is None or end > start:
+            return other
+    return None
+
+
+def _new(namespace: str, body: dict[str, Any], customer: dict[str, Any], *, start: datetime, store: SubscriptionStore,
+         now: datetime, anchor: datetime | None = None) -> dict[str, Any]:
+    if "customPlan" in body:
+        plan = catalog_rules.parse_plan(body["customPlan"])
+        plan_ref = None
+    else:
+        plan = _plan_version(namespace, body.get("plan"), store, now)
+        plan_ref = {"id": plan["id"], "key": plan["key"], "version": plan["version"]}
+    if customer.get("currency") and customer["currency"] != plan["currency"]:
+        raise bad("plan", f"the plan bills in {plan['currency']}, the customer in {customer['currency']}")
+    if body.get("billingAnchor") is not None:
+        anchor = parse_rfc3339(str(body["billingAnchor"]), "billingAnchor")
+    stamp = format_rfc3339(now)
+    return {
+        "id": new_id(), "name": body.get("name") or plan["name"], "description": body.get("description"),
+        "metadata": body.get("metadata"), "customerId": customer["id"], "plan": plan_ref,
+        "currency": plan["currency"], "billingCadence": plan["billingCadence"],
+        "billingAnchor": format_rfc3339(anchor or start), "proRatingConfig": plan["proRatingConfig"],
+        "alignment": plan["alignment"], "settlementMode": plan.get("settlementMode", "credit_then_invoice"),
+        "costBasisMode": "dynamic", "costBasisPins": [], "activeFrom": format_rfc3339(start), "activeTo": None,
+        "phases": subs.phase_timeline(plan["phases"], start, body.get("startingPhase")), "addons": [],
+        "entitlements": {}, "createdAt": stamp, "updatedAt": stamp, "deletedAt": None,
+    }
+
+
+def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
+           now: datetime) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise bad("body", "must be a subscription object")
+    customer = _customer(namespace, body, meta)
+    start = _when(body.get("timing"), None, now)
+    doc = _new(namespace, body, customer, start=start, store=store, now=now)
+    clash = _overlapping(namespace, customer["id"], start, store)
+    if clash is not None:
+        raise Conflict(f"customer {customer['key']!r} already has subscription {clash['id']} in that time; "
+                       "change it (POST /api/v1/subscriptions/{id}/change) or cancel it first")
+    _check_entitlements(namespace, doc, customer, ents, now)
+    store.put_subscription(namespace, doc)
+    return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
+
+
+def get(namespace: str, id_: str, *, store: SubscriptionStore) -> dict[str, Any]:
+    doc = store.get_subscription(namespace, id_)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"subscription {id_!r} not found")
+    return doc
+
+
+def present(doc: dict[str, Any], now: datetime, *, expanded: bool) -> dict[str, Any]:
+    out = {k: v for k, v in doc.items() if k not in ("phases", "addons", "entitlements")}
+    out["status"] = subs.status(doc, now)
+    if expanded:
+        out["phases"] = [{
+            "id": f"{doc['id']}-{ph['key']}", "key": ph["key"], "name": ph["name"], "description": ph.get("description"),
+            "metadata": ph.get("metadata"), "activeFrom": ph["activeFrom"], "activeTo": ph.get("activeTo"),
+            "createdAt": doc["createdAt"], "updatedAt": doc["updatedAt"],
+            "items": [_item_json(doc, ph, rc) for rc in ph["rateCards"]],
+            "itemTimelines": {rc["key"]: [_item_json(doc, ph, rc)] for rc in ph["rateCards"]},
+        } for ph in doc["phases"]]
+    return out
+
+
+def _item_json(sub: dict[str, Any], phase: dict[str, Any], rc: dict[str, Any]) -> dict[str, Any]:
+    out = {"id": f"{sub['id']}-{phase['key']}-{rc['key']}", "key": rc["key"], "name": rc["name"],
+           "description": rc.get("description"), "metadata": rc.get("metadata"), "featureKey": rc.get("featureKey"),
+           "billingCadence": rc.get("billingCadence"), "price": rc.get("price"), "discounts": rc.get("discounts"),
+           "taxConfig": rc.get("taxConfig"), "currency": sub["currency"], "activeFrom": phase["activeFrom"],
+           "activeTo": phase.get("activeTo"), "createdAt": sub["createdAt"], "updatedAt": sub["updatedAt"]}
+    ent_id = (sub.get("entitlements") or {}).get(rc.get("featureKey") or "")
+    if ent_id:
+        out["included"] = {"entitlement": {"id": ent_id}}
+    return out
+
+
+def _end(namespace: str, doc: dict[str, Any], at: datetime, store: SubscriptionStore, now: datetime) -> None:
+    if subs.status(doc, now) == "inactive":
+        raise Conflict(f"subscription {doc['id']} has ended")
+    start = parse_rfc3339(doc["activeFrom"], "activeFrom")
+    doc["activeTo"] = format_rfc3339(max(at, start))
+    doc["updatedAt"] = format_rfc3339(now)
+    store.put_subscription(namespace, doc)
+
+
+def cancel(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
+           now: datetime) -> dict[str, Any]:
+    doc = get(namespace, id_, store=store)
+    timing = body.get("timing") if isinstance(body, dict) else None
+    _end(namespace, doc, _when(timing, doc, now), store, now)
+    return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
+
+
+def unschedule_cancelation(namespace: str, id_: str, *, store: SubscriptionStore, meta: MetaStore,
+                           ents: EntitlementStore, now: datetime) -> dict[str, Any]:
+    """Continue a subscription whose cancelation is scheduled (it runs on without an end)."""
+    doc = get(namespace, id_, store=store)
+    if subs.status(doc, now) != "canceled":
+        raise Conflict(f"subscription {id_} is {subs.status(doc, now)}, not canceled")
+    nxt = _overlapping(namespace, doc["customerId"], subs.t(doc["activeTo"]) or now, store, ignore=id_)
+    if nxt is not None:
+        raise Conflict(f"subscription {nxt['id']} starts when this one ends; cancel or delete it first")
+    doc["activeTo"] = None
+    doc["updatedAt"] = format_rfc3339(now)
+    store.put_subscription(namespace, doc)
+    return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
+
+
+def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
+           now: datetime) -> dict[str, Any]:
+    """End the subscription at the change and start the new plan there, on the same billing anchor."""
+    if not isinstance(body, dict):
+        raise bad("body", "must be {timing, plan | customPlan, ...}")
+    if body.get("timing") is None:
+        raise bad("timing", "is required: immediate, next_billing_cycle or an RFC 3339 date-time")
+    current = get(namespace, id_, store=store)
+    if subs.status(current, now) in ("inactive", "scheduled"):
+        raise Conflict(f"subscription {id_} is {subs.status(current, now)}; only a running one can be changed")
+    at = _when(body["timing"], current, now)
+    customer = meta.get_customer(namespace, current["customerId"])
+    if customer is None:
+        raise NotFound(f"customer {current['customerId']} of the subscription was deleted")
+    nxt = _new(namespace, body, customer, start=at, store=store, now=now,
+               anchor=parse_rfc3339(current["billingAnchor"], "billingAnchor"))
+    if nxt["currency"] != current["currency"]:
+        raise bad("plan", f"the new plan bills in {nxt['currency']}, the subscription in {current['currency']}")
+    # Entitlements of features both plans grant move over (same entitlement, same balance) rather than being
+    # deleted and re-created: the next subscription adopts them first, then the ended one lets go of the rest.
+    _check_entitlements(namespace, nxt, customer, ents, now, ignore=set(current.get("entitlements", {}).values()))
+    _end(namespace, current, at, store, now)
+    store.put_subscription(namespace, nxt)
+    nxt = sync_entitlements(namespace, nxt, store=store, meta=meta, ents=ents, now=now)
+    current = sync_entitlements(namespace, get(namespace, id_, store=store), store=store, meta=meta, ents=ents, now=now)
+    return {"current": current, "next": nxt}
+
+
+def delete(namespace: str, id_: str, *, store: SubscriptionStore, now: datetime) -> None:
+    doc = get(namespace, id_, store=store)
+    if subs.status(doc, now) != "scheduled":
+        raise Conflict(f"subscription {id_} has started; cancel it instead")
+    doc["deletedAt"] = format_rfc3339(now)
+    store.put_subscription(namespace, doc)
+
+
+# -- add-ons -----------------------------------------------------------------------------------------------
+def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore,
+              ents: EntitlementStore, now: datetime) -> dict[str, Any]:
+    doc = get(namespace, id_, store=store)
+    if not isinstance(body, dict):
+        raise bad("body", "must be {addon: {id}, quantity, timing}")
+    ref = body.get("addon")
+    addon = store.get_versioned("addon", namespace, str(ref.get("id"))) if isinstance(ref, dict) else None
+    if addon is None or catalog_rules.status(addon, now) != "active":
+        raise bad("addon.id", "unknown or unpublished add-on")
+    if addon["currency"] != doc["currency"]:
+        raise bad("addon.id", f"the add-on bills in {addon['currency']}, the subscription in {doc['currency']}")
+    if any(a["addon"]["id"] == addon["id"] for a in doc["addons"]):
+        raise Conflict(f"add-on {addon['key']!r} is already on the subscription; change its quantity instead")
+    quantity = _quantity(body.get("quantity"), addon, _allowed_max(namespace, doc, addon, store))
+    at = _when(body.get("timing"), doc, now)
+    stamp = format_rfc3339(now)
+    item = {"id": new_id(), "subscriptionId": doc["id"], "name": body.get("name") or addon["name"],
+            "description": body.get("description"), "metadata": body.get("metadata"),
+            "addon": {"id": addon["id"], "key": addon["key"], "version": addon["version"],
+                      "instanceType": addon["instanceType"]},
+            "rateCards": addon["rateCards"], "timeline": [{"quantity": quantity, "activeFrom": format_rfc3339(at),
+                                                           "activeTo": None}],
+            "createdAt": stamp, "updatedAt": stamp}
+    doc["addons"].append(item)
+    doc["updatedAt"] = stamp
+    store.put_subscription(namespace, doc)
+    sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
+    return present_addon(item, now)
+
+
+def _allowed_max(namespace: str, doc: dict[str, Any], addon: dict[str, Any], store: SubscriptionStore) -> int | None:
+    if doc.get("plan") is None:
+        return None
+    for pa in store.list_plan_addons(namespace, doc["plan"]["id"]):
+        if pa["addon"]["key"] == addon["key"]:
+            return pa.get("maxQuantity")
+    raise bad("addon.id", f"plan {doc['plan']['key']!r} version {doc['plan']['version']} does not offer add-on "
+                          f"{addon['key']!r}")
+
+
+def _quantity(value: Any, addon: dict[str, Any], maximum: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad("quantity", "must be an integer of at least 0 (0 removes the add-on)")
+    if addon["instanceType"] == "single" and value > 1:
+        raise bad("quantity", "a single-instance add-on has quantity 0 or 1")
+    if maximum is not None and value > maximum:
+        raise bad("quantity", f"the plan allows at most {maximum}")
+    return value
+
+
+def update_addon(namespace: str, id_: str, addon_id: str, body: Any, *, store: SubscriptionStore, meta: MetaStore,
+                 ents: EntitlementStore, now: datetime) -> dict[str, Any]:
+    """A new quantity from `timing` on (0 removes the add-on); the timeline keeps the earlier quantities."""
+    doc = get(namespace, id_, store=store)
+    item = next((a for a in doc["addons"] if a["id"] == addon_id), None)
+    if item is None:
+        raise NotFound(f"add-on {addon_id!r} is not on subscription {id_}")
+    if not isinstance(body, dict):
+        raise bad("body", "must be {quantity, timing}")
+    addon = store.get_versioned("addon", namespace, item["addon"]["id"]) or item["addon"]
+    quantity = _quantity(body.get("quantity"), addon, _allowed_max(namespace, doc, addon, store))
+    at = _when(body.get("timing"), doc, now)
+    last = item["timeline"][-1]
+    if parse_rfc3339(last["activeFrom"], "activeFrom") >= at:
+        last["quantity"] = quantity  # not started yet: replace it
+    else:
+        last["activeTo"] = format_rfc3339(at)
+        item["timeline"].append({"quantity": quantity, "activeFrom": format_rfc3339(at), "activeTo": None})
+    item["updatedAt"] = doc["updatedAt"] = format_rfc3339(now)
+    store.put_subscription(namespace, doc)
+    sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
+    return present_addon(item, now)
+
+
+def present_addon(item: dict[str, Any], now: datetime) -> dict[str, Any]:
+    current = [s for s in item["timeline"] if parse_rfc3339(s["activeFrom"], "activeFrom") <= now] or item["timeline"][:1]
+    seg = current[-1]
+    live = [s for s in item["timeline"] if s["quantity"] > 0]
+    return {**item, "quantity": seg["quantity"], "quantityAt": seg["activeFrom"],
+            "activeFrom": item["timeline"][0]["activeFrom"],
+            "activeTo": live[-1]["activeTo"] if live else item["timeline"][0]["activeFrom"]}
+
+
+# -- charges -----------------------------------------------------------------------------------------------
+def charges(namespace: str, id_: str, at: datetime, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
+            usage: UsageStore) -> dict[str, Any]:
+    """What the subscription owes for the billing period holding `at`: detailed lines and exact totals."""
+    doc = get(namespace, id_, store=store)
+    start, end = subs.cycle(doc).containing(at)
+    subjects = entitlements.customer_subject_keys(namespace, doc["customerId"], meta)
+
+    def used(feature_key: str, s: datetime, e: datetime) -> Decimal:
+        return usage_of(namespace, feature_key, subjects, s, e, meta=meta, ents=ents, usage=usage)
+
+    lines = subs.charges(doc, start, end, usage=used)
+    total = pricing.totals(c.line for c in lines)
+    return {"subscriptionId": doc["id"], "customerId": doc["customerId"], "currency": doc["currency"],
+            "period": {"from": format_rfc3339(start), "to": format_rfc3339(end)},
+            "lines": [c.to_json() for c in lines],
+            "totals": {"amount": total.amount, "discountsTotal": total.discounts, "total": total.total}}
+
+
+def usage_of(namespace: str, feature_key: str, subjects: list[str], start: datetime, end: datetime, *,
+             meta: MetaStore, ents: EntitlementStore, usage: UsageStore) -> Decimal:
+    """The feature's meter value for the subjects over [start, end), whole minutes (the usage resolution)."""
+    feature = ents.get_feature(namespace, feature_key, include_archived=True)
+    if feature is None or not feature.get("meterSlug"):
+        raise NotFound(f"feature {feature_key!r} has no meter")
+    meter = meta.get_meter(namespace, feature["meterSlug"])
+    if meter is None:
+        raise NotFound(f"meter {feature['meterSlug']!r} of feature {feature_key!r} was deleted")
+    s, e = entitlements.minute(start), entitlements.minute(end)
+    if not subjects or e <= s:
+        return Decimal(0)
+    rows = usage.aggregate(UsageQuery(
+        namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=s,
+        end=e - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=subjects, group_by=[],
+        by_subject=False, subject_customers=None, filters=feature_filters(feature)))
+    return sum((final_value(meter.aggregation, r) or Decimal(0) for r in rows), Decimal(0))
+
+
+# -- entitlements ------------------------------------------------------------------------------------------
+def _templates(doc: dict[str, Any], now: datetime) -> dict[str, tuple[dict[str, Any], subs.Item]]:
+    if subs.status(doc, now) not in ("active", "canceled"):
+        return {}
+    out: dict[str, tuple[dict[str, Any], subs.Item]] = {}
+    for item in subs.active_items(doc, now):
+        tmpl = item.rate_card.get("entitlementTemplate")
+        if tmpl is not None and item.rate_card.get("featureKey"):
+            out[item.rate_card["featureKey"]] = (tmpl, item)
+    return out
+
+
+def _subject(namespace: str, customer: dict[str, Any]) -> str | None:
+    keys = (customer.get("usageAttribution") or {}).get("subjectKeys") or []
+    return keys[0] if keys else None
+
+
+def _check_entitlements(namespace: str, doc: dict[str, Any], customer: dict[str, Any], ents: EntitlementStore,
+                        now: datetime, ignore: set[str] | None = None) -> None:
+    """Refuse, before anything is stored, a subscription whose entitlements the subject already has elsewhere."""
+    subject = _subject(namespace, customer)
+    if subject is None:
+        return
+    for feature_key in _templates(doc, now):
+        found = ents.find_entitlement(namespace, [subject], feature_key)
+        if found is not None and found["id"] not in (ignore or set()):
+            raise Conflict(f"subject {subject!r} already has an entitlement to {feature_key!r} ({found['id']}) that this "
+                           "subscription would grant; delete it first")
+
+
+def sync_entitlements(namespace: str, doc: dict[str, Any], *, store: SubscriptionStore, meta: MetaStore,
+                      ents: EntitlementStore, now: datetime) -> dict[str, Any]:
+    """Make the subject's entitlements match the rate cards in force now: create missing ones, delete those
+    whose item ended. Idempotent; the subscription remembers which entitlements are its own."""
+    customer = meta.get_customer(namespace, doc["customerId"])
+    subject = _subject(namespace, customer) if customer else None
+    own: dict[str, str] = dict(doc.get("entitlements") or {})
+    wanted = _templates(doc, now) if subject else {}
+    changed = False
+    for feature_key, ent_id in list(own.items()):
+        if feature_key not in wanted:
+            existing = ents.get_entitlement(namespace, ent_id)
+            if existing is not None and subject and existing.get("subjectKey") == subject:
+                entitlements.delete_entitlement(namespace, subject, ent_id, store=ents, meta=meta, now=now)
+            del own[feature_key]
+            changed = True
+    for feature_key, (tmpl, item) in wanted.items():
+        if feature_key in own:
+            continue
+        assert subject is not None
+        found = ents.find_entitlement(namespace, [subject], feature_key)
+        if found is not None:  # handed over by the subscription this one replaced
+            own[feature_key] = found["id"]
+        else:
+            body = {**{k: v for k, v in tmpl.items() if k != "usagePeriod"}, "featureKey": feature_key}
+            if tmpl["type"] == "metered":
+                body["usagePeriod"] = {"interval": tmpl.get("usagePeriod") or item.rate_card.get("billingCadence")
+                                       or doc["billingCadence"], "anchor": doc["billingAnchor"]}
+            own[feature_key] = entitlements.create_entitlement(namespace, subject, body, store=ents, meta=meta,
+                                                               now=now)["id"]
+        changed = True
+    if changed:
+        for other in store.list_subscriptions(namespace, doc["customerId"]):  # a hand-over leaves the old one
+            if other["id"] != doc["id"] and set(other.get("entitlements", {}).values()) & set(own.values()):
+                other["entitlements"] = {k: v for k, v in other["entitlements"].items() if v not in own.values()}
+                store.put_subscription(namespace, other)
+        doc["entitlements"] = own
+        store.put_subscription(namespace, doc)
+    return doc
+
+
+def sync_all(namespace: str, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore, now: datetime) -> int:
+    """The scheduled pass: entitlements of every subscription brought up to date (phase changes, scheduled
+    cancelations and add-on changes that came due). Returns how many subscriptions it looked at."""
+    docs = [d for d in store.list_subscriptions(namespace) if not d.get("deletedAt")]
+    # Running subscriptions first, so that one starting where another ends adopts the entitlements they share.
+    docs.sort(key=lambda d: subs.status(d, now) not in ("active", "canceled"))
+    for doc in docs:
+        fresh = store.get_subscription(namespace, doc["id"])  # an adoption may have rewritten it
+        if fresh is not None:
+            sync_entitlements(namespace, fresh, store=store, meta=meta, ents=ents, now=now)
+    return len(docs)

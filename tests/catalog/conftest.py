@@ -1,0 +1,6 @@
+"""The catalog and subscription API through the real handlers, with a clock the test moves (tests/entitlements'
+harness: in-memory twin and chdb, SQLite meta store)."""
+
+from tests.entitlements.conftest import Billow, Clock, billow
+
+__all__ = ["Billow", "Clock", "billow"]
