@@ -3,17 +3,16 @@ the meter's usage with group-by filters), static/boolean otherwise. Archiving is
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any, Protocol
 
+from billow.domain.catalog import KEY_RE
 from billow.errors import NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import MetaStore
 from billow.services.query import parse_filters
 from billow.timeutil import format_rfc3339
 
-KEY_RE = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
 # Meters whose value over a span can be burned against credit. MIN/MAX/AVG are not usage that adds up.
 METERED_AGGREGATIONS = ("SUM", "COUNT", "UNIQUE_COUNT", "LATEST")
 
