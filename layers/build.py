@@ -5,7 +5,7 @@
 
 Run from the repo root: `.venv/bin/python -m layers.build [--arch arm64|x86_64] [--force]`.
 
-* Requirements come from `uv export --frozen` (uv.lock) with the `postgres` and `kafka` extras only: never
+* Requirements come from `uv export --frozen` (uv.lock) with the `postgres`, `kafka` and `billing` (stripe, fpdf2) extras only: never
   `embedded` (chdb, ~530 MB) nor the dev/infra groups. The build fails if chdb turns up anyway.
 * boto3, botocore and s3transfer are left out: the Lambda Python runtime ships them, Billow only uses stable
   calls (SQS SendMessageBatch, Secrets Manager GetSecretValue, credentials for the MSK IAM signer), and they
@@ -54,7 +54,7 @@ LAYER_ZIP_LIMIT = 50 * 1024 * 1024  # one layer, zipped (direct upload)
 FUNCTION_UNZIPPED_LIMIT = 250 * 1024 * 1024  # function code + all its layers, unzipped
 FORBIDDEN = ("chdb",)  # must never reach a Lambda asset
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
-EXTRAS = ("postgres", "kafka")
+EXTRAS = ("postgres", "kafka", "billing")
 
 
 class BuildError(SystemExit):

@@ -20,5 +20,5 @@ UV_VERSION=0.13.9
 if ! python3 -m uv --version 2>/dev/null | grep -q "$UV_VERSION"; then
   python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
-python3 -m uv sync --frozen --quiet --compile-bytecode --python "$PY" --extra embedded --extra postgres --extra kafka --extra aws
+python3 -m uv sync --frozen --quiet --compile-bytecode --python "$PY" --extra embedded --extra postgres --extra kafka --extra aws --extra billing
 echo "setup: .venv ready ($("$PWD/.venv/bin/python" --version))"
