@@ -57,6 +57,14 @@ class Settings:
     db_host: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     rate_limit_per_key: int = 200  # requests/s per API key in billow serve (burst: twice that); 0 = off
+    # Billing: invoice documents (HTML + PDF) go to this S3 bucket, else under data_dir/documents.
+    documents_bucket: str | None = None
+    # Stripe app: {"apiKey": "sk_...", "webhookSecret": "whsec_..."} from Secrets Manager in AWS; plain values
+    # (and an API base such as a local stand-in) for billow serve and tests.
+    stripe_secret_arn: str | None = None
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
     meters: tuple[dict[str, Any], ...] = ()
 
     @classmethod
@@ -110,7 +118,8 @@ class Settings:
         """Resolve the Secrets Manager ARNs into connection strings (once per cold start)."""
         need_ch = bool(self.clickhouse_secret_arn and not self.clickhouse_dsn)
         need_db = bool(self.db_secret_arn and not self.meta_store_url)
-        if not (need_ch or need_db):
+        need_stripe = bool(self.stripe_secret_arn and not self.stripe_api_key)
+        if not (need_ch or need_db or need_stripe):
             return self  # nothing to resolve: boto3 is never imported
         from urllib.parse import quote
 
@@ -129,6 +138,10 @@ class Settings:
             update["meta_store_url"] = (
                 f"postgresql+pg8000://{quote(str(db['username']), safe='')}:{quote(str(db['password']), safe='')}"
                 f"@{self.db_host or db['host']}:{db.get('port', 5432)}/{db.get('dbname', 'postgres')}")
+        if need_stripe:
+            assert self.stripe_secret_arn is not None
+            st = secret_json(self.stripe_secret_arn)
+            update["stripe_api_key"], update["stripe_webhook_secret"] = st.get("apiKey"), st.get("webhookSecret")
         return replace(self, **update)
 
     def kafka_config(self) -> dict[str, Any]:
