@@ -20,6 +20,7 @@ from billow.services import directory, health, meters, query
 from billow.timeutil import parse_rfc3339
 from functions.api import (
     admin_routes,
+    billing_routes,
     catalog_routes,
     entitlement_routes,
     llm_routes,
@@ -34,6 +35,7 @@ app = APIGatewayHttpResolver(serializer=jsonx.dumps)
 app.include_router(entitlement_routes.router)
 app.include_router(admin_routes.router)
 app.include_router(catalog_routes.router)
+app.include_router(billing_routes.router)
 app.include_router(subscription_routes.router)
 app.include_router(notification_routes.router)
 app.include_router(portal_routes.router)

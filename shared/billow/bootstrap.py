@@ -245,6 +245,12 @@ class Container:
                     self._stores[cls] = found
         return cast(S, found)
 
+    def billing_apps(self) -> Any:
+        """The invoicing/payment apps (sandbox, custom invoicing, Stripe) with documents and notifications."""
+        from billow.adapters.billing_apps import BillingApps
+
+        return BillingApps(self)
+
     @property
     def namespace(self) -> str:
         """The namespace of the request being served (from its API key), else the configured one."""

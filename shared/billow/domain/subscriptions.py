@@ -119,7 +119,7 @@ class Charge:
         ln = self.line
         out: dict[str, Any] = {
             "rateCardKey": self.item.rate_card["key"], "featureKey": self.item.rate_card.get("featureKey"),
-            "source": self.item.source, "name": f"{self.item.rate_card['name']}: {ln.description}",
+            "source": self.item.source, "name": ln.description,
             "period": {"from": format_rfc3339(ln.period_start), "to": format_rfc3339(ln.period_end)},
             "quantity": ln.quantity, "perUnitAmount": ln.unit_price, "amount": ln.amount_rounded,
             "discountsTotal": ln.discounts_total, "total": ln.total, "currency": ln.currency,
@@ -186,13 +186,13 @@ def charges(sub: dict[str, Any], period_start: datetime, period_end: datetime, *
                 flat = replace(price, amount=price.amount * item.quantity)
                 lines = pricing.rate(flat, Decimal(0), currency=sub["currency"], rounding=rounding,
                                      period_start=ps, period_end=pe, served_start=s if prorate else ps,
-                                     served_end=e if prorate else pe, discounts=discounts)
+                                     served_end=e if prorate else pe, discounts=discounts, name=rc["name"])
             else:
                 part = _prorated_commitments(price, ps, pe, s, e, sub["currency"], rounding) \
                     if prorate and (s, e) != (ps, pe) else price
                 qty = usage(rc["featureKey"], s, e)
                 lines = pricing.rate(part, qty, currency=sub["currency"], rounding=rounding, period_start=ps,
-                                     period_end=pe, served_start=s, served_end=e, discounts=discounts)
+                                     period_end=pe, served_start=s, served_end=e, discounts=discounts, name=rc["name"])
             out += [Charge(item, ln) for ln in lines]
     return out
 

@@ -1,0 +1,170 @@
+"""Billing routes (OpenMeter v1): billing profiles, customer overrides, invoices and their actions, invoicing
+a customer's pending lines now, custom invoicing app call-backs; Billow's prepaid credit top-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+
+from billow.adapters.billing_apps import run_billing
+from billow.adapters.sql_billing import SqlBillingStore
+from billow.api.http import json_body, path_param, query_multi
+from billow.bootstrap import Container, container
+from billow.services import billing, catalog
+from billow.timeutil import parse_rfc3339
+from functions.api.responses import no_content, ok
+
+router = APIGatewayHttpRouter()
+
+
+def _c() -> tuple[Container, SqlBillingStore]:
+    c = container()
+    return c, c.store(SqlBillingStore)
+
+
+def _body() -> Any:
+    return json_body(router.current_event.raw_event)
+
+
+def _qs() -> dict[str, list[str]]:
+    return query_multi(router.current_event.raw_event)
+
+
+# -- profiles and overrides ------------------------------------------------------------------------------------
+@router.get("/api/v1/billing/profiles")
+def list_profiles() -> Response:
+    c, store = _c()
+    return ok(catalog.page(store.list_profiles(c.namespace), _qs()))
+
+
+@router.post("/api/v1/billing/profiles")
+def create_profile() -> Response:
+    c, store = _c()
+    return ok(billing.create_profile(c.namespace, _body(), store=store, now=c.clock.now()), 201)
+
+
+@router.get("/api/v1/billing/profiles/<pid>")
+def get_profile(pid: str) -> Response:
+    c, store = _c()
+    return ok(billing.get_profile(c.namespace, path_param(pid), store=store))
+
+
+@router.put("/api/v1/billing/profiles/<pid>")
+def update_profile(pid: str) -> Response:
+    c, store = _c()
+    return ok(billing.update_profile(c.namespace, path_param(pid), _body(), store=store, now=c.clock.now()))
+
+
+@router.delete("/api/v1/billing/profiles/<pid>")
+def delete_profile(pid: str) -> Response:
+    c, store = _c()
+    billing.delete_profile(c.namespace, path_param(pid), store=store, now=c.clock.now())
+    return no_content()
+
+
+@router.get("/api/v1/billing/customers/<cid>")
+def get_override(cid: str) -> Response:
+    c, store = _c()
+    customer = billing._customer(c.namespace, path_param(cid), c.meta)
+    return ok({"customerId": customer["id"], **(store.get_override(c.namespace, customer["id"]) or {}),
+               "billingProfile": billing.resolved_profile(c.namespace, customer["id"], store=store)})
+
+
+@router.put("/api/v1/billing/customers/<cid>")
+def put_override(cid: str) -> Response:
+    c, store = _c()
+    return ok(billing.put_override(c.namespace, path_param(cid), _body(), store=store, meta=c.meta, now=c.clock.now()))
+
+
+@router.delete("/api/v1/billing/customers/<cid>")
+def delete_override(cid: str) -> Response:
+    c, store = _c()
+    store.put_override(c.namespace, billing._customer(c.namespace, path_param(cid), c.meta)["id"], None)
+    return no_content()
+
+
+@router.post("/api/v1/billing/customers/<cid>/credits")
+def add_credit(cid: str) -> Response:
+    c, store = _c()
+    return ok(billing.add_credit(c.namespace, path_param(cid), _body(), store=store, meta=c.meta, now=c.clock.now()), 201)
+
+
+# -- invoices --------------------------------------------------------------------------------------------------
+@router.get("/api/v1/billing/invoices")
+def list_invoices() -> Response:
+    c, store = _c()
+    qs = _qs()
+    return ok(catalog.page(billing.list_invoices(c.namespace, qs, store=store), qs))
+
+
+@router.post("/api/v1/billing/invoices/invoice")
+def invoice_now() -> Response:
+    """Invoice a customer's due lines now (OpenMeter's InvoicePendingLinesActionInput: customerId, asOf)."""
+    c, store = _c()
+    body = _body()
+    if not isinstance(body, dict) or not isinstance(body.get("customerId"), str):
+        raise billing.bad("customerId", "is required")
+    customer = billing._customer(c.namespace, body["customerId"], c.meta)
+    as_of = parse_rfc3339(body["asOf"], "asOf") if body.get("asOf") else None
+    result = run_billing(c, customer_id=customer["id"], as_of=as_of)
+    return ok(result.invoices, 201)
+
+
+@router.get("/api/v1/billing/invoices/<iid>")
+def get_invoice(iid: str) -> Response:
+    c, store = _c()
+    return ok(billing.get_invoice(c.namespace, path_param(iid), store=store))
+
+
+@router.put("/api/v1/billing/invoices/<iid>")
+def update_invoice(iid: str) -> Response:
+    c, store = _c()
+    return ok(billing.update_invoice(c.namespace, path_param(iid), _body(), store=store, now=c.clock.now()))
+
+
+@router.delete("/api/v1/billing/invoices/<iid>")
+def delete_invoice(iid: str) -> Response:
+    c, store = _c()
+    billing.delete_invoice(c.namespace, path_param(iid), store=store, now=c.clock.now())
+    return no_content()
+
+
+def _action(action: str) -> Any:
+    def handler(iid: str) -> Response:
+        c, store = _c()
+        return ok(billing.act(c.namespace, path_param(iid), action, store=store, apps=c.billing_apps(), now=c.clock.now()))
+    return handler
+
+
+for _name in ("advance", "approve", "retry", "void"):
+    router.post(f"/api/v1/billing/invoices/<iid>/{_name}")(_action(_name))
+
+
+# -- custom invoicing app call-backs ------------------------------------------------------------------------------
+def _synced(stage: str) -> Any:
+    def handler(iid: str) -> Response:
+        c, store = _c()
+        return ok(billing.custom_invoicing_synced(c.namespace, path_param(iid), stage, _body(), store=store,
+                                                  apps=c.billing_apps(), now=c.clock.now()))
+    return handler
+
+
+router.post("/api/v1/apps/custom-invoicing/<iid>/draft/synchronized")(_synced("draft"))
+router.post("/api/v1/apps/custom-invoicing/<iid>/issuing/synchronized")(_synced("issuing"))
+
+
+_TRIGGERS = {"paid": "paid", "payment_failed": "payment_failed", "payment_uncollectible": "uncollectible",
+             "payment_overdue": "overdue", "action_required": "action_required", "void": "voided"}
+
+
+@router.post("/api/v1/apps/custom-invoicing/<iid>/payment/status")
+def custom_payment_status(iid: str) -> Response:
+    c, store = _c()
+    body = _body()
+    trigger = body.get("trigger") if isinstance(body, dict) else None
+    if trigger not in _TRIGGERS:
+        raise billing.bad("trigger", f"must be one of {', '.join(_TRIGGERS)}")
+    return ok(billing.record_payment(c.namespace, path_param(iid), _TRIGGERS[trigger], store=store,
+                                     apps=c.billing_apps(), now=c.clock.now()))

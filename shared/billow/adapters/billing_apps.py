@@ -1,0 +1,98 @@
+"""What happens outside Billow when an invoice moves: the Stripe app (customer sync, invoice creation and
+finalisation, void), the invoice documents (HTML + PDF to S3 or the data directory) and the invoice
+notifications. The billing use-cases call these through one object, built per request by the container."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from billow.errors import Conflict
+
+log = logging.getLogger("billow.billing")
+
+
+class BillingApps:
+    def __init__(self, c: Any) -> None:
+        self.c = c
+
+    # -- Stripe ----------------------------------------------------------------------------------------------
+    def _stripe(self) -> Any:
+        from billow.adapters.stripe_app import StripeApp
+
+        s = self.c.settings
+        if not s.stripe_api_key:
+            raise Conflict("the Stripe app is not configured: set stripe_api_key (stripe_secret_arn in AWS)")
+        return StripeApp(s.stripe_api_key, s.stripe_api_base)
+
+    def stripe_issue(self, inv: dict[str, Any]) -> dict[str, Any]:
+        app = self._stripe()
+        customer_id = app.ensure_customer(inv["customer"])
+        wf = inv["workflow"]["workflow"]
+        method = wf["payment"]["collectionMethod"]
+        days = None
+        if method == "send_invoice":
+            from billow.domain.periods import RecurringPeriod
+            from billow.timeutil import parse_rfc3339
+
+            created = parse_rfc3339(inv["createdAt"], "createdAt")
+            due_after = wf["invoicing"]["dueAfter"]
+            days = 0 if due_after in ("P0D", "PT0S", "PT0H") else \
+                max(1, (RecurringPeriod(due_after, created).at(1) - created).days)
+        out = app.issue_invoice(inv, customer_id, collection_method=method, days_until_due=days)
+        return {"invoicing": out["id"], "payment": out["id"], "stripeCustomerId": customer_id,
+                "hostedInvoiceUrl": out.get("hostedInvoiceUrl")}
+
+    def stripe_void(self, inv: dict[str, Any]) -> None:
+        self._stripe().void_invoice(inv["externalIds"]["invoicing"])
+
+    # -- documents and notifications -------------------------------------------------------------------------
+    def issued(self, inv: dict[str, Any]) -> None:
+        """Render and store the documents of a newly issued invoice; tell the notification rules."""
+        from billow.adapters.sql_billing import SqlBillingStore
+
+        try:
+            from billow.adapters.documents import document_store
+            from billow.services.documents import store_documents
+
+            inv["documents"] = store_documents(self.c.namespace, inv, document_store(self.c.settings))
+            self.c.store(SqlBillingStore).put_invoice(self.c.namespace, inv)
+        except Exception as exc:  # the invoice stands; its documents can be rendered again
+            log.exception("documents for invoice %s failed", inv["number"])
+            inv.setdefault("validationIssues", []).append(
+                {"severity": "warning", "code": "documents_failed", "component": "documents", "message": str(exc)})
+        self._notify("invoice.created", inv)
+        if inv["status"] == "paid":
+            self._notify("invoice.paid", inv)
+
+    def updated(self, inv: dict[str, Any]) -> None:
+        self._notify("invoice.paid" if inv["status"] == "paid" else "invoice.updated", inv)
+
+    def _notify(self, kind: str, inv: dict[str, Any]) -> None:
+        """Invoice events for the notification rules (their delivery is the notification dispatcher's job)."""
+        from billow.adapters.sql_notifications import SqlNotificationStore
+        from billow.services.notifications import emit_invoice_event
+
+        try:
+            emit_invoice_event(self.c.namespace, kind, inv, store=self.c.store(SqlNotificationStore),
+                               now=self.c.clock.now())
+        except Exception:  # the invoice stands; the event log shows what was not emitted
+            log.exception("notification %s for invoice %s failed", kind, inv["number"])
+
+def run_billing(c: Any, *, customer_id: str | None = None, as_of: Any = None) -> Any:
+    """The billing run for the container's (the caller's) namespace, issuing through these apps. Used by the
+    API (`POST /api/v1/billing/invoices/invoice`), functions/billing_run and billow serve's scheduler."""
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.services import billing
+
+    store = c.store(SqlBillingStore)
+    apps = c.billing_apps()
+    now = c.clock.now()
+
+    def on_issue(inv: dict[str, Any]) -> dict[str, Any]:
+        return billing.issue(c.namespace, inv, store=store, apps=apps, now=now)
+
+    return billing.run(c.namespace, store=store, catalog_store=c.store(SqlCatalogStore), meta=c.meta,
+                       ents=c.entitlements, usage=c.usage, now=now, customer_id=customer_id, as_of=as_of,
+                       on_issue=on_issue)

@@ -1,0 +1,225 @@
+"""Billing profiles, customer overrides, invoices, billing marks and prepaid credit on SQLAlchemy Core (SQLite
+embedded, PostgreSQL in AWS).
+
+A billing mark records what has been billed for one subscription period and payment term (the billed total and
+quantity per line key). A billing run writes its invoice and the marks it advanced in ONE transaction, and
+a mark only moves from the revision the run read: when two runs overlap, the second one's transaction fails
+on the mark (a unique key for a new mark, the revision for an existing one) and writes nothing, so no period
+is ever billed twice."""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from billow import jsonx
+from billow.adapters.sql import TS, save_by_id, utc
+from billow.errors import Conflict
+from billow.exact import EXACT
+
+md = sa.MetaData()
+
+profiles = sa.Table(
+    "billing_profiles", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("is_default", sa.Boolean, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+)
+
+overrides = sa.Table(
+    "billing_customer_overrides", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("customer_id", sa.String(26), nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("namespace", "customer_id"),
+)
+
+invoices = sa.Table(
+    "invoices", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("customer_id", sa.String(26), nullable=False),
+    sa.Column("number", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.UniqueConstraint("namespace", "number", name="invoices_number"),
+    sa.Index("invoices_customer", "namespace", "customer_id"),
+)
+
+marks = sa.Table(
+    "billing_marks", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("subscription_id", sa.String(26), nullable=False),
+    sa.Column("period_start", TS, nullable=False),
+    sa.Column("term", sa.String(16), nullable=False),
+    sa.Column("rev", sa.Integer, nullable=False),
+    sa.Column("billed_at", TS, nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("namespace", "subscription_id", "period_start", "term"),
+)
+
+credits = sa.Table(
+    "billing_credits", md,
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("customer_id", sa.String(26), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("amount", sa.String(64), nullable=False),  # exact decimal text; negative when used
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Index("billing_credits_customer", "namespace", "customer_id", "currency"),
+)
+
+
+@dataclass(frozen=True)
+class Mark:
+    subscription_id: str
+    period_start: datetime
+    term: str
+    rev: int  # the revision the run read (0: no mark yet)
+    billed: dict[str, dict[str, str]]  # line key -> {"total", "quantity"}
+    billed_at: datetime | None = None
+
+
+class SqlBillingStore:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def migrate(self) -> None:
+        md.create_all(self.engine)
+
+    # -- profiles and overrides ------------------------------------------------------------------------------
+    def put_profile(self, namespace: str, doc: dict[str, Any]) -> None:
+        with self.engine.begin() as c:
+            if doc.get("default") and not doc.get("deletedAt"):
+                for row in c.execute(sa.select(profiles.c.id, profiles.c.doc).where(
+                        profiles.c.namespace == namespace, profiles.c.is_default.is_(True), profiles.c.id != doc["id"])):
+                    other = {**jsonx.loads(row.doc), "default": False}
+                    c.execute(profiles.update().where(profiles.c.id == row.id).values(is_default=False, doc=jsonx.dumps(other)))
+            save_by_id(c, profiles, {"id": doc["id"], "namespace": namespace, "is_default": bool(doc.get("default")),
+                                     "deleted": doc.get("deletedAt") is not None, "doc": jsonx.dumps(doc)})
+
+    def get_profile(self, namespace: str, id_: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(profiles.c.doc).where(profiles.c.namespace == namespace, profiles.c.id == id_)).first()
+        return jsonx.loads(row.doc) if row else None
+
+    def list_profiles(self, namespace: str, include_deleted: bool = False) -> list[dict[str, Any]]:
+        q = sa.select(profiles.c.doc).where(profiles.c.namespace == namespace)
+        if not include_deleted:
+            q = q.where(profiles.c.deleted.is_(False))
+        with self.engine.connect() as c:
+            return [jsonx.loads(r.doc) for r in c.execute(q.order_by(profiles.c.id))]
+
+    def put_override(self, namespace: str, customer_id: str, doc: dict[str, Any] | None) -> None:
+        with self.engine.begin() as c:
+            c.execute(overrides.delete().where(overrides.c.namespace == namespace, overrides.c.customer_id == customer_id))
+            if doc is not None:
+                c.execute(overrides.insert().values(namespace=namespace, customer_id=customer_id, doc=jsonx.dumps(doc)))
+
+    def get_override(self, namespace: str, customer_id: str) -> dict[str, Any] | None:
+        q = sa.select(overrides.c.doc).where(overrides.c.namespace == namespace, overrides.c.customer_id == customer_id)
+        with self.engine.connect() as c:
+            row = c.execute(q).first()
+        return jsonx.loads(row.doc) if row else None
+
+    # -- invoices ----------------------------------------------------------------------------------------------
+    def put_invoice(self, namespace: str, doc: dict[str, Any], *, expect_status: str | None = None) -> None:
+        """Save an invoice; with `expect_status`, only if it is still in that status (else Conflict: another
+        actor moved it first)."""
+        row = {"id": doc["id"], "namespace": namespace, "customer_id": doc["customer"]["id"], "number": doc["number"],
+               "status": doc["status"], "doc": jsonx.dumps(doc)}
+        with self.engine.begin() as c:
+            if expect_status is None:
+                save_by_id(c, invoices, row)
+                return
+            done = c.execute(invoices.update().where(invoices.c.id == doc["id"], invoices.c.status == expect_status)
+                             .values(**row)).rowcount
+            if done != 1:
+                raise Conflict(f"invoice {doc['number']} changed meanwhile; reload it and try again")
+
+    def get_invoice(self, namespace: str, id_: str) -> dict[str, Any] | None:
+        q = sa.select(invoices.c.doc).where(invoices.c.namespace == namespace, invoices.c.id == id_)
+        with self.engine.connect() as c:
+            row = c.execute(q).first()
+        return jsonx.loads(row.doc) if row else None
+
+    def list_invoices(self, namespace: str, *, customer_ids: Sequence[str] | None = None,
+                      statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        q = sa.select(invoices.c.doc).where(invoices.c.namespace == namespace)
+        if customer_ids:
+            q = q.where(invoices.c.customer_id.in_(list(customer_ids)))
+        if statuses:
+            q = q.where(invoices.c.status.in_(list(statuses)))
+        with self.engine.connect() as c:
+            return [jsonx.loads(r.doc) for r in c.execute(q.order_by(invoices.c.id))]
+
+    def count_invoices(self, namespace: str, customer_id: str) -> int:
+        q = sa.select(sa.func.count()).select_from(invoices).where(invoices.c.namespace == namespace,
+                                                                   invoices.c.customer_id == customer_id)
+        with self.engine.connect() as c:
+            return int(c.execute(q).scalar_one())
+
+    # -- billing marks -------------------------------------------------------------------------------------
+    def marks_for(self, namespace: str, subscription_ids: Sequence[str] | None = None) -> dict[tuple[str, datetime, str], Mark]:
+        q = sa.select(marks).where(marks.c.namespace == namespace)
+        if subscription_ids is not None:
+            q = q.where(marks.c.subscription_id.in_(list(subscription_ids)))
+        out: dict[tuple[str, datetime, str], Mark] = {}
+        with self.engine.connect() as c:
+            for r in c.execute(q):
+                start = utc(r.period_start)
+                assert start is not None
+                out[(r.subscription_id, start, r.term)] = Mark(r.subscription_id, start, r.term, r.rev, jsonx.loads(r.doc),
+                                                                utc(r.billed_at))
+        return out
+
+    def commit_billing(self, namespace: str, invoice: dict[str, Any] | None, advanced: list[Mark], now: datetime,
+                       credit_used: tuple[str, Decimal] | None = None) -> None:
+        """One transaction: the marks move from the revisions read to the new billed state, and the invoice
+        (and the prepaid credit it used) is written; any lost race raises Conflict and nothing is written."""
+        try:
+            with self.engine.begin() as c:
+                for m in advanced:
+                    values = {"rev": m.rev + 1, "billed_at": now, "doc": jsonx.dumps(m.billed)}
+                    if m.rev == 0:
+                        c.execute(marks.insert().values(namespace=namespace, subscription_id=m.subscription_id,
+                                                        period_start=m.period_start, term=m.term, **values))
+                    elif c.execute(marks.update().where(
+                            marks.c.namespace == namespace, marks.c.subscription_id == m.subscription_id,
+                            marks.c.period_start == m.period_start, marks.c.term == m.term, marks.c.rev == m.rev)
+                            .values(**values)).rowcount != 1:
+                        raise Conflict(f"subscription {m.subscription_id} was billed by another run meanwhile")
+                if invoice is not None:
+                    c.execute(invoices.insert().values(
+                        id=invoice["id"], namespace=namespace, customer_id=invoice["customer"]["id"],
+                        number=invoice["number"], status=invoice["status"], doc=jsonx.dumps(invoice)))
+                if credit_used is not None and invoice is not None:
+                    entry_id, amount = credit_used
+                    c.execute(credits.insert().values(
+                        namespace=namespace, id=entry_id, customer_id=invoice["customer"]["id"],
+                        currency=invoice["currency"], amount=format(-amount, "f"),
+                        doc=jsonx.dumps({"invoiceId": invoice["id"], "description": f"applied to {invoice['number']}"})))
+        except IntegrityError:
+            raise Conflict("another billing run billed the same period meanwhile; nothing was written") from None
+
+    # -- prepaid credit ------------------------------------------------------------------------------------
+    def add_credit(self, namespace: str, entry_id: str, customer_id: str, currency: str, amount: Decimal,
+                   doc: dict[str, Any]) -> None:
+        with self.engine.begin() as c:
+            c.execute(credits.insert().values(namespace=namespace, id=entry_id, customer_id=customer_id,
+                                              currency=currency, amount=format(amount, "f"), doc=jsonx.dumps(doc)))
+
+    def credit_balance(self, namespace: str, customer_id: str, currency: str) -> Decimal:
+        q = sa.select(credits.c.amount).where(credits.c.namespace == namespace, credits.c.customer_id == customer_id,
+                                              credits.c.currency == currency)
+        with self.engine.connect() as c, decimal.localcontext(EXACT):
+            return sum((Decimal(r.amount) for r in c.execute(q)), Decimal(0))

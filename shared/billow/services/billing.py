@@ -1,0 +1,682 @@
+"""Billing use-cases: billing profiles and customer overrides, the billing run, invoice actions and payment
+status from the apps (sandbox, custom invoicing, Stripe).
+
+The billing run (scheduled; also `POST /api/v1/billing/invoices/invoice` for one customer now):
+1. for every subscription, the billing points that are due: a period's in-advance fees when it starts, its
+   in-arrears fees and usage when it ends (or when the subscription ends inside it);
+2. each point is rated (billow.domain.subscriptions.charges, usage from the usage store in one query per
+   meter and span for all subscriptions sharing it) and compared, line key by line key, with what its billing
+   mark says was billed: the difference is billed. A first run bills everything; a re-run bills nothing; usage
+   that arrived late, or a plan change that shortened an in-advance period, shows up as a correction line on
+   the next invoice (a period's points are re-checked until `CORRECTION_WINDOW` after the period ends);
+3. per customer, the lines become one invoice (plus one-off pending lines that are due), prepaid credit is
+   applied, and invoice and marks are written in one transaction (see adapters/sql_billing.py: overlapping
+   runs cannot bill a period twice);
+4. the invoice then follows its billing profile's workflow: with auto-advance and no draft period it is
+   issued at once through the invoicing app, then handed to the payment app; drafts whose draft period ended
+   are issued; issued invoices past their due date become overdue.
+"""
+
+from __future__ import annotations
+
+import decimal
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from billow.domain import catalog as catalog_rules
+from billow.domain import invoices as inv_rules
+from billow.domain import subscriptions as subs
+from billow.domain.money import Currency
+from billow.domain.periods import RecurringPeriod
+from billow.domain.usage import UsageQuery, final_value
+from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.exact import EXACT
+from billow.ids import new_id
+from billow.ports import MetaStore, UsageStore
+from billow.services.balances import feature_filters
+from billow.services.entitlements import EntitlementStore, minute
+from billow.timeutil import format_rfc3339, parse_rfc3339
+
+if TYPE_CHECKING:
+    from billow.domain.payments import PaymentEvent
+
+log = logging.getLogger("billow.billing")
+
+CORRECTION_WINDOW = timedelta(days=7)
+APP_TYPES = ("sandbox", "custom_invoicing", "stripe")
+WORKFLOW_DEFAULTS: dict[str, Any] = {
+    "collection": {"alignment": {"type": "subscription"}, "interval": "PT1H"},
+    "invoicing": {"autoAdvance": True, "draftPeriod": "P0D", "dueAfter": "P30D", "progressiveBilling": False},
+    "payment": {"collectionMethod": "charge_automatically"},
+    "tax": {"enabled": False, "enforced": False},
+}
+_TERMS = ("in_advance", "in_arrears")
+
+
+def bad(field_name: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field_name}: {message}", [{"field": field_name, "message": message}])
+
+
+# -- profiles ------------------------------------------------------------------------------------------------
+def _duration(value: Any, field_name: str, *, zero_ok: bool) -> str:
+    if zero_ok and value in ("P0D", "PT0S", "PT0H"):
+        return str(value)
+    problems: catalog_rules.Problems = []
+    out = catalog_rules.duration(value, field_name, problems, minimum=timedelta(0))
+    if problems or out is None:
+        raise catalog_rules.failure(problems)
+    return out
+
+
+def _workflow(body: Any, base: dict[str, Any]) -> dict[str, Any]:
+    if body is None:
+        return base
+    if not isinstance(body, dict):
+        raise bad("workflow", "must be an object")
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in body.items():
+        if section not in out or not isinstance(values, dict):
+            raise bad(f"workflow.{section}", "unknown workflow section" if section not in out else "must be an object")
+        out[section].update(values)
+    inv = out["invoicing"]
+    for flag in ("autoAdvance", "progressiveBilling"):
+        if not isinstance(inv.get(flag), bool):
+            raise bad(f"workflow.invoicing.{flag}", "must be a boolean")
+    inv["draftPeriod"] = _duration(inv.get("draftPeriod"), "workflow.invoicing.draftPeriod", zero_ok=True)
+    inv["dueAfter"] = _duration(inv.get("dueAfter"), "workflow.invoicing.dueAfter", zero_ok=True)
+    if out["payment"].get("collectionMethod") not in ("charge_automatically", "send_invoice"):
+        raise bad("workflow.payment.collectionMethod", "must be charge_automatically or send_invoice")
+    alignment = out["collection"].get("alignment") or {}
+    if alignment.get("type") not in ("subscription", "anchored"):
+        raise bad("workflow.collection.alignment.type", "must be subscription or anchored")
+    return out
+
+
+def _apps(body: Any) -> dict[str, str]:
+    if not isinstance(body, dict):
+        raise bad("apps", "must be {tax, invoicing, payment} with app types sandbox, custom_invoicing or stripe")
+    out = {}
+    for role in ("tax", "invoicing", "payment"):
+        app = body.get(role, "sandbox")
+        if isinstance(app, dict):
+            app = app.get("type") or app.get("id")
+        if app not in APP_TYPES:
+            raise bad(f"apps.{role}", f"must be one of {', '.join(APP_TYPES)}")
+        out[role] = app
+    return out
+
+
+def _supplier(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
+        raise bad("supplier.name", "the supplier's name is required (it is printed on every invoice)")
+    if body.get("addresses") is not None and not isinstance(body["addresses"], list):
+        raise bad("supplier.addresses", "must be a list of addresses")
+    return dict(body)
+
+
+def create_profile(namespace: str, body: Any, *, store: Any, now: datetime) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise bad("body", "must be a billing profile")
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise bad("name", "is required")
+    stamp = format_rfc3339(now)
+    doc = {"id": new_id(), "name": name, "description": body.get("description"), "metadata": body.get("metadata"),
+           "supplier": _supplier(body.get("supplier")), "workflow": _workflow(body.get("workflow"), WORKFLOW_DEFAULTS),
+           "apps": _apps(body.get("apps", {})), "default": bool(body.get("default")), "createdAt": stamp,
+           "updatedAt": stamp, "deletedAt": None}
+    if not store.list_profiles(namespace):
+        doc["default"] = True  # the first profile is the default one
+    store.put_profile(namespace, doc)
+    return doc
+
+
+def get_profile(namespace: str, id_: str, *, store: Any) -> dict[str, Any]:
+    doc = store.get_profile(namespace, id_)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"billing profile {id_!r} not found")
+    return dict(doc)
+
+
+def update_profile(namespace: str, id_: str, body: Any, *, store: Any, now: datetime) -> dict[str, Any]:
+    doc = get_profile(namespace, id_, store=store)
+    if not isinstance(body, dict):
+        raise bad("body", "must be a billing profile")
+    if body.get("name") is not None:
+        doc["name"] = body["name"]
+    if body.get("supplier") is not None:
+        doc["supplier"] = _supplier(body["supplier"])
+    if body.get("workflow") is not None:
+        doc["workflow"] = _workflow(body["workflow"], doc["workflow"])
+    if body.get("apps") is not None:
+        doc["apps"] = _apps(body["apps"])
+    if body.get("default") is True:
+        doc["default"] = True
+    doc["updatedAt"] = format_rfc3339(now)
+    store.put_profile(namespace, doc)
+    return doc
+
+
+def delete_profile(namespace: str, id_: str, *, store: Any, now: datetime) -> None:
+    doc = get_profile(namespace, id_, store=store)
+    if doc.get("default"):
+        raise Conflict("the default billing profile cannot be deleted; make another one the default first")
+    doc["deletedAt"] = format_rfc3339(now)
+    store.put_profile(namespace, doc)
+
+
+def put_override(namespace: str, customer_id: str, body: Any, *, store: Any, meta: MetaStore, now: datetime) -> dict[str, Any]:
+    customer = _customer(namespace, customer_id, meta)
+    if not isinstance(body, dict):
+        raise bad("body", "must be {billingProfileId?, workflow?}")
+    if body.get("billingProfileId") is not None:
+        get_profile(namespace, str(body["billingProfileId"]), store=store)
+    if body.get("workflow") is not None:
+        _workflow(body["workflow"], WORKFLOW_DEFAULTS)
+    stamp = format_rfc3339(now)
+    doc = {"customerId": customer["id"], "billingProfileId": body.get("billingProfileId"),
+           "workflow": body.get("workflow"), "createdAt": stamp, "updatedAt": stamp}
+    store.put_override(namespace, customer["id"], doc)
+    return doc
+
+
+def resolved_profile(namespace: str, customer_id: str, *, store: Any) -> dict[str, Any] | None:
+    """The customer's override applied to its profile (the override's, else the default one)."""
+    override = store.get_override(namespace, customer_id) or {}
+    profile = None
+    if override.get("billingProfileId"):
+        profile = store.get_profile(namespace, override["billingProfileId"])
+    if profile is None:
+        profile = next((p for p in store.list_profiles(namespace) if p.get("default")), None)
+    if profile is None:
+        return None
+    if override.get("workflow"):
+        profile = {**profile, "workflow": _workflow(override["workflow"], profile["workflow"])}
+    return dict(profile)
+
+
+def _customer(namespace: str, id_or_key: str, meta: MetaStore) -> dict[str, Any]:
+    found = meta.get_customer(namespace, id_or_key)
+    if found is None:
+        raise NotFound(f"customer {id_or_key!r} not found")
+    return found
+
+
+# -- usage, batched ------------------------------------------------------------------------------------------
+class BatchedUsage:
+    """Usage for many subscriptions at once: requests are collected first (a rating pass with zero usage), then
+    answered with one usage-store query per (feature, span) grouped by subject."""
+
+    def __init__(self, namespace: str, *, meta: MetaStore, ents: EntitlementStore, usage: UsageStore) -> None:
+        self.ns, self.meta, self.ents, self.usage = namespace, meta, ents, usage
+        self.wanted: dict[tuple[str, datetime, datetime], set[str]] = defaultdict(set)
+        self.values: dict[tuple[str, datetime, datetime], dict[str, Decimal]] = {}
+
+    def recorder(self, subjects: list[str]) -> subs.UsageFn:
+        def record(feature: str, s: datetime, e: datetime) -> Decimal:
+            self.wanted[(feature, minute(s), minute(e))].update(subjects)
+            return Decimal(0)
+        return record
+
+    def fetch(self) -> None:
+        for (feature_key, s, e), subjects in self.wanted.items():
+            if (feature_key, s, e) in self.values or e <= s or not subjects:
+                self.values.setdefault((feature_key, s, e), {})
+                continue
+            feature = self.ents.get_feature(self.ns, feature_key, include_archived=True)
+            meter = self.meta.get_meter(self.ns, feature["meterSlug"]) if feature and feature.get("meterSlug") else None
+            if feature is None or meter is None:
+                raise NotFound(f"feature {feature_key!r} has no meter to rate")
+            rows = self.usage.aggregate(UsageQuery(
+                namespace=self.ns, meter_id=meter.id, aggregation=meter.aggregation, start=s,
+                end=e - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=sorted(subjects),
+                group_by=[], by_subject=True, subject_customers=None, filters=feature_filters(feature)))
+            self.values[(feature_key, s, e)] = {r.subject or "": final_value(meter.aggregation, r) or Decimal(0)
+                                                for r in rows}
+
+    def reader(self, subjects: list[str]) -> subs.UsageFn:
+        def read(feature: str, s: datetime, e: datetime) -> Decimal:
+            got = self.values.get((feature, minute(s), minute(e)), {})
+            with decimal.localcontext(EXACT):
+                return sum((got.get(x, Decimal(0)) for x in subjects), Decimal(0))
+        return read
+
+
+# -- the billing run -------------------------------------------------------------------------------------------
+@dataclass
+class Point:
+    sub: dict[str, Any]
+    period: tuple[datetime, datetime]
+    term: str
+    mark: Any  # adapters.sql_billing.Mark (rev 0 when new)
+
+
+@dataclass
+class RunResult:
+    invoices: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    subscriptions: int = 0
+    points: int = 0
+    advanced: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"invoices": [i["id"] for i in self.invoices], "skipped": self.skipped, "subscriptions": self.subscriptions,
+                "points": self.points, "advanced": self.advanced}
+
+
+def _due_points(sub: dict[str, Any], as_of: datetime, marks: dict[Any, Any], now: datetime) -> list[Point]:
+    from billow.adapters.sql_billing import Mark
+
+    start, end = subs.t(sub["activeFrom"]), subs.t(sub.get("activeTo"))
+    assert start is not None
+    if start > as_of or (end is not None and end <= start):
+        return []
+    grid = subs.cycle(sub)
+    out = []
+    ps = grid.containing(start)[0]
+    while ps <= as_of and (end is None or ps < end):
+        pe = grid.next_after(ps)
+        for term, due_at in (("in_advance", max(ps, start)), ("in_arrears", min(pe, end) if end else pe)):
+            if due_at > as_of:
+                continue
+            mark = marks.get((sub["id"], ps, term))
+            if mark is not None and pe + CORRECTION_WINDOW < now:
+                continue  # closed: corrections end CORRECTION_WINDOW after the period
+            out.append(Point(sub, (ps, pe), term, mark or Mark(sub["id"], ps, term, 0, {})))
+        ps = pe
+    return out
+
+
+def _key(c: subs.Charge) -> str:
+    return f"{c.item.source}|{c.item.rate_card['key']}|{c.line.key}|{c.line.category}"
+
+
+def _diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+    """Invoice lines for what this point owes beyond what it was billed, and the new billed state."""
+    billed: dict[str, dict[str, str]] = dict(point.mark.billed)
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    current: dict[str, subs.Charge] = {}
+    for c in charges:
+        if c.line.payment_term != point.term:
+            continue
+        k = _key(c)
+        current[k] = c
+    with decimal.localcontext(EXACT):
+        keys = sorted(set(current) | set(billed))
+        for k in keys:
+            was = billed.get(k, {"total": "0", "quantity": "0", "amount": "0", "discounts": "0"})
+            ch = current.get(k)
+            if ch is None:  # billed before, gone now (e.g. the period was shortened): credited back in full
+                total = qty = amount = disc = Decimal(0)
+            else:
+                total, qty = ch.line.total, ch.line.quantity
+                amount, disc = ch.line.amount_rounded, ch.line.discounts_total
+            d_total = total - Decimal(was["total"])
+            d_qty = qty - Decimal(was["quantity"])
+            if d_total == 0 and d_qty == 0:
+                continue
+            billed[k] = {"total": format(total, "f"), "quantity": plain(qty), "amount": format(amount, "f"),
+                         "discounts": format(disc, "f")}
+            if d_total == 0:
+                continue  # a quantity that costs nothing more (e.g. inside a free allowance) is recorded, not invoiced
+            correction = point.mark.rev > 0 and k in point.mark.billed
+            source, card_key, line_key, category = k.split("|")
+            item = ch.item if ch else None
+            rc = item.rate_card if item else {"key": card_key, "name": card_key, "type": "usage_based"}
+            group = groups.setdefault((source, card_key), _parent(point, rc, item, now))
+            d_amount = amount - Decimal(was.get("amount", was["total"]))
+            d_disc = disc - Decimal(was.get("discounts", "0"))
+            group["children"].append({
+                "id": new_id(), "name": f"{ch.line.description if ch else rc['name'] + ': ' + line_key}"
+                                        f"{' (correction)' if correction else ''}",
+                "type": "flat_fee", "managedBy": "subscription", "status": "valid", "category": category,
+                "quantity": plain(d_qty), "perUnitAmount": plain(ch.line.unit_price) if ch else "0",
+                "paymentTerm": point.term,
+                "period": _period(ch.line.period_start, ch.line.period_end) if ch else group["period"],
+                "invoiceAt": format_rfc3339(now), "currency": point.sub["currency"],
+                "totals": inv_rules.totals(d_amount, d_disc)})
+    lines = []
+    for group in groups.values():
+        group["totals"] = inv_rules.sum_totals(group["children"])
+        with decimal.localcontext(EXACT):
+            group["quantity"] = plain(sum((Decimal(child["quantity"]) for child in group["children"]
+                                            if child["category"] == "regular"), Decimal(0)))
+        lines.append(group)
+    return lines, billed
+
+
+def plain(value: Decimal) -> str:
+    """A quantity without trailing zeros (usage stores keep 18 decimals): 1500, 0.25, never 1.5E+3."""
+    return "0" if value == 0 else format(value.normalize(), "f")
+
+
+def _period(s: datetime, e: datetime) -> dict[str, str]:
+    return {"from": format_rfc3339(s), "to": format_rfc3339(e)}
+
+
+def _parent(point: Point, rc: dict[str, Any], item: subs.Item | None, now: datetime) -> dict[str, Any]:
+    sub = point.sub
+    s, e = point.period
+    if item is not None:
+        s, e = max(s, item.start), min(e, item.end) if item.end else e
+    return {"id": new_id(), "name": rc["name"], "type": rc["type"], "managedBy": "subscription", "status": "valid",
+            "featureKey": rc.get("featureKey"), "price": rc.get("price"), "currency": sub["currency"],
+            "period": _period(s, e), "invoiceAt": format_rfc3339(now), "createdAt": format_rfc3339(now),
+            "updatedAt": format_rfc3339(now),
+            "subscription": {"id": sub["id"], "phase": {"id": f"{sub['id']}-{item.source.split(':', 1)[1]}" if item else ""},
+                             "item": {"id": f"{sub['id']}-{rc['key']}"}},
+            "children": []}
+
+
+def run(namespace: str, *, store: Any, catalog_store: Any, meta: MetaStore, ents: EntitlementStore, usage: UsageStore,
+        now: datetime, customer_id: str | None = None, as_of: datetime | None = None,
+        on_issue: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> RunResult:
+    """One billing run (see the module docstring). Idempotent: run it again and nothing changes."""
+    as_of = min(as_of or now, now)
+    result = RunResult()
+    docs = [d for d in catalog_store.list_subscriptions(namespace, customer_id) if not d.get("deletedAt")]
+    result.subscriptions = len(docs)
+    marks = store.marks_for(namespace, [d["id"] for d in docs] if customer_id else None)
+    customers = {c["id"]: c for c in meta.list_customers(namespace)}
+    points_by_sub = [(d, _due_points(d, as_of, marks, now)) for d in docs]
+    batch = BatchedUsage(namespace, meta=meta, ents=ents, usage=usage)
+    subjects_of: dict[str, list[str]] = {}
+    for d, points in points_by_sub:
+        cust = customers.get(d["customerId"]) or meta.get_customer(namespace, d["customerId"]) or {}
+        subjects_of[d["id"]] = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
+        for ps in {p.period for p in points}:
+            subs.charges(d, ps[0], ps[1], usage=batch.recorder(subjects_of[d["id"]]))
+    batch.fetch()
+    per_customer: dict[str, list[tuple[list[dict[str, Any]], Any]]] = defaultdict(list)
+    for d, points in points_by_sub:
+        result.points += len(points)
+        rated: dict[tuple[datetime, datetime], list[subs.Charge]] = {}
+        for p in points:
+            if p.period not in rated:
+                rated[p.period] = subs.charges(d, p.period[0], p.period[1], usage=batch.reader(subjects_of[d["id"]]))
+            lines, billed = _diff(p, rated[p.period], now)
+            if billed != p.mark.billed:
+                per_customer[d["customerId"]].append((lines, replace(p.mark, billed=billed)))
+    for cust_id, parts in per_customer.items():
+        try:
+            created = _invoice_customer(namespace, cust_id, parts, store=store, meta=meta, now=now, result=result)
+        except Conflict as exc:  # a concurrent run billed these periods first: its invoice stands, ours is dropped
+            result.skipped.append({"customerId": cust_id, "reason": exc.detail})
+            continue
+        if created is not None and on_issue is not None:
+            result.invoices[-1] = advance_on_create(created, on_issue)
+    result.advanced += _advance_due(namespace, store=store, now=now, on_issue=on_issue, customer_id=customer_id)
+    return result
+
+
+def _invoice_customer(namespace: str, customer_id: str, parts: list[tuple[list[dict[str, Any]], Any]], *, store: Any,
+                      meta: MetaStore, now: datetime, result: RunResult) -> dict[str, Any] | None:
+    customer = meta.get_customer(namespace, customer_id)
+    profile = resolved_profile(namespace, customer_id, store=store)
+    if customer is None or profile is None:
+        reason = "customer deleted" if customer is None else "no billing profile: create one (POST /api/v1/billing/profiles)"
+        result.skipped.append({"customerId": customer_id, "reason": reason})
+        return None
+    lines = [ln for ls, _ in parts for ln in ls]
+    marks_advanced = [m for _, m in parts]
+    currency = next((ln["currency"] for ln in lines), None)
+    invoice = None
+    credit = None
+    if lines:
+        assert currency is not None
+        invoice = new_invoice(namespace, customer, profile, currency, lines, store=store, now=now)
+        balance = store.credit_balance(namespace, customer_id, currency)
+        due = inv_rules.due(invoice)
+        if balance > 0 and due > 0:
+            used = min(balance, due)
+            credit = (new_id(), used)
+            invoice["totals"] = inv_rules.sum_totals(invoice["lines"], used)
+    for attempt in range(3):
+        try:
+            store.commit_billing(namespace, invoice, marks_advanced, now, credit)
+            break
+        except Conflict:
+            if invoice is None or attempt == 2 or store.get_invoice(namespace, invoice["id"]) is not None:
+                raise
+            # The number was taken by a concurrent run for the same customer: a lost race on the marks raises
+            # again below and writes nothing.
+            invoice["number"] = _number(namespace, customer, store, bump=attempt + 1)
+    if invoice is not None:
+        result.invoices.append(invoice)
+    return invoice
+
+
+def _number(namespace: str, customer: dict[str, Any], store: Any, bump: int = 0) -> str:
+    prefix = "".join(ch for ch in str(customer.get("key") or customer["id"]).upper() if ch.isalnum())[:12] or "INV"
+    return f"{prefix}-{store.count_invoices(namespace, customer['id']) + 1 + bump:04d}"
+
+
+def new_invoice(namespace: str, customer: dict[str, Any], profile: dict[str, Any], currency: str,
+                lines: list[dict[str, Any]], *, store: Any, now: datetime) -> dict[str, Any]:
+    Currency.of(currency)
+    stamp = format_rfc3339(now)
+    periods = [ln["period"] for ln in lines]
+    wf = profile["workflow"]
+    invoice: dict[str, Any] = {
+        "id": new_id(), "number": _number(namespace, customer, store), "type": "standard", "currency": currency,
+        "description": None, "metadata": None, "createdAt": stamp, "updatedAt": stamp, "deletedAt": None,
+        "supplier": profile["supplier"],
+        "customer": {"id": customer["id"], "key": customer.get("key"), "name": customer.get("name"),
+                     "primaryEmail": customer.get("primaryEmail"), "billingAddress": customer.get("billingAddress"),
+                     "usageAttribution": customer.get("usageAttribution")},
+        "period": {"from": min(p["from"] for p in periods), "to": max(p["to"] for p in periods)},
+        "lines": lines, "totals": inv_rules.sum_totals(lines),
+        "workflow": {"sourceBillingProfileId": profile["id"], "apps": profile["apps"], "workflow": wf},
+        "externalIds": {}, "validationIssues": [], "issuedAt": None, "dueAt": None, "draftUntil": None,
+    }
+    invoicing = wf["invoicing"]
+    if not invoicing["autoAdvance"]:
+        inv_rules.set_status(invoice, "draft.manual_approval_needed")
+    elif invoicing["draftPeriod"] in ("P0D", "PT0S", "PT0H"):
+        inv_rules.set_status(invoice, "draft.ready_to_issue")
+    else:
+        invoice["draftUntil"] = format_rfc3339(RecurringPeriod(invoicing["draftPeriod"], now).at(1))
+        inv_rules.set_status(invoice, "draft.waiting_auto_approval")
+    return invoice
+
+
+def advance_on_create(invoice: dict[str, Any], on_issue: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    if invoice["statusDetails"]["extendedStatus"] == "draft.ready_to_issue":
+        return on_issue(invoice)
+    return invoice
+
+
+def _advance_due(namespace: str, *, store: Any, now: datetime, on_issue: Callable[[dict[str, Any]], dict[str, Any]] | None,
+                 customer_id: str | None) -> int:
+    """Drafts whose draft period ended are issued; issued invoices past due become overdue."""
+    n = 0
+    for inv in store.list_invoices(namespace, customer_ids=[customer_id] if customer_id else None,
+                                   statuses=["draft", "issued", "payment_processing"]):
+        ext = inv["statusDetails"]["extendedStatus"]
+        if ext == "draft.waiting_auto_approval" and inv.get("draftUntil") and parse_rfc3339(inv["draftUntil"], "draftUntil") <= now:
+            if on_issue is not None:
+                on_issue(inv)
+                n += 1
+        elif inv["status"] in ("issued", "payment_processing") and inv.get("dueAt") \
+                and parse_rfc3339(inv["dueAt"], "dueAt") <= now:
+            before = inv["status"]
+            inv_rules.set_status(inv, "overdue")
+            inv["updatedAt"] = format_rfc3339(now)
+            store.put_invoice(namespace, inv, expect_status=before)
+            n += 1
+    return n
+
+
+# -- invoice actions -------------------------------------------------------------------------------------------
+def get_invoice(namespace: str, id_: str, *, store: Any) -> dict[str, Any]:
+    doc = store.get_invoice(namespace, id_)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"invoice {id_!r} not found")
+    return dict(doc)
+
+
+def issue(namespace: str, inv: dict[str, Any], *, store: Any, apps: Any, now: datetime) -> dict[str, Any]:
+    """draft -> issuing -> issued (the invoicing app) -> payment (the payment app)."""
+    before = inv["status"]
+    inv_rules.set_status(inv, "issuing.syncing")
+    inv["updatedAt"] = format_rfc3339(now)
+    store.put_invoice(namespace, inv, expect_status=before)
+    invoicing = inv["workflow"]["apps"]["invoicing"]
+    if invoicing == "custom_invoicing":
+        return inv  # waits for POST /api/v1/apps/custom-invoicing/{id}/issuing/synchronized
+    try:
+        if invoicing == "stripe":
+            inv["externalIds"] = {**inv.get("externalIds", {}), **apps.stripe_issue(inv)}
+    except Exception as exc:  # the app failed: the invoice stays issuing, failed, and can be retried
+        log.warning("invoicing app %s failed for %s: %s", invoicing, inv["number"], exc)
+        inv_rules.set_status(inv, "issuing.failed", failed=True)
+        inv["validationIssues"] = [{"severity": "critical", "code": "app_sync_failed", "component": invoicing,
+                                    "message": str(exc) or type(exc).__name__}]
+        store.put_invoice(namespace, inv, expect_status="issuing")
+        return inv
+    return _issued(namespace, inv, store=store, apps=apps, now=now)
+
+
+def _issued(namespace: str, inv: dict[str, Any], *, store: Any, apps: Any, now: datetime) -> dict[str, Any]:
+    due_after = inv["workflow"]["workflow"]["invoicing"]["dueAfter"]
+    inv["issuedAt"] = format_rfc3339(now)
+    inv["dueAt"] = format_rfc3339(now if due_after in ("P0D", "PT0S", "PT0H") else RecurringPeriod(due_after, now).at(1))
+    inv["validationIssues"] = []
+    payment = inv["workflow"]["apps"]["payment"]
+    if payment == "sandbox" or inv_rules.due(inv) <= 0:
+        inv_rules.set_status(inv, "paid")  # the sandbox app settles at once; nothing due is paid
+    else:
+        inv_rules.set_status(inv, "payment_processing.pending")
+    inv["updatedAt"] = format_rfc3339(now)
+    store.put_invoice(namespace, inv, expect_status="issuing")
+    apps.issued(inv)
+    return inv
+
+
+def act(namespace: str, id_: str, action: str, *, store: Any, apps: Any, now: datetime) -> dict[str, Any]:
+    inv = get_invoice(namespace, id_, store=store)
+    inv_rules.require(inv, action)
+    if action in ("advance", "approve", "retry"):
+        if inv["status"] == "issuing":  # retry of a failed app sync
+            inv_rules.set_status(inv, "draft.ready_to_issue")
+            store.put_invoice(namespace, inv)
+        return issue(namespace, inv, store=store, apps=apps, now=now)
+    if action == "void":
+        before = inv["status"]
+        if inv.get("externalIds", {}).get("invoicing") and inv["workflow"]["apps"]["invoicing"] == "stripe":
+            apps.stripe_void(inv)
+        inv_rules.set_status(inv, "voided")
+        inv["voidedAt"] = inv["updatedAt"] = format_rfc3339(now)
+        store.put_invoice(namespace, inv, expect_status=before)
+        apps.updated(inv)
+        return inv
+    raise bad("action", f"unknown action {action!r}")
+
+
+def delete_invoice(namespace: str, id_: str, *, store: Any, now: datetime) -> None:
+    inv = get_invoice(namespace, id_, store=store)
+    inv_rules.require(inv, "delete")
+    inv["deletedAt"] = format_rfc3339(now)
+    store.put_invoice(namespace, inv, expect_status=inv["status"])
+
+
+def update_invoice(namespace: str, id_: str, body: Any, *, store: Any, now: datetime) -> dict[str, Any]:
+    inv = get_invoice(namespace, id_, store=store)
+    inv_rules.require_mutable(inv)
+    if not isinstance(body, dict):
+        raise bad("body", "must be an object")
+    for key in ("description", "metadata"):
+        if key in body:
+            inv[key] = body[key]
+    inv["updatedAt"] = format_rfc3339(now)
+    store.put_invoice(namespace, inv, expect_status=inv["status"])
+    return inv
+
+
+_PAYMENT_STATES = {"paid": "paid", "payment_failed": "payment_processing.failed", "uncollectible": "uncollectible",
+                   "voided": "voided", "overdue": "overdue", "action_required": "payment_processing.action_required"}
+
+
+def record_payment(namespace: str, invoice_id: str, outcome: str, *, store: Any, apps: Any, now: datetime) -> dict[str, Any]:
+    """Payment status from the payment app (Stripe webhook, custom invoicing). Idempotent: a repeated outcome
+    changes nothing; a paid or voided invoice stays so."""
+    inv = get_invoice(namespace, invoice_id, store=store)
+    target = _PAYMENT_STATES.get(outcome)
+    if target is None:
+        raise bad("trigger", f"must be one of {', '.join(_PAYMENT_STATES)}")
+    if inv["statusDetails"]["extendedStatus"] == target or inv["status"] in ("paid", "voided"):
+        return inv
+    if inv["status"] not in ("issued", "payment_processing", "overdue"):
+        raise Conflict(f"invoice {inv['number']} is {inv['status']}: it has no payment to record yet")
+    before = inv["status"]
+    inv_rules.set_status(inv, target, failed=outcome == "payment_failed")
+    inv["updatedAt"] = format_rfc3339(now)
+    store.put_invoice(namespace, inv, expect_status=before)
+    apps.updated(inv)
+    return inv
+
+
+def custom_invoicing_synced(namespace: str, invoice_id: str, stage: str, body: Any, *, store: Any, apps: Any,
+                            now: datetime) -> dict[str, Any]:
+    """The user's system confirms it synchronised the draft or issued the invoice (custom invoicing app)."""
+    inv = get_invoice(namespace, invoice_id, store=store)
+    if inv["workflow"]["apps"]["invoicing"] != "custom_invoicing":
+        raise Conflict(f"invoice {inv['number']} is not invoiced by the custom invoicing app")
+    body = body if isinstance(body, dict) else {}
+    if stage == "draft":
+        inv_rules.require_mutable(inv)
+        inv["externalIds"] = {**inv.get("externalIds", {}), "invoicing": body.get("invoicing", {}).get("invoiceId")}
+        inv["updatedAt"] = format_rfc3339(now)
+        store.put_invoice(namespace, inv, expect_status=inv["status"])
+        return inv
+    if inv["status"] != "issuing":
+        raise Conflict(f"invoice {inv['number']} is {inv['status']}, not issuing")
+    ext = body.get("invoicing") or {}
+    if ext.get("invoiceNumber"):
+        inv["externalIds"] = {**inv.get("externalIds", {}), "invoicing": ext.get("invoiceId"),
+                              "invoiceNumber": ext["invoiceNumber"]}
+    return _issued(namespace, inv, store=store, apps=apps, now=now)
+
+
+def list_invoices(namespace: str, qs: dict[str, list[str]], *, store: Any) -> list[dict[str, Any]]:
+    docs = store.list_invoices(namespace, customer_ids=qs.get("customers"), statuses=qs.get("statuses"))
+    return [d for d in docs if not d.get("deletedAt")]
+
+
+# -- one-off lines and prepaid credit -------------------------------------------------------------------------
+def add_credit(namespace: str, customer_id: str, body: Any, *, store: Any, meta: MetaStore, now: datetime) -> dict[str, Any]:
+    """Prepaid credit (money) for a customer, applied to its next invoices before anything is charged."""
+    customer = _customer(namespace, customer_id, meta)
+    if not isinstance(body, dict):
+        raise bad("body", "must be {amount, currency, description?}")
+    currency = Currency.of(body.get("currency"))
+    try:
+        amount = Decimal(str(body.get("amount")))
+    except decimal.InvalidOperation:
+        raise bad("amount", "must be a decimal string") from None
+    if not amount.is_finite() or amount <= 0 or amount != amount.quantize(currency.minor_unit):
+        raise bad("amount", f"must be positive with at most {currency.minor_units} decimals for {currency.code}")
+    entry = {"id": new_id(), "amount": format(amount, "f"), "currency": currency.code,
+             "description": body.get("description"), "createdAt": format_rfc3339(now)}
+    store.add_credit(namespace, entry["id"], customer["id"], currency.code, amount, entry)
+    return {**entry, "balance": format(store.credit_balance(namespace, customer["id"], currency.code), "f")}
+
+
+def handle_payment_event(c: Any, event: PaymentEvent) -> dict[str, Any]:
+    """A payment app's event (Stripe webhook) applied to its invoice. `c` is the bootstrap Container."""
+    if event.status == "finalized":
+        return {"invoiceId": event.billow_invoice_id, "status": "unchanged"}
+    inv = record_payment(c.namespace, event.billow_invoice_id, event.status, store=c.store(_billing_store()),
+                         apps=c.billing_apps(), now=c.clock.now())
+    return {"invoiceId": inv["id"], "status": inv["status"]}
+
+
+def _billing_store() -> type:
+    from billow.adapters.sql_billing import SqlBillingStore
+
+    return SqlBillingStore
