@@ -1,0 +1,40 @@
+"""Stripe webhook Lambda (API Gateway HTTP API, payload 2.0, POST /api/v1/apps/stripe/webhook). The route has no
+authorizer: Stripe proves itself with the Stripe-Signature header instead (verified against the webhook secret;
+a bad or stale signature is a 400 and records nothing). invoice.paid / payment_failed / marked_uncollectible /
+voided / finalized about a Billow invoice go to billing.handle_payment_event; anything else is acknowledged as
+ignored. A 4xx/5xx from the use-case (e.g. 409 while the invoice is still being issued) makes Stripe redeliver."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billow import jsonx
+from billow.adapters.stripe_app import parse_webhook
+from billow.api.http import body_text, guarded, header, response
+from billow.bootstrap import container
+
+logger = Logger(service="billow-stripe-webhook")
+ROUTE = "/api/v1/apps/stripe/webhook"
+
+
+def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
+    return guarded(str(event.get("rawPath") or ROUTE), lambda: _handle(event))
+
+
+def _handle(event: dict[str, Any]) -> dict[str, Any]:
+    c = container()
+    body = body_text(event)
+    payment = parse_webhook(body.encode("utf-8"), header(event, "stripe-signature"),
+                            c.settings.stripe_webhook_secret or "")
+    if payment is None:
+        kind = jsonx.loads(body).get("type")  # signature verified: the body is Stripe's event
+        return response(200, {"received": True, "ignored": kind})
+    from billow.services import billing
+
+    result = billing.handle_payment_event(c, payment)
+    logger.info("stripe webhook", extra={"eventId": payment.event_id, "stripeInvoiceId": payment.stripe_invoice_id,
+                                         **result})
+    return response(200, {"received": True, **result})

@@ -1,0 +1,155 @@
+"""Stripe webhooks: signature and timestamp verified, the five invoice events read, others ignored; the webhook
+Lambda handler as API Gateway invokes it; and the whole loop: a billing run issues through Stripe, Stripe reports
+the payment over HTTP, the invoice is paid in Billow."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from billow.adapters.sql_billing import SqlBillingStore
+from billow.adapters.stripe_app import WebhookSignatureInvalid, parse_webhook
+from billow.bootstrap import Settings, build, install
+from billow.local.server import apigw_event
+from functions.stripe_webhook.handler import lambda_handler as webhook
+from functions.usage_sink.handler import lambda_handler as sink
+from tests.billing.test_billing_run import PROFILE, scheduled_run, subscribed
+from tests.entitlements.conftest import METERS, Billow, Clock
+from tests.stripe_standin.server import StandIn, sign
+
+SECRET = "whsec_standin"
+ROUTE = "/api/v1/apps/stripe/webhook"
+
+
+def stripe_invoice(billow_id: str | None = "01JINV0000000000000000000A") -> dict[str, Any]:
+    return {"id": "in_1", "object": "invoice", "status": "paid", "metadata": {"billow_invoice_id": billow_id} if billow_id else {}}
+
+
+def event(type_: str, obj: dict[str, Any] | None = None, created: int = 1_780_000_000) -> str:
+    return json.dumps({"id": "evt_1", "object": "event", "type": type_, "created": created,
+                       "data": {"object": obj if obj is not None else stripe_invoice()}})
+
+
+@pytest.mark.parametrize(("type_", "status"), [("invoice.paid", "paid"), ("invoice.payment_failed", "payment_failed"),
+                                                ("invoice.marked_uncollectible", "uncollectible"),
+                                                ("invoice.voided", "voided"), ("invoice.finalized", "finalized")])
+def test_invoice_events_become_payment_events(type_: str, status: str) -> None:
+    payload = event(type_)
+    got = parse_webhook(payload.encode(), sign(payload, SECRET, int(time.time())), SECRET)
+    assert got is not None
+    assert (got.event_id, got.billow_invoice_id, got.stripe_invoice_id, got.status) == (
+        "evt_1", "01JINV0000000000000000000A", "in_1", status)
+    assert got.at == datetime.fromtimestamp(1_780_000_000, UTC)
+
+
+def test_bad_signature_stale_timestamp_and_other_events() -> None:
+    payload = event("invoice.paid")
+    now = int(time.time())
+    for header, why in [(sign(payload, "whsec_other", now), "No signatures found matching"),
+                        (sign(payload.replace("paid", "voided"), SECRET, now), "No signatures found matching"),
+                        (sign(payload, SECRET, now - 600), "Timestamp outside the tolerance zone"),
+                        ("garbage", "Unable to extract timestamp"), ("", "missing Stripe-Signature")]:
+        with pytest.raises(WebhookSignatureInvalid, match=why) as info:
+            parse_webhook(payload.encode(), header, SECRET)
+        assert info.value.status == 400
+    other = event("customer.created", {"id": "cus_1", "object": "customer"})
+    assert parse_webhook(other.encode(), sign(other, SECRET, now), SECRET) is None
+    foreign = event("invoice.paid", stripe_invoice(billow_id=None))  # an invoice Billow did not create
+    assert parse_webhook(foreign.encode(), sign(foreign, SECRET, now), SECRET) is None
+
+
+# -- the Lambda handler ----------------------------------------------------------------------------------------
+def lambda_event(payload: str, signature: str, *, b64: bool = False) -> dict[str, Any]:
+    ev = apigw_event("POST", ROUTE, {"content-type": "application/json", "stripe-signature": signature},
+                     payload.encode(), "127.0.0.1")
+    if b64:
+        ev["body"], ev["isBase64Encoded"] = base64.b64encode(payload.encode()).decode(), True
+    return ev
+
+
+@pytest.fixture
+def billow_stripe(tmp_path: Path) -> Iterator[tuple[Billow, StandIn]]:
+    """A Billow whose Stripe app talks to the stand-in, which delivers its webhooks over HTTP to the handler."""
+    standin = StandIn(webhook_secret=SECRET).start()
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    standin.webhook_url = f"http://127.0.0.1:{receiver.server_address[1]}{ROUTE}"
+    clock = Clock("2026-01-01T00:00:00Z")
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace="stripe", meters=METERS,
+                                  stripe_api_key=standin.api_key, stripe_api_base=standin.url,
+                                  stripe_webhook_secret=SECRET)), deliver=lambda ev: sink(ev, None))
+    c.clock = clock
+    install(c)
+    b = Billow(c, clock)
+    b.ok("POST", "/api/v1/subjects", [{"key": "customer_1"}])
+    yield b, standin
+    install(None)
+    c.close()
+    receiver.shutdown()
+    receiver.server_close()
+    standin.stop()
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """API Gateway in front of the webhook Lambda: the HTTP request becomes a payload 2.0 event."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        out = webhook(apigw_event("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body,
+                                  "127.0.0.1"), None)
+        data = out["body"].encode()
+        self.send_response(out["statusCode"])
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_handler_refuses_bad_signatures_and_acknowledges_other_events(billow_stripe: tuple[Billow, StandIn]) -> None:
+    payload = event("invoice.paid")
+    out = webhook(lambda_event(payload, sign(payload, "whsec_wrong", int(time.time()))), None)
+    assert out["statusCode"] == 400 and out["headers"]["Content-Type"] == "application/problem+json"
+    body = json.loads(out["body"])
+    assert "Stripe-Signature does not verify" in body["detail"] and body["instance"] == ROUTE
+    other = event("charge.succeeded", {"id": "ch_1", "object": "charge"})
+    out = webhook(lambda_event(other, sign(other, SECRET, int(time.time())), b64=True), None)
+    assert (out["statusCode"], json.loads(out["body"])) == (200, {"received": True, "ignored": "charge.succeeded"})
+
+
+def test_invoice_issued_through_stripe_is_paid_by_the_webhook(billow_stripe: tuple[Billow, StandIn]) -> None:
+    b, standin = billow_stripe
+    subscribed(b, {**PROFILE, "apps": {"tax": "sandbox", "invoicing": "stripe", "payment": "stripe"}})
+    b.usage(1500, "2026-04-05T10:00:00Z")
+    b.clock.set("2026-05-01T00:10:00Z")
+    scheduled_run(b)  # April's fee and usage, May's fee in advance: one invoice, issued through Stripe
+    store = b.c.store(SqlBillingStore)
+    (doc,) = store.list_invoices("stripe")
+    assert doc["status"] == "payment_processing", doc.get("validationIssues")
+    stripe_id = doc["externalIds"]["invoicing"]
+    stripe_inv = standin.invoices[stripe_id]
+    assert stripe_inv["metadata"]["billow_invoice_id"] == doc["id"] and stripe_inv["status"] == "open"
+    assert Decimal(stripe_inv["total"]) / 100 == Decimal(doc["totals"]["total"]) == Decimal("112.48")  # to the cent
+    assert sorted(ln["amount"] for ln in stripe_inv["lines"]["data"]) == [250, 1000, 4999, 4999]
+    finalized = standin.emit("invoice.finalized", stripe_inv)
+    assert finalized.status == 200  # acknowledged, the invoice unchanged
+    assert store.get_invoice("stripe", doc["id"])["status"] == "payment_processing"
+    forged = standin.emit("invoice.paid", stripe_inv, secret="whsec_guess")
+    assert forged.status == 400  # a bad signature records nothing
+    assert store.get_invoice("stripe", doc["id"])["status"] == "payment_processing"
+    paid = standin.pay(stripe_id)  # Stripe charged the card: invoice.paid over HTTP
+    assert paid.status == 200
+    assert store.get_invoice("stripe", doc["id"])["status"] == "paid"
+    again = standin.emit("invoice.paid", standin.invoices[stripe_id])
+    assert again.status == 200 and store.get_invoice("stripe", doc["id"])["status"] == "paid"  # redelivery
