@@ -7,6 +7,7 @@
   functions      api, ingest, usage_sink (+ job handlers once they exist)   constructs/functions.py
   api            HTTP API routes -> functions                               constructs/api.py
   schedules      EventBridge Scheduler -> per-job SQS queues                constructs/schedules.py
+  notifications  notify_dispatch's wake-up queue, SES sender identity       constructs/notifications.py
   alarms         errors, dead-letter depth, consumer lag -> SNS             constructs/observability.py
 
 Every function gets exactly the grants its handler needs; see the comments at each grant."""
@@ -28,6 +29,7 @@ from infra.constructs.api import HttpApi
 from infra.constructs.database import Database
 from infra.constructs.functions import BillowFunctions
 from infra.constructs.network import Network
+from infra.constructs.notifications import EMAIL_FROM, Notifications
 from infra.constructs.observability import Alarms
 from infra.constructs.schedules import JOB_TIMEOUT, JOBS, Schedules
 from infra.constructs.streaming import Streaming, topic_for
@@ -144,6 +146,14 @@ class BillowStack(Stack):
                 self._read_stores(fn)
                 self.schedules.subscribe(job, fn)
                 self.job_fns[job] = fn
+        # notify_dispatch's wake-up queue, and who may wake it (constructs/notifications.py).
+        self.notifications: Notifications | None = None
+        if "notify_dispatch" in self.job_fns:
+            self.notifications = Notifications(
+                self, "Notifications", stage=stage, dead_letters=self.schedules.dead_letters,
+                email_from=str(self.node.try_get_context("notify_email_from") or EMAIL_FROM))
+            self.notifications.wire(self.job_fns["notify_dispatch"], writers=[
+                self.api_fn, *(self.job_fns[j] for j in ("billing_run",) if j in self.job_fns)])
 
         self.alarms = Alarms(self, "Alarms", stage=stage)
         for name, fn in self.fns.functions.items():

@@ -203,24 +203,39 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
         "type": "metered", "featureKey": "leak_f", "usagePeriod": {"interval": "DAY"}})
     _, grant = a.call("POST", "/api/v1/subjects/leak_subject/entitlements/leak_f/grants", {
         "amount": 5, "effectiveAt": ent["currentUsagePeriod"]["from"], "expiration": {"duration": "DAY", "count": 1}})
-    values = {"meterIdOrSlug": "leak_m", "subjectIdOrKey": "leak_subject", "customerIdOrKey": cust["id"],
+    values = {"meterIdOrSlug": "leak_m", "meterSlug": "leak_m", "subjectIdOrKey": "leak_subject", "customerIdOrKey": cust["id"],
               "featureId": feat["id"], "featureKey": "leak_f", "entitlementId": ent["id"],
               "entitlementIdOrFeatureKey": "leak_f", "grantId": grant["id"]}
     secrets = {cust["id"], feat["id"], ent["id"], grant["id"], "Leak Customer", "leak_subject", "leak1"}
+    # Notifications: a channel, a rule and a (test) event of A's.
+    _, chan = a.call("POST", "/api/v1/notification/channels", {"type": "WEBHOOK", "name": "Leak Hook",
+                                                                "url": "http://127.0.0.1:9/leak"})
+    _, rule = a.call("POST", "/api/v1/notification/rules", {"type": "entitlements.reset", "name": "Leak Rule",
+                                                             "channels": [chan["id"]]})
+    _, note = a.call("POST", f"/api/v1/notification/rules/{rule['id']}/test")
+    values.update(channelId=chan["id"], ruleId=rule["id"], eventId=note["id"])
+    secrets |= {chan["id"], rule["id"], note["id"], chan["signingSecret"], "Leak Hook", "Leak Rule"}
     doc = json.loads(resources.files("billow.api").joinpath("openapi.json").read_text())
-    for path, ops in doc["paths"].items():
-        concrete = path
-        for name, value in values.items():
-            concrete = concrete.replace("{" + name + "}", quote(value, safe=""))
-        assert "{" not in concrete, f"no tenant-A value for a parameter of {path}"
-        for method in ops:
-            status, body = b.call(method.upper(), concrete, {} if method in ("post", "put") else None)
-            assert status < 500, (method, path, status, body)
-            if status < 300 and method == "get":
-                text = json.dumps(body)
-                assert not any(s in text for s in secrets), (method, path, body)
+    def sweep(caller: Tenant) -> None:
+        for path, ops in doc["paths"].items():
+            concrete = path
+            for name, value in values.items():
+                concrete = concrete.replace("{" + name + "}", quote(value, safe=""))
+            assert "{" not in concrete, f"no tenant-A value for a parameter of {path}"
+            for method in ops:
+                status, body = caller.call(method.upper(), concrete, {} if method in ("post", "put") else None)
+                assert status < 500, (method, path, status, body)
+                if status < 300 and method == "get":
+                    text = json.dumps(body)
+                    assert not any(s in text for s in secrets), (method, path, body)
+
+    sweep(b)
+    # ...and with B's portal token for a subject of the same key as A's (the portal API needs a portal token).
+    sweep(Tenant(srv, b.call("POST", "/api/v1/portal/tokens", {"subject": "leak_subject"})[1]["token"]))
     # ...and none of B's writes touched A's resources.
     assert a.call("GET", "/api/v1/meters/leak_m")[0] == 200
+    assert a.call("GET", f"/api/v1/notification/channels/{chan['id']}")[1].get("deletedAt") is None
+    assert a.call("GET", f"/api/v1/notification/rules/{rule['id']}")[1].get("deletedAt") is None
     assert a.call("GET", f"/api/v1/customers/{cust['id']}")[1].get("deletedAt") is None
     assert a.call("GET", f"/api/v1/features/{feat['id']}")[1].get("archivedAt") is None
     assert a.call("GET", f"/api/v1/entitlements/{ent['id']}")[1].get("deletedAt") is None
