@@ -118,6 +118,13 @@ def get_invoice(iid: str) -> Response:
     return ok(billing.get_invoice(c.namespace, path_param(iid), store=store))
 
 
+@router.get("/api/v1/billing/invoices/<iid>/documents")
+def invoice_documents(iid: str) -> Response:
+    """Billow: links to the invoice's HTML and PDF (rendered on first request if the run has not yet)."""
+    c, store = _c()
+    return ok(c.billing_apps().documents(billing.get_invoice(c.namespace, path_param(iid), store=store)))
+
+
 @router.put("/api/v1/billing/invoices/<iid>")
 def update_invoice(iid: str) -> Response:
     c, store = _c()

@@ -57,6 +57,14 @@ def _not_found(_: Exception) -> Response:
     return Response(404, PROBLEM, jsonx.dumps(problem(404, "Not Found", f"no route for {app.current_event.http_method} {path}", path)))
 
 
+@app.exception_handler(OverflowError)
+def _out_of_range(exc: OverflowError) -> Response:
+    # Date arithmetic past year 9999 (a far-future instant plus a long period): the input is out of range.
+    path = app.current_event.path
+    return Response(400, PROBLEM, jsonx.dumps(problem(400, "Bad Request", "a date or duration in the request is out of "
+                                                                         "the supported range", path)))
+
+
 @app.exception_handler(Exception)
 def _unexpected(exc: Exception) -> Response:
     logger.exception("unhandled error")

@@ -15,6 +15,7 @@ log = logging.getLogger("billow.billing")
 class BillingApps:
     def __init__(self, c: Any) -> None:
         self.c = c
+        self._rules: dict[str, bool] = {}  # invoice event type -> any active rule (asked once per apps object)
 
     # -- Stripe ----------------------------------------------------------------------------------------------
     def _stripe(self) -> Any:
@@ -48,38 +49,48 @@ class BillingApps:
 
     # -- documents and notifications -------------------------------------------------------------------------
     def issued(self, inv: dict[str, Any]) -> None:
-        """Render and store the documents of a newly issued invoice; tell the notification rules."""
-        from billow.adapters.sql_billing import SqlBillingStore
-
-        try:
-            from billow.adapters.documents import document_store
-            from billow.services.documents import store_documents
-
-            inv["documents"] = store_documents(self.c.namespace, inv, document_store(self.c.settings))
-            self.c.store(SqlBillingStore).put_invoice(self.c.namespace, inv)
-        except Exception as exc:  # the invoice stands; its documents can be rendered again
-            log.exception("documents for invoice %s failed", inv["number"])
-            inv.setdefault("validationIssues", []).append(
-                {"severity": "warning", "code": "documents_failed", "component": "documents", "message": str(exc)})
+        """A newly issued invoice (its documents, marked pending, are rendered by `render_pending_documents` after
+        the run or on first request): the notification rules hear of it."""
         self._notify("invoice.created", inv)
         if inv["status"] == "paid":
             self._notify("invoice.paid", inv)
+
+    def documents(self, inv: dict[str, Any]) -> dict[str, Any]:
+        """The invoice's HTML and PDF (rendered and stored now if still pending): fresh links to both."""
+        from billow.adapters.documents import document_store
+        from billow.adapters.sql_billing import SqlBillingStore
+        from billow.services.documents import document_keys, store_documents
+
+        store = document_store(self.c.settings)
+        if (inv.get("documents") or {}).get("status") != "ready":
+            if inv["status"] in ("gathering", "draft", "issuing"):
+                raise Conflict(f"invoice {inv['number']} is {inv['status']}: documents exist once it is issued")
+            store_documents(self.c.namespace, inv, store)
+            html_key, pdf_key = document_keys(self.c.namespace, inv)
+            inv["documents"] = {"status": "ready", "html": html_key, "pdf": pdf_key}
+            self.c.store(SqlBillingStore).put_invoice(self.c.namespace, inv)
+        return {"html": store.url(inv["documents"]["html"]), "pdf": store.url(inv["documents"]["pdf"])}
 
     def updated(self, inv: dict[str, Any]) -> None:
         self._notify("invoice.paid" if inv["status"] == "paid" else "invoice.updated", inv)
 
     def _notify(self, kind: str, inv: dict[str, Any]) -> None:
         """Invoice events for the notification rules (their delivery is the notification dispatcher's job)."""
+        from billow.adapters.delivery import wake
         from billow.adapters.sql_notifications import SqlNotificationStore
         from billow.services.notifications import emit_invoice_event
 
+        store = self.c.store(SqlNotificationStore)
+        if kind not in self._rules:
+            self._rules[kind] = bool(store.active_rules([kind], self.c.namespace))
+        if not self._rules[kind]:
+            return
         try:
-            emit_invoice_event(self.c.namespace, kind, inv, store=self.c.store(SqlNotificationStore),
-                               now=self.c.clock.now())
+            emit_invoice_event(self.c.namespace, kind, inv, store=store, now=self.c.clock.now(), wake=wake)
         except Exception:  # the invoice stands; the event log shows what was not emitted
             log.exception("notification %s for invoice %s failed", kind, inv["number"])
 
-def run_billing(c: Any, *, customer_id: str | None = None, as_of: Any = None) -> Any:
+def run_billing(c: Any, *, customer_id: str | None = None, as_of: Any = None, documents_budget_s: float = 20.0) -> Any:
     """The billing run for the container's (the caller's) namespace, issuing through these apps. Used by the
     API (`POST /api/v1/billing/invoices/invoice`), functions/billing_run and billow serve's scheduler."""
     from billow.adapters.sql_billing import SqlBillingStore
@@ -93,6 +104,30 @@ def run_billing(c: Any, *, customer_id: str | None = None, as_of: Any = None) ->
     def on_issue(inv: dict[str, Any]) -> dict[str, Any]:
         return billing.issue(c.namespace, inv, store=store, apps=apps, now=now)
 
-    return billing.run(c.namespace, store=store, catalog_store=c.store(SqlCatalogStore), meta=c.meta,
-                       ents=c.entitlements, usage=c.usage, now=now, customer_id=customer_id, as_of=as_of,
-                       on_issue=on_issue)
+    result = billing.run(c.namespace, store=store, catalog_store=c.store(SqlCatalogStore), meta=c.meta,
+                         ents=c.entitlements, usage=c.usage, now=now, customer_id=customer_id, as_of=as_of,
+                         on_issue=on_issue)
+    result.documents = render_pending_documents(c, budget_s=documents_budget_s)
+    return result
+
+
+def render_pending_documents(c: Any, *, budget_s: float) -> int:
+    """Render the documents of issued invoices still without them, oldest first, for up to `budget_s` seconds
+    (a PDF takes ~0.1 s: a large run leaves the rest to the next run or to the first request)."""
+    import time
+
+    from billow.adapters.sql_billing import SqlBillingStore
+
+    deadline = time.monotonic() + budget_s
+    apps, done = c.billing_apps(), 0
+    for inv in c.store(SqlBillingStore).list_invoices(c.namespace, statuses=["issued", "payment_processing", "paid",
+                                                                              "overdue", "uncollectible"]):
+        if time.monotonic() >= deadline:
+            break
+        if (inv.get("documents") or {}).get("status") == "pending":
+            try:
+                apps.documents(inv)
+                done += 1
+            except Exception:  # one bad document must not hold up the others; the invoice keeps "pending"
+                log.exception("documents for invoice %s failed", inv["number"])
+    return done

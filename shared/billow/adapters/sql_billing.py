@@ -162,12 +162,6 @@ class SqlBillingStore:
         with self.engine.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(invoices.c.id))]
 
-    def count_invoices(self, namespace: str, customer_id: str) -> int:
-        q = sa.select(sa.func.count()).select_from(invoices).where(invoices.c.namespace == namespace,
-                                                                   invoices.c.customer_id == customer_id)
-        with self.engine.connect() as c:
-            return int(c.execute(q).scalar_one())
-
     # -- billing marks -------------------------------------------------------------------------------------
     def marks_for(self, namespace: str, subscription_ids: Sequence[str] | None = None) -> dict[tuple[str, datetime, str], Mark]:
         q = sa.select(marks).where(marks.c.namespace == namespace)
@@ -182,34 +176,51 @@ class SqlBillingStore:
                                                                 utc(r.billed_at))
         return out
 
-    def commit_billing(self, namespace: str, invoice: dict[str, Any] | None, advanced: list[Mark], now: datetime,
-                       credit_used: tuple[str, Decimal] | None = None) -> None:
-        """One transaction: the marks move from the revisions read to the new billed state, and the invoice
-        (and the prepaid credit it used) is written; any lost race raises Conflict and nothing is written."""
+    def commit_billing(self, namespace: str, items: Sequence[tuple[dict[str, Any] | None, list[Mark],
+                                                                   tuple[str, Decimal] | None]], now: datetime) -> None:
+        """One transaction for many customers: each item's marks move from the revisions read to the new billed
+        state, and its invoice (and the prepaid credit it used) is written; any lost race raises Conflict and
+        nothing of the whole batch is written."""
         try:
             with self.engine.begin() as c:
-                for m in advanced:
-                    values = {"rev": m.rev + 1, "billed_at": now, "doc": jsonx.dumps(m.billed)}
-                    if m.rev == 0:
-                        c.execute(marks.insert().values(namespace=namespace, subscription_id=m.subscription_id,
-                                                        period_start=m.period_start, term=m.term, **values))
-                    elif c.execute(marks.update().where(
-                            marks.c.namespace == namespace, marks.c.subscription_id == m.subscription_id,
-                            marks.c.period_start == m.period_start, marks.c.term == m.term, marks.c.rev == m.rev)
-                            .values(**values)).rowcount != 1:
-                        raise Conflict(f"subscription {m.subscription_id} was billed by another run meanwhile")
-                if invoice is not None:
-                    c.execute(invoices.insert().values(
-                        id=invoice["id"], namespace=namespace, customer_id=invoice["customer"]["id"],
-                        number=invoice["number"], status=invoice["status"], doc=jsonx.dumps(invoice)))
-                if credit_used is not None and invoice is not None:
-                    entry_id, amount = credit_used
-                    c.execute(credits.insert().values(
-                        namespace=namespace, id=entry_id, customer_id=invoice["customer"]["id"],
-                        currency=invoice["currency"], amount=format(-amount, "f"),
-                        doc=jsonx.dumps({"invoiceId": invoice["id"], "description": f"applied to {invoice['number']}"})))
+                for invoice, advanced, credit_used in items:
+                    self._commit_one(c, namespace, invoice, advanced, now, credit_used)
         except IntegrityError:
             raise Conflict("another billing run billed the same period meanwhile; nothing was written") from None
+
+    def _commit_one(self, c: sa.Connection, namespace: str, invoice: dict[str, Any] | None, advanced: list[Mark],
+                    now: datetime, credit_used: tuple[str, Decimal] | None) -> None:
+        for m in advanced:
+            values = {"rev": m.rev + 1, "billed_at": now, "doc": jsonx.dumps(m.billed)}
+            if m.rev == 0:
+                c.execute(marks.insert().values(namespace=namespace, subscription_id=m.subscription_id,
+                                                period_start=m.period_start, term=m.term, **values))
+            elif c.execute(marks.update().where(
+                    marks.c.namespace == namespace, marks.c.subscription_id == m.subscription_id,
+                    marks.c.period_start == m.period_start, marks.c.term == m.term, marks.c.rev == m.rev)
+                    .values(**values)).rowcount != 1:
+                raise Conflict(f"subscription {m.subscription_id} was billed by another run meanwhile")
+        if invoice is not None:
+            c.execute(invoices.insert().values(
+                id=invoice["id"], namespace=namespace, customer_id=invoice["customer"]["id"],
+                number=invoice["number"], status=invoice["status"], doc=jsonx.dumps(invoice)))
+            if credit_used is not None:
+                entry_id, amount = credit_used
+                c.execute(credits.insert().values(
+                    namespace=namespace, id=entry_id, customer_id=invoice["customer"]["id"],
+                    currency=invoice["currency"], amount=format(-amount, "f"),
+                    doc=jsonx.dumps({"invoiceId": invoice["id"], "description": f"applied to {invoice['number']}"})))
+
+    def invoice_counts(self, namespace: str) -> dict[str, int]:
+        q = sa.select(invoices.c.customer_id, sa.func.count()).where(invoices.c.namespace == namespace) \
+            .group_by(invoices.c.customer_id)
+        with self.engine.connect() as c:
+            return {r[0]: int(r[1]) for r in c.execute(q)}
+
+    def list_overrides(self, namespace: str) -> dict[str, dict[str, Any]]:
+        q = sa.select(overrides.c.customer_id, overrides.c.doc).where(overrides.c.namespace == namespace)
+        with self.engine.connect() as c:
+            return {r.customer_id: jsonx.loads(r.doc) for r in c.execute(q)}
 
     # -- prepaid credit ------------------------------------------------------------------------------------
     def add_credit(self, namespace: str, entry_id: str, customer_id: str, currency: str, amount: Decimal,
@@ -217,6 +228,15 @@ class SqlBillingStore:
         with self.engine.begin() as c:
             c.execute(credits.insert().values(namespace=namespace, id=entry_id, customer_id=customer_id,
                                               currency=currency, amount=format(amount, "f"), doc=jsonx.dumps(doc)))
+
+    def credit_balances(self, namespace: str) -> dict[tuple[str, str], Decimal]:
+        """Every customer's prepaid balance per currency (only those with any credit entries)."""
+        q = sa.select(credits.c.customer_id, credits.c.currency, credits.c.amount).where(credits.c.namespace == namespace)
+        out: dict[tuple[str, str], Decimal] = {}
+        with self.engine.connect() as c, decimal.localcontext(EXACT):
+            for r in c.execute(q):
+                out[(r.customer_id, r.currency)] = out.get((r.customer_id, r.currency), Decimal(0)) + Decimal(r.amount)
+        return out
 
     def credit_balance(self, namespace: str, customer_id: str, currency: str) -> Decimal:
         q = sa.select(credits.c.amount).where(credits.c.namespace == namespace, credits.c.customer_id == customer_id,

@@ -87,7 +87,12 @@ def duration(value: Any, field: str, problems: Problems, *, minimum: timedelta =
     except ValidationFailed as exc:
         problems.append((field, exc.errors[0]["message"] if exc.errors else str(exc)))
         return None
-    if period.at(1) - period.at(0) < minimum:
+    try:
+        length = period.at(1) - period.at(0)
+    except OverflowError:
+        problems.append((field, "is too long"))
+        return None
+    if length < minimum:
         problems.append((field, f"must be at least {int(minimum.total_seconds() // 3600)} hour"))
         return None
     return value

@@ -16,7 +16,7 @@ rounding mode the caller states.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -156,44 +156,54 @@ def _item_periods(item: Item, sub: dict[str, Any], start: datetime, end: datetim
     return [(grid.containing(b - _TICK)[0], b) for b in bounds if b > start]  # periods ending in (start, end]
 
 
+def _spans(sub: dict[str, Any], period_start: datetime, period_end: datetime) -> Iterator[tuple[Item, datetime, datetime, datetime, datetime]]:
+    """(item, its period start/end, served start/end) for every recurring rate card with a price that this
+    billing period settles."""
+    for item in items(sub):
+        if item.rate_card.get("price") is None or item.rate_card.get("billingCadence") is None:
+            continue
+        for ps, pe in _item_periods(item, sub, period_start, period_end):
+            served = _overlap((ps, pe), (item.start, item.end))
+            if served is not None:
+                yield item, ps, pe, served[0], served[1] if served[1] is not None else pe
+
+
+def usage_spans(sub: dict[str, Any], period_start: datetime, period_end: datetime) -> list[tuple[str, datetime, datetime]]:
+    """(feature key, start, end) of every usage measurement `charges` will ask for in this billing period."""
+    return [(item.rate_card["featureKey"], s, e) for item, _, _, s, e in _spans(sub, period_start, period_end)
+            if item.rate_card["type"] == "usage_based" and item.rate_card["price"].get("type") != "flat"]
+
+
 def charges(sub: dict[str, Any], period_start: datetime, period_end: datetime, *, usage: UsageFn,
             rounding: Rounding = "ROUND_HALF_UP") -> list[Charge]:
     """What the subscription owes for its billing period [period_start, period_end): one or more detailed lines
     per rate card in force during it."""
     prorate = bool((sub.get("proRatingConfig") or {}).get("enabled", True))
+    cur = sub["currency"]
     out: list[Charge] = []
-    for item in items(sub):
+    for item in items(sub):  # one-time fees: in the period where their item starts
         rc = item.rate_card
-        if rc.get("price") is None:
-            continue
+        if rc.get("price") is not None and rc.get("billingCadence") is None and period_start <= item.start < period_end:
+            price = pricing.parse_price(rc["price"])
+            assert isinstance(price, pricing.FlatPrice)
+            one = replace(price, amount=price.amount * item.quantity)
+            out += [Charge(item, ln) for ln in pricing.rate(
+                one, Decimal(0), currency=cur, rounding=rounding, period_start=period_start, period_end=period_end,
+                discounts=pricing.parse_discounts(rc.get("discounts")), name=rc["name"])]
+    for item, ps, pe, s, e in _spans(sub, period_start, period_end):
+        rc = item.rate_card
         price = pricing.parse_price(rc["price"])
         discounts = pricing.parse_discounts(rc.get("discounts"))
-        if rc.get("billingCadence") is None:  # a one-time fee: in the period where its item starts
-            if period_start <= item.start < period_end:
-                assert isinstance(price, pricing.FlatPrice)
-                one = replace(price, amount=price.amount * item.quantity)
-                out += [Charge(item, ln) for ln in pricing.rate(one, Decimal(0), currency=sub["currency"],
-                                                                  rounding=rounding, period_start=period_start,
-                                                                  period_end=period_end, discounts=discounts,
-                                                                  name=rc["name"])]
-            continue
-        for ps, pe in _item_periods(item, sub, period_start, period_end):
-            served = _overlap((ps, pe), (item.start, item.end))
-            if served is None:
-                continue
-            s, e = served[0], served[1] if served[1] is not None else pe
-            if isinstance(price, pricing.FlatPrice):
-                flat = replace(price, amount=price.amount * item.quantity)
-                lines = pricing.rate(flat, Decimal(0), currency=sub["currency"], rounding=rounding,
-                                     period_start=ps, period_end=pe, served_start=s if prorate else ps,
-                                     served_end=e if prorate else pe, discounts=discounts, name=rc["name"])
-            else:
-                part = _prorated_commitments(price, ps, pe, s, e, sub["currency"], rounding) \
-                    if prorate and (s, e) != (ps, pe) else price
-                qty = usage(rc["featureKey"], s, e)
-                lines = pricing.rate(part, qty, currency=sub["currency"], rounding=rounding, period_start=ps,
-                                     period_end=pe, served_start=s, served_end=e, discounts=discounts, name=rc["name"])
-            out += [Charge(item, ln) for ln in lines]
+        if isinstance(price, pricing.FlatPrice):
+            flat = replace(price, amount=price.amount * item.quantity)
+            lines = pricing.rate(flat, Decimal(0), currency=cur, rounding=rounding, period_start=ps, period_end=pe,
+                                 served_start=s if prorate else ps, served_end=e if prorate else pe,
+                                 discounts=discounts, name=rc["name"])
+        else:
+            part = _prorated_commitments(price, ps, pe, s, e, cur, rounding) if prorate and (s, e) != (ps, pe) else price
+            lines = pricing.rate(part, usage(rc["featureKey"], s, e), currency=cur, rounding=rounding, period_start=ps,
+                                 period_end=pe, served_start=s, served_end=e, discounts=discounts, name=rc["name"])
+        out += [Charge(item, ln) for ln in lines]
     return out
 
 

@@ -187,17 +187,8 @@ def put_override(namespace: str, customer_id: str, body: Any, *, store: Any, met
 
 def resolved_profile(namespace: str, customer_id: str, *, store: Any) -> dict[str, Any] | None:
     """The customer's override applied to its profile (the override's, else the default one)."""
-    override = store.get_override(namespace, customer_id) or {}
-    profile = None
-    if override.get("billingProfileId"):
-        profile = store.get_profile(namespace, override["billingProfileId"])
-    if profile is None:
-        profile = next((p for p in store.list_profiles(namespace) if p.get("default")), None)
-    if profile is None:
-        return None
-    if override.get("workflow"):
-        profile = {**profile, "workflow": _workflow(override["workflow"], profile["workflow"])}
-    return dict(profile)
+    override = store.get_override(namespace, customer_id)
+    return _Context(store.list_profiles(namespace), {customer_id: override} if override else {}, {}).profile(customer_id)
 
 
 def _customer(namespace: str, id_or_key: str, meta: MetaStore) -> dict[str, Any]:
@@ -217,11 +208,9 @@ class BatchedUsage:
         self.wanted: dict[tuple[str, datetime, datetime], set[str]] = defaultdict(set)
         self.values: dict[tuple[str, datetime, datetime], dict[str, Decimal]] = {}
 
-    def recorder(self, subjects: list[str]) -> subs.UsageFn:
-        def record(feature: str, s: datetime, e: datetime) -> Decimal:
+    def want(self, subjects: list[str], spans: list[tuple[str, datetime, datetime]]) -> None:
+        for feature, s, e in spans:
             self.wanted[(feature, minute(s), minute(e))].update(subjects)
-            return Decimal(0)
-        return record
 
     def fetch(self) -> None:
         for (feature_key, s, e), subjects in self.wanted.items():
@@ -263,10 +252,11 @@ class RunResult:
     subscriptions: int = 0
     points: int = 0
     advanced: int = 0
+    documents: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"invoices": [i["id"] for i in self.invoices], "skipped": self.skipped, "subscriptions": self.subscriptions,
-                "points": self.points, "advanced": self.advanced}
+                "points": self.points, "advanced": self.advanced, "documents": self.documents}
 
 
 def _due_points(sub: dict[str, Any], as_of: datetime, marks: dict[Any, Any], now: datetime) -> list[Point]:
@@ -390,7 +380,7 @@ def run(namespace: str, *, store: Any, catalog_store: Any, meta: MetaStore, ents
         cust = customers.get(d["customerId"]) or meta.get_customer(namespace, d["customerId"]) or {}
         subjects_of[d["id"]] = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
         for ps in {p.period for p in points}:
-            subs.charges(d, ps[0], ps[1], usage=batch.recorder(subjects_of[d["id"]]))
+            batch.want(subjects_of[d["id"]], subs.usage_spans(d, ps[0], ps[1]))
     batch.fetch()
     per_customer: dict[str, list[tuple[list[dict[str, Any]], Any]]] = defaultdict(list)
     for d, points in points_by_sub:
@@ -402,68 +392,109 @@ def run(namespace: str, *, store: Any, catalog_store: Any, meta: MetaStore, ents
             lines, billed = _diff(p, rated[p.period], now)
             if billed != p.mark.billed:
                 per_customer[d["customerId"]].append((lines, replace(p.mark, billed=billed)))
-    for cust_id, parts in per_customer.items():
-        try:
-            created = _invoice_customer(namespace, cust_id, parts, store=store, meta=meta, now=now, result=result)
-        except Conflict as exc:  # a concurrent run billed these periods first: its invoice stands, ours is dropped
-            result.skipped.append({"customerId": cust_id, "reason": exc.detail})
-            continue
-        if created is not None and on_issue is not None:
-            result.invoices[-1] = advance_on_create(created, on_issue)
+    ctx = _Context(store.list_profiles(namespace), store.list_overrides(namespace), store.invoice_counts(namespace),
+                   store.credit_balances(namespace))
+    prepared = [prep for cust_id, parts in per_customer.items()
+                if (prep := _prepare(namespace, cust_id, parts, customers, ctx, store=store, now=now, result=result))]
+    for start in range(0, len(prepared), COMMIT_BATCH):
+        for item in _commit(namespace, prepared[start:start + COMMIT_BATCH], store=store, now=now, result=result):
+            if item.invoice is None:
+                continue
+            inv = item.invoice
+            if on_issue is not None and inv["statusDetails"]["extendedStatus"] == "draft.ready_to_issue":
+                inv = on_issue(inv)
+            elif on_issue is not None and inv["status"] != "draft":
+                on_issue(inv)  # issued in the batch (sandbox): the apps still hear of it
+            result.invoices.append(inv)
     result.advanced += _advance_due(namespace, store=store, now=now, on_issue=on_issue, customer_id=customer_id)
     return result
 
 
-def _invoice_customer(namespace: str, customer_id: str, parts: list[tuple[list[dict[str, Any]], Any]], *, store: Any,
-                      meta: MetaStore, now: datetime, result: RunResult) -> dict[str, Any] | None:
-    customer = meta.get_customer(namespace, customer_id)
-    profile = resolved_profile(namespace, customer_id, store=store)
+COMMIT_BATCH = 200  # invoices per transaction: a durable commit costs milliseconds, a batch of them one commit
+
+
+@dataclass
+class _Context:
+    """What every customer of a run needs, read once: profiles, overrides, invoice counts (for numbers)."""
+
+    profiles: list[dict[str, Any]]
+    overrides: dict[str, dict[str, Any]]
+    counts: dict[str, int]
+    credits: dict[tuple[str, str], Decimal] = field(default_factory=dict)  # (customer, currency) -> balance
+
+    def profile(self, customer_id: str) -> dict[str, Any] | None:
+        override = self.overrides.get(customer_id) or {}
+        found = next((p for p in self.profiles if p["id"] == override.get("billingProfileId")), None) or \
+            next((p for p in self.profiles if p.get("default")), None)
+        if found is not None and override.get("workflow"):
+            found = {**found, "workflow": _workflow(override["workflow"], found["workflow"])}
+        return found
+
+
+@dataclass
+class _Prepared:
+    customer: dict[str, Any]
+    invoice: dict[str, Any] | None
+    marks: list[Any]
+    credit: tuple[str, Decimal] | None
+
+
+def _prepare(namespace: str, customer_id: str, parts: list[tuple[list[dict[str, Any]], Any]],
+             customers: dict[str, dict[str, Any]], ctx: _Context, *, store: Any, now: datetime,
+             result: RunResult) -> _Prepared | None:
+    customer = customers.get(customer_id)
+    profile = ctx.profile(customer_id)
     if customer is None or profile is None:
         reason = "customer deleted" if customer is None else "no billing profile: create one (POST /api/v1/billing/profiles)"
         result.skipped.append({"customerId": customer_id, "reason": reason})
         return None
     lines = [ln for ls, _ in parts for ln in ls]
-    marks_advanced = [m for _, m in parts]
-    currency = next((ln["currency"] for ln in lines), None)
-    invoice = None
-    credit = None
+    invoice, credit = None, None
     if lines:
-        assert currency is not None
-        invoice = new_invoice(namespace, customer, profile, currency, lines, store=store, now=now)
-        balance = store.credit_balance(namespace, customer_id, currency)
+        ctx.counts[customer_id] = ctx.counts.get(customer_id, 0) + 1
+        invoice = new_invoice(namespace, customer, profile, lines[0]["currency"], lines, number=ctx.counts[customer_id],
+                              now=now)
+        balance = ctx.credits.get((customer_id, invoice["currency"]), Decimal(0))
         due = inv_rules.due(invoice)
         if balance > 0 and due > 0:
-            used = min(balance, due)
-            credit = (new_id(), used)
-            invoice["totals"] = inv_rules.sum_totals(invoice["lines"], used)
-    for attempt in range(3):
-        try:
-            store.commit_billing(namespace, invoice, marks_advanced, now, credit)
-            break
-        except Conflict:
-            if invoice is None or attempt == 2 or store.get_invoice(namespace, invoice["id"]) is not None:
-                raise
-            # The number was taken by a concurrent run for the same customer: a lost race on the marks raises
-            # again below and writes nothing.
-            invoice["number"] = _number(namespace, customer, store, bump=attempt + 1)
-    if invoice is not None:
-        result.invoices.append(invoice)
-    return invoice
+            credit = (new_id(), min(balance, due))
+            invoice["totals"] = inv_rules.sum_totals(invoice["lines"], credit[1])
+        if invoice["statusDetails"]["extendedStatus"] == "draft.ready_to_issue" \
+                and invoice["workflow"]["apps"]["invoicing"] == "sandbox":
+            _issue_state(invoice, now)  # nothing leaves Billow: issued in the same transaction as its lines
+    return _Prepared(customer, invoice, [m for _, m in parts], credit)
 
 
-def _number(namespace: str, customer: dict[str, Any], store: Any, bump: int = 0) -> str:
+def _commit(namespace: str, batch: list[_Prepared], *, store: Any, now: datetime, result: RunResult) -> list[_Prepared]:
+    """Commit a batch in one transaction; if a concurrent run got there first for any of it, commit one by one so
+    that only the customers it billed are skipped (their invoice is the other run's)."""
+    try:
+        store.commit_billing(namespace, [(p.invoice, p.marks, p.credit) for p in batch], now)
+        return batch
+    except Conflict:
+        if len(batch) == 1:
+            result.skipped.append({"customerId": batch[0].customer["id"],
+                                   "reason": "billed by a concurrent run meanwhile; its invoice stands"})
+            return []
+    done = []
+    for p in batch:
+        done += _commit(namespace, [p], store=store, now=now, result=result)
+    return done
+
+
+def _number(customer: dict[str, Any], n: int) -> str:
     prefix = "".join(ch for ch in str(customer.get("key") or customer["id"]).upper() if ch.isalnum())[:12] or "INV"
-    return f"{prefix}-{store.count_invoices(namespace, customer['id']) + 1 + bump:04d}"
+    return f"{prefix}-{n:04d}"
 
 
 def new_invoice(namespace: str, customer: dict[str, Any], profile: dict[str, Any], currency: str,
-                lines: list[dict[str, Any]], *, store: Any, now: datetime) -> dict[str, Any]:
+                lines: list[dict[str, Any]], *, number: int, now: datetime) -> dict[str, Any]:
     Currency.of(currency)
     stamp = format_rfc3339(now)
     periods = [ln["period"] for ln in lines]
     wf = profile["workflow"]
     invoice: dict[str, Any] = {
-        "id": new_id(), "number": _number(namespace, customer, store), "type": "standard", "currency": currency,
+        "id": new_id(), "number": _number(customer, number), "type": "standard", "currency": currency,
         "description": None, "metadata": None, "createdAt": stamp, "updatedAt": stamp, "deletedAt": None,
         "supplier": profile["supplier"],
         "customer": {"id": customer["id"], "key": customer.get("key"), "name": customer.get("name"),
@@ -482,12 +513,6 @@ def new_invoice(namespace: str, customer: dict[str, Any], profile: dict[str, Any
     else:
         invoice["draftUntil"] = format_rfc3339(RecurringPeriod(invoicing["draftPeriod"], now).at(1))
         inv_rules.set_status(invoice, "draft.waiting_auto_approval")
-    return invoice
-
-
-def advance_on_create(invoice: dict[str, Any], on_issue: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    if invoice["statusDetails"]["extendedStatus"] == "draft.ready_to_issue":
-        return on_issue(invoice)
     return invoice
 
 
@@ -521,7 +546,11 @@ def get_invoice(namespace: str, id_: str, *, store: Any) -> dict[str, Any]:
 
 
 def issue(namespace: str, inv: dict[str, Any], *, store: Any, apps: Any, now: datetime) -> dict[str, Any]:
-    """draft -> issuing -> issued (the invoicing app) -> payment (the payment app)."""
+    """draft -> issuing -> issued (the invoicing app) -> payment (the payment app). An invoice the run issued
+    already (sandbox, in its own transaction) only goes to the apps."""
+    if inv["status"] not in ("draft", "issuing"):
+        apps.issued(inv)
+        return inv
     before = inv["status"]
     inv_rules.set_status(inv, "issuing.syncing")
     inv["updatedAt"] = format_rfc3339(now)
@@ -542,7 +571,8 @@ def issue(namespace: str, inv: dict[str, Any], *, store: Any, apps: Any, now: da
     return _issued(namespace, inv, store=store, apps=apps, now=now)
 
 
-def _issued(namespace: str, inv: dict[str, Any], *, store: Any, apps: Any, now: datetime) -> dict[str, Any]:
+def _issue_state(inv: dict[str, Any], now: datetime) -> None:
+    """Issued now: issue and due dates, then the payment app's state (the sandbox settles at once); documents due."""
     due_after = inv["workflow"]["workflow"]["invoicing"]["dueAfter"]
     inv["issuedAt"] = format_rfc3339(now)
     inv["dueAt"] = format_rfc3339(now if due_after in ("P0D", "PT0S", "PT0H") else RecurringPeriod(due_after, now).at(1))
@@ -553,6 +583,11 @@ def _issued(namespace: str, inv: dict[str, Any], *, store: Any, apps: Any, now: 
     else:
         inv_rules.set_status(inv, "payment_processing.pending")
     inv["updatedAt"] = format_rfc3339(now)
+    inv["documents"] = {"status": "pending"}
+
+
+def _issued(namespace: str, inv: dict[str, Any], *, store: Any, apps: Any, now: datetime) -> dict[str, Any]:
+    _issue_state(inv, now)
     store.put_invoice(namespace, inv, expect_status="issuing")
     apps.issued(inv)
     return inv

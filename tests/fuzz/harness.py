@@ -1,0 +1,171 @@
+"""The fuzz machinery shared by tests/fuzz: Billow's OpenAPI document, hostile strings, the soundness check and
+the two per-operation tests (`make_tests`). Each test module fuzzes its own share of the operations against
+its own `billow serve`, so pytest-xdist (--dist loadfile) runs the shares in parallel and every operation is
+its own test item with its own timeout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+
+from tests.e2e.conftest import Server
+
+CONFIG = """
+meters:
+  - slug: requests
+    eventType: request
+    aggregation: SUM
+    valueProperty: $.tokens
+    groupBy: {route: $.route, model: $.model}
+"""
+
+DOC_PATH = Path(__file__).parents[2] / "shared/billow/api/openapi.json"
+DOC = json.loads(DOC_PATH.read_text(encoding="utf-8"))
+METHODS = ("get", "put", "post", "delete", "patch")
+OPERATIONS = [(m.upper(), p) for p, item in DOC["paths"].items() for m in item if m in METHODS]
+
+# Strings that have broken parsers, SQL builders, JSONPath evaluators and URL routing elsewhere.
+HOSTILE = [
+    "'", '"', "`", "\\", "';--", "'; DROP TABLE meters; --", "\" OR 1=1 --", "a;b", "--", "/*", "*/",
+    "a\x00b", "\x00", "%00", "%", "%2F", "../../etc/passwd", "..", ".", "/", "?", "#", "&", "=",
+    "{{x}}", "${x}", "$.a", "$..*", "$[?(@.a)]", "[", "]", "{", "}", "null", "true", "-1", "1e309", "NaN",
+    " ", "\t", "\n", "\r\n", "\u202e", "\ufeff", "\ud7ff", "😀" * 64, "ü" * 2000, "Ω≈ç√∫" * 300, "a" * 10000,
+]
+
+MAX_EXAMPLES = 6
+# Plans, add-ons and subscriptions have deep request schemas (rate cards x prices x discounts x entitlement
+# templates): schemathesis needs seconds per example there, so they get fewer examples each.
+HEAVY = ("/api/v1/plans", "/api/v1/addons", "/api/v1/subscriptions")
+HEAVY_EXAMPLES = 2
+PORTAL_AUTH: dict[str, str] = {}
+
+
+def auth_for(path: str) -> dict[str, str] | None:
+    return PORTAL_AUTH if path.startswith("/api/v1/portal/meters/") else None
+
+
+
+def examples(path: str) -> int:
+    return HEAVY_EXAMPLES if path.startswith(HEAVY) else MAX_EXAMPLES
+
+
+# Loaded from the shipped file rather than with `schemathesis.pytest.from_fixture` (its lazy loader reads
+# `Function._nodeid`, which pytest 9 removed); test_served_document_is_the_fuzzed_one ties the two together.
+schema = schemathesis.openapi.from_path(DOC_PATH)
+SUPPRESS = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture]
+FuzzServer = tuple[Server, list[str]]
+
+
+def assert_sound(resp: Any, label: str, log: list[str]) -> None:
+    """Status < 500; every 4xx/5xx is problem+json with the matching status."""
+    detail = f"{label} -> {resp.status_code} {resp.text[:500]!r}"
+    if resp.status_code >= 500:
+        tail = "".join(log[-40:])
+        raise AssertionError(f"server error: {detail}\n--- server log tail ---\n{tail}")
+    if resp.status_code >= 400:
+        # schemathesis' Response keeps headers as {name: [values]}; requests' as a case-insensitive dict.
+        raw = {k.lower(): v for k, v in resp.headers.items()}.get("content-type", "")
+        ctype = raw[0] if isinstance(raw, list) else raw
+        assert ctype.split(";")[0].strip() == "application/problem+json", f"error not problem+json: {detail}"
+        body = resp.json()
+        assert body.get("status") == resp.status_code, f"problem status mismatch: {detail}"
+        assert body.get("title"), f"problem without title: {detail}"
+
+
+# --- hostile strings, placed deliberately: in each path parameter, each query parameter, each body string ---
+
+def _string_leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, str):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _string_leaves(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _string_leaves(v, (*path, i))]
+    return []
+
+
+def _replace(value: Any, path: tuple[Any, ...], new: str) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {**value, head: _replace(value[head], rest, new)}
+    out = list(value)
+    out[head] = _replace(out[head], rest, new)
+    return out
+
+
+def _label(case: Any) -> str:
+    return f"{case.method} {case.formatted_path} query={case.query!r} body={case.body!r}"[:2000]
+
+
+def no_server_errors(method: str, path: str, fuzz_server: FuzzServer, http: requests.Session) -> None:
+    """Schema-valid and deliberately invalid requests (schemathesis' positive and negative modes)."""
+    srv, log = fuzz_server
+    operation = schema[path][method.lower()]
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=examples(path), deadline=None, database=None, suppress_health_check=SUPPRESS)
+        def run(case: Any) -> None:
+            resp = case.call(base_url=srv.url, session=http, headers=auth_for(case.path), timeout=30)
+            assert_sound(resp, _label(case), log)
+
+        try:
+            run()
+        except Unsatisfiable:
+            # Negative mode only: nothing in this operation can be made invalid (e.g. no parameters, no body).
+            if mode is GenerationMode.POSITIVE:
+                raise
+
+
+def hostile_strings(method: str, path: str, fuzz_server: FuzzServer, http: requests.Session) -> None:
+    """Hostile strings placed deliberately: in each path parameter, each query parameter, each body string."""
+    srv, log = fuzz_server
+    operation = schema[path][method.lower()]
+    strategy = operation.as_strategy(generation_mode=GenerationMode.POSITIVE)
+
+    @given(case=strategy, data=st.data())
+    @settings(max_examples=examples(path), deadline=None, database=None, suppress_health_check=SUPPRESS)
+    def run(case: Any, data: st.DataObject) -> None:
+        hostile = data.draw(st.sampled_from(HOSTILE) | st.text(min_size=1, max_size=50), label="hostile")
+        # Path parameters: either the real meter (so the handler gets past the lookup) or the hostile string.
+        for name in case.path_parameters or {}:
+            case.path_parameters[name] = data.draw(st.sampled_from(["requests", hostile]), label=name)
+        targets: list[tuple[str, tuple[Any, ...]]] = [("query", (k,)) for k in (case.query or {})]
+        targets += [("body", p) for p in _string_leaves(case.body)] if case.body is not None else []
+        if targets:
+            where, leaf = data.draw(st.sampled_from(targets), label="target")
+            if where == "query":
+                case.query = {**case.query, leaf[0]: hostile}
+            else:
+                case.body = _replace(case.body, leaf, hostile)
+        resp = case.call(base_url=srv.url, session=http, headers=auth_for(case.path), timeout=30)
+        assert_sound(resp, _label(case), log)
+
+
+    run()
+
+
+def make_tests(operations: list[tuple[str, str]]) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The two fuzz tests, one item per operation, for a test module to expose."""
+    ids = [f"{m} {p}" for m, p in operations]
+
+    @pytest.mark.parametrize(("method", "path"), operations, ids=ids)
+    def test_no_server_errors(method: str, path: str, fuzz_server: FuzzServer, http: requests.Session) -> None:
+        no_server_errors(method, path, fuzz_server, http)
+
+    @pytest.mark.parametrize(("method", "path"), operations, ids=ids)
+    def test_hostile_strings(method: str, path: str, fuzz_server: FuzzServer, http: requests.Session) -> None:
+        hostile_strings(method, path, fuzz_server, http)
+
+    return test_no_server_errors, test_hostile_strings
