@@ -170,6 +170,11 @@ def test_cancel_continue_and_entitlements_follow(billow: Billow) -> None:
     assert b.call("POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {})[0] == 409
     listed = b.ok("GET", "/api/v1/customers/acme/subscriptions")
     assert [s["status"] for s in listed["items"]] == ["inactive"]
+    # A subscription canceled before it starts never runs, and leaves the customer free to subscribe.
+    later = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme",
+                                                   "timing": "2026-03-01T00:00:00Z"})
+    assert later["status"] == "scheduled"
+    assert b.ok("POST", f"/api/v1/subscriptions/{later['id']}/cancel", {"timing": "immediate"})["status"] == "inactive"
     # The customer can subscribe again from the end of the last one.
     again = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
     assert again["status"] == "active" and b.value("customer_1", "tokens")["hasAccess"] is True

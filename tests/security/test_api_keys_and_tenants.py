@@ -215,6 +215,23 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     _, note = a.call("POST", f"/api/v1/notification/rules/{rule['id']}/test")
     values.update(channelId=chan["id"], ruleId=rule["id"], eventId=note["id"])
     secrets |= {chan["id"], rule["id"], note["id"], chan["signingSecret"], "Leak Hook", "Leak Rule"}
+    # Catalog: a published plan with an add-on, and a subscription to it with the add-on.
+    card = {"type": "flat_fee", "key": "leak_fee", "name": "Leak Fee", "billingCadence": "P1M",
+            "price": {"type": "flat", "amount": "1"}}
+    _, addon = a.call("POST", "/api/v1/addons", {"key": "leak_addon", "name": "Leak Addon", "currency": "USD",
+                                                 "instanceType": "single", "rateCards": [card]})
+    a.call("POST", f"/api/v1/addons/{addon['id']}/publish")
+    _, plan = a.call("POST", "/api/v1/plans", {"key": "leak_plan", "name": "Leak Plan", "currency": "USD",
+                                               "billingCadence": "P1M", "phases": [
+                                                   {"key": "only", "name": "Only", "rateCards": [card]}]})
+    _, plan_addon = a.call("POST", f"/api/v1/plans/{plan['id']}/addons", {"addonId": addon["id"], "fromPlanPhase": "only"})
+    a.call("POST", f"/api/v1/plans/{plan['id']}/publish")
+    _, sub = a.call("POST", "/api/v1/subscriptions", {"plan": {"key": "leak_plan"}, "customerId": cust["id"]})
+    _, sub_addon = a.call("POST", f"/api/v1/subscriptions/{sub['id']}/addons", {
+        "addon": {"id": addon["id"]}, "quantity": 1, "timing": "immediate", "name": "Leak Addon"})
+    values.update(planId=plan["id"], planIdOrKey="leak_plan", addonId=addon["id"], planAddonId=plan_addon["id"],
+                  subscriptionId=sub["id"], subscriptionAddonId=sub_addon["id"])
+    secrets |= {plan["id"], addon["id"], plan_addon["id"], sub["id"], sub_addon["id"], "Leak Plan", "Leak Addon"}
     doc = json.loads(resources.files("billow.api").joinpath("openapi.json").read_text())
     def sweep(caller: Tenant) -> None:
         for path, ops in doc["paths"].items():
@@ -241,3 +258,7 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     assert a.call("GET", f"/api/v1/entitlements/{ent['id']}")[1].get("deletedAt") is None
     (g,) = [g for g in a.call("GET", "/api/v1/grants")[1] if g["id"] == grant["id"]]
     assert g.get("voidedAt") is None
+    assert a.call("GET", f"/api/v1/plans/{plan['id']}")[1]["status"] == "active"
+    assert a.call("GET", f"/api/v1/addons/{addon['id']}")[1]["status"] == "active"
+    assert a.call("GET", f"/api/v1/subscriptions/{sub['id']}")[1]["status"] == "active"
+    assert [x["quantity"] for x in a.call("GET", f"/api/v1/subscriptions/{sub['id']}/addons")[1]] == [1]

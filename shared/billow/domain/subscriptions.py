@@ -64,6 +64,8 @@ def status(sub: dict[str, Any], now: datetime) -> str:
     """OpenMeter's: scheduled (starts later), active, canceled (an end is set, still running), inactive (ended)."""
     frm, to = t(sub["activeFrom"]), t(sub.get("activeTo"))
     assert frm is not None
+    if to is not None and to <= frm:
+        return "inactive"  # canceled before it started
     if frm > now:
         return "scheduled"
     if to is not None:
