@@ -89,7 +89,9 @@ def _overlapping(namespace: str, customer_id: str, start: datetime, store: Subsc
     for other in store.list_subscriptions(namespace, customer_id):
         if other["id"] == ignore or other.get("deletedAt"):
             continue
-        end = subs.t(other.get("activeTo"))
+        begin, end = subs.t(other["activeFrom"]), subs.t(other.get("activeTo"))
+        if end is not None and begin is not None and end <= begin:
+            continue  # canceled before it started: it never runs
         if end is None or end > start:
             return other
     return None
