@@ -1,7 +1,65 @@
-"""Llm routes (to be filled)."""
+"""LLM cost routes (Billow extension, not in OpenMeter's spec; docs/llm-costs.md): token meters, price
+overrides, cost report."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
+from billow.adapters.sql_llm_prices import SqlLlmPriceStore
+from billow.api import present
+from billow.api.http import body_text, json_body, path_param, query_multi
+from billow.bootstrap import container
+from billow.errors import ValidationFailed
+from billow.services import llm_costs
+from functions.api.responses import no_content, ok
+
 router = APIGatewayHttpRouter()
+
+
+def _event() -> dict[str, Any]:
+    return router.current_event.raw_event
+
+
+@router.post("/api/v1/llm/meters")
+def install_meters() -> Response:
+    c = container()
+    body: Any = json_body(_event()) if body_text(_event()).strip() else {}
+    cache = body.get("cacheTokens", True) if isinstance(body, dict) else None
+    if not isinstance(cache, bool):
+        raise ValidationFailed("cacheTokens: must be true or false", [{"field": "cacheTokens", "message": "must be a boolean"}])
+    meters, created = llm_costs.install_llm_meters(c.namespace, cache_tokens=cache, meta=c.meta, usage=c.usage,
+                                                   now=c.clock.now(), sink_lock=c.sink_lock)
+    return ok({"meters": [present.meter_json(m) for m in meters], "created": created}, 201 if created else 200)
+
+
+@router.get("/api/v1/llm/prices")
+def list_prices() -> Response:
+    c = container()
+    qs = query_multi(_event())
+    prices = llm_costs.list_prices(c.namespace, provider=(qs.get("provider") or [None])[0],
+                                   model=(qs.get("model") or [None])[0], store=c.store(SqlLlmPriceStore))
+    return ok([p.to_json() for p in prices])
+
+
+@router.post("/api/v1/llm/prices")
+def create_price() -> Response:
+    c = container()
+    price = llm_costs.create_price(c.namespace, json_body(_event()), store=c.store(SqlLlmPriceStore), now=c.clock.now())
+    return ok(price.to_json(), 201)
+
+
+@router.delete("/api/v1/llm/prices/<price_id>")
+def delete_price(price_id: str) -> Response:
+    c = container()
+    llm_costs.delete_price(c.namespace, path_param(price_id), store=c.store(SqlLlmPriceStore))
+    return no_content()
+
+
+@router.get("/api/v1/llm/costs")
+def costs() -> Response:
+    c = container()
+    return ok(llm_costs.cost_report(c.namespace, query_multi(_event()), meta=c.meta, usage=c.usage,
+                                    store=c.store(SqlLlmPriceStore)))

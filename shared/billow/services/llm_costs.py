@@ -1,0 +1,378 @@
+"""LLM cost tracking (Billow extension, docs/llm-costs.md): install the token meters, keep the user's price
+overrides, and cost token usage per window from the overrides and genai-prices' bundled price table.
+
+Resolution, per window and (provider, model): the override in effect at the window start (the latest one
+whose effectiveFrom is not after it), else genai-prices' price at the window start, else the usage is listed
+as unpriced with the reason; it is never counted as zero. genai-prices is used offline only: its bundled
+data (the table shipped with the installed package) through its own DataSnapshot; UpdatePrices, the part
+that fetches, is never started. It is imported on first use (~1 s), never at module import.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from billow.domain import llm
+from billow.domain.llm import Cost, PriceOverride, TokenCounts, TokenPrices, Unpriceable
+from billow.domain.meters import Meter
+from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.ids import new_id
+from billow.jsonx import plain_decimal
+from billow.ports import MetaStore, UsageStore
+from billow.services.meters import SinkLock, build_meter, create_meter
+from billow.services.query import QueryParams, params_from_query_string, query_meter
+
+REPORT_GROUPS = ("provider", "model", "customer", "team", "feature", "subject")
+DEFAULT_WINDOW = "DAY"
+_MS = timedelta(milliseconds=1)
+
+
+class PriceOverrideStore(Protocol):
+    def put_override(self, namespace: str, override: PriceOverride) -> None: ...
+
+    def list_overrides(self, namespace: str, provider: str | None = None,
+                       model: str | None = None) -> list[PriceOverride]: ...
+
+    def delete_override(self, namespace: str, override_id: str) -> bool: ...
+
+
+class UnpricedUsage(Conflict):
+    """Usage of a model no price covers: the cost cannot be stated (an underestimate is never returned)."""
+
+
+def _bad(field_name: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field_name}: {message}", [{"field": field_name, "message": message}])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Meters
+
+
+def install_llm_meters(namespace: str, *, cache_tokens: bool = True, meta: MetaStore, usage: UsageStore,
+                       now: datetime, sink_lock: SinkLock) -> tuple[list[Meter], list[str]]:
+    """Create the token meters that do not exist yet (idempotent): (all of them, slugs created now). A meter of
+    the same slug with another definition is a Conflict; extra groupBy keys on it are fine."""
+    meters: list[Meter] = []
+    created: list[str] = []
+    for body in llm.meter_definitions(cache_tokens):
+        existing = meta.get_meter(namespace, body["slug"])
+        if existing is None:
+            meters.append(create_meter(namespace, body, meta=meta, usage=usage, now=now, sink_lock=sink_lock))
+            created.append(body["slug"])
+            continue
+        want = build_meter(body, now)
+        if ((want.aggregation, want.event_type, want.value_property) != (
+                existing.aggregation, existing.event_type, existing.value_property)
+                or not want.group_by.items() <= existing.group_by.items()):
+            raise Conflict(f"meter {body['slug']!r} exists with another definition; delete it or rename it first")
+        meters.append(existing)
+    return meters, created
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Price overrides
+
+
+def create_price(namespace: str, body: Any, *, store: PriceOverrideStore, now: datetime) -> PriceOverride:
+    override = llm.parse_override(body, id=new_id(), now=now)
+    store.put_override(namespace, override)
+    return override
+
+
+def list_prices(namespace: str, *, provider: str | None, model: str | None,
+                store: PriceOverrideStore) -> list[PriceOverride]:
+    return store.list_overrides(namespace, provider, model)
+
+
+def delete_price(namespace: str, price_id: str, *, store: PriceOverrideStore) -> None:
+    if not store.delete_override(namespace, price_id):
+        raise NotFound(f"LLM price {price_id!r} not found")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# genai-prices (offline)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedPrice:
+    prices: TokenPrices
+    source: str  # "override" | "genai-prices"
+    ref: str  # the override's id, or genai-prices' provider/model id
+    notes: tuple[str, ...] = ()
+
+    def to_json(self, provider: str, model: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"provider": provider, "model": model, "source": self.source, "ref": self.ref}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+@functools.cache
+def _bundled_snapshot() -> Any:
+    """genai-prices' bundled table (shipped in the installed package), never a downloaded one."""
+    from genai_prices.data import providers
+    from genai_prices.data_snapshot import DataSnapshot
+
+    return DataSnapshot(providers=providers, from_auto_update=False)
+
+
+class GenaiPriceTable:
+    """Prices from genai-prices' bundled data: the model is found once per (provider, model) with genai-prices'
+    own matching (aliases, dated snapshots, a provider's fallback providers), then priced by date."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, str], tuple[str, Any] | str] = {}
+        # (ref, id() of a genai-prices ModelPrice: module data, never freed) -> ours
+        self._converted: dict[tuple[str, int], ResolvedPrice] = {}
+        self._lock = threading.Lock()
+
+    def _find(self, provider: str, model: str) -> tuple[str, Any] | str:
+        key = (provider, model)
+        found = self._found.get(key)
+        if found is None:
+            try:
+                prov, info = _bundled_snapshot().find_provider_model(model, None, provider or None, None)
+                found = (f"{prov.id}/{info.id}", info)
+            except LookupError as exc:
+                found = f"not in genai-prices' table ({exc}) and no price override"
+            with self._lock:
+                self._found[key] = found
+        return found
+
+    def price(self, provider: str, model: str, at: datetime) -> ResolvedPrice | str:
+        """The price at `at` (genai-prices' date constraints), or why there is none."""
+        if not model:
+            return "the events carry no model"
+        found = self._find(provider, model)
+        if isinstance(found, str):
+            return found
+        ref, info = found
+        model_price = info.get_prices(at)
+        key = (ref, id(model_price))
+        resolved = self._converted.get(key)
+        if resolved is None:
+            resolved = self._convert(ref, info, model_price)
+            with self._lock:
+                self._converted[key] = resolved
+        return resolved
+
+    @staticmethod
+    def _convert(ref: str, info: Any, model_price: Any) -> ResolvedPrice:
+        from genai_prices.types import TieredPrices, TimeOfDateConstraint
+
+        notes: list[str] = []
+        values: dict[str, Decimal | None] = {}
+        for attr, key in (("input", "input_mtok"), ("output", "output_mtok"), ("cached_input", "cache_read_mtok"),
+                          ("cache_write", "cache_write_mtok")):
+            value = getattr(model_price, key)
+            if isinstance(value, TieredPrices):
+                notes.append(f"{key} is tiered by request input size (from {value.tiers[0].start:,} input tokens: "
+                             f"{value.tiers[0].price}); priced at the base tier ({value.base})")
+                value = value.base
+            values[attr] = value
+        if isinstance(info.prices, list) and any(isinstance(c.constraint, TimeOfDateConstraint) for c in info.prices):
+            notes.append("priced by time of day in genai-prices; the price in effect at the window start was used")
+        return ResolvedPrice(TokenPrices(**values), "genai-prices", ref, tuple(notes))
+
+
+_TABLE = GenaiPriceTable()
+
+
+class PriceBook:
+    """Overrides first, then genai-prices, for one namespace during one report."""
+
+    def __init__(self, overrides: Sequence[PriceOverride], table: GenaiPriceTable) -> None:
+        self._overrides = llm.by_model(overrides)
+        self._table = table
+        self._memo: dict[tuple[str, str, datetime], ResolvedPrice | str] = {}
+
+    def price(self, provider: str, model: str, at: datetime) -> ResolvedPrice | str:
+        key = (provider, model, at)
+        found = self._memo.get(key)
+        if found is None:
+            override = llm.override_in_effect(self._overrides.get((provider.lower(), model.lower()), ()), at)
+            if override is not None:
+                found = ResolvedPrice(override.prices, "override", override.id)
+            else:
+                found = self._table.price(provider, model, at)
+            self._memo[key] = found
+        return found
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cost report
+
+
+@dataclass(slots=True)
+class CostLine:
+    window_start: datetime
+    window_end: datetime
+    subject: str | None
+    customer_id: str | None
+    groups: dict[str, str]
+    tokens: TokenCounts = field(default_factory=TokenCounts)
+    cost: Cost = field(default_factory=Cost)
+    prices: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    reason: str = ""
+
+    def to_json(self, by_subject: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"windowStart": self.window_start, "windowEnd": self.window_end}
+        if by_subject:
+            out["subject"] = self.subject
+        if self.customer_id:
+            out["customerId"] = self.customer_id
+        out["groupBy"] = self.groups
+        out["tokens"] = {k: _count(v) for k, v in self.tokens.by_type().items()}
+        if self.reason:
+            out["unpriced"] = True
+            out["reason"] = self.reason
+        else:
+            out["currency"] = llm.PRICE_CURRENCY
+            out["cost"] = self.cost.to_json()
+            out["prices"] = list(self.prices.values())
+        return out
+
+
+def _count(value: Decimal) -> int | Decimal:
+    """A token count for JSON: an int when whole (the usual case; cheaper than normalising)."""
+    whole = int(value)
+    return whole if whole == value else plain_decimal(value)
+
+
+@dataclass(slots=True)
+class CostReport:
+    params: QueryParams
+    group_by: list[str]
+    lines: list[CostLine]
+    unpriced: list[CostLine]
+
+    @property
+    def cost(self) -> Cost:
+        return sum((line.cost for line in self.lines), Cost())
+
+    def to_json(self) -> dict[str, Any]:
+        by_subject = "subject" in self.group_by
+        cost = self.cost
+        out: dict[str, Any] = {}
+        if self.params.start is not None:
+            out["from"] = self.params.start
+        if self.params.end is not None:
+            out["to"] = self.params.end
+        out.update({
+            "windowSize": self.params.window_size, "windowTimeZone": self.params.window_tz,
+            "groupBy": self.group_by, "currency": llm.PRICE_CURRENCY,
+            "total": llm.plain(cost.total), "cost": cost.to_json(),
+            "complete": not self.unpriced,
+            "data": [line.to_json(by_subject) for line in self.lines],
+            "unpriced": [line.to_json(by_subject) for line in self.unpriced],
+        })
+        return out
+
+
+def parse_cost_params(qs: dict[str, list[str]]) -> tuple[QueryParams, list[str]]:
+    """The meter query's parameters (from, to, windowSize, windowTimeZone, subject, filterCustomerId,
+    advancedMeterGroupByFilters), windowSize DAY by default, and groupBy limited to the LLM dimensions."""
+    p = params_from_query_string(qs)
+    group_by = list(dict.fromkeys(p.group_by or []))
+    for key in group_by:
+        if key not in REPORT_GROUPS:
+            raise _bad("groupBy", f"{key!r} is not one of {', '.join(REPORT_GROUPS)}")
+    return replace(p, window_size=p.window_size or DEFAULT_WINDOW, group_by=None), group_by
+
+
+def _token_meters(namespace: str, meta: MetaStore) -> dict[str, str]:
+    """token type -> meter slug of the installed token meters (the cache meters are optional)."""
+    out = {}
+    for token_type, (slug, _) in llm.TOKEN_METERS.items():
+        if meta.get_meter(namespace, slug) is not None:
+            out[token_type] = slug
+        elif token_type not in llm.CACHE_TOKEN_TYPES:
+            raise NotFound(f"meter {slug!r} not found: install the LLM meters first (POST /api/v1/llm/meters)")
+    return out
+
+
+def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: MetaStore, usage: UsageStore,
+                  overrides: Sequence[PriceOverride], table: GenaiPriceTable | None = None) -> CostReport:
+    """Query every token meter by window and (provider, model, requested dimensions), price each window and
+    model at the window start, and add the priced rows up to the requested groups."""
+    dims = [k for k in group_by if k not in ("subject", *llm.PRICE_KEYS)]
+    keys = [*llm.PRICE_KEYS, *dims]
+    query = replace(p, group_by=[*keys, *(["subject"] if "subject" in group_by else [])])
+    tokens: dict[tuple[Any, ...], dict[str, Decimal]] = {}
+    ends: dict[datetime, datetime] = {}
+    for token_type, slug in _token_meters(namespace, meta).items():
+        for row in query_meter(namespace, slug, query, meta=meta, usage=usage)["data"]:
+            ends[row["windowStart"]] = row["windowEnd"]
+            key = (row["windowStart"], row["subject"], row.get("customerId"),
+                   tuple(row["groupBy"].get(k) or "" for k in keys))
+            tokens.setdefault(key, {})[token_type] = row["value"]
+    book = PriceBook(overrides, table or _TABLE)
+    lines: dict[tuple[Any, ...], CostLine] = {}
+    unpriced: list[CostLine] = []
+    shown = [k for k in keys if k in group_by]
+    for (start, subject, customer_id, values), counts in sorted(tokens.items(), key=_sort_key):
+        groups = dict(zip(keys, values, strict=True))
+        provider, model = groups["provider"], groups["model"]
+        counted = TokenCounts.of(counts)
+        resolved = book.price(provider, model, start)
+        cost: Cost | None = None
+        reason = resolved if isinstance(resolved, str) else ""
+        if not isinstance(resolved, str):
+            try:
+                cost = llm.token_cost(counted, resolved.prices)
+            except Unpriceable as exc:
+                reason = f"{exc} ({resolved.source} {resolved.ref})"
+        if cost is None or isinstance(resolved, str):  # never counted as zero
+            unpriced.append(CostLine(start, ends[start], subject, customer_id, groups, counted, reason=reason))
+            continue
+        out_key = (start, subject, customer_id, tuple(groups[k] for k in shown))
+        line = lines.get(out_key)
+        if line is None:
+            line = lines[out_key] = CostLine(start, ends[start], subject, customer_id, {k: groups[k] for k in shown})
+        line.tokens += counted
+        line.cost += cost
+        line.prices.setdefault((provider, model), resolved.to_json(provider, model))
+    return CostReport(p, group_by, list(lines.values()), unpriced)
+
+
+def _sort_key(item: tuple[tuple[Any, ...], Any]) -> tuple[Any, ...]:
+    start, subject, customer_id, values = item[0]
+    return (start, subject or "", customer_id or "", values)
+
+
+def cost_report(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore, usage: UsageStore,
+                store: PriceOverrideStore, table: GenaiPriceTable | None = None) -> dict[str, Any]:
+    """GET /api/v1/llm/costs."""
+    p, group_by = parse_cost_params(qs)
+    return compute_costs(namespace, p, group_by, meta=meta, usage=usage, overrides=store.list_overrides(namespace),
+                         table=table).to_json()
+
+
+def llm_cost(namespace: str, *, subject: str | None = None, customer: str | None = None, period_start: datetime,
+             period_end: datetime, meta: MetaStore, usage: UsageStore, store: PriceOverrideStore,
+             window_tz: str = "UTC", table: GenaiPriceTable | None = None) -> Decimal:
+    """The exact USD cost of one subject's (or one customer's: all its subjects') LLM usage in the billing
+    period [period_start, period_end), priced per UTC day (or per day in `window_tz`) at the day's start. This is
+    the usage a `dynamic` price multiplies. Usage no price covers raises UnpricedUsage: an invoice line must not
+    undercount."""
+    if (subject is None) == (customer is None):
+        raise _bad("subject", "give exactly one of subject and customer")
+    if period_end <= period_start:
+        raise _bad("periodEnd", "the period must end after it starts")
+    p = QueryParams(start=period_start, end=period_end - _MS, window_size=DEFAULT_WINDOW, window_tz=window_tz,
+                    subjects=[subject] if subject is not None else None,
+                    customer_ids=[customer] if customer is not None else None)
+    report = compute_costs(namespace, p, [], meta=meta, usage=usage, overrides=store.list_overrides(namespace),
+                           table=table)
+    if report.unpriced:
+        models = sorted({f"{u.groups['provider']}/{u.groups['model']}" for u in report.unpriced})
+        raise UnpricedUsage(f"LLM usage without a price in this period: {', '.join(models)}; add a price "
+                            "override (POST /api/v1/llm/prices)",
+                            extensions={"unpriced": [u.to_json(False) for u in report.unpriced]})
+    return plain_decimal(report.cost.total)
