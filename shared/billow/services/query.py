@@ -198,12 +198,16 @@ def query_meter(namespace: str, id_or_slug: str, p: QueryParams, *, meta: MetaSt
         subject_customers=subject_customers, filters=p.filters or [],
     ))
     data = []
+    ends: dict[datetime, datetime] = {}  # one window end per window start, however many groups share it
     for r in rows:
         ws: datetime | None
         we: datetime | None
         if r.window_start is not None:
             assert p.window_size is not None
-            ws, we = r.window_start, window_end(r.window_start, p.window_size, tz)
+            ws = r.window_start
+            we = ends.get(ws)
+            if we is None:
+                we = ends[ws] = window_end(ws, p.window_size, tz)
         else:
             ws = p.start or r.first_time
             we = p.end or r.last_time
