@@ -32,7 +32,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "auth": ("off", "keys"),
 }
 _INT_RANGES: dict[str, tuple[int, int]] = {"kafka_partitions": (1, 1024), "max_body_bytes": (1024, 1 << 31),
-                                           "rate_limit_per_key": (0, 1_000_000)}
+                                           "rate_limit_per_key": (0, 1_000_000), "billing_every_s": (0, 86_400)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,9 @@ class Settings:
     db_host: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     rate_limit_per_key: int = 200  # requests/s per API key in billow serve (burst: twice that); 0 = off
-    # Billing: invoice documents (HTML + PDF) go to this S3 bucket, else under data_dir/documents.
+    # Billing: billow serve runs the billing run every this many seconds (0 = only on request); in AWS the
+    # EventBridge schedule does. Invoice documents (HTML + PDF) go to this S3 bucket, else data_dir/documents.
+    billing_every_s: int = 60
     documents_bucket: str | None = None
     # Stripe app: {"apiKey": "sk_...", "webhookSecret": "whsec_..."} from Secrets Manager in AWS; plain values
     # (and an API base such as a local stand-in) for billow serve and tests.

@@ -97,8 +97,10 @@ def wants_csv(event: dict[str, Any]) -> bool:
 def as_caller(event: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Serve `fn` as the caller of `event`: the API key's namespace (from the authorizer context that API Gateway,
     or the embedded host, put on the event) and its scopes for this route. With auth off, the configured
-    namespace. Auth failures are problem+json 401/403."""
+    namespace. A portal token acts in its namespace on the portal API only, which nothing else may call, auth off
+    or on. Auth failures are problem+json 401/403."""
     from billow.bootstrap import container
+    from billow.services import portal
     from billow.services.apikeys import Principal, Unauthorized, authorize, required_scope
 
     http = (event.get("requestContext") or {}).get("http") or {}
@@ -106,10 +108,14 @@ def as_caller(event: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[s
     c = container()
     ctx = ((event.get("requestContext") or {}).get("authorizer") or {}).get("lambda")
     try:
-        if ctx:
+        if ctx and portal.is_portal_context(ctx):
+            namespace: str | None = portal.admit(ctx, method, path)
+        elif portal.is_portal_api(path):
+            raise Unauthorized("the portal API needs a portal token (an API key is not one): Authorization: Bearer bp_...")
+        elif ctx:
             principal = Principal.from_context(ctx)
             authorize(principal, method, path)
-            namespace: str | None = principal.namespace
+            namespace = principal.namespace
         elif c.settings.auth == "off":
             namespace = None
         elif required_scope(method, path) is not None:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from billow import jsonx
 from billow.bootstrap import Container, Settings, build, install
 from billow.errors import problem
+from billow.services import portal
 from billow.services.ratelimit import TokenBuckets
 
 log = logging.getLogger("billow.serve")
@@ -49,14 +50,29 @@ def apigw_event(method: str, target: str, headers: dict[str, str], body: bytes, 
     }
 
 
+_api_lock = threading.Lock()
+
+
+def _api(event: dict[str, Any], context: Any) -> Any:
+    """functions/api one request at a time, as one Lambda execution environment runs it: powertools' resolver keeps
+    the request it serves in a class attribute (BaseRouter.current_event), so two threads inside it would route on,
+    and read the path, query and body of, each other's request."""
+    from functions.api.handler import lambda_handler as api
+
+    with _api_lock:
+        return api(event, context)
+
+
 def route(method: str, path: str) -> Any:
     if path.rstrip("/") == "/api/v1/events" and method == "POST":
         from functions.ingest.handler import lambda_handler as ingest
 
         return ingest
-    from functions.api.handler import lambda_handler as api
+    if path.rstrip("/") == "/api/v1/apps/stripe/webhook" and method == "POST":
+        from functions.stripe_webhook.handler import lambda_handler as stripe_webhook
 
-    return api
+        return stripe_webhook
+    return _api
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -116,18 +132,23 @@ class _Handler(BaseHTTPRequestHandler):
             lk = k.lower()
             headers[lk] = f"{headers[lk]},{v}" if lk in headers else v
         event = apigw_event(self.command, self.path, headers, body, self.client_address[0])
-        if self.auth and headers.get("authorization"):
+        authorization = headers.get("authorization")
+        # Portal tokens are checked with auth off too: the portal API serves only them.
+        if authorization and (self.auth or portal.is_portal_bearer(authorization)):
             # What the API Gateway Lambda authorizer does in AWS: check the key, pass its namespace and scopes on.
+            from billow.adapters.sql_portal import SqlPortalStore
             from billow.bootstrap import container
-            from billow.services.apikeys import Unauthorized, authenticate
+            from billow.services.apikeys import Unauthorized
 
+            c = container()
             try:
-                principal = authenticate(headers["authorization"], store=container().keys)
+                who, ctx = portal.authenticate_bearer(authorization, keys=c.keys, tokens=c.store(SqlPortalStore),
+                                                      now=c.clock.now())
             except Unauthorized as exc:
                 self._problem(401, "Unauthorized", exc.detail)
                 return
-            event["requestContext"]["authorizer"] = {"lambda": principal.context()}
-            if self.limiter is not None and (wait := self.limiter.take(principal.key_id)) > 0:
+            event["requestContext"]["authorizer"] = {"lambda": ctx}
+            if self.limiter is not None and (wait := self.limiter.take(who)) > 0:
                 body = jsonx.dumps(problem(429, "Too Many Requests", f"this API key is over its rate limit of "
                                            f"{self.limiter.rate:g} requests/s; retry after the given seconds",
                                            self.path)).encode()
@@ -213,6 +234,14 @@ class BillowServer:
         self.httpd.block_on_close = False
         self.drain = _Drain()
         self.httpd.drain = self.drain  # type: ignore[attr-defined]
+        # Notifications: the in-process stand-in for notify_dispatch's schedule and SQS wake-ups.
+        from functions.notify_dispatch.local import LocalDispatcher
+
+        self.notify = LocalDispatcher(self.container).start()
+        # Billing: the in-process stand-in for billing_run's EventBridge schedule.
+        from billow.local.scheduler import LocalBillingScheduler
+
+        self.billing = LocalBillingScheduler(self.container, settings.billing_every_s).start()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -234,6 +263,8 @@ class BillowServer:
             log.warning("requests still in flight after %.0f s; closing anyway", drain_timeout_s)
         if self.poller is not None:
             self.poller.close()
+        self.notify.close()
+        self.billing.close()
         install(None)
         self.container.close()
 

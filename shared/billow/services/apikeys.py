@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -23,8 +24,11 @@ __all__ = ["Forbidden", "Principal", "Unauthorized", "authenticate", "authorize"
            "revoke_key"]
 TOKEN_RE = re.compile(r"^bk_([0-9A-HJKMNP-TV-Z]{26})_([A-Za-z0-9_-]{43})$")
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-# Routes anyone may call: liveness/readiness and the API description.
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/openapi.json")}
+# Routes anyone may call: liveness/readiness, the API description and the customer portal's static page (its
+# data comes from /api/v1/portal/..., which needs a portal token).
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/openapi.json"),
+          ("GET", "/portal"), ("GET", "/portal/portal.js"), ("GET", "/portal/portal.css"),
+          ("POST", "/api/v1/apps/stripe/webhook")}  # Stripe signs its webhooks; it holds no API key
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,31 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def new_secret(prefix: str) -> tuple[str, str, str]:
+    """(id, `<prefix>_<id>_<secret>` shown once, SHA-256 of the secret to store)."""
+    rid, secret = new_id(), secrets.token_urlsafe(32)
+    return rid, f"{prefix}_{rid}_{secret}", _digest(secret)
+
+
+def bearer(authorization: str, missing: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header; Unauthorized(`missing`) without one."""
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(missing)
+    return token.strip()
+
+
+def match_secret[T](pattern: re.Pattern[str], token: str, lookup: Callable[[str], T | None],
+                    stored_digest: Callable[[T], str]) -> T | None:
+    """The stored record of `token` (`<prefix>_<id>_<secret>`, `pattern` capturing id and secret) if the SHA-256 of
+    its secret equals the stored one. The same constant-time comparison runs whether or not the id exists."""
+    m = pattern.match(token)
+    found = lookup(m.group(1)) if m else None
+    digest = stored_digest(found) if found is not None else _digest("no such key")
+    same = hmac.compare_digest(digest, _digest(m.group(2) if m else ""))
+    return found if same and m is not None else None
+
+
 def create_key(namespace: str, name: str, scopes: list[str], *, store: KeyStore, now: datetime) -> tuple[str, dict[str, Any]]:
     """A new key: (the token, shown once; the stored record without any secret)."""
     if not NAMESPACE_RE.match(namespace):
@@ -63,11 +92,11 @@ def create_key(namespace: str, name: str, scopes: list[str], *, store: KeyStore,
     if not scopes or not isinstance(scopes, list) or any(s not in SCOPES for s in scopes):
         raise ValidationFailed(f"scopes: a non-empty list of {', '.join(SCOPES)}",
                                [{"field": "scopes", "message": f"one or more of {', '.join(SCOPES)}"}])
-    key_id, secret = new_id(), secrets.token_urlsafe(32)
+    key_id, token, digest = new_secret("bk")
     doc = {"id": key_id, "namespace": namespace, "name": name, "scopes": sorted(set(scopes)),
-           "createdAt": format_rfc3339(now), "prefix": f"bk_{key_id}_{secret[:4]}"}
-    store.put_key(doc, _digest(secret))
-    return f"bk_{key_id}_{secret}", doc
+           "createdAt": format_rfc3339(now), "prefix": token[:34]}
+    store.put_key(doc, digest)
+    return token, doc
 
 
 def revoke_key(key_id: str, *, store: KeyStore, now: datetime, namespace: str | None = None) -> dict[str, Any]:
@@ -82,14 +111,9 @@ def revoke_key(key_id: str, *, store: KeyStore, now: datetime, namespace: str | 
 
 
 def authenticate(authorization: str, *, store: KeyStore) -> Principal:
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("an API key is required: Authorization: Bearer bk_...")
-    m = TOKEN_RE.match(token.strip())
-    found = store.get_key(m.group(1)) if m else None
-    # The same comparison runs whether or not the key exists, so timing tells nothing.
-    digest = found[1] if found else _digest("no such key")
-    if not m or not hmac.compare_digest(digest, _digest(m.group(2))) or found is None or found[0].get("revokedAt"):
+    token = bearer(authorization, "an API key is required: Authorization: Bearer bk_...")
+    found = match_secret(TOKEN_RE, token, store.get_key, lambda f: f[1])
+    if found is None or found[0].get("revokedAt"):
         raise Unauthorized("the API key is not valid (unknown, malformed or revoked)")
     doc = found[0]
     return Principal(doc["id"], doc["namespace"], frozenset(doc["scopes"]))
@@ -101,7 +125,7 @@ def required_scope(method: str, path: str) -> str | None:
     path = path.rstrip("/") or "/"
     if (method, path) in PUBLIC:
         return None
-    if path.startswith("/api/v1/admin/"):
+    if path.startswith(("/api/v1/admin/", "/api/v1/portal/tokens")):  # keys; portal tokens (made, listed, invalidated)
         return "admin"
     if path == "/api/v1/events" and method == "POST":
         return "ingest"
