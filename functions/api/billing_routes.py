@@ -85,6 +85,13 @@ def delete_override(cid: str) -> Response:
     return no_content()
 
 
+@router.post("/api/v1/billing/customers/<cid>/invoices/pending-lines")
+def add_pending_lines(cid: str) -> Response:
+    c, store = _c()
+    return ok(billing.add_pending_lines(c.namespace, path_param(cid), _body(), store=store, meta=c.meta,
+                                       ents=c.entitlements, now=c.clock.now()), 201)
+
+
 @router.post("/api/v1/billing/customers/<cid>/credits")
 def add_credit(cid: str) -> Response:
     c, store = _c()

@@ -181,3 +181,63 @@ def test_overlapping_runs_bill_each_period_once(billow: Billow) -> None:
     assert only["totals"]["total"] == "49.99"
     store = b.c.store(SqlBillingStore)
     assert [m.rev for m in store.marks_for(b.c.settings.namespace).values()] == [1]
+
+
+def test_one_off_lines_custom_invoicing_hooks_documents_and_the_portal(billow: Billow, tmp_path: Any) -> None:
+    from pypdf import PdfReader
+
+    b = billow
+    custom = {**PROFILE, "apps": {"tax": "sandbox", "invoicing": "custom_invoicing", "payment": "custom_invoicing"}}
+    subscribed(b, custom)
+    customer = b.ok("GET", "/api/v1/customers/acme")
+    pending = f"/api/v1/billing/customers/{customer['id']}/invoices/pending-lines"
+    line = {"name": "Onboarding", "period": {"from": "2026-04-01T00:00:00Z", "to": "2026-04-02T00:00:00Z"},
+            "invoiceAt": "2026-04-01T00:05:00Z", "price": {"type": "flat", "amount": "150"}}
+    usage_line = {"name": "Extra tokens", "featureKey": "tokens", "invoiceAt": "2026-04-01T00:05:00Z",
+                  "period": {"from": "2026-03-31T00:00:00Z", "to": "2026-04-01T00:00:00Z"},
+                  "price": {"type": "unit", "amount": "0.02"}}
+    status, out = b.call("POST", pending, {"currency": "USD", "lines": [{**line, "price": {"type": "flat", "amount": "-1"}}]})
+    assert status == 400 and "lines[0].price.amount" in out["detail"]
+    status, out = b.call("POST", pending, {"currency": "USD", "lines": [{**usage_line, "featureKey": "nope"}]})
+    assert status == 400 and "lines[0].featureKey" in out["detail"]
+    added = b.ok("POST", pending, {"currency": "USD", "lines": [line, usage_line]})
+    assert added["isInvoiceNew"] is True and added["invoice"]["status"] == "gathering"
+    b.usage(250, "2026-03-31T12:00:00Z")
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)
+    inv = next(i for i in invoices(b) if i["status"] != "gathering")
+    names = {ln["name"]: ln["totals"]["total"] for ln in inv["lines"]}
+    # April's base fee 49.99 + the one-off 150 + 250 tokens x 0.02 = 5.00 on the same invoice.
+    assert names == {"Base fee": "49.99", "Onboarding": "150.00", "Extra tokens": "5.00"}
+    assert inv["totals"]["total"] == "204.99"
+    # Custom invoicing: the invoice waits for the user's system, which issues it under its own number...
+    assert inv["statusDetails"]["extendedStatus"] == "issuing.syncing"
+    assert b.call("POST", f"/api/v1/apps/custom-invoicing/{inv['id']}/payment/status", {"trigger": "paid"})[0] == 409
+    issued = b.ok("POST", f"/api/v1/apps/custom-invoicing/{inv['id']}/issuing/synchronized",
+                  {"invoicing": {"invoiceNumber": "ERP-77", "invoiceId": "erp-1"}})
+    assert (issued["status"], issued["externalIds"]["invoiceNumber"]) == ("payment_processing", "ERP-77")
+    # ...and reports the payment.
+    status, out = b.call("POST", f"/api/v1/apps/custom-invoicing/{inv['id']}/payment/status", {"trigger": "cash"})
+    assert status == 400 and "trigger" in out["detail"]
+    paid = b.ok("POST", f"/api/v1/apps/custom-invoicing/{inv['id']}/payment/status", {"trigger": "paid"})
+    assert paid["status"] == "paid"
+    assert b.ok("POST", f"/api/v1/apps/custom-invoicing/{inv['id']}/payment/status", {"trigger": "paid"})["status"] == "paid"
+    # Documents: HTML and PDF rendered on first request, the same ones afterwards.
+    docs = b.ok("GET", f"/api/v1/billing/invoices/{inv['id']}/documents")
+    pdf_path = docs["pdf"].removeprefix("file://")
+    text = "".join(page.extract_text() for page in PdfReader(pdf_path).pages)
+    assert inv["number"] in text and "Onboarding" in text and "204.99" in text
+    assert b.ok("GET", f"/api/v1/billing/invoices/{inv['id']}/documents") == docs
+    # The customer sees it in the portal (issued invoices only).
+    token = b.ok("POST", "/api/v1/portal/tokens", {"subject": "customer_1"})["token"]
+    from billow.local.server import apigw_event
+    from functions.api.handler import lambda_handler as api
+    from functions.authorizer.handler import lambda_handler as authorizer
+
+    event = apigw_event("GET", "/api/v1/portal/invoices", {"authorization": f"Bearer {token}"}, b"", "127.0.0.1")
+    allowed = authorizer(event, None)  # what API Gateway's authorizer step hands the API function
+    assert allowed["isAuthorized"] is True
+    event["requestContext"]["authorizer"] = {"lambda": allowed["context"]}
+    out = api(event, None)
+    assert [(i["number"], i["status"], i["totals"]["total"]) for i in json.loads(out["body"])] == [
+        (inv["number"], "paid", "204.99")]

@@ -177,14 +177,21 @@ class SqlBillingStore:
         return out
 
     def commit_billing(self, namespace: str, items: Sequence[tuple[dict[str, Any] | None, list[Mark],
-                                                                   tuple[str, Decimal] | None]], now: datetime) -> None:
+                                                                   tuple[str, Decimal] | None,
+                                                                   list[tuple[dict[str, Any], str]]]],
+                       now: datetime) -> None:
         """One transaction for many customers: each item's marks move from the revisions read to the new billed
         state, and its invoice (and the prepaid credit it used) is written; any lost race raises Conflict and
         nothing of the whole batch is written."""
         try:
             with self.engine.begin() as c:
-                for invoice, advanced, credit_used in items:
+                for invoice, advanced, credit_used, gathering in items:
                     self._commit_one(c, namespace, invoice, advanced, now, credit_used)
+                    for doc, before in gathering:  # the pending lines taken leave their holder, unless a
+                        # concurrent run took them first (the holder changed): then this batch writes nothing
+                        if c.execute(invoices.update().where(invoices.c.id == doc["id"], invoices.c.doc == before)
+                                     .values(doc=jsonx.dumps(doc))).rowcount != 1:
+                            raise Conflict(f"the pending lines of {doc['number']} were invoiced meanwhile")
         except IntegrityError:
             raise Conflict("another billing run billed the same period meanwhile; nothing was written") from None
 

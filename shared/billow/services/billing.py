@@ -28,8 +28,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from billow import jsonx
 from billow.domain import catalog as catalog_rules
 from billow.domain import invoices as inv_rules
+from billow.domain import pricing
 from billow.domain import subscriptions as subs
 from billow.domain.money import Currency
 from billow.domain.periods import RecurringPeriod
@@ -392,10 +394,24 @@ def run(namespace: str, *, store: Any, catalog_store: Any, meta: MetaStore, ents
             lines, billed = _diff(p, rated[p.period], now)
             if billed != p.mark.billed:
                 per_customer[d["customerId"]].append((lines, replace(p.mark, billed=billed)))
+    gathering: dict[str, list[tuple[dict[str, Any], str]]] = defaultdict(list)
+    for g in store.list_invoices(namespace, customer_ids=[customer_id] if customer_id else None, statuses=["gathering"]):
+        due_now = [ln for ln in g["lines"] if parse_rfc3339(ln["invoiceAt"], "invoiceAt") <= as_of]
+        if not due_now:
+            continue
+        cust = customers.get(g["customer"]["id"]) or {}
+        subjects = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
+        rated_lines = [_rate_pending(namespace, ln, g["currency"], subjects, meta=meta, ents=ents, usage=usage, now=now)
+                       for ln in due_now]
+        per_customer[g["customer"]["id"]].append((rated_lines, None))
+        before = jsonx.dumps(g)
+        gathering[g["customer"]["id"]].append(({**g, "lines": [ln for ln in g["lines"] if ln not in due_now],
+                                                "updatedAt": format_rfc3339(now)}, before))
     ctx = _Context(store.list_profiles(namespace), store.list_overrides(namespace), store.invoice_counts(namespace),
                    store.credit_balances(namespace))
     prepared = [prep for cust_id, parts in per_customer.items()
-                if (prep := _prepare(namespace, cust_id, parts, customers, ctx, store=store, now=now, result=result))]
+                if (prep := _prepare(namespace, cust_id, parts, customers, ctx, store=store, now=now, result=result,
+                                     gathering=gathering.get(cust_id, [])))]
     for start in range(0, len(prepared), COMMIT_BATCH):
         for item in _commit(namespace, prepared[start:start + COMMIT_BATCH], store=store, now=now, result=result):
             if item.invoice is None:
@@ -437,11 +453,12 @@ class _Prepared:
     invoice: dict[str, Any] | None
     marks: list[Any]
     credit: tuple[str, Decimal] | None
+    gathering: list[tuple[dict[str, Any], str]]  # pending-line holders without the lines taken (new doc, old JSON)
 
 
 def _prepare(namespace: str, customer_id: str, parts: list[tuple[list[dict[str, Any]], Any]],
              customers: dict[str, dict[str, Any]], ctx: _Context, *, store: Any, now: datetime,
-             result: RunResult) -> _Prepared | None:
+             result: RunResult, gathering: list[tuple[dict[str, Any], str]]) -> _Prepared | None:
     customer = customers.get(customer_id)
     profile = ctx.profile(customer_id)
     if customer is None or profile is None:
@@ -462,14 +479,14 @@ def _prepare(namespace: str, customer_id: str, parts: list[tuple[list[dict[str, 
         if invoice["statusDetails"]["extendedStatus"] == "draft.ready_to_issue" \
                 and invoice["workflow"]["apps"]["invoicing"] == "sandbox":
             _issue_state(invoice, now)  # nothing leaves Billow: issued in the same transaction as its lines
-    return _Prepared(customer, invoice, [m for _, m in parts], credit)
+    return _Prepared(customer, invoice, [m for _, m in parts if m is not None], credit, gathering)
 
 
 def _commit(namespace: str, batch: list[_Prepared], *, store: Any, now: datetime, result: RunResult) -> list[_Prepared]:
     """Commit a batch in one transaction; if a concurrent run got there first for any of it, commit one by one so
     that only the customers it billed are skipped (their invoice is the other run's)."""
     try:
-        store.commit_billing(namespace, [(p.invoice, p.marks, p.credit) for p in batch], now)
+        store.commit_billing(namespace, [(p.invoice, p.marks, p.credit, p.gathering) for p in batch], now)
         return batch
     except Conflict:
         if len(batch) == 1:
@@ -535,6 +552,89 @@ def _advance_due(namespace: str, *, store: Any, now: datetime, on_issue: Callabl
             store.put_invoice(namespace, inv, expect_status=before)
             n += 1
     return n
+
+
+# -- one-off lines ---------------------------------------------------------------------------------------------
+def add_pending_lines(namespace: str, customer_id: str, body: Any, *, store: Any, meta: MetaStore, ents: EntitlementStore,
+                      now: datetime) -> dict[str, Any]:
+    """One-off lines for a customer (OpenMeter's InvoicePendingLineCreateInput): a flat price (a one-off charge)
+    or a usage price on a feature (its meter's usage over the line's period). They wait on the customer's
+    gathering invoice for that currency and go onto the first invoice made at or after their `invoiceAt`."""
+    customer = _customer(namespace, customer_id, meta)
+    if not isinstance(body, dict):
+        raise bad("body", "must be {currency, lines}")
+    currency = Currency.of(body.get("currency")).code
+    raw = body.get("lines")
+    if not isinstance(raw, list) or not raw:
+        raise bad("lines", "must be a non-empty list")
+    lines = [_pending_line(ln, f"lines[{i}]", namespace, ents, now) for i, ln in enumerate(raw)]
+    for ln in lines:
+        ln["currency"] = currency
+    holder = next((g for g in store.list_invoices(namespace, customer_ids=[customer["id"]], statuses=["gathering"])
+                   if g["currency"] == currency), None)
+    is_new = holder is None
+    stamp = format_rfc3339(now)
+    if holder is None:
+        holder = {"id": new_id(), "number": f"{_number(customer, 0)[:-5]}-GATHERING-{currency}", "type": "standard",
+                  "currency": currency, "customer": {"id": customer["id"], "key": customer.get("key"),
+                                                     "name": customer.get("name")},
+                  "lines": [], "totals": inv_rules.totals(Decimal(0), Decimal(0)), "createdAt": stamp, "updatedAt": stamp}
+        inv_rules.set_status(holder, "gathering")
+    before = holder["status"]
+    holder["lines"] = holder["lines"] + lines
+    holder["updatedAt"] = stamp
+    if is_new:
+        store.put_invoice(namespace, holder)
+    else:
+        store.put_invoice(namespace, holder, expect_status=before)
+    return {"lines": lines, "invoice": holder, "isInvoiceNew": is_new}
+
+
+def _pending_line(doc: Any, field_name: str, namespace: str, ents: EntitlementStore, now: datetime) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise bad(field_name, "must be a line object")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise bad(f"{field_name}.name", "is required")
+    period = doc.get("period")
+    if not isinstance(period, dict):
+        raise bad(f"{field_name}.period", "is required: {from, to}")
+    start = parse_rfc3339(str(period.get("from")), f"{field_name}.period.from")
+    end = parse_rfc3339(str(period.get("to")), f"{field_name}.period.to")
+    if end <= start:
+        raise bad(f"{field_name}.period.to", "must be after period.from")
+    invoice_at = parse_rfc3339(str(doc.get("invoiceAt")), f"{field_name}.invoiceAt")
+    price = pricing.parse_price(doc.get("price"), field=f"{field_name}.price")
+    feature_key = doc.get("featureKey")
+    if not isinstance(price, pricing.FlatPrice):
+        feature = ents.get_feature(namespace, str(feature_key)) if feature_key else None
+        if feature is None or not feature.get("meterSlug"):
+            raise bad(f"{field_name}.featureKey", "a usage price needs a feature with a meter")
+    return {"id": new_id(), "name": name, "description": doc.get("description"), "metadata": doc.get("metadata"),
+            "type": "flat_fee" if isinstance(price, pricing.FlatPrice) else "usage_based", "managedBy": "manual",
+            "status": "valid", "period": {"from": format_rfc3339(start), "to": format_rfc3339(end)},
+            "invoiceAt": format_rfc3339(invoice_at), "price": pricing.price_to_json(price), "featureKey": feature_key,
+            "createdAt": format_rfc3339(now), "updatedAt": format_rfc3339(now)}
+
+
+def _rate_pending(namespace: str, line: dict[str, Any], currency: str, subjects: list[str], *, meta: MetaStore,
+                  ents: EntitlementStore, usage: UsageStore, now: datetime) -> dict[str, Any]:
+    """A one-off line, rated now: its detailed lines as children, exact totals."""
+    from billow.services.subscriptions import usage_of
+
+    price = pricing.parse_price(line["price"])
+    start, end = parse_rfc3339(line["period"]["from"], "from"), parse_rfc3339(line["period"]["to"], "to")
+    qty = Decimal(0) if isinstance(price, pricing.FlatPrice) else \
+        usage_of(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage)
+    rated = pricing.rate(price, qty, currency=currency, rounding="ROUND_HALF_UP", period_start=start, period_end=end,
+                         name=line["name"])
+    children = [{"id": new_id(), "name": ln.description, "type": "flat_fee", "managedBy": "manual", "status": "valid",
+                 "category": ln.category, "quantity": plain(ln.quantity), "perUnitAmount": plain(ln.unit_price),
+                 "paymentTerm": ln.payment_term, "period": line["period"], "invoiceAt": line["invoiceAt"],
+                 "currency": currency, "totals": inv_rules.totals(ln.amount_rounded, ln.discounts_total)}
+                for ln in rated]
+    return {**line, "currency": currency, "quantity": plain(qty) if qty else "1", "children": children,
+            "totals": inv_rules.sum_totals(children)}
 
 
 # -- invoice actions -------------------------------------------------------------------------------------------
