@@ -8,8 +8,6 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow.adapters.billing_apps import run_billing
-from billow.adapters.sql_billing import SqlBillingStore
 from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import Container, container
 from billow.services import billing, catalog
@@ -19,9 +17,9 @@ from functions.api.responses import no_content, ok
 router = APIGatewayHttpRouter()
 
 
-def _c() -> tuple[Container, SqlBillingStore]:
+def _c() -> tuple[Container, Any]:
     c = container()
-    return c, c.store(SqlBillingStore)
+    return c, c.billing_store()
 
 
 def _body() -> Any:
@@ -115,6 +113,8 @@ def invoice_now() -> Response:
         raise billing.bad("customerId", "is required")
     customer = billing._customer(c.namespace, body["customerId"], c.meta)
     as_of = parse_rfc3339(body["asOf"], "asOf") if body.get("asOf") else None
+    from billow.adapters.billing_apps import run_billing
+
     result = run_billing(c, customer_id=customer["id"], as_of=as_of)
     return ok(result.invoices, 201)
 

@@ -7,7 +7,6 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow.adapters.sql_catalog import SqlCatalogStore
 from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import Container, container
 from billow.services import catalog
@@ -16,9 +15,9 @@ from functions.api.responses import no_content, ok
 router = APIGatewayHttpRouter()
 
 
-def _ctx() -> tuple[Container, SqlCatalogStore]:
+def _ctx() -> tuple[Container, Any]:
     c = container()
-    return c, c.store(SqlCatalogStore)
+    return c, c.catalog_store()
 
 
 def _shown(c: Container, kind: str, doc: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow.adapters.sql_llm_prices import SqlLlmPriceStore
 from billow.api import present
 from billow.api.http import body_text, json_body, path_param, query_multi
 from billow.bootstrap import container
@@ -40,21 +39,21 @@ def list_prices() -> Response:
     c = container()
     qs = query_multi(_event())
     prices = llm_costs.list_prices(c.namespace, provider=(qs.get("provider") or [None])[0],
-                                   model=(qs.get("model") or [None])[0], store=c.store(SqlLlmPriceStore))
+                                   model=(qs.get("model") or [None])[0], store=c.llm_price_store())
     return ok([p.to_json() for p in prices])
 
 
 @router.post("/api/v1/llm/prices")
 def create_price() -> Response:
     c = container()
-    price = llm_costs.create_price(c.namespace, json_body(_event()), store=c.store(SqlLlmPriceStore), now=c.clock.now())
+    price = llm_costs.create_price(c.namespace, json_body(_event()), store=c.llm_price_store(), now=c.clock.now())
     return ok(price.to_json(), 201)
 
 
 @router.delete("/api/v1/llm/prices/<price_id>")
 def delete_price(price_id: str) -> Response:
     c = container()
-    llm_costs.delete_price(c.namespace, path_param(price_id), store=c.store(SqlLlmPriceStore))
+    llm_costs.delete_price(c.namespace, path_param(price_id), store=c.llm_price_store())
     return no_content()
 
 
@@ -62,4 +61,4 @@ def delete_price(price_id: str) -> Response:
 def costs() -> Response:
     c = container()
     return ok(llm_costs.cost_report(c.namespace, query_multi(_event()), meta=c.meta, usage=c.usage,
-                                    store=c.store(SqlLlmPriceStore)))
+                                    store=c.llm_price_store()))

@@ -9,7 +9,6 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.adapters import delivery
-from billow.adapters.sql_notifications import SqlNotificationStore
 from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import container
 from billow.services import notifications
@@ -23,8 +22,8 @@ def _event() -> dict[str, Any]:
     return router.current_event.raw_event
 
 
-def _store() -> SqlNotificationStore:
-    return container().store(SqlNotificationStore)
+def _store() -> Any:
+    return container().notification_store()
 
 
 # -- channels -------------------------------------------------------------------------------------------

@@ -82,10 +82,8 @@ def entitlements() -> Response:
 
 @router.get("/api/v1/portal/invoices")
 def invoices() -> Response:
-    from billow.adapters.sql_billing import SqlBillingStore
-
     c = container()
-    return ok(portal.invoices(_session(), meta=c.meta, billing=c.store(SqlBillingStore)))
+    return ok(portal.invoices(_session(), meta=c.meta, billing=c.billing_store()))
 
 
 # -- the web page ---------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow.adapters.sql_catalog import SqlCatalogStore
 from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import Container, container
 from billow.errors import NotFound
@@ -21,7 +20,7 @@ router = APIGatewayHttpRouter()
 
 def _deps() -> tuple[Container, dict[str, Any]]:
     c = container()
-    return c, {"store": c.store(SqlCatalogStore), "meta": c.meta, "ents": c.entitlements, "now": c.clock.now()}
+    return c, {"store": c.catalog_store(), "meta": c.meta, "ents": c.entitlements, "now": c.clock.now()}
 
 
 def _body() -> Any:

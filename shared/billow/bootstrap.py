@@ -21,8 +21,12 @@ from billow.ports import DeadLetters, EventBus, MetaStore, UsageStore
 from billow.timeutil import utcnow
 
 if TYPE_CHECKING:
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.adapters.sql_catalog import SqlCatalogStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
     from billow.adapters.sql_keys import SqlKeyStore
+    from billow.adapters.sql_llm_prices import SqlLlmPriceStore
+    from billow.adapters.sql_notifications import SqlNotificationStore
     from billow.services.balances import BalanceCache
 
 S = TypeVar("S")
@@ -246,6 +250,28 @@ class Container:
                     found.migrate()  # type: ignore[attr-defined]
                     self._stores[cls] = found
         return cast(S, found)
+
+    # The bounded contexts' stores, imported on first use (the API function's cold import stays free of
+    # SQLAlchemy: its first request pays for it once).
+    def catalog_store(self) -> SqlCatalogStore:
+        from billow.adapters.sql_catalog import SqlCatalogStore
+
+        return self.store(SqlCatalogStore)
+
+    def billing_store(self) -> SqlBillingStore:
+        from billow.adapters.sql_billing import SqlBillingStore
+
+        return self.store(SqlBillingStore)
+
+    def notification_store(self) -> SqlNotificationStore:
+        from billow.adapters.sql_notifications import SqlNotificationStore
+
+        return self.store(SqlNotificationStore)
+
+    def llm_price_store(self) -> SqlLlmPriceStore:
+        from billow.adapters.sql_llm_prices import SqlLlmPriceStore
+
+        return self.store(SqlLlmPriceStore)
 
     def billing_apps(self) -> Any:
         """The invoicing/payment apps (sandbox, custom invoicing, Stripe) with documents and notifications."""
