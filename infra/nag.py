@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from aws_cdk import CfnElement, Stack
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import IConstruct
+
+from infra.constructs.api import PUBLIC_ROUTES
+from infra.constructs.billing import DOCUMENTS_PREFIX
 
 if TYPE_CHECKING:
     from infra.stack import BillowStack
@@ -38,7 +42,8 @@ def apply_suppressions(stack: BillowStack) -> None:
         _suppress(role, "AwsSolutions-IAM5", (
             "Only X-Ray: xray:PutTraceSegments and xray:PutTelemetryRecords (active tracing) support no "
             "resource-level permissions. Every other statement of this role names its secret, cluster, "
-            "topic, consumer group or queue."), applies_to=["Resource::*"])
+            "topic, consumer group or queue (or the invoice documents' key prefix, suppressed on its own)."),
+            applies_to=["Resource::*"])
         _suppress(fn, "AwsSolutions-L1", (
             "python3.12 on purpose: it is the interpreter of the project's venv and CI, the dependencies "
             "layer is built from cp312 wheels and ships cp312 bytecode (layers/build.py PYTHON). Move "
@@ -64,12 +69,30 @@ def apply_suppressions(stack: BillowStack) -> None:
         "self-managed), which Secrets Manager cannot rotate; rotate them at ClickHouse and update the secret "
         "(docs/deploy.md)."))
 
-    for route in stack.http.api.node.children:
-        if route.node.id in ("GET--healthz", "GET--readyz", "GET--api--v1--openapi.json"):
+    _suppress(stack.billing.stripe_secret, "AwsSolutions-SMG4", (
+        "The Stripe API key and webhook signing secret are issued by Stripe, which Secrets Manager cannot rotate; "
+        "roll them in the Stripe dashboard and put the new values in this secret (docs/deploy.md, Billing)."))
+    documents = stack.billing.documents
+    _suppress(documents, "AwsSolutions-S1", (
+        "No server access logs for the invoice documents bucket: only the api and billing_run roles are granted "
+        "access (all public access blocked, TLS only), and downloads use presigned URLs those functions hand out "
+        "to authenticated callers (API key or portal token), each such request in the API's access log. "
+        "Object-level audit, if needed, is CloudTrail S3 data events on this bucket."))
+    bucket = documents.node.default_child
+    assert isinstance(bucket, CfnElement)
+    bucket_id = Stack.of(documents).resolve(bucket.logical_id)  # cdk-nag names the finding by logical id
+    for fn in stack.billing.document_writers:
+        assert fn.role is not None
+        _suppress(fn.role, "AwsSolutions-IAM5", (
+            f"Invoice documents: s3:PutObject and s3:GetObject on the {DOCUMENTS_PREFIX} prefix of the documents "
+            "bucket only; object keys are made per invoice at run time (invoices/<namespace>/<invoice id>/...)."),
+            applies_to=[f"Resource::<{bucket_id}.Arn>/{DOCUMENTS_PREFIX}*"])
+
+    for key, route in stack.http.routes.items():
+        if key in PUBLIC_ROUTES:
             _suppress(route, "AwsSolutions-APIG4", (
-                "Public on purpose: liveness and readiness (load balancers and uptime probes carry no API key) and "
-                "the OpenAPI document (public API description, no data). Every other route goes through the "
-                "API-key Lambda authorizer."))
+                f"Public on purpose: {PUBLIC_ROUTES[key]}. Every other route goes through the API-key Lambda "
+                "authorizer."))
 
     if not stack.retain_data:
         _suppress(stack.database.cluster, "AwsSolutions-RDS10", (

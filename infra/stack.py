@@ -4,7 +4,9 @@
   streaming      MSK Serverless (IAM) + bootstrap brokers                   constructs/streaming.py
   database       Aurora Serverless v2 PostgreSQL + RDS Proxy + secret       constructs/database.py
   usage_store    ClickHouse secret (filled by the operator)                 constructs/usage_store.py
-  functions      api, ingest, usage_sink (+ job handlers once they exist)   constructs/functions.py
+  billing        invoice documents bucket, Stripe secret (operator fills)   constructs/billing.py
+  functions      api, ingest, usage_sink, authorizer, stripe_webhook        constructs/functions.py
+                 (+ job handlers once they exist)
   api            HTTP API routes -> functions                               constructs/api.py
   schedules      EventBridge Scheduler -> per-job SQS queues                constructs/schedules.py
   notifications  notify_dispatch's wake-up queue, SES sender identity       constructs/notifications.py
@@ -26,6 +28,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra.constructs.api import HttpApi
+from infra.constructs.billing import Billing
 from infra.constructs.database import Database
 from infra.constructs.functions import BillowFunctions
 from infra.constructs.network import Network
@@ -60,6 +63,7 @@ class BillowStack(Stack):
                                  min_acu=1 if prod else 0.5, max_acu=32 if prod else 8, retain=prod,
                                  name=prefix)
         self.usage_store = UsageStore(self, "UsageStore", retain=prod)
+        self.billing = Billing(self, "Billing", retain=prod)
 
         # Records the sink cannot read (it sends them itself) and batches the MSK trigger gave up on.
         self.dead_letters = sqs.Queue(self, "DeadLetters", queue_name=f"{prefix}-dead-letters",
@@ -83,7 +87,7 @@ class BillowStack(Stack):
                                    subnets=app_subnets, security_group=self.network.functions_sg,
                                    environment=common_env, stage=stage, retain_logs=prod)
         # Only the functions that read or write usage get the ClickHouse secret (the usage store opens on first
-        # use, so ingest and the authorizer never need it).
+        # use, so ingest, the authorizer and the Stripe webhook never need it).
         clickhouse_env = {"BILLOW_CLICKHOUSE_SECRET_ARN": self.usage_store.secret.secret_arn}
         self.api_fn = self.fns.function("api", extra_env=clickhouse_env)
         self.ingest_fn = self.fns.function("ingest", extra_env={
@@ -92,12 +96,13 @@ class BillowStack(Stack):
         self.sink_fn = self.fns.function("usage_sink", memory=1024, timeout=Duration.minutes(2),
                                          extra_env={"BILLOW_DLQ_URL": self.dead_letters.queue_url, **clickhouse_env})
         self.auth_fn = self.fns.function("authorizer", memory=256, timeout=Duration.seconds(10))
+        self.stripe_fn = self.fns.function("stripe_webhook")  # invoices' payment status, from Stripe
 
-        # Secrets: billow.bootstrap.build() opens (and migrates) both stores in every handler's container,
-        # so each of these functions reads both secrets; nothing else does.
+        # Secrets: every handler's container opens (and migrates) the meta store, so every function reads the DB
+        # secret; the usage store's only where it is used (the Stripe secret: below, with billing).
         for fn in (self.api_fn, self.sink_fn):
             self._read_stores(fn)
-        for fn in (self.ingest_fn, self.auth_fn):
+        for fn in (self.ingest_fn, self.auth_fn, self.stripe_fn):
             self.database.secret.grant_read(fn)
         # ingest produces to its namespace topic (idempotent producer; creates the topic on first use).
         self.ingest_fn.add_to_role_policy(iam.PolicyStatement(
@@ -134,7 +139,8 @@ class BillowStack(Stack):
             provisioned_poller_config=sources.ProvisionedPollerConfig(minimum_pollers=1, maximum_pollers=4))
         self.sink_fn.add_event_source(self.sink_source)
 
-        self.http = HttpApi(self, "Api", name=prefix, functions={"api": self.api_fn, "ingest": self.ingest_fn},
+        self.http = HttpApi(self, "Api", name=prefix, functions={"api": self.api_fn, "ingest": self.ingest_fn,
+                                                                "stripe_webhook": self.stripe_fn},
                             authorizer=self.auth_fn, rate_limit=2000, burst_limit=4000, retain_logs=prod)
 
         self.schedules = Schedules(self, "Schedules", stage=stage, namespace=namespace)
@@ -146,14 +152,21 @@ class BillowStack(Stack):
                 self._read_stores(fn)
                 self.schedules.subscribe(job, fn)
                 self.job_fns[job] = fn
+        # The functions that create and advance invoices: they render invoice documents (and presign their URLs),
+        # call Stripe (advance, approve, void) and emit invoice notifications. The Stripe webhook only records
+        # payment status, through Stripe's secret (constructs/billing.py).
+        invoice_fns = [self.api_fn, *(self.job_fns[j] for j in ("billing_run",) if j in self.job_fns)]
+        for fn in invoice_fns:
+            self.billing.grant_documents(fn)
+        for fn in (*invoice_fns, self.stripe_fn):
+            self.billing.grant_stripe(fn)
         # notify_dispatch's wake-up queue, and who may wake it (constructs/notifications.py).
         self.notifications: Notifications | None = None
         if "notify_dispatch" in self.job_fns:
             self.notifications = Notifications(
                 self, "Notifications", stage=stage, dead_letters=self.schedules.dead_letters,
                 email_from=str(self.node.try_get_context("notify_email_from") or EMAIL_FROM))
-            self.notifications.wire(self.job_fns["notify_dispatch"], writers=[
-                self.api_fn, *(self.job_fns[j] for j in ("billing_run",) if j in self.job_fns)])
+            self.notifications.wire(self.job_fns["notify_dispatch"], writers=invoice_fns)
 
         self.alarms = Alarms(self, "Alarms", stage=stage)
         for name, fn in self.fns.functions.items():
@@ -166,6 +179,10 @@ class BillowStack(Stack):
         CfnOutput(self, "ApiUrl", value=self.http.url)
         CfnOutput(self, "ClickHouseSecretArn", value=self.usage_store.secret.secret_arn,
                   description="Fill this secret with your ClickHouse endpoint and credentials")
+        CfnOutput(self, "StripeSecretArn", value=self.billing.stripe_secret.secret_arn,
+                  description='Fill this secret with {"apiKey": "sk_...", "webhookSecret": "whsec_..."}')
+        CfnOutput(self, "DocumentsBucketName", value=self.billing.documents.bucket_name,
+                  description="Invoice documents (HTML, PDF) under invoices/<namespace>/")
         CfnOutput(self, "DatabaseProxyEndpoint", value=self.database.proxy.endpoint)
         CfnOutput(self, "MskClusterArn", value=self.streaming.cluster_arn)
         CfnOutput(self, "DeadLetterQueueUrl", value=self.dead_letters.queue_url)

@@ -1,6 +1,7 @@
 """HTTP API (API Gateway v2, payload format 2.0): ingest on its own function (its own concurrency and
-throttling), everything else on the API function, every route but health and the API document behind the API-key
-Lambda authorizer. Access logs as JSON; stage-wide throttling."""
+throttling), Stripe's webhook on its own, everything else on the API function, every route but PUBLIC_ROUTES
+behind the API-key Lambda authorizer (which also accepts portal tokens). Access logs as JSON; stage-wide
+throttling."""
 
 from __future__ import annotations
 
@@ -12,14 +13,34 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from infra.constructs.functions import construct_id
+
 ROUTES = {  # route key -> function name; an explicit route wins over {proxy+} in API Gateway
     "POST /api/v1/events": "ingest",
     "ANY /api/v1/{proxy+}": "api",
     "GET /api/v1/openapi.json": "api",
     "GET /healthz": "api",
     "GET /readyz": "api",
+    "POST /api/v1/apps/stripe/webhook": "stripe_webhook",
+    "GET /portal": "api",
+    "GET /portal/{proxy+}": "api",
 }
-PUBLIC_ROUTES = {"GET /api/v1/openapi.json", "GET /healthz", "GET /readyz"}  # every other route needs an API key
+HEALTH = ("liveness and readiness: load balancers and uptime probes carry no API key, and the answer holds no "
+          "data")
+PORTAL_PAGE = ("the customer portal's static web page (HTML, script, styles; no data): its portal token stays in "
+               "the URL fragment, and every data call it makes, under /api/v1/portal/*, goes through the "
+               "authorizer, which accepts portal tokens")
+PUBLIC_ROUTES = {  # route key -> why it needs no API key (infra/nag.py states it); every other route needs one
+    "GET /api/v1/openapi.json": "the OpenAPI document: a public description of the API, no data",
+    "GET /healthz": HEALTH,
+    "GET /readyz": HEALTH,
+    "POST /api/v1/apps/stripe/webhook": (
+        "Stripe's webhook deliveries carry no API key; Stripe signs each request instead, and the handler "
+        "verifies the Stripe-Signature header (HMAC with the webhook secret, timestamp within 5 minutes) before "
+        "reading anything, answering 400 to a bad or stale signature"),
+    "GET /portal": PORTAL_PAGE,
+    "GET /portal/{proxy+}": PORTAL_PAGE,
+}
 AUTH_CACHE = Duration.minutes(5)  # a revoked key keeps working at most this long
 ACCESS_LOG_FORMAT = ('{"requestId":"$context.requestId","ip":"$context.identity.sourceIp",'
                      '"method":"$context.httpMethod","path":"$context.path","status":"$context.status",'
@@ -41,7 +62,7 @@ class HttpApi(Construct):
         assert isinstance(cfn_stage, apigw.CfnStage)
         cfn_stage.access_log_settings = apigw.CfnStage.AccessLogSettingsProperty(
             destination_arn=self.access_logs.log_group_arn, format=ACCESS_LOG_FORMAT)
-        targets = {name: integrations.HttpLambdaIntegration(f"{name.capitalize()}Integration", fn)
+        targets = {name: integrations.HttpLambdaIntegration(f"{construct_id(name)}Integration", fn)
                    for name, fn in functions.items()}
         # API keys: the authorizer checks the Bearer key and passes its namespace and scopes on; API Gateway
         # caches its answer per Authorization header, so the handlers enforce scopes per route.
@@ -49,10 +70,12 @@ class HttpApi(Construct):
             "ApiKeys", authorizer, authorizer_name=f"{name}-api-keys",
             response_types=[authorizers.HttpLambdaResponseType.SIMPLE],
             identity_source=["$request.header.Authorization"], results_cache_ttl=AUTH_CACHE)
+        self.routes: dict[str, apigw.HttpRoute] = {}
         for key, fn_name in ROUTES.items():
             method, path = key.split(" ", 1)
-            self.api.add_routes(path=path, methods=[apigw.HttpMethod(method)], integration=targets[fn_name],
-                                authorizer=None if key in PUBLIC_ROUTES else self.authorizer)
+            (self.routes[key],) = self.api.add_routes(
+                path=path, methods=[apigw.HttpMethod(method)], integration=targets[fn_name],
+                authorizer=None if key in PUBLIC_ROUTES else self.authorizer)
 
     @property
     def url(self) -> str:

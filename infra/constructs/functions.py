@@ -17,6 +17,11 @@ DEFAULT_TIMEOUT = Duration.seconds(29)  # API Gateway's integration timeout
 ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Architecture.X86_64}
 
 
+def construct_id(name: str) -> str:
+    """A handler name as a construct id: usage_sink -> UsageSink."""
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
 class BillowFunctions(Construct):
     def __init__(self, scope: Construct, cid: str, *, deps_dir: Path, code_dir: Path, arch: str,
                  vpc: ec2.IVpc, subnets: ec2.SubnetSelection, security_group: ec2.ISecurityGroup,
@@ -41,7 +46,7 @@ class BillowFunctions(Construct):
     def function(self, name: str, *, memory: int = 512, timeout: Duration = DEFAULT_TIMEOUT,
                  extra_env: dict[str, str] | None = None) -> lambda_.Function:
         """`name` is the handler package under functions/ (api, ingest, usage_sink, billing_run, ...)."""
-        cid = "".join(part.capitalize() for part in name.split("_"))
+        cid = construct_id(name)
         log_group = logs.LogGroup(self, f"{cid}Logs", retention=logs.RetentionDays.ONE_MONTH,
                                   removal_policy=self.logs_removal)
         role = iam.Role(self, f"{cid}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),

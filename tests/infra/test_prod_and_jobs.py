@@ -24,8 +24,10 @@ def test_prod_keeps_its_data(prod: Synth) -> None:
     (cluster,) = prod.of_type("AWS::RDS::DBCluster").values()
     assert cluster["Properties"]["DeletionProtection"] is True and cluster["DeletionPolicy"] == "Snapshot"
     assert cluster["Properties"]["ServerlessV2ScalingConfiguration"]["MinCapacity"] == 1
-    clickhouse = prod.resources[prod.logical_id(prod.stack.usage_store.secret)]
-    assert clickhouse["DeletionPolicy"] == "Retain"
+    for secret in (prod.stack.usage_store.secret, prod.stack.billing.stripe_secret):
+        assert prod.resources[prod.logical_id(secret)]["DeletionPolicy"] == "Retain"
+    assert prod.resources[prod.logical_id(prod.stack.billing.documents)]["DeletionPolicy"] == "Retain"
+    assert not prod.of_type("Custom::S3AutoDeleteObjects")  # invoice documents outlive the stack
     assert len(prod.of_type("AWS::EC2::NatGateway")) == 2  # one per AZ
     outputs = prod.template.to_json()["Outputs"]
     assert len([o for o in outputs if o.startswith("NatPublicIp")]) == 2  # to allow-list at ClickHouse Cloud
