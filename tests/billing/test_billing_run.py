@@ -200,6 +200,8 @@ def test_one_off_lines_custom_invoicing_hooks_documents_and_the_portal(billow: B
     assert status == 400 and "lines[0].price.amount" in out["detail"]
     status, out = b.call("POST", pending, {"currency": "USD", "lines": [{**usage_line, "featureKey": "nope"}]})
     assert status == 400 and "lines[0].featureKey" in out["detail"]
+    status, out = b.call("POST", pending, {"currency": "EUR", "lines": [line]})
+    assert status == 400 and out["detail"].startswith("currency") and "USD" in out["detail"]
     added = b.ok("POST", pending, {"currency": "USD", "lines": [line, usage_line]})
     assert added["isInvoiceNew"] is True and added["invoice"]["status"] == "gathering"
     b.usage(250, "2026-03-31T12:00:00Z")

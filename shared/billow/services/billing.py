@@ -384,7 +384,8 @@ def run(namespace: str, *, store: Any, catalog_store: Any, meta: MetaStore, ents
         for ps in {p.period for p in points}:
             batch.want(subjects_of[d["id"]], subs.usage_spans(d, ps[0], ps[1]))
     batch.fetch()
-    per_customer: dict[str, list[tuple[list[dict[str, Any]], Any]]] = defaultdict(list)
+    # One invoice per customer and currency (a customer may pay in more than one).
+    per_customer: dict[tuple[str, str], list[tuple[list[dict[str, Any]], Any]]] = defaultdict(list)
     for d, points in points_by_sub:
         result.points += len(points)
         rated: dict[tuple[datetime, datetime], list[subs.Charge]] = {}
@@ -393,8 +394,8 @@ def run(namespace: str, *, store: Any, catalog_store: Any, meta: MetaStore, ents
                 rated[p.period] = subs.charges(d, p.period[0], p.period[1], usage=batch.reader(subjects_of[d["id"]]))
             lines, billed = _diff(p, rated[p.period], now)
             if billed != p.mark.billed:
-                per_customer[d["customerId"]].append((lines, replace(p.mark, billed=billed)))
-    gathering: dict[str, list[tuple[dict[str, Any], str]]] = defaultdict(list)
+                per_customer[(d["customerId"], d["currency"])].append((lines, replace(p.mark, billed=billed)))
+    gathering: dict[tuple[str, str], list[tuple[dict[str, Any], str]]] = defaultdict(list)
     for g in store.list_invoices(namespace, customer_ids=[customer_id] if customer_id else None, statuses=["gathering"]):
         due_now = [ln for ln in g["lines"] if parse_rfc3339(ln["invoiceAt"], "invoiceAt") <= as_of]
         if not due_now:
@@ -403,15 +404,15 @@ def run(namespace: str, *, store: Any, catalog_store: Any, meta: MetaStore, ents
         subjects = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
         rated_lines = [_rate_pending(namespace, ln, g["currency"], subjects, meta=meta, ents=ents, usage=usage, now=now)
                        for ln in due_now]
-        per_customer[g["customer"]["id"]].append((rated_lines, None))
+        per_customer[(g["customer"]["id"], g["currency"])].append((rated_lines, None))
         before = jsonx.dumps(g)
-        gathering[g["customer"]["id"]].append(({**g, "lines": [ln for ln in g["lines"] if ln not in due_now],
+        gathering[(g["customer"]["id"], g["currency"])].append(({**g, "lines": [ln for ln in g["lines"] if ln not in due_now],
                                                 "updatedAt": format_rfc3339(now)}, before))
     ctx = _Context(store.list_profiles(namespace), store.list_overrides(namespace), store.invoice_counts(namespace),
                    store.credit_balances(namespace))
-    prepared = [prep for cust_id, parts in per_customer.items()
-                if (prep := _prepare(namespace, cust_id, parts, customers, ctx, store=store, now=now, result=result,
-                                     gathering=gathering.get(cust_id, [])))]
+    prepared = [prep for key, parts in per_customer.items()
+                if (prep := _prepare(namespace, key[0], parts, customers, ctx, store=store, now=now, result=result,
+                                     gathering=gathering.get(key, [])))]
     for start in range(0, len(prepared), COMMIT_BATCH):
         for item in _commit(namespace, prepared[start:start + COMMIT_BATCH], store=store, now=now, result=result):
             if item.invoice is None:
@@ -564,6 +565,9 @@ def add_pending_lines(namespace: str, customer_id: str, body: Any, *, store: Any
     if not isinstance(body, dict):
         raise bad("body", "must be {currency, lines}")
     currency = Currency.of(body.get("currency")).code
+    if customer.get("currency") and customer["currency"] != currency:
+        raise bad("currency", f"customer {customer.get('key') or customer['id']} is billed in {customer['currency']}, "
+                              f"not {currency}")
     raw = body.get("lines")
     if not isinstance(raw, list) or not raw:
         raise bad("lines", "must be a non-empty list")
