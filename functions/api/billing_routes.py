@@ -65,9 +65,7 @@ def delete_profile(pid: str) -> Response:
 @router.get("/api/v1/billing/customers/<cid>")
 def get_override(cid: str) -> Response:
     c, store = _c()
-    customer = billing._customer(c.namespace, path_param(cid), c.meta)
-    return ok({"customerId": customer["id"], **(store.get_override(c.namespace, customer["id"]) or {}),
-               "billingProfile": billing.resolved_profile(c.namespace, customer["id"], store=store)})
+    return ok(billing.get_override(c.namespace, path_param(cid), store=store, meta=c.meta))
 
 
 @router.put("/api/v1/billing/customers/<cid>")
@@ -79,7 +77,7 @@ def put_override(cid: str) -> Response:
 @router.delete("/api/v1/billing/customers/<cid>")
 def delete_override(cid: str) -> Response:
     c, store = _c()
-    store.put_override(c.namespace, billing._customer(c.namespace, path_param(cid), c.meta)["id"], None)
+    billing.delete_override(c.namespace, path_param(cid), store=store, meta=c.meta)
     return no_content()
 
 
@@ -111,7 +109,7 @@ def invoice_now() -> Response:
     body = _body()
     if not isinstance(body, dict) or not isinstance(body.get("customerId"), str):
         raise billing.bad("customerId", "is required")
-    customer = billing._customer(c.namespace, body["customerId"], c.meta)
+    customer = billing.resolve_customer(c.namespace, body["customerId"], c.meta)
     as_of = parse_rfc3339(body["asOf"], "asOf") if body.get("asOf") else None
     from billow.adapters.billing_apps import run_billing
 

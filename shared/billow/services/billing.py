@@ -173,7 +173,7 @@ def delete_profile(namespace: str, id_: str, *, store: Any, now: datetime) -> No
 
 
 def put_override(namespace: str, customer_id: str, body: Any, *, store: Any, meta: MetaStore, now: datetime) -> dict[str, Any]:
-    customer = _customer(namespace, customer_id, meta)
+    customer = resolve_customer(namespace, customer_id, meta)
     if not isinstance(body, dict):
         raise bad("body", "must be {billingProfileId?, workflow?}")
     if body.get("billingProfileId") is not None:
@@ -187,13 +187,24 @@ def put_override(namespace: str, customer_id: str, body: Any, *, store: Any, met
     return doc
 
 
+def get_override(namespace: str, customer_id: str, *, store: Any, meta: MetaStore) -> dict[str, Any]:
+    """OpenMeter's BillingProfileCustomerOverride, with the profile that applies after it."""
+    customer = resolve_customer(namespace, customer_id, meta)
+    return {"customerId": customer["id"], **(store.get_override(namespace, customer["id"]) or {}),
+            "billingProfile": resolved_profile(namespace, customer["id"], store=store)}
+
+
+def delete_override(namespace: str, customer_id: str, *, store: Any, meta: MetaStore) -> None:
+    store.put_override(namespace, resolve_customer(namespace, customer_id, meta)["id"], None)
+
+
 def resolved_profile(namespace: str, customer_id: str, *, store: Any) -> dict[str, Any] | None:
     """The customer's override applied to its profile (the override's, else the default one)."""
     override = store.get_override(namespace, customer_id)
     return _Context(store.list_profiles(namespace), {customer_id: override} if override else {}, {}).profile(customer_id)
 
 
-def _customer(namespace: str, id_or_key: str, meta: MetaStore) -> dict[str, Any]:
+def resolve_customer(namespace: str, id_or_key: str, meta: MetaStore) -> dict[str, Any]:
     found = meta.get_customer(namespace, id_or_key)
     if found is None:
         raise NotFound(f"customer {id_or_key!r} not found")
@@ -561,7 +572,7 @@ def add_pending_lines(namespace: str, customer_id: str, body: Any, *, store: Any
     """One-off lines for a customer (OpenMeter's InvoicePendingLineCreateInput): a flat price (a one-off charge)
     or a usage price on a feature (its meter's usage over the line's period). They wait on the customer's
     gathering invoice for that currency and go onto the first invoice made at or after their `invoiceAt`."""
-    customer = _customer(namespace, customer_id, meta)
+    customer = resolve_customer(namespace, customer_id, meta)
     if not isinstance(body, dict):
         raise bad("body", "must be {currency, lines}")
     currency = Currency.of(body.get("currency")).code
@@ -790,7 +801,7 @@ def list_invoices(namespace: str, qs: dict[str, list[str]], *, store: Any) -> li
 # -- one-off lines and prepaid credit -------------------------------------------------------------------------
 def add_credit(namespace: str, customer_id: str, body: Any, *, store: Any, meta: MetaStore, now: datetime) -> dict[str, Any]:
     """Prepaid credit (money) for a customer, applied to its next invoices before anything is charged."""
-    customer = _customer(namespace, customer_id, meta)
+    customer = resolve_customer(namespace, customer_id, meta)
     if not isinstance(body, dict):
         raise bad("body", "must be {amount, currency, description?}")
     currency = Currency.of(body.get("currency"))
