@@ -66,6 +66,20 @@ OPERATIONS = {
     "/api/v1/subscriptions/{subscriptionId}/addons": ["get", "post"],
     "/api/v1/subscriptions/{subscriptionId}/addons/{subscriptionAddonId}": ["get", "patch"],
     "/api/v1/customers/{customerIdOrKey}/subscriptions": ["get"],
+    "/api/v1/billing/profiles": ["get", "post"],
+    "/api/v1/billing/profiles/{id}": ["get", "put", "delete"],
+    "/api/v1/billing/customers/{customerId}": ["get", "put", "delete"],
+    "/api/v1/billing/customers/{customerId}/invoices/pending-lines": ["post"],
+    "/api/v1/billing/invoices": ["get"],
+    "/api/v1/billing/invoices/invoice": ["post"],
+    "/api/v1/billing/invoices/{invoiceId}": ["get", "put", "delete"],
+    "/api/v1/billing/invoices/{invoiceId}/advance": ["post"],
+    "/api/v1/billing/invoices/{invoiceId}/approve": ["post"],
+    "/api/v1/billing/invoices/{invoiceId}/retry": ["post"],
+    "/api/v1/billing/invoices/{invoiceId}/void": ["post"],
+    "/api/v1/apps/custom-invoicing/{invoiceId}/draft/synchronized": ["post"],
+    "/api/v1/apps/custom-invoicing/{invoiceId}/issuing/synchronized": ["post"],
+    "/api/v1/apps/custom-invoicing/{invoiceId}/payment/status": ["post"],
 }
 DROP = {"description", "example", "examples", "summary", "x-enum-varnames"}
 OUT = Path(__file__).resolve().parent.parent / "shared" / "billow" / "api" / "openapi.json"

@@ -43,9 +43,9 @@ HOSTILE = [
 ]
 
 MAX_EXAMPLES = 6
-# Plans, add-ons and subscriptions have deep request schemas (rate cards x prices x discounts x entitlement
+# Plans, add-ons, subscriptions and billing have deep request schemas (rate cards x prices x discounts x entitlement
 # templates): schemathesis needs seconds per example there, so they get fewer examples each.
-HEAVY = ("/api/v1/plans", "/api/v1/addons", "/api/v1/subscriptions")
+HEAVY = ("/api/v1/plans", "/api/v1/addons", "/api/v1/subscriptions", "/api/v1/billing", "/api/v1/apps")
 HEAVY_EXAMPLES = 2
 PORTAL_AUTH: dict[str, str] = {}
 

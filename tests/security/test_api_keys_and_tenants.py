@@ -232,6 +232,12 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     values.update(planId=plan["id"], planIdOrKey="leak_plan", addonId=addon["id"], planAddonId=plan_addon["id"],
                   subscriptionId=sub["id"], subscriptionAddonId=sub_addon["id"])
     secrets |= {plan["id"], addon["id"], plan_addon["id"], sub["id"], sub_addon["id"], "Leak Plan", "Leak Addon"}
+    # Billing: a profile, and the subscription's first invoice.
+    _, profile = a.call("POST", "/api/v1/billing/profiles", {"name": "Leak Profile", "supplier": {"name": "Leak Supplier"},
+                                                              "apps": {"invoicing": "sandbox", "payment": "sandbox"}})
+    _, (invoice,) = a.call("POST", "/api/v1/billing/invoices/invoice", {"customerId": cust["id"]})
+    values.update(id=profile["id"], customerId=cust["id"], invoiceId=invoice["id"])
+    secrets |= {profile["id"], invoice["id"], invoice["number"], "Leak Supplier"}
     doc = json.loads(resources.files("billow.api").joinpath("openapi.json").read_text())
     def sweep(caller: Tenant) -> None:
         for path, ops in doc["paths"].items():
@@ -262,3 +268,5 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     assert a.call("GET", f"/api/v1/addons/{addon['id']}")[1]["status"] == "active"
     assert a.call("GET", f"/api/v1/subscriptions/{sub['id']}")[1]["status"] == "active"
     assert [x["quantity"] for x in a.call("GET", f"/api/v1/subscriptions/{sub['id']}/addons")[1]] == [1]
+    assert a.call("GET", f"/api/v1/billing/invoices/{invoice['id']}")[1]["status"] == "paid"
+    assert a.call("GET", f"/api/v1/billing/profiles/{profile['id']}")[1]["deletedAt"] is None
