@@ -176,7 +176,7 @@ def custom_payment_status(iid: str) -> Response:
     c, store = _c()
     body = _body()
     trigger = body.get("trigger") if isinstance(body, dict) else None
-    if trigger not in _TRIGGERS:
+    if not isinstance(trigger, str) or trigger not in _TRIGGERS:
         raise billing.bad("trigger", f"must be one of {', '.join(_TRIGGERS)}")
     return ok(billing.record_payment(c.namespace, path_param(iid), _TRIGGERS[trigger], store=store,
                                      apps=c.billing_apps(), now=c.clock.now()))
