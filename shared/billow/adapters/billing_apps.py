@@ -95,9 +95,12 @@ def run_billing(c: Any, *, customer_id: str | None = None, as_of: Any = None, do
     API (`POST /api/v1/billing/invoices/invoice`), functions/billing_run and billow serve's scheduler."""
     from billow.adapters.sql_billing import SqlBillingStore
     from billow.adapters.sql_catalog import SqlCatalogStore
-    from billow.services import billing
+    from billow.services import billing, subscriptions
 
     store = c.store(SqlBillingStore)
+    if customer_id is None:  # scheduled: phase changes and cancelations that came due move entitlements first
+        subscriptions.sync_all(c.namespace, store=c.store(SqlCatalogStore), meta=c.meta, ents=c.entitlements,
+                               now=c.clock.now())
     apps = c.billing_apps()
     now = c.clock.now()
 

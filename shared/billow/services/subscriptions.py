@@ -412,10 +412,13 @@ def sync_entitlements(namespace: str, doc: dict[str, Any], *, store: Subscriptio
             continue
         assert subject is not None
         found = ents.find_entitlement(namespace, [subject], feature_key)
-        if found is not None:  # handed over by the subscription this one replaced
-            own[feature_key] = found["id"]
+        if found is not None:
+            if (found.get("metadata") or {}).get("subscriptionId") not in _customer_subscriptions(namespace, doc, store):
+                continue  # the subject's own entitlement (made by hand): left alone, never taken over
+            own[feature_key] = found["id"]  # this one's (a concurrent pass made it) or handed over on a change
         else:
-            body = {**{k: v for k, v in tmpl.items() if k != "usagePeriod"}, "featureKey": feature_key}
+            body = {**{k: v for k, v in tmpl.items() if k != "usagePeriod"}, "featureKey": feature_key,
+                    "metadata": {**(tmpl.get("metadata") or {}), "subscriptionId": doc["id"]}}
             if tmpl["type"] == "metered":
                 body["usagePeriod"] = {"interval": tmpl.get("usagePeriod") or item.rate_card.get("billingCadence")
                                        or doc["billingCadence"], "anchor": doc["billingAnchor"]}
@@ -432,6 +435,12 @@ def sync_entitlements(namespace: str, doc: dict[str, Any], *, store: Subscriptio
     return doc
 
 
+def _customer_subscriptions(namespace: str, doc: dict[str, Any], store: SubscriptionStore) -> set[str]:
+    """Ids of the customer's subscriptions: an entitlement one of them made (its metadata says which) may be
+    adopted by another, e.g. across a plan change."""
+    return {doc["id"]} | {other["id"] for other in store.list_subscriptions(namespace, doc["customerId"])}
+
+
 def sync_all(namespace: str, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore, now: datetime) -> int:
     """The scheduled pass: entitlements of every subscription brought up to date (phase changes, scheduled
     cancelations and add-on changes that came due). Returns how many subscriptions it looked at."""
@@ -440,6 +449,10 @@ def sync_all(namespace: str, *, store: SubscriptionStore, meta: MetaStore, ents:
     docs.sort(key=lambda d: subs.status(d, now) not in ("active", "canceled"))
     for doc in docs:
         fresh = store.get_subscription(namespace, doc["id"])  # an adoption may have rewritten it
-        if fresh is not None:
+        if fresh is None:
+            continue
+        try:
             sync_entitlements(namespace, fresh, store=store, meta=meta, ents=ents, now=now)
+        except Conflict:
+            continue  # a concurrent pass created that entitlement first; its subscription records it
     return len(docs)
