@@ -448,6 +448,8 @@ def sync_all(namespace: str, *, store: SubscriptionStore, meta: MetaStore, ents:
     # Running subscriptions first, so that one starting where another ends adopts the entitlements they share.
     docs.sort(key=lambda d: subs.status(d, now) not in ("active", "canceled"))
     for doc in docs:
+        if set(_templates(doc, now)) == set(doc.get("entitlements") or {}):
+            continue  # nothing came due for this one (the common case: no store round trip)
         fresh = store.get_subscription(namespace, doc["id"])  # an adoption may have rewritten it
         if fresh is None:
             continue
