@@ -25,6 +25,11 @@ class ValidationFailed(BillowError):
         super().__init__(detail, extensions={"validationErrors": errors or []})
         self.errors = errors or []
 
+    @classmethod
+    def at(cls, field: str, message: str) -> ValidationFailed:
+        """One problem with one field; the detail reads `field: message`."""
+        return cls(f"{field}: {message}", [{"field": field, "message": message}])
+
 
 class Unauthorized(BillowError):
     status = 401

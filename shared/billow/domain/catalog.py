@@ -244,11 +244,10 @@ def _rate_cards(value: Any, field: str, problems: Problems, *, cadence: str | No
     return cards
 
 
-def parse_plan(body: Any) -> dict[str, Any]:
-    """A PlanCreate / PlanReplaceUpdate body → the plan's editable fields, normalised; all problems at once."""
-    problems: Problems = []
+def _common(body: Any, what: str, problems: Problems) -> dict[str, Any]:
+    """What plans and add-ons share: key, name, description, metadata, currency (USD by default)."""
     if not isinstance(body, dict):
-        raise failure([("body", "must be a plan object")])
+        raise failure([("body", f"must be {what} object")])
     out: dict[str, Any] = {
         "key": _key(body.get("key"), "key", problems),
         "name": _text(body, "name", "name", problems, required=True),
@@ -259,6 +258,13 @@ def parse_plan(body: Any) -> dict[str, Any]:
         out["currency"] = Currency.of(body.get("currency", "USD")).code
     except ValidationFailed as exc:
         _nested(problems, "currency", exc)
+    return out
+
+
+def parse_plan(body: Any) -> dict[str, Any]:
+    """A PlanCreate / PlanReplaceUpdate body → the plan's editable fields, normalised; all problems at once."""
+    problems: Problems = []
+    out = _common(body, "a plan", problems)
     cadence = duration(body.get("billingCadence"), "billingCadence", problems)
     out["billingCadence"] = cadence
     alignment = body.get("alignment") or {}
@@ -316,18 +322,7 @@ def parse_plan(body: Any) -> dict[str, Any]:
 def parse_addon(body: Any) -> dict[str, Any]:
     """An AddonCreate / AddonReplaceUpdate body → the add-on's editable fields."""
     problems: Problems = []
-    if not isinstance(body, dict):
-        raise failure([("body", "must be an add-on object")])
-    out: dict[str, Any] = {
-        "key": _key(body.get("key"), "key", problems),
-        "name": _text(body, "name", "name", problems, required=True),
-        "description": _text(body, "description", "description", problems, required=False, max_len=1024),
-        "metadata": _metadata(body.get("metadata"), "metadata", problems),
-    }
-    try:
-        out["currency"] = Currency.of(body.get("currency", "USD")).code
-    except ValidationFailed as exc:
-        _nested(problems, "currency", exc)
+    out = _common(body, "an add-on", problems)
     instance = body.get("instanceType")
     if instance not in INSTANCE_TYPES:
         problems.append(("instanceType", "must be single or multiple"))

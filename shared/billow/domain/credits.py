@@ -56,8 +56,7 @@ ZERO = Decimal(0)
 UsageFn = Callable[[datetime, datetime], Decimal]
 
 
-def _bad(fld: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{fld}: {message}", [{"field": fld, "message": message}])
+_bad = ValidationFailed.at
 
 
 def to_minute(t: datetime) -> datetime:

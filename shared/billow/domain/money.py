@@ -68,8 +68,7 @@ _CODE_RE = re.compile(r"^[A-Z]{3}$")
 _ROUND_CTX = decimal.Context(prec=120, traps=[decimal.InvalidOperation, decimal.Overflow, decimal.DivisionByZero])
 
 
-def _bad(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{field}: {message}", [{"field": field, "message": message}])
+_bad = ValidationFailed.at
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,8 +43,7 @@ _MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _MAX_COUNT = 100_000  # no interval component beyond this: keeps every boundary arithmetic in range
 
 
-def _bad(fld: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{fld}: {message}", [{"field": fld, "message": message}])
+_bad = ValidationFailed.at
 
 
 def _parse_interval(interval: object) -> tuple[int, int, timedelta]:

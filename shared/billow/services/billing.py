@@ -60,8 +60,7 @@ WORKFLOW_DEFAULTS: dict[str, Any] = {
 _TERMS = ("in_advance", "in_arrears")
 
 
-def bad(field_name: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{field_name}: {message}", [{"field": field_name, "message": message}])
+bad = ValidationFailed.at
 
 
 # -- profiles ------------------------------------------------------------------------------------------------

@@ -27,8 +27,7 @@ class FeatureStore(Protocol):
                       meter_slugs: list[str] | None = None) -> list[dict[str, Any]]: ...
 
 
-def bad(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{field}: {message}", [{"field": field, "message": message}])
+bad = ValidationFailed.at
 
 
 def valid_key(value: Any, field: str) -> str:

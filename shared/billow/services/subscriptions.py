@@ -39,8 +39,7 @@ class SubscriptionStore(catalog.CatalogStore, Protocol):
     def list_subscriptions(self, namespace: str, customer_id: str | None = None) -> list[dict[str, Any]]: ...
 
 
-def bad(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{field}: {message}", [{"field": field, "message": message}])
+bad = ValidationFailed.at
 
 
 def _when(timing: Any, sub: dict[str, Any] | None, now: datetime, field: str = "timing") -> datetime:
