@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
+from billow.domain import fields
 from billow.errors import ValidationFailed
 from billow.ids import is_ulid
 
@@ -59,22 +60,6 @@ def _name(body: dict[str, Any]) -> str:
     return name
 
 
-def _flag(body: dict[str, Any], key: str) -> bool:
-    value = body.get(key, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise bad(key, "must be true or false")
-    return value
-
-
-def _metadata(body: dict[str, Any]) -> dict[str, str] | None:
-    md = body.get("metadata")
-    if md is None:
-        return None
-    if not isinstance(md, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in md.items()):
-        raise bad("metadata", "must be an object of strings")
-    return md
 
 
 def http_url(value: Any, field: str = "url") -> str:
@@ -111,8 +96,8 @@ def parse_channel(body: Any, *, previous: dict[str, Any] | None = None) -> dict[
         raise bad("type", f"required, one of {', '.join(CHANNEL_TYPES)}")
     if previous is not None and previous["type"] != ctype:
         raise bad("type", "a channel's type cannot change")
-    doc: dict[str, Any] = {"type": ctype, "name": _name(body), "disabled": _flag(body, "disabled")}
-    if (md := _metadata(body)) is not None:
+    doc: dict[str, Any] = {"type": ctype, "name": _name(body), "disabled": fields.flag(body, "disabled")}
+    if (md := fields.metadata(body)) is not None:
         doc["metadata"] = md
     if ctype in (WEBHOOK, SLACK):
         doc["url"] = http_url(body.get("url"))
@@ -159,8 +144,8 @@ def parse_rule(body: Any, *, previous: dict[str, Any] | None = None) -> dict[str
         raise bad("type", f"required, one of {', '.join(RULE_TYPES)}")
     if previous is not None and previous["type"] != rtype:
         raise bad("type", "a rule's type cannot change")
-    doc: dict[str, Any] = {"type": rtype, "name": _name(body), "disabled": _flag(body, "disabled")}
-    if (md := _metadata(body)) is not None:
+    doc: dict[str, Any] = {"type": rtype, "name": _name(body), "disabled": fields.flag(body, "disabled")}
+    if (md := fields.metadata(body)) is not None:
         doc["metadata"] = md
     channels = body.get("channels")
     if not isinstance(channels, list) or not 1 <= len(channels) <= 50:

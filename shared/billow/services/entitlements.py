@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from billow import jsonx
+from billow.domain import fields
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import is_ulid, new_id
 from billow.ports import MetaStore
@@ -82,22 +83,6 @@ def _time(value: Any, field: str) -> datetime:
     return parse_rfc3339(value, field)
 
 
-def _bool(body: dict[str, Any], key: str, default: bool = False) -> bool:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise bad(key, "must be true or false")
-    return value
-
-
-def _metadata(body: dict[str, Any]) -> dict[str, str] | None:
-    md = body.get("metadata")
-    if md is None:
-        return None
-    if not isinstance(md, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in md.items()):
-        raise bad("metadata", "must be an object of strings")
-    return md
 
 
 # -- recurring periods ------------------------------------------------------------------------------
@@ -171,7 +156,7 @@ def _build_entitlement(namespace: str, key: str, body: Any, *, store: Entitlemen
     stamp = format_rfc3339(now)
     doc: dict[str, Any] = {"id": new_id(), "type": etype, "subjectKey": key, "featureKey": feature["key"],
                            "featureId": feature["id"], "createdAt": stamp, "updatedAt": stamp, "activeFrom": stamp}
-    if (md := _metadata(body)) is not None:
+    if (md := fields.metadata(body)) is not None:
         doc["metadata"] = md
     grant = None
     if etype == "metered":
@@ -180,11 +165,11 @@ def _build_entitlement(namespace: str, key: str, body: Any, *, store: Entitlemen
         if body.get("usagePeriod") is None:
             raise bad("usagePeriod", "required for a metered entitlement")
         doc["usagePeriod"] = parse_period(body["usagePeriod"], "usagePeriod", now)
-        doc["isSoftLimit"] = _bool(body, "isSoftLimit")
-        if _bool(body, "isUnlimited"):
+        doc["isSoftLimit"] = fields.flag(body, "isSoftLimit")
+        if fields.flag(body, "isUnlimited"):
             raise bad("isUnlimited", "is deprecated and not supported; use a boolean entitlement")
         doc["isUnlimited"] = False
-        doc["preserveOverageAtReset"] = _bool(body, "preserveOverageAtReset")
+        doc["preserveOverageAtReset"] = fields.flag(body, "preserveOverageAtReset")
         doc["measureUsageFrom"] = format_rfc3339(_measure_from(body.get("measureUsageFrom"), doc["usagePeriod"], now))
         if body.get("issueAfterReset") is not None:
             issue = amount(body["issueAfterReset"], "issueAfterReset")
@@ -325,7 +310,7 @@ def create_grant(namespace: str, subject: str, id_or_feature_key: str, body: Any
         "expiresAt": format_rfc3339(expires), "maxRolloverAmount": max_roll, "minRolloverAmount": min_roll,
         "createdAt": stamp, "updatedAt": stamp,
     }
-    if (md := _metadata(body)) is not None:
+    if (md := fields.metadata(body)) is not None:
         doc["metadata"] = md
     if body.get("recurrence") is not None:
         doc["recurrence"] = parse_period(body["recurrence"], "recurrence", effective)
@@ -397,7 +382,7 @@ def reset(namespace: str, subject: str, entitlement_id: str, body: Any, *, store
     preserve = body.get("preserveOverage")
     if preserve is not None and not isinstance(preserve, bool):
         raise bad("preserveOverage", "must be true or false")
-    store.add_reset(namespace, ent["id"], at, retain_anchor=_bool(body, "retainAnchor"), preserve_overage=preserve,
+    store.add_reset(namespace, ent["id"], at, retain_anchor=fields.flag(body, "retainAnchor"), preserve_overage=preserve,
                     now=now)
 
 
