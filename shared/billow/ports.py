@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -63,6 +64,10 @@ class MetaStore(Protocol):
     def list_meters(self, namespace: str, include_deleted: bool = False) -> list[Meter]: ...
 
     def delete_meter(self, namespace: str, meter_id: str, at: datetime) -> None: ...
+
+    def meter_lock(self, namespace: str, meter_id: str) -> AbstractContextManager[None]:
+        """Across processes: held while checking which events have a value of the meter and writing the rest."""
+        ...
 
     def upsert_subject(self, namespace: str, subject: dict[str, Any], now: datetime) -> dict[str, Any]: ...
 

@@ -3,7 +3,8 @@ One set of statements serves both; the adapter contract tests run against each."
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -124,7 +125,8 @@ class SqlMetaStore:
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=FULL")
                 cur.close()
-        self._cache: dict[str, list[Meter]] = {}
+        # namespace -> (the live meters' (id, updated_at) pairs, the meters): see list_meters
+        self._cache: dict[str, tuple[frozenset[tuple[str, datetime | None]], list[Meter]]] = {}
 
     def _tx(self) -> Any:
         return self.engine.begin()
@@ -176,16 +178,40 @@ class SqlMetaStore:
         return _meter(row) if row else None
 
     def list_meters(self, namespace: str, include_deleted: bool = False) -> list[Meter]:
-        if not include_deleted and namespace in self._cache:
-            return self._cache[namespace]
+        """The namespace's meters, never staler than this call: other processes (a warm Lambda container
+        beside the api container that created, changed or deleted a meter) share the database, so each call
+        first reads the live meters' (id, updated_at) pairs (one indexed query) and re-reads and re-parses
+        the full list only when those changed. A create or delete changes the ids, an update its
+        updated_at."""
         q = sa.select(meters).where(meters.c.namespace == namespace)
         if not include_deleted:
             q = q.where(meters.c.deleted_at.is_(None))
         with self.engine.connect() as c:
+            if not include_deleted and (cached := self._cache.get(namespace)) is not None:
+                version = frozenset((r.id, utc(r.updated_at)) for r in c.execute(
+                    sa.select(meters.c.id, meters.c.updated_at).where(meters.c.namespace == namespace,
+                                                                      meters.c.deleted_at.is_(None))))
+                if version == cached[0]:
+                    return cached[1]
             out = [_meter(r) for r in c.execute(q.order_by(meters.c.created_at, meters.c.id))]
         if not include_deleted:
-            self._cache[namespace] = out
+            self._cache[namespace] = (frozenset((m.id, m.updated_at) for m in out), out)
         return out
+
+    @contextmanager
+    def meter_lock(self, namespace: str, meter_id: str) -> Iterator[None]:
+        """Held by whoever checks which events already have a value of this meter and then writes the
+        missing ones (the api's backfill, a sink re-valuing events that arrived while the meter was being
+        created), so two processes never both add a value for one event. PostgreSQL: a row lock on the
+        meter (SELECT ... FOR UPDATE); SQLite: the database's write lock (a no-op UPDATE)."""
+        with self._tx() as c:
+            if self.engine.dialect.name == "sqlite":
+                c.execute(meters.update().where(meters.c.namespace == namespace, meters.c.id == meter_id)
+                          .values(updated_at=meters.c.updated_at))
+            else:
+                c.execute(sa.select(meters.c.id).where(meters.c.namespace == namespace, meters.c.id == meter_id)
+                          .with_for_update())
+            yield
 
     def delete_meter(self, namespace: str, meter_id: str, at: datetime) -> None:
         with self._tx() as c:

@@ -35,7 +35,7 @@ def create_meter(namespace: str, body: Any, *, meta: MetaStore, usage: UsageStor
     meter = build_meter(body, now)
     with sink_lock():
         meta.put_meter(namespace, meter, managed=managed)
-        backfill_meter(namespace, meter, usage)
+        backfill_meter(namespace, meter, usage, lock=lambda: meta.meter_lock(namespace, meter.id))
     return meter
 
 

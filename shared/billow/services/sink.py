@@ -10,6 +10,7 @@ Records that cannot be processed go to the dead-letter callback with the reason;
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -124,6 +125,9 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
             if k not in half_done:
                 values.extend(vals)
     usage.write(namespace, values, stored)
+    late_values = _values_for_new_meters(namespace, stored, meters, usage, meta)
+    result.unmatched -= len({(v.source, v.event_id) for v in late_values} - set(valued_candidates))
+    values = values + late_values
     result.subjects.setdefault(namespace, set()).update(v.subject for v in values)
     if on_late is not None and late_before is not None:
         earliest: dict[str, datetime] = {}
@@ -135,8 +139,36 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
     return len(stored)
 
 
-def backfill_meter(namespace: str, meter: Meter, usage: UsageStore, page: int = 5000) -> int:
-    """Compute a new meter's values from raw events stored before it existed."""
+def _values_for_new_meters(namespace: str, stored: Sequence[StoredEvent], seen: Sequence[Meter],
+                           usage: UsageStore, meta: MetaStore) -> list[MeterValue]:
+    """Close the gap between this batch's meter list and its write. A meter created (and backfilled) by
+    another container after the list was read may have scanned the raw events before this batch wrote them,
+    so those events would have no value of it. Looking at the meters again after the write closes it: a
+    meter committed before this second look is valued here; one committed after it starts its backfill
+    after this write, so the backfill finds these events. Both sides check `valued_keys` and write under
+    meta.meter_lock, so an event gets at most one value per meter."""
+    known = {m.id for m in seen}
+    added: list[MeterValue] = []
+    for meter in meta.list_meters(namespace):
+        if meter.id in known:
+            continue
+        vals = [v for s in stored for v in meter_values(s.event, [meter])[0]]
+        if not vals:
+            continue
+        with meta.meter_lock(namespace, meter.id):
+            done = usage.valued_keys(namespace, [meter.id], min(v.time for v in vals), max(v.time for v in vals),
+                                     [(v.source, v.event_id) for v in vals])
+            vals = [v for v in vals if (v.source, v.event_id) not in done]
+            if vals:
+                usage.write(namespace, vals, [])
+        added.extend(vals)
+    return added
+
+
+def backfill_meter(namespace: str, meter: Meter, usage: UsageStore, page: int = 5000,
+                   lock: Callable[[], AbstractContextManager[Any]] = nullcontext) -> int:
+    """Compute a new meter's values from raw events stored before it existed. `lock` (meta.meter_lock of
+    this meter, across processes) is held from each page's `valued_keys` check to its write."""
     after: tuple[str, str] | None = None
     total = 0
     while True:
@@ -148,10 +180,11 @@ def backfill_meter(namespace: str, meter: Meter, usage: UsageStore, page: int = 
             vals, _ = meter_values(ev, [meter])
             values.extend(vals)
         if values:  # idempotent: a re-run (or a racing sink) never adds a second value for one event
-            done = usage.valued_keys(namespace, [meter.id], min(v.time for v in values), max(v.time for v in values),
-                                     [(v.source, v.event_id) for v in values])
-            values = [v for v in values if (v.source, v.event_id) not in done]
-        if values:
-            usage.write(namespace, values, [])
+            with lock():
+                done = usage.valued_keys(namespace, [meter.id], min(v.time for v in values),
+                                         max(v.time for v in values), [(v.source, v.event_id) for v in values])
+                values = [v for v in values if (v.source, v.event_id) not in done]
+                if values:
+                    usage.write(namespace, values, [])
         total += len(values)
         after = events[-1].key
