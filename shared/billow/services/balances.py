@@ -111,7 +111,7 @@ def feature_filters(feature: dict[str, Any]) -> list[list[GroupFilter]]:
 
 
 def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: EntitlementStore, meta: MetaStore,
-            usage: UsageStore) -> Ledger:
+            usage: UsageStore, snapshot_not_after: datetime | None = None) -> Ledger:
     feature = store.get_feature(namespace, ent["featureId"], include_archived=True)
     if feature is None or not feature.get("meterSlug"):
         raise NotFound(f"feature {ent['featureKey']!r} of the entitlement has no meter")
@@ -121,7 +121,7 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
     resets, period = reset_schedule(ent, store.list_resets(namespace, ent["id"]), until)
     measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
     period_start = max(period.containing(minute(until))[0], resets[-1].at if resets else measure, measure)
-    snap = store.latest_snapshot(namespace, ent["id"], until)
+    snap = store.latest_snapshot(namespace, ent["id"], until if snapshot_not_after is None else snapshot_not_after)
     if snap is not None:
         start = credits.Snapshot.from_json(snap)
         resets = [r for r in resets if r.at > start.at]
@@ -309,8 +309,10 @@ def history(namespace: str, subject_keys: list[str], entitlement_id: str, qs: di
         windows.append(nxt)
         if len(windows) > MAX_HISTORY_WINDOWS:
             raise bad("windowSize", f"more than {MAX_HISTORY_WINDOWS} windows; use a larger window or a shorter range")
-    ledger = _ledger(namespace, ent, end, store=store, meta=meta, usage=usage)
-    stops = sorted({t for t in (*windows, end) if t > ledger.start.at})
+    # Start from a snapshot no later than the first window, so that a range spanning resets keeps its earlier windows.
+    ledger = _ledger(namespace, ent, end, store=store, meta=meta, usage=usage, snapshot_not_after=start)
+    # A window that starts where the ledger starts (measureUsageFrom, a snapshot) is a window too.
+    stops = sorted({t for t in (*windows, end) if t >= ledger.start.at})
     bounds = _bounds(ledger, stops)
     used = _Usage(bounds, ledger.usage_query(bounds))
     cur = ledger.start

@@ -1,0 +1,59 @@
+"""windowedHistory counts every window of the range (issue 15, item 5): the one that starts at
+`measureUsageFrom` too, and windows before a saved reset snapshot when the range spans resets (OpenMeter: the
+queried history can span multiple reset events). Through the handlers, on the twin and on chdb."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.entitlements.conftest import Billow
+
+S = "/api/v1/subjects/customer_1/entitlements"
+
+
+def _setup(b: Billow, interval: str, **extra: Any) -> dict[str, Any]:
+    b.ok("POST", "/api/v1/features", {"key": "ai_tokens", "name": "ai tokens", "meterSlug": "tokens"})
+    return dict(b.ok("POST", S, {"type": "metered", "featureKey": "ai_tokens", "measureUsageFrom": "2026-01-01T00:00:00Z",
+                                 "usagePeriod": {"interval": interval, "anchor": "2026-01-01T00:00:00Z"}, **extra}))
+
+
+def _windows(b: Billow, ent: dict[str, Any], **query: str) -> list[tuple[str, str, Any, Any]]:
+    hist = b.ok("GET", f"{S}/{ent['id']}/history", query=query)
+    return [(w["period"]["from"], w["period"]["to"], w["usage"], w["balanceAtStart"]) for w in hist["windowedHistory"]]
+
+
+def test_the_window_that_starts_at_measure_usage_from_is_counted(billow: Billow) -> None:
+    b = billow
+    ent = _setup(b, "MONTH", issueAfterReset=10)
+    b.clock.set("2026-01-01T12:00:00Z")
+    b.usage(1, "2026-01-01T00:30:00Z")
+    b.usage(1, "2026-01-01T10:30:00Z")
+    assert b.value("customer_1", "ai_tokens")["usage"] == 2
+    day = _windows(b, ent, windowSize="DAY")
+    assert day == [("2026-01-01T00:00:00Z", "2026-01-01T12:00:00Z", 2, 10)]
+    hour = _windows(b, ent, windowSize="HOUR")
+    assert [w[0][11:16] for w in hour] == [f"{h:02}:00" for h in range(12)]
+    assert sum(w[2] for w in hour) == 2
+    assert hour[0] == ("2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", 1, 10)
+    assert hour[1][3] == 9 and hour[10][2] == 1 and hour[11][3] == 8
+    # An explicit from at measureUsageFrom is the same range.
+    assert _windows(b, ent, windowSize="DAY", **{"from": "2026-01-01T00:00:00Z"}) == day
+
+
+def test_history_spans_a_reset_with_a_saved_snapshot(billow: Billow) -> None:
+    b = billow
+    ent = _setup(b, "MONTH", issueAfterReset=100)
+    b.clock.set("2026-01-31T07:00:00Z")
+    b.usage(5, "2026-01-31T06:30:00Z")
+    b.clock.set("2026-02-02T07:00:00Z")
+    b.usage(3, "2026-02-02T06:30:00Z")
+    b.clock.set("2026-02-10T00:00:00Z")
+    assert b.value("customer_1", "ai_tokens")["usage"] == 3
+    assert b.c.entitlements.latest_snapshot(b.c.namespace, ent["id"], b.clock.now()) is not None  # Feb 1 reset saved
+    got = _windows(b, ent, windowSize="DAY", **{"from": "2026-01-30T00:00:00Z", "to": "2026-02-03T00:00:00Z"})
+    assert got == [
+        ("2026-01-30T00:00:00Z", "2026-01-31T00:00:00Z", 0, 100),
+        ("2026-01-31T00:00:00Z", "2026-02-01T00:00:00Z", 5, 100),
+        ("2026-02-01T00:00:00Z", "2026-02-02T00:00:00Z", 0, 100),  # refilled by the reset
+        ("2026-02-02T00:00:00Z", "2026-02-03T00:00:00Z", 3, 100),
+    ]
