@@ -103,7 +103,8 @@ def update_meter(meter: str) -> Response:
 @app.delete("/api/v1/meters/<meter>")
 def delete_meter(meter: str) -> Response:
     c = container()
-    meters.delete_meter(c.namespace, path_param(meter), meta=c.meta, now=c.clock.now())
+    meters.delete_meter(c.namespace, path_param(meter), meta=c.meta, now=c.clock.now(), ents=c.entitlements,
+                        catalog=c.catalog_store())
     return no_content()
 
 

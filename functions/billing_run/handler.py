@@ -1,19 +1,38 @@
 """Billing run Lambda: the EventBridge schedule puts `{"job": "billing_run", "namespace": ...}` on this job's SQS
 queue; each message runs one billing run for its namespace (billow.services.billing.run). Idempotent: a
-message delivered twice, or two runs at once, bill nothing twice."""
+message delivered twice, or two runs at once, bill nothing twice.
+
+One customer that cannot be billed never stops the others: the run bills everyone else and records it (logged
+with customer and subscription, metric `billing_run_failures`). After every message is run the handler raises
+`BillingRunFailed`: the invocation counts as a Lambda error (the function's error alarm pages) and SQS delivers
+the tick again, which bills only what is still unbilled (the failed customer), then the jobs DLQ (alarmed too)."""
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow.adapters.billing_apps import run_billing
 from billow.bootstrap import container
 
 logger = Logger(service="billow-billing-run")
+metrics = Metrics(namespace="Billow", service="billing_run")
+IN_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+
+
+class BillingRunFailed(RuntimeError):
+    """Some customers could not be billed (all others were); `runs` holds every run, `failures` what failed."""
+
+    def __init__(self, runs: list[dict[str, Any]]) -> None:
+        self.runs = runs
+        self.failures = [dict(f, namespace=r["namespace"]) for r in runs for f in r["failures"]]
+        who = ", ".join(f"{f['customerId']} (subscription {f['subscriptionId']})" for f in self.failures)
+        super().__init__(f"billing run: {len(self.failures)} failure(s), the other customers were billed: {who}")
 
 
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
@@ -25,5 +44,13 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict
         with c.acting_for(namespace):
             result = run_billing(c).to_json()
         logger.info("billing run", extra={"namespace": namespace, **result})
+        for failure in result["failures"]:
+            logger.error("billing run: a customer could not be billed", extra={"namespace": namespace, **failure})
         runs.append({"namespace": namespace, **result})
+    failed = sum(len(r["failures"]) for r in runs)
+    if IN_LAMBDA:  # CloudWatch EMF
+        metrics.add_metric(name="billing_run_failures", unit=MetricUnit.Count, value=failed)
+        metrics.flush_metrics()
+    if failed:
+        raise BillingRunFailed(runs)
     return {"runs": runs}

@@ -98,9 +98,10 @@ def run_billing(c: Any, *, customer_id: str | None = None, as_of: Any = None, do
     from billow.services import billing, subscriptions
 
     store = c.store(SqlBillingStore)
+    sync_failed: list[tuple[dict[str, Any], Exception]] = []  # one subscription's entitlements never stop the run
     if customer_id is None:  # scheduled: phase changes and cancelations that came due move entitlements first
         subscriptions.sync_all(c.namespace, store=c.store(SqlCatalogStore), meta=c.meta, ents=c.entitlements,
-                               now=c.clock.now())
+                               now=c.clock.now(), on_error=lambda sub, exc: sync_failed.append((sub, exc)))
     apps = c.billing_apps()
     now = c.clock.now()
 
@@ -110,6 +111,10 @@ def run_billing(c: Any, *, customer_id: str | None = None, as_of: Any = None, do
     result = billing.run(c.namespace, store=store, catalog_store=c.store(SqlCatalogStore), meta=c.meta,
                          ents=c.entitlements, usage=c.usage, now=now, customer_id=customer_id, as_of=as_of,
                          on_issue=on_issue)
+    for sub, exc in sync_failed:
+        result.fail(sub["customerId"], exc, subscription_id=sub["id"])
+    if result.failures:  # what the billing_run alarm and `billow serve`'s counters watch
+        c.metrics.add("billing_run_failures", len(result.failures))
     result.documents = render_pending_documents(c, budget_s=documents_budget_s)
     return result
 

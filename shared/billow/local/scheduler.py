@@ -22,15 +22,25 @@ class LocalBillingScheduler:
         return self
 
     def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.tick()
+
+    def tick(self) -> Any:
+        """One scheduled run. A customer that fails is logged by the run (customer, subscription) and counted
+        in `billing_run_failures`; the others are billed and the next tick tries it again."""
         from billow.adapters.billing_apps import run_billing
 
-        while not self._stop.wait(self.every_s):
-            try:
-                result = run_billing(self.c)
-                if result.invoices or result.skipped:
-                    log.info("billing run: %s", result.to_json())
-            except Exception:  # keep the schedule alive; the next tick retries (runs are idempotent)
-                log.exception("billing run failed")
+        try:
+            result = run_billing(self.c)
+        except Exception:  # keep the schedule alive; the next tick retries (runs are idempotent)
+            log.exception("billing run failed")
+            return None
+        if result.failures:
+            log.error("billing run: %d customer(s) could not be billed, the others were: %s", len(result.failures),
+                      result.failures)
+        elif result.invoices or result.skipped:
+            log.info("billing run: %s", result.to_json())
+        return result
 
     def close(self) -> None:
         self._stop.set()

@@ -219,6 +219,7 @@ class BatchedUsage:
         self.ns, self.meta, self.ents, self.usage = namespace, meta, ents, usage
         self.wanted: dict[tuple[str, datetime, datetime], set[str]] = defaultdict(set)
         self.values: dict[tuple[str, datetime, datetime], dict[str, Decimal]] = {}
+        self.errors: dict[tuple[str, datetime, datetime], Exception] = {}  # raised again to each reader that asks
 
     def want(self, subjects: list[str], spans: list[tuple[str, datetime, datetime]]) -> None:
         for feature, s, e in spans:
@@ -229,19 +230,26 @@ class BatchedUsage:
             if (feature_key, s, e) in self.values or e <= s or not subjects:
                 self.values.setdefault((feature_key, s, e), {})
                 continue
-            feature = self.ents.get_feature(self.ns, feature_key, include_archived=True)
-            meter = self.meta.get_meter(self.ns, feature["meterSlug"]) if feature and feature.get("meterSlug") else None
-            if feature is None or meter is None:
-                raise NotFound(f"feature {feature_key!r} has no meter to rate")
-            rows = self.usage.aggregate(UsageQuery(
-                namespace=self.ns, meter_id=meter.id, aggregation=meter.aggregation, start=s,
-                end=e - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=sorted(subjects),
-                group_by=[], by_subject=True, subject_customers=None, filters=feature_filters(feature)))
-            self.values[(feature_key, s, e)] = {r.subject or "": final_value(meter.aggregation, r) or Decimal(0)
-                                                for r in rows}
+            try:  # a feature that cannot be rated fails only the subscriptions that read it
+                self.values[(feature_key, s, e)] = self._query(feature_key, s, e, subjects)
+            except Exception as exc:
+                self.errors[(feature_key, s, e)] = exc
+
+    def _query(self, feature_key: str, s: datetime, e: datetime, subjects: set[str]) -> dict[str, Decimal]:
+        feature = self.ents.get_feature(self.ns, feature_key, include_archived=True)
+        meter = self.meta.get_meter(self.ns, feature["meterSlug"]) if feature and feature.get("meterSlug") else None
+        if feature is None or meter is None:
+            raise NotFound(f"feature {feature_key!r} has no meter to rate")
+        rows = self.usage.aggregate(UsageQuery(
+            namespace=self.ns, meter_id=meter.id, aggregation=meter.aggregation, start=s,
+            end=e - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=sorted(subjects),
+            group_by=[], by_subject=True, subject_customers=None, filters=feature_filters(feature)))
+        return {r.subject or "": final_value(meter.aggregation, r) or Decimal(0) for r in rows}
 
     def reader(self, subjects: list[str]) -> subs.UsageFn:
         def read(feature: str, s: datetime, e: datetime) -> Decimal:
+            if (error := self.errors.get((feature, minute(s), minute(e)))) is not None:
+                raise error
             got = self.values.get((feature, minute(s), minute(e)), {})
             with decimal.localcontext(EXACT):
                 return sum((got.get(x, Decimal(0)) for x in subjects), Decimal(0))
@@ -265,10 +273,24 @@ class RunResult:
     points: int = 0
     advanced: int = 0
     documents: int = 0
+    # Customers this run could not bill (customerId, subscriptionId, invoiceId, reason): left out of this run
+    # (nothing of theirs is written, so the next run tries them again) while every other customer is billed.
+    failures: list[dict[str, str | None]] = field(default_factory=list)
+    errors: dict[str, Exception] = field(default_factory=dict, repr=False)  # customer id -> first error
+
+    def fail(self, customer_id: str, exc: Exception, *, subscription_id: str | None = None,
+             invoice_id: str | None = None) -> None:
+        log.error("billing run: customer %s failed (subscription %s, invoice %s): %s: %s; the other customers are "
+                  "billed, this one is tried again on the next run", customer_id, subscription_id, invoice_id,
+                  type(exc).__name__, exc, exc_info=exc)
+        self.errors.setdefault(customer_id, exc)
+        self.failures.append({"customerId": customer_id, "subscriptionId": subscription_id, "invoiceId": invoice_id,
+                              "reason": f"{type(exc).__name__}: {exc}"})
 
     def to_json(self) -> dict[str, Any]:
         return {"invoices": [i["id"] for i in self.invoices], "skipped": self.skipped, "subscriptions": self.subscriptions,
-                "points": self.points, "advanced": self.advanced, "documents": self.documents}
+                "points": self.points, "advanced": self.advanced, "documents": self.documents,
+                "failures": self.failures}
 
 
 def _due_points(sub: dict[str, Any], as_of: datetime, marks: dict[Any, Any], now: datetime) -> list[Point]:
@@ -378,62 +400,97 @@ def _parent(point: Point, rc: dict[str, Any], item: subs.Item | None, now: datet
 def run(namespace: str, *, store: Any, catalog_store: Any, meta: MetaStore, ents: EntitlementStore, usage: UsageStore,
         now: datetime, customer_id: str | None = None, as_of: datetime | None = None,
         on_issue: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> RunResult:
-    """One billing run (see the module docstring). Idempotent: run it again and nothing changes."""
+    """One billing run (see the module docstring). Idempotent: run it again and nothing changes.
+
+    A customer whose subscription, pending line, invoice or commit raises is left out of the run and recorded in
+    `RunResult.failures` (and logged); every other customer is billed. Run for one customer (`customer_id`), its
+    error is raised after the run."""
     as_of = min(as_of or now, now)
     result = RunResult()
     docs = [d for d in catalog_store.list_subscriptions(namespace, customer_id) if not d.get("deletedAt")]
     result.subscriptions = len(docs)
     marks = store.marks_for(namespace, [d["id"] for d in docs] if customer_id else None)
     customers = {c["id"]: c for c in meta.list_customers(namespace)}
-    points_by_sub = [(d, _due_points(d, as_of, marks, now)) for d in docs]
     batch = BatchedUsage(namespace, meta=meta, ents=ents, usage=usage)
     subjects_of: dict[str, list[str]] = {}
-    for d, points in points_by_sub:
-        cust = customers.get(d["customerId"]) or meta.get_customer(namespace, d["customerId"]) or {}
-        subjects_of[d["id"]] = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
-        for ps in {p.period for p in points}:
-            batch.want(subjects_of[d["id"]], subs.usage_spans(d, ps[0], ps[1]))
+    points_by_sub: list[tuple[dict[str, Any], list[Point]]] = []
+    for d in docs:
+        try:
+            points = _due_points(d, as_of, marks, now)
+            cust = customers.get(d["customerId"]) or meta.get_customer(namespace, d["customerId"]) or {}
+            subjects_of[d["id"]] = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
+            for ps in {p.period for p in points}:
+                batch.want(subjects_of[d["id"]], subs.usage_spans(d, ps[0], ps[1]))
+        except Exception as exc:
+            result.fail(d["customerId"], exc, subscription_id=d["id"])
+            continue
+        points_by_sub.append((d, points))
     batch.fetch()
     # One invoice per customer and currency (a customer may pay in more than one).
     per_customer: dict[tuple[str, str], list[tuple[list[dict[str, Any]], Any]]] = defaultdict(list)
     for d, points in points_by_sub:
         result.points += len(points)
         rated: dict[tuple[datetime, datetime], list[subs.Charge]] = {}
-        for p in points:
-            if p.period not in rated:
-                rated[p.period] = subs.charges(d, p.period[0], p.period[1], usage=batch.reader(subjects_of[d["id"]]))
-            lines, billed = _diff(p, rated[p.period], now)
-            if billed != p.mark.billed:
-                per_customer[(d["customerId"], d["currency"])].append((lines, replace(p.mark, billed=billed)))
+        owed: list[tuple[list[dict[str, Any]], Any]] = []
+        try:
+            for p in points:
+                if p.period not in rated:
+                    rated[p.period] = subs.charges(d, p.period[0], p.period[1], usage=batch.reader(subjects_of[d["id"]]))
+                lines, billed = _diff(p, rated[p.period], now)
+                if billed != p.mark.billed:
+                    owed.append((lines, replace(p.mark, billed=billed)))
+        except Exception as exc:
+            result.fail(d["customerId"], exc, subscription_id=d["id"])
+            continue
+        per_customer[(d["customerId"], d["currency"])] += owed
     gathering: dict[tuple[str, str], list[tuple[dict[str, Any], str]]] = defaultdict(list)
     for g in store.list_invoices(namespace, customer_ids=[customer_id] if customer_id else None, statuses=["gathering"]):
         due_now = [ln for ln in g["lines"] if parse_rfc3339(ln["invoiceAt"], "invoiceAt") <= as_of]
-        if not due_now:
+        if not due_now or g["customer"]["id"] in result.errors:
             continue
         cust = customers.get(g["customer"]["id"]) or {}
         subjects = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
-        rated_lines = [_rate_pending(namespace, ln, g["currency"], subjects, meta=meta, ents=ents, usage=usage, now=now)
-                       for ln in due_now]
+        try:
+            rated_lines = [_rate_pending(namespace, ln, g["currency"], subjects, meta=meta, ents=ents, usage=usage,
+                                         now=now) for ln in due_now]
+        except Exception as exc:
+            result.fail(g["customer"]["id"], exc, invoice_id=g["id"])
+            continue
         per_customer[(g["customer"]["id"], g["currency"])].append((rated_lines, None))
         before = jsonx.dumps(g)
         gathering[(g["customer"]["id"], g["currency"])].append(({**g, "lines": [ln for ln in g["lines"] if ln not in due_now],
                                                 "updatedAt": format_rfc3339(now)}, before))
     ctx = _Context(store.list_profiles(namespace), store.list_overrides(namespace), store.invoice_counts(namespace),
                    store.credit_balances(namespace))
-    prepared = [prep for key, parts in per_customer.items()
-                if (prep := _prepare(namespace, key[0], parts, customers, ctx, store=store, now=now, result=result,
-                                     gathering=gathering.get(key, [])))]
+    prepared = []
+    for key, parts in per_customer.items():
+        if key[0] in result.errors:
+            continue  # all of a failed customer waits for the next run (one invoice, never a part of it)
+        try:
+            prep = _prepare(namespace, key[0], parts, customers, ctx, store=store, now=now, result=result,
+                            gathering=gathering.get(key, []))
+        except Exception as exc:
+            result.fail(key[0], exc)
+            continue
+        if prep is not None:
+            prepared.append(prep)
     for start in range(0, len(prepared), COMMIT_BATCH):
         for item in _commit(namespace, prepared[start:start + COMMIT_BATCH], store=store, now=now, result=result):
             if item.invoice is None:
                 continue
             inv = item.invoice
-            if on_issue is not None and inv["statusDetails"]["extendedStatus"] == "draft.ready_to_issue":
-                inv = on_issue(inv)
-            elif on_issue is not None and inv["status"] != "draft":
-                on_issue(inv)  # issued in the batch (sandbox): the apps still hear of it
+            try:
+                if on_issue is not None and inv["statusDetails"]["extendedStatus"] == "draft.ready_to_issue":
+                    inv = on_issue(inv)
+                elif on_issue is not None and inv["status"] != "draft":
+                    on_issue(inv)  # issued in the batch (sandbox): the apps still hear of it
+            except Exception as exc:  # the invoice is written; its issuing failed for this customer only
+                result.fail(item.customer["id"], exc, invoice_id=inv["id"])
             result.invoices.append(inv)
-    result.advanced += _advance_due(namespace, store=store, now=now, on_issue=on_issue, customer_id=customer_id)
+    result.advanced += _advance_due(namespace, store=store, now=now, on_issue=on_issue, customer_id=customer_id,
+                                    result=result)
+    if customer_id is not None and customer_id in result.errors:
+        raise result.errors[customer_id]
     return result
 
 
@@ -504,6 +561,10 @@ def _commit(namespace: str, batch: list[_Prepared], *, store: Any, now: datetime
             result.skipped.append({"customerId": batch[0].customer["id"],
                                    "reason": "billed by a concurrent run meanwhile; its invoice stands"})
             return []
+    except Exception as exc:  # rolled back: find the customer it was by committing one by one
+        if len(batch) == 1:
+            result.fail(batch[0].customer["id"], exc, invoice_id=(batch[0].invoice or {}).get("id"))
+            return []
     done = []
     for p in batch:
         done += _commit(namespace, [p], store=store, now=now, result=result)
@@ -545,24 +606,36 @@ def new_invoice(namespace: str, customer: dict[str, Any], profile: dict[str, Any
 
 
 def _advance_due(namespace: str, *, store: Any, now: datetime, on_issue: Callable[[dict[str, Any]], dict[str, Any]] | None,
-                 customer_id: str | None) -> int:
-    """Drafts whose draft period ended are issued; issued invoices past due become overdue."""
+                 customer_id: str | None, result: RunResult) -> int:
+    """Drafts whose draft period ended are issued; issued invoices past due become overdue (one invoice failing
+    is recorded and leaves the others to advance)."""
     n = 0
     for inv in store.list_invoices(namespace, customer_ids=[customer_id] if customer_id else None,
                                    statuses=["draft", "issued", "payment_processing"]):
-        ext = inv["statusDetails"]["extendedStatus"]
-        if ext == "draft.waiting_auto_approval" and inv.get("draftUntil") and parse_rfc3339(inv["draftUntil"], "draftUntil") <= now:
-            if on_issue is not None:
-                on_issue(inv)
-                n += 1
-        elif inv["status"] in ("issued", "payment_processing") and inv.get("dueAt") \
-                and parse_rfc3339(inv["dueAt"], "dueAt") <= now:
-            before = inv["status"]
-            inv_rules.set_status(inv, "overdue")
-            inv["updatedAt"] = format_rfc3339(now)
-            store.put_invoice(namespace, inv, expect_status=before)
-            n += 1
+        try:
+            n += _advance_one(namespace, inv, store=store, now=now, on_issue=on_issue)
+        except Conflict:
+            continue  # a concurrent run moved it first
+        except Exception as exc:
+            result.fail(inv["customer"]["id"], exc, invoice_id=inv["id"])
     return n
+
+
+def _advance_one(namespace: str, inv: dict[str, Any], *, store: Any, now: datetime,
+                 on_issue: Callable[[dict[str, Any]], dict[str, Any]] | None) -> int:
+    ext = inv["statusDetails"]["extendedStatus"]
+    if ext == "draft.waiting_auto_approval" and inv.get("draftUntil") and parse_rfc3339(inv["draftUntil"], "draftUntil") <= now:
+        if on_issue is not None:
+            on_issue(inv)
+            return 1
+    elif inv["status"] in ("issued", "payment_processing") and inv.get("dueAt") \
+            and parse_rfc3339(inv["dueAt"], "dueAt") <= now:
+        before = inv["status"]
+        inv_rules.set_status(inv, "overdue")
+        inv["updatedAt"] = format_rfc3339(now)
+        store.put_invoice(namespace, inv, expect_status=before)
+        return 1
+    return 0
 
 
 # -- one-off lines ---------------------------------------------------------------------------------------------

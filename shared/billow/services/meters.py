@@ -11,6 +11,7 @@ from billow.domain.meters import Meter, validate_meter_definition
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import MetaStore, UsageStore
+from billow.services import meter_refs
 from billow.services.sink import backfill_meter
 from billow.timeutil import parse_rfc3339
 
@@ -68,10 +69,15 @@ def update_meter(namespace: str, id_or_slug: str, body: Any, *, meta: MetaStore,
     return updated
 
 
-def delete_meter(namespace: str, id_or_slug: str, *, meta: MetaStore, now: datetime) -> None:
+def delete_meter(namespace: str, id_or_slug: str, *, meta: MetaStore, now: datetime,
+                 ents: meter_refs.Features | None = None, catalog: meter_refs.Catalog | None = None) -> None:
+    """A meter still in use (features, plans, add-ons, subscriptions, entitlements: `ents` and `catalog` answer;
+    the API always passes both) is a 409 naming what uses it."""
     meter = get_meter(namespace, id_or_slug, meta=meta)
     if getattr(meta, "is_managed", lambda *_: False)(namespace, meter.id):
         raise Conflict(f"meter {meter.slug!r} is declared in the config file; remove it there")
+    if ents is not None and catalog is not None:
+        meter_refs.refuse_if_used(namespace, meter.slug, ents=ents, catalog=catalog, now=now)
     meta.delete_meter(namespace, meter.id, now)
 
 

@@ -11,6 +11,7 @@ runs after every change here and from the scheduled jobs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
@@ -440,9 +441,11 @@ def _customer_subscriptions(namespace: str, doc: dict[str, Any], store: Subscrip
     return {doc["id"]} | {other["id"] for other in store.list_subscriptions(namespace, doc["customerId"])}
 
 
-def sync_all(namespace: str, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore, now: datetime) -> int:
+def sync_all(namespace: str, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore, now: datetime,
+             on_error: Callable[[dict[str, Any], Exception], None] | None = None) -> int:
     """The scheduled pass: entitlements of every subscription brought up to date (phase changes, scheduled
-    cancelations and add-on changes that came due). Returns how many subscriptions it looked at."""
+    cancelations and add-on changes that came due). Returns how many subscriptions it looked at. With `on_error`,
+    a subscription that fails is handed to it and the pass goes on with the others."""
     docs = [d for d in store.list_subscriptions(namespace) if not d.get("deletedAt")]
     # Running subscriptions first, so that one starting where another ends adopts the entitlements they share.
     docs.sort(key=lambda d: subs.status(d, now) not in ("active", "canceled"))
@@ -456,4 +459,8 @@ def sync_all(namespace: str, *, store: SubscriptionStore, meta: MetaStore, ents:
             sync_entitlements(namespace, fresh, store=store, meta=meta, ents=ents, now=now)
         except Conflict:
             continue  # a concurrent pass created that entitlement first; its subscription records it
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(fresh, exc)
     return len(docs)
