@@ -6,6 +6,7 @@ simplejson's C scanner does the Decimal round trip, so one module serves ingest 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -36,6 +37,38 @@ def loads(text: str | bytes) -> Any:
 
 def dumps(obj: Any) -> str:
     return _encoder.encode(obj)
+
+
+# JSON lets a string hold a lone UTF-16 surrogate ("\ud800"); Python decodes it into a str no UTF-8 codec (SQLite,
+# PostgreSQL, Kafka, the HTTP response) can encode. The first pattern finds the escape cheaply in the request text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogates(text: str, doc: Any, limit: int = 100) -> list[str]:
+    """Paths (e.g. `[3].data.model`, `groupBy.\\ud800` for a key) of the strings and keys of `doc`, decoded from
+    `text`, that hold a lone surrogate; a pair (\\ud83d\\ude00) is one character and fine. At most `limit`."""
+    if not _SURROGATE_ESCAPE.search(text) and not _SURROGATE.search(text):
+        return []
+    found: list[str] = []
+    stack: list[tuple[Any, str]] = [(doc, "")]  # a loop, not recursion: the body may nest thousands deep
+    while stack and len(found) < limit:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                found.append(path)
+        elif isinstance(node, dict):
+            children = []
+            for key, value in node.items():
+                shown = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                sub = f"{path}.{shown}" if path else shown
+                if _SURROGATE.search(key):
+                    found.append(sub)
+                children.append((value, sub))
+            stack.extend(reversed(children))
+        elif isinstance(node, list):
+            stack.extend(reversed([(value, f"{path}[{i}]") for i, value in enumerate(node)]))
+    return found[:limit]
 
 
 def plain_decimal(value: Decimal) -> Decimal:

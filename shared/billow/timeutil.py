@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,19 +19,28 @@ def to_millis(dt: datetime) -> datetime:
     return dt.replace(microsecond=dt.microsecond - dt.microsecond % 1000)
 
 
+# RFC 3339 (section 5.6) date-time in ASCII digits; "T" may be "t" or a space (as its note allows), "Z" may be "z".
+# datetime.fromisoformat alone also takes ISO 8601 forms that are not RFC 3339 (week dates 2026-W01-1, ordinal
+# dates, basic 20260101T000000, comma fractions 00,5, offsets +0000, +00 or +00:00:00): this regex runs first.
+_RFC3339 = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,64}))?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
 def parse_rfc3339(value: str, field: str) -> datetime:
-    """Parse an RFC 3339 date-time with an explicit offset; naive times are refused, not guessed."""
-    text = value.strip()
-    if len(text) < 20 or text[10] not in "Tt ":
-        raise ValidationFailed(f"{field}: not an RFC 3339 date-time: {value!r}", [{"field": field, "message": "not an RFC 3339 date-time"}])
-    if text[-1] in "zZ":
-        text = text[:-1] + "+00:00"
+    """Parse an RFC 3339 date-time with an explicit offset (nothing else: no surrounding whitespace, no other
+    ISO 8601 forms); naive times are refused, not guessed. Fractions past microseconds are truncated."""
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None and isinstance(value, str) and _RFC3339.fullmatch(value + "Z"):
+        raise ValidationFailed(f"{field}: date-time needs a time-zone offset (e.g. Z): {value!r}", [{"field": field, "message": "missing time-zone offset"}])
+    if match is None:
+        raise ValidationFailed(f"{field}: not an RFC 3339 date-time: {str(value)[:64]!r}",
+                               [{"field": field, "message": "not an RFC 3339 date-time"}])
+    date, clock, fraction, offset = match.groups()
+    micros = "." + fraction[:6].ljust(6, "0") if fraction else ""
+    text = f"{date}T{clock}{micros}{'+00:00' if offset in ('Z', 'z') else offset}"
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
         raise ValidationFailed(f"{field}: not an RFC 3339 date-time: {value!r}", [{"field": field, "message": "not an RFC 3339 date-time"}]) from None
-    if dt.tzinfo is None:
-        raise ValidationFailed(f"{field}: date-time needs a time-zone offset (e.g. Z): {value!r}", [{"field": field, "message": "missing time-zone offset"}])
     # The usage store's DateTime64 holds 1900-01-01..2299-12-31; outside it ClickHouse fails (a 500 before).
     if not 1900 < dt.year < 2299:
         raise ValidationFailed(f"{field}: date-time must be between 1901 and 2298: {value!r}",

@@ -55,9 +55,24 @@ def json_body(event: dict[str, Any]) -> Any:
     if not text.strip():
         raise ValidationFailed("request body is empty; a JSON document is required", [{"field": "body", "message": "empty"}])
     try:
-        return jsonx.loads(text)
+        doc = jsonx.loads(text)
     except (jsonx.JSONDecodeError, ValueError, RecursionError) as exc:
         raise ValidationFailed(f"malformed JSON: {exc}", [{"field": "body", "message": "malformed JSON"}]) from None
+    bad = jsonx.lone_surrogates(text, doc)
+    if bad:  # no store, broker or response can hold one: refused here, for every operation
+        errors = [_located(path, "contains a lone UTF-16 surrogate (not valid Unicode)") for path in bad]
+        where = f"event {errors[0]['index']}: " if "index" in errors[0] else ""
+        raise ValidationFailed(f"{where}{errors[0]['field'] or 'body'}: a string holds a lone UTF-16 surrogate, which "
+                               "is not valid Unicode", errors)
+    return doc
+
+
+def _located(path: str, message: str) -> dict[str, Any]:
+    """A validation error at a body path; in an array body (an event batch) the element's index is its own key."""
+    if path.startswith("["):
+        index, _, rest = path[1:].partition("]")
+        return {"index": int(index), "field": rest.removeprefix("."), "message": message}
+    return {"field": path, "message": message}
 
 
 def header(event: dict[str, Any], name: str) -> str:

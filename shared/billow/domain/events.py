@@ -7,7 +7,7 @@ with any bad event is refused whole, so a client can fix and resend it without h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from billow.errors import ValidationFailed
@@ -15,6 +15,11 @@ from billow.timeutil import parse_rfc3339, to_millis
 
 MAX_ATTR_LEN = 1024
 REQUIRED = ("id", "source", "type", "subject")
+# Event times every usage table can hold: the rollups' DateTime('UTC') columns end at 2106-02-07T06:28:15Z and begin at
+# the Unix epoch (DateTime64(3) holds 1900..2299). A time outside would be stored clamped into the wrong window.
+EVENT_TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+EVENT_TIME_MAX = datetime(2105, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+EVENT_TIME_RANGE = "1970-01-01T00:00:00Z to 2105-12-31T23:59:59.999Z"
 
 
 @dataclass(slots=True, frozen=True)
@@ -92,9 +97,12 @@ def parse_event(raw: Any, index: int | None, now: datetime, errors: list[dict[st
             fail("time", "must be an RFC 3339 date-time string")
         else:
             try:
-                when = parse_rfc3339(time_raw, "time")
+                when = to_millis(parse_rfc3339(time_raw, "time"))
             except ValidationFailed as exc:
                 fail("time", exc.errors[0]["message"] if exc.errors else str(exc))
+            else:
+                if not EVENT_TIME_MIN <= when <= EVENT_TIME_MAX:
+                    fail("time", f"out of range: event times must be from {EVENT_TIME_RANGE}")
     if len(errors) > before:
         return None
     return CloudEvent(
@@ -107,21 +115,33 @@ def parse_event(raw: Any, index: int | None, now: datetime, errors: list[dict[st
     )
 
 
-def parse_batch(raws: list[Any], now: datetime) -> list[CloudEvent]:
-    errors: list[dict[str, Any]] = []
-    events: list[CloudEvent] = []
+def parse_each(raws: list[Any], now: datetime, errors: list[dict[str, Any]]) -> list[tuple[int, CloudEvent]]:
+    """The valid events of a batch with their indexes; every problem of the others is appended to `errors`."""
+    out: list[tuple[int, CloudEvent]] = []
     for i, raw in enumerate(raws):
         ev = parse_event(raw, i, now, errors)
         if ev is not None:
-            events.append(ev)
+            out.append((i, ev))
+    return out
+
+
+def parse_batch(raws: list[Any], now: datetime) -> list[CloudEvent]:
+    errors: list[dict[str, Any]] = []
+    events = [ev for _, ev in parse_each(raws, now, errors)]
     if errors:
-        raise ValidationFailed(_summary(errors), errors)
+        raise refused(errors)
     return events
+
+
+def refused(errors: list[dict[str, Any]]) -> ValidationFailed:
+    """The one refusal of a batch: every problem of every event, in event order (an event's own problems first)."""
+    errors = sorted(errors, key=lambda e: e.get("index", -1))  # stable: keeps each event's problems in order
+    return ValidationFailed(_summary(errors), errors)
 
 
 def _summary(errors: list[dict[str, Any]]) -> str:
     first = errors[0]
     where = f"event {first['index']}: " if "index" in first else ""
-    field = f"{first['field']}: " if first["field"] else ""
+    field = f"meter {first['meter']}: " if "meter" in first else f"{first['field']}: " if first["field"] else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"invalid event batch, nothing was ingested: {where}{field}{first['message']}{more}"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from billow.domain.events import CloudEvent
 from billow.errors import ValidationFailed
-from billow.exact import exact
+from billow.exact import parse_decimal
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
 GROUP_KEY_RE = re.compile(r"^[a-zA-Z_][0-9a-zA-Z_]*$")
@@ -19,7 +19,8 @@ AGGREGATIONS = ("SUM", "COUNT", "UNIQUE_COUNT", "AVG", "MIN", "MAX", "LATEST")
 
 # Values are stored as Decimal(38, 18) in ClickHouse: 20 integer digits, 18 fractional.
 VALUE_SCALE = 18
-VALUE_LIMIT = Decimal(10) ** 20
+VALUE_INT_DIGITS = 20
+VALUE_LIMIT = Decimal(10) ** VALUE_INT_DIGITS
 
 
 class Path:
@@ -119,21 +120,12 @@ def group_value(found: tuple[bool, Any]) -> str:
 
 
 def to_value(raw: Any, path: str) -> Decimal:
-    """A meter value: a JSON number or numeric string, finite, within Decimal(38, 18), never rounded."""
-    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str | float):
-        raise ValueError(f"valueProperty {path} must be a number or a numeric string")
+    """A meter value: a JSON number or a plain ASCII decimal string (billow.exact.DECIMAL_TEXT: "1_000", "١٢" and
+    "５" are not numbers), finite, within Decimal(38, 18) (|value| < 1e20, at most 18 decimal places), never rounded."""
     try:
-        value = Decimal(raw.strip()) if isinstance(raw, str) else Decimal(raw)
-    except InvalidOperation:
-        raise ValueError(f"valueProperty {path} is not a number: {str(raw)[:64]!r}") from None
-    if not value.is_finite():
-        raise ValueError(f"valueProperty {path} must be finite (NaN and Infinity are refused)")
-    if abs(value) >= VALUE_LIMIT:
-        raise ValueError(f"valueProperty {path} is out of range (|value| must be below 1e20)")
-    exponent = exact(value.normalize).as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -VALUE_SCALE:
-        raise ValueError(f"valueProperty {path} has more than {VALUE_SCALE} decimal places; round it before sending")
-    return value
+        return parse_decimal(raw, int_digits=VALUE_INT_DIGITS, scale=VALUE_SCALE)
+    except ValueError as exc:
+        raise ValueError(f"valueProperty {path} {exc}") from None
 
 
 def validate_meter_definition(body: dict[str, Any]) -> None:

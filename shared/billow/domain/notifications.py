@@ -11,12 +11,13 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
 from billow.domain import fields
 from billow.errors import ValidationFailed
+from billow.exact import parse_decimal
 from billow.ids import is_ulid
 
 WEBHOOK, SLACK, EMAIL = "WEBHOOK", "SLACK", "EMAIL"
@@ -174,11 +175,9 @@ def parse_rule(body: Any, *, previous: dict[str, Any] | None = None) -> dict[str
                 raise bad(f"thresholds[{i}].type", f"one of {', '.join(THRESHOLD_TYPES)}")
             value = th.get("value")
             try:
-                if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
-                    raise InvalidOperation
-                d = Decimal(value)
-            except (InvalidOperation, ValueError):
-                raise bad(f"thresholds[{i}].value", "must be a number") from None
+                d = parse_decimal(value, int_digits=20)  # no "1_000", "５"; no Overflow on 1e999999999
+            except ValueError:
+                raise bad(f"thresholds[{i}].value", "must be a number below 1e20") from None
             if not d.is_finite() or d < 0 or abs(d) >= Decimal("1e20"):
                 raise bad(f"thresholds[{i}].value", "must be a finite number, not negative")
             if th["type"] in ("PERCENT", "usage_percentage") and d == 0:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Protocol
 
 from billow import jsonx
 from billow.domain import fields
 from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.exact import parse_decimal
 from billow.ids import is_ulid, new_id
 from billow.ports import MetaStore
 from billow.services.features import FeatureStore, bad, valid_key
@@ -61,12 +62,13 @@ def minute(t: datetime) -> datetime:
 
 
 def amount(value: Any, field: str, *, positive: bool = False) -> Decimal:
-    """A JSON number (or decimal string) as an exact Decimal; floats never reach here (jsonx reads Decimals)."""
+    """A JSON number (or plain ASCII decimal string: billow.exact.parse_decimal) as an exact Decimal; floats never
+    reach here (jsonx reads Decimals)."""
     if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
         raise bad(field, "must be a number")
     try:
-        d = Decimal(value) if not isinstance(value, Decimal) else value
-    except InvalidOperation:
+        d = parse_decimal(value) if isinstance(value, str) else Decimal(value)
+    except ValueError:
         raise bad(field, "must be a number") from None
     if not d.is_finite():
         raise bad(field, "must be a finite number")

@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from billow import jsonx
-from billow.domain.events import CloudEvent, parse_batch
+from billow.domain.events import CloudEvent, parse_batch, parse_each, refused  # noqa: F401 (parse_batch: re-exported)
 from billow.domain.meters import Meter
-from billow.errors import PayloadTooLarge, ValidationFailed
+from billow.errors import PayloadTooLarge
 from billow.ports import EventBus, MetaStore
 from billow.timeutil import format_rfc3339
 
@@ -37,12 +37,13 @@ def encode_record(event: CloudEvent, ingested_at: datetime | str) -> bytes:
     return jsonx.dumps(body).encode()
 
 
-def check_against_meters(events: Sequence[CloudEvent], meters: Sequence[Meter]) -> None:
+def check_against_meters(events: Sequence[tuple[int, CloudEvent]], meters: Sequence[Meter],
+                         errors: list[dict[str, Any]]) -> None:
+    """Append to `errors` every (index, event) whose value a meter of its type cannot read."""
     by_type: dict[str, list[Meter]] = {}
     for m in meters:
         by_type.setdefault(m.event_type, []).append(m)
-    errors: list[dict[str, Any]] = []
-    for i, ev in enumerate(events):
+    for i, ev in events:
         for m in by_type.get(ev.type, ()):
             if not m.applies_to(ev):
                 continue
@@ -50,12 +51,6 @@ def check_against_meters(events: Sequence[CloudEvent], meters: Sequence[Meter]) 
                 m.extract(ev)
             except ValueError as exc:
                 errors.append({"index": i, "field": f"data ({m.value_property})", "meter": m.slug, "message": str(exc)})
-    if errors:
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ValidationFailed(
-            f"invalid event batch, nothing was ingested: event {first['index']}: meter {first['meter']}: "
-            f"{first['message']}{more}", errors)
 
 
 def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: EventBus, now: datetime) -> IngestResult:
@@ -63,8 +58,12 @@ def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: Even
         raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH_EVENTS} events; this one has {len(raws)}")
     if not raws:
         return IngestResult(0)
-    events = parse_batch(raws, now)
-    check_against_meters(events, meta.list_meters(namespace))
+    errors: list[dict[str, Any]] = []  # every problem of every event, of every kind, in one refusal
+    indexed = parse_each(raws, now, errors)
+    check_against_meters(indexed, meta.list_meters(namespace), errors)
+    if errors:
+        raise refused(errors)
+    events = [ev for _, ev in indexed]
     stamp = format_rfc3339(now)  # one ingestedAt for the whole batch
     bus.publish(namespace, [(partition_key(e), encode_record(e, stamp)) for e in events])
     return IngestResult(len(events))

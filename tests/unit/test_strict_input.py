@@ -1,0 +1,225 @@
+"""Issue 15 items 7, 9, 10 (request bodies) and 11: numbers that are numbers, RFC 3339 times only, event times the
+rollups can hold, lone surrogates and huge exponents refused as 400s naming the field, and one refusal that lists
+every bad event of a batch. Parsers directly, then the Lambda handlers (ingest and api) as API Gateway calls them."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from billow.bootstrap import Settings, build, install
+from billow.domain.events import EVENT_TIME_MAX, EVENT_TIME_MIN, parse_batch
+from billow.domain.meters import to_value
+from billow.errors import ValidationFailed
+from billow.exact import parse_decimal
+from billow.local.server import apigw_event
+from billow.timeutil import parse_rfc3339
+from functions.api.handler import lambda_handler as api
+from functions.ingest.handler import lambda_handler as ingest
+from functions.usage_sink.handler import lambda_handler as sink
+from tests.conftest import event, t
+
+NOW = t("2026-05-05T12:00:00Z")
+NOT_NUMBERS = ["1_000", "١٢", "５", "+5", " 5", "5 ", "5\n", ".5", "5.", "1e", "0x10", "1,5", "−5", "", "١.٥", "5e٣"]
+NOT_RFC3339 = ["2026-W01-1T00:00:00Z", "2026-01-01T00:00:00,5Z", "2026-001T00:00:00Z", "20260101T000000Z",
+               "2026-01-01T00:00:00+0000", "2026-01-01T00:00:00+00", "2026-01-01T00:00Z", "2026-01-01T00:00:00.Z",
+               "2026-01-01T00:00:00+00:00:00", " 2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z\n",
+               "２０２６-01-01T00:00:00Z", "2026-01-01T00:00:00.５Z", "2026-01-01T00:00:00 Z"]
+
+
+# -- numbers ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", NOT_NUMBERS)
+def test_only_plain_ascii_decimal_strings_are_numbers(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_decimal(text)
+    with pytest.raises(ValueError):
+        to_value(text, "$.v")
+
+
+@pytest.mark.parametrize("text,value", [("12", "12"), ("-12.50", "-12.50"), ("0", "0"), ("1e3", "1000"),
+                                        ("1.5E-3", "0.0015"), ("007", "7"), ("-0", "0")])
+def test_plain_decimal_strings_and_json_numbers_are_read_exactly(text: str, value: str) -> None:
+    assert parse_decimal(text) == Decimal(value)
+    assert to_value(text, "$.v") == Decimal(value)
+    assert to_value(Decimal(text), "$.v") == Decimal(value)
+
+
+@pytest.mark.parametrize("raw", ["1e+999999999999999999", Decimal("1e999999999"), Decimal("-1e+999999999999999999"),
+                                 "1e-999999999999999999", Decimal("1e-999999999"), "1" * 21, 10 ** 20, -(10 ** 20),
+                                 "99999999999999999999.9999999999999999999", Decimal("1E+20")])
+def test_huge_exponents_and_values_beyond_decimal128_18_are_value_errors(raw: object) -> None:
+    with pytest.raises(ValueError):
+        to_value(raw, "$.v")
+
+
+def test_decimal128_18_limits_are_exact() -> None:
+    biggest = "99999999999999999999.999999999999999999"
+    assert to_value(biggest, "$.v") == Decimal(biggest)
+    assert to_value("-" + biggest, "$.v") == Decimal("-" + biggest)  # (unary minus would round to 28 digits)
+    assert to_value("0.000000000000000001", "$.v") == Decimal("1e-18")
+    assert to_value("1.000000000000000000000000", "$.v") == 1  # trailing zeros are not digits of precision
+    assert to_value("0e-999999999999", "$.v") == 0
+    assert to_value("0E+999999999999", "$.v") == 0
+    with pytest.raises(ValueError, match="18 decimal places"):
+        to_value("0.0000000000000000001", "$.v")  # refused, never rounded
+
+
+def test_grant_amounts_and_thresholds_take_the_same_numbers() -> None:
+    from billow.services.entitlements import amount
+
+    assert amount("1000", "amount") == 1000
+    for text in ("1_000", "١٢", "５", "1e+999999999999999999"):
+        with pytest.raises(ValidationFailed) as err:
+            amount(text, "amount")
+        assert err.value.errors[0]["field"] == "amount"
+    with pytest.raises(ValidationFailed):
+        amount(Decimal("1e999999999"), "amount")
+
+
+# -- times --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", NOT_RFC3339)
+def test_only_rfc3339_times(text: str) -> None:
+    with pytest.raises(ValidationFailed) as err:
+        parse_rfc3339(text, "from")
+    assert err.value.errors[0]["field"] == "from"
+
+
+@pytest.mark.parametrize("text,instant", [
+    ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00+00:00"),
+    ("2026-01-01t00:00:00z", "2026-01-01T00:00:00+00:00"),
+    ("2026-01-01 00:00:00Z", "2026-01-01T00:00:00+00:00"),
+    ("2026-03-29T02:30:00.123456+02:00", "2026-03-29T00:30:00.123456+00:00"),
+    ("2026-01-01T00:00:00.1234567891Z", "2026-01-01T00:00:00.123456+00:00"),
+    ("2026-01-01T05:30:00-00:00", "2026-01-01T05:30:00+00:00"),
+])
+def test_rfc3339_times_still_parse(text: str, instant: str) -> None:
+    assert parse_rfc3339(text, "time") == t(instant)
+
+
+@pytest.mark.parametrize("when", ["1969-12-31T23:59:59.999Z", "1901-01-01T00:00:00Z", "2106-01-01T00:00:00Z",
+                                  "2200-01-01T00:00:00Z", "1970-01-01T00:30:00+01:00"])
+def test_event_times_outside_the_rollups_are_refused(when: str) -> None:
+    with pytest.raises(ValidationFailed) as err:
+        parse_batch([event(1, time="2026-01-01T00:00:00Z"), event(2, time=when)], NOW)
+    (only,) = err.value.errors
+    assert (only["index"], only["field"]) == (1, "time")
+    assert "1970-01-01T00:00:00Z" in only["message"] and "2105-12-31T23:59:59.999Z" in only["message"]
+
+
+def test_event_time_range_edges_are_accepted() -> None:
+    first, last = parse_batch([event(1, time="1970-01-01T00:00:00Z"), event(2, time="2105-12-31T23:59:59.999Z")], NOW)
+    assert (first.time, last.time) == (EVENT_TIME_MIN, EVENT_TIME_MAX)
+
+
+# -- through the handlers -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def container(tmp_path: Path) -> Any:
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), meters=[
+        {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens"}])),
+        deliver=lambda ev: sink(ev, None))
+    install(c)
+    yield c
+    install(None)
+    c.close()
+
+
+def call(fn: Any, method: str, path: str, body: Any = None, raw: bytes | None = None,
+         ctype: str = "application/json") -> tuple[int, dict[str, Any] | None]:
+    data = raw if raw is not None else json.dumps(body).encode()  # json.dumps writes "\ud800" as that escape
+    out = fn(apigw_event(method, path, {"content-type": ctype}, data, "127.0.0.1"), None)
+    if out["statusCode"] >= 400:
+        assert out["headers"]["Content-Type"] == "application/problem+json"
+    return out["statusCode"], json.loads(out["body"]) if out.get("body") else None
+
+
+def total(container: Any) -> Any:
+    status, body = call(api, "GET", "/api/v1/meters/tokens/query")
+    assert status == 200, body
+    assert body is not None
+    return [r["value"] for r in body["data"]]
+
+
+def test_one_refusal_lists_every_bad_event_of_every_kind(container: Any) -> None:
+    batch = [event(0, tokens=1), event(1, tokens="ten"), {"id": "2", "source": "s", "type": "prompt", "data": {"tokens": 1}},
+             event(3, tokens="1_000"), event(4, time="2026-W01-1T00:00:00Z", tokens=1), event(5, tokens=2),
+             event(6, tokens="1e+999999999999999999"), event(7, time="1969-07-20T20:17:00Z", tokens=1)]
+    status, body = call(ingest, "POST", "/api/v1/events", batch)
+    assert status == 400 and body is not None
+    got = [(e["index"], e["field"]) for e in body["validationErrors"]]
+    assert got == [(1, "data ($.tokens)"), (2, "subject"), (3, "data ($.tokens)"), (4, "time"),
+                   (6, "data ($.tokens)"), (7, "time")]
+    assert "event 1" in body["detail"] and "(and 5 more)" in body["detail"]
+    assert total(container) == []  # nothing of the batch was stored
+
+
+@pytest.mark.parametrize("value", ["1_000", "١٢", "５", "1e+999999999999999999", "1.0000000000000000001"])
+def test_meter_values_that_are_not_numbers_are_400s(container: Any, value: str) -> None:
+    status, body = call(ingest, "POST", "/api/v1/events", [event(0, tokens=1), event(1, tokens=value)])
+    assert status == 400 and body is not None
+    assert [(e["index"], e["field"], e["meter"]) for e in body["validationErrors"]] == [(1, "data ($.tokens)", "tokens")]
+    assert total(container) == []
+
+
+def test_huge_json_number_exponent_is_a_400(container: Any) -> None:
+    raw = (b'[{"specversion":"1.0","id":"1","source":"s","type":"prompt","subject":"a",'
+           b'"time":"2026-01-01T00:00:00Z","data":{"tokens":1e999999999}}]')
+    status, body = call(ingest, "POST", "/api/v1/events", raw=raw)
+    assert status == 400 and body is not None
+    assert [(e["index"], e["field"]) for e in body["validationErrors"]] == [(0, "data ($.tokens)")]
+
+
+@pytest.mark.parametrize("when", ["2026-W01-1T00:00:00Z", "2026-01-01T00:00:00,5Z", "1901-01-01T00:00:00Z",
+                                  "2200-01-01T00:00:00Z"])
+def test_event_times_that_the_rollups_cannot_hold_or_are_not_rfc3339_are_400s(container: Any, when: str) -> None:
+    status, body = call(ingest, "POST", "/api/v1/events", [event(0, tokens=1, time=when)])
+    assert status == 400 and body is not None
+    assert [(e["index"], e["field"]) for e in body["validationErrors"]] == [(0, "time")]
+
+
+@pytest.mark.parametrize("doc,index,field", [
+    ({"subject": "\ud800"}, 1, "subject"),
+    ({"data": {"tokens": 1, "model": "a\udfffb"}}, 1, "data.model"),
+    ({"data": {"tokens": 1, "\udc00": "x"}}, 1, "data.\\udc00"),
+])
+def test_lone_surrogate_in_an_event_is_a_400_naming_it(container: Any, doc: dict[str, Any], index: int, field: str) -> None:
+    status, body = call(ingest, "POST", "/api/v1/events", [event(0, tokens=1), {**event(1, tokens=1), **doc}])
+    assert status == 400 and body is not None
+    assert [(e.get("index"), e["field"]) for e in body["validationErrors"]] == [(index, field)]
+    assert total(container) == []
+
+
+def test_paired_surrogates_are_one_character(container: Any) -> None:
+    raw = json.dumps([event(0, tokens=1, subject="smile \U0001F600")]).encode()  # ascii escapes: \ud83d\ude00
+    assert b"\\ud83d\\ude00" in raw
+    assert call(ingest, "POST", "/api/v1/events", raw=raw)[0] == 204
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/api/v1/customers", {"name": "x\ud800", "usageAttribution": {"subjectKeys": ["a"]}}, "name"),
+    ("/api/v1/customers", {"name": "x", "usageAttribution": {"subjectKeys": ["a", "\ud800"]}}, "usageAttribution.subjectKeys[1]"),
+    ("/api/v1/meters", {"slug": "m", "aggregation": "COUNT", "eventType": "x", "groupBy": {"\ud800": "$.a"}}, "groupBy.\\ud800"),
+    ("/api/v1/subjects", [{"key": "ok"}, {"key": "\ud800"}], "key"),
+])
+def test_lone_surrogate_in_any_request_body_is_a_400(container: Any, path: str, body: Any, field: str) -> None:
+    status, problem = call(api, "POST", path, body)
+    assert status == 400 and problem is not None
+    assert problem["validationErrors"][0]["field"] == field
+
+
+@pytest.mark.parametrize("value", ["1_000", "１", "+5", Decimal("1e999999999"), "1e+999999999999999999"])
+def test_notification_thresholds_take_the_same_numbers(value: object) -> None:
+    from billow.domain.notifications import THRESHOLD, parse_rule
+    from billow.ids import new_id
+
+    body = {"type": THRESHOLD, "name": "r", "channels": [new_id()], "thresholds": [{"type": "NUMBER", "value": value}]}
+    with pytest.raises(ValidationFailed) as err:
+        parse_rule(body)
+    assert err.value.errors[0]["field"] == "thresholds[0].value"
+
