@@ -323,7 +323,8 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
             if not dsn:
                 raise ValueError("usage_store=clickhouse needs clickhouse_dsn (or clickhouse_secret_arn)")
 
-            store = ClickHouseUsageStore(connect(dsn))
+            # Embedded, this process alone writes the chdb path: opening it repairs a write a crash tore.
+            store = ClickHouseUsageStore(connect(dsn), exclusive=settings.usage_store == "chdb")
             store.migrate()
             return store
 

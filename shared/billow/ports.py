@@ -34,6 +34,11 @@ class UsageStore(Protocol):
         """Write values first, raw events second: a stored raw event means its values are stored too."""
         ...
 
+    def repair(self, namespace: str, keys: Sequence[tuple[str, str]]) -> None:
+        """Make the pre-aggregates (rollups) of these events' values whole again: they were found valued without
+        their raw event, so the write that stored them died, maybe before its rollups. Idempotent."""
+        ...
+
     def aggregate(self, query: UsageQuery) -> list[AggRow]: ...
 
     def scan_events(self, namespace: str, event_type: str, after: tuple[str, str] | None, limit: int) -> list[CloudEvent]:

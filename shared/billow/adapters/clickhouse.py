@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,6 +21,7 @@ from billow.domain.usage import AggRow, GroupFilter, MeterValue, StoredEvent, Us
 
 _VALUE_COLUMNS = ["namespace", "meter_id", "subject", "time", "value", "value_str", "group_by", "source", "id"]
 _EVENT_COLUMNS = ["namespace", "source", "id", "type", "subject", "time", "data", "ingested_at", "validation_error"]
+_JOURNAL_COLUMNS = ["write_id", "namespace", "cells", "done"]
 
 _WINDOW_EXPR = {
     None: "0",
@@ -64,8 +66,11 @@ def _ceil_minute(t: datetime) -> datetime:
 
 
 class ClickHouseUsageStore:
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, exclusive: bool = False) -> None:
+        """`exclusive`: this process alone writes the store (embedded chdb), so `migrate` also repairs what a
+        crash left half-written (`recover`)."""
         self._client = client
+        self._exclusive = exclusive
         self._lock = threading.RLock()
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -92,6 +97,8 @@ class ClickHouseUsageStore:
                     self._command(stmt)
                 self._client.insert("billow_migrations", [[version, name, datetime.now(UTC)]],
                                     column_names=["version", "name", "applied_at"])
+            if self._exclusive:
+                self.recover()
 
     def ping(self) -> None:
         self._query("SELECT 1", {})
@@ -127,7 +134,13 @@ class ClickHouseUsageStore:
 
     def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:
         with self._lock:
+            write_id = ""
             if values:
+                # The views' parts land after the values part: the journal names the rollup cells to rebuild
+                # if the process dies in between (`recover`; done once the raw events are in).
+                write_id = uuid.uuid4().hex
+                cells = sorted({(v.meter_id, _floor_hour(_utc(v.time))) for v in values})
+                self._client.insert("write_journal", [[write_id, namespace, cells, 0]], column_names=_JOURNAL_COLUMNS)
                 self._client.insert("meter_values", [
                     [namespace, v.meter_id, v.subject, v.time, v.value, v.value_str, v.group_by, v.source, v.event_id]
                     for v in values
@@ -138,6 +151,56 @@ class ClickHouseUsageStore:
                      jsonx.dumps(s.event.data) if s.event.data is not None else "", s.ingested_at, s.validation_error]
                     for s in events
                 ], column_names=_EVENT_COLUMNS)
+            if write_id:
+                self._client.insert("write_journal", [[write_id, namespace, [], 1]], column_names=_JOURNAL_COLUMNS)
+
+    # -- repair of rollups torn by a crash -----------------------------------------------------------
+    def repair(self, namespace: str, keys: Sequence[tuple[str, str]]) -> None:
+        """Rebuild the rollup cells that hold these events' values (found valued but without their raw event:
+        the write that stored them died, maybe before the views' parts landed)."""
+        if not keys:
+            return
+        with self._lock:
+            rows = self._query(
+                "SELECT DISTINCT source, id, meter_id, toStartOfHour(time) FROM meter_values WHERE namespace = {ns:String} "
+                "AND source IN {sources:Array(String)} AND id IN {ids:Array(String)}", _key_params(namespace, keys))
+            wanted = set(keys)
+            self._rebuild(namespace, {(r[2], _utc(r[3])) for r in rows if (r[0], r[1]) in wanted})
+
+    def recover(self) -> int:
+        """Rebuild the rollup cells of every journalled write that never finished, then clear the journal; the
+        number of writes repaired. Only for the process that alone writes the store (at open); idempotent, so a
+        crash inside it is repaired by the next open."""
+        with self._lock:
+            rows = self._query("SELECT any(namespace), argMin(cells, done) FROM write_journal "
+                               "GROUP BY write_id HAVING max(done) = 0", {})
+            for namespace, cells in rows:
+                self._rebuild(namespace, {(m, _utc(h)) for m, h in cells})
+            self._command("TRUNCATE TABLE write_journal")
+            return len(rows)
+
+    def _rebuild(self, namespace: str, cells: set[tuple[str, datetime]]) -> None:
+        """Re-derive the (meter, UTC hour) cells of both rollups from meter_values: delete them, then aggregate
+        the values as the views do. Idempotent. Exact while no other writer (or repair) touches those cells
+        meanwhile: the store's lock ensures it in one process; on a ClickHouse server written by several sinks
+        at once it does not (a write or repair racing this one into the same cells could count twice)."""
+        if not cells:
+            return
+        hours = [h for _, h in cells]
+        params = {"ns": namespace, "mids": sorted({m for m, _ in cells}), "cells": sorted(cells),
+                  "lo": min(hours), "hi": max(hours) + _HOUR}
+        where = ("namespace = {ns:String} AND meter_id IN {mids:Array(String)} AND {col} >= {lo:DateTime('UTC')} "
+                 "AND {col} < {hi:DateTime('UTC')} AND (meter_id, toDateTime(toStartOfHour({col}), 'UTC')) "
+                 "IN {cells:Array(Tuple(String, DateTime('UTC')))}")
+        with self._lock:
+            for table, _ in _ROLLUPS:
+                self._command(f"DELETE FROM {table} WHERE " + where.replace("{col}", "minute"), params)
+            for table, start_of in _ROLLUPS:
+                self._command(
+                    f"INSERT INTO {table} SELECT namespace, meter_id, toDateTime({start_of}(time), 'UTC') AS minute, "
+                    "subject, group_by, sum(toDecimal256(value, 18)), count(), min(value), max(value), "
+                    "uniqExactState(value_str), argMaxState(value, time) FROM meter_values WHERE "
+                    + where.replace("{col}", "time") + " GROUP BY namespace, meter_id, minute, subject, group_by", params)
 
     # -- reads -------------------------------------------------------------------------------------
     def aggregate(self, q: UsageQuery) -> list[AggRow]:
@@ -307,6 +370,8 @@ class ClickHouseUsageStore:
 
 
 _HOUR = timedelta(hours=1)
+# The rollup tables and the start of their cells, as their materialized views compute it (clickhouse_schema).
+_ROLLUPS = (("meter_rollup_1m", "toStartOfMinute"), ("meter_rollup_1h", "toStartOfHour"))
 _HOURLY_SINCE = datetime(1990, 1, 1, tzinfo=UTC)
 
 

@@ -3,7 +3,8 @@
 At-least-once delivery means a batch may come again, whole or in part, also after a crash between the two
 writes. The store writes meter values first and raw events second, so per (source, id):
   raw event stored       -> done before, skip;
-  values stored, no raw  -> the earlier write died in between: store the raw event only;
+  values stored, no raw  -> the earlier write died in between: rebuild the rollups those values fall in (the
+                            views' parts may not have landed), then store the raw event only;
   neither                -> store both.
 Records that cannot be processed go to the dead-letter callback with the reason; they never block the rest."""
 
@@ -121,6 +122,7 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
     if valued_candidates:
         times = [items[k].event.time for k in valued_candidates]
         half_done = usage.valued_keys(namespace, sorted({m.id for m in meters}), min(times), max(times), valued_candidates)
+        usage.repair(namespace, sorted(half_done))  # before the raw events: a crash in it is retried on resend
         for k, vals in owners.items():
             if k not in half_done:
                 values.extend(vals)
@@ -184,6 +186,7 @@ def backfill_meter(namespace: str, meter: Meter, usage: UsageStore, page: int = 
                 done = usage.valued_keys(namespace, [meter.id], min(v.time for v in values),
                                          max(v.time for v in values), [(v.source, v.event_id) for v in values])
                 values = [v for v in values if (v.source, v.event_id) not in done]
+                usage.repair(namespace, sorted(done))  # a re-run after a crash: the rollups may lack those values
                 if values:
                     usage.write(namespace, values, [])
         total += len(values)
