@@ -142,3 +142,42 @@ def test_billow_serve_scheduler_bills_the_others_and_retries_the_failed_customer
     b.clock.set("2026-04-01T00:11:00Z")
     assert scheduler.tick().failures == []
     assert [i["number"] for i in invoices(b)] == ["ACME-0001", "BETA-0001"]
+
+
+@pytest.mark.parametrize("billow", ["memory"], indirect=True)
+def test_a_commit_or_entitlement_sync_failing_for_one_customer_leaves_the_others_billed(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch) -> None:
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.services import subscriptions
+
+    b = billow
+    subscribed(b)
+    beta_sub = calls_customer(b)
+    beta = beta_sub["customerId"]
+    store = b.c.store(SqlBillingStore)
+    commit, sync = store.commit_billing, subscriptions.sync_entitlements
+
+    def failing_commit(namespace: str, items: list[Any], now: Any) -> Any:
+        if any(inv is not None and inv["customer"]["id"] == beta for inv, *_ in items):
+            raise RuntimeError("database refused beta's invoice")
+        return commit(namespace, items, now)
+
+    def failing_sync(namespace: str, doc: dict[str, Any], **kw: Any) -> Any:
+        if doc["id"] == beta_sub["id"]:
+            raise RuntimeError("entitlement store refused beta's entitlements")
+        return sync(namespace, doc, **kw)
+
+    monkeypatch.setattr(store, "commit_billing", failing_commit)
+    monkeypatch.setattr(subscriptions, "sync_entitlements", failing_sync)
+    b.clock.set("2026-04-01T00:10:00Z")
+    run, raised = run_handler(b)
+    assert [i["number"] for i in invoices(b)] == ["ACME-0001"]
+    assert raised is not None
+    assert [(f["customerId"], f["subscriptionId"], f["reason"]) for f in raised.failures] == [  # type: ignore[attr-defined]
+        (beta, None, "RuntimeError: database refused beta's invoice"),
+        (beta, beta_sub["id"], "RuntimeError: entitlement store refused beta's entitlements")]
+    monkeypatch.undo()
+    b.clock.set("2026-04-01T00:20:00Z")
+    run, raised = run_handler(b)
+    assert raised is None and run is not None
+    assert [i["number"] for i in invoices(b)] == ["ACME-0001", "BETA-0001"]
