@@ -223,3 +223,20 @@ def test_notification_thresholds_take_the_same_numbers(value: object) -> None:
         parse_rule(body)
     assert err.value.errors[0]["field"] == "thresholds[0].value"
 
+
+
+@pytest.mark.parametrize("value", ["5\n", "1_000", "１", Decimal("1e999999999"), Decimal("-1e999999999"),
+                                   Decimal("1e-999999999"), "1" * 21])
+def test_price_amounts_take_the_same_numbers(value: object) -> None:
+    from billow.domain.pricing import parse_price
+
+    with pytest.raises(ValidationFailed) as err:
+        parse_price({"type": "unit", "amount": value})
+    assert err.value.errors[0]["field"] == "price.amount"
+
+
+def test_price_amounts_keep_their_digits() -> None:
+    from billow.domain.pricing import parse_price
+
+    assert parse_price({"type": "unit", "amount": "0.000000125"}).amount == Decimal("0.000000125")  # type: ignore[union-attr]
+    assert parse_price({"type": "unit", "amount": Decimal("1E+3")}).amount == 1000  # type: ignore[union-attr]

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Final, Literal, cast
 
 from billow.domain.money import Currency, Rounding, check_amount, check_rounding, round_money
 from billow.errors import ValidationFailed
-from billow.exact import EXACT
+from billow.exact import EXACT, parse_decimal
 
 __all__ = [
     "Discounts",
@@ -337,20 +337,20 @@ def _numeric(doc: Mapping[str, Any], key: str, problems: Problems, *, required: 
     value = doc[key]
     if isinstance(value, float):
         raise TypeError(f"{key}: got a float; parse JSON with billow.jsonx (numbers as Decimal)")
-    if isinstance(value, str):
-        if not NUMERIC_RE.match(value):
-            problems.append((key, "must be a decimal number string such as \"12.50\""))
-            return None
-        return Decimal(value)
-    if isinstance(value, Decimal) and not isinstance(value, bool):
-        if not value.is_finite():
-            problems.append((key, "must be a finite number"))
-            return None
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return Decimal(value)
-    problems.append((key, "must be a decimal number string"))
-    return None
+    if isinstance(value, str) and not NUMERIC_RE.fullmatch(value):
+        problems.append((key, "must be a decimal number string such as \"12.50\""))
+        return None
+    if isinstance(value, Decimal) and not value.is_finite():
+        problems.append((key, "must be a finite number"))
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | Decimal | int):
+        problems.append((key, "must be a decimal number string"))
+        return None
+    try:  # bounded like every amount (Decimal(38, 18)), so 1e999999999 cannot overflow the rating later
+        return parse_decimal(value, int_digits=20, scale=18)
+    except ValueError:
+        problems.append((key, "must be below 1e20 with at most 18 decimal places"))
+        return None
 
 
 def _object(doc: Any, problems: Problems, name: str) -> Mapping[str, Any] | None:
