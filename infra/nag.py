@@ -58,8 +58,7 @@ def apply_suppressions(stack: BillowStack) -> None:
         _suppress(provider, "AwsSolutions-L1", (
             "The provider's Node.js runtime is chosen by aws-cdk-lib, not by this app."))
 
-    for queue, what in ((stack.dead_letters, "the usage sink's own dead-letter queue for unreadable records"),
-                        (stack.failed_batches, "the MSK trigger's on-failure destination")):
+    for queue, what in ((stack.dead_letters, "the usage sink's own dead-letter queue for unreadable records"),):
         _suppress(queue, "AwsSolutions-SQS3", (
             f"This queue is itself a dead-letter destination ({what}); nothing consumes it automatically, an "
             "alarm fires at depth > 0, and a DLQ for it would only move that alarm."))

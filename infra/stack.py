@@ -41,7 +41,7 @@ from infra.constructs.usage_store import UsageStore
 REPO = Path(__file__).resolve().parent.parent
 SINK_GROUP = "billow-usage-sink"  # the MSK trigger's consumer group
 SINK_BATCH_SIZE = 1000
-SINK_RETRIES = 10
+SINK_RETRIES = -1  # without limit: a usage-store outage blocks the partition until the store is back
 
 
 class BillowStack(Stack):
@@ -57,7 +57,6 @@ class BillowStack(Stack):
         vpc, app_subnets = self.network.vpc, self.network.app_subnets
         self.streaming = Streaming(self, "Streaming", vpc=vpc, subnets=app_subnets,
                                    clients=self.network.functions_sg, name=prefix)
-        self.network.allow_endpoints_from(self.streaming.security_group, "MSK trigger pollers (SQS on-failure)")
         self.database = Database(self, "Database", vpc=vpc, clients=self.network.functions_sg,
                                  app_subnets=app_subnets, data_subnets=self.network.data_subnets,
                                  min_acu=1 if prod else 0.5, max_acu=32 if prod else 8, retain=prod,
@@ -65,13 +64,11 @@ class BillowStack(Stack):
         self.usage_store = UsageStore(self, "UsageStore", retain=prod)
         self.billing = Billing(self, "Billing", retain=prod)
 
-        # Records the sink cannot read (it sends them itself) and batches the MSK trigger gave up on.
+        # Records the sink cannot read (it sends them itself). A batch the sink cannot store is never set
+        # aside: the MSK trigger retries it until the store is back (see the trigger below).
         self.dead_letters = sqs.Queue(self, "DeadLetters", queue_name=f"{prefix}-dead-letters",
                                       encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
                                       retention_period=Duration.days(14))
-        self.failed_batches = sqs.Queue(self, "FailedBatches", queue_name=f"{prefix}-failed-batches",
-                                        encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
-                                        retention_period=Duration.days(14))
 
         # What every function reads (billow.bootstrap.Settings.from_env): secrets by ARN only.
         common_env = {
@@ -126,16 +123,20 @@ class BillowStack(Stack):
             resources=[self.streaming.group_arn(SINK_GROUP)]))
         self.dead_letters.grant_send_messages(self.sink_fn)
 
-        # MSK -> usage sink. Provisioned pollers: Lambda offers retry limits and split-on-error for Kafka
-        # only in provisioned mode. A batch the sink keeps failing (a store outage; bad records never fail
-        # it, the sink dead-letters them itself) is retried SINK_RETRIES times, split in halves, and then its
-        # topic/partition/offsets go to FailedBatches (the records stay in Kafka for a replay).
+        # MSK -> usage sink. The sink fails a batch only when a store is down (bad records never fail it: it
+        # dead-letters them itself), and then the batch must wait, not be dropped (issue 15). What Lambda's
+        # Kafka event source mapping supports (docs/deploy.md, "MSK trigger"): retry controls only in
+        # provisioned mode; MaximumRetryAttempts -1 retries without limit, but with an on-failure destination
+        # Lambda caps it at 10 (and an SQS/SNS destination keeps only the batch's coordinates while the
+        # offsets move on); MaximumRecordAge defaults to -1 (never discard). So: -1, no destination, no
+        # record age, no split (halving cannot help an outage). The partition stays blocked until the store
+        # is back, nothing is committed past the failing batch, and Alarms.sink_blocked pages meanwhile.
         # ReportBatchItemFailures stays off: the sink returns counts, not batchItemFailures.
         self.sink_source = sources.ManagedKafkaEventSource(
             cluster_arn=self.streaming.cluster_arn, topic=self.topic, consumer_group_id=SINK_GROUP,
             batch_size=SINK_BATCH_SIZE, max_batching_window=Duration.seconds(1),
-            starting_position=lambda_.StartingPosition.TRIM_HORIZON, on_failure=sources.SqsDlq(self.failed_batches),
-            retry_attempts=SINK_RETRIES, bisect_batch_on_error=True,
+            starting_position=lambda_.StartingPosition.TRIM_HORIZON, retry_attempts=SINK_RETRIES,
+            bisect_batch_on_error=False,
             provisioned_poller_config=sources.ProvisionedPollerConfig(minimum_pollers=1, maximum_pollers=4))
         self.sink_fn.add_event_source(self.sink_source)
 
@@ -171,10 +172,10 @@ class BillowStack(Stack):
         self.alarms = Alarms(self, "Alarms", stage=stage)
         for name, fn in self.fns.functions.items():
             self.alarms.function_errors(name.replace("_", "-"), fn)
-        for name, queue in (("dead-letters", self.dead_letters), ("failed-batches", self.failed_batches),
-                            ("jobs-dlq", self.schedules.dead_letters)):
+        for name, queue in (("dead-letters", self.dead_letters), ("jobs-dlq", self.schedules.dead_letters)):
             self.alarms.dead_letters(name, queue)
         self.alarms.consumer_lag(self.sink_fn, max_lag=100_000, minutes=5)
+        self.alarms.sink_blocked(self.sink_fn, minutes=5)
 
         CfnOutput(self, "ApiUrl", value=self.http.url)
         CfnOutput(self, "ClickHouseSecretArn", value=self.usage_store.secret.secret_arn,

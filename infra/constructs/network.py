@@ -1,7 +1,7 @@
 """The VPC: public subnets (NAT), private subnets with egress for the functions, the MSK cluster and the
 RDS Proxy, isolated subnets for Aurora. One NAT gateway: the functions reach ClickHouse Cloud, Secrets
 Manager, STS and the MSK trigger's pollers reach Lambda and STS through it. SQS has an interface endpoint
-because Lambda requires one in the Kafka cluster's VPC for an SQS on-failure destination."""
+(the usage sink's dead letters stay inside the VPC)."""
 
 from __future__ import annotations
 

@@ -45,6 +45,29 @@ class Alarms(Construct):
                   f"The usage sink is more than {max_lag} records behind its MSK topic for {minutes} min",
                   periods=minutes)
 
+    def sink_blocked(self, fn: lambda_.IFunction, *, minutes: int) -> None:
+        """The usage sink's partition is blocked (a store outage: the MSK trigger retries the batch without
+        limit): OffsetLag above zero while no invocation succeeded, every minute for `minutes` minutes. It
+        fires at any traffic, unlike the lag threshold; a stack with no traffic emits nothing (not breaching)."""
+        def metric(name: str, statistic: str) -> cw.Metric:
+            return cw.Metric(namespace="AWS/Lambda", metric_name=name, statistic=statistic, period=MINUTE,
+                             dimensions_map={"FunctionName": fn.function_name})
+
+        blocked = cw.MathExpression(
+            expression="IF(FILL(lag, 0) > 0 AND FILL(calls, 0) - FILL(errors, 0) <= 0, 1, 0)",
+            using_metrics={"lag": metric("OffsetLag", "Maximum"), "calls": metric("Invocations", "Sum"),
+                           "errors": metric("Errors", "Sum")},
+            period=MINUTE, label="usage sink blocked")
+        alarm = cw.Alarm(self, "usage-sink-blocked", alarm_name=f"billow-{self.stage}-usage-sink-blocked",
+                         metric=blocked, threshold=1, evaluation_periods=minutes, datapoints_to_alarm=minutes,
+                         comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                         treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                         alarm_description=(f"The usage sink has stored nothing for {minutes} min while records wait "
+                                            "in its MSK topic: the usage store is probably down (docs/deploy.md, "
+                                            "Usage store outage)"))
+        alarm.add_alarm_action(self.action)
+        self.alarms["usage-sink-blocked"] = alarm
+
     def _add(self, name: str, metric: cw.IMetric, threshold: float, description: str, periods: int = 1) -> None:
         alarm = cw.Alarm(self, name, alarm_name=f"billow-{self.stage}-{name}", metric=metric, threshold=threshold,
                          evaluation_periods=periods, comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,

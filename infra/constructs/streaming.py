@@ -5,8 +5,7 @@ only its ARN), so a custom resource reads them once per deployment with kafka:Ge
 
 The brokers' security group also carries the MSK trigger's pollers: Lambda places the event source
 mapping's network interfaces in the cluster's subnets with the cluster's security groups, so the group
-admits itself on 9098 and may call out on 443 (Lambda, STS through the NAT gateway; SQS through its
-endpoint for the on-failure destination)."""
+admits itself on 9098 and may call out on 443 (Lambda, STS through the NAT gateway)."""
 
 from __future__ import annotations
 

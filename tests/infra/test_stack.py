@@ -271,18 +271,48 @@ def test_msk_trigger_feeds_the_usage_sink(s: Synth) -> None:
     assert p["EventSourceArn"] == {"Fn::GetAtt": [s.logical_id(s.stack.streaming.cluster), "Arn"]}
     assert p["Topics"] == [TOPIC] and p["StartingPosition"] == "TRIM_HORIZON" and p["BatchSize"] == 1000
     assert p["AmazonManagedKafkaEventSourceConfig"] == {"ConsumerGroupId": "billow-usage-sink"}
-    assert p["DestinationConfig"]["OnFailure"]["Destination"] == \
-        {"Fn::GetAtt": [s.logical_id(s.stack.failed_batches), "Arn"]}
-    # Retry limits and split-on-error exist for Kafka only with provisioned pollers.
-    assert p["MaximumRetryAttempts"] == 10 and p["BisectBatchOnFunctionError"] is True
+    # Issue 15: a usage-store outage blocks the partition instead of dropping batches (see
+    # test_a_store_outage_blocks_the_partition_and_pages); the on-failure destination is gone.
+    assert "DestinationConfig" not in p
     assert p["ProvisionedPollerConfig"]["MinimumPollers"] >= 1
     assert "FunctionResponseTypes" not in p  # the sink returns counts, not batchItemFailures
-    # Lambda needs an endpoint for the SQS on-failure destination inside the cluster's VPC
+    # The functions reach SQS (the sink's dead letters) through the VPC's interface endpoint
     (endpoint,) = s.of_type("AWS::EC2::VPCEndpoint").values()
     assert ".sqs" in dumps(endpoint["Properties"]["ServiceName"]) and endpoint["Properties"]["PrivateDnsEnabled"]
     sink_can_send = [st for st in s.statements(s.role_of("usage_sink")) if "sqs:SendMessage" in as_list(st["Action"])]
-    assert {next(iter(refs(st["Resource"]))) for st in sink_can_send} == \
-        {s.logical_id(s.stack.failed_batches), s.logical_id(s.stack.dead_letters)}
+    assert {next(iter(refs(st["Resource"]))) for st in sink_can_send} == {s.logical_id(s.stack.dead_letters)}
+
+
+def test_a_store_outage_blocks_the_partition_and_pages(s: Synth) -> None:
+    """Lambda's Kafka event source mapping (provisioned mode) retries a failing batch without limit when
+    MaximumRetryAttempts is -1 and there is no on-failure destination (with one, Lambda caps retries at 10),
+    and MaximumRecordAge -1 (the default) never discards a record for its age. Nothing is committed past
+    the failing batch, so a ClickHouse outage of any length loses nothing within the topic's retention."""
+    (esm,) = [m for m in s.of_type("AWS::Lambda::EventSourceMapping").values() if "Topics" in m["Properties"]]
+    p = esm["Properties"]
+    assert p["MaximumRetryAttempts"] == -1
+    assert "DestinationConfig" not in p
+    assert p.get("MaximumRecordAgeInSeconds", -1) == -1
+    assert p.get("BisectBatchOnFunctionError", False) is False  # halving a batch cannot help a store outage
+    assert "ProvisionedPollerConfig" in p  # retry controls exist for Kafka only in provisioned mode
+    assert not [q for q in s.of_type("AWS::SQS::Queue").values()
+                if "failed-batches" in dumps(q["Properties"].get("QueueName", ""))]
+    # The blocked partition pages: OffsetLag above zero while no invocation of the sink succeeds.
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in s.of_type("AWS::CloudWatch::Alarm").values()}
+    blocked = alarms["billow-test-usage-sink-blocked"]
+    assert refs(blocked["AlarmActions"]) == {s.logical_id(s.stack.alarms.topic)}
+    metrics = {m["Id"]: m for m in blocked["Metrics"]}
+    assert {m["MetricStat"]["Metric"]["MetricName"] for m in metrics.values() if "MetricStat" in m} == \
+        {"OffsetLag", "Invocations", "Errors"}
+    for m in metrics.values():
+        if "MetricStat" in m:
+            assert m["MetricStat"]["Metric"]["Dimensions"] == \
+                [{"Name": "FunctionName", "Value": {"Ref": s.function("usage_sink")[0]}}]
+    (expr,) = [m for m in metrics.values() if "Expression" in m]
+    assert expr.get("ReturnData", True) is True and "lag" in expr["Expression"]
+    assert blocked["ComparisonOperator"] == "GreaterThanOrEqualToThreshold" and blocked["Threshold"] == 1
+    assert blocked["EvaluationPeriods"] == blocked["DatapointsToAlarm"] == 5
+    assert blocked["TreatMissingData"] == "notBreaching"  # an idle stack emits nothing
 
 
 def test_kafka_permissions_are_scoped_to_cluster_topic_and_group(s: Synth) -> None:
@@ -402,14 +432,15 @@ def test_alarms_on_errors_dead_letters_and_consumer_lag(s: Synth) -> None:
     alarms = [a["Properties"] for a in s.of_type("AWS::CloudWatch::Alarm").values()]
     topic = s.logical_id(s.stack.alarms.topic)
     assert all(refs(a["AlarmActions"]) == {topic} for a in alarms)
-    errors = {next(iter(refs(a["Dimensions"]))) for a in alarms if a["MetricName"] == "Errors"}
+    errors = {next(iter(refs(a["Dimensions"]))) for a in alarms if a.get("MetricName") == "Errors"}
     assert errors == {s.function(n)[0] for n in HANDLERS}
     for a in alarms:
-        if a["MetricName"] in ("Errors", "ApproximateNumberOfMessagesVisible"):
+        if a.get("MetricName") in ("Errors", "ApproximateNumberOfMessagesVisible"):
             assert a["Threshold"] == 0 and a["ComparisonOperator"] == "GreaterThanThreshold", a
-    depth = {next(iter(refs(a["Dimensions"]))) for a in alarms if a["MetricName"] == "ApproximateNumberOfMessagesVisible"}
-    assert depth == {s.logical_id(q) for q in (s.stack.dead_letters, s.stack.failed_batches, s.stack.schedules.dead_letters)}
-    (lag,) = [a for a in alarms if a["MetricName"] == "OffsetLag"]
+    depth = {next(iter(refs(a["Dimensions"]))) for a in alarms
+             if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"}
+    assert depth == {s.logical_id(q) for q in (s.stack.dead_letters, s.stack.schedules.dead_letters)}
+    (lag,) = [a for a in alarms if a.get("MetricName") == "OffsetLag"]
     assert lag["Namespace"] == "AWS/Lambda" and lag["Statistic"] == "Maximum"
     assert lag["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": s.function("usage_sink")[0]}}]
 

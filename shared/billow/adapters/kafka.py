@@ -139,14 +139,18 @@ class SinkCrash(Exception):
 class KafkaSinkPoller:
     """The MSK event source mapping, played against a real broker: poll a batch, hand it to the usage
     sink handler in the `aws:kafka` event shape, commit the offsets only after the handler returned.
-    A handler error commits nothing and rewinds, so the batch comes again (at-least-once, as in Lambda)."""
+    A handler error commits nothing and rewinds, so the batch comes again (at-least-once, as in Lambda).
+    Like the deployed trigger (infra/stack.py: MaximumRetryAttempts -1, no on-failure destination) it never
+    gives up on a batch: while the usage store is down the partition waits, retried with exponential
+    backoff between `retry_backoff_s` (first, longest), and no later offset is committed past it."""
 
     def __init__(self, conf: dict[str, Any], topics: Sequence[str], deliver: Callable[[dict[str, Any]], Any], *,
                  group: str = "billow-usage-sink", batch_size: int = 1000, batch_window_s: float = 0.2,
                  lock: Callable[[], AbstractContextManager[Any]] | None = None,
                  before_commit: Callable[[dict[str, Any]], None] | None = None,
-                 session_timeout_ms: int = 6000) -> None:
+                 session_timeout_ms: int = 6000, retry_backoff_s: tuple[float, float] = (0.2, 5.0)) -> None:
         self._deliver = deliver
+        self.retry_backoff_s = retry_backoff_s
         self._lock = lock or nullcontext
         self._before_commit = before_commit
         self.batch_size = batch_size
@@ -165,7 +169,8 @@ class KafkaSinkPoller:
             "heartbeat.interval.ms": min(500, session_timeout_ms // 3),
             "topic.metadata.refresh.interval.ms": 2000,
         })
-        self._consumer.subscribe(list(topics))
+        self._topics = list(topics)
+        self._consumer.subscribe(self._topics)
 
     def poll_once(self) -> int:
         """One batch: deliver and commit. Returns the number of records delivered (0 if none came)."""
@@ -196,24 +201,36 @@ class KafkaSinkPoller:
             raise
         except Exception:
             self.failures += 1
-            for (topic, partition), offset in first.items():  # deliver the same batch again
-                self._consumer.seek(TopicPartition(topic, partition, offset))
+            self._rewind(first)
             raise
         self._consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
                               asynchronous=False)
         self.delivered += len(batch)
         return len(batch)
 
+    def _rewind(self, first: dict[tuple[str, int], int]) -> None:
+        """Deliver the same batch again: back to its first offset on every partition it came from. If any
+        partition cannot be rewound, rejoin the group instead: every partition then restarts from its
+        committed offset, which is never past a batch the sink did not store."""
+        try:
+            for (topic, partition), offset in first.items():
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:
+            log.warning("cannot rewind the failed batch (%s); rejoining at the committed offsets", exc)
+            self._consumer.unsubscribe()
+            self._consumer.subscribe(self._topics)
+
     def run(self) -> None:
-        backoff = 0.2
+        first, longest = self.retry_backoff_s
+        backoff = first
         while not self._stop.is_set():
             try:
                 self.poll_once()
-                backoff = 0.2
+                backoff = first
             except Exception:
                 log.exception("usage sink batch failed; it will be delivered again")
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, longest)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="billow-kafka-sink", daemon=True)
