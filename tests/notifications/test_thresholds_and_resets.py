@@ -15,7 +15,9 @@ ENT = "/api/v1/subjects/customer_1/entitlements"
 
 def metered(w: World, grant: int = 100) -> dict[str, Any]:
     w.ok("POST", "/api/v1/features", {"key": "ai_tokens", "name": "AI tokens", "meterSlug": "tokens"})
-    day = w.now()[:10] + "T00:00:00Z"
+    # The usage period starts at the test's first minute (not the wall day's midnight), so no boundary falls inside
+    # the test whatever the time of day it runs at; the clock moves only when the test moves it.
+    day = w.now()
     ent = w.ok("POST", ENT, {"type": "metered", "featureKey": "ai_tokens",
                              "usagePeriod": {"interval": "DAY", "anchor": day}})
     w.ok("POST", f"{ENT}/ai_tokens/grants", {"amount": grant, "effectiveAt": day, "minRolloverAmount": grant,
