@@ -237,17 +237,21 @@ class Container:
     _sink_lock: threading.RLock = field(default_factory=threading.RLock)
     _stores: dict[type, Any] = field(default_factory=dict)
     _stores_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Whether a store's first use may migrate the schema (billow.migrations); never in Lambda (see build).
+    migrate_stores: bool = True
 
     def store(self, cls: type[S]) -> S:
         """The process's one `cls(engine)` on the meta store's database (an SQL store of one bounded context:
-        catalog, subscriptions, notifications, portal tokens, ...), its tables created on first use."""
+        catalog, subscriptions, notifications, portal tokens, ...), the schema migrated on first use (a no-op once
+        at head) unless this container must not run DDL."""
         found = self._stores.get(cls)
         if found is None:
             with self._stores_lock:
                 found = self._stores.get(cls)
                 if found is None:
                     found = cls(self.meta.engine)  # type: ignore[attr-defined,call-arg]
-                    found.migrate()  # type: ignore[attr-defined]
+                    if self.migrate_stores:
+                        found.migrate()  # type: ignore[attr-defined]
                     self._stores[cls] = found
         return cast(S, found)
 
@@ -305,7 +309,14 @@ class Container:
         self.meta.close()
 
 
-def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = None) -> Container:
+def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = None, *,
+          migrate: bool | None = None) -> Container:
+    """`migrate`: bring the meta database (Alembic) and the usage store to their schema heads while opening them.
+    Default: everywhere but in Lambda, where the deploy's `migrate` function does it once and a cold start only
+    checks the schema revisions (a SELECT each), failing with what to run if they are behind: no DDL ever runs
+    on a request path."""
+    if migrate is None:
+        migrate = not os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
     data = Path(settings.data_dir)
     if settings.usage_store == "chdb" or not settings.meta_store_url:
         data.mkdir(parents=True, exist_ok=True)
@@ -325,22 +336,29 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
 
             # Embedded, this process alone writes the chdb path: opening it repairs a write a crash tore.
             store = ClickHouseUsageStore(connect(dsn), exclusive=settings.usage_store == "chdb")
-            store.migrate()
+            if migrate:
+                store.migrate()
+            elif pending := store.pending_migrations():
+                from billow.migrations import MIGRATE_HINT, SchemaNotCurrent
+
+                raise SchemaNotCurrent(f"the usage store lacks migrations {pending}: {MIGRATE_HINT}")
             return store
 
         # Opened on first use: ingest and the authorizer never touch usage, so they neither wait for nor depend
         # on ClickHouse.
         usage = cast(UsageStore, LazyUsageStore(open_usage))
+    from billow import migrations
     from billow.adapters.sql import SqlMetaStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
     from billow.adapters.sql_keys import SqlKeyStore
 
-    meta = SqlMetaStore(settings.meta_store_url or f"sqlite:///{(data / 'billow.db').resolve()}")
-    meta.migrate()
+    meta = SqlMetaStore(migrations.meta_url(settings))
+    if migrate:
+        meta.migrate()  # every store's tables: one Alembic upgrade
+    else:
+        migrations.check(meta.engine)
     entitlements = SqlEntitlementStore(meta.engine)
-    entitlements.migrate()
     keys = SqlKeyStore(meta.engine)
-    keys.migrate()
     dl: DeadLetters
     if settings.dlq_url:
         from billow.adapters.aws import SqsDeadLetters
@@ -349,7 +367,7 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
     else:
         dl = FileDeadLetters(data / "dead-letters.jsonl" if data.exists() else None)
     c = Container(settings=settings, meta=meta, usage=usage, clock=SystemClock(), dead_letters=dl,
-                  entitlements=entitlements, keys=keys)
+                  entitlements=entitlements, keys=keys, migrate_stores=migrate)
     if settings.bus == "kafka":
         from billow.adapters.kafka import KafkaBus
 

@@ -100,6 +100,16 @@ class ClickHouseUsageStore:
             if self._exclusive:
                 self.recover()
 
+    def pending_migrations(self) -> list[int]:
+        """The versions of MIGRATIONS not applied yet, read without DDL (a Lambda cold start checks this
+        instead of migrating: billow.migrations)."""
+        with self._lock:
+            if not self._query("SELECT 1 FROM system.tables WHERE database = currentDatabase() "
+                               "AND name = 'billow_migrations'", {}):
+                return [m[0] for m in MIGRATIONS]
+            done = {r[0] for r in self._query("SELECT version FROM billow_migrations", {})}
+        return [m[0] for m in MIGRATIONS if m[0] not in done]
+
     def ping(self) -> None:
         self._query("SELECT 1", {})
 

@@ -74,6 +74,7 @@ customer_subjects = sa.Table(
     sa.Column("subject_key", sa.Text, nullable=False),
     sa.Column("customer_id", sa.String(26), nullable=False),
     sa.PrimaryKeyConstraint("namespace", "subject_key"),
+    sa.Index("customer_subjects_customer", "namespace", "customer_id"),  # migration 0002
 )
 
 
@@ -132,7 +133,10 @@ class SqlMetaStore:
         return self.engine.begin()
 
     def migrate(self) -> None:
-        md.create_all(self.engine)
+        """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
+        from billow.migrations import upgrade
+
+        upgrade(self.engine)
 
     def ping(self) -> None:
         with self.engine.connect() as c:

@@ -94,7 +94,10 @@ class SqlBillingStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        md.create_all(self.engine)
+        """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
+        from billow.migrations import upgrade
+
+        upgrade(self.engine)
 
     # -- profiles and overrides ------------------------------------------------------------------------------
     def put_profile(self, namespace: str, doc: dict[str, Any]) -> None:

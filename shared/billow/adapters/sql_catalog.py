@@ -58,7 +58,10 @@ class SqlCatalogStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        md.create_all(self.engine)
+        """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
+        from billow.migrations import upgrade
+
+        upgrade(self.engine)
 
     # -- plans and add-ons (versioned by key) ------------------------------------------------------------
     def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any]) -> None:

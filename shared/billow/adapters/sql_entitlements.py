@@ -96,7 +96,10 @@ class SqlEntitlementStore:
         self.generation = 0
 
     def migrate(self) -> None:
-        md.create_all(self.engine)
+        """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
+        from billow.migrations import upgrade
+
+        upgrade(self.engine)
 
     # -- features ---------------------------------------------------------------------------------
     def put_feature(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,

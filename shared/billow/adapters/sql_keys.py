@@ -25,7 +25,10 @@ class SqlKeyStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        md.create_all(self.engine)
+        """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
+        from billow.migrations import upgrade
+
+        upgrade(self.engine)
 
     def put_key(self, doc: dict[str, Any], key_hash: str) -> None:
         with self.engine.begin() as c:

@@ -31,7 +31,10 @@ class SqlLlmPriceStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        md.create_all(self.engine)
+        """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
+        from billow.migrations import upgrade
+
+        upgrade(self.engine)
 
     def put_override(self, namespace: str, override: PriceOverride) -> None:
         eff = format_rfc3339(override.effective_from) if override.effective_from else ""

@@ -81,7 +81,10 @@ class SqlNotificationStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        md.create_all(self.engine)
+        """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
+        from billow.migrations import upgrade
+
+        upgrade(self.engine)
 
     # -- channels and rules ----------------------------------------------------------------------------
     def put_channel(self, namespace: str, doc: dict[str, Any]) -> None:

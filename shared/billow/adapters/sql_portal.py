@@ -39,7 +39,10 @@ class SqlPortalStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        md.create_all(self.engine)
+        """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
+        from billow.migrations import upgrade
+
+        upgrade(self.engine)
 
     def put_token(self, namespace: str, doc: dict[str, Any], token_hash: str) -> None:
         with self.engine.begin() as c:
