@@ -126,16 +126,49 @@ class View:
     facts: list[tuple[str, str]]
     parties: list[tuple[str, list[str]]]
     rows: list[Row]
-    totals: list[tuple[str, str]]  # the last one is the amount due
+    totals: list[tuple[str, str]]  # the last one is the amount due (or paid)
     notes: list[str] = field(default_factory=list)
+    status: tuple[str, str] = ("", "")  # (invoice status, what the banner under the number says)
+
+
+# How the city, region and postal code read, one string per line, for common countries (the post's own
+# conventions); a country not listed gets _DEFAULT_FORMAT. Empty parts and the separators next to them go.
+_ADDRESS_FORMATS: Final[dict[str, tuple[str, ...]]] = {
+    **dict.fromkeys(("US", "CA", "JP"), ("{city}, {state} {postalCode}",)),
+    "AU": ("{city} {state} {postalCode}",), "NZ": ("{city} {postalCode}",), "SG": ("{city} {postalCode}",),
+    "GB": ("{city}", "{state}", "{postalCode}"), "IE": ("{city}", "{state}", "{postalCode}"),
+    **dict.fromkeys(("DE", "FR", "AT", "CH", "NL", "BE", "LU", "DK", "SE", "NO", "FI", "PL", "CZ", "PT"),
+                    ("{postalCode} {city}",)),
+    "IT": ("{postalCode} {city} {state}",), "ES": ("{postalCode} {city}", "{state}"),
+    "MX": ("{postalCode} {city}, {state}",), "BR": ("{city} - {state}", "{postalCode}"),
+    "IN": ("{city} {postalCode}", "{state}"),
+}
+_DEFAULT_FORMAT: Final = ("{postalCode} {city}", "{state}")
+_COUNTRY_NAMES: Final = {
+    "US": "United States", "CA": "Canada", "JP": "Japan", "AU": "Australia", "NZ": "New Zealand",
+    "SG": "Singapore", "GB": "United Kingdom", "IE": "Ireland", "DE": "Germany", "FR": "France", "AT": "Austria",
+    "CH": "Switzerland", "NL": "Netherlands", "BE": "Belgium", "LU": "Luxembourg", "DK": "Denmark",
+    "SE": "Sweden", "NO": "Norway", "FI": "Finland", "PL": "Poland", "CZ": "Czechia", "PT": "Portugal",
+    "IT": "Italy", "ES": "Spain", "MX": "Mexico", "BR": "Brazil", "IN": "India",
+}
+_FIELD = re.compile(r"\{(\w+)\}")
 
 
 def _address_lines(address: Any) -> list[str]:
+    """line1, line2, then city / region / postal code as the country writes them, then the country's name."""
     if not isinstance(address, dict):
         return []
-    city = " ".join(p for p in (_text(address.get("postalCode")), _text(address.get("city"))) if p)
-    region = ", ".join(p for p in (city, _text(address.get("state"))) if p)
-    out = [_text(address.get(k)) for k in ("line1", "line2")] + [region, _text(address.get("country"))]
+    country = _text(address.get("country")).strip().upper()
+    out = [_text(address.get(k)) for k in ("line1", "line2")]
+    for template in _ADDRESS_FORMATS.get(country, _DEFAULT_FORMAT):
+        parts = _FIELD.split(template)  # literal, field, literal, field, ..., literal
+        line = ""
+        for i in range(1, len(parts), 2):  # a field's text with the separator before it, if a field came before
+            value = " ".join(_text(address.get(parts[i])).split())
+            if value:
+                line += (parts[i - 1] if line else "") + value
+        out.append(line)
+    out.append(_COUNTRY_NAMES.get(country, country))
     if address.get("phoneNumber"):
         out.append(f"Phone: {address['phoneNumber']}")
     return [line for line in out if line]
@@ -159,15 +192,6 @@ def _party(party: Any) -> list[str]:
     return [line for line in lines if line]
 
 
-def _subscription_id(line: dict[str, Any]) -> str:
-    """OpenMeter nests it as subscription.subscription.id; Billow's lines carry subscription.id."""
-    ref = line.get("subscription")
-    if not isinstance(ref, dict):
-        return ""
-    inner = ref.get("subscription")
-    return _text(inner.get("id") if isinstance(inner, dict) else ref.get("id"))
-
-
 def _total(totals: dict[str, Any], key: str, cur: Currency, where: str, *, required: bool = False) -> str:
     """One figure of an `InvoiceTotals`: amount and total must be there; the others default to 0."""
     value = totals.get(key)
@@ -175,13 +199,11 @@ def _total(totals: dict[str, Any], key: str, cur: Currency, where: str, *, requi
 
 
 def _trace(line: dict[str, Any], cur: Currency, where: str) -> str:
-    """What a reader needs to trace the line back: feature (meter), subscription, period, line-level
-    credits, taxes and discount reasons."""
+    """What a reader needs to trace the line back: feature (meter), period, line-level credits, taxes and
+    discount reasons. No internal ids (line, subscription): those stay in the API."""
     parts = []
     if line.get("featureKey"):
         parts.append(f"Feature: {line['featureKey']}")
-    if _subscription_id(line):
-        parts.append(f"Subscription: {_subscription_id(line)}")
     period = _period(line.get("period"), f"{where}.period")
     if period:
         parts.append(f"Period: {period}")
@@ -196,7 +218,6 @@ def _trace(line: dict[str, Any], cur: Currency, where: str) -> str:
                 parts.append(f"Discount {reason}: {money(d['amount'], cur, f'{where}.discounts')}")
             elif d.get("quantity") is not None:
                 parts.append(f"Usage discount {reason}: {quantity(d['quantity'])} units")
-    parts.append(f"Line: {_text(line.get('id'))}")
     return " · ".join(parts)
 
 
@@ -214,7 +235,10 @@ def _rows(lines: Iterable[dict[str, Any]], cur: Currency) -> list[Row]:
     rows: list[Row] = []
     for i, line in enumerate(lines):
         where = f"lines[{i}]"
-        rows += [_row("line", _text(line.get("name")), line, cur, where), Row("detail", (_trace(line, cur, where),))]
+        rows.append(_row("line", _text(line.get("name")), line, cur, where))
+        trace = _trace(line, cur, where)
+        if trace:
+            rows.append(Row("detail", (trace,)))
         for j, child in enumerate(line.get("children") or []):
             commitment = " (minimum commitment)" if child.get("category") == "commitment" else ""
             rows.append(_row("child", _text(child.get("name")) + commitment, child, cur, f"{where}.children[{j}]"))
@@ -226,34 +250,59 @@ def _deduction(value: Any, cur: Currency, what: str) -> str:
     return money(-_decimal(value if value is not None else 0, what), cur, what)
 
 
+# What a customer reads for each invoice status (OpenMeter's lifecycle; "draft.*" statuses by their first part).
+STATUS_LABELS: Final = {"gathering": "Draft", "draft": "Draft", "issuing": "Issuing", "issued": "Due",
+                        "payment_processing": "Payment processing", "overdue": "Overdue", "paid": "Paid",
+                        "uncollectible": "Uncollectible", "voided": "Void"}
+_OWED: Final = ("issued", "payment_processing", "overdue")  # statuses in which the total is still to be paid
+
+
 def _view(invoice: dict[str, Any]) -> View:
     cur = Currency.of(invoice.get("currency"), field="currency")
     totals = invoice.get("totals") or {}
     credit_note = invoice.get("type") == "credit_note"
     number = _text(invoice.get("number")) or _text(invoice.get("id"))
-    status = _text(invoice.get("status"))
+    status = _text(invoice.get("status")).split(".")[0]
+    label = STATUS_LABELS.get(status, status.replace("_", " ").capitalize())
+    due = _instant(invoice.get("dueAt"), "dueAt")
     facts = [("Invoice number", number), ("Issued", _instant(invoice.get("issuedAt"), "issuedAt")),
-             ("Due", _instant(invoice.get("dueAt"), "dueAt")),
+             ("Due", due if status in _OWED or not status else ""),
              ("Billing period", _period(invoice.get("period"), "period")), ("Currency", cur.code),
-             ("Status", status)]
+             ("Status", label)]
     summary = [("Subtotal", _total(totals, "amount", cur, "totals", required=True))]
     if totals.get("chargesTotal") is not None and _decimal(totals["chargesTotal"], "totals.chargesTotal") != 0:
         summary.append(("Charges", _total(totals, "chargesTotal", cur, "totals")))
+    if credit_note:
+        last = "Total credited"
+    elif status == "paid":
+        last = "Total paid"
+    elif status in _OWED or not status:
+        last = "Total due"
+    else:  # draft, void, uncollectible: nothing is asked for
+        last = "Total"
     summary += [("Discounts", _deduction(totals.get("discountsTotal"), cur, "totals.discountsTotal")),
                 ("Credits applied", _deduction(totals.get("creditsTotal"), cur, "totals.creditsTotal")),
                 ("Taxes", _total(totals, "taxesTotal", cur, "totals")),
-                (f"{'Total credited' if credit_note else 'Total due'} ({cur.code})",
-                 _total(totals, "total", cur, "totals", required=True))]
+                (f"{last} ({cur.code})", _total(totals, "total", cur, "totals", required=True))]
+    banner = label
     notes = []
-    if status in ("voided", "uncollectible") or status.startswith("draft") or status == "gathering":
-        notes.append(f"This invoice is {status.replace('_', ' ')}: no payment is due for it.")
+    if status == "issued" and due:
+        banner = f"Payment due by {due}"
+    elif status == "overdue":
+        banner = f"Overdue: payment was due {due}" if due else "Overdue"
+        notes.append(f"This invoice is overdue: payment was due {due}. Please pay it now." if due else
+                     "This invoice is overdue. Please pay it now.")
+    elif status == "paid" and not credit_note:
+        notes.append("Paid in full: nothing is due. Thank you.")
+    if status in ("voided", "uncollectible", "draft", "gathering"):
+        notes.append(f"This invoice is {_text(invoice.get('status')).replace('_', ' ')}: no payment is due for it.")
     if invoice.get("description"):
         notes.append(_text(invoice["description"]))
     columns = tuple(c + (f" ({cur.code})" if i >= 2 else "") for i, c in enumerate(COLUMNS))
     return View(title="Credit note" if credit_note else "Invoice", number=number, columns=columns,
                 facts=[(k, v) for k, v in facts if v],
                 parties=[("From", _party(invoice.get("supplier"))), ("Bill to", _party(invoice.get("customer")))],
-                rows=_rows(invoice.get("lines") or [], cur), totals=summary, notes=notes)
+                rows=_rows(invoice.get("lines") or [], cur), totals=summary, notes=notes, status=(status, banner))
 
 
 # -- HTML -----------------------------------------------------------------------------------------------------
@@ -289,6 +338,11 @@ tr.child td:first-child { padding-left: 7mm; }
 .totals td { text-align: right; padding: 1mm 2mm; }
 .totals tr.due th, .totals tr.due td { border-top: 2px solid #1d2330; font-weight: bold; font-size: 12pt; }
 .notes { margin-top: 8mm; color: #5b6477; }
+.status { display: inline-block; margin: -3mm 0 6mm; padding: 1mm 3mm; border: 1.5px solid #5b6477;
+          border-radius: 2mm; font-weight: bold; color: #5b6477; }
+.status-paid { color: #2b8a3e; border-color: #2b8a3e; }
+.status-overdue { color: #c92a2a; border-color: #c92a2a; }
+.status-issued, .status-payment_processing { color: #1d2330; border-color: #1d2330; }
 """
 
 
@@ -298,7 +352,11 @@ def render_html(invoice: dict[str, Any]) -> str:
     e: Callable[[str], str] = html.escape
     out = ['<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
            f"<title>{e(v.title)} {e(v.number)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
-           f'<h1>{e(v.title)}</h1>\n<div class="number">{e(v.number)}</div>\n<div class="parties">\n']
+           f'<h1>{e(v.title)}</h1>\n<div class="number">{e(v.number)}</div>\n']
+    if v.status[1]:
+        out.append(f'<div class="status status-{e(_key_part(v.status[0] or "unknown", "status"))}">'
+                   f"{e(v.status[1])}</div>\n")
+    out.append('<div class="parties">\n')
     for label, lines in v.parties:
         out.append(f'<div class="party"><h2>{e(label)}</h2>' + "".join(f"<p>{e(s)}</p>" for s in lines) + "</div>\n")
     out.append('</div>\n<table class="facts">\n')
@@ -395,6 +453,12 @@ def render_pdf(invoice: dict[str, Any]) -> bytes:
     pdf.set_font("dejavu", size=12)
     pdf.set_text_color(*grey)
     pdf.cell(0, 7, p(v.number), new_x="LMARGIN", new_y="NEXT")
+    if v.status[1]:
+        colour = {"paid": (43, 138, 62), "overdue": (201, 42, 42)}.get(v.status[0], ink)
+        with pdf.local_context(text_mode="FILL_STROKE", line_width=0.2, draw_color=colour):
+            pdf.set_font("dejavu", size=11)
+            pdf.set_text_color(*colour)
+            pdf.cell(0, 7, p(v.status[1]), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
 
     top, half = pdf.get_y(), (pdf.epw - 8) / 2
