@@ -1,4 +1,4 @@
-"""`billow` command line: `billow serve` runs the embedded host."""
+"""`billow` command line: `billow serve` runs the embedded host, `billow migrate` the schema migrations."""
 
 from __future__ import annotations
 
@@ -107,6 +107,29 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def migrate(args: argparse.Namespace) -> int:
+    """`billow migrate`: the meta database (Alembic revisions) and the usage store (ClickHouse migrations) to the
+    schema this code needs. `billow serve` does the same at start; in AWS the deploy runs functions/migrate."""
+    from billow.bootstrap import Settings
+    from billow.migrations import SchemaNotCurrent, migrate_all
+
+    cfg = load_config(args.config)
+    if args.data_dir:
+        cfg["data_dir"] = args.data_dir
+    try:
+        settings = Settings.parse({k.replace("-", "_"): v for k, v in cfg.items()}).with_secrets()
+    except ValueError as exc:
+        print(f"billow: invalid config: {exc}", file=sys.stderr)
+        return 2
+    try:
+        done = migrate_all(settings)
+    except SchemaNotCurrent as exc:
+        print(f"billow: {exc}", file=sys.stderr)
+        return 2
+    print(f"billow: meta database at schema revision {done['meta']}; usage store: {done['usage']}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="billow", description="Billow usage metering and billing engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,12 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     kl.add_argument("--namespace", default=None)
     kr = ksub.add_parser("revoke")
     kr.add_argument("key_id")
+    m = sub.add_parser("migrate", help="migrate the meta database and the usage store to this version's schema")
+    m.add_argument("--data-dir", default=None)
+    m.add_argument("--config", default=None, help="billow.yaml: meta_store_url, usage_store, clickhouse_dsn")
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
         return serve(args)
     if args.command == "keys":
         return keys(args)
+    if args.command == "migrate":
+        return migrate(args)
     return 2
 
 

@@ -5,6 +5,7 @@ advisory lock; head is exactly the stores' models. Each PostgreSQL test gets a d
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -305,3 +306,39 @@ def test_embedded_build_migrates_to_head(db_url: str, tmp_path: Any) -> None:
 
 def test_usage_store_reports_its_pending_migrations_without_ddl(chdb_store: Any) -> None:
     assert chdb_store.pending_migrations() == []
+
+
+def test_billow_migrate_brings_a_previous_release_data_dir_to_head(tmp_path: Any) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    old = sa.create_engine(f"sqlite:///{data / 'billow.db'}")
+    migrations.baseline_metadata().create_all(old)  # what billow serve left before versioned migrations
+    for _ in range(2):  # and again: nothing to do
+        done = subprocess.run([sys.executable, "-m", "billow.cli", "migrate", "--data-dir", str(data)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"meta database at schema revision {migrations.HEAD}" in done.stdout
+        assert "usage store: chdb at migration" in done.stdout
+    assert revision(old) == migrations.HEAD
+    old.dispose()
+
+
+def test_aws_migrate_function_migrates_the_meta_database_and_waits_for_the_clickhouse_secret(
+        db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from functions.migrate.handler import PLACEHOLDER_HOST, lambda_handler
+    from infra.constructs.usage_store import PLACEHOLDER_HOST as STACK_PLACEHOLDER
+
+    assert PLACEHOLDER_HOST == STACK_PLACEHOLDER
+    for k in [k for k in os.environ if k.startswith("BILLOW_") and not k.startswith("BILLOW_TEST_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "billow-test-migrate")
+    monkeypatch.setenv("BILLOW_META_STORE_URL", db_url)
+    monkeypatch.setenv("BILLOW_DATA_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("BILLOW_USAGE_STORE", "clickhouse")
+    monkeypatch.setenv("BILLOW_CLICKHOUSE_DSN", f"https://default:pw@{PLACEHOLDER_HOST}:8443/billow")
+    done = lambda_handler({"RequestType": "Create"}, None)
+    assert done["meta"] == migrations.HEAD and done["usage"].startswith("skipped")
+    e = sa.create_engine(db_url)
+    assert revision(e) == migrations.HEAD
+    e.dispose()
+    assert not (tmp_path / "none").exists()

@@ -1,0 +1,34 @@
+"""Schema migrations Lambda. The stack's CDK trigger (infra/constructs/migrations.py) invokes it once per deploy,
+after the database and before every other function is updated, so new code never meets an old schema; invoke it
+by hand (`aws lambda invoke --function-name billow-<stage>-migrate out.json`) to run it again, e.g. once the
+ClickHouse secret is filled. No other function runs DDL: their cold starts only check the schema revisions.
+
+The meta database (Aurora through RDS Proxy) goes to the Alembic head (concurrent runs queue on an advisory
+lock), then ClickHouse runs its own migrations. While the ClickHouse secret still holds the placeholder host
+the usage store is skipped, not failed: the first deploy has to finish before there is a secret to fill. Any
+other failure raises, the trigger fails the deploy and CloudFormation rolls it back."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billow.bootstrap import Settings
+from billow.migrations import migrate_all
+
+logger = Logger(service="billow-migrate")
+PLACEHOLDER_HOST = "SET-ME.clickhouse.cloud"  # infra/constructs/usage_store.py: the secret before it is filled
+
+
+def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, str]:
+    settings = Settings.from_env()
+    unfilled = settings.usage_store == "clickhouse" and PLACEHOLDER_HOST in (settings.clickhouse_dsn or "")
+    done = migrate_all(replace(settings, usage_store="memory") if unfilled else settings)
+    if unfilled:
+        done["usage"] = ("skipped: the ClickHouse secret still holds the placeholder host; fill it, then invoke "
+                         "this function again")
+    logger.info("schema migrations done", extra=done)
+    return done
