@@ -231,11 +231,11 @@ class ClickHouseUsageStore:
         # Only the partial aggregates this aggregation needs: the uniq and argMax states are wide.
         needs = _NEEDS[q.aggregation]
         rollup = (
-            "SELECT minute AS t, subject, group_by, " + ", ".join(_ROLLUP_COL[c] for c in needs)
+            "SELECT minute AS t, minute + {unit} AS te, subject, group_by, " + ", ".join(_ROLLUP_COL[c] for c in needs)
             + " FROM {table} WHERE " + common
         )
         raw_select = (
-            "SELECT toDateTime(toStartOfMinute(time), 'UTC') AS t, subject, group_by, "
+            "SELECT toDateTime(toStartOfMinute(time), 'UTC') AS t, t + 60 AS te, subject, group_by, "
             + ", ".join(_RAW_COL[c] for c in needs) + " FROM meter_values WHERE " + common + " AND (EDGES) "
             "GROUP BY t, subject, group_by"
         )
@@ -254,7 +254,9 @@ class ClickHouseUsageStore:
                 edges.append("(" + " AND ".join(cond) + ")")
             else:
                 table = "meter_rollup_1h" if tier == "hour" else "meter_rollup_1m"
-                branches.append(rollup.replace("{table}", table) + "".join(" AND " + c for c in cond))
+                unit = "3600" if tier == "hour" else "60"  # te: the end of the unit the row stands for
+                branches.append(rollup.replace("{table}", table).replace("{unit}", unit)
+                                + "".join(" AND " + c for c in cond))
         if edges:
             branches.append(raw_select.replace("EDGES", " OR ".join(edges)))
         if not branches:
@@ -277,7 +279,7 @@ class ClickHouseUsageStore:
             select.append(f"group_by[{{gk{i}:String}}] AS g{i}")
             keys.append(f"g{i}")
         select.append(_AGG_EXPR[q.aggregation])
-        select.append("min(t), max(t)")
+        select.append("min(t), max(te)")
         sql = (
             "SELECT " + ", ".join(select) + " FROM (" + " UNION ALL ".join(branches) + ") "
             "GROUP BY " + ", ".join(keys) + " ORDER BY " + ", ".join(keys)
@@ -317,7 +319,7 @@ class ClickHouseUsageStore:
             elif agg == "LATEST":
                 row.latest = r[i]
             row.first_time = _utc(r[i + 1])
-            row.last_time = _utc(r[i + 2]) + _MINUTE
+            row.last_time = _utc(r[i + 2])  # the end of the last minute or hour counted: after every event
             out.append(row)
         return out
 
