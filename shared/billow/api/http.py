@@ -6,7 +6,7 @@ import base64
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote, unquote_plus
 
 from billow import jsonx
 from billow.errors import BillowError, ValidationFailed, problem
@@ -87,8 +87,30 @@ def query_multi(event: dict[str, Any]) -> dict[str, list[str]]:
     """Repeated parameters kept apart (API Gateway joins them with commas in queryStringParameters)."""
     raw = event.get("rawQueryString")
     if raw is not None:
-        return parse_qs(raw, keep_blank_values=True)
+        return _parse_query(raw)
     return {k: [v] for k, v in (event.get("queryStringParameters") or {}).items()}
+
+
+def _parse_query(raw: str) -> dict[str, list[str]]:
+    """parse_qs (blank values kept), except that a percent-escape that is not UTF-8 (e.g. %ED%A0%80, a lone UTF-16
+    surrogate) is a 400 naming its parameter instead of a silent U+FFFD (or a 500 further in)."""
+    out: dict[str, list[str]] = {}
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        try:
+            key = unquote_plus(name, errors="strict")
+        except UnicodeDecodeError:
+            key = unquote_plus(name, errors="backslashreplace")
+            raise ValidationFailed(f"query parameter {key[:64]!r}: its name is not valid UTF-8",
+                                   [{"field": key[:256], "message": "name is not valid UTF-8"}]) from None
+        try:
+            out.setdefault(key, []).append(unquote_plus(value, errors="strict"))
+        except UnicodeDecodeError:
+            raise ValidationFailed(f"{key[:64]}: not valid UTF-8 (percent-escapes must encode UTF-8 characters)",
+                                   [{"field": key, "message": "not valid UTF-8"}]) from None
+    return out
 
 
 def path_param(value: str) -> str:

@@ -98,6 +98,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (414 URI too long, 431, a bad request line) as problem+json, not HTML."""
+        from http import HTTPStatus
+
+        title = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
+        self.path = getattr(self, "path", "") or ""
+        self._problem(code, title, explain or message or title, close=True)
+
     def _problem(self, status: int, title: str, detail: str, close: bool = False) -> None:
         body = jsonx.dumps(problem(status, title, detail, self.path)).encode()
         self._send(status, {"Content-Type": "application/problem+json"}, body, close)
