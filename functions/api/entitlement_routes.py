@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import container
-from billow.services import balances, entitlements, features
+from billow.services import balances, entitlements, features, params
 from billow.services.features import paginate
 from billow.timeutil import parse_rfc3339
 from functions.api.responses import no_content, ok
@@ -64,10 +64,10 @@ def _present(doc: dict[str, Any]) -> dict[str, Any]:
 def list_all_entitlements() -> Response:
     c = container()
     qs = query_multi(_event())
+    kinds = params.choices(qs, "entitlementType", ("metered", "boolean", "static"))
     docs = c.entitlements.list_entitlements(
         c.namespace, subject_keys=qs.get("subject") or None, feature_keys=qs.get("feature") or None,
-        include_deleted=(qs.get("includeDeleted") or ["false"])[0] == "true")
-    kinds = qs.get("entitlementType")
+        include_deleted=params.flag(qs, "includeDeleted"))
     return ok(paginate([_present(d) for d in docs if not kinds or d["type"] in kinds],
                        {k: v for k, v in qs.items() if k in ("page", "pageSize", "limit", "offset")}))
 
@@ -91,7 +91,7 @@ def create_entitlement(subject: str) -> Response:
 def list_subject_entitlements(subject: str) -> Response:
     c = container()
     key = entitlements.subject_key(c.namespace, path_param(subject), c.meta)
-    include = (query_multi(_event()).get("includeDeleted") or ["false"])[0] == "true"
+    include = params.flag(query_multi(_event()), "includeDeleted")
     return ok([_present(d) for d in c.entitlements.list_entitlements(c.namespace, [key], include_deleted=include)])
 
 
@@ -136,8 +136,8 @@ def customer_entitlement_value(customer: str, feature: str) -> Response:
 
 
 def _at() -> Any:
-    raw = (query_multi(_event()).get("time") or [None])[0]
-    return parse_rfc3339(raw, "time") if raw else None
+    raw = params.one(query_multi(_event()), "time")
+    return parse_rfc3339(raw, "time") if raw is not None else None
 
 
 @router.get("/api/v1/subjects/<subject>/entitlements/<entitlement>/history")
@@ -167,7 +167,7 @@ def create_grant(subject: str, entitlement: str) -> Response:
 @router.get("/api/v1/subjects/<subject>/entitlements/<entitlement>/grants")
 def list_entitlement_grants(subject: str, entitlement: str) -> Response:
     c = container()
-    include = (query_multi(_event()).get("includeDeleted") or ["false"])[0] == "true"
+    include = params.flag(query_multi(_event()), "includeDeleted")
     return ok(entitlements.list_grants(c.namespace, path_param(subject), path_param(entitlement), store=c.entitlements,
                                        meta=c.meta, now=c.clock.now(), include_deleted=include))
 
@@ -177,7 +177,7 @@ def list_all_grants() -> Response:
     c = container()
     qs = query_multi(_event())
     items = entitlements.list_grants(c.namespace, None, None, store=c.entitlements, meta=c.meta, now=c.clock.now(),
-                                     include_deleted=(qs.get("includeDeleted") or ["false"])[0] == "true")
+                                     include_deleted=params.flag(qs, "includeDeleted"))
     return ok(paginate(items, {k: v for k, v in qs.items() if k in ("page", "pageSize", "limit", "offset")}))
 
 

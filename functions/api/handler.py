@@ -16,7 +16,7 @@ from billow.api.http import JSON, PROBLEM, as_caller, json_body, path_param, que
 from billow.api.openapi import document
 from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
-from billow.services import directory, health, meters, query
+from billow.services import directory, health, meters, params, query
 from billow.timeutil import parse_rfc3339
 from functions.api import (
     admin_routes,
@@ -76,7 +76,7 @@ def _unexpected(exc: Exception) -> Response:
 @app.get("/api/v1/meters")
 def list_meters() -> Response:
     c = container()
-    include_deleted = (query_multi(_event()).get("includeDeleted") or ["false"])[0] == "true"
+    include_deleted = params.flag(query_multi(_event()), "includeDeleted")
     return ok([present.meter_json(m) for m in c.meta.list_meters(c.namespace, include_deleted=include_deleted)])
 
 
@@ -133,9 +133,9 @@ def meter_subjects(meter: str) -> Response:
     c = container()
     m = meters.get_meter(c.namespace, path_param(meter), meta=c.meta)
     qs = query_multi(_event())
-    start = parse_rfc3339(qs["from"][0], "from") if qs.get("from") else None
-    end = parse_rfc3339(qs["to"][0], "to") if qs.get("to") else None
-    return ok(c.usage.subjects(c.namespace, m.id, start, end))
+    start, end = params.one(qs, "from"), params.one(qs, "to")
+    return ok(c.usage.subjects(c.namespace, m.id, parse_rfc3339(start, "from") if start is not None else None,
+                               parse_rfc3339(end, "to") if end is not None else None))
 
 
 # -- events (list) --------------------------------------------------------------------------------------
@@ -144,16 +144,17 @@ def list_events() -> Response:
     c = container()
     qs = query_multi(_event())
     try:
-        limit = int((qs.get("limit") or ["100"])[0])
+        limit = int(params.one(qs, "limit") or "100")
     except ValueError:
         raise ValidationFailed("limit: must be an integer", [{"field": "limit", "message": "must be an integer"}]) from None
     if not 1 <= limit <= 100:
         raise ValidationFailed("limit: must be between 1 and 100", [{"field": "limit", "message": "1..100"}])
+    start, end = params.one(qs, "from"), params.one(qs, "to")
     rows = c.usage.list_events(
         c.namespace, subjects=qs.get("subject"),
-        start=parse_rfc3339(qs["from"][0], "from") if qs.get("from") else None,
-        end=parse_rfc3339(qs["to"][0], "to") if qs.get("to") else None,
-        event_id=(qs.get("id") or [None])[0], limit=limit)
+        start=parse_rfc3339(start, "from") if start is not None else None,
+        end=parse_rfc3339(end, "to") if end is not None else None,
+        event_id=params.one(qs, "id"), limit=limit)
     out = []
     for s in rows:
         item: dict[str, Any] = {"event": s.event.to_json(), "ingestedAt": s.ingested_at, "storedAt": s.ingested_at}
@@ -195,11 +196,16 @@ def delete_subject(subject: str) -> Response:
 def list_customers() -> Response:
     c = container()
     qs = query_multi(_event())
-    try:
-        page, size = int((qs.get("page") or ["1"])[0]), int((qs.get("pageSize") or ["100"])[0])
-    except ValueError:
-        raise ValidationFailed("page and pageSize must be integers", [{"field": "page", "message": "integer"}]) from None
+    page, size = _int(qs, "page", 1), _int(qs, "pageSize", 100)
     return ok(directory.list_customers(c.namespace, page, size, meta=c.meta))
+
+
+def _int(qs: dict[str, list[str]], name: str, default: int) -> int:
+    raw = params.one(qs, name)
+    try:
+        return default if raw is None else int(raw)
+    except ValueError:
+        raise ValidationFailed.at(name, "must be an integer") from None
 
 
 @app.post("/api/v1/customers")

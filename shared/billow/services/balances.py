@@ -22,6 +22,7 @@ from billow.errors import NotFound
 from billow.exact import exact_sum
 from billow.jsonx import plain_decimal
 from billow.ports import MetaStore, UsageStore
+from billow.services import params
 from billow.services.entitlements import (
     EntitlementStore,
     Reset,
@@ -288,13 +289,15 @@ def history(namespace: str, subject_keys: list[str], entitlement_id: str, qs: di
     ent = resolve(namespace, subject_keys, entitlement_id, store=store)
     if ent["type"] != "metered":
         raise bad("entitlementId", "only metered entitlements have a balance history")
-    size = (qs.get("windowSize") or [""])[0]
+    size = params.one(qs, "windowSize", blank=True)
     if size not in WINDOW_SIZES:
         raise bad("windowSize", f"required, one of {', '.join(WINDOW_SIZES)}")
-    tz = zone((qs.get("windowTimeZone") or ["UTC"])[0])
+    raw_tz = params.one(qs, "windowTimeZone", blank=True)
+    tz = zone("UTC" if raw_tz is None else raw_tz)
     measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
-    start = parse_rfc3339(qs["from"][0], "from") if qs.get("from") else measure
-    end = parse_rfc3339(qs["to"][0], "to") if qs.get("to") else now
+    raw_from, raw_to = params.one(qs, "from", blank=True), params.one(qs, "to", blank=True)
+    start = parse_rfc3339(raw_from, "from") if raw_from is not None else measure
+    end = parse_rfc3339(raw_to, "to") if raw_to is not None else now
     if end > now:
         end = now
     start = max(start, measure)

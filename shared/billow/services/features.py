@@ -10,6 +10,7 @@ from billow.domain.catalog import KEY_RE
 from billow.errors import NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import MetaStore
+from billow.services import params
 from billow.services.query import parse_filters
 from billow.timeutil import format_rfc3339
 
@@ -98,7 +99,7 @@ def archive_feature(namespace: str, feature_id: str, *, store: FeatureStore, now
 
 
 def list_features(namespace: str, qs: dict[str, list[str]], *, store: FeatureStore) -> Any:
-    include = (qs.get("includeArchived") or ["false"])[0] == "true"
+    include = params.flag(qs, "includeArchived")
     items = store.list_features(namespace, include_archived=include, meter_slugs=qs.get("meterSlug"))
     return paginate(items, qs)
 

@@ -16,8 +16,10 @@ from billow.services.meters import get_meter
 from billow.timeutil import WINDOW_SIZES, parse_rfc3339, window_end, zone
 
 FILTER_OPS = ("$eq", "$ne", "$in", "$nin", "$like", "$nlike", "$ilike", "$nilike", "$gt", "$gte", "$lt", "$lte")
-_DEEP_RE = re.compile(r"^filterGroupBy\[([^\]]+)\]$")
+_DEEP_RE = re.compile(r"^filterGroupBy\[([^\[\]]+)\]$")
 MAX_LIST = 100
+MAX_FILTER_DEPTH = 16  # $and / $or nesting; deeper is refused, not recursed into (a 3,000-deep one was a 500)
+LIKE_OPS = ("$like", "$nlike", "$ilike", "$nilike")
 
 
 @dataclass(slots=True)
@@ -30,6 +32,7 @@ class QueryParams:
     customer_ids: list[str] | None = None
     group_by: list[str] | None = None
     filters: list[list[GroupFilter]] | None = None
+    filter_fields: dict[str, str] | None = None  # groupBy key -> the parameter that filtered on it (for errors)
 
 
 def _bad(field: str, message: str) -> ValidationFailed:
@@ -59,14 +62,14 @@ def parse_filters(raw: Any, field: str = "advancedMeterGroupByFilters") -> list[
         raise _bad(field, "must be an object of groupBy key -> filter")
     conj: list[list[GroupFilter]] = [[]]
     for key, spec in raw.items():
-        alternatives = _filter_alternatives(key, spec, f"{field}.{key}")
+        alternatives = _filter_alternatives(key, spec, f"{field}.{key}", field)
         conj = [c + alt for c in conj for alt in alternatives]
         if len(conj) > 256:
             raise _bad(field, "filter too complex")
     return [c for c in conj if c] or []
 
 
-def _filter_alternatives(key: str, spec: Any, field: str) -> list[list[GroupFilter]]:
+def _filter_alternatives(key: str, spec: Any, field: str, root: str, depth: int = 0) -> list[list[GroupFilter]]:
     if not isinstance(spec, dict) or not spec:
         raise _bad(field, "must be a non-empty FilterString object")
     alts: list[list[GroupFilter]] = [[]]
@@ -74,7 +77,9 @@ def _filter_alternatives(key: str, spec: Any, field: str) -> list[list[GroupFilt
         if op in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise _bad(f"{field}.{op}", "must be a non-empty list of filters")
-            subs = [_filter_alternatives(key, v, f"{field}.{op}[{i}]") for i, v in enumerate(value)]
+            if depth >= MAX_FILTER_DEPTH:
+                raise _bad(root, f"$and / $or nested deeper than {MAX_FILTER_DEPTH}")
+            subs = [_filter_alternatives(key, v, f"{field}.{op}[{i}]", root, depth + 1) for i, v in enumerate(value)]
             if op == "$or":
                 options = [a for s in subs for a in s]
             else:
@@ -89,7 +94,11 @@ def _filter_alternatives(key: str, spec: Any, field: str) -> list[list[GroupFilt
                 value = _list(value, f"{field}.{op}")
             elif not isinstance(value, str):
                 raise _bad(f"{field}.{op}", "must be a string")
+            elif op in LIKE_OPS and (len(value) - len(value.rstrip("\\"))) % 2:
+                raise _bad(f"{field}.{op}", "a LIKE pattern may not end in an unescaped backslash (write \\\\ for one)")
             alts = [a + [GroupFilter(key, op, value)] for a in alts]
+            if len(alts) > 256:
+                raise _bad(root, "filter too complex")
         else:
             raise _bad(f"{field}.{op}", f"unknown operator; use one of {', '.join(FILTER_OPS)}, $and, $or")
     return alts
@@ -102,7 +111,9 @@ def params_from_query_string(qs: dict[str, list[str]]) -> QueryParams:
     if (v := _one(qs, "to")) is not None:
         p.end = parse_rfc3339(v, "to")
     p.window_size = _one(qs, "windowSize")
-    p.window_tz = _one(qs, "windowTimeZone") or "UTC"
+    if (v := _one(qs, "windowTimeZone")) is not None:
+        p.window_tz = v
+        zone(v)
     if "subject" in qs:
         p.subjects = _list(qs["subject"], "subject")
     if "filterCustomerId" in qs:
@@ -110,20 +121,37 @@ def params_from_query_string(qs: dict[str, list[str]]) -> QueryParams:
     if "groupBy" in qs:
         p.group_by = _list(qs["groupBy"], "groupBy")
     filters: dict[str, Any] = {}
+    fields: dict[str, str] = {}
     if (v := _one(qs, "advancedMeterGroupByFilters")) is not None:
         try:
-            filters.update(jsonx.loads(v))
-        except (jsonx.JSONDecodeError, ValueError, TypeError):
-            raise _bad("advancedMeterGroupByFilters", "must be a JSON object") from None
-        if not isinstance(filters, dict):
-            raise _bad("advancedMeterGroupByFilters", "must be a JSON object")
+            adv = jsonx.loads(v)
+        except (jsonx.JSONDecodeError, ValueError, TypeError, RecursionError):
+            raise _bad("advancedMeterGroupByFilters", "must be a JSON object of groupBy key -> filter") from None
+        if not isinstance(adv, dict):
+            raise _bad("advancedMeterGroupByFilters", "must be a JSON object of groupBy key -> filter")
+        if bad := jsonx.lone_surrogates(v, adv):
+            raise _bad("advancedMeterGroupByFilters", f"{bad[0]}: contains a lone UTF-16 surrogate (not valid Unicode)")
+        filters.update(adv)
+        fields.update(dict.fromkeys(adv, "advancedMeterGroupByFilters"))
     for name, values in qs.items():
+        if not name.startswith("filterGroupBy"):
+            continue
         m = _DEEP_RE.match(name)
-        if m:  # deprecated filterGroupBy[key]=value: equality
-            filters.setdefault(m.group(1), {})["$in" if len(values) > 1 else "$eq"] = values if len(values) > 1 else values[0]
+        if not m:
+            raise _bad("filterGroupBy", f"{name[:64]!r}: write filterGroupBy[key]=value")
+        # deprecated filterGroupBy[key]=value: equality, ANDed with any advanced filter on the same key
+        key = m.group(1)
+        _and(filters, key, {"$in": values} if len(values) > 1 else {"$eq": values[0]})
+        fields[key] = name
     if filters:
         p.filters = parse_filters(filters)
+        p.filter_fields = fields
     return p
+
+
+def _and(filters: dict[str, Any], key: str, spec: Any) -> None:
+    """Add `spec` for `key`; both apply when the key is already filtered (neither replaces the other)."""
+    filters[key] = {"$and": [filters[key], spec]} if key in filters else spec
 
 
 def params_from_body(body: Any) -> QueryParams:
@@ -135,7 +163,11 @@ def params_from_body(body: Any) -> QueryParams:
     if body.get("to") is not None:
         p.end = parse_rfc3339(_str(body["to"], "to"), "to")
     p.window_size = body.get("windowSize")
-    p.window_tz = body.get("windowTimeZone") or "UTC"
+    if p.window_size is not None and p.window_size not in WINDOW_SIZES:
+        raise _bad("windowSize", f"must be one of {', '.join(WINDOW_SIZES)}")
+    if body.get("windowTimeZone") is not None:
+        zone(body["windowTimeZone"])
+        p.window_tz = body["windowTimeZone"]
     for attr, name in (("subjects", "subject"), ("customer_ids", "filterCustomerId"), ("group_by", "groupBy")):
         if body.get(name) is not None:
             setattr(p, attr, _list(body[name], name))
@@ -146,13 +178,17 @@ def params_from_body(body: Any) -> QueryParams:
             raise _bad("filterGroupBy", "must be an object of key -> list of values")
         for k, vals in fg.items():
             filters[k] = {"$in": _list(vals, f"filterGroupBy.{k}")}
+    fields = {k: f"filterGroupBy.{k}" for k in filters}
     if body.get("advancedMeterGroupByFilters") is not None:
         adv = body["advancedMeterGroupByFilters"]
         if not isinstance(adv, dict):
-            raise _bad("advancedMeterGroupByFilters", "must be an object")
-        filters.update(adv)
+            raise _bad("advancedMeterGroupByFilters", "must be an object of groupBy key -> filter")
+        for k, spec in adv.items():
+            _and(filters, k, spec)
+            fields.setdefault(k, "advancedMeterGroupByFilters")
     if filters:
         p.filters = parse_filters(filters)
+        p.filter_fields = fields
     return p
 
 
@@ -178,7 +214,8 @@ def query_meter(namespace: str, id_or_slug: str, p: QueryParams, *, meta: MetaSt
     for conj in p.filters or []:
         for f in conj:
             if f.key not in meter.group_by:
-                raise _bad("advancedMeterGroupByFilters", f"{f.key!r} is not a groupBy key of meter {meter.slug!r}")
+                raise _bad((p.filter_fields or {}).get(f.key, "advancedMeterGroupByFilters"),
+                           f"{f.key!r} is not a groupBy key of meter {meter.slug!r}")
     subjects = p.subjects
     subject_customers: dict[str, str] | None = None
     if p.customer_ids is not None:
