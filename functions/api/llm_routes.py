@@ -38,8 +38,8 @@ def install_meters() -> Response:
 def list_prices() -> Response:
     c = container()
     qs = query_multi(_event())
-    prices = llm_costs.list_prices(c.namespace, provider=(qs.get("provider") or [None])[0],
-                                   model=(qs.get("model") or [None])[0], store=c.llm_price_store())
+    prices = llm_costs.list_prices(c.namespace, provider=next(iter(qs.get("provider") or []), None),
+                                   model=next(iter(qs.get("model") or []), None), store=c.llm_price_store())
     return ok([p.to_json() for p in prices])
 
 
