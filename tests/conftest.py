@@ -118,6 +118,27 @@ def meta_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[SqlMet
 
 
 @pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database of this test's own on the services' cluster (created, then dropped): a concurrency
+    claim shown on SQLite, which serialises writers, is shown here on an engine that does not."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin_url = require_service("BILLOW_TEST_PG_URL", "PostgreSQL")
+    name = f"billow_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
 def sqlite_meta(tmp_path: Any) -> Iterator[SqlMetaStore]:
     store = SqlMetaStore(f"sqlite:///{tmp_path / 'meta.db'}")
     store.migrate()

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from billow.adapters.sql_billing import SqlBillingStore
 from functions.billing_run.handler import lambda_handler as billing_run
@@ -157,6 +161,29 @@ def test_bad_billing_input(billow: Billow) -> None:
     assert b.call("GET", "/api/v1/billing/invoices/01ARZ3NDEKTSV4RRFFQ69G5FAV")[0] == 404
 
 
+@pytest.fixture
+def pg_billow(pg_database: str, tmp_path: Path, namespace: str) -> Iterator[Billow]:
+    """The billing harness with its meta store on PostgreSQL (its own database), usage in memory."""
+    from billow.bootstrap import Settings, build, install
+    from functions.usage_sink.handler import lambda_handler as sink
+    from tests.entitlements.conftest import METERS, Clock
+
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace=namespace, meters=METERS,
+                                  meta_store_url=pg_database)), deliver=lambda ev: sink(ev, None))
+    c.clock = Clock("2026-01-01T00:00:00Z")
+    install(c)
+    b = Billow(c, c.clock)
+    b.ok("POST", "/api/v1/subjects", [{"key": "customer_1"}, {"key": "customer_2"}])
+    yield b
+    install(None)
+    c.close()
+
+
+def test_overlapping_runs_bill_each_period_once_on_postgres(pg_billow: Billow) -> None:
+    """PostgreSQL lets the four runs' transactions really interleave (SQLite serialises writers)."""
+    test_overlapping_runs_bill_each_period_once(pg_billow)
+
+
 def test_overlapping_runs_bill_each_period_once(billow: Billow) -> None:
     b = billow
     subscribed(b)
@@ -184,6 +211,9 @@ def test_overlapping_runs_bill_each_period_once(billow: Billow) -> None:
 
 
 def test_one_off_lines_custom_invoicing_hooks_documents_and_the_portal(billow: Billow, tmp_path: Any) -> None:
+    import base64
+    import io
+
     from pypdf import PdfReader
 
     b = billow
@@ -226,8 +256,14 @@ def test_one_off_lines_custom_invoicing_hooks_documents_and_the_portal(billow: B
     assert b.ok("POST", f"/api/v1/apps/custom-invoicing/{inv['id']}/payment/status", {"trigger": "paid"})["status"] == "paid"
     # Documents: HTML and PDF rendered on first request, the same ones afterwards.
     docs = b.ok("GET", f"/api/v1/billing/invoices/{inv['id']}/documents")
-    pdf_path = docs["pdf"].removeprefix("file://")
-    text = "".join(page.extract_text() for page in PdfReader(pdf_path).pages)
+    # Served by the API, not a file:// path on the server's disk (issue 22).
+    assert docs["pdf"] == f"http://localhost/api/v1/billing/invoices/{inv['id']}/documents/pdf"
+    from billow.local.server import apigw_event
+    from functions.api.handler import lambda_handler as api
+
+    got = api(apigw_event("GET", docs["pdf"].removeprefix("http://localhost"), {}, b"", "127.0.0.1"), None)
+    assert got["statusCode"] == 200 and got["headers"]["Content-Type"] == "application/pdf"
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(base64.b64decode(got["body"]))).pages)
     assert inv["number"] in text and "Onboarding" in text and "204.99" in text
     assert b.ok("GET", f"/api/v1/billing/invoices/{inv['id']}/documents") == docs
     # The customer sees it in the portal (issued invoices only).
