@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
+from billow.domain.billing import Mark
 from billow.domain.events import CloudEvent
 from billow.domain.meters import Meter
 from billow.domain.usage import AggRow, MeterValue, StoredEvent, UsageQuery
@@ -109,3 +111,105 @@ class DeadLetters(Protocol):
     count: int
 
     def __call__(self, items: list[dict[str, Any]]) -> None: ...
+
+
+# -- billing ----------------------------------------------------------------------------------------------------
+# One customer's share of a billing run's transaction: its new invoice (None: marks only), the billing marks it
+# advanced, the prepaid credit it used ((entry id, amount)) and the pending-line holders without the lines it took
+# (each as (new document, the JSON it was read as): written only if unchanged meanwhile).
+BillingCommit = tuple[dict[str, Any] | None, list[Mark], tuple[str, Decimal] | None, list[tuple[dict[str, Any], str]]]
+
+
+class BillingStore(Protocol):
+    """Billing profiles, customer overrides, invoices (OpenMeter's JSON), billing marks and prepaid credit: the
+    billing run's unit of work (SQLite embedded, PostgreSQL in production: adapters/sql_billing.py)."""
+
+    def put_profile(self, namespace: str, doc: dict[str, Any]) -> None:
+        """Save a profile; one marked default makes every other profile of the namespace not default."""
+        ...
+
+    def get_profile(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
+
+    def list_profiles(self, namespace: str, include_deleted: bool = False) -> list[dict[str, Any]]: ...
+
+    def put_override(self, namespace: str, customer_id: str, doc: dict[str, Any] | None) -> None:
+        """Replace the customer's override (None deletes it)."""
+        ...
+
+    def get_override(self, namespace: str, customer_id: str) -> dict[str, Any] | None: ...
+
+    def list_overrides(self, namespace: str) -> dict[str, dict[str, Any]]: ...
+
+    def put_invoice(self, namespace: str, doc: dict[str, Any], *, expect_status: str | None = None) -> None:
+        """Save an invoice; with `expect_status`, only if it is still in that status (else Conflict)."""
+        ...
+
+    def get_invoice(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
+
+    def list_invoices(self, namespace: str, *, customer_ids: Sequence[str] | None = None,
+                      statuses: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
+
+    def invoice_counts(self, namespace: str) -> dict[str, int]:
+        """Invoices per customer id (the next invoice number)."""
+        ...
+
+    def marks_for(self, namespace: str,
+                  subscription_ids: Sequence[str] | None = None) -> dict[tuple[str, datetime, str], Mark]:
+        """The billing marks, by (subscription id, period start, term)."""
+        ...
+
+    def commit_billing(self, namespace: str, items: Sequence[BillingCommit], now: datetime) -> None:
+        """ONE transaction for all items: each mark moves from the revision read (a new one is inserted), each
+        invoice and the credit it used are written, each holder only if unchanged. Any lost race (a mark moved,
+        a holder changed: another run got there first) raises Conflict and nothing of the batch is written."""
+        ...
+
+    def add_credit(self, namespace: str, entry_id: str, customer_id: str, currency: str, amount: Decimal,
+                   doc: dict[str, Any]) -> None: ...
+
+    def credit_balances(self, namespace: str) -> dict[tuple[str, str], Decimal]:
+        """Every customer's prepaid balance by (customer id, currency)."""
+        ...
+
+    def credit_balance(self, namespace: str, customer_id: str, currency: str) -> Decimal: ...
+
+
+class SubscriptionStore(Protocol):
+    """Subscriptions (OpenMeter's JSON) as the billing run reads them (adapters/sql_catalog.py; the subscription
+    use-cases need the catalog too: services.subscriptions.SubscriptionStore)."""
+
+    def put_subscription(self, namespace: str, doc: dict[str, Any]) -> None: ...
+
+    def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
+
+    def list_subscriptions(self, namespace: str, customer_id: str | None = None) -> list[dict[str, Any]]: ...
+
+
+class InvoicingApp(Protocol):
+    """The app that issues an invoice outside Billow (a profile's `apps.invoicing`): sandbox, custom invoicing
+    or Stripe (adapters/billing_apps.py, adapters/stripe_app.py; bootstrap picks the one a profile names)."""
+
+    def issue(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
+        """Issue the invoice: the external ids to record on it (`externalIds`; {} when there are none), or None
+        when the app confirms later (custom invoicing: POST .../issuing/synchronized). Raises when it failed: the
+        invoice stays issuing, failed, and can be retried."""
+        ...
+
+    def void(self, invoice: dict[str, Any]) -> None:
+        """Void the invoice the app issued (called only when it holds an external invoicing id)."""
+        ...
+
+
+class BillingApps(Protocol):
+    """What happens outside Billow when an invoice moves: its invoicing app, its documents and the invoice
+    notifications (adapters/billing_apps.py, built per namespace by bootstrap)."""
+
+    def invoicing(self, app_type: str) -> InvoicingApp: ...
+
+    def issued(self, invoice: dict[str, Any]) -> None:
+        """A newly issued invoice: the notification rules hear of it."""
+        ...
+
+    def updated(self, invoice: dict[str, Any]) -> None:
+        """Its status changed (paid, voided, overdue, ...): the notification rules hear of it."""
+        ...

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -21,8 +20,10 @@ from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
 from billow.adapters.sql import TS, save_by_id, utc
+from billow.domain.billing import Mark
 from billow.errors import Conflict
 from billow.exact import EXACT
+from billow.ports import BillingCommit
 
 md = sa.MetaData()
 
@@ -77,16 +78,6 @@ credits = sa.Table(
     sa.Column("doc", sa.Text, nullable=False),
     sa.Index("billing_credits_customer", "namespace", "customer_id", "currency"),
 )
-
-
-@dataclass(frozen=True)
-class Mark:
-    subscription_id: str
-    period_start: datetime
-    term: str
-    rev: int  # the revision the run read (0: no mark yet)
-    billed: dict[str, dict[str, str]]  # line key -> {"total", "quantity"}
-    billed_at: datetime | None = None
 
 
 class SqlBillingStore:
@@ -179,10 +170,7 @@ class SqlBillingStore:
                                                                 utc(r.billed_at))
         return out
 
-    def commit_billing(self, namespace: str, items: Sequence[tuple[dict[str, Any] | None, list[Mark],
-                                                                   tuple[str, Decimal] | None,
-                                                                   list[tuple[dict[str, Any], str]]]],
-                       now: datetime) -> None:
+    def commit_billing(self, namespace: str, items: Sequence[BillingCommit], now: datetime) -> None:
         """One transaction for many customers: each item's marks move from the revisions read to the new billed
         state, and its invoice (and the prepaid credit it used) is written; any lost race raises Conflict and
         nothing of the whole batch is written."""
