@@ -37,7 +37,7 @@ from billow.domain.money import Currency
 from billow.domain.periods import RecurringPeriod
 from billow.domain.usage import UsageQuery, final_value
 from billow.errors import Conflict, NotFound, ValidationFailed
-from billow.exact import EXACT
+from billow.exact import EXACT, parse_decimal
 from billow.ids import new_id
 from billow.ports import MetaStore, UsageStore
 from billow.services.balances import feature_filters
@@ -878,8 +878,8 @@ def add_credit(namespace: str, customer_id: str, body: Any, *, store: Any, meta:
         raise bad("body", "must be {amount, currency, description?}")
     currency = Currency.of(body.get("currency"))
     try:
-        amount = Decimal(str(body.get("amount")))
-    except decimal.InvalidOperation:
+        amount = parse_decimal(body.get("amount"), int_digits=20, scale=18)  # no "1_000"; no Overflow on 1e999999999
+    except ValueError:
         raise bad("amount", "must be a decimal string") from None
     if not amount.is_finite() or amount <= 0 or amount != amount.quantize(currency.minor_unit):
         raise bad("amount", f"must be positive with at most {currency.minor_units} decimals for {currency.code}")
