@@ -40,8 +40,11 @@ def dumps(obj: Any) -> str:
 
 
 # JSON lets a string hold a lone UTF-16 surrogate ("\ud800"); Python decodes it into a str no UTF-8 codec (SQLite,
-# PostgreSQL, Kafka, the HTTP response) can encode. The first pattern finds the escape cheaply in the request text.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+# PostgreSQL, Kafka, the HTTP response) can encode. The first pattern finds a lone one's escape cheaply in the
+# request text (a high escape not followed by a low one, or a low one not after a high one; pairs, as ASCII-only
+# encoders write emoji, do not match); the walk over the decoded document then says exactly where.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+                               r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
