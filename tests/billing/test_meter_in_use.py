@@ -13,8 +13,8 @@ import pytest
 
 from functions.billing_run.handler import lambda_handler as billing_run
 from tests.billing.conftest import Billow
-from tests.billing.test_billing_run import invoices, subscribed
-from tests.catalog.test_catalog_and_subscriptions import plan_body, published
+from tests.support.billing import invoices, subscribed
+from tests.support.catalog import plan_body, published
 
 CALLS = {"slug": "calls", "eventType": "call", "aggregation": "COUNT"}
 

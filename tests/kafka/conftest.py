@@ -30,6 +30,7 @@ from billow.local.server import apigw_event
 from billow.services.meters import create_meter
 from billow.services.query import params_from_query_string, query_meter
 from tests.conftest import require_service
+from tests.support.net import free_port
 
 _groups = itertools.count()
 
@@ -150,12 +151,6 @@ def pipeline(namespace: str, kafka_bootstrap: str, dlq: str, chdb_store: Any, tm
     assert p.container.bus is not None
     p.container.bus.close()
     p.container.meta.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateBroker:

@@ -21,19 +21,7 @@ from billow.domain.events import parse_batch
 from billow.services.ingest import encode_record, partition_key
 from tests.conftest import event, t
 from tests.kafka.conftest import Pipeline, PrivateBroker, make_pipeline, receive_all, wait_until
-
-
-def tokens_events(ids: range, *, source: str = "api", day: str = "2026-03-02", model: str = "gpt") -> list[dict[str, Any]]:
-    # Amounts with one decimal place: a float sum of these drifts; the exact one does not.
-    return [event(f"e{i}", source=source, time=f"{day}T{i % 24:02d}:{i % 60:02d}:00Z", tokens=f"{i % 7}.1", model=model)
-            for i in ids]
-
-
-def truth(events: list[dict[str, Any]]) -> Decimal:
-    seen: dict[tuple[str, str], Decimal] = {}
-    for e in events:
-        seen[(e["source"], e["id"])] = Decimal(e["data"]["tokens"])
-    return sum(seen.values(), Decimal(0))
+from tests.support.usage import tokens_events, truth
 
 
 def committed_lag(bootstrap: str, group: str, topic: str, partition: int) -> int:

@@ -14,7 +14,7 @@ from billow.adapters.kafka import client_config
 from billow.bus import PARTITIONS
 from billow.domain.usage import MeterValue, StoredEvent
 from tests.kafka.conftest import Pipeline, wait_until
-from tests.kafka.test_kafka_usage_path import tokens_events, truth
+from tests.support.usage import tokens_events, truth
 
 OLD_RETRY_BUDGET = 1 + 10  # the first attempt and SINK_RETRIES, as the stack had it
 

@@ -5,7 +5,6 @@ rule test; Slack; invoice events from a hand-made invoice."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,16 +17,11 @@ from billow.adapters.sql_notifications import SqlNotificationStore
 from billow.domain.notifications import BACKOFF_S, JITTER, MAX_ATTEMPTS
 from billow.services import notifications
 from tests.notifications.conftest import SEND_TIMEOUT_S, Receiver, World
+from tests.support.net import free_port
 
 INVOICE = {"id": "01JINV0000000000000000000A", "number": "INV-1", "status": "issued", "currency": "EUR",
            "customer": {"id": "01JCUST000000000000000000A", "name": "Acme"}, "totals": {"total": "12.50"},
            "createdAt": "2026-11-01T00:00:00Z", "updatedAt": "2026-11-01T00:00:00Z", "lines": []}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stamp(value: str) -> datetime:

@@ -21,7 +21,7 @@ from functions.ingest.handler import lambda_handler as ingest
 from functions.usage_sink.handler import lambda_handler as sink
 from tests.e2e.conftest import Server
 from tests.entitlements.conftest import Clock
-from tests.security.test_api_keys_and_tenants import make_key
+from tests.support.keys import make_key
 
 METERS = [{"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens",
            "groupBy": {"model": "$.model"}},

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Server
-from tests.security.test_api_keys_and_tenants import make_key
+from tests.support.keys import make_key
 
 HERE = Path(__file__).parent
 SDK = HERE.parents[1] / "sdk"

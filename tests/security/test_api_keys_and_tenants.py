@@ -3,7 +3,6 @@ CLI, scopes per route, revocation, and two tenants that can never see or touch e
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,20 +13,9 @@ import pytest
 
 from tests.conftest import event
 from tests.e2e.conftest import Server
+from tests.support.keys import make_key
 
 BILLOW = str(Path(sys.executable).with_name("billow"))
-
-
-def make_key(data: Path, config: Path, namespace: str, *scopes: str) -> tuple[str, str]:
-    args = [BILLOW, "keys", "--data-dir", str(data), "--config", str(config), "create", "--name", f"{namespace} key",
-            "--namespace", namespace]
-    for s in scopes:
-        args += ["--scope", s]
-    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
-    token = re.search(r"token \(shown once, store it now\): (\S+)", out)
-    key_id = re.search(r"created API key (\S+)", out)
-    assert token and key_id, out
-    return key_id.group(1), token.group(1)
 
 
 class Tenant:

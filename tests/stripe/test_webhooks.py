@@ -23,9 +23,9 @@ from billow.bootstrap import Settings, build, install
 from billow.local.server import apigw_event
 from functions.stripe_webhook.handler import lambda_handler as webhook
 from functions.usage_sink.handler import lambda_handler as sink
-from tests.billing.test_billing_run import PROFILE, scheduled_run, subscribed
 from tests.entitlements.conftest import METERS, Billow, Clock
 from tests.stripe_standin.server import StandIn, sign
+from tests.support.billing import PROFILE, scheduled_run, subscribed
 
 SECRET = "whsec_standin"
 ROUTE = "/api/v1/apps/stripe/webhook"
