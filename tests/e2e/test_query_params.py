@@ -220,3 +220,19 @@ def test_every_accepted_time_zone_is_one_clickhouse_knows(chdb_store: Any) -> No
     assert accepted <= known, sorted(accepted - known)
     for name in ("UTC", "Asia/Kolkata", "America/St_Johns"):
         zone(name)
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("?filterGroupBy=model:gpt", "filterGroupBy"),
+    ("?" + ADV + "=" + quote("[]"), ADV),
+    ("?" + ADV + "=" + quote(json.dumps({"model": {"$like": "gp\\"}})), ADV + ".model.$like"),
+    ("?windowSize=DAY&windowTimeZone=right/UTC", "windowTimeZone"),
+    ("?groupBy=%ED%A0%80", "groupBy"),
+])
+def test_portal_meter_query_refuses_the_same(srv: Server, query: str, field: str) -> None:
+    status, _, tok = srv.request("POST", "/api/v1/portal/tokens", {"subject": "acme"})
+    assert status == 200, tok
+    status, hdrs, out = srv.request("GET", "/api/v1/portal/meters/qp_tokens/query" + query,
+                                    headers={"Authorization": f"Bearer {tok['token']}"})
+    assert status == 400 and hdrs["Content-Type"] == "application/problem+json", (status, out)
+    assert field in fields(out)
