@@ -10,6 +10,7 @@
   api            HTTP API routes -> functions                               constructs/api.py
   schedules      EventBridge Scheduler -> per-job SQS queues                constructs/schedules.py
   notifications  notify_dispatch's wake-up queue, SES sender identity       constructs/notifications.py
+  migrations     functions/migrate, a CDK trigger runs it once per deploy    constructs/migrations.py
   alarms         errors, dead-letter depth, consumer lag -> SNS             constructs/observability.py
 
 Every function gets exactly the grants its handler needs; see the comments at each grant."""
@@ -31,6 +32,8 @@ from infra.constructs.api import HttpApi
 from infra.constructs.billing import Billing
 from infra.constructs.database import Database
 from infra.constructs.functions import BillowFunctions
+from infra.constructs.migrations import TIMEOUT as MIGRATE_TIMEOUT
+from infra.constructs.migrations import Migrations
 from infra.constructs.network import Network
 from infra.constructs.notifications import EMAIL_FROM, Notifications
 from infra.constructs.observability import Alarms
@@ -95,8 +98,8 @@ class BillowStack(Stack):
         self.auth_fn = self.fns.function("authorizer", memory=256, timeout=Duration.seconds(10))
         self.stripe_fn = self.fns.function("stripe_webhook")  # invoices' payment status, from Stripe
 
-        # Secrets: every handler's container opens (and migrates) the meta store, so every function reads the DB
-        # secret; the usage store's only where it is used (the Stripe secret: below, with billing).
+        # Secrets: every handler's container opens the meta store (and checks its schema revision), so every
+        # function reads the DB secret; the usage store's only where it is used (the Stripe secret: below).
         for fn in (self.api_fn, self.sink_fn):
             self._read_stores(fn)
         for fn in (self.ingest_fn, self.auth_fn, self.stripe_fn):
@@ -168,6 +171,12 @@ class BillowStack(Stack):
                 self, "Notifications", stage=stage, dead_letters=self.schedules.dead_letters,
                 email_from=str(self.node.try_get_context("notify_email_from") or EMAIL_FROM))
             self.notifications.wire(self.job_fns["notify_dispatch"], writers=invoice_fns)
+
+        # Schema migrations once per deploy: after the database, before every other function.
+        self.migrate_fn = self.fns.function("migrate", timeout=MIGRATE_TIMEOUT, extra_env=clickhouse_env)
+        self._read_stores(self.migrate_fn)
+        self.migrations = Migrations(self, "Migrations", fn=self.migrate_fn, after=[self.database],
+                                     before=[f for n, f in self.fns.functions.items() if n != "migrate"])
 
         self.alarms = Alarms(self, "Alarms", stage=stage)
         for name, fn in self.fns.functions.items():

@@ -22,6 +22,8 @@ Run from the repo root: `.venv/bin/python -m layers.build [--arch arm64|x86_64] 
 * The dependencies layer is cached under build/layers keyed by the exported requirements (the lockfile),
   arch, Python version and this script; the code asset is keyed by the hash of its sources. Builds hold a
   file lock and swap finished directories in by rename (parallel test workers, synth next to tests).
+* What no import reaches is left out of the layer: the C sources Cython compiled into the shipped .so files, .pyi
+  stubs, and the test suites some packages ship (sqlalchemy.testing, alembic.testing, ...): ~1.7 MB zipped.
 * Sizes are checked: the layer < 50 MB zipped (direct upload limit) and code + layer < 250 MB unzipped.
 """
 
@@ -55,6 +57,8 @@ FUNCTION_UNZIPPED_LIMIT = 250 * 1024 * 1024  # function code + all its layers, u
 FORBIDDEN = ("chdb",)  # must never reach a Lambda asset
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
 EXTRAS = ("postgres", "kafka", "billing")
+UNUSED_DIRS = ("sqlalchemy/testing", "alembic/testing", "mako/testing", "simplejson/tests", "certifi/tests")
+UNUSED_SUFFIXES = frozenset({".c", ".pxd", ".pyi"})
 
 
 class BuildError(SystemExit):
@@ -184,8 +188,10 @@ def build_deps(arch: str, *, force: bool = False, out: Path = OUT) -> Path:
         subprocess.run(_uv("pip", "install", "--quiet", "--no-deps", "--only-binary", ":all:",
                            "--python-platform", f"{ARCHES[arch]}-manylinux_2_34", "--python-version", PYTHON,
                            "--target", str(site), "-r", str(req_file)), cwd=ROOT, check=True)
-        for junk in [*site.rglob("__pycache__"), site / "bin"]:
+        for junk in [*site.rglob("__pycache__"), site / "bin", *(site / d for d in UNUSED_DIRS)]:
             shutil.rmtree(junk, ignore_errors=True)
+        for unused in [f for f in site.rglob("*") if f.suffix in UNUSED_SUFFIXES and f.is_file()]:
+            unused.unlink()
         _compile(site)
         (tmp / ".key").write_text(key)
         _publish(tmp, deps)

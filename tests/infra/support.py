@@ -11,7 +11,7 @@ from typing import Any
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
 HANDLERS = {name: f"functions.{name}.handler.lambda_handler"
-            for name in ("api", "ingest", "usage_sink", "authorizer", "stripe_webhook")}
+            for name in ("api", "ingest", "usage_sink", "authorizer", "stripe_webhook", "migrate")}
 # Job handlers are part of the stack once their code exists (infra/stack.py wires them the same way).
 JOB_HANDLERS = {name: f"functions.{name}.handler.lambda_handler" for name in ("billing_run", "entitlement_reset",
                 "notify_dispatch") if (Path(__file__).resolve().parents[2] / "functions" / name / "handler.py").is_file()}

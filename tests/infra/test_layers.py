@@ -63,3 +63,23 @@ def test_oversized_layer_fails_the_build(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(lb, "LAYER_ZIP_LIMIT", 10)
     with pytest.raises(lb.BuildError, match="too big"):
         lb.check(deps, code)
+
+
+def test_the_migrate_function_runs_from_the_assets_alone(lambda_assets: Any, tmp_path: Path) -> None:
+    """functions/migrate imported from the code asset and the layer only (no venv): Alembic, Mako and the
+    revisions ship, and it migrates a database (pure-Python fallbacks stand in for the arm64 extensions)."""
+    import os
+    import subprocess
+    import sys
+
+    deps, code, _ = lambda_assets
+    assert {"alembic", "mako", "markupsafe"} <= {p.name for p in (deps / "python").iterdir()}
+    assert not list((deps / "python").rglob("*.c")) and not (deps / "python" / "sqlalchemy" / "testing").exists()
+    assert (code / "billow" / "migrations" / "env.py").is_file()
+    script = ("from functions.migrate.handler import lambda_handler; "
+              "from billow.migrations import HEAD; assert lambda_handler({}, None)['meta'] == HEAD; print('ok')")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{code}:{deps / 'python'}", "AWS_LAMBDA_FUNCTION_NAME": "t",
+           "BILLOW_META_STORE_URL": f"sqlite:///{tmp_path / 'meta.db'}", "BILLOW_USAGE_STORE": "memory",
+           "BILLOW_DATA_DIR": str(tmp_path / "none"), "AWS_REGION": "us-east-1"}
+    done = subprocess.run([sys.executable, "-S", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "ok", done.stderr[-3000:]

@@ -22,6 +22,7 @@ COMMON_ENV = {"BILLOW_NAMESPACE", "BILLOW_USAGE_STORE", "BILLOW_DB_SECRET_ARN",
 KAFKA_ENV = {"BILLOW_BUS", "BILLOW_KAFKA_BOOTSTRAP", "BILLOW_KAFKA_AUTH"}
 CLICKHOUSE_ENV = {"BILLOW_CLICKHOUSE_SECRET_ARN"}
 USAGE_READERS = {"api", "usage_sink"}  # the others never open the usage store (it opens on first use)
+USAGE_READERS.add("migrate")  # runs the ClickHouse migrations too (functions/migrate)
 USAGE_READERS |= set(JOB_HANDLERS)  # jobs read usage (thresholds, billing) and get both secrets
 NOTIFY_ENV = {"BILLOW_NOTIFY_QUEUE_URL"}  # who may wake notify_dispatch (constructs/notifications.py)
 DOCUMENTS_ENV = {"BILLOW_DOCUMENTS_BUCKET"}
@@ -531,3 +532,26 @@ def test_notify_dispatch_runs_on_its_tick_and_its_wake_up_queue(s: Synth) -> Non
 
     assert is_tick(job_message("notify_dispatch", NAMESPACE))
     assert not is_tick('{"job": "notify_dispatch", "reason": "wake"}')
+
+
+# --- schema migrations -----------------------------------------------------------------------------------
+
+def test_migrations_run_once_per_deploy_before_every_other_function(s: Synth) -> None:
+    """One CDK trigger invokes functions/migrate (meta database + ClickHouse) after the database and before any
+    other function is created or updated; no other function runs DDL (billow.bootstrap.build in Lambda)."""
+    fn_id, fn = s.function("migrate")
+    (trigger_id, trigger), = s.of_type("Custom::Trigger").items()
+    (version,) = refs(trigger["Properties"]["HandlerArn"])  # the function's current version: a new one per code
+    assert s.resources[version]["Type"] == "AWS::Lambda::Version"  # change, and the trigger runs again
+    assert s.resources[version]["Properties"]["FunctionName"] == {"Ref": fn_id}
+    assert trigger["Properties"]["ExecuteOnHandlerChange"] is True
+    assert trigger["Properties"]["InvocationType"] == "RequestResponse"  # a failed migration fails the deploy
+    assert set(env_of(s, "migrate")) == COMMON_ENV | CLICKHOUSE_ENV
+    assert fn["Properties"]["Timeout"] >= 300
+    after = set(as_list(trigger.get("DependsOn", [])))
+    writer = s.stack.database.cluster.node.find_child("Writer").node.default_child
+    assert {s.logical_id(s.stack.database.cluster), s.logical_id(writer), s.logical_id(s.stack.database.proxy)} <= after
+    for name in HANDLERS:
+        if name != "migrate":
+            fid, f = s.function(name)
+            assert trigger_id in as_list(f.get("DependsOn", [])), name  # new code never meets an old schema
