@@ -10,9 +10,10 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import Container, container
+from billow.errors import NotFound
 from billow.services import billing, catalog
 from billow.timeutil import parse_rfc3339
-from functions.api.responses import no_content, ok
+from functions.api.responses import document, no_content, ok, origin
 
 router = APIGatewayHttpRouter()
 
@@ -127,7 +128,19 @@ def get_invoice(iid: str) -> Response:
 def invoice_documents(iid: str) -> Response:
     """Billow: links to the invoice's HTML and PDF (rendered on first request if the run has not yet)."""
     c, store = _c()
-    return ok(c.billing_apps().documents(billing.get_invoice(c.namespace, path_param(iid), store=store)))
+    inv = billing.get_invoice(c.namespace, path_param(iid), store=store)
+    base = f"{origin(router.current_event.raw_event)}/api/v1/billing/invoices/{inv['id']}/documents"
+    return ok(c.billing_apps().documents(inv, served_at=lambda fmt: f"{base}/{fmt}"))
+
+
+@router.get("/api/v1/billing/invoices/<iid>/documents/<fmt>")
+def invoice_document(iid: str, fmt: str) -> Response:
+    """Billow: the invoice's HTML or PDF itself (what the links above point to when documents are local files)."""
+    c, store = _c()
+    if fmt not in ("html", "pdf"):
+        raise NotFound(f"no invoice document {path_param(fmt)!r}: html or pdf")
+    inv = billing.get_invoice(c.namespace, path_param(iid), store=store)
+    return document(*c.billing_apps().document(inv, fmt))
 
 
 @router.put("/api/v1/billing/invoices/<iid>")

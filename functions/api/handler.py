@@ -23,6 +23,7 @@ from functions.api import (
     billing_routes,
     catalog_routes,
     entitlement_routes,
+    home_routes,
     llm_routes,
     notification_routes,
     portal_routes,
@@ -40,6 +41,7 @@ app.include_router(subscription_routes.router)
 app.include_router(notification_routes.router)
 app.include_router(portal_routes.router)
 app.include_router(llm_routes.router)
+app.include_router(home_routes.router)
 
 
 def _event() -> dict[str, Any]:
@@ -54,6 +56,10 @@ def _billow_error(exc: BillowError) -> Response:
 @app.not_found
 def _not_found(_: Exception) -> Response:
     path = app.current_event.path
+    if allow := home_routes.allowed_methods(app, path):  # a known path, another method
+        detail = f"{app.current_event.http_method} is not allowed on {path}; allowed: {', '.join(allow)}"
+        return Response(405, PROBLEM, jsonx.dumps(problem(405, "Method Not Allowed", detail, path)),
+                        headers={"Allow": ", ".join(allow)})
     return Response(404, PROBLEM, jsonx.dumps(problem(404, "Not Found", f"no route for {app.current_event.http_method} {path}", path)))
 
 

@@ -15,7 +15,7 @@ from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import container
 from billow.errors import NotFound
 from billow.services import portal
-from functions.api.responses import no_content, ok
+from functions.api.responses import document, no_content, ok, origin
 
 if TYPE_CHECKING:
     from billow.adapters.sql_portal import SqlPortalStore
@@ -84,6 +84,25 @@ def entitlements() -> Response:
 def invoices() -> Response:
     c = container()
     return ok(portal.invoices(_session(), meta=c.meta, billing=c.billing_store()))
+
+
+@router.get("/api/v1/portal/invoices/<iid>/documents")
+def invoice_documents(iid: str) -> Response:
+    """Links to the invoice's HTML and PDF: presigned S3 URLs in AWS; locally the route below (with the token)."""
+    c = container()
+    inv = portal.invoice(_session(), path_param(iid), meta=c.meta, billing=c.billing_store())
+    base = f"{origin(_event())}/api/v1/portal/invoices/{inv['id']}/documents"
+    return ok(c.billing_apps().documents(inv, served_at=lambda fmt: f"{base}/{fmt}"))
+
+
+@router.get("/api/v1/portal/invoices/<iid>/documents/<fmt>")
+def invoice_document(iid: str, fmt: str) -> Response:
+    c = container()
+    session = _session()
+    if fmt not in ("html", "pdf"):
+        raise NotFound(f"no invoice document {path_param(fmt)!r}: html or pdf")
+    inv = portal.invoice(session, path_param(iid), meta=c.meta, billing=c.billing_store())
+    return document(*c.billing_apps().document(inv, fmt))
 
 
 # -- the web page ---------------------------------------------------------------------------------------------

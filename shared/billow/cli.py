@@ -60,9 +60,9 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    auth = ("auth: API keys (create one with `billow keys create`)" if settings.auth == "keys" else
-            "auth: OFF - anyone who reaches this port can read and write; set `auth: keys` before exposing it")
-    print(f"billow: ready, listening on http://{host}:{port} (API at http://{host}:{port}/api/v1, {auth})", flush=True)
+    from billow.local.server import welcome
+
+    print(welcome(settings, host, port), flush=True)
     server.serve_forever()
     server.httpd.server_close()
     server.close()
@@ -95,7 +95,11 @@ def keys(args: argparse.Namespace) -> int:
             print(f"created API key {doc['id']} for namespace {doc['namespace']!r}, scopes {', '.join(doc['scopes'])}")
             print(f"token (shown once, store it now): {token}")
         elif args.action == "list":
-            for d in store.list_keys(args.namespace):
+            listed = store.list_keys(args.namespace)
+            if not listed:
+                print(f"no API keys in namespace {args.namespace!r}" if args.namespace else
+                      "no API keys yet: create one with `billow keys create --name NAME --scope admin`")
+            for d in listed:
                 state = f"revoked {d['revokedAt']}" if d.get("revokedAt") else "active"
                 print(f"{d['id']}  {d['namespace']}  {','.join(d['scopes'])}  {d['name']}  {state}")
         else:
@@ -131,14 +135,20 @@ def migrate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from billow import __version__
+
     parser = argparse.ArgumentParser(prog="billow", description="Billow usage metering and billing engine")
+    parser.add_argument("--version", action="version", version=f"billow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run Billow in one local process on embedded engines")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8888)
-    s.add_argument("--data-dir", default=None, help="where data is kept across restarts (default .billow)")
-    s.add_argument("--config", default=None, help="billow.yaml: namespace, meters, stores")
-    s.add_argument("--log-level", default="WARNING")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface "
+                   "(default: %(default)s)")
+    s.add_argument("--port", type=int, default=8888, help="TCP port to listen on, 0 for any free one "
+                   "(default: %(default)s)")
+    s.add_argument("--data-dir", default=None, help="where data is kept across restarts (default: .billow)")
+    s.add_argument("--config", default=None, help="billow.yaml: namespace, meters, stores, auth")
+    s.add_argument("--log-level", default="WARNING", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="how much the server logs to stderr (default: %(default)s)")
     k = sub.add_parser("keys", help="create, list and revoke API keys")
     k.add_argument("--data-dir", default=None)
     k.add_argument("--config", default=None)

@@ -5,6 +5,7 @@ notifications. The billing use-cases call these through one object, built per re
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from billow.errors import Conflict
@@ -55,8 +56,8 @@ class BillingApps:
         if inv["status"] == "paid":
             self._notify("invoice.paid", inv)
 
-    def documents(self, inv: dict[str, Any]) -> dict[str, Any]:
-        """The invoice's HTML and PDF (rendered and stored now if still pending): fresh links to both."""
+    def _documents_ready(self, inv: dict[str, Any]) -> Any:
+        """The document store, with the invoice's HTML and PDF in it (rendered and stored now if still pending)."""
         from billow.adapters.documents import document_store
         from billow.adapters.sql_billing import SqlBillingStore
         from billow.services.documents import document_keys, store_documents
@@ -69,7 +70,23 @@ class BillingApps:
             html_key, pdf_key = document_keys(self.c.namespace, inv)
             inv["documents"] = {"status": "ready", "html": html_key, "pdf": pdf_key}
             self.c.store(SqlBillingStore).put_invoice(self.c.namespace, inv)
+        return store
+
+    def documents(self, inv: dict[str, Any], served_at: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """Fresh links to the invoice's HTML and PDF: presigned S3 URLs in AWS; with local files, `served_at(fmt)`
+        (the API route that serves the bytes: a file:// path on the server's disk opens on no client)."""
+        store = self._documents_ready(inv)
+        if served_at is not None and not getattr(store, "presigned", False):
+            return {"html": served_at("html"), "pdf": served_at("pdf")}
         return {"html": store.url(inv["documents"]["html"]), "pdf": store.url(inv["documents"]["pdf"])}
+
+    def document(self, inv: dict[str, Any], fmt: str) -> tuple[bytes, str, str]:
+        """(bytes, content type, file name) of the invoice's `html` or `pdf` document."""
+        from billow.services.documents import HTML_TYPE, PDF_TYPE
+
+        store = self._documents_ready(inv)
+        key = inv["documents"][fmt]
+        return store.get(key), HTML_TYPE if fmt == "html" else PDF_TYPE, key.rsplit("/", 1)[-1]
 
     def updated(self, inv: dict[str, Any]) -> None:
         self._notify("invoice.paid" if inv["status"] == "paid" else "invoice.updated", inv)

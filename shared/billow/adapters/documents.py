@@ -21,6 +21,8 @@ URL_TTL_SECONDS: Final = 7 * 24 * 3600
 
 
 class S3DocumentStore:
+    presigned: Final = True  # url() is a link any client can open for a while
+
     def __init__(self, bucket: str, endpoint_url: str | None = None, client: Any = None) -> None:
         self.bucket = bucket
         if client is None:
@@ -48,7 +50,10 @@ class S3DocumentStore:
 
 class LocalDocumentStore:
     """Files under `root_dir`, one per key; the URL is the file's file:// URI. Writes are atomic (a
-    temporary file renamed into place), so a reader never sees half a document."""
+    temporary file renamed into place), so a reader never sees half a document. The file:// URL opens only on
+    this machine: the API serves the bytes instead (BillingApps.documents)."""
+
+    presigned: Final = False
 
     def __init__(self, root_dir: str | Path) -> None:
         self.root = Path(root_dir).resolve()

@@ -181,7 +181,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         # http.server answers methods without a do_* with a 501 HTML page; the API serves none of these.
-        self._problem(405, "Method Not Allowed", f"{self.command} is not supported", close=True)
+        from functions.api.handler import app
+        from functions.api.home_routes import allowed_methods
+
+        path = urlsplit(self.path).path
+        allow = ", ".join(allowed_methods(app, path))
+        if not allow:
+            self._problem(405, "Method Not Allowed", f"{self.command} is not supported", close=True)
+            return
+        body = jsonx.dumps(problem(405, "Method Not Allowed", f"{self.command} is not allowed on {path}; allowed: "
+                                   f"{allow}", self.path)).encode()
+        self._send(405, {"Content-Type": "application/problem+json", "Allow": allow}, body, close=True)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("do_"):  # any other method (HEAD, OPTIONS, TRACE, QUERY, ...)
@@ -280,3 +290,34 @@ class BillowServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.close()
+
+
+def welcome(settings: Settings, host: str, port: int) -> str:
+    """What `billow serve` prints once it listens: where, the data dir, auth, and the first commands to try."""
+    from pathlib import Path
+
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"  # noqa: S104 (a display name)
+    keyed = settings.auth == "keys"
+    auth = ("API keys: send Authorization: Bearer <token> (make one: billow keys create --name me --scope admin)"
+            if keyed else "OFF - anyone who reaches this port can read and write; put `auth: keys` in billow.yaml "
+            "before exposing it")
+    bearer = " -H 'Authorization: Bearer $TOKEN'" if keyed else ""
+    meter = ('{"slug":"tokens","eventType":"prompt","aggregation":"SUM","valueProperty":"$.tokens",'
+             '"groupBy":{"model":"$.model"}}')
+    event = ('{"specversion":"1.0","id":"e1","source":"app","type":"prompt","subject":"acme",'
+             '"data":{"tokens":"0.1","model":"gpt"}}')
+    return "\n".join([
+        f"billow: ready, listening on http://{host}:{port}",
+        f"  API            {url}/api/v1",
+        f"  API reference  {url}/api/v1/openapi.json",
+        f"  Portal         {url}/portal#token=...  (make a link: POST /api/v1/portal/tokens)",
+        f"  Health         {url}/healthz",
+        f"  Data dir       {Path(settings.data_dir).resolve()}",
+        f"  Auth           {auth}",
+        "  Try:",
+        f"    curl -s -X POST {url}/api/v1/meters{bearer} -H 'Content-Type: application/json' -d '{meter}'",
+        f"    curl -s -X POST {url}/api/v1/events{bearer} -H 'Content-Type: application/cloudevents+json' "
+        f"-d '{event}'",
+        f"    curl -s '{url}/api/v1/meters/tokens/query?windowSize=HOUR&groupBy=model'{bearer}",
+        "  Stop with Ctrl-C.",
+    ])

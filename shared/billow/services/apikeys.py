@@ -26,7 +26,7 @@ TOKEN_RE = re.compile(r"^bk_([0-9A-HJKMNP-TV-Z]{26})_([A-Za-z0-9_-]{43})$")
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Routes anyone may call: liveness/readiness, the API description and the customer portal's static page (its
 # data comes from /api/v1/portal/..., which needs a portal token).
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/openapi.json"),
+PUBLIC = {("GET", "/"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/openapi.json"),
           ("GET", "/portal"), ("GET", "/portal/portal.js"), ("GET", "/portal/portal.css"),
           ("POST", "/api/v1/apps/stripe/webhook")}  # Stripe signs its webhooks; it holds no API key
 

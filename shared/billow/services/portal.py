@@ -272,13 +272,26 @@ def entitlements(s: Session, *, store: EntitlementStore, meta: MetaStore, usage:
     return out
 
 
+SHOWN = ("issued", "payment_processing", "overdue", "paid", "uncollectible", "voided")  # what a customer sees
+
+
 def invoices(s: Session, *, meta: MetaStore, billing: Any) -> list[dict[str, Any]]:
     """The billing history of the token's customer, newest first: issued invoices only (drafts and pending lines
     are the supplier's business), with what a customer needs to see; a subject without a customer has none."""
     cust = _customer(s, meta)
     if cust is None:
         return []
-    shown = ("issued", "payment_processing", "overdue", "paid", "uncollectible", "voided")
-    docs = billing.list_invoices(s.namespace, customer_ids=[cust["id"]], statuses=list(shown))
+    docs = billing.list_invoices(s.namespace, customer_ids=[cust["id"]], statuses=list(SHOWN))
     keep = ("id", "number", "currency", "status", "issuedAt", "dueAt", "period", "totals")
     return [{k: d.get(k) for k in keep} for d in reversed(docs)]
+
+
+def invoice(s: Session, invoice_id: str, *, meta: MetaStore, billing: Any) -> dict[str, Any]:
+    """One invoice of the token's customer that the portal lists (issued or later); another customer's invoice, a
+    draft or an unknown id is the same 404: a portal token learns nothing of what it may not read."""
+    cust = _customer(s, meta)
+    doc = billing.get_invoice(s.namespace, invoice_id) if cust is not None else None
+    if cust is None or doc is None or doc.get("deletedAt") or (doc.get("customer") or {}).get("id") != cust["id"] \
+            or doc.get("status") not in SHOWN:
+        raise NotFound(f"invoice {invoice_id!r} not found")
+    return dict(doc)
