@@ -18,7 +18,9 @@ fi
 # uv (pinned) from PyPI into the user's default Python, used as `python3 -m uv`.
 UV_VERSION=0.13.9
 if ! python3 -m uv --version 2>/dev/null | grep -q "$UV_VERSION"; then
+  echo "setup: installing uv $UV_VERSION"
   python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
-python3 -m uv sync --frozen --quiet --compile-bytecode --python "$PY" --extra embedded --extra postgres --extra kafka --extra aws --extra billing
+echo "setup: installing Billow's locked dependencies into .venv with $PY (about a minute on a cold cache)"
+python3 -m uv sync --frozen --compile-bytecode --python "$PY" --extra embedded --extra postgres --extra kafka --extra aws --extra billing
 echo "setup: .venv ready ($("$PWD/.venv/bin/python" --version))"
