@@ -34,7 +34,8 @@ def _handle(event: dict[str, Any]) -> dict[str, Any]:
         return response(200, {"received": True, "ignored": kind})
     from billow.services import billing
 
-    result = billing.handle_payment_event(c, payment)
+    result = billing.handle_payment_event(c.namespace, payment, store=c.billing_store(), apps=c.billing_apps(),
+                                          now=c.clock.now())
     logger.info("stripe webhook", extra={"eventId": payment.event_id, "stripeInvoiceId": payment.stripe_invoice_id,
                                          **result})
     return response(200, {"received": True, **result})

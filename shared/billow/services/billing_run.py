@@ -1,0 +1,348 @@
+"""The billing run (scheduled; also `POST /api/v1/billing/invoices/invoice` for one customer now):
+1. for every subscription, the billing points that are due (billow.domain.billing.due_points): a period's in-advance fees when it starts, its
+   in-arrears fees and usage when it ends (or when the subscription ends inside it);
+2. each point is rated (billow.domain.subscriptions.charges, usage from the usage store in one query per
+   meter and span for all subscriptions sharing it) and compared, line key by line key, with what its billing
+   mark says was billed: the difference is billed. A first run bills everything; a re-run bills nothing; usage
+   that arrived late, or a plan change that shortened an in-advance period, shows up as a correction line on
+   the next invoice (a period's points are re-checked until `CORRECTION_WINDOW` after the period ends;
+   billow.domain.billing.diff);
+3. per customer, the lines become one invoice (plus one-off pending lines that are due), prepaid credit is
+   applied, and invoice and marks are written in one transaction (ports.BillingStore.commit_billing:
+   overlapping runs cannot bill a period twice);
+4. the invoice then follows its billing profile's workflow: with auto-advance and no draft period it is
+   issued at once through the invoicing app, then handed to the payment app; drafts whose draft period ended
+   are issued; issued invoices past their due date become overdue.
+"""
+
+from __future__ import annotations
+
+import decimal
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from billow import jsonx
+from billow.domain import invoices as inv_rules
+from billow.domain import subscriptions as subs
+from billow.domain.billing import Mark, Point, diff, due_points
+from billow.domain.usage import UsageQuery, final_value
+from billow.errors import Conflict, NotFound
+from billow.exact import EXACT
+from billow.ids import new_id
+from billow.ports import BillingStore, MetaStore, SubscriptionStore, UsageStore
+from billow.services.balances import feature_filters
+from billow.services.billing_profiles import RunContext
+from billow.services.entitlements import EntitlementStore, minute
+from billow.services.invoices import issue_state, new_invoice
+from billow.services.pending_lines import rate_pending
+from billow.timeutil import format_rfc3339, parse_rfc3339
+
+log = logging.getLogger("billow.billing")
+
+
+class BatchedUsage:
+    """Usage for many subscriptions at once: requests are collected first (a rating pass with zero usage), then
+    answered with one usage-store query per (feature, span) grouped by subject."""
+
+    def __init__(self, namespace: str, *, meta: MetaStore, ents: EntitlementStore, usage: UsageStore) -> None:
+        self.ns, self.meta, self.ents, self.usage = namespace, meta, ents, usage
+        self.wanted: dict[tuple[str, datetime, datetime], set[str]] = defaultdict(set)
+        self.values: dict[tuple[str, datetime, datetime], dict[str, Decimal]] = {}
+        self.errors: dict[tuple[str, datetime, datetime], Exception] = {}  # raised again to each reader that asks
+
+    def want(self, subjects: list[str], spans: list[tuple[str, datetime, datetime]]) -> None:
+        for feature, s, e in spans:
+            self.wanted[(feature, minute(s), minute(e))].update(subjects)
+
+    def fetch(self) -> None:
+        for (feature_key, s, e), subjects in self.wanted.items():
+            if (feature_key, s, e) in self.values or e <= s or not subjects:
+                self.values.setdefault((feature_key, s, e), {})
+                continue
+            try:  # a feature that cannot be rated fails only the subscriptions that read it
+                self.values[(feature_key, s, e)] = self._query(feature_key, s, e, subjects)
+            except Exception as exc:
+                self.errors[(feature_key, s, e)] = exc
+
+    def _query(self, feature_key: str, s: datetime, e: datetime, subjects: set[str]) -> dict[str, Decimal]:
+        feature = self.ents.get_feature(self.ns, feature_key, include_archived=True)
+        meter = self.meta.get_meter(self.ns, feature["meterSlug"]) if feature and feature.get("meterSlug") else None
+        if feature is None or meter is None:
+            raise NotFound(f"feature {feature_key!r} has no meter to rate")
+        rows = self.usage.aggregate(UsageQuery(
+            namespace=self.ns, meter_id=meter.id, aggregation=meter.aggregation, start=s,
+            end=e - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=sorted(subjects),
+            group_by=[], by_subject=True, subject_customers=None, filters=feature_filters(feature)))
+        return {r.subject or "": final_value(meter.aggregation, r) or Decimal(0) for r in rows}
+
+    def reader(self, subjects: list[str]) -> subs.UsageFn:
+        def read(feature: str, s: datetime, e: datetime) -> Decimal:
+            if (error := self.errors.get((feature, minute(s), minute(e)))) is not None:
+                raise error
+            got = self.values.get((feature, minute(s), minute(e)), {})
+            with decimal.localcontext(EXACT):
+                return sum((got.get(x, Decimal(0)) for x in subjects), Decimal(0))
+        return read
+
+
+@dataclass
+class RunResult:
+    invoices: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    subscriptions: int = 0
+    points: int = 0
+    advanced: int = 0
+    documents: int = 0
+    # Customers this run could not bill (customerId, subscriptionId, invoiceId, reason): left out of this run
+    # (nothing of theirs is written, so the next run tries them again) while every other customer is billed.
+    failures: list[dict[str, str | None]] = field(default_factory=list)
+    errors: dict[str, Exception] = field(default_factory=dict, repr=False)  # customer id -> first error
+
+    def fail(self, customer_id: str, exc: Exception, *, subscription_id: str | None = None,
+             invoice_id: str | None = None) -> None:
+        log.error("billing run: customer %s failed (subscription %s, invoice %s): %s: %s; the other customers are "
+                  "billed, this one is tried again on the next run", customer_id, subscription_id, invoice_id,
+                  type(exc).__name__, exc, exc_info=exc)
+        self.errors.setdefault(customer_id, exc)
+        self.failures.append({"customerId": customer_id, "subscriptionId": subscription_id, "invoiceId": invoice_id,
+                              "reason": f"{type(exc).__name__}: {exc}"})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"invoices": [i["id"] for i in self.invoices], "skipped": self.skipped, "subscriptions": self.subscriptions,
+                "points": self.points, "advanced": self.advanced, "documents": self.documents,
+                "failures": self.failures}
+
+Owed = tuple[list[dict[str, Any]], Mark | None]  # invoice lines and the mark they advance (None: pending lines)
+IssueFn = Callable[[dict[str, Any]], dict[str, Any]]
+COMMIT_BATCH = 200  # invoices per transaction: a durable commit costs milliseconds, a batch of them one commit
+
+
+def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore, meta: MetaStore,
+        ents: EntitlementStore, usage: UsageStore, now: datetime, customer_id: str | None = None,
+        as_of: datetime | None = None, on_issue: IssueFn | None = None) -> RunResult:
+    """One billing run (see the module docstring). Idempotent: run it again and nothing changes.
+
+    A customer whose subscription, pending line, invoice or commit raises is left out of the run and recorded in
+    `RunResult.failures` (and logged); every other customer is billed. Run for one customer (`customer_id`), its
+    error is raised after the run."""
+    r = _Run(namespace, store, meta, ents, usage, now, customer_id, min(as_of or now, now), on_issue)
+    docs = [d for d in catalog_store.list_subscriptions(namespace, customer_id) if not d.get("deletedAt")]
+    r.result.subscriptions = len(docs)
+    points_by_sub = r.due(docs)
+    r.batch.fetch()
+    r.rate(points_by_sub)
+    r.take_pending_lines()
+    r.commit_and_issue(r.prepare())
+    r.result.advanced += _advance_due(namespace, store=store, now=now, on_issue=on_issue, customer_id=customer_id,
+                                      result=r.result)
+    if customer_id is not None and customer_id in r.result.errors:
+        raise r.result.errors[customer_id]
+    return r.result
+
+
+class _Run:
+    """The state of one billing run, step by step: due points, rating (usage batched), pending lines, one invoice
+    per customer and currency, commit in batches, issuing."""
+
+    def __init__(self, namespace: str, store: BillingStore, meta: MetaStore, ents: EntitlementStore,
+                 usage: UsageStore, now: datetime, customer_id: str | None, as_of: datetime,
+                 on_issue: IssueFn | None) -> None:
+        self.ns, self.store, self.meta, self.ents, self.usage = namespace, store, meta, ents, usage
+        self.now, self.customer_id, self.as_of, self.on_issue = now, customer_id, as_of, on_issue
+        self.result = RunResult()
+        self.customers = {c["id"]: c for c in meta.list_customers(namespace)}
+        self.batch = BatchedUsage(namespace, meta=meta, ents=ents, usage=usage)
+        self.subjects_of: dict[str, list[str]] = {}
+        # One invoice per customer and currency (a customer may pay in more than one).
+        self.per_customer: dict[tuple[str, str], list[Owed]] = defaultdict(list)
+        self.gathering: dict[tuple[str, str], list[tuple[dict[str, Any], str]]] = defaultdict(list)
+
+    def due(self, docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[Point]]]:
+        """Each subscription's due points; the usage their periods need is asked of the batch."""
+        marks = self.store.marks_for(self.ns, [d["id"] for d in docs] if self.customer_id else None)
+        out = []
+        for d in docs:
+            try:
+                points = due_points(d, self.as_of, marks, self.now)
+                cust = self.customers.get(d["customerId"]) or self.meta.get_customer(self.ns, d["customerId"]) or {}
+                self.subjects_of[d["id"]] = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
+                for ps in {p.period for p in points}:
+                    self.batch.want(self.subjects_of[d["id"]], subs.usage_spans(d, ps[0], ps[1]))
+            except Exception as exc:
+                self.result.fail(d["customerId"], exc, subscription_id=d["id"])
+                continue
+            out.append((d, points))
+        return out
+
+    def rate(self, points_by_sub: list[tuple[dict[str, Any], list[Point]]]) -> None:
+        """Rate each subscription's due periods and keep what each point owes beyond its mark."""
+        for d, points in points_by_sub:
+            self.result.points += len(points)
+            try:
+                owed = self._owed(d, points)
+            except Exception as exc:
+                self.result.fail(d["customerId"], exc, subscription_id=d["id"])
+                continue
+            self.per_customer[(d["customerId"], d["currency"])] += owed
+
+    def _owed(self, d: dict[str, Any], points: list[Point]) -> list[Owed]:
+        rated: dict[tuple[datetime, datetime], list[subs.Charge]] = {}
+        owed: list[Owed] = []
+        for p in points:
+            if p.period not in rated:
+                rated[p.period] = subs.charges(d, p.period[0], p.period[1],
+                                               usage=self.batch.reader(self.subjects_of[d["id"]]))
+            lines, billed = diff(p, rated[p.period], self.now)
+            if billed != p.mark.billed:
+                owed.append((lines, replace(p.mark, billed=billed)))
+        return owed
+
+    def take_pending_lines(self) -> None:
+        """Pending lines due by `as_of`, rated now, join their customer's invoice; their holders lose them."""
+        for g in self.store.list_invoices(self.ns, customer_ids=[self.customer_id] if self.customer_id else None,
+                                          statuses=["gathering"]):
+            due_now = [ln for ln in g["lines"] if parse_rfc3339(ln["invoiceAt"], "invoiceAt") <= self.as_of]
+            if not due_now or g["customer"]["id"] in self.result.errors:
+                continue
+            cust = self.customers.get(g["customer"]["id"]) or {}
+            subjects = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
+            try:
+                rated_lines = [rate_pending(self.ns, ln, g["currency"], subjects, meta=self.meta, ents=self.ents,
+                                            usage=self.usage, now=self.now) for ln in due_now]
+            except Exception as exc:
+                self.result.fail(g["customer"]["id"], exc, invoice_id=g["id"])
+                continue
+            key = (g["customer"]["id"], g["currency"])
+            self.per_customer[key].append((rated_lines, None))
+            before = jsonx.dumps(g)
+            self.gathering[key].append(({**g, "lines": [ln for ln in g["lines"] if ln not in due_now],
+                                         "updatedAt": format_rfc3339(self.now)}, before))
+
+    def prepare(self) -> list[_Prepared]:
+        """One invoice (or marks only) per customer and currency, credit applied, numbered."""
+        ctx = RunContext(self.store.list_profiles(self.ns), self.store.list_overrides(self.ns),
+                         self.store.invoice_counts(self.ns), self.store.credit_balances(self.ns))
+        prepared = []
+        for key, parts in self.per_customer.items():
+            if key[0] in self.result.errors:
+                continue  # all of a failed customer waits for the next run (one invoice, never a part of it)
+            try:
+                prep = _prepare(self.ns, key[0], parts, self.customers, ctx, now=self.now, result=self.result,
+                                gathering=self.gathering.get(key, []))
+            except Exception as exc:
+                self.result.fail(key[0], exc)
+                continue
+            if prep is not None:
+                prepared.append(prep)
+        return prepared
+
+    def commit_and_issue(self, prepared: list[_Prepared]) -> None:
+        for start in range(0, len(prepared), COMMIT_BATCH):
+            for item in _commit(self.ns, prepared[start:start + COMMIT_BATCH], store=self.store, now=self.now,
+                                result=self.result):
+                if item.invoice is not None:
+                    self.result.invoices.append(self._issue(item.customer, item.invoice))
+
+    def _issue(self, customer: dict[str, Any], inv: dict[str, Any]) -> dict[str, Any]:
+        try:
+            if self.on_issue is not None and inv["statusDetails"]["extendedStatus"] == "draft.ready_to_issue":
+                inv = self.on_issue(inv)
+            elif self.on_issue is not None and inv["status"] != "draft":
+                self.on_issue(inv)  # issued in the batch (sandbox): the apps still hear of it
+        except Exception as exc:  # the invoice is written; its issuing failed for this customer only
+            self.result.fail(customer["id"], exc, invoice_id=inv["id"])
+        return inv
+
+
+@dataclass
+class _Prepared:
+    customer: dict[str, Any]
+    invoice: dict[str, Any] | None
+    marks: list[Mark]
+    credit: tuple[str, Decimal] | None
+    gathering: list[tuple[dict[str, Any], str]]  # pending-line holders without the lines taken (new doc, old JSON)
+
+
+def _prepare(namespace: str, customer_id: str, parts: list[Owed],
+             customers: dict[str, dict[str, Any]], ctx: RunContext, *, now: datetime,
+             result: RunResult, gathering: list[tuple[dict[str, Any], str]]) -> _Prepared | None:
+    customer = customers.get(customer_id)
+    profile = ctx.profile(customer_id)
+    if customer is None or profile is None:
+        reason = "customer deleted" if customer is None else "no billing profile: create one (POST /api/v1/billing/profiles)"
+        result.skipped.append({"customerId": customer_id, "reason": reason})
+        return None
+    lines = [ln for ls, _ in parts for ln in ls]
+    invoice, credit = None, None
+    if lines:
+        ctx.counts[customer_id] = ctx.counts.get(customer_id, 0) + 1
+        invoice = new_invoice(namespace, customer, profile, lines[0]["currency"], lines, number=ctx.counts[customer_id],
+                              now=now)
+        balance = ctx.credits.get((customer_id, invoice["currency"]), Decimal(0))
+        due = inv_rules.due(invoice)
+        if balance > 0 and due > 0:
+            credit = (new_id(), min(balance, due))
+            invoice["totals"] = inv_rules.sum_totals(invoice["lines"], credit[1])
+        if invoice["statusDetails"]["extendedStatus"] == "draft.ready_to_issue" \
+                and invoice["workflow"]["apps"]["invoicing"] == "sandbox":
+            issue_state(invoice, now)  # nothing leaves Billow: issued in the same transaction as its lines
+    return _Prepared(customer, invoice, [m for _, m in parts if m is not None], credit, gathering)
+
+
+def _commit(namespace: str, batch: list[_Prepared], *, store: BillingStore, now: datetime, result: RunResult) -> list[_Prepared]:
+    """Commit a batch in one transaction; if a concurrent run got there first for any of it, commit one by one so
+    that only the customers it billed are skipped (their invoice is the other run's)."""
+    try:
+        store.commit_billing(namespace, [(p.invoice, p.marks, p.credit, p.gathering) for p in batch], now)
+        return batch
+    except Conflict:
+        if len(batch) == 1:
+            result.skipped.append({"customerId": batch[0].customer["id"],
+                                   "reason": "billed by a concurrent run meanwhile; its invoice stands"})
+            return []
+    except Exception as exc:  # rolled back: find the customer it was by committing one by one
+        if len(batch) == 1:
+            result.fail(batch[0].customer["id"], exc, invoice_id=(batch[0].invoice or {}).get("id"))
+            return []
+    done = []
+    for p in batch:
+        done += _commit(namespace, [p], store=store, now=now, result=result)
+    return done
+
+
+def _advance_due(namespace: str, *, store: BillingStore, now: datetime, on_issue: IssueFn | None,
+                 customer_id: str | None, result: RunResult) -> int:
+    """Drafts whose draft period ended are issued; issued invoices past due become overdue (one invoice failing
+    is recorded and leaves the others to advance)."""
+    n = 0
+    for inv in store.list_invoices(namespace, customer_ids=[customer_id] if customer_id else None,
+                                   statuses=["draft", "issued", "payment_processing"]):
+        try:
+            n += _advance_one(namespace, inv, store=store, now=now, on_issue=on_issue)
+        except Conflict:
+            continue  # a concurrent run moved it first
+        except Exception as exc:
+            result.fail(inv["customer"]["id"], exc, invoice_id=inv["id"])
+    return n
+
+
+def _advance_one(namespace: str, inv: dict[str, Any], *, store: BillingStore, now: datetime,
+                 on_issue: IssueFn | None) -> int:
+    ext = inv["statusDetails"]["extendedStatus"]
+    if ext == "draft.waiting_auto_approval" and inv.get("draftUntil") and parse_rfc3339(inv["draftUntil"], "draftUntil") <= now:
+        if on_issue is not None:
+            on_issue(inv)
+            return 1
+    elif inv["status"] in ("issued", "payment_processing") and inv.get("dueAt") \
+            and parse_rfc3339(inv["dueAt"], "dueAt") <= now:
+        before = inv["status"]
+        inv_rules.set_status(inv, "overdue")
+        inv["updatedAt"] = format_rfc3339(now)
+        store.put_invoice(namespace, inv, expect_status=before)
+        return 1
+    return 0
