@@ -26,7 +26,7 @@ def test_batch_errors_name_index_and_field() -> None:
     with pytest.raises(ValidationFailed) as err:
         parse_batch(bad, NOW)
     got = {(e.get("index"), e["field"]) for e in err.value.errors}
-    assert got == {(1, "subject"), (2, "time"), (3, "")}
+    assert got == {(1, "subject"), (1, "specversion"), (2, "time"), (3, "")}  # specversion is required (issue 22)
     assert "event 1" in err.value.detail
 
 

@@ -5,6 +5,7 @@ every bad event of a batch. Parsers directly, then the Lambda handlers (ingest a
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,12 @@ from typing import Any
 import pytest
 
 from billow.bootstrap import Settings, build, install
-from billow.domain.events import EVENT_TIME_MAX, EVENT_TIME_MIN, parse_batch
+from billow.domain.events import EVENT_TIME_MAX, EVENT_TIME_MIN, MAX_FUTURE, parse_batch, parse_event
 from billow.domain.meters import to_value
 from billow.errors import ValidationFailed
 from billow.exact import parse_decimal
 from billow.local.server import apigw_event
-from billow.timeutil import parse_rfc3339
+from billow.timeutil import format_rfc3339, parse_rfc3339
 from functions.api.handler import lambda_handler as api
 from functions.ingest.handler import lambda_handler as ingest
 from functions.usage_sink.handler import lambda_handler as sink
@@ -113,7 +114,9 @@ def test_event_times_outside_the_rollups_are_refused(when: str) -> None:
 
 
 def test_event_time_range_edges_are_accepted() -> None:
-    first, last = parse_batch([event(1, time="1970-01-01T00:00:00Z"), event(2, time="2105-12-31T23:59:59.999Z")], NOW)
+    # Ingested late in 2105, so the upper edge is not beyond the future bound (MAX_FUTURE) either.
+    late_now = t("2105-12-31T12:00:00Z")
+    first, last = parse_batch([event(1, time="1970-01-01T00:00:00Z"), event(2, time="2105-12-31T23:59:59.999Z")], late_now)
     assert (first.time, last.time) == (EVENT_TIME_MIN, EVENT_TIME_MAX)
 
 
@@ -147,7 +150,7 @@ def total(container: Any) -> Any:
 
 
 def test_one_refusal_lists_every_bad_event_of_every_kind(container: Any) -> None:
-    batch = [event(0, tokens=1), event(1, tokens="ten"), {"id": "2", "source": "s", "type": "prompt", "data": {"tokens": 1}},
+    batch = [event(0, tokens=1), event(1, tokens="ten"), {"specversion": "1.0", "id": "2", "source": "s", "type": "prompt", "data": {"tokens": 1}},
              event(3, tokens="1_000"), event(4, time="2026-W01-1T00:00:00Z", tokens=1), event(5, tokens=2),
              event(6, tokens="1e+999999999999999999"), event(7, time="1969-07-20T20:17:00Z", tokens=1)]
     status, body = call(ingest, "POST", "/api/v1/events", batch)
@@ -240,3 +243,28 @@ def test_price_amounts_keep_their_digits() -> None:
 
     assert parse_price({"type": "unit", "amount": "0.000000125"}).amount == Decimal("0.000000125")  # type: ignore[union-attr]
     assert parse_price({"type": "unit", "amount": Decimal("1E+3")}).amount == 1000  # type: ignore[union-attr]
+
+
+def test_specversion_is_required_and_must_be_1_0() -> None:
+    """OpenMeter requires specversion; it used to default to "1.0" when missing while "0.3" was refused."""
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    base = {"id": "1", "source": "s", "type": "t", "subject": "a", "time": "2026-06-01T00:00:00Z"}
+    for raw, message in ((base, "required"), ({**base, "specversion": "0.3"}, "must be")):
+        errors: list[dict[str, Any]] = []
+        assert parse_event(raw, 0, now, errors) is None
+        assert [e["field"] for e in errors] == ["specversion"]
+        assert message in errors[0]["message"]
+    assert parse_event({**base, "specversion": "1.0"}, 0, now, []) is not None
+
+
+def test_events_dated_beyond_the_future_bound_are_refused() -> None:
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    ok = {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "subject": "a"}
+    assert parse_event({**ok, "time": format_rfc3339(now + MAX_FUTURE)}, 0, now, []) is not None
+    errors: list[dict[str, Any]] = []
+    late = now + MAX_FUTURE + timedelta(milliseconds=1)
+    assert parse_event({**ok, "time": format_rfc3339(late)}, 0, now, errors) is None
+    assert errors[0]["field"] == "time" and "after the ingest time" in errors[0]["message"]
+    errors = []
+    assert parse_event({**ok, "time": "2031-01-01T00:00:00Z"}, 0, now, errors) is None
+    assert errors[0]["field"] == "time"

@@ -7,7 +7,7 @@ with any bad event is refused whole, so a client can fix and resend it without h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from billow.errors import ValidationFailed
@@ -20,6 +20,9 @@ REQUIRED = ("id", "source", "type", "subject")
 EVENT_TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
 EVENT_TIME_MAX = datetime(2105, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
 EVENT_TIME_RANGE = "1970-01-01T00:00:00Z to 2105-12-31T23:59:59.999Z"
+# How far past its ingest time an event may be dated. Client clocks drift by seconds; an event years ahead is a
+# unit or typing error that would sit in a future billing period unseen. Later is refused, naming the bound.
+MAX_FUTURE = timedelta(days=31)
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,8 +84,10 @@ def parse_event(raw: Any, index: int | None, now: datetime, errors: list[dict[st
             fail(name, "must not contain NUL characters")
         else:
             values[name] = value
-    spec = raw.get("specversion", "1.0")
-    if spec != "1.0":
+    spec = raw.get("specversion")
+    if spec is None:
+        fail("specversion", "required (\"1.0\")")
+    elif spec != "1.0":
         fail("specversion", "must be \"1.0\"")
     ctype = raw.get("datacontenttype")
     if ctype is not None and ctype != "application/json":
@@ -103,6 +108,9 @@ def parse_event(raw: Any, index: int | None, now: datetime, errors: list[dict[st
             else:
                 if not EVENT_TIME_MIN <= when <= EVENT_TIME_MAX:
                     fail("time", f"out of range: event times must be from {EVENT_TIME_RANGE}")
+                elif when > now + MAX_FUTURE:
+                    fail("time", f"more than {MAX_FUTURE.days} days after the ingest time "
+                                 f"({now.isoformat()}): future usage is refused")
     if len(errors) > before:
         return None
     return CloudEvent(
