@@ -3,12 +3,15 @@ event source mapping that feeds the usage sink from a real broker.
 
 Publishing is idempotent (enable.idempotence, acks=all) and publish() returns only after the broker has
 acknowledged every record of the batch; anything else raises ConnectionError and the caller answers 503
-(nothing of that batch counts as accepted; a resend is deduplicated downstream by (source, id))."""
+(nothing of that batch counts as accepted; a resend is deduplicated downstream by (source, id)), within
+the ack timeout (5 s) at most: a producer that failed fatally or was fenced is replaced, and while the broker
+is known down requests are refused at once."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -41,12 +44,67 @@ def client_config(bootstrap: str, auth: str = "none", region: str | None = None)
     return conf
 
 
+class _ProducerFailed(ConnectionError):
+    """The producer itself is broken (a fatal error): it was replaced; the broker may well be up."""
+
+
+# Errors after which an idempotent producer cannot go on (librdkafka raises most of them as _FATAL; a delivery
+# report may carry the broker's own code): the broker forgot or fenced our producer id, or the sequence broke.
+# Tansu, restarted, answers the old producer PRODUCER_FENCED on every batch until it is replaced.
+_FATAL_CODES = frozenset({KafkaError._FATAL, KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                          KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.INVALID_PRODUCER_ID_MAPPING,
+                          KafkaError.PRODUCER_FENCED, KafkaError._FENCED})
+
+
+def _is_fatal(err: KafkaError | None) -> bool:
+    return err is not None and (err.fatal() or err.code() in _FATAL_CODES)
+
+
+def _needs_new_producer(err: KafkaError) -> bool:
+    """A delivery report the producer may not recover from: fatal, or any refusal by the broker itself (codes
+    >= 0, after librdkafka's own retries). Local errors (timed out, transport, purged: codes < 0) are the
+    broker being away; the producer reconnects by itself."""
+    return _is_fatal(err) or err.code() >= 0
+
+
+class _Session:
+    """One producer and the fatal error librdkafka reported for it, if any (error_cb, served by poll)."""
+
+    def __init__(self) -> None:
+        self.producer: Any = None
+        self.fatal: KafkaError | None = None
+
+    def on_error(self, err: KafkaError) -> None:
+        if _is_fatal(err):
+            log.error("kafka producer failed fatally, it will be replaced: %s", err.str())
+            self.fatal = err
+
+
+class _Batch:
+    """Delivery reports of one publish() call (any thread polling the producer may serve them)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.reports: list[KafkaError | None] = []  # list.append is atomic: no lock needed
+
+    def on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        self.reports.append(err)
+
+    def done(self) -> bool:
+        return len(self.reports) >= self.size
+
+
 class KafkaBus:
     """EventBus on Kafka: topic per namespace (`billow.<namespace>.events`, created on first use), key
-    `source\\x1fid` so every copy of one event lands on one partition."""
+    `source\\x1fid` so every copy of one event lands on one partition.
 
-    def __init__(self, conf: dict[str, Any], *, partitions: int = PARTITIONS, ack_timeout_s: float = 10.0,
-                 replication: int = -1, namespaces: set[str] | None = None) -> None:
+    A request waits at most `ack_timeout_s` for its own batch (concurrent requests share the producer and
+    never queue behind each other's waits). A fatal producer error (e.g. the broker forgot our producer id
+    after a restart) replaces the producer at once. After a batch was not acknowledged the bus fails fast
+    for `cooldown_s` (the broker is known down), then lets one request through as a probe."""
+
+    def __init__(self, conf: dict[str, Any], *, partitions: int = PARTITIONS, ack_timeout_s: float = 5.0,
+                 replication: int = -1, namespaces: set[str] | None = None, cooldown_s: float = 1.0) -> None:
         self._conf = conf
         # The namespaces whose topics a usage sink consumes (one MSK trigger per topic); None: any. A record
         # for any other namespace would be acknowledged and never stored, so it is refused instead.
@@ -54,13 +112,17 @@ class KafkaBus:
         self._partitions = partitions
         self._replication = replication  # -1: the broker's default (MSK Serverless allows no other)
         self._ack_timeout_s = ack_timeout_s
+        self._cooldown_s = cooldown_s
         self._known_topics: set[str] = set()
-        self._lock = threading.Lock()  # one batch in flight per process keeps acks per batch simple
+        self._state = threading.Lock()  # guards the fields below; never held while waiting on the broker
+        self._open_until = 0.0  # circuit: 0 closed; else refuse until then (monotonic), then one probe
+        self._probing = False
+        self.producers_replaced = 0
         self._admin = AdminClient(dict(conf))
-        self._producer = self._new_producer()
+        self._session = self._new_session()
 
-    def _new_producer(self) -> Producer:
-        return Producer({
+    def _new_producer(self, on_error: Callable[[KafkaError], None] | None = None) -> Producer:
+        conf: dict[str, Any] = {
             **self._conf,
             "enable.idempotence": True,
             "acks": "all",
@@ -68,7 +130,30 @@ class KafkaBus:
             "partitioner": "murmur2_random",  # what Java clients use: same key, same partition
             "message.timeout.ms": int(self._ack_timeout_s * 1000),
             "reconnect.backoff.max.ms": 1000,
-        })
+        }
+        if on_error is not None:
+            conf["error_cb"] = on_error
+        return Producer(conf)
+
+    def _new_session(self) -> _Session:
+        session = _Session()
+        session.producer = self._new_producer(session.on_error)
+        return session
+
+    def _replace(self, broken: _Session, reason: KafkaError | None) -> None:
+        """Drop a producer that failed fatally (once, however many requests saw it fail) and start a new one."""
+        with self._state:
+            if self._session is not broken:
+                return
+            self._session = self._new_session()
+            self.producers_replaced += 1
+        log.warning("kafka producer replaced (%d so far): %s", self.producers_replaced,
+                    reason.str() if reason is not None else "fatal error")
+        try:  # whatever it still holds fails its batches now (each gets its 503) instead of lingering
+            broken.producer.purge(in_queue=True, in_flight=True)
+            broken.producer.poll(0)
+        except Exception:  # noqa: BLE001 - a fatal producer may refuse even that; it is dropped anyway
+            log.debug("purging a failed kafka producer", exc_info=True)
 
     def ensure_topic(self, topic: str) -> None:
         if topic in self._known_topics:
@@ -95,32 +180,79 @@ class KafkaBus:
             if len(key) + len(value) > MAX_RECORD_BYTES:
                 raise PayloadTooLarge(f"an event of {len(value)} bytes is over the {MAX_RECORD_BYTES}-byte limit "
                                       "of one Kafka record; nothing of this batch was ingested")
-        with self._lock:
+        probe = self._admit()
+        ok = trip = False
+        try:
             self.ensure_topic(topic)
-            failures: list[KafkaError] = []
+            self._send(topic, records)
+            ok = True
+        except _ProducerFailed:
+            raise
+        except BaseException:
+            trip = True
+            raise
+        finally:
+            with self._state:
+                if probe:
+                    self._probing = False
+                if ok:
+                    self._open_until = 0.0
+                elif trip:
+                    self._open_until = time.monotonic() + self._cooldown_s
 
-            def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-                if err is not None:
-                    failures.append(err)
+    def _admit(self) -> bool:
+        """Whether this call may reach the broker (and is the probe after a cool-down); refused at once while
+        the broker is known down. A refusal means nothing was produced: the client resends."""
+        with self._state:
+            if not self._open_until:
+                return False
+            if self._probing or time.monotonic() < self._open_until:
+                raise ConnectionError("kafka broker unreachable: a recent batch was not acknowledged; "
+                                      "retrying it shortly")
+            self._probing = True
+            return True
 
-            producer = self._producer
+    def _send(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Produce the batch and wait for its own delivery reports (not the whole producer queue's), until the
+        ack timeout. Anything short of every record acknowledged raises ConnectionError: the batch is
+        refused; records of it that reach the broker later are deduplicated downstream on the resend."""
+        session = self._session
+        if session.fatal is not None:  # reported in the background: never hand a batch to a dead producer
+            self._replace(session, session.fatal)
+            session = self._session
+        producer = session.producer
+        deadline = time.monotonic() + self._ack_timeout_s
+        batch = _Batch(len(records))
+        try:
             for key, value in records:
                 while True:
                     try:
-                        producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                        producer.produce(topic, value=value, key=key, on_delivery=batch.on_delivery)
                         break
-                    except BufferError:  # local queue full: let deliveries drain
+                    except BufferError:  # local queue full: let deliveries drain, within the deadline
+                        if time.monotonic() >= deadline:
+                            raise ConnectionError("kafka producer queue full; the broker is not keeping up") \
+                                from None
                         producer.poll(0.05)
-            left = producer.flush(self._ack_timeout_s + 1)
-            if left or failures:
-                # Whatever went wrong (broker gone, our producer id lost or fenced after a broker restart),
-                # this batch is refused and the next one starts on a fresh producer: a new idempotent
-                # session costs milliseconds, and a resent batch is deduplicated downstream.
-                producer.purge(in_queue=True, in_flight=True)
-                producer.poll(0)
-                self._producer = self._new_producer()
-                reason = failures[0].str() if failures else f"{left} records not acknowledged in time"
-                raise ConnectionError(f"kafka did not acknowledge the batch: {reason}")
+            while not batch.done() and session.fatal is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                producer.poll(min(0.02, left))
+        except KafkaException as exc:  # produce() or poll() on a producer in a fatal state
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            session.fatal = session.fatal or err or KafkaError(KafkaError._FATAL, str(exc), fatal=True)
+        failures = [e for e in batch.reports if e is not None]
+        fatal = session.fatal or next((e for e in failures if _needs_new_producer(e)), None)
+        if fatal is not None:
+            self._replace(session, fatal)
+            raise _ProducerFailed(f"kafka producer failed ({fatal.str()}); replaced, nothing of this batch "
+                                  "counts as accepted")
+        if failures:
+            raise ConnectionError(f"kafka did not acknowledge the batch: {failures[0].str()}")
+        if not batch.done():
+            raise ConnectionError(f"{batch.size - len(batch.reports)} of {batch.size} records not acknowledged "
+                                  f"within {self._ack_timeout_s:g} s")
 
     def ping(self) -> None:
         try:
@@ -129,7 +261,7 @@ class KafkaBus:
             raise ConnectionError(str(exc)) from exc
 
     def close(self) -> None:
-        self._producer.flush(self._ack_timeout_s)
+        self._session.producer.flush(self._ack_timeout_s)
 
 
 class SinkCrash(Exception):
