@@ -334,8 +334,9 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
             if not dsn:
                 raise ValueError("usage_store=clickhouse needs clickhouse_dsn (or clickhouse_secret_arn)")
 
-            # Embedded, this process alone writes the chdb path: opening it repairs a write a crash tore.
-            store = ClickHouseUsageStore(connect(dsn), exclusive=settings.usage_store == "chdb")
+            # Embedded, this process alone writes the chdb path: it journals the write in progress, and opening
+            # the store repairs the rollups of a write a crash tore.
+            store = ClickHouseUsageStore(connect(dsn), (data / "usage-journal") if settings.usage_store == "chdb" else None)
             if migrate:
                 store.migrate()
             elif pending := store.pending_migrations():

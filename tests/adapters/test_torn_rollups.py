@@ -210,8 +210,11 @@ def test_store_open_repairs_torn_rollups(tmp_path: Path) -> None:
 
     torn = run("tear")
     assert torn.returncode == -signal.SIGKILL, torn.stderr
+    journal = tmp_path / "usage-journal"
+    assert journal.read_text().startswith("1")  # the write in progress when the process died
     opened = run("query")
     assert opened.returncode == 0, opened.stderr
+    assert journal.read_text().startswith("0")  # repaired and cleared at open
     got = json.loads(opened.stdout.strip().splitlines()[-1])
     assert got["present"] == 0  # no resend: the torn half's raw events are still missing
     evs = events()

@@ -7,11 +7,13 @@ bound parameter; the only identifiers in the SQL text are this module's own cons
 from __future__ import annotations
 
 import functools
+import json
+import os
 import threading
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from billow import jsonx
@@ -21,7 +23,6 @@ from billow.domain.usage import AggRow, GroupFilter, MeterValue, StoredEvent, Us
 
 _VALUE_COLUMNS = ["namespace", "meter_id", "subject", "time", "value", "value_str", "group_by", "source", "id"]
 _EVENT_COLUMNS = ["namespace", "source", "id", "type", "subject", "time", "data", "ingested_at", "validation_error"]
-_JOURNAL_COLUMNS = ["write_id", "namespace", "cells", "done"]
 
 _WINDOW_EXPR = {
     None: "0",
@@ -66,11 +67,11 @@ def _ceil_minute(t: datetime) -> datetime:
 
 
 class ClickHouseUsageStore:
-    def __init__(self, client: Any, exclusive: bool = False) -> None:
-        """`exclusive`: this process alone writes the store (embedded chdb), so `migrate` also repairs what a
-        crash left half-written (`recover`)."""
+    def __init__(self, client: Any, journal: Path | None = None) -> None:
+        """`journal`: where this process, the only one writing the store (embedded chdb), notes the rollup
+        cells of the write in progress; `migrate` then also repairs a write a crash tore (`recover`)."""
         self._client = client
-        self._exclusive = exclusive
+        self._journal = os.open(journal, os.O_RDWR | os.O_CREAT, 0o600) if journal is not None else None
         self._lock = threading.RLock()
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ class ClickHouseUsageStore:
                     self._command(stmt)
                 self._client.insert("billow_migrations", [[version, name, datetime.now(UTC)]],
                                     column_names=["version", "name", "applied_at"])
-            if self._exclusive:
+            if self._journal is not None:
                 self.recover()
 
     def pending_migrations(self) -> list[int]:
@@ -116,6 +117,9 @@ class ClickHouseUsageStore:
     def close(self) -> None:
         with self._lock:
             self._client.close()
+            if self._journal is not None:
+                os.close(self._journal)
+                self._journal = None
 
     # -- writes ------------------------------------------------------------------------------------
     def present_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -144,13 +148,14 @@ class ClickHouseUsageStore:
 
     def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:
         with self._lock:
-            write_id = ""
+            journal = self._journal if values else None
+            if journal is not None:
+                # The views' parts land after the values part: if the process dies in between, the next open
+                # rebuilds these (meter, UTC hour) cells (`recover`). Writes take turns under the lock, so the
+                # file holds at most the write in progress: "1" + its cells, then "0" once its raw events are
+                # in (one pwrite each, no truncation: a few microseconds).
+                os.pwrite(journal, b"1" + jsonx.dumps({"namespace": namespace, "cells": _hour_cells(values)}).encode(), 0)
             if values:
-                # The views' parts land after the values part: the journal names the rollup cells to rebuild
-                # if the process dies in between (`recover`; done once the raw events are in).
-                write_id = uuid.uuid4().hex
-                cells = sorted({(v.meter_id, _floor_hour(_utc(v.time))) for v in values})
-                self._client.insert("write_journal", [[write_id, namespace, cells, 0]], column_names=_JOURNAL_COLUMNS)
                 self._client.insert("meter_values", [
                     [namespace, v.meter_id, v.subject, v.time, v.value, v.value_str, v.group_by, v.source, v.event_id]
                     for v in values
@@ -161,8 +166,8 @@ class ClickHouseUsageStore:
                      jsonx.dumps(s.event.data) if s.event.data is not None else "", s.ingested_at, s.validation_error]
                     for s in events
                 ], column_names=_EVENT_COLUMNS)
-            if write_id:
-                self._client.insert("write_journal", [[write_id, namespace, [], 1]], column_names=_JOURNAL_COLUMNS)
+            if journal is not None:
+                os.pwrite(journal, b"0", 0)
 
     # -- repair of rollups torn by a crash -----------------------------------------------------------
     def repair(self, namespace: str, keys: Sequence[tuple[str, str]]) -> None:
@@ -177,17 +182,24 @@ class ClickHouseUsageStore:
             wanted = set(keys)
             self._rebuild(namespace, {(r[2], _utc(r[3])) for r in rows if (r[0], r[1]) in wanted})
 
-    def recover(self) -> int:
-        """Rebuild the rollup cells of every journalled write that never finished, then clear the journal; the
-        number of writes repaired. Only for the process that alone writes the store (at open); idempotent, so a
-        crash inside it is repaired by the next open."""
+    def recover(self) -> bool:
+        """At open: rebuild the rollup cells of the journalled write a crash interrupted, then clear the journal.
+        True if there was one. Idempotent: a crash inside it leaves the journal for the next open."""
+        fd = self._journal
+        if fd is None:
+            return False
         with self._lock:
-            rows = self._query("SELECT any(namespace), argMin(cells, done) FROM write_journal "
-                               "GROUP BY write_id HAVING max(done) = 0", {})
-            for namespace, cells in rows:
-                self._rebuild(namespace, {(m, _utc(h)) for m, h in cells})
-            self._command("TRUNCATE TABLE write_journal")
-            return len(rows)
+            text = os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+            entry = None
+            if text.startswith("1"):
+                try:  # a longer earlier entry may trail it
+                    entry = json.JSONDecoder().raw_decode(text, 1)[0]
+                except ValueError:  # cut short by the crash: the values insert had not begun
+                    entry = None
+            if entry:
+                self._rebuild(entry["namespace"], {(m, datetime.fromtimestamp(h, UTC)) for m, h in entry["cells"]})
+            os.pwrite(fd, b"0", 0)
+            return bool(entry)
 
     def _rebuild(self, namespace: str, cells: set[tuple[str, datetime]]) -> None:
         """Re-derive the (meter, UTC hour) cells of both rollups from meter_values: delete them, then aggregate
@@ -451,6 +463,15 @@ def _segments(start: datetime | None, end: datetime | None, hourly: bool) -> lis
         out.append(("minute", h_hi, m_hi))
     out.append(("hour", h_lo, h_hi))
     return out
+
+
+def _hour_cells(values: Sequence[MeterValue]) -> list[tuple[str, int]]:
+    """(meter id, epoch second of the UTC hour) of every value, once each (attribute reads where the time is
+    in UTC, as every parsed event time is: several times faster than .timestamp() per value)."""
+    utc = {(v.meter_id, v.time.year, v.time.month, v.time.day, v.time.hour) for v in values if v.time.tzinfo is UTC}
+    cells = {(m, int(datetime(y, mo, d, h, tzinfo=UTC).timestamp())) for m, y, mo, d, h in utc}
+    cells.update((v.meter_id, int(v.time.timestamp() // 3600) * 3600) for v in values if v.time.tzinfo is not UTC)
+    return sorted(cells)
 
 
 def _key_params(namespace: str, keys: Sequence[tuple[str, str]]) -> dict[str, Any]:

@@ -61,16 +61,4 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             argMaxState(value, time) AS latest_state
         FROM meter_values GROUP BY namespace, meter_id, minute, subject, group_by""",
     ]),
-    (2, "write journal: the rollup cells a write touches, until it is done", [
-        # The views' parts are committed after the values part: a crash in between leaves values the rollups
-        # lack. A write records its (meter, UTC hour) cells here before the values and a done row after the
-        # raw events; the cells of a write never done are rebuilt from meter_values (ClickHouseUsageStore.recover).
-        """CREATE TABLE IF NOT EXISTS write_journal (
-            write_id String,
-            namespace LowCardinality(String),
-            cells Array(Tuple(String, DateTime('UTC'))),
-            done UInt8,
-            at DateTime64(3, 'UTC') DEFAULT now64(3)
-        ) ENGINE = ReplacingMergeTree(done) ORDER BY write_id TTL toDateTime(at) + INTERVAL 30 DAY""",
-    ]),
 ]
