@@ -1,16 +1,76 @@
-"""What happens outside Billow when an invoice moves: the Stripe app (customer sync, invoice creation and
-finalisation, void), the invoice documents (HTML + PDF to S3 or the data directory) and the invoice
+"""What happens outside Billow when an invoice moves: the invoicing apps (ports.InvoicingApp: sandbox, custom
+invoicing, Stripe: customer sync, invoice creation and finalisation, void), the invoice documents (HTML + PDF to S3 or the data directory) and the invoice
 notifications. The billing use-cases call these through one object, built per request by the container."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billow.errors import Conflict
+from billow.ports import InvoicingApp
+
+if TYPE_CHECKING:
+    from billow.adapters.stripe_app import StripeApp
 
 log = logging.getLogger("billow.billing")
+
+
+class SandboxInvoicing:
+    """Nothing leaves Billow: the invoice is issued at once, with no external ids."""
+
+    def issue(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
+        return {}
+
+    def void(self, invoice: dict[str, Any]) -> None:
+        return None
+
+
+class CustomInvoicing:
+    """The user's own system issues the invoice and says so (POST /api/v1/apps/custom-invoicing/{id}/issuing/
+    synchronized); it hears of a void through the invoice.updated notification."""
+
+    def issue(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def void(self, invoice: dict[str, Any]) -> None:
+        return None
+
+
+class StripeInvoicing:
+    """Stripe (adapters/stripe_app.py): the customer synced, one invoice item per billed line, finalised."""
+
+    def __init__(self, api_key: str | None, api_base: str | None) -> None:
+        self.api_key, self.api_base = api_key, api_base
+
+    def _app(self) -> StripeApp:
+        from billow.adapters.stripe_app import StripeApp
+
+        if not self.api_key:
+            raise Conflict("the Stripe app is not configured: set stripe_api_key (stripe_secret_arn in AWS)")
+        return StripeApp(self.api_key, self.api_base)
+
+    def issue(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
+        app = self._app()
+        customer_id = app.ensure_customer(invoice["customer"])
+        wf = invoice["workflow"]["workflow"]
+        method = wf["payment"]["collectionMethod"]
+        days = None
+        if method == "send_invoice":
+            from billow.domain.periods import RecurringPeriod
+            from billow.timeutil import parse_rfc3339
+
+            created = parse_rfc3339(invoice["createdAt"], "createdAt")
+            due_after = wf["invoicing"]["dueAfter"]
+            days = 0 if due_after in ("P0D", "PT0S", "PT0H") else \
+                max(1, (RecurringPeriod(due_after, created).at(1) - created).days)
+        out = app.issue_invoice(invoice, customer_id, collection_method=method, days_until_due=days)
+        return {"invoicing": out["id"], "payment": out["id"], "stripeCustomerId": customer_id,
+                "hostedInvoiceUrl": out.get("hostedInvoiceUrl")}
+
+    def void(self, invoice: dict[str, Any]) -> None:
+        self._app().void_invoice(invoice["externalIds"]["invoicing"])
 
 
 class BillingApps:
@@ -18,35 +78,13 @@ class BillingApps:
         self.c = c
         self._rules: dict[str, bool] = {}  # invoice event type -> any active rule (asked once per apps object)
 
-    # -- Stripe ----------------------------------------------------------------------------------------------
-    def _stripe(self) -> Any:
-        from billow.adapters.stripe_app import StripeApp
-
-        s = self.c.settings
-        if not s.stripe_api_key:
-            raise Conflict("the Stripe app is not configured: set stripe_api_key (stripe_secret_arn in AWS)")
-        return StripeApp(s.stripe_api_key, s.stripe_api_base)
-
-    def stripe_issue(self, inv: dict[str, Any]) -> dict[str, Any]:
-        app = self._stripe()
-        customer_id = app.ensure_customer(inv["customer"])
-        wf = inv["workflow"]["workflow"]
-        method = wf["payment"]["collectionMethod"]
-        days = None
-        if method == "send_invoice":
-            from billow.domain.periods import RecurringPeriod
-            from billow.timeutil import parse_rfc3339
-
-            created = parse_rfc3339(inv["createdAt"], "createdAt")
-            due_after = wf["invoicing"]["dueAfter"]
-            days = 0 if due_after in ("P0D", "PT0S", "PT0H") else \
-                max(1, (RecurringPeriod(due_after, created).at(1) - created).days)
-        out = app.issue_invoice(inv, customer_id, collection_method=method, days_until_due=days)
-        return {"invoicing": out["id"], "payment": out["id"], "stripeCustomerId": customer_id,
-                "hostedInvoiceUrl": out.get("hostedInvoiceUrl")}
-
-    def stripe_void(self, inv: dict[str, Any]) -> None:
-        self._stripe().void_invoice(inv["externalIds"]["invoicing"])
+    # -- invoicing apps ------------------------------------------------------------------------------------
+    def invoicing(self, app_type: str) -> InvoicingApp:
+        """The invoicing app a billing profile names (APP_TYPES: sandbox, custom_invoicing, stripe)."""
+        if app_type == "stripe":
+            s = self.c.settings
+            return StripeInvoicing(s.stripe_api_key, s.stripe_api_base)
+        return CustomInvoicing() if app_type == "custom_invoicing" else SandboxInvoicing()
 
     # -- documents and notifications -------------------------------------------------------------------------
     def issued(self, inv: dict[str, Any]) -> None:

@@ -81,11 +81,8 @@ def issue(namespace: str, inv: dict[str, Any], *, store: BillingStore, apps: Bil
     inv["updatedAt"] = format_rfc3339(now)
     store.put_invoice(namespace, inv, expect_status=before)
     invoicing = inv["workflow"]["apps"]["invoicing"]
-    if invoicing == "custom_invoicing":
-        return inv  # waits for POST /api/v1/apps/custom-invoicing/{id}/issuing/synchronized
     try:
-        if invoicing == "stripe":
-            inv["externalIds"] = {**inv.get("externalIds", {}), **apps.stripe_issue(inv)}  # type: ignore[attr-defined]
+        external_ids = apps.invoicing(invoicing).issue(inv)
     except Exception as exc:  # the app failed: the invoice stays issuing, failed, and can be retried
         log.warning("invoicing app %s failed for %s: %s", invoicing, inv["number"], exc)
         inv_rules.set_status(inv, "issuing.failed", failed=True)
@@ -93,6 +90,10 @@ def issue(namespace: str, inv: dict[str, Any], *, store: BillingStore, apps: Bil
                                     "message": str(exc) or type(exc).__name__}]
         store.put_invoice(namespace, inv, expect_status="issuing")
         return inv
+    if external_ids is None:
+        return inv  # custom invoicing: waits for POST /api/v1/apps/custom-invoicing/{id}/issuing/synchronized
+    if external_ids:
+        inv["externalIds"] = {**inv.get("externalIds", {}), **external_ids}
     return _issued(namespace, inv, store=store, apps=apps, now=now)
 
 
@@ -128,8 +129,8 @@ def act(namespace: str, id_: str, action: str, *, store: BillingStore, apps: Bil
         return issue(namespace, inv, store=store, apps=apps, now=now)
     if action == "void":
         before = inv["status"]
-        if inv.get("externalIds", {}).get("invoicing") and inv["workflow"]["apps"]["invoicing"] == "stripe":
-            apps.stripe_void(inv)  # type: ignore[attr-defined]
+        if inv.get("externalIds", {}).get("invoicing"):  # issued outside Billow: voided there too
+            apps.invoicing(inv["workflow"]["apps"]["invoicing"]).void(inv)
         inv_rules.set_status(inv, "voided")
         inv["voidedAt"] = inv["updatedAt"] = format_rfc3339(now)
         store.put_invoice(namespace, inv, expect_status=before)
