@@ -11,7 +11,7 @@
   schedules      EventBridge Scheduler -> per-job SQS queues                constructs/schedules.py
   notifications  notify_dispatch's wake-up queue, SES sender identity       constructs/notifications.py
   migrations     functions/migrate, a CDK trigger runs it once per deploy    constructs/migrations.py
-  alarms         errors, dead-letter depth, consumer lag -> SNS             constructs/observability.py
+  alarms         error rates, throttles, API, jobs, Aurora, DLQs, lag -> SNS constructs/observability.py
 
 Every function gets exactly the grants its handler needs; see the comments at each grant."""
 
@@ -178,9 +178,14 @@ class BillowStack(Stack):
         self.migrations = Migrations(self, "Migrations", fn=self.migrate_fn, after=[self.database],
                                      before=[f for n, f in self.fns.functions.items() if n != "migrate"])
 
-        self.alarms = Alarms(self, "Alarms", stage=stage)
+        self.alarms = Alarms(self, "Alarms", stage=stage, retain=prod)
         for name, fn in self.fns.functions.items():
             self.alarms.function_errors(name.replace("_", "-"), fn)
+            self.alarms.function_throttles(name.replace("_", "-"), fn)
+        self.alarms.api(self.http.stage)
+        for job in self.job_fns:
+            self.alarms.job_queue_age(job, self.schedules.queues[job])
+        self.alarms.database(self.database.cluster, self.database.proxy, max_acu=self.database.max_acu)
         for name, queue in (("dead-letters", self.dead_letters), ("jobs-dlq", self.schedules.dead_letters)):
             self.alarms.dead_letters(name, queue)
         self.alarms.consumer_lag(self.sink_fn, max_lag=100_000, minutes=5)

@@ -18,6 +18,7 @@ class Database(Construct):
                  app_subnets: ec2.SubnetSelection, data_subnets: ec2.SubnetSelection,
                  min_acu: float, max_acu: float, retain: bool, name: str) -> None:
         super().__init__(scope, cid)
+        self.max_acu = max_acu
         self.security_group = ec2.SecurityGroup(self, "Db", vpc=vpc, allow_all_outbound=False,
                                                 description="Aurora PostgreSQL: from RDS Proxy and rotation only")
         self.proxy_security_group = ec2.SecurityGroup(self, "ProxySg", vpc=vpc, allow_all_outbound=False,
