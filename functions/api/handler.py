@@ -28,6 +28,7 @@ from functions.api import (
     notification_routes,
     portal_routes,
     subscription_routes,
+    v2_routes,
 )
 from functions.api.responses import no_content, ok
 
@@ -42,6 +43,7 @@ app.include_router(notification_routes.router)
 app.include_router(portal_routes.router)
 app.include_router(llm_routes.router)
 app.include_router(home_routes.router)
+app.include_router(v2_routes.router)
 
 
 def _event() -> dict[str, Any]:

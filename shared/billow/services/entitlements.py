@@ -140,15 +140,15 @@ def customer_subject_keys(namespace: str, id_or_key: str, meta: MetaStore) -> li
 def create_entitlement(namespace: str, subject: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
                        now: datetime) -> dict[str, Any]:
     key = subject_key(namespace, subject, meta)
-    doc, grant = _build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
+    doc, grant = build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
     store.put_entitlement(namespace, doc, created_at=now)
     if grant is not None:
         store.put_grant(namespace, grant, created_at=now)
     return doc
 
 
-def _build_entitlement(namespace: str, key: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
-                       now: datetime) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def build_entitlement(namespace: str, key: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
+                      now: datetime) -> tuple[dict[str, Any], dict[str, Any] | None]:
     if not isinstance(body, dict):
         raise bad("", "entitlement must be a JSON object")
     etype = body.get("type")
@@ -261,7 +261,7 @@ def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, b
     """Replace the entitlement with a new one (a new id, fresh grants). The old one keeps its history."""
     key = subject_key(namespace, subject, meta)
     old = resolve(namespace, [key], id_or_feature_key, store=store)
-    doc, grant = _build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
+    doc, grant = build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
     if doc["featureKey"] != old["featureKey"]:
         raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
     stamp = format_rfc3339(now)
@@ -277,6 +277,27 @@ def create_grant(namespace: str, subject: str, id_or_feature_key: str, body: Any
                  meta: MetaStore, now: datetime) -> dict[str, Any]:
     key = subject_key(namespace, subject, meta)
     ent = resolve(namespace, [key], id_or_feature_key, store=store)
+    doc = build_grant(namespace, ent, body, store=store, now=now)
+    store.put_grant(namespace, doc, created_at=now)
+    return grant_json(doc, now)
+
+
+def build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: EntitlementStore, now: datetime,
+                v2: bool = False, at: str = "") -> dict[str, Any]:
+    """A grant of the (metered) entitlement, validated, not stored. `v2`: OpenMeter's v2 input, where expiration
+    is optional (the grant never expires), maxRolloverAmount defaults to the amount, and annotations are accepted.
+    `at` prefixes the field names of errors (e.g. `grants[0].`)."""
+    try:
+        return _build_grant(namespace, ent, body, store=store, now=now, v2=v2)
+    except ValidationFailed as e:
+        if not at:
+            raise
+        raise ValidationFailed(f"{at}{e.detail}", [{**err, "field": f"{at}{err['field']}".rstrip(".")}
+                                                   for err in e.errors]) from None
+
+
+def _build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: EntitlementStore, now: datetime,
+                 v2: bool) -> dict[str, Any]:
     if ent["type"] != "metered":
         raise bad("entitlementIdOrFeatureKey", "grants apply to metered entitlements only")
     if not isinstance(body, dict):
@@ -293,31 +314,37 @@ def create_grant(namespace: str, subject: str, id_or_feature_key: str, body: Any
         raise bad("effectiveAt", f"before the current usage period ({format_rfc3339(period_start)}): a grant may "
                                  "not rewrite the balance of a closed period")
     exp = body.get("expiration")
-    if not isinstance(exp, dict):
-        raise bad("expiration", "required: {duration: HOUR|DAY|WEEK|MONTH|YEAR, count: 1..1000}")
-    if exp.get("duration") not in EXPIRATION_UNITS:
-        raise bad("expiration.duration", "one of HOUR, DAY, WEEK, MONTH, YEAR")
-    count = exp.get("count")
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
-        raise bad("expiration.count", "must be an integer from 1 to 1000")
-    expires = add_duration(effective, exp["duration"], count)
-    max_roll = amount(body.get("maxRolloverAmount", 0), "maxRolloverAmount")
+    expires, expiration = None, None
+    if exp is not None or not v2:
+        if not isinstance(exp, dict):
+            raise bad("expiration", "required: {duration: HOUR|DAY|WEEK|MONTH|YEAR, count: 1..1000}")
+        if exp.get("duration") not in EXPIRATION_UNITS:
+            raise bad("expiration.duration", "one of HOUR, DAY, WEEK, MONTH, YEAR")
+        count = exp.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+            raise bad("expiration.count", "must be an integer from 1 to 1000")
+        expires, expiration = add_duration(effective, exp["duration"], count), {"duration": exp["duration"], "count": count}
+    max_roll = amount(body.get("maxRolloverAmount", amt if v2 else 0), "maxRolloverAmount")
     min_roll = amount(body.get("minRolloverAmount", 0), "minRolloverAmount")
     if min_roll > max_roll:
         raise bad("minRolloverAmount", "must not exceed maxRolloverAmount")
     stamp = format_rfc3339(now)
     doc: dict[str, Any] = {
         "id": new_id(), "entitlementId": ent["id"], "amount": amt, "priority": prio,
-        "effectiveAt": format_rfc3339(effective), "expiration": {"duration": exp["duration"], "count": count},
-        "expiresAt": format_rfc3339(expires), "maxRolloverAmount": max_roll, "minRolloverAmount": min_roll,
+        "effectiveAt": format_rfc3339(effective), "maxRolloverAmount": max_roll, "minRolloverAmount": min_roll,
         "createdAt": stamp, "updatedAt": stamp,
     }
+    if expires is not None:
+        doc.update(expiration=expiration, expiresAt=format_rfc3339(expires))
     if (md := fields.metadata(body)) is not None:
         doc["metadata"] = md
+    if v2 and body.get("annotations") is not None:
+        if not isinstance(body["annotations"], dict):
+            raise bad("annotations", "must be an object")
+        doc["annotations"] = body["annotations"]
     if body.get("recurrence") is not None:
         doc["recurrence"] = parse_period(body["recurrence"], "recurrence", effective)
-    store.put_grant(namespace, doc, created_at=now)
-    return _grant_json(doc, now)
+    return doc
 
 
 def add_duration(t: datetime, unit: str, count: int) -> datetime:
@@ -335,7 +362,7 @@ def add_duration(t: datetime, unit: str, count: int) -> datetime:
     return t.replace(year=year, month=month, day=min(t.day, calendar.monthrange(year, month)[1]))
 
 
-def _grant_json(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
+def grant_json(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
     out = dict(doc)
     if doc.get("recurrence"):
         nxt = period_of(doc["recurrence"]).containing(max(minute(now), parse_rfc3339(doc["effectiveAt"], "e")))[1]
@@ -350,7 +377,7 @@ def list_grants(namespace: str, subject: str | None, id_or_feature_key: str | No
         docs = store.list_grants(namespace, [ent["id"]])
     else:
         docs = store.list_grants(namespace)
-    return [_grant_json(d, now) for d in docs if include_deleted or not d.get("deletedAt")]
+    return [grant_json(d, now) for d in docs if include_deleted or not d.get("deletedAt")]
 
 
 def void_grant(namespace: str, grant_id: str, *, store: EntitlementStore, now: datetime) -> None:

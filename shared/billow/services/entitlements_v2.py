@@ -1,0 +1,304 @@
+"""OpenMeter's v2 entitlement API: entitlements and grants addressed by customer (id or key) instead of subject.
+
+A customer's entitlements live on its usage-attribution subjects (new ones on the first, as v1 does); the v2 shapes
+name the customer (`customerId`, `customerKey`) instead of the subject, carry `issue` ({amount, priority}) beside
+the deprecated `issueAfterReset`, and every list is a page object. v2 inputs add `issue` and `grants` (created
+with a metered entitlement) and grants whose expiration is optional (never expiring) and whose
+`maxRolloverAmount` defaults to their amount. Everything else is the v1 services' behaviour."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.ids import is_ulid
+from billow.ports import MetaStore, UsageStore
+from billow.services import balances, entitlements, params
+from billow.services.entitlements import EntitlementStore, amount, bad
+from billow.timeutil import parse_rfc3339
+
+ENTITLEMENT_ORDER = ("createdAt", "updatedAt")
+GRANT_ORDER = ("id", "createdAt", "updatedAt")
+TYPES = ("metered", "boolean", "static")
+
+
+# -- customers --------------------------------------------------------------------------------------------
+def customer(namespace: str, id_or_key: str, meta: MetaStore) -> dict[str, Any]:
+    c = meta.get_customer(namespace, id_or_key)
+    if c is None:
+        raise NotFound(f"customerIdOrKey: customer {id_or_key!r} not found")
+    return c
+
+
+def subject_keys(c: dict[str, Any]) -> list[str]:
+    return list((c.get("usageAttribution") or {}).get("subjectKeys") or [])
+
+
+def _subject(c: dict[str, Any]) -> str:
+    keys = subject_keys(c)
+    if not keys:
+        raise bad("customerIdOrKey", "the customer has no usageAttribution.subjectKeys to meter entitlements on")
+    return keys[0]
+
+
+class _Customers:
+    """The customer of each entitlement's subject, looked up once per request."""
+
+    def __init__(self, namespace: str, meta: MetaStore) -> None:
+        self.namespace, self.meta = namespace, meta
+        self.by_subject: dict[str, dict[str, Any] | None] = {}
+
+    def of(self, subject: str) -> dict[str, Any] | None:
+        if subject not in self.by_subject:
+            cid = self.meta.customers_for_subjects(self.namespace, [subject]).get(subject)
+            self.by_subject[subject] = self.meta.get_customer(self.namespace, cid) if cid else None
+        return self.by_subject[subject]
+
+
+def present(namespace: str, doc: dict[str, Any], cust: dict[str, Any], *, store: EntitlementStore,
+            now: datetime) -> dict[str, Any]:
+    out = balances.entitlement_json(namespace, doc, store=store, now=now)
+    out.pop("subjectKey", None)
+    out["customerId"] = cust["id"]
+    if cust.get("key"):
+        out["customerKey"] = cust["key"]
+    if "issueAfterReset" in out:
+        out["issue"] = {"amount": out["issueAfterReset"], "priority": out.get("issueAfterResetPriority", 1)}
+    return out
+
+
+# -- create, override -------------------------------------------------------------------------------------
+def _v1_body(body: Any) -> tuple[dict[str, Any], list[Any]]:
+    """The v2 input as the v1 builder reads it, and the grants to create with it."""
+    if not isinstance(body, dict):
+        raise bad("", "entitlement must be a JSON object")
+    out = dict(body)
+    grants = out.pop("grants", None)
+    issue = out.pop("issue", None)
+    if grants is not None and not isinstance(grants, list):
+        raise bad("grants", "must be an array of grants")
+    if issue is not None:
+        if not isinstance(issue, dict):
+            raise bad("issue", "must be an object with an amount")
+        if "amount" not in issue:
+            raise bad("issue.amount", "required")
+        out["issueAfterReset"] = amount(issue["amount"], "issue.amount")
+        prio = issue.get("priority", 1)
+        if isinstance(prio, bool) or not isinstance(prio, int) or not 1 <= prio <= 255:
+            raise bad("issue.priority", "must be an integer from 1 to 255")
+        out["issueAfterResetPriority"] = prio
+    if grants and out.get("issueAfterReset") is not None:
+        raise bad("grants", "issue (issueAfterReset) and grants cannot be used together")
+    if grants and body.get("type") != "metered":
+        raise bad("grants", "only a metered entitlement has grants")
+    return out, grants or []
+
+
+def _feature_exists(namespace: str, body: dict[str, Any], store: EntitlementStore) -> None:
+    """An unknown feature is a 404 (as OpenMeter's); an archived or unsuitable one stays the builder's 400."""
+    for field in ("featureId", "featureKey"):
+        ref = body.get(field)
+        if isinstance(ref, str) and ref and store.get_feature(namespace, ref, include_archived=True) is None:
+            raise NotFound(f"{field}: feature {ref!r} not found")
+
+
+def _build(namespace: str, key: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
+           now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    v1, grant_inputs = _v1_body(body)
+    _feature_exists(namespace, v1, store)
+    doc, issued = entitlements.build_entitlement(namespace, key, v1, store=store, meta=meta, now=now)
+    grants = [entitlements.build_grant(namespace, doc, g, store=store, now=now, v2=True, at=f"grants[{i}].")
+              for i, g in enumerate(grant_inputs)]
+    return doc, ([issued] if issued is not None else []) + grants
+
+
+def create(namespace: str, customer_ref: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
+           now: datetime) -> dict[str, Any]:
+    cust = customer(namespace, customer_ref, meta)
+    doc, grants = _build(namespace, _subject(cust), body, store=store, meta=meta, now=now)
+    existing = store.find_entitlement(namespace, subject_keys(cust), doc["featureKey"])
+    if existing is not None:
+        raise Conflict(f"customer {customer_ref!r} already has an entitlement for feature {doc['featureKey']!r}",
+                       extensions={"conflictingEntityId": existing["id"]})
+    store.put_entitlement(namespace, doc, created_at=now)
+    for g in grants:
+        store.put_grant(namespace, g, created_at=now)
+    return present(namespace, doc, cust, store=store, now=now)
+
+
+def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
+             now: datetime) -> dict[str, Any]:
+    """A new entitlement in place of the customer's current one (which keeps its history)."""
+    cust, old = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    doc, grants = _build(namespace, old["subjectKey"], body, store=store, meta=meta, now=now)
+    if doc["featureKey"] != old["featureKey"]:
+        raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
+    stamp = doc["createdAt"]
+    old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
+    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old)
+    for g in grants:
+        store.put_grant(namespace, g, created_at=now)
+    return present(namespace, doc, cust, store=store, now=now)
+
+
+# -- reads, delete, reset -----------------------------------------------------------------------------------
+def resolve(namespace: str, customer_ref: str, ref: str, *, store: EntitlementStore,
+            meta: MetaStore) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The customer and its active entitlement with this id or feature key (404 for either unknown)."""
+    cust = customer(namespace, customer_ref, meta)
+    keys = subject_keys(cust)
+    if not keys:
+        raise NotFound(f"entitlementIdOrFeatureKey: customer {customer_ref!r} has no entitlement {ref!r}")
+    try:
+        return cust, entitlements.resolve(namespace, keys, ref, store=store)
+    except NotFound:
+        raise NotFound(f"entitlementIdOrFeatureKey: customer {customer_ref!r} has no entitlement {ref!r}") from None
+
+
+def get(namespace: str, customer_ref: str, ref: str, *, store: EntitlementStore, meta: MetaStore,
+        now: datetime) -> dict[str, Any]:
+    cust, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    return present(namespace, doc, cust, store=store, now=now)
+
+
+def delete(namespace: str, customer_ref: str, ref: str, *, store: EntitlementStore, meta: MetaStore,
+           now: datetime) -> None:
+    _, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    entitlements.delete_entitlement(namespace, doc["subjectKey"], doc["id"], store=store, meta=meta, now=now)
+
+
+def value(namespace: str, customer_ref: str, ref: str, at: datetime | None, *, store: EntitlementStore,
+          meta: MetaStore, usage: UsageStore, now: datetime, cache: balances.BalanceCache | None) -> dict[str, Any]:
+    cust, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    return balances.value(namespace, subject_keys(cust), doc["id"], at, store=store, meta=meta, usage=usage, now=now,
+                          cache=cache)
+
+
+def history(namespace: str, customer_ref: str, ref: str, qs: dict[str, list[str]], *, store: EntitlementStore,
+            meta: MetaStore, usage: UsageStore, now: datetime) -> dict[str, Any]:
+    cust, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    return balances.history(namespace, subject_keys(cust), doc["id"], qs, store=store, meta=meta, usage=usage, now=now)
+
+
+def reset(namespace: str, customer_ref: str, ref: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
+          now: datetime) -> None:
+    _, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    entitlements.reset(namespace, doc["subjectKey"], doc["id"], body, store=store, meta=meta, now=now)
+
+
+def get_by_id(namespace: str, entitlement_id: str, *, store: EntitlementStore, meta: MetaStore,
+              now: datetime) -> dict[str, Any]:
+    if not is_ulid(entitlement_id):
+        raise ValidationFailed.at("entitlementId", "must be an entitlement id (a ULID)")
+    doc = store.get_entitlement(namespace, entitlement_id, include_deleted=True)
+    cust = _Customers(namespace, meta).of(doc["subjectKey"]) if doc is not None else None
+    if doc is None or cust is None:
+        raise NotFound(f"entitlementId: entitlement {entitlement_id!r} of a customer not found")
+    return present(namespace, doc, cust, store=store, now=now)
+
+
+# -- lists ----------------------------------------------------------------------------------------------------
+def _num(qs: dict[str, list[str]], name: str, default: int, lo: int, hi: int) -> int:
+    raw = params.one(qs, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad(name, "must be an integer") from None
+    if not lo <= value <= hi:
+        raise bad(name, f"must be between {lo} and {hi}")
+    return value
+
+
+def page(items: list[dict[str, Any]], qs: dict[str, list[str]], order_by: tuple[str, ...]) -> dict[str, Any]:
+    """OpenMeter's v2 page object, ordered by `orderBy` (`order` ASC/DESC); page/pageSize, or limit/offset."""
+    field = params.one(qs, "orderBy") or "createdAt"
+    if field not in order_by:
+        raise bad("orderBy", f"one of {', '.join(order_by)}")
+    direction = params.one(qs, "order") or "ASC"
+    if direction not in ("ASC", "DESC"):
+        raise bad("order", "one of ASC, DESC")
+    sort_key: Callable[[dict[str, Any]], Any] = (
+        (lambda d: d["id"]) if field == "id" else (lambda d: parse_rfc3339(d[field], field)))
+    items = sorted(items, key=sort_key, reverse=direction == "DESC")
+    if "page" not in qs and "pageSize" not in qs and ("limit" in qs or "offset" in qs):
+        offset, limit = _num(qs, "offset", 0, 0, 1_000_000_000), _num(qs, "limit", 100, 1, 1000)
+        return {"totalCount": len(items), "page": offset // limit + 1, "pageSize": limit,
+                "items": items[offset: offset + limit]}
+    number, size = _num(qs, "page", 1, 1, 1_000_000), _num(qs, "pageSize", 100, 1, 1000)
+    return {"totalCount": len(items), "page": number, "pageSize": size,
+            "items": items[(number - 1) * size: number * size]}
+
+
+def list_for_customer(namespace: str, customer_ref: str, qs: dict[str, list[str]], *, store: EntitlementStore,
+                      meta: MetaStore, now: datetime) -> dict[str, Any]:
+    cust = customer(namespace, customer_ref, meta)
+    keys = subject_keys(cust)
+    docs = store.list_entitlements(namespace, keys, include_deleted=params.flag(qs, "includeDeleted")) if keys else []
+    return page([present(namespace, d, cust, store=store, now=now) for d in docs], qs, ENTITLEMENT_ORDER)
+
+
+def list_all(namespace: str, qs: dict[str, list[str]], *, store: EntitlementStore, meta: MetaStore,
+             now: datetime) -> dict[str, Any]:
+    kinds = params.choices(qs, "entitlementType", TYPES)
+    exclude_inactive = params.flag(qs, "excludeInactive")
+    wanted: list[str] | None = None
+    if qs.get("customerKeys") or qs.get("customerIds"):
+        wanted = []
+        for field in ("customerKeys", "customerIds"):
+            for ref in qs.get(field) or []:
+                c = meta.get_customer(namespace, ref)
+                if c is not None and (c.get("key") == ref if field == "customerKeys" else c["id"] == ref):
+                    wanted += subject_keys(c)
+    features = set(qs.get("feature") or [])
+    docs = store.list_entitlements(namespace, wanted) if wanted is None or wanted else []
+    customers = _Customers(namespace, meta)
+    out = []
+    for d in docs:
+        cust = customers.of(d["subjectKey"])
+        if cust is None or (kinds and d["type"] not in kinds):
+            continue
+        if features and d["featureKey"] not in features and d["featureId"] not in features:
+            continue
+        if exclude_inactive and (parse_rfc3339(d["activeFrom"], "activeFrom") > now or (
+                d.get("activeTo") and parse_rfc3339(d["activeTo"], "activeTo") <= now)):
+            continue
+        out.append(present(namespace, d, cust, store=store, now=now))
+    return page(out, qs, ENTITLEMENT_ORDER)
+
+
+# -- grants ---------------------------------------------------------------------------------------------------
+def create_grant(namespace: str, customer_ref: str, ref: str, body: Any, *, store: EntitlementStore,
+                 meta: MetaStore, now: datetime) -> dict[str, Any]:
+    _, ent = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    doc = entitlements.build_grant(namespace, ent, body, store=store, now=now, v2=True)
+    store.put_grant(namespace, doc, created_at=now)
+    return entitlements.grant_json(doc, now)
+
+
+def list_grants(namespace: str, customer_ref: str, ref: str, qs: dict[str, list[str]], *,
+                store: EntitlementStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
+    _, ent = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    include = params.flag(qs, "includeDeleted")
+    docs = [entitlements.grant_json(g, now) for g in store.list_grants(namespace, [ent["id"]])
+            if include or not g.get("deletedAt")]
+    return page(docs, qs, GRANT_ORDER)
+
+
+def list_all_grants(namespace: str, qs: dict[str, list[str]], *, store: EntitlementStore, meta: MetaStore,
+                    now: datetime) -> dict[str, Any]:
+    include = params.flag(qs, "includeDeleted")
+    ents: list[str] | None = None
+    if qs.get("customer") or qs.get("feature"):
+        keys: list[str] | None = None
+        if qs.get("customer"):
+            keys = [k for ref in qs["customer"] for k in subject_keys(customer(namespace, ref, meta))]
+        features = set(qs.get("feature") or [])
+        ents = [e["id"] for e in store.list_entitlements(namespace, keys, include_deleted=True)
+                if not features or e["featureKey"] in features or e["featureId"] in features] if keys != [] else []
+    docs = store.list_grants(namespace, ents) if ents is None or ents else []
+    return page([entitlements.grant_json(g, now) for g in docs if include or not g.get("deletedAt")], qs,
+                GRANT_ORDER)
