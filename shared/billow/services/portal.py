@@ -218,10 +218,23 @@ def _customer(s: Session, meta: MetaStore) -> dict[str, Any] | None:
     return meta.get_customer(s.namespace, cid) if cid else None
 
 
+def unit(meter: Any) -> str:
+    """What a meter's values count, for the portal's charts: the meter's `metadata.unit` if set, else "events" for
+    COUNT and the last name of the valueProperty ($.usage.input_tokens -> "input tokens")."""
+    given = (meter.metadata or {}).get("unit")
+    if isinstance(given, str) and given.strip():
+        return given.strip()[:40]
+    if meter.aggregation == "COUNT" or not meter.value_property:
+        return "events"
+    names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", meter.value_property)
+    return names[-1].replace("_", " ") if names else ""
+
+
 def me(s: Session, *, meta: MetaStore) -> dict[str, Any]:
     """Who the token is for and what it may read (Billow's extension)."""
     cust = _customer(s, meta)
-    meters = [{"slug": m.slug, "name": m.name, "description": m.description, "aggregation": m.aggregation}
+    meters = [{"slug": m.slug, "name": m.name, "description": m.description, "aggregation": m.aggregation,
+               "unit": unit(m), "groupBy": list(m.group_by)}
               for m in meta.list_meters(s.namespace) if s.may_read(m.slug)]
     return {"subject": s.subject, "customer": {k: cust.get(k) for k in ("id", "key", "name")} if cust else None,
             "allowedMeterSlugs": list(s.allowed) or None, "meters": meters, "expiresAt": s.expires_at}

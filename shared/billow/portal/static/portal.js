@@ -45,8 +45,8 @@
       body = null;
     }
     const detail = body && body.detail;
-    if (resp.status === 401) throw new AuthError(detail || "The link is not valid.");
-    if (!resp.ok) throw new Error(detail || `The server answered ${resp.status}.`);
+    if (resp.status === 401) throw new AuthError(detail || "");
+    if (!resp.ok) throw new Error(detail || `The server answered ${resp.status}.`);  // for the console only
     return body;
   }
 
@@ -107,14 +107,31 @@
     $("message").hidden = false;
   }
 
+  // What the customer reads about a refused link: our words, never the server's (which speak of tokens and
+  // show raw timestamps); API Gateway's own refusal has no detail at all.
+  function linkProblem(detail) {
+    const expired = /expired at (\S+?)\.?$/.exec(detail || "");
+    const at = expired ? new Date(expired[1]) : null;
+    if (at && !isNaN(at)) return `This link expired at ${at.toLocaleString(undefined, {dateStyle: "medium", timeStyle: "short"})}.`;
+    if (expired) return "This link has expired.";
+    if (/invalidated/.test(detail || "")) return "This link was invalidated by your provider.";
+    return "This link is not valid: it may be incomplete or mistyped.";
+  }
+
   function denied(detail) {
     sessionStorage.removeItem(KEY);
     if (expiryTimer) clearTimeout(expiryTimer);
     showMessage("denied", "This link has expired or is no longer valid",
-                `${detail} Ask your provider for a new link to see your usage.`);
+                `${linkProblem(detail)} Ask your provider for a new link to see your usage.`);
   }
 
   // -- usage charts --------------------------------------------------------------------------------------------
+  // Each chart is drawn at the pixel width of its card (1 SVG unit = 1 CSS pixel), so axis labels keep their size
+  // on a phone; it is drawn again when the width changes. A bar's exact value stays in data-value; a stacked
+  // breakdown by the meter's first group-by (SUM and COUNT only: other aggregations do not add up) sits on top.
+  const STACKED = new Set(["SUM", "COUNT"]);
+  const MAX_GROUPS = 6;  // more groups than this: the rest are summed as "Other"
+
   function lastDays(n) {
     const today = new Date();
     today.setHours(0, 0, 0, 0);
@@ -127,61 +144,193 @@
     return out;
   }
 
-  function barChart(meter, days, rows) {
+  // Exact sum of decimal strings (for "Other"): scaled BigInts, never floats.
+  function addExact(values) {
+    const texts = values.map((v) => String(v ?? "0"));
+    if (!texts.every((t) => /^-?\d+(\.\d+)?$/.test(t))) return String(texts.reduce((a, t) => a + Number(t), 0));
+    const scale = Math.max(0, ...texts.map((t) => (t.split(".")[1] || "").length));
+    let sum = 0n;
+    for (const t of texts) {
+      const neg = t.startsWith("-");
+      const [i, f = ""] = (neg ? t.slice(1) : t).split(".");
+      const v = BigInt(i + f.padEnd(scale, "0"));
+      sum += neg ? -v : v;
+    }
+    const neg = sum < 0n;
+    const digits = (neg ? -sum : sum).toString().padStart(scale + 1, "0");
+    let out = scale ? `${digits.slice(0, -scale)}.${digits.slice(-scale)}` : digits;
+    if (scale) out = out.replace(/0+$/, "").replace(/\.$/, "");
+    return (neg && out !== "0" ? "-" : "") + out;
+  }
+
+  // The breakdown: [{name, byDay: Map(time -> value)}], largest first, at most MAX_GROUPS (+ "Other").
+  function breakdown(key, rows) {
+    const groups = new Map();
+    for (const r of rows) {
+      const g = r.groupBy && r.groupBy[key] != null && r.groupBy[key] !== "" ? String(r.groupBy[key]) : "(none)";
+      if (!groups.has(g)) groups.set(g, new Map());
+      groups.get(g).set(Date.parse(r.windowStart), r.value);
+    }
+    const size = (m) => [...m.values()].reduce((a, v) => a + Math.abs(Number(v)), 0);
+    const list = [...groups].map(([name, byDay]) => ({name, byDay})).sort((a, b) => size(b.byDay) - size(a.byDay));
+    if (list.length <= MAX_GROUPS + 1) return list;
+    const rest = list.slice(MAX_GROUPS), other = new Map();
+    for (const t of new Set(rest.flatMap((g) => [...g.byDay.keys()]))) {
+      other.set(t, addExact(rest.map((g) => g.byDay.get(t) ?? "0")));
+    }
+    return [...list.slice(0, MAX_GROUPS), {name: "Other", byDay: other}];
+  }
+
+  const withUnit = (value, unit) => unit ? `${fmt(value)} ${unit}` : fmt(value);
+
+  function showTip(card, x, lines) {
+    const tip = card.querySelector(".tip"), box = card.querySelector(".chart-box");
+    tip.replaceChildren(...lines);
+    tip.hidden = false;
+    const w = tip.offsetWidth, cx = box.offsetLeft + x;
+    tip.style.left = `${Math.max(4, Math.min(card.clientWidth - w - 4, cx - w / 2))}px`;
+    tip.style.top = `${box.offsetTop + 2}px`;
+  }
+
+  function hideTip(card) {
+    card.querySelector(".tip").hidden = true;
+    for (const h of card.querySelectorAll(".hit.active")) h.classList.remove("active");
+  }
+
+  function barChart(card, meter, days, rows, groups, width) {
     const byDay = new Map(rows.map((r) => [Date.parse(r.windowStart), r.value]));
     const values = days.map((d) => byDay.get(d.getTime()) ?? "0");
     const max = niceCeil(Math.max(0, ...values.map(Number)));
-    const W = 720, H = 220, left = 52, right = 8, top = 12, bottom = 26;
+    const W = Math.max(260, Math.floor(width)), H = W < 520 ? 190 : 230;
+    const left = 46, right = 6, top = 24, bottom = 24;
     const plotW = W - left - right, plotH = H - top - bottom, step = plotW / days.length;
-    const chart = svg("svg", {viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img",
-                              "aria-label": `${meter.name || meter.slug}: usage per day, last ${days.length} days`,
+    const unit = meter.unit || "";
+    const chart = svg("svg", {viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: "chart", role: "img",
+                              "aria-label": `${meter.name || meter.slug}: ${unit || "usage"} per day, last ${days.length} days`,
                               "data-meter": meter.slug});
+    chart.append(svg("text", {x: 0, y: 12, class: "unit"}, unit ? `${unit} per day` : "per day"));
     for (const f of [0, 0.5, 1]) {
       const y = top + plotH - f * plotH;
       chart.append(svg("line", {x1: left, x2: W - right, y1: y, y2: y, class: "grid"}));
       chart.append(svg("text", {x: left - 6, y: y + 4, class: "axis", "text-anchor": "end"}, short(max * f)));
     }
+    const every = step * 7 >= 48 ? 7 : 14;  // a label per week, or per fortnight when a week is too narrow
+    const height = (v) => {
+      let h = max > 0 ? (Number(v) / max) * plotH : 0;
+      if (Number(v) > 0 && h < 1.5) h = 1.5;
+      return h;
+    };
     values.forEach((value, i) => {
-      const v = Number(value);
-      let h = max > 0 ? (v / max) * plotH : 0;
-      if (v > 0 && h < 1.5) h = 1.5;
-      const bar = svg("rect", {x: (left + i * step + step * 0.15).toFixed(2), y: (top + plotH - h).toFixed(2),
-                               width: (step * 0.7).toFixed(2), height: h.toFixed(2), class: "bar",
+      const x = left + i * step + step * 0.15, bw = step * 0.7;
+      const h = height(value);
+      const bar = svg("rect", {x: x.toFixed(2), y: (top + plotH - h).toFixed(2), width: bw.toFixed(2),
+                               height: h.toFixed(2), class: "bar" + (groups ? " stacked" : ""),
                                "data-day": isoDay(days[i]), "data-window-start": days[i].toISOString(),
                                "data-value": value});
-      bar.append(svg("title", {}, `${dayLabel(days[i])}: ${fmt(value)}`));
+      bar.append(svg("title", {}, `${dayLabel(days[i])}: ${withUnit(value, unit)}`));
       chart.append(bar);
-      if ((days.length - 1 - i) % 7 === 0) {  // today, and every week before it
-        chart.append(svg("text", {x: (left + i * step + step / 2).toFixed(2), y: H - 8, class: "axis",
-                                  "text-anchor": "middle"}, dayLabel(days[i])));
+      if (groups) {
+        let y = top + plotH;
+        groups.forEach((g, k) => {
+          const v = g.byDay.get(days[i].getTime());
+          if (v === undefined || !(Number(v) > 0) || !(max > 0)) return;
+          const sh = Math.min(y - top, (Number(v) / max) * plotH);
+          y -= sh;
+          chart.append(svg("rect", {x: x.toFixed(2), y: y.toFixed(2), width: bw.toFixed(2), height: sh.toFixed(2),
+                                    class: `seg c${k}`, "data-group": g.name, "data-value": v,
+                                    "data-day": isoDay(days[i])}));
+        });
       }
+      if ((days.length - 1 - i) % every === 0) {  // today (flush right, inside the chart), and every week before
+        const last = i === days.length - 1;
+        chart.append(svg("text", {x: (last ? W - right : left + i * step + step / 2).toFixed(2), y: H - 6,
+                                  class: "axis day", "text-anchor": last ? "end" : "middle"}, dayLabel(days[i])));
+      }
+      // The hover / tap / keyboard target: the whole column, so thin bars are easy to hit.
+      const hit = svg("rect", {x: (left + i * step).toFixed(2), y: top, width: step.toFixed(2), height: plotH,
+                               class: "hit", tabindex: 0, "data-day": isoDay(days[i])});
+      const tip = () => {
+        const head = el("div", {class: "tip-head"}, el("strong", {}, dayLabel(days[i])), " ",
+                        el("span", {class: "tip-value"}, withUnit(value, unit)));
+        const lines = [head];
+        for (const [k, g] of (groups || []).entries()) {
+          const v = g.byDay.get(days[i].getTime());
+          if (v !== undefined && Number(v) !== 0) {
+            lines.push(el("div", {class: "tip-group", "data-group": g.name},
+                          el("span", {}, el("i", {class: `sw c${k}`}), g.name), el("span", {}, withUnit(v, unit))));
+          }
+        }
+        hideTip(card);
+        hit.classList.add("active");
+        showTip(card, left + i * step + step / 2, lines);
+      };
+      hit.addEventListener("pointerenter", tip);
+      hit.addEventListener("pointerdown", tip);
+      hit.addEventListener("focus", tip);
+      hit.addEventListener("pointerleave", () => hideTip(card));
+      hit.addEventListener("blur", () => hideTip(card));
+      chart.append(hit);
     });
     return chart;
   }
 
+  function legend(groups) {
+    return el("ul", {class: "legend"}, ...groups.map((g, k) =>
+      el("li", {"data-group": g.name}, el("i", {class: `sw c${k}`}), g.name)));
+  }
+
+  const cards = [];  // [card, draw(width)] to draw again when the width changes
+
   async function renderUsage(me) {
     const charts = $("charts");
     charts.replaceChildren();
+    cards.length = 0;
     const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
     const days = lastDays(DAYS);
     const range = `from=${encodeURIComponent(days[0].toISOString())}&to=${encodeURIComponent(new Date().toISOString())}` +
                   `&windowTimeZone=${encodeURIComponent(tz)}`;
     if (!me.meters.length) charts.append(el("p", {class: "muted"}, "No usage is shared with you yet."));
-    const cards = await Promise.all(me.meters.map(async (meter) => {
+    const made = await Promise.all(me.meters.map(async (meter) => {
       const base = `/api/v1/portal/meters/${encodeURIComponent(meter.slug)}/query?${range}`;
-      const [daily, total] = await Promise.all([api(`${base}&windowSize=DAY`), api(base)]);
+      const key = STACKED.has(meter.aggregation) && (meter.groupBy || []).length ? meter.groupBy[0] : null;
+      const [daily, total, grouped] = await Promise.all([
+        api(`${base}&windowSize=DAY`), api(base),
+        key ? api(`${base}&windowSize=DAY&groupBy=${encodeURIComponent(key)}`) : null]);
       const sum = total.data.length ? total.data[0].value : "0";
-      return el("article", {class: "card meter", "data-meter": meter.slug, "data-total": sum, "data-time-zone": tz},
+      const groups = grouped ? breakdown(key, grouped.data) : null;
+      const shown = groups && groups.length > 1 ? groups : null;  // one group: nothing to break down
+      const card = el("article", {class: "card meter", "data-meter": meter.slug, "data-total": sum,
+                                  "data-time-zone": tz, "data-unit": meter.unit || ""},
         el("header", {class: "card-head"},
           el("h3", {}, meter.name || meter.slug),
           el("span", {class: "total"}, `${TOTAL_LABEL[meter.aggregation] || "Total"}: `,
-             el("strong", {}, fmt(sum)))),
-        meter.description ? el("p", {class: "muted"}, meter.description) : "",
-        barChart(meter, days, daily.data));
+             el("strong", {}, fmt(sum)), meter.unit ? ` ${meter.unit}` : "")),
+        meter.description ? el("p", {class: "muted"}, meter.description) : "");
+      if (shown) card.dataset.groupBy = key;
+      const holder = el("div", {class: "chart-box"});
+      const tip = el("div", {class: "tip", role: "status"});
+      tip.hidden = true;
+      card.append(holder, tip);
+      if (shown) card.append(legend(shown));
+      const draw = (width) => holder.replaceChildren(barChart(card, meter, days, daily.data, shown, width));
+      cards.push([card, holder, draw]);
+      return card;
     }));
-    charts.append(...cards);
+    charts.append(...made);
     $("usage").hidden = false;
+    for (const [, holder, draw] of cards) draw(holder.clientWidth);
   }
+
+  let resizeTimer = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      for (const [card, holder, draw] of cards) {
+        hideTip(card);
+        if (Math.floor(holder.clientWidth) !== Number(holder.firstChild?.getAttribute("width"))) draw(holder.clientWidth);
+      }
+    }, 100);
+  });
 
   // -- balances --------------------------------------------------------------------------------------------------
   function renderBalances(items) {
@@ -223,16 +372,73 @@
   }
 
   // -- invoices --------------------------------------------------------------------------------------------------
+  const STATUS = {issued: "Due", payment_processing: "Payment processing", overdue: "Overdue", paid: "Paid",
+                  uncollectible: "Uncollectible", voided: "Void"};
+
+  function statusCell(inv) {
+    const label = STATUS[inv.status] || (inv.status || "").replace(/_/g, " ");
+    const text = inv.status === "issued" && inv.dueAt ? `Due ${dateLabel(inv.dueAt)}` : label;
+    return el("span", {class: `status status-${inv.status}`, "data-status": inv.status}, text);
+  }
+
+  function save(href, name) {
+    const a = el("a", {href, rel: "noopener"});
+    if (name) a.download = name;
+    else a.target = "_blank";
+    document.body.append(a);
+    a.click();
+    a.remove();
+  }
+
+  // A document through the portal token: the links are this API's (local documents: fetched with the token and
+  // saved from memory) or presigned S3 URLs (AWS: opened as they are).
+  async function download(inv, format, button) {
+    button.disabled = true;
+    $("billing-note").hidden = true;
+    try {
+      const links = await api(`/api/v1/portal/invoices/${encodeURIComponent(inv.id)}/documents`);
+      const url = new URL(links[format], location.href);
+      if (url.origin !== location.origin) {
+        save(url.href, null);
+        return;
+      }
+      const resp = await fetch(url.href, {headers: {Authorization: "Bearer " + token}, cache: "no-store",
+                                          credentials: "omit", referrerPolicy: "no-referrer"});
+      if (resp.status === 401) throw new AuthError("");
+      if (!resp.ok) throw new Error(`The server answered ${resp.status}.`);
+      const named = /filename="([^"]+)"/.exec(resp.headers.get("content-disposition") || "");
+      const href = URL.createObjectURL(await resp.blob());
+      save(href, named ? named[1] : `${inv.number || "invoice"}.${format}`);
+      setTimeout(() => URL.revokeObjectURL(href), 60_000);
+    } catch (err) {
+      if (err instanceof AuthError) return denied(err.message);
+      console.error(err);
+      $("billing-note").textContent = "The document could not be downloaded just now. Try again in a moment.";
+      $("billing-note").hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function renderInvoices(items) {
     const body = $("invoices").querySelector("tbody");
     body.replaceChildren();
-    if (!items.length) body.append(el("tr", {class: "empty"}, el("td", {colSpan: 4}, "No invoices yet.")));
+    if (!items.length) body.append(el("tr", {class: "empty"}, el("td", {colSpan: 5}, "No invoices yet.")));
     for (const inv of items) {
       const period = inv.period ? `${dateLabel(inv.period.from)} – ${dateLabel(inv.period.to)}` : dateLabel(inv.issuedAt);
       const total = inv.totals ? inv.totals.total : inv.total;
-      body.append(el("tr", {"data-invoice": inv.id},
-        el("td", {}, inv.number || inv.id), el("td", {}, period), el("td", {}, inv.status || ""),
-        el("td", {class: "num"}, `${fmt(total)} ${inv.currency || ""}`.trim())));
+      const buttons = el("span", {});
+      const docs = el("td", {class: "docs", "data-label": "Download"}, buttons);
+      for (const [format, name] of [["pdf", "PDF"], ["html", "HTML"]]) {
+        const b = el("button", {type: "button", class: "doc", "data-format": format}, name);
+        b.setAttribute("aria-label", `Download invoice ${inv.number || ""} as ${name}`.replace("  ", " "));
+        b.addEventListener("click", () => download(inv, format, b));
+        buttons.append(b);
+      }
+      body.append(el("tr", {"data-invoice": inv.id, "data-status": inv.status || ""},
+        el("td", {"data-label": "Invoice"}, inv.number || ""), el("td", {"data-label": "Period"}, period),
+        el("td", {"data-label": "Status"}, statusCell(inv)),
+        el("td", {class: "num", "data-label": "Total"}, `${fmt(total)} ${inv.currency || ""}`.trim()), docs));
     }
     $("billing").hidden = false;
   }
@@ -242,13 +448,12 @@
     document.body.dataset.state = "loading";
     try {
       const me = await api("/api/v1/portal/me");
-      const who = me.customer ? `${me.customer.name || me.customer.key || me.customer.id} · ${me.subject}` : me.subject;
-      $("who").textContent = who;
-      $("who").dataset.subject = me.subject;
+      // The customer's name only: subject keys and ids are the provider's internal references.
+      $("who").textContent = me.customer && me.customer.name ? me.customer.name : "";
       $("expiry").textContent = `Link valid until ${new Date(me.expiresAt).toLocaleString()}`;
       if (expiryTimer) clearTimeout(expiryTimer);
       const left = Date.parse(me.expiresAt) - Date.now();
-      if (left < 2 ** 31) expiryTimer = setTimeout(() => denied(`The link expired at ${me.expiresAt}.`), Math.max(0, left));
+      if (left < 2 ** 31) expiryTimer = setTimeout(() => denied(`expired at ${me.expiresAt}`), Math.max(0, left));
       const [, ents, invs] = await Promise.all([renderUsage(me), api("/api/v1/portal/entitlements"),
                                                 api("/api/v1/portal/invoices")]);
       renderBalances(ents);
@@ -258,7 +463,10 @@
       document.body.dataset.state = "ready";
     } catch (err) {
       if (err instanceof AuthError) denied(err.message);
-      else showMessage("error", "Something went wrong", `${err.message} Try again in a moment.`);
+      else {
+        console.error(err);
+        showMessage("error", "Something went wrong", "Your usage could not be loaded just now. Try again in a moment.");
+      }
     }
   }
 
