@@ -1,11 +1,14 @@
-"""EventBridge Scheduler: billing runs, entitlement resets and notification dispatch.
+"""EventBridge Scheduler: billing runs and notification dispatch.
 
 Each schedule sends its job message to that job's own SQS queue (`billow-<stage>-jobs-<job>`), never
-straight to a function. The job handlers (functions/billing_run, entitlement_reset, notify_dispatch) arrive
-with later issues; the stack wires `functions/<job>/handler.py` to its queue with an SQS trigger as soon
-as that file exists at synth time, and until then the queue simply holds the ticks (4-day retention; the
-job DLQ alarm stays quiet because nothing fails). The schedule target never changes when a handler lands,
-and the queue adds retries, a dead-letter queue and a buffer when a run outlasts its interval.
+straight to a function; the stack subscribes `functions/<job>/handler.py` to it with an SQS trigger (a job
+without its handler fails synthesis). The queue adds retries, a dead-letter queue and a buffer when a run
+outlasts its interval.
+
+There is no entitlement reset job: a usage period's resets are computed when a balance is read
+(services/entitlements.reset_schedule from the period and the manual resets; services/balances runs the grants
+through them and saves a snapshot at a reset once it is older than the late-usage window), and reset
+notifications are made by notify_dispatch's tick (services/notifications.evaluate).
 
 The message carries the scheduler's own tick time and execution id, so a job can be made idempotent per
 tick: {"job": ..., "namespace": ..., "scheduledTime": "<ISO-8601>", "executionId": "..."}."""
@@ -24,7 +27,6 @@ from constructs import Construct
 
 JOBS = {
     "billing_run": "rate(15 minutes)",
-    "entitlement_reset": "rate(5 minutes)",
     "notify_dispatch": "rate(1 minute)",
 }
 JOB_TIMEOUT = Duration.minutes(5)  # a job function's timeout; the queue's visibility timeout is 6x this
