@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
+from billow.domain.periods import RecurringPeriod
 from billow.errors import Conflict
 from billow.exact import EXACT
+from billow.timeutil import format_rfc3339, parse_rfc3339
 
 STATUSES: Final = ("gathering", "draft", "issuing", "issued", "payment_processing", "overdue", "paid",
                    "uncollectible", "voided")
@@ -33,48 +37,197 @@ def status_of(extended: str) -> str:
     return extended.split(".", 1)[0]
 
 
-def available_actions(inv: dict[str, Any]) -> dict[str, Any]:
+def actions_for(extended: str, failed: bool) -> dict[str, Any]:
     """OpenMeter's `InvoiceAvailableActions`: each possible action with the status it leads to."""
-    ext: str = inv["statusDetails"]["extendedStatus"]
-    failed = inv["statusDetails"].get("failed", False)
     out: dict[str, Any] = {}
-    if ext in ("draft.waiting_auto_approval", "draft.ready_to_issue", "draft.created"):
+    if extended in ("draft.waiting_auto_approval", "draft.ready_to_issue", "draft.created"):
         out["advance"] = {"resultingState": "issued"}
-    if ext == "draft.manual_approval_needed":
+    if extended == "draft.manual_approval_needed":
         out["approve"] = {"resultingState": "issued"}
-    if status_of(ext) == "draft":
+    if status_of(extended) == "draft":
         out["delete"] = {"resultingState": "deleted"}
     if failed:
         out["retry"] = {"resultingState": "issued"}
-    if status_of(ext) in ("draft", "issuing", "issued", "payment_processing", "overdue"):
+    if status_of(extended) in ("draft", "issuing", "issued", "payment_processing", "overdue"):
         out["void"] = {"resultingState": "voided"}
     return out
 
 
-def require(inv: dict[str, Any], action: str) -> None:
-    """Refuse an action the invoice's state does not allow (409, naming what is allowed)."""
-    allowed = available_actions(inv)
-    if action not in allowed:
-        ext = inv["statusDetails"]["extendedStatus"]
-        can = ", ".join(sorted(allowed)) or "none"
-        raise Conflict(f"cannot {action} invoice {inv['number']} in state {ext}; available actions: {can}")
+def status_details(extended: str, failed: bool = False) -> dict[str, Any]:
+    """OpenMeter's `InvoiceStatusDetails` of an extended status (what the mapper writes)."""
+    return {"extendedStatus": extended, "failed": failed,
+            "immutable": status_of(extended) not in ("gathering", "draft"),
+            "availableActions": actions_for(extended, failed)}
 
 
 def set_status(inv: dict[str, Any], extended: str, *, failed: bool = False) -> None:
+    """The status fields of a document built as JSON (a pending-line holder); invoices move through Invoice."""
     inv["status"] = status_of(extended)
-    inv["statusDetails"] = {"extendedStatus": extended, "failed": failed,
-                            "immutable": status_of(extended) not in ("gathering", "draft"), "availableActions": {}}
-    inv["statusDetails"]["availableActions"] = available_actions(inv)
+    inv["statusDetails"] = status_details(extended, failed)
 
 
-def mutable(inv: dict[str, Any]) -> bool:
-    return inv["status"] in ("gathering", "draft")
+_ZERO_DURATIONS: Final = ("P0D", "PT0S", "PT0H")
+# The fields the lifecycle owns (typed on Invoice); every other field of the document passes through as read.
+# A field the document did not have yet is added at its end in this order (where the lifecycle always put it).
+_OWNED: Final = ("status", "statusDetails", "documents", "voidedAt", "updatedAt", "issuedAt", "dueAt", "draftUntil",
+                 "deletedAt", "externalIds", "validationIssues", "totals", "description", "metadata")
 
 
-def require_mutable(inv: dict[str, Any]) -> None:
-    if not mutable(inv):
-        raise Conflict(f"invoice {inv['number']} is {inv['status']}: an invoice cannot be changed once it is being "
-                       "issued; usage arriving later is billed as a correction on the next invoice")
+@dataclass(eq=False)
+class Invoice:
+    """An invoice as its lifecycle sees it: the state machine's fields typed, the rest of OpenMeter's `Invoice`
+    JSON (lines, supplier, customer, period, workflow, ...) carried as read. `from_json` / `to_json` are the one
+    mapper: `to_json(from_json(doc))` is `doc` again, key for key and in the same order."""
+
+    id: str
+    number: str
+    currency: str
+    extended_status: str
+    failed: bool
+    updated_at: str | None
+    issued_at: str | None
+    due_at: str | None
+    draft_until: str | None
+    voided_at: str | None
+    deleted_at: str | None
+    external_ids: dict[str, Any]
+    validation_issues: list[dict[str, Any]]
+    documents: dict[str, Any] | None
+    totals: dict[str, str]
+    description: Any
+    metadata: Any
+    body: dict[str, Any]  # every other field, as read
+    _keys: tuple[str, ...] = ()  # the document's field order as read
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Invoice:
+        details = doc.get("statusDetails") or {}
+        return cls(
+            id=doc["id"], number=doc["number"], currency=doc["currency"],
+            extended_status=details.get("extendedStatus") or doc.get("status") or "draft.created",
+            failed=bool(details.get("failed", False)), updated_at=doc.get("updatedAt"), issued_at=doc.get("issuedAt"),
+            due_at=doc.get("dueAt"), draft_until=doc.get("draftUntil"), voided_at=doc.get("voidedAt"),
+            deleted_at=doc.get("deletedAt"), external_ids=dict(doc.get("externalIds") or {}),
+            validation_issues=list(doc.get("validationIssues") or []), documents=doc.get("documents"),
+            totals=doc.get("totals") or {}, description=doc.get("description"), metadata=doc.get("metadata"),
+            body={k: v for k, v in doc.items() if k not in _OWNED}, _keys=tuple(doc))
+
+    def _owned(self) -> dict[str, Any]:
+        return {"status": self.status, "statusDetails": status_details(self.extended_status, self.failed),
+                "documents": self.documents, "voidedAt": self.voided_at, "updatedAt": self.updated_at,
+                "issuedAt": self.issued_at, "dueAt": self.due_at, "draftUntil": self.draft_until,
+                "deletedAt": self.deleted_at, "externalIds": self.external_ids,
+                "validationIssues": self.validation_issues, "totals": self.totals, "description": self.description,
+                "metadata": self.metadata}
+
+    def to_json(self) -> dict[str, Any]:
+        owned = self._owned()
+        out: dict[str, Any] = {}
+        for k in self._keys:
+            out[k] = owned[k] if k in owned else self.body[k]
+        for k, v in owned.items():  # fields the document gains (status at creation, documents, voidedAt)
+            if k not in out and v is not None:
+                out[k] = v
+        for k, v in self.body.items():
+            out.setdefault(k, v)
+        return out
+
+    # -- what the lifecycle reads -------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        return status_of(self.extended_status)
+
+    @property
+    def customer_id(self) -> str:
+        return str(self.body["customer"]["id"])
+
+    @property
+    def invoicing_app(self) -> str:
+        return str(self.body["workflow"]["apps"]["invoicing"])
+
+    @property
+    def payment_app(self) -> str:
+        return str(self.body["workflow"]["apps"]["payment"])
+
+    @property
+    def due_after(self) -> str:
+        return str(self.body["workflow"]["workflow"]["invoicing"]["dueAfter"])
+
+    @property
+    def due(self) -> Decimal:
+        return _d(self.totals.get("total"))
+
+    @property
+    def mutable(self) -> bool:
+        return self.status in ("gathering", "draft")
+
+    @property
+    def documents_pending(self) -> bool:
+        return (self.documents or {}).get("status") == "pending"
+
+    def available_actions(self) -> dict[str, Any]:
+        return actions_for(self.extended_status, self.failed)
+
+    def require(self, action: str) -> None:
+        """Refuse an action the invoice's state does not allow (409, naming what is allowed)."""
+        allowed = self.available_actions()
+        if action not in allowed:
+            can = ", ".join(sorted(allowed)) or "none"
+            raise Conflict(f"cannot {action} invoice {self.number} in state {self.extended_status}; "
+                           f"available actions: {can}")
+
+    def require_mutable(self) -> None:
+        if not self.mutable:
+            raise Conflict(f"invoice {self.number} is {self.status}: an invoice cannot be changed once it is being "
+                           "issued; usage arriving later is billed as a correction on the next invoice")
+
+    # -- transitions ----------------------------------------------------------------------------------------
+    def set_status(self, extended: str, *, failed: bool = False) -> None:
+        self.extended_status, self.failed = extended, failed
+
+    def touch(self, now: datetime) -> None:
+        self.updated_at = format_rfc3339(now)
+
+    def edit(self, key: str, value: Any) -> None:
+        """`description` or `metadata` (the fields a mutable invoice takes from PUT)."""
+        self.require_mutable()
+        setattr(self, key, value)
+        if key not in self._keys:  # a document without the field gains it at its end
+            self._keys = (*self._keys, key)
+
+    def issued(self, now: datetime) -> None:
+        """Issued now: issue and due dates, then the payment app's state (the sandbox settles at once; nothing
+        due is paid); its documents are due."""
+        self.issued_at = format_rfc3339(now)
+        self.due_at = format_rfc3339(now if self.due_after in _ZERO_DURATIONS
+                                     else RecurringPeriod(self.due_after, now).at(1))
+        self.validation_issues = []
+        if self.payment_app == "sandbox" or self.due <= 0:
+            self.set_status("paid")
+        else:
+            self.set_status("payment_processing.pending")
+        self.touch(now)
+        self.documents = {"status": "pending"}
+
+    def issue_failed(self, app: str, message: str) -> None:
+        """The invoicing app failed: the invoice stays issuing, failed, and can be retried."""
+        self.set_status("issuing.failed", failed=True)
+        self.validation_issues = [{"severity": "critical", "code": "app_sync_failed", "component": app,
+                                   "message": message}]
+
+    def void(self, now: datetime) -> None:
+        self.set_status("voided")
+        self.voided_at = self.updated_at = format_rfc3339(now)
+
+    def auto_approval_due(self, now: datetime) -> bool:
+        """A draft waiting for auto-approval whose draft period ended."""
+        return self.extended_status == "draft.waiting_auto_approval" and bool(self.draft_until) \
+            and parse_rfc3339(str(self.draft_until), "draftUntil") <= now
+
+    def overdue_at(self, now: datetime) -> bool:
+        """Issued (or payment processing) and past its due date."""
+        return self.status in ("issued", "payment_processing") and bool(self.due_at) \
+            and parse_rfc3339(str(self.due_at), "dueAt") <= now
 
 
 def _d(value: Any) -> Decimal:
@@ -101,6 +254,3 @@ def sum_totals(lines: Iterable[dict[str, Any]], credits: Decimal = ZERO) -> dict
             discounts += _d(ln["totals"]["discountsTotal"])
         return totals(amount, discounts, credits)
 
-
-def due(inv: dict[str, Any]) -> Decimal:
-    return _d(inv["totals"]["total"])

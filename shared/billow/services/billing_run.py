@@ -30,6 +30,7 @@ from billow import jsonx
 from billow.domain import invoices as inv_rules
 from billow.domain import subscriptions as subs
 from billow.domain.billing import Mark, Point, diff, due_points
+from billow.domain.invoices import Invoice
 from billow.domain.usage import UsageQuery, final_value
 from billow.errors import Conflict, NotFound
 from billow.exact import EXACT
@@ -38,7 +39,7 @@ from billow.ports import BillingStore, MetaStore, SubscriptionStore, UsageStore
 from billow.services.balances import feature_filters
 from billow.services.billing_profiles import RunContext
 from billow.services.entitlements import EntitlementStore, minute
-from billow.services.invoices import issue_state, new_invoice
+from billow.services.invoices import new_invoice
 from billow.services.pending_lines import rate_pending
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
@@ -250,9 +251,10 @@ class _Run:
 
     def _issue(self, customer: dict[str, Any], inv: dict[str, Any]) -> dict[str, Any]:
         try:
-            if self.on_issue is not None and inv["statusDetails"]["extendedStatus"] == "draft.ready_to_issue":
+            typed = Invoice.from_json(inv)
+            if self.on_issue is not None and typed.extended_status == "draft.ready_to_issue":
                 inv = self.on_issue(inv)
-            elif self.on_issue is not None and inv["status"] != "draft":
+            elif self.on_issue is not None and typed.status != "draft":
                 self.on_issue(inv)  # issued in the batch (sandbox): the apps still hear of it
         except Exception as exc:  # the invoice is written; its issuing failed for this customer only
             self.result.fail(customer["id"], exc, invoice_id=inv["id"])
@@ -283,14 +285,14 @@ def _prepare(namespace: str, customer_id: str, parts: list[Owed],
         ctx.counts[customer_id] = ctx.counts.get(customer_id, 0) + 1
         invoice = new_invoice(namespace, customer, profile, lines[0]["currency"], lines, number=ctx.counts[customer_id],
                               now=now)
-        balance = ctx.credits.get((customer_id, invoice["currency"]), Decimal(0))
-        due = inv_rules.due(invoice)
-        if balance > 0 and due > 0:
-            credit = (new_id(), min(balance, due))
-            invoice["totals"] = inv_rules.sum_totals(invoice["lines"], credit[1])
-        if invoice["statusDetails"]["extendedStatus"] == "draft.ready_to_issue" \
-                and invoice["workflow"]["apps"]["invoicing"] == "sandbox":
-            issue_state(invoice, now)  # nothing leaves Billow: issued in the same transaction as its lines
+        inv = Invoice.from_json(invoice)
+        balance = ctx.credits.get((customer_id, inv.currency), Decimal(0))
+        if balance > 0 and inv.due > 0:
+            credit = (new_id(), min(balance, inv.due))
+            inv.totals = inv_rules.sum_totals(invoice["lines"], credit[1])
+        if inv.extended_status == "draft.ready_to_issue" and inv.invoicing_app == "sandbox":
+            inv.issued(now)  # nothing leaves Billow: issued in the same transaction as its lines
+        invoice = inv.to_json()
     return _Prepared(customer, invoice, [m for _, m in parts if m is not None], credit, gathering)
 
 
@@ -333,16 +335,15 @@ def _advance_due(namespace: str, *, store: BillingStore, now: datetime, on_issue
 
 def _advance_one(namespace: str, inv: dict[str, Any], *, store: BillingStore, now: datetime,
                  on_issue: IssueFn | None) -> int:
-    ext = inv["statusDetails"]["extendedStatus"]
-    if ext == "draft.waiting_auto_approval" and inv.get("draftUntil") and parse_rfc3339(inv["draftUntil"], "draftUntil") <= now:
+    invoice = Invoice.from_json(inv)
+    if invoice.auto_approval_due(now):
         if on_issue is not None:
             on_issue(inv)
             return 1
-    elif inv["status"] in ("issued", "payment_processing") and inv.get("dueAt") \
-            and parse_rfc3339(inv["dueAt"], "dueAt") <= now:
-        before = inv["status"]
-        inv_rules.set_status(inv, "overdue")
-        inv["updatedAt"] = format_rfc3339(now)
-        store.put_invoice(namespace, inv, expect_status=before)
+    elif invoice.overdue_at(now):
+        before = invoice.status
+        invoice.set_status("overdue")
+        invoice.touch(now)
+        store.put_invoice(namespace, invoice.to_json(), expect_status=before)
         return 1
     return 0

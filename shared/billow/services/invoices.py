@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from billow.domain import invoices as inv_rules
+from billow.domain.invoices import Invoice
 from billow.domain.money import Currency
 from billow.domain.periods import RecurringPeriod
 from billow.errors import Conflict, NotFound, ValidationFailed
@@ -52,111 +53,106 @@ def new_invoice(namespace: str, customer: dict[str, Any], profile: dict[str, Any
         "workflow": {"sourceBillingProfileId": profile["id"], "apps": profile["apps"], "workflow": wf},
         "externalIds": {}, "validationIssues": [], "issuedAt": None, "dueAt": None, "draftUntil": None,
     }
+    inv = Invoice.from_json(invoice)
     invoicing = wf["invoicing"]
     if not invoicing["autoAdvance"]:
-        inv_rules.set_status(invoice, "draft.manual_approval_needed")
+        inv.set_status("draft.manual_approval_needed")
     elif invoicing["draftPeriod"] in ("P0D", "PT0S", "PT0H"):
-        inv_rules.set_status(invoice, "draft.ready_to_issue")
+        inv.set_status("draft.ready_to_issue")
     else:
-        invoice["draftUntil"] = format_rfc3339(RecurringPeriod(invoicing["draftPeriod"], now).at(1))
-        inv_rules.set_status(invoice, "draft.waiting_auto_approval")
-    return invoice
+        inv.draft_until = format_rfc3339(RecurringPeriod(invoicing["draftPeriod"], now).at(1))
+        inv.set_status("draft.waiting_auto_approval")
+    return inv.to_json()
 
 
-def get_invoice(namespace: str, id_: str, *, store: BillingStore) -> dict[str, Any]:
+def _load(namespace: str, id_: str, store: BillingStore) -> Invoice:
     doc = store.get_invoice(namespace, id_)
     if doc is None or doc.get("deletedAt"):
         raise NotFound(f"invoice {id_!r} not found")
-    return dict(doc)
+    return Invoice.from_json(doc)
 
 
-def issue(namespace: str, inv: dict[str, Any], *, store: BillingStore, apps: BillingApps, now: datetime) -> dict[str, Any]:
+def _save(namespace: str, inv: Invoice, store: BillingStore, *, expect_status: str | None = None) -> None:
+    store.put_invoice(namespace, inv.to_json(), expect_status=expect_status)
+
+
+def get_invoice(namespace: str, id_: str, *, store: BillingStore) -> dict[str, Any]:
+    return _load(namespace, id_, store).to_json()
+
+
+def issue(namespace: str, doc: dict[str, Any], *, store: BillingStore, apps: BillingApps, now: datetime) -> dict[str, Any]:
     """draft -> issuing -> issued (the invoicing app) -> payment (the payment app). An invoice the run issued
     already (sandbox, in its own transaction) only goes to the apps."""
-    if inv["status"] not in ("draft", "issuing"):
-        apps.issued(inv)
+    return _issue(namespace, Invoice.from_json(doc), store=store, apps=apps, now=now).to_json()
+
+
+def _issue(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingApps, now: datetime) -> Invoice:
+    if inv.status not in ("draft", "issuing"):
+        apps.issued(inv.to_json())
         return inv
-    before = inv["status"]
-    inv_rules.set_status(inv, "issuing.syncing")
-    inv["updatedAt"] = format_rfc3339(now)
-    store.put_invoice(namespace, inv, expect_status=before)
-    invoicing = inv["workflow"]["apps"]["invoicing"]
+    before = inv.status
+    inv.set_status("issuing.syncing")
+    inv.touch(now)
+    _save(namespace, inv, store, expect_status=before)
     try:
-        external_ids = apps.invoicing(invoicing).issue(inv)
+        external_ids = apps.invoicing(inv.invoicing_app).issue(inv.to_json())
     except Exception as exc:  # the app failed: the invoice stays issuing, failed, and can be retried
-        log.warning("invoicing app %s failed for %s: %s", invoicing, inv["number"], exc)
-        inv_rules.set_status(inv, "issuing.failed", failed=True)
-        inv["validationIssues"] = [{"severity": "critical", "code": "app_sync_failed", "component": invoicing,
-                                    "message": str(exc) or type(exc).__name__}]
-        store.put_invoice(namespace, inv, expect_status="issuing")
+        log.warning("invoicing app %s failed for %s: %s", inv.invoicing_app, inv.number, exc)
+        inv.issue_failed(inv.invoicing_app, str(exc) or type(exc).__name__)
+        _save(namespace, inv, store, expect_status="issuing")
         return inv
     if external_ids is None:
         return inv  # custom invoicing: waits for POST /api/v1/apps/custom-invoicing/{id}/issuing/synchronized
     if external_ids:
-        inv["externalIds"] = {**inv.get("externalIds", {}), **external_ids}
+        inv.external_ids = {**inv.external_ids, **external_ids}
     return _issued(namespace, inv, store=store, apps=apps, now=now)
 
 
-def issue_state(inv: dict[str, Any], now: datetime) -> None:
-    """Issued now: issue and due dates, then the payment app's state (the sandbox settles at once); documents due."""
-    due_after = inv["workflow"]["workflow"]["invoicing"]["dueAfter"]
-    inv["issuedAt"] = format_rfc3339(now)
-    inv["dueAt"] = format_rfc3339(now if due_after in ("P0D", "PT0S", "PT0H") else RecurringPeriod(due_after, now).at(1))
-    inv["validationIssues"] = []
-    payment = inv["workflow"]["apps"]["payment"]
-    if payment == "sandbox" or inv_rules.due(inv) <= 0:
-        inv_rules.set_status(inv, "paid")  # the sandbox app settles at once; nothing due is paid
-    else:
-        inv_rules.set_status(inv, "payment_processing.pending")
-    inv["updatedAt"] = format_rfc3339(now)
-    inv["documents"] = {"status": "pending"}
-
-
-def _issued(namespace: str, inv: dict[str, Any], *, store: BillingStore, apps: BillingApps, now: datetime) -> dict[str, Any]:
-    issue_state(inv, now)
-    store.put_invoice(namespace, inv, expect_status="issuing")
-    apps.issued(inv)
+def _issued(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingApps, now: datetime) -> Invoice:
+    inv.issued(now)
+    _save(namespace, inv, store, expect_status="issuing")
+    apps.issued(inv.to_json())
     return inv
 
 
 def act(namespace: str, id_: str, action: str, *, store: BillingStore, apps: BillingApps, now: datetime) -> dict[str, Any]:
-    inv = get_invoice(namespace, id_, store=store)
-    inv_rules.require(inv, action)
+    inv = _load(namespace, id_, store)
+    inv.require(action)
     if action in ("advance", "approve", "retry"):
-        if inv["status"] == "issuing":  # retry of a failed app sync
-            inv_rules.set_status(inv, "draft.ready_to_issue")
-            store.put_invoice(namespace, inv)
-        return issue(namespace, inv, store=store, apps=apps, now=now)
+        if inv.status == "issuing":  # retry of a failed app sync
+            inv.set_status("draft.ready_to_issue")
+            _save(namespace, inv, store)
+        return _issue(namespace, inv, store=store, apps=apps, now=now).to_json()
     if action == "void":
-        before = inv["status"]
-        if inv.get("externalIds", {}).get("invoicing"):  # issued outside Billow: voided there too
-            apps.invoicing(inv["workflow"]["apps"]["invoicing"]).void(inv)
-        inv_rules.set_status(inv, "voided")
-        inv["voidedAt"] = inv["updatedAt"] = format_rfc3339(now)
-        store.put_invoice(namespace, inv, expect_status=before)
-        apps.updated(inv)
-        return inv
+        before = inv.status
+        if inv.external_ids.get("invoicing"):  # issued outside Billow: voided there too
+            apps.invoicing(inv.invoicing_app).void(inv.to_json())
+        inv.void(now)
+        _save(namespace, inv, store, expect_status=before)
+        doc = inv.to_json()
+        apps.updated(doc)
+        return doc
     raise bad("action", f"unknown action {action!r}")
 
 
 def delete_invoice(namespace: str, id_: str, *, store: BillingStore, now: datetime) -> None:
-    inv = get_invoice(namespace, id_, store=store)
-    inv_rules.require(inv, "delete")
-    inv["deletedAt"] = format_rfc3339(now)
-    store.put_invoice(namespace, inv, expect_status=inv["status"])
+    inv = _load(namespace, id_, store)
+    inv.require("delete")
+    inv.deleted_at = format_rfc3339(now)
+    _save(namespace, inv, store, expect_status=inv.status)
 
 
-def update_invoice(namespace: str, id_: str, body: Any, *, store: BillingStore, now: datetime) -> dict[str, Any]:
-    inv = get_invoice(namespace, id_, store=store)
-    inv_rules.require_mutable(inv)
+def update_invoice(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime) -> dict[str, Any]:
+    inv = _load(namespace, id_, store)
+    inv.require_mutable()
     if not isinstance(body, dict):
         raise bad("body", "must be an object")
     for key in ("description", "metadata"):
         if key in body:
-            inv[key] = body[key]
-    inv["updatedAt"] = format_rfc3339(now)
-    store.put_invoice(namespace, inv, expect_status=inv["status"])
-    return inv
+            inv.edit(key, body[key])
+    inv.touch(now)
+    _save(namespace, inv, store, expect_status=inv.status)
+    return inv.to_json()
 
 
 _PAYMENT_STATES = {"paid": "paid", "payment_failed": "payment_processing.failed", "uncollectible": "uncollectible",
@@ -166,42 +162,42 @@ _PAYMENT_STATES = {"paid": "paid", "payment_failed": "payment_processing.failed"
 def record_payment(namespace: str, invoice_id: str, outcome: str, *, store: BillingStore, apps: BillingApps, now: datetime) -> dict[str, Any]:
     """Payment status from the payment app (Stripe webhook, custom invoicing). Idempotent: a repeated outcome
     changes nothing; a paid or voided invoice stays so."""
-    inv = get_invoice(namespace, invoice_id, store=store)
+    inv = _load(namespace, invoice_id, store)
     target = _PAYMENT_STATES.get(outcome)
     if target is None:
         raise bad("trigger", f"must be one of {', '.join(_PAYMENT_STATES)}")
-    if inv["statusDetails"]["extendedStatus"] == target or inv["status"] in ("paid", "voided"):
-        return inv
-    if inv["status"] not in ("issued", "payment_processing", "overdue"):
-        raise Conflict(f"invoice {inv['number']} is {inv['status']}: it has no payment to record yet")
-    before = inv["status"]
-    inv_rules.set_status(inv, target, failed=outcome == "payment_failed")
-    inv["updatedAt"] = format_rfc3339(now)
-    store.put_invoice(namespace, inv, expect_status=before)
-    apps.updated(inv)
-    return inv
+    if inv.extended_status == target or inv.status in ("paid", "voided"):
+        return inv.to_json()
+    if inv.status not in ("issued", "payment_processing", "overdue"):
+        raise Conflict(f"invoice {inv.number} is {inv.status}: it has no payment to record yet")
+    before = inv.status
+    inv.set_status(target, failed=outcome == "payment_failed")
+    inv.touch(now)
+    _save(namespace, inv, store, expect_status=before)
+    doc = inv.to_json()
+    apps.updated(doc)
+    return doc
 
 
-def custom_invoicing_synced(namespace: str, invoice_id: str, stage: str, body: Any, *, store: BillingStore, apps: BillingApps,
-                            now: datetime) -> dict[str, Any]:
+def custom_invoicing_synced(namespace: str, invoice_id: str, stage: str, body: object, *, store: BillingStore,
+                            apps: BillingApps, now: datetime) -> dict[str, Any]:
     """The user's system confirms it synchronised the draft or issued the invoice (custom invoicing app)."""
-    inv = get_invoice(namespace, invoice_id, store=store)
-    if inv["workflow"]["apps"]["invoicing"] != "custom_invoicing":
-        raise Conflict(f"invoice {inv['number']} is not invoiced by the custom invoicing app")
-    body = body if isinstance(body, dict) else {}
+    inv = _load(namespace, invoice_id, store)
+    if inv.invoicing_app != "custom_invoicing":
+        raise Conflict(f"invoice {inv.number} is not invoiced by the custom invoicing app")
+    given: dict[str, Any] = body if isinstance(body, dict) else {}
     if stage == "draft":
-        inv_rules.require_mutable(inv)
-        inv["externalIds"] = {**inv.get("externalIds", {}), "invoicing": body.get("invoicing", {}).get("invoiceId")}
-        inv["updatedAt"] = format_rfc3339(now)
-        store.put_invoice(namespace, inv, expect_status=inv["status"])
-        return inv
-    if inv["status"] != "issuing":
-        raise Conflict(f"invoice {inv['number']} is {inv['status']}, not issuing")
-    ext = body.get("invoicing") or {}
+        inv.require_mutable()
+        inv.external_ids = {**inv.external_ids, "invoicing": given.get("invoicing", {}).get("invoiceId")}
+        inv.touch(now)
+        _save(namespace, inv, store, expect_status=inv.status)
+        return inv.to_json()
+    if inv.status != "issuing":
+        raise Conflict(f"invoice {inv.number} is {inv.status}, not issuing")
+    ext = given.get("invoicing") or {}
     if ext.get("invoiceNumber"):
-        inv["externalIds"] = {**inv.get("externalIds", {}), "invoicing": ext.get("invoiceId"),
-                              "invoiceNumber": ext["invoiceNumber"]}
-    return _issued(namespace, inv, store=store, apps=apps, now=now)
+        inv.external_ids = {**inv.external_ids, "invoicing": ext.get("invoiceId"), "invoiceNumber": ext["invoiceNumber"]}
+    return _issued(namespace, inv, store=store, apps=apps, now=now).to_json()
 
 
 def list_invoices(namespace: str, qs: dict[str, list[str]], *, store: BillingStore) -> list[dict[str, Any]]:
@@ -210,7 +206,7 @@ def list_invoices(namespace: str, qs: dict[str, list[str]], *, store: BillingSto
 
 
 # -- prepaid credit and payment events ------------------------------------------------------------------------
-def add_credit(namespace: str, customer_id: str, body: Any, *, store: BillingStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
+def add_credit(namespace: str, customer_id: str, body: object, *, store: BillingStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
     """Prepaid credit (money) for a customer, applied to its next invoices before anything is charged."""
     customer = resolve_customer(namespace, customer_id, meta)
     if not isinstance(body, dict):
