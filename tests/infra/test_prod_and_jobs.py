@@ -41,8 +41,10 @@ def test_existing_job_handler_consumes_its_queue(prod: Synth) -> None:
     visibility = prod.resources[queue]["Properties"]["VisibilityTimeout"]
     assert visibility >= fn["Properties"]["Timeout"]  # SQS triggers require it
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage"} <= prod.actions(prod.role_of("billing_run"))
-    errors = [a["Properties"] for a in prod.of_type("AWS::CloudWatch::Alarm").values()
-              if a["Properties"].get("MetricName") == "Errors"]  # the sink-blocked alarm is a math expression
+    # error alarms are rates (issue 18): a math expression over the function's Errors and Invocations
+    errors = [m["MetricStat"]["Metric"] for a in prod.of_type("AWS::CloudWatch::Alarm").values()
+              for m in a["Properties"].get("Metrics", []) if m.get("MetricStat", {}).get("Metric", {}).get("MetricName")
+              == "Errors"]
     assert {"Ref": fn_id} in [d["Value"] for a in errors for d in a["Dimensions"]]
 
 
