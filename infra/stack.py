@@ -85,7 +85,8 @@ class BillowStack(Stack):
         }
         self.fns = BillowFunctions(self, "Functions", deps_dir=deps_dir, code_dir=code_dir, arch=arch, vpc=vpc,
                                    subnets=app_subnets, security_group=self.network.functions_sg,
-                                   environment=common_env, stage=stage, retain_logs=prod)
+                                   environment=common_env, stage=stage, retain_logs=prod,
+                                   bounded=prod)
         # Only the functions that read or write usage get the ClickHouse secret (the usage store opens on first
         # use, so ingest, the authorizer and the Stripe webhook never need it).
         clickhouse_env = {"BILLOW_CLICKHOUSE_SECRET_ARN": self.usage_store.secret.secret_arn}
@@ -95,7 +96,7 @@ class BillowStack(Stack):
             "BILLOW_KAFKA_BOOTSTRAP": self.streaming.bootstrap_brokers})
         self.sink_fn = self.fns.function("usage_sink", memory=1024, timeout=Duration.minutes(2),
                                          extra_env={"BILLOW_DLQ_URL": self.dead_letters.queue_url, **clickhouse_env})
-        self.auth_fn = self.fns.function("authorizer", memory=256, timeout=Duration.seconds(10))
+        self.auth_fn = self.fns.function("authorizer", memory=512, timeout=Duration.seconds(10))  # CPU for a 10 s budget
         self.stripe_fn = self.fns.function("stripe_webhook")  # invoices' payment status, from Stripe
 
         # Secrets: every handler's container opens the meta store (and checks its schema revision), so every

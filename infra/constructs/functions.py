@@ -15,6 +15,11 @@ from constructs import Construct
 RUNTIME = lambda_.Runtime.PYTHON_3_12  # = layers.build.PYTHON; the wheels and .pyc files are cp312
 DEFAULT_TIMEOUT = Duration.seconds(29)  # API Gateway's integration timeout
 ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Architecture.X86_64}
+# Reserved concurrency (prod): each of these can take no more than this from the account (1,000 by default, 100
+# of which stay unreserved), and is always guaranteed it: a traffic burst on ingest cannot starve the API or the
+# authorizer, nor open more connections than RDS Proxy pools. Non-prod stages reserve nothing (a new account's
+# limit can be as low as 10, and a reservation above what is free fails the deploy).
+RESERVED_CONCURRENCY = {"ingest": 200, "api": 100, "authorizer": 50}
 
 
 def construct_id(name: str) -> str:
@@ -25,7 +30,7 @@ def construct_id(name: str) -> str:
 class BillowFunctions(Construct):
     def __init__(self, scope: Construct, cid: str, *, deps_dir: Path, code_dir: Path, arch: str,
                  vpc: ec2.IVpc, subnets: ec2.SubnetSelection, security_group: ec2.ISecurityGroup,
-                 environment: dict[str, str], stage: str, retain_logs: bool) -> None:
+                 environment: dict[str, str], stage: str, retain_logs: bool, bounded: bool = False) -> None:
         super().__init__(scope, cid)
         if not (deps_dir / "python").is_dir() or not (code_dir / "functions").is_dir():
             raise FileNotFoundError(f"Lambda assets missing under {deps_dir} / {code_dir}: "
@@ -34,6 +39,7 @@ class BillowFunctions(Construct):
         self.vpc, self.subnets, self.security_group = vpc, subnets, security_group
         self.environment = environment
         self.stage = stage
+        self.bounded = bounded  # apply RESERVED_CONCURRENCY
         self.logs_removal = RemovalPolicy.RETAIN if retain_logs else RemovalPolicy.DESTROY
         self.deps = lambda_.LayerVersion(
             self, "Deps",  # the exclusions are layers/build.py's stamp files, not layer content
@@ -59,6 +65,7 @@ class BillowFunctions(Construct):
             code=self.code, layers=[self.deps], role=role, memory_size=memory, timeout=timeout,
             log_group=log_group, vpc=self.vpc, vpc_subnets=self.subnets, security_groups=[self.security_group],
             tracing=lambda_.Tracing.ACTIVE,
+            reserved_concurrent_executions=RESERVED_CONCURRENCY.get(name) if self.bounded else None,
             environment={**self.environment, "POWERTOOLS_SERVICE_NAME": name, **(extra_env or {})})
         self.functions[name] = fn
         return fn

@@ -18,6 +18,7 @@ from constructs import Construct
 
 from infra.constructs.schedules import JOB_TIMEOUT
 
+MAX_CONCURRENCY = 2  # of the wake-up queue's trigger
 EMAIL_FROM = "notifications@example.com"  # override: cdk deploy -c notify_email_from=billing@your-domain
 
 
@@ -35,7 +36,8 @@ class Notifications(Construct):
 
     def wire(self, dispatch: lambda_.Function, writers: list[lambda_.Function]) -> None:
         # Wake-ups are interchangeable: one invocation per (up to) ten messages delivers whatever is due.
-        dispatch.add_event_source(sources.SqsEventSource(self.queue, batch_size=10,
+        # At most MAX_CONCURRENCY at once (SQS's minimum): a burst of wake-ups cannot fan out into many dispatchers.
+        dispatch.add_event_source(sources.SqsEventSource(self.queue, batch_size=10, max_concurrency=MAX_CONCURRENCY,
                                                          max_batching_window=Duration.seconds(1)))
         for fn in (dispatch, *writers):
             fn.add_environment("BILLOW_NOTIFY_QUEUE_URL", self.queue.queue_url)

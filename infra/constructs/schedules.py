@@ -29,6 +29,7 @@ JOBS = {
     "billing_run": "rate(15 minutes)",
     "notify_dispatch": "rate(1 minute)",
 }
+MAX_CONCURRENCY = 2  # per job trigger (SQS's minimum): ticks queue rather than run many at once
 JOB_TIMEOUT = Duration.minutes(5)  # a job function's timeout; the queue's visibility timeout is 6x this
 
 
@@ -69,4 +70,4 @@ class Schedules(Construct):
 
     def subscribe(self, job: str, fn: lambda_.IFunction) -> None:
         """A job handler consumes its queue: one tick per invocation, failures retried, then the job DLQ."""
-        fn.add_event_source(sources.SqsEventSource(self.queues[job], batch_size=1))
+        fn.add_event_source(sources.SqsEventSource(self.queues[job], batch_size=1, max_concurrency=MAX_CONCURRENCY))

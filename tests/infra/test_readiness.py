@@ -129,3 +129,31 @@ def test_aurora_and_its_proxy_page_when_unhealthy(prod: Synth) -> None:
 def test_every_alarm_goes_to_the_topic(prod: Synth) -> None:
     topic_id = prod.logical_id(prod.stack.alarms.topic)
     assert all(refs(a["AlarmActions"]) == {topic_id} for a in alarms(prod).values())
+
+
+# --- 2. bounded concurrency ------------------------------------------------------------------------------
+
+def test_ingest_api_and_authorizer_have_reserved_concurrency(prod: Synth) -> None:
+    from infra.constructs.functions import RESERVED_CONCURRENCY
+
+    reserved = {name: prod.function(name)[1]["Properties"].get("ReservedConcurrentExecutions") for name in HANDLERS}
+    assert {n: r for n, r in reserved.items() if r is not None} == RESERVED_CONCURRENCY
+    assert set(RESERVED_CONCURRENCY) == {"ingest", "api", "authorizer"}
+    # an account's default limit is 1,000, of which Lambda keeps 100 unreserved
+    assert all(r > 0 for r in RESERVED_CONCURRENCY.values()) and sum(RESERVED_CONCURRENCY.values()) <= 900
+
+
+def test_sqs_triggers_have_a_maximum_concurrency(prod: Synth) -> None:
+    sqs_mappings = [m["Properties"] for m in prod.of_type("AWS::Lambda::EventSourceMapping").values()
+                    if "Topics" not in m["Properties"]]
+    assert len(sqs_mappings) >= 3  # billing_run's and notify_dispatch's ticks, notify_dispatch's wake-ups
+    for m in sqs_mappings:
+        assert 2 <= m["ScalingConfig"]["MaximumConcurrency"] <= 5, m  # 2 is SQS's minimum
+
+
+def test_the_authorizer_has_memory_for_a_fast_cold_start(prod: Synth) -> None:
+    """API Gateway gives a Lambda authorizer 10 s; CPU scales with memory. Its cold start runs no DDL
+    (billow.bootstrap.build only checks the schema revisions in Lambda; the migrate trigger migrates)."""
+    props = prod.function("authorizer")[1]["Properties"]
+    assert props["MemorySize"] >= 512 and props["Timeout"] == 10
+
