@@ -55,11 +55,16 @@ class Config:
 
 
 def build_app(app: App | None = None, *, assets: tuple[Path, Path] | None = None,
-              functions_root: Path | None = None) -> tuple[App, BillowStack]:
+              functions_root: Path | None = None, require_account: bool = False) -> tuple[App, BillowStack]:
     """Compose the app. `assets` = (dependencies layer dir, code dir); built by layers/build.py if omitted.
-    `functions_root` is where job handlers are looked for (default: the repo's functions/)."""
+    `functions_root` is where job handlers are looked for (default: the repo's functions/). `require_account`
+    (what `cdk synth`/`deploy` get, through main()): stage=prod only with an explicit `-c account=...`, so a
+    production stack never lands in whichever account the shell's credentials happen to point at."""
     app = app or App()
     cfg = Config.from_app(app)
+    if require_account and cfg.stage == "prod" and not app.node.try_get_context("account"):
+        raise ValueError("stage=prod needs an explicit account: -c account=<12-digit AWS account id> (the "
+                         "credentials' default account is not used for prod)")
     if assets is None:
         from layers.build import build
 
@@ -68,6 +73,7 @@ def build_app(app: App | None = None, *, assets: tuple[Path, Path] | None = None
     env = Environment(account=cfg.account, region=cfg.region) if cfg.account or cfg.region else None
     stack = BillowStack(app, f"Billow-{cfg.stage}", stage=cfg.stage, namespace=cfg.namespace, arch=cfg.arch,
                         deps_dir=assets[0], code_dir=assets[1], functions_root=functions_root, env=env,
+                        termination_protection=cfg.stage == "prod",
                         description=f"Billow usage metering and billing ({cfg.stage})")
     # RDS Proxy target groups take no tags (CloudFormation rejects them).
     for key, value in (("app", "billow"), ("stage", cfg.stage)):
@@ -78,7 +84,7 @@ def build_app(app: App | None = None, *, assets: tuple[Path, Path] | None = None
 
 
 def main() -> None:
-    build_app()[0].synth()
+    build_app(require_account=True)[0].synth()
 
 
 if __name__ == "__main__":

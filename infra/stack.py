@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import CfnOutput, Duration, Stack
+from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -149,6 +149,9 @@ class BillowStack(Stack):
                             authorizer=self.auth_fn, rate_limit=2000, burst_limit=4000, retain_logs=prod)
 
         self.schedules = Schedules(self, "Schedules", stage=stage, namespace=namespace)
+        if prod:  # besides the database (snapshot), bucket and secrets: what holds events or set-aside work
+            for kept in (self.streaming.cluster, self.database.secret, self.dead_letters, self.schedules.dead_letters):
+                kept.apply_removal_policy(RemovalPolicy.RETAIN)
         root = functions_root or REPO / "functions"
         self.job_fns: dict[str, lambda_.Function] = {}
         for job in JOBS:  # a job handler is wired only once its code exists (no stubs)

@@ -157,3 +157,36 @@ def test_the_authorizer_has_memory_for_a_fast_cold_start(prod: Synth) -> None:
     props = prod.function("authorizer")[1]["Properties"]
     assert props["MemorySize"] >= 512 and props["Timeout"] == 10
 
+
+# --- 3. prod guardrails ----------------------------------------------------------------------------------
+
+def test_prod_is_termination_protected_and_keeps_its_data(prod: Synth) -> None:
+    assert prod.stack.termination_protection is True
+    assembly = prod.app.synth()
+    assert assembly.get_stack_by_name(prod.stack.stack_name).termination_protection is True
+    retained = {"MSK cluster": prod.stack.streaming.cluster, "DB secret": prod.stack.database.secret,
+                "documents bucket": prod.stack.billing.documents, "sink DLQ": prod.stack.dead_letters,
+                "jobs DLQ": prod.stack.schedules.dead_letters}
+    for what, construct in retained.items():
+        res = prod.resources[prod.logical_id(construct)]
+        assert res["DeletionPolicy"] == res["UpdateReplacePolicy"] == "Retain", what
+    (cluster,) = prod.of_type("AWS::RDS::DBCluster").values()
+    assert cluster["DeletionPolicy"] == "Snapshot" and cluster["Properties"]["DeletionProtection"] is True
+
+
+def test_prod_synth_needs_an_explicit_account(monkeypatch: pytest.MonkeyPatch, lambda_assets: Any) -> None:
+    from aws_cdk import App
+
+    from infra.app import build_app
+
+    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "999999999999")  # the CLI's credentials do not count: say it
+    with pytest.raises(ValueError, match=r"stage=prod needs an explicit account: -c account="):
+        build_app(App(context={"stage": "prod"}), assets=lambda_assets[:2], require_account=True)
+    build_app(App(context={"stage": "dev"}), assets=lambda_assets[:2], require_account=True)  # only prod
+
+
+def test_non_prod_is_not_protected(tmp_path_factory: pytest.TempPathFactory, lambda_assets: Any) -> None:
+    dev = synthesize(tmp_path_factory.mktemp("cdk.out"), {"stage": "dev"}, lambda_assets)
+    assert dev.stack.termination_protection is False
+    for construct in (dev.stack.streaming.cluster, dev.stack.database.secret, dev.stack.dead_letters):
+        assert dev.resources[dev.logical_id(construct)].get("DeletionPolicy", "Delete") == "Delete"
