@@ -17,10 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from billow.ports import DeadLetters, EventBus, MetaStore, UsageStore
+from billow.ports import DeadLetters, EventBus, InvoicingApp, MetaStore, UsageStore
 from billow.timeutil import utcnow
 
 if TYPE_CHECKING:
+    from billow.adapters.billing_apps import BillingApps
     from billow.adapters.sql_billing import SqlBillingStore
     from billow.adapters.sql_catalog import SqlCatalogStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
@@ -277,11 +278,23 @@ class Container:
 
         return self.store(SqlLlmPriceStore)
 
-    def billing_apps(self) -> Any:
-        """The invoicing/payment apps (sandbox, custom invoicing, Stripe) with documents and notifications."""
-        from billow.adapters.billing_apps import BillingApps
+    def billing_apps(self) -> BillingApps:
+        """The invoicing apps (sandbox, custom invoicing, Stripe: picked here from the settings) with documents
+        and notifications, for the current namespace."""
+        from billow.adapters.billing_apps import (
+            BillingApps,
+            CustomInvoicing,
+            SandboxInvoicing,
+            StripeInvoicing,
+        )
+        from billow.adapters.documents import document_store
 
-        return BillingApps(self)
+        s = self.settings
+        invoicing: dict[str, InvoicingApp] = {"sandbox": SandboxInvoicing(), "custom_invoicing": CustomInvoicing(),
+                     "stripe": StripeInvoicing(s.stripe_api_key, s.stripe_api_base)}
+        return BillingApps(self.namespace, invoicing=invoicing, billing=self.billing_store(),
+                           notifications=self.notification_store(), documents=lambda: document_store(s),
+                           clock=self.clock)
 
     @property
     def namespace(self) -> str:

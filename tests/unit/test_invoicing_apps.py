@@ -85,3 +85,25 @@ def test_a_failing_app_leaves_the_invoice_issuing_failed_for_retry(store: SqlBil
     inv = invoices.issue("ns", draft(store, "stripe"), store=store, apps=apps, now=NOW)
     assert (inv["statusDetails"]["extendedStatus"], inv["statusDetails"]["failed"]) == ("issuing.failed", True)
     assert inv["validationIssues"][0]["component"] == "stripe" and "retry" in inv["statusDetails"]["availableActions"]
+
+
+def test_bootstrap_picks_the_invoicing_apps_and_billing_apps_take_no_container(tmp_path: Any) -> None:
+    """The apps object is built from what it uses (namespace, stores, clock, the invoicing apps bootstrap chose
+    from the settings), not from the whole container."""
+    import inspect
+
+    from billow.adapters.billing_apps import BillingApps, CustomInvoicing, SandboxInvoicing, StripeInvoicing
+    from billow.bootstrap import Settings, build
+
+    assert "c" not in inspect.signature(BillingApps).parameters
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace="ns1",
+                                  stripe_api_key="sk_test_1", stripe_api_base="http://127.0.0.1:9")))
+    apps = c.billing_apps()
+    assert not any(v is c for v in vars(apps).values())
+    stripe = apps.invoicing("stripe")
+    assert isinstance(stripe, StripeInvoicing) and (stripe.api_key, stripe.api_base) == ("sk_test_1",
+                                                                                          "http://127.0.0.1:9")
+    assert isinstance(apps.invoicing("custom_invoicing"), CustomInvoicing)
+    assert isinstance(apps.invoicing("sandbox"), SandboxInvoicing)
+    with c.acting_for("ns2"):
+        assert c.billing_apps().namespace == "ns2"

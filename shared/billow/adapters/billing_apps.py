@@ -1,18 +1,21 @@
 """What happens outside Billow when an invoice moves: the invoicing apps (ports.InvoicingApp: sandbox, custom
 invoicing, Stripe: customer sync, invoice creation and finalisation, void), the invoice documents (HTML + PDF to S3 or the data directory) and the invoice
-notifications. The billing use-cases call these through one object, built per request by the container."""
+notifications. The billing use-cases call these through one object (ports.BillingApps), which bootstrap builds
+per namespace with the invoicing apps it chose from the settings."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from billow.errors import Conflict
-from billow.ports import InvoicingApp
+from billow.ports import BillingStore, Clock, InvoicingApp
 
 if TYPE_CHECKING:
     from billow.adapters.stripe_app import StripeApp
+    from billow.services.documents import DocumentStore
+    from billow.services.notifications import NotificationStore
 
 log = logging.getLogger("billow.billing")
 
@@ -74,17 +77,20 @@ class StripeInvoicing:
 
 
 class BillingApps:
-    def __init__(self, c: Any) -> None:
-        self.c = c
+    """ports.BillingApps for one namespace: the invoicing apps bootstrap built from the settings (by app type),
+    the invoice documents and the invoice notifications."""
+
+    def __init__(self, namespace: str, *, invoicing: Mapping[str, InvoicingApp], billing: BillingStore,
+                 notifications: NotificationStore, documents: Callable[[], DocumentStore], clock: Clock) -> None:
+        self.namespace, self._invoicing, self.billing = namespace, invoicing, billing
+        self.notifications, self._document_store, self.clock = notifications, documents, clock
         self._rules: dict[str, bool] = {}  # invoice event type -> any active rule (asked once per apps object)
 
     # -- invoicing apps ------------------------------------------------------------------------------------
     def invoicing(self, app_type: str) -> InvoicingApp:
-        """The invoicing app a billing profile names (APP_TYPES: sandbox, custom_invoicing, stripe)."""
-        if app_type == "stripe":
-            s = self.c.settings
-            return StripeInvoicing(s.stripe_api_key, s.stripe_api_base)
-        return CustomInvoicing() if app_type == "custom_invoicing" else SandboxInvoicing()
+        """The invoicing app a billing profile names (APP_TYPES: sandbox, custom_invoicing, stripe); anything
+        else is the sandbox."""
+        return self._invoicing.get(app_type) or self._invoicing["sandbox"]
 
     # -- documents and notifications -------------------------------------------------------------------------
     def issued(self, inv: dict[str, Any]) -> None:
@@ -94,20 +100,18 @@ class BillingApps:
         if inv["status"] == "paid":
             self._notify("invoice.paid", inv)
 
-    def _documents_ready(self, inv: dict[str, Any]) -> Any:
+    def _documents_ready(self, inv: dict[str, Any]) -> DocumentStore:
         """The document store, with the invoice's HTML and PDF in it (rendered and stored now if still pending)."""
-        from billow.adapters.documents import document_store
-        from billow.adapters.sql_billing import SqlBillingStore
         from billow.services.documents import document_keys, store_documents
 
-        store = document_store(self.c.settings)
+        store = self._document_store()
         if (inv.get("documents") or {}).get("status") != "ready":
             if inv["status"] in ("gathering", "draft", "issuing"):
                 raise Conflict(f"invoice {inv['number']} is {inv['status']}: documents exist once it is issued")
-            store_documents(self.c.namespace, inv, store)
-            html_key, pdf_key = document_keys(self.c.namespace, inv)
+            store_documents(self.namespace, inv, store)
+            html_key, pdf_key = document_keys(self.namespace, inv)
             inv["documents"] = {"status": "ready", "html": html_key, "pdf": pdf_key}
-            self.c.store(SqlBillingStore).put_invoice(self.c.namespace, inv)
+            self.billing.put_invoice(self.namespace, inv)
         return store
 
     def documents(self, inv: dict[str, Any], served_at: Callable[[str], str] | None = None) -> dict[str, Any]:
@@ -132,16 +136,15 @@ class BillingApps:
     def _notify(self, kind: str, inv: dict[str, Any]) -> None:
         """Invoice events for the notification rules (their delivery is the notification dispatcher's job)."""
         from billow.adapters.delivery import wake
-        from billow.adapters.sql_notifications import SqlNotificationStore
         from billow.services.notifications import emit_invoice_event
 
-        store = self.c.store(SqlNotificationStore)
+        store = self.notifications
         if kind not in self._rules:
-            self._rules[kind] = bool(store.active_rules([kind], self.c.namespace))
+            self._rules[kind] = bool(store.active_rules([kind], self.namespace))
         if not self._rules[kind]:
             return
         try:
-            emit_invoice_event(self.c.namespace, kind, inv, store=store, now=self.c.clock.now(), wake=wake)
+            emit_invoice_event(self.namespace, kind, inv, store=store, now=self.clock.now(), wake=wake)
         except Exception:  # the invoice stands; the event log shows what was not emitted
             log.exception("notification %s for invoice %s failed", kind, inv["number"])
 

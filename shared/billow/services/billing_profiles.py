@@ -25,7 +25,7 @@ WORKFLOW_DEFAULTS: dict[str, Any] = {
 
 bad = ValidationFailed.at
 
-def _duration(value: Any, field_name: str, *, zero_ok: bool) -> str:
+def _duration(value: object, field_name: str, *, zero_ok: bool) -> str:
     if zero_ok and value in ("P0D", "PT0S", "PT0H"):
         return str(value)
     problems: catalog_rules.Problems = []
@@ -35,7 +35,7 @@ def _duration(value: Any, field_name: str, *, zero_ok: bool) -> str:
     return out
 
 
-def _workflow(body: Any, base: dict[str, Any]) -> dict[str, Any]:
+def _workflow(body: object, base: dict[str, Any]) -> dict[str, Any]:
     if body is None:
         return base
     if not isinstance(body, dict):
@@ -59,7 +59,7 @@ def _workflow(body: Any, base: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _apps(body: Any) -> dict[str, str]:
+def _apps(body: object) -> dict[str, str]:
     if not isinstance(body, dict):
         raise bad("apps", "must be {tax, invoicing, payment} with app types sandbox, custom_invoicing or stripe")
     out = {}
@@ -73,7 +73,7 @@ def _apps(body: Any) -> dict[str, str]:
     return out
 
 
-def _supplier(body: Any) -> dict[str, Any]:
+def _supplier(body: object) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
         raise bad("supplier.name", "the supplier's name is required (it is printed on every invoice)")
     if body.get("addresses") is not None and not isinstance(body["addresses"], list):
@@ -81,7 +81,7 @@ def _supplier(body: Any) -> dict[str, Any]:
     return dict(body)
 
 
-def create_profile(namespace: str, body: Any, *, store: BillingStore, now: datetime) -> dict[str, Any]:
+def create_profile(namespace: str, body: object, *, store: BillingStore, now: datetime) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad("body", "must be a billing profile")
     name = body.get("name")
@@ -105,7 +105,7 @@ def get_profile(namespace: str, id_: str, *, store: BillingStore) -> dict[str, A
     return dict(doc)
 
 
-def update_profile(namespace: str, id_: str, body: Any, *, store: BillingStore, now: datetime) -> dict[str, Any]:
+def update_profile(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime) -> dict[str, Any]:
     doc = get_profile(namespace, id_, store=store)
     if not isinstance(body, dict):
         raise bad("body", "must be a billing profile")
@@ -132,7 +132,7 @@ def delete_profile(namespace: str, id_: str, *, store: BillingStore, now: dateti
     store.put_profile(namespace, doc)
 
 
-def put_override(namespace: str, customer_id: str, body: Any, *, store: BillingStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
+def put_override(namespace: str, customer_id: str, body: object, *, store: BillingStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
     customer = resolve_customer(namespace, customer_id, meta)
     if not isinstance(body, dict):
         raise bad("body", "must be {billingProfileId?, workflow?}")

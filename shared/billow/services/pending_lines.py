@@ -22,7 +22,7 @@ from billow.timeutil import format_rfc3339, parse_rfc3339
 bad = ValidationFailed.at
 
 
-def add_pending_lines(namespace: str, customer_id: str, body: Any, *, store: BillingStore, meta: MetaStore, ents: EntitlementStore,
+def add_pending_lines(namespace: str, customer_id: str, body: object, *, store: BillingStore, meta: MetaStore, ents: EntitlementStore,
                       now: datetime) -> dict[str, Any]:
     """One-off lines for a customer (OpenMeter's InvoicePendingLineCreateInput): a flat price (a one-off charge)
     or a usage price on a feature (its meter's usage over the line's period). They wait on the customer's
@@ -60,7 +60,7 @@ def add_pending_lines(namespace: str, customer_id: str, body: Any, *, store: Bil
     return {"lines": lines, "invoice": holder, "isInvoiceNew": is_new}
 
 
-def _pending_line(doc: Any, field_name: str, namespace: str, ents: EntitlementStore, now: datetime) -> dict[str, Any]:
+def _pending_line(doc: object, field_name: str, namespace: str, ents: EntitlementStore, now: datetime) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise bad(field_name, "must be a line object")
     name = doc.get("name")
