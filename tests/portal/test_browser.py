@@ -148,7 +148,7 @@ def test_customer_a_sees_its_own_usage_balances_and_bills(browser: Browser, shop
     assert api_calls and all(a == f"Bearer {made['token']}" for _, a in api_calls)
     assert all(made["token"] not in u for u, _ in requests)
 
-    assert page.text_content("#who") == "Acme Inc · acme"
+    assert page.text_content("#who") == "Acme Inc"  # the customer's name, never the internal subject key (issue 22)
     assert page.eval_on_selector_all("article.meter", "els => els.map(e => e.dataset.meter)") == ["ai_tokens",
                                                                                                    "api_calls"]
     for slug in ("ai_tokens", "api_calls"):
