@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,12 @@ def build_app(app: App | None = None, *, assets: tuple[Path, Path] | None = None
 
 
 def main() -> None:
-    build_app(require_account=True)[0].synth()
+    """`cdk synth/deploy` (which sets CDK_OUTDIR) and `make synth` (which does not: the assembly goes to ./cdk.out,
+    not a temporary directory) both run this; the template's path goes to stderr."""
+    app = App(outdir=os.path.abspath(os.environ.get("CDK_OUTDIR") or "cdk.out"))  # jsii runs elsewhere
+    _, stack = build_app(app, require_account=True)
+    out = Path(app.synth().directory) / stack.template_file
+    print(f"template: {os.path.relpath(out)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

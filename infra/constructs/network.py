@@ -1,7 +1,7 @@
 """The VPC: public subnets (NAT), private subnets with egress for the functions, the MSK cluster and the
 RDS Proxy, isolated subnets for Aurora. One NAT gateway: the functions reach ClickHouse Cloud, Secrets
 Manager, STS and the MSK trigger's pollers reach Lambda and STS through it. SQS has an interface endpoint
-(the usage sink's dead letters stay inside the VPC)."""
+(the usage sink's dead letters stay inside the VPC), S3 a gateway endpoint."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ class Network(Construct):
         self.sqs_endpoint = self.vpc.add_interface_endpoint(
             "Sqs", service=ec2.InterfaceVpcEndpointAwsService.SQS, subnets=self.app_subnets,
             security_groups=[self.endpoints_sg], private_dns_enabled=True, open=False)
+        # S3 (invoice documents) through a gateway endpoint: free, and no NAT data processing charge.
+        self.s3_endpoint = self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3,
+                                                         subnets=[self.app_subnets])
 
     def allow_endpoints_from(self, peer: ec2.ISecurityGroup, description: str) -> None:
         self.endpoints_sg.add_ingress_rule(peer, ec2.Port.tcp(443), description)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
@@ -44,7 +44,10 @@ class Schedules(Construct):
         self.dead_letters = sqs.Queue(self, "JobsDlq", queue_name=f"billow-{stage}-jobs-dlq",
                                       encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
                                       retention_period=Duration.days(14))
-        self.role = iam.Role(self, "SchedulerRole", assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
+        # Only this account's schedules may assume it (the confused-deputy guard AWS documents for Scheduler).
+        scheduler_principal = iam.ServicePrincipal(
+            "scheduler.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}})
+        self.role = iam.Role(self, "SchedulerRole", assumed_by=scheduler_principal,
                              description="EventBridge Scheduler: send Billow job messages to their queues")
         self.dead_letters.grant_send_messages(self.role)  # undeliverable ticks
         self.queues: dict[str, sqs.Queue] = {}

@@ -190,3 +190,38 @@ def test_non_prod_is_not_protected(tmp_path_factory: pytest.TempPathFactory, lam
     assert dev.stack.termination_protection is False
     for construct in (dev.stack.streaming.cluster, dev.stack.database.secret, dev.stack.dead_letters):
         assert dev.resources[dev.logical_id(construct)].get("DeletionPolicy", "Delete") == "Delete"
+
+
+# --- 5. smaller ------------------------------------------------------------------------------------------
+
+def test_s3_traffic_stays_in_the_vpc_through_a_gateway_endpoint(prod: Synth) -> None:
+    (s3,) = [e["Properties"] for e in prod.of_type("AWS::EC2::VPCEndpoint").values()
+             if e["Properties"].get("VpcEndpointType") == "Gateway"]
+    assert ".s3" in dumps(s3["ServiceName"])
+    app_tables = {prod.stack.resolve(sn.route_table.route_table_id)["Ref"] for sn in prod.stack.network.vpc.private_subnets}
+    assert app_tables <= refs(s3["RouteTableIds"])  # the functions' subnets (invoice documents, presigned URLs)
+
+
+def test_only_this_accounts_scheduler_may_assume_the_scheduler_role(prod: Synth) -> None:
+    role = prod.resources[prod.logical_id(prod.stack.schedules.role)]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+
+
+def test_make_synth_leaves_the_template_in_cdk_out_and_prints_its_path(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], lambda_assets: Any) -> None:
+    import json
+    from pathlib import Path
+
+    import infra.app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CDK_OUTDIR", raising=False)  # what the cdk CLI sets; `make synth` runs the app without it
+    monkeypatch.setattr("layers.build.build", lambda arch: lambda_assets)
+    infra.app.main()
+    printed = capsys.readouterr().err.strip().splitlines()[-1]
+    template = tmp_path / "cdk.out" / "Billow-dev.template.json"
+    assert printed == "template: cdk.out/Billow-dev.template.json"
+    assert Path(printed.removeprefix("template: ")).resolve() == template.resolve()
+    assert "AWS::Lambda::Function" in {r["Type"] for r in json.loads(template.read_text())["Resources"].values()}

@@ -278,7 +278,8 @@ def test_msk_trigger_feeds_the_usage_sink(s: Synth) -> None:
     assert p["ProvisionedPollerConfig"]["MinimumPollers"] >= 1
     assert "FunctionResponseTypes" not in p  # the sink returns counts, not batchItemFailures
     # The functions reach SQS (the sink's dead letters) through the VPC's interface endpoint
-    (endpoint,) = s.of_type("AWS::EC2::VPCEndpoint").values()
+    (endpoint,) = [e for e in s.of_type("AWS::EC2::VPCEndpoint").values()  # S3 has a gateway endpoint too
+                   if e["Properties"].get("VpcEndpointType") == "Interface"]
     assert ".sqs" in dumps(endpoint["Properties"]["ServiceName"]) and endpoint["Properties"]["PrivateDnsEnabled"]
     sink_can_send = [st for st in s.statements(s.role_of("usage_sink")) if "sqs:SendMessage" in as_list(st["Action"])]
     assert {next(iter(refs(st["Resource"]))) for st in sink_can_send} == {s.logical_id(s.stack.dead_letters)}
