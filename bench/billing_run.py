@@ -13,11 +13,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from billow.adapters.billing_apps import render_pending_documents, run_billing
 from billow.adapters.sql_billing import SqlBillingStore
 from billow.adapters.sql_catalog import SqlCatalogStore
 from billow.bootstrap import Settings, build, install
 from billow.services import billing, catalog, directory, features, subscriptions
+from billow.services.jobs import billing_run as run_billing
+from billow.services.jobs import render_pending_documents
 
 
 class Clock:

@@ -112,9 +112,9 @@ def invoice_now() -> Response:
         raise billing.bad("customerId", "is required")
     customer = billing.resolve_customer(c.namespace, body["customerId"], c.meta)
     as_of = parse_rfc3339(body["asOf"], "asOf") if body.get("asOf") else None
-    from billow.adapters.billing_apps import run_billing
+    from billow.services import jobs
 
-    result = run_billing(c, customer_id=customer["id"], as_of=as_of)
+    result = jobs.billing_run(c, customer_id=customer["id"], as_of=as_of)
     return ok(result.invoices, 201)
 
 

@@ -1,5 +1,5 @@
 """Billing run Lambda: the EventBridge schedule puts `{"job": "billing_run", "namespace": ...}` on this job's SQS
-queue; each message runs one billing run for its namespace (billow.services.billing.run). Idempotent: a
+queue; each message runs one billing run for its namespace (billow.services.jobs.billing_run). Idempotent: a
 message delivered twice, or two runs at once, bill nothing twice.
 
 One customer that cannot be billed never stops the others: the run bills everyone else and records it (logged
@@ -17,8 +17,8 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from billow.adapters.billing_apps import run_billing
 from billow.bootstrap import container
+from billow.services import jobs
 
 logger = Logger(service="billow-billing-run")
 metrics = Metrics(namespace="Billow", service="billing_run")
@@ -42,7 +42,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict
         message = json.loads(record.get("body") or "{}")
         namespace = message.get("namespace") or c.settings.namespace
         with c.acting_for(namespace):
-            result = run_billing(c).to_json()
+            result = jobs.billing_run(c).to_json()
         logger.info("billing run", extra={"namespace": namespace, **result})
         for failure in result["failures"]:
             logger.error("billing run: a customer could not be billed", extra={"namespace": namespace, **failure})

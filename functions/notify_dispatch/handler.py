@@ -6,7 +6,6 @@ the database, so overlapping invocations never send one delivery twice."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,13 +13,11 @@ from aws_lambda_powertools.utilities.data_classes import SQSEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow.adapters import delivery
-from billow.adapters.sql_notifications import SqlNotificationStore
 from billow.bootstrap import Container, container
-from billow.services import notifications
+from billow.services import jobs
 from billow.services.notifications import Send, Wake
 
-BUDGET_S = 240.0  # stop starting deliveries after this (the job timeout is 5 minutes)
-BATCH = 10  # deliveries per pass between budget checks (each attempt is bounded by the senders' 5 s timeout)
+BUDGET_S = jobs.DISPATCH_BUDGET_S
 _senders: delivery.Senders | None = None
 
 
@@ -33,20 +30,9 @@ def senders() -> delivery.Senders:
 
 def run(c: Container, *, evaluate: bool, send: Send | None = None, wake: Wake = delivery.wake,
         budget_s: float = BUDGET_S, remaining_s: Callable[[], float] | None = None) -> dict[str, int]:
-    """One dispatcher pass: (on a tick) create the events that are due, then deliver until nothing is due."""
-    store = c.store(SqlNotificationStore)
-    created = 0
-    if evaluate:
-        created = len(notifications.evaluate(store=store, entitlements=c.entitlements, meta=c.meta, usage=c.usage,
-                                             now=c.clock.now(), wake=lambda _: None))
-    attempted, started = 0, time.monotonic()
-    while time.monotonic() - started < budget_s and (remaining_s is None or remaining_s() > 30):
-        n = notifications.dispatch_due(store=store, send=send or senders(), clock=c.clock.now, wake=wake,
-                                       limit=BATCH)
-        attempted += n
-        if n == 0:
-            break
-    return {"created": created, "attempted": attempted}
+    """One dispatcher pass (billow.services.jobs.dispatch_notifications) with this process's senders."""
+    return jobs.dispatch_notifications(c, evaluate=evaluate, send=send or senders(), wake=wake, budget_s=budget_s,
+                                       remaining_s=remaining_s)
 
 
 def is_tick(body: str) -> bool:

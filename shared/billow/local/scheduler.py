@@ -28,10 +28,10 @@ class LocalBillingScheduler:
     def tick(self) -> Any:
         """One scheduled run. A customer that fails is logged by the run (customer, subscription) and counted
         in `billing_run_failures`; the others are billed and the next tick tries it again."""
-        from billow.adapters.billing_apps import run_billing
+        from billow.services import jobs
 
         try:
-            result = run_billing(self.c)
+            result = jobs.billing_run(self.c)
         except Exception:  # keep the schedule alive; the next tick retries (runs are idempotent)
             log.exception("billing run failed")
             return None
