@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from billow import jsonx
 from billow.adapters.kafka import KafkaBus, client_config
@@ -233,23 +233,39 @@ ACK_TIMEOUT_S = 5.0  # KafkaBus's default, what billow serve and the ingest Lamb
 BOUND_S = ACK_TIMEOUT_S + 1.5  # every answer, 204 or 503, arrives within this
 
 
-def consume_all(bootstrap: str, topic: str, expect: int, timeout_s: float = 60) -> dict[tuple[str, str], Decimal]:
-    """Every record on the topic, deduplicated by (source, id) as the usage sink does."""
+def consume_all(bootstrap: str, topic: str, want: set[tuple[str, str]],
+                timeout_s: float = 60) -> dict[tuple[str, str], Decimal]:
+    """The records on the topic (until every one of `want` was seen), deduplicated by (source, id) as the usage
+    sink does; the test's own broker probes left out."""
     consumer = Consumer({**client_config(bootstrap), "group.id": f"check-{uuid.uuid4().hex[:8]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     seen: dict[tuple[str, str], Decimal] = {}
     deadline = time.monotonic() + timeout_s
     try:
-        while len(seen) < expect and time.monotonic() < deadline:
+        while not want <= seen.keys() and time.monotonic() < deadline:
             for m in consumer.consume(500, 0.5):
                 if m.error() is not None:
                     continue
                 ev = jsonx.loads(m.value() or b"")
+                if ev["source"] == "probe":
+                    continue
                 seen[(ev["source"], ev["id"])] = Decimal(ev["data"]["tokens"])
     finally:
         consumer.close()
     return seen
+
+
+def broker_takes_writes(bootstrap: str, topic: str, partitions: int) -> bool:
+    """Whether the broker itself stores a record on every partition, for a client of its own (not idempotent, no
+    state shared with Billow's producer)."""
+    producer = Producer({**client_config(bootstrap), "acks": "all", "message.timeout.ms": 5000})
+    reports: list[KafkaError | None] = []
+    for p in range(partitions):
+        producer.produce(topic, jsonx.dumps({"source": "probe", "id": str(uuid.uuid4())}).encode(), partition=p,
+                         on_delivery=lambda err, _msg: reports.append(err))
+    producer.flush(8)
+    return len(reports) == partitions and not any(reports)
 
 
 def test_billow_serve_through_broker_restarts_never_answers_500_and_refuses_fast(
@@ -266,11 +282,14 @@ def test_billow_serve_through_broker_restarts_never_answers_500_and_refuses_fast
     acked: dict[tuple[str, str], Decimal] = {}
     sent: dict[tuple[str, str], Decimal] = {}
     broken: list[str] = []
+    stop = threading.Event()
 
     def client(c: int) -> None:
         conn = http.client.HTTPConnection(host, port, timeout=60)
         try:
             for b in range(BATCHES):
+                if stop.is_set():
+                    return
                 events = [event(f"c{c}-b{b}-{i}", source=f"client{c}", time="2026-03-02T10:00:00Z",
                                 tokens=f"{i % 7}.1") for i in range(PER_BATCH)]
                 with lock:
@@ -292,6 +311,8 @@ def test_billow_serve_through_broker_restarts_never_answers_500_and_refuses_fast
                     if resp.status != 503:
                         broken.append(f"{resp.status}")
                         return
+                    if stop.is_set():
+                        return
                     time.sleep(0.2)  # pacing; a real client waits Retry-After
         except Exception as exc:  # noqa: BLE001 - reported by the assertions below
             broken.append(repr(exc))
@@ -310,13 +331,20 @@ def test_billow_serve_through_broker_restarts_never_answers_500_and_refuses_fast
             th.start()
         assert wait_until(lambda: len(acked) >= 200, 60), "ingest never got going"
         restarts = 3
+        wedged = ""
         for _ in range(restarts):
             private_broker.stop()
             # down long enough for every client to be refused twice on average
             assert wait_until(answered_since(time.monotonic(), 503, 2 * CLIENTS), 30), details[-5:]
             private_broker.start()
-            assert wait_until(answered_since(time.monotonic(), 204), 60), \
-                "no recovery once the broker was back:\n" + "\n".join(details[-20:])
+            if not wait_until(answered_since(time.monotonic(), 204), 30):
+                # Tansu 0.6 (S3 storage), killed, now and then comes back with a partition that takes no writes
+                # from anyone; then a 503 for every batch is the right answer and nothing else is ours to test.
+                assert not broker_takes_writes(private_broker.bootstrap, topic_for(namespace), 2), \
+                    "no recovery once the broker was back:\n" + "\n".join(details[-20:])
+                wedged = "the restarted broker takes no writes on some partition, from any client"
+                stop.set()
+                break
         for th in threads:
             th.join(timeout=180)
         assert not any(th.is_alive() for th in threads)
@@ -327,13 +355,15 @@ def test_billow_serve_through_broker_restarts_never_answers_500_and_refuses_fast
         assert all(retry for s, retry, *_ in answers if s == 503)
         slowest = max(took for *_, took, _ in answers)
         assert slowest < BOUND_S, f"slowest answer {slowest:.2f} s"
-        assert len(acked) == CLIENTS * BATCHES * PER_BATCH and acked == sent
-        on_topic = consume_all(private_broker.bootstrap, topic_for(namespace), len(acked))
-        assert on_topic == acked  # every acknowledged event is there, once after dedup, and nothing else
-        assert sum(on_topic.values(), Decimal(0)) == sum(acked.values(), Decimal(0))
         bus = server.container.bus
         print(f"answers: {statuses.count(204)} x 204, {statuses.count(503)} x 503, slowest {slowest:.2f} s; "
               f"producers replaced: {getattr(bus, 'producers_replaced', '?')}")
+        if wedged:  # it does not serve reads either: what is on the topic cannot be checked
+            pytest.xfail(wedged)
+        assert len(acked) == CLIENTS * BATCHES * PER_BATCH and acked == sent  # every batch went through in the end
+        on_topic = consume_all(private_broker.bootstrap, topic_for(namespace), set(acked))
+        assert on_topic == acked  # every acknowledged event is there, once after dedup, and nothing else
+        assert sum(on_topic.values(), Decimal(0)) == sum(acked.values(), Decimal(0))
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()

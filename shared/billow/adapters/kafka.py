@@ -140,7 +140,7 @@ class KafkaBus:
         session.producer = self._new_producer(session.on_error)
         return session
 
-    def _replace(self, broken: _Session, reason: KafkaError | None) -> None:
+    def _replace(self, broken: _Session, error: KafkaError | None, reason: str = "fatal error") -> None:
         """Drop a producer that failed fatally (once, however many requests saw it fail) and start a new one."""
         with self._state:
             if self._session is not broken:
@@ -148,7 +148,7 @@ class KafkaBus:
             self._session = self._new_session()
             self.producers_replaced += 1
         log.warning("kafka producer replaced (%d so far): %s", self.producers_replaced,
-                    reason.str() if reason is not None else "fatal error")
+                    error.str() if error is not None else reason)
         try:  # whatever it still holds fails its batches now (each gets its 503) instead of lingering
             broken.producer.purge(in_queue=True, in_flight=True)
             broken.producer.poll(0)
@@ -248,11 +248,13 @@ class KafkaBus:
             self._replace(session, fatal)
             raise _ProducerFailed(f"kafka producer failed ({fatal.str()}); replaced, nothing of this batch "
                                   "counts as accepted")
-        if failures:
-            raise ConnectionError(f"kafka did not acknowledge the batch: {failures[0].str()}")
-        if not batch.done():
-            raise ConnectionError(f"{batch.size - len(batch.reports)} of {batch.size} records not acknowledged "
-                                  f"within {self._ack_timeout_s:g} s")
+        if failures or not batch.done():
+            # The broker is away, or up but not answering this producer (a restarted Tansu can leave one
+            # connection's requests hanging): the next probe starts on a new producer and a new connection.
+            reason = failures[0].str() if failures else (f"{batch.size - len(batch.reports)} of {batch.size} records "
+                                                         f"not acknowledged within {self._ack_timeout_s:g} s")
+            self._replace(session, failures[0] if failures else None, reason)
+            raise ConnectionError(f"kafka did not acknowledge the batch: {reason}")
 
     def ping(self) -> None:
         try:
