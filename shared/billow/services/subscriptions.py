@@ -399,6 +399,26 @@ def sync_entitlements(namespace: str, doc: dict[str, Any], *, store: Subscriptio
     subject = _subject(namespace, customer) if customer else None
     own: dict[str, str] = dict(doc.get("entitlements") or {})
     wanted = _templates(doc, now) if subject else {}
+    changed = _drop_ended(namespace, own, wanted, subject, meta=meta, ents=ents, now=now)
+    for feature_key, (tmpl, item) in wanted.items():
+        if feature_key in own:
+            continue
+        assert subject is not None
+        ent_id = _entitlement_for(namespace, doc, subject, feature_key, tmpl, item, store=store, meta=meta,
+                                  ents=ents, now=now)
+        if ent_id is not None:
+            own[feature_key] = ent_id
+            changed = True
+    if changed:
+        _release_handed_over(namespace, doc, own, store)
+        doc["entitlements"] = own
+        store.put_subscription(namespace, doc)
+    return doc
+
+
+def _drop_ended(namespace: str, own: dict[str, str], wanted: dict[str, Any], subject: str | None, *,
+                meta: MetaStore, ents: EntitlementStore, now: datetime) -> bool:
+    """Forget (in `own`) the entitlements whose item ended, deleting those the subject still holds. True if any."""
     changed = False
     for feature_key, ent_id in list(own.items()):
         if feature_key not in wanted:
@@ -407,32 +427,41 @@ def sync_entitlements(namespace: str, doc: dict[str, Any], *, store: Subscriptio
                 entitlements.delete_entitlement(namespace, subject, ent_id, store=ents, meta=meta, now=now)
             del own[feature_key]
             changed = True
-    for feature_key, (tmpl, item) in wanted.items():
-        if feature_key in own:
-            continue
-        assert subject is not None
-        found = ents.find_entitlement(namespace, [subject], feature_key)
-        if found is not None:
-            if (found.get("metadata") or {}).get("subscriptionId") not in _customer_subscriptions(namespace, doc, store):
-                continue  # the subject's own entitlement (made by hand): left alone, never taken over
-            own[feature_key] = found["id"]  # this one's (a concurrent pass made it) or handed over on a change
-        else:
-            body = {**{k: v for k, v in tmpl.items() if k != "usagePeriod"}, "featureKey": feature_key,
-                    "metadata": {**(tmpl.get("metadata") or {}), "subscriptionId": doc["id"]}}
-            if tmpl["type"] == "metered":
-                body["usagePeriod"] = {"interval": tmpl.get("usagePeriod") or item.rate_card.get("billingCadence")
-                                       or doc["billingCadence"], "anchor": doc["billingAnchor"]}
-            own[feature_key] = entitlements.create_entitlement(namespace, subject, body, store=ents, meta=meta,
-                                                               now=now)["id"]
-        changed = True
-    if changed:
-        for other in store.list_subscriptions(namespace, doc["customerId"]):  # a hand-over leaves the old one
-            if other["id"] != doc["id"] and set(other.get("entitlements", {}).values()) & set(own.values()):
-                other["entitlements"] = {k: v for k, v in other["entitlements"].items() if v not in own.values()}
-                store.put_subscription(namespace, other)
-        doc["entitlements"] = own
-        store.put_subscription(namespace, doc)
-    return doc
+    return changed
+
+
+def _entitlement_for(namespace: str, doc: dict[str, Any], subject: str, feature_key: str, tmpl: dict[str, Any],
+                     item: subs.Item, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
+                     now: datetime) -> str | None:
+    """The id of the entitlement this subscription owns for `feature_key`: one of the customer's subscriptions
+    already made (adopted) or a new one; None if the subject has its own, made by hand (never taken over)."""
+    found = ents.find_entitlement(namespace, [subject], feature_key)
+    if found is not None:
+        if (found.get("metadata") or {}).get("subscriptionId") not in _customer_subscriptions(namespace, doc, store):
+            return None  # the subject's own entitlement (made by hand): left alone, never taken over
+        return found["id"]  # this one's (a concurrent pass made it) or handed over on a change
+    body = _entitlement_body(doc, feature_key, tmpl, item)
+    return entitlements.create_entitlement(namespace, subject, body, store=ents, meta=meta, now=now)["id"]
+
+
+def _entitlement_body(doc: dict[str, Any], feature_key: str, tmpl: dict[str, Any], item: subs.Item) -> dict[str, Any]:
+    """The entitlement a rate card's template makes: a metered one's usage period is the template's interval (else
+    the rate card's, else the subscription's billing cadence) from the subscription's billing anchor."""
+    body = {**{k: v for k, v in tmpl.items() if k != "usagePeriod"}, "featureKey": feature_key,
+            "metadata": {**(tmpl.get("metadata") or {}), "subscriptionId": doc["id"]}}
+    if tmpl["type"] == "metered":
+        body["usagePeriod"] = {"interval": tmpl.get("usagePeriod") or item.rate_card.get("billingCadence")
+                               or doc["billingCadence"], "anchor": doc["billingAnchor"]}
+    return body
+
+
+def _release_handed_over(namespace: str, doc: dict[str, Any], own: dict[str, str], store: SubscriptionStore) -> None:
+    """A hand-over leaves the old subscription: the customer's other subscriptions forget the entitlements `doc`
+    now owns."""
+    for other in store.list_subscriptions(namespace, doc["customerId"]):
+        if other["id"] != doc["id"] and set(other.get("entitlements", {}).values()) & set(own.values()):
+            other["entitlements"] = {k: v for k, v in other["entitlements"].items() if v not in own.values()}
+            store.put_subscription(namespace, other)
 
 
 def _customer_subscriptions(namespace: str, doc: dict[str, Any], store: SubscriptionStore) -> set[str]:
