@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from billow import jsonx
+from billow.adapters.clickhouse import ClickHouseUsageStore
 from billow.domain.usage import UsageQuery, final_value
 from billow.services.meters import build_meter
 from billow.services.sink import SinkRecord, sink_batch
@@ -219,3 +220,17 @@ def test_store_open_repairs_torn_rollups(tmp_path: Path) -> None:
     assert got["present"] == 0  # no resend: the torn half's raw events are still missing
     evs = events()
     assert got["answers"] == truth(evs)  # yet every query counts its values, from rollups and raw alike
+
+
+def test_a_server_store_never_rebuilds_rollups_on_resend() -> None:
+    """On a ClickHouse server an INSERT writes its views server-side; a delete-and-rebuild there could race another
+    sink's insert into the same cells, so `repair` must issue no statement at all."""
+
+    class ServerClient:  # the HTTP client's surface the store touches; any statement fails the test
+        def query(self, *a: object, **k: object) -> None:
+            raise AssertionError("repair queried a server store")
+
+        def command(self, *a: object, **k: object) -> None:
+            raise AssertionError("repair rebuilt rollups on a server store")
+
+    ClickHouseUsageStore(ServerClient()).repair("ns", [("src", "1"), ("src", "2")])

@@ -73,6 +73,9 @@ class ClickHouseUsageStore:
         self._client = client
         self._journal = os.open(journal, os.O_RDWR | os.O_CREAT, 0o600) if journal is not None else None
         self._lock = threading.RLock()
+        # chdb runs the engine in this process: a kill can land between the values part and its views' parts.
+        # A ClickHouse server writes an INSERT's views itself within that query, whatever happens to the client.
+        self._in_process = type(client).__name__ == "ChdbClient"
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -172,8 +175,11 @@ class ClickHouseUsageStore:
     # -- repair of rollups torn by a crash -----------------------------------------------------------
     def repair(self, namespace: str, keys: Sequence[tuple[str, str]]) -> None:
         """Rebuild the rollup cells that hold these events' values (found valued but without their raw event:
-        the write that stored them died, maybe before the views' parts landed)."""
-        if not keys:
+        the write that stored them died, maybe before the views' parts landed). Only for the in-process engine:
+        on a ClickHouse server the values INSERT returned with its views written (a sink that died after it left
+        whole rollups), and a delete-and-rebuild there could straddle another sink's insert into the same cells
+        and count it twice, so a server store leaves the rollups alone."""
+        if not keys or not self._in_process:
             return
         with self._lock:
             rows = self._query(
