@@ -125,14 +125,14 @@ def _query_response(result: dict[str, Any]) -> Response:
 @app.get("/api/v1/meters/<meter>/query")
 def query_meter_get(meter: str) -> Response:
     c = container()
-    params = query.params_from_query_string(query_multi(_event()))
+    params = query.group_by_subjects(query.params_from_query_string(query_multi(_event())))
     return _query_response(query.query_meter(c.namespace, path_param(meter), params, meta=c.meta, usage=c.usage))
 
 
 @app.post("/api/v1/meters/<meter>/query")
 def query_meter_post(meter: str) -> Response:
     c = container()
-    params = query.params_from_body(json_body(_event()))
+    params = query.group_by_subjects(query.params_from_body(json_body(_event())))
     return _query_response(query.query_meter(c.namespace, path_param(meter), params, meta=c.meta, usage=c.usage))
 
 

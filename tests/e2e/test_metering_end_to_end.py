@@ -54,7 +54,7 @@ def test_meter_ingest_query_roundtrip(server: Server) -> None:
                                    headers={"Accept": "text/csv"})
     assert hdrs["Content-Type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(text)))
-    assert [(r["windowStart"], r["subject"], r["value"]) for r in table] == [
+    assert [(r["window_start"], r["subject"], r["value"]) for r in table] == [
         ("2026-11-20T00:00:00Z", "acme", "100"), ("2026-11-27T00:00:00Z", "acme", "0.1"),
         ("2026-11-28T00:00:00Z", "acme", "0.2"), ("2026-11-28T00:00:00Z", "beta", "5")]
 

@@ -196,9 +196,9 @@ def test_csv_answer(aws: Deployment) -> None:
     tok = aws.token("acme")["token"]
     status, text = aws.gw.call("GET", "/api/v1/portal/meters/tokens/query", tok, headers={"accept": "text/csv"},
                                query={"windowSize": "DAY"})
-    assert status == 200 and text.splitlines() == ["windowStart,windowEnd,subject,value",
-                                                   "2026-03-09T00:00:00Z,2026-03-10T00:00:00Z,,0.3",
-                                                   "2026-03-10T00:00:00Z,2026-03-11T00:00:00Z,,5"]
+    assert status == 200 and text.splitlines() == ["window_start,window_end,value",
+                                                   "2026-03-09T00:00:00Z,2026-03-10T00:00:00Z,0.3",
+                                                   "2026-03-10T00:00:00Z,2026-03-11T00:00:00Z,5"]
 
 
 def test_allowed_meters(aws: Deployment) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from billow.domain.meters import Meter
 from billow.jsonx import plain_decimal
+from billow.services.query import COLUMNS
 from billow.timeutil import format_rfc3339
 
 
@@ -35,22 +36,28 @@ def subject_json(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def query_json(result: dict[str, Any]) -> dict[str, Any]:
+    result.pop(COLUMNS, None)
     for row in result["data"]:
         row["value"] = plain_decimal(row["value"])
     return result
 
 
 def query_csv(result: dict[str, Any]) -> str:
+    """OpenMeter's CSV columns: window_start, window_end, then subject (when grouped by it), customer_id (when
+    filtered by customer), the groupBy keys in the order asked, and value, written exactly (Billow's Decimal,
+    not OpenMeter's six-place float)."""
     rows = result["data"]
-    keys = sorted({k for r in rows for k in r["groupBy"]})
-    has_customer = any("customerId" in r for r in rows)
+    cols = result.get(COLUMNS) or {"subject": False, "customerId": False, "groupBy": []}
+    keys: list[str] = cols["groupBy"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["windowStart", "windowEnd", "subject", *(["customerId"] if has_customer else []), *keys, "value"])
+    w.writerow(["window_start", "window_end", *(["subject"] if cols["subject"] else []),
+                *(["customer_id"] if cols["customerId"] else []), *keys, "value"])
     for r in rows:
         value: Decimal = plain_decimal(r["value"])
         w.writerow([format_rfc3339(r["windowStart"]) if r["windowStart"] else "",
-                    format_rfc3339(r["windowEnd"]) if r["windowEnd"] else "", r["subject"] or "",
-                    *([r.get("customerId", "")] if has_customer else []),
+                    format_rfc3339(r["windowEnd"]) if r["windowEnd"] else "",
+                    *([r["subject"] or ""] if cols["subject"] else []),
+                    *([r.get("customerId", "")] if cols["customerId"] else []),
                     *[r["groupBy"].get(k) or "" for k in keys], format(value, "f")])
     return buf.getvalue()

@@ -20,6 +20,7 @@ _DEEP_RE = re.compile(r"^filterGroupBy\[([^\[\]]+)\]$")
 MAX_LIST = 100
 MAX_FILTER_DEPTH = 16  # $and / $or nesting; deeper is refused, not recursed into (a 3,000-deep one was a 500)
 LIKE_OPS = ("$like", "$nlike", "$ilike", "$nilike")
+COLUMNS = "_columns"  # key of a query result that says what its rows are grouped by (see api.present.query_csv)
 
 
 @dataclass(slots=True)
@@ -149,6 +150,14 @@ def params_from_query_string(qs: dict[str, list[str]]) -> QueryParams:
     return p
 
 
+def group_by_subjects(p: QueryParams) -> QueryParams:
+    """OpenMeter's meter query: the `subject` parameter both filters and groups by subject (one row per subject),
+    as if `groupBy=subject` were also given."""
+    if p.subjects is not None and "subject" not in (p.group_by or []):
+        p.group_by = [*(p.group_by or []), "subject"]
+    return p
+
+
 def _and(filters: dict[str, Any], key: str, spec: Any) -> None:
     """Add `spec` for `key`; both apply when the key is already filtered (neither replaces the other)."""
     filters[key] = {"$and": [filters[key], spec]} if key in filters else spec
@@ -258,6 +267,8 @@ def query_meter(namespace: str, id_or_slug: str, p: QueryParams, *, meta: MetaSt
             item["customerId"] = r.customer_id
         data.append(item)
     out: dict[str, Any] = {"data": data}
+    # what the rows are grouped by, for the CSV form's columns (not part of the JSON answer)
+    out[COLUMNS] = {"subject": by_subject, "customerId": subject_customers is not None, "groupBy": keys}
     if p.start is not None:
         out["from"] = p.start
     if p.end is not None:

@@ -1,0 +1,59 @@
+"""Behaviours that differ from OpenMeter's unless made the same (issue 16 item 3), each seen through the API as a
+client sees it (real handlers, in-memory twin and chdb, SQLite meta store)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from billow.local.server import apigw_event
+from functions.api.handler import lambda_handler as api
+from tests.entitlements.conftest import Billow
+
+
+def raw_get(path: str, accept: str = "application/json") -> tuple[int, str]:
+    out = api(apigw_event("GET", path, {"accept": accept}, b"", "127.0.0.1"), None)
+    return out["statusCode"], out.get("body") or ""
+
+
+def test_repeated_subject_parameters_filter_and_group_by_subject(billow: Billow) -> None:
+    b = billow
+    b.ok("POST", "/api/v1/subjects", [{"key": "customer_3"}])
+    b.usage("1.5", "2026-01-01T00:10:00Z", subject="customer_1")
+    b.usage("2", "2026-01-01T00:20:00Z", subject="customer_2")
+    b.usage("100", "2026-01-01T00:30:00Z", subject="customer_3")
+    status, text = raw_get("/api/v1/meters/tokens/query?subject=customer_1&subject=customer_2")
+    assert status == 200, text
+    rows = json.loads(text)["data"]
+    assert sorted((r["subject"], r["value"]) for r in rows) == [("customer_1", 1.5), ("customer_2", 2)]
+    # one subject: still grouped (the row names it), as OpenMeter's `subject` parameter does
+    (row,) = json.loads(raw_get("/api/v1/meters/tokens/query?subject=customer_2")[1])["data"]
+    assert (row["subject"], row["value"]) == ("customer_2", 2)
+    # the POST body's `subject` list does the same
+    out = b.ok("POST", "/api/v1/meters/tokens/query", {"subject": ["customer_1", "customer_2"]})
+    assert sorted((r["subject"], r["value"]) for r in out["data"]) == [("customer_1", 1.5), ("customer_2", 2)]
+    # no subject parameter: one row for everyone
+    (total,) = b.ok("GET", "/api/v1/meters/tokens/query")["data"]
+    assert (total["subject"], total["value"]) == (None, 103.5)
+
+
+def test_csv_uses_openmeter_columns(billow: Billow) -> None:
+    b = billow
+    b.usage("0.1", "2026-01-01T00:10:00Z", subject="customer_1", model="gpt")
+    b.usage("0.2", "2026-01-01T00:20:00Z", subject="customer_2", model="o3")
+    b.usage("1e-18", "2026-01-01T00:30:00Z", subject="customer_2", model="o3")
+    path = "/api/v1/meters/tokens/query?windowSize=DAY"
+    status, text = raw_get(path, "text/csv")
+    assert status == 200
+    assert text.splitlines() == ["window_start,window_end,value",
+                                 "2026-01-01T00:00:00Z,2026-01-02T00:00:00Z,0.300000000000000001"]
+    text = raw_get(path + "&subject=customer_2", "text/csv")[1]
+    assert text.splitlines() == ["window_start,window_end,subject,value",
+                                 "2026-01-01T00:00:00Z,2026-01-02T00:00:00Z,customer_2,0.200000000000000001"]
+    text = raw_get(path + "&groupBy=model&groupBy=subject", "text/csv")[1]
+    assert text.splitlines() == ["window_start,window_end,subject,model,value",
+                                 "2026-01-01T00:00:00Z,2026-01-02T00:00:00Z,customer_1,gpt,0.1",
+                                 "2026-01-01T00:00:00Z,2026-01-02T00:00:00Z,customer_2,o3,0.200000000000000001"]
+    # no rows: the header still says what would be there
+    assert raw_get("/api/v1/meters/tokens/query?groupBy=model&from=2027-01-01T00:00:00Z", "text/csv")[1] == (
+        "window_start,window_end,model,value\n")
