@@ -4,7 +4,6 @@ client sees it (real handlers, in-memory twin and chdb, SQLite meta store)."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from billow.local.server import apigw_event
 from functions.api.handler import lambda_handler as api
@@ -57,3 +56,19 @@ def test_csv_uses_openmeter_columns(billow: Billow) -> None:
     # no rows: the header still says what would be there
     assert raw_get("/api/v1/meters/tokens/query?groupBy=model&from=2027-01-01T00:00:00Z", "text/csv")[1] == (
         "window_start,window_end,model,value\n")
+
+
+def test_feature_with_meter_group_by_filters_shows_them_as_advanced_filters(billow: Billow) -> None:
+    b = billow
+    created = b.ok("POST", "/api/v1/features", {"key": "gpt4", "name": "GPT-4 tokens", "meterSlug": "tokens",
+                                                "meterGroupByFilters": {"model": "gpt-4"}})
+    for doc in (created, b.ok("GET", "/api/v1/features/gpt4"), b.ok("GET", "/api/v1/features")[0]):
+        assert doc["meterGroupByFilters"] == {"model": "gpt-4"}
+        assert doc["advancedMeterGroupByFilters"] == {"model": {"$eq": "gpt-4"}}
+    # the filter still narrows usage exactly once
+    b.ok("POST", "/api/v1/subjects/customer_1/entitlements", {
+        "type": "metered", "featureKey": "gpt4", "usagePeriod": {"interval": "MONTH"}, "issueAfterReset": 10})
+    b.usage("3", "2026-01-01T00:10:00Z", model="gpt-4")
+    b.usage("5", "2026-01-01T00:10:00Z", model="o3")
+    b.clock.set("2026-01-01T01:00:00Z")
+    assert b.value("customer_1", "gpt4")["usage"] == 3

@@ -65,6 +65,9 @@ def create_feature(namespace: str, body: Any, *, store: FeatureStore, meta: Meta
                 raise bad("meterGroupByFilters", "must be an object of groupBy key -> value")
             _known_keys(simple, meter.group_by, "meterGroupByFilters")
             doc["meterGroupByFilters"] = simple
+            if body.get("advancedMeterGroupByFilters") is None:
+                # OpenMeter: the deprecated map is equality filters, shown in the advanced form as well
+                doc["advancedMeterGroupByFilters"] = {k: {"$eq": v} for k, v in simple.items()}
         advanced = body.get("advancedMeterGroupByFilters")
         if advanced is not None:
             parse_filters(advanced)
