@@ -72,3 +72,12 @@ def test_feature_with_meter_group_by_filters_shows_them_as_advanced_filters(bill
     b.usage("5", "2026-01-01T00:10:00Z", model="o3")
     b.clock.set("2026-01-01T01:00:00Z")
     assert b.value("customer_1", "gpt4")["usage"] == 3
+
+
+def test_second_entitlement_conflict_names_the_existing_one(billow: Billow) -> None:
+    b = billow
+    b.ok("POST", "/api/v1/features", {"key": "sso", "name": "SSO"})
+    first = b.ok("POST", "/api/v1/subjects/customer_1/entitlements", {"type": "boolean", "featureKey": "sso"})
+    status, out = b.call("POST", "/api/v1/subjects/customer_1/entitlements", {"type": "boolean", "featureKey": "sso"})
+    assert status == 409, out
+    assert out["extensions"]["conflictingEntityId"] == first["id"]

@@ -141,6 +141,10 @@ def create_entitlement(namespace: str, subject: str, body: Any, *, store: Entitl
                        now: datetime) -> dict[str, Any]:
     key = subject_key(namespace, subject, meta)
     doc, grant = build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
+    existing = store.find_entitlement(namespace, [key], doc["featureKey"])
+    if existing is not None:
+        raise Conflict(f"subject {key!r} already has an entitlement for feature {doc['featureKey']!r}",
+                       extensions={"conflictingEntityId": existing["id"]})
     store.put_entitlement(namespace, doc, created_at=now)
     if grant is not None:
         store.put_grant(namespace, grant, created_at=now)
