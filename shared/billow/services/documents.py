@@ -30,10 +30,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from billow.domain.money import Currency, check_amount
 from billow.timeutil import parse_rfc3339
+
+if TYPE_CHECKING:
+    from fpdf import FPDF
 
 FONT_PATH: Final = Path(__file__).resolve().parent.parent / "fonts" / "DejaVuSans.ttf"
 MISSING_GLYPH: Final = "?"
@@ -259,7 +262,6 @@ _OWED: Final = ("issued", "payment_processing", "overdue")  # statuses in which 
 
 def _view(invoice: dict[str, Any]) -> View:
     cur = Currency.of(invoice.get("currency"), field="currency")
-    totals = invoice.get("totals") or {}
     credit_note = invoice.get("type") == "credit_note"
     number = _text(invoice.get("number")) or _text(invoice.get("id"))
     status = _text(invoice.get("status")).split(".")[0]
@@ -269,6 +271,18 @@ def _view(invoice: dict[str, Any]) -> View:
              ("Due", due if status in _OWED or not status else ""),
              ("Billing period", _period(invoice.get("period"), "period")), ("Currency", cur.code),
              ("Status", label)]
+    summary = _summary(invoice.get("totals") or {}, cur, status, credit_note)
+    banner, notes = _banner_and_notes(invoice, status, label, due, credit_note)
+    columns = tuple(c + (f" ({cur.code})" if i >= 2 else "") for i, c in enumerate(COLUMNS))
+    return View(title="Credit note" if credit_note else "Invoice", number=number, columns=columns,
+                facts=[(k, v) for k, v in facts if v],
+                parties=[("From", _party(invoice.get("supplier"))), ("Bill to", _party(invoice.get("customer")))],
+                rows=_rows(invoice.get("lines") or [], cur), totals=summary, notes=notes, status=(status, banner))
+
+
+def _summary(totals: dict[str, Any], cur: Currency, status: str, credit_note: bool) -> list[tuple[str, str]]:
+    """The totals block: subtotal, charges (when not 0), discounts, credits, taxes and the last line, named for
+    what it asks of the reader."""
     summary = [("Subtotal", _total(totals, "amount", cur, "totals", required=True))]
     if totals.get("chargesTotal") is not None and _decimal(totals["chargesTotal"], "totals.chargesTotal") != 0:
         summary.append(("Charges", _total(totals, "chargesTotal", cur, "totals")))
@@ -280,10 +294,15 @@ def _view(invoice: dict[str, Any]) -> View:
         last = "Total due"
     else:  # draft, void, uncollectible: nothing is asked for
         last = "Total"
-    summary += [("Discounts", _deduction(totals.get("discountsTotal"), cur, "totals.discountsTotal")),
-                ("Credits applied", _deduction(totals.get("creditsTotal"), cur, "totals.creditsTotal")),
-                ("Taxes", _total(totals, "taxesTotal", cur, "totals")),
-                (f"{last} ({cur.code})", _total(totals, "total", cur, "totals", required=True))]
+    return summary + [("Discounts", _deduction(totals.get("discountsTotal"), cur, "totals.discountsTotal")),
+                      ("Credits applied", _deduction(totals.get("creditsTotal"), cur, "totals.creditsTotal")),
+                      ("Taxes", _total(totals, "taxesTotal", cur, "totals")),
+                      (f"{last} ({cur.code})", _total(totals, "total", cur, "totals", required=True))]
+
+
+def _banner_and_notes(invoice: dict[str, Any], status: str, label: str, due: str,
+                      credit_note: bool) -> tuple[str, list[str]]:
+    """The status banner (when payment is due, by when) and the notes under the totals."""
     banner = label
     notes = []
     if status == "issued" and due:
@@ -298,11 +317,7 @@ def _view(invoice: dict[str, Any]) -> View:
         notes.append(f"This invoice is {_text(invoice.get('status')).replace('_', ' ')}: no payment is due for it.")
     if invoice.get("description"):
         notes.append(_text(invoice["description"]))
-    columns = tuple(c + (f" ({cur.code})" if i >= 2 else "") for i, c in enumerate(COLUMNS))
-    return View(title="Credit note" if credit_note else "Invoice", number=number, columns=columns,
-                facts=[(k, v) for k, v in facts if v],
-                parties=[("From", _party(invoice.get("supplier"))), ("Bill to", _party(invoice.get("customer")))],
-                rows=_rows(invoice.get("lines") or [], cur), totals=summary, notes=notes, status=(status, banner))
+    return banner, notes
 
 
 # -- HTML -----------------------------------------------------------------------------------------------------
@@ -412,21 +427,25 @@ def _issued(invoice: dict[str, Any]) -> datetime:
     return _EPOCH
 
 
+_GREY: Final = (91, 100, 119)
+_INK: Final = (29, 35, 48)
+_LIGHT: Final = (238, 241, 246)
+Printable = Callable[[str], str]  # text restricted to what the embedded font can draw
+
+
 def render_pdf(invoice: dict[str, Any]) -> bytes:
     """The same content as `render_html`, as an A4 PDF with DejaVu Sans embedded (subset). Deterministic:
     the same invoice gives the same bytes (creation date = issue time)."""
     from fpdf import FPDF
-    from fpdf.enums import TableBordersLayout
-    from fpdf.fonts import FontFace, TTFFont
+    from fpdf.fonts import TTFFont
 
     v = _view(invoice)
-    grey, ink, light = (91, 100, 119), (29, 35, 48), (238, 241, 246)
 
     class _Document(FPDF):
         def footer(self) -> None:
             self.set_y(-12)
             self.set_font("dejavu", size=7.5)
-            self.set_text_color(*grey)
+            self.set_text_color(*_GREY)
             self.cell(0, 5, f"{p(v.title)} {p(v.number)} · page {self.page_no()}/{{nb}}", align="R")
 
     pdf = _Document(format="A4")
@@ -445,49 +464,70 @@ def render_pdf(invoice: dict[str, Any]) -> bytes:
     pdf.set_margins(14, 14, 14)
     pdf.set_auto_page_break(True, margin=16)
     pdf.add_page()
-    pdf.set_text_color(*ink)
+    pdf.set_text_color(*_INK)
+    _pdf_heading(pdf, v, p)
+    _pdf_parties(pdf, v, p)
+    _pdf_facts(pdf, v, p)
+    _pdf_lines(pdf, v, p)
+    _pdf_totals(pdf, v, p)
+    _pdf_notes(pdf, v, p)
+    return bytes(pdf.output())
 
-    with pdf.local_context(text_mode="FILL_STROKE", line_width=0.3, draw_color=ink):
+
+def _pdf_heading(pdf: FPDF, v: View, p: Printable) -> None:
+    """Title (stroked for emphasis), number and the status banner in its colour."""
+    with pdf.local_context(text_mode="FILL_STROKE", line_width=0.3, draw_color=_INK):
         pdf.set_font("dejavu", size=20)
         pdf.cell(0, 10, p(v.title), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("dejavu", size=12)
-    pdf.set_text_color(*grey)
+    pdf.set_text_color(*_GREY)
     pdf.cell(0, 7, p(v.number), new_x="LMARGIN", new_y="NEXT")
     if v.status[1]:
-        colour = {"paid": (43, 138, 62), "overdue": (201, 42, 42)}.get(v.status[0], ink)
+        colour = {"paid": (43, 138, 62), "overdue": (201, 42, 42)}.get(v.status[0], _INK)
         with pdf.local_context(text_mode="FILL_STROKE", line_width=0.2, draw_color=colour):
             pdf.set_font("dejavu", size=11)
             pdf.set_text_color(*colour)
             pdf.cell(0, 7, p(v.status[1]), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
 
+
+def _pdf_parties(pdf: FPDF, v: View, p: Printable) -> None:
+    """Supplier and customer side by side; the page continues below the taller of the two."""
     top, half = pdf.get_y(), (pdf.epw - 8) / 2
     bottom = top
     for i, (label, lines) in enumerate(v.parties):
         pdf.set_xy(pdf.l_margin + i * (half + 8), top)
         pdf.set_font("dejavu", size=7.5)
-        pdf.set_text_color(*grey)
+        pdf.set_text_color(*_GREY)
         pdf.cell(half, 5, label.upper(), new_x="LEFT", new_y="NEXT")
-        pdf.set_text_color(*ink)
+        pdf.set_text_color(*_INK)
         for j, line in enumerate(lines):
             pdf.set_font("dejavu", size=10 if j == 0 else 9)
             pdf.multi_cell(half, 4.6, p(line), new_x="LEFT", new_y="NEXT")
         bottom = max(bottom, pdf.get_y())
     pdf.set_xy(pdf.l_margin, bottom + 4)
 
+
+def _pdf_facts(pdf: FPDF, v: View, p: Printable) -> None:
     for label, value in v.facts:
         pdf.set_font("dejavu", size=8)
-        pdf.set_text_color(*grey)
+        pdf.set_text_color(*_GREY)
         pdf.cell(32, 5, label.upper())
         pdf.set_font("dejavu", size=9.5)
-        pdf.set_text_color(*ink)
+        pdf.set_text_color(*_INK)
         pdf.multi_cell(0, 5, p(value), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(4)
 
+
+def _pdf_lines(pdf: FPDF, v: View, p: Printable) -> None:
+    """The lines table: each line, its trace (detail) and its child lines, indented."""
+    from fpdf.enums import TableBordersLayout
+    from fpdf.fonts import FontFace
+
     pdf.set_font("dejavu", size=9)
-    headings = FontFace(size_pt=8, color=ink, fill_color=light)
-    styles = {"line": FontFace(size_pt=9, color=ink), "child": FontFace(size_pt=8.5, color=(58, 66, 84)),
-              "detail": FontFace(size_pt=7, color=grey)}
+    headings = FontFace(size_pt=8, color=_INK, fill_color=_LIGHT)
+    styles = {"line": FontFace(size_pt=9, color=_INK), "child": FontFace(size_pt=8.5, color=(58, 66, 84)),
+              "detail": FontFace(size_pt=7, color=_GREY)}
     with pdf.table(col_widths=(62, 22, 24, 24, 24, 26), text_align=("LEFT", *["RIGHT"] * 5),
                    borders_layout=TableBordersLayout.HORIZONTAL_LINES, headings_style=headings,
                    line_height=4.6, padding=(1.2, 1.5), v_align="TOP") as table:
@@ -502,6 +542,9 @@ def render_pdf(invoice: dict[str, Any]) -> bytes:
             for i, c in enumerate(r.cells):
                 row.cell(("    " if r.kind == "child" and i == 0 else "") + p(c), style=styles[r.kind])
 
+
+def _pdf_totals(pdf: FPDF, v: View, p: Printable) -> None:
+    """The totals block on the right; the last line (what is due, paid or credited) ruled and stroked."""
     pdf.ln(4)
     for i, (label, value) in enumerate(v.totals):
         due = i == len(v.totals) - 1
@@ -509,16 +552,18 @@ def render_pdf(invoice: dict[str, Any]) -> bytes:
         pdf.set_font("dejavu", size=12 if due else 9.5)
         if due:
             pdf.line(pdf.get_x(), pdf.get_y(), pdf.get_x() + 90, pdf.get_y())
-        with pdf.local_context(text_mode="FILL_STROKE" if due else "FILL", line_width=0.25, draw_color=ink):
+        with pdf.local_context(text_mode="FILL_STROKE" if due else "FILL", line_width=0.25, draw_color=_INK):
             pdf.cell(48, 7 if due else 5.5, p(label))
             pdf.cell(42, 7 if due else 5.5, p(value), align="R", new_x="LMARGIN", new_y="NEXT")
+
+
+def _pdf_notes(pdf: FPDF, v: View, p: Printable) -> None:
     if v.notes:
         pdf.ln(6)
         pdf.set_font("dejavu", size=9)
-        pdf.set_text_color(*grey)
+        pdf.set_text_color(*_GREY)
         for note in v.notes:
             pdf.multi_cell(0, 5, p(note), new_x="LMARGIN", new_y="NEXT")
-    return bytes(pdf.output())
 
 
 # -- storage --------------------------------------------------------------------------------------------------
