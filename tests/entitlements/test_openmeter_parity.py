@@ -81,3 +81,12 @@ def test_second_entitlement_conflict_names_the_existing_one(billow: Billow) -> N
     status, out = b.call("POST", "/api/v1/subjects/customer_1/entitlements", {"type": "boolean", "featureKey": "sso"})
     assert status == 409, out
     assert out["extensions"]["conflictingEntityId"] == first["id"]
+
+
+def test_issue_after_reset_grant_annotations_keep_json_types(billow: Billow) -> None:
+    b = billow
+    b.ok("POST", "/api/v1/features", {"key": "tok", "name": "Tokens", "meterSlug": "tokens"})
+    ent = b.ok("POST", "/api/v1/subjects/customer_1/entitlements", {
+        "type": "metered", "featureKey": "tok", "usagePeriod": {"interval": "MONTH"}, "issueAfterReset": 10})
+    (grant,) = b.ok("GET", f"/api/v1/subjects/customer_1/entitlements/{ent['id']}/grants")
+    assert grant["annotations"] == {"issueAfterReset": True}

@@ -188,7 +188,7 @@ def build_entitlement(namespace: str, key: str, body: Any, *, store: Entitlement
                 grant = {"id": new_id(), "entitlementId": doc["id"], "amount": issue, "priority": prio,
                          "effectiveAt": doc["measureUsageFrom"], "minRolloverAmount": issue,
                          "maxRolloverAmount": issue, "createdAt": stamp, "updatedAt": stamp,
-                         "annotations": {"issueAfterReset": "true"}}
+                         "annotations": {"issueAfterReset": True}}
     elif etype == "static":
         config = body.get("config")
         if not isinstance(config, str):
@@ -368,6 +368,8 @@ def add_duration(t: datetime, unit: str, count: int) -> datetime:
 
 def grant_json(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
     out = dict(doc)
+    if (doc.get("annotations") or {}).get("issueAfterReset") == "true":  # stored as a string before 2026-12
+        out["annotations"] = {**doc["annotations"], "issueAfterReset": True}
     if doc.get("recurrence"):
         nxt = period_of(doc["recurrence"]).containing(max(minute(now), parse_rfc3339(doc["effectiveAt"], "e")))[1]
         out["nextRecurrence"] = format_rfc3339(nxt)
