@@ -74,23 +74,8 @@ def create_token(namespace: str, body: Any, *, store: PortalStore, meta: MetaSto
     subject = body.get("subject")
     if not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_SUBJECT or "\x00" in subject:
         raise _bad("subject", f"required, a subject key of 1 to {MAX_SUBJECT} characters (no NUL)")
-    slugs = body.get("allowedMeterSlugs")
-    if slugs is not None:
-        if not isinstance(slugs, list) or len(slugs) > MAX_METERS or not all(isinstance(s, str) for s in slugs):
-            raise _bad("allowedMeterSlugs", f"a list of at most {MAX_METERS} meter slugs")
-        from billow.domain.meters import SLUG_RE
-
-        slugs = list(dict.fromkeys(slugs))
-        live = {m.slug for m in meta.list_meters(namespace)}
-        unknown = [s for s in slugs if not SLUG_RE.match(s) or s not in live]
-        if unknown:
-            raise _bad("allowedMeterSlugs", f"no such meter: {', '.join(repr(s) for s in unknown[:5])}")
-    expires = now + DEFAULT_TTL
-    if body.get("expiresAt") is not None:  # Billow: choose the expiry (OpenMeter: fixed by configuration)
-        raw = body["expiresAt"]
-        expires = parse_rfc3339(raw if isinstance(raw, str) else "", "expiresAt")
-        if not now < expires <= now + MAX_TTL:
-            raise _bad("expiresAt", f"must be in the future and at most {MAX_TTL.days} days ahead")
+    slugs = _allowed_meter_slugs(namespace, body.get("allowedMeterSlugs"), meta)
+    expires = _expiry(body.get("expiresAt"), now)
     token_id, token, digest = apikeys.new_secret(PREFIX.rstrip("_"))
     doc: dict[str, Any] = {"id": token_id, "subject": subject, "createdAt": format_rfc3339(now),
                            "expiresAt": format_rfc3339(expires)}
@@ -98,6 +83,33 @@ def create_token(namespace: str, body: Any, *, store: PortalStore, meta: MetaSto
         doc["allowedMeterSlugs"] = slugs
     store.put_token(namespace, doc, digest)
     return token_json(doc, now, token)
+
+
+def _allowed_meter_slugs(namespace: str, slugs: Any, meta: MetaStore) -> Any:
+    """`allowedMeterSlugs` as sent (None: every meter), without repeats; each must name a live meter."""
+    if slugs is None:
+        return None
+    if not isinstance(slugs, list) or len(slugs) > MAX_METERS or not all(isinstance(s, str) for s in slugs):
+        raise _bad("allowedMeterSlugs", f"a list of at most {MAX_METERS} meter slugs")
+    from billow.domain.meters import SLUG_RE
+
+    slugs = list(dict.fromkeys(slugs))
+    live = {m.slug for m in meta.list_meters(namespace)}
+    unknown = [s for s in slugs if not SLUG_RE.match(s) or s not in live]
+    if unknown:
+        raise _bad("allowedMeterSlugs", f"no such meter: {', '.join(repr(s) for s in unknown[:5])}")
+    return slugs
+
+
+def _expiry(raw: Any, now: datetime) -> datetime:
+    """When a new token expires: DEFAULT_TTL from now, or Billow's `expiresAt` (OpenMeter: fixed by configuration),
+    in the future and at most MAX_TTL ahead."""
+    if raw is None:
+        return now + DEFAULT_TTL
+    expires = parse_rfc3339(raw if isinstance(raw, str) else "", "expiresAt")
+    if not now < expires <= now + MAX_TTL:
+        raise _bad("expiresAt", f"must be in the future and at most {MAX_TTL.days} days ahead")
+    return expires
 
 
 def list_tokens(namespace: str, qs: dict[str, list[str]], *, store: PortalStore, now: datetime) -> list[dict[str, Any]]:
