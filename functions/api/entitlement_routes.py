@@ -184,5 +184,7 @@ def list_all_grants() -> Response:
 @router.delete("/api/v1/grants/<grant>")
 def void_grant(grant: str) -> Response:
     c = container()
-    entitlements.void_grant(c.namespace, path_param(grant), store=c.entitlements, now=c.clock.now())
+    raw = params.one(query_multi(_event()), "at")
+    entitlements.void_grant(c.namespace, path_param(grant), store=c.entitlements, now=c.clock.now(),
+                            at=parse_rfc3339(raw, "at") if raw is not None else None)
     return no_content()

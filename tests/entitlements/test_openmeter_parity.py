@@ -4,6 +4,7 @@ client sees it (real handlers, in-memory twin and chdb, SQLite meta store)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from billow.local.server import apigw_event
 from functions.api.handler import lambda_handler as api
@@ -90,3 +91,37 @@ def test_issue_after_reset_grant_annotations_keep_json_types(billow: Billow) -> 
         "type": "metered", "featureKey": "tok", "usagePeriod": {"interval": "MONTH"}, "issueAfterReset": 10})
     (grant,) = b.ok("GET", f"/api/v1/subjects/customer_1/entitlements/{ent['id']}/grants")
     assert grant["annotations"] == {"issueAfterReset": True}
+
+
+def _metered_with_grant(b: Billow) -> tuple[dict[str, Any], dict[str, Any]]:
+    b.ok("POST", "/api/v1/features", {"key": "tok", "name": "Tokens", "meterSlug": "tokens"})
+    ent = b.ok("POST", "/api/v1/subjects/customer_1/entitlements", {
+        "type": "metered", "featureKey": "tok", "usagePeriod": {"interval": "DAY", "anchor": "2026-01-01T00:00:00Z"}})
+    grant = b.ok("POST", "/api/v1/subjects/customer_1/entitlements/tok/grants", {
+        "amount": 100, "effectiveAt": "2026-01-01T00:00:00Z", "expiration": {"duration": "YEAR", "count": 1}})
+    return ent, grant
+
+
+def test_void_grant_at_an_instant(billow: Billow) -> None:
+    b = billow
+    _, grant = _metered_with_grant(b)
+    b.usage("30", "2026-01-01T01:00:00Z")
+    b.usage("20", "2026-01-01T03:00:00Z")
+    b.clock.set("2026-01-01T05:00:00Z")
+    assert b.call("DELETE", f"/api/v1/grants/{grant['id']}", query={"at": "2026-01-01T02:00:00Z"})[0] == 204
+    (voided,) = b.ok("GET", "/api/v1/subjects/customer_1/entitlements/tok/grants")
+    assert voided["voidedAt"] == "2026-01-01T02:00:00Z"
+    # burnt 30 before the void; from 02:00 nothing is left to burn
+    assert b.value("customer_1", "tok", "2026-01-01T01:30:00Z")["balance"] == 70
+    assert b.value("customer_1", "tok")["balance"] == 0
+
+
+def test_void_grant_at_in_the_future_or_before_the_period_is_refused(billow: Billow) -> None:
+    b = billow
+    _, grant = _metered_with_grant(b)
+    b.clock.set("2026-01-02T05:00:00Z")  # the current usage period started at 2026-01-02T00:00:00Z
+    for at in ("2026-01-02T06:00:00Z", "2026-01-01T23:00:00Z", "yesterday"):
+        status, out = b.call("DELETE", f"/api/v1/grants/{grant['id']}", query={"at": at})
+        assert status == 400, (at, out)
+        assert [e["field"] for e in out["extensions"]["validationErrors"]] == ["at"], out
+    assert "voidedAt" not in b.ok("GET", "/api/v1/subjects/customer_1/entitlements/tok/grants")[0]

@@ -386,13 +386,27 @@ def list_grants(namespace: str, subject: str | None, id_or_feature_key: str | No
     return [grant_json(d, now) for d in docs if include_deleted or not d.get("deletedAt")]
 
 
-def void_grant(namespace: str, grant_id: str, *, store: EntitlementStore, now: datetime) -> None:
+def void_grant(namespace: str, grant_id: str, *, store: EntitlementStore, now: datetime,
+               at: datetime | None = None) -> None:
+    """Void the grant from `at` (now by default): usage before it stays burnt from the grant, none after. `at`
+    may not be in the future nor before the entitlement's current usage period (a closed period is never
+    rewritten)."""
     doc = store.get_grant(namespace, grant_id)
     if doc is None or doc.get("deletedAt"):
         raise NotFound(f"grant {grant_id!r} not found")
     if doc.get("voidedAt"):
         raise Conflict(f"grant {grant_id!r} is already voided")
-    stamp = format_rfc3339(minute(now))
+    when = minute(now)
+    if at is not None:
+        if at > now:
+            raise bad("at", f"{format_rfc3339(at)} is in the future; a grant is voided now or at a past instant")
+        ent = store.get_entitlement(namespace, doc["entitlementId"], include_deleted=True)
+        period_start = current_period(ent, store=store, namespace=namespace, at=now)[0] if ent else None
+        if period_start is not None and at < period_start:
+            raise bad("at", f"before the current usage period ({format_rfc3339(period_start)}): voiding may not "
+                            "rewrite the balance of a closed period")
+        when = minute(at)
+    stamp = format_rfc3339(when)
     doc.update(voidedAt=stamp, updatedAt=format_rfc3339(now))
     store.put_grant(namespace, doc, created_at=now)
 
