@@ -158,14 +158,28 @@ def list_events() -> Response:
     if not 1 <= limit <= 100:
         raise ValidationFailed("limit: must be between 1 and 100", [{"field": "limit", "message": "1..100"}])
     start, end = params.one(qs, "from"), params.one(qs, "to")
+    subjects = qs.get("subject")
+    if "customerId" in qs:  # OpenMeter: the events of these customers' subjects
+        owned = set()
+        for ref in qs["customerId"]:
+            cust = c.meta.get_customer(c.namespace, ref)
+            if cust is None:
+                raise ValidationFailed.at("customerId", f"customer {ref[:64]!r} not found")
+            owned.update(cust.get("usageAttribution", {}).get("subjectKeys", []))
+        subjects = sorted(owned if subjects is None else owned & set(subjects))
+        if not subjects:
+            return ok([])
     rows = c.usage.list_events(
-        c.namespace, subjects=qs.get("subject"),
+        c.namespace, subjects=subjects,
         start=parse_rfc3339(start, "from") if start is not None else None,
         end=parse_rfc3339(end, "to") if end is not None else None,
         event_id=params.one(qs, "id"), limit=limit)
+    customer_of = c.meta.customers_for_subjects(c.namespace, {s.event.subject for s in rows}) if rows else {}
     out = []
     for s in rows:
         item: dict[str, Any] = {"event": s.event.to_json(), "ingestedAt": s.ingested_at, "storedAt": s.ingested_at}
+        if s.event.subject in customer_of:
+            item["customerId"] = customer_of[s.event.subject]
         if s.validation_error:
             item["validationError"] = s.validation_error
         out.append(item)

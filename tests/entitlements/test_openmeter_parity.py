@@ -125,3 +125,21 @@ def test_void_grant_at_in_the_future_or_before_the_period_is_refused(billow: Bil
         assert status == 400, (at, out)
         assert [e["field"] for e in out["extensions"]["validationErrors"]] == ["at"], out
     assert "voidedAt" not in b.ok("GET", "/api/v1/subjects/customer_1/entitlements/tok/grants")[0]
+
+
+def test_events_filtered_by_customer_carry_its_id(billow: Billow) -> None:
+    b = billow
+    cust = b.ok("POST", "/api/v1/customers", {"name": "Acme", "key": "acme",
+                                               "usageAttribution": {"subjectKeys": ["customer_1"]}})
+    b.usage("1", "2026-01-01T00:10:00Z", subject="customer_1")
+    b.usage("2", "2026-01-01T00:20:00Z", subject="customer_2")
+    status, text = raw_get(f"/api/v1/events?customerId={cust['id']}")
+    assert status == 200, text
+    listed = json.loads(text)
+    assert [(e["event"]["subject"], e["customerId"]) for e in listed] == [("customer_1", cust["id"])]
+    everyone = json.loads(raw_get("/api/v1/events")[1])
+    assert sorted((e["event"]["subject"], e.get("customerId")) for e in everyone) == [
+        ("customer_1", cust["id"]), ("customer_2", None)]
+    status, text = raw_get("/api/v1/events?customerId=01JZZZZZZZZZZZZZZZZZZZZZZZ")
+    out = json.loads(text)
+    assert status == 400 and [e["field"] for e in out["extensions"]["validationErrors"]] == ["customerId"], out
