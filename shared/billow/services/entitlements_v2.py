@@ -245,29 +245,41 @@ def list_all(namespace: str, qs: dict[str, list[str]], *, store: EntitlementStor
              now: datetime) -> dict[str, Any]:
     kinds = params.choices(qs, "entitlementType", TYPES)
     exclude_inactive = params.flag(qs, "excludeInactive")
-    wanted: list[str] | None = None
-    if qs.get("customerKeys") or qs.get("customerIds"):
-        wanted = []
-        for field in ("customerKeys", "customerIds"):
-            for ref in qs.get(field) or []:
-                c = meta.get_customer(namespace, ref)
-                if c is not None and (c.get("key") == ref if field == "customerKeys" else c["id"] == ref):
-                    wanted += subject_keys(c)
+    wanted = _subjects_of_customers(namespace, qs, meta)
     features = set(qs.get("feature") or [])
     docs = store.list_entitlements(namespace, wanted) if wanted is None or wanted else []
     customers = _Customers(namespace, meta)
     out = []
     for d in docs:
         cust = customers.of(d["subjectKey"])
-        if cust is None or (kinds and d["type"] not in kinds):
-            continue
-        if features and d["featureKey"] not in features and d["featureId"] not in features:
-            continue
-        if exclude_inactive and (parse_rfc3339(d["activeFrom"], "activeFrom") > now or (
-                d.get("activeTo") and parse_rfc3339(d["activeTo"], "activeTo") <= now)):
+        if cust is None or not _listed(d, kinds, features, exclude_inactive, now):
             continue
         out.append(present(namespace, d, cust, store=store, now=now))
     return page(out, qs, ENTITLEMENT_ORDER)
+
+
+def _subjects_of_customers(namespace: str, qs: dict[str, list[str]], meta: MetaStore) -> list[str] | None:
+    """The subjects of the customers `customerKeys` and `customerIds` name (unknown ones name none); None when the
+    query names no customer (every subject)."""
+    if not (qs.get("customerKeys") or qs.get("customerIds")):
+        return None
+    wanted: list[str] = []
+    for field in ("customerKeys", "customerIds"):
+        for ref in qs.get(field) or []:
+            c = meta.get_customer(namespace, ref)
+            if c is not None and (c.get("key") == ref if field == "customerKeys" else c["id"] == ref):
+                wanted += subject_keys(c)
+    return wanted
+
+
+def _listed(d: dict[str, Any], kinds: list[str] | None, features: set[str], exclude_inactive: bool, now: datetime) -> bool:
+    """Whether an entitlement passes the list's filters: entitlementType, feature (key or id), excludeInactive."""
+    if kinds and d["type"] not in kinds:
+        return False
+    if features and d["featureKey"] not in features and d["featureId"] not in features:
+        return False
+    return not (exclude_inactive and (parse_rfc3339(d["activeFrom"], "activeFrom") > now or (
+        d.get("activeTo") and parse_rfc3339(d["activeTo"], "activeTo") <= now)))
 
 
 # -- grants ---------------------------------------------------------------------------------------------------
