@@ -317,17 +317,7 @@ def _build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: Entit
     if effective < period_start:
         raise bad("effectiveAt", f"before the current usage period ({format_rfc3339(period_start)}): a grant may "
                                  "not rewrite the balance of a closed period")
-    exp = body.get("expiration")
-    expires, expiration = None, None
-    if exp is not None or not v2:
-        if not isinstance(exp, dict):
-            raise bad("expiration", "required: {duration: HOUR|DAY|WEEK|MONTH|YEAR, count: 1..1000}")
-        if exp.get("duration") not in EXPIRATION_UNITS:
-            raise bad("expiration.duration", "one of HOUR, DAY, WEEK, MONTH, YEAR")
-        count = exp.get("count")
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
-            raise bad("expiration.count", "must be an integer from 1 to 1000")
-        expires, expiration = add_duration(effective, exp["duration"], count), {"duration": exp["duration"], "count": count}
+    expires, expiration = _expiration(body.get("expiration"), effective, v2)
     max_roll = amount(body.get("maxRolloverAmount", amt if v2 else 0), "maxRolloverAmount")
     min_roll = amount(body.get("minRolloverAmount", 0), "minRolloverAmount")
     if min_roll > max_roll:
@@ -340,6 +330,27 @@ def _build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: Entit
     }
     if expires is not None:
         doc.update(expiration=expiration, expiresAt=format_rfc3339(expires))
+    _optional_grant_fields(doc, body, effective, v2)
+    return doc
+
+
+def _expiration(exp: Any, effective: datetime, v2: bool) -> tuple[datetime | None, dict[str, Any] | None]:
+    """When a grant expires and its `expiration` {duration, count}: required in v1, optional in v2 (None, None:
+    never expires)."""
+    if exp is None and v2:
+        return None, None
+    if not isinstance(exp, dict):
+        raise bad("expiration", "required: {duration: HOUR|DAY|WEEK|MONTH|YEAR, count: 1..1000}")
+    if exp.get("duration") not in EXPIRATION_UNITS:
+        raise bad("expiration.duration", "one of HOUR, DAY, WEEK, MONTH, YEAR")
+    count = exp.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+        raise bad("expiration.count", "must be an integer from 1 to 1000")
+    return add_duration(effective, exp["duration"], count), {"duration": exp["duration"], "count": count}
+
+
+def _optional_grant_fields(doc: dict[str, Any], body: dict[str, Any], effective: datetime, v2: bool) -> None:
+    """metadata, (v2) annotations and recurrence, when the body has them."""
     if (md := fields.metadata(body)) is not None:
         doc["metadata"] = md
     if v2 and body.get("annotations") is not None:
@@ -348,7 +359,6 @@ def _build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: Entit
         doc["annotations"] = body["annotations"]
     if body.get("recurrence") is not None:
         doc["recurrence"] = parse_period(body["recurrence"], "recurrence", effective)
-    return doc
 
 
 def add_duration(t: datetime, unit: str, count: int) -> datetime:
