@@ -6,10 +6,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from billow import jsonx
-from billow.domain.meters import GROUP_KEY_RE
-from billow.domain.usage import GroupFilter, UsageQuery, final_value
+from billow.domain.meters import GROUP_KEY_RE, Meter
+from billow.domain.usage import AggRow, GroupFilter, UsageQuery, final_value
 from billow.errors import ValidationFailed
 from billow.ports import MetaStore, UsageStore
 from billow.services.meters import get_meter
@@ -76,33 +77,46 @@ def _filter_alternatives(key: str, spec: Any, field: str, root: str, depth: int 
     alts: list[list[GroupFilter]] = [[]]
     for op, value in spec.items():
         if op in ("$and", "$or"):
-            if not isinstance(value, list) or not value:
-                raise _bad(f"{field}.{op}", "must be a non-empty list of filters")
-            if depth >= MAX_FILTER_DEPTH:
-                raise _bad(root, f"$and / $or nested deeper than {MAX_FILTER_DEPTH}")
-            subs = [_filter_alternatives(key, v, f"{field}.{op}[{i}]", root, depth + 1) for i, v in enumerate(value)]
-            if op == "$or":
-                options = [a for s in subs for a in s]
-            else:
-                options = [[]]
-                for s in subs:
-                    options = [o + a for o in options for a in s]
+            options = _nested_alternatives(key, op, value, field, root, depth)
             alts = [a + o for a in alts for o in options]
         elif op in FILTER_OPS:
             if value is None:
                 continue
-            if op in ("$in", "$nin"):
-                value = _list(value, f"{field}.{op}")
-            elif not isinstance(value, str):
-                raise _bad(f"{field}.{op}", "must be a string")
-            elif op in LIKE_OPS and (len(value) - len(value.rstrip("\\"))) % 2:
-                raise _bad(f"{field}.{op}", "a LIKE pattern may not end in an unescaped backslash (write \\\\ for one)")
-            alts = [a + [GroupFilter(key, op, value)] for a in alts]
+            alts = [a + [GroupFilter(key, op, _operand(op, value, field))] for a in alts]
             if len(alts) > 256:
                 raise _bad(root, "filter too complex")
         else:
             raise _bad(f"{field}.{op}", f"unknown operator; use one of {', '.join(FILTER_OPS)}, $and, $or")
     return alts
+
+
+def _nested_alternatives(key: str, op: str, value: Any, field: str, root: str,
+                         depth: int) -> list[list[GroupFilter]]:
+    """The alternatives of an `$or` (any one of its filters) or an `$and` (all of them), at most
+    MAX_FILTER_DEPTH deep."""
+    if not isinstance(value, list) or not value:
+        raise _bad(f"{field}.{op}", "must be a non-empty list of filters")
+    if depth >= MAX_FILTER_DEPTH:
+        raise _bad(root, f"$and / $or nested deeper than {MAX_FILTER_DEPTH}")
+    subs = [_filter_alternatives(key, v, f"{field}.{op}[{i}]", root, depth + 1) for i, v in enumerate(value)]
+    if op == "$or":
+        return [a for s in subs for a in s]
+    options: list[list[GroupFilter]] = [[]]
+    for s in subs:
+        options = [o + a for o in options for a in s]
+    return options
+
+
+def _operand(op: str, value: Any, field: str) -> Any:
+    """The value of a comparison: a list for $in / $nin, else a string (a LIKE pattern not ending in an unescaped
+    backslash)."""
+    if op in ("$in", "$nin"):
+        return _list(value, f"{field}.{op}")
+    if not isinstance(value, str):
+        raise _bad(f"{field}.{op}", "must be a string")
+    if op in LIKE_OPS and (len(value) - len(value.rstrip("\\"))) % 2:
+        raise _bad(f"{field}.{op}", "a LIKE pattern may not end in an unescaped backslash (write \\\\ for one)")
+    return value
 
 
 def params_from_query_string(qs: dict[str, list[str]]) -> QueryParams:
@@ -214,59 +228,16 @@ def query_meter(namespace: str, id_or_slug: str, p: QueryParams, *, meta: MetaSt
     tz = zone(p.window_tz)
     if p.start is not None and p.end is not None and p.start > p.end:
         raise _bad("from", "must not be after to")
-    group_by = list(dict.fromkeys(p.group_by or []))
-    by_subject = "subject" in group_by
-    keys = [k for k in group_by if k != "subject"]
-    for k in keys:
-        if not GROUP_KEY_RE.match(k) or k not in meter.group_by:
-            raise _bad("groupBy", f"{k!r} is not a groupBy key of meter {meter.slug!r} (has: {sorted(meter.group_by)})")
-    for conj in p.filters or []:
-        for f in conj:
-            if f.key not in meter.group_by:
-                raise _bad((p.filter_fields or {}).get(f.key, "advancedMeterGroupByFilters"),
-                           f"{f.key!r} is not a groupBy key of meter {meter.slug!r}")
-    subjects = p.subjects
-    subject_customers: dict[str, str] | None = None
-    if p.customer_ids is not None:
-        resolved: dict[str, str] = {}
-        for cid in p.customer_ids:
-            cust = meta.get_customer(namespace, cid)
-            if cust is None:
-                raise _bad("filterCustomerId", f"customer {cid!r} not found")
-            for key in cust.get("usageAttribution", {}).get("subjectKeys", []):
-                resolved[key] = cust["id"]
-        subject_customers = resolved
-        allowed = set(resolved)
-        subjects = [s for s in subjects if s in allowed] if subjects is not None else sorted(allowed)
+    by_subject, keys = _group_by(meter, p)
+    _check_filter_keys(meter, p)
+    subjects, subject_customers = _subjects_of_customers(namespace, p, meta)
     rows = usage.aggregate(UsageQuery(
         namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=p.start, end=p.end,
         window_size=p.window_size, window_tz=p.window_tz, subjects=subjects, group_by=keys, by_subject=by_subject,
         subject_customers=subject_customers, filters=p.filters or [],
     ))
-    data = []
     ends: dict[datetime, datetime] = {}  # one window end per window start, however many groups share it
-    for r in rows:
-        ws: datetime | None
-        we: datetime | None
-        if r.window_start is not None:
-            assert p.window_size is not None
-            ws = r.window_start
-            we = ends.get(ws)
-            if we is None:
-                we = ends[ws] = window_end(ws, p.window_size, tz)
-        else:
-            ws = p.start or r.first_time
-            we = p.end or r.last_time
-        item: dict[str, Any] = {
-            "value": final_value(meter.aggregation, r),
-            "windowStart": ws, "windowEnd": we,
-            "subject": r.subject,
-            "groupBy": {k: r.groups.get(k) for k in keys},
-        }
-        if r.customer_id:
-            item["customerId"] = r.customer_id
-        data.append(item)
-    out: dict[str, Any] = {"data": data}
+    out: dict[str, Any] = {"data": [_row_json(r, meter, p, tz, keys, ends) for r in rows]}
     # what the rows are grouped by, for the CSV form's columns (not part of the JSON answer)
     out[COLUMNS] = {"subject": by_subject, "customerId": subject_customers is not None, "groupBy": keys}
     if p.start is not None:
@@ -276,5 +247,69 @@ def query_meter(namespace: str, id_or_slug: str, p: QueryParams, *, meta: MetaSt
     if p.window_size is not None:
         out["windowSize"] = p.window_size
     return out
+
+
+def _group_by(meter: Meter, p: QueryParams) -> tuple[bool, list[str]]:
+    """`groupBy` without repeats: whether it groups by subject, and the meter's groupBy keys it names (each must
+    be one)."""
+    group_by = list(dict.fromkeys(p.group_by or []))
+    keys = [k for k in group_by if k != "subject"]
+    for k in keys:
+        if not GROUP_KEY_RE.match(k) or k not in meter.group_by:
+            raise _bad("groupBy", f"{k!r} is not a groupBy key of meter {meter.slug!r} (has: {sorted(meter.group_by)})")
+    return "subject" in group_by, keys
+
+
+def _check_filter_keys(meter: Meter, p: QueryParams) -> None:
+    """Every group filter names a groupBy key of the meter (the error names the parameter it came from)."""
+    for conj in p.filters or []:
+        for f in conj:
+            if f.key not in meter.group_by:
+                raise _bad((p.filter_fields or {}).get(f.key, "advancedMeterGroupByFilters"),
+                           f"{f.key!r} is not a groupBy key of meter {meter.slug!r}")
+
+
+def _subjects_of_customers(namespace: str, p: QueryParams,
+                           meta: MetaStore) -> tuple[list[str] | None, dict[str, str] | None]:
+    """The subjects to query and, with `filterCustomerId`, each subject's customer: the customers' usage-attribution
+    subjects (narrowed by `subject` when given). Without it: `subject` as given, no customers."""
+    if p.customer_ids is None:
+        return p.subjects, None
+    resolved: dict[str, str] = {}
+    for cid in p.customer_ids:
+        cust = meta.get_customer(namespace, cid)
+        if cust is None:
+            raise _bad("filterCustomerId", f"customer {cid!r} not found")
+        for key in cust.get("usageAttribution", {}).get("subjectKeys", []):
+            resolved[key] = cust["id"]
+    allowed = set(resolved)
+    subjects = [s for s in p.subjects if s in allowed] if p.subjects is not None else sorted(allowed)
+    return subjects, resolved
+
+
+def _row_json(r: AggRow, meter: Meter, p: QueryParams, tz: ZoneInfo, keys: list[str],
+              ends: dict[datetime, datetime]) -> dict[str, Any]:
+    """One row of the answer: its window (the query's span, else the first and last event's times, when not
+    windowed), value, subject, groupBy values and customer."""
+    ws: datetime | None
+    we: datetime | None
+    if r.window_start is not None:
+        assert p.window_size is not None
+        ws = r.window_start
+        we = ends.get(ws)
+        if we is None:
+            we = ends[ws] = window_end(ws, p.window_size, tz)
+    else:
+        ws = p.start or r.first_time
+        we = p.end or r.last_time
+    item: dict[str, Any] = {
+        "value": final_value(meter.aggregation, r),
+        "windowStart": ws, "windowEnd": we,
+        "subject": r.subject,
+        "groupBy": {k: r.groups.get(k) for k in keys},
+    }
+    if r.customer_id:
+        item["customerId"] = r.customer_id
+    return item
 
 
