@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from billow import jsonx
 from billow.domain import fields
-from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from billow.exact import parse_decimal
 from billow.ids import is_ulid, new_id
 from billow.ports import MetaStore
@@ -252,9 +252,15 @@ def resolve(namespace: str, subject_keys: list[str], id_or_feature_key: str, *, 
 
 
 def delete_entitlement(namespace: str, subject: str, entitlement_id: str, *, store: EntitlementStore,
-                       meta: MetaStore, now: datetime) -> None:
+                       meta: MetaStore, now: datetime, by_subscription: bool = False) -> None:
+    """Delete (end) the entitlement. One a subscription manages (its metadata names the subscription) is the
+    subscription's to end (OpenMeter: 403 through the entitlement APIs)."""
     key = subject_key(namespace, subject, meta)
     doc = get_entitlement(namespace, entitlement_id, store=store, subject_keys=[key])
+    managed_by = (doc.get("metadata") or {}).get("subscriptionId")
+    if managed_by and not by_subscription:
+        raise Forbidden(f"entitlement {doc['id']} is managed by subscription {managed_by}; change or cancel the "
+                        "subscription instead")
     stamp = format_rfc3339(now)
     doc.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
     store.put_entitlement(namespace, doc, created_at=parse_rfc3339(doc["createdAt"], "createdAt"), deleted_at=now)

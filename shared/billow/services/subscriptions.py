@@ -424,7 +424,8 @@ def _drop_ended(namespace: str, own: dict[str, str], wanted: dict[str, Any], sub
         if feature_key not in wanted:
             existing = ents.get_entitlement(namespace, ent_id)
             if existing is not None and subject and existing.get("subjectKey") == subject:
-                entitlements.delete_entitlement(namespace, subject, ent_id, store=ents, meta=meta, now=now)
+                entitlements.delete_entitlement(namespace, subject, ent_id, store=ents, meta=meta, now=now,
+                                                by_subscription=True)
             del own[feature_key]
             changed = True
     return changed

@@ -1,0 +1,25 @@
+"""Catalog and subscription behaviours made the same as OpenMeter's (issue 16 item 3), through the API (real
+handlers, in-memory twin and chdb, SQLite meta store)."""
+
+from __future__ import annotations
+
+from tests.catalog.conftest import Billow
+from tests.support.catalog import plan_body, published, setup
+
+
+def test_entitlement_a_subscription_manages_cannot_be_deleted_through_the_entitlement_apis(billow: Billow) -> None:
+    b = billow
+    setup(b)
+    published(b, plan_body("basic", "10"))
+    cust = b.ok("GET", "/api/v1/customers/acme")
+    b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerId": cust["id"]})
+    (ent,) = b.ok("GET", "/api/v1/subjects/customer_1/entitlements")
+    status, out = b.call("DELETE", f"/api/v1/subjects/customer_1/entitlements/{ent['id']}")
+    assert status == 403 and "subscription" in out["detail"], out
+    status, out = b.call("DELETE", f"/api/v2/customers/acme/entitlements/{ent['id']}")
+    assert status == 403, out
+    assert b.value("customer_1", "tokens")["hasAccess"] is True
+    # one made by hand is still the caller's to delete
+    b.ok("POST", "/api/v1/features", {"key": "sso", "name": "SSO"})
+    own = b.ok("POST", "/api/v1/subjects/customer_1/entitlements", {"type": "boolean", "featureKey": "sso"})
+    assert b.call("DELETE", f"/api/v1/subjects/customer_1/entitlements/{own['id']}")[0] == 204
