@@ -1,12 +1,17 @@
 """Build the Lambda assets from the lockfile, without Docker.
 
-  build/layers/deps-<arch>/python/...  the dependencies layer: manylinux wheels for the Lambda architecture
+  build/layers/deps-<arch>/python/...  the core dependencies layer: manylinux wheels for the Lambda architecture
+  build/layers/deps-<arch>/billing-layer/python/...  the billing-only layer (stripe, fpdf2 and what only they need)
   build/layers/code-<hash>/{billow,functions}  the function code asset: the shared core and the handlers
 
 Run from the repo root: `.venv/bin/python -m layers.build [--arch arm64|x86_64] [--force]`.
 
 * Requirements come from `uv export --frozen` (uv.lock) with the `postgres`, `kafka` and `billing` (stripe, fpdf2) extras only: never
   `embedded` (chdb, ~530 MB) nor the dev/infra groups. The build fails if chdb turns up anyway.
+* Two layers: the core (the `postgres` and `kafka` extras' locked closure, what every function imports) and the
+  billing layer (what the `billing` extra adds to it: stripe, fpdf2, fonttools, pillow, requests, defusedxml,
+  charset-normalizer), attached only to BILLING_FUNCTIONS, the handlers that import stripe or fpdf2. Ingest, the
+  sink, the authorizer, migrate and notify_dispatch carry only the core.
 * boto3, botocore and s3transfer are left out: the Lambda Python runtime ships them, Billow only uses stable
   calls (SQS SendMessageBatch, Secrets Manager GetSecretValue, credentials for the MSK IAM signer), and they
   are the biggest packages in the tree (botocore alone is ~25 MB unzipped). Put them back (drop them from
@@ -24,7 +29,9 @@ Run from the repo root: `.venv/bin/python -m layers.build [--arch arm64|x86_64] 
   file lock and swap finished directories in by rename (parallel test workers, synth next to tests).
 * What no import reaches is left out of the layer: the C sources Cython compiled into the shipped .so files, .pyi
   stubs, and the test suites some packages ship (sqlalchemy.testing, alembic.testing, ...): ~1.7 MB zipped.
-* Sizes are checked: the layer < 50 MB zipped (direct upload limit) and code + layer < 250 MB unzipped.
+* Sizes are checked against Lambda's real limit: 250 MB unzipped per function, its code and all its layers
+  together. There is no zipped gate: CDK uploads assets through S3, where Lambda takes layer and code zips beyond
+  the 50 MB of a direct upload.
 """
 
 from __future__ import annotations
@@ -52,13 +59,20 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "layers"
 PYTHON = "3.12"  # the Lambda runtime (infra/constructs/functions.py RUNTIME) and the venv
 ARCHES = {"arm64": "aarch64", "x86_64": "x86_64"}
-LAYER_ZIP_LIMIT = 50 * 1024 * 1024  # one layer, zipped (direct upload)
-FUNCTION_UNZIPPED_LIMIT = 250 * 1024 * 1024  # function code + all its layers, unzipped
+FUNCTION_UNZIPPED_LIMIT = 250 * 1024 * 1024  # function code + all its layers, unzipped (Lambda quota)
 FORBIDDEN = ("chdb",)  # must never reach a Lambda asset
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
-EXTRAS = ("postgres", "kafka", "billing")
+CORE_EXTRAS = ("postgres", "kafka")
+BILLING_EXTRAS = ("billing",)
+EXTRAS = (*CORE_EXTRAS, *BILLING_EXTRAS)
+BILLING_LAYER = "billing-layer"  # the billing layer's directory inside deps-<arch> (a name no package has)
+# The handlers under functions/ that import stripe or fpdf2 (infra attaches the billing layer to these only): the API
+# (invoice documents, Stripe approve/advance/void), the billing run (renders documents, finalises Stripe invoices) and
+# the Stripe webhook (checks Stripe's signature with the SDK).
+BILLING_FUNCTIONS = frozenset({"api", "billing_run", "stripe_webhook"})
 UNUSED_DIRS = ("sqlalchemy/testing", "alembic/testing", "mako/testing", "simplejson/tests", "certifi/tests")
 UNUSED_SUFFIXES = frozenset({".c", ".pxd", ".pyi"})
+KEEP_CODE_VERSIONS = 8  # older code assets kept (~3 MB each) for builds still reading them
 
 
 class BuildError(SystemExit):
@@ -67,23 +81,28 @@ class BuildError(SystemExit):
 
 @dataclass(frozen=True)
 class Sizes:
-    deps_unzipped: int
-    deps_zipped: int
+    core_unzipped: int
+    core_zipped: int
+    billing_unzipped: int
+    billing_zipped: int
     code_unzipped: int
     code_zipped: int
+    functions: tuple[str, ...]  # the handlers in the code asset
 
-    @property
-    def function_unzipped(self) -> int:
-        return self.deps_unzipped + self.code_unzipped
+    def per_function(self) -> dict[str, int]:
+        """Each function's code + layers, unzipped: what Lambda holds against its 250 MB."""
+        return {name: self.code_unzipped + self.core_unzipped
+                + (self.billing_unzipped if name in BILLING_FUNCTIONS else 0) for name in self.functions}
 
     def report(self) -> str:
         def mb(n: int) -> str:
             return f"{n / 1024 / 1024:.1f} MB"
 
-        return (f"deps layer {mb(self.deps_zipped)} zipped / {mb(self.deps_unzipped)} unzipped "
-                f"(limit {mb(LAYER_ZIP_LIMIT)} zipped); code {mb(self.code_zipped)} zipped / "
-                f"{mb(self.code_unzipped)} unzipped; function total {mb(self.function_unzipped)} unzipped "
-                f"(limit {mb(FUNCTION_UNZIPPED_LIMIT)})")
+        totals = ", ".join(f"{name} {mb(n)}" for name, n in sorted(self.per_function().items()))
+        return (f"core layer {mb(self.core_zipped)} zipped / {mb(self.core_unzipped)} unzipped; billing layer "
+                f"{mb(self.billing_zipped)} zipped / {mb(self.billing_unzipped)} unzipped; code {mb(self.code_zipped)} "
+                f"zipped / {mb(self.code_unzipped)} unzipped; per function unzipped (limit "
+                f"{mb(FUNCTION_UNZIPPED_LIMIT)}): {totals}")
 
 
 def _uv(*args: str) -> list[str]:
@@ -101,16 +120,23 @@ def package_name(requirement: str) -> str:
     return requirement.split(";")[0].split("==")[0].split("[")[0].strip().lower().replace("_", "-")
 
 
-def requirements() -> list[str]:
+def requirements(extras: tuple[str, ...] = EXTRAS) -> list[str]:
     """The locked runtime closure for the Lambda extras, minus what the runtime provides."""
     cmd = _uv("export", "--frozen", "--no-dev", "--no-default-groups", "--no-emit-project", "--no-hashes",
-              "--no-header", "--no-annotate", *(a for e in EXTRAS for a in ("--extra", e)))
+              "--no-header", "--no-annotate", *(a for e in extras for a in ("--extra", e)))
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     reqs = [line.strip() for line in out.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     names = {package_name(r) for r in reqs}
     if bad := names.intersection(FORBIDDEN):
         raise BuildError(f"layers: {sorted(bad)} is in the Lambda requirements; it must never be in a layer")
     return [r for r in reqs if package_name(r) not in RUNTIME_PROVIDED]
+
+
+def layer_requirements() -> tuple[list[str], list[str]]:
+    """(core, billing-only): the core extras' closure, and what the billing extras add to it."""
+    core = requirements(CORE_EXTRAS)
+    core_names = {package_name(r) for r in core}
+    return core, [r for r in requirements() if package_name(r) not in core_names]
 
 
 def cache_key(reqs: list[str], arch: str) -> str:
@@ -173,26 +199,26 @@ def _publish(tmp: Path, final: Path) -> None:
 def build_deps(arch: str, *, force: bool = False, out: Path = OUT) -> Path:
     if arch not in ARCHES:
         raise BuildError(f"layers: arch must be one of {sorted(ARCHES)}, got {arch!r}")
-    reqs = requirements()
-    key = cache_key(reqs, arch)
+    core, billing = layer_requirements()
+    key = cache_key([*core, "--billing--", *billing], arch)
     deps = out / f"deps-{arch}"
     stamp = deps / ".key"  # dot files next to python/ are not layer content (infra excludes them from the asset)
     if not force and stamp.exists() and stamp.read_text() == key:
         return deps
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-deps-{arch}-", dir=out))
-    site = tmp / "python"
-    site.mkdir()
-    req_file = out / f"requirements-{arch}.txt"
-    req_file.write_text("\n".join(reqs) + "\n")
     try:
-        subprocess.run(_uv("pip", "install", "--quiet", "--no-deps", "--only-binary", ":all:",
-                           "--python-platform", f"{ARCHES[arch]}-manylinux_2_34", "--python-version", PYTHON,
-                           "--target", str(site), "-r", str(req_file)), cwd=ROOT, check=True)
-        for junk in [*site.rglob("__pycache__"), site / "bin", *(site / d for d in UNUSED_DIRS)]:
-            shutil.rmtree(junk, ignore_errors=True)
-        for unused in [f for f in site.rglob("*") if f.suffix in UNUSED_SUFFIXES and f.is_file()]:
-            unused.unlink()
-        _compile(site)
+        for name, reqs, site in (("core", core, tmp / "python"), ("billing", billing, tmp / BILLING_LAYER / "python")):
+            site.mkdir(parents=True)
+            req_file = out / f"requirements-{arch}-{name}.txt"
+            req_file.write_text("\n".join(reqs) + "\n")
+            subprocess.run(_uv("pip", "install", "--quiet", "--no-deps", "--only-binary", ":all:",
+                               "--python-platform", f"{ARCHES[arch]}-manylinux_2_34", "--python-version", PYTHON,
+                               "--target", str(site), "-r", str(req_file)), cwd=ROOT, check=True)
+            for junk in [*site.rglob("__pycache__"), site / "bin", *(site / d for d in UNUSED_DIRS)]:
+                shutil.rmtree(junk, ignore_errors=True)
+            for unused in [f for f in site.rglob("*") if f.suffix in UNUSED_SUFFIXES and f.is_file()]:
+                unused.unlink()
+            _compile(site)
         (tmp / ".key").write_text(key)
         _publish(tmp, deps)
     finally:
@@ -227,39 +253,45 @@ def build_code(out: Path = OUT) -> Path:
         _publish(tmp, code)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for stale in out.glob("code-*"):  # older versions of the code asset
-        if stale != code:
-            shutil.rmtree(stale, ignore_errors=True)
+    # Older versions of the code asset, but the newest few: another process (a test session, a synth) that built one
+    # a moment ago may still be synthesizing from it while the sources change under a shared checkout.
+    older = sorted((d for d in out.glob("code-*") if d != code), key=lambda d: d.stat().st_mtime, reverse=True)
+    for stale in older[KEEP_CODE_VERSIONS:]:
+        shutil.rmtree(stale, ignore_errors=True)
     return code
 
 
-def _deps_sizes(deps: Path) -> tuple[int, int]:
-    """(unzipped, zipped) of the layer content, cached next to it (zipping 80 MB takes seconds)."""
-    cached = deps / ".sizes.json"
+def _layer_sizes(layer: Path) -> tuple[int, int]:
+    """(unzipped, zipped) of one layer's python/ directory, cached next to it (zipping 80 MB takes seconds)."""
+    cached = layer / ".sizes.json"
     if cached.exists():
         data = json.loads(cached.read_text())
         return int(data["unzipped"]), int(data["zipped"])
-    sizes = dir_size(deps / "python"), zipped_size(deps / "python")
+    if not (layer / "python").is_dir():
+        return 0, 0
+    sizes = dir_size(layer / "python"), zipped_size(layer / "python")
     cached.write_text(json.dumps({"unzipped": sizes[0], "zipped": sizes[1]}))
     return sizes
 
 
 def check(deps: Path, code: Path) -> Sizes:
-    for where in (deps / "python", code):
-        if found := forbidden_in(where):
+    for where in (deps / "python", deps / BILLING_LAYER / "python", code):
+        if where.is_dir() and (found := forbidden_in(where)):
             raise BuildError(f"layers: {found} found in {where}; chdb must never be in a Lambda asset")
-    deps_unzipped, deps_zipped = _deps_sizes(deps)
-    sizes = Sizes(deps_unzipped=deps_unzipped, deps_zipped=deps_zipped,
-                  code_unzipped=dir_size(code), code_zipped=zipped_size(code))
-    if sizes.deps_zipped >= LAYER_ZIP_LIMIT:
-        raise BuildError(f"layers: the dependencies layer is too big: {sizes.report()}")
-    if sizes.function_unzipped >= FUNCTION_UNZIPPED_LIMIT:
-        raise BuildError(f"layers: code + layer exceed Lambda's unzipped limit: {sizes.report()}")
+    (core_unzipped, core_zipped), (billing_unzipped, billing_zipped) = (
+        _layer_sizes(deps), _layer_sizes(deps / BILLING_LAYER))
+    handlers = tuple(sorted(p.parent.name for p in (code / "functions").glob("*/handler.py")))
+    sizes = Sizes(core_unzipped=core_unzipped, core_zipped=core_zipped, billing_unzipped=billing_unzipped,
+                  billing_zipped=billing_zipped, code_unzipped=dir_size(code), code_zipped=zipped_size(code),
+                  functions=handlers)
+    if over := sorted(name for name, total in sizes.per_function().items() if total >= FUNCTION_UNZIPPED_LIMIT):
+        raise BuildError(f"layers: {', '.join(over)} exceed Lambda's unzipped limit (code + layers): {sizes.report()}")
     return sizes
 
 
 def build(arch: str = "arm64", *, force: bool = False, out: Path = OUT) -> tuple[Path, Path, Sizes]:
-    """Build (or reuse) the dependencies layer and the code asset; returns (deps, code, sizes)."""
+    """Build (or reuse) the dependency layers and the code asset; returns (deps, code, sizes): deps/python is the
+    core layer, deps/BILLING_LAYER/python the billing layer."""
     with _locked(out):
         deps = build_deps(arch, force=force, out=out)
         code = build_code(out)
@@ -274,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     deps, code, sizes = build(args.arch, force=args.force)
     print(f"layers: {sizes.report()}")
-    print(f"layers: {deps}/python and {code} ready in {time.perf_counter() - t0:.1f} s")
+    print(f"layers: {deps}/python, {deps}/{BILLING_LAYER}/python and {code} ready in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

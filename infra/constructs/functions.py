@@ -1,5 +1,6 @@
-"""Lambda functions: one per handler, each with its own role and log group, all on two shared assets
-(the dependencies layer and the code, both from layers/build.py)."""
+"""Lambda functions: one per handler, each with its own role and log group, on shared assets from layers/build.py:
+the code, the core dependencies layer (every function) and the billing layer (stripe, fpdf2 and what only they pull
+in; only the handlers in layers.build.BILLING_FUNCTIONS, which import them)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
+
+from layers.build import BILLING_FUNCTIONS, BILLING_LAYER
 
 RUNTIME = lambda_.Runtime.PYTHON_3_12  # = layers.build.PYTHON; the wheels and .pyc files are cp312
 DEFAULT_TIMEOUT = Duration.seconds(29)  # API Gateway's integration timeout
@@ -32,7 +35,7 @@ class BillowFunctions(Construct):
                  vpc: ec2.IVpc, subnets: ec2.SubnetSelection, security_group: ec2.ISecurityGroup,
                  environment: dict[str, str], stage: str, retain_logs: bool, bounded: bool = False) -> None:
         super().__init__(scope, cid)
-        if not (deps_dir / "python").is_dir() or not (code_dir / "functions").is_dir():
+        if not all(d.is_dir() for d in (deps_dir / "python", deps_dir / BILLING_LAYER / "python", code_dir / "functions")):
             raise FileNotFoundError(f"Lambda assets missing under {deps_dir} / {code_dir}: "
                                     "run `.venv/bin/python -m layers.build` first")
         self.architecture = ARCHITECTURES[arch]
@@ -43,9 +46,14 @@ class BillowFunctions(Construct):
         self.logs_removal = RemovalPolicy.RETAIN if retain_logs else RemovalPolicy.DESTROY
         self.deps = lambda_.LayerVersion(
             self, "Deps",  # the exclusions are layers/build.py's stamp files, not layer content
-            code=lambda_.Code.from_asset(str(deps_dir), exclude=[".key", ".sizes.json"]),
+            code=lambda_.Code.from_asset(str(deps_dir), exclude=[".key", ".sizes.json", BILLING_LAYER]),
             compatible_runtimes=[RUNTIME], compatible_architectures=[self.architecture],
             description="Billow third-party dependencies from uv.lock (manylinux wheels; no chdb, no boto3)")
+        self.billing_deps = lambda_.LayerVersion(
+            self, "BillingDeps",
+            code=lambda_.Code.from_asset(str(deps_dir / BILLING_LAYER), exclude=[".sizes.json"]),
+            compatible_runtimes=[RUNTIME], compatible_architectures=[self.architecture],
+            description="Billow billing-only dependencies from uv.lock (stripe, fpdf2 and what only they need)")
         self.code = lambda_.Code.from_asset(str(code_dir))
         self.functions: dict[str, lambda_.Function] = {}
 
@@ -62,7 +70,8 @@ class BillowFunctions(Construct):
         fn = lambda_.Function(
             self, cid, function_name=f"billow-{self.stage}-{name.replace('_', '-')}",
             runtime=RUNTIME, architecture=self.architecture, handler=f"functions.{name}.handler.lambda_handler",
-            code=self.code, layers=[self.deps], role=role, memory_size=memory, timeout=timeout,
+            code=self.code, layers=[self.deps, self.billing_deps] if name in BILLING_FUNCTIONS else [self.deps],
+            role=role, memory_size=memory, timeout=timeout,
             log_group=log_group, vpc=self.vpc, vpc_subnets=self.subnets, security_groups=[self.security_group],
             tracing=lambda_.Tracing.ACTIVE,
             reserved_concurrent_executions=RESERVED_CONCURRENCY.get(name) if self.bounded else None,

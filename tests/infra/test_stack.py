@@ -12,14 +12,18 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Annotations, Match
 
+from layers.build import BILLING_FUNCTIONS
 from tests.infra.support import HANDLERS, JOB_HANDLERS, Synth, as_list, dumps, refs, synthesize
 
 NAMESPACE = "acme"
 TOPIC = "billow.acme.events"
-COMMON_ENV = {"BILLOW_NAMESPACE", "BILLOW_USAGE_STORE", "BILLOW_DB_SECRET_ARN",
+# IAM auth through RDS Proxy as the app role, database pinned (issue 18 item 3): no function gets the DB secret
+COMMON_ENV = {"BILLOW_NAMESPACE", "BILLOW_USAGE_STORE", "BILLOW_DB_USER", "BILLOW_DB_NAME",
               "BILLOW_DB_HOST", "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL",
               "BILLOW_AUTH"}
 KAFKA_ENV = {"BILLOW_BUS", "BILLOW_KAFKA_BOOTSTRAP", "BILLOW_KAFKA_AUTH"}
+# the migrate function also makes the app role as the master user (issue 18 item 3)
+MIGRATE_ENV = {"BILLOW_DB_ADMIN_USER"}
 CLICKHOUSE_ENV = {"BILLOW_CLICKHOUSE_SECRET_ARN"}
 USAGE_READERS = {"api", "usage_sink"}  # the others never open the usage store (it opens on first use)
 USAGE_READERS.add("migrate")  # runs the ClickHouse migrations too (functions/migrate)
@@ -51,10 +55,14 @@ def test_each_handler_is_a_python312_arm64_function_on_the_layer_in_the_vpc(s: S
     _, fn = s.function(name)
     p = fn["Properties"]
     assert p["Runtime"] == "python3.12" and p["Architectures"] == ["arm64"]
-    (layer_id,) = s.of_type("AWS::Lambda::LayerVersion")
-    assert p["Layers"] == [{"Ref": layer_id}]
-    layer = s.resources[layer_id]["Properties"]
-    assert layer["CompatibleRuntimes"] == ["python3.12"] and layer["CompatibleArchitectures"] == ["arm64"]
+    # issue 18 item 8: the core layer on every function, the billing layer only where stripe/fpdf2 are imported
+    # (tests/infra/test_layers.py checks which is which)
+    core_id, billing_id = s.logical_id(s.stack.fns.deps), s.logical_id(s.stack.fns.billing_deps)
+    assert set(s.of_type("AWS::Lambda::LayerVersion")) == {core_id, billing_id}
+    assert p["Layers"] == [{"Ref": core_id}] + ([{"Ref": billing_id}] if name in BILLING_FUNCTIONS else [])
+    for layer_id in (core_id, billing_id):
+        layer = s.resources[layer_id]["Properties"]
+        assert layer["CompatibleRuntimes"] == ["python3.12"] and layer["CompatibleArchitectures"] == ["arm64"]
     assert p["FunctionName"] == f"billow-test-{name.replace('_', '-')}"
     assert p["TracingConfig"] == {"Mode": "Active"}
     assert refs(p["VpcConfig"]["SecurityGroupIds"]) == {s.logical_id(s.stack.network.functions_sg)}
@@ -92,7 +100,7 @@ def test_secrets_reach_functions_only_as_arns_and_the_proxy_endpoint(s: Synth) -
         env = env_of(s, name)
         assert env.get("BILLOW_CLICKHOUSE_SECRET_ARN") == ({"Ref": clickhouse} if name in USAGE_READERS else None)
         assert env.get("BILLOW_STRIPE_SECRET_ARN") == ({"Ref": stripe} if name in STRIPE_READERS else None)
-        assert env["BILLOW_DB_SECRET_ARN"] == {"Ref": attachment}  # the secret with host/port attached
+        assert "BILLOW_DB_SECRET_ARN" not in env and attachment  # IAM auth: no password (issue 18 item 3)
         assert env["BILLOW_DB_HOST"] == {"Fn::GetAtt": [proxy, "Endpoint"]}
         for key, value in env.items():  # nothing secret-shaped in plain text
             assert not re.search(r"PASSWORD|DSN|TOKEN|KEY$", key), key
@@ -128,8 +136,9 @@ def test_only_the_store_functions_can_read_the_secrets(s: Synth) -> None:
     readers = secret_readers(s, secrets)
     fn_roles = {s.role_of(n) for n in HANDLERS}
     for name in HANDLERS:
-        want = {s.logical_id(s.stack.usage_store.secret), attachment} if name in USAGE_READERS else {attachment}
-        assert readers[s.role_of(name)] == want, name
+        # no function reads the DB secret: IAM auth through RDS Proxy (issue 18 item 3)
+        want = {s.logical_id(s.stack.usage_store.secret)} if name in USAGE_READERS else set()
+        assert readers.get(s.role_of(name), set()) == want, name
     others = set(readers) - fn_roles
     # besides the functions only RDS Proxy reads a secret (the DB one it authenticates with)
     assert all("Proxy" in r for r in others), others
@@ -554,7 +563,7 @@ def test_migrations_run_once_per_deploy_before_every_other_function(s: Synth) ->
     assert s.resources[version]["Properties"]["FunctionName"] == {"Ref": fn_id}
     assert trigger["Properties"]["ExecuteOnHandlerChange"] is True
     assert trigger["Properties"]["InvocationType"] == "RequestResponse"  # a failed migration fails the deploy
-    assert set(env_of(s, "migrate")) == COMMON_ENV | CLICKHOUSE_ENV
+    assert set(env_of(s, "migrate")) == COMMON_ENV | CLICKHOUSE_ENV | MIGRATE_ENV
     assert fn["Properties"]["Timeout"] >= 300
     after = set(as_list(trigger.get("DependsOn", [])))
     writer = s.stack.database.cluster.node.find_child("Writer").node.default_child
