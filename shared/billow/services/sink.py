@@ -110,7 +110,6 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
     if not fresh:
         return 0
     meters = meta.list_meters(namespace)
-    values: list[MeterValue] = []
     stored: list[StoredEvent] = []
     owners: dict[tuple[str, str], list[MeterValue]] = {}
     for s in fresh:
@@ -119,6 +118,24 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
         stored.append(StoredEvent(s.event, s.ingested_at, error) if error else s)
     valued_candidates = [k for k, v in owners.items() if v]
     result.unmatched += len(owners) - len(valued_candidates)
+    values = _values_to_write(namespace, items, owners, valued_candidates, meters, usage)
+    usage.write(namespace, values, stored)
+    late_values = _values_for_new_meters(namespace, stored, meters, usage, meta)
+    result.unmatched -= len({(v.source, v.event_id) for v in late_values} - set(valued_candidates))
+    values = values + late_values
+    result.subjects.setdefault(namespace, set()).update(v.subject for v in values)
+    if on_late is not None and late_before is not None:
+        _report_late(namespace, values, late_before, on_late)
+    return len(stored)
+
+
+def _values_to_write(namespace: str, items: dict[tuple[str, str], StoredEvent],
+                     owners: dict[tuple[str, str], list[MeterValue]], valued_candidates: list[tuple[str, str]],
+                     meters: Sequence[Meter], usage: UsageStore) -> list[MeterValue]:
+    """The meter values to write with the raw events: those of events whose values are not stored yet. Values found
+    without their raw event (a write that died in between) are not written again: their rollups are repaired
+    first."""
+    values: list[MeterValue] = []
     if valued_candidates:
         times = [items[k].event.time for k in valued_candidates]
         half_done = usage.valued_keys(namespace, sorted({m.id for m in meters}), min(times), max(times), valued_candidates)
@@ -126,19 +143,17 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
         for k, vals in owners.items():
             if k not in half_done:
                 values.extend(vals)
-    usage.write(namespace, values, stored)
-    late_values = _values_for_new_meters(namespace, stored, meters, usage, meta)
-    result.unmatched -= len({(v.source, v.event_id) for v in late_values} - set(valued_candidates))
-    values = values + late_values
-    result.subjects.setdefault(namespace, set()).update(v.subject for v in values)
-    if on_late is not None and late_before is not None:
-        earliest: dict[str, datetime] = {}
-        for v in values:
-            if v.time < late_before and (v.subject not in earliest or v.time < earliest[v.subject]):
-                earliest[v.subject] = v.time
-        if earliest:
-            on_late(namespace, earliest)
-    return len(stored)
+    return values
+
+
+def _report_late(namespace: str, values: Sequence[MeterValue], late_before: datetime, on_late: LateUsage) -> None:
+    """Tell `on_late` each subject's earliest stored usage older than `late_before`, if any."""
+    earliest: dict[str, datetime] = {}
+    for v in values:
+        if v.time < late_before and (v.subject not in earliest or v.time < earliest[v.subject]):
+            earliest[v.subject] = v.time
+    if earliest:
+        on_late(namespace, earliest)
 
 
 def _values_for_new_meters(namespace: str, stored: Sequence[StoredEvent], seen: Sequence[Meter],
