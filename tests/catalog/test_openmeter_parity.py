@@ -23,3 +23,22 @@ def test_entitlement_a_subscription_manages_cannot_be_deleted_through_the_entitl
     b.ok("POST", "/api/v1/features", {"key": "sso", "name": "SSO"})
     own = b.ok("POST", "/api/v1/subjects/customer_1/entitlements", {"type": "boolean", "featureKey": "sso"})
     assert b.call("DELETE", f"/api/v1/subjects/customer_1/entitlements/{own['id']}")[0] == 204
+
+
+def test_custom_plan_needs_no_key(billow: Billow) -> None:
+    b = billow
+    setup(b)
+    custom = plan_body("unused", "10")
+    del custom["key"]
+    sub = b.ok("POST", "/api/v1/subscriptions", {"customPlan": custom, "customerKey": "acme"})
+    assert (sub["status"], sub["plan"]) == ("active", None)
+    assert b.value("customer_1", "tokens")["hasAccess"] is True
+    # a second subscription for the same customer is a conflict, not a server error
+    status, out = b.call("POST", "/api/v1/subscriptions", {"customPlan": custom, "customerKey": "acme"})
+    assert status == 409, out
+    # also for a customer without a key
+    other = b.ok("POST", "/api/v1/customers", {"name": "No key", "currency": "USD",
+                                                "usageAttribution": {"subjectKeys": ["customer_2"]}})
+    assert b.call("POST", "/api/v1/subscriptions", {"customPlan": custom, "customerId": other["id"]})[0] == 201
+    status, out = b.call("POST", "/api/v1/subscriptions", {"customPlan": custom, "customerId": other["id"]})
+    assert status == 409, out

@@ -100,7 +100,10 @@ def _overlapping(namespace: str, customer_id: str, start: datetime, store: Subsc
 def _new(namespace: str, body: dict[str, Any], customer: dict[str, Any], *, start: datetime, store: SubscriptionStore,
          now: datetime, anchor: datetime | None = None) -> dict[str, Any]:
     if "customPlan" in body:
-        plan = catalog_rules.parse_plan(body["customPlan"])
+        custom = body["customPlan"]
+        if isinstance(custom, dict) and custom.get("key") is None:
+            custom = {**custom, "key": "custom"}  # OpenMeter's custom plan input has no key
+        plan = catalog_rules.parse_plan(custom)
         plan_ref = None
     else:
         plan = _plan_version(namespace, body.get("plan"), store, now)
@@ -131,8 +134,8 @@ def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaSto
     doc = _new(namespace, body, customer, start=start, store=store, now=now)
     clash = _overlapping(namespace, customer["id"], start, store)
     if clash is not None:
-        raise Conflict(f"customer {customer['key']!r} already has subscription {clash['id']} in that time; "
-                       "change it (POST /api/v1/subscriptions/{id}/change) or cancel it first")
+        raise Conflict(f"customer {customer.get('key') or customer['id']!r} already has subscription {clash['id']} in "
+                       "that time; change it (POST /api/v1/subscriptions/{id}/change) or cancel it first")
     _check_entitlements(namespace, doc, customer, ents, now)
     store.put_subscription(namespace, doc)
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
