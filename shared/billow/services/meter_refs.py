@@ -35,9 +35,6 @@ class Catalog(Protocol):
 def users_of(namespace: str, slug: str, *, ents: Features, catalog: Catalog, now: datetime) -> dict[str, list[Any]]:
     """Everything that uses meter `slug`: {"features": [key], "plans": [{id, key, version}], "addons": [...],
     "subscriptions": [id], "entitlements": [id]} (empty lists when nothing does)."""
-    from billow.domain import catalog as catalog_rules
-    from billow.domain import subscriptions as subs
-
     features = ents.list_features(namespace, include_archived=True, meter_slugs=[slug])
     keys = {f["key"] for f in features}
     ids = {f["id"] for f in features}
@@ -46,17 +43,37 @@ def users_of(namespace: str, slug: str, *, ents: Features, catalog: Catalog, now
     if not keys:
         return out
     for kind in ("plan", "addon"):
-        for doc in catalog.list_versioned(kind, namespace):
-            cards = catalog_rules.plan_rate_cards(doc) if kind == "plan" else [("", rc) for rc in doc["rateCards"]]
-            if catalog_rules.status(doc, now) != "archived" and any(rc.get("featureKey") in keys for _, rc in cards):
-                out[f"{kind}s"].append({"id": doc["id"], "key": doc["key"], "version": doc["version"]})
+        out[f"{kind}s"] = _catalog_users(namespace, kind, keys, catalog=catalog, now=now)
+    out["subscriptions"] = _subscription_users(namespace, keys, catalog=catalog, now=now)
+    out["entitlements"] = [e["id"] for e in ents.list_entitlements(namespace, feature_keys=sorted(keys))
+                           if e.get("featureId") in ids]
+    return out
+
+
+def _catalog_users(namespace: str, kind: str, keys: set[str], *, catalog: Catalog,
+                   now: datetime) -> list[dict[str, Any]]:
+    """The plan or add-on versions (`kind`), not archived, with a rate card on one of the features `keys`."""
+    from billow.domain import catalog as catalog_rules
+
+    out = []
+    for doc in catalog.list_versioned(kind, namespace):
+        cards = catalog_rules.plan_rate_cards(doc) if kind == "plan" else [("", rc) for rc in doc["rateCards"]]
+        if catalog_rules.status(doc, now) != "archived" and any(rc.get("featureKey") in keys for _, rc in cards):
+            out.append({"id": doc["id"], "key": doc["key"], "version": doc["version"]})
+    return out
+
+
+def _subscription_users(namespace: str, keys: set[str], *, catalog: Catalog, now: datetime) -> list[Any]:
+    """Ids of the subscriptions still rated (not deleted, not past their correction window) with an item on one
+    of the features `keys`."""
+    from billow.domain import subscriptions as subs
+
+    out = []
     for sub in catalog.list_subscriptions(namespace):
         if sub.get("deletedAt") or not _still_rated(sub, now):
             continue
         if any(item.rate_card.get("featureKey") in keys for item in subs.items(sub)):
-            out["subscriptions"].append(sub["id"])
-    out["entitlements"] = [e["id"] for e in ents.list_entitlements(namespace, feature_keys=sorted(keys))
-                           if e.get("featureId") in ids]
+            out.append(sub["id"])
     return out
 
 
