@@ -30,7 +30,7 @@ from constructs import Construct
 
 from infra.constructs.api import HttpApi
 from infra.constructs.billing import Billing
-from infra.constructs.database import Database
+from infra.constructs.database import APP_USER, DATABASE, MASTER_USER, Database
 from infra.constructs.functions import BillowFunctions
 from infra.constructs.migrations import TIMEOUT as MIGRATE_TIMEOUT
 from infra.constructs.migrations import Migrations
@@ -77,8 +77,8 @@ class BillowStack(Stack):
         common_env = {
             "BILLOW_NAMESPACE": namespace,
             "BILLOW_USAGE_STORE": "clickhouse",
-            "BILLOW_DB_SECRET_ARN": self.database.secret.secret_arn,
-            "BILLOW_DB_HOST": self.database.proxy.endpoint,
+            "BILLOW_DB_HOST": self.database.proxy.endpoint,  # IAM auth as the app role (constructs/database.py)
+            "BILLOW_DB_USER": APP_USER, "BILLOW_DB_NAME": DATABASE,
             "POWERTOOLS_METRICS_NAMESPACE": "Billow",
             "POWERTOOLS_LOG_LEVEL": "INFO",
             "BILLOW_AUTH": "keys",  # every request's namespace comes from its API key
@@ -104,7 +104,7 @@ class BillowStack(Stack):
         for fn in (self.api_fn, self.sink_fn):
             self._read_stores(fn)
         for fn in (self.ingest_fn, self.auth_fn, self.stripe_fn):
-            self.database.secret.grant_read(fn)
+            self.database.grant_connect(fn)
         # ingest produces to its namespace topic (idempotent producer; creates the topic on first use).
         self.ingest_fn.add_to_role_policy(iam.PolicyStatement(
             sid="KafkaConnect", actions=["kafka-cluster:Connect", "kafka-cluster:DescribeCluster",
@@ -177,8 +177,10 @@ class BillowStack(Stack):
             self.notifications.wire(self.job_fns["notify_dispatch"], writers=invoice_fns)
 
         # Schema migrations once per deploy: after the database, before every other function.
-        self.migrate_fn = self.fns.function("migrate", timeout=MIGRATE_TIMEOUT, extra_env=clickhouse_env)
+        self.migrate_fn = self.fns.function("migrate", timeout=MIGRATE_TIMEOUT, extra_env={
+            **clickhouse_env, "BILLOW_DB_ADMIN_USER": MASTER_USER})
         self._read_stores(self.migrate_fn)
+        self.database.grant_connect(self.migrate_fn, MASTER_USER)  # makes the app role (ensure_app_role), once
         self.migrations = Migrations(self, "Migrations", fn=self.migrate_fn, after=[self.database],
                                      before=[f for n, f in self.fns.functions.items() if n != "migrate"])
 
@@ -215,4 +217,4 @@ class BillowStack(Stack):
 
     def _read_stores(self, fn: lambda_.Function) -> None:
         self.usage_store.secret.grant_read(fn)
-        self.database.secret.grant_read(fn)
+        self.database.grant_connect(fn)

@@ -10,6 +10,7 @@ other failure raises, the trigger fails the deploy and CloudFormation rolls it b
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -23,12 +24,33 @@ logger = Logger(service="billow-migrate")
 PLACEHOLDER_HOST = "SET-ME.clickhouse.cloud"  # infra/constructs/usage_store.py: the secret before it is filled
 
 
+def ensure_app_role(settings: Settings) -> str | None:
+    """With IAM auth: log in as the master user (BILLOW_DB_ADMIN_USER, an IAM token through RDS Proxy) and make the
+    application role (settings.db_user, IAM logins only) if it is not there yet; the migrations then run as it."""
+    admin = os.environ.get("BILLOW_DB_ADMIN_USER")
+    if not (admin and settings.db_user) or settings.meta_store_url:
+        return None
+    import sqlalchemy as sa
+
+    from billow.adapters import rds_iam
+    from billow.migrations import meta_engine_options, meta_url
+
+    engine = sa.create_engine(meta_url(settings), **meta_engine_options(settings, user=admin))
+    try:
+        return rds_iam.ensure_app_role(engine, settings.db_user)
+    finally:
+        engine.dispose()
+
+
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, str]:
     settings = Settings.from_env()
+    role = ensure_app_role(settings)
     unfilled = settings.usage_store == "clickhouse" and PLACEHOLDER_HOST in (settings.clickhouse_dsn or "")
     done = migrate_all(replace(settings, usage_store="memory") if unfilled else settings)
     if unfilled:
         done["usage"] = ("skipped: the ClickHouse secret still holds the placeholder host; fill it, then invoke "
                          "this function again")
+    if role:
+        done["dbRole"] = f"{settings.db_user}: {role}"
     logger.info("schema migrations done", extra=done)
     return done

@@ -1,16 +1,25 @@
 """Aurora Serverless v2 PostgreSQL in isolated subnets, reached only through RDS Proxy (TLS required).
-The master credentials are generated into Secrets Manager (rotated every 30 days); the functions get the
-secret's ARN plus the proxy endpoint (BILLOW_DB_HOST), never the password."""
+The master credentials are generated into Secrets Manager (rotated every 30 days); no function reads them.
+
+Logins survive rotation: the proxy requires IAM auth (a token per connection, signed from the function's role),
+and the functions log in as the application role APP_USER, a member of `rds_iam` that the migrate function makes
+once (billow.adapters.rds_iam.ensure_app_role), through the proxy to Aurora with IAM end to end (the proxy's role
+may connect as APP_USER). Only the migrate function logs in as the master user (IAM to the proxy, which uses the
+master secret), to make that role. Every function is granted `rds-db:connect` on the proxy's dbuser ARN of the
+users it logs in as (`grant_connect`)."""
 
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_rds as rds
 from constructs import Construct
 
 ENGINE_VERSION = rds.AuroraPostgresEngineVersion.VER_16_9
-DATABASE = "billow"
+DATABASE = "billow"  # the functions' BILLOW_DB_NAME (the secret names no database: it would be "postgres")
+MASTER_USER = "billow"
+APP_USER = "billow_app"  # the application role (IAM logins only)
 
 
 class Database(Construct):
@@ -31,7 +40,7 @@ class Database(Construct):
             engine=rds.DatabaseClusterEngine.aurora_postgres(version=ENGINE_VERSION),
             writer=rds.ClusterInstance.serverless_v2("Writer", publicly_accessible=False),
             serverless_v2_min_capacity=min_acu, serverless_v2_max_capacity=max_acu,
-            credentials=rds.Credentials.from_generated_secret("billow"),
+            credentials=rds.Credentials.from_generated_secret(MASTER_USER),
             default_database_name=DATABASE,
             vpc=vpc, vpc_subnets=data_subnets, security_groups=[self.security_group],
             storage_encrypted=True, iam_authentication=True, deletion_protection=retain,
@@ -43,5 +52,13 @@ class Database(Construct):
         self.cluster.add_rotation_single_user(automatically_after=Duration.days(30), vpc_subnets=app_subnets)
         self.proxy = self.cluster.add_proxy(
             "Proxy", db_proxy_name=f"{name}-db", secrets=[self.secret], vpc=vpc, vpc_subnets=app_subnets,
-            security_groups=[self.proxy_security_group], require_tls=True,
+            security_groups=[self.proxy_security_group], require_tls=True, iam_auth=True,
+            default_auth_scheme=rds.DefaultAuthScheme.IAM_AUTH,
             debug_logging=False, idle_client_timeout=Duration.minutes(30))
+        proxy_role = self.proxy.node.find_child("IAMRole")
+        assert isinstance(proxy_role, iam.Role)
+        self.cluster.grant_connect(proxy_role, APP_USER)  # end-to-end IAM: the proxy logs in to Aurora as APP_USER
+
+    def grant_connect(self, grantee: iam.IGrantable, user: str = APP_USER) -> None:
+        """Let `grantee` log in through the proxy as `user` with an IAM token (rds-db:connect on the proxy's dbuser)."""
+        self.proxy.grant_connect(grantee, user)

@@ -60,6 +60,11 @@ class Settings:
     clickhouse_secret_arn: str | None = None  # {"dsn": ...} or {"host", "port", "username", "password", "database"}
     db_secret_arn: str | None = None  # RDS-generated secret; db_host (RDS Proxy endpoint) overrides its host
     db_host: str | None = None
+    # IAM auth (AWS): log in to db_host (RDS Proxy) as this role with a fresh IAM token per connection, over TLS
+    # verified against db_ca_bundle (default: the system trust store), no password (billow.adapters.rds_iam).
+    db_user: str | None = None
+    db_name: str | None = None  # the database, pinned (the RDS secret names none: it would be "postgres")
+    db_ca_bundle: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     rate_limit_per_key: int = 200  # requests/s per API key in billow serve (burst: twice that); 0 = off
     # Billing: billow serve runs the billing run every this many seconds (0 = only on request); in AWS the
@@ -124,7 +129,7 @@ class Settings:
     def with_secrets(self) -> Settings:
         """Resolve the Secrets Manager ARNs into connection strings (once per cold start)."""
         need_ch = bool(self.clickhouse_secret_arn and not self.clickhouse_dsn)
-        need_db = bool(self.db_secret_arn and not self.meta_store_url)
+        need_db = bool(self.db_secret_arn and not self.meta_store_url and not self.db_user)  # IAM: no password
         need_stripe = bool(self.stripe_secret_arn and not self.stripe_api_key)
         if not (need_ch or need_db or need_stripe):
             return self  # nothing to resolve: boto3 is never imported
@@ -144,7 +149,7 @@ class Settings:
             db = secret_json(self.db_secret_arn)
             update["meta_store_url"] = (
                 f"postgresql+pg8000://{quote(str(db['username']), safe='')}:{quote(str(db['password']), safe='')}"
-                f"@{self.db_host or db['host']}:{db.get('port', 5432)}/{db.get('dbname', 'postgres')}")
+                f"@{self.db_host or db['host']}:{db.get('port', 5432)}/{self.db_name or db.get('dbname', 'postgres')}")
         if need_stripe:
             assert self.stripe_secret_arn is not None
             st = secret_json(self.stripe_secret_arn)
@@ -366,7 +371,7 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
     from billow.adapters.sql_entitlements import SqlEntitlementStore
     from billow.adapters.sql_keys import SqlKeyStore
 
-    meta = SqlMetaStore(migrations.meta_url(settings))
+    meta = SqlMetaStore(migrations.meta_url(settings), **migrations.meta_engine_options(settings))
     if migrate:
         meta.migrate()  # every store's tables: one Alembic upgrade
     else:

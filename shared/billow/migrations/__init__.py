@@ -182,7 +182,24 @@ def baseline_metadata() -> sa.MetaData:
 
 
 def meta_url(settings: Settings) -> str:
+    if not settings.meta_store_url and settings.db_user:  # AWS: IAM auth through RDS Proxy (adapters/rds_iam.py)
+        from billow.adapters.rds_iam import iam_url
+
+        return iam_url(settings.db_user, settings.db_host, settings.db_name)
     return settings.meta_store_url or f"sqlite:///{(Path(settings.data_dir) / 'billow.db').resolve()}"
+
+
+def meta_engine_options(settings: Settings, user: str | None = None) -> dict[str, Any]:
+    """The meta store engine's options: with IAM auth, a `creator` that logs in with a fresh token per connection
+    over verified TLS (as `user`, by default the application role db_user)."""
+    if settings.meta_store_url or not settings.db_user:
+        return {}
+    from billow.adapters.rds_iam import IamConnector, iam_url
+
+    iam_url(settings.db_user, settings.db_host, settings.db_name)  # the same checks as meta_url
+    assert settings.db_host and settings.db_name
+    return {"creator": IamConnector(host=settings.db_host, user=user or settings.db_user, database=settings.db_name,
+                                    ca_bundle=settings.db_ca_bundle)}
 
 
 def migrate_all(settings: Settings) -> dict[str, str]:
@@ -192,7 +209,7 @@ def migrate_all(settings: Settings) -> dict[str, str]:
 
     if not settings.meta_store_url:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    meta = SqlMetaStore(meta_url(settings))
+    meta = SqlMetaStore(meta_url(settings), **meta_engine_options(settings))
     try:
         done = {"meta": upgrade(meta.engine)}
     finally:
