@@ -304,14 +304,7 @@ def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: 
     dims = [k for k in group_by if k not in ("subject", *llm.PRICE_KEYS)]
     keys = [*llm.PRICE_KEYS, *dims]
     query = replace(p, group_by=[*keys, *(["subject"] if "subject" in group_by else [])])
-    tokens: dict[tuple[Any, ...], dict[str, Decimal]] = {}
-    ends: dict[datetime, datetime] = {}
-    for token_type, slug in _token_meters(namespace, meta).items():
-        for row in query_meter(namespace, slug, query, meta=meta, usage=usage)["data"]:
-            ends[row["windowStart"]] = row["windowEnd"]
-            key = (row["windowStart"], row["subject"], row.get("customerId"),
-                   tuple(row["groupBy"].get(k) or "" for k in keys))
-            tokens.setdefault(key, {})[token_type] = row["value"]
+    tokens, ends = _token_counts(namespace, query, keys, meta=meta, usage=usage)
     book = PriceBook(overrides, table or _TABLE)
     lines: dict[tuple[Any, ...], CostLine] = {}
     unpriced: list[CostLine] = []
@@ -339,6 +332,21 @@ def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: 
         line.cost += cost
         line.prices.setdefault((provider, model), resolved.to_json(provider, model))
     return CostReport(p, group_by, list(lines.values()), unpriced)
+
+
+def _token_counts(namespace: str, query: QueryParams, keys: list[str], *, meta: MetaStore, usage: UsageStore,
+                  ) -> tuple[dict[tuple[Any, ...], dict[str, Decimal]], dict[datetime, datetime]]:
+    """Each token meter queried: {(window start, subject, customer, values of `keys`): {token type: count}}, and
+    each window's end by its start."""
+    tokens: dict[tuple[Any, ...], dict[str, Decimal]] = {}
+    ends: dict[datetime, datetime] = {}
+    for token_type, slug in _token_meters(namespace, meta).items():
+        for row in query_meter(namespace, slug, query, meta=meta, usage=usage)["data"]:
+            ends[row["windowStart"]] = row["windowEnd"]
+            key = (row["windowStart"], row["subject"], row.get("customerId"),
+                   tuple(row["groupBy"].get(k) or "" for k in keys))
+            tokens.setdefault(key, {})[token_type] = row["value"]
+    return tokens, ends
 
 
 def _sort_key(item: tuple[tuple[Any, ...], Any]) -> tuple[Any, ...]:
