@@ -17,6 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.config import SchemathesisConfig
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from tests.e2e.conftest import Server
 
@@ -67,7 +70,11 @@ def examples(path: str) -> int:
 
 # Loaded from the shipped file rather than with `schemathesis.pytest.from_fixture` (its lazy loader reads
 # `Function._nodeid`, which pytest 9 removed); test_served_document_is_the_fuzzed_one ties the two together.
-schema = schemathesis.openapi.from_path(DOC_PATH)
+# Negative mode: invalid input must be refused with a 4xx (schemathesis' negative_data_rejection check, any 4xx).
+# The check itself leaves out what is not invalid as sent: unknown query parameters (ignored, as OpenMeter does) and
+# negations the serialization undoes.
+schema = schemathesis.openapi.from_path(DOC_PATH, config=SchemathesisConfig.from_dict(
+    {"checks": {"negative_data_rejection": {"expected-statuses": ["4XX"]}}}))
 SUPPRESS = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture]
 FuzzServer = tuple[Server, list[str]]
 
@@ -86,6 +93,31 @@ def assert_sound(resp: Any, label: str, log: list[str]) -> None:
         body = resp.json()
         assert body.get("status") == resp.status_code, f"problem status mismatch: {detail}"
         assert body.get("title"), f"problem without title: {detail}"
+
+
+# List operations whose query parameters Billow does not validate yet (order, orderBy, page/pageSize ranges, enum
+# filters such as statuses or expand, date-time filters it does not implement): an invalid value there is ignored,
+# not refused. A negative case invalid only in such an operation's query is not held to a 4xx; its path and body
+# are. Issue 15 item 15's report lists them; remove an operation once its query is validated.
+QUERY_NOT_VALIDATED = {
+    "GET /api/v1/events", "GET /api/v1/meters", "GET /api/v1/customers", "GET /api/v1/features",
+    "GET /api/v1/entitlements", "GET /api/v1/grants", "GET /api/v1/notification/rules", "GET /api/v1/plans",
+    "GET /api/v1/addons", "GET /api/v1/billing/profiles", "GET /api/v1/billing/invoices",
+}
+
+
+def assert_refused(case: Any, resp: Any, operation: str) -> None:
+    """A request schemathesis made invalid was refused with a 4xx (never a 2xx or 3xx)."""
+    if 400 <= resp.status_code < 500:
+        return
+    if operation in QUERY_NOT_VALIDATED and case.meta is not None and all(
+            str(location.value) == "query" for location, c in case.meta.components.items() if c.mode.is_negative):
+        return
+    try:
+        case.validate_response(resp, checks=[negative_data_rejection])
+    except FailureGroup as failures:
+        raise AssertionError(f"invalid input accepted: {_label(case)} -> {resp.status_code} "
+                             f"{resp.text[:300]!r}\n{failures}") from None
 
 
 # --- hostile strings, placed deliberately: in each path parameter, each query parameter, each body string ---
@@ -125,6 +157,8 @@ def no_server_errors(method: str, path: str, fuzz_server: FuzzServer, http: requ
         def run(case: Any) -> None:
             resp = case.call(base_url=srv.url, session=http, headers=auth_for(case.path), timeout=30)
             assert_sound(resp, _label(case), log)
+            if mode is GenerationMode.NEGATIVE:  # noqa: B023 (run() is called in this iteration)
+                assert_refused(case, resp, f"{method} {path}")
 
         try:
             run()

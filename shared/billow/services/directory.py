@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from billow.domain import fields
 from billow.errors import NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import MetaStore
-from billow.timeutil import format_rfc3339
+from billow.timeutil import format_rfc3339, parse_rfc3339
 
 CUSTOMER_FIELDS = ("name", "description", "metadata", "key", "usageAttribution", "primaryEmail", "currency", "billingAddress")
 
@@ -29,6 +30,9 @@ def upsert_subjects(namespace: str, body: Any, *, meta: MetaStore, now: datetime
             raise _bad(f"[{i}].metadata", "must be an object")
         if s.get("displayName") is not None and not isinstance(s["displayName"], str):
             raise _bad(f"[{i}].displayName", "must be a string")
+        for period in ("currentPeriodStart", "currentPeriodEnd"):  # OpenMeter's date-times (Billow keeps neither)
+            if s.get(period) is not None:
+                parse_rfc3339(s[period], f"[{i}].{period}")
     return [meta.upsert_subject(namespace, s, now) for s in body]
 
 
@@ -59,6 +63,7 @@ def _validate_customer(body: Any) -> dict[str, Any]:
     cur = body.get("currency")
     if cur is not None and (not isinstance(cur, str) or len(cur) != 3 or not cur.isupper()):
         raise _bad("currency", "must be an ISO 4217 code such as USD")
+    fields.metadata(body)  # an object of strings
     out = {k: body[k] for k in CUSTOMER_FIELDS if body.get(k) is not None}
     out["usageAttribution"] = {"subjectKeys": list(dict.fromkeys(ua["subjectKeys"]))}
     return out
