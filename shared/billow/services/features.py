@@ -51,34 +51,39 @@ def create_feature(namespace: str, body: Any, *, store: FeatureStore, meta: Meta
         doc["metadata"] = body["metadata"]
     slug = body.get("meterSlug")
     if slug is not None:
-        valid_key(slug, "meterSlug")
-        meter = meta.get_meter(namespace, slug)
-        if meter is None:
-            raise bad("meterSlug", f"no meter {slug!r}")
-        if meter.aggregation not in METERED_AGGREGATIONS:
-            raise bad("meterSlug", f"a {meter.aggregation} meter cannot be burned down; use one of "
-                                   + ", ".join(METERED_AGGREGATIONS))
-        doc["meterSlug"] = slug
-        simple = body.get("meterGroupByFilters")
-        if simple is not None:
-            if not isinstance(simple, dict) or not all(isinstance(v, str) for v in simple.values()):
-                raise bad("meterGroupByFilters", "must be an object of groupBy key -> value")
-            _known_keys(simple, meter.group_by, "meterGroupByFilters")
-            doc["meterGroupByFilters"] = simple
-            if body.get("advancedMeterGroupByFilters") is None:
-                # OpenMeter: the deprecated map is equality filters, shown in the advanced form as well
-                doc["advancedMeterGroupByFilters"] = {k: {"$eq": v} for k, v in simple.items()}
-        advanced = body.get("advancedMeterGroupByFilters")
-        if advanced is not None:
-            parse_filters(advanced)
-            _known_keys(advanced, meter.group_by, "advancedMeterGroupByFilters")
-            doc["advancedMeterGroupByFilters"] = advanced
+        _meter_fields(namespace, slug, body, doc, meta)
     elif body.get("meterGroupByFilters") or body.get("advancedMeterGroupByFilters"):
         raise bad("meterSlug", "group-by filters need a meter")
     stamp = format_rfc3339(now)
     doc.update(createdAt=stamp, updatedAt=stamp)
     store.put_feature(namespace, doc, created_at=now)
     return doc
+
+
+def _meter_fields(namespace: str, slug: Any, body: dict[str, Any], doc: dict[str, Any], meta: MetaStore) -> None:
+    """A metered feature's `meterSlug` (a meter that can be burned down) and its group-by filters, into `doc`."""
+    valid_key(slug, "meterSlug")
+    meter = meta.get_meter(namespace, slug)
+    if meter is None:
+        raise bad("meterSlug", f"no meter {slug!r}")
+    if meter.aggregation not in METERED_AGGREGATIONS:
+        raise bad("meterSlug", f"a {meter.aggregation} meter cannot be burned down; use one of "
+                               + ", ".join(METERED_AGGREGATIONS))
+    doc["meterSlug"] = slug
+    simple = body.get("meterGroupByFilters")
+    if simple is not None:
+        if not isinstance(simple, dict) or not all(isinstance(v, str) for v in simple.values()):
+            raise bad("meterGroupByFilters", "must be an object of groupBy key -> value")
+        _known_keys(simple, meter.group_by, "meterGroupByFilters")
+        doc["meterGroupByFilters"] = simple
+        if body.get("advancedMeterGroupByFilters") is None:
+            # OpenMeter: the deprecated map is equality filters, shown in the advanced form as well
+            doc["advancedMeterGroupByFilters"] = {k: {"$eq": v} for k, v in simple.items()}
+    advanced = body.get("advancedMeterGroupByFilters")
+    if advanced is not None:
+        parse_filters(advanced)
+        _known_keys(advanced, meter.group_by, "advancedMeterGroupByFilters")
+        doc["advancedMeterGroupByFilters"] = advanced
 
 
 def _known_keys(filters: dict[str, Any], group_by: dict[str, str], field: str) -> None:
