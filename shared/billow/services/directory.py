@@ -56,17 +56,23 @@ def _validate_customer(body: Any) -> dict[str, Any]:
     key = body.get("key")
     if key is not None and (not isinstance(key, str) or not key or len(key) > 256):
         raise _bad("key", "1 to 256 characters")
-    ua = body.get("usageAttribution", {"subjectKeys": []})
-    if not isinstance(ua, dict) or not isinstance(ua.get("subjectKeys"), list) or not all(
-            isinstance(k, str) and k for k in ua["subjectKeys"]):
-        raise _bad("usageAttribution.subjectKeys", "must be a list of non-empty strings")
+    subject_keys = _subject_keys(body)
     cur = body.get("currency")
     if cur is not None and (not isinstance(cur, str) or len(cur) != 3 or not cur.isupper()):
         raise _bad("currency", "must be an ISO 4217 code such as USD")
     fields.metadata(body)  # an object of strings
     out = {k: body[k] for k in CUSTOMER_FIELDS if body.get(k) is not None}
-    out["usageAttribution"] = {"subjectKeys": list(dict.fromkeys(ua["subjectKeys"]))}
+    out["usageAttribution"] = {"subjectKeys": subject_keys}
     return out
+
+
+def _subject_keys(body: dict[str, Any]) -> list[str]:
+    """`usageAttribution.subjectKeys` (none when there is no usageAttribution) without repeats."""
+    ua = body.get("usageAttribution", {"subjectKeys": []})
+    if not isinstance(ua, dict) or not isinstance(ua.get("subjectKeys"), list) or not all(
+            isinstance(k, str) and k for k in ua["subjectKeys"]):
+        raise _bad("usageAttribution.subjectKeys", "must be a list of non-empty strings")
+    return list(dict.fromkeys(ua["subjectKeys"]))
 
 
 def create_customer(namespace: str, body: Any, *, meta: MetaStore, now: datetime) -> dict[str, Any]:
