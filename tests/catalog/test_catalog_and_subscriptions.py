@@ -32,10 +32,10 @@ def test_plan_versions_draft_publish_archive(billow: Billow) -> None:
     assert (v1["status"], v1["effectiveFrom"], v1["validationErrors"]) == ("active", "2026-01-01T00:00:10Z", None)
     status, out = b.call("PUT", f"/api/v1/plans/{v1['id']}", body)
     assert status == 409 and "only a draft" in out["detail"]
-    assert b.call("POST", "/api/v1/plans", body)[0] == 409  # the key exists: versions come from /next
     v2 = b.ok("POST", "/api/v1/plans/starter/next")
     assert (v2["version"], v2["status"]) == (2, "draft")
     assert b.call("POST", "/api/v1/plans/starter/next")[0] == 409  # one draft at a time
+    assert b.call("POST", "/api/v1/plans", body)[0] == 409  # also when the key's next version comes from POST /plans
     b.ok("PUT", f"/api/v1/plans/{v2['id']}", plan_body("starter", "35"))
     b.clock.set("2026-01-02T00:00:00Z")
     b.ok("POST", f"/api/v1/plans/{v2['id']}/publish")

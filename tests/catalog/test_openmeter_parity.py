@@ -42,3 +42,15 @@ def test_custom_plan_needs_no_key(billow: Billow) -> None:
     assert b.call("POST", "/api/v1/subscriptions", {"customPlan": custom, "customerId": other["id"]})[0] == 201
     status, out = b.call("POST", "/api/v1/subscriptions", {"customPlan": custom, "customerId": other["id"]})
     assert status == 409, out
+
+
+def test_post_plans_with_an_existing_key_makes_the_next_draft(billow: Billow) -> None:
+    b = billow
+    setup(b)
+    v1 = published(b, plan_body("starter", "30"))
+    v2 = b.ok("POST", "/api/v1/plans", plan_body("starter", "35"))
+    assert (v2["key"], v2["version"], v2["status"]) == ("starter", 2, "draft")
+    assert v2["phases"][0]["rateCards"][0]["price"]["amount"] == "35"
+    assert b.ok("GET", f"/api/v1/plans/{v1['id']}")["status"] == "active"
+    status, out = b.call("POST", "/api/v1/plans", plan_body("starter", "40"))  # one draft at a time
+    assert status == 409, out

@@ -60,12 +60,20 @@ def present(namespace: str, kind: str, doc: dict[str, Any], *, features: Feature
 
 
 def create(namespace: str, kind: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
+    """A new draft: version 1 of a new key; for a plan whose key exists, its next version (as OpenMeter does),
+    unless the key already has a draft."""
     fields = _parse(kind, body)
-    if store.list_versioned(kind, namespace, key=fields["key"]):
-        hint = f"; make a new version with POST /api/v1/plans/{fields['key']}/next" if kind == "plan" else ""
-        raise Conflict(f"{KIND_NAMES[kind]} {fields['key']!r} exists{hint}")
+    version = 1
+    if versions := store.list_versioned(kind, namespace, key=fields["key"]):
+        latest = versions[-1]
+        if kind != "plan":
+            raise Conflict(f"{KIND_NAMES[kind]} {fields['key']!r} exists")
+        if catalog.status(latest, now) == "draft":
+            raise Conflict(f"plan {fields['key']!r} already has a draft (version {latest['version']}); "
+                           f"change it with PUT /api/v1/plans/{latest['id']}")
+        version = latest["version"] + 1
     stamp = format_rfc3339(now)
-    doc = {"id": new_id(), **fields, "version": 1, "createdAt": stamp, "updatedAt": stamp,
+    doc = {"id": new_id(), **fields, "version": version, "createdAt": stamp, "updatedAt": stamp,
            "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
     store.put_versioned(kind, namespace, doc)
     return doc
