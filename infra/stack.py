@@ -6,7 +6,7 @@
   usage_store    ClickHouse secret (filled by the operator)                 constructs/usage_store.py
   billing        invoice documents bucket, Stripe secret (operator fills)   constructs/billing.py
   functions      api, ingest, usage_sink, authorizer, stripe_webhook        constructs/functions.py
-                 (+ job handlers once they exist)
+                 (+ a job handler per schedule: billing_run, notify_dispatch)
   api            HTTP API routes -> functions                               constructs/api.py
   schedules      EventBridge Scheduler -> per-job SQS queues                constructs/schedules.py
   notifications  notify_dispatch's wake-up queue, SES sender identity       constructs/notifications.py
@@ -154,12 +154,13 @@ class BillowStack(Stack):
                 kept.apply_removal_policy(RemovalPolicy.RETAIN)
         root = functions_root or REPO / "functions"
         self.job_fns: dict[str, lambda_.Function] = {}
-        for job in JOBS:  # a job handler is wired only once its code exists (no stubs)
-            if (root / job / "handler.py").is_file():
-                fn = self.fns.function(job, timeout=JOB_TIMEOUT, extra_env=clickhouse_env)
-                self._read_stores(fn)
-                self.schedules.subscribe(job, fn)
-                self.job_fns[job] = fn
+        for job in JOBS:  # every schedule's queue is consumed by its job's handler
+            if not (root / job / "handler.py").is_file():
+                raise FileNotFoundError(f"schedule {job} has no handler: {root / job / 'handler.py'}")
+            fn = self.fns.function(job, timeout=JOB_TIMEOUT, extra_env=clickhouse_env)
+            self._read_stores(fn)
+            self.schedules.subscribe(job, fn)
+            self.job_fns[job] = fn
         # The functions that create and advance invoices: they render invoice documents (and presign their URLs),
         # call Stripe (advance, approve, void) and emit invoice notifications. The Stripe webhook only records
         # payment status, through Stripe's secret (constructs/billing.py).

@@ -1,4 +1,5 @@
-"""stage=prod keeps its data, and each job handler consumes its schedule's queue."""
+"""stage=prod keeps its data, each job handler consumes its schedule's queue, and a schedule whose handler is
+missing fails synthesis instead of deploying a queue nothing reads."""
 
 from __future__ import annotations
 
@@ -46,6 +47,15 @@ def test_existing_job_handler_consumes_its_queue(prod: Synth) -> None:
               for m in a["Properties"].get("Metrics", []) if m.get("MetricStat", {}).get("Metric", {}).get("MetricName")
               == "Errors"]
     assert {"Ref": fn_id} in [d["Value"] for a in errors for d in a["Dimensions"]]
+
+
+def test_a_schedule_without_its_handler_fails_synthesis(tmp_path: Path, lambda_assets: Any) -> None:
+    root = tmp_path / "functions"
+    (root / "billing_run").mkdir(parents=True)
+    (root / "billing_run" / "handler.py").write_text("def lambda_handler(event, context): ...\n")
+    (root / "notify_dispatch").mkdir()  # a directory without handler.py is not a handler
+    with pytest.raises(FileNotFoundError, match=r"notify_dispatch.*notify_dispatch/handler\.py"):
+        synthesize(tmp_path / "cdk.out", {"stage": "prod"}, lambda_assets, functions_root=root)
 
 
 def test_prod_is_cdk_nag_clean_too(prod: Synth) -> None:
