@@ -100,8 +100,7 @@ def _prefixed(exc: ValidationFailed, prefix: str) -> ValidationFailed:
     return _failure([(e["field"], e["message"]) for e in exc.errors], prefix)
 
 
-def _bad(field_name: str, message: str) -> ValidationFailed:
-    return _failure([(field_name, message)])
+_bad = ValidationFailed.at
 
 
 def _coerce(obj: object, attr: str, optional: bool = False) -> None:

@@ -14,8 +14,7 @@ from billow.timeutil import format_rfc3339, parse_rfc3339
 CUSTOMER_FIELDS = ("name", "description", "metadata", "key", "usageAttribution", "primaryEmail", "currency", "billingAddress")
 
 
-def _bad(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{field}: {message}", [{"field": field, "message": message}])
+_bad = ValidationFailed.at
 
 
 def upsert_subjects(namespace: str, body: Any, *, meta: MetaStore, now: datetime) -> list[dict[str, Any]]:

@@ -46,8 +46,7 @@ class UnpricedUsage(Conflict):
     """Usage of a model no price covers: the cost cannot be stated (an underestimate is never returned)."""
 
 
-def _bad(field_name: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{field_name}: {message}", [{"field": field_name, "message": message}])
+_bad = ValidationFailed.at
 
 
 # ---------------------------------------------------------------------------------------------------------

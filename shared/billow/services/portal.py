@@ -45,8 +45,7 @@ class PortalStore(Protocol):
     def exists(self, namespace: str, token_id: str) -> bool: ...
 
 
-def _bad(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{field}: {message}", [{"field": field, "message": message}])
+_bad = ValidationFailed.at
 
 
 # -- tokens (API key, admin) ---------------------------------------------------------------------------------

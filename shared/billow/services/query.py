@@ -37,8 +37,7 @@ class QueryParams:
     filter_fields: dict[str, str] | None = None  # groupBy key -> the parameter that filtered on it (for errors)
 
 
-def _bad(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{field}: {message}", [{"field": field, "message": message}])
+_bad = ValidationFailed.at
 
 
 def _one(qs: dict[str, list[str]], name: str) -> str | None:
