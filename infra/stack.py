@@ -41,9 +41,12 @@ from infra.constructs.schedules import JOB_TIMEOUT, JOBS, Schedules
 from infra.constructs.streaming import Streaming, topic_for
 from infra.constructs.usage_store import UsageStore
 
+PARTITIONS = 4  # must agree with billow.bus.PARTITIONS (the CDK app does not import the code asset; a test checks)
+
 REPO = Path(__file__).resolve().parent.parent
 SINK_GROUP = "billow-usage-sink"  # the MSK trigger's consumer group
 SINK_BATCH_SIZE = 1000
+TOPIC_RETENTION_MS = 7 * 24 * 3600 * 1000  # replays (a new consumer group, a rebuilt usage store) reach back this far
 SINK_RETRIES = -1  # without limit: a usage-store outage blocks the partition until the store is back
 
 
@@ -178,10 +181,21 @@ class BillowStack(Stack):
             self.notifications.wire(self.job_fns["notify_dispatch"], writers=invoice_fns)
 
         # Schema migrations once per deploy: after the database, before every other function.
+        # It also makes the namespace topic (explicit partitions and retention, not the first ingest's defaults).
         self.migrate_fn = self.fns.function("migrate", timeout=MIGRATE_TIMEOUT, extra_env={
-            **clickhouse_env, "BILLOW_DB_ADMIN_USER": MASTER_USER})
+            **clickhouse_env, "BILLOW_DB_ADMIN_USER": MASTER_USER, "BILLOW_KAFKA_AUTH": "iam",
+            "BILLOW_KAFKA_BOOTSTRAP": self.streaming.bootstrap_brokers, "BILLOW_KAFKA_PARTITIONS": str(PARTITIONS),
+            "BILLOW_KAFKA_RETENTION_MS": str(TOPIC_RETENTION_MS)})
         self._read_stores(self.migrate_fn)
         self.database.grant_connect(self.migrate_fn, MASTER_USER)  # makes the app role (ensure_app_role), once
+        self.migrate_fn.add_to_role_policy(iam.PolicyStatement(
+            sid="KafkaConnect", actions=["kafka-cluster:Connect", "kafka-cluster:DescribeCluster"],
+            resources=[self.streaming.cluster_arn]))
+        self.migrate_fn.add_to_role_policy(iam.PolicyStatement(
+            sid="KafkaTopic", actions=["kafka-cluster:CreateTopic", "kafka-cluster:DescribeTopic",
+                                       "kafka-cluster:AlterTopic", "kafka-cluster:DescribeTopicDynamicConfiguration",
+                                       "kafka-cluster:AlterTopicDynamicConfiguration"],
+            resources=[self.streaming.topic_arn(self.topic)]))
         self.migrations = Migrations(self, "Migrations", fn=self.migrate_fn, after=[self.database],
                                      before=[f for n, f in self.fns.functions.items() if n != "migrate"])
 

@@ -6,7 +6,10 @@ ClickHouse secret is filled. No other function runs DDL: their cold starts only 
 The meta database (Aurora through RDS Proxy) goes to the Alembic head (concurrent runs queue on an advisory
 lock), then ClickHouse runs its own migrations. While the ClickHouse secret still holds the placeholder host
 the usage store is skipped, not failed: the first deploy has to finish before there is a secret to fill. Any
-other failure raises, the trigger fails the deploy and CloudFormation rolls it back."""
+other failure raises, the trigger fails the deploy and CloudFormation rolls it back.
+
+Before the migrations, with IAM auth, it makes the application database role (logged in as the master user); after
+them, the namespace's Kafka topic with its partitions and retention.ms (billow.adapters.kafka_topics)."""
 
 from __future__ import annotations
 
@@ -52,5 +55,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict
                          "this function again")
     if role:
         done["dbRole"] = f"{settings.db_user}: {role}"
+    if settings.kafka_bootstrap:  # the namespace topic, with its partitions and retention (not the first ingest)
+        from billow.adapters.kafka_topics import ensure_topic
+        from billow.bus import topic_for
+
+        topic = topic_for(settings.namespace)
+        done["topic"] = f"{topic} " + ensure_topic(settings.kafka_config(), topic, partitions=settings.kafka_partitions,
+                                                   retention_ms=settings.kafka_retention_ms)
     logger.info("schema migrations done", extra=done)
     return done

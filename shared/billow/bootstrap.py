@@ -36,7 +36,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "usage_store": ("chdb", "clickhouse", "memory"), "bus": ("inprocess", "kafka"), "kafka_auth": ("none", "iam"),
     "auth": ("off", "keys"),
 }
-_INT_RANGES: dict[str, tuple[int, int]] = {"kafka_partitions": (1, 1024), "max_body_bytes": (1024, 1 << 31),
+_INT_RANGES: dict[str, tuple[int, int]] = {"kafka_partitions": (1, 1024), "kafka_retention_ms": (3_600_000, 1 << 48),
+                                           "max_body_bytes": (1024, 1 << 31),
                                            "rate_limit_per_key": (0, 1_000_000), "billing_every_s": (0, 86_400)}
 
 
@@ -55,6 +56,8 @@ class Settings:
     kafka_bootstrap: str | None = None  # host:port[,host:port]; MSK Serverless IAM listener is port 9098
     kafka_auth: str = "none"  # none | iam
     kafka_partitions: int = 4
+    # The topic's retention, set at deploy (functions/migrate): replays reach back only this far. Default 7 days.
+    kafka_retention_ms: int = 7 * 24 * 3600 * 1000
     kafka_group: str = "billow-usage-sink"  # consumer group of the local MSK-trigger stand-in
     dlq_url: str | None = None  # SQS queue for records the usage sink cannot process
     clickhouse_secret_arn: str | None = None  # {"dsn": ...} or {"host", "port", "username", "password", "database"}

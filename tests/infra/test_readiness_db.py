@@ -91,3 +91,30 @@ def test_the_settings_the_stack_sets_are_the_ones_billow_reads(prod: Synth) -> N
         extra = {k for k in env_of(prod, name) if k.startswith("BILLOW_")} - known
         assert extra <= {"BILLOW_DB_ADMIN_USER", "BILLOW_NOTIFY_QUEUE_URL", "BILLOW_NOTIFY_EMAIL_FROM",
                          "BILLOW_ADMIN_KEY_SECRET_ARN"}, (name, extra)
+
+
+# --- 4. the Kafka topic made at deploy -------------------------------------------------------------------
+
+def test_the_migrate_function_makes_the_topic_with_explicit_partitions_and_retention(prod: Synth) -> None:
+    from billow.bootstrap import Settings
+    from billow.bus import PARTITIONS
+    from infra.constructs.streaming import topic_for
+
+    env = env_of(prod, "migrate")
+    assert env["BILLOW_KAFKA_PARTITIONS"] == str(PARTITIONS)
+    assert env["BILLOW_KAFKA_RETENTION_MS"] == str(Settings().kafka_retention_ms) == str(7 * 24 * 3600 * 1000)
+    assert env["BILLOW_KAFKA_AUTH"] == "iam" and env["BILLOW_KAFKA_BOOTSTRAP"] == env_of(prod, "ingest")[
+        "BILLOW_KAFKA_BOOTSTRAP"]
+    assert "BILLOW_BUS" not in env  # it publishes nothing
+    statements = prod.statements(prod.role_of("migrate"))
+    topic_arn = dumps(prod.stack.resolve(prod.stack.streaming.topic_arn(topic_for("acme"))))
+    on_topic = {a for st in statements if dumps(st["Resource"]) == topic_arn for a in as_list(st["Action"])}
+    assert on_topic == {"kafka-cluster:CreateTopic", "kafka-cluster:DescribeTopic", "kafka-cluster:AlterTopic",
+                        "kafka-cluster:DescribeTopicDynamicConfiguration",
+                        "kafka-cluster:AlterTopicDynamicConfiguration"}
+    cluster_arn = dumps(prod.stack.resolve(prod.stack.streaming.cluster_arn))
+    on_cluster = {a for st in statements if dumps(st["Resource"]) == cluster_arn for a in as_list(st["Action"])}
+    assert on_cluster == {"kafka-cluster:Connect", "kafka-cluster:DescribeCluster"}
+    # no wildcard Kafka grant
+    assert not [st for st in statements if any(a.startswith("kafka") for a in as_list(st["Action"]))
+                and "*" in as_list(st["Resource"])]
