@@ -68,6 +68,10 @@ def apply_suppressions(stack: BillowStack) -> None:
         "self-managed), which Secrets Manager cannot rotate; rotate them at ClickHouse and update the secret "
         "(docs/deploy.md)."))
 
+    _suppress(stack.migrations.admin_key, "AwsSolutions-SMG4", (
+        "It holds an API key that Billow itself issues (hashed in the database); Secrets Manager cannot rotate it. "
+        "Rotate it with `billow keys create` / `billow keys revoke` through the API (docs/deploy.md)."))
+
     _suppress(stack.billing.stripe_secret, "AwsSolutions-SMG4", (
         "The Stripe API key and webhook signing secret are issued by Stripe, which Secrets Manager cannot rotate; "
         "roll them in the Stripe dashboard and put the new values in this secret (docs/deploy.md, Billing)."))

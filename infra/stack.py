@@ -197,7 +197,7 @@ class BillowStack(Stack):
                                        "kafka-cluster:AlterTopicDynamicConfiguration"],
             resources=[self.streaming.topic_arn(self.topic)]))
         self.migrations = Migrations(self, "Migrations", fn=self.migrate_fn, after=[self.database],
-                                     before=[f for n, f in self.fns.functions.items() if n != "migrate"])
+                                     before=[f for n, f in self.fns.functions.items() if n != "migrate"], retain=prod)
 
         self.alarms = Alarms(self, "Alarms", stage=stage, retain=prod)
         for name, fn in self.fns.functions.items():
@@ -220,6 +220,8 @@ class BillowStack(Stack):
         CfnOutput(self, "DocumentsBucketName", value=self.billing.documents.bucket_name,
                   description="Invoice documents (HTML, PDF) under invoices/<namespace>/")
         CfnOutput(self, "DatabaseProxyEndpoint", value=self.database.proxy.endpoint)
+        CfnOutput(self, "AdminKeySecretArn", value=self.migrations.admin_key.secret_arn,
+                  description="The first admin API key: aws secretsmanager get-secret-value --secret-id <this>")
         CfnOutput(self, "MskClusterArn", value=self.streaming.cluster_arn)
         CfnOutput(self, "DeadLetterQueueUrl", value=self.dead_letters.queue_url)
         for i, subnet in enumerate(self.network.vpc.public_subnets, 1):

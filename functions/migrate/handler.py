@@ -9,7 +9,8 @@ the usage store is skipped, not failed: the first deploy has to finish before th
 other failure raises, the trigger fails the deploy and CloudFormation rolls it back.
 
 Before the migrations, with IAM auth, it makes the application database role (logged in as the master user); after
-them, the namespace's Kafka topic with its partitions and retention.ms (billow.adapters.kafka_topics)."""
+them, the namespace's Kafka topic with its partitions and retention.ms (billow.adapters.kafka_topics), and the first
+admin key into its Secrets Manager secret if the namespace has none (billow.services.first_admin_key)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,23 @@ def ensure_app_role(settings: Settings) -> str | None:
         engine.dispose()
 
 
+def first_admin_key(settings: Settings, secret_arn: str) -> str:
+    import boto3
+
+    from billow.adapters.sql import SqlMetaStore
+    from billow.adapters.sql_keys import SqlKeyStore
+    from billow.migrations import meta_engine_options, meta_url
+    from billow.services.first_admin_key import ensure_first_admin_key
+    from billow.timeutil import utcnow
+
+    meta = SqlMetaStore(meta_url(settings), **meta_engine_options(settings))
+    try:
+        return ensure_first_admin_key(settings.namespace, secret_arn, keys=SqlKeyStore(meta.engine),
+                                      secrets=boto3.client("secretsmanager"), now=utcnow())
+    finally:
+        meta.close()
+
+
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, str]:
     settings = Settings.from_env()
     role = ensure_app_role(settings)
@@ -62,5 +80,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict
         topic = topic_for(settings.namespace)
         done["topic"] = f"{topic} " + ensure_topic(settings.kafka_config(), topic, partitions=settings.kafka_partitions,
                                                    retention_ms=settings.kafka_retention_ms)
+    if arn := os.environ.get("BILLOW_ADMIN_KEY_SECRET_ARN"):  # the first admin key, into the stack's secret
+        done["adminKey"] = first_admin_key(settings, arn)
     logger.info("schema migrations done", extra=done)
     return done

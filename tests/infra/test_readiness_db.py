@@ -118,3 +118,26 @@ def test_the_migrate_function_makes_the_topic_with_explicit_partitions_and_reten
     # no wildcard Kafka grant
     assert not [st for st in statements if any(a.startswith("kafka") for a in as_list(st["Action"]))
                 and "*" in as_list(st["Resource"])]
+
+
+# --- 6. the first admin key without a host in the VPC ----------------------------------------------------
+
+def test_the_first_admin_key_goes_to_a_retained_secret_only_migrate_writes(prod: Synth) -> None:
+    import json
+
+    secret = prod.stack.migrations.admin_key
+    secret_id = prod.logical_id(secret)
+    res = prod.resources[secret_id]
+    assert res["DeletionPolicy"] == res["UpdateReplacePolicy"] == "Retain"  # prod: the key outlives the stack
+    gen = res["Properties"]["GenerateSecretString"]
+    assert json.loads(gen["SecretStringTemplate"]) == {"token": "", "keyId": "", "namespace": ""}
+    assert env_of(prod, "migrate")["BILLOW_ADMIN_KEY_SECRET_ARN"] == {"Ref": secret_id}
+    writes = [st for st in prod.statements(prod.role_of("migrate")) if refs(st["Resource"]) == {secret_id}]
+    assert {a for st in writes for a in as_list(st["Action"])} >= {"secretsmanager:GetSecretValue",
+                                                                   "secretsmanager:PutSecretValue"}
+    for name in HANDLERS:  # nobody else reads or writes it, nor gets its ARN
+        if name != "migrate":
+            assert "BILLOW_ADMIN_KEY_SECRET_ARN" not in env_of(prod, name)
+            assert not [st for st in prod.statements(prod.role_of(name)) if secret_id in refs(st["Resource"])], name
+    outputs = prod.template.to_json()["Outputs"]
+    assert outputs["AdminKeySecretArn"]["Value"] == {"Ref": secret_id}

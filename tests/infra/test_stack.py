@@ -24,7 +24,8 @@ COMMON_ENV = {"BILLOW_NAMESPACE", "BILLOW_USAGE_STORE", "BILLOW_DB_USER", "BILLO
 KAFKA_ENV = {"BILLOW_BUS", "BILLOW_KAFKA_BOOTSTRAP", "BILLOW_KAFKA_AUTH"}
 # the migrate function also makes the app role as the master user (issue 18 item 3)
 MIGRATE_ENV = {"BILLOW_DB_ADMIN_USER", "BILLOW_KAFKA_BOOTSTRAP", "BILLOW_KAFKA_AUTH", "BILLOW_KAFKA_PARTITIONS",
-               "BILLOW_KAFKA_RETENTION_MS"}  # and the namespace topic (item 4)
+               "BILLOW_KAFKA_RETENTION_MS",  # and the namespace topic (item 4)
+               "BILLOW_ADMIN_KEY_SECRET_ARN"}  # and the first admin key (item 6)
 CLICKHOUSE_ENV = {"BILLOW_CLICKHOUSE_SECRET_ARN"}
 USAGE_READERS = {"api", "usage_sink"}  # the others never open the usage store (it opens on first use)
 USAGE_READERS.add("migrate")  # runs the ClickHouse migrations too (functions/migrate)
