@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import Container, container
 from billow.errors import NotFound
-from billow.services import billing, catalog
+from billow.services import billing, pages
 from billow.timeutil import parse_rfc3339
 from functions.api.responses import document, no_content, ok, origin
 
@@ -35,7 +35,7 @@ def _qs() -> dict[str, list[str]]:
 @router.get("/api/v1/billing/profiles")
 def list_profiles() -> Response:
     c, store = _c()
-    return ok(catalog.page(store.list_profiles(c.namespace), _qs()))
+    return ok(pages.page(store.list_profiles(c.namespace), _qs()))
 
 
 @router.post("/api/v1/billing/profiles")
@@ -100,7 +100,7 @@ def add_credit(cid: str) -> Response:
 def list_invoices() -> Response:
     c, store = _c()
     qs = _qs()
-    return ok(catalog.page(billing.list_invoices(c.namespace, qs, store=store), qs))
+    return ok(pages.page(billing.list_invoices(c.namespace, qs, store=store), qs))
 
 
 @router.post("/api/v1/billing/invoices/invoice")

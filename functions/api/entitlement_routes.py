@@ -10,8 +10,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import container
-from billow.services import balances, entitlements, features, params
-from billow.services.features import paginate
+from billow.services import balances, entitlements, features, pages, params
 from billow.timeutil import parse_rfc3339
 from functions.api.responses import no_content, ok
 
@@ -68,8 +67,7 @@ def list_all_entitlements() -> Response:
     docs = c.entitlements.list_entitlements(
         c.namespace, subject_keys=qs.get("subject") or None, feature_keys=qs.get("feature") or None,
         include_deleted=params.flag(qs, "includeDeleted"))
-    return ok(paginate([_present(d) for d in docs if not kinds or d["type"] in kinds],
-                       {k: v for k, v in qs.items() if k in ("page", "pageSize", "limit", "offset")}))
+    return ok(pages.array_or_page([_present(d) for d in docs if not kinds or d["type"] in kinds], qs))
 
 
 @router.get("/api/v1/entitlements/<entitlement>")
@@ -178,7 +176,7 @@ def list_all_grants() -> Response:
     qs = query_multi(_event())
     items = entitlements.list_grants(c.namespace, None, None, store=c.entitlements, meta=c.meta, now=c.clock.now(),
                                      include_deleted=params.flag(qs, "includeDeleted"))
-    return ok(paginate(items, {k: v for k, v in qs.items() if k in ("page", "pageSize", "limit", "offset")}))
+    return ok(pages.array_or_page(items, qs))
 
 
 @router.delete("/api/v1/grants/<grant>")

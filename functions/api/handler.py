@@ -16,7 +16,7 @@ from billow.api.http import JSON, PROBLEM, as_caller, json_body, path_param, que
 from billow.api.openapi import document
 from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
-from billow.services import directory, health, meters, params, query
+from billow.services import directory, health, meters, pages, params, query
 from billow.timeutil import parse_rfc3339
 from functions.api import (
     admin_routes,
@@ -151,12 +151,7 @@ def meter_subjects(meter: str) -> Response:
 def list_events() -> Response:
     c = container()
     qs = query_multi(_event())
-    try:
-        limit = int(params.one(qs, "limit") or "100")
-    except ValueError:
-        raise ValidationFailed("limit: must be an integer", [{"field": "limit", "message": "must be an integer"}]) from None
-    if not 1 <= limit <= 100:
-        raise ValidationFailed("limit: must be between 1 and 100", [{"field": "limit", "message": "1..100"}])
+    limit = pages.limit(qs, maximum=100)
     start, end = params.one(qs, "from"), params.one(qs, "to")
     subjects = qs.get("subject")
     if "customerId" in qs:  # OpenMeter: the events of these customers' subjects
@@ -217,17 +212,7 @@ def delete_subject(subject: str) -> Response:
 @app.get("/api/v1/customers")
 def list_customers() -> Response:
     c = container()
-    qs = query_multi(_event())
-    page, size = _int(qs, "page", 1), _int(qs, "pageSize", 100)
-    return ok(directory.list_customers(c.namespace, page, size, meta=c.meta))
-
-
-def _int(qs: dict[str, list[str]], name: str, default: int) -> int:
-    raw = params.one(qs, name)
-    try:
-        return default if raw is None else int(raw)
-    except ValueError:
-        raise ValidationFailed.at(name, "must be an integer") from None
+    return ok(directory.list_customers(c.namespace, query_multi(_event()), meta=c.meta))
 
 
 @app.post("/api/v1/customers")

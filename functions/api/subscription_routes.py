@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import Container, container
 from billow.errors import NotFound
-from billow.services import catalog, subscriptions
+from billow.services import pages, subscriptions
 from billow.timeutil import parse_rfc3339
 from functions.api.responses import no_content, ok
 
@@ -111,7 +111,7 @@ def customer_subscriptions(customer: str) -> Response:
     shown = [_shown(c, s) for s in docs]
     if qs.get("status"):
         shown = [s for s in shown if s["status"] in qs["status"]]
-    return ok(catalog.page(shown, qs))
+    return ok(pages.page(shown, qs))
 
 
 @router.get("/api/v1/subscriptions/<sub>/charges")

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from billow.domain import catalog
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
-from billow.services.features import FeatureStore, paginate
+from billow.services.features import FeatureStore
 from billow.timeutil import format_rfc3339
 
 KIND_NAMES = {"plan": "plan", "addon": "add-on"}
@@ -180,11 +180,6 @@ def list_docs(namespace: str, kind: str, qs: dict[str, list[str]], *, store: Cat
     if qs.get("status"):
         docs = [d for d in docs if catalog.status(d, now) in qs["status"]]
     return docs
-
-
-def page(items: list[dict[str, Any]], qs: dict[str, list[str]]) -> Any:
-    """OpenMeter's paginated response for catalog lists (page 1, 100 per page by default)."""
-    return paginate(items, {"page": ["1"], **qs} if "pageSize" not in qs and "page" not in qs else qs)
 
 
 # -- plan add-ons ------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from billow.domain import fields
 from billow.errors import NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import MetaStore
+from billow.services import pages
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
 CUSTOMER_FIELDS = ("name", "description", "metadata", "key", "usageAttribution", "primaryEmail", "currency", "billingAddress")
@@ -103,11 +104,6 @@ def delete_customer(namespace: str, id_or_key: str, *, meta: MetaStore, now: dat
     meta.put_customer(namespace, doc)
 
 
-def list_customers(namespace: str, page: int, page_size: int, *, meta: MetaStore) -> dict[str, Any]:
-    if page < 1:
-        raise _bad("page", "must be at least 1")
-    if not 1 <= page_size <= 1000:
-        raise _bad("pageSize", "must be between 1 and 1000")
-    items = meta.list_customers(namespace)
-    return {"totalCount": len(items), "page": page, "pageSize": page_size,
-            "items": items[(page - 1) * page_size: page * page_size]}
+def list_customers(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore) -> dict[str, Any]:
+    """OpenMeter's page object of the namespace's customers (page/pageSize)."""
+    return pages.page(meta.list_customers(namespace), qs)

@@ -15,7 +15,7 @@ from typing import Any
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import is_ulid
 from billow.ports import MetaStore, UsageStore
-from billow.services import balances, entitlements, params
+from billow.services import balances, entitlements, pages, params
 from billow.services.entitlements import EntitlementStore, amount, bad
 from billow.timeutil import parse_rfc3339
 
@@ -200,19 +200,6 @@ def get_by_id(namespace: str, entitlement_id: str, *, store: EntitlementStore, m
 
 
 # -- lists ----------------------------------------------------------------------------------------------------
-def _num(qs: dict[str, list[str]], name: str, default: int, lo: int, hi: int) -> int:
-    raw = params.one(qs, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad(name, "must be an integer") from None
-    if not lo <= value <= hi:
-        raise bad(name, f"must be between {lo} and {hi}")
-    return value
-
-
 def page(items: list[dict[str, Any]], qs: dict[str, list[str]], order_by: tuple[str, ...]) -> dict[str, Any]:
     """OpenMeter's v2 page object, ordered by `orderBy` (`order` ASC/DESC); page/pageSize, or limit/offset."""
     field = params.one(qs, "orderBy") or "createdAt"
@@ -223,14 +210,7 @@ def page(items: list[dict[str, Any]], qs: dict[str, list[str]], order_by: tuple[
         raise bad("order", "one of ASC, DESC")
     sort_key: Callable[[dict[str, Any]], Any] = (
         (lambda d: d["id"]) if field == "id" else (lambda d: parse_rfc3339(d[field], field)))
-    items = sorted(items, key=sort_key, reverse=direction == "DESC")
-    if "page" not in qs and "pageSize" not in qs and ("limit" in qs or "offset" in qs):
-        offset, limit = _num(qs, "offset", 0, 0, 1_000_000_000), _num(qs, "limit", 100, 1, 1000)
-        return {"totalCount": len(items), "page": offset // limit + 1, "pageSize": limit,
-                "items": items[offset: offset + limit]}
-    number, size = _num(qs, "page", 1, 1, 1_000_000), _num(qs, "pageSize", 100, 1, 1000)
-    return {"totalCount": len(items), "page": number, "pageSize": size,
-            "items": items[(number - 1) * size: number * size]}
+    return pages.v2_page(sorted(items, key=sort_key, reverse=direction == "DESC"), qs)
 
 
 def list_for_customer(namespace: str, customer_ref: str, qs: dict[str, list[str]], *, store: EntitlementStore,

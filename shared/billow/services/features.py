@@ -10,7 +10,7 @@ from billow.domain.catalog import KEY_RE
 from billow.errors import NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import MetaStore
-from billow.services import params
+from billow.services import pages, params
 from billow.services.query import parse_filters
 from billow.timeutil import format_rfc3339
 
@@ -109,25 +109,4 @@ def archive_feature(namespace: str, feature_id: str, *, store: FeatureStore, now
 def list_features(namespace: str, qs: dict[str, list[str]], *, store: FeatureStore) -> Any:
     include = params.flag(qs, "includeArchived")
     items = store.list_features(namespace, include_archived=include, meter_slugs=qs.get("meterSlug"))
-    return paginate(items, qs)
-
-
-def paginate(items: list[dict[str, Any]], qs: dict[str, list[str]]) -> Any:
-    """OpenMeter's list shape: a plain array, or a page object when page/pageSize is asked for; limit/offset
-    slice the array."""
-    def num(name: str, default: int, lo: int, hi: int) -> int:
-        raw = (qs.get(name) or [str(default)])[0]
-        try:
-            value = int(raw)
-        except ValueError:
-            raise bad(name, "must be an integer") from None
-        if not lo <= value <= hi:
-            raise bad(name, f"must be between {lo} and {hi}")
-        return value
-
-    if "page" in qs or "pageSize" in qs:
-        page, size = num("page", 1, 1, 1_000_000), num("pageSize", 100, 1, 1000)
-        return {"totalCount": len(items), "page": page, "pageSize": size,
-                "items": items[(page - 1) * size: page * size]}
-    offset, limit = num("offset", 0, 0, 1_000_000_000), num("limit", 1000, 1, 1000)
-    return items[offset: offset + limit]
+    return pages.array_or_page(items, qs)

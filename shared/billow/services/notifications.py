@@ -21,6 +21,7 @@ from billow.domain.notifications import Delivery, Outcome, bad
 from billow.errors import BillowError, Conflict, NotFound
 from billow.ids import is_ulid, new_id
 from billow.ports import MetaStore, UsageStore
+from billow.services import pages, params
 from billow.services.entitlements import EntitlementStore
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
@@ -67,37 +68,20 @@ def _flag(qs: dict[str, list[str]], name: str) -> bool:
     return raw == "true"
 
 
-def _int(qs: dict[str, list[str]], name: str, default: int, hi: int) -> int:
-    raw = (qs.get(name) or [str(default)])[0]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad(name, "must be an integer") from None
-    if not 1 <= value <= hi:
-        raise bad(name, f"must be between 1 and {hi}")
-    return value
-
-
 def _order(qs: dict[str, list[str]], keys: tuple[str, ...], default: str) -> tuple[str, bool]:
     """(orderBy, descending) from the query string."""
-    order_by = (qs.get("orderBy") or [keys[0]])[0]
+    order_by = params.one(qs, "orderBy") or keys[0]
     if order_by not in keys:
         raise bad("orderBy", f"one of {', '.join(keys)}")
-    order = (qs.get("order") or [default])[0].upper()
+    order = (params.one(qs, "order") or default).upper()
     if order not in ("ASC", "DESC"):
         raise bad("order", "ASC or DESC")
     return order_by, order == "DESC"
 
 
-def _slice(items: list[Any], qs: dict[str, list[str]]) -> dict[str, Any]:
-    """OpenMeter's paginated response over items already in order."""
-    page, size = _int(qs, "page", 1, 1_000_000), _int(qs, "pageSize", 100, 1000)
-    return {"totalCount": len(items), "page": page, "pageSize": size, "items": items[(page - 1) * size: page * size]}
-
-
 def _page(items: list[dict[str, Any]], qs: dict[str, list[str]]) -> dict[str, Any]:
     order_by, desc = _order(qs, ("id", "type", "createdAt", "updatedAt"), "ASC")
-    return _slice(sorted(items, key=lambda d: (str(d.get(order_by, "")), d["id"]), reverse=desc), qs)
+    return pages.page(sorted(items, key=lambda d: (str(d.get(order_by, "")), d["id"]), reverse=desc), qs)
 
 
 def _ulid_param(value: str, field: str) -> str:
@@ -280,7 +264,7 @@ def list_events(namespace: str, qs: dict[str, list[str]], *, store: Notification
     docs = store.list_events(namespace, start=start, end=end, rule_ids=rule_ids or None, subject_keys=subjects,
                              features=qs.get("feature") or None, channel_ids=channel_ids or None,
                              descending=desc, order_by=order_by)
-    page = _slice(docs, qs)
+    page = pages.page(docs, qs)
     page["items"] = _events_json(namespace, page["items"], store)
     return page
 

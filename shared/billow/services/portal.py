@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from billow.errors import BillowError, Forbidden, NotFound, Unauthorized, ValidationFailed
-from billow.services import apikeys
+from billow.services import apikeys, pages
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
 if TYPE_CHECKING:  # the portal API's use-cases import these when called: authentication (the authorizer, every
@@ -112,14 +112,8 @@ def _expiry(raw: Any, now: datetime) -> datetime:
 
 
 def list_tokens(namespace: str, qs: dict[str, list[str]], *, store: PortalStore, now: datetime) -> list[dict[str, Any]]:
-    raw = (qs.get("limit") or ["25"])[0]
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise _bad("limit", "must be an integer") from None
-    if not 1 <= limit <= 100:
-        raise _bad("limit", "must be between 1 and 100")
-    return [token_json(d, now) for d in store.list_tokens(namespace, limit)]
+    """OpenMeter's listPortalTokens: `limit` 1..100, default 25."""
+    return [token_json(d, now) for d in store.list_tokens(namespace, pages.limit(qs, default=25, maximum=100))]
 
 
 def invalidate(namespace: str, body: Any, *, store: PortalStore, now: datetime) -> int:
