@@ -165,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("migrate", help="migrate the meta database and the usage store to this version's schema")
     m.add_argument("--data-dir", default=None)
     m.add_argument("--config", default=None, help="billow.yaml: meta_store_url, usage_store, clickhouse_dsn")
+    from billow.conformance import add_arguments as conformance_arguments
+    from billow.conformance import run as conformance
+
+    conformance_arguments(sub.add_parser("conformance", help="run the metering conformance suite against any "
+                                         "OpenMeter v1 API server (docs/conformance.md)"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
@@ -173,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return keys(args)
     if args.command == "migrate":
         return migrate(args)
+    if args.command == "conformance":
+        return conformance(args)
     return 2
 
 
