@@ -1,23 +1,26 @@
 """The embedded host: one process serving the Lambda handlers. Each HTTP request becomes an API Gateway
 HTTP API (payload 2.0) event for functions/ingest or functions/api; the in-process bus hands ingested
-batches to functions/usage_sink in the MSK event shape."""
+batches to functions/usage_sink in the MSK event shape. HTTP is uvicorn on h11 (billow.local.asgi): requests are
+served concurrently in worker threads, with header/read/keep-alive timeouts, a body size limit and a connection cap."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
-import math
+import socket
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Generator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from billow import jsonx
+import uvicorn
+
 from billow.bootstrap import Container, Settings, build, install
-from billow.errors import problem
-from billow.services import portal
+from billow.local.asgi import ApiApp, BillowH11Protocol, Drain, LambdaHost
 from billow.services.ratelimit import TokenBuckets
 
 log = logging.getLogger("billow.serve")
@@ -50,19 +53,6 @@ def apigw_event(method: str, target: str, headers: dict[str, str], body: bytes, 
     }
 
 
-_api_lock = threading.Lock()
-
-
-def _api(event: dict[str, Any], context: Any) -> Any:
-    """functions/api one request at a time, as one Lambda execution environment runs it: powertools' resolver keeps
-    the request it serves in a class attribute (BaseRouter.current_event), so two threads inside it would route on,
-    and read the path, query and body of, each other's request."""
-    from functions.api.handler import lambda_handler as api
-
-    with _api_lock:
-        return api(event, context)
-
-
 def route(method: str, path: str) -> Any:
     if path.rstrip("/") == "/api/v1/events" and method == "POST":
         from functions.ingest.handler import lambda_handler as ingest
@@ -72,164 +62,75 @@ def route(method: str, path: str) -> Any:
         from functions.stripe_webhook.handler import lambda_handler as stripe_webhook
 
         return stripe_webhook
-    return _api
+    from functions.api.handler import lambda_handler as api
+
+    return api
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "billow"
-    max_body: int = 16 * 1024 * 1024
-    auth: bool = False
-    limiter: TokenBuckets | None = None
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server without its signal handling: `billow serve` (cli) and tests stop it through `shutdown`."""
 
-    def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("%s " + fmt, self.client_address[0], *args)
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
-    def _send(self, status: int, headers: dict[str, Any], body: bytes, close: bool = False) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            if k.lower() not in ("content-length", "connection"):
-                self.send_header(k, str(v))
-        self.send_header("Content-Length", str(len(body)))
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own refusals (414 URI too long, 431, a bad request line) as problem+json, not HTML."""
-        from http import HTTPStatus
+class _Listener:
+    """The listening socket and the running server, with the handles the http.server host had (server_address,
+    shutdown, server_close) that `billow serve` and tests stop it with."""
 
-        title = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
-        self.path = getattr(self, "path", "") or ""
-        self._problem(code, title, explain or message or title, close=True)
+    def __init__(self, sock: socket.socket, server: _Uvicorn) -> None:
+        self.socket, self.server = sock, server
+        self.started, self.stopped = threading.Event(), threading.Event()
 
-    def _problem(self, status: int, title: str, detail: str, close: bool = False) -> None:
-        body = jsonx.dumps(problem(status, title, detail, self.path)).encode()
-        self._send(status, {"Content-Type": "application/problem+json"}, body, close)
+    @property
+    def server_address(self) -> tuple[str, int]:
+        host, port = self.socket.getsockname()[:2]
+        return str(host), int(port)
 
-    def _dispatch(self) -> None:
-        gate: _Drain = self.server.drain  # type: ignore[attr-defined]
-        if not gate.enter():
-            self._problem(503, "Service Unavailable", "the server is shutting down; retry against another "
-                          "instance or after it restarts", close=True)
-            return
+    def serve_forever(self) -> None:
+        self.started.set()
         try:
-            self._serve_one()
+            asyncio.run(self.server.serve(sockets=[self.socket]))
         finally:
-            gate.leave()
+            self.stopped.set()
 
-    def _serve_one(self) -> None:
-        length_raw = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self._problem(411, "Length Required", "send the body with a Content-Length", close=True)
-            return
-        try:
-            length = int(length_raw) if length_raw else 0
-        except ValueError:
-            self._problem(400, "Bad Request", "invalid Content-Length", close=True)
-            return
-        if length > self.max_body:
-            self._problem(413, "Payload Too Large", f"request body over {self.max_body} bytes", close=True)
-            return
-        body = self.rfile.read(length) if length else b""
-        headers: dict[str, str] = {}
-        for k, v in self.headers.items():
-            lk = k.lower()
-            headers[lk] = f"{headers[lk]},{v}" if lk in headers else v
-        event = apigw_event(self.command, self.path, headers, body, self.client_address[0])
-        authorization = headers.get("authorization")
-        # Portal tokens are checked with auth off too: the portal API serves only them.
-        if authorization and (self.auth or portal.is_portal_bearer(authorization)):
-            # What the API Gateway Lambda authorizer does in AWS: check the key, pass its namespace and scopes on.
-            from billow.adapters.sql_portal import SqlPortalStore
-            from billow.bootstrap import container
-            from billow.services.apikeys import Unauthorized
+    def shutdown(self) -> None:
+        """Stop accepting, let the requests in flight finish (graceful-shutdown timeout), return once stopped."""
+        self.server.should_exit = True
+        if self.started.is_set():
+            self.stopped.wait()
 
-            c = container()
-            try:
-                who, ctx = portal.authenticate_bearer(authorization, keys=c.keys, tokens=c.store(SqlPortalStore),
-                                                      now=c.clock.now())
-            except Unauthorized as exc:
-                self._problem(401, "Unauthorized", exc.detail)
-                return
-            event["requestContext"]["authorizer"] = {"lambda": ctx}
-            if self.limiter is not None and (wait := self.limiter.take(who)) > 0:
-                body = jsonx.dumps(problem(429, "Too Many Requests", f"this API key is over its rate limit of "
-                                           f"{self.limiter.rate:g} requests/s; retry after the given seconds",
-                                           self.path)).encode()
-                self._send(429, {"Content-Type": "application/problem+json", "Retry-After": str(math.ceil(wait))},
-                           body)
-                return
-        handler = route(self.command, urlsplit(self.path).path)
-        try:
-            result = handler(event, None)  # no LambdaContext outside Lambda
-        except Exception:
-            log.exception("handler failed")
-            self._problem(500, "Internal Server Error", "unexpected error; it was logged")
-            return
-        out = result.get("body") or ""
-        data = base64.b64decode(out) if result.get("isBase64Encoded") else out.encode("utf-8")
-        hdrs = dict(result.get("headers") or {})
-        for k, vs in (result.get("multiValueHeaders") or {}).items():
-            hdrs[k] = ",".join(vs)
-        self._send(int(result.get("statusCode", 200)), hdrs, data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
-
-    def _not_allowed(self) -> None:
-        # http.server answers methods without a do_* with a 501 HTML page; the API serves none of these.
-        from functions.api.handler import app
-        from functions.api.home_routes import allowed_methods
-
-        path = urlsplit(self.path).path
-        allow = ", ".join(allowed_methods(app, path))
-        if not allow:
-            self._problem(405, "Method Not Allowed", f"{self.command} is not supported", close=True)
-            return
-        body = jsonx.dumps(problem(405, "Method Not Allowed", f"{self.command} is not allowed on {path}; allowed: "
-                                   f"{allow}", self.path)).encode()
-        self._send(405, {"Content-Type": "application/problem+json", "Allow": allow}, body, close=True)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("do_"):  # any other method (HEAD, OPTIONS, TRACE, QUERY, ...)
-            return self._not_allowed
-        raise AttributeError(name)
-
-
-class _Drain:
-    """Counts requests in flight; once draining, new ones are refused and `wait` returns when none is left."""
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._inflight = 0
-        self._draining = False
-
-    def enter(self) -> bool:
-        with self._cv:
-            if self._draining:
-                return False
-            self._inflight += 1
-            return True
-
-    def leave(self) -> None:
-        with self._cv:
-            self._inflight -= 1
-            self._cv.notify_all()
-
-    def wait(self, timeout_s: float) -> bool:
-        with self._cv:
-            self._draining = True
-            return self._cv.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
+    def server_close(self) -> None:
+        self.socket.close()
 
 
 class BillowServer:
-    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8888) -> None:
+    # Timeouts and limits of the HTTP layer; the body limit is settings.max_body_bytes (a 10,000-event batch fits).
+    HEADER_TIMEOUT_S = 30.0  # request line + headers complete within this, from connect or the previous answer
+    READ_TIMEOUT_S = 30.0  # each piece of a request body within this
+    KEEPALIVE_S = 15  # an idle keep-alive connection is closed after this
+    MAX_CONNECTIONS = 1024  # open connections; more are answered 503 and closed
+    BACKLOG = 1024  # listen queue (was 5)
+    MAX_HEADER_BYTES = 64 * 1024  # request line + headers (http.server allowed a 64 KiB line)
+    GRACEFUL_S = 30  # on shutdown, requests in flight get this long to finish
+
+    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8888, *,
+                 header_timeout_s: float | None = None, read_timeout_s: float | None = None,
+                 keepalive_s: int | None = None, max_connections: int | None = None) -> None:
         from functions.usage_sink.handler import lambda_handler as sink
 
-        deliver = lambda ev: sink(ev, None)  # type: ignore[arg-type]  # noqa: E731
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=self.BACKLOG)  # SO_REUSEADDR, as before
+        try:
+            self._start(settings, sink, sock, header_timeout_s, read_timeout_s, keepalive_s, max_connections)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _start(self, settings: Settings, sink: Any, sock: socket.socket, header_timeout_s: float | None,
+               read_timeout_s: float | None, keepalive_s: int | None, max_connections: int | None) -> None:
+        deliver = lambda ev: sink(ev, None)  # noqa: E731
         self.container: Container = build(settings, deliver=deliver)
         install(self.container)
         self.poller: Any = None
@@ -245,13 +146,21 @@ class BillowServer:
             self.poller.start()
         rate = settings.rate_limit_per_key
         limiter = TokenBuckets(rate, 2 * rate) if rate and settings.auth == "keys" else None
-        handler = type("Handler", (_Handler,), {"max_body": settings.max_body_bytes, "auth": settings.auth == "keys",
-                                                "limiter": limiter})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False
-        self.drain = _Drain()
-        self.httpd.drain = self.drain  # type: ignore[attr-defined]
+        lambdas = LambdaHost(auth=settings.auth == "keys", limiter=limiter)
+        lambdas.prepare()
+        self.drain = Drain()
+        self.app = ApiApp(lambdas, max_body=settings.max_body_bytes, max_head=self.MAX_HEADER_BYTES, drain=self.drain,
+                          read_timeout_s=read_timeout_s or self.READ_TIMEOUT_S)
+        protocol = type("Protocol", (BillowH11Protocol,), {
+            "header_timeout_s": header_timeout_s or self.HEADER_TIMEOUT_S,
+            "max_connections": max_connections or self.MAX_CONNECTIONS})
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # no "Uvicorn running on" banner
+        config = uvicorn.Config(self.app, http=protocol, loop="asyncio", lifespan="off", ws="none",
+                                interface="asgi3", log_config=None, access_log=False, proxy_headers=False, server_header=False,
+                                date_header=False, timeout_keep_alive=keepalive_s or self.KEEPALIVE_S,
+                                backlog=self.BACKLOG, h11_max_incomplete_event_size=self.MAX_HEADER_BYTES,
+                                timeout_graceful_shutdown=self.GRACEFUL_S)
+        self.httpd = _Listener(sock, _Uvicorn(config))
         # Notifications: the in-process stand-in for notify_dispatch's schedule and SQS wake-ups.
         from functions.notify_dispatch.local import LocalDispatcher
 
@@ -263,11 +172,10 @@ class BillowServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.httpd.server_address[:2]
-        return str(host), int(port)
+        return self.httpd.server_address
 
     def serve_forever(self) -> None:
-        self.httpd.serve_forever(poll_interval=0.2)
+        self.httpd.serve_forever()
 
     def start_background(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, name="billow-http", daemon=True)
@@ -279,6 +187,7 @@ class BillowServer:
         connections get 503), then stop the sink poller, flush the bus, close the stores."""
         if not self.drain.wait(drain_timeout_s):
             log.warning("requests still in flight after %.0f s; closing anyway", drain_timeout_s)
+        self.app.close()
         if self.poller is not None:
             self.poller.close()
         self.notify.close()

@@ -1,0 +1,435 @@
+"""`billow serve`'s HTTP layer: uvicorn (HTTP/1.1 parsed by h11) in front of the Lambda handlers.
+
+Each request is read on the event loop (headers within the header timeout, each piece of the body within the read
+timeout, at most max_body bytes), turned into the API Gateway HTTP API (payload 2.0) event the Lambda gets, and
+handed to the handler in a worker thread: ingest in its own pool so queries and checks never wait behind batches,
+and the other way round. The API's powertools resolver keeps the request it serves in class attributes
+(BaseRouter.current_event) and one dict (context); `per_request_state` gives the one resolver instance the embedded
+host serves through a state per thread, so concurrent requests never see each other's.
+
+What uvicorn itself answers, and how here: a request h11 cannot parse (bad request line, bad or negative
+Content-Length, a Transfer-Encoding other than exactly `chunked`, headers over the size limit) gets one
+problem+json answer (400, 501 for a transfer coding, 414 for a request line over the limit, 431 for headers) and the
+connection is closed; a connection over the cap gets 503 problem+json and is closed; headers not complete within
+the header timeout get 408 problem+json (or, with nothing sent yet, a plain close), as does a body stalled for the
+read timeout; an idle keep-alive connection is closed after the keep-alive timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import socket
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from billow import jsonx
+from billow.errors import problem
+from billow.services import portal
+from billow.services.ratelimit import TokenBuckets
+
+log = logging.getLogger("billow.serve")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+SERVED_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH"})
+TITLES = {400: "Bad Request", 408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
+          414: "Request-URI Too Long", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+          500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+
+
+# -- per-request resolver state ----------------------------------------------------------------------------
+class _PerThread:
+    """A data descriptor holding one value per thread (outside a request: the class-wide value, as powertools
+    keeps it)."""
+
+    def __init__(self, local: threading.local, name: str, fallback: Callable[[Any], Any]) -> None:
+        self.local, self.name, self.fallback = local, name, fallback
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return getattr(self.local, self.name)
+        except AttributeError:
+            return self.fallback(obj)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(self.local, self.name, value)
+
+
+def per_request_state(app: Any) -> None:
+    """Give this powertools resolver instance (not the library's classes) its request state per thread:
+    current_event, lambda_context, context and the processed middleware frames. Its class becomes a subclass whose
+    `resolve` sets them for the calling thread before routing and drops them after. Idempotent."""
+    if getattr(type(app), "_billow_per_thread", False):
+        return
+    from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
+
+    local = threading.local()
+    base = type(app)
+    shared_context: dict[str, Any] = app.__dict__.get("context", {})
+
+    def resolve(self: Any, event: Any, context: Any) -> dict[str, Any]:
+        local.current_event = self._to_proxy_event(dict(event))
+        local.lambda_context = context
+        local.context = {}
+        local.processed_stack_frames = []
+        try:
+            out: dict[str, Any] = base.resolve(self, event, context)
+            return out
+        finally:
+            for name in ("current_event", "lambda_context", "context", "processed_stack_frames"):
+                delattr(local, name)
+
+    cls = type(f"PerThread{base.__name__}", (base,), {
+        "_billow_per_thread": True,
+        "resolve": resolve,
+        "current_event": _PerThread(local, "current_event", lambda _: BaseRouter.current_event),
+        "lambda_context": _PerThread(local, "lambda_context", lambda _: BaseRouter.lambda_context),
+        "context": _PerThread(local, "context", lambda _: shared_context),
+        "processed_stack_frames": _PerThread(local, "processed_stack_frames", lambda _: []),
+    })
+    # Route middleware stacks are built lazily on a route's first call, unguarded: two threads building one at
+    # once would wrap it twice. Build them all now, as the first request would.
+    for route in app._static_routes + app._dynamic_routes:
+        if not route._middleware_stack_built:
+            route._build_middleware_stack(router_middlewares=app._router_middlewares, app=app)
+    app.__class__ = cls
+
+
+# -- the handlers, as API Gateway calls them ---------------------------------------------------------------
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    close: bool = False
+
+
+def problem_reply(status: int, detail: str, instance: str, close: bool = False,
+                  headers: list[tuple[str, str]] | None = None) -> Reply:
+    body = jsonx.dumps(problem(status, TITLES.get(status, "Error"), detail, instance)).encode()
+    return Reply(status, [("Content-Type", "application/problem+json"), *(headers or [])], body, close)
+
+
+@dataclass
+class LambdaHost:
+    """Calls the Lambda handlers with API Gateway-shaped events, as API Gateway (and its authorizer) would."""
+
+    auth: bool = False
+    limiter: TokenBuckets | None = None
+    api_state_ready: bool = field(default=False, init=False)
+
+    def prepare(self) -> None:
+        """Import the API (first request would otherwise pay for it) and give its resolver per-thread state."""
+        from functions.api.handler import app
+
+        per_request_state(app)
+        self.api_state_ready = True
+
+    def serve(self, method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> Reply:
+        from billow.local.server import apigw_event, route
+
+        if method not in SERVED_METHODS:
+            return self._not_allowed(method, target)
+        event = apigw_event(method, target, headers, body, client)
+        authorization = headers.get("authorization")
+        # Portal tokens are checked with auth off too: the portal API serves only them.
+        if authorization and (self.auth or portal.is_portal_bearer(authorization)):
+            # What the API Gateway Lambda authorizer does in AWS: check the key, pass its namespace and scopes on.
+            from billow.adapters.sql_portal import SqlPortalStore
+            from billow.bootstrap import container
+            from billow.services.apikeys import Unauthorized
+
+            c = container()
+            try:
+                who, ctx = portal.authenticate_bearer(authorization, keys=c.keys, tokens=c.store(SqlPortalStore),
+                                                      now=c.clock.now())
+            except Unauthorized as exc:
+                return Reply(401, [("Content-Type", "application/problem+json")],
+                             jsonx.dumps(problem(401, "Unauthorized", exc.detail, target)).encode())
+            event["requestContext"]["authorizer"] = {"lambda": ctx}
+            if self.limiter is not None and (wait := self.limiter.take(who)) > 0:
+                return problem_reply(429, f"this API key is over its rate limit of {self.limiter.rate:g} requests/s; "
+                                     "retry after the given seconds", target,
+                                     headers=[("Retry-After", str(math.ceil(wait)))])
+        handler = route(method, urlsplit(target).path)
+        try:
+            result = handler(event, None)  # no LambdaContext outside Lambda
+        except Exception:
+            log.exception("handler failed")
+            return problem_reply(500, "unexpected error; it was logged", target)
+        out = result.get("body") or ""
+        data = base64.b64decode(out) if result.get("isBase64Encoded") else out.encode("utf-8")
+        hdrs = [(str(k), str(v)) for k, v in (result.get("headers") or {}).items()]
+        for k, vs in (result.get("multiValueHeaders") or {}).items():
+            hdrs.append((str(k), ",".join(str(v) for v in vs)))
+        return Reply(int(result.get("statusCode", 200)), hdrs, data)
+
+    @staticmethod
+    def _not_allowed(method: str, target: str) -> Reply:
+        # HEAD, OPTIONS, TRACE, QUERY, ...: the API serves none of these.
+        from functions.api.handler import app
+        from functions.api.home_routes import allowed_methods
+
+        path = urlsplit(target).path
+        allow = ", ".join(allowed_methods(app, path))
+        if not allow:
+            return problem_reply(405, f"{method} is not supported", target)
+        body = jsonx.dumps(problem(405, "Method Not Allowed", f"{method} is not allowed on {path}; allowed: {allow}",
+                                   target)).encode()
+        return Reply(405, [("Content-Type", "application/problem+json"), ("Allow", allow)], body)
+
+
+class Drain:
+    """Counts requests in flight; once draining, new ones are refused and `wait` returns when none is left."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._inflight = 0
+        self._draining = False
+
+    def enter(self) -> bool:
+        with self._cv:
+            if self._draining:
+                return False
+            self._inflight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cv:
+            self._inflight -= 1
+            self._cv.notify_all()
+
+    def wait(self, timeout_s: float) -> bool:
+        with self._cv:
+            self._draining = True
+            return self._cv.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
+
+
+# -- the ASGI application -----------------------------------------------------------------------------------
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class ApiApp:
+    """ASGI 3 app: read the request on the loop, serve it in a worker thread, answer with one body."""
+
+    def __init__(self, host: LambdaHost, *, max_body: int, max_head: int, read_timeout_s: float, drain: Drain,
+                 api_workers: int = 16, ingest_workers: int = 4) -> None:
+        self.host, self.max_body, self.read_timeout_s, self.drain = host, max_body, read_timeout_s, drain
+        self.max_head = max_head
+        self.api_pool = ThreadPoolExecutor(api_workers, thread_name_prefix="billow-api")
+        self.ingest_pool = ThreadPoolExecutor(ingest_workers, thread_name_prefix="billow-ingest")
+
+    def close(self) -> None:
+        self.api_pool.shutdown(wait=True)
+        self.ingest_pool.shutdown(wait=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan is off; websockets are not served
+            return
+        method: str = scope["method"]
+        qs: bytes = scope.get("query_string") or b""
+        target = scope["raw_path"].decode("latin-1") + ("?" + qs.decode("latin-1") if qs else "")
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:
+            lk, sv = k.decode("latin-1").lower(), v.decode("latin-1")
+            headers[lk] = f"{headers[lk]},{sv}" if lk in headers else sv
+        # h11 enforces its size limit only on a head that arrives in pieces; one that came in whole is checked here.
+        if len(target) > self.max_head:
+            await self._send(send, problem_reply(414, f"the request target is over {self.max_head} bytes",
+                                                 target[:200], close=True), method)
+            return
+        if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_head:
+            await self._send(send, problem_reply(431, f"the request headers are over {self.max_head} bytes",
+                                                 target[:200], close=True), method)
+            return
+        length = headers.get("content-length")  # h11 checked it is digits, one value
+        if length is not None and int(length.split(",")[0]) > self.max_body:
+            await self._send(send, problem_reply(413, f"request body over {self.max_body} bytes", target, close=True),
+                             method)
+            return
+        try:
+            body = await self._body(receive)
+        except _Disconnected:
+            return
+        except _BodyTooLarge:
+            await self._send(send, problem_reply(413, f"request body over {self.max_body} bytes", target, close=True),
+                             method)
+            return
+        except TimeoutError:
+            await self._send(send, problem_reply(408, f"the request body stalled for {self.read_timeout_s:g} s",
+                                                 target, close=True), method)
+            return
+        if not self.drain.enter():
+            await self._send(send, problem_reply(503, "the server is shutting down; retry against another instance "
+                                                 "or after it restarts", target, close=True), method)
+            return
+        try:
+            client = (scope.get("client") or ("", 0))[0]
+            pool = self.ingest_pool if (method == "POST" and urlsplit(target).path.rstrip("/") == "/api/v1/events") \
+                else self.api_pool
+            loop = asyncio.get_running_loop()
+            reply = await loop.run_in_executor(pool, self.host.serve, method, target, headers, body, client)
+        finally:
+            self.drain.leave()
+        await self._send(send, reply, method)
+
+    async def _body(self, receive: Receive) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            async with asyncio.timeout(self.read_timeout_s):
+                message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _BodyTooLarge
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    @staticmethod
+    async def _send(send: Send, reply: Reply, method: str) -> None:
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers
+                   if k.lower() not in ("content-length", "connection", "date", "server", "transfer-encoding")]
+        headers += [(b"Content-Length", str(len(reply.body)).encode()), (b"Server", b"billow"),
+                    (b"Date", formatdate(usegmt=True).encode())]
+        if reply.close:
+            headers.append((b"Connection", b"close"))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else reply.body})
+
+
+# -- the HTTP protocol: uvicorn's h11 protocol with problem+json errors, a header timeout, a connection cap ---------
+def raw_problem(status: int, detail: str, instance: str) -> bytes:
+    """A complete HTTP/1.1 problem+json response that closes the connection, for answers outside h11's state
+    machine (nothing of a request parsed yet)."""
+    body = jsonx.dumps(problem(status, TITLES.get(status, "Error"), detail, instance)).encode()
+    head = (f"HTTP/1.1 {status} {TITLES.get(status, 'Error')}\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\nServer: billow\r\nDate: {formatdate(usegmt=True)}"
+            "\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def _request_target(buffer: bytes) -> str:
+    line = buffer.split(b"\r\n", 1)[0].split(b" ")
+    return line[1].decode("latin-1")[:200] if len(line) >= 2 else ""
+
+
+class BillowH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, with Billow's answers to what it refuses itself (see the module docstring)."""
+
+    header_timeout_s: float = 30.0
+    max_connections: int = 1024
+
+    _header_timer: asyncio.TimerHandle | None = None
+    _awaiting: Any = None
+    _protocol_error: h11.RemoteProtocolError | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inner = self.conn.next_event
+
+        def next_event() -> Any:
+            try:
+                return inner()
+            except h11.RemoteProtocolError as exc:
+                self._protocol_error = exc
+                raise
+
+        self.conn.next_event = next_event  # type: ignore[method-assign]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A response goes out as several writes (head, body): with Nagle on, each later one waits for the client's
+        # delayed ACK of the first (~40 ms). asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP,
+        # which a socket from socket.create_server is not (proto 0).
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(self.connections) > self.max_connections:
+            log.warning("connection refused: %d open connections (cap %d)", len(self.connections) - 1,
+                        self.max_connections)
+            transport.write(raw_problem(503, f"this server holds at most {self.max_connections} open connections; "
+                                        "retry shortly", ""))
+            transport.close()
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._header_timer is not None and self.cycle is not self._awaiting:
+            self._cancel_header_timer()  # a request's headers are in
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # waiting for the next request's headers
+            self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._awaiting = self.cycle
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        pending = self.conn.trailing_data[0]
+        if pending:  # a request begun and not finished: say why it is dropped
+            self.transport.write(raw_problem(408, f"the request headers were not complete within "
+                                             f"{self.header_timeout_s:g} s", _request_target(pending)))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        exc, self._protocol_error = self._protocol_error, None
+        status = getattr(exc, "error_status_hint", 400) if exc is not None else 400
+        detail = str(exc) if exc is not None and str(exc) else msg
+        pending = self.conn.trailing_data[0]
+        if status == 431 and b"\r\n" not in pending:
+            status, detail = 414, "the request line (method, target, version) is over the size limit"
+        elif status == 431:
+            detail = "the request headers are over the size limit"
+        body = jsonx.dumps(problem(status, TITLES.get(status, "Error"), detail, _request_target(pending))).encode()
+        event = h11.Response(status_code=status, reason=TITLES.get(status, "Error").encode(), headers=[
+            (b"Content-Type", b"application/problem+json"), (b"Content-Length", str(len(body)).encode()),
+            (b"Connection", b"close"), (b"Server", b"billow"), (b"Date", formatdate(usegmt=True).encode())])
+        try:
+            for ev in (event, h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(ev) or b"")
+        except h11.LocalProtocolError:  # h11 cannot answer in this state: answer raw
+            self.transport.write(raw_problem(status, detail, _request_target(pending)))
+        self.transport.close()

@@ -1,0 +1,240 @@
+"""`billow serve`'s HTTP layer under load and abuse (issue 17 item 4): concurrent clients, Nagle, a connect burst,
+malformed framing, stalled requests. Against the real process (chdb, SQLite, in-process bus) except where a test
+needs short timeouts: there an in-process BillowServer on the memory usage store."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from billow.bootstrap import Settings
+from billow.local.server import BillowServer
+from tests.e2e.conftest import Server
+
+CLIENTS = 32
+QUERIES = 5
+METER = {"slug": "http_tokens", "eventType": "http_prompt", "aggregation": "SUM", "valueProperty": "$.tokens",
+         "groupBy": {"model": "$.model"}}
+
+
+@pytest.fixture(scope="module")
+def srv(server: Server) -> Server:
+    status, _, _ = server.request("POST", "/api/v1/meters", METER)
+    assert status == 201
+    events = [{"specversion": "1.0", "id": f"h{i}", "source": "t", "type": "http_prompt", "subject": f"c{i % CLIENTS}",
+               "time": f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:00:00Z", "data": {"tokens": str(i % 100),
+                                                                                 "model": f"m{i % 4}"}}
+              for i in range(2000)]
+    status, _, _ = server.request("POST", "/api/v1/events", raw=json.dumps(events).encode(),
+                                  content_type="application/cloudevents-batch+json")
+    assert status == 204
+    return server
+
+
+def _exchange(port: int, data: bytes, wait_s: float) -> tuple[bytes, float]:
+    """Send raw bytes, read until the server closes (or `wait_s` passes): what came back and when it ended."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return out, time.monotonic() - t0
+
+
+def _status_and_problem(raw: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert b"content-type: application/problem+json" in head.lower(), head
+    return status, json.loads(body)
+
+
+def test_small_responses_do_not_wait_for_a_delayed_ack(srv: Server) -> None:
+    """20 sequential requests on one keep-alive connection: the http.server host sent head and body as two writes
+    with Nagle on, so each waited ~40 ms for the client's delayed ACK (>= 0.8 s for 20)."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    conn.request("GET", "/healthz")
+    conn.getresponse().read()  # connected, warm
+    took = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        conn.request("GET", "/healthz")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read()
+        took.append(time.perf_counter() - t0)
+    conn.close()
+    assert statistics.median(took) < 0.030 and sum(took) < 0.5, [round(t * 1000, 1) for t in took]
+
+
+def test_32_concurrent_query_clients_are_served_side_by_side(srv: Server) -> None:
+    """32 clients, each on its own keep-alive connection, each running 5 meter queries, all started at once: every
+    query answers 200, and no client is starved (the slowest client's total within 3x the median client's)."""
+    start = threading.Barrier(CLIENTS)
+    totals: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
+            start.wait()
+            t0 = time.perf_counter()
+            for i in range(QUERIES):
+                conn.request("GET", f"/api/v1/meters/http_tokens/query?windowSize=HOUR&groupBy=model&subject=c{(k + i) % CLIENTS}")
+                r = conn.getresponse()
+                body = r.read()
+                if r.status != 200 or not json.loads(body)["data"]:
+                    raise AssertionError(f"{r.status} {body[:200]!r}")
+            with lock:
+                totals.append(time.perf_counter() - t0)
+            conn.close()
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            with lock:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    wall = time.perf_counter() - t0
+    assert not failures and len(totals) == CLIENTS, failures[:3]
+    assert max(totals) <= 3 * statistics.median(totals) + 0.5, (sorted(round(t, 2) for t in totals), wall)
+
+
+def test_a_burst_of_64_simultaneous_connects_all_complete(srv: Server) -> None:
+    """The http.server host listened with a backlog of 5: a burst of connects overflowed it (retransmitted SYNs,
+    resets). All 64 connect at once and each gets its answer."""
+    start = threading.Barrier(64)
+    answers: list[int] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        try:
+            start.wait()
+            t0 = time.monotonic()
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+            connected = time.monotonic() - t0
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+            conn.sock = s
+            conn.request("GET", "/healthz")
+            r = conn.getresponse()
+            r.read()
+            conn.close()
+            with lock:
+                answers.append(r.status)
+                if connected > 0.9:  # a lost SYN is retransmitted after 1 s
+                    failures.append(f"connect took {connected:.2f} s")
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            with lock:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures and answers == [200] * 64, (failures[:5], len(answers))
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "chunked, identity", "identity", "chunked\x0b"])
+def test_a_transfer_coding_other_than_chunked_is_refused(srv: Server, coding: str) -> None:
+    """A Transfer-Encoding other than exactly `chunked` used to be ignored (the body then framed by Content-Length
+    or nothing): a request-smuggling risk behind a proxy that reads it the other way. Refused, never routed."""
+    body = b'[{"specversion":"1.0","id":"te1","source":"t","type":"http_prompt","subject":"c1"}]'
+    raw, _ = _exchange(srv.port, b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Transfer-Encoding: " + coding.encode("latin-1") + b"\r\n\r\n"
+                       + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n", wait_s=10)
+    status, prob = _status_and_problem(raw)
+    assert status in (400, 501) and prob["status"] == status, raw
+    assert raw.count(b"HTTP/1.1 ") == 1  # one answer, then the connection is closed
+    assert srv.request("GET", "/api/v1/events?id=te1")[2] == []  # nothing of it was ingested
+
+
+def test_a_negative_content_length_is_answered_at_once(srv: Server) -> None:
+    raw, took = _exchange(srv.port, b"POST /api/v1/meters HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+                          wait_s=10)
+    status, prob = _status_and_problem(raw)
+    assert status == 400 and "Content-Length" in str(prob["detail"]) and took < 5, (raw, took)
+
+
+def test_a_chunked_body_is_read(srv: Server) -> None:
+    doc = json.dumps([{"key": "chunky"}]).encode()
+    raw, _ = _exchange(srv.port, b"POST /api/v1/subjects HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                       + f"{len(doc[:5]):x}\r\n".encode() + doc[:5] + b"\r\n"
+                       + f"{len(doc[5:]):x}\r\n".encode() + doc[5:] + b"\r\n0\r\n\r\n", wait_s=30)
+    assert raw.startswith(b"HTTP/1.1 200"), raw[:300]
+    assert srv.request("GET", "/api/v1/subjects/chunky")[0] == 200
+
+
+# -- timeouts: an in-process server with short ones -------------------------------------------------------
+@pytest.fixture
+def quick(tmp_path: Path) -> Iterator[BillowServer]:
+    server = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(tmp_path), "billing_every_s": 0}),
+                          port=0, header_timeout_s=1.0, read_timeout_s=1.0, keepalive_s=1, max_connections=8)
+    server.start_background()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    server.close(drain_timeout_s=5)
+
+
+def test_a_truncated_body_is_answered_408_within_the_read_timeout(quick: BillowServer) -> None:
+    """Content-Length says 100, 3 bytes come, then nothing: http.server's thread waited forever."""
+    raw, took = _exchange(quick.address[1], b"POST /api/v1/meters HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                          b"application/json\r\nContent-Length: 100\r\n\r\n{\"a", wait_s=20)
+    status, prob = _status_and_problem(raw)
+    assert status == 408 and prob["instance"] == "/api/v1/meters" and took < 10, (raw, took)
+
+
+def test_headers_that_never_end_are_dropped_within_the_header_timeout(quick: BillowServer) -> None:
+    raw, took = _exchange(quick.address[1], b"GET /api/v1/meters HTTP/1.1\r\nHost: x\r\nX-Slow: 1", wait_s=20)
+    status, prob = _status_and_problem(raw)
+    assert status == 408 and took < 10, (raw, took)
+    raw, took = _exchange(quick.address[1], b"", wait_s=20)  # connects, says nothing
+    assert raw == b"" and took < 10
+
+
+def test_an_idle_keep_alive_connection_is_closed(quick: BillowServer) -> None:
+    raw, took = _exchange(quick.address[1], b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", wait_s=20)
+    assert raw.startswith(b"HTTP/1.1 200") and took < 10, (raw, took)
+
+
+def test_connections_over_the_cap_get_503_and_the_rest_are_served(tmp_path: Path) -> None:
+    capped = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(tmp_path), "billing_every_s": 0}),
+                          port=0, max_connections=8)
+    capped.start_background()
+    port = capped.address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+    try:
+        raw, _ = _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", wait_s=10)
+        status, prob = _status_and_problem(raw)
+        assert status == 503 and "at most 8" in str(prob["detail"]), raw
+        held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert held[0].recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held:
+            s.close()
+        capped.shutdown()
+
+
+def test_heads_over_the_size_limit_are_problems(quick: BillowServer) -> None:
+    port = quick.address[1]
+    raw, _ = _exchange(port, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", wait_s=10)
+    assert _status_and_problem(raw)[0] == 414, raw[:300]
+    raw, _ = _exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", wait_s=10)
+    assert _status_and_problem(raw)[0] == 431, raw[:300]
