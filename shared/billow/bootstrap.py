@@ -288,7 +288,7 @@ class Container:
 
     def billing_apps(self) -> BillingApps:
         """The invoicing apps (sandbox, custom invoicing, Stripe: picked here from the settings) with documents
-        and notifications, for the current namespace."""
+        (the document store and the fpdf2 renderer) and notifications, for the current namespace."""
         from billow.adapters.billing_apps import (
             BillingApps,
             CustomInvoicing,
@@ -296,13 +296,14 @@ class Container:
             StripeInvoicing,
         )
         from billow.adapters.documents import document_store
+        from billow.adapters.rendering import InvoiceRenderer
 
         s = self.settings
         invoicing: dict[str, InvoicingApp] = {"sandbox": SandboxInvoicing(), "custom_invoicing": CustomInvoicing(),
                      "stripe": StripeInvoicing(s.stripe_api_key, s.stripe_api_base)}
         return BillingApps(self.namespace, invoicing=invoicing, billing=self.billing_store(),
                            notifications=self.notification_store(), documents=lambda: document_store(s),
-                           clock=self.clock)
+                           renderer=InvoiceRenderer(), clock=self.clock)
 
     @property
     def namespace(self) -> str:

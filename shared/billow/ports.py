@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from billow.domain.billing import Mark
+from billow.domain.documents import View
 from billow.domain.events import CloudEvent
 from billow.domain.meters import Meter
 from billow.domain.usage import AggRow, MeterValue, StoredEvent, UsageQuery
@@ -198,6 +199,18 @@ class InvoicingApp(Protocol):
     def void(self, invoice: dict[str, Any]) -> None:
         """Void the invoice the app issued (called only when it holds an external invoicing id)."""
         ...
+
+
+class DocumentRenderer(Protocol):
+    """Draws the view of an invoice (billow.domain.documents.View) as its two documents: adapters/rendering.py's
+    InvoiceRenderer (HTML page; PDF with fpdf2, DejaVu Sans embedded), picked by bootstrap. Deterministic: the
+    same view gives the same bytes."""
+
+    def html(self, view: View) -> bytes:
+        """A self-contained printable HTML page, UTF-8."""
+        ...
+
+    def pdf(self, view: View) -> bytes: ...
 
 
 class BillingApps(Protocol):

@@ -14,17 +14,11 @@ from pathlib import Path
 import pypdf
 import pytest
 
+from billow.adapters.rendering import FONT_PATH, MISSING_GLYPH, printable, render_html, render_pdf
+from billow.domain.documents import money
 from billow.domain.money import Currency
 from billow.errors import ValidationFailed
-from billow.services.documents import (
-    FONT_PATH,
-    MISSING_GLYPH,
-    document_keys,
-    money,
-    printable,
-    render_html,
-    render_pdf,
-)
+from billow.services.documents import document_keys
 from tests.documents.sample import invoice
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from typing import Any
 import pypdf
 import pytest
 
-from billow.services.documents import render_html, render_pdf
+from billow.adapters.rendering import render_html, render_pdf
 from tests.documents.sample import invoice
 from tests.documents.test_render import parse
 

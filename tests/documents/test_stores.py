@@ -13,8 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from billow.adapters.documents import LocalDocumentStore, S3DocumentStore, document_store
+from billow.adapters.rendering import InvoiceRenderer, render_html, render_pdf
 from billow.bootstrap import Settings
-from billow.services.documents import document_keys, render_html, render_pdf, store_documents
+from billow.services.documents import document_keys, store_documents
 from tests.documents.sample import invoice
 
 
@@ -26,14 +27,14 @@ def rendered() -> tuple[bytes, bytes]:
 
 def test_local_store_writes_both_documents(tmp_path: Path, rendered: tuple[bytes, bytes]) -> None:
     store = LocalDocumentStore(tmp_path / "documents")
-    urls = store_documents("ns1", invoice(), store)
+    urls = store_documents("ns1", invoice(), store, InvoiceRenderer())
     html_key, pdf_key = document_keys("ns1", invoice())
     assert urls == {"html": (tmp_path / "documents" / html_key).as_uri(),
                     "pdf": (tmp_path / "documents" / pdf_key).as_uri()}
     assert (store.get(html_key), store.get(pdf_key)) == rendered
     with urllib.request.urlopen(urls["pdf"]) as r:  # the URL is a working file:// URI
         assert r.read() == rendered[1]
-    assert store_documents("ns1", invoice(), store) == urls  # re-issuing rewrites the same bytes
+    assert store_documents("ns1", invoice(), store, InvoiceRenderer()) == urls  # re-issuing rewrites the same bytes
     assert sorted(p.name for p in (tmp_path / "documents" / html_key).parent.iterdir()) == [
         "ACME-0001.html", "ACME-0001.pdf"]  # no temporary files left behind
 
@@ -79,7 +80,7 @@ def test_s3_store_on_localstack(bucket: tuple[str, Any], rendered: tuple[bytes, 
     name, s3 = bucket
     store = document_store(Settings.parse({"documents_bucket": name}))
     assert isinstance(store, S3DocumentStore)
-    urls = store_documents("ns1", invoice(), store)
+    urls = store_documents("ns1", invoice(), store, InvoiceRenderer())
     html_key, pdf_key = document_keys("ns1", invoice())
     assert (store.get(html_key), store.get(pdf_key)) == rendered
     for key, content_type in ((html_key, "text/html; charset=utf-8"), (pdf_key, "application/pdf")):

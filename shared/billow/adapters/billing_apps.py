@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from billow.errors import Conflict
-from billow.ports import BillingStore, Clock, InvoicingApp
+from billow.ports import BillingStore, Clock, DocumentRenderer, InvoicingApp
 
 if TYPE_CHECKING:
     from billow.adapters.stripe_app import StripeApp
@@ -81,9 +81,11 @@ class BillingApps:
     the invoice documents and the invoice notifications."""
 
     def __init__(self, namespace: str, *, invoicing: Mapping[str, InvoicingApp], billing: BillingStore,
-                 notifications: NotificationStore, documents: Callable[[], DocumentStore], clock: Clock) -> None:
+                 notifications: NotificationStore, documents: Callable[[], DocumentStore],
+                 renderer: DocumentRenderer, clock: Clock) -> None:
         self.namespace, self._invoicing, self.billing = namespace, invoicing, billing
         self.notifications, self._document_store, self.clock = notifications, documents, clock
+        self.renderer = renderer
         self._rules: dict[str, bool] = {}  # invoice event type -> any active rule (asked once per apps object)
 
     # -- invoicing apps ------------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ class BillingApps:
         if (inv.get("documents") or {}).get("status") != "ready":
             if inv["status"] in ("gathering", "draft", "issuing"):
                 raise Conflict(f"invoice {inv['number']} is {inv['status']}: documents exist once it is issued")
-            store_documents(self.namespace, inv, store)
+            store_documents(self.namespace, inv, store, self.renderer)
             html_key, pdf_key = document_keys(self.namespace, inv)
             inv["documents"] = {"status": "ready", "html": html_key, "pdf": pdf_key}
             self.billing.put_invoice(self.namespace, inv)
