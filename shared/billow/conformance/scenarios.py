@@ -114,7 +114,7 @@ class Ctx:
                 if self.rows_equal(last, want):
                     break
                 if time.monotonic() > deadline:
-                    raise Fail(f"{what}: query ?{_qs(params)} answered {_show(last)}, expected {_show(want)}"
+                    raise Fail(f"{what}: query{'?' + _qs(params) if params else ''} answered {_show(last)}, expected {_show(want)}"
                                + (" (it matched once, then changed)" if attempt else ""))
                 time.sleep(0.25)
         self.notes.append(what)
@@ -426,7 +426,7 @@ def _from_to(ctx: Ctx) -> None:
     t1 = t0 + timedelta(hours=1)
     pts = [t0 - timedelta(seconds=1), t0, t0 + timedelta(minutes=30), t1, t1 + timedelta(seconds=1)]
     ctx.ingest([ctx.event(k, str(i), at, {}) for i, at in enumerate(pts)])
-    ctx.expect_total(slug, 3, "from=t0&to=t1 counts t0, t0+30m and t1",
+    ctx.expect_total(slug, 3, "from=t0&to=t1 counts t0, t0+30m and t1 (2 would mean `to` is treated as exclusive)",
                      [("from", rfc3339(t0)), ("to", rfc3339(t1))])
     ctx.expect_total(slug, 5, "no from/to: all time")
 
