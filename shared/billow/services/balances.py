@@ -29,6 +29,7 @@ from billow.services.entitlements import (
     bad,
     current_period,
     minute,
+    party_subject_keys,
     period_of,
     reset_schedule,
     resolve,
@@ -129,6 +130,7 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
     else:
         start = credits.Snapshot.empty(parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom"))
     filters = feature_filters(feature)
+    subjects = party_subject_keys(namespace, [ent["subjectKey"]], meta)  # the customer's usage, all its subjects
 
     def query(bounds: list[datetime]) -> dict[datetime, Decimal]:
         if len(bounds) < 2:
@@ -136,7 +138,7 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
         rows = usage.aggregate(UsageQuery(
             namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=bounds[0],
             end=bounds[-1] - timedelta(milliseconds=1), window_size="BOUNDS", window_tz="UTC",
-            subjects=[ent["subjectKey"]], group_by=[], by_subject=False, subject_customers=None, filters=filters,
+            subjects=subjects, group_by=[], by_subject=False, subject_customers=None, filters=filters,
             bounds=bounds))
         return {r.window_start: final_value(meter.aggregation, r) for r in rows if r.window_start is not None}
 
@@ -229,6 +231,7 @@ class BalanceCache:
 def value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: datetime | None, *,
           store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime,
           cache: BalanceCache | None = None) -> dict[str, Any]:
+    subject_keys = party_subject_keys(namespace, subject_keys, meta)
     live = cache is not None and at is None
     if live:
         assert cache is not None
@@ -286,7 +289,7 @@ def _value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: 
 
 def history(namespace: str, subject_keys: list[str], entitlement_id: str, qs: dict[str, list[str]], *,
             store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime) -> dict[str, Any]:
-    ent = resolve(namespace, subject_keys, entitlement_id, store=store)
+    ent = resolve(namespace, party_subject_keys(namespace, subject_keys, meta), entitlement_id, store=store)
     if ent["type"] != "metered":
         raise bad("entitlementId", "only metered entitlements have a balance history")
     size = params.one(qs, "windowSize", blank=True)

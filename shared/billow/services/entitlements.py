@@ -136,14 +136,30 @@ def customer_subject_keys(namespace: str, id_or_key: str, meta: MetaStore) -> li
     return list(c.get("usageAttribution", {}).get("subjectKeys", []))
 
 
+def party_subject_keys(namespace: str, keys: list[str], meta: MetaStore) -> list[str]:
+    """The subjects given and every other subject of the customers owning them: a customer with several subjects
+    is one billable party, so its entitlements are reachable through, and count the usage of, each of them."""
+    owners = meta.customers_for_subjects(namespace, keys) if keys else {}
+    out = list(keys)
+    for customer_id in dict.fromkeys(owners.values()):
+        c = meta.get_customer(namespace, customer_id)
+        out += (c or {}).get("usageAttribution", {}).get("subjectKeys", [])
+    return list(dict.fromkeys(out))
+
+
+def party_keys(namespace: str, subject: str, meta: MetaStore) -> list[str]:
+    """The subject's key (by id or key) and those of the other subjects of its customer."""
+    return party_subject_keys(namespace, [subject_key(namespace, subject, meta)], meta)
+
+
 # -- entitlements --------------------------------------------------------------------------------------
 def create_entitlement(namespace: str, subject: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
                        now: datetime) -> dict[str, Any]:
     key = subject_key(namespace, subject, meta)
     doc, grant = build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
-    existing = store.find_entitlement(namespace, [key], doc["featureKey"])
+    existing = store.find_entitlement(namespace, party_subject_keys(namespace, [key], meta), doc["featureKey"])
     if existing is not None:
-        raise Conflict(f"subject {key!r} already has an entitlement for feature {doc['featureKey']!r}",
+        raise Conflict(f"subject {existing['subjectKey']!r} already has an entitlement for feature {doc['featureKey']!r}",
                        extensions={"conflictingEntityId": existing["id"]})
     store.put_entitlement(namespace, doc, created_at=now)
     if grant is not None:
@@ -255,8 +271,7 @@ def delete_entitlement(namespace: str, subject: str, entitlement_id: str, *, sto
                        meta: MetaStore, now: datetime, by_subscription: bool = False) -> None:
     """Delete (end) the entitlement. One a subscription manages (its metadata names the subscription) is the
     subscription's to end (OpenMeter: 403 through the entitlement APIs)."""
-    key = subject_key(namespace, subject, meta)
-    doc = get_entitlement(namespace, entitlement_id, store=store, subject_keys=[key])
+    doc = get_entitlement(namespace, entitlement_id, store=store, subject_keys=party_keys(namespace, subject, meta))
     managed_by = (doc.get("metadata") or {}).get("subscriptionId")
     if managed_by and not by_subscription:
         raise Forbidden(f"entitlement {doc['id']} is managed by subscription {managed_by}; change or cancel the "
@@ -269,9 +284,8 @@ def delete_entitlement(namespace: str, subject: str, entitlement_id: str, *, sto
 def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, body: Any, *,
                          store: EntitlementStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
     """Replace the entitlement with a new one (a new id, fresh grants). The old one keeps its history."""
-    key = subject_key(namespace, subject, meta)
-    old = resolve(namespace, [key], id_or_feature_key, store=store)
-    doc, grant = build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
+    old = resolve(namespace, party_keys(namespace, subject, meta), id_or_feature_key, store=store)
+    doc, grant = build_entitlement(namespace, old["subjectKey"], body, store=store, meta=meta, now=now)
     if doc["featureKey"] != old["featureKey"]:
         raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
     stamp = format_rfc3339(now)
@@ -285,8 +299,7 @@ def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, b
 # -- grants --------------------------------------------------------------------------------------------
 def create_grant(namespace: str, subject: str, id_or_feature_key: str, body: Any, *, store: EntitlementStore,
                  meta: MetaStore, now: datetime) -> dict[str, Any]:
-    key = subject_key(namespace, subject, meta)
-    ent = resolve(namespace, [key], id_or_feature_key, store=store)
+    ent = resolve(namespace, party_keys(namespace, subject, meta), id_or_feature_key, store=store)
     doc = build_grant(namespace, ent, body, store=store, now=now)
     store.put_grant(namespace, doc, created_at=now)
     return grant_json(doc, now)
@@ -395,7 +408,7 @@ def grant_json(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
 def list_grants(namespace: str, subject: str | None, id_or_feature_key: str | None, *, store: EntitlementStore,
                 meta: MetaStore, now: datetime, include_deleted: bool = False) -> list[dict[str, Any]]:
     if subject is not None and id_or_feature_key is not None:
-        ent = resolve(namespace, [subject_key(namespace, subject, meta)], id_or_feature_key, store=store)
+        ent = resolve(namespace, party_keys(namespace, subject, meta), id_or_feature_key, store=store)
         docs = store.list_grants(namespace, [ent["id"]])
     else:
         docs = store.list_grants(namespace)
@@ -430,8 +443,7 @@ def void_grant(namespace: str, grant_id: str, *, store: EntitlementStore, now: d
 # -- resets --------------------------------------------------------------------------------------------
 def reset(namespace: str, subject: str, entitlement_id: str, body: Any, *, store: EntitlementStore,
           meta: MetaStore, now: datetime) -> None:
-    key = subject_key(namespace, subject, meta)
-    ent = get_entitlement(namespace, entitlement_id, store=store, subject_keys=[key])
+    ent = get_entitlement(namespace, entitlement_id, store=store, subject_keys=party_keys(namespace, subject, meta))
     if ent["type"] != "metered":
         raise bad("entitlementId", "only metered entitlements have usage to reset")
     body = body if body is not None else {}

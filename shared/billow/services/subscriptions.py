@@ -384,14 +384,14 @@ def _subject(namespace: str, customer: dict[str, Any]) -> str | None:
 def _check_entitlements(namespace: str, doc: dict[str, Any], customer: dict[str, Any], ents: EntitlementStore,
                         now: datetime, ignore: set[str] | None = None) -> None:
     """Refuse, before anything is stored, a subscription whose entitlements the subject already has elsewhere."""
-    subject = _subject(namespace, customer)
-    if subject is None:
+    keys = list((customer.get("usageAttribution") or {}).get("subjectKeys") or [])
+    if not keys:
         return
     for feature_key in _templates(doc, now):
-        found = ents.find_entitlement(namespace, [subject], feature_key)
+        found = ents.find_entitlement(namespace, keys, feature_key)  # on any of the customer's subjects
         if found is not None and found["id"] not in (ignore or set()):
-            raise Conflict(f"subject {subject!r} already has an entitlement to {feature_key!r} ({found['id']}) that this "
-                           "subscription would grant; delete it first")
+            raise Conflict(f"subject {found['subjectKey']!r} already has an entitlement to {feature_key!r} "
+                           f"({found['id']}) that this subscription would grant; delete it first")
 
 
 def sync_entitlements(namespace: str, doc: dict[str, Any], *, store: SubscriptionStore, meta: MetaStore,
@@ -439,7 +439,7 @@ def _entitlement_for(namespace: str, doc: dict[str, Any], subject: str, feature_
                      now: datetime) -> str | None:
     """The id of the entitlement this subscription owns for `feature_key`: one of the customer's subscriptions
     already made (adopted) or a new one; None if the subject has its own, made by hand (never taken over)."""
-    found = ents.find_entitlement(namespace, [subject], feature_key)
+    found = ents.find_entitlement(namespace, entitlements.party_subject_keys(namespace, [subject], meta), feature_key)
     if found is not None:
         if (found.get("metadata") or {}).get("subscriptionId") not in _customer_subscriptions(namespace, doc, store):
             return None  # the subject's own entitlement (made by hand): left alone, never taken over
