@@ -88,17 +88,17 @@ def create_entitlement(subject: str) -> Response:
 @router.get("/api/v1/subjects/<subject>/entitlements")
 def list_subject_entitlements(subject: str) -> Response:
     c = container()
-    key = entitlements.subject_key(c.namespace, path_param(subject), c.meta)
+    keys = entitlements.party_keys(c.namespace, path_param(subject), c.meta)  # every subject of its customer
     include = params.flag(query_multi(_event()), "includeDeleted")
-    return ok([_present(d) for d in c.entitlements.list_entitlements(c.namespace, [key], include_deleted=include)])
+    return ok([_present(d) for d in c.entitlements.list_entitlements(c.namespace, keys, include_deleted=include)])
 
 
 @router.get("/api/v1/subjects/<subject>/entitlements/<entitlement>")
 def get_subject_entitlement(subject: str, entitlement: str) -> Response:
     c = container()
-    key = entitlements.subject_key(c.namespace, path_param(subject), c.meta)
+    keys = entitlements.party_keys(c.namespace, path_param(subject), c.meta)
     return ok(_present(entitlements.get_entitlement(c.namespace, path_param(entitlement), store=c.entitlements,
-                                                    subject_keys=[key], include_deleted=True)))
+                                                    subject_keys=keys, include_deleted=True)))
 
 
 @router.delete("/api/v1/subjects/<subject>/entitlements/<entitlement>")

@@ -40,6 +40,8 @@ def test_usage_of_every_subject_counts_in_values_history_and_invoice_lines(billo
     assert Decimal(str(v1["usage"])) == Decimal(str(v2["usage"])) == Decimal(1500)
     # ...and in its history, through the second subject.
     (ent,) = b.ok("GET", "/api/v1/subjects/customer_1/entitlements")
+    assert [e["id"] for e in b.ok("GET", "/api/v1/subjects/customer_2/entitlements")] == [ent["id"]]
+    assert b.ok("GET", f"/api/v1/subjects/customer_2/entitlements/{ent['id']}")["id"] == ent["id"]
     hist = b.ok("GET", f"/api/v1/subjects/customer_2/entitlements/{ent['id']}/history",
                 query={"windowSize": "DAY", "from": "2026-04-01T00:00:00Z", "to": "2026-04-20T00:00:00Z"})
     assert sum(Decimal(str(w["usage"])) for w in hist["windowedHistory"]) == Decimal(1500)

@@ -269,12 +269,14 @@ ENTITLEMENT_FIELDS = ("id", "type", "featureId", "featureKey", "isSoftLimit", "u
 
 def entitlements(s: Session, *, store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime,
                  cache: BalanceCache | None = None) -> list[dict[str, Any]]:
-    """The subject's live entitlements with their current values. With allowedMeterSlugs, a metered entitlement on
+    """The live entitlements of the subject (and of the other subjects of its customer) with their current values. With allowedMeterSlugs, a metered entitlement on
     another meter is left out (its value would show that meter's usage)."""
     from billow.services import balances
+    from billow.services.entitlements import party_subject_keys
 
     out = []
-    for doc in store.list_entitlements(s.namespace, [s.subject]):
+    # The customer's entitlements, whichever of its subjects they were made on (one billable party).
+    for doc in store.list_entitlements(s.namespace, party_subject_keys(s.namespace, [s.subject], meta)):
         feature = store.get_feature(s.namespace, doc["featureId"], include_archived=True) or {}
         if doc["type"] == "metered" and not s.may_read(str(feature.get("meterSlug"))):
             continue
