@@ -44,6 +44,13 @@ class UsageStore(Protocol):
 
     def aggregate(self, query: UsageQuery) -> list[AggRow]: ...
 
+    def sum_meters(self, query: UsageQuery, meter_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """The SUM of each of `meter_ids` side by side in one pass, grouped as `aggregate` groups `query` (whose
+        meter_id and aggregation are not used): one row per group any of the meters has values in, (window start
+        or None, subject or None, customer id or None, group values as a tuple of strings ("" when absent), then
+        each meter's sum in the order of meter_ids, 0 where it has none), in the order of those columns."""
+        ...
+
     def scan_events(self, namespace: str, event_type: str, after: tuple[str, str] | None, limit: int) -> list[CloudEvent]:
         """Raw events of one type in (source, id) order, for backfilling a new meter."""
         ...

@@ -164,3 +164,34 @@ def test_repair_keeps_whole_rollups_whole(usage_store: Any, namespace: str) -> N
     for _ in range(2):
         usage_store.repair(namespace, [("src", "1"), ("src", "3"), ("src", "4"), ("src", "nope")])
     assert answers() == before
+
+
+def test_sum_meters_side_by_side(usage_store: Any, namespace: str) -> None:
+    """Several SUM meters in one pass (the LLM cost report's token meters): one row per group any of them has
+    values in, each meter's sum in the order asked (0 where it has none), the same groups and sums as each
+    meter's own `aggregate`."""
+    values = [
+        mv(1, "1.5", "2026-03-28T22:00:00Z", meter="M1"), mv(2, "2", "2026-03-28T22:30:00Z", meter="M1"),
+        mv(3, "0.25", "2026-03-28T22:30:00Z", meter="M2"),
+        mv(4, "4", "2026-03-29T23:10:00Z", meter="M2", model="m2", subject="z"),
+        mv(5, "99999999999999999999.999999999999999999", "2026-03-29T23:20:00Z", meter="M3", model="m2", subject="z"),
+        mv(6, "99999999999999999999.999999999999999999", "2026-03-29T23:21:00Z", meter="M3", model="m2", subject="z"),
+        mv(7, "8", "2026-03-29T23:30:00Z", meter="M4", model="m2", subject="z"),  # not asked for
+        mv(8, "16", "2026-03-28T22:00:00Z", meter="M1", model="m3"),
+    ]
+    usage_store.write(namespace, values, [])
+    mids = ["M2", "M1", "M3"]
+    for kw in ({}, {"window_size": "DAY", "window_tz": "Europe/Berlin"}, {"window_size": "HOUR", "by_subject": True},
+               {"subject_customers": {"a": "C1", "z": "C2"}, "subjects": ["a", "z"], "window_size": "DAY"},
+               {"filters": [[GroupFilter("model", "$ne", "m3")]], "start": t("2026-03-28T22:00:00Z"),
+                "end": t("2026-03-29T23:20:59.999Z"), "window_size": "MINUTE"}):
+        query = q(namespace, group_by=["model"], **kw)
+        want: dict[tuple[Any, ...], list[Decimal]] = {}
+        for n, mid in enumerate(mids):
+            for r in usage_store.aggregate(q(namespace, meter_id=mid, group_by=["model"], **kw)):
+                key = (r.window_start, r.subject, r.customer_id, (r.groups["model"],))
+                want.setdefault(key, [Decimal(0)] * len(mids))[n] = r.sum
+        got = usage_store.sum_meters(query, mids)
+        order = sorted(want, key=lambda k: (k[0] or T0, k[1] or "", k[2] or "", k[3]))
+        assert got == [(*k, *want[k]) for k in order], kw
+        assert want, kw

@@ -123,6 +123,29 @@ def test_group_by_customer_and_team_adds_up_to_the_model_costs(billow: Billow) -
     assert [r["windowStart"] for r in one["data"]] == ["2026-02-28T23:00:00Z"]  # March in Berlin, one group
 
 
+def test_cost_report_reads_the_token_meters_in_one_grouped_query(billow: Billow) -> None:
+    """The report asks the usage store once for every token meter's sums per group (aggregated in ClickHouse),
+    not once per meter with a row per meter and group to add up in Python; the answer is the same."""
+    install(billow)
+    events = stream()
+    send(billow, events)
+    store, calls = billow.c.usage, []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            if name in ("aggregate", "sum_meters"):
+                calls.append(name)
+            return getattr(store, name)
+
+    billow.c.usage = Counting()
+    try:
+        by_team = per_group(costs(billow, groupBy=["customer", "team"]), "customer", "team")
+    finally:
+        billow.c.usage = store
+    assert calls == ["sum_meters"]
+    assert by_team == expected_by(events, "customer", "team")
+
+
 def test_override_beats_the_table(billow: Billow) -> None:
     install(billow)
     at = datetime(2026, 3, 2, 12, tzinfo=UTC)

@@ -7,7 +7,9 @@ import bisect
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from billow.domain.events import CloudEvent
@@ -121,6 +123,15 @@ class InMemoryUsageStore:
                 first_time=min(minutes), last_time=max(minutes) + timedelta(minutes=1),
             ))
         return out
+
+    def sum_meters(self, q: UsageQuery, meter_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        sums: dict[tuple[Any, ...], list[Decimal]] = {}
+        for n, mid in enumerate(meter_ids):
+            for r in self.aggregate(replace(q, meter_id=mid, aggregation="SUM")):
+                key = (r.window_start, r.subject, r.customer_id, tuple(r.groups[k] for k in q.group_by))
+                sums.setdefault(key, [Decimal(0)] * len(meter_ids))[n] = r.sum
+        order = sorted(sums, key=lambda k: (k[0] or datetime.min.replace(tzinfo=UTC), k[1] or "", k[2] or "", k[3]))
+        return [(*k, *sums[k]) for k in order]
 
     def scan_events(self, namespace: str, event_type: str, after: tuple[str, str] | None, limit: int) -> list[CloudEvent]:
         rows = sorted((k[1], k[2]) for k, s in self._events.items() if k[0] == namespace and s.event.type == event_type)

@@ -10,6 +10,7 @@ that fetches, is never started. It is imported on first use (~1 s), never at mod
 
 from __future__ import annotations
 
+import decimal
 import functools
 import threading
 from collections.abc import Sequence
@@ -22,15 +23,18 @@ from billow.domain import llm
 from billow.domain.llm import Cost, PriceOverride, TokenCounts, TokenPrices, Unpriceable
 from billow.domain.meters import Meter
 from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.exact import EXACT
 from billow.ids import new_id
 from billow.jsonx import plain_decimal
 from billow.ports import MetaStore, UsageStore
-from billow.services.meters import SinkLock, build_meter, create_meter
-from billow.services.query import QueryParams, params_from_query_string, query_meter
+from billow.services.meters import SinkLock, build_meter, create_meter, get_meter
+from billow.services.query import QueryParams, params_from_query_string, usage_query
+from billow.timeutil import window_end, zone
 
 REPORT_GROUPS = ("provider", "model", "customer", "team", "feature", "subject")
 DEFAULT_WINDOW = "DAY"
 _MS = timedelta(milliseconds=1)
+_ZERO = Decimal(0)
 
 
 class PriceOverrideStore(Protocol):
@@ -306,51 +310,73 @@ def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: 
     tokens, ends = _token_counts(namespace, query, keys, meta=meta, usage=usage)
     book = PriceBook(overrides, table or _TABLE)
     lines: dict[tuple[Any, ...], CostLine] = {}
+    totals: dict[tuple[Any, ...], list[Decimal]] = {}  # per line: its 4 token counts, then its 4 costs
     unpriced: list[CostLine] = []
-    shown = [k for k in keys if k in group_by]
-    for (start, subject, customer_id, values), counts in sorted(tokens.items(), key=_sort_key):
-        groups = dict(zip(keys, values, strict=True))
-        provider, model = groups["provider"], groups["model"]
-        counted = TokenCounts.of(counts)
-        resolved = book.price(provider, model, start)
-        cost: Cost | None = None
-        reason = resolved if isinstance(resolved, str) else ""
-        if not isinstance(resolved, str):
-            try:
-                cost = llm.token_cost(counted, resolved.prices)
-            except Unpriceable as exc:
-                reason = f"{exc} ({resolved.source} {resolved.ref})"
-        if cost is None or isinstance(resolved, str):  # never counted as zero
-            unpriced.append(CostLine(start, ends[start], subject, customer_id, groups, counted, reason=reason))
-            continue
-        out_key = (start, subject, customer_id, tuple(groups[k] for k in shown))
-        line = lines.get(out_key)
-        if line is None:
-            line = lines[out_key] = CostLine(start, ends[start], subject, customer_id, {k: groups[k] for k in shown})
-        line.tokens += counted
-        line.cost += cost
-        line.prices.setdefault((provider, model), resolved.to_json(provider, model))
+    shown = [(n, k) for n, k in enumerate(keys) if k in group_by]
+    with decimal.localcontext(EXACT):
+        for (start, subject, customer_id, values), counted in tokens.items():  # in the store's order
+            provider, model = values[0], values[1]
+            resolved = book.price(provider, model, start)
+            cost, reason = _cost(counted, resolved)
+            if cost is None:  # never counted as zero
+                unpriced.append(CostLine(start, ends[start], subject, customer_id, dict(zip(keys, values, strict=True)),
+                                         counted, reason=reason))
+                continue
+            out_key = (start, subject, customer_id, tuple(values[n] for n, _ in shown))
+            line = lines.get(out_key)
+            if line is None:
+                line = lines[out_key] = CostLine(start, ends[start], subject, customer_id,
+                                                 {k: values[n] for n, k in shown})
+                totals[out_key] = [_ZERO] * 8
+            acc = totals[out_key]
+            acc[0] += counted.input
+            acc[1] += counted.cached_input
+            acc[2] += counted.cache_write
+            acc[3] += counted.output
+            acc[4] += cost.input
+            acc[5] += cost.cached_input
+            acc[6] += cost.cache_write
+            acc[7] += cost.output
+            if (provider, model) not in line.prices:
+                assert not isinstance(resolved, str)
+                line.prices[(provider, model)] = resolved.to_json(provider, model)
+    for out_key, line in lines.items():
+        acc = totals[out_key]
+        line.tokens, line.cost = TokenCounts(*acc[:4]), Cost(*acc[4:])
     return CostReport(p, group_by, list(lines.values()), unpriced)
 
 
 def _token_counts(namespace: str, query: QueryParams, keys: list[str], *, meta: MetaStore, usage: UsageStore,
-                  ) -> tuple[dict[tuple[Any, ...], dict[str, Decimal]], dict[datetime, datetime]]:
-    """Each token meter queried: {(window start, subject, customer, values of `keys`): {token type: count}}, and
-    each window's end by its start."""
-    tokens: dict[tuple[Any, ...], dict[str, Decimal]] = {}
+                  ) -> tuple[dict[tuple[Any, ...], TokenCounts], dict[datetime, datetime]]:
+    """Every token meter's sum per (window start, subject, customer, values of `keys`), from one usage-store query
+    (ClickHouse adds the tokens up, side by side per meter), and each window's end by its start."""
+    token_meters = _token_meters(namespace, meta)
+    queries = [usage_query(namespace, get_meter(namespace, slug, meta=meta), query, meta=meta)
+               for slug in token_meters.values()]  # each meter's parameters checked, as its own query would be
+    rows = usage.sum_meters(queries[0], [q.meter_id for q in queries])
+    at = {t: n for n, t in enumerate(token_meters, 4)}  # where each token type's sum is in a row
+    i, c, w, o = (at.get(t, -1) for t in ("input", "cachedInput", "cacheWrite", "output"))  # -1: the zero added
+    tokens: dict[tuple[Any, ...], TokenCounts] = {}
     ends: dict[datetime, datetime] = {}
-    for token_type, slug in _token_meters(namespace, meta).items():
-        for row in query_meter(namespace, slug, query, meta=meta, usage=usage)["data"]:
-            ends[row["windowStart"]] = row["windowEnd"]
-            key = (row["windowStart"], row["subject"], row.get("customerId"),
-                   tuple(row["groupBy"].get(k) or "" for k in keys))
-            tokens.setdefault(key, {})[token_type] = row["value"]
+    assert query.window_size is not None
+    tz = zone(query.window_tz)
+    for row in rows:
+        start = row[0]
+        if start not in ends:
+            ends[start] = window_end(start, query.window_size, tz)
+        row = (*row, _ZERO)
+        tokens[row[:4]] = TokenCounts(row[i], row[c], row[w], row[o])
     return tokens, ends
 
 
-def _sort_key(item: tuple[tuple[Any, ...], Any]) -> tuple[Any, ...]:
-    start, subject, customer_id, values = item[0]
-    return (start, subject or "", customer_id or "", values)
+def _cost(counted: TokenCounts, resolved: ResolvedPrice | str) -> tuple[Cost | None, str]:
+    """The cost of these tokens at this price, or None and why they cannot be priced."""
+    if isinstance(resolved, str):
+        return None, resolved
+    try:
+        return llm.token_cost(counted, resolved.prices), ""
+    except Unpriceable as exc:
+        return None, f"{exc} ({resolved.source} {resolved.ref})"
 
 
 def cost_report(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore, usage: UsageStore,

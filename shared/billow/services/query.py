@@ -220,21 +220,29 @@ def _str(v: Any, field: str) -> str:
     return v
 
 
-def query_meter(namespace: str, id_or_slug: str, p: QueryParams, *, meta: MetaStore, usage: UsageStore) -> dict[str, Any]:
-    meter = get_meter(namespace, id_or_slug, meta=meta)
+def usage_query(namespace: str, meter: Meter, p: QueryParams, *, meta: MetaStore) -> UsageQuery:
+    """The usage store's query for `meter` with the meter query's parameters, checked (a 400 names the field)."""
     if p.window_size is not None and p.window_size not in WINDOW_SIZES:
         raise _bad("windowSize", f"must be one of {', '.join(WINDOW_SIZES)}")
-    tz = zone(p.window_tz)
+    zone(p.window_tz)
     if p.start is not None and p.end is not None and p.start > p.end:
         raise _bad("from", "must not be after to")
     by_subject, keys = _group_by(meter, p)
     _check_filter_keys(meter, p)
     subjects, subject_customers = _subjects_of_customers(namespace, p, meta)
-    rows = usage.aggregate(UsageQuery(
+    return UsageQuery(
         namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=p.start, end=p.end,
         window_size=p.window_size, window_tz=p.window_tz, subjects=subjects, group_by=keys, by_subject=by_subject,
         subject_customers=subject_customers, filters=p.filters or [],
-    ))
+    )
+
+
+def query_meter(namespace: str, id_or_slug: str, p: QueryParams, *, meta: MetaStore, usage: UsageStore) -> dict[str, Any]:
+    meter = get_meter(namespace, id_or_slug, meta=meta)
+    query = usage_query(namespace, meter, p, meta=meta)
+    tz = zone(p.window_tz)
+    keys, by_subject, subject_customers = query.group_by, query.by_subject, query.subject_customers
+    rows = usage.aggregate(query)
     ends: dict[datetime, datetime] = {}  # one window end per window start, however many groups share it
     out: dict[str, Any] = {"data": [_row_json(r, meter, p, tz, keys, ends) for r in rows]}
     # what the rows are grouped by, for the CSV form's columns (not part of the JSON answer)
