@@ -1,84 +1,23 @@
 """Billing profiles (supplier, workflow, apps) and customer overrides (OpenMeter's BillingProfile and
-BillingProfileCustomerOverride): parsed and checked here, stored through ports.BillingStore. The profile that
-applies to a customer is its override's profile, else the default one, with the override's workflow on top."""
+BillingProfileCustomerOverride): parsed and checked by billow.domain.billing_profiles, stored through
+ports.BillingStore. The profile that applies to a customer is its override's profile, else the default one, with
+the override's workflow on top."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from billow.domain import catalog as catalog_rules
+from billow.domain.billing_profiles import APP_TYPES as APP_TYPES  # re-exported for billow.services.billing
+from billow.domain.billing_profiles import WORKFLOW_DEFAULTS, parse_apps, parse_supplier, parse_workflow
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import BillingStore, MetaStore
 from billow.timeutil import format_rfc3339
 
-APP_TYPES = ("sandbox", "custom_invoicing", "stripe")
-WORKFLOW_DEFAULTS: dict[str, Any] = {
-    "collection": {"alignment": {"type": "subscription"}, "interval": "PT1H"},
-    "invoicing": {"autoAdvance": True, "draftPeriod": "P0D", "dueAfter": "P30D", "progressiveBilling": False},
-    "payment": {"collectionMethod": "charge_automatically"},
-    "tax": {"enabled": False, "enforced": False},
-}
-
 bad = ValidationFailed.at
-
-def _duration(value: object, field_name: str, *, zero_ok: bool) -> str:
-    if zero_ok and value in ("P0D", "PT0S", "PT0H"):
-        return str(value)
-    problems: catalog_rules.Problems = []
-    out = catalog_rules.duration(value, field_name, problems, minimum=timedelta(0))
-    if problems or out is None:
-        raise catalog_rules.failure(problems)
-    return out
-
-
-def _workflow(body: object, base: dict[str, Any]) -> dict[str, Any]:
-    if body is None:
-        return base
-    if not isinstance(body, dict):
-        raise bad("workflow", "must be an object")
-    out = {k: dict(v) for k, v in base.items()}
-    for section, values in body.items():
-        if section not in out or not isinstance(values, dict):
-            raise bad(f"workflow.{section}", "unknown workflow section" if section not in out else "must be an object")
-        out[section].update(values)
-    inv = out["invoicing"]
-    for flag in ("autoAdvance", "progressiveBilling"):
-        if not isinstance(inv.get(flag), bool):
-            raise bad(f"workflow.invoicing.{flag}", "must be a boolean")
-    inv["draftPeriod"] = _duration(inv.get("draftPeriod"), "workflow.invoicing.draftPeriod", zero_ok=True)
-    inv["dueAfter"] = _duration(inv.get("dueAfter"), "workflow.invoicing.dueAfter", zero_ok=True)
-    if out["payment"].get("collectionMethod") not in ("charge_automatically", "send_invoice"):
-        raise bad("workflow.payment.collectionMethod", "must be charge_automatically or send_invoice")
-    alignment = out["collection"].get("alignment") or {}
-    if alignment.get("type") not in ("subscription", "anchored"):
-        raise bad("workflow.collection.alignment.type", "must be subscription or anchored")
-    return out
-
-
-def _apps(body: object) -> dict[str, str]:
-    if not isinstance(body, dict):
-        raise bad("apps", "must be {tax, invoicing, payment} with app types sandbox, custom_invoicing or stripe")
-    out = {}
-    for role in ("tax", "invoicing", "payment"):
-        app = body.get(role, "sandbox")
-        if isinstance(app, dict):
-            app = app.get("type") or app.get("id")
-        if app not in APP_TYPES:
-            raise bad(f"apps.{role}", f"must be one of {', '.join(APP_TYPES)}")
-        out[role] = app
-    return out
-
-
-def _supplier(body: object) -> dict[str, Any]:
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
-        raise bad("supplier.name", "the supplier's name is required (it is printed on every invoice)")
-    if body.get("addresses") is not None and not isinstance(body["addresses"], list):
-        raise bad("supplier.addresses", "must be a list of addresses")
-    return dict(body)
 
 
 def create_profile(namespace: str, body: object, *, store: BillingStore, now: datetime) -> dict[str, Any]:
@@ -89,8 +28,9 @@ def create_profile(namespace: str, body: object, *, store: BillingStore, now: da
         raise bad("name", "is required")
     stamp = format_rfc3339(now)
     doc = {"id": new_id(), "name": name, "description": body.get("description"), "metadata": body.get("metadata"),
-           "supplier": _supplier(body.get("supplier")), "workflow": _workflow(body.get("workflow"), WORKFLOW_DEFAULTS),
-           "apps": _apps(body.get("apps", {})), "default": bool(body.get("default")), "createdAt": stamp,
+           "supplier": parse_supplier(body.get("supplier")),
+           "workflow": parse_workflow(body.get("workflow"), WORKFLOW_DEFAULTS),
+           "apps": parse_apps(body.get("apps", {})), "default": bool(body.get("default")), "createdAt": stamp,
            "updatedAt": stamp, "deletedAt": None}
     if not store.list_profiles(namespace):
         doc["default"] = True  # the first profile is the default one
@@ -112,11 +52,11 @@ def update_profile(namespace: str, id_: str, body: object, *, store: BillingStor
     if body.get("name") is not None:
         doc["name"] = body["name"]
     if body.get("supplier") is not None:
-        doc["supplier"] = _supplier(body["supplier"])
+        doc["supplier"] = parse_supplier(body["supplier"])
     if body.get("workflow") is not None:
-        doc["workflow"] = _workflow(body["workflow"], doc["workflow"])
+        doc["workflow"] = parse_workflow(body["workflow"], doc["workflow"])
     if body.get("apps") is not None:
-        doc["apps"] = _apps(body["apps"])
+        doc["apps"] = parse_apps(body["apps"])
     if body.get("default") is True:
         doc["default"] = True
     doc["updatedAt"] = format_rfc3339(now)
@@ -139,7 +79,7 @@ def put_override(namespace: str, customer_id: str, body: object, *, store: Billi
     if body.get("billingProfileId") is not None:
         get_profile(namespace, str(body["billingProfileId"]), store=store)
     if body.get("workflow") is not None:
-        _workflow(body["workflow"], WORKFLOW_DEFAULTS)
+        parse_workflow(body["workflow"], WORKFLOW_DEFAULTS)
     stamp = format_rfc3339(now)
     doc = {"customerId": customer["id"], "billingProfileId": body.get("billingProfileId"),
            "workflow": body.get("workflow"), "createdAt": stamp, "updatedAt": stamp}
@@ -185,5 +125,5 @@ class RunContext:
         found = next((p for p in self.profiles if p["id"] == override.get("billingProfileId")), None) or \
             next((p for p in self.profiles if p.get("default")), None)
         if found is not None and override.get("workflow"):
-            found = {**found, "workflow": _workflow(override["workflow"], found["workflow"])}
+            found = {**found, "workflow": parse_workflow(override["workflow"], found["workflow"])}
         return found

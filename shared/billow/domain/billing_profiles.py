@@ -1,0 +1,80 @@
+"""Billing profiles' request bodies parsed into their documents (OpenMeter's BillingProfile: supplier,
+workflow, apps; a customer override's workflow): pure functions, no I/O. The service
+(billow.services.billing_profiles) stores what they return; a bad field is a ValidationFailed naming it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from billow.domain import catalog as catalog_rules
+from billow.errors import ValidationFailed
+
+APP_TYPES = ("sandbox", "custom_invoicing", "stripe")
+WORKFLOW_DEFAULTS: dict[str, Any] = {
+    "collection": {"alignment": {"type": "subscription"}, "interval": "PT1H"},
+    "invoicing": {"autoAdvance": True, "draftPeriod": "P0D", "dueAfter": "P30D", "progressiveBilling": False},
+    "payment": {"collectionMethod": "charge_automatically"},
+    "tax": {"enabled": False, "enforced": False},
+}
+
+bad = ValidationFailed.at
+
+
+def _duration(value: object, field_name: str, *, zero_ok: bool) -> str:
+    if zero_ok and value in ("P0D", "PT0S", "PT0H"):
+        return str(value)
+    problems: catalog_rules.Problems = []
+    out = catalog_rules.duration(value, field_name, problems, minimum=timedelta(0))
+    if problems or out is None:
+        raise catalog_rules.failure(problems)
+    return out
+
+
+def parse_workflow(body: object, base: dict[str, Any]) -> dict[str, Any]:
+    """A workflow body merged over `base` (the defaults, a profile's workflow), section by section, and checked;
+    `base` itself is never changed. None gives `base`."""
+    if body is None:
+        return base
+    if not isinstance(body, dict):
+        raise bad("workflow", "must be an object")
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in body.items():
+        if section not in out or not isinstance(values, dict):
+            raise bad(f"workflow.{section}", "unknown workflow section" if section not in out else "must be an object")
+        out[section].update(values)
+    inv = out["invoicing"]
+    for flag in ("autoAdvance", "progressiveBilling"):
+        if not isinstance(inv.get(flag), bool):
+            raise bad(f"workflow.invoicing.{flag}", "must be a boolean")
+    inv["draftPeriod"] = _duration(inv.get("draftPeriod"), "workflow.invoicing.draftPeriod", zero_ok=True)
+    inv["dueAfter"] = _duration(inv.get("dueAfter"), "workflow.invoicing.dueAfter", zero_ok=True)
+    if out["payment"].get("collectionMethod") not in ("charge_automatically", "send_invoice"):
+        raise bad("workflow.payment.collectionMethod", "must be charge_automatically or send_invoice")
+    alignment = out["collection"].get("alignment") or {}
+    if alignment.get("type") not in ("subscription", "anchored"):
+        raise bad("workflow.collection.alignment.type", "must be subscription or anchored")
+    return out
+
+
+def parse_apps(body: object) -> dict[str, str]:
+    """The app type for each role (tax, invoicing, payment): a type, or {type} / {id} naming one; sandbox by default."""
+    if not isinstance(body, dict):
+        raise bad("apps", "must be {tax, invoicing, payment} with app types sandbox, custom_invoicing or stripe")
+    out = {}
+    for role in ("tax", "invoicing", "payment"):
+        app = body.get(role, "sandbox")
+        if isinstance(app, dict):
+            app = app.get("type") or app.get("id")
+        if app not in APP_TYPES:
+            raise bad(f"apps.{role}", f"must be one of {', '.join(APP_TYPES)}")
+        out[role] = app
+    return out
+
+
+def parse_supplier(body: object) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
+        raise bad("supplier.name", "the supplier's name is required (it is printed on every invoice)")
+    if body.get("addresses") is not None and not isinstance(body["addresses"], list):
+        raise bad("supplier.addresses", "must be a list of addresses")
+    return dict(body)
