@@ -28,7 +28,8 @@ def _body() -> Any:
 
 
 def _shown(c: Container, doc: dict[str, Any], expanded: bool = False) -> dict[str, Any]:
-    return subscriptions.present(doc, c.clock.now(), expanded=expanded)
+    return subscriptions.present(doc, c.clock.now(), expanded=expanded,
+                                 feature_of=lambda key: c.entitlements.get_feature(c.namespace, key, include_archived=True))
 
 
 @router.post("/api/v1/subscriptions")

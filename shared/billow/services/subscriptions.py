@@ -148,29 +148,51 @@ def get(namespace: str, id_: str, *, store: SubscriptionStore) -> dict[str, Any]
     return doc
 
 
-def present(doc: dict[str, Any], now: datetime, *, expanded: bool) -> dict[str, Any]:
+def present(doc: dict[str, Any], now: datetime, *, expanded: bool,
+            feature_of: Callable[[str], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    """The served subscription; expanded (OpenMeter's SubscriptionExpanded): its phases and items, each item's
+    `included.feature` (looked up with `feature_of`) and entitlement, and `alignment.currentAlignedBillingPeriod`
+    while it runs."""
     out = {k: v for k, v in doc.items() if k not in ("phases", "addons", "entitlements")}
     out["status"] = subs.status(doc, now)
     if expanded:
+        features: dict[str, dict[str, Any] | None] = {}
+
+        def item(ph: dict[str, Any], rc: dict[str, Any]) -> dict[str, Any]:
+            fk = rc.get("featureKey")
+            if fk and feature_of is not None and fk not in features:
+                features[fk] = feature_of(fk)
+            return _item_json(doc, ph, rc, features.get(fk or ""))
+
+        if out["status"] in ("active", "canceled"):
+            start, end = subs.cycle(doc).containing(now)
+            out["alignment"] = {**(doc.get("alignment") or {}), "currentAlignedBillingPeriod": {
+                "from": format_rfc3339(start), "to": format_rfc3339(end)}}
         out["phases"] = [{
             "id": f"{doc['id']}-{ph['key']}", "key": ph["key"], "name": ph["name"], "description": ph.get("description"),
             "metadata": ph.get("metadata"), "activeFrom": ph["activeFrom"], "activeTo": ph.get("activeTo"),
             "createdAt": doc["createdAt"], "updatedAt": doc["updatedAt"],
-            "items": [_item_json(doc, ph, rc) for rc in ph["rateCards"]],
-            "itemTimelines": {rc["key"]: [_item_json(doc, ph, rc)] for rc in ph["rateCards"]},
+            "items": [item(ph, rc) for rc in ph["rateCards"]],
+            "itemTimelines": {rc["key"]: [item(ph, rc)] for rc in ph["rateCards"]},
         } for ph in doc["phases"]]
     return out
 
 
-def _item_json(sub: dict[str, Any], phase: dict[str, Any], rc: dict[str, Any]) -> dict[str, Any]:
+def _item_json(sub: dict[str, Any], phase: dict[str, Any], rc: dict[str, Any],
+               feature: dict[str, Any] | None) -> dict[str, Any]:
     out = {"id": f"{sub['id']}-{phase['key']}-{rc['key']}", "key": rc["key"], "name": rc["name"],
            "description": rc.get("description"), "metadata": rc.get("metadata"), "featureKey": rc.get("featureKey"),
            "billingCadence": rc.get("billingCadence"), "price": rc.get("price"), "discounts": rc.get("discounts"),
            "taxConfig": rc.get("taxConfig"), "currency": sub["currency"], "activeFrom": phase["activeFrom"],
            "activeTo": phase.get("activeTo"), "createdAt": sub["createdAt"], "updatedAt": sub["updatedAt"]}
     ent_id = (sub.get("entitlements") or {}).get(rc.get("featureKey") or "")
+    included: dict[str, Any] = {}
+    if feature is not None:
+        included["feature"] = feature
     if ent_id:
-        out["included"] = {"entitlement": {"id": ent_id}}
+        included["entitlement"] = {"id": ent_id}
+    if included:
+        out["included"] = included
     return out
 
 

