@@ -3,7 +3,8 @@
 Stage, namespace, architecture, account and region come from context (`-c stage=prod -c namespace=acme
 -c account=123456789012 -c region=eu-west-1 -c arch=arm64`) or from CDK_DEFAULT_ACCOUNT/REGION, which the
 cdk CLI sets from the active credentials; nothing is hard-coded. Without an account and region the stack is
-environment-agnostic (fine for `cdk synth`; `cdk deploy` resolves them from the credentials).
+environment-agnostic (fine for `cdk synth`; `cdk deploy` resolves them from the credentials). `-c msk=serverless`
+or `-c msk=provisioned` picks the Kafka cluster (default: Serverless in prod, 2 x kafka.t3.small elsewhere).
 
 The Lambda assets are built first (layers/build.py, cached by lockfile hash, no Docker)."""
 
@@ -32,6 +33,7 @@ class Config:
     arch: str
     account: str | None
     region: str | None
+    msk: str = "serverless"  # serverless (prod's default) or provisioned (every other stage's default)
 
     @classmethod
     def from_app(cls, app: App) -> Config:
@@ -43,6 +45,8 @@ class Config:
                   arch=ctx("arch", "arm64") or "arm64",
                   account=ctx("account", os.environ.get("CDK_DEFAULT_ACCOUNT")),
                   region=ctx("region", os.environ.get("CDK_DEFAULT_REGION")))
+        stage_msk = "serverless" if cfg.stage == "prod" else "provisioned"  # issue 18 item 9: dev idles cheaply
+        cfg = cls(**{**cfg.__dict__, "msk": ctx("msk", stage_msk) or stage_msk})
         errors = []
         if not _NAME.match(cfg.stage):
             errors.append(f"stage {cfg.stage!r} must match {_NAME.pattern}")
@@ -50,6 +54,8 @@ class Config:
             errors.append(f"namespace {cfg.namespace!r} must match {_NAMESPACE.pattern}")
         if cfg.arch not in ("arm64", "x86_64"):
             errors.append(f"arch {cfg.arch!r} must be arm64 or x86_64")
+        if cfg.msk not in ("serverless", "provisioned"):
+            errors.append(f"msk {cfg.msk!r} must be serverless or provisioned")
         if errors:
             raise ValueError("invalid context: " + "; ".join(errors))
         return cfg
@@ -74,6 +80,7 @@ def build_app(app: App | None = None, *, assets: tuple[Path, Path] | None = None
     env = Environment(account=cfg.account, region=cfg.region) if cfg.account or cfg.region else None
     stack = BillowStack(app, f"Billow-{cfg.stage}", stage=cfg.stage, namespace=cfg.namespace, arch=cfg.arch,
                         deps_dir=assets[0], code_dir=assets[1], functions_root=functions_root, env=env,
+                        msk_serverless=cfg.msk == "serverless",
                         termination_protection=cfg.stage == "prod",
                         description=f"Billow usage metering and billing ({cfg.stage})")
     # RDS Proxy target groups take no tags (CloudFormation rejects them).

@@ -1,7 +1,7 @@
 """The Billow stack: one stack composed of one construct per capability.
 
   network        VPC, NAT, SQS endpoint, the functions' security group      constructs/network.py
-  streaming      MSK Serverless (IAM) + bootstrap brokers                   constructs/streaming.py
+  streaming      MSK (IAM; Serverless, or 2 brokers off prod) + brokers     constructs/streaming.py
   database       Aurora Serverless v2 PostgreSQL + RDS Proxy + secret       constructs/database.py
   usage_store    ClickHouse secret (filled by the operator)                 constructs/usage_store.py
   billing        invoice documents bucket, Stripe secret (operator fills)   constructs/billing.py
@@ -52,7 +52,8 @@ SINK_RETRIES = -1  # without limit: a usage-store outage blocks the partition un
 
 class BillowStack(Stack):
     def __init__(self, scope: Construct, cid: str, *, stage: str, namespace: str, arch: str, deps_dir: Path,
-                 code_dir: Path, functions_root: Path | None = None, **kwargs: Any) -> None:
+                 code_dir: Path, functions_root: Path | None = None, msk_serverless: bool | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(scope, cid, **kwargs)
         self.stage, self.namespace = stage, namespace
         self.retain_data = prod = stage == "prod"
@@ -61,8 +62,10 @@ class BillowStack(Stack):
 
         self.network = Network(self, "Network", nat_gateways=2 if prod else 1)
         vpc, app_subnets = self.network.vpc, self.network.app_subnets
+        # MSK Serverless idles at ~$552 a month; off prod two kafka.t3.small brokers do (issue 18 item 9, infra/costs.py)
         self.streaming = Streaming(self, "Streaming", vpc=vpc, subnets=app_subnets,
-                                   clients=self.network.functions_sg, name=prefix)
+                                   clients=self.network.functions_sg, name=prefix,
+                                   serverless=prod if msk_serverless is None else msk_serverless)
         self.database = Database(self, "Database", vpc=vpc, clients=self.network.functions_sg,
                                  app_subnets=app_subnets, data_subnets=self.network.data_subnets,
                                  min_acu=1 if prod else 0.5, max_acu=32 if prod else 8, retain=prod,
@@ -139,12 +142,16 @@ class BillowStack(Stack):
         # record age, no split (halving cannot help an outage). The partition stays blocked until the store
         # is back, nothing is committed past the failing batch, and Alarms.sink_blocked pages meanwhile.
         # ReportBatchItemFailures stays off: the sink returns counts, not batchItemFailures.
+        # Off prod the trigger runs in on-demand mode (no provisioned pollers, which bill per hour even at idle;
+        # issue 18 item 9): there the retry controls do not exist and Lambda retries a failing batch until it
+        # succeeds or its records leave the topic, the same unlimited retries with no destination.
+        provisioned = sources.ProvisionedPollerConfig(minimum_pollers=1, maximum_pollers=4) if prod else None
         self.sink_source = sources.ManagedKafkaEventSource(
             cluster_arn=self.streaming.cluster_arn, topic=self.topic, consumer_group_id=SINK_GROUP,
             batch_size=SINK_BATCH_SIZE, max_batching_window=Duration.seconds(1),
-            starting_position=lambda_.StartingPosition.TRIM_HORIZON, retry_attempts=SINK_RETRIES,
-            bisect_batch_on_error=False,
-            provisioned_poller_config=sources.ProvisionedPollerConfig(minimum_pollers=1, maximum_pollers=4))
+            starting_position=lambda_.StartingPosition.TRIM_HORIZON,
+            retry_attempts=SINK_RETRIES if provisioned else None, bisect_batch_on_error=False if provisioned else None,
+            provisioned_poller_config=provisioned)
         self.sink_fn.add_event_source(self.sink_source)
 
         self.http = HttpApi(self, "Api", name=prefix, functions={"api": self.api_fn, "ingest": self.ingest_fn,
@@ -153,7 +160,8 @@ class BillowStack(Stack):
 
         self.schedules = Schedules(self, "Schedules", stage=stage, namespace=namespace)
         if prod:  # besides the database (snapshot), bucket and secrets: what holds events or set-aside work
-            for kept in (self.streaming.cluster, self.database.secret, self.dead_letters, self.schedules.dead_letters):
+            for kept in (self.streaming.cluster, self.database.secret, self.dead_letters, self.schedules.dead_letters,
+                         *([self.streaming.broker_logs] if self.streaming.broker_logs else [])):
                 kept.apply_removal_policy(RemovalPolicy.RETAIN)
         root = functions_root or REPO / "functions"
         self.job_fns: dict[str, lambda_.Function] = {}
