@@ -16,7 +16,7 @@ from billow.api.http import JSON, PROBLEM, as_caller, json_body, path_param, que
 from billow.api.openapi import document
 from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
-from billow.services import directory, health, meters, pages, params, query
+from billow.services import directory, health, meters, pages, params, query, subscriptions
 from billow.timeutil import parse_rfc3339
 from functions.api import (
     admin_routes,
@@ -212,7 +212,8 @@ def delete_subject(subject: str) -> Response:
 @app.get("/api/v1/customers")
 def list_customers() -> Response:
     c = container()
-    return ok(directory.list_customers(c.namespace, query_multi(_event()), meta=c.meta))
+    return ok(directory.list_customers(c.namespace, query_multi(_event()), meta=c.meta, on_plan=lambda key: (
+        subscriptions.customers_on_plan(c.namespace, key, store=c.catalog_store(), now=c.clock.now()))))
 
 
 @app.post("/api/v1/customers")

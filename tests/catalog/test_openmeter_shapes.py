@@ -30,3 +30,30 @@ def test_expanded_subscription_has_its_aligned_period_and_each_items_feature(bil
     b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "2026-05-20T00:00:00Z"})
     b.clock.set("2026-05-21T00:00:00Z")
     assert "currentAlignedBillingPeriod" not in b.ok("GET", f"/api/v1/subscriptions/{sub['id']}")["alignment"]
+
+
+def test_customers_filter_by_the_plan_of_their_running_subscription(billow: Billow) -> None:
+    b = billow
+    setup(b)  # acme
+    for key in ("globex", "initech"):
+        b.ok("POST", "/api/v1/customers", {"key": key, "name": key.title(), "currency": "USD"})
+    b.clock.set("2026-03-31T00:00:00Z")
+    published(b, plan_body("basic", "49.99"))
+    published(b, plan_body("pro", "199"))
+    b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+    b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "pro"}, "customerKey": "globex"})
+    later = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "initech",
+                                                   "timing": "2026-04-01T00:00:00Z"})
+
+    def keys(plan: str) -> list[str]:
+        return [c["key"] for c in b.ok("GET", "/api/v1/customers", query={"planKey": plan})["items"]]
+
+    assert (keys("basic"), keys("pro"), keys("nope")) == (["acme"], ["globex"], [])  # initech's starts later
+    b.clock.set("2026-04-02T00:00:00Z")
+    assert keys("basic") == ["acme", "initech"]
+    b.ok("POST", f"/api/v1/subscriptions/{later['id']}/cancel", {"timing": "immediate"})
+    assert keys("basic") == ["acme"]
+    page = b.ok("GET", "/api/v1/customers", query={"planKey": "basic", "pageSize": "1", "page": "1"})
+    assert (page["totalCount"], [c["key"] for c in page["items"]]) == (1, ["acme"])
+    status, out = b.call("GET", "/api/v1/customers", query={"planKey": ""})
+    assert status == 400 and "planKey" in out["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ from billow.domain import fields
 from billow.errors import NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import MetaStore
-from billow.services import pages
+from billow.services import pages, params
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
 CUSTOMER_FIELDS = ("name", "description", "metadata", "key", "usageAttribution", "primaryEmail", "currency", "billingAddress")
@@ -104,6 +105,13 @@ def delete_customer(namespace: str, id_or_key: str, *, meta: MetaStore, now: dat
     meta.put_customer(namespace, doc)
 
 
-def list_customers(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore) -> dict[str, Any]:
-    """OpenMeter's page object of the namespace's customers (page/pageSize)."""
-    return pages.page(meta.list_customers(namespace), qs)
+def list_customers(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore,
+                   on_plan: Callable[[str], set[str]] | None = None) -> dict[str, Any]:
+    """OpenMeter's page object of the namespace's customers (page/pageSize); `planKey`: only those whose running
+    subscription is on that plan (`on_plan` gives their ids)."""
+    docs = meta.list_customers(namespace)
+    plan_key = params.one(qs, "planKey")
+    if plan_key is not None and on_plan is not None:
+        ids = on_plan(plan_key)
+        docs = [d for d in docs if d["id"] in ids]
+    return pages.page(docs, qs)

@@ -141,6 +141,14 @@ def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaSto
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
+def customers_on_plan(namespace: str, plan_key: str, *, store: SubscriptionStore, now: datetime) -> set[str]:
+    """Ids of the customers whose subscription running now (active, or canceled and not yet ended) is on the plan
+    with key `plan_key` (OpenMeter's `GET /customers?planKey=`)."""
+    return {d["customerId"] for d in store.list_subscriptions(namespace)
+            if not d.get("deletedAt") and (d.get("plan") or {}).get("key") == plan_key
+            and subs.status(d, now) in ("active", "canceled")}
+
+
 def get(namespace: str, id_: str, *, store: SubscriptionStore) -> dict[str, Any]:
     doc = store.get_subscription(namespace, id_)
     if doc is None or doc.get("deletedAt"):
