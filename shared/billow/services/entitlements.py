@@ -4,21 +4,23 @@ the value/history reads that run the balance engine over usage from the usage st
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
 from billow import jsonx
 from billow.domain import fields
+from billow.domain.entitlements import Reset as Reset  # re-exported for balances, notifications
+from billow.domain.entitlements import add_duration, minute, parse_period, period_at, period_of
+from billow.domain.entitlements import parse_instant as _time
+from billow.domain.entitlements import reset_schedule as reset_schedule
 from billow.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from billow.exact import parse_decimal
 from billow.ids import is_ulid, new_id
 from billow.ports import MetaStore
 from billow.services.features import FeatureStore, bad, valid_key
-from billow.timeutil import format_rfc3339, parse_rfc3339, zone
+from billow.timeutil import format_rfc3339, parse_rfc3339
 
-INTERVALS = {"DAY": "P1D", "WEEK": "P1W", "MONTH": "P1M", "YEAR": "P1Y"}
 EXPIRATION_UNITS = ("HOUR", "DAY", "WEEK", "MONTH", "YEAR")
 MAX_AMOUNT = Decimal("1e20")
 
@@ -56,11 +58,6 @@ class EntitlementStore(FeatureStore, Protocol):
                       doc: dict[str, Any], *, computed_from: datetime) -> bool: ...
 
 
-def minute(t: datetime) -> datetime:
-    """The engine's resolution is one minute (as OpenMeter's): instants are truncated to the minute."""
-    return t.astimezone(UTC).replace(second=0, microsecond=0)
-
-
 def amount(value: Any, field: str, *, positive: bool = False) -> Decimal:
     """A JSON number (or plain ASCII decimal string: billow.exact.parse_decimal) as an exact Decimal; floats never
     reach here (jsonx reads Decimals)."""
@@ -77,45 +74,6 @@ def amount(value: Any, field: str, *, positive: bool = False) -> Decimal:
     if d >= MAX_AMOUNT or d.as_tuple().exponent < -18:  # type: ignore[operator]
         raise bad(field, "at most 20 integer digits and 18 decimal places")
     return d
-
-
-def _time(value: Any, field: str) -> datetime:
-    if not isinstance(value, str):
-        raise bad(field, "must be an RFC 3339 date-time string")
-    return parse_rfc3339(value, field)
-
-
-
-
-# -- recurring periods ------------------------------------------------------------------------------
-def parse_period(raw: Any, field: str, default_anchor: datetime) -> dict[str, Any]:
-    """usagePeriod / recurrence: {interval, anchor?, timeZone?}. `timeZone` (IANA) is Billow's addition: the
-    calendar the interval is counted in (a monthly period anchored at local midnight stays at local midnight)."""
-    from billow.domain.periods import RecurringPeriod
-
-    if not isinstance(raw, dict):
-        raise bad(field, "must be an object with an interval")
-    interval = raw.get("interval")
-    if not isinstance(interval, str):
-        raise bad(f"{field}.interval", "required: DAY, WEEK, MONTH, YEAR or an ISO 8601 duration")
-    iso = INTERVALS.get(interval, interval)
-    anchor = minute(_time(raw["anchor"], f"{field}.anchor")) if raw.get("anchor") is not None else minute(default_anchor)
-    tz = raw.get("timeZone", "UTC")
-    if not isinstance(tz, str):
-        raise bad(f"{field}.timeZone", "must be an IANA time zone name")
-    zone(tz, f"{field}.timeZone")
-    try:
-        RecurringPeriod(interval=iso, anchor=anchor, tz=tz)
-    except ValidationFailed as e:
-        raise bad(f"{field}.interval", e.detail) from None
-    return {"interval": interval, "intervalISO": iso, "anchor": format_rfc3339(anchor), "timeZone": tz}
-
-
-def period_of(doc: dict[str, Any]) -> Any:
-    from billow.domain.periods import RecurringPeriod
-
-    return RecurringPeriod(interval=doc["intervalISO"], anchor=parse_rfc3339(doc["anchor"], "anchor"),
-                           tz=doc.get("timeZone", "UTC"))
 
 
 # -- subjects ------------------------------------------------------------------------------------------
@@ -380,21 +338,6 @@ def _optional_grant_fields(doc: dict[str, Any], body: dict[str, Any], effective:
         doc["recurrence"] = parse_period(body["recurrence"], "recurrence", effective)
 
 
-def add_duration(t: datetime, unit: str, count: int) -> datetime:
-    if unit == "HOUR":
-        return t + timedelta(hours=count)
-    if unit == "DAY":
-        return t + timedelta(days=count)
-    if unit == "WEEK":
-        return t + timedelta(weeks=count)
-    months = count * (12 if unit == "YEAR" else 1)
-    y, m = divmod(t.month - 1 + months, 12)
-    year, month = t.year + y, m + 1
-    import calendar
-
-    return t.replace(year=year, month=month, day=min(t.day, calendar.monthrange(year, month)[1]))
-
-
 def grant_json(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
     out = dict(doc)
     if (doc.get("annotations") or {}).get("issueAfterReset") == "true":  # stored as a string before 2026-12
@@ -463,40 +406,9 @@ def reset(namespace: str, subject: str, entitlement_id: str, body: Any, *, store
                     now=now)
 
 
-# -- the reset schedule ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Reset:
-    at: datetime
-    preserve_overage: bool
-
-
-def reset_schedule(ent: dict[str, Any], manual: list[dict[str, Any]], until: datetime) -> tuple[list[Reset], Any]:
-    """Every reset in (measureUsageFrom, until]: the usage period's boundaries, and manual resets (which move
-    the anchor to themselves unless retainAnchor). Returns the resets and the period in force at `until`."""
-    period = period_of(ent["usagePeriod"])
-    start = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
-    preserve = bool(ent.get("preserveOverageAtReset"))
-    out: list[Reset] = []
-    cursor = start
-    for m in manual:
-        at = m["at"]
-        if at > until:
-            break
-        out += [Reset(b, preserve) for b in period.boundaries(cursor, at) if cursor < b < at]
-        out.append(Reset(at, preserve if m.get("preserveOverage") is None else bool(m["preserveOverage"])))
-        if not m.get("retainAnchor"):
-            period = type(period)(interval=period.interval, anchor=at, tz=period.tz)
-        cursor = at
-    out += [Reset(b, preserve) for b in period.boundaries(cursor, until) if cursor < b <= until]
-    return out, period
-
-
 def current_period(ent: dict[str, Any], *, store: EntitlementStore, namespace: str, at: datetime) -> tuple[datetime, datetime]:
-    resets, period = reset_schedule(ent, store.list_resets(namespace, ent["id"]), at)
-    start, end = period.containing(minute(at))
-    measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
-    last = resets[-1].at if resets else measure
-    return max(start, last, measure), end
+    """The usage period in force at `at` (billow.domain.entitlements.period_at over the stored manual resets)."""
+    return period_at(ent, store.list_resets(namespace, ent["id"]), at)
 
 
 UsageFn = Callable[[datetime, datetime], Decimal]
