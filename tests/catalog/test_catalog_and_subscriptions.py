@@ -66,7 +66,7 @@ def test_bad_catalog_input_names_the_field(billow: Billow) -> None:
     refused(lambda p: p["phases"][0]["rateCards"][0]["price"].update(amount="-5"), "phases[0].rateCards[0].price.amount")
     refused(lambda p: p.update(currency="XYZ"), "currency")
     refused(lambda p: p.update(billingCadence="P1X"), "billingCadence")
-    refused(lambda p: p["phases"][0]["rateCards"][1].update(billingCadence="P1W"), f"{card}.billingCadence")
+    refused(lambda p: p["phases"][0]["rateCards"][1].update(billingCadence="P1X"), f"{card}.billingCadence")
     refused(lambda p: p["phases"][0]["rateCards"][1].update(key="other"), f"{card}.key")
     refused(lambda p: p["phases"][0]["rateCards"][0]["price"].update(type="unit"), "phases[0].rateCards[0].price.type")
     refused(lambda p: p["phases"].insert(0, {"key": "trial", "name": "Trial", "rateCards": []}), "phases[0].duration")

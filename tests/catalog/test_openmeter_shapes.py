@@ -57,3 +57,34 @@ def test_customers_filter_by_the_plan_of_their_running_subscription(billow: Bill
     assert (page["totalCount"], [c["key"] for c in page["items"]]) == (1, ["acme"])
     status, out = b.call("GET", "/api/v1/customers", query={"planKey": ""})
     assert status == 400 and "planKey" in out["detail"]
+
+
+def test_a_misaligned_plan_is_a_draft_that_cannot_be_published(billow: Billow) -> None:
+    b = billow
+    setup(b)
+    body = plan_body("weekly", "10")
+    body["phases"][0]["rateCards"][1]["billingCadence"] = "P1W"  # the plan bills monthly, billables must align
+    draft = b.ok("POST", "/api/v1/plans", body)
+    field = "phases[0].rateCards[1].billingCadence"
+    assert draft["status"] == "draft"
+    (problem,) = draft["validationErrors"]
+    assert (problem["field"], problem["code"], problem["severity"]) == (
+        field, "rate_card_billing_cadence_unaligned", "critical")
+    assert b.ok("GET", f"/api/v1/plans/{draft['id']}")["validationErrors"] == draft["validationErrors"]
+    status, out = b.call("POST", f"/api/v1/plans/{draft['id']}/publish")
+    assert status == 400 and field in out["detail"] and [e["field"] for e in out["validationErrors"]] == [field]
+    assert b.ok("GET", f"/api/v1/plans/{draft['id']}")["status"] == "draft"
+    # Fixed (PUT), or alignment switched off, it publishes.
+    body["phases"][0]["rateCards"][1]["billingCadence"] = "P1M"
+    fixed = b.ok("PUT", f"/api/v1/plans/{draft['id']}", body)
+    assert fixed["validationErrors"] is None
+    assert b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")["status"] == "active"
+    loose = plan_body("loose", "10")
+    loose["alignment"] = {"billablesMustAlign": False}
+    loose["phases"][0]["rateCards"][1]["billingCadence"] = "P1W"
+    assert published(b, loose)["status"] == "active"
+    # A custom plan is used at once: misaligned, the subscription is refused, naming the field.
+    status, out = b.call("POST", "/api/v1/subscriptions", {"customerKey": "acme", "customPlan": body | {
+        "phases": [{**body["phases"][0], "rateCards": [body["phases"][0]["rateCards"][0],
+                                                       {**body["phases"][0]["rateCards"][1], "billingCadence": "P1W"}]}]}})
+    assert status == 400 and f"customPlan.{field}" in out["detail"], out

@@ -11,7 +11,8 @@ Rules (OpenMeter's, from its productcatalog validators):
 - rate card keys are unique within a phase, phase keys within a plan;
 - every phase but the last has a `duration`; the last one runs until the subscription ends;
 - billing cadences and durations are ISO 8601 durations of at least one hour;
-- with `alignment.billablesMustAlign` (default true) every recurring rate card bills on the plan's cadence;
+- with `alignment.billablesMustAlign` (default true) every recurring rate card bills on the plan's cadence
+  (checked at publish, `alignment_problems`: a misaligned plan may be kept as a draft, as OpenMeter allows);
 - a flat-fee rate card has a flat price (or none: free); `billingCadence: null` makes it a one-time fee;
 - a usage-based rate card needs a feature (its meter is what is rated) and a billing cadence;
 - a metered entitlement template needs a feature with a meter (checked at publish).
@@ -166,7 +167,7 @@ def _tax_config(value: Any, field: str, problems: Problems) -> dict[str, Any] | 
     return dict(value)
 
 
-def parse_rate_card(body: Any, field: str, problems: Problems, *, cadence: str | None, must_align: bool) -> dict[str, Any]:
+def parse_rate_card(body: Any, field: str, problems: Problems) -> dict[str, Any]:
     """One rate card → its normalised document (prices re-serialised exactly). Problems are appended."""
     if not isinstance(body, dict):
         problems.append((field, "must be an object"))
@@ -194,9 +195,6 @@ def parse_rate_card(body: Any, field: str, problems: Problems, *, cadence: str |
         out["billingCadence"] = None  # flat fee: one-time
     else:
         out["billingCadence"] = duration(bc, f"{field}.billingCadence", problems)
-        if must_align and cadence is not None and out["billingCadence"] not in (None, cadence):
-            problems.append((f"{field}.billingCadence",
-                             f"must equal the plan's billingCadence ({cadence}) while alignment.billablesMustAlign is true"))
     if kind == "usage_based" and feature_key is None:
         problems.append((f"{field}.featureKey", "is required for a usage-based rate card (its meter is what is rated)"))
     price_doc = body.get("price")
@@ -229,12 +227,11 @@ def parse_rate_card(body: Any, field: str, problems: Problems, *, cadence: str |
     return out
 
 
-def _rate_cards(value: Any, field: str, problems: Problems, *, cadence: str | None, must_align: bool) -> list[dict[str, Any]]:
+def _rate_cards(value: Any, field: str, problems: Problems) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         problems.append((field, "must be a list of rate cards"))
         return []
-    cards = [parse_rate_card(rc, f"{field}[{i}]", problems, cadence=cadence, must_align=must_align)
-             for i, rc in enumerate(value)]
+    cards = [parse_rate_card(rc, f"{field}[{i}]", problems) for i, rc in enumerate(value)]
     seen: set[str] = set()
     for i, rc in enumerate(cards):
         if rc.get("key") in seen:
@@ -311,8 +308,7 @@ def parse_plan(body: Any) -> dict[str, Any]:
                 "description": _text(ph, "description", f"{f}.description", problems, required=False, max_len=1024),
                 "metadata": _metadata(ph.get("metadata"), f"{f}.metadata", problems),
                 "duration": None if last else dur,
-                "rateCards": _rate_cards(ph.get("rateCards"), f"{f}.rateCards", problems, cadence=cadence,
-                                         must_align=must_align),
+                "rateCards": _rate_cards(ph.get("rateCards"), f"{f}.rateCards", problems),
             })
     if problems:
         raise failure(problems)
@@ -327,7 +323,7 @@ def parse_addon(body: Any) -> dict[str, Any]:
     if instance not in INSTANCE_TYPES:
         problems.append(("instanceType", "must be single or multiple"))
     out["instanceType"] = instance
-    out["rateCards"] = _rate_cards(body.get("rateCards"), "rateCards", problems, cadence=None, must_align=False)
+    out["rateCards"] = _rate_cards(body.get("rateCards"), "rateCards", problems)
     if problems:
         raise failure(problems)
     return out
@@ -351,6 +347,17 @@ def publish_problems(rate_cards: list[tuple[str, dict[str, Any]]], features: Map
             problems.append((f"{field}.featureKey", f"feature {fk!r} has no meter, so it cannot be "
                                                     f"{'rated by usage' if rc['type'] == 'usage_based' else 'metered'}"))
     return problems
+
+
+def alignment_problems(plan: dict[str, Any]) -> Problems:
+    """With `alignment.billablesMustAlign` (default true), each recurring rate card whose billing cadence is not
+    the plan's: a draft may be misaligned, publishing (or subscribing to a custom plan) may not."""
+    if not (plan.get("alignment") or {}).get("billablesMustAlign", True):
+        return []
+    cadence = plan.get("billingCadence")
+    return [(f"{field}.billingCadence",
+             f"must equal the plan's billingCadence ({cadence}) while alignment.billablesMustAlign is true")
+            for field, rc in plan_rate_cards(plan) if rc.get("billingCadence") not in (None, cadence)]
 
 
 def plan_rate_cards(plan: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

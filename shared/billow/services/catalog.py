@@ -2,8 +2,8 @@
 
 A key has versions 1, 2, ...; at most one draft at a time. Publishing makes a draft effective now and ends the
 version that was effective before it; only drafts are edited; an active version is archived (ended), never
-deleted. Publishing checks what a draft cannot: every rate card's feature exists, and usage-based and metered
-rate cards have a feature with a meter."""
+deleted. Publishing checks what a draft cannot: a plan's billables align with its cadence (when it says they
+must), every rate card's feature exists, and usage-based and metered rate cards have a feature with a meter."""
 
 from __future__ import annotations
 
@@ -42,11 +42,16 @@ def _cards(kind: str, doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(f"rateCards[{i}]", rc) for i, rc in enumerate(doc["rateCards"])]
 
 
-def _publish_problems(namespace: str, kind: str, doc: dict[str, Any], features: FeatureStore) -> catalog.Problems:
+def _publish_problems(namespace: str, kind: str, doc: dict[str, Any], features: FeatureStore) -> list[dict[str, Any]]:
+    """What stops publishing, as OpenMeter's validationErrors (field, message, code, severity)."""
     cards = _cards(kind, doc)
     keys = {rc["featureKey"] for _, rc in cards if rc.get("featureKey")}
     found = {k: features.get_feature(namespace, k) for k in keys}
-    return catalog.publish_problems(cards, found)
+    unaligned = catalog.alignment_problems(doc) if kind == "plan" else []
+    return [{"field": f, "message": m, "code": code, "severity": "critical"}
+            for code, problems in (("rate_card_billing_cadence_unaligned", unaligned),
+                                   ("invalid_reference", catalog.publish_problems(cards, found)))
+            for f, m in problems]
 
 
 def present(namespace: str, kind: str, doc: dict[str, Any], *, features: FeatureStore, now: datetime) -> dict[str, Any]:
@@ -54,8 +59,7 @@ def present(namespace: str, kind: str, doc: dict[str, Any], *, features: Feature
     out = dict(doc)
     out["status"] = catalog.status(doc, now)
     problems = _publish_problems(namespace, kind, doc, features) if out["status"] == "draft" else []
-    out["validationErrors"] = [{"field": f, "message": m, "code": "invalid_reference", "severity": "critical"}
-                               for f, m in problems] or None
+    out["validationErrors"] = problems or None
     return out
 
 
@@ -121,7 +125,7 @@ def publish(namespace: str, kind: str, id_: str, *, store: CatalogStore, feature
     doc = _draft(namespace, kind, id_, store, now)
     problems = _publish_problems(namespace, kind, doc, features)
     if problems:
-        raise catalog.failure(problems)
+        raise ValidationFailed("; ".join(f"{p['field']}: {p['message']}" for p in problems), problems)
     stamp = format_rfc3339(now)
     for other in store.list_versioned(kind, namespace, key=doc["key"]):
         if other["id"] != doc["id"] and other.get("effectiveFrom") and not other.get("effectiveTo"):

@@ -97,13 +97,25 @@ def _overlapping(namespace: str, customer_id: str, start: datetime, store: Subsc
     return None
 
 
+def _custom_plan(custom: Any) -> dict[str, Any]:
+    """A custom plan, used at once: what a plan needs to be published (its billables aligned) is needed now.
+    Errors name their field under `customPlan`."""
+    if isinstance(custom, dict) and custom.get("key") is None:
+        custom = {**custom, "key": "custom"}  # OpenMeter's custom plan input has no key
+    try:
+        plan = catalog_rules.parse_plan(custom)
+        if problems := catalog_rules.alignment_problems(plan):
+            raise catalog_rules.failure(problems)
+    except ValidationFailed as exc:
+        errors = [{**e, "field": f"customPlan.{e['field']}" if e.get("field") else "customPlan"} for e in exc.errors]
+        raise ValidationFailed("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors) from None
+    return plan
+
+
 def _new(namespace: str, body: dict[str, Any], customer: dict[str, Any], *, start: datetime, store: SubscriptionStore,
          now: datetime, anchor: datetime | None = None) -> dict[str, Any]:
     if "customPlan" in body:
-        custom = body["customPlan"]
-        if isinstance(custom, dict) and custom.get("key") is None:
-            custom = {**custom, "key": "custom"}  # OpenMeter's custom plan input has no key
-        plan = catalog_rules.parse_plan(custom)
+        plan = _custom_plan(body["customPlan"])
         plan_ref = None
     else:
         plan = _plan_version(namespace, body.get("plan"), store, now)
