@@ -13,7 +13,10 @@ printable HTML page and as a PDF made with fpdf2. Bootstrap hands `InvoiceRender
 
 from __future__ import annotations
 
+import copy
+import functools
 import html
+import io
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +26,7 @@ from billow.domain.documents import COLUMNS, View, invoice_view, key_part
 
 if TYPE_CHECKING:
     from fpdf import FPDF
+    from fpdf.fonts import TTFFont
 
 FONT_PATH: Final = Path(__file__).resolve().parent.parent / "fonts" / "DejaVuSans.ttf"
 MISSING_GLYPH: Final = "?"
@@ -155,11 +159,41 @@ def render_pdf(invoice: dict[str, Any]) -> bytes:
     return pdf_document(invoice_view(invoice))
 
 
+@functools.cache
+def _font_template() -> tuple[TTFFont, bytes]:
+    """DejaVu Sans as fpdf2 reads it (cmap, glyph widths and ids, descriptor), parsed once per process, and the
+    font file's bytes."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_font("dejavu", fname=FONT_PATH)
+    return pdf.fonts["dejavu"], FONT_PATH.read_bytes()  # type: ignore[return-value]
+
+
+def _document_font(index: int) -> TTFFont:
+    """A TTFFont for one document, as `add_font` would make it but without parsing the font again: the parsed
+    tables it only reads are shared; what a document changes is its own (the glyphs it uses and their subset, the
+    widths looked up, the descriptor's object number), and the subsetter cuts a font of its own, opened lazily from
+    the cached bytes."""
+    from fontTools import ttLib
+    from fpdf.fonts import SubsetMap
+
+    template, data = _font_template()
+    font = copy.copy(template)
+    font.i = index
+    font.ttfont = ttLib.TTFont(io.BytesIO(data), recalcTimestamp=False, lazy=True)
+    font.cw = copy.copy(template.cw)
+    font.desc = copy.copy(template.desc)
+    font.missing_glyphs = []
+    font.biggest_size_pt = 0
+    font._hbfont = None
+    font.subset = SubsetMap(font)
+    return font
+
+
 def pdf_document(v: View) -> bytes:
     """The PDF of an invoice's view."""
     from fpdf import FPDF
-    from fpdf.fonts import TTFFont
-
 
     class _Document(FPDF):
         def footer(self) -> None:
@@ -169,9 +203,8 @@ def pdf_document(v: View) -> bytes:
             self.cell(0, 5, f"{p(v.title)} {p(v.number)} · page {self.page_no()}/{{nb}}", align="R")
 
     pdf = _Document(format="A4")
-    pdf.add_font("dejavu", fname=FONT_PATH)  # one face only (size budget): emphasis is drawn as a stroke
-    font = pdf.fonts["dejavu"]
-    assert isinstance(font, TTFFont)
+    # one face only (size budget): emphasis is drawn as a stroke
+    font = pdf.fonts["dejavu"] = _document_font(len(pdf.fonts) + 1)
 
     def p(text: str) -> str:
         return printable(text, font.cmap.__contains__)
