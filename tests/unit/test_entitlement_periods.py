@@ -5,6 +5,7 @@ and the current period; billow.services.entitlements reads the resets through it
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -57,3 +58,26 @@ def test_the_service_reads_the_resets_and_applies_the_domain_rules() -> None:
         rules.period_at(ENT, Store().list_resets("ns", "e1"), at))
     assert entitlements.reset_schedule is rules.reset_schedule and entitlements.minute is rules.minute
     assert rules.add_duration(t("2026-01-31T00:00:00"), "MONTH", 1) == t("2026-02-28T00:00:00")
+
+
+def test_grant_and_entitlement_fields_parse_in_the_domain() -> None:
+    assert rules.amount("1.5", "amount") == Decimal("1.5") and rules.amount(0, "amount") == 0
+    for value, positive in ((-1, False), (0, True), ("1e20", False), (True, False), ("0.0000000000000000001", False),
+                            ("１", False)):
+        with pytest.raises(ValidationFailed) as exc:
+            rules.amount(value, "grants[0].amount", positive=positive)
+        assert exc.value.errors[0]["field"] == "grants[0].amount", value
+    effective = t("2026-01-31T00:00:00")
+    assert rules.parse_expiration({"duration": "MONTH", "count": 1}, effective, v2=False) == (
+        t("2026-02-28T00:00:00"), {"duration": "MONTH", "count": 1})
+    assert rules.parse_expiration(None, effective, v2=True) == (None, None)  # v2: never expires
+    for exp, where in ((None, "expiration"), ({"duration": "SECOND", "count": 1}, "expiration.duration"),
+                       ({"duration": "DAY", "count": 0}, "expiration.count")):
+        with pytest.raises(ValidationFailed) as exc:
+            rules.parse_expiration(exp, effective, v2=False)
+        assert exc.value.errors[0]["field"] == where
+    now = t("2026-01-20T10:11:12")
+    assert rules.measure_usage_from(None, ENT["usagePeriod"], now) == t("2026-01-01T00:00:00")
+    assert rules.measure_usage_from("NOW", ENT["usagePeriod"], now) == t("2026-01-20T10:11:00")
+    assert rules.measure_usage_from("2026-01-05T01:02:03Z", ENT["usagePeriod"], now) == t("2026-01-05T01:02:00")
+    assert entitlements.amount is rules.amount  # the services parse with the domain's functions

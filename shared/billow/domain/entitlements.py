@@ -10,13 +10,18 @@ import calendar
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from billow.domain import fields
 from billow.domain.periods import RecurringPeriod
 from billow.errors import ValidationFailed
+from billow.exact import parse_decimal
 from billow.timeutil import format_rfc3339, parse_rfc3339, zone
 
 INTERVALS = {"DAY": "P1D", "WEEK": "P1W", "MONTH": "P1M", "YEAR": "P1Y"}
+EXPIRATION_UNITS = ("HOUR", "DAY", "WEEK", "MONTH", "YEAR")
+MAX_AMOUNT = Decimal("1e20")
 bad = ValidationFailed.at
 
 
@@ -74,6 +79,62 @@ def add_duration(t: datetime, unit: str, count: int) -> datetime:
     y, m = divmod(t.month - 1 + months, 12)
     year, month = t.year + y, m + 1
     return t.replace(year=year, month=month, day=min(t.day, calendar.monthrange(year, month)[1]))
+
+
+# -- request fields: amounts, measureUsageFrom, a grant's expiration and optional fields ---------------
+def amount(value: Any, field: str, *, positive: bool = False) -> Decimal:
+    """A JSON number (or plain ASCII decimal string: billow.exact.parse_decimal) as an exact Decimal; floats never
+    reach here (jsonx reads Decimals)."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        raise bad(field, "must be a number")
+    try:
+        d = parse_decimal(value) if isinstance(value, str) else Decimal(value)
+    except ValueError:
+        raise bad(field, "must be a number") from None
+    if not d.is_finite():
+        raise bad(field, "must be a finite number")
+    if d < 0 or (positive and d == 0):
+        raise bad(field, "must be greater than 0" if positive else "must not be negative")
+    if d >= MAX_AMOUNT or d.as_tuple().exponent < -18:  # type: ignore[operator]
+        raise bad(field, "at most 20 integer digits and 18 decimal places")
+    return d
+
+
+def measure_usage_from(raw: Any, usage_period: dict[str, Any], now: datetime) -> datetime:
+    """An entitlement's measureUsageFrom: CURRENT_PERIOD_START (the default), NOW or an instant, to the minute."""
+    if raw is None or raw == "CURRENT_PERIOD_START":
+        start, _ = period_of(usage_period).containing(minute(now))
+        return start
+    if raw == "NOW":
+        return minute(now)
+    return minute(parse_instant(raw, "measureUsageFrom"))
+
+
+def parse_expiration(exp: Any, effective: datetime, v2: bool) -> tuple[datetime | None, dict[str, Any] | None]:
+    """When a grant expires and its `expiration` {duration, count}: required in v1, optional in v2 (None, None:
+    never expires)."""
+    if exp is None and v2:
+        return None, None
+    if not isinstance(exp, dict):
+        raise bad("expiration", "required: {duration: HOUR|DAY|WEEK|MONTH|YEAR, count: 1..1000}")
+    if exp.get("duration") not in EXPIRATION_UNITS:
+        raise bad("expiration.duration", "one of HOUR, DAY, WEEK, MONTH, YEAR")
+    count = exp.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+        raise bad("expiration.count", "must be an integer from 1 to 1000")
+    return add_duration(effective, exp["duration"], count), {"duration": exp["duration"], "count": count}
+
+
+def optional_grant_fields(doc: dict[str, Any], body: dict[str, Any], effective: datetime, v2: bool) -> None:
+    """metadata, (v2) annotations and recurrence, when the body has them."""
+    if (md := fields.metadata(body)) is not None:
+        doc["metadata"] = md
+    if v2 and body.get("annotations") is not None:
+        if not isinstance(body["annotations"], dict):
+            raise bad("annotations", "must be an object")
+        doc["annotations"] = body["annotations"]
+    if body.get("recurrence") is not None:
+        doc["recurrence"] = parse_period(body["recurrence"], "recurrence", effective)
 
 
 # -- the reset schedule ----------------------------------------------------------------------------------

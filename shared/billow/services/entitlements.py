@@ -11,18 +11,23 @@ from typing import Any, Protocol
 from billow import jsonx
 from billow.domain import fields
 from billow.domain.entitlements import Reset as Reset  # re-exported for balances, notifications
-from billow.domain.entitlements import add_duration, minute, parse_period, period_at, period_of
+from billow.domain.entitlements import (
+    amount,
+    measure_usage_from,
+    minute,
+    optional_grant_fields,
+    parse_expiration,
+    parse_period,
+    period_at,
+    period_of,
+)
 from billow.domain.entitlements import parse_instant as _time
 from billow.domain.entitlements import reset_schedule as reset_schedule
 from billow.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from billow.exact import parse_decimal
 from billow.ids import is_ulid, new_id
 from billow.ports import MetaStore
 from billow.services.features import FeatureStore, bad, valid_key
 from billow.timeutil import format_rfc3339, parse_rfc3339
-
-EXPIRATION_UNITS = ("HOUR", "DAY", "WEEK", "MONTH", "YEAR")
-MAX_AMOUNT = Decimal("1e20")
 
 
 class EntitlementStore(FeatureStore, Protocol):
@@ -58,24 +63,6 @@ class EntitlementStore(FeatureStore, Protocol):
                       doc: dict[str, Any], *, computed_from: datetime) -> bool: ...
 
 
-def amount(value: Any, field: str, *, positive: bool = False) -> Decimal:
-    """A JSON number (or plain ASCII decimal string: billow.exact.parse_decimal) as an exact Decimal; floats never
-    reach here (jsonx reads Decimals)."""
-    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
-        raise bad(field, "must be a number")
-    try:
-        d = parse_decimal(value) if isinstance(value, str) else Decimal(value)
-    except ValueError:
-        raise bad(field, "must be a number") from None
-    if not d.is_finite():
-        raise bad(field, "must be a finite number")
-    if d < 0 or (positive and d == 0):
-        raise bad(field, "must be greater than 0" if positive else "must not be negative")
-    if d >= MAX_AMOUNT or d.as_tuple().exponent < -18:  # type: ignore[operator]
-        raise bad(field, "at most 20 integer digits and 18 decimal places")
-    return d
-
-
 # -- subjects ------------------------------------------------------------------------------------------
 def subject_key(namespace: str, id_or_key: str, meta: MetaStore) -> str:
     """A subject known to Billow: upserted through /subjects or attributed to a customer."""
@@ -97,12 +84,7 @@ def customer_subject_keys(namespace: str, id_or_key: str, meta: MetaStore) -> li
 def party_subject_keys(namespace: str, keys: list[str], meta: MetaStore) -> list[str]:
     """The subjects given and every other subject of the customers owning them: a customer with several subjects
     is one billable party, so its entitlements are reachable through, and count the usage of, each of them."""
-    owners = meta.customers_for_subjects(namespace, keys) if keys else {}
-    out = list(keys)
-    for customer_id in dict.fromkeys(owners.values()):
-        c = meta.get_customer(namespace, customer_id)
-        out += (c or {}).get("usageAttribution", {}).get("subjectKeys", [])
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys([*keys, *meta.fellow_subjects(namespace, keys)]))
 
 
 def party_keys(namespace: str, subject: str, meta: MetaStore) -> list[str]:
@@ -150,7 +132,7 @@ def build_entitlement(namespace: str, key: str, body: Any, *, store: Entitlement
             raise bad("isUnlimited", "is deprecated and not supported; use a boolean entitlement")
         doc["isUnlimited"] = False
         doc["preserveOverageAtReset"] = fields.flag(body, "preserveOverageAtReset")
-        doc["measureUsageFrom"] = format_rfc3339(_measure_from(body.get("measureUsageFrom"), doc["usagePeriod"], now))
+        doc["measureUsageFrom"] = format_rfc3339(measure_usage_from(body.get("measureUsageFrom"), doc["usagePeriod"], now))
         if body.get("issueAfterReset") is not None:
             issue = amount(body["issueAfterReset"], "issueAfterReset")
             prio = body.get("issueAfterResetPriority", 1)
@@ -194,15 +176,6 @@ def _feature_of(namespace: str, body: dict[str, Any], store: FeatureStore) -> di
     if fkey is not None and fid is not None and feature["key"] != fkey:
         raise bad("featureKey", "does not match featureId")
     return feature
-
-
-def _measure_from(raw: Any, usage_period: dict[str, Any], now: datetime) -> datetime:
-    if raw is None or raw == "CURRENT_PERIOD_START":
-        start, _ = period_of(usage_period).containing(minute(now))
-        return start
-    if raw == "NOW":
-        return minute(now)
-    return minute(_time(raw, "measureUsageFrom"))
 
 
 def get_entitlement(namespace: str, entitlement_id: str, *, store: EntitlementStore,
@@ -294,7 +267,7 @@ def _build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: Entit
     if effective < period_start:
         raise bad("effectiveAt", f"before the current usage period ({format_rfc3339(period_start)}): a grant may "
                                  "not rewrite the balance of a closed period")
-    expires, expiration = _expiration(body.get("expiration"), effective, v2)
+    expires, expiration = parse_expiration(body.get("expiration"), effective, v2)
     max_roll = amount(body.get("maxRolloverAmount", amt if v2 else 0), "maxRolloverAmount")
     min_roll = amount(body.get("minRolloverAmount", 0), "minRolloverAmount")
     if min_roll > max_roll:
@@ -307,35 +280,8 @@ def _build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: Entit
     }
     if expires is not None:
         doc.update(expiration=expiration, expiresAt=format_rfc3339(expires))
-    _optional_grant_fields(doc, body, effective, v2)
+    optional_grant_fields(doc, body, effective, v2)
     return doc
-
-
-def _expiration(exp: Any, effective: datetime, v2: bool) -> tuple[datetime | None, dict[str, Any] | None]:
-    """When a grant expires and its `expiration` {duration, count}: required in v1, optional in v2 (None, None:
-    never expires)."""
-    if exp is None and v2:
-        return None, None
-    if not isinstance(exp, dict):
-        raise bad("expiration", "required: {duration: HOUR|DAY|WEEK|MONTH|YEAR, count: 1..1000}")
-    if exp.get("duration") not in EXPIRATION_UNITS:
-        raise bad("expiration.duration", "one of HOUR, DAY, WEEK, MONTH, YEAR")
-    count = exp.get("count")
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
-        raise bad("expiration.count", "must be an integer from 1 to 1000")
-    return add_duration(effective, exp["duration"], count), {"duration": exp["duration"], "count": count}
-
-
-def _optional_grant_fields(doc: dict[str, Any], body: dict[str, Any], effective: datetime, v2: bool) -> None:
-    """metadata, (v2) annotations and recurrence, when the body has them."""
-    if (md := fields.metadata(body)) is not None:
-        doc["metadata"] = md
-    if v2 and body.get("annotations") is not None:
-        if not isinstance(body["annotations"], dict):
-            raise bad("annotations", "must be an object")
-        doc["annotations"] = body["annotations"]
-    if body.get("recurrence") is not None:
-        doc["recurrence"] = parse_period(body["recurrence"], "recurrence", effective)
 
 
 def grant_json(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
