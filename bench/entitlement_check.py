@@ -4,6 +4,12 @@ API handler, as `billow serve` runs it (minus the socket).
 Set-up: one metered entitlement (monthly usage period, reset on the 1st) with a free-tier grant and three
 prepaid grants of different priorities and expiries; N usage events (default 1 M) for 1,000 subjects over
 45 days, so the check runs from the snapshot at the last reset over ~2 weeks of this subject's usage.
+
+What each figure measures (the clock is frozen): "cache hits" repeats the same check with no new usage, so every
+call after the first is answered from the balance cache (budget p99 < 1 ms, the cached check); "after new usage"
+ingests one event for the subject before each check, so each is a cache miss that reads the snapshot plus one usage
+query (budget p99 < 5 ms, the uncached check); "no balance cache" is the Lambda design, every check uncached
+(budget p99 < 5 ms). p99 is nearest-rank over the samples, whose count is printed.
 Run: .venv/bin/python -m bench.entitlement_check [--rows 1000000] [--runs 2000]
 """
 
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -29,6 +36,11 @@ NOW = datetime(2026, 2, 14, 12, 0, tzinfo=UTC)
 class FixedClock:
     def now(self) -> datetime:
         return NOW
+
+
+def pct(sorted_ms: list[float], q: float) -> float:
+    """Nearest-rank percentile: the smallest sample with at least q of the samples at or below it."""
+    return sorted_ms[max(0, math.ceil(q * len(sorted_ms)) - 1)]
 
 
 def call(method: str, path: str, body: Any = None) -> Any:
@@ -80,11 +92,10 @@ def main(argv: list[str] | None = None) -> None:
             call("GET", value_path)
             times.append((time.perf_counter() - s) * 1000)
         times.sort()
-        p99 = times[max(0, int(len(times) * 0.99) - 1)]
-        print(f"{label}: median {statistics.median(times):.2f} ms, p99 {p99:.2f} ms, max {times[-1]:.2f} ms "
+        print(f"{label}: median {statistics.median(times):.2f} ms, p99 {pct(times, 0.99):.2f} ms, max {times[-1]:.2f} ms "
               f"over {args.runs} calls")
 
-    measure("entitlement check via API handler, embedded, warm (budget: p99 < 5 ms)")
+    measure("entitlement check via API handler, cache hits: frozen clock, no new usage (budget p99 < 1 ms)")
     # Usage keeps arriving for this subject: every check after a write reads the snapshot plus the usage since.
     n = 0
 
@@ -104,10 +115,11 @@ def main(argv: list[str] | None = None) -> None:
         call("GET", value_path)
         times.append((time.perf_counter() - s) * 1000)
     times.sort()
-    print(f"check right after new usage for the subject (snapshot + one usage query): median "
-          f"{statistics.median(times):.2f} ms, p99 {times[max(0, int(len(times) * 0.99) - 1)]:.2f} ms")
+    print(f"check right after new usage for the subject, uncached (snapshot + one usage query; budget p99 < 5 ms): "
+          f"median {statistics.median(times):.2f} ms, p99 {pct(times, 0.99):.2f} ms, max {times[-1]:.2f} ms "
+          f"over {len(times)} calls")
     c.balance_cache = None
-    measure("no balance cache (Lambda: snapshot + one usage query per check)")
+    measure("no balance cache, uncached (Lambda: snapshot + one usage query per check; budget p99 < 5 ms)")
     install(None)
     c.close()
 
