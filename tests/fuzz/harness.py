@@ -185,13 +185,14 @@ def hostile_strings(method: str, path: str, fuzz_server: FuzzServer, http: reque
             case.path_parameters[name] = data.draw(st.sampled_from(["requests", hostile] if in_url else ["requests"]), label=name)
         targets: list[tuple[str, tuple[Any, ...]]] = [("query", (k,)) for k in (case.query or {}) if in_url]
         targets += [("body", p) for p in _string_leaves(case.body)] if case.body is not None else []
+        where = ""
         if targets:
             where, leaf = data.draw(st.sampled_from(targets), label="target")
             if where == "query":
                 case.query = {**case.query, leaf[0]: hostile}
             else:
                 case.body = _replace(case.body, leaf, hostile)
-        if in_url:
+        if in_url or where != "body":
             resp = case.call(base_url=srv.url, session=http, headers=auth_for(case.path), timeout=30)
         else:  # schemathesis re-validates an edited body and cannot encode a lone surrogate: send it as JSON text
             resp = http.request(case.method, srv.url + case.formatted_path, params=case.query, timeout=30,

@@ -48,3 +48,22 @@ def test_customer_metadata_is_an_object_of_strings(meta: Any, metadata: Any) -> 
     assert "metadata" not in directory.get_customer("ns", "acme", meta=meta)
     doc = directory.create_customer("ns", {"name": "Other", "metadata": {"tier": "gold"}}, meta=meta, now=NOW)
     assert doc["metadata"] == {"tier": "gold"}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"billingAddress": {"line2": 5.2e16}}, "billingAddress.line2"),
+    ({"billingAddress": {"phoneNumber": 914311877690426}}, "billingAddress.phoneNumber"),
+    ({"billingAddress": {"country": "usa"}}, "billingAddress.country"),
+    ({"billingAddress": ["Austin"]}, "billingAddress"),
+    ({"description": 5}, "description"),
+    ({"primaryEmail": ["a@b.c"]}, "primaryEmail"),
+])
+def test_customer_address_and_text_fields_are_strings(meta: Any, body: dict[str, Any], field: str) -> None:
+    """Found by the fuzz suite's negative mode: a billingAddress with numbers for line2 and phoneNumber was a 201."""
+    with pytest.raises(ValidationFailed) as refused:
+        directory.create_customer("ns", {"name": "Acme", **body}, meta=meta, now=NOW)
+    assert refused.value.errors[0]["field"] == field
+    assert meta.list_customers("ns") == []
+    ok = directory.create_customer("ns", {"name": "Acme", "billingAddress": {"country": "US", "line2": "Suite 5",
+                                                                            "phoneNumber": "+1 512"}}, meta=meta, now=NOW)
+    assert ok["billingAddress"]["line2"] == "Suite 5"

@@ -62,9 +62,31 @@ def _validate_customer(body: Any) -> dict[str, Any]:
     if cur is not None and (not isinstance(cur, str) or len(cur) != 3 or not cur.isupper()):
         raise _bad("currency", "must be an ISO 4217 code such as USD")
     fields.metadata(body)  # an object of strings
+    for name in ("description", "primaryEmail"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise _bad(name, "must be a string")
+    _check_address(body.get("billingAddress"))
     out = {k: body[k] for k in CUSTOMER_FIELDS if body.get(k) is not None}
     out["usageAttribution"] = {"subjectKeys": subject_keys}
     return out
+
+
+ADDRESS_FIELDS = ("country", "postalCode", "state", "city", "line1", "line2", "phoneNumber")
+
+
+def _check_address(address: Any) -> None:
+    """OpenMeter's Address: an object whose fields are strings, `country` an ISO 3166-1 alpha-2 code."""
+    if address is None:
+        return
+    if not isinstance(address, dict):
+        raise _bad("billingAddress", "must be an object")
+    for name in ADDRESS_FIELDS:
+        value = address.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > 1024):
+            raise _bad(f"billingAddress.{name}", "must be a string of at most 1024 characters")
+    country = address.get("country")
+    if country is not None and not (len(country) == 2 and country.isascii() and country.isupper()):
+        raise _bad("billingAddress.country", "must be an ISO 3166-1 alpha-2 code such as US")
 
 
 def _subject_keys(body: dict[str, Any]) -> list[str]:
