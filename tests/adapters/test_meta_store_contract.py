@@ -55,3 +55,14 @@ def test_customer_subject_attribution_is_exclusive(meta_store, namespace: str) -
     assert meta_store.customers_for_subjects(ns, ["s1", "s2", "s3"]) == {"s1": c1["id"], "s2": c1["id"]}
     assert meta_store.get_customer(ns, "a")["id"] == c1["id"]
     assert meta_store.get_customer(ns + "x", "a") is None
+
+
+def test_fellow_subjects_are_every_subject_of_the_owning_customers(meta_store, namespace: str) -> None:
+    ns = namespace + uuid.uuid4().hex[:6]
+    for cid, key, subjects in ((new_id(), "a", ["s2", "s1"]), (new_id(), "b", ["t1"]), (new_id(), "c", ["u1", "u2"])):
+        meta_store.put_customer(ns, {"id": cid, "name": key, "key": key, "createdAt": "2026-01-01T00:00:00Z",
+                                     "usageAttribution": {"subjectKeys": subjects}})
+    assert meta_store.fellow_subjects(ns, ["s1"]) == ["s1", "s2"]
+    assert meta_store.fellow_subjects(ns, ["s2", "t1", "nobody"]) == ["s1", "s2", "t1"]
+    assert meta_store.fellow_subjects(ns, ["nobody"]) == meta_store.fellow_subjects(ns, []) == []
+    assert meta_store.fellow_subjects(ns + "x", ["s1"]) == []  # per namespace

@@ -79,3 +79,24 @@ def test_a_subscription_is_refused_when_another_subject_of_the_customer_holds_th
     published(b, plan_body("basic", "49.99"))
     status, out = b.call("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
     assert status == 409 and own["id"] in out["detail"], out
+
+
+def test_a_cached_value_follows_a_subject_added_to_the_customer(billow: Billow) -> None:
+    b = billow
+    assert b.c.balance_cache is not None  # billow serve's in-process cache is what this is about
+    b.ok("POST", "/api/v1/features", {"key": "tokens", "name": "Tokens", "meterSlug": "tokens"})
+    b.ok("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "usageAttribution": {"subjectKeys": ["customer_1"]}})
+    b.ok("POST", "/api/v1/subjects/customer_1/entitlements",
+         {"type": "metered", "featureKey": "tokens", "usagePeriod": {"interval": "MONTH"}, "isSoftLimit": True})
+    b.clock.set("2026-01-01T00:01:00Z")
+    b.usage(5, "2026-01-01T00:00:30Z", subject="customer_1")
+    b.usage(9, "2026-01-01T00:00:40Z", subject="customer_2")
+    b.clock.set("2026-01-02T00:00:00Z")
+    assert Decimal(str(b.value("customer_1", "tokens")["usage"])) == 5
+    assert Decimal(str(b.value("customer_1", "tokens")["usage"])) == 5  # from the cache
+    b.ok("PUT", "/api/v1/customers/acme", {"key": "acme", "name": "Acme",
+                                           "usageAttribution": {"subjectKeys": ["customer_1", "customer_2"]}})
+    assert Decimal(str(b.value("customer_1", "tokens")["usage"])) == 14
+    b.ok("PUT", "/api/v1/customers/acme", {"key": "acme", "name": "Acme",
+                                           "usageAttribution": {"subjectKeys": ["customer_1"]}})
+    assert Decimal(str(b.value("customer_1", "tokens")["usage"])) == 5

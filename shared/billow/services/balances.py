@@ -196,7 +196,21 @@ class BalanceCache:
         self._versions: dict[tuple[str, str], int] = {}
         self._items: dict[tuple[str, tuple[str, ...], str], tuple[int, tuple[int, ...], datetime, datetime | None,
                                                                 dict[str, Any]]] = {}
+        self._parties: dict[tuple[str, tuple[str, ...]], tuple[int, list[str]]] = {}
         self.max_items = max_items
+
+    def party(self, namespace: str, subjects: list[str], meta: MetaStore) -> list[str]:
+        """`party_subject_keys`, remembered until this process writes a customer (`meta.customers_generation`)."""
+        key, generation = (namespace, tuple(subjects)), meta.customers_generation
+        hit = self._parties.get(key)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        out = party_subject_keys(namespace, subjects, meta)
+        with self._lock:
+            if len(self._parties) >= self.max_items:
+                self._parties.clear()
+            self._parties[key] = (generation, out)
+        return out
 
     def usage_stored(self, namespace: str, subjects: Iterable[str]) -> None:
         with self._lock:
@@ -231,15 +245,17 @@ class BalanceCache:
 def value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: datetime | None, *,
           store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime,
           cache: BalanceCache | None = None) -> dict[str, Any]:
-    subject_keys = party_subject_keys(namespace, subject_keys, meta)
     live = cache is not None and at is None
     if live:
         assert cache is not None
+        subject_keys = cache.party(namespace, subject_keys, meta)
         generation = store.generation
         versions = cache.versions(namespace, subject_keys)
         hit = cache.get(namespace, subject_keys, id_or_feature_key, generation, now)
         if hit is not None:
             return hit
+    else:
+        subject_keys = party_subject_keys(namespace, subject_keys, meta)
     out, valid_until = _value(namespace, subject_keys, id_or_feature_key, at, store=store, meta=meta, usage=usage,
                               now=now)
     if live:
