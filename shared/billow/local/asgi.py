@@ -234,7 +234,7 @@ class ApiApp:
     """ASGI 3 app: read the request on the loop, serve it in a worker thread, answer with one body."""
 
     def __init__(self, host: LambdaHost, *, max_body: int, max_head: int, read_timeout_s: float, drain: Drain,
-                 api_workers: int = 16, ingest_workers: int = 4) -> None:
+                 api_workers: int = 4, ingest_workers: int = 2) -> None:
         self.host, self.max_body, self.read_timeout_s, self.drain = host, max_body, read_timeout_s, drain
         self.max_head = max_head
         self.api_pool = ThreadPoolExecutor(api_workers, thread_name_prefix="billow-api")
