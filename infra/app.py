@@ -47,18 +47,21 @@ class Config:
                   region=ctx("region", os.environ.get("CDK_DEFAULT_REGION")))
         stage_msk = "serverless" if cfg.stage == "prod" else "provisioned"  # issue 18 item 9: dev idles cheaply
         cfg = cls(**{**cfg.__dict__, "msk": ctx("msk", stage_msk) or stage_msk})
-        errors = []
-        if not _NAME.match(cfg.stage):
-            errors.append(f"stage {cfg.stage!r} must match {_NAME.pattern}")
-        if not _NAMESPACE.match(cfg.namespace):
-            errors.append(f"namespace {cfg.namespace!r} must match {_NAMESPACE.pattern}")
-        if cfg.arch not in ("arm64", "x86_64"):
-            errors.append(f"arch {cfg.arch!r} must be arm64 or x86_64")
-        if cfg.msk not in ("serverless", "provisioned"):
-            errors.append(f"msk {cfg.msk!r} must be serverless or provisioned")
-        if errors:
+        if errors := cfg.errors():
             raise ValueError("invalid context: " + "; ".join(errors))
         return cfg
+
+    def errors(self) -> list[str]:
+        errors = []
+        if not _NAME.match(self.stage):
+            errors.append(f"stage {self.stage!r} must match {_NAME.pattern}")
+        if not _NAMESPACE.match(self.namespace):
+            errors.append(f"namespace {self.namespace!r} must match {_NAMESPACE.pattern}")
+        if self.arch not in ("arm64", "x86_64"):
+            errors.append(f"arch {self.arch!r} must be arm64 or x86_64")
+        if self.msk not in ("serverless", "provisioned"):
+            errors.append(f"msk {self.msk!r} must be serverless or provisioned")
+        return errors
 
 
 def build_app(app: App | None = None, *, assets: tuple[Path, Path] | None = None,

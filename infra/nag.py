@@ -29,25 +29,7 @@ def _suppress(construct: IConstruct, rule: str, reason: str, applies_to: list[st
 
 
 def apply_suppressions(stack: BillowStack) -> None:
-    for name, fn in stack.fns.functions.items():
-        role = fn.role
-        assert role is not None
-        managed = [VPC_ACCESS] + ([MSK_ACCESS] if name == "usage_sink" else [])
-        _suppress(role, "AwsSolutions-IAM4", (
-            "AWS-maintained execution policies: AWSLambdaVPCAccessExecutionRole (CloudWatch Logs and the "
-            "network interfaces a function in a VPC needs; ec2:CreateNetworkInterface has no resource-level "
-            "scoping) and, on the usage sink only, AWSLambdaMSKExecutionRole, which aws-cdk-lib's "
-            "ManagedKafkaEventSource attaches for the MSK trigger's pollers (kafka:DescribeClusterV2, "
-            "GetBootstrapBrokers and the same ENI actions)."), applies_to=managed)
-        _suppress(role, "AwsSolutions-IAM5", (
-            "Only X-Ray: xray:PutTraceSegments and xray:PutTelemetryRecords (active tracing) support no "
-            "resource-level permissions. Every other statement of this role names its secret, cluster, "
-            "topic, consumer group or queue (or the invoice documents' key prefix, suppressed on its own)."),
-            applies_to=["Resource::*"])
-        _suppress(fn, "AwsSolutions-L1", (
-            "python3.12 on purpose: it is the interpreter of the project's venv and CI, the dependencies "
-            "layer is built from cp312 wheels and ships cp312 bytecode (layers/build.py PYTHON). Move "
-            "runtime, layer and venv together."))
+    _suppress_functions(stack)
 
     provider = stack.node.try_find_child(AWS_CUSTOM_RESOURCE_PROVIDER)
     if provider is not None:
@@ -72,6 +54,43 @@ def apply_suppressions(stack: BillowStack) -> None:
         "It holds an API key that Billow itself issues (hashed in the database); Secrets Manager cannot rotate it. "
         "Rotate it with `billow keys create` / `billow keys revoke` through the API (docs/deploy.md)."))
 
+    _suppress_billing(stack)
+
+    for key, route in stack.http.routes.items():
+        if key in PUBLIC_ROUTES:
+            _suppress(route, "AwsSolutions-APIG4", (
+                f"Public on purpose: {PUBLIC_ROUTES[key]}. Every other route goes through the API-key Lambda "
+                "authorizer."))
+
+    if not stack.retain_data:
+        _suppress(stack.database.cluster, "AwsSolutions-RDS10", (
+            "Non-prod stages are disposable (`cdk destroy` must work); stage=prod enables deletion protection "
+            "and snapshots the cluster on removal."))
+
+
+def _suppress_functions(stack: BillowStack) -> None:
+    for name, fn in stack.fns.functions.items():
+        role = fn.role
+        assert role is not None
+        managed = [VPC_ACCESS] + ([MSK_ACCESS] if name == "usage_sink" else [])
+        _suppress(role, "AwsSolutions-IAM4", (
+            "AWS-maintained execution policies: AWSLambdaVPCAccessExecutionRole (CloudWatch Logs and the "
+            "network interfaces a function in a VPC needs; ec2:CreateNetworkInterface has no resource-level "
+            "scoping) and, on the usage sink only, AWSLambdaMSKExecutionRole, which aws-cdk-lib's "
+            "ManagedKafkaEventSource attaches for the MSK trigger's pollers (kafka:DescribeClusterV2, "
+            "GetBootstrapBrokers and the same ENI actions)."), applies_to=managed)
+        _suppress(role, "AwsSolutions-IAM5", (
+            "Only X-Ray: xray:PutTraceSegments and xray:PutTelemetryRecords (active tracing) support no "
+            "resource-level permissions. Every other statement of this role names its secret, cluster, "
+            "topic, consumer group or queue (or the invoice documents' key prefix, suppressed on its own)."),
+            applies_to=["Resource::*"])
+        _suppress(fn, "AwsSolutions-L1", (
+            "python3.12 on purpose: it is the interpreter of the project's venv and CI, the dependencies "
+            "layer is built from cp312 wheels and ships cp312 bytecode (layers/build.py PYTHON). Move "
+            "runtime, layer and venv together."))
+
+
+def _suppress_billing(stack: BillowStack) -> None:
     _suppress(stack.billing.stripe_secret, "AwsSolutions-SMG4", (
         "The Stripe API key and webhook signing secret are issued by Stripe, which Secrets Manager cannot rotate; "
         "roll them in the Stripe dashboard and put the new values in this secret (docs/deploy.md, Billing)."))
@@ -90,14 +109,3 @@ def apply_suppressions(stack: BillowStack) -> None:
             f"Invoice documents: s3:PutObject and s3:GetObject on the {DOCUMENTS_PREFIX} prefix of the documents "
             "bucket only; object keys are made per invoice at run time (invoices/<namespace>/<invoice id>/...)."),
             applies_to=[f"Resource::<{bucket_id}.Arn>/{DOCUMENTS_PREFIX}*"])
-
-    for key, route in stack.http.routes.items():
-        if key in PUBLIC_ROUTES:
-            _suppress(route, "AwsSolutions-APIG4", (
-                f"Public on purpose: {PUBLIC_ROUTES[key]}. Every other route goes through the API-key Lambda "
-                "authorizer."))
-
-    if not stack.retain_data:
-        _suppress(stack.database.cluster, "AwsSolutions-RDS10", (
-            "Non-prod stages are disposable (`cdk destroy` must work); stage=prod enables deletion protection "
-            "and snapshots the cluster on removal."))

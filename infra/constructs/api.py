@@ -1,7 +1,9 @@
 """HTTP API (API Gateway v2, payload format 2.0): ingest on its own function (its own concurrency and
 throttling), Stripe's webhook on its own, everything else on the API function, every route but PUBLIC_ROUTES
 behind the API-key Lambda authorizer (which also accepts portal tokens). Access logs as JSON; stage-wide
-throttling."""
+throttling; the 5xx rate and p99 latency alarms. It makes the api, authorizer and stripe_webhook functions; ingest's
+is made by constructs/ingest.py. What the API function may touch besides the stores is granted by the capabilities
+it serves (constructs/billing.py, notifications.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infra.constructs.functions import construct_id
+from infra.constructs.functions import BillowFunctions, construct_id
+from infra.constructs.observability import Alarms
 
 ROUTES = {  # route key -> function name; an explicit route wins over {proxy+} in API Gateway
     "POST /api/v1/events": "ingest",
@@ -48,9 +51,14 @@ ACCESS_LOG_FORMAT = ('{"requestId":"$context.requestId","ip":"$context.identity.
 
 
 class HttpApi(Construct):
-    def __init__(self, scope: Construct, cid: str, *, name: str, functions: dict[str, lambda_.IFunction],
-                 authorizer: lambda_.IFunction, rate_limit: int, burst_limit: int, retain_logs: bool) -> None:
+    def __init__(self, scope: Construct, cid: str, *, name: str, fns: BillowFunctions, ingest: lambda_.IFunction,
+                 alarms: Alarms, rate_limit: int, burst_limit: int, retain_logs: bool) -> None:
         super().__init__(scope, cid)
+        self.api_fn = fns.function("api", usage=True)
+        self.authorizer_fn = fns.function("authorizer", memory=512, timeout=Duration.seconds(10))  # CPU for 10 s
+        self.stripe_fn = fns.function("stripe_webhook")  # invoices' payment status, from Stripe
+        functions: dict[str, lambda_.IFunction] = {"api": self.api_fn, "ingest": ingest,
+                                                   "stripe_webhook": self.stripe_fn}
         self.access_logs = logs.LogGroup(
             self, "AccessLogs", retention=logs.RetentionDays.ONE_MONTH,
             removal_policy=RemovalPolicy.RETAIN if retain_logs else RemovalPolicy.DESTROY)
@@ -67,7 +75,7 @@ class HttpApi(Construct):
         # API keys: the authorizer checks the Bearer key and passes its namespace and scopes on; API Gateway
         # caches its answer per Authorization header, so the handlers enforce scopes per route.
         self.authorizer = authorizers.HttpLambdaAuthorizer(
-            "ApiKeys", authorizer, authorizer_name=f"{name}-api-keys",
+            "ApiKeys", self.authorizer_fn, authorizer_name=f"{name}-api-keys",
             response_types=[authorizers.HttpLambdaResponseType.SIMPLE],
             identity_source=["$request.header.Authorization"], results_cache_ttl=AUTH_CACHE)
         self.routes: dict[str, apigw.HttpRoute] = {}
@@ -76,6 +84,7 @@ class HttpApi(Construct):
             (self.routes[key],) = self.api.add_routes(
                 path=path, methods=[apigw.HttpMethod(method)], integration=targets[fn_name],
                 authorizer=None if key in PUBLIC_ROUTES else self.authorizer)
+        alarms.api(self.stage)
 
     @property
     def url(self) -> str:

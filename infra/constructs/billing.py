@@ -14,6 +14,8 @@ cold start."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -23,10 +25,15 @@ from constructs import Construct
 
 DOCUMENTS_PREFIX = "invoices/"  # billow.services.documents: invoices/<namespace>/<invoice id>/<number>.html|.pdf
 NONCURRENT_DAYS = 365  # a re-rendered or deleted document stays recoverable this long
+INVOICING_JOBS = ("billing_run",)  # the scheduled jobs that create and advance invoices (besides the api)
 
 
 class Billing(Construct):
-    def __init__(self, scope: Construct, cid: str, *, retain: bool) -> None:
+    def __init__(self, scope: Construct, cid: str, *, retain: bool, api: lambda_.Function,
+                 jobs: Mapping[str, lambda_.Function], webhook: lambda_.Function) -> None:
+        """`api`, the INVOICING_JOBS among `jobs` (the invoicing functions): they render invoice documents (and
+        presign their URLs) and call Stripe (advance, approve, void); the Stripe `webhook` only records payment
+        status, through Stripe's secret."""
         super().__init__(scope, cid)
         self.documents = s3.Bucket(
             self, "Documents",  # no fixed name: bucket names are global
@@ -44,6 +51,11 @@ class Billing(Construct):
                 exclude_punctuation=True, password_length=32),
             removal_policy=RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY)
         self.document_writers: list[lambda_.Function] = []
+        self.invoicing = [api, *(jobs[job] for job in INVOICING_JOBS if job in jobs)]
+        for fn in self.invoicing:
+            self.grant_documents(fn)
+        for fn in (*self.invoicing, webhook):
+            self.grant_stripe(fn)
 
     def grant_documents(self, fn: lambda_.Function) -> None:
         """Write invoice documents and presign GETs for them (a presigned URL carries the signer's rights)."""

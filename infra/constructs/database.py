@@ -16,6 +16,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_rds as rds
 from constructs import Construct
 
+from infra.constructs.observability import Alarms
+
 ENGINE_VERSION = rds.AuroraPostgresEngineVersion.VER_16_9
 DATABASE = "billow"  # the functions' BILLOW_DB_NAME (the secret names no database: it would be "postgres")
 MASTER_USER = "billow"
@@ -25,7 +27,7 @@ APP_USER = "billow_app"  # the application role (IAM logins only)
 class Database(Construct):
     def __init__(self, scope: Construct, cid: str, *, vpc: ec2.IVpc, clients: ec2.ISecurityGroup,
                  app_subnets: ec2.SubnetSelection, data_subnets: ec2.SubnetSelection,
-                 min_acu: float, max_acu: float, retain: bool, name: str) -> None:
+                 min_acu: float, max_acu: float, retain: bool, name: str, alarms: Alarms) -> None:
         super().__init__(scope, cid)
         self.max_acu = max_acu
         self.security_group = ec2.SecurityGroup(self, "Db", vpc=vpc, allow_all_outbound=False,
@@ -48,6 +50,8 @@ class Database(Construct):
             removal_policy=RemovalPolicy.SNAPSHOT if retain else RemovalPolicy.DESTROY)
         assert self.cluster.secret is not None
         self.secret = self.cluster.secret
+        if retain:  # besides the cluster (snapshot on removal): its master secret
+            self.secret.apply_removal_policy(RemovalPolicy.RETAIN)
         # The rotation function needs Secrets Manager's API: run it in the app subnets (NAT), not isolated.
         self.cluster.add_rotation_single_user(automatically_after=Duration.days(30), vpc_subnets=app_subnets)
         self.proxy = self.cluster.add_proxy(
@@ -58,6 +62,7 @@ class Database(Construct):
         proxy_role = self.proxy.node.find_child("IAMRole")
         assert isinstance(proxy_role, iam.Role)
         self.cluster.grant_connect(proxy_role, APP_USER)  # end-to-end IAM: the proxy logs in to Aurora as APP_USER
+        alarms.database(self.cluster, self.proxy, max_acu=max_acu)
 
     def grant_connect(self, grantee: iam.IGrantable, user: str = APP_USER) -> None:
         """Let `grantee` log in through the proxy as `user` with an IAM token (rds-db:connect on the proxy's dbuser)."""

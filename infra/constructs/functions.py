@@ -1,18 +1,27 @@
 """Lambda functions: one per handler, each with its own role and log group, on shared assets from layers/build.py:
 the code, the core dependencies layer (every function) and the billing layer (stripe, fpdf2 and what only they pull
-in; only the handlers in layers.build.BILLING_FUNCTIONS, which import them)."""
+in; only the handlers in layers.build.BILLING_FUNCTIONS, which import them).
+
+What every function gets here, so the capability constructs (api.py, ingest.py, usage_sink.py, schedules.py,
+migrations.py) add only what is theirs: the settings every handler reads (billow.bootstrap.Settings.from_env;
+secrets by ARN only), login to the meta store through RDS Proxy as the app role (every handler's container opens
+it and checks its schema revision), an error-rate and a throttles alarm, and, only with `usage=True`, the ClickHouse
+secret (the usage store opens on first use, so ingest, the authorizer and the Stripe webhook never need it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from aws_cdk import Duration, RemovalPolicy
-from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from infra.constructs.database import APP_USER, DATABASE, Database
+from infra.constructs.network import Network
+from infra.constructs.observability import Alarms
+from infra.constructs.usage_store import UsageStore
 from layers.build import BILLING_FUNCTIONS, BILLING_LAYER
 
 RUNTIME = lambda_.Runtime.PYTHON_3_12  # = layers.build.PYTHON; the wheels and .pyc files are cp312
@@ -31,16 +40,25 @@ def construct_id(name: str) -> str:
 
 
 class BillowFunctions(Construct):
-    def __init__(self, scope: Construct, cid: str, *, deps_dir: Path, code_dir: Path, arch: str,
-                 vpc: ec2.IVpc, subnets: ec2.SubnetSelection, security_group: ec2.ISecurityGroup,
-                 environment: dict[str, str], stage: str, retain_logs: bool, bounded: bool = False) -> None:
+    def __init__(self, scope: Construct, cid: str, *, deps_dir: Path, code_dir: Path, arch: str, network: Network,
+                 database: Database, usage_store: UsageStore, alarms: Alarms, namespace: str, stage: str,
+                 retain_logs: bool, bounded: bool = False) -> None:
         super().__init__(scope, cid)
         if not all(d.is_dir() for d in (deps_dir / "python", deps_dir / BILLING_LAYER / "python", code_dir / "functions")):
             raise FileNotFoundError(f"Lambda assets missing under {deps_dir} / {code_dir}: "
                                     "run `.venv/bin/python -m layers.build` first")
         self.architecture = ARCHITECTURES[arch]
-        self.vpc, self.subnets, self.security_group = vpc, subnets, security_group
-        self.environment = environment
+        self.vpc, self.subnets, self.security_group = network.vpc, network.app_subnets, network.functions_sg
+        self.database, self.usage_store, self.alarms = database, usage_store, alarms
+        self.environment = {  # what every function reads (billow.bootstrap.Settings.from_env): secrets by ARN only
+            "BILLOW_NAMESPACE": namespace,
+            "BILLOW_USAGE_STORE": "clickhouse",
+            "BILLOW_DB_HOST": database.proxy.endpoint,  # IAM auth as the app role (constructs/database.py)
+            "BILLOW_DB_USER": APP_USER, "BILLOW_DB_NAME": DATABASE,
+            "POWERTOOLS_METRICS_NAMESPACE": "Billow",
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+            "BILLOW_AUTH": "keys",  # every request's namespace comes from its API key
+        }
         self.stage = stage
         self.bounded = bounded  # apply RESERVED_CONCURRENCY
         self.logs_removal = RemovalPolicy.RETAIN if retain_logs else RemovalPolicy.DESTROY
@@ -57,9 +75,10 @@ class BillowFunctions(Construct):
         self.code = lambda_.Code.from_asset(str(code_dir))
         self.functions: dict[str, lambda_.Function] = {}
 
-    def function(self, name: str, *, memory: int = 512, timeout: Duration = DEFAULT_TIMEOUT,
+    def function(self, name: str, *, memory: int = 512, timeout: Duration = DEFAULT_TIMEOUT, usage: bool = False,
                  extra_env: dict[str, str] | None = None) -> lambda_.Function:
-        """`name` is the handler package under functions/ (api, ingest, usage_sink, billing_run, ...)."""
+        """`name` is the handler package under functions/ (api, ingest, usage_sink, billing_run, ...); `usage`: it
+        reads or writes the usage store."""
         cid = construct_id(name)
         log_group = logs.LogGroup(self, f"{cid}Logs", retention=logs.RetentionDays.ONE_MONTH,
                                   removal_policy=self.logs_removal)
@@ -76,5 +95,11 @@ class BillowFunctions(Construct):
             tracing=lambda_.Tracing.ACTIVE,
             reserved_concurrent_executions=RESERVED_CONCURRENCY.get(name) if self.bounded else None,
             environment={**self.environment, "POWERTOOLS_SERVICE_NAME": name, **(extra_env or {})})
+        if usage:
+            fn.add_environment("BILLOW_CLICKHOUSE_SECRET_ARN", self.usage_store.secret.secret_arn)
+            self.usage_store.secret.grant_read(fn)
+        self.database.grant_connect(fn)
+        self.alarms.function_errors(name.replace("_", "-"), fn)
+        self.alarms.function_throttles(name.replace("_", "-"), fn)
         self.functions[name] = fn
         return fn

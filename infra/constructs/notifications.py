@@ -23,8 +23,10 @@ EMAIL_FROM = "notifications@example.com"  # override: cdk deploy -c notify_email
 
 
 class Notifications(Construct):
-    def __init__(self, scope: Construct, cid: str, *, stage: str, dead_letters: sqs.IQueue, email_from: str) -> None:
+    def __init__(self, scope: Construct, cid: str, *, stage: str, dead_letters: sqs.IQueue,
+                 dispatch: lambda_.Function, writers: list[lambda_.Function], email_from: str | None = None) -> None:
         super().__init__(scope, cid)
+        email_from = email_from or str(self.node.try_get_context("notify_email_from") or EMAIL_FROM)
         if email_from.count("@") != 1:
             raise ValueError(f"notify_email_from must be an e-mail address, got {email_from!r}")
         self.email_from = email_from
@@ -33,6 +35,7 @@ class Notifications(Construct):
                                visibility_timeout=Duration.seconds(JOB_TIMEOUT.to_seconds() * 6),
                                retention_period=Duration.days(4),
                                dead_letter_queue=sqs.DeadLetterQueue(queue=dead_letters, max_receive_count=5))
+        self.wire(dispatch, writers)
 
     def wire(self, dispatch: lambda_.Function, writers: list[lambda_.Function]) -> None:
         # Wake-ups are interchangeable: one invocation per (up to) ten messages delivers whatever is due.

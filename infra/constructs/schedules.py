@@ -1,9 +1,9 @@
 """EventBridge Scheduler: billing runs and notification dispatch.
 
 Each schedule sends its job message to that job's own SQS queue (`billow-<stage>-jobs-<job>`), never
-straight to a function; the stack subscribes `functions/<job>/handler.py` to it with an SQS trigger (a job
-without its handler fails synthesis). The queue adds retries, a dead-letter queue and a buffer when a run
-outlasts its interval.
+straight to a function; `functions/<job>/handler.py`, made here (with the stores' grants), consumes it with an SQS
+trigger (a job without its handler fails synthesis). The queue adds retries, a dead-letter queue and a buffer when
+a run outlasts its interval. Alarms: the oldest tick in each job queue, and the jobs DLQ's depth.
 
 There is no entitlement reset job: a usage period's resets are computed when a balance is read
 (services/entitlements.reset_schedule from the period and the manual resets; services/balances runs the grants
@@ -16,14 +16,18 @@ tick: {"job": ..., "namespace": ..., "scheduledTime": "<ISO-8601>", "executionId
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
+
+from infra.constructs.functions import BillowFunctions
+from infra.constructs.observability import Alarms
 
 JOBS = {
     "billing_run": "rate(15 minutes)",
@@ -39,11 +43,13 @@ def job_message(job: str, namespace: str) -> str:
 
 
 class Schedules(Construct):
-    def __init__(self, scope: Construct, cid: str, *, stage: str, namespace: str) -> None:
+    def __init__(self, scope: Construct, cid: str, *, stage: str, namespace: str, fns: BillowFunctions,
+                 functions_root: Path, alarms: Alarms, retain: bool = False) -> None:
         super().__init__(scope, cid)
         self.dead_letters = sqs.Queue(self, "JobsDlq", queue_name=f"billow-{stage}-jobs-dlq",
                                       encryption=sqs.QueueEncryption.SQS_MANAGED, enforce_ssl=True,
-                                      retention_period=Duration.days(14))
+                                      retention_period=Duration.days(14),
+                                      removal_policy=RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY)
         # Only this account's schedules may assume it (the confused-deputy guard AWS documents for Scheduler).
         scheduler_principal = iam.ServicePrincipal(
             "scheduler.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}})
@@ -70,6 +76,14 @@ class Schedules(Construct):
                         maximum_retry_attempts=3, maximum_event_age_in_seconds=3600),
                     dead_letter_config=scheduler.CfnSchedule.DeadLetterConfigProperty(
                         arn=self.dead_letters.queue_arn)))
+        self.functions: dict[str, lambda_.Function] = {}  # every schedule's queue is consumed by its job's handler
+        for job in JOBS:
+            if not (functions_root / job / "handler.py").is_file():
+                raise FileNotFoundError(f"schedule {job} has no handler: {functions_root / job / 'handler.py'}")
+            self.functions[job] = fns.function(job, timeout=JOB_TIMEOUT, usage=True)
+            self.subscribe(job, self.functions[job])
+            alarms.job_queue_age(job, self.queues[job])
+        alarms.dead_letters("jobs-dlq", self.dead_letters)
 
     def subscribe(self, job: str, fn: lambda_.IFunction) -> None:
         """A job handler consumes its queue: one tick per invocation, failures retried, then the job DLQ."""

@@ -25,7 +25,7 @@ IAM_PORT = 9098  # the SASL/IAM listener (MSK Serverless's only one; the only on
 # new IAM connections per second, ample for a dev stage; prod stays on Serverless (or pick larger brokers).
 BROKER_TYPE = "kafka.t3.small"
 BROKERS = 2
-BROKER_STORAGE_GB = 10  # per broker (EBS, $0.10/GB-month); the topic keeps 7 days (stack.TOPIC_RETENTION_MS)
+BROKER_STORAGE_GB = 10  # per broker (EBS, $0.10/GB-month); the topic keeps 7 days (migrations.TOPIC_RETENTION_MS)
 KAFKA_VERSION = "3.8.x"  # MSK's auto-patched 3.8 line
 
 
@@ -36,7 +36,7 @@ def topic_for(namespace: str) -> str:
 
 class Streaming(Construct):
     def __init__(self, scope: Construct, cid: str, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
-                 clients: ec2.ISecurityGroup, name: str, serverless: bool = True) -> None:
+                 clients: ec2.ISecurityGroup, name: str, serverless: bool = True, retain: bool = False) -> None:
         super().__init__(scope, cid)
         self.serverless = serverless
         self.broker_logs: logs.LogGroup | None = None  # the provisioned cluster's broker logs
@@ -90,6 +90,9 @@ class Streaming(Construct):
                 actions=["kafka:GetBootstrapBrokers"], resources=[self.cluster_arn])]),
             install_latest_aws_sdk=False)
         self.bootstrap_brokers = brokers.get_response_field("BootstrapBrokerStringSaslIam")
+        if retain:  # what holds the events (and the brokers' logs)
+            for kept in (self.cluster, *([self.broker_logs] if self.broker_logs else [])):
+                kept.apply_removal_policy(RemovalPolicy.RETAIN)
 
     def _arn(self, kind: str, name: str) -> str:
         # cluster: arn:aws:kafka:<region>:<account>:cluster/<cluster name>/<cluster uuid>
