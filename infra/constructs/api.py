@@ -21,7 +21,9 @@ from infra.constructs.observability import Alarms
 ROUTES = {  # route key -> function name; an explicit route wins over {proxy+} in API Gateway
     "POST /api/v1/events": "ingest",
     "ANY /api/v1/{proxy+}": "api",
+    "ANY /api/v2/{proxy+}": "api",  # OpenMeter's v2 entitlement API, the official SDKs' default paths
     "GET /api/v1/openapi.json": "api",
+    "GET /": "api",
     "GET /healthz": "api",
     "GET /readyz": "api",
     "POST /api/v1/apps/stripe/webhook": "stripe_webhook",
@@ -35,6 +37,7 @@ PORTAL_PAGE = ("the customer portal's static web page (HTML, script, styles; no 
                "authorizer, which accepts portal tokens")
 PUBLIC_ROUTES = {  # route key -> why it needs no API key (infra/nag.py states it); every other route needs one
     "GET /api/v1/openapi.json": "the OpenAPI document: a public description of the API, no data",
+    "GET /": "the landing page: links to the API reference, the portal and health, no data",
     "GET /healthz": HEALTH,
     "GET /readyz": HEALTH,
     "POST /api/v1/apps/stripe/webhook": (
