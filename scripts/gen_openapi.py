@@ -92,7 +92,7 @@ OPERATIONS = {
     "/api/v1/apps/custom-invoicing/{invoiceId}/payment/status": ["post"],
 }
 DROP = {"description", "example", "examples", "summary", "x-enum-varnames"}
-OUT = Path(__file__).resolve().parent.parent / "shared" / "billow" / "api" / "openapi.json"
+OUT = Path(__file__).resolve().parent.parent / "shared" / "billow" / "web" / "openapi.json"
 
 
 def strip(node: Any) -> Any:

@@ -1,5 +1,5 @@
 """Fingerprints of the OpenAPI operations each SDK (sdk/python, sdk/node, sdk/go) calls, so that a change to one
-of them in shared/billow/api/openapi.json fails until the SDK is reviewed; operations no SDK calls may come and go.
+of them in shared/billow/web/openapi.json fails until the SDK is reviewed; operations no SDK calls may come and go.
 
 Each SDK keeps `openapi.fingerprint`: one line per operation it calls, `METHOD /path hash`, the hash over the
 operation's parameters (path-level ones too), request body and responses with every $ref resolved and
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "shared" / "billow" / "api" / "openapi.json"
+DOC = ROOT / "shared" / "billow" / "web" / "openapi.json"
 FILE = "openapi.fingerprint"
 # SDK -> its source files (tests and examples are not the SDK), relative to sdk/<name>.
 SOURCES = {"python": "billow_sdk/**/*.py", "node": "src/**/*.ts", "go": "*.go"}

@@ -7,10 +7,10 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow.api.http import json_body, path_param
 from billow.bootstrap import container
 from billow.errors import ValidationFailed
 from billow.services import apikeys
+from billow.web.http import json_body, path_param
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()

@@ -7,9 +7,9 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import Container, container
 from billow.services import catalog, pages
+from billow.web.http import json_body, path_param, query_multi
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()

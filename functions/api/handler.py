@@ -11,13 +11,13 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow import jsonx
-from billow.api import present
-from billow.api.http import JSON, PROBLEM, as_caller, json_body, path_param, query_multi, wants_csv
-from billow.api.openapi import document
 from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
 from billow.services import directory, health, meters, pages, params, query, subscriptions
 from billow.timeutil import parse_rfc3339
+from billow.web import present
+from billow.web.http import JSON, PROBLEM, as_caller, json_body, path_param, query_multi, wants_csv
+from billow.web.openapi import document
 from functions.api import (
     admin_routes,
     billing_routes,

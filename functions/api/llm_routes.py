@@ -8,11 +8,11 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow.api import present
-from billow.api.http import body_text, json_body, path_param, query_multi
 from billow.bootstrap import container
 from billow.errors import ValidationFailed
 from billow.services import llm_costs
+from billow.web import present
+from billow.web.http import body_text, json_body, path_param, query_multi
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()

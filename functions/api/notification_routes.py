@@ -9,9 +9,9 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.adapters import delivery
-from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import container
 from billow.services import notifications
+from billow.web.http import json_body, path_param, query_multi
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import container
 from billow.errors import NotFound
 from billow.services import portal
+from billow.web.http import json_body, path_param, query_multi
 from functions.api.responses import document, no_content, ok, origin
 
 if TYPE_CHECKING:

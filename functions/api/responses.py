@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 
 from billow import jsonx
-from billow.api.http import JSON
+from billow.web.http import JSON
 
 
 def ok(body: Any, status: int = 200) -> Response:

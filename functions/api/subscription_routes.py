@@ -8,11 +8,11 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from billow.api.http import json_body, path_param, query_multi
 from billow.bootstrap import Container, container
 from billow.errors import NotFound
 from billow.services import pages, subscriptions
 from billow.timeutil import parse_rfc3339
+from billow.web.http import json_body, path_param, query_multi
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()

@@ -7,10 +7,10 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from billow.api.http import as_caller, guarded, header, json_body, response
 from billow.bootstrap import container
 from billow.errors import Unavailable, UnsupportedMediaType, ValidationFailed
 from billow.services.ingest import ingest_events
+from billow.web.http import as_caller, guarded, header, json_body, response
 
 SINGLE = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"

@@ -13,8 +13,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow import jsonx
 from billow.adapters.stripe_app import parse_webhook
-from billow.api.http import body_text, guarded, header, response
 from billow.bootstrap import container
+from billow.web.http import body_text, guarded, header, response
 
 logger = Logger(service="billow-stripe-webhook")
 ROUTE = "/api/v1/apps/stripe/webhook"

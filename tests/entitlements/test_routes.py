@@ -10,7 +10,7 @@ from tests.entitlements.conftest import Billow
 
 
 def test_every_documented_operation_is_routed(billow: Billow) -> None:
-    doc = json.loads(resources.files("billow.api").joinpath("openapi.json").read_text())
+    doc = json.loads(resources.files("billow.web").joinpath("openapi.json").read_text())
     missing = []
     for path, ops in doc["paths"].items():
         concrete = re.sub(r"\{[^}]+\}", "x1", path)

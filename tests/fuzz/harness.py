@@ -32,7 +32,7 @@ meters:
     groupBy: {route: $.route, model: $.model}
 """
 
-DOC_PATH = Path(__file__).parents[2] / "shared/billow/api/openapi.json"
+DOC_PATH = Path(__file__).parents[2] / "shared/billow/web/openapi.json"
 DOC = json.loads(DOC_PATH.read_text(encoding="utf-8"))
 METHODS = ("get", "put", "post", "delete", "patch")
 OPERATIONS = [(m.upper(), p) for p, item in DOC["paths"].items() for m in item if m in METHODS]

@@ -226,7 +226,7 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     _, (invoice,) = a.call("POST", "/api/v1/billing/invoices/invoice", {"customerId": cust["id"]})
     values.update(id=profile["id"], customerId=cust["id"], invoiceId=invoice["id"])
     secrets |= {profile["id"], invoice["id"], invoice["number"], "Leak Supplier"}
-    doc = json.loads(resources.files("billow.api").joinpath("openapi.json").read_text())
+    doc = json.loads(resources.files("billow.web").joinpath("openapi.json").read_text())
     def sweep(caller: Tenant) -> None:
         for path, ops in doc["paths"].items():
             concrete = path

@@ -23,7 +23,7 @@ ITEMS = [{"id": f"{i:03d}"} for i in range(250)]
 
 
 def qs(query: str) -> dict[str, list[str]]:
-    from billow.api.http import _parse_query
+    from billow.web.http import _parse_query
 
     return _parse_query(query)
 

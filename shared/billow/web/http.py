@@ -11,7 +11,7 @@ from urllib.parse import unquote, unquote_plus
 from billow import jsonx
 from billow.errors import BillowError, ValidationFailed, problem
 
-log = logging.getLogger("billow.api")
+log = logging.getLogger("billow.web")
 
 PROBLEM = "application/problem+json"
 JSON = "application/json"
