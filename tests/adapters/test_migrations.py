@@ -28,25 +28,8 @@ from billow.adapters import (
     sql_portal,
 )
 from billow.adapters.sql import SqlMetaStore
-from tests.conftest import require_service
 
 MODELS = (sql, sql_billing, sql_catalog, sql_entitlements, sql_keys, sql_llm_prices, sql_notifications, sql_portal)
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A PostgreSQL database of this test's own (CREATE DATABASE through the test cluster's admin URL)."""
-    admin_url = require_service("BILLOW_TEST_PG_URL", "PostgreSQL")
-    name = f"billow_mig_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
