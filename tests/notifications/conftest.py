@@ -125,11 +125,12 @@ def wall_minute() -> str:
     return format_rfc3339(datetime.now(UTC).replace(second=0, microsecond=0))
 
 
-@pytest.fixture
-def world(tmp_path: Path, namespace: str) -> Iterator[World]:
+def make_world(tmp_path: Path, namespace: str, **settings: Any) -> Iterator[World]:
+    """The notifications world (memory usage store, the METERS, a clock the test moves, subject customer_1);
+    `settings` adds to its Settings, e.g. meta_store_url for PostgreSQL."""
     clock = Clock(wall_minute())
-    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace=namespace, meters=METERS)),
-              deliver=lambda ev: sink(ev, None))
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace=namespace, meters=METERS,
+                                  **settings)), deliver=lambda ev: sink(ev, None))
     c.clock = clock
     install(c)
     w = World(c, clock)
@@ -137,3 +138,8 @@ def world(tmp_path: Path, namespace: str) -> Iterator[World]:
     yield w
     install(None)
     c.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path, namespace: str) -> Iterator[World]:
+    yield from make_world(tmp_path, namespace)

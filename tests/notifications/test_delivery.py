@@ -89,20 +89,9 @@ def test_failing_endpoints_retry_with_backoff_then_stop(world: World, receiver: 
 @pytest.fixture
 def pg_world(pg_database: str, tmp_path: Path, namespace: str) -> Iterator[World]:
     """The notifications world with its meta store on PostgreSQL (its own database)."""
-    from billow.bootstrap import Settings, build, install
-    from functions.usage_sink.handler import lambda_handler as sink
-    from tests.notifications.conftest import METERS, Clock, wall_minute
+    from tests.notifications.conftest import make_world
 
-    clock = Clock(wall_minute())
-    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace=namespace, meters=METERS,
-                                  meta_store_url=pg_database)), deliver=lambda ev: sink(ev, None))
-    c.clock = clock
-    install(c)
-    w = World(c, clock)
-    w.ok("POST", "/api/v1/subjects", [{"key": "customer_1"}])
-    yield w
-    install(None)
-    c.close()
+    yield from make_world(tmp_path, namespace, meta_store_url=pg_database)
 
 
 def test_two_dispatchers_never_send_a_delivery_twice_on_postgres(pg_world: World, receiver: Receiver) -> None:

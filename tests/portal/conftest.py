@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from billow.bootstrap import Settings, build, install
 from billow.local.server import apigw_event
@@ -22,6 +23,21 @@ from functions.usage_sink.handler import lambda_handler as sink
 from tests.e2e.conftest import Server
 from tests.entitlements.conftest import Clock
 from tests.support.keys import make_key
+
+# Debian's Chromium, as scripts/toolchains.sh installs it, for the browser tests of the portal page.
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TZ = "America/New_York"  # not UTC, and the last 30 days may hold a DST change
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
 
 METERS = [{"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens",
            "groupBy": {"model": "$.model"}},

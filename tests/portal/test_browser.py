@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.e2e.conftest import Server
+from tests.portal.conftest import TZ
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TZ = "America/New_York"  # not UTC, and the last 30 days may hold a DST change
 METERS = [{"slug": "ai_tokens", "name": "AI tokens", "eventType": "completion", "aggregation": "SUM",
            "valueProperty": "$.tokens"},
           {"slug": "api_calls", "name": "API calls", "eventType": "call", "aggregation": "COUNT"},
@@ -105,14 +102,6 @@ def shop(keyed_server: tuple[Server, dict[str, str]]) -> Shop:
     s.events("acme", "completion", [(made, {"tokens": "2.5"})])
     s.events("globex", "completion", [(made, {"tokens": 4242})])
     return s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def open_portal(browser: Browser, srv: Server, token: str | None, state: str) -> Page:

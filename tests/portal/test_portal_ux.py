@@ -17,14 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.e2e.conftest import Server
+from tests.portal.conftest import TZ
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TZ = "America/New_York"
 SUBJECT = "initech-prod-7f3a"  # the provider's internal key: never on the customer's page
 WIDTHS = [1280, 390]
 # (days ago, model, tokens): sent at 16:00 UTC, which is the same calendar day in New York.
@@ -95,14 +92,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
                     {"trigger": trigger})["status"] == outcome
     yield s
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def open_portal(browser: Browser, srv: Server, token: str, width: int, state: str = "ready") -> Page:
