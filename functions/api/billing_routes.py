@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import Container, container
 from billow.errors import NotFound
-from billow.services import billing, pages
+from billow.services import billing, billing_customers, invoices, pages, pending_lines
 from billow.timeutil import parse_rfc3339
 from billow.web.http import json_body, path_param, query_multi
 from functions.api.responses import document, no_content, ok, origin
@@ -63,6 +63,12 @@ def delete_profile(pid: str) -> Response:
     return no_content()
 
 
+@router.get("/api/v1/billing/customers")
+def list_overrides() -> Response:
+    c, store = _c()
+    return ok(billing_customers.list_customer_overrides(c.namespace, _qs(), store=store, meta=c.meta))
+
+
 @router.get("/api/v1/billing/customers/<cid>")
 def get_override(cid: str) -> Response:
     c, store = _c()
@@ -87,6 +93,13 @@ def add_pending_lines(cid: str) -> Response:
     c, store = _c()
     return ok(billing.add_pending_lines(c.namespace, path_param(cid), _body(), store=store, meta=c.meta,
                                        ents=c.entitlements, now=c.clock.now()), 201)
+
+
+@router.post("/api/v1/billing/customers/<cid>/invoices/simulate")
+def simulate_invoice(cid: str) -> Response:
+    c, store = _c()
+    return ok(pending_lines.simulate_invoice(c.namespace, path_param(cid), _body(), store=store, meta=c.meta,
+                                             now=c.clock.now()))
 
 
 @router.post("/api/v1/billing/customers/<cid>/credits")
@@ -165,6 +178,18 @@ def _action(action: str) -> Any:
 
 for _name in ("advance", "approve", "retry", "void"):
     router.post(f"/api/v1/billing/invoices/<iid>/{_name}")(_action(_name))
+
+
+@router.post("/api/v1/billing/invoices/<iid>/snapshot-quantities")
+def snapshot_quantities(iid: str) -> Response:
+    c, store = _c()
+    return ok(invoices.snapshot_quantities(c.namespace, path_param(iid), store=store))
+
+
+@router.post("/api/v1/billing/invoices/<iid>/taxes/recalculate")
+def recalculate_taxes(iid: str) -> Response:
+    c, store = _c()
+    return ok(invoices.recalculate_taxes(c.namespace, path_param(iid), store=store, now=c.clock.now()))
 
 
 # -- custom invoicing app call-backs ------------------------------------------------------------------------------

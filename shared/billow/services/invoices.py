@@ -135,6 +135,37 @@ def act(namespace: str, id_: str, action: str, *, store: BillingStore, apps: Bil
     raise bad("action", f"unknown action {action!r}")
 
 
+def snapshot_quantities(namespace: str, id_: str, *, store: BillingStore) -> dict[str, Any]:
+    """OpenMeter's snapshotQuantitiesInvoiceAction skips an invoice's wait for late usage (its collection period).
+    Billow takes a period's quantities when the run makes the invoice, at the period's end, and bills usage that
+    arrives later as a correction on the next invoice: a draft's quantities are already its snapshot, and it is
+    returned as it is. Gathering and immutable invoices are refused (409), as OpenMeter refuses the action outside
+    a draft."""
+    inv = _load(namespace, id_, store)
+    if inv.status != "draft":
+        raise Conflict(f"cannot snapshot the quantities of invoice {inv.number} in state {inv.extended_status}: "
+                       "only a draft's")
+    return inv.to_json()
+
+
+def recalculate_taxes(namespace: str, id_: str, *, store: BillingStore, now: datetime) -> dict[str, Any]:
+    """OpenMeter's recalculateInvoiceTaxAction: a draft's totals again from its lines. No tax app rates here (the
+    sandbox tax app's rate is 0), so the taxes are 0 and the totals are the lines' sums with the credit applied;
+    an invoice that changed is saved. Refused (409) once the invoice is immutable or while it gathers lines."""
+    inv = _load(namespace, id_, store)
+    if inv.status != "draft":
+        raise Conflict(f"cannot recalculate the taxes of invoice {inv.number} in state {inv.extended_status}: "
+                       "only a draft's")
+    doc = inv.to_json()
+    credits = parse_decimal(doc["totals"].get("creditsTotal") or "0")
+    totals = inv_rules.sum_totals(doc["lines"], credits)
+    if totals != doc["totals"]:
+        inv.totals = totals
+        inv.touch(now)
+        _save(namespace, inv, store, expect_status=inv.status)
+    return inv.to_json()
+
+
 def delete_invoice(namespace: str, id_: str, *, store: BillingStore, now: datetime) -> None:
     inv = _load(namespace, id_, store)
     inv.require("delete")

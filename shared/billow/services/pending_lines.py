@@ -3,20 +3,21 @@ invoice per currency until a billing run at or after their `invoiceAt` rates the
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from billow.domain import invoices as inv_rules
 from billow.domain import pricing
 from billow.domain.billing import plain
 from billow.domain.money import Currency
-from billow.errors import ValidationFailed
+from billow.errors import Conflict, ValidationFailed
+from billow.exact import parse_decimal
 from billow.ids import new_id
 from billow.ports import BillingStore, MetaStore, UsageStore
-from billow.services.billing_profiles import resolve_customer
+from billow.services.billing_profiles import resolve_customer, resolved_profile
 from billow.services.entitlements import EntitlementStore
-from billow.services.invoices import invoice_number
+from billow.services.invoices import invoice_number, new_invoice
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
 bad = ValidationFailed.at
@@ -98,6 +99,11 @@ def rate_pending(namespace: str, line: dict[str, Any], currency: str, subjects: 
         usage_of(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage)
     rated = pricing.rate(price, qty, currency=currency, rounding="ROUND_HALF_UP", period_start=start, period_end=end,
                          name=line["name"])
+    return _with_children(line, currency, qty, rated)
+
+
+def _with_children(line: dict[str, Any], currency: str, qty: Decimal, rated: list[pricing.Line]) -> dict[str, Any]:
+    """A line with its rated detailed lines as children and exact totals."""
     children = [{"id": new_id(), "name": ln.description, "type": "flat_fee", "managedBy": "manual", "status": "valid",
                  "category": ln.category, "quantity": plain(ln.quantity), "perUnitAmount": plain(ln.unit_price),
                  "paymentTerm": ln.payment_term, "period": line["period"], "invoiceAt": line["invoiceAt"],
@@ -105,3 +111,100 @@ def rate_pending(namespace: str, line: dict[str, Any], currency: str, subjects: 
                 for ln in rated]
     return {**line, "currency": currency, "quantity": plain(qty) if qty else "1", "children": children,
             "totals": inv_rules.sum_totals(children)}
+
+
+# -- invoice simulation -----------------------------------------------------------------------------------------
+def simulate_invoice(namespace: str, customer_id: str, body: object, *, store: BillingStore, meta: MetaStore,
+                     now: datetime) -> dict[str, Any]:
+    """OpenMeter's simulateInvoice (InvoiceSimulationInput): the invoice the given lines would make for the customer,
+    each usage line rated at its given `quantity` (graduated tiers continue after `preLinePeriodQuantity`, the
+    usage already billed in the line's period), under the customer's billing profile. Nothing is written: no
+    invoice, no number taken, no pending line, no mark."""
+    customer = resolve_customer(namespace, customer_id, meta)
+    if not isinstance(body, dict):
+        raise bad("body", "must be {currency, lines, number?}")
+    currency = Currency.of(body.get("currency")).code
+    number = body.get("number")
+    if number is not None and (not isinstance(number, str) or not number.strip() or len(number) > 256):
+        raise bad("number", "must be a non-empty string of at most 256 characters")
+    raw = body.get("lines")
+    if not isinstance(raw, list) or not raw:
+        raise bad("lines", "must be a non-empty list")
+    lines = [_simulated_line(ln, f"lines[{i}]", currency, now) for i, ln in enumerate(raw)]
+    profile = resolved_profile(namespace, customer["id"], store=store)
+    if profile is None:
+        raise Conflict("no billing profile applies to this customer: create a default billing profile first")
+    count = store.invoice_counts(namespace).get(customer["id"], 0)
+    doc = new_invoice(namespace, customer, profile, currency, lines, number=count + 1, now=now)
+    if number is not None:
+        doc["number"] = number
+    return doc
+
+
+def _number(doc: dict[str, Any], key: str, field_name: str) -> Decimal | None:
+    if doc.get(key) is None:
+        return None
+    try:
+        value = parse_decimal(doc[key], int_digits=20, scale=18)
+    except ValueError as exc:
+        raise bad(f"{field_name}.{key}", str(exc)) from None
+    if value < 0:
+        raise bad(f"{field_name}.{key}", "must not be negative")
+    return value
+
+
+def _simulated_line(doc: object, field_name: str, currency: str, now: datetime) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise bad(field_name, "must be a line object")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 256:
+        raise bad(f"{field_name}.name", "is required: 1 to 256 characters")
+    period = doc.get("period")
+    if not isinstance(period, dict):
+        raise bad(f"{field_name}.period", "is required: {from, to}")
+    start = parse_rfc3339(str(period.get("from")), f"{field_name}.period.from")
+    end = parse_rfc3339(str(period.get("to")), f"{field_name}.period.to")
+    if end <= start:
+        raise bad(f"{field_name}.period.to", "must be after period.from")
+    invoice_at = parse_rfc3339(str(doc.get("invoiceAt")), f"{field_name}.invoiceAt")
+    card = doc.get("rateCard")
+    if card is not None and not isinstance(card, dict):
+        raise bad(f"{field_name}.rateCard", "must be an object")
+    card = card if card is not None else {}
+    where = f"{field_name}.rateCard" if "rateCard" in doc else field_name  # the deprecated price/featureKey
+    raw_price = card.get("price") if "rateCard" in doc else doc.get("price")
+    if raw_price is None:
+        raise bad(f"{where}.price", "is required")
+    price = pricing.parse_price(raw_price, field=f"{where}.price")
+    discounts = pricing.parse_discounts(card.get("discounts"), field=f"{where}.discounts") \
+        if card.get("discounts") is not None else None
+    feature_key = card.get("featureKey") if "rateCard" in doc else doc.get("featureKey")
+    if feature_key is not None and (not isinstance(feature_key, str) or not feature_key):
+        raise bad(f"{where}.featureKey", "must be a feature key")
+    flat = isinstance(price, pricing.FlatPrice)
+    qty = Decimal(1) if flat else _number(doc, "quantity", field_name)
+    if qty is None:
+        raise bad(f"{field_name}.quantity", "is required for a usage price")
+    before = Decimal(0) if flat else (_number(doc, "preLinePeriodQuantity", field_name) or Decimal(0))
+    if before and isinstance(price, pricing.TieredPrice) and price.mode == "volume":
+        raise bad(f"{field_name}.preLinePeriodQuantity", "a volume tiered price rates its whole period at once")
+    rounding: Final = "ROUND_HALF_UP"
+    if flat or not before:
+        rated = pricing.rate(price, qty, currency=currency, rounding=rounding, period_start=start, period_end=end,
+                             discounts=discounts, name=name)
+    else:  # the usage before this line fills the tiers first: rate the line as the second part of its period
+        earlier = start - timedelta(minutes=1)
+        billed = pricing.totals(pricing.rate_part(
+            price, usage_before=Decimal(0), usage_after=before, billed_before=Decimal(0), currency=currency,
+            rounding=rounding, period_start=earlier, period_end=end, part_start=earlier, part_end=start,
+            discounts=discounts, name=name)).total
+        rated = pricing.rate_part(price, usage_before=before, usage_after=before + qty, billed_before=billed,
+                                  currency=currency, rounding=rounding, period_start=earlier, period_end=end,
+                                  part_start=start, part_end=end, discounts=discounts, name=name)
+    stamp = format_rfc3339(now)
+    line = {"id": new_id(), "name": name, "description": doc.get("description"), "metadata": doc.get("metadata"),
+            "type": "flat_fee" if flat else "usage_based", "managedBy": "manual", "status": "valid",
+            "period": {"from": format_rfc3339(start), "to": format_rfc3339(end)},
+            "invoiceAt": format_rfc3339(invoice_at), "price": pricing.price_to_json(price), "featureKey": feature_key,
+            "preLinePeriodQuantity": plain(before), "createdAt": stamp, "updatedAt": stamp}
+    return _with_children(line, currency, Decimal(0) if flat else qty, rated)

@@ -1,0 +1,149 @@
+"""OpenMeter's remaining billing operations (issue 16): the customer overrides list with each customer's effective
+profile, invoice simulation (rates the given lines, writes nothing), snapshot-quantities and tax recalculation."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from tests.billing.conftest import Billow
+from tests.support.billing import PROFILE, subscribed
+
+
+def _problem_field(out: Any) -> list[str]:
+    return [e.get("field") for e in (out.get("extensions") or {}).get("errors", [])] or [out.get("detail", "")]
+
+
+def _refused(b: Billow, method: str, path: str, name: str, body: Any = None, query: dict[str, str] | None = None,
+             status: int = 400) -> None:
+    got, out = b.call(method, path, body, query)
+    assert got == status, (got, out)
+    assert name in str(out), out
+
+
+def _all_invoices(b: Billow) -> list[dict[str, Any]]:
+    return sorted(b.c.billing_store().list_invoices(b.c.settings.namespace), key=lambda d: d["id"])
+
+
+# -- GET /api/v1/billing/customers ------------------------------------------------------------------------------
+def test_billing_customers_lists_every_customer_with_its_effective_profile(billow: Billow) -> None:
+    b = billow
+    subscribed(b)
+    default = next(p for p in b.ok("GET", "/api/v1/billing/profiles")["items"] if p["default"])
+    other = b.ok("POST", "/api/v1/billing/profiles", {**PROFILE, "name": "EU", "default": False,
+                                                      "workflow": {"invoicing": {"dueAfter": "P30D"}}})
+    beta = b.ok("POST", "/api/v1/customers", {"key": "beta", "name": "Beta GmbH", "primaryEmail": "ap@beta.example",
+                                              "usageAttribution": {"subjectKeys": ["customer_2"]}})
+    b.ok("PUT", f"/api/v1/billing/customers/{beta['id']}", {"billingProfileId": other["id"]})
+    acme = b.ok("GET", "/api/v1/customers/acme")
+
+    page = b.ok("GET", "/api/v1/billing/customers")  # includeAllCustomers defaults to true (the spec's default)
+    assert (page["totalCount"], page["page"], page["pageSize"]) == (2, 1, 100)
+    by_id = {it["customerOverride"]["customerId"] if "customerOverride" in it else acme["id"]: it for it in page["items"]}
+    assert set(by_id) == {acme["id"], beta["id"]}
+    assert "customerOverride" not in by_id[acme["id"]] and by_id[acme["id"]]["baseBillingProfileId"] == default["id"]
+    assert by_id[beta["id"]]["customerOverride"]["billingProfileId"] == other["id"]
+    assert by_id[beta["id"]]["baseBillingProfileId"] == other["id"]
+    assert by_id[beta["id"]]["customerProfile"]["workflow"]["invoicing"]["dueAfter"] == "P30D"
+    assert set(by_id[acme["id"]]["customerProfile"]) == {"supplier", "workflow", "apps"}
+    assert "customer" not in by_id[acme["id"]]
+
+    def ids(query: dict[str, str]) -> list[str]:
+        items = b.ok("GET", "/api/v1/billing/customers", query={**query, "expand": "customer"})["items"]
+        return [it["customer"]["id"] for it in items]
+
+    assert ids({"includeAllCustomers": "false"}) == [beta["id"]]
+    assert ids({"customersWithoutPinnedProfile": "true"}) == [acme["id"]]
+    assert ids({"billingProfile": other["id"]}) == [beta["id"]]
+    assert ids({"billingProfile": default["id"]}) == [acme["id"]]  # the default profile: customers without override
+    assert ids({"customerKey": "acme"}) == [acme["id"]]
+    assert ids({"customerName": "BETA"}) == [beta["id"]]  # contains, case-folded
+    assert ids({"customerPrimaryEmail": "beta.example"}) == [beta["id"]]
+    assert ids({"customerId": beta["id"]}) == [beta["id"]]
+    assert ids({"orderBy": "customerKey", "order": "DESC"}) == [beta["id"], acme["id"]]
+    assert ids({"orderBy": "customerName", "order": "ASC"}) == [acme["id"], beta["id"]]
+    assert b.ok("GET", "/api/v1/billing/customers", query={"pageSize": "1", "page": "2"})["totalCount"] == 2
+
+    for name, value in [("orderBy", "bogus"), ("order", "sideways"), ("expand", "everything"),
+                        ("includeAllCustomers", "yes"), ("customersWithoutPinnedProfile", "1"),
+                        ("billingProfile", "not-a-ulid"), ("customerId", "nope"), ("pageSize", "0")]:
+        _refused(b, "GET", "/api/v1/billing/customers", name, query={name: value})
+
+
+# -- POST /api/v1/billing/customers/{c}/invoices/simulate --------------------------------------------------------
+TIERED = {"type": "tiered", "mode": "graduated",
+          "tiers": [{"upToAmount": "1000", "unitPrice": {"type": "unit", "amount": "0.01"}},
+                    {"unitPrice": {"type": "unit", "amount": "0.005"}}]}
+PERIOD = {"from": "2026-04-01T00:00:00Z", "to": "2026-05-01T00:00:00Z"}
+
+
+def test_simulate_rates_the_given_lines_and_writes_nothing(billow: Billow) -> None:
+    b = billow
+    subscribed(b)
+    b.clock.set("2026-04-02T00:00:00Z")
+    b.ok("POST", "/api/v1/billing/invoices/invoice", {"customerId": "acme"})  # April's fee: one real invoice
+    before = _all_invoices(b)
+    acme = b.ok("GET", "/api/v1/customers/acme")
+    body = {"currency": "USD", "lines": [
+        {"name": "Setup", "period": PERIOD, "invoiceAt": PERIOD["to"], "quantity": "1",
+         "rateCard": {"price": {"type": "flat", "amount": "5", "paymentTerm": "in_arrears"}}},
+        {"name": "Tokens", "period": PERIOD, "invoiceAt": PERIOD["to"], "quantity": "1500",
+         "rateCard": {"featureKey": "tokens", "price": TIERED}},
+        # 800 tokens already billed this period: 400 more are 200 in tier 1 and 200 in tier 2.
+        {"name": "More tokens", "period": PERIOD, "invoiceAt": PERIOD["to"], "quantity": "400",
+         "preLinePeriodQuantity": "800", "price": TIERED, "featureKey": "tokens"},
+    ]}
+    sim = b.ok("POST", f"/api/v1/billing/customers/{acme['id']}/invoices/simulate", body)
+    assert sim["currency"] == "USD" and sim["customer"]["id"] == acme["id"]
+    assert [(ln["name"], ln["totals"]["total"]) for ln in sim["lines"]] == [
+        ("Setup", "5.00"), ("Tokens", "12.50"), ("More tokens", "3.00")]
+    tokens = sim["lines"][1]
+    assert [(ch["quantity"], ch["totals"]["total"]) for ch in tokens["children"]] == [("1000", "10.00"), ("500", "2.50")]
+    assert Decimal(sim["totals"]["total"]) == Decimal("20.50") and sim["totals"]["taxesTotal"] == "0"
+    # Nothing was written: the store holds what it held, and the simulated invoice is not there.
+    assert _all_invoices(b) == before
+    assert b.call("GET", f"/api/v1/billing/invoices/{sim['id']}")[0] == 404
+    numbered = b.ok("POST", "/api/v1/billing/customers/acme/invoices/simulate", {**body, "number": "SIM-1"})
+    assert numbered["number"] == "SIM-1" and _all_invoices(b) == before
+
+    path = f"/api/v1/billing/customers/{acme['id']}/invoices/simulate"
+    line = body["lines"][1]
+    _refused(b, "POST", path, "currency", {"lines": body["lines"]})
+    _refused(b, "POST", path, "currency", {**body, "currency": "XXY"})
+    _refused(b, "POST", path, "lines", {"currency": "USD"})
+    _refused(b, "POST", path, "lines[0].quantity", {"currency": "USD", "lines": [{**line, "quantity": "abc"}]})
+    _refused(b, "POST", path, "lines[0].quantity", {"currency": "USD", "lines": [{**line, "quantity": "-1"}]})
+    _refused(b, "POST", path, "lines[0].quantity", {"currency": "USD", "lines": [{k: v for k, v in line.items()
+                                                                                   if k != "quantity"}]})
+    _refused(b, "POST", path, "lines[0].preLinePeriodQuantity",
+             {"currency": "USD", "lines": [{**line, "preLinePeriodQuantity": "-5"}]})
+    _refused(b, "POST", path, "lines[0].rateCard.price", {"currency": "USD", "lines": [{**line, "rateCard": {}}]})
+    _refused(b, "POST", path, "lines[0].period.to",
+             {"currency": "USD", "lines": [{**line, "period": {"from": PERIOD["to"], "to": PERIOD["from"]}}]})
+    _refused(b, "POST", path, "lines[0].name", {"currency": "USD", "lines": [{**line, "name": ""}]})
+    _refused(b, "POST", path, "number", {**body, "number": 5})
+    _refused(b, "POST", "/api/v1/billing/customers/01J0000000000000000000NONE/invoices/simulate", "not found", body,
+             status=404)
+    assert _all_invoices(b) == before
+
+
+# -- POST /api/v1/billing/invoices/{id}/snapshot-quantities, /taxes/recalculate --------------------------------
+def test_snapshot_quantities_and_tax_recalculation_on_a_draft_and_refused_once_issued(billow: Billow) -> None:
+    b = billow
+    manual = {**PROFILE, "workflow": {"invoicing": {"autoAdvance": False, "dueAfter": "P14D"}}}
+    subscribed(b, manual)
+    b.clock.set("2026-04-02T00:00:00Z")
+    (draft,) = b.ok("POST", "/api/v1/billing/invoices/invoice", {"customerId": "acme"})
+    assert draft["status"] == "draft"
+    for action in ("snapshot-quantities", "taxes/recalculate"):
+        got = b.ok("POST", f"/api/v1/billing/invoices/{draft['id']}/{action}")
+        assert got["id"] == draft["id"] and got["status"] == "draft"
+        assert got["lines"] == draft["lines"] and got["totals"] == draft["totals"]  # quantities were taken at period end
+        assert got["totals"]["taxesTotal"] == "0"  # no tax app rates here: the taxes are 0, recomputed from the lines
+    assert b.ok("GET", f"/api/v1/billing/invoices/{draft['id']}")["totals"] == draft["totals"]
+    issued = b.ok("POST", f"/api/v1/billing/invoices/{draft['id']}/approve")
+    assert issued["status"] != "draft"
+    for action in ("snapshot-quantities", "taxes/recalculate"):
+        status, out = b.call("POST", f"/api/v1/billing/invoices/{draft['id']}/{action}")
+        assert status == 409 and draft["number"] in out["detail"], (status, out)
+        _refused(b, "POST", f"/api/v1/billing/invoices/01J0000000000000000000NONE/{action}", "not found", status=404)
