@@ -20,10 +20,13 @@ from billow.web.http import JSON, PROBLEM, as_caller, json_body, path_param, que
 from billow.web.openapi import document
 from functions.api import (
     admin_routes,
+    app_routes,
     billing_routes,
     catalog_routes,
+    docs_routes,
     entitlement_routes,
     home_routes,
+    lab_routes,
     llm_routes,
     notification_routes,
     portal_routes,
@@ -42,8 +45,11 @@ app.include_router(subscription_routes.router)
 app.include_router(notification_routes.router)
 app.include_router(portal_routes.router)
 app.include_router(llm_routes.router)
+app.include_router(lab_routes.router)
 app.include_router(home_routes.router)
 app.include_router(v2_routes.router)
+app.include_router(app_routes.router)
+app.include_router(docs_routes.router)
 
 
 def _event() -> dict[str, Any]:

@@ -1,0 +1,46 @@
+"""Pricing lab routes (Billow extensions; docs/pricing-lab.md): backtests of a candidate plan on real usage, the
+progress of a job (OpenMeter's `GET /api/v1/info/progress/{id}`), LLM margin, and the operator console page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+
+from billow.bootstrap import container
+from billow.services import backtests, params
+from billow.web.http import json_body, path_param, query_multi, wants_csv
+from functions.api.responses import ok
+
+router = APIGatewayHttpRouter()
+
+
+def _event() -> dict[str, Any]:
+    return router.current_event.raw_event
+
+
+@router.post("/api/v1/billing/backtests")
+def create_backtest() -> Response:
+    """202 with the job (follow `GET /api/v1/info/progress/{id}`, then `GET /api/v1/billing/backtests/{id}`);
+    `?wait=true` runs it in the request and answers 200 with the result."""
+    c = container()
+    wait = params.flag(query_multi(_event()), "wait")
+    job = backtests.start(c.namespace, json_body(_event()), catalog_store=c.catalog_store(), billing=c.billing_store(),
+                          meta=c.meta, ents=c.entitlements, usage=c.usage, clock=c.clock.now, wait=wait)
+    if wait and wants_csv(_event()):
+        return Response(200, "text/csv; charset=utf-8", job.csv())
+    return ok(job.to_json(), 200 if wait else 202)
+
+
+@router.get("/api/v1/billing/backtests/<bid>")
+def get_backtest(bid: str) -> Response:
+    job = backtests.get(container().namespace, path_param(bid))
+    if wants_csv(_event()):
+        return Response(200, "text/csv; charset=utf-8", job.csv())
+    return ok(job.to_json())
+
+
+@router.get("/api/v1/info/progress/<pid>")
+def get_progress(pid: str) -> Response:
+    return ok(backtests.get(container().namespace, path_param(pid)).progress())
