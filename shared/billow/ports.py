@@ -28,6 +28,12 @@ class UsageStore(Protocol):
         """(source, id) pairs whose raw event is stored: fully ingested."""
         ...
 
+    def written_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(stored, begun): the pairs whose raw event is stored (fully ingested), and those of which a write began
+        without storing the raw event (its values may be stored: check `valued_keys`). The others were never
+        written. Its cost per key does not grow with the store."""
+        ...
+
     def valued_keys(self, namespace: str, meter_ids: Sequence[str], start: datetime, end: datetime,
                     keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """(source, id) pairs that already have meter values between start and end (a half-done earlier write)."""

@@ -61,4 +61,24 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             argMaxState(value, time) AS latest_state
         FROM meter_values GROUP BY namespace, meter_id, minute, subject, group_by""",
     ]),
+    (2, "event_keys: the dedup ledger ordered by key hash for point look-ups", [
+        # One narrow row per (event key, state): 0 = a write of the event began (before its values), 1 = its raw
+        # event is stored (written by the view below, after the events part). Ordered by xxh3(source NUL id),
+        # small granules: looking up a batch reads about `index_granularity` rows per key, whatever the store's
+        # size. Hashes only pick candidates; source and id are compared exactly.
+        """CREATE TABLE IF NOT EXISTS event_keys (
+            namespace LowCardinality(String),
+            key_hash UInt64,
+            source String,
+            id String,
+            state UInt8
+        ) ENGINE = ReplacingMergeTree PRIMARY KEY (namespace, key_hash)
+        ORDER BY (namespace, key_hash, source, id, state) SETTINGS index_granularity = 64""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS event_keys_mv TO event_keys AS
+        SELECT namespace, xxh3(concat(source, '\\0', id)) AS key_hash, source, id, toUInt8(1) AS state FROM events""",
+        # What was stored before this version: raw events (state 1), and values (state 0: a write that died
+        # between its values and its raw event left values only). Re-running only adds rows the engine collapses.
+        "INSERT INTO event_keys SELECT namespace, xxh3(concat(source, '\\0', id)), source, id, 1 FROM events",
+        "INSERT INTO event_keys SELECT namespace, xxh3(concat(source, '\\0', id)), source, id, 0 FROM meter_values",
+    ]),
 ]

@@ -104,7 +104,7 @@ def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaSt
 def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: UsageStore, meta: MetaStore,
            result: SinkResult, late_before: datetime | None = None, on_late: LateUsage | None = None) -> int:
     keys = list(items)
-    present = usage.present_keys(namespace, keys)
+    present, begun = usage.written_keys(namespace, keys)
     result.duplicates += len(present)
     fresh = [items[k] for k in keys if k not in present]
     if not fresh:
@@ -118,7 +118,7 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
         stored.append(StoredEvent(s.event, s.ingested_at, error) if error else s)
     valued_candidates = [k for k, v in owners.items() if v]
     result.unmatched += len(owners) - len(valued_candidates)
-    values = _values_to_write(namespace, items, owners, valued_candidates, meters, usage)
+    values = _values_to_write(namespace, items, owners, [k for k in valued_candidates if k in begun], meters, usage)
     usage.write(namespace, values, stored)
     late_values = _values_for_new_meters(namespace, stored, meters, usage, meta)
     result.unmatched -= len({(v.source, v.event_id) for v in late_values} - set(valued_candidates))
@@ -130,19 +130,21 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
 
 
 def _values_to_write(namespace: str, items: dict[tuple[str, str], StoredEvent],
-                     owners: dict[tuple[str, str], list[MeterValue]], valued_candidates: list[tuple[str, str]],
+                     owners: dict[tuple[str, str], list[MeterValue]], suspects: list[tuple[str, str]],
                      meters: Sequence[Meter], usage: UsageStore) -> list[MeterValue]:
     """The meter values to write with the raw events: those of events whose values are not stored yet. Values found
     without their raw event (a write that died in between) are not written again: their rollups are repaired
-    first."""
+    first. Only `suspects` (valued events of which a write began: written_keys) can have values stored; the
+    others were never written, so the values scan runs only after a crash."""
     values: list[MeterValue] = []
-    if valued_candidates:
-        times = [items[k].event.time for k in valued_candidates]
-        half_done = usage.valued_keys(namespace, sorted({m.id for m in meters}), min(times), max(times), valued_candidates)
+    half_done: set[tuple[str, str]] = set()
+    if suspects:
+        times = [items[k].event.time for k in suspects]
+        half_done = usage.valued_keys(namespace, sorted({m.id for m in meters}), min(times), max(times), suspects)
         usage.repair(namespace, sorted(half_done))  # before the raw events: a crash in it is retried on resend
-        for k, vals in owners.items():
-            if k not in half_done:
-                values.extend(vals)
+    for k, vals in owners.items():
+        if k not in half_done:
+            values.extend(vals)
     return values
 
 

@@ -1,0 +1,92 @@
+"""Issue 17 item 2: the dedup look-up's cost per event does not grow with the store.
+
+A store is pre-filled with many raw events straight in chdb (INSERT ... SELECT FROM numbers(N)); the look-up of a
+batch of keys (half stored, half new) must then read a number of rows bounded by the batch, not by N: asserted on
+the engine's own `read_rows` of every query the look-up runs (its query summary), not on timings. The answer stays
+exact on (namespace, source, id).
+(chdb's query summary reports the result's rows, not the rows read, so each look-up query is asked of the engine as
+EXPLAIN ESTIMATE with the same parameters: the rows of the granules its primary-key analysis selects.)"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from billow.adapters.clickhouse import ClickHouseUsageStore
+from billow.domain.events import CloudEvent
+from billow.domain.usage import MeterValue, StoredEvent
+
+N = 2_000_000  # events already stored
+BATCH = 1_000
+
+
+class CountingClient:
+    """The engine's client, adding up the rows each SELECT reads: EXPLAIN ESTIMATE of it with the same parameters."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.read_rows = 0
+        self.queries = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        sql, rest = args[0], args[1:]
+        plan = self.real.query("EXPLAIN ESTIMATE " + sql, *rest, **kwargs)
+        self.read_rows += sum(int(r[plan.column_names.index("rows")]) for r in plan.result_rows)
+        self.queries += 1
+        return self.real.query(*args, **kwargs)
+
+
+@pytest.fixture
+def prefilled(chdb_store: ClickHouseUsageStore, namespace: str) -> Iterator[tuple[ClickHouseUsageStore, str]]:
+    chdb_store._command(
+        "INSERT INTO events (namespace, source, id, type, subject, time, data, ingested_at) "
+        "SELECT {ns:String}, 'pre', toString(number), 'prompt', concat('c', toString(number % 100)), "
+        "toDateTime64('2026-01-01 00:00:00', 3, 'UTC') + number, '{}', toDateTime64('2026-02-01 00:00:00', 3, 'UTC') "
+        "FROM numbers({n:UInt64})", {"ns": namespace, "n": N})
+    yield chdb_store, namespace
+
+
+def _lookup_rows(store: ClickHouseUsageStore, call: Any) -> tuple[Any, int]:
+    real = store._client
+    counting = CountingClient(real)
+    store._client = counting
+    try:
+        out = call()
+    finally:
+        store._client = real
+    return out, counting.read_rows
+
+
+def test_dedup_lookup_reads_rows_bounded_by_the_batch_not_the_store(prefilled: tuple[ClickHouseUsageStore, str]) -> None:
+    store, ns = prefilled
+    rng = random.Random(17)
+    stored = [("pre", str(n)) for n in rng.sample(range(N), BATCH // 2)]
+    fresh = [("pre", f"new{n}") for n in range(BATCH // 4)] + [("other", str(n)) for n in range(BATCH // 4)]
+    keys = stored + fresh
+    rng.shuffle(keys)
+    present, read = _lookup_rows(store, lambda: store.present_keys(ns, keys))
+    assert present == set(stored)  # exact
+    # Each key touches a few small granules of the key-ordered ledger: the rows read depend on the batch only.
+    assert read <= BATCH * 256, f"the dedup look-up read {read:,} rows of a {N:,}-event store for {BATCH} keys"
+    assert read < N // 10
+
+
+def test_written_keys_tells_stored_begun_and_new_apart(usage_store: Any, namespace: str) -> None:
+    """written_keys tells apart stored keys, keys of a write that began (values may be stored without their raw event)
+    and untouched keys, exactly, also across namespaces (the twin and chdb alike)."""
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    ev = CloudEvent("e1", "src", "prompt", "a", t0, {"x": 1})
+    value = MeterValue("M1", "a", t0, Decimal(1), "", {}, "src", "e2")
+    usage_store.write(namespace, [value], [StoredEvent(ev, t0)])
+    stored, begun = usage_store.written_keys(namespace, [("src", "e1"), ("src", "e2"), ("src", "e3")])
+    assert stored == {("src", "e1")}
+    assert begun == {("src", "e2")}
+    assert usage_store.written_keys("elsewhere", [("src", "e1"), ("src", "e2")]) == (set(), set())
