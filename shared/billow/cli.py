@@ -134,6 +134,88 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+Request = Any  # (method, path, body | None, accept) -> (status, text): how `backtest` reaches the API
+
+
+def http_requester(url: str, token: str | None) -> Request:
+    """Calls to a Billow API at `url` (urllib; the token as a Bearer header)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def call(method: str, path: str, body: Any, accept: str) -> tuple[int, str]:
+        headers = {"Accept": accept, **({"Authorization": f"Bearer {token}"} if token else {})}
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url.rstrip("/") + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    return call
+
+
+def run_backtest(call: Request, body: dict[str, Any], *, out: Any, err: Any, poll_s: float = 0.2) -> int:
+    """`billow backtest`: start the job, draw its progress (GET /api/v1/info/progress/{id}) and write the result's
+    CSV to `out`; a 4xx prints the problem's detail and returns 2."""
+    import json
+    import threading
+
+    status, text = call("POST", "/api/v1/billing/backtests", body, "application/json")
+    if status != 202:
+        print(f"billow: backtest refused ({status}): {json.loads(text).get('detail', text) if text else ''}", file=err)
+        return 2
+    job = json.loads(text)
+    pause = threading.Event()
+    while True:
+        st, ptext = call("GET", f"/api/v1/info/progress/{job['id']}", None, "application/json")
+        if st != 200:
+            print(f"\nbillow: progress unavailable ({st}): {ptext}", file=err)
+            return 1
+        p = json.loads(ptext)
+        done, total = p["success"] + p["failed"], p["total"]
+        filled = 30 * done // total if total else 30
+        failed = f", {p['failed']} failed" if p["failed"] else ""
+        print(f"\rbacktest [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} customers{failed}", end="", file=err,
+              flush=True)
+        if done >= total:
+            st, rtext = call("GET", f"/api/v1/billing/backtests/{job['id']}", None, "application/json")
+            result = json.loads(rtext)
+            if result["status"] != "running":
+                break
+        pause.wait(poll_s)
+    print("", file=err)
+    if result["status"] != "succeeded":
+        print(f"billow: backtest failed: {result.get('error')}", file=err)
+        return 1
+    t = result["totals"]
+    print(f"current {t['current']} {t['currency']}, candidate {t['candidate']}, difference {t['difference']}"
+          f" ({t['differencePercent'] or '-'} %) over {t['customers']} customers", file=err)
+    st, csv_text = call("GET", f"/api/v1/billing/backtests/{job['id']}", None, "text/csv")
+    out.write(csv_text)
+    return 0
+
+
+def backtest(args: argparse.Namespace) -> int:
+    """`billow backtest --plan KEY[@version] --from --to [--customers a,b]` against a running Billow (`--url`)."""
+    import os
+
+    body: dict[str, Any] = {"plan": args.plan, "from": getattr(args, "from"), "to": args.to}
+    if args.customers:
+        body["customers"] = [c for c in args.customers.split(",") if c]
+    call = http_requester(args.url, args.token or os.environ.get("BILLOW_TOKEN"))
+    if args.out and args.out != "-":
+        with open(args.out, "w", encoding="utf-8", newline="") as f:
+            code = run_backtest(call, body, out=f, err=sys.stderr)
+        if code == 0:
+            print(f"wrote {args.out}", file=sys.stderr)
+        return code
+    return run_backtest(call, body, out=sys.stdout, err=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     from billow import __version__
 
@@ -165,6 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("migrate", help="migrate the meta database and the usage store to this version's schema")
     m.add_argument("--data-dir", default=None)
     m.add_argument("--config", default=None, help="billow.yaml: meta_store_url, usage_store, clickhouse_dsn")
+    bt = sub.add_parser("backtest", help="what a plan would have charged each customer over a window of real usage "
+                        "(docs/pricing-lab.md); writes CSV")
+    bt.add_argument("--plan", required=True, help="KEY or KEY@version (a draft or any published version)")
+    bt.add_argument("--from", required=True, help="start of the window (RFC 3339)")
+    bt.add_argument("--to", required=True, help="end of the window (RFC 3339), not in the future")
+    bt.add_argument("--customers", default=None, help="comma-separated customer ids or keys (default: all)")
+    bt.add_argument("--url", default="http://127.0.0.1:8888", help="the Billow API (default: %(default)s)")
+    bt.add_argument("--token", default=None, help="an admin API key (default: $BILLOW_TOKEN)")
+    bt.add_argument("--out", default="-", help="CSV file to write (default: standard output)")
     from billow.conformance import add_arguments as conformance_arguments
     from billow.conformance import run as conformance
 
@@ -178,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         return keys(args)
     if args.command == "migrate":
         return migrate(args)
+    if args.command == "backtest":
+        return backtest(args)
     if args.command == "conformance":
         return conformance(args)
     return 2
