@@ -16,15 +16,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from billow import jsonx
 import xxhash
 
+from billow import jsonx
 from billow.adapters.clickhouse_schema import MIGRATIONS
 from billow.domain.events import CloudEvent
 from billow.domain.usage import AggRow, GroupFilter, MeterValue, StoredEvent, UsageQuery
 
 _VALUE_COLUMNS = ["namespace", "meter_id", "subject", "time", "value", "value_str", "group_by", "source", "id"]
 _EVENT_COLUMNS = ["namespace", "source", "id", "type", "subject", "time", "data", "ingested_at", "validation_error"]
+_KEY_COLUMNS = ["namespace", "key_hash", "source", "id", "state"]
 
 _WINDOW_EXPR = {
     None: "0",
@@ -37,7 +38,6 @@ _WINDOW_EXPR = {
     "BOUNDS": "{bounds:Array(Int64)}[arrayFirstIndex(b -> b > toUnixTimestamp(t), arrayPushBack({bounds:Array(Int64)}, "
               "toInt64(9223372036854775807))) - 1]",
 }
-_KEY_COLUMNS = ["namespace", "key_hash", "source", "id", "state"]
 _AGG_EXPR = {
     "SUM": "sum(s)", "COUNT": "sum(c)", "AVG": "sum(s), sum(c)", "MIN": "min(mn)", "MAX": "max(mx)",
     "UNIQUE_COUNT": "uniqExactMerge(u)", "LATEST": "argMaxMerge(l)",
@@ -129,27 +129,14 @@ class ClickHouseUsageStore:
 
     # -- writes ------------------------------------------------------------------------------------
     def present_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        if not keys:
-            return set(), set()
-        wanted = set(keys)
-        return {k for k in ((r[0], r[1]) for r in rows) if k in wanted}
-
-    def valued_keys(self, namespace: str, meter_ids: Sequence[str], start: datetime, end: datetime,
-                    keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         return self.written_keys(namespace, keys)[0]
 
     def written_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """(stored, begun) from the key-ordered ledger (`event_keys`): a point look-up per key, so its cost does not
         grow with the store. Keys whose write began but whose raw event the ledger does not show (a write that died
         midway, or whose ledger row the crash cut off) are checked against the events table itself: rare."""
-        if not keys or not meter_ids:
-            return set()
-        rows = self._query(
-            "SELECT DISTINCT source, id FROM meter_values WHERE namespace = {ns:String} "
-            "AND meter_id IN {mids:Array(String)} AND time >= {start:DateTime64(3, 'UTC')} "
-            "AND time <= {end:DateTime64(3, 'UTC')} AND source IN {sources:Array(String)} AND id IN {ids:Array(String)}",
-            {**_key_params(namespace, keys), "mids": list(meter_ids), "start": start, "end": end},
-        )
+        if not keys:
+            return set(), set()
         wanted = set(keys)
         rows = self._query(
             "SELECT source, id, max(state) FROM event_keys WHERE namespace = {ns:String} "
@@ -170,8 +157,29 @@ class ClickHouseUsageStore:
             begun -= raw
         return stored, begun
 
+    def valued_keys(self, namespace: str, meter_ids: Sequence[str], start: datetime, end: datetime,
+                    keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        if not keys or not meter_ids:
+            return set()
+        rows = self._query(
+            "SELECT DISTINCT source, id FROM meter_values WHERE namespace = {ns:String} "
+            "AND meter_id IN {mids:Array(String)} AND time >= {start:DateTime64(3, 'UTC')} "
+            "AND time <= {end:DateTime64(3, 'UTC')} AND source IN {sources:Array(String)} AND id IN {ids:Array(String)}",
+            {**_key_params(namespace, keys), "mids": list(meter_ids), "start": start, "end": end},
+        )
+        wanted = set(keys)
+        return {k for k in ((r[0], r[1]) for r in rows) if k in wanted}
+
     def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:
         with self._lock:
+            # The ledger first: a key any part of whose write may be stored is never taken for new (written_keys).
+            begun = {(v.source, v.event_id) for v in values} | {s.event.key for s in events}
+            if begun:
+                ordered = sorted(begun)
+                self._client.insert("event_keys", [
+                    [namespace] * len(ordered), [_key_hash(k) for k in ordered], [k[0] for k in ordered],
+                    [k[1] for k in ordered], [0] * len(ordered)],
+                    column_names=_KEY_COLUMNS, column_oriented=True)
             journal = self._journal if values else None
             if journal is not None:
                 # The views' parts land after the values part: if the process dies in between, the next open
@@ -184,14 +192,6 @@ class ClickHouseUsageStore:
                     [namespace, v.meter_id, v.subject, v.time, v.value, v.value_str, v.group_by, v.source, v.event_id]
                     for v in values
                 ], column_names=_VALUE_COLUMNS)
-            # The ledger first: a key any part of whose write may be stored is never taken for new (written_keys).
-            begun = {(v.source, v.event_id) for v in values} | {s.event.key for s in events}
-            if begun:
-                ordered = sorted(begun)
-                self._client.insert("event_keys", [
-                    [namespace] * len(ordered), [_key_hash(k) for k in ordered], [k[0] for k in ordered],
-                    [k[1] for k in ordered], [0] * len(ordered)],
-                    column_names=_KEY_COLUMNS, column_oriented=True)
             if events:
                 self._client.insert("events", [
                     [namespace, s.event.source, s.event.id, s.event.type, s.event.subject, s.event.time,
@@ -534,6 +534,12 @@ def _hour_cells(values: Sequence[MeterValue]) -> list[tuple[str, int]]:
     return sorted(cells)
 
 
+def _key_hash(key: tuple[str, str]) -> int:
+    """The ledger's key: xxh3 of source NUL id, as ClickHouse's xxh3(concat(source, '\\0', id)) computes it (NUL is
+    refused in both attributes, so the pair is unambiguous)."""
+    return xxhash.xxh3_64_intdigest(key[0].encode() + b"\0" + key[1].encode())
+
+
 def _key_params(namespace: str, keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """(source, id) look-ups as two flat arrays: ClickHouse parses Array(String) parameters several times
     faster than Array(Tuple); pairs that match only crosswise are dropped by the caller."""
@@ -554,9 +560,3 @@ def connect(dsn: str) -> Any:
     import clickhouse_connect
 
     return clickhouse_connect.get_client(dsn=dsn)
-def _key_hash(key: tuple[str, str]) -> int:
-    """The ledger's key: xxh3 of source NUL id, as ClickHouse's xxh3(concat(source, '\\0', id)) computes it (NUL is
-    refused in both attributes, so the pair is unambiguous)."""
-    return xxhash.xxh3_64_intdigest(key[0].encode() + b"\0" + key[1].encode())
-
-

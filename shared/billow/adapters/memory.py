@@ -69,6 +69,11 @@ class InMemoryUsageStore:
     def present_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         return {k for k in keys if (namespace, *k) in self._events}
 
+    def written_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        stored = self.present_keys(namespace, keys)
+        wanted = set(keys) - stored  # a write here is whole, so only values written alone begin without a raw event
+        return stored, {(v.source, v.event_id) for ns, v in self._values if ns == namespace and (v.source, v.event_id) in wanted}
+
     def valued_keys(self, namespace: str, meter_ids: Sequence[str], start: datetime, end: datetime,
                     keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         wanted, mids = set(keys), set(meter_ids)
@@ -78,11 +83,6 @@ class InMemoryUsageStore:
     def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:
         with self._lock:
             self._values.extend((namespace, v) for v in values)
-    def written_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-        stored = self.present_keys(namespace, keys)
-        wanted = set(keys) - stored  # a write here is whole, so only values written alone begin without a raw event
-        return stored, {(v.source, v.event_id) for ns, v in self._values if ns == namespace and (v.source, v.event_id) in wanted}
-
             for s in events:
                 self._events[(namespace, s.event.source, s.event.id)] = s
 
