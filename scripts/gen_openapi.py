@@ -97,6 +97,18 @@ OPERATIONS = {
 }
 DROP = {"description", "example", "examples", "summary", "x-enum-varnames"}
 OUT = Path(__file__).resolve().parent.parent / "shared" / "billow" / "web" / "openapi.json"
+# Billow's own operations (not OpenMeter's), kept apart so that adding to OPERATIONS never collides with them.
+BILLOW_OPERATIONS = Path(__file__).resolve().parent / "billow_operations.yaml"
+BILLOW_TAG = "Billow extensions"
+
+
+def billow_operations() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Billow's paths (each operation tagged BILLOW_TAG and marked x-billow-extension) and its components."""
+    own = yaml.safe_load(BILLOW_OPERATIONS.read_text())
+    for item in own["paths"].values():
+        for op in item.values():
+            op["tags"], op["x-billow-extension"] = [BILLOW_TAG], True
+    return own["paths"], own.get("components", {})
 
 
 def strip(node: Any) -> Any:
@@ -125,7 +137,8 @@ def main(source: str) -> None:
     # customers list: Billow implements paging (page, pageSize) and includeDeleted only.
     comps: dict[str, dict[str, Any]] = {}
     todo: set[str] = set()
-    refs(paths, todo)
+    own_paths, own_comps = billow_operations()
+    refs([paths, own_paths, own_comps], todo)
     seen: set[str] = set()
     while todo:
         r = todo.pop()
@@ -133,21 +146,30 @@ def main(source: str) -> None:
             continue
         seen.add(r)
         _, _, kind, name = r.split("/", 3)
+        if name in own_comps.get(kind, {}):
+            continue
         node = spec["components"][kind][name]
         comps.setdefault(kind, {})[name] = node
         refs(node, todo)
     doc = {
         "openapi": spec.get("openapi", "3.0.3"),
         "info": {"title": "Billow API", "version": "1.0.0",
-                 "description": "Billow serves the operations below with OpenMeter's paths (v1, and v2 for entitlements), fields and shapes."},
+                 "description": "Billow serves the operations below with OpenMeter's paths (v1, and v2 for entitlements), fields and "
+                                "shapes, and its own, tagged \"Billow extensions\" (x-billow-extension: true)."},
         "servers": [{"url": "/"}],
         "paths": strip(paths),
         "components": strip({k: dict(sorted(v.items())) for k, v in sorted(comps.items())}),
     }
     if "securitySchemes" in spec.get("components", {}):
         doc["components"]["securitySchemes"] = strip(spec["components"]["securitySchemes"])
+    for path, item in own_paths.items():
+        assert not set(item) & set(doc["paths"].get(path, {})), f"{path}: both OpenMeter's and Billow's"
+        doc["paths"].setdefault(path, {}).update(item)
+    for kind, named in own_comps.items():
+        assert not set(named) & set(doc["components"].get(kind, {})), f"{kind}: a Billow name is OpenMeter's"
+        doc["components"][kind] = dict(sorted({**doc["components"].get(kind, {}), **named}.items()))
     OUT.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    print(f"wrote {OUT} ({len(paths)} paths)")
+    print(f"wrote {OUT} ({len(doc['paths'])} paths, {len(own_paths)} of them Billow's own)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from functions.api import (
     admin_routes,
     billing_routes,
     catalog_routes,
+    docs_routes,
     entitlement_routes,
     home_routes,
     lab_routes,
@@ -46,6 +47,7 @@ app.include_router(llm_routes.router)
 app.include_router(lab_routes.router)
 app.include_router(home_routes.router)
 app.include_router(v2_routes.router)
+app.include_router(docs_routes.router)
 
 
 def _event() -> dict[str, Any]:

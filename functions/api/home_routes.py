@@ -17,7 +17,8 @@ router = APIGatewayHttpRouter()
 # Served by other functions than the API's (functions/ingest, functions/stripe_webhook), so not in its routes.
 OTHER_FUNCTIONS = {("POST", "/api/v1/events"), ("POST", "/api/v1/apps/stripe/webhook")}
 
-LINKS = (("/api/v1/openapi.json", "API reference", "the OpenAPI document of every operation (OpenMeter's v1 API "
+LINKS = (("/api/docs", "API reference", "every operation, rendered from the OpenAPI document"),
+         ("/api/v1/openapi.json", "OpenAPI document", "the OpenAPI document of every operation (OpenMeter's v1 API "
           "and Billow's additions)"),
          ("/portal", "Customer portal", "what an end customer sees with a portal link: make one with "
           "POST /api/v1/portal/tokens"),

@@ -29,12 +29,16 @@ ROUTES = {  # route key -> function name; an explicit route wins over {proxy+} i
     "POST /api/v1/apps/stripe/webhook": "stripe_webhook",
     "GET /portal": "api",
     "GET /portal/{proxy+}": "api",
+    "GET /api/docs": "api",
+    "GET /api/docs/{proxy+}": "api",
 }
 HEALTH = ("liveness and readiness: load balancers and uptime probes carry no API key, and the answer holds no "
           "data")
 PORTAL_PAGE = ("the customer portal's static web page (HTML, script, styles; no data): its portal token stays in "
                "the URL fragment, and every data call it makes, under /api/v1/portal/*, goes through the "
                "authorizer, which accepts portal tokens")
+API_DOCS = ("the API reference page (HTML and the vendored Redoc script): it renders the public OpenAPI document and "
+            "holds no data")
 PUBLIC_ROUTES = {  # route key -> why it needs no API key (infra/nag.py states it); every other route needs one
     "GET /api/v1/openapi.json": "the OpenAPI document: a public description of the API, no data",
     "GET /": "the landing page: links to the API reference, the portal and health, no data",
@@ -46,6 +50,8 @@ PUBLIC_ROUTES = {  # route key -> why it needs no API key (infra/nag.py states i
         "reading anything, answering 400 to a bad or stale signature"),
     "GET /portal": PORTAL_PAGE,
     "GET /portal/{proxy+}": PORTAL_PAGE,
+    "GET /api/docs": API_DOCS,
+    "GET /api/docs/{proxy+}": API_DOCS,
 }
 AUTH_CACHE = Duration.minutes(5)  # a revoked key keeps working at most this long
 ACCESS_LOG_FORMAT = ('{"requestId":"$context.requestId","ip":"$context.identity.sourceIp",'
