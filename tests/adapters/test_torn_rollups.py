@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from billow import jsonx
-from billow.adapters.clickhouse import ClickHouseUsageStore
+from billow.adapters.clickhouse import _ROLLUPS, ClickHouseUsageStore
 from billow.domain.usage import UsageQuery, final_value
 from billow.services.meters import build_meter
 from billow.services.sink import SinkRecord, sink_batch
@@ -32,6 +32,7 @@ from tests.conftest import t
 METER = {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens",
          "groupBy": {"model": "$.model"}}
 BASE = t("2026-05-01T10:00:00Z")
+VIEWS = [f"{rollup[0]}_mv" for rollup in _ROLLUPS]  # every rollup's view (a crash can miss them all)
 AGGS = ["SUM", "COUNT", "MIN", "MAX", "LATEST"]  # (a SUM meter keeps no text values to count uniquely)
 # (label, from, to (inclusive), window): whole hours, whole minutes, partial minutes at both edges, raw only.
 QUERIES: list[tuple[str, datetime | None, datetime | None, str | None]] = [
@@ -107,12 +108,12 @@ class TornClient:
             self.die()
         if table != "meter_values":
             return self.real.insert(table, *args, **kwargs)
-        for mv in ("meter_rollup_1m_mv", "meter_rollup_1h_mv"):
+        for mv in VIEWS:
             self.real.command(f"DETACH TABLE {mv}")
         try:
             return self.real.insert(table, *args, **kwargs)
         finally:
-            for mv in ("meter_rollup_1m_mv", "meter_rollup_1h_mv"):
+            for mv in VIEWS:
                 self.real.command(f"ATTACH TABLE {mv}")
 
 

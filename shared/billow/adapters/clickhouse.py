@@ -19,7 +19,7 @@ from typing import Any
 import xxhash
 
 from billow import jsonx
-from billow.adapters.clickhouse_schema import MIGRATIONS
+from billow.adapters.clickhouse_schema import MIGRATIONS, ROLLUPS_V3
 from billow.domain.events import CloudEvent
 from billow.domain.usage import AggRow, GroupFilter, MeterValue, StoredEvent, UsageQuery
 
@@ -250,14 +250,15 @@ class ClickHouseUsageStore:
                  "AND {col} < {hi:DateTime('UTC')} AND (meter_id, toDateTime(toStartOfHour({col}), 'UTC')) "
                  "IN {cells:Array(Tuple(String, DateTime('UTC')))}")
         with self._lock:
-            for table, _ in _ROLLUPS:
+            for table, _, _ in _ROLLUPS:
                 self._command(f"DELETE FROM {table} WHERE " + where.replace("{col}", "minute"), params)
-            for table, start_of in _ROLLUPS:
+            for table, start_of, keys in _ROLLUPS:
                 self._command(
-                    f"INSERT INTO {table} SELECT namespace, meter_id, toDateTime({start_of}(time), 'UTC') AS minute, "
-                    "subject, group_by, sum(toDecimal256(value, 18)), count(), min(value), max(value), "
+                    f"INSERT INTO {table} (namespace, meter_id, minute, {keys}, sum_value, cnt, min_value, max_value, "
+                    f"uniq_state, latest_state) SELECT namespace, meter_id, toDateTime({start_of}(time), 'UTC') AS minute, "
+                    f"{keys}, sum(toDecimal256(value, 18)), count(), min(value), max(value), "
                     "uniqExactState(value_str), argMaxState(value, time) FROM meter_values WHERE "
-                    + where.replace("{col}", "time") + " GROUP BY namespace, meter_id, minute, subject, group_by", params)
+                    + where.replace("{col}", "time") + f" GROUP BY namespace, meter_id, minute, {keys}", params)
 
     # -- reads -------------------------------------------------------------------------------------
     def aggregate(self, q: UsageQuery) -> list[AggRow]:
@@ -337,12 +338,15 @@ class ClickHouseUsageStore:
         if q.filters:
             where.append(self._filters_sql(q.filters, params))
         common = " AND ".join(where)
+        layout = _layout(q)
+        tiers = _TIERS[layout]
 
         branches = []
         start, end_excl = q.start, (q.end + _MS if q.end is not None else None)
         # Only the partial aggregates this aggregation needs: the uniq and argMax states are wide.
         rollup = (
-            "SELECT minute AS t, minute + {unit} AS te, meter_id, subject, group_by, " + ", ".join(_ROLLUP_COL[c] for c in needs)
+            "SELECT minute AS t, minute + {unit} AS te, meter_id, "
+            + ("'' AS subject" if layout == "all" else "subject") + ", group_by, " + ", ".join(_ROLLUP_COL[c] for c in needs)
             + " FROM {table} WHERE " + common
         )
         raw_select = (
@@ -364,7 +368,7 @@ class ClickHouseUsageStore:
             if tier == "raw":
                 edges.append("(" + " AND ".join(cond) + ")")
             else:
-                table = "meter_rollup_1h" if tier == "hour" else "meter_rollup_1m"
+                table = tiers[1] if tier == "hour" else tiers[0]
                 unit = "3600" if tier == "hour" else "60"  # te: the end of the unit the row stands for
                 branches.append(rollup.replace("{table}", table).replace("{unit}", unit)
                                 + "".join(" AND " + c for c in cond))
@@ -455,7 +459,15 @@ class ClickHouseUsageStore:
 
 _HOUR = timedelta(hours=1)
 # The rollup tables and the start of their cells, as their materialized views compute it (clickhouse_schema).
-_ROLLUPS = (("meter_rollup_1m", "toStartOfMinute"), ("meter_rollup_1h", "toStartOfHour"))
+# (table, start of cell, key columns after the cell): the two of migration 1, with subject, time first; those of
+# migration 3: per meter without subject, and subject first.
+_ROLLUPS = (("meter_rollup_1m", "toStartOfMinute", "subject, group_by"),
+            ("meter_rollup_1h", "toStartOfHour", "subject, group_by"),
+            *((table, start_of, keys) for table, start_of, keys, _, _ in ROLLUPS_V3))
+# The (minute, hour) rollups a query reads, by what it asks of subjects (`_layout`).
+_TIERS = {"all": ("meter_rollup_1m_all", "meter_rollup_1h_all"),
+          "subject": ("meter_rollup_1m", "meter_rollup_1h_by_subject"),
+          "time": ("meter_rollup_1m", "meter_rollup_1h")}
 _HOURLY_SINCE = datetime(1990, 1, 1, tzinfo=UTC)
 
 
@@ -485,6 +497,16 @@ def _whole_hour_zone(tz: str) -> bool:
             return False
         t += timedelta(hours=6)
     return True
+
+
+def _layout(q: UsageQuery) -> str:
+    """Which rollups serve `q`: "all" (per meter, no subject) when it neither filters nor groups by subject,
+    "subject" (subject-first hours) when it names its subjects, else "time" (time first, every subject)."""
+    if q.subjects is not None:
+        return "subject"
+    if q.by_subject or q.subject_customers is not None or any(f.key == "subject" for c in q.filters for f in c):
+        return "time"
+    return "all"
 
 
 def _hourly_ok(q: UsageQuery) -> bool:

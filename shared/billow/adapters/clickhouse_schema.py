@@ -82,3 +82,58 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "INSERT INTO event_keys SELECT namespace, xxh3(concat(source, '\\0', id)), source, id, 0 FROM meter_values",
     ]),
 ]
+
+
+# Migration 3 (issue 17 item 3): rollups whose reads do not grow with the number of subjects. Per meter without
+# subject, per minute and per hour (a query that neither filters nor groups by subject reads one row per cell and
+# group-by value, however many subjects there are), and per hour subject-first (one subject's usage, e.g. an
+# entitlement check, is one contiguous range of the index). Each is filled by its own view on meter_values, as
+# the first two are, and re-derived by ClickHouseUsageStore._rebuild (clickhouse._ROLLUPS lists them all).
+# The backfill reads the existing rollups, not meter_values: the same aggregates, streamed (subject-first) or
+# grouped into few cells (per meter), where a GROUP BY over meter_values would hold one uniqExact set per
+# (subject, hour, group) in memory. Each backfill first empties its table, so a run cut short and re-run
+# (its version not recorded yet) counts nothing twice. Exact while nothing writes meanwhile, as `billow serve`
+# and `billow migrate` ensure; on a server, run it before sinks write (a values insert landing between a view's
+# creation and its backfill would count twice in that table).
+_STATES = ("sum_value SimpleAggregateFunction(sum, Decimal256(18)), cnt SimpleAggregateFunction(sum, UInt64), "
+           "min_value SimpleAggregateFunction(min, Decimal128(18)), max_value SimpleAggregateFunction(max, Decimal128(18)), "
+           "uniq_state AggregateFunction(uniqExact, String), "
+           "latest_state AggregateFunction(argMax, Decimal128(18), DateTime64(3, 'UTC'))")
+_FROM_VALUES = ("sum(toDecimal256(value, 18)) AS sum_value, count() AS cnt, min(value) AS min_value, "
+                "max(value) AS max_value, uniqExactState(value_str) AS uniq_state, argMaxState(value, time) AS latest_state")
+_FROM_ROLLUP = ("sum(sum_value) AS sum_value, sum(cnt) AS cnt, min(min_value) AS min_value, max(max_value) AS max_value, "
+                "uniqExactMergeState(uniq_state) AS uniq_state, argMaxMergeState(latest_state) AS latest_state")
+_STATE_NAMES = "sum_value, cnt, min_value, max_value, uniq_state, latest_state"
+# (table, start of its cells, key columns after the cell, primary key after (namespace, meter_id), source rollup)
+ROLLUPS_V3 = (
+    ("meter_rollup_1m_all", "toStartOfMinute", "group_by", "minute, group_by", "meter_rollup_1m"),
+    ("meter_rollup_1h_all", "toStartOfHour", "group_by", "minute, group_by", "meter_rollup_1h"),
+    ("meter_rollup_1h_by_subject", "toStartOfHour", "subject, group_by", "subject, minute, group_by", "meter_rollup_1h"),
+)
+
+
+def _v3_statements() -> list[str]:
+    out = []
+    for table, start_of, keys, order, _ in ROLLUPS_V3:
+        key_cols = ", ".join(f"{k} {'String' if k == 'subject' else 'Map(String, String)'}" for k in keys.split(", "))
+        out += [
+            f"CREATE TABLE IF NOT EXISTS {table} (namespace LowCardinality(String), meter_id LowCardinality(String), "
+            f"minute DateTime('UTC'), {key_cols}, {_STATES}) ENGINE = AggregatingMergeTree "
+            f"ORDER BY (namespace, meter_id, {order})",
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv TO {table} AS SELECT namespace, meter_id, "  # noqa: S608
+            f"toDateTime({start_of}(time), 'UTC') AS minute, {keys}, {_FROM_VALUES} FROM meter_values "
+            f"GROUP BY namespace, meter_id, minute, {keys}",
+        ]
+    for table, _, keys, _, source in ROLLUPS_V3:
+        # (identifiers only, from ROLLUPS_V3)
+        select = (f"SELECT namespace, meter_id, minute, {keys}, {_STATE_NAMES} FROM {source}"  # noqa: S608
+                  if "subject" in keys else
+                  f"SELECT namespace, meter_id, minute, {keys}, {_FROM_ROLLUP} FROM {source} "  # noqa: S608
+                  f"GROUP BY namespace, meter_id, minute, {keys}")
+        out += [f"TRUNCATE TABLE IF EXISTS {table}",
+                f"INSERT INTO {table} (namespace, meter_id, minute, {keys}, {_STATE_NAMES}) {select}"]
+    return out
+
+
+MIGRATIONS.append((3, "rollups flat in subject count: per meter without subject (minute, hour), subject-first (hour)",
+                   _v3_statements()))
