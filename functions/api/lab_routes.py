@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import container
-from billow.services import backtests, params
+from billow.services import backtests, margin, params
 from billow.web.http import json_body, path_param, query_multi, wants_csv
 from functions.api.responses import ok
 
@@ -44,3 +44,11 @@ def get_backtest(bid: str) -> Response:
 @router.get("/api/v1/info/progress/<pid>")
 def get_progress(pid: str) -> Response:
     return ok(backtests.get(container().namespace, path_param(pid)).progress())
+
+
+@router.get("/api/v1/llm/margin")
+def llm_margin() -> Response:
+    c = container()
+    return ok(margin.margin_report(c.namespace, query_multi(_event()), meta=c.meta, usage=c.usage,
+                                   prices=c.llm_price_store(), catalog_store=c.catalog_store(),
+                                   billing=c.billing_store(), ents=c.entitlements))

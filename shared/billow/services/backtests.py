@@ -202,34 +202,73 @@ class Job:
         return bt.to_csv(self.rows if self.status == "succeeded" else [])
 
 
+@dataclass
+class _Reading:
+    """What rating the current side reads, fetched once for all customers: billing marks' keys, invoiced amounts,
+    each customer's subjects, the usage batch (wanted spans are added, then fetched once)."""
+
+    billed: set[tuple[str, datetime, str]]
+    amounts: dict[tuple[str, datetime, str], Decimal]
+    subjects: dict[str, list[str]]
+    batch: BatchedUsage
+
+
+def _reading(namespace: str, customers: list[dict[str, Any]], by_customer: dict[str, list[dict[str, Any]]],
+             start: datetime, end: datetime, *, billing: BillingStore, meta: MetaStore, ents: EntitlementStore,
+             usage: UsageStore) -> _Reading:
+    by_id = {d["id"]: d for ds in by_customer.values() for d in ds}
+    billed = set(billing.marks_for(namespace, list(by_id))) if by_id else set()
+    ids = {c["id"] for c in customers}
+    amounts = bt.invoiced((i for i in billing.list_invoices(namespace, customer_ids=sorted(ids) if len(ids) <= 500 else None)
+                           if i["customer"]["id"] in ids), by_id)
+    r = _Reading(billed, amounts, {c["id"]: list((c.get("usageAttribution") or {}).get("subjectKeys") or [])
+                                   for c in customers}, BatchedUsage(namespace, meta=meta, ents=ents, usage=usage))
+    for cust in customers:
+        for d in by_customer.get(cust["id"], []):
+            for ps, pe in bt.periods(d, start, end):
+                r.batch.want(r.subjects[cust["id"]], subs.usage_spans(d, ps, pe))
+    return r
+
+
+def current_amounts(namespace: str, start: datetime, end: datetime, *, store: SubscriptionStore, billing: BillingStore,
+                    meta: MetaStore, ents: EntitlementStore, usage: UsageStore) -> dict[str, tuple[str, Decimal]]:
+    """What each customer pays for its billing periods that start in [start, end), as a backtest's current side
+    (invoiced where billed, else the current charges), with its currency: customer id -> (currency, amount)."""
+    by_customer: dict[str, list[dict[str, Any]]] = {}
+    for d in store.list_subscriptions(namespace):
+        if not d.get("deletedAt") and bt.periods(d, start, end):
+            by_customer.setdefault(d["customerId"], []).append(d)
+    customers = [c for c in meta.list_customers(namespace) if c["id"] in by_customer]
+    r = _reading(namespace, customers, by_customer, start, end, billing=billing, meta=meta, ents=ents, usage=usage)
+    r.batch.fetch()
+    out: dict[str, tuple[str, Decimal]] = {}
+    for cust in customers:
+        read = r.batch.reader(r.subjects[cust["id"]])
+        for d in by_customer[cust["id"]]:
+            cur, amount = out.get(cust["id"], (d["currency"], Decimal(0)))
+            for period in bt.periods(d, start, end):
+                amount += bt.current_owed(d, period, billed=r.billed, invoiced_amounts=r.amounts, usage=read)
+            out[cust["id"]] = (cur, amount)
+    return out
+
+
 def compute(job: Job, *, billing: BillingStore, meta: MetaStore, ents: EntitlementStore, usage: UsageStore) -> None:
     """Rate every customer of the job (see the module docstring); reads only."""
     spec, ns = job.spec, job.namespace
-    docs = [d for ds in spec.subscriptions.values() for d in ds]
-    by_id = {d["id"]: d for d in docs}
-    billed = set(billing.marks_for(ns, list(by_id))) if by_id else set()
-    ids = {c["id"] for c in spec.customers}
-    amounts = bt.invoiced((i for i in billing.list_invoices(ns, customer_ids=sorted(ids) if len(ids) <= 500 else None)
-                           if i["customer"]["id"] in ids), by_id)
-    batch = BatchedUsage(ns, meta=meta, ents=ents, usage=usage)
-    subjects = {c["id"]: list((c.get("usageAttribution") or {}).get("subjectKeys") or []) for c in spec.customers}
-    plans: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []  # (customer, subscription, candidate)
+    r = _reading(ns, spec.customers, spec.subscriptions, spec.start, spec.end, billing=billing, meta=meta, ents=ents,
+                 usage=usage)
+    per_customer: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for cust in spec.customers:
         for d in spec.subscriptions[cust["id"]]:
             cand = bt.candidate_subscription(d, spec.plan)
-            plans.append((cust, d, cand))
-            for ps, pe in bt.periods(d, spec.start, spec.end):
-                batch.want(subjects[cust["id"]], subs.usage_spans(d, ps, pe))
+            per_customer.setdefault(cust["id"], []).append((d, cand))
             for ps, pe in bt.periods(cand, spec.start, spec.end):
-                batch.want(subjects[cust["id"]], subs.usage_spans(cand, ps, pe))
-    batch.fetch()
-    per_customer: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-    for cust, d, cand in plans:
-        per_customer.setdefault(cust["id"], []).append((d, cand))
+                r.batch.want(r.subjects[cust["id"]], subs.usage_spans(cand, ps, pe))
+    r.batch.fetch()
     for cust in spec.customers:
         try:
-            job.rows.append(_rate_customer(cust, per_customer.get(cust["id"], []), spec, billed, amounts,
-                                           batch.reader(subjects[cust["id"]])))
+            job.rows.append(_rate_customer(cust, per_customer.get(cust["id"], []), spec, r.billed, r.amounts,
+                                           r.batch.reader(r.subjects[cust["id"]])))
             job.tick(True)
         except Exception as exc:  # one customer that cannot be rated fails alone; the others are rated
             log.warning("backtest %s: customer %s failed: %s", job.id, cust["id"], exc)

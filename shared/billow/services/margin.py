@@ -1,0 +1,67 @@
+"""`GET /api/v1/llm/margin?from&to&windowSize&groupBy=customer|model|provider|feature` (the pricing lab,
+docs/pricing-lab.md): revenue against LLM provider cost, margin and margin %, per row in the revenue's currency;
+the rules are billow.domain.margin's. Cost comes from the LLM cost report (llm_costs.compute_costs: genai-prices
+and the overrides, per subject, day by day); a subject's cost is its customer's (usage attribution), revenue from
+the backtests' current side (backtests.current_amounts: invoiced where billed, else the current charges)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from billow.domain import llm
+from billow.domain import margin as rules
+from billow.domain.money import Currency
+from billow.errors import ValidationFailed
+from billow.ports import BillingStore, MetaStore, UsageStore
+from billow.services import backtests, llm_costs
+from billow.services.entitlements import EntitlementStore
+from billow.services.llm_costs import GenaiPriceTable, PriceOverrideStore
+from billow.services.subscriptions import SubscriptionStore
+from billow.timeutil import format_rfc3339
+
+GROUPS = ("customer", "model", "provider", "feature")
+bad = ValidationFailed.at
+
+
+def margin_report(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore, usage: UsageStore,
+                  prices: PriceOverrideStore, catalog_store: SubscriptionStore, billing: BillingStore,
+                  ents: EntitlementStore, table: GenaiPriceTable | None = None) -> dict[str, Any]:
+    group_by = list(dict.fromkeys(qs.get("groupBy") or ["customer"]))
+    for g in group_by:
+        if g not in GROUPS:
+            raise bad("groupBy", f"{g[:64]!r} is not one of {', '.join(GROUPS)}")
+    for name in ("from", "to"):
+        if not (qs.get(name) or [""])[0]:
+            raise bad(name, "is required (an RFC 3339 date-time)")
+    windowed = bool(qs.get("windowSize"))
+    cost_qs = {k: v for k, v in qs.items() if k in ("from", "to", "windowSize", "windowTimeZone")}
+    p, _ = llm_costs.parse_cost_params(cost_qs)
+    assert p.start is not None and p.end is not None
+    if p.end <= p.start:
+        raise bad("to", "must be after from")
+    start, end = p.start, p.end
+    p = replace(p, end=end - timedelta(milliseconds=1))  # the meter query's `to` is inclusive; the window is [from, to)
+    dims = [g for g in group_by if g != "customer"]
+    report = llm_costs.compute_costs(namespace, p, ["subject", *dims], meta=meta, usage=usage,
+                                     overrides=prices.list_overrides(namespace), table=table)
+    subjects = {ln.subject for ln in [*report.lines, *report.unpriced] if ln.subject}
+    owner = meta.customers_for_subjects(namespace, subjects) if subjects else {}
+    used = [rules.Usage(ln.window_start, ln.window_end, owner.get(ln.subject or ""),
+                        {g: ln.groups.get(g) for g in dims}, ln.tokens.input + ln.tokens.output, ln.cost.total)
+            for ln in report.lines]
+    used += [rules.Usage(ln.window_start, ln.window_end, owner.get(ln.subject or ""),
+                         {g: ln.groups.get(g) for g in dims}, ln.tokens.input + ln.tokens.output, None, ln.reason)
+             for ln in report.unpriced]
+    amounts = backtests.current_amounts(namespace, start, end, store=catalog_store, billing=billing, meta=meta,
+                                        ents=ents, usage=usage)
+    revenue = {cid: (cur, amount, Currency.of(cur).minor_unit) for cid, (cur, amount) in amounts.items()}
+    customers = {c["id"]: c for c in meta.list_customers(namespace)}
+    result = rules.rows(used, revenue, customers, group_by, windowed)
+    return {"from": format_rfc3339(start), "to": format_rfc3339(end), "windowSize": p.window_size if windowed else None,
+            "groupBy": group_by, "costCurrency": llm.PRICE_CURRENCY,
+            "complete": not report.unpriced,
+            "data": [r.to_json(group_by, windowed, llm.PRICE_CURRENCY) for r in result],
+            "totals": rules.totals(result, llm.PRICE_CURRENCY)}
+
