@@ -125,9 +125,9 @@ def rows(usage: Iterable[Usage], revenue: dict[str, tuple[str, Decimal, Decimal]
     by_customer: dict[str | None, list[Usage]] = {}
     for u in usage:
         by_customer.setdefault(u.customer_id, []).append(u)
-    for cid in revenue:
-        if cid not in by_customer:  # revenue without LLM usage: its own row, no groups
-            by_customer[cid] = [Usage(None, None, cid, {}, Decimal(0), Decimal(0))]
+    for paying in revenue:
+        if paying not in by_customer:  # revenue without LLM usage: its own row, no groups
+            by_customer[paying] = [Usage(None, None, paying, {}, Decimal(0), Decimal(0))]
     out: dict[tuple[Any, ...], Row] = {}
     for cid, items in by_customer.items():
         known = revenue.get(cid or "")
