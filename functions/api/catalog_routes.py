@@ -113,6 +113,14 @@ def get_plan_addon(plan: str, plan_addon: str) -> Response:
     return ok(catalog.present_plan_addon(c.namespace, doc, store=store, features=c.entitlements, now=c.clock.now()))
 
 
+@router.put("/api/v1/plans/<plan>/addons/<plan_addon>")
+def update_plan_addon(plan: str, plan_addon: str) -> Response:
+    c, store = _ctx()
+    doc = catalog.update_plan_addon(c.namespace, path_param(plan), path_param(plan_addon), _body(), store=store,
+                                    now=c.clock.now())
+    return ok(catalog.present_plan_addon(c.namespace, doc, store=store, features=c.entitlements, now=c.clock.now()))
+
+
 @router.delete("/api/v1/plans/<plan>/addons/<plan_addon>")
 def remove_plan_addon(plan: str, plan_addon: str) -> Response:
     c, store = _ctx()

@@ -72,6 +72,26 @@ def change(sub: str) -> Response:
     return ok({"current": _shown(c, out["current"]), "next": _shown(c, out["next"], expanded=True)})
 
 
+@router.patch("/api/v1/subscriptions/<sub>")
+def edit(sub: str) -> Response:
+    c, d = _deps()
+    return ok(_shown(c, subscriptions.edit(c.namespace, path_param(sub), _body(), **d)))
+
+
+@router.post("/api/v1/subscriptions/<sub>/migrate")
+def migrate(sub: str) -> Response:
+    c, d = _deps()
+    raw = router.current_event.raw_event.get("body")
+    out = subscriptions.migrate(c.namespace, path_param(sub), _body() if raw else {}, **d)
+    return ok({"current": _shown(c, out["current"]), "next": _shown(c, out["next"], expanded=True)})
+
+
+@router.post("/api/v1/subscriptions/<sub>/restore")
+def restore(sub: str) -> Response:
+    c, d = _deps()
+    return ok(_shown(c, subscriptions.restore(c.namespace, path_param(sub), **d)))
+
+
 @router.get("/api/v1/subscriptions/<sub>/addons")
 def list_addons(sub: str) -> Response:
     c, d = _deps()

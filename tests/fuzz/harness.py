@@ -60,7 +60,8 @@ PORTAL_AUTH: dict[str, str] = {}
 
 
 def auth_for(path: str) -> dict[str, str] | None:
-    return PORTAL_AUTH if path.startswith("/api/v1/portal/meters/") else None
+    """The portal API (everything under /api/v1/portal/ but the tokens' admin) answers only a portal token."""
+    return PORTAL_AUTH if path.startswith("/api/v1/portal/") and not path.startswith("/api/v1/portal/tokens") else None
 
 
 

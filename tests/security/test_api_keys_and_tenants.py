@@ -226,6 +226,11 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     _, (invoice,) = a.call("POST", "/api/v1/billing/invoices/invoice", {"customerId": cust["id"]})
     values.update(id=profile["id"], customerId=cust["id"], invoiceId=invoice["id"])
     secrets |= {profile["id"], invoice["id"], invoice["number"], "Leak Supplier"}
+    # Billow's own operations: A's admin key, an LLM price override of A's; the documents' format and the static files.
+    _, price = a.call("POST", "/api/v1/llm/prices", {"provider": "leakai", "model": "leak-model",
+                                                     "inputPerMillionTokens": "1", "outputPerMillionTokens": "2"})
+    values.update(keyId=tokens["a_admin_id"], priceId=price["id"], format="html", file="portal.js")
+    secrets |= {price["id"], "leak-model"}
     doc = json.loads(resources.files("billow.web").joinpath("openapi.json").read_text())
     def sweep(caller: Tenant) -> None:
         for path, ops in doc["paths"].items():
@@ -245,6 +250,7 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     sweep(Tenant(srv, b.call("POST", "/api/v1/portal/tokens", {"subject": "leak_subject"})[1]["token"]))
     # ...and none of B's writes touched A's resources.
     assert a.call("GET", "/api/v1/meters/leak_m")[0] == 200
+    assert [p["id"] for p in a.call("GET", "/api/v1/llm/prices")[1]] == [price["id"]]  # A's key still works, too
     assert a.call("GET", f"/api/v1/notification/channels/{chan['id']}")[1].get("deletedAt") is None
     assert a.call("GET", f"/api/v1/notification/rules/{rule['id']}")[1].get("deletedAt") is None
     assert a.call("GET", f"/api/v1/customers/{cust['id']}")[1].get("deletedAt") is None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from billow.domain.money import Currency
 from billow.domain.payments import PaymentEvent, PaymentStatus
-from billow.errors import BillowError, ValidationFailed
+from billow.errors import BillowError, NotFound, ValidationFailed
 from billow.exact import EXACT
 from billow.timeutil import parse_rfc3339
 
@@ -184,8 +184,9 @@ def parse_webhook(payload: bytes, signature_header: str, secret: str, *, toleran
     billow_invoice_id in their metadata). A bad signature is a 400 (WebhookSignatureInvalid)."""
     import stripe
 
-    if not secret:
-        raise BillowError("the Stripe app has no webhook secret: set stripe_webhook_secret (stripe_secret_arn in AWS)")
+    if not secret:  # nothing here takes Stripe's webhooks (no Stripe app): the caller's to know, not a server fault
+        raise NotFound("no Stripe webhook is set up here: the Stripe app needs its webhook secret (stripe_webhook_secret; "
+                       "stripe_secret_arn in AWS)")
     if not signature_header:
         raise WebhookSignatureInvalid("missing Stripe-Signature header",
                                       [{"field": "Stripe-Signature", "message": "missing"}])

@@ -145,6 +145,6 @@ def _parent(point: Point, rc: dict[str, Any], item: subs.Item | None, now: datet
             "featureKey": rc.get("featureKey"), "price": rc.get("price"), "currency": sub["currency"],
             "period": period_json(s, e), "invoiceAt": format_rfc3339(now), "createdAt": format_rfc3339(now),
             "updatedAt": format_rfc3339(now),
-            "subscription": {"id": sub["id"], "phase": {"id": f"{sub['id']}-{item.source.split(':', 1)[1]}" if item else ""},
+            "subscription": {"id": sub["id"], "phase": {"id": f"{sub['id']}-{item.source.split(':', 1)[1].split('#')[0]}" if item else ""},
                              "item": {"id": f"{sub['id']}-{rc['key']}"}},
             "children": []}

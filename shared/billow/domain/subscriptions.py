@@ -97,8 +97,18 @@ def items(sub: dict[str, Any]) -> list[Item]:
     out: list[Item] = []
     for ph in sub["phases"]:
         within = _overlap(span, (parse_rfc3339(ph["activeFrom"], "activeFrom"), t(ph.get("activeTo"))))
-        if within is not None:
-            out += [Item(f"phase:{ph['key']}", rc, within[0], within[1]) for rc in ph["rateCards"]]
+        if within is None:
+            continue
+        spans = ph.get("itemSpans") or []  # set by edits (billow.domain.subscription_edits): one per rate card
+        for i, rc in enumerate(ph["rateCards"]):
+            own = spans[i] if i < len(spans) else None
+            if own is None:
+                out.append(Item(f"phase:{ph['key']}", rc, within[0], within[1]))
+                continue
+            part = _overlap(within, (t(own.get("activeFrom")) or within[0], t(own.get("activeTo"))))
+            version = f"#{own['version']}" if own.get("version") else ""  # a replaced item's next version
+            if part is not None:
+                out.append(Item(f"phase:{ph['key']}{version}", rc, part[0], part[1]))
     for addon in sub.get("addons") or []:
         for seg in addon["timeline"]:
             within = _overlap(span, (parse_rfc3339(seg["activeFrom"], "activeFrom"), t(seg.get("activeTo"))))

@@ -225,6 +225,36 @@ def plan_addon(namespace: str, plan_id: str, plan_addon_id: str, *, store: Catal
     raise NotFound(f"add-on {plan_addon_id!r} is not on plan {plan_id!r}")
 
 
+def update_plan_addon(namespace: str, plan_id: str, plan_addon_id: str, body: Any, *, store: CatalogStore,
+                      now: datetime) -> dict[str, Any]:
+    """OpenMeter's PlanAddonReplaceUpdate on a draft plan: fromPlanPhase (required), maxQuantity, metadata."""
+    plan = _draft(namespace, "plan", plan_id, store, now)
+    doc = plan_addon(namespace, plan_id, plan_addon_id, store=store)
+    if doc.get("deletedAt"):
+        raise NotFound(f"add-on {plan_addon_id!r} is not on plan {plan_id!r}")
+    if not isinstance(body, dict):
+        raise catalog.failure([("body", "must be an object {fromPlanPhase, maxQuantity?, metadata?}")])
+    problems: catalog.Problems = []
+    phase = body.get("fromPlanPhase")
+    if phase not in [p["key"] for p in plan["phases"]]:
+        problems.append(("fromPlanPhase", "is required: a phase key of the plan"))
+    maxq = body.get("maxQuantity")
+    if maxq is not None and (isinstance(maxq, bool) or not isinstance(maxq, int) or maxq < 1):
+        problems.append(("maxQuantity", "must be a positive integer"))
+    addon = store.get_versioned("addon", namespace, doc["addon"]["id"])
+    if addon is not None and addon.get("instanceType") == "single" and maxq not in (None, 1):
+        problems.append(("maxQuantity", "a single-instance add-on can be added once"))
+    metadata = body.get("metadata")
+    if metadata is not None and (not isinstance(metadata, dict)
+                                 or not all(isinstance(v, str) for v in metadata.values())):
+        problems.append(("metadata", "must be an object of string values"))
+    if problems:
+        raise catalog.failure(problems)
+    doc.update(fromPlanPhase=phase, maxQuantity=maxq, metadata=metadata, updatedAt=format_rfc3339(now))
+    store.put_plan_addon(namespace, doc)
+    return doc
+
+
 def remove_plan_addon(namespace: str, plan_id: str, plan_addon_id: str, *, store: CatalogStore, now: datetime) -> None:
     _draft(namespace, "plan", plan_id, store, now)
     doc = plan_addon(namespace, plan_id, plan_addon_id, store=store)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from billow.domain import catalog as catalog_rules
 from billow.domain import pricing
+from billow.domain import subscription_edits as sub_edits
 from billow.domain import subscriptions as subs
 from billow.domain.usage import UsageQuery, final_value
 from billow.errors import Conflict, NotFound, ValidationFailed
@@ -178,11 +179,21 @@ def present(doc: dict[str, Any], now: datetime, *, expanded: bool,
     if expanded:
         features: dict[str, dict[str, Any] | None] = {}
 
-        def item(ph: dict[str, Any], rc: dict[str, Any]) -> dict[str, Any]:
+        def item(ph: dict[str, Any], rc: dict[str, Any], span: dict[str, Any] | None = None) -> dict[str, Any]:
             fk = rc.get("featureKey")
             if fk and feature_of is not None and fk not in features:
                 features[fk] = feature_of(fk)
-            return _item_json(doc, ph, rc, features.get(fk or ""))
+            out = _item_json(doc, ph, rc, features.get(fk or ""))
+            if span is not None:  # an edited item's own span within its phase
+                out["activeFrom"], out["activeTo"] = span.get("activeFrom") or ph["activeFrom"], span.get("activeTo")
+            return out
+
+        def timelines(ph: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+            spans = ph.get("itemSpans") or []
+            out: dict[str, list[dict[str, Any]]] = {}
+            for i, rc in enumerate(ph["rateCards"]):
+                out.setdefault(rc["key"], []).append(item(ph, rc, spans[i] if i < len(spans) else None))
+            return out
 
         if out["status"] in ("active", "canceled"):
             start, end = subs.cycle(doc).containing(now)
@@ -192,8 +203,8 @@ def present(doc: dict[str, Any], now: datetime, *, expanded: bool,
             "id": f"{doc['id']}-{ph['key']}", "key": ph["key"], "name": ph["name"], "description": ph.get("description"),
             "metadata": ph.get("metadata"), "activeFrom": ph["activeFrom"], "activeTo": ph.get("activeTo"),
             "createdAt": doc["createdAt"], "updatedAt": doc["updatedAt"],
-            "items": [item(ph, rc) for rc in ph["rateCards"]],
-            "itemTimelines": {rc["key"]: [item(ph, rc)] for rc in ph["rateCards"]},
+            "items": [versions[-1] for versions in timelines(ph).values()],
+            "itemTimelines": timelines(ph),
         } for ph in doc["phases"]]
     return out
 
@@ -274,6 +285,87 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
     nxt = sync_entitlements(namespace, nxt, store=store, meta=meta, ents=ents, now=now)
     current = sync_entitlements(namespace, get(namespace, id_, store=store), store=store, meta=meta, ents=ents, now=now)
     return {"current": current, "next": nxt}
+
+
+def edit(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
+         now: datetime) -> dict[str, Any]:
+    """OpenMeter's subscription edit (SubscriptionEdit: `customizations` applied in order at `timing`, default
+    immediate; see billow.domain.subscription_edits). Added rate cards are checked as publishing a plan checks
+    them (their feature exists and has a meter; aligned with the subscription's cadence when its billables must
+    align). Nothing is stored unless every operation applies."""
+    doc = get(namespace, id_, store=store)
+    if subs.status(doc, now) == "inactive":
+        raise Conflict(f"subscription {id_} has ended; only a running or scheduled one can be edited")
+    at = _when(body.get("timing") if isinstance(body, dict) else None, doc, now)
+    must_align = (doc.get("alignment") or {}).get("billablesMustAlign", True)
+
+    def rate_card(raw: Any, field: str) -> dict[str, Any]:
+        problems: catalog_rules.Problems = []
+        rc = catalog_rules.parse_rate_card(raw, field, problems)
+        if not problems and must_align and rc.get("billingCadence") not in (None, doc["billingCadence"]):
+            problems.append((f"{field}.billingCadence", f"must equal the subscription's billingCadence "
+                                                        f"({doc['billingCadence']}) while its billables must align"))
+        if not problems and rc.get("featureKey"):
+            problems = catalog_rules.publish_problems(
+                [(field, rc)], {rc["featureKey"]: ents.get_feature(namespace, rc["featureKey"])})
+        if problems:
+            raise catalog_rules.failure(problems)
+        return rc
+
+    edited, _ = sub_edits.apply(doc, body, at, rate_card)
+    customer = meta.get_customer(namespace, doc["customerId"])
+    if customer is not None:
+        _check_entitlements(namespace, edited, customer, ents, now, ignore=set((doc.get("entitlements") or {}).values()))
+    edited["updatedAt"] = format_rfc3339(now)
+    store.put_subscription(namespace, edited)
+    return sync_entitlements(namespace, edited, store=store, meta=meta, ents=ents, now=now)
+
+
+def migrate(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
+            now: datetime) -> dict[str, Any]:
+    """OpenMeter's migrate: change to a later version of the subscription's own plan (`targetVersion`, default the
+    latest), at `timing` (default immediate), as a plan change does (same billing anchor unless `billingAnchor`)."""
+    body = {} if body is None else body
+    if not isinstance(body, dict):
+        raise bad("body", "must be {timing?, targetVersion?, startingPhase?, billingAnchor?}")
+    current = get(namespace, id_, store=store)
+    ref = current.get("plan")
+    if not ref:
+        raise bad("subscriptionId", f"subscription {id_} is on a custom plan: there is no plan version to migrate to")
+    target = body.get("targetVersion")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 1):
+        raise bad("targetVersion", "must be an integer of at least 1")
+    if target is None:
+        live = [v for v in store.list_versioned("plan", namespace, key=ref["key"])
+                if catalog_rules.status(v, now) == "active"]
+        target = live[-1]["version"] if live else ref["version"]
+    if target <= ref["version"]:
+        raise bad("targetVersion", f"subscription {id_} is on version {ref['version']} of plan {ref['key']!r}: "
+                                   f"it migrates to a later version only")
+    change_body = {"timing": body.get("timing") or "immediate", "plan": {"key": ref["key"], "version": target}}
+    for key in ("startingPhase", "billingAnchor"):
+        if body.get(key) is not None:
+            change_body[key] = body[key]
+    try:
+        return change(namespace, id_, change_body, store=store, meta=meta, ents=ents, now=now)
+    except ValidationFailed as exc:
+        if exc.errors and exc.errors[0].get("field") == "plan":
+            raise bad("targetVersion", exc.errors[0]["message"]) from None
+        raise
+
+
+def restore(namespace: str, id_: str, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
+            now: datetime) -> dict[str, Any]:
+    """OpenMeter's restore: a canceled subscription runs on without end; the customer's subscriptions scheduled to
+    start later (e.g. the next plan of a change at the next billing cycle) are deleted."""
+    doc = get(namespace, id_, store=store)
+    if subs.status(doc, now) != "canceled":
+        raise Conflict(f"subscription {id_} is {subs.status(doc, now)}, not canceled: only a canceled one is restored")
+    later = [o for o in store.list_subscriptions(namespace, doc["customerId"])
+             if o["id"] != id_ and not o.get("deletedAt") and subs.status(o, now) == "scheduled"]
+    for other in later:
+        delete(namespace, other["id"], store=store, now=now)
+    return unschedule_cancelation(namespace, id_, store=store, meta=meta, ents=ents, now=now)
 
 
 def delete(namespace: str, id_: str, *, store: SubscriptionStore, now: datetime) -> None:
