@@ -3,14 +3,18 @@ progress of a job (OpenMeter's `GET /api/v1/info/progress/{id}`), LLM margin, an
 
 from __future__ import annotations
 
+from functools import cache
+from importlib import resources
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import container
+from billow.errors import NotFound
 from billow.services import backtests, margin, params
 from billow.web.http import json_body, path_param, query_multi, wants_csv
+from functions.api.portal_routes import PAGE_HEADERS
 from functions.api.responses import ok
 
 router = APIGatewayHttpRouter()
@@ -52,3 +56,26 @@ def llm_margin() -> Response:
     return ok(margin.margin_report(c.namespace, query_multi(_event()), meta=c.meta, usage=c.usage,
                                    prices=c.llm_price_store(), catalog_store=c.catalog_store(),
                                    billing=c.billing_store(), ents=c.entitlements))
+
+
+# -- the operator console (static page; its data calls need an admin key when auth is on) ----------------------
+# PAGE_HEADERS is the portal page's policy: only its own script and style, data from this origin only.
+CONSOLE_ASSETS = {"index.html": "text/html; charset=utf-8", "console.js": "text/javascript; charset=utf-8",
+                  "console.css": "text/css; charset=utf-8"}
+
+
+@cache
+def _console_asset(name: str) -> str:
+    return resources.files("billow.console").joinpath("static", name).read_text(encoding="utf-8")
+
+
+@router.get("/console")
+def console_page() -> Response:
+    return Response(200, CONSOLE_ASSETS["index.html"], _console_asset("index.html"), headers=PAGE_HEADERS)
+
+
+@router.get("/console/<name>")
+def console_asset(name: str) -> Response:
+    if name not in CONSOLE_ASSETS or name == "index.html":
+        raise NotFound(f"no console file {name!r}")
+    return Response(200, CONSOLE_ASSETS[name], _console_asset(name), headers=PAGE_HEADERS)

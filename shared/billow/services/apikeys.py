@@ -28,6 +28,7 @@ NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # data comes from /api/v1/portal/..., which needs a portal token).
 PUBLIC = {("GET", "/"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/openapi.json"),
           ("GET", "/portal"), ("GET", "/portal/portal.js"), ("GET", "/portal/portal.css"),
+          ("GET", "/console"), ("GET", "/console/console.js"), ("GET", "/console/console.css"),
           ("GET", "/api/docs"), ("GET", "/api/docs/redoc.standalone.js"), ("GET", "/api/docs/init.js"),
           ("GET", "/api/docs/LICENSE"), ("GET", "/api/docs/redoc.standalone.js.LICENSE.txt"),
           ("POST", "/api/v1/apps/stripe/webhook")}  # Stripe signs its webhooks; it holds no API key
