@@ -4,7 +4,8 @@ Stage, namespace, architecture, account and region come from context (`-c stage=
 -c account=123456789012 -c region=eu-west-1 -c arch=arm64`) or from CDK_DEFAULT_ACCOUNT/REGION, which the
 cdk CLI sets from the active credentials; nothing is hard-coded. Without an account and region the stack is
 environment-agnostic (fine for `cdk synth`; `cdk deploy` resolves them from the credentials). `-c msk=serverless`
-or `-c msk=provisioned` picks the Kafka cluster (default: Serverless in prod, 2 x kafka.t3.small elsewhere).
+or `-c msk=provisioned` picks the Kafka cluster (default: Serverless in prod, 2 x kafka.t3.small elsewhere);
+`-c db_proxy=true|false` RDS Proxy in front of Aurora (default: prod only).
 
 The Lambda assets are built first (layers/build.py, cached by lockfile hash, no Docker)."""
 
@@ -34,6 +35,9 @@ class Config:
     account: str | None
     region: str | None
     msk: str = "serverless"  # serverless (prod's default) or provisioned (every other stage's default)
+    # RDS Proxy in front of Aurora (prod's default); without it (every other stage: its 8-ACU minimum is $87.60 a
+    # month) the functions log in to the cluster endpoint, TLS verified against layers/rds-ca-bundle.pem
+    db_proxy: bool = True
 
     @classmethod
     def from_app(cls, app: App) -> Config:
@@ -46,7 +50,10 @@ class Config:
                   account=ctx("account", os.environ.get("CDK_DEFAULT_ACCOUNT")),
                   region=ctx("region", os.environ.get("CDK_DEFAULT_REGION")))
         stage_msk = "serverless" if cfg.stage == "prod" else "provisioned"  # issue 18 item 9: dev idles cheaply
-        cfg = cls(**{**cfg.__dict__, "msk": ctx("msk", stage_msk) or stage_msk})
+        proxy = ctx("db_proxy", "true" if cfg.stage == "prod" else "false")
+        cfg = cls(**{**cfg.__dict__, "msk": ctx("msk", stage_msk) or stage_msk, "db_proxy": proxy == "true"})
+        if proxy not in ("true", "false"):
+            raise ValueError(f"invalid context: db_proxy {proxy!r} must be true or false")
         if errors := cfg.errors():
             raise ValueError("invalid context: " + "; ".join(errors))
         return cfg
@@ -61,6 +68,13 @@ class Config:
             errors.append(f"arch {self.arch!r} must be arm64 or x86_64")
         if self.msk not in ("serverless", "provisioned"):
             errors.append(f"msk {self.msk!r} must be serverless or provisioned")
+        if not self.db_proxy and self.region and "${" not in self.region:
+            from layers.rds_ca import covered_regions
+
+            if self.region not in covered_regions():
+                errors.append(f"region {self.region!r}: the shipped RDS CA bundle (layers/rds_ca.py) has no Aurora "
+                              "root for it, so a direct database login could not verify TLS; add the region's roots "
+                              "to the bundle or deploy with -c db_proxy=true")
         return errors
 
 
@@ -83,7 +97,7 @@ def build_app(app: App | None = None, *, assets: tuple[Path, Path] | None = None
     env = Environment(account=cfg.account, region=cfg.region) if cfg.account or cfg.region else None
     stack = BillowStack(app, f"Billow-{cfg.stage}", stage=cfg.stage, namespace=cfg.namespace, arch=cfg.arch,
                         deps_dir=assets[0], code_dir=assets[1], functions_root=functions_root, env=env,
-                        msk_serverless=cfg.msk == "serverless",
+                        msk_serverless=cfg.msk == "serverless", db_proxy=cfg.db_proxy,
                         termination_protection=cfg.stage == "prod",
                         description=f"Billow usage metering and billing ({cfg.stage})")
     # RDS Proxy target groups take no tags (CloudFormation rejects them).

@@ -151,6 +151,7 @@ FREE_AT_IDLE: dict[str, str] = {
     "AWS::EC2::FlowLog": _PER_USE + " (rejected traffic only, per GB logged)",
     "AWS::RDS::DBCluster": _PER_USE + " (storage and I/O; the instance is priced under AWS::RDS::DBInstance)",
     "AWS::RDS::DBProxyTargetGroup": "free", "AWS::RDS::DBSubnetGroup": "free",
+    "AWS::RDS::DBClusterParameterGroup": "free",
     "AWS::SecretsManager::ResourcePolicy": "free", "AWS::SecretsManager::SecretTargetAttachment": "free",
     "AWS::SecretsManager::RotationSchedule": "free (the rotation function runs once a month)",
     "AWS::Serverless::Application": "the rotation function's nested stack: per use",

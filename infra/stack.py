@@ -6,7 +6,7 @@ replace the resource on deploy.
   alarms         one SNS topic; each capability adds its alarms            constructs/observability.py
   network        VPC, NAT, SQS endpoint, the functions' security group      constructs/network.py
   streaming      MSK (IAM; Serverless, or 2 brokers off prod) + brokers     constructs/streaming.py
-  database       Aurora Serverless v2 PostgreSQL + RDS Proxy + secret       constructs/database.py
+  database       Aurora Serverless v2 PostgreSQL (+ RDS Proxy in prod) + secret constructs/database.py
   usage_store    ClickHouse secret (filled by the operator)                 constructs/usage_store.py
   fns            the function factory: env, stores' grants, error alarms    constructs/functions.py
   ingest         functions/ingest: produces to the namespace topic          constructs/ingest.py
@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 class BillowStack(Stack):
     def __init__(self, scope: Construct, cid: str, *, stage: str, namespace: str, arch: str, deps_dir: Path,
                  code_dir: Path, functions_root: Path | None = None, msk_serverless: bool | None = None,
-                 **kwargs: Any) -> None:
+                 db_proxy: bool | None = None, **kwargs: Any) -> None:
         super().__init__(scope, cid, **kwargs)
         self.stage, self.namespace = stage, namespace
         self.retain_data = prod = stage == "prod"  # keep what holds data or set-aside work; size up
@@ -64,7 +64,7 @@ class BillowStack(Stack):
                                    retain=prod)
         self.database = Database(self, "Database", vpc=net.vpc, clients=net.functions_sg, app_subnets=net.app_subnets,
                                  data_subnets=net.data_subnets, min_acu=1 if prod else 0.5, max_acu=32 if prod else 8,
-                                 retain=prod, name=prefix, alarms=alarms)
+                                 retain=prod, name=prefix, alarms=alarms, proxy=prod if db_proxy is None else db_proxy)
         self.usage_store = UsageStore(self, "UsageStore", retain=prod)
         self.fns = fns = BillowFunctions(self, "Functions", deps_dir=deps_dir, code_dir=code_dir, arch=arch, network=net,
                                          database=self.database, usage_store=self.usage_store, alarms=alarms,
@@ -96,7 +96,10 @@ class BillowStack(Stack):
                   description='Fill this secret with {"apiKey": "sk_...", "webhookSecret": "whsec_..."}')
         CfnOutput(self, "DocumentsBucketName", value=self.billing.documents.bucket_name,
                   description="Invoice documents (HTML, PDF) under invoices/<namespace>/")
-        CfnOutput(self, "DatabaseProxyEndpoint", value=self.database.proxy.endpoint)
+        if self.database.proxy:
+            CfnOutput(self, "DatabaseProxyEndpoint", value=self.database.proxy.endpoint)
+        else:
+            CfnOutput(self, "DatabaseEndpoint", value=self.database.endpoint)
         CfnOutput(self, "AdminKeySecretArn", value=self.migrations.admin_key.secret_arn,
                   description="The first admin API key: aws secretsmanager get-secret-value --secret-id <this>")
         CfnOutput(self, "MskClusterArn", value=self.streaming.cluster_arn)

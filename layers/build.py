@@ -2,7 +2,8 @@
 
   build/layers/deps-<arch>/python/...  the core dependencies layer: manylinux wheels for the Lambda architecture
   build/layers/deps-<arch>/billing-layer/python/...  the billing-only layer (stripe, fpdf2 and what only they need)
-  build/layers/code-<hash>/{billow,functions}  the function code asset: the shared core and the handlers
+  build/layers/code-<hash>/{billow,functions}  the function code asset: the shared core and the handlers, and
+                                               rds-ca-bundle.pem (layers/rds_ca.py: TLS to Aurora without the proxy)
 
 Run from the repo root: `.venv/bin/python -m layers.build [--arch arm64|x86_64] [--force]`.
 
@@ -54,6 +55,9 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from layers.rds_ca import ASSET_NAME as RDS_CA_ASSET_NAME
+from layers.rds_ca import BUNDLE as RDS_CA_BUNDLE
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "layers"
@@ -233,20 +237,28 @@ def _sources() -> list[Path]:
     return sorted(files)
 
 
+def _asset_path(f: Path) -> Path:
+    """Where a source file goes in the code asset: billow/ and functions/ at its root, and the RDS CA bundle
+    (layers/rds_ca.py) as /var/task/rds-ca-bundle.pem, which BILLOW_DB_CA_BUNDLE names in every function."""
+    if f == RDS_CA_BUNDLE:
+        return Path(RDS_CA_ASSET_NAME)
+    return f.relative_to(ROOT / "shared") if f.is_relative_to(ROOT / "shared") else f.relative_to(ROOT)
+
+
 def build_code(out: Path = OUT) -> Path:
     """The code asset, in a directory named by the hash of its sources: unchanged code is reused, and a
     directory another process is zipping is never rewritten under it."""
-    files = _sources()
+    files = [*_sources(), RDS_CA_BUNDLE]
     h = hashlib.sha256(f"{PYTHON}\0{sys.version_info[:2]}".encode())
     for f in files:
-        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+        h.update(str(_asset_path(f)).encode() + b"\0" + f.read_bytes() + b"\0")
     code = out / f"code-{h.hexdigest()[:16]}"
     if code.is_dir():
         return code
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-code-", dir=out))
     try:
         for f in files:
-            rel = f.relative_to(ROOT / "shared") if f.is_relative_to(ROOT / "shared") else f.relative_to(ROOT)
+            rel = _asset_path(f)
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, tmp / rel)
         _compile(tmp)

@@ -3,7 +3,7 @@ after the database and before every other function is updated, so new code never
 by hand (`aws lambda invoke --function-name billow-<stage>-migrate out.json`) to run it again, e.g. once the
 ClickHouse secret is filled. No other function runs DDL: their cold starts only check the schema revisions.
 
-The meta database (Aurora through RDS Proxy) goes to the Alembic head (concurrent runs queue on an advisory
+The meta database (Aurora, through RDS Proxy in prod) goes to the Alembic head (concurrent runs queue on an advisory
 lock), then ClickHouse runs its own migrations. While the ClickHouse secret still holds the placeholder host
 the usage store is skipped, not failed: the first deploy has to finish before there is a secret to fill. Any
 other failure raises, the trigger fails the deploy and CloudFormation rolls it back.
@@ -28,9 +28,33 @@ logger = Logger(service="billow-migrate")
 PLACEHOLDER_HOST = "SET-ME.clickhouse.cloud"  # infra/constructs/usage_store.py: the secret before it is filled
 
 
+def pg_connect(**kwargs: Any) -> Any:
+    import pg8000.dbapi
+
+    return pg8000.dbapi.connect(**kwargs)
+
+
+def master_password_options(settings: Settings, admin: str, secret_arn: str) -> dict[str, Any]:
+    """Without RDS Proxy (dev): the master user logs in to the cluster endpoint with the master secret's password,
+    read now (each run: rotation never leaves a stale one behind), over TLS verified against the RDS CA bundle."""
+    from billow.adapters.aws import secret_json
+    from billow.adapters.rds_iam import PORT, tls_context
+
+    password = str(secret_json(secret_arn)["password"])
+    ctx = tls_context(settings.db_ca_bundle)
+    assert settings.db_host and settings.db_name
+
+    def creator() -> Any:
+        return pg_connect(user=admin, host=settings.db_host, port=PORT, database=settings.db_name,
+                          password=password, ssl_context=ctx)
+
+    return {"creator": creator}
+
+
 def ensure_app_role(settings: Settings) -> str | None:
-    """With IAM auth: log in as the master user (BILLOW_DB_ADMIN_USER, an IAM token through RDS Proxy) and make the
-    application role (settings.db_user, IAM logins only) if it is not there yet; the migrations then run as it."""
+    """With IAM auth: log in as the master user (BILLOW_DB_ADMIN_USER: an IAM token through RDS Proxy, or without a
+    proxy the password in BILLOW_DB_ADMIN_SECRET_ARN) and make the application role (settings.db_user, IAM logins
+    only) if it is not there yet; the migrations then run as it."""
     admin = os.environ.get("BILLOW_DB_ADMIN_USER")
     if not (admin and settings.db_user) or settings.meta_store_url:
         return None
@@ -39,7 +63,10 @@ def ensure_app_role(settings: Settings) -> str | None:
     from billow.adapters import rds_iam
     from billow.migrations import meta_engine_options, meta_url
 
-    engine = sa.create_engine(meta_url(settings), **meta_engine_options(settings, user=admin))
+    secret_arn = os.environ.get("BILLOW_DB_ADMIN_SECRET_ARN")
+    options = (master_password_options(settings, admin, secret_arn) if secret_arn
+               else meta_engine_options(settings, user=admin))
+    engine = sa.create_engine(meta_url(settings), **options)
     try:
         return rds_iam.ensure_app_role(engine, settings.db_user)
     finally:

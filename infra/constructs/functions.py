@@ -4,7 +4,7 @@ in; only the handlers in layers.build.BILLING_FUNCTIONS, which import them).
 
 What every function gets here, so the capability constructs (api.py, ingest.py, usage_sink.py, schedules.py,
 migrations.py) add only what is theirs: the settings every handler reads (billow.bootstrap.Settings.from_env;
-secrets by ARN only), login to the meta store through RDS Proxy as the app role (every handler's container opens
+secrets by ARN only), login to the meta store (RDS Proxy or Aurora) as the app role (every handler's container opens
 it and checks its schema revision), an error-rate and a throttles alarm, and, only with `usage=True`, the ClickHouse
 secret (the usage store opens on first use, so ingest, the authorizer and the Stripe webhook never need it)."""
 
@@ -23,6 +23,7 @@ from infra.constructs.network import Network
 from infra.constructs.observability import Alarms
 from infra.constructs.usage_store import UsageStore
 from layers.build import BILLING_FUNCTIONS, BILLING_LAYER
+from layers.rds_ca import LAMBDA_PATH as RDS_CA_LAMBDA_PATH
 
 RUNTIME = lambda_.Runtime.PYTHON_3_12  # = layers.build.PYTHON; the wheels and .pyc files are cp312
 DEFAULT_TIMEOUT = Duration.seconds(29)  # API Gateway's integration timeout
@@ -53,8 +54,9 @@ class BillowFunctions(Construct):
         self.environment = {  # what every function reads (billow.bootstrap.Settings.from_env): secrets by ARN only
             "BILLOW_NAMESPACE": namespace,
             "BILLOW_USAGE_STORE": "clickhouse",
-            "BILLOW_DB_HOST": database.proxy.endpoint,  # IAM auth as the app role (constructs/database.py)
+            "BILLOW_DB_HOST": database.endpoint,  # IAM auth as the app role, proxy or not (constructs/database.py)
             "BILLOW_DB_USER": APP_USER, "BILLOW_DB_NAME": DATABASE,
+            "BILLOW_DB_CA_BUNDLE": RDS_CA_LAMBDA_PATH,  # TLS verified against the RDS roots in the code asset
             "POWERTOOLS_METRICS_NAMESPACE": "Billow",
             "POWERTOOLS_LOG_LEVEL": "INFO",
             "BILLOW_AUTH": "keys",  # every request's namespace comes from its API key

@@ -38,7 +38,7 @@ class Migrations(Construct):
             "BILLOW_DB_ADMIN_USER": MASTER_USER, "BILLOW_KAFKA_AUTH": "iam",
             "BILLOW_KAFKA_BOOTSTRAP": streaming.bootstrap_brokers, "BILLOW_KAFKA_PARTITIONS": str(PARTITIONS),
             "BILLOW_KAFKA_RETENTION_MS": str(TOPIC_RETENTION_MS)})
-        database.grant_connect(fn, MASTER_USER)  # makes the app role (ensure_app_role), once
+        database.grant_master_login(fn, MASTER_USER)  # makes the app role (ensure_app_role), once
         fn.add_to_role_policy(iam.PolicyStatement(
             sid="KafkaConnect", actions=["kafka-cluster:Connect", "kafka-cluster:DescribeCluster"],
             resources=[streaming.cluster_arn]))

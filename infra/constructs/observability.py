@@ -105,8 +105,9 @@ class Alarms(Construct):
                   f"A {job} tick has waited more than {JOB_MAX_AGE.to_hours()} h in its queue: the job has stopped "
                   "or keeps failing (its log group, then the jobs DLQ)")
 
-    def database(self, cluster: rds.DatabaseCluster, proxy: rds.DatabaseProxy, *, max_acu: float) -> None:
-        """Aurora at its capacity ceiling or near max_connections, or RDS Proxy unable to reach it."""
+    def database(self, cluster: rds.DatabaseCluster, proxy: rds.DatabaseProxy | None, *, max_acu: float) -> None:
+        """Aurora at its capacity ceiling or near max_connections, or RDS Proxy (where there is one) unable to reach
+        it."""
         self._add("db-acu-utilization", cluster.metric_acu_utilization(period=MINUTE, statistic="Average"),
                   DB_ACU_PERCENT, f"Aurora ran above {DB_ACU_PERCENT} % of its maximum capacity ({max_acu} ACU) in "
                   f"{DATAPOINTS} of the last {PERIODS} minutes: raise max ACU", m_of_n=True)
@@ -114,6 +115,8 @@ class Alarms(Construct):
         self._add("db-connections", cluster.metric_database_connections(period=MINUTE, statistic="Maximum"), limit,
                   f"Aurora holds more than {limit} connections ({int(DB_CONNECTIONS_SHARE * 100)} % of its "
                   f"max_connections) in {DATAPOINTS} of the last {PERIODS} minutes", m_of_n=True)
+        if proxy is None:
+            return
         availability = cw.Metric(namespace="AWS/RDS", metric_name="AvailabilityPercentage", statistic="Minimum",
                                  period=MINUTE, dimensions_map={"ProxyName": proxy.db_proxy_name,
                                                                 "TargetGroup": "default", "TargetRole": "READ_WRITE"})
