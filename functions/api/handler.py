@@ -33,6 +33,7 @@ from functions.api import (
     v2_routes,
 )
 from functions.api.responses import no_content, ok
+from functions.observability import API_GATEWAY, lambda_entry
 
 logger = Logger(service="billow-api")
 app = APIGatewayHttpResolver(serializer=jsonx.dumps)
@@ -268,6 +269,7 @@ def readyz() -> Response:
                                                                 "checks": results}))
 
 
+@lambda_entry(API_GATEWAY, logger=logger)
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
     return as_caller(event, lambda: app.resolve(event, context))  # type: ignore[arg-type]
 

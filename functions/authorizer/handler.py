@@ -12,8 +12,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from billow.bootstrap import container
 from billow.services.apikeys import Unauthorized
 from billow.services.portal import authenticate_bearer
+from functions.observability import API_GATEWAY, lambda_entry
 
 
+@lambda_entry(API_GATEWAY)
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
     from billow.adapters.sql_portal import SqlPortalStore  # SQLAlchemy: with the container, at the first call
 

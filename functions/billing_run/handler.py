@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow.bootstrap import container
 from billow.services import jobs
+from functions.observability import SQS_MESSAGES, lambda_entry
 
 logger = Logger(service="billow-billing-run")
 metrics = Metrics(namespace="Billow", service="billing_run")
@@ -35,6 +36,7 @@ class BillingRunFailed(RuntimeError):
         super().__init__(f"billing run: {len(self.failures)} failure(s), the other customers were billed: {who}")
 
 
+@lambda_entry(SQS_MESSAGES, logger=logger)
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
     c = container()
     runs = []

@@ -11,6 +11,7 @@ from billow.bootstrap import container
 from billow.errors import Unavailable, UnsupportedMediaType, ValidationFailed
 from billow.services.ingest import ingest_events
 from billow.web.http import as_caller, guarded, header, json_body, response
+from functions.observability import API_GATEWAY, lambda_entry
 
 SINGLE = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -43,6 +44,7 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
     return response(204)
 
 
+@lambda_entry(API_GATEWAY)
 @event_source(data_class=APIGatewayProxyEventV2)
 def lambda_handler(event: APIGatewayProxyEventV2, context: LambdaContext | None) -> dict[str, Any]:
     return as_caller(event.raw_event, lambda: guarded(event.raw_path, lambda: _ingest(event)))

@@ -23,6 +23,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow.bootstrap import Settings
 from billow.migrations import migrate_all
+from functions.observability import lambda_entry
 
 logger = Logger(service="billow-migrate")
 PLACEHOLDER_HOST = "SET-ME.clickhouse.cloud"  # infra/constructs/usage_store.py: the secret before it is filled
@@ -90,6 +91,7 @@ def first_admin_key(settings: Settings, secret_arn: str) -> str:
         meta.close()
 
 
+@lambda_entry(None, logger=logger)
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, str]:
     settings = Settings.from_env()
     role = ensure_app_role(settings)

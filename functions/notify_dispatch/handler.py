@@ -16,6 +16,7 @@ from billow.adapters import delivery
 from billow.bootstrap import Container, container
 from billow.services import jobs
 from billow.services.notifications import Send, Wake
+from functions.observability import SQS_MESSAGES, lambda_entry
 
 BUDGET_S = jobs.DISPATCH_BUDGET_S
 _senders: delivery.Senders | None = None
@@ -43,6 +44,7 @@ def is_tick(body: str) -> bool:
     return isinstance(msg, dict) and "scheduledTime" in msg
 
 
+@lambda_entry(SQS_MESSAGES)
 @event_source(data_class=SQSEvent)
 def lambda_handler(event: SQSEvent, context: LambdaContext | None) -> dict[str, Any]:
     tick = any(is_tick(r.body) for r in event.records)

@@ -15,11 +15,13 @@ from billow import jsonx
 from billow.adapters.stripe_app import parse_webhook
 from billow.bootstrap import container
 from billow.web.http import body_text, guarded, header, response
+from functions.observability import API_GATEWAY, lambda_entry
 
 logger = Logger(service="billow-stripe-webhook")
 ROUTE = "/api/v1/apps/stripe/webhook"
 
 
+@lambda_entry(API_GATEWAY, logger=logger)
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
     return guarded(str(event.get("rawPath") or ROUTE), lambda: _handle(event))
 

@@ -14,11 +14,13 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from billow.bootstrap import container
 from billow.bus import namespace_of
 from billow.services.sink import LATE_AFTER, SinkRecord, sink_batch
+from functions.observability import KAFKA_BATCH, lambda_entry
 
 metrics = Metrics(namespace="Billow", service="usage_sink")
 IN_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 
 
+@lambda_entry(KAFKA_BATCH)
 @event_source(data_class=KafkaEvent)
 def lambda_handler(event: KafkaEvent, context: LambdaContext | None) -> dict[str, Any]:
     c = container()
