@@ -96,6 +96,7 @@ OPERATIONS = {
     "/api/v1/apps/custom-invoicing/{invoiceId}/draft/synchronized": ["post"],
     "/api/v1/apps/custom-invoicing/{invoiceId}/issuing/synchronized": ["post"],
     "/api/v1/apps/custom-invoicing/{invoiceId}/payment/status": ["post"],
+    "/api/v1/info/progress/{id}": ["get"],  # a backtest's progress (issue 20)
 }
 DROP = {"description", "example", "examples", "summary", "x-enum-varnames"}
 OUT = Path(__file__).resolve().parent.parent / "shared" / "billow" / "web" / "openapi.json"
