@@ -97,6 +97,22 @@ OPERATIONS = {
     "/api/v1/apps/custom-invoicing/{invoiceId}/issuing/synchronized": ["post"],
     "/api/v1/apps/custom-invoicing/{invoiceId}/payment/status": ["post"],
     "/api/v1/info/progress/{id}": ["get"],  # a backtest's progress (issue 20)
+    # apps as entities (issue 16): installed apps, the marketplace, customer app data, Stripe sessions
+    "/api/v1/apps": ["get"],
+    "/api/v1/apps/{id}": ["get", "put", "delete"],
+    "/api/v1/apps/{id}/stripe/api-key": ["put"],
+    "/api/v1/apps/{id}/stripe/webhook": ["post"],
+    "/api/v1/marketplace/listings": ["get"],
+    "/api/v1/marketplace/listings/{type}": ["get"],
+    "/api/v1/marketplace/listings/{type}/install": ["post"],
+    "/api/v1/marketplace/listings/{type}/install/apikey": ["post"],
+    "/api/v1/marketplace/listings/{type}/install/oauth2": ["get"],
+    "/api/v1/marketplace/listings/{type}/install/oauth2/authorize": ["get"],
+    "/api/v1/customers/{customerIdOrKey}/apps": ["get", "put"],
+    "/api/v1/customers/{customerIdOrKey}/apps/{appId}": ["delete"],
+    "/api/v1/customers/{customerIdOrKey}/stripe": ["get", "put"],
+    "/api/v1/customers/{customerIdOrKey}/stripe/portal": ["post"],
+    "/api/v1/stripe/checkout/sessions": ["post"],
 }
 DROP = {"description", "example", "examples", "summary", "x-enum-varnames"}
 OUT = Path(__file__).resolve().parent.parent / "shared" / "billow" / "web" / "openapi.json"

@@ -41,7 +41,7 @@ def list_profiles() -> Response:
 @router.post("/api/v1/billing/profiles")
 def create_profile() -> Response:
     c, store = _c()
-    return ok(billing.create_profile(c.namespace, _body(), store=store, now=c.clock.now()), 201)
+    return ok(billing.create_profile(c.namespace, _body(), store=store, now=c.clock.now(), apps=c.app_store()), 201)
 
 
 @router.get("/api/v1/billing/profiles/<pid>")
@@ -53,7 +53,8 @@ def get_profile(pid: str) -> Response:
 @router.put("/api/v1/billing/profiles/<pid>")
 def update_profile(pid: str) -> Response:
     c, store = _c()
-    return ok(billing.update_profile(c.namespace, path_param(pid), _body(), store=store, now=c.clock.now()))
+    return ok(billing.update_profile(c.namespace, path_param(pid), _body(), store=store, now=c.clock.now(),
+                                     apps=c.app_store()))
 
 
 @router.delete("/api/v1/billing/profiles/<pid>")

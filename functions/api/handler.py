@@ -20,6 +20,7 @@ from billow.web.http import JSON, PROBLEM, as_caller, json_body, path_param, que
 from billow.web.openapi import document
 from functions.api import (
     admin_routes,
+    app_routes,
     billing_routes,
     catalog_routes,
     docs_routes,
@@ -48,6 +49,7 @@ app.include_router(llm_routes.router)
 app.include_router(lab_routes.router)
 app.include_router(home_routes.router)
 app.include_router(v2_routes.router)
+app.include_router(app_routes.router)
 app.include_router(docs_routes.router)
 
 

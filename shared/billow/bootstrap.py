@@ -17,11 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from billow.ports import DeadLetters, EventBus, InvoicingApp, MetaStore, UsageStore
+from billow.ports import DeadLetters, EventBus, InvoicingApp, MetaStore, StripeAccount, UsageStore
 from billow.timeutil import utcnow
 
 if TYPE_CHECKING:
     from billow.adapters.billing_apps import BillingApps
+    from billow.adapters.sql_apps import SqlAppStore
     from billow.adapters.sql_billing import SqlBillingStore
     from billow.adapters.sql_catalog import SqlCatalogStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
@@ -301,9 +302,31 @@ class Container:
         s = self.settings
         invoicing: dict[str, InvoicingApp] = {"sandbox": SandboxInvoicing(), "custom_invoicing": CustomInvoicing(),
                      "stripe": StripeInvoicing(s.stripe_api_key, s.stripe_api_base)}
-        return BillingApps(self.namespace, invoicing=invoicing, billing=self.billing_store(),
+        namespace = self.namespace
+
+        def installed(app_id: str) -> InvoicingApp | None:  # an app of the namespace by id (issue 16)
+            apps = self.app_store()
+            doc = apps.get_app(namespace, app_id)
+            if doc is None:
+                return None
+            if doc["type"] == "stripe":
+                return StripeInvoicing(apps.app_secrets(namespace, app_id).get("apiKey"), s.stripe_api_base)
+            return invoicing.get(doc["type"])
+
+        return BillingApps(namespace, invoicing=invoicing, billing=self.billing_store(),
                            notifications=self.notification_store(), documents=lambda: document_store(s),
-                           renderer=InvoiceRenderer(), clock=self.clock)
+                           renderer=InvoiceRenderer(), clock=self.clock, installed=installed)
+
+    def app_store(self) -> SqlAppStore:
+        from billow.adapters.sql_apps import SqlAppStore
+
+        return self.store(SqlAppStore)
+
+    def stripe_account(self, api_key: str) -> StripeAccount:
+        """Stripe opened with an app's API key (at settings.stripe_api_base when set: a local stand-in)."""
+        from billow.adapters.stripe_app import StripeApp
+
+        return StripeApp(api_key, self.settings.stripe_api_base)
 
     @property
     def namespace(self) -> str:

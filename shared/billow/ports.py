@@ -236,7 +236,9 @@ class BillingApps(Protocol):
     """What happens outside Billow when an invoice moves: its invoicing app, its documents and the invoice
     notifications (adapters/billing_apps.py, built per namespace by bootstrap)."""
 
-    def invoicing(self, app_type: str) -> InvoicingApp: ...
+    def invoicing(self, app: str) -> InvoicingApp:
+        """The invoicing app a billing profile names: an installed app's id, or a type name (APP_TYPES)."""
+        ...
 
     def issued(self, invoice: dict[str, Any]) -> None:
         """A newly issued invoice: the notification rules hear of it."""
@@ -245,3 +247,48 @@ class BillingApps(Protocol):
     def updated(self, invoice: dict[str, Any]) -> None:
         """Its status changed (paid, voided, overdue, ...): the notification rules hear of it."""
         ...
+
+# -- apps ---------------------------------------------------------------------------------------------------------
+class AppStore(Protocol):
+    """Installed apps (OpenMeter's App JSON, ULIDs unique across namespaces; secrets kept apart) and customer app
+    data (adapters/sql_apps.py)."""
+
+    def add_app(self, namespace: str, doc: dict[str, Any], secrets: dict[str, Any] | None = None, *,
+                singleton: str | None = None) -> dict[str, Any]:
+        """Insert a new app; with `singleton` at most one per namespace (the existing one is returned)."""
+        ...
+
+    def put_app(self, namespace: str, doc: dict[str, Any], secrets: dict[str, Any] | None = None) -> None: ...
+
+    def get_app(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
+
+    def app_secrets(self, namespace: str, id_: str) -> dict[str, Any]: ...
+
+    def namespace_of_app(self, id_: str) -> str | None: ...
+
+    def list_apps(self, namespace: str, include_deleted: bool = False) -> list[dict[str, Any]]: ...
+
+    def put_customer_app(self, namespace: str, customer_id: str, app_id: str, doc: dict[str, Any] | None) -> None: ...
+
+    def customer_apps(self, namespace: str, customer_id: str) -> dict[str, dict[str, Any]]: ...
+
+    def app_in_customer_data(self, namespace: str, app_id: str) -> bool: ...
+
+
+class StripeAccount(Protocol):
+    """One Stripe account, opened with an app's API key (adapters/stripe_app.StripeApp)."""
+
+    def account(self) -> dict[str, Any]:
+        """{id, livemode}; a key Stripe refuses is a ValidationFailed naming apiKey."""
+        ...
+
+    def create_webhook_endpoint(self, url: str, app_id: str) -> dict[str, Any]:
+        """{id, secret}"""
+        ...
+
+    def ensure_customer(self, customer: dict[str, Any], existing_id: str | None = None) -> str: ...
+
+    def portal_session(self, stripe_customer_id: str, *, configuration: str | None = None,
+                       locale: str | None = None, return_url: str | None = None) -> dict[str, Any]: ...
+
+    def checkout_session(self, params: dict[str, Any]) -> dict[str, Any]: ...

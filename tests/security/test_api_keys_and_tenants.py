@@ -226,6 +226,13 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     _, (invoice,) = a.call("POST", "/api/v1/billing/invoices/invoice", {"customerId": cust["id"]})
     values.update(id=profile["id"], customerId=cust["id"], invoiceId=invoice["id"])
     secrets |= {profile["id"], invoice["id"], invoice["number"], "Leak Supplier"}
+    # Apps (issue 16): an installed app of A's, and A's customer's data for it.
+    _, made = a.call("POST", "/api/v1/marketplace/listings/custom_invoicing/install", {"name": "Leak App",
+                                                                                       "createBillingProfile": False})
+    a.call("PUT", f"/api/v1/customers/{cust['id']}/apps", [{"type": "custom_invoicing", "id": made["app"]["id"],
+                                                            "metadata": {"erp": "leak-erp-ref"}}])
+    values.update(type="custom_invoicing", appId=made["app"]["id"])
+    secrets |= {made["app"]["id"], "Leak App", "leak-erp-ref"}
     # Billow's own operations: A's admin key, an LLM price override of A's; the documents' format and the static files.
     _, price = a.call("POST", "/api/v1/llm/prices", {"provider": "leakai", "model": "leak-model",
                                                      "inputPerMillionTokens": "1", "outputPerMillionTokens": "2"})
@@ -246,6 +253,11 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
                     assert not any(s in text for s in secrets), (method, path, body)
 
     sweep(b)
+    # {id} above is A's billing profile; A's app id, in every app path, is as unknown to B.
+    for method, path in (("GET", "/api/v1/apps/{}"), ("PUT", "/api/v1/apps/{}"), ("DELETE", "/api/v1/apps/{}"),
+                         ("PUT", "/api/v1/apps/{}/stripe/api-key"), ("POST", "/api/v1/apps/{}/stripe/webhook")):
+        status, body = b.call(method, path.format(values["appId"]), {} if method != "GET" else None)
+        assert status in (400, 404) and not any(s in json.dumps(body) for s in secrets), (method, path, status, body)
     # ...and with B's portal token for a subject of the same key as A's (the portal API needs a portal token).
     sweep(Tenant(srv, b.call("POST", "/api/v1/portal/tokens", {"subject": "leak_subject"})[1]["token"]))
     # ...and none of B's writes touched A's resources.
@@ -264,3 +276,4 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     assert [x["quantity"] for x in a.call("GET", f"/api/v1/subscriptions/{sub['id']}/addons")[1]] == [1]
     assert a.call("GET", f"/api/v1/billing/invoices/{invoice['id']}")[1]["status"] == "paid"
     assert a.call("GET", f"/api/v1/billing/profiles/{profile['id']}")[1]["deletedAt"] is None
+    assert a.call("GET", f"/api/v1/apps/{values['appId']}")[1]["name"] == "Leak App"

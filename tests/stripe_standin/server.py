@@ -180,6 +180,9 @@ class StandIn:
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
     items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    webhook_endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)  # billing portal and checkout sessions
+    account_id: str = "acct_standin"
     requests: list[dict[str, Any]] = field(default_factory=list)
     events: list[Delivery] = field(default_factory=list)
 
@@ -351,12 +354,17 @@ class StandIn:
             ("POST", 2, "invoices"): "POST /v1/invoices",
             ("GET", 3, "invoices"): "GET /v1/invoices/{invoice}",
             ("POST", 2, "invoiceitems"): "POST /v1/invoiceitems",
+            ("GET", 2, "account"): "GET /v1/account",
+            ("POST", 2, "webhook_endpoints"): "POST /v1/webhook_endpoints",
         }
         if len(parts) >= 2 and parts[0] == "v1":
             op = candidates.get((method, len(parts), parts[1]))
             if op is None and method == "POST" and len(parts) == 4 and parts[1] == "invoices" \
                     and parts[3] in ("finalize", "void"):
                 op = f"POST /v1/invoices/{{invoice}}/{parts[3]}"
+            if op is None and len(parts) == 3 and parts[1:] in (["billing_portal", "sessions"], ["checkout", "sessions"]) \
+                    and method == "POST":
+                op = f"POST /v1/{parts[1]}/sessions"
             if op is not None:
                 return op, parts[2:3]
         raise StripeHTTPError(404, f"Unrecognized request URL ({method}: {path}).")
@@ -376,6 +384,15 @@ class StandIn:
                 return 200, self._create_item(params)
             if op == "POST /v1/invoices/{invoice}/finalize":
                 return 200, self._finalize(args[0], params)
+            if op == "GET /v1/account":
+                return 200, {"id": self.account_id, "object": "account", "livemode": False, "country": "US",
+                             "default_currency": "usd", "business_profile": {"name": "Stand-in"}}
+            if op == "POST /v1/webhook_endpoints":
+                return 200, self._create_webhook_endpoint(params)
+            if op == "POST /v1/billing_portal/sessions":
+                return 200, self._create_portal_session(params)
+            if op == "POST /v1/checkout/sessions":
+                return 200, self._create_checkout_session(params)
             return 200, self._void(args[0])
 
     def _new_id(self, prefix: str) -> str:
@@ -485,6 +502,50 @@ class StandIn:
             inv["status"] = "paid"
             inv["status_transitions"]["paid_at"] = int(time.time())
         return copy.deepcopy(inv)
+
+    def _create_webhook_endpoint(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Its signing secret is the stand-in's webhook_secret, so `emit` signs what this endpoint would get."""
+        we = {"id": self._new_id("we"), "object": "webhook_endpoint", "url": p["url"], "status": "enabled",
+              "enabled_events": p["enabled_events"], "api_version": p.get("api_version"), "livemode": False,
+              "metadata": p.get("metadata") or {}, "description": p.get("description"), "created": int(time.time()),
+              "secret": self.webhook_secret}
+        self.webhook_endpoints[we["id"]] = we
+        return copy.deepcopy(we)
+
+    def _create_portal_session(self, p: dict[str, Any]) -> dict[str, Any]:
+        if "customer" not in p:
+            raise StripeHTTPError(400, "Missing required param: customer.", code="parameter_missing", param="customer")
+        cust = self._customer(p["customer"], "customer")
+        sid = self._new_id("bps")
+        session = {"id": sid, "object": "billing_portal.session", "customer": cust["id"],
+                   "configuration": p.get("configuration", "bpc_standin_default"), "created": int(time.time()),
+                   "livemode": False, "locale": p.get("locale"), "return_url": p.get("return_url"),
+                   "url": f"{self.url}/portal/{sid}"}
+        self.sessions[sid] = session
+        return copy.deepcopy(session)
+
+    def _create_checkout_session(self, p: dict[str, Any]) -> dict[str, Any]:
+        mode = p.get("mode")
+        if mode is None:
+            raise StripeHTTPError(400, "Missing required param: mode.", code="parameter_missing", param="mode")
+        if mode == "setup" and "currency" not in p and "allowed_payment_method_types" not in p:
+            raise StripeHTTPError(400, "currency or allowed_payment_method_types is required in setup mode.",
+                                  code="parameter_missing", param="currency")
+        cust = self._customer(p["customer"], "customer") if "customer" in p else None
+        ui = {"hosted": "hosted_page", "embedded": "embedded_page"}.get(p.get("ui_mode", ""), p.get("ui_mode", "hosted_page"))
+        now = int(time.time())
+        sid = self._new_id("cs_test")
+        session = {"id": sid, "object": "checkout.session", "mode": mode, "status": "open", "ui_mode": ui,
+                   "customer": cust["id"] if cust else None, "customer_email": cust.get("email") if cust else None,
+                   "setup_intent": self._new_id("seti") if mode == "setup" else None, "currency": p.get("currency"),
+                   "client_reference_id": p.get("client_reference_id"), "metadata": p.get("metadata") or {},
+                   "created": now, "expires_at": p.get("expires_at", now + 86400), "livemode": False,
+                   "success_url": p.get("success_url"), "cancel_url": p.get("cancel_url"),
+                   "return_url": p.get("return_url"),
+                   "client_secret": f"{sid}_secret" if ui != "hosted_page" else None,
+                   "url": f"{self.url}/checkout/{sid}" if ui == "hosted_page" else None}
+        self.sessions[sid] = session
+        return copy.deepcopy(session)
 
     def _void(self, iid: str) -> dict[str, Any]:
         inv = self._invoice(iid)

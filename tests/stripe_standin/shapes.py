@@ -39,6 +39,10 @@ OPERATIONS: dict[str, str] = {
     "POST /v1/invoiceitems": "InvoiceItemCreateParams",
     "POST /v1/invoices/{invoice}/finalize": "InvoiceFinalizeInvoiceParams",
     "POST /v1/invoices/{invoice}/void": "InvoiceVoidInvoiceParams",
+    "GET /v1/account": "AccountRetrieveCurrentParams",
+    "POST /v1/webhook_endpoints": "WebhookEndpointCreateParams",
+    "POST /v1/billing_portal/sessions": "billing_portal.SessionCreateParams",
+    "POST /v1/checkout/sessions": "checkout.SessionCreateParams",
 }
 
 _REQUEST_OPTIONS = set(stripe.RequestOptions.__annotations__)  # client-side options, not body parameters
@@ -85,7 +89,7 @@ def _schema(ann: Any, module: types.ModuleType, seen: tuple[str, ...]) -> dict[s
         return {"type": "boolean"}
     if ann is int:
         return {"type": "integer"}
-    if ann is Decimal:
+    if ann is Decimal or ann is float:  # a number parameter: sent as decimal text
         return {"type": "decimal"}
     if typing_extensions.is_typeddict(ann):
         return _object(ann, seen)
@@ -102,6 +106,14 @@ def _object(cls: Any, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"type": "object", "properties": dict(sorted(props.items())), "required": required}
 
 
+def _params(name: str) -> Any:
+    """The params class `name` of stripe.params ("checkout.SessionCreateParams": of stripe.params.checkout)."""
+    import importlib
+
+    package, _, cls = name.rpartition(".")
+    return getattr(importlib.import_module("stripe.params" + (f".{package}" if package else "")), cls)
+
+
 def build() -> dict[str, Any]:
     return {
         "_source": {
@@ -111,7 +123,7 @@ def build() -> dict[str, Any]:
             "note": "Stripe's OpenAPI spec (github.com/stripe/openapi, openapi/spec3.json) was out of reach here; "
                     "these are the request shapes of the SDK generated from it for the same API version",
         },
-        "operations": {op: _object(getattr(stripe.params, name)) for op, name in OPERATIONS.items()},
+        "operations": {op: _object(_params(name)) for op, name in OPERATIONS.items()},
     }
 
 

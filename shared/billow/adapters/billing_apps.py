@@ -82,17 +82,24 @@ class BillingApps:
 
     def __init__(self, namespace: str, *, invoicing: Mapping[str, InvoicingApp], billing: BillingStore,
                  notifications: NotificationStore, documents: Callable[[], DocumentStore],
-                 renderer: DocumentRenderer, clock: Clock) -> None:
+                 renderer: DocumentRenderer, clock: Clock,
+                 installed: Callable[[str], InvoicingApp | None] | None = None) -> None:
         self.namespace, self._invoicing, self.billing = namespace, invoicing, billing
+        self._installed = installed  # an installed app (by id) -> its invoicing app, None when unknown
         self.notifications, self._document_store, self.clock = notifications, documents, clock
         self.renderer = renderer
         self._rules: dict[str, bool] = {}  # invoice event type -> any active rule (asked once per apps object)
 
     # -- invoicing apps ------------------------------------------------------------------------------------
-    def invoicing(self, app_type: str) -> InvoicingApp:
-        """The invoicing app a billing profile names (APP_TYPES: sandbox, custom_invoicing, stripe); anything
-        else is the sandbox."""
-        return self._invoicing.get(app_type) or self._invoicing["sandbox"]
+    def invoicing(self, app: str) -> InvoicingApp:
+        """The invoicing app a billing profile names: an installed app by id (a Stripe app with its own API key),
+        or a type (APP_TYPES: sandbox, custom_invoicing, stripe with the settings' key); anything else is the
+        sandbox."""
+        if app not in self._invoicing and self._installed is not None:
+            found = self._installed(app)
+            if found is not None:
+                return found
+        return self._invoicing.get(app) or self._invoicing["sandbox"]
 
     # -- documents and notifications -------------------------------------------------------------------------
     def issued(self, inv: dict[str, Any]) -> None:

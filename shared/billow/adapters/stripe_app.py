@@ -334,4 +334,41 @@ class StripeApp:
                                  None, key=f"billow-void-{stripe_invoice_id}")
         return {"id": str(current.id), "status": current.status}
 
+    # -- the app's own set-up and the customer-facing sessions (OpenMeter's Stripe app) --------------------------
+    def account(self) -> dict[str, Any]:
+        """The Stripe account the API key opens ({id, livemode}); a key Stripe refuses is a 400 naming `field`."""
+        import stripe
+
+        try:
+            acct = self._client.v1.accounts.retrieve_current()
+        except stripe.AuthenticationError as exc:
+            raise ValidationFailed.at("apiKey", f"Stripe refused the API key: {exc.user_message or exc}") from None
+        except stripe.StripeError as exc:
+            raise _translate(exc, "reading the Stripe account") from exc
+        return {"id": str(acct.id), "livemode": bool(getattr(acct, "livemode", False))}
+
+    def create_webhook_endpoint(self, url: str, app_id: str) -> dict[str, Any]:
+        """The webhook endpoint Stripe sends this app's invoice events to: {id, secret} (the signing secret)."""
+        params: dict[str, Any] = {"url": url, "enabled_events": sorted(WEBHOOK_STATUSES),
+                                  "description": "Billow", "metadata": {"billow_app_id": app_id}}
+        out = self._call("creating the webhook endpoint", self._client.v1.webhook_endpoints.create, params,
+                         key=f"billow-webhook-{app_id}")
+        return {"id": str(out.id), "secret": str(out.secret)}
+
+    def portal_session(self, stripe_customer_id: str, *, configuration: str | None = None,
+                       locale: str | None = None, return_url: str | None = None) -> dict[str, Any]:
+        """A Stripe customer portal session (billing_portal.sessions.create) as Stripe returned it."""
+        params: dict[str, Any] = {"customer": stripe_customer_id}
+        for k, v in (("configuration", configuration), ("locale", locale), ("return_url", return_url)):
+            if v is not None:
+                params[k] = v
+        out = self._call(f"creating a portal session for {stripe_customer_id}",
+                         self._client.v1.billing_portal.sessions.create, params)
+        return dict(out.to_dict())
+
+    def checkout_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A Stripe Checkout session (checkout.sessions.create with `params`) as Stripe returned it."""
+        out = self._call("creating a checkout session", self._client.v1.checkout.sessions.create, params)
+        return dict(out.to_dict())
+
     parse_webhook = staticmethod(parse_webhook)

@@ -9,6 +9,7 @@ from typing import Any
 
 from billow.domain import catalog as catalog_rules
 from billow.errors import ValidationFailed
+from billow.ids import is_ulid
 
 APP_TYPES = ("sandbox", "custom_invoicing", "stripe")
 WORKFLOW_DEFAULTS: dict[str, Any] = {
@@ -58,16 +59,18 @@ def parse_workflow(body: object, base: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_apps(body: object) -> dict[str, str]:
-    """The app type for each role (tax, invoicing, payment): a type, or {type} / {id} naming one; sandbox by default."""
+    """The app for each role (tax, invoicing, payment): an installed app's id (a ULID, as OpenMeter's
+    BillingProfileAppsCreate has it) or an app type, each also as {id} / {type}; sandbox by default."""
     if not isinstance(body, dict):
-        raise bad("apps", "must be {tax, invoicing, payment} with app types sandbox, custom_invoicing or stripe")
+        raise bad("apps", "must be {tax, invoicing, payment} with app ids or app types sandbox, custom_invoicing "
+                          "or stripe")
     out = {}
     for role in ("tax", "invoicing", "payment"):
         app = body.get(role, "sandbox")
         if isinstance(app, dict):
-            app = app.get("type") or app.get("id")
-        if app not in APP_TYPES:
-            raise bad(f"apps.{role}", f"must be one of {', '.join(APP_TYPES)}")
+            app = app.get("id") or app.get("type")
+        if app not in APP_TYPES and not (isinstance(app, str) and is_ulid(app)):
+            raise bad(f"apps.{role}", f"must be an app id or one of {', '.join(APP_TYPES)}")
         out[role] = app
     return out
 

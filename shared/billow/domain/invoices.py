@@ -143,11 +143,18 @@ class Invoice:
 
     @property
     def invoicing_app(self) -> str:
-        return str(self.body["workflow"]["apps"]["invoicing"])
+        """The invoicing app's type (the profile's apps hold a type name, or {id, type} naming an installed app)."""
+        return _app_type(self.body["workflow"]["apps"]["invoicing"])
+
+    @property
+    def invoicing_app_ref(self) -> str:
+        """What BillingApps.invoicing takes: the installed app's id, else the type name."""
+        app = self.body["workflow"]["apps"]["invoicing"]
+        return str(app.get("id") or app["type"]) if isinstance(app, dict) else str(app)
 
     @property
     def payment_app(self) -> str:
-        return str(self.body["workflow"]["apps"]["payment"])
+        return _app_type(self.body["workflow"]["apps"]["payment"])
 
     @property
     def due_after(self) -> str:
@@ -254,3 +261,6 @@ def sum_totals(lines: Iterable[dict[str, Any]], credits: Decimal = ZERO) -> dict
             discounts += _d(ln["totals"]["discountsTotal"])
         return totals(amount, discounts, credits)
 
+
+def _app_type(app: Any) -> str:
+    return str(app["type"]) if isinstance(app, dict) else str(app)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import socket
 import threading
 import time
@@ -58,7 +59,8 @@ def route(method: str, path: str) -> Any:
         from functions.ingest.handler import lambda_handler as ingest
 
         return ingest
-    if path.rstrip("/") == "/api/v1/apps/stripe/webhook" and method == "POST":
+    if method == "POST" and (path.rstrip("/") == "/api/v1/apps/stripe/webhook"
+                             or re.fullmatch(r"/api/v1/apps/[^/]+/stripe/webhook/?", path)):
         from functions.stripe_webhook.handler import lambda_handler as stripe_webhook
 
         return stripe_webhook
@@ -133,6 +135,7 @@ class BillowServer:
         deliver = lambda ev: sink(ev, None)  # noqa: E731
         self.container: Container = build(settings, deliver=deliver)
         install(self.container)
+        self._provision(settings.namespace)
         self.poller: Any = None
         if settings.bus == "kafka":  # play the MSK trigger against the real broker
             from billow.adapters.kafka import KafkaBus, KafkaSinkPoller
@@ -169,6 +172,14 @@ class BillowServer:
         from billow.local.scheduler import LocalBillingScheduler
 
         self.billing = LocalBillingScheduler(self.container, settings.billing_every_s).start()
+
+    def _provision(self, namespace: str) -> None:
+        """The configured namespace's sandbox app and default billing profile, as OpenMeter makes them when a
+        namespace is created (billow.services.apps.provision; idempotent)."""
+        from billow.services.apps import provision
+
+        c = self.container
+        provision(namespace, apps=c.app_store(), billing=c.billing_store(), now=c.clock.now())
 
     @property
     def address(self) -> tuple[str, int]:

@@ -33,6 +33,8 @@ PUBLIC = {("GET", "/"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v
           ("GET", "/api/docs/LICENSE"), ("GET", "/api/docs/redoc.standalone.js.LICENSE.txt"),
           ("POST", "/api/v1/apps/stripe/webhook")}  # Stripe signs its webhooks; it holds no API key
 
+_APP_WEBHOOK = re.compile(r"/api/v1/apps/[^/]+/stripe/webhook")  # an installed Stripe app's webhook: signed too
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -126,7 +128,7 @@ def required_scope(method: str, path: str) -> str | None:
     """The scope a route needs; None for public routes."""
     method = method.upper()
     path = path.rstrip("/") or "/"
-    if (method, path) in PUBLIC:
+    if (method, path) in PUBLIC or (method == "POST" and _APP_WEBHOOK.fullmatch(path)):
         return None
     if path.startswith(("/api/v1/admin/", "/api/v1/portal/tokens")):  # keys; portal tokens (made, listed, invalidated)
         return "admin"

@@ -14,13 +14,24 @@ from billow.domain.billing_profiles import APP_TYPES as APP_TYPES  # re-exported
 from billow.domain.billing_profiles import WORKFLOW_DEFAULTS, parse_apps, parse_supplier, parse_workflow
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
-from billow.ports import BillingStore, MetaStore
+from billow.ports import AppStore, BillingStore, MetaStore
 from billow.timeutil import format_rfc3339
 
 bad = ValidationFailed.at
 
 
-def create_profile(namespace: str, body: object, *, store: BillingStore, now: datetime) -> dict[str, Any]:
+def _apps(namespace: str, body: object, apps: AppStore | None, now: datetime) -> dict[str, Any]:
+    """The profile's apps: with the app store, as references to installed apps (billow.services.apps)."""
+    parsed = parse_apps(body)
+    if apps is None:
+        return parsed
+    from billow.services.apps import link_profile_apps
+
+    return link_profile_apps(namespace, parsed, apps=apps, now=now)
+
+
+def create_profile(namespace: str, body: object, *, store: BillingStore, now: datetime,
+                   apps: AppStore | None = None) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad("body", "must be a billing profile")
     name = body.get("name")
@@ -30,10 +41,11 @@ def create_profile(namespace: str, body: object, *, store: BillingStore, now: da
     doc = {"id": new_id(), "name": name, "description": body.get("description"), "metadata": body.get("metadata"),
            "supplier": parse_supplier(body.get("supplier")),
            "workflow": parse_workflow(body.get("workflow"), WORKFLOW_DEFAULTS),
-           "apps": parse_apps(body.get("apps", {})), "default": bool(body.get("default")), "createdAt": stamp,
-           "updatedAt": stamp, "deletedAt": None}
-    if not store.list_profiles(namespace):
-        doc["default"] = True  # the first profile is the default one
+           "apps": _apps(namespace, body.get("apps", {}), apps, now), "default": bool(body.get("default")),
+           "createdAt": stamp, "updatedAt": stamp, "deletedAt": None}
+    # The first profile is the default one (the auto-provisioned sandbox profile does not count: it yields).
+    if not [p for p in store.list_profiles(namespace) if not _provisioned(p)]:
+        doc["default"] = True
     store.put_profile(namespace, doc)
     return doc
 
@@ -45,7 +57,14 @@ def get_profile(namespace: str, id_: str, *, store: BillingStore) -> dict[str, A
     return dict(doc)
 
 
-def update_profile(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime) -> dict[str, Any]:
+def _provisioned(profile: dict[str, Any]) -> bool:
+    from billow.services.apps import is_provisioned
+
+    return is_provisioned(profile)
+
+
+def update_profile(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime,
+                   apps: AppStore | None = None) -> dict[str, Any]:
     doc = get_profile(namespace, id_, store=store)
     if not isinstance(body, dict):
         raise bad("body", "must be a billing profile")
@@ -56,7 +75,7 @@ def update_profile(namespace: str, id_: str, body: object, *, store: BillingStor
     if body.get("workflow") is not None:
         doc["workflow"] = parse_workflow(body["workflow"], doc["workflow"])
     if body.get("apps") is not None:
-        doc["apps"] = parse_apps(body["apps"])
+        doc["apps"] = _apps(namespace, body["apps"], apps, now)
     if body.get("default") is True:
         doc["default"] = True
     doc["updatedAt"] = format_rfc3339(now)

@@ -95,7 +95,7 @@ def _issue(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingAp
     inv.touch(now)
     _save(namespace, inv, store, expect_status=before)
     try:
-        external_ids = apps.invoicing(inv.invoicing_app).issue(inv.to_json())
+        external_ids = apps.invoicing(inv.invoicing_app_ref).issue(inv.to_json())
     except Exception as exc:  # the app failed: the invoice stays issuing, failed, and can be retried
         log.warning("invoicing app %s failed for %s: %s", inv.invoicing_app, inv.number, exc)
         inv.issue_failed(inv.invoicing_app, str(exc) or type(exc).__name__)
@@ -126,7 +126,7 @@ def act(namespace: str, id_: str, action: str, *, store: BillingStore, apps: Bil
     if action == "void":
         before = inv.status
         if inv.external_ids.get("invoicing"):  # issued outside Billow: voided there too
-            apps.invoicing(inv.invoicing_app).void(inv.to_json())
+            apps.invoicing(inv.invoicing_app_ref).void(inv.to_json())
         inv.void(now)
         _save(namespace, inv, store, expect_status=before)
         doc = inv.to_json()
