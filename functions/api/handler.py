@@ -26,6 +26,7 @@ from functions.api import (
     docs_routes,
     entitlement_routes,
     home_routes,
+    info_routes,
     lab_routes,
     llm_routes,
     notification_routes,
@@ -49,6 +50,7 @@ app.include_router(llm_routes.router)
 app.include_router(lab_routes.router)
 app.include_router(home_routes.router)
 app.include_router(v2_routes.router)
+app.include_router(info_routes.router)
 app.include_router(app_routes.router)
 app.include_router(docs_routes.router)
 

@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import container
 from billow.services import entitlements_v2 as v2
-from billow.services import params
+from billow.services import events_v2, params
 from billow.timeutil import parse_rfc3339
 from billow.web.http import json_body, path_param, query_multi
 from functions.api.responses import no_content, ok
@@ -31,6 +31,12 @@ def _qs() -> dict[str, list[str]]:
 def _optional_body() -> Any:
     raw = _event().get("body")
     return json_body(_event()) if raw and raw.strip() else None
+
+
+@router.get("/api/v2/events")
+def list_events() -> Response:
+    c = container()
+    return ok(events_v2.list_events(c.namespace, _qs(), usage=c.usage, meta=c.meta))
 
 
 @router.post(BASE)

@@ -193,7 +193,7 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
         "amount": 5, "effectiveAt": ent["currentUsagePeriod"]["from"], "expiration": {"duration": "DAY", "count": 1}})
     values = {"meterIdOrSlug": "leak_m", "meterSlug": "leak_m", "subjectIdOrKey": "leak_subject", "customerIdOrKey": cust["id"],
               "featureId": feat["id"], "featureKey": "leak_f", "entitlementId": ent["id"],
-              "entitlementIdOrFeatureKey": "leak_f", "grantId": grant["id"]}
+              "entitlementIdOrFeatureKey": "leak_f", "grantId": grant["id"], "groupByKey": "leak_key"}
     secrets = {cust["id"], feat["id"], ent["id"], grant["id"], "Leak Customer", "leak_subject", "leak1"}
     # Notifications: a channel, a rule and a (test) event of A's.
     _, chan = a.call("POST", "/api/v1/notification/channels", {"type": "WEBHOOK", "name": "Leak Hook",
