@@ -59,7 +59,12 @@ def provision(namespace: str, *, apps: AppStore, billing: BillingStore, now: dat
            "workflow": {k: dict(v) for k, v in WORKFLOW_DEFAULTS.items()},
            "apps": {"tax": ref, "invoicing": ref, "payment": ref}, "default": True, "createdAt": stamp,
            "updatedAt": stamp, "deletedAt": None}
-    billing.put_profile(namespace, doc)
+    try:
+        billing.put_profile(namespace, doc)
+    except Exception:  # another process wrote the same profile (same id) first: it is there, as it should be
+        if billing.get_profile(namespace, doc["id"]) is None:
+            raise
+        return None
     return doc
 
 
