@@ -381,7 +381,10 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
 
             # Embedded, this process alone writes the chdb path: it journals the write in progress, and opening
             # the store repairs the rollups of a write a crash tore.
-            store = ClickHouseUsageStore(connect(dsn), (data / "usage-journal") if settings.usage_store == "chdb" else None)
+            # Reads run side by side on a few more clients of the engine (one at a time per client); not in Lambda,
+            # which serves one request at a time and would only pay for a second connection.
+            store = ClickHouseUsageStore(connect(dsn), (data / "usage-journal") if settings.usage_store == "chdb" else None,
+                                         reader=None if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else lambda: connect(dsn))
             if migrate:
                 store.migrate()
             elif pending := store.pending_migrations():

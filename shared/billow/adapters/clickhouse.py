@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -70,10 +71,18 @@ def _ceil_minute(t: datetime) -> datetime:
 
 
 class ClickHouseUsageStore:
-    def __init__(self, client: Any, journal: Path | None = None) -> None:
+    def __init__(self, client: Any, journal: Path | None = None, reader: Callable[[], Any] | None = None,
+                 readers: int = 4) -> None:
         """`journal`: where this process, the only one writing the store (embedded chdb), notes the rollup
-        cells of the write in progress; `migrate` then also repairs a write a crash tore (`recover`)."""
+        cells of the write in progress; `migrate` then also repairs a write a crash tore (`recover`).
+        `reader`: opens another client of the same engine or server; reads outside a write then run on a pool of
+        up to `readers` of them, side by side (a chdb handle, like an HTTP session, runs one query at a time),
+        instead of one at a time on `client` behind the write lock. Without it every call takes turns."""
         self._client = client
+        self._reader, self._max_readers, self._open_readers = reader, readers, 0
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._gate = threading.Condition()  # pooled reads in flight, and whether a rollup rebuild excludes them
+        self._reading, self._exclusive = 0, False
         self._journal = os.open(journal, os.O_RDWR | os.O_CREAT, 0o600) if journal is not None else None
         self._lock = threading.RLock()
         # chdb runs the engine in this process: a kill can land between the values part and its views' parts.
@@ -82,8 +91,56 @@ class ClickHouseUsageStore:
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return list(self._client.query(sql, parameters=params).result_rows)
+        if self._reader is None or self._lock._is_owned():  # type: ignore[attr-defined]
+            with self._lock:  # no pool, or inside a write / repair / migration: on its client, in turn
+                return list(self._client.query(sql, parameters=params).result_rows)
+        client = self._checkout()
+        try:
+            return list(client.query(sql, parameters=params).result_rows)
+        finally:
+            self._idle.put(client)
+            with self._gate:
+                self._reading -= 1
+                self._gate.notify_all()
+
+    def _checkout(self) -> Any:
+        """An idle pooled client (opened if fewer than `readers` are), once no rollup rebuild is under way."""
+        with self._gate:
+            while self._exclusive:
+                self._gate.wait()
+            self._reading += 1
+            opening = self._idle.empty() and self._open_readers < self._max_readers
+            if opening:
+                self._open_readers += 1
+        if not opening:
+            return self._idle.get()
+        try:
+            assert self._reader is not None
+            return self._reader()
+        except BaseException:
+            with self._gate:
+                self._open_readers -= 1
+                self._reading -= 1
+                self._gate.notify_all()
+            raise
+
+    def _alone(self) -> Any:
+        """Context: no pooled read runs meanwhile (a rebuild deletes rollup cells before re-deriving them)."""
+        store = self
+
+        class _Alone:
+            def __enter__(self) -> None:
+                with store._gate:
+                    store._exclusive = True  # callers hold store._lock: one at a time
+                    while store._reading:
+                        store._gate.wait()
+
+            def __exit__(self, *exc: object) -> None:
+                with store._gate:
+                    store._exclusive = False
+                    store._gate.notify_all()
+
+        return _Alone()
 
     def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         with self._lock:
@@ -122,6 +179,8 @@ class ClickHouseUsageStore:
 
     def close(self) -> None:
         with self._lock:
+            while not self._idle.empty():
+                self._idle.get().close()
             self._client.close()
             if self._journal is not None:
                 os.close(self._journal)
@@ -249,7 +308,7 @@ class ClickHouseUsageStore:
         where = ("namespace = {ns:String} AND meter_id IN {mids:Array(String)} AND {col} >= {lo:DateTime('UTC')} "
                  "AND {col} < {hi:DateTime('UTC')} AND (meter_id, toDateTime(toStartOfHour({col}), 'UTC')) "
                  "IN {cells:Array(Tuple(String, DateTime('UTC')))}")
-        with self._lock:
+        with self._lock, self._alone():
             for table, _, _ in _ROLLUPS:
                 self._command(f"DELETE FROM {table} WHERE " + where.replace("{col}", "minute"), params)
             for table, start_of, keys in _ROLLUPS:
