@@ -310,7 +310,10 @@ class Container:
             if doc is None:
                 return None
             if doc["type"] == "stripe":
-                return StripeInvoicing(apps.app_secrets(namespace, app_id).get("apiKey"), s.stripe_api_base)
+                from billow.services.apps import StripeCustomerData
+
+                return StripeInvoicing(apps.app_secrets(namespace, app_id).get("apiKey"), s.stripe_api_base,
+                                       StripeCustomerData(namespace, app_id, apps))
             return invoicing.get(doc["type"])
 
         return BillingApps(namespace, invoicing=invoicing, billing=self.billing_store(),

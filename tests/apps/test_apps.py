@@ -164,6 +164,8 @@ def test_invoice_through_an_installed_stripe_app_is_paid_by_its_own_webhook(bill
     assert doc["status"] == "payment_processing", doc.get("validationIssues")
     stripe_id = doc["externalIds"]["invoicing"]
     assert standin.invoices[stripe_id]["metadata"]["billow_invoice_id"] == doc["id"]
+    # The Stripe customer issuing made is the customer's Stripe app data from now on (portal, next invoices).
+    assert b.ok("GET", "/api/v1/customers/acme/stripe")["stripeCustomerId"] == standin.invoices[stripe_id]["customer"]
 
     standin.webhook_url = f"{receiver}/api/v1/apps/{app['id']}/stripe/webhook"
     forged = standin.emit("invoice.paid", standin.invoices[stripe_id], secret="whsec_standin")  # another secret

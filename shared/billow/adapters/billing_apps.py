@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from billow.errors import Conflict
 from billow.ports import BillingStore, Clock, DocumentRenderer, InvoicingApp
@@ -41,11 +41,21 @@ class CustomInvoicing:
         return None
 
 
+class StripeCustomers(Protocol):
+    """The Stripe customer of each Billow customer, as an installed Stripe app's customer data holds it."""
+
+    def get(self, customer_id: str) -> str | None: ...
+
+    def put(self, customer_id: str, stripe_customer_id: str) -> None: ...
+
+
 class StripeInvoicing:
     """Stripe (adapters/stripe_app.py): the customer synced, one invoice item per billed line, finalised."""
 
-    def __init__(self, api_key: str | None, api_base: str | None) -> None:
+    def __init__(self, api_key: str | None, api_base: str | None,
+                 stripe_customers: StripeCustomers | None = None) -> None:
         self.api_key, self.api_base = api_key, api_base
+        self.stripe_customers = stripe_customers  # an installed app's customer data: the Stripe customer of each
 
     def _app(self) -> StripeApp:
         from billow.adapters.stripe_app import StripeApp
@@ -56,7 +66,11 @@ class StripeInvoicing:
 
     def issue(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
         app = self._app()
-        customer_id = app.ensure_customer(invoice["customer"])
+        billow_customer = str(invoice["customer"]["id"])
+        known = self.stripe_customers.get(billow_customer) if self.stripe_customers else None
+        customer_id = app.ensure_customer(invoice["customer"], known)
+        if self.stripe_customers is not None and customer_id != known:
+            self.stripe_customers.put(billow_customer, customer_id)
         wf = invoice["workflow"]["workflow"]
         method = wf["payment"]["collectionMethod"]
         days = None

@@ -237,6 +237,23 @@ def link_profile_apps(namespace: str, parsed: dict[str, str], *, apps: AppStore,
 
 
 # -- customer app data ------------------------------------------------------------------------------------------------
+class StripeCustomerData:
+    """One Stripe app's customer data as the Stripe invoicing app reads and records it (the Stripe customer of a
+    Billow customer: the one set with PUT /customers/{c}/stripe or made by Checkout, else the one issuing made)."""
+
+    def __init__(self, namespace: str, app_id: str, apps: AppStore) -> None:
+        self.namespace, self.app_id, self.apps = namespace, app_id, apps
+
+    def get(self, customer_id: str) -> str | None:
+        found = self.apps.customer_apps(self.namespace, customer_id).get(self.app_id) or {}
+        return found.get("stripeCustomerId")
+
+    def put(self, customer_id: str, stripe_customer_id: str) -> None:
+        found = self.apps.customer_apps(self.namespace, customer_id).get(self.app_id) or {}
+        self.apps.put_customer_app(self.namespace, customer_id, self.app_id,
+                                   {**found, "stripeCustomerId": stripe_customer_id})
+
+
 def _customer(namespace: str, id_or_key: str, meta: MetaStore) -> dict[str, Any]:
     found = meta.get_customer(namespace, id_or_key)
     if found is None:
