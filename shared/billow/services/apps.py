@@ -53,7 +53,7 @@ def provision(namespace: str, *, apps: AppStore, billing: BillingStore, now: dat
         return None
     stamp = format_rfc3339(now)
     ref = {"id": sandbox["id"], "type": "sandbox"}
-    doc = {"id": _derived_id(sandbox["id"], "default-profile"), "name": "Sandbox",
+    doc: dict[str, Any] = {"id": _derived_id(sandbox["id"], "default-profile"), "name": "Sandbox",
            "description": "Default profile on the sandbox app (made when the namespace was first used)",
            "metadata": {PROVISIONED: "true"}, "supplier": {"name": "Billow", "addresses": [{"country": "US"}]},
            "workflow": {k: dict(v) for k, v in WORKFLOW_DEFAULTS.items()},
