@@ -60,6 +60,8 @@ def landing() -> Response:
 def allowed_methods(app: Any, path: str) -> list[str]:
     """The methods the API serves on `path` (sorted; empty: no such path). `app` is the API's resolver."""
     found = {m for m, p in OTHER_FUNCTIONS if p == path.rstrip("/")}
+    if re.fullmatch(r"/api/v1/apps/[^/]+/stripe/webhook/?", path):  # functions/stripe_webhook: each Stripe app's
+        found.add("POST")
     for route in app._static_routes + app._dynamic_routes:  # powertools keeps no public index of its routes
         if isinstance(route.rule, re.Pattern) and route.rule.match(path):
             found.add(route.method)

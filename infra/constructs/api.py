@@ -27,6 +27,7 @@ ROUTES = {  # route key -> function name; an explicit route wins over {proxy+} i
     "GET /healthz": "api",
     "GET /readyz": "api",
     "POST /api/v1/apps/stripe/webhook": "stripe_webhook",
+    "POST /api/v1/apps/{appId}/stripe/webhook": "stripe_webhook",  # an installed Stripe app's own (issue 16)
     "GET /portal": "api",
     "GET /portal/{proxy+}": "api",
     "GET /api/docs": "api",
@@ -48,6 +49,11 @@ PUBLIC_ROUTES = {  # route key -> why it needs no API key (infra/nag.py states i
         "Stripe's webhook deliveries carry no API key; Stripe signs each request instead, and the handler "
         "verifies the Stripe-Signature header (HMAC with the webhook secret, timestamp within 5 minutes) before "
         "reading anything, answering 400 to a bad or stale signature"),
+    "POST /api/v1/apps/{appId}/stripe/webhook": (
+        "an installed Stripe app's webhook: Stripe's deliveries carry no API key; Stripe signs each request with "
+        "the secret of the endpoint the app registered, and the handler verifies the Stripe-Signature header "
+        "against that app's secret (timestamp within 5 minutes) before reading anything, answering 400 to a bad or "
+        "stale signature and 404 to an id that is no Stripe app"),
     "GET /portal": PORTAL_PAGE,
     "GET /portal/{proxy+}": PORTAL_PAGE,
     "GET /api/docs": API_DOCS,

@@ -246,3 +246,8 @@ def test_customer_apps_stripe_data_portal_and_checkout(billow: Billow, stripe: t
     assert b.call("DELETE", f"{base}/apps/{app['id']}")[0] == 204
     assert b.call("GET", f"{base}/stripe")[0] == 404
     refused(b, "DELETE", f"{base}/apps/01ARZ3NDEKTSV4RRFFQ69G5FAV", None, "", 404)
+
+
+def test_the_app_webhook_path_allows_post_only(billow: Billow) -> None:
+    status, out = billow.call("GET", "/api/v1/apps/01ARZ3NDEKTSV4RRFFQ69G5FAV/stripe/webhook")
+    assert status == 405 and "POST" in out["detail"]

@@ -41,6 +41,7 @@ STRIPE_ENV = {"BILLOW_STRIPE_SECRET_ARN"}
 INVOICE_FUNCTIONS = {"api"} | ({"billing_run"} & set(JOB_HANDLERS))
 STRIPE_READERS = INVOICE_FUNCTIONS | {"stripe_webhook"}
 PUBLIC_ROUTES = {"GET /api/v1/openapi.json", "GET /healthz", "GET /readyz", "POST /api/v1/apps/stripe/webhook",
+                 "POST /api/v1/apps/{appId}/stripe/webhook",
                  "GET /portal", "GET /portal/{proxy+}", "GET /", "GET /api/docs", "GET /api/docs/{proxy+}"}
 
 
@@ -168,7 +169,8 @@ def test_http_api_routes_reach_their_functions(s: Synth) -> None:
     routes = {r["Properties"]["RouteKey"]: r["Properties"] for r in s.of_type("AWS::ApiGatewayV2::Route").values()}
     assert set(routes) == {"POST /api/v1/events", "ANY /api/v1/{proxy+}", "GET /api/v1/openapi.json", "GET /healthz",
                            "GET /readyz", "POST /api/v1/apps/stripe/webhook", "GET /portal", "GET /portal/{proxy+}",
-                           "ANY /api/v2/{proxy+}", "GET /", "GET /api/docs", "GET /api/docs/{proxy+}"}
+                           "ANY /api/v2/{proxy+}", "GET /", "GET /api/docs", "GET /api/docs/{proxy+}",
+                           "POST /api/v1/apps/{appId}/stripe/webhook"}
 
     def function_of(route: dict[str, Any]) -> str:
         (integration,) = refs(route["Target"])
@@ -181,6 +183,7 @@ def test_http_api_routes_reach_their_functions(s: Synth) -> None:
     webhook = s.function("stripe_webhook")[0]
     assert function_of(routes["POST /api/v1/events"]) == ingest
     assert function_of(routes["POST /api/v1/apps/stripe/webhook"]) == webhook
+    assert function_of(routes["POST /api/v1/apps/{appId}/stripe/webhook"]) == webhook  # each app's own (issue 16)
     for key in ("ANY /api/v1/{proxy+}", "ANY /api/v2/{proxy+}", "GET /api/v1/openapi.json", "GET /healthz",
                 "GET /readyz", "GET /portal", "GET /portal/{proxy+}", "GET /", "GET /api/docs", "GET /api/docs/{proxy+}"):
         assert function_of(routes[key]) == api, key
