@@ -52,14 +52,25 @@ def allocate(amount: Decimal, weights: Sequence[Decimal], minor: Decimal) -> lis
 
 
 @dataclass
-class Usage:
-    """One customer's LLM usage row from the cost report (USD cost, or None with the reason it is unpriced)."""
+class Share:
+    """A customer's LLM tokens (input + output) in one (window, groups): what its revenue is split by."""
 
     window_start: datetime | None
     window_end: datetime | None
     customer_id: str | None
     groups: dict[str, str | None]
     tokens: Decimal
+
+
+@dataclass
+class Spend:
+    """LLM cost (USD) of one (window, customer if known, groups) row of the cost report, or None with the reason
+    it is unpriced."""
+
+    window_start: datetime | None
+    window_end: datetime | None
+    customer_id: str | None
+    groups: dict[str, str | None]
     cost: Decimal | None
     reason: str = ""
 
@@ -118,37 +129,49 @@ def _percent(margin: Decimal | None, revenue: Decimal) -> str | None:
         return format((margin * 100 / revenue).quantize(Decimal("0.01"), rounding=decimal.ROUND_HALF_EVEN), "f")
 
 
-def rows(usage: Iterable[Usage], revenue: dict[str, tuple[str, Decimal, Decimal]], customers: dict[str, dict[str, Any]],
-         group_by: Sequence[str], windowed: bool) -> list[Row]:
+def rows(shares: Iterable[Share], spends: Iterable[Spend], revenue: dict[str, tuple[str, Decimal, Decimal]],
+         customers: dict[str, dict[str, Any]], group_by: Sequence[str], windowed: bool) -> list[Row]:
     """The margin rows by the requested groups (and window): each customer's revenue (customer id -> (currency,
-    amount, minor unit)) split over its usage rows by tokens, then everything summed per row key."""
-    by_customer: dict[str | None, list[Usage]] = {}
-    for u in usage:
-        by_customer.setdefault(u.customer_id, []).append(u)
+    amount, minor unit)) split over its token shares, and the costs, summed per row key. A cost row without a
+    customer is in the one currency all revenue is in (the service asks for costs per customer otherwise)."""
+    currencies = {cur for cur, _, _ in revenue.values()}
+    only = next(iter(currencies)) if len(currencies) == 1 else None
+    out: dict[tuple[Any, ...], Row] = {}
+
+    def row(window: tuple[datetime | None, datetime | None], cid: str | None, groups: dict[str, str | None]) -> Row:
+        currency = revenue[cid][0] if cid in revenue else only
+        window = window if windowed else (None, None)
+        who = cid if "customer" in group_by else None
+        shown = {g: groups.get(g) for g in group_by if g != "customer"}
+        key = (window, who, tuple(shown.items()), currency)
+        found = out.get(key)
+        if found is None:
+            found = out[key] = Row(key, window, customers.get(who or "") if "customer" in group_by else None, shown,
+                                   currency)
+        return found
+
+    by_customer: dict[str | None, list[Share]] = {}
+    for sh in shares:
+        by_customer.setdefault(sh.customer_id, []).append(sh)
     for paying in revenue:
         if paying not in by_customer:  # revenue without LLM usage: its own row, no groups
-            by_customer[paying] = [Usage(None, None, paying, {}, Decimal(0), Decimal(0))]
-    out: dict[tuple[Any, ...], Row] = {}
+            by_customer[paying] = [Share(None, None, paying, {}, Decimal(0))]
     for cid, items in by_customer.items():
         known = revenue.get(cid or "")
-        currency: str | None = known[0] if known else None
         amount, minor = (known[1], known[2]) if known else (Decimal(0), Decimal("0.01"))
         parts = allocate(amount, [u.tokens for u in items], minor) if amount else [Decimal(0)] * len(items)
         for u, part in zip(items, parts, strict=True):
-            window = (u.window_start, u.window_end) if windowed else (None, None)
-            groups = {g: u.groups.get(g) for g in group_by if g != "customer"}
-            key = (window, cid if "customer" in group_by else None, tuple(groups.items()), currency)
-            row = out.get(key)
-            if row is None:
-                row = out[key] = Row(key, window, customers.get(cid or "") if "customer" in group_by else None,
-                                     groups, currency)
+            r = row((u.window_start, u.window_end), cid, u.groups)
             with decimal.localcontext(EXACT):
-                row.revenue += part
-                row.tokens += u.tokens
-                if u.cost is None:
-                    row.unpriced.append(u.reason or "unpriced")
-                else:
-                    row.cost += u.cost
+                r.revenue += part
+                r.tokens += u.tokens
+    for sp in spends:
+        r = row((sp.window_start, sp.window_end), sp.customer_id, sp.groups)
+        if sp.cost is None:
+            r.unpriced.append(sp.reason or "unpriced")
+        else:
+            with decimal.localcontext(EXACT):
+                r.cost += sp.cost
     return sorted(out.values(), key=lambda r: (str(r.window[0] or ""), str((r.customer or {}).get("key") or ""),
                                                [str(v or "") for _, v in r.groups.items()], r.currency or ""))
 

@@ -6,20 +6,25 @@ the backtests' current side (backtests.current_amounts: invoiced where billed, e
 
 from __future__ import annotations
 
+import decimal
+from collections import defaultdict
 from dataclasses import replace
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from billow.domain import llm
 from billow.domain import margin as rules
 from billow.domain.money import Currency
 from billow.errors import ValidationFailed
+from billow.exact import EXACT
 from billow.ports import BillingStore, MetaStore, UsageStore
 from billow.services import backtests, llm_costs
 from billow.services.entitlements import EntitlementStore
 from billow.services.llm_costs import GenaiPriceTable, PriceOverrideStore
+from billow.services.query import QueryParams, usage_query
 from billow.services.subscriptions import SubscriptionStore
-from billow.timeutil import format_rfc3339
+from billow.timeutil import format_rfc3339, window_end, zone
 
 GROUPS = ("customer", "model", "provider", "feature")
 bad = ValidationFailed.at
@@ -44,24 +49,48 @@ def margin_report(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore, 
     start, end = p.start, p.end
     p = replace(p, end=end - timedelta(milliseconds=1))  # the meter query's `to` is inclusive; the window is [from, to)
     dims = [g for g in group_by if g != "customer"]
-    report = llm_costs.compute_costs(namespace, p, ["subject", *dims], meta=meta, usage=usage,
-                                     overrides=prices.list_overrides(namespace), table=table)
-    subjects = {ln.subject for ln in [*report.lines, *report.unpriced] if ln.subject}
-    owner = meta.customers_for_subjects(namespace, subjects) if subjects else {}
-    used = [rules.Usage(ln.window_start, ln.window_end, owner.get(ln.subject or ""),
-                        {g: ln.groups.get(g) for g in dims}, ln.tokens.input + ln.tokens.output, ln.cost.total)
-            for ln in report.lines]
-    used += [rules.Usage(ln.window_start, ln.window_end, owner.get(ln.subject or ""),
-                         {g: ln.groups.get(g) for g in dims}, ln.tokens.input + ln.tokens.output, None, ln.reason)
-             for ln in report.unpriced]
     amounts = backtests.current_amounts(namespace, start, end, store=catalog_store, billing=billing, meta=meta,
                                         ents=ents, usage=usage)
     revenue = {cid: (cur, amount, Currency.of(cur).minor_unit) for cid, (cur, amount) in amounts.items()}
+    # Cost per subject only where it must be split by customer (grouped by customer, or revenue in several
+    # currencies): fewer rows to price and read back otherwise.
+    per_subject = "customer" in group_by or len({cur for cur, _, _ in revenue.values()}) > 1
+    report = llm_costs.compute_costs(namespace, p, [*(["subject"] if per_subject else []), *dims], meta=meta,
+                                     usage=usage, overrides=prices.list_overrides(namespace), table=table)
+    if per_subject:  # the cost rows hold each subject's tokens already
+        shares = [rules.Share(ln.window_start, ln.window_end, ln.subject, {g: ln.groups.get(g) for g in dims},
+                              ln.tokens.input + ln.tokens.output) for ln in [*report.lines, *report.unpriced]]
+    else:
+        shares = _shares(namespace, replace(p, window_size=p.window_size if windowed else None), dims, meta=meta,
+                         usage=usage)
+    subjects = {ln.subject for ln in [*report.lines, *report.unpriced] if ln.subject} | {s.customer_id or "" for s in shares}
+    owner = meta.customers_for_subjects(namespace, subjects - {""}) if subjects - {""} else {}
+    for sh in shares:  # subject -> its customer
+        sh.customer_id = owner.get(sh.customer_id or "")
+    spends = [rules.Spend(ln.window_start, ln.window_end, owner.get(ln.subject or ""),
+                          {g: ln.groups.get(g) for g in dims}, ln.cost.total) for ln in report.lines]
+    spends += [rules.Spend(ln.window_start, ln.window_end, owner.get(ln.subject or ""),
+                           {g: ln.groups.get(g) for g in dims}, None, ln.reason) for ln in report.unpriced]
     customers = {c["id"]: c for c in meta.list_customers(namespace)}
-    result = rules.rows(used, revenue, customers, group_by, windowed)
+    result = rules.rows(shares, spends, revenue, customers, group_by, windowed)
     return {"from": format_rfc3339(start), "to": format_rfc3339(end), "windowSize": p.window_size if windowed else None,
             "groupBy": group_by, "costCurrency": llm.PRICE_CURRENCY,
             "complete": not report.unpriced,
             "data": [r.to_json(group_by, windowed, llm.PRICE_CURRENCY) for r in result],
             "totals": rules.totals(result, llm.PRICE_CURRENCY)}
 
+
+def _shares(namespace: str, p: QueryParams, dims: list[str], *, meta: MetaStore, usage: UsageStore) -> list[rules.Share]:
+    """Input + output tokens per (window, subject, dims) from the token meters (one query each; `customer_id`
+    holds the subject until the caller maps it)."""
+    tz = zone(p.window_tz)
+    got: dict[tuple[Any, ...], Decimal] = defaultdict(Decimal)
+    for token_type in ("input", "output"):
+        meter = meta.get_meter(namespace, llm.TOKEN_METERS[token_type][0])
+        if meter is None:
+            continue
+        for r in usage.aggregate(usage_query(namespace, meter, replace(p, group_by=[*dims, "subject"]), meta=meta)):
+            with decimal.localcontext(EXACT):
+                got[(r.window_start, r.subject, tuple(r.groups.get(d) for d in dims))] += r.sum
+    return [rules.Share(ws, window_end(ws, p.window_size, tz) if ws and p.window_size else None, subject,
+                        dict(zip(dims, values, strict=True)), tokens) for (ws, subject, values), tokens in got.items()]
