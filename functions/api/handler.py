@@ -15,7 +15,7 @@ from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
 from billow.services import directory, health, meters, pages, params, query, subscriptions
 from billow.timeutil import parse_rfc3339
-from billow.web import present
+from billow.web import present, query_contract
 from billow.web.http import JSON, PROBLEM, as_caller, json_body, path_param, query_multi, wants_csv
 from billow.web.openapi import document
 from functions.api import (
@@ -57,6 +57,15 @@ app.include_router(docs_routes.router)
 
 def _event() -> dict[str, Any]:
     return app.current_event.raw_event
+
+
+def _query_contract(app: APIGatewayHttpResolver, next_middleware: Any) -> Response:
+    """List operations' query parameters checked against the served document first (billow.web.query_contract)."""
+    query_contract.check(app.current_event.http_method, app.current_event.path, query_multi(app.current_event.raw_event))
+    return next_middleware(app)
+
+
+app.use(middlewares=[_query_contract])
 
 
 @app.exception_handler(BillowError)

@@ -49,6 +49,8 @@ class Billow:
         fn = ingest if path == "/api/v1/events" else api
         out = fn(apigw_event(method, target, headers, raw, "127.0.0.1"), None)
         text = out.get("body") or ""
+        if text and "json" not in (out.get("headers") or {}).get("Content-Type", "json"):
+            return out["statusCode"], text  # e.g. the debug metrics' OpenMetrics text
         return out["statusCode"], json.loads(text) if text else None
 
     def ok(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Any:

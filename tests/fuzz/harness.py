@@ -100,11 +100,8 @@ def assert_sound(resp: Any, label: str, log: list[str]) -> None:
 # filters such as statuses or expand, date-time filters it does not implement): an invalid value there is ignored,
 # not refused. A negative case invalid only in such an operation's query is not held to a 4xx; its path and body
 # are. Issue 15 item 15's report lists them; remove an operation once its query is validated.
-QUERY_NOT_VALIDATED = {
-    "GET /api/v1/events", "GET /api/v1/meters", "GET /api/v1/customers", "GET /api/v1/features",
-    "GET /api/v1/entitlements", "GET /api/v1/grants", "GET /api/v1/notification/rules", "GET /api/v1/plans",
-    "GET /api/v1/addons", "GET /api/v1/billing/profiles", "GET /api/v1/billing/invoices",
-}
+# (Issue 16: the eleven listed here are checked against the served document now, billow.web.query_contract.)
+QUERY_NOT_VALIDATED: set[str] = set()
 
 
 def assert_refused(case: Any, resp: Any, operation: str) -> None:

@@ -56,5 +56,5 @@ def test_invalid_input_answered_2xx_fails_and_4xx_passes(method: str, path: str)
 
 
 def test_unvalidated_queries_are_listed_operations_only() -> None:
-    assert "GET /api/v1/meters" in QUERY_NOT_VALIDATED
+    assert "GET /api/v1/meters" not in QUERY_NOT_VALIDATED  # issue 16: its query is checked against the document
     assert not any(op.startswith(("POST", "PUT", "PATCH", "DELETE")) for op in QUERY_NOT_VALIDATED)
