@@ -482,6 +482,11 @@ class ClickHouseUsageStore:
             "AND type = {type:String}" + cond + " ORDER BY source, id LIMIT {limit:UInt32}", params)
         return [_row_event(r) for r in rows]
 
+    def count_events(self, namespace: str, start: datetime) -> dict[str, int]:
+        rows = self._query("SELECT subject, count() FROM events FINAL WHERE namespace = {ns:String} "
+                           "AND time >= {start:DateTime64(3, 'UTC')} GROUP BY subject", {"ns": namespace, "start": start})
+        return {r[0]: int(r[1]) for r in rows}
+
     def list_events(self, namespace: str, *, subjects: Sequence[str] | None, start: datetime | None,
                     end: datetime | None, event_id: str | None, limit: int) -> list[StoredEvent]:
         params: dict[str, Any] = {"ns": namespace, "limit": limit}

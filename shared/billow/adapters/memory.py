@@ -153,6 +153,13 @@ class InMemoryUsageStore:
         rows.sort(key=lambda s: (-s.event.time.timestamp(), s.event.source, s.event.id))
         return rows[:limit]
 
+    def count_events(self, namespace: str, start: datetime) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for k, s in list(self._events.items()):
+            if k[0] == namespace and s.event.time >= start:
+                counts[s.event.subject] = counts.get(s.event.subject, 0) + 1
+        return counts
+
     def subjects(self, namespace: str, meter_id: str, start: datetime | None, end: datetime | None) -> list[str]:
         return sorted({v.subject for ns, v in self._values if ns == namespace and v.meter_id == meter_id
                        and (start is None or v.time >= start) and (end is None or v.time <= end)})

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +18,6 @@ from billow.errors import NotFound, ValidationFailed
 from billow.ports import MetaStore, UsageStore
 from billow.services import balances, entitlements, params
 from billow.services.entitlements import EntitlementStore
-from billow.services.events_v2 import scan
 from billow.timeutil import parse_rfc3339
 
 bad = ValidationFailed.at
@@ -64,7 +62,7 @@ def _label(value: str) -> str:
 
 def debug_metrics(namespace: str, *, usage: UsageStore, now: datetime) -> str:
     midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    counts = Counter(s.event.subject for s in scan(usage, namespace, start=midnight))
+    counts = usage.count_events(namespace, midnight)
     lines = ["# HELP openmeter_events Number of ingested events", "# TYPE openmeter_events counter",
              "# UNIT openmeter_events events"]
     lines += [f'openmeter_events_total{{subject="{_label(subject)}"}} {n}.0' for subject, n in sorted(counts.items())]
