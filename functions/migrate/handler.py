@@ -91,6 +91,25 @@ def first_admin_key(settings: Settings, secret_arn: str) -> str:
         meta.close()
 
 
+def provision_namespace(settings: Settings) -> str:
+    """The namespace's sandbox app and default billing profile (issue 16: as OpenMeter makes them for a new
+    namespace); idempotent, so every deploy may run it."""
+    from billow.adapters.sql import SqlMetaStore
+    from billow.adapters.sql_apps import SqlAppStore
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.migrations import meta_engine_options, meta_url
+    from billow.services.apps import provision
+    from billow.timeutil import utcnow
+
+    meta = SqlMetaStore(meta_url(settings), **meta_engine_options(settings))
+    try:
+        made = provision(settings.namespace, apps=SqlAppStore(meta.engine), billing=SqlBillingStore(meta.engine),
+                         now=utcnow())
+    finally:
+        meta.close()
+    return f"default billing profile {made['id']} on the sandbox app" if made else "provisioned before"
+
+
 @lambda_entry(None, logger=logger)
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, str]:
     settings = Settings.from_env()
@@ -111,5 +130,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict
                                                    retention_ms=settings.kafka_retention_ms)
     if arn := os.environ.get("BILLOW_ADMIN_KEY_SECRET_ARN"):  # the first admin key, into the stack's secret
         done["adminKey"] = first_admin_key(settings, arn)
+    done["apps"] = provision_namespace(settings)
     logger.info("schema migrations done", extra=done)
     return done

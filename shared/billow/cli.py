@@ -94,6 +94,13 @@ def keys(args: argparse.Namespace) -> int:
                                             store=store, now=utcnow())
             print(f"created API key {doc['id']} for namespace {doc['namespace']!r}, scopes {', '.join(doc['scopes'])}")
             print(f"token (shown once, store it now): {token}")
+            from billow.adapters.sql_apps import SqlAppStore
+            from billow.adapters.sql_billing import SqlBillingStore
+            from billow.services.apps import provision
+
+            # A new namespace gets the sandbox app and a default billing profile, as OpenMeter's do (issue 16).
+            provision(doc["namespace"], apps=SqlAppStore(store.engine), billing=SqlBillingStore(store.engine),
+                      now=utcnow())
         elif args.action == "list":
             listed = store.list_keys(args.namespace)
             if not listed:
