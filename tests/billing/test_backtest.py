@@ -206,3 +206,43 @@ def test_bad_input_names_the_field(billow: Billow) -> None:
     assert field({"plan": inline({**card({"type": "unit", "amount": "1"}, "ghost"), "featureKey": "ghost"})}) == \
         "plan.phases[0].rateCards[0].featureKey"
     assert field({}) == "plan"
+
+
+def test_the_worked_example_of_docs_pricing_lab(billow: Billow) -> None:
+    """docs/pricing-lab.md: plan `standard` (49 a month + graduated tokens: 1,000 at 0.01, then 0.005) against its
+    version 2 draft (volume: all tokens at 0.01 up to 1,000, at 0.006 above), April's usage of three customers."""
+    b = billow
+    from tests.support.billing import PROFILE
+    from tests.support.catalog import setup
+
+    setup(b)
+    b.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    for key, subject in (("beta", "customer_2"), ("gamma", "customer_3")):
+        b.ok("POST", "/api/v1/customers", {"key": key, "name": key.title(), "currency": "USD",
+                                           "usageAttribution": {"subjectKeys": [subject]}})
+    b.clock.set("2026-03-31T00:00:00Z")
+    standard = plan_body("standard", "49")
+    published(b, standard)
+    for key in ("acme", "beta", "gamma"):
+        b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "standard"}, "customerKey": key,
+                                               "timing": "2026-04-01T00:00:00Z"})
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)
+    for tokens, subject in ((800, "customer_1"), (1500, "customer_2"), (12000, "customer_3")):
+        b.usage(tokens, "2026-04-15T12:00:00Z", subject=subject)
+    b.clock.set("2026-05-01T00:10:00Z")
+    scheduled_run(b)
+    volume = plan_body("standard", "49")
+    volume["phases"][0]["rateCards"][1]["price"] = {"type": "tiered", "mode": "volume", "tiers": [
+        {"upToAmount": "1000", "unitPrice": {"type": "unit", "amount": "0.01"}},
+        {"unitPrice": {"type": "unit", "amount": "0.006"}}]}
+    draft = b.ok("POST", "/api/v1/plans", volume)
+    assert (draft["version"], draft["status"]) == (2, "draft")
+    out = backtest(b, "standard@2")
+    assert [(r["customerKey"], r["current"], r["candidate"], r["difference"], r["differencePercent"])
+            for r in out["customers"]] == [("acme", "57.00", "57.00", "0.00", "0.00"),
+                                           ("beta", "61.50", "58.00", "-3.50", "-5.69"),
+                                           ("gamma", "114.00", "121.00", "7.00", "6.14")]
+    assert out["totals"] == {"customers": 3, "currency": "USD", "current": "232.50", "candidate": "236.00",
+                             "difference": "3.50", "differencePercent": "1.51"}
+    assert (out["distribution"]["more"], out["distribution"]["less"], out["distribution"]["same"]) == (1, 1, 1)
