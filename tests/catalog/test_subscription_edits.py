@@ -224,3 +224,36 @@ def test_plan_addon_update(billow: Billow) -> None:
              "Not Found", 404)
     b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
     _refused(b, "PUT", path, {"fromPlanPhase": "default"}, "only a draft", 409)
+
+
+def test_a_replaced_item_is_invoiced_version_by_version(billow: Billow) -> None:
+    """The billing run bills each version of an edited item under its own key: April's base fee is 30 for 20 days
+    and 60 for 10, so April owes 20 + 20 = 40 in all (billed 30 at the start, corrected later), May 60."""
+    from tests.support.billing import PROFILE, invoices, scheduled_run
+
+    b = billow
+    setup(b)
+    b.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    b.clock.set("2026-03-31T00:00:00Z")
+    published(b, plan_body("basic", "30"))
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme",
+                                                 "timing": "2026-04-01T00:00:00Z"})
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)
+    b.clock.set("2026-04-21T00:00:00Z")
+    b.ok("PATCH", f"/api/v1/subscriptions/{sub['id']}", {"customizations": [
+        {"op": "add_item", "phaseKey": "default", "rateCard": {**SUPPORT, "key": "base", "name": "Base fee",
+                                                                "price": {"type": "flat", "amount": "60",
+                                                                          "paymentTerm": "in_advance"}}}]})
+    b.clock.set("2026-04-21T00:10:00Z")
+    scheduled_run(b)
+    b.clock.set("2026-05-01T00:10:00Z")
+    scheduled_run(b)
+    assert scheduled_run(b)["invoices"] == []  # nothing more: re-runs bill nothing
+    billed: dict[str, Decimal] = {}
+    for inv in invoices(b):
+        for ln in inv["lines"]:
+            if ln["name"] == "Base fee":
+                month = ln["period"]["from"][:7]
+                billed[month] = billed.get(month, Decimal(0)) + Decimal(ln["totals"]["total"])
+    assert billed == {"2026-04": Decimal("40.00"), "2026-05": Decimal("60.00")}
