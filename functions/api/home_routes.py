@@ -15,7 +15,8 @@ from billow import __version__
 router = APIGatewayHttpRouter()
 
 # Served by other functions than the API's (functions/ingest, functions/stripe_webhook), so not in its routes.
-OTHER_FUNCTIONS = {("POST", "/api/v1/events"), ("POST", "/api/v1/apps/stripe/webhook")}
+OTHER_FUNCTIONS = {("POST", "/api/v1/events"), ("POST", "/api/v1/apps/stripe/webhook"),
+                   ("POST", "/api/v1/apps/{id}/stripe/webhook")}  # each installed Stripe app's (issue 16)
 
 LINKS = (("/api/docs", "API reference", "every operation, rendered from the OpenAPI document"),
          ("/api/v1/openapi.json", "OpenAPI document", "the OpenAPI document of every operation (OpenMeter's v1 API "
