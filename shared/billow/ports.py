@@ -12,7 +12,7 @@ from billow.domain.billing import Mark
 from billow.domain.documents import View
 from billow.domain.events import CloudEvent
 from billow.domain.meters import Meter
-from billow.domain.usage import AggRow, MeterValue, StoredEvent, UsageQuery
+from billow.domain.usage import AggRow, MeterValue, RatedSums, Rating, StoredEvent, UsageQuery
 
 
 class Clock(Protocol):
@@ -55,6 +55,12 @@ class UsageStore(Protocol):
         meter_id and aggregation are not used): one row per group any of the meters has values in, (window start
         or None, subject or None, customer id or None, group values as a tuple of strings ("" when absent), then
         each meter's sum in the order of meter_ids, 0 where it has none), in the order of those columns."""
+        ...
+
+    def rated_sums(self, query: UsageQuery, meter_ids: Sequence[str], rating: Rating) -> RatedSums:
+        """The rows sum_meters would return, priced and added up as `rating` says (domain.usage.rate_rows is
+        the reference): the rated rows added up per line in the store, the others as they are; `rating.rates`
+        is called once per distinct (window, first `by` group values)."""
         ...
 
     def scan_events(self, namespace: str, event_type: str, after: tuple[str, str] | None, limit: int) -> list[CloudEvent]:

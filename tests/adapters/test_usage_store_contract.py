@@ -195,3 +195,52 @@ def test_sum_meters_side_by_side(usage_store: Any, namespace: str) -> None:
         order = sorted(want, key=lambda k: (k[0] or T0, k[1] or "", k[2] or "", k[3]))
         assert got == [(*k, *want[k]) for k in order], kw
         assert want, kw
+
+
+def test_rated_sums_price_rows_and_add_them_up_as_the_reference_does(usage_store: Any, namespace: str) -> None:
+    """rated_sums (the LLM cost report by customer, issue 17 item 6) returns what domain.usage.rate_rows makes of
+    sum_meters' rows: rows priced per (window, first group value), exact, added up to lines of the shown groups in
+    the order of their first row; rows without rates, with a quantity below zero where it may not be, or with a
+    quantity where a rate is missing, come back one by one. Rates are asked for once per rate key."""
+    from billow.domain.usage import Rating, rate_rows
+
+    big = "99999999999999999999.999999999999999999"
+    values = []
+    for i, (meter, value, when, subject, model, team) in enumerate([
+            ("M1", "1000", "2026-03-28T22:00:00Z", "a", "m1", "x"), ("M2", "100", "2026-03-28T22:10:00Z", "a", "m1", "x"),
+            ("M1", "7", "2026-03-28T22:20:00Z", "a", "m2", "x"), ("M1", "3.5", "2026-03-28T23:05:00Z", "z", "m2", "y"),
+            ("M1", "5", "2026-03-29T01:00:00Z", "z", "m1", "y"), ("M2", "9", "2026-03-29T01:00:00Z", "z", "m1", "y"),
+            ("M1", "1", "2026-03-29T01:30:00Z", "z", "m3", "y"),  # no rates for m3
+            ("M1", "2", "2026-03-29T02:00:00Z", "a", "m2", "y"), ("M2", "4", "2026-03-29T02:00:00Z", "a", "m2", "y"),
+            ("M2", "0.000000000000000001", "2026-03-28T22:30:00Z", "a", "m2", "z"),  # M2 has no m2 rate
+            ("M1", big, "2026-03-29T03:00:00Z", "a", "m1", "x"), ("M1", big, "2026-03-29T03:01:00Z", "a", "m1", "x")]):
+        values.append(MeterValue(meter, subject, t(when), Decimal(value), value, {"model": model, "team": team},
+                                 "src", str(i)))
+    usage_store.write(namespace, values, [])
+    rates = {"m1": (Decimal("0.0000025"), Decimal("1E-28")), "m2": (Decimal("0.3"), None)}
+    for kw in ({"window_size": "DAY"}, {"window_size": "HOUR", "by_subject": True},
+               {"window_size": "DAY", "subject_customers": {"a": "C1", "z": "C2"}, "subjects": ["a", "z"]}):
+        for shown, fine in (((), False), ((1,), False), ((1,), True)):
+            asked: list[Any] = []
+
+            def rate(start: Any, key: tuple[str, ...], fine: bool = fine, asked: list[Any] = asked) -> Any:
+                asked.append((start, key))
+                r = rates.get(key[0])
+                return (r[0], Decimal("1E-40")) if fine and r and r[1] else r
+
+            # quantities: M1 - M2 (never below zero), M2
+            rating = Rating(by=1, forms=((1, -1), (0, 1)), nonnegative=(0,), shown=shown, rates=rate)
+            query = q(namespace, group_by=["model", "team"], **kw)
+            got = usage_store.rated_sums(query, ["M1", "M2"], rating)
+            assert len(asked) == len(set(asked)), kw
+            want = rate_rows(usage_store.sum_meters(query, ["M1", "M2"]), rating)
+            assert got == want, (kw, shown, fine)
+            assert got.unrated and got.lines, kw
+    day = rate_rows(usage_store.sum_meters(q(namespace, group_by=["model", "team"], window_size="DAY"), ["M1", "M2"]),
+                    Rating(by=1, forms=((1, -1), (0, 1)), nonnegative=(0,), shown=(), rates=lambda s, k: rates.get(k[0])))
+    first = day.lines[0]  # 28 March: m1/x (900 x 0.0000025 + 100 x 1E-28); m2/x (7 x 0.3), m2/y (3.5 x 0.3)
+    assert (first.rate_keys, first.sums, first.amounts) == (
+        [("m1",), ("m2",)], [Decimal("1010.5"), Decimal(100)], [Decimal("3.15225"), Decimal("1E-26")])
+    # m2/z has an M2 quantity and m2 no second rate; on 29 March m1/y's and m2/y's M1 - M2 are below zero; m3 has
+    # no rates
+    assert [r[3] for r in day.unrated] == [("m2", "z"), ("m1", "y"), ("m2", "y"), ("m3", "y")]

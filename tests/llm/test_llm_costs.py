@@ -125,7 +125,8 @@ def test_group_by_customer_and_team_adds_up_to_the_model_costs(billow: Billow) -
 
 def test_cost_report_reads_the_token_meters_in_one_grouped_query(billow: Billow) -> None:
     """The report asks the usage store once for every token meter's sums per group (aggregated in ClickHouse),
-    not once per meter with a row per meter and group to add up in Python; the answer is the same."""
+    not once per meter with a row per meter and group to add up in Python; the answer is the same. Since issue 17
+    item 6 that one call is rated_sums (the store also prices the groups and adds them up to the report's lines)."""
     install(billow)
     events = stream()
     send(billow, events)
@@ -133,7 +134,7 @@ def test_cost_report_reads_the_token_meters_in_one_grouped_query(billow: Billow)
 
     class Counting:
         def __getattr__(self, name: str) -> Any:
-            if name in ("aggregate", "sum_meters"):
+            if name in ("aggregate", "sum_meters", "rated_sums"):
                 calls.append(name)
             return getattr(store, name)
 
@@ -142,7 +143,7 @@ def test_cost_report_reads_the_token_meters_in_one_grouped_query(billow: Billow)
         by_team = per_group(costs(billow, groupBy=["customer", "team"]), "customer", "team")
     finally:
         billow.c.usage = store
-    assert calls == ["sum_meters"]
+    assert calls == ["rated_sums"]
     assert by_team == expected_by(events, "customer", "team")
 
 
@@ -316,3 +317,40 @@ def test_bad_cost_query_is_a_400_naming_the_field(billow_memory: Billow, query: 
     status, out = billow_memory.call("GET", "/api/v1/llm/costs?" + urlencode(query))
     assert status == 400, out
     assert out["validationErrors"][0]["field"] == field
+
+
+def test_report_by_customer_prices_each_model_once_per_window_and_flags_the_rows_it_cannot_price(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By customer, the lines add every model's rows up (issue 17 item 6): each (window, provider, model) is
+    priced once, not once per customer row, and the rows no price covers, or whose cached tokens exceed their input
+    tokens, are still listed one by one as unpriced, never counted as zero."""
+    from billow.services import llm_costs
+
+    install(billow)
+    at = datetime(2026, 3, 2, 8, tzinfo=UTC)
+    send(billow, [
+        llm_event(1, "openai", "gpt-4o", at, input_tokens=1_000_000, cached=200_000, output_tokens=100_000, customer="c1"),
+        llm_event(2, "openai", "gpt-4o", at, input_tokens=400_000, output_tokens=0, customer="c2"),
+        llm_event(3, "openai", "gpt-99-imaginary", at, input_tokens=5, output_tokens=5, customer="c2"),
+        llm_event(4, "openai", "gpt-4o-mini", at, input_tokens=10, cached=20, output_tokens=0, customer="c3"),
+        llm_event(5, "openai", "gpt-4o", at, input_tokens=4_000, output_tokens=0, customer="c3"),
+        llm_event(6, "openai", "gpt-4o-mini", at, input_tokens=1_000_000, output_tokens=0, customer="c1"),
+    ])
+    asked: list[tuple[str, str, datetime]] = []
+    price = llm_costs.PriceBook.price
+    monkeypatch.setattr(llm_costs.PriceBook, "price", lambda self, p, m, t: asked.append((p, m, t)) or price(self, p, m, t))
+    report = costs(billow, groupBy="customer")
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    assert sorted(asked) == [("openai", m, day) for m in ("gpt-4o", "gpt-4o-mini", "gpt-99-imaginary")]
+    mini = D("0.15")  # gpt-4o-mini input per million tokens
+    assert {r["groupBy"]["customer"]: D(r["cost"]["total"]) for r in report["data"]} == {
+        "c1": D("2") + D("0.25") + D("1") + mini, "c2": D(1), "c3": D("0.01")}
+    assert [(r["groupBy"]["customer"], [p["model"] for p in r["prices"]]) for r in report["data"]] == [
+        ("c1", ["gpt-4o", "gpt-4o-mini"]), ("c2", ["gpt-4o"]), ("c3", ["gpt-4o"])]
+    assert report["data"][0]["tokens"] == {"input": 2_000_000, "cachedInput": 200_000, "cacheWrite": 0, "output": 100_000}
+    assert D(report["total"]) == D("4.26") + mini and report["complete"] is False
+    unpriced = {(u["groupBy"]["customer"], u["groupBy"]["model"]): u for u in report["unpriced"]}
+    assert set(unpriced) == {("c2", "gpt-99-imaginary"), ("c3", "gpt-4o-mini")}
+    assert "exceed input_tokens" in unpriced[("c3", "gpt-4o-mini")]["reason"]
+    assert unpriced[("c3", "gpt-4o-mini")]["tokens"] == {"input": 10, "cachedInput": 20, "cacheWrite": 0, "output": 0}
+    assert "gpt-99-imaginary" in unpriced[("c2", "gpt-99-imaginary")]["reason"]

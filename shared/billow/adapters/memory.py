@@ -12,8 +12,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from billow import jsonx
 from billow.domain.events import CloudEvent
-from billow.domain.usage import AggRow, GroupFilter, MeterValue, StoredEvent, UsageQuery
+from billow.domain.usage import (
+    AggRow,
+    GroupFilter,
+    MeterValue,
+    RatedSums,
+    Rating,
+    StoredEvent,
+    UsageQuery,
+    rate_rows,
+)
 from billow.exact import exact_sum
 from billow.timeutil import window_start, zone
 
@@ -137,6 +147,9 @@ class InMemoryUsageStore:
                 sums.setdefault(key, [Decimal(0)] * len(meter_ids))[n] = r.sum
         order = sorted(sums, key=lambda k: (k[0] or datetime.min.replace(tzinfo=UTC), k[1] or "", k[2] or "", k[3]))
         return [(*k, *sums[k]) for k in order]
+
+    def rated_sums(self, q: UsageQuery, meter_ids: Sequence[str], rating: Rating) -> RatedSums:
+        return rate_rows(self.sum_meters(q, meter_ids), rating)
 
     def scan_events(self, namespace: str, event_type: str, after: tuple[str, str] | None, limit: int) -> list[CloudEvent]:
         rows = sorted((k[1], k[2]) for k, s in self._events.items() if k[0] == namespace and s.event.type == event_type)

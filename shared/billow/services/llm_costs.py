@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from billow.domain import llm
 from billow.domain.llm import Cost, PriceOverride, TokenCounts, TokenPrices, Unpriceable
 from billow.domain.meters import Meter
+from billow.domain.usage import Rating, rate_rows
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.exact import EXACT
 from billow.ids import new_id
@@ -35,6 +36,7 @@ REPORT_GROUPS = ("provider", "model", "customer", "team", "feature", "subject")
 DEFAULT_WINDOW = "DAY"
 _MS = timedelta(milliseconds=1)
 _ZERO = Decimal(0)
+_MILLION = Decimal(1_000_000)
 
 
 class PriceOverrideStore(Protocol):
@@ -302,71 +304,96 @@ def _token_meters(namespace: str, meta: MetaStore) -> dict[str, str]:
 
 def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: MetaStore, usage: UsageStore,
                   overrides: Sequence[PriceOverride], table: GenaiPriceTable | None = None) -> CostReport:
-    """Query every token meter by window and (provider, model, requested dimensions), price each window and
-    model at the window start, and add the priced rows up to the requested groups."""
+    """Price every token meter's sums per window and (provider, model, requested dimensions) at the window start
+    and add the priced ones up to the requested groups. Lines per customer or subject (not per model) are added
+    up in the usage store (UsageStore.rated_sums): Python prices each (window, provider, model) once and reads
+    back the report's lines, not a row per model and group (issue 17 item 6)."""
     dims = [k for k in group_by if k not in ("subject", *llm.PRICE_KEYS)]
     keys = [*llm.PRICE_KEYS, *dims]
     query = replace(p, group_by=[*keys, *(["subject"] if "subject" in group_by else [])])
-    tokens, ends = _token_counts(namespace, query, keys, meta=meta, usage=usage)
-    book = PriceBook(overrides, table or _TABLE)
-    lines: dict[tuple[Any, ...], CostLine] = {}
-    totals: dict[tuple[Any, ...], list[Decimal]] = {}  # per line: its 4 token counts, then its 4 costs
-    unpriced: list[CostLine] = []
-    shown = [(n, k) for n, k in enumerate(keys) if k in group_by]
-    with decimal.localcontext(EXACT):
-        for (start, subject, customer_id, values), counted in tokens.items():  # in the store's order
-            provider, model = values[0], values[1]
-            resolved = book.price(provider, model, start)
-            cost, reason = _cost(counted, resolved)
-            if cost is None:  # never counted as zero
-                unpriced.append(CostLine(start, ends[start], subject, customer_id, dict(zip(keys, values, strict=True)),
-                                         counted, reason=reason))
-                continue
-            out_key = (start, subject, customer_id, tuple(values[n] for n, _ in shown))
-            line = lines.get(out_key)
-            if line is None:
-                line = lines[out_key] = CostLine(start, ends[start], subject, customer_id,
-                                                 {k: values[n] for n, k in shown})
-                totals[out_key] = [_ZERO] * 8
-            acc = totals[out_key]
-            acc[0] += counted.input
-            acc[1] += counted.cached_input
-            acc[2] += counted.cache_write
-            acc[3] += counted.output
-            acc[4] += cost.input
-            acc[5] += cost.cached_input
-            acc[6] += cost.cache_write
-            acc[7] += cost.output
-            if (provider, model) not in line.prices:
-                assert not isinstance(resolved, str)
-                line.prices[(provider, model)] = resolved.to_json(provider, model)
-    for out_key, line in lines.items():
-        acc = totals[out_key]
-        line.tokens, line.cost = TokenCounts(*acc[:4]), Cost(*acc[4:])
-    return CostReport(p, group_by, list(lines.values()), unpriced)
-
-
-def _token_counts(namespace: str, query: QueryParams, keys: list[str], *, meta: MetaStore, usage: UsageStore,
-                  ) -> tuple[dict[tuple[Any, ...], TokenCounts], dict[datetime, datetime]]:
-    """Every token meter's sum per (window start, subject, customer, values of `keys`), from one usage-store query
-    (ClickHouse adds the tokens up, side by side per meter), and each window's end by its start."""
     token_meters = _token_meters(namespace, meta)
     queries = [usage_query(namespace, get_meter(namespace, slug, meta=meta), query, meta=meta)
                for slug in token_meters.values()]  # each meter's parameters checked, as its own query would be
-    rows = usage.sum_meters(queries[0], [q.meter_id for q in queries])
-    at = {t: n for n, t in enumerate(token_meters, 4)}  # where each token type's sum is in a row
-    i, c, w, o = (at.get(t, -1) for t in ("input", "cachedInput", "cacheWrite", "output"))  # -1: the zero added
-    tokens: dict[tuple[Any, ...], TokenCounts] = {}
-    ends: dict[datetime, datetime] = {}
+    at = {t: n for n, t in enumerate(token_meters)}  # where each token type's sum is in a row
+    book = PriceBook(overrides, table or _TABLE)
+    resolved: dict[tuple[datetime | None, tuple[str, ...]], ResolvedPrice | str] = {}
+    per_token: dict[TokenPrices, tuple[Decimal | None, ...]] = {}
+
+    def rates(start: datetime | None, pm: tuple[str, ...]) -> tuple[Decimal | None, ...] | None:
+        assert start is not None
+        found = resolved[(start, pm)] = book.price(pm[0], pm[1], start)
+        if isinstance(found, str):
+            return None
+        out = per_token.get(found.prices)
+        if out is None:
+            out = per_token[found.prices] = _per_token(found.prices)
+        return out
+
+    def form(*types: tuple[int, str]) -> tuple[int, ...]:
+        out = [0] * len(at)
+        for coefficient, token_type in types:
+            if token_type in at:
+                out[at[token_type]] = coefficient
+        return tuple(out)
+
+    # quantities: uncached input (never negative), cached reads, cache writes, output; a rate per token
+    rating = Rating(by=len(llm.PRICE_KEYS),
+                    forms=(form((1, "input"), (-1, "cachedInput"), (-1, "cacheWrite")), form((1, "cachedInput")),
+                           form((1, "cacheWrite")), form((1, "output"))),
+                    nonnegative=(0,), shown=tuple(n for n, k in enumerate(keys) if k in group_by), rates=rates)
+    meter_ids = [q.meter_id for q in queries]
+    if "model" not in group_by and {"customer", "subject"} & set(group_by):
+        # lines per customer or subject add up every model's rows, and there are many: added up in the store
+        rated = usage.rated_sums(queries[0], meter_ids, rating)
+    else:
+        # a line per model, or few lines (per window, team, feature): the store's rows are about as many as the
+        # lines, and rating them in the store costs one more scan (to find the rate keys) than it saves
+        rated = rate_rows(usage.sum_meters(queries[0], meter_ids), rating)
     assert query.window_size is not None
     tz = zone(query.window_tz)
-    for row in rows:
-        start = row[0]
-        if start not in ends:
-            ends[start] = window_end(start, query.window_size, tz)
-        row = (*row, _ZERO)
-        tokens[row[:4]] = TokenCounts(row[i], row[c], row[w], row[o])
-    return tokens, ends
+    ends: dict[datetime, datetime] = {}
+
+    def end_of(start: datetime) -> datetime:
+        end = ends.get(start)
+        if end is None:
+            assert query.window_size is not None
+            end = ends[start] = window_end(start, query.window_size, tz)
+        return end
+
+    def counts(sums: Sequence[Decimal]) -> TokenCounts:
+        return TokenCounts(*(sums[at[t]] if t in at else _ZERO for t in ("input", "cachedInput", "cacheWrite", "output")))
+
+    shown = [k for k in keys if k in group_by]
+    prices: dict[tuple[datetime | None, tuple[str, ...]], dict[str, Any]] = {}
+    lines = []
+    for r in rated.lines:  # in the store's order
+        assert r.window_start is not None
+        line = CostLine(r.window_start, end_of(r.window_start), r.subject, r.customer_id,
+                        dict(zip(shown, r.groups, strict=True)), counts(r.sums), Cost(*r.amounts))
+        for pm in r.rate_keys:
+            shown_price = prices.get((r.window_start, pm))
+            if shown_price is None:
+                price = resolved[(r.window_start, pm)]
+                assert not isinstance(price, str)
+                shown_price = prices[(r.window_start, pm)] = price.to_json(*pm)
+            line.prices[pm] = shown_price  # type: ignore[index]
+        lines.append(line)
+    unpriced: list[CostLine] = []
+    for start, subject, customer_id, values, *sums in rated.unrated:  # never counted as zero
+        counted = counts(sums)
+        _, reason = _cost(counted, resolved[(start, values[:len(llm.PRICE_KEYS)])])
+        unpriced.append(CostLine(start, end_of(start), subject, customer_id, dict(zip(keys, values, strict=True)),
+                                 counted, reason=reason))
+    return CostReport(p, group_by, lines, unpriced)
+
+
+def _per_token(prices: TokenPrices) -> tuple[Decimal | None, ...]:
+    """USD per token of uncached input, cached reads, cache writes and output (as llm.token_cost prices them:
+    a missing cached-read or cache-write price is the input price)."""
+    with decimal.localcontext(EXACT):
+        cached = prices.cached_input if prices.cached_input is not None else prices.input
+        write = prices.cache_write if prices.cache_write is not None else prices.input
+        return tuple(v / _MILLION if v is not None else None for v in (prices.input, cached, write, prices.output))
 
 
 def _cost(counted: TokenCounts, resolved: ResolvedPrice | str) -> tuple[Cost | None, str]:
