@@ -18,3 +18,16 @@ def lambda_assets() -> tuple[Path, Path, Any]:
     from layers.build import build
 
     return build("arm64")
+
+
+@pytest.fixture(scope="session")
+def host_assets(lambda_assets: tuple[Path, Path, Any]) -> tuple[Path, Path, Any]:
+    """The same assets built for this machine's architecture, for tests that import the handlers from the layer with
+    this machine's Python: an arm64 layer's compiled extensions (msgspec, confluent-kafka, ...) cannot load on
+    x86_64, and not every one has a pure-Python fallback. The same lockfile, so the same packages as the arm64 layer."""
+    import platform
+
+    from layers.build import build
+
+    arch = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}[platform.machine().lower()]
+    return lambda_assets if arch == "arm64" else build(arch)
