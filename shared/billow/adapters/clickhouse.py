@@ -335,10 +335,18 @@ class ClickHouseUsageStore:
     def aggregate(self, q: UsageQuery) -> list[AggRow]:
         params: dict[str, Any] = {"mid": q.meter_id}
         sql = self._grouped_sql(q, "meter_id = {mid:String}", _NEEDS[q.aggregation],
-                                [_AGG_EXPR[q.aggregation], "min(t), max(te)"], params)
+                                [_AGG_EXPR[q.aggregation], "toUnixTimestamp(min(t)), toUnixTimestamp(max(te))"], params)
         rows = self._query(sql, params)
         customers = q.subject_customers is not None
         out = []
+        instants: dict[int, datetime] = {}  # epoch second -> UTC datetime, made once per distinct window or time
+
+        def at(epoch: int) -> datetime:
+            found = instants.get(epoch)
+            if found is None:
+                found = instants[epoch] = datetime.fromtimestamp(epoch, UTC)
+            return found
+
         for r in rows:
             i = 1
             subject = customer = None
@@ -351,7 +359,7 @@ class ClickHouseUsageStore:
             groups = {k: r[i + n] for n, k in enumerate(q.group_by)}
             i += len(q.group_by)
             row = AggRow(
-                window_start=datetime.fromtimestamp(r[0], UTC) if q.window_size else None,
+                window_start=at(r[0]) if q.window_size else None,
                 subject=subject, customer_id=customer, groups=groups,
                 sum=Decimal(0), count=0, min=None, max=None, uniq=0, latest=None,
             )
@@ -371,8 +379,8 @@ class ClickHouseUsageStore:
                 row.uniq = int(r[i])
             elif agg == "LATEST":
                 row.latest = r[i]
-            row.first_time = _utc(r[i + 1])
-            row.last_time = _utc(r[i + 2])  # the end of the last minute or hour counted: after every event
+            row.first_time = at(r[i + 1])
+            row.last_time = at(r[i + 2])  # the end of the last minute or hour counted: after every event
             out.append(row)
         return out
 
