@@ -247,10 +247,13 @@ def consume_all(bootstrap: str, topic: str, want: set[tuple[str, str]],
             for m in consumer.consume(500, 0.5):
                 if m.error() is not None:
                     continue
-                ev = jsonx.loads(m.value() or b"")
-                if ev["source"] == "probe":
-                    continue
-                seen[(ev["source"], ev["id"])] = Decimal(ev["data"]["tokens"])
+                doc = jsonx.loads(m.value() or b"")
+                # Ingest's records carry events in the batch record shape (bus.batch_records, issue 17)
+                for ev in ([{"id": r[0], "source": r[1], "data": r[5]} for r in doc["events"]]
+                           if "billowBatch" in doc else [doc]):
+                    if ev["source"] == "probe":
+                        continue
+                    seen[(ev["source"], ev["id"])] = Decimal(ev["data"]["tokens"])
     finally:
         consumer.close()
     return seen

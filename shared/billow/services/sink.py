@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from billow import jsonx
-from billow.domain.events import CloudEvent, parse_event
+from billow.bus import BatchRecord, decode_batch
+from billow.domain.events import EVENT_TIME_MAX, EVENT_TIME_MIN, CloudEvent, parse_event
 from billow.domain.meters import Meter
 from billow.domain.usage import MeterValue, StoredEvent
 from billow.ports import MetaStore, UsageStore
@@ -69,6 +71,40 @@ def decode_record(record: SinkRecord) -> tuple[CloudEvent, datetime]:
     return event, ingested_at
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Values a batch record carries for an event, and the ids of the meters ingest valued it with.
+Carried = tuple[list[MeterValue], frozenset[str]]
+
+
+def decode_batch_events(batch: BatchRecord) -> list[tuple[StoredEvent, Carried]]:
+    """The events of a batch record (bus.batch_records) with the values ingest extracted: nothing is parsed again
+    but the record's own shape (typed decoding), times and exact decimal values."""
+    ingested_at = parse_rfc3339(batch.ingestedAt, "ingestedAt")
+    seen = frozenset(batch.meters)
+    out: list[tuple[StoredEvent, Carried]] = []
+    for id_, source, type_, subject, ms, data, carried in batch.events:
+        when = _EPOCH + timedelta(milliseconds=ms)
+        if not EVENT_TIME_MIN <= when <= EVENT_TIME_MAX or not (id_ and source and type_ and subject):
+            raise ValueError(f"event {source!r}/{id_!r}: not a valid event of a batch record")
+        raw = bytes(data)
+        values = []
+        for mid, text, value_str, groups in carried:
+            value = Decimal(text)
+            if not value.is_finite():
+                raise ValueError(f"event {source!r}/{id_!r}: value {text!r} of meter {mid} is not a number")
+            values.append(MeterValue(mid, subject, when, value, value_str, groups, source, id_))
+        out.append((StoredEvent(CloudEvent(id_, source, type_, subject, when, None), ingested_at, "",
+                                "" if raw == b"null" else raw.decode()), (values, seen)))
+    return out
+
+
+def _with_data(s: StoredEvent) -> CloudEvent:
+    """The event with its `data` decoded, for a meter that must read it (one ingest did not value it with)."""
+    if s.event.data is None and s.data_json:
+        return replace(s.event, data=jsonx.loads(s.data_json))
+    return s.event
+
+
 LateUsage = Callable[[str, dict[str, datetime]], None]
 # Usage older than this when it is stored is "late": balance snapshots are only taken at resets older than this,
 # so only late usage can make one stale (services.balances).
@@ -82,27 +118,40 @@ def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaSt
     is written: balance snapshots taken past that time are stale."""
     result = SinkResult()
     by_ns: dict[str, dict[tuple[str, str], StoredEvent]] = {}
+    carried_ns: dict[str, dict[tuple[str, str], Carried]] = {}
     for rec in records:
+        entries: list[tuple[StoredEvent, Carried | None]]
         try:
-            event, ingested_at = decode_record(rec)
+            batch_record = decode_batch(rec.value)
+            if batch_record is None:  # a record of the older shape: one CloudEvent
+                event, ingested_at = decode_record(rec)
+                entries = [(StoredEvent(event, ingested_at), None)]
+            else:
+                entries = [(s, pre) for s, pre in decode_batch_events(batch_record)]
         except Exception as exc:  # a poison record: report it, keep going
             result.dead_letters.append({"where": rec.where, "reason": str(exc)[:500],
                                         "value": rec.value[:4096].decode("utf-8", "replace")})
             continue
         batch = by_ns.setdefault(rec.namespace, {})
-        if event.key in batch:
-            result.duplicates += 1
-            continue
-        batch[event.key] = StoredEvent(event, ingested_at)
+        carried = carried_ns.setdefault(rec.namespace, {})
+        for stored_event, pre in entries:
+            key = stored_event.event.key
+            if key in batch:
+                result.duplicates += 1
+                continue
+            batch[key] = stored_event
+            if pre is not None:
+                carried[key] = pre
     for namespace, items in by_ns.items():
-        result.stored += _store(namespace, items, usage, meta, result, late_before, on_late)
+        result.stored += _store(namespace, items, usage, meta, result, late_before, on_late, carried_ns[namespace])
     if result.dead_letters:
         dead_letter(result.dead_letters)
     return result
 
 
 def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: UsageStore, meta: MetaStore,
-           result: SinkResult, late_before: datetime | None = None, on_late: LateUsage | None = None) -> int:
+           result: SinkResult, late_before: datetime | None = None, on_late: LateUsage | None = None,
+           carried: dict[tuple[str, str], Carried] | None = None) -> int:
     keys = list(items)
     present, begun = usage.written_keys(namespace, keys)
     result.duplicates += len(present)
@@ -112,10 +161,20 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
     meters = meta.list_meters(namespace)
     stored: list[StoredEvent] = []
     owners: dict[tuple[str, str], list[MeterValue]] = {}
+    current = {m.id for m in meters}
     for s in fresh:
-        vals, error = meter_values(s.event, meters)
+        pre = carried.get(s.event.key) if carried else None
+        if pre is None:
+            vals, error = meter_values(s.event, meters)
+        else:  # ingest's values, for the meters that still exist; meters created since read `data`
+            vals = [v for v in pre[0] if v.meter_id in current]
+            error = ""
+            missing = [m for m in meters if m.id not in pre[1] and m.event_type == s.event.type]
+            if missing:
+                more, error = meter_values(_with_data(s), missing)
+                vals = vals + more
         owners[s.event.key] = vals
-        stored.append(StoredEvent(s.event, s.ingested_at, error) if error else s)
+        stored.append(replace(s, validation_error=error) if error else s)
     valued_candidates = [k for k, v in owners.items() if v]
     result.unmatched += len(owners) - len(valued_candidates)
     values = _values_to_write(namespace, items, owners, [k for k in valued_candidates if k in begun], meters, usage)
@@ -171,7 +230,7 @@ def _values_for_new_meters(namespace: str, stored: Sequence[StoredEvent], seen: 
     for meter in meta.list_meters(namespace):
         if meter.id in known:
             continue
-        vals = [v for s in stored for v in meter_values(s.event, [meter])[0]]
+        vals = [v for s in stored if s.event.type == meter.event_type for v in meter_values(_with_data(s), [meter])[0]]
         if not vals:
             continue
         with meta.meter_lock(namespace, meter.id):
