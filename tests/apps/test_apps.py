@@ -251,3 +251,28 @@ def test_customer_apps_stripe_data_portal_and_checkout(billow: Billow, stripe: t
 def test_the_app_webhook_path_allows_post_only(billow: Billow) -> None:
     status, out = billow.call("GET", "/api/v1/apps/01ARZ3NDEKTSV4RRFFQ69G5FAV/stripe/webhook")
     assert status == 405 and "POST" in out["detail"]
+
+
+def test_custom_invoicing_issuing_hook_and_profiles_naming_the_type(billow: Billow) -> None:
+    """An installed custom invoicing app with enableIssuingSyncHook off issues at once (OpenMeter's default);
+    a profile naming the type `custom_invoicing` gets such an app installed, waiting for the call-back as before."""
+    b = billow
+    by_type = b.ok("POST", "/api/v1/billing/profiles", {
+        **PROFILE, "apps": {"tax": "sandbox", "invoicing": "custom_invoicing", "payment": "custom_invoicing"}})
+    ref = by_type["apps"]["invoicing"]
+    assert is_ulid(ref["id"]) and ref["type"] == "custom_invoicing" and by_type["apps"]["payment"] == ref
+    app = b.ok("GET", f"{APPS}/{ref['id']}")
+    assert (app["enableDraftSyncHook"], app["enableIssuingSyncHook"]) == (False, True)
+    subscribed_no_profile(b)
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)
+    (waiting,) = b.ok("GET", "/api/v1/billing/invoices")["items"]
+    assert waiting["status"] == "issuing"  # until the ERP calls .../issuing/synchronized
+
+    # The same app without the hook: the next invoice is issued at once, its payment still the ERP's to report.
+    b.ok("PUT", f"{APPS}/{app['id']}", {"type": "custom_invoicing", "name": app["name"],
+                                          "enableDraftSyncHook": False, "enableIssuingSyncHook": False})
+    b.clock.set("2026-05-01T00:10:00Z")
+    scheduled_run(b)
+    (issued,) = [i for i in b.ok("GET", "/api/v1/billing/invoices")["items"] if i["id"] != waiting["id"]]
+    assert issued["status"] == "payment_processing" and issued["workflow"]["apps"]["invoicing"] == ref

@@ -32,10 +32,14 @@ class SandboxInvoicing:
 
 class CustomInvoicing:
     """The user's own system issues the invoice and says so (POST /api/v1/apps/custom-invoicing/{id}/issuing/
-    synchronized); it hears of a void through the invoice.updated notification."""
+    synchronized); it hears of a void through the invoice.updated notification. An installed app whose
+    enableIssuingSyncHook is off does not wait: the invoice is issued at once, as OpenMeter's."""
+
+    def __init__(self, issuing_hook: bool = True) -> None:
+        self.issuing_hook = issuing_hook
 
     def issue(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
-        return None
+        return None if self.issuing_hook else {}
 
     def void(self, invoice: dict[str, Any]) -> None:
         return None

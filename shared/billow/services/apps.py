@@ -215,8 +215,8 @@ def oauth2_unavailable(app_type: str) -> None:
 def link_profile_apps(namespace: str, parsed: dict[str, str], *, apps: AppStore, now: datetime) -> dict[str, Any]:
     """A profile's apps (billow.domain.billing_profiles.parse_apps: an app id or a type name per role) as
     OpenMeter's references {id, type}: an id must be an installed app with the role's capability; a type name
-    is the namespace's first installed app of that type, or stays the type name when none is installed (the
-    Stripe app configured in the settings, custom invoicing without an installed app)."""
+    is the namespace's first installed app of that type (custom invoicing is installed if it is not, waiting for
+    the issuing call-back as it always did), or stays the type name: Stripe with the settings' key."""
     if "sandbox" in parsed.values():
         ensure_sandbox(namespace, apps=apps, now=now)
     installed = apps.list_apps(namespace)
@@ -232,6 +232,11 @@ def link_profile_apps(namespace: str, parsed: dict[str, str], *, apps: AppStore,
             out[role] = {"id": ref, "type": doc["type"]}
         else:
             doc = next((a for a in installed if a["type"] == ref), None)
+            if doc is None and ref == "custom_invoicing":  # named by type before apps were entities: install it,
+                doc = rules.new_app(new_id(), ref, "Custom Invoicing", format_rfc3339(now),  # waiting for the
+                                    enableDraftSyncHook=False, enableIssuingSyncHook=True)  # issuing call-back
+                apps.add_app(namespace, doc)
+                installed.append(doc)
             out[role] = {"id": doc["id"], "type": ref} if doc else ref
     return out
 
