@@ -12,6 +12,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +23,18 @@ import xxhash
 from billow import jsonx
 from billow.adapters.clickhouse_schema import MIGRATIONS, ROLLUPS_V3
 from billow.domain.events import CloudEvent
-from billow.domain.usage import AggRow, GroupFilter, MeterValue, StoredEvent, UsageQuery
+from billow.domain.usage import (
+    AggRow,
+    GroupFilter,
+    MeterValue,
+    RatedLine,
+    RatedSums,
+    RateKey,
+    Rating,
+    StoredEvent,
+    UsageQuery,
+    rate_rows,
+)
 
 _VALUE_COLUMNS = ["namespace", "meter_id", "subject", "time", "value", "value_str", "group_by", "source", "id"]
 _EVENT_COLUMNS = ["namespace", "source", "id", "type", "subject", "time", "data", "ingested_at", "validation_error"]
@@ -326,10 +338,18 @@ class ClickHouseUsageStore:
     def aggregate(self, q: UsageQuery) -> list[AggRow]:
         params: dict[str, Any] = {"mid": q.meter_id}
         sql = self._grouped_sql(q, "meter_id = {mid:String}", _NEEDS[q.aggregation],
-                                [_AGG_EXPR[q.aggregation], "min(t), max(te)"], params)
+                                [_AGG_EXPR[q.aggregation], "toUnixTimestamp(min(t)), toUnixTimestamp(max(te))"], params)
         rows = self._query(sql, params)
         customers = q.subject_customers is not None
         out = []
+        instants: dict[int, datetime] = {}  # epoch second -> UTC datetime, made once per distinct window or time
+
+        def at(epoch: int) -> datetime:
+            found = instants.get(epoch)
+            if found is None:
+                found = instants[epoch] = datetime.fromtimestamp(epoch, UTC)
+            return found
+
         for r in rows:
             i = 1
             subject = customer = None
@@ -342,7 +362,7 @@ class ClickHouseUsageStore:
             groups = {k: r[i + n] for n, k in enumerate(q.group_by)}
             i += len(q.group_by)
             row = AggRow(
-                window_start=datetime.fromtimestamp(r[0], UTC) if q.window_size else None,
+                window_start=at(r[0]) if q.window_size else None,
                 subject=subject, customer_id=customer, groups=groups,
                 sum=Decimal(0), count=0, min=None, max=None, uniq=0, latest=None,
             )
@@ -362,8 +382,8 @@ class ClickHouseUsageStore:
                 row.uniq = int(r[i])
             elif agg == "LATEST":
                 row.latest = r[i]
-            row.first_time = _utc(r[i + 1])
-            row.last_time = _utc(r[i + 2])  # the end of the last minute or hour counted: after every event
+            row.first_time = at(r[i + 1])
+            row.last_time = at(r[i + 2])  # the end of the last minute or hour counted: after every event
             out.append(row)
         return out
 
@@ -485,6 +505,11 @@ class ClickHouseUsageStore:
             "AND type = {type:String}" + cond + " ORDER BY source, id LIMIT {limit:UInt32}", params)
         return [_row_event(r) for r in rows]
 
+    def count_events(self, namespace: str, start: datetime) -> dict[str, int]:
+        rows = self._query("SELECT subject, count() FROM events FINAL WHERE namespace = {ns:String} "
+                           "AND time >= {start:DateTime64(3, 'UTC')} GROUP BY subject", {"ns": namespace, "start": start})
+        return {r[0]: int(r[1]) for r in rows}
+
     def list_events(self, namespace: str, *, subjects: Sequence[str] | None, start: datetime | None,
                     end: datetime | None, event_id: str | None, limit: int) -> list[StoredEvent]:
         params: dict[str, Any] = {"ns": namespace, "limit": limit}
@@ -517,6 +542,92 @@ class ClickHouseUsageStore:
             params["end"] = end
         rows = self._query("SELECT DISTINCT subject FROM meter_values WHERE " + " AND ".join(where) + " ORDER BY subject", params)
         return [r[0] for r in rows]
+
+    def rated_sums(self, q: UsageQuery, meter_ids: Sequence[str], rating: Rating) -> RatedSums:
+        """See ports.UsageStore.rated_sums: one query finds the rate keys, a second prices every row and adds the
+        rated ones up to lines in ClickHouse (exact Decimal256), so the lines, not the rows, come back."""
+        by = rating.by
+        if not meter_ids or not q.group_by or not 0 < by <= len(q.group_by):
+            return rate_rows(self.sum_meters(q, meter_ids), rating)
+        params: dict[str, Any] = {}
+        sql = self._grouped_sql(replace(q, by_subject=False, subject_customers=None, group_by=q.group_by[:by]),
+                                "meter_id IN {mids:Array(String)}", ("c",), ["count()"], params)
+        params["mids"] = list(meter_ids)
+        keys: list[RateKey] = [(datetime.fromtimestamp(r[0], UTC) if q.window_size else None, tuple(r[1:1 + by]))
+                               for r in self._query(sql, params)]
+        found = [(k, rating.rates(*k)) for k in keys]
+        priced = [(k, rates) for k, rates in found if rates is not None]
+        exponents = [r.as_tuple().exponent for _, rates in priced for r in rates if r is not None]
+        scale = max([0, *(-e for e in exponents if isinstance(e, int))])
+        if scale > 28 or not all(isinstance(e, int) for e in exponents):
+            # 18 + scale decimal places in Decimal256 leave 30 integer digits; finer rates are rated in Python
+            return rate_rows(self.sum_meters(q, meter_ids), rating, found=dict(found))
+        params = {"mids": list(meter_ids)}
+        sums = []
+        for n, mid in enumerate(meter_ids):
+            params[f"m{n}"] = mid
+            sums.append(f"sumIf(s, meter_id = {{m{n}:String}}) AS x{n}")
+        inner = self._grouped_sql(q, "meter_id IN {mids:Array(String)}", ("s",), sums, params)
+        width = 1 + q.by_subject + (q.subject_customers is not None)
+        lead = ["w"] + (["subject"] if q.by_subject else []) + (["customer_id"] if q.subject_customers is not None else [])
+        gs = [f"g{i}" for i in range(len(q.group_by))]
+        n_k = len(rating.forms)
+        # The rates joined to the rows by (window, first `by` group values), a hash join. Parameters stay small
+        # (clickhouse-connect formats them in Python, per character of every string): each distinct rate group
+        # values and each distinct rate tuple once, the (window, group, rates) table as integer arrays in text.
+        groups = list(dict.fromkeys(k[1] for k, _ in priced))
+        tuples = list(dict.fromkeys(rates for _, rates in priced))
+        gi, ti = {g: n for n, g in enumerate(groups, 1)}, {t: n for n, t in enumerate(tuples, 1)}
+        params["rg"] = groups
+        params["rgi"] = "[" + ",".join(map(str, range(1, len(groups) + 1))) + "]"
+        params["kw"] = "[" + ",".join(str(int(k[0].timestamp()) if k[0] is not None else 0) for k, _ in priced) + "]"
+        params["kg"] = "[" + ",".join(str(gi[k[1]]) for k, _ in priced) + "]"
+        params["kr"] = "[" + ",".join(str(ti[rates]) for _, rates in priced) + "]"
+        for k in range(n_k):
+            params[f"r{k}"] = [format(t[k], "f") if t[k] is not None else "" for t in tuples]
+        rates_sql = ("SELECT e.1 AS rw, e.2 AS rg, toUInt8(1) AS hit, "
+                     + ", ".join(f"arrayElement({{r{k}:Array(String)}}, e.3) AS rs{k}" for k in range(n_k))
+                     + " FROM (SELECT arrayJoin(arrayZip({kw:Array(Int64)}, {kg:Array(UInt32)}, {kr:Array(UInt32)})) AS e)")
+        group_key = f"tuple({', '.join(gs[:by])})"
+        on = (f"toInt64(r.w) = p.rw AND transform({group_key}, {{rg:Array(Tuple({', '.join(['String'] * by)}))}}, "
+              "{rgi:Array(UInt32)}, toUInt32(0)) = p.rg")
+        middle = []
+        ok = ["hit = 1"]
+        amounts = []
+        for k, form in enumerate(rating.forms):
+            terms = " ".join(f"{'+' if c > 0 else '-'} {abs(c)} * x{n}" for n, c in enumerate(form) if c)
+            middle.append(f"toDecimal256(0, 18) {terms} AS q{k}")
+            ok.append(f"(rs{k} != '' OR q{k} = 0)")
+            if k in rating.nonnegative:
+                ok.append(f"q{k} >= 0")
+            amounts.append(f"toString(sumIf(q{k} * toDecimal256OrZero(rs{k}, {scale}), ok))")
+        kept = [g if i in rating.shown else f"if(ok, '', {g})" for i, g in enumerate(gs)]
+        outer = (
+            f"SELECT {', '.join(lead)}, ok, {', '.join(f'{e} AS k{i}' for i, e in enumerate(kept))}, "
+            f"min(tuple({', '.join(gs)})) AS first, "
+            + ", ".join(f"toString(sum(x{n}))" for n in range(len(meter_ids))) + ", " + ", ".join(amounts)
+            + f", arraySort(groupUniqArrayIf(tuple({', '.join(gs[:by])}), ok)) "
+            f"FROM (SELECT r.*, hit, {', '.join(f'rs{k}' for k in range(n_k))}, {', '.join(middle)}, "
+            f"{' AND '.join(ok)} AS ok FROM ({inner}) AS r LEFT JOIN ({rates_sql}) AS p ON {on}) "
+            f"GROUP BY {', '.join(lead)}, ok, {', '.join(f'k{i}' for i in range(len(gs)))} "
+            f"ORDER BY ok, {', '.join(lead)}, first"
+        )
+        rows = self._query(outer, params)
+        lines, unrated = [], []
+        m = len(meter_ids)
+        base = width + 1 + len(gs) + 1
+        for r in rows:
+            start = datetime.fromtimestamp(r[0], UTC) if q.window_size else None
+            subject = r[1] if q.by_subject else None
+            customer = (r[width - 1] or None) if q.subject_customers is not None else None
+            sums_ = [Decimal(x) for x in r[base:base + m]]
+            if not r[width]:
+                unrated.append((start, subject, customer, tuple(r[width + 1:width + 1 + len(gs)]), *sums_))
+                continue
+            lines.append(RatedLine(start, subject, customer, tuple(r[width + 1 + i] for i in rating.shown),
+                                   [tuple(t) for t in r[base + m + n_k]], sums_,
+                                   [Decimal(x) for x in r[base + m:base + m + n_k]]))
+        return RatedSums(lines, unrated)
 
 
 _HOUR = timedelta(hours=1)

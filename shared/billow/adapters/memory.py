@@ -13,8 +13,18 @@ from decimal import Decimal
 from typing import Any
 
 from billow import jsonx
+from billow import jsonx
 from billow.domain.events import CloudEvent
-from billow.domain.usage import AggRow, GroupFilter, MeterValue, StoredEvent, UsageQuery
+from billow.domain.usage import (
+    AggRow,
+    GroupFilter,
+    MeterValue,
+    RatedSums,
+    Rating,
+    StoredEvent,
+    UsageQuery,
+    rate_rows,
+)
 from billow.exact import exact_sum
 from billow.timeutil import window_start, zone
 
@@ -141,6 +151,9 @@ class InMemoryUsageStore:
         order = sorted(sums, key=lambda k: (k[0] or datetime.min.replace(tzinfo=UTC), k[1] or "", k[2] or "", k[3]))
         return [(*k, *sums[k]) for k in order]
 
+    def rated_sums(self, q: UsageQuery, meter_ids: Sequence[str], rating: Rating) -> RatedSums:
+        return rate_rows(self.sum_meters(q, meter_ids), rating)
+
     def scan_events(self, namespace: str, event_type: str, after: tuple[str, str] | None, limit: int) -> list[CloudEvent]:
         rows = sorted((k[1], k[2]) for k, s in self._events.items() if k[0] == namespace and s.event.type == event_type)
         if after is not None:
@@ -155,6 +168,13 @@ class InMemoryUsageStore:
                 and (event_id is None or event_id in s.event.id)]
         rows.sort(key=lambda s: (-s.event.time.timestamp(), s.event.source, s.event.id))
         return rows[:limit]
+
+    def count_events(self, namespace: str, start: datetime) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for k, s in list(self._events.items()):
+            if k[0] == namespace and s.event.time >= start:
+                counts[s.event.subject] = counts.get(s.event.subject, 0) + 1
+        return counts
 
     def subjects(self, namespace: str, meter_id: str, start: datetime | None, end: datetime | None) -> list[str]:
         return sorted({v.subject for ns, v in self._values if ns == namespace and v.meter_id == meter_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -100,3 +101,88 @@ def final_value(aggregation: str, row: AggRow) -> Decimal:
     if aggregation == "LATEST":
         return row.latest if row.latest is not None else Decimal(0)
     raise ValueError(aggregation)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rated sums: several SUM meters priced per group and added up to coarser lines in the store (the LLM cost
+# report's tokens x prices), so no Python work per (window, subject, group) row.
+
+RateKey = tuple[datetime | None, tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """How `UsageStore.rated_sums` prices the rows `sum_meters` would return and adds them up.
+
+    A row's quantities are integer combinations of its meters' sums (`forms`: one tuple of coefficients, one per
+    meter, per quantity). Its rates are chosen by its window and its first `by` group values: `rates` gives one
+    rate per quantity (None: this rate group has no rate for that quantity) or None (no rate at all). A row is
+    rated when it has rates, none of the `nonnegative` quantities is below zero and every quantity without a
+    rate is zero. Rated rows are added up per (window, subject, customer, the group values at `shown`)."""
+
+    by: int
+    forms: tuple[tuple[int, ...], ...]
+    nonnegative: tuple[int, ...]
+    shown: tuple[int, ...]
+    rates: Callable[[datetime | None, tuple[str, ...]], tuple[Decimal | None, ...] | None]
+
+
+@dataclass(slots=True)
+class RatedLine:
+    window_start: datetime | None
+    subject: str | None
+    customer_id: str | None
+    groups: tuple[str, ...]  # the values at Rating.shown
+    rate_keys: list[tuple[str, ...]]  # the first `by` group values of its rated rows, ascending
+    sums: list[Decimal]  # each meter's sum over its rated rows
+    amounts: list[Decimal]  # per quantity: the sum of quantity x rate over its rated rows (exact)
+
+
+@dataclass(slots=True)
+class RatedSums:
+    lines: list[RatedLine]  # in the order sum_meters lists their first row
+    unrated: list[tuple[Any, ...]]  # rows as sum_meters returns them, in its order
+
+
+def rate_keys_of(rows: list[tuple[Any, ...]], by: int) -> list[RateKey]:
+    """The distinct rate keys of sum_meters rows, in order."""
+    return list(dict.fromkeys((r[0], r[3][:by]) for r in rows))
+
+
+def rate_rows(rows: list[tuple[Any, ...]], rating: Rating,
+              found: dict[RateKey, tuple[Decimal | None, ...] | None] | None = None) -> RatedSums:
+    """Rate sum_meters rows in Python: the reference the stores' own implementations are held to. `found`: the
+    rates already asked for."""
+    lines: dict[tuple[Any, ...], RatedLine] = {}
+    unrated = []
+    found = dict(found or {})
+    for k in rate_keys_of(rows, rating.by):
+        if k not in found:
+            found[k] = rating.rates(*k)
+    forms = [[(n, c) for n, c in enumerate(form) if c] for form in rating.forms]
+    by, shown, nonnegative, zero = rating.by, rating.shown, rating.nonnegative, Decimal(0)
+    with decimal.localcontext(EXACT):
+        for row in rows:
+            start, values, sums = row[0], row[3], row[4:]
+            rates = found[(start, values[:by])]
+            qty = [sum([sums[n] * c for n, c in form], zero) for form in forms]
+            if (rates is None or any(qty[k] < 0 for k in nonnegative)
+                    or any(r is None and n != 0 for r, n in zip(rates, qty, strict=True))):
+                unrated.append(row)
+                continue
+            key = (start, row[1], row[2], tuple([values[n] for n in shown]))
+            line = lines.get(key)
+            if line is None:
+                line = lines[key] = RatedLine(start, row[1], row[2], key[3], [], [zero] * len(sums), [zero] * len(qty))
+            if values[:by] not in line.rate_keys:
+                line.rate_keys.append(values[:by])
+            acc = line.sums
+            for n, v in enumerate(sums):
+                acc[n] += v
+            acc = line.amounts
+            for n, r in enumerate(rates):
+                if r is not None:
+                    acc[n] += qty[n] * r
+    for line in lines.values():
+        line.rate_keys.sort()
+    return RatedSums(list(lines.values()), unrated)
