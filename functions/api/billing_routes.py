@@ -193,12 +193,13 @@ def recalculate_taxes(iid: str) -> Response:
     return ok(invoices.recalculate_taxes(c.namespace, path_param(iid), store=store, now=c.clock.now()))
 
 
-# -- custom invoicing app call-backs ------------------------------------------------------------------------------
+# -- custom invoicing app call-backs (204 No Content, as OpenMeter answers them; the invoice is read with GET) -------
 def _synced(stage: str) -> Any:
     def handler(iid: str) -> Response:
         c, store = _c()
-        return ok(billing.custom_invoicing_synced(c.namespace, path_param(iid), stage, _body(), store=store,
-                                                  apps=c.billing_apps(), now=c.clock.now()))
+        billing.custom_invoicing_synced(c.namespace, path_param(iid), stage, _body(), store=store,
+                                        apps=c.billing_apps(), now=c.clock.now())
+        return no_content()
     return handler
 
 
@@ -217,5 +218,6 @@ def custom_payment_status(iid: str) -> Response:
     trigger = body.get("trigger") if isinstance(body, dict) else None
     if not isinstance(trigger, str) or trigger not in _TRIGGERS:
         raise billing.bad("trigger", f"must be one of {', '.join(_TRIGGERS)}")
-    return ok(billing.record_payment(c.namespace, path_param(iid), _TRIGGERS[trigger], store=store,
-                                     apps=c.billing_apps(), now=c.clock.now()))
+    billing.record_payment(c.namespace, path_param(iid), _TRIGGERS[trigger], store=store, apps=c.billing_apps(),
+                           now=c.clock.now())
+    return no_content()

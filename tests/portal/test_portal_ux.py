@@ -88,8 +88,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
                    if i["statusDetails"]["extendedStatus"] == "issuing.syncing")
         s.ok("POST", f"/api/v1/apps/custom-invoicing/{inv['id']}/issuing/synchronized",
              {"invoicing": {"invoiceNumber": number}})
-        assert s.ok("POST", f"/api/v1/apps/custom-invoicing/{inv['id']}/payment/status",
-                    {"trigger": trigger})["status"] == outcome
+        s.ok("POST", f"/api/v1/apps/custom-invoicing/{inv['id']}/payment/status", {"trigger": trigger})  # 204
+        assert s.ok("GET", f"/api/v1/billing/invoices/{inv['id']}")["status"] == outcome
     yield s
     srv.stop()
 

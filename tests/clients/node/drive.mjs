@@ -389,7 +389,8 @@ await step('POST /api/v1/apps/custom-invoicing/{invoiceId}/issuing/synchronized'
   await om.apps.customInvoicing.issuingSynchronized(v.customInvoice.id, { invoicing: { invoiceNumber: 'NODE-1', invoiceId: 'erp-1' } });
 });
 await step('POST /api/v1/apps/custom-invoicing/{invoiceId}/payment/status', async () => {
-  const out = await om.apps.customInvoicing.updatePaymentStatus(v.customInvoice.id, { trigger: 'paid' });
+  await om.apps.customInvoicing.updatePaymentStatus(v.customInvoice.id, { trigger: 'paid' }); // 204, as OpenMeter
+  const out = await om.billing.invoices.get(v.customInvoice.id);
   if (out.status !== 'paid') throw new Error(out.status);
 });
 
