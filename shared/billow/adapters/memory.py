@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 from billow import jsonx
-from billow import jsonx
 from billow.domain.events import CloudEvent
 from billow.domain.usage import (
     AggRow,
