@@ -22,7 +22,6 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow.bootstrap import Settings
-from billow.migrations import migrate_all
 from functions.observability import lambda_entry
 
 logger = Logger(service="billow-migrate")
@@ -112,6 +111,9 @@ def provision_namespace(settings: Settings) -> str:
 
 @lambda_entry(None, logger=logger)
 def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict[str, str]:
+    # SQLAlchemy (and Alembic when there is work) load here, not at the cold import
+    from billow.migrations import migrate_all
+
     settings = Settings.from_env()
     role = ensure_app_role(settings)
     unfilled = settings.usage_store == "clickhouse" and PLACEHOLDER_HOST in (settings.clickhouse_dsn or "")
