@@ -183,3 +183,12 @@ def test_the_shipped_bundle_path_exists_where_lambda_runs_the_code(lambda_assets
     _, code, _ = lambda_assets
     assert LAMBDA_PATH == f"/var/task/{ASSET_NAME}"  # Lambda unpacks the code asset into /var/task
     assert (Path(code) / ASSET_NAME).read_bytes() == BUNDLE.read_bytes()
+
+
+def test_dev_without_the_proxy_is_cdk_nag_clean(dev: Synth) -> None:
+    from aws_cdk.assertions import Annotations, Match
+
+    annotations = Annotations.from_stack(dev.stack)
+    found = [*annotations.find_error("*", Match.string_like_regexp(".*AwsSolutions-.*")),
+             *annotations.find_warning("*", Match.string_like_regexp(".*(AwsSolutions|CdkNag).*"))]
+    assert not found, [f"{e.id}: {str(e.entry.data)[:160]}" for e in found]
