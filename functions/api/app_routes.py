@@ -133,7 +133,7 @@ def list_customer_apps(customer: str) -> Response:
 def put_customer_apps(customer: str) -> Response:
     c = _c()
     return ok(svc.put_customer_apps(c.namespace, path_param(customer), _body(), apps=c.app_store(), meta=c.meta,
-                                    now=c.clock.now()))
+                                    stripe=c.stripe_account, now=c.clock.now()))
 
 
 @router.delete("/api/v1/customers/<customer>/apps/<app_id>")
@@ -154,7 +154,8 @@ def get_customer_stripe(customer: str) -> Response:
 def put_customer_stripe(customer: str) -> Response:
     c = _c()
     return ok(svc.put_customer_stripe(c.namespace, path_param(customer), _body(), apps=c.app_store(),
-                                      billing=c.billing_store(), meta=c.meta, now=c.clock.now()))
+                                      billing=c.billing_store(), meta=c.meta, stripe=c.stripe_account,
+                                      now=c.clock.now()))
 
 
 @router.post("/api/v1/customers/<customer>/stripe/portal")

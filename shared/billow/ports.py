@@ -258,6 +258,7 @@ class BillingApps(Protocol):
         """Its status changed (paid, voided, overdue, ...): the notification rules hear of it."""
         ...
 
+
 # -- apps ---------------------------------------------------------------------------------------------------------
 class AppStore(Protocol):
     """Installed apps (OpenMeter's App JSON, ULIDs unique across namespaces; secrets kept apart) and customer app
@@ -297,6 +298,8 @@ class StripeAccount(Protocol):
         ...
 
     def ensure_customer(self, customer: dict[str, Any], existing_id: str | None = None) -> str: ...
+
+    def customer_exists(self, stripe_customer_id: str) -> bool: ...
 
     def portal_session(self, stripe_customer_id: str, *, configuration: str | None = None,
                        locale: str | None = None, return_url: str | None = None) -> dict[str, Any]: ...

@@ -198,6 +198,12 @@ def test_customer_apps_stripe_data_portal_and_checkout(billow: Billow, stripe: t
     assert b.call("GET", f"{base}/apps", query={"type": "paypal"})[0] == 400
     refused(b, "GET", "/api/v1/customers/nobody/apps", None, "", 404)
 
+    # The Stripe customer must exist in the app's Stripe account.
+    refused(b, "PUT", f"{base}/apps", [{"type": "stripe", "stripeCustomerId": "cus_nobody"}], "[0].stripeCustomerId")
+    refused(b, "PUT", f"{base}/stripe", {"stripeCustomerId": "cus_nobody"}, "stripeCustomerId")
+    refused(b, "POST", "/api/v1/stripe/checkout/sessions",
+            {"customer": {"key": "acme"}, "options": {}, "stripeCustomerId": "cus_nobody"}, "stripeCustomerId")
+    assert b.call("GET", f"{base}/stripe")[0] == 404  # nothing recorded
     stripe_customer = standin._create_customer({"email": "ap@acme.test"})["id"]
     (item,) = b.ok("PUT", f"{base}/apps", [{"type": "stripe", "stripeCustomerId": stripe_customer}])
     assert (item["id"], item["stripeCustomerId"], item["app"]["id"]) == (app["id"], stripe_customer, app["id"])

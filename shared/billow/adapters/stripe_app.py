@@ -347,6 +347,20 @@ class StripeApp:
             raise _translate(exc, "reading the Stripe account") from exc
         return {"id": str(acct.id), "livemode": bool(getattr(acct, "livemode", False))}
 
+    def customer_exists(self, stripe_customer_id: str) -> bool:
+        """Whether the Stripe account has this customer (and it is not deleted)."""
+        import stripe
+
+        try:
+            found = self._client.v1.customers.retrieve(stripe_customer_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.code == "resource_missing":
+                return False
+            raise _translate(exc, f"looking up customer {stripe_customer_id}") from exc
+        except stripe.StripeError as exc:
+            raise _translate(exc, f"looking up customer {stripe_customer_id}") from exc
+        return not getattr(found, "deleted", False)
+
     def create_webhook_endpoint(self, url: str, app_id: str) -> dict[str, Any]:
         """The webhook endpoint Stripe sends this app's invoice events to: {id, secret} (the signing secret)."""
         params: dict[str, Any] = {"url": url, "enabled_events": sorted(WEBHOOK_STATUSES),

@@ -302,12 +302,27 @@ def _app_for(namespace: str, app_type: str, app_id: str | None, field: str, *, a
     return found
 
 
+def _check_stripe_customer(namespace: str, app: dict[str, Any], stripe_customer_id: str, field: str, *,
+                           apps: AppStore, stripe: StripeFor) -> None:
+    """The Stripe customer must exist in the app's Stripe account (as OpenMeter checks)."""
+    key = apps.app_secrets(namespace, app["id"]).get("apiKey")
+    if not key:
+        raise Conflict(f"Stripe app {app['id']} has no API key")
+    if not stripe(str(key)).customer_exists(stripe_customer_id):
+        raise bad(field, f"Stripe customer {stripe_customer_id[:64]!r} not found in Stripe account "
+                         f"{app.get('stripeAccountId')}")
+
+
 def put_customer_apps(namespace: str, customer_ref: str, body: object, *, apps: AppStore, meta: MetaStore,
-                      now: datetime) -> list[dict[str, Any]]:
+                      stripe: StripeFor, now: datetime) -> list[dict[str, Any]]:
     customer = _customer(namespace, customer_ref, meta)
     items = rules.customer_app_items(body)
     resolved = [(_app_for(namespace, it["type"], it.get("id"), f"[{i}].id" if it.get("id") else f"[{i}].type",
                           apps=apps, now=now), it) for i, it in enumerate(items)]
+    for i, (app, item) in enumerate(resolved):
+        if app["type"] == "stripe":
+            _check_stripe_customer(namespace, app, item["stripeCustomerId"], f"[{i}].stripeCustomerId", apps=apps,
+                                   stripe=stripe)
     out = []
     for app, item in resolved:
         data = {k: v for k, v in item.items() if k not in ("id", "type")}
@@ -349,10 +364,11 @@ def get_customer_stripe(namespace: str, customer_ref: str, *, apps: AppStore, bi
 
 
 def put_customer_stripe(namespace: str, customer_ref: str, body: object, *, apps: AppStore, billing: BillingStore,
-                        meta: MetaStore, now: datetime) -> dict[str, Any]:
+                        meta: MetaStore, stripe: StripeFor, now: datetime) -> dict[str, Any]:
     customer = _customer(namespace, customer_ref, meta)
     data = rules.stripe_customer_data(body)
     app = _customer_stripe_app(namespace, customer, apps=apps, billing=billing, now=now)
+    _check_stripe_customer(namespace, app, data["stripeCustomerId"], "stripeCustomerId", apps=apps, stripe=stripe)
     apps.put_customer_app(namespace, customer["id"], app["id"], data)
     return _data(app, data)
 
@@ -457,6 +473,9 @@ def checkout_session(namespace: str, body: object, *, apps: AppStore, meta: Meta
     if not key:
         raise Conflict(f"Stripe app {app['id']} has no API key")
     client = stripe(str(key))
+    if given is not None and not client.customer_exists(given):
+        raise bad("stripeCustomerId", f"Stripe customer {given[:64]!r} not found in Stripe account "
+                                      f"{app.get('stripeAccountId')}")
     stored = apps.customer_apps(namespace, customer["id"]).get(app["id"]) or {}
     stripe_customer = given or client.ensure_customer(customer, stored.get("stripeCustomerId"))
     if stored.get("stripeCustomerId") != stripe_customer:
