@@ -236,8 +236,13 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     # Billow's own operations: A's admin key, an LLM price override of A's; the documents' format and the static files.
     _, price = a.call("POST", "/api/v1/llm/prices", {"provider": "leakai", "model": "leak-model",
                                                      "inputPerMillionTokens": "1", "outputPerMillionTokens": "2"})
-    values.update(keyId=tokens["a_admin_id"], priceId=price["id"], format="html", file="portal.js")
-    secrets |= {price["id"], "leak-model"}
+    # ...and a backtest of A's plan (its result names A's customer).
+    status, backtest = a.call("POST", "/api/v1/billing/backtests?wait=true", {
+        "plan": "leak_plan", "from": "2026-01-01T00:00:00Z", "to": ent["currentUsagePeriod"]["from"]})
+    assert status == 200, backtest
+    values.update(keyId=tokens["a_admin_id"], priceId=price["id"], format="html", file="portal.js",
+                  backtestId=backtest["id"])
+    secrets |= {price["id"], "leak-model", backtest["id"]}
     doc = json.loads(resources.files("billow.web").joinpath("openapi.json").read_text())
     def sweep(caller: Tenant) -> None:
         for path, ops in doc["paths"].items():
@@ -259,7 +264,9 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
         status, body = b.call(method, path.format(values["appId"]), {} if method != "GET" else None)
         # (a 404 names the id the caller sent; nothing else of A's)
         assert status == 404 and not any(s in json.dumps(body) for s in ("Leak App", "leak-erp-ref")), (method, path, body)
-    # ...and with B's portal token for a subject of the same key as A's (the portal API needs a portal token).
+    # ...and with B's portal token for a subject of the same key as A's (the portal API needs a portal token); its own
+    # answers (GET /api/v1/portal/me) name that key, B's own subject's.
+    secrets.discard("leak_subject")
     sweep(Tenant(srv, b.call("POST", "/api/v1/portal/tokens", {"subject": "leak_subject"})[1]["token"]))
     # ...and none of B's writes touched A's resources.
     assert a.call("GET", "/api/v1/meters/leak_m")[0] == 200
