@@ -65,7 +65,7 @@ def update_app(app_id: str) -> Response:
 def uninstall_app(app_id: str) -> Response:
     c = _c()
     svc.uninstall_app(c.namespace, path_param(app_id), apps=c.app_store(), billing=c.billing_store(),
-                      now=c.clock.now())
+                      stripe=c.stripe_account, now=c.clock.now())
     return no_content()
 
 

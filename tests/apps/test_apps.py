@@ -282,3 +282,14 @@ def test_custom_invoicing_issuing_hook_and_profiles_naming_the_type(billow: Bill
     scheduled_run(b)
     (issued,) = [i for i in b.ok("GET", "/api/v1/billing/invoices")["items"] if i["id"] != waiting["id"]]
     assert issued["status"] == "payment_processing" and issued["workflow"]["apps"]["invoicing"] == ref
+
+
+def test_uninstalling_a_stripe_app_removes_its_webhook_endpoint(billow: Billow, stripe: tuple[StandIn, str]) -> None:
+    b, (standin, receiver) = billow, stripe
+    app = install_stripe(b, standin, createBillingProfile=False)["app"]
+    (endpoint_id,) = standin.webhook_endpoints
+    assert b.call("DELETE", f"{APPS}/{app['id']}")[0] == 204
+    assert standin.webhook_endpoints == {} and b.call("GET", f"{APPS}/{app['id']}")[0] == 404
+    assert [r["path"] for r in standin.requests if r["method"] == "DELETE"] == [f"/v1/webhook_endpoints/{endpoint_id}"]
+    standin.webhook_url = f"{receiver}/api/v1/apps/{app['id']}/stripe/webhook"
+    assert standin.emit("invoice.paid", {"id": "in_1", "object": "invoice", "metadata": {}}).status == 404

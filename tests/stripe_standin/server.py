@@ -356,6 +356,7 @@ class StandIn:
             ("POST", 2, "invoiceitems"): "POST /v1/invoiceitems",
             ("GET", 2, "account"): "GET /v1/account",
             ("POST", 2, "webhook_endpoints"): "POST /v1/webhook_endpoints",
+            ("DELETE", 3, "webhook_endpoints"): "DELETE /v1/webhook_endpoints/{webhook_endpoint}",
         }
         if len(parts) >= 2 and parts[0] == "v1":
             op = candidates.get((method, len(parts), parts[1]))
@@ -389,6 +390,11 @@ class StandIn:
                              "default_currency": "usd", "business_profile": {"name": "Stand-in"}}
             if op == "POST /v1/webhook_endpoints":
                 return 200, self._create_webhook_endpoint(params)
+            if op == "DELETE /v1/webhook_endpoints/{webhook_endpoint}":
+                if self.webhook_endpoints.pop(args[0], None) is None:
+                    raise StripeHTTPError(404, f"No such webhook endpoint: '{args[0]}'", code="resource_missing",
+                                          param="id")
+                return 200, {"id": args[0], "object": "webhook_endpoint", "deleted": True}
             if op == "POST /v1/billing_portal/sessions":
                 return 200, self._create_portal_session(params)
             if op == "POST /v1/checkout/sessions":
@@ -593,3 +599,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self._serve("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._serve("DELETE")

@@ -41,6 +41,7 @@ OPERATIONS: dict[str, str] = {
     "POST /v1/invoices/{invoice}/void": "InvoiceVoidInvoiceParams",
     "GET /v1/account": "AccountRetrieveCurrentParams",
     "POST /v1/webhook_endpoints": "WebhookEndpointCreateParams",
+    "DELETE /v1/webhook_endpoints/{webhook_endpoint}": "WebhookEndpointDeleteParams",
     "POST /v1/billing_portal/sessions": "billing_portal.SessionCreateParams",
     "POST /v1/checkout/sessions": "checkout.SessionCreateParams",
 }

@@ -369,6 +369,18 @@ class StripeApp:
                          key=f"billow-webhook-{app_id}")
         return {"id": str(out.id), "secret": str(out.secret)}
 
+    def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+        """Remove the app's webhook endpoint from Stripe (one already gone is fine)."""
+        import stripe
+
+        try:
+            self._client.v1.webhook_endpoints.delete(endpoint_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "resource_missing":
+                raise _translate(exc, f"deleting webhook endpoint {endpoint_id}") from exc
+        except stripe.StripeError as exc:
+            raise _translate(exc, f"deleting webhook endpoint {endpoint_id}") from exc
+
     def portal_session(self, stripe_customer_id: str, *, configuration: str | None = None,
                        locale: str | None = None, return_url: str | None = None) -> dict[str, Any]:
         """A Stripe customer portal session (billing_portal.sessions.create) as Stripe returned it."""

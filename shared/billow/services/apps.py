@@ -124,13 +124,22 @@ def _with_key(namespace: str, doc: dict[str, Any], key: str, field: str, *, apps
             "status": "ready"}, secrets
 
 
-def uninstall_app(namespace: str, id_: str, *, apps: AppStore, billing: BillingStore, now: datetime) -> None:
+def uninstall_app(namespace: str, id_: str, *, apps: AppStore, billing: BillingStore, stripe: StripeFor,
+                  now: datetime) -> None:
+    """Uninstall an app no billing profile uses; a Stripe app's webhook endpoint is removed from Stripe and its
+    secrets forgotten (its webhook path answers 404 from then on)."""
     doc = get_app(namespace, id_, apps=apps)
     users = [p["name"] for p in billing.list_profiles(namespace) if id_ in _profile_app_ids(p)]
     if users:
         raise Conflict(f"app {id_} is used by billing profile(s) {', '.join(users)}: change or delete them first")
+    secrets = None
+    if doc["type"] == "stripe":
+        key = apps.app_secrets(namespace, id_).get("apiKey")
+        if key and doc.get("stripeWebhookId"):
+            stripe(str(key)).delete_webhook_endpoint(str(doc["stripeWebhookId"]))
+        secrets = {}
     doc = {**doc, "deletedAt": format_rfc3339(now), "updatedAt": format_rfc3339(now)}
-    apps.put_app(namespace, doc)
+    apps.put_app(namespace, doc, secrets)
 
 
 def _profile_app_ids(profile: dict[str, Any]) -> set[str]:
