@@ -132,7 +132,7 @@ def uninstall_app(namespace: str, id_: str, *, apps: AppStore, billing: BillingS
     users = [p["name"] for p in billing.list_profiles(namespace) if id_ in _profile_app_ids(p)]
     if users:
         raise Conflict(f"app {id_} is used by billing profile(s) {', '.join(users)}: change or delete them first")
-    secrets = None
+    secrets: dict[str, Any] | None = None
     if doc["type"] == "stripe":
         key = apps.app_secrets(namespace, id_).get("apiKey")
         if key and doc.get("stripeWebhookId"):
