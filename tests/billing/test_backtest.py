@@ -246,3 +246,21 @@ def test_the_worked_example_of_docs_pricing_lab(billow: Billow) -> None:
     assert out["totals"] == {"customers": 3, "currency": "USD", "current": "232.50", "candidate": "236.00",
                              "difference": "3.50", "differencePercent": "1.51"}
     assert (out["distribution"]["more"], out["distribution"]["less"], out["distribution"]["same"]) == (1, 1, 1)
+
+
+def test_voided_and_deleted_invoices_count_nothing(billow: Billow) -> None:
+    b = billow
+    from tests.support.billing import PROFILE
+
+    subscribed(b, {**PROFILE, "workflow": {"invoicing": {"autoAdvance": False}}})  # invoices wait as drafts
+    b.clock.set("2026-04-01T00:10:00Z")
+    (april_fee,) = b.ok("POST", "/api/v1/billing/invoices/invoice", {"customerId": "acme"})
+    b.usage(1500, "2026-04-05T10:00:00Z")
+    b.clock.set("2026-05-01T00:10:00Z")
+    (may,) = b.ok("POST", "/api/v1/billing/invoices/invoice", {"customerId": "acme"})
+    assert row(backtest(b, "basic@1"))[:3] == ("62.49", "62.49", "0.00")  # drafts stand invoiced
+    b.ok("POST", f"/api/v1/billing/invoices/{april_fee['id']}/void")
+    # April's 49.99 voided: only the usage, 12.50 (on May's invoice), stands; the plan would charge 62.49.
+    assert row(backtest(b, "basic@1"))[:3] == ("12.50", "62.49", "49.99")
+    assert b.call("DELETE", f"/api/v1/billing/invoices/{may['id']}")[0] == 204
+    assert row(backtest(b, "basic@1"))[:3] == ("0.00", "62.49", "62.49")

@@ -69,14 +69,17 @@ def owed(charges: Iterable[subs.Charge], term: str | None = None) -> Decimal:
         return sum((c.line.total for c in charges if term is None or c.line.payment_term == term), Decimal(0))
 
 
-def invoiced(invoices: Iterable[dict[str, Any]], subs_by_id: Mapping[str, dict[str, Any]]) -> dict[tuple[str, datetime, str], Decimal]:
+def invoiced(invoices: Iterable[dict[str, Any]], subs_by_id: Mapping[str, dict[str, Any]], *,
+             include_dropped: bool = False) -> dict[tuple[str, datetime, str], Decimal]:
     """What the invoices billed per (subscription id, billing period start, payment term): the totals of their
     subscription lines' detailed lines, corrections included; voided, deleted and gathering invoices bill
-    nothing. A line belongs to the billing period of its subscription's cycle that contains its start."""
+    nothing (unless `include_dropped`: then voided and deleted ones count, to be taken off the billing marks).
+    A line belongs to the billing period of its subscription's cycle that contains its start."""
     out: dict[tuple[str, datetime, str], Decimal] = defaultdict(Decimal)
     with decimal.localcontext(EXACT):
         for inv in invoices:
-            if inv.get("status") in ("voided", "gathering", "deleted") or inv.get("deletedAt"):
+            dropped = inv.get("status") == "voided" or bool(inv.get("deletedAt"))
+            if inv.get("status") == "gathering" or dropped != include_dropped:
                 continue
             for line in inv.get("lines") or []:
                 sub = subs_by_id.get(((line.get("subscription") or {}).get("id")) or "")
@@ -86,6 +89,16 @@ def invoiced(invoices: Iterable[dict[str, Any]], subs_by_id: Mapping[str, dict[s
                 for child in line.get("children") or []:
                     out[(sub["id"], ps, child.get("paymentTerm") or "in_arrears")] += Decimal(child["totals"]["total"])
     return dict(out)
+
+
+def billed_amounts(marks: Mapping[tuple[str, datetime, str], Any],
+                   dropped: Mapping[tuple[str, datetime, str], Decimal]) -> dict[tuple[str, datetime, str], Decimal]:
+    """Per billing mark key, what stands invoiced: the mark's billed totals (`billow.domain.billing.Mark.billed`:
+    line key -> {"total", ...}; the sum of every line the billing run invoiced for it) less what voided or deleted
+    invoices held for it (`dropped`, from `invoiced(..., include_dropped=True)`)."""
+    with decimal.localcontext(EXACT):
+        return {k: sum((Decimal(v["total"]) for v in m.billed.values()), Decimal(0)) - dropped.get(k, Decimal(0))
+                for k, m in marks.items()}
 
 
 def current_owed(sub: dict[str, Any], period: tuple[datetime, datetime], *, billed: Collection[tuple[str, datetime, str]],

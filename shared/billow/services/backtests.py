@@ -217,11 +217,14 @@ def _reading(namespace: str, customers: list[dict[str, Any]], by_customer: dict[
              start: datetime, end: datetime, *, billing: BillingStore, meta: MetaStore, ents: EntitlementStore,
              usage: UsageStore) -> _Reading:
     by_id = {d["id"]: d for ds in by_customer.values() for d in ds}
-    billed = set(billing.marks_for(namespace, list(by_id))) if by_id else set()
-    ids = {c["id"] for c in customers}
-    amounts = bt.invoiced((i for i in billing.list_invoices(namespace, customer_ids=sorted(ids) if len(ids) <= 500 else None)
-                           if i["customer"]["id"] in ids), by_id)
-    r = _Reading(billed, amounts, {c["id"]: list((c.get("usageAttribution") or {}).get("subjectKeys") or [])
+    marks = billing.marks_for(namespace, list(by_id) if len(by_id) <= 500 else None) if by_id else {}
+    marks = {k: m for k, m in marks.items() if k[0] in by_id}
+    # Invoiced = what the marks say was billed (the sum of every invoice line the billing run wrote for the period
+    # and term, corrections included) less what voided or deleted invoices held: those few are all that is read.
+    dropped = [i for i in billing.list_invoices(namespace, statuses=["voided", "draft"])
+               if i["status"] == "voided" or i.get("deletedAt")]
+    amounts = bt.billed_amounts(marks, bt.invoiced(dropped, by_id, include_dropped=True))
+    r = _Reading(set(marks), amounts, {c["id"]: list((c.get("usageAttribution") or {}).get("subjectKeys") or [])
                                    for c in customers}, BatchedUsage(namespace, meta=meta, ents=ents, usage=usage))
     for cust in customers:
         for d in by_customer.get(cust["id"], []):
