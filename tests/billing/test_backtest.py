@@ -192,6 +192,8 @@ def test_bad_input_names_the_field(billow: Billow) -> None:
 
     assert field({"plan": "nope"}) == "plan.key"
     assert field({"plan": "basic@7"}) == "plan.version"
+    assert field({"plan": "basic@" + "9" * 5000}) == "plan.version"  # not int()'s ValueError past 4,300 digits
+    assert field({"plan": "basic@١"}) == "plan.version"
     assert field({"plan": {"key": "basic", "version": 9}}) == "plan.version"
     assert field({"plan": {"id": "01NOPE"}}) == "plan.id"
     assert field({"plan": "basic", "from": "2026-06-01T00:00:00Z", "to": "2026-07-01T00:00:00Z"}) == "from"

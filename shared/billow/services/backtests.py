@@ -55,7 +55,7 @@ def _plan_ref(ref: Any) -> Any:
         key, _, version = ref.partition("@")
         if not key:
             raise bad("plan", "must be KEY, KEY@version, {key, version?}, {id} or a plan body")
-        if version and not version.isdigit():
+        if version and not (version.isascii() and version.isdigit() and len(version) <= 9):
             raise bad("plan.version", f"{version[:32]!r} is not a version number")
         return {"key": key, "version": int(version) if version else None}
     return ref
