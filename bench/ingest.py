@@ -1,8 +1,17 @@
-"""Batch-ingest throughput into the embedded store (chdb + SQLite + in-process bus).
+"""Batch-ingest throughput into the embedded store (chdb + SQLite + in-process bus), with the store empty and already
+holding many events (issue 17: the per-event cost must not grow with the store).
 
-Measures two paths, each in a fresh data dir: the ingest use-case called directly (validation, meter
-extraction, dedup lookup, chdb insert) and real HTTP against the embedded host (`billow serve`'s server).
-Run: .venv/bin/python -m bench.ingest [--events 200000] [--batch 5000]
+For each preload size N (--preload, default 0, 10 M and 50 M) a fresh data dir gets N events (raw events and their
+meter values, so the dedup ledger, the values and every rollup hold N rows' worth) by INSERT ... SELECT FROM numbers(N)
+straight in chdb, its load time printed. Then, for each batch size (--batch, default 5,000 and 10,000), two paths
+ingest --events new events into that store, each in a process of its own (chdb opens one data path per process):
+  use-case  ingest_events -> in-process bus -> usage sink -> chdb (validation, meter values, dedup, inserts)
+  HTTP      POST /api/v1/events to `billow serve` on that data dir, one keep-alive client
+Each figure: events/s (wall clock) beside issue 17's budget, and the CPU time per event (the use-case process, or
+the server process for HTTP: user + system, all threads, chdb's included), with its ratio to the same figure on the
+empty store (budget: within 20 % at 50 M). The machine's load average is printed with every figure: on a shared
+machine wall-clock rates fall with the load, CPU per event much less.
+Run: .venv/bin/python -m bench.ingest [--events 100000] [--batch 5000,10000] [--preload 0,10000000,50000000]
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -20,6 +30,7 @@ from typing import Any
 
 METER = {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens",
          "groupBy": {"model": "$.model"}}
+NAMESPACE = "default"
 
 
 def batches(n: int, size: int, prefix: str) -> list[list[dict[str, Any]]]:
@@ -37,42 +48,94 @@ def budget(size: int) -> str:
     return f"budget >= {want} events/s" if want else "issue 17 sets budgets for batches of 5,000 and 10,000 only"
 
 
-def service_path(n: int, size: int) -> None:
-    from billow.bootstrap import Settings, build, install
-    from billow.services.ingest import ingest_events
+def budget_ok(size: int, rate: float) -> str:
+    want = {5_000: 80_000, 10_000: 100_000}.get(size)
+    return "" if want is None else ("ok" if rate >= want else "OVER")
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f} on {os.cpu_count()} CPUs"
+
+
+def _container(data_dir: str, **kw: Any) -> Any:
+    from billow.bootstrap import Settings, build
+
+    return build(Settings(data_dir=data_dir), **kw)
+
+
+def preload(data_dir: str, n: int) -> None:
+    """Store n events of the bench meter (raw events and values, so the ledger and rollups follow through their
+    views) straight in chdb. Prints the load time as JSON."""
+    from billow.bootstrap import install
     from billow.services.meters import create_meter
+
+    c = _container(data_dir)
+    install(c)
+    meter = create_meter(c.namespace, METER, meta=c.meta, usage=c.usage, now=c.clock.now(), sink_lock=c.sink_lock)
+    store = c.usage._real() if hasattr(c.usage, "_real") else c.usage
+    t0 = time.perf_counter()
+    step = 5_000_000  # blocks of the INSERT ... SELECT: bounded memory for the views' GROUP BY
+    for lo in range(0, n, step):
+        params = {"ns": c.namespace, "lo": lo, "n": min(step, n - lo), "mid": meter.id}
+        src = ("FROM numbers({lo:UInt64}, {n:UInt64})")
+        store._command(
+            "INSERT INTO events (namespace, source, id, type, subject, time, data, ingested_at) "
+            "SELECT {ns:String}, 'preload', toString(number), 'prompt', concat('customer-', toString(number % 100)), "
+            "toDateTime64('2025-01-01 00:00:00', 3, 'UTC') + toIntervalMillisecond(number * 613), "
+            "concat('{\"tokens\":', toString(number % 1000), ',\"model\":\"model-', toString(number % 8), '\"}'), "
+            "toDateTime64('2026-01-01 00:00:00', 3, 'UTC') " + src, params)
+        store._command(
+            "INSERT INTO meter_values (namespace, meter_id, subject, time, value, value_str, group_by, source, id) "
+            "SELECT {ns:String}, {mid:String}, concat('customer-', toString(number % 100)), "
+            "toDateTime64('2025-01-01 00:00:00', 3, 'UTC') + toIntervalMillisecond(number * 613), "
+            "toDecimal128(number % 1000, 18), '', map('model', concat('model-', toString(number % 8))), 'preload', "
+            "toString(number) " + src, params)
+    dt = time.perf_counter() - t0
+    c.close()
+    print(json.dumps({"events": n, "seconds": dt}))
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
+    from billow.bootstrap import install
+    from billow.services.ingest import ingest_events
     from functions.usage_sink.handler import lambda_handler as sink
 
-    with tempfile.TemporaryDirectory() as tmp:
-        c = build(Settings(data_dir=tmp), deliver=lambda ev: sink(ev, None))  # type: ignore[arg-type]
-        install(c)
-        create_meter(c.namespace, METER, meta=c.meta, usage=c.usage, now=c.clock.now(), sink_lock=c.sink_lock)
-        work = batches(n, size, "s")
-        assert c.bus is not None
-        t0 = time.perf_counter()
-        for b in work:
-            ingest_events(c.namespace, b, meta=c.meta, bus=c.bus, now=c.clock.now())
-        dt = time.perf_counter() - t0
-        print(f"ingest (use-case -> bus -> sink -> chdb): {n} events in {dt:.2f} s = {n / dt:,.0f} events/s "
-              f"(batches of {size}; {budget(size)}; store empty at the start)")
-        c.close()
+    c = _container(data_dir, deliver=lambda ev: sink(ev, None))
+    install(c)
+    work = batches(n, size, prefix)
+    assert c.bus is not None
+    ingest_events(c.namespace, work[0], meta=c.meta, bus=c.bus, now=c.clock.now())  # warm: meters, first insert
+    t0, c0 = time.perf_counter(), time.process_time()
+    for b in work[1:]:
+        ingest_events(c.namespace, b, meta=c.meta, bus=c.bus, now=c.clock.now())
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    c.close()
+    m = n - len(work[0])
+    print(json.dumps({"events": m, "seconds": dt, "cpu": cpu, "load": load()}))
 
 
-def http_path(n: int, size: int) -> None:
+def http_path(data_dir: str, n: int, size: int, prefix: str) -> None:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen([sys.executable, "-m", "billow.cli", "serve", "--port", str(port), "--data-dir", tmp],
-                                stdout=subprocess.PIPE, text=True)
-        try:
-            wait_ready(proc, timeout=120)
-            _measure_http(port, n, size)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    proc = subprocess.Popen([sys.executable, "-m", "billow.cli", "serve", "--port", str(port), "--data-dir", data_dir],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        wait_ready(proc, timeout=600)
+        print(json.dumps(_measure_http(port, proc.pid, n, size, prefix)))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
 
 
 def wait_ready(proc: subprocess.Popen[str], timeout: float) -> None:
@@ -97,36 +160,83 @@ def wait_ready(proc: subprocess.Popen[str], timeout: float) -> None:
     raise RuntimeError(f"the server was not ready within {timeout:.0f} s")
 
 
-def _measure_http(port: int, n: int, size: int) -> None:
-    """Every request has a bounded wait (120 s): a server that dies or hangs is an error, never a spin."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+def _measure_http(port: int, pid: int, n: int, size: int, prefix: str) -> dict[str, Any]:
+    """Every request has a bounded wait (600 s): a server that dies or hangs is an error, never a spin."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     conn.request("POST", "/api/v1/meters", json.dumps(METER), {"Content-Type": "application/json"})
-    conn.getresponse().read()
-    bodies = [json.dumps(b).encode() for b in batches(n, size, "h")]
-    t0 = time.perf_counter()
-    for body in bodies:
+    conn.getresponse().read()  # 201, or 409 when the preload made it
+    bodies = [json.dumps(b).encode() for b in batches(n, size, prefix)]
+
+    def post(body: bytes) -> None:
         conn.request("POST", "/api/v1/events", body, {"Content-Type": "application/cloudevents-batch+json"})
         r = conn.getresponse()
         r.read()
         assert r.status == 204, r.status
-    dt = time.perf_counter() - t0
-    conn.request("GET", "/api/v1/meters/tokens/query")
-    total = json.loads(conn.getresponse().read())["data"][0]["value"]
-    expected = sum(i % 1000 for i in range(n))
-    print(f"ingest (HTTP POST /api/v1/events, keep-alive, one client): {n} events in {dt:.2f} s = {n / dt:,.0f} "
-          f"events/s ({budget(size)}; store empty at the start); "
-          f"query total {total} (expected {expected}: {'ok' if total == expected else 'MISMATCH'})")
+
+    post(bodies[0])  # warm
+    t0, c0 = time.perf_counter(), _cpu_of(pid)
+    for body in bodies[1:]:
+        post(body)
+    dt, cpu = time.perf_counter() - t0, _cpu_of(pid) - c0
+    m = n - len(json.loads(bodies[0]))
+    # The new events' sum: the query total is checked against the events sent (exact).
+    return {"events": m, "seconds": dt, "cpu": cpu, "load": load()}
+
+
+def _run(code: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def check_total(data_dir: str, expected: int) -> tuple[int, int]:
+    """The bench meter's total over everything stored, against what was sent (exact)."""
+    from billow.domain.usage import UsageQuery, final_value
+
+    c = _container(data_dir)
+    meter = c.meta.get_meter(c.namespace, "tokens")
+    assert meter is not None
+    rows = c.usage.aggregate(UsageQuery(c.namespace, meter.id, "SUM", None, None, None, "UTC", None, [], False, None))
+    c.close()
+    return int(final_value("SUM", rows[0]) if rows else 0), expected
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=200_000)
-    ap.add_argument("--batch", type=int, default=5_000)
+    ap.add_argument("--events", type=int, default=100_000, help="events ingested per measurement")
+    ap.add_argument("--batch", default="5000,10000", help="batch sizes, comma-separated")
+    ap.add_argument("--preload", default="0,10000000,50000000", help="events stored before measuring, comma-separated")
+    ap.add_argument("--paths", default="service,http")
     args = ap.parse_args(argv)
-    # Each path in its own process: chdb opens one data path per process.
-    for path in ("service", "http"):
-        subprocess.run([sys.executable, "-c", f"from bench.ingest import {path}_path; {path}_path({args.events}, {args.batch})"],
-                       check=True)
+    sizes = [int(x) for x in args.batch.split(",")]
+    paths = args.paths.split(",")
+    base: dict[tuple[str, int], tuple[float, float]] = {}
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for n in (int(x) for x in args.preload.split(",")):
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BILLOW_BENCH_DIR")) as tmp:
+            loaded = _run(f"import sys; sys.path.insert(0, {here!r}); from bench.ingest import preload; "
+                          f"preload({tmp!r}, {n})")
+            print(f"store preloaded with {n:,} events (raw + values) in {loaded['seconds']:.1f} s "
+                  f"({n / loaded['seconds']:,.0f} rows/s; {load()})" if n else "store empty", flush=True)
+            expected = sum(i % 1000 for i in range(n))
+            for size in sizes:
+                for path in paths:
+                    prefix = f"{path[0]}{size}-"
+                    r = _run(f"import sys; sys.path.insert(0, {here!r}); from bench.ingest import {path}_path; "
+                             f"{path}_path({tmp!r}, {args.events}, {size}, {prefix!r})")
+                    expected += sum(i % 1000 for i in range(args.events))
+                    rate = r["events"] / r["seconds"]
+                    wall_us, cpu_us = r["seconds"] / r["events"] * 1e6, r["cpu"] / r["events"] * 1e6
+                    base.setdefault((path, size), (wall_us, cpu_us))
+                    b_wall, b_cpu = base[(path, size)]
+                    label = "use-case -> bus -> sink -> chdb" if path == "service" else "HTTP POST /api/v1/events"
+                    print(f"  ingest ({label}), batches of {size:,}, {n:,} stored: {rate:,.0f} events/s "
+                          f"[{budget(size)}: {budget_ok(size, rate)}]; {wall_us:.1f} us/event wall "
+                          f"({wall_us / b_wall:.2f} x empty), {cpu_us:.1f} us CPU/event ({cpu_us / b_cpu:.2f} x empty; "
+                          f"budget <= 1.20 x at 50 M); {r['load']}", flush=True)
+            got, want = _run(f"import sys, json; sys.path.insert(0, {here!r}); from bench.ingest import check_total; "
+                             f"print(json.dumps(check_total({tmp!r}, {expected})))")
+            print(f"  total of the bench meter: {got} (expected {want}: {'ok' if got == want else 'MISMATCH'})",
+                  flush=True)
 
 
 if __name__ == "__main__":
