@@ -34,8 +34,11 @@ def _qs() -> dict[str, list[str]]:
 # -- profiles and overrides ------------------------------------------------------------------------------------
 @router.get("/api/v1/billing/profiles")
 def list_profiles() -> Response:
+    from billow.services.apps import profiles_view
+
     c, store = _c()
-    return ok(pages.page(store.list_profiles(c.namespace), _qs()))
+    qs = _qs()
+    return ok(pages.page(profiles_view(c.namespace, store.list_profiles(c.namespace), qs, apps=c.app_store()), qs))
 
 
 @router.post("/api/v1/billing/profiles")
@@ -46,8 +49,12 @@ def create_profile() -> Response:
 
 @router.get("/api/v1/billing/profiles/<pid>")
 def get_profile(pid: str) -> Response:
+    from billow.services.apps import profiles_view
+
     c, store = _c()
-    return ok(billing.get_profile(c.namespace, path_param(pid), store=store))
+    (doc,) = profiles_view(c.namespace, [billing.get_profile(c.namespace, path_param(pid), store=store)], _qs(),
+                           apps=c.app_store())
+    return ok(doc)
 
 
 @router.put("/api/v1/billing/profiles/<pid>")

@@ -79,6 +79,12 @@ def test_custom_invoicing_install_and_profiles_that_name_apps_by_id(billow: Bill
                                "invoicing": {"id": app["id"], "type": "custom_invoicing"},
                                "payment": {"id": app["id"], "type": "custom_invoicing"}}
     assert b.ok("GET", f"/api/v1/billing/profiles/{profile['id']}")["apps"] == profile["apps"]
+    # expand=apps: the apps themselves (OpenMeter's BillingProfileApps).
+    expanded = b.ok("GET", f"/api/v1/billing/profiles/{profile['id']}", query={"expand": "apps"})["apps"]
+    assert expanded["tax"] == b.ok("GET", f"{APPS}/{sandbox['id']}") and expanded["invoicing"]["name"] == "ERP"
+    (listed,) = b.ok("GET", "/api/v1/billing/profiles", query={"expand": "apps"})["items"]
+    assert listed["apps"] == expanded
+    refused(b, "GET", "/api/v1/billing/profiles?expand=everything", None, "expand")
     # Type names still work (backwards compatible): the namespace's installed app of that type.
     by_type = b.ok("POST", "/api/v1/billing/profiles", {**PROFILE, "default": False, "name": "By type"})
     assert by_type["apps"]["invoicing"] == {"id": sandbox["id"], "type": "sandbox"}

@@ -250,6 +250,24 @@ def link_profile_apps(namespace: str, parsed: dict[str, str], *, apps: AppStore,
     return out
 
 
+def profiles_view(namespace: str, profiles: list[dict[str, Any]], qs: dict[str, list[str]], *,
+                  apps: AppStore) -> list[dict[str, Any]]:
+    """Billing profiles as served: with `expand=apps` each app reference {id, type} is the app itself
+    (OpenMeter's BillingProfileApps); any other expand value is a 400 naming it."""
+    wanted = {v for raw in qs.get("expand", []) for v in raw.split(",")}
+    if wanted - {"apps"}:
+        raise bad("expand", "must be apps")
+    if not wanted:
+        return profiles
+    out = []
+    for profile in profiles:
+        refs = profile.get("apps") or {}
+        docs = {role: apps.get_app(namespace, ref["id"]) if isinstance(ref, dict) and ref.get("id") else None
+                for role, ref in refs.items()}
+        out.append({**profile, "apps": {role: docs[role] or ref for role, ref in refs.items()}})
+    return out
+
+
 # -- customer app data ------------------------------------------------------------------------------------------------
 class StripeCustomerData:
     """One Stripe app's customer data as the Stripe invoicing app reads and records it (the Stripe customer of a
