@@ -439,6 +439,24 @@ def drive(srv: Server, standin: StandIn) -> dict[str, str]:  # noqa: C901 (one s
          lambda: c.customer_stripe.create_portal_session("p_cust", {"returnUrl": "https://example.com/back"}))
     step("POST /api/v1/stripe/checkout/sessions", lambda: c.app_stripe.create_checkout_session({
         "appId": v["stripe"]["id"], "customer": {"key": "p_cust"}, "options": {"successURL": "https://example.com/ok"}}))
+    def retry() -> None:
+        # An invoice whose sync with Stripe fails (the stand-in answers 503 until told otherwise) waits in
+        # issuing.failed; once Stripe answers again, `retry` issues it.
+        stripe_profile = next(pr for pr in _items(c.billing_profiles.list())
+                              if v["stripe"]["id"] in json.dumps(pr["apps"]))
+        c.customer_overrides.upsert(v["cust"].id, {"billingProfileId": stripe_profile["id"]})
+        standin.inject("unavailable", path="/v1/invoices", times=1_000_000)
+        try:
+            failed = draft("Py line 6")
+            if failed["statusDetails"]["extendedStatus"] != "issuing.failed":
+                c.invoice.approve_action(failed.id)
+            assert c.invoice.get_invoice(failed.id)["statusDetails"]["extendedStatus"] == "issuing.failed"
+        finally:
+            with standin._lock:
+                standin._faults.clear()
+        c.invoice.retry_action(failed.id)
+        assert c.invoice.get_invoice(failed.id)["status"] != "issuing", "still issuing after the retry"
+    step("POST /api/v1/billing/invoices/{invoiceId}/retry", retry)
     step("DELETE /api/v1/customers/{customerIdOrKey}/apps/{appId}", lambda: c.customer_apps.delete_app_data("p_cust", v["stripe"]["id"]))
 
     def uninstall() -> None:

@@ -429,6 +429,27 @@ await step('POST /api/v1/stripe/checkout/sessions', async () => {
   await om.apps.stripe.createCheckoutSession({ appId: v.stripe.id, customer: { key: 'n_cust' },
     options: { successURL: 'https://example.com/ok' } });
 });
+// An invoice whose sync with Stripe fails (the stand-in answers 503 until the test's fault switch is cleared) waits
+// in issuing.failed; once Stripe answers again, `retry` issues it.
+await step('POST /api/v1/billing/invoices/{invoiceId}/retry', async () => {
+  const profiles = (await om.billing.profiles.list({})).items;
+  const stripeProfile = profiles.find((p) => JSON.stringify(p.apps ?? {}).includes(v.stripe.id));
+  await om.billing.customers.createOverride(v.cust.id, { billingProfileId: stripeProfile.id });
+  const faults = process.env.STRIPE_FAULTS_URL;
+  await fetch(`${faults}/unavailable?path=/v1/invoices`, { method: 'POST' });
+  let failed;
+  try {
+    failed = await draftInvoice('Node line 6');
+    if (failed.statusDetails.extendedStatus !== 'issuing.failed') await om.billing.invoices.approve(failed.id);
+    const state = (await om.billing.invoices.get(failed.id)).statusDetails.extendedStatus;
+    if (state !== 'issuing.failed') throw new Error(`not failed: ${state}`);
+  } finally {
+    await fetch(`${faults}/clear`, { method: 'POST' });
+  }
+  await om.billing.invoices.retry(failed.id);
+  const after = await om.billing.invoices.get(failed.id);
+  if (after.status === 'issuing') throw new Error('still issuing after the retry');
+});
 await step('DELETE /api/v1/customers/{customerIdOrKey}/apps/{appId}', async () => { await om.customers.apps.delete('n_cust', v.stripe.id); });
 await step('DELETE /api/v1/apps/{id}', async () => {
   // Installing made a billing profile on the app, the default (as OpenMeter does): another becomes the default, then
