@@ -42,3 +42,23 @@ def test_each_document_embeds_its_own_subset_whatever_came_before() -> None:
     assert render_pdf(plain) == first
     assert "Ωμέγα Ж" in _text(render_pdf(greek)) and "Ωμέγα" not in _text(first)
     assert "ACME-0001" in _text(first)
+
+
+def test_the_full_font_is_cut_once_per_glyph_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fpdf2 cut each document's subset out of the whole font (~6,000 glyphs: most of a PDF's CPU time, issue 17
+    item 6); the cut of the whole font is kept per set of glyphs, and a document's own subset is cut from it, so
+    documents with the glyphs of an earlier one do not cut the whole font again. Bytes stay deterministic."""
+    from fontTools import subset
+
+    first = render_pdf(invoice(number="ACME-7"))
+    cut: list[int] = []
+    real = subset.Subsetter.subset
+
+    def counting(self: Any, font: Any) -> None:
+        cut.append(font["maxp"].numGlyphs)
+        real(self, font)
+
+    monkeypatch.setattr(subset.Subsetter, "subset", counting)
+    again = [render_pdf(invoice(number="ACME-7")) for _ in range(3)]
+    assert cut and max(cut) < 1000, cut  # only small fonts cut: no pass over the whole font
+    assert again == [first] * 3
