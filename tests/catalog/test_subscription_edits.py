@@ -257,3 +257,59 @@ def test_a_replaced_item_is_invoiced_version_by_version(billow: Billow) -> None:
                 month = ln["period"]["from"][:7]
                 billed[month] = billed.get(month, Decimal(0)) + Decimal(ln["totals"]["total"])
     assert billed == {"2026-04": Decimal("40.00"), "2026-05": Decimal("60.00")}
+
+
+def test_any_edit_is_answered_without_a_server_error_and_leaves_a_sound_subscription(billow: Billow) -> None:
+    """Property: random batches of edit operations (valid and not) on a three-phase subscription are answered with
+    a 2xx or a problem+json 4xx, never a 5xx; after every accepted batch the phases still follow each other without
+    gaps or overlaps and the subscription still renders and rates."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    b = billow
+    setup(b)
+    sub = _phased(b)
+    path = f"/api/v1/subscriptions/{sub['id']}"
+    b.clock.set("2026-01-10T00:00:00Z")
+    junk = st.sampled_from([None, 5, "", "x", [], {}, "P1D", "bogus"])
+    card = st.sampled_from([SUPPORT, {**SUPPORT, "key": "base"}, {**SUPPORT, "billingCadence": "P1W"}, {"type": "x"},
+                            {**SUPPORT, "key": "extra", "price": None}])
+    op = st.one_of(
+        st.fixed_dictionaries({"op": st.just("add_item"), "phaseKey": st.sampled_from(["trial", "intro", "default", "no"]),
+                               "rateCard": card}),
+        st.fixed_dictionaries({"op": st.just("remove_item"), "phaseKey": st.sampled_from(["trial", "intro", "default"]),
+                               "itemKey": st.sampled_from(["base", "support", "extra", "none"])}),
+        st.fixed_dictionaries({"op": st.just("stretch_phase"), "phaseKey": st.sampled_from(["trial", "intro", "default"]),
+                               "extendBy": st.sampled_from(["P1D", "P1M", "PT1H", "P-1D", "PT0S", "x", 3])}),
+        st.fixed_dictionaries({"op": st.just("remove_phase"), "phaseKey": st.sampled_from(["trial", "intro", "default", "p2"]),
+                               "shift": st.sampled_from(["next", "prev", "up"])}),
+        st.fixed_dictionaries({"op": st.just("add_phase"), "phase": st.fixed_dictionaries({
+            "key": st.sampled_from(["p2", "p3", "trial", "Bad Key"]), "name": st.sampled_from(["P", ""]),
+            "startAfter": st.sampled_from(["P15D", "P1M", "P2M", "P1Y", "P1D", None, "x"]),
+            "duration": st.sampled_from(["P1M", "P10D", None, "x"])})}),
+        st.fixed_dictionaries({"op": st.sampled_from(["unschedule_edit", "bogus"])}),
+        st.dictionaries(st.sampled_from(["op", "phaseKey", "itemKey", "rateCard", "phase", "shift", "extendBy"]), junk),
+    )
+    body = st.fixed_dictionaries({"customizations": st.lists(op, max_size=4)}, optional={
+        "timing": st.sampled_from(["immediate", "next_billing_cycle", "2026-01-20T00:00:00Z", "2025-01-01T00:00:00Z", 7])})
+    accepted = 0
+
+    @given(body=body)
+    @settings(max_examples=120, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    def edit(body: dict[str, Any]) -> None:
+        nonlocal accepted
+        status, out = b.call("PATCH", path, body)
+        assert status < 500, (body, out)
+        if status >= 400:
+            assert out["status"] == status and out["detail"], out
+            return
+        accepted += 1
+        phases = b.ok("GET", path)["phases"]
+        for prev, nxt in zip(phases, phases[1:], strict=False):
+            assert prev["activeTo"] == nxt["activeFrom"], phases
+        assert all(p["activeTo"] is None or p["activeFrom"] < p["activeTo"] for p in phases), phases
+        b.ok("GET", f"/api/v1/subscriptions/{sub['id']}/charges", query={"at": "2026-02-20T00:00:00Z"})
+
+    edit()
+    assert accepted > 0
