@@ -195,7 +195,8 @@ def _document_font(index: int) -> TTFFont:
 def _precut(glyph_names: frozenset[str]) -> bytes:
     """The whole font cut down to these glyphs (glyph names kept), saved: fpdf2 then cuts a document's subset out
     of this small font, not out of the whole one (~6,000 glyphs, most of a PDF's CPU time). A function of the glyph
-    set alone, so a document's bytes do not depend on what was drawn before (or cached)."""
+    set alone, so a document's bytes do not depend on what was drawn before (or cached). A document whose glyphs
+    are all common ones (`_common_glyphs`) is cut from the precut of those."""
     from fontTools import subset, ttLib
 
     _, data = _font_template()
@@ -210,6 +211,14 @@ def _precut(glyph_names: frozenset[str]) -> bytes:
     return out.getvalue()
 
 
+@functools.cache
+def _common_glyphs() -> frozenset[str]:
+    """The glyphs of printable ASCII, Latin-1 and a few symbols invoices use (EUR, dashes, quotes, bullet)."""
+    template, _ = _font_template()
+    chars = [*range(0x20, 0x7F), *range(0xA0, 0x100), *map(ord, "€–—‘’“”•…−")]
+    return frozenset({".notdef", *(template.cmap[c] for c in chars if c in template.cmap)})
+
+
 def _output_producer() -> type:
     """fpdf2's OutputProducer, with the embedded font swapped for its precut (see `_precut`) just before fpdf2
     subsets it: at that point the document's glyphs are final."""
@@ -220,6 +229,8 @@ def _output_producer() -> type:
         def _add_fonts(self, *args: Any, **kwargs: Any) -> Any:
             font: TTFFont = self.fpdf.fonts["dejavu"]  # type: ignore[assignment]
             glyphs = frozenset(font.subset.get_all_glyph_names())
+            if glyphs <= _common_glyphs():  # most invoices: one precut for all of them
+                glyphs = _common_glyphs()
             font.ttfont = ttLib.TTFont(io.BytesIO(_precut(glyphs)), recalcTimestamp=False, lazy=True)
             return super()._add_fonts(*args, **kwargs)
 
