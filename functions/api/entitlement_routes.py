@@ -120,7 +120,8 @@ def override_entitlement(subject: str, entitlement: str) -> Response:
 @router.get("/api/v1/subjects/<subject>/entitlements/<entitlement>/value")
 def entitlement_value(subject: str, entitlement: str) -> Response:
     c = container()
-    key = entitlements.subject_key(c.namespace, path_param(subject), c.meta)
+    cache = c.balance_cache
+    key = (cache.subject_key if cache is not None else entitlements.subject_key)(c.namespace, path_param(subject), c.meta)
     return ok(balances.value(c.namespace, [key], path_param(entitlement), _at(), store=c.entitlements, meta=c.meta,
                              usage=c.usage, now=c.clock.now(), cache=c.balance_cache))
 

@@ -117,6 +117,7 @@ class MetaStore(Protocol):
     def customers_for_subjects(self, namespace: str, subjects: Iterable[str]) -> dict[str, str]: ...
 
     customers_generation: int  # bumped by every customer write of this process
+    subjects_generation: int  # bumped by every subject write of this process
 
     def fellow_subjects(self, namespace: str, subjects: Iterable[str]) -> list[str]:
         """Every subject key of the customers that own any of `subjects` (one query)."""

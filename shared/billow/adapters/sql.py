@@ -130,6 +130,7 @@ class SqlMetaStore:
         self._cache: dict[str, tuple[frozenset[tuple[str, datetime | None]], list[Meter]]] = {}
         # Counts this process's customer writes: subjects of a customer remembered at an older count are stale.
         self.customers_generation = 0
+        self.subjects_generation = 0  # the same for subject writes (a balance cache remembers subject keys)
 
     def _tx(self) -> Any:
         return self.engine.begin()
@@ -240,7 +241,9 @@ class SqlMetaStore:
             else:
                 sid = row.id
                 c.execute(subjects.update().where(subjects.c.id == sid).values(**values))
-            return _subject(c.execute(sa.select(subjects).where(subjects.c.id == sid)).one())
+            out = _subject(c.execute(sa.select(subjects).where(subjects.c.id == sid)).one())
+        self.subjects_generation += 1
+        return out
 
     def list_subjects(self, namespace: str) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
@@ -259,6 +262,7 @@ class SqlMetaStore:
         with self._tx() as c:
             c.execute(subjects.update().where(subjects.c.namespace == namespace, subjects.c.id == subject_id)
                       .values(deleted_at=at, updated_at=at))
+        self.subjects_generation += 1
 
     # -- customers --------------------------------------------------------------------------------
     def put_customer(self, namespace: str, customer: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from billow.services.entitlements import (
     period_of,
     reset_schedule,
     resolve,
+    subject_key,
 )
 from billow.services.query import parse_filters
 from billow.services.sink import LATE_AFTER
@@ -197,6 +198,7 @@ class BalanceCache:
         self._items: dict[tuple[str, tuple[str, ...], str], tuple[int, tuple[int, ...], datetime, datetime | None,
                                                                 dict[str, Any]]] = {}
         self._parties: dict[tuple[str, tuple[str, ...]], tuple[int, list[str]]] = {}
+        self._subjects: dict[tuple[str, str], tuple[tuple[int, int], str]] = {}
         self.max_items = max_items
 
     def party(self, namespace: str, subjects: list[str], meta: MetaStore) -> list[str]:
@@ -210,6 +212,20 @@ class BalanceCache:
             if len(self._parties) >= self.max_items:
                 self._parties.clear()
             self._parties[key] = (generation, out)
+        return out
+
+    def subject_key(self, namespace: str, id_or_key: str, meta: MetaStore) -> str:
+        """`entitlements.subject_key`, remembered until this process writes a subject or a customer: a cached check
+        then reads nothing from the meta database (that SELECT was most of its time)."""
+        key, generation = (namespace, id_or_key), (meta.subjects_generation, meta.customers_generation)
+        hit = self._subjects.get(key)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        out = subject_key(namespace, id_or_key, meta)  # NotFound is not remembered
+        with self._lock:
+            if len(self._subjects) >= self.max_items:
+                self._subjects.clear()
+            self._subjects[key] = (generation, out)
         return out
 
     def usage_stored(self, namespace: str, subjects: Iterable[str]) -> None:
