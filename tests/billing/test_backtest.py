@@ -8,6 +8,9 @@ import sqlite3
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
+from billow.errors import NotFound
 from billow.services import backtests
 from tests.billing.conftest import Billow
 from tests.support.billing import invoices, scheduled_run, subscribed
@@ -156,6 +159,8 @@ def test_runs_as_a_job_with_progress_and_csv(billow: Billow) -> None:
     assert out["statusCode"] == 200 and out["headers"]["Content-Type"].startswith("text/csv")
     assert out["body"].splitlines()[1].endswith(",USD,1,62.49,62.49,0.00,0.00")
     assert b.call("GET", "/api/v1/info/progress/nope")[0] == 404
+    with pytest.raises(NotFound):  # a job is its namespace's only
+        backtests.get("another_namespace", job["id"])
 
 
 def _snapshot(b: Billow) -> tuple[list[str], Any]:
