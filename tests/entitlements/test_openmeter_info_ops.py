@@ -139,6 +139,8 @@ def test_v2_events_filters_and_cursor_pagination(billow: Billow) -> None:
     assert ids({"source": {"$or": [{"$eq": "web"}, {"$eq": "nope"}]}}) == ["x4", "e2"]
     assert ids({"id": {"$and": [{"$gte": "e2"}, {"$lt": "e5"}]}}) == ["e3", "e2"]
     assert ids({"customerId": {"$in": [acme["id"]]}}) == ["e5", "e3", "e1"]
+    assert ids({"customerId": {"$in": [acme["id"]]}, "subject": {"$eq": "customer_2"}}) == []
+    assert ids({"subject": {"$in": ["customer_2", "nobody"], "$ne": "x"}, "type": {"$eq": "prompt"}}) == ["x4", "e2"]
     assert ids({"time": {"$gte": "2026-01-10T02:00:00Z", "$lt": "2026-01-10T05:00:00Z"}}) == ["e3", "x4", "e2"]
     assert ids({"time": {"$or": [{"$lte": "2026-01-10T01:00:00Z"}, {"$gt": "2026-01-10T04:00:00Z"}]}}) == ["e5", "e1"]
     assert ids({"ingestedAt": {"$gte": "2026-01-10T12:00:00Z"}}) == seen

@@ -187,22 +187,26 @@ def list_events(namespace: str, qs: dict[str, list[str]], *, usage: UsageStore, 
     if not isinstance(flt, dict):
         raise bad("filter", "must be a JSON object")
     checks: list[Callable[[StoredEvent], bool]] = []
-    subjects: list[str] | None = None
+    wanted: set[str] | None = None  # the subjects the filter can match (None: any)
     start = end = None
     for name, node in flt.items():
         field = f"filter.{name}"
         if name in STRING_FIELDS:
             checks.append(_on(name, _string_filter(node, field)))
+            if name == "subject" and (named := _named(node)) is not None:  # read only those subjects' events
+                wanted = named if wanted is None else wanted & named
         elif name in TIME_FIELDS:
             tpred, lo, hi = _time_filter(node, field)
             if name == "time":
                 start, end = lo, hi
             checks.append(_on(name, tpred))
         elif name == "customerId":
-            subjects = _customer_subjects(namespace, node, field, meta)
+            owned = set(_customer_subjects(namespace, node, field, meta))
+            wanted = owned if wanted is None else wanted & owned
         else:
             raise bad(field, f"unknown field; one of {', '.join((*STRING_FIELDS, 'customerId', *TIME_FIELDS))}")
     items: list[StoredEvent] = []
+    subjects = sorted(wanted) if wanted is not None else None
     if subjects is None or subjects:
         for s in scan(usage, namespace, subjects=subjects, start=start, end=end, after=after):
             if all(check(s) for check in checks):
@@ -222,6 +226,15 @@ def list_events(namespace: str, qs: dict[str, list[str]], *, usage: UsageStore, 
     if items:
         page["nextCursor"] = _encode(items[-1])
     return page
+
+
+def _named(node: Any) -> set[str] | None:
+    """The subjects a (checked) subject filter names at its top level with $eq or $in; None if it names none."""
+    if isinstance(node.get("$eq"), str):
+        return {node["$eq"]}
+    if isinstance(node.get("$in"), list):
+        return set(node["$in"])
+    return None
 
 
 def _on(name: str, pred: Pred) -> Callable[[StoredEvent], bool]:
