@@ -188,11 +188,10 @@ def run_backtest(call: Request, body: dict[str, Any], *, out: Any, err: Any, pol
         failed = f", {p['failed']} failed" if p["failed"] else ""
         print(f"\rbacktest [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} customers{failed}", end="", file=err,
               flush=True)
-        if done >= total:
-            st, rtext = call("GET", f"/api/v1/billing/backtests/{job['id']}", None, "application/json")
-            result = json.loads(rtext)
-            if result["status"] != "running":
-                break
+        st, rtext = call("GET", f"/api/v1/billing/backtests/{job['id']}", None, "application/json")
+        result = json.loads(rtext)  # small while it runs (the rows come with the result)
+        if result["status"] != "running":  # done, or failed as a whole (then not every customer was counted)
+            break
         pause.wait(poll_s)
     print("", file=err)
     if result["status"] != "succeeded":

@@ -204,10 +204,8 @@
         bar.max = Math.max(1, total);
         bar.value = done;
         $("bt-progress-text").textContent = `${done} of ${total} customers` + (failed ? `, ${failed} failed` : "");
-        if (done >= total) {
-          result = await api(`/api/v1/billing/backtests/${job.id}`);
-          if (result.status !== "running") break;
-        }
+        result = await api(`/api/v1/billing/backtests/${job.id}`);  // small while it runs
+        if (result.status !== "running") break;  // done, or failed as a whole
         await new Promise((resolve) => setTimeout(resolve, 250));
       }
       if (result.status !== "succeeded") throw new Error(result.error || "the backtest failed");
