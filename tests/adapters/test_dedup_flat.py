@@ -90,3 +90,19 @@ def test_written_keys_tells_stored_begun_and_new_apart(usage_store: Any, namespa
     assert stored == {("src", "e1")}
     assert begun == {("src", "e2")}
     assert usage_store.written_keys("elsewhere", [("src", "e1"), ("src", "e2")]) == (set(), set())
+
+
+def test_a_write_whose_ledger_rows_were_lost_is_still_found(chdb_store: ClickHouseUsageStore, namespace: str) -> None:
+    """chdb writes a view's part after its table's: a crash between the events part and the ledger's state-1 rows leaves
+    keys the ledger shows begun only. They are checked against the events table (the authority): stored, not new."""
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    evs = [StoredEvent(CloudEvent(f"e{i}", "src", "prompt", "a", t0, {"x": i}), t0) for i in range(3)]
+    values = [MeterValue("M1", "a", t0, Decimal(i), "", {}, "src", f"e{i}") for i in range(3)]
+    chdb_store._command("DETACH TABLE event_keys_mv")  # the view's part never lands, as if the process died first
+    try:
+        chdb_store.write(namespace, values, evs)
+    finally:
+        chdb_store._command("ATTACH TABLE event_keys_mv")
+    keys = [("src", f"e{i}") for i in range(4)]
+    assert chdb_store.written_keys(namespace, keys) == ({("src", "e0"), ("src", "e1"), ("src", "e2")}, set())
+    assert chdb_store.present_keys(namespace, keys) == {("src", "e0"), ("src", "e1"), ("src", "e2")}
