@@ -244,3 +244,15 @@ def test_rated_sums_price_rows_and_add_them_up_as_the_reference_does(usage_store
     # m2/z has an M2 quantity and m2 no second rate; on 29 March m1/y's and m2/y's M1 - M2 are below zero; m3 has
     # no rates
     assert [r[3] for r in day.unrated] == [("m2", "z"), ("m1", "y"), ("m2", "y"), ("m3", "y")]
+
+
+def test_count_events_per_subject_since_an_instant(usage_store: Any, namespace: str) -> None:
+    """Issue 16 (the debug metrics): stored events per subject whose time is at or after the instant; values alone
+    (no raw event) and other namespaces do not count."""
+    evs = [StoredEvent(CloudEvent(f"c{i}", "src", "prompt", subject, t(when), {}), T0) for i, (subject, when) in enumerate([
+        ("a", "2026-03-28T21:59:59.999Z"), ("a", "2026-03-28T22:00:00Z"), ("a", "2026-03-28T23:00:00Z"),
+        ("b", "2026-03-29T01:00:00Z")])]
+    usage_store.write(namespace, [mv(9, "1", "2026-03-28T22:30:00Z", subject="c")], evs)
+    usage_store.write("other_" + namespace, [], evs)
+    assert usage_store.count_events(namespace, T0) == {"a": 2, "b": 1}
+    assert usage_store.count_events(namespace, t("2026-03-30T00:00:00Z")) == {}
