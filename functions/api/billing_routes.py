@@ -12,7 +12,7 @@ from billow.bootstrap import Container, container
 from billow.errors import NotFound
 from billow.services import billing, billing_customers, invoices, pages, pending_lines
 from billow.timeutil import parse_rfc3339
-from billow.web.http import json_body, path_param, query_multi
+from billow.web.http import json_body, path_param, query_multi, wants_csv
 from functions.api.responses import document, no_content, ok, origin
 
 router = APIGatewayHttpRouter()
@@ -143,6 +143,29 @@ def invoice_now() -> Response:
 def get_invoice(iid: str) -> Response:
     c, store = _c()
     return ok(billing.get_invoice(c.namespace, path_param(iid), store=store))
+
+
+@router.get("/api/v1/billing/invoices/<iid>/lines/<lid>/events")
+def invoice_line_events(iid: str, lid: str) -> Response:
+    """Billow (issue 21): the events behind a usage line, a page at a time; CSV with Accept: text/csv."""
+    from billow.services import lineage
+
+    c, store = _c()
+    page = lineage.line_events(c.namespace, path_param(iid), path_param(lid), _qs(), store=store, usage=c.usage)
+    if wants_csv(router.current_event.raw_event):
+        headers = {"Link": f'<?cursor={page["nextCursor"]}>; rel="next"'} if page.get("nextCursor") else None
+        return Response(200, "text/csv", lineage.line_events_csv(page), headers=headers)
+    return ok(page)
+
+
+@router.post("/api/v1/billing/invoices/<iid>/lines/<lid>/verify")
+def verify_invoice_line(iid: str, lid: str) -> Response:
+    """Billow (issue 21): the usage behind a line recomputed now, and what arrived since it was invoiced."""
+    from billow.services import lineage
+
+    c, store = _c()
+    return ok(lineage.verify_line(c.namespace, path_param(iid), path_param(lid), store=store, usage=c.usage,
+                                  now=c.clock.now()))
 
 
 @router.get("/api/v1/billing/invoices/<iid>/documents")

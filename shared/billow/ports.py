@@ -11,8 +11,9 @@ from typing import Any, Protocol
 from billow.domain.billing import Mark
 from billow.domain.documents import View
 from billow.domain.events import CloudEvent
+from billow.domain.lineage import LineEvent, UsageDigest
 from billow.domain.meters import Meter
-from billow.domain.usage import AggRow, MeterValue, RatedSums, Rating, StoredEvent, UsageQuery
+from billow.domain.usage import AggRow, GroupFilter, MeterValue, RatedSums, Rating, StoredEvent, UsageQuery
 
 
 class Clock(Protocol):
@@ -79,6 +80,20 @@ class UsageStore(Protocol):
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
+
+    def line_events(self, namespace: str, meter_id: str, subjects: Sequence[str], start: datetime, end: datetime,
+                    filters: list[list[GroupFilter]], after: tuple[str, str] | None, limit: int | None) -> list[LineEvent]:
+        """The meter values behind a usage line (issue 21 lineage): `meter_id`'s values of `subjects` with time in
+        [start, end) passing `filters`, in (source, id) order after the cursor `after`, at most `limit`, each with
+        its event's ingest time."""
+        ...
+
+    def line_digests(self, namespace: str, meter_id: str, start: datetime, end: datetime,
+                     filters: list[list[GroupFilter]], groups: dict[str, str]) -> dict[str, UsageDigest]:
+        """Per group (`groups`: subject -> group, e.g. the customer): count, exact sum and key hash
+        (billow.domain.lineage.key_hash) of `meter_id`'s values in [start, end) passing `filters`; groups with no
+        value are left out."""
+        ...
 
 
 class MetaStore(Protocol):

@@ -246,6 +246,33 @@ def test_rated_sums_price_rows_and_add_them_up_as_the_reference_does(usage_store
     assert [r[3] for r in day.unrated] == [("m2", "z"), ("m1", "y"), ("m2", "y"), ("m3", "y")]
 
 
+def test_line_events_and_digests_issue21(usage_store: Any, namespace: str) -> None:
+    """Lineage (issue 21): the values behind a line in [start, end) in (source, id) order with their ingest time,
+    paged by cursor; the digest per group (count, exact sum, SHA-256 over the sorted keys) is the domain's."""
+    from billow.domain.lineage import digest, key_hash
+
+    ing = t("2026-03-29T00:00:00Z")
+    vals = [mv(3, "0.1", "2026-03-28T22:00:00Z"), mv(1, "0.2", "2026-03-28T22:30:00.5Z", model="m2"),
+            mv(2, "1", "2026-03-28T22:59:59.999Z", subject="b"), mv(4, "5", "2026-03-28T23:00:00Z"),
+            mv(5, "7", "2026-03-28T22:10:00Z", subject="c")]
+    usage_store.write(namespace, vals, [StoredEvent(CloudEvent(v.event_id, "src", "prompt", v.subject, v.time, {}), ing)
+                                        for v in vals])
+    s, e = T0, t("2026-03-28T23:00:00Z")
+    rows = usage_store.line_events(namespace, "M1", ["a", "b"], s, e, [], None, None)
+    assert [(r.id, r.subject, r.value, r.ingested_at) for r in rows] == [
+        ("1", "a", Decimal("0.2"), ing), ("2", "b", Decimal(1), ing), ("3", "a", Decimal("0.1"), ing)]
+    page = usage_store.line_events(namespace, "M1", ["a", "b"], s, e, [], ("src", "1"), 1)
+    assert [r.id for r in page] == ["2"]
+    only_m1 = usage_store.line_events(namespace, "M1", ["a", "b"], s, e, [[GroupFilter("model", "$eq", "m1")]], None, None)
+    assert [r.id for r in only_m1] == ["2", "3"]
+    got = usage_store.line_digests(namespace, "M1", s, e, [], {"a": "cust1", "b": "cust1", "c": "cust2"})
+    assert got["cust1"] == digest(rows)
+    assert (got["cust1"].events, got["cust1"].sum) == (3, Decimal("1.3"))
+    assert got["cust1"].hash == key_hash([("src", "1"), ("src", "2"), ("src", "3")])
+    assert got["cust2"].events == 1
+    assert usage_store.line_digests(namespace, "M1", s, e, [], {"zz": "x"}) == {}
+
+
 def test_count_events_per_subject_since_an_instant(usage_store: Any, namespace: str) -> None:
     """Issue 16 (the debug metrics): stored events per subject whose time is at or after the instant; values alone
     (no raw event) and other namespaces do not count."""

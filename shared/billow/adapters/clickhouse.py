@@ -23,6 +23,7 @@ import xxhash
 from billow import jsonx
 from billow.adapters.clickhouse_schema import MIGRATIONS, ROLLUPS_V3
 from billow.domain.events import CloudEvent
+from billow.domain.lineage import LineEvent, UsageDigest
 from billow.domain.usage import (
     AggRow,
     GroupFilter,
@@ -628,6 +629,47 @@ class ClickHouseUsageStore:
                                    [tuple(t) for t in r[base + m + n_k]], sums_,
                                    [Decimal(x) for x in r[base + m:base + m + n_k]]))
         return RatedSums(lines, unrated)
+
+    # -- lineage (issue 21) ------------------------------------------------------------------------
+    def line_events(self, namespace: str, meter_id: str, subjects: Sequence[str], start: datetime, end: datetime,
+                    filters: list[list[GroupFilter]], after: tuple[str, str] | None, limit: int | None) -> list[LineEvent]:
+        params: dict[str, Any] = {"ns": namespace, "mid": meter_id, "subjects": list(subjects), "start": start,
+                                  "end": end}
+        where = ["namespace = {ns:String}", "meter_id = {mid:String}", "subject IN {subjects:Array(String)}",
+                 "time >= {start:DateTime64(3, 'UTC')}", "time < {end:DateTime64(3, 'UTC')}"]
+        if filters:
+            where.append(self._filters_sql(filters, params))
+        if after is not None:
+            where.append("(source, id) > ({as:String}, {ai:String})")
+            params.update({"as": after[0], "ai": after[1]})
+        lim = ""
+        if limit is not None:
+            lim, params["limit"] = " LIMIT {limit:UInt32}", limit
+        rows = self._query(
+            "SELECT v.source, v.id, v.subject, v.time, toString(v.value), e.ingested_at FROM (SELECT source, id, subject, "
+            "time, value FROM meter_values WHERE " + " AND ".join(where) + " ORDER BY source, id" + lim + ") AS v "
+            "LEFT JOIN (SELECT source, id, max(ingested_at) AS ingested_at FROM events WHERE namespace = {ns:String} "
+            "AND (source, id) IN (SELECT source, id FROM meter_values WHERE " + " AND ".join(where) + ") "
+            "GROUP BY source, id) AS e ON v.source = e.source AND v.id = e.id ORDER BY v.source, v.id", params)
+        return [LineEvent(r[0], r[1], r[2], _utc(r[3]), Decimal(r[4]),
+                          _utc(r[5]) if r[5] is not None and r[5].timestamp() > 0 else None) for r in rows]
+
+    def line_digests(self, namespace: str, meter_id: str, start: datetime, end: datetime,
+                     filters: list[list[GroupFilter]], groups: dict[str, str]) -> dict[str, UsageDigest]:
+        if not groups:
+            return {}
+        params: dict[str, Any] = {"ns": namespace, "mid": meter_id, "start": start, "end": end,
+                                  "gs": list(groups), "gg": list(groups.values())}
+        where = ["namespace = {ns:String}", "meter_id = {mid:String}", "subject IN {gs:Array(String)}",
+                 "time >= {start:DateTime64(3, 'UTC')}", "time < {end:DateTime64(3, 'UTC')}"]
+        if filters:
+            where.append(self._filters_sql(filters, params))
+        rows = self._query(
+            "SELECT transform(subject, {gs:Array(String)}, {gg:Array(String)}, '') AS g, count(), "
+            "toString(sum(toDecimal256(value, 18))), lower(hex(SHA256(arrayStringConcat(arrayMap(k -> "
+            "concat(k.1, '\\0', k.2, '\\n'), arraySort(groupArray((source, id)))), '')))) FROM meter_values WHERE "
+            + " AND ".join(where) + " GROUP BY g", params)
+        return {r[0]: UsageDigest(int(r[1]), Decimal(r[2]), r[3]) for r in rows}
 
 
 _HOUR = timedelta(hours=1)

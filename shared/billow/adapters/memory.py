@@ -14,6 +14,7 @@ from typing import Any
 
 from billow import jsonx
 from billow.domain.events import CloudEvent
+from billow.domain.lineage import LineEvent, UsageDigest, digest
 from billow.domain.usage import (
     AggRow,
     GroupFilter,
@@ -178,4 +179,33 @@ class InMemoryUsageStore:
     def subjects(self, namespace: str, meter_id: str, start: datetime | None, end: datetime | None) -> list[str]:
         return sorted({v.subject for ns, v in self._values if ns == namespace and v.meter_id == meter_id
                        and (start is None or v.time >= start) and (end is None or v.time <= end)})
+
+    # -- lineage (issue 21) ------------------------------------------------------------------------
+    def _line_values(self, namespace: str, meter_id: str, subjects: Sequence[str], start: datetime, end: datetime,
+                     filters: list[list[GroupFilter]]) -> list[MeterValue]:
+        subs = set(subjects)
+        return [v for ns, v in list(self._values) if ns == namespace and v.meter_id == meter_id and v.subject in subs
+                and start <= v.time < end and matches(filters, v.subject, v.group_by)]
+
+    def line_events(self, namespace: str, meter_id: str, subjects: Sequence[str], start: datetime, end: datetime,
+                    filters: list[list[GroupFilter]], after: tuple[str, str] | None, limit: int | None) -> list[LineEvent]:
+        rows = sorted(self._line_values(namespace, meter_id, subjects, start, end, filters),
+                      key=lambda v: (v.source.encode(), v.event_id.encode()))
+        if after is not None:
+            rows = [v for v in rows if (v.source.encode(), v.event_id.encode()) > (after[0].encode(), after[1].encode())]
+        rows = rows[:limit] if limit is not None else rows
+        out = []
+        for v in rows:
+            stored = self._events.get((namespace, v.source, v.event_id))
+            out.append(LineEvent(v.source, v.event_id, v.subject, v.time, v.value,
+                                 stored.ingested_at if stored is not None else None))
+        return out
+
+    def line_digests(self, namespace: str, meter_id: str, start: datetime, end: datetime,
+                     filters: list[list[GroupFilter]], groups: dict[str, str]) -> dict[str, UsageDigest]:
+        by_group: dict[str, list[LineEvent]] = {}
+        for v in self._line_values(namespace, meter_id, list(groups), start, end, filters):
+            by_group.setdefault(groups[v.subject], []).append(
+                LineEvent(v.source, v.event_id, v.subject, v.time, v.value, None))
+        return {g: digest(rows) for g, rows in by_group.items()}
 

@@ -31,6 +31,8 @@ from billow.domain import invoices as inv_rules
 from billow.domain import subscriptions as subs
 from billow.domain.billing import Mark, Point, diff, due_points
 from billow.domain.invoices import Invoice
+from billow.domain.lineage import EMPTY as EMPTY_DIGEST
+from billow.domain.lineage import UsageDigest, lineage_json
 from billow.domain.usage import UsageQuery, final_value
 from billow.errors import Conflict, NotFound
 from billow.exact import EXACT
@@ -55,10 +57,15 @@ class BatchedUsage:
         self.wanted: dict[tuple[str, datetime, datetime], set[str]] = defaultdict(set)
         self.values: dict[tuple[str, datetime, datetime], dict[str, Decimal]] = {}
         self.errors: dict[tuple[str, datetime, datetime], Exception] = {}  # raised again to each reader that asks
+        # Lineage (issue 21): per (feature, span) the subjects' customers, how it was measured, each customer's digest.
+        self.groups: dict[tuple[str, datetime, datetime], dict[str, str]] = defaultdict(dict)
+        self.how: dict[tuple[str, datetime, datetime], tuple[dict[str, str], Any]] = {}
+        self.digests: dict[tuple[str, datetime, datetime], dict[str, UsageDigest]] = {}
 
-    def want(self, subjects: list[str], spans: list[tuple[str, datetime, datetime]]) -> None:
+    def want(self, subjects: list[str], spans: list[tuple[str, datetime, datetime]], customer_id: str = "") -> None:
         for feature, s, e in spans:
             self.wanted[(feature, minute(s), minute(e))].update(subjects)
+            self.groups[(feature, minute(s), minute(e))].update(dict.fromkeys(subjects, customer_id))
 
     def fetch(self) -> None:
         for (feature_key, s, e), subjects in self.wanted.items():
@@ -75,11 +82,30 @@ class BatchedUsage:
         meter = self.meta.get_meter(self.ns, feature["meterSlug"]) if feature and feature.get("meterSlug") else None
         if feature is None or meter is None:
             raise NotFound(f"feature {feature_key!r} has no meter to rate")
+        filters = feature_filters(feature)
         rows = self.usage.aggregate(UsageQuery(
             namespace=self.ns, meter_id=meter.id, aggregation=meter.aggregation, start=s,
             end=e - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=sorted(subjects),
-            group_by=[], by_subject=True, subject_customers=None, filters=feature_filters(feature)))
+            group_by=[], by_subject=True, subject_customers=None, filters=filters))
+        self.how[(feature_key, s, e)] = ({"id": meter.id, "slug": meter.slug}, {
+            k: feature.get(k) for k in ("meterGroupByFilters", "advancedMeterGroupByFilters") if feature.get(k)})
+        self.digests[(feature_key, s, e)] = self.usage.line_digests(self.ns, meter.id, s, e, filters,
+                                                                    self.groups[(feature_key, s, e)])
         return {r.subject or "": final_value(meter.aggregation, r) or Decimal(0) for r in rows}
+
+    def lineage(self, line: dict[str, Any], customer_id: str, subjects: list[str], now: datetime,
+                since: datetime | None) -> dict[str, Any] | None:
+        """How a usage line was measured and the digest of the usage behind it (None: not a measured line)."""
+        period = line.get("period") or {}
+        if not line.get("featureKey") or not period:
+            return None
+        key = (line["featureKey"], minute(parse_rfc3339(period["from"], "from")), minute(parse_rfc3339(period["to"], "to")))
+        if key not in self.how:
+            return None
+        meter, filters = self.how[key]
+        return lineage_json(meter=meter, feature_key=key[0], filters=filters, subjects=subjects, start=key[1],
+                            end=key[2], query_time=now, since=since,
+                            usage=self.digests.get(key, {}).get(customer_id, EMPTY_DIGEST))
 
     def reader(self, subjects: list[str]) -> subs.UsageFn:
         def read(feature: str, s: datetime, e: datetime) -> Decimal:
@@ -173,7 +199,7 @@ class _Run:
                 cust = self.customers.get(d["customerId"]) or self.meta.get_customer(self.ns, d["customerId"]) or {}
                 self.subjects_of[d["id"]] = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
                 for ps in {p.period for p in points}:
-                    self.batch.want(self.subjects_of[d["id"]], subs.usage_spans(d, ps[0], ps[1]))
+                    self.batch.want(self.subjects_of[d["id"]], subs.usage_spans(d, ps[0], ps[1]), d["customerId"])
             except Exception as exc:
                 self.result.fail(d["customerId"], exc, subscription_id=d["id"])
                 continue
@@ -199,6 +225,10 @@ class _Run:
                 rated[p.period] = subs.charges(d, p.period[0], p.period[1],
                                                usage=self.batch.reader(self.subjects_of[d["id"]]))
             lines, billed = diff(p, rated[p.period], self.now)
+            for ln in lines:
+                since = p.mark.billed_at if p.mark.rev > 0 else None
+                if (lin := self.batch.lineage(ln, d["customerId"], self.subjects_of[d["id"]], self.now, since)) is not None:
+                    ln["lineage"] = lin
             if billed != p.mark.billed:
                 owed.append((lines, replace(p.mark, billed=billed)))
         return owed

@@ -1,0 +1,120 @@
+"""Lineage of invoice lines (issue 21 item 1): every usage-priced line records how it was measured and a digest of
+the usage behind it; its events can be listed (pages, CSV) and re-aggregate exactly to its quantity; `verify` says
+whether the usage changed since and which correction line billed what arrived later."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+from typing import Any
+
+from billow.domain.lineage import key_hash
+from billow.local.server import apigw_event
+from functions.api.handler import lambda_handler as api
+from tests.billing.conftest import Billow
+from tests.support.billing import invoices, scheduled_run, subscribed
+
+
+def usage_line(inv: dict[str, Any]) -> dict[str, Any]:
+    return next(ln for ln in inv["lines"] if ln.get("featureKey") == "tokens")
+
+
+def all_events(b: Billow, inv: dict[str, Any], line: dict[str, Any], limit: int = 2) -> list[dict[str, Any]]:
+    out, cursor, pages_ = [], None, 0
+    while True:
+        q = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
+        page = b.ok("GET", f"/api/v1/billing/invoices/{inv['id']}/lines/{line['id']}/events", query=q)
+        out += page["items"]
+        pages_ += 1
+        assert len(page["items"]) <= limit
+        cursor = page.get("nextCursor")
+        if cursor is None:
+            return out
+        assert pages_ < 100
+
+
+def test_usage_lines_record_lineage_and_their_events_reaggregate_exactly(billow: Billow) -> None:
+    b = billow
+    sub = subscribed(b)
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)
+    for tokens, at in [("600.25", "2026-04-05T10:00:00Z"), (900, "2026-04-28T10:00:00Z"), ("0.1", "2026-04-30T23:59:59.999Z"),
+                       (7, "2026-04-10T00:00:00Z")]:
+        b.usage(tokens, at)
+    b.usage(3, "2026-04-11T00:00:00Z", subject="someone_else")  # not the customer's
+    b.usage(50, "2026-05-01T00:00:00Z")  # May's usage: not behind April's line
+    b.clock.set("2026-05-01T00:10:00Z")
+    scheduled_run(b)
+    second = invoices(b)[1]
+    line = usage_line(second)
+    lin = line["lineage"]
+    assert lin["meter"]["slug"] == "tokens" and lin["featureKey"] == "tokens" and lin["subjects"] == ["customer_1"]
+    assert lin["period"] == {"from": "2026-04-01T00:00:00Z", "to": "2026-05-01T00:00:00Z"}
+    assert lin["queryTime"] == "2026-05-01T00:10:00Z" and lin["since"] is None
+    assert line["quantity"] == "1507.35" and line["subscription"]["id"] == sub["id"]
+    events = all_events(b, second, line)
+    assert len(events) == 4
+    assert sum(Decimal(e["value"]) for e in events) == Decimal(line["quantity"])  # exactly
+    assert lin["digest"] == {"events": 4, "sum": "1507.35",
+                             "hash": "sha256:" + key_hash([(e["source"], e["id"]) for e in events])}
+    assert [(e["source"], e["id"]) for e in events] == sorted((e["source"], e["id"]) for e in events)
+    # CSV: the same events.
+    out = api(apigw_event("GET", f"/api/v1/billing/invoices/{second['id']}/lines/{line['id']}/events", {"accept": "text/csv"},
+                          b"", "127.0.0.1"), None)
+    assert out["statusCode"] == 200 and out["headers"]["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(out["body"])))
+    assert [(r["id"], r["value"]) for r in rows] == [(e["id"], e["value"]) for e in events]
+    # Nothing arrived since: verify says unchanged.
+    v = b.ok("POST", f"/api/v1/billing/invoices/{second['id']}/lines/{line['id']}/verify")
+    assert v["unchanged"] is True and v["arrivedLater"] == [] and v["current"] == lin["digest"]
+    # A detailed line's id stands for its parent's lineage.
+    child = line["children"][0]["id"]
+    assert b.ok("POST", f"/api/v1/billing/invoices/{second['id']}/lines/{child}/verify")["lineId"] == line["id"]
+    # Flat lines have no lineage; unknown lines are 404; a bad cursor or limit is a 400 naming it.
+    base = next(ln for ln in second["lines"] if ln.get("featureKey") != "tokens")
+    assert "lineage" not in base
+    for path in (f"/api/v1/billing/invoices/{second['id']}/lines/{base['id']}/events",
+                 f"/api/v1/billing/invoices/{second['id']}/lines/nope/events", "/api/v1/billing/invoices/nope/lines/x/events"):
+        status, body = b.call("GET", path)
+        assert status == 404, (path, body)
+    for q, name in (({"cursor": "%%%"}, "cursor"), ({"limit": "0"}, "limit")):
+        status, body = b.call("GET", f"/api/v1/billing/invoices/{second['id']}/lines/{line['id']}/events", query=q)
+        assert status == 400 and name in json.dumps(body), body
+
+
+def test_a_late_event_is_reported_by_verify_with_the_correction_that_billed_it(billow: Billow) -> None:
+    b = billow
+    subscribed(b)
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)
+    b.usage(1500, "2026-04-05T10:00:00Z")
+    b.clock.set("2026-05-01T00:10:00Z")
+    scheduled_run(b)
+    second = invoices(b)[1]
+    line = usage_line(second)
+    # A late event for April arrives after the line was invoiced.
+    b.clock.set("2026-05-01T12:00:00Z")
+    b.usage(100, "2026-04-29T09:00:00Z")
+    v = b.ok("POST", f"/api/v1/billing/invoices/{second['id']}/lines/{line['id']}/verify")
+    assert v["unchanged"] is False
+    assert (v["invoiced"]["events"], v["current"]["events"], v["current"]["sum"]) == (1, 2, "1600")
+    (late,) = v["arrivedLater"]
+    assert (late["value"], late["time"], late["ingestedAt"], late["billedBy"]) == (
+        "100", "2026-04-29T09:00:00Z", "2026-05-01T12:00:00Z", None)  # not billed yet
+    # The next run bills it as a correction; verify now names that line.
+    b.clock.set("2026-05-02T00:00:00Z")
+    scheduled_run(b)
+    third = invoices(b)[2]
+    corr = usage_line(third)
+    assert corr["lineage"]["since"] == "2026-05-01T00:10:00Z" and corr["quantity"] == "100"
+    assert corr["lineage"]["digest"]["events"] == 2
+    (late,) = b.ok("POST", f"/api/v1/billing/invoices/{second['id']}/lines/{line['id']}/verify")["arrivedLater"]
+    assert late["billedBy"]["invoiceId"] == third["id"] and late["billedBy"]["lineId"] == corr["id"]
+    # The correction line's events are the late one only: they re-aggregate to its quantity.
+    (ev,) = all_events(b, third, corr)
+    assert Decimal(ev["value"]) == Decimal(corr["quantity"])
+    # The original line still lists what it invoiced.
+    assert [e["value"] for e in all_events(b, second, line)] == ["1500"]
+    assert b.ok("POST", f"/api/v1/billing/invoices/{third['id']}/lines/{corr['id']}/verify")["unchanged"] is True
