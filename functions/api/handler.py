@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from billow import jsonx
 from billow.bootstrap import container
 from billow.errors import BillowError, ValidationFailed, problem
-from billow.services import directory, health, meters, pages, params, query, subscriptions
+from billow.services import directory, events_v2, health, meters, pages, params, query, subscriptions
 from billow.timeutil import parse_rfc3339
 from billow.web import present, query_contract
 from billow.web.http import JSON, PROBLEM, as_caller, json_body, path_param, query_multi, wants_csv
@@ -182,11 +182,17 @@ def list_events() -> Response:
         subjects = sorted(owned if subjects is None else owned & set(subjects))
         if not subjects:
             return ok([])
-    rows = c.usage.list_events(
-        c.namespace, subjects=subjects,
-        start=parse_rfc3339(start, "from") if start is not None else None,
-        end=parse_rfc3339(end, "to") if end is not None else None,
-        event_id=params.one(qs, "id"), limit=limit)
+    ingested_from, ingested_to = params.one(qs, "ingestedAtFrom"), params.one(qs, "ingestedAtTo")
+    begin = parse_rfc3339(start, "from") if start is not None else None
+    finish = parse_rfc3339(end, "to") if end is not None else None
+    if ingested_from is None and ingested_to is None:
+        rows = c.usage.list_events(c.namespace, subjects=subjects, start=begin, end=finish,
+                                   event_id=params.one(qs, "id"), limit=limit)
+    else:  # OpenMeter's ingestion-time filters (issue 16)
+        rows = events_v2.ingested_between(
+            c.usage, c.namespace, subjects=subjects, start=begin, end=finish, event_id=params.one(qs, "id"),
+            limit=limit, ingested_from=parse_rfc3339(ingested_from, "ingestedAtFrom") if ingested_from else None,
+            ingested_to=parse_rfc3339(ingested_to, "ingestedAtTo") if ingested_to else None)
     customer_of = c.meta.customers_for_subjects(c.namespace, {s.event.subject for s in rows}) if rows else {}
     out = []
     for s in rows:

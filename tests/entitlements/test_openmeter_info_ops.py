@@ -223,3 +223,28 @@ def test_v2_events_scan_reads_the_store_in_small_pages_through_ties(billow: Bill
         after = next(s for s in b.c.usage.list_events(ns, subjects=None, start=None, end=None, event_id=None, limit=100)
                      if s.event.id == whole[cut])
         assert [s.event.id for s in scan(b.c.usage, ns, batch=2, after=_key(after))] == whole[cut + 1:]
+
+
+def test_v1_events_filter_by_ingestion_time(billow: Billow) -> None:
+    """GET /api/v1/events honours OpenMeter's ingestedAtFrom / ingestedAtTo (both inclusive), with the other filters
+    and the limit."""
+    from urllib.parse import urlencode
+
+    b = billow
+    for hour, ids in ((1, ("i1", "i2")), (2, ("i3",)), (3, ("i4", "i5"))):
+        b.clock.set(f"2026-01-10T0{hour}:00:00Z")
+        _events(b, *[{"id": i, "subject": "customer_1" if i != "i5" else "customer_2",
+                      "time": "2026-01-09T12:00:00Z"} for i in ids])
+
+    def ids(**query: str) -> list[str]:
+        out = api(apigw_event("GET", f"/api/v1/events?{urlencode(query)}", {}, b"", "127.0.0.1"), None)
+        assert out["statusCode"] == 200, out
+        return sorted(it["event"]["id"] for it in json.loads(out["body"]))
+
+    assert ids() == ["i1", "i2", "i3", "i4", "i5"]
+    assert ids(ingestedAtFrom="2026-01-10T02:00:00Z") == ["i3", "i4", "i5"]
+    assert ids(ingestedAtTo="2026-01-10T02:00:00Z") == ["i1", "i2", "i3"]
+    assert ids(ingestedAtFrom="2026-01-10T02:00:00Z", ingestedAtTo="2026-01-10T02:00:00Z") == ["i3"]
+    assert ids(ingestedAtFrom="2026-01-10T02:00:00Z", subject="customer_1") == ["i3", "i4"]
+    assert len(ids(ingestedAtFrom="2026-01-10T01:00:00Z", limit="2")) == 2
+    assert ids(ingestedAtFrom="2026-01-10T03:00:01Z") == []

@@ -259,3 +259,20 @@ def _customer_subjects(namespace: str, node: object, field: str, meta: MetaStore
         if cust is not None:
             owned.update((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
     return sorted(owned)
+
+
+def ingested_between(usage: UsageStore, namespace: str, *, subjects: list[str] | None, start: datetime | None,
+                     end: datetime | None, event_id: str | None, ingested_from: datetime | None,
+                     ingested_to: datetime | None, limit: int) -> list[StoredEvent]:
+    """`GET /api/v1/events` with OpenMeter's ingestedAtFrom / ingestedAtTo (inclusive): the newest `limit` events that
+    pass every filter (`event_id`: a part of the id, as the v1 list reads it)."""
+    out: list[StoredEvent] = []
+    for s in scan(usage, namespace, subjects=subjects, start=start, end=end):
+        if (ingested_from is not None and s.ingested_at < ingested_from) or \
+                (ingested_to is not None and s.ingested_at > ingested_to) or \
+                (event_id is not None and event_id not in s.event.id):
+            continue
+        out.append(s)
+        if len(out) == limit:
+            break
+    return out
