@@ -123,7 +123,9 @@
       try {
         const q = await api(`/api/v1/meters/${encodeURIComponent(m.slug)}/query?windowSize=DAY&from=${encodeURIComponent(from)}`);
         const rows = q.data.map((r) => [r.windowStart.slice(0, 10), r.value]);
-        card.append(el("div", {class: "chart"}, barChart(rows)));
+        const byDay = new Map(rows);
+        const days = [...Array(30).keys()].map((i) => new Date(Date.parse(from) + i * 86400000).toISOString().slice(0, 10));
+        card.append(el("div", {class: "chart"}, barChart(days.map((d) => [d, byDay.get(d) || "0"]))));
         card.append(table(["Day (UTC)", "Value"], rows.filter((r) => Number(r[1]) !== 0), [1]));
       } catch (e) {
         card.append(el("p", {class: "muted"}, e.message));
