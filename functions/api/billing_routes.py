@@ -38,7 +38,8 @@ def list_profiles() -> Response:
 
     c, store = _c()
     qs = _qs()
-    return ok(pages.page(profiles_view(c.namespace, store.list_profiles(c.namespace), qs, apps=c.app_store()), qs))
+    return ok(pages.page(profiles_view(c.namespace, store.list_profiles(c.namespace), qs, apps=c.app_store()), qs,
+                         pages.PROFILES))
 
 
 @router.post("/api/v1/billing/profiles")
@@ -121,7 +122,7 @@ def add_credit(cid: str) -> Response:
 def list_invoices() -> Response:
     c, store = _c()
     qs = _qs()
-    return ok(pages.page(billing.list_invoices(c.namespace, qs, store=store), qs))
+    return ok(pages.page(billing.list_invoices(c.namespace, qs, store=store), qs, pages.INVOICES))
 
 
 @router.post("/api/v1/billing/invoices/invoice")

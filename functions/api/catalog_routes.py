@@ -40,7 +40,7 @@ def _routes(kind: str, id_param: str) -> None:
         c, store = _ctx()
         qs = _qs()
         docs = catalog.list_docs(c.namespace, kind, qs, store=store, now=c.clock.now())
-        return ok(pages.page([_shown(c, kind, d) for d in docs], qs))
+        return ok(pages.page([_shown(c, kind, d) for d in docs], qs, pages.PLANS if kind == "plan" else pages.ADDONS))
 
     @router.post(base)
     def create() -> Response:
@@ -96,7 +96,7 @@ def list_plan_addons(plan: str) -> Response:
     docs = store.list_plan_addons(c.namespace, catalog.get(c.namespace, "plan", path_param(plan), store=store)["id"])
     shown = [catalog.present_plan_addon(c.namespace, d, store=store, features=c.entitlements, now=c.clock.now())
              for d in docs]
-    return ok(pages.page(shown, _qs()))
+    return ok(pages.page(shown, _qs(), pages.PLAN_ADDONS))
 
 
 @router.post("/api/v1/plans/<plan>/addons")

@@ -67,7 +67,8 @@ def list_all_entitlements() -> Response:
     docs = c.entitlements.list_entitlements(
         c.namespace, subject_keys=qs.get("subject") or None, feature_keys=qs.get("feature") or None,
         include_deleted=params.flag(qs, "includeDeleted"))
-    return ok(pages.array_or_page([_present(d) for d in docs if not kinds or d["type"] in kinds], qs))
+    return ok(pages.array_or_page([_present(d) for d in docs if not kinds or d["type"] in kinds], qs,
+                                  pages.ENTITLEMENTS))
 
 
 @router.get("/api/v1/entitlements/<entitlement>")
@@ -166,9 +167,11 @@ def create_grant(subject: str, entitlement: str) -> Response:
 @router.get("/api/v1/subjects/<subject>/entitlements/<entitlement>/grants")
 def list_entitlement_grants(subject: str, entitlement: str) -> Response:
     c = container()
-    include = params.flag(query_multi(_event()), "includeDeleted")
-    return ok(entitlements.list_grants(c.namespace, path_param(subject), path_param(entitlement), store=c.entitlements,
-                                       meta=c.meta, now=c.clock.now(), include_deleted=include))
+    qs = query_multi(_event())
+    include = params.flag(qs, "includeDeleted")
+    return ok(pages.ordered(entitlements.list_grants(c.namespace, path_param(subject), path_param(entitlement),
+                                                     store=c.entitlements, meta=c.meta, now=c.clock.now(),
+                                                     include_deleted=include), qs, pages.SUBJECT_GRANTS))
 
 
 @router.get("/api/v1/grants")
@@ -177,7 +180,7 @@ def list_all_grants() -> Response:
     qs = query_multi(_event())
     items = entitlements.list_grants(c.namespace, None, None, store=c.entitlements, meta=c.meta, now=c.clock.now(),
                                      include_deleted=params.flag(qs, "includeDeleted"))
-    return ok(pages.array_or_page(items, qs))
+    return ok(pages.array_or_page(items, qs, pages.GRANTS))
 
 
 @router.delete("/api/v1/grants/<grant>")

@@ -102,8 +102,10 @@ def _unexpected(exc: Exception) -> Response:
 @app.get("/api/v1/meters")
 def list_meters() -> Response:
     c = container()
-    include_deleted = params.flag(query_multi(_event()), "includeDeleted")
-    return ok([present.meter_json(m) for m in c.meta.list_meters(c.namespace, include_deleted=include_deleted)])
+    qs = query_multi(_event())
+    include_deleted = params.flag(qs, "includeDeleted")
+    return ok(pages.ordered([present.meter_json(m) for m in c.meta.list_meters(c.namespace, include_deleted=include_deleted)],
+                            qs, pages.METERS))
 
 
 @app.post("/api/v1/meters")

@@ -132,7 +132,7 @@ def customer_subscriptions(customer: str) -> Response:
     shown = [_shown(c, s) for s in docs]
     if qs.get("status"):
         shown = [s for s in shown if s["status"] in qs["status"]]
-    return ok(pages.page(shown, qs))
+    return ok(pages.page(shown, qs, pages.SUBSCRIPTIONS))
 
 
 @router.get("/api/v1/subscriptions/<sub>/charges")

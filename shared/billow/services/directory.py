@@ -136,4 +136,4 @@ def list_customers(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore,
     if plan_key is not None and on_plan is not None:
         ids = on_plan(plan_key)
         docs = [d for d in docs if d["id"] in ids]
-    return pages.page(docs, qs)
+    return pages.page(docs, qs, pages.CUSTOMERS)

@@ -109,4 +109,4 @@ def archive_feature(namespace: str, feature_id: str, *, store: FeatureStore, now
 def list_features(namespace: str, qs: dict[str, list[str]], *, store: FeatureStore) -> Any:
     include = params.flag(qs, "includeArchived")
     items = store.list_features(namespace, include_archived=include, meter_slugs=qs.get("meterSlug"))
-    return pages.array_or_page(items, qs)
+    return pages.array_or_page(items, qs, pages.FEATURES)
