@@ -33,7 +33,7 @@ from billow.domain.billing import Mark, Point, diff, due_points
 from billow.domain.invoices import Invoice
 from billow.domain.lineage import EMPTY as EMPTY_DIGEST
 from billow.domain.lineage import UsageDigest, lineage_json
-from billow.domain.usage import UsageQuery, final_value
+from billow.domain.usage import GroupFilter, UsageQuery, final_value
 from billow.errors import Conflict, NotFound
 from billow.exact import EXACT
 from billow.ids import new_id
@@ -59,7 +59,7 @@ class BatchedUsage:
         self.errors: dict[tuple[str, datetime, datetime], Exception] = {}  # raised again to each reader that asks
         # Lineage (issue 21): per (feature, span) the subjects' customers, how it was measured, each customer's digest.
         self.groups: dict[tuple[str, datetime, datetime], dict[str, str]] = defaultdict(dict)
-        self.how: dict[tuple[str, datetime, datetime], tuple[dict[str, str], Any]] = {}
+        self.how: dict[tuple[str, datetime, datetime], tuple[dict[str, str], Any, list[list[GroupFilter]]]] = {}
         self.digests: dict[tuple[str, datetime, datetime], dict[str, UsageDigest]] = {}
 
     def want(self, subjects: list[str], spans: list[tuple[str, datetime, datetime]], customer_id: str = "") -> None:
@@ -88,9 +88,7 @@ class BatchedUsage:
             end=e - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=sorted(subjects),
             group_by=[], by_subject=True, subject_customers=None, filters=filters))
         self.how[(feature_key, s, e)] = ({"id": meter.id, "slug": meter.slug}, {
-            k: feature.get(k) for k in ("meterGroupByFilters", "advancedMeterGroupByFilters") if feature.get(k)})
-        self.digests[(feature_key, s, e)] = self.usage.line_digests(self.ns, meter.id, s, e, filters,
-                                                                    self.groups[(feature_key, s, e)])
+            k: feature.get(k) for k in ("meterGroupByFilters", "advancedMeterGroupByFilters") if feature.get(k)}, filters)
         return {r.subject or "": final_value(meter.aggregation, r) or Decimal(0) for r in rows}
 
     def lineage(self, line: dict[str, Any], customer_id: str, subjects: list[str], now: datetime,
@@ -102,7 +100,9 @@ class BatchedUsage:
         key = (line["featureKey"], minute(parse_rfc3339(period["from"], "from")), minute(parse_rfc3339(period["to"], "to")))
         if key not in self.how:
             return None
-        meter, filters = self.how[key]
+        meter, filters, parsed = self.how[key]
+        if key not in self.digests:  # only when the span bills a line: a re-run that bills nothing reads no digest
+            self.digests[key] = self.usage.line_digests(self.ns, meter["id"], key[1], key[2], parsed, self.groups[key])
         return lineage_json(meter=meter, feature_key=key[0], filters=filters, subjects=subjects, start=key[1],
                             end=key[2], query_time=now, since=since,
                             usage=self.digests.get(key, {}).get(customer_id, EMPTY_DIGEST))
