@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
+from billow.domain.ingest_policy import from_json as policy_from_json
 from billow.domain.meters import Meter
 from billow.errors import Conflict
 from billow.ids import new_id
@@ -37,6 +38,7 @@ meters = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
     sa.Column("deleted_at", TS),
+    sa.Column("ingestion_policy", sa.Text),  # Billow's ingestionPolicy as JSON; NULL: the defaults (rev 0004)
     sa.Index("meters_live_slug", "namespace", "slug", unique=True,
              sqlite_where=sa.text("deleted_at IS NULL"), postgresql_where=sa.text("deleted_at IS NULL")),
 )
@@ -104,6 +106,7 @@ def _meter(row: Any) -> Meter:
         event_from=utc(row.event_from), created_at=utc(row.created_at) or datetime.now(UTC),
         updated_at=utc(row.updated_at) or datetime.now(UTC),
         metadata=jsonx.loads(row.metadata) if row.metadata else None, deleted_at=utc(row.deleted_at),
+        policy=policy_from_json(jsonx.loads(row.ingestion_policy) if row.ingestion_policy else None),
     )
 
 
@@ -154,7 +157,8 @@ class SqlMetaStore:
                     aggregation=m.aggregation, event_type=m.event_type, event_from=m.event_from,
                     value_property=m.value_property, group_by=jsonx.dumps(m.group_by),
                     metadata=jsonx.dumps(m.metadata) if m.metadata is not None else None,
-                    created_at=m.created_at, updated_at=m.updated_at, deleted_at=m.deleted_at)
+                    created_at=m.created_at, updated_at=m.updated_at, deleted_at=m.deleted_at,
+                    ingestion_policy=None if m.policy.is_default else jsonx.dumps(m.policy.to_json()))
 
     def put_meter(self, namespace: str, meter: Meter, managed: bool = False) -> None:
         try:

@@ -9,6 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 from billow.domain.events import CloudEvent
+from billow.domain.ingest_policy import DEFAULT as DEFAULT_POLICY
+from billow.domain.ingest_policy import IngestionPolicy
 from billow.errors import ValidationFailed
 from billow.exact import parse_decimal
 
@@ -75,6 +77,7 @@ class Meter:
     updated_at: datetime
     metadata: dict[str, str] | None = None
     deleted_at: datetime | None = None
+    policy: IngestionPolicy = DEFAULT_POLICY  # Billow's ingestionPolicy (billow.domain.ingest_policy)
     _value_path: Path | None = field(default=None, repr=False, compare=False)
     _group_paths: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)
 

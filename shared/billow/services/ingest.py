@@ -16,6 +16,7 @@ import msgspec
 from billow import jsonx
 from billow.bus import batch_records, encode_data
 from billow.domain.events import CloudEvent, parse_batch, parse_each, refused  # noqa: F401 (parse_batch: re-exported)
+from billow.domain.ingest_policy import too_late
 from billow.domain.meters import Meter
 from billow.errors import PayloadTooLarge
 from billow.ports import EventBus, MetaStore
@@ -58,11 +59,23 @@ def check_against_meters(events: Sequence[tuple[int, CloudEvent]], meters: Seque
             try:
                 value, text, groups = m.extract(ev)
             except ValueError as exc:
+                if m.policy.invalid_values == "accept":
+                    continue  # ingestionPolicy: stored with its validation error (the sink), counting nothing here
                 errors.append({"index": i, "field": f"data ({m.value_property})", "meter": m.slug, "message": str(exc)})
             else:
                 vals.append((m.id, str(value), text, groups))
         out.append(vals)
     return out
+
+
+def check_late(events: Sequence[tuple[int, CloudEvent]], meters: Sequence[Meter], now: datetime,
+               errors: list[dict[str, Any]]) -> None:
+    """Append to `errors` every event a meter of its type refuses as too late (ingestionPolicy.lateAfter)."""
+    strict = [m for m in meters if m.policy.late_after is not None]
+    for i, ev in events if strict else ():
+        for m in strict:
+            if m.event_type == ev.type and m.applies_to(ev) and (why := too_late(m.policy, ev.time, now)) is not None:
+                errors.append({"index": i, "field": "time", "meter": m.slug, "message": why})
 
 
 def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: EventBus, now: datetime) -> IngestResult:
@@ -74,6 +87,7 @@ def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: Even
     indexed = parse_each(raws, now, errors)
     meters = meta.list_meters(namespace)
     values = check_against_meters(indexed, meters, errors)
+    check_late(indexed, meters, now, errors)
     if errors:
         raise refused(errors)
     stamp = format_rfc3339(now)  # one ingestedAt for the whole batch

@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
+from billow.domain.ingest_policy import parse_policy
 from billow.domain.meters import Meter, validate_meter_definition
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
@@ -26,6 +27,7 @@ def build_meter(body: dict[str, Any], now: datetime) -> Meter:
         name=body.get("name") or body["slug"], description=body.get("description"),
         value_property=body.get("valueProperty") or None, group_by=dict(body.get("groupBy") or {}),
         event_from=event_from, created_at=now, updated_at=now, metadata=body.get("metadata"),
+        policy=parse_policy(body.get("ingestionPolicy")),
     )
 
 
@@ -64,7 +66,8 @@ def update_meter(namespace: str, id_or_slug: str, body: Any, *, meta: MetaStore,
     updated = Meter(id=meter.id, slug=meter.slug, aggregation=meter.aggregation, event_type=meter.event_type,
                     name=merged["name"] or meter.slug, description=merged["description"],
                     value_property=meter.value_property, group_by=dict(merged["groupBy"] or {}),
-                    event_from=meter.event_from, created_at=meter.created_at, updated_at=now, metadata=merged["metadata"])
+                    event_from=meter.event_from, created_at=meter.created_at, updated_at=now, metadata=merged["metadata"],
+                    policy=parse_policy(body.get("ingestionPolicy"), meter.policy))
     meta.update_meter(namespace, updated)
     return updated
 

@@ -162,6 +162,7 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
     stored: list[StoredEvent] = []
     owners: dict[tuple[str, str], list[MeterValue]] = {}
     current = {m.id for m in meters}
+    accepting = [m for m in meters if m.policy.invalid_values == "accept"]  # ingestionPolicy (issue 21)
     for s in fresh:
         pre = carried.get(s.event.key) if carried else None
         if pre is None:
@@ -173,6 +174,10 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
             if missing:
                 more, error = meter_values(_with_data(s), missing)
                 vals = vals + more
+            unvalued = [m for m in accepting if m.id in pre[1] and m.applies_to(s.event)
+                        and all(v.meter_id != m.id for v in vals)] if accepting else []
+            if unvalued:  # ingest let the event in without a value for these meters: why, for GET /api/v1/events
+                error = error or meter_values(_with_data(s), unvalued)[1]
         owners[s.event.key] = vals
         stored.append(replace(s, validation_error=error) if error else s)
     valued_candidates = [k for k, v in owners.items() if v]

@@ -28,6 +28,8 @@ def meter_json(m: Meter) -> dict[str, Any]:
         out["metadata"] = m.metadata
     if m.deleted_at is not None:
         out["deletedAt"] = m.deleted_at
+    if not m.policy.is_default:  # Billow's ingestionPolicy: shown once set (the defaults are documented)
+        out["ingestionPolicy"] = m.policy.to_json()
     return out
 
 
