@@ -32,7 +32,9 @@ from functions.api.handler import lambda_handler as api
 from functions.ingest.handler import lambda_handler as ingest
 from functions.usage_sink.handler import lambda_handler as sink
 
-NOW = datetime(2026, 2, 14, 12, 0, tzinfo=UTC)
+# Not a whole hour: the check's last segment ends mid-hour, so its usage query reads minute rollups for that partial
+# hour besides the hourly ones, as a real check does.
+NOW = datetime(2026, 2, 14, 12, 37, tzinfo=UTC)
 
 
 class FixedClock:
