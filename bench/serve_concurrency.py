@@ -152,6 +152,10 @@ def run(host: str, port: int, seconds: float, plan: list[Work]) -> list[tuple[Ce
                     cell.errors += 1
                 c = Client(host, port)
         start.wait()
+        # a fresh connection: waiting at the barrier for the slowest client's warm-up can outlast the server's
+        # keep-alive timeout (15 s), after which it has closed this one (a broken pipe on the next send)
+        c.conn.close()
+        c = Client(host, port)
         i = 1
         while time.perf_counter() < stop_at[0]:
             s = time.perf_counter()
