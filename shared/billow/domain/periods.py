@@ -213,3 +213,34 @@ def boundaries(period: RecurringPeriod, start: datetime, end: datetime) -> list[
 def period_containing(period: RecurringPeriod, t: datetime) -> tuple[datetime, datetime]:
     """(start, end) of the period holding t: start <= t < end."""
     return period.containing(t)
+
+
+# -- ISO 8601 offsets (OpenMeter's ISODuration arithmetic: a subscription phase's startAfter) --------------------
+Offset = tuple[int, int, int]  # (months, days, seconds); components add and subtract one by one and may be negative
+
+
+def offset(value: object, name: str = "duration") -> Offset:
+    """An ISO 8601 duration (zero allowed, e.g. P0D) as (months, days, seconds): Y = 12 M, W = 7 D."""
+    text = value.upper() if isinstance(value, str) else ""
+    m = _ISO.match(text)
+    if m is None or text in ("P", "PT") or text.endswith("T"):
+        raise _bad(name, f"must be an ISO 8601 duration such as P1M: {str(value)[:64]!r}")
+    p = {k: int(v) if v is not None else 0 for k, v in m.groupdict().items()}
+    if any(v > _MAX_COUNT for v in p.values()):
+        raise _bad(name, f"too long: {value!r}")
+    return p["y"] * 12 + p["mo"], p["w"] * 7 + p["d"], p["h"] * 3600 + p["mi"] * 60 + p["s"]
+
+
+def add_offsets(a: Offset, b: Offset, sign: int = 1) -> Offset:
+    """a + b (or a - b with sign=-1), component by component, as OpenMeter's ISODuration.Add/Subtract do."""
+    return a[0] + sign * b[0], a[1] + sign * b[1], a[2] + sign * b[2]
+
+
+def shifted(start: datetime, by: Offset) -> datetime:
+    """`start` plus an offset, in UTC: months first (the day kept, or the month's last day when it has fewer), then
+    days, then seconds (OpenMeter's datetime.DateTime.Add)."""
+    s = start.astimezone(UTC)
+    m = s.month - 1 + by[0]
+    y, mo = s.year + m // 12, m % 12 + 1
+    last = _MONTH_DAYS[mo] if mo != 2 or not calendar.isleap(y) else 29
+    return s.replace(year=y, month=mo, day=min(s.day, last)) + timedelta(days=by[1], seconds=by[2])

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
-from billow.domain.periods import RecurringPeriod
+from billow.domain.periods import Offset, RecurringPeriod, add_offsets, offset, shifted
 from billow.errors import Conflict, ValidationFailed
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
@@ -95,12 +95,32 @@ class _Edit:
         if end is not None and end <= self.at:
             raise bad(f"{f}.phaseKey", f"phase {ph['key']!r} ended at {ph['activeTo']}: a past phase is never changed")
 
-    def shift(self, from_index: int, delta: Any) -> None:
-        """Move phases[from_index:] (and their items' own spans) by `delta`."""
-        for ph in self.phases[from_index:]:
-            for key in ("activeFrom", "activeTo"):
-                if ph.get(key) is not None:
-                    ph[key] = format_rfc3339(parse_rfc3339(ph[key], key) + delta)
+    def offset(self, ph: dict[str, Any]) -> Offset:
+        """The phase's offset from the subscription's start (OpenMeter's startAfter); a phase laid out before
+        offsets were kept has its elapsed one."""
+        if ph.get("offset") is not None:
+            months, days, seconds = ph["offset"]
+            return months, days, seconds
+        return 0, 0, int((_start(ph) - _start(self.doc)).total_seconds())
+
+    def shift(self, from_index: int, by: Offset) -> None:
+        """Add `by` to the offsets of phases[from_index:] (ISO components, as OpenMeter's StartAfter.Add): each
+        starts at the subscription's start plus its new offset, ends where the next starts, and its items' own
+        spans move with its start."""
+        sub_start = _start(self.doc)
+        moved = self.phases[from_index:]
+        starts = []
+        for ph in moved:
+            new = add_offsets(self.offset(ph), by)
+            starts.append(shifted(sub_start, new))
+            ph["offset"] = list(new)
+        for i, ph in enumerate(moved):
+            delta = starts[i] - _start(ph)
+            ph["activeFrom"] = format_rfc3339(starts[i])
+            if i + 1 < len(moved):
+                ph["activeTo"] = format_rfc3339(starts[i + 1])
+            elif ph.get("activeTo") is not None:
+                ph["activeTo"] = format_rfc3339(parse_rfc3339(ph["activeTo"], "activeTo") + delta)
             for span in ph.get("itemSpans") or []:
                 for key in ("activeFrom", "activeTo"):
                     if span is not None and span.get(key) is not None:
@@ -173,11 +193,17 @@ class _Edit:
         end = _t(ph.get("activeTo"))
         if end is None:
             raise bad(f"{f}.phaseKey", f"phase {ph['key']!r} is the last and runs without end: nothing to stretch")
-        new_end = _after(op.get("extendBy"), f"{f}.extendBy", end)
+        _after(op.get("extendBy"), f"{f}.extendBy", end)  # a 400 naming extendBy unless a positive duration
+        by = offset(op["extendBy"], f"{f}.extendBy")
+        if index + 1 < len(self.phases):  # OpenMeter: the later phases' startAfter + extendBy
+            new_end = shifted(_start(self.doc), add_offsets(self.offset(self.phases[index + 1]), by))
+        else:
+            new_end = shifted(end, by)
         if new_end <= max(self.at, _start(ph)):
             raise bad(f"{f}.extendBy", "would end the phase before it starts or in the past")
+        if index + 1 < len(self.phases):
+            self.shift(index + 1, by)
         ph["activeTo"] = format_rfc3339(new_end)
-        self.shift(index + 1, new_end - end)
 
     def remove_phase(self, op: dict[str, Any], f: str) -> None:
         index, ph = self.phase(op, f)
@@ -191,9 +217,13 @@ class _Edit:
         if shift == "prev" and index == 0:
             raise bad(f"{f}.shift", "the first phase has no phase before it to run on: use next")
         end = _t(ph.get("activeTo"))
+        removed = self.offset(ph)
         del self.phases[index]
-        if shift == "next" and end is not None:
-            self.shift(index, _start(ph) - end)
+        if shift == "next" and end is not None and index < len(self.phases):
+            # OpenMeter: the later phases' startAfter - (the next one's startAfter - the removed one's)
+            self.shift(index, add_offsets(removed, self.offset(self.phases[index]), -1))
+            if index > 0:
+                self.phases[index - 1]["activeTo"] = self.phases[index]["activeFrom"]
         elif index > 0:
             self.phases[index - 1]["activeTo"] = self.phases[index]["activeFrom"] if index < len(self.phases) \
                 else ph.get("activeTo")
@@ -219,17 +249,22 @@ class _Edit:
         if sub_end is not None and begin >= sub_end:
             raise bad(f"{f}.phase.startAfter", "the phase would start after the subscription ends")
         end = _after(body["duration"], f"{f}.phase.duration", begin) if body.get("duration") is not None else None
+        since = offset(body.get("startAfter") or "PT0S", f"{f}.phase.startAfter")
         later = next((i for i, ph in enumerate(self.phases) if _start(ph) >= begin), None)
         if later is not None:
             if end is None:
                 raise bad(f"{f}.phase.duration", "is required for a phase that other phases follow")
-            self.shift(later, end - _start(self.phases[later]))
+            # OpenMeter: the later phases' startAfter + (duration - (the next one's startAfter - startAfter))
+            gap = add_offsets(self.offset(self.phases[later]), since, -1)
+            self.shift(later, add_offsets(offset(body["duration"], f"{f}.phase.duration"), gap, -1))
+            end = _start(self.phases[later])
         at = later if later is not None else len(self.phases)
         if at > 0:
             self.phases[at - 1]["activeTo"] = format_rfc3339(begin)
         self.phases.insert(at, {"key": key, "name": name, "description": body.get("description"),
                                 "metadata": body.get("metadata"), "activeFrom": format_rfc3339(begin),
-                                "activeTo": format_rfc3339(end) if end is not None else None, "rateCards": []})
+                                "activeTo": format_rfc3339(end) if end is not None else None, "rateCards": [],
+                                "offset": list(since)})
 
     def unschedule_edit(self, op: dict[str, Any], f: str) -> None:
         ph = next((p for p in self.phases if self.running(p)), None)

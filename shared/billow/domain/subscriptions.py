@@ -25,7 +25,7 @@ from typing import Any
 
 from billow.domain import pricing
 from billow.domain.money import Rounding
-from billow.domain.periods import RecurringPeriod
+from billow.domain.periods import RecurringPeriod, add_offsets, offset, shifted
 from billow.errors import ValidationFailed
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
@@ -38,21 +38,25 @@ def t(value: str | None) -> datetime | None:
 
 
 def phase_timeline(phases: list[dict[str, Any]], start: datetime, starting_phase: str | None = None) -> list[dict[str, Any]]:
-    """The plan's phases from `starting_phase` (default: the first) laid end to end from `start`."""
+    """The plan's phases from `starting_phase` (default: the first) from `start`, each at `start` plus its offset
+    (OpenMeter's startAfter: the sum of the earlier phases' ISO durations, kept as `offset` for edits), so a
+    phase after two P1M phases from January 31st starts on March 31st."""
     keys = [p["key"] for p in phases]
     if starting_phase is not None and starting_phase not in keys:
         raise ValidationFailed(f"startingPhase: the plan has no phase {starting_phase!r}",
                                [{"field": "startingPhase", "message": f"one of {', '.join(keys)}"}])
     chosen = phases[keys.index(starting_phase):] if starting_phase else phases
-    out, at = [], start
+    out, at, since = [], start, (0, 0, 0)
     for ph in chosen:
-        end = RecurringPeriod(ph["duration"], at).at(1) if ph.get("duration") else None
+        until = add_offsets(since, offset(ph["duration"], "duration")) if ph.get("duration") else None
+        end = shifted(start, until) if until is not None else None
         out.append({"key": ph["key"], "name": ph["name"], "description": ph.get("description"),
                     "metadata": ph.get("metadata"), "activeFrom": format_rfc3339(at),
-                    "activeTo": format_rfc3339(end) if end else None, "rateCards": ph["rateCards"]})
-        if end is None:
+                    "activeTo": format_rfc3339(end) if end else None, "rateCards": ph["rateCards"],
+                    "offset": list(since)})
+        if end is None or until is None:
             break
-        at = end
+        at, since = end, until
     return out
 
 
