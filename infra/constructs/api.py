@@ -32,12 +32,16 @@ ROUTES = {  # route key -> function name; an explicit route wins over {proxy+} i
     "GET /portal/{proxy+}": "api",
     "GET /api/docs": "api",
     "GET /api/docs/{proxy+}": "api",
+    "GET /console": "api",  # the operator console's static page (issue 20)
+    "GET /console/{proxy+}": "api",
 }
 HEALTH = ("liveness and readiness: load balancers and uptime probes carry no API key, and the answer holds no "
           "data")
 PORTAL_PAGE = ("the customer portal's static web page (HTML, script, styles; no data): its portal token stays in "
                "the URL fragment, and every data call it makes, under /api/v1/portal/*, goes through the "
                "authorizer, which accepts portal tokens")
+CONSOLE_PAGE = ("the operator console's static web page (HTML, script, styles; no data): every data call it makes "
+                "goes to /api/v1/* through the authorizer with the admin key the operator types in")
 API_DOCS = ("the API reference page (HTML and the vendored Redoc script): it renders the public OpenAPI document and "
             "holds no data")
 PUBLIC_ROUTES = {  # route key -> why it needs no API key (infra/nag.py states it); every other route needs one
@@ -58,6 +62,8 @@ PUBLIC_ROUTES = {  # route key -> why it needs no API key (infra/nag.py states i
     "GET /portal/{proxy+}": PORTAL_PAGE,
     "GET /api/docs": API_DOCS,
     "GET /api/docs/{proxy+}": API_DOCS,
+    "GET /console": CONSOLE_PAGE,
+    "GET /console/{proxy+}": CONSOLE_PAGE,
 }
 AUTH_CACHE = Duration.minutes(5)  # a revoked key keeps working at most this long
 ACCESS_LOG_FORMAT = ('{"requestId":"$context.requestId","ip":"$context.identity.sourceIp",'

@@ -42,7 +42,8 @@ INVOICE_FUNCTIONS = {"api"} | ({"billing_run"} & set(JOB_HANDLERS))
 STRIPE_READERS = INVOICE_FUNCTIONS | {"stripe_webhook"}
 PUBLIC_ROUTES = {"GET /api/v1/openapi.json", "GET /healthz", "GET /readyz", "POST /api/v1/apps/stripe/webhook",
                  "POST /api/v1/apps/{appId}/stripe/webhook",
-                 "GET /portal", "GET /portal/{proxy+}", "GET /", "GET /api/docs", "GET /api/docs/{proxy+}"}
+                 "GET /portal", "GET /portal/{proxy+}", "GET /", "GET /api/docs", "GET /api/docs/{proxy+}",
+                 "GET /console", "GET /console/{proxy+}"}
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def test_http_api_routes_reach_their_functions(s: Synth) -> None:
     assert set(routes) == {"POST /api/v1/events", "ANY /api/v1/{proxy+}", "GET /api/v1/openapi.json", "GET /healthz",
                            "GET /readyz", "POST /api/v1/apps/stripe/webhook", "GET /portal", "GET /portal/{proxy+}",
                            "ANY /api/v2/{proxy+}", "GET /", "GET /api/docs", "GET /api/docs/{proxy+}",
-                           "POST /api/v1/apps/{appId}/stripe/webhook"}
+                           "POST /api/v1/apps/{appId}/stripe/webhook", "GET /console", "GET /console/{proxy+}"}
 
     def function_of(route: dict[str, Any]) -> str:
         (integration,) = refs(route["Target"])
@@ -185,7 +186,8 @@ def test_http_api_routes_reach_their_functions(s: Synth) -> None:
     assert function_of(routes["POST /api/v1/apps/stripe/webhook"]) == webhook
     assert function_of(routes["POST /api/v1/apps/{appId}/stripe/webhook"]) == webhook  # each app's own (issue 16)
     for key in ("ANY /api/v1/{proxy+}", "ANY /api/v2/{proxy+}", "GET /api/v1/openapi.json", "GET /healthz",
-                "GET /readyz", "GET /portal", "GET /portal/{proxy+}", "GET /", "GET /api/docs", "GET /api/docs/{proxy+}"):
+                "GET /readyz", "GET /portal", "GET /portal/{proxy+}", "GET /", "GET /api/docs", "GET /api/docs/{proxy+}",
+                "GET /console", "GET /console/{proxy+}"):
         assert function_of(routes[key]) == api, key
     # API keys: every route but health, the API document, Stripe's webhook (Stripe signs it) and the portal's
     # page (its data calls under /api/v1/portal/* carry a portal token) goes through the authorizer (simple
