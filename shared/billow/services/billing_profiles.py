@@ -74,8 +74,8 @@ def update_profile(namespace: str, id_: str, body: object, *, store: BillingStor
         doc["supplier"] = parse_supplier(body["supplier"])
     if body.get("workflow") is not None:
         doc["workflow"] = parse_workflow(body["workflow"], doc["workflow"])
-    if body.get("apps") is not None:
-        doc["apps"] = _apps(namespace, body["apps"], apps, now)
+    # OpenMeter's replace body (BillingProfileReplaceUpdateWithWorkflow) has no apps: an `apps` sent is ignored and
+    # the profile keeps the apps it was created with (billing/httpdriver/profile.go UpdateProfile).
     if body.get("default") is True:
         doc["default"] = True
     doc["updatedAt"] = format_rfc3339(now)
