@@ -283,3 +283,26 @@ def test_count_events_per_subject_since_an_instant(usage_store: Any, namespace: 
     usage_store.write("other_" + namespace, [], evs)
     assert usage_store.count_events(namespace, T0) == {"a": 2, "b": 1}
     assert usage_store.count_events(namespace, t("2026-03-30T00:00:00Z")) == {}
+
+
+def test_rated_sums_rate_usage_written_while_they_run(usage_store: Any, namespace: str) -> None:
+    """Usage of a new (window, group) written after the store found the rate keys, before it priced the rows (ingest
+    goes on while a report runs), is priced like the rest (or not read at all, by a store that read the rows first),
+    never listed as unpriced for want of rates it was not asked for."""
+    from billow.domain.usage import Rating, rate_rows
+
+    usage_store.write(namespace, [mv(1, "10", "2026-03-28T22:00:00Z")], [])
+    late = [mv(2, "4", "2026-03-29T09:00:00Z", model="m9")]
+
+    def rate(start: Any, key: tuple[str, ...]) -> Any:
+        if late:  # the first call: a write lands between the two reads
+            usage_store.write(namespace, [late.pop()], [])
+        return (Decimal("0.5"),)
+
+    rating = Rating(by=1, forms=((1,),), nonnegative=(0,), shown=(), rates=rate)
+    query = q(namespace, group_by=["model"], window_size="DAY")
+    got = usage_store.rated_sums(query, ["M1"], rating)
+    assert got.unrated == []
+    assert [(line.rate_keys, line.amounts) for line in got.lines][:1] == [([("m1",)], [Decimal(5)])]
+    assert all(line.amounts == [line.sums[0] * Decimal("0.5")] for line in got.lines)
+    assert len(got.lines) == 1 or got == rate_rows(usage_store.sum_meters(query, ["M1"]), rating)

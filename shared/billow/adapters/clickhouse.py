@@ -617,17 +617,23 @@ class ClickHouseUsageStore:
         lines, unrated = [], []
         m = len(meter_ids)
         base = width + 1 + len(gs) + 1
+        known, stray = {k for k, _ in found}, False
         for r in rows:
             start = datetime.fromtimestamp(r[0], UTC) if q.window_size else None
             subject = r[1] if q.by_subject else None
             customer = (r[width - 1] or None) if q.subject_customers is not None else None
             sums_ = [Decimal(x) for x in r[base:base + m]]
             if not r[width]:
-                unrated.append((start, subject, customer, tuple(r[width + 1:width + 1 + len(gs)]), *sums_))
+                values = tuple(r[width + 1:width + 1 + len(gs)])
+                stray = stray or (start, values[:by]) not in known
+                unrated.append((start, subject, customer, values, *sums_))
                 continue
             lines.append(RatedLine(start, subject, customer, tuple(r[width + 1 + i] for i in rating.shown),
                                    [tuple(t) for t in r[base + m + n_k]], sums_,
                                    [Decimal(x) for x in r[base + m:base + m + n_k]]))
+        if stray:
+            # usage of a rate key the first read did not see arrived in between: rate what is there now in Python
+            return rate_rows(self.sum_meters(q, meter_ids), rating, found=dict(found))
         return RatedSums(lines, unrated)
 
     # -- lineage (issue 21) ------------------------------------------------------------------------
