@@ -31,6 +31,7 @@ from functions.api import (
     llm_routes,
     notification_routes,
     portal_routes,
+    receipt_routes,
     subscription_routes,
     v2_routes,
 )
@@ -53,6 +54,7 @@ app.include_router(v2_routes.router)
 app.include_router(info_routes.router)
 app.include_router(app_routes.router)
 app.include_router(docs_routes.router)
+app.include_router(receipt_routes.router)
 
 
 def _event() -> dict[str, Any]:

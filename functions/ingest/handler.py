@@ -10,6 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from billow.bootstrap import container
 from billow.errors import Unavailable, UnsupportedMediaType, ValidationFailed
 from billow.services.ingest import ingest_events
+from billow.services.receipts import ingest_with_receipt
 from billow.web.http import as_caller, guarded, header, json_body, response
 from functions.observability import API_GATEWAY, lambda_entry
 
@@ -33,13 +34,20 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
     c = container()
     if c.bus is None:
         raise Unavailable("no event bus is configured")
+    receipt = None
     try:
-        result = ingest_events(c.namespace, events, meta=c.meta, bus=c.bus, now=c.clock.now())
+        if "return=representation" in header(raw, "prefer").replace(" ", "").lower():  # Billow: a receipt (issue 21)
+            receipt = ingest_with_receipt(c.namespace, events, meta=c.meta, bus=c.bus, usage=c.usage, now=c.clock.now())
+        else:
+            result = ingest_events(c.namespace, events, meta=c.meta, bus=c.bus, now=c.clock.now())
     except (ValidationFailed, UnsupportedMediaType):
         raise
     except ConnectionError as exc:
         c.metrics.add("ingest_refused_unavailable", len(events))
         raise Unavailable(f"event bus unavailable, nothing was ingested: {exc}") from exc
+    if receipt is not None:
+        c.metrics.add("ingest_accepted", receipt["events"])
+        return response(200, receipt, headers={"Preference-Applied": "return=representation"})
     c.metrics.add("ingest_accepted", result.accepted)
     return response(204)
 

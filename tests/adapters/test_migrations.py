@@ -27,11 +27,12 @@ from billow.adapters import (
     sql_llm_prices,
     sql_notifications,
     sql_portal,
+    sql_receipts,
 )
 from billow.adapters.sql import SqlMetaStore
 
 MODELS = (sql, sql_apps, sql_billing, sql_catalog, sql_entitlements, sql_keys, sql_llm_prices, sql_notifications,
-          sql_portal)
+          sql_portal, sql_receipts)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -137,7 +138,7 @@ def test_database_made_by_create_all_is_adopted(engine: sa.Engine) -> None:
 
     assert revision(engine) == migrations.HEAD
     assert read_every_table(engine, present) == before
-    later = {"apps", "customer_apps"}  # tables of revisions after the baseline (0003_apps)
+    later = {"apps", "customer_apps", "ingest_receipts"}  # tables of revisions after the baseline (0003_apps, 0005)
     assert set(sa.inspect(engine).get_table_names()) == set(made.tables) | later | {"alembic_version"}
     assert "customer_subjects_customer" in index_names(engine, "customer_subjects")
 

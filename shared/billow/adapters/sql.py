@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
+from billow.adapters.sql_receipts import ingest_receipts
 from billow.domain.ingest_policy import from_json as policy_from_json
 from billow.domain.meters import Meter
 from billow.errors import Conflict
@@ -331,3 +332,15 @@ class SqlMetaStore:
             customer_subjects.c.namespace == namespace, customer_subjects.c.customer_id.in_(list(customer_ids)))
         with self.engine.connect() as c:
             return {r.subject_key: r.customer_id for r in c.execute(q)}
+
+    # -- ingestion receipts (issue 21) -------------------------------------------------------------
+    def put_receipt(self, namespace: str, doc: dict[str, Any], at: datetime) -> None:
+        with self._tx() as c:
+            c.execute(ingest_receipts.insert().values(namespace=namespace, id=doc["id"], created_at=at,
+                                                      doc=jsonx.dumps(doc)))
+
+    def get_receipt(self, namespace: str, receipt_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(ingest_receipts.c.doc).where(ingest_receipts.c.namespace == namespace,
+                                                                   ingest_receipts.c.id == receipt_id)).first()
+        return jsonx.loads(row.doc) if row else None
