@@ -315,7 +315,8 @@ class Container:
                 return StripeInvoicing(apps.app_secrets(namespace, app_id).get("apiKey"), s.stripe_api_base,
                                        StripeCustomerData(namespace, app_id, apps))
             if doc["type"] == "custom_invoicing":
-                return CustomInvoicing(issuing_hook=bool(doc.get("enableIssuingSyncHook")))
+                return CustomInvoicing(issuing_hook=bool(doc.get("enableIssuingSyncHook")),
+                                       draft_hook=bool(doc.get("enableDraftSyncHook")))
             return invoicing.get(doc["type"])
 
         return BillingApps(namespace, invoicing=invoicing, billing=self.billing_store(),

@@ -35,8 +35,9 @@ class CustomInvoicing:
     synchronized); it hears of a void through the invoice.updated notification. An installed app whose
     enableIssuingSyncHook is off does not wait: the invoice is issued at once, as OpenMeter's."""
 
-    def __init__(self, issuing_hook: bool = True) -> None:
+    def __init__(self, issuing_hook: bool = True, draft_hook: bool = False) -> None:
         self.issuing_hook = issuing_hook
+        self.draft_hook = draft_hook  # enableDraftSyncHook: drafts wait for POST .../draft/synchronized
 
     def issue(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
         return None if self.issuing_hook else {}

@@ -86,11 +86,26 @@ def issue(namespace: str, doc: dict[str, Any], *, store: BillingStore, apps: Bil
     return _issue(namespace, Invoice.from_json(doc), store=store, apps=apps, now=now).to_json()
 
 
+DRAFT_SYNCED = "openmeter.io/custominvoicing/draft-synced-at"  # OpenMeter's mark of the draft call-back
+
+
+def _waits_for_draft_sync(inv: Invoice, apps: BillingApps) -> bool:
+    """A custom invoicing app with enableDraftSyncHook whose call-back has not come yet (OpenMeter's
+    CanDraftSyncAdvance)."""
+    hook = getattr(apps.invoicing(inv.invoicing_app_ref), "draft_hook", False)
+    return bool(hook) and DRAFT_SYNCED not in (inv.metadata if isinstance(inv.metadata, dict) else {})
+
+
 def _issue(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingApps, now: datetime) -> Invoice:
     if inv.status not in ("draft", "issuing"):
         apps.issued(inv.to_json())
         return inv
     before = inv.status
+    if before == "draft" and _waits_for_draft_sync(inv, apps):  # held in draft.syncing until the call-back
+        inv.set_status("draft.syncing")
+        inv.touch(now)
+        _save(namespace, inv, store, expect_status=before)
+        return inv
     inv.set_status("issuing.syncing")
     inv.touch(now)
     _save(namespace, inv, store, expect_status=before)
@@ -220,7 +235,12 @@ def custom_invoicing_synced(namespace: str, invoice_id: str, stage: str, body: o
     if stage == "draft":
         inv.require_mutable()
         inv.external_ids = {**inv.external_ids, "invoicing": given.get("invoicing", {}).get("invoiceId")}
+        inv.metadata = {**(inv.metadata if isinstance(inv.metadata, dict) else {}), DRAFT_SYNCED: format_rfc3339(now)}
         inv.touch(now)
+        if inv.extended_status == "draft.syncing":  # it waited for this call-back: it goes on
+            inv.set_status("draft.ready_to_issue")
+            _save(namespace, inv, store, expect_status="draft")
+            return _issue(namespace, inv, store=store, apps=apps, now=now).to_json()
         _save(namespace, inv, store, expect_status=inv.status)
         return inv.to_json()
     if inv.status != "issuing":
