@@ -14,7 +14,7 @@ import pytest
 from billow.web.query_contract import query_parameters
 from tests.catalog.conftest import Billow
 from tests.support.billing import PROFILE
-from tests.support.catalog import plan_body, setup
+from tests.support.catalog import plan_body, published, setup
 
 TIMES = frozenset({"createdAt", "updatedAt", "effectiveAt", "activeFrom", "activeTo", "issuedAt", "period.from"})
 
@@ -154,3 +154,42 @@ def test_plans_addons_plan_addons_and_profiles_in_the_asked_order(billow: Billow
         b.ok("POST", "/api/v1/billing/profiles", {**PROFILE, "name": name, "default": n == 2})
     _check(b, "/api/v1/billing/profiles", "/api/v1/billing/profiles",
            {"createdAt": "createdAt", "updatedAt": "updatedAt", "default": "default", "name": "name"}, "createdAt")
+
+
+@pytest.mark.parametrize("billow", ["memory"], indirect=True)
+def test_invoices_and_customer_subscriptions_in_the_asked_order(billow: Billow) -> None:
+    b = billow
+    setup(b)
+    b.ok("POST", "/api/v1/billing/profiles", {**PROFILE, "workflow": {"invoicing": {"autoAdvance": False}}})
+    made = []
+    for n, (name, month) in enumerate([("Zed", "03"), ("Amy", "01"), ("Mia", "02")], 1):
+        b.clock.set(f"2026-04-0{n}T00:00:00Z")
+        cust = b.ok("POST", "/api/v1/customers", {"key": f"k{n}", "name": name, "currency": "USD",
+                                                  "usageAttribution": {"subjectKeys": [f"sub{n}"]}})
+        b.ok("POST", f"/api/v1/billing/customers/{cust['id']}/invoices/pending-lines", {"currency": "USD", "lines": [{
+            "name": "Setup", "period": {"from": f"2026-{month}-01T00:00:00Z", "to": f"2026-{month}-02T00:00:00Z"},
+            "invoiceAt": f"2026-{month}-02T00:00:00Z", "price": {"type": "flat", "amount": str(n)}}]})
+        (inv,) = b.ok("POST", "/api/v1/billing/invoices/invoice", {"customerId": cust["id"]})
+        made.append(inv)
+    b.clock.set("2026-04-05T00:00:00Z")
+    b.ok("POST", f"/api/v1/billing/invoices/{made[2]['id']}/approve")  # Mia's: issued (issuedAt), the others drafts
+    b.clock.set("2026-04-06T00:00:00Z")
+    b.ok("POST", f"/api/v1/billing/invoices/{made[0]['id']}/approve")
+    _check(b, "/api/v1/billing/invoices", "/api/v1/billing/invoices",
+           {"customer.name": "customer.name", "issuedAt": "issuedAt", "status": "status", "createdAt": "createdAt",
+            "updatedAt": "updatedAt", "periodStart": "period.from"}, "createdAt")
+    # a customer's subscriptions one after another: two that end (activeTo), the last without end (null: last
+    # ascending, first descending)
+    published(b, plan_body("basic", "10"))
+    acme = "acme"
+    b.clock.set("2026-05-01T00:00:00Z")
+    first = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": acme,
+                                                   "timing": "2026-06-01T00:00:00Z"})
+    b.ok("POST", f"/api/v1/subscriptions/{first['id']}/cancel", {"timing": "2026-07-01T00:00:00Z"})
+    second = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": acme,
+                                                    "timing": "2026-07-01T00:00:00Z"})
+    b.ok("POST", f"/api/v1/subscriptions/{second['id']}/cancel", {"timing": "2026-08-01T00:00:00Z"})
+    b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": acme,
+                                           "timing": "2026-08-01T00:00:00Z"})
+    _check(b, f"/api/v1/customers/{acme}/subscriptions", "/api/v1/customers/{customerIdOrKey}/subscriptions",
+           {"activeFrom": "activeFrom", "activeTo": "activeTo"}, "activeFrom")
