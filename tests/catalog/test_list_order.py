@@ -176,7 +176,8 @@ def test_invoices_and_customer_subscriptions_in_the_asked_order(billow: Billow) 
     b.clock.set("2026-04-06T00:00:00Z")
     b.ok("POST", f"/api/v1/billing/invoices/{made[0]['id']}/approve")
     _check(b, "/api/v1/billing/invoices", "/api/v1/billing/invoices",
-           {"customer.name": "customer.name", "issuedAt": "issuedAt", "status": "status", "createdAt": "createdAt",
+           {"customer.name": "customer.name", "issuedAt": "issuedAt", "status": "statusDetails.extendedStatus",
+            "createdAt": "createdAt",
             "updatedAt": "updatedAt", "periodStart": "period.from"}, "createdAt")
     # a customer's subscriptions one after another: two that end (activeTo), the last without end (null: last
     # ascending, first descending)

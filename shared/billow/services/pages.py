@@ -127,7 +127,8 @@ SUBSCRIPTIONS = Ordering({"activeFrom": "activeFrom", "activeTo": "activeTo"}, "
                          frozenset({"activeFrom", "activeTo"}))
 PROFILES = Ordering({"createdAt": "createdAt", "updatedAt": "updatedAt", "default": "default", "name": "name"},
                     "createdAt", _STAMPS)
-INVOICES = Ordering({"customer.name": "customer.name", "issuedAt": "issuedAt", "status": "status",
+# `status`: OpenMeter's status column holds the extended status (draft.manual_approval_needed, ...)
+INVOICES = Ordering({"customer.name": "customer.name", "issuedAt": "issuedAt", "status": "statusDetails.extendedStatus",
                      "createdAt": "createdAt", "updatedAt": "updatedAt", "periodStart": "period.from"}, "createdAt",
                     _STAMPS | {"issuedAt", "period.from"})
 
