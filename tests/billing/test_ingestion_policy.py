@@ -12,6 +12,7 @@ import pytest
 
 from billow.local.server import apigw_event
 from functions.api.handler import lambda_handler as api
+from functions.ingest.handler import lambda_handler as ingest
 from tests.billing.conftest import Billow
 
 
@@ -82,3 +83,48 @@ def test_bad_policies_are_a_400_naming_the_field(billow: Billow, policy: Any, fi
     status, body = billow.call("POST", "/api/v1/meters", {"slug": "bad", "eventType": "x", "aggregation": "SUM",
                                                           "valueProperty": "$.n", "ingestionPolicy": policy})
     assert status == 400 and body["type"] and field in json.dumps(body), body
+
+
+def test_late_invoiced_refuse_ignore_and_correct(billow: Billow) -> None:
+    """An event in a period a usage line has invoiced (its lineage): `refuse` is a 400 naming the window, `ignore`
+    stores it counting nothing for the meter (reported in the receipt), `correct` (default) bills a correction."""
+    from tests.billing.test_ingest_receipts import PREFER
+    from tests.support.billing import invoices, scheduled_run, subscribed
+
+    b = billow
+    subscribed(b)
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)
+    b.usage(1500, "2026-04-05T10:00:00Z")
+    b.clock.set("2026-05-01T00:10:00Z")
+    scheduled_run(b)
+    second = invoices(b)[1]
+    line = next(ln for ln in second["lines"] if ln.get("featureKey") == "tokens")
+    b.clock.set("2026-05-01T12:00:00Z")
+
+    def late(id_: str, at: str = "2026-04-29T09:00:00Z", headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        ev = {"specversion": "1.0", "id": id_, "source": "test", "type": "prompt", "subject": "customer_1", "time": at,
+              "data": {"tokens": 100, "model": "gpt"}}
+        out = ingest(apigw_event("POST", "/api/v1/events", headers or {"content-type": "application/json"},
+                                 json.dumps([ev]).encode(), "127.0.0.1"), None)
+        return out["statusCode"], json.loads(out["body"]) if out.get("body") else None
+
+    def verify() -> dict[str, Any]:
+        return b.ok("POST", f"/api/v1/billing/invoices/{second['id']}/lines/{line['id']}/verify")  # type: ignore[no-any-return]
+
+    b.ok("PUT", "/api/v1/meters/tokens", {"name": "tokens", "ingestionPolicy": {"lateInvoiced": "refuse"}})
+    status, body = late("r1")
+    assert status == 400, body
+    text = json.dumps(body)
+    assert "2026-04-01T00:00:00Z" in text and "2026-05-01T00:00:00Z" in text and second["number"] in text and '"time"' in text
+    assert verify()["unchanged"] is True
+    assert late("m1", at="2026-05-01T00:00:00Z")[0] == 204  # May is not invoiced: accepted
+    b.ok("PUT", "/api/v1/meters/tokens", {"name": "tokens", "ingestionPolicy": {"lateInvoiced": "ignore"}})
+    status, receipt = late("i1", headers=PREFER)
+    assert status == 200 and receipt["accepted"] == 1
+    assert [(x["id"], x["meter"]) for x in receipt["ignored"]] == [("i1", "tokens")]
+    assert verify()["unchanged"] is True  # stored, counted nothing for the meter
+    b.ok("PUT", "/api/v1/meters/tokens", {"name": "tokens", "ingestionPolicy": {"lateInvoiced": "correct"}})
+    assert late("c1")[0] == 204
+    v = verify()
+    assert v["unchanged"] is False and [e["id"] for e in v["arrivedLater"]] == ["c1"]

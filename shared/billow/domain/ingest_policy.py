@@ -5,8 +5,10 @@
   is its UTC minute [floor(time), floor(time) + 1 min), the finest window the usage store keeps; an event ingested
   later than the window's end + lateAfter is refused (400 naming the window); exactly at it is accepted.
 - `lateInvoiced`: what becomes of an event in an already invoiced period: `correct` (default, today's behaviour:
-  a correction line on the next invoice, within billow.domain.billing.CORRECTION_WINDOW); `ignore` and `refuse`
-  are recorded on the meter (enforcement: not yet, see the issue 21 report).
+  a correction line on the next invoice, within billow.domain.billing.CORRECTION_WINDOW); `ignore` (the event is
+  stored but counts nothing for the meter; reported in the ingest receipt and the `ingest_ignored_invoiced`
+  metric); `refuse` (400 naming the invoiced window). "Invoiced" is what the usage lines' lineage says: a line of
+  this meter whose subjects hold the event's subject and whose period holds its time.
 - `invalidValues`: `refuse` (default: the batch is refused naming every bad event) or `accept` (OpenMeter's: the
   event is stored with its validation error, counts nothing for the meter, and is listed by GET /api/v1/events
   with `validationError`)."""
@@ -95,6 +97,16 @@ def from_json(doc: dict[str, Any] | None) -> IngestionPolicy:
     if not doc:
         return DEFAULT
     return IngestionPolicy(doc.get("lateAfter"), doc.get("lateInvoiced", "correct"), doc.get("invalidValues", "refuse"))
+
+
+def on_invoiced(policy: IngestionPolicy, meter_slug: str, found: tuple[datetime, datetime, str] | None) -> tuple[str, str] | None:
+    """(action, why) for an event whose time falls in an invoiced period `found` (start, end, invoice number) of the
+    meter: ("refuse" | "ignore", message), or None (not invoiced, or the policy corrects)."""
+    if found is None or policy.late_invoiced == "correct":
+        return None
+    start, end, number = found
+    return policy.late_invoiced, (f"its period [{format_rfc3339(start)}, {format_rfc3339(end)}) of meter {meter_slug} is "
+                                  f"invoiced already (invoice {number}; lateInvoiced {policy.late_invoiced})")
 
 
 def too_late(policy: IngestionPolicy, event_time: datetime, ingested_at: datetime) -> str | None:

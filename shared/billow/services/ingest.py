@@ -6,8 +6,8 @@ nothing of it is published. Returns only after the bus has the records (Kafka ac
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,7 @@ import msgspec
 from billow import jsonx
 from billow.bus import batch_records, encode_data
 from billow.domain.events import CloudEvent, parse_batch, parse_each, refused  # noqa: F401 (parse_batch: re-exported)
-from billow.domain.ingest_policy import too_late
+from billow.domain.ingest_policy import on_invoiced, too_late
 from billow.domain.meters import Meter
 from billow.errors import PayloadTooLarge
 from billow.ports import EventBus, MetaStore
@@ -30,6 +30,11 @@ _MS = timedelta(milliseconds=1)
 @dataclass(slots=True)
 class IngestResult:
     accepted: int
+    ignored: list[dict[str, Any]] = field(default_factory=list)  # events a meter ignored (ingestionPolicy.lateInvoiced)
+
+
+# (meter id, subject, time) -> the invoiced period holding it (start, end, invoice number), or None
+InvoicedLookup = Callable[[str, str, datetime], tuple[datetime, datetime, str] | None]
 
 
 def partition_key(event: CloudEvent) -> bytes:
@@ -78,7 +83,28 @@ def check_late(events: Sequence[tuple[int, CloudEvent]], meters: Sequence[Meter]
                 errors.append({"index": i, "field": "time", "meter": m.slug, "message": why})
 
 
-def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: EventBus, now: datetime) -> IngestResult:
+def check_invoiced(events: Sequence[tuple[int, CloudEvent]], meters: Sequence[Meter], values: list[list[Any]],
+                   invoiced: InvoicedLookup | None, errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ingestionPolicy.lateInvoiced: events in an invoiced period of a meter that refuses them go to `errors`; those
+    of a meter that ignores them lose its value (they count nothing there) and are returned."""
+    guarded = [m for m in meters if m.policy.late_invoiced != "correct"]
+    if not guarded or invoiced is None:
+        return []
+    ignored: list[dict[str, Any]] = []
+    for n, (i, ev) in enumerate(events):
+        for m in guarded:
+            if not m.applies_to(ev) or (verdict := on_invoiced(m.policy, m.slug, invoiced(m.id, ev.subject, ev.time))) is None:
+                continue
+            if verdict[0] == "refuse":
+                errors.append({"index": i, "field": "time", "meter": m.slug, "message": verdict[1]})
+            else:
+                values[n] = [v for v in values[n] if v[0] != m.id]
+                ignored.append({"index": i, "source": ev.source, "id": ev.id, "meter": m.slug, "message": verdict[1]})
+    return ignored
+
+
+def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: EventBus, now: datetime,
+                  invoiced: InvoicedLookup | None = None) -> IngestResult:
     if len(raws) > MAX_BATCH_EVENTS:
         raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH_EVENTS} events; this one has {len(raws)}")
     if not raws:
@@ -88,6 +114,7 @@ def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: Even
     meters = meta.list_meters(namespace)
     values = check_against_meters(indexed, meters, errors)
     check_late(indexed, meters, now, errors)
+    ignored = check_invoiced(indexed, meters, values, invoiced, errors)
     if errors:
         raise refused(errors)
     stamp = format_rfc3339(now)  # one ingestedAt for the whole batch
@@ -98,7 +125,7 @@ def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: Even
             for (_, e), v in zip(indexed, values, strict=True))
     bus.publish(namespace, batch_records(stamp, [m.id for m in meters], rows,
                                          per_event=getattr(bus, "per_event_records", False)))
-    return IngestResult(len(indexed))
+    return IngestResult(len(indexed), ignored)
 
 
 def partition_for(key: bytes, partitions: int) -> int:

@@ -15,6 +15,7 @@ import binascii
 import csv
 import io
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -152,3 +153,30 @@ def verify_line(namespace: str, invoice_id: str, line_id: str, *, store: Billing
                        for at, other, o in corrections if e.ingested_at <= at), None)
         out["arrivedLater"].append({**e.to_json(), "billedBy": billed})
     return out
+
+
+def invoiced_lookup(namespace: str, *, store: BillingStore, meta: Any) -> Callable[[str, str, datetime], tuple[datetime, datetime, str] | None]:
+    """For ingest (ingestionPolicy.lateInvoiced): (meter id, subject, time) -> the invoiced period holding it
+    (start, end, invoice number) per the lineage of the subject's customer's usage lines, or None. Reads a subject's
+    invoices once, on first need (only meters whose policy is not `correct` ask)."""
+    periods: dict[str, list[tuple[str, datetime, datetime, str]]] = {}
+
+    def of(subject: str) -> list[tuple[str, datetime, datetime, str]]:
+        if subject not in periods:
+            out: list[tuple[str, datetime, datetime, str]] = []
+            customer = meta.customers_for_subjects(namespace, {subject}).get(subject)
+            for inv in store.list_invoices(namespace, customer_ids=[customer]) if customer else []:
+                if inv.get("deletedAt") or inv.get("status") in ("gathering", "voided"):
+                    continue
+                for ln in inv.get("lines") or []:
+                    lin = ln.get("lineage")
+                    if lin and subject in lin["subjects"]:
+                        s, e = _span(lin)
+                        out.append((lin["meter"]["id"], s, e, str(inv.get("number") or inv["id"])))
+            periods[subject] = out
+        return periods[subject]
+
+    def lookup(meter_id: str, subject: str, at: datetime) -> tuple[datetime, datetime, str] | None:
+        return next(((s, e, n) for mid, s, e, n in of(subject) if mid == meter_id and s <= at < e), None)
+
+    return lookup

@@ -15,7 +15,7 @@ from billow.domain import receipts as rules
 from billow.errors import NotFound
 from billow.ids import new_id
 from billow.ports import EventBus, MetaStore, UsageStore
-from billow.services.ingest import ingest_events
+from billow.services.ingest import InvoicedLookup, ingest_events
 
 
 def _key(raw: Any) -> tuple[str, str] | None:
@@ -25,12 +25,14 @@ def _key(raw: Any) -> tuple[str, str] | None:
 
 
 def ingest_with_receipt(namespace: str, raws: list[Any], *, meta: MetaStore, bus: EventBus, usage: UsageStore,
-                        now: datetime) -> dict[str, Any]:
+                        now: datetime, invoiced: InvoicedLookup | None = None) -> dict[str, Any]:
     keys = [k for k in map(_key, raws) if k is not None]
     stored, _ = usage.written_keys(namespace, sorted(set(keys)))
     duplicates = rules.duplicates_of(keys, stored)
-    ingest_events(namespace, raws, meta=meta, bus=bus, now=now)  # refuses a bad batch: no receipt then
+    result = ingest_events(namespace, raws, meta=meta, bus=bus, now=now, invoiced=invoiced)  # a bad batch: no receipt
     doc = rules.receipt(new_id(), keys, duplicates, now)
+    if result.ignored:  # events a meter ignored (ingestionPolicy.lateInvoiced): stored, counted nowhere there
+        doc["ignored"] = [{k: x[k] for k in ("source", "id", "meter", "message")} for x in result.ignored]
     meta.put_receipt(namespace, doc, now)
     return doc
 
