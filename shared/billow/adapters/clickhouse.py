@@ -101,6 +101,20 @@ class ClickHouseUsageStore:
         # chdb runs the engine in this process: a kill can land between the values part and its views' parts.
         # A ClickHouse server writes an INSERT's views itself within that query, whatever happens to the client.
         self._in_process = type(client).__name__ == "ChdbClient"
+        self._filter: _KeyFilter | None = None  # in-process only: built from the ledger at the first look-up
+
+    def _key_filter(self) -> _KeyFilter:
+        """A Bloom filter of every ledger key hash, read once from `event_keys` and kept up to date by `write` (this
+        process is the engine's only writer); rebuilt larger when it fills. Call with the lock held."""
+        f = self._filter
+        if f is None or f.full():
+            import numpy as np  # chdb's own dependency (pandas): present wherever this path runs
+
+            count = int(self._query("SELECT count() FROM event_keys", {})[0][0])
+            f = _KeyFilter(count)
+            f.add(np.asarray(self._client.query_np("SELECT key_hash FROM event_keys"), dtype=np.uint64).reshape(-1))
+            self._filter = f
+        return f
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -157,6 +171,8 @@ class ClickHouseUsageStore:
 
     def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         with self._lock:
+            if "INSERT INTO event" in sql:  # keys written around `write` (a bulk load): the filter reads them again
+                self._filter = None
             self._client.command(sql, parameters=params or None)
 
     def migrate(self) -> None:
@@ -174,6 +190,7 @@ class ClickHouseUsageStore:
                     self._command(stmt)
                 self._client.insert("billow_migrations", [[version, name, datetime.now(UTC)]],
                                     column_names=["version", "name", "applied_at"])
+            self._filter = None  # a migration may fill the ledger
             if self._journal is not None:
                 self.recover()
 
@@ -210,10 +227,16 @@ class ClickHouseUsageStore:
         if not keys:
             return set(), set()
         wanted = set(keys)
+        hashes = {_key_hash(k) for k in wanted}
+        if self._in_process:  # the only writer: a filter in memory answers "never written" for most keys
+            with self._lock:
+                hashes = self._key_filter().maybe(hashes)
+            if not hashes:
+                return set(), set()
         rows = self._query(
             "SELECT source, id, max(state) FROM event_keys WHERE namespace = {ns:String} "
             "AND key_hash IN {hashes:Array(UInt64)} GROUP BY source, id",
-            {"ns": namespace, "hashes": sorted({_key_hash(k) for k in wanted})})
+            {"ns": namespace, "hashes": sorted(hashes)})
         stored: set[tuple[str, str]] = set()
         begun: set[tuple[str, str]] = set()
         for r in rows:
@@ -248,6 +271,8 @@ class ClickHouseUsageStore:
             begun = {(v.source, v.event_id) for v in values} | {s.event.key for s in events}
             if begun:
                 ordered = sorted(begun)
+                if self._filter is not None:
+                    self._filter.add([_key_hash(k) for k in ordered])
                 self._client.insert("event_keys", [
                     [namespace] * len(ordered), [_key_hash(k) for k in ordered], [k[0] for k in ordered],
                     [k[1] for k in ordered], [0] * len(ordered)],
@@ -775,6 +800,45 @@ def _hour_cells(values: Sequence[MeterValue]) -> list[tuple[str, int]]:
     cells = {(m, int(datetime(y, mo, d, h, tzinfo=UTC).timestamp())) for m, y, mo, d, h in utc}
     cells.update((v.meter_id, int(v.time.timestamp() // 3600) * 3600) for v in values if v.time.tzinfo is not UTC)
     return sorted(cells)
+
+
+class _KeyFilter:
+    """A Bloom filter over 64-bit key hashes (4 probes, >= 16 bits per key: about 0.2 % false positives, which the
+    ledger look-up then clears). No false negatives, so a key it rules out was never written."""
+
+    def __init__(self, keys: int) -> None:
+        import numpy as np
+
+        self.bits = 1 << max(27, (max(keys, 1) * 16 - 1).bit_length())
+        self.words = np.zeros(self.bits // 64, dtype=np.uint64)
+        self.count = 0
+
+    def _probes(self, hashes: Any) -> Any:
+        import numpy as np
+
+        h = np.asarray(hashes, dtype=np.uint64)
+        lo, hi = h & np.uint64(0xFFFFFFFF), h >> np.uint64(32)
+        return [(lo + np.uint64(i) * hi) & np.uint64(self.bits - 1) for i in range(4)]
+
+    def add(self, hashes: Any) -> None:
+        import numpy as np
+
+        for p in self._probes(hashes):
+            np.bitwise_or.at(self.words, p >> np.uint64(6), np.uint64(1) << (p & np.uint64(63)))
+        self.count += len(hashes)
+
+    def maybe(self, hashes: set[int]) -> set[int]:
+        """The hashes that may be in the ledger."""
+        import numpy as np
+
+        ordered = list(hashes)
+        hit = np.ones(len(ordered), dtype=bool)
+        for p in self._probes(ordered):
+            hit &= (self.words[p >> np.uint64(6)] >> (p & np.uint64(63))) & np.uint64(1) == np.uint64(1)
+        return {h for h, y in zip(ordered, hit.tolist(), strict=True) if y}
+
+    def full(self) -> bool:
+        return self.count * 16 > self.bits
 
 
 def _key_hash(key: tuple[str, str]) -> int:
