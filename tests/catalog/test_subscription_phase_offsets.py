@@ -51,3 +51,18 @@ def test_phases_start_at_their_iso_offsets_and_edits_add_iso_durations(billow: B
     assert _phases(b, sub["id"]) == [("trial", "2026-01-31T00:00:00Z", "2026-02-28T00:00:00Z"),
                                      ("promo", "2026-02-28T00:00:00Z", "2026-03-31T00:00:00Z"),
                                      ("default", "2026-03-31T00:00:00Z", None)]
+
+
+
+def test_a_stretch_too_far_is_a_400_naming_extend_by(billow: Billow) -> None:
+    b = billow
+    setup(b)
+    sub = _subscribed(b)
+    path = f"/api/v1/subscriptions/{sub['id']}"
+    b.clock.set("2026-02-01T00:00:00Z")
+    before = _phases(b, sub["id"])
+    for far in ("P7980Y", "P9999Y"):
+        status, out = b.call("PATCH", path, {"customizations": [
+            {"op": "stretch_phase", "phaseKey": "trial", "extendBy": far}]})
+        assert status == 400 and "customizations[0].extendBy" in str(out), (far, status, out)
+    assert _phases(b, sub["id"]) == before

@@ -236,11 +236,14 @@ def add_offsets(a: Offset, b: Offset, sign: int = 1) -> Offset:
     return a[0] + sign * b[0], a[1] + sign * b[1], a[2] + sign * b[2]
 
 
-def shifted(start: datetime, by: Offset) -> datetime:
+def shifted(start: datetime, by: Offset, name: str = "duration") -> datetime:
     """`start` plus an offset, in UTC: months first (the day kept, or the month's last day when it has fewer), then
-    days, then seconds (OpenMeter's datetime.DateTime.Add)."""
+    days, then seconds (OpenMeter's datetime.DateTime.Add). Past the years 1..9999 it is a 400 naming `name`."""
     s = start.astimezone(UTC)
     m = s.month - 1 + by[0]
     y, mo = s.year + m // 12, m % 12 + 1
     last = _MONTH_DAYS[mo] if mo != 2 or not calendar.isleap(y) else 29
-    return s.replace(year=y, month=mo, day=min(s.day, last)) + timedelta(days=by[1], seconds=by[2])
+    try:
+        return s.replace(year=y, month=mo, day=min(s.day, last)) + timedelta(days=by[1], seconds=by[2])
+    except (ValueError, OverflowError):
+        raise _bad(name, "too long: the date would fall outside the years 1 to 9999") from None

@@ -65,6 +65,8 @@ def _after(value: Any, field: str, at: datetime) -> datetime:
         return RecurringPeriod(value, at).at(1)
     except ValidationFailed as exc:
         raise bad(field, exc.errors[0]["message"] if exc.errors else str(exc)) from None
+    except OverflowError:
+        raise bad(field, "too long: the date would fall outside the years 1 to 9999") from None
 
 
 class _Edit:
@@ -103,7 +105,7 @@ class _Edit:
             return months, days, seconds
         return 0, 0, int((_start(ph) - _start(self.doc)).total_seconds())
 
-    def shift(self, from_index: int, by: Offset) -> None:
+    def shift(self, from_index: int, by: Offset, field: str = "duration") -> None:
         """Add `by` to the offsets of phases[from_index:] (ISO components, as OpenMeter's StartAfter.Add): each
         starts at the subscription's start plus its new offset, ends where the next starts, and its items' own
         spans move with its start."""
@@ -112,7 +114,7 @@ class _Edit:
         starts = []
         for ph in moved:
             new = add_offsets(self.offset(ph), by)
-            starts.append(shifted(sub_start, new))
+            starts.append(shifted(sub_start, new, field))
             ph["offset"] = list(new)
         for i, ph in enumerate(moved):
             delta = starts[i] - _start(ph)
@@ -196,13 +198,13 @@ class _Edit:
         _after(op.get("extendBy"), f"{f}.extendBy", end)  # a 400 naming extendBy unless a positive duration
         by = offset(op["extendBy"], f"{f}.extendBy")
         if index + 1 < len(self.phases):  # OpenMeter: the later phases' startAfter + extendBy
-            new_end = shifted(_start(self.doc), add_offsets(self.offset(self.phases[index + 1]), by))
+            new_end = shifted(_start(self.doc), add_offsets(self.offset(self.phases[index + 1]), by), f"{f}.extendBy")
         else:
-            new_end = shifted(end, by)
+            new_end = shifted(end, by, f"{f}.extendBy")
         if new_end <= max(self.at, _start(ph)):
             raise bad(f"{f}.extendBy", "would end the phase before it starts or in the past")
         if index + 1 < len(self.phases):
-            self.shift(index + 1, by)
+            self.shift(index + 1, by, f"{f}.extendBy")
         ph["activeTo"] = format_rfc3339(new_end)
 
     def remove_phase(self, op: dict[str, Any], f: str) -> None:
@@ -256,7 +258,8 @@ class _Edit:
                 raise bad(f"{f}.phase.duration", "is required for a phase that other phases follow")
             # OpenMeter: the later phases' startAfter + (duration - (the next one's startAfter - startAfter))
             gap = add_offsets(self.offset(self.phases[later]), since, -1)
-            self.shift(later, add_offsets(offset(body["duration"], f"{f}.phase.duration"), gap, -1))
+            self.shift(later, add_offsets(offset(body["duration"], f"{f}.phase.duration"), gap, -1),
+                       f"{f}.phase.duration")
             end = _start(self.phases[later])
         at = later if later is not None else len(self.phases)
         if at > 0:
