@@ -76,6 +76,18 @@ class Client:
         """All or nothing: Billow stores every event of the batch or, if one is invalid, none."""
         self._call("POST", "/api/v1/events", body=list(events), content_type="application/cloudevents-batch+json")
 
+    def ingest_batch_with_receipt(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """`ingest_batch`, answered with Billow's ingestion receipt (`Prefer: return=representation`): `events`,
+        `accepted`, `duplicates` (the keys already stored or repeated in the batch: a resent batch lists them all),
+        `ingestedAt`, `digest` and its `id` for `receipt`."""
+        return cast(dict[str, Any], self._call("POST", "/api/v1/events", body=list(events),
+                                               content_type="application/cloudevents-batch+json",
+                                               headers={"Prefer": "return=representation"}))
+
+    def receipt(self, receipt_id: str) -> dict[str, Any]:
+        """An ingestion receipt by id (Billow)."""
+        return cast(dict[str, Any], self._call("GET", "/api/v1/events/receipts/{receiptId}", {"receiptId": receipt_id}))
+
     def batcher(self, max_events: int = 500, interval: float = 1.0, on_error: Any = None) -> Batcher:
         from billow_sdk.batcher import Batcher
 
@@ -113,11 +125,11 @@ class Client:
     # -- transport ----------------------------------------------------------------------------------------
     def _call(self, method: str, template: str, path_params: Mapping[str, str] | None = None,
               params: Sequence[tuple[str, str]] = (), *, body: Any = None, content_type: str = "application/json",
-              idempotent: bool = True) -> Any:
+              idempotent: bool = True, headers: Mapping[str, str] | None = None) -> Any:
         path = template.format(**{k: urllib.parse.quote(v, safe="") for k, v in (path_params or {}).items()})
         url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
         data = _to_json(body) if body is not None else None  # encoded once: every retry resends the same ids
-        headers = {"Accept": "application/json", "User-Agent": "billow-sdk-python"}
+        headers = {"Accept": "application/json", "User-Agent": "billow-sdk-python", **(headers or {})}
         if data is not None:
             headers["Content-Type"] = content_type
         if self.api_key:

@@ -45,6 +45,16 @@ def test_entitlement_value(client: Client, subject: str) -> None:
                      "totalAvailableGrantAmount": 100}
 
 
+def test_ingestion_receipt_reports_a_resent_batch_as_duplicates(client: Client, subject: str) -> None:
+    batch = [client.event("prompt", subject, {"tokens": t, "model": "gpt"}) for t in ("1", "2")]
+    first = client.ingest_batch_with_receipt(batch)
+    assert (first["events"], first["accepted"], first["duplicates"]) == (2, 2, [])
+    again = client.ingest_batch_with_receipt(batch)
+    assert again["accepted"] == 0 and [d["id"] for d in again["duplicates"]] == [e["id"] for e in batch]
+    assert again["digest"] == first["digest"] and client.receipt(first["id"]) == first
+    assert total(client, subject) == 3  # stored once
+
+
 def test_errors_carry_the_problem(client: Client, subject: str) -> None:
     with pytest.raises(BillowError) as err:
         client.query_meter("no_such_meter")
