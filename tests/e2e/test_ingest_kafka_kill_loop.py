@@ -153,3 +153,63 @@ def kafka_loop(tmp_path: Path, bootstrap: str) -> None:
         assert totals(port, "kl_unique") == {"": Decimal(len({e["data"]["u"] for e in events.values()}))}
     finally:
         srv.stop()
+
+
+def test_poison_records_of_either_shape_are_dead_lettered_once_and_the_rest_counted(tmp_path: Path,
+                                                                                   kafka_bootstrap: str) -> None:
+    """Records the sink cannot read, in the batch shape or the older one, go to the dead letters (a line each in
+    the data dir's dead-letters.jsonl) and nothing else of the topic is held up, lost or counted twice; after a
+    SIGKILL and restart none of them comes again."""
+    with decimal.localcontext(EXACT):
+        ns = "h11p" + uuid.uuid4().hex[:10]
+        config = tmp_path / "billow.yaml"
+        config.write_text(f"namespace: {ns}\nbus: kafka\nkafka_bootstrap: {kafka_bootstrap}\n"
+                          f"kafka_group: sink-{ns}\n" + METERS)
+        batches = make_batches(random.Random(17_13))[:10]
+        events = {e["id"]: e for b in batches for e in b.events}
+        good_old = [{**e, "id": "old-" + e["id"], "data": {**e["data"], "eid": "old-" + e["id"]}}
+                    for e in list(events.values())[:50]]
+        stamp = "2026-06-03T12:00:00Z"
+        poison = [
+            (b"p1", b'{"billowBatch":1,"ingestedAt":"' + stamp.encode() + b'","meters":[],"events":[["x"'),
+            (b"p2", b'{"billowBatch":7,"ingestedAt":"' + stamp.encode() + b'","meters":[],"events":[]}'),
+            (b"p3", b'{"billowBatch":1,"ingestedAt":"' + stamp.encode() + b'","meters":["m"],"events":[["p3","hb","kl",'
+                    b'"acme",1780480800000,{"v":1},[["m","NaN","NaN",{}]]]]}'),
+            (b"p4", json.dumps({**batches[0].events[0], "id": "p4"}).encode()),  # old shape without ingestedAt
+            (b"p5", b"not json at all"),
+        ]
+        srv = Server(tmp_path / "data", config).start()
+        try:
+            post(srv.port, batches[0])
+            produce(kafka_bootstrap, topic_for(ns), poison[:3] + old_shape(good_old) + poison[3:])
+            for b in batches[1:]:
+                post(srv.port, b)
+            events.update({e["id"]: e for e in good_old})
+            wait_counted(srv.port, set(events))
+            assert srv.proc is not None
+            srv.proc.send_signal(signal.SIGKILL)
+            assert srv.proc.wait(timeout=60) == -signal.SIGKILL
+            srv.proc = None
+            srv.start()
+            for b in batches:
+                post(srv.port, b)
+            per_id = wait_counted(srv.port, set(events))
+            assert {i: n for i, n in per_id.items() if n != 1} == {}
+            assert totals(srv.port, "kl_sum") == {"": sum((Decimal(e["data"]["v"]) for e in events.values()),
+                                                          Decimal(0))}
+        finally:
+            if srv.proc is not None:
+                srv.stop()
+        lines = [json.loads(line) for line in (tmp_path / "data" / "dead-letters.jsonl").read_text().splitlines()]
+        assert sorted(line["value"][:12] for line in lines) == sorted(v[:12].decode() for _, v in poison), lines
+
+
+def wait_counted(port: int, ids: set[str], timeout_s: float = 60) -> dict[str, Decimal]:
+    deadline = time.monotonic() + timeout_s
+    per_id: dict[str, Decimal] = {}
+    while time.monotonic() < deadline:
+        per_id = totals(port, "kl_per_id", "eid")
+        if set(per_id) >= ids:
+            return per_id
+        time.sleep(0.1)
+    raise AssertionError(f"{len(ids - set(per_id))} events never counted, e.g. {sorted(ids - set(per_id))[:5]}")
