@@ -38,7 +38,7 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
     if c.bus is None:
         raise Unavailable("no event bus is configured")
     receipt = None
-    invoiced = invoiced_lookup(c.namespace, store=c.billing_store(), meta=c.meta)  # read only if a meter's policy asks
+    invoiced = invoiced_lookup(c.namespace, store=c.billing_store, meta=c.meta)  # opened only if a meter's policy asks
     try:
         if "return=representation" in header(raw, "prefer").replace(" ", "").lower():  # Billow: a receipt (issue 21)
             receipt = ingest_with_receipt(c.namespace, events, meta=c.meta, bus=c.bus, usage=c.usage, now=c.clock.now(),

@@ -155,17 +155,17 @@ def verify_line(namespace: str, invoice_id: str, line_id: str, *, store: Billing
     return out
 
 
-def invoiced_lookup(namespace: str, *, store: BillingStore, meta: Any) -> Callable[[str, str, datetime], tuple[datetime, datetime, str] | None]:
+def invoiced_lookup(namespace: str, *, store: Callable[[], BillingStore], meta: Any) -> Callable[[str, str, datetime], tuple[datetime, datetime, str] | None]:
     """For ingest (ingestionPolicy.lateInvoiced): (meter id, subject, time) -> the invoiced period holding it
-    (start, end, invoice number) per the lineage of the subject's customer's usage lines, or None. Reads a subject's
-    invoices once, on first need (only meters whose policy is not `correct` ask)."""
+    (start, end, invoice number) per the lineage of the subject's customer's usage lines, or None. Opens the billing
+    store and reads a subject's invoices only on first need (only meters whose policy is not `correct` ask)."""
     periods: dict[str, list[tuple[str, datetime, datetime, str]]] = {}
 
     def of(subject: str) -> list[tuple[str, datetime, datetime, str]]:
         if subject not in periods:
             out: list[tuple[str, datetime, datetime, str]] = []
             customer = meta.customers_for_subjects(namespace, {subject}).get(subject)
-            for inv in store.list_invoices(namespace, customer_ids=[customer]) if customer else []:
+            for inv in store().list_invoices(namespace, customer_ids=[customer]) if customer else []:
                 if inv.get("deletedAt") or inv.get("status") in ("gathering", "voided"):
                     continue
                 for ln in inv.get("lines") or []:
