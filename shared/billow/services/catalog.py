@@ -7,6 +7,7 @@ must), every rate card's feature exists, and usage-based and metered rate cards 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -175,15 +176,39 @@ def next_version(namespace: str, kind: str, id_or_key: str, *, store: CatalogSto
 def list_docs(namespace: str, kind: str, qs: dict[str, list[str]], *, store: CatalogStore, now: datetime) -> list[dict[str, Any]]:
     include_deleted = (qs.get("includeDeleted") or ["false"])[0] == "true"
     docs = store.list_versioned(kind, namespace, include_deleted=include_deleted)
+    key_versions = _key_versions(qs)
+    matches: list[Callable[[dict[str, Any]], bool]] = []
     if qs.get("id"):
-        docs = [d for d in docs if d["id"] in qs["id"]]
+        matches.append(lambda d: d["id"] in qs["id"])
     if qs.get("key"):
-        docs = [d for d in docs if d["key"] in qs["key"]]
+        matches.append(lambda d: d["key"] in qs["key"])
     if qs.get("currency"):
-        docs = [d for d in docs if d["currency"] in qs["currency"]]
+        matches.append(lambda d: d["currency"] in qs["currency"])
+    if key_versions:
+        matches.append(lambda d: d["version"] in key_versions.get(d["key"], ()))
+    if kind == "plan":  # OpenMeter's plan list: a plan matching any of id, key, keyVersion, currency
+        docs = [d for d in docs if not matches or any(m(d) for m in matches)]
+    else:  # its add-on list: every filter given must match
+        docs = [d for d in docs if all(m(d) for m in matches)]
     if qs.get("status"):
         docs = [d for d in docs if catalog.status(d, now) in qs["status"]]
     return docs
+
+
+def _key_versions(qs: dict[str, list[str]]) -> dict[str, set[int]]:
+    """OpenMeter's `keyVersion` deepObject filter, `keyVersion[KEY]=VERSION` (repeatable): KEY -> versions."""
+    out: dict[str, set[int]] = {}
+    for name, values in qs.items():
+        if name != "keyVersion" and not name.startswith("keyVersion["):
+            continue
+        key = name[len("keyVersion["):-1] if name.startswith("keyVersion[") and name.endswith("]") else ""
+        if not key:
+            raise catalog.failure([(name, "must be keyVersion[KEY]=VERSION with a plan or add-on key")])
+        for v in values:
+            if not (v.isascii() and v.isdigit()) or len(v) > 9 or int(v) < 1:
+                raise catalog.failure([(name, f"{v[:40]!r} is not a version (a positive integer)")])
+            out.setdefault(key, set()).add(int(v))
+    return out
 
 
 # -- plan add-ons ------------------------------------------------------------------------------------------
