@@ -131,6 +131,53 @@ func (c *Client) IngestBatch(ctx context.Context, events []Event) error {
 	return c.do(ctx, "POST", "/api/v1/events", nil, nil, body, "application/cloudevents-batch+json", true, nil)
 }
 
+// Receipt is Billow's ingestion receipt: the batch's events, those accepted as new, the keys of the duplicates
+// (already stored, or repeated in the batch: a resent batch lists them all), the ingest time and a digest.
+type Receipt struct {
+	ID         string    `json:"id"`
+	IngestedAt time.Time `json:"ingestedAt"`
+	Events     int       `json:"events"`
+	Accepted   int       `json:"accepted"`
+	Duplicates []struct {
+		Source string `json:"source"`
+		ID     string `json:"id"`
+	} `json:"duplicates"`
+	Digest struct {
+		Events int    `json:"events"`
+		Hash   string `json:"hash"`
+	} `json:"digest"`
+}
+
+type preferKey struct{}
+
+// IngestBatchWithReceipt sends a batch as IngestBatch does and returns Billow's receipt for it
+// (Prefer: return=representation).
+func (c *Client) IngestBatchWithReceipt(ctx context.Context, events []Event) (*Receipt, error) {
+	done := make([]Event, len(events))
+	for i, e := range events {
+		done[i] = c.complete(e)
+	}
+	body, err := json.Marshal(done)
+	if err != nil {
+		return nil, err
+	}
+	var out Receipt
+	ctx = context.WithValue(ctx, preferKey{}, "return=representation")
+	if err := c.do(ctx, "POST", "/api/v1/events", nil, nil, body, "application/cloudevents-batch+json", true, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// GetReceipt reads an ingestion receipt again by its id (Billow).
+func (c *Client) GetReceipt(ctx context.Context, id string) (*Receipt, error) {
+	var out Receipt
+	if err := c.do(ctx, "GET", "/api/v1/events/receipts/{receiptId}", map[string]string{"receiptId": id}, nil, nil, "", true, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // MeterQuery holds the parameters of a meter query; zero values are left out.
 type MeterQuery struct {
 	From, To       time.Time
@@ -267,6 +314,9 @@ func (c *Client) do(ctx context.Context, method, path string, pathParams map[str
 		}
 		if c.apiKey != "" {
 			req.Header.Set("Authorization", "Bearer "+c.apiKey)
+		}
+		if prefer, ok := ctx.Value(preferKey{}).(string); ok {
+			req.Header.Set("Prefer", prefer)
 		}
 		resp, err := c.http.Do(req)
 		if err != nil {

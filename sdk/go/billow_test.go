@@ -161,6 +161,27 @@ func TestIngestAndQueryAreExactInWindowsOfATimeZone(t *testing.T) {
 	}
 }
 
+func TestIngestionReceiptReportsAResentBatchAsDuplicates(t *testing.T) {
+	c, subj := client(t), subject(t)
+	batch := []billow.Event{c.NewEvent("prompt", subj, tokens("1")), c.NewEvent("prompt", subj, tokens("2"))}
+	first, err := c.IngestBatchWithReceipt(ctx, batch)
+	if err != nil || first.Events != 2 || first.Accepted != 2 || len(first.Duplicates) != 0 {
+		t.Fatalf("first: %+v %v", first, err)
+	}
+	again, err := c.IngestBatchWithReceipt(ctx, batch)
+	if err != nil || again.Accepted != 0 || len(again.Duplicates) != 2 || again.Duplicates[0].ID != batch[0].ID || again.Digest != first.Digest {
+		t.Fatalf("again: %+v %v", again, err)
+	}
+	read, err := c.GetReceipt(ctx, first.ID)
+	if err != nil || read.ID != first.ID || read.Accepted != 2 {
+		t.Fatalf("read: %+v %v", read, err)
+	}
+	res, err := c.QueryMeter(ctx, meter, billow.MeterQuery{Subject: []string{subj}})
+	if err != nil || len(res.Data) != 1 || res.Data[0].Value != "3" { // stored once
+		t.Fatalf("total: %+v %v", res, err)
+	}
+}
+
 func TestEntitlementValue(t *testing.T) {
 	c, subj := client(t), subject(t)
 	if err := c.IngestBatch(ctx, []billow.Event{c.NewEvent("prompt", subj, tokens("0.1")), c.NewEvent("prompt", subj, tokens("0.2"))}); err != nil {
