@@ -71,6 +71,17 @@ export interface PortalToken {
   expired: boolean;
 }
 
+/** Billow's ingestion receipt for a batch (`Prefer: return=representation`); counts are exact decimal text. */
+export interface IngestReceipt {
+  id: string; // for receipt(id)
+  ingestedAt: string;
+  events: string;
+  accepted: string;
+  duplicates: { source: string; id: string }[]; // already stored, or repeated in the batch: a resend lists them all
+  digest: { events: string; hash: string }; // the same for a resent batch
+  ignored?: { source: string; id: string }[];
+}
+
 export interface ClientOptions {
   url: string; // e.g. "http://127.0.0.1:8888"
   apiKey?: string; // a bk_... key, sent as `Authorization: Bearer`
@@ -128,6 +139,17 @@ export class Client {
     await this.call("POST", "/api/v1/events", {}, [], events.map((e) => this.event(e)), "application/cloudevents-batch+json");
   }
 
+  /** ingestBatch, answered with Billow's ingestion receipt (`Prefer: return=representation`). */
+  async ingestBatchWithReceipt(events: CloudEvent[]): Promise<IngestReceipt> {
+    return (await this.call("POST", "/api/v1/events", {}, [], events.map((e) => this.event(e)),
+      "application/cloudevents-batch+json", true, { Prefer: "return=representation" })) as IngestReceipt;
+  }
+
+  /** An ingestion receipt by id (Billow). */
+  async receipt(id: string): Promise<IngestReceipt> {
+    return (await this.call("GET", "/api/v1/events/receipts/{receiptId}", { receiptId: id }, [])) as IngestReceipt;
+  }
+
   batcher(options: BatcherOptions = {}): Batcher {
     return new Batcher(this, options);
   }
@@ -155,10 +177,11 @@ export class Client {
   }
 
   private async call(method: string, template: string, pathParams: Record<string, string>, params: [string, string][],
-                     body?: unknown, contentType = "application/json", idempotent = true): Promise<unknown> {
+                     body?: unknown, contentType = "application/json", idempotent = true,
+                     extraHeaders: Record<string, string> = {}): Promise<unknown> {
     const path = template.replace(/\{(\w+)\}/g, (_, name: string) => encodeURIComponent(pathParams[name]));
     const query = params.length ? `?${new URLSearchParams(params)}` : "";
-    const headers: Record<string, string> = { Accept: "application/json", "User-Agent": "billow-sdk-node" };
+    const headers: Record<string, string> = { Accept: "application/json", "User-Agent": "billow-sdk-node", ...extraHeaders };
     if (body !== undefined) headers["Content-Type"] = contentType;
     if (this.opts.apiKey) headers.Authorization = `Bearer ${this.opts.apiKey}`;
     const payload = body === undefined ? undefined : JSON.stringify(body); // encoded once: retries resend the same ids

@@ -94,6 +94,19 @@ test("entitlement value", async () => {
                    { hasAccess: true, balance: "99.7", usage: "0.3", overage: "0", totalAvailableGrantAmount: "100" });
 });
 
+test("ingestion receipt reports a resent batch as duplicates", async () => {
+  const c = client(), subj = await subject();
+  const batch = ["1", "2"].map((t) => c.event({ type: "prompt", subject: subj, data: tokens(t) }));
+  const first = await c.ingestBatchWithReceipt(batch);
+  assert.deepEqual([first.events, first.accepted, first.duplicates], ["2", "2", []]);
+  const again = await c.ingestBatchWithReceipt(batch);
+  assert.equal(again.accepted, "0");
+  assert.deepEqual(again.duplicates.map((d) => d.id), batch.map((e) => e.id));
+  assert.deepEqual(again.digest, first.digest);
+  assert.deepEqual(await c.receipt(first.id), first);
+  assert.equal(await total(subj), "3"); // stored once
+});
+
 test("errors carry the problem", async () => {
   const c = client(), subj = await subject();
   await assert.rejects(c.queryMeter("no_such_meter"), (e: BillowError) =>
