@@ -37,6 +37,8 @@ def parse_decimal(raw: object, *, int_digits: int | None = None, scale: int | No
     10**int_digits; with `scale`, at most that many decimal places (trailing zeros do not count): refused, never
     rounded. Raises ValueError whose message completes "<field> ..." (e.g. "is not a number: '1_000'"). Runs no
     context arithmetic, so a huge exponent (1e999999999) is "out of range", never a decimal.Overflow."""
+    if type(raw) is int and (int_digits is None or -(10**int_digits) < raw < 10**int_digits):
+        return Decimal(raw)  # the common JSON integer (ingest, per event): exact, in range, no places to check
     if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
         raise ValueError("must be a number or a decimal string")
     if isinstance(raw, str):

@@ -271,10 +271,11 @@ class ClickHouseUsageStore:
             begun = {(v.source, v.event_id) for v in values} | {s.event.key for s in events}
             if begun:
                 ordered = sorted(begun)
+                hashes = [_key_hash(k) for k in ordered]  # once per key: the filter and the ledger share them
                 if self._filter is not None:
-                    self._filter.add([_key_hash(k) for k in ordered])
+                    self._filter.add(hashes)
                 self._client.insert("event_keys", [
-                    [namespace] * len(ordered), [_key_hash(k) for k in ordered], [k[0] for k in ordered],
+                    [namespace] * len(ordered), hashes, [k[0] for k in ordered],
                     [k[1] for k in ordered], [0] * len(ordered)],
                     column_names=_KEY_COLUMNS, column_oriented=True)
             journal = self._journal if values else None

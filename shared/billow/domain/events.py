@@ -97,7 +97,9 @@ def parse_event(raw: Any, index: int | None, now: datetime, errors: list[dict[st
         fail("data", "must be a JSON object")
     time_raw = raw.get("time")
     when = now
-    if time_raw is not None:
+    if time_raw is None:
+        when = to_millis(now)
+    else:
         if not isinstance(time_raw, str):
             fail("time", "must be an RFC 3339 date-time string")
         else:
@@ -118,7 +120,7 @@ def parse_event(raw: Any, index: int | None, now: datetime, errors: list[dict[st
         source=values["source"],
         type=values["type"],
         subject=values["subject"],
-        time=to_millis(when),
+        time=when,  # already truncated to milliseconds (once: this runs per event)
         data=data,
     )
 

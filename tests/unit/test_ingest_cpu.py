@@ -1,0 +1,82 @@
+"""Ingest CPU per event (issue 17): work done once per event, not twice. Counted calls, not timings, so these hold
+on a loaded machine; behaviour (times, values, refusals) is asserted beside each count."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+import billow.adapters.clickhouse as ch
+import billow.domain.events as events_mod
+from billow.domain.events import parse_each
+from billow.domain.usage import StoredEvent
+from billow.exact import parse_decimal
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+def _raw(i: int, **extra: Any) -> dict[str, Any]:
+    return {"specversion": "1.0", "id": f"e{i}", "source": "s", "type": "t", "subject": "c",
+            "time": "2026-11-30T10:15:00.123456Z", "data": {"v": i}, **extra}
+
+
+def test_an_event_time_is_truncated_to_milliseconds_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+    real = events_mod.to_millis
+
+    def counting(dt: datetime) -> datetime:
+        nonlocal calls
+        calls += 1
+        return real(dt)
+
+    monkeypatch.setattr(events_mod, "to_millis", counting)
+    errors: list[dict[str, Any]] = []
+    out = parse_each([_raw(i) for i in range(10)], NOW, errors)
+    assert errors == []
+    assert [ev.time for _, ev in out] == [datetime(2026, 11, 30, 10, 15, 0, 123000, tzinfo=UTC)] * 10
+    assert calls == 10
+    # An event without a time takes the ingest time, truncated too; bad events are still all listed.
+    no_time = _raw(0)
+    del no_time["time"]
+    out = parse_each([no_time, _raw(1, time="nope"), _raw(2, id="")], datetime(2026, 12, 6, 0, 0, 0, 999999, tzinfo=UTC),
+                     errors)
+    assert out[0][1].time == datetime(2026, 12, 6, 0, 0, 0, 999000, tzinfo=UTC)
+    assert [(e["index"], e["field"]) for e in errors] == [(1, "time"), (2, "id")]
+
+
+@pytest.mark.parametrize("raw,want", [(0, "0"), (-0, "0"), (7, "7"), (-12, "-12"), (10**20 - 1, str(10**20 - 1)),
+                                      (-(10**20) + 1, str(-(10**20) + 1))])
+def test_integer_values_are_exact(raw: int, want: str) -> None:
+    got = parse_decimal(raw, int_digits=20, scale=18)
+    assert isinstance(got, Decimal) and str(got) == want
+
+
+@pytest.mark.parametrize("raw", [10**20, -(10**20), 10**40, True, False])
+def test_integer_values_out_of_range_or_bool_are_refused(raw: int) -> None:
+    with pytest.raises(ValueError):
+        parse_decimal(raw, int_digits=20, scale=18)
+
+
+def test_a_write_hashes_each_key_once(chdb_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+    real = ch._key_hash
+
+    def counting(key: tuple[str, str]) -> int:
+        nonlocal calls
+        calls += 1
+        return real(key)
+
+    ns = "hash-once"
+    chdb_store.written_keys(ns, [("s", "x")])  # builds the in-memory filter, so write() feeds it too
+    from billow.domain.events import CloudEvent
+
+    evs = [StoredEvent(CloudEvent(f"k{i}", "s", "t", "c", NOW, None), NOW, "", '{"v":1}') for i in range(50)]
+    monkeypatch.setattr(ch, "_key_hash", counting)
+    chdb_store.write(ns, [], evs)
+    assert calls == 50
+    monkeypatch.setattr(ch, "_key_hash", real)
+    stored, _ = chdb_store.written_keys(ns, [e.event.key for e in evs] + [("s", "new")])
+    assert stored == {e.event.key for e in evs}
