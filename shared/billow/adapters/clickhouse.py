@@ -760,7 +760,9 @@ def _hourly_ok(q: UsageQuery) -> bool:
     if q.window_size == "MINUTE":
         return False
     if q.window_size == "BOUNDS":
-        return all(b.minute == 0 and b.second == 0 and b.microsecond == 0 for b in q.bounds or ())
+        # The first and last bounds are the span's ends, which `_segments` serves in minutes and raw values where
+        # they cut an hour (a check ends now, mid-hour); an hour cell stays within one bucket when no inner bound cuts it.
+        return all(b.minute == 0 and b.second == 0 and b.microsecond == 0 for b in (q.bounds or ())[1:-1])
     if q.window_size is not None and not _whole_hour_zone(q.window_tz):
         return False
     return q.window_tz == "UTC" or q.window_size is None or (q.start is not None and q.start >= _HOURLY_SINCE)
