@@ -115,6 +115,9 @@ def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
 
     c = _container(data_dir, deliver=lambda ev: sink(ev, None))
     install(c)
+    from billow import heap
+
+    heap.settle()  # as `billow serve` does once started
     work = batches(n, size, prefix)
     assert c.bus is not None
     ingest_events(c.namespace, work[0], meta=c.meta, bus=c.bus, now=c.clock.now())  # warm: meters, first insert

@@ -80,3 +80,50 @@ def test_a_write_hashes_each_key_once(chdb_store: Any, monkeypatch: pytest.Monke
     monkeypatch.setattr(ch, "_key_hash", real)
     stored, _ = chdb_store.written_keys(ns, [e.event.key for e in evs] + [("s", "new")])
     assert stored == {e.event.key for e in evs}
+
+
+def test_settle_freezes_the_start_up_heap_and_widens_young_collections() -> None:
+    import gc
+
+    from billow import heap
+
+    before = gc.get_threshold()
+    try:
+        heap.settle()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] >= heap.YOUNG_THRESHOLD
+        assert gc.get_threshold()[1:] == before[1:]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_billow_serve_settles_the_heap_before_serving(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import argparse
+    import signal
+    from types import SimpleNamespace
+
+    import billow.local.server as server_mod
+    from billow import cli, heap
+
+    order: list[str] = []
+
+    class FakeServer:
+        address = ("127.0.0.1", 1)
+        httpd = SimpleNamespace(server_close=lambda: None, shutdown=lambda: None)
+
+        def __init__(self, *a: Any) -> None:
+            order.append("built")
+
+        def serve_forever(self) -> None:
+            order.append("serving")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(server_mod, "BillowServer", FakeServer)
+    monkeypatch.setattr(heap, "settle", lambda: order.append("settled"))
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    args = argparse.Namespace(config=None, data_dir=str(tmp_path), host="127.0.0.1", port=1)
+    assert cli.serve(args) == 0
+    assert order == ["built", "settled", "serving"]
