@@ -127,3 +127,27 @@ def test_billow_serve_settles_the_heap_before_serving(monkeypatch: pytest.Monkey
     args = argparse.Namespace(config=None, data_dir=str(tmp_path), host="127.0.0.1", port=1)
     assert cli.serve(args) == 0
     assert order == ["built", "settled", "serving"]
+
+
+class _CountingPattern:
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, 0
+
+    def search(self, text: str) -> Any:
+        self.calls += 1
+        return self.real.search(text)
+
+
+def test_a_body_without_escapes_or_surrogates_is_not_scanned_by_regex(monkeypatch: pytest.MonkeyPatch) -> None:
+    from billow import jsonx
+
+    esc, char = _CountingPattern(jsonx._SURROGATE_ESCAPE), _CountingPattern(jsonx._SURROGATE)
+    monkeypatch.setattr(jsonx, "_SURROGATE_ESCAPE", esc)
+    monkeypatch.setattr(jsonx, "_SURROGATE", char)
+    for text in ('[{"id":"a","data":{"m":"plain"}}]', '[{"id":"a","data":{"m":"caf\u00e9 \U0001f600"}}]'):
+        assert jsonx.lone_surrogates(text, jsonx.loads(text)) == []
+    assert esc.calls == 0 and char.calls == 0
+    # Still found: an escaped lone surrogate, a raw one (non-ASCII text), in a key too; a pair is fine.
+    for text, want in (('[{"id":"\\ud800"}]', ["[0].id"]), ('[{"id":"\ud800"}]', ["[0].id"]),
+                       ('{"k\\udc00":1}', ["k\\udc00"]), ('["\\ud83d\\ude00"]', [])):
+        assert jsonx.lone_surrogates(text, jsonx.loads(text)) == want, text
