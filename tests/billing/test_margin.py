@@ -76,6 +76,30 @@ def test_unpriced_models_are_flagged_never_free(billow: Billow) -> None:
     assert out["complete"] is False
 
 
+def test_revenue_split_over_the_whole_span_by_customer_as_by_model(billow: Billow) -> None:
+    """Without windowSize, revenue is split over each customer's usage of the whole span, grouped by customer too
+    (not day by day): 4,999 cents over h1 1M : h2 1M + 1M (two days) is 1,666.33 -> 1,666 and 3,332.67 -> 3,333,
+    where day by day the three thirds would give h1 1,667 and h2 1,666 + 1,666."""
+    b = billow
+    subscribed(b)
+    b.ok("POST", "/api/v1/llm/meters", {})
+    for body in PRICES:
+        b.ok("POST", "/api/v1/llm/prices", body)
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)
+    llm(b, 1, "h1", 1_000_000, 0, "2026-04-10T10:00:00Z")
+    llm(b, 2, "h2", 1_000_000, 0, "2026-04-11T10:00:00Z")
+    llm(b, 3, "h2", 1_000_000, 0, "2026-04-12T10:00:00Z")
+    b.clock.set("2026-05-01T00:10:00Z")
+    scheduled_run(b)
+    by_model = {r["model"]: (r["revenue"], r["cost"]) for r in margin(b, "model")["data"]}
+    by_both = {r["model"]: (r["revenue"], r["cost"]) for r in margin(b, "customer", "model")["data"]}
+    assert by_model == by_both == {"h1": ("16.66", "1"), "h2": ("33.33", "6")}
+    days = margin(b, "customer", "model", windowSize="DAY")["data"]  # by day: split day by day
+    assert [(r["windowStart"][:10], r["model"], r["revenue"]) for r in days] == [
+        ("2026-04-10", "h1", "16.67"), ("2026-04-11", "h2", "16.66"), ("2026-04-12", "h2", "16.66")]
+
+
 def test_windows_and_bad_input(billow: Billow) -> None:
     b = billow
     world(b)

@@ -28,6 +28,7 @@ from billow.timeutil import format_rfc3339, window_end, zone
 
 GROUPS = ("customer", "model", "provider", "feature")
 bad = ValidationFailed.at
+_ZERO = Decimal(0)
 
 
 def margin_report(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore, usage: UsageStore,
@@ -58,8 +59,7 @@ def margin_report(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore, 
     report = llm_costs.compute_costs(namespace, p, [*(["subject"] if per_subject else []), *dims], meta=meta,
                                      usage=usage, overrides=prices.list_overrides(namespace), table=table)
     if per_subject:  # the cost rows hold each subject's tokens already
-        shares = [rules.Share(ln.window_start, ln.window_end, ln.subject, {g: ln.groups.get(g) for g in dims},
-                              ln.tokens.input + ln.tokens.output) for ln in [*report.lines, *report.unpriced]]
+        shares = _span_shares(report, dims, windowed)
     else:
         shares = _shares(namespace, replace(p, window_size=p.window_size if windowed else None), dims, meta=meta,
                          usage=usage)
@@ -67,10 +67,7 @@ def margin_report(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore, 
     owner = meta.customers_for_subjects(namespace, subjects - {""}) if subjects - {""} else {}
     for sh in shares:  # subject -> its customer
         sh.customer_id = owner.get(sh.customer_id or "")
-    spends = [rules.Spend(ln.window_start, ln.window_end, owner.get(ln.subject or ""),
-                          {g: ln.groups.get(g) for g in dims}, ln.cost.total) for ln in report.lines]
-    spends += [rules.Spend(ln.window_start, ln.window_end, owner.get(ln.subject or ""),
-                           {g: ln.groups.get(g) for g in dims}, None, ln.reason) for ln in report.unpriced]
+    spends = _spends(report, dims, windowed, owner)
     customers = {c["id"]: c for c in meta.list_customers(namespace)}
     result = rules.rows(shares, spends, revenue, customers, group_by, windowed)
     return {"from": format_rfc3339(start), "to": format_rfc3339(end), "windowSize": p.window_size if windowed else None,
@@ -78,6 +75,40 @@ def margin_report(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore, 
             "complete": not report.unpriced,
             "data": [r.to_json(group_by, windowed, llm.PRICE_CURRENCY) for r in result],
             "totals": rules.totals(result, llm.PRICE_CURRENCY)}
+
+
+def _span_shares(report: llm_costs.CostReport, dims: list[str], windowed: bool) -> list[rules.Share]:
+    """Input + output tokens per (window, subject, dims) from the cost report's lines (priced day by day);
+    without windowSize added up over the whole span, so that revenue is split over the span's usage as the
+    token meters' sums split it (`_shares`), not day by day (`customer_id` holds the subject)."""
+    if windowed:
+        return [rules.Share(ln.window_start, ln.window_end, ln.subject, {g: ln.groups.get(g) for g in dims},
+                            ln.tokens.input + ln.tokens.output) for ln in [*report.lines, *report.unpriced]]
+    got: dict[tuple[Any, ...], Decimal] = {}
+    with decimal.localcontext(EXACT):
+        for ln in [*report.lines, *report.unpriced]:
+            key = (ln.subject, tuple(ln.groups.get(g) for g in dims))
+            got[key] = got.get(key, _ZERO) + ln.tokens.input + ln.tokens.output
+    return [rules.Share(None, None, subject, dict(zip(dims, values, strict=True)), tokens)
+            for (subject, values), tokens in got.items()]
+
+
+def _spends(report: llm_costs.CostReport, dims: list[str], windowed: bool,
+            owner: dict[str, str]) -> list[rules.Spend]:
+    """The cost report's lines as spends of their subjects' customers; without windowSize the priced ones added
+    up per (customer, dims) (exact; the unpriced kept one by one, with their reasons)."""
+    unpriced = [rules.Spend(ln.window_start, ln.window_end, owner.get(ln.subject or ""),
+                            {g: ln.groups.get(g) for g in dims}, None, ln.reason) for ln in report.unpriced]
+    if windowed:
+        return [rules.Spend(ln.window_start, ln.window_end, owner.get(ln.subject or ""),
+                            {g: ln.groups.get(g) for g in dims}, ln.cost.total) for ln in report.lines] + unpriced
+    got: dict[tuple[Any, ...], Decimal] = {}
+    with decimal.localcontext(EXACT):
+        for ln in report.lines:
+            key = (owner.get(ln.subject or ""), tuple(ln.groups.get(g) for g in dims))
+            got[key] = got.get(key, _ZERO) + ln.cost.total
+    return [rules.Spend(None, None, cid, dict(zip(dims, values, strict=True)), cost)
+            for (cid, values), cost in got.items()] + unpriced
 
 
 def _shares(namespace: str, p: QueryParams, dims: list[str], *, meta: MetaStore, usage: UsageStore) -> list[rules.Share]:
