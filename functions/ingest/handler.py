@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2,
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow.bootstrap import container
+from billow.domain.events import refused
 from billow.errors import Unavailable, UnsupportedMediaType, ValidationFailed
 from billow.services.ingest import ingest_events
 from billow.services.lineage import invoiced_lookup
@@ -28,7 +29,8 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
     if ctype not in (SINGLE, BATCH, JSON):
         raise UnsupportedMediaType(
             f"Content-Type must be {SINGLE}, {BATCH} or {JSON}; got {ctype or 'none'!r}")
-    body = json_body(raw)
+    surrogates: list[dict[str, Any]] = []  # listed beside the batch's other problems, not alone (_refuse_surrogates)
+    body = json_body(raw, surrogates)
     if ctype == SINGLE and not isinstance(body, dict):
         raise ValidationFailed(f"{SINGLE} takes one event object", [{"field": "body", "message": "must be an object"}])
     if ctype == BATCH and not isinstance(body, list):
@@ -39,6 +41,8 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
         raise Unavailable("no event bus is configured")
     receipt = None
     invoiced = invoiced_lookup(c.namespace, store=c.billing_store, meta=c.meta)  # opened only if a meter's policy asks
+    if surrogates:
+        raise _refuse_surrogates(c.namespace, events, surrogates, meta=c.meta, now=c.clock.now(), invoiced=invoiced)
     try:
         if "return=representation" in header(raw, "prefer").replace(" ", "").lower():  # Billow: a receipt (issue 21)
             receipt = ingest_with_receipt(c.namespace, events, meta=c.meta, bus=c.bus, usage=c.usage, now=c.clock.now(),
@@ -59,6 +63,40 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
         return response(200, receipt, headers={"Preference-Applied": "return=representation"})
     c.metrics.add("ingest_accepted", result.accepted)
     return response(204)
+
+
+class _Unpublished(Exception):
+    pass
+
+
+class _NoBus:
+    """A bus that publishes nothing: validating a batch that will be refused anyway."""
+
+    def publish(self, namespace: str, records: Any) -> None:
+        raise _Unpublished
+
+
+def _refuse_surrogates(namespace: str, events: list[Any], surrogates: list[dict[str, Any]], **kw: Any) -> ValidationFailed:
+    """The refusal of a batch holding lone surrogates: those, and every other problem of its events, in one list."""
+    marked = {e.get("index") for e in surrogates}
+    try:  # the other events, validated as ingest would (nothing can publish); each surrogate read as U+FFFD
+        ingest_events(namespace, _replaced(events), bus=_NoBus(), **kw)  # type: ignore[arg-type]
+        errors: list[dict[str, Any]] = []
+    except ValidationFailed as exc:
+        errors = [e for e in exc.errors if e.get("index") not in marked]  # an event with a surrogate: listed once
+    except _Unpublished:
+        errors = []
+    return refused(errors + surrogates)
+
+
+def _replaced(doc: Any) -> Any:
+    if isinstance(doc, str):
+        return doc.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(doc, list):
+        return [_replaced(v) for v in doc]
+    if isinstance(doc, dict):
+        return {_replaced(k): _replaced(v) for k, v in doc.items()}
+    return doc
 
 
 @lambda_entry(API_GATEWAY)

@@ -50,7 +50,10 @@ def body_text(event: dict[str, Any]) -> str:
     return raw
 
 
-def json_body(event: dict[str, Any]) -> Any:
+def json_body(event: dict[str, Any], surrogates: list[dict[str, Any]] | None = None) -> Any:
+    """The request's JSON document. A string holding a lone UTF-16 surrogate is refused (400 naming where); given a
+    `surrogates` list, those errors are appended to it instead, so that an event batch can list them beside its
+    events' other problems (the caller must then refuse the whole body)."""
     text = body_text(event)
     if not text.strip():
         raise ValidationFailed("request body is empty; a JSON document is required", [{"field": "body", "message": "empty"}])
@@ -61,6 +64,9 @@ def json_body(event: dict[str, Any]) -> Any:
     bad = jsonx.lone_surrogates(text, doc)
     if bad:  # no store, broker or response can hold one: refused here, for every operation
         errors = [_located(path, "contains a lone UTF-16 surrogate (not valid Unicode)") for path in bad]
+        if surrogates is not None:
+            surrogates.extend(errors)
+            return doc
         where = f"event {errors[0]['index']}: " if "index" in errors[0] else ""
         raise ValidationFailed(f"{where}{errors[0]['field'] or 'body'}: a string holds a lone UTF-16 surrogate, which "
                                "is not valid Unicode", errors)
