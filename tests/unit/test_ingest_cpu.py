@@ -151,3 +151,30 @@ def test_a_body_without_escapes_or_surrogates_is_not_scanned_by_regex(monkeypatc
     for text, want in (('[{"id":"\\ud800"}]', ["[0].id"]), ('[{"id":"\ud800"}]', ["[0].id"]),
                        ('{"k\\udc00":1}', ["k\\udc00"]), ('["\\ud83d\\ude00"]', [])):
         assert jsonx.lone_surrogates(text, jsonx.loads(text)) == want, text
+
+
+def test_late_usage_of_many_subjects_is_two_statements(sqlite_meta: Any) -> None:
+    """The sink reports late usage per batch, a subject each: the stale snapshots of all of them go in one
+    statement (executemany), not one round trip per subject."""
+    import sqlalchemy as sa
+
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+
+    store = SqlEntitlementStore(sqlite_meta.engine)
+    store.migrate()
+    day = [datetime(2026, 2, d, tzinfo=UTC) for d in range(1, 4)]
+    for s in range(20):
+        for d in day:
+            assert store.save_snapshot("ns", f"E{s}", f"s{s}", d, {"s": s}, computed_from=NOW)
+    statements: list[str] = []
+    sa.event.listen(sqlite_meta.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    # s0..s9 late from Feb 2 (snapshots after it go), s10..s18 late from Jan (all go); s19 has no late usage.
+    late = {f"s{s}": day[1] if s < 10 else datetime(2026, 1, 15, tzinfo=UTC) for s in range(19)}
+    store.usage_arrived_late("ns", late, now=NOW)
+    assert len([q for q in statements if q.lstrip().upper().startswith(("INSERT", "DELETE"))]) == 2
+    far = datetime(2026, 3, 1, tzinfo=UTC)
+    for s in range(20):
+        want = {"s": s} if s < 10 or s == 19 else None
+        assert store.latest_snapshot("ns", f"E{s}", far) == want, s
+    assert store.latest_snapshot("ns", "E0", day[2]) == {"s": 0}  # day 2 itself kept (at > earliest goes)
+    assert store.latest_snapshot("ns", "E19", far) == {"s": 19}

@@ -260,9 +260,11 @@ class SqlEntitlementStore:
         with self.engine.begin() as c:
             c.execute(late_usage.insert(), [{"namespace": namespace, "subject_key": s, "earliest": t, "seen_at": now}
                                             for s, t in earliest_by_subject.items()])
-            for subject, earliest in earliest_by_subject.items():
-                c.execute(snapshots.delete().where(snapshots.c.namespace == namespace,
-                                                   snapshots.c.subject_key == subject, snapshots.c.at > earliest))
+            # One statement for every subject (executemany): the sink reports a batch's subjects at once.
+            c.execute(snapshots.delete().where(snapshots.c.namespace == namespace,
+                                               snapshots.c.subject_key == sa.bindparam("late_subject"),
+                                               snapshots.c.at > sa.bindparam("late_earliest")),
+                      [{"late_subject": s, "late_earliest": t} for s, t in earliest_by_subject.items()])
 
     def forget_late_usage(self, before: datetime) -> None:
         self.generation += 1
