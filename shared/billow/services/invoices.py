@@ -89,10 +89,10 @@ def issue(namespace: str, doc: dict[str, Any], *, store: BillingStore, apps: Bil
 DRAFT_SYNCED = "openmeter.io/custominvoicing/draft-synced-at"  # OpenMeter's mark of the draft call-back
 
 
-def _waits_for_draft_sync(inv: Invoice, apps: BillingApps) -> bool:
+def _waits_for_draft_sync(inv: Invoice, app: Any) -> bool:
     """A custom invoicing app with enableDraftSyncHook whose call-back has not come yet (OpenMeter's
     CanDraftSyncAdvance)."""
-    hook = getattr(apps.invoicing(inv.invoicing_app_ref), "draft_hook", False)
+    hook = getattr(app, "draft_hook", False)
     return bool(hook) and DRAFT_SYNCED not in (inv.metadata if isinstance(inv.metadata, dict) else {})
 
 
@@ -101,7 +101,11 @@ def _issue(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingAp
         apps.issued(inv.to_json())
         return inv
     before = inv.status
-    if before == "draft" and _waits_for_draft_sync(inv, apps):  # held in draft.syncing until the call-back
+    try:  # the app, looked up once; a lookup that fails fails the issuing below, as the app's own failure would
+        app, missing = apps.invoicing(inv.invoicing_app_ref), None
+    except Exception as exc:
+        app, missing = None, exc
+    if before == "draft" and _waits_for_draft_sync(inv, app):  # held in draft.syncing until the call-back
         inv.set_status("draft.syncing")
         inv.touch(now)
         _save(namespace, inv, store, expect_status=before)
@@ -110,7 +114,9 @@ def _issue(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingAp
     inv.touch(now)
     _save(namespace, inv, store, expect_status=before)
     try:
-        external_ids = apps.invoicing(inv.invoicing_app_ref).issue(inv.to_json())
+        if app is None:
+            raise missing or LookupError(inv.invoicing_app_ref)
+        external_ids = app.issue(inv.to_json())
     except Exception as exc:  # the app failed: the invoice stays issuing, failed, and can be retried
         log.warning("invoicing app %s failed for %s: %s", inv.invoicing_app, inv.number, exc)
         inv.issue_failed(inv.invoicing_app, str(exc) or type(exc).__name__)
