@@ -184,6 +184,10 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     assert a.call("POST", "/api/v1/meters", {"slug": "leak_m", "eventType": "leak", "aggregation": "COUNT"})[0] == 201
     assert a.call("POST", "/api/v1/subjects", [{"key": "leak_subject"}])[0] == 200
     assert a.call("POST", "/api/v1/events", [event("leak1", type="leak", subject="leak_subject", time=None)])[0] == 204
+    status, _, receipt = srv.request("POST", "/api/v1/events", [event("leak2", type="leak", subject="leak_subject",
+                                                                      time=None)], "application/json",
+                                     headers={"Authorization": f"Bearer {a.token}", "Prefer": "return=representation"})
+    assert status == 200, receipt  # A's ingestion receipt (issue 21)
     _, cust = a.call("POST", "/api/v1/customers", {"name": "Leak Customer", "key": "leak_cust",
                                                    "usageAttribution": {"subjectKeys": ["leak_subject"]}})
     _, feat = a.call("POST", "/api/v1/features", {"key": "leak_f", "name": "Leak", "meterSlug": "leak_m"})
@@ -224,8 +228,10 @@ def test_no_documented_operation_leaks_another_tenants_data(served: tuple[Server
     _, profile = a.call("POST", "/api/v1/billing/profiles", {"name": "Leak Profile", "supplier": {"name": "Leak Supplier"},
                                                               "apps": {"invoicing": "sandbox", "payment": "sandbox"}})
     _, (invoice,) = a.call("POST", "/api/v1/billing/invoices/invoice", {"customerId": cust["id"]})
-    values.update(id=profile["id"], customerId=cust["id"], invoiceId=invoice["id"])
-    secrets |= {profile["id"], invoice["id"], invoice["number"], "Leak Supplier"}
+    values.update(id=profile["id"], customerId=cust["id"], invoiceId=invoice["id"], lineId=invoice["lines"][0]["id"],
+                  receiptId=receipt["id"])
+    secrets |= {profile["id"], invoice["id"], invoice["number"], "Leak Supplier", invoice["lines"][0]["id"],
+                receipt["id"]}
     # Apps (issue 16): an installed app of A's, and A's customer's data for it.
     _, made = a.call("POST", "/api/v1/marketplace/listings/custom_invoicing/install", {"name": "Leak App",
                                                                                        "createBillingProfile": False})
