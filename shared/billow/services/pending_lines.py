@@ -61,12 +61,14 @@ def add_pending_lines(namespace: str, customer_id: str, body: object, *, store: 
     return {"lines": lines, "invoice": holder, "isInvoiceNew": is_new}
 
 
-def _pending_line(doc: object, field_name: str, namespace: str, ents: EntitlementStore, now: datetime) -> dict[str, Any]:
+def _line_head(doc: object, field_name: str, max_name: int | None = None) -> tuple[dict[str, Any], str, datetime,
+                                                                                   datetime, datetime]:
+    """What every line body has: the object, its name, period [from, to) and invoiceAt, each refusal naming its field."""
     if not isinstance(doc, dict):
         raise bad(field_name, "must be a line object")
     name = doc.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise bad(f"{field_name}.name", "is required")
+    if not isinstance(name, str) or not name.strip() or (max_name is not None and len(name) > max_name):
+        raise bad(f"{field_name}.name", "is required" + (f": 1 to {max_name} characters" if max_name else ""))
     period = doc.get("period")
     if not isinstance(period, dict):
         raise bad(f"{field_name}.period", "is required: {from, to}")
@@ -74,7 +76,11 @@ def _pending_line(doc: object, field_name: str, namespace: str, ents: Entitlemen
     end = parse_rfc3339(str(period.get("to")), f"{field_name}.period.to")
     if end <= start:
         raise bad(f"{field_name}.period.to", "must be after period.from")
-    invoice_at = parse_rfc3339(str(doc.get("invoiceAt")), f"{field_name}.invoiceAt")
+    return doc, name, start, end, parse_rfc3339(str(doc.get("invoiceAt")), f"{field_name}.invoiceAt")
+
+
+def _pending_line(raw: object, field_name: str, namespace: str, ents: EntitlementStore, now: datetime) -> dict[str, Any]:
+    doc, name, start, end, invoice_at = _line_head(raw, field_name)
     price = pricing.parse_price(doc.get("price"), field=f"{field_name}.price")
     feature_key = doc.get("featureKey")
     if not isinstance(price, pricing.FlatPrice):
@@ -153,20 +159,8 @@ def _number(doc: dict[str, Any], key: str, field_name: str) -> Decimal | None:
     return value
 
 
-def _simulated_line(doc: object, field_name: str, currency: str, now: datetime) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise bad(field_name, "must be a line object")
-    name = doc.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 256:
-        raise bad(f"{field_name}.name", "is required: 1 to 256 characters")
-    period = doc.get("period")
-    if not isinstance(period, dict):
-        raise bad(f"{field_name}.period", "is required: {from, to}")
-    start = parse_rfc3339(str(period.get("from")), f"{field_name}.period.from")
-    end = parse_rfc3339(str(period.get("to")), f"{field_name}.period.to")
-    if end <= start:
-        raise bad(f"{field_name}.period.to", "must be after period.from")
-    invoice_at = parse_rfc3339(str(doc.get("invoiceAt")), f"{field_name}.invoiceAt")
+def _simulated_line(raw: object, field_name: str, currency: str, now: datetime) -> dict[str, Any]:
+    doc, name, start, end, invoice_at = _line_head(raw, field_name, max_name=256)
     card = doc.get("rateCard")
     if card is not None and not isinstance(card, dict):
         raise bad(f"{field_name}.rateCard", "must be an object")
