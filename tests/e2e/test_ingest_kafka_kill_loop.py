@@ -22,28 +22,11 @@ from typing import Any
 
 from billow.bus import topic_for
 from tests.e2e.conftest import Server
-from tests.e2e.test_ingest_kill_loop import EXACT, Batch, make_batches, post, totals
+from tests.e2e.test_ingest_kill_loop import CONFIG, EXACT, Batch, make_batches, post, totals
 
 CLIENTS, KILLS = 6, 4
 BATCH = "application/cloudevents-batch+json"
-METERS = """
-meters:
-  - slug: kl_sum
-    eventType: kl
-    aggregation: SUM
-    valueProperty: $.v
-  - slug: kl_count
-    eventType: kl
-    aggregation: COUNT
-  - slug: kl_per_id
-    eventType: kl
-    aggregation: COUNT
-    groupBy: {eid: $.eid}
-  - slug: kl_unique
-    eventType: kl
-    aggregation: UNIQUE_COUNT
-    valueProperty: $.u
-"""
+METERS = CONFIG  # the same four meters as the embedded kill loop
 
 
 def old_shape(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
