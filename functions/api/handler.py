@@ -197,16 +197,7 @@ def list_events() -> Response:
             c.usage, c.namespace, subjects=subjects, start=begin, end=finish, event_id=params.one(qs, "id"),
             limit=limit, ingested_from=parse_rfc3339(ingested_from, "ingestedAtFrom") if ingested_from else None,
             ingested_to=parse_rfc3339(ingested_to, "ingestedAtTo") if ingested_to else None)
-    customer_of = c.meta.customers_for_subjects(c.namespace, {s.event.subject for s in rows}) if rows else {}
-    out = []
-    for s in rows:
-        item: dict[str, Any] = {"event": s.event.to_json(), "ingestedAt": s.ingested_at, "storedAt": s.ingested_at}
-        if s.event.subject in customer_of:
-            item["customerId"] = customer_of[s.event.subject]
-        if s.validation_error:
-            item["validationError"] = s.validation_error
-        out.append(item)
-    return ok(out)
+    return ok(events_v2.listed_events(c.namespace, rows, meta=c.meta))
 
 
 # -- subjects ---------------------------------------------------------------------------------------------

@@ -213,16 +213,7 @@ def list_events(namespace: str, qs: dict[str, list[str]], *, usage: UsageStore, 
                 items.append(s)
                 if len(items) == limit:
                     break
-    customer_of = meta.customers_for_subjects(namespace, {s.event.subject for s in items}) if items else {}
-    out: list[dict[str, Any]] = []
-    for s in items:
-        item: dict[str, Any] = {"event": s.event.to_json(), "ingestedAt": s.ingested_at, "storedAt": s.ingested_at}
-        if s.event.subject in customer_of:
-            item["customerId"] = customer_of[s.event.subject]
-        if s.validation_error:
-            item["validationError"] = s.validation_error
-        out.append(item)
-    page: dict[str, Any] = {"items": out}
+    page: dict[str, Any] = {"items": listed_events(namespace, items, meta=meta)}
     if items:
         page["nextCursor"] = _encode(items[-1])
     return page
@@ -275,4 +266,19 @@ def ingested_between(usage: UsageStore, namespace: str, *, subjects: list[str] |
         out.append(s)
         if len(out) == limit:
             break
+    return out
+
+
+def listed_events(namespace: str, stored: list[Any], *, meta: MetaStore) -> list[dict[str, Any]]:
+    """Events as OpenMeter's event lists show them: the event, when it was ingested, the customer owning its subject
+    (`customerId`) and its validation error, if any."""
+    customer_of = meta.customers_for_subjects(namespace, {s.event.subject for s in stored}) if stored else {}
+    out: list[dict[str, Any]] = []
+    for s in stored:
+        item: dict[str, Any] = {"event": s.event.to_json(), "ingestedAt": s.ingested_at, "storedAt": s.ingested_at}
+        if s.event.subject in customer_of:
+            item["customerId"] = customer_of[s.event.subject]
+        if s.validation_error:
+            item["validationError"] = s.validation_error
+        out.append(item)
     return out
