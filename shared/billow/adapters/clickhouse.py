@@ -171,8 +171,9 @@ class ClickHouseUsageStore:
 
     def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         with self._lock:
-            if "INSERT INTO event" in sql:  # keys written around `write` (a bulk load): the filter reads them again
-                self._filter = None
+            # A statement may write keys around `write` (a migration's backfill, a bulk load): the key filter is
+            # read again from the ledger at the next look-up.
+            self._filter = None
             self._client.command(sql, parameters=params or None)
 
     def migrate(self) -> None:
@@ -190,7 +191,6 @@ class ClickHouseUsageStore:
                     self._command(stmt)
                 self._client.insert("billow_migrations", [[version, name, datetime.now(UTC)]],
                                     column_names=["version", "name", "applied_at"])
-            self._filter = None  # a migration may fill the ledger
             if self._journal is not None:
                 self.recover()
 
