@@ -55,6 +55,7 @@ def load() -> str:
 
 
 def backtest_bench(n: int, events: int) -> None:
+    from bench.billing_run import load_april_usage
     from billow.adapters.sql_billing import SqlBillingStore
     from billow.adapters.sql_catalog import SqlCatalogStore
     from billow.bootstrap import Settings, build, install
@@ -86,12 +87,7 @@ def backtest_bench(n: int, events: int) -> None:
                              store=cat, meta=c.meta, ents=c.entitlements, now=now)
     meter = c.meta.get_meter(ns, "tokens")
     assert meter is not None
-    c.usage._command(  # type: ignore[attr-defined]
-        "INSERT INTO meter_values (namespace, meter_id, subject, time, value, value_str, group_by, source, id) "
-        "SELECT {ns:String}, {mid:String}, concat('s', toString(number % {n:UInt64})), "
-        "toDateTime64('2026-04-01 00:00:00', 3, 'UTC') + toIntervalMillisecond(number * {step:UInt64}), "
-        "toDecimal128(number % 29, 18), '', map(), 'bench', toString(number) FROM numbers({rows:UInt64})",
-        {"ns": ns, "mid": meter.id, "n": n, "step": 30 * 24 * 3600 * 1000 // events, "rows": events})
+    load_april_usage(c.usage, ns, meter.id, subjects=n, events=events)  # the billing-run bench's April
     print(f"set-up: {n:,} customers and subscriptions (4 billing anchors), {events:,} usage events in April, "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
     clock.t = datetime(2026, 5, 5, 0, 10, tzinfo=UTC)

@@ -45,6 +45,17 @@ PLAN: dict[str, Any] = {
              {"unitPrice": {"type": "unit", "amount": "0.005"}}]}}]}]}
 
 
+def load_april_usage(usage: Any, ns: str, meter_id: str, *, subjects: int, events: int) -> None:
+    """`events` values of the meter spread evenly over April 2026, subjects s0..s{subjects-1} in turn, value number % 29,
+    inserted by the engine itself (INSERT ... SELECT FROM numbers())."""
+    usage._command(
+        "INSERT INTO meter_values (namespace, meter_id, subject, time, value, value_str, group_by, source, id) "
+        "SELECT {ns:String}, {mid:String}, concat('s', toString(number % {n:UInt64})), "
+        "toDateTime64('2026-04-01 00:00:00', 3, 'UTC') + toIntervalMillisecond(number * {step:UInt64}), "
+        "toDecimal128(number % 29, 18), '', map(), 'bench', toString(number) FROM numbers({rows:UInt64})",
+        {"ns": ns, "mid": meter_id, "n": subjects, "step": 30 * 24 * 3600 * 1000 // events, "rows": events})
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subscriptions", type=int, default=10_000)
@@ -73,12 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                              store=cat, meta=c.meta, ents=c.entitlements, now=now)
     meter = c.meta.get_meter(ns, "tokens")
     assert meter is not None
-    c.usage._command(  # type: ignore[attr-defined]
-        "INSERT INTO meter_values (namespace, meter_id, subject, time, value, value_str, group_by, source, id) "
-        "SELECT {ns:String}, {mid:String}, concat('s', toString(number % {n:UInt64})), "
-        "toDateTime64('2026-04-01 00:00:00', 3, 'UTC') + toIntervalMillisecond(number * {step:UInt64}), "
-        "toDecimal128(number % 29, 18), '', map(), 'bench', toString(number) FROM numbers({rows:UInt64})",
-        {"ns": ns, "mid": meter.id, "n": n, "step": 30 * 24 * 3600 * 1000 // args.events, "rows": args.events})
+    load_april_usage(c.usage, ns, meter.id, subjects=n, events=args.events)
     print(f"set-up: {n} subscriptions, {args.events} usage events in {time.perf_counter() - t0:.1f} s", flush=True)
 
     clock.t = datetime(2026, 5, 1, 0, 10, tzinfo=UTC)
