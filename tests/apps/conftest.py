@@ -6,34 +6,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 
 import pytest
 
-from billow.local.server import apigw_event
-from functions.stripe_webhook.handler import lambda_handler as webhook
 from tests.entitlements.conftest import Billow, Clock, billow
 from tests.stripe_standin.server import StandIn
+from tests.support.webhook_receiver import WebhookReceiver
 
 __all__ = ["Billow", "Clock", "billow", "stripe"]
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    """API Gateway in front of the webhook Lambda: the HTTP request becomes a payload 2.0 event."""
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        out = webhook(apigw_event("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                                  "127.0.0.1"), None)
-        data = out["body"].encode()
-        self.send_response(out["statusCode"])
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 @pytest.fixture
@@ -41,7 +22,7 @@ def stripe(billow: Billow) -> Iterator[tuple[StandIn, str]]:
     """The stand-in as Stripe for every app's API key (settings.stripe_api_base; no settings key), and the
     address a webhook receiver listens on (Stripe's deliveries go to <address>/api/v1/apps/{id}/stripe/webhook)."""
     standin = StandIn(api_key="sk_test_h4standin", webhook_secret="whsec_h4_app").start()
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), WebhookReceiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     billow.c.settings = replace(billow.c.settings, stripe_api_base=standin.url)
     yield standin, f"http://127.0.0.1:{receiver.server_address[1]}"

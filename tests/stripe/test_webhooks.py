@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from functions.usage_sink.handler import lambda_handler as sink
 from tests.entitlements.conftest import METERS, Billow, Clock
 from tests.stripe_standin.server import StandIn, sign
 from tests.support.billing import PROFILE, scheduled_run, subscribed
+from tests.support.webhook_receiver import WebhookReceiver
 
 SECRET = "whsec_standin"
 ROUTE = "/api/v1/apps/stripe/webhook"
@@ -81,7 +82,7 @@ def lambda_event(payload: str, signature: str, *, b64: bool = False) -> dict[str
 def billow_stripe(tmp_path: Path) -> Iterator[tuple[Billow, StandIn]]:
     """A Billow whose Stripe app talks to the stand-in, which delivers its webhooks over HTTP to the handler."""
     standin = StandIn(webhook_secret=SECRET).start()
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), WebhookReceiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     standin.webhook_url = f"http://127.0.0.1:{receiver.server_address[1]}{ROUTE}"
     clock = Clock("2026-01-01T00:00:00Z")
@@ -98,23 +99,6 @@ def billow_stripe(tmp_path: Path) -> Iterator[tuple[Billow, StandIn]]:
     receiver.shutdown()
     receiver.server_close()
     standin.stop()
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    """API Gateway in front of the webhook Lambda: the HTTP request becomes a payload 2.0 event."""
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        out = webhook(apigw_event("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                                  "127.0.0.1"), None)
-        data = out["body"].encode()
-        self.send_response(out["statusCode"])
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 def test_handler_refuses_bad_signatures_and_acknowledges_other_events(billow_stripe: tuple[Billow, StandIn]) -> None:
