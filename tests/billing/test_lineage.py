@@ -118,3 +118,39 @@ def test_a_late_event_is_reported_by_verify_with_the_correction_that_billed_it(b
     # The original line still lists what it invoiced.
     assert [e["value"] for e in all_events(b, second, line)] == ["1500"]
     assert b.ok("POST", f"/api/v1/billing/invoices/{third['id']}/lines/{corr['id']}/verify")["unchanged"] is True
+
+
+def test_a_one_off_usage_line_records_lineage_and_can_be_verified(billow: Billow) -> None:
+    """A pending (one-off) usage line is rated by the billing run that takes it: it records the same lineage as a
+    subscription's usage line, its events re-aggregate to its quantity, and verify sees usage that came later."""
+    b = billow
+    subscribed(b)
+    customer = b.ok("GET", "/api/v1/customers/acme")
+    b.ok("POST", f"/api/v1/billing/customers/{customer['id']}/invoices/pending-lines", {"currency": "USD", "lines": [
+        {"name": "Extra tokens", "featureKey": "tokens", "invoiceAt": "2026-04-01T00:05:00Z",
+         "period": {"from": "2026-03-30T00:00:00Z", "to": "2026-03-31T00:00:00Z"}, "price": {"type": "unit", "amount": "0.02"}},
+        {"name": "Onboarding", "invoiceAt": "2026-04-01T00:05:00Z",
+         "period": {"from": "2026-03-30T00:00:00Z", "to": "2026-03-31T00:00:00Z"}, "price": {"type": "flat", "amount": "150"}}]})
+    for tokens, at in [("200.5", "2026-03-30T00:00:00Z"), (49, "2026-03-30T23:59:59.999Z")]:
+        b.usage(tokens, at)
+    b.usage(1000, "2026-03-31T00:00:00Z")  # after the line's period
+    b.usage(7, "2026-03-30T12:00:00Z", subject="someone_else")  # not the customer's
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)
+    inv = next(i for i in invoices(b) if i["status"] != "gathering")
+    line = next(ln for ln in inv["lines"] if ln["name"] == "Extra tokens")
+    assert line["quantity"] == "249.5" and line["totals"]["total"] == "4.99"
+    lin = line["lineage"]
+    assert (lin["meter"]["slug"], lin["featureKey"], lin["subjects"], lin["since"]) == ("tokens", "tokens", ["customer_1"], None)
+    assert lin["period"] == {"from": "2026-03-30T00:00:00Z", "to": "2026-03-31T00:00:00Z"}
+    assert lin["queryTime"] == "2026-04-01T00:10:00Z"
+    events = all_events(b, inv, line)
+    assert sorted(e["value"] for e in events) == ["200.5", "49"]
+    assert lin["digest"] == {"events": 2, "sum": "249.5", "hash": "sha256:" + key_hash([(e["source"], e["id"]) for e in events])}
+    assert "lineage" not in next(ln for ln in inv["lines"] if ln["name"] == "Onboarding")  # a flat one-off line
+    assert b.ok("POST", f"/api/v1/billing/invoices/{inv['id']}/lines/{line['id']}/verify")["unchanged"] is True
+    b.clock.set("2026-04-01T12:00:00Z")
+    b.usage(3, "2026-03-30T08:00:00Z")  # late usage inside the line's period
+    v = b.ok("POST", f"/api/v1/billing/invoices/{inv['id']}/lines/{line['id']}/verify")
+    assert v["unchanged"] is False and v["current"]["sum"] == "252.5"
+    assert [(e["value"], e["ingestedAt"], e["billedBy"]) for e in v["arrivedLater"]] == [("3", "2026-04-01T12:00:00Z", None)]

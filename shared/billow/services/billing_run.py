@@ -38,10 +38,10 @@ from billow.errors import Conflict, NotFound
 from billow.exact import EXACT
 from billow.ids import new_id
 from billow.ports import BillingStore, MetaStore, SubscriptionStore, UsageStore
-from billow.services.balances import feature_filters
 from billow.services.billing_profiles import RunContext
 from billow.services.entitlements import EntitlementStore, minute
 from billow.services.invoices import new_invoice
+from billow.services.lineage import measurement
 from billow.services.pending_lines import rate_pending
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
@@ -82,13 +82,12 @@ class BatchedUsage:
         meter = self.meta.get_meter(self.ns, feature["meterSlug"]) if feature and feature.get("meterSlug") else None
         if feature is None or meter is None:
             raise NotFound(f"feature {feature_key!r} has no meter to rate")
-        filters = feature_filters(feature)
+        meter_ref, stated, filters = measurement(feature, meter)
         rows = self.usage.aggregate(UsageQuery(
             namespace=self.ns, meter_id=meter.id, aggregation=meter.aggregation, start=s,
             end=e - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=sorted(subjects),
             group_by=[], by_subject=True, subject_customers=None, filters=filters))
-        self.how[(feature_key, s, e)] = ({"id": meter.id, "slug": meter.slug}, {
-            k: feature.get(k) for k in ("meterGroupByFilters", "advancedMeterGroupByFilters") if feature.get(k)}, filters)
+        self.how[(feature_key, s, e)] = (meter_ref, stated, filters)
         return {r.subject or "": final_value(meter.aggregation, r) or Decimal(0) for r in rows}
 
     def lineage(self, line: dict[str, Any], customer_id: str, subjects: list[str], now: datetime,

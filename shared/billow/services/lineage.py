@@ -30,6 +30,14 @@ MAX_LIMIT = 1000
 bad = ValidationFailed.at
 
 
+def measurement(feature: dict[str, Any], meter: Any) -> tuple[dict[str, str], dict[str, Any], Any]:
+    """How a usage line is measured, as its lineage records it: the meter ({id, slug}), the feature's group-by
+    filters as the feature states them, and those filters parsed for the usage store (feature_filters)."""
+    return ({"id": meter.id, "slug": meter.slug},
+            {k: feature.get(k) for k in ("meterGroupByFilters", "advancedMeterGroupByFilters") if feature.get(k)},
+            feature_filters(feature))
+
+
 def _line(namespace: str, invoice_id: str, line_id: str, store: BillingStore) -> tuple[dict[str, Any], dict[str, Any]]:
     """The invoice and the usage line (a detailed line stands for its parent) with its lineage."""
     inv = store.get_invoice(namespace, invoice_id)

@@ -10,6 +10,8 @@ from typing import Any, Final
 from billow.domain import invoices as inv_rules
 from billow.domain import pricing
 from billow.domain.billing import plain
+from billow.domain.entitlements import minute
+from billow.domain.lineage import EMPTY, lineage_json
 from billow.domain.money import Currency
 from billow.errors import Conflict, ValidationFailed
 from billow.exact import parse_decimal
@@ -18,6 +20,7 @@ from billow.ports import BillingStore, MetaStore, UsageStore
 from billow.services.billing_profiles import resolve_customer, resolved_profile
 from billow.services.entitlements import EntitlementStore
 from billow.services.invoices import invoice_number, new_invoice
+from billow.services.lineage import measurement
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
 bad = ValidationFailed.at
@@ -101,11 +104,34 @@ def rate_pending(namespace: str, line: dict[str, Any], currency: str, subjects: 
 
     price = pricing.parse_price(line["price"])
     start, end = parse_rfc3339(line["period"]["from"], "from"), parse_rfc3339(line["period"]["to"], "to")
-    qty = Decimal(0) if isinstance(price, pricing.FlatPrice) else \
-        usage_of(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage)
+    if isinstance(price, pricing.FlatPrice):
+        return _with_children(line, currency, Decimal(0), pricing.rate(
+            price, Decimal(0), currency=currency, rounding="ROUND_HALF_UP", period_start=start, period_end=end,
+            name=line["name"]))
+    qty = usage_of(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage)
     rated = pricing.rate(price, qty, currency=currency, rounding="ROUND_HALF_UP", period_start=start, period_end=end,
                          name=line["name"])
-    return _with_children(line, currency, qty, rated)
+    # Usage lineage (issue 21), as a billing run records it on a subscription's usage line: how it was measured and
+    # the digest of the events behind it, so its events can be listed and the line verified later.
+    return {**_with_children(line, currency, qty, rated),
+            "lineage": _lineage(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage,
+                                now=now)}
+
+
+def _lineage(namespace: str, feature_key: str, subjects: list[str], start: datetime, end: datetime, *, meta: MetaStore,
+             ents: EntitlementStore, usage: UsageStore, now: datetime) -> dict[str, Any]:
+    """The lineage of a one-off usage line: the measurement usage_of made ([start, end) in whole minutes, the
+    feature's meter and filters, the customer's subjects) and the digest of the usage behind it."""
+    feature = ents.get_feature(namespace, feature_key, include_archived=True) or {}
+    meter = meta.get_meter(namespace, str(feature.get("meterSlug")))
+    if meter is None:  # usage_of has just read it: deleted in between
+        raise Conflict(f"the meter of feature {feature_key!r} was deleted while this line was rated")
+    s, e = minute(start), minute(end)
+    meter_ref, filters, parsed = measurement(feature, meter)
+    digest = usage.line_digests(namespace, meter.id, s, e, parsed, dict.fromkeys(subjects, "line")).get("line", EMPTY) \
+        if subjects and e > s else EMPTY
+    return lineage_json(meter=meter_ref, feature_key=feature_key, filters=filters, subjects=subjects, start=s, end=e,
+                        query_time=now, since=None, usage=digest)
 
 
 def _with_children(line: dict[str, Any], currency: str, qty: Decimal, rated: list[pricing.Line]) -> dict[str, Any]:
