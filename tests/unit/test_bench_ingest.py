@@ -40,3 +40,42 @@ def test_ready_returns() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+_DYING_SERVER = """
+import http.server, os, sys
+posts = 0
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        global posts
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path.endswith("/events"):
+            posts += 1
+            if posts == 3:
+                os._exit(1)  # dies mid-measurement, the client's keep-alive connection open
+        self.send_response(201 if self.path.endswith("/meters") else 204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+
+def test_a_server_that_dies_while_measured_is_an_error_not_a_wait() -> None:
+    from bench.ingest import _measure_http
+
+    proc = _server(_DYING_SERVER)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        started = time.monotonic()
+        with pytest.raises((ConnectionError, OSError, AssertionError)):
+            _measure_http(port, proc.pid, 50, 10, "d-")
+        assert time.monotonic() - started < 60
+    finally:
+        proc.kill()
+        proc.wait()

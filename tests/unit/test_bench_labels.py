@@ -21,3 +21,21 @@ def test_percentiles_are_nearest_rank() -> None:
     assert pct(thirty, 0.95) == 29.0  # not the 28th value
     assert pct(thirty, 0.99) == 30.0  # with 30 samples p99 is the maximum
     assert pct([float(n) for n in range(1, 301)], 0.99) == 297.0
+
+
+def test_query_verdict_names_the_events_it_was_measured_over() -> None:
+    from bench.query import verdict
+
+    assert verdict(51.0, 100_000_000) == "budget p99 < 100 ms over 100 M events: within"
+    assert verdict(120.0, 100_000_000) == "budget p99 < 100 ms over 100 M events: OVER"
+    # A smaller load is not the budget's scenario: no within/OVER verdict against it.
+    small = verdict(51.0, 2_000_000)
+    assert "2,000,000 events" in small and "within" not in small and "OVER" not in small
+
+
+def test_ingest_ratio_verdict_only_at_the_budgets_store_size() -> None:
+    from bench.ingest import ratio_verdict
+
+    assert ratio_verdict(1.19, 50_000_000) == "budget <= 1.20 x at 50 M stored: ok"
+    assert ratio_verdict(1.31, 50_000_000) == "budget <= 1.20 x at 50 M stored: OVER"
+    assert ratio_verdict(1.31, 10_000_000) == "budget <= 1.20 x at 50 M stored (10,000,000 stored here)"
