@@ -1,0 +1,121 @@
+"""Issue 17 items 1+2 (sink and store side): what storing a batch costs the embedded engine, in statements.
+
+`billow serve` pays a fixed cost per chdb statement, so a write is its three inserts (ledger, values, raw events)
+and nothing else; a repair of rollups that are whole (the retry after a write whose raw events insert failed) only
+reads, and a torn rollup is rebuilt alone, not the four whole ones beside it. Counted on the real engine."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from billow.adapters.clickhouse import _ROLLUPS
+from billow.adapters.memory import InMemoryUsageStore
+from billow.domain.events import CloudEvent
+from billow.domain.usage import MeterValue, StoredEvent, UsageQuery, final_value
+from tests.conftest import t
+
+T0 = t("2026-04-02T09:00:00Z")
+
+
+class Counting:
+    """The chdb connection under the store's client, noting every statement it runs."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.sql = real, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def query(self, sql: Any, *a: Any, **k: Any) -> Any:
+        self.sql.append(sql.decode() if isinstance(sql, bytes) else sql)
+        return self.real.query(sql, *a, **k)
+
+    def send_query(self, sql: Any, *a: Any, **k: Any) -> Any:
+        self.sql.append(sql.decode() if isinstance(sql, bytes) else sql)
+        return self.real.send_query(sql, *a, **k)
+
+
+class counted:  # noqa: N801 (a context manager read as a phrase)
+    def __init__(self, store: Any) -> None:
+        self.handle = store._client._backend._handle
+
+    def __enter__(self) -> list[str]:
+        self.real = self.handle.conn
+        self.handle.conn = Counting(self.real)
+        return self.handle.conn.sql  # type: ignore[no-any-return]
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.conn = self.real
+
+
+def values(n: int, source: str = "cost", meter: str = "M1") -> list[MeterValue]:
+    return [MeterValue(meter, f"s{i % 3}", T0 + timedelta(minutes=i * 7, milliseconds=i), Decimal(f"{i}.25"), "",
+                       {"model": f"m{i % 2}"}, source, f"e{i}") for i in range(n)]
+
+
+def raw(vals: list[MeterValue]) -> list[StoredEvent]:
+    return [StoredEvent(CloudEvent(v.event_id, v.source, "prompt", v.subject, v.time, None), T0, "", '{"n":1}')
+            for v in vals]
+
+
+def answers(store: Any, ns: str, meter: str = "M1") -> list[Any]:
+    out = []
+    for agg in ("SUM", "COUNT", "MIN", "MAX", "LATEST"):
+        for size in (None, "MINUTE", "HOUR"):
+            for by_subject in (False, True):
+                q = UsageQuery(namespace=ns, meter_id=meter, aggregation=agg, start=None, end=None, window_size=size,
+                               window_tz="UTC", subjects=["s1"] if by_subject else None, group_by=["model"],
+                               by_subject=by_subject, subject_customers=None)
+                out.append(sorted((str(r.window_start), r.subject, str(r.groups), final_value(agg, r))
+                                  for r in store.aggregate(q)))
+    return out
+
+
+def test_a_write_is_three_statements(chdb_store: Any, namespace: str) -> None:
+    """The ledger, the values and the raw events: one INSERT each, no DESCRIBE TABLE before each insert."""
+    vals = values(50)
+    with counted(chdb_store) as sql:
+        chdb_store.write(namespace, vals, raw(vals))
+    assert [s.split()[0] + " " + s.split()[2].strip("`") for s in sql] == [
+        "INSERT event_keys", "INSERT meter_values", "INSERT events"], sql
+    assert chdb_store.present_keys(namespace, [(v.source, v.event_id) for v in vals]) == {
+        (v.source, v.event_id) for v in vals}
+
+
+def test_repairing_whole_rollups_only_reads(chdb_store: Any, namespace: str) -> None:
+    """Values stored, raw events not, rollups whole (the raw events insert failed, the values insert had returned
+    with its views): the retry's repair checks the cells and rewrites nothing."""
+    vals = values(40)
+    chdb_store.write(namespace, vals, [])
+    before = answers(chdb_store, namespace)
+    keys = [(v.source, v.event_id) for v in vals]
+    with counted(chdb_store) as sql:
+        chdb_store.repair(namespace, keys)
+    assert [s for s in sql if not s.lstrip().upper().startswith("SELECT")] == []
+    assert len(sql) <= 2, sql
+    assert answers(chdb_store, namespace) == before
+
+
+def test_a_rollup_torn_alone_is_rebuilt_alone(chdb_store: Any, namespace: str) -> None:
+    """One view missed the values insert: repair rebuilds that rollup's cells and leaves the other four alone, and
+    every answer is exact again."""
+    whole = values(30, source="whole")
+    chdb_store.write(namespace, whole, raw(whole))
+    torn = values(30, source="torn")
+    client = chdb_store._client
+    client.command("DETACH TABLE meter_rollup_1h_mv")
+    try:
+        chdb_store.write(namespace, torn, [])
+    finally:
+        client.command("ATTACH TABLE meter_rollup_1h_mv")
+    reference = values(30, source="whole") + values(30, source="torn")
+    with counted(chdb_store) as sql:
+        chdb_store.repair(namespace, [(v.source, v.event_id) for v in torn])
+    writes = [s for s in sql if not s.lstrip().upper().startswith("SELECT")]
+    assert {s.split()[2].strip("`") for s in writes} == {"meter_rollup_1h"}, writes
+    assert {r[0] for r in _ROLLUPS} > {"meter_rollup_1h"}
+    twin = InMemoryUsageStore()
+    twin.write(namespace, reference, [])
+    assert answers(chdb_store, namespace) == answers(twin, namespace)
