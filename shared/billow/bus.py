@@ -103,25 +103,46 @@ def encode_data(data: Any) -> bytes:
 
 def batch_records(ingested_at: str, meter_ids: list[str], events: Iterable[tuple[bytes, list[Any]]],
                   per_event: bool = False) -> list[tuple[bytes, bytes]]:
-    """(key, value) records for events given as (event key, [id, source, type, subject, ms, Raw data, values]): one
-    per partition group, split where a record would pass BATCH_RECORD_BYTES. `per_event`: one record per event,
-    keyed by the event's key as records always were (a bus whose partitioner is not group_of: Kafka's murmur2)."""
+    """(key, value) records for events given as (event key, [id, source, type, subject, ms, data, values]), `data` a
+    JSON object (dict, encoded with the rest) or its JSON as msgspec.Raw: one record per partition group, split where a
+    record would pass BATCH_RECORD_BYTES. `per_event`: one record per event, keyed by the event's key as records
+    always were (a bus whose partitioner is not group_of: Kafka's murmur2)."""
     head = (BATCH_PREFIX + b"%d," % BATCH_VERSION + b'"ingestedAt":' + _encoder.encode(ingested_at)
             + b',"meters":' + _encoder.encode(meter_ids) + b',"events":[')
     if per_event:
         return [(key, head + _encoder.encode(row) + b"]}") for key, row in events]
-    groups: dict[int, list[list[bytes]]] = {}
-    sizes: dict[int, int] = {}
+    groups: dict[int, list[list[Any]]] = {}
+    crc32 = zlib.crc32
     for key, row in events:
-        g = group_of(key)
+        g = crc32(key) % PARTITIONS  # group_of
+        rows = groups.get(g)
+        if rows is None:
+            groups[g] = [row]
+        else:
+            rows.append(row)
+    out: list[tuple[bytes, bytes]] = []
+    for g in sorted(groups):
+        body = _encoder.encode(groups[g])  # the group's events at once: "[event,event,...]", as joined one by one
+        if len(body) - 2 <= BATCH_RECORD_BYTES:
+            out.append((GROUP_KEYS[g], head[:-1] + body + b"}"))
+        else:
+            out.extend((GROUP_KEYS[g], head + b",".join(chunk) + b"]}") for chunk in _chunks(groups[g]))
+    return out
+
+
+def _chunks(rows: list[list[Any]]) -> list[list[bytes]]:
+    """The encoded events of a group too big for one record, in chunks of at most BATCH_RECORD_BYTES (with their
+    commas); an event bigger than that alone in its own."""
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for row in rows:
         body = _encoder.encode(row)
-        chunks = groups.setdefault(g, [[]])
-        if chunks[-1] and sizes[g] + len(body) > BATCH_RECORD_BYTES:
+        if chunks[-1] and size + len(body) > BATCH_RECORD_BYTES:
             chunks.append([])
-            sizes[g] = 0
+            size = 0
         chunks[-1].append(body)
-        sizes[g] = sizes.get(g, 0) + len(body) + 1
-    return [(GROUP_KEYS[g], head + b",".join(chunk) + b"]}") for g in sorted(groups) for chunk in groups[g]]
+        size += len(body) + 1
+    return chunks
 
 
 def decode_batch(value: bytes) -> BatchRecord | None:

@@ -49,6 +49,12 @@ def parse_rfc3339(value: str, field: str) -> datetime:
     return dt.astimezone(UTC)
 
 
+# The form nearly every client sends (and format_rfc3339 writes): seconds or milliseconds, UTC as "Z". In exactly this
+# form datetime.fromisoformat reads what parse_rfc3339 would, already at millisecond resolution, without the rebuild.
+# A value that does not fullmatch this goes to parse_rfc3339 (every other form, and every refusal with its message).
+COMMON_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{3})?Z")
+
+
 def format_rfc3339(dt: datetime) -> str:
     """UTC with a Z, milliseconds only when there are any (truncated, as stored); e.g. 2026-01-01T00:00:00Z."""
     dt = dt.astimezone(UTC)

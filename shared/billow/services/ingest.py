@@ -11,13 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
-
 from billow import jsonx
-from billow.bus import batch_records, encode_data
-from billow.domain.events import CloudEvent, parse_batch, parse_each, refused  # noqa: F401 (parse_batch: re-exported)
+from billow.bus import batch_records
+from billow.domain.events import CloudEvent, EventRow, parse_batch, parse_rows, refused  # noqa: F401 (parse_batch: re-exported)
 from billow.domain.ingest_policy import on_invoiced, too_late
-from billow.domain.meters import Meter
+from billow.domain.meters import Meter, MeterValueRow
 from billow.errors import PayloadTooLarge
 from billow.ports import EventBus, MetaStore
 from billow.timeutil import format_rfc3339
@@ -48,28 +46,33 @@ def encode_record(event: CloudEvent, ingested_at: datetime | str) -> bytes:
     return jsonx.dumps(body).encode()
 
 
-def check_against_meters(events: Sequence[tuple[int, CloudEvent]], meters: Sequence[Meter],
-                         errors: list[dict[str, Any]]) -> list[list[tuple[str, str, str, dict[str, str]]]]:
-    """Append to `errors` every (index, event) whose value a meter of its type cannot read. Returns each event's
-    values as (meter id, exact decimal text, text value, group-by values), in event order."""
-    by_type: dict[str, list[Meter]] = {}
+def check_against_meters(rows: Sequence[EventRow], meters: Sequence[Meter],
+                         errors: list[dict[str, Any]]) -> list[list[MeterValueRow]]:
+    """Append to `errors` every event whose value a meter of its type cannot read. Returns each event's values as
+    (meter id, exact decimal text, text value, group-by values), in event order (Meter.reader: Meter.extract compiled
+    once per batch; a meter applies to the events of its type from its eventFrom on, as Meter.applies_to)."""
+    by_type: dict[str, list[tuple[Callable[[dict[str, Any] | None], MeterValueRow], datetime | None, bool, Meter]]] = {}
     for m in meters:
-        by_type.setdefault(m.event_type, []).append(m)
-    out: list[list[tuple[str, str, str, dict[str, str]]]] = []
-    for i, ev in events:
-        vals: list[tuple[str, str, str, dict[str, str]]] = []
-        for m in by_type.get(ev.type, ()):
-            if not m.applies_to(ev):
+        by_type.setdefault(m.event_type, []).append((m.reader(), m.event_from, m.policy.invalid_values == "accept", m))
+    out: list[list[MeterValueRow]] = []
+    append = out.append
+    get = by_type.get
+    for i, _, _, type_, _, when, data in rows:
+        readers = get(type_)
+        if readers is None:
+            append([])
+            continue
+        vals: list[MeterValueRow] = []
+        for read, event_from, accept, m in readers:
+            if event_from is not None and when < event_from:
                 continue
             try:
-                value, text, groups = m.extract(ev)
+                vals.append(read(data))
             except ValueError as exc:
-                if m.policy.invalid_values == "accept":
+                if accept:
                     continue  # ingestionPolicy: stored with its validation error (the sink), counting nothing here
                 errors.append({"index": i, "field": f"data ({m.value_property})", "meter": m.slug, "message": str(exc)})
-            else:
-                vals.append((m.id, str(value), text, groups))
-        out.append(vals)
+        append(vals)
     return out
 
 
@@ -110,22 +113,27 @@ def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: Even
     if not raws:
         return IngestResult(0)
     errors: list[dict[str, Any]] = []  # every problem of every event, of every kind, in one refusal
-    indexed = parse_each(raws, now, errors)
+    rows = parse_rows(raws, now, errors)
     meters = meta.list_meters(namespace)
-    values = check_against_meters(indexed, meters, errors)
-    check_late(indexed, meters, now, errors)
-    ignored = check_invoiced(indexed, meters, values, invoiced, errors)
+    values = check_against_meters(rows, meters, errors)
+    ignored: list[dict[str, Any]] = []
+    if any(m.policy.late_after is not None or (invoiced is not None and m.policy.late_invoiced != "correct")
+           for m in meters):  # the rare policies that look at whole events: only then an object per event
+        indexed = [(r[0], CloudEvent(r[1], r[2], r[3], r[4], r[5], r[6])) for r in rows]
+        check_late(indexed, meters, now, errors)
+        ignored = check_invoiced(indexed, meters, values, invoiced, errors)
     if errors:
         raise refused(errors)
     stamp = format_rfc3339(now)  # one ingestedAt for the whole batch
     # One record per partition per batch, carrying each event with the values just extracted (bus.batch_records);
-    # one per event, keyed as ever, on a bus that says so (KafkaBus: see per_event_records there).
-    rows = ((partition_key(e), [e.id, e.source, e.type, e.subject, (e.time - _EPOCH) // _MS,
-                                msgspec.Raw(encode_data(e.data)) if e.data is not None else None, v])
-            for (_, e), v in zip(indexed, values, strict=True))
-    bus.publish(namespace, batch_records(stamp, [m.id for m in meters], rows,
+    # one per event, keyed as ever, on a bus that says so (KafkaBus: see per_event_records there). `data` goes in as
+    # the object it is: encoded with its record, digit for digit (bus.encode_data's encoder).
+    epoch, ms = _EPOCH, _MS
+    records = ((f"{source}\x1f{id_}".encode(), [id_, source, type_, subject, (when - epoch) // ms, data, v])
+               for (_, id_, source, type_, subject, when, data), v in zip(rows, values, strict=True))
+    bus.publish(namespace, batch_records(stamp, [m.id for m in meters], records,
                                          per_event=getattr(bus, "per_event_records", False)))
-    return IngestResult(len(indexed), ignored)
+    return IngestResult(len(rows), ignored)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
