@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from billow.bootstrap import Settings
+from billow.local.asgi import work_class
 from billow.local.server import BillowServer
 from tests.e2e.conftest import Server
 
@@ -238,3 +239,81 @@ def test_heads_over_the_size_limit_are_problems(quick: BillowServer) -> None:
     assert _status_and_problem(raw)[0] == 414, raw[:300]
     raw, _ = _exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", wait_s=10)
     assert _status_and_problem(raw)[0] == 431, raw[:300]
+
+
+# -- classes of work: ingest, meter queries and entitlement checks each have their own workers ----------------------
+def _call(port: int, method: str, path: str, doc: object = None, ctype: str = "application/json",
+          timeout: float = 30) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        body = json.dumps(doc).encode() if doc is not None else None
+        conn.request(method, path, body, {"Content-Type": ctype} if body is not None else {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("method", "path", "cls"), [
+    ("POST", "/api/v1/events", "ingest"), ("POST", "/api/v1/events/", "ingest"),
+    ("GET", "/api/v1/subjects/acme/entitlements/ai_tokens/value", "check"),
+    ("GET", "/api/v1/customers/c1/entitlements/ai_tokens/value", "check"),
+    ("GET", "/api/v2/customers/c1/entitlements/ai_tokens/value", "check"),
+    ("GET", "/api/v1/customers/c1/access", "check"), ("GET", "/api/v1/portal/entitlements", "check"),
+    ("GET", "/api/v1/meters/tokens/query", "api"), ("GET", "/api/v1/events", "api"),
+    ("POST", "/api/v1/subjects/acme/entitlements/ai_tokens/reset", "api"),
+    ("GET", "/api/v1/subjects/acme/entitlements/ai_tokens/history", "api"), ("GET", "/healthz", "api")])
+def test_each_request_is_served_by_the_workers_of_its_class(method: str, path: str, cls: str) -> None:
+    assert work_class(method, path) == cls
+
+
+def test_stuck_meter_queries_starve_neither_checks_nor_ingest(tmp_path: Path) -> None:
+    """Twelve meter queries stuck in the usage store (more than there are workers) hold every query worker: a cached
+    entitlement check still answers at once, and so does an ingest batch. Before, queries and checks shared one pool
+    of four workers, so the check waited behind the stuck queries (issue 17 item 4: checks starved in the mix)."""
+    server = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(tmp_path), "billing_every_s": 0}),
+                          port=0)
+    server.start_background()
+    port = server.address[1]
+    release = threading.Event()
+    stuck = threading.Semaphore(0)
+    usage = server.container.usage
+    aggregate = usage.aggregate
+
+    def blocking(q: object) -> object:
+        stuck.release()
+        assert release.wait(60)
+        return aggregate(q)  # type: ignore[arg-type]
+
+    try:
+        assert _call(port, "POST", "/api/v1/meters", METER)[0] == 201
+        assert _call(port, "POST", "/api/v1/features", {"key": "lane", "name": "lane",
+                                                        "meterSlug": "http_tokens"})[0] == 201
+        assert _call(port, "POST", "/api/v1/subjects", [{"key": "lane-1"}])[0] == 200
+        status, raw = _call(port, "POST", "/api/v1/subjects/lane-1/entitlements", {
+            "type": "metered", "featureKey": "lane", "issueAfterReset": 100,
+            "usagePeriod": {"interval": "MONTH", "anchor": "2026-01-01T00:00:00Z"}})
+        assert status == 201, raw
+        check = "/api/v1/subjects/lane-1/entitlements/lane/value"
+        assert _call(port, "GET", check)[0] == 200  # computed once: cached from now on
+        usage.aggregate = blocking  # type: ignore[method-assign]
+        queries = [threading.Thread(target=_call, args=(port, "GET", "/api/v1/meters/http_tokens/query"),
+                                    kwargs={"timeout": 90}, daemon=True) for _ in range(12)]
+        for t in queries:
+            t.start()
+        for _ in range(4):  # every worker the queries may have is stuck
+            assert stuck.acquire(timeout=30)
+        t0 = time.perf_counter()
+        status, raw = _call(port, "GET", check, timeout=10)
+        took_check = time.perf_counter() - t0
+        assert status == 200 and json.loads(raw)["hasAccess"] is True, raw
+        event = {"specversion": "1.0", "id": "lane-e1", "source": "t", "type": "http_prompt", "subject": "lane-2",
+                 "data": {"tokens": "1", "model": "m"}}
+        t0 = time.perf_counter()
+        assert _call(port, "POST", "/api/v1/events", event, "application/cloudevents+json", timeout=10)[0] == 204
+        took_ingest = time.perf_counter() - t0
+        assert took_check < 2 and took_ingest < 2, (took_check, took_ingest)
+    finally:
+        release.set()
+        usage.aggregate = aggregate  # type: ignore[method-assign]
+        server.shutdown()

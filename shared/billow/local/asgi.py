@@ -2,8 +2,9 @@
 
 Each request is read on the event loop (headers within the header timeout, each piece of the body within the read
 timeout, at most max_body bytes), turned into the API Gateway HTTP API (payload 2.0) event the Lambda gets, and
-handed to the handler in a worker thread: ingest in its own pool so queries and checks never wait behind batches,
-and the other way round. The API's powertools resolver keeps the request it serves in class attributes
+handed to the handler in a worker thread of its class of work (`work_class`): ingest, entitlement checks and the rest
+of the API (meter queries, ...) each have their own pool, so none of them can take every worker from the others (a
+batch, or a burst of slow meter queries, never holds up a cached check). The API's powertools resolver keeps the request it serves in class attributes
 (BaseRouter.current_event) and one dict (context); `per_request_state` gives the one resolver instance the embedded
 host serves through a state per thread, so concurrent requests never see each other's.
 
@@ -21,6 +22,7 @@ import asyncio
 import base64
 import logging
 import math
+import re
 import socket
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -230,19 +232,38 @@ class _Disconnected(Exception):
     pass
 
 
+# An entitlement's value (per subject, per customer, v1 and v2), a customer's access and the portal's entitlements:
+# what an application asks before letting a request through. A cached one costs well under a millisecond.
+_CHECKS = re.compile(r"/api/v1/subjects/[^/]+/entitlements/[^/]+/value|/api/v[12]/customers/[^/]+/entitlements/[^/]+/value"
+                     r"|/api/v1/customers/[^/]+/access|/api/v1/portal/entitlements")
+
+
+def work_class(method: str, path: str) -> str:
+    """'ingest' (POST /api/v1/events), 'check' (GET of an entitlement value or access) or 'api' (everything else)."""
+    path = path.rstrip("/")
+    if method == "POST" and path == "/api/v1/events":
+        return "ingest"
+    if method == "GET" and _CHECKS.fullmatch(path):
+        return "check"
+    return "api"
+
+
 class ApiApp:
-    """ASGI 3 app: read the request on the loop, serve it in a worker thread, answer with one body."""
+    """ASGI 3 app: read the request on the loop, serve it in a worker thread of its class of work, answer with one
+    body."""
 
     def __init__(self, host: LambdaHost, *, max_body: int, max_head: int, read_timeout_s: float, drain: Drain,
-                 api_workers: int = 4, ingest_workers: int = 2) -> None:
+                 api_workers: int = 4, ingest_workers: int = 2, check_workers: int = 4) -> None:
         self.host, self.max_body, self.read_timeout_s, self.drain = host, max_body, read_timeout_s, drain
         self.max_head = max_head
         self.api_pool = ThreadPoolExecutor(api_workers, thread_name_prefix="billow-api")
         self.ingest_pool = ThreadPoolExecutor(ingest_workers, thread_name_prefix="billow-ingest")
+        self.check_pool = ThreadPoolExecutor(check_workers, thread_name_prefix="billow-check")
+        self.pools = {"api": self.api_pool, "ingest": self.ingest_pool, "check": self.check_pool}
 
     def close(self) -> None:
-        self.api_pool.shutdown(wait=True)
-        self.ingest_pool.shutdown(wait=True)
+        for pool in self.pools.values():
+            pool.shutdown(wait=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are not served
@@ -286,8 +307,7 @@ class ApiApp:
             return
         try:
             client = (scope.get("client") or ("", 0))[0]
-            pool = self.ingest_pool if (method == "POST" and urlsplit(target).path.rstrip("/") == "/api/v1/events") \
-                else self.api_pool
+            pool = self.pools[work_class(method, urlsplit(target).path)]
             loop = asyncio.get_running_loop()
             reply = await loop.run_in_executor(pool, self.host.serve, method, target, headers, body, client)
         finally:
