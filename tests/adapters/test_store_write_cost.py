@@ -10,6 +10,8 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from billow.adapters.clickhouse import _ROLLUPS
 from billow.adapters.memory import InMemoryUsageStore
 from billow.domain.events import CloudEvent
@@ -119,3 +121,79 @@ def test_a_rollup_torn_alone_is_rebuilt_alone(chdb_store: Any, namespace: str) -
     twin = InMemoryUsageStore()
     twin.write(namespace, reference, [])
     assert answers(chdb_store, namespace) == answers(twin, namespace)
+
+
+def test_a_batch_is_hashed_once_from_look_up_to_write(chdb_store: Any, namespace: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sink looks a batch's keys up (written_keys), then writes them: each key's ledger hash is computed once."""
+    import billow.adapters.clickhouse as ch
+
+    calls = 0
+    real = ch._key_hash
+
+    def counting(key: tuple[str, str]) -> int:
+        nonlocal calls
+        calls += 1
+        return real(key)
+
+    vals = values(40, source="hash")
+    keys = [(v.source, v.event_id) for v in vals]
+    monkeypatch.setattr(ch, "_key_hash", counting)
+    assert chdb_store.written_keys(namespace, keys) == (set(), set())
+    chdb_store.write(namespace, vals, raw(vals))
+    assert calls == len(keys)
+    monkeypatch.setattr(ch, "_key_hash", real)
+    assert chdb_store.written_keys(namespace, keys)[0] == set(keys)
+
+
+def test_a_write_hands_the_encoder_integer_times(chdb_store: Any, namespace: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Times reach clickhouse-connect as epoch milliseconds (its per-value datetime conversion is a float
+    timestamp, a floor and a multiply per value); what is stored is the same instant, to the millisecond."""
+    from clickhouse_connect.datatypes.temporal import DateTime64
+
+    converted = 0
+    real = DateTime64._datetime64_ticks
+
+    def counting(self: Any, *a: Any) -> int:
+        nonlocal converted
+        converted += 1
+        return real(self, *a)  # type: ignore[no-any-return]
+
+    vals = values(20, source="ticks")
+    monkeypatch.setattr(DateTime64, "_datetime64_ticks", counting)
+    chdb_store.write(namespace, vals, raw(vals))
+    assert converted == 0
+    stored = chdb_store._query("SELECT id, time, ingested_at FROM events WHERE namespace = {ns:String} "
+                               "AND source = 'ticks' ORDER BY time", {"ns": namespace})
+    assert [(r[0], r[1].replace(tzinfo=None), r[2].replace(tzinfo=None)) for r in stored] == [
+        (v.event_id, v.time.replace(tzinfo=None), T0.replace(tzinfo=None)) for v in vals]
+    got = chdb_store._query("SELECT id, time, toString(value) FROM meter_values WHERE namespace = {ns:String} "
+                            "AND source = 'ticks' ORDER BY time", {"ns": namespace})
+    assert [(r[0], r[1].replace(tzinfo=None), Decimal(r[2])) for r in got] == [
+        (v.event_id, v.time.replace(tzinfo=None), v.value) for v in vals]
+
+
+def test_a_records_events_at_one_millisecond_share_one_time() -> None:
+    """The sink makes (and range-checks) one datetime per distinct time of a batch record, not one per event; a time
+    out of range is still refused."""
+    import msgspec
+
+    from billow.bus import batch_records, decode_batch
+    from billow.services.sink import decode_batch_events
+
+    ms = int(T0.timestamp() * 1000)
+    rows = [(b"one-partition", [f"e{i}", "src", "prompt", "s", ms + (i // 3), msgspec.Raw(b'{"n":1}'),
+                          [["M1", "1.5", "", {}]]]) for i in range(6)]
+    ((_, value),) = batch_records("2026-04-02T10:00:00Z", ["M1"], rows)
+    record = decode_batch(value)
+    assert record is not None and len(record.events) == 6
+    decoded = decode_batch_events(record)
+    times = [s.event.time for s, _ in decoded]
+    assert times[0] is times[1] is times[2] and times[3] is times[4] is times[5]
+    assert times[0] == T0 and times[3] == T0 + timedelta(milliseconds=1)
+    assert all(v.time is s.event.time for s, (vals, _) in decoded for v in vals)
+    bad = decode_batch(value.replace(b'"s",%d,' % ms, b'"s",%d,' % (7 * 10**12), 1))
+    assert bad is not None
+    with pytest.raises(ValueError, match="not a valid event"):
+        decode_batch_events(bad)

@@ -40,9 +40,11 @@ from billow.domain.usage import (
 _VALUE_COLUMNS = ["namespace", "meter_id", "subject", "time", "value", "value_str", "group_by", "source", "id"]
 _EVENT_COLUMNS = ["namespace", "source", "id", "type", "subject", "time", "data", "ingested_at", "validation_error"]
 _KEY_COLUMNS = ["namespace", "key_hash", "source", "id", "state"]
-# Their types as the tables declare them (clickhouse_schema): given with each insert, clickhouse-connect does not
-# DESCRIBE the table first (one statement less per insert; chdb charges each statement a fixed cost).
-_LC, _T64 = "LowCardinality(String)", "DateTime64(3, 'UTC')"
+# Their types as the inserts send them: given with each insert, clickhouse-connect does not DESCRIBE the table first
+# (one statement less per insert; chdb charges each statement a fixed cost). The LowCardinality(String) columns of
+# clickhouse_schema go as String (the engine converts the column; clickhouse-connect would build a dictionary row by
+# row in Python), times as epoch milliseconds (`_ticks`).
+_LC, _T64 = "String", "DateTime64(3, 'UTC')"
 _VALUE_TYPES = [_LC, _LC, "String", _T64, "Decimal(38, 18)", "String", "Map(String, String)", "String", "String"]
 _EVENT_TYPES = [_LC, "String", "String", _LC, "String", _T64, "String", _T64, "String"]
 _KEY_TYPES = [_LC, "UInt64", "String", "String", "UInt8"]
@@ -108,6 +110,7 @@ class ClickHouseUsageStore:
         # A ClickHouse server writes an INSERT's views itself within that query, whatever happens to the client.
         self._in_process = type(client).__name__ == "ChdbClient"
         self._filter: _KeyFilter | None = None  # in-process only: built from the ledger at the first look-up
+        self._hashed: dict[tuple[str, str], int] = {}  # the key hashes of the last look-up (written_keys)
 
     def _key_filter(self) -> _KeyFilter:
         """A Bloom filter of every ledger key hash, read once from `event_keys` and kept up to date by `write` (this
@@ -233,7 +236,9 @@ class ClickHouseUsageStore:
         if not keys:
             return set(), set()
         wanted = set(keys)
-        hashes = {_key_hash(k) for k in wanted}
+        hashed = {k: _key_hash(k) for k in wanted}
+        self._hashed = hashed  # the write that usually follows hashes these keys again: it reuses them
+        hashes = set(hashed.values())
         if self._in_process:  # the only writer: a filter in memory answers "never written" for most keys
             with self._lock:
                 hashes = self._key_filter().maybe(hashes)
@@ -276,8 +281,9 @@ class ClickHouseUsageStore:
             # The ledger first: a key any part of whose write may be stored is never taken for new (written_keys).
             begun = {(v.source, v.event_id) for v in values} | {s.event.key for s in events}
             if begun:
-                ordered = sorted(begun)
-                hashes = [_key_hash(k) for k in ordered]  # once per key: the filter and the ledger share them
+                ordered = list(begun)  # (the ledger's part is sorted by the engine)
+                known = self._hashed  # from the look-up of this batch (written_keys), if it was the last one
+                hashes = [h if (h := known.get(k)) is not None else _key_hash(k) for k in ordered]
                 if self._filter is not None:
                     self._filter.add(hashes)
                 self._client.insert("event_keys", [
@@ -295,17 +301,18 @@ class ClickHouseUsageStore:
             if values:  # column-oriented: clickhouse-connect encodes each column in one pass
                 self._client.insert("meter_values", [
                     [namespace] * len(values), [v.meter_id for v in values], [v.subject for v in values],
-                    [v.time for v in values], [v.value for v in values], [v.value_str for v in values],
+                    _ticks([v.time for v in values]), [v.value for v in values], [v.value_str for v in values],
                     [v.group_by for v in values], [v.source for v in values], [v.event_id for v in values],
                 ], column_names=_VALUE_COLUMNS, column_type_names=_VALUE_TYPES,
                     column_oriented=True)
             if events:
                 self._client.insert("events", [
                     [namespace] * len(events), [s.event.source for s in events], [s.event.id for s in events],
-                    [s.event.type for s in events], [s.event.subject for s in events], [s.event.time for s in events],
+                    [s.event.type for s in events], [s.event.subject for s in events],
+                    _ticks([s.event.time for s in events]),
                     [s.data_json if s.data_json is not None else jsonx.dumps(s.event.data) if s.event.data is not None
                      else "" for s in events],
-                    [s.ingested_at for s in events], [s.validation_error for s in events],
+                    _ticks([s.ingested_at for s in events]), [s.validation_error for s in events],
                 ], column_names=_EVENT_COLUMNS, column_type_names=_EVENT_TYPES,
                     column_oriented=True)
             if journal is not None:
@@ -882,6 +889,18 @@ class _KeyFilter:
 
     def full(self) -> bool:
         return self.count * 16 > self.bits
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ticks(times: list[datetime]) -> list[int] | list[datetime]:
+    """DateTime64(3) values as epoch milliseconds (exact, floored as clickhouse-connect floors them). Naive datetimes
+    (none of the sink's) are left to clickhouse-connect, which reads them as it always did."""
+    try:
+        return [(t - _EPOCH) // _MS for t in times]
+    except TypeError:
+        return times
 
 
 def _key_hash(key: tuple[str, str]) -> int:

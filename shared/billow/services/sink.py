@@ -82,9 +82,15 @@ def decode_batch_events(batch: BatchRecord) -> list[tuple[StoredEvent, Carried]]
     ingested_at = parse_rfc3339(batch.ingestedAt, "ingestedAt")
     seen = frozenset(batch.meters)
     out: list[tuple[StoredEvent, Carried]] = []
+    times: dict[int, datetime] = {}  # epoch ms -> its datetime, made (and range-checked) once per distinct time
     for id_, source, type_, subject, ms, data, carried in batch.events:
-        when = _EPOCH + timedelta(milliseconds=ms)
-        if not EVENT_TIME_MIN <= when <= EVENT_TIME_MAX or not (id_ and source and type_ and subject):
+        when = times.get(ms)
+        if when is None:
+            when = _EPOCH + timedelta(milliseconds=ms)
+            if not EVENT_TIME_MIN <= when <= EVENT_TIME_MAX:
+                raise ValueError(f"event {source!r}/{id_!r}: not a valid event of a batch record")
+            times[ms] = when
+        if not (id_ and source and type_ and subject):
             raise ValueError(f"event {source!r}/{id_!r}: not a valid event of a batch record")
         raw = bytes(data)
         values = []
@@ -120,14 +126,14 @@ def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaSt
     by_ns: dict[str, dict[tuple[str, str], StoredEvent]] = {}
     carried_ns: dict[str, dict[tuple[str, str], Carried]] = {}
     for rec in records:
-        entries: list[tuple[StoredEvent, Carried | None]]
+        entries: Sequence[tuple[StoredEvent, Carried | None]]
         try:
             batch_record = decode_batch(rec.value)
             if batch_record is None:  # a record of the older shape: one CloudEvent
                 event, ingested_at = decode_record(rec)
                 entries = [(StoredEvent(event, ingested_at), None)]
             else:
-                entries = [(s, pre) for s, pre in decode_batch_events(batch_record)]
+                entries = decode_batch_events(batch_record)
         except Exception as exc:  # a poison record: report it, keep going
             result.dead_letters.append({"where": rec.where, "reason": str(exc)[:500],
                                         "value": rec.value[:4096].decode("utf-8", "replace")})
@@ -135,7 +141,7 @@ def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaSt
         batch = by_ns.setdefault(rec.namespace, {})
         carried = carried_ns.setdefault(rec.namespace, {})
         for stored_event, pre in entries:
-            key = stored_event.event.key
+            key = (stored_event.event.source, stored_event.event.id)
             if key in batch:
                 result.duplicates += 1
                 continue
@@ -155,7 +161,7 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
     keys = list(items)
     present, begun = usage.written_keys(namespace, keys)
     result.duplicates += len(present)
-    fresh = [items[k] for k in keys if k not in present]
+    fresh = [(k, items[k]) for k in keys if k not in present] if present else list(items.items())
     if not fresh:
         return 0
     meters = meta.list_meters(namespace)
@@ -163,14 +169,19 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
     owners: dict[tuple[str, str], list[MeterValue]] = {}
     current = {m.id for m in meters}
     accepting = [m for m in meters if m.policy.invalid_values == "accept"]  # ingestionPolicy (issue 21)
-    for s in fresh:
-        pre = carried.get(s.event.key) if carried else None
+    # Per (meters ingest valued with, event type): the meters created since, that must read `data` (usually none).
+    since: dict[tuple[frozenset[str], str], list[Meter]] = {}
+    for key, s in fresh:
+        pre = carried.get(key) if carried else None
         if pre is None:
             vals, error = meter_values(s.event, meters)
         else:  # ingest's values, for the meters that still exist; meters created since read `data`
+            missing = since.get((pre[1], s.event.type))
+            if missing is None:
+                missing = since[(pre[1], s.event.type)] = [
+                    m for m in meters if m.id not in pre[1] and m.event_type == s.event.type]
             vals = [v for v in pre[0] if v.meter_id in current]
             error = ""
-            missing = [m for m in meters if m.id not in pre[1] and m.event_type == s.event.type]
             if missing:
                 more, error = meter_values(_with_data(s), missing)
                 vals = vals + more
@@ -178,7 +189,7 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
                         and all(v.meter_id != m.id for v in vals)] if accepting else []
             if unvalued:  # ingest let the event in without a value for these meters: why, for GET /api/v1/events
                 error = error or meter_values(_with_data(s), unvalued)[1]
-        owners[s.event.key] = vals
+        owners[key] = vals
         stored.append(replace(s, validation_error=error) if error else s)
     valued_candidates = [k for k, v in owners.items() if v]
     result.unmatched += len(owners) - len(valued_candidates)
