@@ -8,6 +8,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from billow import heap
 from billow.bootstrap import container
 from billow.domain.events import refused
 from billow.errors import Unavailable, UnsupportedMediaType, ValidationFailed
@@ -21,6 +22,7 @@ log = logging.getLogger("billow.ingest")
 SINGLE = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 JSON = "application/json"
+_settled: list[bool] = []  # billow.heap.settle() done in this process
 
 
 def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
@@ -37,6 +39,9 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
         raise ValidationFailed(f"{BATCH} takes a JSON array of events", [{"field": "body", "message": "must be an array"}])
     events = body if isinstance(body, list) else [body]
     c = container()
+    if not _settled:  # once per cold start, the container built: its objects out of the collector's scans
+        _settled.append(True)
+        heap.settle()
     if c.bus is None:
         raise Unavailable("no event bus is configured")
     receipt = None

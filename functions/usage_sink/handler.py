@@ -11,6 +11,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import KafkaEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from billow import heap
 from billow.bootstrap import container
 from billow.bus import namespace_of
 from billow.services.sink import LATE_AFTER, SinkRecord, sink_batch
@@ -18,12 +19,16 @@ from functions.observability import KAFKA_BATCH, lambda_entry
 
 metrics = Metrics(namespace="Billow", service="usage_sink")
 IN_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+_settled: list[bool] = []  # billow.heap.settle() done in this process
 
 
 @lambda_entry(KAFKA_BATCH)
 @event_source(data_class=KafkaEvent)
 def lambda_handler(event: KafkaEvent, context: LambdaContext | None) -> dict[str, Any]:
     c = container()
+    if not _settled:  # once per cold start, the container built: its objects out of the collector's scans
+        _settled.append(True)
+        heap.settle()
     records = []
     bad: list[dict[str, Any]] = []
     for rec in event.records:
