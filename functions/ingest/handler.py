@@ -12,10 +12,10 @@ from billow import heap
 from billow.bootstrap import container
 from billow.domain.events import refused
 from billow.errors import Unavailable, UnsupportedMediaType, ValidationFailed
-from billow.services.ingest import ingest_events
+from billow.services.ingest import decode_common, ingest_events
 from billow.services.lineage import invoiced_lookup
 from billow.services.receipts import ingest_with_receipt
-from billow.web.http import as_caller, guarded, header, json_body, response
+from billow.web.http import as_caller, body_text, guarded, header, json_body, response
 from functions.observability import API_GATEWAY, lambda_entry
 
 log = logging.getLogger("billow.ingest")
@@ -23,6 +23,7 @@ SINGLE = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 JSON = "application/json"
 _settled: list[bool] = []  # billow.heap.settle() done in this process
+SHAPES = {SINGLE: "one", BATCH: "many", JSON: "either"}
 
 
 def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
@@ -31,29 +32,37 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
     if ctype not in (SINGLE, BATCH, JSON):
         raise UnsupportedMediaType(
             f"Content-Type must be {SINGLE}, {BATCH} or {JSON}; got {ctype or 'none'!r}")
-    surrogates: list[dict[str, Any]] = []  # listed beside the batch's other problems, not alone (_refuse_surrogates)
-    body = json_body(raw, surrogates)
-    if ctype == SINGLE and not isinstance(body, dict):
-        raise ValidationFailed(f"{SINGLE} takes one event object", [{"field": "body", "message": "must be an object"}])
-    if ctype == BATCH and not isinstance(body, list):
-        raise ValidationFailed(f"{BATCH} takes a JSON array of events", [{"field": "body", "message": "must be an array"}])
-    events = body if isinstance(body, list) else [body]
+    with_receipt = "return=representation" in header(raw, "prefer").replace(" ", "").lower()  # Billow (issue 21)
     c = container()
     if not _settled:  # once per cold start, the container built: its objects out of the collector's scans
         _settled.append(True)
         heap.settle()
+    now = c.clock.now()
+    surrogates: list[dict[str, Any]] = []  # listed beside the batch's other problems, not alone (_refuse_surrogates)
+    # The common body (plain JSON, every event of the common shape) is decoded straight into checked events; any
+    # other goes the full way below: a JSON document, every problem of every event listed.
+    events: list[Any] | None = None if with_receipt else decode_common(body_text(raw), SHAPES[ctype], now)
+    checked = events is not None
+    if events is None:
+        body = json_body(raw, surrogates)
+        if ctype == SINGLE and not isinstance(body, dict):
+            raise ValidationFailed(f"{SINGLE} takes one event object", [{"field": "body", "message": "must be an object"}])
+        if ctype == BATCH and not isinstance(body, list):
+            raise ValidationFailed(f"{BATCH} takes a JSON array of events", [{"field": "body", "message": "must be an array"}])
+        events = body if isinstance(body, list) else [body]
     if c.bus is None:
         raise Unavailable("no event bus is configured")
     receipt = None
     invoiced = invoiced_lookup(c.namespace, store=c.billing_store, meta=c.meta)  # opened only if a meter's policy asks
     if surrogates:
-        raise _refuse_surrogates(c.namespace, events, surrogates, meta=c.meta, now=c.clock.now(), invoiced=invoiced)
+        raise _refuse_surrogates(c.namespace, events, surrogates, meta=c.meta, now=now, invoiced=invoiced)
     try:
-        if "return=representation" in header(raw, "prefer").replace(" ", "").lower():  # Billow: a receipt (issue 21)
-            receipt = ingest_with_receipt(c.namespace, events, meta=c.meta, bus=c.bus, usage=c.usage, now=c.clock.now(),
+        if with_receipt:
+            receipt = ingest_with_receipt(c.namespace, events, meta=c.meta, bus=c.bus, usage=c.usage, now=now,
                                           invoiced=invoiced)
         else:
-            result = ingest_events(c.namespace, events, meta=c.meta, bus=c.bus, now=c.clock.now(), invoiced=invoiced)
+            result = ingest_events(c.namespace, events, meta=c.meta, bus=c.bus, now=now, invoiced=invoiced,
+                                   checked=checked)
     except (ValidationFailed, UnsupportedMediaType):
         raise
     except ConnectionError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -117,6 +118,9 @@ class _Bus:
 
     def publish(self, namespace: str, records: Any) -> None:
         self.records = list(records)
+
+    def close(self) -> None:
+        return None
 
 
 def _meter(mid: str, aggregation: str = "SUM", value: str | None = "$.v", group_by: dict[str, str] | None = None,
@@ -241,3 +245,121 @@ def test_batch_records_are_byte_for_byte_as_before_with_one_encode_per_record(
     assert got == want
     if limit > 100_000:  # everything fits: one encode per record (a partition group), and two for the head
         assert counting.calls == len(got) + 2
+
+
+# -- HTTP: a body whose events are all of the common shape is decoded straight into checked events ------------------
+
+SUM_METER = {"slug": "tokens", "eventType": "t", "aggregation": "SUM", "valueProperty": "$.v", "groupBy": {"m": "$.m"}}
+
+
+@pytest.fixture
+def http(tmp_path: Any) -> Any:
+    from billow.bootstrap import Settings, build, install
+    from billow.services.meters import create_meter
+
+    c = build(Settings(usage_store="memory", data_dir=str(tmp_path)))
+    c.bus = _Bus()
+    c.clock = SimpleNamespace(now=lambda: NOW)  # one ingestedAt for both paths' records
+    install(c)
+    create_meter(c.namespace, SUM_METER, meta=c.meta, usage=c.usage, now=c.clock.now(), sink_lock=c.sink_lock)
+    yield c
+    install(None)
+    c.close()
+
+
+def _post(body: str | bytes, ctype: str = "application/cloudevents-batch+json", **headers: str) -> dict[str, Any]:
+    from billow.local.server import apigw_event
+    from functions.ingest.handler import lambda_handler
+
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    return lambda_handler(apigw_event("POST", "/api/v1/events", {"content-type": ctype, **headers}, raw, "t"), None)  # type: ignore[no-any-return]
+
+
+def _answer(c: Any, body: str | bytes, ctype: str) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
+    import json
+
+    c.bus.records = []
+    out = _post(body, ctype)
+    problem = json.loads(out["body"]) if out["body"] else None
+    if isinstance(problem, dict):
+        problem.pop("instance", None)
+    return out["statusCode"], problem, c.bus.records
+
+
+def _ev(i: int, v: str = "1", **raw: str) -> str:
+    fields = {"specversion": '"1.0"', "id": f'"h{i}"', "source": '"s"', "type": '"t"', "subject": '"c"',
+              "time": '"2026-11-30T10:15:00Z"', "data": '{"v": ' + v + ', "m": "gpt"}', **raw}
+    return "{" + ", ".join(f'"{k}": {val}' for k, val in fields.items() if val != "DROP") + "}"
+
+
+def _deep(depth: int, kind: str) -> str:
+    nested = "[" * depth + "]" * depth if kind == "a" else '{"a":' * depth + "1" + "}" * depth
+    return _ev(0, data='{"v": 1, "n": ' + nested + "}")
+
+
+BODIES: list[tuple[str, str]] = [
+    ("batch", "[" + ",".join(_ev(i, str(i)) for i in range(20)) + "]"),
+    ("batch", "[" + _ev(0) + "," + _ev(1, '"2.50"', time='"2026-11-30T10:15:00.5Z"') + "]"),
+    ("batch", "[" + _ev(0, "1.5") + "," + _ev(1, '"x"') + "," + _ev(2, id='""') + "]"),
+    ("batch", "[" + _ev(0) + "]" + "," + "[" + _ev(1) + "]"), ("batch", _ev(0) + "],[" + _ev(1)),
+    ("batch", "[" + _ev(0) + "] x"), ("batch", "[" + _ev(0) + ", ]"), ("batch", "[]"), ("batch", " "),
+    ("batch", _ev(0)), ("one", "[" + _ev(0) + "]"), ("one", _ev(0)), ("json", _ev(0)), ("json", "[" + _ev(0) + "]"),
+    ("json", "1"), ("json", '"x"'), ("json", "null"), ("batch", "[null]"), ("batch", "[[" + _ev(0) + "]]"),
+    ("batch", "[" + _ev(0, subject='"\\ud800"') + "," + _ev(1, '"ten"') + "]"),
+    ("batch", "[" + _ev(0, data='{"v": 1, "\\udc00": 2}') + "]"), ("batch", "[" + _ev(0, subject='"a\\u0000"') + "]"),
+    ("batch", "[" + _ev(0, "NaN") + "]"), ("batch", "[" + _ev(0, "Infinity") + "]"), ("batch", "[" + _ev(0, "1e999999999") + "]"),
+    ("batch", "[" + _ev(0, "1" * 4301) + "]"), ("batch", "[" + _ev(0, "1" * 30) + "]"), ("batch", "[" + _ev(0, "-0") + "]"),
+    ("batch", "[" + _ev(0, "0E-400") + "]"), ("batch", "[" + _ev(0, "0.1000000000000000000000") + "]"),
+    ("batch", "[" + _ev(0, id='"a"', source='"s"') + "," + _ev(1, id='"a"') + "]"),
+    ("batch", "[" + _ev(0) + "," + _ev(1, time='"2026-02-30T00:00:00Z"', specversion='"0.3"') + "]"),
+    ("batch", "[" + _ev(0, time='"2026-11-30T11:15:00+01:00"') + "]"), ("batch", "[" + _ev(0, time="null") + "]"),
+    ("batch", "[" + _ev(0, time="DROP") + "]"), ("batch", "[" + _ev(0, data="null") + "]"),
+    ("batch", "[" + _ev(0, data="[]") + "]"), ("batch", "[" + _ev(0, datacontenttype='"text/plain"') + "]"),
+    ("batch", "[" + _ev(0, id='"x", "id": "y"') + "]"), ("batch", "[" + _ev(0, data='{"v": 1, "v": 2, "m": 3}') + "]"),
+    ("batch", "[" + _ev(0, extension='{"deep": [1, {"x": null}]}') + "]"), ("batch", "[" + _ev(0, specversion="DROP") + "]"),
+    ("batch", "[" + _ev(0, data='{"v": 1, "m": "caf\\u00e9 \\ud83d\\ude00 \u2028"}') + "]"),
+    ("batch", "\ufeff[" + _ev(0) + "]"), ("batch", "[" + _ev(0) + "]\n\t "),
+    ("batch", "[" + ",".join(_ev(i) for i in range(10_001)) + "]"),
+] + [("batch", "[" + _deep(d, k) + "]") for k in "ao" for d in (*range(1484, 1500), 3000)]
+
+
+def test_an_http_body_is_answered_as_the_full_path_answers_it(http: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every body (common, refused, hostile, nested to the parser's limit) gets the status, problem and bus records the
+    full path (jsonx document, parse_event) gives it."""
+    import functions.ingest.handler as handler
+
+    ctypes = {"batch": "application/cloudevents-batch+json", "one": "application/cloudevents+json",
+              "json": "application/json"}
+    fast = [_answer(http, body, ctypes[kind]) for kind, body in BODIES]
+    monkeypatch.setattr(handler, "decode_common", lambda *a, **kw: None)
+    full = [_answer(http, body, ctypes[kind]) for kind, body in BODIES]
+    for (kind, body), f, w in zip(BODIES, fast, full, strict=True):
+        assert f == w, (kind, body[:200])
+    assert [f[0] for f in fast[:3]] == [204, 204, 400]
+
+
+def test_a_common_http_body_is_decoded_once_without_a_json_document(http: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from billow import jsonx
+
+    calls = {"loads": 0, "parse_event": 0}
+    real_loads, real_parse = jsonx.loads, events_mod.parse_event
+
+    def loads(text: Any) -> Any:
+        calls["loads"] += "specversion" in str(text)  # a request body (not, e.g., a meter's stored groupBy)
+        return real_loads(text)
+
+    def parse(*a: Any) -> Any:
+        calls["parse_event"] += 1
+        return real_parse(*a)
+
+    monkeypatch.setattr(jsonx, "loads", loads)
+    monkeypatch.setattr(events_mod, "parse_event", parse)
+    body = "[" + ",".join(_ev(i, str(i)) for i in range(100)) + "]"
+    assert _post(body)["statusCode"] == 204
+    assert calls == {"loads": 0, "parse_event": 0}
+    assert sum(len(bus_mod.decode_batch(v).events) for _, v in http.bus.records) == 100  # type: ignore[union-attr]
+    assert _post("[" + _ev(0, "1") + "," + _ev(1, '"ten"') + "]")["statusCode"] == 400
+    assert calls == {"loads": 0, "parse_event": 0}  # a meter's refusal of a common event: still no document
+    assert _post("[" + _ev(0, id='""') + "]")["statusCode"] == 400
+    assert calls == {"loads": 1, "parse_event": 1}  # an event of another shape: the full path lists its problems

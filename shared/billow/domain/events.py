@@ -128,49 +128,65 @@ def parse_event(raw: Any, index: int | None, now: datetime, errors: list[dict[st
 # A valid event of a batch as ingest carries it: (index in the batch, id, source, type, subject, time, data), the time
 # UTC at millisecond resolution (the ingest time when the event had none). A tuple: no object per event on the hot path.
 EventRow = tuple[int, str, str, str, str, datetime, dict[str, Any] | None]
-_CONTENT_TYPES = (None, "application/json")
+
+
+class CommonEvents:
+    """The inline check of a batch's events of the common shape: `row` gives the event's EventRow when its attributes
+    (whatever they were decoded into) are an id, source, type and subject that are non-empty strings of at most
+    MAX_ATTR_LEN characters without NUL, specversion "1.0", datacontenttype absent or JSON, data an object or absent
+    and time absent or YYYY-MM-DDTHH:MM:SS[.mmm]Z within range; None for any other event, which parse_event then
+    checks in full. It only ever accepts what parse_event accepts, with the same values
+    (tests/unit/test_ingest_fast_path.py holds them side by side)."""
+
+    __slots__ = ("now", "latest", "default")
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.latest = min(EVENT_TIME_MAX, now + MAX_FUTURE)
+        self.default: datetime | None = None  # to_millis(now), once, for the events without a time
+
+    def row(self, i: int, id_: Any, source: Any, type_: Any, subject: Any, spec: Any, ctype: Any, when: Any,
+            data: Any) -> EventRow | None:
+        if not (type(id_) is str and type(source) is str and type(type_) is str and type(subject) is str
+                and len(id_) <= MAX_ATTR_LEN and len(source) <= MAX_ATTR_LEN and len(type_) <= MAX_ATTR_LEN
+                and len(subject) <= MAX_ATTR_LEN and id_.strip() and source.strip() and type_.strip()
+                and subject.strip() and "\x00" not in id_ and "\x00" not in source and "\x00" not in type_
+                and "\x00" not in subject and spec == "1.0" and (data is None or type(data) is dict)
+                and (ctype is None or ctype == "application/json")):
+            return None
+        if when is None:
+            if self.default is None:
+                self.default = to_millis(self.now)
+            return (i, id_, source, type_, subject, self.default, data)
+        if type(when) is not str or _COMMON_TIME(when) is None:
+            return None
+        try:
+            at = _FROM_ISO(when)  # exactly this form: UTC, already at millisecond resolution
+        except ValueError:  # e.g. February 30th: parse_event says so
+            return None
+        if not EVENT_TIME_MIN <= at <= self.latest:
+            return None  # out of range or in the future: parse_event says which
+        return (i, id_, source, type_, subject, at, data)
+
+
+_COMMON_TIME = COMMON_RFC3339.fullmatch
+_FROM_ISO = datetime.fromisoformat
 
 
 def parse_rows(raws: list[Any], now: datetime, errors: list[dict[str, Any]]) -> list[EventRow]:
     """The valid events of a batch as rows, in batch order; every problem of the others is appended to `errors`.
-
-    An event of the common shape (an object whose id, source, type and subject are non-empty strings of at most
-    MAX_ATTR_LEN characters without NUL, specversion "1.0", datacontenttype absent or JSON, data an object or absent,
-    time absent or YYYY-MM-DDTHH:MM:SS[.mmm]Z within range) is checked inline. Any other event goes through
-    parse_event, which lists every one of its problems: the inline checks only ever accept what parse_event accepts,
-    with the same values (tests/unit/test_ingest_fast_path.py holds them side by side)."""
+    Events of the common shape are checked inline (CommonEvents), every other one in full by parse_event."""
     out: list[EventRow] = []
     append = out.append
-    common = COMMON_RFC3339.fullmatch
-    fromiso = datetime.fromisoformat
-    earliest, latest = EVENT_TIME_MIN, min(EVENT_TIME_MAX, now + MAX_FUTURE)
-    limit = MAX_ATTR_LEN
-    default: datetime | None = None  # to_millis(now), once, when an event has no time
+    common = CommonEvents(now).row
     for i, raw in enumerate(raws):
         if type(raw) is dict:
             get = raw.get
-            id_, source, type_, subject, data = get("id"), get("source"), get("type"), get("subject"), get("data")
-            if (type(id_) is str and type(source) is str and type(type_) is str and type(subject) is str
-                    and 0 < len(id_) <= limit and 0 < len(source) <= limit and 0 < len(type_) <= limit
-                    and 0 < len(subject) <= limit and id_.strip() and source.strip() and type_.strip()
-                    and subject.strip() and "\x00" not in id_ and "\x00" not in source and "\x00" not in type_
-                    and "\x00" not in subject and get("specversion") == "1.0" and (data is None or type(data) is dict)
-                    and get("datacontenttype") in _CONTENT_TYPES):
-                when = get("time")
-                at: datetime | None = None
-                if when is None:
-                    at = default = default or to_millis(now)
-                elif type(when) is str and common(when) is not None:
-                    try:
-                        at = fromiso(when)  # exactly this form: UTC, already at millisecond resolution
-                    except ValueError:  # e.g. February 30th: parse_event says so
-                        at = None
-                    else:
-                        if not earliest <= at <= latest:
-                            at = None  # out of range or in the future: parse_event says which
-                if at is not None:
-                    append((i, id_, source, type_, subject, at, data))
-                    continue
+            row = common(i, get("id"), get("source"), get("type"), get("subject"), get("specversion"),
+                         get("datacontenttype"), get("time"), get("data"))
+            if row is not None:
+                append(row)
+                continue
         ev = parse_event(raw, i, now, errors)
         if ev is not None:
             append((i, ev.id, ev.source, ev.type, ev.subject, ev.time, ev.data))

@@ -116,6 +116,29 @@ class Meter:
         value = _getter(self._value_path) if self._value_path is not None and agg != "COUNT" else None
         missing = f"valueProperty {prop} is missing in data"
         limit = 10**VALUE_INT_DIGITS
+        paths = [*self._group_paths.values(), *([self._value_path] if value is not None else [])]
+        if agg != "UNIQUE_COUNT" and all(p._keys is not None and len(p._keys) == 1 for p in paths):
+            keys = [(k, p._keys[0]) for k, p in self._group_paths.items() if p._keys is not None]
+            vpath = self._value_path if value is not None else None
+            vkey = vpath._keys[0] if vpath is not None and vpath._keys else None  # None: COUNT
+            empty: dict[str, Any] = {}
+
+            def read_keys(data: dict[str, Any] | None) -> MeterValueRow:  # the same as read, a dict look-up per path
+                d = empty if data is None else data
+                got: dict[str, str] = {}
+                for k, key in keys:
+                    v = d.get(key)
+                    got[k] = v if type(v) is str else group_value((True, v))
+                if vkey is None:
+                    return mid, "1", "", got  # COUNT
+                raw = d.get(vkey)
+                if raw is None:
+                    raise ValueError(missing)
+                if type(raw) is int and -limit < raw < limit:
+                    return mid, str(raw), "", got
+                return mid, str(to_value(raw, prop)), "", got
+
+            return read_keys
 
         def read(data: dict[str, Any] | None) -> MeterValueRow:
             got: dict[str, str] = {}
