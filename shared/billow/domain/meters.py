@@ -113,13 +113,13 @@ class Meter:
         Paths of one key ($.tokens, most meters) are a dict look-up each; the others walk as Path.find does."""
         mid, agg, prop = self.id, self.aggregation, self.value_property or ""
         groups = [(k, _getter(p)) for k, p in self._group_paths.items()]
-        value = _getter(self._value_path) if self._value_path is not None and agg != "COUNT" else None
+        vpath = self._value_path if agg != "COUNT" else None
+        value = _getter(vpath) if vpath is not None else None
         missing = f"valueProperty {prop} is missing in data"
         limit = 10**VALUE_INT_DIGITS
-        paths = [*self._group_paths.values(), *([self._value_path] if value is not None else [])]
+        paths = [*self._group_paths.values(), *([vpath] if vpath is not None else [])]
         if agg != "UNIQUE_COUNT" and all(p._keys is not None and len(p._keys) == 1 for p in paths):
             keys = [(k, p._keys[0]) for k, p in self._group_paths.items() if p._keys is not None]
-            vpath = self._value_path if value is not None else None
             vkey = vpath._keys[0] if vpath is not None and vpath._keys else None  # None: COUNT
             empty: dict[str, Any] = {}
 
