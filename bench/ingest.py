@@ -115,6 +115,29 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _threads_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of a process per thread name (Linux /proc: the engine names its threads, e.g. its merges'),
+    so that a figure that grows with the store can be traced to the thread that spends it."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+        except OSError:  # the thread ended meanwhile
+            continue
+        fields = tail.split()
+        name = head.split("(", 1)[1]
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _threads_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per thread name spent between two snapshots (threads that ended meanwhile are not counted)."""
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
+    return {k: round(v, 2) for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
 def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
     from billow.bootstrap import install
     from billow.services.ingest import ingest_events
@@ -128,13 +151,14 @@ def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
     work = batches(n, size, prefix)
     assert c.bus is not None
     ingest_events(c.namespace, work[0], meta=c.meta, bus=c.bus, now=c.clock.now())  # warm: meters, first insert
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, th0 = time.perf_counter(), time.process_time(), _threads_cpu(os.getpid())
     for b in work[1:]:
         ingest_events(c.namespace, b, meta=c.meta, bus=c.bus, now=c.clock.now())
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    threads = _threads_delta(th0, _threads_cpu(os.getpid()))
     c.close()
     m = n - len(work[0])
-    print(json.dumps({"events": m, "seconds": dt, "cpu": cpu, "load": load()}))
+    print(json.dumps({"events": m, "seconds": dt, "cpu": cpu, "load": load(), "threads": threads}))
 
 
 def http_path(data_dir: str, n: int, size: int, prefix: str) -> None:
@@ -193,13 +217,14 @@ def _measure_http(port: int, pid: int, n: int, size: int, prefix: str) -> dict[s
         assert r.status == 204, r.status
 
     post(bodies[0])  # warm
-    t0, c0 = time.perf_counter(), _cpu_of(pid)
+    t0, c0, th0 = time.perf_counter(), _cpu_of(pid), _threads_cpu(pid)
     for body in bodies[1:]:
         post(body)
     dt, cpu = time.perf_counter() - t0, _cpu_of(pid) - c0
+    threads = _threads_delta(th0, _threads_cpu(pid))
     m = n - len(json.loads(bodies[0]))
     # The new events' sum: the query total is checked against the events sent (exact).
-    return {"events": m, "seconds": dt, "cpu": cpu, "load": load()}
+    return {"events": m, "seconds": dt, "cpu": cpu, "load": load(), "threads": threads}
 
 
 def _run(code: str) -> dict[str, Any]:
@@ -255,6 +280,10 @@ def main(argv: list[str] | None = None) -> None:
                           f"({wall_us / b_wall:.2f} x {than}), {cpu_us:.1f} us CPU/event ({cpu_us / b_cpu:.2f} x {than}; "
                           f"{ratio_verdict(cpu_us / b_cpu, n) if b_n == 0 else 'budget <= 1.20 x empty at 50 M'}); "
                           f"{r['load']}", flush=True)
+                    print("    CPU seconds by thread name (the measuring process, or the server; chdb renames the "
+                          "threads it runs statements on 'Unknown', so that is Python's work plus the inserts and "
+                          "look-ups, MergeMutate the background merges): " + ", ".join(
+                        f"{k} {v:.2f}" for k, v in list(r.get("threads", {}).items())[:8]), flush=True)
             got, want = _run(f"import sys, json; sys.path.insert(0, {here!r}); from bench.ingest import check_total; "
                              f"print(json.dumps(check_total({tmp!r}, {expected})))")
             print(f"  total of the bench meter: {got} (expected {want}: {'ok' if got == want else 'MISMATCH'})",
