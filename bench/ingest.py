@@ -138,6 +138,31 @@ def _threads_delta(before: dict[str, float], after: dict[str, float]) -> dict[st
     return {k: round(v, 2) for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
+def _time_statements(store: Any) -> dict[str, float]:
+    """Wall seconds the usage store spends per statement kind (inserts by table, queries by their text's start),
+    counted from the next call on: the store's own figures beside the process's CPU."""
+    spent: dict[str, float] = {}
+    insert, query = store._client.insert, store._query
+
+    def timed_insert(table: str, *a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return insert(table, *a, **kw)
+        finally:
+            spent[f"INSERT {table}"] = spent.get(f"INSERT {table}", 0.0) + time.perf_counter() - t0
+
+    def timed_query(sql: str, params: dict[str, Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return query(sql, params)
+        finally:
+            k = " ".join(sql.split()[:6])
+            spent[k] = spent.get(k, 0.0) + time.perf_counter() - t0
+
+    store._client.insert, store._query = timed_insert, timed_query
+    return spent
+
+
 def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
     from billow.bootstrap import install
     from billow.services.ingest import ingest_events
@@ -149,8 +174,10 @@ def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
 
     heap.settle()  # as `billow serve` does once started
     work = batches(n, size, prefix)
+    statements = _time_statements(c.usage._real() if hasattr(c.usage, "_real") else c.usage)
     assert c.bus is not None
     ingest_events(c.namespace, work[0], meta=c.meta, bus=c.bus, now=c.clock.now())  # warm: meters, first insert
+    statements.clear()  # the warm batch's (the key filter's first build among them) not counted
     t0, c0, th0 = time.perf_counter(), time.process_time(), _threads_cpu(os.getpid())
     for b in work[1:]:
         ingest_events(c.namespace, b, meta=c.meta, bus=c.bus, now=c.clock.now())
@@ -158,7 +185,9 @@ def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
     threads = _threads_delta(th0, _threads_cpu(os.getpid()))
     c.close()
     m = n - len(work[0])
-    print(json.dumps({"events": m, "seconds": dt, "cpu": cpu, "load": load(), "threads": threads}))
+    timed = {k: round(v, 3) for k, v in sorted(statements.items(), key=lambda kv: -kv[1])}
+    print(json.dumps({"events": m, "seconds": dt, "cpu": cpu, "load": load(), "threads": threads,
+                      "statements": timed}))
 
 
 def http_path(data_dir: str, n: int, size: int, prefix: str) -> None:
@@ -284,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
                           "threads it runs statements on 'Unknown', so that is Python's work plus the inserts and "
                           "look-ups, MergeMutate the background merges): " + ", ".join(
                         f"{k} {v:.2f}" for k, v in list(r.get("threads", {}).items())[:8]), flush=True)
+                    if r.get("statements"):
+                        print("    wall seconds in the usage store per statement (use-case path): " + "; ".join(
+                            f"{k} {v:.3f}" for k, v in r["statements"].items()), flush=True)
             got, want = _run(f"import sys, json; sys.path.insert(0, {here!r}); from bench.ingest import check_total; "
                              f"print(json.dumps(check_total({tmp!r}, {expected})))")
             print(f"  total of the bench meter: {got} (expected {want}: {'ok' if got == want else 'MISMATCH'})",
