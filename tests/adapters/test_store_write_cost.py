@@ -197,3 +197,26 @@ def test_a_records_events_at_one_millisecond_share_one_time() -> None:
     assert bad is not None
     with pytest.raises(ValueError, match="not a valid event"):
         decode_batch_events(bad)
+
+
+def test_a_look_up_binds_its_hashes_as_one_parameter(chdb_store: Any, namespace: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger look-up (every batch on a ClickHouse server; in process when the key filter may hold a key) hands
+    its key hashes over as one array literal, not one clickhouse-connect parameter formatting per hash."""
+    from clickhouse_connect.driver import binding
+
+    vals = values(300, source="bind")
+    keys = [(v.source, v.event_id) for v in vals]
+    chdb_store.write(namespace, vals, raw(vals))  # in the key filter now: the look-up queries the ledger
+    formatted = 0
+    real = binding.format_bind_value
+
+    def counting(*a: Any, **k: Any) -> Any:
+        nonlocal formatted
+        formatted += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(binding, "format_bind_value", counting)
+    stored, begun = chdb_store.written_keys(namespace, keys + [("bind", "never")])
+    assert (stored, begun) == (set(keys), set())
+    assert formatted < 10, formatted

@@ -247,7 +247,8 @@ class ClickHouseUsageStore:
         rows = self._query(
             "SELECT source, id, max(state) FROM event_keys WHERE namespace = {ns:String} "
             "AND key_hash IN {hashes:Array(UInt64)} GROUP BY source, id",
-            {"ns": namespace, "hashes": sorted(hashes)})
+            # one array literal: clickhouse-connect would format the parameter hash by hash in Python
+            {"ns": namespace, "hashes": "[" + ",".join(map(str, sorted(hashes))) + "]"})
         stored: set[tuple[str, str]] = set()
         begun: set[tuple[str, str]] = set()
         for r in rows:
