@@ -96,16 +96,12 @@ def _group_key(group: int) -> bytes:
 GROUP_KEYS = [_group_key(g) for g in range(PARTITIONS)]
 
 
-def encode_data(data: Any) -> bytes:
-    """An event's `data` as JSON, numbers digit for digit (Decimals as JSON numbers, as billow.jsonx writes them)."""
-    return _encoder.encode(data)
-
-
 def batch_records(ingested_at: str, meter_ids: list[str], events: Iterable[tuple[bytes, list[Any]]],
                   per_event: bool = False) -> list[tuple[bytes, bytes]]:
     """(key, value) records for events given as (event key, [id, source, type, subject, ms, data, values]), `data` a
-    JSON object (dict, encoded with the rest) or its JSON as msgspec.Raw: one record per partition group, split where a
-    record would pass BATCH_RECORD_BYTES. `per_event`: one record per event, keyed by the event's key as records
+    JSON object (a dict, encoded with the rest: numbers digit for digit, Decimals as JSON numbers as billow.jsonx writes
+    them) or its JSON as msgspec.Raw: one record per partition group, split where a record would pass
+    BATCH_RECORD_BYTES. `per_event`: one record per event, keyed by the event's key as records
     always were (a bus whose partitioner is not group_of: Kafka's murmur2)."""
     head = (BATCH_PREFIX + b"%d," % BATCH_VERSION + b'"ingestedAt":' + _encoder.encode(ingested_at)
             + b',"meters":' + _encoder.encode(meter_ids) + b',"events":[')

@@ -191,8 +191,8 @@ def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: Even
         raise refused(errors)
     stamp = format_rfc3339(now)  # one ingestedAt for the whole batch
     # One record per partition per batch, carrying each event with the values just extracted (bus.batch_records);
-    # one per event, keyed as ever, on a bus that says so (KafkaBus: see per_event_records there). `data` goes in as
-    # the object it is: encoded with its record, digit for digit (bus.encode_data's encoder).
+    # one per event, keyed as ever (partition_key), on a bus that says so (KafkaBus: see per_event_records there).
+    # `data` goes in as the object it is, encoded with its record.
     epoch, ms = _EPOCH, _MS
     records = ((f"{source}\x1f{id_}".encode(), [id_, source, type_, subject, (when - epoch) // ms, data, v])
                for (_, id_, source, type_, subject, when, data), v in zip(rows, values, strict=True))
