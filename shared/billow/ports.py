@@ -51,6 +51,13 @@ class UsageStore(Protocol):
 
     def aggregate(self, query: UsageQuery) -> list[AggRow]: ...
 
+    def bounded_usage(self, namespace: str, meter_id: str, aggregation: str, subjects: Sequence[str],
+                      filters: list[list[GroupFilter]], bounds: Sequence[datetime]) -> list[Decimal]:
+        """SUM or COUNT (`aggregation`) of the meter's values of `subjects` that match `filters`, in each
+        [bounds[i], bounds[i+1]) (ascending, to the millisecond; inner bounds are whole minutes): len(bounds) - 1
+        exact values, 0 where there is none. An entitlement check's one usage read (issue 17 item 5)."""
+        ...
+
     def sum_meters(self, query: UsageQuery, meter_ids: Sequence[str]) -> list[tuple[Any, ...]]:
         """The SUM of each of `meter_ids` side by side in one pass, grouped as `aggregate` groups `query` (whose
         meter_id and aggregation are not used): one row per group any of the meters has values in, (window start

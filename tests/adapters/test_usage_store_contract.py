@@ -306,3 +306,32 @@ def test_rated_sums_rate_usage_written_while_they_run(usage_store: Any, namespac
     assert [(line.rate_keys, line.amounts) for line in got.lines][:1] == [([("m1",)], [Decimal(5)])]
     assert all(line.amounts == [line.sums[0] * Decimal("0.5")] for line in got.lines)
     assert len(got.lines) == 1 or got == rate_rows(usage_store.sum_meters(query, ["M1"]), rating)
+
+
+def test_bounded_usage_is_each_segment_exactly(usage_store: Any, namespace: str) -> None:
+    """Issue 17 item 5: an entitlement check's one usage read. SUM or COUNT of the subjects' usage in each
+    [bounds[i], bounds[i+1]): bounds inclusive at the start and exclusive at the end to the millisecond, mid-minute
+    ends and whole-hour and whole-minute inner bounds, group-by filters, other subjects and meters left out, exact
+    past Decimal128 (the largest Decimal(38, 18) plus more)."""
+    big = "99999999999999999999.999999999999999999"
+    usage_store.write(namespace, [
+        mv(1, "5", "2026-03-28T21:59:59.999Z"), mv(2, "1.1", "2026-03-28T22:00:30.250Z"),
+        mv(3, "2", "2026-03-28T22:00:30.249Z"), mv(4, "0.3", "2026-03-28T22:59:59.999Z"),
+        mv(5, "4", "2026-03-28T23:00:00Z"), mv(6, "0.05", "2026-03-28T23:16:59.999Z"),
+        mv(7, "7", "2026-03-28T23:17:00Z"), mv(8, big, "2026-03-29T00:00:00Z"),
+        mv(9, "3", "2026-03-29T00:41:12.499Z"), mv(10, "8", "2026-03-29T00:41:12.500Z"),
+        mv(11, "16", "2026-03-28T23:30:00Z", subject="b"), mv(12, "32", "2026-03-28T23:40:00Z", model="m2"),
+        mv(13, "64", "2026-03-28T23:30:00Z", meter="M2")], [])
+    bounds = [t("2026-03-28T22:00:30.250Z"), t("2026-03-28T23:00:00Z"), t("2026-03-28T23:17:00Z"),
+              t("2026-03-29T00:41:12.500Z")]
+    m1 = [[GroupFilter("model", "$eq", "m1")]]
+    assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], m1, bounds) == [
+        Decimal("1.4"), Decimal("4.05"), Decimal("100000000000000000009.999999999999999999")]
+    assert usage_store.bounded_usage(namespace, "M1", "COUNT", ["a"], m1, bounds) == [2, 2, 3]
+    assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a", "b"], [], bounds) == [
+        Decimal("1.4"), Decimal("4.05"), Decimal("100000000000000000057.999999999999999999")]
+    # A segment without usage is 0; a later bound adds one; no segment, no value; no subject, nothing.
+    assert usage_store.bounded_usage(namespace, "M1", "SUM", ["b"], [], [*bounds, t("2026-03-30T00:00:00Z")]) == [
+        0, 0, 16, 0]
+    assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], [], bounds[:1]) == []
+    assert usage_store.bounded_usage(namespace, "M1", "SUM", [], [], bounds) == [0, 0, 0]

@@ -142,6 +142,18 @@ class InMemoryUsageStore:
             ))
         return out
 
+    def bounded_usage(self, namespace: str, meter_id: str, aggregation: str, subjects: Sequence[str],
+                      filters: list[list[GroupFilter]], bounds: Sequence[datetime]) -> list[Decimal]:
+        if aggregation not in ("SUM", "COUNT"):
+            raise ValueError(f"bounded_usage sums SUM or COUNT meters, not {aggregation}")
+        buckets: list[list[Decimal]] = [[] for _ in bounds[1:]]
+        wanted = set(subjects)
+        for ns, v in self._values:
+            if ns == namespace and v.meter_id == meter_id and v.subject in wanted and bounds[0] <= v.time < bounds[-1] \
+                    and matches(filters, v.subject, v.group_by):
+                buckets[bisect.bisect_right(bounds, v.time) - 1].append(v.value if aggregation == "SUM" else Decimal(1))
+        return [exact_sum(b) for b in buckets]
+
     def sum_meters(self, q: UsageQuery, meter_ids: Sequence[str]) -> list[tuple[Any, ...]]:
         sums: dict[tuple[Any, ...], list[Decimal]] = {}
         for n, mid in enumerate(meter_ids):

@@ -114,7 +114,8 @@ def feature_filters(feature: dict[str, Any]) -> list[list[GroupFilter]]:
 
 
 def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: EntitlementStore, meta: MetaStore,
-            usage: UsageStore, snapshot_not_after: datetime | None = None) -> Ledger:
+            usage: UsageStore, snapshot_not_after: datetime | None = None, party: list[str] | None = None) -> Ledger:
+    """`party`: the entitlement's subject's party (party_subject_keys of [ent["subjectKey"]]) if the caller has it."""
     feature = store.get_feature(namespace, ent["featureId"], include_archived=True)
     if feature is None or not feature.get("meterSlug"):
         raise NotFound(f"feature {ent['featureKey']!r} of the entitlement has no meter")
@@ -131,11 +132,15 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
     else:
         start = credits.Snapshot.empty(parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom"))
     filters = feature_filters(feature)
-    subjects = party_subject_keys(namespace, [ent["subjectKey"]], meta)  # the customer's usage, all its subjects
+    # the customer's usage, all its subjects
+    subjects = party if party is not None else party_subject_keys(namespace, [ent["subjectKey"]], meta)
 
     def query(bounds: list[datetime]) -> dict[datetime, Decimal]:
         if len(bounds) < 2:
             return {}
+        if meter.aggregation in ("SUM", "COUNT"):  # the sums of the segments, and nothing else (issue 17 item 5)
+            return dict(zip(bounds, usage.bounded_usage(namespace, meter.id, meter.aggregation, subjects, filters,
+                                                        bounds), strict=False))
         rows = usage.aggregate(UsageQuery(
             namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=bounds[0],
             end=bounds[-1] - timedelta(milliseconds=1), window_size="BOUNDS", window_tz="UTC",
@@ -261,6 +266,7 @@ class BalanceCache:
 def value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: datetime | None, *,
           store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime,
           cache: BalanceCache | None = None) -> dict[str, Any]:
+    asked = subject_keys
     live = cache is not None and at is None
     if live:
         assert cache is not None
@@ -273,7 +279,7 @@ def value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: d
     else:
         subject_keys = party_subject_keys(namespace, subject_keys, meta)
     out, valid_until = _value(namespace, subject_keys, id_or_feature_key, at, store=store, meta=meta, usage=usage,
-                              now=now)
+                              now=now, asked=asked)
     if live:
         assert cache is not None
         cache.put(namespace, subject_keys, id_or_feature_key, generation, versions, now, valid_until, out)
@@ -281,9 +287,11 @@ def value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: d
 
 
 def _value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: datetime | None, *,
-           store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime
+           store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime, asked: list[str] | None = None
            ) -> tuple[dict[str, Any], datetime | None]:
-    """The value, and until when it holds if no usage arrives and nothing is written."""
+    """The value, and until when it holds if no usage arrives and nothing is written. `subject_keys` is the party
+    of the subjects `asked` for: when that was the entitlement's own subject alone, it is that subject's party
+    too, not looked up again."""
     ent = resolve(namespace, subject_keys, id_or_feature_key, store=store)
     if ent["type"] == "boolean":
         return {"hasAccess": True}, None
@@ -294,7 +302,8 @@ def _value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: 
     measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
     if until < measure:
         return {"hasAccess": soft, "balance": 0, "usage": 0, "overage": 0, "totalAvailableGrantAmount": 0}, measure
-    ledger = _ledger(namespace, ent, until, store=store, meta=meta, usage=usage)
+    party = subject_keys if asked == [ent["subjectKey"]] else None
+    ledger = _ledger(namespace, ent, until, store=store, meta=meta, usage=usage, party=party)
     period_start = ledger.period_start
     last_reset = ledger.resets[-1].at if ledger.resets else None
     snapshot_at = last_reset if last_reset is not None and last_reset <= now - SNAPSHOT_GRACE else None
