@@ -8,13 +8,14 @@ warm-up; latency is per request, from sending it to its last body byte; p50/p99 
 request of the cell. Set-up: one SUM meter (group-by model), --seed events over 64 subjects, a feature with a
 metered entitlement (monthly period) and a grant per subject.
   query   GET /api/v1/meters/tokens/query?windowSize=HOUR&groupBy=model&subject=<one of 64>
-  check   GET /api/v1/subjects/<one of 64>/entitlements/ai_tokens/value
+  check   GET /api/v1/subjects/<one of 64>/entitlements/ai_tokens/value, each balance computed once at set-up, so
+          these are cached checks (until the ingest cells store usage for the 64 subjects)
   ingest  POST /api/v1/events, a batch of --batch events (new ids: each one is stored)
   mix     client 0 ingests as above, the others check; both rows printed
   mixq    a quarter of the clients query as above, the others check; both rows printed
 Budgets: each row prints beside it the budget it is held to, marked ok or over. The query, check and ingest rows: the
-issue's budget for the same operation measured below HTTP (meter query p99 < 100 ms, entitlement check p99 < 5 ms
-uncached, ingest >= 100,000 events/s in 10,000-event batches: bench.query, bench.entitlement_check, bench.ingest), so
+issue's budget for the same operation measured below HTTP (meter query p99 < 100 ms, cached entitlement check
+p99 < 1 ms, ingest >= 100,000 events/s in 10,000-event batches: bench.query, bench.entitlement_check, bench.ingest), so
 the HTTP layer's share shows. The mix rows: issue 17 item 4's own budget for `billow serve` (checks keep >= 50 % of
 the check row's req/s with as many clients, p99 < 50 ms; ingest still progresses: > 0 events/s); the mixq rows are
 held to the same rule (the issue names only the ingest mix; queries must progress). In the mix every
@@ -90,6 +91,8 @@ def seed(host: str, port: int, n: int) -> None:
         path = f"/api/v1/subjects/customer-{k}/entitlements"
         c.ok("POST", path, {"type": "metered", "featureKey": "ai_tokens", "issueAfterReset": 1000,
                             "usagePeriod": {"interval": "MONTH", "anchor": "2026-01-01T00:00:00Z"}})
+    for k in range(SUBJECTS):  # each balance computed once: the check rows measure cached checks, as labelled
+        c.ok("GET", f"/api/v1/subjects/customer-{k}/entitlements/ai_tokens/value")
     c.conn.close()
 
 
@@ -215,7 +218,7 @@ def run(host: str, port: int, seconds: float, plan: list[Work]) -> list[tuple[Ce
 # the issue's budget for the operation a row measures (below HTTP; see the docstring): (text, within it?)
 BUDGETS: dict[str, tuple[str, Callable[[list[float], float], bool]]] = {
     "query": ("p99<100ms", lambda lat, rate: pct(lat, 0.99) < 100),
-    "check": ("p99<5ms", lambda lat, rate: pct(lat, 0.99) < 5),
+    "check": ("cached p99<1ms", lambda lat, rate: pct(lat, 0.99) < 1),
     "ingest": (">=100k ev/s", lambda lat, rate: rate >= 100_000),
 }
 
