@@ -9,6 +9,7 @@ earlier times deletes the snapshots it makes stale (`usage_arrived_late`)."""
 from __future__ import annotations
 
 import threading
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -113,15 +114,33 @@ def feature_filters(feature: dict[str, Any]) -> list[list[GroupFilter]]:
     return conj
 
 
+# A feature's meter and group-by filters, per entitlement store, by (namespace, feature id): a feature never changes
+# but for its archival (features.archive_feature) and is never deleted, so every process may keep what it read.
+_FEATURE_METERS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], tuple[str, str, list[list[GroupFilter]]]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _feature_meter(namespace: str, ent: dict[str, Any], store: EntitlementStore) -> tuple[str, str, list[list[GroupFilter]]]:
+    """(feature key, meter slug, filters) of the entitlement's feature."""
+    known = _FEATURE_METERS.setdefault(store, {})
+    found = known.get((namespace, ent["featureId"]))
+    if found is None:
+        feature = store.get_feature(namespace, ent["featureId"], include_archived=True)
+        if feature is None or not feature.get("meterSlug"):
+            raise NotFound(f"feature {ent['featureKey']!r} of the entitlement has no meter")
+        if len(known) >= 100_000:
+            known.clear()
+        found = known[(namespace, ent["featureId"])] = (feature["key"], feature["meterSlug"], feature_filters(feature))
+    return found
+
+
 def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: EntitlementStore, meta: MetaStore,
             usage: UsageStore, snapshot_not_after: datetime | None = None, party: list[str] | None = None) -> Ledger:
     """`party`: the entitlement's subject's party (party_subject_keys of [ent["subjectKey"]]) if the caller has it."""
-    feature = store.get_feature(namespace, ent["featureId"], include_archived=True)
-    if feature is None or not feature.get("meterSlug"):
-        raise NotFound(f"feature {ent['featureKey']!r} of the entitlement has no meter")
-    meter = meta.get_meter(namespace, feature["meterSlug"])
+    feature_key, meter_slug, filters = _feature_meter(namespace, ent, store)
+    meter = meta.get_meter(namespace, meter_slug)
     if meter is None:
-        raise NotFound(f"meter {feature['meterSlug']!r} of feature {feature['key']!r} was deleted")
+        raise NotFound(f"meter {meter_slug!r} of feature {feature_key!r} was deleted")
     resets, period = reset_schedule(ent, store.list_resets(namespace, ent["id"]), until)
     measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
     period_start = max(period.containing(minute(until))[0], resets[-1].at if resets else measure, measure)
@@ -131,7 +150,6 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
         resets = [r for r in resets if r.at > start.at]
     else:
         start = credits.Snapshot.empty(parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom"))
-    filters = feature_filters(feature)
     # the customer's usage, all its subjects
     subjects = party if party is not None else party_subject_keys(namespace, [ent["subjectKey"]], meta)
 
