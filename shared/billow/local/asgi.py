@@ -4,9 +4,10 @@ Each request is read on the event loop (headers within the header timeout, each 
 timeout, at most max_body bytes), turned into the API Gateway HTTP API (payload 2.0) event the Lambda gets, and
 handed to the handler in a worker thread of its class of work (`work_class`): ingest, entitlement checks and the rest
 of the API (meter queries, ...) each have their own pool, so none of them can take every worker from the others (a
-batch, or a burst of slow meter queries, never holds up a cached check). The API's powertools resolver keeps the request it serves in class attributes
-(BaseRouter.current_event) and one dict (context); `per_request_state` gives the one resolver instance the embedded
-host serves through a state per thread, so concurrent requests never see each other's.
+batch, or a burst of slow meter queries, never holds up a cached check). The API's powertools resolver keeps the
+request it serves in class attributes (BaseRouter.current_event) and one dict (context); `per_request_state` gives the
+one resolver instance the embedded host serves through a state per thread, so concurrent requests never see each
+other's.
 
 What uvicorn itself answers, and how here: a request h11 cannot parse (bad request line, bad or negative
 Content-Length, a Transfer-Encoding other than exactly `chunked`, headers over the size limit) gets one
