@@ -25,6 +25,7 @@ from billow.errors import Forbidden, PayloadTooLarge
 
 log = logging.getLogger("billow.kafka")
 MAX_RECORD_BYTES = 1_000_000  # Kafka's default message.max.bytes (MSK Serverless: 8 MB, but one MB is portable)
+MSK_PAYLOAD_BYTES = 6_000_000  # Lambda's invocation payload limit: the MSK trigger never hands the sink more at once
 
 
 # -- Kafka's key partitioner ----------------------------------------------------------------------------------------
@@ -418,6 +419,21 @@ class KafkaBus:
         self._session.producer.flush(self._ack_timeout_s)
 
 
+def _invocations(batch: list[BusRecord]) -> list[list[BusRecord]]:
+    """The records in consecutive runs whose `aws:kafka` event stays within MSK_PAYLOAD_BYTES (base64 makes 4 bytes of
+    3; a record alone over it still goes, alone)."""
+    out: list[list[BusRecord]] = []
+    size = MSK_PAYLOAD_BYTES
+    for r in batch:
+        need = (len(r.key) + len(r.value) + 2) // 3 * 4 + 300  # the record's JSON around its key and value
+        if size + need > MSK_PAYLOAD_BYTES - 1000:
+            out.append([])
+            size = 0
+        out[-1].append(r)
+        size += need
+    return out
+
+
 class SinkCrash(Exception):
     """Raised by a test hook to play a sink that dies between its store write and the offset commit."""
 
@@ -455,12 +471,20 @@ class KafkaSinkPoller:
             "session.timeout.ms": session_timeout_ms,
             "heartbeat.interval.ms": min(500, session_timeout_ms // 3),
             "topic.metadata.refresh.interval.ms": 2000,
+            # A fetch the broker holds until data comes: Tansu answers it only when the wait runs out (librdkafka's
+            # default 500 ms was ~250 ms of every ack -> queryable lag); one partition's fetch may bring an
+            # invocation's worth of batch records (librdkafka's default 1 MB is one record of 900 kB).
+            "fetch.wait.max.ms": 50,
+            "max.partition.fetch.bytes": MSK_PAYLOAD_BYTES,
         })
         self._topics = list(topics)
         self._consumer.subscribe(self._topics)
 
     def poll_once(self) -> int:
-        """One batch: deliver and commit. Returns the number of records delivered (0 if none came)."""
+        """One poll: deliver and commit, in invocations of at most MSK_PAYLOAD_BYTES (a record of ingest's carries a
+        partition's share of a batch: a poll of many can be far over Lambda's limit). Returns the number of records
+        delivered (0 if none came). A failed invocation commits nothing of its own and rewinds to its first offsets:
+        the invocations before it are committed, it and those after it come again."""
         msgs = self._consumer.consume(self.batch_size, self.batch_window_s)
         batch: list[BusRecord] = []
         for m in msgs:
@@ -471,31 +495,36 @@ class KafkaSinkPoller:
                 continue
             batch.append(BusRecord(m.topic() or "", m.partition() or 0, m.offset() or 0, m.key() or b"",
                                    m.value() or b"", m.timestamp()[1]))
-        if not batch:
-            return 0
-        first: dict[tuple[str, int], int] = {}
+        done = 0
+        for chunk in _invocations(batch):
+            try:
+                self._deliver_chunk(chunk)
+            except SinkCrash:
+                raise
+            except Exception:
+                self.failures += 1
+                first: dict[tuple[str, int], int] = {}
+                for r in batch[done:]:
+                    first.setdefault((r.topic, r.partition), r.offset)
+                self._rewind(first)
+                raise
+            done += len(chunk)
+        return len(batch)
+
+    def _deliver_chunk(self, chunk: list[BusRecord]) -> None:
         last: dict[tuple[str, int], int] = {}
-        for r in batch:
-            first.setdefault((r.topic, r.partition), r.offset)
+        for r in chunk:
             last[(r.topic, r.partition)] = r.offset
-        event = msk_event(batch, bootstrap=self.bootstrap)
-        try:
-            with self._lock():
-                counts = self._deliver(event)
-            if self._before_commit is not None:
-                self._before_commit(event)
-        except SinkCrash:
-            raise
-        except Exception:
-            self.failures += 1
-            self._rewind(first)
-            raise
+        event = msk_event(chunk, bootstrap=self.bootstrap)
+        with self._lock():
+            counts = self._deliver(event)
+        if self._before_commit is not None:
+            self._before_commit(event)
         self._consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
                               asynchronous=False)
-        self.delivered += len(batch)
+        self.delivered += len(chunk)
         if isinstance(counts, dict):  # the usage sink handler's answer: a record may carry many events
             self.events += sum(int(counts.get(k, 0)) for k in ("stored", "duplicates", "deadLettered"))
-        return len(batch)
 
     def _rewind(self, first: dict[tuple[str, int], int]) -> None:
         """Deliver the same batch again: back to its first offset on every partition it came from. If any
