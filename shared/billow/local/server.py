@@ -10,6 +10,7 @@ import base64
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -116,6 +117,8 @@ class BillowServer:
     BACKLOG = 1024  # listen queue (was 5)
     MAX_HEADER_BYTES = 64 * 1024  # request line + headers (http.server allowed a 64 KiB line)
     GRACEFUL_S = 30  # on shutdown, requests in flight get this long to finish
+    SWITCH_INTERVAL_S = 0.001  # GIL hand-over while serving (serve_forever)
+    serving: threading.Thread | None = None  # the thread start_background serves on
 
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8888, *,
                  header_timeout_s: float | None = None, read_timeout_s: float | None = None,
@@ -186,10 +189,20 @@ class BillowServer:
         return self.httpd.server_address
 
     def serve_forever(self) -> None:
-        self.httpd.serve_forever()
+        """Serve until shut down. Meanwhile the GIL goes to a waiting thread after SWITCH_INTERVAL_S of another's
+        Python (CPython's default is 5 ms): a check passes it three times (event loop, check worker, event loop) and
+        an ingest batch's parsing would otherwise make it wait up to 5 ms at each. The process's own setting is given
+        back when serving stops."""
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(self.SWITCH_INTERVAL_S)
+        try:
+            self.httpd.serve_forever()
+        finally:
+            sys.setswitchinterval(previous)
 
     def start_background(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, name="billow-http", daemon=True)
+        self.serving = t
         t.start()
         return t
 
