@@ -55,3 +55,26 @@ def test_an_uncached_check_reads_each_meta_row_once_and_usage_once(billow: Billo
     assert got == first
     # subject, its customer's other subjects, entitlement, meter, resets, snapshot, grants: once each.
     assert len(statements) == 7, statements
+
+
+def test_a_check_parses_a_grant_once_until_it_changes(billow: Billow, monkeypatch: Any) -> None:
+    """The grants' times are parsed once per process (the engine's grants are immutable), and a changed grant (voided)
+    is parsed again: the value after the void is the one a fresh process computes."""
+    from billow.services import balances
+
+    b = billow
+    _setup(b)
+    b.c.balance_cache = None
+    grant = b.ok("POST", "/api/v1/subjects/customer_1/entitlements/ai_tokens/grants", {
+        "amount": 20, "priority": 1, "effectiveAt": "2026-01-20T07:00:00Z", "expiration": {"duration": "DAY", "count": 30}})
+    with_grant = b.value("customer_1", "ai_tokens")
+    parsed: list[str] = []
+    real = balances.parse_rfc3339
+    monkeypatch.setattr(balances, "parse_rfc3339", lambda s, field: parsed.append(field) or real(s, field))
+    assert b.value("customer_1", "ai_tokens") == with_grant
+    assert not {"effectiveAt", "expiresAt", "createdAt"} & set(parsed), parsed
+    b.ok("DELETE", f"/api/v1/grants/{grant['id']}")
+    voided = b.value("customer_1", "ai_tokens")
+    assert "voidedAt" in parsed and voided != with_grant
+    balances._PARSED_GRANTS.clear()
+    assert b.value("customer_1", "ai_tokens") == voided

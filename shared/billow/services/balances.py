@@ -88,22 +88,37 @@ class Ledger:
         return min(times, default=None)
 
 
+_GRANT_FIELDS = ("id", "amount", "priority", "effectiveAt", "expiresAt", "createdAt", "maxRolloverAmount",
+                 "minRolloverAmount", "voidedAt")
+_PARSED_GRANTS: dict[tuple[Any, ...], credits.Grant] = {}  # engine grants (frozen) by every field they are made of
+
+
 def _engine_grants(docs: list[dict[str, Any]]) -> list[credits.Grant]:
     out = []
     for g in docs:
         if g.get("deletedAt"):
             continue
-        out.append(credits.Grant(
-            id=g["id"], amount=Decimal(g["amount"]), priority=int(g.get("priority", 1)),
-            effective_at=parse_rfc3339(g["effectiveAt"], "effectiveAt"),
-            expires_at=parse_rfc3339(g["expiresAt"], "expiresAt") if g.get("expiresAt") else None,
-            created_at=parse_rfc3339(g["createdAt"], "createdAt"),
-            max_rollover_amount=Decimal(g.get("maxRolloverAmount", 0)),
-            min_rollover_amount=Decimal(g.get("minRolloverAmount", 0)),
-            recurrence=period_of(g["recurrence"]) if g.get("recurrence") else None,
-            voided_at=parse_rfc3339(g["voidedAt"], "voidedAt") if g.get("voidedAt") else None,
-        ))
+        key = (*(g.get(f) for f in _GRANT_FIELDS), repr(g.get("recurrence")))
+        known = _PARSED_GRANTS.get(key)
+        if known is None:
+            if len(_PARSED_GRANTS) >= 100_000:
+                _PARSED_GRANTS.clear()
+            known = _PARSED_GRANTS[key] = _engine_grant(g)
+        out.append(known)
     return out
+
+
+def _engine_grant(g: dict[str, Any]) -> credits.Grant:
+    return credits.Grant(
+        id=g["id"], amount=Decimal(g["amount"]), priority=int(g.get("priority", 1)),
+        effective_at=parse_rfc3339(g["effectiveAt"], "effectiveAt"),
+        expires_at=parse_rfc3339(g["expiresAt"], "expiresAt") if g.get("expiresAt") else None,
+        created_at=parse_rfc3339(g["createdAt"], "createdAt"),
+        max_rollover_amount=Decimal(g.get("maxRolloverAmount", 0)),
+        min_rollover_amount=Decimal(g.get("minRolloverAmount", 0)),
+        recurrence=period_of(g["recurrence"]) if g.get("recurrence") else None,
+        voided_at=parse_rfc3339(g["voidedAt"], "voidedAt") if g.get("voidedAt") else None,
+    )
 
 
 def feature_filters(feature: dict[str, Any]) -> list[list[GroupFilter]]:
@@ -149,7 +164,7 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
         start = credits.Snapshot.from_json(snap)
         resets = [r for r in resets if r.at > start.at]
     else:
-        start = credits.Snapshot.empty(parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom"))
+        start = credits.Snapshot.empty(measure)
     # the customer's usage, all its subjects
     subjects = party if party is not None else party_subject_keys(namespace, [ent["subjectKey"]], meta)
 
