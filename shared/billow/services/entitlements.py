@@ -151,7 +151,7 @@ def build_entitlement(namespace: str, key: str, body: Any, *, store: Entitlement
             raise bad("config", "required: a JSON document encoded as a string")
         try:
             jsonx.loads(config)
-        except jsonx.JSONDecodeError:
+        except (ValueError, RecursionError, ArithmeticError):  # malformed, nested past the parser, 1e99999999999999999999
             raise bad("config", "must be valid JSON") from None
         doc["config"] = config
     if etype != "metered" and body.get("usagePeriod") is not None:

@@ -139,7 +139,7 @@ def params_from_query_string(qs: dict[str, list[str]]) -> QueryParams:
     if (v := _one(qs, "advancedMeterGroupByFilters")) is not None:
         try:
             adv = jsonx.loads(v)
-        except (jsonx.JSONDecodeError, ValueError, TypeError, RecursionError):
+        except (jsonx.JSONDecodeError, ValueError, TypeError, RecursionError, ArithmeticError):  # + InvalidOperation
             raise _bad("advancedMeterGroupByFilters", "must be a JSON object of groupBy key -> filter") from None
         if not isinstance(adv, dict):
             raise _bad("advancedMeterGroupByFilters", "must be a JSON object of groupBy key -> filter")

@@ -61,6 +61,9 @@ def json_body(event: dict[str, Any], surrogates: list[dict[str, Any]] | None = N
         doc = jsonx.loads(text)
     except (jsonx.JSONDecodeError, ValueError, RecursionError) as exc:
         raise ValidationFailed(f"malformed JSON: {exc}", [{"field": "body", "message": "malformed JSON"}]) from None
+    except ArithmeticError:  # decimal.InvalidOperation: a number's exponent beyond Decimal's own (1e99999999999999999999)
+        raise ValidationFailed("a JSON number in the body is out of range (its exponent is beyond any decimal)",
+                               [{"field": "body", "message": "number out of range"}]) from None
     bad = jsonx.lone_surrogates(text, doc)
     if bad:  # no store, broker or response can hold one: refused here, for every operation
         errors = [_located(path, "contains a lone UTF-16 surrogate (not valid Unicode)") for path in bad]
