@@ -405,3 +405,61 @@ def test_a_static_entitlement_config_beyond_the_parser_is_a_400_not_a_500(srv: D
                                  "application/json")
     assert (status, kind) == (400, "application/problem+json"), (status, problem)
     assert [e["field"] for e in problem["validationErrors"]] == ["config"], problem
+
+
+def test_an_entitlements_usage_is_the_exact_sum_of_its_period_also_right_after_more_events(srv: Drained) -> None:
+    """The entitlement check's bounded_usage (raw edges to the millisecond, minute and hour rollups) against the
+    exact Decimal sum of the events of the current usage period (DAY, UTC), the period's first and last
+    milliseconds included and the millisecond before it excluded; then more events, and the value (cached after the
+    first read) moves by exactly their sum."""
+    import random
+
+    status, _, body = srv.request("POST", "/api/v1/features", {"key": "ent_sum", "name": "ent_sum", "meterSlug": "fp_sum"})
+    assert status == 201, body
+    status, _, body = srv.request("POST", "/api/v1/subjects", [{"key": "ent"}])
+    assert status in (200, 201), body
+    status, _, ent = srv.request("POST", "/api/v1/subjects/ent/entitlements", {
+        "type": "metered", "featureKey": "ent_sum", "usagePeriod": {"interval": "DAY", "anchor": "2026-01-01T00:00:00Z"}})
+    assert status == 201, ent
+    start = datetime.fromisoformat(ent["currentUsagePeriod"]["from"])
+    rng = random.Random(17)
+
+    def batch(tag: str, offsets: list[timedelta]) -> tuple[list[str], Decimal]:
+        now = datetime.now(UTC)
+        events, expected = [], Decimal(0)
+        for i, off in enumerate(offsets):
+            at = start + off
+            if at > now:
+                continue
+            v = Decimal(rng.randrange(1, 10**7)) / Decimal(10) ** rng.randrange(0, 19)
+            events.append(ev(f"{tag}{i}", "ent", str(v), time='"' + at.isoformat(timespec="milliseconds")[:23] + 'Z"'))
+            expected += v if at >= start else 0
+        return events, expected
+
+    span = int((datetime.now(UTC) - start).total_seconds() * 1000)
+    edges = [timedelta(milliseconds=ms) for ms in (-1, -60_000, 0, 1, 59_999, 60_000, 3_599_999, 3_600_000)]
+    events, expected = batch("ent-a", edges + [timedelta(milliseconds=rng.randrange(span)) for _ in range(60)])
+    accepted(srv, events)
+
+    def usage() -> Decimal:
+        status, _, value = call(srv, "GET", f"/api/v1/subjects/ent/entitlements/{ent['id']}/value")
+        assert status == 200, value
+        return Decimal(value["usage"])
+
+    assert usage() == expected
+    period = rows(srv, "fp_sum", subject="ent", **{"from": ent["currentUsagePeriod"]["from"]})
+    assert sum((Decimal(r["value"]) for r in period), Decimal(0)) == expected  # and the meter agrees
+    more, added = batch("ent-b", [timedelta(milliseconds=rng.randrange(span)) for _ in range(20)] + edges)
+    accepted(srv, more)
+    assert usage() == expected + added
+
+
+def test_a_receipt_counts_stored_and_repeated_duplicates_exactly(srv: Drained) -> None:
+    events = [ev(f"rc{i}", "rc", str(i)) for i in range(300)]
+    accepted(srv, events[:100])
+    status, _, receipt = post(srv, events + events[250:], receipt=True)  # 100 stored before, 50 repeated in it
+    assert status == 200, receipt
+    assert (receipt["events"], receipt["accepted"], len(receipt["duplicates"])) == (350, 200, 150)
+    status, _, again = post(srv, [ev("rc5", "rc", "5", time='"2026-06-03T12:00:00+02:00"')], receipt=True)
+    assert (again["events"], again["accepted"], again["duplicates"]) == (1, 0, [{"source": "fp", "id": "rc5"}])
+    assert (total(srv, "fp_count", "rc"), total(srv, "fp_sum", "rc")) == (300, sum(range(300)))
