@@ -220,3 +220,30 @@ def test_a_look_up_binds_its_hashes_as_one_parameter(chdb_store: Any, namespace:
     stored, begun = chdb_store.written_keys(namespace, keys + [("bind", "never")])
     assert (stored, begun) == (set(keys), set())
     assert formatted < 10, formatted
+
+
+def test_an_open_after_a_write_whose_views_landed_rewrites_nothing(chdb_store: Any, namespace: str,
+                                                                   tmp_path: Any) -> None:
+    """The journal names the cells of the write a crash interrupted; at open, the cells every rollup holds whole
+    (the process died after the values insert returned) are checked, not deleted and re-derived. A journalled cell
+    a rollup lacks is still rebuilt (test_torn_rollups.test_store_open_repairs_torn_rollups)."""
+    import os
+
+    from billow import jsonx
+    from billow.adapters.clickhouse import ClickHouseUsageStore, _hour_cells
+
+    journal = tmp_path / "usage-journal"
+    store = ClickHouseUsageStore(chdb_store._client, journal)  # the session's engine (one chdb path per process)
+    try:
+        vals = values(25, source="landed")
+        store.write(namespace, vals, [])  # values and their views in; the raw events never came (the process died)
+        before = answers(store, namespace)
+        journal.write_bytes(b"1" + jsonx.dumps({"namespace": namespace, "cells": _hour_cells(vals)}).encode())
+        with counted(store) as sql:
+            assert store.recover()
+        assert [s for s in sql if not s.lstrip().upper().startswith("SELECT")] == []
+        assert journal.read_bytes().startswith(b"0")
+        assert answers(store, namespace) == before
+    finally:
+        assert store._journal is not None
+        os.close(store._journal)

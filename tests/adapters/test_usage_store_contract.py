@@ -330,6 +330,9 @@ def test_bounded_usage_is_each_segment_exactly(usage_store: Any, namespace: str)
     assert usage_store.bounded_usage(namespace, "M1", "COUNT", ["a"], m1, bounds) == [2, 2, 3]
     assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a", "b"], [], bounds) == [
         Decimal("1.4"), Decimal("4.05"), Decimal("100000000000000000057.999999999999999999")]
+    # Whole-hour inner bounds: the hours in between from the hourly rollup (the subject-first one on ClickHouse).
+    assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], m1, [bounds[0], bounds[1], bounds[3]]) == [
+        Decimal("1.4"), Decimal("100000000000000000014.049999999999999999")]
     # A segment without usage is 0; a later bound adds one; no segment, no value; no subject, nothing.
     assert usage_store.bounded_usage(namespace, "M1", "SUM", ["b"], [], [*bounds, t("2026-03-30T00:00:00Z")]) == [
         0, 0, 16, 0]
