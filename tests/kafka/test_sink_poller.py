@@ -45,7 +45,7 @@ def test_a_failed_invocation_comes_again_from_its_own_first_offsets(pipeline: Pi
 
     def deliver(ev: dict[str, Any]) -> Any:
         calls.append(len(json.dumps(ev)))
-        if len(calls) == 2:  # the second invocation of the first poll fails before it stores anything
+        if len(calls) == 2:  # the second invocation fails before it stores anything
             raise ConnectionError("the usage store is away (played by the test)")
         return lambda_handler(ev, None)  # type: ignore[arg-type]
 
