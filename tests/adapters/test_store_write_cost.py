@@ -247,3 +247,25 @@ def test_an_open_after_a_write_whose_views_landed_rewrites_nothing(chdb_store: A
     finally:
         assert store._journal is not None
         os.close(store._journal)
+
+
+def test_a_server_store_sends_the_declared_column_types() -> None:
+    """Only the in-process engine (chdb 26.9, tested here) gets LowCardinality columns as String; a ClickHouse server,
+    whose version is the operator's, gets every column with its declared type, and never a DESCRIBE."""
+    from billow.adapters.clickhouse import ClickHouseUsageStore
+
+    class ServerClient:  # the HTTP client's insert; every other call fails the test
+        def __init__(self) -> None:
+            self.inserts: dict[str, list[str]] = {}
+
+        def insert(self, table: str, data: Any, *, column_names: list[str], column_type_names: list[str],
+                   column_oriented: bool) -> None:
+            assert column_oriented and len(data) == len(column_names) == len(column_type_names)
+            self.inserts[table] = column_type_names
+
+    client = ServerClient()
+    vals = values(3, source="server")
+    ClickHouseUsageStore(client).write("ns", vals, raw(vals))
+    assert client.inserts["event_keys"][0] == "LowCardinality(String)"
+    assert client.inserts["meter_values"][:2] == ["LowCardinality(String)"] * 2
+    assert [client.inserts["events"][i] for i in (0, 3)] == ["LowCardinality(String)"] * 2

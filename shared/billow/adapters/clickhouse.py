@@ -42,13 +42,21 @@ _VALUE_COLUMNS = ["namespace", "meter_id", "subject", "time", "value", "value_st
 _EVENT_COLUMNS = ["namespace", "source", "id", "type", "subject", "time", "data", "ingested_at", "validation_error"]
 _KEY_COLUMNS = ["namespace", "key_hash", "source", "id", "state"]
 # Their types as the inserts send them: given with each insert, clickhouse-connect does not DESCRIBE the table first
-# (one statement less per insert; chdb charges each statement a fixed cost). The LowCardinality(String) columns of
-# clickhouse_schema go as String (the engine converts the column; clickhouse-connect would build a dictionary row by
-# row in Python), times as epoch milliseconds (`_ticks`).
-_LC, _T64 = "String", "DateTime64(3, 'UTC')"
-_VALUE_TYPES = [_LC, _LC, "String", _T64, "Decimal(38, 18)", "String", "Map(String, String)", "String", "String"]
-_EVENT_TYPES = [_LC, "String", "String", _LC, "String", _T64, "String", _T64, "String"]
-_KEY_TYPES = [_LC, "UInt64", "String", "String", "UInt8"]
+# (one statement less per insert; chdb charges each statement a fixed cost). Times go as epoch milliseconds
+# (`_ticks`). In process (chdb 26.9), the LowCardinality(String) columns of clickhouse_schema go as String: the
+# engine converts the column, where clickhouse-connect would build a dictionary row by row in Python; a server,
+# whose version this code does not pin, gets them as declared.
+_T64 = "DateTime64(3, 'UTC')"
+
+
+def _insert_types(lc: str) -> dict[str, list[str]]:
+    return {"meter_values": [lc, lc, "String", _T64, "Decimal(38, 18)", "String", "Map(String, String)", "String",
+                             "String"],
+            "events": [lc, "String", "String", lc, "String", _T64, "String", _T64, "String"],
+            "event_keys": [lc, "UInt64", "String", "String", "UInt8"]}
+
+
+_INSERT_TYPES = {True: _insert_types("String"), False: _insert_types("LowCardinality(String)")}  # by in-process
 
 _WINDOW_EXPR = {
     None: "0",
@@ -281,6 +289,7 @@ class ClickHouseUsageStore:
     def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:
         with self._lock:
             # The ledger first: a key any part of whose write may be stored is never taken for new (written_keys).
+            types = _INSERT_TYPES[self._in_process]
             begun = {(v.source, v.event_id) for v in values} | {s.event.key for s in events}
             if begun:
                 ordered = list(begun)  # (the ledger's part is sorted by the engine)
@@ -291,7 +300,7 @@ class ClickHouseUsageStore:
                 self._client.insert("event_keys", [
                     [namespace] * len(ordered), hashes, [k[0] for k in ordered],
                     [k[1] for k in ordered], [0] * len(ordered)],
-                    column_names=_KEY_COLUMNS, column_type_names=_KEY_TYPES,
+                    column_names=_KEY_COLUMNS, column_type_names=types["event_keys"],
                     column_oriented=True)
             journal = self._journal if values else None
             if journal is not None:
@@ -305,7 +314,7 @@ class ClickHouseUsageStore:
                     [namespace] * len(values), [v.meter_id for v in values], [v.subject for v in values],
                     _ticks([v.time for v in values]), [v.value for v in values], [v.value_str for v in values],
                     [v.group_by for v in values], [v.source for v in values], [v.event_id for v in values],
-                ], column_names=_VALUE_COLUMNS, column_type_names=_VALUE_TYPES,
+                ], column_names=_VALUE_COLUMNS, column_type_names=types["meter_values"],
                     column_oriented=True)
             if events:
                 self._client.insert("events", [
@@ -315,7 +324,7 @@ class ClickHouseUsageStore:
                     [s.data_json if s.data_json is not None else jsonx.dumps(s.event.data) if s.event.data is not None
                      else "" for s in events],
                     _ticks([s.ingested_at for s in events]), [s.validation_error for s in events],
-                ], column_names=_EVENT_COLUMNS, column_type_names=_EVENT_TYPES,
+                ], column_names=_EVENT_COLUMNS, column_type_names=types["events"],
                     column_oriented=True)
             if journal is not None:
                 os.pwrite(journal, b"0", 0)
@@ -363,8 +372,9 @@ class ClickHouseUsageStore:
         return {table: found for table, found in torn.items() if found}
 
     def recover(self) -> bool:
-        """At open: rebuild the rollup cells of the journalled write a crash interrupted, then clear the journal.
-        True if there was one. Idempotent: a crash inside it leaves the journal for the next open."""
+        """At open: rebuild the rollup cells of the journalled write a crash interrupted (those a rollup does not
+        hold whole: `_torn_cells`), then clear the journal. True if there was one. Idempotent: a crash inside it
+        leaves the journal for the next open."""
         fd = self._journal
         if fd is None:
             return False
@@ -377,7 +387,10 @@ class ClickHouseUsageStore:
                 except ValueError:  # cut short by the crash: the values insert had not begun
                     entry = None
             if entry:
-                self._rebuild(entry["namespace"], {(m, datetime.fromtimestamp(h, UTC)) for m, h in entry["cells"]})
+                cells = {(m, datetime.fromtimestamp(h, UTC)) for m, h in entry["cells"]}
+                torn = self._torn_cells(entry["namespace"], cells)  # the views may all have landed before the crash
+                if torn:
+                    self._rebuild(entry["namespace"], set().union(*torn.values()), tables=torn)
             os.pwrite(fd, b"0", 0)
             return bool(entry)
 
