@@ -463,3 +463,71 @@ def test_a_receipt_counts_stored_and_repeated_duplicates_exactly(srv: Drained) -
     status, _, again = post(srv, [ev("rc5", "rc", "5", time='"2026-06-03T12:00:00+02:00"')], receipt=True)
     assert (again["events"], again["accepted"], again["duplicates"]) == (1, 0, [{"source": "fp", "id": "rc5"}])
     assert (total(srv, "fp_count", "rc"), total(srv, "fp_sum", "rc")) == (300, sum(range(300)))
+
+
+KAFKA_CONFIG = """namespace: {ns}
+bus: kafka
+kafka_bootstrap: {bootstrap}
+kafka_group: sink-{name}-{ns}
+meters:
+  - slug: fp_sum
+    eventType: fp
+    aggregation: SUM
+    valueProperty: $.v
+    groupBy:
+      g: $.g
+  - slug: fp_count
+    eventType: fp
+    aggregation: COUNT
+"""
+
+
+def test_two_servers_on_one_topic_each_count_every_event_once(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """Two `billow serve` on the Kafka bus, one namespace (one topic), each with its own store and consumer group:
+    events sent through either, resent through the other in other splits and orders (so one (source, id) reaches
+    the topic in batch records of both producers, each of which valued it with its own meter ids), land once in
+    each store, both equal to the exact sums. Each sink values by its own meters, not the producer's."""
+    import time
+    import uuid
+
+    ns = "fp" + uuid.uuid4().hex[:10]
+    servers = []
+    for name in ("a", "b"):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(KAFKA_CONFIG.format(ns=ns, bootstrap=kafka_bootstrap, name=name))
+        servers.append(Drained(tmp_path / name, config))
+    starts = [threading.Thread(target=s.start) for s in servers]  # side by side: each start waits on the broker
+    for t in starts:
+        t.start()
+    for t in starts:
+        t.join(timeout=120)
+    try:
+        assert all(s.proc is not None for s in servers)
+        a, b = servers
+        events = [ev(f"k{i}-\u00e9\U0001f600", f"s{i % 3}", f"{i}.{i % 1000:03d}", json.dumps(f"g{i % 5}"))
+                  for i in range(2000)]
+        expected_sum = sum(Decimal(f"{i}.{i % 1000:03d}") for i in range(2000))
+        accepted(a, events[:1200])
+        accepted(b, events[800:][::-1])
+        accepted(a, events[1500:] + events[:100])
+        accepted(b, events[::3])
+        accepted(a, [ev("k7-\u00e9\U0001f600", "s1", "7.007", '"g2"', time='"2026-06-03T12:00:00+02:00"')])
+
+        def totals(s: Server) -> tuple[Decimal, Decimal]:
+            return (sum((total(s, "fp_count", f"s{k}") for k in range(3)), Decimal(0)),
+                    sum((total(s, "fp_sum", f"s{k}") for k in range(3)), Decimal(0)))
+
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and any(totals(s) != (2000, expected_sum) for s in servers):
+            time.sleep(0.2)  # the sinks consume the topic in the background; wait on the totals, bounded
+        for s in servers:
+            assert totals(s) == (2000, expected_sum)
+            groups = {}
+            for k in range(3):
+                for g, v in by_group(s, "fp_sum", f"s{k}").items():
+                    groups[g] = groups.get(g, Decimal(0)) + v
+            assert groups == {f"g{j}": sum(Decimal(f"{i}.{i % 1000:03d}") for i in range(j, 2000, 5)) for j in range(5)}
+    finally:
+        for s in servers:
+            if s.proc is not None:
+                s.stop()
