@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from billow.domain.events import MAX_DATA_DEPTH
 from tests.e2e.conftest import Server
 
 BATCH = "application/cloudevents-batch+json"
@@ -352,18 +353,19 @@ def deepest_accepted(s: Server, subject: str, ctype: str) -> tuple[int, list[str
     return lo, ids
 
 
-DEPTH_BUG = pytest.mark.xfail(strict=True, reason="ingest accepts data nested a few levels short of the parsers' limit; "
-                               "the sink then dead-letters the batch record (events acknowledged, never counted) and "
-                               "the events listing is a 500: reported by the fast-path probe, not fixed")
-
-
-@DEPTH_BUG
 def test_an_acknowledged_batch_holding_a_deeply_nested_event_is_counted_whole(srv: Drained) -> None:
     """Found here: ingest accepts (204) an event whose data nests a few levels short of the JSON parsers' limit
     (Python 3.12's C recursion limit, 1,500), but the batch record carrying it nests 1-3 levels deeper than the body,
     the usage sink cannot decode it and dead-letters the whole record: that event and every other event of the
-    batch in its partition group (250 of 1,001 here) are acknowledged and never counted. Resending does the same."""
+    batch in its partition group (250 of 1,001 here) are acknowledged and never counted. Resending does the same.
+    Now data nests at most MAX_DATA_DEPTH levels (data itself the first): deeper is a 400 naming `data`."""
     depth, ids = deepest_accepted(srv, "deep-probe", BATCH)
+    assert depth == MAX_DATA_DEPTH - 1  # data.n's arrays: one level less than data's own
+    for ctype, body in ((BATCH, f"[{nested('deep-one', 'deep-probe', MAX_DATA_DEPTH)}]"),
+                        (SINGLE, nested("deep-one", "deep-probe", MAX_DATA_DEPTH))):
+        status, kind, problem = call(srv, "POST", "/api/v1/events", body, ctype)
+        assert (status, kind) == (400, "application/problem+json"), (status, problem)
+        assert [(e.get("index", 0), e["field"]) for e in problem["validationErrors"]] == [(0, "data")], problem
     assert total(srv, "fp_count", "deep-probe") == len(ids)  # every probe acknowledged is counted
     batch = [ev(f"deep-batch-{i}", "deep-batch") for i in range(1000)] + [nested("deep-batch-n", "deep-batch", depth)]
     accepted(srv, batch)
@@ -372,12 +374,12 @@ def test_an_acknowledged_batch_holding_a_deeply_nested_event_is_counted_whole(sr
     assert total(srv, "fp_count", "deep-batch") == 1001
 
 
-@DEPTH_BUG
 def test_an_accepted_deeply_nested_event_can_be_listed(srv: Drained) -> None:
     """Found here: a single event (application/cloudevents+json) nested as deep as ingest accepts is a 204, and
     then GET /api/v1/events answered 500 (RecursionError encoding the listing) for every page holding it (and the
     sink had dead-lettered it: never counted). What is accepted must be counted and listable, or refused at ingest."""
-    _, ids = deepest_accepted(srv, "deep", SINGLE)
+    depth, ids = deepest_accepted(srv, "deep", SINGLE)
+    assert depth == MAX_DATA_DEPTH - 1
     assert total(srv, "fp_count", "deep") == len(ids)
     status, _, listed = call(srv, "GET", "/api/v1/events?subject=deep&limit=100")
     assert status == 200, (status, listed)

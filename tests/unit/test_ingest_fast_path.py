@@ -15,7 +15,7 @@ import pytest
 import billow.bus as bus_mod
 import billow.domain.events as events_mod
 from billow.bus import BATCH_PREFIX, BATCH_VERSION, batch_records, group_of
-from billow.domain.events import CloudEvent, parse_event, parse_rows
+from billow.domain.events import MAX_DATA_DEPTH, CloudEvent, data_too_deep, parse_event, parse_rows
 from billow.domain.meters import Meter
 from billow.errors import ValidationFailed
 from billow.services.ingest import ingest_events
@@ -320,7 +320,9 @@ BODIES: list[tuple[str, str]] = [
     ("batch", "[" + _ev(0, data='{"v": 1, "m": "caf\\u00e9 \\ud83d\\ude00 \u2028"}') + "]"),
     ("batch", "\ufeff[" + _ev(0) + "]"), ("batch", "[" + _ev(0) + "]\n\t "),
     ("batch", "[" + ",".join(_ev(i) for i in range(10_001)) + "]"),
-] + [("batch", "[" + _deep(d, k) + "]") for k in "ao" for d in (*range(1484, 1500), 3000)]
+] + [("batch", "[" + _deep(d, k) + "]") for k in "ao" for d in (*range(1484, 1500), 3000)] + [
+    (kind, "[" + _deep(d, k) + "]" if kind == "batch" else _deep(d, k)) for kind in ("batch", "one") for k in "ao"
+    for d in (MAX_DATA_DEPTH - 3, MAX_DATA_DEPTH - 2, MAX_DATA_DEPTH - 1)]
 
 
 def test_an_http_body_is_answered_as_the_full_path_answers_it(http: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -363,3 +365,47 @@ def test_a_common_http_body_is_decoded_once_without_a_json_document(http: Any,
     assert calls == {"loads": 0, "parse_event": 0}  # a meter's refusal of a common event: still no document
     assert _post("[" + _ev(0, id='""') + "]")["statusCode"] == 400
     assert calls == {"loads": 1, "parse_event": 1}  # an event of another shape: the full path lists its problems
+
+
+def test_data_nests_at_most_max_data_depth_levels() -> None:
+    def deep(levels: int, kind: str) -> Any:
+        node: Any = 1
+        for _ in range(levels - 1):
+            node = [node] if kind == "a" else {"a": node}
+        return {"v": 1, "n": node} if levels > 1 else {"v": 1}
+
+    for kind in "ao":
+        assert not data_too_deep(deep(MAX_DATA_DEPTH, kind))
+        assert data_too_deep(deep(MAX_DATA_DEPTH + 1, kind))
+    wide = {"a": [{"b": [1, 2]}, {"c": {}}] * 500, "d": [[[]]]}  # wide, four levels: not deep
+    assert not data_too_deep(wide)
+
+
+def test_data_nested_past_the_limit_is_a_400_naming_data_on_every_path(http: Any) -> None:
+    """Found from outside: data nested a few levels short of the JSON parsers' limit was acknowledged, then its batch
+    record could not be decoded by the sink and was dead-lettered (every event of it lost). Now data nests at most
+    MAX_DATA_DEPTH levels: the fast path measures it when the body's brackets allow such depth, the full path always,
+    and deeper is refused, naming `data` and the event; one level less is accepted."""
+    import json
+
+    def answer(body: str, ctype: str = "application/cloudevents-batch+json") -> tuple[int, Any]:
+        out = _post(body, ctype)
+        return out["statusCode"], json.loads(out["body"]) if out["body"] else None
+
+    flat = [_ev(i) for i in range(1, 200)]
+    nests = [_ev(i, data='{"v": 1, "n": {"a": [1]}}') for i in range(200, 400)]  # brackets enough to measure
+    strings = [_ev(i, subject='"' + "{[" * 40 + '"') for i in range(400, 402)]  # brackets in strings count too
+    for d, kind in ((MAX_DATA_DEPTH - 1, "a"), (MAX_DATA_DEPTH - 1, "o")):  # data.n: one level below data's own
+        assert answer("[" + _deep(d, kind) + "]") == (204, None)
+        assert answer(_deep(d, kind), "application/cloudevents+json") == (204, None)
+        assert answer("[" + ",".join([*flat, *nests, *strings, _deep(d, kind)]) + "]") == (204, None)
+    for kind in "ao":
+        deep = _deep(MAX_DATA_DEPTH, kind)
+        for body, ctype, index in (("[" + deep + "]", "application/cloudevents-batch+json", 0),
+                                   (deep, "application/cloudevents+json", 0),
+                                   ("[" + ",".join([*flat, deep, *nests]) + "]", "application/cloudevents-batch+json", 199),
+                                   ("[" + ",".join([deep, *strings]) + "]", "application/cloudevents-batch+json", 0)):
+            status, problem = answer(body, ctype)
+            assert status == 400, body[:100]
+            assert [(e.get("index"), e["field"]) for e in problem["validationErrors"]] == [(index, "data")], problem
+            assert str(MAX_DATA_DEPTH) in problem["validationErrors"][0]["message"]

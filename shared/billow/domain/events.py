@@ -23,6 +23,26 @@ EVENT_TIME_RANGE = "1970-01-01T00:00:00Z to 2105-12-31T23:59:59.999Z"
 # How far past its ingest time an event may be dated. Client clocks drift by seconds; an event years ahead is a
 # unit or typing error that would sit in a future billing period unseen. Later is refused, naming the bound.
 MAX_FUTURE = timedelta(days=31)
+# How deep an event's `data` may nest objects and arrays (`data` itself is level 1). Far past any usage event, and far
+# short of every parser and encoder the event meets after ingest (the bus's batch record nests it 3 levels deeper, the
+# sink decodes it, the events listing encodes it): deeper is refused at ingest, naming `data`, never acknowledged and
+# then lost downstream.
+MAX_DATA_DEPTH = 64
+
+
+def data_too_deep(data: dict[str, Any] | list[Any]) -> bool:
+    """Whether `data` nests objects and arrays deeper than MAX_DATA_DEPTH levels (level by level, no recursion)."""
+    level: list[Any] = [data]
+    for _ in range(MAX_DATA_DEPTH):
+        inner = []
+        for node in level:
+            for v in (node.values() if type(node) is dict else node):
+                if type(v) is dict or type(v) is list:
+                    inner.append(v)
+        if not inner:
+            return False
+        level = inner
+    return True
 
 
 @dataclass(slots=True, frozen=True)
@@ -95,6 +115,8 @@ def parse_event(raw: Any, index: int | None, now: datetime, errors: list[dict[st
     data = raw.get("data")
     if data is not None and not isinstance(data, dict):
         fail("data", "must be a JSON object")
+    elif data is not None and data_too_deep(data):
+        fail("data", f"nests objects and arrays deeper than {MAX_DATA_DEPTH} levels")
     time_raw = raw.get("time")
     when = now
     if time_raw is None:
@@ -136,12 +158,14 @@ class CommonEvents:
     MAX_ATTR_LEN characters without NUL, specversion "1.0", datacontenttype absent or JSON, data an object or absent
     and time absent or YYYY-MM-DDTHH:MM:SS[.mmm]Z within range; None for any other event, which parse_event then
     checks in full. It only ever accepts what parse_event accepts, with the same values
-    (tests/unit/test_ingest_fast_path.py holds them side by side)."""
+    (tests/unit/test_ingest_fast_path.py holds them side by side). `deep`: data may nest past MAX_DATA_DEPTH, so each
+    event's is measured; a caller that knows no data of the batch can (decode_common: its body's brackets) says False."""
 
-    __slots__ = ("now", "latest", "default")
+    __slots__ = ("now", "latest", "default", "deep")
 
-    def __init__(self, now: datetime) -> None:
+    def __init__(self, now: datetime, *, deep: bool = True) -> None:
         self.now = now
+        self.deep = deep
         self.latest = min(EVENT_TIME_MAX, now + MAX_FUTURE)
         self.default: datetime | None = None  # to_millis(now), once, for the events without a time
 
@@ -153,6 +177,8 @@ class CommonEvents:
                 and subject.strip() and "\x00" not in id_ and "\x00" not in source and "\x00" not in type_
                 and "\x00" not in subject and spec == "1.0" and (data is None or type(data) is dict)
                 and (ctype is None or ctype == "application/json")):
+            return None
+        if self.deep and data is not None and data_too_deep(data):
             return None
         if when is None:
             if self.default is None:

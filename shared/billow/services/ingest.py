@@ -18,6 +18,7 @@ from billow import jsonx
 from billow.bus import batch_records
 from billow.domain.events import (  # noqa: F401 (parse_batch: re-exported)
     CloudEvent,
+    MAX_DATA_DEPTH,
     CommonEvents,
     EventRow,
     parse_batch,
@@ -159,7 +160,12 @@ def decode_common(body: str, shape: str, now: datetime) -> list[EventRow] | None
     events = doc if type(doc) is list else [doc]
     if not 0 < len(events) <= MAX_BATCH_EVENTS:
         return None
-    common = CommonEvents(now).row
+    # Data nested past MAX_DATA_DEPTH needs that many objects or arrays inside one event's data. The body holds at
+    # least one per event, one per data and the batch's array; when the rest (brackets in strings counted too) are
+    # fewer, no event's data can be that deep and none is measured.
+    outer = len(events) + (type(doc) is list) + sum(1 for e in events if e.data is not None)
+    checker = CommonEvents(now, deep=body.count("{") + body.count("[") - outer >= MAX_DATA_DEPTH)
+    common = checker.row
     rows: list[EventRow] = []
     append = rows.append
     for i, e in enumerate(events):
