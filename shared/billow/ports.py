@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from billow.domain.backtest_jobs import Job as BacktestJob
 from billow.domain.billing import Mark
 from billow.domain.documents import View
 from billow.domain.events import CloudEvent
@@ -285,6 +286,51 @@ class BillingApps(Protocol):
 
     def updated(self, invoice: dict[str, Any]) -> None:
         """Its status changed (paid, voided, overdue, ...): the notification rules hear of it."""
+        ...
+
+
+# -- pricing lab jobs -----------------------------------------------------------------------------------------------
+class BacktestJobStore(Protocol):
+    """Backtest jobs, readable from every process (adapters/sql_backtests.SqlBacktestJobStore on the meta store;
+    adapters/memory_backtests.InMemoryBacktestJobStore, the unit tests' twin). Writes that move a job are
+    compare-and-set on its status, so two workers, or a worker and a reader that found it stale, never both win."""
+
+    def add(self, job: BacktestJob) -> None:
+        """Keep a new job (its id is new)."""
+        ...
+
+    def get(self, namespace: str, id_: str) -> BacktestJob | None:
+        """The job as stored (with its spec and, once succeeded, its rows); None if the namespace has no such job."""
+        ...
+
+    def claim(self, namespace: str, id_: str, now: datetime, alive_since: datetime) -> BacktestJob | None:
+        """queued -> running, if it is queued and was written at or after `alive_since` (else None: another worker
+        has it, it is done, or it is stale); the job as claimed."""
+        ...
+
+    def report(self, namespace: str, id_: str, success: int, failed: int, at: datetime) -> None:
+        """A running job's progress (written at a bounded rate by its worker)."""
+        ...
+
+    def finish(self, job: BacktestJob, *, expect: Sequence[str] = ("running",),
+               written_before: datetime | None = None) -> bool:
+        """Write the job's final state (status, progress, completedAt, error, failures, rows) if its stored status
+        is in `expect` (and, with `written_before`, it was last written before then); whether it did."""
+        ...
+
+    def forget(self, namespace: str, completed_before: datetime) -> int:
+        """Drop the namespace's finished jobs completed before then; how many."""
+        ...
+
+
+class JobRunner(Protocol):
+    """Who runs an accepted job: a thread of this process (`billow serve`; adapters/job_runners.ThreadJobRunner)
+    or a worker reading a queue (AWS: the billing_run function's SQS job queue; adapters/job_runners.SqsJobRunner).
+    Bootstrap picks it (settings.job_runner)."""
+
+    def submit(self, kind: str, namespace: str, id_: str) -> None:
+        """Hand the job over; returns once the runner has it (a thread started, a message sent). Raises if it
+        could not be handed over."""
         ...
 
 

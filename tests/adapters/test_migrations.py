@@ -20,6 +20,7 @@ from billow import migrations
 from billow.adapters import (
     sql,
     sql_apps,
+    sql_backtests,
     sql_billing,
     sql_catalog,
     sql_entitlements,
@@ -31,8 +32,8 @@ from billow.adapters import (
 )
 from billow.adapters.sql import SqlMetaStore
 
-MODELS = (sql, sql_apps, sql_billing, sql_catalog, sql_entitlements, sql_keys, sql_llm_prices, sql_notifications,
-          sql_portal, sql_receipts)
+MODELS = (sql, sql_apps, sql_backtests, sql_billing, sql_catalog, sql_entitlements, sql_keys, sql_llm_prices,
+          sql_notifications, sql_portal, sql_receipts)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -138,7 +139,8 @@ def test_database_made_by_create_all_is_adopted(engine: sa.Engine) -> None:
 
     assert revision(engine) == migrations.HEAD
     assert read_every_table(engine, present) == before
-    later = {"apps", "customer_apps", "ingest_receipts"}  # tables of revisions after the baseline (0003_apps, 0005)
+    # tables of revisions after the baseline (0003_apps, 0005_ingest_receipts, 0006_backtest_jobs)
+    later = {"apps", "customer_apps", "ingest_receipts", "backtest_jobs"}
     assert set(sa.inspect(engine).get_table_names()) == set(made.tables) | later | {"alembic_version"}
     assert "customer_subjects_customer" in index_names(engine, "customer_subjects")
 

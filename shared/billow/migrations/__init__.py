@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 # Every revision, oldest first (tests/adapters/test_migrations.py checks this against Alembic's own chain).
 # Revision ids: at most 32 characters (alembic_version.version_num is VARCHAR(32)).
 REVISIONS = ("0001_baseline", "0002_customer_subjects_idx", "0003_apps", "0004_meter_ingestion_policy",
-             "0005_ingest_receipts")
+             "0005_ingest_receipts", "0006_backtest_jobs")
 BASELINE, HEAD = REVISIONS[0], REVISIONS[-1]
 VERSION_TABLE = "alembic_version"
 LOCK_KEY = 0x62696C6C6F77  # pg_advisory_xact_lock key: "billow"
