@@ -26,20 +26,27 @@ def _event() -> dict[str, Any]:
 
 @router.post("/api/v1/billing/backtests")
 def create_backtest() -> Response:
-    """202 with the job (follow `GET /api/v1/info/progress/{id}`, then `GET /api/v1/billing/backtests/{id}`);
-    `?wait=true` runs it in the request and answers 200 with the result."""
+    """202 with the job, queued for the host's job runner (follow `GET /api/v1/info/progress/{id}`, then
+    `GET /api/v1/billing/backtests/{id}`, from any process); `?wait=true` runs it in the request and answers 200
+    with the result."""
     c = container()
     wait = params.flag(query_multi(_event()), "wait")
     job = backtests.start(c.namespace, json_body(_event()), catalog_store=c.catalog_store(), billing=c.billing_store(),
-                          meta=c.meta, ents=c.entitlements, usage=c.usage, clock=c.clock.now, wait=wait)
+                          meta=c.meta, ents=c.entitlements, usage=c.usage, clock=c.clock.now, wait=wait,
+                          jobs=c.backtest_jobs(), runner=None if wait else c.job_runner())
     if wait and wants_csv(_event()):
         return Response(200, "text/csv; charset=utf-8", job.csv())
     return ok(job.to_json(), 200 if wait else 202)
 
 
+def _job(id_: str) -> backtests.Job:
+    c = container()
+    return backtests.get(c.namespace, path_param(id_), jobs=c.backtest_jobs(), now=c.clock.now())
+
+
 @router.get("/api/v1/billing/backtests/<bid>")
 def get_backtest(bid: str) -> Response:
-    job = backtests.get(container().namespace, path_param(bid))
+    job = _job(bid)
     if wants_csv(_event()):
         return Response(200, "text/csv; charset=utf-8", job.csv())
     return ok(job.to_json())
@@ -47,7 +54,7 @@ def get_backtest(bid: str) -> Response:
 
 @router.get("/api/v1/info/progress/<pid>")
 def get_progress(pid: str) -> Response:
-    return ok(backtests.get(container().namespace, path_param(pid)).progress())
+    return ok(_job(pid).progress())
 
 
 @router.get("/api/v1/llm/margin")

@@ -2,6 +2,11 @@
 queue; each message runs one billing run for its namespace (billow.services.jobs.billing_run). Idempotent: a
 message delivered twice, or two runs at once, bill nothing twice.
 
+The same queue carries the jobs the API accepted (`{"job": "backtest", "namespace": ..., "id": ...}`, sent by
+adapters/job_runners.SqsJobRunner): each runs with billow.services.jobs.run_job, which claims the job in the meta
+store (a message delivered twice runs it once) and writes its progress and result there. A job's own failure is
+in its record, never a failed invocation (SQS would only deliver it again to a job already failed).
+
 One customer that cannot be billed never stops the others: the run bills everyone else and records it (logged
 with customer and subscription, metric `billing_run_failures`). After every message is run the handler raises
 `BillingRunFailed`: the invocation counts as a Lambda error (the function's error alarm pages) and SQS delivers
@@ -43,6 +48,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext | None) -> dict
     for record in event.get("Records") or [{"body": json.dumps(event)}]:
         message = json.loads(record.get("body") or "{}")
         namespace = message.get("namespace") or c.settings.namespace
+        if message.get("job") in jobs.JOB_KINDS:
+            with c.acting_for(namespace):
+                done = jobs.run_job(c, message["job"], namespace, str(message.get("id") or ""))
+            logger.info("job", extra={"namespace": namespace, **done})
+            runs.append({"namespace": namespace, **done, "failures": []})
+            continue
         with c.acting_for(namespace):
             result = jobs.billing_run(c).to_json()
         logger.info("billing run", extra={"namespace": namespace, **result})

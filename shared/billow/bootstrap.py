@@ -17,7 +17,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from billow.ports import DeadLetters, EventBus, InvoicingApp, MetaStore, StripeAccount, UsageStore
+from billow.ports import (
+    BacktestJobStore,
+    DeadLetters,
+    EventBus,
+    InvoicingApp,
+    JobRunner,
+    MetaStore,
+    StripeAccount,
+    UsageStore,
+)
 from billow.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -35,7 +44,7 @@ S = TypeVar("S")
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "usage_store": ("chdb", "clickhouse", "memory"), "bus": ("inprocess", "kafka"), "kafka_auth": ("none", "iam"),
-    "auth": ("off", "keys"),
+    "auth": ("off", "keys"), "job_runner": ("thread", "queue"),
 }
 _INT_RANGES: dict[str, tuple[int, int]] = {"kafka_partitions": (1, 1024), "kafka_retention_ms": (3_600_000, 1 << 48),
                                            "max_body_bytes": (1024, 1 << 31),
@@ -81,6 +90,11 @@ class Settings:
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
+    # Who runs a job the API accepted (a backtest): a thread of this process, or a worker reading the SQS job queue
+    # job_queue_url (AWS: the billing_run function's queue). Default: thread, but queue in AWS Lambda, which freezes
+    # a thread once the response is sent.
+    job_runner: str | None = None
+    job_queue_url: str | None = None
     meters: tuple[dict[str, Any], ...] = ()
 
     @classmethod
@@ -249,6 +263,7 @@ class Container:
     _stores_lock: threading.Lock = field(default_factory=threading.Lock)
     # Whether a store's first use may migrate the schema (billow.migrations); never in Lambda (see build).
     migrate_stores: bool = True
+    _job_runner: JobRunner | None = None
 
     def store(self, cls: type[S]) -> S:
         """The process's one `cls(engine)` on the meta store's database (an SQL store of one bounded context:
@@ -281,6 +296,46 @@ class Container:
         from billow.adapters.sql_notifications import SqlNotificationStore
 
         return self.store(SqlNotificationStore)
+
+    def backtest_jobs(self) -> BacktestJobStore:
+        from billow.adapters.sql_backtests import SqlBacktestJobStore
+
+        return self.store(SqlBacktestJobStore)
+
+    def job_runner(self) -> JobRunner:
+        """Who runs the jobs the API accepts (settings.job_runner): a thread of this process, which runs
+        services.jobs.run_job on this container, or one message per job on the SQS job queue (job_queue_url), whose
+        worker (functions/billing_run) runs it. In Lambda only the queue: a thread freezes with the response."""
+        if self._job_runner is None:
+            with self._stores_lock:
+                if self._job_runner is None:
+                    self._job_runner = self._make_job_runner()
+        return self._job_runner
+
+    def _make_job_runner(self) -> JobRunner:
+        in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+        kind = self.settings.job_runner or ("queue" if in_lambda else "thread")
+        if kind == "queue":
+            if not self.settings.job_queue_url:
+                raise ValueError("job_runner=queue needs job_queue_url (BILLOW_JOB_QUEUE_URL: the SQS job queue)")
+            from billow.adapters.job_runners import SqsJobRunner
+
+            return SqsJobRunner(self.settings.job_queue_url)
+        if in_lambda:
+            raise ValueError("job_runner=thread cannot run in AWS Lambda (the function is frozen once it answers): "
+                             "set BILLOW_JOB_QUEUE_URL, or ask with ?wait=true")
+        from billow.adapters.job_runners import ThreadJobRunner
+        from billow.services import jobs
+
+        def work(kind: str, namespace: str, id_: str) -> None:
+            try:
+                jobs.run_job(self, kind, namespace, id_)
+            except Exception:  # the job is failed in the store (or reads so once stale); nothing waits on this thread
+                import logging
+
+                logging.getLogger("billow.jobs").exception("job %s %s failed", kind, id_)
+
+        return ThreadJobRunner(work)
 
     def llm_price_store(self) -> SqlLlmPriceStore:
         from billow.adapters.sql_llm_prices import SqlLlmPriceStore

@@ -193,7 +193,7 @@ def run_backtest(call: Request, body: dict[str, Any], *, out: Any, err: Any, pol
               flush=True)
         st, rtext = call("GET", f"/api/v1/billing/backtests/{job['id']}", None, "application/json")
         result = json.loads(rtext)  # small while it runs (the rows come with the result)
-        if result["status"] != "running":  # done, or failed as a whole (then not every customer was counted)
+        if result["status"] not in ("queued", "running"):  # done, or failed as a whole (then not every customer was counted)
             break
         pause.wait(poll_s)
     print("", file=err)

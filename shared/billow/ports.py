@@ -304,7 +304,7 @@ class BacktestJobStore(Protocol):
         ...
 
     def claim(self, namespace: str, id_: str, now: datetime, alive_since: datetime) -> BacktestJob | None:
-        """queued -> running, if it is queued and was written at or after `alive_since` (else None: another worker
+        """queued -> running, if it is queued and was last written after `alive_since` (else None: another worker
         has it, it is done, or it is stale); the job as claimed."""
         ...
 
@@ -313,9 +313,9 @@ class BacktestJobStore(Protocol):
         ...
 
     def finish(self, job: BacktestJob, *, expect: Sequence[str] = ("running",),
-               written_before: datetime | None = None) -> bool:
+               last_written_by: datetime | None = None) -> bool:
         """Write the job's final state (status, progress, completedAt, error, failures, rows) if its stored status
-        is in `expect` (and, with `written_before`, it was last written before then); whether it did."""
+        is in `expect` (and, with `last_written_by`, it was last written at or before then); whether it did."""
         ...
 
     def forget(self, namespace: str, completed_before: datetime) -> int:

@@ -85,13 +85,13 @@ def test_claim_then_progress_then_result_exactly(jobs: Any, namespace: str) -> N
 def test_a_stale_job_cannot_be_claimed_and_is_failed_once(jobs: Any, namespace: str) -> None:
     j = job(namespace)
     jobs.add(j)
-    later = T0 + STALE_AFTER + timedelta(seconds=1)
-    assert jobs.claim(namespace, j.id, later, later - STALE_AFTER) is None
+    later = T0 + STALE_AFTER
+    assert jobs.claim(namespace, j.id, later, later - STALE_AFTER) is None  # 15 minutes without a write
     dead = jobs.get(namespace, j.id).as_seen(later)
     assert dead.status == "failed" and "worker stopped" in (dead.error or "")
     dead.completed_at = dead.updated_at = later
-    assert not jobs.finish(dead, expect=("queued", "running"), written_before=T0)  # written at T0: not before it
-    assert jobs.finish(dead, expect=("queued", "running"), written_before=later - STALE_AFTER)
+    assert not jobs.finish(dead, expect=("queued", "running"), last_written_by=T0 - timedelta(seconds=1))
+    assert jobs.finish(dead, expect=("queued", "running"), last_written_by=later - STALE_AFTER)
     assert jobs.get(namespace, j.id).status == "failed"
     assert jobs.claim(namespace, j.id, later, T0) is None
 
@@ -104,7 +104,7 @@ def test_two_claims_at_once_one_wins(jobs: Any, namespace: str) -> None:
 
     def claim() -> None:
         go.wait()
-        won.append(jobs.claim(namespace, j.id, T0 + timedelta(seconds=1), T0))
+        won.append(jobs.claim(namespace, j.id, T0 + timedelta(seconds=1), T0 - STALE_AFTER))
 
     threads = [threading.Thread(target=claim) for _ in range(4)]
     for th in threads:

@@ -34,7 +34,7 @@ class InMemoryBacktestJobStore:
     def claim(self, namespace: str, id_: str, now: datetime, alive_since: datetime) -> Job | None:
         with self._lock:
             job = self._jobs.get((namespace, id_))
-            if job is None or job.status != "queued" or job.updated_at is None or job.updated_at < alive_since:
+            if job is None or job.status != "queued" or job.updated_at is None or job.updated_at <= alive_since:
                 return None
             job.status, job.updated_at = "running", now
             return copy.deepcopy(job)
@@ -46,12 +46,12 @@ class InMemoryBacktestJobStore:
                 job.success, job.failed, job.updated_at = success, failed, at
 
     def finish(self, job: Job, *, expect: Sequence[str] = ("running",),
-               written_before: datetime | None = None) -> bool:
+               last_written_by: datetime | None = None) -> bool:
         with self._lock:
             stored = self._jobs.get((job.namespace, job.id))
             if stored is None or stored.status not in expect:
                 return False
-            if written_before is not None and (stored.updated_at is None or stored.updated_at >= written_before):
+            if last_written_by is not None and (stored.updated_at is None or stored.updated_at > last_written_by):
                 return False
             done = copy.deepcopy(job)
             done.spec = stored.spec

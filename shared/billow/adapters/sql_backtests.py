@@ -82,7 +82,7 @@ class SqlBacktestJobStore:
     def claim(self, namespace: str, id_: str, now: datetime, alive_since: datetime) -> Job | None:
         with self.engine.begin() as c:
             moved = c.execute(backtest_jobs.update().where(
-                _key(namespace, id_), _T.status == "queued", _T.updated_at >= _utc(alive_since)).values(
+                _key(namespace, id_), _T.status == "queued", _T.updated_at > _utc(alive_since)).values(
                 status="running", updated_at=_utc(now))).rowcount
             if moved != 1:
                 return None
@@ -95,10 +95,10 @@ class SqlBacktestJobStore:
                 success=success, failed=failed, updated_at=_utc(at)))
 
     def finish(self, job: Job, *, expect: Sequence[str] = ("running",),
-               written_before: datetime | None = None) -> bool:
+               last_written_by: datetime | None = None) -> bool:
         cond = [_key(job.namespace, job.id), _T.status.in_(list(expect))]
-        if written_before is not None:
-            cond.append(_T.updated_at < _utc(written_before))
+        if last_written_by is not None:
+            cond.append(_T.updated_at <= _utc(last_written_by))
         with self.engine.begin() as c:
             moved = c.execute(backtest_jobs.update().where(*cond).values(
                 status=job.status, success=job.success, failed=job.failed, updated_at=_utc(job.updated_at),

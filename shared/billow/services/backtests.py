@@ -4,27 +4,36 @@ A request names a candidate plan (a version by id, `KEY` / `KEY@version` / {key,
 version without one; or an inline plan body), a window and the customers (all, a list, or those on a plan in the
 window). It is checked at once (each bad field a 400), then run as a job: usage for every customer's billing
 periods in the window is read in one usage-store query per (feature, span) (the billing run's `BatchedUsage`),
-each customer rated by `billow.domain.backtest` with the billing run's rating, progress counted per customer
-(`GET /api/v1/info/progress/{id}`, OpenMeter's Progress). Nothing is written anywhere: the job and its result
-live in the memory of the process that ran it (`billow serve`; in AWS Lambda call it with `?wait=true`, which
-answers the result at once)."""
+each customer rated by `billow.domain.backtest` with the billing run's rating. Rating reads only: nothing of the
+catalog, invoices or usage is written.
+
+The job itself is kept in the meta store (`ports.BacktestJobStore`, table backtest_jobs: its spec, status,
+progress, failures and result rows with exact amounts), so `GET /api/v1/billing/backtests/{id}` and OpenMeter's
+`GET /api/v1/info/progress/{id}` answer from any process. `start` stores it queued and hands it to the host's
+`ports.JobRunner` (a thread in `billow serve`; in AWS a message on the billing_run function's job queue, whose
+worker calls `execute`); `?wait=true` runs it in the request. A worker claims the job (queued -> running,
+compare-and-set: a message delivered twice runs it once), writes progress at most every PROGRESS_EVERY_S seconds
+and once at the end, then the result. A job not written for `domain.backtest_jobs.STALE_AFTER` (its worker died or
+its message never reached one) reads as failed, and is never run after that."""
 
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from billow.domain import backtest as bt
+from billow.domain import backtest_jobs as jobs_rules
 from billow.domain import catalog as catalog_rules
 from billow.domain import subscriptions as subs
+from billow.domain.backtest_jobs import Job
 from billow.errors import NotFound, ValidationFailed
 from billow.ids import new_id
-from billow.ports import BillingStore, MetaStore, UsageStore
+from billow.ports import BacktestJobStore, BillingStore, JobRunner, MetaStore, UsageStore
 from billow.services.billing_run import BatchedUsage
 from billow.services.entitlements import EntitlementStore
 from billow.services.subscriptions import SubscriptionStore
@@ -32,7 +41,8 @@ from billow.timeutil import format_rfc3339, parse_rfc3339
 
 log = logging.getLogger("billow.backtests")
 bad = ValidationFailed.at
-KEEP_JOBS = 50  # finished jobs kept per process (the oldest finished one goes first)
+KIND = "backtest"  # the job kind a JobRunner is handed (the queue message's "job")
+PROGRESS_EVERY_S = 1.0  # a running job's progress is written at most this often (and once at the end)
 
 
 @dataclass
@@ -45,9 +55,9 @@ class Spec:
     customers: list[dict[str, Any]]
     subscriptions: dict[str, list[dict[str, Any]]]  # customer id -> its subscriptions with periods in the window
 
-    def plan_ref(self) -> dict[str, Any]:
-        return {"id": self.plan.get("id"), "key": self.plan.get("key"), "version": self.plan.get("version"),
-                "currency": self.plan["currency"]}
+    def to_doc(self) -> dict[str, Any]:
+        """What the job keeps of it: a worker rebuilds the rest (`load_spec`)."""
+        return jobs_rules.spec_doc(self.plan, self.start, self.end, [c["id"] for c in self.customers])
 
 
 def _plan_ref(ref: Any) -> Any:
@@ -102,6 +112,27 @@ def resolve_plan(namespace: str, ref: Any, *, store: SubscriptionStore, ents: En
     return plan
 
 
+def _in_window(namespace: str, start: datetime, end: datetime, *,
+               store: SubscriptionStore) -> dict[str, list[dict[str, Any]]]:
+    """customer id -> its subscriptions with a billing period that starts in [start, end)."""
+    in_window: dict[str, list[dict[str, Any]]] = {}
+    for d in store.list_subscriptions(namespace):
+        if not d.get("deletedAt") and bt.periods(d, start, end):
+            in_window.setdefault(d["customerId"], []).append(d)
+    return in_window
+
+
+def load_spec(namespace: str, doc: dict[str, Any], *, store: SubscriptionStore, meta: MetaStore) -> tuple[Spec, list[str]]:
+    """A stored job's spec made whole again (the customers and their subscriptions in the window, read now), and the
+    ids of customers that no longer exist."""
+    start, end = jobs_rules.spec_window(doc)
+    in_window = _in_window(namespace, start, end, store=store)
+    everyone = {c["id"]: c for c in meta.list_customers(namespace, include_deleted=True)}
+    customers = [everyone[cid] for cid in doc["customers"] if cid in everyone]
+    gone = [cid for cid in doc["customers"] if cid not in everyone]
+    return Spec(doc["plan"], start, end, customers, {c["id"]: in_window.get(c["id"], []) for c in customers}), gone
+
+
 def _customers(namespace: str, value: Any, in_window: dict[str, list[dict[str, Any]]], *, meta: MetaStore,
                store: SubscriptionStore) -> list[dict[str, Any]]:
     everyone = {c["id"]: c for c in meta.list_customers(namespace)}
@@ -142,10 +173,7 @@ def parse(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaStor
     if "plan" not in body:
         raise bad("plan", "is required: KEY, KEY@version, {key, version?}, {id} or a plan body")
     plan = resolve_plan(namespace, body["plan"], store=store, ents=ents)
-    in_window: dict[str, list[dict[str, Any]]] = {}
-    for d in store.list_subscriptions(namespace):
-        if not d.get("deletedAt") and bt.periods(d, start, end):
-            in_window.setdefault(d["customerId"], []).append(d)
+    in_window = _in_window(namespace, start, end, store=store)
     customers = _customers(namespace, body.get("customers"), in_window, meta=meta, store=store)
     field_name = "plan.currency" if isinstance(body["plan"], dict) and "phases" in body["plan"] else "plan"
     for cust in customers:
@@ -154,52 +182,6 @@ def parse(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaStor
             raise bad(field_name, f"the plan bills in {plan['currency']}, customer "
                                   f"{cust.get('key') or cust['id']!r} in {', '.join(sorted(theirs - {plan['currency']}))}")
     return Spec(plan, start, end, customers, {c["id"]: in_window.get(c["id"], []) for c in customers})
-
-
-@dataclass
-class Job:
-    """A backtest as it runs: OpenMeter's Progress (success / failed / total customers) and, when done, the result."""
-
-    id: str
-    namespace: str
-    spec: Spec
-    created_at: datetime
-    clock: Callable[[], datetime]
-    status: str = "running"  # running | succeeded | failed
-    success: int = 0
-    failed: int = 0
-    updated_at: datetime | None = None
-    completed_at: datetime | None = None
-    rows: list[bt.Row] = field(default_factory=list)
-    failures: list[dict[str, str]] = field(default_factory=list)
-    error: str | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def tick(self, ok: bool) -> None:
-        if ok:
-            self.success += 1
-        else:
-            self.failed += 1
-        self.updated_at = self.clock()
-
-    def progress(self) -> dict[str, Any]:
-        return {"success": self.success, "failed": self.failed, "total": len(self.spec.customers),
-                "updatedAt": format_rfc3339(self.updated_at or self.created_at)}
-
-    def to_json(self) -> dict[str, Any]:
-        rows = self.rows if self.status == "succeeded" else []
-        currency = self.spec.plan["currency"]
-        return {"id": self.id, "status": self.status, "plan": self.spec.plan_ref(),
-                "from": format_rfc3339(self.spec.start), "to": format_rfc3339(self.spec.end),
-                "createdAt": format_rfc3339(self.created_at),
-                "completedAt": format_rfc3339(self.completed_at) if self.completed_at else None,
-                "progress": self.progress(), "error": self.error, "failures": self.failures,
-                "customers": [r.to_json() for r in rows],
-                "totals": bt.totals(rows, currency) if self.status == "succeeded" else None,
-                "distribution": bt.distribution(rows) if self.status == "succeeded" else None}
-
-    def csv(self) -> str:
-        return bt.to_csv(self.rows if self.status == "succeeded" else [])
 
 
 @dataclass
@@ -255,9 +237,30 @@ def current_amounts(namespace: str, start: datetime, end: datetime, *, store: Su
     return out
 
 
-def compute(job: Job, *, billing: BillingStore, meta: MetaStore, ents: EntitlementStore, usage: UsageStore) -> None:
+class _Progress:
+    """Counts each customer on the job and writes the progress to the store at most every PROGRESS_EVERY_S."""
+
+    def __init__(self, job: Job, jobs: BacktestJobStore | None, clock: Callable[[], datetime],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.job, self.jobs, self.clock, self.monotonic = job, jobs, clock, monotonic
+        self.last = monotonic()
+
+    def tick(self, ok: bool) -> None:
+        self.job.tick(ok, self.clock())
+        if self.jobs is not None and self.monotonic() - self.last >= PROGRESS_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.jobs is not None:
+            assert self.job.updated_at is not None
+            self.jobs.report(self.job.namespace, self.job.id, self.job.success, self.job.failed, self.job.updated_at)
+        self.last = self.monotonic()
+
+
+def compute(job: Job, spec: Spec, progress: _Progress, *, billing: BillingStore, meta: MetaStore,
+            ents: EntitlementStore, usage: UsageStore) -> None:
     """Rate every customer of the job (see the module docstring); reads only."""
-    spec, ns = job.spec, job.namespace
+    ns = job.namespace
     r = _reading(ns, spec.customers, spec.subscriptions, spec.start, spec.end, billing=billing, meta=meta, ents=ents,
                  usage=usage)
     per_customer: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
@@ -268,15 +271,16 @@ def compute(job: Job, *, billing: BillingStore, meta: MetaStore, ents: Entitleme
             for ps, pe in bt.periods(cand, spec.start, spec.end):
                 r.batch.want(r.subjects[cust["id"]], subs.usage_spans(cand, ps, pe))
     r.batch.fetch()
+    progress.flush()  # the usage is read: the job is alive
     for cust in spec.customers:
         try:
             job.rows.append(_rate_customer(cust, per_customer.get(cust["id"], []), spec, r.billed, r.amounts,
                                            r.batch.reader(r.subjects[cust["id"]])))
-            job.tick(True)
+            progress.tick(True)
         except Exception as exc:  # one customer that cannot be rated fails alone; the others are rated
             log.warning("backtest %s: customer %s failed: %s", job.id, cust["id"], exc)
             job.failures.append({"customerId": cust["id"], "reason": f"{type(exc).__name__}: {exc}"})
-            job.tick(False)
+            progress.tick(False)
 
 
 def _rate_customer(cust: dict[str, Any], pairs: list[tuple[dict[str, Any], dict[str, Any]]], spec: Spec,
@@ -293,48 +297,85 @@ def _rate_customer(cust: dict[str, Any], pairs: list[tuple[dict[str, Any], dict[
     return bt.Row(cust["id"], cust.get("key"), cust.get("name"), spec.plan["currency"], n, current, candidate)
 
 
-_JOBS: dict[tuple[str, str], Job] = {}
-_LOCK = threading.Lock()
-
-
-def _keep(job: Job) -> None:
-    with _LOCK:
-        _JOBS[(job.namespace, job.id)] = job
-        finished = [k for k, j in _JOBS.items() if j.done.is_set()]
-        for k in finished[:max(0, len(finished) - KEEP_JOBS)]:
-            del _JOBS[k]
-
-
-def run_job(job: Job, *, billing: BillingStore, meta: MetaStore, ents: EntitlementStore, usage: UsageStore) -> Job:
+def _run(job: Job, load: Callable[[], tuple[Spec, list[str]]], jobs: BacktestJobStore | None, *,
+         billing: BillingStore, meta: MetaStore, ents: EntitlementStore, usage: UsageStore,
+         clock: Callable[[], datetime]) -> Job:
+    """Run a claimed (running) job to its end and write the result (when it is kept)."""
+    progress = _Progress(job, jobs, clock)
     try:
-        compute(job, billing=billing, meta=meta, ents=ents, usage=usage)
+        spec, gone = load()
+        for cid in gone:
+            job.failures.append({"customerId": cid, "reason": "NotFound: the customer no longer exists"})
+            progress.tick(False)
+        compute(job, spec, progress, billing=billing, meta=meta, ents=ents, usage=usage)
         job.status = "succeeded"
     except Exception as exc:
         log.exception("backtest %s failed", job.id)
-        job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
-    job.completed_at = job.updated_at = job.clock()
-    job.done.set()
+        job.status, job.error, job.rows = "failed", f"{type(exc).__name__}: {exc}", []
+    job.completed_at = job.updated_at = clock()
+    if jobs is not None and not jobs.finish(job):
+        log.warning("backtest %s: its result was not written (the job was no longer running: found stale?)", job.id)
     return job
 
 
 def start(namespace: str, body: Any, *, catalog_store: SubscriptionStore, billing: BillingStore, meta: MetaStore,
-          ents: EntitlementStore, usage: UsageStore, clock: Callable[[], datetime], wait: bool = False) -> Job:
-    """Check the request (400s now), then run it: in a thread of this process, or here when `wait`."""
+          ents: EntitlementStore, usage: UsageStore, clock: Callable[[], datetime], wait: bool = False,
+          jobs: BacktestJobStore | None = None, runner: JobRunner | None = None) -> Job:
+    """Check the request (400s now), keep the job in `jobs` and hand it to `runner`; with `wait`, run it here and
+    return it done. Without `jobs` (a bench, a script) only `wait` is possible and nothing is kept."""
     now = clock()
     spec = parse(namespace, body, store=catalog_store, meta=meta, ents=ents, now=now)
-    job = Job(new_id(), namespace, spec, now, clock)
-    _keep(job)
-    kwargs: dict[str, Any] = {"billing": billing, "meta": meta, "ents": ents, "usage": usage}
+    job = Job(new_id(), namespace, spec.to_doc(), now)
+    deps: dict[str, Any] = {"billing": billing, "meta": meta, "ents": ents, "usage": usage, "clock": clock}
     if wait:
-        return run_job(job, **kwargs)
-    threading.Thread(target=run_job, args=(job,), kwargs=kwargs, name=f"backtest-{job.id}", daemon=True).start()
+        job.status = "running"
+        if jobs is not None:
+            jobs.forget(namespace, now - jobs_rules.KEEP_FOR)
+            jobs.add(job)
+        return _run(job, lambda: (spec, []), jobs, **deps)
+    if jobs is None or runner is None:
+        raise ValueError("a backtest that does not wait needs a job store and a runner")
+    jobs.forget(namespace, now - jobs_rules.KEEP_FOR)
+    jobs.add(job)
+    try:
+        runner.submit(KIND, namespace, job.id)
+    except Exception as exc:
+        job.status, job.error = "failed", f"the job could not be handed to a worker: {type(exc).__name__}: {exc}"
+        job.completed_at = job.updated_at = clock()
+        jobs.finish(job, expect=("queued",))
+        raise
     return job
 
 
-def get(namespace: str, id_: str) -> Job:
-    with _LOCK:
-        job = _JOBS.get((namespace, id_))
+def execute(namespace: str, id_: str, *, jobs: BacktestJobStore, catalog_store: SubscriptionStore,
+            billing: BillingStore, meta: MetaStore, ents: EntitlementStore, usage: UsageStore,
+            clock: Callable[[], datetime]) -> Job | None:
+    """What a worker does with a job it was handed: claim it and run it. A job another worker has, or one already
+    done, is left alone; a stale one (queued or running with no write for STALE_AFTER) is marked failed and not
+    run. Returns the job as it ended (None: no such job)."""
+    now = clock()
+    job = jobs.claim(namespace, id_, now, now - jobs_rules.STALE_AFTER)
     if job is None:
-        raise NotFound(f"no backtest or job {id_[:64]!r} in this process (jobs live in the memory of the process that "
-                       "ran them)")
-    return job
+        found = jobs.get(namespace, id_)
+        if found is None:
+            log.warning("backtest %s: no such job in namespace %s (forgotten?)", id_, namespace)
+            return None
+        if found.stale(now):
+            dead = found.as_seen(now)
+            dead.completed_at = dead.updated_at = now
+            jobs.finish(dead, expect=jobs_rules.LIVE, last_written_by=now - jobs_rules.STALE_AFTER)
+            log.warning("backtest %s: %s", id_, dead.error)
+            return dead
+        log.info("backtest %s is %s: left alone", id_, found.status)
+        return found
+    doc = job.spec
+    return _run(job, lambda: load_spec(namespace, doc, store=catalog_store, meta=meta), jobs,
+                billing=billing, meta=meta, ents=ents, usage=usage, clock=clock)
+
+
+def get(namespace: str, id_: str, *, jobs: BacktestJobStore, now: datetime) -> Job:
+    """The job as its readers see it (a stale one reads failed), from whichever process ran it."""
+    job = jobs.get(namespace, id_)
+    if job is None:
+        raise NotFound(f"no backtest or job {id_[:64]!r}")
+    return job.as_seen(now)

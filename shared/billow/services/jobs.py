@@ -1,5 +1,5 @@
-"""The scheduled jobs, in one home: the billing run (with the entitlement sync before it and the pending invoice
-documents after it) and the notification dispatch. Every host calls these: functions/billing_run (EventBridge
+"""The jobs, in one home: the billing run (with the entitlement sync before it and the pending invoice documents
+after it), the notification dispatch and (on demand, `run_job`) the pricing lab's backtests. Every host calls these: functions/billing_run (EventBridge
 Scheduler -> SQS), functions/notify_dispatch (its tick and wake-ups; billow serve's LocalDispatcher), billow
 serve's LocalBillingScheduler and `POST /api/v1/billing/invoices/invoice`.
 
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
-from billow.ports import BillingApps, BillingStore, Clock, MetaStore, UsageStore
+from billow.ports import BacktestJobStore, BillingApps, BillingStore, Clock, MetaStore, UsageStore
+from billow.services import backtests, notifications, subscriptions
 from billow.services import billing_run as run_module
-from billow.services import notifications, subscriptions
 from billow.services.billing_run import RunResult
 from billow.services.entitlements import EntitlementStore
 from billow.services.invoices import issue
@@ -67,6 +67,8 @@ class JobHost(Protocol):
     def notification_store(self) -> NotificationStore: ...
 
     def billing_apps(self) -> DocumentApps: ...
+
+    def backtest_jobs(self) -> BacktestJobStore: ...
 
 
 def sync_entitlements(host: JobHost, *, on_error: Callable[[dict[str, Any], Exception], None]) -> int:
@@ -136,3 +138,17 @@ def dispatch_notifications(host: JobHost, *, evaluate: bool, send: Send, wake: W
         if n == 0:
             break
     return {"created": created, "attempted": attempted}
+
+
+JOB_KINDS = (backtests.KIND,)  # the jobs a JobRunner is handed (the API accepts them, a worker runs them)
+
+
+def run_job(host: JobHost, kind: str, namespace: str, id_: str) -> dict[str, Any]:
+    """Run one accepted job (`kind` as the JobRunner was handed it: a thread of billow serve, or the queue's worker
+    in AWS); its outcome is in the job store. Returns {job, id, status} (status None: no such job)."""
+    if kind != backtests.KIND:
+        raise ValueError(f"unknown job kind {kind!r}")
+    job = backtests.execute(namespace, id_, jobs=host.backtest_jobs(), catalog_store=host.catalog_store(),
+                            billing=host.billing_store(), meta=host.meta, ents=host.entitlements, usage=host.usage,
+                            clock=host.clock.now)
+    return {"job": kind, "id": id_, "status": job.status if job else None}

@@ -207,7 +207,7 @@
         bar.value = done;
         $("bt-progress-text").textContent = `${done} of ${total} customers` + (failed ? `, ${failed} failed` : "");
         result = await api(`/api/v1/billing/backtests/${job.id}`);  // small while it runs
-        if (result.status !== "running") break;  // done, or failed as a whole
+        if (result.status !== "queued" && result.status !== "running") break;  // done, or failed as a whole
         await new Promise((resolve) => setTimeout(resolve, 250));
       }
       if (result.status !== "succeeded") throw new Error(result.error || "the backtest failed");
