@@ -23,6 +23,8 @@ LINKS = (("/api/docs", "API reference", "every operation, rendered from the Open
           "and Billow's additions)"),
          ("/portal", "Customer portal", "what an end customer sees with a portal link: make one with "
           "POST /api/v1/portal/tokens"),
+         ("/console", "Operator console", "meters, customers, backtests and margin (needs an admin key when auth "
+          "is on)"),
          ("/healthz", "Health", "the process answers"),
          ("/readyz", "Readiness", "every store and the event bus answer"))
 

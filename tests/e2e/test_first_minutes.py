@@ -68,18 +68,23 @@ def test_serve_says_where_it_listens_its_data_auth_and_what_to_try(started: tupl
     srv, lines = started
     text = "\n".join(lines)
     url = srv.url
-    for expected in (f"API reference  {url}/api/v1/openapi.json", f"Portal         {url}/portal#token=...",
+    for expected in (f"API reference  {url}/api/docs", f"{url}/api/v1/openapi.json", f"Console        {url}/console",
+                     f"Portal         {url}/portal#token=...",
                      f"Health         {url}/healthz", f"Data dir       {(srv.data_dir).resolve()}",
                      "Auth           OFF", f"curl -s -X POST {url}/api/v1/meters",
                      f"curl -s -X POST {url}/api/v1/events", f"curl -s '{url}/api/v1/meters/tokens/query"):
         assert expected in text, expected
+    for path in ("/api/docs", "/api/v1/openapi.json", "/console", "/portal", "/healthz"):  # every address it names
+        status, _, _ = srv.request("GET", path)
+        assert status == 200, path
 
 
 def test_root_is_a_landing_page(started: tuple[Server, list[str]]) -> None:
     srv, _ = started
     status, headers, body = srv.request("GET", "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
-    for link in ('href="/api/v1/openapi.json"', 'href="/portal"', 'href="/healthz"', 'href="/readyz"'):
+    for link in ('href="/api/docs"', 'href="/api/v1/openapi.json"', 'href="/console"', 'href="/portal"',
+                 'href="/healthz"', 'href="/readyz"'):
         assert link in body, link
     assert f"Billow {__version__}" in body
 

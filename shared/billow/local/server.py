@@ -242,8 +242,9 @@ def welcome(settings: Settings, host: str, port: int) -> str:
     return "\n".join([
         f"billow: ready, listening on http://{host}:{port}",
         f"  API            {url}/api/v1",
-        f"  API reference  {url}/api/v1/openapi.json",
+        f"  API reference  {url}/api/docs  (the document: {url}/api/v1/openapi.json)",
         f"  Portal         {url}/portal#token=...  (make a link: POST /api/v1/portal/tokens)",
+        f"  Console        {url}/console  (operators: meters, customers, backtests, margin)",
         f"  Health         {url}/healthz",
         f"  Data dir       {Path(settings.data_dir).resolve()}",
         f"  Auth           {auth}",
