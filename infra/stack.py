@@ -13,7 +13,7 @@ replace the resource on deploy.
   usage_sink     functions/usage_sink, its MSK trigger and dead letters     constructs/usage_sink.py
   http           HTTP API routes; functions/api, authorizer, stripe_webhook constructs/api.py
   schedules      EventBridge Scheduler -> per-job SQS queues -> job handlers constructs/schedules.py
-                 (billing_run, notify_dispatch)
+                 (billing_run, notify_dispatch); the API's backtests -> billing_run's queue
   billing        invoice documents bucket, Stripe secret, who may use them  constructs/billing.py
   notifications  notify_dispatch's wake-up queue, SES sender identity       constructs/notifications.py
   migrations     functions/migrate, a CDK trigger runs it once per deploy    constructs/migrations.py
@@ -78,6 +78,7 @@ class BillowStack(Stack):
         self.schedules = Schedules(self, "Schedules", stage=stage, namespace=namespace, fns=fns, alarms=alarms,
                                    functions_root=functions_root or REPO / "functions", retain=prod)
         self.job_fns = self.schedules.functions
+        self.schedules.accept_jobs(self.http.api_fn)  # backtests run on billing_run's worker, not in a frozen thread
         self.billing = Billing(self, "Billing", retain=prod, api=self.http.api_fn, jobs=self.job_fns,
                                webhook=self.http.stripe_fn)
         dispatch = self.job_fns.get("notify_dispatch")  # its wake-up queue, and who may wake it

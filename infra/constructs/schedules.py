@@ -11,7 +11,12 @@ through them and saves a snapshot at a reset once it is older than the late-usag
 notifications are made by notify_dispatch's tick (services/notifications.evaluate).
 
 The message carries the scheduler's own tick time and execution id, so a job can be made idempotent per
-tick: {"job": ..., "namespace": ..., "scheduledTime": "<ISO-8601>", "executionId": "..."}."""
+tick: {"job": ..., "namespace": ..., "scheduledTime": "<ISO-8601>", "executionId": "..."}.
+
+The billing_run queue also carries the jobs the API accepts and does not run itself (a pricing lab backtest:
+{"job": "backtest", "namespace": ..., "id": ...}; `accept_jobs`): the API function's job runner sends them there
+(BILLOW_JOB_RUNNER=queue, BILLOW_JOB_QUEUE_URL) because Lambda freezes a thread once the response is sent, and
+functions/billing_run runs them within its timeout, with the stores' grants it already has."""
 
 from __future__ import annotations
 
@@ -84,6 +89,12 @@ class Schedules(Construct):
             self.subscribe(job, self.functions[job])
             alarms.job_queue_age(job, self.queues[job])
         alarms.dead_letters("jobs-dlq", self.dead_letters)
+
+    def accept_jobs(self, fn: lambda_.Function, job: str = "billing_run") -> None:
+        """`fn` (the API function) hands the jobs it accepts to `job`'s queue and worker: only sending is granted."""
+        fn.add_environment("BILLOW_JOB_RUNNER", "queue")
+        fn.add_environment("BILLOW_JOB_QUEUE_URL", self.queues[job].queue_url)
+        self.queues[job].grant_send_messages(fn)
 
     def subscribe(self, job: str, fn: lambda_.IFunction) -> None:
         """A job handler consumes its queue: one tick per invocation, failures retried, then the job DLQ."""

@@ -35,6 +35,7 @@ USAGE_READERS.add("migrate")  # runs the ClickHouse migrations too (functions/mi
 USAGE_READERS |= set(JOB_HANDLERS)  # jobs read usage (thresholds, billing) and get both secrets
 NOTIFY_ENV = {"BILLOW_NOTIFY_QUEUE_URL"}  # who may wake notify_dispatch (constructs/notifications.py)
 DOCUMENTS_ENV = {"BILLOW_DOCUMENTS_BUCKET"}
+JOB_ENV = {"BILLOW_JOB_RUNNER", "BILLOW_JOB_QUEUE_URL"}  # the API hands backtests to billing_run's queue (issue 20)
 STRIPE_ENV = {"BILLOW_STRIPE_SECRET_ARN"}
 # The functions that create and advance invoices: documents bucket, Stripe secret and notifications
 # (constructs/billing.py); the Stripe webhook reads the Stripe secret too, and nothing else does.
@@ -83,7 +84,7 @@ def test_each_handler_is_a_python312_arm64_function_on_the_layer_in_the_vpc(s: S
 
 def test_functions_read_exactly_the_settings_they_use(s: Synth) -> None:
     # no bus: the API never publishes
-    assert set(env_of(s, "api")) == COMMON_ENV | CLICKHOUSE_ENV | NOTIFY_ENV | DOCUMENTS_ENV | STRIPE_ENV
+    assert set(env_of(s, "api")) == COMMON_ENV | CLICKHOUSE_ENV | NOTIFY_ENV | DOCUMENTS_ENV | STRIPE_ENV | JOB_ENV
     assert set(env_of(s, "ingest")) == COMMON_ENV | KAFKA_ENV  # no ClickHouse: ingest only publishes
     assert set(env_of(s, "usage_sink")) == COMMON_ENV | CLICKHOUSE_ENV | {"BILLOW_DLQ_URL"}  # MSK-fed, no bus
     assert set(env_of(s, "authorizer")) == COMMON_ENV
@@ -413,6 +414,29 @@ def test_aurora_serverless_v2_in_isolated_subnets_behind_rds_proxy(s: Synth) -> 
 
 
 # --- schedules -------------------------------------------------------------------------------------------
+
+def test_the_api_hands_backtests_to_the_billing_run_worker(s: Synth) -> None:
+    """Issue 20: Lambda freezes a thread once the API answers, so the API function's job runner sends each accepted
+    backtest to billing_run's job queue, whose handler runs it (functions/billing_run: services/jobs.run_job)."""
+    from billow.domain.backtest_jobs import STALE_AFTER
+    from billow.services.jobs import JOB_KINDS
+
+    queue = s.logical_id(s.stack.schedules.queues["billing_run"])
+    env = env_of(s, "api")
+    assert env["BILLOW_JOB_RUNNER"] == "queue" and env["BILLOW_JOB_QUEUE_URL"] == {"Ref": queue}
+    sends = [st for st in s.statements(s.role_of("api")) if "sqs:SendMessage" in as_list(st["Action"])]
+    assert any(refs(st["Resource"]) == {queue} for st in sends)
+    assert not {"sqs:ReceiveMessage", "sqs:DeleteMessage"} & {
+        a for st in s.statements(s.role_of("api")) if refs(st["Resource"]) == {queue} for a in as_list(st["Action"])}
+    fn_id, fn = s.function("billing_run")
+    consumers = [m["Properties"]["FunctionName"] for m in s.of_type("AWS::Lambda::EventSourceMapping").values()
+                 if refs(m["Properties"]["EventSourceArn"]) == {queue}]
+    assert consumers == [{"Ref": fn_id}] and "backtest" in JOB_KINDS
+    # A job not written for STALE_AFTER reads failed: longer than a worker can live, so only a dead worker's job.
+    assert STALE_AFTER.total_seconds() > fn["Properties"]["Timeout"]
+    for name in set(HANDLERS) - {"api"}:  # nobody else queues jobs
+        assert "BILLOW_JOB_QUEUE_URL" not in env_of(s, name), name
+
 
 def test_schedules_send_each_job_to_its_own_queue(s: Synth) -> None:
     from infra.constructs.schedules import JOBS
