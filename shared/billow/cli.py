@@ -180,22 +180,26 @@ def run_backtest(call: Request, body: dict[str, Any], *, out: Any, err: Any, pol
         return 2
     job = json.loads(text)
     pause = threading.Event()
-    while True:
-        st, ptext = call("GET", f"/api/v1/info/progress/{job['id']}", None, "application/json")
-        if st != 200:
-            print(f"\nbillow: progress unavailable ({st}): {ptext}", file=err)
-            return 1
-        p = json.loads(ptext)
+
+    def draw(p: dict[str, Any]) -> None:
         done, total = p["success"] + p["failed"], p["total"]
         filled = 30 * done // total if total else 30
         failed = f", {p['failed']} failed" if p["failed"] else ""
         print(f"\rbacktest [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} customers{failed}", end="", file=err,
               flush=True)
+
+    while True:
+        st, ptext = call("GET", f"/api/v1/info/progress/{job['id']}", None, "application/json")
+        if st != 200:
+            print(f"\nbillow: progress unavailable ({st}): {ptext}", file=err)
+            return 1
+        draw(json.loads(ptext))
         st, rtext = call("GET", f"/api/v1/billing/backtests/{job['id']}", None, "application/json")
         result = json.loads(rtext)  # small while it runs (the rows come with the result)
         if result["status"] not in ("queued", "running"):  # done, or failed as a whole (then not every customer was counted)
             break
         pause.wait(poll_s)
+    draw(result["progress"])  # as the job ended (it may have ended after the progress was read)
     print("", file=err)
     if result["status"] != "succeeded":
         print(f"billow: backtest failed: {result.get('error')}", file=err)

@@ -42,3 +42,23 @@ def test_cli_refusal_prints_the_problem(billow: Billow) -> None:
     code = run_backtest(requester(b), {"plan": "basic@9", "from": "2026-04-01T00:00:00Z",
                                        "to": "2026-05-01T00:00:00Z"}, out=io.StringIO(), err=err)
     assert code == 2 and "plan.version" in err.getvalue()
+
+
+def test_cli_draws_the_progress_the_job_ended_with() -> None:
+    """The job may end between the progress read and the result read (its progress is written at the end): the
+    last bar drawn is the finished job's, not the earlier read."""
+    replies = iter([(202, {"id": "J", "status": "queued"}),
+                    (200, {"success": 0, "failed": 0, "total": 2, "updatedAt": "2026-05-01T00:10:00Z"}),
+                    (200, {"status": "succeeded", "progress": {"success": 1, "failed": 1, "total": 2,
+                                                              "updatedAt": "2026-05-01T00:10:01Z"},
+                           "totals": {"current": "1", "candidate": "2", "difference": "1", "differencePercent": "100",
+                                      "currency": "USD", "customers": 1}}),
+                    (200, "customer_id\n")])
+
+    def call(method: str, path: str, body: Any, accept: str) -> tuple[int, str]:
+        status, reply = next(replies)
+        return status, reply if isinstance(reply, str) else json.dumps(reply)
+
+    out, err = io.StringIO(), io.StringIO()
+    assert run_backtest(call, {"plan": "basic@1"}, out=out, err=err, poll_s=0) == 0
+    assert err.getvalue().split("\n")[0].rsplit("\r", 1)[-1] == f"backtest [{'#' * 30}] 2/2 customers, 1 failed"

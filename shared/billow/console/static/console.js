@@ -200,16 +200,19 @@
       const bar = $("bt-progress");
       show("bt-progress");
       let result = job;
-      for (;;) {
-        const p = await api(`/api/v1/info/progress/${job.id}`);
+      const draw = (p) => {
         const [done, failed, total] = [Number(p.success) + Number(p.failed), Number(p.failed), Number(p.total)];
         bar.max = Math.max(1, total);
         bar.value = done;
         $("bt-progress-text").textContent = `${done} of ${total} customers` + (failed ? `, ${failed} failed` : "");
+      };
+      for (;;) {
+        draw(await api(`/api/v1/info/progress/${job.id}`));
         result = await api(`/api/v1/billing/backtests/${job.id}`);  // small while it runs
         if (result.status !== "queued" && result.status !== "running") break;  // done, or failed as a whole
         await new Promise((resolve) => setTimeout(resolve, 250));
       }
+      draw(result.progress);  // as the job ended (it may have ended after the progress was read)
       if (result.status !== "succeeded") throw new Error(result.error || "the backtest failed");
       const csv = await api(`/api/v1/billing/backtests/${job.id}`, {accept: "text/csv"});
       $("bt-csv").href = URL.createObjectURL(new Blob([csv], {type: "text/csv"}));
