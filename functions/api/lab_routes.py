@@ -39,9 +39,9 @@ def create_backtest() -> Response:
     return ok(job.to_json(), 200 if wait else 202)
 
 
-def _job(id_: str) -> backtests.Job:
+def _job(id_: str, rows: bool = True) -> backtests.Job:
     c = container()
-    return backtests.get(c.namespace, path_param(id_), jobs=c.backtest_jobs(), now=c.clock.now())
+    return backtests.get(c.namespace, path_param(id_), jobs=c.backtest_jobs(), now=c.clock.now(), rows=rows)
 
 
 @router.get("/api/v1/billing/backtests/<bid>")
@@ -54,7 +54,7 @@ def get_backtest(bid: str) -> Response:
 
 @router.get("/api/v1/info/progress/<pid>")
 def get_progress(pid: str) -> Response:
-    return ok(_job(pid).progress())
+    return ok(_job(pid, rows=False).progress())
 
 
 @router.get("/api/v1/llm/margin")

@@ -299,8 +299,9 @@ class BacktestJobStore(Protocol):
         """Keep a new job (its id is new)."""
         ...
 
-    def get(self, namespace: str, id_: str) -> BacktestJob | None:
-        """The job as stored (with its spec and, once succeeded, its rows); None if the namespace has no such job."""
+    def get(self, namespace: str, id_: str, *, rows: bool = True) -> BacktestJob | None:
+        """The job as stored (with its spec and, once succeeded, its rows); None if the namespace has no such job.
+        `rows=False` leaves the result rows out (a progress read: 10,000 rows are ~2 MB of JSON)."""
         ...
 
     def claim(self, namespace: str, id_: str, now: datetime, alive_since: datetime) -> BacktestJob | None:

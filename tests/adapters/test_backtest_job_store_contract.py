@@ -74,6 +74,8 @@ def test_claim_then_progress_then_result_exactly(jobs: Any, namespace: str) -> N
     done = jobs.get(namespace, j.id)
     assert done.status == "succeeded" and done.completed_at == T0 + timedelta(seconds=4)
     assert done.rows == running.rows  # Decimal digits kept: 62.490 stays 62.490, 30 stays 30
+    light = jobs.get(namespace, j.id, rows=False)  # a progress read leaves the rows out
+    assert light.rows == [] and light.progress() == done.progress() and light.status == "succeeded"
     assert [str(r.current) for r in done.rows] == [BIG, "62.490"]
     assert done.failures == running.failures
     assert done.to_json()["totals"] == running.to_json()["totals"]

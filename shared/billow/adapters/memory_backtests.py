@@ -26,10 +26,15 @@ class InMemoryBacktestJobStore:
                 raise KeyError(f"backtest job {job.id} exists")
             self._jobs[(job.namespace, job.id)] = copy.deepcopy(job)
 
-    def get(self, namespace: str, id_: str) -> Job | None:
+    def get(self, namespace: str, id_: str, *, rows: bool = True) -> Job | None:
         with self._lock:
             job = self._jobs.get((namespace, id_))
-            return copy.deepcopy(job) if job else None
+            if job is None:
+                return None
+            found = copy.deepcopy(job)
+            if not rows:
+                found.rows = []
+            return found
 
     def claim(self, namespace: str, id_: str, now: datetime, alive_since: datetime) -> Job | None:
         with self._lock:

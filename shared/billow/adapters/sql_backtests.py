@@ -43,7 +43,8 @@ def _utc(t: datetime | None) -> datetime | None:
 
 
 def _job(row: Any) -> Job:
-    rows = [row_from_stored(r) for r in jsonx.loads(row.result)] if row.result else []
+    result = getattr(row, "result", None)
+    rows = [row_from_stored(r) for r in jsonx.loads(result)] if result else []
     created = _utc(row.created_at)
     assert created is not None
     return Job(row.id, row.namespace, jsonx.loads(row.spec), created, status=row.status, success=row.success,
@@ -74,9 +75,10 @@ class SqlBacktestJobStore:
                 failures=jsonx.dumps(job.failures),
                 result=jsonx.dumps([row_to_stored(r) for r in job.rows]) if job.rows else None))
 
-    def get(self, namespace: str, id_: str) -> Job | None:
+    def get(self, namespace: str, id_: str, *, rows: bool = True) -> Job | None:
+        columns = list(backtest_jobs.c) if rows else [col for col in backtest_jobs.c if col.name != "result"]
         with self.engine.connect() as c:
-            row = c.execute(sa.select(backtest_jobs).where(_key(namespace, id_))).first()
+            row = c.execute(sa.select(*columns).where(_key(namespace, id_))).first()
         return _job(row) if row else None
 
     def claim(self, namespace: str, id_: str, now: datetime, alive_since: datetime) -> Job | None:

@@ -373,9 +373,10 @@ def execute(namespace: str, id_: str, *, jobs: BacktestJobStore, catalog_store: 
                 billing=billing, meta=meta, ents=ents, usage=usage, clock=clock)
 
 
-def get(namespace: str, id_: str, *, jobs: BacktestJobStore, now: datetime) -> Job:
-    """The job as its readers see it (a stale one reads failed), from whichever process ran it."""
-    job = jobs.get(namespace, id_)
+def get(namespace: str, id_: str, *, jobs: BacktestJobStore, now: datetime, rows: bool = True) -> Job:
+    """The job as its readers see it (a stale one reads failed), from whichever process ran it; `rows=False` for
+    its progress alone (the result rows are not read)."""
+    job = jobs.get(namespace, id_, rows=rows)
     if job is None:
         raise NotFound(f"no backtest or job {id_[:64]!r}")
     return job.as_seen(now)
