@@ -282,3 +282,40 @@ def test_progress_is_written_at_a_bounded_rate() -> None:
     assert 9 <= store.writes <= 10 and job.success == 1000
     stored = store.get("ns", "01JOB")
     assert stored is not None and stored.success >= 900  # the last write is at most a second behind
+
+
+def test_a_worker_writes_the_job_once_its_usage_is_read(hosts: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the usage can take a while before the first customer is rated: the job's record is written when it
+    is read, so a live worker's job is not taken for a dead one."""
+    from billow.services import jobs as job_service
+
+    h = hosts
+    c = h.container()
+    b = on(c, h)
+    april(b)
+
+    class Idle:
+        def submit(self, kind: str, namespace: str, id_: str) -> None:
+            pass
+
+    job = backtests.start(h.namespace, BODY, catalog_store=c.catalog_store(), billing=c.billing_store(), meta=c.meta,
+                          ents=c.entitlements, usage=c.usage, clock=c.clock.now, jobs=c.backtest_jobs(),
+                          runner=Idle())
+    store, writes = c.backtest_jobs(), []
+    real_report = store.report
+    monkeypatch.setattr(store, "report", lambda ns, id_, ok, failed, at: (writes.append(at),
+                                                                          real_report(ns, id_, ok, failed, at)))
+
+    class SlowUsage:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(h.usage, name)
+
+        def aggregate(self, query: Any) -> Any:
+            h.clock.t += timedelta(minutes=10)  # a long read
+            return h.usage.aggregate(query)
+
+    c.usage = SlowUsage()  # type: ignore[assignment]
+    claimed_at = h.clock.now()
+    assert job_service.run_job(c, "backtest", h.namespace, job.id)["status"] == "succeeded"
+    assert writes and writes[0] > claimed_at  # written after the read, not with the claim's time
+    c.usage = h.usage

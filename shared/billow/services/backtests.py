@@ -250,6 +250,11 @@ class _Progress:
         if self.jobs is not None and self.monotonic() - self.last >= PROGRESS_EVERY_S:
             self.flush()
 
+    def beat(self) -> None:
+        """The job is alive (a phase ended): its record is written now, progress or not."""
+        self.job.updated_at = self.clock()
+        self.flush()
+
     def flush(self) -> None:
         if self.jobs is not None:
             assert self.job.updated_at is not None
@@ -271,7 +276,7 @@ def compute(job: Job, spec: Spec, progress: _Progress, *, billing: BillingStore,
             for ps, pe in bt.periods(cand, spec.start, spec.end):
                 r.batch.want(r.subjects[cust["id"]], subs.usage_spans(cand, ps, pe))
     r.batch.fetch()
-    progress.flush()  # the usage is read: the job is alive
+    progress.beat()  # the usage is read: the job is alive
     for cust in spec.customers:
         try:
             job.rows.append(_rate_customer(cust, per_customer.get(cust["id"], []), spec, r.billed, r.amounts,
