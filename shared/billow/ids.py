@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from ulid import ULID
@@ -15,3 +16,16 @@ def new_id() -> str:
 
 def is_ulid(value: str) -> bool:
     return bool(ULID_RE.match(value))
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def derived_id(anchor: str, *parts: str) -> str:
+    """A stable ULID-shaped id for a part of a resource (a subscription's phase or item): the anchor ULID's time
+    (its first 10 characters) and 16 characters of the SHA-256 of the parts, so the same parts always give the same
+    id and it passes OpenMeter's id pattern."""
+    digest = int.from_bytes(hashlib.sha256("\x1f".join((anchor, *parts)).encode()).digest()[:10], "big")
+    tail = "".join(_CROCKFORD[(digest >> (5 * i)) & 31] for i in reversed(range(16)))
+    head = anchor[:10].upper() if is_ulid(anchor) else "0" * 10
+    return head + tail

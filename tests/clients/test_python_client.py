@@ -356,6 +356,14 @@ def drive(srv: Server, standin: StandIn) -> dict[str, str]:  # noqa: C901 (one s
 
     def invoice_now() -> None:
         v["invoice"] = c.invoices.invoice_pending_lines_action({"customerId": v["cust"].id})[0]
+        # The client deserialises each line's rate card (OpenMeter's InvoiceUsageBasedRateCard) as typed models.
+        from openmeter._generated import models as om
+
+        (py_line,) = [ln for ln in v["invoice"].lines if ln.name == "Py line"]
+        assert isinstance(py_line, om.InvoiceLine) and isinstance(py_line.rate_card, om.InvoiceUsageBasedRateCard)
+        assert py_line.rate_card.feature_key == "p_credits" and py_line.rate_card.price["amount"] == "2"
+        assert py_line.children and isinstance(py_line.children[0].rate_card, om.InvoiceDetailedLineRateCard)
+        assert py_line.children[0].rate_card.price["amount"] == py_line.children[0].per_unit_amount == "2"
     step("POST /api/v1/billing/invoices/invoice", invoice_now)
     step("GET /api/v1/billing/invoices", lambda: c.invoices.list())
     step("GET /api/v1/billing/invoices/{invoiceId}", lambda: c.invoice.get_invoice(v["invoice"].id))

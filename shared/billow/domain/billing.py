@@ -104,19 +104,18 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
             correction = point.mark.rev > 0 and k in point.mark.billed
             source, card_key, line_key, category = k.split("|")
             item = ch.item if ch else None
-            rc = item.rate_card if item else {"key": card_key, "name": card_key, "type": "usage_based"}
-            group = groups.setdefault((source, card_key), _parent(point, rc, item, now))
+            rc: dict[str, Any] = item.rate_card if item else {"key": card_key, "name": card_key, "type": "usage_based"}
+            group = groups.setdefault((source, card_key), _parent(point, rc, item, source, now))
             d_amount = amount - Decimal(was.get("amount", was["total"]))
             d_disc = disc - Decimal(was.get("discounts", "0"))
-            group["children"].append({
-                "id": new_id(), "name": f"{ch.line.description if ch else rc['name'] + ': ' + line_key}"
-                                        f"{' (correction)' if correction else ''}",
-                "type": "flat_fee", "managedBy": "subscription", "status": "valid", "category": category,
-                "quantity": plain(d_qty), "perUnitAmount": plain(ch.line.unit_price) if ch else "0",
-                "paymentTerm": point.term,
-                "period": period_json(ch.line.period_start, ch.line.period_end) if ch else group["period"],
-                "invoiceAt": format_rfc3339(now), "currency": point.sub["currency"],
-                "totals": inv_rules.totals(d_amount, d_disc)})
+            group["children"].append(detailed_line(
+                name=f"{ch.line.description if ch else rc['name'] + ': ' + line_key}"
+                     f"{' (correction)' if correction else ''}",
+                managed_by="subscription", category=category, quantity=plain(d_qty),
+                per_unit=plain(ch.line.unit_price) if ch else "0", payment_term=point.term,
+                period=period_json(ch.line.period_start, ch.line.period_end) if ch else group["period"],
+                invoice_at=now, currency=point.sub["currency"], totals=inv_rules.totals(d_amount, d_disc),
+                tax_config=rc.get("taxConfig"), now=now))
     lines = []
     for group in groups.values():
         group["totals"] = inv_rules.sum_totals(group["children"])
@@ -136,15 +135,65 @@ def period_json(s: datetime, e: datetime) -> dict[str, str]:
     return {"from": format_rfc3339(s), "to": format_rfc3339(e)}
 
 
-def _parent(point: Point, rc: dict[str, Any], item: subs.Item | None, now: datetime) -> dict[str, Any]:
+def rate_card_json(*, price: dict[str, Any] | None, feature_key: str | None = None,
+                   tax_config: dict[str, Any] | None = None, discounts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A line's `rateCard` (OpenMeter's InvoiceUsageBasedRateCard): the price (null: free), the feature, the tax
+    config and the discounts of the rate card that produced it, as that rate card has them."""
+    out: dict[str, Any] = {"price": price}
+    if feature_key:
+        out["featureKey"] = feature_key
+    if tax_config is not None:
+        out["taxConfig"] = tax_config
+    if discounts:
+        out["discounts"] = discounts
+    return out
+
+
+def line_rate_card_fields(card: dict[str, Any]) -> dict[str, Any]:
+    """An invoice line's rate card fields as OpenMeter serves them: `rateCard`, and its deprecated copies `price`,
+    `featureKey` and `taxConfig` at the top (each only when set: the schema's fields are not nullable)."""
+    out: dict[str, Any] = {"rateCard": card}
+    for key in ("price", "featureKey", "taxConfig"):
+        if card.get(key) is not None:
+            out[key] = card[key]
+    return out
+
+
+def detailed_line(*, name: str, managed_by: str, category: str, quantity: str, per_unit: str, payment_term: str,
+                  period: dict[str, str], invoice_at: datetime | str, currency: str, totals: dict[str, str],
+                  tax_config: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+    """A detailed (child) line, OpenMeter's InvoiceDetailedLine: a flat amount per unit times a quantity, with its
+    rate card (that flat price, the quantity, the parent's tax config)."""
+    stamp = format_rfc3339(now)
+    card: dict[str, Any] = {"price": {"type": "flat", "amount": per_unit, "paymentTerm": payment_term},
+                            "quantity": quantity}
+    out: dict[str, Any] = {
+        "id": new_id(), "name": name, "type": "flat_fee", "managedBy": managed_by, "status": "valid",
+        "category": category, "quantity": quantity, "perUnitAmount": per_unit, "paymentTerm": payment_term,
+        "period": period, "invoiceAt": invoice_at if isinstance(invoice_at, str) else format_rfc3339(invoice_at),
+        "currency": currency, "totals": totals, "createdAt": stamp, "updatedAt": stamp}
+    if tax_config is not None:
+        card["taxConfig"] = tax_config
+        out["taxConfig"] = tax_config
+    out["rateCard"] = card
+    return out
+
+
+def _parent(point: Point, rc: dict[str, Any], item: subs.Item | None, source: str, now: datetime) -> dict[str, Any]:
+    """The line of one subscription item in a billing point: OpenMeter's InvoiceLine (type usage_based, also for a
+    flat fee: its price is flat), carrying the item's rate card as the plan had it and the subscription reference
+    (subscription, phase, item, billing period); `subscription.id` is Billow's older spelling of the subscription's
+    id, kept for readers of stored invoices."""
     sub = point.sub
     s, e = point.period
+    phase_ref, item_ref = subs.item_reference(sub, source, rc["key"], item.start if item else s)
     if item is not None:
         s, e = max(s, item.start), min(e, item.end) if item.end else e
-    return {"id": new_id(), "name": rc["name"], "type": rc["type"], "managedBy": "subscription", "status": "valid",
-            "featureKey": rc.get("featureKey"), "price": rc.get("price"), "currency": sub["currency"],
+    card = rate_card_json(price=rc.get("price"), feature_key=rc.get("featureKey"), tax_config=rc.get("taxConfig"),
+                          discounts=rc.get("discounts"))
+    ref = {"id": sub["id"], "subscription": {"id": sub["id"]}, "phase": {"id": phase_ref}, "item": {"id": item_ref},
+           "billingPeriod": period_json(*point.period)}
+    return {"id": new_id(), "name": rc["name"], "type": "usage_based", "managedBy": "subscription", "status": "valid",
+            **line_rate_card_fields(card), "currency": sub["currency"],
             "period": period_json(s, e), "invoiceAt": format_rfc3339(now), "createdAt": format_rfc3339(now),
-            "updatedAt": format_rfc3339(now),
-            "subscription": {"id": sub["id"], "phase": {"id": f"{sub['id']}-{item.source.split(':', 1)[1].split('#')[0]}" if item else ""},
-                             "item": {"id": f"{sub['id']}-{rc['key']}"}},
-            "children": []}
+            "updatedAt": format_rfc3339(now), "subscription": ref, "children": []}

@@ -167,6 +167,15 @@ def _tax_config(value: Any, field: str, problems: Problems) -> dict[str, Any] | 
     return dict(value)
 
 
+def parse_tax_config(value: Any, field: str) -> dict[str, Any] | None:
+    """OpenMeter's TaxConfig as a rate card takes it (null: none), each bad setting named under `field`."""
+    problems: Problems = []
+    out = _tax_config(value, field, problems)
+    if problems:
+        raise failure(problems)
+    return out
+
+
 def parse_rate_card(body: Any, field: str, problems: Problems) -> dict[str, Any]:
     """One rate card → its normalised document (prices re-serialised exactly). Problems are appended."""
     if not isinstance(body, dict):

@@ -27,6 +27,7 @@ from billow.domain import pricing
 from billow.domain.money import Rounding
 from billow.domain.periods import RecurringPeriod, add_offsets, offset, shifted
 from billow.errors import ValidationFailed
+from billow.ids import derived_id
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
 _TICK = timedelta(microseconds=1)
@@ -120,6 +121,28 @@ def items(sub: dict[str, Any]) -> list[Item]:
                 out += [Item(f"addon:{addon['id']}", rc, within[0], within[1], seg["quantity"])
                         for rc in addon["rateCards"]]
     return out
+
+
+def phase_id(sub: dict[str, Any], phase_key: str) -> str:
+    """The id of a subscription's phase (ULID-shaped, stable: the subscription's id and the phase's key)."""
+    return derived_id(sub["id"], "phase", phase_key)
+
+
+def item_id(sub: dict[str, Any], phase_key: str, rate_card_key: str) -> str:
+    """The id of a subscription item: a phase's rate card (every version of it shares the id)."""
+    return derived_id(sub["id"], "item", phase_key, rate_card_key)
+
+
+def item_reference(sub: dict[str, Any], source: str, rate_card_key: str, at: datetime) -> tuple[str, str]:
+    """(phase id, item id) of the subscription item a charge comes from (an Item's source and rate card key): a
+    phase's rate card, or an add-on's rate card in the phase in force at `at`."""
+    kind, _, rest = source.partition(":")
+    if kind == "phase":
+        phase_key = rest.split("#")[0]
+        return phase_id(sub, phase_key), item_id(sub, phase_key, rate_card_key)
+    phases = [ph for ph in sub["phases"] if parse_rfc3339(ph["activeFrom"], "activeFrom") <= at] or sub["phases"][:1]
+    phase_key = phases[-1]["key"] if phases else ""
+    return phase_id(sub, phase_key), derived_id(sub["id"], "addon", rest, rate_card_key)
 
 
 def active_items(sub: dict[str, Any], at: datetime) -> list[Item]:

@@ -3,13 +3,15 @@ invoice per currency until a billing run at or after their `invoiceAt` rates the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
 from billow.domain import invoices as inv_rules
 from billow.domain import pricing
-from billow.domain.billing import plain
+from billow.domain.billing import detailed_line, line_rate_card_fields, plain, rate_card_json
+from billow.domain.catalog import parse_tax_config
 from billow.domain.entitlements import minute
 from billow.domain.lineage import EMPTY, lineage_json
 from billow.domain.money import Currency
@@ -79,22 +81,92 @@ def _line_head(doc: object, field_name: str, max_name: int | None = None) -> tup
     end = parse_rfc3339(str(period.get("to")), f"{field_name}.period.to")
     if end <= start:
         raise bad(f"{field_name}.period.to", "must be after period.from")
+    description = doc.get("description")
+    if description is not None and (not isinstance(description, str) or len(description) > 1024):
+        raise bad(f"{field_name}.description", "must be a string of at most 1024 characters")
     return doc, name, start, end, parse_rfc3339(str(doc.get("invoiceAt")), f"{field_name}.invoiceAt")
+
+
+def _description(doc: dict[str, Any]) -> dict[str, str]:
+    """The line's description when it has one (OpenMeter's field is a string, never null)."""
+    return {"description": doc["description"]} if doc.get("description") is not None else {}
+
+
+@dataclass(frozen=True)
+class _RateCard:
+    """A line body's rate card, read as OpenMeter's createPendingInvoiceLine reads it (its
+    mapAndValidateInvoiceLineRateCardDeprecatedFields): `rateCard` {price, featureKey, taxConfig, discounts}, or
+    without it the deprecated `price`, `featureKey` and `taxConfig`; given both ways, they must agree."""
+
+    price: pricing.Price
+    feature_key: str | None
+    tax_config: dict[str, Any] | None
+    discounts: pricing.Discounts | None
+
+    def to_json(self) -> dict[str, Any]:
+        return rate_card_json(price=pricing.price_to_json(self.price), feature_key=self.feature_key,
+                              tax_config=self.tax_config,
+                              discounts=pricing.discounts_to_json(self.discounts) if self.discounts else None)
+
+
+def _feature_key(value: Any, where: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise bad(where, "must be a feature key")
+    return value
+
+
+def _rate_card(doc: dict[str, Any], field_name: str) -> _RateCard:
+    old_price = pricing.parse_price(doc["price"], field=f"{field_name}.price") if doc.get("price") is not None else None
+    old_feature = _feature_key(doc.get("featureKey"), f"{field_name}.featureKey")
+    old_tax = parse_tax_config(doc.get("taxConfig"), f"{field_name}.taxConfig")
+    card = doc.get("rateCard")
+    if card is None:
+        if old_price is None:
+            raise bad(f"{field_name}.price", "is required (or give rateCard)")
+        return _RateCard(old_price, old_feature, old_tax, None)
+    where = f"{field_name}.rateCard"
+    if not isinstance(card, dict):
+        raise bad(where, "must be an object")
+    if card.get("price") is None:
+        raise bad(f"{where}.price", "is required")
+    price = pricing.parse_price(card["price"], field=f"{where}.price")
+    feature = _feature_key(card.get("featureKey"), f"{where}.featureKey")
+    tax = parse_tax_config(card.get("taxConfig"), f"{where}.taxConfig")
+    if old_price is not None and pricing.price_to_json(old_price) != pricing.price_to_json(price):
+        raise bad(f"{field_name}.price", "must equal rateCard.price")
+    if old_tax is not None and tax is not None and old_tax != tax:
+        raise bad(f"{field_name}.taxConfig", "must equal rateCard.taxConfig")
+    if old_feature is not None and feature is not None and old_feature != feature:
+        raise bad(f"{field_name}.featureKey", "must equal rateCard.featureKey")
+    discounts = None
+    if card.get("discounts") is not None:
+        discounts = pricing.parse_discounts(card["discounts"], field=f"{where}.discounts")
+        if discounts.usage_quantity is not None and isinstance(price, pricing.FlatPrice):
+            raise bad(f"{where}.discounts.usage", "usage discounts apply to usage prices only")
+    return _RateCard(price, feature, tax, discounts)
 
 
 def _pending_line(raw: object, field_name: str, namespace: str, ents: EntitlementStore, now: datetime) -> dict[str, Any]:
     doc, name, start, end, invoice_at = _line_head(raw, field_name)
-    price = pricing.parse_price(doc.get("price"), field=f"{field_name}.price")
-    feature_key = doc.get("featureKey")
-    if not isinstance(price, pricing.FlatPrice):
-        feature = ents.get_feature(namespace, str(feature_key)) if feature_key else None
+    card = _rate_card(doc, field_name)
+    if not isinstance(card.price, pricing.FlatPrice):
+        feature = ents.get_feature(namespace, card.feature_key) if card.feature_key else None
         if feature is None or not feature.get("meterSlug"):
-            raise bad(f"{field_name}.featureKey", "a usage price needs a feature with a meter")
-    return {"id": new_id(), "name": name, "description": doc.get("description"), "metadata": doc.get("metadata"),
-            "type": "flat_fee" if isinstance(price, pricing.FlatPrice) else "usage_based", "managedBy": "manual",
-            "status": "valid", "period": {"from": format_rfc3339(start), "to": format_rfc3339(end)},
-            "invoiceAt": format_rfc3339(invoice_at), "price": pricing.price_to_json(price), "featureKey": feature_key,
+            where = f"{field_name}.rateCard" if "rateCard" in doc else field_name
+            raise bad(f"{where}.featureKey", "a usage price needs a feature with a meter")
+    return {"id": new_id(), "name": name, **_description(doc), "metadata": doc.get("metadata"),
+            "type": "usage_based", "managedBy": "manual", "status": "valid",
+            "period": {"from": format_rfc3339(start), "to": format_rfc3339(end)},
+            "invoiceAt": format_rfc3339(invoice_at), **line_rate_card_fields(card.to_json()),
+            "totals": inv_rules.totals(Decimal(0), Decimal(0)),  # not rated yet: it waits on the gathering invoice
             "createdAt": format_rfc3339(now), "updatedAt": format_rfc3339(now)}
+
+
+def _line_card(line: dict[str, Any]) -> tuple[pricing.Price, pricing.Discounts | None]:
+    """The price and discounts a stored pending line is rated with (its rateCard; older lines: price alone)."""
+    card = line.get("rateCard") or {"price": line["price"]}
+    discounts = card.get("discounts")
+    return pricing.parse_price(card["price"]), pricing.parse_discounts(discounts) if discounts else None
 
 
 def rate_pending(namespace: str, line: dict[str, Any], currency: str, subjects: list[str], *, meta: MetaStore,
@@ -102,18 +174,18 @@ def rate_pending(namespace: str, line: dict[str, Any], currency: str, subjects: 
     """A one-off line, rated now: its detailed lines as children, exact totals."""
     from billow.services.subscriptions import usage_of
 
-    price = pricing.parse_price(line["price"])
+    price, discounts = _line_card(line)
     start, end = parse_rfc3339(line["period"]["from"], "from"), parse_rfc3339(line["period"]["to"], "to")
     if isinstance(price, pricing.FlatPrice):
         return _with_children(line, currency, Decimal(0), pricing.rate(
             price, Decimal(0), currency=currency, rounding="ROUND_HALF_UP", period_start=start, period_end=end,
-            name=line["name"]))
+            discounts=discounts, name=line["name"]), now)
     qty = usage_of(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage)
     rated = pricing.rate(price, qty, currency=currency, rounding="ROUND_HALF_UP", period_start=start, period_end=end,
-                         name=line["name"])
+                         discounts=discounts, name=line["name"])
     # Usage lineage (issue 21), as a billing run records it on a subscription's usage line: how it was measured and
     # the digest of the events behind it, so its events can be listed and the line verified later.
-    return {**_with_children(line, currency, qty, rated),
+    return {**_with_children(line, currency, qty, rated, now),
             "lineage": _lineage(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage,
                                 now=now)}
 
@@ -134,12 +206,14 @@ def _lineage(namespace: str, feature_key: str, subjects: list[str], start: datet
                         query_time=now, since=None, usage=digest)
 
 
-def _with_children(line: dict[str, Any], currency: str, qty: Decimal, rated: list[pricing.Line]) -> dict[str, Any]:
-    """A line with its rated detailed lines as children and exact totals."""
-    children = [{"id": new_id(), "name": ln.description, "type": "flat_fee", "managedBy": "manual", "status": "valid",
-                 "category": ln.category, "quantity": plain(ln.quantity), "perUnitAmount": plain(ln.unit_price),
-                 "paymentTerm": ln.payment_term, "period": line["period"], "invoiceAt": line["invoiceAt"],
-                 "currency": currency, "totals": inv_rules.totals(ln.amount_rounded, ln.discounts_total)}
+def _with_children(line: dict[str, Any], currency: str, qty: Decimal, rated: list[pricing.Line],
+                   now: datetime) -> dict[str, Any]:
+    """A line with its rated detailed lines as children (each with the line's tax config) and exact totals."""
+    tax = (line.get("rateCard") or {}).get("taxConfig")
+    children = [detailed_line(name=ln.description, managed_by="manual", category=ln.category,
+                              quantity=plain(ln.quantity), per_unit=plain(ln.unit_price), payment_term=ln.payment_term,
+                              period=line["period"], invoice_at=line["invoiceAt"], currency=currency,
+                              totals=inv_rules.totals(ln.amount_rounded, ln.discounts_total), tax_config=tax, now=now)
                 for ln in rated]
     return {**line, "currency": currency, "quantity": plain(qty) if qty else "1", "children": children,
             "totals": inv_rules.sum_totals(children)}
@@ -187,20 +261,8 @@ def _number(doc: dict[str, Any], key: str, field_name: str) -> Decimal | None:
 
 def _simulated_line(raw: object, field_name: str, currency: str, now: datetime) -> dict[str, Any]:
     doc, name, start, end, invoice_at = _line_head(raw, field_name, max_name=256)
-    card = doc.get("rateCard")
-    if card is not None and not isinstance(card, dict):
-        raise bad(f"{field_name}.rateCard", "must be an object")
-    card = card if card is not None else {}
-    where = f"{field_name}.rateCard" if "rateCard" in doc else field_name  # the deprecated price/featureKey
-    raw_price = card.get("price") if "rateCard" in doc else doc.get("price")
-    if raw_price is None:
-        raise bad(f"{where}.price", "is required")
-    price = pricing.parse_price(raw_price, field=f"{where}.price")
-    discounts = pricing.parse_discounts(card.get("discounts"), field=f"{where}.discounts") \
-        if card.get("discounts") is not None else None
-    feature_key = card.get("featureKey") if "rateCard" in doc else doc.get("featureKey")
-    if feature_key is not None and (not isinstance(feature_key, str) or not feature_key):
-        raise bad(f"{where}.featureKey", "must be a feature key")
+    card = _rate_card(doc, field_name)
+    price, discounts = card.price, card.discounts
     flat = isinstance(price, pricing.FlatPrice)
     qty = Decimal(1) if flat else _number(doc, "quantity", field_name)
     if qty is None:
@@ -222,9 +284,9 @@ def _simulated_line(raw: object, field_name: str, currency: str, now: datetime) 
                                   currency=currency, rounding=rounding, period_start=earlier, period_end=end,
                                   part_start=start, part_end=end, discounts=discounts, name=name)
     stamp = format_rfc3339(now)
-    line = {"id": new_id(), "name": name, "description": doc.get("description"), "metadata": doc.get("metadata"),
-            "type": "flat_fee" if flat else "usage_based", "managedBy": "manual", "status": "valid",
+    line = {"id": new_id(), "name": name, **_description(doc), "metadata": doc.get("metadata"),
+            "type": "usage_based", "managedBy": "manual", "status": "valid",
             "period": {"from": format_rfc3339(start), "to": format_rfc3339(end)},
-            "invoiceAt": format_rfc3339(invoice_at), "price": pricing.price_to_json(price), "featureKey": feature_key,
+            "invoiceAt": format_rfc3339(invoice_at), **line_rate_card_fields(card.to_json()),
             "preLinePeriodQuantity": plain(before), "createdAt": stamp, "updatedAt": stamp}
-    return _with_children(line, currency, Decimal(0) if flat else qty, rated)
+    return _with_children(line, currency, Decimal(0) if flat else qty, rated, now)

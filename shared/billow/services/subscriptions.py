@@ -200,7 +200,7 @@ def present(doc: dict[str, Any], now: datetime, *, expanded: bool,
             out["alignment"] = {**(doc.get("alignment") or {}), "currentAlignedBillingPeriod": {
                 "from": format_rfc3339(start), "to": format_rfc3339(end)}}
         out["phases"] = [{
-            "id": f"{doc['id']}-{ph['key']}", "key": ph["key"], "name": ph["name"], "description": ph.get("description"),
+            "id": subs.phase_id(doc, ph["key"]), "key": ph["key"], "name": ph["name"], "description": ph.get("description"),
             "metadata": ph.get("metadata"), "activeFrom": ph["activeFrom"], "activeTo": ph.get("activeTo"),
             "createdAt": doc["createdAt"], "updatedAt": doc["updatedAt"],
             "items": [versions[-1] for versions in timelines(ph).values()],
@@ -211,7 +211,7 @@ def present(doc: dict[str, Any], now: datetime, *, expanded: bool,
 
 def _item_json(sub: dict[str, Any], phase: dict[str, Any], rc: dict[str, Any],
                feature: dict[str, Any] | None) -> dict[str, Any]:
-    out = {"id": f"{sub['id']}-{phase['key']}-{rc['key']}", "key": rc["key"], "name": rc["name"],
+    out = {"id": subs.item_id(sub, phase["key"], rc["key"]), "key": rc["key"], "name": rc["name"],
            "description": rc.get("description"), "metadata": rc.get("metadata"), "featureKey": rc.get("featureKey"),
            "billingCadence": rc.get("billingCadence"), "price": rc.get("price"), "discounts": rc.get("discounts"),
            "taxConfig": rc.get("taxConfig"), "currency": sub["currency"], "activeFrom": phase["activeFrom"],
