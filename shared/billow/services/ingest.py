@@ -17,8 +17,8 @@ import msgspec
 from billow import jsonx
 from billow.bus import batch_records
 from billow.domain.events import (  # noqa: F401 (parse_batch: re-exported)
-    CloudEvent,
     MAX_DATA_DEPTH,
+    CloudEvent,
     CommonEvents,
     EventRow,
     parse_batch,
