@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -168,12 +168,41 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
     # the customer's usage, all its subjects
     subjects = party if party is not None else party_subject_keys(namespace, [ent["subjectKey"]], meta)
 
+    def whole(s: datetime, e: datetime) -> Decimal:
+        """The meter's value over [s, e) as one span: its distinct values (UNIQUE_COUNT), its last value (LATEST)."""
+        if e <= s:
+            return Decimal(0)
+        rows = usage.aggregate(UsageQuery(
+            namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=s,
+            end=e - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=subjects, group_by=[],
+            by_subject=False, subject_customers=None, filters=filters))
+        return exact_sum(final_value(meter.aggregation, r) or Decimal(0) for r in rows)
+
     def query(bounds: list[datetime]) -> dict[datetime, Decimal]:
         if len(bounds) < 2:
             return {}
         if meter.aggregation in ("SUM", "COUNT"):  # the sums of the segments, and nothing else (issue 17 item 5)
             return dict(zip(bounds, usage.bounded_usage(namespace, meter.id, meter.aggregation, subjects, filters,
                                                         bounds), strict=False))
+        if meter.aggregation in ("UNIQUE_COUNT", "LATEST"):
+            # These values do not add up across segments (a user seen before and after a grant starts is one user;
+            # a gauge read 10 then 12 stands at 12, not 22): a segment's usage is what it adds to its usage
+            # period's value so far, so the segments of a period sum to that period's value. Periods start at the
+            # ledger's start (its measureUsageFrom or the reset of its snapshot) and at each reset, and every
+            # reset is a bound. (A gauge that goes down gives a negative segment: it only cancels overage.)
+            starts = sorted({start.at, *(r.at for r in resets)})
+            seen: dict[tuple[datetime, datetime], Decimal] = {}
+
+            def upto(p: datetime, t: datetime) -> Decimal:
+                if (p, t) not in seen:
+                    seen[(p, t)] = whole(p, t)
+                return seen[(p, t)]
+
+            out: dict[datetime, Decimal] = {}
+            for s, e in zip(bounds, bounds[1:], strict=False):
+                p = starts[max(bisect_right(starts, s) - 1, 0)]
+                out[s] = upto(p, e) - (upto(p, s) if s > p else Decimal(0))
+            return out
         rows = usage.aggregate(UsageQuery(
             namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=bounds[0],
             end=bounds[-1] - timedelta(milliseconds=1), window_size="BOUNDS", window_tz="UTC",
