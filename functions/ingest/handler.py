@@ -39,9 +39,9 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
         heap.settle()
     now = c.clock.now()
     surrogates: list[dict[str, Any]] = []  # listed beside the batch's other problems, not alone (_refuse_surrogates)
-    # The common body (plain JSON, every event of the common shape) is decoded straight into checked events; any
-    # other goes the full way below: a JSON document, every problem of every event listed.
-    events: list[Any] | None = None if with_receipt else decode_common(body_text(raw), SHAPES[ctype], now)
+    # The common body (plain JSON, every event of the common shape) is decoded straight into checked events, with a
+    # receipt or without; any other goes the full way below: a JSON document, every problem of every event listed.
+    events: list[Any] | None = decode_common(body_text(raw), SHAPES[ctype], now)
     checked = events is not None
     if events is None:
         body = json_body(raw, surrogates)
@@ -59,7 +59,7 @@ def _ingest(event: APIGatewayProxyEventV2) -> dict[str, Any]:
     try:
         if with_receipt:
             receipt = ingest_with_receipt(c.namespace, events, meta=c.meta, bus=c.bus, usage=c.usage, now=now,
-                                          invoiced=invoiced)
+                                          invoiced=invoiced, checked=checked)
         else:
             result = ingest_events(c.namespace, events, meta=c.meta, bus=c.bus, now=now, invoiced=invoiced,
                                    checked=checked)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from billow.domain.lineage import key_hash
 from billow.local.server import apigw_event
 from functions.api.handler import lambda_handler as api
@@ -67,3 +69,63 @@ def test_receipts_report_accepted_and_duplicates_and_a_resend_stores_nothing(bil
     status, body, _ = post([ev("f", "x")], PREFER)
     assert status == 400 and body["status"] == 400
     assert get("/api/v1/events/receipts/01M00000000000000000000000")[0] == 404
+
+
+def test_a_receipt_request_of_common_events_is_decoded_once_without_a_json_document(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21's budget (a receipt adds < 10 % to ingest, bench.receipts): a receipt request whose events are all
+    of the common shape takes the 204 path's fast decode (services.ingest.decode_common: no JSON document, no
+    parse_event) and answers the receipts the full path answered: the same sequence of batches (new, resent, a
+    duplicate inside the batch beside a stored one) sent once each way, under two sources, gives receipts that
+    differ only in their ids and keys' source, and the same usage."""
+    import functions.ingest.handler as handler
+    from billow import jsonx
+    from billow.domain import events as events_mod
+
+    b = billow
+    b.clock.set("2026-04-01T12:00:00Z")
+    calls = {"loads": 0, "parse_event": 0}
+    real_loads, real_parse = jsonx.loads, events_mod.parse_event
+
+    def loads(text: Any) -> Any:
+        calls["loads"] += "specversion" in str(text)  # a request body (not, e.g., a meter's stored groupBy)
+        return real_loads(text)
+
+    def parse(*a: Any) -> Any:
+        calls["parse_event"] += 1
+        return real_parse(*a)
+
+    monkeypatch.setattr(jsonx, "loads", loads)
+    monkeypatch.setattr(events_mod, "parse_event", parse)
+
+    def sequence(source: str) -> list[dict[str, Any]]:
+        def e(i: str, n: Any) -> dict[str, Any]:
+            return {**ev(i, n), "source": source}
+
+        out = []
+        for batch in ([e("a", 1), e("b", 2), e("c", "0.5")], [e("a", 1), e("b", 2), e("c", "0.5")],
+                      [e("d", 4), e("d", 4), e("a", 1)]):
+            status, r, headers = post(batch, PREFER)
+            assert status == 200 and headers.get("Preference-Applied") == "return=representation", r
+            assert get(f"/api/v1/events/receipts/{r['id']}") == (200, r)
+            out.append(r)
+        return out
+
+    fast = sequence("fast")
+    assert calls == {"loads": 0, "parse_event": 0}
+    monkeypatch.setattr(handler, "decode_common", lambda *a, **kw: None)  # the full path, as receipts took before
+    full = sequence("full")
+    assert calls["loads"] == 3  # the full path made a JSON document of each request: the counter sees it
+
+    def same(r: dict[str, Any], source: str) -> dict[str, Any]:
+        keys = [("x", d["id"]) for d in r["duplicates"]]
+        assert r["digest"]["hash"].startswith("sha256:") and all(d["source"] == source for d in r["duplicates"])
+        return {**r, "id": None, "duplicates": keys, "digest": r["digest"]["events"]}
+
+    assert [same(r, "fast") for r in fast] == [same(r, "full") for r in full]
+    assert [(r["events"], r["accepted"], [d["id"] for d in r["duplicates"]]) for r in fast] == \
+        [(3, 3, []), (3, 0, ["a", "b", "c"]), (3, 1, ["d", "a"])]
+    for r, source in ((fast[0], "fast"), (full[0], "full")):
+        assert r["digest"] == {"events": 3, "hash": "sha256:" + key_hash([(source, "a"), (source, "b"), (source, "c")])}
+    assert fast[0]["digest"] == fast[1]["digest"] and full[0]["digest"] == full[1]["digest"]
+    assert stored(b) == (8, "15")  # four events of each source: 1 + 2 + 0.5 + 4, twice

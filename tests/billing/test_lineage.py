@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -154,3 +155,35 @@ def test_a_one_off_usage_line_records_lineage_and_can_be_verified(billow: Billow
     v = b.ok("POST", f"/api/v1/billing/invoices/{inv['id']}/lines/{line['id']}/verify")
     assert v["unchanged"] is False and v["current"]["sum"] == "252.5"
     assert [(e["value"], e["ingestedAt"], e["billedBy"]) for e in v["arrivedLater"]] == [("3", "2026-04-01T12:00:00Z", None)]
+
+
+def test_the_key_hash_is_the_documented_one_and_the_usage_stores(billow: Billow) -> None:
+    """The digest's key hash (billow.domain.lineage.key_hash, sped up for receipts: issue 21's budget) is still SHA-256
+    over `source NUL id LF` in the UTF-8 byte order of the keys, as written down before, and equal to the one the
+    usage store computes (chdb's arraySort, the in-memory twin), for keys beyond ASCII, keys that prefix one another
+    and more keys than one hashing slice; an order or framing that differed anywhere would change the hash."""
+    import hashlib
+
+    def documented(keys: list[tuple[str, str]]) -> str:  # the definition, as key_hash computed it before
+        h = hashlib.sha256()
+        for s, i in sorted(keys, key=lambda k: (k[0].encode(), k[1].encode())):
+            h.update(f"{s}\0{i}\n".encode())
+        return h.hexdigest()
+
+    b = billow
+    b.clock.set("2026-04-30T12:00:00Z")
+    sources = ["a", "ab", "a b", "é", "e\uffff", "\uffff", "\U0001f600", "Z", "~"]
+    ids = ["1", "10", "2", "ß", "日本", "\u00e9", "e\u0301", "x" * 40, "~"]
+    keys = [(s, f"{i}-{n}") for n in range(120) for s in sources for i in ids]  # 9,720 keys: more than one slice
+    assert len(set(keys)) == len(keys) > 8192
+    for lo in range(0, len(keys), 5000):
+        batch = [{"specversion": "1.0", "id": i, "source": s, "type": "prompt", "subject": "customer_1",
+                  "time": "2026-04-02T10:00:00Z", "data": {"tokens": 1, "model": "m"}} for s, i in keys[lo:lo + 5000]]
+        status, out = b.call("POST", "/api/v1/events", batch, content_type="application/cloudevents-batch+json")
+        assert status == 204, out
+    assert key_hash(keys) == key_hash(list(reversed(keys))) == documented(keys)
+    assert key_hash(keys[:3]) == documented(keys[:3]) and key_hash([]) == documented([]) == hashlib.sha256(b"").hexdigest()
+    meter = b.c.meta.get_meter(b.c.namespace, "tokens")
+    got = b.c.usage.line_digests(b.c.namespace, meter.id, datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC),
+                                 [], {"customer_1": "line"})["line"]
+    assert (got.events, got.sum, got.hash) == (len(keys), Decimal(len(keys)), documented(keys))

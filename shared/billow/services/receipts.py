@@ -25,11 +25,14 @@ def _key(raw: Any) -> tuple[str, str] | None:
 
 
 def ingest_with_receipt(namespace: str, raws: list[Any], *, meta: MetaStore, bus: EventBus, usage: UsageStore,
-                        now: datetime, invoiced: InvoicedLookup | None = None) -> dict[str, Any]:
-    keys = [k for k in map(_key, raws) if k is not None]
+                        now: datetime, invoiced: InvoicedLookup | None = None, checked: bool = False) -> dict[str, Any]:
+    """Ingest `raws` (the EventRows services.ingest.decode_common gave, when `checked`) and make their receipt."""
+    # An EventRow is (index, id, source, type, subject, time, data): its key is (source, id).
+    keys = [(r[2], r[1]) for r in raws] if checked else [k for k in map(_key, raws) if k is not None]
     stored, _ = usage.written_keys(namespace, sorted(set(keys)))
     duplicates = rules.duplicates_of(keys, stored)
-    result = ingest_events(namespace, raws, meta=meta, bus=bus, now=now, invoiced=invoiced)  # a bad batch: no receipt
+    result = ingest_events(namespace, raws, meta=meta, bus=bus, now=now, invoiced=invoiced,
+                           checked=checked)  # a bad batch: no receipt
     doc = rules.receipt(new_id(), keys, duplicates, now)
     if result.ignored:  # events a meter ignored (ingestionPolicy.lateInvoiced): stored, counted nowhere there
         doc["ignored"] = [{k: x[k] for k in ("source", "id", "meter", "message")} for x in result.ignored]
