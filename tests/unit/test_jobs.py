@@ -42,6 +42,24 @@ def test_the_scheduled_run_syncs_entitlements_and_renders_documents(c: Any) -> N
     assert jobs.sync_entitlements(c, on_error=lambda sub, exc: None) == 0
 
 
+def test_no_time_for_documents_reads_no_invoice(c: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench.billing_run times the run without documents (documents_budget_s=0): the run then lists no invoices
+    for them (it decoded every issued invoice, lineage and all, to render none)."""
+    store = c.billing_store()
+    listed: list[Any] = []
+    real = store.list_invoices
+
+    def recording(*a: Any, **kw: Any) -> Any:
+        listed.append(kw.get("statuses"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(store, "list_invoices", recording)
+    assert jobs.render_pending_documents(c, budget_s=0) == 0 and listed == []
+    jobs.billing_run(c, documents_budget_s=0)
+    assert not any("paid" in (statuses or []) for statuses in listed), listed  # the run's own lists only
+    assert jobs.render_pending_documents(c, budget_s=1) == 0 and "paid" in listed[-1]
+
+
 def test_notification_dispatch_lives_in_jobs(c: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from functions.notify_dispatch import handler as notify
 

@@ -150,13 +150,16 @@ COMMIT_BATCH = 200  # invoices per transaction: a durable commit costs milliseco
 
 def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore, meta: MetaStore,
         ents: EntitlementStore, usage: UsageStore, now: datetime, customer_id: str | None = None,
-        as_of: datetime | None = None, on_issue: IssueFn | None = None) -> RunResult:
+        as_of: datetime | None = None, on_issue: IssueFn | None = None, lineage: bool = True) -> RunResult:
     """One billing run (see the module docstring). Idempotent: run it again and nothing changes.
+
+    `lineage=False` leaves the lineage (and its digest query) off subscriptions' usage lines: only for
+    bench.billing_run, which measures what writing lineage costs (issue 21's budget); every host runs with it on.
 
     A customer whose subscription, pending line, invoice or commit raises is left out of the run and recorded in
     `RunResult.failures` (and logged); every other customer is billed. Run for one customer (`customer_id`), its
     error is raised after the run."""
-    r = _Run(namespace, store, meta, ents, usage, now, customer_id, min(as_of or now, now), on_issue)
+    r = _Run(namespace, store, meta, ents, usage, now, customer_id, min(as_of or now, now), on_issue, lineage)
     docs = [d for d in catalog_store.list_subscriptions(namespace, customer_id) if not d.get("deletedAt")]
     r.result.subscriptions = len(docs)
     points_by_sub = r.due(docs)
@@ -177,9 +180,10 @@ class _Run:
 
     def __init__(self, namespace: str, store: BillingStore, meta: MetaStore, ents: EntitlementStore,
                  usage: UsageStore, now: datetime, customer_id: str | None, as_of: datetime,
-                 on_issue: IssueFn | None) -> None:
+                 on_issue: IssueFn | None, lineage: bool = True) -> None:
         self.ns, self.store, self.meta, self.ents, self.usage = namespace, store, meta, ents, usage
         self.now, self.customer_id, self.as_of, self.on_issue = now, customer_id, as_of, on_issue
+        self.lineage = lineage
         self.result = RunResult()
         self.customers = {c["id"]: c for c in meta.list_customers(namespace)}
         self.batch = BatchedUsage(namespace, meta=meta, ents=ents, usage=usage)
@@ -224,7 +228,7 @@ class _Run:
                 rated[p.period] = subs.charges(d, p.period[0], p.period[1],
                                                usage=self.batch.reader(self.subjects_of[d["id"]]))
             lines, billed = diff(p, rated[p.period], self.now)
-            for ln in lines:
+            for ln in lines if self.lineage else ():
                 since = p.mark.billed_at if p.mark.rev > 0 else None
                 if (lin := self.batch.lineage(ln, d["customerId"], self.subjects_of[d["id"]], self.now, since)) is not None:
                     ln["lineage"] = lin

@@ -79,9 +79,10 @@ def sync_entitlements(host: JobHost, *, on_error: Callable[[dict[str, Any], Exce
 
 
 def billing_run(host: JobHost, *, customer_id: str | None = None, as_of: datetime | None = None,
-                documents_budget_s: float = 20.0) -> RunResult:
+                documents_budget_s: float = 20.0, lineage: bool = True) -> RunResult:
     """The billing run for the host's (the caller's) namespace: (scheduled, no `customer_id`) the entitlement sync
-    first, then services.billing_run.run issuing through the profile's apps, then pending documents."""
+    first, then services.billing_run.run issuing through the profile's apps, then pending documents. (`lineage=False`
+    is bench.billing_run's switch, see services.billing_run.run; no host passes it.)"""
     store = host.billing_store()
     sync_failed: list[tuple[dict[str, Any], Exception]] = []  # one subscription's entitlements never stop the run
     if customer_id is None:  # scheduled: phase changes and cancelations that came due move entitlements first
@@ -94,7 +95,7 @@ def billing_run(host: JobHost, *, customer_id: str | None = None, as_of: datetim
 
     result = run_module.run(host.namespace, store=store, catalog_store=host.catalog_store(), meta=host.meta,
                             ents=host.entitlements, usage=host.usage, now=now, customer_id=customer_id, as_of=as_of,
-                            on_issue=on_issue)
+                            on_issue=on_issue, lineage=lineage)
     for sub, exc in sync_failed:
         result.fail(sub["customerId"], exc, subscription_id=sub["id"])
     if result.failures:  # what the billing_run alarm and `billow serve`'s counters watch
@@ -105,7 +106,10 @@ def billing_run(host: JobHost, *, customer_id: str | None = None, as_of: datetim
 
 def render_pending_documents(host: JobHost, *, budget_s: float) -> int:
     """Render the documents of issued invoices still without them, oldest first, for up to `budget_s` seconds
-    (a PDF takes ~0.1 s: a large run leaves the rest to the next run or to the first request)."""
+    (a PDF takes ~0.1 s: a large run leaves the rest to the next run or to the first request). No time, no work: a
+    budget of 0 reads no invoice (it read every issued one before rendering none)."""
+    if budget_s <= 0:
+        return 0
     deadline = time.monotonic() + budget_s
     apps, done = host.billing_apps(), 0
     for inv in host.billing_store().list_invoices(host.namespace, statuses=["issued", "payment_processing", "paid",
