@@ -20,6 +20,9 @@ Bug found and fixed: an entitlement on a UNIQUE_COUNT or LATEST meter summed its
 inside the usage period cuts it into segments): a user seen before and after the grant counted twice (usage 4 for 2
 users), a gauge read 12 then 13 used 25; now each segment burns what it adds to the period's value so far
 (services/balances._ledger). Both tests failed before.
+Bug found and fixed: a plan's metered entitlement counted the customer's usage from the start of the billing
+anchor's period, before the subscription began (usage 1050 for 50, access denied); it now counts from the rate
+card's start, as OpenMeter's subscription sync sets measureUsageFrom (services/subscriptions._entitlement_body).
 
 Bugs found, not fixed (strict xfail, for the lead):
 - on a UNIQUE_COUNT meter a subscription bills a user seen through two subjects of one customer twice: the
@@ -694,3 +697,33 @@ def test_a_subscription_bills_distinct_users_across_the_customers_subjects(world
                          f"&from={iso(minute(w.seats['activeFrom']))}")
     assert [D(r["value"]) for r in meter["data"]] == [2]  # alice and bob
     assert totals_by_card(s, w.seats["customer"]) == {"Seats": D("2.00")}
+
+
+def test_a_subscription_entitlement_counts_usage_from_the_subscription_start(world: World) -> None:
+    """A plan's metered entitlement template, a subscription anchored half an hour ago: the entitlement's usage period
+    follows the billing anchor, but usage counts from when the subscription (its phase) began, as OpenMeter's
+    subscription sync sets measureUsageFrom to the phase start: the customer's usage before it subscribed is not
+    the subscription's (nor billed by it)."""
+    s = world.s
+    ok(s, "POST", "/api/v1/features", {"key": "bo_calls", "name": "bo_calls", "meterSlug": "bo_tok"})
+    card = {"type": "usage_based", "key": "bo_calls", "name": "Calls", "featureKey": "bo_calls", "billingCadence": "PT1H",
+            "price": {"type": "unit", "amount": "0.01"},
+            "entitlementTemplate": {"type": "metered", "isSoftLimit": False, "issueAfterReset": 100}}
+    draft = ok(s, "POST", "/api/v1/plans", {"key": "bo_calls", "name": "Calls", "currency": "USD", "billingCadence": "PT1H",
+                                             "phases": [{"key": "p", "name": "P", "rateCards": [card]}]})
+    ok(s, "POST", f"/api/v1/plans/{draft['id']}/publish")
+    ok(s, "POST", "/api/v1/customers", {"key": "calls", "name": "Calls", "currency": "USD",
+                                       "usageAttribution": {"subjectKeys": ["bo_c1", "bo_c2"]}})
+    anchor = minute(datetime.now(UTC)) - timedelta(minutes=30)
+    send(s, [ev("c-before", "bo_c2", iso(anchor + timedelta(minutes=1)), "1000")])  # before the subscription
+    sub = ok(s, "POST", "/api/v1/subscriptions", {"plan": {"key": "bo_calls"}, "customerKey": "calls",
+                                                  "billingAnchor": iso(anchor)})
+    af = parse(sub["activeFrom"])
+    send(s, [ev("c-1", "bo_c1", iso(af + timedelta(milliseconds=5)), "40.5"),
+             ev("c-2", "bo_c2", iso(af + timedelta(milliseconds=6)), "9.500000000000000001")])
+    time.sleep(max(0.0, (af + timedelta(milliseconds=50) - datetime.now(UTC)).total_seconds()))
+    got = ok(s, "GET", "/api/v2/customers/calls/entitlements/bo_calls/value")
+    used = D("40.5") + D("9.500000000000000001")
+    assert (got["hasAccess"], D(got["usage"]), D(got["balance"]), D(got["overage"])) == (True, used, 100 - used, 0)
+    ent = ok(s, "GET", "/api/v2/customers/calls/entitlements/bo_calls")
+    assert (ent["measureUsageFrom"], ent["usagePeriod"]["anchor"]) == (iso(minute(af)).replace(".000Z", "Z"), iso(anchor).replace(".000Z", "Z"))

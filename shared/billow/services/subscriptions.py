@@ -20,6 +20,7 @@ from billow.domain import catalog as catalog_rules
 from billow.domain import pricing
 from billow.domain import subscription_edits as sub_edits
 from billow.domain import subscriptions as subs
+from billow.domain.entitlements import minute
 from billow.domain.usage import UsageQuery, final_value
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
@@ -584,12 +585,15 @@ def _entitlement_for(namespace: str, doc: dict[str, Any], subject: str, feature_
 
 def _entitlement_body(doc: dict[str, Any], feature_key: str, tmpl: dict[str, Any], item: subs.Item) -> dict[str, Any]:
     """The entitlement a rate card's template makes: a metered one's usage period is the template's interval (else
-    the rate card's, else the subscription's billing cadence) from the subscription's billing anchor."""
+    the rate card's, else the subscription's billing cadence) from the subscription's billing anchor, and its usage
+    counts from when the rate card came into force, to the minute (OpenMeter's sync: measureUsageFrom is the phase
+    start), not from the anchor's period start: usage from before the subscription is not the subscription's."""
     body = {**{k: v for k, v in tmpl.items() if k != "usagePeriod"}, "featureKey": feature_key,
             "metadata": {**(tmpl.get("metadata") or {}), "subscriptionId": doc["id"]}}
     if tmpl["type"] == "metered":
         body["usagePeriod"] = {"interval": tmpl.get("usagePeriod") or item.rate_card.get("billingCadence")
                                or doc["billingCadence"], "anchor": doc["billingAnchor"]}
+        body["measureUsageFrom"] = format_rfc3339(minute(item.start))
     return body
 
 
