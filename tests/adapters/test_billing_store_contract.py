@@ -183,3 +183,19 @@ def test_prepaid_credit_is_exact_per_customer_and_currency(store: SqlBillingStor
     assert store.credit_balance(n, "c1", "USD") == Decimal("0.05")
     assert store.credit_balances(n) == {("c1", "USD"): Decimal("0.05"), ("c1", "EUR"): Decimal("5")}
     assert store.credit_balance(n, "c2", "USD") == 0 and store.credit_balances(ns()) == {}
+
+
+def test_a_taken_invoice_number_is_a_failure_not_a_lost_race(store: SqlBillingStore) -> None:
+    """Found from outside (tests/e2e/test_billing_outside.py): an invoice number another customer's invoice holds was
+    reported as Conflict, which the billing run takes for a concurrent run that billed the customer, so it skipped
+    the customer on every run, never invoiced. It is an error the run records as the customer's failure."""
+    n = ns()
+    store.commit_billing(n, [(invoice("c1", "ORG-0001"), [mark(new_id(), 0, "1")], None, [])], NOW)
+    with pytest.raises(RuntimeError, match="invoices_number") as caught:
+        store.commit_billing(n, [(invoice("c2", "ORG-0001"), [mark(new_id(), 0, "2")], None, [])], NOW)
+    assert not isinstance(caught.value, Conflict)
+    assert [i["customer"]["id"] for i in store.list_invoices(n)] == ["c1"]  # nothing of the failed commit written
+    sub = new_id()  # a lost race on a mark is still the Conflict the run skips on
+    store.commit_billing(n, [(invoice("c3", "C3-0001"), [mark(sub, 0, "1")], None, [])], NOW)
+    with pytest.raises(Conflict):
+        store.commit_billing(n, [(invoice("c3", "C3-0002"), [mark(sub, 0, "1")], None, [])], NOW)

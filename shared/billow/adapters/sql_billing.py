@@ -183,7 +183,10 @@ class SqlBillingStore:
                         if c.execute(invoices.update().where(invoices.c.id == doc["id"], invoices.c.doc == before)
                                      .values(doc=jsonx.dumps(doc))).rowcount != 1:
                             raise Conflict(f"the pending lines of {doc['number']} were invoiced meanwhile")
-        except IntegrityError:
+        except IntegrityError as exc:
+            if _number_taken(exc):  # not a race another run won: this customer would be skipped for good
+                raise RuntimeError("an invoice number of this batch is another invoice's (invoices_number); nothing "
+                                   "was written") from exc
             raise Conflict("another billing run billed the same period meanwhile; nothing was written") from None
 
     def _commit_one(self, c: sa.Connection, namespace: str, invoice: dict[str, Any] | None, advanced: list[Mark],
@@ -241,3 +244,9 @@ class SqlBillingStore:
                                               credits.c.currency == currency)
         with self.engine.connect() as c, decimal.localcontext(EXACT):
             return sum((Decimal(r.amount) for r in c.execute(q)), Decimal(0))
+
+
+def _number_taken(exc: IntegrityError) -> bool:
+    """Whether a failed write broke the unique invoice number (PostgreSQL names the constraint, SQLite the columns)."""
+    text = str(exc.orig)
+    return "invoices_number" in text or "invoices.number" in text

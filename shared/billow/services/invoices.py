@@ -9,6 +9,7 @@ issuing, failed, for `retry`."""
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +31,24 @@ log = logging.getLogger("billow.billing")
 bad = ValidationFailed.at
 
 
+_SIMPLE_KEY = re.compile(r"[a-z0-9]{1,12}")
+
+
+def invoice_prefix(customer: dict[str, Any]) -> str:
+    """What a customer's invoice numbers start with, unique to the customer within its namespace (numbers are unique
+    there, and a number taken by another customer would leave this one never invoiced): a key of at most 12
+    lower-case letters and digits, upper-cased (`acme` -> ACME); for any other key, or none, its first 12 letters and
+    digits upper-cased and the customer's id (`organization_1` -> ORGANIZATION1-01K...), which no two customers share
+    and no simple key's prefix can equal (it holds a dash)."""
+    key = customer.get("key")
+    if isinstance(key, str) and _SIMPLE_KEY.fullmatch(key):
+        return key.upper()
+    head = "".join(ch for ch in str(key or "").upper() if ch.isascii() and ch.isalnum())[:12] or "INV"
+    return f"{head}-{customer['id']}"
+
+
 def invoice_number(customer: dict[str, Any], n: int) -> str:
-    prefix = "".join(ch for ch in str(customer.get("key") or customer["id"]).upper() if ch.isalnum())[:12] or "INV"
-    return f"{prefix}-{n:04d}"
+    return f"{invoice_prefix(customer)}-{n:04d}"
 
 
 def new_invoice(namespace: str, customer: dict[str, Any], profile: dict[str, Any], currency: str,

@@ -21,7 +21,7 @@ from billow.ids import new_id
 from billow.ports import BillingStore, MetaStore, UsageStore
 from billow.services.billing_profiles import resolve_customer, resolved_profile
 from billow.services.entitlements import EntitlementStore
-from billow.services.invoices import invoice_number, new_invoice
+from billow.services.invoices import invoice_prefix, new_invoice
 from billow.services.lineage import measurement
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
@@ -51,7 +51,7 @@ def add_pending_lines(namespace: str, customer_id: str, body: object, *, store: 
     is_new = holder is None
     stamp = format_rfc3339(now)
     if holder is None:
-        holder = {"id": new_id(), "number": f"{invoice_number(customer, 0)[:-5]}-GATHERING-{currency}", "type": "standard",
+        holder = {"id": new_id(), "number": f"{invoice_prefix(customer)}-GATHERING-{currency}", "type": "standard",
                   "currency": currency, "customer": {"id": customer["id"], "key": customer.get("key"),
                                                      "name": customer.get("name")},
                   "lines": [], "totals": inv_rules.totals(Decimal(0), Decimal(0)), "createdAt": stamp, "updatedAt": stamp}
