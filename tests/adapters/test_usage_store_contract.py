@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from billow.adapters.memory import InMemoryUsageStore
 from billow.domain.events import CloudEvent
 from billow.domain.usage import GroupFilter, MeterValue, StoredEvent, UsageQuery, final_value
+from billow.exact import EXACT
 from tests.conftest import t
 
 T0 = t("2026-03-28T22:00:00Z")
@@ -201,7 +202,9 @@ def test_rated_sums_price_rows_and_add_them_up_as_the_reference_does(usage_store
     """rated_sums (the LLM cost report by customer, issue 17 item 6) returns what domain.usage.rate_rows makes of
     sum_meters' rows: rows priced per (window, first group value), exact, added up to lines of the shown groups in
     the order of their first row; rows without rates, with a quantity below zero where it may not be, or with a
-    quantity where a rate is missing, come back one by one. Rates are asked for once per rate key."""
+    quantity where a rate is missing, come back one by one. Rates are asked for once per rate key. The same with
+    the rate keys looked for among one meter's values (key_meter: M1 has every key, M2 lacks some) and with lines
+    over every window (per_window False: rated per window, added up over all; unrated rows keep their window)."""
     from billow.domain.usage import Rating, rate_rows
 
     big = "99999999999999999999.999999999999999999"
@@ -220,7 +223,10 @@ def test_rated_sums_price_rows_and_add_them_up_as_the_reference_does(usage_store
     rates = {"m1": (Decimal("0.0000025"), Decimal("1E-28")), "m2": (Decimal("0.3"), None)}
     for kw in ({"window_size": "DAY"}, {"window_size": "HOUR", "by_subject": True},
                {"window_size": "DAY", "subject_customers": {"a": "C1", "z": "C2"}, "subjects": ["a", "z"]}):
-        for shown, fine in (((), False), ((1,), False), ((1,), True)):
+        for shown, fine, key_meter, per_window in (((), False, None, True), ((1,), False, None, True),
+                                                   ((1,), True, None, True), ((1,), False, 0, True),
+                                                   ((1,), False, 1, True), ((), False, 1, False),
+                                                   ((1,), False, None, False), ((1,), True, 1, False)):
             asked: list[Any] = []
 
             def rate(start: Any, key: tuple[str, ...], fine: bool = fine, asked: list[Any] = asked) -> Any:
@@ -229,13 +235,17 @@ def test_rated_sums_price_rows_and_add_them_up_as_the_reference_does(usage_store
                 return (r[0], Decimal("1E-40")) if fine and r and r[1] else r
 
             # quantities: M1 - M2 (never below zero), M2
-            rating = Rating(by=1, forms=((1, -1), (0, 1)), nonnegative=(0,), shown=shown, rates=rate)
+            rating = Rating(by=1, forms=((1, -1), (0, 1)), nonnegative=(0,), shown=shown, rates=rate,
+                            key_meter=key_meter, per_window=per_window)
             query = q(namespace, group_by=["model", "team"], **kw)
             got = usage_store.rated_sums(query, ["M1", "M2"], rating)
             assert len(asked) == len(set(asked)), kw
             want = rate_rows(usage_store.sum_meters(query, ["M1", "M2"]), rating)
-            assert got == want, (kw, shown, fine)
+            assert got == want, (kw, shown, fine, key_meter, per_window)
             assert got.unrated and got.lines, kw
+            if not per_window:
+                assert all(line.window_start is None for line in got.lines), kw
+                assert all(row[0] is not None for row in got.unrated), kw
     day = rate_rows(usage_store.sum_meters(q(namespace, group_by=["model", "team"], window_size="DAY"), ["M1", "M2"]),
                     Rating(by=1, forms=((1, -1), (0, 1)), nonnegative=(0,), shown=(), rates=lambda s, k: rates.get(k[0])))
     first = day.lines[0]  # 28 March: m1/x (900 x 0.0000025 + 100 x 1E-28); m2/x (7 x 0.3), m2/y (3.5 x 0.3)
@@ -244,6 +254,18 @@ def test_rated_sums_price_rows_and_add_them_up_as_the_reference_does(usage_store
     # m2/z has an M2 quantity and m2 no second rate; on 29 March m1/y's and m2/y's M1 - M2 are below zero; m3 has
     # no rates
     assert [r[3] for r in day.unrated] == [("m2", "z"), ("m1", "y"), ("m2", "y"), ("m3", "y")]
+    # Over every window: the rated rows of both days added up per team (shown), each day priced on its own
+    span = rate_rows(usage_store.sum_meters(q(namespace, group_by=["model", "team"], window_size="DAY"), ["M1", "M2"]),
+                     Rating(by=1, forms=((1, -1), (0, 1)), nonnegative=(0,), shown=(1,),
+                            rates=lambda s, k: rates.get(k[0]), per_window=False))
+    with localcontext(EXACT):  # x: m1 900 (28th) + 2 x big (29th) at 0.0000025, m2 7 at 0.3; y: m2 3.5 (28th)
+        x = (Decimal(900) + 2 * Decimal(big)) * Decimal("0.0000025") + Decimal("2.1")
+    assert [(ln.window_start, ln.groups, ln.rate_keys, ln.amounts) for ln in span.lines] == [
+        (None, ("x",), [("m1",), ("m2",)], [x, Decimal("1E-26")]), (None, ("y",), [("m2",)], [Decimal("1.05"), 0])]
+    assert [(r[0], r[3]) for r in span.unrated] == [(t("2026-03-28T00:00:00Z"), ("m2", "z")),
+                                                    (t("2026-03-29T00:00:00Z"), ("m1", "y")),
+                                                    (t("2026-03-29T00:00:00Z"), ("m2", "y")),
+                                                    (t("2026-03-29T00:00:00Z"), ("m3", "y"))]
 
 
 def test_line_events_and_digests_issue21(usage_store: Any, namespace: str) -> None:

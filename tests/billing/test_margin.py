@@ -118,3 +118,22 @@ def test_allocation_sums_exactly() -> None:
     assert allocate(Decimal("0.05"), [Decimal(1)] * 3, Decimal("0.01")) == [Decimal("0.02"), Decimal("0.02"), Decimal("0.01")]
     assert sum(allocate(Decimal("10.005"), [Decimal(1), Decimal(2)], Decimal("0.01"))) == Decimal("10.005")
     assert allocate(Decimal("1"), [Decimal(0), Decimal(0)], Decimal("0.01")) == [Decimal("0.50"), Decimal("0.50")]
+
+
+def test_costs_by_customer_are_the_costs_by_model_and_by_day_exactly(billow: Billow) -> None:
+    """By customer without windowSize the usage store adds each customer's costs up over the span (priced day by
+    day); they are the costs by model and the costs by customer and day added up, to the last digit. A model no
+    price covers is flagged in every grouping, never free."""
+    b = billow
+    world(b)
+    llm(b, 3, "h1", 123_457, 9_999, "2026-04-10T23:59:59.999Z")
+    llm(b, 4, "h2", 777_777, 1, "2026-04-20T00:00:00Z", feature="search")
+    customer = margin(b, "customer")["data"]
+    assert [(r["customerKey"], r["cost"]) for r in customer] == [("acme", "9.476786")]  # 7 + 0.143455 + 2.333331
+    by_model = margin(b, "model")["data"]
+    days = margin(b, "customer", windowSize="DAY")["data"]
+    assert sum(Decimal(r["cost"]) for r in by_model) == sum(Decimal(r["cost"]) for r in days) == Decimal("9.476786")
+    llm(b, 5, "mystery", 500, 0, "2026-04-12T10:00:00Z")
+    (flagged,) = margin(b, "customer")["data"]
+    assert (flagged["unpriced"], flagged["cost"], flagged["margin"]) == (True, None, None) and flagged["reason"]
+    assert [r["unpriced"] for r in margin(b, "model")["data"]] == [False, False, True]

@@ -354,3 +354,43 @@ def test_report_by_customer_prices_each_model_once_per_window_and_flags_the_rows
     assert "exceed input_tokens" in unpriced[("c3", "gpt-4o-mini")]["reason"]
     assert unpriced[("c3", "gpt-4o-mini")]["tokens"] == {"input": 10, "cachedInput": 20, "cacheWrite": 0, "output": 0}
     assert "gpt-99-imaginary" in unpriced[("c2", "gpt-99-imaginary")]["reason"]
+
+
+def test_by_customer_the_totals_are_the_model_totals_to_the_last_digit(billow: Billow) -> None:
+    """The report by customer (priced and added up in the usage store: rated_sums) and by model (the store's rows
+    priced in Python) over the same usage: per window and in all, the customers' costs add up to the models' costs
+    exactly, and so do the tokens and the unpriced rows. The usage includes a model whose only tokens that day are
+    output tokens of an event without input_tokens, sent while only the output meter existed (the input meter,
+    installed later, has no value of it: a rate key the store does not find among the input tokens, where it looks
+    first), and a model no price covers."""
+    from billow.domain.llm import meter_definitions
+
+    billow.ok("POST", "/api/v1/meters", meter_definitions(False)[-1])  # llm_output_tokens alone
+    later = datetime(2026, 3, 3, 9, tzinfo=UTC)
+    out_only = llm_event(900, "openai", "gpt-4.1", later, output_tokens=70_001, customer="acme")
+    del out_only["data"]["input_tokens"], out_only["data"]["cached_input_tokens"], out_only["data"]["cache_write_tokens"]
+    send(billow, [out_only])
+    install(billow)
+    events = [*stream(), llm_event(901, "openai", "gpt-99-imaginary", later, customer="globex")]
+    send(billow, events)
+    span = {"from": "2026-03-01T00:00:00Z", "to": "2026-03-03T23:59:59.999Z"}
+    by_customer, by_model = costs(billow, groupBy="customer", **span), costs(billow, groupBy="model", **span)
+    by_subject = costs(billow, groupBy="subject", **span)
+
+    def per_window(report: dict[str, Any]) -> dict[str, tuple[Decimal, ...]]:
+        out: dict[str, tuple[Decimal, ...]] = {}
+        for r in report["data"]:
+            t = r["tokens"]
+            add = (D(r["cost"]["total"]), D(r["cost"]["output"]), D(t["input"]), D(t["output"]), D(t["cachedInput"]))
+            out[r["windowStart"]] = tuple(a + b for a, b in zip(out.get(r["windowStart"], (D(0),) * 5), add, strict=True))
+        return out
+
+    assert per_window(by_customer) == per_window(by_model) == per_window(by_subject)
+    assert D(by_customer["total"]) == D(by_model["total"]) == D(by_subject["total"])
+    assert by_customer["cost"] == by_model["cost"]
+    assert D(by_customer["total"]) == sum(expected_by(events[:-1], "model").values()) + D(70_001) * D(8) / MILLION
+    gpt41 = [r for r in by_customer["data"] if any(p["model"] == "gpt-4.1" for p in r["prices"])]
+    assert [(r["windowStart"], r["groupBy"]["customer"]) for r in gpt41] == [("2026-03-03T00:00:00Z", "acme")]
+    assert [(u["groupBy"]["customer"], u["groupBy"]["model"]) for u in by_customer["unpriced"]] == [
+        ("globex", "gpt-99-imaginary")]
+    assert [u["groupBy"]["model"] for u in by_model["unpriced"]] == ["gpt-99-imaginary"]

@@ -677,96 +677,125 @@ class ClickHouseUsageStore:
         return [r[0] for r in rows]
 
     def rated_sums(self, q: UsageQuery, meter_ids: Sequence[str], rating: Rating) -> RatedSums:
-        """See ports.UsageStore.rated_sums: one query finds the rate keys, a second prices every row and adds the
-        rated ones up to lines in ClickHouse (exact Decimal256), so the lines, not the rows, come back."""
+        """See ports.UsageStore.rated_sums: one query finds the rate keys (among the values of rating.key_meter
+        alone where it names one), a second prices every row and adds the rated ones up to lines in ClickHouse
+        (exact Decimal256), so the lines, not the rows, come back. Rows of a rate key the first query did not see
+        (values of the other meters only) come back unrated: they are priced and the second query runs once more."""
         by = rating.by
         if not meter_ids or not q.group_by or not 0 < by <= len(q.group_by):
             return rate_rows(self.sum_meters(q, meter_ids), rating)
         params: dict[str, Any] = {}
         sql = self._grouped_sql(replace(q, by_subject=False, subject_customers=None, group_by=q.group_by[:by]),
                                 "meter_id IN {mids:Array(String)}", ("c",), ["count()"], params)
-        params["mids"] = list(meter_ids)
-        keys: list[RateKey] = [(datetime.fromtimestamp(r[0], UTC) if q.window_size else None, tuple(r[1:1 + by]))
-                               for r in self._query(sql, params)]
-        found = [(k, rating.rates(*k)) for k in keys]
-        priced = [(k, rates) for k, rates in found if rates is not None]
-        exponents = [r.as_tuple().exponent for _, rates in priced for r in rates if r is not None]
+        params["mids"] = [meter_ids[rating.key_meter]] if rating.key_meter is not None else list(meter_ids)
+        found: dict[RateKey, tuple[Decimal | None, ...] | None] = {}
+        for r in self._query(sql, params):
+            k = (datetime.fromtimestamp(r[0], UTC) if q.window_size else None, tuple(r[1:1 + by]))
+            found[k] = rating.rates(*k)
+        for _ in range(2 if rating.key_meter is not None else 1):
+            rated = self._rate_in_store(q, meter_ids, rating, found)
+            if rated is None:  # rates too fine for Decimal256
+                break
+            lines, unrated, stray = rated
+            if not stray:
+                return RatedSums(lines, unrated)
+            for k in stray:
+                found[k] = rating.rates(*k)
+        # rates finer than 28 decimal places, or usage of a rate key neither read saw (written in between): rated
+        # in Python, from what is there now
+        return rate_rows(self.sum_meters(q, meter_ids), rating, found=found)
+
+    def _rate_in_store(self, q: UsageQuery, meter_ids: Sequence[str], rating: Rating,
+                       found: dict[RateKey, tuple[Decimal | None, ...] | None]
+                       ) -> tuple[list[RatedLine], list[tuple[Any, ...]], list[RateKey]] | None:
+        """rated_sums' second query: the rows priced with the rates `found` and added up to lines; (lines, unrated
+        rows, the rate keys of unrated rows not in `found`), or None where a rate is finer than Decimal256 holds."""
+        by = rating.by
+        priced = [(k, rates) for k, rates in found.items() if rates is not None]
+        tuples = list(dict.fromkeys(rates for _, rates in priced))
+        exponents = [r.as_tuple().exponent for rates in tuples for r in rates if r is not None]
         scale = max([0, *(-e for e in exponents if isinstance(e, int))])
         if scale > 28 or not all(isinstance(e, int) for e in exponents):
-            # 18 + scale decimal places in Decimal256 leave 30 integer digits; finer rates are rated in Python
-            return rate_rows(self.sum_meters(q, meter_ids), rating, found=dict(found))
-        params = {"mids": list(meter_ids)}
+            return None  # 18 + scale decimal places in Decimal256 leave 30 integer digits
+        params: dict[str, Any] = {"mids": list(meter_ids)}
         sums = []
         for n, mid in enumerate(meter_ids):
             params[f"m{n}"] = mid
             sums.append(f"sumIf(s, meter_id = {{m{n}:String}}) AS x{n}")
-        inner = self._grouped_sql(q, "meter_id IN {mids:Array(String)}", ("s",), sums, params)
+        # (joined, not listed: no ORDER BY)
+        inner = self._grouped_sql(q, "meter_id IN {mids:Array(String)}", ("s",), sums, params).rpartition(" ORDER BY ")[0]
         width = 1 + q.by_subject + (q.subject_customers is not None)
-        lead = ["w"] + (["subject"] if q.by_subject else []) + (["customer_id"] if q.subject_customers is not None else [])
+        lead = (["subject"] if q.by_subject else []) + (["customer_id"] if q.subject_customers is not None else [])
         gs = [f"g{i}" for i in range(len(q.group_by))]
         n_k = len(rating.forms)
         # The rates joined to the rows by (window, first `by` group values), a hash join. Parameters stay small
         # (clickhouse-connect formats them in Python, per character of every string): each distinct rate group
         # values and each distinct rate tuple once, the (window, group, rates) table as integer arrays in text.
-        groups = list(dict.fromkeys(k[1] for k, _ in priced))
-        tuples = list(dict.fromkeys(rates for _, rates in priced))
+        # The rates are Decimal256 in that small table (not parsed per row), with a flag where there is none; a
+        # line's rate keys come back as the indexes of its groups (sorted as the groups are: ascending).
+        groups = sorted({k[1] for k, _ in priced})
         gi, ti = {g: n for n, g in enumerate(groups, 1)}, {t: n for n, t in enumerate(tuples, 1)}
         params["rg"] = groups
-        params["rgi"] = "[" + ",".join(map(str, range(1, len(groups) + 1))) + "]"
         params["kw"] = "[" + ",".join(str(int(k[0].timestamp()) if k[0] is not None else 0) for k, _ in priced) + "]"
         params["kg"] = "[" + ",".join(str(gi[k[1]]) for k, _ in priced) + "]"
         params["kr"] = "[" + ",".join(str(ti[rates]) for _, rates in priced) + "]"
         for k in range(n_k):
-            params[f"r{k}"] = [format(t[k], "f") if t[k] is not None else "" for t in tuples]
+            params[f"r{k}"] = [format(t[k], "f") if t[k] is not None else "0" for t in tuples]
+            params[f"h{k}"] = "[" + ",".join("0" if t[k] is None else "1" for t in tuples) + "]"
+        rg_type = f"Array(Tuple({', '.join(['String'] * by)}))"
         rates_sql = ("SELECT e.1 AS rw, e.2 AS rg, toUInt8(1) AS hit, "
-                     + ", ".join(f"arrayElement({{r{k}:Array(String)}}, e.3) AS rs{k}" for k in range(n_k))
+                     + "".join(f"arrayElement({{rg:{rg_type}}}, e.2).{i + 1} AS p{i}, " for i in range(by))
+                     + ", ".join(f"toDecimal256(arrayElement({{r{k}:Array(String)}}, e.3), {scale}) AS rd{k}, "
+                                 f"arrayElement({{h{k}:Array(UInt8)}}, e.3) AS rh{k}" for k in range(n_k))
                      + " FROM (SELECT arrayJoin(arrayZip({kw:Array(Int64)}, {kg:Array(UInt32)}, {kr:Array(UInt32)})) AS e)")
-        group_key = f"tuple({', '.join(gs[:by])})"
-        on = (f"toInt64(r.w) = p.rw AND transform({group_key}, {{rg:Array(Tuple({', '.join(['String'] * by)}))}}, "
-              "{rgi:Array(UInt32)}, toUInt32(0)) = p.rg")
+        on = "toInt64(r.w) = p.rw" + "".join(f" AND r.g{i} = p.p{i}" for i in range(by))
         middle = []
         ok = ["hit = 1"]
         amounts = []
         for k, form in enumerate(rating.forms):
-            terms = " ".join(f"{'+' if c > 0 else '-'} {abs(c)} * x{n}" for n, c in enumerate(form) if c)
-            middle.append(f"toDecimal256(0, 18) {terms} AS q{k}")
-            ok.append(f"(rs{k} != '' OR q{k} = 0)")
+            terms = " ".join(f"{'+' if c > 0 else '-'} {f'{abs(c)} * ' if abs(c) != 1 else ''}x{n}"
+                             for n, c in enumerate(form) if c).removeprefix("+ ")
+            middle.append(f"{terms or 'toDecimal256(0, 18)'} AS q{k}")
+            ok.append(f"(rh{k} = 1 OR q{k} = 0)")
             if k in rating.nonnegative:
                 ok.append(f"q{k} >= 0")
-            amounts.append(f"toString(sumIf(q{k} * toDecimal256OrZero(rs{k}, {scale}), ok))")
+            amounts.append(f"toString(sumIf(q{k} * rd{k}, ok))")
         kept = [g if i in rating.shown else f"if(ok, '', {g})" for i, g in enumerate(gs)]
+        # a line over every window (per_window False) keeps the window of its unrated rows; lines come back in the
+        # order of their first row (sum_meters' order: window, subject, customer, group values)
+        lw = "w" if rating.per_window else "if(ok, 0, w)"
         outer = (
-            f"SELECT {', '.join(lead)}, ok, {', '.join(f'{e} AS k{i}' for i, e in enumerate(kept))}, "
-            f"min(tuple({', '.join(gs)})) AS first, "
+            f"SELECT {lw} AS lw, {''.join(c + ', ' for c in lead)}ok, "
+            f"{', '.join(f'{e} AS k{i}' for i, e in enumerate(kept))}, "
+            f"min(tuple(w, {''.join(c + ', ' for c in lead)}{', '.join(gs)})) AS first, "
             + ", ".join(f"toString(sum(x{n}))" for n in range(len(meter_ids))) + ", " + ", ".join(amounts)
-            + f", arraySort(groupUniqArrayIf(tuple({', '.join(gs[:by])}), ok)) "
-            f"FROM (SELECT r.*, hit, {', '.join(f'rs{k}' for k in range(n_k))}, {', '.join(middle)}, "
+            + ", arraySort(groupUniqArrayIf(rg, ok)) "
+            f"FROM (SELECT r.*, hit, rg, {', '.join(f'rd{k}, rh{k}' for k in range(n_k))}, {', '.join(middle)}, "
             f"{' AND '.join(ok)} AS ok FROM ({inner}) AS r LEFT JOIN ({rates_sql}) AS p ON {on}) "
-            f"GROUP BY {', '.join(lead)}, ok, {', '.join(f'k{i}' for i in range(len(gs)))} "
-            f"ORDER BY ok, {', '.join(lead)}, first"
+            f"GROUP BY lw, {''.join(c + ', ' for c in lead)}ok, {', '.join(f'k{i}' for i in range(len(gs)))} "
+            f"ORDER BY ok, first"
         )
         rows = self._query(outer, params)
-        lines, unrated = [], []
+        lines, unrated, stray = [], [], []
         m = len(meter_ids)
         base = width + 1 + len(gs) + 1
-        known, stray = {k for k, _ in found}, False
+        shown_at = [width + 1 + i for i in rating.shown]
         for r in rows:
-            start = datetime.fromtimestamp(r[0], UTC) if q.window_size else None
+            rated = r[width]
+            start = datetime.fromtimestamp(r[0], UTC) if q.window_size and (rating.per_window or not rated) else None
             subject = r[1] if q.by_subject else None
             customer = (r[width - 1] or None) if q.subject_customers is not None else None
             sums_ = [Decimal(x) for x in r[base:base + m]]
-            if not r[width]:
+            if not rated:
                 values = tuple(r[width + 1:width + 1 + len(gs)])
-                stray = stray or (start, values[:by]) not in known
+                if (start, values[:by]) not in found:
+                    stray.append((start, values[:by]))
                 unrated.append((start, subject, customer, values, *sums_))
                 continue
-            lines.append(RatedLine(start, subject, customer, tuple(r[width + 1 + i] for i in rating.shown),
-                                   [tuple(t) for t in r[base + m + n_k]], sums_,
+            lines.append(RatedLine(start, subject, customer, tuple([r[j] for j in shown_at]),
+                                   [groups[i - 1] for i in r[base + m + n_k]], sums_,
                                    [Decimal(x) for x in r[base + m:base + m + n_k]]))
-        if stray:
-            # usage of a rate key the first read did not see arrived in between: rate what is there now in Python
-            return rate_rows(self.sum_meters(q, meter_ids), rating, found=dict(found))
-        return RatedSums(lines, unrated)
+        return lines, unrated, list(dict.fromkeys(stray))
 
     # -- lineage (issue 21) ------------------------------------------------------------------------
     def line_events(self, namespace: str, meter_id: str, subjects: Sequence[str], start: datetime, end: datetime,

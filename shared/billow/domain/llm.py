@@ -48,6 +48,7 @@ CACHE_TOKEN_TYPES: Final = ("cachedInput", "cacheWrite")
 
 _MILLION = Decimal(1_000_000)
 _ZERO = Decimal(0)
+_ADD = EXACT.add
 _NUMERIC_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _BEGINNING = datetime.min.replace(tzinfo=UTC)
@@ -116,13 +117,25 @@ class Cost:
 
     @property
     def total(self) -> Decimal:
-        with decimal.localcontext(EXACT):
-            return self.input + self.cached_input + self.cache_write + self.output
+        add = _ADD  # EXACT.add: the exact context's addition without entering it (a report adds up many lines)
+        return add(add(add(self.input, self.cached_input), self.cache_write), self.output)
 
     def __add__(self, other: Cost) -> Cost:
+        add = _ADD
+        return Cost(add(self.input, other.input), add(self.cached_input, other.cached_input),
+                    add(self.cache_write, other.cache_write), add(self.output, other.output))
+
+    @staticmethod
+    def add_up(costs: Iterable[Cost]) -> Cost:
+        """The exact sum of many costs, part by part."""
+        parts = [_ZERO, _ZERO, _ZERO, _ZERO]
         with decimal.localcontext(EXACT):
-            return Cost(self.input + other.input, self.cached_input + other.cached_input,
-                        self.cache_write + other.cache_write, self.output + other.output)
+            for c in costs:
+                parts[0] += c.input
+                parts[1] += c.cached_input
+                parts[2] += c.cache_write
+                parts[3] += c.output
+        return Cost(*parts)
 
     def to_json(self) -> dict[str, str]:
         return {"input": plain(self.input), "cachedInput": plain(self.cached_input),

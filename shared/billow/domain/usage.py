@@ -118,18 +118,26 @@ class Rating:
     meter, per quantity). Its rates are chosen by its window and its first `by` group values: `rates` gives one
     rate per quantity (None: this rate group has no rate for that quantity) or None (no rate at all). A row is
     rated when it has rates, none of the `nonnegative` quantities is below zero and every quantity without a
-    rate is zero. Rated rows are added up per (window, subject, customer, the group values at `shown`)."""
+    rate is zero. Rated rows are added up per (window, subject, customer, the group values at `shown`); with
+    `per_window` False, per (subject, customer, shown values) over every window (still rated window by window;
+    the line's window_start is None).
+
+    `key_meter`: the meter whose values, as a rule, every row has (an `llm` event's input tokens): a store may
+    look for the rate keys among its values alone, fewer rows to read; a key only other meters have is found when
+    the rows are read and costs the store one more read, never a wrong line."""
 
     by: int
     forms: tuple[tuple[int, ...], ...]
     nonnegative: tuple[int, ...]
     shown: tuple[int, ...]
     rates: Callable[[datetime | None, tuple[str, ...]], tuple[Decimal | None, ...] | None]
+    key_meter: int | None = None
+    per_window: bool = True
 
 
 @dataclass(slots=True)
 class RatedLine:
-    window_start: datetime | None
+    window_start: datetime | None  # None: no windows, or a line over every window (Rating.per_window False)
     subject: str | None
     customer_id: str | None
     groups: tuple[str, ...]  # the values at Rating.shown
@@ -160,7 +168,7 @@ def rate_rows(rows: list[tuple[Any, ...]], rating: Rating,
         if k not in found:
             found[k] = rating.rates(*k)
     forms = [[(n, c) for n, c in enumerate(form) if c] for form in rating.forms]
-    by, shown, nonnegative, zero = rating.by, rating.shown, rating.nonnegative, Decimal(0)
+    by, shown, nonnegative, zero, per_window = rating.by, rating.shown, rating.nonnegative, Decimal(0), rating.per_window
     with decimal.localcontext(EXACT):
         for row in rows:
             start, values, sums = row[0], row[3], row[4:]
@@ -170,10 +178,10 @@ def rate_rows(rows: list[tuple[Any, ...]], rating: Rating,
                     or any(r is None and n != 0 for r, n in zip(rates, qty, strict=True))):
                 unrated.append(row)
                 continue
-            key = (start, row[1], row[2], tuple([values[n] for n in shown]))
+            key = (start if per_window else None, row[1], row[2], tuple([values[n] for n in shown]))
             line = lines.get(key)
             if line is None:
-                line = lines[key] = RatedLine(start, row[1], row[2], key[3], [], [zero] * len(sums), [zero] * len(qty))
+                line = lines[key] = RatedLine(key[0], row[1], row[2], key[3], [], [zero] * len(sums), [zero] * len(qty))
             if values[:by] not in line.rate_keys:
                 line.rate_keys.append(values[:by])
             acc = line.sums

@@ -216,8 +216,8 @@ class PriceBook:
 
 @dataclass(slots=True)
 class CostLine:
-    window_start: datetime
-    window_end: datetime
+    window_start: datetime | None  # None: a line over every window (compute_costs' per_window False)
+    window_end: datetime | None
     subject: str | None
     customer_id: str | None
     groups: dict[str, str]
@@ -233,7 +233,9 @@ class CostLine:
         if self.customer_id:
             out["customerId"] = self.customer_id
         out["groupBy"] = self.groups
-        out["tokens"] = {k: _count(v) for k, v in self.tokens.by_type().items()}
+        t = self.tokens
+        out["tokens"] = {"input": _count(t.input), "cachedInput": _count(t.cached_input),
+                         "cacheWrite": _count(t.cache_write), "output": _count(t.output)}
         if self.reason:
             out["unpriced"] = True
             out["reason"] = self.reason
@@ -259,7 +261,7 @@ class CostReport:
 
     @property
     def cost(self) -> Cost:
-        return sum((line.cost for line in self.lines), Cost())
+        return Cost.add_up(line.cost for line in self.lines)
 
     def to_json(self) -> dict[str, Any]:
         by_subject = "subject" in self.group_by
@@ -303,11 +305,13 @@ def _token_meters(namespace: str, meta: MetaStore) -> dict[str, str]:
 
 
 def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: MetaStore, usage: UsageStore,
-                  overrides: Sequence[PriceOverride], table: GenaiPriceTable | None = None) -> CostReport:
+                  overrides: Sequence[PriceOverride], table: GenaiPriceTable | None = None,
+                  per_window: bool = True) -> CostReport:
     """Price every token meter's sums per window and (provider, model, requested dimensions) at the window start
     and add the priced ones up to the requested groups. Lines per customer or subject (not per model) are added
     up in the usage store (UsageStore.rated_sums): Python prices each (window, provider, model) once and reads
-    back the report's lines, not a row per model and group (issue 17 item 6)."""
+    back the report's lines, not a row per model and group (issue 17 item 6). `per_window` False: each priced
+    line adds up every window (priced window by window; no window, no prices listed); unpriced lines keep theirs."""
     dims = [k for k in group_by if k not in ("subject", *llm.PRICE_KEYS)]
     keys = [*llm.PRICE_KEYS, *dims]
     query = replace(p, group_by=[*keys, *(["subject"] if "subject" in group_by else [])])
@@ -340,7 +344,8 @@ def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: 
     rating = Rating(by=len(llm.PRICE_KEYS),
                     forms=(form((1, "input"), (-1, "cachedInput"), (-1, "cacheWrite")), form((1, "cachedInput")),
                            form((1, "cacheWrite")), form((1, "output"))),
-                    nonnegative=(0,), shown=tuple(n for n, k in enumerate(keys) if k in group_by), rates=rates)
+                    nonnegative=(0,), shown=tuple(n for n, k in enumerate(keys) if k in group_by), rates=rates,
+                    key_meter=at["input"], per_window=per_window)  # every llm event has input tokens
     meter_ids = [q.meter_id for q in queries]
     if "model" not in group_by and {"customer", "subject"} & set(group_by):
         # lines per customer or subject add up every model's rows, and there are many: added up in the store
@@ -360,16 +365,21 @@ def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: 
             end = ends[start] = window_end(start, query.window_size, tz)
         return end
 
+    where = [at.get(t) for t in ("input", "cachedInput", "cacheWrite", "output")]
+
     def counts(sums: Sequence[Decimal]) -> TokenCounts:
-        return TokenCounts(*(sums[at[t]] if t in at else _ZERO for t in ("input", "cachedInput", "cacheWrite", "output")))
+        return TokenCounts(*[sums[n] if n is not None else _ZERO for n in where])
 
     shown = [k for k in keys if k in group_by]
     prices: dict[tuple[datetime | None, tuple[str, ...]], dict[str, Any]] = {}
     lines = []
     for r in rated.lines:  # in the store's order
-        assert r.window_start is not None
-        line = CostLine(r.window_start, end_of(r.window_start), r.subject, r.customer_id,
+        start = r.window_start
+        line = CostLine(start, end_of(start) if start is not None else None, r.subject, r.customer_id,
                         dict(zip(shown, r.groups, strict=True)), counts(r.sums), Cost(*r.amounts))
+        lines.append(line)
+        if start is None:  # a line over every window: priced day by day, at several prices
+            continue
         for pm in r.rate_keys:
             shown_price = prices.get((r.window_start, pm))
             if shown_price is None:
@@ -377,7 +387,6 @@ def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: 
                 assert not isinstance(price, str)
                 shown_price = prices[(r.window_start, pm)] = price.to_json(*pm)
             line.prices[pm] = shown_price  # type: ignore[index]
-        lines.append(line)
     unpriced: list[CostLine] = []
     for start, subject, customer_id, values, *sums in rated.unrated:  # never counted as zero
         counted = counts(sums)

@@ -56,8 +56,10 @@ def margin_report(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore, 
     # Cost per subject only where it must be split by customer (grouped by customer, or revenue in several
     # currencies): fewer rows to price and read back otherwise.
     per_subject = "customer" in group_by or len({cur for cur, _, _ in revenue.values()}) > 1
+    # Without windowSize the costs are added up over the span in the store (still priced day by day).
     report = llm_costs.compute_costs(namespace, p, [*(["subject"] if per_subject else []), *dims], meta=meta,
-                                     usage=usage, overrides=prices.list_overrides(namespace), table=table)
+                                     usage=usage, overrides=prices.list_overrides(namespace), table=table,
+                                     per_window=windowed)
     if per_subject:  # the cost rows hold each subject's tokens already
         shares = _span_shares(report, dims, windowed)
     else:
