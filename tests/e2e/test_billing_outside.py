@@ -225,12 +225,9 @@ class World:
     seats: dict[str, Any] = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    d = Path(tmp_path_factory.mktemp("billing-outside"))
-    (d / "billow.yaml").write_text(CONFIG)
-    s = Drained(d / "data", d / "billow.yaml").start()
-    w = World(s, d)
+def populate(w: World) -> None:
+    """The module's catalog, customers, subscriptions, entitlements and their first usage."""
+    s = w.s
     for key in FEATURES:
         ok(s, "POST", "/api/v1/features", {"key": key, "name": key, "meterSlug": "bo_tok"})
     ok(s, "POST", "/api/v1/features", {"key": "bo_seat_bill", "name": "bo_seat_bill", "meterSlug": "bo_users"})
@@ -298,9 +295,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     t = iso(w.ent_start + timedelta(milliseconds=5))
     send(s, [ev("e1", "bo_e1", t, "60.000000000000000001"), ev("e2", "bo_e2", t, "40.25"),
              ev("e3", "bo_e2", t, "0.000000000000000009")])
-    yield w
-    if w.s.proc is not None:
-        w.s.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    d = Path(tmp_path_factory.mktemp("billing-outside"))
+    (d / "billow.yaml").write_text(CONFIG)
+    s = Drained(d / "data", d / "billow.yaml").start()
+    w = World(s, d)
+    try:
+        populate(w)
+        yield w
+    finally:  # also when populating fails: no billow serve is left running
+        if w.s.proc is not None:
+            w.s.stop()
 
 
 def wait_past_minute(t: datetime) -> None:
