@@ -256,7 +256,10 @@ def update_customer(customer: str) -> Response:
 @app.delete("/api/v1/customers/<customer>")
 def delete_customer(customer: str) -> Response:
     c = container()
-    directory.delete_customer(c.namespace, path_param(customer), meta=c.meta, now=c.clock.now())
+    now = c.clock.now()
+    doc = directory.get_customer(c.namespace, path_param(customer), meta=c.meta)
+    subscriptions.check_customer_deletable(c.namespace, doc["id"], store=c.catalog_store(), now=now)
+    directory.delete_customer(c.namespace, doc["id"], meta=c.meta, now=now)
     return no_content()
 
 

@@ -780,3 +780,18 @@ def test_a_subject_moved_after_invoicing_does_not_refund_the_invoiced_usage(worl
                                        "usageAttribution": {"subjectKeys": ["bo_mv1"]}})
     assert bill(s, w.mover["customer"]) == []  # the usage was its own when it happened and was invoiced
     assert totals_by_card(s, w.mover["customer"]) == {"Use": D("100.00")}
+
+
+def test_a_customer_with_a_running_subscription_cannot_be_deleted(world: World) -> None:
+    """Deleting a customer whose subscription still runs left the subscription active with nobody to invoice: its
+    usage was never billed (the invoice call for the customer is a 404) and nothing said so. As OpenMeter's customer
+    validator does, the delete is refused until the subscription is canceled."""
+    s = world.s
+    c = ok(s, "POST", "/api/v1/customers", {"key": "leaver", "name": "Leaver", "currency": "USD",
+                                           "usageAttribution": {"subjectKeys": ["bo_leaver"]}})
+    sub = ok(s, "POST", "/api/v1/subscriptions", {"plan": {"key": "bo_move"}, "customerKey": "leaver"})
+    status, out = api(s, "DELETE", f"/api/v1/customers/{c['id']}")
+    assert status == 409 and sub["id"] in out["detail"], (status, out)
+    assert ok(s, "GET", "/api/v1/customers/leaver")["id"] == c["id"]  # still there
+    ok(s, "POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "immediate"})
+    assert api(s, "DELETE", f"/api/v1/customers/{c['id']}")[0] == 204

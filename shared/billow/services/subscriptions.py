@@ -155,6 +155,16 @@ def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaSto
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
+def check_customer_deletable(namespace: str, customer_id: str, *, store: SubscriptionStore, now: datetime) -> None:
+    """A customer whose subscription still runs (or is scheduled) cannot be deleted, as OpenMeter's customer validator
+    refuses it: the subscription would stay active with nobody to invoice, its usage never billed (409)."""
+    live = [d["id"] for d in store.list_subscriptions(namespace, customer_id)
+            if not d.get("deletedAt") and subs.status(d, now) in ("active", "canceled", "scheduled")]
+    if live:
+        raise Conflict(f"customer {customer_id} still has subscription(s) {', '.join(live)} running or scheduled: cancel "
+                       "them (POST /api/v1/subscriptions/{id}/cancel) before deleting the customer")
+
+
 def customers_on_plan(namespace: str, plan_key: str, *, store: SubscriptionStore, now: datetime) -> set[str]:
     """Ids of the customers whose subscription running now (active, or canceled and not yet ended) is on the plan
     with key `plan_key` (OpenMeter's `GET /customers?planKey=`)."""
