@@ -24,6 +24,9 @@ Bugs found and fixed (each test failed before):
 - a plan's metered entitlement counted the customer's usage from the start of the billing anchor's period, before
   the subscription began (usage 1050 for 50, access denied); it now counts from the rate card's start, as
   OpenMeter's subscription sync sets measureUsageFrom (services/subscriptions._entitlement_body);
+- a customer whose subscription still ran could be deleted (204): the subscription stayed active with nobody to
+  invoice, its usage never billed; now a 409 until the subscription is canceled, as OpenMeter refuses it
+  (functions/api/handler.delete_customer, services/subscriptions.check_customer_deletable);
 - (fixed by the lead, 07c6bc6) invoice numbers were `<first 12 letters and digits of the customer key, upper
   case>-<n>`, unique per namespace, so customers whose keys share that prefix (`organization_1`, `organization_2`)
   collided: the second customer's billing run failed on the unique number and it was never invoiced while
