@@ -211,7 +211,7 @@ def _reading(namespace: str, customers: list[dict[str, Any]], by_customer: dict[
     for cust in customers:
         for d in by_customer.get(cust["id"], []):
             for ps, pe in bt.periods(d, start, end):
-                r.batch.want(r.subjects[cust["id"]], subs.usage_spans(d, ps, pe))
+                r.batch.want(r.subjects[cust["id"]], subs.usage_spans(d, ps, pe), cust["id"])
     return r
 
 
@@ -274,7 +274,7 @@ def compute(job: Job, spec: Spec, progress: _Progress, *, billing: BillingStore,
             cand = bt.candidate_subscription(d, spec.plan)
             per_customer.setdefault(cust["id"], []).append((d, cand))
             for ps, pe in bt.periods(cand, spec.start, spec.end):
-                r.batch.want(r.subjects[cust["id"]], subs.usage_spans(cand, ps, pe))
+                r.batch.want(r.subjects[cust["id"]], subs.usage_spans(cand, ps, pe), cust["id"])
     r.batch.fetch()
     progress.beat()  # the usage is read: the job is alive
     for cust in spec.customers:

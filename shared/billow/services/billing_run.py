@@ -50,22 +50,31 @@ log = logging.getLogger("billow.billing")
 
 class BatchedUsage:
     """Usage for many subscriptions at once: requests are collected first (a rating pass with zero usage), then
-    answered with one usage-store query per (feature, span) grouped by subject."""
+    answered with one usage-store query per (feature, span): grouped by subject for SUM and COUNT meters (a
+    customer's usage is the sum of its subjects'), grouped by customer for every other aggregation (a UNIQUE_COUNT
+    is the distinct values over all the customer's subjects, a LATEST the last value across them: per-subject
+    values do not add up)."""
+
+    ADDITIVE = ("SUM", "COUNT")
 
     def __init__(self, namespace: str, *, meta: MetaStore, ents: EntitlementStore, usage: UsageStore) -> None:
         self.ns, self.meta, self.ents, self.usage = namespace, meta, ents, usage
         self.wanted: dict[tuple[str, datetime, datetime], set[str]] = defaultdict(set)
         self.values: dict[tuple[str, datetime, datetime], dict[str, Decimal]] = {}
         self.errors: dict[tuple[str, datetime, datetime], Exception] = {}  # raised again to each reader that asks
-        # Lineage (issue 21): per (feature, span) the subjects' customers, how it was measured, each customer's digest.
+        self.by_party: set[tuple[str, datetime, datetime]] = set()  # spans whose values are keyed by party, not subject
+        # Per (feature, span) each subject's party (its customer; lineage, issue 21: its digest), how it was measured,
+        # each customer's digest.
         self.groups: dict[tuple[str, datetime, datetime], dict[str, str]] = defaultdict(dict)
         self.how: dict[tuple[str, datetime, datetime], tuple[dict[str, str], Any, list[list[GroupFilter]]]] = {}
         self.digests: dict[tuple[str, datetime, datetime], dict[str, UsageDigest]] = {}
 
     def want(self, subjects: list[str], spans: list[tuple[str, datetime, datetime]], customer_id: str = "") -> None:
+        """`subjects` are one party's (a customer's: `customer_id`, or without one the subjects themselves)."""
+        party = customer_id or "\x00" + "\x1f".join(sorted(subjects))
         for feature, s, e in spans:
             self.wanted[(feature, minute(s), minute(e))].update(subjects)
-            self.groups[(feature, minute(s), minute(e))].update(dict.fromkeys(subjects, customer_id))
+            self.groups[(feature, minute(s), minute(e))].update(dict.fromkeys(subjects, party))
 
     def fetch(self) -> None:
         for (feature_key, s, e), subjects in self.wanted.items():
@@ -83,12 +92,18 @@ class BatchedUsage:
         if feature is None or meter is None:
             raise NotFound(f"feature {feature_key!r} has no meter to rate")
         meter_ref, stated, filters = measurement(feature, meter)
+        additive = meter.aggregation in self.ADDITIVE
+        parties = self.groups[(feature_key, s, e)]
         rows = self.usage.aggregate(UsageQuery(
             namespace=self.ns, meter_id=meter.id, aggregation=meter.aggregation, start=s,
             end=e - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=sorted(subjects),
-            group_by=[], by_subject=True, subject_customers=None, filters=filters))
+            group_by=[], by_subject=additive,
+            subject_customers=None if additive else {x: parties[x] for x in sorted(subjects)}, filters=filters))
         self.how[(feature_key, s, e)] = (meter_ref, stated, filters)
-        return {r.subject or "": final_value(meter.aggregation, r) or Decimal(0) for r in rows}
+        if additive:
+            return {r.subject or "": final_value(meter.aggregation, r) or Decimal(0) for r in rows}
+        self.by_party.add((feature_key, s, e))
+        return {r.customer_id or "": final_value(meter.aggregation, r) or Decimal(0) for r in rows}
 
     def lineage(self, line: dict[str, Any], customer_id: str, subjects: list[str], now: datetime,
                 since: datetime | None) -> dict[str, Any] | None:
@@ -110,9 +125,12 @@ class BatchedUsage:
         def read(feature: str, s: datetime, e: datetime) -> Decimal:
             if (error := self.errors.get((feature, minute(s), minute(e)))) is not None:
                 raise error
-            got = self.values.get((feature, minute(s), minute(e)), {})
+            key = (feature, minute(s), minute(e))
+            got = self.values.get(key, {})
+            # Per subject (SUM, COUNT): the subjects' sum. Per party: the value of the subjects' party (one customer).
+            keys = {self.groups[key].get(x, "") for x in subjects} if key in self.by_party else subjects
             with decimal.localcontext(EXACT):
-                return sum((got.get(x, Decimal(0)) for x in subjects), Decimal(0))
+                return sum((got.get(x, Decimal(0)) for x in keys), Decimal(0))
         return read
 
 
