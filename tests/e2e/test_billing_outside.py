@@ -27,6 +27,8 @@ Bugs found and fixed (each test failed before):
 - a customer whose subscription still ran could be deleted (204): the subscription stayed active with nobody to
   invoice, its usage never billed; now a 409 until the subscription is canceled, as OpenMeter refuses it
   (functions/api/handler.delete_customer, services/subscriptions.check_customer_deletable);
+- (fixed in ddd6ea4) on a UNIQUE_COUNT meter a subscription billed a user seen through two subjects of one customer
+  twice: the billing run read usage per subject and added the subjects up (services/billing_run.BatchedUsage);
 - (fixed by the lead, 07c6bc6) invoice numbers were `<first 12 letters and digits of the customer key, upper
   case>-<n>`, unique per namespace, so customers whose keys share that prefix (`organization_1`, `organization_2`)
   collided: the second customer's billing run failed on the unique number and it was never invoiced while
@@ -36,8 +38,6 @@ Bugs found, not fixed (strict xfail, for the lead):
 - `POST /billing/invoices/invoice` ignores `filters.lineIds`: every due pending line is invoiced;
 - a subject moved to another customer after its usage was invoiced: the next run re-checks the invoiced period with
   the customer's subjects of now and refunds all of it (-100.00 for usage that happened while the subject was its);
-- on a UNIQUE_COUNT meter a subscription bills a user seen through two subjects of one customer twice: the
-  billing run reads usage per subject and adds the subjects up (services/billing_run.BatchedUsage);
 - a subscription's usage line `quantity` is the sum of its detailed lines' quantities, not the metered usage: a tier's
   flat price adds 1 (graduated and volume), a package price shows the number of packages (billow.domain.billing.diff)."""
 
@@ -703,10 +703,6 @@ def test_a_latest_entitlement_uses_the_last_value_of_the_usage_period(world: Wor
     assert (D(got["usage"]), D(got["balance"])) == (D("13.000000000000000001"), D("91.999999999999999999"))
 
 
-@pytest.mark.xfail(strict=True, reason="the billing run reads a subscription's usage grouped by subject and adds the "
-                   "customer's subjects up (services/billing_run.BatchedUsage: by_subject=True, reader sums): on a "
-                   "UNIQUE_COUNT meter a user seen through two subjects of one customer is billed twice (3 seats for "
-                   "2 users); one-off lines and the meter query with filterCustomerId count 2")
 def test_a_subscription_bills_distinct_users_across_the_customers_subjects(world: World) -> None:
     w, s = world, world.s
     wait_past_minute(w.seats["activeFrom"])
