@@ -780,9 +780,14 @@ class ClickHouseUsageStore:
         m = len(meter_ids)
         base = width + 1 + len(gs) + 1
         shown_at = [width + 1 + i for i in rating.shown]
+        instants: dict[int, datetime] = {}  # epoch second -> UTC datetime, made once per window
         for r in rows:
             rated = r[width]
-            start = datetime.fromtimestamp(r[0], UTC) if q.window_size and (rating.per_window or not rated) else None
+            start = None
+            if q.window_size and (rating.per_window or not rated):
+                start = instants.get(r[0])
+                if start is None:
+                    start = instants[r[0]] = datetime.fromtimestamp(r[0], UTC)
             subject = r[1] if q.by_subject else None
             customer = (r[width - 1] or None) if q.subject_customers is not None else None
             sums_ = [Decimal(x) for x in r[base:base + m]]

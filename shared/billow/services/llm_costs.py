@@ -372,6 +372,8 @@ def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: 
 
     shown = [k for k in keys if k in group_by]
     prices: dict[tuple[datetime | None, tuple[str, ...]], dict[str, Any]] = {}
+    # a window's lines mostly list the same models: their prices made once per (window, models), shared (read only)
+    listed: dict[tuple[datetime, tuple[tuple[str, ...], ...]], dict[tuple[str, str], dict[str, Any]]] = {}
     lines = []
     for r in rated.lines:  # in the store's order
         start = r.window_start
@@ -380,13 +382,18 @@ def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: 
         lines.append(line)
         if start is None:  # a line over every window: priced day by day, at several prices
             continue
-        for pm in r.rate_keys:
-            shown_price = prices.get((r.window_start, pm))
-            if shown_price is None:
-                price = resolved[(r.window_start, pm)]
-                assert not isinstance(price, str)
-                shown_price = prices[(r.window_start, pm)] = price.to_json(*pm)
-            line.prices[pm] = shown_price  # type: ignore[index]
+        models = tuple(r.rate_keys)
+        line_prices = listed.get((start, models))
+        if line_prices is None:
+            line_prices = listed[(start, models)] = {}
+            for pm in models:
+                shown_price = prices.get((start, pm))
+                if shown_price is None:
+                    price = resolved[(start, pm)]
+                    assert not isinstance(price, str)
+                    shown_price = prices[(start, pm)] = price.to_json(*pm)
+                line_prices[pm] = shown_price  # type: ignore[index]
+        line.prices = line_prices
     unpriced: list[CostLine] = []
     for start, subject, customer_id, values, *sums in rated.unrated:  # never counted as zero
         counted = counts(sums)
