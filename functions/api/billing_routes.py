@@ -127,16 +127,23 @@ def list_invoices() -> Response:
 
 @router.post("/api/v1/billing/invoices/invoice")
 def invoice_now() -> Response:
-    """Invoice a customer's due lines now (OpenMeter's InvoicePendingLinesActionInput: customerId, asOf)."""
+    """Invoice a customer's due lines now (OpenMeter's InvoicePendingLinesActionInput: customerId, asOf, and
+    filters.lineIds: those pending lines alone)."""
     c, store = _c()
     body = _body()
     if not isinstance(body, dict) or not isinstance(body.get("customerId"), str):
         raise billing.bad("customerId", "is required")
     customer = billing.resolve_customer(c.namespace, body["customerId"], c.meta)
     as_of = parse_rfc3339(body["asOf"], "asOf") if body.get("asOf") else None
+    filters = body.get("filters")
+    if filters is not None and not isinstance(filters, dict):
+        raise billing.bad("filters", "must be an object")
+    line_ids = (filters or {}).get("lineIds")
+    if line_ids is not None and not (isinstance(line_ids, list) and all(isinstance(x, str) for x in line_ids)):
+        raise billing.bad("filters.lineIds", "must be an array of line ids")
     from billow.services import jobs
 
-    result = jobs.billing_run(c, customer_id=customer["id"], as_of=as_of)
+    result = jobs.billing_run(c, customer_id=customer["id"], as_of=as_of, line_ids=line_ids)
     return ok(result.invoices, 201)
 
 

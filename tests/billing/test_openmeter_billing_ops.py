@@ -147,3 +147,38 @@ def test_snapshot_quantities_and_tax_recalculation_on_a_draft_and_refused_once_i
         status, out = b.call("POST", f"/api/v1/billing/invoices/{draft['id']}/{action}")
         assert status == 409 and draft["number"] in out["detail"], (status, out)
         _refused(b, "POST", f"/api/v1/billing/invoices/01J0000000000000000000NONE/{action}", "not found", status=404)
+
+
+# -- POST /api/v1/billing/invoices/invoice with filters.lineIds --------------------------------------------------
+def test_invoicing_by_line_ids_invoices_those_lines_alone(billow: Billow) -> None:
+    """OpenMeter's InvoicePendingLinesActionFiltersInput: the listed pending lines, nothing else (no other pending
+    line, no subscription charge); each must be the customer's, pending and due by asOf, or nothing is invoiced.
+    Found from outside (tests/e2e/test_billing_outside.py): the filter was ignored and every due line invoiced."""
+    b = billow
+    subscribed(b)  # a subscription whose April fee is due: not invoiced when lines are chosen by id
+    b.clock.set("2026-04-01T00:10:00Z")
+    customer = b.ok("GET", "/api/v1/customers/acme")
+    period = {"from": "2026-04-01T00:00:00Z", "to": "2026-04-01T00:05:00Z"}
+    added = b.ok("POST", f"/api/v1/billing/customers/{customer['id']}/invoices/pending-lines", {"currency": "USD", "lines": [
+        {"name": name, "period": period, "invoiceAt": at, "price": {"type": "flat", "amount": amount}}
+        for name, amount, at in (("a", "1", "2026-04-01T00:05:00Z"), ("b", "2", "2026-04-01T00:05:00Z"),
+                                 ("later", "4", "2026-04-09T00:00:00Z"))]})
+    ids = {ln["name"]: ln["id"] for ln in added["lines"]}
+    before = _all_invoices(b)
+    act = "/api/v1/billing/invoices/invoice"
+    for filters, name in (({"lineIds": ["01JNOTALINE0000000000000000"]}, "filters.lineIds[0]"),
+                          ({"lineIds": [ids["b"], ids["later"]]}, "filters.lineIds[1]"),  # not due by asOf
+                          ({"lineIds": []}, "filters.lineIds"), ({"lineIds": "x"}, "filters.lineIds"),
+                          ("x", "filters")):
+        _refused(b, "POST", act, name, {"customerId": customer["id"], "filters": filters})
+    assert _all_invoices(b) == before  # a refusal invoices nothing
+    made = b.ok("POST", act, {"customerId": customer["id"], "filters": {"lineIds": [ids["b"]]}})
+    assert len(made) == 1
+    invoice = b.ok("GET", f"/api/v1/billing/invoices/{made[0]['id']}", query={"expand": "lines"})
+    assert [ln["name"] for ln in invoice["lines"]] == ["b"] and Decimal(invoice["totals"]["total"]) == 2
+    gathering = b.ok("GET", f"/api/v1/billing/invoices/{added['invoice']['id']}", query={"expand": "lines"})
+    assert sorted(ln["name"] for ln in gathering["lines"]) == ["a", "later"]
+    made = b.ok("POST", act, {"customerId": customer["id"]})  # then, unfiltered: a and the subscription's fee
+    names = sorted(ln["name"] for i in made for ln in b.ok("GET", f"/api/v1/billing/invoices/{i['id']}",
+                                                             query={"expand": "lines"})["lines"])
+    assert "a" in names and "b" not in names and "later" not in names and len(names) >= 2

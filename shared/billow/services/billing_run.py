@@ -34,7 +34,7 @@ from billow.domain.invoices import Invoice
 from billow.domain.lineage import EMPTY as EMPTY_DIGEST
 from billow.domain.lineage import UsageDigest, lineage_json
 from billow.domain.usage import GroupFilter, UsageQuery, final_value
-from billow.errors import Conflict, NotFound
+from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.exact import EXACT
 from billow.ids import new_id
 from billow.ports import BillingStore, MetaStore, SubscriptionStore, UsageStore
@@ -168,8 +168,12 @@ COMMIT_BATCH = 200  # invoices per transaction: a durable commit costs milliseco
 
 def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore, meta: MetaStore,
         ents: EntitlementStore, usage: UsageStore, now: datetime, customer_id: str | None = None,
-        as_of: datetime | None = None, on_issue: IssueFn | None = None, lineage: bool = True) -> RunResult:
+        as_of: datetime | None = None, on_issue: IssueFn | None = None, lineage: bool = True,
+        line_ids: list[str] | None = None) -> RunResult:
     """One billing run (see the module docstring). Idempotent: run it again and nothing changes.
+
+    `line_ids` (with `customer_id`: OpenMeter's `filters.lineIds`) invoices those pending lines of the customer and
+    nothing else; each must be one of its pending lines, due by `as_of`, or nothing is invoiced (a 400 naming it).
 
     `lineage=False` leaves the lineage (and its digest query) off subscriptions' usage lines: only for
     bench.billing_run, which measures what writing lineage costs (issue 21's budget); every host runs with it on.
@@ -178,7 +182,10 @@ def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore
     `RunResult.failures` (and logged); every other customer is billed. Run for one customer (`customer_id`), its
     error is raised after the run."""
     r = _Run(namespace, store, meta, ents, usage, now, customer_id, min(as_of or now, now), on_issue, lineage)
-    docs = [d for d in catalog_store.list_subscriptions(namespace, customer_id) if not d.get("deletedAt")]
+    if line_ids is not None:
+        r.only = _chosen_lines(namespace, store, customer_id, line_ids, r.as_of)
+    docs = [] if r.only is not None else [  # lines chosen by id: those alone, no subscription's charges
+        d for d in catalog_store.list_subscriptions(namespace, customer_id) if not d.get("deletedAt")]
     r.result.subscriptions = len(docs)
     points_by_sub = r.due(docs)
     r.batch.fetch()
@@ -192,6 +199,25 @@ def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore
     return r.result
 
 
+def _chosen_lines(namespace: str, store: BillingStore, customer_id: str | None, line_ids: list[str],
+                  as_of: datetime) -> set[str]:
+    """The pending lines `filters.lineIds` names, each checked: the customer's, pending, due by `as_of`."""
+    if customer_id is None:
+        raise ValidationFailed.at("customerId", "is required to invoice lines by id")
+    if not line_ids:
+        raise ValidationFailed.at("filters.lineIds", "must name at least one pending line")
+    pending = {ln["id"]: ln for g in store.list_invoices(namespace, customer_ids=[customer_id], statuses=["gathering"])
+               for ln in g["lines"]}
+    for i, lid in enumerate(line_ids):
+        ln = pending.get(lid)
+        if ln is None:
+            raise ValidationFailed.at(f"filters.lineIds[{i}]", f"{lid[:64]!r} is not a pending line of the customer")
+        if parse_rfc3339(ln["invoiceAt"], "invoiceAt") > as_of:
+            raise ValidationFailed.at(f"filters.lineIds[{i}]", f"line {lid!r} is not invoiceable before its invoiceAt "
+                                                              f"{ln['invoiceAt']} (asOf {format_rfc3339(as_of)})")
+    return set(line_ids)
+
+
 class _Run:
     """The state of one billing run, step by step: due points, rating (usage batched), pending lines, one invoice
     per customer and currency, commit in batches, issuing."""
@@ -202,6 +228,7 @@ class _Run:
         self.ns, self.store, self.meta, self.ents, self.usage = namespace, store, meta, ents, usage
         self.now, self.customer_id, self.as_of, self.on_issue = now, customer_id, as_of, on_issue
         self.lineage = lineage
+        self.only: set[str] | None = None  # the pending lines chosen by id (filters.lineIds), else every due one
         self.result = RunResult()
         self.customers = {c["id"]: c for c in meta.list_customers(namespace)}
         self.batch = BatchedUsage(namespace, meta=meta, ents=ents, usage=usage)
@@ -258,7 +285,8 @@ class _Run:
         """Pending lines due by `as_of`, rated now, join their customer's invoice; their holders lose them."""
         for g in self.store.list_invoices(self.ns, customer_ids=[self.customer_id] if self.customer_id else None,
                                           statuses=["gathering"]):
-            due_now = [ln for ln in g["lines"] if parse_rfc3339(ln["invoiceAt"], "invoiceAt") <= self.as_of]
+            due_now = [ln for ln in g["lines"] if parse_rfc3339(ln["invoiceAt"], "invoiceAt") <= self.as_of
+                       and (self.only is None or ln["id"] in self.only)]
             if not due_now or g["customer"]["id"] in self.result.errors:
                 continue
             cust = self.customers.get(g["customer"]["id"]) or {}
