@@ -32,10 +32,11 @@ Bugs found and fixed (each test failed before):
 - (fixed by the lead, 07c6bc6) invoice numbers were `<first 12 letters and digits of the customer key, upper
   case>-<n>`, unique per namespace, so customers whose keys share that prefix (`organization_1`, `organization_2`)
   collided: the second customer's billing run failed on the unique number and it was never invoiced while
-  `POST /billing/invoices/invoice` answered 201 []; its one-off lines were a 500.
+  `POST /billing/invoices/invoice` answered 201 []; its one-off lines were a 500;
+- (fixed by the lead, 9bfea79) `POST /billing/invoices/invoice` ignored `filters.lineIds`: every due pending line
+  was invoiced.
 
 Bugs found, not fixed (strict xfail, for the lead):
-- `POST /billing/invoices/invoice` ignores `filters.lineIds`: every due pending line is invoiced;
 - a subject moved to another customer after its usage was invoiced: the next run re-checks the invoiced period with
   the customer's subjects of now and refunds all of it (-100.00 for usage that happened while the subject was its);
 - a subscription's usage line `quantity` is the sum of its detailed lines' quantities, not the metered usage: a tier's
@@ -744,10 +745,6 @@ def test_a_subscription_entitlement_counts_usage_from_the_subscription_start(wor
     assert (ent["measureUsageFrom"], ent["usagePeriod"]["anchor"]) == (iso(minute(af)).replace(".000Z", "Z"), iso(anchor).replace(".000Z", "Z"))
 
 
-@pytest.mark.xfail(strict=True, reason="POST /billing/invoices/invoice ignores filters.lineIds (OpenMeter's "
-                   "InvoicePendingLinesActionFiltersInput: only the listed lines are invoiced, each must exist and be "
-                   "invoiceable as of asOf or the action fails): every due pending line is invoiced (functions/api/"
-                   "billing_routes.invoice_now passes only customerId and asOf to jobs.billing_run)")
 def test_invoicing_pending_lines_by_id_invoices_only_those(world: World) -> None:
     s = world.s
     period = {"from": "2026-12-02T10:00:00Z", "to": "2026-12-02T11:00:00Z"}
