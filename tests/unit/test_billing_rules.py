@@ -76,7 +76,9 @@ def test_first_run_bills_everything_and_a_rerun_nothing() -> None:
     assert [(ln["name"], ln["totals"]["total"]) for ln in lines] == [("Tokens", "10.00")]
     assert [(c["quantity"], c["totals"]["total"], c["paymentTerm"]) for c in lines[0]["children"]] == \
         [("1000", "10.00", "in_arrears")]
-    assert list(billed.values()) == [{"total": "10.00", "quantity": "1000", "amount": "10.00", "discounts": "0"}]
+    # the mark records the metered usage too (a correction's line quantity is the usage since)
+    assert list(billed.values()) == [{"total": "10.00", "quantity": "1000", "amount": "10.00", "discounts": "0",
+                                      "usage": "1000"}]
     again, same = diff(replace(point, mark=replace(point.mark, rev=1, billed=billed)), charges(sub, 1000), MAY)
     assert (again, same) == ([], billed)
 

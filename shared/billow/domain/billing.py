@@ -78,12 +78,18 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
     billed: dict[str, dict[str, str]] = dict(point.mark.billed)
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     current: dict[str, subs.Charge] = {}
+    metered: dict[tuple[str, str], dict[datetime, Decimal]] = {}  # a usage item's metered usage per item period
     for c in charges:
         if c.line.payment_term != point.term:
             continue
         k = charge_key(c)
         current[k] = c
+        if c.usage is not None:
+            metered.setdefault(_group(k), {})[c.line.period_start] = c.usage
     with decimal.localcontext(EXACT):
+        usage = {g: sum(per.values(), Decimal(0)) for g, per in metered.items()}
+        before = _usage_billed(billed)
+        marked = {_group(k) for k in billed}
         keys = sorted(set(current) | set(billed))
         for k in keys:
             was = billed.get(k, {"total": "0", "quantity": "0", "amount": "0", "discounts": "0"})
@@ -95,10 +101,15 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
                 amount, disc = ch.line.amount_rounded, ch.line.discounts_total
             d_total = total - Decimal(was["total"])
             d_qty = qty - Decimal(was["quantity"])
-            if d_total == 0 and d_qty == 0:
+            now_usage = usage.get(_group(k)) if ch is not None else None
+            # usage recorded before that changed (e.g. inside the same package) is recorded, not invoiced
+            usage_moved = now_usage is not None and "usage" in was and Decimal(was["usage"]) != now_usage
+            if d_total == 0 and d_qty == 0 and not usage_moved:
                 continue
             billed[k] = {"total": format(total, "f"), "quantity": plain(qty), "amount": format(amount, "f"),
                          "discounts": format(disc, "f")}
+            if now_usage is not None:
+                billed[k]["usage"] = plain(now_usage)
             if d_total == 0:
                 continue  # a quantity that costs nothing more (e.g. inside a free allowance) is recorded, not invoiced
             correction = point.mark.rev > 0 and k in point.mark.billed
@@ -117,13 +128,31 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
                 invoice_at=now, currency=point.sub["currency"], totals=inv_rules.totals(d_amount, d_disc),
                 tax_config=rc.get("taxConfig"), now=now))
     lines = []
-    for group in groups.values():
+    for g, group in groups.items():
         group["totals"] = inv_rules.sum_totals(group["children"])
         with decimal.localcontext(EXACT):
-            group["quantity"] = plain(sum((Decimal(child["quantity"]) for child in group["children"]
-                                            if child["category"] == "regular"), Decimal(0)))
+            if g in usage and (g in before or g not in marked):
+                # OpenMeter's usage-based line: the metered usage it bills (its detailed lines carry their own
+                # quantities: a tier's flat price 1, a package price its packages). A correction bills the usage
+                # since the period was last billed.
+                group["quantity"] = plain(usage[g] - before.get(g, Decimal(0)))
+            else:  # a flat fee; or a correction to a mark that recorded no usage (written before marks did)
+                group["quantity"] = plain(sum((Decimal(child["quantity"]) for child in group["children"]
+                                                if child["category"] == "regular"), Decimal(0)))
         lines.append(group)
     return lines, billed
+
+
+def _group(key: str) -> tuple[str, str]:
+    """The invoice line (subscription item: source, rate card key) a mark key's detailed line belongs to."""
+    source, card_key, _ = key.split("|", 2)
+    return source, card_key
+
+
+def _usage_billed(billed: Mapping[str, Mapping[str, str]]) -> dict[tuple[str, str], Decimal]:
+    """Per usage item, the metered usage its mark records as billed (the `usage` its entries carry; none in a mark
+    written before they carried it)."""
+    return {_group(k): Decimal(v["usage"]) for k, v in billed.items() if "usage" in v}
 
 
 def plain(value: Decimal) -> str:

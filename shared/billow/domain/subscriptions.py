@@ -153,6 +153,7 @@ def active_items(sub: dict[str, Any], at: datetime) -> list[Item]:
 class Charge:
     item: Item
     line: pricing.Line
+    usage: Decimal | None = None  # the metered usage the line was rated on (None: a flat price, no meter read)
 
     def to_json(self) -> dict[str, Any]:
         ln = self.line
@@ -240,8 +241,11 @@ def charges(sub: dict[str, Any], period_start: datetime, period_end: datetime, *
                                  discounts=discounts, name=rc["name"])
         else:
             part = _prorated_commitments(price, ps, pe, s, e, cur, rounding) if prorate and (s, e) != (ps, pe) else price
-            lines = pricing.rate(part, usage(rc["featureKey"], s, e), currency=cur, rounding=rounding, period_start=ps,
+            metered = usage(rc["featureKey"], s, e)
+            lines = pricing.rate(part, metered, currency=cur, rounding=rounding, period_start=ps,
                                  period_end=pe, served_start=s, served_end=e, discounts=discounts, name=rc["name"])
+            out += [Charge(item, ln, metered) for ln in lines]
+            continue
         out += [Charge(item, ln) for ln in lines]
     return out
 
