@@ -2,9 +2,10 @@
 as tuples, meter values read by Meter.reader) probed from outside, as a customer would, against a real `billow serve`
 (chdb + SQLite + in-process bus), every total compared with ground truth computed here in exact Decimals:
 
-- the same logical events sent in the common shape (fast path) and in shapes that force the full path (a time with an
-  offset or six fraction digits; `Prefer: return=representation`, the receipt path) store the same values and
-  group-by values, to the last digit, and land in the same minutes (range edges, milliseconds, no time = ingest time);
+- the same logical events sent in the common shape (fast path), in shapes that force the full path (a time with an
+  offset or six fraction digits) and with `Prefer: return=representation` (the receipt path, which decodes common
+  events the fast way too) store the same values and group-by values, to the last digit, and land in the same minutes
+  (range edges, milliseconds, no time = ingest time);
 - duplicates inside a batch, resends, resends split differently, the same event sent once by each path, and resends
   across a SIGTERM and a SIGKILL restart count every acknowledged event exactly once (0 lost, 0 doubled);
 - hostile bodies (lone surrogates in extension attributes, NUL, Content-Type variants, 10,000 and 10,001 events,
@@ -201,7 +202,7 @@ def test_times_at_the_edges_and_with_milliseconds_land_in_the_same_minutes_on_bo
 def test_an_event_without_a_time_is_counted_at_its_ingest_time_on_both_paths(srv: Drained) -> None:
     before = datetime.now(UTC).replace(second=0, microsecond=0)
     accepted(srv, [ev("nt-fast", "nt", "2", time=None)])  # the common shape
-    accepted(srv, [ev("nt-full", "nt", "3", time=None)], receipt=True)  # the full way
+    accepted(srv, [ev("nt-full", "nt", "3", time=None)], receipt=True)  # with a receipt
     after = datetime.now(UTC)
     found = rows(srv, "fp_sum", subject="nt", windowSize="MINUTE",
                  **{"from": before.isoformat().replace("+00:00", "Z"),

@@ -39,3 +39,28 @@ def test_ingest_ratio_verdict_only_at_the_budgets_store_size() -> None:
     assert ratio_verdict(1.19, 50_000_000) == "budget <= 1.20 x at 50 M stored: ok"
     assert ratio_verdict(1.31, 50_000_000) == "budget <= 1.20 x at 50 M stored: OVER"
     assert ratio_verdict(1.31, 10_000_000) == "budget <= 1.20 x at 50 M stored (10,000,000 stored here)"
+
+
+def test_issue_21_overhead_verdicts_are_below_ten_percent() -> None:
+    from bench.billing_run import lineage_verdict
+    from bench.receipts import receipt_verdict
+
+    for verdict in (lineage_verdict, receipt_verdict):
+        assert verdict(0.099) == "budget < 10 %: ok" and verdict(-0.05) == "budget < 10 %: ok"
+        assert verdict(0.10) == "budget < 10 %: OVER" and verdict(0.25) == "budget < 10 %: OVER"
+
+
+def test_make_bench_runs_every_bench_module() -> None:
+    runner = (ROOT / "bench" / "__main__.py").read_text()
+    for path in (ROOT / "bench").glob("*.py"):
+        if not path.name.startswith("__"):
+            assert f'"bench.{path.stem}"' in runner, path.name
+
+
+def test_the_receipt_overhead_shares_the_background_merges_evenly() -> None:
+    from bench.receipts import shared_merges_overhead
+
+    # The same request work, every merge fell on the receipt's requests: no overhead, not +25 %.
+    assert shared_merges_overhead(100.0, 0.0, 125.0, 25.0) == 0.0
+    # 5 more of the request's own work (80 -> 85), merges 40 in all, split 10 / 30: +5 % of 80 + 20.
+    assert round(shared_merges_overhead(90.0, 10.0, 115.0, 30.0), 9) == 0.05

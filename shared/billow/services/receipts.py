@@ -29,7 +29,7 @@ def ingest_with_receipt(namespace: str, raws: list[Any], *, meta: MetaStore, bus
     """Ingest `raws` (the EventRows services.ingest.decode_common gave, when `checked`) and make their receipt."""
     # An EventRow is (index, id, source, type, subject, time, data): its key is (source, id).
     keys = [(r[2], r[1]) for r in raws] if checked else [k for k in map(_key, raws) if k is not None]
-    stored, _ = usage.written_keys(namespace, sorted(set(keys)))
+    stored, _ = usage.written_keys(namespace, list(dict.fromkeys(keys)))  # each key once, in batch order
     duplicates = rules.duplicates_of(keys, stored)
     result = ingest_events(namespace, raws, meta=meta, bus=bus, now=now, invoiced=invoiced,
                            checked=checked)  # a bad batch: no receipt
