@@ -166,8 +166,9 @@ class SqlBillingStore:
             for r in c.execute(q):
                 start = utc(r.period_start)
                 assert start is not None
-                out[(r.subscription_id, start, r.term)] = Mark(r.subscription_id, start, r.term, r.rev, jsonx.loads(r.doc),
-                                                                utc(r.billed_at))
+                billed, subjects = Mark.parts(jsonx.loads(r.doc))
+                out[(r.subscription_id, start, r.term)] = Mark(r.subscription_id, start, r.term, r.rev, billed,
+                                                                utc(r.billed_at), subjects)
         return out
 
     def commit_billing(self, namespace: str, items: Sequence[BillingCommit], now: datetime) -> None:
@@ -192,7 +193,7 @@ class SqlBillingStore:
     def _commit_one(self, c: sa.Connection, namespace: str, invoice: dict[str, Any] | None, advanced: list[Mark],
                     now: datetime, credit_used: tuple[str, Decimal] | None) -> None:
         for m in advanced:
-            values = {"rev": m.rev + 1, "billed_at": now, "doc": jsonx.dumps(m.billed)}
+            values = {"rev": m.rev + 1, "billed_at": now, "doc": jsonx.dumps(m.doc())}
             if m.rev == 0:
                 c.execute(marks.insert().values(namespace=namespace, subscription_id=m.subscription_id,
                                                 period_start=m.period_start, term=m.term, **values))

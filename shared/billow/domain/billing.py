@@ -33,6 +33,24 @@ class Mark:
     rev: int  # the revision the run read (0: no mark yet)
     billed: dict[str, dict[str, str]]  # line key -> {"total", "quantity", "amount", "discounts"} (decimal strings)
     billed_at: datetime | None = None
+    # The customer's subjects the period's usage was billed with: a re-check reads its usage with them, not with the
+    # customer's subjects of now (a subject moved to another customer does not take invoiced usage along). None: a
+    # mark written before marks recorded them (read with the current subjects).
+    subjects: tuple[str, ...] | None = None
+
+    def doc(self) -> dict[str, Any]:
+        """The stored JSON: `billed`, and the subjects under a key no line key can be (line keys hold `|`)."""
+        return self.billed if self.subjects is None else {**self.billed, SUBJECTS_ENTRY: list(self.subjects)}
+
+    @staticmethod
+    def parts(doc: Mapping[str, Any]) -> tuple[dict[str, dict[str, str]], tuple[str, ...] | None]:
+        """A stored doc's `billed` (the line entries alone) and subjects."""
+        subjects = doc.get(SUBJECTS_ENTRY)
+        return ({k: v for k, v in doc.items() if k != SUBJECTS_ENTRY},
+                None if subjects is None else tuple(subjects))
+
+
+SUBJECTS_ENTRY = "@subjects"  # the stored mark's entry of the subjects it was billed with (never a line key)
 
 
 @dataclass

@@ -69,9 +69,21 @@ class BatchedUsage:
         self.how: dict[tuple[str, datetime, datetime], tuple[dict[str, str], Any, list[list[GroupFilter]]]] = {}
         self.digests: dict[tuple[str, datetime, datetime], dict[str, UsageDigest]] = {}
 
+    @staticmethod
+    def party(subjects: list[str], customer_id: str = "") -> str:
+        """The party `subjects` are read as: the customer (`customer_id`), or without one the subjects themselves."""
+        return customer_id or "\x00" + "\x1f".join(sorted(subjects))
+
+    def fits(self, subjects: list[str], spans: list[tuple[str, datetime, datetime]], party: str) -> bool:
+        """Whether none of `subjects` is another party's in one of `spans` here (a query puts each subject in one
+        party: a subject read for two parties, e.g. a period frozen with a subject that moved since, needs another
+        batch)."""
+        return all(self.groups.get((f, minute(s), minute(e)), {}).get(x, party) == party
+                   for f, s, e in spans for x in subjects)
+
     def want(self, subjects: list[str], spans: list[tuple[str, datetime, datetime]], customer_id: str = "") -> None:
         """`subjects` are one party's (a customer's: `customer_id`, or without one the subjects themselves)."""
-        party = customer_id or "\x00" + "\x1f".join(sorted(subjects))
+        party = self.party(subjects, customer_id)
         for feature, s, e in spans:
             self.wanted[(feature, minute(s), minute(e))].update(subjects)
             self.groups[(feature, minute(s), minute(e))].update(dict.fromkeys(subjects, party))
@@ -188,7 +200,8 @@ def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore
         d for d in catalog_store.list_subscriptions(namespace, customer_id) if not d.get("deletedAt")]
     r.result.subscriptions = len(docs)
     points_by_sub = r.due(docs)
-    r.batch.fetch()
+    for batch in r.batches:
+        batch.fetch()
     r.rate(points_by_sub)
     r.take_pending_lines()
     r.commit_and_issue(r.prepare())
@@ -232,7 +245,10 @@ class _Run:
         self.result = RunResult()
         self.customers = {c["id"]: c for c in meta.list_customers(namespace)}
         self.batch = BatchedUsage(namespace, meta=meta, ents=ents, usage=usage)
+        self.batches = [self.batch]  # more only when a subject is read for two parties in one span (see `_read_as`)
         self.subjects_of: dict[str, list[str]] = {}
+        # Per (subscription, period, subjects read): the batch that reads them and the party they are read as.
+        self.reads: dict[tuple[str, tuple[datetime, datetime], tuple[str, ...]], tuple[BatchedUsage, str]] = {}
         # One invoice per customer and currency (a customer may pay in more than one).
         self.per_customer: dict[tuple[str, str], list[Owed]] = defaultdict(list)
         self.gathering: dict[tuple[str, str], list[tuple[dict[str, Any], str]]] = defaultdict(list)
@@ -246,8 +262,8 @@ class _Run:
                 points = due_points(d, self.as_of, marks, self.now)
                 cust = self.customers.get(d["customerId"]) or self.meta.get_customer(self.ns, d["customerId"]) or {}
                 self.subjects_of[d["id"]] = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
-                for ps in {p.period for p in points}:
-                    self.batch.want(self.subjects_of[d["id"]], subs.usage_spans(d, ps[0], ps[1]), d["customerId"])
+                for ps, subjects in {(p.period, self._subjects(d, p)) for p in points}:
+                    self._read_as(d, ps, subjects)
             except Exception as exc:
                 self.result.fail(d["customerId"], exc, subscription_id=d["id"])
                 continue
@@ -265,20 +281,43 @@ class _Run:
                 continue
             self.per_customer[(d["customerId"], d["currency"])] += owed
 
+    def _subjects(self, d: dict[str, Any], p: Point) -> tuple[str, ...]:
+        """The subjects a point's usage is read with: those its period was billed with (its mark records them), else
+        the customer's now (a new point; a mark written before marks recorded them)."""
+        if p.mark.rev > 0 and p.mark.subjects is not None:
+            return p.mark.subjects
+        return tuple(self.subjects_of[d["id"]])
+
+    def _read_as(self, d: dict[str, Any], period: tuple[datetime, datetime], subjects: tuple[str, ...]) -> None:
+        """Ask a batch for the usage of `subjects` over the period's spans: as the customer when they are its subjects
+        of now, else as that subject set (its own party: a non-additive meter reads them apart from the customer's
+        subjects of now), in the first batch where no subject is another party's."""
+        current = sorted(self.subjects_of[d["id"]]) == sorted(subjects)
+        party = BatchedUsage.party(list(subjects), d["customerId"] if current else "")
+        spans = subs.usage_spans(d, period[0], period[1])
+        batch = next((b for b in self.batches if b.fits(list(subjects), spans, party)), None)
+        if batch is None:
+            batch = BatchedUsage(self.ns, meta=self.meta, ents=self.ents, usage=self.usage)
+            self.batches.append(batch)
+        batch.want(list(subjects), spans, party)
+        self.reads[(d["id"], period, subjects)] = (batch, party)
+
     def _owed(self, d: dict[str, Any], points: list[Point]) -> list[Owed]:
-        rated: dict[tuple[datetime, datetime], list[subs.Charge]] = {}
+        rated: dict[tuple[tuple[datetime, datetime], tuple[str, ...]], list[subs.Charge]] = {}
         owed: list[Owed] = []
         for p in points:
-            if p.period not in rated:
-                rated[p.period] = subs.charges(d, p.period[0], p.period[1],
-                                               usage=self.batch.reader(self.subjects_of[d["id"]]))
-            lines, billed = diff(p, rated[p.period], self.now)
+            subjects = self._subjects(d, p)
+            batch, party = self.reads[(d["id"], p.period, subjects)]
+            if (p.period, subjects) not in rated:
+                rated[(p.period, subjects)] = subs.charges(d, p.period[0], p.period[1],
+                                                           usage=batch.reader(list(subjects)))
+            lines, billed = diff(p, rated[(p.period, subjects)], self.now)
             for ln in lines if self.lineage else ():
                 since = p.mark.billed_at if p.mark.rev > 0 else None
-                if (lin := self.batch.lineage(ln, d["customerId"], self.subjects_of[d["id"]], self.now, since)) is not None:
+                if (lin := batch.lineage(ln, party, list(subjects), self.now, since)) is not None:
                     ln["lineage"] = lin
-            if billed != p.mark.billed:
-                owed.append((lines, replace(p.mark, billed=billed)))
+            if billed != p.mark.billed:  # the mark records the subjects its period was billed with
+                owed.append((lines, replace(p.mark, billed=billed, subjects=subjects)))
         return owed
 
     def take_pending_lines(self) -> None:
