@@ -38,9 +38,9 @@ Bugs found and fixed (each test failed before):
 - (fixed by the lead, 9bfea79) `POST /billing/invoices/invoice` ignored `filters.lineIds`: every due pending line
   was invoiced.
 
-Bugs found, not fixed (strict xfail, for the lead):
-- a subject moved to another customer after its usage was invoiced: the next run re-checks the invoiced period with
-  the customer's subjects of now and refunds all of it (-100.00 for usage that happened while the subject was its)."""
+- (fixed in 9f7385d) a subject moved to another customer after its usage was invoiced: the next run re-checked the
+  invoiced period with the customer's subjects of now and refunded all of it (-100.00 for usage that happened while
+  the subject was its); an invoiced period is now re-read with the subjects it was invoiced with (the billing mark)."""
 
 from __future__ import annotations
 
@@ -757,10 +757,6 @@ def test_invoicing_pending_lines_by_id_invoices_only_those(world: World) -> None
     assert [ln["name"] for ln in gathering["lines"]] == ["a"]  # still pending
 
 
-@pytest.mark.xfail(strict=True, reason="the billing run re-checks an invoiced period (until CORRECTION_WINDOW after it) "
-                   "with the customer's subjects of now, not those its usage line was measured for (its lineage "
-                   "names them): a subject moved to another customer afterwards makes the run refund the whole "
-                   "period's usage (-100.00) as a correction (services/billing_run)")
 def test_a_subject_moved_after_invoicing_does_not_refund_the_invoiced_usage(world: World) -> None:
     w, s = world, world.s
     wait_past_minute(w.mover["activeFrom"])
