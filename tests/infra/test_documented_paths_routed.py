@@ -10,8 +10,8 @@ from importlib import resources
 
 from infra.constructs.api import ROUTES
 
-# Documented but not routed in AWS yet: issue 20's operator console page (served by `billow serve`; reported by the
-# issue 16 helper). The test fails when this set is not exactly what is unrouted, so a route added removes it here.
+# Documented but not routed in AWS (none: the operator console's page has its routes since 22b3c00). The test fails
+# when this set is not exactly what is unrouted, so a route added removes it here.
 UNROUTED_IN_AWS: set[str] = set()
 
 
