@@ -14,6 +14,7 @@ from billow.local.server import apigw_event
 from functions.api.handler import lambda_handler as api
 from functions.ingest.handler import lambda_handler as ingest
 from tests.billing.conftest import Billow
+from tests.support.decodes import count_full_decodes
 
 PREFER = {"content-type": "application/cloudevents-batch+json", "prefer": "return=representation"}
 
@@ -79,24 +80,10 @@ def test_a_receipt_request_of_common_events_is_decoded_once_without_a_json_docum
     duplicate inside the batch beside a stored one) sent once each way, under two sources, gives receipts that
     differ only in their ids and keys' source, and the same usage."""
     import functions.ingest.handler as handler
-    from billow import jsonx
-    from billow.domain import events as events_mod
 
     b = billow
     b.clock.set("2026-04-01T12:00:00Z")
-    calls = {"loads": 0, "parse_event": 0}
-    real_loads, real_parse = jsonx.loads, events_mod.parse_event
-
-    def loads(text: Any) -> Any:
-        calls["loads"] += "specversion" in str(text)  # a request body (not, e.g., a meter's stored groupBy)
-        return real_loads(text)
-
-    def parse(*a: Any) -> Any:
-        calls["parse_event"] += 1
-        return real_parse(*a)
-
-    monkeypatch.setattr(jsonx, "loads", loads)
-    monkeypatch.setattr(events_mod, "parse_event", parse)
+    calls = count_full_decodes(monkeypatch)
 
     def sequence(source: str) -> list[dict[str, Any]]:
         def e(i: str, n: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -68,6 +69,24 @@ class Server:
         ctype = hdrs.get("Content-Type", "")
         parsed: Any = json.loads(payload) if payload and "json" in ctype else payload.decode()
         return status, hdrs, parsed
+
+
+class Drained(Server):
+    """billow serve whose output is read all the time: a logged traceback (a 500's can be ~100 KB) must not fill the
+    pipe and stop the server mid-test."""
+
+    def start(self) -> Drained:
+        super().start()
+        assert self.proc is not None and self.proc.stdout is not None
+        out = self.proc.stdout
+        threading.Thread(target=lambda: [None for _ in out], daemon=True).start()
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+        self.proc = None
 
 
 @pytest.fixture(scope="module")

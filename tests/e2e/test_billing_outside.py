@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import threading
 import time
 import urllib.error
@@ -61,7 +60,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Drained, Server
 
 D = Decimal
 CONFIG = """namespace: default
@@ -91,23 +90,6 @@ VOL = {"type": "tiered", "mode": "volume", "tiers": [
 PKG = {"type": "package", "amount": "2.5", "quantityPerPackage": "10"}
 UNIT = {"type": "unit", "amount": "0.0123"}
 UNIT_FREE = D(5)  # the unit rate card's usage discount
-
-
-class Drained(Server):
-    """billow serve whose output is read all the time (a logged traceback must not fill the pipe and stop it)."""
-
-    def start(self) -> Drained:
-        super().start()
-        assert self.proc is not None and self.proc.stdout is not None
-        out = self.proc.stdout
-        threading.Thread(target=lambda: [None for _ in out], daemon=True).start()
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=60)
-        self.proc = None
 
 
 def api(s: Server, method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Any]:

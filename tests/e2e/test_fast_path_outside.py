@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from typing import Any
 import pytest
 
 from billow.domain.events import MAX_DATA_DEPTH
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Drained, Server
 
 BATCH = "application/cloudevents-batch+json"
 SINGLE = "application/cloudevents+json"
@@ -41,24 +40,6 @@ METERS = (
     {"slug": "fp_nested", "eventType": "fp", "aggregation": "SUM", "valueProperty": "$.a.b"},  # a path of two keys
     {"slug": "fp_latest", "eventType": "fp", "aggregation": "LATEST", "valueProperty": "$.v"},
 )
-
-
-class Drained(Server):
-    """billow serve whose output is read all the time: a 500's traceback (the nested listing logs ~100 KB) must not
-    fill the pipe and stop the server mid-test."""
-
-    def start(self) -> Drained:
-        super().start()
-        assert self.proc is not None and self.proc.stdout is not None
-        out = self.proc.stdout
-        threading.Thread(target=lambda: [None for _ in out], daemon=True).start()
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=60)
-        self.proc = None
 
 
 @pytest.fixture(scope="module")

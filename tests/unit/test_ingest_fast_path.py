@@ -19,6 +19,7 @@ from billow.domain.events import MAX_DATA_DEPTH, CloudEvent, data_too_deep, pars
 from billow.domain.meters import Meter
 from billow.errors import ValidationFailed
 from billow.services.ingest import ingest_events
+from tests.support.decodes import count_full_decodes
 
 NOW = datetime(2026, 12, 6, 12, 0, 0, 654321, tzinfo=UTC)
 
@@ -342,21 +343,7 @@ def test_an_http_body_is_answered_as_the_full_path_answers_it(http: Any, monkeyp
 
 def test_a_common_http_body_is_decoded_once_without_a_json_document(http: Any,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from billow import jsonx
-
-    calls = {"loads": 0, "parse_event": 0}
-    real_loads, real_parse = jsonx.loads, events_mod.parse_event
-
-    def loads(text: Any) -> Any:
-        calls["loads"] += "specversion" in str(text)  # a request body (not, e.g., a meter's stored groupBy)
-        return real_loads(text)
-
-    def parse(*a: Any) -> Any:
-        calls["parse_event"] += 1
-        return real_parse(*a)
-
-    monkeypatch.setattr(jsonx, "loads", loads)
-    monkeypatch.setattr(events_mod, "parse_event", parse)
+    calls = count_full_decodes(monkeypatch)
     body = "[" + ",".join(_ev(i, str(i)) for i in range(100)) + "]"
     assert _post(body)["statusCode"] == 204
     assert calls == {"loads": 0, "parse_event": 0}
