@@ -17,6 +17,7 @@ Run: .venv/bin/python -m bench.ingest [--events 100000] [--batch 5000,10000] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 METER = {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens",
@@ -190,7 +192,10 @@ def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
                       "statements": timed}))
 
 
-def http_path(data_dir: str, n: int, size: int, prefix: str) -> None:
+@contextlib.contextmanager
+def serving(data_dir: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`billow serve` on `data_dir` at a free port, ready: (its process, port); stopped on the way out (killed if it
+    ignores SIGTERM for 2 minutes: never a hung server left behind)."""
     import socket
 
     with socket.socket() as s:
@@ -200,14 +205,19 @@ def http_path(data_dir: str, n: int, size: int, prefix: str) -> None:
                             stdout=subprocess.PIPE, text=True)
     try:
         wait_ready(proc, timeout=600)
-        print(json.dumps(_measure_http(port, proc.pid, n, size, prefix)))
+        yield proc, port
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:  # never leave a hung server behind
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def http_path(data_dir: str, n: int, size: int, prefix: str) -> None:
+    with serving(data_dir) as (proc, port):
+        print(json.dumps(_measure_http(port, proc.pid, n, size, prefix)))
 
 
 def wait_ready(proc: subprocess.Popen[str], timeout: float) -> None:

@@ -19,15 +19,12 @@ import argparse
 import http.client
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from decimal import Decimal
 from typing import Any
 
-from bench.ingest import METER, _cpu_of, _run, _threads_cpu, batches, load, wait_ready
+from bench.ingest import METER, _cpu_of, _run, _threads_cpu, batches, load, serving
 
 PREFER = "return=representation"
 
@@ -104,22 +101,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"preload({tmp!r}, {args.preload})")
         print(f"store preloaded with {args.preload:,} events (raw + values) in {loaded['seconds']:.1f} s; {load()}"
               if args.preload else "store empty", flush=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "billow.cli", "serve", "--port", str(port), "--data-dir", tmp],
-                                stdout=subprocess.PIPE, text=True)
-        try:
-            wait_ready(proc, timeout=600)
+        with serving(tmp) as (proc, port):
             before = load()
             r = measure(port, proc.pid, args.events, args.batch)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:  # never leave a hung server behind
-                proc.kill()
-                proc.wait()
     n = r["events"]
     (w0, c0, m0), (w1, c1, m1) = r["plain"], r["receipt"]
     for label, wall, cpu, merges in (("without a receipt (204)", w0, c0, m0), ("with a receipt (200)    ", w1, c1, m1)):
