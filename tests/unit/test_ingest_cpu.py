@@ -98,6 +98,74 @@ def test_settle_freezes_the_start_up_heap_and_widens_young_collections() -> None
         gc.set_threshold(*before)
 
 
+def test_the_collector_is_paused_while_any_batch_runs_and_restored_after_the_last() -> None:
+    import gc
+    import threading
+
+    from billow import heap
+
+    assert gc.isenabled()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def first() -> None:
+        with heap.paused():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    t = threading.Thread(target=first)
+    t.start()
+    first_in.wait(5)
+    with heap.paused():
+        second_in.set()
+        first_out.wait(5)
+        seen["after the first ended, the second still running"] = gc.isenabled()
+    t.join()
+    assert seen == {"after the first ended, the second still running": False}
+    assert gc.isenabled()
+    gc.disable()
+    try:  # off before: left off
+        with heap.paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_ingest_and_the_sink_store_a_batch_with_the_collector_paused(sqlite_meta: Any) -> None:
+    """The batch's objects are not scanned by the collector on the way (billow.heap.paused): publish (ingest) and
+    write (the sink) both run with automatic collection off, and it is on again once the batch is stored."""
+    import gc
+
+    from billow.adapters.memory import InMemoryUsageStore
+    from billow.bus import decode_batch
+    from billow.services.ingest import ingest_events
+    from billow.services.sink import SinkRecord, sink_batch
+
+    on: dict[str, bool] = {}
+    usage = InMemoryUsageStore()
+
+    class Store(InMemoryUsageStore):
+        def write(self, *a: Any, **k: Any) -> None:
+            on["write"] = gc.isenabled()
+            usage.write(*a, **k)
+
+    store = Store()
+
+    class Bus:
+        def publish(self, namespace: str, records: list[tuple[bytes, bytes]]) -> None:
+            on["publish"] = gc.isenabled()
+            assert all(decode_batch(v) is not None for _, v in records)
+            sink_batch([SinkRecord(namespace, v, "t/0/0") for _, v in records], usage=store, meta=sqlite_meta,
+                       dead_letter=lambda bad: None)
+
+    assert ingest_events("default", [_raw(i) for i in range(20)], meta=sqlite_meta, bus=Bus(), now=NOW).accepted == 20
+    assert on == {"publish": False, "write": False}
+    assert gc.isenabled()
+    assert len(usage.present_keys("default", [("s", f"e{i}") for i in range(20)])) == 20
+
+
 def test_billow_serve_settles_the_heap_before_serving(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     import argparse
     import signal

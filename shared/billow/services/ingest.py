@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from billow import jsonx
+from billow import heap, jsonx
 from billow.bus import batch_records
 from billow.domain.events import (  # noqa: F401 (parse_batch: re-exported)
     MAX_DATA_DEPTH,
@@ -176,6 +176,7 @@ def decode_common(body: str, shape: str, now: datetime) -> list[EventRow] | None
     return rows
 
 
+@heap.paused()  # the batch's objects die with it: no collector scans of them (billow.heap)
 def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: EventBus, now: datetime,
                   invoiced: InvoicedLookup | None = None, checked: bool = False) -> IngestResult:
     """Validate, value and publish a batch; `checked`: `raws` are the EventRows decode_common gave."""

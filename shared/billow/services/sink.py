@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from billow import jsonx
+from billow import heap, jsonx
 from billow.bus import BatchRecord, decode_batch
 from billow.domain.events import EVENT_TIME_MAX, EVENT_TIME_MIN, CloudEvent, parse_event
 from billow.domain.meters import Meter
@@ -117,6 +117,7 @@ LateUsage = Callable[[str, dict[str, datetime]], None]
 LATE_AFTER = timedelta(hours=1)
 
 
+@heap.paused()  # the batch's objects die with it: no collector scans of them (billow.heap)
 def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaStore,
                dead_letter: Callable[[list[dict[str, Any]]], None], late_before: datetime | None = None,
                on_late: LateUsage | None = None) -> SinkResult:
