@@ -56,6 +56,11 @@ def _insert_types(lc: str) -> dict[str, list[str]]:
             "event_keys": [lc, "UInt64", "String", "String", "UInt8"]}
 
 
+# The values insert feeds five rollup views (and the events insert one): the engine runs them side by side instead
+# of one after another (each is a GROUP BY of the whole block). Same CPU, about a third less wall time per values
+# insert on two cores (issue 17). Crash repair does not depend on the order their parts land in (`_torn_cells`
+# compares counts both ways).
+_VIEWS_SIDE_BY_SIDE = {"parallel_view_processing": 1}
 _INSERT_TYPES = {True: _insert_types("String"), False: _insert_types("LowCardinality(String)")}  # by in-process
 
 _WINDOW_EXPR = {
@@ -315,7 +320,7 @@ class ClickHouseUsageStore:
                     _ticks([v.time for v in values]), [v.value for v in values], [v.value_str for v in values],
                     [v.group_by for v in values], [v.source for v in values], [v.event_id for v in values],
                 ], column_names=_VALUE_COLUMNS, column_type_names=types["meter_values"],
-                    column_oriented=True)
+                    column_oriented=True, settings=_VIEWS_SIDE_BY_SIDE)
             if events:
                 self._client.insert("events", [
                     [namespace] * len(events), [s.event.source for s in events], [s.event.id for s in events],
