@@ -224,6 +224,15 @@ class BillingStore(Protocol):
         a holder changed: another run got there first) raises Conflict and nothing of the batch is written."""
         ...
 
+    def delete_draft(self, namespace: str, doc: dict[str, Any], *, expect_status: str, marks: Sequence[Mark],
+                     holder: tuple[dict[str, Any], str | None] | None, credit_entry_id: str) -> Decimal:
+        """ONE transaction: the draft `doc` (deletedAt set) is kept deleted, only if still in `expect_status` (never
+        listed by status again, never issued); each mark moves from the revision read to what it is without the
+        draft's part (Mark.without; an empty one is deleted); the prepaid credit the draft used comes back (an entry
+        `credit_entry_id`; the amount returned); the pending-line holder (new document, the JSON it was read as, None:
+        a new holder) gets the draft's one-off lines back. Any lost race raises Conflict and nothing is written."""
+        ...
+
     def add_credit(self, namespace: str, entry_id: str, customer_id: str, currency: str, amount: Decimal,
                    doc: dict[str, Any]) -> None: ...
 

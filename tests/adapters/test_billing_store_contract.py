@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -199,3 +200,56 @@ def test_a_taken_invoice_number_is_a_failure_not_a_lost_race(store: SqlBillingSt
     store.commit_billing(n, [(invoice("c3", "C3-0001"), [mark(sub, 0, "1")], None, [])], NOW)
     with pytest.raises(Conflict):
         store.commit_billing(n, [(invoice("c3", "C3-0002"), [mark(sub, 0, "1")], None, [])], NOW)
+
+
+def test_a_deleted_draft_gives_back_its_marks_credit_and_lines(store: SqlBillingStore) -> None:
+    """delete_draft, in one transaction: the draft is kept deleted (no status lists it, no guarded move starts from
+    it), each mark loses the draft's part (an empty one goes), the credit it used comes back once, its one-off lines
+    go back to the holder; a lost race on any of it writes nothing."""
+    n, s1, s2 = ns(), new_id(), new_id()
+    store.add_credit(n, new_id(), "c1", "USD", Decimal("10"), {"description": "prepaid"})
+    store.commit_billing(n, [(None, [mark(s2, 0, "5")], None, [])], NOW)  # s2 was billed 5 before the draft
+    draft = invoice("c1", "C1-0001", lines=[{"id": "l1"}])
+    first = mark(s1, 0, "49.99")
+    marks = [replace(first, invoices={draft["id"]: first.billed}),
+             replace(mark(s2, 1, "7"), invoices={draft["id"]: {"flat": {"total": "2", "quantity": "0", "amount": "2",
+                                                                         "discounts": "0"}}})]
+    store.commit_billing(n, [(draft, marks, (new_id(), Decimal("4")), [])], NOW)
+    holder = invoice("c1", "C1-GATHERING-USD", "gathering", lines=[{"id": "l0"}])
+    store.put_invoice(n, holder)
+    read = store.marks_for(n)
+    assert read[(s1, PERIOD, "in_advance")].invoices == {draft["id"]: first.billed}
+    back = [m.without(draft["id"]) for m in read.values()]
+    assert [m.empty for m in back] == [False, True] or [m.empty for m in back] == [True, False]
+    raw = jsonx.dumps(store.get_invoice(n, holder["id"]))
+    gathered = {**holder, "lines": [{"id": "l0"}, {"id": "l1"}]}
+    deleted = {**draft, "deletedAt": "2026-04-01T01:00:00Z"}
+    stale = [replace(m, rev=m.rev + 1) for m in back]
+    with pytest.raises(Conflict):  # a run moved a mark meanwhile: nothing is written
+        store.delete_draft(n, deleted, expect_status="draft", marks=stale, holder=(gathered, raw), credit_entry_id=new_id())
+    with pytest.raises(Conflict):  # the holder changed meanwhile
+        store.delete_draft(n, deleted, expect_status="draft", marks=back, holder=(gathered, raw + " "),
+                           credit_entry_id=new_id())
+    assert [i["id"] for i in store.list_invoices(n, statuses=["draft"])] == [draft["id"]]
+    assert store.credit_balance(n, "c1", "USD") == Decimal("6") and len(store.marks_for(n)) == 2
+    returned = store.delete_draft(n, deleted, expect_status="draft", marks=back, holder=(gathered, raw),
+                                  credit_entry_id=new_id())
+    assert returned == Decimal("4") and store.credit_balance(n, "c1", "USD") == Decimal("10")
+    assert store.list_invoices(n, statuses=["draft"]) == [] and store.get_invoice(n, draft["id"])["deletedAt"]  # type: ignore[index]
+    left = store.marks_for(n)
+    assert set(left) == {(s2, PERIOD, "in_advance")}  # s1's mark held the draft's part alone: gone
+    assert (left[(s2, PERIOD, "in_advance")].rev, left[(s2, PERIOD, "in_advance")].billed["flat"]["total"],
+            left[(s2, PERIOD, "in_advance")].reopened, left[(s2, PERIOD, "in_advance")].invoices) == (3, "5", True, {})
+    assert store.get_invoice(n, holder["id"])["lines"] == [{"id": "l0"}, {"id": "l1"}]  # type: ignore[index]
+    with pytest.raises(Conflict):  # deleted once: a second delete (or an issuing that read it as a draft) fails
+        store.delete_draft(n, deleted, expect_status="draft", marks=[], holder=None, credit_entry_id=new_id())
+    with pytest.raises(Conflict):
+        store.put_invoice(n, {**draft, "status": "issuing"}, expect_status="draft")
+    assert store.credit_balance(n, "c1", "USD") == Decimal("10")  # returned once
+    assert store.invoice_counts(n) == {"c1": 2}  # its number stays taken
+    new_holder = invoice("c2", "C2-GATHERING-USD", "gathering", lines=[{"id": "l9"}])
+    draft2 = invoice("c2", "C2-0001")
+    store.put_invoice(n, draft2)
+    assert store.delete_draft(n, {**draft2, "deletedAt": "x"}, expect_status="draft", marks=[],
+                              holder=(new_holder, None), credit_entry_id=new_id()) == 0
+    assert [g["lines"] for g in store.list_invoices(n, customer_ids=["c2"], statuses=["gathering"])] == [[{"id": "l9"}]]

@@ -40,7 +40,10 @@ Bugs found and fixed (each test failed before):
 
 - (fixed in 9f7385d) a subject moved to another customer after its usage was invoiced: the next run re-checked the
   invoiced period with the customer's subjects of now and refunded all of it (-100.00 for usage that happened while
-  the subject was its); an invoiced period is now re-read with the subjects it was invoiced with (the billing mark)."""
+  the subject was its); an invoiced period is now re-read with the subjects it was invoiced with (the billing mark).
+- a deleted draft invoice dropped what it held: its subscription fee was never billed again (the billing mark said
+  the period was billed), its one-off lines were gone from the gathering invoice and the prepaid credit it used was
+  lost; now the next invoice bills them again, once (services/invoices.delete_invoice, BillingStore.delete_draft)."""
 
 from __future__ import annotations
 
@@ -766,3 +769,51 @@ def test_a_customer_with_a_running_subscription_cannot_be_deleted(world: World) 
     assert ok(s, "GET", "/api/v1/customers/leaver")["id"] == c["id"]  # still there
     ok(s, "POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "immediate"})
     assert api(s, "DELETE", f"/api/v1/customers/{c['id']}")[0] == 204
+
+
+# -- a deleted draft -------------------------------------------------------------------------------------------
+def test_a_deleted_draft_is_billed_again_once(world: World) -> None:
+    """A draft invoice deleted before it is issued (DELETE /billing/invoices/{id}: OpenMeter allows it only in draft
+    or earlier) bills nothing; what it held is owed still: its subscription fee, its one-off lines (back on the
+    gathering invoice) and the prepaid credit it used. The next invoice bills them again, exactly once, as first
+    charges (no correction)."""
+    s = world.s
+    card = {"type": "flat_fee", "key": "seat", "name": "Seat", "billingCadence": "PT1H",
+            "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}
+    draft = ok(s, "POST", "/api/v1/plans", {"key": "bo_del", "name": "Del", "currency": "USD", "billingCadence": "PT1H",
+                                             "phases": [{"key": "p", "name": "P", "rateCards": [card]}]})
+    ok(s, "POST", f"/api/v1/plans/{draft['id']}/publish")
+    c = ok(s, "POST", "/api/v1/customers", {"key": "drafter", "name": "Drafter", "currency": "USD",
+                                           "usageAttribution": {"subjectKeys": ["bo_dr"]}})
+    ok(s, "PUT", f"/api/v1/billing/customers/{c['id']}", {"workflow": {"invoicing": {"autoAdvance": False}}})
+    send(s, [ev("dr1", "bo_dr", "2026-12-05T10:20:00Z", "4.25")])
+    period = {"from": P_FROM, "to": P_TO}
+    ok(s, "POST", f"/api/v1/billing/customers/{c['id']}/invoices/pending-lines", {"currency": "USD", "lines": [
+        {"name": "use", "period": period, "invoiceAt": P_TO,
+         "rateCard": {"featureKey": "bo_unit", "price": {"type": "unit", "amount": "0.5"}}},
+        {"name": "Setup", "period": period, "invoiceAt": P_TO, "rateCard": {"price": {"type": "flat", "amount": "2"}}}]})
+    ok(s, "POST", f"/api/v1/billing/customers/{c['id']}/credits", {"amount": "3.00", "currency": "USD"})
+    ok(s, "POST", "/api/v1/subscriptions", {"plan": {"key": "bo_del"}, "customerKey": "drafter"})
+    want = {"Seat": D("10.00"), "use": cents(D("4.25") * D("0.5")), "Setup": D("2.00")}
+
+    def lines(inv: dict[str, Any]) -> dict[str, Decimal]:
+        assert not any("correction" in ch["name"] for ln in inv["lines"] for ch in ln.get("children") or []), inv
+        return {ln["name"]: D(ln["totals"]["total"]) for ln in inv["lines"]}
+
+    (first,) = bill(s, c["id"])
+    assert first["statusDetails"]["extendedStatus"] == "draft.manual_approval_needed"
+    assert lines(first) == want
+    assert (D(first["totals"]["creditsTotal"]), D(first["totals"]["total"])) == (3, sum(want.values()) - 3)
+    assert api(s, "DELETE", f"/api/v1/billing/invoices/{first['id']}")[0] == 204
+    assert api(s, "GET", f"/api/v1/billing/invoices/{first['id']}")[0] == 404
+    gathering = [i for i in ok(s, "GET", f"/api/v1/billing/invoices?customers={c['id']}")["items"]
+                 if i["status"] == "gathering"]
+    assert sorted(ln["name"] for g in gathering for ln in
+                  ok(s, "GET", f"/api/v1/billing/invoices/{g['id']}?expand=lines")["lines"]) == ["Setup", "use"]
+    (second,) = bill(s, c["id"])  # billed again: the fee, the one-off lines, with the credit the draft had used
+    assert lines(second) == want
+    assert (D(second["totals"]["creditsTotal"]), D(second["totals"]["total"])) == (3, sum(want.values()) - 3)
+    assert bill(s, c["id"]) == []  # once
+    assert ok(s, "POST", f"/api/v1/billing/invoices/{second['id']}/approve")["status"] == "paid"
+    assert bill(s, c["id"]) == []
+    assert totals_by_card(s, c["id"]) == want

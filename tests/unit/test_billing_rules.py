@@ -10,7 +10,7 @@ from typing import Any
 
 from billow.domain import catalog
 from billow.domain import subscriptions as subs
-from billow.domain.billing import CORRECTION_WINDOW, Mark, Point, diff, due_points
+from billow.domain.billing import CORRECTION_WINDOW, Mark, Point, change, diff, due_points
 from billow.timeutil import format_rfc3339
 from tests.conftest import t
 
@@ -103,3 +103,27 @@ def test_a_point_bills_only_its_own_payment_term() -> None:
     advance = Point(sub, (APRIL, MAY), "in_advance", Mark("sub1", APRIL, "in_advance", 0, {}))
     lines, _ = diff(advance, charges(sub, 1000), APRIL)
     assert [(ln["name"], ln["totals"]["total"]) for ln in lines] == [("Base", "30.00")]
+
+
+def test_a_mark_gives_back_what_a_deleted_draft_billed_of_it() -> None:
+    """Each invoice's part of a mark is recorded (`change` of the billed state, filed under the invoice's id); a draft
+    deleted gives its part back (`without`): an entry left at zero goes, the point is reopened; a mark with nothing
+    left is `empty`. Stored and read back (`doc`, `stored`) unchanged; `billed` holds line entries alone."""
+    k, f = "plan|tokens|tier-1|regular", "plan|base|base|regular"
+    a = {k: {"total": "6.00", "quantity": "600", "amount": "6.00", "discounts": "0", "usage": "600"}}
+    b = {k: {"total": "7.00", "quantity": "700", "amount": "7.00", "discounts": "0", "usage": "700"},
+         f: {"total": "49.99", "quantity": "1", "amount": "49.99", "discounts": "0"}}
+    first, second = Mark("s", APRIL, "in_arrears", 0, {}).billed, a
+    m = Mark("s", APRIL, "in_arrears", 2, b, APRIL, ("x",),
+             {"inv1": change(first, a), "inv2": change(second, b)})
+    assert m.invoices["inv2"] == {k: {"total": "1.00", "quantity": "100", "amount": "1.00", "discounts": "0",
+                                      "usage": "100"}, f: b[f]}
+    assert Mark.stored("s", APRIL, "in_arrears", 2, m.doc(), APRIL) == m and set(Mark.parts(m.doc())[0]) == {k, f}
+    back = m.without("inv1")
+    assert (back.billed, set(back.invoices), back.reopened, back.rev, back.empty) == (
+        {k: {"total": "1.00", "quantity": "100", "amount": "1.00", "discounts": "0", "usage": "100"}, f: b[f]},
+        {"inv2"}, True, 2, False)
+    gone = back.without("inv2")
+    assert (gone.billed, gone.invoices, gone.empty) == ({}, {}, True)
+    assert Mark.stored("s", APRIL, "in_arrears", 3, back.doc(), APRIL).reopened is True
+    assert m.without("other").billed == m.billed  # an invoice that billed nothing of it changes nothing

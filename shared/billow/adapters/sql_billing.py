@@ -56,7 +56,7 @@ invoices = sa.Table(
     sa.Index("invoices_customer", "namespace", "customer_id"),
 )
 
-marks = sa.Table(
+marks = marks_t = sa.Table(
     "billing_marks", md,
     sa.Column("namespace", sa.String(64), nullable=False),
     sa.Column("subscription_id", sa.String(26), nullable=False),
@@ -67,6 +67,8 @@ marks = sa.Table(
     sa.Column("doc", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("namespace", "subscription_id", "period_start", "term"),
 )
+
+DELETED = "deleted"  # the status column of a deleted draft (its document stays a draft with deletedAt)
 
 credits = sa.Table(
     "billing_credits", md,
@@ -166,9 +168,8 @@ class SqlBillingStore:
             for r in c.execute(q):
                 start = utc(r.period_start)
                 assert start is not None
-                billed, subjects = Mark.parts(jsonx.loads(r.doc))
-                out[(r.subscription_id, start, r.term)] = Mark(r.subscription_id, start, r.term, r.rev, billed,
-                                                                utc(r.billed_at), subjects)
+                out[(r.subscription_id, start, r.term)] = Mark.stored(r.subscription_id, start, r.term, r.rev,
+                                                                       jsonx.loads(r.doc), utc(r.billed_at))
         return out
 
     def commit_billing(self, namespace: str, items: Sequence[BillingCommit], now: datetime) -> None:
@@ -212,6 +213,51 @@ class SqlBillingStore:
                     namespace=namespace, id=entry_id, customer_id=invoice["customer"]["id"],
                     currency=invoice["currency"], amount=format(-amount, "f"),
                     doc=jsonx.dumps({"invoiceId": invoice["id"], "description": f"applied to {invoice['number']}"})))
+
+    def delete_draft(self, namespace: str, doc: dict[str, Any], *, expect_status: str, marks: Sequence[Mark],
+                     holder: tuple[dict[str, Any], str | None] | None, credit_entry_id: str) -> Decimal:
+        """See ports.BillingStore.delete_draft. The invoice's row keeps its number (numbers are never reused) and
+        takes the status `deleted`, which no reader lists and no guarded move (`expect_status`) starts from."""
+        try:
+            return self._delete_draft(namespace, doc, expect_status, marks, holder, credit_entry_id)
+        except IntegrityError:  # a holder made meanwhile took the gathering number
+            raise Conflict(f"the pending lines of customer {doc['customer']['id']} changed meanwhile; try again") from None
+
+    def _delete_draft(self, namespace: str, doc: dict[str, Any], expect_status: str, marks: Sequence[Mark],
+                      holder: tuple[dict[str, Any], str | None] | None, credit_entry_id: str) -> Decimal:
+        customer_id = doc["customer"]["id"]
+        with self.engine.begin() as c:
+            if c.execute(invoices.update().where(invoices.c.namespace == namespace, invoices.c.id == doc["id"],
+                                                 invoices.c.status == expect_status)
+                         .values(status=DELETED, doc=jsonx.dumps(doc))).rowcount != 1:
+                raise Conflict(f"invoice {doc['number']} changed meanwhile; reload it and try again")
+            for m in marks:
+                where = (marks_t.c.namespace == namespace, marks_t.c.subscription_id == m.subscription_id,
+                         marks_t.c.period_start == m.period_start, marks_t.c.term == m.term, marks_t.c.rev == m.rev)
+                q = marks_t.delete().where(*where) if m.empty else \
+                    marks_t.update().where(*where).values(rev=m.rev + 1, doc=jsonx.dumps(m.doc()))
+                if c.execute(q).rowcount != 1:
+                    raise Conflict(f"subscription {m.subscription_id} was billed by a run meanwhile; try again")
+            with decimal.localcontext(EXACT):
+                used = sum((Decimal(r.amount) for r in c.execute(sa.select(credits.c.amount, credits.c.doc).where(
+                    credits.c.namespace == namespace, credits.c.customer_id == customer_id,
+                    credits.c.currency == doc["currency"])) if jsonx.loads(r.doc).get("invoiceId") == doc["id"]),
+                    Decimal(0))
+            if used:
+                c.execute(credits.insert().values(
+                    namespace=namespace, id=credit_entry_id, customer_id=customer_id, currency=doc["currency"],
+                    amount=format(-used, "f"), doc=jsonx.dumps({"invoiceId": doc["id"],
+                                                                "description": f"returned: {doc['number']} deleted"})))
+            if holder is not None:
+                new, before = holder
+                if before is None:
+                    c.execute(invoices.insert().values(id=new["id"], namespace=namespace, customer_id=customer_id,
+                                                       number=new["number"], status=new["status"],
+                                                       doc=jsonx.dumps(new)))
+                elif c.execute(invoices.update().where(invoices.c.id == new["id"], invoices.c.doc == before)
+                               .values(doc=jsonx.dumps(new))).rowcount != 1:
+                    raise Conflict(f"the pending lines of {new['number']} changed meanwhile; try again")
+        return -used
 
     def invoice_counts(self, namespace: str) -> dict[str, int]:
         q = sa.select(invoices.c.customer_id, sa.func.count()).where(invoices.c.namespace == namespace) \

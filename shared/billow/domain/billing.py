@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -37,20 +37,91 @@ class Mark:
     # customer's subjects of now (a subject moved to another customer does not take invoiced usage along). None: a
     # mark written before marks recorded them (read with the current subjects).
     subjects: tuple[str, ...] | None = None
+    # What each invoice that advanced the mark billed of it (invoice id -> line key -> the entry's change): a draft
+    # deleted before it is issued gives its part back (`without`). Marks written before record none.
+    invoices: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    # A deleted draft gave its part back: the point is owed again and due even after CORRECTION_WINDOW, until a
+    # run bills it (and writes the mark without the flag).
+    reopened: bool = False
+    # Not stored: what this run's advance of the mark billed (line key -> change), filed under its invoice's id when
+    # the invoice is made (services/billing_run._prepare).
+    change: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
 
     def doc(self) -> dict[str, Any]:
-        """The stored JSON: `billed`, and the subjects under a key no line key can be (line keys hold `|`)."""
-        return self.billed if self.subjects is None else {**self.billed, SUBJECTS_ENTRY: list(self.subjects)}
+        """The stored JSON: `billed`, and the subjects, invoices and reopened flag under keys no line key can be
+        (line keys hold `|`)."""
+        out: dict[str, Any] = dict(self.billed)
+        if self.subjects is not None:
+            out[SUBJECTS_ENTRY] = list(self.subjects)
+        if self.invoices:
+            out[INVOICES_ENTRY] = self.invoices
+        if self.reopened:
+            out[REOPENED_ENTRY] = True
+        return out
 
     @staticmethod
     def parts(doc: Mapping[str, Any]) -> tuple[dict[str, dict[str, str]], tuple[str, ...] | None]:
         """A stored doc's `billed` (the line entries alone) and subjects."""
         subjects = doc.get(SUBJECTS_ENTRY)
-        return ({k: v for k, v in doc.items() if k != SUBJECTS_ENTRY},
+        return ({k: v for k, v in doc.items() if not k.startswith("@")},
                 None if subjects is None else tuple(subjects))
+
+    @classmethod
+    def stored(cls, subscription_id: str, period_start: datetime, term: str, rev: int, doc: Mapping[str, Any],
+               billed_at: datetime | None) -> Mark:
+        """A mark as read from its stored JSON (`doc`)."""
+        billed, subjects = cls.parts(doc)
+        return cls(subscription_id, period_start, term, rev, billed, billed_at, subjects,
+                   dict(doc.get(INVOICES_ENTRY) or {}), bool(doc.get(REOPENED_ENTRY)))
+
+    def without(self, invoice_id: str) -> Mark:
+        """The mark with what invoice `invoice_id` billed of it given back (its draft was deleted): each entry less
+        that invoice's change (an entry left at zero goes), the invoice forgotten, the point reopened. Same `rev`:
+        the store moves it from the revision read (or deletes it when nothing is left: `empty`)."""
+        billed = {k: dict(v) for k, v in self.billed.items()}
+        with decimal.localcontext(EXACT):
+            for k, ch in self.invoices.get(invoice_id, {}).items():
+                was = billed.get(k, {})
+                entry = {f: _sub(was.get(f), ch.get(f)) for f in ENTRY_FIELDS if f in was or f in ch}
+                if all(Decimal(v) == 0 for v in entry.values()):
+                    billed.pop(k, None)
+                else:
+                    billed[k] = _entry(entry)
+        invoices = {i: v for i, v in self.invoices.items() if i != invoice_id}
+        return replace(self, billed=billed, invoices=invoices, reopened=True)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing billed and no invoice's part left: the mark can go (its point is new again)."""
+        return not self.billed and not self.invoices
 
 
 SUBJECTS_ENTRY = "@subjects"  # the stored mark's entry of the subjects it was billed with (never a line key)
+INVOICES_ENTRY = "@invoices"  # ... of what each invoice billed of it
+REOPENED_ENTRY = "@reopened"  # ... saying a deleted draft gave its part back
+ENTRY_FIELDS = ("total", "quantity", "amount", "discounts", "usage")
+_QUANTITIES = ("quantity", "usage")
+
+
+def _sub(a: str | None, b: str | None) -> Decimal:
+    return Decimal(a or "0") - Decimal(b or "0")
+
+
+def _entry(values: Mapping[str, Decimal]) -> dict[str, str]:
+    """A mark entry's fields as stored: amounts in plain decimal, quantities without trailing zeros."""
+    return {f: plain(v) if f in _QUANTITIES else format(v, "f") for f, v in values.items()}
+
+
+def change(before: Mapping[str, Mapping[str, str]], after: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    """What moved between two `billed` states, per line key that changed (each field after less before)."""
+    out: dict[str, dict[str, str]] = {}
+    with decimal.localcontext(EXACT):
+        for k, now in after.items():
+            was = before.get(k, {})
+            if now == was:
+                continue
+            out[k] = _entry({f: _sub(now.get(f), was.get(f)) for f in ENTRY_FIELDS if f in now or f in was})
+    return out
 
 
 @dataclass
@@ -79,8 +150,9 @@ def due_points(sub: dict[str, Any], as_of: datetime, marks: Mapping[tuple[str, d
             if due_at > as_of:
                 continue
             mark = marks.get((sub["id"], ps, term))
-            if mark is not None and pe + CORRECTION_WINDOW < now:
-                continue  # closed: corrections end CORRECTION_WINDOW after the period
+            if mark is not None and not mark.reopened and pe + CORRECTION_WINDOW < now:
+                continue  # closed: corrections end CORRECTION_WINDOW after the period (unless a deleted draft
+                # gave its part back)
             out.append(Point(sub, (ps, pe), term, mark or Mark(sub["id"], ps, term, 0, {})))
         ps = pe
     return out

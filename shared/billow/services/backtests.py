@@ -202,7 +202,9 @@ def _reading(namespace: str, customers: list[dict[str, Any]], by_customer: dict[
     marks = billing.marks_for(namespace, list(by_id) if len(by_id) <= 500 else None) if by_id else {}
     marks = {k: m for k, m in marks.items() if k[0] in by_id}
     # Invoiced = what the marks say was billed (the sum of every invoice line the billing run wrote for the period
-    # and term, corrections included) less what voided or deleted invoices held: those few are all that is read.
+    # and term, corrections included) less what voided invoices held, and drafts deleted before a deleted draft
+    # gave its part back to the marks (their row is still a draft; one deleted since is `deleted`, not listed here):
+    # those few are all that is read.
     dropped = [i for i in billing.list_invoices(namespace, statuses=["voided", "draft"])
                if i["status"] == "voided" or i.get("deletedAt")]
     amounts = bt.billed_amounts(marks, bt.invoiced(dropped, by_id, include_dropped=True))

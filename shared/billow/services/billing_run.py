@@ -29,7 +29,7 @@ from typing import Any
 from billow import jsonx
 from billow.domain import invoices as inv_rules
 from billow.domain import subscriptions as subs
-from billow.domain.billing import Mark, Point, diff, due_points
+from billow.domain.billing import Mark, Point, change, diff, due_points
 from billow.domain.invoices import Invoice
 from billow.domain.lineage import EMPTY as EMPTY_DIGEST
 from billow.domain.lineage import UsageDigest, lineage_json
@@ -316,8 +316,10 @@ class _Run:
                 since = p.mark.billed_at if p.mark.rev > 0 else None
                 if (lin := batch.lineage(ln, party, list(subjects), self.now, since)) is not None:
                     ln["lineage"] = lin
-            if billed != p.mark.billed:  # the mark records the subjects its period was billed with
-                owed.append((lines, replace(p.mark, billed=billed, subjects=subjects)))
+            if billed != p.mark.billed:  # the mark records the subjects its period was billed with, and what this
+                # run billed of it (filed under the invoice's id in _prepare: a deleted draft gives it back)
+                owed.append((lines, replace(p.mark, billed=billed, subjects=subjects, reopened=False,
+                                            change=change(p.mark.billed, billed))))
         return owed
 
     def take_pending_lines(self) -> None:
@@ -411,7 +413,10 @@ def _prepare(namespace: str, customer_id: str, parts: list[Owed],
         if inv.extended_status == "draft.ready_to_issue" and inv.invoicing_app == "sandbox":
             inv.issued(now)  # nothing leaves Billow: issued in the same transaction as its lines
         invoice = inv.to_json()
-    return _Prepared(customer, invoice, [m for _, m in parts if m is not None], credit, gathering)
+    marks = [m for _, m in parts if m is not None]
+    if invoice is not None:  # each mark records what this invoice billed of it
+        marks = [replace(m, invoices={**m.invoices, invoice["id"]: m.change}) for m in marks]
+    return _Prepared(customer, invoice, marks, credit, gathering)
 
 
 def _commit(namespace: str, batch: list[_Prepared], *, store: BillingStore, now: datetime, result: RunResult) -> list[_Prepared]:
@@ -442,6 +447,8 @@ def _advance_due(namespace: str, *, store: BillingStore, now: datetime, on_issue
     n = 0
     for inv in store.list_invoices(namespace, customer_ids=[customer_id] if customer_id else None,
                                    statuses=["draft", "issued", "payment_processing"]):
+        if inv.get("deletedAt"):
+            continue  # a deleted draft is never issued (deleted before the store kept it apart)
         try:
             n += _advance_one(namespace, inv, store=store, now=now, on_issue=on_issue)
         except Conflict:

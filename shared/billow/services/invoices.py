@@ -204,10 +204,31 @@ def recalculate_taxes(namespace: str, id_: str, *, store: BillingStore, now: dat
 
 
 def delete_invoice(namespace: str, id_: str, *, store: BillingStore, now: datetime) -> None:
+    """Delete a draft (OpenMeter's deleteInvoice: only a draft or earlier; a later invoice can only be voided).
+    Nothing it held is lost: what it billed of each subscription period is given back to the period's billing mark
+    (Mark.without: the next run bills it again, as a first charge, even after the correction window), its one-off
+    lines go back to the customer's gathering invoice, pending, and the prepaid credit it used comes back; all in
+    one transaction with the delete (BillingStore.delete_draft), so a run never bills the draft's part twice."""
+    from billow.services.pending_lines import returned_to_gathering
+
     inv = _load(namespace, id_, store)
     inv.require("delete")
+    before = inv.status
     inv.deleted_at = format_rfc3339(now)
-    _save(namespace, inv, store, expect_status=inv.status)
+    inv.touch(now)
+    doc = inv.to_json()
+    by_subscription = [ln for ln in doc["lines"] if ln.get("managedBy") == "subscription"]
+    subscription_ids = sorted({ln["subscription"]["id"] for ln in by_subscription})
+    marks = [m.without(inv.id) for m in store.marks_for(namespace, subscription_ids).values()
+             if inv.id in m.invoices] if subscription_ids else []
+    if by_subscription and not marks:
+        raise Conflict(f"invoice {inv.number} was made before Billow recorded what a draft billed of each "
+                       "subscription period: deleting it would drop its subscription charges for good; void it "
+                       "instead, or approve it")
+    holder = returned_to_gathering(namespace, doc["customer"], doc["currency"],
+                                   [ln for ln in doc["lines"] if ln.get("managedBy") != "subscription"],
+                                   store=store, now=now)
+    store.delete_draft(namespace, doc, expect_status=before, marks=marks, holder=holder, credit_entry_id=new_id())
 
 
 def update_invoice(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
+from billow import jsonx
 from billow.domain import invoices as inv_rules
 from billow.domain import pricing
 from billow.domain.billing import detailed_line, line_rate_card_fields, plain, rate_card_json
@@ -46,16 +47,11 @@ def add_pending_lines(namespace: str, customer_id: str, body: object, *, store: 
     lines = [_pending_line(ln, f"lines[{i}]", namespace, ents, now) for i, ln in enumerate(raw)]
     for ln in lines:
         ln["currency"] = currency
-    holder = next((g for g in store.list_invoices(namespace, customer_ids=[customer["id"]], statuses=["gathering"])
-                   if g["currency"] == currency), None)
+    holder = _holder(namespace, customer, currency, store)
     is_new = holder is None
     stamp = format_rfc3339(now)
     if holder is None:
-        holder = {"id": new_id(), "number": f"{invoice_prefix(customer)}-GATHERING-{currency}", "type": "standard",
-                  "currency": currency, "customer": {"id": customer["id"], "key": customer.get("key"),
-                                                     "name": customer.get("name")},
-                  "lines": [], "totals": inv_rules.totals(Decimal(0), Decimal(0)), "createdAt": stamp, "updatedAt": stamp}
-        inv_rules.set_status(holder, "gathering")
+        holder = _new_holder(customer, currency, stamp)
     before = holder["status"]
     holder["lines"] = holder["lines"] + lines
     holder["updatedAt"] = stamp
@@ -64,6 +60,41 @@ def add_pending_lines(namespace: str, customer_id: str, body: object, *, store: 
     else:
         store.put_invoice(namespace, holder, expect_status=before)
     return {"lines": lines, "invoice": holder, "isInvoiceNew": is_new}
+
+
+def _holder(namespace: str, customer: dict[str, Any], currency: str, store: BillingStore) -> dict[str, Any] | None:
+    """The customer's gathering invoice for `currency` (the holder of its pending lines), if it has one."""
+    return next((g for g in store.list_invoices(namespace, customer_ids=[customer["id"]], statuses=["gathering"])
+                 if g["currency"] == currency), None)
+
+
+def _new_holder(customer: dict[str, Any], currency: str, stamp: str) -> dict[str, Any]:
+    holder = {"id": new_id(), "number": f"{invoice_prefix(customer)}-GATHERING-{currency}", "type": "standard",
+              "currency": currency, "customer": {"id": customer["id"], "key": customer.get("key"),
+                                                 "name": customer.get("name")},
+              "lines": [], "totals": inv_rules.totals(Decimal(0), Decimal(0)), "createdAt": stamp, "updatedAt": stamp}
+    inv_rules.set_status(holder, "gathering")
+    return holder
+
+
+RATED: Final = ("quantity", "children", "lineage")  # what rating adds to a pending line (_with_children, rate_pending)
+
+
+def returned_to_gathering(namespace: str, customer: dict[str, Any], currency: str, lines: list[dict[str, Any]], *,
+                          store: BillingStore, now: datetime) -> tuple[dict[str, Any], str | None] | None:
+    """A deleted draft's one-off lines back on the customer's gathering invoice for their currency, pending again
+    as they were before a run rated them (same ids; no children, quantity or lineage, zero totals: the next run
+    that takes them rates them afresh). The holder to write and the JSON it was read as (None: a new holder, to
+    insert); None when there are no lines."""
+    if not lines:
+        return None
+    stamp = format_rfc3339(now)
+    pending = [{**{k: v for k, v in ln.items() if k not in RATED}, "totals": inv_rules.totals(Decimal(0), Decimal(0)),
+                "updatedAt": stamp} for ln in lines]
+    holder = _holder(namespace, customer, currency, store)
+    if holder is None:
+        return {**_new_holder(customer, currency, stamp), "lines": pending}, None
+    return {**holder, "lines": holder["lines"] + pending, "updatedAt": stamp}, jsonx.dumps(holder)
 
 
 def _line_head(doc: object, field_name: str, max_name: int | None = None) -> tuple[dict[str, Any], str, datetime,
