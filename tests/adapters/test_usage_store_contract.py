@@ -122,7 +122,13 @@ def test_bounds_windows_one_value_per_segment(usage_store: Any, namespace: str) 
             assert got == {b[0]: Decimal(14), b[1]: Decimal(16)}
 
 
-_value = st.decimals(min_value=Decimal("-1000"), max_value=Decimal("1000"), places=3, allow_nan=False)
+_value = st.one_of(
+    st.decimals(min_value=Decimal("-1000"), max_value=Decimal("1000"), places=3, allow_nan=False),
+    # the whole Decimal(38, 18) range a value may take, in every form str() gives (exponents, -0, 0E-18)
+    st.integers(min_value=0, max_value=18).flatmap(lambda places: st.builds(
+        lambda digits, sign: Decimal(f"{sign}{digits}E-{places}"),
+        st.integers(min_value=0, max_value=10 ** (20 + places) - 1), st.sampled_from(["", "-"]))),
+)
 _offset = st.integers(min_value=0, max_value=3 * 24 * 3600 * 1000)
 
 
