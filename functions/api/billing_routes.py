@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import Container, container
-from billow.errors import NotFound
+from billow.errors import Conflict, NotFound
 from billow.services import billing, billing_customers, invoices, pages, pending_lines
 from billow.timeutil import parse_rfc3339
 from billow.web.http import json_body, path_param, query_multi, wants_csv
@@ -128,7 +128,9 @@ def list_invoices() -> Response:
 @router.post("/api/v1/billing/invoices/invoice")
 def invoice_now() -> Response:
     """Invoice a customer's due lines now (OpenMeter's InvoicePendingLinesActionInput: customerId, asOf, and
-    filters.lineIds: those pending lines alone)."""
+    filters.lineIds: those pending lines alone). A customer the run skipped is a 409 problem naming it and why (a
+    concurrent billing run, e.g. the scheduled one, billed it meanwhile; no billing profile applies), never `201 []`,
+    which says nothing was due."""
     c, store = _c()
     body = _body()
     if not isinstance(body, dict) or not isinstance(body.get("customerId"), str):
@@ -144,6 +146,14 @@ def invoice_now() -> Response:
     from billow.services import jobs
 
     result = jobs.billing_run(c, customer_id=customer["id"], as_of=as_of, line_ids=line_ids)
+    skipped = [s["reason"] for s in result.skipped if s["customerId"] == customer["id"]]
+    if skipped:  # not `201 []`, which reads as "nothing was due"
+        name = f"{customer.get('key')} ({customer['id']})" if customer.get("key") else customer["id"]
+        made = [i["id"] for i in result.invoices]
+        raise Conflict(f"customer {name} was not invoiced by this call: {'; '.join(skipped)}"
+                       + (f" (this call made {', '.join(made)})" if made else "")
+                       + f"; its invoices: GET /api/v1/billing/invoices?customers={customer['id']}; call again to "
+                       "invoice what is still due", extensions={"customerId": customer["id"], "invoices": made})
     return ok(result.invoices, 201)
 
 
