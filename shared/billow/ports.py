@@ -12,6 +12,7 @@ from billow.domain.backtest_jobs import Job as BacktestJob
 from billow.domain.billing import Mark
 from billow.domain.documents import View
 from billow.domain.events import CloudEvent
+from billow.domain.invoices import CreditBack
 from billow.domain.lineage import LineEvent, UsageDigest
 from billow.domain.meters import Meter
 from billow.domain.usage import AggRow, GroupFilter, MeterValue, RatedSums, Rating, StoredEvent, UsageQuery
@@ -175,9 +176,11 @@ class DeadLetters(Protocol):
 
 # -- billing ----------------------------------------------------------------------------------------------------
 # One customer's share of a billing run's transaction: its new invoice (None: marks only), the billing marks it
-# advanced, the prepaid credit it used ((entry id, amount)) and the pending-line holders without the lines it took
-# (each as (new document, the JSON it was read as): written only if unchanged meanwhile).
-BillingCommit = tuple[dict[str, Any] | None, list[Mark], tuple[str, Decimal] | None, list[tuple[dict[str, Any], str]]]
+# advanced, the prepaid credit it used ((entry id, amount)) or gives back (CreditBack: a negative invoice issued in the
+# transaction) and the pending-line holders without the lines it took (each as (new document, the JSON it was read
+# as): written only if unchanged meanwhile).
+BillingCommit = tuple[dict[str, Any] | None, list[Mark], tuple[str, Decimal] | CreditBack | None,
+                      list[tuple[dict[str, Any], str]]]
 
 
 class BillingStore(Protocol):
@@ -200,8 +203,12 @@ class BillingStore(Protocol):
 
     def list_overrides(self, namespace: str) -> dict[str, dict[str, Any]]: ...
 
-    def put_invoice(self, namespace: str, doc: dict[str, Any], *, expect_status: str | None = None) -> None:
-        """Save an invoice; with `expect_status`, only if it is still in that status (else Conflict)."""
+    def put_invoice(self, namespace: str, doc: dict[str, Any], *, expect_status: str | None = None,
+                    credit: CreditBack | None = None) -> None:
+        """Save an invoice; with `expect_status`, only if it is still in that status (else Conflict). With `credit`
+        (a negative invoice issued: what it gives back; needs `expect_status`) ONE transaction also adds the credit to
+        the customer's prepaid balance, once: an entry with its id already there is not added again, and a lost
+        race writes neither."""
         ...
 
     def get_invoice(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
@@ -220,7 +227,7 @@ class BillingStore(Protocol):
 
     def commit_billing(self, namespace: str, items: Sequence[BillingCommit], now: datetime) -> None:
         """ONE transaction for all items: each mark moves from the revision read (a new one is inserted), each
-        invoice and the credit it used are written, each holder only if unchanged. Any lost race (a mark moved,
+        invoice and the credit it used or gives back are written, each holder only if unchanged. Any lost race (a mark moved,
         a holder changed: another run got there first) raises Conflict and nothing of the batch is written."""
         ...
 
@@ -241,6 +248,11 @@ class BillingStore(Protocol):
         ...
 
     def credit_balance(self, namespace: str, customer_id: str, currency: str) -> Decimal: ...
+
+    def credit_entries(self, namespace: str, customer_id: str, currency: str) -> list[dict[str, Any]]:
+        """The prepaid balance's ledger by entry id: each entry's `id`, signed `amount` (exact text: > 0 added,
+        < 0 used) and what it records (`invoiceId` of the invoice that used it or gave it back, `description`)."""
+        ...
 
 
 class SubscriptionStore(Protocol):
@@ -267,6 +279,12 @@ class InvoicingApp(Protocol):
     def void(self, invoice: dict[str, Any]) -> None:
         """Void the invoice the app issued (called only when it holds an external invoicing id)."""
         ...
+
+    # Whether the app itself keeps what a negative invoice (a correction that lowered an invoiced period) owes the
+    # customer. Stripe does (True): it books a negative invoice to the customer's Stripe balance and applies it to the
+    # next Stripe invoice, so Billow adds nothing to the prepaid balance (that would give it back twice). Every other
+    # app (False): Billow adds it to the customer's prepaid balance when the invoice is issued (Invoice.credit_back).
+    keeps_customer_credit: bool
 
 
 class DocumentRenderer(Protocol):

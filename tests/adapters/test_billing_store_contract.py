@@ -253,3 +253,45 @@ def test_a_deleted_draft_gives_back_its_marks_credit_and_lines(store: SqlBilling
     assert store.delete_draft(n, {**draft2, "deletedAt": "x"}, expect_status="draft", marks=[],
                               holder=(new_holder, None), credit_entry_id=new_id()) == 0
     assert [g["lines"] for g in store.list_invoices(n, customer_ids=["c2"], statuses=["gathering"])] == [[{"id": "l9"}]]
+
+
+def test_a_negative_invoice_gives_its_credit_back_with_its_status_move_once(store: SqlBillingStore) -> None:
+    """put_invoice with `credit` (a negative invoice issued): in one transaction the guarded status move and the
+    entry added to the prepaid balance; a lost race writes neither; the same entry (its id derived from the
+    invoice's) is never added twice, whatever moves the invoice again."""
+    from billow.domain.invoices import CreditBack
+
+    n = ns()
+    store.add_credit(n, new_id(), "c1", "USD", Decimal("0.10"), {"description": "prepaid"})
+    inv = invoice("c1", "C1-0003", "issuing", totals={"total": "-3.00"})
+    store.put_invoice(n, inv)
+    back = CreditBack(new_id(), Decimal("3.00"), {"invoiceId": inv["id"], "description": "owed back by C1-0003"})
+    with pytest.raises(Conflict):  # another actor moved it first: nothing is given back
+        store.put_invoice(n, {**inv, "status": "paid"}, expect_status="draft", credit=back)
+    assert store.credit_balance(n, "c1", "USD") == Decimal("0.10")
+    assert store.get_invoice(n, inv["id"])["status"] == "issuing"  # type: ignore[index]
+    store.put_invoice(n, {**inv, "status": "paid"}, expect_status="issuing", credit=back)
+    assert store.credit_balance(n, "c1", "USD") == Decimal("3.10")
+    assert store.credit_balances(n) == {("c1", "USD"): Decimal("3.10")}
+    with pytest.raises(Conflict):  # issued once: a second issuing that read it as issuing fails, writes nothing
+        store.put_invoice(n, {**inv, "status": "paid"}, expect_status="issuing", credit=back)
+    store.put_invoice(n, {**inv, "status": "paid", "note": "x"}, expect_status="paid", credit=back)  # the same entry
+    assert store.credit_balance(n, "c1", "USD") == Decimal("3.10")  # given back once
+    entries = store.credit_entries(n, "c1", "USD")
+    assert [(e["id"], e["amount"], e.get("invoiceId")) for e in entries if e["id"] == back.entry_id] == \
+        [(back.entry_id, "3.00", inv["id"])]
+    assert sorted(e["amount"] for e in entries) == ["0.10", "3.00"]
+    assert store.credit_entries(n, "c2", "USD") == [] and store.credit_entries(ns(), "c1", "USD") == []
+    with pytest.raises(ValueError):  # a credit goes only with a guarded move
+        store.put_invoice(n, inv, credit=back)
+    # A negative invoice the run issues itself (sandbox): given back in the run's transaction, or not at all.
+    sub = new_id()
+    neg = invoice("c1", "C1-0004", "paid", totals={"total": "-1.25"})
+    neg_back = CreditBack(new_id(), Decimal("1.25"), {"invoiceId": neg["id"], "description": "owed back by C1-0004"})
+    store.commit_billing(n, [(None, [mark(sub, 0, "5")], None, [])], NOW)
+    with pytest.raises(Conflict):  # a lost race on its mark: neither the invoice nor the credit
+        store.commit_billing(n, [(neg, [mark(sub, 0, "3.75")], neg_back, [])], NOW)
+    assert store.credit_balance(n, "c1", "USD") == Decimal("3.10") and store.get_invoice(n, neg["id"]) is None
+    store.commit_billing(n, [(neg, [mark(sub, 1, "3.75")], neg_back, [])], NOW)
+    assert store.credit_balance(n, "c1", "USD") == Decimal("4.35")
+    assert [e["amount"] for e in store.credit_entries(n, "c1", "USD") if e.get("invoiceId") == neg["id"]] == ["1.25"]

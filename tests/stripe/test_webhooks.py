@@ -137,3 +137,40 @@ def test_invoice_issued_through_stripe_is_paid_by_the_webhook(billow_stripe: tup
     assert store.get_invoice("stripe", doc["id"])["status"] == "paid"
     again = standin.emit("invoice.paid", standin.invoices[stripe_id])
     assert again.status == 200 and store.get_invoice("stripe", doc["id"])["status"] == "paid"  # redelivery
+
+
+def test_a_negative_invoice_through_stripe_is_credited_by_stripe_not_by_billow(
+        billow_stripe: tuple[Billow, StandIn]) -> None:
+    """A correction that lowers an invoiced period makes a negative invoice (tests/billing/test_negative_correction.py).
+    Through Stripe, Stripe keeps what it owes the customer: it books the negative total to the customer's Stripe
+    balance and applies it to the next Stripe invoice. Billow must not also add it to the prepaid balance, or the
+    customer would get it twice (the Stripe app says so: StripeInvoicing.keeps_customer_credit)."""
+    b, standin = billow_stripe
+    store = b.c.store(SqlBillingStore)
+    subscribed(b, {**PROFILE, "apps": {"tax": "sandbox", "invoicing": "stripe", "payment": "stripe"}})
+    customer = b.ok("GET", "/api/v1/customers/acme")
+    b.ok("POST", f"/api/v1/billing/customers/{customer['id']}/credits", {"amount": "100.00", "currency": "USD"})
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)  # April's fee 49.99, from Billow's prepaid credit (a negative item on the Stripe invoice)
+    b.usage(600, "2026-04-05T10:00:00Z")
+    b.clock.set("2026-05-01T00:10:00Z")
+    scheduled_run(b)  # April's usage 6.00 and May's fee 49.99: 50.01 from the credit, 5.98 through Stripe
+    assert store.credit_balance("stripe", customer["id"], "USD") == 0
+    b.usage(-300, "2026-04-06T10:00:00Z")  # late: April's usage was 300 tokens, 3.00
+    b.clock.set("2026-05-02T00:10:00Z")
+    scheduled_run(b)
+    correction = store.list_invoices("stripe")[-1]
+    assert (correction["totals"]["total"], correction["status"]) == ("-3.00", "paid"), correction.get("validationIssues")
+    stripe_inv = standin.invoices[correction["externalIds"]["invoicing"]]
+    assert (stripe_inv["total"], stripe_inv["amount_due"], stripe_inv["status"]) == (-300, 0, "paid")
+    assert standin.customers[stripe_inv["customer"]]["balance"] == -300  # Stripe keeps the 3.00 for the customer
+    assert store.credit_balance("stripe", customer["id"], "USD") == 0  # and Billow does not credit it again
+    assert [e for e in store.credit_entries("stripe", customer["id"], "USD")
+            if e.get("invoiceId") == correction["id"]] == []
+    b.clock.set("2026-06-01T00:10:00Z")
+    scheduled_run(b)  # June's fee: Billow bills it in full, Stripe applies the customer's balance to it, once
+    june = store.list_invoices("stripe")[-1]
+    assert (june["totals"]["creditsTotal"], june["totals"]["total"]) == ("0", "49.99")
+    june_stripe = standin.invoices[june["externalIds"]["invoicing"]]
+    assert (june_stripe["total"], june_stripe["amount_due"]) == (4999, 4699)
+    assert standin.customers[june_stripe["customer"]]["balance"] == 0

@@ -9,7 +9,9 @@ derived from the stripe library's params, which are generated from Stripe's Open
 a wrong type or a missing required one is a 400, as Stripe answers it.
 
 Endpoints: POST /v1/customers, GET /v1/customers/{id}, POST /v1/invoices, GET /v1/invoices/{id},
-POST /v1/invoiceitems, POST /v1/invoices/{id}/finalize, POST /v1/invoices/{id}/void.
+POST /v1/invoiceitems, POST /v1/invoices/{id}/finalize, POST /v1/invoices/{id}/void. A customer's `balance` is kept as
+Stripe keeps it: a finalised invoice with a negative total credits it, and credit there lowers what the customer's next
+finalised invoice asks (`amount_due`; its `total` stays).
 
 Tests drive payment outcomes (`pay`, `fail_payment`, `mark_uncollectible`): each emits the Stripe event, signed
 like Stripe signs webhooks (`Stripe-Signature: t=<ts>,v1=<hex HMAC-SHA256(secret, "<ts>.<payload>")>`), and
@@ -504,6 +506,18 @@ class StandIn:
         if "auto_advance" in p:
             inv["auto_advance"] = p["auto_advance"]
         inv["status_transitions"]["finalized_at"] = int(time.time())
+        # The customer's balance (negative: credit the customer has), as Stripe keeps it: a negative total is
+        # credited to it, and credit there is applied to what a later invoice asks (its total stays as it is).
+        # https://docs.stripe.com/invoicing/customer/balance
+        cust = self.customers[inv["customer"]]
+        inv["starting_balance"] = cust["balance"]
+        if inv["total"] < 0:
+            cust["balance"] += inv["total"]
+        elif cust["balance"] < 0:
+            applied = min(inv["total"], -cust["balance"])
+            cust["balance"] += applied
+            inv.update(amount_due=inv["amount_due"] - applied, amount_remaining=inv["amount_remaining"] - applied)
+        inv["ending_balance"] = cust["balance"]
         if inv["amount_due"] == 0:  # nothing to collect: Stripe marks it paid at once
             inv["status"] = "paid"
             inv["status_transitions"]["paid_at"] = int(time.time())

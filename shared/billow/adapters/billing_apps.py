@@ -21,7 +21,10 @@ log = logging.getLogger("billow.billing")
 
 
 class SandboxInvoicing:
-    """Nothing leaves Billow: the invoice is issued at once, with no external ids."""
+    """Nothing leaves Billow: the invoice is issued at once, with no external ids. What a negative invoice owes the
+    customer is Billow's to keep: its prepaid credit."""
+
+    keeps_customer_credit = False
 
     def issue(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
         return {}
@@ -33,7 +36,10 @@ class SandboxInvoicing:
 class CustomInvoicing:
     """The user's own system issues the invoice and says so (POST /api/v1/apps/custom-invoicing/{id}/issuing/
     synchronized); it hears of a void through the invoice.updated notification. An installed app whose
-    enableIssuingSyncHook is off does not wait: the invoice is issued at once, as OpenMeter's."""
+    enableIssuingSyncHook is off does not wait: the invoice is issued at once, as OpenMeter's. What a negative invoice
+    owes the customer becomes its prepaid credit in Billow."""
+
+    keeps_customer_credit = False
 
     def __init__(self, issuing_hook: bool = True, draft_hook: bool = False) -> None:
         self.issuing_hook = issuing_hook
@@ -56,6 +62,11 @@ class StripeCustomers(Protocol):
 
 class StripeInvoicing:
     """Stripe (adapters/stripe_app.py): the customer synced, one invoice item per billed line, finalised."""
+
+    # Stripe books a negative invoice's total to the customer's Stripe balance (a credit) and applies it to the
+    # customer's next Stripe invoice: Billow must not credit its prepaid balance as well (the money would come back
+    # twice). https://docs.stripe.com/invoicing/customer/balance
+    keeps_customer_credit = True
 
     def __init__(self, api_key: str | None, api_base: str | None,
                  stripe_customers: StripeCustomers | None = None) -> None:

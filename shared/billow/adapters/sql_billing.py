@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from billow import jsonx
 from billow.adapters.sql import TS, save_by_id, utc
 from billow.domain.billing import Mark
+from billow.domain.invoices import CreditBack
 from billow.errors import Conflict
 from billow.exact import EXACT
 from billow.ports import BillingCommit
@@ -128,9 +129,14 @@ class SqlBillingStore:
         return jsonx.loads(row.doc) if row else None
 
     # -- invoices ----------------------------------------------------------------------------------------------
-    def put_invoice(self, namespace: str, doc: dict[str, Any], *, expect_status: str | None = None) -> None:
+    def put_invoice(self, namespace: str, doc: dict[str, Any], *, expect_status: str | None = None,
+                    credit: CreditBack | None = None) -> None:
         """Save an invoice; with `expect_status`, only if it is still in that status (else Conflict: another
-        actor moved it first)."""
+        actor moved it first). With `credit` (a negative invoice issued), the same transaction adds it to the
+        customer's prepaid balance unless an entry of its id is there already: the guarded move lets one issuing
+        through, the entry id (derived from the invoice's) keeps any other from adding it again."""
+        if credit is not None and expect_status is None:
+            raise ValueError("a credit is written only with a guarded status move (expect_status)")
         row = {"id": doc["id"], "namespace": namespace, "customer_id": doc["customer"]["id"], "number": doc["number"],
                "status": doc["status"], "doc": jsonx.dumps(doc)}
         with self.engine.begin() as c:
@@ -141,6 +147,10 @@ class SqlBillingStore:
                              .values(**row)).rowcount
             if done != 1:
                 raise Conflict(f"invoice {doc['number']} changed meanwhile; reload it and try again")
+            if credit is not None and c.execute(sa.select(credits.c.id).where(credits.c.id == credit.entry_id)).first() is None:
+                c.execute(credits.insert().values(
+                    namespace=namespace, id=credit.entry_id, customer_id=doc["customer"]["id"],
+                    currency=doc["currency"], amount=format(credit.amount, "f"), doc=jsonx.dumps(credit.doc)))
 
     def get_invoice(self, namespace: str, id_: str) -> dict[str, Any] | None:
         q = sa.select(invoices.c.doc).where(invoices.c.namespace == namespace, invoices.c.id == id_)
@@ -174,7 +184,7 @@ class SqlBillingStore:
 
     def commit_billing(self, namespace: str, items: Sequence[BillingCommit], now: datetime) -> None:
         """One transaction for many customers: each item's marks move from the revisions read to the new billed
-        state, and its invoice (and the prepaid credit it used) is written; any lost race raises Conflict and
+        state, and its invoice (and the prepaid credit it used or gives back) is written; any lost race raises Conflict and
         nothing of the whole batch is written."""
         try:
             with self.engine.begin() as c:
@@ -192,7 +202,7 @@ class SqlBillingStore:
             raise Conflict("another billing run billed the same period meanwhile; nothing was written") from None
 
     def _commit_one(self, c: sa.Connection, namespace: str, invoice: dict[str, Any] | None, advanced: list[Mark],
-                    now: datetime, credit_used: tuple[str, Decimal] | None) -> None:
+                    now: datetime, credit_used: tuple[str, Decimal] | CreditBack | None) -> None:
         for m in advanced:
             values = {"rev": m.rev + 1, "billed_at": now, "doc": jsonx.dumps(m.doc())}
             if m.rev == 0:
@@ -207,7 +217,12 @@ class SqlBillingStore:
             c.execute(invoices.insert().values(
                 id=invoice["id"], namespace=namespace, customer_id=invoice["customer"]["id"],
                 number=invoice["number"], status=invoice["status"], doc=jsonx.dumps(invoice)))
-            if credit_used is not None:
+            if isinstance(credit_used, CreditBack):  # a negative invoice issued here: what it owes the customer
+                c.execute(credits.insert().values(
+                    namespace=namespace, id=credit_used.entry_id, customer_id=invoice["customer"]["id"],
+                    currency=invoice["currency"], amount=format(credit_used.amount, "f"),
+                    doc=jsonx.dumps(credit_used.doc)))
+            elif credit_used is not None:
                 entry_id, amount = credit_used
                 c.execute(credits.insert().values(
                     namespace=namespace, id=entry_id, customer_id=invoice["customer"]["id"],
@@ -291,6 +306,13 @@ class SqlBillingStore:
                                               credits.c.currency == currency)
         with self.engine.connect() as c, decimal.localcontext(EXACT):
             return sum((Decimal(r.amount) for r in c.execute(q)), Decimal(0))
+
+    def credit_entries(self, namespace: str, customer_id: str, currency: str) -> list[dict[str, Any]]:
+        q = sa.select(credits.c.id, credits.c.amount, credits.c.doc).where(
+            credits.c.namespace == namespace, credits.c.customer_id == customer_id, credits.c.currency == currency)
+        with self.engine.connect() as c:
+            return [{**jsonx.loads(r.doc), "id": r.id, "amount": r.amount, "currency": currency}
+                    for r in c.execute(q.order_by(credits.c.id))]
 
 
 def _number_taken(exc: IntegrityError) -> bool:

@@ -11,7 +11,13 @@ billed as a correction on the next invoice. Voiding is possible until the invoic
 
 Totals follow OpenMeter's `InvoiceTotals`: amount (sum of the lines' rounded amounts), discountsTotal,
 creditsTotal (prepaid credit applied), taxes (0: no tax app rates here), total = amount − discounts −
-credits. Every figure is a sum of already-rounded amounts, so totals are exact."""
+credits. Every figure is a sum of already-rounded amounts, so totals are exact.
+
+A negative invoice (a correction that lowered an invoiced period) owes its customer money (`owed_back`). Issued, it
+is paid at once; what it owes back becomes the customer's prepaid credit (`credit_back`: one ledger entry derived
+from the invoice's id, added once), unless its invoicing app keeps it itself (Stripe: the customer's Stripe balance;
+the app decides, ports.InvoicingApp.keeps_customer_credit). Its totals stay as they are (creditsTotal is the prepaid
+credit it used, never negative)."""
 
 from __future__ import annotations
 
@@ -22,9 +28,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
+from billow.domain.money import ROUND_HALF_EVEN, round_money
 from billow.domain.periods import RecurringPeriod
 from billow.errors import Conflict
 from billow.exact import EXACT
+from billow.ids import derived_id
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
 STATUSES: Final = ("gathering", "draft", "issuing", "issued", "payment_processing", "overdue", "paid",
@@ -64,6 +72,17 @@ def set_status(inv: dict[str, Any], extended: str, *, failed: bool = False) -> N
     """The status fields of a document built as JSON (a pending-line holder); invoices move through Invoice."""
     inv["status"] = status_of(extended)
     inv["statusDetails"] = status_details(extended, failed)
+
+
+@dataclass(frozen=True, slots=True)
+class CreditBack:
+    """What a negative invoice gives back to its customer's prepaid balance when it is issued (Invoice.credit_back):
+    one entry of the balance's ledger, whose id is derived from the invoice's, so that however often the issuing is
+    retried or re-run it is added once (ports.BillingStore.put_invoice writes it with the invoice's status move)."""
+
+    entry_id: str
+    amount: Decimal  # > 0, in the currency's minor unit
+    doc: dict[str, Any]  # the entry as the ledger keeps it: id, amount, currency, invoiceId, invoiceNumber, ...
 
 
 _ZERO_DURATIONS: Final = ("P0D", "PT0S", "PT0H")
@@ -165,6 +184,32 @@ class Invoice:
         return _d(self.totals.get("total"))
 
     @property
+    def owed_back(self) -> Decimal:
+        """What a negative invoice owes its customer: its total's absolute value in the currency's minor unit (rounded
+        half-even, which changes no total: totals are sums of rounded amounts; one it would change is refused);
+        0 when the total is 0 or more."""
+        if self.due >= 0:
+            return ZERO
+        owed = round_money(-self.due, self.currency, ROUND_HALF_EVEN)
+        if owed != -self.due:
+            raise ValueError(f"invoice {self.number}: its total {self.due} has more decimals than {self.currency} has")
+        return owed
+
+    def credit_back(self, now: datetime) -> CreditBack | None:
+        """The prepaid credit this invoice gives back when it is issued through an app that does not keep it itself
+        (every app but Stripe): `owed_back`, as the ledger entry `derived_id(invoice id, "owed-back")`; None when
+        nothing is owed back. The invoice's totals do not change; `issued` makes it paid, settled by this credit."""
+        owed = self.owed_back
+        if owed == 0:
+            return None
+        entry_id = derived_id(self.id, "owed-back")
+        return CreditBack(entry_id, owed, {
+            "id": entry_id, "amount": format(owed, "f"), "currency": self.currency, "invoiceId": self.id,
+            "invoiceNumber": self.number,
+            "description": f"owed back by invoice {self.number} (total {format(self.due, 'f')} {self.currency})",
+            "createdAt": format_rfc3339(now)})
+
+    @property
     def mutable(self) -> bool:
         return self.status in ("gathering", "draft")
 
@@ -204,7 +249,8 @@ class Invoice:
 
     def issued(self, now: datetime) -> None:
         """Issued now: issue and due dates, then the payment app's state (the sandbox settles at once; nothing
-        due is paid); its documents are due."""
+        due is paid: a negative invoice is settled by what it gives back, see `credit_back`); its documents are
+        due."""
         self.issued_at = format_rfc3339(now)
         self.due_at = format_rfc3339(now if self.due_after in _ZERO_DURATIONS
                                      else RecurringPeriod(self.due_after, now).at(1))

@@ -30,7 +30,7 @@ from billow import jsonx
 from billow.domain import invoices as inv_rules
 from billow.domain import subscriptions as subs
 from billow.domain.billing import Mark, Point, change, diff, due_points
-from billow.domain.invoices import Invoice
+from billow.domain.invoices import CreditBack, Invoice
 from billow.domain.lineage import EMPTY as EMPTY_DIGEST
 from billow.domain.lineage import UsageDigest, lineage_json
 from billow.domain.usage import GroupFilter, UsageQuery, final_value
@@ -386,7 +386,7 @@ class _Prepared:
     customer: dict[str, Any]
     invoice: dict[str, Any] | None
     marks: list[Mark]
-    credit: tuple[str, Decimal] | None
+    credit: tuple[str, Decimal] | CreditBack | None  # prepaid credit used, or given back (ports.BillingCommit)
     gathering: list[tuple[dict[str, Any], str]]  # pending-line holders without the lines taken (new doc, old JSON)
 
 
@@ -400,7 +400,8 @@ def _prepare(namespace: str, customer_id: str, parts: list[Owed],
         result.skipped.append({"customerId": customer_id, "reason": reason})
         return None
     lines = [ln for ls, _ in parts for ln in ls]
-    invoice, credit = None, None
+    invoice: dict[str, Any] | None = None
+    credit: tuple[str, Decimal] | CreditBack | None = None
     if lines:
         ctx.counts[customer_id] = ctx.counts.get(customer_id, 0) + 1
         invoice = new_invoice(namespace, customer, profile, lines[0]["currency"], lines, number=ctx.counts[customer_id],
@@ -412,6 +413,10 @@ def _prepare(namespace: str, customer_id: str, parts: list[Owed],
             inv.totals = inv_rules.sum_totals(invoice["lines"], credit[1])
         if inv.extended_status == "draft.ready_to_issue" and inv.invoicing_app == "sandbox":
             inv.issued(now)  # nothing leaves Billow: issued in the same transaction as its lines
+            if inv.owed_back > 0:  # (a negative invoice used no prepaid credit: credit applies to positive totals)
+                # The sandbox keeps nothing (SandboxInvoicing.keeps_customer_credit is False): what the invoice owes the
+                # customer is its prepaid credit, given back in this transaction (the other apps: invoices._issued).
+                credit = inv.credit_back(now)
         invoice = inv.to_json()
     marks = [m for _, m in parts if m is not None]
     if invoice is not None:  # each mark records what this invoice billed of it

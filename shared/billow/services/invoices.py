@@ -4,7 +4,9 @@ prepaid credit. The state machine's rules are billow.domain.invoices; the apps a
 
 Issuing: draft -> issuing -> issued (the invoicing app: sandbox at once, Stripe now, custom invoicing when the
 user's system confirms) -> the payment app (the sandbox settles at once). An app that fails leaves the invoice
-issuing, failed, for `retry`."""
+issuing, failed, for `retry`. A negative invoice is paid when it is issued: what it owes the customer is added to the
+customer's prepaid balance in the same transaction, once per invoice, unless the invoicing app keeps it itself
+(Stripe's customer balance: InvoicingApp.keeps_customer_credit)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from billow.domain.periods import RecurringPeriod
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.exact import parse_decimal
 from billow.ids import new_id
-from billow.ports import BillingApps, BillingStore, MetaStore
+from billow.ports import BillingApps, BillingStore, InvoicingApp, MetaStore
 from billow.services.billing_profiles import resolve_customer
 from billow.timeutil import format_rfc3339
 
@@ -142,12 +144,17 @@ def _issue(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingAp
         return inv  # custom invoicing: waits for POST /api/v1/apps/custom-invoicing/{id}/issuing/synchronized
     if external_ids:
         inv.external_ids = {**inv.external_ids, **external_ids}
-    return _issued(namespace, inv, store=store, apps=apps, now=now)
+    return _issued(namespace, inv, app, store=store, apps=apps, now=now)
 
 
-def _issued(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingApps, now: datetime) -> Invoice:
+def _issued(namespace: str, inv: Invoice, app: InvoicingApp, *, store: BillingStore, apps: BillingApps,
+            now: datetime) -> Invoice:
+    """issuing -> issued (and the payment app's state). A negative invoice (a correction that lowered an invoiced
+    period) is paid: what it owes the customer is added to the prepaid balance with the status move, in one
+    transaction and once (the entry's id is derived from the invoice's), unless `app` keeps it itself (Stripe)."""
     inv.issued(now)
-    _save(namespace, inv, store, expect_status="issuing")
+    credit = inv.credit_back(now) if inv.owed_back > 0 and not app.keeps_customer_credit else None
+    store.put_invoice(namespace, inv.to_json(), expect_status="issuing", credit=credit)
     apps.issued(inv.to_json())
     return inv
 
@@ -291,7 +298,7 @@ def custom_invoicing_synced(namespace: str, invoice_id: str, stage: str, body: o
     ext = given.get("invoicing") or {}
     if ext.get("invoiceNumber"):
         inv.external_ids = {**inv.external_ids, "invoicing": ext.get("invoiceId"), "invoiceNumber": ext["invoiceNumber"]}
-    return _issued(namespace, inv, store=store, apps=apps, now=now).to_json()
+    return _issued(namespace, inv, apps.invoicing(inv.invoicing_app_ref), store=store, apps=apps, now=now).to_json()
 
 
 def list_invoices(namespace: str, qs: dict[str, list[str]], *, store: BillingStore) -> list[dict[str, Any]]:
