@@ -7,7 +7,8 @@ sink's turn delivers them all in one event (up to DELIVERY_BYTES of record value
 bounds an MSK invocation), so the sink stores them in one write: three inserts (and the views' parts) however many
 requests they came from. With one request at a time nothing changes; with many, the engine's fixed cost per insert
 (~30 ms for the values insert and its five views' parts) is paid once per group instead of once per request. Each
-publish() still returns only after its own records were stored (or raises the error that kept them from it)."""
+publish() still returns only after its own records were stored (or raises the error that kept them from it); a
+group whose delivery fails is delivered again batch by batch, so a batch the sink cannot store fails alone."""
 
 from __future__ import annotations
 
@@ -66,17 +67,30 @@ class InProcessBus:
 
     def _deliver_group(self, group: list[_Pending]) -> None:
         """One sink invocation for the group (offsets in the order published); every publish in it is told how it
-        ended. Called with the sink's lock held."""
-        batch = []
+        ended. If it fails, each batch of the group goes again alone, so one batch's failure is its own: the sink
+        stores an event once however often it comes (a store outage fails them all, one by one). Called with the
+        sink's lock held."""
+        own: list[list[BusRecord]] = []
         for pending in group:
+            records = []
             for key, value in pending.records:
                 p = partition_for(key, PARTITIONS)
                 off = self._offsets.get((pending.topic, p), 0)
                 self._offsets[(pending.topic, p)] = off + 1
-                batch.append(BusRecord(pending.topic, p, off, key, value))
+                records.append(BusRecord(pending.topic, p, off, key, value))
+            own.append(records)
         try:
-            self._deliver(msk_event(batch, bootstrap="inprocess"))
-        except BaseException as exc:  # each publish of the group raises it (none of them was stored)
+            try:
+                self._deliver(msk_event([r for records in own for r in records], bootstrap="inprocess"))
+            except Exception:
+                if len(group) == 1:
+                    raise
+                for pending, records in zip(group, own, strict=True):
+                    try:
+                        self._deliver(msk_event(records, bootstrap="inprocess"))
+                    except Exception as alone:  # noqa: BLE001 (its publish raises it)
+                        pending.error = alone
+        except BaseException as exc:  # noqa: BLE001 (each publish of the group raises it)
             for pending in group:
                 pending.error = exc
         finally:
