@@ -10,12 +10,15 @@ scanned) and lets more allocations pass between young collections. Nothing is ke
 `paused()` goes further for the length of one batch (ingest, the usage sink): the batch's objects are acyclic and
 die together when it ends, so the collector has nothing to find in them, yet at 10,000 allocations a young
 collection it scans each of them once or twice (~4 us per event, ~8 % of ingest's Python time, issue 17). Cycles
-made meanwhile (none on these paths) are collected at the first collection after the last batch in flight ends."""
+made meanwhile (none on these paths) are collected at the first collection after the last batch in flight ends; and
+since a busy server may always have a batch in flight, a batch that ends more than COLLECT_EVERY_S after the last
+collection runs one of the young generations (and a full one every FULL_EVERY_S), so cycles never pile up."""
 
 from __future__ import annotations
 
 import gc
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,8 +33,12 @@ def settle() -> None:
     gc.set_threshold(max(young, YOUNG_THRESHOLD), middle, old)
 
 
+COLLECT_EVERY_S = 1.0  # while batches keep the collector paused: a young collection at most this often
+FULL_EVERY_S = 60.0  # ... and a full one
+
 _pause = threading.Lock()
 _paused = [0, False]  # batches in flight (all threads), whether the first of them found the collector enabled
+_collected = [time.monotonic(), time.monotonic()]  # when paused() last ran a young / a full collection
 
 
 @contextmanager
@@ -46,7 +53,16 @@ def paused() -> Iterator[None]:
     try:
         yield
     finally:
+        generation = None
         with _pause:
             _paused[0] -= 1
-            if _paused[0] == 0 and _paused[1]:
-                gc.enable()
+            if _paused[1]:
+                now = time.monotonic()
+                if now - _collected[1] >= FULL_EVERY_S:
+                    generation, _collected[0], _collected[1] = 2, now, now
+                elif now - _collected[0] >= COLLECT_EVERY_S:
+                    generation, _collected[0] = 1, now
+                if _paused[0] == 0:
+                    gc.enable()
+        if generation is not None:
+            gc.collect(generation)

@@ -133,6 +133,51 @@ def test_the_collector_is_paused_while_any_batch_runs_and_restored_after_the_las
         gc.enable()
 
 
+def test_cycles_are_collected_while_batches_never_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy server may always have a batch in flight, so the collector is never re-enabled: a batch that ends more
+    than COLLECT_EVERY_S after the last collection runs one, and cyclic garbage does not pile up."""
+    import gc
+    import threading
+    import weakref
+
+    from billow import heap
+
+    clock = [1000.0]
+    monkeypatch.setattr(heap.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(heap, "_collected", [clock[0], clock[0]])
+    holding, release = threading.Event(), threading.Event()
+
+    def long_batch() -> None:  # another thread's batch, in flight the whole time
+        with heap.paused():
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=long_batch)
+    t.start()
+    holding.wait(5)
+    try:
+
+        class Node:
+            pass
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # type: ignore[attr-defined]
+        gone = weakref.ref(a)
+        del a, b
+        with heap.paused():
+            pass
+        assert gone() is not None and not gc.isenabled()  # too soon: nothing collected, still paused
+        clock[0] += heap.COLLECT_EVERY_S + 0.1
+        with heap.paused():
+            pass
+        assert gone() is None  # collected although a batch was in flight throughout
+        assert not gc.isenabled()
+    finally:
+        release.set()
+        t.join()
+    assert gc.isenabled()
+
+
 def test_ingest_and_the_sink_store_a_batch_with_the_collector_paused(sqlite_meta: Any) -> None:
     """The batch's objects are not scanned by the collector on the way (billow.heap.paused): publish (ingest) and
     write (the sink) both run with automatic collection off, and it is on again once the batch is stored."""
