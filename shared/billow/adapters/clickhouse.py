@@ -454,17 +454,18 @@ class ClickHouseUsageStore:
                     found = instants[epoch] = fromtimestamp(epoch, UTC)
                 times.append(found)
             v = r[value]
-            row = AggRow(
-                window_start=times[0] if windowed else None,
-                subject=r[1] if by_subject else None, customer_id=(r[first - 1] or None) if customers else None,
-                groups={k: r[first + n] for n, k in enumerate(keys)},
-                sum=Decimal(v) if agg in ("SUM", "AVG") else Decimal(0),
-                count=int(r[value + 1]) if agg == "AVG" else int(v) if agg == "COUNT" else 0,
-                min=Decimal(v) if agg == "MIN" else None, max=Decimal(v) if agg == "MAX" else None,
-                uniq=int(v) if agg == "UNIQUE_COUNT" else 0, latest=Decimal(v) if agg == "LATEST" else None,
-                first_time=times[-2], last_time=times[-1],  # the end of the last minute or hour counted
-            )
-            out.append(row)
+            # Positional (AggRow's field order): half the cost of keywords, per row of a large answer.
+            out.append(AggRow(
+                times[0] if windowed else None,  # window_start
+                r[1] if by_subject else None,  # subject
+                (r[first - 1] or None) if customers else None,  # customer_id
+                {k: r[first + n] for n, k in enumerate(keys)},  # groups
+                Decimal(v) if agg in ("SUM", "AVG") else Decimal(0),  # sum
+                int(r[value + 1]) if agg == "AVG" else int(v) if agg == "COUNT" else 0,  # count
+                Decimal(v) if agg == "MIN" else None, Decimal(v) if agg == "MAX" else None,  # min, max
+                int(v) if agg == "UNIQUE_COUNT" else 0, Decimal(v) if agg == "LATEST" else None,  # uniq, latest
+                times[-2], times[-1],  # first_time, last_time (the end of the last minute or hour counted)
+            ))
         return out
 
     def bounded_usage(self, namespace: str, meter_id: str, aggregation: str, subjects: Sequence[str],
