@@ -41,25 +41,18 @@ def _world(b: Billow) -> dict[str, Any]:
                                                   "timing": "2026-04-01T00:00:00Z"})
 
 
-def _send(b: Billow, *events: tuple[str, str, str, dict[str, Any]]) -> None:
-    body = []
-    for etype, subject, at, data in events:
-        b._n += 1
-        body.append({"specversion": "1.0", "id": f"n{b._n}", "source": "test", "type": etype, "subject": subject,
-                     "time": at, "data": data})
-    status, out = b.call("POST", "/api/v1/events", body, content_type="application/cloudevents-batch+json")
-    assert status == 204, out
-
-
-def _april_usage(b: Billow) -> None:
-    _send(b,
-          ("login", "customer_1", "2026-04-03T10:00:00Z", {"user": "alice"}),
-          ("login", "customer_2", "2026-04-04T10:00:00Z", {"user": "alice"}),  # alice again, through the other subject
-          ("login", "customer_2", "2026-04-05T10:00:00Z", {"user": "bob"}),
-          ("reading", "customer_1", "2026-04-10T10:00:00Z", {"gb": 10}),
-          ("reading", "customer_2", "2026-04-20T10:00:00Z", {"gb": 7}),  # the gauge stands at 7, not 17
-          ("prompt", "customer_1", "2026-04-08T10:00:00Z", {"tokens": 600, "model": "gpt"}),
-          ("prompt", "customer_2", "2026-04-09T10:00:00Z", {"tokens": 900, "model": "gpt"}))  # SUM: 1,500
+def _april_billed(b: Billow) -> None:
+    """The world, its April usage, and the scheduled run of May 1st that bills it."""
+    _world(b)
+    b.send(("login", "customer_1", "2026-04-03T10:00:00Z", {"user": "alice"}),
+           ("login", "customer_2", "2026-04-04T10:00:00Z", {"user": "alice"}),  # alice again, through the other subject
+           ("login", "customer_2", "2026-04-05T10:00:00Z", {"user": "bob"}),
+           ("reading", "customer_1", "2026-04-10T10:00:00Z", {"gb": 10}),
+           ("reading", "customer_2", "2026-04-20T10:00:00Z", {"gb": 7}),  # the gauge stands at 7, not 17
+           ("prompt", "customer_1", "2026-04-08T10:00:00Z", {"tokens": 600, "model": "gpt"}),
+           ("prompt", "customer_2", "2026-04-09T10:00:00Z", {"tokens": 900, "model": "gpt"}))  # SUM: 1,500
+    b.clock.set("2026-05-01T00:10:00Z")
+    scheduled_run(b)
 
 
 def _usage_lines(inv: dict[str, Any]) -> dict[str, tuple[Decimal, Decimal]]:
@@ -69,10 +62,7 @@ def _usage_lines(inv: dict[str, Any]) -> dict[str, tuple[Decimal, Decimal]]:
 
 def test_a_subscription_bills_each_meter_over_all_the_customers_subjects_as_one_party(billow: Billow) -> None:
     b = billow
-    _world(b)
-    _april_usage(b)
-    b.clock.set("2026-05-01T00:10:00Z")
-    scheduled_run(b)
+    _april_billed(b)
     (april,) = invoices(b)
     assert _usage_lines(april) == {"users": (Decimal(2), Decimal("2.00")), "gauge": (Decimal(7), Decimal("7.00")),
                                    "tokens": (Decimal(1500), Decimal("15.00"))}
@@ -93,17 +83,13 @@ def test_a_subscription_bills_each_meter_over_all_the_customers_subjects_as_one_
 
 def test_late_usage_is_corrected_by_what_it_adds_to_the_distinct_count_and_the_latest_value(billow: Billow) -> None:
     b = billow
-    _world(b)
-    _april_usage(b)
-    b.clock.set("2026-05-01T00:10:00Z")
-    scheduled_run(b)
+    _april_billed(b)
     # Late April usage: bob again (through the other subject: no new user), carol (one more), a gauge reading
     # before the last one (the gauge still stands at 7) and a token prompt (summed).
-    _send(b,
-          ("login", "customer_1", "2026-04-25T10:00:00Z", {"user": "bob"}),
-          ("login", "customer_1", "2026-04-26T10:00:00Z", {"user": "carol"}),
-          ("reading", "customer_1", "2026-04-15T10:00:00Z", {"gb": 30}),
-          ("prompt", "customer_2", "2026-04-27T10:00:00Z", {"tokens": 100, "model": "gpt"}))
+    b.send(("login", "customer_1", "2026-04-25T10:00:00Z", {"user": "bob"}),
+           ("login", "customer_1", "2026-04-26T10:00:00Z", {"user": "carol"}),
+           ("reading", "customer_1", "2026-04-15T10:00:00Z", {"gb": 30}),
+           ("prompt", "customer_2", "2026-04-27T10:00:00Z", {"tokens": 100, "model": "gpt"}))
     b.clock.set("2026-05-02T00:10:00Z")
     scheduled_run(b)
     correction = next(i for i in invoices(b) if i["id"] != min(invoices(b), key=lambda i: i["createdAt"])["id"])

@@ -129,9 +129,13 @@ def send(s: Server, events: list[dict[str, Any]]) -> None:
     assert status == 204, out
 
 
+def cloudevent(eid: str, etype: str, subject: str, at: str, data: dict[str, Any], source: str = "bo") -> dict[str, Any]:
+    return {"specversion": "1.0", "id": eid, "source": source, "type": etype, "subject": subject, "time": at,
+            "data": data}
+
+
 def ev(eid: str, subject: str, at: str, value: str, source: str = "bo") -> dict[str, Any]:
-    return {"specversion": "1.0", "id": eid, "source": source, "type": "bo_tok", "subject": subject, "time": at,
-            "data": {"v": value}}
+    return cloudevent(eid, "bo_tok", subject, at, {"v": value}, source)
 
 
 def iso(t: datetime, offset_minutes: int = 0) -> str:
@@ -280,8 +284,7 @@ def populate(w: World) -> None:
     seat_sub = ok(s, "POST", "/api/v1/subscriptions", {"plan": {"key": "bo_seats"}, "customerKey": "seats"})
     w.seats = {"customer": seats["id"], "sub": seat_sub["id"], "activeFrom": parse(seat_sub["activeFrom"])}
     at = iso(w.seats["activeFrom"] + timedelta(milliseconds=1))
-    send(s, [{"specversion": "1.0", "id": eid, "source": "bo", "type": "bo_users", "subject": subject, "time": at,
-              "data": {"user": name}}
+    send(s, [cloudevent(eid, "bo_users", subject, at, {"user": name})
              for eid, subject, name in (("seat1", "bo_seat1", "alice"), ("seat2", "bo_seat2", "alice"),
                                         ("seat3", "bo_seat1", "bob"))])
     # A customer whose subject later moves to another customer.
@@ -647,8 +650,7 @@ def test_a_unique_count_entitlement_counts_each_value_once_per_usage_period(worl
     anchor = minute(now) - timedelta(hours=2)  # the usage period began two hours ago
 
     def user(eid: str, subject: str, at: datetime, name: str) -> dict[str, Any]:
-        return {"specversion": "1.0", "id": eid, "source": "bo", "type": "bo_users", "subject": subject,
-                "time": iso(at), "data": {"user": name}}
+        return cloudevent(eid, "bo_users", subject, iso(at), {"user": name})
 
     send(s, [user("u1", "bo_u1", anchor + timedelta(minutes=10), "alice"),
              user("u2", "bo_u2", anchor + timedelta(minutes=70), "alice"),
@@ -684,8 +686,7 @@ def test_a_latest_entitlement_uses_the_last_value_of_the_usage_period(world: Wor
     anchor = minute(now) - timedelta(hours=2)
 
     def gauge(eid: str, subject: str, at: datetime, gb: str) -> dict[str, Any]:
-        return {"specversion": "1.0", "id": eid, "source": "bo", "type": "bo_gauge", "subject": subject,
-                "time": iso(at), "data": {"gb": gb}}
+        return cloudevent(eid, "bo_gauge", subject, iso(at), {"gb": gb})
 
     send(s, [gauge("g1", "bo_g1", anchor + timedelta(minutes=10), "10"),
              gauge("g2", "bo_g2", anchor + timedelta(minutes=70), "12")])

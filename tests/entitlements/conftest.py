@@ -58,12 +58,18 @@ class Billow:
         assert status in (200, 201, 204), (status, out)
         return out
 
-    def usage(self, tokens: Any, at: str, subject: str = "customer_1", model: str = "gpt") -> None:
-        self._n += 1
-        ev = {"specversion": "1.0", "id": f"e{self._n}", "source": "test", "type": "prompt", "subject": subject,
-              "time": at, "data": {"tokens": tokens, "model": model}}
-        status, out = self.call("POST", "/api/v1/events", [ev], content_type="application/cloudevents-batch+json")
+    def send(self, *events: tuple[str, str, str, dict[str, Any]]) -> None:
+        """POST (type, subject, time, data) events as one batch, each with the next id; 204 expected."""
+        body = []
+        for etype, subject, at, data in events:
+            self._n += 1
+            body.append({"specversion": "1.0", "id": f"e{self._n}", "source": "test", "type": etype,
+                         "subject": subject, "time": at, "data": data})
+        status, out = self.call("POST", "/api/v1/events", body, content_type="application/cloudevents-batch+json")
         assert status == 204, out
+
+    def usage(self, tokens: Any, at: str, subject: str = "customer_1", model: str = "gpt") -> None:
+        self.send(("prompt", subject, at, {"tokens": tokens, "model": model}))
 
     def value(self, subject: str, feature: str, at: str | None = None) -> dict[str, Any]:
         return self.ok("GET", f"/api/v1/subjects/{subject}/entitlements/{feature}/value",
