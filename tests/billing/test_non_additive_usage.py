@@ -44,13 +44,13 @@ def _world(b: Billow) -> dict[str, Any]:
 def _april_billed(b: Billow) -> None:
     """The world, its April usage, and the scheduled run of May 1st that bills it."""
     _world(b)
-    b.send(("login", "customer_1", "2026-04-03T10:00:00Z", {"user": "alice"}),
-           ("login", "customer_2", "2026-04-04T10:00:00Z", {"user": "alice"}),  # alice again, through the other subject
-           ("login", "customer_2", "2026-04-05T10:00:00Z", {"user": "bob"}),
-           ("reading", "customer_1", "2026-04-10T10:00:00Z", {"gb": 10}),
-           ("reading", "customer_2", "2026-04-20T10:00:00Z", {"gb": 7}),  # the gauge stands at 7, not 17
-           ("prompt", "customer_1", "2026-04-08T10:00:00Z", {"tokens": 600, "model": "gpt"}),
-           ("prompt", "customer_2", "2026-04-09T10:00:00Z", {"tokens": 900, "model": "gpt"}))  # SUM: 1,500
+    b.send_events(("login", "customer_1", "2026-04-03T10:00:00Z", {"user": "alice"}),
+                  ("login", "customer_2", "2026-04-04T10:00:00Z", {"user": "alice"}),  # alice again, other subject
+                  ("login", "customer_2", "2026-04-05T10:00:00Z", {"user": "bob"}),
+                  ("reading", "customer_1", "2026-04-10T10:00:00Z", {"gb": 10}),
+                  ("reading", "customer_2", "2026-04-20T10:00:00Z", {"gb": 7}),  # the gauge stands at 7, not 17
+                  ("prompt", "customer_1", "2026-04-08T10:00:00Z", {"tokens": 600, "model": "gpt"}),
+                  ("prompt", "customer_2", "2026-04-09T10:00:00Z", {"tokens": 900, "model": "gpt"}))  # SUM: 1,500
     b.clock.set("2026-05-01T00:10:00Z")
     scheduled_run(b)
 
@@ -86,10 +86,10 @@ def test_late_usage_is_corrected_by_what_it_adds_to_the_distinct_count_and_the_l
     _april_billed(b)
     # Late April usage: bob again (through the other subject: no new user), carol (one more), a gauge reading
     # before the last one (the gauge still stands at 7) and a token prompt (summed).
-    b.send(("login", "customer_1", "2026-04-25T10:00:00Z", {"user": "bob"}),
-           ("login", "customer_1", "2026-04-26T10:00:00Z", {"user": "carol"}),
-           ("reading", "customer_1", "2026-04-15T10:00:00Z", {"gb": 30}),
-           ("prompt", "customer_2", "2026-04-27T10:00:00Z", {"tokens": 100, "model": "gpt"}))
+    b.send_events(("login", "customer_1", "2026-04-25T10:00:00Z", {"user": "bob"}),
+                  ("login", "customer_1", "2026-04-26T10:00:00Z", {"user": "carol"}),
+                  ("reading", "customer_1", "2026-04-15T10:00:00Z", {"gb": 30}),
+                  ("prompt", "customer_2", "2026-04-27T10:00:00Z", {"tokens": 100, "model": "gpt"}))
     b.clock.set("2026-05-02T00:10:00Z")
     scheduled_run(b)
     correction = next(i for i in invoices(b) if i["id"] != min(invoices(b), key=lambda i: i["createdAt"])["id"])

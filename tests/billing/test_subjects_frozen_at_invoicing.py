@@ -65,12 +65,12 @@ def test_a_moved_subject_takes_no_invoiced_usage_along_and_its_late_usage_correc
         billow: Billow) -> None:
     b = billow
     _world(b)
-    b.send(("prompt", "s_a1", "2026-04-08T10:00:00Z", {"tokens": 600, "model": "gpt"}),
-           ("prompt", "s_a2", "2026-04-09T10:00:00Z", {"tokens": 900, "model": "gpt"}),
-           ("login", "s_a1", "2026-04-03T10:00:00Z", {"user": "alice"}),
-           ("login", "s_a2", "2026-04-05T10:00:00Z", {"user": "bob"}),
-           ("prompt", "s_g", "2026-04-10T10:00:00Z", {"tokens": 100, "model": "gpt"}),
-           ("login", "s_g", "2026-04-11T10:00:00Z", {"user": "gina"}))
+    b.send_events(("prompt", "s_a1", "2026-04-08T10:00:00Z", {"tokens": 600, "model": "gpt"}),
+                  ("prompt", "s_a2", "2026-04-09T10:00:00Z", {"tokens": 900, "model": "gpt"}),
+                  ("login", "s_a1", "2026-04-03T10:00:00Z", {"user": "alice"}),
+                  ("login", "s_a2", "2026-04-05T10:00:00Z", {"user": "bob"}),
+                  ("prompt", "s_g", "2026-04-10T10:00:00Z", {"tokens": 100, "model": "gpt"}),
+                  ("login", "s_g", "2026-04-11T10:00:00Z", {"user": "gina"}))
     b.clock.set("2026-05-01T00:10:00Z")
     scheduled_run(b)
     first = _by_customer(b)
@@ -88,9 +88,9 @@ def test_a_moved_subject_takes_no_invoiced_usage_along_and_its_late_usage_correc
     assert {k: len(v) for k, v in _by_customer(b).items()} == {"acme": 1, "globex": 1}
 
     # Late April usage of s_a2 (while it was acme's): acme's April invoice is corrected, globex is not billed.
-    b.send(("prompt", "s_a2", "2026-04-20T10:00:00Z", {"tokens": 200, "model": "gpt"}),
-           ("login", "s_a2", "2026-04-21T10:00:00Z", {"user": "dave"}),
-           ("login", "s_a2", "2026-04-22T10:00:00Z", {"user": "alice"}))  # alice is acme's already: no new user
+    b.send_events(("prompt", "s_a2", "2026-04-20T10:00:00Z", {"tokens": 200, "model": "gpt"}),
+                  ("login", "s_a2", "2026-04-21T10:00:00Z", {"user": "dave"}),
+                  ("login", "s_a2", "2026-04-22T10:00:00Z", {"user": "alice"}))  # alice is acme's already: no new user
     b.clock.set("2026-05-02T00:10:00Z")
     scheduled_run(b)
     after = _by_customer(b)
@@ -126,11 +126,11 @@ def test_a_subject_read_for_two_parties_in_one_span_is_read_apart(billow: Billow
     or billed by whichever party s_a2 fell in.)"""
     b = billow
     _world(b)
-    b.send(("prompt", "s_a1", "2026-04-08T10:00:00Z", {"tokens": 600, "model": "gpt"}),
-           ("prompt", "s_a2", "2026-04-09T10:00:00Z", {"tokens": 900, "model": "gpt"}),
-           ("login", "s_a1", "2026-04-03T10:00:00Z", {"user": "alice"}),
-           ("login", "s_a2", "2026-04-05T10:00:00Z", {"user": "bob"}),
-           ("login", "s_g", "2026-04-11T10:00:00Z", {"user": "gina"}))
+    b.send_events(("prompt", "s_a1", "2026-04-08T10:00:00Z", {"tokens": 600, "model": "gpt"}),
+                  ("prompt", "s_a2", "2026-04-09T10:00:00Z", {"tokens": 900, "model": "gpt"}),
+                  ("login", "s_a1", "2026-04-03T10:00:00Z", {"user": "alice"}),
+                  ("login", "s_a2", "2026-04-05T10:00:00Z", {"user": "bob"}),
+                  ("login", "s_g", "2026-04-11T10:00:00Z", {"user": "gina"}))
     b.clock.set("2026-05-01T00:10:00Z")
     scheduled_run(b)
     store, ns = b.c.billing_store(), b.c.settings.namespace

@@ -58,7 +58,7 @@ class Billow:
         assert status in (200, 201, 204), (status, out)
         return out
 
-    def send(self, *events: tuple[str, str, str, dict[str, Any]]) -> None:
+    def send_events(self, *events: tuple[str, str, str, dict[str, Any]]) -> None:
         """POST (type, subject, time, data) events as one batch, each with the next id; 204 expected."""
         body = []
         for etype, subject, at, data in events:
@@ -69,7 +69,7 @@ class Billow:
         assert status == 204, out
 
     def usage(self, tokens: Any, at: str, subject: str = "customer_1", model: str = "gpt") -> None:
-        self.send(("prompt", subject, at, {"tokens": tokens, "model": model}))
+        self.send_events(("prompt", subject, at, {"tokens": tokens, "model": model}))
 
     def value(self, subject: str, feature: str, at: str | None = None) -> dict[str, Any]:
         return self.ok("GET", f"/api/v1/subjects/{subject}/entitlements/{feature}/value",
