@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,6 +45,41 @@ class GroupFilter:
     key: str
     op: str  # $eq $ne $in $nin $like $nlike $ilike $nilike $gt $gte $lt $lte
     value: Any
+
+
+def _like(pattern: str, value: str, ci: bool) -> bool:
+    # SQL LIKE: % any run, _ one character, backslash escapes.
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+        i += 1
+    return re.fullmatch("".join(out), value, re.S | (re.I if ci else 0)) is not None
+
+
+_OPS = {
+    "$eq": lambda v, p: v == p, "$ne": lambda v, p: v != p,
+    "$in": lambda v, p: v in p, "$nin": lambda v, p: v not in p,
+    "$like": lambda v, p: _like(p, v, False), "$nlike": lambda v, p: not _like(p, v, False),
+    "$ilike": lambda v, p: _like(p, v, True), "$nilike": lambda v, p: not _like(p, v, True),
+    "$gt": lambda v, p: v.encode() > p.encode(), "$gte": lambda v, p: v.encode() >= p.encode(),
+    "$lt": lambda v, p: v.encode() < p.encode(), "$lte": lambda v, p: v.encode() <= p.encode(),
+}
+
+
+def matches(filters: list[list[GroupFilter]], subject: str, groups: dict[str, str]) -> bool:
+    """Whether a value of `subject` with group-by values `groups` passes `filters` (an OR of ANDs), as the usage
+    stores filter: the twin uses it, and the balance cache for usage it is told of."""
+    if not filters:
+        return True
+    return any(
+        all(_OPS[f.op](subject if f.key == "subject" else groups.get(f.key, ""), f.value) for f in conj)
+        for conj in filters
+    )
 
 
 @dataclass(slots=True)
