@@ -42,10 +42,8 @@ def lambda_handler(event: KafkaEvent, context: LambdaContext | None) -> dict[str
     now = c.clock.now()
     result = sink_batch(records, usage=c.usage, meta=c.meta, dead_letter=c.dead_letters,
                         late_before=now - LATE_AFTER,
-                        on_late=lambda ns, earliest: c.entitlements.usage_arrived_late(ns, earliest, now))
-    if c.balance_cache is not None:
-        for ns, subjects in result.subjects.items():
-            c.balance_cache.usage_stored(ns, subjects)
+                        on_late=lambda ns, earliest: c.entitlements.usage_arrived_late(ns, earliest, now),
+                        on_added=c.balance_cache.usage_added if c.balance_cache is not None else None)
     counts = {"stored": result.stored, "duplicates": result.duplicates, "unmatched": result.unmatched,
               "deadLettered": len(result.dead_letters) + len(bad)}
     for name, n in counts.items():

@@ -489,7 +489,7 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
         c.bus = InProcessBus(deliver, c.sink_lock)
         from billow.services.balances import BalanceCache
 
-        c.balance_cache = BalanceCache()
+        c.balance_cache = BalanceCache(lambda: c.clock.now())  # c.clock: tests set their own after build
     if settings.meters:
         from billow.services.meters import sync_config_meters
 

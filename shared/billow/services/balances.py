@@ -11,14 +11,14 @@ from __future__ import annotations
 import threading
 import weakref
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from billow.domain import credits
-from billow.domain.usage import GroupFilter, UsageQuery, final_value
+from billow.domain.usage import GroupFilter, MeterValue, UsageQuery, final_value, matches
 from billow.errors import NotFound
 from billow.exact import exact_sum
 from billow.jsonx import plain_decimal
@@ -65,6 +65,23 @@ def entitlement_json(namespace: str, doc: dict[str, Any], *, store: EntitlementS
 
 
 # -- the engine over stored usage ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Summed:
+    """The stored values a SUM or COUNT ledger's usage adds up: a balance cache adds those stored since itself."""
+
+    meter_id: str
+    count: bool  # COUNT: each value counts one
+    subjects: frozenset[str]
+    filters: list[list[GroupFilter]]
+
+    def amount(self, v: MeterValue) -> Decimal | None:
+        """What `v` adds to this usage (None: nothing)."""
+        if v.meter_id != self.meter_id or v.subject not in self.subjects or not matches(self.filters, v.subject,
+                                                                                           v.group_by):
+            return None
+        return Decimal(1) if self.count else v.value
+
+
 @dataclass
 class Ledger:
     """Everything one balance computation reads, loaded once."""
@@ -76,6 +93,7 @@ class Ledger:
     usage_query: Callable[[list[datetime]], dict[datetime, Decimal]]
     period: Any  # the usage period in force at `until` (a manual reset may have moved its anchor)
     period_start: datetime  # start of the current usage period at `until`
+    summed: Summed | None = None  # what the usage adds up, for SUM and COUNT meters
 
     def next_change(self, after: datetime) -> datetime | None:
         """The first instant after `after` where the balance can change without usage: a grant starts, ends or
@@ -210,16 +228,24 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
             bounds=bounds))
         return {r.window_start: final_value(meter.aggregation, r) for r in rows if r.window_start is not None}
 
+    summed = (Summed(meter.id, meter.aggregation == "COUNT", frozenset(subjects), filters)
+              if meter.aggregation in ("SUM", "COUNT") else None)
     return Ledger(ent, _engine_grants(store.list_grants(namespace, [ent["id"]])), resets, start, query, period,
-                  max(period_start, start.at))
+                  max(period_start, start.at), summed)
 
 
 class _Usage:
-    """Usage of [s, e) for any s, e among the bounds: the sum of the buckets between them."""
+    """Usage of [s, e) for any s, e among the bounds: the sum of the buckets between them (`values[i]`: the usage
+    of [bounds[i], bounds[i + 1]); the last is 0)."""
 
-    def __init__(self, bounds: list[datetime], values: dict[datetime, Decimal]) -> None:
+    def __init__(self, bounds: list[datetime], values: list[Decimal]) -> None:
         self.bounds = bounds
-        self.values = [values.get(b, Decimal(0)) for b in bounds]
+        self.values = values
+
+    @classmethod
+    def read(cls, ledger: Ledger, bounds: list[datetime]) -> _Usage:
+        got = ledger.usage_query(bounds)
+        return cls(bounds, [got.get(b, Decimal(0)) for b in bounds])
 
     def __call__(self, s: datetime, e: datetime) -> Decimal:
         i, j = bisect_left(self.bounds, s), bisect_left(self.bounds, e)
@@ -252,18 +278,76 @@ def _bounds(ledger: Ledger, stops: list[datetime]) -> list[datetime]:
     return sorted(t for t in seen if ledger.start.at <= t <= stops[-1])
 
 
+@dataclass
+class _Live:
+    """A metered value's computation (SUM or COUNT usage), kept to bring it forward to a later instant with the
+    usage stored since added here, without reading the store again (BalanceCache)."""
+
+    ledger: Ledger
+    marks: tuple[datetime, ...]  # the run's stops other than `until`: the reset a snapshot is taken at, the period start
+    used: _Usage  # its last bound is `until`
+    soft: bool
+    counts_from: datetime  # measureUsageFrom: usage before it never counts
+
+    def advance(self, until: datetime, added: Sequence[tuple[datetime, Decimal]]) -> tuple[_Live, dict[str, Any]] | None:
+        """The value at `until` (no earlier than this one's) with `added` usage, and the computation it makes: the
+        same run as a fresh read at `until`, its segments' usage summed from this one's and `added`. None if that is
+        not possible (usage between measureUsageFrom and the ledger's start, usage at or after `until`, a segment
+        this one split differently): read then.
+        The caller makes sure nothing but usage changed (the cache's generation, versions and valid_until)."""
+        old = self.used.bounds
+        if until < old[-1]:
+            return None
+        stops = sorted({*self.marks, until})
+        bounds = _bounds(self.ledger, stops)
+        known = set(old)
+        if bounds[-1] != until or bounds[0] != old[0] or any(b not in known for b in bounds[:-1]):
+            return None
+        parts: list[list[Decimal]] = [[] for _ in bounds]
+        for b, v in zip(old, self.used.values, strict=True):  # each old segment lies within one new segment
+            parts[bisect_right(bounds, b) - 1].append(v)
+        for t, amount in added:
+            if t < self.counts_from:
+                continue
+            if not bounds[0] <= t < until:
+                return None
+            parts[bisect_right(bounds, t) - 1].append(amount)
+        live = _Live(self.ledger, self.marks, _Usage(bounds, [exact_sum(p) for p in parts]), self.soft, self.counts_from)
+        return live, _settle(self.ledger, stops, live.used, self.soft, until)
+
+
+class _Item:
+    __slots__ = ("generation", "versions", "computed_at", "valid_until", "result", "live", "added")
+
+    def __init__(self, generation: int, versions: tuple[int, ...], computed_at: datetime, valid_until: datetime | None,
+                 result: dict[str, Any], live: _Live | None) -> None:
+        self.generation, self.versions, self.computed_at = generation, versions, computed_at
+        self.valid_until, self.result, self.live = valid_until, result, live
+        self.added: list[tuple[datetime, Decimal]] = []  # usage stored since, for `live` (in the order told)
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
 class BalanceCache:
     """Entitlement values of one process that hosts its own usage sink (`billow serve` on the in-process bus):
     a value stays right until usage for its subject is stored, an entitlement/grant/reset is written, or the
-    balance's next change without usage (a grant starting, ending or recurring; a reset) comes due. The sink
-    calls `usage_stored`; the entitlement store counts its writes (`generation`). Not for Lambda, where the
-    sink runs elsewhere: there every check reads the snapshot plus the usage since."""
+    balance's next change without usage (a grant starting, ending or recurring; a reset) comes due. The sink tells
+    `usage_added` of every value it stores: a SUM or COUNT value takes it in (the next check adds it to the
+    segment it falls in and runs the engine again, no store read); any other value is dropped and computed again.
+    Usage stored for a time still ahead of the clock (`now`) counts from that time on: no value of its subjects is
+    kept until the clock has passed it. The entitlement store counts its writes (`generation`). Not for Lambda,
+    where the sink runs elsewhere: there every check reads the snapshot plus the usage since."""
 
-    def __init__(self, max_items: int = 100_000) -> None:
+    MAX_ADDED = 4096  # usage values held for one cached value before it is read afresh instead
+
+    def __init__(self, now: Callable[[], datetime], max_items: int = 100_000) -> None:
+        self._now = now
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, str], int] = {}
-        self._items: dict[tuple[str, tuple[str, ...], str], tuple[int, tuple[int, ...], datetime, datetime | None,
-                                                                dict[str, Any]]] = {}
+        self._ahead: dict[tuple[str, str], datetime] = {}  # the latest usage time stored ahead of the clock
+        self._items: dict[tuple[str, tuple[str, ...], str], _Item] = {}
+        self._by_subject: dict[tuple[str, str], set[tuple[str, tuple[str, ...], str]]] = {}
         self._parties: dict[tuple[str, tuple[str, ...]], tuple[int, list[str]]] = {}
         self._subjects: dict[tuple[str, str], tuple[tuple[int, int], str]] = {}
         self.max_items = max_items
@@ -295,10 +379,38 @@ class BalanceCache:
             self._subjects[key] = (generation, out)
         return out
 
-    def usage_stored(self, namespace: str, subjects: Iterable[str]) -> None:
+    def usage_added(self, namespace: str, values: Sequence[MeterValue], changed: Iterable[str] = ()) -> None:
+        """sink.UsageAdded: `values` joined the stored sums (each once); `changed` subjects' sums changed otherwise.
+        Every value computed before this call and cached after it is stale: `versions`, read before computing, tell."""
+        by_subject: dict[str, list[MeterValue]] = {}
+        for v in values:
+            by_subject.setdefault(v.subject, []).append(v)
+        now = self._now()
+        ahead = {s: t for s, vs in by_subject.items() if (t := max(v.time for v in vs)) > now}
         with self._lock:
-            for s in subjects:
+            if ahead and len(self._ahead) >= self.max_items:
+                self._ahead = {k: t for k, t in self._ahead.items() if t > now}
+            for s, t in ahead.items():
+                self._ahead[(namespace, s)] = max(t, self._ahead.get((namespace, s), t))
+            for s in {*by_subject, *changed}:
                 self._versions[(namespace, s)] = self._versions.get((namespace, s), 0) + 1
+                for key in self._by_subject.pop((namespace, s), ()):
+                    item = self._items.get(key)
+                    if item is None:
+                        continue
+                    if s in changed or item.live is None or item.live.ledger.summed is None:
+                        del self._items[key]
+                        continue
+                    summed = item.live.ledger.summed
+                    for v in by_subject[s]:
+                        amount = summed.amount(v)
+                        if amount is not None:
+                            item.added.append((v.time, amount))
+                    if len(item.added) > self.MAX_ADDED:
+                        del self._items[key]
+                        continue
+                    item.versions = self.versions(namespace, list(key[1]))
+                    self._by_subject.setdefault((namespace, s), set()).add(key)
 
     def _key(self, namespace: str, subjects: list[str], ref: str) -> tuple[str, tuple[str, ...], str]:
         return namespace, tuple(subjects), ref
@@ -307,22 +419,44 @@ class BalanceCache:
         return tuple(self._versions.get((namespace, s), 0) for s in subjects)
 
     def get(self, namespace: str, subjects: list[str], ref: str, generation: int, t: datetime) -> dict[str, Any] | None:
-        item = self._items.get(self._key(namespace, subjects, ref))
+        key = self._key(namespace, subjects, ref)
+        item = self._items.get(key)
         if item is None:
             return None
-        gen, versions, computed_at, valid_until, result = item
-        if gen != generation or versions != self.versions(namespace, subjects) or t < computed_at or (
-                valid_until is not None and t >= valid_until):
+        with self._lock:
+            versions, live, added = item.versions, item.live, list(item.added)
+        if item.generation != generation or versions != self.versions(namespace, subjects) or t < item.computed_at or (
+                item.valid_until is not None and t >= item.valid_until):
             return None
+        if not added:
+            return dict(item.result)
+        assert live is not None  # usage_added keeps `added` only beside a computation to add it to
+        moved = live.advance(t, added)
+        if moved is None:
+            return None
+        live, result = moved
+        with self._lock:  # what was added meanwhile stays for the next check
+            if self._items.get(key) is item and item.versions == versions:
+                del item.added[:len(added)]
+                item.live, item.result, item.computed_at = live, result, t
         return dict(result)
 
     def put(self, namespace: str, subjects: list[str], ref: str, generation: int, versions: tuple[int, ...],
-            computed_at: datetime, valid_until: datetime | None, result: dict[str, Any]) -> None:
+            computed_at: datetime, valid_until: datetime | None, result: dict[str, Any], live: _Live | None) -> None:
+        """Keep a value computed from the store with `versions` read before it began. If usage was stored for its
+        subjects meanwhile, the read may or may not have seen it: nothing is kept; nor while usage for them is
+        stored for a time not yet counted."""
+        key = self._key(namespace, subjects, ref)
         with self._lock:
+            if versions != self.versions(namespace, subjects) or any(
+                    self._ahead.get((namespace, s), _NEVER) >= computed_at for s in subjects):
+                return
             if len(self._items) >= self.max_items:
                 self._items.clear()
-            self._items[self._key(namespace, subjects, ref)] = (generation, versions, computed_at, valid_until,
-                                                                dict(result))
+                self._by_subject.clear()
+            self._items[key] = _Item(generation, versions, computed_at, valid_until, dict(result), live)
+            for s in subjects:
+                self._by_subject.setdefault((namespace, s), set()).add(key)
 
 
 def value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: datetime | None, *,
@@ -340,54 +474,64 @@ def value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: d
             return hit
     else:
         subject_keys = party_subject_keys(namespace, subject_keys, meta)
-    out, valid_until = _value(namespace, subject_keys, id_or_feature_key, at, store=store, meta=meta, usage=usage,
-                              now=now, asked=asked)
+    out, valid_until, computed = _value(namespace, subject_keys, id_or_feature_key, at, store=store, meta=meta,
+                                        usage=usage, now=now, asked=asked)
     if live:
         assert cache is not None
-        cache.put(namespace, subject_keys, id_or_feature_key, generation, versions, now, valid_until, out)
+        cache.put(namespace, subject_keys, id_or_feature_key, generation, versions, now, valid_until, out, computed)
     return out
 
 
 def _value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: datetime | None, *,
            store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime, asked: list[str] | None = None
-           ) -> tuple[dict[str, Any], datetime | None]:
-    """The value, and until when it holds if no usage arrives and nothing is written. `subject_keys` is the party
-    of the subjects `asked` for: when that was the entitlement's own subject alone, it is that subject's party
-    too, not looked up again."""
+           ) -> tuple[dict[str, Any], datetime | None, _Live | None]:
+    """The value, until when it holds if no usage arrives and nothing is written, and (a metered value) what it was
+    computed from. `subject_keys` is the party of the subjects `asked` for: when that was the entitlement's own
+    subject alone, it is that subject's party too, not looked up again."""
     ent = resolve(namespace, subject_keys, id_or_feature_key, store=store)
     if ent["type"] == "boolean":
-        return {"hasAccess": True}, None
+        return {"hasAccess": True}, None, None
     if ent["type"] == "static":
-        return {"hasAccess": True, "config": ent["config"]}, None
+        return {"hasAccess": True, "config": ent["config"]}, None, None
     until = (at or now).astimezone(UTC)
     soft = bool(ent.get("isSoftLimit"))
     measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
     if until < measure:
-        return {"hasAccess": soft, "balance": 0, "usage": 0, "overage": 0, "totalAvailableGrantAmount": 0}, measure
+        return {"hasAccess": soft, "balance": 0, "usage": 0, "overage": 0, "totalAvailableGrantAmount": 0}, measure, None
     party = subject_keys if asked == [ent["subjectKey"]] else None
     ledger = _ledger(namespace, ent, until, store=store, meta=meta, usage=usage, party=party)
-    period_start = ledger.period_start
     last_reset = ledger.resets[-1].at if ledger.resets else None
     snapshot_at = last_reset if last_reset is not None and last_reset <= now - SNAPSHOT_GRACE else None
-    stops = sorted({t for t in (snapshot_at, period_start, until) if t is not None})
+    stops = sorted({t for t in (snapshot_at, ledger.period_start, until) if t is not None})
     bounds = _bounds(ledger, stops)
     read_at = now
-    used = _Usage(bounds, ledger.usage_query(bounds))
+    used = _Usage.read(ledger, bounds)
+
+    def save(stop: datetime, cur: credits.Snapshot) -> None:
+        if stop == snapshot_at:
+            store.save_snapshot(namespace, ent["id"], ent["subjectKey"], stop, cur.to_json(), computed_from=read_at)
+
+    out = _settle(ledger, stops, used, soft, until, save)
+    marks = tuple(t for t in (snapshot_at, ledger.period_start) if t is not None)
+    return out, ledger.next_change(until), _Live(ledger, marks, used, soft, measure) if bounds[-1] == until else None
+
+
+def _settle(ledger: Ledger, stops: list[datetime], used: _Usage, soft: bool, until: datetime,
+            save: Callable[[datetime, credits.Snapshot], None] | None = None) -> dict[str, Any]:
+    """The value at `until` (the last of `stops`): the engine run from the ledger's start through every stop."""
     cur = ledger.start
     for stop in stops:
         if stop < cur.at:
             continue
         cur = _run(ledger, cur, stop, used).end
-        if stop == snapshot_at:
-            store.save_snapshot(namespace, ent["id"], ent["subjectKey"], stop, cur.to_json(),
-                                computed_from=read_at)
+        if save is not None:
+            save(stop, cur)
     balance, overage = cur.balance, cur.overage
-    in_period = used(period_start, until)
+    in_period = used(ledger.period_start, until)
     # What the grants held for this period: what is left plus what usage burned of it.
     available = balance + in_period - overage
-    return ({"hasAccess": balance > 0 or soft, "balance": _num(balance), "usage": _num(in_period),
-             "overage": _num(overage), "totalAvailableGrantAmount": _num(max(available, Decimal(0)))},
-            ledger.next_change(until))
+    return {"hasAccess": balance > 0 or soft, "balance": _num(balance), "usage": _num(in_period),
+            "overage": _num(overage), "totalAvailableGrantAmount": _num(max(available, Decimal(0)))}
 
 
 def history(namespace: str, subject_keys: list[str], entitlement_id: str, qs: dict[str, list[str]], *,
@@ -423,7 +567,7 @@ def history(namespace: str, subject_keys: list[str], entitlement_id: str, qs: di
     # A window that starts where the ledger starts (measureUsageFrom, a snapshot) is a window too.
     stops = sorted({t for t in (*windows, end) if t >= ledger.start.at})
     bounds = _bounds(ledger, stops)
-    used = _Usage(bounds, ledger.usage_query(bounds))
+    used = _Usage.read(ledger, bounds)
     cur = ledger.start
     windowed, burndown = [], []
     for i, stop in enumerate(stops):

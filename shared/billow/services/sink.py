@@ -38,7 +38,6 @@ class SinkResult:
     stored: int = 0
     duplicates: int = 0
     unmatched: int = 0  # stored raw events that no meter counts (kept, so a later meter can backfill them)
-    subjects: dict[str, set[str]] = field(default_factory=dict)  # namespace -> subjects with usage stored
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -112,6 +111,9 @@ def _with_data(s: StoredEvent) -> CloudEvent:
 
 
 LateUsage = Callable[[str, dict[str, datetime]], None]
+# (namespace, meter values the store's sums gained (each once), subjects whose sums changed otherwise and must be
+# read again): told right after each write, before anything later in the batch can fail (services.balances).
+UsageAdded = Callable[[str, Sequence[MeterValue], set[str]], None]
 # Usage older than this when it is stored is "late": balance snapshots are only taken at resets older than this,
 # so only late usage can make one stale (services.balances).
 LATE_AFTER = timedelta(hours=1)
@@ -120,9 +122,10 @@ LATE_AFTER = timedelta(hours=1)
 @heap.paused()  # the batch's objects die with it: no collector scans of them (billow.heap)
 def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaStore,
                dead_letter: Callable[[list[dict[str, Any]]], None], late_before: datetime | None = None,
-               on_late: LateUsage | None = None) -> SinkResult:
+               on_late: LateUsage | None = None, on_added: UsageAdded | None = None) -> SinkResult:
     """`on_late(namespace, {subject: earliest time})` hears of stored usage older than `late_before`, after it
-    is written: balance snapshots taken past that time are stale."""
+    is written: balance snapshots taken past that time are stale. `on_added` hears of every change to the stored
+    usage (UsageAdded); a write that fails names all its subjects as changed, then raises."""
     result = SinkResult()
     by_ns: dict[str, dict[tuple[str, str], StoredEvent]] = {}
     carried_ns: dict[str, dict[tuple[str, str], Carried]] = {}
@@ -150,7 +153,8 @@ def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaSt
             if pre is not None:
                 carried[key] = pre
     for namespace, items in by_ns.items():
-        result.stored += _store(namespace, items, usage, meta, result, late_before, on_late, carried_ns[namespace])
+        result.stored += _store(namespace, items, usage, meta, result, late_before, on_late, carried_ns[namespace],
+                                on_added)
     if result.dead_letters:
         dead_letter(result.dead_letters)
     return result
@@ -158,7 +162,7 @@ def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaSt
 
 def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: UsageStore, meta: MetaStore,
            result: SinkResult, late_before: datetime | None = None, on_late: LateUsage | None = None,
-           carried: dict[tuple[str, str], Carried] | None = None) -> int:
+           carried: dict[tuple[str, str], Carried] | None = None, on_added: UsageAdded | None = None) -> int:
     keys = list(items)
     present, begun = usage.written_keys(namespace, keys)
     result.duplicates += len(present)
@@ -194,12 +198,20 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
         stored.append(replace(s, validation_error=error) if error else s)
     valued_candidates = [k for k, v in owners.items() if v]
     result.unmatched += len(owners) - len(valued_candidates)
-    values = _values_to_write(namespace, items, owners, [k for k in valued_candidates if k in begun], meters, usage)
-    usage.write(namespace, values, stored)
-    late_values = _values_for_new_meters(namespace, stored, meters, usage, meta)
+    repaired: set[str] = set()
+    told = on_added or (lambda ns, values, changed: None)
+    try:
+        values = _values_to_write(namespace, items, owners, [k for k in valued_candidates if k in begun], meters,
+                                  usage, repaired)
+        usage.write(namespace, values, stored)
+        told(namespace, values, repaired)
+        late_values = _values_for_new_meters(namespace, stored, meters, usage, meta)
+        told(namespace, late_values, set())
+    except BaseException:  # some of it may be stored: what it touched must be read again
+        told(namespace, (), repaired | {s.event.subject for s in stored})
+        raise
     result.unmatched -= len({(v.source, v.event_id) for v in late_values} - set(valued_candidates))
     values = values + late_values
-    result.subjects.setdefault(namespace, set()).update(v.subject for v in values)
     if on_late is not None and late_before is not None:
         _report_late(namespace, values, late_before, on_late)
     return len(stored)
@@ -207,16 +219,18 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
 
 def _values_to_write(namespace: str, items: dict[tuple[str, str], StoredEvent],
                      owners: dict[tuple[str, str], list[MeterValue]], suspects: list[tuple[str, str]],
-                     meters: Sequence[Meter], usage: UsageStore) -> list[MeterValue]:
+                     meters: Sequence[Meter], usage: UsageStore, repaired: set[str]) -> list[MeterValue]:
     """The meter values to write with the raw events: those of events whose values are not stored yet. Values found
     without their raw event (a write that died in between) are not written again: their rollups are repaired
     first. Only `suspects` (valued events of which a write began: written_keys) can have values stored; the
-    others were never written, so the values scan runs only after a crash."""
+    others were never written, so the values scan runs only after a crash. The subjects of the events repaired join
+    `repaired` (their stored sums changed)."""
     values: list[MeterValue] = []
     half_done: set[tuple[str, str]] = set()
     if suspects:
         times = [items[k].event.time for k in suspects]
         half_done = usage.valued_keys(namespace, sorted({m.id for m in meters}), min(times), max(times), suspects)
+        repaired.update(items[k].event.subject for k in half_done)
         usage.repair(namespace, sorted(half_done))  # before the raw events: a crash in it is retried on resend
     for k, vals in owners.items():
         if k not in half_done:
