@@ -12,7 +12,7 @@ import threading
 import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -347,7 +347,7 @@ class BalanceCache:
         self._versions: dict[tuple[str, str], int] = {}
         self._ahead: dict[tuple[str, str], datetime] = {}  # the latest usage time stored ahead of the clock
         self._items: dict[tuple[str, tuple[str, ...], str], _Item] = {}
-        self._by_subject: dict[tuple[str, str], set[tuple[str, tuple[str, ...], str]]] = {}
+        self._by_subject: dict[tuple[str, str], list[tuple[str, tuple[str, ...], str]]] = {}  # the keys of a subject
         self._parties: dict[tuple[str, tuple[str, ...]], tuple[int, list[str]]] = {}
         self._subjects: dict[tuple[str, str], tuple[tuple[int, int], str]] = {}
         self.max_items = max_items
@@ -410,7 +410,7 @@ class BalanceCache:
                         del self._items[key]
                         continue
                     item.versions = self.versions(namespace, list(key[1]))
-                    self._by_subject.setdefault((namespace, s), set()).add(key)
+                    self._by_subject.setdefault((namespace, s), []).append(key)
 
     def _key(self, namespace: str, subjects: list[str], ref: str) -> tuple[str, tuple[str, ...], str]:
         return namespace, tuple(subjects), ref
@@ -456,7 +456,9 @@ class BalanceCache:
                 self._by_subject.clear()
             self._items[key] = _Item(generation, versions, computed_at, valid_until, dict(result), live)
             for s in subjects:
-                self._by_subject.setdefault((namespace, s), set()).add(key)
+                keys = self._by_subject.setdefault((namespace, s), [])
+                if key not in keys:
+                    keys.append(key)
 
 
 def value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: datetime | None, *,
@@ -513,7 +515,13 @@ def _value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: 
 
     out = _settle(ledger, stops, used, soft, until, save)
     marks = tuple(t for t in (snapshot_at, ledger.period_start) if t is not None)
-    return out, ledger.next_change(until), _Live(ledger, marks, used, soft, measure) if bounds[-1] == until else None
+    # What the engine needs of the ledger, kept: not the entitlement's document nor the store read (a cache holds many)
+    kept = replace(ledger, ent={}, usage_query=_read_nothing)
+    return out, ledger.next_change(until), _Live(kept, marks, used, soft, measure) if bounds[-1] == until else None
+
+
+def _read_nothing(bounds: list[datetime]) -> dict[datetime, Decimal]:
+    raise AssertionError("a kept computation reads no usage")
 
 
 def _settle(ledger: Ledger, stops: list[datetime], used: _Usage, soft: bool, until: datetime,
