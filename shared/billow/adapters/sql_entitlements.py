@@ -193,6 +193,7 @@ class SqlEntitlementStore:
             effective = utc(to_datetime(doc["effectiveAt"]))
             c.execute(snapshots.delete().where(snapshots.c.entitlement_id == doc["entitlementId"],
                                                snapshots.c.at >= effective))
+        self.generation += 1  # a new or voided grant changes balances: cached ones are stale
 
     def get_grant(self, namespace: str, grant_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
