@@ -11,6 +11,7 @@ fee. Through the real handlers with a moving clock, on the in-memory usage twin 
 
 from __future__ import annotations
 
+import base64
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +27,17 @@ from tests.support.billing import PROFILE, invoices, scheduled_run, subscribed
 
 def balance(b: Billow, customer_id: str) -> Decimal:
     return b.c.billing_store().credit_balance(b.c.settings.namespace, customer_id, "USD")  # type: ignore[no-any-return]
+
+
+def document(b: Billow, invoice_id: str) -> str:
+    """The invoice's HTML document as the API serves it."""
+    status, page = b.call("GET", f"/api/v1/billing/invoices/{invoice_id}/documents/html")
+    assert status == 200, page
+    return base64.b64decode(page).decode()  # served base64-encoded, as every document (the API Gateway response)
+
+
+CREDITED = ("Nothing is due. The 3.00 USD this invoice owes you has been added to your prepaid credit balance, which "
+            "pays your next invoices.")
 
 
 def correction_of_april(b: Billow, profile: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -60,6 +72,8 @@ def test_a_negative_correction_gives_back_the_prepaid_credit_that_paid_the_perio
     back = [e for e in entries if e.get("invoiceNumber") == correction["number"]]
     assert [(e["id"], e["amount"], e["invoiceId"]) for e in back] == [
         (derived_id(correction["id"], "owed-back"), "3.00", correction["id"])]  # the ledger says where it came from
+    page = document(b, correction["id"])  # and so does the document, not "Paid in full"
+    assert CREDITED in page and "Paid in full" not in page
     scheduled_run(b)  # a re-run bills nothing and gives nothing back again
     assert len(invoices(b)) == 3 and balance(b, customer["id"]) == Decimal("3.00")
     b.clock.set("2026-06-01T00:10:00Z")
@@ -109,6 +123,7 @@ def test_a_negative_correction_through_custom_invoicing_credits_once_when_the_sy
     b.ok("POST", synced, {"invoicing": {"invoiceNumber": "ERP-9", "invoiceId": "erp-9"}})
     assert b.ok("GET", f"/api/v1/billing/invoices/{correction['id']}")["status"] == "paid"
     assert balance(b, customer["id"]) == Decimal("3.00")
+    assert CREDITED in document(b, correction["id"])
     assert b.call("POST", synced, {"invoicing": {"invoiceNumber": "ERP-9", "invoiceId": "erp-9"}})[0] == 409
     scheduled_run(b)
     assert balance(b, customer["id"]) == Decimal("3.00")

@@ -167,6 +167,11 @@ def test_a_negative_invoice_through_stripe_is_credited_by_stripe_not_by_billow(
     assert store.credit_balance("stripe", customer["id"], "USD") == 0  # and Billow does not credit it again
     assert [e for e in store.credit_entries("stripe", customer["id"], "USD")
             if e.get("invoiceId") == correction["id"]] == []
+    status, served = b.call("GET", f"/api/v1/billing/invoices/{correction['id']}/documents/html")
+    page = base64.b64decode(served).decode()
+    assert status == 200 and ("Nothing is due. The 3.00 USD this invoice owes you is held as your customer balance "
+                              "with Stripe, which applies it to your next invoice there.") in page
+    assert "prepaid credit" not in page and "Paid in full" not in page
     b.clock.set("2026-06-01T00:10:00Z")
     scheduled_run(b)  # June's fee: Billow bills it in full, Stripe applies the customer's balance to it, once
     june = store.list_invoices("stripe")[-1]

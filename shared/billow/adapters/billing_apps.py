@@ -141,13 +141,14 @@ class BillingApps:
 
     def _documents_ready(self, inv: dict[str, Any]) -> DocumentStore:
         """The document store, with the invoice's HTML and PDF in it (rendered and stored now if still pending)."""
-        from billow.services.documents import document_keys, store_documents
+        from billow.services.documents import document_keys, owed_back, store_documents
 
         store = self._document_store()
         if (inv.get("documents") or {}).get("status") != "ready":
             if inv["status"] in ("gathering", "draft", "issuing"):
                 raise Conflict(f"invoice {inv['number']} is {inv['status']}: documents exist once it is issued")
-            store_documents(self.namespace, inv, store, self.renderer)
+            owed = owed_back(self.namespace, inv, billing=self.billing, invoicing=self.invoicing)
+            store_documents(self.namespace, inv, store, self.renderer, owed=owed)
             html_key, pdf_key = document_keys(self.namespace, inv)
             inv["documents"] = {"status": "ready", "html": html_key, "pdf": pdf_key}
             self.billing.put_invoice(self.namespace, inv)

@@ -11,6 +11,9 @@ so the HTML and the PDF cannot disagree.
   thousands separators: a figure on the document is the same string as in the API response.
 * The view's creation date is the invoice's issue time, not the clock, so re-rendering an invoice gives the
   same bytes and re-storing it is idempotent.
+* A paid invoice whose total is below zero (a correction that lowered an invoiced period) asks for nothing and
+  owes its customer money: its notes say where that went (`OwedBack`, which the caller finds: the prepaid credit
+  Billow added, or the invoicing app's customer balance), never "Paid in full".
 """
 
 from __future__ import annotations
@@ -106,6 +109,16 @@ class View:
     notes: list[str] = field(default_factory=list)
     status: tuple[str, str] = ("", "")  # (invoice status, what the banner under the number says)
     created: datetime = _EPOCH  # the PDF's creation date: the invoice's issue time, never the clock
+
+
+@dataclass(frozen=True, slots=True)
+class OwedBack:
+    """Where the money a negative invoice owes its customer went (billow.services.documents.owed_back finds it):
+    `amount` (exact, a decimal string or Decimal) added to the customer's prepaid credit balance in Billow, or, with
+    `kept_by` (the invoicing app's name: Stripe), held as the customer's balance with that app."""
+
+    amount: Any
+    kept_by: str | None = None
 
 
 # How the city, region and postal code read, one string per line, for common countries (the post's own
@@ -234,9 +247,10 @@ STATUS_LABELS: Final = {"gathering": "Draft", "draft": "Draft", "issuing": "Issu
 _OWED: Final = ("issued", "payment_processing", "overdue")  # statuses in which the total is still to be paid
 
 
-def invoice_view(invoice: dict[str, Any]) -> View:
+def invoice_view(invoice: dict[str, Any], owed_back: OwedBack | None = None) -> View:
     """What both documents show of the invoice: facts, parties, rows, totals, notes, status banner and the
-    creation date, every amount already formatted (`money`, `quantity`)."""
+    creation date, every amount already formatted (`money`, `quantity`). `owed_back`: where what a paid negative
+    invoice owes its customer went (see OwedBack)."""
     cur = Currency.of(invoice.get("currency"), field="currency")
     credit_note = invoice.get("type") == "credit_note"
     number = _text(invoice.get("number")) or _text(invoice.get("id"))
@@ -248,7 +262,7 @@ def invoice_view(invoice: dict[str, Any]) -> View:
              ("Billing period", _period(invoice.get("period"), "period")), ("Currency", cur.code),
              ("Status", label)]
     summary = _summary(invoice.get("totals") or {}, cur, status, credit_note)
-    banner, notes = _banner_and_notes(invoice, status, label, due, credit_note)
+    banner, notes = _banner_and_notes(invoice, status, label, due, credit_note, cur, owed_back)
     columns = tuple(c + (f" ({cur.code})" if i >= 2 else "") for i, c in enumerate(COLUMNS))
     return View(title="Credit note" if credit_note else "Invoice", number=number, columns=columns,
                 facts=[(k, v) for k, v in facts if v],
@@ -265,6 +279,8 @@ def _summary(totals: dict[str, Any], cur: Currency, status: str, credit_note: bo
         summary.append(("Charges", _total(totals, "chargesTotal", cur, "totals")))
     if credit_note:
         last = "Total credited"
+    elif _negative(totals):  # owed to the customer, not paid by it (the notes say where it went)
+        last = "Total"
     elif status == "paid":
         last = "Total paid"
     elif status in _OWED or not status:
@@ -277,8 +293,24 @@ def _summary(totals: dict[str, Any], cur: Currency, status: str, credit_note: bo
                       (f"{last} ({cur.code})", _total(totals, "total", cur, "totals", required=True))]
 
 
-def _banner_and_notes(invoice: dict[str, Any], status: str, label: str, due: str,
-                      credit_note: bool) -> tuple[str, list[str]]:
+def _negative(totals: dict[str, Any]) -> bool:
+    return totals.get("total") is not None and _decimal(totals["total"], "totals.total") < 0
+
+
+def _owed_back_note(totals: dict[str, Any], cur: Currency, owed_back: OwedBack | None) -> str:
+    """A paid negative invoice: nothing is due, and where what it owes the customer went, to the minor unit."""
+    if owed_back is None:  # nobody said where it went: claim nothing
+        return f"Nothing is due: this invoice's total is {money(totals['total'], cur, 'totals.total')} {cur.code}."
+    amount = f"{money(owed_back.amount, cur, 'owed back')} {cur.code}"
+    if owed_back.kept_by:
+        return (f"Nothing is due. The {amount} this invoice owes you is held as your customer balance with "
+                f"{owed_back.kept_by}, which applies it to your next invoice there.")
+    return (f"Nothing is due. The {amount} this invoice owes you has been added to your prepaid credit balance, "
+            "which pays your next invoices.")
+
+
+def _banner_and_notes(invoice: dict[str, Any], status: str, label: str, due: str, credit_note: bool,
+                      cur: Currency, owed_back: OwedBack | None) -> tuple[str, list[str]]:
     """The status banner (when payment is due, by when) and the notes under the totals."""
     banner = label
     notes = []
@@ -289,7 +321,9 @@ def _banner_and_notes(invoice: dict[str, Any], status: str, label: str, due: str
         notes.append(f"This invoice is overdue: payment was due {due}. Please pay it now." if due else
                      "This invoice is overdue. Please pay it now.")
     elif status == "paid" and not credit_note:
-        notes.append("Paid in full: nothing is due. Thank you.")
+        totals = invoice.get("totals") or {}
+        notes.append(_owed_back_note(totals, cur, owed_back) if _negative(totals) else
+                     "Paid in full: nothing is due. Thank you.")
     if status in ("voided", "uncollectible", "draft", "gathering"):
         notes.append(f"This invoice is {_text(invoice.get('status')).replace('_', ' ')}: no payment is due for it.")
     if invoice.get("description"):

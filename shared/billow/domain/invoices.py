@@ -85,6 +85,11 @@ class CreditBack:
     doc: dict[str, Any]  # the entry as the ledger keeps it: id, amount, currency, invoiceId, invoiceNumber, ...
 
 
+def owed_back_entry_id(invoice_id: str) -> str:
+    """The id of the prepaid-credit entry a negative invoice gives back (Invoice.credit_back), one per invoice."""
+    return derived_id(invoice_id, "owed-back")
+
+
 _ZERO_DURATIONS: Final = ("P0D", "PT0S", "PT0H")
 # The fields the lifecycle owns (typed on Invoice); every other field of the document passes through as read.
 # A field the document did not have yet is added at its end in this order (where the lifecycle always put it).
@@ -202,7 +207,7 @@ class Invoice:
         owed = self.owed_back
         if owed == 0:
             return None
-        entry_id = derived_id(self.id, "owed-back")
+        entry_id = owed_back_entry_id(self.id)
         return CreditBack(entry_id, owed, {
             "id": entry_id, "amount": format(owed, "f"), "currency": self.currency, "invoiceId": self.id,
             "invoiceNumber": self.number,
