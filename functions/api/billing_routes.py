@@ -1,5 +1,5 @@
 """Billing routes (OpenMeter v1): billing profiles, customer overrides, invoices and their actions, invoicing
-a customer's pending lines now, custom invoicing app call-backs; Billow's prepaid credit top-up."""
+a customer's pending lines now, custom invoicing app call-backs; Billow's prepaid credit: top-up, balance and ledger."""
 
 from __future__ import annotations
 
@@ -115,6 +115,13 @@ def simulate_invoice(cid: str) -> Response:
 def add_credit(cid: str) -> Response:
     c, store = _c()
     return ok(billing.add_credit(c.namespace, path_param(cid), _body(), store=store, meta=c.meta, now=c.clock.now()), 201)
+
+
+@router.get("/api/v1/billing/customers/<cid>/credits")
+def credit_ledger(cid: str) -> Response:
+    """Billow: the customer's prepaid credit in a currency (?currency=USD): balance and ledger entries."""
+    c, store = _c()
+    return ok(invoices.credit_ledger(c.namespace, path_param(cid), _qs(), store=store, meta=c.meta))
 
 
 # -- invoices --------------------------------------------------------------------------------------------------

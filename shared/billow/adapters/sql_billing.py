@@ -25,6 +25,7 @@ from billow.domain.invoices import CreditBack
 from billow.errors import Conflict
 from billow.exact import EXACT
 from billow.ports import BillingCommit
+from billow.timeutil import format_rfc3339
 
 md = sa.MetaData()
 
@@ -227,7 +228,9 @@ class SqlBillingStore:
                 c.execute(credits.insert().values(
                     namespace=namespace, id=entry_id, customer_id=invoice["customer"]["id"],
                     currency=invoice["currency"], amount=format(-amount, "f"),
-                    doc=jsonx.dumps({"invoiceId": invoice["id"], "description": f"applied to {invoice['number']}"})))
+                    doc=jsonx.dumps({"invoiceId": invoice["id"], "invoiceNumber": invoice["number"],
+                                     "description": f"applied to {invoice['number']}",
+                                     "createdAt": format_rfc3339(now)})))
 
     def delete_draft(self, namespace: str, doc: dict[str, Any], *, expect_status: str, marks: Sequence[Mark],
                      holder: tuple[dict[str, Any], str | None] | None, credit_entry_id: str) -> Decimal:
@@ -261,8 +264,9 @@ class SqlBillingStore:
             if used:
                 c.execute(credits.insert().values(
                     namespace=namespace, id=credit_entry_id, customer_id=customer_id, currency=doc["currency"],
-                    amount=format(-used, "f"), doc=jsonx.dumps({"invoiceId": doc["id"],
-                                                                "description": f"returned: {doc['number']} deleted"})))
+                    amount=format(-used, "f"), doc=jsonx.dumps({"invoiceId": doc["id"], "invoiceNumber": doc["number"],
+                                                                "description": f"returned: {doc['number']} deleted",
+                                                                "createdAt": doc.get("deletedAt")})))
             if holder is not None:
                 new, before = holder
                 if before is None:

@@ -10,9 +10,11 @@ customer's prepaid balance in the same transaction, once per invoice, unless the
 
 from __future__ import annotations
 
+import decimal
 import logging
 import re
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from billow.domain import invoices as inv_rules
@@ -20,7 +22,7 @@ from billow.domain.invoices import Invoice
 from billow.domain.money import Currency
 from billow.domain.periods import RecurringPeriod
 from billow.errors import Conflict, NotFound, ValidationFailed
-from billow.exact import parse_decimal
+from billow.exact import EXACT, parse_decimal
 from billow.ids import new_id
 from billow.ports import BillingApps, BillingStore, InvoicingApp, MetaStore
 from billow.services.billing_profiles import resolve_customer
@@ -324,6 +326,29 @@ def add_credit(namespace: str, customer_id: str, body: object, *, store: Billing
              "description": body.get("description"), "createdAt": format_rfc3339(now)}
     store.add_credit(namespace, entry_id, customer["id"], currency.code, amount, entry)
     return {**entry, "balance": format(store.credit_balance(namespace, customer["id"], currency.code), "f")}
+
+
+def credit_ledger(namespace: str, customer_id: str, qs: dict[str, list[str]], *, store: BillingStore,
+                  meta: MetaStore) -> dict[str, Any]:
+    """Billow: a customer's prepaid credit in one currency (`currency`, required): its balance and its ledger, a page
+    of entries in the order they were written (top-ups, credit applied to invoices, credit a deleted draft returned,
+    what a negative invoice gave back). Exact decimal strings; the balance is the sum of every entry, from the same
+    read. An unknown customer is a 404, a missing or bad currency a 400 naming `currency`."""
+    from billow.services import pages, params
+
+    customer = resolve_customer(namespace, customer_id, meta)
+    code = params.one(qs, "currency")
+    if code is None:
+        raise bad("currency", "is required (a three-letter ISO 4217 code, e.g. USD)")
+    currency = Currency.of(code, field="currency")
+    entries = store.credit_entries(namespace, customer["id"], currency.code)
+    with decimal.localcontext(EXACT):
+        balance = sum((Decimal(e["amount"]) for e in entries), Decimal(0))
+    listed = [{"id": e["id"], "amount": str(e["amount"]), "currency": currency.code,
+               "description": e.get("description"), "invoiceId": e.get("invoiceId"),
+               "invoiceNumber": e.get("invoiceNumber"), "createdAt": e.get("createdAt")} for e in entries]
+    return {"customerId": customer["id"], "currency": currency.code, "balance": format(balance, "f"),
+            "entries": pages.page(listed, qs)}
 
 
 def handle_payment_event(namespace: str, event: PaymentEvent, *, store: BillingStore, apps: BillingApps,
