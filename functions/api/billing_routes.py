@@ -221,7 +221,7 @@ def update_invoice(iid: str) -> Response:
 @router.delete("/api/v1/billing/invoices/<iid>")
 def delete_invoice(iid: str) -> Response:
     c, store = _c()
-    billing.delete_invoice(c.namespace, path_param(iid), store=store, now=c.clock.now())
+    billing.delete_invoice(c.namespace, path_param(iid), store=store, apps=c.billing_apps(), now=c.clock.now())
     return no_content()
 
 

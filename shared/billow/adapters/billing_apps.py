@@ -35,7 +35,8 @@ class SandboxInvoicing:
 
 class CustomInvoicing:
     """The user's own system issues the invoice and says so (POST /api/v1/apps/custom-invoicing/{id}/issuing/
-    synchronized); it hears of a void through the invoice.updated notification. An installed app whose
+    synchronized); it hears of a void and of a deleted draft through the invoice.updated notification (as
+    OpenMeter's custom invoicing app: it does nothing itself on a delete). An installed app whose
     enableIssuingSyncHook is off does not wait: the invoice is issued at once, as OpenMeter's. What a negative invoice
     owes the customer becomes its prepaid credit in Billow."""
 

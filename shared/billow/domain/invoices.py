@@ -214,6 +214,15 @@ class Invoice:
             "description": f"owed back by invoice {self.number} (total {format(self.due, 'f')} {self.currency})",
             "createdAt": format_rfc3339(now)})
 
+    def deleted_json(self) -> dict[str, Any]:
+        """A deleted draft as the invoice.updated event of its deletion carries it, as OpenMeter's does (its
+        deletion's last state): status and extendedStatus `deleted`, immutable, no action left, `deletedAt` set. The
+        stored document stays a draft with deletedAt (BillingStore.delete_draft); no read serves it again."""
+        doc = self.to_json()
+        doc["status"] = "deleted"
+        doc["statusDetails"] = status_details("deleted")
+        return doc
+
     @property
     def mutable(self) -> bool:
         return self.status in ("gathering", "draft")

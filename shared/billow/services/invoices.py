@@ -212,12 +212,15 @@ def recalculate_taxes(namespace: str, id_: str, *, store: BillingStore, now: dat
     return inv.to_json()
 
 
-def delete_invoice(namespace: str, id_: str, *, store: BillingStore, now: datetime) -> None:
+def delete_invoice(namespace: str, id_: str, *, store: BillingStore, apps: BillingApps, now: datetime) -> None:
     """Delete a draft (OpenMeter's deleteInvoice: only a draft or earlier; a later invoice can only be voided).
     Nothing it held is lost: what it billed of each subscription period is given back to the period's billing mark
     (Mark.without: the next run bills it again, as a first charge, even after the correction window), its one-off
     lines go back to the customer's gathering invoice, pending, and the prepaid credit it used comes back; all in
-    one transaction with the delete (BillingStore.delete_draft), so a run never bills the draft's part twice."""
+    one transaction with the delete (BillingStore.delete_draft), so a run never bills the draft's part twice.
+    Then the invoice.updated notification carries the deleted invoice (Invoice.deleted_json: status `deleted`), as
+    OpenMeter's deletion does: that is how a custom invoicing app's system hears of it (OpenMeter's custom invoicing
+    app does nothing itself on a delete, "this should happen via the notifications webhook"), as of a void."""
     from billow.services.pending_lines import returned_to_gathering
 
     inv = _load(namespace, id_, store)
@@ -238,6 +241,7 @@ def delete_invoice(namespace: str, id_: str, *, store: BillingStore, now: dateti
                                    [ln for ln in doc["lines"] if ln.get("managedBy") != "subscription"],
                                    store=store, now=now)
     store.delete_draft(namespace, doc, expect_status=before, marks=marks, holder=holder, credit_entry_id=new_id())
+    apps.updated(inv.deleted_json())
 
 
 def update_invoice(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime) -> dict[str, Any]:
