@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -153,7 +154,9 @@ def test_usage_stored_while_a_value_is_computed_is_not_lost(billow: Billow, monk
     monkeypatch.setattr(b.c.usage, "bounded_usage", read_then_store)
     first = b.value("customer_1", "gpt")
     assert first["usage"] == 0
-    assert b.value("customer_1", "gpt")["usage"] == 5
+    b.usage("1", "2026-01-04T10:10:00Z")  # usage told after the computation: a value kept from it would take this in
+    assert b.value("customer_1", "gpt")["usage"] == 6
+    assert b.value("customer_1", "gpt") == _fresh(b)
 
 
 def test_the_sink_tells_what_it_added_and_names_a_failed_write_s_subjects(billow: Billow) -> None:
@@ -188,3 +191,57 @@ def test_the_sink_tells_what_it_added_and_names_a_failed_write_s_subjects(billow
     finally:
         del b.c.usage.write
     assert told == [(ns, [], {"customer_3"})]
+
+
+def test_checks_racing_ingest_end_where_a_fresh_read_does(billow: Billow) -> None:
+    """Two threads ingest usage for the customer's two subjects (and a stranger) while two threads check: once the
+    ingest is done, the cached value is the fresh one (no value lost or counted twice in a race between the sink
+    telling the cache and checks computing, advancing or keeping values)."""
+    import threading
+
+    from billow.services import balances
+    from billow.services.ingest import ingest_events
+
+    b = billow
+    _world(b)
+    b.clock.set("2026-01-04T10:30:00Z")
+    c, now = b.c, b.clock.now()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def ingest(who: int) -> None:
+        try:
+            for n in range(40):
+                at = format_rfc3339(now - timedelta(minutes=n % 50, seconds=who + 1))
+                ingest_events(c.namespace, [_event(f"w{who}-{n}-{k}", subject, at, str(1 + n % 3))
+                                            for k, subject in enumerate(("customer_1", "customer_3", "customer_2"))],
+                              meta=c.meta, bus=c.bus, now=now)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def check() -> None:
+        try:
+            while not done.is_set():
+                balances.value(c.namespace, ["customer_1"], "gpt", None, store=c.entitlements, meta=c.meta,
+                               usage=c.usage, now=now, cache=c.balance_cache)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    checkers = [threading.Thread(target=check) for _ in range(2)]
+    writers = [threading.Thread(target=ingest, args=(w,)) for w in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads interleave inside a check's computation, not between checks
+    try:
+        for th in checkers + writers:
+            th.start()
+        for th in writers:
+            th.join()
+        done.set()
+        for th in checkers:
+            th.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    got = b.value("customer_1", "gpt")
+    assert got == _fresh(b)
+    assert got["usage"] == 2 * 2 * sum(1 + n % 3 for n in range(40))  # two writers, two of the customer's subjects

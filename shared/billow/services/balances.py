@@ -344,6 +344,7 @@ class BalanceCache:
     def __init__(self, now: Callable[[], datetime], max_items: int = 100_000) -> None:
         self._now = now
         self._lock = threading.Lock()
+        self._adding = threading.Lock()  # one usage_added at a time
         self._versions: dict[tuple[str, str], int] = {}
         self._ahead: dict[tuple[str, str], datetime] = {}  # the latest usage time stored ahead of the clock
         self._items: dict[tuple[str, tuple[str, ...], str], _Item] = {}
@@ -381,31 +382,40 @@ class BalanceCache:
 
     def usage_added(self, namespace: str, values: Sequence[MeterValue], changed: Iterable[str] = ()) -> None:
         """sink.UsageAdded: `values` joined the stored sums (each once); `changed` subjects' sums changed otherwise.
-        Every value computed before this call and cached after it is stale: `versions`, read before computing, tell."""
+        Every value computed before this call and cached after it is stale: `versions`, read before computing, tell.
+        The values are matched to the cached ones outside the lock that checks take (a large batch does not hold
+        them up); calls take turns."""
         by_subject: dict[str, list[MeterValue]] = {}
         for v in values:
             by_subject.setdefault(v.subject, []).append(v)
         now = self._now()
         ahead = {s: t for s, vs in by_subject.items() if (t := max(v.time for v in vs)) > now}
-        with self._lock:
-            if ahead and len(self._ahead) >= self.max_items:
-                self._ahead = {k: t for k, t in self._ahead.items() if t > now}
-            for s, t in ahead.items():
-                self._ahead[(namespace, s)] = max(t, self._ahead.get((namespace, s), t))
-            for s in {*by_subject, *changed}:
-                self._versions[(namespace, s)] = self._versions.get((namespace, s), 0) + 1
-                for key in self._by_subject.pop((namespace, s), ()):
-                    item = self._items.get(key)
-                    if item is None:
+        with self._adding:
+            touched: list[tuple[str, tuple[str, tuple[str, ...], str], _Item, Summed]] = []
+            with self._lock:
+                if ahead and len(self._ahead) >= self.max_items:
+                    self._ahead = {k: t for k, t in self._ahead.items() if t > now}
+                for s, t in ahead.items():
+                    self._ahead[(namespace, s)] = max(t, self._ahead.get((namespace, s), t))
+                for s in {*by_subject, *changed}:
+                    self._versions[(namespace, s)] = self._versions.get((namespace, s), 0) + 1
+                    for key in self._by_subject.pop((namespace, s), ()):
+                        item = self._items.get(key)
+                        if item is None:
+                            continue
+                        summed = item.live.ledger.summed if item.live is not None else None
+                        if s in changed or summed is None:
+                            del self._items[key]
+                        else:
+                            touched.append((s, key, item, summed))
+            # (until the last step, these items' versions are behind: no check answers from them, none writes them)
+            found = [(s, key, item, [(v.time, a) for v in by_subject[s] if (a := summed.amount(v)) is not None])
+                     for s, key, item, summed in touched]
+            with self._lock:
+                for s, key, item, amounts in found:
+                    if self._items.get(key) is not item:  # computed afresh meanwhile (from a read that saw these)
                         continue
-                    if s in changed or item.live is None or item.live.ledger.summed is None:
-                        del self._items[key]
-                        continue
-                    summed = item.live.ledger.summed
-                    for v in by_subject[s]:
-                        amount = summed.amount(v)
-                        if amount is not None:
-                            item.added.append((v.time, amount))
+                    item.added.extend(amounts)
                     if len(item.added) > self.MAX_ADDED:
                         del self._items[key]
                         continue
