@@ -43,7 +43,7 @@ def lambda_handler(event: KafkaEvent, context: LambdaContext | None) -> dict[str
     result = sink_batch(records, usage=c.usage, meta=c.meta, dead_letter=c.dead_letters,
                         late_before=now - LATE_AFTER,
                         on_late=lambda ns, earliest: c.entitlements.usage_arrived_late(ns, earliest, now),
-                        on_added=c.balance_cache.usage_added if c.balance_cache is not None else None)
+                        listener=c.balance_cache)
     counts = {"stored": result.stored, "duplicates": result.duplicates, "unmatched": result.unmatched,
               "deadLettered": len(result.dead_letters) + len(bad)}
     for name, n in counts.items():

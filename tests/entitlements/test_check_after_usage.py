@@ -159,38 +159,50 @@ def test_usage_stored_while_a_value_is_computed_is_not_lost(billow: Billow, monk
     assert b.value("customer_1", "gpt") == _fresh(b)
 
 
-def test_the_sink_tells_what_it_added_and_names_a_failed_write_s_subjects(billow: Billow) -> None:
+class _Told:
+    """A sink.UsageListener that records what it hears, in order."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, Any]] = []
+
+    def usage_writing(self, namespace: str, subjects: set[str]) -> None:
+        self.heard.append(("writing", set(subjects)))
+
+    def usage_added(self, namespace: str, values: Sequence[MeterValue], changed: set[str]) -> None:
+        self.heard.append(("added", (sorted((v.subject, v.value) for v in values), set(changed))))
+
+    def usage_written(self, namespace: str, subjects: set[str]) -> None:
+        self.heard.append(("written", set(subjects)))
+
+
+def test_the_sink_tells_what_it_writes_before_and_after_and_a_failed_write_s_subjects(billow: Billow) -> None:
     b = billow
-    told: list[tuple[str, list[MeterValue], set[str]]] = []
     ns = b.c.namespace
-
-    def on_added(namespace: str, values: Sequence[MeterValue], changed: set[str]) -> None:
-        told.append((namespace, list(values), set(changed)))
-
+    told = _Told()
     events = [_event("s1", "customer_1", "2026-01-01T01:00:00Z", "2"), _event("s2", "customer_2", "2026-01-01T01:00:00Z", "3")]
     records = _records(ns, *events)
-    sink_batch(records, usage=b.c.usage, meta=b.c.meta, dead_letter=lambda items: None, on_added=on_added)
-    added = [v for _, values, _ in told for v in values]
-    assert sorted((v.subject, v.value) for v in added) == [("customer_1", 2), ("customer_2", 3)]
-    told.clear()
-    sink_batch(records, usage=b.c.usage, meta=b.c.meta, dead_letter=lambda items: None, on_added=on_added)
-    assert [v for _, values, _ in told for v in values] == []  # resent: stored once, told once
+    sink_batch(records, usage=b.c.usage, meta=b.c.meta, dead_letter=lambda items: None, listener=told)
+    both = {"customer_1", "customer_2"}
+    assert told.heard == [("writing", both), ("added", ([("customer_1", 2), ("customer_2", 3)], set())),
+                          ("added", ([], set())), ("written", both)]
+    told.heard.clear()
+    sink_batch(records, usage=b.c.usage, meta=b.c.meta, dead_letter=lambda items: None, listener=told)
+    assert told.heard == []  # resent: stored once, told once
 
     def broken(*a: Any, **k: Any) -> None:
         raise ConnectionError("store went away")
 
     b.c.usage.write = broken  # type: ignore[method-assign]
-    told.clear()
     late = _records(ns, _event("s3", "customer_3", "2026-01-01T01:00:00Z", "1"))
     try:
-        sink_batch(late, usage=b.c.usage, meta=b.c.meta, dead_letter=lambda items: None, on_added=on_added)
+        sink_batch(late, usage=b.c.usage, meta=b.c.meta, dead_letter=lambda items: None, listener=told)
     except ConnectionError:
         pass
     else:
         raise AssertionError("the write's failure must reach the caller")
     finally:
         del b.c.usage.write
-    assert told == [(ns, [], {"customer_3"})]
+    assert told.heard == [("writing", {"customer_3"}), ("added", ([], {"customer_3"})), ("written", {"customer_3"})]
 
 
 def test_checks_racing_ingest_end_where_a_fresh_read_does(billow: Billow) -> None:

@@ -345,6 +345,7 @@ class BalanceCache:
         self._now = now
         self._lock = threading.Lock()
         self._adding = threading.Lock()  # one usage_added at a time
+        self._writing: dict[tuple[str, str], int] = {}  # subjects of writes under way (usage_writing), how many
         self._versions: dict[tuple[str, str], int] = {}
         self._ahead: dict[tuple[str, str], datetime] = {}  # the latest usage time stored ahead of the clock
         self._items: dict[tuple[str, tuple[str, ...], str], _Item] = {}
@@ -380,8 +381,25 @@ class BalanceCache:
             self._subjects[key] = (generation, out)
         return out
 
+    def usage_writing(self, namespace: str, subjects: set[str]) -> None:
+        """sink.UsageListener: a write of these subjects' usage begins. Until `usage_written`, no value of them is kept:
+        a read may see the write before the cache is told of it (`usage_added` would then add it twice)."""
+        with self._lock:
+            for s in subjects:
+                self._writing[(namespace, s)] = self._writing.get((namespace, s), 0) + 1
+
+    def usage_written(self, namespace: str, subjects: set[str]) -> None:
+        """sink.UsageListener: the write `usage_writing` announced is over (told, or failed and told)."""
+        with self._lock:
+            for s in subjects:
+                left = self._writing.get((namespace, s), 0) - 1
+                if left > 0:
+                    self._writing[(namespace, s)] = left
+                else:
+                    self._writing.pop((namespace, s), None)
+
     def usage_added(self, namespace: str, values: Sequence[MeterValue], changed: Iterable[str] = ()) -> None:
-        """sink.UsageAdded: `values` joined the stored sums (each once); `changed` subjects' sums changed otherwise.
+        """sink.UsageListener: `values` joined the stored sums (each once); `changed` subjects' sums changed otherwise.
         Every value computed before this call and cached after it is stale: `versions`, read before computing, tell.
         The values are matched to the cached ones outside the lock that checks take (a large batch does not hold
         them up); calls take turns."""
@@ -454,12 +472,14 @@ class BalanceCache:
     def put(self, namespace: str, subjects: list[str], ref: str, generation: int, versions: tuple[int, ...],
             computed_at: datetime, valid_until: datetime | None, result: dict[str, Any], live: _Live | None) -> None:
         """Keep a value computed from the store with `versions` read before it began. If usage was stored for its
-        subjects meanwhile, the read may or may not have seen it: nothing is kept; nor while usage for them is
-        stored for a time not yet counted."""
+        subjects meanwhile, the read may or may not have seen it: nothing is kept; nor while a write of their usage is
+        under way (the read may have seen it, and the cache will be told of it), nor while usage for them is stored
+        for a time not yet counted."""
         key = self._key(namespace, subjects, ref)
         with self._lock:
             if versions != self.versions(namespace, subjects) or any(
-                    self._ahead.get((namespace, s), _NEVER) >= computed_at for s in subjects):
+                    (namespace, s) in self._writing or self._ahead.get((namespace, s), _NEVER) >= computed_at
+                    for s in subjects):
                 return
             if len(self._items) >= self.max_items:
                 self._items.clear()

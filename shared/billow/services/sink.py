@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from billow import heap, jsonx
 from billow.bus import BatchRecord, decode_batch
@@ -111,9 +111,17 @@ def _with_data(s: StoredEvent) -> CloudEvent:
 
 
 LateUsage = Callable[[str, dict[str, datetime]], None]
-# (namespace, meter values the store's sums gained (each once), subjects whose sums changed otherwise and must be
-# read again): told right after each write, before anything later in the batch can fail (services.balances).
-UsageAdded = Callable[[str, Sequence[MeterValue], set[str]], None]
+class UsageListener(Protocol):
+    """Hears of every change to the stored usage (services.balances.BalanceCache): `usage_writing` before a write
+    begins (its events' subjects), `usage_added` right after each part of it is stored (the meter values the stored
+    sums gained, each once, and the subjects whose sums changed otherwise and must be read again; after a write that
+    fails, every subject of it as changed), `usage_written` once the write is over, whatever happened."""
+
+    def usage_writing(self, namespace: str, subjects: set[str]) -> None: ...
+
+    def usage_added(self, namespace: str, values: Sequence[MeterValue], changed: set[str]) -> None: ...
+
+    def usage_written(self, namespace: str, subjects: set[str]) -> None: ...
 # Usage older than this when it is stored is "late": balance snapshots are only taken at resets older than this,
 # so only late usage can make one stale (services.balances).
 LATE_AFTER = timedelta(hours=1)
@@ -122,10 +130,10 @@ LATE_AFTER = timedelta(hours=1)
 @heap.paused()  # the batch's objects die with it: no collector scans of them (billow.heap)
 def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaStore,
                dead_letter: Callable[[list[dict[str, Any]]], None], late_before: datetime | None = None,
-               on_late: LateUsage | None = None, on_added: UsageAdded | None = None) -> SinkResult:
+               on_late: LateUsage | None = None, listener: UsageListener | None = None) -> SinkResult:
     """`on_late(namespace, {subject: earliest time})` hears of stored usage older than `late_before`, after it
-    is written: balance snapshots taken past that time are stale. `on_added` hears of every change to the stored
-    usage (UsageAdded); a write that fails names all its subjects as changed, then raises."""
+    is written: balance snapshots taken past that time are stale. `listener` hears of every change to the stored
+    usage (UsageListener)."""
     result = SinkResult()
     by_ns: dict[str, dict[tuple[str, str], StoredEvent]] = {}
     carried_ns: dict[str, dict[tuple[str, str], Carried]] = {}
@@ -154,7 +162,7 @@ def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaSt
                 carried[key] = pre
     for namespace, items in by_ns.items():
         result.stored += _store(namespace, items, usage, meta, result, late_before, on_late, carried_ns[namespace],
-                                on_added)
+                                listener)
     if result.dead_letters:
         dead_letter(result.dead_letters)
     return result
@@ -162,7 +170,7 @@ def sink_batch(records: Sequence[SinkRecord], *, usage: UsageStore, meta: MetaSt
 
 def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: UsageStore, meta: MetaStore,
            result: SinkResult, late_before: datetime | None = None, on_late: LateUsage | None = None,
-           carried: dict[tuple[str, str], Carried] | None = None, on_added: UsageAdded | None = None) -> int:
+           carried: dict[tuple[str, str], Carried] | None = None, listener: UsageListener | None = None) -> int:
     keys = list(items)
     present, begun = usage.written_keys(namespace, keys)
     result.duplicates += len(present)
@@ -199,17 +207,25 @@ def _store(namespace: str, items: dict[tuple[str, str], StoredEvent], usage: Usa
     valued_candidates = [k for k, v in owners.items() if v]
     result.unmatched += len(owners) - len(valued_candidates)
     repaired: set[str] = set()
-    told = on_added or (lambda ns, values, changed: None)
+    subjects = {s.event.subject for s in stored}  # every value, repair and late value below is of these
+    if listener is not None:
+        listener.usage_writing(namespace, subjects)
     try:
         values = _values_to_write(namespace, items, owners, [k for k in valued_candidates if k in begun], meters,
                                   usage, repaired)
         usage.write(namespace, values, stored)
-        told(namespace, values, repaired)
+        if listener is not None:
+            listener.usage_added(namespace, values, repaired)
         late_values = _values_for_new_meters(namespace, stored, meters, usage, meta)
-        told(namespace, late_values, set())
+        if listener is not None:
+            listener.usage_added(namespace, late_values, set())
     except BaseException:  # some of it may be stored: what it touched must be read again
-        told(namespace, (), repaired | {s.event.subject for s in stored})
+        if listener is not None:
+            listener.usage_added(namespace, (), repaired | subjects)
         raise
+    finally:
+        if listener is not None:
+            listener.usage_written(namespace, subjects)
     result.unmatched -= len({(v.source, v.event_id) for v in late_values} - set(valued_candidates))
     values = values + late_values
     if on_late is not None and late_before is not None:
