@@ -22,11 +22,12 @@ The probe catches the cache bugs it was checked against (each one made in a copy
 PYTHONPATH): grant writes not counted as writes (e1560b6's bug), told usage not added to cached values, usage
 timed at or after the check's instant added to it; each fails within the first few steps.
 
-Found (not fixed here):
+Found:
 - a race in the balance cache: usage the sink wrote before a check's store read, and told the cache of after that
-  check kept its value, is counted twice (found by a burst, seed 21: usage 16.625 where the store holds 16.5). Pinned
-  deterministically by tests/entitlements/test_cached_check_during_write.py (strict xfail);
-- LATEST ties: two readings at one instant (two subjects of a customer) answer 10 through one range and 2.5
+  check kept its value, was counted twice (found by a burst, seed 21: usage 16.625 where the store holds 16.5).
+  Pinned deterministically by tests/entitlements/test_cached_check_during_write.py; fixed in 13bcca4 (the sink
+  tells the cache before it writes). Bursts are on by default since;
+- not fixed: LATEST ties: two readings at one instant (two subjects of a customer) answer 10 through one range and 2.5
   through another (the usage store's tiers), so two checks at one instant differ (seed 2, before events got
   instants of their own: served usage 10, uncached 2.5). Pinned by
   test_a_latest_tie_answers_one_value_whatever_range_reads_it below (strict xfail)."""
@@ -51,10 +52,9 @@ from tests.e2e.test_billing_outside import api, cloudevent, iso, ok, send
 
 SEED = int(os.environ.get("BILLOW_CACHE_PROBE_SEED", "20261206"))  # another seed explores further
 STEPS = int(os.environ.get("BILLOW_CACHE_PROBE_STEPS", "120"))
-# Bursts of concurrent usage, checks and grants (Walk.burst). Off by default until the race that
-# tests/entitlements/test_cached_check_during_write.py pins (strict xfail) is fixed: a burst hits it only sometimes
-# (1 burst in about 18 so far), which would make this test flaky rather than red.
-BURSTS = os.environ.get("BILLOW_CACHE_PROBE_BURSTS") == "1"
+# Bursts of concurrent usage, checks and grants (Walk.burst): on unless BILLOW_CACHE_PROBE_BURSTS=0. They found the
+# race tests/entitlements/test_cached_check_during_write.py pins (fixed in 13bcca4), in about 1 burst of 18.
+BURSTS = os.environ.get("BILLOW_CACHE_PROBE_BURSTS", "1") == "1"
 CHECKS_PER_STEP = 5
 CONFIG = """namespace: default
 meters:
