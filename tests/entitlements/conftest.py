@@ -75,6 +75,14 @@ class Billow:
         return self.ok("GET", f"/api/v1/subjects/{subject}/entitlements/{feature}/value",
                        query={"time": at} if at else None)
 
+    def fresh_value(self, subject: str, feature: str) -> dict[str, Any]:
+        """The value now, computed without the balance cache (Lambda's path): what a cached check must answer."""
+        cache, self.c.balance_cache = self.c.balance_cache, None
+        try:
+            return self.value(subject, feature)
+        finally:
+            self.c.balance_cache = cache
+
 
 @pytest.fixture(params=["memory", "chdb"])
 def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:

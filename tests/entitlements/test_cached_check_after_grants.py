@@ -5,17 +5,7 @@ usage for the subject arrived or the balance's next change came due."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from tests.entitlements.conftest import Billow
-
-
-def _fresh(b: Billow) -> dict[str, Any]:
-    cache, b.c.balance_cache = b.c.balance_cache, None
-    try:
-        return b.value("customer_1", "ai")
-    finally:
-        b.c.balance_cache = cache
 
 
 def test_a_grant_and_its_voiding_show_in_the_next_cached_check(billow: Billow) -> None:
@@ -35,10 +25,10 @@ def test_a_grant_and_its_voiding_show_in_the_next_cached_check(billow: Billow) -
     bought = b.value("customer_1", "ai")
     # The grant covers the overage first (OpenMeter's burn-down), and the rest is the balance.
     assert (bought["hasAccess"], bought["balance"], bought["overage"]) == (True, 48, 0)
-    assert bought == _fresh(b)
+    assert bought == b.fresh_value("customer_1", "ai")
     b.clock.set("2026-01-04T11:00:00Z")
     assert b.value("customer_1", "ai") == bought
     b.ok("DELETE", f"/api/v1/grants/{grant['id']}")  # voided now
     voided = b.value("customer_1", "ai")
     assert (voided["hasAccess"], voided["balance"]) == (False, 0)
-    assert voided == _fresh(b)
+    assert voided == b.fresh_value("customer_1", "ai")

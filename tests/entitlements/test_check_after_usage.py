@@ -52,14 +52,6 @@ def _records(namespace: str, *events: dict[str, Any]) -> list[SinkRecord]:
             for n, e in enumerate(events)]
 
 
-def _fresh(b: Billow) -> dict[str, Any]:
-    cache, b.c.balance_cache = b.c.balance_cache, None
-    try:
-        return b.value("customer_1", "gpt")
-    finally:
-        b.c.balance_cache = cache
-
-
 def _counting_reads(b: Billow, monkeypatch: Any) -> list[str]:
     reads: list[str] = []
     for name in ("aggregate", "bounded_usage"):
@@ -84,7 +76,7 @@ def test_a_check_after_usage_reads_nothing_and_counts_it(billow: Billow, monkeyp
     b.clock.set("2026-01-04T10:45:00Z")
     after = b.value("customer_1", "gpt")
     assert reads == []
-    assert after == _fresh(b)
+    assert after == b.fresh_value("customer_1", "gpt")
     assert after["usage"] == before["usage"] + 3.5
 
 
@@ -127,7 +119,7 @@ def test_checks_amid_random_usage_and_time_match_fresh_reads(billow: Billow, mon
         else:
             checks += 1
             got = b.value("customer_1", "gpt")
-            assert got == _fresh(b), (step, format_rfc3339(now))
+            assert got == b.fresh_value("customer_1", "gpt"), (step, format_rfc3339(now))
     assert checks > 40
     print(f"{reads.count('bounded_usage')} reads for {checks} checks and as many fresh reads")
     # Usage inside the cached computations was added, not read: far fewer reads than checks (each fresh read
@@ -156,7 +148,7 @@ def test_usage_stored_while_a_value_is_computed_is_not_lost(billow: Billow, monk
     assert first["usage"] == 0
     b.usage("1", "2026-01-04T10:10:00Z")  # usage told after the computation: a value kept from it would take this in
     assert b.value("customer_1", "gpt")["usage"] == 6
-    assert b.value("customer_1", "gpt") == _fresh(b)
+    assert b.value("customer_1", "gpt") == b.fresh_value("customer_1", "gpt")
 
 
 class _Told:
@@ -255,5 +247,5 @@ def test_checks_racing_ingest_end_where_a_fresh_read_does(billow: Billow) -> Non
         sys.setswitchinterval(interval)
     assert errors == []
     got = b.value("customer_1", "gpt")
-    assert got == _fresh(b)
+    assert got == b.fresh_value("customer_1", "gpt")
     assert got["usage"] == 2 * 2 * sum(1 + n % 3 for n in range(40))  # two writers, two of the customer's subjects
