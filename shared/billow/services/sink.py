@@ -111,6 +111,11 @@ def _with_data(s: StoredEvent) -> CloudEvent:
 
 
 LateUsage = Callable[[str, dict[str, datetime]], None]
+# Usage older than this when it is stored is "late": balance snapshots are only taken at resets older than this,
+# so only late usage can make one stale (services.balances).
+LATE_AFTER = timedelta(hours=1)
+
+
 class UsageListener(Protocol):
     """Hears of every change to the stored usage (services.balances.BalanceCache): `usage_writing` before a write
     begins (its events' subjects), `usage_added` right after each part of it is stored (the meter values the stored
@@ -122,9 +127,6 @@ class UsageListener(Protocol):
     def usage_added(self, namespace: str, values: Sequence[MeterValue], changed: set[str]) -> None: ...
 
     def usage_written(self, namespace: str, subjects: set[str]) -> None: ...
-# Usage older than this when it is stored is "late": balance snapshots are only taken at resets older than this,
-# so only late usage can make one stale (services.balances).
-LATE_AFTER = timedelta(hours=1)
 
 
 @heap.paused()  # the batch's objects die with it: no collector scans of them (billow.heap)
