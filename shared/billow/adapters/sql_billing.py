@@ -149,9 +149,8 @@ class SqlBillingStore:
             if done != 1:
                 raise Conflict(f"invoice {doc['number']} changed meanwhile; reload it and try again")
             if credit is not None and c.execute(sa.select(credits.c.id).where(credits.c.id == credit.entry_id)).first() is None:
-                c.execute(credits.insert().values(
-                    namespace=namespace, id=credit.entry_id, customer_id=doc["customer"]["id"],
-                    currency=doc["currency"], amount=format(credit.amount, "f"), doc=jsonx.dumps(credit.doc)))
+                _credit_entry(c, namespace, credit.entry_id, doc["customer"]["id"], doc["currency"], credit.amount,
+                              credit.doc)
 
     def get_invoice(self, namespace: str, id_: str) -> dict[str, Any] | None:
         q = sa.select(invoices.c.doc).where(invoices.c.namespace == namespace, invoices.c.id == id_)
@@ -219,18 +218,13 @@ class SqlBillingStore:
                 id=invoice["id"], namespace=namespace, customer_id=invoice["customer"]["id"],
                 number=invoice["number"], status=invoice["status"], doc=jsonx.dumps(invoice)))
             if isinstance(credit_used, CreditBack):  # a negative invoice issued here: what it owes the customer
-                c.execute(credits.insert().values(
-                    namespace=namespace, id=credit_used.entry_id, customer_id=invoice["customer"]["id"],
-                    currency=invoice["currency"], amount=format(credit_used.amount, "f"),
-                    doc=jsonx.dumps(credit_used.doc)))
+                _credit_entry(c, namespace, credit_used.entry_id, invoice["customer"]["id"], invoice["currency"],
+                              credit_used.amount, credit_used.doc)
             elif credit_used is not None:
                 entry_id, amount = credit_used
-                c.execute(credits.insert().values(
-                    namespace=namespace, id=entry_id, customer_id=invoice["customer"]["id"],
-                    currency=invoice["currency"], amount=format(-amount, "f"),
-                    doc=jsonx.dumps({"invoiceId": invoice["id"], "invoiceNumber": invoice["number"],
-                                     "description": f"applied to {invoice['number']}",
-                                     "createdAt": format_rfc3339(now)})))
+                _credit_entry(c, namespace, entry_id, invoice["customer"]["id"], invoice["currency"], -amount,
+                              {"invoiceId": invoice["id"], "invoiceNumber": invoice["number"],
+                               "description": f"applied to {invoice['number']}", "createdAt": format_rfc3339(now)})
 
     def delete_draft(self, namespace: str, doc: dict[str, Any], *, expect_status: str, marks: Sequence[Mark],
                      holder: tuple[dict[str, Any], str | None] | None, credit_entry_id: str) -> Decimal:
@@ -262,11 +256,9 @@ class SqlBillingStore:
                     credits.c.currency == doc["currency"])) if jsonx.loads(r.doc).get("invoiceId") == doc["id"]),
                     Decimal(0))
             if used:
-                c.execute(credits.insert().values(
-                    namespace=namespace, id=credit_entry_id, customer_id=customer_id, currency=doc["currency"],
-                    amount=format(-used, "f"), doc=jsonx.dumps({"invoiceId": doc["id"], "invoiceNumber": doc["number"],
-                                                                "description": f"returned: {doc['number']} deleted",
-                                                                "createdAt": doc.get("deletedAt")})))
+                _credit_entry(c, namespace, credit_entry_id, customer_id, doc["currency"], -used,
+                              {"invoiceId": doc["id"], "invoiceNumber": doc["number"],
+                               "description": f"returned: {doc['number']} deleted", "createdAt": doc.get("deletedAt")})
             if holder is not None:
                 new, before = holder
                 if before is None:
@@ -293,8 +285,7 @@ class SqlBillingStore:
     def add_credit(self, namespace: str, entry_id: str, customer_id: str, currency: str, amount: Decimal,
                    doc: dict[str, Any]) -> None:
         with self.engine.begin() as c:
-            c.execute(credits.insert().values(namespace=namespace, id=entry_id, customer_id=customer_id,
-                                              currency=currency, amount=format(amount, "f"), doc=jsonx.dumps(doc)))
+            _credit_entry(c, namespace, entry_id, customer_id, currency, amount, doc)
 
     def credit_balances(self, namespace: str) -> dict[tuple[str, str], Decimal]:
         """Every customer's prepaid balance per currency (only those with any credit entries)."""
@@ -317,6 +308,13 @@ class SqlBillingStore:
         with self.engine.connect() as c:
             return [{**jsonx.loads(r.doc), "id": r.id, "amount": r.amount, "currency": currency}
                     for r in c.execute(q.order_by(credits.c.id))]
+
+
+def _credit_entry(c: sa.Connection, namespace: str, entry_id: str, customer_id: str, currency: str, amount: Decimal,
+                  doc: dict[str, Any]) -> None:
+    """One prepaid-credit ledger entry (amount < 0: used), its exact amount as plain decimal text."""
+    c.execute(credits.insert().values(namespace=namespace, id=entry_id, customer_id=customer_id, currency=currency,
+                                      amount=format(amount, "f"), doc=jsonx.dumps(doc)))
 
 
 def _number_taken(exc: IntegrityError) -> bool:
