@@ -130,11 +130,13 @@ _value = st.one_of(
         st.integers(min_value=0, max_value=10 ** (20 + places) - 1), st.sampled_from(["", "-"]))),
 )
 _offset = st.integers(min_value=0, max_value=3 * 24 * 3600 * 1000)
+# Instants rows often share (LATEST ties: of values at one instant the largest is the latest, in every tier).
+_instant = st.one_of(_offset, st.sampled_from([0, 59_999, 60_000, 3_600_000, 3_600_000 + 30_000]))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.tuples(_value, _offset, st.sampled_from("ab"), st.sampled_from(["x", "y", ""])), min_size=1, max_size=40),
-       agg=st.sampled_from(["SUM", "COUNT", "AVG", "MIN", "MAX", "UNIQUE_COUNT"]),
+@given(rows=st.lists(st.tuples(_value, _instant, st.sampled_from("ab"), st.sampled_from(["x", "y", ""])), min_size=1, max_size=40),
+       agg=st.sampled_from(["SUM", "COUNT", "AVG", "MIN", "MAX", "UNIQUE_COUNT", "LATEST"]),
        size=st.sampled_from([None, "MINUTE", "HOUR", "DAY", "MONTH"]),
        tz=st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kolkata", "America/St_Johns"]),
        cut=st.tuples(_offset, _offset))
@@ -145,8 +147,9 @@ def test_twin_and_chdb_agree(chdb_store: Any, rows: list, agg: str, size: str | 
     twin = InMemoryUsageStore()
     vals = [MeterValue("M1", subj, T0 + timedelta(milliseconds=off), v, str(v.normalize()), {"model": model}, "p", str(i))
             for i, (v, off, subj, model) in enumerate(rows)]
-    for store in (twin, chdb_store):
-        store.write(ns, vals, [])
+    for store in (twin, chdb_store):  # in two writes, the second reversed: ties stored in either order, two parts
+        store.write(ns, vals[::2], [])
+        store.write(ns, vals[1::2][::-1], [])
     lo, hi = sorted(cut)
     query = q(ns, agg, window_size=size, window_tz=tz, group_by=["model"], by_subject=True,
               start=T0 + timedelta(milliseconds=lo), end=T0 + timedelta(milliseconds=hi))

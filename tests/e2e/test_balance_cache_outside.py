@@ -27,10 +27,11 @@ Found:
   check kept its value, was counted twice (found by a burst, seed 21: usage 16.625 where the store holds 16.5).
   Pinned deterministically by tests/entitlements/test_cached_check_during_write.py; fixed in 13bcca4 (the sink
   tells the cache before it writes). Bursts are on by default since;
-- not fixed: LATEST ties: two readings at one instant (two subjects of a customer) answer 10 through one range and 2.5
-  through another (the usage store's tiers), so two checks at one instant differ (seed 2, before events got
-  instants of their own: served usage 10, uncached 2.5). Pinned by
-  test_a_latest_tie_answers_one_value_whatever_range_reads_it below (strict xfail)."""
+- LATEST ties: two readings at one instant (two subjects of a customer) answered 10 through one range and 2.5
+  through another (the usage store's tiers), so two checks at one instant differed (seed 2, before events got
+  instants of their own: served usage 10, uncached 2.5). Fixed by migration 4 (the rollups' argMax orders by
+  (time, value): at one instant the largest value); pinned by test_a_latest_tie_answers_one_value_whatever_range_reads_it
+  below."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -474,15 +476,14 @@ def test_cached_checks_equal_uncached_ones_over_a_random_walk(walk: Walk) -> Non
     run_walk(walk, STEPS, frozenset(range(STEPS // 4, STEPS, STEPS // 4)) if BURSTS else frozenset())
 
 
-@pytest.mark.xfail(strict=True, reason="LATEST ties: two readings at one instant answer by the range and tier read, "
-                                       "not one value (usage store)")
 def test_a_latest_tie_answers_one_value_whatever_range_reads_it(tmp_path: Path) -> None:
     """Two gauge readings at one instant (two subjects of one customer): the meter's LATEST value over any range
     holding that instant as its last readings is one value, whichever range (and so whichever usage-store tier: raw
     values, minute or hour rollups) is read. Found by the walk above (seed 2, when events could share an instant):
-    a cached check answered usage 10, the uncached one at the same instant 2.5. Today the answer depends on the
-    range, and differs from run to run: in three runs of two ties, every run had a tie read as 10 through one range
-    and 2.5 through another. Ten ties here, so that at least one shows it."""
+    a cached check answered usage 10, the uncached one at the same instant 2.5. Before migration 4 the answer
+    depended on the range, and differed from run to run: in three runs of two ties, every run had a tie read as 10
+    through one range and 2.5 through another. Ten ties here, so that at least one would show it. At one instant
+    the largest value is the latest: 10, whichever reading came first."""
     (tmp_path / "billow.yaml").write_text("namespace: default\nmeters:\n  - slug: gauge\n    eventType: gauge\n"
                                           "    aggregation: LATEST\n    valueProperty: $.v\n")
     s = Drained(tmp_path / "data", tmp_path / "billow.yaml").start()
@@ -502,6 +503,6 @@ def test_a_latest_tie_answers_one_value_whatever_range_reads_it(tmp_path: Path) 
                                  ["value"] for a, b in ranges}
         answers["all"] = {ok(s, "GET", f"/api/v1/meters/gauge/query?from={iso(start)}&to={iso(now)}")["data"][0]
                           ["value"]}
-        assert all(len(v) == 1 for v in answers.values()), answers  # today some tie answers {10, 2.5}
+        assert all(len(v) == 1 and Decimal(str(*v)) == 10 for v in answers.values()), answers  # before: {10, 2.5}
     finally:
         s.stop()

@@ -24,7 +24,7 @@ from typing import Any
 import xxhash
 
 from billow import jsonx
-from billow.adapters.clickhouse_schema import MIGRATIONS, ROLLUPS_V3
+from billow.adapters.clickhouse_schema import LATEST_STATE, MIGRATIONS, ROLLUPS
 from billow.domain.events import CloudEvent
 from billow.domain.lineage import LineEvent, UsageDigest
 from billow.domain.usage import (
@@ -91,9 +91,9 @@ _AGG_EXPR = {
 _NEEDS = {"SUM": ("s",), "COUNT": ("c",), "AVG": ("s", "c"), "MIN": ("mn",), "MAX": ("mx",),
           "UNIQUE_COUNT": ("u",), "LATEST": ("l",)}
 _ROLLUP_COL = {"s": "sum_value AS s", "c": "cnt AS c", "mn": "min_value AS mn", "mx": "max_value AS mx",
-               "u": "uniq_state AS u", "l": "latest_state AS l"}
+               "u": "uniq_state AS u", "l": "latest_pair AS l"}
 _RAW_COL = {"s": "sum(toDecimal256(value, 18)) AS s", "c": "count() AS c", "mn": "min(value) AS mn",
-            "mx": "max(value) AS mx", "u": "uniqExactState(value_str) AS u", "l": "argMaxState(value, time) AS l"}
+            "mx": "max(value) AS mx", "u": "uniqExactState(value_str) AS u", "l": LATEST_STATE + " AS l"}
 _FILTER_SQL = {
     "$eq": "{col} = {p:String}", "$ne": "{col} != {p:String}",
     "$in": "{col} IN {p:Array(String)}", "$nin": "{col} NOT IN {p:Array(String)}",
@@ -431,9 +431,9 @@ class ClickHouseUsageStore:
                 self._command(f"DELETE FROM {table} WHERE " + _CELLS_WHERE.replace("{col}", "minute"), params)
                 self._command(
                     f"INSERT INTO {table} (namespace, meter_id, minute, {keys}, sum_value, cnt, min_value, max_value, "
-                    f"uniq_state, latest_state) SELECT namespace, meter_id, toDateTime({start_of}(time), 'UTC') AS minute, "
+                    f"uniq_state, latest_pair) SELECT namespace, meter_id, toDateTime({start_of}(time), 'UTC') AS minute, "
                     f"{keys}, sum(toDecimal256(value, 18)), count(), min(value), max(value), "
-                    "uniqExactState(value_str), argMaxState(value, time) FROM meter_values WHERE "
+                    f"uniqExactState(value_str), {LATEST_STATE} FROM meter_values WHERE "
                     + _CELLS_WHERE.replace("{col}", "time") + f" GROUP BY namespace, meter_id, minute, {keys}", params)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -848,12 +848,8 @@ class ClickHouseUsageStore:
 
 
 _HOUR = timedelta(hours=1)
-# The rollup tables and the start of their cells, as their materialized views compute it (clickhouse_schema).
-# (table, start of cell, key columns after the cell): the two of migration 1, with subject, time first; those of
-# migration 3: per meter without subject, and subject first.
-_ROLLUPS = (("meter_rollup_1m", "toStartOfMinute", "subject, group_by"),
-            ("meter_rollup_1h", "toStartOfHour", "subject, group_by"),
-            *((table, start_of, keys) for table, start_of, keys, _, _ in ROLLUPS_V3))
+# The rollup tables (clickhouse_schema.ROLLUPS): (table, start of cell as its view computes it, key columns after it).
+_ROLLUPS = ROLLUPS
 # The (minute, hour) rollups a query reads, by what it asks of subjects (`_layout`).
 _TIERS = {"all": ("meter_rollup_1m_all", "meter_rollup_1h_all"),
           "subject": ("meter_rollup_1m", "meter_rollup_1h_by_subject"),

@@ -137,3 +137,40 @@ def _v3_statements() -> list[str]:
 
 MIGRATIONS.append((3, "rollups flat in subject count: per meter without subject (minute, hour), subject-first (hour)",
                    _v3_statements()))
+
+
+# Migration 4: a deterministic LATEST. argMaxState(value, time) keeps, of two values at one instant, whichever the
+# engine met first, and which that is depends on the parts a read merges and on the tier it reads (raw values,
+# minute or hour rollups): two readings of a gauge at one millisecond answered one or the other by range. The new
+# state orders by (time, value): at one instant the largest value is the latest, wherever it is read. Each rollup
+# gains `latest_pair` (the old `latest_state` stays, no longer written or read); its view is changed in place (MODIFY
+# QUERY: no insert falls between two views); then the existing cells gain their state from meter_values. That
+# backfill writes sum 0, count 0 and empty uniq states (they add nothing), the cell's min and max (min and max of a
+# cell again: unchanged) and the argMax state (the same state again: unchanged), so it is exact whether or not
+# the new view already wrote some of those cells, and when run twice.
+LATEST_STATE = "argMaxState(value, (time, value))"
+_PAIR_TYPE = "AggregateFunction(argMax, Decimal128(18), Tuple(DateTime64(3, 'UTC'), Decimal128(18)))"
+# Every rollup: (table, start of its cells, key columns after the cell), in the order the views were created.
+ROLLUPS = (("meter_rollup_1m", "toStartOfMinute", "subject, group_by"),
+           ("meter_rollup_1h", "toStartOfHour", "subject, group_by"),
+           *((table, start_of, keys) for table, start_of, keys, _, _ in ROLLUPS_V3))
+
+
+def _v4_statements() -> list[str]:
+    out = []
+    for table, start_of, keys in ROLLUPS:  # (identifiers only, from ROLLUPS)
+        cell = f"namespace, meter_id, toDateTime({start_of}(time), 'UTC') AS minute, {keys}"
+        out += [
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS latest_pair {_PAIR_TYPE}",
+            f"ALTER TABLE {table}_mv MODIFY QUERY SELECT {cell}, sum(toDecimal256(value, 18)) AS sum_value, "  # noqa: S608
+            f"count() AS cnt, min(value) AS min_value, max(value) AS max_value, uniqExactState(value_str) AS uniq_state, "
+            f"{LATEST_STATE} AS latest_pair FROM meter_values GROUP BY namespace, meter_id, minute, {keys}",
+            f"INSERT INTO {table} (namespace, meter_id, minute, {keys}, min_value, max_value, latest_pair) "  # noqa: S608
+            f"SELECT {cell}, min(value), max(value), {LATEST_STATE} FROM meter_values "
+            f"GROUP BY namespace, meter_id, minute, {keys}",
+        ]
+    return out
+
+
+MIGRATIONS.append((4, "LATEST: of values at one instant the largest, whichever tier reads it (argMax by (time, value))",
+                   _v4_statements()))

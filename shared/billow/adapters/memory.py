@@ -97,7 +97,7 @@ class InMemoryUsageStore:
         out = []
         for key in sorted(buckets, key=lambda k: (k[0] or datetime.min.replace(tzinfo=UTC), k[1] or "", k[2] or "", k[3])):
             vals = buckets[key]
-            latest = max(vals, key=lambda v: v.time)
+            latest = max(vals, key=lambda v: (v.time, v.value))  # at one instant the largest (the rollups' argMax by (time, value))
             minutes = [v.time.replace(second=0, microsecond=0) for v in vals]
             out.append(AggRow(
                 window_start=key[0], subject=key[1], customer_id=(key[2] or None) if customers is not None else None,
