@@ -24,7 +24,7 @@ from typing import Any
 import xxhash
 
 from billow import jsonx
-from billow.adapters.clickhouse_schema import LATEST_STATE, MIGRATIONS, ROLLUPS
+from billow.adapters.clickhouse_schema import LATEST_BACKFILL, LATEST_STATE, MIGRATIONS, ROLLUPS
 from billow.domain.events import CloudEvent
 from billow.domain.lineage import LineEvent, UsageDigest
 from billow.domain.usage import (
@@ -135,6 +135,7 @@ class ClickHouseUsageStore:
         self._in_process = type(client).__name__ == "ChdbClient"
         self._filter: _KeyFilter | None = None  # in-process only: built from the ledger at the first look-up
         self._hashed: dict[tuple[str, str], int] = {}  # the key hashes of the last look-up (written_keys)
+        self._latest_filled: set[tuple[str, str]] = set()  # (namespace, meter id): LATEST_BACKFILL done (`_fill_latest`)
 
     def _key_filter(self) -> _KeyFilter:
         """A Bloom filter of every ledger key hash, read once from `event_keys` and kept up to date by `write` (this
@@ -436,8 +437,27 @@ class ClickHouseUsageStore:
                     f"uniqExactState(value_str), {LATEST_STATE} FROM meter_values WHERE "
                     + _CELLS_WHERE.replace("{col}", "time") + f" GROUP BY namespace, meter_id, minute, {keys}", params)
 
+    def _fill_latest(self, namespace: str, meter_id: str) -> None:
+        """Give the meter's cells stored before migration 4 their LATEST state (clickhouse_schema.LATEST_BACKFILL),
+        once per meter (recorded in `latest_backfills`; a run cut short, or two at once, only repeat what changes
+        nothing), before its first LATEST read."""
+        key = (namespace, meter_id)
+        if key in self._latest_filled:
+            return
+        params = {"ns": namespace, "mid": meter_id}
+        with self._lock:
+            if not self._query("SELECT 1 FROM latest_backfills WHERE namespace = {ns:String} AND meter_id = {mid:String} "
+                               "LIMIT 1", params):
+                for stmt in LATEST_BACKFILL:
+                    self._command(stmt, params)
+                self._client.insert("latest_backfills", [[namespace, meter_id, datetime.now(UTC)]],
+                                    column_names=["namespace", "meter_id", "done_at"])
+            self._latest_filled.add(key)
+
     # -- reads -------------------------------------------------------------------------------------
     def aggregate(self, q: UsageQuery) -> list[AggRow]:
+        if q.aggregation == "LATEST":
+            self._fill_latest(q.namespace, q.meter_id)
         params: dict[str, Any] = {"mid": q.meter_id}
         sql = self._grouped_sql(q, "meter_id = {mid:String}", _NEEDS[q.aggregation],
                                 [_AGG_EXPR[q.aggregation], "toUnixTimestamp(min(t)), toUnixTimestamp(max(te))"], params)
