@@ -43,7 +43,9 @@ class UsageStore(Protocol):
         ...
 
     def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:
-        """Write values first, raw events second: a stored raw event means its values are stored too."""
+        """Write values first, raw events second: a stored raw event means its values are stored too. The sink hands
+        over its columns (domain.usage.ValueColumns / EventColumns: sequences of MeterValue / StoredEvent that an
+        adapter may read column by column instead)."""
         ...
 
     def repair(self, namespace: str, keys: Sequence[tuple[str, str]]) -> None:

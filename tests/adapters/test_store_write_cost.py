@@ -189,9 +189,9 @@ def test_a_write_hands_the_encoder_integer_times(chdb_store: Any, namespace: str
         (v.event_id, v.time.replace(tzinfo=None), v.value) for v in vals]
 
 
-def test_a_records_events_at_one_millisecond_share_one_time() -> None:
-    """The sink makes (and range-checks) one datetime per distinct time of a batch record, not one per event; a time
-    out of range is still refused."""
+def test_a_records_times_stay_epoch_milliseconds_from_record_to_insert() -> None:
+    """The sink reads a batch record's events into columns, times as the epoch milliseconds the record carries (no
+    datetime made per event or value: the insert takes them as they are); a time out of range is still refused."""
     import msgspec
 
     from billow.bus import batch_records, decode_batch
@@ -204,10 +204,10 @@ def test_a_records_events_at_one_millisecond_share_one_time() -> None:
     record = decode_batch(value)
     assert record is not None and len(record.events) == 6
     decoded = decode_batch_events(record)
-    times = [s.event.time for s, _ in decoded]
-    assert times[0] is times[1] is times[2] and times[3] is times[4] is times[5]
-    assert times[0] == T0 and times[3] == T0 + timedelta(milliseconds=1)
-    assert all(v.time is s.event.time for s, (vals, _) in decoded for v in vals)
+    assert decoded.events.ms == decoded.values.ms == [ms, ms, ms, ms + 1, ms + 1, ms + 1]
+    assert decoded.values.values == [Decimal("1.5")] * 6 and decoded.events.data == ['{"n":1}'] * 6
+    assert [s.event.time for s in decoded.events][::3] == [T0, T0 + timedelta(milliseconds=1)]
+    assert [v.time for v in decoded.values][::3] == [T0, T0 + timedelta(milliseconds=1)]
     bad = decode_batch(value.replace(b'"s",%d,' % ms, b'"s",%d,' % (7 * 10**12), 1))
     assert bad is not None
     with pytest.raises(ValueError, match="not a valid event"):

@@ -144,3 +144,48 @@ def test_a_bus_that_partitions_by_event_key_gets_one_batch_shaped_record_per_eve
     assert [k for k, _ in records] == [f"test\x1f{i}".encode() for i in range(4)]
     assert all(len(jsonx.loads(v)["events"]) == 1 for _, v in records)
     assert run(world, as_sink(world, records)).stored == 4 and total(world) == 2
+
+
+def test_a_resend_after_a_crash_between_values_and_raw_events_counts_once(world: dict[str, Any],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch records: the values of a write land, the process dies before its raw events; the batch comes again,
+    grown by two events (and a copy of one in another record): every event counted once, every raw event stored."""
+    usage = world["usage"]
+    real_write = usage.write
+
+    def crashing(ns: str, values: Any, events: Any) -> None:
+        real_write(ns, values, [])  # values land, then the process dies before the raw events
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(usage, "write", crashing)
+    with pytest.raises(RuntimeError):
+        run(world, as_sink(world, publish(world, [event(i, tokens="1.5", model="a") for i in range(5)])))
+    monkeypatch.undo()
+    keys = [("test", str(i)) for i in range(7)]
+    assert usage.present_keys(world["ns"], keys) == set()  # no raw event landed
+    again = as_sink(world, publish(world, [event(i, tokens="1.5", model="a") for i in range(7)]))
+    again += as_sink(world, publish(world, [event(3, tokens="1.5", model="a")]))
+    result = run(world, again)
+    assert (result.stored, result.duplicates, result.unmatched) == (7, 1, 0)
+    assert total(world) == Decimal("10.5")
+    assert usage.present_keys(world["ns"], keys) == set(keys)
+    assert run(world, again).stored == 0 and total(world) == Decimal("10.5")
+
+
+def test_a_meter_deleted_between_ingest_and_sink_gets_no_values(world: dict[str, Any]) -> None:
+    """Values a record carries for a meter deleted before the sink ran are not stored; the other meters' are, and
+    an event only that meter counted is stored as unmatched."""
+    from billow.services.meters import delete_meter
+
+    count = create_meter(world["ns"], {"slug": "prompts", "eventType": "prompt", "aggregation": "COUNT"},
+                         meta=world["meta"], usage=world["usage"], now=NOW, sink_lock=Lock())
+    other = create_meter(world["ns"], {"slug": "pings", "eventType": "ping", "aggregation": "COUNT"},
+                         meta=world["meta"], usage=world["usage"], now=NOW, sink_lock=Lock())
+    raws = [event(i, tokens=i, model="a") for i in range(1, 5)] + [event(9, type="ping")]
+    recs = as_sink(world, publish(world, raws))
+    delete_meter(world["ns"], "prompts", meta=world["meta"], now=NOW)
+    delete_meter(world["ns"], "pings", meta=world["meta"], now=NOW)
+    result = run(world, recs)
+    assert (result.stored, result.unmatched) == (5, 1)
+    assert total(world) == 10
+    assert total(world, count, "COUNT") == 0 and total(world, other, "COUNT") == 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import decimal
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from itertools import compress
+from typing import Any, overload
 
 from billow.domain.events import CloudEvent
 from billow.exact import EXACT
@@ -36,6 +37,161 @@ class StoredEvent:
     ingested_at: datetime
     validation_error: str = ""
     data_json: str | None = None  # `data` as JSON text, when it came so (a batch record): event.data is then None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def from_ms(ms: int) -> datetime:
+    """The UTC instant `ms` epoch milliseconds name."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+class ValueColumns(Sequence[MeterValue]):
+    """Meter values as columns, one list per MeterValue field, times as epoch milliseconds (`ms`): a batch of the sink
+    as the store inserts it, with no object per value. It reads as a sequence of MeterValue, each made when read, so
+    every UsageStore and UsageListener takes it as it takes a list of them."""
+
+    __slots__ = ("meter_ids", "subjects", "ms", "values", "value_strs", "group_bys", "sources", "event_ids")
+
+    def __init__(self) -> None:
+        self.meter_ids: list[str] = []
+        self.subjects: list[str] = []
+        self.ms: list[int] = []
+        self.values: list[Decimal] = []
+        self.value_strs: list[str] = []
+        self.group_bys: list[dict[str, str]] = []
+        self.sources: list[str] = []
+        self.event_ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.meter_ids)
+
+    @overload
+    def __getitem__(self, i: int) -> MeterValue: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[MeterValue]: ...
+
+    def __getitem__(self, i: int | slice) -> MeterValue | list[MeterValue]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return MeterValue(self.meter_ids[i], self.subjects[i], from_ms(self.ms[i]), self.values[i], self.value_strs[i],
+                          self.group_bys[i], self.sources[i], self.event_ids[i])
+
+    def __iter__(self) -> Iterator[MeterValue]:
+        return iter(self.rows(range(len(self))))
+
+    def rows(self, positions: Iterable[int]) -> list[MeterValue]:
+        """The values at these positions as MeterValues (one datetime per distinct time)."""
+        times: dict[int, datetime] = {}
+        out = []
+        for i in positions:
+            ms = self.ms[i]
+            when = times.get(ms)
+            if when is None:
+                when = times[ms] = from_ms(ms)
+            out.append(MeterValue(self.meter_ids[i], self.subjects[i], when, self.values[i], self.value_strs[i],
+                                  self.group_bys[i], self.sources[i], self.event_ids[i]))
+        return out
+
+    def append(self, v: MeterValue) -> None:
+        self.meter_ids.append(v.meter_id)
+        self.subjects.append(v.subject)
+        self.ms.append((v.time - _EPOCH) // _MS)
+        self.values.append(v.value)
+        self.value_strs.append(v.value_str)
+        self.group_bys.append(v.group_by)
+        self.sources.append(v.source)
+        self.event_ids.append(v.event_id)
+
+    def take(self, keep: Sequence[bool]) -> ValueColumns:
+        """The values whose `keep` is true, in order."""
+        out = ValueColumns()
+        for name in ValueColumns.__slots__:
+            setattr(out, name, list(compress(getattr(self, name), keep)))
+        return out
+
+    def latest_by_subject(self) -> dict[str, datetime]:
+        """Each subject's latest value time."""
+        latest: dict[str, int] = {}
+        get = latest.get
+        for s, ms in zip(self.subjects, self.ms, strict=True):
+            if ms > get(s, -1):
+                latest[s] = ms
+        return {s: from_ms(ms) for s, ms in latest.items()}
+
+    def by_subject(self, subjects: Container[str]) -> dict[str, list[MeterValue]]:
+        """The values of these subjects as MeterValues, by subject (no object made for any other value)."""
+        at: dict[str, list[int]] = {}
+        for i, s in enumerate(self.subjects):
+            if s in subjects:
+                at.setdefault(s, []).append(i)
+        return {s: self.rows(positions) for s, positions in at.items()}
+
+
+def latest_by_subject(values: Sequence[MeterValue]) -> dict[str, datetime]:
+    """Each subject's latest value time (ValueColumns: read from its columns)."""
+    if isinstance(values, ValueColumns):
+        return values.latest_by_subject()
+    latest: dict[str, datetime] = {}
+    for v in values:
+        t = latest.get(v.subject)
+        if t is None or v.time > t:
+            latest[v.subject] = v.time
+    return latest
+
+
+def values_by_subject(values: Sequence[MeterValue], subjects: Container[str]) -> dict[str, list[MeterValue]]:
+    """The values of these subjects, by subject (ValueColumns: only theirs are made)."""
+    if isinstance(values, ValueColumns):
+        return values.by_subject(subjects)
+    out: dict[str, list[MeterValue]] = {}
+    for v in values:
+        if v.subject in subjects:
+            out.setdefault(v.subject, []).append(v)
+    return out
+
+
+class EventColumns(Sequence[StoredEvent]):
+    """Stored events as columns (the raw events a batch writes), times as epoch milliseconds, `data` as its JSON text
+    ("" when the event has none): no object per event. It reads as a sequence of StoredEvent (data_json set, data
+    left to decode), each made when read."""
+
+    __slots__ = ("ids", "sources", "types", "subjects", "ms", "data", "ingested_ms", "errors")
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.sources: list[str] = []
+        self.types: list[str] = []
+        self.subjects: list[str] = []
+        self.ms: list[int] = []
+        self.data: list[str] = []
+        self.ingested_ms: list[int] = []
+        self.errors: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, i: int) -> StoredEvent: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[StoredEvent]: ...
+
+    def __getitem__(self, i: int | slice) -> StoredEvent | list[StoredEvent]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return StoredEvent(CloudEvent(self.ids[i], self.sources[i], self.types[i], self.subjects[i], from_ms(self.ms[i]),
+                                      None), from_ms(self.ingested_ms[i]), self.errors[i], self.data[i])
+
+    def take(self, keep: Sequence[bool]) -> EventColumns:
+        """The events whose `keep` is true, in order."""
+        out = EventColumns()
+        for name in EventColumns.__slots__:
+            setattr(out, name, list(compress(getattr(self, name), keep)))
+        return out
 
 
 @dataclass(slots=True)

@@ -18,7 +18,15 @@ from decimal import Decimal
 from typing import Any
 
 from billow.domain import credits
-from billow.domain.usage import GroupFilter, MeterValue, UsageQuery, final_value, matches
+from billow.domain.usage import (
+    GroupFilter,
+    MeterValue,
+    UsageQuery,
+    final_value,
+    latest_by_subject,
+    matches,
+    values_by_subject,
+)
 from billow.errors import NotFound
 from billow.exact import exact_sum
 from billow.jsonx import plain_decimal
@@ -403,11 +411,9 @@ class BalanceCache:
         Every value computed before this call and cached after it is stale: `versions`, read before computing, tell.
         The values are matched to the cached ones outside the lock that checks take (a large batch does not hold
         them up); calls take turns."""
-        by_subject: dict[str, list[MeterValue]] = {}
-        for v in values:
-            by_subject.setdefault(v.subject, []).append(v)
+        latest = latest_by_subject(values)  # (the sink's ValueColumns: no object made per value for this)
         now = self._now()
-        ahead = {s: t for s, vs in by_subject.items() if (t := max(v.time for v in vs)) > now}
+        ahead = {s: t for s, t in latest.items() if t > now}
         with self._adding:
             touched: list[tuple[str, tuple[str, tuple[str, ...], str], _Item, Summed]] = []
             with self._lock:
@@ -415,7 +421,7 @@ class BalanceCache:
                     self._ahead = {k: t for k, t in self._ahead.items() if t > now}
                 for s, t in ahead.items():
                     self._ahead[(namespace, s)] = max(t, self._ahead.get((namespace, s), t))
-                for s in {*by_subject, *changed}:
+                for s in {*latest, *changed}:
                     self._versions[(namespace, s)] = self._versions.get((namespace, s), 0) + 1
                     for key in self._by_subject.pop((namespace, s), ()):
                         item = self._items.get(key)
@@ -427,7 +433,8 @@ class BalanceCache:
                         else:
                             touched.append((s, key, item, summed))
             # (until the last step, these items' versions are behind: no check answers from them, none writes them)
-            found = [(s, key, item, [(v.time, a) for v in by_subject[s] if (a := summed.amount(v)) is not None])
+            of = values_by_subject(values, {s for s, _, _, _ in touched}) if touched else {}
+            found = [(s, key, item, [(v.time, a) for v in of.get(s, ()) if (a := summed.amount(v)) is not None])
                      for s, key, item, summed in touched]
             with self._lock:
                 for s, key, item, amounts in found:
