@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import functools
 import json
+import math
 import os
 import queue
 import threading
@@ -29,6 +30,7 @@ from billow.domain.events import CloudEvent
 from billow.domain.lineage import LineEvent, UsageDigest
 from billow.domain.usage import (
     AggRow,
+    EventColumns,
     GroupFilter,
     MeterValue,
     RatedLine,
@@ -37,6 +39,7 @@ from billow.domain.usage import (
     Rating,
     StoredEvent,
     UsageQuery,
+    ValueColumns,
     rate_rows,
 )
 from billow.exact import exact_sum
@@ -303,10 +306,14 @@ class ClickHouseUsageStore:
         return {k for k in ((r[0], r[1]) for r in rows) if k in wanted}
 
     def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:
+        """Columns (the sink's ValueColumns and EventColumns) go to the inserts as they are, times as epoch
+        milliseconds; values and events given as objects are read into columns first."""
+        vals = values if isinstance(values, ValueColumns) else _value_columns(values)
+        evs = events if isinstance(events, EventColumns) else _event_columns(events)
         with self._lock:
             # The ledger first: a key any part of whose write may be stored is never taken for new (written_keys).
             types = _INSERT_TYPES[self._in_process]
-            begun = {(v.source, v.event_id) for v in values} | {s.event.key for s in events}
+            begun = set(zip(vals.sources, vals.event_ids, strict=True)) | set(zip(evs.sources, evs.ids, strict=True))
             if begun:
                 ordered = list(begun)  # (the ledger's part is sorted by the engine)
                 known = self._hashed  # from the look-up of this batch (written_keys), if it was the last one
@@ -318,30 +325,24 @@ class ClickHouseUsageStore:
                     [k[1] for k in ordered], [0] * len(ordered)],
                     column_names=_KEY_COLUMNS, column_type_names=types["event_keys"],
                     column_oriented=True)
-            journal = self._journal if values else None
+            journal = self._journal if vals else None
             if journal is not None:
                 # The views' parts land after the values part: if the process dies in between, the next open
                 # rebuilds these (meter, UTC hour) cells (`recover`). Writes take turns under the lock, so the
                 # file holds at most the write in progress: "1" + its cells, then "0" once its raw events are
                 # in (one pwrite each, no truncation: a few microseconds).
-                os.pwrite(journal, b"1" + jsonx.dumps({"namespace": namespace, "cells": _hour_cells(values)}).encode(), 0)
-            if values:  # column-oriented: clickhouse-connect encodes each column in one pass
+                os.pwrite(journal, b"1" + jsonx.dumps({"namespace": namespace, "cells": _hour_cells(vals)}).encode(), 0)
+            if vals:  # column-oriented: clickhouse-connect encodes each column in one pass
                 self._client.insert("meter_values", [
-                    [namespace] * len(values), [v.meter_id for v in values], [v.subject for v in values],
-                    _ticks([v.time for v in values]),
-                    [str(v.value) for v in values] if self._in_process else [v.value for v in values],
-                    [v.value_str for v in values],
-                    [v.group_by for v in values], [v.source for v in values], [v.event_id for v in values],
+                    [namespace] * len(vals), vals.meter_ids, vals.subjects, vals.ms,
+                    list(map(str, vals.values)) if self._in_process else vals.values, vals.value_strs,
+                    vals.group_bys, vals.sources, vals.event_ids,
                 ], column_names=_VALUE_COLUMNS, column_type_names=types["meter_values"],
                     column_oriented=True, settings=_VIEWS_SIDE_BY_SIDE)
-            if events:
+            if evs:
                 self._client.insert("events", [
-                    [namespace] * len(events), [s.event.source for s in events], [s.event.id for s in events],
-                    [s.event.type for s in events], [s.event.subject for s in events],
-                    _ticks([s.event.time for s in events]),
-                    [s.data_json if s.data_json is not None else jsonx.dumps(s.event.data) if s.event.data is not None
-                     else "" for s in events],
-                    _ticks([s.ingested_at for s in events]), [s.validation_error for s in events],
+                    [namespace] * len(evs), evs.sources, evs.ids, evs.types, evs.subjects, evs.ms, evs.data,
+                    evs.ingested_ms, evs.errors,
                 ], column_names=_EVENT_COLUMNS, column_type_names=types["events"],
                     column_oriented=True)
             if journal is not None:
@@ -999,12 +1000,30 @@ def _sql_string(s: str) -> str:
 
 
 def _hour_cells(values: Sequence[MeterValue]) -> list[tuple[str, int]]:
-    """(meter id, epoch second of the UTC hour) of every value, once each (attribute reads where the time is
-    in UTC, as every parsed event time is: several times faster than .timestamp() per value)."""
-    utc = {(v.meter_id, v.time.year, v.time.month, v.time.day, v.time.hour) for v in values if v.time.tzinfo is UTC}
-    cells = {(m, int(datetime(y, mo, d, h, tzinfo=UTC).timestamp())) for m, y, mo, d, h in utc}
-    cells.update((v.meter_id, int(v.time.timestamp() // 3600) * 3600) for v in values if v.time.tzinfo is not UTC)
-    return sorted(cells)
+    """(meter id, epoch second of the UTC hour) of every value, once each."""
+    if not isinstance(values, ValueColumns):
+        values = _value_columns(values)
+    return sorted({(m, t // 3_600_000 * 3600) for m, t in zip(values.meter_ids, values.ms, strict=True)})
+
+
+def _value_columns(values: Sequence[MeterValue]) -> ValueColumns:
+    cols = ValueColumns()
+    cols.meter_ids, cols.subjects = [v.meter_id for v in values], [v.subject for v in values]
+    cols.ms, cols.values = _ticks([v.time for v in values]), [v.value for v in values]
+    cols.value_strs, cols.group_bys = [v.value_str for v in values], [v.group_by for v in values]
+    cols.sources, cols.event_ids = [v.source for v in values], [v.event_id for v in values]
+    return cols
+
+
+def _event_columns(events: Sequence[StoredEvent]) -> EventColumns:
+    cols = EventColumns()
+    cols.ids, cols.sources = [s.event.id for s in events], [s.event.source for s in events]
+    cols.types, cols.subjects = [s.event.type for s in events], [s.event.subject for s in events]
+    cols.ms, cols.ingested_ms = _ticks([s.event.time for s in events]), _ticks([s.ingested_at for s in events])
+    cols.data = [s.data_json if s.data_json is not None else jsonx.dumps(s.event.data) if s.event.data is not None
+                 else "" for s in events]
+    cols.errors = [s.validation_error for s in events]
+    return cols
 
 
 class _KeyFilter:
@@ -1049,14 +1068,14 @@ class _KeyFilter:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _ticks(times: list[datetime]) -> list[int] | list[datetime]:
-    """DateTime64(3) values as epoch milliseconds (exact, floored as clickhouse-connect floors them). Naive datetimes
-    (none of the sink's) are left to clickhouse-connect, which reads them as it always did."""
+def _ticks(times: list[datetime]) -> list[int]:
+    """DateTime64(3) values as epoch milliseconds (exact, floored as clickhouse-connect floors them; a naive datetime,
+    none of the sink's, read as clickhouse-connect reads it: its .timestamp())."""
     try:
         return [(t - _EPOCH) // _MS for t in times]
     except TypeError:
-        return times
-
+        return [(t - _EPOCH) // _MS if t.tzinfo is not None else math.floor(t.timestamp()) * 1000 + t.microsecond // 1000
+                for t in times]
 
 def _key_hash(key: tuple[str, str]) -> int:
     """The ledger's key: xxh3 of source NUL id, as ClickHouse's xxh3(concat(source, '\\0', id)) computes it (NUL is
