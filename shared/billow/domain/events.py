@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from billow.errors import ValidationFailed
@@ -30,8 +31,14 @@ MAX_FUTURE = timedelta(days=31)
 MAX_DATA_DEPTH = 64
 
 
+# The types of a decoded JSON value that hold no other value: a `data` object whose values are all of these is flat.
+_SCALARS = frozenset({str, int, float, bool, type(None), Decimal})
+
+
 def data_too_deep(data: dict[str, Any] | list[Any]) -> bool:
     """Whether `data` nests objects and arrays deeper than MAX_DATA_DEPTH levels (level by level, no recursion)."""
+    if type(data) is dict and _SCALARS.issuperset(map(type, data.values())):
+        return False  # flat, as most usage data is (one pass over its values' types, no loop in Python)
     level: list[Any] = [data]
     for _ in range(MAX_DATA_DEPTH):
         inner = []
@@ -161,13 +168,16 @@ class CommonEvents:
     (tests/unit/test_ingest_fast_path.py holds them side by side). `deep`: data may nest past MAX_DATA_DEPTH, so each
     event's is measured; a caller that knows no data of the batch can (decode_common: its body's brackets) says False."""
 
-    __slots__ = ("now", "latest", "default", "deep")
+    __slots__ = ("now", "latest", "default", "deep", "times")
 
     def __init__(self, now: datetime, *, deep: bool = True) -> None:
         self.now = now
         self.deep = deep
         self.latest = min(EVENT_TIME_MAX, now + MAX_FUTURE)
         self.default: datetime | None = None  # to_millis(now), once, for the events without a time
+        # Each distinct time text of the batch, checked once: its time, or None (not of the common form or out of
+        # range: parse_event says why). Events of a batch often share their time's text (whole seconds, minutes).
+        self.times: dict[str, datetime | None] = {}
 
     def row(self, i: int, id_: Any, source: Any, type_: Any, subject: Any, spec: Any, ctype: Any, when: Any,
             data: Any) -> EventRow | None:
@@ -178,13 +188,23 @@ class CommonEvents:
                 and "\x00" not in subject and spec == "1.0" and (data is None or type(data) is dict)
                 and (ctype is None or ctype == "application/json")):
             return None
-        if self.deep and data is not None and data_too_deep(data):
-            return None
+        if self.deep and data is not None and not _SCALARS.issuperset(map(type, data.values())) and data_too_deep(data):
+            return None  # (flat data, the usual, is told by its values' types alone)
         if when is None:
             if self.default is None:
                 self.default = to_millis(self.now)
             return (i, id_, source, type_, subject, self.default, data)
-        if type(when) is not str or _COMMON_TIME(when) is None:
+        if type(when) is not str:
+            return None
+        at = self.times.get(when, _UNSEEN)
+        if at is _UNSEEN:
+            at = self.times[when] = self._time(when)
+        if at is None:
+            return None
+        return (i, id_, source, type_, subject, at, data)
+
+    def _time(self, when: str) -> datetime | None:
+        if _COMMON_TIME(when) is None:
             return None
         try:
             at = _FROM_ISO(when)  # exactly this form: UTC, already at millisecond resolution
@@ -192,10 +212,11 @@ class CommonEvents:
             return None
         if not EVENT_TIME_MIN <= at <= self.latest:
             return None  # out of range or in the future: parse_event says which
-        return (i, id_, source, type_, subject, at, data)
+        return at
 
 
 _COMMON_TIME = COMMON_RFC3339.fullmatch
+_UNSEEN: Any = object()
 _FROM_ISO = datetime.fromisoformat
 
 

@@ -199,10 +199,17 @@ def ingest_events(namespace: str, raws: list[Any], *, meta: MetaStore, bus: Even
     stamp = format_rfc3339(now)  # one ingestedAt for the whole batch
     # One record per partition per batch, carrying each event with the values just extracted (bus.batch_records);
     # one per event, keyed as ever (partition_key), on a bus that says so (KafkaBus: see per_event_records there).
-    # `data` goes in as the object it is, encoded with its record.
+    # `data` goes in as the object it is, encoded with its record. Times as epoch milliseconds, each distinct one
+    # computed once (a datetime subtraction and division cost ten dict look-ups; events of a batch share times).
     epoch, ms = _EPOCH, _MS
-    records = ((f"{source}\x1f{id_}".encode(), [id_, source, type_, subject, (when - epoch) // ms, data, v])
-               for (_, id_, source, type_, subject, when, data), v in zip(rows, values, strict=True))
+    ticks: dict[datetime, int] = {}
+    records: list[tuple[bytes, list[Any]]] = []
+    append = records.append
+    for (_, id_, source, type_, subject, when, data), v in zip(rows, values, strict=True):
+        tick = ticks.get(when)
+        if tick is None:
+            tick = ticks[when] = (when - epoch) // ms
+        append((f"{source}\x1f{id_}".encode(), [id_, source, type_, subject, tick, data, v]))
     bus.publish(namespace, batch_records(stamp, [m.id for m in meters], records,
                                          per_event=getattr(bus, "per_event_records", False)))
     return IngestResult(len(rows), ignored)
