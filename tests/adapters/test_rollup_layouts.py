@@ -62,13 +62,14 @@ def reads(store: Any, query: UsageQuery, monkeypatch: pytest.MonkeyPatch) -> tup
     """The query's rows, and the rows the engine reads per table for the SQL the store ran."""
     seen: list[tuple[str, dict[str, Any]]] = []
     real = store._query
+    columns = store._query_columns  # aggregate reads its answer column by column
 
-    def recording(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    def recording(sql: str, params: dict[str, Any]) -> Any:
         seen.append((sql, dict(params)))
-        return real(sql, params)
+        return columns(sql, params)
 
     with monkeypatch.context() as m:
-        m.setattr(store, "_query", recording)
+        m.setattr(store, "_query_columns", recording)
         rows = store.aggregate(query)
     assert len(seen) == 1
     sql, params = seen[0]
