@@ -324,7 +324,9 @@ class ClickHouseUsageStore:
             begun = set(zip(vals.sources, vals.event_ids, strict=True)) | set(zip(evs.sources, evs.ids, strict=True))
             if begun:
                 ordered = list(begun)  # (the ledger's part is sorted by the engine)
-                known = self._hashed  # from the look-up of this batch (written_keys), if it was the last one
+                # From the look-up of this batch (written_keys), if it was the last one; dropped now, so that its
+                # keys die with the batch (thousands of tuples the next young collection would otherwise scan).
+                known, self._hashed = self._hashed, {}
                 hashes = [h if (h := known.get(k)) is not None else _key_hash(k) for k in ordered]
                 if self._filter is not None:
                     self._filter.add(hashes)
