@@ -127,3 +127,54 @@ def test_migration_4_gives_ties_stored_before_it_the_largest_value_and_changes_n
     for step in (first, rerun, later):
         assert set(map(tuple, step["latest"].values())) == {("10",)}, step["latest"]
     assert first["others_unchanged"] and rerun["others_unchanged"]
+
+
+def _fill_phase(data_dir: str) -> None:
+    """Ties stored without their LATEST state (as before migration 4), a LATEST read that fills them (made 2 s
+    longer), a write 0.5 s into the fill, a second LATEST read meanwhile. Prints when each ended and the answers."""
+    import threading
+    import time
+
+    from billow.adapters import clickhouse
+    from billow.adapters.clickhouse import ClickHouseUsageStore, connect
+
+    dsn = f"chdb://{data_dir}"
+    store = ClickHouseUsageStore(connect(dsn), reader=lambda: connect(dsn))
+    store.migrate()
+    instants = _ties(store, "ns")
+    # A fill that takes 2 s more than its statements (the engine sleeps at most 3 s per block).
+    clickhouse.LATEST_BACKFILL.append("SELECT sleep(2)")
+    store._command("TRUNCATE TABLE latest_backfills")
+    done: dict[str, float] = {}
+    answers: list[str] = []
+
+    def read() -> None:
+        rows = store.aggregate(_q("ns", "LATEST", None, instants[0] + timedelta(seconds=1)))
+        answers.append(str(final_value("LATEST", rows[-1])))
+        done.setdefault("first read", time.monotonic())
+
+    first = threading.Thread(target=read)
+    first.start()
+    time.sleep(0.5)
+    store.write("ns", [MeterValue("G", "a", T0 + 100 * HOUR, Decimal(1), "1", {}, "s", "w1")], [])
+    done["write"] = time.monotonic()
+    second = threading.Thread(target=read)
+    second.start()
+    first.join(60)
+    second.join(60)
+    store.close()
+    print(json.dumps({"done": done, "answers": answers}))
+
+
+def test_writes_go_on_while_a_meters_latest_cells_are_filled(tmp_path: Any) -> None:
+    """The first LATEST read of a meter stored before migration 4 fills its cells (minutes for millions of values):
+    meanwhile `billow serve`'s writes are not held up (the fill runs on a pooled client, outside the store's lock),
+    and a second LATEST read of the meter waits for the fill and answers from the filled cells. (A process of its
+    own: chdb opens one data path per process.)"""
+    run = subprocess.run([sys.executable, "-c", "from tests.adapters.test_latest_ties import _fill_phase; "
+                          f"_fill_phase({str(tmp_path)!r})"], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[2], timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["done"]["write"] < out["done"]["first read"] - 1, out  # the write did not wait for the fill
+    assert out["answers"] == ["10", "10"], out

@@ -140,6 +140,7 @@ class ClickHouseUsageStore:
         self._filter: _KeyFilter | None = None  # in-process only: built from the ledger at the first look-up
         self._hashed: dict[tuple[str, str], int] = {}  # the key hashes of the last look-up (written_keys)
         self._latest_filled: set[tuple[str, str]] = set()  # (namespace, meter id): LATEST_BACKFILL done (`_fill_latest`)
+        self._filling = threading.Lock()
 
     def _key_filter(self) -> _KeyFilter:
         """A Bloom filter of every ledger key hash, read once from `event_keys` and kept up to date by `write` (this
@@ -163,12 +164,17 @@ class ClickHouseUsageStore:
         return self._run_query(sql, params, _columns)
 
     def _run_query(self, sql: str, params: dict[str, Any], read: Callable[[Any], Any]) -> Any:
+        return self._on_client(lambda client: read(client.query(sql, parameters=params)))
+
+    def _on_client(self, use: Callable[[Any], Any]) -> Any:
+        """`use(client)` on a pooled client, or on the store's own client under its lock when there is no pool or
+        the caller holds the lock (a write, repair or migration)."""
         if self._reader is None or self._lock._is_owned():  # type: ignore[attr-defined]
             with self._lock:  # no pool, or inside a write / repair / migration: on its client, in turn
-                return read(self._client.query(sql, parameters=params))
+                return use(self._client)
         client = self._checkout()
         try:
-            return read(client.query(sql, parameters=params))
+            return use(client)
         finally:
             self._idle.put(client)
             with self._gate:
@@ -456,13 +462,21 @@ class ClickHouseUsageStore:
         if key in self._latest_filled:
             return
         params = {"ns": namespace, "mid": meter_id}
-        with self._lock:
+
+        def fill(client: Any) -> None:
+            for stmt in LATEST_BACKFILL:
+                client.command(stmt, parameters=params)
+            client.insert("latest_backfills", [[namespace, meter_id, datetime.now(UTC)]],
+                          column_names=["namespace", "meter_id", "done_at"])
+
+        with self._filling:  # a second LATEST read waits for the fill, then reads
+            if key in self._latest_filled:
+                return
             if not self._query("SELECT 1 FROM latest_backfills WHERE namespace = {ns:String} AND meter_id = {mid:String} "
                                "LIMIT 1", params):
-                for stmt in LATEST_BACKFILL:
-                    self._command(stmt, params)
-                self._client.insert("latest_backfills", [[namespace, meter_id, datetime.now(UTC)]],
-                                    column_names=["namespace", "meter_id", "done_at"])
+                # On a pooled client, outside the store's lock: writes go on meanwhile (a meter with millions of
+                # values takes minutes), as nothing the fill writes changes what they write or read.
+                self._on_client(fill)
             self._latest_filled.add(key)
 
     # -- reads -------------------------------------------------------------------------------------
