@@ -89,6 +89,16 @@ def _other_answers(store: Any, namespace: str, instants: list[Any]) -> list[Any]
     return out
 
 
+def _in_a_process(phase: str, data_dir: Any) -> Any:
+    """Run this module's `phase(data_dir)` in a process of its own (chdb opens one data path per process, and the
+    phases change module state); the JSON it printed last."""
+    run = subprocess.run([sys.executable, "-c", f"from tests.adapters.test_latest_ties import {phase}; "
+                          f"{phase}({str(data_dir)!r})"], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[2], timeout=600)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def _migrate_phase(data_dir: str) -> None:
     """Migrate to version 3, store the ties (the old state), then migrate to head; then lose the record of
     version 4 (a run cut short before it) and migrate again. Prints the answers after each step as JSON."""
@@ -119,11 +129,7 @@ def _migrate_phase(data_dir: str) -> None:
 
 
 def test_migration_4_gives_ties_stored_before_it_the_largest_value_and_changes_nothing_else(tmp_path: Any) -> None:
-    run = subprocess.run([sys.executable, "-c", "from tests.adapters.test_latest_ties import _migrate_phase; "
-                          f"_migrate_phase({str(tmp_path)!r})"], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[2], timeout=600)
-    assert run.returncode == 0, run.stderr
-    first, rerun, later = json.loads(run.stdout.strip().splitlines()[-1])
+    first, rerun, later = _in_a_process("_migrate_phase", tmp_path)
     for step in (first, rerun, later):
         assert set(map(tuple, step["latest"].values())) == {("10",)}, step["latest"]
     assert first["others_unchanged"] and rerun["others_unchanged"]
@@ -171,10 +177,6 @@ def test_writes_go_on_while_a_meters_latest_cells_are_filled(tmp_path: Any) -> N
     meanwhile `billow serve`'s writes are not held up (the fill runs on a pooled client, outside the store's lock),
     and a second LATEST read of the meter waits for the fill and answers from the filled cells. (A process of its
     own: chdb opens one data path per process.)"""
-    run = subprocess.run([sys.executable, "-c", "from tests.adapters.test_latest_ties import _fill_phase; "
-                          f"_fill_phase({str(tmp_path)!r})"], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[2], timeout=300)
-    assert run.returncode == 0, run.stderr
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    out = _in_a_process("_fill_phase", tmp_path)
     assert out["done"]["write"] < out["done"]["first read"] - 1, out  # the write did not wait for the fill
     assert out["answers"] == ["10", "10"], out

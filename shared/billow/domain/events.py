@@ -188,8 +188,8 @@ class CommonEvents:
                 and "\x00" not in subject and spec == "1.0" and (data is None or type(data) is dict)
                 and (ctype is None or ctype == "application/json")):
             return None
-        if self.deep and data is not None and not _SCALARS.issuperset(map(type, data.values())) and data_too_deep(data):
-            return None  # (flat data, the usual, is told by its values' types alone)
+        if self.deep and data is not None and data_too_deep(data):
+            return None
         if when is None:
             if self.default is None:
                 self.default = to_millis(self.now)
