@@ -264,10 +264,11 @@ class _Usage:
 
 
 def _run(ledger: Ledger, start: credits.Snapshot, until: datetime,
-         usage: Callable[[datetime, datetime], Decimal]) -> credits.Result:
+         usage: Callable[[datetime, datetime], Decimal], *, keep_history: bool = False) -> credits.Result:
+    """The engine from `start` through `until`; its segments only with `keep_history` (a balance needs none)."""
     resets = [r for r in ledger.resets if start.at < r.at <= until]
     return credits.run(ledger.grants, start, [credits.ResetAt(r.at, r.preserve_overage) for r in resets], usage,
-                       until)
+                       until, keep_history=keep_history)
 
 
 def _bounds(ledger: Ledger, stops: list[datetime]) -> list[datetime]:
@@ -307,7 +308,8 @@ class _Live:
         if until < old[-1]:
             return None
         stops = sorted({*self.marks, until})
-        bounds = _bounds(self.ledger, stops)
+        # The same stops as this computation's (the clock has not moved): the same segments, which usage does not move.
+        bounds = old if until == old[-1] else _bounds(self.ledger, stops)
         known = set(old)
         if bounds[-1] != until or bounds[0] != old[0] or any(b not in known for b in bounds[:-1]):
             return None
@@ -618,7 +620,7 @@ def history(namespace: str, subject_keys: list[str], entitlement_id: str, qs: di
     for i, stop in enumerate(stops):
         if stop < cur.at:
             continue
-        res = _run(ledger, cur, stop, used)
+        res = _run(ledger, cur, stop, used, keep_history=True)
         if cur.at >= start:
             burndown.extend(res.segments_json())
         cur = res.end
