@@ -249,3 +249,30 @@ def test_checks_racing_ingest_end_where_a_fresh_read_does(billow: Billow) -> Non
     got = b.value("customer_1", "gpt")
     assert got == b.fresh_value("customer_1", "gpt")
     assert got["usage"] == 2 * 2 * sum(1 + n % 3 for n in range(40))  # two writers, two of the customer's subjects
+
+
+def test_usage_before_the_period_start_a_cached_run_passed_moves_what_it_carried(billow: Billow,
+                                                                                 monkeypatch: Any) -> None:
+    """Within the hour after a reset no snapshot is taken there yet: the cached computation runs from
+    measureUsageFrom through the reset (the period start) to now, and a check after new usage resumes the run at
+    the reset only when no new usage precedes it. Late usage from the period before changes what rolled over."""
+    b = billow
+    b.ok("POST", "/api/v1/features", {"key": "gpt", "name": "GPT tokens", "meterSlug": "tokens"})
+    path = "/api/v1/subjects/customer_1/entitlements"
+    b.ok("POST", path, {"type": "metered", "featureKey": "gpt", "measureUsageFrom": "2026-01-01T00:00:00Z",
+                        "usagePeriod": {"interval": "MONTH", "anchor": "2026-01-01T00:00:00Z"}})
+    b.ok("POST", path + "/gpt/grants", {"amount": 100, "effectiveAt": "2026-01-01T00:00:00Z", "maxRolloverAmount": 100,
+                                        "expiration": {"duration": "YEAR", "count": 1}})
+    b.clock.set("2026-01-20T00:00:00Z")
+    b.usage("10", "2026-01-10T00:00:00Z")
+    b.clock.set("2026-02-01T00:20:00Z")  # 20 minutes after the reset: inside the snapshot grace
+    assert b.value("customer_1", "gpt")["balance"] == 90
+    reads = _counting_reads(b, monkeypatch)
+    b.usage("2", "2026-02-01T00:10:00Z")  # after the reset: the run may resume there
+    assert b.value("customer_1", "gpt")["balance"] == 88
+    b.usage("5", "2026-01-25T00:00:00Z")  # before it: what the reset carried over changes
+    b.clock.set("2026-02-01T00:30:00Z")
+    got = b.value("customer_1", "gpt")
+    assert reads == []  # both were added to the cached computation, not read
+    assert got == b.fresh_value("customer_1", "gpt")
+    assert (got["balance"], got["usage"]) == (83, 2)

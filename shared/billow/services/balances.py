@@ -12,7 +12,7 @@ import threading
 import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -297,6 +297,9 @@ class _Live:
     used: _Usage  # its last bound is `until`
     soft: bool
     counts_from: datetime  # measureUsageFrom: usage before it never counts
+    # The engine's state after each mark, as the run reached it: usage stored since for times at or after a mark leaves
+    # the run up to that mark as it was, so bringing the value forward runs the engine from there only.
+    at_marks: dict[datetime, credits.Snapshot] = field(default_factory=dict)
 
     def advance(self, until: datetime, added: Sequence[tuple[datetime, Decimal]]) -> tuple[_Live, dict[str, Any]] | None:
         """The value at `until` (no earlier than this one's) with `added` usage, and the computation it makes: the
@@ -316,14 +319,20 @@ class _Live:
         parts: list[list[Decimal]] = [[] for _ in bounds]
         for b, v in zip(old, self.used.values, strict=True):  # each old segment lies within one new segment
             parts[bisect_right(bounds, b) - 1].append(v)
+        earliest = until
         for t, amount in added:
             if t < self.counts_from:
                 continue
             if not bounds[0] <= t < until:
                 return None
+            earliest = min(earliest, t)
             parts[bisect_right(bounds, t) - 1].append(amount)
+        # The latest mark no added usage precedes, whose segments before it are the same: the run resumes there.
+        resume = next((self.at_marks[m] for m in sorted(self.at_marks, reverse=True)
+                       if m <= earliest and bounds[:bisect_right(bounds, m)] == old[:bisect_right(old, m)]), None)
         live = _Live(self.ledger, self.marks, _Usage(bounds, [exact_sum(p) for p in parts]), self.soft, self.counts_from)
-        return live, _settle(self.ledger, stops, live.used, self.soft, until)
+        live.at_marks = {m: snap for m, snap in self.at_marks.items() if resume is not None and m <= resume.at}
+        return live, _settle(self.ledger, stops, live.used, self.soft, until, reached=live.at_marks, resume=resume)
 
 
 class _Item:
@@ -552,11 +561,14 @@ def _value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: 
         if stop == snapshot_at:
             store.save_snapshot(namespace, ent["id"], ent["subjectKey"], stop, cur.to_json(), computed_from=read_at)
 
-    out = _settle(ledger, stops, used, soft, until, save)
+    reached: dict[datetime, credits.Snapshot] = {}
+    out = _settle(ledger, stops, used, soft, until, save, reached=reached)
     marks = tuple(t for t in (snapshot_at, ledger.period_start) if t is not None)
     # What the engine needs of the ledger, kept: not the entitlement's document nor the store read (a cache holds many)
     kept = replace(ledger, ent={}, usage_query=_read_nothing)
-    return out, ledger.next_change(until), _Live(kept, marks, used, soft, measure) if bounds[-1] == until else None
+    at_marks = {m: reached[m] for m in marks if m in reached}
+    return out, ledger.next_change(until), (_Live(kept, marks, used, soft, measure, at_marks) if bounds[-1] == until
+                                            else None)
 
 
 def _read_nothing(bounds: list[datetime]) -> dict[datetime, Decimal]:
@@ -564,13 +576,19 @@ def _read_nothing(bounds: list[datetime]) -> dict[datetime, Decimal]:
 
 
 def _settle(ledger: Ledger, stops: list[datetime], used: _Usage, soft: bool, until: datetime,
-            save: Callable[[datetime, credits.Snapshot], None] | None = None) -> dict[str, Any]:
-    """The value at `until` (the last of `stops`): the engine run from the ledger's start through every stop."""
-    cur = ledger.start
+            save: Callable[[datetime, credits.Snapshot], None] | None = None, *,
+            reached: dict[datetime, credits.Snapshot] | None = None,
+            resume: credits.Snapshot | None = None) -> dict[str, Any]:
+    """The value at `until` (the last of `stops`): the engine run from the ledger's start through every stop, or from
+    `resume` (the state the same run reached after the stop at its instant) through the stops after it. `reached`
+    gets the state after each stop run."""
+    cur = ledger.start if resume is None else resume
     for stop in stops:
-        if stop < cur.at:
+        if stop < cur.at or (resume is not None and stop == resume.at):
             continue
         cur = _run(ledger, cur, stop, used).end
+        if reached is not None and stop != until:
+            reached[stop] = cur
         if save is not None:
             save(stop, cur)
     balance, overage = cur.balance, cur.overage
