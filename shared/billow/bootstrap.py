@@ -415,6 +415,18 @@ class Container:
         self.meta.close()
 
 
+def engine_queries(cpus: int | None = None) -> int:
+    """How many usage queries the embedded engine (chdb) runs at once; the others wait their turn. One fewer than the
+    CPUs this process may use, at least one. A query is mostly the engine's native work (a small meter query ~9 ms of
+    CPU, the GIL released), which the OS shares out per thread with the one thread at a time that runs Python (the
+    HTTP event loop, entitlement checks, ingest's parsing): with up to four at once on two CPUs, cached checks beside
+    queries kept 21-35 % of their rate (bench.serve_concurrency, mixq). A ClickHouse
+    server runs its queries elsewhere: no limit there but the pool's size."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus - 1)
+
+
 def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = None, *,
           migrate: bool | None = None) -> Container:
     """`migrate`: bring the meta database (Alembic) and the usage store to their schema heads while opening them.
@@ -443,9 +455,12 @@ def build(settings: Settings, deliver: Callable[[dict[str, Any]], Any] | None = 
             # Embedded, this process alone writes the chdb path: it journals the write in progress, and opening
             # the store repairs the rollups of a write a crash tore.
             # Reads run side by side on a few more clients of the engine (one at a time per client); not in Lambda,
-            # which serves one request at a time and would only pay for a second connection.
-            store = ClickHouseUsageStore(connect(dsn), (data / "usage-journal") if settings.usage_store == "chdb" else None,
-                                         reader=None if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else lambda: connect(dsn))
+            # which serves one request at a time and would only pay for a second connection. The embedded engine
+            # runs in this process, beside its Python: it runs one query fewer than the CPUs at once (engine_queries).
+            embedded = settings.usage_store == "chdb"
+            store = ClickHouseUsageStore(connect(dsn), (data / "usage-journal") if embedded else None,
+                                         reader=None if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else lambda: connect(dsn),
+                                         queries=engine_queries() if embedded else None)
             if migrate:
                 store.migrate()
             elif pending := store.pending_migrations():

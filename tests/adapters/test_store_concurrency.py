@@ -8,7 +8,9 @@ read completes while another thread holds the store's write lock (before the poo
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -96,3 +98,98 @@ def test_a_read_does_not_wait_for_a_write_in_progress(pooled: Any) -> None:
         w.join()
     assert got == want
     assert released_by_timeout == [False]  # the read finished while the lock was held
+
+
+class _Timed:
+    """A real engine client whose queries record how many of its kind run at once (and may be held at the start)."""
+
+    def __init__(self, client: Any, seen: dict[str, Any]) -> None:
+        self.client, self.seen = client, seen
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        seen = self.seen
+        with seen["lock"]:
+            seen["running"] += 1
+            seen["peak"] = max(seen["peak"], seen["running"])
+            seen["order"].append(threading.current_thread().name)
+        try:
+            assert seen["go"].wait(30)
+            return self.client.query(*args, **kwargs)
+        finally:
+            with seen["lock"]:
+                seen["running"] -= 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def _admitting(chdb_store: Any, namespace: str, queries: int) -> tuple[ClickHouseUsageStore, dict[str, Any]]:
+    path = chdb_store._client.path
+    seen: dict[str, Any] = {"lock": threading.Lock(), "running": 0, "peak": 0, "order": [], "go": threading.Event()}
+    store = ClickHouseUsageStore(connect(f"chdb://{path}"), reader=lambda: _Timed(connect(f"chdb://{path}"), seen),
+                                 readers=4, queries=queries)
+    store.write(namespace, [
+        MeterValue("M2", f"s{i % 4}", t("2026-06-01T00:00:00Z").replace(minute=i % 60), Decimal(i) / 10, str(i),
+                   {"model": f"m{i % 3}"}, "src", f"q{i}") for i in range(400)], [])
+    return store, seen
+
+
+def test_no_more_pooled_queries_run_at_once_than_the_store_admits(chdb_store: Any, namespace: str) -> None:
+    """Issue 17 item 4 (mixq): embedded, the engine's queries share the CPUs with the process's Python, so the store
+    runs at most `queries` at once. Eight threads query together through a pool of four clients admitting two: never
+    more than two run in the engine (before: up to four), and every answer is the serial one, exact."""
+    store, seen = _admitting(chdb_store, namespace, queries=2)
+    seen["go"].set()
+    qs = [replace(q, meter_id="M2") for q in queries(namespace)[:8]]
+    serial = [shape(store, q) for q in qs]
+    assert sum(v for *_, v in serial[0]) == sum(Decimal(i) / 10 for i in range(400))
+    seen["peak"], seen["go"] = 0, threading.Event()
+    got: dict[int, list[Any]] = {}
+    workers = [threading.Thread(target=lambda n=n: got.__setitem__(n, shape(store, qs[n]))) for n in range(8)]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + 30
+    while seen["running"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the other six have had time to start a query of their own, were they let in
+    assert seen["running"] == 2 and len(store._waiting) == 6
+    seen["go"].set()
+    for w in workers:
+        w.join(30)
+    assert seen["peak"] == 2
+    assert [got[n] for n in range(8)] == serial
+    store.close()
+
+
+def test_queries_waiting_for_their_turn_go_in_the_order_they_came(chdb_store: Any, namespace: str) -> None:
+    """One query at a time: while one runs (held at its start), three more come one after another; they run in
+    that order, and a LATEST fill (a migration's one-off backfill) does not hold a turn."""
+    store, seen = _admitting(chdb_store, namespace, queries=1)
+    q = replace(queries(namespace)[0], meter_id="M2")
+    threads = []
+    for name in ("first", "second", "third", "fourth"):
+        th = threading.Thread(target=shape, args=(store, q), name=name)
+        th.start()
+        threads.append(th)
+        deadline = time.monotonic() + 30
+        while (seen["running"] + len(store._waiting)) < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert seen["running"] == 1 and len(store._waiting) == 3
+    filled: list[Any] = []
+    fill = threading.Thread(target=store._on_client, args=(lambda client: filled.append(
+        client.client.query("SELECT 1").result_rows),))  # as _fill_latest uses the pool: not a turn
+    fill.start()
+    fill.join(10)
+    assert filled == [[(1,)]]
+    seen["go"].set()
+    for th in threads:
+        th.join(30)
+    assert seen["order"] == ["first", "second", "third", "fourth"]
+    store.close()
+
+
+def test_the_embedded_engine_runs_one_query_fewer_than_the_cpus_at_once() -> None:
+    from billow.bootstrap import engine_queries
+
+    assert [engine_queries(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    assert engine_queries() >= 1

@@ -15,7 +15,9 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -121,14 +123,21 @@ def _ceil_minute(t: datetime) -> datetime:
 
 class ClickHouseUsageStore:
     def __init__(self, client: Any, journal: Path | None = None, reader: Callable[[], Any] | None = None,
-                 readers: int = 4) -> None:
+                 readers: int = 4, queries: int | None = None) -> None:
         """`journal`: where this process, the only one writing the store (embedded chdb), notes the rollup
         cells of the write in progress; `migrate` then also repairs a write a crash tore (`recover`).
         `reader`: opens another client of the same engine or server; reads outside a write then run on a pool of
         up to `readers` of them, side by side (a chdb handle, like an HTTP session, runs one query at a time),
-        instead of one at a time on `client` behind the write lock. Without it every call takes turns."""
+        instead of one at a time on `client` behind the write lock. Without it every call takes turns.
+        `queries`: at most this many of those pooled reads run at once, the others wait their turn in the order they
+        came (`_turn`); None: as many as there are pooled clients. An engine in this process (chdb) shares the CPUs
+        with the process's Python: bootstrap gives it one fewer than the CPUs (`engine_queries`)."""
         self._client = client
         self._reader, self._max_readers, self._open_readers = reader, readers, 0
+        self._max_queries = queries
+        self._turns = threading.Condition()  # admission of pooled reads: those running, those waiting in order
+        self._running_queries = 0
+        self._waiting: deque[object] = deque()
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._gate = threading.Condition()  # pooled reads in flight, and whether a rollup rebuild excludes them
         self._reading, self._exclusive = 0, False
@@ -164,22 +173,50 @@ class ClickHouseUsageStore:
         return self._run_query(sql, params, _columns)
 
     def _run_query(self, sql: str, params: dict[str, Any], read: Callable[[Any], Any]) -> Any:
-        return self._on_client(lambda client: read(client.query(sql, parameters=params)))
+        return self._on_client(lambda client: read(client.query(sql, parameters=params)), admit=True)
 
-    def _on_client(self, use: Callable[[Any], Any]) -> Any:
+    def _on_client(self, use: Callable[[Any], Any], admit: bool = False) -> Any:
         """`use(client)` on a pooled client, or on the store's own client under its lock when there is no pool or
-        the caller holds the lock (a write, repair or migration)."""
+        the caller holds the lock (a write, repair or migration). `admit`: a query, which takes its turn among the
+        `queries` allowed at once (`_turn`); a LATEST fill, minutes long on a large meter, does not hold one."""
         if self._reader is None or self._lock._is_owned():  # type: ignore[attr-defined]
             with self._lock:  # no pool, or inside a write / repair / migration: on its client, in turn
                 return use(self._client)
-        client = self._checkout()
+        with self._turn() if admit else nullcontext():
+            client = self._checkout()
+            try:
+                return use(client)
+            finally:
+                self._idle.put(client)
+                with self._gate:
+                    self._reading -= 1
+                    self._gate.notify_all()
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Hold one of the `queries` pooled reads allowed at once, waiting for it behind those that came first."""
+        if self._max_queries is None:
+            yield
+            return
+        me = object()
+        with self._turns:
+            self._waiting.append(me)
+            try:
+                while self._waiting[0] is not me or self._running_queries >= self._max_queries:
+                    self._turns.wait()
+            except BaseException:  # interrupted while waiting: out of the line, which moves on without it
+                self._waiting.remove(me)
+                self._turns.notify_all()
+                raise
+            self._waiting.popleft()
+            self._running_queries += 1
+            self._turns.notify_all()  # the next in line goes too if there is room
         try:
-            return use(client)
+            yield
         finally:
-            self._idle.put(client)
-            with self._gate:
-                self._reading -= 1
-                self._gate.notify_all()
+            with self._turns:
+                self._running_queries -= 1
+                self._turns.notify_all()
 
     def _checkout(self) -> Any:
         """An idle pooled client (opened if fewer than `readers` are), once no rollup rebuild is under way."""

@@ -2,12 +2,14 @@
 
 Each request is read on the event loop (headers within the header timeout, each piece of the body within the read
 timeout, at most max_body bytes), turned into the API Gateway HTTP API (payload 2.0) event the Lambda gets, and
-handed to the handler in a worker thread of its class of work (`work_class`): ingest, entitlement checks and the rest
-of the API (meter queries, ...) each have their own pool, so none of them can take every worker from the others (a
-batch, or a burst of slow meter queries, never holds up a cached check). The API's powertools resolver keeps the
-request it serves in class attributes (BaseRouter.current_event) and one dict (context); `per_request_state` gives the
-one resolver instance the embedded host serves through a state per thread, so concurrent requests never see each
-other's.
+handed to the handler in a worker thread of its class of work (`work_class`): ingest, entitlement checks, usage queries
+(meter queries, event lists) and the rest of the API each have their own pool, so none of them can take every worker
+from the others (a batch, or a burst of slow meter queries, never holds up a cached check or a meter's creation). How
+many usage queries the engine runs at once is the usage store's admission (bootstrap: embedded chdb runs one fewer
+than the CPUs at once); query workers waiting for their turn hold no other class's worker. The API's powertools
+resolver keeps the request it serves in class attributes (BaseRouter.current_event) and one dict (context);
+`per_request_state` gives the one resolver instance the embedded host serves through a state per thread, so concurrent
+requests never see each other's.
 
 What uvicorn itself answers, and how here: a request h11 cannot parse (bad request line, bad or negative
 Content-Length, a Transfer-Encoding other than exactly `chunked`, headers over the size limit) gets one
@@ -239,13 +241,22 @@ _CHECKS = re.compile(r"/api/v1/subjects/[^/]+/entitlements/[^/]+/value|/api/v[12
                      r"|/api/v1/customers/[^/]+/access|/api/v1/portal/entitlements")
 
 
+# Reads of the usage store a client makes at will: meter queries (v1, portal), a meter's subjects and group-by values,
+# event lists (v1, v2).
+_QUERIES = re.compile(r"/api/v1/meters/[^/]+/query|/api/v1/portal/meters/[^/]+/query|/api/v1/meters/[^/]+/subjects"
+                      r"|/api/v1/meters/[^/]+/group-by/[^/]+/values|/api/v[12]/events")
+
+
 def work_class(method: str, path: str) -> str:
-    """'ingest' (POST /api/v1/events), 'check' (GET of an entitlement value or access) or 'api' (everything else)."""
+    """'ingest' (POST /api/v1/events), 'check' (GET of an entitlement value or access), 'query' (a usage query:
+    GET of a meter query, subjects, group-by values or events, POST of a meter query) or 'api' (everything else)."""
     path = path.rstrip("/")
     if method == "POST" and path == "/api/v1/events":
         return "ingest"
     if method == "GET" and _CHECKS.fullmatch(path):
         return "check"
+    if (method == "GET" or (method == "POST" and path.endswith("/query"))) and _QUERIES.fullmatch(path):
+        return "query"
     return "api"
 
 
@@ -254,7 +265,7 @@ class ApiApp:
     body."""
 
     def __init__(self, host: LambdaHost, *, max_body: int, max_head: int, read_timeout_s: float, drain: Drain,
-                 api_workers: int = 4, ingest_workers: int = 16, check_workers: int = 4) -> None:
+                 api_workers: int = 4, ingest_workers: int = 16, check_workers: int = 4, query_workers: int = 4) -> None:
         # Ingest requests spend most of their time waiting for the sink's turn; the in-process bus stores the
         # batches waiting together in one write (group commit, adapters/inprocess_bus.py), so the more of them wait,
         # the fewer writes: 16 waiting workers, where 2 capped a group at 2 requests.
@@ -263,7 +274,9 @@ class ApiApp:
         self.api_pool = ThreadPoolExecutor(api_workers, thread_name_prefix="billow-api")
         self.ingest_pool = ThreadPoolExecutor(ingest_workers, thread_name_prefix="billow-ingest")
         self.check_pool = ThreadPoolExecutor(check_workers, thread_name_prefix="billow-check")
-        self.pools = {"api": self.api_pool, "ingest": self.ingest_pool, "check": self.check_pool}
+        self.query_pool = ThreadPoolExecutor(query_workers, thread_name_prefix="billow-query")
+        self.pools = {"api": self.api_pool, "ingest": self.ingest_pool, "check": self.check_pool,
+                      "query": self.query_pool}
 
     def close(self) -> None:
         for pool in self.pools.values():
