@@ -17,7 +17,7 @@ def test_a_check_reads_one_subjects_hours_and_the_partial_hour(stores: Any, monk
     store, _, many = stores
     seen: list[tuple[str, dict[str, Any]]] = []
     real = store._query
-    monkeypatch.setattr(store, "_query", lambda sql, params: seen.append((sql, dict(params))) or real(sql, params))
+    monkeypatch.setattr(store, "_query", lambda sql, params, **kw: seen.append((sql, dict(params))) or real(sql, params, **kw))
     bounds = [t("2026-04-01T00:00:00Z"), t("2026-04-01T12:00:00Z"), t("2026-04-02T22:37:12.500Z")]
     got = store.bounded_usage(many, "M1", "SUM", ["c7"], [], bounds)
     assert len(seen) == 1

@@ -58,7 +58,7 @@ def test_the_rate_keys_are_read_from_the_key_meter_alone(loaded: Any, monkeypatc
                        group_by=["model", "customer"], by_subject=True, subject_customers=None)
     seen: list[tuple[str, dict[str, Any]]] = []
     real = store._query
-    monkeypatch.setattr(store, "_query", lambda sql, params: seen.append((sql, dict(params))) or real(sql, params))
+    monkeypatch.setattr(store, "_query", lambda sql, params, **kw: seen.append((sql, dict(params))) or real(sql, params, **kw))
     got = store.rated_sums(query, METERS, rating)
     monkeypatch.undo()
 

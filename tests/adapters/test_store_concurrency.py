@@ -193,3 +193,58 @@ def test_the_embedded_engine_runs_one_query_fewer_than_the_cpus_at_once() -> Non
 
     assert [engine_queries(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
     assert engine_queries() >= 1
+
+
+class _HeldReports:
+    """A real engine client whose queries made by threads named report-* wait at their start until `go` is set."""
+
+    def __init__(self, client: Any, go: threading.Event) -> None:
+        self.client, self.go = client, go
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name.startswith("report"):
+            assert self.go.wait(30)
+        return self.client.query(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_check_s_usage_read_and_ingest_s_dedup_take_no_turn_behind_reports(chdb_store: Any, namespace: str) -> None:
+    """One query at a time, that one a slow report (held in the engine) and another report waiting: an entitlement
+    check's usage read (`bounded_usage`) and ingest's dedup look-up (`present_keys`) answer at once, exactly; they
+    would otherwise wait behind every report queued before them (failed so: each timed out)."""
+    from billow.domain.events import CloudEvent
+    from billow.domain.usage import StoredEvent
+
+    path, go = chdb_store._client.path, threading.Event()
+    store = ClickHouseUsageStore(connect(f"chdb://{path}"), reader=lambda: _HeldReports(connect(f"chdb://{path}"), go),
+                                 readers=4, queries=1)
+    at = t("2026-06-01T10:15:00Z")
+    store.write(namespace, [MeterValue("M3", "s1", at, Decimal("2.5"), "2.5", {}, "src", f"k{i}") for i in range(3)],
+                [StoredEvent(CloudEvent(id=f"k{i}", source="src", type="prompt", subject="s1", time=at, data={}), at)
+                 for i in range(3)])
+    q = replace(queries(namespace)[0], meter_id="M3")
+    reports = [threading.Thread(target=shape, args=(store, q), name=f"report-{n}") for n in range(2)]
+    for th in reports:
+        th.start()
+    deadline = time.monotonic() + 30
+    while len(store._waiting) < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert store._running_queries == 1 and len(store._waiting) == 1
+    answers: dict[str, Any] = {}
+    bounds = [t("2026-06-01T00:00:00Z"), t("2026-06-01T10:00:00Z"), t("2026-06-02T00:00:00Z")]
+    check = threading.Thread(target=lambda: answers.__setitem__(
+        "usage", store.bounded_usage(namespace, "M3", "SUM", ["s1"], [], bounds)))
+    dedup = threading.Thread(target=lambda: answers.__setitem__(
+        "keys", store.present_keys(namespace, [("src", "k1"), ("src", "k9")])))
+    for th in (check, dedup):
+        th.start()
+        th.join(10)
+    try:
+        assert answers == {"usage": [Decimal(0), Decimal("7.5")], "keys": {("src", "k1")}}
+    finally:
+        go.set()
+        for th in reports:
+            th.join(30)
+        store.close()

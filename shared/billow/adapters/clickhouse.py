@@ -165,15 +165,17 @@ class ClickHouseUsageStore:
         return f
 
     # -- plumbing ---------------------------------------------------------------------------------
-    def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        return self._run_query(sql, params, _rows)
+    def _query(self, sql: str, params: dict[str, Any], admit: bool = True) -> list[tuple[Any, ...]]:
+        """`admit`: False for the short point reads of latency-bound paths (an entitlement check's usage, ingest's
+        dedup look-up), which do not queue behind the meter queries and reports `_turn` admits one by one."""
+        return self._run_query(sql, params, _rows, admit)
 
     def _query_columns(self, sql: str, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
         """The result column by column (clickhouse-connect decodes columns; rows are a transposition of them)."""
         return self._run_query(sql, params, _columns)
 
-    def _run_query(self, sql: str, params: dict[str, Any], read: Callable[[Any], Any]) -> Any:
-        return self._on_client(lambda client: read(client.query(sql, parameters=params)), admit=True)
+    def _run_query(self, sql: str, params: dict[str, Any], read: Callable[[Any], Any], admit: bool = True) -> Any:
+        return self._on_client(lambda client: read(client.query(sql, parameters=params)), admit=admit)
 
     def _on_client(self, use: Callable[[Any], Any], admit: bool = False) -> Any:
         """`use(client)` on a pooled client, or on the store's own client under its lock when there is no pool or
@@ -327,7 +329,7 @@ class ClickHouseUsageStore:
             "SELECT source, id, max(state) FROM event_keys WHERE namespace = {ns:String} "
             "AND key_hash IN {hashes:Array(UInt64)} GROUP BY source, id",
             # one array literal: clickhouse-connect would format the parameter hash by hash in Python
-            {"ns": namespace, "hashes": "[" + ",".join(map(str, sorted(hashes))) + "]"})
+            {"ns": namespace, "hashes": "[" + ",".join(map(str, sorted(hashes))) + "]"}, admit=False)
         stored: set[tuple[str, str]] = set()
         begun: set[tuple[str, str]] = set()
         for r in rows:
@@ -337,7 +339,8 @@ class ClickHouseUsageStore:
         if begun:
             found = self._query(
                 "SELECT source, id FROM events WHERE namespace = {ns:String} "
-                "AND source IN {sources:Array(String)} AND id IN {ids:Array(String)}", _key_params(namespace, sorted(begun)))
+                "AND source IN {sources:Array(String)} AND id IN {ids:Array(String)}", _key_params(namespace, sorted(begun)),
+                admit=False)
             raw = {k for k in ((r[0], r[1]) for r in found) if k in begun}
             stored |= raw
             begun -= raw
@@ -603,7 +606,7 @@ class ClickHouseUsageStore:
         # A segment's few partial sums (one per branch that reads it) are added here, exactly: an outer GROUP BY
         # in the statement costs chdb more than that.
         parts: list[list[Decimal]] = [[] for _ in bounds[1:]]
-        for w, v in self._query(" UNION ALL ".join(branches), params):
+        for w, v in self._query(" UNION ALL ".join(branches), params, admit=False):
             parts[w].append(Decimal(v))
         return [exact_sum(p) for p in parts]
 
