@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -116,7 +117,8 @@ def _migrate_phase(data_dir: str) -> None:
     for _ in range(2):
         store.migrate()
         latest = {k: sorted(str(v) for v in vs) for k, vs in _latest_answers(store, "old", instants).items()}
-        steps.append({"latest": latest, "others_unchanged": _other_answers(store, "old", instants) == before})
+        steps.append({"latest": latest, "others_unchanged": _other_answers(store, "old", instants) == before,
+                      "filled": sorted(map(list, store._query("SELECT namespace, meter_id FROM latest_backfills FINAL", {})))})
         store._command("DELETE FROM billow_migrations WHERE version = 4")
     # Usage written after the migration: the new views fill the new state.
     later = [at + 2 * TIES * HOUR for at in instants[:2]]
@@ -133,6 +135,31 @@ def test_migration_4_gives_ties_stored_before_it_the_largest_value_and_changes_n
     for step in (first, rerun, later):
         assert set(map(tuple, step["latest"].values())) == {("10",)}, step["latest"]
     assert first["others_unchanged"] and rerun["others_unchanged"]
+    assert first["filled"] == rerun["filled"] == [["old", "G"]]  # filled per meter: the store held values
+
+
+def _fresh_phase(data_dir: str) -> None:
+    """A store made at head (no values when migration 4 ran), then ties stored, then a LATEST read with a fill that
+    would fail. Prints the answers and what latest_backfills holds."""
+    from billow.adapters import clickhouse
+    from billow.adapters.clickhouse import ClickHouseUsageStore, connect
+
+    store = ClickHouseUsageStore(connect(f"chdb://{data_dir}"))
+    store.migrate()
+    instants = _ties(store, "ns")
+    clickhouse.LATEST_BACKFILL.append(("SELECT throwIf(1, 'a fill ran')", None, None))
+    latest = {k: sorted(str(v) for v in vs) for k, vs in _latest_answers(store, "ns", instants).items()}
+    filled = sorted(map(list, store._query("SELECT namespace, meter_id FROM latest_backfills FINAL", {})))
+    print(json.dumps({"latest": latest, "filled": filled}))
+    store.close()
+
+
+def test_a_store_made_at_migration_4_or_later_never_fills(tmp_path: Any) -> None:
+    """Every value such a store holds came through views that write the state: no meter's first LATEST read pays a
+    fill (for a 10 M-value meter, minutes)."""
+    out = _in_a_process("_fresh_phase", tmp_path)
+    assert set(map(tuple, out["latest"].values())) == {("10",)}, out
+    assert out["filled"] == [["", ""]]
 
 
 def _fill_phase(data_dir: str) -> None:
@@ -149,8 +176,9 @@ def _fill_phase(data_dir: str) -> None:
     store.migrate()
     instants = _ties(store, "ns")
     # A fill that takes 2 s more than its statements (the engine sleeps at most 3 s per block).
-    clickhouse.LATEST_BACKFILL.append("SELECT sleep(2)")
+    clickhouse.LATEST_BACKFILL.append(("SELECT sleep(2)", None, None))
     store._command("TRUNCATE TABLE latest_backfills")
+    store._command("INSERT INTO latest_backfills VALUES ('ns', 'H', now64(3))")  # another meter, filled already
     done: dict[str, float] = {}
     answers: list[str] = []
 
@@ -166,6 +194,8 @@ def _fill_phase(data_dir: str) -> None:
     done["write"] = time.monotonic()
     second = threading.Thread(target=read)
     second.start()
+    store.aggregate(replace(_q("ns", "LATEST", None, None), meter_id="H"))
+    done["other meter"] = time.monotonic()
     first.join(60)
     second.join(60)
     store.close()
@@ -175,8 +205,158 @@ def _fill_phase(data_dir: str) -> None:
 def test_writes_go_on_while_a_meters_latest_cells_are_filled(tmp_path: Any) -> None:
     """The first LATEST read of a meter stored before migration 4 fills its cells (minutes for millions of values):
     meanwhile `billow serve`'s writes are not held up (the fill runs on a pooled client, outside the store's lock),
-    and a second LATEST read of the meter waits for the fill and answers from the filled cells. (A process of its
+    nor are LATEST reads of other meters, and a second LATEST read of the meter waits for the fill and answers from the filled cells. (A process of its
     own: chdb opens one data path per process.)"""
     out = _in_a_process("_fill_phase", tmp_path)
     assert out["done"]["write"] < out["done"]["first read"] - 1, out  # the write did not wait for the fill
+    assert out["done"]["other meter"] < out["done"]["first read"] - 1, out  # nor another meter's LATEST read
     assert out["answers"] == ["10", "10"], out
+
+
+def _cells(store: Any) -> dict[str, list[list[str]]]:
+    """Every rollup's cells as they answer (all their rows merged: sum, count, min, max, distinct values, LATEST),
+    beside the same aggregates of the stored values over the same cells: table -> [rollup rows, from the values]."""
+    from billow.adapters.clickhouse_schema import LATEST_STATE, ROLLUPS
+
+    out = {}
+    for table, start_of, keys in ROLLUPS:
+        order = f" ORDER BY minute, {keys}"
+        rolled = store._query(  # (identifiers only, from ROLLUPS)
+            f"SELECT minute, {keys}, toString(sum(sum_value)), sum(cnt), toString(min(min_value)), "  # noqa: S608
+            f"toString(max(max_value)), uniqExactMerge(uniq_state), toString(argMaxMerge(latest_pair)) FROM {table} "
+            f"GROUP BY minute, {keys}" + order, {})
+        raw = store._query(
+            f"SELECT toDateTime({start_of}(time), 'UTC') AS minute, {keys}, toString(sum(toDecimal256(value, 18))), "  # noqa: S608
+            f"count(), toString(min(value)), toString(max(value)), uniqExact(value_str), "
+            f"toString(finalizeAggregation({LATEST_STATE})) FROM meter_values GROUP BY minute, {keys}" + order, {})
+        out[table] = [[list(map(str, r)) for r in rolled], [list(map(str, r)) for r in raw]]
+    return out
+
+
+def _derive_phase(data_dir: str) -> None:
+    """Ties across subjects and group values within hours, stored before migration 4; then the fill (made to pause 2 s
+    after the finest rollup, before the others are filled from it) of a LATEST read, and a write 0.5 s into it: a
+    reading in a tied cell and one in a new hour. Prints every rollup's cells beside the values' own aggregates, and
+    the LATEST answers per subject and over every tier."""
+    import threading
+    import time
+
+    from billow.adapters import clickhouse
+    from billow.adapters.clickhouse import ClickHouseUsageStore, connect
+
+    everything = list(clickhouse.MIGRATIONS)
+    clickhouse.MIGRATIONS[:] = [m for m in everything if m[0] < 4]
+    dsn = f"chdb://{data_dir}"
+    store = ClickHouseUsageStore(connect(dsn), reader=lambda: connect(dsn))
+    store.migrate()
+    instants = _ties(store, "ns")
+    for i, at in enumerate(instants):  # two minutes before each, in a group: readings of three subjects at one instant
+        for n, (subject, value) in enumerate([("d", "4"), ("a", "3"), ("e", "4.5")] if i % 2 else
+                                             [("e", "4.5"), ("d", "4"), ("a", "3")]):
+            store.write("ns", [MeterValue("G", subject, at - 2 * MINUTE, Decimal(value), value, {"region": "eu"}, "s",
+                                          f"g{i}-{n}")], [])
+        # and many readings a cell (of one write): the rollups hold fewer rows than the values, so the fill reads them
+        store.write("ns", [MeterValue("G", "g", at - 3 * MINUTE + timedelta(milliseconds=k), Decimal(k % 5), str(k % 5),
+                                      {"region": "us"}, "s", f"m{i}-{k}") for k in range(200)], [])
+    clickhouse.MIGRATIONS[:] = everything
+    store.migrate()
+    clickhouse.LATEST_BACKFILL.insert(1, ("SELECT sleep(2)", None, None))
+    answers: list[str] = []
+    done: dict[str, float] = {}
+
+    def read() -> None:
+        rows = store.aggregate(_q("ns", "LATEST", None, None, by_subject=True))
+        answers.append(json.dumps({r.subject: str(final_value("LATEST", r)) for r in rows}))
+        done.setdefault("fill", time.monotonic())
+
+    first = threading.Thread(target=read)
+    first.start()
+    time.sleep(0.5)
+    store.write("ns", [MeterValue("G", "f", instants[2], Decimal(12), "12", {}, "s", "w1"),
+                       MeterValue("G", "a", T0 + 100 * HOUR, Decimal(1), "1", {}, "s", "w2")], [])
+    done["write"] = time.monotonic()
+    first.join(60)
+    read()
+    tiers = {k: sorted(str(v) for v in vs) for k, vs in _latest_answers(store, "ns", instants).items()}
+    print(json.dumps({"cells": _cells(store), "by_subject": answers, "tiers": tiers, "done": done}))
+    store.close()
+
+
+def test_the_fill_derives_every_coarser_rollup_from_the_finest_exactly(tmp_path: Any) -> None:
+    """The fill scans the stored values once, for the minute rollup, and gives the other rollups their LATEST state
+    from finer ones (clickhouse_schema.LATEST_BACKFILL): every cell of every rollup then answers what the stored values
+    in it do (the largest value at its latest instant, ties across subjects and group values included, and every
+    other aggregate unchanged), and a write landing after the minute rollup was filled, before the coarser ones were,
+    counts once everywhere."""
+    out = _in_a_process("_derive_phase", tmp_path)
+    assert out["done"]["write"] < out["done"]["fill"] - 1, out["done"]  # the write landed during the pause
+    for table, (rolled, raw) in out["cells"].items():
+        assert rolled == raw, table
+    assert len(out["cells"]["meter_rollup_1h_all"][1]) == 3 * TIES + 1  # the ties' hours in three groups, the write's
+    # the tie at the third instant now has 12 (subject f, written during the fill) beside 10 and 2.5: 10 among a, b, c
+    assert out["by_subject"] == [json.dumps({"a": "1", "b": "2.5", "c": "7", "d": "4", "e": "4.5", "f": "12", "g": "4"})] * 2
+    assert [out["tiers"][k] for k in sorted(out["tiers"])] == [["10"]] * 2 + [["10", "12"]] + [["10"]] * (TIES - 3)
+    eu = [r for r in out["cells"]["meter_rollup_1h_all"][0] if "eu" in r[1]]
+    assert len(eu) == TIES and {r[-1] for r in eu} == {"4.5"}, eu  # the group's tie: its largest reading
+
+
+_SEATS = {"slug": "seats", "eventType": "seats", "aggregation": "LATEST", "valueProperty": "$.n"}
+
+
+def _host_settings(data_dir: str) -> Any:
+    from billow.bootstrap import Settings
+
+    return Settings.parse({"data_dir": data_dir, "billing_every_s": 0, "meters": [_SEATS]})
+
+
+def _stored_at_3_phase(data_dir: str) -> None:
+    """`billow serve`'s stores as a version before usage-store migration 4 left them: a LATEST meter (from the
+    config), ties stored."""
+    from billow.adapters import clickhouse
+    from billow.bootstrap import build
+
+    clickhouse.MIGRATIONS[:] = [m for m in clickhouse.MIGRATIONS if m[0] < 4]
+    c = build(_host_settings(data_dir))
+    meter = c.meta.get_meter(c.namespace, "seats")
+    assert meter is not None
+    _ties(_MeterAs(c.usage, meter.id), c.namespace)
+    print(json.dumps({"meter": meter.id}))
+    c.close()
+
+
+class _MeterAs:
+    """A usage store whose writes of meter G go to another meter id."""
+
+    def __init__(self, store: Any, meter_id: str) -> None:
+        self.store, self.meter_id = store, meter_id
+
+    def write(self, namespace: str, values: list[MeterValue], events: list[Any]) -> None:
+        self.store.write(namespace, [replace(v, meter_id=self.meter_id) for v in values], events)
+
+
+def _serve_phase(data_dir: str) -> None:
+    """`billow serve` starting on those stores (now migrated to head), no request made: what latest_backfills holds
+    once its start-up fill has ended, and a LATEST read then."""
+    from billow.local.server import BillowServer
+
+    server = BillowServer(_host_settings(data_dir), port=0)
+    server.latest_fill.join(120)
+    c = server.container
+    filled = sorted(map(list, c.usage._query("SELECT namespace, meter_id FROM latest_backfills FINAL", {})))
+    meter = c.meta.get_meter(c.namespace, "seats")
+    assert meter is not None
+    rows = c.usage.aggregate(UsageQuery(namespace=c.namespace, meter_id=meter.id, aggregation="LATEST", start=T0,
+                                        end=T0 + timedelta(seconds=31), window_size=None, window_tz="UTC",
+                                        subjects=None, group_by=[], by_subject=False, subject_customers=None))
+    print(json.dumps({"filled": filled, "namespace": c.namespace, "latest": str(final_value("LATEST", rows[-1]))}))
+    server.httpd.server_close()
+    server.close(drain_timeout_s=1)
+
+
+def test_billow_serve_fills_its_latest_meters_at_start_so_no_request_waits(tmp_path: Any) -> None:
+    """A store upgraded from before migration 4 holds LATEST meters whose cells lack the state: `billow serve` fills
+    them in the background as it starts (before, the meter's first LATEST query did, for minutes on a big meter)."""
+    meter = _in_a_process("_stored_at_3_phase", tmp_path)["meter"]
+    out = _in_a_process("_serve_phase", tmp_path)
+    assert out["filled"] == [[out["namespace"], meter]], out
+    assert out["latest"] == "10"

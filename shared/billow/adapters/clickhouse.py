@@ -148,8 +148,8 @@ class ClickHouseUsageStore:
         self._in_process = type(client).__name__ == "ChdbClient"
         self._filter: _KeyFilter | None = None  # in-process only: built from the ledger at the first look-up
         self._hashed: dict[tuple[str, str], int] = {}  # the key hashes of the last look-up (written_keys)
-        self._latest_filled: set[tuple[str, str]] = set()  # (namespace, meter id): LATEST_BACKFILL done (`_fill_latest`)
-        self._filling = threading.Lock()
+        self._latest_filled: set[tuple[str, str]] = set()  # (namespace, meter id): LATEST_BACKFILL done (`fill_latest`)
+        self._filling: dict[tuple[str, str], threading.Lock] = {}  # (namespace, meter id): held while it is filled
 
     def _key_filter(self) -> _KeyFilter:
         """A Bloom filter of every ledger key hash, read once from `event_keys` and kept up to date by `write` (this
@@ -494,26 +494,37 @@ class ClickHouseUsageStore:
                     f"uniqExactState(value_str), {LATEST_STATE} FROM meter_values WHERE "
                     + _CELLS_WHERE.replace("{col}", "time") + f" GROUP BY namespace, meter_id, minute, {keys}", params)
 
-    def _fill_latest(self, namespace: str, meter_id: str) -> None:
+    def fill_latest(self, namespace: str, meter_id: str) -> None:
         """Give the meter's cells stored before migration 4 their LATEST state (clickhouse_schema.LATEST_BACKFILL),
         once per meter (recorded in `latest_backfills`; a run cut short, or two at once, only repeat what changes
-        nothing), before its first LATEST read."""
+        nothing), before its first LATEST read. `billow serve` runs it for its LATEST meters at start, in the
+        background (billow.local.server), so that no request waits for it."""
         key = (namespace, meter_id)
         if key in self._latest_filled:
             return
         params = {"ns": namespace, "mid": meter_id}
 
         def fill(client: Any) -> None:
-            for stmt in LATEST_BACKFILL:
-                client.command(stmt, parameters=params)
+            def rows(table: str) -> int:  # (identifiers only, from LATEST_BACKFILL)
+                return int(client.query(f"SELECT count() FROM {table} WHERE namespace = {{ns:String}} "  # noqa: S608
+                                        "AND meter_id = {mid:String}", parameters=params).result_rows[0][0])
+
+            values = rows("meter_values")
+            for from_values, finer, from_finer in LATEST_BACKFILL:
+                # from a finer rollup, filled by now, when it holds fewer of the meter's rows than the stored values
+                client.command(from_finer if finer and from_finer and rows(finer) < values else from_values,
+                               parameters=params)
             client.insert("latest_backfills", [[namespace, meter_id, datetime.now(UTC)]],
                           column_names=["namespace", "meter_id", "done_at"])
 
-        with self._filling:  # a second LATEST read waits for the fill, then reads
+        with self._gate:
+            filling = self._filling.setdefault(key, threading.Lock())
+        with filling:  # another LATEST read of the meter waits for its fill, then reads; other meters' do not
             if key in self._latest_filled:
                 return
-            if not self._query("SELECT 1 FROM latest_backfills WHERE namespace = {ns:String} AND meter_id = {mid:String} "
-                               "LIMIT 1", params):
+            # ('', ''): the store held no values when migration 4 changed the views, so no cell lacks the state.
+            if not self._query("SELECT 1 FROM latest_backfills WHERE (namespace, meter_id) IN (('', ''), "
+                               "({ns:String}, {mid:String})) LIMIT 1", params):
                 # On a pooled client, outside the store's lock: writes go on meanwhile (a meter with millions of
                 # values takes minutes), as nothing the fill writes changes what they write or read.
                 self._on_client(fill)
@@ -522,7 +533,7 @@ class ClickHouseUsageStore:
     # -- reads -------------------------------------------------------------------------------------
     def aggregate(self, q: UsageQuery) -> list[AggRow]:
         if q.aggregation == "LATEST":
-            self._fill_latest(q.namespace, q.meter_id)
+            self.fill_latest(q.namespace, q.meter_id)
         params: dict[str, Any] = {"mid": q.meter_id}
         sql = self._grouped_sql(q, "meter_id = {mid:String}", _NEEDS[q.aggregation],
                                 [_AGG_EXPR[q.aggregation], "toUnixTimestamp(min(t)), toUnixTimestamp(max(te))"], params)

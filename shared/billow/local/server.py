@@ -175,6 +175,25 @@ class BillowServer:
         from billow.local.scheduler import LocalBillingScheduler
 
         self.billing = LocalBillingScheduler(self.container, settings.billing_every_s).start()
+        # LATEST meters whose values were stored before the usage store's migration 4: each one's fill (once; minutes
+        # for millions of values) runs now, in the background, rather than in its first LATEST request.
+        self._closing = threading.Event()
+        self.latest_fill = threading.Thread(target=self._fill_latest, args=(settings.namespace,),
+                                            name="billow-latest-fill", daemon=True)
+        self.latest_fill.start()
+
+    def _fill_latest(self, namespace: str) -> None:
+        c = self.container
+        try:
+            meters = [m.id for m in c.meta.list_meters(namespace) if m.aggregation == "LATEST"]
+            fill = getattr(c.usage, "fill_latest", None) if meters else None  # the ClickHouse store's (opens it)
+            for meter_id in meters:
+                if fill is None or self._closing.is_set():
+                    return
+                fill(namespace, meter_id)
+        except Exception:
+            if not self._closing.is_set():
+                log.exception("LATEST fill at start failed: each meter's first LATEST query fills it")
 
     def _provision(self, namespace: str) -> None:
         """The configured namespace's sandbox app and default billing profile, as OpenMeter makes them when a
@@ -216,6 +235,8 @@ class BillowServer:
             self.poller.close()
         self.notify.close()
         self.billing.close()
+        self._closing.set()  # no further meter's fill starts; one under way (if any) is given a while to end
+        self.latest_fill.join(timeout=10)
         install(None)
         self.container.close()
 
