@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,3 +145,34 @@ def sqlite_meta(tmp_path: Any) -> Iterator[SqlMetaStore]:
     store.migrate()
     yield store
     store.close()
+
+
+def engine_seen() -> dict[str, Any]:
+    """What HeldEngineClient records: queries running now, the most at once, their threads' names in the order they
+    began; `go` lets held queries through."""
+    return {"lock": threading.Lock(), "running": 0, "peak": 0, "order": [], "go": threading.Event()}
+
+
+class HeldEngineClient:
+    """A real engine client (chdb) whose queries record into `seen` (engine_seen) how many run at once and, those of
+    the threads whose names `held` picks (all by default), wait at their start until seen["go"] is set."""
+
+    def __init__(self, client: Any, seen: dict[str, Any], held: Callable[[str], bool] = lambda name: True) -> None:
+        self.client, self.seen, self.held = client, seen, held
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        seen, name = self.seen, threading.current_thread().name
+        with seen["lock"]:
+            seen["running"] += 1
+            seen["peak"] = max(seen["peak"], seen["running"])
+            seen["order"].append(name)
+        try:
+            if self.held(name):
+                assert seen["go"].wait(60)
+            return self.client.query(*args, **kwargs)
+        finally:
+            with seen["lock"]:
+                seen["running"] -= 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)

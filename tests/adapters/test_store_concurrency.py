@@ -18,7 +18,7 @@ import pytest
 
 from billow.adapters.clickhouse import ClickHouseUsageStore, connect
 from billow.domain.usage import MeterValue, UsageQuery, final_value
-from tests.conftest import t
+from tests.conftest import HeldEngineClient, engine_seen, t
 
 
 @pytest.fixture
@@ -100,33 +100,10 @@ def test_a_read_does_not_wait_for_a_write_in_progress(pooled: Any) -> None:
     assert released_by_timeout == [False]  # the read finished while the lock was held
 
 
-class _Timed:
-    """A real engine client whose queries record how many of its kind run at once (and may be held at the start)."""
-
-    def __init__(self, client: Any, seen: dict[str, Any]) -> None:
-        self.client, self.seen = client, seen
-
-    def query(self, *args: Any, **kwargs: Any) -> Any:
-        seen = self.seen
-        with seen["lock"]:
-            seen["running"] += 1
-            seen["peak"] = max(seen["peak"], seen["running"])
-            seen["order"].append(threading.current_thread().name)
-        try:
-            assert seen["go"].wait(30)
-            return self.client.query(*args, **kwargs)
-        finally:
-            with seen["lock"]:
-                seen["running"] -= 1
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-
 def _admitting(chdb_store: Any, namespace: str, queries: int) -> tuple[ClickHouseUsageStore, dict[str, Any]]:
     path = chdb_store._client.path
-    seen: dict[str, Any] = {"lock": threading.Lock(), "running": 0, "peak": 0, "order": [], "go": threading.Event()}
-    store = ClickHouseUsageStore(connect(f"chdb://{path}"), reader=lambda: _Timed(connect(f"chdb://{path}"), seen),
+    seen = engine_seen()
+    store = ClickHouseUsageStore(connect(f"chdb://{path}"), reader=lambda: HeldEngineClient(connect(f"chdb://{path}"), seen),
                                  readers=4, queries=queries)
     store.write(namespace, [
         MeterValue("M2", f"s{i % 4}", t("2026-06-01T00:00:00Z").replace(minute=i % 60), Decimal(i) / 10, str(i),
@@ -195,21 +172,6 @@ def test_the_embedded_engine_runs_one_query_fewer_than_the_cpus_at_once() -> Non
     assert engine_queries() >= 1
 
 
-class _HeldReports:
-    """A real engine client whose queries made by threads named report-* wait at their start until `go` is set."""
-
-    def __init__(self, client: Any, go: threading.Event) -> None:
-        self.client, self.go = client, go
-
-    def query(self, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread().name.startswith("report"):
-            assert self.go.wait(30)
-        return self.client.query(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-
 def test_a_check_s_usage_read_and_ingest_s_dedup_take_no_turn_behind_reports(chdb_store: Any, namespace: str) -> None:
     """One query at a time, that one a slow report (held in the engine) and another report waiting: an entitlement
     check's usage read (`bounded_usage`) and ingest's dedup look-up (`present_keys`) answer at once, exactly; they
@@ -217,9 +179,9 @@ def test_a_check_s_usage_read_and_ingest_s_dedup_take_no_turn_behind_reports(chd
     from billow.domain.events import CloudEvent
     from billow.domain.usage import StoredEvent
 
-    path, go = chdb_store._client.path, threading.Event()
-    store = ClickHouseUsageStore(connect(f"chdb://{path}"), reader=lambda: _HeldReports(connect(f"chdb://{path}"), go),
-                                 readers=4, queries=1)
+    path, seen = chdb_store._client.path, engine_seen()
+    store = ClickHouseUsageStore(connect(f"chdb://{path}"), reader=lambda: HeldEngineClient(
+        connect(f"chdb://{path}"), seen, held=lambda name: name.startswith("report")), readers=4, queries=1)
     at = t("2026-06-01T10:15:00Z")
     store.write(namespace, [MeterValue("M3", "s1", at, Decimal("2.5"), "2.5", {}, "src", f"k{i}") for i in range(3)],
                 [StoredEvent(CloudEvent(id=f"k{i}", source="src", type="prompt", subject="s1", time=at, data={}), at)
@@ -244,7 +206,7 @@ def test_a_check_s_usage_read_and_ingest_s_dedup_take_no_turn_behind_reports(chd
     try:
         assert answers == {"usage": [Decimal(0), Decimal("7.5")], "keys": {("src", "k1")}}
     finally:
-        go.set()
+        seen["go"].set()
         for th in reports:
             th.join(30)
         store.close()

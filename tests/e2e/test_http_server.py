@@ -22,6 +22,7 @@ import pytest
 from billow.bootstrap import Settings
 from billow.local.asgi import work_class
 from billow.local.server import BillowServer
+from tests.conftest import HeldEngineClient, engine_seen
 from tests.e2e.conftest import Server
 
 CLIENTS = 32
@@ -353,27 +354,6 @@ def test_while_serving_the_gil_is_handed_over_every_millisecond(tmp_path: Path) 
     assert not server.serving.is_alive() and sys.getswitchinterval() == before
 
 
-class _HeldClient:
-    """A real chdb client whose queries count how many run at once and wait at their start until `go` is set."""
-
-    def __init__(self, client: object, seen: dict[str, Any]) -> None:
-        self.client, self.seen = client, seen
-
-    def query(self, *args: Any, **kwargs: Any) -> Any:
-        seen = self.seen
-        with seen["lock"]:
-            seen["running"] += 1
-        try:
-            assert seen["go"].wait(60)
-            return self.client.query(*args, **kwargs)  # type: ignore[attr-defined]
-        finally:
-            with seen["lock"]:
-                seen["running"] -= 1
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-
 def test_the_embedded_engine_runs_one_query_fewer_than_the_cpus_and_checks_answer_meanwhile(tmp_path: Path) -> None:
     """Issue 17 item 4 (bench.serve_concurrency mixq: cached checks kept 21-35 % of their rate beside meter queries on
     2 CPUs). A usage query is mostly chdb's native work, which the OS shares with the one thread that runs Python at a
@@ -401,9 +381,9 @@ def _engine_turns_phase(data_dir: str) -> None:
     server.start_background()
     port = server.address[1]
     store = server.container.usage._real()  # type: ignore[attr-defined]
-    seen: dict[str, Any] = {"lock": threading.Lock(), "running": 0, "go": threading.Event()}
+    seen = engine_seen()
     open_reader = store._reader
-    store._reader = lambda: _HeldClient(open_reader(), seen)
+    store._reader = lambda: HeldEngineClient(open_reader(), seen)
     seen["go"].set()
     answers: list[tuple[int, bytes]] = []
     out: dict[str, Any] = {"engine_queries": engine_queries(), "allowed": min(engine_queries(), 4)}
