@@ -561,12 +561,11 @@ def _value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: 
         if stop == snapshot_at:
             store.save_snapshot(namespace, ent["id"], ent["subjectKey"], stop, cur.to_json(), computed_from=read_at)
 
-    reached: dict[datetime, credits.Snapshot] = {}
-    out = _settle(ledger, stops, used, soft, until, save, reached=reached)
+    at_marks: dict[datetime, credits.Snapshot] = {}  # the stops but `until` are the marks
+    out = _settle(ledger, stops, used, soft, until, save, reached=at_marks)
     marks = tuple(t for t in (snapshot_at, ledger.period_start) if t is not None)
     # What the engine needs of the ledger, kept: not the entitlement's document nor the store read (a cache holds many)
     kept = replace(ledger, ent={}, usage_query=_read_nothing)
-    at_marks = {m: reached[m] for m in marks if m in reached}
     return out, ledger.next_change(until), (_Live(kept, marks, used, soft, measure, at_marks) if bounds[-1] == until
                                             else None)
 
@@ -581,7 +580,7 @@ def _settle(ledger: Ledger, stops: list[datetime], used: _Usage, soft: bool, unt
             resume: credits.Snapshot | None = None) -> dict[str, Any]:
     """The value at `until` (the last of `stops`): the engine run from the ledger's start through every stop, or from
     `resume` (the state the same run reached after the stop at its instant) through the stops after it. `reached`
-    gets the state after each stop run."""
+    gets the state after each stop run but `until`."""
     cur = ledger.start if resume is None else resume
     for stop in stops:
         if stop < cur.at or (resume is not None and stop == resume.at):
