@@ -246,6 +246,45 @@ def test_heads_over_the_size_limit_are_problems(quick: BillowServer) -> None:
     assert _status_and_problem(raw)[0] == 431, raw[:300]
 
 
+def test_a_head_that_keeps_coming_past_the_size_limit_is_refused_before_the_header_timeout(quick: BillowServer) -> None:
+    """llhttp itself has no limit on a head: one sent in pieces, never ending, would be buffered until the header
+    timeout. The protocol counts it: past the limit, 431 (a header) or 414 (the target), at once."""
+    port = quick.address[1]
+    for start, status in ((b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", 431), (b"GET /", 414)):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            t0 = time.monotonic()
+            s.sendall(start)
+            out = b""
+            try:
+                for _ in range(20):  # 20 x 8 KB, a piece every 20 ms: 160 KB, well past the 64 KB limit
+                    time.sleep(0.02)
+                    s.sendall(b"a" * 8192)
+            except OSError:  # the server answered and closed while we were still sending
+                pass
+            try:
+                while chunk := s.recv(65536):
+                    out += chunk
+            except (TimeoutError, ConnectionResetError):
+                pass
+        assert _status_and_problem(out)[0] == status and time.monotonic() - t0 < 0.9, (out[:200], start)
+
+
+def test_answers_keep_the_header_names_the_handlers_gave(quick: BillowServer) -> None:
+    """Header names are case-insensitive, but clients that read them from a dict look for `Content-Type`."""
+    raw, _ = _exchange(quick.address[1], b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", wait_s=10)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"\r\nContent-Type: application/json\r\n" in head and b"\r\nContent-Length: 15\r\n" in head, head
+    assert json.loads(body) == {"status": "ok"}
+
+
+def test_an_upgrade_request_is_answered_as_http_and_the_connection_closed(quick: BillowServer) -> None:
+    """No protocol upgrade is served: the request is answered as plain HTTP, and what follows it on the connection
+    (the other protocol's bytes, for the client) is not parsed as requests."""
+    raw, took = _exchange(quick.address[1], b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                          b"Upgrade: websocket\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", wait_s=10)
+    assert raw.startswith(b"HTTP/1.1 200") and raw.count(b"HTTP/1.1 ") == 1 and took < 5, (raw, took)
+
+
 # -- classes of work: ingest, meter queries and entitlement checks each have their own workers ----------------------
 def _call(port: int, method: str, path: str, doc: object = None, ctype: str = "application/json",
           timeout: float = 30) -> tuple[int, bytes]:

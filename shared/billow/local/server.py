@@ -1,6 +1,6 @@
 """The embedded host: one process serving the Lambda handlers. Each HTTP request becomes an API Gateway
 HTTP API (payload 2.0) event for functions/ingest or functions/api; the in-process bus hands ingested
-batches to functions/usage_sink in the MSK event shape. HTTP is uvicorn on h11 (billow.local.asgi): requests are
+batches to functions/usage_sink in the MSK event shape. HTTP is uvicorn on httptools and uvloop (billow.local.asgi): requests are
 served concurrently in worker threads, with header/read/keep-alive timeouts, a body size limit and a connection cap."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from billow.bootstrap import Container, Settings, build, install
-from billow.local.asgi import ApiApp, BillowH11Protocol, Drain, LambdaHost
+from billow.local.asgi import ApiApp, BillowHttpProtocol, Drain, LambdaHost
 from billow.services.ratelimit import TokenBuckets
 
 log = logging.getLogger("billow.serve")
@@ -70,6 +70,17 @@ def route(method: str, path: str) -> Any:
     return api
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's event loop where it is installed (Linux, macOS): its transports, timers and executor hand-offs are
+    C; the loop's own work per request (read, parse, schedule the worker, write) is most of a cached check's CPU.
+    asyncio's loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover (Windows)
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn's server without its signal handling: `billow serve` (cli) and tests stop it through `shutdown`."""
 
@@ -94,7 +105,7 @@ class _Listener:
     def serve_forever(self) -> None:
         self.started.set()
         try:
-            asyncio.run(self.server.serve(sockets=[self.socket]))
+            asyncio.run(self.server.serve(sockets=[self.socket]), loop_factory=_loop_factory())
         finally:
             self.stopped.set()
 
@@ -157,14 +168,14 @@ class BillowServer:
         self.drain = Drain()
         self.app = ApiApp(lambdas, max_body=settings.max_body_bytes, max_head=self.MAX_HEADER_BYTES, drain=self.drain,
                           read_timeout_s=read_timeout_s or self.READ_TIMEOUT_S)
-        protocol = type("Protocol", (BillowH11Protocol,), {
+        protocol = type("Protocol", (BillowHttpProtocol,), {
             "header_timeout_s": header_timeout_s or self.HEADER_TIMEOUT_S,
-            "max_connections": max_connections or self.MAX_CONNECTIONS})
+            "max_connections": max_connections or self.MAX_CONNECTIONS, "max_head": self.MAX_HEADER_BYTES})
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # no "Uvicorn running on" banner
         config = uvicorn.Config(self.app, http=protocol, loop="asyncio", lifespan="off", ws="none",
                                 interface="asgi3", log_config=None, access_log=False, proxy_headers=False, server_header=False,
                                 date_header=False, timeout_keep_alive=keepalive_s or self.KEEPALIVE_S,
-                                backlog=self.BACKLOG, h11_max_incomplete_event_size=self.MAX_HEADER_BYTES,
+                                backlog=self.BACKLOG,
                                 timeout_graceful_shutdown=self.GRACEFUL_S)
         self.httpd = _Listener(sock, _Uvicorn(config))
         # Notifications: the in-process stand-in for notify_dispatch's schedule and SQS wake-ups.
