@@ -203,6 +203,29 @@ def test_three_pipelined_requests_in_one_write_are_answered_in_order(port: int) 
     assert talk.answers[2].header("connection") == "close" and talk.closed, talk
 
 
+def test_a_hundred_pipelined_requests_are_answered_in_order(port: int) -> None:
+    """What a client that pipelines (or a proxy multiplexing onto one upstream connection) relies on: each answer
+    is the answer to the request in its place."""
+    asks = b"".join(f"GET /api/v1/subjects/fr-absent-{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(100))
+    talk = _talk(port, asks + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", answers=101)
+    assert len(talk.answers) == 101 and talk.rest == b"" and talk.closed, (len(talk.answers), talk.rest[:200])
+    assert [a.status for a in talk.answers[:100]] == [404] * 100
+    assert [a.json()["instance"] for a in talk.answers[:100]] == [f"/api/v1/subjects/fr-absent-{i}" for i in range(100)]
+    _served_healthz(talk.answers[100])
+
+
+def test_a_handler_error_leaves_the_connection_usable(port: int) -> None:
+    """A handler's 400 (a body that is not JSON) is an answer like any other: its body was read whole, the connection
+    stays open, the request pipelined after it is answered."""
+    bad = b'[{"key": '
+    talk = _talk(port, _post(bad, f"Content-Length: {len(bad)}")
+                 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", answers=2)
+    assert [a.status for a in talk.answers] == [400, 200] and talk.rest == b"" and talk.closed, talk
+    assert talk.answers[0].header("connection") is None, talk
+    assert talk.answers[0].header("content-type") == "application/problem+json", talk
+    _served_healthz(talk.answers[1])
+
+
 def test_a_request_split_across_writes_with_pauses_is_read_whole(port: int) -> None:
     """Request line, headers and body each cut mid-token, 0.2 s between the pieces (within both timeouts)."""
     key = _fresh("pieces")
