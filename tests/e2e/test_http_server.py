@@ -277,6 +277,16 @@ def test_answers_keep_the_header_names_the_handlers_gave(quick: BillowServer) ->
     assert json.loads(body) == {"status": "ok"}
 
 
+def test_a_204_answer_has_no_content_length(quick: BillowServer) -> None:
+    """RFC 9110 8.6: a server MUST NOT send Content-Length in a 204. The next request on the connection is served."""
+    raw, _ = _exchange(quick.address[1], b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                       b"application/cloudevents-batch+json\r\nContent-Length: 2\r\n\r\n[]"
+                       b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", wait_s=10)
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 204") and b"content-length" not in first.lower(), raw
+    assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b'{"status":"ok"}'), raw
+
+
 def test_an_upgrade_request_is_answered_as_http_and_the_connection_closed(quick: BillowServer) -> None:
     """No protocol upgrade is served: the request is answered as plain HTTP, and what follows it on the connection
     (the other protocol's bytes, for the client) is not parsed as requests."""

@@ -388,12 +388,14 @@ class ApiApp:
     async def _send(send: Send, reply: Reply, method: str) -> None:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers
                    if k.lower() not in ("content-length", "connection", "date", "server", "transfer-encoding")]
-        headers += [(b"Content-Length", str(len(reply.body)).encode()), (b"Server", b"billow"),
-                    (b"Date", http_date())]
+        if reply.status not in (204, 304):  # RFC 9110 8.6: no Content-Length on a 204 (nor a 304's own)
+            headers.append((b"Content-Length", str(len(reply.body)).encode()))
+        headers += [(b"Server", b"billow"), (b"Date", http_date())]
         if reply.close:
             headers.append((b"Connection", b"close"))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else reply.body})
+        await send({"type": "http.response.body",
+                    "body": b"" if method == "HEAD" or reply.status in (204, 304) else reply.body})
 
 
 # -- the HTTP protocol: uvicorn's httptools protocol with problem+json errors, a header timeout, limits, a cap ---------
@@ -442,7 +444,9 @@ class _Cycle(RequestResponseCycle):
             elif lname == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
                 self.keep_alive, closes = False, True
             content += [name, b": ", value, b"\r\n"]
-        if length is None or (self.scope["method"] != "HEAD" and length != len(body)):
+        if status in (204, 304) and (body or length is not None):
+            raise RuntimeError(f"a {status} answer has no body and no Content-Length")
+        if status not in (204, 304) and (length is None or (self.scope["method"] != "HEAD" and length != len(body))):
             raise RuntimeError("an answer names its whole body's Content-Length")
         if not self.keep_alive and not closes:
             content.append(b"Connection: close\r\n")
