@@ -6,7 +6,8 @@ Content-Length moved up or down; chunk sizes corrupted; the stream cut short), a
 pauses, and whatever comes back must hold, for every input:
 
 - the server closes the connection within the header/read timeout (+ a margin) of the last byte sent: nothing hangs;
-- every answer is an HTTP/1.1 status line, headers and exactly Content-Length body bytes, and nothing else follows;
+- every answer is an HTTP/1.1 status line, headers and exactly Content-Length body bytes (a 204: no body and no
+  Content-Length), and nothing else follows;
 - every 4xx/5xx is application/problem+json whose `status` is the HTTP status; no 5xx but 503/505 (a 500 is a crash);
 - an answer that closes the connection (a refusal) is the last: nothing is answered after it;
 - a subject POSTed by a request that was refused (or never answered) is not stored; an unmutated one is;
@@ -343,6 +344,10 @@ def parse(buf: bytes) -> tuple[list[Answer], list[str]]:
         if status < 200:
             if status != 100 or lengths:
                 return out, [f"an interim answer other than a bare 100: {buf[:end]!r}"]
+            length = 0
+        elif status in (204, 304):  # no body; a 204 MUST NOT carry Content-Length (RFC 9110 8.6)
+            if lengths:
+                return out, [f"a {status} answer with a Content-Length: {buf[:end]!r}"]
             length = 0
         else:
             if len(lengths) != 1 or not lengths[0].isdigit():

@@ -463,6 +463,15 @@ class _Cycle(RequestResponseCycle):
         self.on_response()
 
 
+def _answer(reply: Reply) -> Any:
+    """An ASGI app that answers `reply` whatever the request (a queued request refused in its turn)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await ApiApp._send(send, reply, scope["method"])
+
+    return app
+
+
 class BillowHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol (llhttp, strict: a Transfer-Encoding other than chunked, Content-Length beside
     it, two Content-Lengths or one that is not digits are parse errors), with Billow's answers to what it refuses
@@ -591,7 +600,15 @@ class BillowHttpProtocol(HttpToolsProtocol):
 
     def _refuse_in_turn(self, status: int, detail: str) -> None:
         """Refuse the request being parsed after the requests before it are answered, in order; at once when there
-        are none, or when the bad bytes are the body of the request being answered (it cannot be answered)."""
+        are none, or when the bad bytes are the body of the request being answered (it cannot be answered). A request
+        waiting its turn behind one in flight, whose body holds the bad bytes, is never run: in its turn it is
+        answered the refusal."""
+        for n, (cycle, _) in enumerate(self.pipeline):
+            if cycle is self.cycle:
+                self.pipeline[n] = (cycle, _answer(problem_reply(status, detail, self._target(), close=True)))
+                self._refusal = (status, detail)  # (nothing more is read)
+                self._cancel_header_timer()
+                return
         if self._answering() and not (self.cycle is not None and self.cycle.more_body):
             self._refusal = (status, detail)
             self._cancel_header_timer()
