@@ -14,8 +14,8 @@ requests never see each other's.
 
 What the protocol itself answers, and how here (BillowHttpProtocol): a request llhttp cannot parse (bad request line,
 bad, negative or repeated Content-Length, Content-Length beside Transfer-Encoding, a Transfer-Encoding other than
-chunked, bad header characters) gets one 400 problem+json answer naming what llhttp found, and the connection is
-closed; a head over the size limit gets 414 (request line) or 431 (headers); a connection over the cap gets 503
+chunked, bad header characters) gets one 400 problem+json answer naming what llhttp found, after the answers of the
+requests pipelined before it (one queued behind a request in flight is never run), and the connection is closed; a head over the size limit gets 414 (request line) or 431 (headers); a connection over the cap gets 503
 problem+json and is closed; headers not complete within the header timeout get 408 problem+json (or, with nothing
 sent yet, a plain close), as does a body stalled for the read timeout (ApiApp); an idle keep-alive connection is
 closed after the keep-alive timeout. A request asking for a protocol upgrade is answered as plain HTTP, and the
