@@ -29,12 +29,12 @@ import asyncio
 import base64
 import logging
 import math
+import queue
 import re
 import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -250,6 +250,56 @@ def http_date() -> bytes:
     return _date[1]
 
 
+class Workers:
+    """One class of work's threads. Jobs wait in one queue in arrival order (queue.SimpleQueue: put and get are C);
+    a job's result, or its exception, goes back to the awaiting request in one call on the loop. What
+    ThreadPoolExecutor.submit and run_in_executor did per request (a concurrent Future, an idle-semaphore check,
+    two futures chained by callbacks) was ~20 % of the event loop's time per cached check."""
+
+    def __init__(self, n: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"{name}_{i}", daemon=True) for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def call(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Reply], *args: Any) -> asyncio.Future[Reply]:
+        done: asyncio.Future[Reply] = loop.create_future()
+
+        def job() -> None:
+            try:
+                outcome: tuple[Reply | None, BaseException | None] = (fn(*args), None)
+            except BaseException as exc:  # noqa: BLE001 (raised in the awaiting request, as run_in_executor does)
+                outcome = (None, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, done, *outcome)
+            except RuntimeError:  # the loop is closed (the server stopped): nobody awaits the answer
+                pass
+
+        self._jobs.put(job)
+        return done
+
+    def shutdown(self) -> None:
+        """After the jobs queued so far: each thread ends, and is waited for."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join()
+
+
+def _settle(future: asyncio.Future[Reply], reply: Reply | None, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        assert reply is not None
+        future.set_result(reply)
+
+
 # -- the ASGI application -----------------------------------------------------------------------------------
 class _BodyTooLarge(Exception):
     pass
@@ -307,23 +357,20 @@ class ApiApp:
         # the fewer writes: 16 waiting workers, where 2 capped a group at 2 requests.
         self.host, self.max_body, self.read_timeout_s, self.drain = host, max_body, read_timeout_s, drain
         self.max_head = max_head
-        self.api_pool = ThreadPoolExecutor(api_workers, thread_name_prefix="billow-api")
-        self.ingest_pool = ThreadPoolExecutor(ingest_workers, thread_name_prefix="billow-ingest")
-        self.check_pool = ThreadPoolExecutor(check_workers, thread_name_prefix="billow-check")
-        self.query_pool = ThreadPoolExecutor(query_workers, thread_name_prefix="billow-query")
-        self.pools = {"api": self.api_pool, "ingest": self.ingest_pool, "check": self.check_pool,
-                      "query": self.query_pool}
+        self.pools = {"api": Workers(api_workers, "billow-api"), "ingest": Workers(ingest_workers, "billow-ingest"),
+                      "check": Workers(check_workers, "billow-check"), "query": Workers(query_workers, "billow-query")}
 
     def close(self) -> None:
         for pool in self.pools.values():
-            pool.shutdown(wait=True)
+            pool.shutdown()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are not served
             return
         method: str = scope["method"]
         qs: bytes = scope.get("query_string") or b""
-        target = scope["raw_path"].decode("latin-1") + ("?" + qs.decode("latin-1") if qs else "")
+        path = scope["raw_path"].decode("latin-1")
+        target = path + ("?" + qs.decode("latin-1") if qs else "")
         headers: dict[str, str] = {}
         for k, v in scope["headers"]:
             lk, sv = k.decode("latin-1").lower(), v.decode("latin-1")
@@ -361,9 +408,9 @@ class ApiApp:
             return
         try:
             client = (scope.get("client") or ("", 0))[0]
-            pool = self.pools[work_class(method, urlsplit(target).path)]
-            loop = asyncio.get_running_loop()
-            reply = await loop.run_in_executor(pool, self.host.serve, method, target, headers, body, client)
+            workers = self.pools[work_class(method, path)]
+            reply = await workers.call(asyncio.get_running_loop(), self.host.serve, method, target, headers, body,
+                                       client)
         finally:
             self.drain.leave()
         await self._send(send, reply, method)
