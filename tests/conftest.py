@@ -7,8 +7,10 @@ import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -176,3 +178,24 @@ class HeldEngineClient:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
+
+
+if TYPE_CHECKING:
+    from billow.local.server import BillowServer
+
+
+@contextmanager
+def memory_server(data_dir: Path | str, **limits: Any) -> Iterator[BillowServer]:
+    """An in-process `billow serve` (BillowServer) on the in-memory usage store, with no billing schedule, on a free
+    port and serving; `limits` are BillowServer's keyword arguments (timeouts, connection cap). Shut down on exit,
+    giving requests in flight 5 s."""
+    from billow.bootstrap import Settings
+    from billow.local.server import BillowServer
+
+    server = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(data_dir), "billing_every_s": 0}),
+                          port=0, **limits)
+    server.start_background()
+    try:
+        yield server
+    finally:
+        server.shutdown(drain_timeout_s=5)

@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from billow.bootstrap import Settings
-from billow.local.server import BillowServer
+from tests.conftest import memory_server
 
 HEADER_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 2.0
@@ -163,14 +162,9 @@ def _chunked(doc: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    server = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(tmp_path_factory.mktemp("framing")),
-                                          "billing_every_s": 0}),
-                          port=0, header_timeout_s=HEADER_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S, keepalive_s=5)
-    server.start_background()
-    yield server.address[1]
-    server.httpd.shutdown()
-    server.httpd.server_close()
-    server.close(drain_timeout_s=5)
+    with memory_server(tmp_path_factory.mktemp("framing"), header_timeout_s=HEADER_TIMEOUT_S,
+                       read_timeout_s=READ_TIMEOUT_S, keepalive_s=5) as server:
+        yield server.address[1]
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ import pytest
 from billow.bootstrap import Settings
 from billow.local.asgi import work_class
 from billow.local.server import BillowServer
-from tests.conftest import HeldEngineClient, engine_seen
+from tests.conftest import HeldEngineClient, engine_seen, memory_server
 from tests.e2e.conftest import Server
 
 CLIENTS = 32
@@ -190,13 +190,8 @@ def test_a_chunked_body_is_read(srv: Server) -> None:
 # -- timeouts: an in-process server with short ones -------------------------------------------------------
 @pytest.fixture
 def quick(tmp_path: Path) -> Iterator[BillowServer]:
-    server = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(tmp_path), "billing_every_s": 0}),
-                          port=0, header_timeout_s=1.0, read_timeout_s=1.0, keepalive_s=1, max_connections=8)
-    server.start_background()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
-    server.close(drain_timeout_s=5)
+    with memory_server(tmp_path, header_timeout_s=1.0, read_timeout_s=1.0, keepalive_s=1, max_connections=8) as server:
+        yield server
 
 
 def test_a_truncated_body_is_answered_408_within_the_read_timeout(quick: BillowServer) -> None:
@@ -221,21 +216,18 @@ def test_an_idle_keep_alive_connection_is_closed(quick: BillowServer) -> None:
 
 
 def test_connections_over_the_cap_get_503_and_the_rest_are_served(tmp_path: Path) -> None:
-    capped = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(tmp_path), "billing_every_s": 0}),
-                          port=0, max_connections=8)
-    capped.start_background()
-    port = capped.address[1]
-    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
-    try:
-        raw, _ = _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", wait_s=10)
-        status, prob = _status_and_problem(raw)
-        assert status == 503 and "at most 8" in str(prob["detail"]), raw
-        held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert held[0].recv(65536).startswith(b"HTTP/1.1 200")
-    finally:
-        for s in held:
-            s.close()
-        capped.shutdown()
+    with memory_server(tmp_path, max_connections=8) as capped:
+        port = capped.address[1]
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+        try:
+            raw, _ = _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", wait_s=10)
+            status, prob = _status_and_problem(raw)
+            assert status == 503 and "at most 8" in str(prob["detail"]), raw
+            held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert held[0].recv(65536).startswith(b"HTTP/1.1 200")
+        finally:
+            for s in held:
+                s.close()
 
 
 def test_heads_over_the_size_limit_are_problems(quick: BillowServer) -> None:
@@ -330,56 +322,53 @@ def test_stuck_meter_queries_starve_neither_checks_nor_ingest(tmp_path: Path) ->
     entitlement check still answers at once, and so do an ingest batch and the rest of the API (a meter's read).
     Before, queries and checks shared one pool of four workers, so the check waited behind the stuck queries (issue 17
     item 4: checks starved in the mix); later the API's other requests still did."""
-    server = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(tmp_path), "billing_every_s": 0}),
-                          port=0)
-    server.start_background()
-    port = server.address[1]
-    release = threading.Event()
-    stuck = threading.Semaphore(0)
-    usage = server.container.usage
-    aggregate = usage.aggregate
+    with memory_server(tmp_path) as server:
+        port = server.address[1]
+        release = threading.Event()
+        stuck = threading.Semaphore(0)
+        usage = server.container.usage
+        aggregate = usage.aggregate
 
-    def blocking(q: object) -> object:
-        stuck.release()
-        assert release.wait(60)
-        return aggregate(q)  # type: ignore[arg-type]
+        def blocking(q: object) -> object:
+            stuck.release()
+            assert release.wait(60)
+            return aggregate(q)  # type: ignore[arg-type]
 
-    try:
-        assert _call(port, "POST", "/api/v1/meters", METER)[0] == 201
-        assert _call(port, "POST", "/api/v1/features", {"key": "lane", "name": "lane",
-                                                        "meterSlug": "http_tokens"})[0] == 201
-        assert _call(port, "POST", "/api/v1/subjects", [{"key": "lane-1"}])[0] == 200
-        status, raw = _call(port, "POST", "/api/v1/subjects/lane-1/entitlements", {
-            "type": "metered", "featureKey": "lane", "issueAfterReset": 100,
-            "usagePeriod": {"interval": "MONTH", "anchor": "2026-01-01T00:00:00Z"}})
-        assert status == 201, raw
-        check = "/api/v1/subjects/lane-1/entitlements/lane/value"
-        assert _call(port, "GET", check)[0] == 200  # computed once: cached from now on
-        usage.aggregate = blocking  # type: ignore[method-assign]
-        queries = [threading.Thread(target=_call, args=(port, "GET", "/api/v1/meters/http_tokens/query"),
-                                    kwargs={"timeout": 90}, daemon=True) for _ in range(12)]
-        for t in queries:
-            t.start()
-        for _ in range(4):  # every worker the queries may have is stuck
-            assert stuck.acquire(timeout=30)
-        t0 = time.perf_counter()
-        status, raw = _call(port, "GET", check, timeout=10)
-        took_check = time.perf_counter() - t0
-        assert status == 200 and json.loads(raw)["hasAccess"] is True, raw
-        event = {"specversion": "1.0", "id": "lane-e1", "source": "t", "type": "http_prompt", "subject": "lane-2",
-                 "data": {"tokens": "1", "model": "m"}}
-        t0 = time.perf_counter()
-        assert _call(port, "POST", "/api/v1/events", event, "application/cloudevents+json", timeout=10)[0] == 204
-        took_ingest = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        status, raw = _call(port, "GET", "/api/v1/meters/http_tokens", timeout=10)
-        took_api = time.perf_counter() - t0
-        assert status == 200 and json.loads(raw)["slug"] == "http_tokens", raw
-        assert took_check < 2 and took_ingest < 2 and took_api < 2, (took_check, took_ingest, took_api)
-    finally:
-        release.set()
-        usage.aggregate = aggregate  # type: ignore[method-assign]
-        server.shutdown()
+        try:
+            assert _call(port, "POST", "/api/v1/meters", METER)[0] == 201
+            assert _call(port, "POST", "/api/v1/features", {"key": "lane", "name": "lane",
+                                                            "meterSlug": "http_tokens"})[0] == 201
+            assert _call(port, "POST", "/api/v1/subjects", [{"key": "lane-1"}])[0] == 200
+            status, raw = _call(port, "POST", "/api/v1/subjects/lane-1/entitlements", {
+                "type": "metered", "featureKey": "lane", "issueAfterReset": 100,
+                "usagePeriod": {"interval": "MONTH", "anchor": "2026-01-01T00:00:00Z"}})
+            assert status == 201, raw
+            check = "/api/v1/subjects/lane-1/entitlements/lane/value"
+            assert _call(port, "GET", check)[0] == 200  # computed once: cached from now on
+            usage.aggregate = blocking  # type: ignore[method-assign]
+            queries = [threading.Thread(target=_call, args=(port, "GET", "/api/v1/meters/http_tokens/query"),
+                                        kwargs={"timeout": 90}, daemon=True) for _ in range(12)]
+            for t in queries:
+                t.start()
+            for _ in range(4):  # every worker the queries may have is stuck
+                assert stuck.acquire(timeout=30)
+            t0 = time.perf_counter()
+            status, raw = _call(port, "GET", check, timeout=10)
+            took_check = time.perf_counter() - t0
+            assert status == 200 and json.loads(raw)["hasAccess"] is True, raw
+            event = {"specversion": "1.0", "id": "lane-e1", "source": "t", "type": "http_prompt", "subject": "lane-2",
+                     "data": {"tokens": "1", "model": "m"}}
+            t0 = time.perf_counter()
+            assert _call(port, "POST", "/api/v1/events", event, "application/cloudevents+json", timeout=10)[0] == 204
+            took_ingest = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            status, raw = _call(port, "GET", "/api/v1/meters/http_tokens", timeout=10)
+            took_api = time.perf_counter() - t0
+            assert status == 200 and json.loads(raw)["slug"] == "http_tokens", raw
+            assert took_check < 2 and took_ingest < 2 and took_api < 2, (took_check, took_ingest, took_api)
+        finally:
+            release.set()
+            usage.aggregate = aggregate  # type: ignore[method-assign]
 
 
 def test_while_serving_the_gil_is_handed_over_every_millisecond(tmp_path: Path) -> None:
@@ -390,14 +379,9 @@ def test_while_serving_the_gil_is_handed_over_every_millisecond(tmp_path: Path) 
     import sys
 
     before = sys.getswitchinterval()
-    server = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(tmp_path), "billing_every_s": 0}),
-                          port=0)
-    server.start_background()
-    try:
+    with memory_server(tmp_path) as server:
         assert _call(server.address[1], "GET", "/healthz")[0] == 200
         assert sys.getswitchinterval() == pytest.approx(0.001)
-    finally:
-        server.shutdown()
     assert server.serving is not None
     server.serving.join(10)
     assert not server.serving.is_alive() and sys.getswitchinterval() == before

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from billow.bootstrap import Settings
 from billow.local.server import BillowServer
+from tests.conftest import memory_server
 
 SEED = int(os.environ.get("BILLOW_HTTP_FUZZ_SEED", "20261206"))  # another seed explores further
 CASES = int(os.environ.get("BILLOW_HTTP_FUZZ_CASES", "800"))
@@ -428,14 +428,9 @@ class _Errors(logging.Handler):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BillowServer]:
-    srv = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(tmp_path_factory.mktemp("httpfuzz")),
-                                       "billing_every_s": 0}),
-                       port=0, header_timeout_s=HEADER_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S, keepalive_s=5)
-    srv.start_background()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
-    srv.close(drain_timeout_s=5)
+    with memory_server(tmp_path_factory.mktemp("httpfuzz"), header_timeout_s=HEADER_TIMEOUT_S,
+                       read_timeout_s=READ_TIMEOUT_S, keepalive_s=5) as srv:
+        yield srv
 
 
 def test_mutated_requests_keep_every_invariant(server: BillowServer) -> None:

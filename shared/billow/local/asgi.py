@@ -666,6 +666,3 @@ class BillowHttpProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         self.transport.write(raw_problem(status, detail, self._target()))
         self.transport.close()
-
-    def send_400_response(self, msg: str) -> None:
-        self._refuse(400, msg)

@@ -251,10 +251,10 @@ class BillowServer:
         install(None)
         self.container.close()
 
-    def shutdown(self) -> None:
+    def shutdown(self, drain_timeout_s: float = 30.0) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-        self.close()
+        self.close(drain_timeout_s)
 
 
 def welcome(settings: Settings, host: str, port: int) -> str:
