@@ -369,3 +369,30 @@ def test_bounded_usage_is_each_segment_exactly(usage_store: Any, namespace: str)
         0, 0, 16, 0]
     assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], [], bounds[:1]) == []
     assert usage_store.bounded_usage(namespace, "M1", "SUM", [], [], bounds) == [0, 0, 0]
+
+
+def test_bounded_usage_over_thousands_of_bounds(usage_store: Any, namespace: str) -> None:
+    """A check's first read since measureUsageFrom has a bound at every period start: an hourly usage period a
+    quarter back is ~2,000 bounds, a daily one years back as many. Each segment is still its usage, exactly
+    (on ClickHouse the read was refused, AST too deep, past ~1,000 bounds: every check of such an entitlement
+    answered 500, and no snapshot was ever saved to shorten the next one). Whole-hour bounds, whole-minute ones
+    and bounds inside a minute (the raw values), each thousands deep."""
+    start = t("2026-01-01T00:00:00Z")
+    hours = [start + timedelta(hours=h) for h in range(2_000)]
+    values = [mv(h, f"{h % 7}.5", (hours[h] + timedelta(minutes=h % 60, milliseconds=h)).isoformat())
+              for h in range(0, 2_000, 3)]
+    usage_store.write(namespace, values, [])
+
+    def expected(bounds: list[Any]) -> list[Decimal]:
+        return [sum((v.value for v in values if lo <= v.time < hi), Decimal(0)) for lo, hi in zip(bounds, bounds[1:])]
+
+    # an hourly period's bounds, the first and last mid-minute (a snapshot's instant, now)
+    hourly = [start + timedelta(seconds=7.25), *hours[1:], hours[-1] + timedelta(minutes=30, seconds=1)]
+    got = usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], [], hourly)
+    assert got == expected(hourly) and sum(got) == sum(v.value for v in values[1:])  # the first is before the start
+    assert usage_store.bounded_usage(namespace, "M1", "COUNT", ["a"], [], hourly) == [
+        Decimal(len([v for v in values if lo <= v.time < hi])) for lo, hi in zip(hourly, hourly[1:])]
+    minutely = [start + timedelta(minutes=m) for m in range(1_500)]
+    assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], [], minutely) == expected(minutely)
+    inside = [start + timedelta(milliseconds=ms) for ms in range(0, 1_500 * 40, 40)]  # every 40 ms of one minute
+    assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], [], inside) == expected(inside)

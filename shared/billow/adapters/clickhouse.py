@@ -1068,7 +1068,17 @@ def _segment_sql(col: str, spans: Sequence[tuple[datetime, datetime]], bounds: S
             if k != at:
                 steps.append(f"({col} >= {literal(p)})" if k - at == 1 else f"{k - at} * ({col} >= {literal(p)})")
                 at = k
-    return " + ".join(steps if steps and not first else [str(first), *steps]), bool(steps)
+    return _balanced_sum(steps if steps and not first else [str(first), *steps]), bool(steps)
+
+
+def _balanced_sum(terms: Sequence[str]) -> str:
+    """`terms` added up as a balanced tree of `+`: a chain a + b + c ... nests one level per term, and ClickHouse
+    refuses a statement nested deeper than 1,000 (max_ast_depth), as a check's first read since measureUsageFrom
+    with a bound per hourly period was (every check of that entitlement answered 500)."""
+    if len(terms) <= 8:
+        return " + ".join(terms)
+    half = len(terms) // 2
+    return f"({_balanced_sum(terms[:half])}) + ({_balanced_sum(terms[half:])})"
 
 
 def _epoch_s(t: datetime) -> str:
