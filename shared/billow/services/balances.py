@@ -550,8 +550,10 @@ def _value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: 
         return {"hasAccess": soft, "balance": 0, "usage": 0, "overage": 0, "totalAvailableGrantAmount": 0}, measure, None
     party = subject_keys if asked == [ent["subjectKey"]] else None
     ledger = _ledger(namespace, ent, until, store=store, meta=meta, usage=usage, party=party)
-    last_reset = ledger.resets[-1].at if ledger.resets else None
-    snapshot_at = last_reset if last_reset is not None and last_reset <= now - SNAPSHOT_GRACE else None
+    # The snapshot is taken at the latest reset older than the grace, not only at the last reset: a period shorter
+    # than the grace (an hourly one) has its last reset always within it, and every check then ran the engine (and
+    # read the usage of every period) from measureUsageFrom on, more each hour.
+    snapshot_at = next((r.at for r in reversed(ledger.resets) if r.at <= now - SNAPSHOT_GRACE), None)
     stops = sorted({t for t in (snapshot_at, ledger.period_start, until) if t is not None})
     bounds = _bounds(ledger, stops)
     read_at = now

@@ -1,0 +1,77 @@
+"""An entitlement whose usage period is short beside its age: an hourly period counted from 45 days back has over
+a thousand resets since measureUsageFrom. Found from outside: its first check answered 500 (the usage read, one
+bound per reset, nested past ClickHouse's AST depth limit), and had it answered, every later check would have run
+the engine and read usage from measureUsageFrom again, more each hour: snapshots were only taken at the last reset,
+which for a period shorter than the snapshot grace (an hour) is never old enough. Now a check takes its snapshot at
+the latest reset older than the grace, and the next check reads from there."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from tests.conftest import t
+from tests.entitlements.conftest import Billow
+
+PATH = "/api/v1/subjects/customer_1/entitlements"
+
+
+def _hourly(b: Billow, measure_from: str = "2026-01-01T00:00:00Z") -> None:
+    b.ok("POST", "/api/v1/features", {"key": "ai_tokens", "name": "AI tokens", "meterSlug": "tokens"})
+    b.clock.set("2026-02-14T12:30:00Z")
+    b.ok("POST", PATH, {"type": "metered", "featureKey": "ai_tokens", "issueAfterReset": 100,
+                        "measureUsageFrom": measure_from,
+                        "usagePeriod": {"interval": "PT1H", "anchor": "2026-01-01T00:00:00Z"}})
+    # Usage in earlier hours (each its own period: it never reaches this one) and in the current hour.
+    start = t("2026-01-01T00:00:00Z")
+    earlier = [("prompt", "customer_1", (start + timedelta(hours=h, minutes=h % 60)).isoformat(), {"tokens": "7"})
+               for h in range(0, 45 * 24, 5)]
+    b.send_events(*earlier)  # late usage, stored a while before the checks (a snapshot computed since holds)
+    b.clock.set("2026-02-14T12:37:00Z")
+    for tokens, at in (("3", "2026-02-14T11:59:59.999Z"), ("2.5", "2026-02-14T12:00:00Z"),
+                       ("1.25", "2026-02-14T12:36:59.999Z"), ("64", "2026-02-14T12:37:00Z")):
+        b.usage(tokens, at)
+
+
+def test_an_hourly_period_counted_from_weeks_back_is_checked_and_then_read_from_its_snapshot(
+        billow: Billow, monkeypatch: Any) -> None:
+    b = billow
+    _hourly(b)
+    b.c.balance_cache = None  # Lambda: every check reads the snapshot and the usage since
+    want = {"hasAccess": True, "balance": 96.25, "usage": 3.75, "overage": 0, "totalAvailableGrantAmount": 100}
+    assert b.value("customer_1", "ai_tokens") == want  # the first check: ~1,080 resets since measureUsageFrom
+    bounds_read: list[list[Any]] = []
+    store = b.c.usage
+    real = store.bounded_usage
+    monkeypatch.setattr(store, "bounded_usage", lambda ns, mid, agg, subjects, filters, bounds:
+                        bounds_read.append(list(bounds)) or real(ns, mid, agg, subjects, filters, bounds))
+    assert b.value("customer_1", "ai_tokens") == want
+    # From the snapshot at 11:00, the latest reset an hour old (the last one, 12:00, is not yet): 11:00, 12:00, now.
+    assert bounds_read == [[t("2026-02-14T11:00:00Z"), t("2026-02-14T12:00:00Z"), t("2026-02-14T12:37:00Z")]]
+    b.clock.set("2026-02-14T13:01:00Z")  # the next period (the 64 at 12:37 was the last one's); 12:00 is an hour old
+    assert b.value("customer_1", "ai_tokens") == {**want, "balance": 100, "usage": 0}
+    assert bounds_read[-1] == [t(f"2026-02-14T{hm}:00Z") for hm in ("11:00", "12:00", "13:00", "13:01")]
+    b.clock.set("2026-02-14T14:30:00Z")
+    b.usage("0.5", "2026-02-14T14:00:00Z")
+    assert b.value("customer_1", "ai_tokens") == {**want, "balance": 99.5, "usage": 0.5}
+    # from the snapshot the last check took at 12:00; this one takes one at 13:00
+    assert bounds_read[-1] == [t(f"2026-02-14T{hm}:00Z") for hm in ("12:00", "13:00", "14:00", "14:30")]
+    assert b.value("customer_1", "ai_tokens") == b.fresh_value("customer_1", "ai_tokens")
+
+
+def test_late_usage_before_the_snapshot_is_counted(billow: Billow) -> None:
+    """The snapshot a check takes at a reset before the last one is dropped by usage arriving late for a time
+    before it, as the last reset's always was: the next check counts that usage. Overage carries over resets here,
+    so usage in an earlier period shows in this one."""
+    b = billow
+    _hourly(b)
+    b.ok("PUT", PATH + "/ai_tokens/override", {"type": "metered", "featureKey": "ai_tokens", "issueAfterReset": 10,
+                                                "preserveOverageAtReset": True, "measureUsageFrom": "2026-02-14T09:00:00Z",
+                                                "usagePeriod": {"interval": "PT1H", "anchor": "2026-01-01T00:00:00Z"}})
+    b.c.balance_cache = None
+    assert b.value("customer_1", "ai_tokens") == {  # 10 an hour, 3 in the 11:00 period, 3.75 in this one
+        "hasAccess": True, "balance": 6.25, "usage": 3.75, "overage": 0, "totalAvailableGrantAmount": 10}
+    b.usage("25", "2026-02-14T10:30:00Z")  # late: more than an hour before the clock, before the 11:00 snapshot
+    # 15 over in the 10:00 period, carried: 5 still over after 11:00's 10, 8 after its 3; 2 left at 12:00, 1.75 over
+    assert b.value("customer_1", "ai_tokens") == {
+        "hasAccess": False, "balance": 0, "usage": 3.75, "overage": 1.75, "totalAvailableGrantAmount": 2}
