@@ -217,11 +217,15 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
             # ledger's start (its measureUsageFrom or the reset of its snapshot) and at each reset, and every
             # reset is a bound. (A gauge that goes down gives a negative segment: it only cancels overage.)
             starts = sorted({start.at, *(r.at for r in resets)})
+            # A span between two neighbouring bounds is a window of one query over all of them (most periods are
+            # one segment: a first check since measureUsageFrom may span thousands, a query each took seconds).
+            windows = windowed(bounds)
+            after = dict(zip(bounds, bounds[1:], strict=False))
             seen: dict[tuple[datetime, datetime], Decimal] = {}
 
             def upto(p: datetime, t: datetime) -> Decimal:
                 if (p, t) not in seen:
-                    seen[(p, t)] = whole(p, t)
+                    seen[(p, t)] = windows.get(p, Decimal(0)) if after.get(p) == t else whole(p, t)
                 return seen[(p, t)]
 
             out: dict[datetime, Decimal] = {}
@@ -229,6 +233,10 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
                 p = starts[max(bisect_right(starts, s) - 1, 0)]
                 out[s] = upto(p, e) - (upto(p, s) if s > p else Decimal(0))
             return out
+        return windowed(bounds)
+
+    def windowed(bounds: list[datetime]) -> dict[datetime, Decimal]:
+        """The meter's value over each [bounds[i], bounds[i + 1]) with usage, by its start: one query."""
         rows = usage.aggregate(UsageQuery(
             namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=bounds[0],
             end=bounds[-1] - timedelta(milliseconds=1), window_size="BOUNDS", window_tz="UTC",
