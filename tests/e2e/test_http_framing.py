@@ -246,6 +246,29 @@ def test_after_a_malformed_request_the_pipelined_rest_is_never_answered(port: in
     assert not _stored(port, key)
 
 
+@pytest.mark.parametrize("good", [2, 3, 8])
+@pytest.mark.parametrize("bad", [b"GET /heal\x00thz HTTP/1.1\r\nHost: x\r\n\r\n",
+                                 b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+                                 b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n",
+                                 b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"],
+                         ids=["nul in target", "negative length", "HTTP/2.0", "two hosts"])
+def test_every_request_pipelined_before_a_malformed_one_is_answered_in_order(port: int, good: int, bad: bytes) -> None:
+    """`good` requests, the last a POST with a body, then a malformed one, in one write: each good one answered in
+    its place, then the refusal. With three or more before it, the answer of the last good request was lost (the
+    refusal took its place in the queue, as if the bad bytes were its body) and the client read the refusal as that
+    request's answer: found through the asyncio-loop test of test_http_server."""
+    key = _fresh("before-bad")
+    doc = _subjects(key)
+    asks = b"".join(f"GET /api/v1/subjects/fr-absent-{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                    for i in range(good - 1))
+    talk = _talk(port, asks + _post(doc, f"Content-Length: {len(doc)}") + bad, answers=good + 1)
+    assert [a.status for a in talk.answers[:good - 1]] == [404] * (good - 1), talk
+    assert [a.json()["instance"] for a in talk.answers[:good - 1]] == [f"/api/v1/subjects/fr-absent-{i}"
+                                                                        for i in range(good - 1)]
+    assert talk.answers[good - 1].status == 200 and [s["key"] for s in talk.answers[good - 1].json()] == [key], talk
+    _refused(Talk(talk.answers[good:], talk.interim, talk.rest, talk.closed, talk.answered_s), (400, 505))
+
+
 # -- Content-Length and Transfer-Encoding ---------------------------------------------------------------------------
 @pytest.mark.parametrize("order", ["length first", "chunked first", "length 0"])
 def test_content_length_with_chunked_is_refused_and_nothing_is_routed(port: int, order: str) -> None:

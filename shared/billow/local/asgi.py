@@ -651,7 +651,7 @@ class BillowHttpProtocol(HttpToolsProtocol):
         waiting its turn behind one in flight, whose body holds the bad bytes, is never run: in its turn it is
         answered the refusal."""
         for n, (cycle, _) in enumerate(self.pipeline):
-            if cycle is self.cycle:
+            if cycle is self.cycle and cycle.more_body:  # (its body was being read: the bad bytes are in it)
                 self.pipeline[n] = (cycle, _answer(problem_reply(status, detail, self._target(), close=True)))
                 self._refusal = (status, detail)  # (nothing more is read)
                 self._cancel_header_timer()
