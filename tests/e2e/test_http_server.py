@@ -467,3 +467,25 @@ def _engine_turns_phase(data_dir: str) -> None:
         seen["go"].set()
         server.shutdown()
     print(json.dumps(out))
+
+
+def test_served_on_asyncios_loop_where_uvloop_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop has no Windows build: there `billow serve` runs on asyncio's own loop, with the same protocol, workers
+    and refusals. Requests pipelined on one connection are answered in order, a request with a body is served, and a
+    malformed one after them is refused with problem+json."""
+    import asyncio
+
+    from billow.local import server as server_module
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
+    assert server_module._loop_factory() is asyncio.new_event_loop
+    with memory_server(tmp_path) as server:
+        port = server.address[1]
+        assert _call(port, "POST", "/api/v1/subjects", [{"key": "win-1"}])[0] == 200
+        get = b"GET /api/v1/subjects/win-1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        raw, _ = _exchange(port, get * 3 + b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 5)
+        answers = raw.split(b"HTTP/1.1 ")[1:]
+        assert [a[:3] for a in answers] == [b"200", b"200", b"200", b"400"], raw[:600]
+        assert all(b'"key":"win-1"' in a for a in answers[:3])
+        status, problem = _status_and_problem(b"HTTP/1.1 " + answers[3])
+        assert status == 400 and problem["status"] == 400

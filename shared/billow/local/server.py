@@ -76,7 +76,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     asyncio's loop elsewhere."""
     try:
         import uvloop
-    except ImportError:  # pragma: no cover (Windows)
+    except ImportError:  # Windows (tests: test_served_on_asyncios_loop_where_uvloop_is_missing)
         return asyncio.new_event_loop
     return uvloop.new_event_loop
 
