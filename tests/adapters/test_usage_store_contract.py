@@ -384,14 +384,14 @@ def test_bounded_usage_over_thousands_of_bounds(usage_store: Any, namespace: str
     usage_store.write(namespace, values, [])
 
     def expected(bounds: list[Any]) -> list[Decimal]:
-        return [sum((v.value for v in values if lo <= v.time < hi), Decimal(0)) for lo, hi in zip(bounds, bounds[1:])]
+        return [sum((v.value for v in values if lo <= v.time < hi), Decimal(0)) for lo, hi in zip(bounds, bounds[1:], strict=False)]
 
     # an hourly period's bounds, the first and last mid-minute (a snapshot's instant, now)
     hourly = [start + timedelta(seconds=7.25), *hours[1:], hours[-1] + timedelta(minutes=30, seconds=1)]
     got = usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], [], hourly)
     assert got == expected(hourly) and sum(got) == sum(v.value for v in values[1:])  # the first is before the start
     assert usage_store.bounded_usage(namespace, "M1", "COUNT", ["a"], [], hourly) == [
-        Decimal(len([v for v in values if lo <= v.time < hi])) for lo, hi in zip(hourly, hourly[1:])]
+        Decimal(len([v for v in values if lo <= v.time < hi])) for lo, hi in zip(hourly, hourly[1:], strict=False)]
     minutely = [start + timedelta(minutes=m) for m in range(1_500)]
     assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], [], minutely) == expected(minutely)
     inside = [start + timedelta(milliseconds=ms) for ms in range(0, 1_500 * 40, 40)]  # every 40 ms of one minute

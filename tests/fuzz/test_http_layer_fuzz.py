@@ -1,6 +1,6 @@
 """`billow serve`'s HTTP layer (BillowHttpProtocol: uvicorn's httptools protocol, llhttp, on uvloop) under a seeded
 mutation fuzz, from outside over raw TCP. A handful of valid requests (GET /healthz, POST /api/v1/subjects, a
-CloudEvents batch, a chunked POST, pipelined pairs) have their bytes mutated (bytes flipped, inserted, deleted in
+CloudEvents batch, a chunked POST, two or three of them pipelined) have their bytes mutated (bytes flipped, inserted, deleted in
 the head; CRLFs doubled, dropped or made bare; NUL, CR, LF, space, tab, high bytes inserted; headers repeated;
 Content-Length moved up or down; chunk sizes corrupted; the stream cut short), are sent in random pieces with tiny
 pauses, and whatever comes back must hold, for every input:
@@ -10,6 +10,8 @@ pauses, and whatever comes back must hold, for every input:
   Content-Length), and nothing else follows;
 - every 4xx/5xx is application/problem+json whose `status` is the HTTP status; no 5xx but 503/505 (a 500 is a crash);
 - an answer that closes the connection (a refusal) is the last: nothing is answered after it;
+- the requests the mutations left whole (ending before the first changed byte) are answered first, each in its
+  place, with what it gets unmutated;
 - a subject POSTed by a request that was refused (or never answered) is not stored; an unmutated one is;
 - after every case a fresh GET /healthz is served, nothing was logged at ERROR (an exception in a protocol
   callback is logged by the loop, not answered), and the server's thread is alive at the end.
@@ -21,6 +23,7 @@ failure names both with the bytes sent."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -113,10 +116,11 @@ SINGLES: dict[str, Callable[[random.Random, bool, str], Request]] = {
 def make_case(number: int) -> Case:
     rng = random.Random(f"{SEED}:{number}")
     close = rng.random() < 0.75  # most end with Connection: close (else the server closes the idle connection)
-    if rng.random() < 0.3:
-        a, b = rng.choice(list(SINGLES)), rng.choice(list(SINGLES))
-        reqs = [SINGLES[a](rng, False, f"hf{SEED}-{number}a"), SINGLES[b](rng, close, f"hf{SEED}-{number}b")]
-        case = Case(number, f"pipelined {a}+{b}", reqs)
+    if rng.random() < 0.3:  # two or three pipelined: a request can wait its turn behind one in flight
+        names = [rng.choice(list(SINGLES)) for _ in range(rng.choice((2, 3)))]
+        reqs = [SINGLES[n](rng, close and i == len(names) - 1, f"hf{SEED}-{number}{'abc'[i]}")
+                for i, n in enumerate(names)]
+        case = Case(number, "pipelined " + "+".join(names), reqs)
     else:
         name = rng.choice(list(SINGLES))
         case = Case(number, name, [SINGLES[name](rng, close, f"hf{SEED}-{number}")])
@@ -391,10 +395,16 @@ def check(port: int, case: Case, seen: list[int] | None = None) -> list[str]:
                            f"{a.headers} {a.body[:300]!r}")
         if a.closes() and i != len(finals) - 1:
             bad.append(f"answer {i} ({a.status}) closes the connection, yet {len(finals) - 1 - i} more came after it")
-    if not case.mutations:  # the control: a valid request is served
-        if [a.status for a in finals] != [204 if r.raw.startswith(b"POST /api/v1/events") else 200
-                                          for r in case.requests]:
-            bad.append(f"unmutated requests answered {[a.status for a in finals]}")
+    # The control: the requests whose bytes the mutations left whole (all of them, unmutated; else those that end
+    # before the first changed byte) are served, each answered in its place, before anything else is answered.
+    sent = b"".join(r.raw for r in case.requests)
+    same = next((i for i, (x, y) in enumerate(zip(sent, case.data)) if x != y), min(len(sent), len(case.data)))
+    ends = list(itertools.accumulate(len(r.raw) for r in case.requests))
+    whole = [r for r, end in zip(case.requests, ends, strict=True) if end <= same]
+    want = [204 if r.raw.startswith(b"POST /api/v1/events") else 200 for r in whole]
+    got = [a.status for a in finals]
+    if got[:len(want)] != want or (not case.mutations and got != want):
+        bad.append(f"the {len(whole)} requests left whole were answered {got} (want {want} first)")
     # A subject POSTed by a request at or after a refusal, or never answered, is not stored; an unmutated one is.
     refused_at = next((i for i, a in enumerate(finals) if a.status >= 400 and a.closes()), len(finals))
     for j, req in enumerate(case.requests):
@@ -476,10 +486,10 @@ def test_a_bad_chunked_body_pipelined_behind_a_request_is_refused_after_its_answ
     port = server.address[1]
     key = f"hf-pipe-{first}-{len(bad)}"
     req = SINGLES[first](random.Random(0), False, key)
-    case = Case(0, "pipelined", [req, Request(b"POST /api/v1/subjects HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                                              b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + bad)],
-                mutations=["bad chunked body"])
-    case.data = b"".join(r.raw for r in case.requests)
+    head = b"POST /api/v1/subjects HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    # (the requests as they were before the mutation, as the fuzz keeps them; the second's body is what is mutated)
+    case = Case(0, "pipelined", [req, Request(head + b"2\r\n[]\r\n0\r\n\r\n")], mutations=["bad chunked body"])
+    case.data = req.raw + head + bad
     case.pieces = [(case.data, 0.0)]
     ex = exchange(port, case.pieces)
     answers, wrong = parse(ex.received)
