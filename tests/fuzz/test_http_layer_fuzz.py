@@ -398,7 +398,8 @@ def check(port: int, case: Case, seen: list[int] | None = None) -> list[str]:
     # The control: the requests whose bytes the mutations left whole (all of them, unmutated; else those that end
     # before the first changed byte) are served, each answered in its place, before anything else is answered.
     sent = b"".join(r.raw for r in case.requests)
-    same = next((i for i, (x, y) in enumerate(zip(sent, case.data)) if x != y), min(len(sent), len(case.data)))
+    same = next((i for i, (x, y) in enumerate(zip(sent, case.data, strict=False)) if x != y),
+                min(len(sent), len(case.data)))
     ends = list(itertools.accumulate(len(r.raw) for r in case.requests))
     whole = [r for r, end in zip(case.requests, ends, strict=True) if end <= same]
     want = [204 if r.raw.startswith(b"POST /api/v1/events") else 200 for r in whole]
