@@ -116,3 +116,28 @@ def test_distinct_and_latest_meters_over_weeks_of_hourly_periods_read_usage_once
         assert got == {"hasAccess": True, "balance": 110 - used, "usage": used, "overage": 0,
                        "totalAvailableGrantAmount": 110}, slug
         assert reads == ["aggregate", "aggregate"], (slug, len(reads))  # the windows, then [12:00, 12:37)
+
+
+def test_a_grant_recurring_every_minute_is_checked(billow: Billow, monkeypatch: Any) -> None:
+    """OpenMeter takes any positive recurrence: a grant recurring every minute, two weeks into a monthly period, puts
+    ~19,000 bounds in the check's usage read. Spelled out as comparisons that statement passed ClickHouse's 256 KiB
+    (max_query_size) and the check answered 500 on chdb; it now sums by cell."""
+    b = billow
+    b.ok("POST", "/api/v1/features", {"key": "ai_tokens", "name": "AI tokens", "meterSlug": "tokens"})
+    b.clock.set("2026-02-01T00:00:00Z")
+    b.ok("POST", PATH, {"type": "metered", "featureKey": "ai_tokens", "measureUsageFrom": "2026-02-01T00:00:00Z",
+                        "usagePeriod": {"interval": "MONTH", "anchor": "2026-01-01T00:00:00Z"}})
+    for every in ("PT1M", "PT5M"):
+        b.ok("POST", PATH + "/ai_tokens/grants", {
+            "amount": 1, "priority": 1, "effectiveAt": "2026-02-01T00:00:00Z", "expiration": {"duration": "YEAR", "count": 1},
+            "recurrence": {"interval": every, "anchor": "2026-02-01T00:00:00Z"}})
+    b.usage("3", "2026-02-10T00:00:30Z")
+    b.usage("0.25", "2026-02-14T12:36:00Z")
+    b.clock.set("2026-02-14T12:36:30Z")
+    b.c.balance_cache = None
+    read: list[int] = []
+    real = b.c.usage.bounded_usage
+    monkeypatch.setattr(b.c.usage, "bounded_usage", lambda *a: read.append(len(a[-1])) or real(*a))
+    assert b.value("customer_1", "ai_tokens") == {
+        "hasAccess": True, "balance": 1.75, "usage": 3.25, "overage": 0, "totalAvailableGrantAmount": 5}
+    assert read and read[0] > 19_000, read
