@@ -85,3 +85,42 @@ def test_snapshots_resets_and_late_usage(store: SqlEntitlementStore) -> None:
     assert store.save_snapshot(n, eid, "s1", t("2026-02-01T00:00:00Z"), {}, computed_from=t("2026-02-06T00:00:00Z"))
     assert store.save_snapshot(n, new_id(), "s2", t("2026-02-01T00:00:00Z"), {}, computed_from=NOW)
     assert [r["at"] for r in store.list_resets(n, eid)] == [t("2026-02-02T06:00:00Z")]
+
+
+def test_containers_saving_the_same_snapshot_at_once_all_succeed(pg_database: str) -> None:
+    """Two containers (their own engines) checking one entitlement at once both save the snapshot at the same reset:
+    each looks, finds none, inserts; the later insert met the primary key and its check answered 500. With
+    snapshots at every hourly reset an hour old, that is any two checks of an hourly entitlement within a moment of
+    each other after the hour turns. Every save succeeds (the snapshot is the same engine state) and one row stays."""
+    import threading
+
+    from billow.adapters.sql import SqlMetaStore
+
+    metas = [SqlMetaStore(pg_database) for _ in range(2)]
+    metas[0].migrate()
+    stores = [SqlEntitlementStore(m.engine) for m in metas]
+    stores[0].migrate()
+    n, eid = ns(), new_id()
+    errors: list[BaseException] = []
+    try:
+        for hour in range(12):
+            at = t(f"2026-02-01T{hour:02d}:00:00Z")
+            go = threading.Barrier(8)
+
+            def save(store: SqlEntitlementStore, at: Any = at, go: threading.Barrier = go) -> None:
+                go.wait()
+                try:
+                    assert store.save_snapshot(n, eid, "s1", at, {"h": at.hour}, computed_from=NOW)
+                except BaseException as e:  # noqa: BLE001 (collected and asserted below)
+                    errors.append(e)
+
+            threads = [threading.Thread(target=save, args=(stores[i % 2],)) for i in range(8)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            assert stores[1].latest_snapshot(n, eid, at) == {"h": hour}
+        assert not errors, errors[:3]
+    finally:
+        for m in metas:
+            m.close()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
@@ -88,6 +89,13 @@ def save_by_id(c: Any, table: sa.Table, row: dict[str, Any], *, keep: tuple[str,
             **{k: v for k, v in row.items() if k not in keep}))
     else:
         c.execute(table.insert().values(**row))
+
+
+def insert_new(c: Any, table: sa.Table, row: dict[str, Any]) -> None:
+    """Insert `row` unless a row with its primary key is there: INSERT ... ON CONFLICT DO NOTHING (PostgreSQL and
+    SQLite), one statement, where a look then an insert lets two writers both find none and the later insert fail."""
+    dialect = postgresql if c.dialect.name == "postgresql" else sqlite
+    c.execute(dialect.insert(table).values(**row).on_conflict_do_nothing())
 
 
 def utc(t: datetime | None) -> datetime | None:

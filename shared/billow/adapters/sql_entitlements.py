@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, save_by_id, to_datetime, utc
+from billow.adapters.sql import TS, insert_new, save_by_id, to_datetime, utc
 from billow.errors import Conflict
 
 md = sa.MetaData()
@@ -247,11 +247,9 @@ class SqlEntitlementStore:
                 late_usage.c.seen_at >= computed_from, late_usage.c.earliest < at).limit(1)).first()
             if late:
                 return False
-            exists = c.execute(sa.select(snapshots.c.at).where(snapshots.c.entitlement_id == entitlement_id,
-                                                               snapshots.c.at == at)).first()
-            if not exists:
-                c.execute(snapshots.insert().values(namespace=namespace, entitlement_id=entitlement_id,
-                                                    subject_key=subject_key, at=at, doc=jsonx.dumps(doc)))
+            # Two containers checking at once save the same state at the same reset: the first one's row stays.
+            insert_new(c, snapshots, dict(namespace=namespace, entitlement_id=entitlement_id, subject_key=subject_key,
+                                          at=at, doc=jsonx.dumps(doc)))
         return True
 
     def usage_arrived_late(self, namespace: str, earliest_by_subject: Mapping[str, datetime], now: datetime) -> None:
