@@ -66,3 +66,40 @@ def test_fellow_subjects_are_every_subject_of_the_owning_customers(meta_store, n
     assert meta_store.fellow_subjects(ns, ["s2", "t1", "nobody"]) == ["s1", "s2", "t1"]
     assert meta_store.fellow_subjects(ns, ["nobody"]) == meta_store.fellow_subjects(ns, []) == []
     assert meta_store.fellow_subjects(ns + "x", ["s1"]) == []  # per namespace
+
+
+def test_containers_upserting_one_subject_at_once_all_succeed(pg_database: str) -> None:
+    """POST /api/v1/subjects is an upsert: two containers upserting one key at once (a client's retry, two workers
+    registering a user) both looked, both found none, both inserted, and the later met the live-key index: 45 of 80
+    such upserts answered 500. Every one now succeeds and one live subject stays, holding one of the writes."""
+    import threading
+    from datetime import UTC, datetime
+
+    from billow.adapters.sql import SqlMetaStore
+
+    metas = [SqlMetaStore(pg_database) for _ in range(2)]
+    metas[0].migrate()
+    errors: list[BaseException] = []
+    try:
+        for _ in range(10):
+            key = f"race-{uuid.uuid4().hex[:8]}"
+            go = threading.Barrier(8)
+
+            def upsert(n: int, key: str = key, go: threading.Barrier = go) -> None:
+                go.wait()
+                try:
+                    metas[n % 2].upsert_subject("racens", {"key": key, "displayName": f"w{n}"}, datetime.now(UTC))
+                except BaseException as e:  # noqa: BLE001 (collected and asserted below)
+                    errors.append(e)
+
+            threads = [threading.Thread(target=upsert, args=(n,)) for n in range(8)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            live = [s for s in metas[1].list_subjects("racens") if s["key"] == key]
+            assert len(live) == 1 and live[0]["displayName"] in {f"w{n}" for n in range(8)}, live
+        assert not errors, errors[:3]
+    finally:
+        for m in metas:
+            m.close()

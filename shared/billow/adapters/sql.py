@@ -245,16 +245,25 @@ class SqlMetaStore:
         values = {"display_name": subject.get("displayName"),
                   "metadata": jsonx.dumps(subject["metadata"]) if subject.get("metadata") is not None else None,
                   "updated_at": now}
-        with self._tx() as c:
-            row = c.execute(sa.select(subjects).where(subjects.c.namespace == namespace, subjects.c.key == key,
-                                                      subjects.c.deleted_at.is_(None))).first()
-            if row is None:
-                sid = new_id()
-                c.execute(subjects.insert().values(namespace=namespace, id=sid, key=key, created_at=now, **values))
-            else:
-                sid = row.id
-                c.execute(subjects.update().where(subjects.c.id == sid).values(**values))
-            out = _subject(c.execute(sa.select(subjects).where(subjects.c.id == sid)).one())
+        for attempt in (1, 2):
+            try:
+                with self._tx() as c:
+                    row = c.execute(sa.select(subjects).where(subjects.c.namespace == namespace, subjects.c.key == key,
+                                                              subjects.c.deleted_at.is_(None))).first()
+                    if row is None:
+                        sid = new_id()
+                        c.execute(subjects.insert().values(namespace=namespace, id=sid, key=key, created_at=now,
+                                                           **values))
+                    else:
+                        sid = row.id
+                        c.execute(subjects.update().where(subjects.c.id == sid).values(**values))
+                    out = _subject(c.execute(sa.select(subjects).where(subjects.c.id == sid)).one())
+                break
+            except IntegrityError:
+                # Another writer (a container beside this one) inserted the key since the look: its row is
+                # committed now, and the second attempt updates it (an upsert, not a conflict).
+                if attempt == 2:
+                    raise
         self.subjects_generation += 1
         return out
 
