@@ -188,13 +188,15 @@ class SqlMetaStore:
             return bool(c.execute(sa.select(meters.c.managed).where(
                 meters.c.namespace == namespace, meters.c.id == meter_id)).scalar())
 
+    # a live meter first, then the latest deleted one (only those with include_deleted); built once, as _FELLOWS
+    _METER = sa.select(meters).where(meters.c.namespace == sa.bindparam("ns"),
+                                     sa.or_(meters.c.id == sa.bindparam("k"), meters.c.slug == sa.bindparam("k"))
+                                     ).order_by(meters.c.deleted_at.is_(None).desc(), meters.c.created_at.desc()).limit(1)
+    _METERS = {False: _METER.where(meters.c.deleted_at.is_(None)), True: _METER}
+
     def get_meter(self, namespace: str, id_or_slug: str, include_deleted: bool = False) -> Meter | None:
-        q = sa.select(meters).where(meters.c.namespace == namespace,
-                                    sa.or_(meters.c.id == id_or_slug, meters.c.slug == id_or_slug))
-        if not include_deleted:
-            q = q.where(meters.c.deleted_at.is_(None))
         with self.engine.connect() as c:
-            row = c.execute(q.order_by(meters.c.deleted_at.is_(None).desc(), meters.c.created_at.desc())).first()
+            row = c.execute(self._METERS[include_deleted], {"ns": namespace, "k": id_or_slug}).first()
         return _meter(row) if row else None
 
     def list_meters(self, namespace: str, include_deleted: bool = False) -> list[Meter]:
@@ -273,11 +275,13 @@ class SqlMetaStore:
                              .order_by(subjects.c.key))
             return [_subject(r) for r in rows]
 
+    _SUBJECT = sa.select(subjects).where(  # built once, as _FELLOWS
+        subjects.c.namespace == sa.bindparam("ns"), subjects.c.deleted_at.is_(None),
+        sa.or_(subjects.c.id == sa.bindparam("k"), subjects.c.key == sa.bindparam("k"))).limit(1)
+
     def get_subject(self, namespace: str, id_or_key: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
-            row = c.execute(sa.select(subjects).where(
-                subjects.c.namespace == namespace, subjects.c.deleted_at.is_(None),
-                sa.or_(subjects.c.id == id_or_key, subjects.c.key == id_or_key))).first()
+            row = c.execute(self._SUBJECT, {"ns": namespace, "k": id_or_key}).first()
             return _subject(row) if row else None
 
     def delete_subject(self, namespace: str, subject_id: str, at: datetime) -> None:

@@ -164,12 +164,24 @@ class SqlEntitlementStore:
             row = c.execute(q).first()
         return jsonx.loads(row.doc) if row else None
 
+    # The statements of an entitlement check, built once: a statement made per call costs more than the query (the
+    # check's SQLAlchemy statement building was ~10 % of an uncached check's time).
+    _FIND = sa.select(entitlements.c.doc).where(
+        entitlements.c.namespace == sa.bindparam("ns"), entitlements.c.subject_key.in_(sa.bindparam("keys", expanding=True)),
+        entitlements.c.feature_key == sa.bindparam("feature"), entitlements.c.deleted_at.is_(None)
+    ).order_by(entitlements.c.created_at).limit(1)
+    _GRANTS_OF = sa.select(grants.c.doc).where(
+        grants.c.namespace == sa.bindparam("ns"), grants.c.entitlement_id.in_(sa.bindparam("ids", expanding=True))
+    ).order_by(grants.c.created_at, grants.c.id)
+    _RESETS = sa.select(resets).where(resets.c.namespace == sa.bindparam("ns"),
+                                      resets.c.entitlement_id == sa.bindparam("ent")).order_by(resets.c.at)
+    _LATEST_SNAPSHOT = sa.select(snapshots.c.doc).where(
+        snapshots.c.namespace == sa.bindparam("ns"), snapshots.c.entitlement_id == sa.bindparam("ent"),
+        snapshots.c.at <= sa.bindparam("not_after", type_=TS)).order_by(snapshots.c.at.desc()).limit(1)
+
     def find_entitlement(self, namespace: str, subject_keys: list[str], feature_key: str) -> dict[str, Any] | None:
-        q = sa.select(entitlements.c.doc).where(
-            entitlements.c.namespace == namespace, entitlements.c.subject_key.in_(subject_keys),
-            entitlements.c.feature_key == feature_key, entitlements.c.deleted_at.is_(None))
         with self.engine.connect() as c:
-            row = c.execute(q.order_by(entitlements.c.created_at)).first()
+            row = c.execute(self._FIND, {"ns": namespace, "keys": list(subject_keys), "feature": feature_key}).first()
         return jsonx.loads(row.doc) if row else None
 
     def list_entitlements(self, namespace: str, subject_keys: list[str] | None = None, include_deleted: bool = False,
@@ -201,6 +213,10 @@ class SqlEntitlementStore:
         return jsonx.loads(row.doc) if row else None
 
     def list_grants(self, namespace: str, entitlement_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        if entitlement_ids is not None:
+            with self.engine.connect() as c:
+                return [jsonx.loads(r.doc) for r in c.execute(self._GRANTS_OF, {"ns": namespace,
+                                                                                 "ids": list(entitlement_ids)})]
         q = sa.select(grants.c.doc).where(grants.c.namespace == namespace)
         if entitlement_ids is not None:
             q = q.where(grants.c.entitlement_id.in_(entitlement_ids))
@@ -223,18 +239,14 @@ class SqlEntitlementStore:
 
     def list_resets(self, namespace: str, entitlement_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(resets).where(resets.c.namespace == namespace,
-                                                     resets.c.entitlement_id == entitlement_id).order_by(resets.c.at))
+            rows = c.execute(self._RESETS, {"ns": namespace, "ent": entitlement_id})
             return [{"at": utc(r.at), "retainAnchor": r.retain_anchor, "preserveOverage": r.preserve_overage}
                     for r in rows]
 
     # -- snapshots --------------------------------------------------------------------------------
     def latest_snapshot(self, namespace: str, entitlement_id: str, not_after: datetime) -> dict[str, Any] | None:
-        q = (sa.select(snapshots.c.doc).where(snapshots.c.namespace == namespace,
-                                              snapshots.c.entitlement_id == entitlement_id, snapshots.c.at <= not_after)
-             .order_by(snapshots.c.at.desc()).limit(1))
         with self.engine.connect() as c:
-            row = c.execute(q).first()
+            row = c.execute(self._LATEST_SNAPSHOT, {"ns": namespace, "ent": entitlement_id, "not_after": not_after}).first()
         return jsonx.loads(row.doc) if row else None
 
     def save_snapshot(self, namespace: str, entitlement_id: str, subject_key: str, at: datetime,
