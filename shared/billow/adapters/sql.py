@@ -98,6 +98,17 @@ def insert_new(c: Any, table: sa.Table, row: dict[str, Any]) -> None:
     c.execute(dialect.insert(table).values(**row).on_conflict_do_nothing())
 
 
+def upsert(c: Any, table: sa.Table, row: dict[str, Any]) -> None:
+    """Insert `row`, or give the row with its primary key `row`'s other columns: INSERT ... ON CONFLICT DO UPDATE
+    (PostgreSQL and SQLite), one statement, where a delete (or a look) then an insert lets two writers both find
+    none and the later insert fail."""
+    dialect = postgresql if c.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(**row)
+    keys = [col.name for col in table.primary_key.columns]
+    c.execute(stmt.on_conflict_do_update(index_elements=keys,
+                                         set_={k: stmt.excluded[k] for k in row if k not in keys}))
+
+
 def utc(t: datetime | None) -> datetime | None:
     if t is None:
         return None

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
+from billow.adapters.sql import upsert
 
 md = sa.MetaData()
 
@@ -102,14 +103,16 @@ class SqlAppStore:
 
     # -- customer app data ---------------------------------------------------------------------------------------
     def put_customer_app(self, namespace: str, customer_id: str, app_id: str, doc: dict[str, Any] | None) -> None:
-        """Replace the customer's data for the app (None deletes it)."""
-        key = (customer_apps.c.namespace == namespace, customer_apps.c.customer_id == customer_id,
-               customer_apps.c.app_id == app_id)
+        """Replace the customer's data for the app (None deletes it). One upsert: a delete then an insert let two
+        containers writing at once both find nothing to delete and the later insert fail on the primary key."""
         with self.engine.begin() as c:
-            c.execute(customer_apps.delete().where(*key))
-            if doc is not None:
-                c.execute(customer_apps.insert().values(namespace=namespace, customer_id=customer_id, app_id=app_id,
-                                                        doc=jsonx.dumps(doc)))
+            if doc is None:
+                c.execute(customer_apps.delete().where(customer_apps.c.namespace == namespace,
+                                                       customer_apps.c.customer_id == customer_id,
+                                                       customer_apps.c.app_id == app_id))
+            else:
+                upsert(c, customer_apps, dict(namespace=namespace, customer_id=customer_id, app_id=app_id,
+                                              doc=jsonx.dumps(doc)))
 
     def customer_apps(self, namespace: str, customer_id: str) -> dict[str, dict[str, Any]]:
         """The customer's data per app id."""

@@ -1,0 +1,78 @@
+"""Writes that look, then insert, made by several Lambda containers at once on one PostgreSQL (as on Aurora).
+
+Each test runs 8 threads over two stores on their own engines (two containers) against a PostgreSQL database of
+the test's own (tests/conftest.py `pg_database`), started together at a barrier, for several rounds. SQLite
+serialises writers, so these races show on PostgreSQL only. An upsert must succeed for every writer and leave
+one row; a write whose conflict is the right answer must answer Conflict (409), never a bare IntegrityError (500)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from billow.adapters.sql import SqlMetaStore
+from billow.ids import new_id
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+THREADS = 8
+
+
+@pytest.fixture
+def engines(pg_database: str) -> Iterator[list[sa.Engine]]:
+    """Two containers' engines on one migrated PostgreSQL database."""
+    metas = [SqlMetaStore(pg_database) for _ in range(2)]
+    metas[0].migrate()
+    try:
+        yield [m.engine for m in metas]
+    finally:
+        for m in metas:
+            m.close()
+
+
+def at_once(calls: list[Callable[[], Any]]) -> tuple[list[Any], list[BaseException]]:
+    """Run the calls on threads of their own, released together; what they returned and what they raised."""
+    go = threading.Barrier(len(calls))
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], Any]) -> None:
+        go.wait()
+        try:
+            results.append(call())
+        except BaseException as e:  # noqa: BLE001 (collected and asserted by the test)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results, errors
+
+
+def test_containers_setting_one_customer_s_app_data_at_once_all_succeed(engines: list[sa.Engine]) -> None:
+    """PUT /customers/{c}/stripe (and /apps, and Checkout recording the Stripe customer it made) replaces the
+    customer's data for an app: delete, then insert. Two containers doing it at once for one customer both found
+    nothing left to delete and the later insert met the primary key: a 500 for a replace that should succeed.
+    Every write now succeeds and the customer keeps one row, holding one of the writes."""
+    from billow.adapters.sql_apps import SqlAppStore
+
+    stores = [SqlAppStore(e) for e in engines]
+    app_id, failed = new_id(), []
+    for round_ in range(10):
+        customer = new_id()
+        if round_ % 2:  # a replace of data already there, as well as a first write
+            stores[0].put_customer_app("ns", customer, app_id, {"stripeCustomerId": "cus_old"})
+        _, errors = at_once([partial(stores[n % 2].put_customer_app, "ns", customer, app_id,
+                                     {"stripeCustomerId": f"cus_{n}"}) for n in range(THREADS)])
+        failed += errors
+        data = stores[1].customer_apps("ns", customer)
+        assert list(data) == [app_id] and data[app_id]["stripeCustomerId"] in {f"cus_{n}" for n in range(THREADS)}
+    assert not failed, (len(failed), failed[:3])
+
