@@ -76,3 +76,20 @@ def test_containers_setting_one_customer_s_app_data_at_once_all_succeed(engines:
         assert list(data) == [app_id] and data[app_id]["stripeCustomerId"] in {f"cus_{n}" for n in range(THREADS)}
     assert not failed, (len(failed), failed[:3])
 
+
+def test_containers_setting_one_customer_s_billing_override_at_once_all_succeed(engines: list[sa.Engine]) -> None:
+    """PUT /billing/customers/{c} replaces the customer's override (its billing profile and workflow): delete, then
+    insert, so two containers at once met the primary key and one answered 500. Every write now succeeds and one
+    override stays."""
+    from billow.adapters.sql_billing import SqlBillingStore
+
+    stores, failed = [SqlBillingStore(e) for e in engines], []
+    for round_ in range(10):
+        customer = new_id()
+        if round_ % 2:
+            stores[0].put_override("ns", customer, {"profileId": "old"})
+        _, errors = at_once([partial(stores[n % 2].put_override, "ns", customer, {"profileId": f"p{n}"})
+                             for n in range(THREADS)])
+        failed += errors
+        assert stores[1].list_overrides("ns")[customer]["profileId"] in {f"p{n}" for n in range(THREADS)}
+    assert not failed, (len(failed), failed[:3])

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, save_by_id, utc
+from billow.adapters.sql import TS, save_by_id, upsert, utc
 from billow.domain.billing import Mark
 from billow.domain.invoices import CreditBack
 from billow.errors import Conflict
@@ -118,10 +118,14 @@ class SqlBillingStore:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(profiles.c.id))]
 
     def put_override(self, namespace: str, customer_id: str, doc: dict[str, Any] | None) -> None:
+        """Replace the customer's override (None deletes it): one upsert, as two containers writing at once would
+        both find nothing to delete and the later insert fail on the primary key."""
         with self.engine.begin() as c:
-            c.execute(overrides.delete().where(overrides.c.namespace == namespace, overrides.c.customer_id == customer_id))
-            if doc is not None:
-                c.execute(overrides.insert().values(namespace=namespace, customer_id=customer_id, doc=jsonx.dumps(doc)))
+            if doc is None:
+                c.execute(overrides.delete().where(overrides.c.namespace == namespace,
+                                                   overrides.c.customer_id == customer_id))
+            else:
+                upsert(c, overrides, dict(namespace=namespace, customer_id=customer_id, doc=jsonx.dumps(doc)))
 
     def get_override(self, namespace: str, customer_id: str) -> dict[str, Any] | None:
         q = sa.select(overrides.c.doc).where(overrides.c.namespace == namespace, overrides.c.customer_id == customer_id)
