@@ -93,3 +93,27 @@ def test_containers_setting_one_customer_s_billing_override_at_once_all_succeed(
         failed += errors
         assert stores[1].list_overrides("ns")[customer]["profileId"] in {f"p{n}" for n in range(THREADS)}
     assert not failed, (len(failed), failed[:3])
+
+
+def test_containers_overriding_one_entitlement_at_once_one_wins_the_others_conflict(engines: list[sa.Engine]) -> None:
+    """PUT .../entitlements/{e}/override replaces the live entitlement with a new one. Two containers overriding it
+    at once both ended the old one and both inserted a new live one: the later insert met the one-live-entitlement
+    index and answered 500. Now exactly one override wins, every other answers Conflict (409: the entitlement it
+    read was replaced meanwhile), and one entitlement is live, the winner's."""
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict
+
+    stores = [SqlEntitlementStore(e) for e in engines]
+    failed: list[BaseException] = []
+    for _ in range(10):
+        subject, feature_id = new_id(), new_id()
+        old = {"id": new_id(), "type": "metered", "subjectKey": subject, "featureKey": "f", "featureId": feature_id}
+        stores[0].put_entitlement("ns", old, created_at=NOW)
+        news = [{**old, "id": new_id()} for _ in range(THREADS)]
+        won, errors = at_once([partial(stores[n % 2].replace_entitlement, "ns", old["id"], news[n], at=NOW,
+                                       old_doc={**old, "deletedAt": "x"}) for n in range(THREADS)])
+        failed += [e for e in errors if not isinstance(e, Conflict)]
+        assert len(won) == 1 and len(errors) == THREADS - 1
+        live = stores[1].list_entitlements("ns", subject_keys=[subject])
+        assert len(live) == 1 and live[0]["id"] in {d["id"] for d in news}
+    assert not failed, (len(failed), failed[:3])

@@ -147,14 +147,21 @@ class SqlEntitlementStore:
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: Mapping[str, Any], *, at: datetime,
                             old_doc: Mapping[str, Any]) -> None:
-        """Delete `old_id` and insert `doc` in one transaction (override)."""
+        """Delete `old_id` and insert `doc` in one transaction (override). Conflict if `old_id` is no longer live (an
+        override or delete beside this one ended it first) or another live entitlement took its place."""
         self.generation += 1
-        with self.engine.begin() as c:
-            c.execute(entitlements.update().where(entitlements.c.namespace == namespace, entitlements.c.id == old_id)
-                      .values(deleted_at=at, doc=jsonx.dumps(old_doc)))
-            c.execute(entitlements.insert().values(
-                namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
-                feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=at, deleted_at=None))
+        try:
+            with self.engine.begin() as c:
+                if c.execute(entitlements.update().where(entitlements.c.namespace == namespace,
+                                                         entitlements.c.id == old_id, entitlements.c.deleted_at.is_(None))
+                             .values(deleted_at=at, doc=jsonx.dumps(old_doc))).rowcount != 1:
+                    raise Conflict(f"entitlement {old_id} was replaced or deleted meanwhile; reload it and try again")
+                c.execute(entitlements.insert().values(
+                    namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
+                    feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=at, deleted_at=None))
+        except IntegrityError:
+            raise Conflict(f"subject {doc['subjectKey']!r} already has an entitlement for feature "
+                           f"{doc['featureKey']!r}") from None
 
     def get_entitlement(self, namespace: str, entitlement_id: str, include_deleted: bool = False) -> dict[str, Any] | None:
         q = sa.select(entitlements.c.doc).where(entitlements.c.namespace == namespace, entitlements.c.id == entitlement_id)
