@@ -206,8 +206,10 @@ class BillingStore(Protocol):
     def list_overrides(self, namespace: str) -> dict[str, dict[str, Any]]: ...
 
     def put_invoice(self, namespace: str, doc: dict[str, Any], *, expect_status: str | None = None,
-                    credit: CreditBack | None = None) -> None:
-        """Save an invoice; with `expect_status`, only if it is still in that status (else Conflict). With `credit`
+                    credit: CreditBack | None = None, expect_doc: str | None = None) -> None:
+        """Save an invoice; with `expect_status`, only if it is still in that status (else Conflict), and with
+        `expect_doc` too only if it is still stored as that JSON (what it was read as: nobody changed it since). A new
+        invoice whose number another took meanwhile is Conflict. With `credit`
         (a negative invoice issued: what it gives back; needs `expect_status`) ONE transaction also adds the credit to
         the customer's prepaid balance, once: an entry with its id already there is not added again, and a lost
         race writes neither."""

@@ -24,15 +24,20 @@ THREADS = 8
 
 
 @pytest.fixture
-def engines(pg_database: str) -> Iterator[list[sa.Engine]]:
-    """Two containers' engines on one migrated PostgreSQL database."""
-    metas = [SqlMetaStore(pg_database) for _ in range(2)]
-    metas[0].migrate()
+def metas(pg_database: str) -> Iterator[list[SqlMetaStore]]:
+    """Two containers' meta stores (each its own engine) on one migrated PostgreSQL database."""
+    stores = [SqlMetaStore(pg_database) for _ in range(2)]
+    stores[0].migrate()
     try:
-        yield [m.engine for m in metas]
+        yield stores
     finally:
-        for m in metas:
+        for m in stores:
             m.close()
+
+
+@pytest.fixture
+def engines(metas: list[SqlMetaStore]) -> list[sa.Engine]:
+    return [m.engine for m in metas]
 
 
 def at_once(calls: list[Callable[[], Any]]) -> tuple[list[Any], list[BaseException]]:
@@ -117,3 +122,40 @@ def test_containers_overriding_one_entitlement_at_once_one_wins_the_others_confl
         live = stores[1].list_entitlements("ns", subject_keys=[subject])
         assert len(live) == 1 and live[0]["id"] in {d["id"] for d in news}
     assert not failed, (len(failed), failed[:3])
+
+
+def test_containers_adding_pending_lines_for_one_customer_at_once_keep_every_line(metas: list[SqlMetaStore]) -> None:
+    """POST /billing/customers/{c}/invoices/pending-lines puts one-off lines on the customer's gathering invoice.
+    Two containers adding lines at once: with no gathering invoice yet both made one, with the customer's one
+    gathering number, and the later answered 500; with one there, both read its lines and wrote them back with
+    their own, guarded by its status only, so one of the charges was lost although both answered 201. Every add
+    now succeeds and the customer's one gathering invoice holds every line."""
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services.pending_lines import add_pending_lines
+
+    billing = [SqlBillingStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+
+    def body(name: str) -> dict[str, Any]:
+        return {"currency": "USD", "lines": [{"name": name, "price": {"type": "flat", "amount": "10"},
+                                              "period": {"from": "2026-06-01T00:00:00Z", "to": "2026-06-02T00:00:00Z"},
+                                              "invoiceAt": "2026-06-02T00:00:00Z"}]}
+
+    failed: list[BaseException] = []
+    lost: list[str] = []  # lines whose add answered success but that are not on the gathering invoice
+    for round_ in range(10):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"c{round_}", "name": "C", "usageAttribution": {"subjectKeys": []},
+                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        if round_ % 2:  # lines added to a gathering invoice already there, as well as to a first one
+            add_pending_lines("ns", customer["id"], body("first"), store=billing[0], meta=metas[0], ents=ents[0],
+                              now=NOW)
+        added, errors = at_once([partial(add_pending_lines, "ns", customer["id"], body(f"line {n}"),
+                                         store=billing[n % 2], meta=metas[n % 2], ents=ents[n % 2], now=NOW)
+                                 for n in range(THREADS)])
+        failed += errors
+        (holder,) = billing[1].list_invoices("ns", customer_ids=[customer["id"]], statuses=["gathering"])
+        held = {ln["id"] for ln in holder["lines"]}
+        lost += [ln["name"] for out in added for ln in out["lines"] if ln["id"] not in held]
+    assert not failed and not lost, (len(failed), len(lost), failed[:3])

@@ -135,21 +135,31 @@ class SqlBillingStore:
 
     # -- invoices ----------------------------------------------------------------------------------------------
     def put_invoice(self, namespace: str, doc: dict[str, Any], *, expect_status: str | None = None,
-                    credit: CreditBack | None = None) -> None:
+                    credit: CreditBack | None = None, expect_doc: str | None = None) -> None:
         """Save an invoice; with `expect_status`, only if it is still in that status (else Conflict: another
-        actor moved it first). With `credit` (a negative invoice issued), the same transaction adds it to the
+        actor moved it first), and with `expect_doc` only if its stored JSON is still that (else Conflict: another
+        writer changed it since it was read, as two containers adding pending lines to one gathering invoice do).
+        A new invoice whose number was taken meanwhile (two containers making one customer's gathering invoice) is
+        Conflict. With `credit` (a negative invoice issued), the same transaction adds it to the
         customer's prepaid balance unless an entry of its id is there already: the guarded move lets one issuing
         through, the entry id (derived from the invoice's) keeps any other from adding it again."""
-        if credit is not None and expect_status is None:
-            raise ValueError("a credit is written only with a guarded status move (expect_status)")
+        if (credit is not None or expect_doc is not None) and expect_status is None:
+            raise ValueError("a credit or an expected document is written only with a guarded status move "
+                             "(expect_status)")
         row = {"id": doc["id"], "namespace": namespace, "customer_id": doc["customer"]["id"], "number": doc["number"],
                "status": doc["status"], "doc": jsonx.dumps(doc)}
+        if expect_status is None:
+            try:
+                with self.engine.begin() as c:
+                    save_by_id(c, invoices, row)
+            except IntegrityError:
+                raise Conflict(f"invoice number {doc['number']} was taken meanwhile; reload and try again") from None
+            return
         with self.engine.begin() as c:
-            if expect_status is None:
-                save_by_id(c, invoices, row)
-                return
-            done = c.execute(invoices.update().where(invoices.c.id == doc["id"], invoices.c.status == expect_status)
-                             .values(**row)).rowcount
+            q = invoices.update().where(invoices.c.id == doc["id"], invoices.c.status == expect_status)
+            if expect_doc is not None:
+                q = q.where(invoices.c.doc == expect_doc)
+            done = c.execute(q.values(**row)).rowcount
             if done != 1:
                 raise Conflict(f"invoice {doc['number']} changed meanwhile; reload it and try again")
             if credit is not None and c.execute(sa.select(credits.c.id).where(credits.c.id == credit.entry_id)).first() is None:

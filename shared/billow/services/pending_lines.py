@@ -27,6 +27,7 @@ from billow.services.lineage import measurement
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
 bad = ValidationFailed.at
+ADD_ATTEMPTS: Final = 10  # writers adding to one customer's pending lines at once that one add outlasts
 
 
 def add_pending_lines(namespace: str, customer_id: str, body: object, *, store: BillingStore, meta: MetaStore, ents: EntitlementStore,
@@ -47,19 +48,29 @@ def add_pending_lines(namespace: str, customer_id: str, body: object, *, store: 
     lines = [_pending_line(ln, f"lines[{i}]", namespace, ents, now) for i, ln in enumerate(raw)]
     for ln in lines:
         ln["currency"] = currency
-    holder = _holder(namespace, customer, currency, store)
-    is_new = holder is None
     stamp = format_rfc3339(now)
-    if holder is None:
-        holder = _new_holder(customer, currency, stamp)
-    before = holder["status"]
-    holder["lines"] = holder["lines"] + lines
-    holder["updatedAt"] = stamp
-    if is_new:
-        store.put_invoice(namespace, holder)
-    else:
-        store.put_invoice(namespace, holder, expect_status=before)
-    return {"lines": lines, "invoice": holder, "isInvoiceNew": is_new}
+    attempt = 0
+    while True:
+        attempt += 1
+        # Another container may make the holder or add to it (or a billing run take its lines) between this read
+        # and the write: the write is guarded (a new holder by its number, one read by its stored JSON), and a lost
+        # race reads again and adds the lines to what the other wrote.
+        holder = _holder(namespace, customer, currency, store)
+        is_new = holder is None
+        if holder is None:
+            holder = _new_holder(customer, currency, stamp)
+        before = None if is_new else jsonx.dumps(holder)
+        holder = {**holder, "lines": holder["lines"] + lines, "updatedAt": stamp}
+        try:
+            if before is None:
+                store.put_invoice(namespace, holder)
+            else:
+                store.put_invoice(namespace, holder, expect_status=holder["status"], expect_doc=before)
+        except Conflict:
+            if attempt == ADD_ATTEMPTS:
+                raise
+            continue
+        return {"lines": lines, "invoice": holder, "isInvoiceNew": is_new}
 
 
 def _holder(namespace: str, customer: dict[str, Any], currency: str, store: BillingStore) -> dict[str, Any] | None:
