@@ -159,3 +159,25 @@ def test_containers_adding_pending_lines_for_one_customer_at_once_keep_every_lin
         held = {ln["id"] for ln in holder["lines"]}
         lost += [ln["name"] for out in added for ln in out["lines"] if ln["id"] not in held]
     assert not failed and not lost, (len(failed), len(lost), failed[:3])
+
+
+def test_containers_making_default_billing_profiles_at_once_leave_one_default(engines: list[sa.Engine]) -> None:
+    """A namespace has one default billing profile: writing one with `default` unmarks the others in the same
+    transaction. Two containers doing it at once (two POST /billing/profiles with default: true, or the first two
+    profiles of a namespace) each unmarked the defaults it saw and neither saw the other's new one: both stayed
+    default, and which one a customer is billed on depended on the read. Now one default stays, one of the writes."""
+    from billow.adapters.sql_billing import SqlBillingStore
+
+    stores = [SqlBillingStore(e) for e in engines]
+    doubled = 0
+    for round_ in range(10):
+        namespace = f"profiles{round_}"
+        if round_ % 2:  # a default there already, as well as none
+            stores[0].put_profile(namespace, {"id": new_id(), "name": "old", "default": True})
+        docs = [{"id": new_id(), "name": f"p{n}", "default": True} for n in range(THREADS)]
+        _, errors = at_once([partial(stores[n % 2].put_profile, namespace, docs[n]) for n in range(THREADS)])
+        assert not errors, errors[:3]
+        defaults = [p["id"] for p in stores[1].list_profiles(namespace) if p["default"]]
+        doubled += len(defaults) != 1
+        assert set(defaults) <= {d["id"] for d in docs}
+    assert doubled == 0, f"{doubled} of 10 namespaces kept more than one default profile"

@@ -3,6 +3,7 @@ One set of statements serves both; the adapter contract tests run against each."
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -107,6 +108,16 @@ def upsert(c: Any, table: sa.Table, row: dict[str, Any]) -> None:
     keys = [col.name for col in table.primary_key.columns]
     c.execute(stmt.on_conflict_do_update(index_elements=keys,
                                          set_={k: stmt.excluded[k] for k in row if k not in keys}))
+
+
+def serialise(c: Any, name: str) -> None:
+    """Hold the lock `name` until this transaction ends, so that transactions taking it run one after another:
+    for a write that reads rows, then writes what they imply, where the rows another writer adds meanwhile are
+    not there to lock (PostgreSQL: a transaction-scoped advisory lock on a 64-bit key from the name; SQLite lets
+    one writer in at a time already)."""
+    if c.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        c.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def utc(t: datetime | None) -> datetime | None:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, save_by_id, upsert, utc
+from billow.adapters.sql import TS, save_by_id, serialise, upsert, utc
 from billow.domain.billing import Mark
 from billow.domain.invoices import CreditBack
 from billow.errors import Conflict
@@ -96,8 +96,11 @@ class SqlBillingStore:
 
     # -- profiles and overrides ------------------------------------------------------------------------------
     def put_profile(self, namespace: str, doc: dict[str, Any]) -> None:
+        """Save a profile; a default one unmarks the namespace's other defaults in the same transaction, one such
+        write per namespace at a time (two at once would each miss the other's new default and both stay)."""
         with self.engine.begin() as c:
             if doc.get("default") and not doc.get("deletedAt"):
+                serialise(c, f"billing_profiles.default:{namespace}")
                 for row in c.execute(sa.select(profiles.c.id, profiles.c.doc).where(
                         profiles.c.namespace == namespace, profiles.c.is_default.is_(True), profiles.c.id != doc["id"])):
                     other = {**jsonx.loads(row.doc), "default": False}
