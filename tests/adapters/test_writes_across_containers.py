@@ -181,3 +181,34 @@ def test_containers_making_default_billing_profiles_at_once_leave_one_default(en
         doubled += len(defaults) != 1
         assert set(defaults) <= {d["id"] for d in docs}
     assert doubled == 0, f"{doubled} of 10 namespaces kept more than one default profile"
+
+
+def test_containers_subscribing_one_customer_at_once_make_one_subscription(metas: list[SqlMetaStore]) -> None:
+    """POST /api/v1/subscriptions refuses a second subscription for a customer in the same time (409). Two containers
+    creating one at once (a client's retry after a timeout) each looked, found none and wrote its own: the customer
+    had two running subscriptions and every billing run invoiced both. Now one is made; the others answer Conflict."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict
+    from billow.services.subscriptions import create
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    plan = {"name": "Base", "currency": "USD", "billingCadence": "P1M", "phases": [
+        {"key": "default", "name": "Default", "rateCards": [
+            {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
+             "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}]}]}
+    doubled, failed = 0, []
+    for round_ in range(10):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"s{round_}", "name": "C", "currency": "USD",
+                                    "usageAttribution": {"subjectKeys": [f"s{round_}"]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        made, errors = at_once([partial(create, "ns", {"customPlan": plan, "customerId": customer["id"]},
+                                        store=catalogs[n % 2], meta=metas[n % 2], ents=ents[n % 2], now=NOW)
+                                for n in range(THREADS)])
+        failed += [e for e in errors if not isinstance(e, Conflict)]
+        subs = catalogs[1].list_subscriptions("ns", customer["id"])
+        doubled += len(subs) != 1
+        assert len(made) == len(subs) and len(errors) == THREADS - len(made)
+    assert not failed and doubled == 0, (f"{doubled} of 10 customers got several subscriptions", failed[:3])

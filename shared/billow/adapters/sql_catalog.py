@@ -4,13 +4,14 @@ stay decimal strings inside the documents."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import save_by_id
+from billow.adapters.sql import save_by_id, serialise
 from billow.errors import Conflict
 
 md = sa.MetaData()
@@ -110,6 +111,20 @@ class SqlCatalogStore:
         with self.engine.begin() as c:
             save_by_id(c, subscriptions, {"id": doc["id"], "namespace": namespace, "customer_id": doc["customerId"],
                                           "doc": jsonx.dumps(doc)})
+
+    def add_subscription(self, namespace: str, doc: dict[str, Any],
+                         check: Callable[[list[dict[str, Any]]], None]) -> None:
+        """Insert a new subscription if `check` passes (it raises when not) on its customer's subscriptions as they
+        are in this transaction, one such add per customer at a time: two containers adding at once would each
+        check without the other's and both write (two subscriptions where the check allows one)."""
+        with self.engine.begin() as c:
+            serialise(c, f"subscriptions.customer:{namespace}:{doc['customerId']}")
+            check([jsonx.loads(r.doc) for r in c.execute(
+                sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace,
+                                                     subscriptions.c.customer_id == doc["customerId"])
+                .order_by(subscriptions.c.id))])
+            c.execute(subscriptions.insert().values(id=doc["id"], namespace=namespace, customer_id=doc["customerId"],
+                                                    doc=jsonx.dumps(doc)))
 
     def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None:
         q = sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace, subscriptions.c.id == id_)

@@ -37,6 +37,12 @@ _GRACE = timedelta(minutes=1)  # clock skew between a client's "now" and ours
 class SubscriptionStore(catalog.CatalogStore, Protocol):
     def put_subscription(self, namespace: str, doc: dict[str, Any]) -> None: ...
 
+    def add_subscription(self, namespace: str, doc: dict[str, Any],
+                         check: Callable[[list[dict[str, Any]]], None]) -> None:
+        """Insert a new subscription if `check` passes (it raises when not) on the customer's subscriptions as they
+        are when it is written: of two adds at once, the second is checked with the first."""
+        ...
+
     def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
 
     def list_subscriptions(self, namespace: str, customer_id: str | None = None) -> list[dict[str, Any]]: ...
@@ -88,7 +94,11 @@ def _plan_version(namespace: str, ref: Any, store: SubscriptionStore, now: datet
 
 def _overlapping(namespace: str, customer_id: str, start: datetime, store: SubscriptionStore,
                  ignore: str | None = None) -> dict[str, Any] | None:
-    for other in store.list_subscriptions(namespace, customer_id):
+    return _overlap(store.list_subscriptions(namespace, customer_id), start, ignore)
+
+
+def _overlap(subscriptions: list[dict[str, Any]], start: datetime, ignore: str | None = None) -> dict[str, Any] | None:
+    for other in subscriptions:
         if other["id"] == ignore or other.get("deletedAt"):
             continue
         begin, end = subs.t(other["activeFrom"]), subs.t(other.get("activeTo"))
@@ -146,12 +156,16 @@ def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaSto
     customer = _customer(namespace, body, meta)
     start = _when(body.get("timing"), None, now)
     doc = _new(namespace, body, customer, start=start, store=store, now=now)
-    clash = _overlapping(namespace, customer["id"], start, store)
-    if clash is not None:
-        raise Conflict(f"customer {customer.get('key') or customer['id']!r} already has subscription {clash['id']} in "
-                       "that time; change it (POST /api/v1/subscriptions/{id}/change) or cancel it first")
+
+    def no_clash(subscriptions: list[dict[str, Any]]) -> None:
+        clash = _overlap(subscriptions, start)
+        if clash is not None:
+            raise Conflict(f"customer {customer.get('key') or customer['id']!r} already has subscription {clash['id']} "
+                           "in that time; change it (POST /api/v1/subscriptions/{id}/change) or cancel it first")
+
+    no_clash(store.list_subscriptions(namespace, customer["id"]))
     _check_entitlements(namespace, doc, customer, ents, now)
-    store.put_subscription(namespace, doc)
+    store.add_subscription(namespace, doc, no_clash)  # checked again where it is written: another may be there now
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
