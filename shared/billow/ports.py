@@ -185,6 +185,12 @@ BillingCommit = tuple[dict[str, Any] | None, list[Mark], tuple[str, Decimal] | C
                       list[tuple[dict[str, Any], str]]]
 
 
+class InvoiceNumberTaken(RuntimeError):
+    """A billing commit wrote an invoice number another invoice has (BillingStore.commit_billing); nothing written.
+    Numbers are unique to their customer, so the other is the same customer's: made meanwhile by a concurrent run
+    (its count moved since it was read), or, if not, numbered wrongly."""
+
+
 class BillingStore(Protocol):
     """Billing profiles, customer overrides, invoices (OpenMeter's JSON), billing marks and prepaid credit: the
     billing run's unit of work (SQLite embedded, PostgreSQL in production: adapters/sql_billing.py)."""
@@ -232,7 +238,8 @@ class BillingStore(Protocol):
     def commit_billing(self, namespace: str, items: Sequence[BillingCommit], now: datetime) -> None:
         """ONE transaction for all items: each mark moves from the revision read (a new one is inserted), each
         invoice and the credit it used or gives back are written, each holder only if unchanged. Any lost race (a mark moved,
-        a holder changed: another run got there first) raises Conflict and nothing of the batch is written."""
+        a holder changed: another run got there first) raises Conflict and nothing of the batch is written; an invoice
+        number already taken raises InvoiceNumberTaken."""
         ...
 
     def delete_draft(self, namespace: str, doc: dict[str, Any], *, expect_status: str, marks: Sequence[Mark],

@@ -24,7 +24,7 @@ from billow.domain.billing import Mark
 from billow.domain.invoices import CreditBack
 from billow.errors import Conflict
 from billow.exact import EXACT
-from billow.ports import BillingCommit
+from billow.ports import BillingCommit, InvoiceNumberTaken
 from billow.timeutil import format_rfc3339
 
 md = sa.MetaData()
@@ -213,9 +213,9 @@ class SqlBillingStore:
                                      .values(doc=jsonx.dumps(doc))).rowcount != 1:
                             raise Conflict(f"the pending lines of {doc['number']} were invoiced meanwhile")
         except IntegrityError as exc:
-            if _number_taken(exc):  # not a race another run won: this customer would be skipped for good
-                raise RuntimeError("an invoice number of this batch is another invoice's (invoices_number); nothing "
-                                   "was written") from exc
+            if _number_taken(exc):  # a concurrent run's, or numbered wrongly: the run tells which (billing_run._commit)
+                raise InvoiceNumberTaken("an invoice number of this batch is another invoice's (invoices_number); "
+                                         "nothing was written") from exc
             raise Conflict("another billing run billed the same period meanwhile; nothing was written") from None
 
     def _commit_one(self, c: sa.Connection, namespace: str, invoice: dict[str, Any] | None, advanced: list[Mark],

@@ -37,7 +37,7 @@ from billow.domain.usage import GroupFilter, UsageQuery, final_value
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.exact import EXACT
 from billow.ids import new_id
-from billow.ports import BillingStore, MetaStore, SubscriptionStore, UsageStore
+from billow.ports import BillingStore, InvoiceNumberTaken, MetaStore, SubscriptionStore, UsageStore
 from billow.services.billing_profiles import RunContext
 from billow.services.entitlements import EntitlementStore, minute
 from billow.services.invoices import new_invoice
@@ -388,6 +388,7 @@ class _Prepared:
     marks: list[Mark]
     credit: tuple[str, Decimal] | CreditBack | None  # prepaid credit used, or given back (ports.BillingCommit)
     gathering: list[tuple[dict[str, Any], str]]  # pending-line holders without the lines taken (new doc, old JSON)
+    seq: int = 0  # the count of the customer's invoices the invoice is numbered with (0: no invoice)
 
 
 def _prepare(namespace: str, customer_id: str, parts: list[Owed],
@@ -421,7 +422,7 @@ def _prepare(namespace: str, customer_id: str, parts: list[Owed],
     marks = [m for _, m in parts if m is not None]
     if invoice is not None:  # each mark records what this invoice billed of it
         marks = [replace(m, invoices={**m.invoices, invoice["id"]: m.change}) for m in marks]
-    return _Prepared(customer, invoice, marks, credit, gathering)
+    return _Prepared(customer, invoice, marks, credit, gathering, ctx.counts[customer_id] if invoice else 0)
 
 
 def _commit(namespace: str, batch: list[_Prepared], *, store: BillingStore, now: datetime, result: RunResult) -> list[_Prepared]:
@@ -437,12 +438,24 @@ def _commit(namespace: str, batch: list[_Prepared], *, store: BillingStore, now:
             return []
     except Exception as exc:  # rolled back: find the customer it was by committing one by one
         if len(batch) == 1:
-            result.fail(batch[0].customer["id"], exc, invoice_id=(batch[0].invoice or {}).get("id"))
+            if isinstance(exc, InvoiceNumberTaken) and _counted_meanwhile(namespace, batch[0], store):
+                result.skipped.append({"customerId": batch[0].customer["id"],
+                                       "reason": "a concurrent run invoiced it meanwhile (its invoice number "
+                                                 f"{(batch[0].invoice or {}).get('number')} is taken)"})
+            else:
+                result.fail(batch[0].customer["id"], exc, invoice_id=(batch[0].invoice or {}).get("id"))
             return []
     done = []
     for p in batch:
         done += _commit(namespace, [p], store=store, now=now, result=result)
     return done
+
+
+def _counted_meanwhile(namespace: str, p: _Prepared, store: BillingStore) -> bool:
+    """Whether the customer's invoices, counted again, reach the count its taken number was made from: another run
+    made an invoice meanwhile (a lost race, as on a mark: skipped, the next run numbers afresh), else the number is
+    wrong and the customer fails."""
+    return store.invoice_counts(namespace).get(p.customer["id"], 0) >= p.seq > 0
 
 
 def _advance_due(namespace: str, *, store: BillingStore, now: datetime, on_issue: IssueFn | None,
