@@ -6,6 +6,7 @@ connection."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -195,6 +196,24 @@ HOSTILE_BODY = [
 @pytest.mark.parametrize(("raw", "field"), HOSTILE_BODY)
 def test_hostile_query_body_is_400_naming_the_field(srv: Server, raw: str, field: str) -> None:
     assert field in fields(bad(srv, "POST", Q, raw=raw.encode()))
+
+
+def test_a_filter_too_large_to_run_is_400_at_once(srv: Server) -> None:
+    """A filter whose expansion holds more than 1,024 comparisons (or 256 alternatives) is refused before it is
+    built: a $and of 5,000 comparisons was a 500 (the statement past ClickHouse's max_query_size), 256 alternatives
+    of 100 comparisons a 500 after 1.3 s, a $and of 20 two-way $or a 2**20-way expansion built in full (seconds and
+    hundreds of MB; 24: a minute) before the 400. 1,024 comparisons are answered."""
+    many = {"model": {"$and": [{"$ne": f"x{i}"} for i in range(5000)]}}
+    wide = {k: {"$or": [{"$and": [{"$ne": f"{k}{i}_{j}"} for i in range(50)]} for j in range(16)]}
+            for k in ("model", "type")}
+    deep = {"model": {"$and": [{"$or": [{"$eq": "gpt"}, {"$ne": f"x{i}"}]} for i in range(20)]}}
+    for adv in (many, wide, deep):
+        started = time.monotonic()
+        assert fields(bad(srv, "POST", Q, {ADV: adv})) == [ADV]
+        assert time.monotonic() - started < 2
+    most = {"model": {"$and": [{"$ne": f"x{i}"} for i in range(1024)]}}
+    status, _, out = srv.request("POST", Q, {ADV: most})
+    assert status == 200 and [r["value"] for r in out["data"]] == [3], out
 
 
 @pytest.mark.parametrize(("raw", "field"), [

@@ -20,6 +20,11 @@ FILTER_OPS = ("$eq", "$ne", "$in", "$nin", "$like", "$nlike", "$ilike", "$nilike
 _DEEP_RE = re.compile(r"^filterGroupBy\[([^\[\]]+)\]$")
 MAX_LIST = 100
 MAX_FILTER_DEPTH = 16  # $and / $or nesting; deeper is refused, not recursed into (a 3,000-deep one was a 500)
+# A filter is an OR of at most MAX_ALTERNATIVES ANDs holding at most MAX_FILTER_TERMS comparisons in all, checked
+# before each expansion is built: a $and of 5,000 comparisons was a 500 (the statement over ClickHouse's 256 KiB
+# max_query_size), a $and of 24 two-way $or a 2**24-way expansion (a minute and gigabytes before the 400).
+MAX_ALTERNATIVES = 256
+MAX_FILTER_TERMS = 1024
 LIKE_OPS = ("$like", "$nlike", "$ilike", "$nilike")
 COLUMNS = "_columns"  # key of a query result that says what its rows are grouped by (see api.present.query_csv)
 
@@ -63,11 +68,17 @@ def parse_filters(raw: Any, field: str = "advancedMeterGroupByFilters") -> list[
         raise _bad(field, "must be an object of groupBy key -> filter")
     conj: list[list[GroupFilter]] = [[]]
     for key, spec in raw.items():
-        alternatives = _filter_alternatives(key, spec, f"{field}.{key}", field)
-        conj = [c + alt for c in conj for alt in alternatives]
-        if len(conj) > 256:
-            raise _bad(field, "filter too complex")
+        conj = _product(conj, _filter_alternatives(key, spec, f"{field}.{key}", field), field)
     return [c for c in conj if c] or []
+
+
+def _product(left: list[list[GroupFilter]], right: list[list[GroupFilter]], root: str) -> list[list[GroupFilter]]:
+    """Every alternative of `left` ANDed with every one of `right`, refused as too complex before it is built when it
+    would have more than MAX_ALTERNATIVES alternatives or MAX_FILTER_TERMS comparisons."""
+    terms = len(right) * sum(map(len, left)) + len(left) * sum(map(len, right))
+    if len(left) * len(right) > MAX_ALTERNATIVES or terms > MAX_FILTER_TERMS:
+        raise _bad(root, "filter too complex")
+    return [a + b for a in left for b in right]
 
 
 def _filter_alternatives(key: str, spec: Any, field: str, root: str, depth: int = 0) -> list[list[GroupFilter]]:
@@ -76,14 +87,11 @@ def _filter_alternatives(key: str, spec: Any, field: str, root: str, depth: int 
     alts: list[list[GroupFilter]] = [[]]
     for op, value in spec.items():
         if op in ("$and", "$or"):
-            options = _nested_alternatives(key, op, value, field, root, depth)
-            alts = [a + o for a in alts for o in options]
+            alts = _product(alts, _nested_alternatives(key, op, value, field, root, depth), root)
         elif op in FILTER_OPS:
             if value is None:
                 continue
-            alts = [a + [GroupFilter(key, op, _operand(op, value, field))] for a in alts]
-            if len(alts) > 256:
-                raise _bad(root, "filter too complex")
+            alts = _product(alts, [[GroupFilter(key, op, _operand(op, value, field))]], root)
         else:
             raise _bad(f"{field}.{op}", f"unknown operator; use one of {', '.join(FILTER_OPS)}, $and, $or")
     return alts
@@ -97,12 +105,15 @@ def _nested_alternatives(key: str, op: str, value: Any, field: str, root: str,
         raise _bad(f"{field}.{op}", "must be a non-empty list of filters")
     if depth >= MAX_FILTER_DEPTH:
         raise _bad(root, f"$and / $or nested deeper than {MAX_FILTER_DEPTH}")
-    subs = [_filter_alternatives(key, v, f"{field}.{op}[{i}]", root, depth + 1) for i, v in enumerate(value)]
-    if op == "$or":
-        return [a for s in subs for a in s]
-    options: list[list[GroupFilter]] = [[]]
-    for s in subs:
-        options = [o + a for o in options for a in s]
+    options: list[list[GroupFilter]] = [] if op == "$or" else [[]]
+    for i, v in enumerate(value):
+        sub = _filter_alternatives(key, v, f"{field}.{op}[{i}]", root, depth + 1)
+        if op == "$and":
+            options = _product(options, sub, root)
+            continue
+        options += sub
+        if len(options) > MAX_ALTERNATIVES or sum(map(len, options)) > MAX_FILTER_TERMS:
+            raise _bad(root, "filter too complex")
     return options
 
 
