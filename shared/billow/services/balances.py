@@ -221,11 +221,23 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
             # one segment: a first check since measureUsageFrom may span thousands, a query each took seconds).
             windows = windowed(bounds)
             after = dict(zip(bounds, bounds[1:], strict=False))
+            at = {b: i for i, b in enumerate(bounds)}
+            used: list[datetime | None] = []  # by bound index: the latest window at or before it with usage
+            for b in bounds:
+                used.append(b if b in windows else used[-1] if used else None)
             seen: dict[tuple[datetime, datetime], Decimal] = {}
 
             def upto(p: datetime, t: datetime) -> Decimal:
                 if (p, t) not in seen:
-                    seen[(p, t)] = windows.get(p, Decimal(0)) if after.get(p) == t else whole(p, t)
+                    if after.get(p) == t:
+                        seen[(p, t)] = windows.get(p, Decimal(0))
+                    elif meter.aggregation == "LATEST" and p in at and t in at:
+                        # the last value over [p, t) is that of its last window with usage: no read (a query per
+                        # bound inside a period was 2.5 s an hourly history of a month on chdb)
+                        last = used[at[t] - 1]
+                        seen[(p, t)] = windows[last] if last is not None and last >= p else Decimal(0)
+                    else:
+                        seen[(p, t)] = whole(p, t)
                 return seen[(p, t)]
 
             out: dict[datetime, Decimal] = {}
