@@ -532,6 +532,8 @@ class ClickHouseUsageStore:
 
     # -- reads -------------------------------------------------------------------------------------
     def aggregate(self, q: UsageQuery) -> list[AggRow]:
+        if q.running_from is not None:
+            return self._running_distinct(q)
         if q.aggregation == "LATEST":
             self.fill_latest(q.namespace, q.meter_id)
         params: dict[str, Any] = {"mid": q.meter_id}
@@ -568,6 +570,24 @@ class ClickHouseUsageStore:
             map(int, v) if agg == "UNIQUE_COUNT" else repeat(0), as_dec("LATEST"),  # uniq, latest
             map(instant, cols[-2]), map(instant, cols[-1]),  # first_time, last_time (the end of the last unit counted)
         ))
+
+    def _running_distinct(self, q: UsageQuery) -> list[AggRow]:
+        """`aggregate` with `running_from`: each BOUNDS window's distinct state, merged over the windows of its run so
+        far by a window function (one statement for every span of every run)."""
+        if q.window_size != "BOUNDS" or q.aggregation != "UNIQUE_COUNT" or q.group_by or q.by_subject or \
+                q.subject_customers is not None:
+            raise ValueError("running_from counts a UNIQUE_COUNT meter's BOUNDS windows, without groups")
+        assert q.running_from is not None
+        params: dict[str, Any] = {"mid": q.meter_id, "runs": [int(r.timestamp()) for r in q.running_from]}
+        inner = self._grouped_sql(q, "meter_id = {mid:String}", ("u",),
+                                  ["uniqExactMergeState(u) AS st", "min(t) AS t0", "max(te) AS t1"], params)
+        rows = self._query(
+            "SELECT w, uniqExactMerge(st) OVER (PARTITION BY arrayCount(r -> r <= w, {runs:Array(Int64)}) ORDER BY w "
+            "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW), toUnixTimestamp(t0), toUnixTimestamp(t1) "
+            "FROM (" + inner + ") ORDER BY w", params)  # noqa: S608 (this module's SQL; values are parameters)
+        at = functools.partial(datetime.fromtimestamp, tz=UTC)
+        return [AggRow(at(w), None, None, {}, Decimal(0), 0, None, None, int(n), None, at(t0), at(t1))
+                for w, n, t0, t1 in rows]
 
     def bounded_usage(self, namespace: str, meter_id: str, aggregation: str, subjects: Sequence[str],
                       filters: list[list[GroupFilter]], bounds: Sequence[datetime]) -> list[Decimal]:

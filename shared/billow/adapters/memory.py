@@ -95,8 +95,19 @@ class InMemoryUsageStore:
             )
             buckets.setdefault(key, []).append(v)
         out = []
+        runs = q.running_from
+        if runs is not None and (q.window_size != "BOUNDS" or q.aggregation != "UNIQUE_COUNT" or q.group_by
+                                 or q.by_subject or customers is not None):
+            raise ValueError("running_from counts a UNIQUE_COUNT meter's BOUNDS windows, without groups")
+        run: tuple[datetime | None, set[str]] = (None, set())  # (its start, the distinct values so far)
         for key in sorted(buckets, key=lambda k: (k[0] or datetime.min.replace(tzinfo=UTC), k[1] or "", k[2] or "", k[3])):
             vals = buckets[key]
+            distinct = {v.value_str for v in vals}
+            if runs is not None:
+                w = key[0]  # (BOUNDS: a window start, never None)
+                began = runs[bisect.bisect_right(runs, w) - 1] if w is not None and runs and runs[0] <= w else None
+                run = (began, (run[1] if run[0] == began else set()) | distinct)
+                distinct = run[1]
             latest = max(vals, key=lambda v: (v.time, v.value))  # at one instant the largest (the rollups' argMax by (time, value))
             minutes = [v.time.replace(second=0, microsecond=0) for v in vals]
             out.append(AggRow(
@@ -104,7 +115,7 @@ class InMemoryUsageStore:
                 groups=dict(zip(q.group_by, key[3], strict=True)),
                 sum=exact_sum(v.value for v in vals), count=len(vals),
                 min=min(v.value for v in vals), max=max(v.value for v in vals),
-                uniq=len({v.value_str for v in vals}), latest=latest.value,
+                uniq=len(distinct), latest=latest.value,
                 first_time=min(minutes), last_time=max(minutes) + timedelta(minutes=1),
             ))
         return out

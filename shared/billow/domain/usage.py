@@ -254,6 +254,9 @@ class UsageQuery:
     filters: list[list[GroupFilter]] = field(default_factory=list)  # OR of ANDs
     # window_size "BOUNDS": one window per [bounds[i], bounds[i+1]), whole UTC minutes (balance segments).
     bounds: list[datetime] | None = None
+    # With BOUNDS, on a UNIQUE_COUNT meter, without groups: each window's `uniq` counts the distinct values from the
+    # last of these instants at or before its start (a run) through its end, not its own alone.
+    running_from: list[datetime] | None = None
 
 
 @dataclass(slots=True)

@@ -219,8 +219,11 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
             starts = sorted({start.at, *(r.at for r in resets)})
             # A span between two neighbouring bounds is a window of one query over all of them (most periods are
             # one segment: a first check since measureUsageFrom may span thousands, a query each took seconds).
-            windows = windowed(bounds)
-            after = dict(zip(bounds, bounds[1:], strict=False))
+            # On a UNIQUE_COUNT meter each window counts the distinct values of its period so far (running_from).
+            # The value of a span from a period start is then that of its last window with usage: no read of its
+            # own (a read per bound inside a period: an hourly history through a monthly period, 600 windows, took
+            # 6.5 s on chdb).
+            windows = windowed(bounds, starts if meter.aggregation == "UNIQUE_COUNT" else None)
             at = {b: i for i, b in enumerate(bounds)}
             used: list[datetime | None] = []  # by bound index: the latest window at or before it with usage
             for b in bounds:
@@ -229,11 +232,7 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
 
             def upto(p: datetime, t: datetime) -> Decimal:
                 if (p, t) not in seen:
-                    if after.get(p) == t:
-                        seen[(p, t)] = windows.get(p, Decimal(0))
-                    elif meter.aggregation == "LATEST" and p in at and t in at:
-                        # the last value over [p, t) is that of its last window with usage: no read (a query per
-                        # bound inside a period was 2.5 s an hourly history of a month on chdb)
+                    if p in at and t in at:
                         last = used[at[t] - 1]
                         seen[(p, t)] = windows[last] if last is not None and last >= p else Decimal(0)
                     else:
@@ -247,13 +246,13 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
             return out
         return windowed(bounds)
 
-    def windowed(bounds: list[datetime]) -> dict[datetime, Decimal]:
+    def windowed(bounds: list[datetime], running_from: list[datetime] | None = None) -> dict[datetime, Decimal]:
         """The meter's value over each [bounds[i], bounds[i + 1]) with usage, by its start: one query."""
         rows = usage.aggregate(UsageQuery(
             namespace=namespace, meter_id=meter.id, aggregation=meter.aggregation, start=bounds[0],
             end=bounds[-1] - timedelta(milliseconds=1), window_size="BOUNDS", window_tz="UTC",
             subjects=subjects, group_by=[], by_subject=False, subject_customers=None, filters=filters,
-            bounds=bounds))
+            bounds=bounds, running_from=running_from))
         return {r.window_start: final_value(meter.aggregation, r) for r in rows if r.window_start is not None}
 
     summed = (Summed(meter.id, meter.aggregation == "COUNT", frozenset(subjects), filters)
