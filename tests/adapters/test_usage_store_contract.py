@@ -396,3 +396,20 @@ def test_bounded_usage_over_thousands_of_bounds(usage_store: Any, namespace: str
     assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], [], minutely) == expected(minutely)
     inside = [start + timedelta(milliseconds=ms) for ms in range(0, 1_500 * 40, 40)]  # every 40 ms of one minute
     assert usage_store.bounded_usage(namespace, "M1", "SUM", ["a"], [], inside) == expected(inside)
+
+
+def test_bounded_usage_of_a_customer_with_thousands_of_subjects(usage_store: Any, namespace: str) -> None:
+    """An entitlement check counts every subject of the customer. 5,000 subjects with long non-ASCII keys: as
+    literals in each branch of the statement they passed ClickHouse's 256 KiB (max_query_size) and the check
+    answered 500; now they are one parameter. Subjects outside the list count nothing."""
+    subjects = [f"user-{'é' * 40}-{i}" for i in range(5_000)]
+    usage_store.write(namespace, [mv(i, f"{i % 5}.25", "2026-03-28T22:10:00Z", subject=subjects[i * 97])
+                                  for i in range(50)]
+                      + [mv(99, "1000", "2026-03-28T22:10:00Z", subject="someone-else")], [])
+    bounds = [t("2026-03-28T21:30:00Z"), t("2026-03-28T22:00:00Z"), t("2026-03-28T23:00:00Z"),
+              t("2026-03-28T23:10:30Z")]
+    want = sum(Decimal(f"{i % 5}.25") for i in range(50))
+    assert usage_store.bounded_usage(namespace, "M1", "SUM", subjects, [], bounds) == [0, want, 0]
+    assert usage_store.bounded_usage(namespace, "M1", "COUNT", subjects, [], bounds) == [0, 50, 0]
+    assert usage_store.bounded_usage(namespace, "M1", "SUM", [*subjects, "someone-else"], [], bounds) == [
+        0, want + 1000, 0]
