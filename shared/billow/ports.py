@@ -62,6 +62,13 @@ class UsageStore(Protocol):
         exact values, 0 where there is none. An entitlement check's one usage read (issue 17 item 5)."""
         ...
 
+    def window_ends(self, starts: Sequence[datetime], size: str, tz: str) -> dict[datetime, datetime]:
+        """The end of each window of `size` (DAY or MONTH) in `tz` starting at `starts` (as `aggregate` returned
+        them): the next window's start by the store's own calendar. Its time-zone data may be another version than
+        Python's (chdb's differs on Vancouver from late 2026), and a window's end computed by Python from the
+        store's start then overlapped the next window by an hour."""
+        ...
+
     def sum_meters(self, query: UsageQuery, meter_ids: Sequence[str]) -> list[tuple[Any, ...]]:
         """The SUM of each of `meter_ids` side by side in one pass, grouped as `aggregate` groups `query` (whose
         meter_id and aggregation are not used): one row per group any of the meters has values in, (window start

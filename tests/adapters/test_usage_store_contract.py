@@ -413,3 +413,16 @@ def test_bounded_usage_of_a_customer_with_thousands_of_subjects(usage_store: Any
     assert usage_store.bounded_usage(namespace, "M1", "COUNT", subjects, [], bounds) == [0, 50, 0]
     assert usage_store.bounded_usage(namespace, "M1", "SUM", [*subjects, "someone-else"], [], bounds) == [
         0, want + 1000, 0]
+
+
+def test_window_ends_are_the_next_window_starts_by_the_stores_own_calendar(usage_store: Any, namespace: str) -> None:
+    """Each store draws calendar windows with its own time-zone data (chdb's and Python's differ on Vancouver from
+    November 2026): the end it gives a window is where its next window begins, through DST and that change."""
+    start = t("2026-10-01T12:00:00Z")
+    usage_store.write(namespace, [mv(i, "1", (start + timedelta(hours=8 * i)).isoformat()) for i in range(3 * 100)], [])
+    for tz in ("America/Vancouver", "Europe/Berlin", "Asia/Kathmandu"):
+        for size in ("DAY", "MONTH"):
+            starts = [r.window_start for r in usage_store.aggregate(q(namespace, window_size=size, window_tz=tz))]
+            ends = usage_store.window_ends(starts, size, tz)
+            assert [ends[s] for s in starts[:-1]] == starts[1:], (tz, size)
+            assert ends[starts[-1]] > starts[-1]

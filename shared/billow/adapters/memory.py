@@ -26,7 +26,7 @@ from billow.domain.usage import (
     rate_rows,
 )
 from billow.exact import exact_sum
-from billow.timeutil import window_start, zone
+from billow.timeutil import window_end, window_start, zone
 
 
 class InMemoryUsageStore:
@@ -119,6 +119,10 @@ class InMemoryUsageStore:
                 first_time=min(minutes), last_time=max(minutes) + timedelta(minutes=1),
             ))
         return out
+
+    def window_ends(self, starts: Sequence[datetime], size: str, tz: str) -> dict[datetime, datetime]:
+        """See ports.UsageStore: this store's windows follow Python's calendar (timeutil)."""
+        return {s: window_end(s, size, zone(tz)) for s in starts}
 
     def bounded_usage(self, namespace: str, meter_id: str, aggregation: str, subjects: Sequence[str],
                       filters: list[list[GroupFilter]], bounds: Sequence[datetime]) -> list[Decimal]:

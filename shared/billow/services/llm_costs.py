@@ -29,7 +29,7 @@ from billow.ids import new_id
 from billow.jsonx import plain_decimal
 from billow.ports import MetaStore, UsageStore
 from billow.services.meters import SinkLock, build_meter, create_meter, get_meter
-from billow.services.query import QueryParams, params_from_query_string, usage_query
+from billow.services.query import QueryParams, engine_window_ends, params_from_query_string, usage_query
 from billow.timeutil import window_end, zone
 
 REPORT_GROUPS = ("provider", "model", "customer", "team", "feature", "subject")
@@ -356,7 +356,8 @@ def compute_costs(namespace: str, p: QueryParams, group_by: list[str], *, meta: 
         rated = rate_rows(usage.sum_meters(queries[0], meter_ids), rating)
     assert query.window_size is not None
     tz = zone(query.window_tz)
-    ends: dict[datetime, datetime] = {}
+    ends = engine_window_ends(usage, [*(r.window_start for r in rated.lines), *(u[0] for u in rated.unrated)],
+                              query.window_size, query.window_tz)
 
     def end_of(start: datetime) -> datetime:
         end = ends.get(start)

@@ -22,7 +22,7 @@ from billow.ports import BillingStore, MetaStore, UsageStore
 from billow.services import backtests, llm_costs
 from billow.services.entitlements import EntitlementStore
 from billow.services.llm_costs import GenaiPriceTable, PriceOverrideStore
-from billow.services.query import QueryParams, usage_query
+from billow.services.query import QueryParams, engine_window_ends, usage_query
 from billow.services.subscriptions import SubscriptionStore
 from billow.timeutil import format_rfc3339, window_end, zone
 
@@ -125,5 +125,7 @@ def _shares(namespace: str, p: QueryParams, dims: list[str], *, meta: MetaStore,
         for r in usage.aggregate(usage_query(namespace, meter, replace(p, group_by=[*dims, "subject"]), meta=meta)):
             with decimal.localcontext(EXACT):
                 got[(r.window_start, r.subject, tuple(r.groups.get(d) for d in dims))] += r.sum
-    return [rules.Share(ws, window_end(ws, p.window_size, tz) if ws and p.window_size else None, subject,
-                        dict(zip(dims, values, strict=True)), tokens) for (ws, subject, values), tokens in got.items()]
+    ends = engine_window_ends(usage, (ws for ws, _, _ in got), p.window_size, p.window_tz)
+    return [rules.Share(ws, (ends.get(ws) or window_end(ws, p.window_size, tz)) if ws and p.window_size else None,
+                        subject, dict(zip(dims, values, strict=True)), tokens)
+            for (ws, subject, values), tokens in got.items()]

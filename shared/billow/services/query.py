@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -254,7 +255,8 @@ def query_meter(namespace: str, id_or_slug: str, p: QueryParams, *, meta: MetaSt
     tz = zone(p.window_tz)
     keys, by_subject, subject_customers = query.group_by, query.by_subject, query.subject_customers
     rows = usage.aggregate(query)
-    ends: dict[datetime, datetime] = {}  # one window end per window start, however many groups share it
+    # one window end per window start, however many groups share it
+    ends = engine_window_ends(usage, (r.window_start for r in rows), p.window_size, p.window_tz)
     out: dict[str, Any] = {"data": [_row_json(r, meter, p, tz, keys, ends) for r in rows]}
     # what the rows are grouped by, for the CSV form's columns (not part of the JSON answer)
     out[COLUMNS] = {"subject": by_subject, "customerId": subject_customers is not None, "groupBy": keys}
@@ -303,6 +305,16 @@ def _subjects_of_customers(namespace: str, p: QueryParams,
     allowed = set(resolved)
     subjects = [s for s in p.subjects if s in allowed] if p.subjects is not None else sorted(allowed)
     return subjects, resolved
+
+
+def engine_window_ends(usage: UsageStore, starts: Iterable[datetime | None], size: str | None,
+                       tz: str) -> dict[datetime, datetime]:
+    """The ends of the calendar windows (DAY, MONTH) at `starts`, outside UTC, by the store's calendar, which drew
+    their starts (a window end from Python's time-zone data can disagree: America/Vancouver in late 2026). Empty
+    otherwise: the caller computes them (timeutil.window_end) as they come."""
+    if size not in ("DAY", "MONTH") or tz == "UTC":
+        return {}
+    return usage.window_ends(sorted({s for s in starts if s is not None}), size, tz)
 
 
 def _row_json(r: AggRow, meter: Meter, p: QueryParams, tz: ZoneInfo, keys: list[str],
