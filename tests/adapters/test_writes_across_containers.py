@@ -256,3 +256,47 @@ def test_containers_invoicing_one_customer_at_once_answer_409_not_500(metas: lis
         pending = [ln["id"] for ln in holder["lines"]]
         assert sorted(invoiced + pending) == sorted(ln["id"] for ln in lines)  # each line once: invoiced or pending
     assert not failed, (len(failed), failed[:3])
+
+
+def test_containers_adding_add_ons_to_one_subscription_at_once_keep_every_add_on(metas: list[SqlMetaStore]) -> None:
+    """POST /api/v1/subscriptions/{s}/addons reads the subscription, appends the add-on and writes the document
+    back. Two containers adding add-ons at once both read it without the other's and the later write dropped the
+    earlier add-on, although both answered 201. Every add now lands on the subscription (the loser of a race
+    reads again and adds to what the other wrote); an add-on added twice at once is there once, the other 409."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict
+    from billow.services import catalog
+    from billow.services.subscriptions import add_addon, create
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    fee = {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
+           "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}
+    plan = {"name": "Base", "currency": "USD", "billingCadence": "P1M",
+            "phases": [{"key": "default", "name": "Default", "rateCards": [fee]}]}
+    addons = []
+    for n in range(THREADS):
+        a = catalog.create("ns", "addon", {"key": f"extra{n}", "name": f"Extra {n}", "currency": "USD",
+                                           "instanceType": "single", "rateCards": [{**fee, "key": f"extra{n}"}]},
+                           store=catalogs[0], now=NOW)
+        addons.append(catalog.publish("ns", "addon", a["id"], store=catalogs[0], features=ents[0], now=NOW))
+    failed: list[BaseException] = []
+    lost = twice = 0
+    for round_ in range(6):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"a{round_}", "name": "C", "currency": "USD",
+                                    "usageAttribution": {"subjectKeys": [f"a{round_}"]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        sub = create("ns", {"customPlan": plan, "customerId": customer["id"]}, store=catalogs[0], meta=metas[0],
+                     ents=ents[0], now=NOW)
+        same = round_ % 3 == 2  # every thread adding the one add-on, as well as each its own
+        added, errors = at_once([partial(add_addon, "ns", sub["id"], {"addon": {"id": addons[0 if same else n]["id"]},
+                                                                      "quantity": 1},
+                                         store=catalogs[n % 2], meta=metas[n % 2], ents=ents[n % 2], now=NOW)
+                                 for n in range(THREADS)])
+        failed += [e for e in errors if not (same and isinstance(e, Conflict))]
+        held = catalogs[1].get_subscription("ns", sub["id"])["addons"]  # type: ignore[index]
+        lost += len({a["id"] for a in added} - {a["id"] for a in held})
+        twice += same and len(held) != 1
+    assert not failed and not lost and not twice, (len(failed), lost, twice, failed[:3])

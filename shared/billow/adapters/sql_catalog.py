@@ -107,10 +107,19 @@ class SqlCatalogStore:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(plan_addons.c.id))]
 
     # -- subscriptions -------------------------------------------------------------------------------------
-    def put_subscription(self, namespace: str, doc: dict[str, Any]) -> None:
+    def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
+        """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (what it was read as),
+        else Conflict: another writer changed it since (two add-on adds at once)."""
+        row = {"id": doc["id"], "namespace": namespace, "customer_id": doc["customerId"], "doc": jsonx.dumps(doc)}
         with self.engine.begin() as c:
-            save_by_id(c, subscriptions, {"id": doc["id"], "namespace": namespace, "customer_id": doc["customerId"],
-                                          "doc": jsonx.dumps(doc)})
+            if expect_doc is None:
+                save_by_id(c, subscriptions, row)
+                return
+            done = c.execute(subscriptions.update().where(
+                subscriptions.c.namespace == namespace, subscriptions.c.id == doc["id"],
+                subscriptions.c.doc == expect_doc).values(**row)).rowcount
+        if done != 1:
+            raise Conflict(f"subscription {doc['id']} changed meanwhile; reload it and try again")
 
     def add_subscription(self, namespace: str, doc: dict[str, Any],
                          check: Callable[[list[dict[str, Any]]], None]) -> None:

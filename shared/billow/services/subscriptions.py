@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from billow import jsonx
 from billow.domain import catalog as catalog_rules
 from billow.domain import pricing
 from billow.domain import subscription_edits as sub_edits
@@ -35,7 +36,9 @@ _GRACE = timedelta(minutes=1)  # clock skew between a client's "now" and ours
 
 
 class SubscriptionStore(catalog.CatalogStore, Protocol):
-    def put_subscription(self, namespace: str, doc: dict[str, Any]) -> None: ...
+    def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
+        """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (else Conflict)."""
+        ...
 
     def add_subscription(self, namespace: str, doc: dict[str, Any],
                          check: Callable[[list[dict[str, Any]]], None]) -> None:
@@ -194,6 +197,34 @@ def get(namespace: str, id_: str, *, store: SubscriptionStore) -> dict[str, Any]
     return doc
 
 
+EDIT_ATTEMPTS: Final = 10  # writers editing one subscription at once that one edit outlasts
+
+
+def _update(namespace: str, id_: str, store: SubscriptionStore,
+            edit: Callable[[dict[str, Any]], dict[str, Any]], *, live: bool = True) -> dict[str, Any]:
+    """Read the subscription, `edit` it (it returns the document to write, or raises to refuse) and write it back
+    only if it is still stored as it was read. Another container may edit it in between (two add-on adds at
+    once): the lost race reads it again and edits what the other wrote, so neither edit is lost; `edit` checks
+    afresh on each read (an add-on added meanwhile is a 409, as it would be one after the other). `live=False`
+    edits a deleted one too (the entitlements it records)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        found = store.get_subscription(namespace, id_) if not live else get(namespace, id_, store=store)
+        if found is None:
+            raise NotFound(f"subscription {id_!r} not found")
+        doc = found
+        before = jsonx.dumps(doc)
+        edited = edit(doc)
+        try:
+            store.put_subscription(namespace, edited, expect_doc=before)
+        except Conflict:
+            if attempt == EDIT_ATTEMPTS:
+                raise
+            continue
+        return edited
+
+
 def present(doc: dict[str, Any], now: datetime, *, expanded: bool,
             feature_of: Callable[[str], dict[str, Any] | None] | None = None) -> dict[str, Any]:
     """The served subscription; expanded (OpenMeter's SubscriptionExpanded): its phases and items, each item's
@@ -252,35 +283,36 @@ def _item_json(sub: dict[str, Any], phase: dict[str, Any], rc: dict[str, Any],
     return out
 
 
-def _end(namespace: str, doc: dict[str, Any], at: datetime, store: SubscriptionStore, now: datetime) -> None:
+def _end(doc: dict[str, Any], at: datetime, now: datetime) -> dict[str, Any]:
     if subs.status(doc, now) == "inactive":
         raise Conflict(f"subscription {doc['id']} has ended")
     start = parse_rfc3339(doc["activeFrom"], "activeFrom")
     doc["activeTo"] = format_rfc3339(max(at, start))
     doc["updatedAt"] = format_rfc3339(now)
-    store.put_subscription(namespace, doc)
+    return doc
 
 
 def cancel(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
            now: datetime) -> dict[str, Any]:
-    doc = get(namespace, id_, store=store)
     timing = body.get("timing") if isinstance(body, dict) else None
-    _end(namespace, doc, _when(timing, doc, now), store, now)
+    doc = _update(namespace, id_, store, lambda doc: _end(doc, _when(timing, doc, now), now))
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
 def unschedule_cancelation(namespace: str, id_: str, *, store: SubscriptionStore, meta: MetaStore,
                            ents: EntitlementStore, now: datetime) -> dict[str, Any]:
     """Continue a subscription whose cancelation is scheduled (it runs on without an end)."""
-    doc = get(namespace, id_, store=store)
-    if subs.status(doc, now) != "canceled":
-        raise Conflict(f"subscription {id_} is {subs.status(doc, now)}, not canceled")
-    nxt = _overlapping(namespace, doc["customerId"], subs.t(doc["activeTo"]) or now, store, ignore=id_)
-    if nxt is not None:
-        raise Conflict(f"subscription {nxt['id']} starts when this one ends; cancel or delete it first")
-    doc["activeTo"] = None
-    doc["updatedAt"] = format_rfc3339(now)
-    store.put_subscription(namespace, doc)
+    def unschedule(doc: dict[str, Any]) -> dict[str, Any]:
+        if subs.status(doc, now) != "canceled":
+            raise Conflict(f"subscription {id_} is {subs.status(doc, now)}, not canceled")
+        nxt = _overlapping(namespace, doc["customerId"], subs.t(doc["activeTo"]) or now, store, ignore=id_)
+        if nxt is not None:
+            raise Conflict(f"subscription {nxt['id']} starts when this one ends; cancel or delete it first")
+        doc["activeTo"] = None
+        doc["updatedAt"] = format_rfc3339(now)
+        return doc
+
+    doc = _update(namespace, id_, store, unschedule)
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
@@ -292,6 +324,7 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
     if body.get("timing") is None:
         raise bad("timing", "is required: immediate, next_billing_cycle or an RFC 3339 date-time")
     current = get(namespace, id_, store=store)
+    read_as = jsonx.dumps(current)
     if subs.status(current, now) in ("inactive", "scheduled"):
         raise Conflict(f"subscription {id_} is {subs.status(current, now)}; only a running one can be changed")
     at = _when(body["timing"], current, now)
@@ -305,7 +338,9 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
     # Entitlements of features both plans grant move over (same entitlement, same balance) rather than being
     # deleted and re-created: the next subscription adopts them first, then the ended one lets go of the rest.
     _check_entitlements(namespace, nxt, customer, ents, now, ignore=set(current.get("entitlements", {}).values()))
-    _end(namespace, current, at, store, now)
+    # Ended only as it was read: a change, add-on or cancel that another container wrote meanwhile makes this one
+    # a 409 (reload and change again) rather than being overwritten, and the next subscription is not written.
+    store.put_subscription(namespace, _end(current, at, now), expect_doc=read_as)
     store.put_subscription(namespace, nxt)
     nxt = sync_entitlements(namespace, nxt, store=store, meta=meta, ents=ents, now=now)
     current = sync_entitlements(namespace, get(namespace, id_, store=store), store=store, meta=meta, ents=ents, now=now)
@@ -317,32 +352,36 @@ def edit(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta:
     """OpenMeter's subscription edit (SubscriptionEdit: `customizations` applied in order at `timing`, default
     immediate; see billow.domain.subscription_edits). Added rate cards are checked as publishing a plan checks
     them (their feature exists and has a meter; aligned with the subscription's cadence when its billables must
-    align). Nothing is stored unless every operation applies."""
-    doc = get(namespace, id_, store=store)
-    if subs.status(doc, now) == "inactive":
-        raise Conflict(f"subscription {id_} has ended; only a running or scheduled one can be edited")
-    at = _when(body.get("timing") if isinstance(body, dict) else None, doc, now)
-    must_align = (doc.get("alignment") or {}).get("billablesMustAlign", True)
+    align). Nothing is stored unless every operation applies. Applied to the subscription as stored when it is
+    written: an edit another container wrote meanwhile is kept, and this one is applied after it."""
+    def apply(doc: dict[str, Any]) -> dict[str, Any]:
+        if subs.status(doc, now) == "inactive":
+            raise Conflict(f"subscription {id_} has ended; only a running or scheduled one can be edited")
+        at = _when(body.get("timing") if isinstance(body, dict) else None, doc, now)
+        must_align = (doc.get("alignment") or {}).get("billablesMustAlign", True)
 
-    def rate_card(raw: Any, field: str) -> dict[str, Any]:
-        problems: catalog_rules.Problems = []
-        rc = catalog_rules.parse_rate_card(raw, field, problems)
-        if not problems and must_align and rc.get("billingCadence") not in (None, doc["billingCadence"]):
-            problems.append((f"{field}.billingCadence", f"must equal the subscription's billingCadence "
-                                                        f"({doc['billingCadence']}) while its billables must align"))
-        if not problems and rc.get("featureKey"):
-            problems = catalog_rules.publish_problems(
-                [(field, rc)], {rc["featureKey"]: ents.get_feature(namespace, rc["featureKey"])})
-        if problems:
-            raise catalog_rules.failure(problems)
-        return rc
+        def rate_card(raw: Any, field: str) -> dict[str, Any]:
+            problems: catalog_rules.Problems = []
+            rc = catalog_rules.parse_rate_card(raw, field, problems)
+            if not problems and must_align and rc.get("billingCadence") not in (None, doc["billingCadence"]):
+                problems.append((f"{field}.billingCadence", f"must equal the subscription's billingCadence "
+                                                            f"({doc['billingCadence']}) while its billables must align"))
+            if not problems and rc.get("featureKey"):
+                problems = catalog_rules.publish_problems(
+                    [(field, rc)], {rc["featureKey"]: ents.get_feature(namespace, rc["featureKey"])})
+            if problems:
+                raise catalog_rules.failure(problems)
+            return rc
 
-    edited, _ = sub_edits.apply(doc, body, at, rate_card)
-    customer = meta.get_customer(namespace, doc["customerId"])
-    if customer is not None:
-        _check_entitlements(namespace, edited, customer, ents, now, ignore=set((doc.get("entitlements") or {}).values()))
-    edited["updatedAt"] = format_rfc3339(now)
-    store.put_subscription(namespace, edited)
+        edited, _ = sub_edits.apply(doc, body, at, rate_card)
+        customer = meta.get_customer(namespace, doc["customerId"])
+        if customer is not None:
+            _check_entitlements(namespace, edited, customer, ents, now,
+                                ignore=set((doc.get("entitlements") or {}).values()))
+        edited["updatedAt"] = format_rfc3339(now)
+        return edited
+
+    edited = _update(namespace, id_, store, apply)
     return sync_entitlements(namespace, edited, store=store, meta=meta, ents=ents, now=now)
 
 
@@ -394,40 +433,48 @@ def restore(namespace: str, id_: str, *, store: SubscriptionStore, meta: MetaSto
 
 
 def delete(namespace: str, id_: str, *, store: SubscriptionStore, now: datetime) -> None:
-    doc = get(namespace, id_, store=store)
-    if subs.status(doc, now) != "scheduled":
-        raise Conflict(f"subscription {id_} has started; cancel it instead")
-    doc["deletedAt"] = format_rfc3339(now)
-    store.put_subscription(namespace, doc)
+    def mark(doc: dict[str, Any]) -> dict[str, Any]:
+        if subs.status(doc, now) != "scheduled":
+            raise Conflict(f"subscription {id_} has started; cancel it instead")
+        doc["deletedAt"] = format_rfc3339(now)
+        return doc
+
+    _update(namespace, id_, store, mark)
 
 
 # -- add-ons -----------------------------------------------------------------------------------------------
 def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore,
               ents: EntitlementStore, now: datetime) -> dict[str, Any]:
-    doc = get(namespace, id_, store=store)
+    get(namespace, id_, store=store)
     if not isinstance(body, dict):
         raise bad("body", "must be {addon: {id}, quantity, timing}")
     ref = body.get("addon")
     addon = store.get_versioned("addon", namespace, str(ref.get("id"))) if isinstance(ref, dict) else None
     if addon is None or catalog_rules.status(addon, now) != "active":
         raise bad("addon.id", "unknown or unpublished add-on")
-    if addon["currency"] != doc["currency"]:
-        raise bad("addon.id", f"the add-on bills in {addon['currency']}, the subscription in {doc['currency']}")
-    if any(a["addon"]["id"] == addon["id"] for a in doc["addons"]):
-        raise Conflict(f"add-on {addon['key']!r} is already on the subscription; change its quantity instead")
-    quantity = _quantity(body.get("quantity"), addon, _allowed_max(namespace, doc, addon, store))
-    at = _when(body.get("timing"), doc, now)
-    stamp = format_rfc3339(now)
-    item = {"id": new_id(), "subscriptionId": doc["id"], "name": body.get("name") or addon["name"],
+    item_id = new_id()
+
+    def add(doc: dict[str, Any]) -> dict[str, Any]:
+        if addon["currency"] != doc["currency"]:
+            raise bad("addon.id", f"the add-on bills in {addon['currency']}, the subscription in {doc['currency']}")
+        if any(a["addon"]["id"] == addon["id"] for a in doc["addons"]):
+            raise Conflict(f"add-on {addon['key']!r} is already on the subscription; change its quantity instead")
+        quantity = _quantity(body.get("quantity"), addon, _allowed_max(namespace, doc, addon, store))
+        at = _when(body.get("timing"), doc, now)
+        stamp = format_rfc3339(now)
+        doc["addons"].append({
+            "id": item_id, "subscriptionId": doc["id"], "name": body.get("name") or addon["name"],
             "description": body.get("description"), "metadata": body.get("metadata"),
             "addon": {"id": addon["id"], "key": addon["key"], "version": addon["version"],
                       "instanceType": addon["instanceType"]},
             "rateCards": addon["rateCards"], "timeline": [{"quantity": quantity, "activeFrom": format_rfc3339(at),
                                                            "activeTo": None}],
-            "createdAt": stamp, "updatedAt": stamp}
-    doc["addons"].append(item)
-    doc["updatedAt"] = stamp
-    store.put_subscription(namespace, doc)
+            "createdAt": stamp, "updatedAt": stamp})
+        doc["updatedAt"] = stamp
+        return doc
+
+    doc = _update(namespace, id_, store, add)
+    item = next(a for a in doc["addons"] if a["id"] == item_id)
     sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
     return present_addon(item, now)
 
@@ -455,23 +502,26 @@ def _quantity(value: Any, addon: dict[str, Any], maximum: int | None) -> int:
 def update_addon(namespace: str, id_: str, addon_id: str, body: Any, *, store: SubscriptionStore, meta: MetaStore,
                  ents: EntitlementStore, now: datetime) -> dict[str, Any]:
     """A new quantity from `timing` on (0 removes the add-on); the timeline keeps the earlier quantities."""
-    doc = get(namespace, id_, store=store)
-    item = next((a for a in doc["addons"] if a["id"] == addon_id), None)
-    if item is None:
-        raise NotFound(f"add-on {addon_id!r} is not on subscription {id_}")
-    if not isinstance(body, dict):
-        raise bad("body", "must be {quantity, timing}")
-    addon = store.get_versioned("addon", namespace, item["addon"]["id"]) or item["addon"]
-    quantity = _quantity(body.get("quantity"), addon, _allowed_max(namespace, doc, addon, store))
-    at = _when(body.get("timing"), doc, now)
-    last = item["timeline"][-1]
-    if parse_rfc3339(last["activeFrom"], "activeFrom") >= at:
-        last["quantity"] = quantity  # not started yet: replace it
-    else:
-        last["activeTo"] = format_rfc3339(at)
-        item["timeline"].append({"quantity": quantity, "activeFrom": format_rfc3339(at), "activeTo": None})
-    item["updatedAt"] = doc["updatedAt"] = format_rfc3339(now)
-    store.put_subscription(namespace, doc)
+    def requantify(doc: dict[str, Any]) -> dict[str, Any]:
+        item = next((a for a in doc["addons"] if a["id"] == addon_id), None)
+        if item is None:
+            raise NotFound(f"add-on {addon_id!r} is not on subscription {id_}")
+        if not isinstance(body, dict):
+            raise bad("body", "must be {quantity, timing}")
+        addon = store.get_versioned("addon", namespace, item["addon"]["id"]) or item["addon"]
+        quantity = _quantity(body.get("quantity"), addon, _allowed_max(namespace, doc, addon, store))
+        at = _when(body.get("timing"), doc, now)
+        last = item["timeline"][-1]
+        if parse_rfc3339(last["activeFrom"], "activeFrom") >= at:
+            last["quantity"] = quantity  # not started yet: replace it
+        else:
+            last["activeTo"] = format_rfc3339(at)
+            item["timeline"].append({"quantity": quantity, "activeFrom": format_rfc3339(at), "activeTo": None})
+        item["updatedAt"] = doc["updatedAt"] = format_rfc3339(now)
+        return doc
+
+    doc = _update(namespace, id_, store, requantify)
+    item = next(a for a in doc["addons"] if a["id"] == addon_id)
     sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
     return present_addon(item, now)
 
@@ -559,7 +609,8 @@ def sync_entitlements(namespace: str, doc: dict[str, Any], *, store: Subscriptio
     whose item ended. Idempotent; the subscription remembers which entitlements are its own."""
     customer = meta.get_customer(namespace, doc["customerId"])
     subject = _subject(namespace, customer) if customer else None
-    own: dict[str, str] = dict(doc.get("entitlements") or {})
+    had: dict[str, str] = dict(doc.get("entitlements") or {})
+    own = dict(had)
     wanted = _templates(doc, now) if subject else {}
     changed = _drop_ended(namespace, own, wanted, subject, meta=meta, ents=ents, now=now)
     for feature_key, (tmpl, item) in wanted.items():
@@ -574,7 +625,17 @@ def sync_entitlements(namespace: str, doc: dict[str, Any], *, store: Subscriptio
     if changed:
         _release_handed_over(namespace, doc, own, store)
         doc["entitlements"] = own
-        store.put_subscription(namespace, doc)
+        # Recorded on the subscription as it is stored now (an add-on or edit another container wrote since `doc`
+        # was read stays): the entitlements forgotten and made here, over whatever the stored one records.
+        gone = set(had) - set(own)
+        made = {k: v for k, v in own.items() if had.get(k) != v}
+
+        def record(stored: dict[str, Any]) -> dict[str, Any]:
+            stored["entitlements"] = {**{k: v for k, v in (stored.get("entitlements") or {}).items()
+                                         if k not in gone}, **made}
+            return stored
+
+        doc["entitlements"] = _update(namespace, doc["id"], store, record, live=False)["entitlements"]
     return doc
 
 
@@ -624,10 +685,13 @@ def _entitlement_body(doc: dict[str, Any], feature_key: str, tmpl: dict[str, Any
 def _release_handed_over(namespace: str, doc: dict[str, Any], own: dict[str, str], store: SubscriptionStore) -> None:
     """A hand-over leaves the old subscription: the customer's other subscriptions forget the entitlements `doc`
     now owns."""
+    def forget(other: dict[str, Any]) -> dict[str, Any]:
+        other["entitlements"] = {k: v for k, v in (other.get("entitlements") or {}).items() if v not in own.values()}
+        return other
+
     for other in store.list_subscriptions(namespace, doc["customerId"]):
         if other["id"] != doc["id"] and set(other.get("entitlements", {}).values()) & set(own.values()):
-            other["entitlements"] = {k: v for k, v in other["entitlements"].items() if v not in own.values()}
-            store.put_subscription(namespace, other)
+            _update(namespace, other["id"], store, forget, live=False)
 
 
 def _customer_subscriptions(namespace: str, doc: dict[str, Any], store: SubscriptionStore) -> set[str]:
