@@ -300,3 +300,42 @@ def test_containers_adding_add_ons_to_one_subscription_at_once_keep_every_add_on
         lost += len({a["id"] for a in added} - {a["id"] for a in held})
         twice += same and len(held) != 1
     assert not failed and not lost and not twice, (len(failed), lost, twice, failed[:3])
+
+
+def test_containers_editing_one_draft_invoice_at_once_keep_every_edit(metas: list[SqlMetaStore]) -> None:
+    """PUT /billing/invoices/{i} edits a draft that keeps its status (its description, its metadata): read, edit,
+    write back guarded by the status only. Two containers editing one draft at once (one its description, one its
+    metadata) both answered 200 and the later write put back what the earlier changed. Now both edits land."""
+    from billow.adapters.sql_apps import SqlAppStore
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services.apps import provision
+    from billow.services.invoices import new_invoice, update_invoice
+    from billow.services.pending_lines import add_pending_lines
+
+    billing = [SqlBillingStore(m.engine) for m in metas]
+    ents = SqlEntitlementStore(metas[0].engine)
+    provision("ns", apps=SqlAppStore(metas[0].engine), billing=billing[0], now=NOW)
+    (profile,) = [p for p in billing[0].list_profiles("ns") if p["default"]]
+    profile["workflow"]["invoicing"]["autoAdvance"] = False  # a draft waiting for approval
+    lost = 0
+    failed: list[BaseException] = []
+    for round_ in range(10):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"d{round_}", "name": "C", "currency": "USD",
+                                    "usageAttribution": {"subjectKeys": []},
+                                    "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        lines = add_pending_lines("ns", customer["id"], {"currency": "USD", "lines": [
+            {"name": "line", "price": {"type": "flat", "amount": "10"}, "invoiceAt": "2026-05-02T00:00:00Z",
+             "period": {"from": "2026-05-01T00:00:00Z", "to": "2026-05-02T00:00:00Z"}}]},
+            store=billing[0], meta=metas[0], ents=ents, now=NOW)["lines"]
+        draft = new_invoice("ns", customer, profile, "USD", lines, number=1, now=NOW)
+        billing[0].put_invoice("ns", draft)
+        edits = [{"description": f"d{n}"} if n % 2 else {"metadata": {"m": str(n)}} for n in range(THREADS)]
+        _, errors = at_once([partial(update_invoice, "ns", draft["id"], edits[n], store=billing[n % 2], now=NOW)
+                             for n in range(THREADS)])
+        failed += errors
+        stored = billing[1].get_invoice("ns", draft["id"])
+        assert stored is not None and stored["status"] == "draft"
+        lost += stored["description"] is None or stored["metadata"] is None
+    assert not failed and not lost, (len(failed), f"{lost} of 10 drafts lost an edit", failed[:3])

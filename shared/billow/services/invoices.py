@@ -13,10 +13,12 @@ from __future__ import annotations
 import decimal
 import logging
 import re
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from billow import jsonx
 from billow.domain import invoices as inv_rules
 from billow.domain.invoices import Invoice
 from billow.domain.money import Currency
@@ -92,8 +94,36 @@ def _load(namespace: str, id_: str, store: BillingStore) -> Invoice:
     return Invoice.from_json(doc)
 
 
-def _save(namespace: str, inv: Invoice, store: BillingStore, *, expect_status: str | None = None) -> None:
-    store.put_invoice(namespace, inv.to_json(), expect_status=expect_status)
+def _save(namespace: str, inv: Invoice, store: BillingStore, *, expect_status: str | None = None,
+          expect_doc: str | None = None) -> None:
+    store.put_invoice(namespace, inv.to_json(), expect_status=expect_status, expect_doc=expect_doc)
+
+
+EDIT_ATTEMPTS: Final = 10  # writers editing one invoice at once that one edit outlasts
+
+
+def _edit(namespace: str, id_: str, store: BillingStore, edit: Callable[[Invoice], bool]) -> Invoice:
+    """Read the invoice, `edit` it in place (False: nothing to save; or it raises) and save it only if it is still
+    stored as it was read. Another container may edit it in between (two edits of one draft at once, each its own
+    field): the lost race reads it again and edits what the other wrote, so neither edit is lost."""
+    attempt = 0
+    while True:
+        attempt += 1
+        doc = store.get_invoice(namespace, id_)
+        if doc is None or doc.get("deletedAt"):
+            raise NotFound(f"invoice {id_!r} not found")
+        before = jsonx.dumps(doc)
+        inv = Invoice.from_json(doc)
+        status = inv.status
+        if not edit(inv):
+            return inv
+        try:
+            _save(namespace, inv, store, expect_status=status, expect_doc=before)
+        except Conflict:
+            if attempt == EDIT_ATTEMPTS:
+                raise
+            continue
+        return inv
 
 
 def get_invoice(namespace: str, id_: str, *, store: BillingStore) -> dict[str, Any]:
@@ -198,18 +228,20 @@ def recalculate_taxes(namespace: str, id_: str, *, store: BillingStore, now: dat
     """OpenMeter's recalculateInvoiceTaxAction: a draft's totals again from its lines. No tax app rates here (the
     sandbox tax app's rate is 0), so the taxes are 0 and the totals are the lines' sums with the credit applied;
     an invoice that changed is saved. Refused (409) once the invoice is immutable or while it gathers lines."""
-    inv = _load(namespace, id_, store)
-    if inv.status != "draft":
-        raise Conflict(f"cannot recalculate the taxes of invoice {inv.number} in state {inv.extended_status}: "
-                       "only a draft's")
-    doc = inv.to_json()
-    credits = parse_decimal(doc["totals"].get("creditsTotal") or "0")
-    totals = inv_rules.sum_totals(doc["lines"], credits)
-    if totals != doc["totals"]:
+    def recalculate(inv: Invoice) -> bool:
+        if inv.status != "draft":
+            raise Conflict(f"cannot recalculate the taxes of invoice {inv.number} in state {inv.extended_status}: "
+                           "only a draft's")
+        doc = inv.to_json()
+        credits = parse_decimal(doc["totals"].get("creditsTotal") or "0")
+        totals = inv_rules.sum_totals(doc["lines"], credits)
+        if totals == doc["totals"]:
+            return False
         inv.totals = totals
         inv.touch(now)
-        _save(namespace, inv, store, expect_status=inv.status)
-    return inv.to_json()
+        return True
+
+    return _edit(namespace, id_, store, recalculate).to_json()
 
 
 def delete_invoice(namespace: str, id_: str, *, store: BillingStore, apps: BillingApps, now: datetime) -> None:
@@ -245,16 +277,17 @@ def delete_invoice(namespace: str, id_: str, *, store: BillingStore, apps: Billi
 
 
 def update_invoice(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime) -> dict[str, Any]:
-    inv = _load(namespace, id_, store)
-    inv.require_mutable()
-    if not isinstance(body, dict):
-        raise bad("body", "must be an object")
-    for key in ("description", "metadata"):
-        if key in body:
-            inv.edit(key, body[key])
-    inv.touch(now)
-    _save(namespace, inv, store, expect_status=inv.status)
-    return inv.to_json()
+    def apply(inv: Invoice) -> bool:
+        inv.require_mutable()
+        if not isinstance(body, dict):
+            raise bad("body", "must be an object")
+        for key in ("description", "metadata"):
+            if key in body:
+                inv.edit(key, body[key])
+        inv.touch(now)
+        return True
+
+    return _edit(namespace, id_, store, apply).to_json()
 
 
 _PAYMENT_STATES = {"paid": "paid", "payment_failed": "payment_processing.failed", "uncollectible": "uncollectible",
@@ -284,7 +317,10 @@ def record_payment(namespace: str, invoice_id: str, outcome: str, *, store: Bill
 def custom_invoicing_synced(namespace: str, invoice_id: str, stage: str, body: object, *, store: BillingStore,
                             apps: BillingApps, now: datetime) -> dict[str, Any]:
     """The user's system confirms it synchronised the draft or issued the invoice (custom invoicing app)."""
-    inv = _load(namespace, invoice_id, store)
+    doc = store.get_invoice(namespace, invoice_id)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"invoice {invoice_id!r} not found")
+    read_as, inv = jsonx.dumps(doc), Invoice.from_json(doc)  # a draft is saved only as read: else 409, call again
     if inv.invoicing_app != "custom_invoicing":
         raise Conflict(f"invoice {inv.number} is not invoiced by the custom invoicing app")
     given: dict[str, Any] = body if isinstance(body, dict) else {}
@@ -295,9 +331,9 @@ def custom_invoicing_synced(namespace: str, invoice_id: str, stage: str, body: o
         inv.touch(now)
         if inv.extended_status == "draft.syncing":  # it waited for this call-back: it goes on
             inv.set_status("draft.ready_to_issue")
-            _save(namespace, inv, store, expect_status="draft")
+            _save(namespace, inv, store, expect_status="draft", expect_doc=read_as)
             return _issue(namespace, inv, store=store, apps=apps, now=now).to_json()
-        _save(namespace, inv, store, expect_status=inv.status)
+        _save(namespace, inv, store, expect_status=inv.status, expect_doc=read_as)
         return inv.to_json()
     if inv.status != "issuing":
         raise Conflict(f"invoice {inv.number} is {inv.status}, not issuing")
