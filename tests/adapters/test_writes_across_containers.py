@@ -339,3 +339,51 @@ def test_containers_editing_one_draft_invoice_at_once_keep_every_edit(metas: lis
         assert stored is not None and stored["status"] == "draft"
         lost += stored["description"] is None or stored["metadata"] is None
     assert not failed and not lost, (len(failed), f"{lost} of 10 drafts lost an edit", failed[:3])
+
+
+def test_containers_updating_and_publishing_one_plan_draft_at_once_never_unpublish_it(
+        metas: list[SqlMetaStore]) -> None:
+    """PUT /api/v1/plans/{p} (update a draft) and POST /api/v1/plans/{p}/publish at once: both read the draft,
+    the publish wrote it active and the update, landing later, wrote it back as a draft with its own fields, both
+    answering 200: a plan published to the caller was a draft again (no subscription can start on it). Now the
+    update either lands before the publish (which publishes the updated draft) or answers 409 (only a draft can be
+    changed), one publish wins and the version stays published."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.domain import catalog as catalog_rules
+    from billow.errors import Conflict
+    from billow.services import catalog
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+
+    def plan(name: str) -> dict[str, Any]:
+        return {"name": name, "currency": "USD", "billingCadence": "P1M", "phases": [
+            {"key": "default", "name": "Default", "rateCards": [
+                {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
+                 "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}]}]}
+
+    failed: list[BaseException] = []
+    unpublished = doubled = 0
+    for round_ in range(10):
+        draft = catalog.create("ns", "plan", {**plan("draft"), "key": f"p{round_}"}, store=catalogs[0], now=NOW)
+        calls: list[Callable[[], Any]] = []
+        for n in range(THREADS):
+            if n % 2:
+                calls.append(partial(catalog.update, "ns", "plan", draft["id"], plan(f"u{n}"), store=catalogs[n % 2],
+                                     now=NOW))
+            else:
+                calls.append(partial(catalog.publish, "ns", "plan", draft["id"], store=catalogs[n % 2],
+                                     features=ents[n % 2], now=NOW))
+        done, errors = at_once(calls)
+        failed += [e for e in errors if not isinstance(e, Conflict)]
+        stored = catalogs[1].get_versioned("plan", "ns", draft["id"])
+        assert stored is not None
+        published = [d for d in done if d.get("effectiveFrom")]
+        updated = [d["name"] for d in done if not d.get("effectiveFrom")]
+        doubled += len(published) != 1  # one publish wins, the others find it published (409)
+        unpublished += catalog_rules.status(stored, NOW) != "active"
+        assert stored["name"] in ({*updated, published[0]["name"]} if published else {"draft", *updated})
+    assert not failed and not unpublished and not doubled, (
+        len(failed), f"{unpublished} of 10 published plans were drafts again, {doubled} published more than once",
+        failed[:3])

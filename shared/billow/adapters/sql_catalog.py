@@ -65,13 +65,23 @@ class SqlCatalogStore:
         upgrade(self.engine)
 
     # -- plans and add-ons (versioned by key) ------------------------------------------------------------
-    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any]) -> None:
+    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
+        """Save a plan or add-on version; with `expect_doc`, only if it is still stored as that JSON (what it was
+        read as), else Conflict: another writer changed it since (an update of a draft racing its publish)."""
         table = KINDS[kind]
+        row = {"id": doc["id"], "namespace": namespace, "key": doc["key"], "version": doc["version"],
+               "deleted": doc.get("deletedAt") is not None, "doc": jsonx.dumps(doc)}
+        if expect_doc is not None:
+            with self.engine.begin() as c:
+                done = c.execute(table.update().where(table.c.namespace == namespace, table.c.id == doc["id"],
+                                                      table.c.doc == expect_doc).values(**row)).rowcount
+            if done != 1:
+                raise Conflict(f"{kind} {doc['key']!r} version {doc['version']} changed meanwhile; reload it and "
+                               "try again")
+            return
         try:
             with self.engine.begin() as c:
-                save_by_id(c, table, {"id": doc["id"], "namespace": namespace, "key": doc["key"],
-                                      "version": doc["version"], "deleted": doc.get("deletedAt") is not None,
-                                      "doc": jsonx.dumps(doc)})
+                save_by_id(c, table, row)
         except IntegrityError:
             raise Conflict(f"{kind} {doc['key']!r} version {doc['version']} already exists") from None
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from billow import jsonx
 from billow.domain import catalog
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
@@ -21,7 +22,9 @@ KIND_NAMES = {"plan": "plan", "addon": "add-on"}
 
 
 class CatalogStore(Protocol):
-    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any]) -> None: ...
+    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
+        """Save a version; with `expect_doc`, only if it is still stored as that JSON (else Conflict)."""
+        ...
 
     def get_versioned(self, kind: str, namespace: str, id_: str) -> dict[str, Any] | None: ...
 
@@ -109,31 +112,57 @@ def _draft(namespace: str, kind: str, id_: str, store: CatalogStore, now: dateti
     return doc
 
 
+EDIT_ATTEMPTS: Final = 10  # writers changing one draft at once that one change outlasts
+
+
+def _edit_draft(namespace: str, kind: str, id_: str, store: CatalogStore, now: datetime,
+                edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read the draft, `edit` it (or raise) and write it only if it is still stored as it was read. Another
+    container may change it in between (an update racing a publish): the lost race reads it again, so an update
+    that comes after a publish is refused (only a draft can be changed, 409) rather than writing the published
+    version back as a draft, and a publish after an update publishes the updated draft."""
+    attempt = 0
+    while True:
+        attempt += 1
+        doc = _draft(namespace, kind, id_, store, now)
+        before = jsonx.dumps(doc)
+        edit(doc)
+        try:
+            store.put_versioned(kind, namespace, doc, expect_doc=before)
+        except Conflict:
+            if attempt == EDIT_ATTEMPTS:
+                raise
+            continue
+        return doc
+
+
 def update(namespace: str, kind: str, id_: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
-    doc = _draft(namespace, kind, id_, store, now)
-    if isinstance(body, dict) and "key" not in body:
-        body = {**body, "key": doc["key"]}
-    fields = _parse(kind, body)
-    if fields["key"] != doc["key"]:
-        raise ValidationFailed("key: a version keeps its key", [{"field": "key", "message": f"must be {doc['key']!r}"}])
-    doc.update(fields, updatedAt=format_rfc3339(now))
-    store.put_versioned(kind, namespace, doc)
-    return doc
+    def replace(doc: dict[str, Any]) -> None:
+        given = {**body, "key": doc["key"]} if isinstance(body, dict) and "key" not in body else body
+        fields = _parse(kind, given)
+        if fields["key"] != doc["key"]:
+            raise ValidationFailed("key: a version keeps its key",
+                                   [{"field": "key", "message": f"must be {doc['key']!r}"}])
+        doc.update(fields, updatedAt=format_rfc3339(now))
+
+    return _edit_draft(namespace, kind, id_, store, now, replace)
 
 
 def publish(namespace: str, kind: str, id_: str, *, store: CatalogStore, features: FeatureStore,
             now: datetime) -> dict[str, Any]:
-    doc = _draft(namespace, kind, id_, store, now)
-    problems = _publish_problems(namespace, kind, doc, features)
-    if problems:
-        raise ValidationFailed("; ".join(f"{p['field']}: {p['message']}" for p in problems), problems)
     stamp = format_rfc3339(now)
-    for other in store.list_versioned(kind, namespace, key=doc["key"]):
+
+    def make_effective(doc: dict[str, Any]) -> None:
+        problems = _publish_problems(namespace, kind, doc, features)
+        if problems:
+            raise ValidationFailed("; ".join(f"{p['field']}: {p['message']}" for p in problems), problems)
+        doc.update(effectiveFrom=stamp, updatedAt=stamp)
+
+    doc = _edit_draft(namespace, kind, id_, store, now, make_effective)
+    for other in store.list_versioned(kind, namespace, key=doc["key"]):  # the version it replaces ends
         if other["id"] != doc["id"] and other.get("effectiveFrom") and not other.get("effectiveTo"):
             other.update(effectiveTo=stamp, updatedAt=stamp)
             store.put_versioned(kind, namespace, other)
-    doc.update(effectiveFrom=stamp, updatedAt=stamp)
-    store.put_versioned(kind, namespace, doc)
     return doc
 
 
