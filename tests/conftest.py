@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -199,3 +201,33 @@ def memory_server(data_dir: Path | str, **limits: Any) -> Iterator[BillowServer]
         yield server
     finally:
         server.shutdown(drain_timeout_s=5)
+
+
+def raw_send(s: socket.socket, pieces: list[tuple[bytes, float]]) -> float:
+    """Send each piece, then pause its seconds; a server that answered and closed before all was sent ends the
+    sending quietly (what it said is read next). The monotonic time the sending ended."""
+    try:
+        for piece, pause in pieces:
+            s.sendall(piece)
+            if pause:
+                time.sleep(pause)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return time.monotonic()
+
+
+def raw_read(s: socket.socket, buf: bytes, deadline: Callable[[bytes], float]) -> tuple[bytes, bool]:
+    """Read onto `buf` until the server closes (FIN or reset: True) or the monotonic `deadline(buf)` passes (False);
+    the deadline is asked again after each read, so it may move with what came."""
+    while (remaining := deadline(buf) - time.monotonic()) > 0:
+        s.settimeout(remaining)
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return buf, True
+        if not chunk:
+            return buf, True
+        buf += chunk
+    return buf, False

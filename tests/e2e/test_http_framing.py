@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import memory_server
+from tests.conftest import memory_server, raw_read, raw_send
 
 HEADER_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 2.0
@@ -80,38 +80,19 @@ def _parse(buf: bytes) -> tuple[list[Answer], bytes]:
 def _talk(port: int, *parts: bytes, pause_s: float = 0.0, answers: int = 1, wait_s: float = 4.0) -> Talk:
     """One connection: send `parts` (with `pause_s` between them), read until `answers` final answers came (then
     LINGER_S more), the server closed, or `wait_s` passed."""
-    buf, closed = b"", False
     answered: float | None = None
     with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as s:
-        try:
-            for i, part in enumerate(parts):
-                if i and pause_s:
-                    time.sleep(pause_s)
-                s.sendall(part)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # answered and closed before all was sent: read what came
-        sent = time.monotonic()
+        sent = raw_send(s, [(part, pause_s if i < len(parts) - 1 else 0.0) for i, part in enumerate(parts)])
         deadline = sent + wait_s
-        while True:
-            finals = [a for a in _parse(buf)[0] if a.status >= 200]
-            if len(finals) >= answers and answered is None:
+
+        def until(buf: bytes) -> float:  # the answers looked for are in: LINGER_S more for anything after them
+            nonlocal answered, deadline
+            if answered is None and len([a for a in _parse(buf)[0] if a.status >= 200]) >= answers:
                 answered = time.monotonic() - sent
                 deadline = min(deadline, time.monotonic() + LINGER_S)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            s.settimeout(remaining)
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                break
-            except ConnectionResetError:
-                closed = True
-                break
-            if not chunk:
-                closed = True
-                break
-            buf += chunk
+            return deadline
+
+        buf, closed = raw_read(s, b"", until)
     got, rest = _parse(buf)
     if answered is None and len([a for a in got if a.status >= 200]) >= answers:
         answered = time.monotonic() - sent

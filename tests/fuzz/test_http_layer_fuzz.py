@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from billow.local.server import BillowServer
-from tests.conftest import memory_server
+from tests.conftest import memory_server, raw_read, raw_send
 
 SEED = int(os.environ.get("BILLOW_HTTP_FUZZ_SEED", "20261206"))  # another seed explores further
 CASES = int(os.environ.get("BILLOW_HTTP_FUZZ_CASES", "800"))
@@ -301,29 +301,10 @@ class Exchange:
 
 
 def exchange(port: int, pieces: list[tuple[bytes, float]]) -> Exchange:
-    buf = b""
     with socket.create_connection(("127.0.0.1", port), timeout=BOUND_S) as s:
-        try:
-            for piece, pause in pieces:
-                s.sendall(piece)
-                if pause:
-                    time.sleep(pause)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # answered and closed before all was sent: read what came
-        sent = time.monotonic()
-        deadline = sent + BOUND_S
-        while (remaining := deadline - time.monotonic()) > 0:
-            s.settimeout(remaining)
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                break
-            except ConnectionResetError:
-                return Exchange(buf, True, time.monotonic() - sent)
-            if not chunk:
-                return Exchange(buf, True, time.monotonic() - sent)
-            buf += chunk
-    return Exchange(buf, False, time.monotonic() - sent)
+        sent = raw_send(s, pieces)
+        buf, closed = raw_read(s, b"", lambda _: sent + BOUND_S)
+    return Exchange(buf, closed, time.monotonic() - sent)
 
 
 def parse(buf: bytes) -> tuple[list[Answer], list[str]]:
