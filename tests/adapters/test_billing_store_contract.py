@@ -113,6 +113,11 @@ def test_marks_move_only_from_the_revision_read(store: SqlBillingStore) -> None:
     moved = store.marks_for(n, [sub])[(sub, PERIOD, "in_advance")]
     assert (moved.rev, moved.billed["flat"]["total"], moved.billed_at) == (2, "60", later)
     assert store.marks_for(n, [new_id()]) == {} and store.marks_for(ns()) == {}
+    # More ids than a PostgreSQL statement takes parameters (65,535): one array parameter there.
+    many = [new_id() for _ in range(70_000)]
+    assert list(store.marks_for(n, [*many, sub])) == [(sub, PERIOD, "in_advance")]
+    assert [i["number"] for i in store.list_invoices(n, customer_ids=[*many, "c1"], statuses=["draft"])] == [
+        "C1-0001", "C1-0004"]
 
 
 def test_a_lost_race_in_a_batch_writes_nothing_of_the_batch(store: SqlBillingStore) -> None:

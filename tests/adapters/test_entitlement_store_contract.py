@@ -124,3 +124,18 @@ def test_containers_saving_the_same_snapshot_at_once_all_succeed(pg_database: st
     finally:
         for m in metas:
             m.close()
+
+
+def test_entitlements_of_more_subjects_than_a_statement_takes_parameters(store: SqlEntitlementStore) -> None:
+    """A check of a customer with 70,000 subjects looks its entitlement up over all of them: on PostgreSQL (at most
+    65,535 parameters a statement) that failed in the driver, a 500 on every check. One array parameter now."""
+    n = ns()
+    subjects = [f"s{i:05d}" for i in range(70_000)]
+    e = ent(subject="s69999")
+    store.put_entitlement(n, e, created_at=NOW)
+    store.put_entitlement(n, ent(subject="s00001", feature="g"), created_at=NOW)
+    assert store.find_entitlement(n, subjects, "f")["id"] == e["id"]  # type: ignore[index]
+    assert store.find_entitlement(n, subjects[:-1], "f") is None
+    assert [x["id"] for x in store.list_entitlements(n, subject_keys=subjects, feature_keys=["f"])] == [e["id"]]
+    ids = [new_id() for _ in range(70_000)]
+    assert store.list_grants(n, entitlement_ids=ids) == []

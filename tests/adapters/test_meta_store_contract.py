@@ -117,3 +117,19 @@ def test_fellow_subjects_of_a_customer_with_thousands_of_subjects_read_each_once
     started = time.monotonic()
     assert meta_store.fellow_subjects(ns, subjects) == subjects
     assert time.monotonic() - started < 3
+
+
+def test_a_customer_with_more_subjects_than_a_statement_takes_parameters(meta_store, namespace: str) -> None:
+    """PostgreSQL's protocol takes at most 65,535 parameters a statement: a customer's every subject bound one
+    parameter each (its entitlement check asks for them all) failed in the driver (pg8000: struct.error), a 500 on
+    every check of that customer. A list of keys is one array parameter there now; SQLite binds them as before."""
+    ns = namespace + uuid.uuid4().hex[:6]
+    subjects = [f"s{i:05d}" for i in range(70_000)]
+    customer = new_id()
+    meta_store.put_customer(ns, {"id": customer, "name": "big", "key": "big", "createdAt": "2026-01-01T00:00:00Z",
+                                 "usageAttribution": {"subjectKeys": subjects}})
+    assert meta_store.fellow_subjects(ns, subjects) == subjects
+    assert meta_store.fellow_subjects(ns, ["s00007", "nobody"]) == subjects
+    got = meta_store.customers_for_subjects(ns, [*subjects, "nobody"])
+    assert len(got) == 70_000 and set(got.values()) == {customer} and "nobody" not in got
+    assert meta_store.subjects_of_customers(ns, [customer, new_id()]) == dict.fromkeys(subjects, customer)

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, save_by_id, serialise, upsert, utc
+from billow.adapters.sql import TS, among, save_by_id, serialise, upsert, utc
 from billow.domain.billing import Mark
 from billow.domain.invoices import CreditBack
 from billow.errors import Conflict
@@ -179,7 +179,7 @@ class SqlBillingStore:
                       statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
         q = sa.select(invoices.c.doc).where(invoices.c.namespace == namespace)
         if customer_ids:
-            q = q.where(invoices.c.customer_id.in_(list(customer_ids)))
+            q = q.where(among(invoices.c.customer_id, customer_ids, self.engine))
         if statuses:
             q = q.where(invoices.c.status.in_(list(statuses)))
         with self.engine.connect() as c:
@@ -189,7 +189,7 @@ class SqlBillingStore:
     def marks_for(self, namespace: str, subscription_ids: Sequence[str] | None = None) -> dict[tuple[str, datetime, str], Mark]:
         q = sa.select(marks).where(marks.c.namespace == namespace)
         if subscription_ids is not None:
-            q = q.where(marks.c.subscription_id.in_(list(subscription_ids)))
+            q = q.where(among(marks.c.subscription_id, subscription_ids, self.engine))
         out: dict[tuple[str, datetime, str], Mark] = {}
         with self.engine.connect() as c:
             for r in c.execute(q):

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, insert_new, save_by_id, to_datetime, utc
+from billow.adapters.sql import TS, among, insert_new, save_by_id, to_datetime, utc
 from billow.errors import Conflict
 
 md = sa.MetaData()
@@ -174,11 +174,11 @@ class SqlEntitlementStore:
     # The statements of an entitlement check, built once: a statement made per call costs more than the query (the
     # check's SQLAlchemy statement building was ~10 % of an uncached check's time).
     _FIND = sa.select(entitlements.c.doc).where(
-        entitlements.c.namespace == sa.bindparam("ns"), entitlements.c.subject_key.in_(sa.bindparam("keys", expanding=True)),
+        entitlements.c.namespace == sa.bindparam("ns"), among(entitlements.c.subject_key, "keys"),
         entitlements.c.feature_key == sa.bindparam("feature"), entitlements.c.deleted_at.is_(None)
     ).order_by(entitlements.c.created_at).limit(1)
     _GRANTS_OF = sa.select(grants.c.doc).where(
-        grants.c.namespace == sa.bindparam("ns"), grants.c.entitlement_id.in_(sa.bindparam("ids", expanding=True))
+        grants.c.namespace == sa.bindparam("ns"), among(grants.c.entitlement_id, "ids")
     ).order_by(grants.c.created_at, grants.c.id)
     _RESETS = sa.select(resets).where(resets.c.namespace == sa.bindparam("ns"),
                                       resets.c.entitlement_id == sa.bindparam("ent")).order_by(resets.c.at)
@@ -195,9 +195,9 @@ class SqlEntitlementStore:
                           feature_keys: list[str] | None = None) -> list[dict[str, Any]]:
         q = sa.select(entitlements.c.doc).where(entitlements.c.namespace == namespace)
         if subject_keys is not None:
-            q = q.where(entitlements.c.subject_key.in_(subject_keys))
+            q = q.where(among(entitlements.c.subject_key, subject_keys, self.engine))
         if feature_keys:
-            q = q.where(entitlements.c.feature_key.in_(feature_keys))
+            q = q.where(among(entitlements.c.feature_key, feature_keys, self.engine))
         if not include_deleted:
             q = q.where(entitlements.c.deleted_at.is_(None))
         with self.engine.connect() as c:
@@ -226,7 +226,7 @@ class SqlEntitlementStore:
                                                                                  "ids": list(entitlement_ids)})]
         q = sa.select(grants.c.doc).where(grants.c.namespace == namespace)
         if entitlement_ids is not None:
-            q = q.where(grants.c.entitlement_id.in_(entitlement_ids))
+            q = q.where(among(grants.c.entitlement_id, entitlement_ids, self.engine))
         with self.engine.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(grants.c.created_at, grants.c.id))]
 
