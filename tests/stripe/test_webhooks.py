@@ -179,3 +179,30 @@ def test_a_negative_invoice_through_stripe_is_credited_by_stripe_not_by_billow(
     june_stripe = standin.invoices[june["externalIds"]["invoicing"]]
     assert (june_stripe["total"], june_stripe["amount_due"]) == (4999, 4699)
     assert standin.customers[june_stripe["customer"]]["balance"] == 0
+
+
+@pytest.mark.parametrize(("then", "status"), [("invoice.paid", "paid"), ("invoice.voided", "voided")])
+def test_an_invoice_marked_uncollectible_can_still_be_paid_or_voided(billow_stripe: tuple[Billow, StandIn], then: str,
+                                                                    status: str) -> None:
+    """Stripe lets a customer pay an invoice marked uncollectible, and lets it be voided; OpenMeter's invoice
+    state machine permits both from uncollectible. Billow answered 409 to the webhook (no payment to record from
+    uncollectible): Stripe retries a refused delivery for three days, then gives up, and the invoice stayed
+    uncollectible in Billow though the customer had paid it."""
+    b, standin = billow_stripe
+    subscribed(b, {**PROFILE, "apps": {"tax": "sandbox", "invoicing": "stripe", "payment": "stripe"}})
+    b.clock.set("2026-04-01T00:10:00Z")
+    scheduled_run(b)
+    store = b.c.store(SqlBillingStore)
+    (doc,) = store.list_invoices("stripe")
+    stripe_inv = standin.invoices[doc["externalIds"]["invoicing"]]
+    assert standin.emit("invoice.payment_failed", stripe_inv).status == 200
+    assert store.get_invoice("stripe", doc["id"])["statusDetails"]["failed"] is True
+    assert standin.emit("invoice.marked_uncollectible", stripe_inv).status == 200
+    assert store.get_invoice("stripe", doc["id"])["status"] == "uncollectible"
+    got = standin.emit(then, stripe_inv)
+    assert got.status == 200, got
+    after = store.get_invoice("stripe", doc["id"])
+    assert after["status"] == status
+    assert (after.get("voidedAt") is not None) == (status == "voided")  # when Stripe voided it, as a void in Billow
+    assert standin.emit("invoice.payment_failed", stripe_inv).status == 200  # a late failure changes nothing now
+    assert store.get_invoice("stripe", doc["id"])["status"] == status

@@ -294,20 +294,30 @@ _PAYMENT_STATES = {"paid": "paid", "payment_failed": "payment_processing.failed"
                    "voided": "voided", "overdue": "overdue", "action_required": "payment_processing.action_required"}
 
 
+# An invoice marked uncollectible can still be paid (Stripe takes a payment of it) or voided, as OpenMeter's invoice
+# state machine permits; before, the webhook of that payment was refused and the invoice stayed uncollectible.
+_FROM_UNCOLLECTIBLE: Final = ("paid", "voided")
+
+
 def record_payment(namespace: str, invoice_id: str, outcome: str, *, store: BillingStore, apps: BillingApps, now: datetime) -> dict[str, Any]:
     """Payment status from the payment app (Stripe webhook, custom invoicing). Idempotent: a repeated outcome
-    changes nothing; a paid or voided invoice stays so."""
+    changes nothing; a paid or voided invoice stays so; an uncollectible one can only be paid or voided."""
     inv = _load(namespace, invoice_id, store)
     target = _PAYMENT_STATES.get(outcome)
     if target is None:
         raise bad("trigger", f"must be one of {', '.join(_PAYMENT_STATES)}")
     if inv.extended_status == target or inv.status in ("paid", "voided"):
         return inv.to_json()
-    if inv.status not in ("issued", "payment_processing", "overdue"):
+    if inv.status == "uncollectible" and target not in _FROM_UNCOLLECTIBLE:
+        raise Conflict(f"invoice {inv.number} is uncollectible: it can still be paid or voided, nothing else")
+    if inv.status not in ("issued", "payment_processing", "overdue", "uncollectible"):
         raise Conflict(f"invoice {inv.number} is {inv.status}: it has no payment to record yet")
     before = inv.status
-    inv.set_status(target, failed=outcome == "payment_failed")
-    inv.touch(now)
+    if target == "voided":  # voided by the app (Stripe), stamped as a void in Billow is
+        inv.void(now)
+    else:
+        inv.set_status(target, failed=outcome == "payment_failed")
+        inv.touch(now)
     _save(namespace, inv, store, expect_status=before)
     doc = inv.to_json()
     apps.updated(doc)
