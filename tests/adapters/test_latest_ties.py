@@ -360,3 +360,48 @@ def test_billow_serve_fills_its_latest_meters_at_start_so_no_request_waits(tmp_p
     out = _in_a_process("_serve_phase", tmp_path)
     assert out["filled"] == [[out["namespace"], meter]], out
     assert out["latest"] == "10"
+
+
+def _migrate_all_phase(data_dir: str) -> None:
+    """`billow migrate` / the AWS migrate function on those stores: what it reported, what latest_backfills holds;
+    then, with no time left (its `fill_until` false at once), on a store whose record was lost."""
+    from billow.adapters.clickhouse import ClickHouseUsageStore, connect
+    from billow.migrations import migrate_all
+
+    settings = _host_settings(data_dir)
+    out: dict[str, Any] = {"first": migrate_all(settings)}
+    store = ClickHouseUsageStore(connect(f"chdb://{Path(data_dir) / 'usage'}"))
+    out["filled"] = sorted(map(list, store._query("SELECT namespace, meter_id FROM latest_backfills FINAL", {})))
+    store._command("TRUNCATE TABLE latest_backfills")
+    store.close()
+    out["no_time"] = migrate_all(settings, fill_until=lambda: False)
+    print(json.dumps(out))
+
+
+def test_the_migrate_function_fills_latest_meters_so_no_request_does(tmp_path: Any) -> None:
+    """In AWS no request should fill a LATEST meter stored before migration 4: a big meter's fill takes minutes,
+    past API Gateway's 29 s, and one cut short records nothing, so every query of that meter started it again. The
+    migrate function (and `billow migrate`) fills them, while its invocation has time left, and says how many."""
+    meter = _in_a_process("_stored_at_3_phase", tmp_path)["meter"]
+    out = _in_a_process("_migrate_all_phase", tmp_path)
+    assert out["filled"] == [["default", meter]], out
+    assert out["first"]["latestFill"] == "1 of 1 LATEST meters checked or filled"
+    assert out["no_time"]["latestFill"].startswith("0 of 1 LATEST meters checked or filled; out of time"), out
+
+
+def test_the_migrate_function_starts_no_fill_with_less_than_its_margin_left() -> None:
+    from functions.migrate.handler import FILL_MARGIN_MS, _while_time_left
+
+    class Invocation:  # what the function reads of its LambdaContext
+        left = 0
+
+        def get_remaining_time_in_millis(self) -> int:
+            return self.left
+
+    ctx = Invocation()
+    may = _while_time_left(ctx)  # type: ignore[arg-type]
+    ctx.left = FILL_MARGIN_MS + 1
+    assert may()
+    ctx.left = FILL_MARGIN_MS
+    assert not may()
+    assert _while_time_left(None) is None  # outside Lambda: every meter

@@ -408,6 +408,13 @@ class SqlMetaStore:
         with self.engine.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(customers.c.created_at, customers.c.id))]
 
+    def live_meters_of(self, aggregation: str) -> list[tuple[str, str]]:
+        """(namespace, meter id) of every live meter with this aggregation, in every namespace (migrations)."""
+        q = sa.select(meters.c.namespace, meters.c.id).where(meters.c.aggregation == aggregation,
+                                                              meters.c.deleted_at.is_(None))
+        with self.engine.connect() as c:
+            return [(r.namespace, r.id) for r in c.execute(q.order_by(meters.c.namespace, meters.c.created_at))]
+
     def customers_for_subjects(self, namespace: str, subject_keys: Iterable[str]) -> dict[str, str]:
         keys = list(subject_keys)
         q = sa.select(customer_subjects.c.subject_key, customer_subjects.c.customer_id).where(

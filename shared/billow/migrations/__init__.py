@@ -22,7 +22,7 @@ import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,9 +203,11 @@ def meta_engine_options(settings: Settings, user: str | None = None) -> dict[str
                                     ca_bundle=settings.db_ca_bundle)}
 
 
-def migrate_all(settings: Settings) -> dict[str, str]:
+def migrate_all(settings: Settings, *, fill_until: Callable[[], bool] | None = None) -> dict[str, str]:
     """`billow migrate` and the AWS migrate function: the meta database to HEAD, then the usage store's own
-    migrations (ClickHouse or embedded chdb). Returns what each store is at now."""
+    migrations (ClickHouse or embedded chdb), then the LATEST fill of every live LATEST meter whose cells were
+    stored before usage-store migration 4 (`ClickHouseUsageStore.fill_latest`, once per meter), while `fill_until()`
+    is true (None: all of them). Returns what each store is at now."""
     from billow.adapters.sql import SqlMetaStore
 
     if not settings.meta_store_url:
@@ -213,6 +215,7 @@ def migrate_all(settings: Settings) -> dict[str, str]:
     meta = SqlMetaStore(meta_url(settings), **meta_engine_options(settings))
     try:
         done = {"meta": upgrade(meta.engine)}
+        latest = meta.live_meters_of("LATEST")
     finally:
         meta.close()
     if settings.usage_store == "memory":
@@ -231,6 +234,18 @@ def migrate_all(settings: Settings) -> dict[str, str]:
         if pending := usage.pending_migrations():
             raise SchemaNotCurrent(f"usage store migrations {pending} did not apply")
         done["usage"] = f"{settings.usage_store} at migration {MIGRATIONS[-1][0]}"
+        # In AWS no request should fill a meter: a big one takes minutes, past API Gateway's 29 s, and a fill cut
+        # short records nothing, so every LATEST query of that meter would start it again.
+        filled = 0
+        for namespace, meter_id in latest:
+            if fill_until is not None and not fill_until():
+                break
+            usage.fill_latest(namespace, meter_id)
+            filled += 1
+        if latest:
+            done["latestFill"] = (f"{filled} of {len(latest)} LATEST meters checked or filled" +
+                                  ("" if filled == len(latest) else
+                                   "; out of time: run it again (a meter's first LATEST query fills it otherwise)"))
     finally:
         usage.close()
     return done
