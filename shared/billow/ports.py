@@ -69,6 +69,13 @@ class UsageStore(Protocol):
         store's start then overlapped the next window by an hour."""
         ...
 
+    def window_starts(self, start: datetime, end: datetime, size: str, tz: str) -> list[datetime]:
+        """The starts of the windows of `size` (DAY or MONTH) in `tz` that hold an instant of [start, end), ascending,
+        by the store's own calendar (where `aggregate` and `window_ends` put them; the first may be before
+        `start`). For a windowed entitlement history, whose days Python's time-zone data drew an hour off the
+        meter query's (Vancouver from November 2026). The caller keeps the range to a bounded number of windows."""
+        ...
+
     def sum_meters(self, query: UsageQuery, meter_ids: Sequence[str]) -> list[tuple[Any, ...]]:
         """The SUM of each of `meter_ids` side by side in one pass, grouped as `aggregate` groups `query` (whose
         meter_id and aggregation are not used): one row per group any of the meters has values in, (window start

@@ -112,6 +112,14 @@ def window_end(start: datetime, size: str, tz: ZoneInfo) -> datetime:
     return _local_midnight(year, month, 1, tz).astimezone(UTC)
 
 
+def python_window_starts(start: datetime, end: datetime, size: str, tz: ZoneInfo) -> list[datetime]:
+    """The starts (UTC) of the windows of `size` in `tz` that hold an instant of [start, end), by this calendar."""
+    out = [window_start(start, size, tz)]
+    while (nxt := window_end(out[-1], size, tz)) < end:
+        out.append(nxt)
+    return out
+
+
 def _local_midnight(year: int, month: int, day: int, tz: ZoneInfo) -> datetime:
     """The first instant of a local calendar day (if midnight is skipped by DST, the first valid instant)."""
     naive = datetime(year, month, day)

@@ -426,3 +426,20 @@ def test_window_ends_are_the_next_window_starts_by_the_stores_own_calendar(usage
             ends = usage_store.window_ends(starts, size, tz)
             assert [ends[s] for s in starts[:-1]] == starts[1:], (tz, size)
             assert ends[starts[-1]] > starts[-1]
+
+
+def test_window_starts_are_where_the_store_puts_usage(usage_store: Any, namespace: str) -> None:
+    """The windows a store lists over a range (an entitlement history's) are those its `aggregate` groups usage by:
+    every window with usage is listed, the list begins with the window holding the range's start and each next one
+    is the previous one's end (`window_ends`), through DST and Vancouver's change of November 2026 in chdb's data."""
+    start = t("2026-09-15T00:30:00Z")
+    usage_store.write(namespace, [mv(i, "1", (start + timedelta(hours=5 * i)).isoformat()) for i in range(5 * 24 * 4)], [])
+    lo, hi = t("2026-09-20T10:00:00Z"), t("2026-12-05T03:00:00.5Z")
+    for tz in ("America/Vancouver", "Europe/Berlin", "Asia/Kathmandu", "Australia/Lord_Howe"):
+        for size in ("DAY", "MONTH"):
+            listed = usage_store.window_starts(lo, hi, size, tz)
+            used = [r.window_start for r in usage_store.aggregate(q(namespace, window_size=size, window_tz=tz,
+                                                                  start=lo, end=hi))]
+            assert set(used) <= set(listed) and listed[0] <= lo < listed[1] and listed[-1] < hi, (tz, size)
+            ends = usage_store.window_ends(listed, size, tz)
+            assert [ends[s] for s in listed[:-1]] == listed[1:] and ends[listed[-1]] >= hi, (tz, size)

@@ -36,3 +36,43 @@ def test_calendar_windows_in_a_time_zone_tile_the_time(server: Server, tz: str) 
         lengths = {e - s for s, e in spans}
         if size == "DAY":
             assert lengths <= {timedelta(hours=h) for h in (23, 23.5, 24, 24.5, 25)}, (tz, lengths)
+
+
+@pytest.mark.parametrize("tz", ["America/Vancouver", "Europe/Berlin"])
+def test_entitlement_history_windows_are_the_meter_querys_windows(server: Server, tz: str) -> None:
+    """An entitlement's windowed history in a time zone draws its days and months where the meter query does (the
+    engine's calendar). They were drawn by Python's time-zone data: in Vancouver from November 2026 (UTC-8 there,
+    UTC-7 in chdb's) each history "day" ran 08:00Z to 08:00Z while the meter query's ran 07:00Z to 07:00Z, and the
+    usage of one day differed between the two answers. Each event counts in exactly one window either way."""
+    slug = "tzh_" + tz.split("/")[1].lower()
+    subject = slug + "_subject"
+    assert server.request("POST", "/api/v1/meters", {"slug": slug, "eventType": slug, "aggregation": "SUM",
+                                                     "valueProperty": "$.v"})[0] == 201
+    assert server.request("POST", "/api/v1/features", {"key": slug, "name": slug, "meterSlug": slug})[0] == 201
+    assert server.request("POST", "/api/v1/subjects", [{"key": subject}])[0] in (200, 201)
+    status, _, ent = server.request("POST", f"/api/v1/subjects/{subject}/entitlements", {
+        "type": "metered", "featureKey": slug, "measureUsageFrom": "2026-09-01T00:00:00Z", "issueAfterReset": 10000,
+        "usagePeriod": {"interval": "YEAR", "anchor": "2026-01-01T00:00:00Z"}})
+    assert status == 201, ent
+    start = datetime(2026, 10, 10, 0, 30, tzinfo=UTC)
+    events = [event(f"{slug}-{h}", type=slug, subject=subject, time=(start + timedelta(hours=h)).isoformat(), v="1")
+              for h in range(24 * 57)]  # every hour at :30 through 5 December 2026
+    assert server.request("POST", "/api/v1/events", events, BATCH)[0] == 204
+    span = "from=2026-10-15T00:00:00Z&to=2026-12-05T00:00:00Z"  # November whole, and the first days of December
+    for size in ("DAY", "MONTH"):
+        status, _, out = server.request(
+            "GET", f"/api/v1/subjects/{subject}/entitlements/{ent['id']}/history?windowSize={size}&windowTimeZone={tz}&{span}")
+        assert status == 200, out
+        hist = [(w["period"]["from"], w["period"]["to"], w["usage"]) for w in out["windowedHistory"]]
+        for (_, e0, _), (s1, _, _) in zip(hist, hist[1:], strict=False):
+            assert e0 == s1, (size, tz)  # the windows tile the range
+        assert hist[0][0] == "2026-10-15T00:00:00Z" and hist[-1][1] == "2026-12-05T00:00:00Z"
+        assert sum(w[2] for w in hist) == 24 * 51  # every event of the range (15 October to 4 December) once
+        status, _, q = server.request("GET", f"/api/v1/meters/{slug}/query?windowSize={size}&windowTimeZone={tz}&{span}")
+        assert status == 200, q
+        query = {r["windowStart"]: (r["windowEnd"], r["value"]) for r in q["data"]}
+        # every window the history starts at a window start (all but the first, cut at `from`) is the query's window
+        inner = hist[1:-1]
+        assert inner, (size, hist)
+        for s, e, used in inner:
+            assert query.get(s.replace(".000Z", "Z")) == (e, used), (size, tz, s, e, used, query.get(s))

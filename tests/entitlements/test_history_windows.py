@@ -93,3 +93,20 @@ def test_an_hourly_history_through_a_monthly_period_reads_its_windows_once(billo
             assert w[2] == len(new), (h, w)
             seen |= new
     assert b.value("customer_1", "f")["usage"] == (readings[599] if aggregation == "LATEST" else len(seen))
+
+
+def test_a_history_of_too_many_windows_is_refused_naming_the_window_size(billow: Billow) -> None:
+    """Up to 2,000 windows a history (days in a time zone are the usage store's); more is a 400 naming windowSize."""
+    b = billow
+    ent = _setup(b, "MONTH", issueAfterReset=10)
+    b.clock.set("2026-03-02T00:00:00Z")
+    b.usage(1, "2026-03-01T12:00:00Z")
+    b.clock.set("2031-06-01T00:00:00Z")
+    days = _windows(b, ent, windowSize="DAY", windowTimeZone="America/Vancouver")
+    assert len(days) == 1978 and sum(w[2] for w in days) == 1
+    assert days[0][:2] == ("2026-01-01T00:00:00Z", "2026-01-01T08:00:00Z") and days[-1][1] == "2031-06-01T00:00:00Z"
+    assert all(e == s for (_, e, _, _), (s, _, _, _) in zip(days, days[1:], strict=False))
+    b.clock.set("2031-12-01T00:00:00Z")  # 2,160 days since measureUsageFrom
+    for size, tz in (("HOUR", "UTC"), ("MINUTE", "Europe/Berlin"), ("DAY", "Asia/Tokyo"), ("DAY", "America/Vancouver")):
+        status, out = b.call("GET", f"{S}/{ent['id']}/history", query={"windowSize": size, "windowTimeZone": tz})
+        assert status == 400 and [e["field"] for e in out["extensions"]["validationErrors"]] == ["windowSize"], (size, out)

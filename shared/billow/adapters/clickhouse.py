@@ -46,6 +46,7 @@ from billow.domain.usage import (
     rate_rows,
 )
 from billow.exact import exact_sum
+from billow.timeutil import python_window_starts, zone
 
 _VALUE_COLUMNS = ["namespace", "meter_id", "subject", "time", "value", "value_str", "group_by", "source", "id"]
 _EVENT_COLUMNS = ["namespace", "source", "id", "type", "subject", "time", "data", "ingested_at", "validation_error"]
@@ -667,6 +668,20 @@ class ClickHouseUsageStore:
             "FROM (SELECT arrayJoin({ws:Array(Int64)}) AS w))", params, admit=False)
         return {datetime.fromtimestamp(w, UTC): datetime.fromtimestamp(e, UTC) for w, e in rows}
 
+    def window_starts(self, start: datetime, end: datetime, size: str, tz: str) -> list[datetime]:
+        """See ports.UsageStore: the window start expression of `aggregate` (_WINDOW_EXPR) at an instant every hour
+        (DAY; every day for MONTH: no window is shorter) from `start` and at the last second before `end`, distinct,
+        in one statement. Outside DateTime's range (1970 to 2106, where no usage is) Python's calendar draws them."""
+        lo, last = math.floor(start.timestamp()), math.floor((end - timedelta(milliseconds=1)).timestamp())
+        if lo < 0 or last >= _DATETIME_END:
+            return python_window_starts(start, end, size, zone(tz))
+        step = {"DAY": 3600, "MONTH": 86400}[size]
+        params = {"lo": lo, "last": last, "step": step, "tz": tz}
+        rows = self._query(  # noqa: S608 (this module's SQL; the values are parameters)
+            f"SELECT DISTINCT {_WINDOW_EXPR[size]} AS w FROM (SELECT toDateTime(arrayJoin(arrayPushBack("
+            "range({lo:Int64}, {last:Int64}, {step:Int64}), {last:Int64})), 'UTC') AS t) ORDER BY w", params, admit=False)
+        return [datetime.fromtimestamp(w, UTC) for (w,) in rows]
+
     def sum_meters(self, q: UsageQuery, meter_ids: Sequence[str]) -> list[tuple[Any, ...]]:
         """The SUM of each of `meter_ids` side by side, in one query (ClickHouse adds them up): see ports.UsageStore."""
         if not meter_ids:
@@ -1008,6 +1023,7 @@ def _columns(result: Any) -> Sequence[Sequence[Any]]:
 
 
 _HOUR = timedelta(hours=1)
+_DATETIME_END = 4294967295  # DateTime's last second (2106-02-07T06:28:15Z)
 # The rollup tables (clickhouse_schema.ROLLUPS): (table, start of cell as its view computes it, key columns after it).
 _ROLLUPS = ROLLUPS
 # The (minute, hour) rollups a query reads, by what it asks of subjects (`_layout`).

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from billow.domain import credits
 from billow.domain.usage import (
@@ -619,6 +620,26 @@ def _settle(ledger: Ledger, stops: list[datetime], used: _Usage, soft: bool, unt
             "overage": _num(overage), "totalAvailableGrantAmount": _num(max(available, Decimal(0)))}
 
 
+# No day is longer than 26 hours nor a month than 32 days: a range longer than this many of them has too many windows.
+_LONGEST = {"MINUTE": timedelta(minutes=1), "HOUR": timedelta(hours=1), "DAY": timedelta(hours=26),
+            "MONTH": timedelta(days=32)}
+
+
+def _history_windows(start: datetime, end: datetime, size: str, tz: ZoneInfo, usage: UsageStore) -> list[datetime]:
+    """The starts of the windows of `size` in `tz` that hold an instant of [start, end) (the first may be before
+    `start`), more than MAX_HISTORY_WINDOWS when there are too many. Days and months outside UTC are the usage
+    store's (its calendar draws the meter query's windows; Python's time-zone data can be another version: on
+    Vancouver from November 2026 each day was an hour off the meter query's), in one statement."""
+    if (end - start) / _LONGEST[size] > MAX_HISTORY_WINDOWS + 1:
+        return [start] * (MAX_HISTORY_WINDOWS + 1)
+    if size in ("DAY", "MONTH") and tz.key != "UTC":
+        return usage.window_starts(start, end, size, tz.key)
+    out = [window_start(start, size, tz)]
+    while len(out) <= MAX_HISTORY_WINDOWS and (nxt := window_end(out[-1], size, tz)) < end:
+        out.append(nxt)
+    return out
+
+
 def history(namespace: str, subject_keys: list[str], entitlement_id: str, qs: dict[str, list[str]], *,
             store: EntitlementStore, meta: MetaStore, usage: UsageStore, now: datetime) -> dict[str, Any]:
     ent = resolve(namespace, party_subject_keys(namespace, subject_keys, meta), entitlement_id, store=store)
@@ -638,15 +659,10 @@ def history(namespace: str, subject_keys: list[str], entitlement_id: str, qs: di
     start = max(start, measure)
     if start >= end:
         raise bad("from", "must be before to (and before now)")
-    windows = [window_start(start, size, tz)]
+    windows = _history_windows(start, end, size, tz, usage)
+    if len(windows) > MAX_HISTORY_WINDOWS:
+        raise bad("windowSize", f"more than {MAX_HISTORY_WINDOWS} windows; use a larger window or a shorter range")
     windows[0] = max(windows[0], start)
-    while True:
-        nxt = window_end(window_start(windows[-1], size, tz), size, tz)
-        if nxt >= end:
-            break
-        windows.append(nxt)
-        if len(windows) > MAX_HISTORY_WINDOWS:
-            raise bad("windowSize", f"more than {MAX_HISTORY_WINDOWS} windows; use a larger window or a shorter range")
     # Start from a snapshot no later than the first window, so that a range spanning resets keeps its earlier windows.
     ledger = _ledger(namespace, ent, end, store=store, meta=meta, usage=usage, snapshot_not_after=start)
     # A window that starts where the ledger starts (measureUsageFrom, a snapshot) is a window too.
