@@ -63,14 +63,15 @@ class UsageStore(Protocol):
         ...
 
     def window_ends(self, starts: Sequence[datetime], size: str, tz: str) -> dict[datetime, datetime]:
-        """The end of each window of `size` (DAY or MONTH) in `tz` starting at `starts` (as `aggregate` returned
-        them): the next window's start by the store's own calendar. Its time-zone data may be another version than
-        Python's (chdb's differs on Vancouver from late 2026), and a window's end computed by Python from the
-        store's start then overlapped the next window by an hour."""
+        """The end of each window of `size` (HOUR, DAY or MONTH) in `tz` starting at `starts` (as `aggregate`
+        returned them): the next window's start by the store's own calendar. Its time-zone data may be another
+        version than Python's (chdb's differs on Vancouver from late 2026), and a window's end computed by Python
+        from the store's start then overlapped the next window by an hour; chdb's hour after a half-hour DST change
+        (Lord Howe) can be half an hour long."""
         ...
 
     def window_starts(self, start: datetime, end: datetime, size: str, tz: str) -> list[datetime]:
-        """The starts of the windows of `size` (DAY or MONTH) in `tz` that hold an instant of [start, end), ascending,
+        """The starts of the windows of `size` (HOUR, DAY or MONTH) in `tz` that hold an instant of [start, end), ascending,
         by the store's own calendar (where `aggregate` and `window_ends` put them; the first may be before
         `start`). For a windowed entitlement history, whose days Python's time-zone data drew an hour off the
         meter query's (Vancouver from November 2026). The caller keeps the range to a bounded number of windows."""

@@ -112,10 +112,22 @@ def window_end(start: datetime, size: str, tz: ZoneInfo) -> datetime:
     return _local_midnight(year, month, 1, tz).astimezone(UTC)
 
 
+def next_window_start(start: datetime, size: str, tz: ZoneInfo) -> datetime:
+    """The start of the window after the one that begins at `start` (`window_start`'s): its end. An hour around a
+    half-hour DST change (Lord Howe) can be 30 or 90 minutes here, so an hour's end is the first window start after
+    `start` at a quarter hour, not start + 1 hour."""
+    if size != "HOUR":
+        return window_end(start, size, tz)
+    if window_start(start + timedelta(minutes=45), size, tz) == start \
+            and window_start(nxt := start + timedelta(hours=1), size, tz) == nxt:
+        return nxt  # a whole hour (every hour but those around a half-hour DST change)
+    return next(w for k in range(1, 9) if (w := window_start(start + timedelta(minutes=15 * k), size, tz)) > start)
+
+
 def python_window_starts(start: datetime, end: datetime, size: str, tz: ZoneInfo) -> list[datetime]:
     """The starts (UTC) of the windows of `size` in `tz` that hold an instant of [start, end), by this calendar."""
     out = [window_start(start, size, tz)]
-    while (nxt := window_end(out[-1], size, tz)) < end:
+    while (nxt := next_window_start(out[-1], size, tz)) < end:
         out.append(nxt)
     return out
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -443,3 +444,27 @@ def test_window_starts_are_where_the_store_puts_usage(usage_store: Any, namespac
             assert set(used) <= set(listed) and listed[0] <= lo < listed[1] and listed[-1] < hi, (tz, size)
             ends = usage_store.window_ends(listed, size, tz)
             assert [ends[s] for s in listed[:-1]] == listed[1:] and ends[listed[-1]] >= hi, (tz, size)
+
+
+@pytest.mark.parametrize("day", ["2026-04-04", "2026-10-03"])
+def test_hour_windows_through_a_half_hour_dst_change_by_the_stores_own_calendar(usage_store: Any, namespace: str,
+                                                                               day: str) -> None:
+    """Lord Howe's clocks move by half an hour: chdb keeps a local day's first offset for its hours all that day
+    (its last hour is then half an hour), Python aligns each hour to the offset of its own time. Each store lists
+    the hours where its `aggregate` puts usage, and ends each where its next begins."""
+    start = t(day + "T00:00:00Z")
+    usage_store.write(namespace, [mv(i, "1", (start + timedelta(minutes=15 * i)).isoformat()) for i in range(4 * 72)], [])
+    lo, hi = start, start + timedelta(days=3)
+    for tz in ("Australia/Lord_Howe", "Asia/Kathmandu", "Europe/Berlin"):
+        listed = usage_store.window_starts(lo, hi, "HOUR", tz)
+        rows = usage_store.aggregate(q(namespace, window_size="HOUR", window_tz=tz, start=lo, end=hi))
+        assert [r.window_start for r in rows] == listed, tz  # every window has usage: every quarter hour has an event
+        ends = usage_store.window_ends(listed, "HOUR", tz)
+        assert [ends[s] for s in listed[:-1]] == listed[1:], tz
+        for r in rows[1:-1]:
+            assert r.sum == (ends[r.window_start] - r.window_start) / timedelta(minutes=15), (tz, r)
+        # a few windows far apart: their ends are the same
+        later = usage_store.window_starts(t("2030-01-01T00:00:00Z"), t("2030-01-01T03:00:00Z"), "HOUR", tz)[1]
+        far = [listed[0], *listed[10::40], later]
+        assert usage_store.window_ends(far, "HOUR", tz) == {**{s: ends[s] for s in far[:-1]},
+                                                            later: later + timedelta(hours=1)}, tz

@@ -76,3 +76,44 @@ def test_entitlement_history_windows_are_the_meter_querys_windows(server: Server
         assert inner, (size, hist)
         for s, e, used in inner:
             assert query.get(s.replace(".000Z", "Z")) == (e, used), (size, tz, s, e, used, query.get(s))
+
+
+@pytest.mark.parametrize("day", ["2026-04-04", "2026-10-03"])
+def test_hourly_windows_tile_through_a_half_hour_dst_change(server: Server, day: str) -> None:
+    """Lord Howe Island moves its clocks by half an hour (UTC+10:30 to +11 on 4 October 2026, back on 5 April). The
+    engine's toStartOfHour keeps the day's first offset for the whole local day, so its last hour window of that day
+    is half an hour long; its end was computed in Python as start + 1 hour, half an hour into the next window. Now
+    the engine gives the ends of hours in a zone with a non-whole-hour offset: the windows tile the time. An
+    entitlement's hourly history there (Python's hours, aligned to each hour's own offset) has the same windows."""
+    slug = "tzh_lhi_" + day.replace("-", "")
+    subject = slug + "_subject"
+    assert server.request("POST", "/api/v1/meters", {"slug": slug, "eventType": slug, "aggregation": "SUM",
+                                                     "valueProperty": "$.v"})[0] == 201
+    assert server.request("POST", "/api/v1/features", {"key": slug, "name": slug, "meterSlug": slug})[0] == 201
+    assert server.request("POST", "/api/v1/subjects", [{"key": subject}])[0] in (200, 201)
+    status, _, ent = server.request("POST", f"/api/v1/subjects/{subject}/entitlements", {
+        "type": "metered", "featureKey": slug, "measureUsageFrom": "2026-01-01T00:00:00Z", "issueAfterReset": 10000,
+        "usagePeriod": {"interval": "YEAR", "anchor": "2026-01-01T00:00:00Z"}})
+    assert status == 201, ent
+    start = datetime.fromisoformat(day + "T00:00:00+00:00")
+    events = [event(f"{slug}-{m}", type=slug, subject=subject, time=(start + timedelta(minutes=m)).isoformat(), v="1")
+              for m in range(0, 3 * 24 * 60, 15)]  # every 15 minutes for three days around the change
+    assert server.request("POST", "/api/v1/events", events, BATCH)[0] == 204
+    end = (start + timedelta(days=3)).isoformat().replace("+00:00", "Z")
+    status, _, out = server.request("GET", f"/api/v1/meters/{slug}/query?windowSize=HOUR&windowTimeZone=Australia/Lord_Howe"
+                                           f"&from={day}T00:00:00Z&to={end}")
+    assert status == 200, out
+    rows = out["data"]
+    assert sum(r["value"] for r in rows) == len(events)
+    spans = [(datetime.fromisoformat(r["windowStart"]), datetime.fromisoformat(r["windowEnd"])) for r in rows]
+    for (s0, e0), (s1, _) in zip(spans, spans[1:], strict=False):
+        assert s0 < e0 == s1, (s0, e0, s1)
+    for (s, e), r in zip(spans, rows, strict=True):
+        assert r["value"] == (e - s) / timedelta(minutes=15) or s == spans[0][0] or e == spans[-1][1], (s, e, r)
+    status, _, out = server.request("GET", f"/api/v1/subjects/{subject}/entitlements/{ent['id']}/history?windowSize=HOUR"
+                                           f"&windowTimeZone=Australia/Lord_Howe&from={day}T00:00:00Z&to={end}")
+    assert status == 200, out
+    hist = [(datetime.fromisoformat(w["period"]["from"]), datetime.fromisoformat(w["period"]["to"]), w["usage"])
+            for w in out["windowedHistory"]]
+    assert sum(w[2] for w in hist) == len(events)
+    assert hist[1:-1] == [(s, e, r["value"]) for (s, e), r in zip(spans, rows, strict=True)][1:-1]

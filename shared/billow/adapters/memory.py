@@ -26,7 +26,7 @@ from billow.domain.usage import (
     rate_rows,
 )
 from billow.exact import exact_sum
-from billow.timeutil import python_window_starts, window_end, window_start, zone
+from billow.timeutil import next_window_start, python_window_starts, window_start, zone
 
 
 class InMemoryUsageStore:
@@ -122,7 +122,7 @@ class InMemoryUsageStore:
 
     def window_ends(self, starts: Sequence[datetime], size: str, tz: str) -> dict[datetime, datetime]:
         """See ports.UsageStore: this store's windows follow Python's calendar (timeutil)."""
-        return {s: window_end(s, size, zone(tz)) for s in starts}
+        return {s: next_window_start(s, size, zone(tz)) for s in starts}
 
     def window_starts(self, start: datetime, end: datetime, size: str, tz: str) -> list[datetime]:
         """See ports.UsageStore: Python's calendar (timeutil), as this store's `aggregate` draws it."""

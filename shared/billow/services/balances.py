@@ -620,19 +620,21 @@ def _settle(ledger: Ledger, stops: list[datetime], used: _Usage, soft: bool, unt
             "overage": _num(overage), "totalAvailableGrantAmount": _num(max(available, Decimal(0)))}
 
 
-# No day is longer than 26 hours nor a month than 32 days: a range longer than this many of them has too many windows.
-_LONGEST = {"MINUTE": timedelta(minutes=1), "HOUR": timedelta(hours=1), "DAY": timedelta(hours=26),
+# No hour is longer than 90 minutes (Python's, at a half-hour DST change), a day than 26 hours nor a month than 32
+# days: a range longer than this many of them has too many windows.
+_LONGEST = {"MINUTE": timedelta(minutes=1), "HOUR": timedelta(minutes=90), "DAY": timedelta(hours=26),
             "MONTH": timedelta(days=32)}
 
 
 def _history_windows(start: datetime, end: datetime, size: str, tz: ZoneInfo, usage: UsageStore) -> list[datetime]:
     """The starts of the windows of `size` in `tz` that hold an instant of [start, end) (the first may be before
-    `start`), more than MAX_HISTORY_WINDOWS when there are too many. Days and months outside UTC are the usage
-    store's (its calendar draws the meter query's windows; Python's time-zone data can be another version: on
-    Vancouver from November 2026 each day was an hour off the meter query's), in one statement."""
+    `start`), more than MAX_HISTORY_WINDOWS when there are too many. Hours, days and months outside UTC are the
+    usage store's (its calendar draws the meter query's windows; Python's time-zone data can be another version: on
+    Vancouver from November 2026 each day was an hour off the meter query's; chdb's hours after Lord Howe's
+    half-hour DST change are aligned otherwise than Python's), in at most one statement."""
     if (end - start) / _LONGEST[size] > MAX_HISTORY_WINDOWS + 1:
         return [start] * (MAX_HISTORY_WINDOWS + 1)
-    if size in ("DAY", "MONTH") and tz.key != "UTC":
+    if size != "MINUTE" and tz.key != "UTC":
         return usage.window_starts(start, end, size, tz.key)
     out = [window_start(start, size, tz)]
     while len(out) <= MAX_HISTORY_WINDOWS and (nxt := window_end(out[-1], size, tz)) < end:

@@ -309,10 +309,11 @@ def _subjects_of_customers(namespace: str, p: QueryParams,
 
 def engine_window_ends(usage: UsageStore, starts: Iterable[datetime | None], size: str | None,
                        tz: str) -> dict[datetime, datetime]:
-    """The ends of the calendar windows (DAY, MONTH) at `starts`, outside UTC, by the store's calendar, which drew
-    their starts (a window end from Python's time-zone data can disagree: America/Vancouver in late 2026). Empty
-    otherwise: the caller computes them (timeutil.window_end) as they come."""
-    if size not in ("DAY", "MONTH") or tz == "UTC":
+    """The ends of the windows (HOUR, DAY, MONTH) at `starts`, outside UTC, by the store's calendar, which drew
+    their starts (a window end from Python's time-zone data can disagree: America/Vancouver in late 2026; chdb's
+    hour after Lord Howe's half-hour DST change is half an hour). Empty otherwise: the caller computes them
+    (timeutil.window_end) as they come."""
+    if size not in ("HOUR", "DAY", "MONTH") or tz == "UTC":
         return {}
     return usage.window_ends(sorted({s for s in starts if s is not None}), size, tz)
 
