@@ -6,7 +6,9 @@ gives the ends too: windows tile the time, each ending where the next begins, th
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +119,32 @@ def test_hourly_windows_tile_through_a_half_hour_dst_change(server: Server, day:
             for w in out["windowedHistory"]]
     assert sum(w[2] for w in hist) == len(events)
     assert hist[1:-1] == [(s, e, r["value"]) for (s, e), r in zip(spans, rows, strict=True)][1:-1]
+
+
+def test_hourly_rollups_serve_a_zones_windows_by_the_engines_time_zone_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether hourly rollups can serve a zone's windows (every boundary on a UTC hour) is the engine's to say: it
+    draws the windows. It was decided with Python's time-zone data, which can be another version than chdb's (the
+    system's tzdata is upgraded apart from chdb's). Here the system's data has Asia/Kolkata on a whole-hour offset
+    (a copy of Asia/Dubai's file, as a zone that changed to or from a half-hour offset would be in one version
+    only); chdb has UTC+5:30, midnight at 18:30Z: two events at 18:15Z and 18:45Z on either side of it were summed
+    from their one hour cell into one day."""
+    tzdir = tmp_path / "zoneinfo"
+    (tzdir / "Asia").mkdir(parents=True)
+    shutil.copy("/usr/share/zoneinfo/Asia/Dubai", tzdir / "Asia" / "Kolkata")
+    monkeypatch.setenv("PYTHONTZPATH", str(tzdir))
+    srv = Server(tmp_path / "data").start()
+    try:
+        assert srv.request("POST", "/api/v1/meters", {"slug": "kol", "eventType": "kol", "aggregation": "SUM",
+                                                      "valueProperty": "$.v"})[0] == 201
+        events = [event(f"kol-{i}", type="kol", time=at, v="1") for i, at in enumerate(
+            ["2026-11-26T12:00:00Z", "2026-11-28T18:15:00Z", "2026-11-28T18:45:00Z", "2026-11-30T12:00:00Z"])]
+        assert srv.request("POST", "/api/v1/events", events, BATCH)[0] == 204
+        status, _, out = srv.request("GET", "/api/v1/meters/kol/query?windowSize=DAY&windowTimeZone=Asia/Kolkata"
+                                            "&from=2026-11-25T00:00:00Z&to=2026-12-02T00:00:00Z")
+        assert status == 200, out
+        got = [(r["windowStart"], r["windowEnd"], r["value"]) for r in out["data"]]
+        assert got == [("2026-11-25T18:30:00Z", "2026-11-26T18:30:00Z", 1), ("2026-11-27T18:30:00Z", "2026-11-28T18:30:00Z", 1),
+                       ("2026-11-28T18:30:00Z", "2026-11-29T18:30:00Z", 1), ("2026-11-29T18:30:00Z", "2026-11-30T18:30:00Z", 1)]
+    finally:
+        srv.stop()

@@ -151,6 +151,7 @@ class ClickHouseUsageStore:
         self._hashed: dict[tuple[str, str], int] = {}  # the key hashes of the last look-up (written_keys)
         self._latest_filled: set[tuple[str, str]] = set()  # (namespace, meter id): LATEST_BACKFILL done (`fill_latest`)
         self._filling: dict[tuple[str, str], threading.Lock] = {}  # (namespace, meter id): held while it is filled
+        self._whole_hours: dict[str, bool] = {}  # time zone: whole-hour offsets only, by the engine (`_whole_hour_zone`)
 
     def _key_filter(self) -> _KeyFilter:
         """A Bloom filter of every ledger key hash, read once from `event_keys` and kept up to date by `write` (this
@@ -655,6 +656,24 @@ class ClickHouseUsageStore:
             parts[segment_of(w)].append(Decimal(v))
         return [exact_sum(p) for p in parts]
 
+    def _whole_hour_zone(self, tz: str) -> bool:
+        """True when every UTC offset of `tz` from 1990 to 2060 is a whole number of hours by the engine's own
+        time-zone data (every 6 hours; one statement per zone, kept), so that every window boundary of that zone
+        falls on a UTC hour and hourly rollups can serve its windows. Python's data can be another version (the
+        system's tzdata is upgraded apart from the engine's): a zone whole-hour there and not in the engine had its
+        windows served from hour cells that straddle their bounds."""
+        if tz == "UTC":
+            return True
+        whole = self._whole_hours.get(tz)
+        if whole is None:
+            lo = int(_HOURLY_SINCE.timestamp())
+            n = (int(_WHOLE_HOURS_UNTIL.timestamp()) - lo) // 21600
+            ((bad,),) = self._query(
+                "SELECT countIf(timeZoneOffset(toDateTime({lo:Int64} + number * 21600, {tz:String})) % 3600 != 0) "
+                "FROM numbers({n:UInt64})", {"lo": lo, "n": n, "tz": tz}, admit=False)
+            whole = self._whole_hours[tz] = int(bad) == 0
+        return whole
+
     def window_ends(self, starts: Sequence[datetime], size: str, tz: str) -> dict[datetime, datetime]:
         """See ports.UsageStore: the window start expression of `aggregate` (_WINDOW_EXPR) applied to an instant
         well inside the next window (36 hours after a day's start: days are 23 to 25 hours; 32 days after a
@@ -662,7 +681,7 @@ class ClickHouseUsageStore:
         if not starts:
             return {}
         if size == "HOUR":
-            if _whole_hour_zone(tz):
+            if self._whole_hour_zone(tz):
                 return {s: s + _HOUR for s in starts}
             # In a zone with a half- or quarter-hour offset the engine's hour windows are 30 to 60 minutes long (it
             # keeps a local day's first offset all that day, so the day's last hour after a half-hour DST change is
@@ -691,7 +710,7 @@ class ClickHouseUsageStore:
         second before `end`, distinct, in one statement. Hours in a zone whose offsets are whole hours are UTC hours,
         and outside DateTime's range (1970 to 2106, where no usage is) Python's calendar draws them."""
         lo, last = math.floor(start.timestamp()), math.floor((end - timedelta(milliseconds=1)).timestamp())
-        if size == "HOUR" and _whole_hour_zone(tz):  # UTC hours
+        if size == "HOUR" and self._whole_hour_zone(tz):  # UTC hours
             hours = [_floor_hour(start.astimezone(UTC))]
             while (nxt := hours[-1] + _HOUR) < end:
                 hours.append(nxt)
@@ -759,7 +778,7 @@ class ClickHouseUsageStore:
         # cost, about a tenth of an hourly month's query, whatever the few rows it reads (issue 17).
         edges: list[str] = []
         minutes: list[str] | None = []  # None: a minute range without bounds (then every minute is read)
-        for n, (tier, lo, hi) in enumerate(_segments(start, end_excl, _hourly_ok(q))):
+        for n, (tier, lo, hi) in enumerate(_segments(start, end_excl, _hourly_ok(q, self._whole_hour_zone))):
             cond = []
             col = "time" if tier == "raw" else "minute"
             ptype = "DateTime64(3, 'UTC')" if tier == "raw" else "DateTime('UTC')"
@@ -1054,6 +1073,7 @@ _TIERS = {"all": ("meter_rollup_1m_all", "meter_rollup_1h_all"),
           "subject": ("meter_rollup_1m", "meter_rollup_1h_by_subject"),
           "time": ("meter_rollup_1m", "meter_rollup_1h")}
 _HOURLY_SINCE = datetime(1990, 1, 1, tzinfo=UTC)
+_WHOLE_HOURS_UNTIL = datetime(2060, 1, 1, tzinfo=UTC)
 # The rows of a set of (meter, UTC hour) cells, {col} being the time column (params: ns, mids, cells, lo, hi).
 _CELLS_WHERE = ("namespace = {ns:String} AND meter_id IN {mids:Array(String)} AND {col} >= {lo:DateTime('UTC')} "
                 "AND {col} < {hi:DateTime('UTC')} AND (meter_id, toDateTime(toStartOfHour({col}), 'UTC')) "
@@ -1069,25 +1089,6 @@ def _ceil_hour(t: datetime) -> datetime:
     return f if f == t else f + _HOUR
 
 
-@functools.cache
-def _whole_hour_zone(tz: str) -> bool:
-    """True when every UTC offset of `tz` from 1990 to 2060 is a whole number of hours, so that every window
-    boundary of that zone falls on a UTC hour and hourly rollups can serve its windows."""
-    if tz == "UTC":
-        return True
-    from zoneinfo import ZoneInfo
-
-    zone = ZoneInfo(tz)
-    t = _HOURLY_SINCE
-    end = datetime(2060, 1, 1, tzinfo=UTC)
-    while t < end:
-        off = zone.utcoffset(t)
-        if off is None or off.total_seconds() % 3600:
-            return False
-        t += timedelta(hours=6)
-    return True
-
-
 def _layout(q: UsageQuery) -> str:
     """Which rollups serve `q`: "all" (per meter, no subject) when it neither filters nor groups by subject,
     "subject" (subject-first hours) when it names its subjects, else "time" (time first, every subject)."""
@@ -1098,14 +1099,14 @@ def _layout(q: UsageQuery) -> str:
     return "all"
 
 
-def _hourly_ok(q: UsageQuery) -> bool:
+def _hourly_ok(q: UsageQuery, whole_hour_zone: Callable[[str], bool]) -> bool:
     if q.window_size == "MINUTE":
         return False
     if q.window_size == "BOUNDS":
         # The first and last bounds are the span's ends, which `_segments` serves in minutes and raw values where
         # they cut an hour (a check ends now, mid-hour); an hour cell stays within one bucket when no inner bound cuts it.
         return all(b.minute == 0 and b.second == 0 and b.microsecond == 0 for b in (q.bounds or ())[1:-1])
-    if q.window_size is not None and not _whole_hour_zone(q.window_tz):
+    if q.window_size is not None and not whole_hour_zone(q.window_tz):
         return False
     return q.window_tz == "UTC" or q.window_size is None or (q.start is not None and q.start >= _HOURLY_SINCE)
 
