@@ -262,3 +262,24 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
             return True
         time.sleep(0.1)
     return predicate()
+
+
+def test_daily_bars_where_the_browser_and_the_engine_draw_days_differently(browser: Browser, shop: Shop) -> None:
+    """The chart's days are the browser's local days; the server's are the engine's (chdb's time-zone data). In
+    Vancouver from November 2026 they differ by an hour: Chromium's data has UTC-8 (local midnight 08:00Z), chdb's
+    UTC-7 (07:00Z). The page looked each bar up by the exact instant of its window start, found none and drew every
+    day empty under a non-zero total. A window is now the browser's day that holds its middle."""
+    srv = shop.srv
+    made = shop.token("acme", allowedMeterSlugs=["ai_tokens", "api_calls"])
+    page = browser.new_context(timezone_id="America/Vancouver", locale="en-US",
+                               viewport={"width": 1100, "height": 900}).new_page()
+    page.goto(f"{srv.url}/portal#token={made['token']}")
+    page.wait_for_selector("body[data-state=ready]", timeout=15_000)
+    for slug in ("ai_tokens", "api_calls"):
+        bars = page.eval_on_selector_all(f"article.meter[data-meter={slug}] rect.bar",
+                                         "els => els.map(e => [e.dataset.day, e.dataset.value])")
+        assert len(bars) == 30
+        total = Decimal(page.get_attribute(f"article.meter[data-meter={slug}]", "data-total") or "")
+        assert total > 0 and sum(Decimal(v) for _, v in bars) == total, (slug, bars)
+        assert sum(1 for _, v in bars if Decimal(v)) >= 6, slug
+    page.context.close()

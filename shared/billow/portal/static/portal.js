@@ -163,13 +163,18 @@
     return (neg && out !== "0" ? "-" : "") + out;
   }
 
-  // The breakdown: [{name, byDay: Map(time -> value)}], largest first, at most MAX_GROUPS (+ "Other").
+  // The browser's local day (isoDay) a server window stands for: the day holding its middle. The server draws days
+  // with the engine's time-zone data and the browser with its own; they can differ (Vancouver from November 2026:
+  // local midnight is 07:00Z in chdb's, 08:00Z in Chromium's), so a window start is not always a browser midnight.
+  const dayOf = (r) => isoDay(new Date((Date.parse(r.windowStart) + Date.parse(r.windowEnd)) / 2));
+
+  // The breakdown: [{name, byDay: Map(isoDay -> value)}], largest first, at most MAX_GROUPS (+ "Other").
   function breakdown(key, rows) {
     const groups = new Map();
     for (const r of rows) {
       const g = r.groupBy && r.groupBy[key] != null && r.groupBy[key] !== "" ? String(r.groupBy[key]) : "(none)";
       if (!groups.has(g)) groups.set(g, new Map());
-      groups.get(g).set(Date.parse(r.windowStart), r.value);
+      groups.get(g).set(dayOf(r), r.value);
     }
     const size = (m) => [...m.values()].reduce((a, v) => a + Math.abs(Number(v)), 0);
     const list = [...groups].map(([name, byDay]) => ({name, byDay})).sort((a, b) => size(b.byDay) - size(a.byDay));
@@ -198,8 +203,8 @@
   }
 
   function barChart(card, meter, days, rows, groups, width) {
-    const byDay = new Map(rows.map((r) => [Date.parse(r.windowStart), r.value]));
-    const values = days.map((d) => byDay.get(d.getTime()) ?? "0");
+    const byDay = new Map(rows.map((r) => [dayOf(r), r.value]));
+    const values = days.map((d) => byDay.get(isoDay(d)) ?? "0");
     const max = niceCeil(Math.max(0, ...values.map(Number)));
     const W = Math.max(260, Math.floor(width)), H = W < 520 ? 190 : 230;
     const left = 46, right = 6, top = 24, bottom = 24;
@@ -232,7 +237,7 @@
       if (groups) {
         let y = top + plotH;
         groups.forEach((g, k) => {
-          const v = g.byDay.get(days[i].getTime());
+          const v = g.byDay.get(isoDay(days[i]));
           if (v === undefined || !(Number(v) > 0) || !(max > 0)) return;
           const sh = Math.min(y - top, (Number(v) / max) * plotH);
           y -= sh;
@@ -254,7 +259,7 @@
                         el("span", {class: "tip-value"}, withUnit(value, unit)));
         const lines = [head];
         for (const [k, g] of (groups || []).entries()) {
-          const v = g.byDay.get(days[i].getTime());
+          const v = g.byDay.get(isoDay(days[i]));
           if (v !== undefined && Number(v) !== 0) {
             lines.push(el("div", {class: "tip-group", "data-group": g.name},
                           el("span", {}, el("i", {class: `sw c${k}`}), g.name), el("span", {}, withUnit(v, unit))));
