@@ -55,6 +55,12 @@ class UsageStore(Protocol):
 
     def aggregate(self, query: UsageQuery) -> list[AggRow]: ...
 
+    def aggregate_each(self, query: UsageQuery, filter_sets: Sequence[list[list[GroupFilter]]]) -> list[list[AggRow]]:
+        """`aggregate(query)` with its filters replaced by each of `filter_sets` in turn (one list of rows per set, in
+        their order; `query.filters` is not used), in one pass over the meter's values: the billing run's usage of the
+        many features that filter one meter (one per model, say) over one span."""
+        ...
+
     def bounded_usage(self, namespace: str, meter_id: str, aggregation: str, subjects: Sequence[str],
                       filters: list[list[GroupFilter]], bounds: Sequence[datetime]) -> list[Decimal]:
         """SUM or COUNT (`aggregation`) of the meter's values of `subjects` that match `filters`, in each
@@ -119,6 +125,12 @@ class UsageStore(Protocol):
         """Per group (`groups`: subject -> group, e.g. the customer): count, exact sum and key hash
         (billow.domain.lineage.key_hash) of `meter_id`'s values in [start, end) passing `filters`; groups with no
         value are left out."""
+        ...
+
+    def line_digests_each(self, namespace: str, meter_id: str, start: datetime, end: datetime,
+                          filter_sets: Sequence[list[list[GroupFilter]]],
+                          groups: dict[str, str]) -> list[dict[str, UsageDigest]]:
+        """`line_digests` once per filter set (one dict per set, in their order), in one pass over the values."""
         ...
 
 

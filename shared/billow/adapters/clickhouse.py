@@ -544,7 +544,45 @@ class ClickHouseUsageStore:
         # Column by column: the rows are built by map() over the result's columns (AggRow's field order), with no
         # Python loop per row nor row tuples in between: about half the cost of a loop over result rows, per row of
         # a large answer (issue 17: an hourly month of 8 groups, 5,760 rows).
+        return self._agg_rows(q, self._query_columns(sql, params))
+
+    def aggregate_each(self, q: UsageQuery, filter_sets: Sequence[list[list[GroupFilter]]]) -> list[list[AggRow]]:
+        """See ports.UsageStore. One statement: the values are read once (where no set is unfiltered, only those
+        passing one of the sets: their OR), each row is repeated once per set it passes (ARRAY JOIN of the indexes of
+        the sets whose filters, the same SQL `aggregate` filters with, hold for it) and grouped by that index too:
+        each set's rows are exactly what `aggregate` would return for it."""
+        if not filter_sets:
+            return []
+        union = [] if any(not f for f in filter_sets) else [c for f in filter_sets for c in f]
+        by_subject = any(f.key == "subject" for fs in filter_sets for c in fs for f in c)
+        if q.running_from is not None or q.window_size == "BOUNDS" or len(filter_sets) == 1 or (
+                by_subject and _layout(replace(q, filters=union)) == "all"):  # (rows without their subject)
+            return [self.aggregate(replace(q, filters=filters)) for filters in filter_sets]
+        if q.aggregation == "LATEST":
+            self.fill_latest(q.namespace, q.meter_id)
+        params: dict[str, Any] = {"mid": q.meter_id}
+        each = self._each_sql(filter_sets, params)
+        sql = self._grouped_sql(replace(q, filters=union), "meter_id = {mid:String}", _NEEDS[q.aggregation],
+                                [_AGG_EXPR[q.aggregation], "toUnixTimestamp(min(t)), toUnixTimestamp(max(te))", "fi"],
+                                params, each=each)
         cols = self._query_columns(sql, params)
+        out: list[list[AggRow]] = [[] for _ in filter_sets]
+        if not cols or not len(cols[0]):
+            return out
+        for row, fi in zip(self._agg_rows(q, cols[:-1]), cols[-1], strict=True):
+            out[int(fi)].append(row)
+        return out
+
+    def _each_sql(self, filter_sets: Sequence[list[list[GroupFilter]]], params: dict[str, Any]) -> str:
+        """An array of the indexes of the sets in `filter_sets` a row (its `subject` and `group_by`) passes."""
+        terms = []
+        for i, filters in enumerate(filter_sets):
+            terms.append(f"if({self._filters_sql(filters, params, f'e{i}_')}, {i}, -1)" if filters else str(i))
+        return "arrayFilter(i -> i >= 0, [" + ", ".join(terms) + "])"
+
+    def _agg_rows(self, q: UsageQuery, cols: Sequence[Sequence[Any]]) -> list[AggRow]:
+        """AggRows from the columns of `_grouped_sql`'s answer (window, [subject], [customer], groups, the aggregate,
+        first and last times)."""
         n = len(cols[0]) if cols else 0
         if not n:
             return []
@@ -743,9 +781,11 @@ class ClickHouseUsageStore:
                  r[width:width + len(q.group_by)], *map(Decimal, r[width + len(q.group_by):])) for r in rows]
 
     def _grouped_sql(self, q: UsageQuery, meters: str, needs: Sequence[str], aggs: list[str],
-                     params: dict[str, Any]) -> str:
+                     params: dict[str, Any], each: str | None = None) -> str:
         """SELECT window, [subject], [customer], group values, `aggs` over the meters `meters` selects: the
-        rollups for the whole minutes or hours of the span, the raw values for its partial minutes."""
+        rollups for the whole minutes or hours of the span, the raw values for its partial minutes. `each`: an
+        array expression over a value's subject and group_by; each value is repeated once per element (`fi`, also
+        grouped by: `aggs` may name it)."""
         params.update({"ns": q.namespace, "tz": q.window_tz})
         if q.window_size == "BOUNDS":
             assert q.bounds is not None
@@ -821,18 +861,21 @@ class ClickHouseUsageStore:
             select.append(f"group_by[{{gk{i}:String}}] AS g{i}")
             keys.append(f"g{i}")
         select.extend(aggs)
+        if each is not None:
+            keys.append("fi")
         return (
             "SELECT " + ", ".join(select) + " FROM (" + " UNION ALL ".join(branches) + ") "
-            "GROUP BY " + ", ".join(keys) + " ORDER BY " + ", ".join(keys)
+            + (f"ARRAY JOIN {each} AS fi " if each is not None else "")
+            + "GROUP BY " + ", ".join(keys) + " ORDER BY " + ", ".join(keys)
         )
 
     @staticmethod
-    def _filters_sql(filters: list[list[GroupFilter]], params: dict[str, Any]) -> str:
+    def _filters_sql(filters: list[list[GroupFilter]], params: dict[str, Any], prefix: str = "") -> str:
         ors = []
         for a, conj in enumerate(filters):
             ands = []
             for b, f in enumerate(conj):
-                kp, vp = f"fk{a}_{b}", f"fv{a}_{b}"
+                kp, vp = f"{prefix}fk{a}_{b}", f"{prefix}fv{a}_{b}"
                 params[kp], params[vp] = f.key, f.value
                 col = "subject" if f.key == "subject" else "group_by[{" + kp + ":String}]"
                 ands.append(_FILTER_SQL[f.op].replace("{col}", col).replace("{p:", "{" + vp + ":"))
@@ -1054,6 +1097,31 @@ class ClickHouseUsageStore:
             "concat(k.1, '\\0', k.2, '\\n'), arraySort(groupArray((source, id)))), '')))) FROM meter_values WHERE "
             + " AND ".join(where) + " GROUP BY g", params)
         return {r[0]: UsageDigest(int(r[1]), Decimal(r[2]), r[3]) for r in rows}
+
+    def line_digests_each(self, namespace: str, meter_id: str, start: datetime, end: datetime,
+                          filter_sets: Sequence[list[list[GroupFilter]]],
+                          groups: dict[str, str]) -> list[dict[str, UsageDigest]]:
+        """See ports.UsageStore. One statement: the values of the groups' subjects in the span (where no set is
+        unfiltered, only those passing one of the sets), each repeated once per set it passes (`_each_sql`), digested
+        per (group, set) as `line_digests` digests per group."""
+        out: list[dict[str, UsageDigest]] = [{} for _ in filter_sets]
+        if not groups or not filter_sets:
+            return out
+        params: dict[str, Any] = {"ns": namespace, "mid": meter_id, "start": start, "end": end,
+                                  "gs": list(groups), "gg": list(groups.values())}
+        where = ["namespace = {ns:String}", "meter_id = {mid:String}", "subject IN {gs:Array(String)}",
+                 "time >= {start:DateTime64(3, 'UTC')}", "time < {end:DateTime64(3, 'UTC')}"]
+        if all(filter_sets):
+            where.append(self._filters_sql([c for f in filter_sets for c in f], params))
+        rows = self._query(
+            "SELECT transform(subject, {gs:Array(String)}, {gg:Array(String)}, '') AS g, fi, count(), "
+            "toString(sum(toDecimal256(value, 18))), lower(hex(SHA256(arrayStringConcat(arrayMap(k -> "
+            "concat(k.1, '\\0', k.2, '\\n'), arraySort(groupArray((source, id)))), '')))) FROM (SELECT subject, group_by, "
+            "source, id, value FROM meter_values WHERE " + " AND ".join(where) + ") ARRAY JOIN "
+            + self._each_sql(filter_sets, params) + " AS fi GROUP BY g, fi", params)
+        for g, fi, n, total, key_hash in rows:
+            out[int(fi)][g] = UsageDigest(int(n), Decimal(total), key_hash)
+        return out
 
 
 def _rows(result: Any) -> list[tuple[Any, ...]]:

@@ -120,6 +120,10 @@ class InMemoryUsageStore:
             ))
         return out
 
+    def aggregate_each(self, q: UsageQuery, filter_sets: Sequence[list[list[GroupFilter]]]) -> list[list[AggRow]]:
+        """See ports.UsageStore: `aggregate` once per filter set (the reference the engines' one pass must match)."""
+        return [self.aggregate(replace(q, filters=filters)) for filters in filter_sets]
+
     def window_ends(self, starts: Sequence[datetime], size: str, tz: str) -> dict[datetime, datetime]:
         """See ports.UsageStore: this store's windows follow Python's calendar (timeutil)."""
         return {s: next_window_start(s, size, zone(tz)) for s in starts}
@@ -207,3 +211,8 @@ class InMemoryUsageStore:
                 LineEvent(v.source, v.event_id, v.subject, v.time, v.value, None))
         return {g: digest(rows) for g, rows in by_group.items()}
 
+    def line_digests_each(self, namespace: str, meter_id: str, start: datetime, end: datetime,
+                          filter_sets: Sequence[list[list[GroupFilter]]],
+                          groups: dict[str, str]) -> list[dict[str, UsageDigest]]:
+        """See ports.UsageStore: `line_digests` once per filter set."""
+        return [self.line_digests(namespace, meter_id, start, end, filters, groups) for filters in filter_sets]

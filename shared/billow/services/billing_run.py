@@ -50,10 +50,12 @@ log = logging.getLogger("billow.billing")
 
 class BatchedUsage:
     """Usage for many subscriptions at once: requests are collected first (a rating pass with zero usage), then
-    answered with one usage-store query per (feature, span): grouped by subject for SUM and COUNT meters (a
-    customer's usage is the sum of its subjects'), grouped by customer for every other aggregation (a UNIQUE_COUNT
-    is the distinct values over all the customer's subjects, a LATEST the last value across them: per-subject
-    values do not add up)."""
+    answered with one usage-store query per (meter, span): the features of SUM and COUNT meters grouped by subject
+    (a customer's usage is the sum of its subjects'), all the features that filter one meter in one statement
+    (`UsageStore.aggregate_each`: a price list of a rate card per model reads its meter once per span, not once per
+    model); every other aggregation one query per (feature, span), grouped by customer (a UNIQUE_COUNT is the
+    distinct values over all the customer's subjects, a LATEST the last value across them: per-subject values do not
+    add up)."""
 
     ADDITIVE = ("SUM", "COUNT")
 
@@ -68,6 +70,7 @@ class BatchedUsage:
         self.groups: dict[tuple[str, datetime, datetime], dict[str, str]] = defaultdict(dict)
         self.how: dict[tuple[str, datetime, datetime], tuple[dict[str, str], Any, list[list[GroupFilter]]]] = {}
         self.digests: dict[tuple[str, datetime, datetime], dict[str, UsageDigest]] = {}
+        self.features: dict[str, tuple[Any, tuple[dict[str, str], Any, list[list[GroupFilter]]]]] = {}
 
     @staticmethod
     def party(subjects: list[str], customer_id: str = "") -> str:
@@ -88,22 +91,59 @@ class BatchedUsage:
             self.wanted[(feature, minute(s), minute(e))].update(subjects)
             self.groups[(feature, minute(s), minute(e))].update(dict.fromkeys(subjects, party))
 
+    def _measured(self, feature_key: str) -> tuple[Any, tuple[dict[str, str], Any, list[list[GroupFilter]]]]:
+        """The feature's meter and measurement (services.lineage.measurement), read once per run."""
+        if (found := self.features.get(feature_key)) is None:
+            feature = self.ents.get_feature(self.ns, feature_key, include_archived=True)
+            meter = self.meta.get_meter(self.ns, feature["meterSlug"]) if feature and feature.get("meterSlug") else None
+            if feature is None or meter is None:
+                raise NotFound(f"feature {feature_key!r} has no meter to rate")
+            found = self.features[feature_key] = (meter, measurement(feature, meter))
+        return found
+
     def fetch(self) -> None:
+        shared: dict[tuple[str, datetime, datetime], list[tuple[str, datetime, datetime]]] = defaultdict(list)
         for (feature_key, s, e), subjects in self.wanted.items():
-            if (feature_key, s, e) in self.values or e <= s or not subjects:
-                self.values.setdefault((feature_key, s, e), {})
+            key = (feature_key, s, e)
+            if key in self.values or e <= s or not subjects:
+                self.values.setdefault(key, {})
                 continue
             try:  # a feature that cannot be rated fails only the subscriptions that read it
-                self.values[(feature_key, s, e)] = self._query(feature_key, s, e, subjects)
+                meter, _ = self._measured(feature_key)
+                if meter.aggregation in self.ADDITIVE:
+                    shared[(meter.id, s, e)].append(key)  # read with the other features of its meter, below
+                else:
+                    self.values[key] = self._query(feature_key, s, e, subjects)
             except Exception as exc:
-                self.errors[(feature_key, s, e)] = exc
+                self.errors[key] = exc
+        for keys in shared.values():
+            if len(keys) > 1:
+                try:
+                    self._query_each(keys)
+                    continue
+                except Exception:  # which feature it was is found by reading each on its own
+                    log.warning("billing run: one read of %d features of a meter failed; reading them one by one",
+                                len(keys), exc_info=True)
+            for key in keys:
+                try:
+                    self.values[key] = self._query(*key, self.wanted[key])
+                except Exception as exc:
+                    self.errors[key] = exc
+
+    def _query_each(self, keys: list[tuple[str, datetime, datetime]]) -> None:
+        """The usage of several features of one SUM or COUNT meter over one span, by subject, in one statement."""
+        meter, _ = self._measured(keys[0][0])
+        subjects = sorted(set().union(*(self.wanted[k] for k in keys)))  # each reader sums only its own subjects
+        rows = self.usage.aggregate_each(UsageQuery(
+            namespace=self.ns, meter_id=meter.id, aggregation=meter.aggregation, start=keys[0][1],
+            end=keys[0][2] - timedelta(milliseconds=1), window_size=None, window_tz="UTC", subjects=subjects,
+            group_by=[], by_subject=True, subject_customers=None), [self._measured(k[0])[1][2] for k in keys])
+        for key, found in zip(keys, rows, strict=True):
+            self.how[key] = self._measured(key[0])[1]
+            self.values[key] = {r.subject or "": final_value(meter.aggregation, r) or Decimal(0) for r in found}
 
     def _query(self, feature_key: str, s: datetime, e: datetime, subjects: set[str]) -> dict[str, Decimal]:
-        feature = self.ents.get_feature(self.ns, feature_key, include_archived=True)
-        meter = self.meta.get_meter(self.ns, feature["meterSlug"]) if feature and feature.get("meterSlug") else None
-        if feature is None or meter is None:
-            raise NotFound(f"feature {feature_key!r} has no meter to rate")
-        meter_ref, stated, filters = measurement(feature, meter)
+        meter, (meter_ref, stated, filters) = self._measured(feature_key)
         additive = meter.aggregation in self.ADDITIVE
         parties = self.groups[(feature_key, s, e)]
         rows = self.usage.aggregate(UsageQuery(
@@ -128,10 +168,27 @@ class BatchedUsage:
             return None
         meter, filters, parsed = self.how[key]
         if key not in self.digests:  # only when the span bills a line: a re-run that bills nothing reads no digest
-            self.digests[key] = self.usage.line_digests(self.ns, meter["id"], key[1], key[2], parsed, self.groups[key])
+            self._digest(key)
         return lineage_json(meter=meter, feature_key=key[0], filters=filters, subjects=subjects, start=key[1],
                             end=key[2], query_time=now, since=since,
                             usage=self.digests.get(key, {}).get(customer_id, EMPTY_DIGEST))
+
+    def _digest(self, key: tuple[str, datetime, datetime]) -> None:
+        """The digests of `key`'s line, read with those of every other feature measured on its meter over its span
+        with the same subjects and parties, not read yet (UsageStore.line_digests_each: one statement)."""
+        meter_id, groups = self.how[key][0]["id"], self.groups[key]
+        keys = [key] + [k for k, how in self.how.items() if k != key and k not in self.digests and k[1:] == key[1:]
+                        and how[0]["id"] == meter_id and self.groups[k] == groups]
+        if len(keys) > 1:
+            try:
+                found = self.usage.line_digests_each(self.ns, meter_id, key[1], key[2],
+                                                     [self.how[k][2] for k in keys], groups)
+                self.digests.update(zip(keys, found, strict=True))
+                return
+            except Exception:  # this line's own digest is read alone below (and fails its customer if it fails)
+                log.warning("billing run: one digest read of %d features of a meter failed; reading them one by one",
+                            len(keys), exc_info=True)
+        self.digests[key] = self.usage.line_digests(self.ns, meter_id, key[1], key[2], self.how[key][2], groups)
 
     def reader(self, subjects: list[str]) -> subs.UsageFn:
         def read(feature: str, s: datetime, e: datetime) -> Decimal:
