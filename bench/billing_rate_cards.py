@@ -111,15 +111,31 @@ def _copy_db(src: str, dst: str) -> None:
 _METHOD: contextvars.ContextVar[str] = contextvars.ContextVar("usage_method", default="?")
 
 
-def count_statements(store: Any) -> Counter[str]:
+class Statements(Counter[str]):
+    """Statements by method, and the wall seconds they took (`spent`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spent: Counter[str] = Counter()
+
+    def clear(self) -> None:
+        super().clear()
+        self.spent.clear()
+
+
+def count_statements(store: Any) -> Statements:
     """Usage-store statements sent from now on, by the public UsageStore method that sent them (one call may send
-    several: a LATEST fill, a key-filter read)."""
-    sent: Counter[str] = Counter()
+    several: a LATEST fill, a key-filter read), with the wall seconds each kind took."""
+    sent = Statements()
     run_query, command = store._run_query, store._command
 
     def counted_query(sql: str, params: dict[str, Any], *a: Any, **kw: Any) -> Any:
         sent[_METHOD.get()] += 1
-        return run_query(sql, params, *a, **kw)
+        t0 = time.perf_counter()
+        try:
+            return run_query(sql, params, *a, **kw)
+        finally:
+            sent.spent[_METHOD.get()] += time.perf_counter() - t0
 
     def counted_command(sql: str, params: dict[str, Any] | None = None) -> None:
         sent[_METHOD.get() + " (command)"] += 1
@@ -150,8 +166,9 @@ def _settle(usage: Any) -> float:
     return time.perf_counter() - t0
 
 
-def statements_text(sent: Counter[str]) -> str:
-    return f"{sum(sent.values())} (" + ", ".join(f"{k} {v}" for k, v in sorted(sent.items(), key=lambda kv: -kv[1])) + ")"
+def statements_text(sent: Statements) -> str:
+    return (f"{sum(sent.values())} in {sum(sent.spent.values()):.2f} s wall (" + ", ".join(
+        f"{k} {v}: {sent.spent[k]:.2f} s" for k, v in sorted(sent.items(), key=lambda kv: -kv[1])) + ")")
 
 
 def verdict(per_line_ms: float) -> str:
