@@ -487,6 +487,9 @@ FILTER_SETS = [
     [[GroupFilter("model", "$eq", "m1")], [GroupFilter("model", "$eq", "m3")]],  # an OR
     [[GroupFilter("subject", "$eq", "b"), GroupFilter("model", "$nin", ["m2"])]],  # an AND with the subject
     [[GroupFilter("model", "$eq", "m9")]],  # nothing
+    [[GroupFilter("model", "$in", ["m3", "m2"])], [GroupFilter("model", "$eq", "m3")]],  # overlapping values
+    [[GroupFilter("model", "$in", [])]],  # nothing
+    [[GroupFilter("model", "$eq", "")]],  # values without a model
 ]
 
 
@@ -507,6 +510,11 @@ def test_aggregate_each_is_aggregate_once_per_filter_set(usage_store: Any, names
             each = [usage_store.aggregate(replace(query, filters=f)) for f in FILTER_SETS]
             assert usage_store.aggregate_each(query, FILTER_SETS) == each, (agg, shape)
             assert usage_store.aggregate_each(query, FILTER_SETS[1:]) == each[1:], (agg, shape)  # read through the OR
+    by_subject_sets = [[[GroupFilter("subject", "$eq", "a")]], [[GroupFilter("subject", "$in", ["a", "c"])]],
+                       [[GroupFilter("model", "$eq", "m1")]]]
+    query = q(namespace, "SUM", start=s, end=e, subjects=["a", "b", "c"], by_subject=True)
+    assert usage_store.aggregate_each(query, by_subject_sets) == [
+        usage_store.aggregate(replace(query, filters=f)) for f in by_subject_sets]
     # Checked by hand once: SUM by subject of model m1 = values i = 0, 4, ..., 40 (i % 4 == 0) inside the span.
     (_, m1, *_) = usage_store.aggregate_each(q(namespace, "SUM", start=s, end=e, subjects=["a", "b", "c"],
                                                by_subject=True), FILTER_SETS)

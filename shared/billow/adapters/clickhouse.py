@@ -561,7 +561,7 @@ class ClickHouseUsageStore:
         if q.aggregation == "LATEST":
             self.fill_latest(q.namespace, q.meter_id)
         params: dict[str, Any] = {"mid": q.meter_id}
-        each = self._each_sql(filter_sets, params)
+        each, union = self._each_sql(filter_sets, params)
         sql = self._grouped_sql(replace(q, filters=union), "meter_id = {mid:String}", _NEEDS[q.aggregation],
                                 [_AGG_EXPR[q.aggregation], "toUnixTimestamp(min(t)), toUnixTimestamp(max(te))", "fi"],
                                 params, each=each)
@@ -573,12 +573,48 @@ class ClickHouseUsageStore:
             out[int(fi)].append(row)
         return out
 
-    def _each_sql(self, filter_sets: Sequence[list[list[GroupFilter]]], params: dict[str, Any]) -> str:
-        """An array of the indexes of the sets in `filter_sets` a row (its `subject` and `group_by`) passes."""
+    def _each_sql(self, filter_sets: Sequence[list[list[GroupFilter]]],
+                  params: dict[str, Any]) -> tuple[str, list[list[GroupFilter]]]:
+        """An array of the indexes of the sets in `filter_sets` a row (its `subject` and `group_by`) passes, and the
+        filters of their OR ([] when a set is unfiltered: every row). Sets that only compare one key with values
+        ($eq, $in, an OR of them: a feature per model) are found by looking the row's value up (its position among
+        their values, then that position's array of indexes): one expression for all of them, where a condition per
+        set cost chdb ~2 ms per set and row batch (150 sets: ~400 ms against ~40 ms on a month of one customer);
+        every other set is its own condition (the SQL `aggregate` filters with)."""
+        keyed: dict[str, dict[int, set[str]]] = {}  # key -> set index -> the values it takes
+        for i, filters in enumerate(filter_sets):
+            if filters and all(len(c) == 1 and c[0].op in ("$eq", "$in") for c in filters) and \
+                    len({c[0].key for c in filters}) == 1:
+                values = [v for c in filters for v in ([c[0].value] if c[0].op == "$eq" else c[0].value)]
+                if all(isinstance(v, str) for v in values):
+                    keyed.setdefault(filters[0][0].key, {})[i] = set(values)
+        key = max(keyed, key=lambda k: len(keyed[k])) if keyed else None
+        sets_of: dict[str, list[int]] = {}
+        for i, values in keyed.get(key, {}).items() if key is not None else ():
+            for v in values:
+                sets_of.setdefault(v, []).append(i)
+        if key is not None and (len(keyed[key]) < 2 or not sets_of):
+            key = None
+        parts: list[str] = []
+        union: list[list[GroupFilter]] = []
+        if key is not None:
+            by_value = dict(sorted(sets_of.items()))
+            params.update({"ek": key, "ev": list(by_value), "ep": list(range(1, len(by_value) + 1)),
+                           "ea": [sorted(ix) for ix in by_value.values()]})
+            col = "subject" if key == "subject" else "group_by[{ek:String}]"
+            parts.append("{ea:Array(Array(Int32))}[transform(" + col + ", {ev:Array(String)}, {ep:Array(UInt32)}, "
+                         "toUInt32(0))]")
+            union.append([GroupFilter(key, "$in", list(by_value))])
         terms = []
         for i, filters in enumerate(filter_sets):
+            if key is not None and i in keyed[key]:
+                continue
             terms.append(f"if({self._filters_sql(filters, params, f'e{i}_')}, {i}, -1)" if filters else str(i))
-        return "arrayFilter(i -> i >= 0, [" + ", ".join(terms) + "])"
+            union += filters
+        if terms:
+            parts.append("arrayFilter(i -> i >= 0, [" + ", ".join(terms) + "])")
+        each = parts[0] if len(parts) == 1 else "arrayConcat(" + ", ".join(parts) + ")"
+        return each, [] if any(not f for f in filter_sets) else union
 
     def _agg_rows(self, q: UsageQuery, cols: Sequence[Sequence[Any]]) -> list[AggRow]:
         """AggRows from the columns of `_grouped_sql`'s answer (window, [subject], [customer], groups, the aggregate,
@@ -1111,14 +1147,15 @@ class ClickHouseUsageStore:
                                   "gs": list(groups), "gg": list(groups.values())}
         where = ["namespace = {ns:String}", "meter_id = {mid:String}", "subject IN {gs:Array(String)}",
                  "time >= {start:DateTime64(3, 'UTC')}", "time < {end:DateTime64(3, 'UTC')}"]
-        if all(filter_sets):
-            where.append(self._filters_sql([c for f in filter_sets for c in f], params))
+        each, union = self._each_sql(filter_sets, params)
+        if union:
+            where.append(self._filters_sql(union, params))
         rows = self._query(
             "SELECT transform(subject, {gs:Array(String)}, {gg:Array(String)}, '') AS g, fi, count(), "
             "toString(sum(toDecimal256(value, 18))), lower(hex(SHA256(arrayStringConcat(arrayMap(k -> "
             "concat(k.1, '\\0', k.2, '\\n'), arraySort(groupArray((source, id)))), '')))) FROM (SELECT subject, group_by, "
-            "source, id, value FROM meter_values WHERE " + " AND ".join(where) + ") ARRAY JOIN "
-            + self._each_sql(filter_sets, params) + " AS fi GROUP BY g, fi", params)
+            "source, id, value FROM meter_values WHERE " + " AND ".join(where) + ") ARRAY JOIN " + each
+            + " AS fi GROUP BY g, fi", params)
         for g, fi, n, total, key_hash in rows:
             out[int(fi)][g] = UsageDigest(int(n), Decimal(total), key_hash)
         return out

@@ -27,6 +27,8 @@ bad = ValidationFailed.at
 
 def minute(t: datetime) -> datetime:
     """The engine's resolution is one minute (as OpenMeter's): instants are truncated to the minute."""
+    if t.tzinfo is UTC and not t.second and not t.microsecond:
+        return t  # already one (the billing run asks this of every span of every subscription, many times)
     return t.astimezone(UTC).replace(second=0, microsecond=0)
 
 

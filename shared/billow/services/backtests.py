@@ -3,7 +3,8 @@
 A request names a candidate plan (a version by id, `KEY` / `KEY@version` / {key, version}: any status, the latest
 version without one; or an inline plan body), a window and the customers (all, a list, or those on a plan in the
 window). It is checked at once (each bad field a 400), then run as a job: usage for every customer's billing
-periods in the window is read in one usage-store query per (feature, span) (the billing run's `BatchedUsage`),
+periods in the window is read in one usage-store query per (meter, span) on SUM and COUNT meters, per (feature,
+span) on the others (the billing run's `BatchedUsage`),
 each customer rated by `billow.domain.backtest` with the billing run's rating. Rating reads only: nothing of the
 catalog, invoices or usage is written.
 

@@ -81,15 +81,20 @@ class BatchedUsage:
         """Whether none of `subjects` is another party's in one of `spans` here (a query puts each subject in one
         party: a subject read for two parties, e.g. a period frozen with a subject that moved since, needs another
         batch)."""
-        return all(self.groups.get((f, minute(s), minute(e)), {}).get(x, party) == party
-                   for f, s, e in spans for x in subjects)
+        for f, s, e in spans:
+            have = self.groups.get((f, minute(s), minute(e)))
+            if have and any(have.get(x, party) != party for x in subjects):
+                return False
+        return True
 
     def want(self, subjects: list[str], spans: list[tuple[str, datetime, datetime]], customer_id: str = "") -> None:
         """`subjects` are one party's (a customer's: `customer_id`, or without one the subjects themselves)."""
         party = self.party(subjects, customer_id)
+        mine = dict.fromkeys(subjects, party)
         for feature, s, e in spans:
-            self.wanted[(feature, minute(s), minute(e))].update(subjects)
-            self.groups[(feature, minute(s), minute(e))].update(dict.fromkeys(subjects, party))
+            key = (feature, minute(s), minute(e))
+            self.wanted[key].update(subjects)
+            self.groups[key].update(mine)
 
     def _measured(self, feature_key: str) -> tuple[Any, tuple[dict[str, str], Any, list[list[GroupFilter]]]]:
         """The feature's meter and measurement (services.lineage.measurement), read once per run."""
@@ -192,9 +197,9 @@ class BatchedUsage:
 
     def reader(self, subjects: list[str]) -> subs.UsageFn:
         def read(feature: str, s: datetime, e: datetime) -> Decimal:
-            if (error := self.errors.get((feature, minute(s), minute(e)))) is not None:
-                raise error
             key = (feature, minute(s), minute(e))
+            if (error := self.errors.get(key)) is not None:
+                raise error
             got = self.values.get(key, {})
             # Per subject (SUM, COUNT): the subjects' sum. Per party: the value of the subjects' party (one customer).
             keys = {self.groups[key].get(x, "") for x in subjects} if key in self.by_party else subjects
