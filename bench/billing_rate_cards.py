@@ -29,7 +29,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,6 @@ from billow.bootstrap import Settings, build, install
 from billow.services import billing, catalog, directory, features, subscriptions
 from billow.services.ingest import ingest_events
 from billow.services.jobs import billing_run as run_billing
-from billow.services.jobs import render_pending_documents
 
 TYPES = ("input", "output", "cached")
 BATCH = 5_000  # events per ingest call
@@ -116,7 +115,7 @@ class Statements(Counter[str]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.spent: Counter[str] = Counter()
+        self.spent: defaultdict[str, float] = defaultdict(float)
 
     def clear(self) -> None:
         super().clear()

@@ -590,8 +590,8 @@ class ClickHouseUsageStore:
                     keyed.setdefault(filters[0][0].key, {})[i] = set(values)
         key = max(keyed, key=lambda k: len(keyed[k])) if keyed else None
         sets_of: dict[str, list[int]] = {}
-        for i, values in keyed.get(key, {}).items() if key is not None else ():
-            for v in values:
+        for i, taken in keyed.get(key, {}).items() if key is not None else ():
+            for v in taken:
                 sets_of.setdefault(v, []).append(i)
         if key is not None and (len(keyed[key]) < 2 or not sets_of):
             key = None
