@@ -387,3 +387,55 @@ def test_containers_updating_and_publishing_one_plan_draft_at_once_never_unpubli
     assert not failed and not unpublished and not doubled, (
         len(failed), f"{unpublished} of 10 published plans were drafts again, {doubled} published more than once",
         failed[:3])
+
+
+def _flat_plan(name: str) -> dict[str, Any]:
+    return {"name": name, "currency": "USD", "billingCadence": "P1M", "phases": [
+        {"key": "default", "name": "Default", "rateCards": [
+            {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
+             "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}]}]}
+
+
+def test_containers_making_one_plan_or_add_on_key_s_draft_at_once_make_one(metas: list[SqlMetaStore]) -> None:
+    """POST /api/v1/plans (a new key, or the next version of a published one), POST /api/v1/plans/{key}/next and
+    POST /api/v1/addons look at the key's versions, then insert the next. Several containers doing it at once for
+    one key all find the same latest version: one draft is made, every other call answers Conflict (409: the key
+    already has a draft, or the add-on exists), never a 500, and the key has one version more."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict
+    from billow.services import catalog
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = SqlEntitlementStore(metas[0].engine)
+    failed: list[BaseException] = []
+    doubled = 0
+    for round_ in range(9):
+        key, how = f"k{round_}", ("create", "next", "addon")[round_ % 3]
+        kind = "addon" if how == "addon" else "plan"
+        if how == "next":  # a published version 1 to make the next of
+            v1 = catalog.create("ns", "plan", {**_flat_plan("v1"), "key": key}, store=catalogs[0], now=NOW)
+            catalog.publish("ns", "plan", v1["id"], store=catalogs[0], features=ents, now=NOW)
+        elif how == "create" and round_ % 2:  # a published version 1 as well as none
+            v1 = catalog.create("ns", "plan", {**_flat_plan("v1"), "key": key}, store=catalogs[0], now=NOW)
+            catalog.publish("ns", "plan", v1["id"], store=catalogs[0], features=ents, now=NOW)
+        calls: list[Callable[[], Any]] = []
+        for n in range(THREADS):
+            store = catalogs[n % 2]
+            if how == "next":
+                calls.append(partial(catalog.next_version, "ns", "plan", key, store=store, now=NOW))
+            elif how == "create":
+                calls.append(partial(catalog.create, "ns", "plan", {**_flat_plan(f"p{n}"), "key": key},
+                                     store=store, now=NOW))
+            else:
+                fee = _flat_plan("")["phases"][0]["rateCards"][0]
+                calls.append(partial(catalog.create, "ns", "addon", {
+                    "key": key, "name": f"a{n}", "currency": "USD", "instanceType": "single", "rateCards": [fee]},
+                    store=store, now=NOW))
+        made, errors = at_once(calls)
+        failed += [e for e in errors if not isinstance(e, Conflict)]
+        versions = catalogs[1].list_versioned(kind, "ns", key=key)
+        drafts = [v for v in versions if not v.get("effectiveFrom")]
+        doubled += len(made) != 1
+        assert len(drafts) <= 1 and [d["id"] for d in drafts] == [m["id"] for m in made][:1], (how, versions)
+    assert not failed and not doubled, (len(failed), f"{doubled} of 9 keys made no draft or several", failed[:3])
