@@ -53,6 +53,23 @@ def test_plan_addons_and_subscriptions(store: SqlCatalogStore) -> None:
     store.put_plan_addon(n, pa)
     store.put_plan_addon(n, {**pa, "id": new_id(), "addon": {"id": "a2"}, "deletedAt": "2026-01-01T00:00:00Z"})
     assert [d["addon"]["id"] for d in store.list_plan_addons(n, "p1")] == ["a1"]
+    seen: list[Any] = []
+
+    def change(plan_doc: dict[str, Any] | None, live: list[dict[str, Any]]) -> dict[str, Any]:
+        seen.append((plan_doc, [d["addon"]["id"] for d in live]))
+        return {**live[0], "maxQuantity": 2}
+
+    p1 = plan("pro", 1, id="p1")
+    store.put_versioned("plan", n, p1)
+    assert store.change_plan_addons(n, "p1", change)["maxQuantity"] == 2  # the plan and its live add-ons, as stored
+    assert seen == [(p1, ["a1"])] and store.list_plan_addons(n, "p1")[0]["maxQuantity"] == 2
+
+    def refuse(plan_doc: dict[str, Any] | None, live: list[dict[str, Any]]) -> dict[str, Any]:
+        raise Conflict("no")
+
+    with pytest.raises(Conflict):  # nothing written
+        store.change_plan_addons(n, "p1", refuse)
+    assert store.list_plan_addons(n, "p1")[0]["maxQuantity"] == 2
     s1 = {"id": new_id(), "customerId": "c1", "activeTo": None}
     s2 = {"id": new_id(), "customerId": "c2", "activeTo": None}
     store.put_subscription(n, s1)

@@ -439,3 +439,109 @@ def test_containers_making_one_plan_or_add_on_key_s_draft_at_once_make_one(metas
         doubled += len(made) != 1
         assert len(drafts) <= 1 and [d["id"] for d in drafts] == [m["id"] for m in made][:1], (how, versions)
     assert not failed and not doubled, (len(failed), f"{doubled} of 9 keys made no draft or several", failed[:3])
+
+
+def test_containers_changing_one_plan_s_add_ons_at_once_keep_one_answer(metas: list[SqlMetaStore]) -> None:
+    """POST /api/v1/plans/{p}/addons looks at the plan's add-ons, then inserts its own; PUT and DELETE
+    .../addons/{a} read the plan add-on, then write it back. Several containers adding one add-on to a draft at once
+    each found it missing and all inserted it: the plan offered the add-on twice. An edit racing a removal wrote the
+    removed add-on back live, although the removal answered 204. Now one add wins and the others answer Conflict
+    (409), and a removal that answered 204 stays removed (an edit after it is a 404)."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict, NotFound
+    from billow.services import catalog
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = SqlEntitlementStore(metas[0].engine)
+    fee = _flat_plan("")["phases"][0]["rateCards"][0]
+    addon = catalog.create("ns", "addon", {"key": "extra", "name": "Extra", "currency": "USD",
+                                           "instanceType": "multiple", "rateCards": [{**fee, "key": "extra"}]},
+                           store=catalogs[0], now=NOW)
+    catalog.publish("ns", "addon", addon["id"], store=catalogs[0], features=ents, now=NOW)
+    failed: list[BaseException] = []
+    twice = revived = 0
+    for round_ in range(10):
+        plan = catalog.create("ns", "plan", {**_flat_plan("p"), "key": f"pa{round_}"}, store=catalogs[0], now=NOW)
+        body = {"addonId": addon["id"], "fromPlanPhase": "default"}
+        if round_ % 2 == 0:  # adds of one add-on at once
+            added, errors = at_once([partial(catalog.add_plan_addon, "ns", plan["id"], body, store=catalogs[n % 2],
+                                             now=NOW) for n in range(THREADS)])
+            failed += [e for e in errors if not isinstance(e, Conflict)]
+            live = catalogs[1].list_plan_addons("ns", plan["id"])
+            twice += len(live) != 1 or len(added) != 1
+        else:  # edits of it racing its removal
+            catalog.add_plan_addon("ns", plan["id"], body, store=catalogs[0], now=NOW)
+            calls: list[Callable[[], Any]] = [
+                partial(catalog.update_plan_addon, "ns", plan["id"], addon["id"],
+                        {"fromPlanPhase": "default", "maxQuantity": n + 1}, store=catalogs[n % 2], now=NOW)
+                if n % 2 else
+                partial(catalog.remove_plan_addon, "ns", plan["id"], addon["id"], store=catalogs[n % 2], now=NOW)
+                for n in range(THREADS)]
+            done, errors = at_once(calls)
+            failed += [e for e in errors if not isinstance(e, NotFound | Conflict)]
+            removed = sum(d is None for d in done)
+            revived += bool(removed) and bool(catalogs[1].list_plan_addons("ns", plan["id"]))
+    assert not failed and not twice and not revived, (
+        len(failed), f"{twice} of 5 plans got the add-on several times (or none), {revived} of 5 removals undone",
+        failed[:3])
+
+
+def test_a_plan_add_on_change_meeting_the_plan_s_publish_is_refused(metas: list[SqlMetaStore]) -> None:
+    """A plan add-on is added, changed or removed only on a draft plan: the service looks at the plan, then writes.
+    A publish by another container landing between the two (here: right after the look) let the write through, and
+    a published plan's add-ons changed under the subscriptions made from it. Now the write answers Conflict (409)
+    and the published plan's add-ons stay as they were published."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict
+    from billow.services import catalog
+
+    publish_next: list[Callable[[], Any]] = []
+
+    class PublishedMeanwhile(SqlCatalogStore):
+        """This container's store; another container publishes the plan after this one read the plan, while it
+        looks up the add-on or the plan's add-ons (the next step of each plan add-on write)."""
+
+        def get_versioned(self, kind: str, namespace: str, id_: str) -> dict[str, Any] | None:
+            if kind == "addon" and publish_next:
+                publish_next.pop()()
+            return super().get_versioned(kind, namespace, id_)
+
+        def list_plan_addons(self, namespace: str, plan_id: str) -> list[dict[str, Any]]:
+            if publish_next:
+                publish_next.pop()()
+            return super().list_plan_addons(namespace, plan_id)
+
+    slow, other = PublishedMeanwhile(metas[0].engine), SqlCatalogStore(metas[1].engine)
+    ents = SqlEntitlementStore(metas[1].engine)
+    fee = _flat_plan("")["phases"][0]["rateCards"][0]
+    addons = []
+    for key in ("first", "second"):
+        a = catalog.create("ns", "addon", {"key": key, "name": key, "currency": "USD", "instanceType": "multiple",
+                                           "rateCards": [{**fee, "key": key}]}, store=other, now=NOW)
+        addons.append(catalog.publish("ns", "addon", a["id"], store=other, features=ents, now=NOW))
+    let_through = []
+    for how in ("add", "update", "remove"):
+        plan = catalog.create("ns", "plan", {**_flat_plan("p"), "key": f"pub_{how}"}, store=other, now=NOW)
+        catalog.add_plan_addon("ns", plan["id"], {"addonId": addons[0]["id"], "fromPlanPhase": "default"},
+                               store=other, now=NOW)
+        published_with = other.list_plan_addons("ns", plan["id"])
+        publish_next.append(partial(catalog.publish, "ns", "plan", plan["id"], store=other, features=ents, now=NOW))
+        try:
+            if how == "add":
+                catalog.add_plan_addon("ns", plan["id"], {"addonId": addons[1]["id"], "fromPlanPhase": "default"},
+                                       store=slow, now=NOW)
+            elif how == "update":
+                catalog.update_plan_addon("ns", plan["id"], addons[0]["id"], {"fromPlanPhase": "default",
+                                                                              "maxQuantity": 3}, store=slow, now=NOW)
+            else:
+                catalog.remove_plan_addon("ns", plan["id"], addons[0]["id"], store=slow, now=NOW)
+        except Conflict:
+            pass
+        else:
+            let_through.append(how)
+        assert not publish_next and other.get_versioned("plan", "ns", plan["id"])["effectiveFrom"]  # type: ignore[index]
+        if other.list_plan_addons("ns", plan["id"]) != published_with:
+            let_through.append(f"{how} changed the published plan")
+    assert not let_through, let_through

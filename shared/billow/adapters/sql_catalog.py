@@ -110,6 +110,30 @@ class SqlCatalogStore:
                                         "addon_id": doc["addon"]["id"], "deleted": doc.get("deletedAt") is not None,
                                         "doc": jsonx.dumps(doc)})
 
+    def change_plan_addons(self, namespace: str, plan_id: str,
+                           change: Callable[[dict[str, Any] | None, list[dict[str, Any]]], dict[str, Any]]
+                           ) -> dict[str, Any]:
+        """Write the plan add-on `change` makes (a new one, or one of the plan's changed) from the plan and its live
+        add-ons as they are in this transaction, which holds the plan's row until it ends (`change` raises to write
+        nothing; it must not call the store). Writers of one plan's add-ons, and its update and publish (which write
+        its row), go one after another: two adds of one add-on at once would each find it missing and both insert
+        it, and a write after a look that found a draft would land on the plan its publish made meanwhile."""
+        with self.engine.begin() as c:
+            if c.dialect.name == "sqlite":  # its write lock first (FOR UPDATE is PostgreSQL's), as meter_lock does
+                c.execute(plans.update().where(plans.c.namespace == namespace, plans.c.id == plan_id)
+                          .values(doc=plans.c.doc))
+            row = c.execute(sa.select(plans.c.doc).where(plans.c.namespace == namespace, plans.c.id == plan_id)
+                            .with_for_update()).first()
+            live = [jsonx.loads(r.doc) for r in c.execute(
+                sa.select(plan_addons.c.doc).where(plan_addons.c.namespace == namespace,
+                                                   plan_addons.c.plan_id == plan_id, plan_addons.c.deleted.is_(False))
+                .order_by(plan_addons.c.id))]
+            doc = change(jsonx.loads(row.doc) if row else None, live)
+            save_by_id(c, plan_addons, {"id": doc["id"], "namespace": namespace, "plan_id": doc["planId"],
+                                        "addon_id": doc["addon"]["id"], "deleted": doc.get("deletedAt") is not None,
+                                        "doc": jsonx.dumps(doc)})
+        return doc
+
     def list_plan_addons(self, namespace: str, plan_id: str) -> list[dict[str, Any]]:
         q = sa.select(plan_addons.c.doc).where(plan_addons.c.namespace == namespace, plan_addons.c.plan_id == plan_id,
                                                plan_addons.c.deleted.is_(False))

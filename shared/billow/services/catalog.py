@@ -33,6 +33,13 @@ class CatalogStore(Protocol):
 
     def put_plan_addon(self, namespace: str, doc: dict[str, Any]) -> None: ...
 
+    def change_plan_addons(self, namespace: str, plan_id: str,
+                           change: Callable[[dict[str, Any] | None, list[dict[str, Any]]], dict[str, Any]]
+                           ) -> dict[str, Any]:
+        """Write the plan add-on `change` makes from the plan and its live add-ons as they are when it is written,
+        one such write (or update or publish of the plan) at a time per plan."""
+        ...
+
     def list_plan_addons(self, namespace: str, plan_id: str) -> list[dict[str, Any]]: ...
 
 
@@ -103,7 +110,10 @@ def get(namespace: str, kind: str, id_or_key: str, *, store: CatalogStore, inclu
 
 
 def _draft(namespace: str, kind: str, id_: str, store: CatalogStore, now: datetime) -> dict[str, Any]:
-    doc = store.get_versioned(kind, namespace, id_)
+    return _require_draft(kind, id_, store.get_versioned(kind, namespace, id_), now)
+
+
+def _require_draft(kind: str, id_: str, doc: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
     if doc is None or doc.get("deletedAt"):
         raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
     if catalog.status(doc, now) != "draft":
@@ -262,14 +272,34 @@ def add_plan_addon(namespace: str, plan_id: str, body: Any, *, store: CatalogSto
     if problems:
         raise catalog.failure(problems)
     assert addon is not None
-    if any(pa["addon"]["id"] == addon["id"] for pa in store.list_plan_addons(namespace, plan_id)):
-        raise Conflict(f"add-on {addon['key']!r} is already on the plan")
     stamp = format_rfc3339(now)
     doc = {"id": new_id(), "planId": plan_id, "addon": {"id": addon["id"], "key": addon["key"], "version": addon["version"]},
            "fromPlanPhase": phase, "maxQuantity": maxq, "metadata": body.get("metadata"), "createdAt": stamp,
            "updatedAt": stamp, "deletedAt": None}
-    store.put_plan_addon(namespace, doc)
-    return doc
+
+    def add(plan: dict[str, Any] | None, live: list[dict[str, Any]]) -> dict[str, Any]:
+        _on_draft(plan_id, plan, phase, now)
+        if any(pa["addon"]["id"] == addon["id"] for pa in live):
+            raise Conflict(f"add-on {addon['key']!r} is already on the plan")
+        return doc
+
+    return store.change_plan_addons(namespace, plan_id, add)
+
+
+def _on_draft(plan_id: str, plan: dict[str, Any] | None, phase: Any, now: datetime) -> None:
+    """A plan add-on write's checks on the plan as it is where the write is made (after the service's first look,
+    another container may have published or changed it): still a draft, still with the phase the add-on starts in."""
+    plan = _require_draft("plan", plan_id, plan, now)
+    if phase is not None and phase not in [p["key"] for p in plan["phases"]]:
+        raise catalog.failure([("fromPlanPhase", "must be a phase key of the plan")])
+
+
+def _live_one(plan_addon_id: str, pa_ref: str, plan_id: str, live: list[dict[str, Any]]) -> dict[str, Any]:
+    """The plan add-on `plan_addon_id` among the plan's live ones where the write is made (removed meanwhile: 404)."""
+    for pa in live:
+        if pa["id"] == plan_addon_id:
+            return pa
+    raise NotFound(f"add-on {pa_ref!r} is not on plan {plan_id!r}")
 
 
 def plan_addon(namespace: str, plan_id: str, plan_addon_id: str, *, store: CatalogStore) -> dict[str, Any]:
@@ -304,16 +334,27 @@ def update_plan_addon(namespace: str, plan_id: str, plan_addon_id: str, body: An
         problems.append(("metadata", "must be an object of string values"))
     if problems:
         raise catalog.failure(problems)
-    doc.update(fromPlanPhase=phase, maxQuantity=maxq, metadata=metadata, updatedAt=format_rfc3339(now))
-    store.put_plan_addon(namespace, doc)
-    return doc
+
+    def replace(plan: dict[str, Any] | None, live: list[dict[str, Any]]) -> dict[str, Any]:
+        _on_draft(plan_id, plan, phase, now)
+        found = _live_one(doc["id"], plan_addon_id, plan_id, live)
+        found.update(fromPlanPhase=phase, maxQuantity=maxq, metadata=metadata, updatedAt=format_rfc3339(now))
+        return found
+
+    return store.change_plan_addons(namespace, plan_id, replace)
 
 
 def remove_plan_addon(namespace: str, plan_id: str, plan_addon_id: str, *, store: CatalogStore, now: datetime) -> None:
     _draft(namespace, "plan", plan_id, store, now)
     doc = plan_addon(namespace, plan_id, plan_addon_id, store=store)
-    doc.update(deletedAt=format_rfc3339(now))
-    store.put_plan_addon(namespace, doc)
+
+    def remove(plan: dict[str, Any] | None, live: list[dict[str, Any]]) -> dict[str, Any]:
+        _on_draft(plan_id, plan, None, now)
+        found = _live_one(doc["id"], plan_addon_id, plan_id, live)
+        found.update(deletedAt=format_rfc3339(now))
+        return found
+
+    store.change_plan_addons(namespace, plan_id, remove)
 
 
 def present_plan_addon(namespace: str, doc: dict[str, Any], *, store: CatalogStore, features: FeatureStore,
