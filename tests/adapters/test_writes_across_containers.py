@@ -545,3 +545,84 @@ def test_a_plan_add_on_change_meeting_the_plan_s_publish_is_refused(metas: list[
         if other.list_plan_addons("ns", plan["id"]) != published_with:
             let_through.append(f"{how} changed the published plan")
     assert not let_through, let_through
+
+
+def test_containers_retrying_one_failed_issuing_at_once_issue_it_once(metas: list[SqlMetaStore]) -> None:
+    """POST /billing/invoices/{i}/retry (and advance, approve) of an invoice whose invoicing app failed: the retry
+    moved it from issuing back to a draft ready to issue, unguarded, then issued it. Several containers retrying at
+    once each wrote it back to a draft, one after the other's issuing: the invoicing app was asked to issue it several
+    times, the invoice.created notification was handed over as often, and a paid invoice went back to a draft for a
+    while. Now one retry issues it, once, and every other answers Conflict (409: it was retried meanwhile)."""
+    import time
+
+    from billow.adapters.sql_apps import SqlAppStore
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict
+    from billow.services.apps import provision
+    from billow.services.invoices import act, issue, new_invoice
+    from billow.services.pending_lines import add_pending_lines
+
+    class InvoicingSystem:
+        """The invoicing app's outside system, down for the first issuing, then taking a moment per invoice."""
+
+        keeps_customer_credit = False
+
+        def __init__(self) -> None:
+            self.issued: list[str] = []
+            self.down = True
+
+        def issue(self, invoice: dict[str, Any]) -> dict[str, Any] | None:
+            if self.down:
+                self.down = False
+                raise ConnectionError("down")
+            time.sleep(0.02)
+            self.issued.append(invoice["id"])
+            return {}
+
+        def void(self, invoice: dict[str, Any]) -> None:
+            raise AssertionError("not voided here")
+
+    class Apps:  # ports.BillingApps: the system above, and the invoice notifications handed over
+        def __init__(self, system: InvoicingSystem) -> None:
+            self.system, self.notified = system, []  # type: InvoicingSystem, list[str]
+
+        def invoicing(self, app: str) -> InvoicingSystem:
+            return self.system
+
+        def issued(self, invoice: dict[str, Any]) -> None:
+            self.notified.append(invoice["id"])
+
+        def updated(self, invoice: dict[str, Any]) -> None:
+            self.notified.append(invoice["id"])
+
+    billing = [SqlBillingStore(m.engine) for m in metas]
+    ents = SqlEntitlementStore(metas[0].engine)
+    provision("ns", apps=SqlAppStore(metas[0].engine), billing=billing[0], now=NOW)
+    (profile,) = [p for p in billing[0].list_profiles("ns") if p["default"]]
+    failed: list[BaseException] = []
+    twice = not_one = 0
+    for round_ in range(10):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"r{round_}", "name": "C", "currency": "USD",
+                                    "usageAttribution": {"subjectKeys": []},
+                                    "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        lines = add_pending_lines("ns", customer["id"], {"currency": "USD", "lines": [
+            {"name": "line", "price": {"type": "flat", "amount": "10"}, "invoiceAt": "2026-05-02T00:00:00Z",
+             "period": {"from": "2026-05-01T00:00:00Z", "to": "2026-05-02T00:00:00Z"}}]},
+            store=billing[0], meta=metas[0], ents=ents, now=NOW)["lines"]
+        draft = new_invoice("ns", customer, profile, "USD", lines, number=1, now=NOW)
+        billing[0].put_invoice("ns", draft)
+        system = InvoicingSystem()
+        apps = Apps(system)
+        assert issue("ns", draft, store=billing[0], apps=apps, now=NOW)["statusDetails"]["failed"]
+        done, errors = at_once([partial(act, "ns", draft["id"], "retry", store=billing[n % 2], apps=apps, now=NOW)
+                                for n in range(THREADS)])
+        failed += [e for e in errors if not isinstance(e, Conflict)]
+        twice += len(system.issued) != 1 or len(apps.notified) != 1
+        not_one += len(done) != 1
+        stored = billing[1].get_invoice("ns", draft["id"])
+        assert stored is not None and stored["status"] == "paid", stored["statusDetails"]
+    assert not failed and not twice and not not_one, (
+        len(failed), f"{twice} of 10 invoices issued or notified more than once, {not_one} retried by several",
+        failed[:3])

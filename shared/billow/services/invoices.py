@@ -192,12 +192,15 @@ def _issued(namespace: str, inv: Invoice, app: InvoicingApp, *, store: BillingSt
 
 
 def act(namespace: str, id_: str, action: str, *, store: BillingStore, apps: BillingApps, now: datetime) -> dict[str, Any]:
-    inv = _load(namespace, id_, store)
+    doc = store.get_invoice(namespace, id_)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"invoice {id_!r} not found")
+    read_as, inv = jsonx.dumps(doc), Invoice.from_json(doc)
     inv.require(action)
     if action in ("advance", "approve", "retry"):
-        if inv.status == "issuing":  # retry of a failed app sync
-            inv.set_status("draft.ready_to_issue")
-            _save(namespace, inv, store)
+        if inv.status == "issuing":  # retry of a failed app sync: back to a draft only as read, so of several
+            inv.set_status("draft.ready_to_issue")  # retries at once one issues it, the others 409 (retried meanwhile)
+            _save(namespace, inv, store, expect_status="issuing", expect_doc=read_as)
         return _issue(namespace, inv, store=store, apps=apps, now=now).to_json()
     if action == "void":
         before = inv.status
