@@ -626,3 +626,60 @@ def test_containers_retrying_one_failed_issuing_at_once_issue_it_once(metas: lis
     assert not failed and not twice and not not_one, (
         len(failed), f"{twice} of 10 invoices issued or notified more than once, {not_one} retried by several",
         failed[:3])
+
+
+def test_containers_editing_and_approving_one_draft_at_once_issue_every_edit(metas: list[SqlMetaStore]) -> None:
+    """PUT /billing/invoices/{i} (its description) and POST .../approve of one draft at once: the approval read the
+    draft, the edit wrote its description, and the approval moved the draft it had read to issuing, guarded by the
+    status only: the invoice was issued without the edit, although the edit answered 200. Now the approval moves
+    only the draft as it read it (else 409, approve again), and an edit after it is 409 (immutable); every edit that
+    answered 200 is on the invoice, issued or still a draft."""
+    from billow.adapters.billing_apps import SandboxInvoicing
+    from billow.adapters.sql_apps import SqlAppStore
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict
+    from billow.services.apps import provision
+    from billow.services.invoices import act, new_invoice, update_invoice
+    from billow.services.pending_lines import add_pending_lines
+
+    class Apps:  # ports.BillingApps with the sandbox invoicing app, notifications heard by no rule
+        def invoicing(self, app: str) -> SandboxInvoicing:
+            return SandboxInvoicing()
+
+        def issued(self, invoice: dict[str, Any]) -> None:
+            pass
+
+        def updated(self, invoice: dict[str, Any]) -> None:
+            pass
+
+    billing = [SqlBillingStore(m.engine) for m in metas]
+    ents = SqlEntitlementStore(metas[0].engine)
+    provision("ns", apps=SqlAppStore(metas[0].engine), billing=billing[0], now=NOW)
+    (profile,) = [p for p in billing[0].list_profiles("ns") if p["default"]]
+    profile["workflow"]["invoicing"]["autoAdvance"] = False  # a draft waiting for approval
+    failed: list[BaseException] = []
+    lost = 0
+    for round_ in range(10):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"e{round_}", "name": "C", "currency": "USD",
+                                    "usageAttribution": {"subjectKeys": []},
+                                    "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        lines = add_pending_lines("ns", customer["id"], {"currency": "USD", "lines": [
+            {"name": "line", "price": {"type": "flat", "amount": "10"}, "invoiceAt": "2026-05-02T00:00:00Z",
+             "period": {"from": "2026-05-01T00:00:00Z", "to": "2026-05-02T00:00:00Z"}}]},
+            store=billing[0], meta=metas[0], ents=ents, now=NOW)["lines"]
+        draft = new_invoice("ns", customer, profile, "USD", lines, number=1, now=NOW)
+        billing[0].put_invoice("ns", draft)
+        done, errors = at_once([
+            partial(update_invoice, "ns", draft["id"], {"description": f"d{n}"}, store=billing[n % 2], now=NOW)
+            if n % 2 else partial(act, "ns", draft["id"], "approve", store=billing[n % 2], apps=Apps(), now=NOW)
+            for n in range(THREADS)])
+        failed += [e for e in errors if not isinstance(e, Conflict)]
+        stored = billing[1].get_invoice("ns", draft["id"])
+        approved = [d for d in done if d["status"] != "draft"]  # at most one; none if every approval met an edit
+        assert stored is not None and len(approved) <= 1 and stored["status"] == ("paid" if approved else "draft")
+        edited = [d["description"] for d in done if d["status"] == "draft"]
+        lost += bool(edited) and stored["description"] not in edited
+    assert not failed and not lost, (len(failed), f"{lost} of 10 invoices issued without an edit", failed[:3])
+

@@ -146,7 +146,10 @@ def _waits_for_draft_sync(inv: Invoice, app: Any) -> bool:
     return bool(hook) and DRAFT_SYNCED not in (inv.metadata if isinstance(inv.metadata, dict) else {})
 
 
-def _issue(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingApps, now: datetime) -> Invoice:
+def _issue(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingApps, now: datetime,
+           read_as: str | None = None) -> Invoice:
+    """With `read_as` (the stored JSON the caller read the draft as), the draft leaves for issuing only if it is still
+    that: an edit written meanwhile makes this a 409 (approve again) rather than issuing the draft without it."""
     if inv.status not in ("draft", "issuing"):
         apps.issued(inv.to_json())
         return inv
@@ -158,11 +161,11 @@ def _issue(namespace: str, inv: Invoice, *, store: BillingStore, apps: BillingAp
     if before == "draft" and _waits_for_draft_sync(inv, app):  # held in draft.syncing until the call-back
         inv.set_status("draft.syncing")
         inv.touch(now)
-        _save(namespace, inv, store, expect_status=before)
+        _save(namespace, inv, store, expect_status=before, expect_doc=read_as)
         return inv
     inv.set_status("issuing.syncing")
     inv.touch(now)
-    _save(namespace, inv, store, expect_status=before)
+    _save(namespace, inv, store, expect_status=before, expect_doc=read_as)
     try:
         if app is None:
             raise missing or LookupError(inv.invoicing_app_ref)
@@ -201,7 +204,9 @@ def act(namespace: str, id_: str, action: str, *, store: BillingStore, apps: Bil
         if inv.status == "issuing":  # retry of a failed app sync: back to a draft only as read, so of several
             inv.set_status("draft.ready_to_issue")  # retries at once one issues it, the others 409 (retried meanwhile)
             _save(namespace, inv, store, expect_status="issuing", expect_doc=read_as)
-        return _issue(namespace, inv, store=store, apps=apps, now=now).to_json()
+            read_as = jsonx.dumps(inv.to_json())
+        # an edit of the draft written since it was read makes this 409 rather than issuing it without the edit
+        return _issue(namespace, inv, store=store, apps=apps, now=now, read_as=read_as).to_json()
     if action == "void":
         before = inv.status
         if inv.external_ids.get("invoicing"):  # issued outside Billow: voided there too
