@@ -683,3 +683,48 @@ def test_containers_editing_and_approving_one_draft_at_once_issue_every_edit(met
         lost += bool(edited) and stored["description"] not in edited
     assert not failed and not lost, (len(failed), f"{lost} of 10 invoices issued without an edit", failed[:3])
 
+
+def test_containers_opening_checkout_for_one_customer_at_once_make_one_stripe_customer(
+        metas: list[SqlMetaStore]) -> None:
+    """POST /api/v1/stripe/checkout/sessions for a customer with no Stripe customer yet makes one in Stripe and
+    records it as the customer's Stripe app data. Several containers opening Checkout for one customer at once (a
+    double click) each found none recorded and asked Stripe for one: one Stripe customer per Billow customer only if
+    Stripe takes the requests as one (the Idempotency-Key derived from the customer's id). Against the Stripe
+    stand-in (which keeps keys as Stripe does): one Stripe customer, every session on it, and it recorded."""
+    from billow.adapters.sql_apps import SqlAppStore
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.adapters.stripe_app import StripeApp
+    from billow.services.apps import checkout_session, install_with_api_key
+    from tests.stripe_standin.server import StandIn
+
+    standin = StandIn().start()
+    try:
+        apps = [SqlAppStore(m.engine) for m in metas]
+
+        def stripe(key: str) -> StripeApp:
+            return StripeApp(key, standin.url, timeout=5)
+
+        app = install_with_api_key("ns", "stripe", {"apiKey": standin.api_key}, apps=apps[0],
+                                   billing=SqlBillingStore(metas[0].engine), stripe=stripe,
+                                   webhook_url=lambda id_: f"http://127.0.0.1:9/{id_}", now=NOW)["app"]
+        failed: list[BaseException] = []
+        several = 0
+        for round_ in range(5):
+            customer: dict[str, Any] = {"id": new_id(), "key": f"co{round_}", "name": "Co", "primaryEmail": "ap@co.test",
+                                        "usageAttribution": {"subjectKeys": []},
+                                        "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"}
+            metas[0].put_customer("ns", customer)
+            body = {"customer": {"id": customer["id"]}, "options": {"successURL": "https://co.test/ok"}}
+            done, errors = at_once([partial(checkout_session, "ns", body, apps=apps[n % 2], meta=metas[n % 2],
+                                            stripe=stripe, now=NOW) for n in range(THREADS)])
+            failed += errors
+            made = [c["id"] for c in standin.customers.values()
+                    if c["metadata"].get("billow_customer_id") == customer["id"]]
+            several += len(made) != 1
+            recorded = apps[1].customer_apps("ns", customer["id"])[app["id"]]["stripeCustomerId"]
+            assert {d["stripeCustomerId"] for d in done} <= {recorded} and recorded in made
+        assert not failed and not several, (len(failed), f"{several} of 5 customers got several Stripe customers",
+                                            failed[:3])
+    finally:
+        standin.stop()
+
