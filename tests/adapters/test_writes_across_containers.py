@@ -728,3 +728,39 @@ def test_containers_opening_checkout_for_one_customer_at_once_make_one_stripe_cu
     finally:
         standin.stop()
 
+
+def test_containers_creating_one_entitlement_at_once_name_the_winner(metas: list[SqlMetaStore]) -> None:
+    """POST /api/v2/customers/{c}/entitlements (and v1's POST /subjects/{s}/entitlements) looks for the customer's
+    live entitlement of the feature (409 naming it in `conflictingEntityId`, as OpenMeter's), then inserts. Several
+    containers creating one at once all found none: the one-live-entitlement index let one in and the others answered
+    409 without `conflictingEntityId`, so a client could not tell which entitlement is in the way. Now every loser's
+    409 names the winner, as the sequential call does."""
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict
+    from billow.services import entitlements, entitlements_v2
+    from billow.services.features import create_feature
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    create_feature("ns", {"key": "seats", "name": "Seats"}, store=ents[0], meta=metas[0], now=NOW)
+    failed: list[BaseException] = []
+    unnamed = 0
+    for round_ in range(10):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"en{round_}", "name": "C",
+                                    "usageAttribution": {"subjectKeys": [f"en{round_}"]},
+                                    "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        body = {"type": "boolean", "featureKey": "seats"}
+        if round_ % 2:  # v2 by customer
+            calls = [partial(entitlements_v2.create, "ns", customer["key"], body, store=ents[n % 2],
+                             meta=metas[n % 2], now=NOW) for n in range(THREADS)]
+        else:  # v1 by subject
+            calls = [partial(entitlements.create_entitlement, "ns", f"en{round_}", body, store=ents[n % 2],
+                             meta=metas[n % 2], now=NOW) for n in range(THREADS)]
+        made, errors = at_once(calls)
+        failed += [e for e in errors if not isinstance(e, Conflict)]
+        assert len(made) == 1, (len(made), errors[:3])
+        unnamed += sum(e.extensions.get("conflictingEntityId") != made[0]["id"] for e in errors
+                       if isinstance(e, Conflict))
+    assert not failed and not unnamed, (len(failed), f"{unnamed} of 70 losers' 409s did not name the winner",
+                                        failed[:3])
+
