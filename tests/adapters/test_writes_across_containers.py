@@ -764,3 +764,39 @@ def test_containers_creating_one_entitlement_at_once_name_the_winner(metas: list
     assert not failed and not unnamed, (len(failed), f"{unnamed} of 70 losers' 409s did not name the winner",
                                         failed[:3])
 
+
+def test_containers_changing_one_subscription_s_plan_at_once_make_one_change(metas: list[SqlMetaStore]) -> None:
+    """POST /api/v1/subscriptions/{s}/change ends the subscription at the change and writes the next one on the new
+    plan. Several containers changing one subscription at once each read it running and each wrote its end and its
+    own next subscription: the customer had several subscriptions from the change on, each billed. The end is written
+    only as read: one change wins, the others answer Conflict (409: reload and change again) and write no next one."""
+    from datetime import timedelta
+
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict
+    from billow.services.subscriptions import change, create
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    later = NOW + timedelta(days=10)
+    failed: list[BaseException] = []
+    several = 0
+    for round_ in range(6):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"ch{round_}", "name": "C", "currency": "USD",
+                                    "usageAttribution": {"subjectKeys": [f"ch{round_}"]},
+                                    "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        sub = create("ns", {"customPlan": _flat_plan("old"), "customerId": customer["id"]}, store=catalogs[0],
+                     meta=metas[0], ents=ents[0], now=NOW)
+        changed, errors = at_once([partial(change, "ns", sub["id"], {"timing": "immediate",
+                                                                     "customPlan": _flat_plan(f"new {n}")},
+                                           store=catalogs[n % 2], meta=metas[n % 2], ents=ents[n % 2], now=later)
+                                   for n in range(THREADS)])
+        failed += [e for e in errors if not isinstance(e, Conflict)]
+        subs = catalogs[1].list_subscriptions("ns", customer["id"])
+        several += len(changed) != 1 or len(subs) != 2
+        if len(changed) == 1:
+            assert {s["id"] for s in subs} == {sub["id"], changed[0]["next"]["id"]}
+    assert not failed and not several, (len(failed), f"{several} of 6 subscriptions changed more than once",
+                                        failed[:3])
