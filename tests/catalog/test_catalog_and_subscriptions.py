@@ -49,6 +49,27 @@ def test_plan_versions_draft_publish_archive(billow: Billow) -> None:
     assert [p["version"] for p in b.ok("GET", "/api/v1/plans")["items"]] == [1]
 
 
+def test_a_deleted_version_s_number_is_not_taken_again(billow: Billow) -> None:
+    """A deleted draft keeps its version number (its row stays, unique per key): the key's next version comes after
+    it, as OpenMeter counts versions with the deleted ones. Before, the next version counted the live ones only and
+    met the deleted one's number: after deleting a draft, no next version of the key could ever be made (409)."""
+    b = billow
+    setup(b)
+    body = plan_body("basic", "10")
+    published(b, body)
+    for version in (2, 3):
+        draft = b.ok("POST", "/api/v1/plans/basic/next")
+        assert draft["version"] == version
+        assert b.call("DELETE", f"/api/v1/plans/{draft['id']}")[0] == 204
+    assert b.ok("POST", "/api/v1/plans", body)["version"] == 4
+    addon = {"key": "seats", "name": "Seats", "currency": "USD", "instanceType": "multiple", "rateCards": [
+        {"type": "flat_fee", "key": "seat", "name": "Seat", "billingCadence": "P1M", "price": {"type": "flat", "amount": "10"}}]}
+    first = b.ok("POST", "/api/v1/addons", addon)
+    assert b.call("POST", "/api/v1/addons", addon)[0] == 409  # the key is live
+    assert b.call("DELETE", f"/api/v1/addons/{first['id']}")[0] == 204
+    assert b.ok("POST", "/api/v1/addons", addon)["version"] == 2
+
+
 def test_bad_catalog_input_names_the_field(billow: Billow) -> None:
     b = billow
     setup(b)

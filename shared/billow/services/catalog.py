@@ -76,22 +76,32 @@ def present(namespace: str, kind: str, doc: dict[str, Any], *, features: Feature
 
 def create(namespace: str, kind: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
     """A new draft: version 1 of a new key; for a plan whose key exists, its next version (as OpenMeter does),
-    unless the key already has a draft."""
+    unless the key already has a draft. A deleted version keeps its number: the next comes after it."""
     fields = _parse(kind, body)
-    version = 1
-    if versions := store.list_versioned(kind, namespace, key=fields["key"]):
+    every = _every_version(namespace, kind, fields["key"], store)
+    if versions := [v for v in every if not v.get("deletedAt")]:
         latest = versions[-1]
         if kind != "plan":
             raise Conflict(f"{KIND_NAMES[kind]} {fields['key']!r} exists")
         if catalog.status(latest, now) == "draft":
             raise Conflict(f"plan {fields['key']!r} already has a draft (version {latest['version']}); "
                            f"change it with PUT /api/v1/plans/{latest['id']}")
-        version = latest["version"] + 1
+    version = _next_number(every)
     stamp = format_rfc3339(now)
     doc = {"id": new_id(), **fields, "version": version, "createdAt": stamp, "updatedAt": stamp,
            "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
     store.put_versioned(kind, namespace, doc)
     return doc
+
+
+def _every_version(namespace: str, kind: str, key: str, store: CatalogStore) -> list[dict[str, Any]]:
+    return store.list_versioned(kind, namespace, key=key, include_deleted=True)
+
+
+def _next_number(every: list[dict[str, Any]]) -> int:
+    """A key's next version number: after every version it had, the deleted ones too (their rows keep their numbers,
+    unique per key; OpenMeter counts them likewise)."""
+    return max((v["version"] for v in every), default=0) + 1
 
 
 def get(namespace: str, kind: str, id_or_key: str, *, store: CatalogStore, include_latest: bool = False) -> dict[str, Any]:
@@ -201,12 +211,19 @@ def delete(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: dat
 
 
 def next_version(namespace: str, kind: str, id_or_key: str, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
-    """A new draft copying the latest version."""
-    latest = get(namespace, kind, id_or_key, store=store, include_latest=True)
+    """A new draft copying the latest version. Whether the key has a draft and the new number come from one read:
+    a number read after another request's new draft would be that draft's next, and both drafts would be written."""
+    found = store.get_versioned(kind, namespace, id_or_key)
+    every = _every_version(namespace, kind, found["key"] if found is not None else id_or_key, store)
+    live = [v for v in every if not v.get("deletedAt")]
+    if not live:
+        raise NotFound(f"{KIND_NAMES[kind]} {id_or_key!r} not found")
+    latest = live[-1]
     if catalog.status(latest, now) == "draft":
         raise Conflict(f"{KIND_NAMES[kind]} {latest['key']!r} already has a draft (version {latest['version']})")
     stamp = format_rfc3339(now)
-    doc = {**latest, "id": new_id(), "version": latest["version"] + 1, "createdAt": stamp, "updatedAt": stamp,
+    version = _next_number(every)
+    doc = {**latest, "id": new_id(), "version": version, "createdAt": stamp, "updatedAt": stamp,
            "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
     store.put_versioned(kind, namespace, doc)
     return doc
