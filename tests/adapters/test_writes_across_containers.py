@@ -800,3 +800,37 @@ def test_containers_changing_one_subscription_s_plan_at_once_make_one_change(met
             assert {s["id"] for s in subs} == {sub["id"], changed[0]["next"]["id"]}
     assert not failed and not several, (len(failed), f"{several} of 6 subscriptions changed more than once",
                                         failed[:3])
+
+
+def test_containers_creating_one_entitlement_through_two_subjects_of_a_customer_make_one(
+        metas: list[SqlMetaStore]) -> None:
+    """A customer with several subjects is one billable party: POST /subjects/{s}/entitlements refuses a second
+    entitlement of a feature through any of its subjects (409 naming the first). Creates through two subjects of one
+    customer at once each found none; the one-live-entitlement index is per subject, so both went in and the party
+    had two entitlements of the feature, each with its own balance. Now one is made and the others answer 409
+    naming it."""
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict
+    from billow.services import entitlements
+    from billow.services.features import create_feature
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    create_feature("ns", {"key": "seats", "name": "Seats"}, store=ents[0], meta=metas[0], now=NOW)
+    failed: list[BaseException] = []
+    several = unnamed = 0
+    for round_ in range(10):
+        subjects = [f"pa{round_}", f"pb{round_}"]
+        metas[0].put_customer("ns", {"id": new_id(), "key": f"party{round_}", "name": "C",
+                                     "usageAttribution": {"subjectKeys": subjects},
+                                     "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"})
+        made, errors = at_once([partial(entitlements.create_entitlement, "ns", subjects[n % 2],
+                                        {"type": "boolean", "featureKey": "seats"}, store=ents[n % 2],
+                                        meta=metas[n % 2], now=NOW) for n in range(THREADS)])
+        failed += [e for e in errors if not isinstance(e, Conflict)]
+        live = ents[1].list_entitlements("ns", subject_keys=subjects)
+        several += len(live) != 1 or len(made) != 1
+        unnamed += sum(e.extensions.get("conflictingEntityId") != live[0]["id"] for e in errors
+                       if isinstance(e, Conflict))
+    assert not failed and not several and not unnamed, (
+        len(failed), f"{several} of 10 customers got several entitlements of the feature, {unnamed} 409s unnamed",
+        failed[:3])

@@ -4,7 +4,7 @@ the columns their look-ups need beside them; exact amounts stay decimal strings 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, among, insert_new, save_by_id, to_datetime, utc
+from billow.adapters.sql import TS, among, insert_new, save_by_id, serialise, to_datetime, utc
 from billow.errors import Conflict
 
 md = sa.MetaData()
@@ -134,12 +134,24 @@ class SqlEntitlementStore:
 
     # -- entitlements -----------------------------------------------------------------------------
     def put_entitlement(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
-                        deleted_at: datetime | None = None) -> None:
+                        deleted_at: datetime | None = None, party: Sequence[str] | None = None) -> None:
+        """Save an entitlement. With `party` (the subject keys of the customer its subject belongs to: one billable
+        party), only if none of them has a live entitlement of its feature where it is written, else Conflict naming
+        that one (`conflictingEntityId`); such writes of one feature go one at a time. The one-live-entitlement
+        index is per subject: creates through two subjects of one customer at once would both go in."""
         self.generation += 1
         row = dict(namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
                    feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=created_at, deleted_at=deleted_at)
         try:
             with self.engine.begin() as c:
+                if party is not None:
+                    serialise(c, f"entitlements.feature:{namespace}:{doc['featureKey']}")
+                    found = c.execute(self._FIND, {"ns": namespace, "keys": list(party),
+                                                   "feature": doc["featureKey"]}).first()
+                    if found is not None:
+                        existing = jsonx.loads(found.doc)
+                        raise Conflict(f"subject {existing['subjectKey']!r} already has an entitlement for feature "
+                                       f"{doc['featureKey']!r}", extensions={"conflictingEntityId": existing["id"]})
                 save_by_id(c, entitlements, row)
         except IntegrityError:
             raise Conflict(f"subject {doc['subjectKey']!r} already has an entitlement for feature "

@@ -3,7 +3,7 @@ the value/history reads that run the balance engine over usage from the usage st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -34,7 +34,10 @@ class EntitlementStore(FeatureStore, Protocol):
     generation: int  # bumped by every write
 
     def put_entitlement(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
-                        deleted_at: datetime | None = None) -> None: ...
+                        deleted_at: datetime | None = None, party: Sequence[str] | None = None) -> None:
+        """Save an entitlement; with `party` (its customer's subject keys) only if none of them has a live one of
+        its feature where it is written (else Conflict naming it)."""
+        ...
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: dict[str, Any], *, at: datetime,
                             old_doc: dict[str, Any]) -> None: ...
@@ -106,9 +109,9 @@ def create_entitlement(namespace: str, subject: str, body: Any, *, store: Entitl
                            f"{doc['featureKey']!r}", extensions={"conflictingEntityId": existing["id"]})
 
     refuse_second()
-    try:
-        store.put_entitlement(namespace, doc, created_at=now)
-    except Conflict:  # another container created it since the look: its 409 names that one, as the look's does
+    try:  # checked again where it is written: another container may have created it through another subject
+        store.put_entitlement(namespace, doc, created_at=now, party=party)
+    except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
         raise
     if grant is not None:

@@ -126,9 +126,9 @@ def create(namespace: str, customer_ref: str, body: Any, *, store: EntitlementSt
                            extensions={"conflictingEntityId": existing["id"]})
 
     refuse_second()
-    try:
-        store.put_entitlement(namespace, doc, created_at=now)
-    except Conflict:  # another container created it since the look: its 409 names that one, as the look's does
+    try:  # checked again where it is written: another container may have created it through another subject
+        store.put_entitlement(namespace, doc, created_at=now, party=subject_keys(cust))
+    except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
         raise
     for g in grants:
