@@ -834,3 +834,34 @@ def test_containers_creating_one_entitlement_through_two_subjects_of_a_customer_
     assert not failed and not several and not unnamed, (
         len(failed), f"{several} of 10 customers got several entitlements of the feature, {unnamed} 409s unnamed",
         failed[:3])
+
+
+def test_containers_editing_one_meter_at_once_keep_every_edit(metas: list[SqlMetaStore]) -> None:
+    """PUT /api/v1/meters/{m} changes the fields given (name, description, metadata, groupBy) and keeps the others as
+    read, then writes the whole meter back. Two containers editing one meter at once (one its name, one its
+    description) both answered 200 and the later write put back the field the other changed; an edit racing a
+    DELETE wrote the meter back live although the delete answered 204. Now every edit lands (the loser of a race
+    reads again) and a deleted meter stays deleted (an edit after it is a 404)."""
+    from billow.errors import NotFound
+    from billow.services.meters import build_meter, delete_meter, update_meter
+
+    failed: list[BaseException] = []
+    lost = revived = 0
+    for round_ in range(10):
+        meter = build_meter({"slug": f"m{round_}", "eventType": "e", "aggregation": "COUNT"}, NOW)
+        metas[0].put_meter("ns", meter)
+        if round_ % 2 == 0:  # edits of two fields
+            calls = [partial(update_meter, "ns", meter.slug, {"name": f"n{n}"} if n % 2 else {"description": f"d{n}"},
+                             meta=metas[n % 2], now=NOW) for n in range(THREADS)]
+        else:  # edits racing deletes
+            calls = [partial(update_meter, "ns", meter.slug, {"name": f"n{n}"}, meta=metas[n % 2], now=NOW) if n % 2
+                     else partial(delete_meter, "ns", meter.slug, meta=metas[n % 2], now=NOW) for n in range(THREADS)]
+        done, errors = at_once(calls)
+        failed += [e for e in errors if not isinstance(e, NotFound)]
+        stored = metas[1].get_meter("ns", meter.id)
+        if round_ % 2 == 0:
+            lost += stored is None or not stored.name.startswith("n") or not (stored.description or "").startswith("d")
+        else:
+            revived += any(d is None for d in done) and stored is not None
+    assert not failed and not lost and not revived, (
+        len(failed), f"{lost} of 5 meters lost an edit, {revived} of 5 deleted meters live again", failed[:3])

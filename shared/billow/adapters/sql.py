@@ -260,11 +260,22 @@ class SqlMetaStore:
             raise Conflict(f"a meter with slug {meter.slug!r} already exists") from None
         self._cache.pop(namespace, None)
 
-    def update_meter(self, namespace: str, meter: Meter) -> None:
+    _EDITABLE = ("name", "description", "metadata", "group_by", "ingestion_policy", "updated_at")
+
+    def update_meter(self, namespace: str, meter: Meter, *, expect: Meter | None = None) -> None:
+        """Save a meter's changes; with `expect` (the meter as it was read), only if it is still live and stored so,
+        else Conflict: another writer changed or deleted it since (two edits of one meter at once)."""
         row = self._meter_row(namespace, meter)
+        q = meters.update().where(meters.c.namespace == namespace, meters.c.id == meter.id)
+        if expect is not None:
+            was = self._meter_row(namespace, expect)
+            q = q.where(meters.c.deleted_at.is_(None),
+                        *[meters.c[k].is_not_distinct_from(was[k]) for k in self._EDITABLE])
         with self._tx() as c:
-            c.execute(meters.update().where(meters.c.namespace == namespace, meters.c.id == meter.id).values(**row))
+            done = c.execute(q.values(**row)).rowcount
         self._cache.pop(namespace, None)
+        if expect is not None and done != 1:
+            raise Conflict(f"meter {meter.slug!r} changed or was deleted meanwhile; reload it and try again")
 
     def is_managed(self, namespace: str, meter_id: str) -> bool:
         with self.engine.connect() as c:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from billow.domain.ingest_policy import parse_policy
 from billow.domain.meters import Meter, validate_meter_definition
@@ -49,11 +49,31 @@ def get_meter(namespace: str, id_or_slug: str, *, meta: MetaStore) -> Meter:
     return meter
 
 
+EDIT_ATTEMPTS: Final = 10  # writers editing one meter at once that one edit outlasts
+
+
 def update_meter(namespace: str, id_or_slug: str, body: Any, *, meta: MetaStore, now: datetime) -> Meter:
-    """MeterUpdate: name, description, metadata, groupBy (new group-by keys apply to events from now on)."""
-    meter = get_meter(namespace, id_or_slug, meta=meta)
-    if not isinstance(body, dict):
-        raise ValidationFailed("meter update must be a JSON object", [{"field": "", "message": "must be a JSON object"}])
+    """MeterUpdate: name, description, metadata, groupBy (new group-by keys apply to events from now on); the fields
+    not given stay as stored. Written only as read: another container's edit or delete meanwhile makes this read
+    again (so neither edit is lost, and a deleted meter is a 404, never written back live)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        meter = get_meter(namespace, id_or_slug, meta=meta)
+        if not isinstance(body, dict):
+            raise ValidationFailed("meter update must be a JSON object",
+                                   [{"field": "", "message": "must be a JSON object"}])
+        updated = _updated(meter, body, now)
+        try:
+            meta.update_meter(namespace, updated, expect=meter)
+        except Conflict:
+            if attempt == EDIT_ATTEMPTS:
+                raise
+            continue
+        return updated
+
+
+def _updated(meter: Meter, body: dict[str, Any], now: datetime) -> Meter:
     merged = {"slug": meter.slug, "aggregation": meter.aggregation, "eventType": meter.event_type,
               "valueProperty": meter.value_property, "name": body.get("name", meter.name),
               "description": body.get("description", meter.description),
@@ -68,7 +88,6 @@ def update_meter(namespace: str, id_or_slug: str, body: Any, *, meta: MetaStore,
                     value_property=meter.value_property, group_by=dict(merged["groupBy"] or {}),
                     event_from=meter.event_from, created_at=meter.created_at, updated_at=now, metadata=merged["metadata"],
                     policy=parse_policy(body.get("ingestionPolicy"), meter.policy))
-    meta.update_meter(namespace, updated)
     return updated
 
 
