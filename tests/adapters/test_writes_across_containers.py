@@ -865,3 +865,34 @@ def test_containers_editing_one_meter_at_once_keep_every_edit(metas: list[SqlMet
             revived += any(d is None for d in done) and stored is not None
     assert not failed and not lost and not revived, (
         len(failed), f"{lost} of 5 meters lost an edit, {revived} of 5 deleted meters live again", failed[:3])
+
+
+def test_containers_deleting_and_publishing_one_plan_draft_at_once_never_delete_it_published(
+        metas: list[SqlMetaStore]) -> None:
+    """DELETE /api/v1/plans/{p} of a draft and POST .../publish at once: the delete read the draft, the publish made
+    it active (and ended the version it replaces), and the delete, landing later, wrote the draft it had read back
+    deleted: both answered success and the plan had no version in effect. Now the delete writes only the version
+    as it read it (else reads again: a published version is 409, archive it first), so one of the two wins."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import Conflict, NotFound
+    from billow.services import catalog
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    failed: list[BaseException] = []
+    both = 0
+    for round_ in range(10):
+        v1 = catalog.create("ns", "plan", {**_flat_plan("v1"), "key": f"dp{round_}"}, store=catalogs[0], now=NOW)
+        catalog.publish("ns", "plan", v1["id"], store=catalogs[0], features=ents[0], now=NOW)
+        draft = catalog.next_version("ns", "plan", v1["id"], store=catalogs[0], now=NOW)
+        done, errors = at_once([
+            partial(catalog.publish, "ns", "plan", draft["id"], store=catalogs[n % 2], features=ents[n % 2], now=NOW)
+            if n % 2 else partial(catalog.delete, "ns", "plan", draft["id"], store=catalogs[n % 2], now=NOW)
+            for n in range(THREADS)])
+        failed += [e for e in errors if not isinstance(e, Conflict | NotFound)]
+        published, deleted = [d for d in done if d is not None], [d for d in done if d is None]
+        stored = catalogs[1].get_versioned("plan", "ns", draft["id"])
+        assert stored is not None
+        both += bool(published and deleted) or bool(published) == bool(stored["deletedAt"])
+    assert not failed and not both, (len(failed), f"{both} of 10 drafts both published and deleted", failed[:3])

@@ -200,14 +200,26 @@ def archive(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: da
 
 
 def delete(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: datetime) -> None:
-    doc = store.get_versioned(kind, namespace, id_)
-    if doc is None or doc.get("deletedAt"):
-        raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
-    if catalog.status(doc, now) in ("active", "scheduled"):
-        raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is in effect; archive it first")
-    stamp = format_rfc3339(now)
-    doc.update(deletedAt=stamp, updatedAt=stamp)
-    store.put_versioned(kind, namespace, doc)
+    """Delete a version not in effect, written only as read: a publish landing between the look and the write makes
+    this read again (then 409, archive it first) rather than writing the draft it read back deleted."""
+    attempt = 0
+    while True:
+        attempt += 1
+        doc = store.get_versioned(kind, namespace, id_)
+        if doc is None or doc.get("deletedAt"):
+            raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
+        if catalog.status(doc, now) in ("active", "scheduled"):
+            raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is in effect; archive it first")
+        before = jsonx.dumps(doc)
+        stamp = format_rfc3339(now)
+        doc.update(deletedAt=stamp, updatedAt=stamp)
+        try:
+            store.put_versioned(kind, namespace, doc, expect_doc=before)
+        except Conflict:
+            if attempt == EDIT_ATTEMPTS:
+                raise
+            continue
+        return
 
 
 def next_version(namespace: str, kind: str, id_or_key: str, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
