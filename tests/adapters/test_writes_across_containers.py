@@ -896,3 +896,30 @@ def test_containers_deleting_and_publishing_one_plan_draft_at_once_never_delete_
         assert stored is not None
         both += bool(published and deleted) or bool(published) == bool(stored["deletedAt"])
     assert not failed and not both, (len(failed), f"{both} of 10 drafts both published and deleted", failed[:3])
+
+
+def test_containers_updating_and_deleting_one_customer_at_once_keep_it_deleted(metas: list[SqlMetaStore]) -> None:
+    """PUT /api/v1/customers/{c} replaces a live customer: it read the customer, then wrote the new one by id. A DELETE
+    landing between the two was undone: the update wrote the customer back live (its subjects attributed to it
+    again) although the delete answered 204. Now the update writes only a customer still live (else 404), so a
+    customer whose delete answered 204 stays deleted."""
+    from billow.errors import NotFound
+    from billow.services import directory
+
+    failed: list[BaseException] = []
+    revived = 0
+    for round_ in range(10):
+        customer = directory.create_customer("ns", {"key": f"cu{round_}", "name": "C",
+                                                    "usageAttribution": {"subjectKeys": [f"cu{round_}"]}},
+                                             meta=metas[0], now=NOW)
+        done, errors = at_once([
+            partial(directory.update_customer, "ns", customer["id"],
+                    {"key": f"cu{round_}", "name": f"n{n}", "usageAttribution": {"subjectKeys": [f"cu{round_}"]}},
+                    meta=metas[n % 2], now=NOW) if n % 2 else
+            partial(directory.delete_customer, "ns", customer["id"], meta=metas[n % 2], now=NOW)
+            for n in range(THREADS)])
+        failed += [e for e in errors if not isinstance(e, NotFound)]
+        deleted = any(d is None for d in done)
+        revived += deleted and (metas[1].get_customer("ns", customer["id"]) is not None
+                                or bool(metas[1].customers_for_subjects("ns", [f"cu{round_}"])))
+    assert not failed and not revived, (len(failed), f"{revived} of 10 deleted customers live again", failed[:3])

@@ -19,7 +19,7 @@ from billow import jsonx
 from billow.adapters.sql_receipts import ingest_receipts
 from billow.domain.ingest_policy import from_json as policy_from_json
 from billow.domain.meters import Meter
-from billow.errors import Conflict
+from billow.errors import Conflict, NotFound
 from billow.ids import new_id
 from billow.timeutil import parse_rfc3339
 
@@ -385,15 +385,22 @@ class SqlMetaStore:
         self.subjects_generation += 1
 
     # -- customers --------------------------------------------------------------------------------
-    def put_customer(self, namespace: str, customer: dict[str, Any]) -> None:
-        """Insert or replace a customer; its usage-attribution subjects must not belong to another customer."""
+    def put_customer(self, namespace: str, customer: dict[str, Any], *, live: bool = False) -> None:
+        """Insert or replace a customer; its usage-attribution subjects must not belong to another customer. With
+        `live`, only replace a customer still live (else NotFound: deleted since it was read, as by another
+        container's DELETE, which an update must not undo)."""
         keys = list(customer.get("usageAttribution", {}).get("subjectKeys", []))
         deleted = to_datetime(customer.get("deletedAt"))
+        row = dict(namespace=namespace, id=customer["id"], key=customer.get("key"), doc=jsonx.dumps(customer),
+                   created_at=to_datetime(customer["createdAt"]), deleted_at=deleted)
         try:
             with self._tx() as c:
-                save_by_id(c, customers, dict(namespace=namespace, id=customer["id"], key=customer.get("key"),
-                                              doc=jsonx.dumps(customer), created_at=to_datetime(customer["createdAt"]),
-                                              deleted_at=deleted))
+                if not live:
+                    save_by_id(c, customers, row)
+                elif c.execute(customers.update().where(customers.c.namespace == namespace,
+                                                        customers.c.id == customer["id"],
+                                                        customers.c.deleted_at.is_(None)).values(**row)).rowcount != 1:
+                    raise NotFound(f"customer {customer['id']} not found (deleted meanwhile)")
                 c.execute(customer_subjects.delete().where(customer_subjects.c.namespace == namespace,
                                                            customer_subjects.c.customer_id == customer["id"]))
                 if keys and deleted is None:

@@ -117,7 +117,7 @@ def update_customer(namespace: str, id_or_key: str, body: Any, *, meta: MetaStor
     current = get_customer(namespace, id_or_key, meta=meta)
     doc = _validate_customer(body)
     doc.update(id=current["id"], createdAt=current["createdAt"], updatedAt=format_rfc3339(now))
-    meta.put_customer(namespace, doc)
+    meta.put_customer(namespace, doc, live=True)  # a DELETE landing since the read stays: 404, never undone
     return doc
 
 
