@@ -226,8 +226,9 @@ class BillingStore(Protocol):
     """Billing profiles, customer overrides, invoices (OpenMeter's JSON), billing marks and prepaid credit: the
     billing run's unit of work (SQLite embedded, PostgreSQL in production: adapters/sql_billing.py)."""
 
-    def put_profile(self, namespace: str, doc: dict[str, Any]) -> None:
-        """Save a profile; one marked default makes every other profile of the namespace not default."""
+    def put_profile(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
+        """Save a profile; one marked default makes every other profile of the namespace not default. With
+        `expect_doc`, only if it is still stored as that JSON (else Conflict)."""
         ...
 
     def get_profile(self, namespace: str, id_: str) -> dict[str, Any] | None: ...

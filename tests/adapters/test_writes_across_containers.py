@@ -923,3 +923,41 @@ def test_containers_updating_and_deleting_one_customer_at_once_keep_it_deleted(m
         revived += deleted and (metas[1].get_customer("ns", customer["id"]) is not None
                                 or bool(metas[1].customers_for_subjects("ns", [f"cu{round_}"])))
     assert not failed and not revived, (len(failed), f"{revived} of 10 deleted customers live again", failed[:3])
+
+
+def test_containers_editing_one_billing_profile_at_once_keep_every_edit(metas: list[SqlMetaStore]) -> None:
+    """PUT /api/v1/billing/profiles/{p} changes the fields given and keeps the others as read, then writes the profile
+    back. Two containers editing one profile at once (one its name, one making it the default) both answered 200
+    and the later write put back what the other changed: the namespace's new default was not the default (none
+    was). An edit racing its DELETE wrote the profile back live although the delete answered 204. Now every edit
+    lands (the loser of a race reads again) and a deleted profile stays deleted (an edit after it is a 404)."""
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.errors import Conflict, NotFound
+    from billow.services.billing_profiles import create_profile, delete_profile, update_profile
+
+    stores = [SqlBillingStore(m.engine) for m in metas]
+    failed: list[BaseException] = []
+    lost = revived = 0
+    for round_ in range(10):
+        namespace = f"bp{round_}"
+        create_profile(namespace, {"name": "first", "supplier": {"name": "S"}}, store=stores[0], now=NOW)  # default
+        profile = create_profile(namespace, {"name": "p", "supplier": {"name": "S"}}, store=stores[0], now=NOW)
+        if round_ % 2 == 0:  # its name, and making it the default
+            calls = [partial(update_profile, namespace, profile["id"], {"name": f"n{n}"} if n % 2 else {"default": True},
+                             store=stores[n % 2], now=NOW) for n in range(THREADS)]
+        else:  # edits racing deletes
+            calls = [partial(update_profile, namespace, profile["id"], {"name": f"n{n}"}, store=stores[n % 2], now=NOW)
+                     if n % 2 else partial(delete_profile, namespace, profile["id"], store=stores[n % 2], now=NOW)
+                     for n in range(THREADS)]
+        done, errors = at_once(calls)
+        failed += [e for e in errors if not isinstance(e, NotFound | Conflict)]
+        stored = stores[1].get_profile(namespace, profile["id"])
+        assert stored is not None
+        if round_ % 2 == 0:
+            lost += not stored["name"].startswith("n") or not stored["default"]
+            lost += [p["id"] for p in stores[1].list_profiles(namespace) if p["default"]] != [profile["id"]]
+        else:
+            revived += any(d is None for d in done) and not stored["deletedAt"]
+    assert not failed and not lost and not revived, (
+        len(failed), f"{lost} lost edits over 5 profiles, {revived} of 5 deleted profiles live again", failed[:3])
+

@@ -95,18 +95,28 @@ class SqlBillingStore:
         upgrade(self.engine)
 
     # -- profiles and overrides ------------------------------------------------------------------------------
-    def put_profile(self, namespace: str, doc: dict[str, Any]) -> None:
+    def put_profile(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
         """Save a profile; a default one unmarks the namespace's other defaults in the same transaction, one such
-        write per namespace at a time (two at once would each miss the other's new default and both stay)."""
+        write per namespace at a time (two at once would each miss the other's new default and both stay). With
+        `expect_doc`, only if it is still stored as that JSON (else Conflict: another writer changed it since it was
+        read, as an edit, a delete or another profile made the default)."""
+        row = {"id": doc["id"], "namespace": namespace, "is_default": bool(doc.get("default")),
+               "deleted": doc.get("deletedAt") is not None, "doc": jsonx.dumps(doc)}
         with self.engine.begin() as c:
-            if doc.get("default") and not doc.get("deletedAt"):
+            default = doc.get("default") and not doc.get("deletedAt")
+            if default:
                 serialise(c, f"billing_profiles.default:{namespace}")
-                for row in c.execute(sa.select(profiles.c.id, profiles.c.doc).where(
+            if expect_doc is None:
+                save_by_id(c, profiles, row)
+            elif c.execute(profiles.update().where(profiles.c.namespace == namespace, profiles.c.id == doc["id"],
+                                                   profiles.c.doc == expect_doc).values(**row)).rowcount != 1:
+                raise Conflict(f"billing profile {doc['id']} changed meanwhile; reload it and try again")
+            if default:
+                for other_row in c.execute(sa.select(profiles.c.id, profiles.c.doc).where(
                         profiles.c.namespace == namespace, profiles.c.is_default.is_(True), profiles.c.id != doc["id"])):
-                    other = {**jsonx.loads(row.doc), "default": False}
-                    c.execute(profiles.update().where(profiles.c.id == row.id).values(is_default=False, doc=jsonx.dumps(other)))
-            save_by_id(c, profiles, {"id": doc["id"], "namespace": namespace, "is_default": bool(doc.get("default")),
-                                     "deleted": doc.get("deletedAt") is not None, "doc": jsonx.dumps(doc)})
+                    other = {**jsonx.loads(other_row.doc), "default": False}
+                    c.execute(profiles.update().where(profiles.c.id == other_row.id).values(
+                        is_default=False, doc=jsonx.dumps(other)))
 
     def get_profile(self, namespace: str, id_: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:

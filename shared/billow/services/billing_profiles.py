@@ -5,11 +5,13 @@ the override's workflow on top."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
+from billow import jsonx
 from billow.domain.billing_profiles import APP_TYPES as APP_TYPES  # re-exported for billow.services.billing
 from billow.domain.billing_profiles import WORKFLOW_DEFAULTS, parse_apps, parse_supplier, parse_workflow
 from billow.errors import Conflict, NotFound, ValidationFailed
@@ -63,11 +65,37 @@ def _provisioned(profile: dict[str, Any]) -> bool:
     return is_provisioned(profile)
 
 
+EDIT_ATTEMPTS: Final = 10  # writers changing one profile at once that one change outlasts
+
+
+def _edit(namespace: str, id_: str, store: BillingStore, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read the live profile, `edit` it (or raise) and write it only if it is still stored as read; a lost race
+    (another container's edit, its delete, another profile made the default) reads it again, so no edit is lost and
+    a deleted profile is a 404, never written back live."""
+    attempt = 0
+    while True:
+        attempt += 1
+        doc = get_profile(namespace, id_, store=store)
+        before = jsonx.dumps(doc)
+        edit(doc)
+        try:
+            store.put_profile(namespace, doc, expect_doc=before)
+        except Conflict:
+            if attempt == EDIT_ATTEMPTS:
+                raise
+            continue
+        return doc
+
+
 def update_profile(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime,
                    apps: AppStore | None = None) -> dict[str, Any]:
-    doc = get_profile(namespace, id_, store=store)
+    get_profile(namespace, id_, store=store)  # 404 before 400, as before
     if not isinstance(body, dict):
         raise bad("body", "must be a billing profile")
+    return _edit(namespace, id_, store, lambda doc: _apply(doc, body, now))
+
+
+def _apply(doc: dict[str, Any], body: dict[str, Any], now: datetime) -> None:
     if body.get("name") is not None:
         doc["name"] = body["name"]
     if body.get("supplier") is not None:
@@ -79,16 +107,15 @@ def update_profile(namespace: str, id_: str, body: object, *, store: BillingStor
     if body.get("default") is True:
         doc["default"] = True
     doc["updatedAt"] = format_rfc3339(now)
-    store.put_profile(namespace, doc)
-    return doc
 
 
 def delete_profile(namespace: str, id_: str, *, store: BillingStore, now: datetime) -> None:
-    doc = get_profile(namespace, id_, store=store)
-    if doc.get("default"):
-        raise Conflict("the default billing profile cannot be deleted; make another one the default first")
-    doc["deletedAt"] = format_rfc3339(now)
-    store.put_profile(namespace, doc)
+    def delete(doc: dict[str, Any]) -> None:
+        if doc.get("default"):
+            raise Conflict("the default billing profile cannot be deleted; make another one the default first")
+        doc["deletedAt"] = format_rfc3339(now)
+
+    _edit(namespace, id_, store, delete)
 
 
 def put_override(namespace: str, customer_id: str, body: object, *, store: BillingStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
