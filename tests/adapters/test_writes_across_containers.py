@@ -961,3 +961,42 @@ def test_containers_editing_one_billing_profile_at_once_keep_every_edit(metas: l
     assert not failed and not lost and not revived, (
         len(failed), f"{lost} lost edits over 5 profiles, {revived} of 5 deleted profiles live again", failed[:3])
 
+
+def test_containers_updating_and_deleting_one_notification_channel_or_rule_at_once_keep_it_deleted(
+        metas: list[SqlMetaStore]) -> None:
+    """PUT /api/v1/notification/channels/{c} (and .../rules/{r}) replaces a live channel (rule): it read it, then
+    wrote the new one by id. A DELETE landing between the two was undone: the update wrote it back live (a deleted
+    rule's events sent again) although the delete answered 204. Now the update writes only one still live (else
+    404), so one whose delete answered 204 stays deleted."""
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.adapters.sql_notifications import SqlNotificationStore
+    from billow.errors import NotFound
+    from billow.services import notifications as notes
+
+    stores = [SqlNotificationStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    hook = {"type": "WEBHOOK", "name": "hook", "url": "https://hooks.example.test/billow"}
+    keep = notes.create_channel("ns", hook, store=stores[0], now=NOW)  # the rules' channel
+    failed: list[BaseException] = []
+    revived = 0
+    for round_ in range(10):
+        if round_ % 2 == 0:  # a channel
+            doc = notes.create_channel("ns", hook, store=stores[0], now=NOW)
+            calls = [partial(notes.update_channel, "ns", doc["id"], {**hook, "name": f"n{n}"}, store=stores[n % 2],
+                             now=NOW) if n % 2 else
+                     partial(notes.delete_channel, "ns", doc["id"], store=stores[n % 2], now=NOW)
+                     for n in range(THREADS)]
+        else:  # a rule
+            rule = {"type": "invoice.created", "name": "r", "channels": [keep["id"]]}
+            doc = notes.create_rule("ns", rule, store=stores[0], features=ents[0], now=NOW)
+            calls = [partial(notes.update_rule, "ns", doc["id"], {**rule, "name": f"n{n}"}, store=stores[n % 2],
+                             features=ents[n % 2], now=NOW) if n % 2 else
+                     partial(notes.delete_rule, "ns", doc["id"], store=stores[n % 2], now=NOW)
+                     for n in range(THREADS)]
+        done, errors = at_once(calls)
+        failed += [e for e in errors if not isinstance(e, NotFound)]
+        stored = (stores[1].get_channel if round_ % 2 == 0 else stores[1].get_rule)("ns", doc["id"])
+        assert stored is not None
+        revived += any(d is None for d in done) and not stored.get("deletedAt")
+    assert not failed and not revived, (len(failed), f"{revived} of 10 deleted channels or rules live again",
+                                        failed[:3])

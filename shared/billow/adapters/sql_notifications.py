@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from billow import jsonx
 from billow.adapters.sql import TS, save_by_id, utc
 from billow.domain.notifications import Delivery
+from billow.errors import NotFound
 
 md = sa.MetaData()
 
@@ -76,6 +77,16 @@ def _delivery(row: Any) -> Delivery:
                     updated_at=utc(row.updated_at) or datetime.min, version=row.version)
 
 
+def _put(engine: sa.Engine, table: sa.Table, namespace: str, row: dict[str, Any], *, live: bool, what: str) -> None:
+    """Insert or replace `row` by id; with `live`, only replace a row not deleted (else NotFound)."""
+    with engine.begin() as c:
+        if not live:
+            save_by_id(c, table, row)
+        elif c.execute(table.update().where(table.c.namespace == namespace, table.c.id == row["id"],
+                                            table.c.deleted.is_(False)).values(**row)).rowcount != 1:
+            raise NotFound(f"{what} {row['id']!r} was deleted")
+
+
 class SqlNotificationStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -87,10 +98,12 @@ class SqlNotificationStore:
         upgrade(self.engine)
 
     # -- channels and rules ----------------------------------------------------------------------------
-    def put_channel(self, namespace: str, doc: dict[str, Any]) -> None:
-        with self.engine.begin() as c:
-            save_by_id(c, channels, {"id": doc["id"], "namespace": namespace, "deleted": bool(doc.get("deletedAt")),
-                                     "doc": jsonx.dumps(doc)})
+    def put_channel(self, namespace: str, doc: dict[str, Any], *, live: bool = False) -> None:
+        """Save a channel; with `live`, only replace one still live (else NotFound: deleted since it was read, as
+        by another container's DELETE, which an update must not undo)."""
+        _put(self.engine, channels, namespace, {"id": doc["id"], "namespace": namespace,
+                                                "deleted": bool(doc.get("deletedAt")), "doc": jsonx.dumps(doc)},
+             live=live, what="notification channel")
 
     def get_channel(self, namespace: str, channel_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
@@ -105,11 +118,12 @@ class SqlNotificationStore:
         with self.engine.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(channels.c.id))]
 
-    def put_rule(self, namespace: str, doc: dict[str, Any]) -> None:
+    def put_rule(self, namespace: str, doc: dict[str, Any], *, live: bool = False) -> None:
+        """Save a rule; with `live`, only replace one still live (else NotFound), as put_channel."""
         deleted = bool(doc.get("deletedAt"))
-        with self.engine.begin() as c:
-            save_by_id(c, rules, {"id": doc["id"], "namespace": namespace, "type": doc["type"], "deleted": deleted,
-                                  "active": not deleted and not doc.get("disabled"), "doc": jsonx.dumps(doc)})
+        _put(self.engine, rules, namespace, {"id": doc["id"], "namespace": namespace, "type": doc["type"],
+                                             "deleted": deleted, "active": not deleted and not doc.get("disabled"),
+                                             "doc": jsonx.dumps(doc)}, live=live, what="notification rule")
 
     def get_rule(self, namespace: str, rule_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:

@@ -33,10 +33,10 @@ CLAIM_LEASE = timedelta(minutes=2)  # a claim lapses after this (longer than any
 
 
 class NotificationStore(Protocol):
-    def put_channel(self, namespace: str, doc: dict[str, Any]) -> None: ...
+    def put_channel(self, namespace: str, doc: dict[str, Any], *, live: bool = False) -> None: ...
     def get_channel(self, namespace: str, channel_id: str) -> dict[str, Any] | None: ...
     def list_channels(self, namespace: str, ids: Iterable[str] | None = None) -> list[dict[str, Any]]: ...
-    def put_rule(self, namespace: str, doc: dict[str, Any]) -> None: ...
+    def put_rule(self, namespace: str, doc: dict[str, Any], *, live: bool = False) -> None: ...
     def get_rule(self, namespace: str, rule_id: str) -> dict[str, Any] | None: ...
     def list_rules(self, namespace: str) -> list[dict[str, Any]]: ...
     def active_rules(self, types: Iterable[str], namespace: str | None = None) -> list[tuple[str, dict[str, Any]]]: ...
@@ -118,7 +118,7 @@ def update_channel(namespace: str, channel_id: str, body: Any, *, store: Notific
     if old.get("deletedAt"):
         raise NotFound(f"notification channel {channel_id!r} was deleted")
     doc = _stamp(dn.parse_channel(body, previous=old), now, old)
-    store.put_channel(namespace, doc)
+    store.put_channel(namespace, doc, live=True)  # a DELETE landing since the read stays: 404, never undone
     return doc
 
 
@@ -186,7 +186,7 @@ def update_rule(namespace: str, rule_id: str, body: Any, *, store: NotificationS
         raise NotFound(f"notification rule {rule_id!r} was deleted")
     doc = _resolve_rule_refs(namespace, dn.parse_rule(body, previous=old), store=store, features=features)
     doc = _stamp(doc, now, old)
-    store.put_rule(namespace, doc)
+    store.put_rule(namespace, doc, live=True)  # a DELETE landing since the read stays: 404, never undone
     return doc
 
 
