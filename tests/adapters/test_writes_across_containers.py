@@ -2,8 +2,10 @@
 
 Each test runs 8 threads over two stores on their own engines (two containers) against a PostgreSQL database of
 the test's own (tests/conftest.py `pg_database`), started together at a barrier, for several rounds. SQLite
-serialises writers, so these races show on PostgreSQL only. An upsert must succeed for every writer and leave
-one row; a write whose conflict is the right answer must answer Conflict (409), never a bare IntegrityError (500)."""
+serialises writers, so these races show on PostgreSQL only. One test makes its interleaving on purpose instead (a
+publish by the other container between a plan add-on write's look and its write). An upsert must succeed for every
+writer and leave one row; a write whose conflict is the right answer must answer Conflict (409), never a bare
+IntegrityError (500)."""
 
 from __future__ import annotations
 
