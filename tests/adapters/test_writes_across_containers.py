@@ -1,11 +1,11 @@
 """Writes that look, then insert, made by several Lambda containers at once on one PostgreSQL (as on Aurora).
 
 Each test runs 8 threads over two stores on their own engines (two containers) against a PostgreSQL database of
-the test's own (tests/conftest.py `pg_database`), started together at a barrier, for several rounds. SQLite
-serialises writers, so these races show on PostgreSQL only. One test makes its interleaving on purpose instead (a
-publish by the other container between a plan add-on write's look and its write). An upsert must succeed for every
-writer and leave one row; a write whose conflict is the right answer must answer Conflict (409), never a bare
-IntegrityError (500)."""
+the test's own (tests/conftest.py `pg_database`), started together at a barrier, for several rounds. (SQLite, the
+threads of one `billow serve`: tests/e2e/test_concurrent_writes_embedded.py.) One test makes its interleaving on
+purpose instead (a publish by the other container between a plan add-on write's look and its write). An upsert must
+succeed for every writer and leave one row; a write whose conflict is the right answer must answer Conflict (409),
+never a bare IntegrityError (500)."""
 
 from __future__ import annotations
 

@@ -174,11 +174,18 @@ def upsert(c: Any, table: sa.Table, row: dict[str, Any]) -> None:
 def serialise(c: Any, name: str) -> None:
     """Hold the lock `name` until this transaction ends, so that transactions taking it run one after another:
     for a write that reads rows, then writes what they imply, where the rows another writer adds meanwhile are
-    not there to lock (PostgreSQL: a transaction-scoped advisory lock on a 64-bit key from the name; SQLite lets
-    one writer in at a time already)."""
+    not there to lock (PostgreSQL: a transaction-scoped advisory lock on a 64-bit key from the name).
+
+    SQLite: the database's write lock, taken now (BEGIN IMMEDIATE, waiting up to the busy timeout), the one lock
+    it has. Its Python driver begins a transaction only at the first INSERT/UPDATE/DELETE, so without it the reads
+    before that ran unlocked beside the other threads of `billow serve` (two subscriptions for one customer), and
+    a read whose snapshot another thread's commit made stale could not become a write (`database is locked` at
+    once). Called first in its transaction; one that already wrote holds the write lock already."""
     if c.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
         c.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    elif c.dialect.name == "sqlite" and not c.connection.driver_connection.in_transaction:
+        c.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def utc(t: datetime | None) -> datetime | None:

@@ -1,0 +1,93 @@
+"""The embedded default (`billow serve`: SQLite meta store, chdb usage store) under concurrent clients, from outside.
+
+`billow serve` runs the API's handlers on several worker threads at once (local/asgi.py: 4 for the API, 16 for
+ingest, 4 for checks, 4 for queries), all on one SQLite database. The writes that read, then write what they read
+implies were guarded for PostgreSQL (tests/adapters/test_writes_across_containers.py) on the belief that SQLite lets
+one writer in at a time anyway; but SQLite's Python driver begins a transaction at its first INSERT/UPDATE/DELETE,
+so a transaction's reads before it ran unlocked, beside the other threads' writes. Found by probing with 48 clients
+at once on the same objects:
+
+- 48 subscriptions for one customer at once: 2 to 4 answered 201 and stayed (one allowed, the rest 409);
+- 48 default billing profiles at once: 19 answered 500 (`database is locked`: the read was on a snapshot another
+  thread's commit had made stale, which SQLite refuses to upgrade to a write, without waiting).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Drained, Server
+
+CLIENTS = 32
+FEE = {"type": "flat_fee", "key": "base", "name": "Base", "billingCadence": "P1M",
+       "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drained]:
+    s = Drained(tmp_path_factory.mktemp("billow-concurrent")).start()
+    yield s
+    if s.proc is not None:
+        s.stop()
+
+
+def ok(s: Server, method: str, path: str, body: Any = None) -> Any:
+    status, _, out = s.request(method, path, body)
+    assert status < 300, (method, path, status, out)
+    return out
+
+
+def at_once(calls: list[Callable[[], tuple[int, dict[str, str], Any]]]) -> list[tuple[int, Any]]:
+    """Send the requests together (each on its own thread and connection, released at one barrier)."""
+    barrier = threading.Barrier(len(calls))
+    out: list[tuple[int, Any]] = [(0, None)] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        status, _, body = calls[i]()
+        out[i] = (status, body)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return out
+
+
+def test_subscribing_one_customer_at_once_makes_one_subscription(srv: Drained) -> None:
+    """POST /api/v1/subscriptions refuses a second subscription for a customer in the same time (409). 32 clients
+    subscribing one customer at once, 4 customers: before, 2-4 of each customer's 32 answered 201 and stayed."""
+    draft = ok(srv, "POST", "/api/v1/plans", {"key": "one_sub", "name": "P", "currency": "USD", "billingCadence": "P1M",
+                                              "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]})
+    ok(srv, "POST", f"/api/v1/plans/{draft['id']}/publish")
+    extra = []
+    for round_ in range(4):
+        key = f"one_sub_{round_}"
+        cust = ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "currency": "USD",
+                                                     "usageAttribution": {"subjectKeys": [key]}})
+        body = {"plan": {"key": "one_sub"}, "customerId": cust["id"]}
+        out = at_once([partial(srv.request, "POST", "/api/v1/subscriptions", body)] * CLIENTS)
+        assert sorted({status for status, _ in out}) == [201, 409], out[:3]
+        subs = ok(srv, "GET", f"/api/v1/customers/{cust['id']}/subscriptions")["items"]
+        extra.append((sum(1 for status, _ in out if status == 201), len(subs)))
+    assert extra == [(1, 1)] * 4, f"(answered 201, stored) per customer: {extra}"
+
+
+def test_default_billing_profiles_made_at_once_all_succeed_and_leave_one_default(srv: Drained) -> None:
+    """POST /api/v1/billing/profiles with `default: true` unmarks the other defaults in the same transaction. 32 at
+    once: before, 19 of 48 answered 500 in the probe, 7-16 of 32 here (`database is locked`)."""
+    (base,) = [p for p in ok(srv, "GET", "/api/v1/billing/profiles")["items"] if p["default"]]
+    body = {"supplier": base["supplier"], "workflow": base["workflow"],
+            "apps": {k: v["id"] for k, v in base["apps"].items()}}
+    out = at_once([partial(srv.request, "POST", "/api/v1/billing/profiles", {**body, "name": f"default {i}", "default": True})
+                   for i in range(CLIENTS)])
+    refused = [b for status, b in out if status != 201]
+    assert not refused, f"{len(refused)} of {CLIENTS} refused: {refused[:1]}"
+    after = ok(srv, "GET", "/api/v1/billing/profiles?pageSize=100")["items"]
+    assert sum(1 for p in after if p["default"]) == 1
