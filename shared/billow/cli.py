@@ -135,11 +135,21 @@ def migrate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"billow: invalid config: {exc}", file=sys.stderr)
         return 2
+    from billow.local.datadir import DataDirInUse, hold
+
+    try:
+        held = hold(settings.data_dir) if settings.usage_store == "chdb" else None  # not beside a running serve
+    except DataDirInUse as exc:
+        print(f"billow: cannot migrate: {exc.detail}", file=sys.stderr)
+        return 2
     try:
         done = migrate_all(settings)
     except SchemaNotCurrent as exc:
         print(f"billow: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if held is not None:
+            held.close()
     print(f"billow: meta database at schema revision {done['meta']}; usage store: {done['usage']}", flush=True)
     return 0
 

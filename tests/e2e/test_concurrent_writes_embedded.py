@@ -14,6 +14,7 @@ at once on the same objects:
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -21,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Drained, Server
+from tests.e2e.conftest import BIN, Drained, Server
+from tests.support.net import free_port
 
 CLIENTS = 32
 FEE = {"type": "flat_fee", "key": "base", "name": "Base", "billingCadence": "P1M",
@@ -91,3 +93,31 @@ def test_default_billing_profiles_made_at_once_all_succeed_and_leave_one_default
     assert not refused, f"{len(refused)} of {CLIENTS} refused: {refused[:1]}"
     after = ok(srv, "GET", "/api/v1/billing/profiles?pageSize=100")["items"]
     assert sum(1 for p in after if p["default"]) == 1
+
+
+def test_a_second_serve_on_the_same_data_dir_is_refused_at_start(srv: Drained) -> None:
+    """chdb opens a data path from one process. A second `billow serve` on the running one's data dir started and
+    said it was ready: it wrote the meta database beside the first (its own billing runs, its own balance cache)
+    while every request touching usage was a 500 (`Cannot lock file .../usage/status`). Now it exits at start (2),
+    naming the data dir and the process that holds it, and the first one serves on; so does `billow migrate`."""
+    proc = subprocess.Popen([str(BIN), "serve", "--port", str(free_port()), "--data-dir", str(srv.data_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # until it exits, or says it is ready (then it is stopped: the old behaviour)
+        lines.append(line)
+        if "ready, listening" in line:
+            proc.kill()
+    out = "".join(lines)
+    proc.wait(timeout=60)
+    assert proc.returncode == 2, out
+    assert srv.proc is not None
+    assert f"data dir {srv.data_dir.resolve()} is in use by another billow process (pid {srv.proc.pid})" in out, out
+    # `billow migrate` beside it too (before: a chdb traceback, `Cannot lock file .../usage/status`).
+    run = subprocess.run([str(BIN), "migrate", "--data-dir", str(srv.data_dir)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2 and "cannot migrate: data dir" in run.stderr, run.stderr[-2000:]
+    status, _, _ = srv.request("POST", "/api/v1/events", {
+        "specversion": "1.0", "id": "after-refusal", "source": "t", "type": "t", "subject": "s"},
+        content_type="application/cloudevents+json")
+    assert status == 204

@@ -23,6 +23,7 @@ import uvicorn
 
 from billow.bootstrap import Container, Settings, build, install
 from billow.local.asgi import ApiApp, BillowHttpProtocol, Drain, LambdaHost
+from billow.local.datadir import hold
 from billow.services.ratelimit import TokenBuckets
 
 log = logging.getLogger("billow.serve")
@@ -137,12 +138,25 @@ class BillowServer:
         from functions.usage_sink.handler import lambda_handler as sink
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=self.BACKLOG)  # SO_REUSEADDR, as before
+        # The embedded engine's data dir is this process's alone (billow.local.datadir): a second process is refused
+        # here, before it opens or writes anything.
+        self._dir_lock = hold(settings.data_dir) if settings.usage_store == "chdb" else None
+        try:
+            sock = socket.create_server((host, port), family=family, backlog=self.BACKLOG)  # SO_REUSEADDR, as before
+        except BaseException:
+            self._release_dir()
+            raise
         try:
             self._start(settings, sink, sock, header_timeout_s, read_timeout_s, keepalive_s, max_connections)
         except BaseException:
             sock.close()
+            self._release_dir()
             raise
+
+    def _release_dir(self) -> None:
+        if self._dir_lock is not None:
+            self._dir_lock.close()
+            self._dir_lock = None
 
     def _start(self, settings: Settings, sink: Any, sock: socket.socket, header_timeout_s: float | None,
                read_timeout_s: float | None, keepalive_s: int | None, max_connections: int | None) -> None:
@@ -250,6 +264,7 @@ class BillowServer:
         self.latest_fill.join(timeout=10)
         install(None)
         self.container.close()
+        self._release_dir()
 
     def shutdown(self, drain_timeout_s: float = 30.0) -> None:
         self.httpd.shutdown()
