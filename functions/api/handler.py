@@ -4,6 +4,7 @@ parses, calls one use-case, maps the result."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -258,8 +259,9 @@ def delete_customer(customer: str) -> Response:
     c = container()
     now = c.clock.now()
     doc = directory.get_customer(c.namespace, path_param(customer), meta=c.meta)
-    subscriptions.check_customer_deletable(c.namespace, doc["id"], store=c.catalog_store(), now=now)
-    directory.delete_customer(c.namespace, doc["id"], meta=c.meta, now=now)
+    deletable = partial(subscriptions.check_customer_deletable, c.namespace, doc["id"], store=c.catalog_store(), now=now)
+    deletable()
+    directory.delete_customer(c.namespace, doc["id"], meta=c.meta, now=now, check=deletable)
     return no_content()
 
 

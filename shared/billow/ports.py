@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import Decimal
@@ -169,9 +169,10 @@ class MetaStore(Protocol):
 
     def delete_subject(self, namespace: str, subject_id: str, at: datetime) -> None: ...
 
-    def put_customer(self, namespace: str, customer: dict[str, Any], *, live: bool = False) -> None:
-        """Insert or replace a customer; with `live`, only replace one still live (else NotFound)."""
-        ...
+    def put_customer(self, namespace: str, customer: dict[str, Any], *, live: bool = False,
+                     check: Callable[[], None] | None = None) -> None:
+        """Insert or replace a customer; with `live`, only replace one still live (else NotFound). `check`: run
+        under the lock of the customer's subscriptions, before the write (it raises to refuse)."""
 
     def get_customer(self, namespace: str, id_or_key: str, include_deleted: bool = False) -> dict[str, Any] | None: ...
 

@@ -216,6 +216,46 @@ def test_containers_subscribing_one_customer_at_once_make_one_subscription(metas
     assert not failed and doubled == 0, (f"{doubled} of 10 customers got several subscriptions", failed[:3])
 
 
+def test_containers_deleting_a_customer_while_subscribing_it_leave_no_subscription_without_its_customer(
+        metas: list[SqlMetaStore]) -> None:
+    """DELETE /api/v1/customers/{c} refuses a customer with a running subscription (409) and POST /api/v1/subscriptions
+    refuses a deleted customer (400): each checked the other's object, then wrote its own, so at once both succeeded
+    and the subscription ran for nobody. Now the deletion's check and the new subscription's run under one lock per
+    customer (`customer_lock`): of each pair, one is refused."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import BillowError
+    from billow.services import directory
+    from billow.services.subscriptions import check_customer_deletable, create
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    plan = {"name": "Base", "currency": "USD", "billingCadence": "P1M", "phases": [
+        {"key": "default", "name": "Default", "rateCards": [
+            {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
+             "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}]}]}
+    orphaned = 0
+    for round_ in range(10):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"o{round_}", "name": "C", "currency": "USD",
+                                    "usageAttribution": {"subjectKeys": [f"o{round_}"]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+
+        def delete(n: int, cid: str = customer["id"]) -> None:
+            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[n % 2], now=NOW)
+            deletable()
+            directory.delete_customer("ns", cid, meta=metas[n % 2], now=NOW, check=deletable)
+
+        calls: list[Callable[[], Any]] = [
+            partial(create, "ns", {"customPlan": plan, "customerId": customer["id"]}, store=catalogs[0], meta=metas[0],
+                    ents=ents[0], now=NOW), partial(delete, 1)]
+        _, errors = at_once(calls)
+        assert all(isinstance(e, BillowError) and e.status in (400, 409) for e in errors), errors
+        live = [d for d in catalogs[1].list_subscriptions("ns", customer["id"]) if not d.get("deletedAt")]
+        orphaned += bool(live) and metas[1].get_customer("ns", customer["id"]) is None
+    assert orphaned == 0, f"{orphaned} of 10 customers deleted with a running subscription"
+
+
 def test_containers_invoicing_one_customer_at_once_answer_409_not_500(metas: list[SqlMetaStore]) -> None:
     """POST /billing/invoices/invoice (invoice now) numbers the customer's invoice from its count of invoices. Two
     containers invoicing one customer at once (here each its own pending line) both took the next number; the later

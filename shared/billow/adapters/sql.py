@@ -4,7 +4,7 @@ One set of statements serves both; the adapter contract tests run against each."
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -186,6 +186,12 @@ def serialise(c: Any, name: str) -> None:
         c.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
     elif c.dialect.name == "sqlite" and not c.connection.driver_connection.in_transaction:
         c.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def customer_lock(namespace: str, customer_id: str) -> str:
+    """The serialise() name of a customer's subscriptions: held by adding a subscription (one per customer at a time,
+    only for a live customer) and by deleting the customer (only without a running subscription)."""
+    return f"subscriptions.customer:{namespace}:{customer_id}"
 
 
 def utc(t: datetime | None) -> datetime | None:
@@ -392,16 +398,23 @@ class SqlMetaStore:
         self.subjects_generation += 1
 
     # -- customers --------------------------------------------------------------------------------
-    def put_customer(self, namespace: str, customer: dict[str, Any], *, live: bool = False) -> None:
+    def put_customer(self, namespace: str, customer: dict[str, Any], *, live: bool = False,
+                     check: Callable[[], None] | None = None) -> None:
         """Insert or replace a customer; its usage-attribution subjects must not belong to another customer. With
         `live`, only replace a customer still live (else NotFound: deleted since it was read, as by another
-        container's DELETE, which an update must not undo)."""
+        container's DELETE, which an update must not undo). With `check` (deleting it: no running subscription), the
+        customer's subscriptions are locked (customer_lock), the check runs (it raises to refuse) and the write
+        follows in that transaction, so a subscription added at once is either seen by the check or sees the
+        customer deleted."""
         keys = list(customer.get("usageAttribution", {}).get("subjectKeys", []))
         deleted = to_datetime(customer.get("deletedAt"))
         row = dict(namespace=namespace, id=customer["id"], key=customer.get("key"), doc=jsonx.dumps(customer),
                    created_at=to_datetime(customer["createdAt"]), deleted_at=deleted)
         try:
             with self._tx() as c:
+                if check is not None:
+                    serialise(c, customer_lock(namespace, customer["id"]))
+                    check()
                 if not live:
                     save_by_id(c, customers, row)
                 elif c.execute(customers.update().where(customers.c.namespace == namespace,

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import save_by_id, serialise
+from billow.adapters.sql import customer_lock, save_by_id, serialise
 from billow.errors import Conflict
 
 md = sa.MetaData()
@@ -161,7 +161,7 @@ class SqlCatalogStore:
         are in this transaction, one such add per customer at a time: two containers adding at once would each
         check without the other's and both write (two subscriptions where the check allows one)."""
         with self.engine.begin() as c:
-            serialise(c, f"subscriptions.customer:{namespace}:{doc['customerId']}")
+            serialise(c, customer_lock(namespace, doc["customerId"]))
             check([jsonx.loads(r.doc) for r in c.execute(
                 sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace,
                                                      subscriptions.c.customer_id == doc["customerId"])

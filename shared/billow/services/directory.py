@@ -121,10 +121,13 @@ def update_customer(namespace: str, id_or_key: str, body: Any, *, meta: MetaStor
     return doc
 
 
-def delete_customer(namespace: str, id_or_key: str, *, meta: MetaStore, now: datetime) -> None:
+def delete_customer(namespace: str, id_or_key: str, *, meta: MetaStore, now: datetime,
+                    check: Callable[[], None] | None = None) -> None:
+    """`check` (no running subscription) runs where the deletion is written, under the lock a new subscription of the
+    customer takes: a subscription added at once is either seen by it or sees the customer deleted."""
     doc = get_customer(namespace, id_or_key, meta=meta)
     doc["deletedAt"] = format_rfc3339(now)
-    meta.put_customer(namespace, doc)
+    meta.put_customer(namespace, doc, check=check)
 
 
 def list_customers(namespace: str, qs: dict[str, list[str]], *, meta: MetaStore,

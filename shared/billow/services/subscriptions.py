@@ -166,9 +166,16 @@ def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaSto
             raise Conflict(f"customer {customer.get('key') or customer['id']!r} already has subscription {clash['id']} "
                            "in that time; change it (POST /api/v1/subscriptions/{id}/change) or cancel it first")
 
+    def still_there(subscriptions: list[dict[str, Any]]) -> None:
+        # Under the lock a deletion of the customer takes too (its check, no running subscription, would miss this
+        # one): the customer deleted meanwhile is refused as a deleted one is.
+        if meta.get_customer(namespace, customer["id"]) is None:
+            raise bad("customerId" if body.get("customerId") else "customerKey", f"unknown customer {customer['id']!r}")
+        no_clash(subscriptions)
+
     no_clash(store.list_subscriptions(namespace, customer["id"]))
     _check_entitlements(namespace, doc, customer, ents, now)
-    store.add_subscription(namespace, doc, no_clash)  # checked again where it is written: another may be there now
+    store.add_subscription(namespace, doc, still_there)  # checked again where it is written: another may be there now
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
