@@ -155,7 +155,9 @@ class MetaStore(Protocol):
 
     def list_meters(self, namespace: str, include_deleted: bool = False) -> list[Meter]: ...
 
-    def delete_meter(self, namespace: str, meter_id: str, at: datetime) -> None: ...
+    def delete_meter(self, namespace: str, meter_id: str, at: datetime, *,
+                     check: Callable[[], None] | None = None) -> None:
+        """`check`: run under the lock of the meter's uses, before the write (it raises to refuse)."""
 
     def meter_lock(self, namespace: str, meter_id: str) -> AbstractContextManager[None]:
         """Across processes: held while checking which events have a value of the meter and writing the rest."""

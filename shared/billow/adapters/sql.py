@@ -194,6 +194,12 @@ def customer_lock(namespace: str, customer_id: str) -> str:
     return f"subscriptions.customer:{namespace}:{customer_id}"
 
 
+def meter_use_lock(namespace: str, slug: str) -> str:
+    """The serialise() name of a meter's uses: held by making a feature on the meter (only on a live meter) and by
+    deleting the meter (only when nothing uses it)."""
+    return f"meters.use:{namespace}:{slug}"
+
+
 def utc(t: datetime | None) -> datetime | None:
     if t is None:
         return None
@@ -342,8 +348,19 @@ class SqlMetaStore:
                           .with_for_update())
             yield
 
-    def delete_meter(self, namespace: str, meter_id: str, at: datetime) -> None:
+    def delete_meter(self, namespace: str, meter_id: str, at: datetime, *,
+                     check: Callable[[], None] | None = None) -> None:
+        """With `check` (nothing uses the meter), the meter's uses are locked (meter_use_lock), the check runs (it
+        raises to refuse) and the deletion follows in that transaction, so a feature made on the meter at once is
+        either seen by the check or sees the meter deleted."""
+        slug = None
+        if check is not None:
+            found = self.get_meter(namespace, meter_id, include_deleted=True)
+            slug = found.slug if found is not None else meter_id
         with self._tx() as c:
+            if slug is not None and check is not None:
+                serialise(c, meter_use_lock(namespace, slug))
+                check()
             c.execute(meters.update().where(meters.c.namespace == namespace, meters.c.id == meter_id)
                       .values(deleted_at=at, updated_at=at))
         self._cache.pop(namespace, None)

@@ -4,7 +4,7 @@ the columns their look-ups need beside them; exact amounts stay decimal strings 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, among, insert_new, save_by_id, serialise, to_datetime, utc
+from billow.adapters.sql import TS, among, insert_new, meter_use_lock, save_by_id, serialise, to_datetime, utc
 from billow.errors import Conflict
 
 md = sa.MetaData()
@@ -103,12 +103,18 @@ class SqlEntitlementStore:
 
     # -- features ---------------------------------------------------------------------------------
     def put_feature(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
-                    archived_at: datetime | None = None) -> None:
+                    archived_at: datetime | None = None, check: Callable[[], None] | None = None) -> None:
+        """With `check` (a new feature's meter still there), the meter's uses are locked (meter_use_lock), the check
+        runs (it raises to refuse) and the write follows in that transaction, so a deletion of the meter at once
+        either sees this feature or is seen by the check."""
         self.generation += 1
         row = dict(namespace=namespace, id=doc["id"], key=doc["key"], meter_slug=doc.get("meterSlug"),
                    doc=jsonx.dumps(doc), created_at=created_at, archived_at=archived_at)
         try:
             with self.engine.begin() as c:
+                if check is not None and doc.get("meterSlug"):
+                    serialise(c, meter_use_lock(namespace, doc["meterSlug"]))
+                    check()
                 save_by_id(c, features, row)
         except IntegrityError:
             raise Conflict(f"a feature with key {doc['key']!r} already exists") from None

@@ -3,6 +3,7 @@ the meter's usage with group-by filters), static/boolean otherwise. Archiving is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ METERED_AGGREGATIONS = ("SUM", "COUNT", "UNIQUE_COUNT", "LATEST")
 
 class FeatureStore(Protocol):
     def put_feature(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
-                    archived_at: datetime | None = None) -> None: ...
+                    archived_at: datetime | None = None, check: Callable[[], None] | None = None) -> None: ...
 
     def get_feature(self, namespace: str, id_or_key: str, include_archived: bool = False) -> dict[str, Any] | None: ...
 
@@ -56,7 +57,13 @@ def create_feature(namespace: str, body: Any, *, store: FeatureStore, meta: Meta
         raise bad("meterSlug", "group-by filters need a meter")
     stamp = format_rfc3339(now)
     doc.update(createdAt=stamp, updatedAt=stamp)
-    store.put_feature(namespace, doc, created_at=now)
+
+    def meter_still_there() -> None:
+        # Under the lock the meter's deletion takes too (its check, nothing uses the meter, would miss this feature).
+        if slug is not None and meta.get_meter(namespace, slug) is None:
+            raise bad("meterSlug", f"no meter {slug!r}")
+
+    store.put_feature(namespace, doc, created_at=now, check=meter_still_there if slug is not None else None)
     return doc
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
+from functools import partial
 from typing import Any, Final
 
 from billow.domain.ingest_policy import parse_policy
@@ -98,9 +99,12 @@ def delete_meter(namespace: str, id_or_slug: str, *, meta: MetaStore, now: datet
     meter = get_meter(namespace, id_or_slug, meta=meta)
     if getattr(meta, "is_managed", lambda *_: False)(namespace, meter.id):
         raise Conflict(f"meter {meter.slug!r} is declared in the config file; remove it there")
+    unused = None
     if ents is not None and catalog is not None:
-        meter_refs.refuse_if_used(namespace, meter.slug, ents=ents, catalog=catalog, now=now)
-    meta.delete_meter(namespace, meter.id, now)
+        # Checked again where the deletion is written, under the lock a new feature on the meter takes too.
+        unused = partial(meter_refs.refuse_if_used, namespace, meter.slug, ents=ents, catalog=catalog, now=now)
+        unused()
+    meta.delete_meter(namespace, meter.id, now, check=unused)
 
 
 def sync_config_meters(namespace: str, declared: list[dict[str, Any]], *, meta: MetaStore, usage: UsageStore,
