@@ -166,3 +166,16 @@ def test_deleting_a_meter_while_a_feature_is_made_on_it_never_leaves_the_feature
         assert made in (201, 400) and gone in (204, 409), (made, gone)
         both.append(made == 201 and gone == 204)
     assert not any(both), f"{sum(both)} of 10 rounds made the feature and deleted its meter"
+
+
+def test_one_meter_deleted_by_several_clients_at_once_answers_204_once(srv: Drained) -> None:
+    """A deleted meter is a 404 to the next deletion; 16 deletions at once each found it live and wrote its deletion:
+    3 or 4 answered 204 in the probe (the meter's deletedAt written again each time). Now one 204, the rest 404."""
+    deleted = []
+    for round_ in range(3):
+        slug = f"meter_gone_{round_}"
+        ok(srv, "POST", "/api/v1/meters", {"slug": slug, "eventType": slug, "aggregation": "COUNT"})
+        out = at_once([partial(srv.request, "DELETE", f"/api/v1/meters/{slug}")] * 16)
+        assert {status for status, _ in out} <= {204, 404}, out
+        deleted.append(sum(1 for status, _ in out if status == 204))
+    assert deleted == [1, 1, 1], f"deletions answering 204 per meter: {deleted}"

@@ -352,7 +352,8 @@ class SqlMetaStore:
                      check: Callable[[], None] | None = None) -> None:
         """With `check` (nothing uses the meter), the meter's uses are locked (meter_use_lock), the check runs (it
         raises to refuse) and the deletion follows in that transaction, so a feature made on the meter at once is
-        either seen by the check or sees the meter deleted."""
+        either seen by the check or sees the meter deleted. A meter deleted meanwhile (another deletion at once) is
+        NotFound, as it is to a deletion that comes after: one deletion answers 204."""
         slug = None
         if check is not None:
             found = self.get_meter(namespace, meter_id, include_deleted=True)
@@ -361,9 +362,12 @@ class SqlMetaStore:
             if slug is not None and check is not None:
                 serialise(c, meter_use_lock(namespace, slug))
                 check()
-            c.execute(meters.update().where(meters.c.namespace == namespace, meters.c.id == meter_id)
-                      .values(deleted_at=at, updated_at=at))
+            done = c.execute(meters.update().where(meters.c.namespace == namespace, meters.c.id == meter_id,
+                                                   meters.c.deleted_at.is_(None))
+                             .values(deleted_at=at, updated_at=at)).rowcount
         self._cache.pop(namespace, None)
+        if done != 1:
+            raise NotFound(f"meter {meter_id!r} not found")
 
     # -- subjects ---------------------------------------------------------------------------------
     def upsert_subject(self, namespace: str, subject: dict[str, Any], now: datetime) -> dict[str, Any]:
