@@ -179,3 +179,25 @@ def test_one_meter_deleted_by_several_clients_at_once_answers_204_once(srv: Drai
         assert {status for status, _ in out} <= {204, 404}, out
         deleted.append(sum(1 for status, _ in out if status == 204))
     assert deleted == [1, 1, 1], f"deletions answering 204 per meter: {deleted}"
+
+
+def test_one_subject_or_entitlement_deleted_by_several_clients_at_once_answers_204_once(srv: Drained) -> None:
+    """The same for a subject and an entitlement: of 16 deletions at once, 2 to 4 answered 204 in the probe, each
+    writing its own deletion (an entitlement's end, activeTo, moved to the last one's instant). Now one 204."""
+    ok(srv, "POST", "/api/v1/meters", {"slug": "gone_tok", "eventType": "gone_tok", "aggregation": "SUM",
+                                       "valueProperty": "$.v"})
+    ok(srv, "POST", "/api/v1/features", {"key": "gone_feat", "name": "gone_feat", "meterSlug": "gone_tok"})
+    deleted = []
+    for round_ in range(3):
+        subject = f"gone_subject_{round_}"
+        ok(srv, "POST", "/api/v1/subjects", [{"key": subject}])
+        ent = ok(srv, "POST", f"/api/v1/subjects/{subject}/entitlements",
+                 {"type": "metered", "featureKey": "gone_feat", "usagePeriod": {"interval": "DAY"}})
+        path = f"/api/v1/subjects/{subject}/entitlements/{ent['id']}"
+        out = at_once([partial(srv.request, "DELETE", path)] * 16)
+        assert {status for status, _ in out} <= {204, 404}, out
+        ents = sum(1 for status, _ in out if status == 204)
+        out = at_once([partial(srv.request, "DELETE", f"/api/v1/subjects/{subject}")] * 16)
+        assert {status for status, _ in out} <= {204, 404}, out
+        deleted.append((ents, sum(1 for status, _ in out if status == 204)))
+    assert deleted == [(1, 1)] * 3, f"(entitlement, subject) deletions answering 204: {deleted}"

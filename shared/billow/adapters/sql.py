@@ -413,10 +413,14 @@ class SqlMetaStore:
             return _subject(row) if row else None
 
     def delete_subject(self, namespace: str, subject_id: str, at: datetime) -> None:
+        """Only a live subject: one deleted meanwhile (another deletion at once) is NotFound, as to a later one."""
         with self._tx() as c:
-            c.execute(subjects.update().where(subjects.c.namespace == namespace, subjects.c.id == subject_id)
-                      .values(deleted_at=at, updated_at=at))
+            done = c.execute(subjects.update().where(subjects.c.namespace == namespace, subjects.c.id == subject_id,
+                                                     subjects.c.deleted_at.is_(None))
+                             .values(deleted_at=at, updated_at=at)).rowcount
         self.subjects_generation += 1
+        if done != 1:
+            raise NotFound(f"subject {subject_id!r} not found")
 
     # -- customers --------------------------------------------------------------------------------
     def put_customer(self, namespace: str, customer: dict[str, Any], *, live: bool = False,

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
 from billow.adapters.sql import TS, among, insert_new, meter_use_lock, save_by_id, serialise, to_datetime, utc
-from billow.errors import Conflict
+from billow.errors import Conflict, NotFound
 
 md = sa.MetaData()
 
@@ -144,10 +144,20 @@ class SqlEntitlementStore:
         """Save an entitlement. With `party` (the subject keys of the customer its subject belongs to: one billable
         party), only if none of them has a live entitlement of its feature where it is written, else Conflict naming
         that one (`conflictingEntityId`); such writes of one feature go one at a time. The one-live-entitlement
-        index is per subject: creates through two subjects of one customer at once would both go in."""
+        index is per subject: creates through two subjects of one customer at once would both go in. With
+        `deleted_at` (deleting it), only a live one: one deleted meanwhile (another deletion at once) is NotFound, as
+        to a later deletion, and its end (activeTo) stays the first deletion's."""
         self.generation += 1
         row = dict(namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
                    feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=created_at, deleted_at=deleted_at)
+        if deleted_at is not None:
+            with self.engine.begin() as c:
+                done = c.execute(entitlements.update().where(
+                    entitlements.c.namespace == namespace, entitlements.c.id == doc["id"],
+                    entitlements.c.deleted_at.is_(None)).values(doc=row["doc"], deleted_at=deleted_at)).rowcount
+            if done != 1:
+                raise NotFound(f"entitlement {doc['id']!r} not found")
+            return
         try:
             with self.engine.begin() as c:
                 if party is not None:

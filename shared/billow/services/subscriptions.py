@@ -654,8 +654,11 @@ def _drop_ended(namespace: str, own: dict[str, str], wanted: dict[str, Any], sub
         if feature_key not in wanted:
             existing = ents.get_entitlement(namespace, ent_id)
             if existing is not None and subject and existing.get("subjectKey") == subject:
-                entitlements.delete_entitlement(namespace, subject, ent_id, store=ents, meta=meta, now=now,
-                                                by_subscription=True)
+                try:
+                    entitlements.delete_entitlement(namespace, subject, ent_id, store=ents, meta=meta, now=now,
+                                                    by_subscription=True)
+                except NotFound:
+                    pass  # deleted meanwhile (a sync beside this one): gone, as wanted
             del own[feature_key]
             changed = True
     return changed
