@@ -201,3 +201,27 @@ def test_one_subject_or_entitlement_deleted_by_several_clients_at_once_answers_2
         assert {status for status, _ in out} <= {204, 404}, out
         deleted.append((ents, sum(1 for status, _ in out if status == 204)))
     assert deleted == [(1, 1)] * 3, f"(entitlement, subject) deletions answering 204: {deleted}"
+
+
+def test_one_subscription_canceled_by_several_clients_at_once_ends_where_the_answer_says(srv: Drained) -> None:
+    """16 immediate cancels of one subscription at once: the losers of the write read it again and, as of their own
+    (earlier) instant, found it still running and canceled it again, earlier: in the probe 3 answered 200, two with an
+    activeTo that was no longer stored. Now a cancel that reads a change written after its instant is a 409: one 200,
+    whose activeTo is what is stored."""
+    draft = ok(srv, "POST", "/api/v1/plans", {"key": "cancel_race", "name": "P", "currency": "USD",
+                                              "billingCadence": "P1M",
+                                              "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]})
+    ok(srv, "POST", f"/api/v1/plans/{draft['id']}/publish")
+    wrong = []
+    for round_ in range(10):
+        key = f"cancel_race_{round_}"
+        cust = ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "currency": "USD",
+                                                     "usageAttribution": {"subjectKeys": [key]}})
+        sub = ok(srv, "POST", "/api/v1/subscriptions", {"plan": {"key": "cancel_race"}, "customerId": cust["id"]})
+        out = at_once([partial(srv.request, "POST", f"/api/v1/subscriptions/{sub['id']}/cancel",
+                               {"timing": "immediate"})] * 16)
+        assert {status for status, _ in out} <= {200, 409}, out
+        stored = ok(srv, "GET", f"/api/v1/subscriptions/{sub['id']}")["activeTo"]
+        answered = [body["activeTo"] for status, body in out if status == 200]
+        wrong.append(sum(1 for a in answered if a != stored) + (len(answered) != 1))
+    assert wrong == [0] * 10, f"per subscription: 200s not stored, plus 1 when not one 200: {wrong}"

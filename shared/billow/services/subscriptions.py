@@ -302,7 +302,17 @@ def _end(doc: dict[str, Any], at: datetime, now: datetime) -> dict[str, Any]:
 def cancel(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
            now: datetime) -> dict[str, Any]:
     timing = body.get("timing") if isinstance(body, dict) else None
-    doc = _update(namespace, id_, store, lambda doc: _end(doc, _when(timing, doc, now), now))
+
+    def end(doc: dict[str, Any]) -> dict[str, Any]:
+        # A change written after this request's instant (another cancel at once, read again after losing the race):
+        # ending it as of `now` would put this cancel before that change, e.g. move an immediate cancel's end
+        # earlier than the one already answered.
+        changed = subs.t(doc.get("updatedAt"))
+        if changed is not None and changed > now:
+            raise Conflict(f"subscription {id_} changed meanwhile; reload it and try again")
+        return _end(doc, _when(timing, doc, now), now)
+
+    doc = _update(namespace, id_, store, end)
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
