@@ -225,3 +225,23 @@ def test_one_subscription_canceled_by_several_clients_at_once_ends_where_the_ans
         answered = [body["activeTo"] for status, body in out if status == 200]
         wrong.append(sum(1 for a in answered if a != stored) + (len(answered) != 1))
     assert wrong == [0] * 10, f"per subscription: 200s not stored, plus 1 when not one 200: {wrong}"
+
+
+def test_one_plan_archived_or_feature_deleted_by_several_clients_at_once_answers_success_once(srv: Drained) -> None:
+    """The same for archiving a plan version (a second archive is a 409: only an active one can be archived) and
+    deleting (archiving) a feature: of 16 at once, 4 plan archives answered 200 and 2-4 feature deletions 204 in the
+    probe, each writing its own end. Now one success."""
+    done = []
+    for round_ in range(3):
+        key = f"archive_race_{round_}"
+        draft = ok(srv, "POST", "/api/v1/plans", {"key": key, "name": "P", "currency": "USD", "billingCadence": "P1M",
+                                                  "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]})
+        ok(srv, "POST", f"/api/v1/plans/{draft['id']}/publish")
+        out = at_once([partial(srv.request, "POST", f"/api/v1/plans/{draft['id']}/archive")] * 16)
+        assert {status for status, _ in out} <= {200, 409}, out
+        plans = sum(1 for status, _ in out if status == 200)
+        ok(srv, "POST", "/api/v1/features", {"key": key, "name": key})
+        out = at_once([partial(srv.request, "DELETE", f"/api/v1/features/{key}")] * 16)
+        assert {status for status, _ in out} <= {204, 404}, out
+        done.append((plans, sum(1 for status, _ in out if status == 204)))
+    assert done == [(1, 1)] * 3, f"(plan archives, feature deletions) answering success: {done}"

@@ -110,6 +110,14 @@ class SqlEntitlementStore:
         self.generation += 1
         row = dict(namespace=namespace, id=doc["id"], key=doc["key"], meter_slug=doc.get("meterSlug"),
                    doc=jsonx.dumps(doc), created_at=created_at, archived_at=archived_at)
+        if archived_at is not None:  # archiving: only a live feature (one archived meanwhile is NotFound, as after)
+            with self.engine.begin() as c:
+                done = c.execute(features.update().where(features.c.namespace == namespace, features.c.id == doc["id"],
+                                                         features.c.archived_at.is_(None))
+                                 .values(doc=row["doc"], archived_at=archived_at)).rowcount
+            if done != 1:
+                raise NotFound(f"feature {doc['key']!r} not found")
+            return
         try:
             with self.engine.begin() as c:
                 if check is not None and doc.get("meterSlug"):

@@ -187,15 +187,17 @@ def publish(namespace: str, kind: str, id_: str, *, store: CatalogStore, feature
 
 
 def archive(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
+    """Written only as read (another archive, delete or publish at once changed it: 409, as one after it answers)."""
     doc = store.get_versioned(kind, namespace, id_)
     if doc is None or doc.get("deletedAt"):
         raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
+    before = jsonx.dumps(doc)
     if catalog.status(doc, now) not in ("active", "scheduled"):
         raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is {catalog.status(doc, now)}; "
                        "only an active one can be archived")
     stamp = format_rfc3339(now)
     doc.update(effectiveTo=stamp, updatedAt=stamp)
-    store.put_versioned(kind, namespace, doc)
+    store.put_versioned(kind, namespace, doc, expect_doc=before)
     return doc
 
 
