@@ -245,3 +245,26 @@ def test_one_plan_archived_or_feature_deleted_by_several_clients_at_once_answers
         assert {status for status, _ in out} <= {204, 404}, out
         done.append((plans, sum(1 for status, _ in out if status == 204)))
     assert done == [(1, 1)] * 3, f"(plan archives, feature deletions) answering success: {done}"
+
+
+def test_a_profile_made_default_while_it_is_deleted_never_leaves_the_namespace_without_a_default(srv: Drained) -> None:
+    """PUT /api/v1/billing/profiles/{p} with `default: true` and DELETE of the same (not yet default) profile at once:
+    the deletion had read it as not the default, and wrote its deletion over the profile the update had just made the
+    default (unmarking the old one): no live default profile remained, so no customer without an override could be
+    invoiced (the probe's first round did it). Now the deletion and the update write only what they read (409)."""
+    lost = 0
+    for round_ in range(8):
+        (base,) = [p for p in ok(srv, "GET", "/api/v1/billing/profiles?pageSize=1000")["items"] if p["default"]]
+        body = {"name": f"maybe default {round_}", "supplier": base["supplier"], "workflow": base["workflow"],
+                "apps": {k: v["id"] for k, v in base["apps"].items()}}
+        made = ok(srv, "POST", "/api/v1/billing/profiles", body)
+        (put, _), (gone, _) = at_once([
+            partial(srv.request, "PUT", f"/api/v1/billing/profiles/{made['id']}", {**body, "default": True}),
+            partial(srv.request, "DELETE", f"/api/v1/billing/profiles/{made['id']}")])
+        assert put in (200, 404, 409) and gone in (204, 409), (put, gone)
+        defaults = [p for p in ok(srv, "GET", "/api/v1/billing/profiles?pageSize=1000")["items"] if p["default"]]
+        assert len(defaults) <= 1
+        if not defaults:
+            lost += 1
+            ok(srv, "PUT", f"/api/v1/billing/profiles/{base['id']}", {**body, "name": base["name"], "default": True})
+    assert lost == 0, f"{lost} of 8 rounds left no default billing profile"
