@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -268,3 +270,32 @@ def test_a_profile_made_default_while_it_is_deleted_never_leaves_the_namespace_w
             lost += 1
             ok(srv, "PUT", f"/api/v1/billing/profiles/{base['id']}", {**body, "name": base["name"], "default": True})
     assert lost == 0, f"{lost} of 8 rounds left no default billing profile"
+
+
+def test_one_grant_voided_or_customer_deleted_by_several_clients_at_once_answers_success_once(srv: Drained) -> None:
+    """16 voids of one grant at once, each at its own past minute (`at`): several answered 204 and the grant kept the
+    last writer's instant only, so the others' 204 described a void that was not stored (a second void is a 409:
+    already voided). And 16 deletions of one customer: several 204 (4 in the probe). Now one success each."""
+    ok(srv, "POST", "/api/v1/meters", {"slug": "void_tok", "eventType": "void_tok", "aggregation": "SUM",
+                                       "valueProperty": "$.v"})
+    ok(srv, "POST", "/api/v1/features", {"key": "void_feat", "name": "void_feat", "meterSlug": "void_tok"})
+    done = []
+    for round_ in range(3):
+        key = f"void_race_{round_}"
+        ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "usageAttribution": {"subjectKeys": [key]}})
+        ent = ok(srv, "POST", f"/api/v2/customers/{key}/entitlements",
+                 {"type": "metered", "featureKey": "void_feat", "usagePeriod": {"interval": "MONTH"}})
+        start = datetime.fromisoformat(ent["currentUsagePeriod"]["from"].replace("Z", "+00:00"))
+        grant = ok(srv, "POST", f"/api/v1/subjects/{key}/entitlements/{ent['id']}/grants",
+                   {"amount": 10, "effectiveAt": start.isoformat().replace("+00:00", "Z"),
+                    "expiration": {"duration": "MONTH", "count": 1}})
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        ats = [max(start, now - timedelta(minutes=i)).isoformat().replace("+00:00", "Z") for i in range(16)]
+        out = at_once([partial(srv.request, "DELETE", f"/api/v1/grants/{grant['id']}?at={urllib.parse.quote(at)}")
+                       for at in ats])
+        assert {status for status, _ in out} <= {204, 409}, out
+        voids = sum(1 for status, _ in out if status == 204)
+        out = at_once([partial(srv.request, "DELETE", f"/api/v1/customers/{key}")] * 16)
+        assert {status for status, _ in out} <= {204, 404}, out
+        done.append((voids, sum(1 for status, _ in out if status == 204)))
+    assert done == [(1, 1)] * 3, f"(grant voids, customer deletions) answering 204: {done}"

@@ -367,7 +367,7 @@ class SqlMetaStore:
                              .values(deleted_at=at, updated_at=at)).rowcount
         self._cache.pop(namespace, None)
         if done != 1:
-            raise NotFound(f"meter {meter_id!r} not found")
+            raise NotFound(f"meter {slug or meter_id!r} not found")
 
     # -- subjects ---------------------------------------------------------------------------------
     def upsert_subject(self, namespace: str, subject: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -440,6 +440,11 @@ class SqlMetaStore:
                 if check is not None:
                     serialise(c, customer_lock(namespace, customer["id"]))
                     check()
+                if deleted is not None and c.execute(customers.update().where(
+                        customers.c.namespace == namespace, customers.c.id == customer["id"],
+                        customers.c.deleted_at.is_(None)).values(deleted_at=deleted)).rowcount != 1:
+                    # deleted meanwhile (another deletion at once): as to a later deletion, 404
+                    raise NotFound(f"customer {customer.get('key') or customer['id']!r} not found")
                 if not live:
                     save_by_id(c, customers, row)
                 elif c.execute(customers.update().where(customers.c.namespace == namespace,

@@ -240,10 +240,17 @@ class SqlEntitlementStore:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(entitlements.c.created_at, entitlements.c.id))]
 
     # -- grants -----------------------------------------------------------------------------------
-    def put_grant(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime) -> None:
+    def put_grant(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
+                  expect_doc: str | None = None) -> None:
+        """Save a grant; with `expect_doc` (voiding it), only if it is still stored as that JSON, else Conflict: two
+        voids at once (each at its own instant) would both answer 204 and the later write keep its instant only."""
         with self.engine.begin() as c:
-            save_by_id(c, grants, dict(namespace=namespace, id=doc["id"], entitlement_id=doc["entitlementId"],
-                                       doc=jsonx.dumps(doc), created_at=created_at), keep=("created_at",))
+            if expect_doc is None:
+                save_by_id(c, grants, dict(namespace=namespace, id=doc["id"], entitlement_id=doc["entitlementId"],
+                                           doc=jsonx.dumps(doc), created_at=created_at), keep=("created_at",))
+            elif c.execute(grants.update().where(grants.c.namespace == namespace, grants.c.id == doc["id"],
+                                                 grants.c.doc == expect_doc).values(doc=jsonx.dumps(doc))).rowcount != 1:
+                raise Conflict(f"grant {doc['id']!r} changed meanwhile (voided?); reload it and try again")
             # A grant changes the balance from its effective time on: later snapshots no longer hold.
             effective = utc(to_datetime(doc["effectiveAt"]))
             c.execute(snapshots.delete().where(snapshots.c.entitlement_id == doc["entitlementId"],

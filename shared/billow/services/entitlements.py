@@ -49,7 +49,8 @@ class EntitlementStore(FeatureStore, Protocol):
     def list_entitlements(self, namespace: str, subject_keys: list[str] | None = None, include_deleted: bool = False,
                           feature_keys: list[str] | None = None) -> list[dict[str, Any]]: ...
 
-    def put_grant(self, namespace: str, doc: dict[str, Any], *, created_at: datetime) -> None: ...
+    def put_grant(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
+                  expect_doc: str | None = None) -> None: ...
 
     def get_grant(self, namespace: str, grant_id: str) -> dict[str, Any] | None: ...
 
@@ -326,6 +327,7 @@ def void_grant(namespace: str, grant_id: str, *, store: EntitlementStore, now: d
         raise NotFound(f"grant {grant_id!r} not found")
     if doc.get("voidedAt"):
         raise Conflict(f"grant {grant_id!r} is already voided")
+    before = jsonx.dumps(doc)
     when = minute(now)
     if at is not None:
         if at > now:
@@ -338,7 +340,7 @@ def void_grant(namespace: str, grant_id: str, *, store: EntitlementStore, now: d
         when = minute(at)
     stamp = format_rfc3339(when)
     doc.update(voidedAt=stamp, updatedAt=format_rfc3339(now))
-    store.put_grant(namespace, doc, created_at=now)
+    store.put_grant(namespace, doc, created_at=now, expect_doc=before)  # voided meanwhile: 409, as after
 
 
 # -- resets --------------------------------------------------------------------------------------------
