@@ -321,7 +321,7 @@ def record_payment(namespace: str, invoice_id: str, outcome: str, *, store: Bill
     if inv.status not in ("issued", "payment_processing", "overdue", "uncollectible"):
         raise Conflict(f"invoice {inv.number} is {inv.status}: it has no payment to record yet")
     before = inv.status
-    if target == "voided":  # voided by the app (Stripe), stamped as a void in Billow is
+    if target == "voided":  # voided by the app (Stripe): voidedAt stamped, as by a void in Billow
         inv.void(now)
     else:
         inv.set_status(target, failed=outcome == "payment_failed")
