@@ -141,10 +141,17 @@ def _edit_draft(namespace: str, kind: str, id_: str, store: CatalogStore, now: d
     container may change it in between (an update racing a publish): the lost race reads it again, so an update
     that comes after a publish is refused (only a draft can be changed, 409) rather than writing the published
     version back as a draft, and a publish after an update publishes the updated draft."""
+    return _edit_version(namespace, kind, store, lambda: _draft(namespace, kind, id_, store, now), edit)
+
+
+def _edit_version(namespace: str, kind: str, store: CatalogStore, read: Callable[[], dict[str, Any]],
+                  edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """`read` the version (it raises what refuses the change), `edit` it and write it only if it is still stored as
+    read; a lost race reads it again (at most EDIT_ATTEMPTS times)."""
     attempt = 0
     while True:
         attempt += 1
-        doc = _draft(namespace, kind, id_, store, now)
+        doc = read()
         before = jsonx.dumps(doc)
         edit(doc)
         try:
@@ -204,24 +211,16 @@ def archive(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: da
 def delete(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: datetime) -> None:
     """Delete a version not in effect, written only as read: a publish landing between the look and the write makes
     this read again (then 409, archive it first) rather than writing the draft it read back deleted."""
-    attempt = 0
-    while True:
-        attempt += 1
+    def deletable() -> dict[str, Any]:
         doc = store.get_versioned(kind, namespace, id_)
         if doc is None or doc.get("deletedAt"):
             raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
         if catalog.status(doc, now) in ("active", "scheduled"):
             raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is in effect; archive it first")
-        before = jsonx.dumps(doc)
-        stamp = format_rfc3339(now)
-        doc.update(deletedAt=stamp, updatedAt=stamp)
-        try:
-            store.put_versioned(kind, namespace, doc, expect_doc=before)
-        except Conflict:
-            if attempt == EDIT_ATTEMPTS:
-                raise
-            continue
-        return
+        return doc
+
+    stamp = format_rfc3339(now)
+    _edit_version(namespace, kind, store, deletable, lambda doc: doc.update(deletedAt=stamp, updatedAt=stamp))
 
 
 def next_version(namespace: str, kind: str, id_or_key: str, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
