@@ -1121,17 +1121,11 @@ class ClickHouseUsageStore:
                      filters: list[list[GroupFilter]], groups: dict[str, str]) -> dict[str, UsageDigest]:
         if not groups:
             return {}
-        params: dict[str, Any] = {"ns": namespace, "mid": meter_id, "start": start, "end": end,
-                                  "gs": list(groups), "gg": list(groups.values())}
-        where = ["namespace = {ns:String}", "meter_id = {mid:String}", "subject IN {gs:Array(String)}",
-                 "time >= {start:DateTime64(3, 'UTC')}", "time < {end:DateTime64(3, 'UTC')}"]
+        params, where = _digest_span(namespace, meter_id, start, end, groups)
         if filters:
             where.append(self._filters_sql(filters, params))
-        rows = self._query(
-            "SELECT transform(subject, {gs:Array(String)}, {gg:Array(String)}, '') AS g, count(), "
-            "toString(sum(toDecimal256(value, 18))), lower(hex(SHA256(arrayStringConcat(arrayMap(k -> "
-            "concat(k.1, '\\0', k.2, '\\n'), arraySort(groupArray((source, id)))), '')))) FROM meter_values WHERE "
-            + " AND ".join(where) + " GROUP BY g", params)
+        rows = self._query(f"SELECT {_PARTY}, {_DIGEST} FROM meter_values WHERE " + " AND ".join(where)  # noqa: S608
+                           + " GROUP BY g", params)
         return {r[0]: UsageDigest(int(r[1]), Decimal(r[2]), r[3]) for r in rows}
 
     def line_digests_each(self, namespace: str, meter_id: str, start: datetime, end: datetime,
@@ -1143,22 +1137,33 @@ class ClickHouseUsageStore:
         out: list[dict[str, UsageDigest]] = [{} for _ in filter_sets]
         if not groups or not filter_sets:
             return out
-        params: dict[str, Any] = {"ns": namespace, "mid": meter_id, "start": start, "end": end,
-                                  "gs": list(groups), "gg": list(groups.values())}
-        where = ["namespace = {ns:String}", "meter_id = {mid:String}", "subject IN {gs:Array(String)}",
-                 "time >= {start:DateTime64(3, 'UTC')}", "time < {end:DateTime64(3, 'UTC')}"]
+        params, where = _digest_span(namespace, meter_id, start, end, groups)
         each, union = self._each_sql(filter_sets, params)
         if union:
             where.append(self._filters_sql(union, params))
         rows = self._query(
-            "SELECT transform(subject, {gs:Array(String)}, {gg:Array(String)}, '') AS g, fi, count(), "
-            "toString(sum(toDecimal256(value, 18))), lower(hex(SHA256(arrayStringConcat(arrayMap(k -> "
-            "concat(k.1, '\\0', k.2, '\\n'), arraySort(groupArray((source, id)))), '')))) FROM (SELECT subject, group_by, "
-            "source, id, value FROM meter_values WHERE " + " AND ".join(where) + ") ARRAY JOIN " + each
-            + " AS fi GROUP BY g, fi", params)
+            f"SELECT {_PARTY}, fi, {_DIGEST} FROM (SELECT subject, group_by, source, id, value "  # noqa: S608
+            "FROM meter_values WHERE " + " AND ".join(where) + ") ARRAY JOIN " + each + " AS fi GROUP BY g, fi", params)
         for g, fi, n, total, key_hash in rows:
             out[int(fi)][g] = UsageDigest(int(n), Decimal(total), key_hash)
         return out
+
+
+# A line's digest (lineage, issue 21): its party (the customer of each subject, `groups`), then the event count, the
+# exact sum and the SHA-256 over its sorted (source, id) keys. `line_digests` and `line_digests_each` must agree.
+_PARTY = "transform(subject, {gs:Array(String)}, {gg:Array(String)}, '') AS g"
+_DIGEST = ("count(), toString(sum(toDecimal256(value, 18))), lower(hex(SHA256(arrayStringConcat(arrayMap(k -> "
+           "concat(k.1, '\\0', k.2, '\\n'), arraySort(groupArray((source, id)))), ''))))")
+
+
+def _digest_span(namespace: str, meter_id: str, start: datetime, end: datetime,
+                 groups: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The parameters and conditions of a digest read: the meter's values of the groups' subjects in [start, end)."""
+    params: dict[str, Any] = {"ns": namespace, "mid": meter_id, "start": start, "end": end,
+                              "gs": list(groups), "gg": list(groups.values())}
+    where = ["namespace = {ns:String}", "meter_id = {mid:String}", "subject IN {gs:Array(String)}",
+             "time >= {start:DateTime64(3, 'UTC')}", "time < {end:DateTime64(3, 'UTC')}"]
+    return params, where
 
 
 def _rows(result: Any) -> list[tuple[Any, ...]]:
