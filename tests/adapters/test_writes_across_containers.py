@@ -344,6 +344,24 @@ def test_containers_adding_add_ons_to_one_subscription_at_once_keep_every_add_on
     assert not failed and not lost and not twice, (len(failed), lost, twice, failed[:3])
 
 
+def _one_line_draft(meta: SqlMetaStore, billing: Any, ents: Any, profile: dict[str, Any], key: str) -> dict[str, Any]:
+    """A new customer `key` and its draft invoice of one flat 10.00 USD one-off line, stored."""
+    from billow.services.invoices import new_invoice
+    from billow.services.pending_lines import add_pending_lines
+
+    customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "currency": "USD",
+                                "usageAttribution": {"subjectKeys": []},
+                                "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"}
+    meta.put_customer("ns", customer)
+    lines = add_pending_lines("ns", customer["id"], {"currency": "USD", "lines": [
+        {"name": "line", "price": {"type": "flat", "amount": "10"}, "invoiceAt": "2026-05-02T00:00:00Z",
+         "period": {"from": "2026-05-01T00:00:00Z", "to": "2026-05-02T00:00:00Z"}}]},
+        store=billing, meta=meta, ents=ents, now=NOW)["lines"]
+    draft = new_invoice("ns", customer, profile, "USD", lines, number=1, now=NOW)
+    billing.put_invoice("ns", draft)
+    return draft
+
+
 def test_containers_editing_one_draft_invoice_at_once_keep_every_edit(metas: list[SqlMetaStore]) -> None:
     """PUT /billing/invoices/{i} edits a draft that keeps its status (its description, its metadata): read, edit,
     write back guarded by the status only. Two containers editing one draft at once (one its description, one its
@@ -352,8 +370,7 @@ def test_containers_editing_one_draft_invoice_at_once_keep_every_edit(metas: lis
     from billow.adapters.sql_billing import SqlBillingStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
     from billow.services.apps import provision
-    from billow.services.invoices import new_invoice, update_invoice
-    from billow.services.pending_lines import add_pending_lines
+    from billow.services.invoices import update_invoice
 
     billing = [SqlBillingStore(m.engine) for m in metas]
     ents = SqlEntitlementStore(metas[0].engine)
@@ -363,16 +380,7 @@ def test_containers_editing_one_draft_invoice_at_once_keep_every_edit(metas: lis
     lost = 0
     failed: list[BaseException] = []
     for round_ in range(10):
-        customer: dict[str, Any] = {"id": new_id(), "key": f"d{round_}", "name": "C", "currency": "USD",
-                                    "usageAttribution": {"subjectKeys": []},
-                                    "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"}
-        metas[0].put_customer("ns", customer)
-        lines = add_pending_lines("ns", customer["id"], {"currency": "USD", "lines": [
-            {"name": "line", "price": {"type": "flat", "amount": "10"}, "invoiceAt": "2026-05-02T00:00:00Z",
-             "period": {"from": "2026-05-01T00:00:00Z", "to": "2026-05-02T00:00:00Z"}}]},
-            store=billing[0], meta=metas[0], ents=ents, now=NOW)["lines"]
-        draft = new_invoice("ns", customer, profile, "USD", lines, number=1, now=NOW)
-        billing[0].put_invoice("ns", draft)
+        draft = _one_line_draft(metas[0], billing[0], ents, profile, f"d{round_}")
         edits = [{"description": f"d{n}"} if n % 2 else {"metadata": {"m": str(n)}} for n in range(THREADS)]
         _, errors = at_once([partial(update_invoice, "ns", draft["id"], edits[n], store=billing[n % 2], now=NOW)
                              for n in range(THREADS)])
@@ -602,8 +610,7 @@ def test_containers_retrying_one_failed_issuing_at_once_issue_it_once(metas: lis
     from billow.adapters.sql_entitlements import SqlEntitlementStore
     from billow.errors import Conflict
     from billow.services.apps import provision
-    from billow.services.invoices import act, issue, new_invoice
-    from billow.services.pending_lines import add_pending_lines
+    from billow.services.invoices import act, issue
 
     class InvoicingSystem:
         """The invoicing app's outside system, down for the first issuing, then taking a moment per invoice."""
@@ -645,16 +652,7 @@ def test_containers_retrying_one_failed_issuing_at_once_issue_it_once(metas: lis
     failed: list[BaseException] = []
     twice = not_one = 0
     for round_ in range(10):
-        customer: dict[str, Any] = {"id": new_id(), "key": f"r{round_}", "name": "C", "currency": "USD",
-                                    "usageAttribution": {"subjectKeys": []},
-                                    "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"}
-        metas[0].put_customer("ns", customer)
-        lines = add_pending_lines("ns", customer["id"], {"currency": "USD", "lines": [
-            {"name": "line", "price": {"type": "flat", "amount": "10"}, "invoiceAt": "2026-05-02T00:00:00Z",
-             "period": {"from": "2026-05-01T00:00:00Z", "to": "2026-05-02T00:00:00Z"}}]},
-            store=billing[0], meta=metas[0], ents=ents, now=NOW)["lines"]
-        draft = new_invoice("ns", customer, profile, "USD", lines, number=1, now=NOW)
-        billing[0].put_invoice("ns", draft)
+        draft = _one_line_draft(metas[0], billing[0], ents, profile, f"r{round_}")
         system = InvoicingSystem()
         apps = Apps(system)
         assert issue("ns", draft, store=billing[0], apps=apps, now=NOW)["statusDetails"]["failed"]
@@ -682,8 +680,7 @@ def test_containers_editing_and_approving_one_draft_at_once_issue_every_edit(met
     from billow.adapters.sql_entitlements import SqlEntitlementStore
     from billow.errors import Conflict
     from billow.services.apps import provision
-    from billow.services.invoices import act, new_invoice, update_invoice
-    from billow.services.pending_lines import add_pending_lines
+    from billow.services.invoices import act, update_invoice
 
     class Apps:  # ports.BillingApps with the sandbox invoicing app, notifications heard by no rule
         def invoicing(self, app: str) -> SandboxInvoicing:
@@ -703,16 +700,7 @@ def test_containers_editing_and_approving_one_draft_at_once_issue_every_edit(met
     failed: list[BaseException] = []
     lost = 0
     for round_ in range(10):
-        customer: dict[str, Any] = {"id": new_id(), "key": f"e{round_}", "name": "C", "currency": "USD",
-                                    "usageAttribution": {"subjectKeys": []},
-                                    "createdAt": "2026-05-01T00:00:00Z", "updatedAt": "2026-05-01T00:00:00Z"}
-        metas[0].put_customer("ns", customer)
-        lines = add_pending_lines("ns", customer["id"], {"currency": "USD", "lines": [
-            {"name": "line", "price": {"type": "flat", "amount": "10"}, "invoiceAt": "2026-05-02T00:00:00Z",
-             "period": {"from": "2026-05-01T00:00:00Z", "to": "2026-05-02T00:00:00Z"}}]},
-            store=billing[0], meta=metas[0], ents=ents, now=NOW)["lines"]
-        draft = new_invoice("ns", customer, profile, "USD", lines, number=1, now=NOW)
-        billing[0].put_invoice("ns", draft)
+        draft = _one_line_draft(metas[0], billing[0], ents, profile, f"e{round_}")
         done, errors = at_once([
             partial(update_invoice, "ns", draft["id"], {"description": f"d{n}"}, store=billing[n % 2], now=NOW)
             if n % 2 else partial(act, "ns", draft["id"], "approve", store=billing[n % 2], apps=Apps(), now=NOW)
