@@ -105,12 +105,29 @@ class _Among(ColumnElement[bool]):
                            ("param", sa.sql.visitors.InternalTraversal.dp_clauseelement)]
 
 
+class _JsonList(sa.types.TypeDecorator[list[Any]]):
+    """A list bound as one JSON array parameter (SQLite reads it back with `json_each`)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str:
+        return jsonx.dumps(list(value))
+
+
+def _json_each(column: ColumnElement[Any], param: BindParameter[Any]) -> ColumnElement[bool]:
+    """SQLite: `column IN (SELECT value FROM json_each(:p))`, the list one JSON parameter. SQLite's limit on a
+    statement's parameters is a build option (32,766 by default, 250,000 in the build here): a parameter per value
+    failed past it. The planner still looks each value up in `column`'s index."""
+    each = sa.func.json_each(param).table_valued("value")
+    return column.in_(sa.select(each.c.value).scalar_subquery())
+
+
 @compiles(_Among)
 def _among_in(element: _Among, compiler: Any, **kw: Any) -> str:
-    # SQLite: one parameter per value (an expanding IN); SQLite takes up to 250,000 of them a statement.
     # (a named parameter: its value comes with each execution, so a cached statement binds the new one)
-    expanding = sa.bindparam(element.param.key, expanding=True, type_=element.column.type)
-    return compiler.process(element.column.in_(expanding), **kw)
+    param = sa.bindparam(element.param.key, type_=_JsonList())
+    return compiler.process(_json_each(element.column, param), **kw)
 
 
 @compiles(_Among, "postgresql")
@@ -122,13 +139,21 @@ def among(column: Any, values: str | Iterable[Any], engine: sa.Engine | None = N
     """`column` is one of `values`: the name of a list parameter given when the statement runs (a statement built
     once, for any dialect), or a list (for the dialect of `engine`). On PostgreSQL the list is one array parameter
     (`= ANY(:p)`): its protocol takes at most 65,535 parameters a statement, and a customer's subjects can be
-    more; SQLite binds a parameter per value (an expanding IN; it takes 250,000)."""
+    more. On SQLite a short list binds a parameter per value (an expanding IN), a long one is one JSON array
+    (`_json_each`): SQLite's own limit is a build option, 32,766 by default."""
     if isinstance(values, str):
         return _Among(column, sa.bindparam(values, type_=postgresql.ARRAY(column.type)))
     assert engine is not None, "a list needs the engine's dialect"
     if engine.dialect.name == "postgresql":
         return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
-    return column.in_(list(values))
+    values = list(values)
+    if len(values) <= _SQLITE_IN_MAX:
+        return column.in_(values)
+    return _json_each(column, sa.bindparam(None, values, type_=_JsonList()))
+
+
+# The longest list SQLite gets as a parameter per value: well under its default limit (32,766).
+_SQLITE_IN_MAX = 10_000
 
 
 def _insert_subjects(c: Any, namespace: str, customer_id: str, keys: list[str]) -> None:
