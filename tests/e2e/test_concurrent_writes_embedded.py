@@ -299,3 +299,21 @@ def test_one_grant_voided_or_customer_deleted_by_several_clients_at_once_answers
         assert {status for status, _ in out} <= {204, 404}, out
         done.append((voids, sum(1 for status, _ in out if status == 204)))
     assert done == [(1, 1)] * 3, f"(grant voids, customer deletions) answering 204: {done}"
+
+
+def test_deleting_a_channel_while_a_rule_is_made_on_it_never_leaves_a_live_rule_on_a_deleted_channel(
+        srv: Drained) -> None:
+    """A channel a live rule names cannot be deleted (409), and a rule cannot name a deleted channel (400): at once,
+    both answered success (20 of 20 rounds before), a live rule whose events went to a deleted channel. Now
+    one of the two is refused (tests/adapters/test_writes_across_resources.py: the same across containers)."""
+    hook = {"type": "WEBHOOK", "name": "hook", "url": "https://hooks.example.test/billow"}
+    both = []
+    for _ in range(20):
+        ch = ok(srv, "POST", "/api/v1/notification/channels", hook)
+        (made, _), (gone, _) = at_once([
+            partial(srv.request, "POST", "/api/v1/notification/rules",
+                    {"type": "invoice.created", "name": "r", "channels": [ch["id"]]}),
+            partial(srv.request, "DELETE", f"/api/v1/notification/channels/{ch['id']}")])
+        assert made in (201, 400) and gone in (204, 409), (made, gone)
+        both.append(made == 201 and gone == 204)
+    assert not any(both), f"{sum(both)} of 20 rounds made the rule and deleted its channel"

@@ -225,6 +225,12 @@ def meter_use_lock(namespace: str, slug: str) -> str:
     return f"meters.use:{namespace}:{slug}"
 
 
+def channel_use_lock(namespace: str, channel_id: str) -> str:
+    """The serialise() name of a notification channel's uses: held by writing a rule that names the channel (only a
+    live channel) and by deleting the channel (only when no live rule names it)."""
+    return f"notifications.channel:{namespace}:{channel_id}"
+
+
 def utc(t: datetime | None) -> datetime | None:
     if t is None:
         return None

@@ -4,7 +4,7 @@ conditional UPDATE on its version, so two dispatchers never send the same delive
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, save_by_id, utc
+from billow.adapters.sql import TS, channel_use_lock, save_by_id, serialise, utc
 from billow.domain.notifications import Delivery
 from billow.errors import NotFound
 
@@ -77,9 +77,16 @@ def _delivery(row: Any) -> Delivery:
                     updated_at=utc(row.updated_at) or datetime.min, version=row.version)
 
 
-def _put(engine: sa.Engine, table: sa.Table, namespace: str, row: dict[str, Any], *, live: bool, what: str) -> None:
-    """Insert or replace `row` by id; with `live`, only replace a row not deleted (else NotFound)."""
+def _put(engine: sa.Engine, table: sa.Table, namespace: str, row: dict[str, Any], *, live: bool, what: str,
+         locks: Iterable[str] = (), check: Callable[[], None] | None = None) -> None:
+    """Insert or replace `row` by id; with `live`, only replace a row not deleted (else NotFound). With `check`, the
+    serialise() `locks` are taken (in one order, so two writers never wait on each other), then `check` runs (it
+    raises to refuse) and the write follows in that transaction."""
     with engine.begin() as c:
+        if check is not None:
+            for name in sorted(set(locks)):
+                serialise(c, name)
+            check()
         if not live:
             save_by_id(c, table, row)
         elif c.execute(table.update().where(table.c.namespace == namespace, table.c.id == row["id"],
@@ -98,12 +105,16 @@ class SqlNotificationStore:
         upgrade(self.engine)
 
     # -- channels and rules ----------------------------------------------------------------------------
-    def put_channel(self, namespace: str, doc: dict[str, Any], *, live: bool = False) -> None:
+    def put_channel(self, namespace: str, doc: dict[str, Any], *, live: bool = False,
+                    check: Callable[[], None] | None = None) -> None:
         """Save a channel; with `live`, only replace one still live (else NotFound: deleted since it was read, as
-        by another container's DELETE, which an update must not undo)."""
+        by another container's DELETE, which an update must not undo). With `check` (deleting it: no live rule names
+        it), the channel's uses are locked (channel_use_lock), the check runs (it raises to refuse) and the write
+        follows in that transaction, so a rule written to name it at once is either seen by the check or sees the
+        channel deleted."""
         _put(self.engine, channels, namespace, {"id": doc["id"], "namespace": namespace,
                                                 "deleted": bool(doc.get("deletedAt")), "doc": jsonx.dumps(doc)},
-             live=live, what="notification channel")
+             live=live, what="notification channel", locks=[channel_use_lock(namespace, doc["id"])], check=check)
 
     def get_channel(self, namespace: str, channel_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
@@ -118,12 +129,16 @@ class SqlNotificationStore:
         with self.engine.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(channels.c.id))]
 
-    def put_rule(self, namespace: str, doc: dict[str, Any], *, live: bool = False) -> None:
-        """Save a rule; with `live`, only replace one still live (else NotFound), as put_channel."""
+    def put_rule(self, namespace: str, doc: dict[str, Any], *, live: bool = False,
+                 check: Callable[[], None] | None = None) -> None:
+        """Save a rule; with `live`, only replace one still live (else NotFound), as put_channel. With `check` (the
+        channels it names still live), the uses of those channels are locked (channel_use_lock), the check runs
+        (it raises to refuse) and the write follows in that transaction, as put_channel's deletion."""
         deleted = bool(doc.get("deletedAt"))
         _put(self.engine, rules, namespace, {"id": doc["id"], "namespace": namespace, "type": doc["type"],
                                              "deleted": deleted, "active": not deleted and not doc.get("disabled"),
-                                             "doc": jsonx.dumps(doc)}, live=live, what="notification rule")
+                                             "doc": jsonx.dumps(doc)}, live=live, what="notification rule",
+             locks=[channel_use_lock(namespace, ch["id"]) for ch in doc.get("channels") or []], check=check)
 
     def get_rule(self, namespace: str, rule_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:

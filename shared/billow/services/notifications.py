@@ -33,10 +33,18 @@ CLAIM_LEASE = timedelta(minutes=2)  # a claim lapses after this (longer than any
 
 
 class NotificationStore(Protocol):
-    def put_channel(self, namespace: str, doc: dict[str, Any], *, live: bool = False) -> None: ...
+    def put_channel(self, namespace: str, doc: dict[str, Any], *, live: bool = False,
+                    check: Callable[[], None] | None = None) -> None:
+        """With `check`, it runs (and raises to refuse) where the write is made, one such write per channel at a
+        time with the writes of the rules that name it."""
+        ...
     def get_channel(self, namespace: str, channel_id: str) -> dict[str, Any] | None: ...
     def list_channels(self, namespace: str, ids: Iterable[str] | None = None) -> list[dict[str, Any]]: ...
-    def put_rule(self, namespace: str, doc: dict[str, Any], *, live: bool = False) -> None: ...
+    def put_rule(self, namespace: str, doc: dict[str, Any], *, live: bool = False,
+                 check: Callable[[], None] | None = None) -> None:
+        """With `check`, it runs (and raises to refuse) where the write is made, one at a time with the deletion of
+        each channel the rule names."""
+        ...
     def get_rule(self, namespace: str, rule_id: str) -> dict[str, Any] | None: ...
     def list_rules(self, namespace: str) -> list[dict[str, Any]]: ...
     def active_rules(self, types: Iterable[str], namespace: str | None = None) -> list[tuple[str, dict[str, Any]]]: ...
@@ -126,13 +134,19 @@ def delete_channel(namespace: str, channel_id: str, *, store: NotificationStore,
     doc = get_channel(namespace, channel_id, store=store)
     if doc.get("deletedAt"):
         raise NotFound(f"notification channel {channel_id!r} was deleted")
-    used = [r["id"] for r in store.list_rules(namespace)
-            if not r.get("deletedAt") and any(c["id"] == channel_id for c in r["channels"])]
-    if used:
-        raise Conflict(f"notification channel {channel_id!r} is assigned to rules {', '.join(used)}; "
-                       "remove it from them first")
+
+    def unused() -> None:
+        used = [r["id"] for r in store.list_rules(namespace)
+                if not r.get("deletedAt") and any(c["id"] == channel_id for c in r["channels"])]
+        if used:
+            raise Conflict(f"notification channel {channel_id!r} is assigned to rules {', '.join(used)}; "
+                           "remove it from them first")
+
+    unused()
     doc.update(deletedAt=format_rfc3339(now), updatedAt=format_rfc3339(now))
-    store.put_channel(namespace, doc)
+    # Checked again where it is written, under the lock a rule naming the channel takes (a rule written at once is
+    # seen, or sees the channel deleted); only a live channel (one deleted meanwhile: 404, as after).
+    store.put_channel(namespace, doc, live=True, check=unused)
 
 
 def list_channels(namespace: str, qs: dict[str, list[str]], *, store: NotificationStore) -> dict[str, Any]:
@@ -145,14 +159,8 @@ def list_channels(namespace: str, qs: dict[str, list[str]], *, store: Notificati
 # -- rules --------------------------------------------------------------------------------------------------
 def _resolve_rule_refs(namespace: str, doc: dict[str, Any], *, store: NotificationStore,
                        features: EntitlementStore) -> dict[str, Any]:
-    found = {c["id"]: c for c in store.list_channels(namespace, doc["channels"])}
-    metas = []
-    for i, cid in enumerate(doc["channels"]):
-        ch = found.get(cid)
-        if ch is None or ch.get("deletedAt"):
-            raise bad(f"channels[{i}]", f"notification channel {cid!r} not found")
-        metas.append({"id": cid, "type": ch["type"]})
-    doc["channels"] = metas
+    found = _live_channels(namespace, doc["channels"], store)
+    doc["channels"] = [{"id": cid, "type": found[cid]["type"]} for cid in doc["channels"]]
     if "features" in doc:
         out = []
         for i, ref in enumerate(doc["features"]):
@@ -164,11 +172,31 @@ def _resolve_rule_refs(namespace: str, doc: dict[str, Any], *, store: Notificati
     return doc
 
 
+def _live_channels(namespace: str, ids: list[str], store: NotificationStore) -> dict[str, dict[str, Any]]:
+    """The channels `ids`, each live, by id (else 400 naming the first one that is not)."""
+    found = {c["id"]: c for c in store.list_channels(namespace, ids)}
+    for i, cid in enumerate(ids):
+        ch = found.get(cid)
+        if ch is None or ch.get("deletedAt"):
+            raise bad(f"channels[{i}]", f"notification channel {cid!r} not found")
+    return found
+
+
+def _channels_still_live(namespace: str, doc: dict[str, Any], store: NotificationStore) -> Callable[[], None]:
+    """A rule write's check where it is written, under the lock of each channel it names that the channel's deletion
+    takes too (its check, no live rule names the channel, would miss this rule): a channel deleted meanwhile is
+    refused as a deleted one is."""
+    def check() -> None:
+        _live_channels(namespace, [c["id"] for c in doc["channels"]], store)
+
+    return check
+
+
 def create_rule(namespace: str, body: Any, *, store: NotificationStore, features: EntitlementStore,
                 now: datetime) -> dict[str, Any]:
     doc = _resolve_rule_refs(namespace, dn.parse_rule(body), store=store, features=features)
     doc = _stamp(doc, now, None)
-    store.put_rule(namespace, doc)
+    store.put_rule(namespace, doc, check=_channels_still_live(namespace, doc, store))
     return doc
 
 
@@ -186,7 +214,8 @@ def update_rule(namespace: str, rule_id: str, body: Any, *, store: NotificationS
         raise NotFound(f"notification rule {rule_id!r} was deleted")
     doc = _resolve_rule_refs(namespace, dn.parse_rule(body, previous=old), store=store, features=features)
     doc = _stamp(doc, now, old)
-    store.put_rule(namespace, doc, live=True)  # a DELETE landing since the read stays: 404, never undone
+    # a DELETE landing since the read stays: 404, never undone; a channel deleted since the read: 400
+    store.put_rule(namespace, doc, live=True, check=_channels_still_live(namespace, doc, store))
     return doc
 
 
@@ -195,7 +224,7 @@ def delete_rule(namespace: str, rule_id: str, *, store: NotificationStore, now: 
     if doc.get("deletedAt"):
         raise NotFound(f"notification rule {rule_id!r} was deleted")
     doc.update(deletedAt=format_rfc3339(now), updatedAt=format_rfc3339(now))
-    store.put_rule(namespace, doc)
+    store.put_rule(namespace, doc, live=True)  # only a live rule: one deleted meanwhile is 404, as after
 
 
 def list_rules(namespace: str, qs: dict[str, list[str]], *, store: NotificationStore) -> dict[str, Any]:

@@ -1,0 +1,66 @@
+"""Two writes to two resources, each checking the other's, made by two Lambda containers at once on one PostgreSQL
+(as on Aurora): a removal that refuses while something uses the resource, and a create (or update) that refuses a
+removed one. Each checked the other's object, then wrote its own, so at once both succeeded: a state no order of
+the two requests makes. (One resource's read-modify-writes: tests/adapters/test_writes_across_containers.py, whose
+two-engines fixture and barrier this file shares; the threads of one `billow serve` on SQLite:
+tests/e2e/test_concurrent_writes_embedded.py.)
+
+Each test runs the pair many rounds, the two calls on two engines (two containers), released together at a barrier,
+and asserts that of each pair one is refused with a 4xx problem (never both answered success, never a 500)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from billow.adapters.sql import SqlMetaStore
+from billow.errors import BillowError
+from tests.adapters.test_writes_across_containers import at_once, metas  # noqa: F401 (the fixture)
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+ROUNDS = 20
+
+
+def _refusals(errors: list[BaseException]) -> list[BaseException]:
+    """The errors that are not a 4xx problem (a 500, a driver error): none may be."""
+    return [e for e in errors if not (isinstance(e, BillowError) and 400 <= e.status < 500)]
+
+
+def test_a_channel_deleted_while_a_rule_is_made_or_changed_to_use_it_never_leaves_a_live_rule_on_it(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """DELETE /api/v1/notification/channels/{c} refuses a channel a live rule names (409), and a rule's create or
+    update refuses a deleted channel (400, `channels[i]`): each looked at the other's object, then wrote its own, so
+    at once both succeeded and a live rule named a deleted channel (its events delivered nowhere). Now the channel's
+    deletion and a rule's write naming it take one lock per channel (`adapters/sql.channel_use_lock`), and each
+    checks the other under it: one of the two is refused."""
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.adapters.sql_notifications import SqlNotificationStore
+    from billow.services import notifications as notes
+
+    stores = [SqlNotificationStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    hook = {"type": "WEBHOOK", "name": "hook", "url": "https://hooks.example.test/billow"}
+    keep = notes.create_channel("ns", hook, store=stores[0], now=NOW)
+    bad: list[BaseException] = []
+    dangling = 0
+    for round_ in range(ROUNDS):
+        doc = notes.create_channel("ns", hook, store=stores[0], now=NOW)
+        rule = {"type": "invoice.created", "name": "r", "channels": [keep["id"], doc["id"]]}
+        if round_ % 2:  # an update of a rule on another channel, to name this one too
+            old = notes.create_rule("ns", {**rule, "channels": [keep["id"]]}, store=stores[0], features=ents[0],
+                                    now=NOW)
+            write: Callable[[], Any] = partial(notes.update_rule, "ns", old["id"], rule, store=stores[0],
+                                               features=ents[0], now=NOW)
+        else:
+            write = partial(notes.create_rule, "ns", rule, store=stores[0], features=ents[0], now=NOW)
+        _, errors = at_once([write, partial(notes.delete_channel, "ns", doc["id"], store=stores[1], now=NOW)])
+        bad += _refusals(errors)
+        channel = stores[1].get_channel("ns", doc["id"])
+        assert channel is not None
+        live_on_it = [r["id"] for r in stores[1].list_rules("ns") if not r.get("deletedAt")
+                      and any(c["id"] == doc["id"] for c in r["channels"])]
+        dangling += bool(channel.get("deletedAt")) and bool(live_on_it)
+    assert not bad and dangling == 0, (f"{dangling} of {ROUNDS} deleted channels named by a live rule", bad[:3])
+
