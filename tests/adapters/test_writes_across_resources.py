@@ -64,3 +64,46 @@ def test_a_channel_deleted_while_a_rule_is_made_or_changed_to_use_it_never_leave
         dangling += bool(channel.get("deletedAt")) and bool(live_on_it)
     assert not bad and dangling == 0, (f"{dangling} of {ROUNDS} deleted channels named by a live rule", bad[:3])
 
+
+def test_a_feature_archived_while_an_entitlement_is_made_on_it_never_gets_one_after_the_archive(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """DELETE /api/v1/features/{f} archives the feature, from when on a new entitlement of it is refused (400,
+    `featureKey`). An entitlement create looked at the feature, found it live, then wrote: an archive landing in
+    between answered 204, and the entitlement appeared on the archived feature after that answer (the container that
+    archived it, reading the feature's entitlements right after, did not see it; a moment later it was there). An
+    entitlement made before the archive stays (the archive ends nothing); one written after it must not be. Now the
+    archive and an entitlement's write take one lock per feature (`adapters/sql.feature_use_lock`) and the write
+    checks the feature is still live under it: either the entitlement is there when the archive answers, or it is
+    refused."""
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import entitlements as ents_service
+    from billow.services import entitlements_v2
+    from billow.services.features import archive_feature, create_feature
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):  # 1 to 4 of 20 rounds went wrong before: twice as many rounds
+        key = f"seats_{round_}"
+        feature = create_feature("ns", {"key": key, "name": key}, store=ents[0], meta=metas[0], now=NOW)
+        subject = f"s{round_}"
+        metas[0].put_customer("ns", {"id": f"c{round_:024d}", "key": subject, "name": subject,
+                                     "usageAttribution": {"subjectKeys": [subject]},
+                                     "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"})
+        body = {"type": "boolean", "featureKey": key}
+        make: Callable[[], Any] = (
+            partial(entitlements_v2.create, "ns", subject, body, store=ents[0], meta=metas[0], now=NOW) if round_ % 2
+            else partial(ents_service.create_entitlement, "ns", subject, body, store=ents[0], meta=metas[0], now=NOW))
+        seen_at_archive: list[set[str]] = []
+
+        def archive(feature_id: str = feature["id"], key: str = key, seen_at_archive: list[set[str]] = seen_at_archive
+                    ) -> None:
+            archive_feature("ns", feature_id, store=ents[1], now=NOW)
+            seen_at_archive.append({e["id"] for e in ents[1].list_entitlements("ns", feature_keys=[key])})
+
+        _, errors = at_once([make, archive])
+        bad += _refusals(errors)
+        after = {e["id"] for e in ents[1].list_entitlements("ns", feature_keys=[key])}
+        late += bool(seen_at_archive) and bool(after - seen_at_archive[0])
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} features got an entitlement after their archive answered",
+                                   bad[:3])

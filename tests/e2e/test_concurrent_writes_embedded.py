@@ -317,3 +317,28 @@ def test_deleting_a_channel_while_a_rule_is_made_on_it_never_leaves_a_live_rule_
         assert made in (201, 400) and gone in (204, 409), (made, gone)
         both.append(made == 201 and gone == 204)
     assert not any(both), f"{sum(both)} of 20 rounds made the rule and deleted its channel"
+
+
+def test_archiving_a_feature_while_an_entitlement_is_made_on_it_never_gets_one_after_the_archive(
+        srv: Drained) -> None:
+    """A feature's archive (DELETE /api/v1/features/{f}) refuses every new entitlement of it from then on (400): an
+    entitlement create looked at the feature, found it live, and wrote after an archive that had answered 204 in
+    between; the archiving client, listing the feature's entitlements right after its 204, did not see it, then it
+    was there. Now the archive and the entitlement's write take one lock per feature and the write checks the feature
+    under it (tests/adapters/test_writes_across_resources.py: the same across containers)."""
+    late = []
+    for round_ in range(20):
+        key = f"arch_race_{round_}"
+        ok(srv, "POST", "/api/v1/features", {"key": key, "name": key})
+        ok(srv, "POST", "/api/v1/subjects", [{"key": key}])
+
+        def archive_then_list(key: str = key) -> tuple[int, dict[str, str], Any]:
+            status, hdrs, _ = srv.request("DELETE", f"/api/v1/features/{key}")
+            return status, hdrs, ok(srv, "GET", f"/api/v1/entitlements?feature={key}")
+
+        (made, ent), (gone, seen) = at_once([
+            partial(srv.request, "POST", f"/api/v1/subjects/{key}/entitlements", {"type": "boolean", "featureKey": key}),
+            archive_then_list])
+        assert made in (201, 400) and gone == 204, (made, gone, ent)
+        late.append(made == 201 and ent["id"] not in {e["id"] for e in seen})
+    assert not any(late), f"{sum(late)} of 20 entitlements written after their feature's archive answered"

@@ -225,6 +225,12 @@ def meter_use_lock(namespace: str, slug: str) -> str:
     return f"meters.use:{namespace}:{slug}"
 
 
+def feature_use_lock(namespace: str, key: str) -> str:
+    """The serialise() name of a feature's new entitlements: held by writing a new entitlement of the feature (one
+    live entitlement per billable party, only on a live feature) and by archiving the feature."""
+    return f"entitlements.feature:{namespace}:{key}"
+
+
 def channel_use_lock(namespace: str, channel_id: str) -> str:
     """The serialise() name of a notification channel's uses: held by writing a rule that names the channel (only a
     live channel) and by deleting the channel (only when no live rule names it)."""

@@ -12,7 +12,17 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, among, insert_new, meter_use_lock, save_by_id, serialise, to_datetime, utc
+from billow.adapters.sql import (
+    TS,
+    among,
+    feature_use_lock,
+    insert_new,
+    meter_use_lock,
+    save_by_id,
+    serialise,
+    to_datetime,
+    utc,
+)
 from billow.errors import Conflict, NotFound
 
 md = sa.MetaData()
@@ -106,12 +116,14 @@ class SqlEntitlementStore:
                     archived_at: datetime | None = None, check: Callable[[], None] | None = None) -> None:
         """With `check` (a new feature's meter still there), the meter's uses are locked (meter_use_lock), the check
         runs (it raises to refuse) and the write follows in that transaction, so a deletion of the meter at once
-        either sees this feature or is seen by the check."""
+        either sees this feature or is seen by the check. Archiving takes the lock a new entitlement of the feature
+        takes (feature_use_lock), so one written at once is there when the archive is, or sees the feature archived."""
         self.generation += 1
         row = dict(namespace=namespace, id=doc["id"], key=doc["key"], meter_slug=doc.get("meterSlug"),
                    doc=jsonx.dumps(doc), created_at=created_at, archived_at=archived_at)
         if archived_at is not None:  # archiving: only a live feature (one archived meanwhile is NotFound, as after)
             with self.engine.begin() as c:
+                serialise(c, feature_use_lock(namespace, doc["key"]))
                 done = c.execute(features.update().where(features.c.namespace == namespace, features.c.id == doc["id"],
                                                          features.c.archived_at.is_(None))
                                  .values(doc=row["doc"], archived_at=archived_at)).rowcount
@@ -148,13 +160,16 @@ class SqlEntitlementStore:
 
     # -- entitlements -----------------------------------------------------------------------------
     def put_entitlement(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
-                        deleted_at: datetime | None = None, party: Sequence[str] | None = None) -> None:
+                        deleted_at: datetime | None = None, party: Sequence[str] | None = None,
+                        check: Callable[[], None] | None = None) -> None:
         """Save an entitlement. With `party` (the subject keys of the customer its subject belongs to: one billable
         party), only if none of them has a live entitlement of its feature where it is written, else Conflict naming
         that one (`conflictingEntityId`); such writes of one feature go one at a time. The one-live-entitlement
         index is per subject: creates through two subjects of one customer at once would both go in. With
         `deleted_at` (deleting it), only a live one: one deleted meanwhile (another deletion at once) is NotFound, as
-        to a later deletion, and its end (activeTo) stays the first deletion's."""
+        to a later deletion, and its end (activeTo) stays the first deletion's. With `check` (a new one's feature
+        still live), it runs (it raises to refuse) under the feature's lock, which its archive takes too
+        (feature_use_lock): an archive at once either sees this entitlement written or is seen by the check."""
         self.generation += 1
         row = dict(namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
                    feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=created_at, deleted_at=deleted_at)
@@ -168,8 +183,11 @@ class SqlEntitlementStore:
             return
         try:
             with self.engine.begin() as c:
+                if party is not None or check is not None:
+                    serialise(c, feature_use_lock(namespace, doc["featureKey"]))
+                if check is not None:
+                    check()
                 if party is not None:
-                    serialise(c, f"entitlements.feature:{namespace}:{doc['featureKey']}")
                     found = c.execute(self._FIND, {"ns": namespace, "keys": list(party),
                                                    "feature": doc["featureKey"]}).first()
                     if found is not None:
@@ -182,12 +200,16 @@ class SqlEntitlementStore:
                            f"{doc['featureKey']!r}") from None
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: Mapping[str, Any], *, at: datetime,
-                            old_doc: Mapping[str, Any]) -> None:
+                            old_doc: Mapping[str, Any], check: Callable[[], None] | None = None) -> None:
         """Delete `old_id` and insert `doc` in one transaction (override). Conflict if `old_id` is no longer live (an
-        override or delete beside this one ended it first) or another live entitlement took its place."""
+        override or delete beside this one ended it first) or another live entitlement took its place. With `check`
+        (the feature still live), it runs first under the feature's lock, as put_entitlement's."""
         self.generation += 1
         try:
             with self.engine.begin() as c:
+                if check is not None:
+                    serialise(c, feature_use_lock(namespace, doc["featureKey"]))
+                    check()
                 if c.execute(entitlements.update().where(entitlements.c.namespace == namespace,
                                                          entitlements.c.id == old_id, entitlements.c.deleted_at.is_(None))
                              .values(deleted_at=at, doc=jsonx.dumps(old_doc))).rowcount != 1:

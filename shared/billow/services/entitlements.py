@@ -34,13 +34,15 @@ class EntitlementStore(FeatureStore, Protocol):
     generation: int  # bumped by every write
 
     def put_entitlement(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
-                        deleted_at: datetime | None = None, party: Sequence[str] | None = None) -> None:
+                        deleted_at: datetime | None = None, party: Sequence[str] | None = None,
+                        check: Callable[[], None] | None = None) -> None:
         """Save an entitlement; with `party` (its customer's subject keys) only if none of them has a live one of
-        its feature where it is written (else Conflict naming it)."""
+        its feature where it is written (else Conflict naming it); with `check`, it runs (and raises to refuse)
+        where the write is made, one at a time with the archive of the feature."""
         ...
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: dict[str, Any], *, at: datetime,
-                            old_doc: dict[str, Any]) -> None: ...
+                            old_doc: dict[str, Any], check: Callable[[], None] | None = None) -> None: ...
 
     def get_entitlement(self, namespace: str, entitlement_id: str, include_deleted: bool = False) -> dict[str, Any] | None: ...
 
@@ -111,7 +113,8 @@ def create_entitlement(namespace: str, subject: str, body: Any, *, store: Entitl
 
     refuse_second()
     try:  # checked again where it is written: another container may have created it through another subject
-        store.put_entitlement(namespace, doc, created_at=now, party=party)
+        store.put_entitlement(namespace, doc, created_at=now, party=party,
+                              check=feature_still_live(namespace, body, doc, store))
     except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
         raise
@@ -170,6 +173,19 @@ def build_entitlement(namespace: str, key: str, body: Any, *, store: Entitlement
     if etype != "metered" and body.get("usagePeriod") is not None:
         doc["usagePeriod"] = parse_period(body["usagePeriod"], "usagePeriod", now)
     return doc, grant
+
+
+def feature_still_live(namespace: str, body: dict[str, Any], doc: dict[str, Any],
+                       store: FeatureStore) -> Callable[[], None]:
+    """A new entitlement's check where it is written, under the lock its feature's archive takes too: the feature
+    archived since build_entitlement found it live is refused as an archived one is (400), never an entitlement
+    written after the archive answered."""
+    def check() -> None:
+        if store.get_feature(namespace, doc["featureId"], include_archived=False) is None:
+            field = "featureId" if body.get("featureId") is not None else "featureKey"
+            raise bad(field, f"feature {body.get(field)!r} is archived; new entitlements cannot be created for it")
+
+    return check
 
 
 def _feature_of(namespace: str, body: dict[str, Any], store: FeatureStore) -> dict[str, Any]:
@@ -234,7 +250,8 @@ def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, b
         raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
     stamp = format_rfc3339(now)
     old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
-    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old)
+    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old,
+                              check=feature_still_live(namespace, body, doc, store))
     if grant is not None:
         store.put_grant(namespace, grant, created_at=now)
     return doc

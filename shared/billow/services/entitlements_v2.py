@@ -127,7 +127,8 @@ def create(namespace: str, customer_ref: str, body: Any, *, store: EntitlementSt
 
     refuse_second()
     try:  # checked again where it is written: another container may have created it through another subject
-        store.put_entitlement(namespace, doc, created_at=now, party=subject_keys(cust))
+        store.put_entitlement(namespace, doc, created_at=now, party=subject_keys(cust),
+                              check=entitlements.feature_still_live(namespace, body, doc, store))
     except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
         raise
@@ -145,7 +146,8 @@ def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: E
         raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
     stamp = doc["createdAt"]
     old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
-    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old)
+    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old,
+                              check=entitlements.feature_still_live(namespace, body, doc, store))
     for g in grants:
         store.put_grant(namespace, g, created_at=now)
     return present(namespace, doc, cust, store=store, now=now)
