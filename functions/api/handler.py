@@ -17,7 +17,7 @@ from billow.errors import BillowError, ValidationFailed, problem
 from billow.services import directory, events_v2, health, meters, pages, params, query, subscriptions
 from billow.timeutil import parse_rfc3339
 from billow.web import present, query_contract
-from billow.web.http import JSON, PROBLEM, as_caller, json_body, path_param, query_multi, wants_csv
+from billow.web.http import JSON, PROBLEM, as_caller, json_body, path_param, query_multi, refuse_nul_in_path, wants_csv
 from billow.web.openapi import document
 from functions.api import (
     admin_routes,
@@ -63,7 +63,9 @@ def _event() -> dict[str, Any]:
 
 
 def _query_contract(app: APIGatewayHttpResolver, next_middleware: Any) -> Response:
-    """List operations' query parameters checked against the served document first (billow.web.query_contract)."""
+    """A path parameter holding NUL refused (billow.web.http.NUL_MESSAGE); list operations' query parameters checked
+    against the served document first (billow.web.query_contract)."""
+    refuse_nul_in_path(app.current_event.path)
     query_contract.check(app.current_event.http_method, app.current_event.path, query_multi(app.current_event.raw_event))
     return next_middleware(app)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
+from collections.abc import Callable
 from typing import Any
 
 import simplejson
@@ -63,19 +64,32 @@ def lone_surrogates(text: str, doc: Any, limit: int = 100) -> list[str]:
     `text`, that hold a lone surrogate; a pair (\\ud83d\\ude00) is one character and fine. At most `limit`."""
     if ("\\u" not in text or not _SURROGATE_ESCAPE.search(text)) and not _has_raw_surrogate(text):
         return []  # the common body (no \u escape, valid UTF-8 text): no regex pass over it (ingest: 10k events)
+    return _paths(doc, lambda s: _SURROGATE.search(s) is not None, limit)
+
+
+def nul_characters(text: str, doc: Any, limit: int = 100) -> list[str]:
+    """Paths of the strings and keys of `doc`, decoded from `text`, that hold a NUL (U+0000), which PostgreSQL
+    cannot store in text. JSON text can only write one as the escape `\\u0000` (a raw control character in a string
+    is malformed JSON), so a body without that escape is answered without a walk."""
+    if "\\u0000" not in text:
+        return []
+    return _paths(doc, lambda s: "\x00" in s, limit)
+
+
+def _paths(doc: Any, holds: Callable[[str], bool], limit: int) -> list[str]:
     found: list[str] = []
     stack: list[tuple[Any, str]] = [(doc, "")]  # a loop, not recursion: the body may nest thousands deep
     while stack and len(found) < limit:
         node, path = stack.pop()
         if isinstance(node, str):
-            if _SURROGATE.search(node):
+            if holds(node):
                 found.append(path)
         elif isinstance(node, dict):
             children = []
             for key, value in node.items():
-                shown = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                shown = key.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
                 sub = f"{path}.{shown}" if path else shown
-                if _SURROGATE.search(key):
+                if holds(key):
                     found.append(sub)
                 children.append((value, sub))
             stack.extend(reversed(children))

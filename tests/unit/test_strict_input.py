@@ -268,3 +268,125 @@ def test_events_dated_beyond_the_future_bound_are_refused() -> None:
     errors = []
     assert parse_event({**ok, "time": "2031-01-01T00:00:00Z"}, 0, now, errors) is None
     assert errors[0]["field"] == "time"
+
+
+# -- NUL and long keys: one answer on SQLite and on PostgreSQL (the meta store in AWS) ------------------------------
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def both(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The handlers over the embedded meta store (SQLite) and over PostgreSQL, which cannot store NUL in text and
+    refuses an index entry over ~2,700 bytes."""
+    url = {} if request.param == "sqlite" else {"meta_store_url": request.getfixturevalue("pg_database")}
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), **url, meters=[
+        {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens"}])),
+        deliver=lambda ev: sink(ev, None))
+    install(c)
+    yield c
+    install(None)
+    c.close()
+
+
+def _stored_nothing() -> None:
+    assert call(api, "GET", "/api/v1/customers")[1]["items"] == []  # type: ignore[index]
+    assert call(api, "GET", "/api/v1/subjects")[1] == []
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/api/v1/customers", {"name": "x", "key": "k\x002"}, "key"),
+    ("/api/v1/customers", {"name": "x", "usageAttribution": {"subjectKeys": ["a", "a\x00b"]}}, "usageAttribution.subjectKeys[1]"),
+    ("/api/v1/customers", {"name": "x", "metadata": {"a\x00": "b"}}, "metadata.a\\u0000"),
+    ("/api/v1/customers", {"name": "x", "description": "\x00"}, "description"),
+    ("/api/v1/subjects", [{"key": "ok"}, {"key": "s", "displayName": "a\x00"}], "displayName"),
+    ("/api/v1/meters", {"slug": "m", "aggregation": "COUNT", "eventType": "x\x00"}, "eventType"),
+    ("/api/v1/meters", {"slug": "m", "aggregation": "COUNT", "eventType": "x", "name": "n\x00"}, "name"),
+])
+def test_nul_in_any_request_body_is_a_400_on_both_stores(both: Any, path: str, body: Any, field: str) -> None:
+    """PostgreSQL answered these with a 500 (`invalid byte sequence for encoding "UTF8": 0x00`) where SQLite stored
+    them: now both refuse the NUL, naming the field."""
+    raw = json.dumps(body).encode()
+    assert b"\\u0000" in raw
+    status, problem = call(api, "POST", path, raw=raw)
+    assert status == 400 and problem is not None, problem
+    assert problem["validationErrors"][0]["field"] == field
+    assert "NUL" in problem["validationErrors"][0]["message"]
+    _stored_nothing()
+    assert [m["slug"] for m in call(api, "GET", "/api/v1/meters")[1]] == ["tokens"]  # type: ignore[union-attr]
+
+
+def test_a_backslash_u0000_that_is_text_is_not_a_nul(both: Any) -> None:
+    status, doc = call(api, "POST", "/api/v1/customers", {"name": "x", "description": "\\u0000"})
+    assert status == 201 and doc is not None and doc["description"] == "\\u0000"
+
+
+@pytest.mark.parametrize("method,path,field", [
+    ("GET", "/api/v1/customers/a%00b", "customerIdOrKey"),
+    ("PUT", "/api/v1/customers/a%00b", "customerIdOrKey"),
+    ("GET", "/api/v1/subjects/%00", "subjectIdOrKey"),
+    ("POST", "/api/v1/subjects/a%00b/entitlements", "subjectIdOrKey"),
+    ("GET", "/api/v1/subjects/acme/entitlements/tokens%00/value", "entitlementIdOrFeatureKey"),
+    ("GET", "/api/v1/meters/tokens%00", "meterIdOrSlug"),
+    ("GET", "/api/v1/features/%00", "featureId"),
+    ("GET", "/api/v1/plans/p%00", "planId"),
+    ("POST", "/api/v1/subjects/acme/entitlements/tokens/grants", None),  # no NUL: the control case (a 404 or 400)
+])
+def test_nul_in_a_path_parameter_is_a_400_naming_it(both: Any, method: str, path: str, field: str | None) -> None:
+    body = {"type": "boolean", "featureKey": "tokens"} if method == "POST" else {"name": "x"} if method == "PUT" else None
+    out = api(apigw_event(method, path, {"content-type": "application/json"}, json.dumps(body).encode() if body else b"",
+                          "127.0.0.1"), None)
+    problem = json.loads(out["body"])
+    if field is None:
+        assert out["statusCode"] in (400, 404), problem
+        return
+    assert out["statusCode"] == 400, problem
+    assert problem["validationErrors"] == [{"field": field, "message": "must not contain NUL (U+0000)"}]
+
+
+@pytest.mark.parametrize("path,field", [
+    ("/api/v1/entitlements?subject=a%00b", "subject"),
+    ("/api/v1/entitlements?feature=%00", "feature"),
+    ("/api/v1/customers?key=k%002", "key"),
+    ("/api/v1/meters/tokens/query?filterCustomerId=%00", "filterCustomerId"),
+    ("/api/v1/events?customerId=a%00", "customerId"),
+])
+def test_nul_in_a_query_parameter_is_a_400_naming_it(both: Any, path: str, field: str) -> None:
+    status, problem = call(api, "GET", path)
+    assert status == 400 and problem is not None, problem
+    assert problem["validationErrors"] == [{"field": field, "message": "must not contain NUL (U+0000)"}]
+
+
+def _cjk(n: int) -> str:
+    """`n` random CJK characters, 3 bytes each in UTF-8: text PostgreSQL cannot compress into an index entry."""
+    import random
+
+    rng = random.Random(n)
+    return "".join(chr(rng.randrange(0x4E00, 0x4E00 + 2000)) for _ in range(n))
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/api/v1/customers", {"name": "x", "usageAttribution": {"subjectKeys": ["a", _cjk(1000)]}}, "usageAttribution.subjectKeys[1]"),
+    ("/api/v1/customers", {"name": "x", "usageAttribution": {"subjectKeys": ["k" * 1025]}}, "usageAttribution.subjectKeys[0]"),
+    ("/api/v1/subjects", [{"key": _cjk(1000)}], "[0].key"),
+    ("/api/v1/subjects", [{"key": "ok"}, {"key": _cjk(683)}], "[1].key"),  # 2,049 bytes
+])
+def test_subject_keys_longer_than_an_index_holds_are_400s_on_both_stores(both: Any, path: str, body: Any, field: str) -> None:
+    """A 3,000-byte subject key was stored by SQLite and a 500 on PostgreSQL ("index row size exceeds btree maximum"
+    in customer_subjects' and subjects' key indexes)."""
+    status, problem = call(api, "POST", path, body)
+    assert status == 400 and problem is not None, problem
+    assert problem["validationErrors"][0]["field"] == field
+    assert problem["validationErrors"][0]["message"] == "at most 1024 characters and 2048 bytes of UTF-8"
+    _stored_nothing()
+
+
+@pytest.mark.parametrize("key", [_cjk(682), "k" * 1024])
+def test_subject_keys_at_the_limit_are_stored_and_entitled_on_both_stores(both: Any, key: str) -> None:
+    assert len(key.encode()) <= 2048
+    status, doc = call(api, "POST", "/api/v1/customers", {"name": "x", "usageAttribution": {"subjectKeys": [key]}})
+    assert status == 201, doc
+    assert call(api, "POST", "/api/v1/subjects", [{"key": key}])[0] == 200
+    assert call(api, "POST", "/api/v1/features", {"key": "tokens", "name": "Tokens", "meterSlug": "tokens"})[0] == 201
+    from urllib.parse import quote
+
+    status, ent = call(api, "POST", f"/api/v1/subjects/{quote(key, safe='')}/entitlements",
+                       {"type": "boolean", "featureKey": "tokens"})
+    assert status == 201 and ent is not None and ent["subjectKey"] == key, ent

@@ -25,3 +25,19 @@ def metadata(body: dict[str, Any]) -> dict[str, str] | None:
     if not isinstance(md, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in md.items()):
         raise ValidationFailed.at("metadata", "must be an object of strings")
     return md
+
+
+# A subject key is stored in indexed text columns (subjects, customer_subjects, entitlements); PostgreSQL refuses an
+# index entry over ~2,700 bytes, so the bound is on bytes as well as characters, the same on every store.
+SUBJECT_KEY_MAX_CHARS = 1024
+SUBJECT_KEY_MAX_BYTES = 2048
+
+
+def subject_key(value: str, field: str) -> str:
+    """A subject key within what every store can index: at most 1024 characters and 2048 bytes of UTF-8, no NUL."""
+    if len(value) > SUBJECT_KEY_MAX_CHARS or len(value.encode("utf-8", "surrogatepass")) > SUBJECT_KEY_MAX_BYTES:
+        raise ValidationFailed.at(field, f"at most {SUBJECT_KEY_MAX_CHARS} characters and {SUBJECT_KEY_MAX_BYTES} "
+                                         "bytes of UTF-8")
+    if "\x00" in value:
+        raise ValidationFailed.at(field, "must not contain NUL (U+0000)")
+    return value

@@ -25,8 +25,7 @@ def upsert_subjects(namespace: str, body: Any, *, meta: MetaStore, now: datetime
     for i, s in enumerate(body):
         if not isinstance(s, dict) or not isinstance(s.get("key"), str) or not s["key"].strip():
             raise _bad(f"[{i}].key", "required, a non-empty string")
-        if len(s["key"]) > 1024 or "\x00" in s["key"]:
-            raise _bad(f"[{i}].key", "at most 1024 characters, no NUL")
+        fields.subject_key(s["key"], f"[{i}].key")
         if s.get("metadata") is not None and not isinstance(s["metadata"], dict):
             raise _bad(f"[{i}].metadata", "must be an object")
         if s.get("displayName") is not None and not isinstance(s["displayName"], str):
@@ -95,6 +94,8 @@ def _subject_keys(body: dict[str, Any]) -> list[str]:
     if not isinstance(ua, dict) or not isinstance(ua.get("subjectKeys"), list) or not all(
             isinstance(k, str) and k for k in ua["subjectKeys"]):
         raise _bad("usageAttribution.subjectKeys", "must be a list of non-empty strings")
+    for i, key in enumerate(ua["subjectKeys"]):
+        fields.subject_key(key, f"usageAttribution.subjectKeys[{i}]")
     return list(dict.fromkeys(ua["subjectKeys"]))
 
 
