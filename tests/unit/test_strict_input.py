@@ -390,3 +390,15 @@ def test_subject_keys_at_the_limit_are_stored_and_entitled_on_both_stores(both: 
     status, ent = call(api, "POST", f"/api/v1/subjects/{quote(key, safe='')}/entitlements",
                        {"type": "boolean", "featureKey": "tokens"})
     assert status == 201 and ent is not None and ent["subjectKey"] == key, ent
+
+
+def test_late_usage_of_a_subject_key_longer_than_an_index_holds_is_stored_on_both_stores(both: Any) -> None:
+    """Events may name a subject of 1,024 three-byte characters (domain/events.py). Usage of one older than the late
+    bound was stored, then its late-usage mark (an indexed text column) failed on PostgreSQL: the ingest answered 500
+    and the batch's other subjects lost their marks. Such a subject can hold no entitlement, so it has none to mark."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    late = format_rfc3339(now - timedelta(hours=2))
+    batch = [event(0, tokens=1, time=late, subject="acme"), event(1, tokens=2, time=late, subject=_cjk(1000))]
+    status, problem = call(ingest, "POST", "/api/v1/events", batch)
+    assert status == 204, problem
+    assert sum(Decimal(str(v)) for v in total(both)) == 3

@@ -23,6 +23,7 @@ from billow.adapters.sql import (
     to_datetime,
     utc,
 )
+from billow.domain.fields import fits_subject_key
 from billow.errors import Conflict, NotFound
 
 md = sa.MetaData()
@@ -337,7 +338,10 @@ class SqlEntitlementStore:
         return True
 
     def usage_arrived_late(self, namespace: str, earliest_by_subject: Mapping[str, datetime], now: datetime) -> None:
-        """Late usage was stored: drop the snapshots it makes stale and remember it for snapshots in flight."""
+        """Late usage was stored: drop the snapshots it makes stale and remember it for snapshots in flight. A subject
+        key longer than any entitlement's (domain/fields.subject_key) has no snapshot to drop: it is left out, so that
+        it cannot fail the others' write (PostgreSQL refuses an index entry over ~2,700 bytes)."""
+        earliest_by_subject = {s: t for s, t in earliest_by_subject.items() if fits_subject_key(s)}
         if not earliest_by_subject:
             return
         with self.engine.begin() as c:

@@ -33,9 +33,13 @@ SUBJECT_KEY_MAX_CHARS = 1024
 SUBJECT_KEY_MAX_BYTES = 2048
 
 
+def fits_subject_key(value: str) -> bool:
+    return len(value) <= SUBJECT_KEY_MAX_CHARS and len(value.encode("utf-8", "surrogatepass")) <= SUBJECT_KEY_MAX_BYTES
+
+
 def subject_key(value: str, field: str) -> str:
     """A subject key within what every store can index: at most 1024 characters and 2048 bytes of UTF-8, no NUL."""
-    if len(value) > SUBJECT_KEY_MAX_CHARS or len(value.encode("utf-8", "surrogatepass")) > SUBJECT_KEY_MAX_BYTES:
+    if not fits_subject_key(value):
         raise ValidationFailed.at(field, f"at most {SUBJECT_KEY_MAX_CHARS} characters and {SUBJECT_KEY_MAX_BYTES} "
                                          "bytes of UTF-8")
     if "\x00" in value:
