@@ -229,9 +229,11 @@ class BillingStore(Protocol):
     """Billing profiles, customer overrides, invoices (OpenMeter's JSON), billing marks and prepaid credit: the
     billing run's unit of work (SQLite embedded, PostgreSQL in production: adapters/sql_billing.py)."""
 
-    def put_profile(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
+    def put_profile(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
+                    check: Callable[[], None] | None = None) -> None:
         """Save a profile; one marked default makes every other profile of the namespace not default. With
-        `expect_doc`, only if it is still stored as that JSON (else Conflict)."""
+        `expect_doc`, only if it is still stored as that JSON (else Conflict). With `check`, it runs (and raises to
+        refuse) where the write is made, one at a time with the uninstall of each app the profile names."""
         ...
 
     def get_profile(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
@@ -420,7 +422,11 @@ class AppStore(Protocol):
         """Insert a new app; with `singleton` at most one per namespace (the existing one is returned)."""
         ...
 
-    def put_app(self, namespace: str, doc: dict[str, Any], secrets: dict[str, Any] | None = None) -> None: ...
+    def put_app(self, namespace: str, doc: dict[str, Any], secrets: dict[str, Any] | None = None, *,
+                live: bool = False, check: Callable[[], None] | None = None) -> None:
+        """Update an app; with `live` only one still installed (else NotFound); with `check`, it runs (and raises
+        to refuse) where the write is made, one at a time with the writes of the profiles that name the app."""
+        ...
 
     def get_app(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
 

@@ -107,3 +107,43 @@ def test_a_feature_archived_while_an_entitlement_is_made_on_it_never_gets_one_af
         late += bool(seen_at_archive) and bool(after - seen_at_archive[0])
     assert not bad and late == 0, (f"{late} of {2 * ROUNDS} features got an entitlement after their archive answered",
                                    bad[:3])
+
+
+def test_an_app_uninstalled_while_a_billing_profile_is_made_on_it_never_leaves_the_profile_on_a_removed_app(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """DELETE /api/v1/apps/{a} refuses an app a billing profile uses (409), and a new profile refuses an app that is
+    not installed (400, `apps.invoicing`): each looked at the other's object, then wrote its own, so at once both
+    succeeded and a live profile invoiced through an uninstalled app. Now the uninstall and a profile's write naming
+    the app take one lock per app (`adapters/sql.app_use_lock`) and each checks the other under it."""
+    from billow.adapters.sql_apps import SqlAppStore
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.domain import apps as rules
+    from billow.ids import new_id
+    from billow.services import apps as apps_service
+    from billow.services.billing_profiles import create_profile
+
+    apps = [SqlAppStore(m.engine) for m in metas]
+    billing = [SqlBillingStore(m.engine) for m in metas]
+
+    def no_stripe(key: str) -> Any:
+        raise AssertionError("no Stripe app here")
+
+    bad: list[BaseException] = []
+    dangling = 0
+    for round_ in range(ROUNDS):
+        app = rules.new_app(new_id(), "custom_invoicing", f"CI {round_}", "2026-06-01T00:00:00Z",
+                            enableDraftSyncHook=False, enableIssuingSyncHook=False)
+        apps[0].add_app("ns", app)
+        body = {"name": f"p{round_}", "supplier": {"name": "Acme"},
+                "apps": {"tax": "sandbox", "invoicing": app["id"], "payment": "sandbox"}}
+        _, errors = at_once([
+            partial(create_profile, "ns", body, store=billing[0], apps=apps[0], now=NOW),
+            partial(apps_service.uninstall_app, "ns", app["id"], apps=apps[1], billing=billing[1], stripe=no_stripe,
+                    now=NOW)])
+        bad += _refusals(errors)
+        stored = apps[1].get_app("ns", app["id"])
+        assert stored is not None
+        users = [p["id"] for p in billing[1].list_profiles("ns")
+                 if any(isinstance(a, dict) and a.get("id") == app["id"] for a in (p.get("apps") or {}).values())]
+        dangling += bool(stored.get("deletedAt")) and bool(users)
+    assert not bad and dangling == 0, (f"{dangling} of {ROUNDS} uninstalled apps used by a live profile", bad[:3])

@@ -342,3 +342,33 @@ def test_archiving_a_feature_while_an_entitlement_is_made_on_it_never_gets_one_a
         assert made in (201, 400) and gone == 204, (made, gone, ent)
         late.append(made == 201 and ent["id"] not in {e["id"] for e in seen})
     assert not any(late), f"{sum(late)} of 20 entitlements written after their feature's archive answered"
+
+
+def test_uninstalling_an_app_while_a_billing_profile_is_made_on_it_never_leaves_the_profile_on_a_removed_app(
+        srv: Drained) -> None:
+    """An app a billing profile uses cannot be uninstalled (409), and a profile cannot name an app that is not
+    installed (400): at once, both answered success, a live profile invoicing through an uninstalled app. And an
+    app's update (PUT /api/v1/apps/{a}) racing its uninstall wrote the app back installed after the 204. Now one of
+    the two is refused (tests/adapters/test_writes_across_resources.py: the same across containers)."""
+    (base,) = [p for p in ok(srv, "GET", "/api/v1/billing/profiles?pageSize=1000")["items"] if p["default"]]
+    both, revived = [], []
+    for round_ in range(20):
+        app = ok(srv, "POST", "/api/v1/marketplace/listings/custom_invoicing/install",
+                 {"name": f"ci {round_}", "createBillingProfile": False})["app"]
+        body = {"name": f"on app {round_}", "supplier": base["supplier"], "workflow": base["workflow"],
+                "apps": {"tax": "sandbox", "invoicing": app["id"], "payment": "sandbox"}}
+        (made, _), (gone, _) = at_once([partial(srv.request, "POST", "/api/v1/billing/profiles", body),
+                                        partial(srv.request, "DELETE", f"/api/v1/apps/{app['id']}")])
+        assert made in (201, 400) and gone in (204, 409), (made, gone)
+        both.append(made == 201 and gone == 204)
+        other = ok(srv, "POST", "/api/v1/marketplace/listings/custom_invoicing/install",
+                   {"name": f"ci {round_} b", "createBillingProfile": False})["app"]
+        (put, _), (gone, _) = at_once([
+            partial(srv.request, "PUT", f"/api/v1/apps/{other['id']}",
+                    {"type": "custom_invoicing", "name": f"renamed {round_}", "enableDraftSyncHook": False,
+                     "enableIssuingSyncHook": False}),
+            partial(srv.request, "DELETE", f"/api/v1/apps/{other['id']}")])
+        assert put in (200, 404) and gone == 204, (put, gone)
+        revived.append(srv.request("GET", f"/api/v1/apps/{other['id']}")[0] != 404)
+    assert not any(both) and not any(revived), (f"{sum(both)} of 20 rounds made the profile and uninstalled its app",
+                                                f"{sum(revived)} of 20 uninstalled apps installed again by an update")

@@ -66,7 +66,7 @@ def test_the_service_parses_with_the_domain_functions(monkeypatch: pytest.Monkey
         def list_profiles(self, namespace: str) -> list[dict[str, Any]]:
             return []
 
-        def put_profile(self, namespace: str, doc: dict[str, Any]) -> None:
+        def put_profile(self, namespace: str, doc: dict[str, Any], **_: Any) -> None:
             seen.append(doc)
 
     doc = billing_profiles.create_profile("ns", {"name": "p", "supplier": {"name": "S"},

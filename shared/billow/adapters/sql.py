@@ -231,6 +231,12 @@ def feature_use_lock(namespace: str, key: str) -> str:
     return f"entitlements.feature:{namespace}:{key}"
 
 
+def app_use_lock(namespace: str, app_id: str) -> str:
+    """The serialise() name of an installed app's uses: held by writing a billing profile that names the app (only an
+    installed app) and by uninstalling the app (only when no profile uses it)."""
+    return f"apps.use:{namespace}:{app_id}"
+
+
 def channel_use_lock(namespace: str, channel_id: str) -> str:
     """The serialise() name of a notification channel's uses: held by writing a rule that names the channel (only a
     live channel) and by deleting the channel (only when no live rule names it)."""

@@ -5,13 +5,15 @@ signing secret) is kept apart in `secrets`. App ids are ULIDs, unique across nam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import upsert
+from billow.adapters.sql import app_use_lock, serialise, upsert
+from billow.errors import NotFound
 
 md = sa.MetaData()
 
@@ -70,13 +72,24 @@ class SqlAppStore:
             return dict(jsonx.loads(found.doc))
         return doc
 
-    def put_app(self, namespace: str, doc: dict[str, Any], secrets: dict[str, Any] | None = None) -> None:
-        """Update an existing app's document (and its secrets, when given)."""
+    def put_app(self, namespace: str, doc: dict[str, Any], secrets: dict[str, Any] | None = None, *,
+                live: bool = False, check: Callable[[], None] | None = None) -> None:
+        """Update an existing app's document (and its secrets, when given). With `live`, only an app still installed
+        (else NotFound: uninstalled meanwhile, as to a later call). With `check` (uninstalling it: no billing profile
+        uses it), the app's uses are locked (app_use_lock), the check runs (it raises to refuse) and the write
+        follows in that transaction, so a profile written to use it at once is either seen by the check or sees the
+        app uninstalled."""
         values: dict[str, Any] = {"doc": jsonx.dumps(doc), "deleted": doc.get("deletedAt") is not None}
         if secrets is not None:
             values["secrets"] = jsonx.dumps(secrets)
+        q = apps.update().where(apps.c.namespace == namespace, apps.c.id == doc["id"])
         with self.engine.begin() as c:
-            c.execute(apps.update().where(apps.c.namespace == namespace, apps.c.id == doc["id"]).values(**values))
+            if check is not None:
+                serialise(c, app_use_lock(namespace, doc["id"]))
+                check()
+            done = c.execute((q.where(apps.c.deleted.is_(False)) if live else q).values(**values)).rowcount
+        if live and done != 1:
+            raise NotFound(f"app {doc['id']} not found")
 
     def get_app(self, namespace: str, id_: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:

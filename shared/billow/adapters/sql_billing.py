@@ -10,7 +10,7 @@ is ever billed twice."""
 from __future__ import annotations
 
 import decimal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, among, save_by_id, serialise, upsert, utc
+from billow.adapters.sql import TS, among, app_use_lock, save_by_id, serialise, upsert, utc
 from billow.domain.billing import Mark
 from billow.domain.invoices import CreditBack
 from billow.errors import Conflict
@@ -95,14 +95,23 @@ class SqlBillingStore:
         upgrade(self.engine)
 
     # -- profiles and overrides ------------------------------------------------------------------------------
-    def put_profile(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
+    def put_profile(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
+                    check: Callable[[], None] | None = None) -> None:
         """Save a profile; a default one unmarks the namespace's other defaults in the same transaction, one such
         write per namespace at a time (two at once would each miss the other's new default and both stay). With
         `expect_doc`, only if it is still stored as that JSON (else Conflict: another writer changed it since it was
-        read, as an edit, a delete or another profile made the default)."""
+        read, as an edit, a delete or another profile made the default). With `check` (the apps it names still
+        installed), the uses of those apps are locked (app_use_lock, in one order), the check runs (it raises to
+        refuse) and the write follows in that transaction, so an app uninstalled at once either sees this profile or
+        is seen by the check."""
         row = {"id": doc["id"], "namespace": namespace, "is_default": bool(doc.get("default")),
                "deleted": doc.get("deletedAt") is not None, "doc": jsonx.dumps(doc)}
         with self.engine.begin() as c:
+            if check is not None:
+                for app_id in sorted({a["id"] for a in (doc.get("apps") or {}).values()
+                                      if isinstance(a, dict) and a.get("id")}):
+                    serialise(c, app_use_lock(namespace, app_id))
+                check()
             default = doc.get("default") and not doc.get("deletedAt")
             if default:
                 serialise(c, f"billing_profiles.default:{namespace}")

@@ -93,7 +93,7 @@ def update_app(namespace: str, id_: str, body: object, *, apps: AppStore, stripe
     if key is not None:
         new, secrets = _with_key(namespace, new, key, "secretAPIKey", apps=apps, stripe=stripe)
     new["updatedAt"] = format_rfc3339(now)
-    apps.put_app(namespace, new, secrets)
+    apps.put_app(namespace, new, secrets, live=True)  # an uninstall landing since the read stays: 404, never undone
     return new
 
 
@@ -107,7 +107,7 @@ def update_stripe_api_key(namespace: str, id_: str, body: object, *, apps: AppSt
     key = rules.stripe_key(body.get("secretAPIKey"), "secretAPIKey")
     new, secrets = _with_key(namespace, doc, key, "secretAPIKey", apps=apps, stripe=stripe)
     new["updatedAt"] = format_rfc3339(now)
-    apps.put_app(namespace, new, secrets)
+    apps.put_app(namespace, new, secrets, live=True)  # an uninstall landing since the read stays: 404, never undone
 
 
 def _with_key(namespace: str, doc: dict[str, Any], key: str, field: str, *, apps: AppStore,
@@ -129,9 +129,13 @@ def uninstall_app(namespace: str, id_: str, *, apps: AppStore, billing: BillingS
     """Uninstall an app no billing profile uses; a Stripe app's webhook endpoint is removed from Stripe and its
     secrets forgotten (its webhook path answers 404 from then on)."""
     doc = get_app(namespace, id_, apps=apps)
-    users = [p["name"] for p in billing.list_profiles(namespace) if id_ in _profile_app_ids(p)]
-    if users:
-        raise Conflict(f"app {id_} is used by billing profile(s) {', '.join(users)}: change or delete them first")
+
+    def unused() -> None:
+        users = [p["name"] for p in billing.list_profiles(namespace) if id_ in _profile_app_ids(p)]
+        if users:
+            raise Conflict(f"app {id_} is used by billing profile(s) {', '.join(users)}: change or delete them first")
+
+    unused()
     secrets: dict[str, Any] | None = None
     if doc["type"] == "stripe":
         key = apps.app_secrets(namespace, id_).get("apiKey")
@@ -139,7 +143,9 @@ def uninstall_app(namespace: str, id_: str, *, apps: AppStore, billing: BillingS
             stripe(str(key)).delete_webhook_endpoint(str(doc["stripeWebhookId"]))
         secrets = {}
     doc = {**doc, "deletedAt": format_rfc3339(now), "updatedAt": format_rfc3339(now)}
-    apps.put_app(namespace, doc, secrets)
+    # Checked again where it is written, under the lock a profile naming the app takes (a profile written at once is
+    # seen, or sees the app uninstalled); only an app still installed (uninstalled meanwhile: 404, as after).
+    apps.put_app(namespace, doc, secrets, live=True, check=unused)
 
 
 def _profile_app_ids(profile: dict[str, Any]) -> set[str]:
@@ -248,6 +254,19 @@ def link_profile_apps(namespace: str, parsed: dict[str, str], *, apps: AppStore,
                 installed.append(doc)
             out[role] = {"id": doc["id"], "type": ref} if doc else ref
     return out
+
+
+def profile_apps_installed(namespace: str, linked: dict[str, Any], *, apps: AppStore) -> Callable[[], None]:
+    """A profile write's check where it is written, under the lock of each app it names that the app's uninstall
+    takes too (its check, no profile uses the app, would miss this profile): an app uninstalled since
+    link_profile_apps found it is refused as one not installed is (400, `apps.ROLE`)."""
+    def check() -> None:
+        installed = {a["id"] for a in apps.list_apps(namespace)}
+        for role, ref in linked.items():
+            if isinstance(ref, dict) and ref.get("id") and ref["id"] not in installed:
+                raise bad(f"apps.{role}", f"app {ref['id']} is not installed")
+
+    return check
 
 
 def profiles_view(namespace: str, profiles: list[dict[str, Any]], qs: dict[str, list[str]], *,

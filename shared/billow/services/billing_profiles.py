@@ -48,8 +48,17 @@ def create_profile(namespace: str, body: object, *, store: BillingStore, now: da
     # The first profile is the default one (the auto-provisioned sandbox profile does not count: it yields).
     if not [p for p in store.list_profiles(namespace) if not _provisioned(p)]:
         doc["default"] = True
-    store.put_profile(namespace, doc)
+    store.put_profile(namespace, doc, check=_apps_still_installed(namespace, doc["apps"], apps))
     return doc
+
+
+def _apps_still_installed(namespace: str, linked: dict[str, Any],
+                          apps: AppStore | None) -> Callable[[], None] | None:
+    if apps is None:
+        return None
+    from billow.services.apps import profile_apps_installed
+
+    return profile_apps_installed(namespace, linked, apps=apps)
 
 
 def get_profile(namespace: str, id_: str, *, store: BillingStore) -> dict[str, Any]:
