@@ -307,8 +307,11 @@ class SubscriptionStore(Protocol):
     """Subscriptions (OpenMeter's JSON) as the billing run reads them (adapters/sql_catalog.py; the subscription
     use-cases need the catalog too: services.subscriptions.SubscriptionStore)."""
 
-    def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
-        """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (else Conflict)."""
+    def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
+                         check: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (else Conflict); with
+        `check`, it runs (and raises to refuse) on the customer's subscriptions as they are where the write is made,
+        one at a time with add_subscription's."""
         ...
 
     def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None: ...

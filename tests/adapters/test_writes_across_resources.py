@@ -17,6 +17,7 @@ from typing import Any
 
 from billow.adapters.sql import SqlMetaStore
 from billow.errors import BillowError
+from billow.ids import new_id
 from tests.adapters.test_writes_across_containers import at_once, metas  # noqa: F401 (the fixture)
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -118,7 +119,6 @@ def test_an_app_uninstalled_while_a_billing_profile_is_made_on_it_never_leaves_t
     from billow.adapters.sql_apps import SqlAppStore
     from billow.adapters.sql_billing import SqlBillingStore
     from billow.domain import apps as rules
-    from billow.ids import new_id
     from billow.services import apps as apps_service
     from billow.services.billing_profiles import create_profile
 
@@ -147,3 +147,44 @@ def test_an_app_uninstalled_while_a_billing_profile_is_made_on_it_never_leaves_t
                  if any(isinstance(a, dict) and a.get("id") == app["id"] for a in (p.get("apps") or {}).values())]
         dangling += bool(stored.get("deletedAt")) and bool(users)
     assert not bad and dangling == 0, (f"{dangling} of {ROUNDS} uninstalled apps used by a live profile", bad[:3])
+
+
+def test_a_cancelation_unscheduled_while_the_next_subscription_is_made_never_leaves_two_running(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """POST /api/v1/subscriptions/{s}/unschedule-cancelation refuses when another subscription starts where the
+    canceled one ends (409), and a new subscription refuses a time another one of the customer runs in (409): each
+    looked at the other's, then wrote its own, so at once both succeeded: the continued subscription ran on without an
+    end beside the new one, the customer billed twice for the same time. Now the unschedule's write takes the
+    customer's subscription lock a new subscription takes (`adapters/sql.customer_lock`) and checks under it."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import subscriptions as subs_service
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    plan = {"name": "Base", "currency": "USD", "billingCadence": "P1M", "phases": [
+        {"key": "default", "name": "Default", "rateCards": [
+            {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
+             "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}]}]}
+    end = "2026-07-01T00:00:00Z"
+    bad: list[BaseException] = []
+    doubled = 0
+    for round_ in range(ROUNDS):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"u{round_}", "name": "C", "currency": "USD",
+                                    "usageAttribution": {"subjectKeys": [f"u{round_}"]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        first = subs_service.create("ns", {"customPlan": plan, "customerId": customer["id"]}, store=catalogs[0],
+                                    meta=metas[0], ents=ents[0], now=NOW)
+        subs_service.cancel("ns", first["id"], {"timing": end}, store=catalogs[0], meta=metas[0], ents=ents[0],
+                            now=NOW)
+        _, errors = at_once([
+            partial(subs_service.create, "ns", {"customPlan": plan, "customerId": customer["id"], "timing": end},
+                    store=catalogs[0], meta=metas[0], ents=ents[0], now=NOW),
+            partial(subs_service.unschedule_cancelation, "ns", first["id"], store=catalogs[1], meta=metas[1],
+                    ents=ents[1], now=NOW)])
+        bad += _refusals(errors)
+        stored = catalogs[1].list_subscriptions("ns", customer["id"])
+        doubled += len(stored) == 2 and not next(d for d in stored if d["id"] == first["id"]).get("activeTo")
+    assert not bad and doubled == 0, (f"{doubled} of {ROUNDS} customers with two subscriptions running at once",
+                                      bad[:3])

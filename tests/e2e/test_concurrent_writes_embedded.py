@@ -372,3 +372,30 @@ def test_uninstalling_an_app_while_a_billing_profile_is_made_on_it_never_leaves_
         revived.append(srv.request("GET", f"/api/v1/apps/{other['id']}")[0] != 404)
     assert not any(both) and not any(revived), (f"{sum(both)} of 20 rounds made the profile and uninstalled its app",
                                                 f"{sum(revived)} of 20 uninstalled apps installed again by an update")
+
+
+def test_unscheduling_a_cancelation_while_the_next_subscription_is_made_never_leaves_two_running(
+        srv: Drained) -> None:
+    """A canceled subscription's cancelation cannot be unscheduled when another subscription starts where it ends
+    (409), and a new subscription cannot start while another of the customer runs (409): at once both answered
+    success, two subscriptions running from the end on, both billed. Now one of the two is refused
+    (tests/adapters/test_writes_across_resources.py: the same across containers)."""
+    draft = ok(srv, "POST", "/api/v1/plans", {"key": "unsched_race", "name": "P", "currency": "USD",
+                                              "billingCadence": "P1M",
+                                              "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]})
+    ok(srv, "POST", f"/api/v1/plans/{draft['id']}/publish")
+    end = (datetime.now(UTC) + timedelta(days=10)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    both = []
+    for round_ in range(20):
+        key = f"unsched_race_{round_}"
+        cust = ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "currency": "USD",
+                                                     "usageAttribution": {"subjectKeys": [key]}})
+        sub = ok(srv, "POST", "/api/v1/subscriptions", {"plan": {"key": "unsched_race"}, "customerId": cust["id"]})
+        ok(srv, "POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": end})
+        (made, _), (kept, _) = at_once([
+            partial(srv.request, "POST", "/api/v1/subscriptions",
+                    {"plan": {"key": "unsched_race"}, "customerId": cust["id"], "timing": end}),
+            partial(srv.request, "POST", f"/api/v1/subscriptions/{sub['id']}/unschedule-cancelation")])
+        assert made in (201, 409) and kept in (200, 409), (made, kept)
+        both.append(made == 201 and kept == 200)
+    assert not any(both), f"{sum(both)} of 20 rounds continued the subscription and made the next one"

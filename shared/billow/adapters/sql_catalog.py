@@ -141,11 +141,18 @@ class SqlCatalogStore:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(plan_addons.c.id))]
 
     # -- subscriptions -------------------------------------------------------------------------------------
-    def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
+    def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
+                         check: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (what it was read as),
-        else Conflict: another writer changed it since (two add-on adds at once)."""
+        else Conflict: another writer changed it since (two add-on adds at once). With `check`, it runs (it raises to
+        refuse) on the customer's subscriptions as they are in this transaction, under the lock add_subscription
+        takes (customer_lock): a continued subscription (its cancelation unscheduled) and a new one starting where
+        it ended, at once, would each check without the other and both run."""
         row = {"id": doc["id"], "namespace": namespace, "customer_id": doc["customerId"], "doc": jsonx.dumps(doc)}
         with self.engine.begin() as c:
+            if check is not None:
+                serialise(c, customer_lock(namespace, doc["customerId"]))
+                check(self._of_customer(c, namespace, doc["customerId"]))
             if expect_doc is None:
                 save_by_id(c, subscriptions, row)
                 return
@@ -162,12 +169,16 @@ class SqlCatalogStore:
         check without the other's and both write (two subscriptions where the check allows one)."""
         with self.engine.begin() as c:
             serialise(c, customer_lock(namespace, doc["customerId"]))
-            check([jsonx.loads(r.doc) for r in c.execute(
-                sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace,
-                                                     subscriptions.c.customer_id == doc["customerId"])
-                .order_by(subscriptions.c.id))])
+            check(self._of_customer(c, namespace, doc["customerId"]))
             c.execute(subscriptions.insert().values(id=doc["id"], namespace=namespace, customer_id=doc["customerId"],
                                                     doc=jsonx.dumps(doc)))
+
+    @staticmethod
+    def _of_customer(c: Any, namespace: str, customer_id: str) -> list[dict[str, Any]]:
+        return [jsonx.loads(r.doc) for r in c.execute(
+            sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace,
+                                                 subscriptions.c.customer_id == customer_id)
+            .order_by(subscriptions.c.id))]
 
     def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None:
         q = sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace, subscriptions.c.id == id_)

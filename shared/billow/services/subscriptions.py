@@ -36,8 +36,11 @@ _GRACE = timedelta(minutes=1)  # clock skew between a client's "now" and ours
 
 
 class SubscriptionStore(catalog.CatalogStore, Protocol):
-    def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
-        """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (else Conflict)."""
+    def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
+                         check: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (else Conflict); with
+        `check`, it runs (and raises to refuse) on the customer's subscriptions as they are where the write is made,
+        one at a time with add_subscription's."""
         ...
 
     def add_subscription(self, namespace: str, doc: dict[str, Any],
@@ -93,11 +96,6 @@ def _plan_version(namespace: str, ref: Any, store: SubscriptionStore, now: datet
         raise bad("plan", f"no active version of plan {ref['key']!r}"
                           f"{' version ' + str(ref['version']) if ref.get('version') is not None else ''}; publish it first")
     return live[-1]
-
-
-def _overlapping(namespace: str, customer_id: str, start: datetime, store: SubscriptionStore,
-                 ignore: str | None = None) -> dict[str, Any] | None:
-    return _overlap(store.list_subscriptions(namespace, customer_id), start, ignore)
 
 
 def _overlap(subscriptions: list[dict[str, Any]], start: datetime, ignore: str | None = None) -> dict[str, Any] | None:
@@ -208,12 +206,14 @@ EDIT_ATTEMPTS: Final = 10  # writers editing one subscription at once that one e
 
 
 def _update(namespace: str, id_: str, store: SubscriptionStore,
-            edit: Callable[[dict[str, Any]], dict[str, Any]], *, live: bool = True) -> dict[str, Any]:
+            edit: Callable[[dict[str, Any]], dict[str, Any]], *, live: bool = True,
+            check: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
     """Read the subscription, `edit` it (it returns the document to write, or raises to refuse) and write it back
     only if it is still stored as it was read. Another container may edit it in between (two add-on adds at
     once): the lost race reads it again and edits what the other wrote, so neither edit is lost; `edit` checks
     afresh on each read (an add-on added meanwhile is a 409, as it would be one after the other). `live=False`
-    edits a deleted one too (the entitlements it records)."""
+    edits a deleted one too (the entitlements it records). `check` runs on the customer's subscriptions where the
+    write is made (SubscriptionStore.put_subscription)."""
     attempt = 0
     while True:
         attempt += 1
@@ -224,7 +224,7 @@ def _update(namespace: str, id_: str, store: SubscriptionStore,
         before = jsonx.dumps(doc)
         edited = edit(doc)
         try:
-            store.put_subscription(namespace, edited, expect_doc=before)
+            store.put_subscription(namespace, edited, expect_doc=before, check=check)
         except Conflict:
             if attempt == EDIT_ATTEMPTS:
                 raise
@@ -322,14 +322,22 @@ def unschedule_cancelation(namespace: str, id_: str, *, store: SubscriptionStore
     def unschedule(doc: dict[str, Any]) -> dict[str, Any]:
         if subs.status(doc, now) != "canceled":
             raise Conflict(f"subscription {id_} is {subs.status(doc, now)}, not canceled")
-        nxt = _overlapping(namespace, doc["customerId"], subs.t(doc["activeTo"]) or now, store, ignore=id_)
-        if nxt is not None:
-            raise Conflict(f"subscription {nxt['id']} starts when this one ends; cancel or delete it first")
+        no_next(store.list_subscriptions(namespace, doc["customerId"]))
         doc["activeTo"] = None
         doc["updatedAt"] = format_rfc3339(now)
         return doc
 
-    doc = _update(namespace, id_, store, unschedule)
+    def no_next(subscriptions: list[dict[str, Any]]) -> None:
+        """None of the customer's other subscriptions starts where this one (as stored) ends. Checked again where
+        the write is made, under the lock a new subscription of the customer takes (its check, no other running
+        then, would miss this one continuing): one made at once is seen, or sees this one run on."""
+        me = next((d for d in subscriptions if d["id"] == id_), None)
+        end = subs.t(me.get("activeTo")) if me is not None else None
+        nxt = _overlap(subscriptions, end or now, ignore=id_)
+        if nxt is not None:
+            raise Conflict(f"subscription {nxt['id']} starts when this one ends; cancel or delete it first")
+
+    doc = _update(namespace, id_, store, unschedule, check=no_next)
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
