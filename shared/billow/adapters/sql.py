@@ -441,10 +441,11 @@ class SqlMetaStore:
         return out
 
     def list_subjects(self, namespace: str) -> list[dict[str, Any]]:
+        """By key in code point order, sorted here: an ORDER BY would follow the database's collation (en_US on RDS:
+        `a` before `B`), so SQLite and PostgreSQL would list the same subjects in different orders."""
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(subjects).where(subjects.c.namespace == namespace, subjects.c.deleted_at.is_(None))
-                             .order_by(subjects.c.key))
-            return [_subject(r) for r in rows]
+            rows = c.execute(sa.select(subjects).where(subjects.c.namespace == namespace, subjects.c.deleted_at.is_(None)))
+            return sorted((_subject(r) for r in rows), key=lambda s: s["key"])
 
     _SUBJECT = sa.select(subjects).where(  # built once, as _FELLOWS
         subjects.c.namespace == sa.bindparam("ns"), subjects.c.deleted_at.is_(None),

@@ -50,14 +50,15 @@ class SqlLlmPriceStore:
 
     def list_overrides(self, namespace: str, provider: str | None = None,
                        model: str | None = None) -> list[PriceOverride]:
-        q = sa.select(llm_prices.c.doc).where(llm_prices.c.namespace == namespace)
+        q = sa.select(llm_prices.c.provider, llm_prices.c.model, llm_prices.c.effective_from, llm_prices.c.doc).where(
+            llm_prices.c.namespace == namespace)
         if provider is not None:
             q = q.where(llm_prices.c.provider == provider.lower())
         if model is not None:
             q = q.where(llm_prices.c.model == model.lower())
-        q = q.order_by(llm_prices.c.provider, llm_prices.c.model, llm_prices.c.effective_from)
-        with self.engine.connect() as c:
-            return [PriceOverride.from_json(jsonx.loads(r.doc)) for r in c.execute(q)]
+        with self.engine.connect() as c:  # sorted here, in code point order: an ORDER BY follows the collation
+            rows = [(r.provider, r.model, r.effective_from, r.doc) for r in c.execute(q)]
+        return [PriceOverride.from_json(jsonx.loads(doc)) for *_, doc in sorted(rows)]
 
     def delete_override(self, namespace: str, override_id: str) -> bool:
         with self.engine.begin() as c:
