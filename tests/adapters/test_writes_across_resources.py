@@ -188,3 +188,57 @@ def test_a_cancelation_unscheduled_while_the_next_subscription_is_made_never_lea
         doubled += len(stored) == 2 and not next(d for d in stored if d["id"] == first["id"]).get("activeTo")
     assert not bad and doubled == 0, (f"{doubled} of {ROUNDS} customers with two subscriptions running at once",
                                       bad[:3])
+
+
+def test_a_plan_change_meeting_the_next_subscription_never_leaves_two_running(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """POST /api/v1/subscriptions/{s}/change ends the subscription at `timing` and starts the new plan there. It
+    wrote the next subscription without looking at the customer's others, so a subscription already scheduled there
+    (made before the change, or at once with it by another container) and the change's both ran from then on, both
+    billed; and the end and the next one were two writes. Now the change writes both in one transaction under the
+    customer's lock a new subscription takes (`add_subscription(..., ending=)`), checking the others there: of a
+    change and a create at once, one is refused (409), and a refused change leaves the subscription as it was."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import subscriptions as subs_service
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    plan = {"name": "Base", "currency": "USD", "billingCadence": "P1M", "phases": [
+        {"key": "default", "name": "Default", "rateCards": [
+            {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
+             "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}]}]}
+    end = "2026-07-01T00:00:00Z"
+    bad: list[BaseException] = []
+    doubled = torn = 0
+    for round_ in range(ROUNDS):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"x{round_}", "name": "C", "currency": "USD",
+                                    "usageAttribution": {"subjectKeys": [f"x{round_}"]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        first = subs_service.create("ns", {"customPlan": plan, "customerId": customer["id"]}, store=catalogs[0],
+                                    meta=metas[0], ents=ents[0], now=NOW)
+        before = subs_service.cancel("ns", first["id"], {"timing": end}, store=catalogs[0], meta=metas[0],
+                                     ents=ents[0], now=NOW)
+        new = partial(subs_service.create, "ns", {"customPlan": plan, "customerId": customer["id"], "timing": end},
+                      store=catalogs[0], meta=metas[0], ents=ents[0], now=NOW)
+        changed = partial(subs_service.change, "ns", first["id"], {"timing": end, "customPlan": plan},
+                          store=catalogs[1], meta=metas[1], ents=ents[1], now=NOW)
+        if round_ % 4 == 3:  # one after the other: the change was not refused either
+            errors = []
+            for call in (new, changed):
+                try:
+                    call()
+                except BillowError as e:
+                    errors.append(e)
+        else:
+            _, errors = at_once([new, changed])
+        bad += _refusals(errors)
+        stored = catalogs[1].list_subscriptions("ns", customer["id"])
+        doubled += sum(1 for d in stored if d["activeFrom"] == end) > 1
+        if len(stored) == 2:  # the change refused: the subscription as it was
+            now_first = next(d for d in stored if d["id"] == first["id"])
+            torn += now_first["activeTo"] != before["activeTo"] or now_first["updatedAt"] != before["updatedAt"]
+    assert not bad and doubled == 0 and torn == 0, (
+        f"{doubled} of {ROUNDS} customers with two subscriptions from {end}, {torn} refused changes half written",
+        bad[:3])

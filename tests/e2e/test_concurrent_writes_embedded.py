@@ -399,3 +399,30 @@ def test_unscheduling_a_cancelation_while_the_next_subscription_is_made_never_le
         assert made in (201, 409) and kept in (200, 409), (made, kept)
         both.append(made == 201 and kept == 200)
     assert not any(both), f"{sum(both)} of 20 rounds continued the subscription and made the next one"
+
+
+def test_a_plan_change_meeting_the_next_subscription_never_leaves_two_running(srv: Drained) -> None:
+    """A plan change (POST /api/v1/subscriptions/{s}/change) at the instant a canceled subscription ends, at once with
+    a new subscription made for that instant: the change wrote its next subscription without looking at the
+    customer's others, so both ran from then on, both billed (15 of 20 rounds before; one after the other too). Now one
+    of the two is refused (409) (tests/adapters/test_writes_across_resources.py: the same across containers)."""
+    draft = ok(srv, "POST", "/api/v1/plans", {"key": "change_race", "name": "P", "currency": "USD",
+                                              "billingCadence": "P1M",
+                                              "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]})
+    ok(srv, "POST", f"/api/v1/plans/{draft['id']}/publish")
+    end = (datetime.now(UTC) + timedelta(days=10)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    both = []
+    for round_ in range(20):
+        key = f"change_race_{round_}"
+        cust = ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "currency": "USD",
+                                                     "usageAttribution": {"subjectKeys": [key]}})
+        sub = ok(srv, "POST", "/api/v1/subscriptions", {"plan": {"key": "change_race"}, "customerId": cust["id"]})
+        ok(srv, "POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": end})
+        (made, _), (changed, _) = at_once([
+            partial(srv.request, "POST", "/api/v1/subscriptions",
+                    {"plan": {"key": "change_race"}, "customerId": cust["id"], "timing": end}),
+            partial(srv.request, "POST", f"/api/v1/subscriptions/{sub['id']}/change",
+                    {"plan": {"key": "change_race"}, "timing": end})])
+        assert made in (201, 409) and changed in (200, 409), (made, changed)
+        both.append(made == 201 and changed == 200)
+    assert not any(both), f"{sum(both)} of 20 rounds changed the plan and made the next subscription"

@@ -163,13 +163,20 @@ class SqlCatalogStore:
             raise Conflict(f"subscription {doc['id']} changed meanwhile; reload it and try again")
 
     def add_subscription(self, namespace: str, doc: dict[str, Any],
-                         check: Callable[[list[dict[str, Any]]], None]) -> None:
+                         check: Callable[[list[dict[str, Any]]], None], *, ending: dict[str, Any] | None = None,
+                         expect_doc: str | None = None) -> None:
         """Insert a new subscription if `check` passes (it raises when not) on its customer's subscriptions as they
         are in this transaction, one such add per customer at a time: two containers adding at once would each
-        check without the other's and both write (two subscriptions where the check allows one)."""
+        check without the other's and both write (two subscriptions where the check allows one). With `ending` (a
+        plan change), the subscription it ends is written in this transaction, only if still stored as
+        `expect_doc` (else Conflict, and the new one is not written either)."""
         with self.engine.begin() as c:
             serialise(c, customer_lock(namespace, doc["customerId"]))
             check(self._of_customer(c, namespace, doc["customerId"]))
+            if ending is not None and c.execute(subscriptions.update().where(
+                    subscriptions.c.namespace == namespace, subscriptions.c.id == ending["id"],
+                    subscriptions.c.doc == expect_doc).values(doc=jsonx.dumps(ending))).rowcount != 1:
+                raise Conflict(f"subscription {ending['id']} changed meanwhile; reload it and try again")
             c.execute(subscriptions.insert().values(id=doc["id"], namespace=namespace, customer_id=doc["customerId"],
                                                     doc=jsonx.dumps(doc)))
 

@@ -44,9 +44,12 @@ class SubscriptionStore(catalog.CatalogStore, Protocol):
         ...
 
     def add_subscription(self, namespace: str, doc: dict[str, Any],
-                         check: Callable[[list[dict[str, Any]]], None]) -> None:
+                         check: Callable[[list[dict[str, Any]]], None], *, ending: dict[str, Any] | None = None,
+                         expect_doc: str | None = None) -> None:
         """Insert a new subscription if `check` passes (it raises when not) on the customer's subscriptions as they
-        are when it is written: of two adds at once, the second is checked with the first."""
+        are when it is written: of two adds at once, the second is checked with the first. With `ending` (a plan
+        change: the subscription it ends), that one is written in the same transaction, only if still stored as
+        `expect_doc` (else Conflict, and neither is written)."""
         ...
 
     def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
@@ -363,10 +366,22 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
     # Entitlements of features both plans grant move over (same entitlement, same balance) rather than being
     # deleted and re-created: the next subscription adopts them first, then the ended one lets go of the rest.
     _check_entitlements(namespace, nxt, customer, ents, now, ignore=set(current.get("entitlements", {}).values()))
-    # Ended only as it was read: a change, add-on or cancel that another container wrote meanwhile makes this one
-    # a 409 (reload and change again) rather than being overwritten, and the next subscription is not written.
-    store.put_subscription(namespace, _end(current, at, now), expect_doc=read_as)
-    store.put_subscription(namespace, nxt)
+
+    def no_clash(subscriptions: list[dict[str, Any]]) -> None:
+        # Another subscription of the customer in the new one's time (one scheduled where this one ends, made by a
+        # request beside this one or before it) refuses the change, as it refuses a new subscription.
+        clash = _overlap(subscriptions, at, ignore=id_)
+        if clash is not None:
+            raise Conflict(f"customer {customer.get('key') or customer['id']!r} already has subscription "
+                           f"{clash['id']} in the new plan's time; cancel or delete it first")
+        if meta.get_customer(namespace, customer["id"]) is None:  # deleted meanwhile, under the deletion's lock
+            raise NotFound(f"customer {current['customerId']} of the subscription was deleted")
+
+    no_clash(store.list_subscriptions(namespace, customer["id"]))
+    # Ended only as it was read, and in one transaction with the next one's insert under the customer's lock: a
+    # change, add-on or cancel another container wrote meanwhile makes this one a 409 (reload and change again) rather
+    # than being overwritten, and a subscription made meanwhile in the new one's time is seen; neither is half written.
+    store.add_subscription(namespace, nxt, no_clash, ending=_end(current, at, now), expect_doc=read_as)
     nxt = sync_entitlements(namespace, nxt, store=store, meta=meta, ents=ents, now=now)
     current = sync_entitlements(namespace, get(namespace, id_, store=store), store=store, meta=meta, ents=ents, now=now)
     return {"current": current, "next": nxt}
