@@ -242,3 +242,50 @@ def test_a_plan_change_meeting_the_next_subscription_never_leaves_two_running(
     assert not bad and doubled == 0 and torn == 0, (
         f"{doubled} of {ROUNDS} customers with two subscriptions from {end}, {torn} refused changes half written",
         bad[:3])
+
+
+def test_a_feature_archived_while_a_plan_on_it_is_published_never_sees_the_publish_after_it(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """Publishing a plan (or add-on) refuses a rate card on an archived feature (400, `...featureKey`). The publish
+    looked at the features, found them live, then wrote: an archive answering 204 in between saw the plan still a
+    draft, and the plan went live on the archived feature after that answer. A plan published before the archive
+    stays (the archive ends nothing); one published after it must not be. Now the publish takes the lock of each of
+    its features the archive takes (`adapters/sql.feature_use_lock`) and checks them under it."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.domain.catalog import status
+    from billow.services import catalog
+    from billow.services.features import archive_feature, create_feature
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"pub_{round_}"
+        feature = create_feature("ns", {"key": key, "name": key}, store=ents[0], meta=metas[0], now=NOW)
+        kind = "addon" if round_ % 2 else "plan"
+        card = {"type": "flat_fee", "key": key, "featureKey": key, "name": "Fee", "billingCadence": "P1M",
+                "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}
+        body = ({"key": key, "name": key, "currency": "USD", "instanceType": "single", "rateCards": [card]}
+                if kind == "addon" else
+                {"key": key, "name": key, "currency": "USD", "billingCadence": "P1M",
+                 "phases": [{"key": "default", "name": "Default", "rateCards": [card]}]})
+        draft = catalog.create("ns", kind, body, store=catalogs[0], now=NOW)
+        seen: list[str] = []
+
+        def archive(feature_id: str = feature["id"], draft_id: str = draft["id"], kind: str = kind,
+                    seen: list[str] = seen) -> None:
+            archive_feature("ns", feature_id, store=ents[1], now=NOW)
+            doc = catalogs[1].get_versioned(kind, "ns", draft_id)
+            assert doc is not None
+            seen.append(status(doc, NOW))
+
+        _, errors = at_once([partial(catalog.publish, "ns", kind, draft["id"], store=catalogs[0], features=ents[0],
+                                     now=NOW), archive])
+        bad += _refusals(errors)
+        after = catalogs[1].get_versioned(kind, "ns", draft["id"])
+        assert after is not None
+        late += seen == ["draft"] and status(after, NOW) != "draft"
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} plans and add-ons published after their feature's archive "
+                                   "answered", bad[:3])

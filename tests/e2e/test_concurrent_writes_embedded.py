@@ -426,3 +426,28 @@ def test_a_plan_change_meeting_the_next_subscription_never_leaves_two_running(sr
         assert made in (201, 409) and changed in (200, 409), (made, changed)
         both.append(made == 201 and changed == 200)
     assert not any(both), f"{sum(both)} of 20 rounds changed the plan and made the next subscription"
+
+
+def test_archiving_a_feature_while_a_plan_on_it_is_published_never_publishes_it_after_the_archive(
+        srv: Drained) -> None:
+    """A plan's publish refuses a rate card on an archived feature (400): a publish that had found the feature live
+    wrote after an archive that answered 204 in between (the archiving client then read the plan still a draft, and
+    a moment later it was active on the archived feature). Now the publish checks its features under the lock the
+    archive takes (tests/adapters/test_writes_across_resources.py: the same across containers)."""
+    late = []
+    for round_ in range(20):
+        key = f"pub_race_{round_}"
+        ok(srv, "POST", "/api/v1/features", {"key": key, "name": key})
+        draft = ok(srv, "POST", "/api/v1/plans", {
+            "key": key, "name": key, "currency": "USD", "billingCadence": "P1M",
+            "phases": [{"key": "default", "name": "D", "rateCards": [{**FEE, "key": key, "featureKey": key}]}]})
+
+        def archive_then_read(key: str = key, plan_id: str = draft["id"]) -> tuple[int, dict[str, str], Any]:
+            status, hdrs, _ = srv.request("DELETE", f"/api/v1/features/{key}")
+            return status, hdrs, ok(srv, "GET", f"/api/v1/plans/{plan_id}")["status"]
+
+        (published, _), (gone, seen) = at_once([
+            partial(srv.request, "POST", f"/api/v1/plans/{draft['id']}/publish"), archive_then_read])
+        assert published in (200, 400) and gone == 204, (published, gone)
+        late.append(published == 200 and seen == "draft")
+    assert not any(late), f"{sum(late)} of 20 plans published after their feature's archive answered"

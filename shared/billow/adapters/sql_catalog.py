@@ -4,14 +4,14 @@ stay decimal strings inside the documents."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import customer_lock, save_by_id, serialise
+from billow.adapters.sql import customer_lock, feature_use_lock, save_by_id, serialise
 from billow.errors import Conflict
 
 md = sa.MetaData()
@@ -65,14 +65,22 @@ class SqlCatalogStore:
         upgrade(self.engine)
 
     # -- plans and add-ons (versioned by key) ------------------------------------------------------------
-    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
+    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
+                      check: Callable[[], None] | None = None, feature_keys: Sequence[str] = ()) -> None:
         """Save a plan or add-on version; with `expect_doc`, only if it is still stored as that JSON (what it was
-        read as), else Conflict: another writer changed it since (an update of a draft racing its publish)."""
+        read as), else Conflict: another writer changed it since (an update of a draft racing its publish). With
+        `check` (a publish: its features still live), the new entitlements' locks of `feature_keys` are taken (in
+        one order; feature_use_lock, which a feature's archive takes), the check runs (it raises to refuse) and the
+        write follows in that transaction, so an archive at once either sees the version published or is seen."""
         table = KINDS[kind]
         row = {"id": doc["id"], "namespace": namespace, "key": doc["key"], "version": doc["version"],
                "deleted": doc.get("deletedAt") is not None, "doc": jsonx.dumps(doc)}
         if expect_doc is not None:
             with self.engine.begin() as c:
+                if check is not None:
+                    for key in sorted(set(feature_keys)):
+                        serialise(c, feature_use_lock(namespace, key))
+                    check()
                 done = c.execute(table.update().where(table.c.namespace == namespace, table.c.id == doc["id"],
                                                       table.c.doc == expect_doc).values(**row)).rowcount
             if done != 1:

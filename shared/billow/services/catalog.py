@@ -7,8 +7,9 @@ must), every rate card's feature exists, and usage-based and metered rate cards 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any, Final, Protocol
 
 from billow import jsonx
@@ -22,8 +23,11 @@ KIND_NAMES = {"plan": "plan", "addon": "add-on"}
 
 
 class CatalogStore(Protocol):
-    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None) -> None:
-        """Save a version; with `expect_doc`, only if it is still stored as that JSON (else Conflict)."""
+    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
+                      check: Callable[[], None] | None = None, feature_keys: Sequence[str] = ()) -> None:
+        """Save a version; with `expect_doc`, only if it is still stored as that JSON (else Conflict). With `check`
+        (with `expect_doc`), it runs (and raises to refuse) where the write is made, one at a time with the archive
+        of each of `feature_keys`."""
         ...
 
     def get_versioned(self, kind: str, namespace: str, id_: str) -> dict[str, Any] | None: ...
@@ -136,26 +140,31 @@ EDIT_ATTEMPTS: Final = 10  # writers changing one draft at once that one change 
 
 
 def _edit_draft(namespace: str, kind: str, id_: str, store: CatalogStore, now: datetime,
-                edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+                edit: Callable[[dict[str, Any]], None],
+                check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Read the draft, `edit` it (or raise) and write it only if it is still stored as it was read. Another
     container may change it in between (an update racing a publish): the lost race reads it again, so an update
     that comes after a publish is refused (only a draft can be changed, 409) rather than writing the published
     version back as a draft, and a publish after an update publishes the updated draft."""
-    return _edit_version(namespace, kind, store, lambda: _draft(namespace, kind, id_, store, now), edit)
+    return _edit_version(namespace, kind, store, lambda: _draft(namespace, kind, id_, store, now), edit, check)
 
 
 def _edit_version(namespace: str, kind: str, store: CatalogStore, read: Callable[[], dict[str, Any]],
-                  edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+                  edit: Callable[[dict[str, Any]], None],
+                  check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """`read` the version (it raises what refuses the change), `edit` it and write it only if it is still stored as
-    read; a lost race reads it again (at most EDIT_ATTEMPTS times)."""
+    read; a lost race reads it again (at most EDIT_ATTEMPTS times). `check` runs on the edited version where it is
+    written, under the lock of each feature its rate cards name that the feature's archive takes too."""
     attempt = 0
     while True:
         attempt += 1
         doc = read()
         before = jsonx.dumps(doc)
         edit(doc)
+        keys = sorted({rc["featureKey"] for _, rc in _cards(kind, doc) if rc.get("featureKey")}) if check else []
         try:
-            store.put_versioned(kind, namespace, doc, expect_doc=before)
+            store.put_versioned(kind, namespace, doc, expect_doc=before,
+                                check=partial(check, doc) if check is not None else None, feature_keys=keys)
         except Conflict:
             if attempt == EDIT_ATTEMPTS:
                 raise
@@ -179,13 +188,18 @@ def publish(namespace: str, kind: str, id_: str, *, store: CatalogStore, feature
             now: datetime) -> dict[str, Any]:
     stamp = format_rfc3339(now)
 
-    def make_effective(doc: dict[str, Any]) -> None:
+    def publishable(doc: dict[str, Any]) -> None:
         problems = _publish_problems(namespace, kind, doc, features)
         if problems:
             raise ValidationFailed("; ".join(f"{p['field']}: {p['message']}" for p in problems), problems)
+
+    def make_effective(doc: dict[str, Any]) -> None:
+        publishable(doc)
         doc.update(effectiveFrom=stamp, updatedAt=stamp)
 
-    doc = _edit_draft(namespace, kind, id_, store, now, make_effective)
+    # Checked again where it is written, under its features' locks: a feature archived since the first look is
+    # refused as an archived one is (400), never published on after the archive answered.
+    doc = _edit_draft(namespace, kind, id_, store, now, make_effective, check=publishable)
     for other in store.list_versioned(kind, namespace, key=doc["key"]):  # the version it replaces ends
         if other["id"] != doc["id"] and other.get("effectiveFrom") and not other.get("effectiveTo"):
             other.update(effectiveTo=stamp, updatedAt=stamp)
