@@ -40,15 +40,15 @@ def create_profile(namespace: str, body: object, *, store: BillingStore, now: da
     if not isinstance(name, str) or not name.strip():
         raise bad("name", "is required")
     stamp = format_rfc3339(now)
+    supplier, workflow = parse_supplier(body.get("supplier")), parse_workflow(body.get("workflow"), WORKFLOW_DEFAULTS)
+    linked = _apps(namespace, body.get("apps", {}), apps, now)
     doc = {"id": new_id(), "name": name, "description": body.get("description"), "metadata": body.get("metadata"),
-           "supplier": parse_supplier(body.get("supplier")),
-           "workflow": parse_workflow(body.get("workflow"), WORKFLOW_DEFAULTS),
-           "apps": _apps(namespace, body.get("apps", {}), apps, now), "default": bool(body.get("default")),
+           "supplier": supplier, "workflow": workflow, "apps": linked, "default": bool(body.get("default")),
            "createdAt": stamp, "updatedAt": stamp, "deletedAt": None}
     # The first profile is the default one (the auto-provisioned sandbox profile does not count: it yields).
     if not [p for p in store.list_profiles(namespace) if not _provisioned(p)]:
         doc["default"] = True
-    store.put_profile(namespace, doc, check=_apps_still_installed(namespace, doc["apps"], apps))
+    store.put_profile(namespace, doc, check=_apps_still_installed(namespace, linked, apps))
     return doc
 
 
