@@ -17,7 +17,16 @@ from billow.errors import BillowError, ValidationFailed, problem
 from billow.services import directory, events_v2, health, meters, pages, params, query, subscriptions
 from billow.timeutil import parse_rfc3339
 from billow.web import present, query_contract
-from billow.web.http import JSON, PROBLEM, as_caller, json_body, path_param, query_multi, refuse_nul_in_path, wants_csv
+from billow.web.http import (
+    JSON,
+    PROBLEM,
+    as_caller,
+    json_body,
+    path_param,
+    query_multi,
+    refuse_nul_in_path,
+    wants_csv,
+)
 from billow.web.openapi import document
 from functions.api import (
     admin_routes,

@@ -7,9 +7,9 @@ simplejson's C scanner does the Decimal round trip, so one module serves ingest 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from collections.abc import Callable
 from typing import Any
 
 import simplejson
