@@ -289,3 +289,51 @@ def test_a_feature_archived_while_a_plan_on_it_is_published_never_sees_the_publi
         late += seen == ["draft"] and status(after, NOW) != "draft"
     assert not bad and late == 0, (f"{late} of {2 * ROUNDS} plans and add-ons published after their feature's archive "
                                    "answered", bad[:3])
+
+
+def test_an_entitlement_deleted_while_a_grant_is_made_on_it_never_gets_one_after_the_deletion(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """A grant needs a live entitlement (404 on a deleted one). A grant create looked at the entitlement, found it
+    live, then wrote: a deletion answering 204 in between did not see the grant (the deleting container, listing the
+    entitlement's grants right after, found none), and a moment later the ended entitlement had a new grant. Now a
+    grant's write and the entitlement's deletion take one lock per entitlement (`adapters/sql.entitlement_lock`)
+    and the grant checks the entitlement under it: there when the deletion answers, or refused (404)."""
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import entitlements as ents_service
+    from billow.services.features import create_feature
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    metas[0].put_meter("ns", _meter("grant_tok"))
+    create_feature("ns", {"key": "grant_feat", "name": "g", "meterSlug": "grant_tok"}, store=ents[0], meta=metas[0],
+                   now=NOW)
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        subject = f"g{round_}"
+        metas[0].upsert_subject("ns", {"key": subject}, NOW)
+        ent = ents_service.create_entitlement("ns", subject, {"type": "metered", "featureKey": "grant_feat",
+                                                              "usagePeriod": {"interval": "MONTH"}},
+                                              store=ents[0], meta=metas[0], now=NOW)
+        seen: list[set[str]] = []
+
+        def delete(ent_id: str = ent["id"], subject: str = subject, seen: list[set[str]] = seen) -> None:
+            ents_service.delete_entitlement("ns", subject, ent_id, store=ents[1], meta=metas[1], now=NOW)
+            seen.append({g["id"] for g in ents[1].list_grants("ns", [ent_id])})
+
+        grant = partial(ents_service.create_grant, "ns", subject, ent["id"],
+                        {"amount": 10, "effectiveAt": "2026-06-01T00:00:00Z", "expiration": {"duration": "MONTH",
+                                                                                             "count": 1}},
+                        store=ents[0], meta=metas[0], now=NOW)
+        _, errors = at_once([grant, delete])
+        bad += _refusals(errors)
+        after = {g["id"] for g in ents[1].list_grants("ns", [ent["id"]])}
+        late += bool(seen) and bool(after - seen[0])
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} entitlements got a grant after their deletion answered",
+                                   bad[:3])
+
+
+def _meter(slug: str) -> Any:
+    from billow.domain.meters import Meter
+
+    return Meter(id=new_id(), slug=slug, aggregation="SUM", event_type=slug, name=slug, description=None,
+                 value_property="$.v", group_by={}, event_from=None, created_at=NOW, updated_at=NOW)

@@ -451,3 +451,35 @@ def test_archiving_a_feature_while_a_plan_on_it_is_published_never_publishes_it_
         assert published in (200, 400) and gone == 204, (published, gone)
         late.append(published == 200 and seen == "draft")
     assert not any(late), f"{sum(late)} of 20 plans published after their feature's archive answered"
+
+
+def test_deleting_an_entitlement_while_a_grant_is_made_on_it_never_grants_it_after_the_deletion(
+        srv: Drained) -> None:
+    """A grant needs a live entitlement (404): a grant create that had found the entitlement live wrote after a
+    deletion that answered 204 in between (the deleting client, listing the entitlement's grants right after, found
+    none; a moment later the ended entitlement had one). Now the grant checks the entitlement under the lock its
+    deletion takes (tests/adapters/test_writes_across_resources.py: the same across containers)."""
+    ok(srv, "POST", "/api/v1/meters", {"slug": "grant_race_tok", "eventType": "grant_race_tok", "aggregation": "SUM",
+                                       "valueProperty": "$.v"})
+    ok(srv, "POST", "/api/v1/features", {"key": "grant_race", "name": "grant_race", "meterSlug": "grant_race_tok"})
+    late = []
+    for round_ in range(20):
+        subject = f"grant_race_{round_}"
+        ok(srv, "POST", "/api/v1/subjects", [{"key": subject}])
+        ent = ok(srv, "POST", f"/api/v1/subjects/{subject}/entitlements",
+                 {"type": "metered", "featureKey": "grant_race", "usagePeriod": {"interval": "MONTH"}})
+        start = ent["currentUsagePeriod"]["from"]
+        path = f"/api/v1/subjects/{subject}/entitlements/{ent['id']}"
+
+        def delete_then_list(path: str = path) -> tuple[int, dict[str, str], Any]:
+            status, hdrs, _ = srv.request("DELETE", path)
+            return status, hdrs, ok(srv, "GET", "/api/v1/grants?includeDeleted=true")
+
+        (made, grant), (gone, seen) = at_once([
+            partial(srv.request, "POST", f"{path}/grants",
+                    {"amount": 10, "effectiveAt": start, "expiration": {"duration": "MONTH", "count": 1}}),
+            delete_then_list])
+        assert made in (201, 404) and gone == 204, (made, gone, grant)
+        listed = seen["items"] if isinstance(seen, dict) else seen
+        late.append(made == 201 and grant["id"] not in {g["id"] for g in listed})
+    assert not any(late), f"{sum(late)} of 20 entitlements granted after their deletion answered"

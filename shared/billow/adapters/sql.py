@@ -231,6 +231,12 @@ def feature_use_lock(namespace: str, key: str) -> str:
     return f"entitlements.feature:{namespace}:{key}"
 
 
+def entitlement_lock(namespace: str, entitlement_id: str) -> str:
+    """The serialise() name of an entitlement's new grants: held by writing a grant of it (only on a live
+    entitlement) and by ending it (a deletion, an override)."""
+    return f"entitlements.grants:{namespace}:{entitlement_id}"
+
+
 def app_use_lock(namespace: str, app_id: str) -> str:
     """The serialise() name of an installed app's uses: held by writing a billing profile that names the app (only an
     installed app) and by uninstalling the app (only when no profile uses it)."""

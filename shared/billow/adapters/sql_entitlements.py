@@ -15,6 +15,7 @@ from billow import jsonx
 from billow.adapters.sql import (
     TS,
     among,
+    entitlement_lock,
     feature_use_lock,
     insert_new,
     meter_use_lock,
@@ -174,8 +175,9 @@ class SqlEntitlementStore:
         self.generation += 1
         row = dict(namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
                    feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=created_at, deleted_at=deleted_at)
-        if deleted_at is not None:
+        if deleted_at is not None:  # under the lock a new grant of it takes: one written at once is there, or refused
             with self.engine.begin() as c:
+                serialise(c, entitlement_lock(namespace, doc["id"]))
                 done = c.execute(entitlements.update().where(
                     entitlements.c.namespace == namespace, entitlements.c.id == doc["id"],
                     entitlements.c.deleted_at.is_(None)).values(doc=row["doc"], deleted_at=deleted_at)).rowcount
@@ -211,6 +213,7 @@ class SqlEntitlementStore:
                 if check is not None:
                     serialise(c, feature_use_lock(namespace, doc["featureKey"]))
                     check()
+                serialise(c, entitlement_lock(namespace, old_id))  # as a deletion: a grant of it at once is seen
                 if c.execute(entitlements.update().where(entitlements.c.namespace == namespace,
                                                          entitlements.c.id == old_id, entitlements.c.deleted_at.is_(None))
                              .values(deleted_at=at, doc=jsonx.dumps(old_doc))).rowcount != 1:
@@ -264,10 +267,16 @@ class SqlEntitlementStore:
 
     # -- grants -----------------------------------------------------------------------------------
     def put_grant(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
-                  expect_doc: str | None = None) -> None:
+                  expect_doc: str | None = None, check: Callable[[], None] | None = None) -> None:
         """Save a grant; with `expect_doc` (voiding it), only if it is still stored as that JSON, else Conflict: two
-        voids at once (each at its own instant) would both answer 204 and the later write keep its instant only."""
+        voids at once (each at its own instant) would both answer 204 and the later write keep its instant only.
+        With `check` (a new grant's entitlement still live), it runs (it raises to refuse) under the entitlement's
+        lock (entitlement_lock), which its deletion and override take too: a deletion at once either sees this grant
+        written or is seen by the check."""
         with self.engine.begin() as c:
+            if check is not None:
+                serialise(c, entitlement_lock(namespace, doc["entitlementId"]))
+                check()
             if expect_doc is None:
                 save_by_id(c, grants, dict(namespace=namespace, id=doc["id"], entitlement_id=doc["entitlementId"],
                                            doc=jsonx.dumps(doc), created_at=created_at), keep=("created_at",))

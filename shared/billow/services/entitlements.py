@@ -52,7 +52,10 @@ class EntitlementStore(FeatureStore, Protocol):
                           feature_keys: list[str] | None = None) -> list[dict[str, Any]]: ...
 
     def put_grant(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
-                  expect_doc: str | None = None) -> None: ...
+                  expect_doc: str | None = None, check: Callable[[], None] | None = None) -> None:
+        """With `check`, it runs (and raises to refuse) where the grant is written, one at a time with the deletion
+        or override of its entitlement."""
+        ...
 
     def get_grant(self, namespace: str, grant_id: str) -> dict[str, Any] | None: ...
 
@@ -262,8 +265,19 @@ def create_grant(namespace: str, subject: str, id_or_feature_key: str, body: Any
                  meta: MetaStore, now: datetime) -> dict[str, Any]:
     ent = resolve(namespace, party_keys(namespace, subject, meta), id_or_feature_key, store=store)
     doc = build_grant(namespace, ent, body, store=store, now=now)
-    store.put_grant(namespace, doc, created_at=now)
+    store.put_grant(namespace, doc, created_at=now, check=entitlement_still_live(namespace, ent["id"], store))
     return grant_json(doc, now)
+
+
+def entitlement_still_live(namespace: str, entitlement_id: str, store: EntitlementStore) -> Callable[[], None]:
+    """A new grant's check where it is written, under the lock its entitlement's deletion (or override) takes too:
+    the entitlement ended since the grant's look is refused as an ended one is (404), never granted after the
+    deletion answered."""
+    def check() -> None:
+        if store.get_entitlement(namespace, entitlement_id) is None:
+            raise NotFound(f"entitlement {entitlement_id!r} not found (deleted or replaced meanwhile)")
+
+    return check
 
 
 def build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: EntitlementStore, now: datetime,

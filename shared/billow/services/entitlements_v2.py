@@ -277,7 +277,7 @@ def create_grant(namespace: str, customer_ref: str, ref: str, body: Any, *, stor
                  meta: MetaStore, now: datetime) -> dict[str, Any]:
     _, ent = resolve(namespace, customer_ref, ref, store=store, meta=meta)
     doc = entitlements.build_grant(namespace, ent, body, store=store, now=now, v2=True)
-    store.put_grant(namespace, doc, created_at=now)
+    store.put_grant(namespace, doc, created_at=now, check=entitlements.entitlement_still_live(namespace, ent["id"], store))
     return entitlements.grant_json(doc, now)
 
 
