@@ -337,3 +337,42 @@ def _meter(slug: str) -> Any:
 
     return Meter(id=new_id(), slug=slug, aggregation="SUM", event_type=slug, name=slug, description=None,
                  value_property="$.v", group_by={}, event_from=None, created_at=NOW, updated_at=NOW)
+
+
+def test_a_customer_deleted_while_an_entitlement_is_made_for_it_never_gets_one_after_the_deletion(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """POST /api/v2/customers/{c}/entitlements needs a live customer (404). The create looked at the customer, found
+    it, then wrote: a deletion answering 204 in between did not see the entitlement (the deleting container, listing
+    the customer's subject's entitlements right after, found none), and a moment later the deleted customer had a
+    new live entitlement. Now the create also takes the customer's lock its deletion takes (`customer_lock`) and
+    checks the customer under it: there when the deletion answers, or refused (404)."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import directory, entitlements_v2
+    from billow.services.features import create_feature
+    from billow.services.subscriptions import check_customer_deletable
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    create_feature("ns", {"key": "cust_feat", "name": "c"}, store=ents[0], meta=metas[0], now=NOW)
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"d{round_}"
+        customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        seen: list[set[str]] = []
+
+        def delete(cid: str = customer["id"], key: str = key, seen: list[set[str]] = seen) -> None:
+            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[1], now=NOW)
+            directory.delete_customer("ns", cid, meta=metas[1], now=NOW, check=deletable)
+            seen.append({e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])})
+
+        _, errors = at_once([partial(entitlements_v2.create, "ns", key, {"type": "boolean", "featureKey": "cust_feat"},
+                                     store=ents[0], meta=metas[0], now=NOW), delete])
+        bad += _refusals(errors)
+        after = {e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])}
+        late += bool(seen) and bool(after - seen[0])
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} deleted customers got an entitlement after their deletion "
+                                   "answered", bad[:3])

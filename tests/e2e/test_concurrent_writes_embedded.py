@@ -483,3 +483,29 @@ def test_deleting_an_entitlement_while_a_grant_is_made_on_it_never_grants_it_aft
         listed = seen["items"] if isinstance(seen, dict) else seen
         late.append(made == 201 and grant["id"] not in {g["id"] for g in listed})
     assert not any(late), f"{sum(late)} of 20 entitlements granted after their deletion answered"
+
+
+def test_deleting_a_customer_while_an_entitlement_is_made_for_it_never_gives_it_one_after_the_deletion(
+        srv: Drained) -> None:
+    """POST /api/v2/customers/{c}/entitlements needs a live customer (404): a create that had found the customer
+    wrote after a deletion that answered 204 in between (the deleting client, listing the customer's subject's
+    entitlements right after, found none; a moment later the deleted customer had one). Now the create checks the
+    customer under the lock its deletion takes (tests/adapters/test_writes_across_resources.py: the same across
+    containers)."""
+    ok(srv, "POST", "/api/v1/features", {"key": "cust_race", "name": "cust_race"})
+    late = []
+    for round_ in range(20):
+        key = f"cust_race_{round_}"
+        ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "usageAttribution": {"subjectKeys": [key]}})
+
+        def delete_then_list(key: str = key) -> tuple[int, dict[str, str], Any]:
+            status, hdrs, _ = srv.request("DELETE", f"/api/v1/customers/{key}")
+            return status, hdrs, ok(srv, "GET", f"/api/v1/entitlements?subject={key}")
+
+        (made, ent), (gone, seen) = at_once([
+            partial(srv.request, "POST", f"/api/v2/customers/{key}/entitlements",
+                    {"type": "boolean", "featureKey": "cust_race"}),
+            delete_then_list])
+        assert made in (201, 404) and gone == 204, (made, gone, ent)
+        late.append(made == 201 and ent["id"] not in {e["id"] for e in seen})
+    assert not any(late), f"{sum(late)} of 20 deleted customers given an entitlement after their deletion answered"

@@ -15,6 +15,7 @@ from billow import jsonx
 from billow.adapters.sql import (
     TS,
     among,
+    customer_lock,
     entitlement_lock,
     feature_use_lock,
     insert_new,
@@ -163,7 +164,7 @@ class SqlEntitlementStore:
     # -- entitlements -----------------------------------------------------------------------------
     def put_entitlement(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
                         deleted_at: datetime | None = None, party: Sequence[str] | None = None,
-                        check: Callable[[], None] | None = None) -> None:
+                        check: Callable[[], None] | None = None, customer_id: str | None = None) -> None:
         """Save an entitlement. With `party` (the subject keys of the customer its subject belongs to: one billable
         party), only if none of them has a live entitlement of its feature where it is written, else Conflict naming
         that one (`conflictingEntityId`); such writes of one feature go one at a time. The one-live-entitlement
@@ -171,7 +172,9 @@ class SqlEntitlementStore:
         `deleted_at` (deleting it), only a live one: one deleted meanwhile (another deletion at once) is NotFound, as
         to a later deletion, and its end (activeTo) stays the first deletion's. With `check` (a new one's feature
         still live), it runs (it raises to refuse) under the feature's lock, which its archive takes too
-        (feature_use_lock): an archive at once either sees this entitlement written or is seen by the check."""
+        (feature_use_lock): an archive at once either sees this entitlement written or is seen by the check; with
+        `customer_id` (made for a customer: its customer still live), under that customer's lock too, which its
+        deletion takes (customer_lock)."""
         self.generation += 1
         row = dict(namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
                    feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=created_at, deleted_at=deleted_at)
@@ -188,6 +191,8 @@ class SqlEntitlementStore:
             with self.engine.begin() as c:
                 if party is not None or check is not None:
                     serialise(c, feature_use_lock(namespace, doc["featureKey"]))
+                if customer_id is not None:  # after the feature's: no writer takes them the other way round
+                    serialise(c, customer_lock(namespace, customer_id))
                 if check is not None:
                     check()
                 if party is not None:

@@ -35,10 +35,11 @@ class EntitlementStore(FeatureStore, Protocol):
 
     def put_entitlement(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
                         deleted_at: datetime | None = None, party: Sequence[str] | None = None,
-                        check: Callable[[], None] | None = None) -> None:
+                        check: Callable[[], None] | None = None, customer_id: str | None = None) -> None:
         """Save an entitlement; with `party` (its customer's subject keys) only if none of them has a live one of
         its feature where it is written (else Conflict naming it); with `check`, it runs (and raises to refuse)
-        where the write is made, one at a time with the archive of the feature."""
+        where the write is made, one at a time with the archive of the feature (and, with `customer_id`, with the
+        deletion of that customer)."""
         ...
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: dict[str, Any], *, at: datetime,

@@ -43,6 +43,24 @@ def _subject(c: dict[str, Any]) -> str:
     return keys[0]
 
 
+def _customer_still_there(namespace: str, ref: str, customer_id: str, meta: MetaStore) -> Callable[[], None]:
+    """A write's check for its customer where it is made, under the lock the customer's deletion takes: one deleted
+    since the look is refused as a deleted one is (404), never given an entitlement after the deletion answered."""
+    def check() -> None:
+        if meta.get_customer(namespace, customer_id) is None:
+            raise NotFound(f"customerIdOrKey: customer {ref!r} not found")
+
+    return check
+
+
+def _both(*checks: Callable[[], None]) -> Callable[[], None]:
+    def check() -> None:
+        for one in checks:
+            one()
+
+    return check
+
+
 class _Customers:
     """The customer of each entitlement's subject, looked up once per request."""
 
@@ -127,8 +145,9 @@ def create(namespace: str, customer_ref: str, body: Any, *, store: EntitlementSt
 
     refuse_second()
     try:  # checked again where it is written: another container may have created it through another subject
-        store.put_entitlement(namespace, doc, created_at=now, party=subject_keys(cust),
-                              check=entitlements.feature_still_live(namespace, body, doc, store))
+        store.put_entitlement(namespace, doc, created_at=now, party=subject_keys(cust), customer_id=cust["id"],
+                              check=_both(entitlements.feature_still_live(namespace, body, doc, store),
+                                          _customer_still_there(namespace, customer_ref, cust["id"], meta)))
     except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
         raise
