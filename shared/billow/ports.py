@@ -308,10 +308,11 @@ class SubscriptionStore(Protocol):
     use-cases need the catalog too: services.subscriptions.SubscriptionStore)."""
 
     def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
-                         check: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                         check: Callable[[list[dict[str, Any]]], None] | None = None,
+                         addon_id: str | None = None) -> None:
         """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (else Conflict); with
         `check`, it runs (and raises to refuse) on the customer's subscriptions as they are where the write is made,
-        one at a time with add_subscription's."""
+        one at a time with add_subscription's (and, with `addon_id`, with that add-on version's archive)."""
         ...
 
     def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None: ...

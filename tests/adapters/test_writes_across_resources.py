@@ -376,3 +376,53 @@ def test_a_customer_deleted_while_an_entitlement_is_made_for_it_never_gets_one_a
         late += bool(seen) and bool(after - seen[0])
     assert not bad and late == 0, (f"{late} of {2 * ROUNDS} deleted customers got an entitlement after their deletion "
                                    "answered", bad[:3])
+
+
+def test_an_add_on_archived_while_it_is_added_to_a_subscription_never_gets_added_after_the_archive(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """POST /api/v1/subscriptions/{s}/addons needs an active add-on (400 `addon.id` on an archived one). The add looked
+    at the add-on, found it active, then wrote: an archive answering in between did not see it on the subscription
+    (the archiving container, reading the subscription right after, found no add-on), and a moment later it was
+    there. Now the add checks the add-on under the add-on's lock its archive takes (`adapters/sql.addon_use_lock`):
+    on the subscription when the archive answers, or refused."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import catalog
+    from billow.services import subscriptions as subs_service
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    fee = {"type": "flat_fee", "key": "base", "name": "Base", "billingCadence": "P1M",
+           "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}
+    plan = {"name": "Base", "currency": "USD", "billingCadence": "P1M",
+            "phases": [{"key": "default", "name": "D", "rateCards": [fee]}]}
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        customer: dict[str, Any] = {"id": new_id(), "key": f"a{round_}", "name": "C", "currency": "USD",
+                                    "usageAttribution": {"subjectKeys": [f"a{round_}"]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        sub = subs_service.create("ns", {"customPlan": plan, "customerId": customer["id"]}, store=catalogs[0],
+                                  meta=metas[0], ents=ents[0], now=NOW)
+        addon = catalog.create("ns", "addon", {"key": f"ad{round_}", "name": "A", "currency": "USD",
+                                               "instanceType": "single", "rateCards": [{**fee, "key": f"ad{round_}"}]},
+                               store=catalogs[0], now=NOW)
+        catalog.publish("ns", "addon", addon["id"], store=catalogs[0], features=ents[0], now=NOW)
+        seen: list[int] = []
+
+        def archive(addon_id: str = addon["id"], sub_id: str = sub["id"], seen: list[int] = seen) -> None:
+            catalog.archive("ns", "addon", addon_id, store=catalogs[1], now=NOW)
+            stored = catalogs[1].get_subscription("ns", sub_id)
+            assert stored is not None
+            seen.append(len(stored["addons"]))
+
+        _, errors = at_once([partial(subs_service.add_addon, "ns", sub["id"],
+                                     {"addon": {"id": addon["id"]}, "quantity": 1, "timing": "immediate"},
+                                     store=catalogs[0], meta=metas[0], ents=ents[0], now=NOW), archive])
+        bad += _refusals(errors)
+        after = catalogs[1].get_subscription("ns", sub["id"])
+        assert after is not None
+        late += seen == [0] and len(after["addons"]) == 1
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} add-ons added to a subscription after their archive "
+                                   "answered", bad[:3])

@@ -509,3 +509,34 @@ def test_deleting_a_customer_while_an_entitlement_is_made_for_it_never_gives_it_
         assert made in (201, 404) and gone == 204, (made, gone, ent)
         late.append(made == 201 and ent["id"] not in {e["id"] for e in seen})
     assert not any(late), f"{sum(late)} of 20 deleted customers given an entitlement after their deletion answered"
+
+
+def test_archiving_an_add_on_while_it_is_added_to_a_subscription_never_adds_it_after_the_archive(
+        srv: Drained) -> None:
+    """Adding an add-on to a subscription needs an active add-on (400): an add that had found it active wrote after an
+    archive that answered in between (the archiving client, reading the subscription right after, saw no add-on; a
+    moment later it was there). Now the add checks the add-on under the lock its archive takes
+    (tests/adapters/test_writes_across_resources.py: the same across containers)."""
+    plan = {"name": "P", "currency": "USD", "billingCadence": "P1M",
+            "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]}
+    late = []
+    for round_ in range(20):
+        key = f"addon_race_{round_}"
+        cust = ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "currency": "USD",
+                                                     "usageAttribution": {"subjectKeys": [key]}})
+        sub = ok(srv, "POST", "/api/v1/subscriptions", {"customPlan": plan, "customerId": cust["id"]})
+        addon = ok(srv, "POST", "/api/v1/addons", {"key": key, "name": key, "currency": "USD", "instanceType": "single",
+                                                   "rateCards": [{**FEE, "key": key}]})
+        ok(srv, "POST", f"/api/v1/addons/{addon['id']}/publish")
+
+        def archive_then_read(addon_id: str = addon["id"], sub_id: str = sub["id"]) -> tuple[int, dict[str, str], Any]:
+            status, hdrs, _ = srv.request("POST", f"/api/v1/addons/{addon_id}/archive")
+            return status, hdrs, ok(srv, "GET", f"/api/v1/subscriptions/{sub_id}/addons")
+
+        (added, _), (archived, seen) = at_once([
+            partial(srv.request, "POST", f"/api/v1/subscriptions/{sub['id']}/addons",
+                    {"addon": {"id": addon["id"]}, "quantity": 1, "timing": "immediate"}),
+            archive_then_read])
+        assert added in (201, 400) and archived == 200, (added, archived)
+        late.append(added == 201 and not seen)
+    assert not any(late), f"{sum(late)} of 20 add-ons added to a subscription after their archive answered"

@@ -237,6 +237,12 @@ def entitlement_lock(namespace: str, entitlement_id: str) -> str:
     return f"entitlements.grants:{namespace}:{entitlement_id}"
 
 
+def addon_use_lock(namespace: str, addon_id: str) -> str:
+    """The serialise() name of an add-on version's uses: held by adding it to a subscription (only while it is
+    active) and by every guarded write of the version (its archive among them)."""
+    return f"catalog.addon.use:{namespace}:{addon_id}"
+
+
 def app_use_lock(namespace: str, app_id: str) -> str:
     """The serialise() name of an installed app's uses: held by writing a billing profile that names the app (only an
     installed app) and by uninstalling the app (only when no profile uses it)."""

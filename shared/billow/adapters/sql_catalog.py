@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import customer_lock, feature_use_lock, save_by_id, serialise
+from billow.adapters.sql import addon_use_lock, customer_lock, feature_use_lock, save_by_id, serialise
 from billow.errors import Conflict
 
 md = sa.MetaData()
@@ -80,6 +80,9 @@ class SqlCatalogStore:
                 if check is not None:
                     for key in sorted(set(feature_keys)):
                         serialise(c, feature_use_lock(namespace, key))
+                if kind == "addon":  # its archive (any change) and an add to a subscription, one at a time
+                    serialise(c, addon_use_lock(namespace, doc["id"]))
+                if check is not None:
                     check()
                 done = c.execute(table.update().where(table.c.namespace == namespace, table.c.id == doc["id"],
                                                       table.c.doc == expect_doc).values(**row)).rowcount
@@ -150,16 +153,21 @@ class SqlCatalogStore:
 
     # -- subscriptions -------------------------------------------------------------------------------------
     def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
-                         check: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                         check: Callable[[list[dict[str, Any]]], None] | None = None,
+                         addon_id: str | None = None) -> None:
         """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (what it was read as),
         else Conflict: another writer changed it since (two add-on adds at once). With `check`, it runs (it raises to
         refuse) on the customer's subscriptions as they are in this transaction, under the lock add_subscription
         takes (customer_lock): a continued subscription (its cancelation unscheduled) and a new one starting where
-        it ended, at once, would each check without the other and both run."""
+        it ended, at once, would each check without the other and both run. With `addon_id` (an add-on added), the
+        check runs under the add-on version's lock too (addon_use_lock), which its archive takes: an archive at once
+        either sees the add-on on the subscription or is seen by the check."""
         row = {"id": doc["id"], "namespace": namespace, "customer_id": doc["customerId"], "doc": jsonx.dumps(doc)}
         with self.engine.begin() as c:
             if check is not None:
                 serialise(c, customer_lock(namespace, doc["customerId"]))
+                if addon_id is not None:  # after the customer's: no writer takes them the other way round
+                    serialise(c, addon_use_lock(namespace, addon_id))
                 check(self._of_customer(c, namespace, doc["customerId"]))
             if expect_doc is None:
                 save_by_id(c, subscriptions, row)

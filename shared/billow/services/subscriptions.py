@@ -37,10 +37,11 @@ _GRACE = timedelta(minutes=1)  # clock skew between a client's "now" and ours
 
 class SubscriptionStore(catalog.CatalogStore, Protocol):
     def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
-                         check: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                         check: Callable[[list[dict[str, Any]]], None] | None = None,
+                         addon_id: str | None = None) -> None:
         """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (else Conflict); with
         `check`, it runs (and raises to refuse) on the customer's subscriptions as they are where the write is made,
-        one at a time with add_subscription's."""
+        one at a time with add_subscription's (and, with `addon_id`, with that add-on version's archive)."""
         ...
 
     def add_subscription(self, namespace: str, doc: dict[str, Any],
@@ -210,7 +211,7 @@ EDIT_ATTEMPTS: Final = 10  # writers editing one subscription at once that one e
 
 def _update(namespace: str, id_: str, store: SubscriptionStore,
             edit: Callable[[dict[str, Any]], dict[str, Any]], *, live: bool = True,
-            check: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
+            check: Callable[[list[dict[str, Any]]], None] | None = None, addon_id: str | None = None) -> dict[str, Any]:
     """Read the subscription, `edit` it (it returns the document to write, or raises to refuse) and write it back
     only if it is still stored as it was read. Another container may edit it in between (two add-on adds at
     once): the lost race reads it again and edits what the other wrote, so neither edit is lost; `edit` checks
@@ -227,7 +228,7 @@ def _update(namespace: str, id_: str, store: SubscriptionStore,
         before = jsonx.dumps(doc)
         edited = edit(doc)
         try:
-            store.put_subscription(namespace, edited, expect_doc=before, check=check)
+            store.put_subscription(namespace, edited, expect_doc=before, check=check, addon_id=addon_id)
         except Conflict:
             if attempt == EDIT_ATTEMPTS:
                 raise
@@ -513,7 +514,15 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
         doc["updatedAt"] = stamp
         return doc
 
-    doc = _update(namespace, id_, store, add)
+    def still_active(_: list[dict[str, Any]]) -> None:
+        # Under the lock the add-on's archive takes: archived since the look, it is refused as an archived one is
+        # (whatever this request's instant: an archive stamped later than it still answered before this write).
+        found = store.get_versioned("addon", namespace, addon["id"])
+        if found is None or catalog_rules.status(found, now) != "active" or found.get("effectiveTo") != addon.get(
+                "effectiveTo"):
+            raise bad("addon.id", "unknown or unpublished add-on (archived meanwhile)")
+
+    doc = _update(namespace, id_, store, add, check=still_active, addon_id=addon["id"])
     item = next(a for a in doc["addons"] if a["id"] == item_id)
     sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
     return present_addon(item, now)
