@@ -1030,3 +1030,30 @@ def test_containers_updating_and_deleting_one_notification_channel_or_rule_at_on
         revived += any(d is None for d in done) and not stored.get("deletedAt")
     assert not failed and not revived, (len(failed), f"{revived} of 10 deleted channels or rules live again",
                                         failed[:3])
+
+
+def test_one_notification_rule_or_channel_deleted_by_containers_at_once_answers_success_once(
+        metas: list[SqlMetaStore]) -> None:
+    """A deleted rule (channel) is a 404 to the next deletion; 8 deletions at once each found it live and wrote its
+    deletion: 7 or 8 answered 204 (each writing its own deletedAt). Now a deletion writes only a live one: one 204,
+    the rest 404."""
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.adapters.sql_notifications import SqlNotificationStore
+    from billow.errors import NotFound
+    from billow.services import notifications as notes
+
+    stores = [SqlNotificationStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    hook = {"type": "WEBHOOK", "name": "hook", "url": "https://hooks.example.test/billow"}
+    done = []
+    for _ in range(5):
+        ch = notes.create_channel("ns", hook, store=stores[0], now=NOW)
+        rule = notes.create_rule("ns", {"type": "invoice.created", "name": "r", "channels": [ch["id"]]},
+                                 store=stores[0], features=ents[0], now=NOW)
+        rules_done, rule_errors = at_once([partial(notes.delete_rule, "ns", rule["id"], store=stores[n % 2], now=NOW)
+                                           for n in range(THREADS)])
+        channels_done, channel_errors = at_once([partial(notes.delete_channel, "ns", ch["id"], store=stores[n % 2],
+                                                         now=NOW) for n in range(THREADS)])
+        assert all(isinstance(e, NotFound) for e in rule_errors + channel_errors), (rule_errors + channel_errors)[:3]
+        done.append((len(rules_done), len(channels_done)))
+    assert done == [(1, 1)] * 5, f"(rule, channel) deletions answering success: {done}"
