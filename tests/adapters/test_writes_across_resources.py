@@ -426,3 +426,41 @@ def test_an_add_on_archived_while_it_is_added_to_a_subscription_never_gets_added
         late += seen == [0] and len(after["addons"]) == 1
     assert not bad and late == 0, (f"{late} of {2 * ROUNDS} add-ons added to a subscription after their archive "
                                    "answered", bad[:3])
+
+
+def test_a_feature_archived_while_a_rule_is_made_on_it_never_gets_one_after_the_archive(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """A balance-threshold rule's `features` must be live features (400 `features[i]`). The rule's create looked at
+    the feature, found it live, then wrote: an archive answering 204 in between did not see the rule (the archiving
+    container, listing the rules right after, found none on it), and a moment later a rule on the archived feature
+    was there. Now the rule's write takes the feature's lock its archive takes and checks it under it."""
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.adapters.sql_notifications import SqlNotificationStore
+    from billow.services import notifications as notes
+    from billow.services.features import archive_feature, create_feature
+
+    stores = [SqlNotificationStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    hook = notes.create_channel("ns", {"type": "WEBHOOK", "name": "hook", "url": "https://hooks.example.test/b"},
+                                store=stores[0], now=NOW)
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"rule_feat_{round_}"
+        feature = create_feature("ns", {"key": key, "name": key}, store=ents[0], meta=metas[0], now=NOW)
+        rule = {"type": "entitlements.balance.threshold", "name": "r", "channels": [hook["id"]], "features": [key],
+                "thresholds": [{"value": 10, "type": "NUMBER"}]}
+        seen: list[int] = []
+
+        def on_it(key: str = key) -> int:
+            return sum(1 for r in stores[1].list_rules("ns") if any(f["key"] == key for f in r.get("features", [])))
+
+        def archive(feature_id: str = feature["id"], seen: list[int] = seen, on_it: Callable[[], int] = on_it) -> None:
+            archive_feature("ns", feature_id, store=ents[1], now=NOW)
+            seen.append(on_it())
+
+        _, errors = at_once([partial(notes.create_rule, "ns", rule, store=stores[0], features=ents[0], now=NOW),
+                             archive])
+        bad += _refusals(errors)
+        late += seen == [0] and on_it() == 1
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} features got a rule after their archive answered", bad[:3])

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, channel_use_lock, save_by_id, serialise, utc
+from billow.adapters.sql import TS, channel_use_lock, feature_use_lock, save_by_id, serialise, utc
 from billow.domain.notifications import Delivery
 from billow.errors import NotFound
 
@@ -84,7 +84,7 @@ def _put(engine: sa.Engine, table: sa.Table, namespace: str, row: dict[str, Any]
     raises to refuse) and the write follows in that transaction."""
     with engine.begin() as c:
         if check is not None:
-            for name in sorted(set(locks)):
+            for name in sorted(set(locks)):  # features' ("entitlements.feature:...") before channels'
                 serialise(c, name)
             check()
         if not live:
@@ -132,13 +132,15 @@ class SqlNotificationStore:
     def put_rule(self, namespace: str, doc: dict[str, Any], *, live: bool = False,
                  check: Callable[[], None] | None = None) -> None:
         """Save a rule; with `live`, only replace one still live (else NotFound), as put_channel. With `check` (the
-        channels it names still live), the uses of those channels are locked (channel_use_lock), the check runs
-        (it raises to refuse) and the write follows in that transaction, as put_channel's deletion."""
+        channels and features it names still live), the uses of those channels (channel_use_lock) and features
+        (feature_use_lock, which a feature's archive takes) are locked, the check runs (it raises to refuse) and the
+        write follows in that transaction, as put_channel's deletion."""
         deleted = bool(doc.get("deletedAt"))
         _put(self.engine, rules, namespace, {"id": doc["id"], "namespace": namespace, "type": doc["type"],
                                              "deleted": deleted, "active": not deleted and not doc.get("disabled"),
                                              "doc": jsonx.dumps(doc)}, live=live, what="notification rule",
-             locks=[channel_use_lock(namespace, ch["id"]) for ch in doc.get("channels") or []], check=check)
+             locks=[*(feature_use_lock(namespace, f["key"]) for f in doc.get("features") or []),
+                    *(channel_use_lock(namespace, ch["id"]) for ch in doc.get("channels") or [])], check=check)
 
     def get_rule(self, namespace: str, rule_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:

@@ -182,12 +182,16 @@ def _live_channels(namespace: str, ids: list[str], store: NotificationStore) -> 
     return found
 
 
-def _channels_still_live(namespace: str, doc: dict[str, Any], store: NotificationStore) -> Callable[[], None]:
+def _refs_still_live(namespace: str, doc: dict[str, Any], store: NotificationStore,
+                     features: EntitlementStore) -> Callable[[], None]:
     """A rule write's check where it is written, under the lock of each channel it names that the channel's deletion
-    takes too (its check, no live rule names the channel, would miss this rule): a channel deleted meanwhile is
-    refused as a deleted one is."""
+    takes too (its check, no live rule names the channel, would miss this rule), and of each feature that the
+    feature's archive takes: a channel deleted or a feature archived meanwhile is refused as such a one is (400)."""
     def check() -> None:
         _live_channels(namespace, [c["id"] for c in doc["channels"]], store)
+        for i, f in enumerate(doc.get("features") or []):
+            if features.get_feature(namespace, f["id"], include_archived=False) is None:
+                raise bad(f"features[{i}]", f"feature {f['key']!r} not found (archived meanwhile)")
 
     return check
 
@@ -196,7 +200,7 @@ def create_rule(namespace: str, body: Any, *, store: NotificationStore, features
                 now: datetime) -> dict[str, Any]:
     doc = _resolve_rule_refs(namespace, dn.parse_rule(body), store=store, features=features)
     doc = _stamp(doc, now, None)
-    store.put_rule(namespace, doc, check=_channels_still_live(namespace, doc, store))
+    store.put_rule(namespace, doc, check=_refs_still_live(namespace, doc, store, features))
     return doc
 
 
@@ -215,7 +219,7 @@ def update_rule(namespace: str, rule_id: str, body: Any, *, store: NotificationS
     doc = _resolve_rule_refs(namespace, dn.parse_rule(body, previous=old), store=store, features=features)
     doc = _stamp(doc, now, old)
     # a DELETE landing since the read stays: 404, never undone; a channel deleted since the read: 400
-    store.put_rule(namespace, doc, live=True, check=_channels_still_live(namespace, doc, store))
+    store.put_rule(namespace, doc, live=True, check=_refs_still_live(namespace, doc, store, features))
     return doc
 
 
