@@ -515,11 +515,11 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
         return doc
 
     def still_active(_: list[dict[str, Any]]) -> None:
-        # Under the lock the add-on's archive takes: archived since the look, it is refused as an archived one is
-        # (whatever this request's instant: an archive stamped later than it still answered before this write).
+        # Under the lock the add-on's archive takes: archived since the look, it is refused as an archived one is,
+        # whatever this request's instant (an archive stamped after it, at another container's clock or a thread's
+        # that read it later, answered before this write): an add-on version with an end is no longer added.
         found = store.get_versioned("addon", namespace, addon["id"])
-        if found is None or catalog_rules.status(found, now) != "active" or found.get("effectiveTo") != addon.get(
-                "effectiveTo"):
+        if found is None or catalog_rules.status(found, now) != "active" or found.get("effectiveTo") is not None:
             raise bad("addon.id", "unknown or unpublished add-on (archived meanwhile)")
 
     doc = _update(namespace, id_, store, add, check=still_active, addon_id=addon["id"])
