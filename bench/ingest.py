@@ -151,17 +151,21 @@ def _threads_delta(before: dict[str, float], after: dict[str, float]) -> dict[st
 
 
 def _time_statements(store: Any) -> dict[str, float]:
-    """Wall seconds the usage store spends per statement kind (inserts by table, queries by their text's start),
-    counted from the next call on: the store's own figures beside the process's CPU."""
+    """Wall seconds the usage store spends per statement kind (inserts by table, whether clickhouse-connect encodes
+    them or the store does (raw_insert, in process), queries by their text's start), counted from the next call on:
+    the store's own figures beside the process's CPU."""
     spent: dict[str, float] = {}
-    insert, query = store._client.insert, store._query
+    insert, raw_insert, query = store._client.insert, store._client.raw_insert, store._query
 
-    def timed_insert(table: str, *a: Any, **kw: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return insert(table, *a, **kw)
-        finally:
-            spent[f"INSERT {table}"] = spent.get(f"INSERT {table}", 0.0) + time.perf_counter() - t0
+    def timed(run: Any) -> Any:
+        def timed_insert(table: str, *a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return run(table, *a, **kw)
+            finally:
+                spent[f"INSERT {table}"] = spent.get(f"INSERT {table}", 0.0) + time.perf_counter() - t0
+
+        return timed_insert
 
     def timed_query(sql: str, params: dict[str, Any]) -> Any:
         t0 = time.perf_counter()
@@ -171,7 +175,7 @@ def _time_statements(store: Any) -> dict[str, float]:
             k = " ".join(sql.split()[:6])
             spent[k] = spent.get(k, 0.0) + time.perf_counter() - t0
 
-    store._client.insert, store._query = timed_insert, timed_query
+    store._client.insert, store._client.raw_insert, store._query = timed(insert), timed(raw_insert), timed_query
     return spent
 
 

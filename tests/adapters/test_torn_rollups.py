@@ -104,14 +104,20 @@ class TornClient:
         return getattr(self.real, name)
 
     def insert(self, table: str, *args: Any, **kwargs: Any) -> Any:
+        return self._torn(self.real.insert, table, *args, **kwargs)
+
+    def raw_insert(self, table: str, *args: Any, **kwargs: Any) -> Any:  # the in-process store's inserts
+        return self._torn(self.real.raw_insert, table, *args, **kwargs)
+
+    def _torn(self, insert: Any, table: str, *args: Any, **kwargs: Any) -> Any:
         if table == "events":
             self.die()
         if table != "meter_values":
-            return self.real.insert(table, *args, **kwargs)
+            return insert(table, *args, **kwargs)
         for mv in VIEWS:
             self.real.command(f"DETACH TABLE {mv}")
         try:
-            return self.real.insert(table, *args, **kwargs)
+            return insert(table, *args, **kwargs)
         finally:
             for mv in VIEWS:
                 self.real.command(f"ATTACH TABLE {mv}")
