@@ -276,3 +276,31 @@ def test_usage_before_the_period_start_a_cached_run_passed_moves_what_it_carried
     assert reads == []  # both were added to the cached computation, not read
     assert got == b.fresh_value("customer_1", "gpt")
     assert (got["balance"], got["usage"]) == (83, 2)
+
+
+def test_checks_computed_at_a_change_then_moved_on_with_usage_match_fresh_reads(billow: Billow, monkeypatch: Any) -> None:
+    """A cached computation made exactly where the balance changes (a grant enters, a grant expires, the period
+    resets) is brought forward with usage in its last segment as the clock moves on: the segment the change starts
+    is not merged into the one before it (the cache resumes at the last segment's start and, while nothing changes,
+    stretches that segment to the new instant without the engine's dry run)."""
+    b = billow
+    _world(b)
+    reads = _counting_reads(b, monkeypatch)
+    # 60 enters 2026-01-02T12:00, 40 enters 2026-01-03 and expires 2026-01-08, the period resets on 2026-02-01.
+    for n, change in enumerate(("2026-01-02T12:00:00Z", "2026-01-03T00:00:00Z", "2026-01-08T00:00:00Z",
+                                "2026-02-01T00:00:00Z")):
+        at = t(change)
+        b.clock.set(change)
+        b.usage("30", format_rfc3339(at - timedelta(hours=1)))
+        assert b.value("customer_1", "gpt") == b.fresh_value("customer_1", "gpt"), change
+        before = len(reads)
+        for k, (ahead, used_at) in enumerate(((timedelta(0), timedelta(0)), (timedelta(minutes=1), timedelta(0)),
+                                              (timedelta(minutes=30), timedelta(minutes=10)),
+                                              (timedelta(hours=2), timedelta(hours=1, minutes=59)))):
+            b.usage("7", format_rfc3339(at + used_at), subject=("customer_1", "customer_3")[k % 2])
+            b.clock.set(format_rfc3339(at + ahead + timedelta(seconds=1)))
+            got = b.value("customer_1", "gpt")
+            assert reads[before:] == [], (change, k)  # the usage added to the cached run: nothing read
+            assert got == b.fresh_value("customer_1", "gpt"), (change, k)
+            before = len(reads)
+        assert n < 3 or b.value("customer_1", "gpt")["usage"] == 28  # the reset: 4 x 7 since

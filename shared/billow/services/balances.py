@@ -317,8 +317,9 @@ class _Live:
     used: _Usage  # its last bound is `until`
     soft: bool
     counts_from: datetime  # measureUsageFrom: usage before it never counts
-    # The engine's state after each mark, as the run reached it: usage stored since for times at or after a mark leaves
-    # the run up to that mark as it was, so bringing the value forward runs the engine from there only.
+    # The engine's state after each mark and at the start of the last segment, as the run reached it: usage stored
+    # since for times at or after one of them leaves the run up to it as it was, so bringing the value forward runs
+    # the engine from there only (usage for the last segment: that segment alone).
     at_marks: dict[datetime, credits.Snapshot] = field(default_factory=dict)
 
     def advance(self, until: datetime, added: Sequence[tuple[datetime, Decimal]]) -> tuple[_Live, dict[str, Any]] | None:
@@ -332,7 +333,16 @@ class _Live:
             return None
         stops = sorted({*self.marks, until})
         # The same stops as this computation's (the clock has not moved): the same segments, which usage does not move.
-        bounds = old if until == old[-1] else _bounds(self.ledger, stops)
+        # The clock moved with no change of the balance and no mark since the last segment's start: that segment
+        # runs on to `until` (the bounds the engine's dry run would give, without running it).
+        if until == old[-1]:
+            bounds = old
+        elif len(old) > 1 and all(m <= old[-2] for m in self.marks) and all(
+                not old[-2] < r.at <= until for r in self.ledger.resets) and (
+                (change := self.ledger.next_change(old[-2])) is None or change > until):
+            bounds = [*old[:-1], until]
+        else:
+            bounds = _bounds(self.ledger, stops)
         known = set(old)
         if bounds[-1] != until or bounds[0] != old[0] or any(b not in known for b in bounds[:-1]):
             return None
@@ -352,7 +362,8 @@ class _Live:
                        if m <= earliest and bounds[:bisect_right(bounds, m)] == old[:bisect_right(old, m)]), None)
         live = _Live(self.ledger, self.marks, _Usage(bounds, [exact_sum(p) for p in parts]), self.soft, self.counts_from)
         live.at_marks = {m: snap for m, snap in self.at_marks.items() if resume is not None and m <= resume.at}
-        return live, _settle(self.ledger, stops, live.used, self.soft, until, reached=live.at_marks, resume=resume)
+        return live, _settle(self.ledger, sorted({*stops, bounds[-2]}) if len(bounds) > 1 else stops, live.used,
+                             self.soft, until, reached=live.at_marks, resume=resume)
 
 
 class _Item:
@@ -584,7 +595,11 @@ def _value(namespace: str, subject_keys: list[str], id_or_feature_key: str, at: 
             store.save_snapshot(namespace, ent["id"], ent["subjectKey"], stop, cur.to_json(), computed_from=read_at)
 
     at_marks: dict[datetime, credits.Snapshot] = {}  # the stops but `until` are the marks
-    out = _settle(ledger, stops, used, soft, until, save, reached=at_marks)
+    # The run also stops where its last segment begins (the same run: a run split where a segment begins is the run
+    # unsplit), so that a cached check told of usage in that segment, the usual case, runs the engine over that
+    # segment alone (`_Live.advance`).
+    out = _settle(ledger, sorted({*stops, bounds[-2]}) if len(bounds) > 1 else stops, used, soft, until, save,
+                  reached=at_marks)
     marks = tuple(t for t in (snapshot_at, ledger.period_start) if t is not None)
     # What the engine needs of the ledger, kept: not the entitlement's document nor the store read (a cache holds many)
     kept = replace(ledger, ent={}, usage_query=_read_nothing)
