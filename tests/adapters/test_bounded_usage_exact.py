@@ -95,11 +95,12 @@ def test_every_generated_check_is_the_raw_values_exactly(data: Any) -> None:
         [], [], [[GroupFilter("model", "$eq", "m1")]], [[GroupFilter("model", "$in", ["m0", "m3"])]],
         [[GroupFilter("model", "$ne", "m2")], [GroupFilter("subject", "$eq", "a")]],
         [[GroupFilter("model", "$nin", ["m4"]), GroupFilter("subject", "$ne", "o'brien")]]]
-    seen = {"raw edges": 0, "hours": 0, "inside a minute": 0, "repeated": 0}
-    for _ in range(200):
+    seen = {"raw edges": 0, "hours": 0, "inside a minute": 0, "repeated": 0, "hours beside bounds off the hour": 0}
+    for _ in range(300):
         ends = sorted(_instant(rng, rng.choice(["ms", "ms", "minute", "hour"])) for _ in range(2))
-        inner_kind = rng.choice(["hour", "hour", "minute", "ms"])
-        inner = [_instant(rng, inner_kind) for _ in range(rng.randrange(0, 5))]
+        inner_kind = rng.choice(["hour", "hour", "minute", "ms", "mixed"])  # mixed: each bound of its own kind
+        inner = [_instant(rng, rng.choice(["hour", "minute", "ms"]) if inner_kind == "mixed" else inner_kind)
+                 for _ in range(rng.randrange(0, 5))]
         bounds = [ends[0], *sorted(b for b in inner if ends[0] <= b <= ends[1]), ends[1]]
         if len(bounds) > 2 and rng.random() < 0.2:
             bounds.insert(1, bounds[1])
@@ -113,6 +114,8 @@ def test_every_generated_check_is_the_raw_values_exactly(data: Any) -> None:
         seen["raw edges"] += bounds[0].second != 0 or bounds[0].microsecond != 0
         seen["hours"] += bounds[-1] - bounds[0] > timedelta(hours=2) and all(b.minute == 0 for b in bounds[1:-1])
         seen["inside a minute"] += any(b.second or b.microsecond for b in bounds[1:-1])
+        seen["hours beside bounds off the hour"] += any(b.minute for b in bounds[1:-1]) and any(
+            hi - lo > timedelta(hours=2) for lo, hi in zip(bounds, bounds[1:], strict=False))
     assert all(n >= 10 for n in seen.values()), seen
 
 

@@ -718,30 +718,39 @@ class ClickHouseUsageStore:
             who += " AND " + self._filters_sql(filters, params)
         cell = "toString(sum(sum_value))" if aggregation == "SUM" else "sum(cnt)"
         raw = "toString(sum(toDecimal256(value, 18)))" if aggregation == "SUM" else "count()"
-        if all(b.second == 0 and b.microsecond == 0 for b in inner):
-            hourly = all(b.minute == 0 for b in inner)
-            segments = _segments(bounds[0], bounds[-1], hourly)
-        else:  # an inner bound inside a minute (never from the engine): every value read on its own
-            segments = [("raw", bounds[0], bounds[-1])]
+        # Hour cells serve every whole hour no inner bound cuts, minute cells the whole minutes around the bounds off
+        # the hour, raw values the partial minutes: the span is cut at each inner bound off the hour, and each piece
+        # is read in tiers (`_segments`). A grant entering at 10:37 used to send the whole span to the minute rollup,
+        # which is ordered by time first (every subject's minutes of two weeks read for one subject).
+        cuts = [b for b in inner if b.minute or b.second or b.microsecond]
+        spans: dict[str, list[tuple[datetime, datetime]]] = {"hour": [], "minute": [], "raw": []}
+        for lo, hi in zip([bounds[0], *cuts], [*cuts, bounds[-1]], strict=True):
+            for tier, s_lo, s_hi in _segments(lo, hi, True) if lo < hi else ():
+                assert s_lo is not None and s_hi is not None
+                spans[tier].append((s_lo, s_hi))
         by_time = len(inner) > _LITERAL_BOUNDS  # w: the epoch millisecond a row's cell or value starts at
-        branches, edges = [], []
-        for tier, lo, hi in segments:
-            assert lo is not None and hi is not None
-            if tier == "raw":
-                edges.append((lo, hi))
+        branches = []
+        for tier, table, col, literal in (("minute", "meter_rollup_1m", "minute", _epoch_s),
+                                          ("hour", "meter_rollup_1h_by_subject", "minute", _epoch_s),
+                                          ("raw", "meter_values", "time", _ms_text)):
+            tier_spans: list[tuple[datetime, datetime]] = []
+            for lo, hi in sorted(spans[tier]):  # neighbours as one span (its bounds inside it are its segments' steps)
+                if tier_spans and tier_spans[-1][1] == lo:
+                    tier_spans[-1] = (tier_spans[-1][0], hi)
+                else:
+                    tier_spans.append((lo, hi))
+            if not tier_spans:
                 continue
-            table = "meter_rollup_1h_by_subject" if tier == "hour" else "meter_rollup_1m"
-            w, grouped = ("toInt64(minute) * 1000", True) if by_time else \
-                _segment_sql("minute", [(lo, hi)], bounds, _epoch_s)
-            branches.append(f"SELECT {w} AS w, {cell} FROM {table} PREWHERE {who} "  # noqa: S608
-                            f"AND minute >= {_epoch_s(lo)} AND minute < {_epoch_s(hi)}" + (" GROUP BY w" if grouped else ""))
-        if edges:
-            edges.sort()
-            w, grouped = ("toUnixTimestamp64Milli(time)", True) if by_time else \
-                _segment_sql("time", edges, bounds, _ms_text)
-            times = " OR ".join(f"(time >= {_ms_text(lo)} AND time < {_ms_text(hi)})" for lo, hi in edges)
-            branches.append(f"SELECT {w} AS w, {raw} FROM meter_values PREWHERE {who} "  # noqa: S608
-                            f"AND ({times})" + (" GROUP BY w" if grouped else ""))
+            if by_time:
+                w, grouped = ("toUnixTimestamp64Milli(time)" if tier == "raw" else "toInt64(minute) * 1000"), True
+            else:
+                w, grouped = _segment_sql(col, tier_spans, bounds, literal)
+            # One read of each table: its spans as one condition (a single span of a rollup as two comparisons).
+            when = (f"{col} >= {literal(tier_spans[0][0])} AND {col} < {literal(tier_spans[0][1])}"
+                    if len(tier_spans) == 1 and tier != "raw" else
+                    "(" + " OR ".join(f"({col} >= {literal(lo)} AND {col} < {literal(hi)})" for lo, hi in tier_spans) + ")")
+            branches.append(f"SELECT {w} AS w, {raw if tier == 'raw' else cell} FROM {table} PREWHERE {who} "  # noqa: S608
+                            f"AND {when}" + (" GROUP BY w" if grouped else ""))
         # A segment's few partial sums (one per branch that reads it) are added here, exactly: an outer GROUP BY
         # in the statement costs chdb more than that.
         parts: list[list[Decimal]] = [[] for _ in bounds[1:]]
