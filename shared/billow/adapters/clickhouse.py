@@ -689,8 +689,8 @@ class ClickHouseUsageStore:
     def bounded_usage(self, namespace: str, meter_id: str, aggregation: str, subjects: Sequence[str],
                       filters: list[list[GroupFilter]], bounds: Sequence[datetime]) -> list[Decimal]:
         """See ports.UsageStore. One statement, each branch summed by segment where it reads: the subject-first
-        hourly rollup for the whole hours (when every inner bound is on the hour), the minute rollup for the
-        whole minutes around them, the raw values for the partial minutes at the ends (to the millisecond); no
+        hourly rollup for the whole hours no inner bound cuts, the minute rollup for the whole minutes around
+        them, the raw values for the partial minutes at the ends (to the millisecond); no
         first/last times and no outer aggregation: a segment's partial sums, one per branch, are read back as text
         and added exactly here. Shaped for chdb, which charges each expression of a statement more than the few
         rows it reads (issue 17 item 5): the namespace, meter, subjects and times are literals (`_sql_string`,
