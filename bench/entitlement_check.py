@@ -10,7 +10,8 @@ What each figure measures (the clock is frozen): "cache hits" repeats the same c
 call after the first is answered from the balance cache (budget p99 < 1 ms, the cached check); "after new usage"
 ingests one event for the subject before each check (through the ingest handler and the in-process sink, not timed),
 so each check finds usage the cache was told of since its value was computed: `billow serve`'s cache adds it to the
-cached segment sums and runs the balance engine again, with no usage read (held to the cached check's budget, p99 <
+cached segment sums and runs the balance engine again from the start of the segment it falls in (here the last one),
+with no usage read (held to the cached check's budget, p99 <
 1 ms; before, each was an uncached check); "no balance cache" is the Lambda design, every check uncached
 (budget p99 < 5 ms), and the line after it gives the usage read's share of it (one chdb statement:
 the subject-first hourly rollup for whole hours, the minute rollup and raw values for the partial hour at the end).
