@@ -149,6 +149,27 @@ def test_an_app_uninstalled_while_a_billing_profile_is_made_on_it_never_leaves_t
     assert not bad and dangling == 0, (f"{dangling} of {ROUNDS} uninstalled apps used by a live profile", bad[:3])
 
 
+_BASE_PLAN = {"name": "Base", "currency": "USD", "billingCadence": "P1M", "phases": [
+    {"key": "default", "name": "Default", "rateCards": [
+        {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
+         "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}]}]}
+
+
+def _canceled_at(end: str, key: str, meta: SqlMetaStore, catalog: Any, ents: Any) -> tuple[dict[str, Any], ...]:
+    """A new customer (`key`) on _BASE_PLAN from NOW, its subscription canceled at `end`: (customer, the subscription
+    as made, as canceled)."""
+    from billow.services import subscriptions as subs_service
+
+    customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "currency": "USD",
+                                "usageAttribution": {"subjectKeys": [key]},
+                                "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+    meta.put_customer("ns", customer)
+    first = subs_service.create("ns", {"customPlan": _BASE_PLAN, "customerId": customer["id"]}, store=catalog,
+                                meta=meta, ents=ents, now=NOW)
+    canceled = subs_service.cancel("ns", first["id"], {"timing": end}, store=catalog, meta=meta, ents=ents, now=NOW)
+    return customer, first, canceled
+
+
 def test_a_cancelation_unscheduled_while_the_next_subscription_is_made_never_leaves_two_running(
         metas: list[SqlMetaStore]) -> None:  # noqa: F811
     """POST /api/v1/subscriptions/{s}/unschedule-cancelation refuses when another subscription starts where the
@@ -162,22 +183,12 @@ def test_a_cancelation_unscheduled_while_the_next_subscription_is_made_never_lea
 
     catalogs = [SqlCatalogStore(m.engine) for m in metas]
     ents = [SqlEntitlementStore(m.engine) for m in metas]
-    plan = {"name": "Base", "currency": "USD", "billingCadence": "P1M", "phases": [
-        {"key": "default", "name": "Default", "rateCards": [
-            {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
-             "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}]}]}
+    plan = _BASE_PLAN
     end = "2026-07-01T00:00:00Z"
     bad: list[BaseException] = []
     doubled = 0
     for round_ in range(ROUNDS):
-        customer: dict[str, Any] = {"id": new_id(), "key": f"u{round_}", "name": "C", "currency": "USD",
-                                    "usageAttribution": {"subjectKeys": [f"u{round_}"]},
-                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
-        metas[0].put_customer("ns", customer)
-        first = subs_service.create("ns", {"customPlan": plan, "customerId": customer["id"]}, store=catalogs[0],
-                                    meta=metas[0], ents=ents[0], now=NOW)
-        subs_service.cancel("ns", first["id"], {"timing": end}, store=catalogs[0], meta=metas[0], ents=ents[0],
-                            now=NOW)
+        customer, first, _ = _canceled_at(end, f"u{round_}", metas[0], catalogs[0], ents[0])
         _, errors = at_once([
             partial(subs_service.create, "ns", {"customPlan": plan, "customerId": customer["id"], "timing": end},
                     store=catalogs[0], meta=metas[0], ents=ents[0], now=NOW),
@@ -204,22 +215,12 @@ def test_a_plan_change_meeting_the_next_subscription_never_leaves_two_running(
 
     catalogs = [SqlCatalogStore(m.engine) for m in metas]
     ents = [SqlEntitlementStore(m.engine) for m in metas]
-    plan = {"name": "Base", "currency": "USD", "billingCadence": "P1M", "phases": [
-        {"key": "default", "name": "Default", "rateCards": [
-            {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
-             "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}]}]}
+    plan = _BASE_PLAN
     end = "2026-07-01T00:00:00Z"
     bad: list[BaseException] = []
     doubled = torn = 0
     for round_ in range(ROUNDS):
-        customer: dict[str, Any] = {"id": new_id(), "key": f"x{round_}", "name": "C", "currency": "USD",
-                                    "usageAttribution": {"subjectKeys": [f"x{round_}"]},
-                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
-        metas[0].put_customer("ns", customer)
-        first = subs_service.create("ns", {"customPlan": plan, "customerId": customer["id"]}, store=catalogs[0],
-                                    meta=metas[0], ents=ents[0], now=NOW)
-        before = subs_service.cancel("ns", first["id"], {"timing": end}, store=catalogs[0], meta=metas[0],
-                                     ents=ents[0], now=NOW)
+        customer, first, before = _canceled_at(end, f"x{round_}", metas[0], catalogs[0], ents[0])
         new = partial(subs_service.create, "ns", {"customPlan": plan, "customerId": customer["id"], "timing": end},
                       store=catalogs[0], meta=metas[0], ents=ents[0], now=NOW)
         changed = partial(subs_service.change, "ns", first["id"], {"timing": end, "customPlan": plan},

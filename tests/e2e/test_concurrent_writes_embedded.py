@@ -374,24 +374,34 @@ def test_uninstalling_an_app_while_a_billing_profile_is_made_on_it_never_leaves_
                                                 f"{sum(revived)} of 20 uninstalled apps installed again by an update")
 
 
+def _fee_plan(srv: Drained, key: str) -> str:
+    """A published plan of one flat fee (`key`), and the instant ten days on, to the second, that the race tests
+    cancel at."""
+    draft = ok(srv, "POST", "/api/v1/plans", {"key": key, "name": "P", "currency": "USD", "billingCadence": "P1M",
+                                              "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]})
+    ok(srv, "POST", f"/api/v1/plans/{draft['id']}/publish")
+    return (datetime.now(UTC) + timedelta(days=10)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _canceled_at(srv: Drained, plan: str, key: str, end: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new customer (`key`) subscribed to `plan` now, its subscription canceled at `end`."""
+    cust = ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "currency": "USD",
+                                                 "usageAttribution": {"subjectKeys": [key]}})
+    sub = ok(srv, "POST", "/api/v1/subscriptions", {"plan": {"key": plan}, "customerId": cust["id"]})
+    ok(srv, "POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": end})
+    return cust, sub
+
+
 def test_unscheduling_a_cancelation_while_the_next_subscription_is_made_never_leaves_two_running(
         srv: Drained) -> None:
     """A canceled subscription's cancelation cannot be unscheduled when another subscription starts where it ends
     (409), and a new subscription cannot start while another of the customer runs (409): at once both answered
     success, two subscriptions running from the end on, both billed. Now one of the two is refused
     (tests/adapters/test_writes_across_resources.py: the same across containers)."""
-    draft = ok(srv, "POST", "/api/v1/plans", {"key": "unsched_race", "name": "P", "currency": "USD",
-                                              "billingCadence": "P1M",
-                                              "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]})
-    ok(srv, "POST", f"/api/v1/plans/{draft['id']}/publish")
-    end = (datetime.now(UTC) + timedelta(days=10)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    end = _fee_plan(srv, "unsched_race")
     both = []
     for round_ in range(20):
-        key = f"unsched_race_{round_}"
-        cust = ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "currency": "USD",
-                                                     "usageAttribution": {"subjectKeys": [key]}})
-        sub = ok(srv, "POST", "/api/v1/subscriptions", {"plan": {"key": "unsched_race"}, "customerId": cust["id"]})
-        ok(srv, "POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": end})
+        cust, sub = _canceled_at(srv, "unsched_race", f"unsched_race_{round_}", end)
         (made, _), (kept, _) = at_once([
             partial(srv.request, "POST", "/api/v1/subscriptions",
                     {"plan": {"key": "unsched_race"}, "customerId": cust["id"], "timing": end}),
@@ -406,18 +416,10 @@ def test_a_plan_change_meeting_the_next_subscription_never_leaves_two_running(sr
     a new subscription made for that instant: the change wrote its next subscription without looking at the
     customer's others, so both ran from then on, both billed (15 of 20 rounds before; one after the other too). Now one
     of the two is refused (409) (tests/adapters/test_writes_across_resources.py: the same across containers)."""
-    draft = ok(srv, "POST", "/api/v1/plans", {"key": "change_race", "name": "P", "currency": "USD",
-                                              "billingCadence": "P1M",
-                                              "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]})
-    ok(srv, "POST", f"/api/v1/plans/{draft['id']}/publish")
-    end = (datetime.now(UTC) + timedelta(days=10)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    end = _fee_plan(srv, "change_race")
     both = []
     for round_ in range(20):
-        key = f"change_race_{round_}"
-        cust = ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "currency": "USD",
-                                                     "usageAttribution": {"subjectKeys": [key]}})
-        sub = ok(srv, "POST", "/api/v1/subscriptions", {"plan": {"key": "change_race"}, "customerId": cust["id"]})
-        ok(srv, "POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": end})
+        cust, sub = _canceled_at(srv, "change_race", f"change_race_{round_}", end)
         (made, _), (changed, _) = at_once([
             partial(srv.request, "POST", "/api/v1/subscriptions",
                     {"plan": {"key": "change_race"}, "customerId": cust["id"], "timing": end}),
