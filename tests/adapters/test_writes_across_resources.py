@@ -333,6 +333,57 @@ def test_an_entitlement_deleted_while_a_grant_is_made_on_it_never_gets_one_after
                                    bad[:3])
 
 
+def test_an_entitlement_deleted_as_it_is_made_never_gets_its_initial_grants_after_the_deletion(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """A metered entitlement made with grants (v1 `issueAfterReset`, v2 `grants[]`) wrote the entitlement, then its
+    grants in a transaction of their own, without the lock a deletion takes: a deletion landing between the two (the
+    deleting container found the entitlement as soon as it was there) answered 204 and listed no grant, and a moment
+    later the ended entitlement had one. Now the entitlement and the grants it issues are one transaction: when the
+    deletion finds the entitlement, its grants are there too."""
+    import time
+
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import entitlements as ents_service
+    from billow.services import entitlements_v2
+    from billow.services.features import create_feature
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    metas[0].put_meter("ns", _meter("issue_tok"))
+    create_feature("ns", {"key": "issue_feat", "name": "i", "meterSlug": "issue_tok"}, store=ents[0], meta=metas[0],
+                   now=NOW)
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"i{round_}"
+        metas[0].put_customer("ns", {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
+                                     "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"})
+        body: dict[str, Any] = {"type": "metered", "featureKey": "issue_feat", "usagePeriod": {"interval": "MONTH"}}
+        if round_ % 2:
+            make: Callable[[], Any] = partial(ents_service.create_entitlement, "ns", key, {**body, "issueAfterReset": 5},
+                                              store=ents[0], meta=metas[0], now=NOW)
+        else:
+            make = partial(entitlements_v2.create, "ns", key, {**body, "grants": [
+                {"amount": 10, "effectiveAt": "2026-06-01T00:00:00Z"}, {"amount": 3, "effectiveAt": "2026-06-01T00:00:00Z"}]},
+                store=ents[0], meta=metas[0], now=NOW)
+        seen: list[tuple[str, set[str]]] = []
+
+        def delete(key: str = key, seen: list[tuple[str, set[str]]] = seen) -> None:
+            until = time.monotonic() + 5
+            while (ent := ents[1].find_entitlement("ns", [key], "issue_feat")) is None and time.monotonic() < until:
+                pass  # deleted as soon as it is there
+            assert ent is not None
+            ents_service.delete_entitlement("ns", key, ent["id"], store=ents[1], meta=metas[1], now=NOW)
+            seen.append((ent["id"], {g["id"] for g in ents[1].list_grants("ns", [ent["id"]])}))
+
+        _, errors = at_once([make, delete])
+        bad += _refusals(errors)
+        if seen:
+            ent_id, at_deletion = seen[0]
+            late += bool({g["id"] for g in ents[1].list_grants("ns", [ent_id])} - at_deletion)
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} entitlements got their initial grants after their "
+                                   "deletion answered", bad[:3])
+
+
 def _meter(slug: str) -> Any:
     from billow.domain.meters import Meter
 

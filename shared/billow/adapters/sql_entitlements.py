@@ -164,8 +164,10 @@ class SqlEntitlementStore:
     # -- entitlements -----------------------------------------------------------------------------
     def put_entitlement(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
                         deleted_at: datetime | None = None, party: Sequence[str] | None = None,
-                        check: Callable[[], None] | None = None, customer_id: str | None = None) -> None:
-        """Save an entitlement. With `party` (the subject keys of the customer its subject belongs to: one billable
+                        check: Callable[[], None] | None = None, customer_id: str | None = None,
+                        grants: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Save an entitlement, and the `grants` it issues as it is made (v1 issueAfterReset, v2 grants[]) in its
+        transaction: a deletion of it at once never answers before its grants are there. With `party` (the subject keys of the customer its subject belongs to: one billable
         party), only if none of them has a live entitlement of its feature where it is written, else Conflict naming
         that one (`conflictingEntityId`); such writes of one feature go one at a time. The one-live-entitlement
         index is per subject: creates through two subjects of one customer at once would both go in. With
@@ -203,13 +205,16 @@ class SqlEntitlementStore:
                         raise Conflict(f"subject {existing['subjectKey']!r} already has an entitlement for feature "
                                        f"{doc['featureKey']!r}", extensions={"conflictingEntityId": existing["id"]})
                 save_by_id(c, entitlements, row)
+                for g in grants:
+                    self._save_grant(c, namespace, g, created_at)
         except IntegrityError:
             raise Conflict(f"subject {doc['subjectKey']!r} already has an entitlement for feature "
                            f"{doc['featureKey']!r}") from None
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: Mapping[str, Any], *, at: datetime,
-                            old_doc: Mapping[str, Any], check: Callable[[], None] | None = None) -> None:
-        """Delete `old_id` and insert `doc` in one transaction (override). Conflict if `old_id` is no longer live (an
+                            old_doc: Mapping[str, Any], check: Callable[[], None] | None = None,
+                            grants: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Delete `old_id` and insert `doc`, with the `grants` it issues, in one transaction (override). Conflict if `old_id` is no longer live (an
         override or delete beside this one ended it first) or another live entitlement took its place. With `check`
         (the feature still live), it runs first under the feature's lock, as put_entitlement's."""
         self.generation += 1
@@ -226,6 +231,8 @@ class SqlEntitlementStore:
                 c.execute(entitlements.insert().values(
                     namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
                     feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=at, deleted_at=None))
+                for g in grants:
+                    self._save_grant(c, namespace, g, at)
         except IntegrityError:
             raise Conflict(f"subject {doc['subjectKey']!r} already has an entitlement for feature "
                            f"{doc['featureKey']!r}") from None
@@ -283,16 +290,26 @@ class SqlEntitlementStore:
                 serialise(c, entitlement_lock(namespace, doc["entitlementId"]))
                 check()
             if expect_doc is None:
-                save_by_id(c, grants, dict(namespace=namespace, id=doc["id"], entitlement_id=doc["entitlementId"],
-                                           doc=jsonx.dumps(doc), created_at=created_at), keep=("created_at",))
+                self._save_grant(c, namespace, doc, created_at)
             elif c.execute(grants.update().where(grants.c.namespace == namespace, grants.c.id == doc["id"],
                                                  grants.c.doc == expect_doc).values(doc=jsonx.dumps(doc))).rowcount != 1:
                 raise Conflict(f"grant {doc['id']!r} changed meanwhile (voided?); reload it and try again")
-            # A grant changes the balance from its effective time on: later snapshots no longer hold.
-            effective = utc(to_datetime(doc["effectiveAt"]))
-            c.execute(snapshots.delete().where(snapshots.c.entitlement_id == doc["entitlementId"],
-                                               snapshots.c.at >= effective))
+            else:
+                self._drop_snapshots_from(c, doc)
         self.generation += 1  # a new or voided grant changes balances: cached ones are stale
+
+    @staticmethod
+    def _save_grant(c: sa.Connection, namespace: str, doc: Mapping[str, Any], created_at: datetime) -> None:
+        save_by_id(c, grants, dict(namespace=namespace, id=doc["id"], entitlement_id=doc["entitlementId"],
+                                   doc=jsonx.dumps(doc), created_at=created_at), keep=("created_at",))
+        SqlEntitlementStore._drop_snapshots_from(c, doc)
+
+    @staticmethod
+    def _drop_snapshots_from(c: sa.Connection, doc: Mapping[str, Any]) -> None:
+        """A grant changes the balance from its effective time on: later snapshots no longer hold."""
+        effective = utc(to_datetime(doc["effectiveAt"]))
+        c.execute(snapshots.delete().where(snapshots.c.entitlement_id == doc["entitlementId"],
+                                           snapshots.c.at >= effective))
 
     def get_grant(self, namespace: str, grant_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:

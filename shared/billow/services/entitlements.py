@@ -35,15 +35,17 @@ class EntitlementStore(FeatureStore, Protocol):
 
     def put_entitlement(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
                         deleted_at: datetime | None = None, party: Sequence[str] | None = None,
-                        check: Callable[[], None] | None = None, customer_id: str | None = None) -> None:
-        """Save an entitlement; with `party` (its customer's subject keys) only if none of them has a live one of
-        its feature where it is written (else Conflict naming it); with `check`, it runs (and raises to refuse)
-        where the write is made, one at a time with the archive of the feature (and, with `customer_id`, with the
-        deletion of that customer)."""
+                        check: Callable[[], None] | None = None, customer_id: str | None = None,
+                        grants: Sequence[dict[str, Any]] = ()) -> None:
+        """Save an entitlement, and the `grants` it issues as it is made in its write; with `party` (its customer's
+        subject keys) only if none of them has a live one of its feature where it is written (else Conflict naming
+        it); with `check`, it runs (and raises to refuse) where the write is made, one at a time with the archive of
+        the feature (and, with `customer_id`, with the deletion of that customer)."""
         ...
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: dict[str, Any], *, at: datetime,
-                            old_doc: dict[str, Any], check: Callable[[], None] | None = None) -> None: ...
+                            old_doc: dict[str, Any], check: Callable[[], None] | None = None,
+                            grants: Sequence[dict[str, Any]] = ()) -> None: ...
 
     def get_entitlement(self, namespace: str, entitlement_id: str, include_deleted: bool = False) -> dict[str, Any] | None: ...
 
@@ -118,12 +120,11 @@ def create_entitlement(namespace: str, subject: str, body: Any, *, store: Entitl
     refuse_second()
     try:  # checked again where it is written: another container may have created it through another subject
         store.put_entitlement(namespace, doc, created_at=now, party=party,
-                              check=feature_still_live(namespace, body, doc, store))
+                              check=feature_still_live(namespace, body, doc, store),
+                              grants=[grant] if grant is not None else [])
     except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
         raise
-    if grant is not None:
-        store.put_grant(namespace, grant, created_at=now)
     return doc
 
 
@@ -255,9 +256,8 @@ def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, b
     stamp = format_rfc3339(now)
     old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
     store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old,
-                              check=feature_still_live(namespace, body, doc, store))
-    if grant is not None:
-        store.put_grant(namespace, grant, created_at=now)
+                              check=feature_still_live(namespace, body, doc, store),
+                              grants=[grant] if grant is not None else [])
     return doc
 
 

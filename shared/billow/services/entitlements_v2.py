@@ -147,12 +147,11 @@ def create(namespace: str, customer_ref: str, body: Any, *, store: EntitlementSt
     try:  # checked again where it is written: another container may have created it through another subject
         store.put_entitlement(namespace, doc, created_at=now, party=subject_keys(cust), customer_id=cust["id"],
                               check=_both(entitlements.feature_still_live(namespace, body, doc, store),
-                                          _customer_still_there(namespace, customer_ref, cust["id"], meta)))
+                                          _customer_still_there(namespace, customer_ref, cust["id"], meta)),
+                              grants=grants)
     except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
         raise
-    for g in grants:
-        store.put_grant(namespace, g, created_at=now)
     return present(namespace, doc, cust, store=store, now=now)
 
 
@@ -166,9 +165,7 @@ def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: E
     stamp = doc["createdAt"]
     old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
     store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old,
-                              check=entitlements.feature_still_live(namespace, body, doc, store))
-    for g in grants:
-        store.put_grant(namespace, g, created_at=now)
+                              check=entitlements.feature_still_live(namespace, body, doc, store), grants=grants)
     return present(namespace, doc, cust, store=store, now=now)
 
 
