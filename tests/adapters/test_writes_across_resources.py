@@ -430,6 +430,48 @@ def test_a_customer_deleted_while_an_entitlement_is_made_for_it_never_gets_one_a
                                    "answered", bad[:3])
 
 
+def test_a_customer_deleted_while_an_entitlement_is_made_for_its_subject_never_gets_one_after_the_deletion(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """POST /api/v1/subjects/{s}/entitlements (and a subscription's sync, which makes them the same way) needs a known
+    subject: one upserted through /subjects, or a live customer's (404 once that customer is deleted). The create
+    looked up the subject through its customer, then wrote: a deletion of the customer answering 204 in between did
+    not see the entitlement, and a moment later the subject known only through the deleted customer had a new live
+    entitlement. Now a create for a customer's subject takes that customer's lock its deletion takes
+    (`customer_lock`) and looks the subject up again under it: there when the deletion answers, or refused (404)."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import directory
+    from billow.services import entitlements as ents_service
+    from billow.services.features import create_feature
+    from billow.services.subscriptions import check_customer_deletable
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    create_feature("ns", {"key": "subj_feat", "name": "s"}, store=ents[0], meta=metas[0], now=NOW)
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"s{round_}"
+        customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        seen: list[set[str]] = []
+
+        def delete(cid: str = customer["id"], key: str = key, seen: list[set[str]] = seen) -> None:
+            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[1], now=NOW)
+            directory.delete_customer("ns", cid, meta=metas[1], now=NOW, check=deletable)
+            seen.append({e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])})
+
+        _, errors = at_once([partial(ents_service.create_entitlement, "ns", key,
+                                     {"type": "boolean", "featureKey": "subj_feat"},
+                                     store=ents[0], meta=metas[0], now=NOW), delete])
+        bad += _refusals(errors)
+        after = {e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])}
+        late += bool(seen) and bool(after - seen[0])
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} subjects of deleted customers got an entitlement after "
+                                   "the deletion answered", bad[:3])
+
+
 def test_an_add_on_archived_while_it_is_added_to_a_subscription_never_gets_added_after_the_archive(
         metas: list[SqlMetaStore]) -> None:  # noqa: F811
     """POST /api/v1/subscriptions/{s}/addons needs an active add-on (400 `addon.id` on an archived one). The add looked

@@ -110,6 +110,12 @@ def create_entitlement(namespace: str, subject: str, body: Any, *, store: Entitl
     key = subject_key(namespace, subject, meta)
     doc, grant = build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
     party = party_subject_keys(namespace, [key], meta)
+    owner = meta.customers_for_subjects(namespace, [key]).get(key)
+    feature_live = feature_still_live(namespace, body, doc, store)
+
+    def check() -> None:  # under its customer's lock: a subject known only through it is gone once it is deleted
+        feature_live()
+        subject_key(namespace, subject, meta)
 
     def refuse_second() -> None:
         existing = store.find_entitlement(namespace, party, doc["featureKey"])
@@ -119,8 +125,7 @@ def create_entitlement(namespace: str, subject: str, body: Any, *, store: Entitl
 
     refuse_second()
     try:  # checked again where it is written: another container may have created it through another subject
-        store.put_entitlement(namespace, doc, created_at=now, party=party,
-                              check=feature_still_live(namespace, body, doc, store),
+        store.put_entitlement(namespace, doc, created_at=now, party=party, check=check, customer_id=owner,
                               grants=[grant] if grant is not None else [])
     except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
