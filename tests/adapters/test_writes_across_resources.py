@@ -472,6 +472,52 @@ def test_a_customer_deleted_while_an_entitlement_is_made_for_its_subject_never_g
                                    "the deletion answered", bad[:3])
 
 
+def test_a_customer_deleted_while_its_entitlement_is_overridden_never_gets_the_new_one_after_the_deletion(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """An override (PUT /api/v1/subjects/{s}/entitlements/{e}/override, PUT /api/v2/customers/{c}/entitlements/{e}/
+    override) needs the customer (or a subject known through it): 404 once it is deleted. The override looked it
+    up, then wrote: a deletion answering 204 in between saw the old entitlement live, and a moment later a new one
+    had taken its place. Now an override for a customer takes the customer's lock its deletion takes and looks the
+    customer (the subject) up again under it: the new one is there when the deletion answers, or refused (404)."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import directory, entitlements_v2
+    from billow.services import entitlements as ents_service
+    from billow.services.features import create_feature
+    from billow.services.subscriptions import check_customer_deletable
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    create_feature("ns", {"key": "over_feat", "name": "o"}, store=ents[0], meta=metas[0], now=NOW)
+    body = {"type": "boolean", "featureKey": "over_feat"}
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"o{round_}"
+        customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        ent = ents_service.create_entitlement("ns", key, body, store=ents[0], meta=metas[0], now=NOW)
+        seen: list[set[str]] = []
+
+        def delete(cid: str = customer["id"], key: str = key, seen: list[set[str]] = seen) -> None:
+            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[1], now=NOW)
+            directory.delete_customer("ns", cid, meta=metas[1], now=NOW, check=deletable)
+            seen.append({e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])})
+
+        override: Callable[[], Any] = (
+            partial(entitlements_v2.override, "ns", key, ent["id"], body, store=ents[0], meta=metas[0], now=NOW)
+            if round_ % 2 else
+            partial(ents_service.override_entitlement, "ns", key, ent["id"], body, store=ents[0], meta=metas[0],
+                    now=NOW))
+        _, errors = at_once([override, delete])
+        bad += _refusals(errors)
+        after = {e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])}
+        late += bool(seen) and bool(after - seen[0])
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} deleted customers got an overriding entitlement after "
+                                   "the deletion answered", bad[:3])
+
+
 def test_an_add_on_archived_while_it_is_added_to_a_subscription_never_gets_added_after_the_archive(
         metas: list[SqlMetaStore]) -> None:  # noqa: F811
     """POST /api/v1/subscriptions/{s}/addons needs an active add-on (400 `addon.id` on an archived one). The add looked

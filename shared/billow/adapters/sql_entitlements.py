@@ -213,15 +213,19 @@ class SqlEntitlementStore:
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: Mapping[str, Any], *, at: datetime,
                             old_doc: Mapping[str, Any], check: Callable[[], None] | None = None,
-                            grants: Sequence[Mapping[str, Any]] = ()) -> None:
-        """Delete `old_id` and insert `doc`, with the `grants` it issues, in one transaction (override). Conflict if `old_id` is no longer live (an
-        override or delete beside this one ended it first) or another live entitlement took its place. With `check`
-        (the feature still live), it runs first under the feature's lock, as put_entitlement's."""
+                            grants: Sequence[Mapping[str, Any]] = (), customer_id: str | None = None) -> None:
+        """Delete `old_id` and insert `doc`, with the `grants` it issues, in one transaction (override). Conflict if
+        `old_id` is no longer live (an override or delete beside this one ended it first) or another live
+        entitlement took its place. With `check` (the feature still live; its customer, with `customer_id`), it runs
+        first under the feature's lock (and the customer's), as put_entitlement's."""
         self.generation += 1
         try:
             with self.engine.begin() as c:
                 if check is not None:
                     serialise(c, feature_use_lock(namespace, doc["featureKey"]))
+                if customer_id is not None:  # after the feature's, before the entitlement's: the writers' one order
+                    serialise(c, customer_lock(namespace, customer_id))
+                if check is not None:
                     check()
                 serialise(c, entitlement_lock(namespace, old_id))  # as a deletion: a grant of it at once is seen
                 if c.execute(entitlements.update().where(entitlements.c.namespace == namespace,

@@ -45,7 +45,7 @@ class EntitlementStore(FeatureStore, Protocol):
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: dict[str, Any], *, at: datetime,
                             old_doc: dict[str, Any], check: Callable[[], None] | None = None,
-                            grants: Sequence[dict[str, Any]] = ()) -> None: ...
+                            grants: Sequence[dict[str, Any]] = (), customer_id: str | None = None) -> None: ...
 
     def get_entitlement(self, namespace: str, entitlement_id: str, include_deleted: bool = False) -> dict[str, Any] | None: ...
 
@@ -260,8 +260,14 @@ def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, b
         raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
     stamp = format_rfc3339(now)
     old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
-    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old,
-                              check=feature_still_live(namespace, body, doc, store),
+    owner = meta.customers_for_subjects(namespace, [old["subjectKey"]]).get(old["subjectKey"])
+    feature_live = feature_still_live(namespace, body, doc, store)
+
+    def check() -> None:  # under its customer's lock: a subject known only through it is gone once it is deleted
+        feature_live()
+        subject_key(namespace, subject, meta)
+
+    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old, check=check, customer_id=owner,
                               grants=[grant] if grant is not None else [])
     return doc
 

@@ -164,8 +164,9 @@ def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: E
         raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
     stamp = doc["createdAt"]
     old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
-    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old,
-                              check=entitlements.feature_still_live(namespace, body, doc, store), grants=grants)
+    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old, grants=grants, customer_id=cust["id"],
+                              check=_both(entitlements.feature_still_live(namespace, body, doc, store),
+                                          _customer_still_there(namespace, customer_ref, cust["id"], meta)))
     return present(namespace, doc, cust, store=store, now=now)
 
 
