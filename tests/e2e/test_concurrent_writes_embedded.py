@@ -513,6 +513,31 @@ def test_deleting_a_customer_while_an_entitlement_is_made_for_it_never_gives_it_
     assert not any(late), f"{sum(late)} of 20 deleted customers given an entitlement after their deletion answered"
 
 
+def test_deleting_a_customer_while_an_entitlement_is_made_for_its_subject_never_gives_it_one_after_the_deletion(
+        srv: Drained) -> None:
+    """POST /api/v1/subjects/{s}/entitlements for a subject known only through its customer is 404 once the
+    customer is deleted: a create that had found the subject through the customer wrote after a deletion that
+    answered 204 in between. Now the create takes the customer's lock its deletion takes and looks the subject up
+    again under it (tests/adapters/test_writes_across_resources.py: the same across containers)."""
+    ok(srv, "POST", "/api/v1/features", {"key": "subj_race", "name": "subj_race"})
+    late = []
+    for round_ in range(20):
+        key = f"subj_race_{round_}"
+        ok(srv, "POST", "/api/v1/customers", {"key": key, "name": key, "usageAttribution": {"subjectKeys": [key]}})
+
+        def delete_then_list(key: str = key) -> tuple[int, dict[str, str], Any]:
+            status, hdrs, _ = srv.request("DELETE", f"/api/v1/customers/{key}")
+            return status, hdrs, ok(srv, "GET", f"/api/v1/entitlements?subject={key}")
+
+        (made, ent), (gone, seen) = at_once([
+            partial(srv.request, "POST", f"/api/v1/subjects/{key}/entitlements",
+                    {"type": "boolean", "featureKey": "subj_race"}),
+            delete_then_list])
+        assert made in (201, 404) and gone == 204, (made, gone, ent)
+        late.append(made == 201 and ent["id"] not in {e["id"] for e in seen})
+    assert not any(late), f"{sum(late)} of 20 subjects of deleted customers given an entitlement after the deletion"
+
+
 def test_archiving_an_add_on_while_it_is_added_to_a_subscription_never_adds_it_after_the_archive(
         srv: Drained) -> None:
     """Adding an add-on to a subscription needs an active add-on (400): an add that had found it active wrote after an
