@@ -518,6 +518,55 @@ def test_a_customer_deleted_while_its_entitlement_is_overridden_never_gets_the_n
                                    "the deletion answered", bad[:3])
 
 
+def test_a_customer_deleted_while_its_entitlement_is_granted_never_gets_the_grant_after_the_deletion(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """A grant through the customer (POST /api/v2/customers/{c}/entitlements/{e}/grants) or a subject known only
+    through it (POST /api/v1/subjects/{s}/entitlements/{e}/grants) is 404 once the customer is deleted. The grant
+    looked the customer up, then wrote: a deletion answering 204 in between saw no grant, and a moment later the
+    entitlement had one. Now a grant for a customer takes the customer's lock its deletion takes and looks the
+    customer (the subject) up again under it: there when the deletion answers, or refused (404)."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import directory, entitlements_v2
+    from billow.services import entitlements as ents_service
+    from billow.services.features import create_feature
+    from billow.services.subscriptions import check_customer_deletable
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    metas[0].put_meter("ns", _meter("cgrant_tok"))
+    create_feature("ns", {"key": "cgrant_feat", "name": "g", "meterSlug": "cgrant_tok"}, store=ents[0],
+                   meta=metas[0], now=NOW)
+    grant_body = {"amount": 10, "effectiveAt": "2026-06-01T00:00:00Z", "expiration": {"duration": "MONTH", "count": 1}}
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"cg{round_}"
+        customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        ent = ents_service.create_entitlement("ns", key, {"type": "metered", "featureKey": "cgrant_feat",
+                                                          "usagePeriod": {"interval": "MONTH"}},
+                                              store=ents[0], meta=metas[0], now=NOW)
+        seen: list[set[str]] = []
+
+        def delete(cid: str = customer["id"], ent_id: str = ent["id"], seen: list[set[str]] = seen) -> None:
+            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[1], now=NOW)
+            directory.delete_customer("ns", cid, meta=metas[1], now=NOW, check=deletable)
+            seen.append({g["id"] for g in ents[1].list_grants("ns", [ent_id])})
+
+        grant: Callable[[], Any] = (
+            partial(entitlements_v2.create_grant, "ns", key, ent["id"], grant_body, store=ents[0], meta=metas[0],
+                    now=NOW) if round_ % 2 else
+            partial(ents_service.create_grant, "ns", key, ent["id"], grant_body, store=ents[0], meta=metas[0], now=NOW))
+        _, errors = at_once([grant, delete])
+        bad += _refusals(errors)
+        after = {g["id"] for g in ents[1].list_grants("ns", [ent["id"]])}
+        late += bool(seen) and bool(after - seen[0])
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} entitlements of deleted customers got a grant after the "
+                                   "deletion answered", bad[:3])
+
+
 def test_an_add_on_archived_while_it_is_added_to_a_subscription_never_gets_added_after_the_archive(
         metas: list[SqlMetaStore]) -> None:  # noqa: F811
     """POST /api/v1/subscriptions/{s}/addons needs an active add-on (400 `addon.id` on an archived one). The add looked

@@ -283,13 +283,17 @@ class SqlEntitlementStore:
 
     # -- grants -----------------------------------------------------------------------------------
     def put_grant(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
-                  expect_doc: str | None = None, check: Callable[[], None] | None = None) -> None:
+                  expect_doc: str | None = None, check: Callable[[], None] | None = None,
+                  customer_id: str | None = None) -> None:
         """Save a grant; with `expect_doc` (voiding it), only if it is still stored as that JSON, else Conflict: two
         voids at once (each at its own instant) would both answer 204 and the later write keep its instant only.
         With `check` (a new grant's entitlement still live), it runs (it raises to refuse) under the entitlement's
         lock (entitlement_lock), which its deletion and override take too: a deletion at once either sees this grant
-        written or is seen by the check."""
+        written or is seen by the check; with `customer_id` (granted through a customer), under that customer's lock
+        first, which its deletion takes (customer_lock)."""
         with self.engine.begin() as c:
+            if customer_id is not None:  # before the entitlement's: the writers' one order
+                serialise(c, customer_lock(namespace, customer_id))
             if check is not None:
                 serialise(c, entitlement_lock(namespace, doc["entitlementId"]))
                 check()

@@ -55,9 +55,10 @@ class EntitlementStore(FeatureStore, Protocol):
                           feature_keys: list[str] | None = None) -> list[dict[str, Any]]: ...
 
     def put_grant(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
-                  expect_doc: str | None = None, check: Callable[[], None] | None = None) -> None:
+                  expect_doc: str | None = None, check: Callable[[], None] | None = None,
+                  customer_id: str | None = None) -> None:
         """With `check`, it runs (and raises to refuse) where the grant is written, one at a time with the deletion
-        or override of its entitlement."""
+        or override of its entitlement (and, with `customer_id`, with the deletion of that customer)."""
         ...
 
     def get_grant(self, namespace: str, grant_id: str) -> dict[str, Any] | None: ...
@@ -277,7 +278,14 @@ def create_grant(namespace: str, subject: str, id_or_feature_key: str, body: Any
                  meta: MetaStore, now: datetime) -> dict[str, Any]:
     ent = resolve(namespace, party_keys(namespace, subject, meta), id_or_feature_key, store=store)
     doc = build_grant(namespace, ent, body, store=store, now=now)
-    store.put_grant(namespace, doc, created_at=now, check=entitlement_still_live(namespace, ent["id"], store))
+    owner = meta.customers_for_subjects(namespace, [ent["subjectKey"]]).get(ent["subjectKey"])
+    live = entitlement_still_live(namespace, ent["id"], store)
+
+    def check() -> None:  # under its customer's lock: a subject known only through it is gone once it is deleted
+        live()
+        subject_key(namespace, subject, meta)
+
+    store.put_grant(namespace, doc, created_at=now, check=check, customer_id=owner)
     return grant_json(doc, now)
 
 

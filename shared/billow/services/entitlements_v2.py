@@ -292,9 +292,11 @@ def _listed(d: dict[str, Any], kinds: list[str] | None, features: set[str], excl
 # -- grants ---------------------------------------------------------------------------------------------------
 def create_grant(namespace: str, customer_ref: str, ref: str, body: Any, *, store: EntitlementStore,
                  meta: MetaStore, now: datetime) -> dict[str, Any]:
-    _, ent = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    cust, ent = resolve(namespace, customer_ref, ref, store=store, meta=meta)
     doc = entitlements.build_grant(namespace, ent, body, store=store, now=now, v2=True)
-    store.put_grant(namespace, doc, created_at=now, check=entitlements.entitlement_still_live(namespace, ent["id"], store))
+    store.put_grant(namespace, doc, created_at=now, customer_id=cust["id"],
+                    check=_both(entitlements.entitlement_still_live(namespace, ent["id"], store),
+                                _customer_still_there(namespace, customer_ref, cust["id"], meta)))
     return entitlements.grant_json(doc, now)
 
 
