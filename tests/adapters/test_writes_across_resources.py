@@ -384,6 +384,46 @@ def test_an_entitlement_deleted_as_it_is_made_never_gets_its_initial_grants_afte
                                    "deletion answered", bad[:3])
 
 
+def test_an_entitlement_deleted_while_it_is_reset_never_gets_the_reset_after_the_deletion(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """A reset (POST /api/v1/subjects/{s}/entitlements/{e}/reset, v2 the same through the customer) needs a live
+    entitlement (404 on a deleted one). The reset looked at the entitlement, found it live, then wrote: a deletion
+    answering 204 in between listed no reset, and a moment later the ended entitlement had one. Now a reset's write
+    and the deletion take the entitlement's lock (`adapters/sql.entitlement_lock`) and the reset checks the
+    entitlement under it: there when the deletion answers, or refused (404)."""
+    from datetime import timedelta
+
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import entitlements as ents_service
+    from billow.services.features import create_feature
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    metas[0].put_meter("ns", _meter("reset_tok"))
+    create_feature("ns", {"key": "reset_feat", "name": "r", "meterSlug": "reset_tok"}, store=ents[0], meta=metas[0],
+                   now=NOW)
+    later = NOW + timedelta(hours=1)
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        subject = f"r{round_}"
+        metas[0].upsert_subject("ns", {"key": subject}, NOW)
+        ent = ents_service.create_entitlement("ns", subject, {"type": "metered", "featureKey": "reset_feat",
+                                                              "usagePeriod": {"interval": "MONTH"}},
+                                              store=ents[0], meta=metas[0], now=NOW)
+        seen: list[int] = []
+
+        def delete(ent_id: str = ent["id"], subject: str = subject, seen: list[int] = seen) -> None:
+            ents_service.delete_entitlement("ns", subject, ent_id, store=ents[1], meta=metas[1], now=later)
+            seen.append(len(ents[1].list_resets("ns", ent_id)))
+
+        reset = partial(ents_service.reset, "ns", subject, ent["id"], {}, store=ents[0], meta=metas[0], now=later)
+        _, errors = at_once([reset, delete])
+        bad += _refusals(errors)
+        late += bool(seen) and len(ents[1].list_resets("ns", ent["id"])) > seen[0]
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} entitlements got a reset after their deletion answered",
+                                   bad[:3])
+
+
 def _meter(slug: str) -> Any:
     from billow.domain.meters import Meter
 

@@ -337,11 +337,17 @@ class SqlEntitlementStore:
 
     # -- resets -----------------------------------------------------------------------------------
     def add_reset(self, namespace: str, entitlement_id: str, at: datetime, *, retain_anchor: bool,
-                  preserve_overage: bool | None, now: datetime) -> None:
+                  preserve_overage: bool | None, now: datetime, check: Callable[[], None] | None = None) -> None:
+        """With `check` (its entitlement still live), it runs (it raises to refuse) under the entitlement's lock
+        (entitlement_lock), which its deletion and override take too: a deletion at once either sees this reset
+        written or is seen by the check."""
         self.generation += 1
         self.generation += 1
         try:
             with self.engine.begin() as c:
+                if check is not None:
+                    serialise(c, entitlement_lock(namespace, entitlement_id))
+                    check()
                 c.execute(resets.insert().values(namespace=namespace, entitlement_id=entitlement_id, at=at,
                                                  retain_anchor=retain_anchor, preserve_overage=preserve_overage,
                                                  created_at=now))

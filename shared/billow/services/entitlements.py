@@ -66,7 +66,7 @@ class EntitlementStore(FeatureStore, Protocol):
     def list_grants(self, namespace: str, entitlement_ids: list[str] | None = None) -> list[dict[str, Any]]: ...
 
     def add_reset(self, namespace: str, entitlement_id: str, at: datetime, *, retain_anchor: bool,
-                  preserve_overage: bool | None, now: datetime) -> None: ...
+                  preserve_overage: bool | None, now: datetime, check: Callable[[], None] | None = None) -> None: ...
 
     def list_resets(self, namespace: str, entitlement_id: str) -> list[dict[str, Any]]: ...
 
@@ -414,7 +414,7 @@ def reset(namespace: str, subject: str, entitlement_id: str, body: Any, *, store
     if preserve is not None and not isinstance(preserve, bool):
         raise bad("preserveOverage", "must be true or false")
     store.add_reset(namespace, ent["id"], at, retain_anchor=fields.flag(body, "retainAnchor"), preserve_overage=preserve,
-                    now=now)
+                    now=now, check=entitlement_still_live(namespace, ent["id"], store))
 
 
 def current_period(ent: dict[str, Any], *, store: EntitlementStore, namespace: str, at: datetime) -> tuple[datetime, datetime]:
