@@ -607,6 +607,54 @@ def test_a_customer_deleted_while_its_entitlement_is_granted_never_gets_the_gran
                                    "deletion answered", bad[:3])
 
 
+def test_a_customer_deleted_while_its_entitlement_is_reset_never_gets_the_reset_after_the_deletion(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """A reset through the customer (v2) or a subject known only through it (v1) is 404 once the customer is
+    deleted; as a grant's (above), the reset now takes the customer's lock its deletion takes and looks the subject
+    up again under it: there when the deletion answers, or refused (404)."""
+    from datetime import timedelta
+
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.services import directory, entitlements_v2
+    from billow.services import entitlements as ents_service
+    from billow.services.features import create_feature
+    from billow.services.subscriptions import check_customer_deletable
+
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    metas[0].put_meter("ns", _meter("creset_tok"))
+    create_feature("ns", {"key": "creset_feat", "name": "r", "meterSlug": "creset_tok"}, store=ents[0],
+                   meta=metas[0], now=NOW)
+    later = NOW + timedelta(hours=1)
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"cr{round_}"
+        customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
+                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+        metas[0].put_customer("ns", customer)
+        ent = ents_service.create_entitlement("ns", key, {"type": "metered", "featureKey": "creset_feat",
+                                                          "usagePeriod": {"interval": "MONTH"}},
+                                              store=ents[0], meta=metas[0], now=NOW)
+        seen: list[int] = []
+
+        def delete(cid: str = customer["id"], ent_id: str = ent["id"], seen: list[int] = seen) -> None:
+            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[1], now=later)
+            directory.delete_customer("ns", cid, meta=metas[1], now=later, check=deletable)
+            seen.append(len(ents[1].list_resets("ns", ent_id)))
+
+        reset: Callable[[], Any] = (
+            partial(entitlements_v2.reset, "ns", key, ent["id"], {}, store=ents[0], meta=metas[0], now=later)
+            if round_ % 2 else
+            partial(ents_service.reset, "ns", key, ent["id"], {}, store=ents[0], meta=metas[0], now=later))
+        _, errors = at_once([reset, delete])
+        bad += _refusals(errors)
+        late += bool(seen) and len(ents[1].list_resets("ns", ent["id"])) > seen[0]
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} entitlements of deleted customers got a reset after the "
+                                   "deletion answered", bad[:3])
+
+
 def test_an_add_on_archived_while_it_is_added_to_a_subscription_never_gets_added_after_the_archive(
         metas: list[SqlMetaStore]) -> None:  # noqa: F811
     """POST /api/v1/subscriptions/{s}/addons needs an active add-on (400 `addon.id` on an archived one). The add looked

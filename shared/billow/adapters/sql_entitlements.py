@@ -337,14 +337,17 @@ class SqlEntitlementStore:
 
     # -- resets -----------------------------------------------------------------------------------
     def add_reset(self, namespace: str, entitlement_id: str, at: datetime, *, retain_anchor: bool,
-                  preserve_overage: bool | None, now: datetime, check: Callable[[], None] | None = None) -> None:
+                  preserve_overage: bool | None, now: datetime, check: Callable[[], None] | None = None,
+                  customer_id: str | None = None) -> None:
         """With `check` (its entitlement still live), it runs (it raises to refuse) under the entitlement's lock
         (entitlement_lock), which its deletion and override take too: a deletion at once either sees this reset
-        written or is seen by the check."""
+        written or is seen by the check; with `customer_id`, under that customer's lock first (customer_lock)."""
         self.generation += 1
         self.generation += 1
         try:
             with self.engine.begin() as c:
+                if customer_id is not None:  # before the entitlement's: the writers' one order
+                    serialise(c, customer_lock(namespace, customer_id))
                 if check is not None:
                     serialise(c, entitlement_lock(namespace, entitlement_id))
                     check()

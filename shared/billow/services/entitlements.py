@@ -66,7 +66,8 @@ class EntitlementStore(FeatureStore, Protocol):
     def list_grants(self, namespace: str, entitlement_ids: list[str] | None = None) -> list[dict[str, Any]]: ...
 
     def add_reset(self, namespace: str, entitlement_id: str, at: datetime, *, retain_anchor: bool,
-                  preserve_overage: bool | None, now: datetime, check: Callable[[], None] | None = None) -> None: ...
+                  preserve_overage: bool | None, now: datetime, check: Callable[[], None] | None = None,
+                  customer_id: str | None = None) -> None: ...
 
     def list_resets(self, namespace: str, entitlement_id: str) -> list[dict[str, Any]]: ...
 
@@ -413,8 +414,15 @@ def reset(namespace: str, subject: str, entitlement_id: str, body: Any, *, store
     preserve = body.get("preserveOverage")
     if preserve is not None and not isinstance(preserve, bool):
         raise bad("preserveOverage", "must be true or false")
+    owner = meta.customers_for_subjects(namespace, [ent["subjectKey"]]).get(ent["subjectKey"])
+    live = entitlement_still_live(namespace, ent["id"], store)
+
+    def check() -> None:  # under its customer's lock: a subject known only through it is gone once it is deleted
+        live()
+        subject_key(namespace, subject, meta)
+
     store.add_reset(namespace, ent["id"], at, retain_anchor=fields.flag(body, "retainAnchor"), preserve_overage=preserve,
-                    now=now, check=entitlement_still_live(namespace, ent["id"], store))
+                    now=now, check=check, customer_id=owner)
 
 
 def current_period(ent: dict[str, Any], *, store: EntitlementStore, namespace: str, at: datetime) -> tuple[datetime, datetime]:
