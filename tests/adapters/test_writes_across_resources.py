@@ -431,6 +431,45 @@ def _meter(slug: str) -> Any:
                  value_property="$.v", group_by={}, event_from=None, created_at=NOW, updated_at=NOW)
 
 
+def _new_customer(meta: SqlMetaStore, key: str) -> dict[str, Any]:
+    """A customer (`key`) of the one subject `key`, stored through `meta`."""
+    customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
+                                "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
+    meta.put_customer("ns", customer)
+    return customer
+
+
+def _entitlement_ids(ents: Any, key: str) -> set[str]:
+    return {e["id"] for e in ents.list_entitlements("ns", subject_keys=[key])}
+
+
+def _grant_ids(ents: Any, entitlement_id: str) -> set[str]:
+    return {g["id"] for g in ents.list_grants("ns", [entitlement_id])}
+
+
+def _reset_count(ents: Any, entitlement_id: str) -> int:
+    return len(ents.list_resets("ns", entitlement_id))
+
+
+def _lands_after_deletion(write: Callable[[], Any], customer: dict[str, Any], meta: SqlMetaStore, catalog: Any,
+                          children: Callable[[], Any], now: datetime = NOW) -> tuple[list[BaseException], bool]:
+    """`write` at once with the customer's deletion by the other container (`meta`, `catalog`): the refusals, and
+    whether `children()` (read by the deleting side right after its deletion answered) changed afterwards, that is
+    whether the write landed after the deletion answered."""
+    from billow.services import directory
+    from billow.services.subscriptions import check_customer_deletable
+
+    seen: list[Any] = []
+
+    def delete() -> None:
+        deletable = partial(check_customer_deletable, "ns", customer["id"], store=catalog, now=now)
+        directory.delete_customer("ns", customer["id"], meta=meta, now=now, check=deletable)
+        seen.append(children())
+
+    _, errors = at_once([write, delete])
+    return _refusals(errors), bool(seen) and children() != seen[0]
+
+
 def test_a_customer_deleted_while_an_entitlement_is_made_for_it_never_gets_one_after_the_deletion(
         metas: list[SqlMetaStore]) -> None:  # noqa: F811
     """POST /api/v2/customers/{c}/entitlements needs a live customer (404). The create looked at the customer, found
@@ -440,9 +479,8 @@ def test_a_customer_deleted_while_an_entitlement_is_made_for_it_never_gets_one_a
     checks the customer under it: there when the deletion answers, or refused (404)."""
     from billow.adapters.sql_catalog import SqlCatalogStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
-    from billow.services import directory, entitlements_v2
+    from billow.services import entitlements_v2
     from billow.services.features import create_feature
-    from billow.services.subscriptions import check_customer_deletable
 
     ents = [SqlEntitlementStore(m.engine) for m in metas]
     catalogs = [SqlCatalogStore(m.engine) for m in metas]
@@ -451,21 +489,13 @@ def test_a_customer_deleted_while_an_entitlement_is_made_for_it_never_gets_one_a
     late = 0
     for round_ in range(2 * ROUNDS):
         key = f"d{round_}"
-        customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
-                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
-        metas[0].put_customer("ns", customer)
-        seen: list[set[str]] = []
-
-        def delete(cid: str = customer["id"], key: str = key, seen: list[set[str]] = seen) -> None:
-            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[1], now=NOW)
-            directory.delete_customer("ns", cid, meta=metas[1], now=NOW, check=deletable)
-            seen.append({e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])})
-
-        _, errors = at_once([partial(entitlements_v2.create, "ns", key, {"type": "boolean", "featureKey": "cust_feat"},
-                                     store=ents[0], meta=metas[0], now=NOW), delete])
-        bad += _refusals(errors)
-        after = {e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])}
-        late += bool(seen) and bool(after - seen[0])
+        customer = _new_customer(metas[0], key)
+        refused, landed = _lands_after_deletion(
+            partial(entitlements_v2.create, "ns", key, {"type": "boolean", "featureKey": "cust_feat"}, store=ents[0],
+                    meta=metas[0], now=NOW),
+            customer, metas[1], catalogs[1], partial(_entitlement_ids, ents[1], key))
+        bad += refused
+        late += landed
     assert not bad and late == 0, (f"{late} of {2 * ROUNDS} deleted customers got an entitlement after their deletion "
                                    "answered", bad[:3])
 
@@ -480,10 +510,8 @@ def test_a_customer_deleted_while_an_entitlement_is_made_for_its_subject_never_g
     (`customer_lock`) and looks the subject up again under it: there when the deletion answers, or refused (404)."""
     from billow.adapters.sql_catalog import SqlCatalogStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
-    from billow.services import directory
     from billow.services import entitlements as ents_service
     from billow.services.features import create_feature
-    from billow.services.subscriptions import check_customer_deletable
 
     ents = [SqlEntitlementStore(m.engine) for m in metas]
     catalogs = [SqlCatalogStore(m.engine) for m in metas]
@@ -492,22 +520,13 @@ def test_a_customer_deleted_while_an_entitlement_is_made_for_its_subject_never_g
     late = 0
     for round_ in range(2 * ROUNDS):
         key = f"s{round_}"
-        customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
-                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
-        metas[0].put_customer("ns", customer)
-        seen: list[set[str]] = []
-
-        def delete(cid: str = customer["id"], key: str = key, seen: list[set[str]] = seen) -> None:
-            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[1], now=NOW)
-            directory.delete_customer("ns", cid, meta=metas[1], now=NOW, check=deletable)
-            seen.append({e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])})
-
-        _, errors = at_once([partial(ents_service.create_entitlement, "ns", key,
-                                     {"type": "boolean", "featureKey": "subj_feat"},
-                                     store=ents[0], meta=metas[0], now=NOW), delete])
-        bad += _refusals(errors)
-        after = {e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])}
-        late += bool(seen) and bool(after - seen[0])
+        customer = _new_customer(metas[0], key)
+        refused, landed = _lands_after_deletion(
+            partial(ents_service.create_entitlement, "ns", key, {"type": "boolean", "featureKey": "subj_feat"},
+                    store=ents[0], meta=metas[0], now=NOW),
+            customer, metas[1], catalogs[1], partial(_entitlement_ids, ents[1], key))
+        bad += refused
+        late += landed
     assert not bad and late == 0, (f"{late} of {2 * ROUNDS} subjects of deleted customers got an entitlement after "
                                    "the deletion answered", bad[:3])
 
@@ -521,10 +540,9 @@ def test_a_customer_deleted_while_its_entitlement_is_overridden_never_gets_the_n
     customer (the subject) up again under it: the new one is there when the deletion answers, or refused (404)."""
     from billow.adapters.sql_catalog import SqlCatalogStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
-    from billow.services import directory, entitlements_v2
     from billow.services import entitlements as ents_service
+    from billow.services import entitlements_v2
     from billow.services.features import create_feature
-    from billow.services.subscriptions import check_customer_deletable
 
     ents = [SqlEntitlementStore(m.engine) for m in metas]
     catalogs = [SqlCatalogStore(m.engine) for m in metas]
@@ -534,26 +552,17 @@ def test_a_customer_deleted_while_its_entitlement_is_overridden_never_gets_the_n
     late = 0
     for round_ in range(2 * ROUNDS):
         key = f"o{round_}"
-        customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
-                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
-        metas[0].put_customer("ns", customer)
+        customer = _new_customer(metas[0], key)
         ent = ents_service.create_entitlement("ns", key, body, store=ents[0], meta=metas[0], now=NOW)
-        seen: list[set[str]] = []
-
-        def delete(cid: str = customer["id"], key: str = key, seen: list[set[str]] = seen) -> None:
-            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[1], now=NOW)
-            directory.delete_customer("ns", cid, meta=metas[1], now=NOW, check=deletable)
-            seen.append({e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])})
-
         override: Callable[[], Any] = (
             partial(entitlements_v2.override, "ns", key, ent["id"], body, store=ents[0], meta=metas[0], now=NOW)
             if round_ % 2 else
             partial(ents_service.override_entitlement, "ns", key, ent["id"], body, store=ents[0], meta=metas[0],
                     now=NOW))
-        _, errors = at_once([override, delete])
-        bad += _refusals(errors)
-        after = {e["id"] for e in ents[1].list_entitlements("ns", subject_keys=[key])}
-        late += bool(seen) and bool(after - seen[0])
+        refused, landed = _lands_after_deletion(override, customer, metas[1], catalogs[1],
+                                                partial(_entitlement_ids, ents[1], key))
+        bad += refused
+        late += landed
     assert not bad and late == 0, (f"{late} of {2 * ROUNDS} deleted customers got an overriding entitlement after "
                                    "the deletion answered", bad[:3])
 
@@ -567,10 +576,9 @@ def test_a_customer_deleted_while_its_entitlement_is_granted_never_gets_the_gran
     customer (the subject) up again under it: there when the deletion answers, or refused (404)."""
     from billow.adapters.sql_catalog import SqlCatalogStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
-    from billow.services import directory, entitlements_v2
     from billow.services import entitlements as ents_service
+    from billow.services import entitlements_v2
     from billow.services.features import create_feature
-    from billow.services.subscriptions import check_customer_deletable
 
     ents = [SqlEntitlementStore(m.engine) for m in metas]
     catalogs = [SqlCatalogStore(m.engine) for m in metas]
@@ -582,27 +590,18 @@ def test_a_customer_deleted_while_its_entitlement_is_granted_never_gets_the_gran
     late = 0
     for round_ in range(2 * ROUNDS):
         key = f"cg{round_}"
-        customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
-                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
-        metas[0].put_customer("ns", customer)
+        customer = _new_customer(metas[0], key)
         ent = ents_service.create_entitlement("ns", key, {"type": "metered", "featureKey": "cgrant_feat",
                                                           "usagePeriod": {"interval": "MONTH"}},
                                               store=ents[0], meta=metas[0], now=NOW)
-        seen: list[set[str]] = []
-
-        def delete(cid: str = customer["id"], ent_id: str = ent["id"], seen: list[set[str]] = seen) -> None:
-            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[1], now=NOW)
-            directory.delete_customer("ns", cid, meta=metas[1], now=NOW, check=deletable)
-            seen.append({g["id"] for g in ents[1].list_grants("ns", [ent_id])})
-
         grant: Callable[[], Any] = (
             partial(entitlements_v2.create_grant, "ns", key, ent["id"], grant_body, store=ents[0], meta=metas[0],
                     now=NOW) if round_ % 2 else
             partial(ents_service.create_grant, "ns", key, ent["id"], grant_body, store=ents[0], meta=metas[0], now=NOW))
-        _, errors = at_once([grant, delete])
-        bad += _refusals(errors)
-        after = {g["id"] for g in ents[1].list_grants("ns", [ent["id"]])}
-        late += bool(seen) and bool(after - seen[0])
+        refused, landed = _lands_after_deletion(grant, customer, metas[1], catalogs[1],
+                                                partial(_grant_ids, ents[1], ent["id"]))
+        bad += refused
+        late += landed
     assert not bad and late == 0, (f"{late} of {2 * ROUNDS} entitlements of deleted customers got a grant after the "
                                    "deletion answered", bad[:3])
 
@@ -616,10 +615,9 @@ def test_a_customer_deleted_while_its_entitlement_is_reset_never_gets_the_reset_
 
     from billow.adapters.sql_catalog import SqlCatalogStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
-    from billow.services import directory, entitlements_v2
     from billow.services import entitlements as ents_service
+    from billow.services import entitlements_v2
     from billow.services.features import create_feature
-    from billow.services.subscriptions import check_customer_deletable
 
     ents = [SqlEntitlementStore(m.engine) for m in metas]
     catalogs = [SqlCatalogStore(m.engine) for m in metas]
@@ -631,26 +629,18 @@ def test_a_customer_deleted_while_its_entitlement_is_reset_never_gets_the_reset_
     late = 0
     for round_ in range(2 * ROUNDS):
         key = f"cr{round_}"
-        customer: dict[str, Any] = {"id": new_id(), "key": key, "name": "C", "usageAttribution": {"subjectKeys": [key]},
-                                    "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
-        metas[0].put_customer("ns", customer)
+        customer = _new_customer(metas[0], key)
         ent = ents_service.create_entitlement("ns", key, {"type": "metered", "featureKey": "creset_feat",
                                                           "usagePeriod": {"interval": "MONTH"}},
                                               store=ents[0], meta=metas[0], now=NOW)
-        seen: list[int] = []
-
-        def delete(cid: str = customer["id"], ent_id: str = ent["id"], seen: list[int] = seen) -> None:
-            deletable = partial(check_customer_deletable, "ns", cid, store=catalogs[1], now=later)
-            directory.delete_customer("ns", cid, meta=metas[1], now=later, check=deletable)
-            seen.append(len(ents[1].list_resets("ns", ent_id)))
-
         reset: Callable[[], Any] = (
             partial(entitlements_v2.reset, "ns", key, ent["id"], {}, store=ents[0], meta=metas[0], now=later)
             if round_ % 2 else
             partial(ents_service.reset, "ns", key, ent["id"], {}, store=ents[0], meta=metas[0], now=later))
-        _, errors = at_once([reset, delete])
-        bad += _refusals(errors)
-        late += bool(seen) and len(ents[1].list_resets("ns", ent["id"])) > seen[0]
+        refused, landed = _lands_after_deletion(reset, customer, metas[1], catalogs[1],
+                                                partial(_reset_count, ents[1], ent["id"]), later)
+        bad += refused
+        late += landed
     assert not bad and late == 0, (f"{late} of {2 * ROUNDS} entitlements of deleted customers got a reset after the "
                                    "deletion answered", bad[:3])
 
