@@ -149,6 +149,60 @@ def test_an_app_uninstalled_while_a_billing_profile_is_made_on_it_never_leaves_t
     assert not bad and dangling == 0, (f"{dangling} of {ROUNDS} uninstalled apps used by a live profile", bad[:3])
 
 
+def test_a_stripe_app_whose_uninstall_is_refused_under_the_lock_keeps_its_webhook_at_stripe(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """An uninstall of a Stripe app removed its webhook endpoint from Stripe before its check under the app's lock
+    (above): when a profile made at once naming the app won that lock, the uninstall answered 409 and the app stayed
+    installed with no webhook at Stripe, so its payment events no longer came. Now the endpoint is removed only once
+    the uninstall is written: a refused uninstall leaves it, an accepted one removes it."""
+    from billow.adapters.sql_apps import SqlAppStore
+    from billow.adapters.sql_billing import SqlBillingStore
+    from billow.adapters.stripe_app import StripeUnavailable
+    from billow.domain import apps as rules
+    from billow.services import apps as apps_service
+    from billow.services.billing_profiles import create_profile
+
+    apps = [SqlAppStore(m.engine) for m in metas]
+    billing = [SqlBillingStore(m.engine) for m in metas]
+    removed: list[str] = []
+
+    class Account:
+        def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+            removed.append(endpoint_id)
+
+    unhooked = refused = 0
+    for round_ in range(ROUNDS):
+        app = rules.new_app(new_id(), "stripe", f"Stripe {round_}", "2026-06-01T00:00:00Z",
+                            stripeWebhookId=f"we_{round_}", livemode=False)
+        apps[0].add_app("ns", app, {"apiKey": "sk_test_x", "webhookSecret": "whsec_x"})
+        body = {"name": f"s{round_}", "supplier": {"name": "Acme"},
+                "apps": {"tax": app["id"], "invoicing": app["id"], "payment": app["id"]}}
+        _, errors = at_once([
+            partial(create_profile, "ns", body, store=billing[0], apps=apps[0], now=NOW),
+            partial(apps_service.uninstall_app, "ns", app["id"], apps=apps[1], billing=billing[1],
+                    stripe=lambda key: Account(), now=NOW)])
+        assert not _refusals(errors), errors[:3]
+        stored = apps[1].get_app("ns", app["id"])
+        assert stored is not None
+        installed = not stored.get("deletedAt")
+        refused += installed
+        unhooked += installed and f"we_{round_}" in removed
+        assert installed or f"we_{round_}" in removed  # an uninstall that was written removed the endpoint
+    assert unhooked == 0, f"{unhooked} of {refused} Stripe apps left installed without their webhook endpoint"
+
+    class Down:
+        def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+            raise StripeUnavailable("Stripe unavailable while deleting webhook endpoint: timeout; retrying is safe")
+
+    # Stripe failing once the uninstall is written: uninstalled all the same (its webhook path answers 404), the
+    # endpoint left at Stripe, no error to the caller (a retry would find the app gone).
+    app = rules.new_app(new_id(), "stripe", "Stripe down", "2026-06-01T00:00:00Z", stripeWebhookId="we_down")
+    apps[0].add_app("ns", app, {"apiKey": "sk_test_x", "webhookSecret": "whsec_x"})
+    apps_service.uninstall_app("ns", app["id"], apps=apps[1], billing=billing[1], stripe=lambda key: Down(), now=NOW)
+    gone = apps[1].get_app("ns", app["id"])
+    assert gone is not None and gone.get("deletedAt") and apps[1].app_secrets("ns", app["id"]) == {}
+
+
 _BASE_PLAN = {"name": "Base", "currency": "USD", "billingCadence": "P1M", "phases": [
     {"key": "default", "name": "Default", "rateCards": [
         {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",

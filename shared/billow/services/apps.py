@@ -9,16 +9,19 @@ serve` at start, `billow keys create`, the deploy's migrate function). That prof
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from billow.domain import apps as rules
 from billow.domain.billing_profiles import WORKFLOW_DEFAULTS
-from billow.errors import Conflict, NotFound, ValidationFailed
+from billow.errors import BillowError, Conflict, NotFound, ValidationFailed
 from billow.ids import is_ulid, new_id
 from billow.ports import AppStore, BillingStore, MetaStore, StripeAccount
 from billow.timeutil import format_rfc3339
+
+_log = logging.getLogger("billow.apps")
 
 bad = ValidationFailed.at
 PROVISIONED = "billow.provisioned"  # metadata key of the auto-provisioned default billing profile
@@ -126,8 +129,8 @@ def _with_key(namespace: str, doc: dict[str, Any], key: str, field: str, *, apps
 
 def uninstall_app(namespace: str, id_: str, *, apps: AppStore, billing: BillingStore, stripe: StripeFor,
                   now: datetime) -> None:
-    """Uninstall an app no billing profile uses; a Stripe app's webhook endpoint is removed from Stripe and its
-    secrets forgotten (its webhook path answers 404 from then on)."""
+    """Uninstall an app no billing profile uses; a Stripe app's secrets are forgotten (its webhook path answers 404
+    from then on) and, once that is written, its webhook endpoint is removed from Stripe."""
     doc = get_app(namespace, id_, apps=apps)
 
     def unused() -> None:
@@ -137,15 +140,24 @@ def uninstall_app(namespace: str, id_: str, *, apps: AppStore, billing: BillingS
 
     unused()
     secrets: dict[str, Any] | None = None
+    key = webhook = None
     if doc["type"] == "stripe":
-        key = apps.app_secrets(namespace, id_).get("apiKey")
-        if key and doc.get("stripeWebhookId"):
-            stripe(str(key)).delete_webhook_endpoint(str(doc["stripeWebhookId"]))
+        key, webhook = apps.app_secrets(namespace, id_).get("apiKey"), doc.get("stripeWebhookId")
         secrets = {}
     doc = {**doc, "deletedAt": format_rfc3339(now), "updatedAt": format_rfc3339(now)}
     # Checked again where it is written, under the lock a profile naming the app takes (a profile written at once is
     # seen, or sees the app uninstalled); only an app still installed (uninstalled meanwhile: 404, as after).
     apps.put_app(namespace, doc, secrets, live=True, check=unused)
+    # Only once the uninstall is written: removed before, an uninstall refused under the lock (a profile made at once)
+    # left an installed app whose Stripe events (payments) no longer came. Not inside the lock: on SQLite it is the
+    # database's write lock, held for a call to Stripe. If Stripe fails now, the app is uninstalled all the same (its
+    # webhook path answers 404) and the endpoint is left at Stripe, which stops calling an endpoint that keeps failing.
+    if key and webhook:
+        try:
+            stripe(str(key)).delete_webhook_endpoint(str(webhook))
+        except BillowError:
+            _log.warning("app %s uninstalled; its Stripe webhook endpoint %s was not removed", id_, webhook,
+                         exc_info=True)
 
 
 def _profile_app_ids(profile: dict[str, Any]) -> set[str]:
