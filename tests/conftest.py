@@ -138,25 +138,39 @@ def meta_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[SqlMet
     store.close()
 
 
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A PostgreSQL database of this test's own on the services' cluster (created, then dropped): a concurrency
-    claim shown on SQLite, which serialises writers, is shown here on an engine that does not."""
+@contextmanager
+def scratch_database(prefix: str = "billow_t_", options: str = "") -> Iterator[str]:
+    """A PostgreSQL database of its own on the services' cluster (CREATE DATABASE ... `options`), dropped after; its
+    URL. A server that refuses the options (an ICU locale where none is built) skips the test."""
     import uuid
 
     import sqlalchemy as sa
 
     admin_url = require_service("BILLOW_TEST_PG_URL", "PostgreSQL")
-    name = f"billow_t_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}" {options}'.rstrip()))
+    except sa.exc.DBAPIError as exc:
+        admin.dispose()
+        if not options:
+            raise
+        pytest.skip(f"this server makes no database {options}: {exc}")
     try:
         yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as c:
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database of this test's own on the services' cluster (created, then dropped): a concurrency
+    claim shown on SQLite, which serialises writers, is shown here on an engine that does not."""
+    with scratch_database() as url:
+        yield url
 
 
 @pytest.fixture

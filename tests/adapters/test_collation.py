@@ -5,41 +5,27 @@ SQLite's): `a` before `B` there, `_` ignored, so an ORDER BY on the key listed t
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from billow.bootstrap import Settings, build, install
 from billow.local.server import apigw_event
 from functions.api.handler import lambda_handler as api
-from tests.conftest import require_service
+from tests.conftest import scratch_database
 
 KEYS = ["b", "B", "a", "_c", "Z", "a-b", "ab", "ä", "a b", "10", "9"]
 
 
 @pytest.fixture
 def en_us_database() -> Iterator[str]:
-    """A database of this test's own collated by ICU's en-US, as a language collation orders text."""
-    admin_url = require_service("BILLOW_TEST_PG_URL", "PostgreSQL")
-    name = f"billow_icu_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(sa.text(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
-                              "LOCALE 'C.UTF-8'"))
-    except sa.exc.DBAPIError as exc:  # PostgreSQL before 15, or built without ICU
-        admin.dispose()
-        pytest.skip(f"no ICU-collated database on this server: {exc}")
-    try:
-        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    """A database of this test's own collated by ICU's en-US, as a language collation orders text (skipped on
+    PostgreSQL before 15, or one built without ICU)."""
+    with scratch_database("billow_icu_", "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+                                         "LOCALE 'C.UTF-8'") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres-en-US"])
