@@ -49,6 +49,22 @@ def test_plan_versions_draft_publish_archive(billow: Billow) -> None:
     assert [p["version"] for p in b.ok("GET", "/api/v1/plans")["items"]] == [1]
 
 
+def test_a_version_archived_by_a_later_request_is_not_archived_again_by_an_earlier_one(billow: Billow) -> None:
+    """Two archives at once: the one that began later (its `now` later) can write first, and the other then reads a
+    version still active at its own `now` (its end is later). It answered 200 too and moved the end earlier (CI: two
+    of 16 concurrent archives answered 200). Now a version whose end is written is archived: 409, the end kept."""
+    b = billow
+    setup(b)
+    b.clock.set("2026-01-01T00:00:10Z")
+    v1 = published(b, plan_body("racing", "10"))
+    b.clock.set("2026-01-01T00:01:00Z")
+    assert b.ok("POST", f"/api/v1/plans/{v1['id']}/archive")["effectiveTo"] == "2026-01-01T00:01:00Z"
+    b.clock.set("2026-01-01T00:00:30Z")  # the request that began first, answered second
+    status, out = b.call("POST", f"/api/v1/plans/{v1['id']}/archive")
+    assert status == 409 and "already archived" in out["detail"], out
+    assert b.ok("GET", f"/api/v1/plans/{v1['id']}")["effectiveTo"] == "2026-01-01T00:01:00Z"
+
+
 def test_a_deleted_version_s_number_is_not_taken_again(billow: Billow) -> None:
     """A deleted draft keeps its version number (its row stays, unique per key): the key's next version comes after
     it, as OpenMeter counts versions with the deleted ones. Before, the next version counted the live ones only and

@@ -208,7 +208,9 @@ def publish(namespace: str, kind: str, id_: str, *, store: CatalogStore, feature
 
 
 def archive(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
-    """Written only as read (another archive, delete or publish at once changed it: 409, as one after it answers)."""
+    """Written only as read (another archive, delete or publish at once changed it: 409, as one after it answers).
+    A version whose end is written is archived even while that end is later than this request's `now` (another
+    archive, begun after this one, wrote it first): archiving it again would answer 200 twice and move its end."""
     doc = store.get_versioned(kind, namespace, id_)
     if doc is None or doc.get("deletedAt"):
         raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
@@ -216,6 +218,9 @@ def archive(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: da
     if catalog.status(doc, now) not in ("active", "scheduled"):
         raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is {catalog.status(doc, now)}; "
                        "only an active one can be archived")
+    if doc.get("effectiveTo") is not None:  # ended by a request that began after this one: still active at `now`
+        raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is already archived (from "
+                       f"{doc['effectiveTo']}); only an active one can be archived")
     stamp = format_rfc3339(now)
     doc.update(effectiveTo=stamp, updatedAt=stamp)
     store.put_versioned(kind, namespace, doc, expect_doc=before)
