@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from functools import partial
+from typing import Any
 
 from billow import jsonx
 from billow.domain.billing_profiles import APP_TYPES as APP_TYPES  # re-exported for billow.services.billing
@@ -17,6 +18,7 @@ from billow.domain.billing_profiles import WORKFLOW_DEFAULTS, parse_apps, parse_
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import AppStore, BillingStore, MetaStore
+from billow.services.edits import until_written
 from billow.timeutil import format_rfc3339
 
 bad = ValidationFailed.at
@@ -74,26 +76,17 @@ def _provisioned(profile: dict[str, Any]) -> bool:
     return is_provisioned(profile)
 
 
-EDIT_ATTEMPTS: Final = 10  # writers changing one profile at once that one change outlasts
-
-
 def _edit(namespace: str, id_: str, store: BillingStore, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Read the live profile, `edit` it (or raise) and write it only if it is still stored as read; a lost race
     (another container's edit, its delete, another profile made the default) reads it again, so no edit is lost and
     a deleted profile is a 404, never written back live."""
-    attempt = 0
-    while True:
-        attempt += 1
+    def step() -> tuple[dict[str, Any], Callable[[], None]]:
         doc = get_profile(namespace, id_, store=store)
         before = jsonx.dumps(doc)
         edit(doc)
-        try:
-            store.put_profile(namespace, doc, expect_doc=before)
-        except Conflict:
-            if attempt == EDIT_ATTEMPTS:
-                raise
-            continue
-        return doc
+        return doc, partial(store.put_profile, namespace, doc, expect_doc=before)
+
+    return until_written(step)
 
 
 def update_profile(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime,

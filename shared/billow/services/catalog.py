@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from billow import jsonx
 from billow.domain import catalog
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
+from billow.services.edits import until_written
 from billow.services.features import FeatureStore
 from billow.timeutil import format_rfc3339
 
@@ -136,9 +137,6 @@ def _require_draft(kind: str, id_: str, doc: dict[str, Any] | None, now: datetim
     return doc
 
 
-EDIT_ATTEMPTS: Final = 10  # writers changing one draft at once that one change outlasts
-
-
 def _edit_draft(namespace: str, kind: str, id_: str, store: CatalogStore, now: datetime,
                 edit: Callable[[dict[str, Any]], None],
                 check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -153,23 +151,17 @@ def _edit_version(namespace: str, kind: str, store: CatalogStore, read: Callable
                   edit: Callable[[dict[str, Any]], None],
                   check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """`read` the version (it raises what refuses the change), `edit` it and write it only if it is still stored as
-    read; a lost race reads it again (at most EDIT_ATTEMPTS times). `check` runs on the edited version where it is
+    read; a lost race reads it again (services.edits). `check` runs on the edited version where it is
     written, under the lock of each feature its rate cards name that the feature's archive takes too."""
-    attempt = 0
-    while True:
-        attempt += 1
+    def step() -> tuple[dict[str, Any], Callable[[], None]]:
         doc = read()
         before = jsonx.dumps(doc)
         edit(doc)
         keys = sorted({rc["featureKey"] for _, rc in _cards(kind, doc) if rc.get("featureKey")}) if check else []
-        try:
-            store.put_versioned(kind, namespace, doc, expect_doc=before,
-                                check=partial(check, doc) if check is not None else None, feature_keys=keys)
-        except Conflict:
-            if attempt == EDIT_ATTEMPTS:
-                raise
-            continue
-        return doc
+        return doc, partial(store.put_versioned, kind, namespace, doc, expect_doc=before,
+                            check=partial(check, doc) if check is not None else None, feature_keys=keys)
+
+    return until_written(step)
 
 
 def update(namespace: str, kind: str, id_: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from billow import jsonx
@@ -28,6 +29,7 @@ from billow.exact import EXACT, parse_decimal
 from billow.ids import new_id
 from billow.ports import BillingApps, BillingStore, InvoicingApp, MetaStore
 from billow.services.billing_profiles import resolve_customer
+from billow.services.edits import until_written
 from billow.timeutil import format_rfc3339
 
 if TYPE_CHECKING:
@@ -99,16 +101,11 @@ def _save(namespace: str, inv: Invoice, store: BillingStore, *, expect_status: s
     store.put_invoice(namespace, inv.to_json(), expect_status=expect_status, expect_doc=expect_doc)
 
 
-EDIT_ATTEMPTS: Final = 10  # writers editing one invoice at once that one edit outlasts
-
-
 def _edit(namespace: str, id_: str, store: BillingStore, edit: Callable[[Invoice], bool]) -> Invoice:
     """Read the invoice, `edit` it in place (False: nothing to save; or it raises) and save it only if it is still
     stored as it was read. Another container may edit it in between (two edits of one draft at once, each its own
     field): the lost race reads it again and edits what the other wrote, so neither edit is lost."""
-    attempt = 0
-    while True:
-        attempt += 1
+    def step() -> tuple[Invoice, Callable[[], None] | None]:
         doc = store.get_invoice(namespace, id_)
         if doc is None or doc.get("deletedAt"):
             raise NotFound(f"invoice {id_!r} not found")
@@ -116,14 +113,10 @@ def _edit(namespace: str, id_: str, store: BillingStore, edit: Callable[[Invoice
         inv = Invoice.from_json(doc)
         status = inv.status
         if not edit(inv):
-            return inv
-        try:
-            _save(namespace, inv, store, expect_status=status, expect_doc=before)
-        except Conflict:
-            if attempt == EDIT_ATTEMPTS:
-                raise
-            continue
-        return inv
+            return inv, None
+        return inv, partial(_save, namespace, inv, store, expect_status=status, expect_doc=before)
+
+    return until_written(step)
 
 
 def get_invoice(namespace: str, id_: str, *, store: BillingStore) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 from billow.domain.ingest_policy import parse_policy
 from billow.domain.meters import Meter, validate_meter_definition
@@ -14,6 +14,7 @@ from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import MetaStore, UsageStore
 from billow.services import meter_refs
+from billow.services.edits import until_written
 from billow.services.sink import backfill_meter
 from billow.timeutil import parse_rfc3339
 
@@ -50,28 +51,19 @@ def get_meter(namespace: str, id_or_slug: str, *, meta: MetaStore) -> Meter:
     return meter
 
 
-EDIT_ATTEMPTS: Final = 10  # writers editing one meter at once that one edit outlasts
-
-
 def update_meter(namespace: str, id_or_slug: str, body: Any, *, meta: MetaStore, now: datetime) -> Meter:
     """MeterUpdate: name, description, metadata, groupBy (new group-by keys apply to events from now on); the fields
     not given stay as stored. Written only as read: another container's edit or delete meanwhile makes this read
     again (so neither edit is lost, and a deleted meter is a 404, never written back live)."""
-    attempt = 0
-    while True:
-        attempt += 1
+    def step() -> tuple[Meter, Callable[[], None]]:
         meter = get_meter(namespace, id_or_slug, meta=meta)
         if not isinstance(body, dict):
             raise ValidationFailed("meter update must be a JSON object",
                                    [{"field": "", "message": "must be a JSON object"}])
         updated = _updated(meter, body, now)
-        try:
-            meta.update_meter(namespace, updated, expect=meter)
-        except Conflict:
-            if attempt == EDIT_ATTEMPTS:
-                raise
-            continue
-        return updated
+        return updated, partial(meta.update_meter, namespace, updated, expect=meter)
+
+    return until_written(step)
 
 
 def _updated(meter: Meter, body: dict[str, Any], now: datetime) -> Meter:

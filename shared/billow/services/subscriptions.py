@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final, Protocol
+from functools import partial
+from typing import Any, Protocol
 
 from billow import jsonx
 from billow.domain import catalog as catalog_rules
@@ -28,6 +29,7 @@ from billow.ids import new_id
 from billow.ports import MetaStore, UsageStore
 from billow.services import catalog, entitlements
 from billow.services.balances import feature_filters
+from billow.services.edits import until_written
 from billow.services.entitlements import EntitlementStore
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
@@ -206,9 +208,6 @@ def get(namespace: str, id_: str, *, store: SubscriptionStore) -> dict[str, Any]
     return doc
 
 
-EDIT_ATTEMPTS: Final = 10  # writers editing one subscription at once that one edit outlasts
-
-
 def _update(namespace: str, id_: str, store: SubscriptionStore,
             edit: Callable[[dict[str, Any]], dict[str, Any]], *, live: bool = True,
             check: Callable[[list[dict[str, Any]]], None] | None = None, addon_id: str | None = None) -> dict[str, Any]:
@@ -218,22 +217,16 @@ def _update(namespace: str, id_: str, store: SubscriptionStore,
     afresh on each read (an add-on added meanwhile is a 409, as it would be one after the other). `live=False`
     edits a deleted one too (the entitlements it records). `check` runs on the customer's subscriptions where the
     write is made (SubscriptionStore.put_subscription)."""
-    attempt = 0
-    while True:
-        attempt += 1
+    def step() -> tuple[dict[str, Any], Callable[[], None]]:
         found = store.get_subscription(namespace, id_) if not live else get(namespace, id_, store=store)
         if found is None:
             raise NotFound(f"subscription {id_!r} not found")
-        doc = found
-        before = jsonx.dumps(doc)
-        edited = edit(doc)
-        try:
-            store.put_subscription(namespace, edited, expect_doc=before, check=check, addon_id=addon_id)
-        except Conflict:
-            if attempt == EDIT_ATTEMPTS:
-                raise
-            continue
-        return edited
+        before = jsonx.dumps(found)
+        edited = edit(found)
+        return edited, partial(store.put_subscription, namespace, edited, expect_doc=before, check=check,
+                               addon_id=addon_id)
+
+    return until_written(step)
 
 
 def present(doc: dict[str, Any], now: datetime, *, expanded: bool,
