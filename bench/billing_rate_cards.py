@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import contextvars
 import gc
-import os
 import shutil
-import sqlite3
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -34,6 +32,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.billing_run import copy_db
+from bench.ingest import load
 from billow.adapters.sql import SqlMetaStore
 from billow.adapters.sql_billing import SqlBillingStore
 from billow.adapters.sql_catalog import SqlCatalogStore
@@ -91,20 +91,6 @@ def events(n: int, *, customers: int, cards: int) -> list[dict[str, Any]]:
                     "data": {"tokens": f"{k % 997}.{k % 10}", "model": model((k // customers) % cards),
                              "type": TYPES[k % 3]}})
     return out
-
-
-def load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load {one:.1f}/{five:.1f} on {os.cpu_count()} CPUs"
-
-
-def _copy_db(src: str, dst: str) -> None:
-    a, b = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        a.backup(b)
-    finally:
-        a.close()
-        b.close()
 
 
 _METHOD: contextvars.ContextVar[str] = contextvars.ContextVar("usage_method", default="?")
@@ -227,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     assert isinstance(c.meta, SqlMetaStore)
     engine = c.meta.engine
     engine.dispose()
-    _copy_db(db, snapshot)
+    copy_db(db, snapshot)
     print(f"the engine's merges of the set-up done {_settle(usage):.0f} s later", flush=True)
     sent = count_statements(usage)
     clock.t = datetime(2026, 5, 1, 0, 10, tzinfo=UTC)
@@ -236,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     for k in range(args.runs):
         if k:
             engine.dispose()
-            _copy_db(snapshot, db)
+            copy_db(snapshot, db)
         sent.clear()
         gc.collect()
         before = load()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import shutil
 import sqlite3
 import tempfile
@@ -32,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.ingest import load
 from billow.adapters.sql import SqlMetaStore
 from billow.adapters.sql_billing import SqlBillingStore
 from billow.adapters.sql_catalog import SqlCatalogStore
@@ -72,17 +72,12 @@ def load_april_usage(usage: Any, ns: str, meter_id: str, *, subjects: int, event
         {"ns": ns, "mid": meter_id, "n": subjects, "step": 30 * 24 * 3600 * 1000 // events, "rows": events})
 
 
-def load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load {one:.1f}/{five:.1f} on {os.cpu_count()} CPUs"
-
-
 def lineage_verdict(overhead: float) -> str:
     """Issue 21's budget: writing lineage adds < 10 % to the billing run."""
     return f"budget < 10 %: {'ok' if overhead < 0.10 else 'OVER'}"
 
 
-def _copy_db(src: str, dst: str) -> None:
+def copy_db(src: str, dst: str) -> None:
     """The SQLite database `src` copied onto `dst` (the online backup API: consistent, WAL included)."""
     a, b = sqlite3.connect(src), sqlite3.connect(dst)
     try:
@@ -155,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     assert isinstance(c.meta, SqlMetaStore)  # SQLite in the data dir
     engine = c.meta.engine
     engine.dispose()
-    _copy_db(db, snapshot)
+    copy_db(db, snapshot)
     settled = _settle(c.usage)
     digests = _timed(c.usage, "line_digests")  # the digest query, inside the lineage part below
     lineage_part = _timed(billing_run_module.BatchedUsage, "lineage")  # per line: digest (once per span) + its JSON
@@ -167,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     for k, on in enumerate(order):
         if k:  # the store as the set-up left it: the same invoices are due again
             engine.dispose()
-            _copy_db(snapshot, db)
+            copy_db(snapshot, db)
         digests.clear()
         lineage_part.clear()
         result = None
