@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,20 @@ def test_calendar_windows_in_a_time_zone_tile_the_time(server: Server, tz: str) 
             assert lengths <= {timedelta(hours=h) for h in (23, 23.5, 24, 24.5, 25)}, (tz, lengths)
 
 
+def _metered_subject(server: Server, slug: str, *, measured_from: str) -> tuple[str, dict[str, Any]]:
+    """A SUM meter `slug` (value $.v), its feature, a subject and a yearly metered entitlement of it: (subject, it)."""
+    subject = slug + "_subject"
+    assert server.request("POST", "/api/v1/meters", {"slug": slug, "eventType": slug, "aggregation": "SUM",
+                                                     "valueProperty": "$.v"})[0] == 201
+    assert server.request("POST", "/api/v1/features", {"key": slug, "name": slug, "meterSlug": slug})[0] == 201
+    assert server.request("POST", "/api/v1/subjects", [{"key": subject}])[0] in (200, 201)
+    status, _, ent = server.request("POST", f"/api/v1/subjects/{subject}/entitlements", {
+        "type": "metered", "featureKey": slug, "measureUsageFrom": measured_from, "issueAfterReset": 10000,
+        "usagePeriod": {"interval": "YEAR", "anchor": "2026-01-01T00:00:00Z"}})
+    assert status == 201, ent
+    return subject, ent
+
+
 @pytest.mark.parametrize("tz", ["America/Vancouver", "Europe/Berlin"])
 def test_entitlement_history_windows_are_the_meter_querys_windows(server: Server, tz: str) -> None:
     """An entitlement's windowed history in a time zone draws its days and months where the meter query does (the
@@ -47,15 +62,7 @@ def test_entitlement_history_windows_are_the_meter_querys_windows(server: Server
     UTC-7 in chdb's) each history "day" ran 08:00Z to 08:00Z while the meter query's ran 07:00Z to 07:00Z, and the
     usage of one day differed between the two answers. Each event counts in exactly one window either way."""
     slug = "tzh_" + tz.split("/")[1].lower()
-    subject = slug + "_subject"
-    assert server.request("POST", "/api/v1/meters", {"slug": slug, "eventType": slug, "aggregation": "SUM",
-                                                     "valueProperty": "$.v"})[0] == 201
-    assert server.request("POST", "/api/v1/features", {"key": slug, "name": slug, "meterSlug": slug})[0] == 201
-    assert server.request("POST", "/api/v1/subjects", [{"key": subject}])[0] in (200, 201)
-    status, _, ent = server.request("POST", f"/api/v1/subjects/{subject}/entitlements", {
-        "type": "metered", "featureKey": slug, "measureUsageFrom": "2026-09-01T00:00:00Z", "issueAfterReset": 10000,
-        "usagePeriod": {"interval": "YEAR", "anchor": "2026-01-01T00:00:00Z"}})
-    assert status == 201, ent
+    subject, ent = _metered_subject(server, slug, measured_from="2026-09-01T00:00:00Z")
     start = datetime(2026, 10, 10, 0, 30, tzinfo=UTC)
     events = [event(f"{slug}-{h}", type=slug, subject=subject, time=(start + timedelta(hours=h)).isoformat(), v="1")
               for h in range(24 * 57)]  # every hour at :30 through 5 December 2026
@@ -88,15 +95,7 @@ def test_hourly_windows_tile_through_a_half_hour_dst_change(server: Server, day:
     the engine gives the ends of hours in a zone with a non-whole-hour offset: the windows tile the time. An
     entitlement's hourly history there (Python's hours, aligned to each hour's own offset) has the same windows."""
     slug = "tzh_lhi_" + day.replace("-", "")
-    subject = slug + "_subject"
-    assert server.request("POST", "/api/v1/meters", {"slug": slug, "eventType": slug, "aggregation": "SUM",
-                                                     "valueProperty": "$.v"})[0] == 201
-    assert server.request("POST", "/api/v1/features", {"key": slug, "name": slug, "meterSlug": slug})[0] == 201
-    assert server.request("POST", "/api/v1/subjects", [{"key": subject}])[0] in (200, 201)
-    status, _, ent = server.request("POST", f"/api/v1/subjects/{subject}/entitlements", {
-        "type": "metered", "featureKey": slug, "measureUsageFrom": "2026-01-01T00:00:00Z", "issueAfterReset": 10000,
-        "usagePeriod": {"interval": "YEAR", "anchor": "2026-01-01T00:00:00Z"}})
-    assert status == 201, ent
+    subject, ent = _metered_subject(server, slug, measured_from="2026-01-01T00:00:00Z")
     start = datetime.fromisoformat(day + "T00:00:00+00:00")
     events = [event(f"{slug}-{m}", type=slug, subject=subject, time=(start + timedelta(minutes=m)).isoformat(), v="1")
               for m in range(0, 3 * 24 * 60, 15)]  # every 15 minutes for three days around the change
