@@ -287,6 +287,16 @@ def _item_json(sub: dict[str, Any], phase: dict[str, Any], rc: dict[str, Any],
     return out
 
 
+def _as_of(doc: dict[str, Any], now: datetime) -> datetime:
+    """The instant a change judges the stored subscription at: this request's `now`, or the last change written to
+    it when that is later (a request that began after this one wrote first; another container's clock ahead). Judged
+    as of its own earlier `now`, a subscription another request ended at once would still look running (its end
+    ahead) and be continued, changed or edited after that end was answered; as of that write, it has ended (409),
+    and nothing this request writes is stamped before it."""
+    changed = subs.t(doc.get("updatedAt"))
+    return now if changed is None or changed <= now else changed
+
+
 def _end(doc: dict[str, Any], at: datetime, now: datetime) -> dict[str, Any]:
     if subs.status(doc, now) == "inactive":
         raise Conflict(f"subscription {doc['id']} has ended")
@@ -317,11 +327,12 @@ def unschedule_cancelation(namespace: str, id_: str, *, store: SubscriptionStore
                            ents: EntitlementStore, now: datetime) -> dict[str, Any]:
     """Continue a subscription whose cancelation is scheduled (it runs on without an end)."""
     def unschedule(doc: dict[str, Any]) -> dict[str, Any]:
-        if subs.status(doc, now) != "canceled":
-            raise Conflict(f"subscription {id_} is {subs.status(doc, now)}, not canceled")
+        at = _as_of(doc, now)
+        if subs.status(doc, at) != "canceled":
+            raise Conflict(f"subscription {id_} is {subs.status(doc, at)}, not canceled")
         no_next(store.list_subscriptions(namespace, doc["customerId"]))
         doc["activeTo"] = None
-        doc["updatedAt"] = format_rfc3339(now)
+        doc["updatedAt"] = format_rfc3339(at)
         return doc
 
     def no_next(subscriptions: list[dict[str, Any]]) -> None:
@@ -347,6 +358,7 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
         raise bad("timing", "is required: immediate, next_billing_cycle or an RFC 3339 date-time")
     current = get(namespace, id_, store=store)
     read_as = jsonx.dumps(current)
+    now = _as_of(current, now)
     if subs.status(current, now) in ("inactive", "scheduled"):
         raise Conflict(f"subscription {id_} is {subs.status(current, now)}; only a running one can be changed")
     at = _when(body["timing"], current, now)
@@ -389,9 +401,10 @@ def edit(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta:
     align). Nothing is stored unless every operation applies. Applied to the subscription as stored when it is
     written: an edit another container wrote meanwhile is kept, and this one is applied after it."""
     def apply(doc: dict[str, Any]) -> dict[str, Any]:
-        if subs.status(doc, now) == "inactive":
+        as_of = _as_of(doc, now)
+        if subs.status(doc, as_of) == "inactive":
             raise Conflict(f"subscription {id_} has ended; only a running or scheduled one can be edited")
-        at = _when(body.get("timing") if isinstance(body, dict) else None, doc, now)
+        at = _when(body.get("timing") if isinstance(body, dict) else None, doc, as_of)
         must_align = (doc.get("alignment") or {}).get("billablesMustAlign", True)
 
         def rate_card(raw: Any, field: str) -> dict[str, Any]:
@@ -410,9 +423,9 @@ def edit(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta:
         edited, _ = sub_edits.apply(doc, body, at, rate_card)
         customer = meta.get_customer(namespace, doc["customerId"])
         if customer is not None:
-            _check_entitlements(namespace, edited, customer, ents, now,
+            _check_entitlements(namespace, edited, customer, ents, as_of,
                                 ignore=set((doc.get("entitlements") or {}).values()))
-        edited["updatedAt"] = format_rfc3339(now)
+        edited["updatedAt"] = format_rfc3339(as_of)
         return edited
 
     edited = _update(namespace, id_, store, apply)
@@ -457,10 +470,11 @@ def restore(namespace: str, id_: str, *, store: SubscriptionStore, meta: MetaSto
     """OpenMeter's restore: a canceled subscription runs on without end; the customer's subscriptions scheduled to
     start later (e.g. the next plan of a change at the next billing cycle) are deleted."""
     doc = get(namespace, id_, store=store)
-    if subs.status(doc, now) != "canceled":
-        raise Conflict(f"subscription {id_} is {subs.status(doc, now)}, not canceled: only a canceled one is restored")
+    at = _as_of(doc, now)
+    if subs.status(doc, at) != "canceled":
+        raise Conflict(f"subscription {id_} is {subs.status(doc, at)}, not canceled: only a canceled one is restored")
     later = [o for o in store.list_subscriptions(namespace, doc["customerId"])
-             if o["id"] != id_ and not o.get("deletedAt") and subs.status(o, now) == "scheduled"]
+             if o["id"] != id_ and not o.get("deletedAt") and subs.status(o, at) == "scheduled"]
     for other in later:
         delete(namespace, other["id"], store=store, now=now)
     return unschedule_cancelation(namespace, id_, store=store, meta=meta, ents=ents, now=now)
