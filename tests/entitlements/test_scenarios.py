@@ -3,6 +3,7 @@ priorities and expiry, rollover; snapshots that late usage invalidates; every ba
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.entitlements.conftest import Billow
@@ -177,3 +178,25 @@ def test_bad_input_is_a_clear_4xx(billow: Billow) -> None:
     b.ok("DELETE", "/api/v1/features/" + b.ok("GET", "/api/v1/features/ai_tokens")["id"])
     err("POST", "/api/v1/subjects/customer_2/entitlements", {"type": "boolean", "featureKey": "ai_tokens"}, 400,
         "featureKey")  # archived
+
+
+def test_a_reset_never_comes_before_one_a_later_request_wrote(billow: Billow) -> None:
+    """Two resets at once: the one that began later (its `now`, and so its default effectiveAt, later) can write
+    first. The other judged the usage period as of its own earlier `now`, where that reset is not yet in force, and
+    wrote a reset before it: 204, the period the first one closed split after it answered (the usage and overage
+    it carried over rewritten), as a reset before the last one is refused otherwise (400 overlap). Now 409 and only
+    the first reset is stored."""
+    b = billow
+    feature(b)
+    ent = metered(b, isSoftLimit=True, issueAfterReset=10)
+    b.usage(25, "2026-01-09T00:00:00Z")
+    b.clock.set("2026-01-10T00:01:00Z")
+    b.ok("POST", f"{S}/{ent['id']}/reset", {"preserveOverage": True})
+    after = b.value("customer_1", "ai_tokens")
+    b.clock.set("2026-01-10T00:00:30Z")  # the request that began first, answered second
+    status, out = b.call("POST", f"{S}/{ent['id']}/reset", {"preserveOverage": True})
+    assert status == 409 and "reset meanwhile" in out["detail"], out
+    assert [r["at"] for r in b.c.entitlements.list_resets(b.c.namespace, ent["id"])] == [
+        datetime(2026, 1, 10, 0, 1, tzinfo=UTC)]
+    b.clock.set("2026-01-10T00:02:00Z")
+    assert b.value("customer_1", "ai_tokens") == after

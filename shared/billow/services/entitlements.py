@@ -420,9 +420,21 @@ def reset(namespace: str, subject: str, entitlement_id: str, body: Any, *, store
     def check() -> None:  # under its customer's lock: a subject known only through it is gone once it is deleted
         live()
         subject_key(namespace, subject, meta)
+        last_reset_before(namespace, ent["id"], at, store)
 
     store.add_reset(namespace, ent["id"], at, retain_anchor=fields.flag(body, "retainAnchor"), preserve_overage=preserve,
                     now=now, check=check, customer_id=owner)
+
+
+def last_reset_before(namespace: str, entitlement_id: str, at: datetime, store: EntitlementStore) -> None:
+    """Where a reset is written (under its entitlement's lock): no reset at or after `at` is stored. The usage period
+    above is judged as of this request's `now`; a reset another request (begun after it, or on a clock ahead) wrote
+    meanwhile at a later instant is not in it, and one before it would split the period that reset closed, after it
+    answered (409: reload the entitlement and reset again)."""
+    later = [r["at"] for r in store.list_resets(namespace, entitlement_id) if r["at"] >= at]
+    if later:
+        raise Conflict(f"entitlement {entitlement_id} was reset meanwhile at {format_rfc3339(max(later))}; a reset "
+                       "never comes before the last one")
 
 
 def current_period(ent: dict[str, Any], *, store: EntitlementStore, namespace: str, at: datetime) -> tuple[datetime, datetime]:
