@@ -62,6 +62,16 @@ def format_rfc3339(dt: datetime) -> str:
 
 
 @functools.cache
+def as_of(now: datetime, *stamps: str | None) -> datetime:
+    """The instant a request judges what it read at: its own `now`, or the latest of the stored `stamps` (RFC 3339,
+    e.g. an `updatedAt`) when that is later. A request takes its `now` when it begins; another that began after it
+    (or runs on a clock ahead) may write first, and judged as of the earlier `now` that write would not have happened
+    yet (a version still active, a subscription still running): the request would write again over it, or stamp its
+    own change before it."""
+    later = [parse_rfc3339(s, "updatedAt") for s in stamps if s]
+    return max([now, *later])
+
+
 def zone_names() -> frozenset[str]:
     """The IANA zones a window may use: those of the tz database (the `tzdata` package, as ClickHouse's own list),
     not every file zoneinfo would open. The system zoneinfo tree also holds `right/*` (leap-second clocks),

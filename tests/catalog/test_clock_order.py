@@ -86,3 +86,34 @@ def test_a_subscription_canceled_by_a_later_request_is_not_edited_by_an_earlier_
     assert status == 409, out
     assert b.ok("GET", f"/api/v1/subscriptions/{ended['id']}") == before
     _still(b, ended)
+
+
+def test_a_version_published_by_a_later_request_is_not_ended_before_its_start(billow: Billow) -> None:
+    """An archive that began before the publish of the same version and wrote after it read the version not yet in
+    force at its own `now` ("scheduled") and ended it there: 200 with an end before the start the publish answered.
+    Now it is archived as of the publish: its end is not before its start."""
+    b = billow
+    setup(b)
+    draft = b.ok("POST", "/api/v1/plans", plan_body("racing", "10"))
+    b.clock.set(LATER)
+    assert b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")["effectiveFrom"] == LATER
+    b.clock.set(EARLIER)
+    archived = b.ok("POST", f"/api/v1/plans/{draft['id']}/archive")
+    assert (archived["effectiveFrom"], archived["effectiveTo"]) == (LATER, LATER)
+    assert b.ok("GET", f"/api/v1/plans/{draft['id']}")["effectiveTo"] == LATER
+
+
+def test_a_version_is_not_published_before_the_end_a_later_request_wrote_to_the_one_it_replaces(billow: Billow) -> None:
+    """A publish of version 2 that began before the archive of version 1 and wrote after it made version 2 effective
+    at its own earlier `now`: both versions in force between the two instants. Now version 2 starts where version 1
+    ended."""
+    b = billow
+    setup(b)
+    b.clock.set("2026-01-01T00:00:10Z")
+    v1 = published(b, plan_body("racing", "10"))
+    v2 = b.ok("POST", "/api/v1/plans/racing/next")
+    b.clock.set(LATER)
+    assert b.ok("POST", f"/api/v1/plans/{v1['id']}/archive")["effectiveTo"] == LATER
+    b.clock.set(EARLIER)
+    assert b.ok("POST", f"/api/v1/plans/{v2['id']}/publish")["effectiveFrom"] == LATER
+    assert b.ok("GET", f"/api/v1/plans/{v1['id']}")["effectiveTo"] == LATER

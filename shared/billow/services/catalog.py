@@ -18,7 +18,7 @@ from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.services.edits import until_written
 from billow.services.features import FeatureStore
-from billow.timeutil import format_rfc3339
+from billow.timeutil import as_of, format_rfc3339
 
 KIND_NAMES = {"plan": "plan", "addon": "add-on"}
 
@@ -178,8 +178,9 @@ def update(namespace: str, kind: str, id_: str, body: Any, *, store: CatalogStor
 
 def publish(namespace: str, kind: str, id_: str, *, store: CatalogStore, features: FeatureStore,
             now: datetime) -> dict[str, Any]:
-    stamp = format_rfc3339(now)
-
+    """The draft in force from now, or from the last change written to a version of its key when that is later (an
+    archive of the version it replaces, begun after this request, written first: never two versions in force at
+    once); the version it replaces ends there, written only as read (an archive at once keeps its end)."""
     def publishable(doc: dict[str, Any]) -> None:
         problems = _publish_problems(namespace, kind, doc, features)
         if problems:
@@ -187,15 +188,28 @@ def publish(namespace: str, kind: str, id_: str, *, store: CatalogStore, feature
 
     def make_effective(doc: dict[str, Any]) -> None:
         publishable(doc)
+        stamp = format_rfc3339(as_of(now, *(v.get("updatedAt") for v in store.list_versioned(kind, namespace,
+                                                                                            key=doc["key"]))))
         doc.update(effectiveFrom=stamp, updatedAt=stamp)
+
+    def end(stamp: str, other: dict[str, Any]) -> None:
+        if other.get("effectiveFrom") and not other.get("effectiveTo"):
+            other.update(effectiveTo=stamp, updatedAt=stamp)
 
     # Checked again where it is written, under its features' locks: a feature archived since the first look is
     # refused as an archived one is (400), never published on after the archive answered.
     doc = _edit_draft(namespace, kind, id_, store, now, make_effective, check=publishable)
     for other in store.list_versioned(kind, namespace, key=doc["key"]):  # the version it replaces ends
         if other["id"] != doc["id"] and other.get("effectiveFrom") and not other.get("effectiveTo"):
-            other.update(effectiveTo=stamp, updatedAt=stamp)
-            store.put_versioned(kind, namespace, other)
+            _edit_version(namespace, kind, store, partial(_version, namespace, kind, other["id"], store),
+                          partial(end, doc["effectiveFrom"]))
+    return doc
+
+
+def _version(namespace: str, kind: str, id_: str, store: CatalogStore) -> dict[str, Any]:
+    doc = store.get_versioned(kind, namespace, id_)
+    if doc is None:
+        raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
     return doc
 
 
@@ -207,12 +221,13 @@ def archive(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: da
     if doc is None or doc.get("deletedAt"):
         raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
     before = jsonx.dumps(doc)
-    if catalog.status(doc, now) not in ("active", "scheduled"):
-        raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is {catalog.status(doc, now)}; "
-                       "only an active one can be archived")
     if doc.get("effectiveTo") is not None:  # ended by a request that began after this one: still active at `now`
         raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is already archived (from "
                        f"{doc['effectiveTo']}); only an active one can be archived")
+    now = as_of(now, doc.get("updatedAt"))  # published by a request begun after this one: ended there, not before
+    if catalog.status(doc, now) not in ("active", "scheduled"):
+        raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is {catalog.status(doc, now)}; "
+                       "only an active one can be archived")
     stamp = format_rfc3339(now)
     doc.update(effectiveTo=stamp, updatedAt=stamp)
     store.put_versioned(kind, namespace, doc, expect_doc=before)

@@ -31,7 +31,7 @@ from billow.services import catalog, entitlements
 from billow.services.balances import feature_filters
 from billow.services.edits import until_written
 from billow.services.entitlements import EntitlementStore
-from billow.timeutil import format_rfc3339, parse_rfc3339
+from billow.timeutil import as_of, format_rfc3339, parse_rfc3339
 
 TIMINGS = ("immediate", "next_billing_cycle")
 _GRACE = timedelta(minutes=1)  # clock skew between a client's "now" and ours
@@ -288,13 +288,10 @@ def _item_json(sub: dict[str, Any], phase: dict[str, Any], rc: dict[str, Any],
 
 
 def _as_of(doc: dict[str, Any], now: datetime) -> datetime:
-    """The instant a change judges the stored subscription at: this request's `now`, or the last change written to
-    it when that is later (a request that began after this one wrote first; another container's clock ahead). Judged
-    as of its own earlier `now`, a subscription another request ended at once would still look running (its end
-    ahead) and be continued, changed or edited after that end was answered; as of that write, it has ended (409),
-    and nothing this request writes is stamped before it."""
-    changed = subs.t(doc.get("updatedAt"))
-    return now if changed is None or changed <= now else changed
+    """The subscription judged as of its last written change when that is later than `now` (timeutil.as_of): a
+    subscription another request ended at once is ended (409), not running until an end still ahead, and nothing
+    this request writes is stamped before that change."""
+    return as_of(now, doc.get("updatedAt"))
 
 
 def _end(doc: dict[str, Any], at: datetime, now: datetime) -> dict[str, Any]:
@@ -401,10 +398,10 @@ def edit(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta:
     align). Nothing is stored unless every operation applies. Applied to the subscription as stored when it is
     written: an edit another container wrote meanwhile is kept, and this one is applied after it."""
     def apply(doc: dict[str, Any]) -> dict[str, Any]:
-        as_of = _as_of(doc, now)
-        if subs.status(doc, as_of) == "inactive":
+        instant = _as_of(doc, now)
+        if subs.status(doc, instant) == "inactive":
             raise Conflict(f"subscription {id_} has ended; only a running or scheduled one can be edited")
-        at = _when(body.get("timing") if isinstance(body, dict) else None, doc, as_of)
+        at = _when(body.get("timing") if isinstance(body, dict) else None, doc, instant)
         must_align = (doc.get("alignment") or {}).get("billablesMustAlign", True)
 
         def rate_card(raw: Any, field: str) -> dict[str, Any]:
@@ -423,9 +420,9 @@ def edit(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta:
         edited, _ = sub_edits.apply(doc, body, at, rate_card)
         customer = meta.get_customer(namespace, doc["customerId"])
         if customer is not None:
-            _check_entitlements(namespace, edited, customer, ents, as_of,
+            _check_entitlements(namespace, edited, customer, ents, instant,
                                 ignore=set((doc.get("entitlements") or {}).values()))
-        edited["updatedAt"] = format_rfc3339(as_of)
+        edited["updatedAt"] = format_rfc3339(instant)
         return edited
 
     edited = _update(namespace, id_, store, apply)
