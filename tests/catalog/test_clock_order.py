@@ -117,3 +117,50 @@ def test_a_version_is_not_published_before_the_end_a_later_request_wrote_to_the_
     b.clock.set(EARLIER)
     assert b.ok("POST", f"/api/v1/plans/{v2['id']}/publish")["effectiveFrom"] == LATER
     assert b.ok("GET", f"/api/v1/plans/{v1['id']}")["effectiveTo"] == LATER
+
+
+def _seats_plan(b: Billow) -> dict[str, Any]:
+    """Customer acme on plan `team`, which offers add-on `seats` ($10 a seat a month); the add-on version."""
+    setup(b)
+    seats = b.ok("POST", "/api/v1/addons", {"key": "seats", "name": "Seats", "currency": "USD", "instanceType": "multiple",
+                                            "rateCards": [{"type": "flat_fee", "key": "seat", "name": "Seat",
+                                                           "billingCadence": "P1M",
+                                                           "price": {"type": "flat", "amount": "10"}}]})
+    seats = b.ok("POST", f"/api/v1/addons/{seats['id']}/publish")
+    draft = b.ok("POST", "/api/v1/plans", plan_body("team", "50"))
+    b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": seats["id"], "fromPlanPhase": "default"})
+    b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
+    return seats  # type: ignore[no-any-return]
+
+
+def test_an_add_on_is_not_added_by_an_earlier_request_to_a_subscription_a_later_one_canceled(billow: Billow) -> None:
+    """An add-on add read the subscription canceled at once by a later request and added the add-on from its own
+    earlier `now`, before that end: 200 on an ended subscription, seats owed for the time between. Now 409."""
+    b = billow
+    seats = _seats_plan(b)
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "team"}, "customerKey": "acme"})
+    ended = _canceled_by_the_later(b, sub)
+    status, out = b.call("POST", f"/api/v1/subscriptions/{sub['id']}/addons",
+                         {"addon": {"id": seats["id"]}, "quantity": 100, "timing": "immediate"})
+    assert status == 409, out
+    b.clock.set(LATER)
+    assert b.ok("GET", f"/api/v1/subscriptions/{sub['id']}/addons") == []
+    _still(b, ended)
+
+
+def test_an_add_on_quantity_set_by_an_earlier_request_answers_what_it_wrote(billow: Billow) -> None:
+    """Two quantity changes at once, the later-begun first: the earlier one replaced the quantity the later one set
+    from its instant (a change not yet started as of its own `now`), but answered as of that earlier `now`: the
+    quantity before both (3), not the 0 it wrote. Now it answers as of the write it follows: 0, from that instant."""
+    b = billow
+    seats = _seats_plan(b)
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "team"}, "customerKey": "acme"})
+    added = b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/addons",
+                 {"addon": {"id": seats["id"]}, "quantity": 3, "timing": "immediate"})
+    path = f"/api/v1/subscriptions/{sub['id']}/addons/{added['id']}"
+    b.clock.set(LATER)
+    assert b.ok("PATCH", path, {"quantity": 5, "timing": "immediate"})["quantity"] == 5
+    b.clock.set(EARLIER)
+    removed = b.ok("PATCH", path, {"quantity": 0, "timing": "immediate"})
+    assert (removed["quantity"], removed["quantityAt"]) == (0, LATER)
+    assert [(s["quantity"], s["activeFrom"]) for s in removed["timeline"]] == [(3, "2026-01-01T00:00:00Z"), (0, LATER)]

@@ -294,6 +294,14 @@ def _as_of(doc: dict[str, Any], now: datetime) -> datetime:
     return as_of(now, doc.get("updatedAt"))
 
 
+def _running_at(doc: dict[str, Any], now: datetime) -> datetime:
+    """The instant an add-on change is made at (_as_of); a subscription ended by then is a 409."""
+    instant = _as_of(doc, now)
+    if subs.status(doc, instant) == "inactive":
+        raise Conflict(f"subscription {doc['id']} has ended; its add-ons are no longer changed")
+    return instant
+
+
 def _end(doc: dict[str, Any], at: datetime, now: datetime) -> dict[str, Any]:
     if subs.status(doc, now) == "inactive":
         raise Conflict(f"subscription {doc['id']} has ended")
@@ -500,13 +508,14 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
     item_id = new_id()
 
     def add(doc: dict[str, Any]) -> dict[str, Any]:
+        instant = _running_at(doc, now)
         if addon["currency"] != doc["currency"]:
             raise bad("addon.id", f"the add-on bills in {addon['currency']}, the subscription in {doc['currency']}")
         if any(a["addon"]["id"] == addon["id"] for a in doc["addons"]):
             raise Conflict(f"add-on {addon['key']!r} is already on the subscription; change its quantity instead")
         quantity = _quantity(body.get("quantity"), addon, _allowed_max(namespace, doc, addon, store))
-        at = _when(body.get("timing"), doc, now)
-        stamp = format_rfc3339(now)
+        at = _when(body.get("timing"), doc, instant)
+        stamp = format_rfc3339(instant)
         doc["addons"].append({
             "id": item_id, "subscriptionId": doc["id"], "name": body.get("name") or addon["name"],
             "description": body.get("description"), "metadata": body.get("metadata"),
@@ -529,7 +538,7 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
     doc = _update(namespace, id_, store, add, check=still_active, addon_id=addon["id"])
     item = next(a for a in doc["addons"] if a["id"] == item_id)
     sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
-    return present_addon(item, now)
+    return present_addon(item, _as_of(doc, now))
 
 
 def _allowed_max(namespace: str, doc: dict[str, Any], addon: dict[str, Any], store: SubscriptionStore) -> int | None:
@@ -556,6 +565,7 @@ def update_addon(namespace: str, id_: str, addon_id: str, body: Any, *, store: S
                  ents: EntitlementStore, now: datetime) -> dict[str, Any]:
     """A new quantity from `timing` on (0 removes the add-on); the timeline keeps the earlier quantities."""
     def requantify(doc: dict[str, Any]) -> dict[str, Any]:
+        instant = _running_at(doc, now)
         item = next((a for a in doc["addons"] if a["id"] == addon_id), None)
         if item is None:
             raise NotFound(f"add-on {addon_id!r} is not on subscription {id_}")
@@ -563,20 +573,20 @@ def update_addon(namespace: str, id_: str, addon_id: str, body: Any, *, store: S
             raise bad("body", "must be {quantity, timing}")
         addon = store.get_versioned("addon", namespace, item["addon"]["id"]) or item["addon"]
         quantity = _quantity(body.get("quantity"), addon, _allowed_max(namespace, doc, addon, store))
-        at = _when(body.get("timing"), doc, now)
+        at = _when(body.get("timing"), doc, instant)
         last = item["timeline"][-1]
         if parse_rfc3339(last["activeFrom"], "activeFrom") >= at:
             last["quantity"] = quantity  # not started yet: replace it
         else:
             last["activeTo"] = format_rfc3339(at)
             item["timeline"].append({"quantity": quantity, "activeFrom": format_rfc3339(at), "activeTo": None})
-        item["updatedAt"] = doc["updatedAt"] = format_rfc3339(now)
+        item["updatedAt"] = doc["updatedAt"] = format_rfc3339(instant)
         return doc
 
     doc = _update(namespace, id_, store, requantify)
     item = next(a for a in doc["addons"] if a["id"] == addon_id)
     sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
-    return present_addon(item, now)
+    return present_addon(item, _as_of(doc, now))
 
 
 def present_addon(item: dict[str, Any], now: datetime) -> dict[str, Any]:
