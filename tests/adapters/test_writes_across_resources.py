@@ -513,14 +513,22 @@ def _lands_after_deletion(write: Callable[[], Any], customer: dict[str, Any], me
     from billow.services import directory
     from billow.services.subscriptions import check_customer_deletable
 
+    deletable = partial(check_customer_deletable, "ns", customer["id"], store=catalog, now=now)
+    return lands_after(write, partial(directory.delete_customer, "ns", customer["id"], meta=meta, now=now,
+                                      check=deletable), children)
+
+
+def lands_after(write: Callable[[], Any], other: Callable[[], Any],
+                children: Callable[[], Any]) -> tuple[list[BaseException], bool]:
+    """`write` at once with `other` (by the other container): the refusals, and whether `children()` (read by the
+    other side right after `other` answered) changed afterwards, that is whether `write` landed after that answer."""
     seen: list[Any] = []
 
-    def delete() -> None:
-        deletable = partial(check_customer_deletable, "ns", customer["id"], store=catalog, now=now)
-        directory.delete_customer("ns", customer["id"], meta=meta, now=now, check=deletable)
+    def side() -> None:
+        other()
         seen.append(children())
 
-    _, errors = at_once([write, delete])
+    _, errors = at_once([write, side])
     return _refusals(errors), bool(seen) and children() != seen[0]
 
 

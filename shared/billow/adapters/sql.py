@@ -219,6 +219,13 @@ def customer_lock(namespace: str, customer_id: str) -> str:
     return f"subscriptions.customer:{namespace}:{customer_id}"
 
 
+def subject_lock(namespace: str, key: str) -> str:
+    """The serialise() name of a subject known through /subjects alone (no customer owns it): held by a write through
+    the subject (an entitlement, a grant, an override, a reset: only while the subject is known) and by deleting the
+    subject. A customer's subject is the customer's: its writes take customer_lock instead."""
+    return f"subjects.party:{namespace}:{key}"
+
+
 def meter_use_lock(namespace: str, slug: str) -> str:
     """The serialise() name of a meter's uses: held by making a feature on the meter (only on a live meter) and by
     deleting the meter (only when nothing uses it)."""
@@ -469,8 +476,15 @@ class SqlMetaStore:
             return _subject(row) if row else None
 
     def delete_subject(self, namespace: str, subject_id: str, at: datetime) -> None:
-        """Only a live subject: one deleted meanwhile (another deletion at once) is NotFound, as to a later one."""
+        """Only a live subject: one deleted meanwhile (another deletion at once) is NotFound, as to a later one. Under
+        the subject's lock (subject_lock), which a write through it takes: an entitlement, grant or reset made through
+        it at once is there when the deletion answers, or sees the subject deleted."""
+        with self.engine.connect() as c:
+            key = c.execute(sa.select(subjects.c.key).where(subjects.c.namespace == namespace,
+                                                            subjects.c.id == subject_id)).scalar()
         with self._tx() as c:
+            if key is not None:
+                serialise(c, subject_lock(namespace, key))
             done = c.execute(subjects.update().where(subjects.c.namespace == namespace, subjects.c.id == subject_id,
                                                      subjects.c.deleted_at.is_(None))
                              .values(deleted_at=at, updated_at=at)).rowcount
@@ -486,15 +500,18 @@ class SqlMetaStore:
         container's DELETE, which an update must not undo). With `check` (deleting it: no running subscription), the
         customer's subscriptions are locked (customer_lock), the check runs (it raises to refuse) and the write
         follows in that transaction, so a subscription added at once is either seen by the check or sees the
-        customer deleted."""
+        customer deleted. Replacing a live customer (`live`: an update, which may give up or take subject keys) takes
+        that lock too: an entitlement, grant or reset written at once through the customer or one of its subjects,
+        which takes it and checks the customer's subjects under it, is there when the update answers, or sees it."""
         keys = list(customer.get("usageAttribution", {}).get("subjectKeys", []))
         deleted = to_datetime(customer.get("deletedAt"))
         row = dict(namespace=namespace, id=customer["id"], key=customer.get("key"), doc=jsonx.dumps(customer),
                    created_at=to_datetime(customer["createdAt"]), deleted_at=deleted)
         try:
             with self._tx() as c:
-                if check is not None:
+                if check is not None or live:
                     serialise(c, customer_lock(namespace, customer["id"]))
+                if check is not None:
                     check()
                 if deleted is not None and c.execute(customers.update().where(
                         customers.c.namespace == namespace, customers.c.id == customer["id"],

@@ -22,6 +22,7 @@ from billow.adapters.sql import (
     meter_use_lock,
     save_by_id,
     serialise,
+    subject_lock,
     to_datetime,
     utc,
 )
@@ -102,6 +103,15 @@ late_usage = sa.Table(
 )
 
 
+def _hold_party(c: sa.Connection, namespace: str, customer_id: str | None, subject: str | None) -> None:
+    """The lock of the billable party a write goes through: its customer's (customer_lock), or, for a subject no
+    customer owns, the subject's (subject_lock)."""
+    if customer_id is not None:
+        serialise(c, customer_lock(namespace, customer_id))
+    elif subject is not None:
+        serialise(c, subject_lock(namespace, subject))
+
+
 class SqlEntitlementStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -165,7 +175,7 @@ class SqlEntitlementStore:
     def put_entitlement(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
                         deleted_at: datetime | None = None, party: Sequence[str] | None = None,
                         check: Callable[[], None] | None = None, customer_id: str | None = None,
-                        grants: Sequence[Mapping[str, Any]] = ()) -> None:
+                        grants: Sequence[Mapping[str, Any]] = (), subject: str | None = None) -> None:
         """Save an entitlement, and the `grants` it issues as it is made (v1 issueAfterReset, v2 grants[]) in its
         transaction: a deletion of it at once never answers before its grants are there. With `party` (the subject keys of the customer its subject belongs to: one billable
         party), only if none of them has a live entitlement of its feature where it is written, else Conflict naming
@@ -176,7 +186,8 @@ class SqlEntitlementStore:
         still live), it runs (it raises to refuse) under the feature's lock, which its archive takes too
         (feature_use_lock): an archive at once either sees this entitlement written or is seen by the check; with
         `customer_id` (made for a customer: its customer still live), under that customer's lock too, which its
-        deletion takes (customer_lock)."""
+        deletion and update take (customer_lock); with `subject` instead (made through a subject no customer owns),
+        under that subject's lock, which its deletion takes (subject_lock)."""
         self.generation += 1
         row = dict(namespace=namespace, id=doc["id"], subject_key=doc["subjectKey"], feature_key=doc["featureKey"],
                    feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=created_at, deleted_at=deleted_at)
@@ -193,8 +204,7 @@ class SqlEntitlementStore:
             with self.engine.begin() as c:
                 if party is not None or check is not None:
                     serialise(c, feature_use_lock(namespace, doc["featureKey"]))
-                if customer_id is not None:  # after the feature's: no writer takes them the other way round
-                    serialise(c, customer_lock(namespace, customer_id))
+                _hold_party(c, namespace, customer_id, subject)  # after the feature's: no writer takes the reverse
                 if check is not None:
                     check()
                 if party is not None:
@@ -213,18 +223,19 @@ class SqlEntitlementStore:
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: Mapping[str, Any], *, at: datetime,
                             old_doc: Mapping[str, Any], check: Callable[[], None] | None = None,
-                            grants: Sequence[Mapping[str, Any]] = (), customer_id: str | None = None) -> None:
+                            grants: Sequence[Mapping[str, Any]] = (), customer_id: str | None = None,
+                            subject: str | None = None) -> None:
         """Delete `old_id` and insert `doc`, with the `grants` it issues, in one transaction (override). Conflict if
         `old_id` is no longer live (an override or delete beside this one ended it first) or another live
-        entitlement took its place. With `check` (the feature still live; its customer, with `customer_id`), it runs
-        first under the feature's lock (and the customer's), as put_entitlement's."""
+        entitlement took its place. With `check` (the feature still live; its customer, with `customer_id`, or its
+        subject, with `subject`), it runs first under the feature's lock (and the customer's or the subject's), as
+        put_entitlement's."""
         self.generation += 1
         try:
             with self.engine.begin() as c:
                 if check is not None:
                     serialise(c, feature_use_lock(namespace, doc["featureKey"]))
-                if customer_id is not None:  # after the feature's, before the entitlement's: the writers' one order
-                    serialise(c, customer_lock(namespace, customer_id))
+                _hold_party(c, namespace, customer_id, subject)  # after the feature's, before the entitlement's
                 if check is not None:
                     check()
                 serialise(c, entitlement_lock(namespace, old_id))  # as a deletion: a grant of it at once is seen
@@ -284,16 +295,16 @@ class SqlEntitlementStore:
     # -- grants -----------------------------------------------------------------------------------
     def put_grant(self, namespace: str, doc: Mapping[str, Any], *, created_at: datetime,
                   expect_doc: str | None = None, check: Callable[[], None] | None = None,
-                  customer_id: str | None = None) -> None:
+                  customer_id: str | None = None, subject: str | None = None) -> None:
         """Save a grant; with `expect_doc` (voiding it), only if it is still stored as that JSON, else Conflict: two
         voids at once (each at its own instant) would both answer 204 and the later write keep its instant only.
         With `check` (a new grant's entitlement still live), it runs (it raises to refuse) under the entitlement's
         lock (entitlement_lock), which its deletion and override take too: a deletion at once either sees this grant
         written or is seen by the check; with `customer_id` (granted through a customer), under that customer's lock
-        first, which its deletion takes (customer_lock)."""
+        first, which its deletion and update take (customer_lock), or with `subject` that subject's (subject_lock).
+        A void's `check` runs under the entitlement's lock too, which a reset takes."""
         with self.engine.begin() as c:
-            if customer_id is not None:  # before the entitlement's: the writers' one order
-                serialise(c, customer_lock(namespace, customer_id))
+            _hold_party(c, namespace, customer_id, subject)  # before the entitlement's: the writers' one order
             if check is not None:
                 serialise(c, entitlement_lock(namespace, doc["entitlementId"]))
                 check()
@@ -338,16 +349,17 @@ class SqlEntitlementStore:
     # -- resets -----------------------------------------------------------------------------------
     def add_reset(self, namespace: str, entitlement_id: str, at: datetime, *, retain_anchor: bool,
                   preserve_overage: bool | None, now: datetime, check: Callable[[], None] | None = None,
-                  customer_id: str | None = None) -> None:
-        """With `check` (its entitlement still live), it runs (it raises to refuse) under the entitlement's lock
-        (entitlement_lock), which its deletion and override take too: a deletion at once either sees this reset
-        written or is seen by the check; with `customer_id`, under that customer's lock first (customer_lock)."""
+                  customer_id: str | None = None, subject: str | None = None) -> None:
+        """With `check` (its entitlement still live, the reset after the current usage period's start), it runs (it
+        raises to refuse) under the entitlement's lock (entitlement_lock), which its deletion, override, grants, voids
+        and other resets take too: a deletion or reset at once either sees this reset written or is seen by the
+        check; with `customer_id`, under that customer's lock first (customer_lock), or with `subject` that
+        subject's (subject_lock)."""
         self.generation += 1
         self.generation += 1
         try:
             with self.engine.begin() as c:
-                if customer_id is not None:  # before the entitlement's: the writers' one order
-                    serialise(c, customer_lock(namespace, customer_id))
+                _hold_party(c, namespace, customer_id, subject)  # before the entitlement's: the writers' one order
                 if check is not None:
                     serialise(c, entitlement_lock(namespace, entitlement_id))
                     check()

@@ -4,8 +4,10 @@ the value/history reads that run the balance engine over usage from the usage st
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any, Protocol
 
 from billow import jsonx
@@ -36,16 +38,18 @@ class EntitlementStore(FeatureStore, Protocol):
     def put_entitlement(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
                         deleted_at: datetime | None = None, party: Sequence[str] | None = None,
                         check: Callable[[], None] | None = None, customer_id: str | None = None,
-                        grants: Sequence[dict[str, Any]] = ()) -> None:
+                        grants: Sequence[dict[str, Any]] = (), subject: str | None = None) -> None:
         """Save an entitlement, and the `grants` it issues as it is made in its write; with `party` (its customer's
         subject keys) only if none of them has a live one of its feature where it is written (else Conflict naming
         it); with `check`, it runs (and raises to refuse) where the write is made, one at a time with the archive of
-        the feature (and, with `customer_id`, with the deletion of that customer)."""
+        the feature (and, with `customer_id`, with the deletion and update of that customer; with `subject`, a
+        subject no customer owns, with its deletion)."""
         ...
 
     def replace_entitlement(self, namespace: str, old_id: str, doc: dict[str, Any], *, at: datetime,
                             old_doc: dict[str, Any], check: Callable[[], None] | None = None,
-                            grants: Sequence[dict[str, Any]] = (), customer_id: str | None = None) -> None: ...
+                            grants: Sequence[dict[str, Any]] = (), customer_id: str | None = None,
+                            subject: str | None = None) -> None: ...
 
     def get_entitlement(self, namespace: str, entitlement_id: str, include_deleted: bool = False) -> dict[str, Any] | None: ...
 
@@ -56,9 +60,10 @@ class EntitlementStore(FeatureStore, Protocol):
 
     def put_grant(self, namespace: str, doc: dict[str, Any], *, created_at: datetime,
                   expect_doc: str | None = None, check: Callable[[], None] | None = None,
-                  customer_id: str | None = None) -> None:
-        """With `check`, it runs (and raises to refuse) where the grant is written, one at a time with the deletion
-        or override of its entitlement (and, with `customer_id`, with the deletion of that customer)."""
+                  customer_id: str | None = None, subject: str | None = None) -> None:
+        """With `check`, it runs (and raises to refuse) where the grant is written, one at a time with the deletion,
+        override and resets of its entitlement (and, with `customer_id`, with the deletion and update of that
+        customer; with `subject`, with that subject's deletion)."""
         ...
 
     def get_grant(self, namespace: str, grant_id: str) -> dict[str, Any] | None: ...
@@ -67,7 +72,7 @@ class EntitlementStore(FeatureStore, Protocol):
 
     def add_reset(self, namespace: str, entitlement_id: str, at: datetime, *, retain_anchor: bool,
                   preserve_overage: bool | None, now: datetime, check: Callable[[], None] | None = None,
-                  customer_id: str | None = None) -> None: ...
+                  customer_id: str | None = None, subject: str | None = None) -> None: ...
 
     def list_resets(self, namespace: str, entitlement_id: str) -> list[dict[str, Any]]: ...
 
@@ -106,18 +111,53 @@ def party_keys(namespace: str, subject: str, meta: MetaStore) -> list[str]:
     return party_subject_keys(namespace, [subject_key(namespace, subject, meta)], meta)
 
 
+@dataclass(frozen=True)
+class Through:
+    """Whom a write through a subject or a customer goes through: the lock it takes where it is written (its
+    customer's, `customer_id`; a subject no customer owns, `subject`'s), which that customer's deletion and update
+    (that subject's deletion) take too, and the check it runs under that lock (raising to refuse)."""
+    customer_id: str | None
+    subject: str | None
+    check: Callable[[], None]
+
+
+def through_subject(namespace: str, subject: str, owned: str, meta: MetaStore,
+                    party: Sequence[str] | None = None) -> Through:
+    """A v1 write through `subject` (its id or key) on subject `owned`'s entitlement (a new one: `owned` is the
+    subject's key, `party` the subjects the one-per-party check looked at). Checked under the lock: `subject` still
+    known (404), `owned` still reached through it (404), still owned by the customer found now (409: moved
+    meanwhile), and the party still `party` (409). A customer's update or a subject's deletion answering in between
+    is seen, never written past."""
+    owner = meta.customers_for_subjects(namespace, [owned]).get(owned)
+
+    def check() -> None:
+        now = party_keys(namespace, subject, meta)
+        if owned not in now:
+            raise NotFound(f"subject {subject!r} no longer has subject {owned!r}'s entitlements (its customer "
+                           "changed meanwhile)")
+        if meta.customers_for_subjects(namespace, [owned]).get(owned) != owner or (
+                party is not None and set(now) != set(party)):
+            raise Conflict(f"the customer of subject {owned!r} changed meanwhile (usageAttribution.subjectKeys); "
+                           "reload it and try again")
+
+    return Through(owner, None if owner else owned, check)
+
+
+def both(*checks: Callable[[], None]) -> Callable[[], None]:
+    def check() -> None:
+        for one in checks:
+            one()
+
+    return check
+
+
 # -- entitlements --------------------------------------------------------------------------------------
 def create_entitlement(namespace: str, subject: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
                        now: datetime) -> dict[str, Any]:
     key = subject_key(namespace, subject, meta)
     doc, grant = build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
     party = party_subject_keys(namespace, [key], meta)
-    owner = meta.customers_for_subjects(namespace, [key]).get(key)
-    feature_live = feature_still_live(namespace, body, doc, store)
-
-    def check() -> None:  # under its customer's lock: a subject known only through it is gone once it is deleted
-        feature_live()
-        subject_key(namespace, subject, meta)
+    via = through_subject(namespace, subject, key, meta, party)
 
     def refuse_second() -> None:
         existing = store.find_entitlement(namespace, party, doc["featureKey"])
@@ -127,7 +167,8 @@ def create_entitlement(namespace: str, subject: str, body: Any, *, store: Entitl
 
     refuse_second()
     try:  # checked again where it is written: another container may have created it through another subject
-        store.put_entitlement(namespace, doc, created_at=now, party=party, check=check, customer_id=owner,
+        store.put_entitlement(namespace, doc, created_at=now, party=party, customer_id=via.customer_id,
+                              subject=via.subject, check=both(feature_still_live(namespace, body, doc, store), via.check),
                               grants=[grant] if grant is not None else [])
     except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
@@ -262,14 +303,9 @@ def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, b
         raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
     stamp = format_rfc3339(now)
     old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
-    owner = meta.customers_for_subjects(namespace, [old["subjectKey"]]).get(old["subjectKey"])
-    feature_live = feature_still_live(namespace, body, doc, store)
-
-    def check() -> None:  # under its customer's lock: a subject known only through it is gone once it is deleted
-        feature_live()
-        subject_key(namespace, subject, meta)
-
-    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old, check=check, customer_id=owner,
+    via = through_subject(namespace, subject, old["subjectKey"], meta)
+    store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old, customer_id=via.customer_id,
+                              subject=via.subject, check=both(feature_still_live(namespace, body, doc, store), via.check),
                               grants=[grant] if grant is not None else [])
     return doc
 
@@ -279,15 +315,31 @@ def create_grant(namespace: str, subject: str, id_or_feature_key: str, body: Any
                  meta: MetaStore, now: datetime) -> dict[str, Any]:
     ent = resolve(namespace, party_keys(namespace, subject, meta), id_or_feature_key, store=store)
     doc = build_grant(namespace, ent, body, store=store, now=now)
-    owner = meta.customers_for_subjects(namespace, [ent["subjectKey"]]).get(ent["subjectKey"])
-    live = entitlement_still_live(namespace, ent["id"], store)
+    return write_grant(namespace, ent, doc, store=store, now=now,
+                       via=through_subject(namespace, subject, ent["subjectKey"], meta))
 
-    def check() -> None:  # under its customer's lock: a subject known only through it is gone once it is deleted
-        live()
-        subject_key(namespace, subject, meta)
 
-    store.put_grant(namespace, doc, created_at=now, check=check, customer_id=owner)
+def write_grant(namespace: str, ent: dict[str, Any], doc: dict[str, Any], *, store: EntitlementStore,
+                now: datetime, via: Through) -> dict[str, Any]:
+    """Store a new grant (build_grant's) of `ent`, checking under the locks a deletion, a reset and `via`'s party
+    take that the entitlement is live, that its current usage period has not begun after the grant's effectiveAt
+    (a reset at once), and `via`'s check."""
+    def in_period() -> None:
+        open_period(namespace, ent, parse_rfc3339(doc["effectiveAt"], "effectiveAt"), field="effectiveAt",
+                    what="a grant", store=store, now=now)
+
+    store.put_grant(namespace, doc, created_at=now, customer_id=via.customer_id, subject=via.subject,
+                    check=both(entitlement_still_live(namespace, ent["id"], store), via.check, in_period))
     return grant_json(doc, now)
+
+
+def open_period(namespace: str, ent: dict[str, Any], when: datetime, *, field: str, what: str,
+                store: EntitlementStore, now: datetime) -> None:
+    """Refuse (400 `field`) an instant before the current usage period: `what` may not rewrite a closed period."""
+    period_start = current_period(ent, store=store, namespace=namespace, at=now)[0]
+    if when < period_start:
+        raise bad(field, f"before the current usage period ({format_rfc3339(period_start)}): {what} may not "
+                         "rewrite the balance of a closed period")
 
 
 def entitlement_still_live(namespace: str, entitlement_id: str, store: EntitlementStore) -> Callable[[], None]:
@@ -328,10 +380,7 @@ def _build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: Entit
     if body.get("effectiveAt") is None:
         raise bad("effectiveAt", "required")
     effective = minute(_time(body["effectiveAt"], "effectiveAt"))
-    period_start = current_period(ent, store=store, namespace=namespace, at=now)[0]
-    if effective < period_start:
-        raise bad("effectiveAt", f"before the current usage period ({format_rfc3339(period_start)}): a grant may "
-                                 "not rewrite the balance of a closed period")
+    open_period(namespace, ent, effective, field="effectiveAt", what="a grant", store=store, now=now)
     expires, expiration = parse_expiration(body.get("expiration"), effective, v2)
     max_roll = amount(body.get("maxRolloverAmount", amt if v2 else 0), "maxRolloverAmount")
     min_roll = amount(body.get("minRolloverAmount", 0), "minRolloverAmount")
@@ -381,24 +430,36 @@ def void_grant(namespace: str, grant_id: str, *, store: EntitlementStore, now: d
         raise Conflict(f"grant {grant_id!r} is already voided")
     before = jsonx.dumps(doc)
     when = minute(now)
+    if at is not None and at > now:
+        raise bad("at", f"{format_rfc3339(at)} is in the future; a grant is voided now or at a past instant")
+    ent = store.get_entitlement(namespace, doc["entitlementId"], include_deleted=True) if at is not None else None
+
+    def in_period() -> None:  # again under the entitlement's lock a reset takes: one at once is seen
+        if ent is not None and at is not None:
+            open_period(namespace, ent, at, field="at", what="voiding", store=store, now=now)
+
+    in_period()
     if at is not None:
-        if at > now:
-            raise bad("at", f"{format_rfc3339(at)} is in the future; a grant is voided now or at a past instant")
-        ent = store.get_entitlement(namespace, doc["entitlementId"], include_deleted=True)
-        period_start = current_period(ent, store=store, namespace=namespace, at=now)[0] if ent else None
-        if period_start is not None and at < period_start:
-            raise bad("at", f"before the current usage period ({format_rfc3339(period_start)}): voiding may not "
-                            "rewrite the balance of a closed period")
         when = minute(at)
     stamp = format_rfc3339(when)
     doc.update(voidedAt=stamp, updatedAt=format_rfc3339(now))
-    store.put_grant(namespace, doc, created_at=now, expect_doc=before)  # voided meanwhile: 409, as after
+    # voided meanwhile: 409, as after
+    store.put_grant(namespace, doc, created_at=now, expect_doc=before, check=in_period if ent is not None else None)
 
 
 # -- resets --------------------------------------------------------------------------------------------
 def reset(namespace: str, subject: str, entitlement_id: str, body: Any, *, store: EntitlementStore,
           meta: MetaStore, now: datetime) -> None:
     ent = get_entitlement(namespace, entitlement_id, store=store, subject_keys=party_keys(namespace, subject, meta))
+    write_reset(namespace, ent, body, store=store, now=now,
+                via=through_subject(namespace, subject, ent["subjectKey"], meta))
+
+
+def write_reset(namespace: str, ent: dict[str, Any], body: Any, *, store: EntitlementStore, now: datetime,
+                via: Through) -> None:
+    """Reset `ent` as `body` asks, checking again under the entitlement's lock (which its other resets, grants,
+    voids and deletion take) and `via`'s party's: the entitlement live, the reset after the current usage period's
+    start (another reset at once is seen), and `via`'s check."""
     if ent["type"] != "metered":
         raise bad("entitlementId", "only metered entitlements have usage to reset")
     body = body if body is not None else {}
@@ -407,23 +468,21 @@ def reset(namespace: str, subject: str, entitlement_id: str, body: Any, *, store
     at = minute(_time(body["effectiveAt"], "effectiveAt")) if body.get("effectiveAt") is not None else minute(now)
     if at > now:
         raise bad("effectiveAt", "a reset cannot be in the future")
-    start = current_period(ent, store=store, namespace=namespace, at=now)[0]
-    if at <= start:
-        raise bad("effectiveAt", f"must be after the start of the current usage period ({format_rfc3339(start)}); "
-                                 "resets may not overlap")
+
+    def after_start() -> None:
+        start = current_period(ent, store=store, namespace=namespace, at=now)[0]
+        if at <= start:
+            raise bad("effectiveAt", f"must be after the start of the current usage period ({format_rfc3339(start)}); "
+                                     "resets may not overlap")
+
+    after_start()
     preserve = body.get("preserveOverage")
     if preserve is not None and not isinstance(preserve, bool):
         raise bad("preserveOverage", "must be true or false")
-    owner = meta.customers_for_subjects(namespace, [ent["subjectKey"]]).get(ent["subjectKey"])
-    live = entitlement_still_live(namespace, ent["id"], store)
-
-    def check() -> None:  # under its customer's lock: a subject known only through it is gone once it is deleted
-        live()
-        subject_key(namespace, subject, meta)
-        last_reset_before(namespace, ent["id"], at, store)
-
     store.add_reset(namespace, ent["id"], at, retain_anchor=fields.flag(body, "retainAnchor"), preserve_overage=preserve,
-                    now=now, check=check, customer_id=owner)
+                    now=now, customer_id=via.customer_id, subject=via.subject,
+                    check=both(entitlement_still_live(namespace, ent["id"], store), via.check, after_start,
+                               partial(last_reset_before, namespace, ent["id"], at, store)))
 
 
 def last_reset_before(namespace: str, entitlement_id: str, at: datetime, store: EntitlementStore) -> None:

@@ -16,7 +16,7 @@ from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import is_ulid
 from billow.ports import MetaStore, UsageStore
 from billow.services import balances, entitlements, pages, params
-from billow.services.entitlements import EntitlementStore, amount, bad
+from billow.services.entitlements import EntitlementStore, amount, bad, both
 from billow.timeutil import parse_rfc3339
 
 ENTITLEMENT_ORDER = ("createdAt", "updatedAt")
@@ -43,22 +43,25 @@ def _subject(c: dict[str, Any]) -> str:
     return keys[0]
 
 
-def _customer_still_there(namespace: str, ref: str, customer_id: str, meta: MetaStore) -> Callable[[], None]:
-    """A write's check for its customer where it is made, under the lock the customer's deletion takes: one deleted
-    since the look is refused as a deleted one is (404), never given an entitlement after the deletion answered."""
+def _through_customer(namespace: str, ref: str, cust: dict[str, Any], meta: MetaStore,
+                      owned: str | None = None) -> entitlements.Through:
+    """A write through the customer, checked where it is made under the customer's lock, which its deletion and
+    update take: a customer deleted since the look is refused as a deleted one is (404); one whose update gave the
+    entitlement's subject (`owned`) away is as one without the entitlement (404); for a new entitlement (no
+    `owned`), one whose subject keys changed is a 409 (reload and try again). Never written through the customer
+    after the deletion or update answered."""
     def check() -> None:
-        if meta.get_customer(namespace, customer_id) is None:
+        now = meta.get_customer(namespace, cust["id"])
+        if now is None:
             raise NotFound(f"customerIdOrKey: customer {ref!r} not found")
+        if owned is not None and owned not in subject_keys(now):
+            raise NotFound(f"entitlementIdOrFeatureKey: customer {ref!r} no longer has the entitlement (its subject "
+                           f"{owned!r} was given up meanwhile)")
+        if owned is None and subject_keys(now) != subject_keys(cust):
+            raise Conflict(f"customer {ref!r}'s usageAttribution.subjectKeys changed meanwhile; reload it and try "
+                           "again")
 
-    return check
-
-
-def _both(*checks: Callable[[], None]) -> Callable[[], None]:
-    def check() -> None:
-        for one in checks:
-            one()
-
-    return check
+    return entitlements.Through(cust["id"], None, check)
 
 
 class _Customers:
@@ -146,8 +149,8 @@ def create(namespace: str, customer_ref: str, body: Any, *, store: EntitlementSt
     refuse_second()
     try:  # checked again where it is written: another container may have created it through another subject
         store.put_entitlement(namespace, doc, created_at=now, party=subject_keys(cust), customer_id=cust["id"],
-                              check=_both(entitlements.feature_still_live(namespace, body, doc, store),
-                                          _customer_still_there(namespace, customer_ref, cust["id"], meta)),
+                              check=both(entitlements.feature_still_live(namespace, body, doc, store),
+                                         _through_customer(namespace, customer_ref, cust, meta).check),
                               grants=grants)
     except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
@@ -164,9 +167,9 @@ def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: E
         raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
     stamp = doc["createdAt"]
     old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
+    via = _through_customer(namespace, customer_ref, cust, meta, owned=old["subjectKey"])
     store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old, grants=grants, customer_id=cust["id"],
-                              check=_both(entitlements.feature_still_live(namespace, body, doc, store),
-                                          _customer_still_there(namespace, customer_ref, cust["id"], meta)))
+                              check=both(entitlements.feature_still_live(namespace, body, doc, store), via.check))
     return present(namespace, doc, cust, store=store, now=now)
 
 
@@ -211,8 +214,9 @@ def history(namespace: str, customer_ref: str, ref: str, qs: dict[str, list[str]
 
 def reset(namespace: str, customer_ref: str, ref: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
           now: datetime) -> None:
-    _, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
-    entitlements.reset(namespace, doc["subjectKey"], doc["id"], body, store=store, meta=meta, now=now)
+    cust, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    entitlements.write_reset(namespace, doc, body, store=store, now=now,
+                             via=_through_customer(namespace, customer_ref, cust, meta, owned=doc["subjectKey"]))
 
 
 def get_by_id(namespace: str, entitlement_id: str, *, store: EntitlementStore, meta: MetaStore,
@@ -294,10 +298,8 @@ def create_grant(namespace: str, customer_ref: str, ref: str, body: Any, *, stor
                  meta: MetaStore, now: datetime) -> dict[str, Any]:
     cust, ent = resolve(namespace, customer_ref, ref, store=store, meta=meta)
     doc = entitlements.build_grant(namespace, ent, body, store=store, now=now, v2=True)
-    store.put_grant(namespace, doc, created_at=now, customer_id=cust["id"],
-                    check=_both(entitlements.entitlement_still_live(namespace, ent["id"], store),
-                                _customer_still_there(namespace, customer_ref, cust["id"], meta)))
-    return entitlements.grant_json(doc, now)
+    return entitlements.write_grant(namespace, ent, doc, store=store, now=now,
+                                    via=_through_customer(namespace, customer_ref, cust, meta, owned=ent["subjectKey"]))
 
 
 def list_grants(namespace: str, customer_ref: str, ref: str, qs: dict[str, list[str]], *,

@@ -1,0 +1,284 @@
+"""Writes through a subject or a customer at once with a write that changes who the subject is: a reset beside
+another reset, a grant or a void of the same entitlement; a customer's update moving a subject key; a subject's
+deletion. Two containers on one PostgreSQL, as tests/adapters/test_writes_across_resources.py (whose helpers these
+share): each round releases the two calls together, and counts the end states no order of the two answers makes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from billow.adapters.sql import SqlMetaStore
+from billow.errors import BillowError
+from tests.adapters.test_writes_across_containers import metas  # noqa: F401 (the fixture)
+from tests.adapters.test_writes_across_resources import NOW, ROUNDS, _entitlement_ids, _meter, lands_after
+
+LATER = NOW + timedelta(hours=2)
+METERED = {"type": "metered", "usagePeriod": {"interval": "MONTH"}}
+
+
+def _stores(metas_: list[SqlMetaStore]) -> list[Any]:
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+
+    return [SqlEntitlementStore(m.engine) for m in metas_]
+
+
+def _customer(meta: SqlMetaStore, key: str, subjects: list[str]) -> dict[str, Any]:
+    from billow.services import directory
+
+    return directory.create_customer("ns", {"key": key, "name": key, "usageAttribution": {"subjectKeys": subjects}},
+                                     meta=meta, now=NOW)
+
+
+def _move(meta: SqlMetaStore, customer: dict[str, Any], subjects: list[str]) -> None:
+    """PUT /api/v1/customers/{c} giving the customer these subject keys."""
+    from billow.services import directory
+
+    directory.update_customer("ns", customer["id"], {"key": customer["key"], "name": customer["name"],
+                                                     "usageAttribution": {"subjectKeys": subjects}},
+                              meta=meta, now=NOW)
+
+
+def _feature(meta: SqlMetaStore, ents: Any, key: str, metered: bool = True) -> None:
+    from billow.services.features import create_feature
+
+    if metered:
+        meta.put_meter("ns", _meter(f"{key}_tok"))
+    create_feature("ns", {"key": key, "name": key, **({"meterSlug": f"{key}_tok"} if metered else {})},
+                   store=ents, meta=meta, now=NOW)
+
+
+def _call(fn: Callable[[], Any]) -> bool:
+    """Whether `fn` answered success (a 4xx is a refusal; anything else fails the test)."""
+    try:
+        fn()
+    except BillowError as e:
+        assert 400 <= e.status < 500, e
+        return False
+    return True
+
+
+# -- 1. resets ---------------------------------------------------------------------------------------------------
+def test_two_resets_of_one_entitlement_at_once_never_write_one_the_other_refuses(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """A reset must be later than the current usage period's start, which the last reset is (400 `effectiveAt`,
+    'resets may not overlap'). Two resets of one entitlement at once (v1 through the subject, v2 through the
+    customer), the second at an earlier instant than the first: the first answered, and the second, which after it
+    is refused, landed after that answer all the same."""
+    from billow.services import entitlements as ents_service
+    from billow.services import entitlements_v2
+
+    ents = _stores(metas)
+    _feature(metas[0], ents[0], "rr_feat")
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(ROUNDS):
+        key = f"rr{round_}"
+        _customer(metas[0], key, [key])
+        ent = ents_service.create_entitlement("ns", key, {**METERED, "featureKey": "rr_feat"}, store=ents[0],
+                                              meta=metas[0], now=NOW)
+        first = {"effectiveAt": (LATER - timedelta(minutes=10)).isoformat()}
+        second = {"effectiveAt": (LATER - timedelta(minutes=30)).isoformat()}
+        v2 = round_ % 2
+        one = (partial(entitlements_v2.reset, "ns", key, ent["id"], second, store=ents[0], meta=metas[0], now=LATER)
+               if v2 else
+               partial(ents_service.reset, "ns", key, ent["id"], second, store=ents[0], meta=metas[0], now=LATER))
+        other = partial(ents_service.reset, "ns", key, ent["id"], first, store=ents[1], meta=metas[1], now=LATER)
+        refused, landed = lands_after(one, other, partial(_resets, ents[1], ent["id"]))
+        bad += refused
+        late += landed
+    assert not bad and late == 0, (f"{late} of {ROUNDS} earlier resets landed after a later one answered", bad[:3])
+
+
+def test_a_grant_or_void_at_once_with_a_reset_is_never_written_into_the_period_the_reset_closed(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """A grant (v1, v2) effective before the current usage period, or a void at an instant before it, is refused
+    (400): it would rewrite a closed period's balance. A reset closes the period: a grant effective (a void dated)
+    before the reset, made at once with it, landed after the reset answered (the resetting container, listing the
+    grants right after, saw none, or the grant unvoided), and the closed period's balance changed after the reset."""
+    from billow.services import entitlements as ents_service
+    from billow.services import entitlements_v2
+
+    ents = _stores(metas)
+    _feature(metas[0], ents[0], "rg_feat")
+    at = LATER - timedelta(minutes=30)
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"rg{round_}"
+        _customer(metas[0], key, [key])
+        ent = ents_service.create_entitlement("ns", key, {**METERED, "featureKey": "rg_feat"}, store=ents[0],
+                                              meta=metas[0], now=NOW)
+        body = {"amount": 10, "effectiveAt": (at - timedelta(minutes=10)).isoformat(),
+                "expiration": {"duration": "MONTH", "count": 1}}
+        kind = round_ % 3
+        if kind == 2:  # a void dated before the reset
+            grant = ents_service.create_grant("ns", key, ent["id"], body, store=ents[0], meta=metas[0], now=NOW)
+            write: Callable[[], Any] = partial(ents_service.void_grant, "ns", grant["id"], store=ents[0], now=LATER,
+                                               at=at - timedelta(minutes=5))
+        elif kind == 1:
+            write = partial(entitlements_v2.create_grant, "ns", key, ent["id"], body, store=ents[0], meta=metas[0],
+                            now=LATER)
+        else:
+            write = partial(ents_service.create_grant, "ns", key, ent["id"], body, store=ents[0], meta=metas[0],
+                            now=LATER)
+        reset = partial(ents_service.reset, "ns", key, ent["id"], {"effectiveAt": at.isoformat()}, store=ents[1],
+                        meta=metas[1], now=LATER)
+        refused, landed = lands_after(write, reset, partial(_grants, ents[1], ent["id"]))
+        bad += refused
+        late += landed
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} grants or voids landed before a reset after it answered",
+                                   bad[:3])
+
+
+def _resets(ents: Any, entitlement_id: str) -> list[Any]:
+    return [r["at"] for r in ents.list_resets("ns", entitlement_id)]
+
+
+def _grants(ents: Any, entitlement_id: str) -> list[Any]:
+    return sorted((g["id"], g.get("voidedAt")) for g in ents.list_grants("ns", [entitlement_id]))
+
+
+# -- 2, 4. a customer's update moving a subject key ----------------------------------------------------------------
+def test_an_entitlement_made_for_a_subject_its_customer_gives_up_at_once_never_lands_on_none(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """PUT /api/v1/customers/{c} without one of its subject keys: the subject is known no more (404 to a v1 create
+    through it), and the customer's v2 creates go on its remaining first key. A create at once (v1 through the old
+    key, v2 through the customer, whose first key it was) found the subject the customer's, then wrote on it after
+    the update answered: a live entitlement on a subject no customer owns, which the updating container, listing
+    the old key's entitlements right after its answer, did not see."""
+    from billow.services import entitlements as ents_service
+    from billow.services import entitlements_v2
+
+    ents = _stores(metas)
+    _feature(metas[0], ents[0], "mv_feat", metered=False)
+    body = {"type": "boolean", "featureKey": "mv_feat"}
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"mv{round_}"
+        customer = _customer(metas[0], key, [key, f"{key}_new"])
+        make: Callable[[], Any] = (
+            partial(entitlements_v2.create, "ns", key, body, store=ents[0], meta=metas[0], now=NOW) if round_ % 2
+            else partial(ents_service.create_entitlement, "ns", key, body, store=ents[0], meta=metas[0], now=NOW))
+        refused, landed = lands_after(make, partial(_move, metas[1], customer, [f"{key}_new"]),
+                                       partial(_entitlement_ids, ents[1], key))
+        bad += refused
+        late += landed
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} entitlements landed on a subject its customer gave up "
+                                   "after the update answered", bad[:3])
+
+
+def test_a_write_through_a_customer_on_a_subject_it_gives_up_at_once_never_lands_after_the_update(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """A v2 reset or grant through a customer (POST /api/v2/customers/{c}/entitlements/{e}/reset, .../grants) needs
+    the entitlement to be the customer's (404 otherwise); an update of the customer moving the entitlement's subject
+    to another customer takes it away. The write at once found it the customer's, then (checking only that the
+    subject was still known, now through the other customer) wrote after the update answered: a reset or a grant
+    through a customer that no longer had the entitlement."""
+    from billow.services import entitlements as ents_service
+    from billow.services import entitlements_v2
+
+    ents = _stores(metas)
+    _feature(metas[0], ents[0], "cv_feat")
+    grant = {"amount": 10, "effectiveAt": NOW.isoformat(), "expiration": {"duration": "MONTH", "count": 1}}
+    bad: list[BaseException] = []
+    late = 0
+    for round_ in range(2 * ROUNDS):
+        key = f"cv{round_}"
+        customer = _customer(metas[0], key, [key, f"{key}_kept"])
+        heir = _customer(metas[0], f"{key}_heir", [f"{key}_heir"])
+        ent = ents_service.create_entitlement("ns", key, {**METERED, "featureKey": "cv_feat"}, store=ents[0],
+                                              meta=metas[0], now=NOW)
+        write: Callable[[], Any] = (
+            partial(entitlements_v2.reset, "ns", customer["id"], ent["id"], {}, store=ents[0], meta=metas[0],
+                    now=LATER) if round_ % 2 else
+            partial(entitlements_v2.create_grant, "ns", customer["id"], ent["id"], grant, store=ents[0],
+                    meta=metas[0], now=LATER))
+
+        def move(customer: dict[str, Any] = customer, heir: dict[str, Any] = heir, key: str = key) -> None:
+            _move(metas[1], customer, [f"{key}_kept"])
+            _move(metas[1], heir, [heir["key"], key])
+
+        def children(ent_id: str = ent["id"]) -> tuple[Any, ...]:
+            return tuple(_resets(ents[1], ent_id)), tuple(_grants(ents[1], ent_id))
+
+        refused, landed = lands_after(write, move, children)
+        bad += refused
+        late += landed
+    assert not bad and late == 0, (f"{late} of {2 * ROUNDS} resets or grants through a customer landed after it gave "
+                                   "the entitlement's subject away", bad[:3])
+
+
+# -- 3. a subject's deletion -------------------------------------------------------------------------------------
+def _between_check_and_write(store: Any, during: Callable[[], None], wait: float = 1.0) -> list[threading.Thread]:
+    """Make `store`'s next checked write (an entitlement, an override, a grant, a reset) start `during` on a thread of
+    its own once its check has passed, and wait for it up to `wait` s before writing. Where `during` takes no lock
+    the write holds, it runs between the write's check and its commit (the interleaving a race makes now and then,
+    every time); where it does, it waits for the commit. The thread, to join."""
+    started: list[threading.Thread] = []
+
+    def pausing(write: Callable[..., Any]) -> Callable[..., Any]:
+        def paused(*args: Any, **kw: Any) -> Any:
+            check = kw.get("check")
+            if check is not None and not started:
+                def checked(check: Callable[[], None] = check) -> None:
+                    check()
+                    started.append(threading.Thread(target=during))
+                    started[0].start()
+                    started[0].join(wait)
+
+                kw["check"] = checked
+            return write(*args, **kw)
+
+        return paused
+
+    for name in ("put_entitlement", "replace_entitlement", "put_grant", "add_reset"):
+        setattr(store, name, pausing(getattr(store, name)))
+    return started
+
+
+def test_a_subject_deleted_while_a_write_goes_through_it_never_gets_the_write_after_the_deletion(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """DELETE /api/v1/subjects/{s} makes a subject known only through /subjects unknown: a v1 create, grant,
+    override or reset through it is a 404 after. Each looked the subject up, checked it again where it wrote (under
+    the feature's or the entitlement's lock, which the deletion does not take), then wrote: a deletion answering 204
+    in between listed nothing new, and a moment later the deleted subject had it. The deletion runs here right after
+    the write's check (`_between_check_and_write`). Now the write takes the subject's lock its deletion takes
+    (`adapters/sql.subject_lock`) and checks the subject under it: there when the deletion answers, or refused."""
+    from billow.services import directory
+    from billow.services import entitlements as ents_service
+
+    ents = _stores(metas)
+    _feature(metas[0], ents[0], "sd_feat")
+    metered = {**METERED, "featureKey": "sd_feat"}
+    grant = {"amount": 10, "effectiveAt": NOW.isoformat(), "expiration": {"duration": "MONTH", "count": 1}}
+    late = []
+    for kind in range(4):
+        key = f"sd{kind}"
+        metas[0].upsert_subject("ns", {"key": key}, NOW)
+        ent = ents_service.create_entitlement("ns", key, metered, store=ents[0], meta=metas[0], now=NOW) if kind else {}
+        store = _stores(metas)[0]
+        write = [partial(ents_service.create_entitlement, "ns", key, metered),
+                 partial(ents_service.create_grant, "ns", key, ent.get("id"), grant),
+                 partial(ents_service.override_entitlement, "ns", key, ent.get("id"), metered),
+                 partial(ents_service.reset, "ns", key, ent.get("id"), {})][kind]
+
+        def children(key: str = key, ent: dict[str, Any] = ent) -> tuple[Any, ...]:
+            ids = tuple(sorted(_entitlement_ids(ents[1], key)))
+            return (ids, tuple(_grants(ents[1], ent["id"])), tuple(_resets(ents[1], ent["id"]))) if ent else (ids,)
+
+        seen: list[Any] = []
+
+        def delete(key: str = key, seen: list[Any] = seen, children: Callable[[], Any] = children) -> None:
+            directory.delete_subject("ns", key, meta=metas[1], now=NOW)
+            seen.append(children())
+
+        threads = _between_check_and_write(store, delete)
+        made = _call(partial(write, store=store, meta=metas[0], now=LATER))
+        threads[0].join()
+        late.append(made and bool(seen) and children() != seen[0])
+    assert not any(late), f"(create, grant, override, reset) landed after the subject's deletion answered: {late}"
