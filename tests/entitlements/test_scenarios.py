@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from tests.entitlements.conftest import Billow
 
 S = "/api/v1/subjects/customer_1/entitlements"
@@ -200,3 +202,26 @@ def test_a_reset_never_comes_before_one_a_later_request_wrote(billow: Billow) ->
         datetime(2026, 1, 10, 0, 1, tzinfo=UTC)]
     b.clock.set("2026-01-10T00:02:00Z")
     assert b.value("customer_1", "ai_tokens") == after
+
+
+@pytest.mark.parametrize("base", [S, "/api/v2/customers/acme/entitlements"], ids=["v1", "v2"])
+def test_an_entitlement_made_by_a_later_request_is_not_ended_before_it_began(billow: Billow, base: str) -> None:
+    """Two overrides at once, the later-begun first: the other resolved the feature to the entitlement that one
+    made and replaced it as of its own earlier `now`: that entitlement ended before it began, and the new one began
+    before its predecessor. A deletion read the same way ended it before it began. Now each is made as of the
+    entitlement it replaces (or ends): no end before a start."""
+    b = billow
+    b.ok("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "usageAttribution": {"subjectKeys": ["customer_1"]}})
+    feature(b)
+    metered(b)
+    body = {"type": "metered", "featureKey": "ai_tokens", "usagePeriod": {"interval": "MONTH",
+                                                                          "anchor": "2026-01-01T00:00:00Z"}}
+    b.clock.set("2026-01-10T00:01:00Z")
+    first = b.ok("PUT", f"{base}/ai_tokens/override", body)
+    b.clock.set("2026-01-10T00:00:30Z")  # the request that began first, answered second
+    second = b.ok("PUT", f"{base}/ai_tokens/override", body)
+    replaced = b.ok("GET", f"{S}/{first['id']}")
+    assert replaced["activeFrom"] <= replaced["activeTo"] <= second["activeFrom"], (replaced, second)
+    assert b.call("DELETE", f"{base}/{second['id'] if base == S else 'ai_tokens'}")[0] == 204
+    gone = b.ok("GET", f"{S}/{second['id']}")
+    assert gone["activeFrom"] <= gone["activeTo"], gone

@@ -29,7 +29,7 @@ from billow.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from billow.ids import is_ulid, new_id
 from billow.ports import MetaStore
 from billow.services.features import FeatureStore, bad, valid_key
-from billow.timeutil import format_rfc3339, parse_rfc3339
+from billow.timeutil import as_of, format_rfc3339, parse_rfc3339
 
 
 class EntitlementStore(FeatureStore, Protocol):
@@ -289,6 +289,7 @@ def delete_entitlement(namespace: str, subject: str, entitlement_id: str, *, sto
     if managed_by and not by_subscription:
         raise Forbidden(f"entitlement {doc['id']} is managed by subscription {managed_by}; change or cancel the "
                         "subscription instead")
+    now = as_of(now, doc.get("updatedAt"))  # made by a request begun after this one: ended there, not before
     stamp = format_rfc3339(now)
     doc.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
     store.put_entitlement(namespace, doc, created_at=parse_rfc3339(doc["createdAt"], "createdAt"), deleted_at=now)
@@ -298,6 +299,7 @@ def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, b
                          store: EntitlementStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
     """Replace the entitlement with a new one (a new id, fresh grants). The old one keeps its history."""
     old = resolve(namespace, party_keys(namespace, subject, meta), id_or_feature_key, store=store)
+    now = as_of(now, old.get("updatedAt"))  # made by a request begun after this one: replaced there, not before
     doc, grant = build_entitlement(namespace, old["subjectKey"], body, store=store, meta=meta, now=now)
     if doc["featureKey"] != old["featureKey"]:
         raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")

@@ -17,7 +17,7 @@ from billow.ids import is_ulid
 from billow.ports import MetaStore, UsageStore
 from billow.services import balances, entitlements, pages, params
 from billow.services.entitlements import EntitlementStore, amount, bad, both
-from billow.timeutil import parse_rfc3339
+from billow.timeutil import as_of, parse_rfc3339
 
 ENTITLEMENT_ORDER = ("createdAt", "updatedAt")
 GRANT_ORDER = ("id", "createdAt", "updatedAt")
@@ -162,6 +162,7 @@ def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: E
              now: datetime) -> dict[str, Any]:
     """A new entitlement in place of the customer's current one (which keeps its history)."""
     cust, old = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    now = as_of(now, old.get("updatedAt"))  # made by a request begun after this one: replaced there, not before
     doc, grants = _build(namespace, old["subjectKey"], body, store=store, meta=meta, now=now)
     if doc["featureKey"] != old["featureKey"]:
         raise bad("featureKey", "an override must keep the feature of the entitlement it replaces")
