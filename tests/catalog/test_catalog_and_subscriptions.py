@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from tests.catalog.conftest import Billow
-from tests.support.catalog import plan_body, published, setup
+from tests.support.catalog import plan_body, published, published_seats, setup
 
 
 def fields(out: dict[str, Any]) -> list[str]:
@@ -194,11 +194,7 @@ def test_cancel_continue_and_entitlements_follow(billow: Billow) -> None:
 def test_addons_on_a_plan_and_a_subscription(billow: Billow) -> None:
     b = billow
     setup(b)
-    seats = b.ok("POST", "/api/v1/addons", {"key": "seats", "name": "Seats", "currency": "USD", "instanceType": "multiple",
-                                            "rateCards": [{"type": "flat_fee", "key": "seat", "name": "Seat",
-                                                           "billingCadence": "P1M",
-                                                           "price": {"type": "flat", "amount": "10"}}]})
-    seats = b.ok("POST", f"/api/v1/addons/{seats['id']}/publish")
+    seats = published_seats(b)
     assert seats["status"] == "active"
     draft = b.ok("POST", "/api/v1/plans", plan_body("team", "50"))
     status, out = b.call("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": seats["id"], "fromPlanPhase": "nope"})

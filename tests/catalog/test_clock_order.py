@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.catalog.conftest import Billow
-from tests.support.catalog import plan_body, published, setup
+from tests.support.catalog import plan_body, published, published_seats, setup
 
 LATER, EARLIER = "2026-01-10T00:01:00Z", "2026-01-10T00:00:30Z"  # the later request's now; the earlier one's
 
@@ -120,17 +120,13 @@ def test_a_version_is_not_published_before_the_end_a_later_request_wrote_to_the_
 
 
 def _seats_plan(b: Billow) -> dict[str, Any]:
-    """Customer acme on plan `team`, which offers add-on `seats` ($10 a seat a month); the add-on version."""
+    """Plan `team`, which offers add-on `seats` ($10 a seat a month), published; the add-on version."""
     setup(b)
-    seats = b.ok("POST", "/api/v1/addons", {"key": "seats", "name": "Seats", "currency": "USD", "instanceType": "multiple",
-                                            "rateCards": [{"type": "flat_fee", "key": "seat", "name": "Seat",
-                                                           "billingCadence": "P1M",
-                                                           "price": {"type": "flat", "amount": "10"}}]})
-    seats = b.ok("POST", f"/api/v1/addons/{seats['id']}/publish")
+    seats = published_seats(b)
     draft = b.ok("POST", "/api/v1/plans", plan_body("team", "50"))
     b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": seats["id"], "fromPlanPhase": "default"})
     b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
-    return seats  # type: ignore[no-any-return]
+    return seats
 
 
 def test_an_add_on_is_not_added_by_an_earlier_request_to_a_subscription_a_later_one_canceled(billow: Billow) -> None:

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from tests.catalog.conftest import Billow
-from tests.support.catalog import plan_body, published, setup
+from tests.support.catalog import plan_body, published, published_seats, setup
 
 SUPPORT = {"type": "flat_fee", "key": "support", "name": "Support", "billingCadence": "P1M",
            "price": {"type": "flat", "amount": "62", "paymentTerm": "in_advance"}}
@@ -201,11 +201,7 @@ def test_restore_continues_a_canceled_subscription_and_drops_the_scheduled_next(
 def test_plan_addon_update(billow: Billow) -> None:
     b = billow
     setup(b)
-    seats = b.ok("POST", "/api/v1/addons", {"key": "seats", "name": "Seats", "currency": "USD", "instanceType": "multiple",
-                                            "rateCards": [{"type": "flat_fee", "key": "seat", "name": "Seat",
-                                                           "billingCadence": "P1M",
-                                                           "price": {"type": "flat", "amount": "10"}}]})
-    seats = b.ok("POST", f"/api/v1/addons/{seats['id']}/publish")
+    seats = published_seats(b)
     body = plan_body("team", "50")
     body["phases"].insert(0, {"key": "trial", "name": "Trial", "duration": "P1M", "rateCards": []})
     draft = b.ok("POST", "/api/v1/plans", body)

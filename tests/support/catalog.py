@@ -34,3 +34,12 @@ def setup(b: Billow) -> None:
 def published(b: Billow, body: dict[str, Any]) -> dict[str, Any]:
     draft = b.ok("POST", "/api/v1/plans", body)
     return b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")  # type: ignore[no-any-return]
+
+
+def published_seats(b: Billow) -> dict[str, Any]:
+    """Add-on `seats` (multiple instances, a $10 flat fee a seat a month), published."""
+    seats = b.ok("POST", "/api/v1/addons", {"key": "seats", "name": "Seats", "currency": "USD", "instanceType": "multiple",
+                                            "rateCards": [{"type": "flat_fee", "key": "seat", "name": "Seat",
+                                                           "billingCadence": "P1M",
+                                                           "price": {"type": "flat", "amount": "10"}}]})
+    return b.ok("POST", f"/api/v1/addons/{seats['id']}/publish")  # type: ignore[no-any-return]
