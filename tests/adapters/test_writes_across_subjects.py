@@ -213,23 +213,29 @@ def test_a_write_through_a_customer_on_a_subject_it_gives_up_at_once_never_lands
                                    "the entitlement's subject away", bad[:3])
 
 
-# -- 3. a subject's deletion -------------------------------------------------------------------------------------
-def _between_check_and_write(store: Any, during: Callable[[], None], wait: float = 1.0) -> list[threading.Thread]:
-    """Make `store`'s next checked write (an entitlement, an override, a grant, a reset) start `during` on a thread of
-    its own once its check has passed, and wait for it up to `wait` s before writing. Where `during` takes no lock
-    the write holds, it runs between the write's check and its commit (the interleaving a race makes now and then,
-    every time); where it does, it waits for the commit. The thread, to join."""
+def _between_check_and_write(store: Any, during: Callable[[], None], wait: float = 1.0,
+                             after_check: bool = True) -> list[threading.Thread]:
+    """Make `store`'s next write of an entitlement (an end, an override), a grant or a reset start `during` on a
+    thread of its own once the write's check has passed (or, without `after_check` or a check, before the write
+    begins: between its look and its write), and wait for it up to `wait` s before writing. Where `during` takes no
+    lock the write holds, it runs between the write's check and its commit (the interleaving a race makes now and
+    then, every time); where it does, it waits for the commit. The thread, to join."""
     started: list[threading.Thread] = []
+
+    def pause() -> None:
+        started.append(threading.Thread(target=during))
+        started[0].start()
+        started[0].join(wait)
 
     def pausing(write: Callable[..., Any]) -> Callable[..., Any]:
         def paused(*args: Any, **kw: Any) -> Any:
             check = kw.get("check")
-            if check is not None and not started:
+            if not started and (check is None or not after_check):
+                pause()
+            elif not started:
                 def checked(check: Callable[[], None] = check) -> None:
                     check()
-                    started.append(threading.Thread(target=during))
-                    started[0].start()
-                    started[0].join(wait)
+                    pause()
 
                 kw["check"] = checked
             return write(*args, **kw)
@@ -241,6 +247,50 @@ def _between_check_and_write(store: Any, during: Callable[[], None], wait: float
     return started
 
 
+def test_an_entitlement_ended_through_a_customer_that_gives_its_subject_up_at_once_never_ends_after_the_update(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """The same for ending the entitlement: a deletion or an override through the customer (v2) or through a fellow
+    subject of its customer (v1, DELETE or PUT .../override on /api/v1/subjects/{fellow}/entitlements/{e}) is a 404
+    once the customer's update moved the entitlement's subject to another customer. A deletion or override that
+    found it the customer's, then wrote after the update answered, ended the other customer's entitlement (3 of 40
+    rounds at once; here the update runs between the look and the write, `_between_check_and_write`: every time)."""
+    from billow.services import entitlements as ents_service
+    from billow.services import entitlements_v2
+
+    ents = _stores(metas)
+    _feature(metas[0], ents[0], "ce_feat", metered=False)
+    body = {"type": "boolean", "featureKey": "ce_feat"}
+    late = []
+    for kind in range(4):
+        key = f"ce{kind}"
+        customer = _customer(metas[0], key, [key, f"{key}_kept"])
+        heir = _customer(metas[0], f"{key}_heir", [f"{key}_heir"])
+        ent = ents_service.create_entitlement("ns", key, body, store=ents[0], meta=metas[0], now=NOW)
+        write = [partial(entitlements_v2.delete, "ns", customer["id"], ent["id"]),
+                 partial(ents_service.delete_entitlement, "ns", f"{key}_kept", ent["id"]),
+                 partial(entitlements_v2.override, "ns", customer["id"], ent["id"], body),
+                 partial(ents_service.override_entitlement, "ns", f"{key}_kept", ent["id"], body)][kind]
+
+        def children(key: str = key) -> dict[str, Any]:
+            return {e["id"]: e.get("deletedAt") for e in ents[1].list_entitlements("ns", [key], include_deleted=True)}
+
+        seen: list[Any] = []
+
+        def move(customer: dict[str, Any] = customer, heir: dict[str, Any] = heir, key: str = key,
+                 seen: list[Any] = seen, children: Callable[[], Any] = children) -> None:
+            _move(metas[1], customer, [f"{key}_kept"])
+            _move(metas[1], heir, [heir["key"], key])
+            seen.append(children())
+
+        store = _stores(metas)[0]
+        threads = _between_check_and_write(store, move, after_check=False)
+        ended = _call(partial(write, store=store, meta=metas[0], now=LATER))
+        threads[0].join()
+        late.append(ended and children() != seen[0])
+    assert not any(late), f"(v2 delete, v1 delete, v2 override, v1 override) ended after the update answered: {late}"
+
+
+# -- 3. a subject's deletion -------------------------------------------------------------------------------------
 def test_a_subject_deleted_while_a_write_goes_through_it_never_gets_the_write_after_the_deletion(
         metas: list[SqlMetaStore]) -> None:  # noqa: F811
     """DELETE /api/v1/subjects/{s} makes a subject known only through /subjects unknown: a v1 create, grant,

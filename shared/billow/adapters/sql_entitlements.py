@@ -182,7 +182,8 @@ class SqlEntitlementStore:
         that one (`conflictingEntityId`); such writes of one feature go one at a time. The one-live-entitlement
         index is per subject: creates through two subjects of one customer at once would both go in. With
         `deleted_at` (deleting it), only a live one: one deleted meanwhile (another deletion at once) is NotFound, as
-        to a later deletion, and its end (activeTo) stays the first deletion's. With `check` (a new one's feature
+        to a later deletion, and its end (activeTo) stays the first deletion's (and `check`, with `customer_id` or
+        `subject`, runs under the party's lock and the entitlement's). With `check` (a new one's feature
         still live), it runs (it raises to refuse) under the feature's lock, which its archive takes too
         (feature_use_lock): an archive at once either sees this entitlement written or is seen by the check; with
         `customer_id` (made for a customer: its customer still live), under that customer's lock too, which its
@@ -193,7 +194,10 @@ class SqlEntitlementStore:
                    feature_id=doc["featureId"], doc=jsonx.dumps(doc), created_at=created_at, deleted_at=deleted_at)
         if deleted_at is not None:  # under the lock a new grant of it takes: one written at once is there, or refused
             with self.engine.begin() as c:
+                _hold_party(c, namespace, customer_id, subject)  # before the entitlement's: the writers' one order
                 serialise(c, entitlement_lock(namespace, doc["id"]))
+                if check is not None:
+                    check()
                 done = c.execute(entitlements.update().where(
                     entitlements.c.namespace == namespace, entitlements.c.id == doc["id"],
                     entitlements.c.deleted_at.is_(None)).values(doc=row["doc"], deleted_at=deleted_at)).rowcount

@@ -285,6 +285,14 @@ def delete_entitlement(namespace: str, subject: str, entitlement_id: str, *, sto
     """Delete (end) the entitlement. One a subscription manages (its metadata names the subscription) is the
     subscription's to end (OpenMeter: 403 through the entitlement APIs)."""
     doc = get_entitlement(namespace, entitlement_id, store=store, subject_keys=party_keys(namespace, subject, meta))
+    end_entitlement(namespace, doc, store=store, now=now, by_subscription=by_subscription,
+                    via=through_subject(namespace, subject, doc["subjectKey"], meta))
+
+
+def end_entitlement(namespace: str, doc: dict[str, Any], *, store: EntitlementStore, now: datetime,
+                    by_subscription: bool, via: Through) -> None:
+    """Delete `doc`, checking `via`'s party under its lock (a customer's update or a subject's deletion at once is
+    seen: the entitlement is ended through whom it still belongs to, or refused)."""
     managed_by = (doc.get("metadata") or {}).get("subscriptionId")
     if managed_by and not by_subscription:
         raise Forbidden(f"entitlement {doc['id']} is managed by subscription {managed_by}; change or cancel the "
@@ -292,7 +300,8 @@ def delete_entitlement(namespace: str, subject: str, entitlement_id: str, *, sto
     now = as_of(now, doc.get("updatedAt"))  # made by a request begun after this one: ended there, not before
     stamp = format_rfc3339(now)
     doc.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
-    store.put_entitlement(namespace, doc, created_at=parse_rfc3339(doc["createdAt"], "createdAt"), deleted_at=now)
+    store.put_entitlement(namespace, doc, created_at=parse_rfc3339(doc["createdAt"], "createdAt"), deleted_at=now,
+                          customer_id=via.customer_id, subject=via.subject, check=via.check)
 
 
 def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, body: Any, *,

@@ -196,8 +196,9 @@ def get(namespace: str, customer_ref: str, ref: str, *, store: EntitlementStore,
 
 def delete(namespace: str, customer_ref: str, ref: str, *, store: EntitlementStore, meta: MetaStore,
            now: datetime) -> None:
-    _, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
-    entitlements.delete_entitlement(namespace, doc["subjectKey"], doc["id"], store=store, meta=meta, now=now)
+    cust, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    entitlements.end_entitlement(namespace, doc, store=store, now=now, by_subscription=False,
+                                 via=_through_customer(namespace, customer_ref, cust, meta, owned=doc["subjectKey"]))
 
 
 def value(namespace: str, customer_ref: str, ref: str, at: datetime | None, *, store: EntitlementStore,
