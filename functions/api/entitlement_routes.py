@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billow.bootstrap import container
 from billow.services import balances, entitlements, features, pages, params
 from billow.timeutil import parse_rfc3339
-from billow.web.http import json_body, path_param, query_multi
+from billow.web.http import json_body, optional_json_body, path_param, query_multi
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
@@ -19,11 +19,6 @@ router = APIGatewayHttpRouter()
 
 def _event() -> dict[str, Any]:
     return router.current_event.raw_event
-
-
-def _optional_body() -> Any:
-    raw = _event().get("body")
-    return json_body(_event()) if raw and raw.strip() else None
 
 
 # -- features ---------------------------------------------------------------------------------------
@@ -151,7 +146,7 @@ def entitlement_history(subject: str, entitlement: str) -> Response:
 @router.post("/api/v1/subjects/<subject>/entitlements/<entitlement>/reset")
 def reset_entitlement(subject: str, entitlement: str) -> Response:
     c = container()
-    entitlements.reset(c.namespace, path_param(subject), path_param(entitlement), _optional_body(),
+    entitlements.reset(c.namespace, path_param(subject), path_param(entitlement), optional_json_body(_event()),
                        store=c.entitlements, meta=c.meta, now=c.clock.now())
     return no_content()
 

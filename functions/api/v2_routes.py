@@ -13,7 +13,7 @@ from billow.bootstrap import container
 from billow.services import entitlements_v2 as v2
 from billow.services import events_v2, params
 from billow.timeutil import parse_rfc3339
-from billow.web.http import json_body, path_param, query_multi
+from billow.web.http import json_body, optional_json_body, path_param, query_multi
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
@@ -26,11 +26,6 @@ def _event() -> dict[str, Any]:
 
 def _qs() -> dict[str, list[str]]:
     return query_multi(_event())
-
-
-def _optional_body() -> Any:
-    raw = _event().get("body")
-    return json_body(_event()) if raw and raw.strip() else None
 
 
 @router.get("/api/v2/events")
@@ -108,7 +103,7 @@ def entitlement_history(customer: str, entitlement: str) -> Response:
 @router.post(f"{BASE}/<entitlement>/reset")
 def reset_entitlement(customer: str, entitlement: str) -> Response:
     c = container()
-    v2.reset(c.namespace, path_param(customer), path_param(entitlement), _optional_body(), store=c.entitlements,
+    v2.reset(c.namespace, path_param(customer), path_param(entitlement), optional_json_body(_event()), store=c.entitlements,
              meta=c.meta, now=c.clock.now())
     return no_content()
 

@@ -299,3 +299,17 @@ def test_uninstalling_a_stripe_app_removes_its_webhook_endpoint(billow: Billow, 
     assert [r["path"] for r in standin.requests if r["method"] == "DELETE"] == [f"/v1/webhook_endpoints/{endpoint_id}"]
     standin.webhook_url = f"{receiver}/api/v1/apps/{app['id']}/stripe/webhook"
     assert standin.emit("invoice.paid", {"id": "in_1", "object": "invoice", "metadata": {}}).status == 404
+
+
+def test_an_install_body_left_out_takes_the_defaults_and_a_null_one_is_refused(billow: Billow) -> None:
+    """POST .../install takes an optional body (none: the listing's name, a billing profile). A JSON `null` body was
+    taken for one left out and installed the app (201), where the operation's schema requires an object; the fuzz
+    (schemathesis' negative mode) caught it at random. Now 400 naming the body, and nothing installed."""
+    b = billow
+    before = len(b.ok("GET", "/api/v1/apps")["items"])
+    status, out = b.raw("POST", f"{LISTINGS}/custom_invoicing/install", b"null")
+    assert status == 400 and "body" in fields(out), out
+    assert len(b.ok("GET", "/api/v1/apps")["items"]) == before
+    made = b.ok("POST", f"{LISTINGS}/custom_invoicing/install")
+    assert made["app"]["name"] == "Custom Invoicing", made
+    assert len(b.ok("GET", "/api/v1/apps")["items"]) == before + 1

@@ -53,6 +53,11 @@ class Billow:
             return out["statusCode"], text  # e.g. the debug metrics' OpenMetrics text
         return out["statusCode"], json.loads(text) if text else None
 
+    def raw(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        """A request whose body is these bytes as they are (e.g. b"null"), sent as JSON."""
+        out = api(apigw_event(method, path, {"content-type": "application/json"}, body, "127.0.0.1"), None)
+        return out["statusCode"], json.loads(out["body"]) if out.get("body") else None
+
     def ok(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Any:
         status, out = self.call(method, path, body, query)
         assert status in (200, 201, 204), (status, out)

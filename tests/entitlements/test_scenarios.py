@@ -205,6 +205,22 @@ def test_a_reset_never_comes_before_one_a_later_request_wrote(billow: Billow) ->
 
 
 @pytest.mark.parametrize("base", [S, "/api/v2/customers/acme/entitlements"], ids=["v1", "v2"])
+def test_a_reset_body_left_out_resets_now_and_a_null_one_is_refused(billow: Billow, base: str) -> None:
+    """A reset's body is optional (none: reset now). A JSON `null` body was taken for one left out and reset the
+    usage (204); now 400 naming the body, and no reset stored."""
+    b = billow
+    b.ok("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "usageAttribution": {"subjectKeys": ["customer_1"]}})
+    feature(b)
+    ent = metered(b, issueAfterReset=10)
+    b.clock.set("2026-01-10T00:00:00Z")
+    status, out = b.raw("POST", f"{base}/{ent['id']}/reset", b"null")
+    assert status == 400 and "body" in str(out), out
+    assert b.c.entitlements.list_resets(b.c.namespace, ent["id"]) == []
+    assert b.call("POST", f"{base}/{ent['id']}/reset")[0] == 204
+    assert len(b.c.entitlements.list_resets(b.c.namespace, ent["id"])) == 1
+
+
+@pytest.mark.parametrize("base", [S, "/api/v2/customers/acme/entitlements"], ids=["v1", "v2"])
 def test_an_entitlement_made_by_a_later_request_is_not_ended_before_it_began(billow: Billow, base: str) -> None:
     """Two overrides at once, the later-begun first: the other resolved the feature to the entitlement that one
     made and replaced it as of its own earlier `now`: that entitlement ended before it began, and the new one began

@@ -79,6 +79,20 @@ def json_body(event: dict[str, Any], surrogates: list[dict[str, Any]] | None = N
     return doc
 
 
+def optional_json_body(event: dict[str, Any]) -> Any:
+    """The JSON document of a request whose body may be left out (an app install, a usage reset, a portal session):
+    None without one. A body that is there must be a JSON object: `null` is refused (400 naming the body) as any
+    other non-object is, not taken for a body left out (the operations' schemas require an object)."""
+    raw = event.get("body")
+    if not raw or not str(raw).strip():
+        return None
+    doc = json_body(event)
+    if doc is None:
+        raise ValidationFailed("body: must be a JSON object, or left out; null is not one",
+                               [{"field": "body", "message": "must be an object, not null"}])
+    return doc
+
+
 # PostgreSQL (the meta store in AWS) cannot store U+0000 in text; SQLite can. Refused in every request body (but an
 # event batch's, whose own rules refuse it where it is stored), path and query parameter, so both stores answer alike.
 NUL_MESSAGE = "must not contain NUL (U+0000)"
