@@ -209,6 +209,9 @@ def test_paired_surrogates_are_one_character(container: Any) -> None:
     ("/api/v1/customers", {"name": "x", "usageAttribution": {"subjectKeys": ["a", "\ud800"]}}, "usageAttribution.subjectKeys[1]"),
     ("/api/v1/meters", {"slug": "m", "aggregation": "COUNT", "eventType": "x", "groupBy": {"\ud800": "$.a"}}, "groupBy.\\ud800"),
     ("/api/v1/subjects", [{"key": "ok"}, {"key": "\ud800"}], "key"),
+    # an object's key that begins with "[" is not an array index (it was read as one: int("x") raised, a 500)
+    ("/api/v1/customers", {"name": "x", "[x\ud800": 1}, "[x\\ud800"),
+    ("/api/v1/customers", {"name": "x", "[1]\ud800": 1}, "[1]\\ud800"),
 ])
 def test_lone_surrogate_in_any_request_body_is_a_400(container: Any, path: str, body: Any, field: str) -> None:
     status, problem = call(api, "POST", path, body)
@@ -299,6 +302,8 @@ def _stored_nothing() -> None:
     ("/api/v1/subjects", [{"key": "ok"}, {"key": "s", "displayName": "a\x00"}], "displayName"),
     ("/api/v1/meters", {"slug": "m", "aggregation": "COUNT", "eventType": "x\x00"}, "eventType"),
     ("/api/v1/meters", {"slug": "m", "aggregation": "COUNT", "eventType": "x", "name": "n\x00"}, "name"),
+    ("/api/v1/customers", {"name": "x", "[x\x00": "b"}, "[x\\u0000"),
+    ("/api/v1/customers", {"name": "x", "[": "\x00"}, "["),
 ])
 def test_nul_in_any_request_body_is_a_400_on_both_stores(both: Any, path: str, body: Any, field: str) -> None:
     """PostgreSQL answered these with a 500 (`invalid byte sequence for encoding "UTF8": 0x00`) where SQLite stored

@@ -66,7 +66,7 @@ def json_body(event: dict[str, Any], surrogates: list[dict[str, Any]] | None = N
                                [{"field": "body", "message": "number out of range"}]) from None
     bad = jsonx.lone_surrogates(text, doc)
     if bad:  # no store, broker or response can hold one: refused here, for every operation
-        errors = [_located(path, "contains a lone UTF-16 surrogate (not valid Unicode)") for path in bad]
+        errors = [_located(path, "contains a lone UTF-16 surrogate (not valid Unicode)", doc) for path in bad]
         if surrogates is not None:
             surrogates.extend(errors)
             return doc
@@ -75,7 +75,7 @@ def json_body(event: dict[str, Any], surrogates: list[dict[str, Any]] | None = N
                                "is not valid Unicode", errors)
     if surrogates is None and (nul := jsonx.nul_characters(text, doc)):  # an event batch has its own rules (events.py)
         raise ValidationFailed(f"{nul[0] or 'body'}: {NUL_MESSAGE} (written \\u0000 in JSON)",
-                               [_located(path, NUL_MESSAGE) for path in nul])
+                               [_located(path, NUL_MESSAGE, doc) for path in nul])
     return doc
 
 
@@ -98,9 +98,10 @@ def optional_json_body(event: dict[str, Any]) -> Any:
 NUL_MESSAGE = "must not contain NUL (U+0000)"
 
 
-def _located(path: str, message: str) -> dict[str, Any]:
-    """A validation error at a body path; in an array body (an event batch) the element's index is its own key."""
-    if path.startswith("["):
+def _located(path: str, message: str, doc: Any) -> dict[str, Any]:
+    """A validation error at a body path; in an array body `doc` (an event batch) the element's index is its own key.
+    An object's key may itself begin with "[" (a hostile one: `{"[x\\u0000": 1}`): only an array's path is split."""
+    if isinstance(doc, list) and path.startswith("["):
         index, _, rest = path[1:].partition("]")
         return {"index": int(index), "field": rest.removeprefix("."), "message": message}
     return {"field": path, "message": message}
