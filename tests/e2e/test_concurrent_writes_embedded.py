@@ -236,9 +236,7 @@ def test_one_plan_archived_or_feature_deleted_by_several_clients_at_once_answers
     done = []
     for round_ in range(3):
         key = f"archive_race_{round_}"
-        draft = ok(srv, "POST", "/api/v1/plans", {"key": key, "name": "P", "currency": "USD", "billingCadence": "P1M",
-                                                  "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]})
-        ok(srv, "POST", f"/api/v1/plans/{draft['id']}/publish")
+        draft = _published(srv, key)
         out = at_once([partial(srv.request, "POST", f"/api/v1/plans/{draft['id']}/archive")] * 16)
         assert {status for status, _ in out} <= {200, 409}, out
         plans = sum(1 for status, _ in out if status == 200)
@@ -374,12 +372,18 @@ def test_uninstalling_an_app_while_a_billing_profile_is_made_on_it_never_leaves_
                                                 f"{sum(revived)} of 20 uninstalled apps installed again by an update")
 
 
-def _fee_plan(srv: Drained, key: str) -> str:
-    """A published plan of one flat fee (`key`), and the instant ten days on, to the second, that the race tests
-    cancel at."""
+def _published(srv: Drained, key: str) -> dict[str, Any]:
+    """Version 1 of a plan of one flat fee (`key`), published."""
     draft = ok(srv, "POST", "/api/v1/plans", {"key": key, "name": "P", "currency": "USD", "billingCadence": "P1M",
                                               "phases": [{"key": "default", "name": "D", "rateCards": [FEE]}]})
     ok(srv, "POST", f"/api/v1/plans/{draft['id']}/publish")
+    return dict(draft)
+
+
+def _fee_plan(srv: Drained, key: str) -> str:
+    """A published plan of one flat fee (`key`), and the instant ten days on, to the second, that the race tests
+    cancel at."""
+    _published(srv, key)
     return (datetime.now(UTC) + timedelta(days=10)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
@@ -544,3 +548,23 @@ def test_archiving_an_add_on_while_it_is_added_to_a_subscription_never_adds_it_a
         assert added in (201, 400) and archived == 200, (added, archived)
         late.append(added == 201 and not seen)
     assert not any(late), f"{sum(late)} of 20 add-ons added to a subscription after their archive answered"
+
+
+def test_archiving_a_version_while_the_next_is_published_never_leaves_two_in_force(srv: Drained) -> None:
+    """Publishing v2 ends v1 where v2 begins; archiving v1 ends it at its own now. The publish read the key's versions,
+    wrote v2, then ended v1 on its own: an archive landing between the read and v2's write ended v1 after v2 began,
+    two versions in force at once (tests/adapters/test_key_versions_across_containers.py: the same across
+    containers). Now a key's version change is one transaction under the key's lock."""
+    overlapping = []
+    for round_ in range(20):
+        key = f"pub_arch_{round_}"
+        v1 = _published(srv, key)
+        v2 = ok(srv, "POST", f"/api/v1/plans/{key}/next")
+        (published, _), (archived, _) = at_once([
+            partial(srv.request, "POST", f"/api/v1/plans/{v2['id']}/publish"),
+            partial(srv.request, "POST", f"/api/v1/plans/{v1['id']}/archive")])
+        assert published == 200 and archived in (200, 409), (published, archived)
+        one, two = (ok(srv, "GET", f"/api/v1/plans/{v['id']}") for v in (v1, v2))
+        overlapping.append(datetime.fromisoformat(one["effectiveTo"]) > datetime.fromisoformat(two["effectiveFrom"]))
+    assert not any(overlapping), f"{sum(overlapping)} of 20 keys with two versions in force at once"
+

@@ -244,6 +244,12 @@ def entitlement_lock(namespace: str, entitlement_id: str) -> str:
     return f"entitlements.grants:{namespace}:{entitlement_id}"
 
 
+def version_lock(namespace: str, kind: str, key: str) -> str:
+    """The serialise() name of a plan's or add-on's key: held by every change of its versions (create, next, update,
+    publish, archive, delete), which reads the key's versions and writes in that transaction."""
+    return f"catalog.key:{namespace}:{kind}:{key}"
+
+
 def addon_use_lock(namespace: str, addon_id: str) -> str:
     """The serialise() name of an add-on version's uses: held by adding it to a subscription (only while it is
     active) and by every guarded write of the version (its archive among them)."""

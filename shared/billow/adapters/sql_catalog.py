@@ -11,7 +11,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import addon_use_lock, customer_lock, feature_use_lock, save_by_id, serialise
+from billow.adapters.sql import (
+    addon_use_lock,
+    customer_lock,
+    feature_use_lock,
+    save_by_id,
+    serialise,
+    version_lock,
+)
 from billow.errors import Conflict
 
 md = sa.MetaData()
@@ -65,36 +72,45 @@ class SqlCatalogStore:
         upgrade(self.engine)
 
     # -- plans and add-ons (versioned by key) ------------------------------------------------------------
-    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
-                      check: Callable[[], None] | None = None, feature_keys: Sequence[str] = ()) -> None:
-        """Save a plan or add-on version; with `expect_doc`, only if it is still stored as that JSON (what it was
-        read as), else Conflict: another writer changed it since (an update of a draft racing its publish). With
-        `check` (a publish: its features still live), the new entitlements' locks of `feature_keys` are taken (in
-        one order; feature_use_lock, which a feature's archive takes), the check runs (it raises to refuse) and the
-        write follows in that transaction, so an archive at once either sees the version published or is seen."""
-        table = KINDS[kind]
-        row = {"id": doc["id"], "namespace": namespace, "key": doc["key"], "version": doc["version"],
-               "deleted": doc.get("deletedAt") is not None, "doc": jsonx.dumps(doc)}
-        if expect_doc is not None:
-            with self.engine.begin() as c:
-                if check is not None:
-                    for key in sorted(set(feature_keys)):
-                        serialise(c, feature_use_lock(namespace, key))
-                if kind == "addon":  # its archive (any change) and an add to a subscription, one at a time
-                    serialise(c, addon_use_lock(namespace, doc["id"]))
-                if check is not None:
-                    check()
-                done = c.execute(table.update().where(table.c.namespace == namespace, table.c.id == doc["id"],
-                                                      table.c.doc == expect_doc).values(**row)).rowcount
-            if done != 1:
-                raise Conflict(f"{kind} {doc['key']!r} version {doc['version']} changed meanwhile; reload it and "
-                               "try again")
-            return
+    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any]) -> None:
+        """Save a plan or add-on version as it is (a new one: Conflict when its key has that version already)."""
         try:
             with self.engine.begin() as c:
-                save_by_id(c, table, row)
+                save_by_id(c, KINDS[kind], self._version_row(namespace, doc))
         except IntegrityError:
             raise Conflict(f"{kind} {doc['key']!r} version {doc['version']} already exists") from None
+
+    def change_versions[T](self, kind: str, namespace: str, key: str,
+                           change: Callable[[list[dict[str, Any]]], tuple[T, Sequence[dict[str, Any]]]], *,
+                           feature_keys: Callable[[list[dict[str, Any]]], Sequence[str]] | None = None) -> T:
+        """One version change of a key (create, next, update, publish, archive, delete), one at a time per key: the
+        key's lock (version_lock) is taken, its versions (deleted ones too) are read in this transaction, the locks
+        of the features `feature_keys` names from them (feature_use_lock, which a feature's archive takes: a
+        publish's check then sees the archive or is seen) are taken in one order, `change` runs (it raises to write
+        nothing; it must not write through the store) and the versions it returns are written in this transaction,
+        an add-on version under its lock too (addon_use_lock, which adding it to a subscription takes). A publish read
+        the key's versions, wrote the new one, then ended the one it replaced, each on its own: an archive of that
+        one landing in between ended it after the new one began (two versions in force)."""
+        table = KINDS[kind]
+        with self.engine.begin() as c:
+            serialise(c, version_lock(namespace, kind, key))
+            every = [jsonx.loads(r.doc) for r in c.execute(
+                sa.select(table.c.doc).where(table.c.namespace == namespace, table.c.key == key)
+                .order_by(table.c.version))]
+            for feature in sorted(set(feature_keys(every) if feature_keys is not None else ())):
+                serialise(c, feature_use_lock(namespace, feature))
+            result, written = change(every)
+            if kind == "addon":  # after the key's and the features': no writer takes them the other way round
+                for addon_id in sorted({d["id"] for d in written}):
+                    serialise(c, addon_use_lock(namespace, addon_id))
+            for doc in written:
+                save_by_id(c, table, self._version_row(namespace, doc))
+        return result
+
+    @staticmethod
+    def _version_row(namespace: str, doc: dict[str, Any]) -> dict[str, Any]:
+        return {"id": doc["id"], "namespace": namespace, "key": doc["key"], "version": doc["version"],
+                "deleted": doc.get("deletedAt") is not None, "doc": jsonx.dumps(doc)}
 
     def get_versioned(self, kind: str, namespace: str, id_: str) -> dict[str, Any] | None:
         table = KINDS[kind]

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import partial
 from typing import Any, Protocol
 
-from billow import jsonx
 from billow.domain import catalog
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
-from billow.services.edits import until_written
 from billow.services.features import FeatureStore
 from billow.timeutil import as_of, format_rfc3339
 
@@ -24,11 +21,16 @@ KIND_NAMES = {"plan": "plan", "addon": "add-on"}
 
 
 class CatalogStore(Protocol):
-    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
-                      check: Callable[[], None] | None = None, feature_keys: Sequence[str] = ()) -> None:
-        """Save a version; with `expect_doc`, only if it is still stored as that JSON (else Conflict). With `check`
-        (with `expect_doc`), it runs (and raises to refuse) where the write is made, one at a time with the archive
-        of each of `feature_keys`."""
+    def put_versioned(self, kind: str, namespace: str, doc: dict[str, Any]) -> None:
+        """Save a version as it is (a new one: Conflict when its key has that version already)."""
+        ...
+
+    def change_versions[T](self, kind: str, namespace: str, key: str,
+                           change: Callable[[list[dict[str, Any]]], tuple[T, Sequence[dict[str, Any]]]], *,
+                           feature_keys: Callable[[list[dict[str, Any]]], Sequence[str]] | None = None) -> T:
+        """`change` the key's versions (every one, the deleted too, as they are where the write is made): it returns
+        (its result, the versions to write) or raises to write nothing. One change per key at a time, under the lock
+        of each feature `feature_keys` names from the versions, which the feature's archive takes."""
         ...
 
     def get_versioned(self, kind: str, namespace: str, id_: str) -> dict[str, Any] | None: ...
@@ -81,26 +83,24 @@ def present(namespace: str, kind: str, doc: dict[str, Any], *, features: Feature
 
 def create(namespace: str, kind: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
     """A new draft: version 1 of a new key; for a plan whose key exists, its next version (as OpenMeter does),
-    unless the key already has a draft. A deleted version keeps its number: the next comes after it."""
+    unless the key already has a draft. A deleted version keeps its number: the next comes after it. Looked at and
+    written under the key's lock (CatalogStore.change_versions), as every version change of the key."""
     fields = _parse(kind, body)
-    every = _every_version(namespace, kind, fields["key"], store)
-    if versions := [v for v in every if not v.get("deletedAt")]:
-        latest = versions[-1]
-        if kind != "plan":
-            raise Conflict(f"{KIND_NAMES[kind]} {fields['key']!r} exists")
-        if catalog.status(latest, now) == "draft":
-            raise Conflict(f"plan {fields['key']!r} already has a draft (version {latest['version']}); "
-                           f"change it with PUT /api/v1/plans/{latest['id']}")
-    version = _next_number(every)
-    stamp = format_rfc3339(now)
-    doc = {"id": new_id(), **fields, "version": version, "createdAt": stamp, "updatedAt": stamp,
-           "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
-    store.put_versioned(kind, namespace, doc)
-    return doc
 
+    def make(every: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        if versions := [v for v in every if not v.get("deletedAt")]:
+            latest = versions[-1]
+            if kind != "plan":
+                raise Conflict(f"{KIND_NAMES[kind]} {fields['key']!r} exists")
+            if catalog.status(latest, now) == "draft":
+                raise Conflict(f"plan {fields['key']!r} already has a draft (version {latest['version']}); "
+                               f"change it with PUT /api/v1/plans/{latest['id']}")
+        stamp = format_rfc3339(now)
+        doc = {"id": new_id(), **fields, "version": _next_number(every), "createdAt": stamp, "updatedAt": stamp,
+               "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
+        return doc, [doc]
 
-def _every_version(namespace: str, kind: str, key: str, store: CatalogStore) -> list[dict[str, Any]]:
-    return store.list_versioned(kind, namespace, key=key, include_deleted=True)
+    return store.change_versions(kind, namespace, fields["key"], make)
 
 
 def _next_number(every: list[dict[str, Any]]) -> int:
@@ -137,135 +137,123 @@ def _require_draft(kind: str, id_: str, doc: dict[str, Any] | None, now: datetim
     return doc
 
 
-def _edit_draft(namespace: str, kind: str, id_: str, store: CatalogStore, now: datetime,
-                edit: Callable[[dict[str, Any]], None],
-                check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Read the draft, `edit` it (or raise) and write it only if it is still stored as it was read. Another
-    container may change it in between (an update racing a publish): the lost race reads it again, so an update
-    that comes after a publish is refused (only a draft can be changed, 409) rather than writing the published
-    version back as a draft, and a publish after an update publishes the updated draft."""
-    return _edit_version(namespace, kind, store, lambda: _draft(namespace, kind, id_, store, now), edit, check)
+def _key_of(namespace: str, kind: str, id_: str, store: CatalogStore) -> str:
+    doc = store.get_versioned(kind, namespace, id_)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
+    return str(doc["key"])
 
 
-def _edit_version(namespace: str, kind: str, store: CatalogStore, read: Callable[[], dict[str, Any]],
-                  edit: Callable[[dict[str, Any]], None],
-                  check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """`read` the version (it raises what refuses the change), `edit` it and write it only if it is still stored as
-    read; a lost race reads it again (services.edits). `check` runs on the edited version where it is
-    written, under the lock of each feature its rate cards name that the feature's archive takes too."""
-    def step() -> tuple[dict[str, Any], Callable[[], None]]:
-        doc = read()
-        before = jsonx.dumps(doc)
-        edit(doc)
-        keys = sorted({rc["featureKey"] for _, rc in _cards(kind, doc) if rc.get("featureKey")}) if check else []
-        return doc, partial(store.put_versioned, kind, namespace, doc, expect_doc=before,
-                            check=partial(check, doc) if check is not None else None, feature_keys=keys)
-
-    return until_written(step)
+def _one(kind: str, id_: str, every: list[dict[str, Any]]) -> dict[str, Any]:
+    """Version `id_` of the key's versions as read under its lock (a deleted one is not found)."""
+    doc = next((v for v in every if v["id"] == id_), None)
+    if doc is None or doc.get("deletedAt"):
+        raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
+    return doc
 
 
 def update(namespace: str, kind: str, id_: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
-    def replace(doc: dict[str, Any]) -> None:
+    """Replace a draft, as it is under its key's lock: after a publish at once it is refused (only a draft can be
+    changed, 409) rather than writing the published version back as a draft; a publish after it publishes it."""
+    def replace(every: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        doc = _require_draft(kind, id_, _one(kind, id_, every), now)
         given = {**body, "key": doc["key"]} if isinstance(body, dict) and "key" not in body else body
         fields = _parse(kind, given)
         if fields["key"] != doc["key"]:
             raise ValidationFailed("key: a version keeps its key",
                                    [{"field": "key", "message": f"must be {doc['key']!r}"}])
         doc.update(fields, updatedAt=format_rfc3339(now))
+        return doc, [doc]
 
-    return _edit_draft(namespace, kind, id_, store, now, replace)
+    return store.change_versions(kind, namespace, _key_of(namespace, kind, id_, store), replace)
 
 
 def publish(namespace: str, kind: str, id_: str, *, store: CatalogStore, features: FeatureStore,
             now: datetime) -> dict[str, Any]:
     """The draft in force from now, or from the last change written to a version of its key when that is later (an
     archive of the version it replaces, begun after this request, written first: never two versions in force at
-    once); the version it replaces ends there, written only as read (an archive at once keeps its end)."""
+    once); the version it replaces ends there, in the same transaction under the key's lock (an archive, delete or
+    next of the key at once is written wholly before or wholly after it), and under the lock of each feature its
+    rate cards name, which the feature's archive takes: a feature archived since the first look is refused as an
+    archived one is (400), never published on after the archive answered."""
     def publishable(doc: dict[str, Any]) -> None:
         problems = _publish_problems(namespace, kind, doc, features)
         if problems:
             raise ValidationFailed("; ".join(f"{p['field']}: {p['message']}" for p in problems), problems)
 
-    def make_effective(doc: dict[str, Any]) -> None:
+    def feature_keys(every: list[dict[str, Any]]) -> list[str]:
+        doc = next((v for v in every if v["id"] == id_), None)
+        return [rc["featureKey"] for _, rc in _cards(kind, doc) if rc.get("featureKey")] if doc is not None else []
+
+    def make_effective(every: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        doc = _require_draft(kind, id_, _one(kind, id_, every), now)
         publishable(doc)
-        stamp = format_rfc3339(as_of(now, *(v.get("updatedAt") for v in store.list_versioned(kind, namespace,
-                                                                                            key=doc["key"]))))
+        live = [v for v in every if not v.get("deletedAt")]
+        stamp = format_rfc3339(as_of(now, *(v.get("updatedAt") for v in live)))
         doc.update(effectiveFrom=stamp, updatedAt=stamp)
+        ended = [{**v, "effectiveTo": stamp, "updatedAt": stamp} for v in live  # the version it replaces ends
+                 if v["id"] != id_ and v.get("effectiveFrom") and not v.get("effectiveTo")]
+        return doc, [doc, *ended]
 
-    def end(stamp: str, other: dict[str, Any]) -> None:
-        if other.get("effectiveFrom") and not other.get("effectiveTo"):
-            other.update(effectiveTo=stamp, updatedAt=stamp)
-
-    # Checked again where it is written, under its features' locks: a feature archived since the first look is
-    # refused as an archived one is (400), never published on after the archive answered.
-    doc = _edit_draft(namespace, kind, id_, store, now, make_effective, check=publishable)
-    for other in store.list_versioned(kind, namespace, key=doc["key"]):  # the version it replaces ends
-        if other["id"] != doc["id"] and other.get("effectiveFrom") and not other.get("effectiveTo"):
-            _edit_version(namespace, kind, store, partial(_version, namespace, kind, other["id"], store),
-                          partial(end, doc["effectiveFrom"]))
-    return doc
-
-
-def _version(namespace: str, kind: str, id_: str, store: CatalogStore) -> dict[str, Any]:
-    doc = store.get_versioned(kind, namespace, id_)
-    if doc is None:
-        raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
-    return doc
+    publishable(_draft(namespace, kind, id_, store, now))  # refused before any lock is taken; again under them
+    return store.change_versions(kind, namespace, _key_of(namespace, kind, id_, store), make_effective,
+                                 feature_keys=feature_keys)
 
 
 def archive(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
-    """Written only as read (another archive, delete or publish at once changed it: 409, as one after it answers).
-    A version whose end is written is archived even while that end is later than this request's `now` (another
-    archive, begun after this one, wrote it first): archiving it again would answer 200 twice and move its end."""
-    doc = store.get_versioned(kind, namespace, id_)
-    if doc is None or doc.get("deletedAt"):
-        raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
-    before = jsonx.dumps(doc)
-    if doc.get("effectiveTo") is not None:  # ended by a request that began after this one: still active at `now`
-        raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is already archived (from "
-                       f"{doc['effectiveTo']}); only an active one can be archived")
-    now = as_of(now, doc.get("updatedAt"))  # published by a request begun after this one: ended there, not before
-    if catalog.status(doc, now) not in ("active", "scheduled"):
-        raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is {catalog.status(doc, now)}; "
-                       "only an active one can be archived")
-    stamp = format_rfc3339(now)
-    doc.update(effectiveTo=stamp, updatedAt=stamp)
-    store.put_versioned(kind, namespace, doc, expect_doc=before)
-    return doc
+    """Archived as the version is under its key's lock (another archive or a publish at once ended it: 409, as one
+    after it answers). A version whose end is written is archived even while that end is later than this request's
+    `now` (another archive, begun after this one, wrote it first): archiving it again would answer 200 twice and
+    move its end."""
+    def end(every: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        doc = _one(kind, id_, every)
+        if doc.get("effectiveTo") is not None:  # ended by a request that began after this one: active at `now`
+            raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is already archived (from "
+                           f"{doc['effectiveTo']}); only an active one can be archived")
+        at = as_of(now, doc.get("updatedAt"))  # published by a request begun after this one: ended there, not before
+        if catalog.status(doc, at) not in ("active", "scheduled"):
+            raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is {catalog.status(doc, at)}; "
+                           "only an active one can be archived")
+        stamp = format_rfc3339(at)
+        doc.update(effectiveTo=stamp, updatedAt=stamp)
+        return doc, [doc]
+
+    return store.change_versions(kind, namespace, _key_of(namespace, kind, id_, store), end)
 
 
 def delete(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: datetime) -> None:
-    """Delete a version not in effect, written only as read: a publish landing between the look and the write makes
-    this read again (then 409, archive it first) rather than writing the draft it read back deleted."""
-    def deletable() -> dict[str, Any]:
-        doc = store.get_versioned(kind, namespace, id_)
-        if doc is None or doc.get("deletedAt"):
-            raise NotFound(f"{KIND_NAMES[kind]} {id_!r} not found")
+    """Delete a version not in effect, as it is under its key's lock: a publish at once makes it 409 (archive it
+    first) rather than writing the draft it read back deleted."""
+    def mark(every: list[dict[str, Any]]) -> tuple[None, list[dict[str, Any]]]:
+        doc = _one(kind, id_, every)
         if catalog.status(doc, now) in ("active", "scheduled"):
             raise Conflict(f"{KIND_NAMES[kind]} {doc['key']!r} version {doc['version']} is in effect; archive it first")
-        return doc
+        stamp = format_rfc3339(now)
+        doc.update(deletedAt=stamp, updatedAt=stamp)
+        return None, [doc]
 
-    stamp = format_rfc3339(now)
-    _edit_version(namespace, kind, store, deletable, lambda doc: doc.update(deletedAt=stamp, updatedAt=stamp))
+    store.change_versions(kind, namespace, _key_of(namespace, kind, id_, store), mark)
 
 
 def next_version(namespace: str, kind: str, id_or_key: str, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
-    """A new draft copying the latest version. Whether the key has a draft and the new number come from one read:
-    a number read after another request's new draft would be that draft's next, and both drafts would be written."""
+    """A new draft copying the latest version. Whether the key has a draft and the new number come from one read
+    under the key's lock: two at once would otherwise both find none, and a publish or delete at once is written
+    wholly before or after it."""
     found = store.get_versioned(kind, namespace, id_or_key)
-    every = _every_version(namespace, kind, found["key"] if found is not None else id_or_key, store)
-    live = [v for v in every if not v.get("deletedAt")]
-    if not live:
-        raise NotFound(f"{KIND_NAMES[kind]} {id_or_key!r} not found")
-    latest = live[-1]
-    if catalog.status(latest, now) == "draft":
-        raise Conflict(f"{KIND_NAMES[kind]} {latest['key']!r} already has a draft (version {latest['version']})")
-    stamp = format_rfc3339(now)
-    version = _next_number(every)
-    doc = {**latest, "id": new_id(), "version": version, "createdAt": stamp, "updatedAt": stamp,
-           "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
-    store.put_versioned(kind, namespace, doc)
-    return doc
+
+    def make(every: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        live = [v for v in every if not v.get("deletedAt")]
+        if not live:
+            raise NotFound(f"{KIND_NAMES[kind]} {id_or_key!r} not found")
+        latest = live[-1]
+        if catalog.status(latest, now) == "draft":
+            raise Conflict(f"{KIND_NAMES[kind]} {latest['key']!r} already has a draft (version {latest['version']})")
+        stamp = format_rfc3339(now)
+        doc = {**latest, "id": new_id(), "version": _next_number(every), "createdAt": stamp, "updatedAt": stamp,
+               "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
+        return doc, [doc]
+
+    return store.change_versions(kind, namespace, found["key"] if found is not None else id_or_key, make)
 
 
 def list_docs(namespace: str, kind: str, qs: dict[str, list[str]], *, store: CatalogStore, now: datetime) -> list[dict[str, Any]]:
