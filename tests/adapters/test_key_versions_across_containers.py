@@ -1,6 +1,6 @@
-"""A key's version change made by two Lambda containers at once on one PostgreSQL (as on Aurora): it read what it
-changes, then wrote it in more than one transaction, so a write of the other landing in between left a state no order
-of the two requests makes. (The two-engines fixture and barrier are
+"""A key's version change and a customer's restore, made by two Lambda containers at once on one PostgreSQL (as on
+Aurora): each read what it changes, then wrote it in more than one transaction, so a write of the other landing in
+between left a state no order of the two requests makes. (The two-engines fixture and barrier are
 tests/adapters/test_writes_across_containers.py's; the threads of one `billow serve` on SQLite:
 tests/e2e/test_concurrent_writes_embedded.py.)
 
@@ -14,7 +14,7 @@ from functools import partial
 
 from billow.adapters.sql import SqlMetaStore
 from tests.adapters.test_writes_across_containers import at_once, metas  # noqa: F401 (the fixture)
-from tests.adapters.test_writes_across_resources import _BASE_PLAN, NOW, _refusals
+from tests.adapters.test_writes_across_resources import _BASE_PLAN, NOW, _canceled_at, _refusals
 
 ROUNDS = 30
 _ADDON = {"name": "Extra", "currency": "USD", "instanceType": "single", "rateCards": [
@@ -58,3 +58,45 @@ def test_a_version_archived_while_the_next_is_published_is_never_in_force_beside
         f"{overlapping} of {ROUNDS} keys with two versions in force at once, {moved} archives whose answered end "
         "was not kept", bad[:3])
 
+
+def test_a_subscription_canceled_while_it_is_restored_keeps_the_next_one_the_refused_restore_deleted(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """POST /api/v1/subscriptions/{s}/restore deletes the customer's subscriptions scheduled to start later, then
+    continues the canceled one (only a canceled one: else 409). The deletions were written first, on their own: a
+    cancel (immediate) landing before the restore's write made the restore a 409, and the next subscription stayed
+    deleted all the same (the customer's plan change lost by a refused request). Now the deletions and the restore's
+    write are one transaction under the customer's lock (`adapters/sql.customer_lock`): a refused restore deletes
+    nothing."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import BillowError
+    from billow.services import subscriptions as subs_service
+
+    catalogs = [SqlCatalogStore(m.engine) for m in metas]
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    end = "2026-07-01T00:00:00Z"
+    bad: list[BaseException] = []
+    lost = 0
+    for round_ in range(ROUNDS):
+        customer, first, _ = _canceled_at(end, f"r{round_}", metas[0], catalogs[0], ents[0])
+        nxt = subs_service.create("ns", {"customPlan": _BASE_PLAN, "customerId": customer["id"], "timing": end},
+                                  store=catalogs[0], meta=metas[0], ents=ents[0], now=NOW)
+        refused: list[BillowError] = []
+
+        def restore(first_id: str = first["id"], refused: list[BillowError] = refused) -> None:
+            try:
+                subs_service.restore("ns", first_id, store=catalogs[1], meta=metas[1], ents=ents[1], now=NOW)
+            except BillowError as e:
+                refused.append(e)
+                raise
+
+        _, errors = at_once([
+            partial(subs_service.cancel, "ns", first["id"], {"timing": "immediate"}, store=catalogs[0],
+                    meta=metas[0], ents=ents[0], now=NOW),
+            restore])
+        bad += _refusals(errors)
+        restore_refused = bool(refused)
+        stored = catalogs[1].get_subscription("ns", nxt["id"])
+        assert stored is not None
+        lost += restore_refused and bool(stored.get("deletedAt"))
+    assert not bad and lost == 0, (f"{lost} of {ROUNDS} refused restores deleted the next subscription", bad[:3])

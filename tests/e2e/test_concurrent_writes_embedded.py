@@ -568,3 +568,23 @@ def test_archiving_a_version_while_the_next_is_published_never_leaves_two_in_for
         overlapping.append(datetime.fromisoformat(one["effectiveTo"]) > datetime.fromisoformat(two["effectiveFrom"]))
     assert not any(overlapping), f"{sum(overlapping)} of 20 keys with two versions in force at once"
 
+
+def test_canceling_a_subscription_while_it_is_restored_never_deletes_the_next_one_for_a_refused_restore(
+        srv: Drained) -> None:
+    """A restore deleted the customer's next subscriptions, then continued the canceled one: an immediate cancel
+    landing in between made the restore a 409, and the next subscription stayed deleted all the same. Now the
+    deletions and the restore's write are one transaction under the customer's lock
+    (tests/adapters/test_key_versions_across_containers.py: the same across containers)."""
+    end = _fee_plan(srv, "restore_race")
+    lost = []
+    for round_ in range(20):
+        cust, sub = _canceled_at(srv, "restore_race", f"restore_race_{round_}", end)
+        nxt = ok(srv, "POST", "/api/v1/subscriptions",
+                 {"plan": {"key": "restore_race"}, "customerId": cust["id"], "timing": end})
+        (canceled, _), (restored, _) = at_once([
+            partial(srv.request, "POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "immediate"}),
+            partial(srv.request, "POST", f"/api/v1/subscriptions/{sub['id']}/restore")])
+        assert canceled in (200, 409) and restored in (200, 409), (canceled, restored)
+        status, _, after = srv.request("GET", f"/api/v1/subscriptions/{nxt['id']}")
+        lost.append(restored == 409 and status == 404)
+    assert not any(lost), f"{sum(lost)} of 20 refused restores deleted the next subscription"

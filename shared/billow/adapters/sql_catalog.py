@@ -170,14 +170,16 @@ class SqlCatalogStore:
     # -- subscriptions -------------------------------------------------------------------------------------
     def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
                          check: Callable[[list[dict[str, Any]]], None] | None = None,
-                         addon_id: str | None = None) -> None:
+                         addon_id: str | None = None, others: Sequence[tuple[dict[str, Any], str]] = ()) -> None:
         """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (what it was read as),
         else Conflict: another writer changed it since (two add-on adds at once). With `check`, it runs (it raises to
         refuse) on the customer's subscriptions as they are in this transaction, under the lock add_subscription
         takes (customer_lock): a continued subscription (its cancelation unscheduled) and a new one starting where
         it ended, at once, would each check without the other and both run. With `addon_id` (an add-on added), the
         check runs under the add-on version's lock too (addon_use_lock), which its archive takes: an archive at once
-        either sees the add-on on the subscription or is seen by the check."""
+        either sees the add-on on the subscription or is seen by the check. `others` (with `check`: a restore's
+        deletions of the customer's next subscriptions) are written in the same transaction, each only if still
+        stored as the JSON beside it: all are written, or (Conflict) none."""
         row = {"id": doc["id"], "namespace": namespace, "customer_id": doc["customerId"], "doc": jsonx.dumps(doc)}
         with self.engine.begin() as c:
             if check is not None:
@@ -188,11 +190,8 @@ class SqlCatalogStore:
             if expect_doc is None:
                 save_by_id(c, subscriptions, row)
                 return
-            done = c.execute(subscriptions.update().where(
-                subscriptions.c.namespace == namespace, subscriptions.c.id == doc["id"],
-                subscriptions.c.doc == expect_doc).values(**row)).rowcount
-        if done != 1:
-            raise Conflict(f"subscription {doc['id']} changed meanwhile; reload it and try again")
+            for other, other_as in [*others, (doc, expect_doc)]:
+                self._write_as_read(c, namespace, other, other_as)
 
     def add_subscription(self, namespace: str, doc: dict[str, Any],
                          check: Callable[[list[dict[str, Any]]], None], *, ending: dict[str, Any] | None = None,
@@ -205,12 +204,19 @@ class SqlCatalogStore:
         with self.engine.begin() as c:
             serialise(c, customer_lock(namespace, doc["customerId"]))
             check(self._of_customer(c, namespace, doc["customerId"]))
-            if ending is not None and c.execute(subscriptions.update().where(
-                    subscriptions.c.namespace == namespace, subscriptions.c.id == ending["id"],
-                    subscriptions.c.doc == expect_doc).values(doc=jsonx.dumps(ending))).rowcount != 1:
-                raise Conflict(f"subscription {ending['id']} changed meanwhile; reload it and try again")
+            if ending is not None:
+                self._write_as_read(c, namespace, ending, expect_doc)
             c.execute(subscriptions.insert().values(id=doc["id"], namespace=namespace, customer_id=doc["customerId"],
                                                     doc=jsonx.dumps(doc)))
+
+    @staticmethod
+    def _write_as_read(c: Any, namespace: str, doc: dict[str, Any], expect_doc: str | None) -> None:
+        """Write the subscription only if it is still stored as `expect_doc`, else Conflict (raised in the
+        transaction: nothing it wrote is kept)."""
+        if c.execute(subscriptions.update().where(
+                subscriptions.c.namespace == namespace, subscriptions.c.id == doc["id"],
+                subscriptions.c.doc == expect_doc).values(doc=jsonx.dumps(doc))).rowcount != 1:
+            raise Conflict(f"subscription {doc['id']} changed meanwhile; reload it and try again")
 
     @staticmethod
     def _of_customer(c: Any, namespace: str, customer_id: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ runs after every change here and from the scheduled jobs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -40,10 +40,11 @@ _GRACE = timedelta(minutes=1)  # clock skew between a client's "now" and ours
 class SubscriptionStore(catalog.CatalogStore, Protocol):
     def put_subscription(self, namespace: str, doc: dict[str, Any], *, expect_doc: str | None = None,
                          check: Callable[[list[dict[str, Any]]], None] | None = None,
-                         addon_id: str | None = None) -> None:
+                         addon_id: str | None = None, others: Sequence[tuple[dict[str, Any], str]] = ()) -> None:
         """Save a subscription; with `expect_doc`, only if it is still stored as that JSON (else Conflict); with
         `check`, it runs (and raises to refuse) on the customer's subscriptions as they are where the write is made,
-        one at a time with add_subscription's (and, with `addon_id`, with that add-on version's archive)."""
+        one at a time with add_subscription's (and, with `addon_id`, with that add-on version's archive). `others`
+        (each with the JSON it must still be stored as) are written with it, all or none (Conflict)."""
         ...
 
     def add_subscription(self, namespace: str, doc: dict[str, Any],
@@ -331,27 +332,39 @@ def cancel(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
 def unschedule_cancelation(namespace: str, id_: str, *, store: SubscriptionStore, meta: MetaStore,
                            ents: EntitlementStore, now: datetime) -> dict[str, Any]:
     """Continue a subscription whose cancelation is scheduled (it runs on without an end)."""
-    def unschedule(doc: dict[str, Any]) -> dict[str, Any]:
-        at = _as_of(doc, now)
-        if subs.status(doc, at) != "canceled":
-            raise Conflict(f"subscription {id_} is {subs.status(doc, at)}, not canceled")
-        no_next(store.list_subscriptions(namespace, doc["customerId"]))
-        doc["activeTo"] = None
-        doc["updatedAt"] = format_rfc3339(at)
-        return doc
+    doc = until_written(partial(_continued, namespace, id_, store, now, deleting=False))
+    return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
+
+
+def _continued(namespace: str, id_: str, store: SubscriptionStore, now: datetime, *,
+               deleting: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+    """A step of until_written: the canceled subscription continued (409 unless canceled) and its guarded write,
+    checked where the write is made, under the lock a new subscription of the customer takes (its check, no other
+    running then, would miss this one continuing): none of the customer's other subscriptions may start where this
+    one (as stored) ends. `deleting` (a restore): the customer's subscriptions scheduled to start later are deleted
+    in that write, each only as it was read, so that a refused continuation deletes none."""
+    doc = get(namespace, id_, store=store)
+    before = jsonx.dumps(doc)
+    at = _as_of(doc, now)
+    if subs.status(doc, at) != "canceled":
+        raise Conflict(f"subscription {id_} is {subs.status(doc, at)}, not canceled: only a canceled one is "
+                       "continued")
+    later = [o for o in store.list_subscriptions(namespace, doc["customerId"]) if deleting and o["id"] != id_
+             and not o.get("deletedAt") and subs.status(o, at) == "scheduled"]
+    gone = {o["id"] for o in later}
 
     def no_next(subscriptions: list[dict[str, Any]]) -> None:
-        """None of the customer's other subscriptions starts where this one (as stored) ends. Checked again where
-        the write is made, under the lock a new subscription of the customer takes (its check, no other running
-        then, would miss this one continuing): one made at once is seen, or sees this one run on."""
         me = next((d for d in subscriptions if d["id"] == id_), None)
         end = subs.t(me.get("activeTo")) if me is not None else None
-        nxt = _overlap(subscriptions, end or now, ignore=id_)
+        nxt = _overlap([d for d in subscriptions if d["id"] not in gone], end or now, ignore=id_)
         if nxt is not None:
             raise Conflict(f"subscription {nxt['id']} starts when this one ends; cancel or delete it first")
 
-    doc = _update(namespace, id_, store, unschedule, check=no_next)
-    return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
+    no_next(store.list_subscriptions(namespace, doc["customerId"]))
+    deleted = [({**o, "deletedAt": format_rfc3339(now)}, jsonx.dumps(o)) for o in later]
+    doc["activeTo"] = None
+    doc["updatedAt"] = format_rfc3339(at)
+    return doc, partial(store.put_subscription, namespace, doc, expect_doc=before, check=no_next, others=deleted)
 
 
 def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
@@ -473,16 +486,11 @@ def migrate(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, me
 def restore(namespace: str, id_: str, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
             now: datetime) -> dict[str, Any]:
     """OpenMeter's restore: a canceled subscription runs on without end; the customer's subscriptions scheduled to
-    start later (e.g. the next plan of a change at the next billing cycle) are deleted."""
-    doc = get(namespace, id_, store=store)
-    at = _as_of(doc, now)
-    if subs.status(doc, at) != "canceled":
-        raise Conflict(f"subscription {id_} is {subs.status(doc, at)}, not canceled: only a canceled one is restored")
-    later = [o for o in store.list_subscriptions(namespace, doc["customerId"])
-             if o["id"] != id_ and not o.get("deletedAt") and subs.status(o, at) == "scheduled"]
-    for other in later:
-        delete(namespace, other["id"], store=store, now=now)
-    return unschedule_cancelation(namespace, id_, store=store, meta=meta, ents=ents, now=now)
+    start later (e.g. the next plan of a change at the next billing cycle) are deleted, in one transaction with it
+    under the customer's lock: they were deleted first, on their own, and a cancel landing before the restore's
+    write made it a 409 that had deleted them all the same."""
+    doc = until_written(partial(_continued, namespace, id_, store, now, deleting=True))
+    return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
 def delete(namespace: str, id_: str, *, store: SubscriptionStore, now: datetime) -> None:
