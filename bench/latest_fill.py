@@ -1,4 +1,4 @@
-"""The LATEST fill of one meter stored before usage-store migration 4 (ClickHouseUsageStore.fill_latest, the
+"""The LATEST fill of one meter stored before usage-store migration 5 (ClickHouseUsageStore.fill_latest, the
 statements of clickhouse_schema.LATEST_BACKFILL), in the embedded engine: what a first LATEST query of an upgraded
 meter waits for.
 

@@ -11,7 +11,7 @@ other failure raises, the trigger fails the deploy and CloudFormation rolls it b
 Before the migrations, with IAM auth, it makes the application database role (logged in as the master user); after
 them, the namespace's Kafka topic with its partitions and retention.ms (billow.adapters.kafka_topics), and the first
 admin key into its Secrets Manager secret if the namespace has none (billow.services.first_admin_key).
-LATEST meters whose cells were stored before usage-store migration 4 are filled here (`migrate_all`), while more
+LATEST meters whose cells were stored before usage-store migration 5 are filled here (`migrate_all`), while more
 than FILL_MARGIN_MS of the invocation is left, not by the meter's first LATEST query behind API Gateway's 29 s."""
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ of the usage store answers (raw values, minute or hour rollups; per meter, per s
 whatever order the readings were stored in. Before migration 4 the rollups' argMax kept whichever value the engine
 met first, so two ranges over the same instant answered 10 and 2.5 (tests/e2e/test_balance_cache_outside.py found
 it). Migration 4 gives every rollup the new state and fills it for the cells stored before it, changing no other
-aggregate."""
+aggregate; migration 5 replaces that state by one Int256 key per cell (`latest_key`, cheaper for the views to write),
+filled the same way."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def _migrate_phase(data_dir: str) -> None:
         latest = {k: sorted(str(v) for v in vs) for k, vs in _latest_answers(store, "old", instants).items()}
         steps.append({"latest": latest, "others_unchanged": _other_answers(store, "old", instants) == before,
                       "filled": sorted(map(list, store._query("SELECT namespace, meter_id FROM latest_backfills FINAL", {})))})
-        store._command("DELETE FROM billow_migrations WHERE version = 4")
+        store._command("DELETE FROM billow_migrations WHERE version >= 4")
     # Usage written after the migration: the new views fill the new state.
     later = [at + 2 * TIES * HOUR for at in instants[:2]]
     for i, at in enumerate(later):
@@ -216,21 +217,36 @@ def test_writes_go_on_while_a_meters_latest_cells_are_filled(tmp_path: Any) -> N
 def _cells(store: Any) -> dict[str, list[list[str]]]:
     """Every rollup's cells as they answer (all their rows merged: sum, count, min, max, distinct values, LATEST),
     beside the same aggregates of the stored values over the same cells: table -> [rollup rows, from the values]."""
-    from billow.adapters.clickhouse_schema import LATEST_STATE, ROLLUPS
+    from billow.adapters.clickhouse_schema import LATEST_KEY, ROLLUPS, latest_value
 
     out = {}
     for table, start_of, keys in ROLLUPS:
         order = f" ORDER BY minute, {keys}"
         rolled = store._query(  # (identifiers only, from ROLLUPS)
             f"SELECT minute, {keys}, toString(sum(sum_value)), sum(cnt), toString(min(min_value)), "  # noqa: S608
-            f"toString(max(max_value)), uniqExactMerge(uniq_state), toString(argMaxMerge(latest_pair)) FROM {table} "
+            f"toString(max(max_value)), uniqExactMerge(uniq_state), {latest_value('max(latest_key)')} FROM {table} "
             f"GROUP BY minute, {keys}" + order, {})
         raw = store._query(
             f"SELECT toDateTime({start_of}(time), 'UTC') AS minute, {keys}, toString(sum(toDecimal256(value, 18))), "  # noqa: S608
             f"count(), toString(min(value)), toString(max(value)), uniqExact(value_str), "
-            f"toString(finalizeAggregation({LATEST_STATE})) FROM meter_values GROUP BY minute, {keys}" + order, {})
+            f"{latest_value(LATEST_KEY)} FROM meter_values GROUP BY minute, {keys}" + order, {})
         out[table] = [[list(map(str, r)) for r in rolled], [list(map(str, r)) for r in raw]]
     return out
+
+
+def _ties_in_groups(store: Any, namespace: str) -> list[Any]:
+    """`_ties`, and two minutes before each instant, in a group, readings of three subjects at one instant, and many
+    readings a cell (of one write: the rollups hold fewer rows than the values, so a fill reads them). Returns the
+    instants."""
+    instants = _ties(store, namespace)
+    for i, at in enumerate(instants):
+        for n, (subject, value) in enumerate([("d", "4"), ("a", "3"), ("e", "4.5")] if i % 2 else
+                                             [("e", "4.5"), ("d", "4"), ("a", "3")]):
+            store.write(namespace, [MeterValue("G", subject, at - 2 * MINUTE, Decimal(value), value, {"region": "eu"},
+                                               "s", f"g{i}-{n}")], [])
+        store.write(namespace, [MeterValue("G", "g", at - 3 * MINUTE + timedelta(milliseconds=k), Decimal(k % 5),
+                                           str(k % 5), {"region": "us"}, "s", f"m{i}-{k}") for k in range(200)], [])
+    return instants
 
 
 def _derive_phase(data_dir: str) -> None:
@@ -249,15 +265,7 @@ def _derive_phase(data_dir: str) -> None:
     dsn = f"chdb://{data_dir}"
     store = ClickHouseUsageStore(connect(dsn), reader=lambda: connect(dsn))
     store.migrate()
-    instants = _ties(store, "ns")
-    for i, at in enumerate(instants):  # two minutes before each, in a group: readings of three subjects at one instant
-        for n, (subject, value) in enumerate([("d", "4"), ("a", "3"), ("e", "4.5")] if i % 2 else
-                                             [("e", "4.5"), ("d", "4"), ("a", "3")]):
-            store.write("ns", [MeterValue("G", subject, at - 2 * MINUTE, Decimal(value), value, {"region": "eu"}, "s",
-                                          f"g{i}-{n}")], [])
-        # and many readings a cell (of one write): the rollups hold fewer rows than the values, so the fill reads them
-        store.write("ns", [MeterValue("G", "g", at - 3 * MINUTE + timedelta(milliseconds=k), Decimal(k % 5), str(k % 5),
-                                      {"region": "us"}, "s", f"m{i}-{k}") for k in range(200)], [])
+    instants = _ties_in_groups(store, "ns")
     clickhouse.MIGRATIONS[:] = everything
     store.migrate()
     clickhouse.LATEST_BACKFILL.insert(1, ("SELECT sleep(2)", None, None))
@@ -298,6 +306,60 @@ def test_the_fill_derives_every_coarser_rollup_from_the_finest_exactly(tmp_path:
     assert [out["tiers"][k] for k in sorted(out["tiers"])] == [["10"]] * 2 + [["10", "12"]] + [["10"]] * (TIES - 3)
     eu = [r for r in out["cells"]["meter_rollup_1h_all"][0] if "eu" in r[1]]
     assert len(eu) == TIES and {r[-1] for r in eu} == {"4.5"}, eu  # the group's tie: its largest reading
+
+
+def _latest_cells(store: Any, state: str) -> dict[str, list[list[str]]]:
+    """Every rollup's cells with the LATEST value its reads answer from `state`: `latest_pair` (migrations 4 to 5),
+    `latest_key` (since): table -> rows (cell, keys, value)."""
+    from billow.adapters.clickhouse_schema import ROLLUPS, latest_value
+
+    value = "toString(argMaxMerge(latest_pair))" if state == "latest_pair" else latest_value("max(latest_key)")
+    return {table: [list(map(str, r)) for r in store._query(  # (identifiers only, from ROLLUPS)
+        f"SELECT minute, {keys}, {value} FROM {table} GROUP BY minute, {keys} ORDER BY minute, {keys}", {})]  # noqa: S608
+        for table, _, keys in ROLLUPS}
+
+
+def _migrate_5_phase(data_dir: str) -> None:
+    """A store at migration 4 (its views writing `latest_pair`, whose reads answered LATEST), ties in groups stored;
+    its cells' LATEST and every other answer read; then migrated to head and read again (a LATEST read first fills
+    the meter); then the record of version 5 lost (a run cut short) and migrated again. Prints what each step read."""
+    from billow.adapters import clickhouse
+    from billow.adapters.clickhouse import ClickHouseUsageStore, connect
+
+    everything = list(clickhouse.MIGRATIONS)
+    clickhouse.MIGRATIONS[:] = [m for m in everything if m[0] < 5]
+    store = ClickHouseUsageStore(connect(f"chdb://{data_dir}"))
+    store.migrate()
+    instants = _ties_in_groups(store, "ns")
+    before = {"cells": _latest_cells(store, "latest_pair"), "others": _other_answers(store, "ns", instants)}
+    clickhouse.MIGRATIONS[:] = everything
+    steps = []
+    for _ in range(2):
+        store.migrate()
+        tiers = {k: sorted(str(v) for v in vs) for k, vs in _latest_answers(store, "ns", instants).items()}
+        rows = store.aggregate(_q("ns", "LATEST", None, None, by_subject=True))
+        steps.append({"cells": _latest_cells(store, "latest_key"), "others": _other_answers(store, "ns", instants),
+                      "tiers": tiers, "by_subject": {r.subject: str(final_value("LATEST", r)) for r in rows},
+                      "filled": sorted(map(list, store._query("SELECT namespace, meter_id FROM latest_backfills FINAL",
+                                                              {})))})
+        store._command("DELETE FROM billow_migrations WHERE version = 5")
+    print(json.dumps({"before": before, "steps": steps}))
+    store.close()
+
+
+def test_migration_5_answers_every_cell_stored_before_it_as_migration_4_did(tmp_path: Any) -> None:
+    """Migration 5 replaces the rollups' LATEST state (an argMax of (time, value), costly to compute per inserted row)
+    by one Int256 key per cell: a store written at migration 4 answers, once the meter is filled, the same LATEST in
+    every cell of every rollup as its old state did, and every other aggregate as before; re-run, the same."""
+    out = _in_a_process("_migrate_5_phase", tmp_path)
+    before = out["before"]
+    assert sum(map(len, before["cells"].values())) > 5 * TIES  # every rollup holds cells
+    for step in out["steps"]:
+        assert step["cells"] == before["cells"]
+        assert step["others"] == before["others"]
+        assert set(map(tuple, step["tiers"].values())) == {("10",)}, step["tiers"]
+        assert step["by_subject"] == {"a": "10", "b": "2.5", "c": "7", "d": "4", "e": "4.5", "g": "4"}
+        assert step["filled"] == [["ns", "G"]]  # the store held values: filled per meter
 
 
 _SEATS = {"slug": "seats", "eventType": "seats", "aggregation": "LATEST", "valueProperty": "$.n"}

@@ -28,7 +28,7 @@ from typing import Any
 import xxhash
 
 from billow import jsonx
-from billow.adapters.clickhouse_schema import LATEST_BACKFILL, LATEST_STATE, MIGRATIONS, ROLLUPS
+from billow.adapters.clickhouse_schema import LATEST_BACKFILL, LATEST_KEY, MIGRATIONS, ROLLUPS, latest_value
 from billow.domain.events import CloudEvent
 from billow.domain.lineage import LineEvent, UsageDigest
 from billow.domain.usage import (
@@ -98,14 +98,14 @@ _WINDOW_EXPR = {
 # month of 8 groups, 5,760 rows).
 _AGG_EXPR = {
     "SUM": "toString(sum(s))", "COUNT": "sum(c)", "AVG": "toString(sum(s)), sum(c)", "MIN": "toString(min(mn))",
-    "MAX": "toString(max(mx))", "UNIQUE_COUNT": "uniqExactMerge(u)", "LATEST": "toString(argMaxMerge(l))",
+    "MAX": "toString(max(mx))", "UNIQUE_COUNT": "uniqExactMerge(u)", "LATEST": latest_value("max(l)"),
 }
 _NEEDS = {"SUM": ("s",), "COUNT": ("c",), "AVG": ("s", "c"), "MIN": ("mn",), "MAX": ("mx",),
           "UNIQUE_COUNT": ("u",), "LATEST": ("l",)}
 _ROLLUP_COL = {"s": "sum_value AS s", "c": "cnt AS c", "mn": "min_value AS mn", "mx": "max_value AS mx",
-               "u": "uniq_state AS u", "l": "latest_pair AS l"}
+               "u": "uniq_state AS u", "l": "latest_key AS l"}
 _RAW_COL = {"s": "sum(toDecimal256(value, 18)) AS s", "c": "count() AS c", "mn": "min(value) AS mn",
-            "mx": "max(value) AS mx", "u": "uniqExactState(value_str) AS u", "l": LATEST_STATE + " AS l"}
+            "mx": "max(value) AS mx", "u": "uniqExactState(value_str) AS u", "l": LATEST_KEY + " AS l"}
 _FILTER_SQL = {
     "$eq": "{col} = {p:String}", "$ne": "{col} != {p:String}",
     "$in": "{col} IN {p:Array(String)}", "$nin": "{col} NOT IN {p:Array(String)}",
@@ -286,6 +286,7 @@ class ClickHouseUsageStore:
                     continue
                 for stmt in statements:
                     self._command(stmt)
+                self._latest_filled.clear()  # (a migration may empty latest_backfills: migration 5)
                 # (a statement: clickhouse-connect's insert would import pandas on every first open)
                 self._client.command("INSERT INTO billow_migrations (version, name, applied_at) VALUES "
                                      "({v:UInt32}, {n:String}, now64(3))", parameters={"v": version, "n": name})
@@ -512,13 +513,13 @@ class ClickHouseUsageStore:
                 self._command(f"DELETE FROM {table} WHERE " + _CELLS_WHERE.replace("{col}", "minute"), params)
                 self._command(
                     f"INSERT INTO {table} (namespace, meter_id, minute, {keys}, sum_value, cnt, min_value, max_value, "
-                    f"uniq_state, latest_pair) SELECT namespace, meter_id, toDateTime({start_of}(time), 'UTC') AS minute, "
+                    f"uniq_state, latest_key) SELECT namespace, meter_id, toDateTime({start_of}(time), 'UTC') AS minute, "
                     f"{keys}, sum(toDecimal256(value, 18)), count(), min(value), max(value), "
-                    f"uniqExactState(value_str), {LATEST_STATE} FROM meter_values WHERE "
+                    f"uniqExactState(value_str), {LATEST_KEY} FROM meter_values WHERE "
                     + _CELLS_WHERE.replace("{col}", "time") + f" GROUP BY namespace, meter_id, minute, {keys}", params)
 
     def fill_latest(self, namespace: str, meter_id: str) -> None:
-        """Give the meter's cells stored before migration 4 their LATEST state (clickhouse_schema.LATEST_BACKFILL),
+        """Give the meter's cells stored before migration 5 their LATEST key (clickhouse_schema.LATEST_BACKFILL),
         once per meter (recorded in `latest_backfills`; a run cut short, or two at once, only repeat what changes
         nothing), before its first LATEST read. `billow serve` runs it for its LATEST meters at start, in the
         background (billow.local.server), so that no request waits for it."""
@@ -545,7 +546,7 @@ class ClickHouseUsageStore:
         with filling:  # another LATEST read of the meter waits for its fill, then reads; other meters' do not
             if key in self._latest_filled:
                 return
-            # ('', ''): the store held no values when migration 4 changed the views, so no cell lacks the state.
+            # ('', ''): the store held no values when migration 5 changed the views, so no cell lacks the key.
             if not self._query("SELECT 1 FROM latest_backfills WHERE (namespace, meter_id) IN (('', ''), "
                                "({ns:String}, {mid:String})) LIMIT 1", params):
                 # On a pooled client, outside the store's lock: writes go on meanwhile (a meter with millions of
@@ -868,7 +869,7 @@ class ClickHouseUsageStore:
 
         branches = []
         start, end_excl = q.start, (q.end + _MS if q.end is not None else None)
-        # Only the partial aggregates this aggregation needs: the uniq and argMax states are wide.
+        # Only the partial aggregates this aggregation needs: the uniq states are wide.
         rollup = (
             "SELECT minute AS t, minute + {unit} AS te, meter_id, "
             + ("'' AS subject" if layout == "all" else "subject") + ", group_by, " + ", ".join(_ROLLUP_COL[c] for c in needs)

@@ -147,7 +147,7 @@ MIGRATIONS.append((3, "rollups flat in subject count: per meter without subject 
 # QUERY: no insert falls between two views). Cells stored before gain the new state per meter, when a LATEST query
 # first reads the meter (LATEST_BACKFILL, recorded in `latest_backfills`): only LATEST meters read the state, and
 # the store does not know which meters those are. A migration that filled every cell of every meter took 139 s and
-# 7.5 GB of memory for 10 M stored values.
+# 7.5 GB of memory for 10 M stored values. (Migration 5 replaces this state by `latest_key`, filled the same way.)
 LATEST_STATE = "argMaxState(value, (time, value))"
 _PAIR_TYPE = "AggregateFunction(argMax, Decimal128(18), Tuple(DateTime64(3, 'UTC'), Decimal128(18)))"
 # Every rollup: (table, start of its cells, key columns after the cell), in the order the views were created.
@@ -160,16 +160,23 @@ def _cell(start_of: str, keys: str) -> str:
     return f"namespace, meter_id, toDateTime({start_of}(time), 'UTC') AS minute, {keys}"
 
 
-def _v4_statements() -> list[str]:
+def _latest_column(column: str, type_: str, state: str) -> list[str]:
+    """Every rollup gains `column` and its view is changed in place to write it, as `state`, instead of the LATEST
+    state it wrote before (migrations 4 and 5)."""
     out = []
-    for table, start_of, keys in ROLLUPS:  # (identifiers only, from ROLLUPS)
+    for table, start_of, keys in ROLLUPS:  # (identifiers only, from ROLLUPS and this module)
         out += [
-            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS latest_pair {_PAIR_TYPE}",
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {type_}",
             f"ALTER TABLE {table}_mv MODIFY QUERY SELECT {_cell(start_of, keys)}, "  # noqa: S608
             "sum(toDecimal256(value, 18)) AS sum_value, count() AS cnt, min(value) AS min_value, "
-            f"max(value) AS max_value, uniqExactState(value_str) AS uniq_state, {LATEST_STATE} AS latest_pair "
+            f"max(value) AS max_value, uniqExactState(value_str) AS uniq_state, {state} AS {column} "
             f"FROM meter_values GROUP BY namespace, meter_id, minute, {keys}",
         ]
+    return out
+
+
+def _v4_statements() -> list[str]:
+    out = _latest_column("latest_pair", _PAIR_TYPE, LATEST_STATE)
     out.append("CREATE TABLE IF NOT EXISTS latest_backfills (namespace LowCardinality(String), meter_id String, "
                "done_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY (namespace, meter_id)")
     # A store holding no values once every view writes the state (one made at this version) has nothing to fill:
@@ -181,16 +188,49 @@ def _v4_statements() -> list[str]:
 MIGRATIONS.append((4, "LATEST: of values at one instant the largest, whichever tier reads it (argMax by (time, value))",
                    _v4_statements()))
 
-# One meter's cells, given the new state (params: ns, mid), in ROLLUPS' order. Each rollup from the meter's stored
+
+# Migration 5 (issue 17): LATEST as one number. argMaxState(value, (time, value)) keeps its tuple as a generic value:
+# computing it was about half of what the five views cost per inserted row (2026-12-07, 10,000-value inserts, merges
+# stopped, medians of 3: views 11.0 us a row, 6.3 without that state). LATEST is the second part of the largest
+# (time, value) pair, and that pair fits one Int256 ordered the same way: `latest_key` = (epoch ms + 10^13) * 10^39 +
+# (value's Decimal128 integer + 10^38); the value's part lies in (0, 2 * 10^38), below 10^39, so keys compare as
+# their pairs do (time first, then value), and with times from 1900 on every key is positive: the column's default
+# 0 is below every key (a row without one adds nothing to the max). max() of a fixed-size number costs the views
+# next to nothing. Each rollup gains `latest_key` (SimpleAggregateFunction(max, Int256)); its view is changed in
+# place (MODIFY QUERY) to write it instead of `latest_pair`, which stays, no longer written or read. Cells stored
+# before gain the key per meter, when a LATEST query (or `billow serve` at start, or `billow migrate`) first reads
+# the meter (LATEST_BACKFILL): `latest_backfills`, whose records said a meter's cells had the old state, is emptied
+# and records the new fills; a store holding no values now records ('', '') at once.
+_P39, _P38 = "toInt256('1" + "0" * 39 + "')", "toInt256('1" + "0" * 38 + "')"
+LATEST_KEY = (f"max(toInt256(toUnixTimestamp64Milli(time) + 10000000000000) * {_P39} + "
+              f"toInt256(reinterpretAsInt128(value)) + {_P38})")
+
+
+def latest_value(key: str) -> str:
+    """The LATEST value's exact text of a `latest_key` expression (the key's value part, as the Decimal128(18) it
+    came from)."""
+    return f"toString(reinterpret(toInt128({key} % {_P39} - {_P38}), 'Decimal128(18)'))"
+
+
+def _v5_statements() -> list[str]:
+    out = _latest_column("latest_key", "SimpleAggregateFunction(max, Int256)", LATEST_KEY)
+    out.append("TRUNCATE TABLE latest_backfills")
+    out.append("INSERT INTO latest_backfills SELECT '', '', now64(3) WHERE (SELECT count() FROM meter_values) = 0")
+    return out
+
+
+MIGRATIONS.append((5, "LATEST as one Int256 key per cell (max), not an argMax state: a fifth of the views' cost",
+                   _v5_statements()))
+
+# One meter's cells, given `latest_key` (params: ns, mid), in ROLLUPS' order. Each rollup from the meter's stored
 # values, or, but the finest, from a finer rollup (_FINER) once that one is filled: its cells all carry the state by
-# then (those stored before migration 4 from this fill, the others from the views since, as migration 4 changed every
-# view to write it). Of (time, value) pairs the largest over a union is the largest of the parts' largest, so
-# argMaxMergeState over the finer cells is the coarser cell's state, as the min and max of the finer mins and maxes
-# are its min and max. Reading a rollup's state costs about what computing it from a value does (the argMax of a tuple
-# is kept as a generic value): ClickHouseUsageStore.fill_latest reads whichever holds fewer rows of the meter (a
-# rollup holds one row per cell written and one per cell filled; with one value a cell, twice the values).
+# then (those stored before migration 5 from this fill, the others from the views since, as migration 5 changed every
+# view to write it). Of (time, value) pairs the largest over a union is the largest of the parts' largest, so the
+# max of the finer cells' keys is the coarser cell's key, as the min and max of the finer mins and maxes are its
+# min and max. ClickHouseUsageStore.fill_latest reads whichever holds fewer rows of the meter (a rollup holds one row
+# per cell written and one per cell filled; with one value a cell, twice the values).
 # Each statement writes sum 0, count 0 and empty uniq states (they add nothing), a cell's own min and max and its
-# argMax state (the same again: unchanged), so it is exact whether or not the views already wrote some of those
+# key (the same again: unchanged), so it is exact whether or not the views already wrote some of those
 # cells, beside concurrent writes (a value the views wrote to the finer rollup and not yet to the coarser one is
 # counted there by its own view), and when run twice. The GROUP BYs spill to disk past 1 GB. Their rows have
 # distinct keys: an insert does not merge them first (optimize_on_insert = 0: a third less CPU with one value a cell).
@@ -202,15 +242,15 @@ _FILL_SETTINGS = " SETTINGS max_bytes_before_external_group_by = 1000000000, opt
 
 def _fill(table: str, start_of: str, keys: str) -> tuple[str, str | None, str | None]:
     """(the statement from the stored values, the finer rollup, the statement from it)."""
-    into = f"INSERT INTO {table} (namespace, meter_id, minute, {keys}, min_value, max_value, latest_pair) "
-    from_values = (into + f"SELECT {_cell(start_of, keys)}, min(value), max(value), {LATEST_STATE} "  # noqa: S608
+    into = f"INSERT INTO {table} (namespace, meter_id, minute, {keys}, min_value, max_value, latest_key) "
+    from_values = (into + f"SELECT {_cell(start_of, keys)}, min(value), max(value), {LATEST_KEY} "  # noqa: S608
                    "FROM meter_values " + _FILL_WHERE + f"GROUP BY namespace, meter_id, minute, {keys}" + _FILL_SETTINGS)
     finer = _FINER.get(table)
     if finer is None:
         return from_values, None, None
     return from_values, finer, (
         into + f"SELECT namespace, meter_id, toDateTime({start_of}(minute), 'UTC') AS cell, {keys}, "  # noqa: S608
-        f"min(min_value), max(max_value), argMaxMergeState(latest_pair) FROM {finer} " + _FILL_WHERE
+        f"min(min_value), max(max_value), max(latest_key) FROM {finer} " + _FILL_WHERE
         + f"GROUP BY namespace, meter_id, cell, {keys}" + _FILL_SETTINGS)
 
 

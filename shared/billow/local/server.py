@@ -200,7 +200,7 @@ class BillowServer:
         from billow.local.scheduler import LocalBillingScheduler
 
         self.billing = LocalBillingScheduler(self.container, settings.billing_every_s).start()
-        # LATEST meters whose values were stored before the usage store's migration 4: each one's fill (once; minutes
+        # LATEST meters whose values were stored before the usage store's migration 5: each one's fill (once; minutes
         # for millions of values) runs now, in the background, rather than in its first LATEST request.
         self._closing = threading.Event()
         self.latest_fill = threading.Thread(target=self._fill_latest, args=(settings.namespace,),

@@ -206,7 +206,7 @@ def meta_engine_options(settings: Settings, user: str | None = None) -> dict[str
 def migrate_all(settings: Settings, *, fill_until: Callable[[], bool] | None = None) -> dict[str, str]:
     """`billow migrate` and the AWS migrate function: the meta database to HEAD, then the usage store's own
     migrations (ClickHouse or embedded chdb), then the LATEST fill of every live LATEST meter whose cells were
-    stored before usage-store migration 4 (`ClickHouseUsageStore.fill_latest`, once per meter), while `fill_until()`
+    stored before usage-store migration 5 (`ClickHouseUsageStore.fill_latest`, once per meter), while `fill_until()`
     is true (None: all of them). Returns what each store is at now."""
     from billow.adapters.sql import SqlMetaStore
 
