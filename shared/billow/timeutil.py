@@ -61,7 +61,6 @@ def format_rfc3339(dt: datetime) -> str:
     return dt.isoformat(timespec="milliseconds" if dt.microsecond >= 1000 else "seconds")[:-6] + "Z"
 
 
-@functools.cache
 def as_of(now: datetime, *stamps: str | None) -> datetime:
     """The instant a request judges what it read at: its own `now`, or the latest of the stored `stamps` (RFC 3339,
     e.g. an `updatedAt`) when that is later. A request takes its `now` when it begins; another that began after it
@@ -72,6 +71,7 @@ def as_of(now: datetime, *stamps: str | None) -> datetime:
     return max([now, *later])
 
 
+@functools.cache
 def zone_names() -> frozenset[str]:
     """The IANA zones a window may use: those of the tz database (the `tzdata` package, as ClickHouse's own list),
     not every file zoneinfo would open. The system zoneinfo tree also holds `right/*` (leap-second clocks),

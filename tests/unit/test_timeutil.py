@@ -29,3 +29,20 @@ def test_windows_follow_the_zone_calendar(instant: str, size: str, tz: str, star
 def test_unknown_zone_is_a_400(name: str) -> None:
     with pytest.raises(ValidationFailed):
         zone(name)
+
+
+def test_the_zone_list_is_read_once_not_per_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every windowed query and history in a time zone checks its name against the tz database's list, which is a
+    walk of the tzdata files (tens of ms). The list is read once per process: a change that moved the cache off it
+    (onto the function above it) made every lookup walk the files again."""
+    from billow import timeutil
+
+    walks = []
+    monkeypatch.setattr(timeutil, "available_timezones", lambda: walks.append(1) or {"Europe/Berlin"})
+    timeutil.zone_names.cache_clear()
+    try:
+        for _ in range(3):
+            zone("Europe/Berlin")
+        assert len(walks) == 1
+    finally:
+        timeutil.zone_names.cache_clear()
