@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from functools import partial
 from typing import Any, Protocol
 
 from billow import jsonx
@@ -481,10 +480,18 @@ def write_reset(namespace: str, ent: dict[str, Any], body: Any, *, store: Entitl
         raise bad("effectiveAt", "a reset cannot be in the future")
 
     def after_start() -> None:
-        start = current_period(ent, store=store, namespace=namespace, at=now)[0]
+        """After the current usage period's start, and after every stored reset: the period is judged as of this
+        request's `now`, and a reset another request (begun after it, or on a clock ahead) wrote meanwhile at a later
+        instant is not in it; one before it would split the period that reset closed, after it answered (409: reload
+        the entitlement and reset again). One read of the resets for both."""
+        resets = store.list_resets(namespace, ent["id"])
+        start = period_at(ent, resets, now)[0]
         if at <= start:
             raise bad("effectiveAt", f"must be after the start of the current usage period ({format_rfc3339(start)}); "
                                      "resets may not overlap")
+        if later := [r["at"] for r in resets if r["at"] >= at]:
+            raise Conflict(f"entitlement {ent['id']} was reset meanwhile at {format_rfc3339(max(later))}; a reset "
+                           "never comes before the last one")
 
     after_start()
     preserve = body.get("preserveOverage")
@@ -492,19 +499,7 @@ def write_reset(namespace: str, ent: dict[str, Any], body: Any, *, store: Entitl
         raise bad("preserveOverage", "must be true or false")
     store.add_reset(namespace, ent["id"], at, retain_anchor=fields.flag(body, "retainAnchor"), preserve_overage=preserve,
                     now=now, customer_id=via.customer_id, subject=via.subject,
-                    check=both(entitlement_still_live(namespace, ent["id"], store), via.check, after_start,
-                               partial(last_reset_before, namespace, ent["id"], at, store)))
-
-
-def last_reset_before(namespace: str, entitlement_id: str, at: datetime, store: EntitlementStore) -> None:
-    """Where a reset is written (under its entitlement's lock): no reset at or after `at` is stored. The usage period
-    above is judged as of this request's `now`; a reset another request (begun after it, or on a clock ahead) wrote
-    meanwhile at a later instant is not in it, and one before it would split the period that reset closed, after it
-    answered (409: reload the entitlement and reset again)."""
-    later = [r["at"] for r in store.list_resets(namespace, entitlement_id) if r["at"] >= at]
-    if later:
-        raise Conflict(f"entitlement {entitlement_id} was reset meanwhile at {format_rfc3339(max(later))}; a reset "
-                       "never comes before the last one")
+                    check=both(entitlement_still_live(namespace, ent["id"], store), via.check, after_start))
 
 
 def current_period(ent: dict[str, Any], *, store: EntitlementStore, namespace: str, at: datetime) -> tuple[datetime, datetime]:
