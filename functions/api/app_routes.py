@@ -5,6 +5,7 @@ calls one use-case of billow.services.apps, maps the result. The Stripe app's we
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
@@ -12,7 +13,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import Container, container
 from billow.services import apps as svc
-from billow.services import pages, params
+from billow.services import entitlements, pages, params
 from billow.web.http import json_body, optional_json_body, path_param, query_multi
 from functions.api.responses import no_content, ok, origin
 
@@ -164,4 +165,5 @@ def customer_portal_session(customer: str) -> Response:
 def checkout_session() -> Response:
     c = _c()
     return ok(svc.checkout_session(c.namespace, _body(), apps=c.app_store(), meta=c.meta, stripe=c.stripe_account,
-                                   now=c.clock.now()), 201)
+                                   now=c.clock.now(), taking=partial(entitlements.customer_takes, c.namespace,
+                                                                     store=c.entitlements, meta=c.meta)), 201)

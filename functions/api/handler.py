@@ -12,9 +12,19 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billow import jsonx
-from billow.bootstrap import container
+from billow.bootstrap import Container, container
 from billow.errors import BillowError, ValidationFailed, problem
-from billow.services import directory, events_v2, health, meters, pages, params, query, subscriptions
+from billow.services import (
+    directory,
+    entitlements,
+    events_v2,
+    health,
+    meters,
+    pages,
+    params,
+    query,
+    subscriptions,
+)
 from billow.timeutil import parse_rfc3339
 from billow.web import present, query_contract
 from billow.web.http import (
@@ -250,7 +260,8 @@ def list_customers() -> Response:
 @app.post("/api/v1/customers")
 def create_customer() -> Response:
     c = container()
-    return ok(directory.create_customer(c.namespace, json_body(_event()), meta=c.meta, now=c.clock.now()), 201)
+    return ok(directory.create_customer(c.namespace, json_body(_event()), meta=c.meta, now=c.clock.now(),
+                                        taking=_taking(c)), 201)
 
 
 @app.get("/api/v1/customers/<customer>")
@@ -262,7 +273,13 @@ def get_customer(customer: str) -> Response:
 @app.put("/api/v1/customers/<customer>")
 def update_customer(customer: str) -> Response:
     c = container()
-    return ok(directory.update_customer(c.namespace, path_param(customer), json_body(_event()), meta=c.meta, now=c.clock.now()))
+    return ok(directory.update_customer(c.namespace, path_param(customer), json_body(_event()), meta=c.meta,
+                                        now=c.clock.now(), taking=_taking(c)))
+
+
+def _taking(c: Container) -> directory.Taking:
+    """A customer's create or update taking subjects: one entitlement per feature among its subjects."""
+    return partial(entitlements.customer_takes, c.namespace, store=c.entitlements, meta=c.meta)
 
 
 @app.delete("/api/v1/customers/<customer>")

@@ -172,9 +172,12 @@ class MetaStore(Protocol):
     def delete_subject(self, namespace: str, subject_id: str, at: datetime) -> None: ...
 
     def put_customer(self, namespace: str, customer: dict[str, Any], *, live: bool = False,
-                     check: Callable[[], None] | None = None) -> None:
+                     check: Callable[[], None] | None = None,
+                     taking: Callable[[list[str]], None] | None = None) -> None:
         """Insert or replace a customer; with `live`, only replace one still live (else NotFound). `check`: run
-        under the lock of the customer's subscriptions, before the write (it raises to refuse)."""
+        under the lock of the customer's subscriptions, before the write (it raises to refuse). `taking`: run
+        with the subject keys the write gives the customer that it did not have (when there are any), under that
+        lock and those subjects' (which writes through them take), before the write (it raises to refuse)."""
 
     def get_customer(self, namespace: str, id_or_key: str, include_deleted: bool = False) -> dict[str, Any] | None: ...
 

@@ -133,3 +133,48 @@ def test_a_customer_with_more_subjects_than_a_statement_takes_parameters(meta_st
     got = meta_store.customers_for_subjects(ns, [*subjects, "nobody"])
     assert len(got) == 70_000 and set(got.values()) == {customer} and "nobody" not in got
     assert meta_store.subjects_of_customers(ns, [customer, new_id()]) == dict.fromkeys(subjects, customer)
+
+
+def test_a_customer_write_taking_subjects_runs_its_check_with_the_new_keys_under_their_locks(
+        meta_store, namespace: str) -> None:
+    """put_customer(taking=): called with the keys the customer did not have (none: not called), while the write
+    holds those subjects' locks (adapters/sql.subject_lock, one statement for several on PostgreSQL); a refusal
+    writes nothing."""
+    import sqlalchemy as sa
+
+    from billow.adapters.sql import _lock_key, subject_lock
+
+    def held(key: str) -> bool:  # PostgreSQL: whether another connection finds the subject's lock taken
+        with meta_store.engine.connect() as other:
+            got = other.execute(sa.text("SELECT pg_try_advisory_lock(:k)"),
+                                {"k": _lock_key(subject_lock(namespace, key))}).scalar()
+            if got:
+                other.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(subject_lock(namespace, key))})
+            return not got
+
+    calls: list[tuple[list[str], list[bool]]] = []
+
+    def taking(taken: list[str]) -> None:
+        pg = meta_store.engine.dialect.name == "postgresql"
+        calls.append((taken, [held(k) for k in ("s1", "s2", "s3")] if pg else []))
+
+    doc = {"id": new_id(), "name": "c", "createdAt": "2026-01-01T00:00:00Z",
+           "usageAttribution": {"subjectKeys": ["s1"]}}
+    meta_store.put_customer(namespace, doc, taking=taking)
+    meta_store.put_customer(namespace, {**doc, "name": "renamed"}, live=True, taking=taking)  # takes none
+    meta_store.put_customer(namespace, {**doc, "usageAttribution": {"subjectKeys": ["s1", "s2", "s3"]}}, live=True,
+                            taking=taking)
+    pg = meta_store.engine.dialect.name == "postgresql"
+    assert calls == [(["s1"], [True, False, False] if pg else []),
+                     (["s2", "s3"], [False, True, True] if pg else [])]
+    assert not pg or not any(held(k) for k in ("s1", "s2", "s3"))  # released with the transaction
+
+    def refuse(taken: list[str]) -> None:
+        raise Conflict("no")
+
+    with pytest.raises(Conflict):
+        meta_store.put_customer(namespace, {**doc, "usageAttribution": {"subjectKeys": ["s4"]}}, live=True,
+                                taking=refuse)
+    assert meta_store.get_customer(namespace, doc["id"])["usageAttribution"]["subjectKeys"] == ["s1", "s2", "s3"]
+    assert meta_store.customers_for_subjects(namespace, ["s1", "s2", "s3", "s4"]) == dict.fromkeys(
+        ["s1", "s2", "s3"], doc["id"])

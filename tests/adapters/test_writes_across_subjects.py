@@ -332,3 +332,46 @@ def test_a_subject_deleted_while_a_write_goes_through_it_never_gets_the_write_af
         threads[0].join()
         late.append(made and bool(seen) and children() != seen[0])
     assert not any(late), f"(create, grant, override, reset) landed after the subject's deletion answered: {late}"
+
+
+# -- 5. a customer's update taking a subject ---------------------------------------------------------------------
+def test_a_customer_taking_a_subject_while_an_entitlement_is_made_never_has_two_of_one_feature(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """PUT /api/v1/customers/{c} giving the customer a subject that has an entitlement of a feature the customer has
+    one of too is refused (409, entitlements.customer_takes): one entitlement per feature per customer. The update
+    checks that under the customer's lock and the taken subject's: an entitlement of the feature made at once (v1
+    through the taken subject, which takes the subject's lock; v2 through the customer, which takes the customer's)
+    is seen by the update, or sees the subject taken. Here the update runs right after the create's check (or
+    between its look and its write), on the other container; it must never leave two live entitlements of the
+    feature among the customer's subjects."""
+    from billow.services import directory, entitlements_v2
+    from billow.services import entitlements as ents_service
+
+    ents = _stores(metas)
+    _feature(metas[0], ents[0], "tk_feat", metered=False)
+    _feature(metas[0], ents[0], "tk_other", metered=False)
+    body = {"type": "boolean", "featureKey": "tk_feat"}
+    two = []
+    for kind in range(3):
+        key, free = f"tk{kind}", f"tk{kind}_free"
+        customer = _customer(metas[0], key, [key])
+        metas[0].upsert_subject("ns", {"key": free}, NOW)
+        if kind == 1:  # the free subject's first, the customer's made at once through the customer
+            ents_service.create_entitlement("ns", free, body, store=ents[0], meta=metas[0], now=NOW)
+            ents_service.create_entitlement("ns", key, {**body, "featureKey": "tk_other"}, store=ents[0],
+                                            meta=metas[0], now=NOW)
+        else:  # the customer's first, the free subject's made at once through it
+            ents_service.create_entitlement("ns", key, body, store=ents[0], meta=metas[0], now=NOW)
+        store = _stores(metas)[0]
+        make = (partial(entitlements_v2.create, "ns", key, body) if kind == 1 else
+                partial(ents_service.create_entitlement, "ns", free, body))
+        taking = partial(ents_service.customer_takes, "ns", store=ents[1], meta=metas[1])
+        take = partial(directory.update_customer, "ns", customer["id"],
+                       {"key": key, "name": key, "usageAttribution": {"subjectKeys": [key, free]}}, meta=metas[1],
+                       now=NOW, taking=taking)
+        threads = _between_check_and_write(store, partial(_call, take), after_check=kind < 2)
+        _call(partial(make, store=store, meta=metas[0], now=NOW))
+        threads[0].join()
+        keys = metas[1].get_customer("ns", customer["id"])["usageAttribution"]["subjectKeys"]
+        two.append(len(ents[1].list_entitlements("ns", keys, feature_keys=["tk_feat"])) > 1)
+    assert not any(two), f"(v1 through the subject, v2 through the customer, v1 before its check) left two: {two}"

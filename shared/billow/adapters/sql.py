@@ -206,9 +206,28 @@ def serialise(c: Any, name: str) -> None:
     before that ran unlocked beside the other threads of `billow serve` (two subscriptions for one customer), and
     a read whose snapshot another thread's commit made stale could not become a write (`database is locked` at
     once). Called first in its transaction; one that already wrote holds the write lock already."""
+    serialise_all(c, [name])
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+_LOCK_ALL = sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(:keys) WITH ORDINALITY AS t(k, i) ORDER BY i"
+                    ).bindparams(sa.bindparam("keys", type_=postgresql.ARRAY(sa.BigInteger)))
+
+
+def serialise_all(c: Any, names: Iterable[str]) -> None:
+    """serialise() each of `names`, in one statement and in one order (of their PostgreSQL keys) whoever takes
+    them: two writers taking overlapping sets never wait on each other in a circle. Taking none is a no-op."""
+    keys = sorted({_lock_key(name) for name in names})
+    if not keys:
+        return
     if c.dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-        c.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        if len(keys) == 1:
+            c.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": keys[0]})
+        else:
+            c.execute(_LOCK_ALL, {"keys": keys})
     elif c.dialect.name == "sqlite" and not c.connection.driver_connection.in_transaction:
         c.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -500,7 +519,8 @@ class SqlMetaStore:
 
     # -- customers --------------------------------------------------------------------------------
     def put_customer(self, namespace: str, customer: dict[str, Any], *, live: bool = False,
-                     check: Callable[[], None] | None = None) -> None:
+                     check: Callable[[], None] | None = None,
+                     taking: Callable[[list[str]], None] | None = None) -> None:
         """Insert or replace a customer; its usage-attribution subjects must not belong to another customer. With
         `live`, only replace a customer still live (else NotFound: deleted since it was read, as by another
         container's DELETE, which an update must not undo). With `check` (deleting it: no running subscription), the
@@ -508,17 +528,29 @@ class SqlMetaStore:
         follows in that transaction, so a subscription added at once is either seen by the check or sees the
         customer deleted. Replacing a live customer (`live`: an update, which may give up or take subject keys) takes
         that lock too: an entitlement, grant or reset written at once through the customer or one of its subjects,
-        which takes it and checks the customer's subjects under it, is there when the update answers, or sees it."""
+        which takes it and checks the customer's subjects under it, is there when the update answers, or sees it.
+        With `taking` (a create or an update, not a deletion), the subject keys the write gives the customer that
+        it did not have are read under that lock, their subjects' locks taken (subject_lock, which a write through a
+        subject no customer owns takes) and `taking(those keys)` run (it raises to refuse) before the write, when
+        there are any: an entitlement made at once through such a subject is seen by it, or sees the subject
+        taken."""
         keys = list(customer.get("usageAttribution", {}).get("subjectKeys", []))
         deleted = to_datetime(customer.get("deletedAt"))
         row = dict(namespace=namespace, id=customer["id"], key=customer.get("key"), doc=jsonx.dumps(customer),
                    created_at=to_datetime(customer["createdAt"]), deleted_at=deleted)
         try:
             with self._tx() as c:
-                if check is not None or live:
+                if check is not None or live or taking is not None:
                     serialise(c, customer_lock(namespace, customer["id"]))
                 if check is not None:
                     check()
+                if taking is not None and deleted is None and keys:
+                    had = set(c.execute(sa.select(customer_subjects.c.subject_key).where(
+                        customer_subjects.c.namespace == namespace,
+                        customer_subjects.c.customer_id == customer["id"])).scalars())
+                    if taken := [k for k in keys if k not in had]:
+                        serialise_all(c, (subject_lock(namespace, k) for k in taken))
+                        taking(taken)
                 if deleted is not None and c.execute(customers.update().where(
                         customers.c.namespace == namespace, customers.c.id == customer["id"],
                         customers.c.deleted_at.is_(None)).values(deleted_at=deleted)).rowcount != 1:

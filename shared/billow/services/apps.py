@@ -12,7 +12,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billow.domain import apps as rules
 from billow.domain.billing_profiles import WORKFLOW_DEFAULTS
@@ -20,6 +20,9 @@ from billow.errors import BillowError, Conflict, NotFound, ValidationFailed
 from billow.ids import is_ulid, new_id
 from billow.ports import AppStore, BillingStore, MetaStore, StripeAccount
 from billow.timeutil import format_rfc3339
+
+if TYPE_CHECKING:
+    from billow.services.directory import Taking
 
 _log = logging.getLogger("billow.apps")
 
@@ -500,10 +503,10 @@ def _checkout_options(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def checkout_session(namespace: str, body: object, *, apps: AppStore, meta: MetaStore, stripe: StripeFor,
-                     now: datetime) -> dict[str, Any]:
+                     now: datetime, taking: Taking | None = None) -> dict[str, Any]:
     """POST /stripe/checkout/sessions: a Stripe Checkout session in setup mode (the customer saves a payment
-    method) for a Billow customer (by id or key, or created from `customer`), its Stripe customer made when it
-    has none and remembered as its Stripe app data."""
+    method) for a Billow customer (by id or key, or created from `customer`, as POST /customers: `taking`), its
+    Stripe customer made when it has none and remembered as its Stripe app data."""
     from billow.services import directory
 
     if not isinstance(body, dict):
@@ -523,7 +526,7 @@ def checkout_session(namespace: str, body: object, *, apps: AppStore, meta: Meta
             raise bad(f"customer.{next(iter(ref))}", f"customer {value[:64]!r} not found")
         customer = found
     else:
-        customer = directory.create_customer(namespace, ref, meta=meta, now=now)
+        customer = directory.create_customer(namespace, ref, meta=meta, now=now, taking=taking)
     given = body.get("stripeCustomerId")
     if given is not None and (not isinstance(given, str) or not given.startswith("cus_")):
         raise bad("stripeCustomerId", "must be a Stripe customer id (cus_...)")

@@ -99,11 +99,25 @@ def _subject_keys(body: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(ua["subjectKeys"]))
 
 
-def create_customer(namespace: str, body: Any, *, meta: MetaStore, now: datetime) -> dict[str, Any]:
+# A create's or update's check of the subject keys it gives the customer: (its keys after the write, the keys among
+# them it did not have), run where the write is made, under the locks writes through those subjects take; it raises
+# to refuse (entitlements.customer_takes: one entitlement per feature per customer).
+Taking = Callable[[list[str], list[str]], None]
+
+
+def _taking(doc: dict[str, Any], taking: Taking | None) -> Callable[[list[str]], None] | None:
+    if taking is None:
+        return None
+    keys = doc["usageAttribution"]["subjectKeys"]
+    return lambda taken: taking(keys, taken)
+
+
+def create_customer(namespace: str, body: Any, *, meta: MetaStore, now: datetime,
+                    taking: Taking | None = None) -> dict[str, Any]:
     doc = _validate_customer(body)
     stamp = format_rfc3339(now)
     doc.update(id=new_id(), createdAt=stamp, updatedAt=stamp)
-    meta.put_customer(namespace, doc)
+    meta.put_customer(namespace, doc, taking=_taking(doc, taking))
     return doc
 
 
@@ -114,11 +128,13 @@ def get_customer(namespace: str, id_or_key: str, *, meta: MetaStore) -> dict[str
     return c
 
 
-def update_customer(namespace: str, id_or_key: str, body: Any, *, meta: MetaStore, now: datetime) -> dict[str, Any]:
+def update_customer(namespace: str, id_or_key: str, body: Any, *, meta: MetaStore, now: datetime,
+                    taking: Taking | None = None) -> dict[str, Any]:
     current = get_customer(namespace, id_or_key, meta=meta)
     doc = _validate_customer(body)
     doc.update(id=current["id"], createdAt=current["createdAt"], updatedAt=format_rfc3339(now))
-    meta.put_customer(namespace, doc, live=True)  # a DELETE landing since the read stays: 404, never undone
+    # a DELETE landing since the read stays: 404, never undone
+    meta.put_customer(namespace, doc, live=True, taking=_taking(doc, taking))
     return doc
 
 

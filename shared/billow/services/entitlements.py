@@ -142,6 +142,34 @@ def through_subject(namespace: str, subject: str, owned: str, meta: MetaStore,
     return Through(owner, None if owner else owned, check)
 
 
+def customer_takes(namespace: str, keys: Sequence[str], taken: Sequence[str], *, store: EntitlementStore,
+                   meta: MetaStore) -> None:
+    """A customer's create or update giving it the subject keys `taken` (its keys after the write: `keys`), checked
+    where it is written (directory.Taking). Refused (409, nothing written) where a taken subject is another
+    customer's, or has a live entitlement of a feature that another of `keys` has one of too: a customer is one
+    billable party, with one entitlement per feature (OpenMeter keeps entitlements on the customer, one per
+    feature), reached and checked through each of its subjects. Delete one of the two first."""
+    owners = meta.customers_for_subjects(namespace, taken)
+    if owned := [k for k in taken if k in owners]:
+        raise Conflict(f"usageAttribution.subjectKeys: subject {owned[0]!r} is already customer "
+                       f"{owners[owned[0]]!r}'s", extensions={"conflictingEntityId": owners[owned[0]]})
+    theirs = store.list_entitlements(namespace, list(taken))
+    if not theirs:
+        return
+    by_feature: dict[str, list[dict[str, Any]]] = {}
+    for e in store.list_entitlements(namespace, list(keys), feature_keys=sorted({e["featureKey"] for e in theirs})):
+        by_feature.setdefault(e["featureKey"], []).append(e)
+    mine = set(taken)
+    for feature, found in sorted(by_feature.items()):
+        if len(found) > 1:
+            one = next(e for e in found if e["subjectKey"] in mine)
+            other = next(e for e in found if e is not one)
+            raise Conflict(f"usageAttribution.subjectKeys: subject {one['subjectKey']!r} has an entitlement of "
+                           f"feature {feature!r} ({one['id']}), and so has subject {other['subjectKey']!r} "
+                           f"({other['id']}); a customer has one entitlement per feature: delete one of them first",
+                           extensions={"conflictingEntityId": one["id"]})
+
+
 def both(*checks: Callable[[], None]) -> Callable[[], None]:
     def check() -> None:
         for one in checks:
