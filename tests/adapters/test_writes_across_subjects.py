@@ -375,3 +375,55 @@ def test_a_customer_taking_a_subject_while_an_entitlement_is_made_never_has_two_
         keys = metas[1].get_customer("ns", customer["id"])["usageAttribution"]["subjectKeys"]
         two.append(len(ents[1].list_entitlements("ns", keys, feature_keys=["tk_feat"])) > 1)
     assert not any(two), f"(v1 through the subject, v2 through the customer, v1 before its check) left two: {two}"
+
+
+# -- 6. a customer's deletion, its subject known through /subjects too ---------------------------------------------
+def test_a_write_through_a_customer_deleted_at_once_never_lands_though_its_subject_stays_known(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """A v2 reset or grant through a customer (POST /api/v2/customers/{c}/entitlements/{e}/reset, .../grants) is a
+    404 once the customer is deleted. Where the customer's subject is also upserted through /api/v1/subjects it
+    stays known after the deletion, so a recheck of the subject under the lock passes: the write must recheck the
+    customer. Here the deletion runs on the other container between the write's look and its write, or right after
+    its check (`_between_check_and_write`); the write must then be refused, or be there when the deletion answers.
+    The deletion as DELETE /api/v1/customers/{c} makes it (its check: no running subscription), and without a check:
+    the store took the customer's lock only with a check (or for an update), so that one did not wait for a write
+    holding it (the reset or grant landed after it answered: [False, True, False, True])."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.services import directory, entitlements_v2, subscriptions
+    from billow.services import entitlements as ents_service
+
+    ents = _stores(metas)
+    catalog = SqlCatalogStore(metas[1].engine)
+    _feature(metas[0], ents[0], "dk_feat")
+    grant = {"amount": 10, "effectiveAt": NOW.isoformat(), "expiration": {"duration": "MONTH", "count": 1}}
+    late = []
+    for kind in range(8):
+        key = f"dk{kind}"
+        metas[0].upsert_subject("ns", {"key": key}, NOW)
+        customer = _customer(metas[0], key, [key])
+        ent = ents_service.create_entitlement("ns", key, {**METERED, "featureKey": "dk_feat"}, store=ents[0],
+                                              meta=metas[0], now=NOW)
+        write = (partial(entitlements_v2.reset, "ns", key, ent["id"], {}) if kind % 4 < 2 else
+                 partial(entitlements_v2.create_grant, "ns", key, ent["id"], grant))
+        checked = kind < 4
+
+        def children(ent_id: str = ent["id"]) -> tuple[Any, ...]:
+            return tuple(_resets(ents[1], ent_id)), tuple(_grants(ents[1], ent_id))
+
+        seen: list[Any] = []
+
+        def delete(customer: dict[str, Any] = customer, seen: list[Any] = seen, children: Callable[[], Any] = children,
+                   checked: bool = checked) -> None:
+            deletable = partial(subscriptions.check_customer_deletable, "ns", customer["id"], store=catalog, now=LATER)
+            directory.delete_customer("ns", customer["id"], meta=metas[1], now=LATER,
+                                      check=deletable if checked else None)
+            seen.append(children())
+
+        store = _stores(metas)[0]
+        threads = _between_check_and_write(store, delete, after_check=kind % 2 == 1)
+        made = _call(partial(write, store=store, meta=metas[0], now=LATER))
+        threads[0].join()
+        assert metas[1].get_customer("ns", customer["id"]) is None and metas[1].get_subject("ns", key) is not None
+        late.append(made and bool(seen) and children() != seen[0])
+    assert not any(late), ("(reset, reset after its check, grant, grant after its check; then the same, the deletion "
+                           f"without a check) landed after the deletion answered: {late}")

@@ -526,9 +526,10 @@ class SqlMetaStore:
         container's DELETE, which an update must not undo). With `check` (deleting it: no running subscription), the
         customer's subscriptions are locked (customer_lock), the check runs (it raises to refuse) and the write
         follows in that transaction, so a subscription added at once is either seen by the check or sees the
-        customer deleted. Replacing a live customer (`live`: an update, which may give up or take subject keys) takes
-        that lock too: an entitlement, grant or reset written at once through the customer or one of its subjects,
-        which takes it and checks the customer's subjects under it, is there when the update answers, or sees it.
+        customer deleted. Every write of the customer takes that lock, a deletion without a check and an update
+        (`live`: which may give up or take subject keys) among them: an entitlement, grant or reset written at once
+        through the customer or one of its subjects, which takes it and checks the customer (its subjects) under it,
+        is there when the deletion or update answers, or sees it.
         With `taking` (a create or an update, not a deletion), the subject keys the write gives the customer that
         it did not have are read under that lock, their subjects' locks taken (subject_lock, which a write through a
         subject no customer owns takes) and `taking(those keys)` run (it raises to refuse) before the write, when
@@ -540,8 +541,7 @@ class SqlMetaStore:
                    created_at=to_datetime(customer["createdAt"]), deleted_at=deleted)
         try:
             with self._tx() as c:
-                if check is not None or live or taking is not None:
-                    serialise(c, customer_lock(namespace, customer["id"]))
+                serialise(c, customer_lock(namespace, customer["id"]))  # every write: a deletion without a check too
                 if check is not None:
                     check()
                 if taking is not None and deleted is None and keys:
