@@ -61,13 +61,14 @@ def format_rfc3339(dt: datetime) -> str:
     return dt.isoformat(timespec="milliseconds" if dt.microsecond >= 1000 else "seconds")[:-6] + "Z"
 
 
-def as_of(now: datetime, *stamps: str | None) -> datetime:
+def as_of(now: datetime, *stamps: str | datetime | None) -> datetime:
     """The instant a request judges what it read at: its own `now`, or the latest of the stored `stamps` (RFC 3339,
-    e.g. an `updatedAt`) when that is later. A request takes its `now` when it begins; another that began after it
+    e.g. an `updatedAt`, or a stored datetime) when that is later; an edit stamps its `updatedAt` so too, never
+    before the one it replaces. A request takes its `now` when it begins; another that began after it
     (or runs on a clock ahead) may write first, and judged as of the earlier `now` that write would not have happened
     yet (a version still active, a subscription still running): the request would write again over it, or stamp its
     own change before it."""
-    later = [parse_rfc3339(s, "updatedAt") for s in stamps if s]
+    later = [s if isinstance(s, datetime) else parse_rfc3339(s, "updatedAt") for s in stamps if s]
     return max([now, *later])
 
 

@@ -33,7 +33,7 @@ from billow.domain.periods import RecurringPeriod
 from billow.errors import Conflict
 from billow.exact import EXACT
 from billow.ids import derived_id
-from billow.timeutil import format_rfc3339, parse_rfc3339
+from billow.timeutil import as_of, format_rfc3339, parse_rfc3339
 
 STATUSES: Final = ("gathering", "draft", "issuing", "issued", "payment_processing", "overdue", "paid",
                    "uncollectible", "voided")
@@ -252,7 +252,8 @@ class Invoice:
         self.extended_status, self.failed = extended, failed
 
     def touch(self, now: datetime) -> None:
-        self.updated_at = format_rfc3339(now)
+        """Stamp a change: never before the last one (one by a container whose clock is ahead)."""
+        self.updated_at = format_rfc3339(as_of(now, self.updated_at))
 
     def edit(self, key: str, value: Any) -> None:
         """`description` or `metadata` (the fields a mutable invoice takes from PUT)."""
@@ -284,7 +285,8 @@ class Invoice:
 
     def void(self, now: datetime) -> None:
         self.set_status("voided")
-        self.voided_at = self.updated_at = format_rfc3339(now)
+        self.touch(now)
+        self.voided_at = self.updated_at
 
     def auto_approval_due(self, now: datetime) -> bool:
         """A draft waiting for auto-approval whose draft period ended."""

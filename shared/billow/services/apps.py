@@ -19,7 +19,7 @@ from billow.domain.billing_profiles import WORKFLOW_DEFAULTS
 from billow.errors import BillowError, Conflict, NotFound, ValidationFailed
 from billow.ids import is_ulid, new_id
 from billow.ports import AppStore, BillingStore, MetaStore, StripeAccount
-from billow.timeutil import format_rfc3339
+from billow.timeutil import as_of, format_rfc3339
 
 if TYPE_CHECKING:
     from billow.services.directory import Taking
@@ -98,7 +98,7 @@ def update_app(namespace: str, id_: str, body: object, *, apps: AppStore, stripe
     secrets = None
     if key is not None:
         new, secrets = _with_key(namespace, new, key, "secretAPIKey", apps=apps, stripe=stripe)
-    new["updatedAt"] = format_rfc3339(now)
+    new["updatedAt"] = format_rfc3339(as_of(now, doc.get("updatedAt")))  # never before the edit it follows
     apps.put_app(namespace, new, secrets, live=True)  # an uninstall landing since the read stays: 404, never undone
     return new
 
@@ -112,7 +112,7 @@ def update_stripe_api_key(namespace: str, id_: str, body: object, *, apps: AppSt
         raise bad("body", "must be {secretAPIKey}")
     key = rules.stripe_key(body.get("secretAPIKey"), "secretAPIKey")
     new, secrets = _with_key(namespace, doc, key, "secretAPIKey", apps=apps, stripe=stripe)
-    new["updatedAt"] = format_rfc3339(now)
+    new["updatedAt"] = format_rfc3339(as_of(now, doc.get("updatedAt")))  # never before the edit it follows
     apps.put_app(namespace, new, secrets, live=True)  # an uninstall landing since the read stays: 404, never undone
 
 
@@ -147,7 +147,7 @@ def uninstall_app(namespace: str, id_: str, *, apps: AppStore, billing: BillingS
     if doc["type"] == "stripe":
         key, webhook = apps.app_secrets(namespace, id_).get("apiKey"), doc.get("stripeWebhookId")
         secrets = {}
-    doc = {**doc, "deletedAt": format_rfc3339(now), "updatedAt": format_rfc3339(now)}
+    doc = {**doc, "deletedAt": format_rfc3339(now), "updatedAt": format_rfc3339(as_of(now, doc.get("updatedAt")))}
     # Checked again where it is written, under the lock a profile naming the app takes (a profile written at once is
     # seen, or sees the app uninstalled); only an app still installed (uninstalled meanwhile: 404, as after).
     apps.put_app(namespace, doc, secrets, live=True, check=unused)

@@ -19,7 +19,7 @@ from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import AppStore, BillingStore, MetaStore
 from billow.services.edits import until_written
-from billow.timeutil import format_rfc3339
+from billow.timeutil import as_of, format_rfc3339
 
 bad = ValidationFailed.at
 
@@ -108,7 +108,7 @@ def _apply(doc: dict[str, Any], body: dict[str, Any], now: datetime) -> None:
     # the profile keeps the apps it was created with (billing/httpdriver/profile.go UpdateProfile).
     if body.get("default") is True:
         doc["default"] = True
-    doc["updatedAt"] = format_rfc3339(now)
+    doc["updatedAt"] = format_rfc3339(as_of(now, doc.get("updatedAt")))  # never before the edit it follows
 
 
 def delete_profile(namespace: str, id_: str, *, store: BillingStore, now: datetime) -> None:

@@ -162,7 +162,7 @@ def update(namespace: str, kind: str, id_: str, body: Any, *, store: CatalogStor
         if fields["key"] != doc["key"]:
             raise ValidationFailed("key: a version keeps its key",
                                    [{"field": "key", "message": f"must be {doc['key']!r}"}])
-        doc.update(fields, updatedAt=format_rfc3339(now))
+        doc.update(fields, updatedAt=format_rfc3339(as_of(now, doc.get("updatedAt"))))  # never before the last edit
         return doc, [doc]
 
     return store.change_versions(kind, namespace, _key_of(namespace, kind, id_, store), replace)
@@ -382,7 +382,8 @@ def update_plan_addon(namespace: str, plan_id: str, plan_addon_id: str, body: An
     def replace(plan: dict[str, Any] | None, live: list[dict[str, Any]]) -> dict[str, Any]:
         _on_draft(plan_id, plan, phase, now)
         found = _live_one(doc["id"], plan_addon_id, plan_id, live)
-        found.update(fromPlanPhase=phase, maxQuantity=maxq, metadata=metadata, updatedAt=format_rfc3339(now))
+        found.update(fromPlanPhase=phase, maxQuantity=maxq, metadata=metadata,
+                     updatedAt=format_rfc3339(as_of(now, found.get("updatedAt"))))  # never before the last edit
         return found
 
     return store.change_plan_addons(namespace, plan_id, replace)

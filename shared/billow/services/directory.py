@@ -11,7 +11,7 @@ from billow.errors import NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import MetaStore
 from billow.services import pages, params
-from billow.timeutil import format_rfc3339, parse_rfc3339
+from billow.timeutil import as_of, format_rfc3339, parse_rfc3339
 
 CUSTOMER_FIELDS = ("name", "description", "metadata", "key", "usageAttribution", "primaryEmail", "currency", "billingAddress")
 
@@ -132,7 +132,9 @@ def update_customer(namespace: str, id_or_key: str, body: Any, *, meta: MetaStor
                     taking: Taking | None = None) -> dict[str, Any]:
     current = get_customer(namespace, id_or_key, meta=meta)
     doc = _validate_customer(body)
-    doc.update(id=current["id"], createdAt=current["createdAt"], updatedAt=format_rfc3339(now))
+    # never stamped before the edit it replaces (one by a container whose clock is ahead)
+    doc.update(id=current["id"], createdAt=current["createdAt"],
+               updatedAt=format_rfc3339(as_of(now, current.get("updatedAt"))))
     # a DELETE landing since the read stays: 404, never undone
     meta.put_customer(namespace, doc, live=True, taking=_taking(doc, taking))
     return doc

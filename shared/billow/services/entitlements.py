@@ -480,7 +480,7 @@ def void_grant(namespace: str, grant_id: str, *, store: EntitlementStore, now: d
     if at is not None:
         when = minute(at)
     stamp = format_rfc3339(when)
-    doc.update(voidedAt=stamp, updatedAt=format_rfc3339(now))
+    doc.update(voidedAt=stamp, updatedAt=format_rfc3339(as_of(now, doc.get("updatedAt"))))
     # voided meanwhile: 409, as after
     store.put_grant(namespace, doc, created_at=now, expect_doc=before, check=in_period if ent is not None else None)
 

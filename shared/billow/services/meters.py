@@ -16,7 +16,7 @@ from billow.ports import MetaStore, UsageStore
 from billow.services import meter_refs
 from billow.services.edits import until_written
 from billow.services.sink import backfill_meter
-from billow.timeutil import parse_rfc3339
+from billow.timeutil import as_of, parse_rfc3339
 
 SinkLock = Callable[[], AbstractContextManager[Any]]
 
@@ -79,7 +79,8 @@ def _updated(meter: Meter, body: dict[str, Any], now: datetime) -> Meter:
     updated = Meter(id=meter.id, slug=meter.slug, aggregation=meter.aggregation, event_type=meter.event_type,
                     name=merged["name"] or meter.slug, description=merged["description"],
                     value_property=meter.value_property, group_by=dict(merged["groupBy"] or {}),
-                    event_from=meter.event_from, created_at=meter.created_at, updated_at=now, metadata=merged["metadata"],
+                    event_from=meter.event_from, created_at=meter.created_at, metadata=merged["metadata"],
+                    updated_at=as_of(now, meter.updated_at),  # never before the edit it follows (a clock behind)
                     policy=parse_policy(body.get("ingestionPolicy"), meter.policy))
     return updated
 

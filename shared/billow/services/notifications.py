@@ -23,7 +23,7 @@ from billow.ids import is_ulid, new_id
 from billow.ports import MetaStore, UsageStore
 from billow.services import pages, params
 from billow.services.entitlements import EntitlementStore
-from billow.timeutil import format_rfc3339, parse_rfc3339
+from billow.timeutil import as_of, format_rfc3339, parse_rfc3339
 
 log = logging.getLogger("billow.notifications")
 
@@ -102,7 +102,8 @@ def _stamp(doc: dict[str, Any], now: datetime, previous: dict[str, Any] | None) 
     stamp = format_rfc3339(now)
     doc["id"] = previous["id"] if previous else new_id()
     doc["createdAt"] = previous["createdAt"] if previous else stamp
-    doc["updatedAt"] = stamp
+    # an update: never stamped before the edit it replaces (one by a container whose clock is ahead)
+    doc["updatedAt"] = format_rfc3339(as_of(now, previous.get("updatedAt"))) if previous else stamp
     return doc
 
 
@@ -143,7 +144,7 @@ def delete_channel(namespace: str, channel_id: str, *, store: NotificationStore,
                            "remove it from them first")
 
     unused()
-    doc.update(deletedAt=format_rfc3339(now), updatedAt=format_rfc3339(now))
+    doc.update(deletedAt=format_rfc3339(now), updatedAt=format_rfc3339(as_of(now, doc.get("updatedAt"))))
     # Checked again where it is written, under the lock a rule naming the channel takes (a rule written at once is
     # seen, or sees the channel deleted); only a live channel (one deleted meanwhile: 404, as after).
     store.put_channel(namespace, doc, live=True, check=unused)
@@ -227,7 +228,7 @@ def delete_rule(namespace: str, rule_id: str, *, store: NotificationStore, now: 
     doc = get_rule(namespace, rule_id, store=store)
     if doc.get("deletedAt"):
         raise NotFound(f"notification rule {rule_id!r} was deleted")
-    doc.update(deletedAt=format_rfc3339(now), updatedAt=format_rfc3339(now))
+    doc.update(deletedAt=format_rfc3339(now), updatedAt=format_rfc3339(as_of(now, doc.get("updatedAt"))))
     store.put_rule(namespace, doc, live=True)  # only a live rule: one deleted meanwhile is 404, as after
 
 

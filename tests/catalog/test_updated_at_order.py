@@ -1,0 +1,137 @@
+"""An edit stamps `updatedAt`; a request takes its `now` when it begins, and one on a clock behind (another container)
+or begun earlier can answer after an edit stamped later. Such an edit stamped its own, earlier `now`: `updatedAt`
+moved backwards, and a client ordering or syncing by it (`orderBy=updatedAt`, "changed since") missed the change.
+Now an edit stamps the later of its `now` and the `updatedAt` it replaces (timeutil.as_of). Each test edits with
+the clock forward, then with it set back (as tests/catalog/test_clock_order.py), and reads the answer and a GET."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.catalog.conftest import Billow
+from tests.support.billing import PROFILE, subscribed
+from tests.support.catalog import plan_body, published_seats, setup
+
+START, LATER, EARLIER = "2026-01-10T00:00:00Z", "2026-01-10T00:01:00Z", "2026-01-10T00:00:30Z"
+
+
+def _edited_twice(b: Billow, edit: Callable[[str], dict[str, Any]], read: Callable[[], dict[str, Any]],
+                  start: str = START, later: str = LATER, earlier: str = EARLIER) -> None:
+    """`edit(name)` with the clock at `later`, then at `earlier`: both answers and the read after hold `later`."""
+    b.clock.set(later)
+    assert edit("first")["updatedAt"] == later
+    b.clock.set(earlier)  # the request on a clock behind, answered second
+    assert edit("second")["updatedAt"] == later
+    b.clock.set(later)
+    assert read()["updatedAt"] == later
+
+
+def test_a_meter_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
+    b = billow
+    b.clock.set(START)
+    b.ok("POST", "/api/v1/meters", {"slug": "calls", "eventType": "call", "aggregation": "COUNT"})
+    _edited_twice(b, lambda name: b.ok("PUT", "/api/v1/meters/calls", {"name": name}),  # type: ignore[no-any-return]
+                  lambda: b.ok("GET", "/api/v1/meters/calls"))  # type: ignore[no-any-return]
+
+
+def test_a_billing_profile_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
+    b = billow
+    b.clock.set(START)
+    profile = b.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    body = {k: v for k, v in PROFILE.items() if k != "apps"}
+    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/billing/profiles/{profile['id']}",  # type: ignore[no-any-return]
+                                       {**body, "name": name}),
+                  lambda: b.ok("GET", f"/api/v1/billing/profiles/{profile['id']}"))  # type: ignore[no-any-return]
+
+
+def test_a_plan_and_an_add_on_draft_edit_on_a_clock_behind_keep_updated_at(billow: Billow) -> None:
+    b = billow
+    b.clock.set(START)
+    setup(b)
+    plan = b.ok("POST", "/api/v1/plans", plan_body("basic", "10"))
+    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/plans/{plan['id']}",  # type: ignore[no-any-return]
+                                       {**plan_body("basic", "10"), "name": name}),
+                  lambda: b.ok("GET", f"/api/v1/plans/{plan['id']}"))  # type: ignore[no-any-return]
+    addon = b.ok("POST", "/api/v1/addons", {"key": "extra", "name": "Extra", "currency": "USD",
+                                            "instanceType": "single", "rateCards": []})
+    body = {k: addon[k] for k in ("key", "currency", "instanceType", "rateCards")}
+    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/addons/{addon['id']}",  # type: ignore[no-any-return]
+                                       {**body, "name": name}),
+                  lambda: b.ok("GET", f"/api/v1/addons/{addon['id']}"),  # type: ignore[no-any-return]
+                  later="2026-01-10T00:03:00Z", earlier="2026-01-10T00:02:00Z")
+
+
+def test_a_plan_add_on_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
+    b = billow
+    b.clock.set(START)
+    setup(b)
+    seats = published_seats(b)
+    plan = b.ok("POST", "/api/v1/plans", plan_body("basic", "10"))
+    on = b.ok("POST", f"/api/v1/plans/{plan['id']}/addons", {"addonId": seats["id"], "fromPlanPhase": "default"})
+    path = f"/api/v1/plans/{plan['id']}/addons/{on['id']}"
+    _edited_twice(b, lambda name: b.ok("PUT", path, {"fromPlanPhase": "default",  # type: ignore[no-any-return]
+                                                     "metadata": {"name": name}}),
+                  lambda: b.ok("GET", path))  # type: ignore[no-any-return]
+
+
+def test_a_customer_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
+    b = billow
+    b.clock.set(START)
+    setup(b)
+    _edited_twice(b, lambda name: b.ok("PUT", "/api/v1/customers/acme",  # type: ignore[no-any-return]
+                                       {"key": "acme", "name": name,
+                                        "usageAttribution": {"subjectKeys": ["customer_1"]}}),
+                  lambda: b.ok("GET", "/api/v1/customers/acme"))  # type: ignore[no-any-return]
+
+
+def test_an_app_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
+    b = billow
+    b.clock.set(START)
+    erp = b.ok("POST", "/api/v1/marketplace/listings/custom_invoicing/install",
+               {"name": "ERP", "createBillingProfile": False})["app"]
+    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/apps/{erp['id']}",  # type: ignore[no-any-return]
+                                       {"type": "custom_invoicing", "name": name, "enableDraftSyncHook": False,
+                                        "enableIssuingSyncHook": False}),
+                  lambda: b.ok("GET", f"/api/v1/apps/{erp['id']}"))  # type: ignore[no-any-return]
+
+
+def test_a_notification_channel_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
+    b = billow
+    b.clock.set(START)
+    body = {"type": "SLACK", "name": "ops", "url": "https://hooks.slack.com/services/T0/B0/x"}
+    channel = b.ok("POST", "/api/v1/notification/channels", body)
+    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/notification/channels/{channel['id']}",  # type: ignore[no-any-return]
+                                       {**body, "name": name}),
+                  lambda: b.ok("GET", f"/api/v1/notification/channels/{channel['id']}"))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("billow", ["memory"], indirect=True)
+def test_an_invoice_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
+    b = billow
+    subscribed(b, {**PROFILE, "workflow": {"invoicing": {"autoAdvance": False}}})
+    b.clock.set("2026-04-01T00:10:00Z")
+    (inv,) = b.ok("POST", "/api/v1/billing/invoices/invoice", {"customerId": "acme"})
+    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/billing/invoices/{inv['id']}",  # type: ignore[no-any-return]
+                                       {"description": name}),
+                  lambda: b.ok("GET", f"/api/v1/billing/invoices/{inv['id']}"),  # type: ignore[no-any-return]
+                  later="2026-04-01T00:12:00Z", earlier="2026-04-01T00:11:00Z")
+
+
+def test_a_grant_voided_on_a_clock_behind_its_creation_keeps_updated_at(billow: Billow) -> None:
+    """DELETE /api/v1/grants/{id} stamps the void: never before the grant was made (its `updatedAt`)."""
+    b = billow
+    b.clock.set(START)
+    setup(b)
+    ent = b.ok("POST", "/api/v1/subjects/customer_1/entitlements", {
+        "type": "metered", "featureKey": "tokens", "usagePeriod": {"interval": "MONTH", "anchor": START}})
+    b.clock.set(LATER)
+    grant = b.ok("POST", f"/api/v1/subjects/customer_1/entitlements/{ent['id']}/grants", {
+        "amount": 10, "effectiveAt": START, "expiration": {"duration": "MONTH", "count": 1}})
+    b.clock.set(EARLIER)
+    b.ok("DELETE", f"/api/v1/grants/{grant['id']}")
+    b.clock.set(LATER)
+    (listed,) = b.ok("GET", f"/api/v1/subjects/customer_1/entitlements/{ent['id']}/grants")
+    assert listed["voidedAt"] and listed["updatedAt"] == LATER, listed
