@@ -178,3 +178,19 @@ def test_a_customer_write_taking_subjects_runs_its_check_with_the_new_keys_under
     assert meta_store.get_customer(namespace, doc["id"])["usageAttribution"]["subjectKeys"] == ["s1", "s2", "s3"]
     assert meta_store.customers_for_subjects(namespace, ["s1", "s2", "s3", "s4"]) == dict.fromkeys(
         ["s1", "s2", "s3"], doc["id"])
+
+
+def test_a_customer_update_is_never_stamped_before_the_stored_one(meta_store, namespace: str) -> None:
+    """An update that read the customer before another update wrote it (last writer wins), on a clock behind, keeps
+    the stored updatedAt: its write (and the document it was given) carries the later one."""
+    doc = {"id": new_id(), "name": "c", "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z"}
+    meta_store.put_customer(namespace, doc)
+    meta_store.put_customer(namespace, {**doc, "name": "later", "updatedAt": "2026-01-01T00:01:00Z"}, live=True)
+    behind = {**doc, "name": "behind", "updatedAt": "2026-01-01T00:00:30Z"}
+    meta_store.put_customer(namespace, behind, live=True)
+    assert behind["updatedAt"] == "2026-01-01T00:01:00Z"
+    stored = meta_store.get_customer(namespace, doc["id"])
+    assert (stored["name"], stored["updatedAt"]) == ("behind", "2026-01-01T00:01:00Z")
+    ahead = {**doc, "name": "ahead", "updatedAt": "2026-01-01T00:02:00Z"}
+    meta_store.put_customer(namespace, ahead, live=True)
+    assert meta_store.get_customer(namespace, doc["id"])["updatedAt"] == "2026-01-01T00:02:00Z"

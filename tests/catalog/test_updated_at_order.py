@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.catalog.conftest import Billow
+from tests.conftest import t
 from tests.support.billing import PROFILE, subscribed
 from tests.support.catalog import plan_body, published_seats, setup
 
@@ -135,3 +136,35 @@ def test_a_grant_voided_on_a_clock_behind_its_creation_keeps_updated_at(billow: 
     b.clock.set(LATER)
     (listed,) = b.ok("GET", f"/api/v1/subjects/customer_1/entitlements/{ent['id']}/grants")
     assert listed["voidedAt"] and listed["updatedAt"] == LATER, listed
+
+
+def test_a_customer_update_begun_before_another_that_writes_first_keeps_updated_at(billow: Billow,
+                                                                                    monkeypatch: Any) -> None:
+    """Two updates of one customer at once (last writer wins): the one on a clock behind read the customer, then the
+    other wrote (stamped later); its write must not stamp the customer before that. Here the other update runs
+    between this one's read and its write (a hook on the store's write), deterministic."""
+    from billow.services import directory
+
+    b = billow
+    b.clock.set(START)
+    setup(b)
+    meta = b.c.meta
+    write = meta.put_customer
+    ran: list[dict[str, Any]] = []
+
+    def other_first(*args: Any, **kw: Any) -> None:
+        if not ran:
+            ran.append({})
+            ran[0] = directory.update_customer(b.c.namespace, "acme", {
+                "key": "acme", "name": "other", "usageAttribution": {"subjectKeys": ["customer_1"]}},
+                meta=meta, now=t(LATER))
+        write(*args, **kw)
+
+    monkeypatch.setattr(meta, "put_customer", other_first)
+    b.clock.set(EARLIER)
+    mine = b.ok("PUT", "/api/v1/customers/acme", {"key": "acme", "name": "mine",
+                                                   "usageAttribution": {"subjectKeys": ["customer_1"]}})
+    assert ran[0]["updatedAt"] == LATER
+    assert (mine["name"], mine["updatedAt"]) == ("mine", LATER)
+    stored = b.ok("GET", "/api/v1/customers/acme")
+    assert (stored["name"], stored["updatedAt"]) == ("mine", LATER)

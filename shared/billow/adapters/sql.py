@@ -529,7 +529,8 @@ class SqlMetaStore:
         customer deleted. Every write of the customer takes that lock, a deletion without a check and an update
         (`live`: which may give up or take subject keys) among them: an entitlement, grant or reset written at once
         through the customer or one of its subjects, which takes it and checks the customer (its subjects) under it,
-        is there when the deletion or update answers, or sees it.
+        is there when the deletion or update answers, or sees it. An update's updatedAt is never earlier than the
+        stored one it replaces (then the stored one's, set on `customer` too).
         With `taking` (a create or an update, not a deletion), the subject keys the write gives the customer that
         it did not have are read under that lock, their subjects' locks taken (subject_lock, which a write through a
         subject no customer owns takes) and `taking(those keys)` run (it raises to refuse) before the write, when
@@ -556,6 +557,9 @@ class SqlMetaStore:
                         customers.c.deleted_at.is_(None)).values(deleted_at=deleted)).rowcount != 1:
                     # deleted meanwhile (another deletion at once): as to a later deletion, 404
                     raise NotFound(f"customer {customer.get('key') or customer['id']!r} not found")
+                if live and (stamp := self._later_stamp(c, namespace, customer)) is not None:
+                    customer["updatedAt"] = stamp
+                    row["doc"] = jsonx.dumps(customer)
                 if not live:
                     save_by_id(c, customers, row)
                 elif c.execute(customers.update().where(customers.c.namespace == namespace,
@@ -570,6 +574,18 @@ class SqlMetaStore:
             raise Conflict("customer key or a usageAttribution subject key is already used by another customer") from None
         finally:
             self.customers_generation += 1
+
+    @staticmethod
+    def _later_stamp(c: Any, namespace: str, customer: dict[str, Any]) -> str | None:
+        """The stored customer's updatedAt when it is later than `customer`'s (read under the customer's lock): an
+        update that read the customer before another update at once wrote it, on a clock behind, is stamped no
+        earlier than the update it replaces (last writer wins; updatedAt never moves back)."""
+        stored = c.execute(sa.select(customers.c.doc).where(customers.c.namespace == namespace,
+                                                            customers.c.id == customer["id"])).scalar()
+        was = jsonx.loads(stored).get("updatedAt") if stored else None
+        if not was or not customer.get("updatedAt"):
+            return None
+        return was if parse_rfc3339(was, "updatedAt") > parse_rfc3339(customer["updatedAt"], "updatedAt") else None
 
     def get_customer(self, namespace: str, id_or_key: str, include_deleted: bool = False) -> dict[str, Any] | None:
         q = sa.select(customers.c.doc).where(customers.c.namespace == namespace,
