@@ -19,23 +19,23 @@ from tests.support.catalog import plan_body, published_seats, setup
 START, LATER, EARLIER = "2026-01-10T00:00:00Z", "2026-01-10T00:01:00Z", "2026-01-10T00:00:30Z"
 
 
-def _edited_twice(b: Billow, edit: Callable[[str], dict[str, Any]], read: Callable[[], dict[str, Any]],
-                  start: str = START, later: str = LATER, earlier: str = EARLIER) -> None:
-    """`edit(name)` with the clock at `later`, then at `earlier`: both answers and the read after hold `later`."""
+def _edited_twice(b: Billow, path: str, body: Callable[[str], dict[str, Any]], later: str = LATER,
+                  earlier: str = EARLIER) -> None:
+    """PUT `path` with `body(name)`, the clock at `later`, then at `earlier`: both answers and a GET after hold
+    `later`."""
     b.clock.set(later)
-    assert edit("first")["updatedAt"] == later
+    assert b.ok("PUT", path, body("first"))["updatedAt"] == later
     b.clock.set(earlier)  # the request on a clock behind, answered second
-    assert edit("second")["updatedAt"] == later
+    assert b.ok("PUT", path, body("second"))["updatedAt"] == later
     b.clock.set(later)
-    assert read()["updatedAt"] == later
+    assert b.ok("GET", path)["updatedAt"] == later
 
 
 def test_a_meter_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
     b = billow
     b.clock.set(START)
     b.ok("POST", "/api/v1/meters", {"slug": "calls", "eventType": "call", "aggregation": "COUNT"})
-    _edited_twice(b, lambda name: b.ok("PUT", "/api/v1/meters/calls", {"name": name}),  # type: ignore[no-any-return]
-                  lambda: b.ok("GET", "/api/v1/meters/calls"))  # type: ignore[no-any-return]
+    _edited_twice(b, "/api/v1/meters/calls", lambda name: {"name": name})
 
 
 def test_a_billing_profile_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
@@ -43,9 +43,7 @@ def test_a_billing_profile_edit_on_a_clock_behind_keeps_updated_at(billow: Billo
     b.clock.set(START)
     profile = b.ok("POST", "/api/v1/billing/profiles", PROFILE)
     body = {k: v for k, v in PROFILE.items() if k != "apps"}
-    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/billing/profiles/{profile['id']}",  # type: ignore[no-any-return]
-                                       {**body, "name": name}),
-                  lambda: b.ok("GET", f"/api/v1/billing/profiles/{profile['id']}"))  # type: ignore[no-any-return]
+    _edited_twice(b, f"/api/v1/billing/profiles/{profile['id']}", lambda name: {**body, "name": name})
 
 
 def test_a_plan_and_an_add_on_draft_edit_on_a_clock_behind_keep_updated_at(billow: Billow) -> None:
@@ -53,15 +51,11 @@ def test_a_plan_and_an_add_on_draft_edit_on_a_clock_behind_keep_updated_at(billo
     b.clock.set(START)
     setup(b)
     plan = b.ok("POST", "/api/v1/plans", plan_body("basic", "10"))
-    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/plans/{plan['id']}",  # type: ignore[no-any-return]
-                                       {**plan_body("basic", "10"), "name": name}),
-                  lambda: b.ok("GET", f"/api/v1/plans/{plan['id']}"))  # type: ignore[no-any-return]
+    _edited_twice(b, f"/api/v1/plans/{plan['id']}", lambda name: {**plan_body("basic", "10"), "name": name})
     addon = b.ok("POST", "/api/v1/addons", {"key": "extra", "name": "Extra", "currency": "USD",
                                             "instanceType": "single", "rateCards": []})
     body = {k: addon[k] for k in ("key", "currency", "instanceType", "rateCards")}
-    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/addons/{addon['id']}",  # type: ignore[no-any-return]
-                                       {**body, "name": name}),
-                  lambda: b.ok("GET", f"/api/v1/addons/{addon['id']}"),  # type: ignore[no-any-return]
+    _edited_twice(b, f"/api/v1/addons/{addon['id']}", lambda name: {**body, "name": name},
                   later="2026-01-10T00:03:00Z", earlier="2026-01-10T00:02:00Z")
 
 
@@ -73,19 +67,15 @@ def test_a_plan_add_on_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -
     plan = b.ok("POST", "/api/v1/plans", plan_body("basic", "10"))
     on = b.ok("POST", f"/api/v1/plans/{plan['id']}/addons", {"addonId": seats["id"], "fromPlanPhase": "default"})
     path = f"/api/v1/plans/{plan['id']}/addons/{on['id']}"
-    _edited_twice(b, lambda name: b.ok("PUT", path, {"fromPlanPhase": "default",  # type: ignore[no-any-return]
-                                                     "metadata": {"name": name}}),
-                  lambda: b.ok("GET", path))  # type: ignore[no-any-return]
+    _edited_twice(b, path, lambda name: {"fromPlanPhase": "default", "metadata": {"name": name}})
 
 
 def test_a_customer_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
     b = billow
     b.clock.set(START)
     setup(b)
-    _edited_twice(b, lambda name: b.ok("PUT", "/api/v1/customers/acme",  # type: ignore[no-any-return]
-                                       {"key": "acme", "name": name,
-                                        "usageAttribution": {"subjectKeys": ["customer_1"]}}),
-                  lambda: b.ok("GET", "/api/v1/customers/acme"))  # type: ignore[no-any-return]
+    _edited_twice(b, "/api/v1/customers/acme", lambda name: {"key": "acme", "name": name,
+                                                             "usageAttribution": {"subjectKeys": ["customer_1"]}})
 
 
 def test_an_app_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
@@ -93,10 +83,9 @@ def test_an_app_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
     b.clock.set(START)
     erp = b.ok("POST", "/api/v1/marketplace/listings/custom_invoicing/install",
                {"name": "ERP", "createBillingProfile": False})["app"]
-    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/apps/{erp['id']}",  # type: ignore[no-any-return]
-                                       {"type": "custom_invoicing", "name": name, "enableDraftSyncHook": False,
-                                        "enableIssuingSyncHook": False}),
-                  lambda: b.ok("GET", f"/api/v1/apps/{erp['id']}"))  # type: ignore[no-any-return]
+    _edited_twice(b, f"/api/v1/apps/{erp['id']}", lambda name: {"type": "custom_invoicing", "name": name,
+                                                                "enableDraftSyncHook": False,
+                                                                "enableIssuingSyncHook": False})
 
 
 def test_a_notification_channel_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> None:
@@ -104,9 +93,7 @@ def test_a_notification_channel_edit_on_a_clock_behind_keeps_updated_at(billow: 
     b.clock.set(START)
     body = {"type": "SLACK", "name": "ops", "url": "https://hooks.slack.com/services/T0/B0/x"}
     channel = b.ok("POST", "/api/v1/notification/channels", body)
-    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/notification/channels/{channel['id']}",  # type: ignore[no-any-return]
-                                       {**body, "name": name}),
-                  lambda: b.ok("GET", f"/api/v1/notification/channels/{channel['id']}"))  # type: ignore[no-any-return]
+    _edited_twice(b, f"/api/v1/notification/channels/{channel['id']}", lambda name: {**body, "name": name})
 
 
 @pytest.mark.parametrize("billow", ["memory"], indirect=True)
@@ -115,9 +102,7 @@ def test_an_invoice_edit_on_a_clock_behind_keeps_updated_at(billow: Billow) -> N
     subscribed(b, {**PROFILE, "workflow": {"invoicing": {"autoAdvance": False}}})
     b.clock.set("2026-04-01T00:10:00Z")
     (inv,) = b.ok("POST", "/api/v1/billing/invoices/invoice", {"customerId": "acme"})
-    _edited_twice(b, lambda name: b.ok("PUT", f"/api/v1/billing/invoices/{inv['id']}",  # type: ignore[no-any-return]
-                                       {"description": name}),
-                  lambda: b.ok("GET", f"/api/v1/billing/invoices/{inv['id']}"),  # type: ignore[no-any-return]
+    _edited_twice(b, f"/api/v1/billing/invoices/{inv['id']}", lambda name: {"description": name},
                   later="2026-04-01T00:12:00Z", earlier="2026-04-01T00:11:00Z")
 
 
