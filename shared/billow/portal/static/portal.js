@@ -166,16 +166,34 @@
   // The browser's local day (isoDay) a server window stands for: the day holding its middle. The server draws days
   // with the engine's time-zone data and the browser with its own; they can differ (Vancouver from November 2026:
   // local midnight is 07:00Z in chdb's, 08:00Z in Chromium's), so a window start is not always a browser midnight.
-  const dayOf = (r) => isoDay(new Date((Date.parse(r.windowStart) + Date.parse(r.windowEnd)) / 2));
+  // The window is taken within the range asked for (`span`: [from, to] in ms): a window's end is its whole day's,
+  // after `to` for the day in progress.
+  const dayOf = (r, span) => isoDay(new Date((Math.max(Date.parse(r.windowStart), span[0]) +
+                                              Math.min(Date.parse(r.windowEnd), span[1])) / 2));
+
+  // Map(isoDay -> value) of server windows. Two windows can fall in one browser day: from 07:00Z to 08:00Z in
+  // Vancouver the engine's new day has begun and the browser's has not. Their values add up exactly for SUM and
+  // COUNT; of other aggregations (which do not add up) the later window's stands. Before, the new day's window held
+  // its middle in the browser's tomorrow (its end is the day's, not now) and was not drawn: today's bar lacked its
+  // usage under a total that had it.
+  function byDayOf(rows, additive, span) {
+    const out = new Map();
+    for (const r of rows) {
+      const day = dayOf(r, span);
+      out.set(day, additive && out.has(day) ? addExact([out.get(day), r.value]) : r.value);
+    }
+    return out;
+  }
 
   // The breakdown: [{name, byDay: Map(isoDay -> value)}], largest first, at most MAX_GROUPS (+ "Other").
-  function breakdown(key, rows) {
-    const groups = new Map();
+  function breakdown(key, rows, span) {
+    const grouped = new Map();
     for (const r of rows) {
       const g = r.groupBy && r.groupBy[key] != null && r.groupBy[key] !== "" ? String(r.groupBy[key]) : "(none)";
-      if (!groups.has(g)) groups.set(g, new Map());
-      groups.get(g).set(dayOf(r), r.value);
+      if (!grouped.has(g)) grouped.set(g, []);
+      grouped.get(g).push(r);
     }
+    const groups = new Map([...grouped].map(([g, rs]) => [g, byDayOf(rs, true, span)]));  // (SUM and COUNT only)
     const size = (m) => [...m.values()].reduce((a, v) => a + Math.abs(Number(v)), 0);
     const list = [...groups].map(([name, byDay]) => ({name, byDay})).sort((a, b) => size(b.byDay) - size(a.byDay));
     if (list.length <= MAX_GROUPS + 1) return list;
@@ -202,8 +220,8 @@
     for (const h of card.querySelectorAll(".hit.active")) h.classList.remove("active");
   }
 
-  function barChart(card, meter, days, rows, groups, width) {
-    const byDay = new Map(rows.map((r) => [dayOf(r), r.value]));
+  function barChart(card, meter, days, rows, groups, width, span) {
+    const byDay = byDayOf(rows, STACKED.has(meter.aggregation), span);
     const values = days.map((d) => byDay.get(isoDay(d)) ?? "0");
     const max = niceCeil(Math.max(0, ...values.map(Number)));
     const W = Math.max(260, Math.floor(width)), H = W < 520 ? 190 : 230;
@@ -292,7 +310,9 @@
     cards.length = 0;
     const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
     const days = lastDays(DAYS);
-    const range = `from=${encodeURIComponent(days[0].toISOString())}&to=${encodeURIComponent(new Date().toISOString())}` +
+    const until = new Date();
+    const span = [days[0].getTime(), until.getTime()];
+    const range = `from=${encodeURIComponent(days[0].toISOString())}&to=${encodeURIComponent(until.toISOString())}` +
                   `&windowTimeZone=${encodeURIComponent(tz)}`;
     if (!me.meters.length) charts.append(el("p", {class: "muted"}, "No usage is shared with you yet."));
     const made = await Promise.all(me.meters.map(async (meter) => {
@@ -302,7 +322,7 @@
         api(`${base}&windowSize=DAY`), api(base),
         key ? api(`${base}&windowSize=DAY&groupBy=${encodeURIComponent(key)}`) : null]);
       const sum = total.data.length ? total.data[0].value : "0";
-      const groups = grouped ? breakdown(key, grouped.data) : null;
+      const groups = grouped ? breakdown(key, grouped.data, span) : null;
       const shown = groups && groups.length > 1 ? groups : null;  // one group: nothing to break down
       const card = el("article", {class: "card meter", "data-meter": meter.slug, "data-total": sum,
                                   "data-time-zone": tz, "data-unit": meter.unit || ""},
@@ -317,7 +337,7 @@
       tip.hidden = true;
       card.append(holder, tip);
       if (shown) card.append(legend(shown));
-      const draw = (width) => holder.replaceChildren(barChart(card, meter, days, daily.data, shown, width));
+      const draw = (width) => holder.replaceChildren(barChart(card, meter, days, daily.data, shown, width, span));
       cards.push([card, holder, draw]);
       return card;
     }));
