@@ -6,14 +6,12 @@ current hour before the upgrade would be counted the moment a value before now j
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from billow.domain.usage import MeterValue
+from tests.support.usage import in_a_process
 
 NOW = datetime(2026, 6, 1, 12, 37, 12, 500_000, tzinfo=UTC)
 
@@ -57,11 +55,7 @@ def _upgrade_phase(data_dir: str) -> None:
 
 
 def test_cells_written_before_migration_6_are_read_as_straddling_and_counted_exactly(tmp_path: Any) -> None:
-    run = subprocess.run([sys.executable, "-c", "from tests.adapters.test_first_last_migration import _upgrade_phase; "
-                          f"_upgrade_phase({str(tmp_path)!r})"], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[2], timeout=600)
-    assert run.returncode == 0, run.stderr
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    out = in_a_process("tests.adapters.test_first_last_migration", "_upgrade_phase", tmp_path)
     for whole_hours, split_hour in (out[0:2], out[2:4]):  # after the migration, and after a re-run of it
         # 11:00 -> now: 11:20 + 11:40 + 12:10, not the 12:50 stored before the upgrade in now's hour (read again in
         # minutes and raw values: two statements).

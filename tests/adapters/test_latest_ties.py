@@ -9,8 +9,6 @@ filled the same way."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -19,6 +17,7 @@ from typing import Any
 
 from billow.domain.usage import MeterValue, UsageQuery, final_value
 from tests.conftest import t
+from tests.support.usage import in_a_process
 
 T0 = t("2026-05-04T10:00:00Z")
 MINUTE, HOUR = timedelta(minutes=1), timedelta(hours=1)
@@ -92,13 +91,7 @@ def _other_answers(store: Any, namespace: str, instants: list[Any]) -> list[Any]
 
 
 def _in_a_process(phase: str, data_dir: Any) -> Any:
-    """Run this module's `phase(data_dir)` in a process of its own (chdb opens one data path per process, and the
-    phases change module state); the JSON it printed last."""
-    run = subprocess.run([sys.executable, "-c", f"from tests.adapters.test_latest_ties import {phase}; "
-                          f"{phase}({str(data_dir)!r})"], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[2], timeout=600)
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return in_a_process("tests.adapters.test_latest_ties", phase, data_dir)
 
 
 def _migrate_phase(data_dir: str) -> None:

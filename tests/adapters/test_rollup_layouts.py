@@ -194,16 +194,9 @@ def _migrate_phase(data_dir: str) -> None:
 
 
 def test_migration_3_backfills_existing_usage_once(tmp_path: Any) -> None:
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.support.usage import in_a_process
 
-    run = subprocess.run([sys.executable, "-c", "from tests.adapters.test_rollup_layouts import _migrate_phase; "
-                          f"_migrate_phase({str(tmp_path)!r})"], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[2], timeout=300)
-    assert run.returncode == 0, run.stderr
-    first, rerun, raw = json.loads(run.stdout.strip().splitlines()[-1])
+    first, rerun, raw = in_a_process("tests.adapters.test_rollup_layouts", "_migrate_phase", tmp_path, timeout=300)
     raw_sum, raw_count = raw.split("/")
     for table, sums in first.items():
         s, c = sums.split("/")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import event
@@ -20,3 +24,12 @@ def truth(events: list[dict[str, Any]]) -> Decimal:
     for e in events:
         seen[(e["source"], e["id"])] = Decimal(e["data"]["tokens"])
     return sum(seen.values(), Decimal(0))
+
+
+def in_a_process(module: str, phase: str, data_dir: Any, timeout: int = 600) -> Any:
+    """Run `module.phase(data_dir)` in a process of its own (chdb opens one data path per process, and migration
+    phases change module state); the JSON it printed last."""
+    run = subprocess.run([sys.executable, "-c", f"from {module} import {phase}; {phase}({str(data_dir)!r})"],
+                         capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=timeout)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
