@@ -263,10 +263,9 @@ LATEST_BACKFILL = [_fill(table, start_of, keys) for table, start_of, keys in ROL
 # Migration 6 (issue 17 item 5): each subject-first hourly cell knows the first and last instant it holds. An
 # entitlement check ends now, mid-hour, and its bounds (a grant's start, a reset) may cut an hour; before, every such
 # hour was read from the minute rollup (ordered by time first) and the raw values, a second and third table in the
-# check's statement: chdb charges ~3 ms a table read whatever its rows (10 M stored values, 10,000 subjects: 10.0 ms
-# for the three-table statement, 4.0 for the hourly table alone). A cell whose values all lie on one side of each
-# bound inside it (the usual case: nothing stored after now) is counted whole from the hourly read alone
-# (ClickHouseUsageStore.bounded_usage). `first_ms` and `last_ms` are epoch milliseconds; their defaults are the
+# check's statement, and chdb charges a table read 1-3 ms whatever its rows (figures: bounded_usage). A cell whose
+# values all lie on one side of each bound inside it (the usual case: nothing stored after now) is counted whole from
+# the hourly read alone (ClickHouseUsageStore.bounded_usage). `first_ms` and `last_ms` are epoch milliseconds; their defaults are the
 # extremes of Int64, so a cell holding any row written without them (before this migration, or by a statement that
 # does not write them) has first = the smallest and last = the largest instant: it straddles every bound and is read
 # in minutes and raw values as before. Nothing to fill.
