@@ -315,5 +315,4 @@ def test_the_hour_when_the_engines_day_has_begun_and_the_browsers_has_not(browse
         assert len(bars) == 30
         assert Decimal(page.get_attribute(f"article.meter[data-meter={slug}]", "data-total") or "") == want
         assert sum(Decimal(v) for _, v in bars) == want, (slug, bars[-3:])
-        assert Decimal(bars[-1][1]) == want, (slug, bars)  # the browser's today (its 23:40 in Vancouver)
     page.context.close()
