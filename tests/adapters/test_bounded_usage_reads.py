@@ -16,6 +16,14 @@ from tests.adapters.test_rollup_layouts import GRANULE, _raw_sum, stores  # noqa
 from tests.conftest import t
 
 
+def _statements(store: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+    """The statements the store runs from now on (SQL, parameters), and its own query function."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    real = store._query
+    monkeypatch.setattr(store, "_query", lambda sql, params, **kw: seen.append((sql, dict(params))) or real(sql, params, **kw))
+    return seen, real
+
+
 def _read(real: Any, sql: str, params: dict[str, Any]) -> dict[str, int]:
     read: dict[str, int] = {}
     for _db, table, _parts, n, _marks in real("EXPLAIN ESTIMATE " + sql, params):
@@ -43,9 +51,7 @@ def test_a_check_reads_one_subjects_hours_and_nothing_else(stores: Any, monkeypa
     all it reads, the partial hour counted whole (before migration 6 it also read the minute rollup and the raw
     values of that hour: three tables)."""
     store, _, many = stores
-    seen: list[tuple[str, dict[str, Any]]] = []
-    real = store._query
-    monkeypatch.setattr(store, "_query", lambda sql, params, **kw: seen.append((sql, dict(params))) or real(sql, params, **kw))
+    seen, real = _statements(store, monkeypatch)
     bounds = [t("2026-04-01T00:00:00Z"), t("2026-04-01T12:00:00Z"), t("2026-04-02T22:37:12.500Z")]
     assert _clean(real, many, "c7", bounds)
     got = store.bounded_usage(many, "M1", "SUM", ["c7"], [], bounds)
@@ -61,9 +67,7 @@ def test_bounds_off_the_hour_still_read_one_subjects_hours(stores: Any, monkeypa
     hold none of the subject's values on both sides: one read of the subject's hourly cells, not every subject's
     minutes (or raw values) of the span."""
     store, _, many = stores
-    seen: list[tuple[str, dict[str, Any]]] = []
-    real = store._query
-    monkeypatch.setattr(store, "_query", lambda sql, params, **kw: seen.append((sql, dict(params))) or real(sql, params, **kw))
+    seen, real = _statements(store, monkeypatch)
     bounds = [t("2026-04-01T00:00:00Z"), t("2026-04-01T10:37:00Z"), t("2026-04-01T12:00:00Z"),
               t("2026-04-02T18:05:30.250Z"), t("2026-04-02T22:37:12.500Z")]
     assert _clean(real, many, "c7", bounds)
@@ -95,9 +99,7 @@ def test_an_hour_whose_values_a_bound_splits_is_read_again_in_minutes_and_raw_va
     now = last[0] + (last[1] - last[0]) / 2
     bounds = [t("2026-04-01T00:00:00Z"), mid, now]
     assert bounds[0] < mid < now and not _clean(store._query, few, "c7", bounds)
-    seen: list[tuple[str, dict[str, Any]]] = []
-    real = store._query
-    monkeypatch.setattr(store, "_query", lambda sql, params, **kw: seen.append((sql, dict(params))) or real(sql, params, **kw))
+    seen, real = _statements(store, monkeypatch)
     got = store.bounded_usage(few, "M1", "SUM", ["c7"], [], bounds)
     assert len(seen) == 2
     assert got == [_raw_sum(store, few, "c7", b, e) for b, e in zip(bounds, bounds[1:], strict=False)]

@@ -762,13 +762,15 @@ class ClickHouseUsageStore:
             elif 0 <= i < len(parts):  # (else every value of the cell lies outside the bounds)
                 parts[i].append(Decimal(v))
         if straddled:
-            self._straddled(straddled, bounds, by_time, who, params, aggregation, parts)
+            self._straddled(straddled, bounds, by_time, segment_of, who, params, cell, aggregation, parts)
         return [exact_sum(p) for p in parts]
 
-    def _straddled(self, hours: list[datetime], bounds: Sequence[datetime], by_time: bool, who: str,
-                   params: dict[str, Any], aggregation: str, parts: list[list[Decimal]]) -> None:
+    def _straddled(self, hours: list[datetime], bounds: Sequence[datetime], by_time: bool,
+                   segment_of: Callable[[int], int], who: str, params: dict[str, Any], cell: str, aggregation: str,
+                   parts: list[list[Decimal]]) -> None:
         """bounded_usage's hours whose values a bound splits, read in one statement: the minute rollup for their
-        whole minutes, the raw values for the partial minutes; each sum added to its segment's `parts`."""
+        whole minutes (`cell`: its sum), the raw values for the partial minutes; each sum added to its segment's
+        `parts` (`segment_of` a row's w, as bounded_usage reads it)."""
         spans: dict[str, list[tuple[datetime, datetime]]] = {"minute": [], "raw": []}
         for hour in hours:
             lo, hi = max(bounds[0], hour), min(bounds[-1], hour + _HOUR)
@@ -777,7 +779,6 @@ class ClickHouseUsageStore:
                 for tier, s_lo, s_hi in _segments(a, z, False) if a < z else ():
                     assert s_lo is not None and s_hi is not None
                     spans[tier].append((s_lo, s_hi))
-        cell = "toString(sum(sum_value))" if aggregation == "SUM" else "sum(cnt)"
         raw = "toString(sum(toDecimal256(value, 18)))" if aggregation == "SUM" else "count()"
         branches = []
         for tier, table, col, literal in (("minute", "meter_rollup_1m", "minute", _epoch_s),
@@ -802,7 +803,6 @@ class ClickHouseUsageStore:
                             f"AND {when}" + (" GROUP BY w" if grouped else ""))
         if not branches:
             return
-        segment_of = functools.partial(_segment_at, [(b - _EPOCH) // _MS for b in bounds]) if by_time else int
         for w, v in self._query(" UNION ALL ".join(branches), params, admit=False):
             parts[segment_of(w)].append(Decimal(v))
 
