@@ -87,6 +87,42 @@ def test_snapshots_resets_and_late_usage(store: SqlEntitlementStore) -> None:
     assert [r["at"] for r in store.list_resets(n, eid)] == [t("2026-02-02T06:00:00Z")]
 
 
+def test_ledger_rows_are_the_resets_latest_snapshot_and_grants_read_at_once(store: SqlEntitlementStore) -> None:
+    """An uncached balance reads its entitlement's resets, snapshot and grants with one statement (`ledger_rows`):
+    the same as the three reads, in their orders, and nothing of another entitlement or namespace."""
+    n, eid, other = ns(), new_id(), new_id()
+    assert store.ledger_rows(n, eid, t("2026-03-01T00:00:00Z")) == ([], None, [])
+    # Grants first (each drops the snapshots from its effective time on): created out of id order at one instant, and
+    # one earlier; another entitlement's and namespace's.
+    ids = sorted(new_id() for _ in range(3))
+    for gid, created in ((ids[2], NOW), (ids[0], NOW), (ids[1], t("2025-12-31T00:00:00Z"))):
+        store.put_grant(n, {"id": gid, "entitlementId": eid, "amount": Decimal("1.5"),
+                            "effectiveAt": "2026-01-01T00:00:00Z"}, created_at=created)
+    store.put_grant(n, {"id": new_id(), "entitlementId": other, "amount": 1, "effectiveAt": "2026-01-01T00:00:00Z"},
+                    created_at=NOW)
+    store.put_grant("elsewhere", {"id": new_id(), "entitlementId": eid, "amount": 1,
+                                  "effectiveAt": "2026-01-01T00:00:00Z"}, created_at=NOW)
+    for day in (1, 3, 5):
+        assert store.save_snapshot(n, eid, "s1", t(f"2026-02-0{day}T00:00:00Z"), {"day": day}, computed_from=NOW)
+    store.save_snapshot(n, other, "s1", t("2026-02-04T00:00:00Z"), {"day": "other"}, computed_from=NOW)
+    store.save_snapshot("elsewhere", eid, "s1", t("2026-02-04T12:00:00Z"), {"day": "elsewhere"}, computed_from=NOW)
+    # Resets after the snapshots (each drops the later ones), out of order.
+    for at, keep, preserve in (("2026-02-07T00:00:00Z", True, None), ("2026-02-06T00:00:00Z", False, True)):
+        store.add_reset(n, eid, t(at), retain_anchor=keep, preserve_overage=preserve, now=NOW)
+    store.add_reset(n, other, t("2026-02-06T12:00:00Z"), retain_anchor=False, preserve_overage=None, now=NOW)
+    for not_after in ("2026-01-31T00:00:00Z", "2026-02-02T00:00:00Z", "2026-02-04T00:00:00Z", "2026-03-01T00:00:00Z"):
+        resets, snapshot, grants = store.ledger_rows(n, eid, t(not_after))
+        assert (resets, snapshot, grants) == (store.list_resets(n, eid), store.latest_snapshot(n, eid, t(not_after)),
+                                              store.list_grants(n, [eid]))
+        assert [r["at"] for r in resets] == [t("2026-02-06T00:00:00Z"), t("2026-02-07T00:00:00Z")]
+        assert [(r["retainAnchor"], r["preserveOverage"]) for r in resets] == [(False, True), (True, None)]
+        assert [g["id"] for g in grants] == [ids[1], ids[0], ids[2]]
+        assert Decimal(grants[0]["amount"]) == Decimal("1.5")
+    assert store.ledger_rows(n, eid, t("2026-01-31T00:00:00Z"))[1] is None
+    assert store.ledger_rows(n, eid, t("2026-02-04T00:00:00Z"))[1] == {"day": 3}
+    assert store.ledger_rows(n, eid, t("2026-03-01T00:00:00Z"))[1] == {"day": 5}  # (resets after it keep it)
+
+
 def test_containers_saving_the_same_snapshot_at_once_all_succeed(pg_database: str) -> None:
     """Two containers (their own engines) checking one entitlement at once both save the snapshot at the same reset:
     each looks, finds none, inserts; the later insert met the primary key and its check answered 500. With

@@ -279,6 +279,34 @@ class SqlEntitlementStore:
         snapshots.c.namespace == sa.bindparam("ns"), snapshots.c.entitlement_id == sa.bindparam("ent"),
         snapshots.c.at <= sa.bindparam("not_after", type_=TS)).order_by(snapshots.c.at.desc()).limit(1)
 
+    # An entitlement's resets, its latest snapshot up to an instant and its grants, in one statement (parts 0, 1, 2).
+    # (Every NULL typed: PostgreSQL types a UNION's columns pairwise, and two untyped NULLs make text.)
+    _SNAPSHOT_OF = _LATEST_SNAPSHOT.subquery()
+    _NO_AT, _NO_FLAG, _NO_TEXT = sa.cast(sa.null(), TS), sa.cast(sa.null(), sa.Boolean), sa.cast(sa.null(), sa.Text)
+    _LEDGER = sa.union_all(
+        sa.select(sa.literal_column("0").label("part"), resets.c.at.label("at"), resets.c.retain_anchor,
+                  resets.c.preserve_overage, _NO_TEXT.label("doc"), _NO_AT.label("created_at"),
+                  _NO_TEXT.label("id")).where(resets.c.namespace == sa.bindparam("ns"),
+                                              resets.c.entitlement_id == sa.bindparam("ent")),
+        sa.select(sa.literal_column("1"), _NO_AT, _NO_FLAG, _NO_FLAG, _SNAPSHOT_OF.c.doc, _NO_AT, _NO_TEXT),
+        sa.select(sa.literal_column("2"), _NO_AT, _NO_FLAG, _NO_FLAG, grants.c.doc, grants.c.created_at,
+                  grants.c.id).where(grants.c.namespace == sa.bindparam("ns"),
+                                     grants.c.entitlement_id == sa.bindparam("ent")),
+    ).order_by(sa.literal_column("part"), sa.literal_column("at"), sa.literal_column("created_at"),
+               sa.literal_column("id"))
+
+    def ledger_rows(self, namespace: str, entitlement_id: str, snapshot_not_after: datetime
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
+        """list_resets, latest_snapshot and list_grants of one entitlement, read by one statement: one round trip
+        where they were three calls (five round trips each on PostgreSQL), and one reading of the database, so a
+        reset or grant written meanwhile (each drops the snapshots it makes stale) is seen by all three or none."""
+        found: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]] = ([], [], [])
+        with self.engine.connect() as c:
+            for r in c.execute(self._LEDGER, {"ns": namespace, "ent": entitlement_id, "not_after": snapshot_not_after}):
+                found[r.part].append({"at": utc(r.at), "retainAnchor": r.retain_anchor,
+                                      "preserveOverage": r.preserve_overage} if r.part == 0 else jsonx.loads(r.doc))
+        return found[0], found[1][0] if found[1] else None, found[2]
+
     def find_entitlement(self, namespace: str, subject_keys: list[str], feature_key: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
             row = c.execute(self._FIND, {"ns": namespace, "keys": list(subject_keys), "feature": feature_key}).first()

@@ -183,10 +183,11 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
     meter = meta.get_meter(namespace, meter_slug)
     if meter is None:
         raise NotFound(f"meter {meter_slug!r} of feature {feature_key!r} was deleted")
-    resets, period = reset_schedule(ent, store.list_resets(namespace, ent["id"]), until)
+    stored_resets, snap, grants = store.ledger_rows(namespace, ent["id"],
+                                                    until if snapshot_not_after is None else snapshot_not_after)
+    resets, period = reset_schedule(ent, stored_resets, until)
     measure = parse_rfc3339(ent["measureUsageFrom"], "measureUsageFrom")
     period_start = max(period.containing(minute(until))[0], resets[-1].at if resets else measure, measure)
-    snap = store.latest_snapshot(namespace, ent["id"], until if snapshot_not_after is None else snapshot_not_after)
     if snap is not None:
         start = credits.Snapshot.from_json(snap)
         resets = [r for r in resets if r.at > start.at]
@@ -258,7 +259,7 @@ def _ledger(namespace: str, ent: dict[str, Any], until: datetime, *, store: Enti
 
     summed = (Summed(meter.id, meter.aggregation == "COUNT", frozenset(subjects), filters)
               if meter.aggregation in ("SUM", "COUNT") else None)
-    return Ledger(ent, _engine_grants(store.list_grants(namespace, [ent["id"]])), resets, start, query, period,
+    return Ledger(ent, _engine_grants(grants), resets, start, query, period,
                   max(period_start, start.at), summed)
 
 

@@ -77,6 +77,11 @@ class EntitlementStore(FeatureStore, Protocol):
 
     def latest_snapshot(self, namespace: str, entitlement_id: str, not_after: datetime) -> dict[str, Any] | None: ...
 
+    def ledger_rows(self, namespace: str, entitlement_id: str, snapshot_not_after: datetime
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
+        """(list_resets, latest_snapshot up to `snapshot_not_after`, list_grants) of one entitlement, read at once."""
+        ...
+
     def save_snapshot(self, namespace: str, entitlement_id: str, subject_key: str, at: datetime,
                       doc: dict[str, Any], *, computed_from: datetime) -> bool: ...
 
