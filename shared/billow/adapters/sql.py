@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -343,6 +344,25 @@ def fewer_round_trips(engine: sa.Engine) -> None:
 
     dialect.do_commit = do_commit  # type: ignore[method-assign]
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+    # A read on `reads(engine)` runs with pg8000's autocommit on: no BEGIN, no ROLLBACK. Handing the connection back,
+    # SQLAlchemy sets it to the default level again, which pg8000's dialect does with BEGIN, SET SESSION
+    # CHARACTERISTICS and COMMIT (three round trips) though only the autocommit flag changed: here it flips the flag
+    # alone, unless this connection's session level was set to another (nothing in Billow does; then as before).
+    set_level = dialect.set_isolation_level
+    session_level_set: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def set_isolation_level(dbapi_connection: Any, level: Any) -> None:
+        if level == "AUTOCOMMIT" or (level == dialect.default_isolation_level
+                                     and dbapi_connection not in session_level_set):
+            dbapi_connection.autocommit = level == "AUTOCOMMIT"
+            return
+        set_level(dbapi_connection, level)
+        if level == dialect.default_isolation_level:
+            session_level_set.discard(dbapi_connection)
+        else:
+            session_level_set.add(dbapi_connection)
+
+    dialect.set_isolation_level = set_isolation_level  # type: ignore[method-assign]
 
     @sa.event.listens_for(engine, "connect")
     def _fresh(dbapi_connection: Any, record: Any) -> None:
@@ -362,6 +382,15 @@ def fewer_round_trips(engine: sa.Engine) -> None:
         record.info["billow_used_at"] = time.monotonic()
 
 
+def reads(engine: sa.Engine) -> sa.Engine:
+    """The engine for one-statement reads: on PostgreSQL through pg8000, in autocommit (a statement alone sees the
+    same as in a READ COMMITTED transaction, without the BEGIN and ROLLBACK round trips; fewer_round_trips); the
+    engine itself elsewhere. Never for writes, nor for reads that must see one state across statements."""
+    if engine.dialect.driver == "pg8000":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 class SqlMetaStore:
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = url
@@ -373,6 +402,7 @@ class SqlMetaStore:
                                        **engine_kwargs)
         if pg8000:
             fewer_round_trips(self.engine)
+        self.reads = reads(self.engine)
         if url.startswith("sqlite"):
             @sa.event.listens_for(self.engine, "connect")
             def _pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -448,7 +478,7 @@ class SqlMetaStore:
     _METERS = {False: _METER.where(meters.c.deleted_at.is_(None)), True: _METER}
 
     def get_meter(self, namespace: str, id_or_slug: str, include_deleted: bool = False) -> Meter | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(self._METERS[include_deleted], {"ns": namespace, "k": id_or_slug}).first()
         return _meter(row) if row else None
 
@@ -549,7 +579,7 @@ class SqlMetaStore:
         sa.or_(subjects.c.id == sa.bindparam("k"), subjects.c.key == sa.bindparam("k"))).limit(1)
 
     def get_subject(self, namespace: str, id_or_key: str) -> dict[str, Any] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(self._SUBJECT, {"ns": namespace, "k": id_or_key}).first()
             return _subject(row) if row else None
 
@@ -685,7 +715,7 @@ class SqlMetaStore:
         keys = list(subjects)
         if not keys:
             return []
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return list(dict.fromkeys(c.execute(self._FELLOWS, {"ns": namespace, "keys": keys}).scalars()))
 
     def subjects_of_customers(self, namespace: str, customer_ids: Iterable[str]) -> dict[str, str]:

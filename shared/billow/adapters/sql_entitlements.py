@@ -20,6 +20,7 @@ from billow.adapters.sql import (
     feature_use_lock,
     insert_new,
     meter_use_lock,
+    reads,
     save_by_id,
     serialise,
     subject_lock,
@@ -115,6 +116,7 @@ def _hold_party(c: sa.Connection, namespace: str, customer_id: str | None, subje
 class SqlEntitlementStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.reads = reads(engine)  # one-statement reads of an entitlement check
         # Counts this process's writes: a cached balance computed at an older generation is stale.
         self.generation = 0
 
@@ -301,14 +303,14 @@ class SqlEntitlementStore:
         where they were three calls (five round trips each on PostgreSQL), and one reading of the database, so a
         reset or grant written meanwhile (each drops the snapshots it makes stale) is seen by all three or none."""
         found: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]] = ([], [], [])
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             for r in c.execute(self._LEDGER, {"ns": namespace, "ent": entitlement_id, "not_after": snapshot_not_after}):
                 found[r.part].append({"at": utc(r.at), "retainAnchor": r.retain_anchor,
                                       "preserveOverage": r.preserve_overage} if r.part == 0 else jsonx.loads(r.doc))
         return found[0], found[1][0] if found[1] else None, found[2]
 
     def find_entitlement(self, namespace: str, subject_keys: list[str], feature_key: str) -> dict[str, Any] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(self._FIND, {"ns": namespace, "keys": list(subject_keys), "feature": feature_key}).first()
         return jsonx.loads(row.doc) if row else None
 
