@@ -141,19 +141,10 @@ def test_bad_billing_input(billow: Billow) -> None:
 @pytest.fixture
 def pg_billow(pg_database: str, tmp_path: Path, namespace: str) -> Iterator[Billow]:
     """The billing harness with its meta store on PostgreSQL (its own database), usage in memory."""
-    from billow.bootstrap import Settings, build, install
-    from functions.usage_sink.handler import lambda_handler as sink
-    from tests.entitlements.conftest import METERS, Clock
+    from tests.entitlements.conftest import harness
 
-    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace=namespace, meters=METERS,
-                                  meta_store_url=pg_database)), deliver=lambda ev: sink(ev, None))
-    c.clock = Clock("2026-01-01T00:00:00Z")
-    install(c)
-    b = Billow(c, c.clock)
-    b.ok("POST", "/api/v1/subjects", [{"key": "customer_1"}, {"key": "customer_2"}])
-    yield b
-    install(None)
-    c.close()
+    with harness(tmp_path, namespace, meta_store_url=pg_database) as b:
+        yield b
 
 
 def test_overlapping_runs_bill_each_period_once_on_postgres(pg_billow: Billow) -> None:

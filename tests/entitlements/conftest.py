@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class Billow:
     def __init__(self, container: Any, clock: Clock) -> None:
         self.c, self.clock = container, clock
         self._n = 0
+        self.headers: dict[str, str] = {}  # the last call's answer's
 
     def call(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
              content_type: str = "application/json") -> tuple[int, Any]:
@@ -48,6 +50,7 @@ class Billow:
         headers = {"content-type": content_type} if body is not None else {}
         fn = ingest if path == "/api/v1/events" else api
         out = fn(apigw_event(method, target, headers, raw, "127.0.0.1"), None)
+        self.headers = out.get("headers") or {}
         text = out.get("body") or ""
         if text and "json" not in (out.get("headers") or {}).get("Content-Type", "json"):
             return out["statusCode"], text  # e.g. the debug metrics' OpenMetrics text
@@ -89,19 +92,31 @@ class Billow:
             self.c.balance_cache = cache
 
 
-@pytest.fixture(params=["memory", "chdb"])
-def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
+@contextmanager
+def harness(tmp_path: Path, namespace: str, usage: Any = None, **settings: Any) -> Iterator[Billow]:
+    """A Billow over the in-memory usage store (or `usage`, a store shared with other tests, left open) and the
+    SQLite meta store in `tmp_path` (or `settings`' meta_store_url), its clock at 2026-01-01, subjects customer_1
+    and customer_2 made."""
     clock = Clock("2026-01-01T00:00:00Z")
-    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace=namespace, meters=METERS)),
-              deliver=lambda ev: sink(ev, None))
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace=namespace, meters=METERS,
+                                  **settings)), deliver=lambda ev: sink(ev, None))
     own_usage = c.usage
-    if request.param == "chdb":
-        c.usage = request.getfixturevalue("chdb_store")  # one chdb per process; tests keep apart by namespace
+    if usage is not None:
+        c.usage = usage
     c.clock = clock
     install(c)
     b = Billow(c, clock)
     b.ok("POST", "/api/v1/subjects", [{"key": "customer_1"}, {"key": "customer_2"}])
-    yield b
-    install(None)
-    c.usage = own_usage  # the shared chdb store stays open for the other tests
-    c.close()
+    try:
+        yield b
+    finally:
+        install(None)
+        c.usage = own_usage  # a shared store stays open for the other tests
+        c.close()
+
+
+@pytest.fixture(params=["memory", "chdb"])
+def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
+    # one chdb per process; tests keep apart by namespace
+    with harness(tmp_path, namespace, request.getfixturevalue("chdb_store") if request.param == "chdb" else None) as b:
+        yield b
