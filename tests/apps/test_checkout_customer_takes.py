@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.apps.conftest import Billow
-from tests.entitlements.conftest import harness
+from tests.entitlements.conftest import on_meta_store
 from tests.stripe_standin.server import StandIn
 
 CHECKOUT = "/api/v1/stripe/checkout/sessions"
@@ -24,8 +24,7 @@ ACCESS = {"type": "boolean", "featureKey": "ai_access"}
 def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
     """This module's harness (tests/apps/conftest's `stripe` takes it): the meta store on SQLite or on a PostgreSQL
     database of the test's own."""
-    url = {} if request.param == "sqlite" else {"meta_store_url": request.getfixturevalue("pg_database")}
-    with harness(tmp_path, namespace, **url) as b:
+    with on_meta_store(request, tmp_path, namespace) as b:
         yield b
 
 

@@ -115,6 +115,15 @@ def harness(tmp_path: Path, namespace: str, usage: Any = None, **settings: Any) 
         c.close()
 
 
+@contextmanager
+def on_meta_store(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
+    """The harness with its meta store on SQLite (request.param "sqlite") or on a PostgreSQL database of the test's
+    own ("postgres"), usage in memory: for a fixture parametrised over both."""
+    url = {} if request.param == "sqlite" else {"meta_store_url": request.getfixturevalue("pg_database")}
+    with harness(tmp_path, namespace, **url) as b:
+        yield b
+
+
 @pytest.fixture(params=["memory", "chdb"])
 def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
     # one chdb per process; tests keep apart by namespace

@@ -271,7 +271,7 @@ class SqlEntitlementStore:
     _FIND = sa.select(entitlements.c.doc).where(
         entitlements.c.namespace == sa.bindparam("ns"), among(entitlements.c.subject_key, "keys"),
         entitlements.c.feature_key == sa.bindparam("feature"), entitlements.c.deleted_at.is_(None)
-    ).order_by(entitlements.c.created_at).limit(1)
+    ).order_by(entitlements.c.created_at, entitlements.c.id).limit(1)
     _GRANTS_OF = sa.select(grants.c.doc).where(
         grants.c.namespace == sa.bindparam("ns"), among(grants.c.entitlement_id, "ids")
     ).order_by(grants.c.created_at, grants.c.id)

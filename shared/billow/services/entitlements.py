@@ -52,7 +52,10 @@ class EntitlementStore(FeatureStore, Protocol):
 
     def get_entitlement(self, namespace: str, entitlement_id: str, include_deleted: bool = False) -> dict[str, Any] | None: ...
 
-    def find_entitlement(self, namespace: str, subject_keys: list[str], feature_key: str) -> dict[str, Any] | None: ...
+    def find_entitlement(self, namespace: str, subject_keys: list[str], feature_key: str) -> dict[str, Any] | None:
+        """The live entitlement of the feature among the subjects'; of several (a customer's, made before one per
+        feature per customer was enforced: `sole`), the first created, by createdAt, then id, on every store."""
+        ...
 
     def list_entitlements(self, namespace: str, subject_keys: list[str] | None = None, include_deleted: bool = False,
                           feature_keys: list[str] | None = None) -> list[dict[str, Any]]: ...
@@ -312,6 +315,25 @@ def resolve(namespace: str, subject_keys: list[str], id_or_feature_key: str, *, 
     return doc
 
 
+def sole(namespace: str, subject_keys: list[str], ent: dict[str, Any], *, store: EntitlementStore,
+         field: str = "entitlementIdOrFeatureKey") -> dict[str, Any]:
+    """`ent`, about to be written (overridden, granted, reset, or deleted by its feature's key), refused (409 naming
+    every one) while the party `subject_keys` has another live entitlement of its feature. A customer has one per
+    feature (OpenMeter; entitlements.customer_takes), but one whose subjects were joined before that was enforced may
+    hold two: reads by the feature's key answer the first created (createdAt, then id: the store's find_entitlement)
+    and never add them up, and a write to either would be shadowed by the other (an override by key replaced the
+    first and the reads then answered the second) or leave the customer's access other than the write meant (a
+    delete by key ended one, the other then answered). Deleting one by its id is the repair, and is not refused."""
+    found = store.list_entitlements(namespace, subject_keys, feature_keys=[ent["featureKey"]])
+    if len(found) > 1:
+        ids = ", ".join(f"{e['id']} (subject {e['subjectKey']!r})" for e in found)
+        raise Conflict(f"{field}: the customer has {len(found)} live entitlements of feature {ent['featureKey']!r}, "
+                       f"{ids}, made before one entitlement per feature per customer was enforced; checks answer "
+                       f"the first. Delete the one(s) not wanted by id, then try again",
+                       extensions={"conflictingEntityId": next(e["id"] for e in found if e["id"] != ent["id"])})
+    return ent
+
+
 def delete_entitlement(namespace: str, subject: str, entitlement_id: str, *, store: EntitlementStore,
                        meta: MetaStore, now: datetime, by_subscription: bool = False) -> None:
     """Delete (end) the entitlement. One a subscription manages (its metadata names the subscription) is the
@@ -339,7 +361,8 @@ def end_entitlement(namespace: str, doc: dict[str, Any], *, store: EntitlementSt
 def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, body: Any, *,
                          store: EntitlementStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
     """Replace the entitlement with a new one (a new id, fresh grants). The old one keeps its history."""
-    old = resolve(namespace, party_keys(namespace, subject, meta), id_or_feature_key, store=store)
+    keys = party_keys(namespace, subject, meta)
+    old = sole(namespace, keys, resolve(namespace, keys, id_or_feature_key, store=store), store=store)
     now = as_of(now, old.get("updatedAt"))  # made by a request begun after this one: replaced there, not before
     doc, grant = build_entitlement(namespace, old["subjectKey"], body, store=store, meta=meta, now=now)
     if doc["featureKey"] != old["featureKey"]:
@@ -356,7 +379,8 @@ def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, b
 # -- grants --------------------------------------------------------------------------------------------
 def create_grant(namespace: str, subject: str, id_or_feature_key: str, body: Any, *, store: EntitlementStore,
                  meta: MetaStore, now: datetime) -> dict[str, Any]:
-    ent = resolve(namespace, party_keys(namespace, subject, meta), id_or_feature_key, store=store)
+    keys = party_keys(namespace, subject, meta)
+    ent = sole(namespace, keys, resolve(namespace, keys, id_or_feature_key, store=store), store=store)
     doc = build_grant(namespace, ent, body, store=store, now=now)
     return write_grant(namespace, ent, doc, store=store, now=now,
                        via=through_subject(namespace, subject, ent["subjectKey"], meta))
@@ -493,7 +517,9 @@ def void_grant(namespace: str, grant_id: str, *, store: EntitlementStore, now: d
 # -- resets --------------------------------------------------------------------------------------------
 def reset(namespace: str, subject: str, entitlement_id: str, body: Any, *, store: EntitlementStore,
           meta: MetaStore, now: datetime) -> None:
-    ent = get_entitlement(namespace, entitlement_id, store=store, subject_keys=party_keys(namespace, subject, meta))
+    keys = party_keys(namespace, subject, meta)
+    ent = sole(namespace, keys, get_entitlement(namespace, entitlement_id, store=store, subject_keys=keys), store=store,
+               field="entitlementId")
     write_reset(namespace, ent, body, store=store, now=now,
                 via=through_subject(namespace, subject, ent["subjectKey"], meta))
 

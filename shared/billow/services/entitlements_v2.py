@@ -161,7 +161,7 @@ def create(namespace: str, customer_ref: str, body: Any, *, store: EntitlementSt
 def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
              now: datetime) -> dict[str, Any]:
     """A new entitlement in place of the customer's current one (which keeps its history)."""
-    cust, old = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    cust, old = resolve(namespace, customer_ref, ref, store=store, meta=meta, write=True)
     now = as_of(now, old.get("updatedAt"))  # made by a request begun after this one: replaced there, not before
     doc, grants = _build(namespace, old["subjectKey"], body, store=store, meta=meta, now=now)
     if doc["featureKey"] != old["featureKey"]:
@@ -175,17 +175,19 @@ def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: E
 
 
 # -- reads, delete, reset -----------------------------------------------------------------------------------
-def resolve(namespace: str, customer_ref: str, ref: str, *, store: EntitlementStore,
-            meta: MetaStore) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The customer and its active entitlement with this id or feature key (404 for either unknown)."""
+def resolve(namespace: str, customer_ref: str, ref: str, *, store: EntitlementStore, meta: MetaStore,
+            write: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The customer and its active entitlement with this id or feature key (404 for either unknown); to be written
+    (`write`), refused while the customer holds another of its feature (entitlements.sole)."""
     cust = customer(namespace, customer_ref, meta)
     keys = subject_keys(cust)
     if not keys:
         raise NotFound(f"entitlementIdOrFeatureKey: customer {customer_ref!r} has no entitlement {ref!r}")
     try:
-        return cust, entitlements.resolve(namespace, keys, ref, store=store)
+        doc = entitlements.resolve(namespace, keys, ref, store=store)
     except NotFound:
         raise NotFound(f"entitlementIdOrFeatureKey: customer {customer_ref!r} has no entitlement {ref!r}") from None
+    return cust, entitlements.sole(namespace, keys, doc, store=store) if write else doc
 
 
 def get(namespace: str, customer_ref: str, ref: str, *, store: EntitlementStore, meta: MetaStore,
@@ -196,7 +198,11 @@ def get(namespace: str, customer_ref: str, ref: str, *, store: EntitlementStore,
 
 def delete(namespace: str, customer_ref: str, ref: str, *, store: EntitlementStore, meta: MetaStore,
            now: datetime) -> None:
+    """By id, always (ending one of two of a feature is their repair); by the feature's key, refused while the
+    customer holds two of it (entitlements.sole)."""
     cust, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    if doc["id"] != ref:
+        entitlements.sole(namespace, subject_keys(cust), doc, store=store)
     entitlements.end_entitlement(namespace, doc, store=store, now=now, by_subscription=False,
                                  via=_through_customer(namespace, customer_ref, cust, meta, owned=doc["subjectKey"]))
 
@@ -216,7 +222,7 @@ def history(namespace: str, customer_ref: str, ref: str, qs: dict[str, list[str]
 
 def reset(namespace: str, customer_ref: str, ref: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
           now: datetime) -> None:
-    cust, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    cust, doc = resolve(namespace, customer_ref, ref, store=store, meta=meta, write=True)
     entitlements.write_reset(namespace, doc, body, store=store, now=now,
                              via=_through_customer(namespace, customer_ref, cust, meta, owned=doc["subjectKey"]))
 
@@ -298,7 +304,7 @@ def _listed(d: dict[str, Any], kinds: list[str] | None, features: set[str], excl
 # -- grants ---------------------------------------------------------------------------------------------------
 def create_grant(namespace: str, customer_ref: str, ref: str, body: Any, *, store: EntitlementStore,
                  meta: MetaStore, now: datetime) -> dict[str, Any]:
-    cust, ent = resolve(namespace, customer_ref, ref, store=store, meta=meta)
+    cust, ent = resolve(namespace, customer_ref, ref, store=store, meta=meta, write=True)
     doc = entitlements.build_grant(namespace, ent, body, store=store, now=now, v2=True)
     return entitlements.write_grant(namespace, ent, doc, store=store, now=now,
                                     via=_through_customer(namespace, customer_ref, cust, meta, owned=ent["subjectKey"]))
