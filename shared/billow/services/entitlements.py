@@ -97,6 +97,11 @@ def subject_key(namespace: str, id_or_key: str, meta: MetaStore) -> str:
         return str(s["key"])
     if meta.customers_for_subjects(namespace, [id_or_key]):
         return id_or_key
+    if not fields.fits_subject_key(id_or_key):  # counted by meters, but no subject or customer can have it
+        raise ValidationFailed.at("subjectIdOrKey", f"{id_or_key[:64]!r}... is longer than a subject key may be (at "
+                                                    f"most {fields.SUBJECT_KEY_MAX_CHARS} characters and "
+                                                    f"{fields.SUBJECT_KEY_MAX_BYTES} bytes of UTF-8): usage under it is "
+                                                    "counted by meters, but it cannot have entitlements")
     raise NotFound(f"subject {id_or_key!r} not found; create it with POST /api/v1/subjects or attribute it to a customer")
 
 
