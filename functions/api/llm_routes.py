@@ -25,7 +25,8 @@ def _event() -> dict[str, Any]:
 @router.post("/api/v1/llm/meters")
 def install_meters() -> Response:
     c = container()
-    body: Any = json_body(_event()) if body_text(_event()).strip() else {}
+    # No body at all is no options; anything else must be JSON (whitespace alone is not: a 400 like any bad body).
+    body: Any = json_body(_event()) if body_text(_event()) else {}
     cache = body.get("cacheTokens", True) if isinstance(body, dict) else None
     if not isinstance(cache, bool):
         raise ValidationFailed("cacheTokens: must be true or false", [{"field": "cacheTokens", "message": "must be a boolean"}])

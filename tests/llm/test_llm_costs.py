@@ -57,6 +57,9 @@ def test_meters_install_idempotently(billow: Billow) -> None:
         assert set(m["groupBy"]) == {"provider", "model", "customer", "team", "feature"}
     status, again = billow.call("POST", "/api/v1/llm/meters")  # no body: the same
     assert status == 200 and again["created"] == []
+    for blank in (b"\t", b" ", b"\n"):  # not JSON (the fuzz suite's case): a 400, as any bad body, not no body
+        status, out = billow.raw("POST", "/api/v1/llm/meters", blank)
+        assert status == 400 and out["status"] == 400, (blank, out)
     assert [m["id"] for m in again["meters"]] == [m["id"] for m in first["meters"]]
 
 
