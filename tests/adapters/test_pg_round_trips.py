@@ -18,6 +18,8 @@ from billow.adapters.sql import SqlMetaStore
 from billow.bootstrap import Settings, build, install
 from billow.local.server import apigw_event
 from functions.api.handler import lambda_handler as api
+from functions.ingest.handler import lambda_handler as ingest
+from functions.usage_sink.handler import lambda_handler as sink
 from tests.conftest import t
 
 
@@ -57,7 +59,8 @@ class Wire:
 def billow_on_pg(pg_database: str) -> Iterator[Any]:
     c = build(Settings.parse(dict(data_dir=tempfile.mkdtemp(prefix="billow-rt-"), meta_store_url=pg_database,
                                   usage_store="memory", meters=[{"slug": "tokens", "eventType": "prompt",
-                                                                 "aggregation": "SUM", "valueProperty": "$.tokens"}])))
+                                                                 "aggregation": "SUM", "valueProperty": "$.tokens"}])),
+              deliver=lambda ev: sink(ev, None))  # (as `billow serve` runs the sink: in process)
 
     class Clock:
         def now(self) -> Any:
@@ -112,6 +115,35 @@ def _dbapi_creator(url: str) -> Any:
     u = sa.make_url(url)
     return lambda: pg8000.dbapi.connect(user=u.username, password=u.password, host=u.host, port=u.port,
                                         database=u.database)
+
+
+READ_ONLY_ROUTES = ["/api/v1/meters", "/api/v1/meters/tokens", "/api/v1/customers", "/api/v1/features",
+                    "/api/v1/subjects", "/api/v1/subjects/customer_7/entitlements", "/api/v1/grants",
+                    "/api/v1/plans", "/api/v1/addons", "/api/v1/billing/profiles", "/api/v1/billing/invoices",
+                    "/api/v1/apps", "/api/v1/notification/channels", "/api/v1/notification/rules",
+                    "/api/v1/notification/events", "/api/v2/entitlements"]
+
+
+def test_read_only_requests_and_ingest_send_their_statements_alone(billow_on_pg: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only API request, and an ingest request (its meters looked up), send their statements and nothing
+    else: no BEGIN, no ROLLBACK, no reset of the connection (each was two or four round trips more a statement)."""
+    _call("POST", "/api/v1/subjects", [{"key": "customer_7"}])
+    _call("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "usageAttribution": {"subjectKeys": ["customer_7"]}})
+    for path in READ_ONLY_ROUTES:
+        _call("GET", path)  # (first requests read what a container keeps)
+    wire = Wire(monkeypatch)
+    for path in READ_ONLY_ROUTES:
+        wire.reset()
+        _call("GET", path)
+        assert {kind for kind, _ in wire.sent} <= {"extended"}, (path, wire.sent)
+        assert wire.round_trips == 3 * len(wire.sent), (path, wire.sent)
+    wire.reset()
+    out = ingest(apigw_event("POST", "/api/v1/events", {"content-type": "application/json"}, json.dumps([
+        {"specversion": "1.0", "id": "e1", "source": "t", "type": "prompt", "subject": "customer_7",
+         "time": "2026-02-14T12:00:00Z", "data": {"tokens": 1}}]).encode(), "127.0.0.1"), None)
+    assert out["statusCode"] == 204, out
+    assert wire.sent and {kind for kind, _ in wire.sent} == {"extended"}, wire.sent
 
 
 @pytest.mark.parametrize("module", ["legacy", "dbapi"])

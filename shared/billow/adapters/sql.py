@@ -334,6 +334,9 @@ def fewer_round_trips(engine: sa.Engine) -> None:
     within those seconds (a fail-over under load) fails its next statement, and SQLAlchemy then drops every
     connection of the pool opened before it: a request, not each connection, meets it."""
     dialect = engine.dialect
+    if getattr(dialect, "billow_fewer_round_trips", False):
+        return
+    dialect.billow_fewer_round_trips = True  # type: ignore[attr-defined]
 
     def do_commit(dbapi_connection: Any) -> None:
         dbapi_connection.execute_simple("COMMIT")
@@ -387,6 +390,7 @@ def reads(engine: sa.Engine) -> sa.Engine:
     same as in a READ COMMITTED transaction, without the BEGIN and ROLLBACK round trips; fewer_round_trips); the
     engine itself elsewhere. Never for writes, nor for reads that must see one state across statements."""
     if engine.dialect.driver == "pg8000":
+        fewer_round_trips(engine)  # (once an engine; else handing a connection back would cost three round trips)
         return engine.execution_options(isolation_level="AUTOCOMMIT")
     return engine
 
@@ -426,7 +430,7 @@ class SqlMetaStore:
         upgrade(self.engine)
 
     def ping(self) -> None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             c.execute(sa.text("SELECT 1"))
 
     def close(self) -> None:
@@ -467,7 +471,7 @@ class SqlMetaStore:
             raise Conflict(f"meter {meter.slug!r} changed or was deleted meanwhile; reload it and try again")
 
     def is_managed(self, namespace: str, meter_id: str) -> bool:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return bool(c.execute(sa.select(meters.c.managed).where(
                 meters.c.namespace == namespace, meters.c.id == meter_id)).scalar())
 
@@ -491,7 +495,7 @@ class SqlMetaStore:
         q = sa.select(meters).where(meters.c.namespace == namespace)
         if not include_deleted:
             q = q.where(meters.c.deleted_at.is_(None))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             if not include_deleted and (cached := self._cache.get(namespace)) is not None:
                 version = frozenset((r.id, utc(r.updated_at)) for r in c.execute(
                     sa.select(meters.c.id, meters.c.updated_at).where(meters.c.namespace == namespace,
@@ -570,7 +574,7 @@ class SqlMetaStore:
     def list_subjects(self, namespace: str) -> list[dict[str, Any]]:
         """By key in code point order, sorted here: an ORDER BY would follow the database's collation (en_US on RDS:
         `a` before `B`), so SQLite and PostgreSQL would list the same subjects in different orders."""
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             rows = c.execute(sa.select(subjects).where(subjects.c.namespace == namespace, subjects.c.deleted_at.is_(None)))
             return sorted((_subject(r) for r in rows), key=lambda s: s["key"])
 
@@ -587,7 +591,7 @@ class SqlMetaStore:
         """Only a live subject: one deleted meanwhile (another deletion at once) is NotFound, as to a later one. Under
         the subject's lock (subject_lock), which a write through it takes: an entitlement, grant or reset made through
         it at once is there when the deletion answers, or sees the subject deleted."""
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             key = c.execute(sa.select(subjects.c.key).where(subjects.c.namespace == namespace,
                                                             subjects.c.id == subject_id)).scalar()
         with self._tx() as c:
@@ -675,7 +679,7 @@ class SqlMetaStore:
                                              sa.or_(customers.c.id == id_or_key, customers.c.key == id_or_key))
         if not include_deleted:
             q = q.where(customers.c.deleted_at.is_(None))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(q).first()
         return jsonx.loads(row.doc) if row else None
 
@@ -683,14 +687,14 @@ class SqlMetaStore:
         q = sa.select(customers.c.doc).where(customers.c.namespace == namespace)
         if not include_deleted:
             q = q.where(customers.c.deleted_at.is_(None))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(customers.c.created_at, customers.c.id))]
 
     def live_meters_of(self, aggregation: str) -> list[tuple[str, str]]:
         """(namespace, meter id) of every live meter with this aggregation, in every namespace (migrations)."""
         q = sa.select(meters.c.namespace, meters.c.id).where(meters.c.aggregation == aggregation,
                                                               meters.c.deleted_at.is_(None))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [(r.namespace, r.id) for r in c.execute(q.order_by(meters.c.namespace, meters.c.created_at))]
 
     def customers_for_subjects(self, namespace: str, subject_keys: Iterable[str]) -> dict[str, str]:
@@ -699,7 +703,7 @@ class SqlMetaStore:
             customer_subjects.c.namespace == namespace)
         if keys:
             q = q.where(among(customer_subjects.c.subject_key, keys, self.engine))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return {r.subject_key: r.customer_id for r in c.execute(q)}
 
     _mine, _fellow = customer_subjects.alias("mine"), customer_subjects.alias("fellow")
@@ -721,7 +725,7 @@ class SqlMetaStore:
     def subjects_of_customers(self, namespace: str, customer_ids: Iterable[str]) -> dict[str, str]:
         q = sa.select(customer_subjects.c.subject_key, customer_subjects.c.customer_id).where(
             customer_subjects.c.namespace == namespace, among(customer_subjects.c.customer_id, customer_ids, self.engine))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return {r.subject_key: r.customer_id for r in c.execute(q)}
 
     # -- ingestion receipts (issue 21) -------------------------------------------------------------
@@ -731,7 +735,7 @@ class SqlMetaStore:
                                                       doc=jsonx.dumps(doc)))
 
     def get_receipt(self, namespace: str, receipt_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(ingest_receipts.c.doc).where(ingest_receipts.c.namespace == namespace,
                                                                    ingest_receipts.c.id == receipt_id)).first()
         return jsonx.loads(row.doc) if row else None

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import app_use_lock, serialise, upsert
+from billow.adapters.sql import app_use_lock, reads, serialise, upsert
 from billow.errors import NotFound
 
 md = sa.MetaData()
@@ -43,6 +43,7 @@ customer_apps = sa.Table(
 class SqlAppStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.reads = reads(engine)  # (sql.reads: one-statement reads in autocommit on PostgreSQL)
 
     def migrate(self) -> None:
         """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
@@ -64,7 +65,7 @@ class SqlAppStore:
         except IntegrityError:
             if singleton is None:
                 raise
-            with self.engine.connect() as c:
+            with self.reads.connect() as c:
                 found = c.execute(sa.select(apps.c.doc).where(apps.c.namespace == namespace,
                                                               apps.c.singleton == singleton)).first()
             if found is None:
@@ -92,18 +93,18 @@ class SqlAppStore:
             raise NotFound(f"app {doc['id']} not found")
 
     def get_app(self, namespace: str, id_: str) -> dict[str, Any] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(apps.c.doc).where(apps.c.namespace == namespace, apps.c.id == id_)).first()
         return jsonx.loads(row.doc) if row else None
 
     def app_secrets(self, namespace: str, id_: str) -> dict[str, Any]:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(apps.c.secrets).where(apps.c.namespace == namespace, apps.c.id == id_)).first()
         return dict(jsonx.loads(row.secrets)) if row and row.secrets else {}
 
     def namespace_of_app(self, id_: str) -> str | None:
         """The namespace an app id belongs to (ids are unique across namespaces)."""
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(apps.c.namespace).where(apps.c.id == id_)).first()
         return str(row.namespace) if row else None
 
@@ -111,7 +112,7 @@ class SqlAppStore:
         q = sa.select(apps.c.doc).where(apps.c.namespace == namespace)
         if not include_deleted:
             q = q.where(apps.c.deleted.is_(False))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(apps.c.id))]
 
     # -- customer app data ---------------------------------------------------------------------------------------
@@ -131,10 +132,10 @@ class SqlAppStore:
         """The customer's data per app id."""
         q = sa.select(customer_apps.c.app_id, customer_apps.c.doc).where(
             customer_apps.c.namespace == namespace, customer_apps.c.customer_id == customer_id)
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return {r.app_id: jsonx.loads(r.doc) for r in c.execute(q.order_by(customer_apps.c.app_id))}
 
     def app_in_customer_data(self, namespace: str, app_id: str) -> bool:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return c.execute(sa.select(customer_apps.c.app_id).where(
                 customer_apps.c.namespace == namespace, customer_apps.c.app_id == app_id).limit(1)).first() is not None

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from billow import jsonx
+from billow.adapters.sql import reads
 from billow.domain.backtest_jobs import Job, row_from_stored, row_to_stored
 
 md = sa.MetaData()
@@ -59,6 +60,7 @@ def _key(namespace: str, id_: str) -> Any:
 class SqlBacktestJobStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.reads = reads(engine)  # (sql.reads: one-statement reads in autocommit on PostgreSQL)
 
     def migrate(self) -> None:
         """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
@@ -77,7 +79,7 @@ class SqlBacktestJobStore:
 
     def get(self, namespace: str, id_: str, *, rows: bool = True) -> Job | None:
         columns = list(backtest_jobs.c) if rows else [col for col in backtest_jobs.c if col.name != "result"]
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(*columns).where(_key(namespace, id_))).first()
         return _job(row) if row else None
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, among, app_use_lock, save_by_id, serialise, upsert, utc
+from billow.adapters.sql import TS, among, app_use_lock, reads, save_by_id, serialise, upsert, utc
 from billow.domain.billing import Mark
 from billow.domain.invoices import CreditBack
 from billow.errors import Conflict
@@ -87,6 +87,7 @@ credits = sa.Table(
 class SqlBillingStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.reads = reads(engine)  # (sql.reads: one-statement reads in autocommit on PostgreSQL)
 
     def migrate(self) -> None:
         """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
@@ -128,7 +129,7 @@ class SqlBillingStore:
                         is_default=False, doc=jsonx.dumps(other)))
 
     def get_profile(self, namespace: str, id_: str) -> dict[str, Any] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(profiles.c.doc).where(profiles.c.namespace == namespace, profiles.c.id == id_)).first()
         return jsonx.loads(row.doc) if row else None
 
@@ -136,7 +137,7 @@ class SqlBillingStore:
         q = sa.select(profiles.c.doc).where(profiles.c.namespace == namespace)
         if not include_deleted:
             q = q.where(profiles.c.deleted.is_(False))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(profiles.c.id))]
 
     def put_override(self, namespace: str, customer_id: str, doc: dict[str, Any] | None) -> None:
@@ -151,7 +152,7 @@ class SqlBillingStore:
 
     def get_override(self, namespace: str, customer_id: str) -> dict[str, Any] | None:
         q = sa.select(overrides.c.doc).where(overrides.c.namespace == namespace, overrides.c.customer_id == customer_id)
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(q).first()
         return jsonx.loads(row.doc) if row else None
 
@@ -190,7 +191,7 @@ class SqlBillingStore:
 
     def get_invoice(self, namespace: str, id_: str) -> dict[str, Any] | None:
         q = sa.select(invoices.c.doc).where(invoices.c.namespace == namespace, invoices.c.id == id_)
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(q).first()
         return jsonx.loads(row.doc) if row else None
 
@@ -201,7 +202,7 @@ class SqlBillingStore:
             q = q.where(among(invoices.c.customer_id, customer_ids, self.engine))
         if statuses:
             q = q.where(invoices.c.status.in_(list(statuses)))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(invoices.c.id))]
 
     # -- billing marks -------------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ class SqlBillingStore:
         if subscription_ids is not None:
             q = q.where(among(marks.c.subscription_id, subscription_ids, self.engine))
         out: dict[tuple[str, datetime, str], Mark] = {}
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             for r in c.execute(q):
                 start = utc(r.period_start)
                 assert start is not None
@@ -309,12 +310,12 @@ class SqlBillingStore:
     def invoice_counts(self, namespace: str) -> dict[str, int]:
         q = sa.select(invoices.c.customer_id, sa.func.count()).where(invoices.c.namespace == namespace) \
             .group_by(invoices.c.customer_id)
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return {r[0]: int(r[1]) for r in c.execute(q)}
 
     def list_overrides(self, namespace: str) -> dict[str, dict[str, Any]]:
         q = sa.select(overrides.c.customer_id, overrides.c.doc).where(overrides.c.namespace == namespace)
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return {r.customer_id: jsonx.loads(r.doc) for r in c.execute(q)}
 
     # -- prepaid credit ------------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ class SqlBillingStore:
         """Every customer's prepaid balance per currency (only those with any credit entries)."""
         q = sa.select(credits.c.customer_id, credits.c.currency, credits.c.amount).where(credits.c.namespace == namespace)
         out: dict[tuple[str, str], Decimal] = {}
-        with self.engine.connect() as c, decimal.localcontext(EXACT):
+        with self.reads.connect() as c, decimal.localcontext(EXACT):
             for r in c.execute(q):
                 out[(r.customer_id, r.currency)] = out.get((r.customer_id, r.currency), Decimal(0)) + Decimal(r.amount)
         return out
@@ -335,13 +336,13 @@ class SqlBillingStore:
     def credit_balance(self, namespace: str, customer_id: str, currency: str) -> Decimal:
         q = sa.select(credits.c.amount).where(credits.c.namespace == namespace, credits.c.customer_id == customer_id,
                                               credits.c.currency == currency)
-        with self.engine.connect() as c, decimal.localcontext(EXACT):
+        with self.reads.connect() as c, decimal.localcontext(EXACT):
             return sum((Decimal(r.amount) for r in c.execute(q)), Decimal(0))
 
     def credit_entries(self, namespace: str, customer_id: str, currency: str) -> list[dict[str, Any]]:
         q = sa.select(credits.c.id, credits.c.amount, credits.c.doc).where(
             credits.c.namespace == namespace, credits.c.customer_id == customer_id, credits.c.currency == currency)
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [{**jsonx.loads(r.doc), "id": r.id, "amount": r.amount, "currency": currency}
                     for r in c.execute(q.order_by(credits.c.id))]
 

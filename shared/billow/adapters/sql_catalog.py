@@ -15,6 +15,7 @@ from billow.adapters.sql import (
     addon_use_lock,
     customer_lock,
     feature_use_lock,
+    reads,
     save_by_id,
     serialise,
     version_lock,
@@ -64,6 +65,7 @@ KINDS = {"plan": plans, "addon": addons}
 class SqlCatalogStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.reads = reads(engine)  # (sql.reads: one-statement reads in autocommit on PostgreSQL)
 
     def migrate(self) -> None:
         """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
@@ -114,7 +116,7 @@ class SqlCatalogStore:
 
     def get_versioned(self, kind: str, namespace: str, id_: str) -> dict[str, Any] | None:
         table = KINDS[kind]
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(table.c.doc).where(table.c.namespace == namespace, table.c.id == id_)).first()
         return jsonx.loads(row.doc) if row else None
 
@@ -127,7 +129,7 @@ class SqlCatalogStore:
             q = q.where(table.c.key == key)
         if not include_deleted:
             q = q.where(table.c.deleted.is_(False))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(table.c.key, table.c.version))]
 
     # -- plan add-ons ------------------------------------------------------------------------------------
@@ -164,7 +166,7 @@ class SqlCatalogStore:
     def list_plan_addons(self, namespace: str, plan_id: str) -> list[dict[str, Any]]:
         q = sa.select(plan_addons.c.doc).where(plan_addons.c.namespace == namespace, plan_addons.c.plan_id == plan_id,
                                                plan_addons.c.deleted.is_(False))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(plan_addons.c.id))]
 
     # -- subscriptions -------------------------------------------------------------------------------------
@@ -227,7 +229,7 @@ class SqlCatalogStore:
 
     def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None:
         q = sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace, subscriptions.c.id == id_)
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(q).first()
         return jsonx.loads(row.doc) if row else None
 
@@ -235,5 +237,5 @@ class SqlCatalogStore:
         q = sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace)
         if customer_id is not None:
             q = q.where(subscriptions.c.customer_id == customer_id)
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(subscriptions.c.id))]

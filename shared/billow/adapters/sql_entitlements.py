@@ -116,7 +116,7 @@ def _hold_party(c: sa.Connection, namespace: str, customer_id: str | None, subje
 class SqlEntitlementStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        self.reads = reads(engine)  # one-statement reads of an entitlement check
+        self.reads = reads(engine)  # (sql.reads: one-statement reads in autocommit on PostgreSQL)
         # Counts this process's writes: a cached balance computed at an older generation is stale.
         self.generation = 0
 
@@ -159,7 +159,7 @@ class SqlEntitlementStore:
                                             sa.or_(features.c.id == id_or_key, features.c.key == id_or_key))
         if not include_archived:
             q = q.where(features.c.archived_at.is_(None))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(q.order_by(features.c.archived_at.is_(None).desc(), features.c.created_at.desc())).first()
         return jsonx.loads(row.doc) if row else None
 
@@ -170,7 +170,7 @@ class SqlEntitlementStore:
             q = q.where(features.c.archived_at.is_(None))
         if meter_slugs:
             q = q.where(features.c.meter_slug.in_(meter_slugs))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(features.c.created_at, features.c.id))]
 
     # -- entitlements -----------------------------------------------------------------------------
@@ -262,7 +262,7 @@ class SqlEntitlementStore:
         q = sa.select(entitlements.c.doc).where(entitlements.c.namespace == namespace, entitlements.c.id == entitlement_id)
         if not include_deleted:
             q = q.where(entitlements.c.deleted_at.is_(None))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(q).first()
         return jsonx.loads(row.doc) if row else None
 
@@ -323,7 +323,7 @@ class SqlEntitlementStore:
             q = q.where(among(entitlements.c.feature_key, feature_keys, self.engine))
         if not include_deleted:
             q = q.where(entitlements.c.deleted_at.is_(None))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(entitlements.c.created_at, entitlements.c.id))]
 
     # -- grants -----------------------------------------------------------------------------------
@@ -365,19 +365,19 @@ class SqlEntitlementStore:
                                            snapshots.c.at >= effective))
 
     def get_grant(self, namespace: str, grant_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(grants.c.doc).where(grants.c.namespace == namespace, grants.c.id == grant_id)).first()
         return jsonx.loads(row.doc) if row else None
 
     def list_grants(self, namespace: str, entitlement_ids: list[str] | None = None) -> list[dict[str, Any]]:
         if entitlement_ids is not None:
-            with self.engine.connect() as c:
+            with self.reads.connect() as c:
                 return [jsonx.loads(r.doc) for r in c.execute(self._GRANTS_OF, {"ns": namespace,
                                                                                  "ids": list(entitlement_ids)})]
         q = sa.select(grants.c.doc).where(grants.c.namespace == namespace)
         if entitlement_ids is not None:
             q = q.where(among(grants.c.entitlement_id, entitlement_ids, self.engine))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(grants.c.created_at, grants.c.id))]
 
     # -- resets -----------------------------------------------------------------------------------
@@ -405,14 +405,14 @@ class SqlEntitlementStore:
             raise Conflict(f"the entitlement was already reset at {jsonx.dumps(at)}") from None
 
     def list_resets(self, namespace: str, entitlement_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             rows = c.execute(self._RESETS, {"ns": namespace, "ent": entitlement_id})
             return [{"at": utc(r.at), "retainAnchor": r.retain_anchor, "preserveOverage": r.preserve_overage}
                     for r in rows]
 
     # -- snapshots --------------------------------------------------------------------------------
     def latest_snapshot(self, namespace: str, entitlement_id: str, not_after: datetime) -> dict[str, Any] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(self._LATEST_SNAPSHOT, {"ns": namespace, "ent": entitlement_id, "not_after": not_after}).first()
         return jsonx.loads(row.doc) if row else None
 

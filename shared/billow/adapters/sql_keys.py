@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from billow import jsonx
-from billow.adapters.sql import save_by_id
+from billow.adapters.sql import reads, save_by_id
 
 md = sa.MetaData()
 
@@ -23,6 +23,7 @@ api_keys = sa.Table(
 class SqlKeyStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.reads = reads(engine)  # (sql.reads: one-statement reads in autocommit on PostgreSQL)
 
     def migrate(self) -> None:
         """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
@@ -36,7 +37,7 @@ class SqlKeyStore:
                                      "doc": jsonx.dumps(doc)})
 
     def get_key(self, key_id: str) -> tuple[dict[str, Any], str] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(api_keys.c.doc, api_keys.c.key_hash).where(api_keys.c.id == key_id)).first()
         return (jsonx.loads(row.doc), row.key_hash) if row else None
 
@@ -44,5 +45,5 @@ class SqlKeyStore:
         q = sa.select(api_keys.c.doc)
         if namespace is not None:
             q = q.where(api_keys.c.namespace == namespace)
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(api_keys.c.id))]

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
+from billow.adapters.sql import reads
 from billow.domain.llm import PriceOverride
 from billow.errors import Conflict
 from billow.timeutil import format_rfc3339
@@ -29,6 +30,7 @@ llm_prices = sa.Table(
 class SqlLlmPriceStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.reads = reads(engine)  # (sql.reads: one-statement reads in autocommit on PostgreSQL)
 
     def migrate(self) -> None:
         """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
@@ -56,7 +58,7 @@ class SqlLlmPriceStore:
             q = q.where(llm_prices.c.provider == provider.lower())
         if model is not None:
             q = q.where(llm_prices.c.model == model.lower())
-        with self.engine.connect() as c:  # sorted here, in code point order: an ORDER BY follows the collation
+        with self.reads.connect() as c:  # sorted here, in code point order: an ORDER BY follows the collation
             rows = [(r.provider, r.model, r.effective_from, r.doc) for r in c.execute(q)]
         return [PriceOverride.from_json(jsonx.loads(doc)) for *_, doc in sorted(rows)]
 

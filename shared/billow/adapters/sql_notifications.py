@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
-from billow.adapters.sql import TS, channel_use_lock, feature_use_lock, save_by_id, serialise, utc
+from billow.adapters.sql import TS, channel_use_lock, feature_use_lock, reads, save_by_id, serialise, utc
 from billow.domain.notifications import Delivery
 from billow.errors import NotFound
 
@@ -97,6 +97,7 @@ def _put(engine: sa.Engine, table: sa.Table, namespace: str, row: dict[str, Any]
 class SqlNotificationStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.reads = reads(engine)  # (sql.reads: one-statement reads in autocommit on PostgreSQL)
 
     def migrate(self) -> None:
         """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
@@ -117,7 +118,7 @@ class SqlNotificationStore:
              live=live, what="notification channel", locks=[channel_use_lock(namespace, doc["id"])], check=check)
 
     def get_channel(self, namespace: str, channel_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(channels.c.doc).where(channels.c.namespace == namespace,
                                                             channels.c.id == channel_id)).first()
         return jsonx.loads(row.doc) if row else None
@@ -126,7 +127,7 @@ class SqlNotificationStore:
         q = sa.select(channels.c.doc).where(channels.c.namespace == namespace)
         if ids is not None:
             q = q.where(channels.c.id.in_(list(ids)))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(channels.c.id))]
 
     def put_rule(self, namespace: str, doc: dict[str, Any], *, live: bool = False,
@@ -143,12 +144,12 @@ class SqlNotificationStore:
                     *(channel_use_lock(namespace, ch["id"]) for ch in doc.get("channels") or [])], check=check)
 
     def get_rule(self, namespace: str, rule_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(rules.c.doc).where(rules.c.namespace == namespace, rules.c.id == rule_id)).first()
         return jsonx.loads(row.doc) if row else None
 
     def list_rules(self, namespace: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(
                 sa.select(rules.c.doc).where(rules.c.namespace == namespace).order_by(rules.c.id))]
 
@@ -157,7 +158,7 @@ class SqlNotificationStore:
         q = sa.select(rules.c.namespace, rules.c.doc).where(rules.c.active.is_(True), rules.c.type.in_(list(types)))
         if namespace is not None:
             q = q.where(rules.c.namespace == namespace)
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [(r.namespace, jsonx.loads(r.doc)) for r in c.execute(q.order_by(rules.c.namespace, rules.c.id))]
 
     # -- events ------------------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ class SqlNotificationStore:
         return True
 
     def get_event(self, namespace: str, event_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(events.c.doc).where(events.c.namespace == namespace,
                                                           events.c.id == event_id)).first()
         return jsonx.loads(row.doc) if row else None
@@ -207,7 +208,7 @@ class SqlNotificationStore:
                 deliveries.c.namespace == namespace, deliveries.c.channel_id.in_(channel_ids))))
         cols = [events.c.created_at, events.c.id] if order_by == "createdAt" else [events.c.id]
         q = q.order_by(*(col.desc() if descending else col.asc() for col in cols))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q)]
 
     # -- deliveries --------------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ class SqlNotificationStore:
         out: dict[str, list[Delivery]] = {e: [] for e in event_ids}
         if not event_ids:
             return out
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             for row in c.execute(sa.select(deliveries).where(deliveries.c.namespace == namespace,
                                                              deliveries.c.event_id.in_(event_ids))
                                  .order_by(deliveries.c.event_id, deliveries.c.channel_id)):
@@ -224,13 +225,13 @@ class SqlNotificationStore:
 
     def due(self, now: datetime, limit: int = 100) -> list[Delivery]:
         """Deliveries whose next attempt is due, or whose claim lapsed (a dispatcher died mid-send)."""
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [_delivery(r) for r in c.execute(
                 sa.select(deliveries).where(deliveries.c.due_at.is_not(None), deliveries.c.due_at <= now)
                 .order_by(deliveries.c.due_at).limit(limit))]
 
     def next_due(self) -> datetime | None:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return utc(c.execute(sa.select(sa.func.min(deliveries.c.due_at))).scalar())
 
     def claim(self, d: Delivery, *, now: datetime, lease_until: datetime) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from billow import jsonx
-from billow.adapters.sql import TS, utc
+from billow.adapters.sql import TS, reads, utc
 from billow.timeutil import format_rfc3339
 
 md = sa.MetaData()
@@ -37,6 +37,7 @@ def _doc(row: Any) -> dict[str, Any]:
 class SqlPortalStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.reads = reads(engine)  # (sql.reads: one-statement reads in autocommit on PostgreSQL)
 
     def migrate(self) -> None:
         """The meta database to the schema head: one Alembic upgrade for every store's tables (billow.migrations)."""
@@ -51,7 +52,7 @@ class SqlPortalStore:
 
     def get_token(self, token_id: str) -> tuple[str, dict[str, Any], str] | None:
         """(namespace, record, secret hash) of any namespace: the token itself says which one it acts for."""
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             row = c.execute(sa.select(portal_tokens).where(portal_tokens.c.id == token_id)).first()
         return (row.namespace, _doc(row), row.token_hash) if row else None
 
@@ -59,7 +60,7 @@ class SqlPortalStore:
         """Newest first."""
         q = (sa.select(portal_tokens).where(portal_tokens.c.namespace == namespace)
              .order_by(portal_tokens.c.id.desc()).limit(limit))
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return [_doc(r) for r in c.execute(q)]
 
     def invalidate(self, namespace: str, *, token_id: str | None, subject: str | None, at: datetime) -> int:
@@ -79,6 +80,6 @@ class SqlPortalStore:
         return int(res.rowcount or 0)
 
     def exists(self, namespace: str, token_id: str) -> bool:
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return c.execute(sa.select(portal_tokens.c.id).where(
                 portal_tokens.c.namespace == namespace, portal_tokens.c.id == token_id)).first() is not None
