@@ -793,3 +793,75 @@ def test_a_feature_archived_while_a_rule_is_made_on_it_never_gets_one_after_the_
         bad += _refusals(errors)
         late += seen == [0] and on_it() == 1
     assert not bad and late == 0, (f"{late} of {2 * ROUNDS} features got a rule after their archive answered", bad[:3])
+
+
+def test_a_plan_version_ended_while_a_subscription_is_made_or_changed_onto_it_never_gets_one_after(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """POST /api/v1/subscriptions and .../{s}/change need an active plan version (400 `plan` on one archived,
+    replaced or deleted). Both looked at the plan's versions, found the version active, then wrote the subscription
+    under the customer's lock alone: an archive of the version (or a publish of the next one and a deletion of this
+    one) by another container landing in between answered 200/204, and the subscription appeared after that on the
+    archived or deleted version, which no order of the requests gives. Here the other container's write lands right
+    before this one's (a hook on the store's add_subscription), in every case. Now the subscription's write takes the
+    plan key's lock every version change takes (`adapters/sql.version_lock`) and checks the version under it: it is
+    refused as it would be after, and nothing is written."""
+    from billow.adapters.sql_catalog import SqlCatalogStore
+    from billow.adapters.sql_entitlements import SqlEntitlementStore
+    from billow.errors import ValidationFailed
+    from billow.services import catalog
+    from billow.services import subscriptions as subs_service
+
+    meanwhile: list[Callable[[], Any]] = []
+
+    class EndedMeanwhile(SqlCatalogStore):
+        """This container's store: another container's version change lands after its look, before its write."""
+
+        def add_subscription(self, namespace: str, doc: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            while meanwhile:
+                meanwhile.pop()()
+            super().add_subscription(namespace, doc, *args, **kwargs)
+
+    slow, other = EndedMeanwhile(metas[0].engine), SqlCatalogStore(metas[1].engine)
+    ents = [SqlEntitlementStore(m.engine) for m in metas]
+    fee = {"type": "flat_fee", "key": "base", "name": "Base", "billingCadence": "P1M",
+           "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}
+
+    def published(key: str) -> dict[str, Any]:
+        v = catalog.create("ns", "plan", {"key": key, "name": key, "currency": "USD", "billingCadence": "P1M",
+                                          "phases": [{"key": "default", "name": "D", "rateCards": [fee]}]},
+                           store=other, now=NOW)
+        return catalog.publish("ns", "plan", v["id"], store=other, features=ents[1], now=NOW)
+
+    let_through = []
+    for how in ("archive", "replace and delete", "change onto archived"):
+        key = how.replace(" ", "_")
+        v1 = published(key)
+        customer = _new_customer(metas[0], f"c_{key}")
+        if how == "replace and delete":
+            v2 = catalog.next_version("ns", "plan", key, store=other, now=NOW)
+            meanwhile[:] = [partial(catalog.delete, "ns", "plan", v1["id"], store=other, now=NOW),
+                            partial(catalog.publish, "ns", "plan", v2["id"], store=other, features=ents[1], now=NOW)]
+        else:
+            meanwhile[:] = [partial(catalog.archive, "ns", "plan", v1["id"], store=other, now=NOW)]
+        before: list[dict[str, Any]] = []
+        try:
+            if how == "change onto archived":
+                running = subs_service.create("ns", {"plan": {"key": published(f"{key}_from")["key"]},
+                                                     "customerId": customer["id"]},
+                                              store=other, meta=metas[1], ents=ents[1], now=NOW)
+                before = other.list_subscriptions("ns", customer["id"])
+                subs_service.change("ns", running["id"], {"timing": "immediate", "plan": {"key": key, "version": 1}},
+                                    store=slow, meta=metas[0], ents=ents[0], now=NOW)
+            else:
+                subs_service.create("ns", {"plan": {"key": key, "version": 1}, "customerId": customer["id"]},
+                                    store=slow, meta=metas[0], ents=ents[0], now=NOW)
+        except ValidationFailed as e:
+            assert [err["field"] for err in e.errors] == ["plan"], e.errors
+        else:
+            let_through.append(how)
+        assert not meanwhile
+        after = other.list_subscriptions("ns", customer["id"])
+        on_ended = [s["id"] for s in after if s not in before]
+        if on_ended or [s["id"] for s in after] != [s["id"] for s in before]:
+            let_through.append(f"{how}: subscriptions {[s['plan'] for s in after]} written")
+    assert not let_through, let_through

@@ -202,8 +202,14 @@ class SqlCatalogStore:
         are in this transaction, one such add per customer at a time: two containers adding at once would each
         check without the other's and both write (two subscriptions where the check allows one). With `ending` (a
         plan change), the subscription it ends is written in this transaction, only if still stored as
-        `expect_doc` (else Conflict, and the new one is not written either)."""
+        `expect_doc` (else Conflict, and the new one is not written either). A subscription on a plan version is
+        checked under its plan key's lock too (version_lock), which the version's archive, deletion and the publish
+        that ends it take: `check` sees the version as they left it, or they run after the subscription is written.
+        That lock is taken before the customer's, as a key's version change takes it before its features' and an
+        entitlement's write takes features' before the customer's: no cycle of writers waiting on each other."""
         with self.engine.begin() as c:
+            if doc.get("plan"):
+                serialise(c, version_lock(namespace, "plan", doc["plan"]["key"]))
             serialise(c, customer_lock(namespace, doc["customerId"]))
             check(self._of_customer(c, namespace, doc["customerId"]))
             if ending is not None:

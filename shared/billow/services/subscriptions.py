@@ -105,6 +105,21 @@ def _plan_version(namespace: str, ref: Any, store: SubscriptionStore, now: datet
     return live[-1]
 
 
+def _plan_still_in_force(namespace: str, doc: dict[str, Any], store: SubscriptionStore, now: datetime) -> None:
+    """Where a subscription on a plan version is written, under the lock its key's archive, deletion and next publish
+    take (SqlCatalogStore.add_subscription): the version archived, deleted or replaced since the first look is
+    refused as such a one is (400, `plan`), whatever this request's instant (an end stamped after it, at another
+    container's clock, answered before this write): a version with an end takes no new subscription."""
+    ref = doc.get("plan")
+    if not ref:
+        return
+    found = store.get_versioned("plan", namespace, ref["id"])
+    if (found is None or found.get("deletedAt") or found.get("effectiveTo") is not None
+            or catalog_rules.status(found, now) != "active"):
+        raise bad("plan", f"no active version of plan {ref['key']!r} version {ref['version']} (archived, replaced or "
+                          "deleted meanwhile); publish it first")
+
+
 def _overlap(subscriptions: list[dict[str, Any]], start: datetime, ignore: str | None = None) -> dict[str, Any] | None:
     for other in subscriptions:
         if other["id"] == ignore or other.get("deletedAt"):
@@ -176,6 +191,7 @@ def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaSto
         # one): the customer deleted meanwhile is refused as a deleted one is.
         if meta.get_customer(namespace, customer["id"]) is None:
             raise bad("customerId" if body.get("customerId") else "customerKey", f"unknown customer {customer['id']!r}")
+        _plan_still_in_force(namespace, doc, store, now)
         no_clash(subscriptions)
 
     no_clash(store.list_subscriptions(namespace, customer["id"]))
@@ -400,6 +416,7 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
                            f"{clash['id']} in the new plan's time; cancel or delete it first")
         if meta.get_customer(namespace, customer["id"]) is None:  # deleted meanwhile, under the deletion's lock
             raise NotFound(f"customer {current['customerId']} of the subscription was deleted")
+        _plan_still_in_force(namespace, nxt, store, now)
 
     no_clash(store.list_subscriptions(namespace, customer["id"]))
     # Ended only as it was read, and in one transaction with the next one's insert under the customer's lock: a
