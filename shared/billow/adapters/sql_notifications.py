@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from billow import jsonx
 from billow.adapters.sql import TS, channel_use_lock, feature_use_lock, reads, save_by_id, serialise, utc
 from billow.domain.notifications import Delivery
-from billow.errors import NotFound
+from billow.errors import Conflict, NotFound
 
 md = sa.MetaData()
 
@@ -78,19 +78,27 @@ def _delivery(row: Any) -> Delivery:
 
 
 def _put(engine: sa.Engine, table: sa.Table, namespace: str, row: dict[str, Any], *, live: bool, what: str,
-         locks: Iterable[str] = (), check: Callable[[], None] | None = None) -> None:
-    """Insert or replace `row` by id; with `live`, only replace a row not deleted (else NotFound). With `check`, the
-    serialise() `locks` are taken (in one order, so two writers never wait on each other), then `check` runs (it
+         locks: Iterable[str] = (), check: Callable[[], None] | None = None, expect_doc: str | None = None) -> None:
+    """Insert or replace `row` by id; with `live`, only replace a row not deleted (else NotFound); with `expect_doc`,
+    only one still stored as that JSON (else Conflict: another container wrote it since it was read). With `check`,
+    the serialise() `locks` are taken (in one order, so two writers never wait on each other), then `check` runs (it
     raises to refuse) and the write follows in that transaction."""
     with engine.begin() as c:
         if check is not None:
             for name in sorted(set(locks)):  # features' ("entitlements.feature:...") before channels'
                 serialise(c, name)
             check()
-        if not live:
+        if not live and expect_doc is None:
             save_by_id(c, table, row)
-        elif c.execute(table.update().where(table.c.namespace == namespace, table.c.id == row["id"],
-                                            table.c.deleted.is_(False)).values(**row)).rowcount != 1:
+            return
+        q = table.update().where(table.c.namespace == namespace, table.c.id == row["id"])
+        if live:
+            q = q.where(table.c.deleted.is_(False))
+        if expect_doc is not None:
+            q = q.where(table.c.doc == expect_doc)
+        if c.execute(q.values(**row)).rowcount != 1:
+            if expect_doc is not None:  # changed or deleted meanwhile: the caller reads it again
+                raise Conflict(f"{what} {row['id']!r} changed meanwhile; reload it and try again")
             raise NotFound(f"{what} {row['id']!r} was deleted")
 
 
@@ -107,15 +115,17 @@ class SqlNotificationStore:
 
     # -- channels and rules ----------------------------------------------------------------------------
     def put_channel(self, namespace: str, doc: dict[str, Any], *, live: bool = False,
-                    check: Callable[[], None] | None = None) -> None:
+                    check: Callable[[], None] | None = None, expect_doc: str | None = None) -> None:
         """Save a channel; with `live`, only replace one still live (else NotFound: deleted since it was read, as
-        by another container's DELETE, which an update must not undo). With `check` (deleting it: no live rule names
-        it), the channel's uses are locked (channel_use_lock), the check runs (it raises to refuse) and the write
-        follows in that transaction, so a rule written to name it at once is either seen by the check or sees the
-        channel deleted."""
+        by another container's DELETE, which an update must not undo); with `expect_doc`, only one still stored as
+        that JSON (else Conflict: another update or deletion wrote it since it was read). With `check` (deleting it:
+        no live rule names it), the channel's uses are locked (channel_use_lock), the check runs (it raises to
+        refuse) and the write follows in that transaction, so a rule written to name it at once is either seen by
+        the check or sees the channel deleted."""
         _put(self.engine, channels, namespace, {"id": doc["id"], "namespace": namespace,
                                                 "deleted": bool(doc.get("deletedAt")), "doc": jsonx.dumps(doc)},
-             live=live, what="notification channel", locks=[channel_use_lock(namespace, doc["id"])], check=check)
+             live=live, what="notification channel", locks=[channel_use_lock(namespace, doc["id"])], check=check,
+             expect_doc=expect_doc)
 
     def get_channel(self, namespace: str, channel_id: str) -> dict[str, Any] | None:
         with self.reads.connect() as c:
@@ -131,8 +141,9 @@ class SqlNotificationStore:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(channels.c.id))]
 
     def put_rule(self, namespace: str, doc: dict[str, Any], *, live: bool = False,
-                 check: Callable[[], None] | None = None) -> None:
-        """Save a rule; with `live`, only replace one still live (else NotFound), as put_channel. With `check` (the
+                 check: Callable[[], None] | None = None, expect_doc: str | None = None) -> None:
+        """Save a rule; with `live`, only replace one still live (else NotFound), with `expect_doc` only one still
+        stored as that JSON (else Conflict), as put_channel. With `check` (the
         channels and features it names still live), the uses of those channels (channel_use_lock) and features
         (feature_use_lock, which a feature's archive takes) are locked, the check runs (it raises to refuse) and the
         write follows in that transaction, as put_channel's deletion."""
@@ -141,7 +152,8 @@ class SqlNotificationStore:
                                              "deleted": deleted, "active": not deleted and not doc.get("disabled"),
                                              "doc": jsonx.dumps(doc)}, live=live, what="notification rule",
              locks=[*(feature_use_lock(namespace, f["key"]) for f in doc.get("features") or []),
-                    *(channel_use_lock(namespace, ch["id"]) for ch in doc.get("channels") or [])], check=check)
+                    *(channel_use_lock(namespace, ch["id"]) for ch in doc.get("channels") or [])], check=check,
+             expect_doc=expect_doc)
 
     def get_rule(self, namespace: str, rule_id: str) -> dict[str, Any] | None:
         with self.reads.connect() as c:

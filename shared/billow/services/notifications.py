@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any, Protocol
 
 from billow import jsonx
@@ -22,6 +23,7 @@ from billow.errors import BillowError, Conflict, NotFound
 from billow.ids import is_ulid, new_id
 from billow.ports import MetaStore, UsageStore
 from billow.services import pages, params
+from billow.services.edits import until_written
 from billow.services.entitlements import EntitlementStore
 from billow.timeutil import as_of, format_rfc3339, parse_rfc3339
 
@@ -34,16 +36,17 @@ CLAIM_LEASE = timedelta(minutes=2)  # a claim lapses after this (longer than any
 
 class NotificationStore(Protocol):
     def put_channel(self, namespace: str, doc: dict[str, Any], *, live: bool = False,
-                    check: Callable[[], None] | None = None) -> None:
+                    check: Callable[[], None] | None = None, expect_doc: str | None = None) -> None:
         """With `check`, it runs (and raises to refuse) where the write is made, one such write per channel at a
-        time with the writes of the rules that name it."""
+        time with the writes of the rules that name it; with `expect_doc`, written only if still stored as that
+        JSON (else Conflict)."""
         ...
     def get_channel(self, namespace: str, channel_id: str) -> dict[str, Any] | None: ...
     def list_channels(self, namespace: str, ids: Iterable[str] | None = None) -> list[dict[str, Any]]: ...
     def put_rule(self, namespace: str, doc: dict[str, Any], *, live: bool = False,
-                 check: Callable[[], None] | None = None) -> None:
+                 check: Callable[[], None] | None = None, expect_doc: str | None = None) -> None:
         """With `check`, it runs (and raises to refuse) where the write is made, one at a time with the deletion of
-        each channel the rule names."""
+        each channel the rule names; with `expect_doc`, written only if still stored as that JSON (else Conflict)."""
         ...
     def get_rule(self, namespace: str, rule_id: str) -> dict[str, Any] | None: ...
     def list_rules(self, namespace: str) -> list[dict[str, Any]]: ...
@@ -121,21 +124,33 @@ def get_channel(namespace: str, channel_id: str, *, store: NotificationStore) ->
     return doc
 
 
-def update_channel(namespace: str, channel_id: str, body: Any, *, store: NotificationStore,
-                   now: datetime) -> dict[str, Any]:
-    old = get_channel(namespace, channel_id, store=store)
-    if old.get("deletedAt"):
-        raise NotFound(f"notification channel {channel_id!r} was deleted")
-    doc = _stamp(dn.parse_channel(body, previous=old), now, old)
-    store.put_channel(namespace, doc, live=True)  # a DELETE landing since the read stays: 404, never undone
-    return doc
-
-
-def delete_channel(namespace: str, channel_id: str, *, store: NotificationStore, now: datetime) -> None:
+def _live_channel(namespace: str, channel_id: str, store: NotificationStore) -> dict[str, Any]:
     doc = get_channel(namespace, channel_id, store=store)
     if doc.get("deletedAt"):
         raise NotFound(f"notification channel {channel_id!r} was deleted")
+    return doc
 
+
+def _deleted(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """`doc` deleted now, its updatedAt never before the edit it follows (one by a container whose clock is ahead)."""
+    return {**doc, "deletedAt": format_rfc3339(now), "updatedAt": format_rfc3339(as_of(now, doc.get("updatedAt")))}
+
+
+def update_channel(namespace: str, channel_id: str, body: Any, *, store: NotificationStore,
+                   now: datetime) -> dict[str, Any]:
+    """Replace a live channel, written only as it was read (edits.until_written): another container's update or
+    DELETE landing since the read makes this one read again, so it is applied whole to what that one wrote (its
+    signing secret, when this body gives none; an updatedAt never before the one it replaces, stamped on a clock
+    ahead) or answers 404, never writing back a mix of this body and the channel as it was before the other write."""
+    def step() -> tuple[dict[str, Any], Callable[[], None]]:
+        old = _live_channel(namespace, channel_id, store)
+        doc = _stamp(dn.parse_channel(body, previous=old), now, old)
+        return doc, partial(store.put_channel, namespace, doc, live=True, expect_doc=jsonx.dumps(old))
+
+    return until_written(step)
+
+
+def delete_channel(namespace: str, channel_id: str, *, store: NotificationStore, now: datetime) -> None:
     def unused() -> None:
         used = [r["id"] for r in store.list_rules(namespace)
                 if not r.get("deletedAt") and any(c["id"] == channel_id for c in r["channels"])]
@@ -143,11 +158,15 @@ def delete_channel(namespace: str, channel_id: str, *, store: NotificationStore,
             raise Conflict(f"notification channel {channel_id!r} is assigned to rules {', '.join(used)}; "
                            "remove it from them first")
 
-    unused()
-    doc.update(deletedAt=format_rfc3339(now), updatedAt=format_rfc3339(as_of(now, doc.get("updatedAt"))))
-    # Checked again where it is written, under the lock a rule naming the channel takes (a rule written at once is
-    # seen, or sees the channel deleted); only a live channel (one deleted meanwhile: 404, as after).
-    store.put_channel(namespace, doc, live=True, check=unused)
+    def step() -> tuple[None, Callable[[], None]]:
+        found = _live_channel(namespace, channel_id, store)
+        unused()
+        # Checked again where it is written, under the lock a rule naming the channel takes (a rule written at once is
+        # seen, or sees the channel deleted); only as read (an update or deletion since: read again, 404 if deleted).
+        return None, partial(store.put_channel, namespace, _deleted(found, now), live=True, check=unused,
+                             expect_doc=jsonx.dumps(found))
+
+    until_written(step)
 
 
 def list_channels(namespace: str, qs: dict[str, list[str]], *, store: NotificationStore) -> dict[str, Any]:
@@ -212,24 +231,34 @@ def get_rule(namespace: str, rule_id: str, *, store: NotificationStore) -> dict[
     return doc
 
 
-def update_rule(namespace: str, rule_id: str, body: Any, *, store: NotificationStore, features: EntitlementStore,
-                now: datetime) -> dict[str, Any]:
-    old = get_rule(namespace, rule_id, store=store)
-    if old.get("deletedAt"):
-        raise NotFound(f"notification rule {rule_id!r} was deleted")
-    doc = _resolve_rule_refs(namespace, dn.parse_rule(body, previous=old), store=store, features=features)
-    doc = _stamp(doc, now, old)
-    # a DELETE landing since the read stays: 404, never undone; a channel deleted since the read: 400
-    store.put_rule(namespace, doc, live=True, check=_refs_still_live(namespace, doc, store, features))
-    return doc
-
-
-def delete_rule(namespace: str, rule_id: str, *, store: NotificationStore, now: datetime) -> None:
+def _live_rule(namespace: str, rule_id: str, store: NotificationStore) -> dict[str, Any]:
     doc = get_rule(namespace, rule_id, store=store)
     if doc.get("deletedAt"):
         raise NotFound(f"notification rule {rule_id!r} was deleted")
-    doc.update(deletedAt=format_rfc3339(now), updatedAt=format_rfc3339(as_of(now, doc.get("updatedAt"))))
-    store.put_rule(namespace, doc, live=True)  # only a live rule: one deleted meanwhile is 404, as after
+    return doc
+
+
+def update_rule(namespace: str, rule_id: str, body: Any, *, store: NotificationStore, features: EntitlementStore,
+                now: datetime) -> dict[str, Any]:
+    """Replace a live rule, written only as it was read, as update_channel: another update or DELETE landing since
+    the read makes this one read again (applied whole to what that one wrote, its updatedAt never earlier; or 404);
+    a channel deleted since the read: 400."""
+    def step() -> tuple[dict[str, Any], Callable[[], None]]:
+        old = _live_rule(namespace, rule_id, store)
+        doc = _stamp(_resolve_rule_refs(namespace, dn.parse_rule(body, previous=old), store=store, features=features),
+                     now, old)
+        return doc, partial(store.put_rule, namespace, doc, live=True, expect_doc=jsonx.dumps(old),
+                            check=_refs_still_live(namespace, doc, store, features))
+
+    return until_written(step)
+
+
+def delete_rule(namespace: str, rule_id: str, *, store: NotificationStore, now: datetime) -> None:
+    def step() -> tuple[None, Callable[[], None]]:
+        found = _live_rule(namespace, rule_id, store)  # only as read: one deleted meanwhile is 404, as after
+        return None, partial(store.put_rule, namespace, _deleted(found, now), live=True, expect_doc=jsonx.dumps(found))
+
+    until_written(step)
 
 
 def list_rules(namespace: str, qs: dict[str, list[str]], *, store: NotificationStore) -> dict[str, Any]:
