@@ -430,9 +430,10 @@ class AppStore(Protocol):
         ...
 
     def put_app(self, namespace: str, doc: dict[str, Any], secrets: dict[str, Any] | None = None, *,
-                live: bool = False, check: Callable[[], None] | None = None) -> None:
-        """Update an app; with `live` only one still installed (else NotFound); with `check`, it runs (and raises
-        to refuse) where the write is made, one at a time with the writes of the profiles that name the app."""
+                live: bool = False, check: Callable[[], None] | None = None, expect_doc: str | None = None) -> None:
+        """Update an app; with `live` only one still installed (else NotFound); with `expect_doc` only one still
+        stored as that JSON (else Conflict); with `check`, it runs (and raises to refuse) where the write is made,
+        one at a time with the writes of the profiles that name the app."""
         ...
 
     def get_app(self, namespace: str, id_: str) -> dict[str, Any] | None: ...

@@ -16,7 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from billow.adapters.sql import SqlMetaStore
+from billow.adapters.sql_apps import SqlAppStore
 from billow.adapters.sql_notifications import SqlNotificationStore
+from billow.ids import new_id
 from tests.adapters.test_writes_across_containers import metas  # noqa: F401 (the fixture)
 
 BEHIND = datetime(2026, 6, 1, tzinfo=UTC)
@@ -55,6 +57,73 @@ class _SlowNotifications(SqlNotificationStore):
     def put_rule(self, namespace: str, doc: dict[str, Any], **kwargs: Any) -> None:
         self.meanwhile.run()
         super().put_rule(namespace, doc, **kwargs)
+
+
+class _SlowApps(SqlAppStore):
+    def __init__(self, engine: Any, meanwhile: _Meanwhile) -> None:
+        super().__init__(engine)
+        self.meanwhile = meanwhile
+
+    def put_app(self, namespace: str, doc: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        self.meanwhile.run()
+        super().put_app(namespace, doc, *args, **kwargs)
+
+
+def test_an_app_edited_or_uninstalled_behind_another_container_s_edit_keeps_the_later_stamp_and_every_edit(
+        metas: list[SqlMetaStore]) -> None:  # noqa: F811
+    """PUT /api/v1/apps/{a} (and PUT .../stripe/api-key, DELETE) read the app, then wrote its document by id, stamped
+    with the later of its clock and the updatedAt it read. Another container's edit, its clock 5 s ahead, landing
+    between the two: updatedAt moved back 5 s; a rename behind a new Stripe key wrote back the old key's mask and
+    livemode while the secrets held the new key (the app showing a key it no longer uses); an uninstall wrote the
+    app as it read it. Now each writes only the app as it read it (else reads again): the later stamp and both
+    edits stay, the mask matches the key."""
+    from types import SimpleNamespace
+
+    from billow.domain import apps as rules
+    from billow.services import apps as apps_service
+
+    def stripe(key: str) -> Any:  # Stripe's answer to the key's owner: the one account both keys open
+        return SimpleNamespace(account=lambda: {"id": "acct_billow"})
+
+    meanwhile = _Meanwhile()
+    slow, other = _SlowApps(metas[0].engine, meanwhile), SqlAppStore(metas[1].engine)
+    stamp, old_key, new_key = "2026-06-01T00:00:00Z", "sk_test_" + "o" * 24, "sk_live_" + "n" * 24
+    wrong: list[str] = []
+
+    # a Stripe app renamed behind a new API key
+    app = rules.new_app(new_id(), "stripe", "S", stamp, stripeAccountId="acct_billow", livemode=False,
+                        maskedAPIKey=rules.masked_api_key(old_key))
+    other.add_app("ns", app, {"apiKey": old_key})
+    meanwhile.pending.append(lambda: apps_service.update_stripe_api_key(
+        "ns", app["id"], {"secretAPIKey": new_key}, apps=other, stripe=stripe, now=AHEAD))
+    apps_service.update_app("ns", app["id"], {"type": "stripe", "name": "behind"}, apps=slow, stripe=stripe,
+                            now=BEHIND)
+    wrong += _differs("Stripe app rename", other.get_app("ns", app["id"]), name="behind", updatedAt=STAMP_AHEAD,
+                      maskedAPIKey=rules.masked_api_key(new_key), livemode=True)
+    if other.app_secrets("ns", app["id"]).get("apiKey") != new_key:
+        wrong.append("Stripe app rename: the new key lost")
+    # a custom invoicing app edited behind an edit, and uninstalled behind one
+    body = {"type": "custom_invoicing", "enableDraftSyncHook": True, "enableIssuingSyncHook": False}
+    for how in ("edit", "uninstall"):
+        app = rules.new_app(new_id(), "custom_invoicing", "CI", stamp, enableDraftSyncHook=False,
+                            enableIssuingSyncHook=False)
+        other.add_app("ns", app)
+        meanwhile.pending.append(lambda app=app: apps_service.update_app(
+            "ns", app["id"], {**body, "name": "ahead", "enableIssuingSyncHook": True}, apps=other, stripe=stripe,
+            now=AHEAD))
+        if how == "edit":
+            apps_service.update_app("ns", app["id"], {**body, "name": "behind"}, apps=slow, stripe=stripe, now=BEHIND)
+            wrong += _differs("app edit", other.get_app("ns", app["id"]), name="behind",
+                              enableIssuingSyncHook=False, updatedAt=STAMP_AHEAD)
+        else:
+            from billow.adapters.sql_billing import SqlBillingStore
+
+            apps_service.uninstall_app("ns", app["id"], apps=slow, billing=SqlBillingStore(metas[0].engine),
+                                       stripe=stripe, now=BEHIND)
+            wrong += _differs("app uninstall", other.get_app("ns", app["id"]), name="ahead",
+                              enableIssuingSyncHook=True, updatedAt=STAMP_AHEAD)
+    assert not meanwhile.pending
+    assert not wrong, (len(wrong), wrong)
 
 
 def test_a_channel_or_rule_edited_or_deleted_behind_another_container_s_edit_keeps_the_later_stamp_and_every_edit(

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from billow import jsonx
 from billow.adapters.sql import app_use_lock, reads, serialise, upsert
-from billow.errors import NotFound
+from billow.errors import Conflict, NotFound
 
 md = sa.MetaData()
 
@@ -74,21 +74,28 @@ class SqlAppStore:
         return doc
 
     def put_app(self, namespace: str, doc: dict[str, Any], secrets: dict[str, Any] | None = None, *,
-                live: bool = False, check: Callable[[], None] | None = None) -> None:
+                live: bool = False, check: Callable[[], None] | None = None, expect_doc: str | None = None) -> None:
         """Update an existing app's document (and its secrets, when given). With `live`, only an app still installed
-        (else NotFound: uninstalled meanwhile, as to a later call). With `check` (uninstalling it: no billing profile
-        uses it), the app's uses are locked (app_use_lock), the check runs (it raises to refuse) and the write
-        follows in that transaction, so a profile written to use it at once is either seen by the check or sees the
-        app uninstalled."""
+        (else NotFound: uninstalled meanwhile, as to a later call). With `expect_doc`, only an app still stored as
+        that JSON (else Conflict: another container's update or uninstall wrote it since it was read). With `check`
+        (uninstalling it: no billing profile uses it), the app's uses are locked (app_use_lock), the check runs (it
+        raises to refuse) and the write follows in that transaction, so a profile written to use it at once is
+        either seen by the check or sees the app uninstalled."""
         values: dict[str, Any] = {"doc": jsonx.dumps(doc), "deleted": doc.get("deletedAt") is not None}
         if secrets is not None:
             values["secrets"] = jsonx.dumps(secrets)
         q = apps.update().where(apps.c.namespace == namespace, apps.c.id == doc["id"])
+        if live:
+            q = q.where(apps.c.deleted.is_(False))
+        if expect_doc is not None:
+            q = q.where(apps.c.doc == expect_doc)
         with self.engine.begin() as c:
             if check is not None:
                 serialise(c, app_use_lock(namespace, doc["id"]))
                 check()
-            done = c.execute((q.where(apps.c.deleted.is_(False)) if live else q).values(**values)).rowcount
+            done = c.execute(q.values(**values)).rowcount
+        if expect_doc is not None and done != 1:
+            raise Conflict(f"app {doc['id']} changed meanwhile; reload it and try again")
         if live and done != 1:
             raise NotFound(f"app {doc['id']} not found")
 

@@ -12,13 +12,16 @@ import hashlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from billow import jsonx
 from billow.domain import apps as rules
 from billow.domain.billing_profiles import WORKFLOW_DEFAULTS
 from billow.errors import BillowError, Conflict, NotFound, ValidationFailed
 from billow.ids import is_ulid, new_id
 from billow.ports import AppStore, BillingStore, MetaStore, StripeAccount
+from billow.services.edits import until_written
 from billow.timeutil import as_of, format_rfc3339
 
 if TYPE_CHECKING:
@@ -91,16 +94,35 @@ def get_app(namespace: str, id_: str, *, apps: AppStore) -> dict[str, Any]:
     return doc
 
 
+def _edit(namespace: str, id_: str, apps: AppStore,
+          edit: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any] | None]], now: datetime,
+          check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Read the installed app, `edit` it (the new document and secrets, or None to keep them; it raises to refuse)
+    and write it only if it is still stored as read, stamped never before the edit it follows: another container's
+    update or uninstall landing since the read (on a clock ahead, say) makes this one read again, so it applies
+    whole to what that one wrote (never this body beside the other's Stripe key, never an updatedAt moved back),
+    or answers 404 (an uninstall stays, never undone)."""
+    def step() -> tuple[dict[str, Any], Callable[[], None]]:
+        doc = get_app(namespace, id_, apps=apps)
+        new, secrets = edit(doc)
+        new["updatedAt"] = format_rfc3339(as_of(now, doc.get("updatedAt")))
+        return new, partial(apps.put_app, namespace, new, secrets, live=True, check=check,
+                            expect_doc=jsonx.dumps(doc))
+
+    return until_written(step)
+
+
 def update_app(namespace: str, id_: str, body: object, *, apps: AppStore, stripe: StripeFor,
                now: datetime) -> dict[str, Any]:
-    doc = get_app(namespace, id_, apps=apps)
-    new, key = rules.replace_update(doc, body)
-    secrets = None
+    new, key = rules.replace_update(get_app(namespace, id_, apps=apps), body)  # refused before Stripe is asked
     if key is not None:
-        new, secrets = _with_key(namespace, new, key, "secretAPIKey", apps=apps, stripe=stripe)
-    new["updatedAt"] = format_rfc3339(as_of(now, doc.get("updatedAt")))  # never before the edit it follows
-    apps.put_app(namespace, new, secrets, live=True)  # an uninstall landing since the read stays: 404, never undone
-    return new
+        _check_key(new, key, "secretAPIKey", stripe)
+
+    def edit(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        new, _ = rules.replace_update(doc, body)
+        return _with_key(namespace, new, key, apps) if key is not None else (new, None)
+
+    return _edit(namespace, id_, apps, edit, now)
 
 
 def update_stripe_api_key(namespace: str, id_: str, body: object, *, apps: AppStore, stripe: StripeFor,
@@ -111,20 +133,22 @@ def update_stripe_api_key(namespace: str, id_: str, body: object, *, apps: AppSt
     if not isinstance(body, dict):
         raise bad("body", "must be {secretAPIKey}")
     key = rules.stripe_key(body.get("secretAPIKey"), "secretAPIKey")
-    new, secrets = _with_key(namespace, doc, key, "secretAPIKey", apps=apps, stripe=stripe)
-    new["updatedAt"] = format_rfc3339(as_of(now, doc.get("updatedAt")))  # never before the edit it follows
-    apps.put_app(namespace, new, secrets, live=True)  # an uninstall landing since the read stays: 404, never undone
+    _check_key(doc, key, "secretAPIKey", stripe)
+    _edit(namespace, id_, apps, lambda doc: _with_key(namespace, doc, key, apps), now)
 
 
-def _with_key(namespace: str, doc: dict[str, Any], key: str, field: str, *, apps: AppStore,
-              stripe: StripeFor) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A Stripe app's document and secrets with a new API key: it must open the same Stripe account."""
+def _check_key(doc: dict[str, Any], key: str, field: str, stripe: StripeFor) -> None:
+    """A Stripe app's new API key must open the app's Stripe account."""
     try:
         account = stripe(key).account()
     except ValidationFailed:
         raise bad(field, "Stripe refused the API key") from None
     if account["id"] != doc.get("stripeAccountId"):
         raise bad(field, f"the key opens Stripe account {account['id']}, not this app's {doc.get('stripeAccountId')}")
+
+
+def _with_key(namespace: str, doc: dict[str, Any], key: str, apps: AppStore) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Stripe app's document and secrets with a new API key (checked: _check_key)."""
     secrets = {**apps.app_secrets(namespace, doc["id"]), "apiKey": key}
     return {**doc, "maskedAPIKey": rules.masked_api_key(key), "livemode": rules.key_livemode(key),
             "status": "ready"}, secrets
@@ -133,31 +157,31 @@ def _with_key(namespace: str, doc: dict[str, Any], key: str, field: str, *, apps
 def uninstall_app(namespace: str, id_: str, *, apps: AppStore, billing: BillingStore, stripe: StripeFor,
                   now: datetime) -> None:
     """Uninstall an app no billing profile uses; a Stripe app's secrets are forgotten (its webhook path answers 404
-    from then on) and, once that is written, its webhook endpoint is removed from Stripe."""
-    doc = get_app(namespace, id_, apps=apps)
-
+    from then on) and, once that is written, its webhook endpoint is removed from Stripe (with the key as the
+    uninstall found it: one set by an update at once is the one read again)."""
     def unused() -> None:
         users = [p["name"] for p in billing.list_profiles(namespace) if id_ in _profile_app_ids(p)]
         if users:
             raise Conflict(f"app {id_} is used by billing profile(s) {', '.join(users)}: change or delete them first")
 
-    unused()
-    secrets: dict[str, Any] | None = None
-    key = webhook = None
-    if doc["type"] == "stripe":
-        key, webhook = apps.app_secrets(namespace, id_).get("apiKey"), doc.get("stripeWebhookId")
-        secrets = {}
-    doc = {**doc, "deletedAt": format_rfc3339(now), "updatedAt": format_rfc3339(as_of(now, doc.get("updatedAt")))}
+    key: list[Any] = []
+
+    def edit(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        unused()  # first where no lock is held (a 409 answered at once), then again under the lock
+        key[:] = [apps.app_secrets(namespace, id_).get("apiKey")] if doc["type"] == "stripe" else []
+        return {**doc, "deletedAt": format_rfc3339(now)}, {} if doc["type"] == "stripe" else None
+
     # Checked again where it is written, under the lock a profile naming the app takes (a profile written at once is
-    # seen, or sees the app uninstalled); only an app still installed (uninstalled meanwhile: 404, as after).
-    apps.put_app(namespace, doc, secrets, live=True, check=unused)
+    # seen, or sees the app uninstalled); only as read (uninstalled meanwhile: 404, as after).
+    doc = _edit(namespace, id_, apps, edit, now, check=unused)
     # Only once the uninstall is written: removed before, an uninstall refused under the lock (a profile made at once)
     # left an installed app whose Stripe events (payments) no longer came. Not inside the lock: on SQLite it is the
     # database's write lock, held for a call to Stripe. If Stripe fails now, the app is uninstalled all the same (its
     # webhook path answers 404) and the endpoint is left at Stripe, which stops calling an endpoint that keeps failing.
-    if key and webhook:
+    webhook = doc.get("stripeWebhookId")
+    if key and key[0] and webhook:
         try:
-            stripe(str(key)).delete_webhook_endpoint(str(webhook))
+            stripe(str(key[0])).delete_webhook_endpoint(str(webhook))
         except BillowError:
             _log.warning("app %s uninstalled; its Stripe webhook endpoint %s was not removed", id_, webhook,
                          exc_info=True)
