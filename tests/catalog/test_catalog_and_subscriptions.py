@@ -216,3 +216,30 @@ def test_addons_on_a_plan_and_a_subscription(billow: Billow) -> None:
     # 3 seats x $10 for 15.5 of 31 days = 15.00.
     assert seat_lines == [Decimal("15.00")]
     assert Decimal(str(owed["totals"]["total"])) == Decimal("65.00")
+
+
+def test_next_from_an_archived_version_s_id_restores_that_version_as_the_next_draft(billow: Billow) -> None:
+    """POST /api/v1/plans/{planIdOrKey}/next by a version's id copies that version (OpenMeter's NextPlan: its source
+    is the version the id names), so a plan's earlier version can be restored as the next draft. It copied the
+    latest version whatever the id: the "restored" draft held v2's prices. By key it copies the latest; a deleted
+    version's id is a 404."""
+    b = billow
+    setup(b)
+    b.clock.set("2026-01-01T00:00:00Z")
+    v1 = published(b, plan_body("restorable", "10"))
+    v2 = b.ok("POST", "/api/v1/plans/restorable/next")
+    b.ok("PUT", f"/api/v1/plans/{v2['id']}", plan_body("restorable", "20"))
+    b.clock.set("2026-01-02T00:00:00Z")
+    b.ok("POST", f"/api/v1/plans/{v2['id']}/publish")
+
+    def fee(plan: dict[str, Any]) -> str:
+        return str(plan["phases"][0]["rateCards"][0]["price"]["amount"])
+
+    v3 = b.ok("POST", f"/api/v1/plans/{v1['id']}/next")
+    assert (v3["version"], v3["status"], fee(v3)) == (3, "draft", "10")
+    b.ok("DELETE", f"/api/v1/plans/{v3['id']}")
+    v4 = b.ok("POST", "/api/v1/plans/restorable/next")
+    assert (v4["version"], fee(v4)) == (4, "20")
+    b.ok("DELETE", f"/api/v1/plans/{v4['id']}")
+    status, problem = b.call("POST", f"/api/v1/plans/{v3['id']}/next")
+    assert status == 404 and v3["id"] in problem["detail"]

@@ -236,9 +236,10 @@ def delete(namespace: str, kind: str, id_: str, *, store: CatalogStore, now: dat
 
 
 def next_version(namespace: str, kind: str, id_or_key: str, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
-    """A new draft copying the latest version. Whether the key has a draft and the new number come from one read
-    under the key's lock: two at once would otherwise both find none, and a publish or delete at once is written
-    wholly before or after it."""
+    """A new draft copying a version: by key, the latest; by id, that version (an archived one restored as the next
+    draft, as OpenMeter's next does). Whether the key has a draft, the copy and the new number come from one read
+    under the key's lock: two at once would otherwise both find none, and a publish, update or delete at once is
+    written wholly before or after it (a source deleted meanwhile: 404)."""
     found = store.get_versioned(kind, namespace, id_or_key)
 
     def make(every: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -248,8 +249,9 @@ def next_version(namespace: str, kind: str, id_or_key: str, *, store: CatalogSto
         latest = live[-1]
         if catalog.status(latest, now) == "draft":
             raise Conflict(f"{KIND_NAMES[kind]} {latest['key']!r} already has a draft (version {latest['version']})")
+        source = _one(kind, id_or_key, every) if found is not None else latest
         stamp = format_rfc3339(now)
-        doc = {**latest, "id": new_id(), "version": _next_number(every), "createdAt": stamp, "updatedAt": stamp,
+        doc = {**source, "id": new_id(), "version": _next_number(every), "createdAt": stamp, "updatedAt": stamp,
                "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
         return doc, [doc]
 
