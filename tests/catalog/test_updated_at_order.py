@@ -153,3 +153,28 @@ def test_a_customer_update_begun_before_another_that_writes_first_keeps_updated_
     assert (mine["name"], mine["updatedAt"]) == ("mine", LATER)
     stored = b.ok("GET", "/api/v1/customers/acme")
     assert (stored["name"], stored["updatedAt"]) == ("mine", LATER)
+
+
+def test_pending_lines_added_on_a_clock_behind_keep_the_gathering_invoice_s_updated_at(billow: Billow) -> None:
+    """POST /api/v1/billing/customers/{c}/invoices/pending-lines puts the lines on the customer's gathering invoice
+    and stamped it with the request's own `now`: a second add on a clock behind (another container) moved the
+    gathering invoice's updatedAt back, although it now held more lines. Now it is stamped never before the
+    updatedAt it replaces, as every other edit."""
+    b = billow
+    b.clock.set(START)
+    setup(b)
+    b.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    path = "/api/v1/billing/customers/acme/invoices/pending-lines"
+
+    def add(name: str) -> dict[str, Any]:
+        return b.ok("POST", path, {"currency": "USD", "lines": [{  # type: ignore[no-any-return]
+            "name": name, "period": {"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"},
+            "invoiceAt": "2026-01-02T00:00:00Z", "price": {"type": "flat", "amount": "5"}}]})
+
+    b.clock.set(LATER)
+    assert add("first")["invoice"]["updatedAt"] == LATER
+    b.clock.set(EARLIER)  # the second add on a clock behind, answered second
+    assert add("second")["invoice"]["updatedAt"] == LATER
+    b.clock.set(LATER)
+    (gathering,) = b.ok("GET", "/api/v1/billing/invoices", query={"statuses": "gathering"})["items"]
+    assert gathering["updatedAt"] == LATER

@@ -24,7 +24,7 @@ from billow.services.billing_profiles import resolve_customer, resolved_profile
 from billow.services.entitlements import EntitlementStore
 from billow.services.invoices import invoice_prefix, new_invoice
 from billow.services.lineage import measurement
-from billow.timeutil import format_rfc3339, parse_rfc3339
+from billow.timeutil import as_of, format_rfc3339, parse_rfc3339
 
 bad = ValidationFailed.at
 ADD_ATTEMPTS: Final = 10  # writers adding to one customer's pending lines at once that one add outlasts
@@ -60,7 +60,8 @@ def add_pending_lines(namespace: str, customer_id: str, body: object, *, store: 
         if holder is None:
             holder = _new_holder(customer, currency, stamp)
         before = None if is_new else jsonx.dumps(holder)
-        holder = {**holder, "lines": holder["lines"] + lines, "updatedAt": stamp}
+        # never stamped before the edit it follows (one by a container whose clock is ahead)
+        holder = {**holder, "lines": holder["lines"] + lines, "updatedAt": _after(now, holder)}
         try:
             if before is None:
                 store.put_invoice(namespace, holder)
@@ -105,7 +106,12 @@ def returned_to_gathering(namespace: str, customer: dict[str, Any], currency: st
     holder = _holder(namespace, customer, currency, store)
     if holder is None:
         return {**_new_holder(customer, currency, stamp), "lines": pending}, None
-    return {**holder, "lines": holder["lines"] + pending, "updatedAt": stamp}, jsonx.dumps(holder)
+    return {**holder, "lines": holder["lines"] + pending, "updatedAt": _after(now, holder)}, jsonx.dumps(holder)
+
+
+def _after(now: datetime, holder: dict[str, Any]) -> str:
+    """The gathering invoice's new updatedAt: `now`, or the one it replaces when that is later."""
+    return format_rfc3339(as_of(now, holder.get("updatedAt")))
 
 
 def _line_head(doc: object, field_name: str, max_name: int | None = None) -> tuple[dict[str, Any], str, datetime,
