@@ -223,10 +223,12 @@ def test_a_connection_that_dies_within_the_window_fails_one_call_and_the_pool_re
         store.close()
 
 
-def test_a_read_in_autocommit_leaves_no_autocommit_behind(pg_database: str) -> None:
+@pytest.mark.parametrize("module", ["legacy", "dbapi"])
+def test_a_read_in_autocommit_leaves_no_autocommit_behind(pg_database: str, module: str) -> None:
     """The one pooled connection serves a read in autocommit, then a write that fails half-way: the write is still
     one transaction (nothing of it stored), and a session level set for one use is the default again after it."""
-    store = SqlMetaStore(pg_database, pool_size=1, max_overflow=0)
+    store = SqlMetaStore(pg_database, pool_size=1, max_overflow=0,
+                         **({"creator": _dbapi_creator(pg_database)} if module == "dbapi" else {}))
     try:
         with store.engine.begin() as c:
             c.execute(sa.text("CREATE TABLE probe (k int)"))
