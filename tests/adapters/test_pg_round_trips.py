@@ -1,13 +1,12 @@
 """Network round trips to PostgreSQL (pg8000), the production meta store: on Aurora each one is ~0.3-1 ms of a request.
-An uncached entitlement check (the Lambda design) made 56 of them; now 15 (adapters/sql.fewer_round_trips, its
-reads in autocommit, and SqlEntitlementStore.ledger_rows). COMMIT and ROLLBACK travel as simple queries with their meaning kept; a pooled
-connection idle past the window is checked before use and a dead one replaced."""
+An uncached entitlement check (the Lambda design) made 56 of them; now 15 (adapters/sql.fewer_round_trips, reads in
+autocommit, SqlEntitlementStore.ledger_rows). COMMIT and ROLLBACK travel as simple queries with their meaning kept; a
+pooled connection idle past the window is checked before use and a dead one replaced."""
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +14,7 @@ import sqlalchemy as sa
 
 from billow.adapters import sql
 from billow.adapters.sql import SqlMetaStore
-from billow.bootstrap import Settings, build, install
-from billow.local.server import apigw_event
-from functions.api.handler import lambda_handler as api
-from functions.ingest.handler import lambda_handler as ingest
-from functions.usage_sink.handler import lambda_handler as sink
-from tests.conftest import t
+from tests.entitlements.conftest import Billow, harness
 
 
 class Wire:
@@ -56,49 +50,30 @@ class Wire:
 
 
 @pytest.fixture
-def billow_on_pg(pg_database: str) -> Iterator[Any]:
-    c = build(Settings.parse(dict(data_dir=tempfile.mkdtemp(prefix="billow-rt-"), meta_store_url=pg_database,
-                                  usage_store="memory", meters=[{"slug": "tokens", "eventType": "prompt",
-                                                                 "aggregation": "SUM", "valueProperty": "$.tokens"}])),
-              deliver=lambda ev: sink(ev, None))  # (as `billow serve` runs the sink: in process)
-
-    class Clock:
-        def now(self) -> Any:
-            return t("2026-02-14T12:37:00Z")
-
-    c.clock = Clock()
-    install(c)
-    try:
-        yield c
-    finally:
-        install(None)
-        c.close()
+def billow_on_pg(pg_database: str, tmp_path: Path) -> Iterator[Billow]:
+    """The entitlement tests' harness (handlers in process, usage in memory) on a PostgreSQL meta store."""
+    with harness(tmp_path, "default", meta_store_url=pg_database) as b:
+        b.clock.set("2026-02-14T12:37:00Z")
+        yield b
 
 
-def _call(method: str, path: str, body: Any = None) -> Any:
-    out = api(apigw_event(method, path, {"content-type": "application/json"},
-                          json.dumps(body).encode() if body is not None else b"", "127.0.0.1"), None)
-    assert out["statusCode"] in (200, 201, 204), out
-    return json.loads(out["body"]) if out.get("body") else None
-
-
-def test_an_uncached_entitlement_check_makes_15_round_trips(billow_on_pg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    c = billow_on_pg
-    _call("POST", "/api/v1/subjects", [{"key": "customer_7"}])
-    _call("POST", "/api/v1/features", {"key": "ai_tokens", "name": "AI tokens", "meterSlug": "tokens"})
-    path = "/api/v1/subjects/customer_7/entitlements"
-    _call("POST", path, {"type": "metered", "featureKey": "ai_tokens", "issueAfterReset": 100,
-                         "measureUsageFrom": "2026-01-01T00:00:00Z",
-                         "usagePeriod": {"interval": "MONTH", "anchor": "2026-01-01T00:00:00Z"}})
+def test_an_uncached_entitlement_check_makes_15_round_trips(billow_on_pg: Billow,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    b = billow_on_pg
+    b.ok("POST", "/api/v1/features", {"key": "ai_tokens", "name": "AI tokens", "meterSlug": "tokens"})
+    path = "/api/v1/subjects/customer_1/entitlements"
+    b.ok("POST", path, {"type": "metered", "featureKey": "ai_tokens", "issueAfterReset": 100,
+                        "measureUsageFrom": "2026-01-01T00:00:00Z",
+                        "usagePeriod": {"interval": "MONTH", "anchor": "2026-01-01T00:00:00Z"}})
     for amount, days in ((500, 10), (1000, 30)):
-        _call("POST", path + "/ai_tokens/grants", {"amount": amount, "effectiveAt": "2026-02-03T00:00:00Z",
-                                                    "expiration": {"duration": "DAY", "count": days}})
-    c.balance_cache = None  # every check computed from the stores (the Lambda design)
-    first = _call("GET", path + "/ai_tokens/value")  # (its snapshot saved: later checks read it)
+        b.ok("POST", path + "/ai_tokens/grants", {"amount": amount, "effectiveAt": "2026-02-03T00:00:00Z",
+                                                  "expiration": {"duration": "DAY", "count": days}})
+    b.c.balance_cache = None  # every check computed from the stores (the Lambda design)
+    first = b.value("customer_1", "ai_tokens")  # (its snapshot saved: later checks read it)
     wire = Wire(monkeypatch)
     for _ in range(3):
         wire.reset()
-        assert _call("GET", path + "/ai_tokens/value") == first
+        assert b.value("customer_1", "ai_tokens") == first
         # Five store reads (subject, its customer's other subjects, entitlement, meter, and the entitlement's resets,
         # snapshot and grants at once), each its statement alone (Parse, Describe, Bind/Execute: 3 round trips) in
         # autocommit: no BEGIN, no ROLLBACK, no resetting of the connection's level, no check of a connection used
@@ -118,31 +93,28 @@ def _dbapi_creator(url: str) -> Any:
 
 
 READ_ONLY_ROUTES = ["/api/v1/meters", "/api/v1/meters/tokens", "/api/v1/customers", "/api/v1/features",
-                    "/api/v1/subjects", "/api/v1/subjects/customer_7/entitlements", "/api/v1/grants",
+                    "/api/v1/subjects", "/api/v1/subjects/customer_1/entitlements", "/api/v1/grants",
                     "/api/v1/plans", "/api/v1/addons", "/api/v1/billing/profiles", "/api/v1/billing/invoices",
                     "/api/v1/apps", "/api/v1/notification/channels", "/api/v1/notification/rules",
                     "/api/v1/notification/events", "/api/v2/entitlements"]
 
 
-def test_read_only_requests_and_ingest_send_their_statements_alone(billow_on_pg: Any,
+def test_read_only_requests_and_ingest_send_their_statements_alone(billow_on_pg: Billow,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A read-only API request, and an ingest request (its meters looked up), send their statements and nothing
     else: no BEGIN, no ROLLBACK, no reset of the connection (each was two or four round trips more a statement)."""
-    _call("POST", "/api/v1/subjects", [{"key": "customer_7"}])
-    _call("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "usageAttribution": {"subjectKeys": ["customer_7"]}})
+    b = billow_on_pg
+    b.ok("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "usageAttribution": {"subjectKeys": ["customer_1"]}})
     for path in READ_ONLY_ROUTES:
-        _call("GET", path)  # (first requests read what a container keeps)
+        b.ok("GET", path)  # (first requests read what a container keeps)
     wire = Wire(monkeypatch)
     for path in READ_ONLY_ROUTES:
         wire.reset()
-        _call("GET", path)
+        b.ok("GET", path)
         assert {kind for kind, _ in wire.sent} <= {"extended"}, (path, wire.sent)
         assert wire.round_trips == 3 * len(wire.sent), (path, wire.sent)
     wire.reset()
-    out = ingest(apigw_event("POST", "/api/v1/events", {"content-type": "application/json"}, json.dumps([
-        {"specversion": "1.0", "id": "e1", "source": "t", "type": "prompt", "subject": "customer_7",
-         "time": "2026-02-14T12:00:00Z", "data": {"tokens": 1}}]).encode(), "127.0.0.1"), None)
-    assert out["statusCode"] == 204, out
+    b.usage(1, "2026-02-14T12:00:00Z")  # (POST /api/v1/events through the ingest handler and the sink in process)
     assert wire.sent and {kind for kind, _ in wire.sent} == {"extended"}, wire.sent
 
 
