@@ -448,9 +448,10 @@ def _flat_plan(name: str) -> dict[str, Any]:
 
 def test_containers_making_one_plan_or_add_on_key_s_draft_at_once_make_one(metas: list[SqlMetaStore]) -> None:
     """POST /api/v1/plans (a new key, or the next version of a published one), POST /api/v1/plans/{key}/next and
-    POST /api/v1/addons look at the key's versions, then insert the next. Several containers doing it at once for
-    one key all find the same latest version: one draft is made, every other call answers Conflict (409: the key
-    already has a draft, or the add-on exists), never a 500, and the key has one version more."""
+    POST /api/v1/addons (a new key, or the next version of a published one) look at the key's versions, then insert
+    the next. Several containers doing it at once for one key all find the same latest version: one draft is made,
+    every other call answers Conflict (409: the key already has a draft), never a 500, and the key has one version
+    more."""
     from billow.adapters.sql_catalog import SqlCatalogStore
     from billow.adapters.sql_entitlements import SqlEntitlementStore
     from billow.errors import Conflict
@@ -466,9 +467,12 @@ def test_containers_making_one_plan_or_add_on_key_s_draft_at_once_make_one(metas
         if how == "next":  # a published version 1 to make the next of
             v1 = catalog.create("ns", "plan", {**_flat_plan("v1"), "key": key}, store=catalogs[0], now=NOW)
             catalog.publish("ns", "plan", v1["id"], store=catalogs[0], features=ents, now=NOW)
-        elif how == "create" and round_ % 2:  # a published version 1 as well as none
-            v1 = catalog.create("ns", "plan", {**_flat_plan("v1"), "key": key}, store=catalogs[0], now=NOW)
-            catalog.publish("ns", "plan", v1["id"], store=catalogs[0], features=ents, now=NOW)
+        elif how in ("create", "addon") and round_ % 2:  # a published version 1 as well as none
+            fee = _flat_plan("")["phases"][0]["rateCards"][0]
+            body = {**_flat_plan("v1"), "key": key} if how == "create" else {
+                "key": key, "name": "v1", "currency": "USD", "instanceType": "single", "rateCards": [fee]}
+            v1 = catalog.create("ns", kind, body, store=catalogs[0], now=NOW)
+            catalog.publish("ns", kind, v1["id"], store=catalogs[0], features=ents, now=NOW)
         calls: list[Callable[[], Any]] = []
         for n in range(THREADS):
             store = catalogs[n % 2]

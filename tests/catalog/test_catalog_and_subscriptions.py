@@ -81,7 +81,7 @@ def test_a_deleted_version_s_number_is_not_taken_again(billow: Billow) -> None:
     addon = {"key": "seats", "name": "Seats", "currency": "USD", "instanceType": "multiple", "rateCards": [
         {"type": "flat_fee", "key": "seat", "name": "Seat", "billingCadence": "P1M", "price": {"type": "flat", "amount": "10"}}]}
     first = b.ok("POST", "/api/v1/addons", addon)
-    assert b.call("POST", "/api/v1/addons", addon)[0] == 409  # the key is live
+    assert b.call("POST", "/api/v1/addons", addon)[0] == 409  # the key has a draft (version 1)
     assert b.call("DELETE", f"/api/v1/addons/{first['id']}")[0] == 204
     assert b.ok("POST", "/api/v1/addons", addon)["version"] == 2
 

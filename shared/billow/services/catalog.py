@@ -82,19 +82,19 @@ def present(namespace: str, kind: str, doc: dict[str, Any], *, features: Feature
 
 
 def create(namespace: str, kind: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
-    """A new draft: version 1 of a new key; for a plan whose key exists, its next version (as OpenMeter does),
-    unless the key already has a draft. A deleted version keeps its number: the next comes after it. Looked at and
-    written under the key's lock (CatalogStore.change_versions), as every version change of the key."""
+    """A new draft: version 1 of a new key; for a plan or add-on whose key exists, its next version (as OpenMeter's
+    CreatePlan and CreateAddon do), unless the key already has a draft (409 naming `key`). A deleted version keeps
+    its number: the next comes after it. Looked at and written under the key's lock (CatalogStore.change_versions),
+    as every version change of the key."""
     fields = _parse(kind, body)
 
     def make(every: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        if versions := [v for v in every if not v.get("deletedAt")]:
-            latest = versions[-1]
-            if kind != "plan":
-                raise Conflict(f"{KIND_NAMES[kind]} {fields['key']!r} exists")
-            if catalog.status(latest, now) == "draft":
-                raise Conflict(f"plan {fields['key']!r} already has a draft (version {latest['version']}); "
-                               f"change it with PUT /api/v1/plans/{latest['id']}")
+        draft = next((v for v in every if not v.get("deletedAt") and catalog.status(v, now) == "draft"), None)
+        if draft is not None:
+            message = (f"{KIND_NAMES[kind]} {fields['key']!r} already has a draft (version {draft['version']}); "
+                       f"change it with PUT /api/v1/{kind}s/{draft['id']}")
+            raise Conflict(f"key: {message}", extensions={
+                "conflictingEntityId": draft["id"], "validationErrors": [{"field": "key", "message": message}]})
         stamp = format_rfc3339(now)
         doc = {"id": new_id(), **fields, "version": _next_number(every), "createdAt": stamp, "updatedAt": stamp,
                "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
