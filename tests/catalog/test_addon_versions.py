@@ -60,6 +60,11 @@ def test_posting_an_existing_add_on_key_makes_its_next_version(billow: Billow) -
     changed = b.ok("PATCH", f"/api/v1/subscriptions/{sub['id']}/addons/{item['id']}", {"quantity": 3,
                                                                                       "timing": "immediate"})
     assert ([s["quantity"] for s in changed["timeline"]], changed["addon"]["version"]) == ([2, 3], 1)
+    # The plan offers version 1, not the key: version 2 is not on offer to its subscriptions (OpenMeter: "addon
+    # seats@2 is not linked to the plan"); it was taken, under version 1's maximum, when matched by key.
+    status, out = b.call("POST", f"/api/v1/subscriptions/{sub['id']}/addons",
+                         {"addon": {"id": v2["id"]}, "quantity": 1, "timing": "immediate"})
+    assert status == 400 and out["detail"].startswith("addon.id: ") and "version 2" in out["detail"], out
 
     b.clock.set("2026-01-12T00:00:00Z")
     v3 = b.ok("POST", "/api/v1/addons", _seats("14"))  # no draft again: the next one, after the published v2

@@ -569,11 +569,13 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
 def _allowed_max(namespace: str, doc: dict[str, Any], addon: dict[str, Any], store: SubscriptionStore) -> int | None:
     if doc.get("plan") is None:
         return None
+    # The add-on version the plan offers (by id, as OpenMeter's GetPlanAddon is asked): another version of the key
+    # (published after the plan took this one) is not offered, nor its maximum the one of this version.
     for pa in store.list_plan_addons(namespace, doc["plan"]["id"]):
-        if pa["addon"]["key"] == addon["key"]:
+        if pa["addon"]["id"] == addon["id"]:
             return pa.get("maxQuantity")
     raise bad("addon.id", f"plan {doc['plan']['key']!r} version {doc['plan']['version']} does not offer add-on "
-                          f"{addon['key']!r}")
+                          f"{addon['key']!r} version {addon['version']}")
 
 
 def _quantity(value: Any, addon: dict[str, Any], maximum: int | None) -> int:
