@@ -1,16 +1,20 @@
 """Fixtures of the fuzz tests: a live `billow serve` per test module (started with tests/fuzz/harness.py's
-meter config) and an HTTP session."""
+meter config) on the meta store the module names (its META_STORE: "sqlite", the default, or "postgres"), and an
+HTTP session."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 import requests
 
+from tests.conftest import scratch_database
 from tests.e2e.conftest import Server
-from tests.fuzz.harness import CONFIG, PORTAL_AUTH
+from tests.fuzz.harness import CONFIG, PORTAL_AUTH, FuzzServer
 
 
 def _drain(srv: Server, sink: list[str]) -> None:
@@ -21,16 +25,22 @@ def _drain(srv: Server, sink: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, list[str]]]:
+def fuzz_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
+    """SQLite: the embedded default, in the server's data directory. PostgreSQL: a database of the module's own on the
+    services' cluster, dropped after (without BILLOW_TEST_PG_URL: skipped outside CI, failed in CI)."""
     root = tmp_path_factory.mktemp("fuzz")
-    (root / "billow.yaml").write_text(CONFIG)
-    srv = Server(root / "data", root / "billow.yaml").start()
-    log: list[str] = []
-    threading.Thread(target=_drain, args=(srv, log), daemon=True).start()
-    # The portal API answers only a portal token: fuzz it with a valid one, so requests reach its handlers.
-    PORTAL_AUTH["Authorization"] = "Bearer " + srv.request("POST", "/api/v1/portal/tokens", {"subject": "fuzz"})[2]["token"]
-    yield srv, log
-    assert srv.stop() == 0
+    with ExitStack() as stack:
+        config = CONFIG
+        if getattr(request.module, "META_STORE", "sqlite") == "postgres":
+            config = f"meta_store_url: {json.dumps(stack.enter_context(scratch_database('billow_fuzz_')))}\n" + config
+        (root / "billow.yaml").write_text(config)
+        srv = Server(root / "data", root / "billow.yaml").start()
+        log: list[str] = []
+        threading.Thread(target=_drain, args=(srv, log), daemon=True).start()
+        # The portal API answers only a portal token: fuzz it with a valid one, so requests reach its handlers.
+        PORTAL_AUTH["Authorization"] = "Bearer " + srv.request("POST", "/api/v1/portal/tokens", {"subject": "fuzz"})[2]["token"]
+        yield srv, log
+        assert srv.stop() == 0
 
 
 @pytest.fixture(scope="module")
