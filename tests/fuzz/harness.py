@@ -50,6 +50,11 @@ HOSTILE = [
     "\ud800", '{"a":' * 3000 + "1" + "}" * 3000, "[" * 3000 + "]" * 3000, '{"model":{"$like":"a\\\\"}}',
     "Europe/" + "x" * 293, "right/UTC", "1e+999999999999999999", "1_000", "١٢", "５", "2026-W01-1T00:00:00Z",
     "2026-01-01T00:00:00,5Z", "1901-01-01T00:00:00Z", "2200-01-01T00:00:00Z",
+    # PostgreSQL's limits, which SQLite does not have: keys just past a varchar(64) or varchar(256) column, integers
+    # past integer and bigint, the ends of Python's datetime range and past them once in UTC.
+    "k" * 65, "k" * 257, "2147483648", "9223372036854775808", "-9223372036854775809", "99999999999999999999",
+    "0001-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59Z", "9999-12-31T23:59:59-01:00",
+    "0000-01-01T00:00:00Z", "10000-01-01T00:00:00Z",
 ]
 
 # Every run draws the same examples, in CI and out of it: a CI run fails for what changed, never for the luck of the
@@ -57,6 +62,11 @@ HOSTILE = [
 # picks other examples; BILLOW_FUZZ_SCALE multiplies the example counts, for a deeper run than CI's.
 SEED = int(os.environ.get("BILLOW_FUZZ_SEED", "20261207"))
 SCALE = int(os.environ.get("BILLOW_FUZZ_SCALE", "1"))
+# Numbers past what a column holds (PostgreSQL's integer and bigint, a float's range), or no number at all (Python's
+# json writes NaN and Infinity, which simplejson reads back).
+HOSTILE_NUMBERS = [2**31, -(2**31) - 1, 2**63, -(2**63) - 1, 2**64, 10**30, 10**400, 1e308, -1e308, 5e-324, 0.1, -1, 0,
+                   float("nan"), float("inf"), float("-inf")]
+
 MAX_EXAMPLES = 6 * SCALE
 # Plans, add-ons, subscriptions and billing have deep request schemas (rate cards x prices x discounts x entitlement
 # templates): schemathesis needs seconds per example there, so they get fewer examples each.
@@ -126,17 +136,18 @@ def assert_refused(case: Any, resp: Any, operation: str) -> None:
 
 # --- hostile strings, placed deliberately: in each path parameter, each query parameter, each body string ---
 
-def _string_leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    if isinstance(value, str):
+def _leaves(value: Any, kind: type | tuple[type, ...], path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Where in `value` a leaf of `kind` is (a bool is no number here)."""
+    if isinstance(value, kind) and not isinstance(value, bool):
         return [path]
     if isinstance(value, dict):
-        return [p for k, v in value.items() for p in _string_leaves(v, (*path, k))]
+        return [p for k, v in value.items() for p in _leaves(v, kind, (*path, k))]
     if isinstance(value, list):
-        return [p for i, v in enumerate(value) for p in _string_leaves(v, (*path, i))]
+        return [p for i, v in enumerate(value) for p in _leaves(v, kind, (*path, i))]
     return []
 
 
-def _replace(value: Any, path: tuple[Any, ...], new: str) -> Any:
+def _replace(value: Any, path: tuple[Any, ...], new: Any) -> Any:
     if not path:
         return new
     head, rest = path[0], path[1:]
@@ -174,7 +185,8 @@ def no_server_errors(method: str, path: str, fuzz_server: FuzzServer, http: requ
 
 
 def hostile_strings(method: str, path: str, fuzz_server: FuzzServer, http: requests.Session) -> None:
-    """Hostile strings placed deliberately: in each path parameter, each query parameter, each body string."""
+    """Hostile strings placed deliberately: in each path parameter, each query parameter, each body string; or a
+    hostile number in a body number."""
     srv, log = fuzz_server
     operation = schema[path][method.lower()]
     strategy = operation.as_strategy(generation_mode=GenerationMode.POSITIVE)
@@ -190,22 +202,23 @@ def hostile_strings(method: str, path: str, fuzz_server: FuzzServer, http: reque
         for name in case.path_parameters or {}:
             case.path_parameters[name] = data.draw(st.sampled_from(["requests", hostile] if in_url else ["requests"]), label=name)
         targets: list[tuple[str, tuple[Any, ...]]] = [("query", (k,)) for k in (case.query or {}) if in_url]
-        targets += [("body", p) for p in _string_leaves(case.body)] if case.body is not None else []
+        targets += [("body", p) for p in _leaves(case.body, str)] + [("number", p) for p in _leaves(case.body, (int, float))]
         where = ""
         if targets:
             where, leaf = data.draw(st.sampled_from(targets), label="target")
             if where == "query":
                 case.query = {**case.query, leaf[0]: hostile}
+            elif where == "number":
+                case.body = _replace(case.body, leaf, data.draw(st.sampled_from(HOSTILE_NUMBERS), label="number"))
             else:
                 case.body = _replace(case.body, leaf, hostile)
-        if in_url or where != "body":
+        if where != "number" and (in_url or where != "body"):
             resp = case.call(base_url=srv.url, session=http, headers=auth_for(case.path), timeout=30)
-        else:  # schemathesis re-validates an edited body and cannot encode a lone surrogate: send it as JSON text
+        else:  # schemathesis re-validates an edited body, cannot encode a lone surrogate nor NaN: send it as JSON text
             resp = http.request(case.method, srv.url + case.formatted_path, params=case.query, timeout=30,
                                 data=json.dumps(case.body), headers={"Content-Type": "application/json",
                                                                      **(auth_for(case.path) or {})})
         assert_sound(resp, _label(case), log)
-
 
     run()
 
