@@ -36,6 +36,19 @@ def test_subject_period_times_are_rfc3339(meta: Any, field: str, value: Any) -> 
     assert [s["key"] for s in ok] == ["b"]
 
 
+@pytest.mark.parametrize("value", [False, 0, ["cus_1"], {"id": "cus_1"}])
+def test_subject_stripe_customer_id_is_a_string(meta: Any, value: Any) -> None:
+    """Found by the fuzz on PostgreSQL (BILLOW_FUZZ_SEED=7, BILLOW_FUZZ_SCALE=5, negative mode): a subject whose
+    (deprecated) stripeCustomerId was `false` was answered 200, the field dropped; the document says string or null."""
+    with pytest.raises(ValidationFailed) as refused:
+        directory.upsert_subjects("ns", [{"key": "a"}, {"key": "b", "stripeCustomerId": value}], meta=meta, now=NOW)
+    assert refused.value.errors[0]["field"] == "[1].stripeCustomerId"
+    assert meta.list_subjects("ns") == []
+    ok = directory.upsert_subjects("ns", [{"key": "b", "stripeCustomerId": "cus_1"}, {"key": "c", "stripeCustomerId": None}],
+                                   meta=meta, now=NOW)
+    assert [s["key"] for s in ok] == ["b", "c"]
+
+
 @pytest.mark.parametrize("metadata", [{"k": [1]}, {"k": 1}, {"k": None}, {"k": {"a": "b"}}, ["k"]])
 def test_customer_metadata_is_an_object_of_strings(meta: Any, metadata: Any) -> None:
     directory.create_customer("ns", {"name": "Acme", "key": "acme"}, meta=meta, now=NOW)

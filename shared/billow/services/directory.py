@@ -28,8 +28,9 @@ def upsert_subjects(namespace: str, body: Any, *, meta: MetaStore, now: datetime
         fields.subject_key(s["key"], f"[{i}].key")
         if s.get("metadata") is not None and not isinstance(s["metadata"], dict):
             raise _bad(f"[{i}].metadata", "must be an object")
-        if s.get("displayName") is not None and not isinstance(s["displayName"], str):
-            raise _bad(f"[{i}].displayName", "must be a string")
+        for text in ("displayName", "stripeCustomerId"):  # stripeCustomerId: OpenMeter's, deprecated (Billow keeps none)
+            if s.get(text) is not None and not isinstance(s[text], str):
+                raise _bad(f"[{i}].{text}", "must be a string")
         for period in ("currentPeriodStart", "currentPeriodEnd"):  # OpenMeter's date-times (Billow keeps neither)
             if s.get(period) is not None:
                 parse_rfc3339(s[period], f"[{i}].{period}")
