@@ -290,7 +290,8 @@ def parse_cost_params(qs: dict[str, list[str]]) -> tuple[QueryParams, list[str]]
     for key in group_by:
         if key not in REPORT_GROUPS:
             raise _bad("groupBy", f"{key!r} is not one of {', '.join(REPORT_GROUPS)}")
-    return replace(p, window_size=p.window_size or DEFAULT_WINDOW, group_by=None), group_by
+    window = DEFAULT_WINDOW if p.window_size is None else p.window_size  # "" is given, and no window size
+    return replace(p, window_size=window, group_by=None), group_by
 
 
 def _token_meters(namespace: str, meta: MetaStore) -> dict[str, str]:
