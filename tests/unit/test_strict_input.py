@@ -443,3 +443,17 @@ def test_every_operation_refuses_a_nul_in_each_path_parameter_and_json_body(both
                 400, [{"field": "metadata.k", "message": "must not contain NUL (U+0000)"}]), (method, template, problem)
             seen += 1
     assert seen > 150, looked_up
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("POST", "/api/v1/meters", {"slug": "m", "aggregation": "COUNT", "eventType": "x", "name": ""}),
+    ("PUT", "/api/v1/meters/tokens", {"name": ""}),
+])
+def test_an_empty_meter_name_is_a_400_naming_it(both: Any, method: str, path: str, body: Any) -> None:
+    """OpenMeter's MeterCreate and MeterUpdate take a name of 1 to 256 characters. An empty one was taken for none (the
+    slug shown as the name, 201 or 200); the fuzz suite's negative cases found it (seed 29)."""
+    before = call(api, "GET", "/api/v1/meters")[1]
+    status, problem = call(api, method, path, raw=json.dumps(body).encode())
+    assert status == 400 and problem is not None, problem
+    assert problem["validationErrors"][0]["field"] == "name"
+    assert call(api, "GET", "/api/v1/meters")[1] == before

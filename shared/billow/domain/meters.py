@@ -248,10 +248,13 @@ def validate_meter_definition(body: dict[str, Any]) -> None:
                 fail(f"groupBy.{k}", "key must match ^[a-zA-Z_][0-9a-zA-Z_]*$ and not be 'subject'")
             elif not isinstance(v, str) or not v.startswith("$"):
                 fail(f"groupBy.{k}", "must be a JSONPath starting with '$'")
-    for name, limit in (("name", 256), ("description", 1024)):
+    # OpenMeter's MeterCreate and MeterUpdate: a name of 1 to 256 characters (an empty one was taken for none, and
+    # the slug shown), a description of at most 1,024.
+    for name, least, limit in (("name", 1, 256), ("description", 0, 1024)):
         v = body.get(name)
-        if v is not None and (not isinstance(v, str) or len(v) > limit):
-            fail(name, f"must be a string of at most {limit} characters")
+        if v is not None and (not isinstance(v, str) or not least <= len(v) <= limit):
+            fail(name, f"must be a string of {least} to {limit} characters" if least else
+                 f"must be a string of at most {limit} characters")
     md = body.get("metadata")
     if md is not None and (not isinstance(md, dict) or not all(isinstance(x, str) for x in md.values())):
         fail("metadata", "must be an object of string values")
