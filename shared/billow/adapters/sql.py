@@ -404,9 +404,7 @@ class SqlMetaStore:
         # (another server driver: SQLAlchemy's own check of every checkout)
         self.engine = sa.create_engine(url, future=True, pool_pre_ping=not (pg8000 or url.startswith("sqlite")),
                                        **engine_kwargs)
-        if pg8000:
-            fewer_round_trips(self.engine)
-        self.reads = reads(self.engine)
+        self.reads = reads(self.engine)  # (on pg8000 it installs fewer_round_trips on the engine too)
         if url.startswith("sqlite"):
             @sa.event.listens_for(self.engine, "connect")
             def _pragmas(dbapi_conn: Any, _: Any) -> None:

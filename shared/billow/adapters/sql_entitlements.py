@@ -113,6 +113,11 @@ def _hold_party(c: sa.Connection, namespace: str, customer_id: str | None, subje
         serialise(c, subject_lock(namespace, subject))
 
 
+def _reset(row: Any) -> dict[str, Any]:
+    """A stored reset as list_resets and ledger_rows answer it."""
+    return {"at": utc(row.at), "retainAnchor": row.retain_anchor, "preserveOverage": row.preserve_overage}
+
+
 class SqlEntitlementStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -300,13 +305,12 @@ class SqlEntitlementStore:
     def ledger_rows(self, namespace: str, entitlement_id: str, snapshot_not_after: datetime
                     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
         """list_resets, latest_snapshot and list_grants of one entitlement, read by one statement: one round trip
-        where they were three calls (five round trips each on PostgreSQL), and one reading of the database, so a
+        where they were three calls (three round trips each on PostgreSQL), and one reading of the database, so a
         reset or grant written meanwhile (each drops the snapshots it makes stale) is seen by all three or none."""
         found: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]] = ([], [], [])
         with self.reads.connect() as c:
             for r in c.execute(self._LEDGER, {"ns": namespace, "ent": entitlement_id, "not_after": snapshot_not_after}):
-                found[r.part].append({"at": utc(r.at), "retainAnchor": r.retain_anchor,
-                                      "preserveOverage": r.preserve_overage} if r.part == 0 else jsonx.loads(r.doc))
+                found[r.part].append(_reset(r) if r.part == 0 else jsonx.loads(r.doc))
         return found[0], found[1][0] if found[1] else None, found[2]
 
     def find_entitlement(self, namespace: str, subject_keys: list[str], feature_key: str) -> dict[str, Any] | None:
@@ -407,8 +411,7 @@ class SqlEntitlementStore:
     def list_resets(self, namespace: str, entitlement_id: str) -> list[dict[str, Any]]:
         with self.reads.connect() as c:
             rows = c.execute(self._RESETS, {"ns": namespace, "ent": entitlement_id})
-            return [{"at": utc(r.at), "retainAnchor": r.retain_anchor, "preserveOverage": r.preserve_overage}
-                    for r in rows]
+            return [_reset(r) for r in rows]
 
     # -- snapshots --------------------------------------------------------------------------------
     def latest_snapshot(self, namespace: str, entitlement_id: str, not_after: datetime) -> dict[str, Any] | None:
