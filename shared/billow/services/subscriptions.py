@@ -11,6 +11,7 @@ runs after every change here and from the scheduled jobs."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -195,7 +196,8 @@ def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaSto
         no_clash(subscriptions)
 
     no_clash(store.list_subscriptions(namespace, customer["id"]))
-    _check_entitlements(namespace, doc, customer, ents, now)
+    _check_entitlements(namespace, doc, customer, ents=ents, store=store, meta=meta, now=now,
+                        field="customPlan" if "customPlan" in body else "plan")
     store.add_subscription(namespace, doc, still_there)  # checked again where it is written: another may be there now
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
@@ -405,7 +407,9 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
         raise bad("plan", f"the new plan bills in {nxt['currency']}, the subscription in {current['currency']}")
     # Entitlements of features both plans grant move over (same entitlement, same balance) rather than being
     # deleted and re-created: the next subscription adopts them first, then the ended one lets go of the rest.
-    _check_entitlements(namespace, nxt, customer, ents, now, ignore=set(current.get("entitlements", {}).values()))
+    _check_entitlements(namespace, nxt, customer, ents=ents, store=store, meta=meta, now=now,
+                        field="customPlan" if "customPlan" in body else "plan",
+                        ignore=set(current.get("entitlements", {}).values()))
 
     def no_clash(subscriptions: list[dict[str, Any]]) -> None:
         # Another subscription of the customer in the new one's time (one scheduled where this one ends, made by a
@@ -455,10 +459,11 @@ def edit(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta:
                 raise catalog_rules.failure(problems)
             return rc
 
-        edited, _ = sub_edits.apply(doc, body, at, rate_card)
+        edited, _ = sub_edits.apply(doc, body, at, rate_card)  # `doc` left as it was
         customer = meta.get_customer(namespace, doc["customerId"])
         if customer is not None:
-            _check_entitlements(namespace, edited, customer, ents, instant,
+            _check_entitlements(namespace, edited, customer, ents=ents, store=store, meta=meta, now=instant,
+                                field="customizations", before=doc,
                                 ignore=set((doc.get("entitlements") or {}).values()))
         edited["updatedAt"] = format_rfc3339(instant)
         return edited
@@ -534,6 +539,7 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
 
     def add(doc: dict[str, Any]) -> dict[str, Any]:
         instant = _running_at(doc, now)
+        before = copy.deepcopy(doc)
         if addon["currency"] != doc["currency"]:
             raise bad("addon.id", f"the add-on bills in {addon['currency']}, the subscription in {doc['currency']}")
         if any(a["addon"]["id"] == addon["id"] for a in doc["addons"]):
@@ -550,6 +556,7 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
                                                            "activeTo": None}],
             "createdAt": stamp, "updatedAt": stamp})
         doc["updatedAt"] = stamp
+        _refuse_held(namespace, doc, before, "addon.id", ents=ents, store=store, meta=meta, now=instant)
         return doc
 
     def still_active(_: list[dict[str, Any]]) -> None:
@@ -593,6 +600,7 @@ def update_addon(namespace: str, id_: str, addon_id: str, body: Any, *, store: S
     """A new quantity from `timing` on (0 removes the add-on); the timeline keeps the earlier quantities."""
     def requantify(doc: dict[str, Any]) -> dict[str, Any]:
         instant = _running_at(doc, now)
+        before = copy.deepcopy(doc)
         item = next((a for a in doc["addons"] if a["id"] == addon_id), None)
         if item is None:
             raise NotFound(f"add-on {addon_id!r} is not on subscription {id_}")
@@ -608,6 +616,7 @@ def update_addon(namespace: str, id_: str, addon_id: str, body: Any, *, store: S
             last["activeTo"] = format_rfc3339(at)
             item["timeline"].append({"quantity": quantity, "activeFrom": format_rfc3339(at), "activeTo": None})
         item["updatedAt"] = doc["updatedAt"] = format_rfc3339(instant)
+        _refuse_held(namespace, doc, before, "quantity", ents=ents, store=store, meta=meta, now=instant)
         return doc
 
     doc = _update(namespace, id_, store, requantify)
@@ -680,17 +689,62 @@ def _subject(namespace: str, customer: dict[str, Any]) -> str | None:
     return keys[0] if keys else None
 
 
-def _check_entitlements(namespace: str, doc: dict[str, Any], customer: dict[str, Any], ents: EntitlementStore,
-                        now: datetime, ignore: set[str] | None = None) -> None:
-    """Refuse, before anything is stored, a subscription whose entitlements the subject already has elsewhere."""
+def _granted(doc: dict[str, Any], now: datetime) -> dict[str, datetime]:
+    """The features whose entitlement the subscription grants now or later (rate cards with an entitlement template
+    in force at or after `now`), each with when it first does from `now` on."""
+    if doc.get("deletedAt") or subs.status(doc, now) == "inactive":
+        return {}
+    out: dict[str, datetime] = {}
+    for item in subs.items(doc):
+        feature_key = item.rate_card.get("featureKey")
+        if item.rate_card.get("entitlementTemplate") is None or not feature_key:
+            continue
+        if item.end is None or item.end > now:
+            start = max(item.start, now)
+            out[feature_key] = min(out.get(feature_key, start), start)
+    return out
+
+
+def _refuse_held(namespace: str, doc: dict[str, Any], before: dict[str, Any], field: str, *, ents: EntitlementStore,
+                 store: SubscriptionStore, meta: MetaStore, now: datetime) -> None:
+    """_check_entitlements of an add-on's add or new quantity: the features it adds to `doc` (as it was `before`)."""
+    customer = meta.get_customer(namespace, doc["customerId"])
+    if customer is not None:
+        _check_entitlements(namespace, doc, customer, ents=ents, store=store, meta=meta, now=now, field=field,
+                            before=before)
+
+
+def _check_entitlements(namespace: str, doc: dict[str, Any], customer: dict[str, Any], *, ents: EntitlementStore,
+                        store: SubscriptionStore, meta: MetaStore, now: datetime, field: str,
+                        before: dict[str, Any] | None = None, ignore: set[str] | None = None) -> None:
+    """Refuse (409 naming `field`, the feature and the entitlement, as conflictingEntityId), before anything is
+    stored, a subscription that would grant, now or in a later phase, an entitlement of a feature the customer
+    already holds one of outside its subscriptions (made through the entitlement APIs): a customer has one live
+    entitlement per feature, and OpenMeter's subscription sync schedules each item's entitlement from its start,
+    refused by the uniqueness check (AlreadyExistsError, 409 with conflictingEntityId). It was accepted (an
+    add-on, a subscription or change starting later, a later phase) and the subscription then left that feature
+    without its entitlement. With `before` (the subscription as it was), only the features the write adds are
+    checked. Entitlements in `ignore` and those of the customer's subscriptions (handed over on a change) pass."""
     keys = list((customer.get("usageAttribution") or {}).get("subjectKeys") or [])
     if not keys:
         return
-    for feature_key in _templates(doc, now):
-        found = ents.find_entitlement(namespace, keys, feature_key)  # on any of the customer's subjects
-        if found is not None and found["id"] not in (ignore or set()):
-            raise Conflict(f"subject {found['subjectKey']!r} already has an entitlement to {feature_key!r} "
-                           f"({found['id']}) that this subscription would grant; delete it first")
+    granted = _granted(doc, now)
+    wanted = [k for k in granted if before is None or k not in _granted(before, now)]
+    if not wanted:
+        return
+    party = entitlements.party_subject_keys(namespace, keys, meta)
+    mine: set[str] | None = None
+    for feature_key in wanted:
+        found = ents.find_entitlement(namespace, party, feature_key)  # on any of the customer's subjects
+        if found is None or found["id"] in (ignore or set()):
+            continue
+        mine = _customer_subscriptions(namespace, doc, store) if mine is None else mine
+        if (found.get("metadata") or {}).get("subscriptionId") in mine:
+            continue
+        raise Conflict(f"{field}: the subscription would grant feature {feature_key!r} from "
+                       f"{format_rfc3339(granted[feature_key])}, and subject {found['subjectKey']!r} of the customer "
+                       f"already has entitlement {found['id']} of it (a customer has one per feature); delete that "
+                       "one first, or leave the feature out", extensions={"conflictingEntityId": found["id"]})
 
 
 def sync_entitlements(namespace: str, doc: dict[str, Any], *, store: SubscriptionStore, meta: MetaStore,

@@ -1,0 +1,134 @@
+"""A subscription that would grant an entitlement of a feature the customer already holds one of outside its
+subscriptions (made through POST /api/v1/subjects/{id}/entitlements or /api/v2/customers/{id}/entitlements) is
+refused, 409 naming the field, the feature and the held entitlement (conflictingEntityId), and nothing of it is
+stored: OpenMeter's sync schedules each item's entitlement from the item's start and its uniqueness check refuses
+it (AlreadyExistsError, 409). A customer has one live entitlement per feature (entitlements.sole). Before, only a
+subscription granting it at once was refused: one starting later, a later phase, a change at the next billing cycle,
+an add-on (added, or its quantity raised from 0) and an edit adding it later were accepted, and the subscription then
+went without that feature's entitlement. On SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.entitlements.conftest import Billow, on_meta_store
+from tests.support.catalog import plan_body, published, setup
+
+SSO = {"type": "flat_fee", "key": "sso", "name": "SSO", "featureKey": "sso", "billingCadence": "P1M",
+       "price": {"type": "flat", "amount": "1"}, "entitlementTemplate": {"type": "boolean"}}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
+    with on_meta_store(request, tmp_path, namespace) as b:
+        setup(b)
+        b.ok("POST", "/api/v1/features", {"key": "sso", "name": "SSO"})
+        yield b
+
+
+def _held(b: Billow, via: str = "v1") -> dict[str, Any]:
+    """The customer's own entitlement of sso, made through the entitlement API `via`."""
+    if via == "v2":
+        return b.ok("POST", "/api/v2/customers/acme/entitlements", {"type": "boolean", "featureKey": "sso"})
+    return b.ok("POST", "/api/v1/subjects/customer_1/entitlements", {"type": "boolean", "featureKey": "sso"})
+
+
+def _refused(b: Billow, method: str, path: str, body: Any, field: str, held: dict[str, Any]) -> None:
+    status, out = b.call(method, path, body)
+    assert status == 409 and b.headers["Content-Type"] == "application/problem+json", (path, status, out)
+    assert out["detail"].startswith(f"{field}: ") and "'sso'" in out["detail"] and held["id"] in out["detail"], out
+    assert out["conflictingEntityId"] == held["id"], out
+
+
+def _state(b: Billow) -> tuple[list[Any], list[str]]:
+    """The customer's subscriptions (each read, which brings its entitlements up to date, with its add-ons) and its
+    subject's live entitlements."""
+    subs = [(b.ok("GET", f"/api/v1/subscriptions/{s['id']}"), b.ok("GET", f"/api/v1/subscriptions/{s['id']}/addons"))
+            for s in b.ok("GET", "/api/v1/customers/acme/subscriptions")["items"]]
+    return subs, sorted(e["id"] for e in b.ok("GET", "/api/v1/subjects/customer_1/entitlements"))
+
+
+@pytest.mark.parametrize("via", ["v1", "v2"])
+def test_a_subscription_granting_a_held_feature_now_or_later_is_refused_and_not_stored(billow: Billow, via: str) -> None:
+    b = billow
+    published(b, plan_body("pro", "10", extra=[SSO]))
+    two_phases = plan_body("ramp", "10")
+    two_phases["phases"] = [{**two_phases["phases"][0], "key": "trial", "name": "Trial", "duration": "P1M"},
+                            {**plan_body("x", "20", extra=[SSO])["phases"][0], "key": "full", "name": "Full"}]
+    published(b, two_phases)
+    held = _held(b, via)
+    for body in ({"plan": {"key": "pro"}, "customerKey": "acme", "timing": "2026-02-01T00:00:00Z"},
+                 {"plan": {"key": "ramp"}, "customerKey": "acme"},  # sso in the second phase only
+                 {"plan": {"key": "pro"}, "customerKey": "acme"}):  # at once: refused before too (now names sso)
+        _refused(b, "POST", "/api/v1/subscriptions", body, "plan", held)
+    custom = plan_body("custom", "10", extra=[SSO])
+    del custom["key"]
+    _refused(b, "POST", "/api/v1/subscriptions", {"customPlan": custom, "customerKey": "acme",
+                                                  "timing": "2026-03-01T00:00:00Z"}, "customPlan", held)
+    assert _state(b) == ([], [held["id"]])  # no subscription, and no entitlement of one
+    # once the customer's own is deleted, the subscription takes the feature
+    b.ok("DELETE", f"/api/v1/subjects/customer_1/entitlements/{held['id']}")
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "pro"}, "customerKey": "acme"})
+    (sso,) = [e for e in b.ok("GET", "/api/v1/subjects/customer_1/entitlements") if e["featureKey"] == "sso"]
+    assert sso["metadata"] == {"subscriptionId": sub["id"]}
+
+
+def test_a_change_granting_a_held_feature_is_refused_and_the_subscription_left_as_it_was(billow: Billow) -> None:
+    b = billow
+    published(b, plan_body("basic", "10"))
+    published(b, plan_body("pro", "20", extra=[SSO]))
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+    held = _held(b)
+    before = _state(b)
+    for timing in ("next_billing_cycle", "immediate"):
+        _refused(b, "POST", f"/api/v1/subscriptions/{sub['id']}/change", {"timing": timing, "plan": {"key": "pro"}},
+                 "plan", held)
+        assert _state(b) == before
+    # a change to a plan granting only what the subscription already grants goes on as before
+    published(b, plan_body("plus", "15"))
+    b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/change", {"timing": "immediate", "plan": {"key": "plus"}})
+
+
+def test_an_add_on_granting_a_held_feature_is_refused_and_not_added(billow: Billow) -> None:
+    b = billow
+    addon = b.ok("POST", "/api/v1/addons", {"key": "sso", "name": "SSO", "currency": "USD", "instanceType": "single",
+                                            "rateCards": [SSO]})
+    addon = b.ok("POST", f"/api/v1/addons/{addon['id']}/publish")
+    draft = b.ok("POST", "/api/v1/plans", plan_body("basic", "10"))
+    b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": addon["id"], "fromPlanPhase": "default"})
+    b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+    added = b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/addons",
+                 {"addon": {"id": addon["id"]}, "quantity": 1, "timing": "immediate"})
+    b.clock.set("2026-01-10T00:00:00Z")
+    b.ok("PATCH", f"/api/v1/subscriptions/{sub['id']}/addons/{added['id']}", {"quantity": 0, "timing": "immediate"})
+    held = _held(b)
+    before = _state(b)
+    # raised again from 0: it would grant sso again
+    _refused(b, "PATCH", f"/api/v1/subscriptions/{sub['id']}/addons/{added['id']}",
+             {"quantity": 1, "timing": "immediate"}, "quantity", held)
+    assert _state(b) == before
+    # another subscription's add-on, added
+    other = b.ok("POST", "/api/v1/customers", {"key": "other", "name": "Other", "currency": "USD",
+                                               "usageAttribution": {"subjectKeys": ["customer_2"]}})
+    sub2 = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerId": other["id"]})
+    held2 = b.ok("POST", "/api/v1/subjects/customer_2/entitlements", {"type": "boolean", "featureKey": "sso"})
+    _refused(b, "POST", f"/api/v1/subscriptions/{sub2['id']}/addons",
+             {"addon": {"id": addon["id"]}, "quantity": 1, "timing": "immediate"}, "addon.id", held2)
+    assert b.ok("GET", f"/api/v1/subscriptions/{sub2['id']}/addons") == []
+
+
+def test_an_edit_adding_a_held_feature_later_is_refused(billow: Billow) -> None:
+    b = billow
+    published(b, plan_body("basic", "10"))
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+    held = _held(b)
+    before = _state(b)
+    edit = {"timing": "2026-02-01T00:00:00Z",
+            "customizations": [{"op": "add_item", "phaseKey": "default", "rateCard": SSO}]}
+    _refused(b, "PATCH", f"/api/v1/subscriptions/{sub['id']}", edit, "customizations", held)
+    assert _state(b) == before
