@@ -21,7 +21,7 @@ def _ctx() -> tuple[Container, Any]:
 
 
 def _shown(c: Container, kind: str, doc: dict[str, Any]) -> dict[str, Any]:
-    return catalog.present(c.namespace, kind, doc, features=c.entitlements, now=c.clock.now())
+    return catalog.present(c.namespace, kind, doc, features=c.entitlements, now=c.clock.now(), store=c.catalog_store())
 
 
 def _body() -> Any:

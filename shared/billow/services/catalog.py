@@ -60,23 +60,61 @@ def _cards(kind: str, doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(f"rateCards[{i}]", rc) for i, rc in enumerate(doc["rateCards"])]
 
 
-def _publish_problems(namespace: str, kind: str, doc: dict[str, Any], features: FeatureStore) -> list[dict[str, Any]]:
-    """What stops publishing, as OpenMeter's validationErrors (field, message, code, severity)."""
+def _publish_problems(namespace: str, kind: str, doc: dict[str, Any], features: FeatureStore,
+                      store: CatalogStore | None = None, now: datetime | None = None) -> list[dict[str, Any]]:
+    """What stops publishing, as OpenMeter's validationErrors (field, message, code, severity); with `store`, a
+    plan's add-ons too (_addon_problems)."""
     cards = _cards(kind, doc)
     keys = {rc["featureKey"] for _, rc in cards if rc.get("featureKey")}
     found = {k: features.get_feature(namespace, k) for k in keys}
     unaligned = catalog.alignment_problems(doc) if kind == "plan" else []
+    offered = _addon_problems(namespace, doc, store, now) if kind == "plan" and store and now else []
     return [{"field": f, "message": m, "code": code, "severity": "critical"}
             for code, problems in (("rate_card_billing_cadence_unaligned", unaligned),
-                                   ("invalid_reference", catalog.publish_problems(cards, found)))
+                                   ("invalid_reference", catalog.publish_problems(cards, found)),
+                                   ("plan_has_incompatible_addon", offered))
             for f, m in problems]
 
 
-def present(namespace: str, kind: str, doc: dict[str, Any], *, features: FeatureStore, now: datetime) -> dict[str, Any]:
-    """The served document: its status now and, for drafts, what would stop publishing it."""
+def _not_offerable(addon: dict[str, Any], now: datetime) -> str | None:
+    """Why a plan may not offer this add-on version (OpenMeter's PlanAddon.Validate: the add-on active and open-ended;
+    productcatalog/planaddon.go:78-81), or None."""
+    if addon.get("deletedAt"):
+        return "is deleted"
+    status = catalog.status(addon, now)
+    if status != "active" or addon.get("effectiveTo") is not None:
+        return f"is {'archived from ' + addon['effectiveTo'] if addon.get('effectiveTo') else status}"
+    return None
+
+
+def _addon_problems(namespace: str, plan: dict[str, Any], store: CatalogStore, now: datetime) -> catalog.Problems:
+    """The plan's add-ons it may not offer once published, each named: one no longer active (archived, e.g. by
+    publishing its key's next version, deleted). OpenMeter refuses publishing such a plan (plan/service/plan.go:
+    517-533, ErrPlanHasIncompatibleAddon, 400); so one plan never offers two versions of one add-on key (only one is
+    active at a time)."""
+    out: catalog.Problems = []
+    offered = store.list_plan_addons(namespace, plan["id"])
+    for pa in offered:
+        addon = store.get_versioned("addon", namespace, pa["addon"]["id"])
+        why = "is deleted" if addon is None else _not_offerable(addon, now)
+        if why is not None:
+            ref = pa["addon"]
+            others = [o["addon"]["version"] for o in offered if o["addon"]["key"] == ref["key"] and o["id"] != pa["id"]]
+            also = f"; the plan also offers version(s) {others} of it" if others else ""
+            out.append((f"addons[{ref['key']}@{ref['version']}]",
+                        f"add-on {ref['key']!r} version {ref['version']} (plan add-on {pa['id']}) {why}: a published "
+                        f"plan offers active add-ons only{also}; remove it (DELETE /api/v1/plans/{{planId}}/addons/"
+                        f"{pa['id']}) and offer the active version"))
+    return out
+
+
+def present(namespace: str, kind: str, doc: dict[str, Any], *, features: FeatureStore, now: datetime,
+            store: CatalogStore | None = None) -> dict[str, Any]:
+    """The served document: its status now and, for drafts, what would stop publishing it (with `store`, a plan's
+    add-ons too)."""
     out = dict(doc)
     out["status"] = catalog.status(doc, now)
-    problems = _publish_problems(namespace, kind, doc, features) if out["status"] == "draft" else []
+    problems = _publish_problems(namespace, kind, doc, features, store, now) if out["status"] == "draft" else []
     out["validationErrors"] = problems or None
     return out
 
@@ -177,7 +215,7 @@ def publish(namespace: str, kind: str, id_: str, *, store: CatalogStore, feature
     rate cards name, which the feature's archive takes: a feature archived since the first look is refused as an
     archived one is (400), never published on after the archive answered."""
     def publishable(doc: dict[str, Any]) -> None:
-        problems = _publish_problems(namespace, kind, doc, features)
+        problems = _publish_problems(namespace, kind, doc, features, store, now)
         if problems:
             raise ValidationFailed("; ".join(f"{p['field']}: {p['message']}" for p in problems), problems)
 
@@ -305,6 +343,9 @@ def add_plan_addon(namespace: str, plan_id: str, body: Any, *, store: CatalogSto
     addon = store.get_versioned("addon", namespace, str(body.get("addonId")))
     if addon is None or addon.get("deletedAt"):
         problems.append(("addonId", "unknown add-on"))
+    elif (why := _not_offerable(addon, now)) is not None:  # OpenMeter's CreatePlanAddon: HasAddonStatus(active)
+        problems.append(("addonId", f"add-on {addon['key']!r} version {addon['version']} {why}: a plan offers "
+                                    "active (published, not archived) add-ons only"))
     elif addon["currency"] != plan["currency"]:
         problems.append(("addonId", f"the add-on is in {addon['currency']}, the plan in {plan['currency']}"))
     phase = body.get("fromPlanPhase")
