@@ -36,7 +36,7 @@ def test_posting_an_existing_add_on_key_makes_its_next_version(billow: Billow) -
     assert b.ok("GET", "/api/v1/addons/seats")["version"] == 1  # by key: the version in effect
 
     status, out = b.call("POST", "/api/v1/addons", _seats("13"))  # one draft at a time
-    assert status == 409 and out["detail"].startswith("key: ") and "'seats'" in out["detail"], out
+    assert status == 400 and out["detail"].startswith("key: ") and "'seats'" in out["detail"], out
     assert [e["field"] for e in out["validationErrors"]] == ["key"] and out["conflictingEntityId"] == v2["id"]
     assert b.ok("GET", "/api/v1/addons", query={"key": "seats"})["totalCount"] == 2
 

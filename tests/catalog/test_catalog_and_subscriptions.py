@@ -34,8 +34,11 @@ def test_plan_versions_draft_publish_archive(billow: Billow) -> None:
     assert status == 409 and "only a draft" in out["detail"]
     v2 = b.ok("POST", "/api/v1/plans/starter/next")
     assert (v2["version"], v2["status"]) == (2, "draft")
-    assert b.call("POST", "/api/v1/plans/starter/next")[0] == 409  # one draft at a time
-    assert b.call("POST", "/api/v1/plans", body)[0] == 409  # also when the key's next version comes from POST /plans
+    # one draft at a time: 400 naming the field (OpenMeter's GenericValidationError), the draft as conflictingEntityId
+    status, out = b.call("POST", "/api/v1/plans/starter/next")
+    assert (status, out["detail"].split(":")[0], out["conflictingEntityId"]) == (400, "planIdOrKey", v2["id"]), out
+    status, out = b.call("POST", "/api/v1/plans", body)  # also when the key's next version comes from POST /plans
+    assert (status, out["detail"].split(":")[0], out["conflictingEntityId"]) == (400, "key", v2["id"]), out
     b.ok("PUT", f"/api/v1/plans/{v2['id']}", plan_body("starter", "35"))
     b.clock.set("2026-01-02T00:00:00Z")
     b.ok("POST", f"/api/v1/plans/{v2['id']}/publish")
@@ -81,7 +84,7 @@ def test_a_deleted_version_s_number_is_not_taken_again(billow: Billow) -> None:
     addon = {"key": "seats", "name": "Seats", "currency": "USD", "instanceType": "multiple", "rateCards": [
         {"type": "flat_fee", "key": "seat", "name": "Seat", "billingCadence": "P1M", "price": {"type": "flat", "amount": "10"}}]}
     first = b.ok("POST", "/api/v1/addons", addon)
-    assert b.call("POST", "/api/v1/addons", addon)[0] == 409  # the key has a draft (version 1)
+    assert b.call("POST", "/api/v1/addons", addon)[0] == 400  # the key has a draft (version 1)
     assert b.call("DELETE", f"/api/v1/addons/{first['id']}")[0] == 204
     assert b.ok("POST", "/api/v1/addons", addon)["version"] == 2
 

@@ -53,4 +53,4 @@ def test_post_plans_with_an_existing_key_makes_the_next_draft(billow: Billow) ->
     assert v2["phases"][0]["rateCards"][0]["price"]["amount"] == "35"
     assert b.ok("GET", f"/api/v1/plans/{v1['id']}")["status"] == "active"
     status, out = b.call("POST", "/api/v1/plans", plan_body("starter", "40"))  # one draft at a time
-    assert status == 409, out
+    assert status == 400 and out["detail"].startswith("key: ") and out["conflictingEntityId"] == v2["id"], out

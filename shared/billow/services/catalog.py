@@ -121,7 +121,7 @@ def present(namespace: str, kind: str, doc: dict[str, Any], *, features: Feature
 
 def create(namespace: str, kind: str, body: Any, *, store: CatalogStore, now: datetime) -> dict[str, Any]:
     """A new draft: version 1 of a new key; for a plan or add-on whose key exists, its next version (as OpenMeter's
-    CreatePlan and CreateAddon do), unless the key already has a draft (409 naming `key`). A deleted version keeps
+    CreatePlan and CreateAddon do), unless the key already has a draft (400 naming `key`). A deleted version keeps
     its number: the next comes after it. Looked at and written under the key's lock (CatalogStore.change_versions),
     as every version change of the key."""
     fields = _parse(kind, body)
@@ -129,16 +129,24 @@ def create(namespace: str, kind: str, body: Any, *, store: CatalogStore, now: da
     def make(every: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         draft = next((v for v in every if not v.get("deletedAt") and catalog.status(v, now) == "draft"), None)
         if draft is not None:
-            message = (f"{KIND_NAMES[kind]} {fields['key']!r} already has a draft (version {draft['version']}); "
-                       f"change it with PUT /api/v1/{kind}s/{draft['id']}")
-            raise Conflict(f"key: {message}", extensions={
-                "conflictingEntityId": draft["id"], "validationErrors": [{"field": "key", "message": message}]})
+            raise _draft_exists(kind, "key", draft)
         stamp = format_rfc3339(now)
         doc = {"id": new_id(), **fields, "version": _next_number(every), "createdAt": stamp, "updatedAt": stamp,
                "effectiveFrom": None, "effectiveTo": None, "deletedAt": None}
         return doc, [doc]
 
     return store.change_versions(kind, namespace, fields["key"], make)
+
+
+def _draft_exists(kind: str, field: str, draft: dict[str, Any]) -> ValidationFailed:
+    """A new version of a key that has a draft: 400 naming `field` (OpenMeter's CreatePlan, NextPlan and CreateAddon:
+    GenericValidationError "only a single draft version is allowed", plan/service/plan.go:110-113 and 759-762,
+    addon/service/addon.go:161-165; their contract lists no 409), with the draft as conflictingEntityId."""
+    message = (f"{KIND_NAMES[kind]} {draft['key']!r} already has a draft (version {draft['version']}); only a single "
+               f"draft version is allowed: change it with PUT /api/v1/{kind}s/{draft['id']}, or publish or delete it")
+    err = ValidationFailed.at(field, message)
+    err.extensions["conflictingEntityId"] = draft["id"]
+    return err
 
 
 def _next_number(every: list[dict[str, Any]]) -> int:
@@ -286,7 +294,7 @@ def next_version(namespace: str, kind: str, id_or_key: str, *, store: CatalogSto
             raise NotFound(f"{KIND_NAMES[kind]} {id_or_key!r} not found")
         latest = live[-1]
         if catalog.status(latest, now) == "draft":
-            raise Conflict(f"{KIND_NAMES[kind]} {latest['key']!r} already has a draft (version {latest['version']})")
+            raise _draft_exists(kind, f"{kind}IdOrKey", latest)
         source = _one(kind, id_or_key, every) if found is not None else latest
         stamp = format_rfc3339(now)
         doc = {**source, "id": new_id(), "version": _next_number(every), "createdAt": stamp, "updatedAt": stamp,
