@@ -132,3 +132,35 @@ def test_an_edit_adding_a_held_feature_later_is_refused(billow: Billow) -> None:
             "customizations": [{"op": "add_item", "phaseKey": "default", "rateCard": SSO}]}
     _refused(b, "PATCH", f"/api/v1/subscriptions/{sub['id']}", edit, "customizations", held)
     assert _state(b) == before
+
+
+def test_one_made_by_hand_while_the_subscription_is_written_leaves_it_stored_and_answered(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-made entitlement of the feature written between the sync's look and its write (another request at
+    once; here the look is followed by that write, deterministically): the subscription, stored by then, was answered
+    409 as though refused (a retry then met the customer's subscription: 409 again), its other entitlements made.
+    Now it is answered 201 and left without that feature's entitlement, the customer's own answering, as one made
+    after it is."""
+    b = billow
+    published(b, plan_body("pro", "10", extra=[SSO]))
+    store = b.c.entitlements
+    look = store.find_entitlement
+    looks = {"sso": 0}
+    made: list[str] = []
+
+    def then_made_by_hand(namespace: str, subject_keys: list[str], feature_key: str) -> Any:
+        found = look(namespace, subject_keys, feature_key)
+        if feature_key == "sso":
+            looks["sso"] += 1
+            if looks["sso"] == 2:  # the first is the create's check, the second the sync's look
+                made.append(_held(b)["id"])
+        return found
+
+    monkeypatch.setattr(store, "find_entitlement", then_made_by_hand)
+    status, sub = b.call("POST", "/api/v1/subscriptions", {"plan": {"key": "pro"}, "customerKey": "acme"})
+    monkeypatch.undo()
+    assert made and status == 201, (status, sub)
+    (listed,) = b.ok("GET", "/api/v1/customers/acme/subscriptions")["items"]
+    assert listed["id"] == sub["id"]
+    by_feature = {e["featureKey"]: e for e in b.ok("GET", "/api/v1/subjects/customer_1/entitlements")}
+    assert by_feature["sso"]["id"] == made[0] and by_feature["tokens"]["metadata"] == {"subscriptionId": sub["id"]}

@@ -805,14 +805,32 @@ def _entitlement_for(namespace: str, doc: dict[str, Any], subject: str, feature_
                      item: subs.Item, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
                      now: datetime) -> str | None:
     """The id of the entitlement this subscription owns for `feature_key`: one of the customer's subscriptions
-    already made (adopted) or a new one; None if the subject has its own, made by hand (never taken over)."""
-    found = ents.find_entitlement(namespace, entitlements.party_subject_keys(namespace, [subject], meta), feature_key)
-    if found is not None:
+    already made (adopted) or a new one; None if the subject has its own, made by hand (never taken over: the
+    subscription's writes refuse one held before them, _check_entitlements; this is one made after, or at once)."""
+    party = entitlements.party_subject_keys(namespace, [subject], meta)
+
+    def existing() -> tuple[bool, str | None]:
+        """(whether the party has a live one of the feature, its id if this subscription may own it)."""
+        found = ents.find_entitlement(namespace, party, feature_key)
+        if found is None:
+            return False, None
         if (found.get("metadata") or {}).get("subscriptionId") not in _customer_subscriptions(namespace, doc, store):
-            return None  # the subject's own entitlement (made by hand): left alone, never taken over
-        return found["id"]  # this one's (a concurrent pass made it) or handed over on a change
+            return True, None  # the subject's own entitlement (made by hand): left alone, never taken over
+        return True, str(found["id"])  # this one's (a concurrent pass made it) or handed over on a change
+
+    there, ent_id = existing()
+    if there:
+        return ent_id
     body = _entitlement_body(doc, feature_key, tmpl, item)
-    return entitlements.create_entitlement(namespace, subject, body, store=ents, meta=meta, now=now)["id"]
+    try:
+        return str(entitlements.create_entitlement(namespace, subject, body, store=ents, meta=meta, now=now)["id"])
+    except Conflict:
+        # Made since the look (by hand, or by a sync beside this one): the subscription, stored, is not answered
+        # with a 409 as if it were not; the one made meanwhile is taken as the look would have taken it.
+        there, ent_id = existing()
+        if not there:
+            raise
+        return ent_id
 
 
 def _entitlement_body(doc: dict[str, Any], feature_key: str, tmpl: dict[str, Any], item: subs.Item) -> dict[str, Any]:
