@@ -313,3 +313,14 @@ def test_an_install_body_left_out_takes_the_defaults_and_a_null_one_is_refused(b
     made = b.ok("POST", f"{LISTINGS}/custom_invoicing/install")
     assert made["app"]["name"] == "Custom Invoicing", made
     assert len(b.ok("GET", "/api/v1/apps")["items"]) == before + 1
+
+
+def test_a_null_install_name_is_refused(billow: Billow) -> None:
+    """MarketplaceInstallRequestPayload.name is a string, not nullable. A null one was taken for one left out and
+    installed the app under the listing's name (200). Found by re-sending schema-fuzz bodies the server took with each
+    optional field null. Now 400 naming name, and nothing installed."""
+    b = billow
+    before = len(b.ok("GET", "/api/v1/apps")["items"])
+    status, out = b.raw("POST", f"{LISTINGS}/custom_invoicing/install", b'{"name": null}')
+    assert status == 400 and "name" in fields(out), out
+    assert len(b.ok("GET", "/api/v1/apps")["items"]) == before
