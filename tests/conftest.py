@@ -217,15 +217,17 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def memory_server(data_dir: Path | str, **limits: Any) -> Iterator[BillowServer]:
+def memory_server(data_dir: Path | str, meta_store_url: str | None = None, **limits: Any) -> Iterator[BillowServer]:
     """An in-process `billow serve` (BillowServer) on the in-memory usage store, with no billing schedule, on a free
-    port and serving; `limits` are BillowServer's keyword arguments (timeouts, connection cap). Shut down on exit,
-    giving requests in flight 5 s."""
+    port and serving; its meta store SQLite in `data_dir`, or the one at `meta_store_url`; `limits` are BillowServer's
+    keyword arguments (timeouts, connection cap). Shut down on exit, giving requests in flight 5 s."""
     from billow.bootstrap import Settings
     from billow.local.server import BillowServer
 
-    server = BillowServer(Settings.parse({"usage_store": "memory", "data_dir": str(data_dir), "billing_every_s": 0}),
-                          port=0, **limits)
+    settings: dict[str, Any] = {"usage_store": "memory", "data_dir": str(data_dir), "billing_every_s": 0}
+    if meta_store_url is not None:
+        settings["meta_store_url"] = meta_store_url
+    server = BillowServer(Settings.parse(settings), port=0, **limits)
     server.start_background()
     try:
         yield server
