@@ -478,6 +478,18 @@ def test_a_null_customer_field_is_a_400_naming_it(container: Any, field: str) ->
     assert call(api, "GET", "/api/v1/customers/c")[1] == created
 
 
+@pytest.mark.parametrize("field", ["name", "description", "eventFrom", "valueProperty", "groupBy"])
+def test_a_null_meter_field_is_a_400_naming_it(container: Any, field: str) -> None:
+    """OpenMeter's MeterCreate takes null for metadata alone. A null name, description, eventFrom, valueProperty (of a
+    COUNT meter) or groupBy was taken for the field left out and the meter created (201)."""
+    before = call(api, "GET", "/api/v1/meters")[1]
+    body = {"slug": "m", "aggregation": "COUNT", "eventType": "x", field: None}
+    status, problem = call(api, "POST", "/api/v1/meters", body)
+    assert status == 400 and problem is not None, problem
+    assert problem["validationErrors"][0]["field"] == field
+    assert call(api, "GET", "/api/v1/meters")[1] == before
+
+
 def test_a_null_customer_metadata_is_none(container: Any) -> None:
     status, created = call(api, "POST", "/api/v1/customers", {"name": "x", "metadata": None})
     assert status == 201 and created is not None and "metadata" not in created, created

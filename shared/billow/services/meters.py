@@ -19,6 +19,8 @@ from billow.services.sink import backfill_meter
 from billow.timeutil import as_of, parse_rfc3339
 
 SinkLock = Callable[[], AbstractContextManager[Any]]
+# OpenMeter's MeterCreate: metadata alone may be null; these are left out or set, a null is no field left out.
+NOT_NULL = ("name", "description", "eventFrom", "valueProperty", "groupBy")
 
 
 def build_meter(body: dict[str, Any], now: datetime) -> Meter:
@@ -37,6 +39,10 @@ def create_meter(namespace: str, body: Any, *, meta: MetaStore, usage: UsageStor
                  sink_lock: SinkLock, managed: bool = False) -> Meter:
     if not isinstance(body, dict):
         raise ValidationFailed("meter must be a JSON object", [{"field": "", "message": "must be a JSON object"}])
+    nulls = [] if managed else [k for k in NOT_NULL if k in body and body[k] is None]  # (YAML's `description:`)
+    if nulls:
+        raise ValidationFailed(f"invalid meter: {nulls[0]}: must not be null (leave it out)",
+                               [{"field": k, "message": "must not be null (leave it out)"} for k in nulls])
     meter = build_meter(body, now)
     with sink_lock():
         meta.put_meter(namespace, meter, managed=managed)
