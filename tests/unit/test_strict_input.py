@@ -490,6 +490,16 @@ def test_a_null_meter_field_is_a_400_naming_it(container: Any, field: str) -> No
     assert call(api, "GET", "/api/v1/meters")[1] == before
 
 
+@pytest.mark.parametrize("field", ["metadata", "meterSlug", "meterGroupByFilters", "advancedMeterGroupByFilters"])
+def test_a_null_feature_field_is_a_400_naming_it(container: Any, field: str) -> None:
+    """OpenMeter's FeatureCreateInputs takes no null. A null metadata, meterSlug or group-by filter was taken for the
+    field left out and the feature created (201): with meterSlug null, a feature metering nothing."""
+    status, problem = call(api, "POST", "/api/v1/features", {"key": "f", "name": "f", field: None})
+    assert status == 400 and problem is not None, problem
+    assert problem["validationErrors"][0]["field"] == field
+    assert call(api, "GET", "/api/v1/features")[1] == []
+
+
 def test_a_null_customer_metadata_is_none(container: Any) -> None:
     status, created = call(api, "POST", "/api/v1/customers", {"name": "x", "metadata": None})
     assert status == 201 and created is not None and "metadata" not in created, created

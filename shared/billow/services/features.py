@@ -30,6 +30,7 @@ class FeatureStore(Protocol):
 
 
 bad = ValidationFailed.at
+NOT_NULL = ("metadata", "meterSlug", "meterGroupByFilters", "advancedMeterGroupByFilters")
 
 
 def valid_key(value: Any, field: str) -> str:
@@ -46,6 +47,9 @@ def create_feature(namespace: str, body: Any, *, store: FeatureStore, meta: Meta
     if not isinstance(name, str) or not name.strip() or len(name) > 256:
         raise bad("name", "required, 1 to 256 characters")
     doc: dict[str, Any] = {"id": new_id(), "key": key, "name": name}
+    for field in NOT_NULL:  # OpenMeter's FeatureCreateInputs: none of them nullable, a null is no field left out
+        if field in body and body[field] is None:
+            raise bad(field, "must not be null (leave it out)")
     if body.get("metadata") is not None:
         if not isinstance(body["metadata"], dict) or not all(isinstance(v, str) for v in body["metadata"].values()):
             raise bad("metadata", "must be an object of strings")
