@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from billow.domain import fields
 from billow.errors import NotFound, ValidationFailed
 from billow.ids import is_ulid
 
@@ -97,8 +98,7 @@ def install_options(body: object, *, api_key: bool) -> tuple[str | None, bool, s
     if not isinstance(body, dict):
         raise bad("body", "must be an object")
     given = body.get("name")
-    if "name" in body and given is None:  # OpenMeter's: a string, not nullable (left out: the listing's name)
-        raise bad("name", "must not be null (leave it out for the listing's name)")
+    fields.not_null(body, ("name",))  # left out: the listing's name
     out_name = name(given) if given is not None else None
     create = body.get("createBillingProfile", True)
     if not isinstance(create, bool):

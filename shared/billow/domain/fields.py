@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from billow.errors import ValidationFailed
@@ -15,6 +16,15 @@ def flag(body: dict[str, Any], key: str, default: bool = False) -> bool:
     if not isinstance(value, bool):
         raise ValidationFailed.at(key, "must be true or false")
     return value
+
+
+def not_null(body: dict[str, Any], names: Iterable[str]) -> None:
+    """Optional fields OpenMeter's schema does not make nullable: left out or set. A null is a 400 naming each such
+    field, never taken for the field left out."""
+    nulls = [name for name in names if name in body and body[name] is None]
+    if nulls:
+        raise ValidationFailed(f"{nulls[0]}: must not be null (leave it out)",
+                               [{"field": name, "message": "must not be null (leave it out)"} for name in nulls])
 
 
 def metadata(body: dict[str, Any]) -> dict[str, str] | None:

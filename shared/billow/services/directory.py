@@ -14,8 +14,6 @@ from billow.services import pages, params
 from billow.timeutil import as_of, format_rfc3339, parse_rfc3339
 
 CUSTOMER_FIELDS = ("name", "description", "metadata", "key", "usageAttribution", "primaryEmail", "currency", "billingAddress")
-# OpenMeter's CustomerCreate and CustomerReplaceUpdate: metadata alone may be null; any other field is left out or set.
-NULLABLE_CUSTOMER_FIELDS = ("metadata",)
 
 
 _bad = ValidationFailed.at
@@ -53,9 +51,7 @@ def delete_subject(namespace: str, id_or_key: str, *, meta: MetaStore, now: date
 def _validate_customer(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _bad("", "customer must be a JSON object")
-    for field in CUSTOMER_FIELDS:
-        if field in body and body[field] is None and field not in NULLABLE_CUSTOMER_FIELDS:
-            raise _bad(field, "must not be null (leave it out)")
+    fields.not_null(body, (f for f in CUSTOMER_FIELDS if f != "metadata"))  # OpenMeter's: metadata alone nullable
     name = body.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 256:
         raise _bad("name", "required, 1 to 256 characters")

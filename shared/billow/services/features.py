@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from billow.domain import fields
 from billow.domain.catalog import KEY_RE
 from billow.errors import NotFound, ValidationFailed
 from billow.ids import new_id
@@ -30,6 +31,7 @@ class FeatureStore(Protocol):
 
 
 bad = ValidationFailed.at
+# OpenMeter's FeatureCreateInputs: none of these nullable.
 NOT_NULL = ("metadata", "meterSlug", "meterGroupByFilters", "advancedMeterGroupByFilters")
 
 
@@ -47,9 +49,7 @@ def create_feature(namespace: str, body: Any, *, store: FeatureStore, meta: Meta
     if not isinstance(name, str) or not name.strip() or len(name) > 256:
         raise bad("name", "required, 1 to 256 characters")
     doc: dict[str, Any] = {"id": new_id(), "key": key, "name": name}
-    for field in NOT_NULL:  # OpenMeter's FeatureCreateInputs: none of them nullable, a null is no field left out
-        if field in body and body[field] is None:
-            raise bad(field, "must not be null (leave it out)")
+    fields.not_null(body, NOT_NULL)
     if body.get("metadata") is not None:
         if not isinstance(body["metadata"], dict) or not all(isinstance(v, str) for v in body["metadata"].values()):
             raise bad("metadata", "must be an object of strings")

@@ -8,6 +8,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from billow.domain import fields
 from billow.domain.ingest_policy import parse_policy
 from billow.domain.meters import Meter, validate_meter_definition
 from billow.errors import Conflict, NotFound, ValidationFailed
@@ -39,10 +40,8 @@ def create_meter(namespace: str, body: Any, *, meta: MetaStore, usage: UsageStor
                  sink_lock: SinkLock, managed: bool = False) -> Meter:
     if not isinstance(body, dict):
         raise ValidationFailed("meter must be a JSON object", [{"field": "", "message": "must be a JSON object"}])
-    nulls = [] if managed else [k for k in NOT_NULL if k in body and body[k] is None]  # (YAML's `description:`)
-    if nulls:
-        raise ValidationFailed(f"invalid meter: {nulls[0]}: must not be null (leave it out)",
-                               [{"field": k, "message": "must not be null (leave it out)"} for k in nulls])
+    if not managed:  # (a config file's meter keeps YAML's `description:`)
+        fields.not_null(body, NOT_NULL)
     meter = build_meter(body, now)
     with sink_lock():
         meta.put_meter(namespace, meter, managed=managed)

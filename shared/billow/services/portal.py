@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from billow.domain import fields
 from billow.errors import BillowError, Forbidden, NotFound, Unauthorized, ValidationFailed
 from billow.services import apikeys, pages
 from billow.timeutil import format_rfc3339, parse_rfc3339
@@ -73,8 +74,7 @@ def create_token(namespace: str, body: Any, *, store: PortalStore, meta: MetaSto
     subject = body.get("subject")
     if not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_SUBJECT or "\x00" in subject:
         raise _bad("subject", f"required, a subject key of 1 to {MAX_SUBJECT} characters (no NUL)")
-    if "allowedMeterSlugs" in body and body["allowedMeterSlugs"] is None:  # OpenMeter's: an array, not nullable
-        raise _bad("allowedMeterSlugs", "must not be null (leave it out for every meter)")
+    fields.not_null(body, ("allowedMeterSlugs",))  # left out: every meter
     slugs = _allowed_meter_slugs(namespace, body.get("allowedMeterSlugs"), meta)
     expires = _expiry(body.get("expiresAt"), now)
     token_id, token, digest = apikeys.new_secret(PREFIX.rstrip("_"))
@@ -122,10 +122,9 @@ def invalidate(namespace: str, body: Any, *, store: PortalStore, now: datetime) 
     """Invalidate the token with `body.id` and/or every token of `body.subject`; how many were still valid."""
     if not isinstance(body, dict):
         raise _bad("body", "must be an object {id} or {subject}")
+    fields.not_null(body, ("id", "subject"))
     token_id, subject = body.get("id"), body.get("subject")
     for name, value in (("id", token_id), ("subject", subject)):
-        if name in body and value is None:  # OpenMeter's: strings, not nullable
-            raise _bad(name, "must not be null (leave it out)")
         if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_SUBJECT
                                   or "\x00" in value):
             raise _bad(name, f"must be a string of 1 to {MAX_SUBJECT} characters (no NUL)")
