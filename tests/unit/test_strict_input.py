@@ -500,6 +500,17 @@ def test_a_null_feature_field_is_a_400_naming_it(container: Any, field: str) -> 
     assert call(api, "GET", "/api/v1/features")[1] == []
 
 
+@pytest.mark.parametrize("field", ["country", "postalCode", "city", "line1", "phoneNumber"])
+def test_a_null_billing_address_field_is_a_400_naming_it(container: Any, field: str) -> None:
+    """OpenMeter's Address takes no null. {billingAddress: {country: null}} was stored as sent and read back with
+    country null (201); the PostgreSQL schema fuzz's negative cases found it (seed 41)."""
+    body = {"name": "x", "billingAddress": {"city": "Paris", field: None}}
+    status, problem = call(api, "POST", "/api/v1/customers", body)
+    assert status == 400 and problem is not None, problem
+    assert problem["validationErrors"][0]["field"] == f"billingAddress.{field}"
+    assert call(api, "GET", "/api/v1/customers")[1]["items"] == []  # type: ignore[index]
+
+
 def test_a_null_customer_metadata_is_none(container: Any) -> None:
     status, created = call(api, "POST", "/api/v1/customers", {"name": "x", "metadata": None})
     assert status == 201 and created is not None and "metadata" not in created, created

@@ -18,10 +18,10 @@ def flag(body: dict[str, Any], key: str, default: bool = False) -> bool:
     return value
 
 
-def not_null(body: dict[str, Any], names: Iterable[str]) -> None:
+def not_null(body: dict[str, Any], names: Iterable[str], at: str = "") -> None:
     """Optional fields OpenMeter's schema does not make nullable: left out or set. A null is a 400 naming each such
-    field, never taken for the field left out."""
-    nulls = [name for name in names if name in body and body[name] is None]
+    field (under `at`, an object's own field name and a dot), never taken for the field left out."""
+    nulls = [at + name for name in names if name in body and body[name] is None]
     if nulls:
         raise ValidationFailed(f"{nulls[0]}: must not be null (leave it out)",
                                [{"field": name, "message": "must not be null (leave it out)"} for name in nulls])

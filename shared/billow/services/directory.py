@@ -81,6 +81,7 @@ def _check_address(address: Any) -> None:
         return
     if not isinstance(address, dict):
         raise _bad("billingAddress", "must be an object")
+    fields.not_null(address, ADDRESS_FIELDS, "billingAddress.")  # OpenMeter's Address: none nullable
     for name in ADDRESS_FIELDS:
         value = address.get(name)
         if value is not None and (not isinstance(value, str) or len(value) > 1024):
