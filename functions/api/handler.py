@@ -267,6 +267,7 @@ def create_customer() -> Response:
 @app.get("/api/v1/customers/<customer>")
 def get_customer(customer: str) -> Response:
     c = container()
+    query_contract.conform("GET", "/api/v1/customers/{customerIdOrKey}", query_multi(_event()))  # expand
     return ok(directory.get_customer(c.namespace, path_param(customer), meta=c.meta))
 
 

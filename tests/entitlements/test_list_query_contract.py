@@ -59,3 +59,15 @@ def test_valid_values_still_list(billow: Billow, path: str, query: dict[str, str
     assert billow is not None
     status, out = _get(path, query)
     assert status == 200, (status, out)
+
+
+@pytest.mark.parametrize("value", ["", "orders", "Subscriptions"])
+def test_a_customer_get_with_an_expand_the_contract_refuses_is_a_400(billow: Billow, value: str) -> None:
+    """GET /customers/{customerIdOrKey}: `expand` is an array of CustomerExpand (subscriptions). Any value was
+    ignored (200); the PostgreSQL schema fuzz found ?expand= answered 200 (seed 41). A path-parameter route, so
+    checked by its handler (query_contract.conform), not by the list middleware."""
+    billow.ok("POST", "/api/v1/customers", {"name": "Acme", "key": "acme"})
+    status, out = _get("/api/v1/customers/acme", {"expand": value})
+    assert status == 400 and "expand" in out["detail"], (status, out)
+    status, out = _get("/api/v1/customers/acme", {"expand": "subscriptions"})
+    assert status == 200 and out["key"] == "acme", (status, out)

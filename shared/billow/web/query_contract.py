@@ -48,7 +48,12 @@ def query_parameters(method: str, path: str) -> tuple[tuple[str, dict[str, Any],
 
 
 def check(method: str, path: str, qs: dict[str, list[str]]) -> None:
-    if (method, path) not in CHECKED:
-        return
-    for name, schema, items in query_parameters(method, path):
+    if (method, path) in CHECKED:
+        conform(method, path, qs)
+
+
+def conform(method: str, template: str, qs: dict[str, list[str]]) -> None:
+    """The query of the operation at `template` (the document's path, {parameters} and all) as the document says;
+    for a route whose operation has path parameters, which `check` (by the request's path) cannot name."""
+    for name, schema, items in query_parameters(method, template):
         params.conform(qs, name, items if items is not None else schema, array=items is not None)
