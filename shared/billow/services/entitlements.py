@@ -439,12 +439,18 @@ def build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: Entitl
                                                    for err in e.errors]) from None
 
 
+_GRANT_NOT_NULL = ("priority", "expiration", "maxRolloverAmount", "minRolloverAmount", "metadata", "recurrence")
+
+
 def _build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: EntitlementStore, now: datetime,
                  v2: bool) -> dict[str, Any]:
     if ent["type"] != "metered":
         raise bad("entitlementIdOrFeatureKey", "grants apply to metered entitlements only")
     if not isinstance(body, dict):
         raise bad("", "grant must be a JSON object")
+    # OpenMeter's grant inputs make none of these nullable: never a null taken for the field left out (a v2 grant with
+    # expiration null never expired).
+    fields.not_null(body, _GRANT_NOT_NULL + (("annotations",) if v2 else ()))
     amt = amount(body.get("amount"), "amount", positive=True)
     prio = body.get("priority", 1)
     if isinstance(prio, bool) or not isinstance(prio, int) or not 1 <= prio <= 255:
