@@ -36,6 +36,11 @@ MISSING = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
     ({"type": "EMAIL", "name": "x", "recipients": ["not-an-address"]}, "recipients[0]"),
     ({"type": "EMAIL", "name": "x"}, "recipients"),
     ({"type": "WEBHOOK", "name": "x", "url": "https://example.com", "disabled": "yes"}, "disabled"),
+    # OpenMeter's channel request makes none of these nullable; a null was taken for the field left out (201: a
+    # new signing secret, no headers, enabled).
+    ({"type": "WEBHOOK", "name": "x", "url": "https://example.com", "disabled": None}, "disabled"),
+    ({"type": "WEBHOOK", "name": "x", "url": "https://example.com", "customHeaders": None}, "customHeaders"),
+    ({"type": "WEBHOOK", "name": "x", "url": "https://example.com", "signingSecret": None}, "signingSecret"),
     ([], ""),
 ])
 def test_bad_channels_are_400_naming_the_field(world: World, body: Any, field: str) -> None:

@@ -97,6 +97,8 @@ def parse_channel(body: Any, *, previous: dict[str, Any] | None = None) -> dict[
         raise bad("type", f"required, one of {', '.join(CHANNEL_TYPES)}")
     if previous is not None and previous["type"] != ctype:
         raise bad("type", "a channel's type cannot change")
+    # OpenMeter's channel requests make none of these nullable (metadata alone): never a null taken for one left out.
+    fields.not_null(body, ("disabled", "customHeaders", "signingSecret") if ctype == WEBHOOK else ("disabled",))
     doc: dict[str, Any] = {"type": ctype, "name": _name(body), "disabled": fields.flag(body, "disabled")}
     if (md := fields.metadata(body)) is not None:
         doc["metadata"] = md
