@@ -62,3 +62,26 @@ def test_outside_a_request_the_resolver_reads_as_before(api: object) -> None:
     assert app.context == {}  # the request's routing context is gone after it
     per_request_state(app)  # idempotent
     assert type(app).__mro__[1].__name__ == "APIGatewayHttpResolver"  # wrapped once
+
+
+def test_a_request_resolved_inside_another_gives_it_its_state_back(api: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler that calls the API on its own thread (a test's hook does, mid-request): the inner request deleted the
+    thread's state as it ended, and the outer one's end then raised AttributeError (a 500 to its client, though its
+    work was done). Now the inner one restores the outer one's state: each answers its own request."""
+    from billow.services import meters
+    from functions.api.handler import app
+
+    real, inner = meters.get_meter, []
+
+    def get_meter_calling_the_api(namespace: str, slug: str, **kw: object) -> object:
+        if slug == "outer":
+            out = api(apigw_event("GET", "/api/v1/meters/inner", {}, b"", "127.0.0.1"), None)  # type: ignore[operator]
+            inner.append((out["statusCode"], json.loads(out["body"])["instance"]))
+            assert app.current_event.path == "/api/v1/meters/outer"  # the outer request's own, again
+        return real(namespace, slug, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(meters, "get_meter", get_meter_calling_the_api)
+    out = api(apigw_event("GET", "/api/v1/meters/outer", {}, b"", "127.0.0.1"), None)  # type: ignore[operator]
+    assert inner == [(404, "/api/v1/meters/inner")]
+    assert out["statusCode"] == 404 and json.loads(out["body"])["instance"] == "/api/v1/meters/outer"
+    assert app.context == {}  # nothing left behind on this thread

@@ -88,6 +88,9 @@ class _PerThread:
         setattr(self.local, self.name, value)
 
 
+_REQUEST_STATE = ("current_event", "lambda_context", "context", "processed_stack_frames")
+
+
 def per_request_state(app: Any) -> None:
     """Give this powertools resolver instance (not the library's classes) its request state per thread:
     current_event, lambda_context, context and the processed middleware frames. Its class becomes a subclass whose
@@ -101,6 +104,9 @@ def per_request_state(app: Any) -> None:
     shared_context: dict[str, Any] = app.__dict__.get("context", {})
 
     def resolve(self: Any, event: Any, context: Any) -> dict[str, Any]:
+        # A request resolved inside another on this thread (a handler calling the API) gives the outer one its
+        # state back when it ends; it deleted that state, and the outer request's end then failed (AttributeError).
+        outer = {name: local.__dict__[name] for name in _REQUEST_STATE if name in local.__dict__}
         local.current_event = self._to_proxy_event(dict(event))
         local.lambda_context = context
         local.context = {}
@@ -109,8 +115,11 @@ def per_request_state(app: Any) -> None:
             out: dict[str, Any] = base.resolve(self, event, context)
             return out
         finally:
-            for name in ("current_event", "lambda_context", "context", "processed_stack_frames"):
-                delattr(local, name)
+            for name in _REQUEST_STATE:
+                if name in outer:
+                    setattr(local, name, outer[name])
+                else:
+                    delattr(local, name)
 
     cls = type(f"PerThread{base.__name__}", (base,), {
         "_billow_per_thread": True,
