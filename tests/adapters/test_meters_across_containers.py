@@ -32,6 +32,9 @@ from tests.conftest import event, require_service
 NOW = datetime(2026, 3, 3, tzinfo=UTC)
 TOKENS = {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens",
           "groupBy": {"model": "$.model"}}
+# A COUNT meter: no valueProperty (left out; a null is a 400 naming it, as OpenMeter's MeterCreate has it).
+CALLS = {k: v for k, v in TOKENS.items() if k != "valueProperty"} | {"slug": "calls", "eventType": "call",
+                                                                     "aggregation": "COUNT"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -78,8 +81,7 @@ def truth(events: list[dict[str, Any]]) -> Decimal:
 def test_a_warm_sink_counts_a_meter_created_by_the_api_container(two_containers: Any, usage: Any,
                                                                  namespace: str) -> None:
     api, warm = two_containers
-    create_meter(namespace, {**TOKENS, "slug": "calls", "eventType": "call", "aggregation": "COUNT",
-                             "valueProperty": None}, meta=api, usage=usage, now=NOW, sink_lock=nullcontext)
+    create_meter(namespace, CALLS, meta=api, usage=usage, now=NOW, sink_lock=nullcontext)
     before = prompts(range(0, 5))
     assert sink(namespace, before, usage, warm).unmatched == 5  # the sink container is warm: meters listed
     create_meter(namespace, TOKENS, meta=api, usage=usage, now=NOW, sink_lock=nullcontext)  # backfills `before`
@@ -147,8 +149,7 @@ def test_an_event_in_the_gap_between_meter_list_and_write_is_counted_once(two_co
     sink wrote its events raw (the backfill scanned too early to see them). after_write: the backfill ran
     after the sink's write (it sees and values them) but before the sink looked at the meters again."""
     api, warm = two_containers
-    create_meter(namespace, {**TOKENS, "slug": "calls", "eventType": "call", "aggregation": "COUNT",
-                             "valueProperty": None}, meta=api, usage=usage, now=NOW, sink_lock=nullcontext)
+    create_meter(namespace, CALLS, meta=api, usage=usage, now=NOW, sink_lock=nullcontext)
     early = prompts(range(0, 3))
     sink(namespace, early, usage, warm)  # warm, and some raw events for the backfill to find
 
