@@ -76,7 +76,7 @@ def get_any_entitlement(entitlement: str) -> Response:
 @router.post("/api/v1/subjects/<subject>/entitlements")
 def create_entitlement(subject: str) -> Response:
     c = container()
-    doc = entitlements.create_entitlement(c.namespace, path_param(subject), json_body(_event()),
+    doc = entitlements.create_entitlement(c.namespace, path_param(subject), entitlements.requested(json_body(_event())),
                                           store=c.entitlements, meta=c.meta, now=c.clock.now())
     return ok(_present(doc), 201)
 
@@ -109,7 +109,8 @@ def delete_entitlement(subject: str, entitlement: str) -> Response:
 def override_entitlement(subject: str, entitlement: str) -> Response:
     c = container()
     doc = entitlements.override_entitlement(c.namespace, path_param(subject), path_param(entitlement),
-                                            json_body(_event()), store=c.entitlements, meta=c.meta, now=c.clock.now())
+                                            entitlements.requested(json_body(_event())), store=c.entitlements,
+                                            meta=c.meta, now=c.clock.now())
     return ok(_present(doc), 201)
 
 

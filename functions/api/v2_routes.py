@@ -12,6 +12,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billow.bootstrap import container
 from billow.services import entitlements_v2 as v2
 from billow.services import events_v2, params
+from billow.services.entitlements import requested
 from billow.timeutil import parse_rfc3339
 from billow.web.http import json_body, optional_json_body, path_param, query_multi
 from functions.api.responses import no_content, ok
@@ -37,8 +38,8 @@ def list_events() -> Response:
 @router.post(BASE)
 def create_entitlement(customer: str) -> Response:
     c = container()
-    return ok(v2.create(c.namespace, path_param(customer), json_body(_event()), store=c.entitlements, meta=c.meta,
-                        now=c.clock.now()), 201)
+    return ok(v2.create(c.namespace, path_param(customer), requested(json_body(_event())), store=c.entitlements,
+                        meta=c.meta, now=c.clock.now()), 201)
 
 
 @router.get(BASE)
@@ -66,7 +67,7 @@ def delete_entitlement(customer: str, entitlement: str) -> Response:
 @router.put(f"{BASE}/<entitlement>/override")
 def override_entitlement(customer: str, entitlement: str) -> Response:
     c = container()
-    return ok(v2.override(c.namespace, path_param(customer), path_param(entitlement), json_body(_event()),
+    return ok(v2.override(c.namespace, path_param(customer), path_param(entitlement), requested(json_body(_event())),
                           store=c.entitlements, meta=c.meta, now=c.clock.now()), 201)
 
 

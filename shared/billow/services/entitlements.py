@@ -439,6 +439,21 @@ def build_grant(namespace: str, ent: dict[str, Any], body: Any, *, store: Entitl
                                                    for err in e.errors]) from None
 
 
+# OpenMeter's entitlement create inputs (v1 and v2; metered, static, boolean) make none of these nullable. Checked on
+# request bodies (the routes), not in build_entitlement: subscription sync builds its bodies from plan templates.
+ENTITLEMENT_NOT_NULL = ("type", "featureKey", "featureId", "metadata", "usagePeriod", "isSoftLimit", "isUnlimited",
+                        "measureUsageFrom", "issueAfterReset", "issueAfterResetPriority", "preserveOverageAtReset",
+                        "config", "issue", "grants")
+
+
+def requested(body: Any) -> Any:
+    """An entitlement create (or override) request's body: a null in a field OpenMeter's schema does not make nullable
+    is a 400 naming it, never taken for the field left out."""
+    if isinstance(body, dict):
+        fields.not_null(body, ENTITLEMENT_NOT_NULL)
+    return body
+
+
 _GRANT_NOT_NULL = ("priority", "expiration", "maxRolloverAmount", "minRolloverAmount", "metadata", "recurrence")
 
 
