@@ -167,10 +167,10 @@ def _time_statements(store: Any) -> dict[str, float]:
 
         return timed_insert
 
-    def timed_query(sql: str, params: dict[str, Any]) -> Any:
+    def timed_query(sql: str, params: dict[str, Any], **kw: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return query(sql, params)
+            return query(sql, params, **kw)
         finally:
             k = " ".join(sql.split()[:6])
             spent[k] = spent.get(k, 0.0) + time.perf_counter() - t0
@@ -281,8 +281,12 @@ def _measure_http(port: int, pid: int, n: int, size: int, prefix: str) -> dict[s
 
 
 def _run(code: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    """Run one measurement in a process of its own; a failure ends the bench with that process's error output."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        sys.stderr.write(done.stderr)
+        raise SystemExit(f"bench.ingest: a measurement failed (exit status {done.returncode}): {code}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def check_total(data_dir: str, expected: int) -> tuple[int, int]:
