@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
+from billow.domain import fields
 from billow.domain.money import Currency
 from billow.errors import ValidationFailed
 from billow.exact import EXACT
@@ -277,9 +278,14 @@ def parse_override(body: Any, *, id: str, now: datetime) -> PriceOverride:
     if not isinstance(body, dict):
         raise ValidationFailed("body: must be a JSON object", [{"field": "body", "message": "must be a JSON object"}])
     problems: list[dict[str, str]] = [{"field": k, "message": "unknown field"} for k in sorted(body) if k not in _OVERRIDE_FIELDS]
+    try:  # the optional fields' nulls (the required ones' are "required" below): Billow's schema makes none nullable
+        fields.not_null(body, ("currency", "effectiveFrom", *(k for k, (_, required) in _OVERRIDE_PRICES.items()
+                                                              if not required)))
+    except ValidationFailed as exc:
+        problems.extend(exc.errors)
     provider = _name(body.get("provider"), "provider", 128, problems)
     model = _name(body.get("model"), "model", 256, problems)
-    currency = body.get("currency", PRICE_CURRENCY)
+    currency = PRICE_CURRENCY if body.get("currency") is None else body["currency"]  # a null: named above
     try:
         code = Currency.of(currency).code
         if code != PRICE_CURRENCY:

@@ -25,6 +25,8 @@ def upsert_subjects(namespace: str, body: Any, *, meta: MetaStore, now: datetime
     for i, s in enumerate(body):
         if not isinstance(s, dict) or not isinstance(s.get("key"), str) or not s["key"].strip():
             raise _bad(f"[{i}].key", "required, a non-empty string")
+        # OpenMeter's SubjectUpsert: displayName, metadata and stripeCustomerId nullable, the periods not
+        fields.not_null(s, ("currentPeriodStart", "currentPeriodEnd"), f"[{i}].")
         fields.subject_key(s["key"], f"[{i}].key")
         if s.get("metadata") is not None and not isinstance(s["metadata"], dict):
             raise _bad(f"[{i}].metadata", "must be an object")

@@ -32,7 +32,7 @@ class FeatureStore(Protocol):
 
 bad = ValidationFailed.at
 # OpenMeter's FeatureCreateInputs: none of these nullable.
-NOT_NULL = ("metadata", "meterSlug", "meterGroupByFilters", "advancedMeterGroupByFilters")
+NOT_NULL = ("metadata", "meterSlug", "meterGroupByFilters", "advancedMeterGroupByFilters", "unitCost")
 
 
 def valid_key(value: Any, field: str) -> str:

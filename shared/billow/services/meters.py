@@ -20,8 +20,10 @@ from billow.services.sink import backfill_meter
 from billow.timeutil import as_of, parse_rfc3339
 
 SinkLock = Callable[[], AbstractContextManager[Any]]
-# OpenMeter's MeterCreate: metadata alone may be null; these are left out or set, a null is no field left out.
-NOT_NULL = ("name", "description", "eventFrom", "valueProperty", "groupBy")
+# OpenMeter's MeterCreate and MeterUpdate: metadata alone may be null; these are left out or set, a null is no field
+# left out (ingestionPolicy: Billow's, not nullable either).
+NOT_NULL = ("name", "description", "eventFrom", "valueProperty", "groupBy", "ingestionPolicy")
+UPDATE_NOT_NULL = ("name", "description", "groupBy", "ingestionPolicy")
 
 
 def build_meter(body: dict[str, Any], now: datetime) -> Meter:
@@ -65,6 +67,7 @@ def update_meter(namespace: str, id_or_slug: str, body: Any, *, meta: MetaStore,
         if not isinstance(body, dict):
             raise ValidationFailed("meter update must be a JSON object",
                                    [{"field": "", "message": "must be a JSON object"}])
+        fields.not_null(body, UPDATE_NOT_NULL)
         updated = _updated(meter, body, now)
         return updated, partial(meta.update_meter, namespace, updated, expect=meter)
 

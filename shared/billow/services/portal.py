@@ -74,7 +74,8 @@ def create_token(namespace: str, body: Any, *, store: PortalStore, meta: MetaSto
     subject = body.get("subject")
     if not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_SUBJECT or "\x00" in subject:
         raise _bad("subject", f"required, a subject key of 1 to {MAX_SUBJECT} characters (no NUL)")
-    fields.not_null(body, ("allowedMeterSlugs",))  # left out: every meter
+    # OpenMeter's PortalToken: none nullable (allowedMeterSlugs left out: every meter; the read-only ones ignored)
+    fields.not_null(body, ("allowedMeterSlugs", "expiresAt", "id", "createdAt", "expired", "token"))
     slugs = _allowed_meter_slugs(namespace, body.get("allowedMeterSlugs"), meta)
     expires = _expiry(body.get("expiresAt"), now)
     token_id, token, digest = apikeys.new_secret(PREFIX.rstrip("_"))

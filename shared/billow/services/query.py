@@ -10,6 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from billow import jsonx
+from billow.domain.fields import not_null
 from billow.domain.meters import GROUP_KEY_RE, Meter
 from billow.domain.usage import AggRow, GroupFilter, UsageQuery, final_value
 from billow.errors import ValidationFailed
@@ -188,9 +189,15 @@ def _and(filters: dict[str, Any], key: str, spec: Any) -> None:
     filters[key] = {"$and": [filters[key], spec]} if key in filters else spec
 
 
+# OpenMeter's MeterQueryRequest: none of its fields nullable (a null is a 400 there, never the field left out).
+QUERY_BODY_FIELDS = ("clientId", "from", "to", "windowSize", "windowTimeZone", "subject", "filterCustomerId",
+                     "filterGroupBy", "advancedMeterGroupByFilters", "groupBy")
+
+
 def params_from_body(body: Any) -> QueryParams:
     if not isinstance(body, dict):
         raise _bad("", "query must be a JSON object")
+    not_null(body, QUERY_BODY_FIELDS)
     p = QueryParams()
     if body.get("from") is not None:
         p.start = parse_rfc3339(_str(body["from"], "from"), "from")
