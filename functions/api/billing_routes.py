@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import Container, container
 from billow.errors import Conflict, NotFound
-from billow.services import billing, billing_customers, invoices, pages, pending_lines
+from billow.services import billing, billing_customers, invoices, pages, params, pending_lines
 from billow.timeutil import parse_rfc3339
 from billow.web.http import json_body, path_param, query_multi, wants_csv
 from functions.api.responses import document, no_content, ok, origin
@@ -38,8 +38,8 @@ def list_profiles() -> Response:
 
     c, store = _c()
     qs = _qs()
-    return ok(pages.page(profiles_view(c.namespace, store.list_profiles(c.namespace), qs, apps=c.app_store()), qs,
-                         pages.PROFILES))
+    listed = store.list_profiles(c.namespace, include_deleted=params.flag(qs, "includeArchived"))
+    return ok(pages.page(profiles_view(c.namespace, listed, qs, apps=c.app_store()), qs, pages.PROFILES))
 
 
 @router.post("/api/v1/billing/profiles")
@@ -53,7 +53,7 @@ def get_profile(pid: str) -> Response:
     from billow.services.apps import profiles_view
 
     c, store = _c()
-    (doc,) = profiles_view(c.namespace, [billing.get_profile(c.namespace, path_param(pid), store=store)], _qs(),
+    (doc,) = profiles_view(c.namespace, [billing.get_profile(c.namespace, path_param(pid), store=store, deleted=True)], _qs(),
                            apps=c.app_store())
     return ok(doc)
 

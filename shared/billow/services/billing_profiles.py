@@ -63,9 +63,10 @@ def _apps_still_installed(namespace: str, linked: dict[str, Any],
     return profile_apps_installed(namespace, linked, apps=apps)
 
 
-def get_profile(namespace: str, id_: str, *, store: BillingStore) -> dict[str, Any]:
+def get_profile(namespace: str, id_: str, *, store: BillingStore, deleted: bool = False) -> dict[str, Any]:
+    """The live profile (or, with `deleted`, a deleted one too, with its deletedAt: OpenMeter's GET by id)."""
     doc = store.get_profile(namespace, id_)
-    if doc is None or doc.get("deletedAt"):
+    if doc is None or (doc.get("deletedAt") and not deleted):
         raise NotFound(f"billing profile {id_!r} not found")
     return dict(doc)
 
@@ -112,6 +113,10 @@ def _apply(doc: dict[str, Any], body: dict[str, Any], now: datetime) -> None:
 
 
 def delete_profile(namespace: str, id_: str, *, store: BillingStore, now: datetime) -> None:
+    """A profile already deleted stays as it was (OpenMeter answers 204 again); the default one is a 409."""
+    if get_profile(namespace, id_, store=store, deleted=True).get("deletedAt"):
+        return
+
     def delete(doc: dict[str, Any]) -> None:
         if doc.get("default"):
             raise Conflict("the default billing profile cannot be deleted; make another one the default first")
