@@ -253,8 +253,16 @@ def delete_subject(subject: str) -> Response:
 @app.get("/api/v1/customers")
 def list_customers() -> Response:
     c = container()
-    return ok(directory.list_customers(c.namespace, query_multi(_event()), meta=c.meta, on_plan=lambda key: (
-        subscriptions.customers_on_plan(c.namespace, key, store=c.catalog_store(), now=c.clock.now()))))
+    qs = query_multi(_event())
+    listed = directory.list_customers(c.namespace, qs, meta=c.meta, on_plan=lambda key: (
+        subscriptions.customers_on_plan(c.namespace, key, store=c.catalog_store(), now=c.clock.now())))
+    listed["items"] = subscriptions.with_running(c.namespace, listed["items"], expand=_expands_subscriptions(qs),
+                                                 store=c.catalog_store(), now=c.clock.now())
+    return ok(listed)
+
+
+def _expands_subscriptions(qs: dict[str, list[str]]) -> bool:
+    return "subscriptions" in (qs.get("expand") or [])
 
 
 @app.post("/api/v1/customers")
@@ -267,8 +275,12 @@ def create_customer() -> Response:
 @app.get("/api/v1/customers/<customer>")
 def get_customer(customer: str) -> Response:
     c = container()
-    query_contract.conform("GET", "/api/v1/customers/{customerIdOrKey}", query_multi(_event()))  # expand
-    return ok(directory.get_customer(c.namespace, path_param(customer), meta=c.meta))
+    qs = query_multi(_event())
+    query_contract.conform("GET", "/api/v1/customers/{customerIdOrKey}", qs)  # expand
+    doc = directory.get_customer(c.namespace, path_param(customer), meta=c.meta)
+    if _expands_subscriptions(qs):  # OpenMeter shows a customer's subscriptions (and currentSubscriptionId) then only
+        (doc,) = subscriptions.with_running(c.namespace, [doc], expand=True, store=c.catalog_store(), now=c.clock.now())
+    return ok(doc)
 
 
 @app.put("/api/v1/customers/<customer>")

@@ -220,6 +220,29 @@ def customers_on_plan(namespace: str, plan_key: str, *, store: SubscriptionStore
             and subs.status(d, now) in ("active", "canceled")}
 
 
+def with_running(namespace: str, customers: list[dict[str, Any]], *, expand: bool, store: SubscriptionStore,
+                 now: datetime) -> list[dict[str, Any]]:
+    """The customers with their subscriptions running now (active, or canceled and not yet ended; OpenMeter's
+    ActiveAt: now) as OpenMeter's customer handlers show them: `currentSubscriptionId` (the first), and with `expand`
+    (expand=subscriptions) `subscriptions`, each OpenMeter's Subscription (not expanded); both left out when none
+    runs. (OpenMeter's list always shows currentSubscriptionId; its GET by id, only with expand=subscriptions.)"""
+    wanted = {c["id"] for c in customers}
+    docs = store.list_subscriptions(namespace, customers[0]["id"]) if len(customers) == 1 else (
+        store.list_subscriptions(namespace) if customers else [])
+    running: dict[str, list[dict[str, Any]]] = {}
+    for d in sorted(docs, key=lambda d: (d["activeFrom"], d["id"])):
+        if d["customerId"] in wanted and not d.get("deletedAt") and subs.status(d, now) in ("active", "canceled"):
+            running.setdefault(d["customerId"], []).append(d)
+    out = []
+    for c in customers:
+        if found := running.get(c["id"]):
+            c = {**c, "currentSubscriptionId": found[0]["id"]}
+            if expand:
+                c["subscriptions"] = [present(d, now, expanded=False) for d in found]
+        out.append(c)
+    return out
+
+
 def get(namespace: str, id_: str, *, store: SubscriptionStore) -> dict[str, Any]:
     doc = store.get_subscription(namespace, id_)
     if doc is None or doc.get("deletedAt"):
