@@ -135,9 +135,11 @@ def billow_operations() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     return own["paths"], own.get("components", {})
 
 
-def strip(node: Any) -> Any:
+def strip(node: Any, names: bool = False) -> Any:
+    """The document without upstream prose. A `properties` map's keys are field names, not prose (a schema's
+    `description` field stays)."""
     if isinstance(node, dict):
-        return {k: strip(v) for k, v in node.items() if k not in DROP}
+        return {k: strip(v, k == "properties" and not names) for k, v in node.items() if names or k not in DROP}
     if isinstance(node, list):
         return [strip(v) for v in node]
     return node
