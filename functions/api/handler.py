@@ -26,11 +26,12 @@ from billow.services import (
     subscriptions,
 )
 from billow.timeutil import parse_rfc3339
-from billow.web import present, query_contract
+from billow.web import body_contract, present, query_contract
 from billow.web.http import (
     JSON,
     PROBLEM,
     as_caller,
+    body_text,
     json_body,
     path_param,
     query_multi,
@@ -81,15 +82,25 @@ def _event() -> dict[str, Any]:
     return app.current_event.raw_event
 
 
-def _query_contract(app: APIGatewayHttpResolver, next_middleware: Any) -> Response:
+def _contract(app: APIGatewayHttpResolver, next_middleware: Any) -> Response:
     """A path parameter holding NUL refused (billow.web.http.NUL_MESSAGE); list operations' query parameters checked
-    against the served document first (billow.web.query_contract)."""
-    refuse_nul_in_path(app.current_event.path)
-    query_contract.check(app.current_event.http_method, app.current_event.path, query_multi(app.current_event.raw_event))
+    against the served document first (billow.web.query_contract), and a JSON body against its fields' bounds there
+    (billow.web.body_contract; a body that is no JSON is left to the route's own 400)."""
+    event = app.current_event
+    refuse_nul_in_path(event.path)
+    query_contract.check(event.http_method, event.path, query_multi(event.raw_event))
+    if event.http_method in ("POST", "PUT", "PATCH") and body_contract.body_schema(event.http_method, event.path) \
+            and body_text(event.raw_event).strip():
+        try:
+            body = json_body(event.raw_event)
+        except BillowError:
+            body = None
+        if body is not None:
+            body_contract.check(event.http_method, event.path, body)
     return next_middleware(app)
 
 
-app.use(middlewares=[_query_contract])
+app.use(middlewares=[_contract])
 
 
 @app.exception_handler(BillowError)

@@ -1,0 +1,132 @@
+"""Request bodies checked against the bounds the served OpenAPI document gives their fields: a string's maxLength,
+minLength and pattern, an array's maxItems and minItems. OpenMeter validates every request against its document
+(kin-openapi), so a value outside them is a 400 there; here too, a 400 naming each field (`billingAddress.city`,
+`rateCards[0].key`, `[1].key` in an array body), before the route runs. Types, formats, required fields and nulls
+stay the services' (they say more than a schema can), and so do ids (ULID below). The API handler runs `check`
+before every route."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from typing import Any, Final
+
+from billow.errors import ValidationFailed
+from billow.web.openapi import document
+
+_METHODS: Final = ("post", "put", "patch")
+
+
+@cache
+def _doc() -> dict[str, Any]:
+    return json.loads(document())
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        _, _, kind, name = node["$ref"].split("/", 3)
+        node = _doc()["components"][kind][name]
+    return node
+
+
+@cache
+def _routes() -> tuple[tuple[str, re.Pattern[str], dict[str, Any]], ...]:
+    """(method, path pattern, JSON body schema) of each operation with a JSON body; a path with more literal segments
+    first (`/customers/{id}/apps` before `/customers/{id}/{x}`), so the most specific one matches."""
+    out = []
+    for path, item in _doc()["paths"].items():
+        for method in _METHODS:
+            schema = ((item.get(method) or {}).get("requestBody") or {}).get("content", {}).get("application/json", {})
+            if "schema" in schema:
+                segments = path.strip("/").split("/")
+                pattern = "/".join("[^/]+" if s.startswith("{") else re.escape(s) for s in segments)
+                literal = sum(not s.startswith("{") for s in segments)
+                out.append((literal, method.upper(), re.compile(f"/{pattern}"), schema["schema"]))
+    out.sort(key=lambda r: -r[0])
+    return tuple((m, p, s) for _, m, p, s in out)
+
+
+def body_schema(method: str, path: str) -> dict[str, Any] | None:
+    """The JSON body schema of the operation serving `method` `path`, if the document gives one."""
+    for m, pattern, schema in _routes():
+        if m == method and pattern.fullmatch(path):
+            return schema
+    return None
+
+
+@cache
+def _regex(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error:  # an ECMA-only construct: not checked here
+        return None
+
+
+# OpenMeter's ULID pattern: where it asks for an id, Billow takes an id or what names it (a customer's key, an app's
+# type such as "sandbox"), and the look-up answers for a wrong one (404 or 400 naming the field).
+ULID: Final = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"
+_JSON_TYPES: Final = {"string": str, "array": list, "object": dict, "boolean": bool}
+
+
+def _branch(node: dict[str, Any], options: list[dict[str, Any]], value: Any) -> list[dict[str, Any]]:
+    """The branches of a oneOf/anyOf `value` is held to: the discriminator's, or the only one of its JSON type
+    (none when that is ambiguous: several objects without a discriminator)."""
+    disc = node.get("discriminator")
+    if disc and isinstance(value, dict):
+        tag = value.get(disc["propertyName"])
+        ref = (disc.get("mapping") or {}).get(tag) if isinstance(tag, str) else None
+        return [_resolve({"$ref": ref})] if ref else []
+    resolved = [_resolve(o) for o in options]
+    fits = [o for o in resolved if isinstance(value, _JSON_TYPES.get(o.get("type", ""), ()))
+            and not (isinstance(value, bool) and o.get("type") != "boolean")]
+    return fits if len(fits) == 1 else []
+
+
+def _name(at: str, key: str) -> str:
+    return f"{at}.{key}" if at else key
+
+
+def _walk(node: dict[str, Any], value: Any, at: str, problems: list[dict[str, str]]) -> None:
+    node = _resolve(node)
+    for sub in node.get("allOf", []):
+        _walk(sub, value, at, problems)
+    for combined in ("oneOf", "anyOf"):
+        for sub in _branch(node, node[combined], value) if combined in node else []:
+            _walk(sub, value, at, problems)
+    field = at or "body"
+    if isinstance(value, str):
+        if "maxLength" in node and len(value) > node["maxLength"]:
+            problems.append({"field": field, "message": f"at most {node['maxLength']} characters"})
+        if "minLength" in node and len(value) < node["minLength"]:
+            problems.append({"field": field, "message": f"at least {node['minLength']} characters"})
+        if node.get("pattern", ULID) != ULID and (rx := _regex(node["pattern"])) is not None and not rx.search(value):
+            problems.append({"field": field, "message": f"must match the pattern {node['pattern']}"})
+    elif isinstance(value, list):
+        if "maxItems" in node and len(value) > node["maxItems"]:
+            problems.append({"field": field, "message": f"at most {node['maxItems']} items"})
+        if "minItems" in node and len(value) < node["minItems"]:
+            problems.append({"field": field, "message": f"at least {node['minItems']} items"})
+        if isinstance(node.get("items"), dict):
+            for i, item in enumerate(value):
+                _walk(node["items"], item, f"{at}[{i}]", problems)
+    elif isinstance(value, dict):
+        props = node.get("properties") or {}
+        extra = node.get("additionalProperties")
+        for key, item in value.items():
+            if key in props:
+                _walk(props[key], item, _name(at, key), problems)
+            elif isinstance(extra, dict):
+                _walk(extra, item, _name(at, key), problems)
+
+
+def check(method: str, path: str, body: Any) -> None:
+    """Refuse (400 naming each field) a body outside its operation's bounds in the served document."""
+    schema = body_schema(method, path)
+    if schema is None:
+        return
+    problems: list[dict[str, str]] = []
+    _walk(schema, body, "", problems)
+    if problems:
+        unique = list({(p["field"], p["message"]): p for p in problems}.values())
+        raise ValidationFailed("; ".join(f"{p['field']}: {p['message']}" for p in unique), unique)
