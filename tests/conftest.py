@@ -173,6 +173,15 @@ def pg_database() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def meta_billow(request: pytest.FixtureRequest, tmp_path: Any, namespace: str) -> Iterator[Any]:
+    """tests/entitlements' in-process Billow (its harness, usage in memory) on each meta store."""
+    from tests.entitlements.conftest import on_meta_store
+
+    with on_meta_store(request, tmp_path, namespace) as b:
+        yield b
+
+
 @pytest.fixture
 def sqlite_meta(tmp_path: Any) -> Iterator[SqlMetaStore]:
     store = SqlMetaStore(f"sqlite:///{tmp_path / 'meta.db'}")

@@ -5,22 +5,12 @@ PostgreSQL meta stores."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.entitlements.conftest import Billow, on_meta_store
+from tests.entitlements.conftest import Billow
 from tests.support.billing import PROFILE
 
 PROFILES = "/api/v1/billing/profiles"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
-    with on_meta_store(request, tmp_path, namespace) as b:
-        yield b
 
 
 def _ids(b: Billow, query: dict[str, str] | None = None) -> list[str]:
@@ -35,31 +25,31 @@ def _deleted(b: Billow) -> tuple[dict[str, Any], dict[str, Any]]:
     return default, other
 
 
-def test_a_deleted_profile_is_shown_by_id_with_its_deleted_at(billow: Billow) -> None:
-    _, other = _deleted(billow)
-    shown = billow.ok("GET", f"{PROFILES}/{other['id']}")
+def test_a_deleted_profile_is_shown_by_id_with_its_deleted_at(meta_billow: Billow) -> None:
+    _, other = _deleted(meta_billow)
+    shown = meta_billow.ok("GET", f"{PROFILES}/{other['id']}")
     assert shown["id"] == other["id"] and shown["name"] == "EU"
     assert shown["deletedAt"] == "2026-01-02T00:00:00Z"
 
 
-def test_the_list_shows_deleted_profiles_with_include_archived_only(billow: Billow) -> None:
-    default, other = _deleted(billow)
-    assert _ids(billow) == [default["id"]]
-    assert _ids(billow, {"includeArchived": "false"}) == [default["id"]]
-    listed = billow.ok("GET", PROFILES, query={"includeArchived": "true"})["items"]
+def test_the_list_shows_deleted_profiles_with_include_archived_only(meta_billow: Billow) -> None:
+    default, other = _deleted(meta_billow)
+    assert _ids(meta_billow) == [default["id"]]
+    assert _ids(meta_billow, {"includeArchived": "false"}) == [default["id"]]
+    listed = meta_billow.ok("GET", PROFILES, query={"includeArchived": "true"})["items"]
     assert sorted(p["id"] for p in listed) == sorted([default["id"], other["id"]])
     assert [p["deletedAt"] for p in listed if p["id"] == other["id"]] == ["2026-01-02T00:00:00Z"]
 
 
-def test_include_archived_must_be_a_boolean(billow: Billow) -> None:
-    status, out = billow.call("GET", PROFILES, query={"includeArchived": "yes"})
+def test_include_archived_must_be_a_boolean(meta_billow: Billow) -> None:
+    status, out = meta_billow.call("GET", PROFILES, query={"includeArchived": "yes"})
     assert status == 400 and "includeArchived" in str(out), (status, out)
 
 
-def test_a_second_delete_answers_204_and_changes_nothing_and_an_edit_is_refused(billow: Billow) -> None:
-    _, other = _deleted(billow)
-    billow.clock.set("2026-01-03T00:00:00Z")
-    assert billow.call("DELETE", f"{PROFILES}/{other['id']}")[0] == 204
-    assert billow.ok("GET", f"{PROFILES}/{other['id']}")["deletedAt"] == "2026-01-02T00:00:00Z"
-    assert billow.call("PUT", f"{PROFILES}/{other['id']}", {**PROFILE, "name": "back", "default": False})[0] == 404
-    assert billow.ok("GET", f"{PROFILES}/{other['id']}")["name"] == "EU"
+def test_a_second_delete_answers_204_and_changes_nothing_and_an_edit_is_refused(meta_billow: Billow) -> None:
+    _, other = _deleted(meta_billow)
+    meta_billow.clock.set("2026-01-03T00:00:00Z")
+    assert meta_billow.call("DELETE", f"{PROFILES}/{other['id']}")[0] == 204
+    assert meta_billow.ok("GET", f"{PROFILES}/{other['id']}")["deletedAt"] == "2026-01-02T00:00:00Z"
+    assert meta_billow.call("PUT", f"{PROFILES}/{other['id']}", {**PROFILE, "name": "back", "default": False})[0] == 404
+    assert meta_billow.ok("GET", f"{PROFILES}/{other['id']}")["name"] == "EU"

@@ -6,22 +6,12 @@ running yet). Billow took expand=subscriptions and showed neither. On SQLite and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.entitlements.conftest import Billow, on_meta_store
+from tests.entitlements.conftest import Billow
 from tests.support.billing import subscribed
 
 EXPAND = {"expand": "subscriptions"}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
-    with on_meta_store(request, tmp_path, namespace) as b:
-        yield b
 
 
 def _acme(b: Billow, query: dict[str, str] | None = None) -> dict[str, Any]:
@@ -29,40 +19,40 @@ def _acme(b: Billow, query: dict[str, str] | None = None) -> dict[str, Any]:
     return acme
 
 
-def test_a_running_subscription_is_shown_with_expand(billow: Billow) -> None:
-    sub = subscribed(billow)
-    billow.clock.set("2026-04-02T00:00:00Z")
-    (shown,) = billow.ok("GET", "/api/v1/customers/acme/subscriptions")["items"]
-    got = billow.ok("GET", "/api/v1/customers/acme", query=EXPAND)
+def test_a_running_subscription_is_shown_with_expand(meta_billow: Billow) -> None:
+    sub = subscribed(meta_billow)
+    meta_billow.clock.set("2026-04-02T00:00:00Z")
+    (shown,) = meta_billow.ok("GET", "/api/v1/customers/acme/subscriptions")["items"]
+    got = meta_billow.ok("GET", "/api/v1/customers/acme", query=EXPAND)
     assert got["currentSubscriptionId"] == sub["id"]
     assert got["subscriptions"] == [shown]
     assert got["subscriptions"][0]["status"] == "active"
-    listed = _acme(billow, EXPAND)
+    listed = _acme(meta_billow, EXPAND)
     assert listed["currentSubscriptionId"] == sub["id"] and listed["subscriptions"] == [shown]
 
 
-def test_without_expand_get_shows_neither_and_the_list_the_current_id_only(billow: Billow) -> None:
-    sub = subscribed(billow)
-    billow.clock.set("2026-04-02T00:00:00Z")
-    got = billow.ok("GET", "/api/v1/customers/acme")
+def test_without_expand_get_shows_neither_and_the_list_the_current_id_only(meta_billow: Billow) -> None:
+    sub = subscribed(meta_billow)
+    meta_billow.clock.set("2026-04-02T00:00:00Z")
+    got = meta_billow.ok("GET", "/api/v1/customers/acme")
     assert "subscriptions" not in got and "currentSubscriptionId" not in got
-    listed = _acme(billow)
+    listed = _acme(meta_billow)
     assert listed["currentSubscriptionId"] == sub["id"] and "subscriptions" not in listed
 
 
-def test_a_scheduled_or_ended_subscription_is_not_shown(billow: Billow) -> None:
-    sub = subscribed(billow)  # from 2026-04-01; the clock is at 2026-03-31
-    for got in (billow.ok("GET", "/api/v1/customers/acme", query=EXPAND), _acme(billow, EXPAND)):
+def test_a_scheduled_or_ended_subscription_is_not_shown(meta_billow: Billow) -> None:
+    sub = subscribed(meta_billow)  # from 2026-04-01; the clock is at 2026-03-31
+    for got in (meta_billow.ok("GET", "/api/v1/customers/acme", query=EXPAND), _acme(meta_billow, EXPAND)):
         assert "subscriptions" not in got and "currentSubscriptionId" not in got
-    billow.clock.set("2026-04-02T00:00:00Z")
-    billow.ok("POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "immediate"})
-    billow.clock.set("2026-04-03T00:00:00Z")
-    for got in (billow.ok("GET", "/api/v1/customers/acme", query=EXPAND), _acme(billow, EXPAND)):
+    meta_billow.clock.set("2026-04-02T00:00:00Z")
+    meta_billow.ok("POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "immediate"})
+    meta_billow.clock.set("2026-04-03T00:00:00Z")
+    for got in (meta_billow.ok("GET", "/api/v1/customers/acme", query=EXPAND), _acme(meta_billow, EXPAND)):
         assert "subscriptions" not in got and "currentSubscriptionId" not in got
 
 
-def test_an_unknown_expand_is_a_400_naming_it(billow: Billow) -> None:
-    subscribed(billow)
+def test_an_unknown_expand_is_a_400_naming_it(meta_billow: Billow) -> None:
+    subscribed(meta_billow)
     for path in ("/api/v1/customers/acme", "/api/v1/customers"):
-        status, out = billow.call("GET", path, query={"expand": "invoices"})
+        status, out = meta_billow.call("GET", path, query={"expand": "invoices"})
         assert status == 400 and "expand" in str(out), (path, status, out)

@@ -7,25 +7,17 @@ second address and address country."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from billow.web import body_contract
-from tests.entitlements.conftest import Billow, on_meta_store
+from tests.entitlements.conftest import Billow
 from tests.support.billing import PROFILE
 
 CUSTOMER = {"key": "acme", "name": "Acme", "usageAttribution": {"subjectKeys": ["customer_1"]}}
 ADDRESS = {"country": "DE", "city": "Berlin"}
 PROFILE_2 = {**PROFILE, "name": "EU", "default": False}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
-    with on_meta_store(request, tmp_path, namespace) as b:
-        yield b
 
 
 def _refused(b: Billow, method: str, path: str, body: Any, field: str) -> None:
@@ -34,24 +26,24 @@ def _refused(b: Billow, method: str, path: str, body: Any, field: str) -> None:
     assert field in [e["field"] for e in out["validationErrors"]], out
 
 
-def test_a_customer_description_over_1024_characters_is_refused(billow: Billow) -> None:
-    _refused(billow, "POST", "/api/v1/customers", {**CUSTOMER, "description": "d" * 1025}, "description")
-    assert billow.ok("GET", "/api/v1/customers")["items"] == []
-    billow.ok("POST", "/api/v1/customers", {**CUSTOMER, "description": "d" * 1024})
-    _refused(billow, "PUT", "/api/v1/customers/acme", {**CUSTOMER, "description": "e" * 1025}, "description")
-    assert billow.ok("GET", "/api/v1/customers/acme")["description"] == "d" * 1024
+def test_a_customer_description_over_1024_characters_is_refused(meta_billow: Billow) -> None:
+    _refused(meta_billow, "POST", "/api/v1/customers", {**CUSTOMER, "description": "d" * 1025}, "description")
+    assert meta_billow.ok("GET", "/api/v1/customers")["items"] == []
+    meta_billow.ok("POST", "/api/v1/customers", {**CUSTOMER, "description": "d" * 1024})
+    _refused(meta_billow, "PUT", "/api/v1/customers/acme", {**CUSTOMER, "description": "e" * 1025}, "description")
+    assert meta_billow.ok("GET", "/api/v1/customers/acme")["description"] == "d" * 1024
 
 
-def test_an_empty_value_property_makes_no_meter(billow: Billow) -> None:
-    _refused(billow, "POST", "/api/v1/meters", {"slug": "calls", "eventType": "call", "aggregation": "COUNT",
+def test_an_empty_value_property_makes_no_meter(meta_billow: Billow) -> None:
+    _refused(meta_billow, "POST", "/api/v1/meters", {"slug": "calls", "eventType": "call", "aggregation": "COUNT",
                                                 "valueProperty": ""}, "valueProperty")
-    assert billow.call("GET", "/api/v1/meters/calls")[0] == 404
+    assert meta_billow.call("GET", "/api/v1/meters/calls")[0] == 404
 
 
 @pytest.mark.parametrize("client_id", ["", "c" * 37])
-def test_a_meter_query_client_id_outside_1_to_36_characters_is_refused(billow: Billow, client_id: str) -> None:
-    _refused(billow, "POST", "/api/v1/meters/tokens/query", {"clientId": client_id}, "clientId")
-    billow.ok("POST", "/api/v1/meters/tokens/query", {"clientId": "c" * 36})
+def test_a_meter_query_client_id_outside_1_to_36_characters_is_refused(meta_billow: Billow, client_id: str) -> None:
+    _refused(meta_billow, "POST", "/api/v1/meters/tokens/query", {"clientId": client_id}, "clientId")
+    meta_billow.ok("POST", "/api/v1/meters/tokens/query", {"clientId": "c" * 36})
 
 
 @pytest.mark.parametrize(("edit", "field"), [
@@ -66,12 +58,12 @@ def test_a_meter_query_client_id_outside_1_to_36_characters_is_refused(billow: B
     ({"supplier": {"name": "S", "addresses": [{**ADDRESS, "country": "de"}]}}, "supplier.addresses[0].country"),
     ({"supplier": {"name": "S", "addresses": [{**ADDRESS, "country": "DEU"}]}}, "supplier.addresses[0].country"),
 ])
-def test_a_billing_profile_outside_its_bounds_is_refused(billow: Billow, edit: dict[str, Any], field: str) -> None:
-    default = billow.ok("POST", "/api/v1/billing/profiles", PROFILE)
-    _refused(billow, "POST", "/api/v1/billing/profiles", {**PROFILE_2, **edit}, field)
-    assert [p["id"] for p in billow.ok("GET", "/api/v1/billing/profiles")["items"]] == [default["id"]]
-    _refused(billow, "PUT", f"/api/v1/billing/profiles/{default['id']}", {**PROFILE, **edit}, field)
-    assert billow.ok("GET", f"/api/v1/billing/profiles/{default['id']}") == default
+def test_a_billing_profile_outside_its_bounds_is_refused(meta_billow: Billow, edit: dict[str, Any], field: str) -> None:
+    default = meta_billow.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    _refused(meta_billow, "POST", "/api/v1/billing/profiles", {**PROFILE_2, **edit}, field)
+    assert [p["id"] for p in meta_billow.ok("GET", "/api/v1/billing/profiles")["items"]] == [default["id"]]
+    _refused(meta_billow, "PUT", f"/api/v1/billing/profiles/{default['id']}", {**PROFILE, **edit}, field)
+    assert meta_billow.ok("GET", f"/api/v1/billing/profiles/{default['id']}") == default
 
 
 def test_every_field_outside_its_bounds_is_named_once() -> None:

@@ -4,13 +4,11 @@ field, nothing stored; each was taken for the field left out (200/201). On SQLit
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.entitlements.conftest import Billow, on_meta_store
+from tests.entitlements.conftest import Billow
 
 QUERY = "/api/v1/meters/tokens/query"
 QUERY_FIELDS = ["clientId", "from", "to", "windowSize", "windowTimeZone", "subject", "filterCustomerId",
@@ -18,38 +16,32 @@ QUERY_FIELDS = ["clientId", "from", "to", "windowSize", "windowTimeZone", "subje
 PRICE = {"provider": "openai", "model": "gpt-x", "inputPerMillionTokens": "1", "outputPerMillionTokens": "2"}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
-    with on_meta_store(request, tmp_path, namespace) as b:
-        yield b
-
-
 def _named(out: dict[str, Any], field: str) -> bool:
     return out["status"] == 400 and [e["field"] for e in out["validationErrors"]] == [field]
 
 
 @pytest.mark.parametrize("field", QUERY_FIELDS)
-def test_a_null_in_the_meter_query_body_is_a_400_naming_it(billow: Billow, field: str) -> None:
-    status, out = billow.call("POST", QUERY, {field: None})
+def test_a_null_in_the_meter_query_body_is_a_400_naming_it(meta_billow: Billow, field: str) -> None:
+    status, out = meta_billow.call("POST", QUERY, {field: None})
     assert status == 400 and _named(out, field), (status, out)
-    billow.ok("POST", QUERY, {})  # the body without it is taken
+    meta_billow.ok("POST", QUERY, {})  # the body without it is taken
 
 
 @pytest.mark.parametrize("field", ["currentPeriodStart", "currentPeriodEnd"])
-def test_a_null_subject_period_is_a_400_naming_it_and_stores_nothing(billow: Billow, field: str) -> None:
-    status, out = billow.call("POST", "/api/v1/subjects", [{"key": "s1"}, {"key": "s2", field: None}])
+def test_a_null_subject_period_is_a_400_naming_it_and_stores_nothing(meta_billow: Billow, field: str) -> None:
+    status, out = meta_billow.call("POST", "/api/v1/subjects", [{"key": "s1"}, {"key": "s2", field: None}])
     assert status == 400 and _named(out, f"[1].{field}"), (status, out)
-    assert billow.call("GET", "/api/v1/subjects/s1")[0] == 404  # the batch is refused whole
-    billow.ok("POST", "/api/v1/subjects", [{"key": "s1"}, {"key": "s2", "displayName": None, "metadata": None}])
+    assert meta_billow.call("GET", "/api/v1/subjects/s1")[0] == 404  # the batch is refused whole
+    meta_billow.ok("POST", "/api/v1/subjects", [{"key": "s1"}, {"key": "s2", "displayName": None, "metadata": None}])
 
 
 @pytest.mark.parametrize("field", ["effectiveFrom", "currency", "cachedInputPerMillionTokens",
                                    "cacheWritePerMillionTokens"])
-def test_a_null_in_an_llm_price_is_a_400_naming_it_and_stores_nothing(billow: Billow, field: str) -> None:
-    status, out = billow.call("POST", "/api/v1/llm/prices", {**PRICE, field: None})
+def test_a_null_in_an_llm_price_is_a_400_naming_it_and_stores_nothing(meta_billow: Billow, field: str) -> None:
+    status, out = meta_billow.call("POST", "/api/v1/llm/prices", {**PRICE, field: None})
     assert status == 400 and _named(out, field), (status, out)
-    assert billow.ok("GET", "/api/v1/llm/prices", query={"provider": "openai"}) == []
-    billow.ok("POST", "/api/v1/llm/prices", PRICE)
+    assert meta_billow.ok("GET", "/api/v1/llm/prices", query={"provider": "openai"}) == []
+    meta_billow.ok("POST", "/api/v1/llm/prices", PRICE)
 
 
 # Found by re-sending accepted bodies with each non-nullable field null (both meta stores): meters (MeterCreate,
@@ -58,28 +50,28 @@ def test_a_null_in_an_llm_price_is_a_400_naming_it_and_stores_nothing(billow: Bi
 METER = {"slug": "calls", "eventType": "call", "aggregation": "COUNT", "groupBy": {"route": "$.route"}}
 
 
-def test_a_null_ingestion_policy_on_a_new_meter_is_a_400_and_makes_nothing(billow: Billow) -> None:
-    status, out = billow.call("POST", "/api/v1/meters", {**METER, "ingestionPolicy": None})
+def test_a_null_ingestion_policy_on_a_new_meter_is_a_400_and_makes_nothing(meta_billow: Billow) -> None:
+    status, out = meta_billow.call("POST", "/api/v1/meters", {**METER, "ingestionPolicy": None})
     assert status == 400 and _named(out, "ingestionPolicy"), (status, out)
-    assert billow.call("GET", "/api/v1/meters/calls")[0] == 404
+    assert meta_billow.call("GET", "/api/v1/meters/calls")[0] == 404
 
 
 @pytest.mark.parametrize("field", ["name", "description", "groupBy", "ingestionPolicy"])
-def test_a_null_in_a_meter_update_is_a_400_and_changes_nothing(billow: Billow, field: str) -> None:
-    made = billow.ok("POST", "/api/v1/meters", {**METER, "name": "Calls", "description": "API calls"})
-    status, out = billow.call("PUT", "/api/v1/meters/calls", {"name": "Calls", field: None})
+def test_a_null_in_a_meter_update_is_a_400_and_changes_nothing(meta_billow: Billow, field: str) -> None:
+    made = meta_billow.ok("POST", "/api/v1/meters", {**METER, "name": "Calls", "description": "API calls"})
+    status, out = meta_billow.call("PUT", "/api/v1/meters/calls", {"name": "Calls", field: None})
     assert status == 400 and _named(out, field), (status, out)
-    assert billow.ok("GET", "/api/v1/meters/calls") == made
+    assert meta_billow.ok("GET", "/api/v1/meters/calls") == made
 
 
-def test_a_null_unit_cost_is_a_400_and_makes_no_feature(billow: Billow) -> None:
-    status, out = billow.call("POST", "/api/v1/features", {"key": "sso", "name": "SSO", "unitCost": None})
+def test_a_null_unit_cost_is_a_400_and_makes_no_feature(meta_billow: Billow) -> None:
+    status, out = meta_billow.call("POST", "/api/v1/features", {"key": "sso", "name": "SSO", "unitCost": None})
     assert status == 400 and _named(out, "unitCost"), (status, out)
-    assert billow.ok("GET", "/api/v1/features") == []
+    assert meta_billow.ok("GET", "/api/v1/features") == []
 
 
 @pytest.mark.parametrize("field", ["expiresAt", "createdAt", "expired", "token"])
-def test_a_null_in_a_portal_token_is_a_400_and_makes_no_token(billow: Billow, field: str) -> None:
-    status, out = billow.call("POST", "/api/v1/portal/tokens", {"subject": "customer_1", field: None})
+def test_a_null_in_a_portal_token_is_a_400_and_makes_no_token(meta_billow: Billow, field: str) -> None:
+    status, out = meta_billow.call("POST", "/api/v1/portal/tokens", {"subject": "customer_1", field: None})
     assert status == 400 and _named(out, field), (status, out)
-    assert billow.ok("GET", "/api/v1/portal/tokens") == []
+    assert meta_billow.ok("GET", "/api/v1/portal/tokens") == []
