@@ -696,14 +696,22 @@ def usage_of(namespace: str, feature_key: str, subjects: list[str], start: datet
 
 
 # -- entitlements ------------------------------------------------------------------------------------------
-def _templates(doc: dict[str, Any], now: datetime) -> dict[str, tuple[dict[str, Any], subs.Item]]:
-    if subs.status(doc, now) not in ("active", "canceled"):
+def _grants(doc: dict[str, Any], now: datetime, *, later: bool = False) -> dict[str, tuple[dict[str, Any], subs.Item]]:
+    """The features whose entitlement the subscription grants, each with its rate card's template and the item it
+    comes from: those in force at `now` (the last in force, its item's template the one to make), or with `later`,
+    those in force at or after `now` too (the first from `now` on)."""
+    if doc.get("deletedAt") or subs.status(doc, now) == "inactive":
         return {}
     out: dict[str, tuple[dict[str, Any], subs.Item]] = {}
-    for item in subs.active_items(doc, now):
-        tmpl = item.rate_card.get("entitlementTemplate")
-        if tmpl is not None and item.rate_card.get("featureKey"):
-            out[item.rate_card["featureKey"]] = (tmpl, item)
+    for item in subs.items(doc):
+        tmpl, feature_key = item.rate_card.get("entitlementTemplate"), item.rate_card.get("featureKey")
+        if tmpl is None or not feature_key or (item.end is not None and item.end <= now):
+            continue
+        if not later and item.start > now:
+            continue
+        if later and feature_key in out and out[feature_key][1].start <= item.start:
+            continue
+        out[feature_key] = (tmpl, item)
     return out
 
 
@@ -715,17 +723,7 @@ def _subject(namespace: str, customer: dict[str, Any]) -> str | None:
 def _granted(doc: dict[str, Any], now: datetime) -> dict[str, datetime]:
     """The features whose entitlement the subscription grants now or later (rate cards with an entitlement template
     in force at or after `now`), each with when it first does from `now` on."""
-    if doc.get("deletedAt") or subs.status(doc, now) == "inactive":
-        return {}
-    out: dict[str, datetime] = {}
-    for item in subs.items(doc):
-        feature_key = item.rate_card.get("featureKey")
-        if item.rate_card.get("entitlementTemplate") is None or not feature_key:
-            continue
-        if item.end is None or item.end > now:
-            start = max(item.start, now)
-            out[feature_key] = min(out.get(feature_key, start), start)
-    return out
+    return {feature_key: max(item.start, now) for feature_key, (_, item) in _grants(doc, now, later=True).items()}
 
 
 def _refuse_held(namespace: str, doc: dict[str, Any], before: dict[str, Any], field: str, *, ents: EntitlementStore,
@@ -778,7 +776,7 @@ def sync_entitlements(namespace: str, doc: dict[str, Any], *, store: Subscriptio
     subject = _subject(namespace, customer) if customer else None
     had: dict[str, str] = dict(doc.get("entitlements") or {})
     own = dict(had)
-    wanted = _templates(doc, now) if subject else {}
+    wanted = _grants(doc, now) if subject else {}
     changed = _drop_ended(namespace, own, wanted, subject, meta=meta, ents=ents, now=now)
     for feature_key, (tmpl, item) in wanted.items():
         if feature_key in own:
@@ -897,7 +895,7 @@ def sync_all(namespace: str, *, store: SubscriptionStore, meta: MetaStore, ents:
     # Running subscriptions first, so that one starting where another ends adopts the entitlements they share.
     docs.sort(key=lambda d: subs.status(d, now) not in ("active", "canceled"))
     for doc in docs:
-        if set(_templates(doc, now)) == set(doc.get("entitlements") or {}):
+        if set(_grants(doc, now)) == set(doc.get("entitlements") or {}):
             continue  # nothing came due for this one (the common case: no store round trip)
         fresh = store.get_subscription(namespace, doc["id"])  # an adoption may have rewritten it
         if fresh is None:
