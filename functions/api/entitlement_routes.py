@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import container
-from billow.services import balances, entitlements, features, pages, params
+from billow.services import balances, entitlements, features, pages, params, subscriptions
 from billow.timeutil import parse_rfc3339
 from billow.web.http import json_body, optional_json_body, path_param, query_multi
 from functions.api.responses import no_content, ok
@@ -76,8 +76,11 @@ def get_any_entitlement(entitlement: str) -> Response:
 @router.post("/api/v1/subjects/<subject>/entitlements")
 def create_entitlement(subject: str) -> Response:
     c = container()
+    now = c.clock.now()
     doc = entitlements.create_entitlement(c.namespace, path_param(subject), entitlements.requested(json_body(_event())),
-                                          store=c.entitlements, meta=c.meta, now=c.clock.now())
+                                          store=c.entitlements, meta=c.meta, now=now,
+                                          reserved=subscriptions.refuse_granted(c.namespace, store=c.catalog_store(),
+                                                                                now=now))
     return ok(_present(doc), 201)
 
 

@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import container
 from billow.services import entitlements_v2 as v2
-from billow.services import events_v2, params
+from billow.services import events_v2, params, subscriptions
 from billow.services.entitlements import requested
 from billow.timeutil import parse_rfc3339
 from billow.web.http import json_body, optional_json_body, path_param, query_multi
@@ -38,8 +38,10 @@ def list_events() -> Response:
 @router.post(BASE)
 def create_entitlement(customer: str) -> Response:
     c = container()
+    now = c.clock.now()
     return ok(v2.create(c.namespace, path_param(customer), requested(json_body(_event())), store=c.entitlements,
-                        meta=c.meta, now=c.clock.now()), 201)
+                        meta=c.meta, now=now,
+                        reserved=subscriptions.refuse_granted(c.namespace, store=c.catalog_store(), now=now)), 201)
 
 
 @router.get(BASE)

@@ -134,26 +134,30 @@ def test_an_edit_adding_a_held_feature_later_is_refused(billow: Billow) -> None:
     assert _state(b) == before
 
 
+@pytest.mark.parametrize("at_look", [1, 2])
 def test_one_made_by_hand_while_the_subscription_is_written_leaves_it_stored_and_answered(
-        billow: Billow, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A hand-made entitlement of the feature written between the sync's look and its write (another request at
-    once; here the look is followed by that write, deterministically): the subscription, stored by then, was answered
-    409 as though refused (a retry then met the customer's subscription: 409 again), its other entitlements made.
-    Now it is answered 201 and left without that feature's entitlement, the customer's own answering, as one made
-    after it is."""
+        billow: Billow, monkeypatch: pytest.MonkeyPatch, at_look: int) -> None:
+    """A hand-made entitlement of the feature asked for while the subscription is written (another request at once;
+    here right after a look for the customer's sso entitlement, deterministically). After the sync's look (2), the
+    subscription is stored: it was made, between that look and the sync's write, and the subscription, answered 409
+    as though refused, was left without it; now the entitlement API refuses it (409 naming the subscription) and the
+    subscription has its own. After the create's check (1), before the subscription is stored, it is made, and the
+    subscription is answered 201 and left without that feature's entitlement, the customer's own answering, as one
+    made after it was."""
     b = billow
     published(b, plan_body("pro", "10", extra=[SSO]))
     store = b.c.entitlements
     look = store.find_entitlement
     looks = {"sso": 0}
-    made: list[str] = []
+    made: list[tuple[int, Any]] = []
 
     def then_made_by_hand(namespace: str, subject_keys: list[str], feature_key: str) -> Any:
         found = look(namespace, subject_keys, feature_key)
         if feature_key == "sso":
             looks["sso"] += 1
-            if looks["sso"] == 2:  # the first is the create's check, the second the sync's look
-                made.append(_held(b)["id"])
+            if looks["sso"] == at_look:  # the first is the create's check, the second the sync's look
+                made.append(b.call("POST", "/api/v1/subjects/customer_1/entitlements",
+                                   {"type": "boolean", "featureKey": "sso"}))
         return found
 
     monkeypatch.setattr(store, "find_entitlement", then_made_by_hand)
@@ -163,4 +167,10 @@ def test_one_made_by_hand_while_the_subscription_is_written_leaves_it_stored_and
     (listed,) = b.ok("GET", "/api/v1/customers/acme/subscriptions")["items"]
     assert listed["id"] == sub["id"]
     by_feature = {e["featureKey"]: e for e in b.ok("GET", "/api/v1/subjects/customer_1/entitlements")}
-    assert by_feature["sso"]["id"] == made[0] and by_feature["tokens"]["metadata"] == {"subscriptionId": sub["id"]}
+    assert by_feature["tokens"]["metadata"] == {"subscriptionId": sub["id"]}
+    ((made_status, own),) = made
+    if at_look == 2:
+        assert made_status == 409 and own["conflictingEntityId"] == sub["id"], own
+        assert by_feature["sso"]["metadata"] == {"subscriptionId": sub["id"]}
+    else:
+        assert made_status == 201 and by_feature["sso"]["id"] == own["id"], own

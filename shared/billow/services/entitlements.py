@@ -192,12 +192,32 @@ def both(*checks: Callable[[], None]) -> Callable[[], None]:
 
 
 # -- entitlements --------------------------------------------------------------------------------------
+Reserved = Callable[[str, str, str], None]
+"""(customer id, feature key, field): raises Conflict, naming `field`, where one of the customer's subscriptions grants
+the feature's entitlement now or later (subscriptions.refuse_granted): a new entitlement of it made through the
+entitlement APIs is refused, as OpenMeter's scheduled one refuses it."""
+
+
+def reserved_check(reserved: Reserved | None, customer_id: str | None, body: dict[str, Any],
+                   doc: dict[str, Any]) -> Callable[[], None]:
+    """`reserved` of the new entitlement `doc` of the customer (none without a customer or `reserved`), naming the
+    field the request gave its feature by."""
+    def check() -> None:
+        if reserved is not None and customer_id is not None:
+            reserved(customer_id, doc["featureKey"], "featureId" if body.get("featureId") is not None else "featureKey")
+
+    return check
+
+
 def create_entitlement(namespace: str, subject: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
-                       now: datetime) -> dict[str, Any]:
+                       now: datetime, reserved: Reserved | None = None) -> dict[str, Any]:
+    """A new entitlement of the subject; with `reserved`, refused for a feature the subject's customer's subscriptions
+    grant (checked before and where it is written, under the customer's lock a subscription's write takes too)."""
     key = subject_key(namespace, subject, meta)
     doc, grant = build_entitlement(namespace, key, body, store=store, meta=meta, now=now)
     party = party_subject_keys(namespace, [key], meta)
     via = through_subject(namespace, subject, key, meta, party)
+    granted = reserved_check(reserved, via.customer_id, body, doc)
 
     def refuse_second() -> None:
         existing = store.find_entitlement(namespace, party, doc["featureKey"])
@@ -206,10 +226,11 @@ def create_entitlement(namespace: str, subject: str, body: Any, *, store: Entitl
                            f"{doc['featureKey']!r}", extensions={"conflictingEntityId": existing["id"]})
 
     refuse_second()
+    granted()
     try:  # checked again where it is written: another container may have created it through another subject
         store.put_entitlement(namespace, doc, created_at=now, party=party, customer_id=via.customer_id,
-                              subject=via.subject, check=both(feature_still_live(namespace, body, doc, store), via.check),
-                              grants=[grant] if grant is not None else [])
+                              subject=via.subject, grants=[grant] if grant is not None else [],
+                              check=both(feature_still_live(namespace, body, doc, store), via.check, granted))
     except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()
         raise

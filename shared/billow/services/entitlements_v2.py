@@ -136,9 +136,12 @@ def _build(namespace: str, key: str, body: Any, *, store: EntitlementStore, meta
 
 
 def create(namespace: str, customer_ref: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
-           now: datetime) -> dict[str, Any]:
+           now: datetime, reserved: entitlements.Reserved | None = None) -> dict[str, Any]:
+    """A new entitlement of the customer; with `reserved`, refused for a feature its subscriptions grant
+    (entitlements.create_entitlement)."""
     cust = customer(namespace, customer_ref, meta)
     doc, grants = _build(namespace, _subject(cust), body, store=store, meta=meta, now=now)
+    granted = entitlements.reserved_check(reserved, cust["id"], body, doc)
 
     def refuse_second() -> None:
         existing = store.find_entitlement(namespace, subject_keys(cust), doc["featureKey"])
@@ -147,10 +150,11 @@ def create(namespace: str, customer_ref: str, body: Any, *, store: EntitlementSt
                            extensions={"conflictingEntityId": existing["id"]})
 
     refuse_second()
+    granted()
     try:  # checked again where it is written: another container may have created it through another subject
         store.put_entitlement(namespace, doc, created_at=now, party=subject_keys(cust), customer_id=cust["id"],
                               check=both(entitlements.feature_still_live(namespace, body, doc, store),
-                                         _through_customer(namespace, customer_ref, cust, meta).check),
+                                         _through_customer(namespace, customer_ref, cust, meta).check, granted),
                               grants=grants)
     except Conflict:  # created since the look: its 409 names that one, as the look's does
         refuse_second()

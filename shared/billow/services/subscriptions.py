@@ -726,6 +726,24 @@ def _granted(doc: dict[str, Any], now: datetime) -> dict[str, datetime]:
     return {feature_key: max(item.start, now) for feature_key, (_, item) in _grants(doc, now, later=True).items()}
 
 
+def refuse_granted(namespace: str, *, store: SubscriptionStore, now: datetime) -> entitlements.Reserved:
+    """The entitlement APIs' check of a new entitlement (entitlements.Reserved): refused (409 naming the field, the
+    subscription as conflictingEntityId) while one of the customer's subscriptions grants the feature's entitlement,
+    now or later (a later start, phase, add-on or edit, or the next plan of a change). OpenMeter's sync schedules that
+    entitlement as the subscription is written, and a new one (from now, without end) overlaps it: its uniqueness
+    check refuses it (AlreadyExistsError, 409 with the scheduled one's id). Billow makes the subscription's
+    entitlement when its item starts; taken before, the hand-made one left the subscription without it."""
+    def refuse(customer_id: str, feature_key: str, field: str) -> None:
+        for doc in store.list_subscriptions(namespace, customer_id):
+            when = _granted(doc, now).get(feature_key)
+            if when is not None:
+                raise Conflict(f"{field}: subscription {doc['id']} of the customer grants feature {feature_key!r} from "
+                               f"{format_rfc3339(when)} (a customer has one entitlement per feature); change or "
+                               "cancel the subscription first", extensions={"conflictingEntityId": doc["id"]})
+
+    return refuse
+
+
 def _refuse_held(namespace: str, doc: dict[str, Any], before: dict[str, Any], field: str, *, ents: EntitlementStore,
                  store: SubscriptionStore, meta: MetaStore, now: datetime) -> None:
     """_check_entitlements of an add-on's add or new quantity: the features it adds to `doc` (as it was `before`)."""

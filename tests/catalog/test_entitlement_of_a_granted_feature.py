@@ -1,0 +1,157 @@
+"""An entitlement made through the entitlement APIs (POST /api/v1/subjects/{id}/entitlements, POST
+/api/v2/customers/{id}/entitlements) of a feature one of the customer's subscriptions grants, now or later, is
+refused: 409 naming the field (featureKey or featureId), the subscription (conflictingEntityId) and when it grants
+the feature; nothing is stored. OpenMeter's subscription sync schedules each item's entitlement from the item's
+start as it is written, so the later one exists, and a new entitlement (active from now, without end) overlaps it:
+ValidateUniqueConstraint over the scheduled entitlements, AlreadyExistsError, 409 with conflictingEntityId. A customer
+has one entitlement per feature. Before, Billow took it (201) when the grant was still ahead (a subscription starting
+later, a later phase, a change at the next billing cycle, an add-on or an edit from a later instant), and when the
+item started the subscription silently went without that feature's entitlement, the hand-made one answering. On
+SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from billow.services import subscriptions
+from tests.catalog.test_subscription_takes_held_feature import SSO
+from tests.entitlements.conftest import Billow, on_meta_store
+from tests.support.catalog import plan_body, published, setup
+
+LATER = "2026-02-01T00:00:00Z"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
+    with on_meta_store(request, tmp_path, namespace) as b:
+        setup(b)
+        b.ok("POST", "/api/v1/features", {"key": "sso", "name": "SSO"})
+        yield b
+
+
+def _entitlements(b: Billow) -> list[dict[str, Any]]:
+    return sorted(b.ok("GET", "/api/v1/subjects/customer_1/entitlements", query={"includeDeleted": "true"}),
+                  key=lambda e: str(e["id"]))
+
+
+def _refused_everywhere(b: Billow, sub_id: str, when: str) -> None:
+    """Each way of making the customer's own sso entitlement is refused, naming the field it was given by, the
+    subscription and `when`; none is stored."""
+    before = _entitlements(b)
+    feature_id = b.ok("GET", "/api/v1/features/sso")["id"]
+    for path, body, field in (
+            ("/api/v1/subjects/customer_1/entitlements", {"type": "boolean", "featureKey": "sso"}, "featureKey"),
+            ("/api/v1/subjects/customer_1/entitlements", {"type": "boolean", "featureId": feature_id}, "featureId"),
+            ("/api/v2/customers/acme/entitlements", {"type": "boolean", "featureKey": "sso"}, "featureKey"),
+            ("/api/v2/customers/acme/entitlements", {"type": "boolean", "featureId": feature_id}, "featureId")):
+        status, out = b.call("POST", path, body)
+        assert status == 409 and b.headers["Content-Type"] == "application/problem+json", (path, body, status, out)
+        assert out["detail"].startswith(f"{field}: ") and "'sso'" in out["detail"], out
+        assert sub_id in out["detail"] and when in out["detail"], out
+        assert out["conflictingEntityId"] == sub_id, out
+    assert _entitlements(b) == before
+
+
+def _sso_is_the_subscriptions_at(b: Billow, sub_id: str, at: str) -> None:
+    """When the grant comes due, the subscription's own sso entitlement is there (its read brings it up to date)."""
+    b.clock.set(at)
+    b.ok("GET", f"/api/v1/subscriptions/{sub_id}")
+    (sso,) = [e for e in b.ok("GET", "/api/v1/subjects/customer_1/entitlements") if e["featureKey"] == "sso"]
+    assert sso["metadata"] == {"subscriptionId": sub_id}, sso
+
+
+def test_a_subscription_starting_later_keeps_its_feature(billow: Billow) -> None:
+    b = billow
+    published(b, plan_body("pro", "10", extra=[SSO]))
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "pro"}, "customerKey": "acme", "timing": LATER})
+    _refused_everywhere(b, sub["id"], LATER)
+    _sso_is_the_subscriptions_at(b, sub["id"], LATER)
+
+
+def test_a_later_phase_keeps_its_feature(billow: Billow) -> None:
+    b = billow
+    ramp = plan_body("ramp", "10")
+    ramp["phases"] = [{**ramp["phases"][0], "key": "trial", "name": "Trial", "duration": "P1M"},
+                      {**plan_body("x", "20", extra=[SSO])["phases"][0], "key": "full", "name": "Full"}]
+    published(b, ramp)
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "ramp"}, "customerKey": "acme"})
+    _refused_everywhere(b, sub["id"], LATER)
+    _sso_is_the_subscriptions_at(b, sub["id"], LATER)
+
+
+def test_a_change_at_the_next_billing_cycle_keeps_its_feature(billow: Billow) -> None:
+    b = billow
+    published(b, plan_body("basic", "10"))
+    published(b, plan_body("pro", "20", extra=[SSO]))
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+    nxt = b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/change",
+               {"timing": "next_billing_cycle", "plan": {"key": "pro"}})["next"]
+    _refused_everywhere(b, nxt["id"], LATER)
+    _sso_is_the_subscriptions_at(b, nxt["id"], LATER)
+
+
+def test_an_add_on_or_an_edit_from_later_keeps_its_feature(billow: Billow) -> None:
+    b = billow
+    addon = b.ok("POST", "/api/v1/addons", {"key": "sso", "name": "SSO", "currency": "USD", "instanceType": "single",
+                                            "rateCards": [SSO]})
+    addon = b.ok("POST", f"/api/v1/addons/{addon['id']}/publish")
+    draft = b.ok("POST", "/api/v1/plans", plan_body("basic", "10"))
+    b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": addon["id"], "fromPlanPhase": "default"})
+    b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+    added = b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/addons",
+                 {"addon": {"id": addon["id"]}, "quantity": 1, "timing": LATER})
+    _refused_everywhere(b, sub["id"], LATER)
+    # without the add-on, an edit adding sso from later keeps it the same way
+    b.ok("PATCH", f"/api/v1/subscriptions/{sub['id']}/addons/{added['id']}", {"quantity": 0, "timing": "immediate"})
+    b.ok("PATCH", f"/api/v1/subscriptions/{sub['id']}",
+         {"timing": "2026-03-01T00:00:00Z", "customizations": [{"op": "add_item", "phaseKey": "default",
+                                                               "rateCard": SSO}]})
+    _refused_everywhere(b, sub["id"], "2026-03-01T00:00:00Z")
+    _sso_is_the_subscriptions_at(b, sub["id"], "2026-03-01T00:00:00Z")
+
+
+def test_once_no_subscription_grants_it_the_customer_may_have_its_own(billow: Billow) -> None:
+    b = billow
+    published(b, plan_body("pro", "10", extra=[SSO]))
+    published(b, plan_body("basic", "10"))
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "pro"}, "customerKey": "acme", "timing": LATER})
+    b.ok("DELETE", f"/api/v1/subscriptions/{sub['id']}")
+    # a subscription granting other features only is no obstacle
+    b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+    own = b.ok("POST", "/api/v2/customers/acme/entitlements", {"type": "boolean", "featureKey": "sso"})
+    assert own["featureKey"] == "sso" and own["customerKey"] == "acme", own
+
+
+@pytest.mark.parametrize("via", ["/api/v1/subjects/customer_1/entitlements", "/api/v2/customers/acme/entitlements"])
+def test_a_subscription_written_between_the_look_and_the_write_refuses_it_too(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch, via: str) -> None:
+    """A subscription granting the feature later, written by another request between the entitlement's first look
+    and its write (here right after the look, deterministically): the write's own check, under the customer's lock a
+    subscription's write takes too, sees it, and the entitlement is refused as it would be after."""
+    b = billow
+    published(b, plan_body("pro", "10", extra=[SSO]))
+    real = subscriptions.refuse_granted
+    made: list[str] = []
+
+    def then_subscribed(namespace: str, **kw: Any) -> Any:
+        look = real(namespace, **kw)
+
+        def refuse(customer_id: str, feature_key: str, field: str) -> None:
+            look(customer_id, feature_key, field)
+            if not made:
+                made.append(b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "pro"}, "customerKey": "acme",
+                                                                   "timing": LATER})["id"])
+
+        return refuse
+
+    monkeypatch.setattr(subscriptions, "refuse_granted", then_subscribed)
+    status, out = b.call("POST", via, {"type": "boolean", "featureKey": "sso"})
+    monkeypatch.undo()
+    assert made and status == 409 and out["conflictingEntityId"] == made[0], (status, out)
+    assert [e for e in _entitlements(b) if e["featureKey"] == "sso"] == []
+    _sso_is_the_subscriptions_at(b, made[0], LATER)
