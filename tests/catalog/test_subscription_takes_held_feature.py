@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from billow.services import subscriptions
 from tests.entitlements.conftest import Billow, on_meta_store
 from tests.support.catalog import plan_body, published, setup
 
@@ -174,3 +175,72 @@ def test_one_made_by_hand_while_the_subscription_is_written_leaves_it_stored_and
         assert by_feature["sso"]["metadata"] == {"subscriptionId": sub["id"]}
     else:
         assert made_status == 201 and by_feature["sso"]["id"] == own["id"], own
+
+
+def _ramp(b: Billow) -> dict[str, Any]:
+    """A subscription on `ramp` (a month's trial without sso, then sso) canceled before sso: the customer's own sso
+    entitlement is taken then, as no subscription grants it."""
+    ramp = plan_body("ramp", "10")
+    ramp["phases"] = [{**ramp["phases"][0], "key": "trial", "name": "Trial", "duration": "P1M"},
+                      {**plan_body("x", "20", extra=[SSO])["phases"][0], "key": "full", "name": "Full"}]
+    published(b, ramp)
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "ramp"}, "customerKey": "acme"})
+    return b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "2026-01-15T00:00:00Z"})
+
+
+@pytest.mark.parametrize("via", ["v1", "v2"])
+def test_continuing_a_subscription_into_a_held_feature_is_refused_and_changes_nothing(billow: Billow, via: str) -> None:
+    """Unscheduling the cancelation, restoring, or canceling later (each makes the subscription grant again what its
+    cancelation cut off) is refused as a subscription granting it is: 409 naming subscriptionId, the feature and
+    the held entitlement (conflictingEntityId). OpenMeter's Continue (and Restore, through it) syncs the continued
+    subscription, scheduling the entitlement the uniqueness check refuses. They were 200, and at the phase's start
+    the subscription went without sso."""
+    b = billow
+    sub = _ramp(b)
+    published(b, plan_body("basic", "10"))
+    later = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme",
+                                                   "timing": "2026-01-15T00:00:00Z"})
+    held = _held(b, via)
+    before = _state(b)
+    # (unscheduling the cancelation is refused anyway while the next one is scheduled where this one ends)
+    for action, body in (("restore", None), ("cancel", {"timing": "2026-03-01T00:00:00Z"})):
+        _refused(b, "POST", f"/api/v1/subscriptions/{sub['id']}/{action}", body, "subscriptionId", held)
+        assert _state(b) == before  # the next subscription a restore deletes is still there
+    b.ok("DELETE", f"/api/v1/subscriptions/{later['id']}")
+    before = _state(b)
+    for action, body in (("unschedule-cancelation", None), ("restore", None),
+                         ("cancel", {"timing": "2026-03-01T00:00:00Z"})):
+        _refused(b, "POST", f"/api/v1/subscriptions/{sub['id']}/{action}", body, "subscriptionId", held)
+        assert _state(b) == before
+    # a later cancelation before sso starts grants nothing more: taken
+    b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "2026-01-20T00:00:00Z"})
+    # once the customer's own is deleted, the subscription continues and takes sso when its phase starts
+    b.ok("DELETE", f"/api/v1/subjects/customer_1/entitlements/{held['id']}")
+    b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/unschedule-cancelation")
+    b.clock.set("2026-02-01T00:00:00Z")
+    b.ok("GET", f"/api/v1/subscriptions/{sub['id']}")
+    (sso,) = [e for e in b.ok("GET", "/api/v1/subjects/customer_1/entitlements") if e["featureKey"] == "sso"]
+    assert sso["metadata"] == {"subscriptionId": sub["id"]}
+
+
+@pytest.mark.parametrize("action", ["unschedule-cancelation", "restore"])
+def test_one_made_by_hand_while_a_subscription_is_continued_refuses_the_continuation(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch, action: str) -> None:
+    """The customer's own sso entitlement made by another request between the continuation's first check and its
+    write (here right after that check, deterministically): the write's check, under the customer's lock which the
+    entitlement's write takes too, sees it, and the continuation is refused as it would be after; nothing changes."""
+    b = billow
+    sub = _ramp(b)
+    real = subscriptions._refuse_held
+    made: list[dict[str, Any]] = []
+
+    def then_made_by_hand(*args: Any, **kw: Any) -> None:
+        real(*args, **kw)
+        if not made:
+            made.append(_held(b))
+
+    monkeypatch.setattr(subscriptions, "_refuse_held", then_made_by_hand)
+    status, out = b.call("POST", f"/api/v1/subscriptions/{sub['id']}/{action}")
+    monkeypatch.undo()
+    assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
+    assert b.ok("GET", f"/api/v1/subscriptions/{sub['id']}")["activeTo"] == "2026-01-15T00:00:00Z"

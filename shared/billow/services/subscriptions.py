@@ -364,7 +364,11 @@ def cancel(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
         changed = subs.t(doc.get("updatedAt"))
         if changed is not None and changed > now:
             raise Conflict(f"subscription {id_} changed meanwhile; reload it and try again")
-        return _end(doc, _when(timing, doc, now), now)
+        before = copy.deepcopy(doc)
+        ended = _end(doc, _when(timing, doc, now), now)
+        # a canceled one canceled again later grants again what its first end cut off
+        _refuse_held(namespace, ended, before, "subscriptionId", ents=ents, store=store, meta=meta, now=now)
+        return ended
 
     doc = _update(namespace, id_, store, end)
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
@@ -373,19 +377,23 @@ def cancel(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
 def unschedule_cancelation(namespace: str, id_: str, *, store: SubscriptionStore, meta: MetaStore,
                            ents: EntitlementStore, now: datetime) -> dict[str, Any]:
     """Continue a subscription whose cancelation is scheduled (it runs on without an end)."""
-    doc = until_written(partial(_continued, namespace, id_, store, now, deleting=False))
+    doc = until_written(partial(_continued, namespace, id_, store, now, deleting=False, ents=ents, meta=meta))
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
-def _continued(namespace: str, id_: str, store: SubscriptionStore, now: datetime, *,
-               deleting: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+def _continued(namespace: str, id_: str, store: SubscriptionStore, now: datetime, *, deleting: bool,
+               ents: EntitlementStore, meta: MetaStore) -> tuple[dict[str, Any], Callable[[], None]]:
     """A step of until_written: the canceled subscription continued (409 unless canceled) and its guarded write,
     checked where the write is made, under the lock a new subscription of the customer takes (its check, no other
     running then, would miss this one continuing): none of the customer's other subscriptions may start where this
-    one (as stored) ends. `deleting` (a restore): the customer's subscriptions scheduled to start later are deleted
-    in that write, each only as it was read, so that a refused continuation deletes none."""
+    one (as stored) ends, and none of the features it grants again (those its cancelation cut off) may be held by
+    the customer outside its subscriptions (_check_entitlements, 409 naming subscriptionId; under that lock, which
+    the entitlement APIs' check of a new one takes too). `deleting` (a restore): the customer's subscriptions
+    scheduled to start later are deleted in that write, each only as it was read, so that a refused continuation
+    deletes none."""
     doc = get(namespace, id_, store=store)
     before = jsonx.dumps(doc)
+    canceled = copy.deepcopy(doc)
     at = _as_of(doc, now)
     if subs.status(doc, at) != "canceled":
         raise Conflict(f"subscription {id_} is {subs.status(doc, at)}, not canceled: only a canceled one is "
@@ -400,11 +408,12 @@ def _continued(namespace: str, id_: str, store: SubscriptionStore, now: datetime
         nxt = _overlap([d for d in subscriptions if d["id"] not in gone], end or now, ignore=id_)
         if nxt is not None:
             raise Conflict(f"subscription {nxt['id']} starts when this one ends; cancel or delete it first")
+        _refuse_held(namespace, doc, canceled, "subscriptionId", ents=ents, store=store, meta=meta, now=at)
 
-    no_next(store.list_subscriptions(namespace, doc["customerId"]))
     deleted = [({**o, "deletedAt": format_rfc3339(now)}, jsonx.dumps(o)) for o in later]
     doc["activeTo"] = None
     doc["updatedAt"] = format_rfc3339(at)
+    no_next(store.list_subscriptions(namespace, doc["customerId"]))
     return doc, partial(store.put_subscription, namespace, doc, expect_doc=before, check=no_next, others=deleted)
 
 
@@ -534,7 +543,7 @@ def restore(namespace: str, id_: str, *, store: SubscriptionStore, meta: MetaSto
     start later (e.g. the next plan of a change at the next billing cycle) are deleted, in one transaction with it
     under the customer's lock: they were deleted first, on their own, and a cancel landing before the restore's
     write made it a 409 that had deleted them all the same."""
-    doc = until_written(partial(_continued, namespace, id_, store, now, deleting=True))
+    doc = until_written(partial(_continued, namespace, id_, store, now, deleting=True, ents=ents, meta=meta))
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
