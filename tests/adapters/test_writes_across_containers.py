@@ -323,6 +323,12 @@ def test_containers_adding_add_ons_to_one_subscription_at_once_keep_every_add_on
                                            "instanceType": "single", "rateCards": [{**fee, "key": f"extra{n}"}]},
                            store=catalogs[0], now=NOW)
         addons.append(catalog.publish("ns", "addon", a["id"], store=catalogs[0], features=ents[0], now=NOW))
+    # a plan offering them (a subscription buys add-ons its plan offers; a custom-plan one takes none)
+    draft = catalog.create("ns", "plan", {**plan, "key": "base"}, store=catalogs[0], now=NOW)
+    for a in addons:
+        catalog.add_plan_addon("ns", draft["id"], {"addonId": a["id"], "fromPlanPhase": "default"},
+                               store=catalogs[0], now=NOW)
+    catalog.publish("ns", "plan", draft["id"], store=catalogs[0], features=ents[0], now=NOW)
     failed: list[BaseException] = []
     lost = twice = 0
     for round_ in range(6):
@@ -330,8 +336,8 @@ def test_containers_adding_add_ons_to_one_subscription_at_once_keep_every_add_on
                                     "usageAttribution": {"subjectKeys": [f"a{round_}"]},
                                     "createdAt": "2026-06-01T00:00:00Z", "updatedAt": "2026-06-01T00:00:00Z"}
         metas[0].put_customer("ns", customer)
-        sub = create("ns", {"customPlan": plan, "customerId": customer["id"]}, store=catalogs[0], meta=metas[0],
-                     ents=ents[0], now=NOW)
+        sub = create("ns", {"plan": {"key": "base"}, "customerId": customer["id"]}, store=catalogs[0],
+                     meta=metas[0], ents=ents[0], now=NOW)
         same = round_ % 3 == 2  # every thread adding the one add-on, as well as each its own
         added, errors = at_once([partial(add_addon, "ns", sub["id"], {"addon": {"id": addons[0 if same else n]["id"]},
                                                                       "quantity": 1},

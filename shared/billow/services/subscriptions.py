@@ -560,13 +560,19 @@ def delete(namespace: str, id_: str, *, store: SubscriptionStore, now: datetime)
 # -- add-ons -----------------------------------------------------------------------------------------------
 def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore,
               ents: EntitlementStore, now: datetime) -> dict[str, Any]:
-    get(namespace, id_, store=store)
+    """Buy an add-on the subscription's plan version offers (by id, as OpenMeter's GetPlanAddon: a plan offers one
+    version of a key, so a subscription never holds two). A subscription on a custom plan takes none: OpenMeter's
+    "cannot add addon to a custom subscription" (400); it took any active add-on, v1 and then v2 of one key too."""
+    current = get(namespace, id_, store=store)
     if not isinstance(body, dict):
         raise bad("body", "must be {addon: {id}, quantity, timing}")
     ref = body.get("addon")
     addon = store.get_versioned("addon", namespace, str(ref.get("id"))) if isinstance(ref, dict) else None
     if addon is None or catalog_rules.status(addon, now) != "active":
         raise bad("addon.id", "unknown or unpublished add-on")
+    if current.get("plan") is None:
+        raise bad("subscriptionId", f"subscription {id_} is on a custom plan: add-ons are bought through a plan "
+                                    "that offers them, a custom subscription takes none")
     item_id = new_id()
 
     def add(doc: dict[str, Any]) -> dict[str, Any]:
