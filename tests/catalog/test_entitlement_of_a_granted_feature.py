@@ -11,26 +11,18 @@ SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from billow.services import subscriptions
-from tests.catalog.test_subscription_takes_held_feature import SSO
-from tests.entitlements.conftest import Billow, on_meta_store
-from tests.support.catalog import plan_body, published, setup
+from tests.catalog import test_subscription_takes_held_feature as held
+from tests.catalog.test_subscription_takes_held_feature import SSO, published_ramp, sso_addon_subscription
+from tests.entitlements.conftest import Billow
+from tests.support.catalog import plan_body, published
 
 LATER = "2026-02-01T00:00:00Z"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Billow]:
-    with on_meta_store(request, tmp_path, namespace) as b:
-        setup(b)
-        b.ok("POST", "/api/v1/features", {"key": "sso", "name": "SSO"})
-        yield b
+billow = held.billow  # the fixture: SQLite and PostgreSQL, customer acme, features tokens and sso
 
 
 def _entitlements(b: Billow) -> list[dict[str, Any]]:
@@ -74,10 +66,7 @@ def test_a_subscription_starting_later_keeps_its_feature(billow: Billow) -> None
 
 def test_a_later_phase_keeps_its_feature(billow: Billow) -> None:
     b = billow
-    ramp = plan_body("ramp", "10")
-    ramp["phases"] = [{**ramp["phases"][0], "key": "trial", "name": "Trial", "duration": "P1M"},
-                      {**plan_body("x", "20", extra=[SSO])["phases"][0], "key": "full", "name": "Full"}]
-    published(b, ramp)
+    published_ramp(b)
     sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "ramp"}, "customerKey": "acme"})
     _refused_everywhere(b, sub["id"], LATER)
     _sso_is_the_subscriptions_at(b, sub["id"], LATER)
@@ -96,13 +85,7 @@ def test_a_change_at_the_next_billing_cycle_keeps_its_feature(billow: Billow) ->
 
 def test_an_add_on_or_an_edit_from_later_keeps_its_feature(billow: Billow) -> None:
     b = billow
-    addon = b.ok("POST", "/api/v1/addons", {"key": "sso", "name": "SSO", "currency": "USD", "instanceType": "single",
-                                            "rateCards": [SSO]})
-    addon = b.ok("POST", f"/api/v1/addons/{addon['id']}/publish")
-    draft = b.ok("POST", "/api/v1/plans", plan_body("basic", "10"))
-    b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": addon["id"], "fromPlanPhase": "default"})
-    b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
-    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+    addon, sub = sso_addon_subscription(b)
     added = b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/addons",
                  {"addon": {"id": addon["id"]}, "quantity": 1, "timing": LATER})
     _refused_everywhere(b, sub["id"], LATER)

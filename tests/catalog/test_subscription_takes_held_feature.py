@@ -53,14 +53,30 @@ def _state(b: Billow) -> tuple[list[Any], list[str]]:
     return subs, sorted(e["id"] for e in b.ok("GET", "/api/v1/subjects/customer_1/entitlements"))
 
 
+def published_ramp(b: Billow) -> None:
+    """Plan `ramp`: a month's trial without sso, then sso."""
+    ramp = plan_body("ramp", "10")
+    ramp["phases"] = [{**ramp["phases"][0], "key": "trial", "name": "Trial", "duration": "P1M"},
+                      {**plan_body("x", "20", extra=[SSO])["phases"][0], "key": "full", "name": "Full"}]
+    published(b, ramp)
+
+
+def sso_addon_subscription(b: Billow) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(add-on `sso`, granting sso, published; the customer's subscription on plan `basic`, which offers it)."""
+    addon = b.ok("POST", "/api/v1/addons", {"key": "sso", "name": "SSO", "currency": "USD", "instanceType": "single",
+                                            "rateCards": [SSO]})
+    addon = b.ok("POST", f"/api/v1/addons/{addon['id']}/publish")
+    draft = b.ok("POST", "/api/v1/plans", plan_body("basic", "10"))
+    b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": addon["id"], "fromPlanPhase": "default"})
+    b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
+    return addon, b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+
+
 @pytest.mark.parametrize("via", ["v1", "v2"])
 def test_a_subscription_granting_a_held_feature_now_or_later_is_refused_and_not_stored(billow: Billow, via: str) -> None:
     b = billow
     published(b, plan_body("pro", "10", extra=[SSO]))
-    two_phases = plan_body("ramp", "10")
-    two_phases["phases"] = [{**two_phases["phases"][0], "key": "trial", "name": "Trial", "duration": "P1M"},
-                            {**plan_body("x", "20", extra=[SSO])["phases"][0], "key": "full", "name": "Full"}]
-    published(b, two_phases)
+    published_ramp(b)
     held = _held(b, via)
     for body in ({"plan": {"key": "pro"}, "customerKey": "acme", "timing": "2026-02-01T00:00:00Z"},
                  {"plan": {"key": "ramp"}, "customerKey": "acme"},  # sso in the second phase only
@@ -96,13 +112,7 @@ def test_a_change_granting_a_held_feature_is_refused_and_the_subscription_left_a
 
 def test_an_add_on_granting_a_held_feature_is_refused_and_not_added(billow: Billow) -> None:
     b = billow
-    addon = b.ok("POST", "/api/v1/addons", {"key": "sso", "name": "SSO", "currency": "USD", "instanceType": "single",
-                                            "rateCards": [SSO]})
-    addon = b.ok("POST", f"/api/v1/addons/{addon['id']}/publish")
-    draft = b.ok("POST", "/api/v1/plans", plan_body("basic", "10"))
-    b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": addon["id"], "fromPlanPhase": "default"})
-    b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
-    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+    addon, sub = sso_addon_subscription(b)
     added = b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/addons",
                  {"addon": {"id": addon["id"]}, "quantity": 1, "timing": "immediate"})
     b.clock.set("2026-01-10T00:00:00Z")
@@ -180,10 +190,7 @@ def test_one_made_by_hand_while_the_subscription_is_written_leaves_it_stored_and
 def _ramp(b: Billow) -> dict[str, Any]:
     """A subscription on `ramp` (a month's trial without sso, then sso) canceled before sso: the customer's own sso
     entitlement is taken then, as no subscription grants it."""
-    ramp = plan_body("ramp", "10")
-    ramp["phases"] = [{**ramp["phases"][0], "key": "trial", "name": "Trial", "duration": "P1M"},
-                      {**plan_body("x", "20", extra=[SSO])["phases"][0], "key": "full", "name": "Full"}]
-    published(b, ramp)
+    published_ramp(b)
     sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "ramp"}, "customerKey": "acme"})
     return b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "2026-01-15T00:00:00Z"})
 
