@@ -145,16 +145,16 @@ def test_an_edit_adding_a_held_feature_later_is_refused(billow: Billow) -> None:
     assert _state(b) == before
 
 
-@pytest.mark.parametrize("at_look", [1, 2])
-def test_one_made_by_hand_while_the_subscription_is_written_leaves_it_stored_and_answered(
+@pytest.mark.parametrize("at_look", [1, 3])
+def test_one_made_by_hand_while_the_subscription_is_written_refuses_one_or_the_other(
         billow: Billow, monkeypatch: pytest.MonkeyPatch, at_look: int) -> None:
     """A hand-made entitlement of the feature asked for while the subscription is written (another request at once;
-    here right after a look for the customer's sso entitlement, deterministically). After the sync's look (2), the
-    subscription is stored: it was made, between that look and the sync's write, and the subscription, answered 409
-    as though refused, was left without it; now the entitlement API refuses it (409 naming the subscription) and the
-    subscription has its own. After the create's check (1), before the subscription is stored, it is made, and the
-    subscription is answered 201 and left without that feature's entitlement, the customer's own answering, as one
-    made after it was."""
+    here right after a look for the customer's sso entitlement, deterministically). Right after the create's first
+    check (1), before the subscription is stored, it is made; the subscription's check where it is written (2, under
+    the customer's lock, which the entitlement's write takes too) sees it: 409, nothing stored. It was stored, answered
+    201, and left without sso (the customer's own answering). After the sync's look (3), the subscription stored: the
+    entitlement API refuses it (409 naming the subscription), and the subscription has its own. Before, it was made
+    and the subscription, answered 409 as though refused, was left without it."""
     b = billow
     published(b, plan_body("pro", "10", extra=[SSO]))
     store = b.c.entitlements
@@ -166,7 +166,7 @@ def test_one_made_by_hand_while_the_subscription_is_written_leaves_it_stored_and
         found = look(namespace, subject_keys, feature_key)
         if feature_key == "sso":
             looks["sso"] += 1
-            if looks["sso"] == at_look:  # the first is the create's check, the second the sync's look
+            if looks["sso"] == at_look:
                 made.append(b.call("POST", "/api/v1/subjects/customer_1/entitlements",
                                    {"type": "boolean", "featureKey": "sso"}))
         return found
@@ -174,17 +174,48 @@ def test_one_made_by_hand_while_the_subscription_is_written_leaves_it_stored_and
     monkeypatch.setattr(store, "find_entitlement", then_made_by_hand)
     status, sub = b.call("POST", "/api/v1/subscriptions", {"plan": {"key": "pro"}, "customerKey": "acme"})
     monkeypatch.undo()
-    assert made and status == 201, (status, sub)
-    (listed,) = b.ok("GET", "/api/v1/customers/acme/subscriptions")["items"]
-    assert listed["id"] == sub["id"]
-    by_feature = {e["featureKey"]: e for e in b.ok("GET", "/api/v1/subjects/customer_1/entitlements")}
-    assert by_feature["tokens"]["metadata"] == {"subscriptionId": sub["id"]}
     ((made_status, own),) = made
-    if at_look == 2:
-        assert made_status == 409 and own["conflictingEntityId"] == sub["id"], own
-        assert by_feature["sso"]["metadata"] == {"subscriptionId": sub["id"]}
+    by_feature = {e["featureKey"]: e for e in b.ok("GET", "/api/v1/subjects/customer_1/entitlements")}
+    if at_look == 1:
+        assert made_status == 201 and status == 409 and sub["conflictingEntityId"] == own["id"], (status, sub)
+        assert b.ok("GET", "/api/v1/customers/acme/subscriptions")["items"] == []
+        assert set(by_feature) == {"sso"} and by_feature["sso"]["id"] == own["id"]
     else:
-        assert made_status == 201 and by_feature["sso"]["id"] == own["id"], own
+        assert status == 201 and made_status == 409 and own["conflictingEntityId"] == sub["id"], (status, own)
+        (listed,) = b.ok("GET", "/api/v1/customers/acme/subscriptions")["items"]
+        assert listed["id"] == sub["id"]
+        assert by_feature["sso"]["metadata"] == by_feature["tokens"]["metadata"] == {"subscriptionId": sub["id"]}
+
+
+def test_one_made_by_hand_while_a_change_is_written_refuses_the_change(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above for a plan change: the customer's own sso made right after the change's first check is seen by its
+    check where it is written (under the customer's lock): 409, the subscription left as it was. It was 200, and the
+    next subscription went without sso."""
+    b = billow
+    published(b, plan_body("basic", "10"))
+    published(b, plan_body("pro", "20", extra=[SSO]))
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+    store = b.c.entitlements
+    look = store.find_entitlement
+    made: list[dict[str, Any]] = []
+    looks = {"sso": 0}
+
+    def then_made_by_hand(namespace: str, subject_keys: list[str], feature_key: str) -> Any:
+        found = look(namespace, subject_keys, feature_key)
+        if feature_key == "sso":
+            looks["sso"] += 1
+            if looks["sso"] == 1:  # the change's first check (the hand-made one's own looks come after)
+                made.append(_held(b))
+        return found
+
+    monkeypatch.setattr(store, "find_entitlement", then_made_by_hand)
+    status, out = b.call("POST", f"/api/v1/subscriptions/{sub['id']}/change",
+                         {"timing": "next_billing_cycle", "plan": {"key": "pro"}})
+    monkeypatch.undo()
+    assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
+    (listed,) = b.ok("GET", "/api/v1/customers/acme/subscriptions")["items"]
+    assert listed["id"] == sub["id"] and listed["activeTo"] is None
 
 
 def _ramp(b: Billow) -> dict[str, Any]:

@@ -194,10 +194,14 @@ def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaSto
             raise bad("customerId" if body.get("customerId") else "customerKey", f"unknown customer {customer['id']!r}")
         _plan_still_in_force(namespace, doc, store, now)
         no_clash(subscriptions)
+        held()  # under the customer's lock, which a new entitlement's write takes too: one made meanwhile is seen
+
+    def held() -> None:
+        _check_entitlements(namespace, doc, customer, ents=ents, store=store, meta=meta, now=now,
+                            field="customPlan" if "customPlan" in body else "plan")
 
     no_clash(store.list_subscriptions(namespace, customer["id"]))
-    _check_entitlements(namespace, doc, customer, ents=ents, store=store, meta=meta, now=now,
-                        field="customPlan" if "customPlan" in body else "plan")
+    held()
     store.add_subscription(namespace, doc, still_there)  # checked again where it is written: another may be there now
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
@@ -439,9 +443,12 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
         raise bad("plan", f"the new plan bills in {nxt['currency']}, the subscription in {current['currency']}")
     # Entitlements of features both plans grant move over (same entitlement, same balance) rather than being
     # deleted and re-created: the next subscription adopts them first, then the ended one lets go of the rest.
-    _check_entitlements(namespace, nxt, customer, ents=ents, store=store, meta=meta, now=now,
-                        field="customPlan" if "customPlan" in body else "plan",
-                        ignore=set(current.get("entitlements", {}).values()))
+    def held() -> None:
+        _check_entitlements(namespace, nxt, customer, ents=ents, store=store, meta=meta, now=now,
+                            field="customPlan" if "customPlan" in body else "plan",
+                            ignore=set(current.get("entitlements", {}).values()))
+
+    held()
 
     def no_clash(subscriptions: list[dict[str, Any]]) -> None:
         # Another subscription of the customer in the new one's time (one scheduled where this one ends, made by a
@@ -454,11 +461,15 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
             raise NotFound(f"customer {current['customerId']} of the subscription was deleted")
         _plan_still_in_force(namespace, nxt, store, now)
 
+    def no_clash_nor_held(subscriptions: list[dict[str, Any]]) -> None:
+        no_clash(subscriptions)
+        held()  # under the customer's lock, which a new entitlement's write takes too: one made meanwhile is seen
+
     no_clash(store.list_subscriptions(namespace, customer["id"]))
     # Ended only as it was read, and in one transaction with the next one's insert under the customer's lock: a
     # change, add-on or cancel another container wrote meanwhile makes this one a 409 (reload and change again) rather
     # than being overwritten, and a subscription made meanwhile in the new one's time is seen; neither is half written.
-    store.add_subscription(namespace, nxt, no_clash, ending=_end(current, at, now), expect_doc=read_as)
+    store.add_subscription(namespace, nxt, no_clash_nor_held, ending=_end(current, at, now), expect_doc=read_as)
     nxt = sync_entitlements(namespace, nxt, store=store, meta=meta, ents=ents, now=now)
     current = sync_entitlements(namespace, get(namespace, id_, store=store), store=store, meta=meta, ents=ents, now=now)
     return {"current": current, "next": nxt}
