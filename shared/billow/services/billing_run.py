@@ -378,8 +378,11 @@ class _Run:
                 since = p.mark.billed_at if p.mark.rev > 0 else None
                 if (lin := batch.lineage(ln, party, list(subjects), self.now, since)) is not None:
                     ln["lineage"] = lin
-            if billed != p.mark.billed:  # the mark records the subjects its period was billed with, and what this
-                # run billed of it (filed under the invoice's id in _prepare: a deleted draft gives it back)
+            if billed != p.mark.billed or p.mark.rev == 0:  # the mark records the subjects its period was billed
+                # with, and what this run billed of it (filed under the invoice's id in _prepare: a deleted draft gives
+                # it back); a point seen for the first time is marked even when it bills nothing, so that it closes
+                # CORRECTION_WINDOW after its period as every billed point does (unmarked, it stayed open for ever:
+                # re-rated by every run, its late usage billed however late)
                 owed.append((lines, replace(p.mark, billed=billed, subjects=subjects, reopened=False,
                                             change=change(p.mark.billed, billed))))
         return owed
