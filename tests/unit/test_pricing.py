@@ -183,6 +183,16 @@ def test_openmeter_volume_minimum_spend() -> None:
     assert rate_usd(TieredPrice("volume", OM_VOLUME, minimum_amount=D(100)), 100)[-1].key == "volume-tier-usage"
 
 
+def test_volume_tier_flat_price_comes_first_so_a_maximum_spend_cuts_the_unit_line() -> None:
+    """OpenMeter's VolumeTiered emits the tier's flat price, then its unit price; the maximum spend walks the lines in
+    that order, so the flat price is billed whole and the unit-price line is cut (found by the billing oracle, seed 1:
+    a volume tier with a 4.09 flat price under a maximum spend billed the flat price 0.00)."""
+    tiers = (PriceTier(D(10), unit_price=D(1)), PriceTier(None, unit_price=D(2), flat_price=D(5)))
+    lines = rate_usd(TieredPrice("volume", tiers, maximum_amount=D(30)), 20)
+    assert [(ln.key, ln.amount_rounded, ln.total) for ln in lines] == [
+        ("volume-tier-flat", D("5.00"), D("5.00")), ("volume-tier-usage", D("40.00"), D("25.00"))]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Other price types, discounts, commitments, proration
 

@@ -660,13 +660,14 @@ def _volume_tier(price: TieredPrice, quantity: Decimal) -> int:
 def _volume(price: TieredPrice, quantity: Decimal, ctx: _Ctx) -> list[Line]:
     index = _volume_tier(price, quantity)
     tier, number = price.tiers[index], index + 1
-    lines: list[Line] = []
-    if tier.unit_price is not None and quantity > 0:
-        lines.append(_line(ctx, "volume-tier-usage", f"unit price for tier {number}", quantity,
-                           tier.unit_price, tier=number))
+    lines: list[Line] = []  # OpenMeter's order (VolumeTiered): the flat price, then the unit price; a maximum spend
+    # walks the lines in this order
     if tier.flat_price is not None:
         lines.append(_line(ctx, "volume-tier-flat", f"flat price for tier {number}", _ONE, tier.flat_price,
                            tier=number))
+    if tier.unit_price is not None and quantity > 0:
+        lines.append(_line(ctx, "volume-tier-usage", f"unit price for tier {number}", quantity,
+                           tier.unit_price, tier=number))
     return lines
 
 
