@@ -9,10 +9,11 @@ customers that subscribe at a random minute (some with a billing anchor before o
 may change plan mid-period and may cancel (requested before or after the period's in-advance fee was invoiced);
 usage events at random seconds, inside and outside the subscriptions, some sent late (after their period was
 invoiced, some past the correction window) and some resent; scheduled billing runs and "invoice now" at random
-times. At the end every rate card's billing period must have been billed, over all invoices, exactly what the
-reference says; a period billed in one line must have the reference's detailed lines; every invoice's total must be
-its lines' less prepaid credit; a further run bills nothing. On SQLite and PostgreSQL (usage in memory) and on
-SQLite with usage in chdb.
+times; one-off pending lines (0-3 a customer, any price, periods at random seconds). At the end every rate card's
+billing period must have been billed, over all invoices, exactly what the reference says, and every one-off line too
+(rated once, by the first run at or after its invoiceAt, over its period in whole minutes); a period billed in one
+line must have the reference's detailed lines; every invoice's total must be its lines' less prepaid credit; a
+further run bills nothing. On SQLite and PostgreSQL (usage in memory) and on SQLite with usage in chdb.
 
 The reference (OpenMeter, openmeter/billing/rating and worker/subscriptionsync):
 - amounts are rounded to the currency's minor unit half away from zero (currencyx.RoundToPrecision): each
@@ -321,7 +322,30 @@ class World:
     subjects: dict[str, str]  # customer key -> subject
     horizon: datetime
     currency: str
-    actions: list[tuple[datetime, int, str, Any]] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
+
+
+@dataclass
+class Pending:
+    """A one-off line (POST /billing/customers/{id}/invoices/pending-lines): rated once, by the first run at or after
+    its invoiceAt, over its period truncated to whole minutes (OpenMeter: ResolveBillablePeriod)."""
+
+    customer: str
+    name: str
+    card: Card
+    start: datetime
+    end: datetime
+    invoice_at: datetime
+    created_at: datetime
+
+    def body(self, currency: str) -> dict[str, Any]:
+        card = self.card.body("P1D")
+        rate_card = {k: card[k] for k in ("price", "discounts", "featureKey") if k in card}
+        if not self.card.usage:
+            rate_card["price"] = {k: v for k, v in rate_card["price"].items() if k != "paymentTerm"}
+        return {"currency": currency, "lines": [{
+            "type": "usage_based", "name": self.name, "period": {"from": iso(self.start), "to": iso(self.end)},
+            "invoiceAt": iso(self.invoice_at), "rateCard": rate_card}]}
 
 
 def minute_between(rng: random.Random, a: datetime, b: datetime) -> datetime:
@@ -382,7 +406,26 @@ def make_world(seed: int) -> World:
         runs.append((minute_between(rng, start0, horizon), rng.choice([None, *subjects])))
     last_send = max(s for e in events for s in e.sends)
     horizon = max(horizon, last_send, *(r for r, _ in runs)) + timedelta(hours=1)
-    return World(plans, subs, events, runs, subjects, horizon, currency)
+    w = World(plans, subs, events, runs, subjects, horizon, currency)
+    one_off(random.Random(seed * 7919 + 1), w, start0)
+    return w
+
+
+def one_off(rng: random.Random, w: World, start0: datetime) -> None:
+    """Each customer's one-off lines (an RNG of their own: the rest of a seed's world stays as it was)."""
+    kinds = ["flat_arrears", "unit", "graduated", "volume", "package", "dynamic"]
+    digits = CURRENCIES[w.currency]
+    for customer in w.subjects:
+        for i in range(rng.randint(0, 3)):
+            fkey, model = rng.choice(FEATURES)
+            card = random_card(rng, rng.choice(kinds), fkey, model, digits)
+            start = start0 + timedelta(seconds=rng.randint(-86400, 20 * 86400))
+            end = start + timedelta(seconds=rng.randint(60, 10 * 86400))
+            invoice_at = end + timedelta(seconds=rng.choice([0, 0, rng.randint(1, 86400)]))
+            created = start0 - timedelta(days=1) + timedelta(seconds=rng.randint(0, 10 * 86400))
+            w.pending.append(Pending(customer, f"one-off {customer} {i}", card, start, end, invoice_at, created))
+    if w.pending:
+        w.horizon = max(w.horizon, max(max(p.invoice_at, p.created_at) for p in w.pending) + timedelta(hours=1))
 
 
 # -- the expected bill ---------------------------------------------------------------------------------------
@@ -436,7 +479,18 @@ def expected(w: World) -> dict[tuple[str, str, str], list[Detail]]:
                 else:
                     lines = rate_flat(card, share)
                 out[(sub.id, card.key, iso(ps))] = lines
+    for p in w.pending:
+        seen = min(r for r, who in [*w.runs, (w.horizon, None)]  # the first run it is due at; never again
+                   if r >= max(p.invoice_at, p.created_at) and who in (None, p.customer))
+        s, e = floor_minute(p.start), floor_minute(p.end)
+        holder = Sub(p.customer, w.plans[0], s, s, s)
+        out[("pending", p.name, iso(p.start))] = (rate_usage(p.card, usage(w, holder, p.card, s, e, seen), Fraction(1))
+                                                  if p.card.usage else rate_flat(p.card, Fraction(1)))
     return out
+
+
+def floor_minute(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
 
 
 def iso(t: datetime) -> str:
@@ -474,6 +528,8 @@ def drive(b: Billow, w: World) -> list[str]:
             actions.append((at, 2, "send", e))
     for at, who in w.runs:
         actions.append((at, 3, "run", who))
+    for p in w.pending:
+        actions.append((p.created_at, 1, "pending", p))
     actions.append((w.horizon, 3, "run", None))
     actions.sort(key=lambda a: (a[0], a[1]))
     customer_ids = {c["key"]: c["id"] for c in b.ok("GET", "/api/v1/customers")["items"]}
@@ -499,6 +555,12 @@ def drive(b: Billow, w: World) -> list[str]:
             assert sub.end is not None
             b.ok("POST", f"/api/v1/subscriptions/{sub.id}/cancel", {"timing": iso(sub.end)})
             log.append(f"{iso(at)} cancel {sub.customer} at {iso(sub.end)}")
+        elif what == "pending":
+            p = arg
+            b.ok("POST", f"/api/v1/billing/customers/{customer_ids[p.customer]}/invoices/pending-lines",
+                 p.body(w.currency))
+            log.append(f"{iso(at)} pending line {p.name} {iso(p.start)}..{iso(p.end)} at {iso(p.invoice_at)}: "
+                       f"{p.card}")
         elif what == "send":
             e = arg
             b.call("POST", "/api/v1/events", [{"specversion": "1.0", "id": e.id, "source": "oracle", "type": "prompt",
@@ -533,8 +595,9 @@ def billed(b: Billow) -> tuple[dict[Key, Decimal], dict[Key, list[list[Decimal]]
         full = b.ok("GET", f"/api/v1/billing/invoices/{inv['id']}", query={"expand": "lines"})
         lines_total = ZERO
         for line in full["lines"]:
-            ref = line["subscription"]
-            key = (ref["id"], line["name"], ref["billingPeriod"]["from"])
+            ref = line.get("subscription")
+            key = ((ref["id"], line["name"], ref["billingPeriod"]["from"]) if ref is not None
+                   else ("pending", line["name"], line["period"]["from"]))
             total = D(line["totals"]["total"])
             out[key] = out.get(key, ZERO) + total
             details.setdefault(key, []).append([D(ch["totals"]["total"]) for ch in line.get("children", [])])
@@ -559,7 +622,7 @@ def check(b: Billow, seed: int) -> None:
     ref = expected(w)
     want = {k: sum((d.total for d in v), ZERO) for k, v in ref.items()}
     got, details, bad = billed(b)
-    names = {s.id: f"{s.customer}/{s.plan.key}" for s in w.subs}
+    names = {s.id: f"{s.customer}/{s.plan.key}" for s in w.subs} | {"pending": "pending"}
     diffs = [f"{names.get(k[0], k[0])} {k[1]} {k[2]}: billed {got.get(k, ZERO)}, expected {want.get(k, ZERO)} "
              f"{ref.get(k)}" for k in sorted(set(want) | set(got)) if got.get(k, ZERO) != want.get(k, ZERO)]
     # A period billed in one line (no correction since): its detailed lines are the reference's, one by one (OpenMeter
