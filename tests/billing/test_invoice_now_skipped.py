@@ -57,3 +57,37 @@ def test_a_customer_without_a_billing_profile_is_a_409_naming_it(billow: Billow)
     b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
     status, out = b.call("POST", "/api/v1/billing/invoices/invoice", {"customerId": "acme"})
     assert status == 409 and "acme" in out["detail"] and "no billing profile" in out["detail"], (status, out)
+
+
+def test_a_concurrent_run_on_a_period_that_owes_nothing_is_no_conflict(billow: Billow,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both runs find April owing nothing (a usage-only plan, no usage) and both mark its points closed-by-nothing:
+    this call lost that race, but it had nothing to invoice and neither did the other run, so it answers `201 []`
+    (nothing due). Since empty points are marked (131a293) the lost race was a 409 'billed by a concurrent run'."""
+    from tests.support.billing import PROFILE
+    from tests.support.catalog import published, setup
+
+    b = billow
+    setup(b)
+    b.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    b.clock.set("2026-03-31T00:00:00Z")
+    published(b, {"key": "metered", "name": "Metered", "currency": "USD", "billingCadence": "P1M",
+                  "phases": [{"key": "p", "name": "P", "rateCards": [
+                      {"type": "usage_based", "key": "tokens", "name": "Tokens", "featureKey": "tokens",
+                       "billingCadence": "P1M", "price": {"type": "unit", "amount": "1"}}]}]})
+    b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "metered"}, "customerKey": "acme",
+                                           "timing": "2026-04-01T00:00:00Z"})
+    b.clock.set("2026-05-01T00:10:00Z")
+    store = b.c.billing_store()
+    commit = store.commit_billing
+    concurrent: list[dict[str, Any]] = []
+
+    def commit_after_a_concurrent_run(*args: Any, **kwargs: Any) -> None:
+        if not concurrent:
+            concurrent.append({})
+            concurrent[0] = scheduled_run(b)
+        commit(*args, **kwargs)
+
+    monkeypatch.setattr(store, "commit_billing", commit_after_a_concurrent_run)
+    assert b.call("POST", "/api/v1/billing/invoices/invoice", {"customerId": "acme"}) == (201, [])
+    assert concurrent[0]["invoices"] == [] and concurrent[0]["skipped"] == [] and invoices(b) == []

@@ -498,8 +498,10 @@ def _commit(namespace: str, batch: list[_Prepared], *, store: BillingStore, now:
         return batch
     except Conflict:
         if len(batch) == 1:
-            result.skipped.append({"customerId": batch[0].customer["id"],
-                                   "reason": "billed by a concurrent run meanwhile; its invoice stands"})
+            if batch[0].invoice is not None:  # a lost race over points that bill nothing (both runs mark them so) took
+                # nothing from this customer: nothing was due either way, not a skip
+                result.skipped.append({"customerId": batch[0].customer["id"],
+                                       "reason": "billed by a concurrent run meanwhile; its invoice stands"})
             return []
     except Exception as exc:  # rolled back: find the customer it was by committing one by one
         if len(batch) == 1:
