@@ -320,7 +320,8 @@ class SubscriptionStore(Protocol):
 
     def get_subscription(self, namespace: str, id_: str) -> dict[str, Any] | None: ...
 
-    def list_subscriptions(self, namespace: str, customer_id: str | None = None) -> list[dict[str, Any]]: ...
+    def list_subscriptions(self, namespace: str, customer_id: str | None = None, *,
+                           customer_ids: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
 
 
 class InvoicingApp(Protocol):

@@ -56,3 +56,25 @@ def test_an_unknown_expand_is_a_400_naming_it(meta_billow: Billow) -> None:
     for path in ("/api/v1/customers/acme", "/api/v1/customers"):
         status, out = meta_billow.call("GET", path, query={"expand": "invoices"})
         assert status == 400 and "expand" in str(out), (path, status, out)
+
+
+def test_the_list_shows_each_customer_its_own_subscriptions_on_every_page(meta_billow: Billow) -> None:
+    """Three customers, two subscribed: each listed customer carries its own subscription, the third none, also when
+    the list is paged one customer a page (a page reads its own customers' subscriptions)."""
+    b = meta_billow
+    acme = subscribed(b)
+    b.ok("POST", "/api/v1/customers", {"key": "bolt", "name": "Bolt", "currency": "USD",
+                                       "usageAttribution": {"subjectKeys": ["customer_2"]}})
+    b.ok("POST", "/api/v1/customers", {"key": "cove", "name": "Cove", "currency": "USD",
+                                       "usageAttribution": {"subjectKeys": ["customer_3"]}})
+    bolt = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "bolt",
+                                                  "timing": "2026-04-01T00:00:00Z"})
+    b.clock.set("2026-04-02T00:00:00Z")
+    want = {"acme": [acme["id"]], "bolt": [bolt["id"]], "cove": None}
+    listed = b.ok("GET", "/api/v1/customers", query=EXPAND)["items"]
+    assert {c["key"]: c.get("currentSubscriptionId") and [s["id"] for s in c["subscriptions"]] for c in listed} == want
+    paged = {}
+    for page in (1, 2, 3):
+        (c,) = b.ok("GET", "/api/v1/customers", query={**EXPAND, "page": str(page), "pageSize": "1"})["items"]
+        paged[c["key"]] = c.get("currentSubscriptionId") and [s["id"] for s in c["subscriptions"]]
+    assert paged == want

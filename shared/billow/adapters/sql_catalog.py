@@ -239,9 +239,13 @@ class SqlCatalogStore:
             row = c.execute(q).first()
         return jsonx.loads(row.doc) if row else None
 
-    def list_subscriptions(self, namespace: str, customer_id: str | None = None) -> list[dict[str, Any]]:
+    def list_subscriptions(self, namespace: str, customer_id: str | None = None, *,
+                           customer_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The namespace's subscriptions, or one customer's, or (`customer_ids`) those of these customers."""
         q = sa.select(subscriptions.c.doc).where(subscriptions.c.namespace == namespace)
         if customer_id is not None:
             q = q.where(subscriptions.c.customer_id == customer_id)
+        if customer_ids is not None:
+            q = q.where(subscriptions.c.customer_id.in_(list(customer_ids)))
         with self.reads.connect() as c:
             return [jsonx.loads(r.doc) for r in c.execute(q.order_by(subscriptions.c.id))]
