@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -85,16 +86,22 @@ def test_a_server_that_dies_while_measured_is_an_error_not_a_wait() -> None:
 
 def test_the_statement_timer_keeps_the_look_ups_keywords(tmp_path: Path) -> None:
     """A dedup look-up that reaches the ledger (a resent key) is timed and answered. From 2026-12-06 to 12-07 the
-    timer dropped the look-up's `admit` keyword (TypeError), so every measurement on a preloaded store failed."""
-    from bench.ingest import _container, _time_statements, preload
-
-    preload(str(tmp_path), 100)
-    c = _container(str(tmp_path))
-    try:
-        store = c.usage._real() if hasattr(c.usage, "_real") else c.usage
-        spent = _time_statements(store)
-        stored, begun = store.written_keys(c.namespace, [("preload", "5"), ("preload", "100")])
-        assert stored == {("preload", "5")} and not begun
-        assert any(k.startswith("SELECT source, id, max(state)") for k in spent)
-    finally:
-        c.close()
+    timer dropped the look-up's `admit` keyword (TypeError), so every measurement on a preloaded store failed. (In a
+    process of its own, as the bench measures: chdb opens one engine path per process.)"""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+from bench.ingest import _container, _time_statements, preload
+preload({str(tmp_path)!r}, 100)
+c = _container({str(tmp_path)!r})
+store = c.usage._real() if hasattr(c.usage, "_real") else c.usage
+spent = _time_statements(store)
+stored, begun = store.written_keys(c.namespace, [("preload", "5"), ("preload", "100")])
+c.close()
+print(json.dumps({{"stored": sorted(stored), "begun": sorted(begun), "timed": sorted(spent)}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (got["stored"], got["begun"]) == ([["preload", "5"]], [])
+    assert any(k.startswith("SELECT source, id, max(state)") for k in got["timed"])
