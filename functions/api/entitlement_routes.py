@@ -111,9 +111,12 @@ def delete_entitlement(subject: str, entitlement: str) -> Response:
 @router.put("/api/v1/subjects/<subject>/entitlements/<entitlement>/override")
 def override_entitlement(subject: str, entitlement: str) -> Response:
     c = container()
+    now = c.clock.now()
     doc = entitlements.override_entitlement(c.namespace, path_param(subject), path_param(entitlement),
                                             entitlements.requested(json_body(_event())), store=c.entitlements,
-                                            meta=c.meta, now=c.clock.now())
+                                            meta=c.meta, now=now,
+                                            reserved=subscriptions.refuse_granted(c.namespace, store=c.catalog_store(),
+                                                                                  now=now))
     return ok(_present(doc), 201)
 
 

@@ -69,8 +69,10 @@ def delete_entitlement(customer: str, entitlement: str) -> Response:
 @router.put(f"{BASE}/<entitlement>/override")
 def override_entitlement(customer: str, entitlement: str) -> Response:
     c = container()
+    now = c.clock.now()
     return ok(v2.override(c.namespace, path_param(customer), path_param(entitlement), requested(json_body(_event())),
-                          store=c.entitlements, meta=c.meta, now=c.clock.now()), 201)
+                          store=c.entitlements, meta=c.meta, now=now,
+                          reserved=subscriptions.refuse_granted(c.namespace, store=c.catalog_store(), now=now)), 201)
 
 
 @router.post(f"{BASE}/<entitlement>/grants")

@@ -138,3 +138,28 @@ def test_a_subscription_written_between_the_look_and_the_write_refuses_it_too(
     assert made and status == 409 and out["conflictingEntityId"] == made[0], (status, out)
     assert [e for e in _entitlements(b) if e["featureKey"] == "sso"] == []
     _sso_is_the_subscriptions_at(b, made[0], LATER)
+
+
+def test_an_override_of_a_feature_the_subscription_grants_later_is_refused(billow: Billow) -> None:
+    """PUT /api/v1/subjects/{id}/entitlements/{idOrFeatureKey}/override (and v2's, on the customer) makes a new
+    entitlement (from now, without end):
+    OpenMeter's SupersedeEntitlement schedules it through ScheduleEntitlement, whose uniqueness check refuses it
+    where the subscription's entitlement is scheduled (409, conflictingEntityId). Here the hand-made entitlement came
+    with a subject the customer took in after subscribing; overriding it is refused as a POST of it would be, naming
+    the field, and the old one stays. Before, the override was taken (201), v1 and v2."""
+    b = billow
+    published(b, plan_body("pro", "10", extra=[SSO]))
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "pro"}, "customerKey": "acme", "timing": LATER})
+    own = b.ok("POST", "/api/v1/subjects/customer_2/entitlements", {"type": "boolean", "featureKey": "sso"})
+    b.ok("PUT", "/api/v1/customers/acme", {"key": "acme", "name": "Acme", "currency": "USD",
+                                            "usageAttribution": {"subjectKeys": ["customer_1", "customer_2"]}})
+    before = _entitlements(b)
+    for path in ("/api/v1/subjects/customer_2/entitlements/sso/override",
+                 f"/api/v1/subjects/customer_1/entitlements/{own['id']}/override",
+                 "/api/v2/customers/acme/entitlements/sso/override",
+                 f"/api/v2/customers/acme/entitlements/{own['id']}/override"):
+        status, out = b.call("PUT", path, {"type": "boolean", "featureKey": "sso"})
+        assert status == 409 and b.headers["Content-Type"] == "application/problem+json", (path, status, out)
+        assert out["detail"].startswith("featureKey: ") and sub["id"] in out["detail"] and LATER in out["detail"], out
+        assert out["conflictingEntityId"] == sub["id"], out
+    assert _entitlements(b) == before

@@ -385,8 +385,11 @@ def end_entitlement(namespace: str, doc: dict[str, Any], *, store: EntitlementSt
 
 
 def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, body: Any, *,
-                         store: EntitlementStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
-    """Replace the entitlement with a new one (a new id, fresh grants). The old one keeps its history."""
+                         store: EntitlementStore, meta: MetaStore, now: datetime,
+                         reserved: Reserved | None = None) -> dict[str, Any]:
+    """Replace the entitlement with a new one (a new id, fresh grants). The old one keeps its history. With
+    `reserved`, refused as a new entitlement is (create_entitlement) for a feature the customer's subscriptions grant:
+    OpenMeter's override schedules the new one through the same uniqueness check."""
     keys = party_keys(namespace, subject, meta)
     old = sole(namespace, keys, resolve(namespace, keys, id_or_feature_key, store=store), store=store)
     now = as_of(now, old.get("updatedAt"))  # made by a request begun after this one: replaced there, not before
@@ -396,9 +399,11 @@ def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, b
     stamp = format_rfc3339(now)
     old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
     via = through_subject(namespace, subject, old["subjectKey"], meta)
+    granted = reserved_check(reserved, via.customer_id, body, doc)
+    granted()
     store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old, customer_id=via.customer_id,
-                              subject=via.subject, check=both(feature_still_live(namespace, body, doc, store), via.check),
-                              grants=[grant] if grant is not None else [])
+                              subject=via.subject, grants=[grant] if grant is not None else [],
+                              check=both(feature_still_live(namespace, body, doc, store), via.check, granted))
     return doc
 
 

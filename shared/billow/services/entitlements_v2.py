@@ -163,8 +163,9 @@ def create(namespace: str, customer_ref: str, body: Any, *, store: EntitlementSt
 
 
 def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: EntitlementStore, meta: MetaStore,
-             now: datetime) -> dict[str, Any]:
-    """A new entitlement in place of the customer's current one (which keeps its history)."""
+             now: datetime, reserved: entitlements.Reserved | None = None) -> dict[str, Any]:
+    """A new entitlement in place of the customer's current one (which keeps its history); with `reserved`, refused
+    as create's for a feature its subscriptions grant (checked before and where it is written)."""
     cust, old = resolve(namespace, customer_ref, ref, store=store, meta=meta, write=True)
     now = as_of(now, old.get("updatedAt"))  # made by a request begun after this one: replaced there, not before
     doc, grants = _build(namespace, old["subjectKey"], body, store=store, meta=meta, now=now)
@@ -173,8 +174,11 @@ def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: E
     stamp = doc["createdAt"]
     old.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
     via = _through_customer(namespace, customer_ref, cust, meta, owned=old["subjectKey"])
+    granted = entitlements.reserved_check(reserved, cust["id"], body, doc)
+    granted()
     store.replace_entitlement(namespace, old["id"], doc, at=now, old_doc=old, grants=grants, customer_id=cust["id"],
-                              check=both(entitlements.feature_still_live(namespace, body, doc, store), via.check))
+                              check=both(entitlements.feature_still_live(namespace, body, doc, store), via.check,
+                                         granted))
     return present(namespace, doc, cust, store=store, now=now)
 
 
