@@ -282,3 +282,42 @@ def test_one_made_by_hand_while_a_subscription_is_continued_refuses_the_continua
     monkeypatch.undo()
     assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
     assert b.ok("GET", f"/api/v1/subscriptions/{sub['id']}")["activeTo"] == "2026-01-15T00:00:00Z"
+
+
+@pytest.mark.parametrize("write", ["edit", "add-on quantity"])
+def test_one_made_by_hand_while_an_edit_or_an_add_on_quantity_is_written_refuses_it(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch, write: str) -> None:
+    """PATCH /api/v1/subscriptions/{id} adding sso later, and PATCH .../addons/{id} raising the sso add-on from 0:
+    the customer's own sso entitlement made by another request between the write's first check and its write (here
+    right after that check, deterministically) is seen by the check where it is written (under the customer's lock,
+    which the entitlement's write takes too): 409 naming it, the subscription as it was. They were 200, and the
+    subscription went without sso (the customer's own answering)."""
+    b = billow
+    if write == "edit":
+        published(b, plan_body("basic", "10"))
+        sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme"})
+        path, body = f"/api/v1/subscriptions/{sub['id']}", {
+            "timing": "2026-02-01T00:00:00Z",
+            "customizations": [{"op": "add_item", "phaseKey": "default", "rateCard": SSO}]}
+        first = "_check_entitlements"
+    else:
+        addon, sub = sso_addon_subscription(b)
+        added = b.ok("POST", f"/api/v1/subscriptions/{sub['id']}/addons",
+                     {"addon": {"id": addon["id"]}, "quantity": 0, "timing": "immediate"})
+        path, body = f"/api/v1/subscriptions/{sub['id']}/addons/{added['id']}", {"quantity": 1, "timing": "immediate"}
+        first = "_refuse_held"
+    before = _state(b)
+    real = getattr(subscriptions, first)
+    made: list[dict[str, Any]] = []
+
+    def then_made_by_hand(*args: Any, **kw: Any) -> None:
+        real(*args, **kw)
+        if not made:
+            made.append(_held(b))
+
+    monkeypatch.setattr(subscriptions, first, then_made_by_hand)
+    status, out = b.call("PATCH", path, body)
+    monkeypatch.undo()
+    assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
+    subs_after, ents_after = _state(b)
+    assert subs_after == before[0] and ents_after == sorted([*before[1], made[0]["id"]])

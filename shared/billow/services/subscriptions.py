@@ -505,14 +505,20 @@ def edit(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta:
 
         edited, _ = sub_edits.apply(doc, body, at, rate_card)  # `doc` left as it was
         customer = meta.get_customer(namespace, doc["customerId"])
-        if customer is not None:
-            _check_entitlements(namespace, edited, customer, ents=ents, store=store, meta=meta, now=instant,
-                                field="customizations", before=doc,
-                                ignore=set((doc.get("entitlements") or {}).values()))
+
+        def held() -> None:
+            if customer is not None:
+                _check_entitlements(namespace, edited, customer, ents=ents, store=store, meta=meta, now=instant,
+                                    field="customizations", before=doc,
+                                    ignore=set((doc.get("entitlements") or {}).values()))
+
+        held()
+        checks[:] = [held]
         edited["updatedAt"] = format_rfc3339(instant)
         return edited
 
-    edited = _update(namespace, id_, store, apply)
+    checks: list[Callable[[], None]] = []  # the last apply's held check, run again where its edit is written
+    edited = _update(namespace, id_, store, apply, check=lambda _: checks[0]())
     return sync_entitlements(namespace, edited, store=store, meta=meta, ents=ents, now=now)
 
 
@@ -666,10 +672,14 @@ def update_addon(namespace: str, id_: str, addon_id: str, body: Any, *, store: S
             last["activeTo"] = format_rfc3339(at)
             item["timeline"].append({"quantity": quantity, "activeFrom": format_rfc3339(at), "activeTo": None})
         item["updatedAt"] = doc["updatedAt"] = format_rfc3339(instant)
-        _refuse_held(namespace, doc, before, "quantity", ents=ents, store=store, meta=meta, now=instant)
+        held = partial(_refuse_held, namespace, doc, before, "quantity", ents=ents, store=store, meta=meta,
+                       now=instant)
+        held()
+        checks[:] = [held]
         return doc
 
-    doc = _update(namespace, id_, store, requantify)
+    checks: list[Callable[[], None]] = []  # the last requantify's held check, run again where it is written
+    doc = _update(namespace, id_, store, requantify, check=lambda _: checks[0]())
     item = next(a for a in doc["addons"] if a["id"] == addon_id)
     sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
     return present_addon(item, _as_of(doc, now))
