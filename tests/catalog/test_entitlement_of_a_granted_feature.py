@@ -163,3 +163,23 @@ def test_an_override_of_a_feature_the_subscription_grants_later_is_refused(billo
         assert out["detail"].startswith("featureKey: ") and sub["id"] in out["detail"] and LATER in out["detail"], out
         assert out["conflictingEntityId"] == sub["id"], out
     assert _entitlements(b) == before
+
+
+def test_the_subscriptions_own_entitlement_is_not_overridden(billow: Billow) -> None:
+    """An override of the entitlement a subscription manages (v1 and v2, by feature key or id) is forbidden (403), as
+    its delete is: OpenMeter's SupersedeEntitlement runs the subscription hook's PreDelete ("entitlement is managed
+    by subscription"). It was taken (201), leaving the subscription's entitlement replaced by a hand-made one."""
+    b = billow
+    published(b, plan_body("pro", "10", extra=[SSO]))
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "pro"}, "customerKey": "acme"})
+    (sso,) = [e for e in _entitlements(b) if e["featureKey"] == "sso"]
+    assert sso["metadata"] == {"subscriptionId": sub["id"]}
+    before = _entitlements(b)
+    for path in ("/api/v1/subjects/customer_1/entitlements/sso/override",
+                 f"/api/v1/subjects/customer_1/entitlements/{sso['id']}/override",
+                 "/api/v2/customers/acme/entitlements/sso/override",
+                 f"/api/v2/customers/acme/entitlements/{sso['id']}/override"):
+        status, out = b.call("PUT", path, {"type": "boolean", "featureKey": "sso"})
+        assert status == 403 and b.headers["Content-Type"] == "application/problem+json", (path, status, out)
+        assert sub["id"] in out["detail"], out
+    assert _entitlements(b) == before

@@ -369,14 +369,22 @@ def delete_entitlement(namespace: str, subject: str, entitlement_id: str, *, sto
                     via=through_subject(namespace, subject, doc["subjectKey"], meta))
 
 
+def not_managed(doc: dict[str, Any]) -> None:
+    """Refuse (403) ending or replacing, through the entitlement APIs, an entitlement a subscription manages (its
+    metadata names the subscription): OpenMeter's subscription hook (PreDelete, which its delete and its override's
+    SupersedeEntitlement run) forbids it."""
+    managed_by = (doc.get("metadata") or {}).get("subscriptionId")
+    if managed_by:
+        raise Forbidden(f"entitlement {doc['id']} is managed by subscription {managed_by}; change or cancel the "
+                        "subscription instead")
+
+
 def end_entitlement(namespace: str, doc: dict[str, Any], *, store: EntitlementStore, now: datetime,
                     by_subscription: bool, via: Through) -> None:
     """Delete `doc`, checking `via`'s party under its lock (a customer's update or a subject's deletion at once is
     seen: the entitlement is ended through whom it still belongs to, or refused)."""
-    managed_by = (doc.get("metadata") or {}).get("subscriptionId")
-    if managed_by and not by_subscription:
-        raise Forbidden(f"entitlement {doc['id']} is managed by subscription {managed_by}; change or cancel the "
-                        "subscription instead")
+    if not by_subscription:
+        not_managed(doc)
     now = as_of(now, doc.get("updatedAt"))  # made by a request begun after this one: ended there, not before
     stamp = format_rfc3339(now)
     doc.update(deletedAt=stamp, updatedAt=stamp, activeTo=stamp)
@@ -392,6 +400,7 @@ def override_entitlement(namespace: str, subject: str, id_or_feature_key: str, b
     OpenMeter's override schedules the new one through the same uniqueness check."""
     keys = party_keys(namespace, subject, meta)
     old = sole(namespace, keys, resolve(namespace, keys, id_or_feature_key, store=store), store=store)
+    not_managed(old)
     now = as_of(now, old.get("updatedAt"))  # made by a request begun after this one: replaced there, not before
     doc, grant = build_entitlement(namespace, old["subjectKey"], body, store=store, meta=meta, now=now)
     if doc["featureKey"] != old["featureKey"]:

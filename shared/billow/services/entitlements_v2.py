@@ -167,6 +167,7 @@ def override(namespace: str, customer_ref: str, ref: str, body: Any, *, store: E
     """A new entitlement in place of the customer's current one (which keeps its history); with `reserved`, refused
     as create's for a feature its subscriptions grant (checked before and where it is written)."""
     cust, old = resolve(namespace, customer_ref, ref, store=store, meta=meta, write=True)
+    entitlements.not_managed(old)
     now = as_of(now, old.get("updatedAt"))  # made by a request begun after this one: replaced there, not before
     doc, grants = _build(namespace, old["subjectKey"], body, store=store, meta=meta, now=now)
     if doc["featureKey"] != old["featureKey"]:
