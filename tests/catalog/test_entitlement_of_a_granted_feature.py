@@ -140,6 +140,15 @@ def test_a_subscription_written_between_the_look_and_the_write_refuses_it_too(
     _sso_is_the_subscriptions_at(b, made[0], LATER)
 
 
+def _override_paths(subject: str, entitlement_id: str) -> list[str]:
+    """The override of the customer's sso entitlement: v1 through `subject` by feature key, v1 through customer_1 by
+    id, v2 by feature key and by id."""
+    return [f"/api/v1/subjects/{subject}/entitlements/sso/override",
+            f"/api/v1/subjects/customer_1/entitlements/{entitlement_id}/override",
+            "/api/v2/customers/acme/entitlements/sso/override",
+            f"/api/v2/customers/acme/entitlements/{entitlement_id}/override"]
+
+
 def test_an_override_of_a_feature_the_subscription_grants_later_is_refused(billow: Billow) -> None:
     """PUT /api/v1/subjects/{id}/entitlements/{idOrFeatureKey}/override (and v2's, on the customer) makes a new
     entitlement (from now, without end):
@@ -154,10 +163,7 @@ def test_an_override_of_a_feature_the_subscription_grants_later_is_refused(billo
     b.ok("PUT", "/api/v1/customers/acme", {"key": "acme", "name": "Acme", "currency": "USD",
                                             "usageAttribution": {"subjectKeys": ["customer_1", "customer_2"]}})
     before = _entitlements(b)
-    for path in ("/api/v1/subjects/customer_2/entitlements/sso/override",
-                 f"/api/v1/subjects/customer_1/entitlements/{own['id']}/override",
-                 "/api/v2/customers/acme/entitlements/sso/override",
-                 f"/api/v2/customers/acme/entitlements/{own['id']}/override"):
+    for path in _override_paths("customer_2", own["id"]):
         status, out = b.call("PUT", path, {"type": "boolean", "featureKey": "sso"})
         assert status == 409 and b.headers["Content-Type"] == "application/problem+json", (path, status, out)
         assert out["detail"].startswith("featureKey: ") and sub["id"] in out["detail"] and LATER in out["detail"], out
@@ -175,10 +181,7 @@ def test_the_subscriptions_own_entitlement_is_not_overridden(billow: Billow) -> 
     (sso,) = [e for e in _entitlements(b) if e["featureKey"] == "sso"]
     assert sso["metadata"] == {"subscriptionId": sub["id"]}
     before = _entitlements(b)
-    for path in ("/api/v1/subjects/customer_1/entitlements/sso/override",
-                 f"/api/v1/subjects/customer_1/entitlements/{sso['id']}/override",
-                 "/api/v2/customers/acme/entitlements/sso/override",
-                 f"/api/v2/customers/acme/entitlements/{sso['id']}/override"):
+    for path in _override_paths("customer_1", sso["id"]):
         status, out = b.call("PUT", path, {"type": "boolean", "featureKey": "sso"})
         assert status == 403 and b.headers["Content-Type"] == "application/problem+json", (path, status, out)
         assert sub["id"] in out["detail"], out
