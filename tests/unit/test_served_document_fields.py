@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 
 from scripts.gen_openapi import strip
@@ -22,13 +21,20 @@ def test_prose_is_dropped_but_fields_named_like_it_stay() -> None:
         "example": {"type": "object", "properties": {"description": {}}}}}
 
 
+# Schemas of OpenMeter's whose `description` field the served document lost (a sample of the 47; the whole comparison
+# below needs OpenMeter's document beside the checkout, which a CI checkout may not have).
+HAVE_DESCRIPTION = ("AddonCreate", "BillingProfileCreate", "CustomerCreate", "CustomerReplaceUpdate", "InvoiceLine",
+                    "MeterCreate", "MeterUpdate", "PlanCreate", "PlanPhase", "RateCardFlatFee", "RateCardUsageBased",
+                    "SubscriptionItem")
+
+
 def test_every_served_openmeter_schema_has_openmeter_s_fields() -> None:
-    if not REFERENCE.exists():
-        pytest.skip(f"OpenMeter's document is not beside the checkout ({REFERENCE})")
-    theirs = yaml.safe_load(REFERENCE.read_text())["components"]["schemas"]
     ours = json.loads(SERVED.read_text())["components"]["schemas"]
-    missing = {name: sorted(set(theirs[name].get("properties", {})) - set(schema.get("properties", {})))
-               for name, schema in ours.items() if name in theirs}
-    assert {name: fields for name, fields in missing.items() if fields} == {}
+    assert [name for name in HAVE_DESCRIPTION if "description" not in ours[name].get("properties", {})] == []
     assert ours["CustomerCreate"]["properties"]["description"] == {"type": "string", "maxLength": 1024,
                                                                      "title": "Description"}
+    if REFERENCE.exists():  # OpenMeter's own document: every field of every schema Billow serves
+        theirs = yaml.safe_load(REFERENCE.read_text())["components"]["schemas"]
+        missing = {name: sorted(set(theirs[name].get("properties", {})) - set(schema.get("properties", {})))
+                   for name, schema in ours.items() if name in theirs}
+        assert {name: fields for name, fields in missing.items() if fields} == {}
