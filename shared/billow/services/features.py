@@ -9,7 +9,9 @@ from typing import Any, Protocol
 
 from billow.domain import fields
 from billow.domain.catalog import KEY_RE
+from billow.domain.llm import plain
 from billow.errors import NotFound, ValidationFailed
+from billow.exact import parse_decimal
 from billow.ids import new_id
 from billow.ports import MetaStore
 from billow.services import pages, params
@@ -55,10 +57,13 @@ def create_feature(namespace: str, body: Any, *, store: FeatureStore, meta: Meta
             raise bad("metadata", "must be an object of strings")
         doc["metadata"] = body["metadata"]
     slug = body.get("meterSlug")
+    group_by: dict[str, str] | None = None
     if slug is not None:
-        _meter_fields(namespace, slug, body, doc, meta)
+        group_by = _meter_fields(namespace, slug, body, doc, meta)
     elif body.get("meterGroupByFilters") or body.get("advancedMeterGroupByFilters"):
         raise bad("meterSlug", "group-by filters need a meter")
+    if body.get("unitCost") is not None:
+        doc["unitCost"] = unit_cost(body["unitCost"], group_by)
     stamp = format_rfc3339(now)
     doc.update(createdAt=stamp, updatedAt=stamp)
 
@@ -71,8 +76,10 @@ def create_feature(namespace: str, body: Any, *, store: FeatureStore, meta: Meta
     return doc
 
 
-def _meter_fields(namespace: str, slug: Any, body: dict[str, Any], doc: dict[str, Any], meta: MetaStore) -> None:
-    """A metered feature's `meterSlug` (a meter that can be burned down) and its group-by filters, into `doc`."""
+def _meter_fields(namespace: str, slug: Any, body: dict[str, Any], doc: dict[str, Any],
+                  meta: MetaStore) -> dict[str, str]:
+    """A metered feature's `meterSlug` (a meter that can be burned down) and its group-by filters, into `doc`; the
+    meter's groupBy keys."""
     valid_key(slug, "meterSlug")
     meter = meta.get_meter(namespace, slug)
     if meter is None:
@@ -95,6 +102,53 @@ def _meter_fields(namespace: str, slug: Any, body: dict[str, Any], doc: dict[str
         parse_filters(advanced)
         _known_keys(advanced, meter.group_by, "advancedMeterGroupByFilters")
         doc["advancedMeterGroupByFilters"] = advanced
+    return meter.group_by
+
+
+# OpenMeter's LLM token types (request and response are its aliases of input and output).
+LLM_TOKEN_TYPES = ("input", "output", "cache_read", "reasoning", "cache_write", "request", "response")
+
+
+def unit_cost(raw: Any, group_by: dict[str, str] | None) -> dict[str, Any]:
+    """A feature's `unitCost` as OpenMeter validates it (productcatalog/feature.UnitCost): `manual` with a
+    non-negative `amount` (a Numeric string, kept exact), or `llm` naming each of provider, model and token type
+    either as a static value or as a groupBy key of the feature's meter (exactly one of each pair; an LLM unit cost
+    needs a meter). Returned in the API's shape, as stored and shown."""
+    if not isinstance(raw, dict):
+        raise bad("unitCost", 'must be an object: {"type": "manual", "amount": "0.01"} or {"type": "llm", ...}')
+    kind = raw.get("type")
+    if kind == "manual":
+        if raw.get("amount") is None:
+            raise bad("unitCost.amount", "required for a manual unit cost")
+        try:
+            amount = parse_decimal(raw["amount"], int_digits=20, scale=18)
+        except ValueError as exc:
+            raise bad("unitCost.amount", str(exc)) from None
+        if amount < 0:
+            raise bad("unitCost.amount", "must be non-negative")
+        return {"type": "manual", "amount": plain(amount)}
+    if kind != "llm":
+        raise bad("unitCost.type", "must be 'manual' or 'llm'")
+    if group_by is None:
+        raise bad("unitCost", "an LLM unit cost needs a meter: set meterSlug")
+    out: dict[str, Any] = {"type": "llm"}
+    for static, prop in (("provider", "providerProperty"), ("model", "modelProperty"),
+                         ("tokenType", "tokenTypeProperty")):
+        for name in (static, prop):
+            if raw.get(name) is not None and not isinstance(raw[name], str):
+                raise bad(f"unitCost.{name}", "must be a string")
+        value, key = raw.get(static) or "", raw.get(prop) or ""
+        if not value and not key:
+            raise bad(f"unitCost.{static}", f"either {static} or {prop} is required for an LLM unit cost")
+        if value and key:
+            raise bad(f"unitCost.{prop}", f"{prop} and {static} are mutually exclusive")
+        if key and key not in group_by:
+            raise bad(f"unitCost.{prop}", f"{key!r} is not a groupBy key of the meter "
+                                          f"({', '.join(sorted(group_by)) or 'none'})")
+        if static == "tokenType" and value and value not in LLM_TOKEN_TYPES:
+            raise bad("unitCost.tokenType", "must be one of " + ", ".join(LLM_TOKEN_TYPES))
+        out[static if value else prop] = value or key
+    return out
 
 
 def _known_keys(filters: dict[str, Any], group_by: dict[str, str], field: str) -> None:
