@@ -971,9 +971,10 @@ def test_containers_editing_one_billing_profile_at_once_keep_every_edit(metas: l
     back. Two containers editing one profile at once (one its name, one making it the default) both answered 200
     and the later write put back what the other changed: the namespace's new default was not the default (none
     was). An edit racing its DELETE wrote the profile back live although the delete answered 204. Now every edit
-    lands (the loser of a race reads again) and a deleted profile stays deleted (an edit after it is a 404)."""
+    lands (the loser of a race reads again) and a deleted profile stays deleted (an edit after it is a 400, OpenMeter's
+    ErrProfileAlreadyDeleted)."""
     from billow.adapters.sql_billing import SqlBillingStore
-    from billow.errors import Conflict, NotFound
+    from billow.errors import Conflict, ValidationFailed
     from billow.services.billing_profiles import create_profile, delete_profile, update_profile
 
     stores = [SqlBillingStore(m.engine) for m in metas]
@@ -991,7 +992,7 @@ def test_containers_editing_one_billing_profile_at_once_keep_every_edit(metas: l
                      if n % 2 else partial(delete_profile, namespace, profile["id"], store=stores[n % 2], now=NOW)
                      for n in range(THREADS)]
         done, errors = at_once(calls)
-        failed += [e for e in errors if not isinstance(e, NotFound | Conflict)]
+        failed += [e for e in errors if not isinstance(e, ValidationFailed | Conflict)]
         stored = stores[1].get_profile(namespace, profile["id"])
         assert stored is not None
         if round_ % 2 == 0:

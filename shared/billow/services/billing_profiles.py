@@ -77,12 +77,17 @@ def _provisioned(profile: dict[str, Any]) -> bool:
     return is_provisioned(profile)
 
 
-def _edit(namespace: str, id_: str, store: BillingStore, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Read the live profile, `edit` it (or raise) and write it only if it is still stored as read; a lost race
+def _edit(namespace: str, id_: str, store: BillingStore, edit: Callable[[dict[str, Any]], None],
+          deleted: Callable[[], None]) -> dict[str, Any]:
+    """Read the profile, `edit` it (or raise) and write it only if it is still stored as read; a lost race
     (another container's edit, its delete, another profile made the default) reads it again, so no edit is lost and
-    a deleted profile is a 404, never written back live."""
-    def step() -> tuple[dict[str, Any], Callable[[], None]]:
-        doc = get_profile(namespace, id_, store=store)
+    a deleted profile is never written back live: for one deleted (before, or by the race) `deleted` runs instead
+    (raise, or return to leave it as it is)."""
+    def step() -> tuple[dict[str, Any], Callable[[], None] | None]:
+        doc = get_profile(namespace, id_, store=store, deleted=True)
+        if doc.get("deletedAt"):
+            deleted()
+            return doc, None
         before = jsonx.dumps(doc)
         edit(doc)
         return doc, partial(store.put_profile, namespace, doc, expect_doc=before)
@@ -90,12 +95,18 @@ def _edit(namespace: str, id_: str, store: BillingStore, edit: Callable[[dict[st
     return until_written(step)
 
 
+def _already_deleted() -> None:
+    # OpenMeter's UpdateProfile: ErrProfileAlreadyDeleted, a validation error (400), not a 404.
+    raise bad("id", "profile already deleted")
+
+
 def update_profile(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime,
                    apps: AppStore | None = None) -> dict[str, Any]:
-    get_profile(namespace, id_, store=store)  # 404 before 400, as before
+    if get_profile(namespace, id_, store=store, deleted=True).get("deletedAt"):  # 404 (none), then this 400
+        _already_deleted()
     if not isinstance(body, dict):
         raise bad("body", "must be a billing profile")
-    return _edit(namespace, id_, store, lambda doc: _apply(doc, body, now))
+    return _edit(namespace, id_, store, lambda doc: _apply(doc, body, now), _already_deleted)
 
 
 def _apply(doc: dict[str, Any], body: dict[str, Any], now: datetime) -> None:
@@ -113,16 +124,15 @@ def _apply(doc: dict[str, Any], body: dict[str, Any], now: datetime) -> None:
 
 
 def delete_profile(namespace: str, id_: str, *, store: BillingStore, now: datetime) -> None:
-    """A profile already deleted stays as it was (OpenMeter answers 204 again); the default one is a 409."""
-    if get_profile(namespace, id_, store=store, deleted=True).get("deletedAt"):
-        return
+    """A profile already deleted stays as it was (OpenMeter answers 204 again, also to the delete that loses a race
+    to another); the default one is a 409."""
 
     def delete(doc: dict[str, Any]) -> None:
         if doc.get("default"):
             raise Conflict("the default billing profile cannot be deleted; make another one the default first")
         doc["deletedAt"] = format_rfc3339(now)
 
-    _edit(namespace, id_, store, delete)
+    _edit(namespace, id_, store, delete, lambda: None)
 
 
 def put_override(namespace: str, customer_id: str, body: object, *, store: BillingStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
