@@ -321,3 +321,30 @@ def test_one_made_by_hand_while_an_edit_or_an_add_on_quantity_is_written_refuses
     assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
     subs_after, ents_after = _state(b)
     assert subs_after == before[0] and ents_after == sorted([*before[1], made[0]["id"]])
+
+
+def test_one_made_by_hand_while_an_add_on_is_added_refuses_the_add_on(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /api/v1/subscriptions/{id}/addons of the sso add-on: the customer's own sso entitlement made by another
+    request between the add's first check and its write (here right after that check, deterministically) is seen by
+    the check where it is written (under the customer's lock, which the entitlement's write takes too): 409 naming it,
+    no add-on added. It was 201, and the add-on went without sso (the customer's own answering)."""
+    b = billow
+    addon, sub = sso_addon_subscription(b)
+    before = _state(b)
+    real = subscriptions._refuse_held
+    made: list[dict[str, Any]] = []
+
+    def then_made_by_hand(*args: Any, **kw: Any) -> None:
+        real(*args, **kw)
+        if not made:
+            made.append(_held(b))
+
+    monkeypatch.setattr(subscriptions, "_refuse_held", then_made_by_hand)
+    status, out = b.call("POST", f"/api/v1/subscriptions/{sub['id']}/addons",
+                         {"addon": {"id": addon["id"]}, "quantity": 1, "timing": "immediate"})
+    monkeypatch.undo()
+    assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
+    assert out["detail"].startswith("addon.id: "), out
+    subs_after, ents_after = _state(b)
+    assert subs_after == before[0] and ents_after == sorted([*before[1], made[0]["id"]])

@@ -612,8 +612,13 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
                                                            "activeTo": None}],
             "createdAt": stamp, "updatedAt": stamp})
         doc["updatedAt"] = stamp
-        _refuse_held(namespace, doc, before, "addon.id", ents=ents, store=store, meta=meta, now=instant)
+        held = partial(_refuse_held, namespace, doc, before, "addon.id", ents=ents, store=store, meta=meta,
+                       now=instant)
+        held()
+        checks[:] = [held]
         return doc
+
+    checks: list[Callable[[], None]] = []  # the last add's held check, run again where it is written
 
     def still_active(_: list[dict[str, Any]]) -> None:
         # Under the lock the add-on's archive takes: archived since the look, it is refused as an archived one is,
@@ -622,6 +627,7 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
         found = store.get_versioned("addon", namespace, addon["id"])
         if found is None or catalog_rules.status(found, now) != "active" or found.get("effectiveTo") is not None:
             raise bad("addon.id", "unknown or unpublished add-on (archived meanwhile)")
+        checks[0]()  # under the customer's lock, which a new entitlement's write takes too: one made meanwhile is seen
 
     doc = _update(namespace, id_, store, add, check=still_active, addon_id=addon["id"])
     item = next(a for a in doc["addons"] if a["id"] == item_id)
