@@ -348,3 +348,26 @@ def test_one_made_by_hand_while_an_add_on_is_added_refuses_the_add_on(
     assert out["detail"].startswith("addon.id: "), out
     subs_after, ents_after = _state(b)
     assert subs_after == before[0] and ents_after == sorted([*before[1], made[0]["id"]])
+
+
+def test_one_made_by_hand_while_a_cancelation_is_moved_later_refuses_the_cancel(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST .../cancel moving a cancelation past the start of sso's phase (it grants sso again): the customer's own sso
+    entitlement made by another request between the cancel's first check and its write (here right after that check,
+    deterministically) is seen by the check where it is written (under the customer's lock, which the entitlement's
+    write takes too): 409 naming it, the subscription as it was. It was 200, and the subscription went without sso."""
+    b = billow
+    sub = _ramp(b)
+    real = subscriptions._refuse_held
+    made: list[dict[str, Any]] = []
+
+    def then_made_by_hand(*args: Any, **kw: Any) -> None:
+        real(*args, **kw)
+        if not made:
+            made.append(_held(b))
+
+    monkeypatch.setattr(subscriptions, "_refuse_held", then_made_by_hand)
+    status, out = b.call("POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "2026-03-01T00:00:00Z"})
+    monkeypatch.undo()
+    assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
+    assert b.ok("GET", f"/api/v1/subscriptions/{sub['id']}")["activeTo"] == "2026-01-15T00:00:00Z"

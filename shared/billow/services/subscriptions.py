@@ -372,10 +372,14 @@ def cancel(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
         before = copy.deepcopy(doc)
         ended = _end(doc, _when(timing, doc, now), now)
         # a canceled one canceled again later grants again what its first end cut off
-        _refuse_held(namespace, ended, before, "subscriptionId", ents=ents, store=store, meta=meta, now=now)
+        held = partial(_refuse_held, namespace, ended, before, "subscriptionId", ents=ents, store=store, meta=meta,
+                       now=now)
+        held()
+        checks[:] = [held]
         return ended
 
-    doc = _update(namespace, id_, store, end)
+    checks: list[Callable[[], None]] = []  # the last end's held check, run again where it is written
+    doc = _update(namespace, id_, store, end, check=lambda _: checks[0]())
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
