@@ -302,8 +302,10 @@ def update_customer(customer: str) -> Response:
 
 
 def _taking(c: Container) -> directory.Taking:
-    """A customer's create or update taking subjects: one entitlement per feature among its subjects."""
-    return partial(entitlements.customer_takes, c.namespace, store=c.entitlements, meta=c.meta)
+    """A customer's create or update taking subjects: one entitlement per feature among its subjects, none of a
+    feature its subscriptions grant."""
+    return partial(entitlements.customer_takes, c.namespace, store=c.entitlements, meta=c.meta,
+                   reserved=subscriptions.refuse_granted(c.namespace, store=c.catalog_store(), now=c.clock.now()))
 
 
 @app.delete("/api/v1/customers/<customer>")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from billow.services import subscriptions
+from billow.services import directory, subscriptions
 from tests.catalog import test_subscription_takes_held_feature as held
 from tests.catalog.test_subscription_takes_held_feature import SSO, published_ramp, sso_addon_subscription
 from tests.entitlements.conftest import Billow
@@ -154,14 +154,16 @@ def test_an_override_of_a_feature_the_subscription_grants_later_is_refused(billo
     entitlement (from now, without end):
     OpenMeter's SupersedeEntitlement schedules it through ScheduleEntitlement, whose uniqueness check refuses it
     where the subscription's entitlement is scheduled (409, conflictingEntityId). Here the hand-made entitlement came
-    with a subject the customer took in after subscribing; overriding it is refused as a POST of it would be, naming
-    the field, and the old one stays. Before, the override was taken (201), v1 and v2."""
+    with a subject the customer took in after subscribing (as PUT /api/v1/customers took it before it refused such a
+    subject: written here without that check); overriding it is refused as a POST of it would be, naming the field,
+    and the old one stays. Before, the override was taken (201), v1 and v2."""
     b = billow
     published(b, plan_body("pro", "10", extra=[SSO]))
     sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "pro"}, "customerKey": "acme", "timing": LATER})
     own = b.ok("POST", "/api/v1/subjects/customer_2/entitlements", {"type": "boolean", "featureKey": "sso"})
-    b.ok("PUT", "/api/v1/customers/acme", {"key": "acme", "name": "Acme", "currency": "USD",
-                                            "usageAttribution": {"subjectKeys": ["customer_1", "customer_2"]}})
+    directory.update_customer(b.c.namespace, "acme", {"key": "acme", "name": "Acme", "currency": "USD",
+                                                      "usageAttribution": {"subjectKeys": ["customer_1", "customer_2"]}},
+                              meta=b.c.meta, now=b.clock.now())
     before = _entitlements(b)
     for path in _override_paths("customer_2", own["id"]):
         status, out = b.call("PUT", path, {"type": "boolean", "featureKey": "sso"})

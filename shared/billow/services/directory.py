@@ -105,16 +105,17 @@ def _subject_keys(body: dict[str, Any]) -> list[str]:
 
 
 # A create's or update's check of the subject keys it gives the customer: (its keys after the write, the keys among
-# them it did not have), run where the write is made, under the locks writes through those subjects take; it raises
-# to refuse (entitlements.customer_takes: one entitlement per feature per customer).
-Taking = Callable[[list[str], list[str]], None]
+# them it did not have, the customer's id), run where the write is made, under the locks writes through those subjects
+# and the customer's subscriptions take; it raises to refuse (entitlements.customer_takes: one entitlement per feature
+# per customer, none of a feature its subscriptions grant).
+Taking = Callable[[list[str], list[str], str], None]
 
 
 def _taking(doc: dict[str, Any], taking: Taking | None) -> Callable[[list[str]], None] | None:
     if taking is None:
         return None
-    keys = doc["usageAttribution"]["subjectKeys"]
-    return lambda taken: taking(keys, taken)
+    keys, customer_id = doc["usageAttribution"]["subjectKeys"], doc["id"]
+    return lambda taken: taking(keys, taken, customer_id)
 
 
 def create_customer(namespace: str, body: Any, *, meta: MetaStore, now: datetime,

@@ -155,13 +155,17 @@ def through_subject(namespace: str, subject: str, owned: str, meta: MetaStore,
     return Through(owner, None if owner else owned, check)
 
 
-def customer_takes(namespace: str, keys: Sequence[str], taken: Sequence[str], *, store: EntitlementStore,
-                   meta: MetaStore) -> None:
+def customer_takes(namespace: str, keys: Sequence[str], taken: Sequence[str], customer_id: str | None = None, *,
+                   store: EntitlementStore, meta: MetaStore, reserved: Reserved | None = None) -> None:
     """A customer's create or update giving it the subject keys `taken` (its keys after the write: `keys`), checked
-    where it is written (directory.Taking). Refused (409, nothing written) where a taken subject is another
-    customer's, or has a live entitlement of a feature that another of `keys` has one of too: a customer is one
-    billable party, with one entitlement per feature (OpenMeter keeps entitlements on the customer, one per
-    feature), reached and checked through each of its subjects. Delete one of the two first."""
+    where it is written (directory.Taking), under the lock of the customer's subscriptions. Refused (409, nothing
+    written) where a taken subject is another customer's, or has a live entitlement of a feature that another of
+    `keys` has one of too: a customer is one billable party, with one entitlement per feature (OpenMeter keeps
+    entitlements on the customer, one per feature), reached and checked through each of its subjects. Delete one of
+    the two first. With `reserved` (and the customer's id), refused too where a taken subject's entitlement is of a
+    feature the customer's subscriptions grant now or later, as a new entitlement of it is (Reserved, naming the
+    subscription): the subscription's would be refused by OpenMeter's uniqueness check, and Billow's sync left it
+    without the feature, the subject's own answering."""
     owners = meta.customers_for_subjects(namespace, taken)
     if owned := [k for k in taken if k in owners]:
         raise Conflict(f"usageAttribution.subjectKeys: subject {owned[0]!r} is already customer "
@@ -169,6 +173,13 @@ def customer_takes(namespace: str, keys: Sequence[str], taken: Sequence[str], *,
     theirs = store.list_entitlements(namespace, list(taken))
     if not theirs:
         return
+    if reserved is not None and customer_id is not None:
+        for e in theirs:
+            try:
+                reserved(customer_id, e["featureKey"], "usageAttribution.subjectKeys")
+            except Conflict as exc:
+                raise Conflict(f"{exc.detail} (subject {e['subjectKey']!r} has its own entitlement {e['id']} of it: "
+                               "or delete that one first)", extensions=exc.extensions) from None
     by_feature: dict[str, list[dict[str, Any]]] = {}
     for e in store.list_entitlements(namespace, list(keys), feature_keys=sorted({e["featureKey"] for e in theirs})):
         by_feature.setdefault(e["featureKey"], []).append(e)

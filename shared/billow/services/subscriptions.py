@@ -197,9 +197,9 @@ def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaSto
         no_clash(subscriptions)
         held()  # under the customer's lock, which a new entitlement's write takes too: one made meanwhile is seen
 
-    def held() -> None:
-        _check_entitlements(namespace, doc, customer, ents=ents, store=store, meta=meta, now=now,
-                            field="customPlan" if "customPlan" in body else "plan")
+    def held() -> None:  # on the customer's subjects as they are now (one joined meanwhile is seen)
+        _check_entitlements(namespace, doc, meta.get_customer(namespace, customer["id"]) or customer, ents=ents,
+                            store=store, meta=meta, now=now, field="customPlan" if "customPlan" in body else "plan")
 
     no_clash(store.list_subscriptions(namespace, customer["id"]))
     held()
@@ -448,9 +448,9 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
         raise bad("plan", f"the new plan bills in {nxt['currency']}, the subscription in {current['currency']}")
     # Entitlements of features both plans grant move over (same entitlement, same balance) rather than being
     # deleted and re-created: the next subscription adopts them first, then the ended one lets go of the rest.
-    def held() -> None:
-        _check_entitlements(namespace, nxt, customer, ents=ents, store=store, meta=meta, now=now,
-                            field="customPlan" if "customPlan" in body else "plan",
+    def held() -> None:  # on the customer's subjects as they are now (one joined meanwhile is seen)
+        _check_entitlements(namespace, nxt, meta.get_customer(namespace, customer["id"]) or customer, ents=ents,
+                            store=store, meta=meta, now=now, field="customPlan" if "customPlan" in body else "plan",
                             ignore=set(current.get("entitlements", {}).values()))
 
     held()
@@ -508,9 +508,9 @@ def edit(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta:
             return rc
 
         edited, _ = sub_edits.apply(doc, body, at, rate_card)  # `doc` left as it was
-        customer = meta.get_customer(namespace, doc["customerId"])
 
-        def held() -> None:
+        def held() -> None:  # on the customer's subjects as they are now (one joined meanwhile is seen)
+            customer = meta.get_customer(namespace, doc["customerId"])
             if customer is not None:
                 _check_entitlements(namespace, edited, customer, ents=ents, store=store, meta=meta, now=instant,
                                     field="customizations", before=doc,
