@@ -218,6 +218,21 @@ def test_one_made_by_hand_while_a_change_is_written_refuses_the_change(
     assert listed["id"] == sub["id"] and listed["activeTo"] is None
 
 
+def _made_by_hand_after_first(b: Billow, monkeypatch: pytest.MonkeyPatch, check: str) -> list[dict[str, Any]]:
+    """The customer's own sso entitlement, made (by another request, as it were) right after the first call of
+    subscriptions.`check`: the list it will be in (undo with monkeypatch.undo())."""
+    real = getattr(subscriptions, check)
+    made: list[dict[str, Any]] = []
+
+    def then_made_by_hand(*args: Any, **kw: Any) -> None:
+        real(*args, **kw)
+        if not made:
+            made.append(_held(b))
+
+    monkeypatch.setattr(subscriptions, check, then_made_by_hand)
+    return made
+
+
 def _ramp(b: Billow) -> dict[str, Any]:
     """A subscription on `ramp` (a month's trial without sso, then sso) canceled before sso: the customer's own sso
     entitlement is taken then, as no subscription grants it."""
@@ -269,15 +284,7 @@ def test_one_made_by_hand_while_a_subscription_is_continued_refuses_the_continua
     entitlement's write takes too, sees it, and the continuation is refused as it would be after; nothing changes."""
     b = billow
     sub = _ramp(b)
-    real = subscriptions._refuse_held
-    made: list[dict[str, Any]] = []
-
-    def then_made_by_hand(*args: Any, **kw: Any) -> None:
-        real(*args, **kw)
-        if not made:
-            made.append(_held(b))
-
-    monkeypatch.setattr(subscriptions, "_refuse_held", then_made_by_hand)
+    made = _made_by_hand_after_first(b, monkeypatch, "_refuse_held")
     status, out = b.call("POST", f"/api/v1/subscriptions/{sub['id']}/{action}")
     monkeypatch.undo()
     assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
@@ -307,15 +314,7 @@ def test_one_made_by_hand_while_an_edit_or_an_add_on_quantity_is_written_refuses
         path, body = f"/api/v1/subscriptions/{sub['id']}/addons/{added['id']}", {"quantity": 1, "timing": "immediate"}
         first = "_refuse_held"
     before = _state(b)
-    real = getattr(subscriptions, first)
-    made: list[dict[str, Any]] = []
-
-    def then_made_by_hand(*args: Any, **kw: Any) -> None:
-        real(*args, **kw)
-        if not made:
-            made.append(_held(b))
-
-    monkeypatch.setattr(subscriptions, first, then_made_by_hand)
+    made = _made_by_hand_after_first(b, monkeypatch, first)
     status, out = b.call("PATCH", path, body)
     monkeypatch.undo()
     assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
@@ -323,51 +322,29 @@ def test_one_made_by_hand_while_an_edit_or_an_add_on_quantity_is_written_refuses
     assert subs_after == before[0] and ents_after == sorted([*before[1], made[0]["id"]])
 
 
-def test_one_made_by_hand_while_an_add_on_is_added_refuses_the_add_on(
-        billow: Billow, monkeypatch: pytest.MonkeyPatch) -> None:
-    """POST /api/v1/subscriptions/{id}/addons of the sso add-on: the customer's own sso entitlement made by another
-    request between the add's first check and its write (here right after that check, deterministically) is seen by
-    the check where it is written (under the customer's lock, which the entitlement's write takes too): 409 naming it,
-    no add-on added. It was 201, and the add-on went without sso (the customer's own answering)."""
+
+@pytest.mark.parametrize("write", ["add-on", "cancel"])
+def test_one_made_by_hand_while_an_add_on_is_added_or_a_cancelation_moved_later_refuses_it(
+        billow: Billow, monkeypatch: pytest.MonkeyPatch, write: str) -> None:
+    """POST /api/v1/subscriptions/{id}/addons of the sso add-on, and POST .../cancel moving a cancelation past the
+    start of sso's phase (it grants sso again): the customer's own sso entitlement made by another request between
+    the write's first check and its write (here right after that check, deterministically) is seen by the check where
+    it is written (under the customer's lock, which the entitlement's write takes too): 409 naming it, the
+    subscription as it was. They were 201 / 200, and the subscription went without sso (the customer's own
+    answering)."""
     b = billow
-    addon, sub = sso_addon_subscription(b)
+    if write == "add-on":
+        addon, sub = sso_addon_subscription(b)
+        path, body, field = (f"/api/v1/subscriptions/{sub['id']}/addons",
+                             {"addon": {"id": addon["id"]}, "quantity": 1, "timing": "immediate"}, "addon.id")
+    else:
+        sub = _ramp(b)
+        path, body, field = f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "2026-03-01T00:00:00Z"}, "subscriptionId"
     before = _state(b)
-    real = subscriptions._refuse_held
-    made: list[dict[str, Any]] = []
-
-    def then_made_by_hand(*args: Any, **kw: Any) -> None:
-        real(*args, **kw)
-        if not made:
-            made.append(_held(b))
-
-    monkeypatch.setattr(subscriptions, "_refuse_held", then_made_by_hand)
-    status, out = b.call("POST", f"/api/v1/subscriptions/{sub['id']}/addons",
-                         {"addon": {"id": addon["id"]}, "quantity": 1, "timing": "immediate"})
+    made = _made_by_hand_after_first(b, monkeypatch, "_refuse_held")
+    status, out = b.call("POST", path, body)
     monkeypatch.undo()
     assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
-    assert out["detail"].startswith("addon.id: "), out
+    assert out["detail"].startswith(f"{field}: "), out
     subs_after, ents_after = _state(b)
     assert subs_after == before[0] and ents_after == sorted([*before[1], made[0]["id"]])
-
-
-def test_one_made_by_hand_while_a_cancelation_is_moved_later_refuses_the_cancel(
-        billow: Billow, monkeypatch: pytest.MonkeyPatch) -> None:
-    """POST .../cancel moving a cancelation past the start of sso's phase (it grants sso again): the customer's own sso
-    entitlement made by another request between the cancel's first check and its write (here right after that check,
-    deterministically) is seen by the check where it is written (under the customer's lock, which the entitlement's
-    write takes too): 409 naming it, the subscription as it was. It was 200, and the subscription went without sso."""
-    b = billow
-    sub = _ramp(b)
-    real = subscriptions._refuse_held
-    made: list[dict[str, Any]] = []
-
-    def then_made_by_hand(*args: Any, **kw: Any) -> None:
-        real(*args, **kw)
-        if not made:
-            made.append(_held(b))
-
-    monkeypatch.setattr(subscriptions, "_refuse_held", then_made_by_hand)
-    status, out = b.call("POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "2026-03-01T00:00:00Z"})
-    monkeypatch.undo()
-    assert made and status == 409 and out["conflictingEntityId"] == made[0]["id"], (status, out)
-    assert b.ok("GET", f"/api/v1/subscriptions/{sub['id']}")["activeTo"] == "2026-01-15T00:00:00Z"
