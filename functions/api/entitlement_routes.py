@@ -9,9 +9,10 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import container
-from billow.services import balances, entitlements, features, pages, params, subscriptions
+from billow.services import balances, entitlements, features, pages, params
 from billow.timeutil import parse_rfc3339
 from billow.web.http import json_body, optional_json_body, path_param, query_multi
+from functions.api.entitlement_requests import new_entitlement
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
@@ -76,11 +77,9 @@ def get_any_entitlement(entitlement: str) -> Response:
 @router.post("/api/v1/subjects/<subject>/entitlements")
 def create_entitlement(subject: str) -> Response:
     c = container()
-    now = c.clock.now()
-    doc = entitlements.create_entitlement(c.namespace, path_param(subject), entitlements.requested(json_body(_event())),
-                                          store=c.entitlements, meta=c.meta, now=now,
-                                          reserved=subscriptions.refuse_granted(c.namespace, store=c.catalog_store(),
-                                                                                now=now))
+    now, body, reserved = new_entitlement(c, _event())
+    doc = entitlements.create_entitlement(c.namespace, path_param(subject), body, store=c.entitlements, meta=c.meta,
+                                          now=now, reserved=reserved)
     return ok(_present(doc), 201)
 
 
@@ -111,12 +110,9 @@ def delete_entitlement(subject: str, entitlement: str) -> Response:
 @router.put("/api/v1/subjects/<subject>/entitlements/<entitlement>/override")
 def override_entitlement(subject: str, entitlement: str) -> Response:
     c = container()
-    now = c.clock.now()
-    doc = entitlements.override_entitlement(c.namespace, path_param(subject), path_param(entitlement),
-                                            entitlements.requested(json_body(_event())), store=c.entitlements,
-                                            meta=c.meta, now=now,
-                                            reserved=subscriptions.refuse_granted(c.namespace, store=c.catalog_store(),
-                                                                                  now=now))
+    now, body, reserved = new_entitlement(c, _event())
+    doc = entitlements.override_entitlement(c.namespace, path_param(subject), path_param(entitlement), body,
+                                            store=c.entitlements, meta=c.meta, now=now, reserved=reserved)
     return ok(_present(doc), 201)
 
 

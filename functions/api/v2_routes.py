@@ -11,10 +11,10 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import container
 from billow.services import entitlements_v2 as v2
-from billow.services import events_v2, params, subscriptions
-from billow.services.entitlements import requested
+from billow.services import events_v2, params
 from billow.timeutil import parse_rfc3339
 from billow.web.http import json_body, optional_json_body, path_param, query_multi
+from functions.api.entitlement_requests import new_entitlement
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
@@ -38,10 +38,9 @@ def list_events() -> Response:
 @router.post(BASE)
 def create_entitlement(customer: str) -> Response:
     c = container()
-    now = c.clock.now()
-    return ok(v2.create(c.namespace, path_param(customer), requested(json_body(_event())), store=c.entitlements,
-                        meta=c.meta, now=now,
-                        reserved=subscriptions.refuse_granted(c.namespace, store=c.catalog_store(), now=now)), 201)
+    now, body, reserved = new_entitlement(c, _event())
+    return ok(v2.create(c.namespace, path_param(customer), body, store=c.entitlements, meta=c.meta, now=now,
+                        reserved=reserved), 201)
 
 
 @router.get(BASE)
@@ -69,10 +68,9 @@ def delete_entitlement(customer: str, entitlement: str) -> Response:
 @router.put(f"{BASE}/<entitlement>/override")
 def override_entitlement(customer: str, entitlement: str) -> Response:
     c = container()
-    now = c.clock.now()
-    return ok(v2.override(c.namespace, path_param(customer), path_param(entitlement), requested(json_body(_event())),
-                          store=c.entitlements, meta=c.meta, now=now,
-                          reserved=subscriptions.refuse_granted(c.namespace, store=c.catalog_store(), now=now)), 201)
+    now, body, reserved = new_entitlement(c, _event())
+    return ok(v2.override(c.namespace, path_param(customer), path_param(entitlement), body, store=c.entitlements,
+                          meta=c.meta, now=now, reserved=reserved), 201)
 
 
 @router.post(f"{BASE}/<entitlement>/grants")

@@ -195,15 +195,11 @@ def create(namespace: str, body: Any, *, store: SubscriptionStore, meta: MetaSto
             raise bad("customerId" if body.get("customerId") else "customerKey", f"unknown customer {customer['id']!r}")
         _plan_still_in_force(namespace, doc, store, now)
         no_clash(subscriptions)
-        held()  # under the customer's lock, which a new entitlement's write takes too: one made meanwhile is seen
+        _refuse_held(namespace, doc, "customPlan" if "customPlan" in body else "plan", ents=ents, store=store,
+                     meta=meta, now=now)
 
-    def held() -> None:  # on the customer's subjects as they are now (one joined meanwhile is seen)
-        _check_entitlements(namespace, doc, meta.get_customer(namespace, customer["id"]) or customer, ents=ents,
-                            store=store, meta=meta, now=now, field="customPlan" if "customPlan" in body else "plan")
-
-    no_clash(store.list_subscriptions(namespace, customer["id"]))
-    held()
-    store.add_subscription(namespace, doc, still_there)  # checked again where it is written: another may be there now
+    # checked again where it is written: another subscription or a hand-made entitlement may be there now
+    store.add_subscription(namespace, doc, _guarded(namespace, store, customer["id"], still_there))
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
@@ -255,14 +251,30 @@ def get(namespace: str, id_: str, *, store: SubscriptionStore) -> dict[str, Any]
     return doc
 
 
+Check = Callable[[list[dict[str, Any]]], None]
+"""A subscription write's check: it runs on the customer's subscriptions and raises to refuse."""
+
+
+def _guarded(namespace: str, store: SubscriptionStore, customer_id: str, check: Check) -> Check:
+    """The one way a subscription write is checked: `check` runs now, on the customer's subscriptions as read, and is
+    returned to be the write's `check` (add_subscription, put_subscription), run again where the write is made under
+    the customer's lock, which every subscription write of the customer, a new entitlement's write through the
+    customer or its subjects and the customer's update take too: a subscription, a hand-made entitlement or a subject
+    joined by another request meanwhile is seen, never written past."""
+    check(store.list_subscriptions(namespace, customer_id))
+    return check
+
+
 def _update(namespace: str, id_: str, store: SubscriptionStore,
             edit: Callable[[dict[str, Any]], dict[str, Any]], *, live: bool = True,
-            check: Callable[[list[dict[str, Any]]], None] | None = None, addon_id: str | None = None) -> dict[str, Any]:
+            guard: Callable[[dict[str, Any], dict[str, Any], list[dict[str, Any]]], None] | None = None,
+            addon_id: str | None = None) -> dict[str, Any]:
     """Read the subscription, `edit` it (it returns the document to write, or raises to refuse) and write it back
     only if it is still stored as it was read. Another container may edit it in between (two add-on adds at
     once): the lost race reads it again and edits what the other wrote, so neither edit is lost; `edit` checks
     afresh on each read (an add-on added meanwhile is a 409, as it would be one after the other). `live=False`
-    edits a deleted one too (the entitlements it records). `check` runs on the customer's subscriptions where the
+    edits a deleted one too (the entitlements it records). `guard` (the edited document, the one it was edited from
+    as read, the customer's subscriptions) is the write's check (_guarded): run after the edit and again where the
     write is made (SubscriptionStore.put_subscription)."""
     def step() -> tuple[dict[str, Any], Callable[[], None]]:
         found = store.get_subscription(namespace, id_) if not live else get(namespace, id_, store=store)
@@ -270,6 +282,8 @@ def _update(namespace: str, id_: str, store: SubscriptionStore,
             raise NotFound(f"subscription {id_!r} not found")
         before = jsonx.dumps(found)
         edited = edit(found)
+        check = None if guard is None else _guarded(namespace, store, edited["customerId"],
+                                                    partial(guard, edited, jsonx.loads(before)))
         return edited, partial(store.put_subscription, namespace, edited, expect_doc=before, check=check,
                                addon_id=addon_id)
 
@@ -369,17 +383,13 @@ def cancel(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
         changed = subs.t(doc.get("updatedAt"))
         if changed is not None and changed > now:
             raise Conflict(f"subscription {id_} changed meanwhile; reload it and try again")
-        before = copy.deepcopy(doc)
-        ended = _end(doc, _when(timing, doc, now), now)
-        # a canceled one canceled again later grants again what its first end cut off
-        held = partial(_refuse_held, namespace, ended, before, "subscriptionId", ents=ents, store=store, meta=meta,
-                       now=now)
-        held()
-        checks[:] = [held]
-        return ended
+        return _end(doc, _when(timing, doc, now), now)
 
-    checks: list[Callable[[], None]] = []  # the last end's held check, run again where it is written
-    doc = _update(namespace, id_, store, end, check=lambda _: checks[0]())
+    def held(ended: dict[str, Any], read: dict[str, Any], _: list[dict[str, Any]]) -> None:
+        # a canceled one canceled again later grants again what its first end cut off
+        _refuse_held(namespace, ended, "subscriptionId", before=read, ents=ents, store=store, meta=meta, now=now)
+
+    doc = _update(namespace, id_, store, end, guard=held)
     return sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
 
 
@@ -417,13 +427,13 @@ def _continued(namespace: str, id_: str, store: SubscriptionStore, now: datetime
         nxt = _overlap([d for d in subscriptions if d["id"] not in gone], end or now, ignore=id_)
         if nxt is not None:
             raise Conflict(f"subscription {nxt['id']} starts when this one ends; cancel or delete it first")
-        _refuse_held(namespace, doc, canceled, "subscriptionId", ents=ents, store=store, meta=meta, now=at)
+        _refuse_held(namespace, doc, "subscriptionId", before=canceled, ents=ents, store=store, meta=meta, now=at)
 
     deleted = [({**o, "deletedAt": format_rfc3339(now)}, jsonx.dumps(o)) for o in later]
     doc["activeTo"] = None
     doc["updatedAt"] = format_rfc3339(at)
-    no_next(store.list_subscriptions(namespace, doc["customerId"]))
-    return doc, partial(store.put_subscription, namespace, doc, expect_doc=before, check=no_next, others=deleted)
+    return doc, partial(store.put_subscription, namespace, doc, expect_doc=before,
+                        check=_guarded(namespace, store, doc["customerId"], no_next), others=deleted)
 
 
 def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta: MetaStore, ents: EntitlementStore,
@@ -446,16 +456,8 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
                anchor=parse_rfc3339(current["billingAnchor"], "billingAnchor"))
     if nxt["currency"] != current["currency"]:
         raise bad("plan", f"the new plan bills in {nxt['currency']}, the subscription in {current['currency']}")
-    # Entitlements of features both plans grant move over (same entitlement, same balance) rather than being
-    # deleted and re-created: the next subscription adopts them first, then the ended one lets go of the rest.
-    def held() -> None:  # on the customer's subjects as they are now (one joined meanwhile is seen)
-        _check_entitlements(namespace, nxt, meta.get_customer(namespace, customer["id"]) or customer, ents=ents,
-                            store=store, meta=meta, now=now, field="customPlan" if "customPlan" in body else "plan",
-                            ignore=set(current.get("entitlements", {}).values()))
 
-    held()
-
-    def no_clash(subscriptions: list[dict[str, Any]]) -> None:
+    def no_clash_nor_held(subscriptions: list[dict[str, Any]]) -> None:
         # Another subscription of the customer in the new one's time (one scheduled where this one ends, made by a
         # request beside this one or before it) refuses the change, as it refuses a new subscription.
         clash = _overlap(subscriptions, at, ignore=id_)
@@ -465,16 +467,17 @@ def change(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, met
         if meta.get_customer(namespace, customer["id"]) is None:  # deleted meanwhile, under the deletion's lock
             raise NotFound(f"customer {current['customerId']} of the subscription was deleted")
         _plan_still_in_force(namespace, nxt, store, now)
+        # Entitlements of features both plans grant move over (same entitlement, same balance) rather than being
+        # deleted and re-created: the next subscription adopts them first, then the ended one lets go of the rest.
+        _refuse_held(namespace, nxt, "customPlan" if "customPlan" in body else "plan",
+                     ignore=set(current.get("entitlements", {}).values()), ents=ents, store=store, meta=meta, now=now)
 
-    def no_clash_nor_held(subscriptions: list[dict[str, Any]]) -> None:
-        no_clash(subscriptions)
-        held()  # under the customer's lock, which a new entitlement's write takes too: one made meanwhile is seen
-
-    no_clash(store.list_subscriptions(namespace, customer["id"]))
     # Ended only as it was read, and in one transaction with the next one's insert under the customer's lock: a
     # change, add-on or cancel another container wrote meanwhile makes this one a 409 (reload and change again) rather
-    # than being overwritten, and a subscription made meanwhile in the new one's time is seen; neither is half written.
-    store.add_subscription(namespace, nxt, no_clash_nor_held, ending=_end(current, at, now), expect_doc=read_as)
+    # than being overwritten, and a subscription or hand-made entitlement made meanwhile is seen; neither is half
+    # written.
+    store.add_subscription(namespace, nxt, _guarded(namespace, store, customer["id"], no_clash_nor_held),
+                           ending=_end(current, at, now), expect_doc=read_as)
     nxt = sync_entitlements(namespace, nxt, store=store, meta=meta, ents=ents, now=now)
     current = sync_entitlements(namespace, get(namespace, id_, store=store), store=store, meta=meta, ents=ents, now=now)
     return {"current": current, "next": nxt}
@@ -508,21 +511,15 @@ def edit(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, meta:
             return rc
 
         edited, _ = sub_edits.apply(doc, body, at, rate_card)  # `doc` left as it was
-
-        def held() -> None:  # on the customer's subjects as they are now (one joined meanwhile is seen)
-            customer = meta.get_customer(namespace, doc["customerId"])
-            if customer is not None:
-                _check_entitlements(namespace, edited, customer, ents=ents, store=store, meta=meta, now=instant,
-                                    field="customizations", before=doc,
-                                    ignore=set((doc.get("entitlements") or {}).values()))
-
-        held()
-        checks[:] = [held]
         edited["updatedAt"] = format_rfc3339(instant)
         return edited
 
-    checks: list[Callable[[], None]] = []  # the last apply's held check, run again where its edit is written
-    edited = _update(namespace, id_, store, apply, check=lambda _: checks[0]())
+    def held(edited: dict[str, Any], read: dict[str, Any], _: list[dict[str, Any]]) -> None:
+        _refuse_held(namespace, edited, "customizations", before=read,
+                     ignore=set((read.get("entitlements") or {}).values()), ents=ents, store=store, meta=meta,
+                     now=_as_of(read, now))
+
+    edited = _update(namespace, id_, store, apply, guard=held)
     return sync_entitlements(namespace, edited, store=store, meta=meta, ents=ents, now=now)
 
 
@@ -599,7 +596,6 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
 
     def add(doc: dict[str, Any]) -> dict[str, Any]:
         instant = _running_at(doc, now)
-        before = copy.deepcopy(doc)
         if addon["currency"] != doc["currency"]:
             raise bad("addon.id", f"the add-on bills in {addon['currency']}, the subscription in {doc['currency']}")
         if any(a["addon"]["id"] == addon["id"] for a in doc["addons"]):
@@ -616,24 +612,18 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
                                                            "activeTo": None}],
             "createdAt": stamp, "updatedAt": stamp})
         doc["updatedAt"] = stamp
-        held = partial(_refuse_held, namespace, doc, before, "addon.id", ents=ents, store=store, meta=meta,
-                       now=instant)
-        held()
-        checks[:] = [held]
         return doc
 
-    checks: list[Callable[[], None]] = []  # the last add's held check, run again where it is written
-
-    def still_active(_: list[dict[str, Any]]) -> None:
+    def still_active_nor_held(doc: dict[str, Any], read: dict[str, Any], _: list[dict[str, Any]]) -> None:
         # Under the lock the add-on's archive takes: archived since the look, it is refused as an archived one is,
         # whatever this request's instant (an archive stamped after it, at another container's clock or a thread's
         # that read it later, answered before this write): an add-on version with an end is no longer added.
         found = store.get_versioned("addon", namespace, addon["id"])
         if found is None or catalog_rules.status(found, now) != "active" or found.get("effectiveTo") is not None:
             raise bad("addon.id", "unknown or unpublished add-on (archived meanwhile)")
-        checks[0]()  # under the customer's lock, which a new entitlement's write takes too: one made meanwhile is seen
+        _refuse_held(namespace, doc, "addon.id", before=read, ents=ents, store=store, meta=meta, now=_as_of(read, now))
 
-    doc = _update(namespace, id_, store, add, check=still_active, addon_id=addon["id"])
+    doc = _update(namespace, id_, store, add, guard=still_active_nor_held, addon_id=addon["id"])
     item = next(a for a in doc["addons"] if a["id"] == item_id)
     sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
     return present_addon(item, _as_of(doc, now))
@@ -666,7 +656,6 @@ def update_addon(namespace: str, id_: str, addon_id: str, body: Any, *, store: S
     """A new quantity from `timing` on (0 removes the add-on); the timeline keeps the earlier quantities."""
     def requantify(doc: dict[str, Any]) -> dict[str, Any]:
         instant = _running_at(doc, now)
-        before = copy.deepcopy(doc)
         item = next((a for a in doc["addons"] if a["id"] == addon_id), None)
         if item is None:
             raise NotFound(f"add-on {addon_id!r} is not on subscription {id_}")
@@ -682,14 +671,12 @@ def update_addon(namespace: str, id_: str, addon_id: str, body: Any, *, store: S
             last["activeTo"] = format_rfc3339(at)
             item["timeline"].append({"quantity": quantity, "activeFrom": format_rfc3339(at), "activeTo": None})
         item["updatedAt"] = doc["updatedAt"] = format_rfc3339(instant)
-        held = partial(_refuse_held, namespace, doc, before, "quantity", ents=ents, store=store, meta=meta,
-                       now=instant)
-        held()
-        checks[:] = [held]
         return doc
 
-    checks: list[Callable[[], None]] = []  # the last requantify's held check, run again where it is written
-    doc = _update(namespace, id_, store, requantify, check=lambda _: checks[0]())
+    def held(doc: dict[str, Any], read: dict[str, Any], _: list[dict[str, Any]]) -> None:
+        _refuse_held(namespace, doc, "quantity", before=read, ents=ents, store=store, meta=meta, now=_as_of(read, now))
+
+    doc = _update(namespace, id_, store, requantify, guard=held)
     item = next(a for a in doc["addons"] if a["id"] == addon_id)
     sync_entitlements(namespace, doc, store=store, meta=meta, ents=ents, now=now)
     return present_addon(item, _as_of(doc, now))
@@ -791,13 +778,16 @@ def refuse_granted(namespace: str, *, store: SubscriptionStore, now: datetime) -
     return refuse
 
 
-def _refuse_held(namespace: str, doc: dict[str, Any], before: dict[str, Any], field: str, *, ents: EntitlementStore,
-                 store: SubscriptionStore, meta: MetaStore, now: datetime) -> None:
-    """_check_entitlements of an add-on's add or new quantity: the features it adds to `doc` (as it was `before`)."""
+def _refuse_held(namespace: str, doc: dict[str, Any], field: str, *, before: dict[str, Any] | None = None,
+                 ignore: set[str] | None = None, ents: EntitlementStore, store: SubscriptionStore, meta: MetaStore,
+                 now: datetime) -> None:
+    """_check_entitlements of the subscription `doc` on its customer's subjects as they are now (one joined since
+    the customer was first read is seen; none when the customer is gone): with `before`, the features the write adds
+    to it."""
     customer = meta.get_customer(namespace, doc["customerId"])
     if customer is not None:
         _check_entitlements(namespace, doc, customer, ents=ents, store=store, meta=meta, now=now, field=field,
-                            before=before)
+                            before=before, ignore=ignore)
 
 
 def _check_entitlements(namespace: str, doc: dict[str, Any], customer: dict[str, Any], *, ents: EntitlementStore,
