@@ -10,7 +10,8 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billow.bootstrap import container
 from billow.errors import ValidationFailed
 from billow.services import apikeys
-from billow.web.http import json_body, path_param
+from billow.web.http import path_param
+from functions.api.bodies import request_body
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
@@ -19,7 +20,7 @@ router = APIGatewayHttpRouter()
 @router.post("/api/v1/admin/keys")
 def create_key() -> Response:
     c = container()
-    body: Any = json_body(router.current_event.raw_event)
+    body: Any = request_body(router)
     if not isinstance(body, dict):
         raise ValidationFailed("body: must be an object {name, scopes}", [{"field": "body", "message": "object"}])
     token, doc = apikeys.create_key(c.namespace, body.get("name"), body.get("scopes"), store=c.keys,  # type: ignore[arg-type]

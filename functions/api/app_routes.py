@@ -14,7 +14,8 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billow.bootstrap import Container, container
 from billow.services import apps as svc
 from billow.services import entitlements, pages, params
-from billow.web.http import json_body, optional_json_body, path_param, query_multi
+from billow.web.http import path_param, query_multi
+from functions.api.bodies import optional_request_body, request_body
 from functions.api.responses import no_content, ok, origin
 
 router = APIGatewayHttpRouter()
@@ -25,7 +26,7 @@ def _event() -> dict[str, Any]:
 
 
 def _body() -> Any:
-    return json_body(_event())
+    return request_body(router)
 
 
 def _qs() -> dict[str, list[str]]:
@@ -88,7 +89,7 @@ def get_listing(app_type: str) -> Response:
 @router.post("/api/v1/marketplace/listings/<app_type>/install")
 def install(app_type: str) -> Response:
     c = _c()
-    return ok(svc.install(c.namespace, path_param(app_type), optional_json_body(_event()), apps=c.app_store(),
+    return ok(svc.install(c.namespace, path_param(app_type), optional_request_body(router), apps=c.app_store(),
                           billing=c.billing_store(), now=c.clock.now()))
 
 
@@ -156,7 +157,7 @@ def put_customer_stripe(customer: str) -> Response:
 @router.post("/api/v1/customers/<customer>/stripe/portal")
 def customer_portal_session(customer: str) -> Response:
     c = _c()
-    return ok(svc.portal_session(c.namespace, path_param(customer), optional_json_body(_event()), apps=c.app_store(),
+    return ok(svc.portal_session(c.namespace, path_param(customer), optional_request_body(router), apps=c.app_store(),
                                  billing=c.billing_store(), meta=c.meta, stripe=c.stripe_account,
                                  now=c.clock.now()), 201)
 

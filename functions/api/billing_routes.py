@@ -12,7 +12,8 @@ from billow.bootstrap import Container, container
 from billow.errors import Conflict, NotFound
 from billow.services import billing, billing_customers, invoices, pages, params, pending_lines
 from billow.timeutil import parse_rfc3339
-from billow.web.http import json_body, path_param, query_multi, wants_csv
+from billow.web.http import path_param, query_multi, wants_csv
+from functions.api.bodies import request_body
 from functions.api.responses import document, no_content, ok, origin
 
 router = APIGatewayHttpRouter()
@@ -24,7 +25,7 @@ def _c() -> tuple[Container, Any]:
 
 
 def _body() -> Any:
-    return json_body(router.current_event.raw_event)
+    return request_body(router)
 
 
 def _qs() -> dict[str, list[str]]:

@@ -9,7 +9,8 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import Container, container
 from billow.services import catalog, pages
-from billow.web.http import json_body, path_param, query_multi
+from billow.web.http import path_param, query_multi
+from functions.api.bodies import request_body
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
@@ -25,7 +26,7 @@ def _shown(c: Container, kind: str, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _body() -> Any:
-    return json_body(router.current_event.raw_event)
+    return request_body(router)
 
 
 def _qs() -> dict[str, list[str]]:

@@ -11,7 +11,8 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billow.bootstrap import container
 from billow.services import balances, entitlements, features, pages, params
 from billow.timeutil import parse_rfc3339
-from billow.web.http import json_body, optional_json_body, path_param, query_multi
+from billow.web.http import path_param, query_multi
+from functions.api.bodies import optional_request_body, request_body
 from functions.api.entitlement_requests import new_entitlement
 from functions.api.responses import no_content, ok
 
@@ -32,7 +33,7 @@ def list_features() -> Response:
 @router.post("/api/v1/features")
 def create_feature() -> Response:
     c = container()
-    return ok(features.create_feature(c.namespace, json_body(_event()), store=c.entitlements, meta=c.meta,
+    return ok(features.create_feature(c.namespace, request_body(router), store=c.entitlements, meta=c.meta,
                                       now=c.clock.now()), 201)
 
 
@@ -77,7 +78,7 @@ def get_any_entitlement(entitlement: str) -> Response:
 @router.post("/api/v1/subjects/<subject>/entitlements")
 def create_entitlement(subject: str) -> Response:
     c = container()
-    now, body, reserved = new_entitlement(c, _event())
+    now, body, reserved = new_entitlement(c, router)
     doc = entitlements.create_entitlement(c.namespace, path_param(subject), body, store=c.entitlements, meta=c.meta,
                                           now=now, reserved=reserved)
     return ok(_present(doc), 201)
@@ -110,7 +111,7 @@ def delete_entitlement(subject: str, entitlement: str) -> Response:
 @router.put("/api/v1/subjects/<subject>/entitlements/<entitlement>/override")
 def override_entitlement(subject: str, entitlement: str) -> Response:
     c = container()
-    now, body, reserved = new_entitlement(c, _event())
+    now, body, reserved = new_entitlement(c, router)
     doc = entitlements.override_entitlement(c.namespace, path_param(subject), path_param(entitlement), body,
                                             store=c.entitlements, meta=c.meta, now=now, reserved=reserved)
     return ok(_present(doc), 201)
@@ -149,7 +150,7 @@ def entitlement_history(subject: str, entitlement: str) -> Response:
 @router.post("/api/v1/subjects/<subject>/entitlements/<entitlement>/reset")
 def reset_entitlement(subject: str, entitlement: str) -> Response:
     c = container()
-    entitlements.reset(c.namespace, path_param(subject), path_param(entitlement), optional_json_body(_event()),
+    entitlements.reset(c.namespace, path_param(subject), path_param(entitlement), optional_request_body(router),
                        store=c.entitlements, meta=c.meta, now=c.clock.now())
     return no_content()
 
@@ -158,7 +159,7 @@ def reset_entitlement(subject: str, entitlement: str) -> Response:
 @router.post("/api/v1/subjects/<subject>/entitlements/<entitlement>/grants")
 def create_grant(subject: str, entitlement: str) -> Response:
     c = container()
-    return ok(entitlements.create_grant(c.namespace, path_param(subject), path_param(entitlement), json_body(_event()),
+    return ok(entitlements.create_grant(c.namespace, path_param(subject), path_param(entitlement), request_body(router),
                                         store=c.entitlements, meta=c.meta, now=c.clock.now()), 201)
 
 

@@ -32,7 +32,6 @@ from billow.web.http import (
     PROBLEM,
     as_caller,
     body_text,
-    json_body,
     path_param,
     query_multi,
     refuse_nul_in_path,
@@ -56,6 +55,7 @@ from functions.api import (
     subscription_routes,
     v2_routes,
 )
+from functions.api.bodies import request_body
 from functions.api.responses import no_content, ok
 from functions.observability import API_GATEWAY, lambda_entry
 
@@ -85,14 +85,15 @@ def _event() -> dict[str, Any]:
 def _contract(app: APIGatewayHttpResolver, next_middleware: Any) -> Response:
     """A path parameter holding NUL refused (billow.web.http.NUL_MESSAGE); list operations' query parameters checked
     against the served document first (billow.web.query_contract), and a JSON body against its fields' bounds there
-    (billow.web.body_contract; a body that is no JSON is left to the route's own 400)."""
+    (billow.web.body_contract; a body that is no JSON is left to the route's own 400). The body is parsed here once:
+    the route's `request_body` gives this parse's answer again (functions.api.bodies)."""
     event = app.current_event
     refuse_nul_in_path(event.path)
     query_contract.check(event.http_method, event.path, query_multi(event.raw_event))
     if event.http_method in ("POST", "PUT", "PATCH") and body_contract.body_schema(event.http_method, event.path) \
             and body_text(event.raw_event).strip():
         try:
-            body = json_body(event.raw_event)
+            body = request_body(app)
         except BillowError:
             body = None
         if body is not None:
@@ -146,7 +147,7 @@ def list_meters() -> Response:
 @app.post("/api/v1/meters")
 def create_meter() -> Response:
     c = container()
-    m = meters.create_meter(c.namespace, json_body(_event()), meta=c.meta, usage=c.usage, now=c.clock.now(), sink_lock=c.sink_lock)
+    m = meters.create_meter(c.namespace, request_body(app), meta=c.meta, usage=c.usage, now=c.clock.now(), sink_lock=c.sink_lock)
     return ok(present.meter_json(m), 201)
 
 
@@ -159,7 +160,7 @@ def get_meter(meter: str) -> Response:
 @app.put("/api/v1/meters/<meter>")
 def update_meter(meter: str) -> Response:
     c = container()
-    m = meters.update_meter(c.namespace, path_param(meter), json_body(_event()), meta=c.meta, now=c.clock.now())
+    m = meters.update_meter(c.namespace, path_param(meter), request_body(app), meta=c.meta, now=c.clock.now())
     return ok(present.meter_json(m))
 
 
@@ -187,7 +188,7 @@ def query_meter_get(meter: str) -> Response:
 @app.post("/api/v1/meters/<meter>/query")
 def query_meter_post(meter: str) -> Response:
     c = container()
-    params = query.group_by_subjects(query.params_from_body(json_body(_event())))
+    params = query.group_by_subjects(query.params_from_body(request_body(app)))
     return _query_response(query.query_meter(c.namespace, path_param(meter), params, meta=c.meta, usage=c.usage))
 
 
@@ -243,7 +244,7 @@ def list_subjects() -> Response:
 @app.post("/api/v1/subjects")
 def upsert_subjects() -> Response:
     c = container()
-    rows = directory.upsert_subjects(c.namespace, json_body(_event()), meta=c.meta, now=c.clock.now())
+    rows = directory.upsert_subjects(c.namespace, request_body(app), meta=c.meta, now=c.clock.now())
     return ok([present.subject_json(s) for s in rows])
 
 
@@ -279,7 +280,7 @@ def _expands_subscriptions(qs: dict[str, list[str]]) -> bool:
 @app.post("/api/v1/customers")
 def create_customer() -> Response:
     c = container()
-    return ok(directory.create_customer(c.namespace, json_body(_event()), meta=c.meta, now=c.clock.now(),
+    return ok(directory.create_customer(c.namespace, request_body(app), meta=c.meta, now=c.clock.now(),
                                         taking=_taking(c)), 201)
 
 
@@ -297,7 +298,7 @@ def get_customer(customer: str) -> Response:
 @app.put("/api/v1/customers/<customer>")
 def update_customer(customer: str) -> Response:
     c = container()
-    return ok(directory.update_customer(c.namespace, path_param(customer), json_body(_event()), meta=c.meta,
+    return ok(directory.update_customer(c.namespace, path_param(customer), request_body(app), meta=c.meta,
                                         now=c.clock.now(), taking=_taking(c)))
 
 

@@ -13,7 +13,8 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billow.bootstrap import container
 from billow.errors import NotFound
 from billow.services import backtests, margin, params
-from billow.web.http import json_body, path_param, query_multi, wants_csv
+from billow.web.http import path_param, query_multi, wants_csv
+from functions.api.bodies import request_body
 from functions.api.portal_routes import PAGE_HEADERS
 from functions.api.responses import ok
 
@@ -31,7 +32,7 @@ def create_backtest() -> Response:
     with the result."""
     c = container()
     wait = params.flag(query_multi(_event()), "wait")
-    job = backtests.start(c.namespace, json_body(_event()), catalog_store=c.catalog_store(), billing=c.billing_store(),
+    job = backtests.start(c.namespace, request_body(router), catalog_store=c.catalog_store(), billing=c.billing_store(),
                           meta=c.meta, ents=c.entitlements, usage=c.usage, clock=c.clock.now, wait=wait,
                           jobs=c.backtest_jobs(), runner=None if wait else c.job_runner())
     if wait and wants_csv(_event()):

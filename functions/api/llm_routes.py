@@ -12,7 +12,8 @@ from billow.bootstrap import container
 from billow.errors import ValidationFailed
 from billow.services import llm_costs
 from billow.web import present
-from billow.web.http import body_text, json_body, path_param, query_multi
+from billow.web.http import body_text, path_param, query_multi
+from functions.api.bodies import request_body
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
@@ -26,7 +27,7 @@ def _event() -> dict[str, Any]:
 def install_meters() -> Response:
     c = container()
     # No body at all is no options; anything else must be JSON (whitespace alone is not: a 400 like any bad body).
-    body: Any = json_body(_event()) if body_text(_event()) else {}
+    body: Any = request_body(router) if body_text(_event()) else {}
     cache = body.get("cacheTokens", True) if isinstance(body, dict) else None
     if not isinstance(cache, bool):
         raise ValidationFailed("cacheTokens: must be true or false", [{"field": "cacheTokens", "message": "must be a boolean"}])
@@ -47,7 +48,7 @@ def list_prices() -> Response:
 @router.post("/api/v1/llm/prices")
 def create_price() -> Response:
     c = container()
-    price = llm_costs.create_price(c.namespace, json_body(_event()), store=c.llm_price_store(), now=c.clock.now())
+    price = llm_costs.create_price(c.namespace, request_body(router), store=c.llm_price_store(), now=c.clock.now())
     return ok(price.to_json(), 201)
 
 

@@ -11,7 +11,8 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billow.adapters import delivery
 from billow.bootstrap import container
 from billow.services import notifications
-from billow.web.http import json_body, path_param, query_multi
+from billow.web.http import path_param, query_multi
+from functions.api.bodies import request_body
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
@@ -36,7 +37,7 @@ def list_channels() -> Response:
 @router.post(f"{BASE}/channels")
 def create_channel() -> Response:
     c = container()
-    return ok(notifications.create_channel(c.namespace, json_body(_event()), store=_store(), now=c.clock.now()), 201)
+    return ok(notifications.create_channel(c.namespace, request_body(router), store=_store(), now=c.clock.now()), 201)
 
 
 @router.get(f"{BASE}/channels/<channel_id>")
@@ -48,7 +49,7 @@ def get_channel(channel_id: str) -> Response:
 @router.put(f"{BASE}/channels/<channel_id>")
 def update_channel(channel_id: str) -> Response:
     c = container()
-    return ok(notifications.update_channel(c.namespace, path_param(channel_id), json_body(_event()), store=_store(),
+    return ok(notifications.update_channel(c.namespace, path_param(channel_id), request_body(router), store=_store(),
                                            now=c.clock.now()))
 
 
@@ -69,7 +70,7 @@ def list_rules() -> Response:
 @router.post(f"{BASE}/rules")
 def create_rule() -> Response:
     c = container()
-    return ok(notifications.create_rule(c.namespace, json_body(_event()), store=_store(), features=c.entitlements,
+    return ok(notifications.create_rule(c.namespace, request_body(router), store=_store(), features=c.entitlements,
                                         now=c.clock.now()), 201)
 
 
@@ -82,7 +83,7 @@ def get_rule(rule_id: str) -> Response:
 @router.put(f"{BASE}/rules/<rule_id>")
 def update_rule(rule_id: str) -> Response:
     c = container()
-    return ok(notifications.update_rule(c.namespace, path_param(rule_id), json_body(_event()), store=_store(),
+    return ok(notifications.update_rule(c.namespace, path_param(rule_id), request_body(router), store=_store(),
                                         features=c.entitlements, now=c.clock.now()))
 
 
@@ -117,7 +118,7 @@ def get_event(event_id: str) -> Response:
 def resend_event(event_id: str) -> Response:
     c = container()
     raw = _event().get("body")
-    body = json_body(_event()) if raw and raw.strip() else None
+    body = request_body(router) if raw and raw.strip() else None
     notifications.resend_event(c.namespace, path_param(event_id), body, store=_store(), now=c.clock.now(),
                                wake=delivery.wake)
     return Response(202, None, "")

@@ -14,7 +14,8 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billow.bootstrap import container
 from billow.errors import NotFound
 from billow.services import portal
-from billow.web.http import json_body, path_param, query_multi
+from billow.web.http import path_param, query_multi
+from functions.api.bodies import request_body
 from functions.api.responses import document, no_content, ok, origin
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def _tokens() -> SqlPortalStore:
 @router.post("/api/v1/portal/tokens")
 def create_token() -> Response:
     c = container()
-    return ok(portal.create_token(c.namespace, json_body(_event()), store=_tokens(), meta=c.meta, now=c.clock.now()))
+    return ok(portal.create_token(c.namespace, request_body(router), store=_tokens(), meta=c.meta, now=c.clock.now()))
 
 
 @router.get("/api/v1/portal/tokens")
@@ -49,7 +50,7 @@ def list_tokens() -> Response:
 @router.post("/api/v1/portal/tokens/invalidate")
 def invalidate_tokens() -> Response:
     c = container()
-    portal.invalidate(c.namespace, json_body(_event()), store=_tokens(), now=c.clock.now())
+    portal.invalidate(c.namespace, request_body(router), store=_tokens(), now=c.clock.now())
     return no_content()
 
 

@@ -12,7 +12,8 @@ from billow.bootstrap import Container, container
 from billow.errors import NotFound
 from billow.services import pages, subscriptions
 from billow.timeutil import parse_rfc3339
-from billow.web.http import json_body, path_param, query_multi
+from billow.web.http import path_param, query_multi
+from functions.api.bodies import request_body
 from functions.api.responses import no_content, ok
 
 router = APIGatewayHttpRouter()
@@ -24,7 +25,7 @@ def _deps() -> tuple[Container, dict[str, Any]]:
 
 
 def _body() -> Any:
-    return json_body(router.current_event.raw_event)
+    return request_body(router)
 
 
 def _shown(c: Container, doc: dict[str, Any], expanded: bool = False) -> dict[str, Any]:

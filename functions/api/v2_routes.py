@@ -13,7 +13,8 @@ from billow.bootstrap import container
 from billow.services import entitlements_v2 as v2
 from billow.services import events_v2, params
 from billow.timeutil import parse_rfc3339
-from billow.web.http import json_body, optional_json_body, path_param, query_multi
+from billow.web.http import path_param, query_multi
+from functions.api.bodies import optional_request_body, request_body
 from functions.api.entitlement_requests import new_entitlement
 from functions.api.responses import no_content, ok
 
@@ -38,7 +39,7 @@ def list_events() -> Response:
 @router.post(BASE)
 def create_entitlement(customer: str) -> Response:
     c = container()
-    now, body, reserved = new_entitlement(c, _event())
+    now, body, reserved = new_entitlement(c, router)
     return ok(v2.create(c.namespace, path_param(customer), body, store=c.entitlements, meta=c.meta, now=now,
                         reserved=reserved), 201)
 
@@ -68,7 +69,7 @@ def delete_entitlement(customer: str, entitlement: str) -> Response:
 @router.put(f"{BASE}/<entitlement>/override")
 def override_entitlement(customer: str, entitlement: str) -> Response:
     c = container()
-    now, body, reserved = new_entitlement(c, _event())
+    now, body, reserved = new_entitlement(c, router)
     return ok(v2.override(c.namespace, path_param(customer), path_param(entitlement), body, store=c.entitlements,
                           meta=c.meta, now=now, reserved=reserved), 201)
 
@@ -76,7 +77,7 @@ def override_entitlement(customer: str, entitlement: str) -> Response:
 @router.post(f"{BASE}/<entitlement>/grants")
 def create_grant(customer: str, entitlement: str) -> Response:
     c = container()
-    return ok(v2.create_grant(c.namespace, path_param(customer), path_param(entitlement), json_body(_event()),
+    return ok(v2.create_grant(c.namespace, path_param(customer), path_param(entitlement), request_body(router),
                               store=c.entitlements, meta=c.meta, now=c.clock.now()), 201)
 
 
@@ -106,7 +107,7 @@ def entitlement_history(customer: str, entitlement: str) -> Response:
 @router.post(f"{BASE}/<entitlement>/reset")
 def reset_entitlement(customer: str, entitlement: str) -> Response:
     c = container()
-    v2.reset(c.namespace, path_param(customer), path_param(entitlement), optional_json_body(_event()), store=c.entitlements,
+    v2.reset(c.namespace, path_param(customer), path_param(entitlement), optional_request_body(router), store=c.entitlements,
              meta=c.meta, now=c.clock.now())
     return no_content()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote, unquote_plus
 
@@ -14,6 +14,7 @@ from billow.errors import BillowError, ValidationFailed, problem
 log = logging.getLogger("billow.web")
 
 PROBLEM = "application/problem+json"
+_KEPT = "billow.json_body"  # json_body's answer for a request, in that request's state (kept_in)
 JSON = "application/json"
 
 
@@ -50,10 +51,25 @@ def body_text(event: dict[str, Any]) -> str:
     return raw
 
 
-def json_body(event: dict[str, Any], surrogates: list[dict[str, Any]] | None = None) -> Any:
+def json_body(event: dict[str, Any], surrogates: list[dict[str, Any]] | None = None, *,
+              kept_in: MutableMapping[str, Any] | None = None) -> Any:
     """The request's JSON document. A string holding a lone UTF-16 surrogate is refused (400 naming where); given a
     `surrogates` list, those errors are appended to it instead, so that an event batch can list them beside its
-    events' other problems (the caller must then refuse the whole body)."""
+    events' other problems (the caller must then refuse the whole body).
+    Given `kept_in`, the request's own state (the API resolver's per-request context), the body is parsed once a
+    request: the first call keeps its answer there, the document or the 400, and every later call for the same event
+    gives that answer again (not with `surrogates`: the API's bodies only)."""
+    if kept_in is not None:
+        kept = kept_in.get(_KEPT)
+        if kept is None or kept[0] is not event:  # not this event's (outside a resolver's request: never stale)
+            try:
+                kept = (event, json_body(event), None)
+            except ValidationFailed as exc:
+                kept = (event, None, exc)
+            kept_in[_KEPT] = kept
+        if kept[2] is not None:
+            raise kept[2].with_traceback(None)
+        return kept[1]
     text = body_text(event)
     if not text.strip():
         raise ValidationFailed("request body is empty; a JSON document is required", [{"field": "body", "message": "empty"}])
@@ -79,14 +95,14 @@ def json_body(event: dict[str, Any], surrogates: list[dict[str, Any]] | None = N
     return doc
 
 
-def optional_json_body(event: dict[str, Any]) -> Any:
+def optional_json_body(event: dict[str, Any], *, kept_in: MutableMapping[str, Any] | None = None) -> Any:
     """The JSON document of a request whose body may be left out (an app install, a usage reset, a portal session):
     None without one. A body that is there must be a JSON object: `null` is refused (400 naming the body) as any
     other non-object is, not taken for a body left out (the operations' schemas require an object)."""
     raw = event.get("body")
     if not raw or not str(raw).strip():
         return None
-    doc = json_body(event)
+    doc = json_body(event, kept_in=kept_in)
     if doc is None:
         raise ValidationFailed("body: must be a JSON object, or left out; null is not one",
                                [{"field": "body", "message": "must be an object, not null"}])
