@@ -7,13 +7,16 @@ second address and address country."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from billow.errors import ValidationFailed
 from billow.web import body_contract
 from tests.entitlements.conftest import Billow
 from tests.support.billing import PROFILE
+from tests.support.catalog import plan_body, published, setup
 
 CUSTOMER = {"key": "acme", "name": "Acme", "usageAttribution": {"subjectKeys": ["customer_1"]}}
 ADDRESS = {"country": "DE", "city": "Berlin"}
@@ -84,3 +87,86 @@ def test_the_most_specific_operation_is_the_one_checked() -> None:
         "$ref": "#/components/schemas/MeterQueryRequest"}
     assert body_contract.body_schema("GET", "/api/v1/customers") is None
     assert body_contract.body_schema("POST", "/api/v1/customers/x/y/z") is None
+
+
+# -- enums and number bounds (2026-12-07) ---------------------------------------------------------------------------
+# A string enum, minimum, maximum and the exclusive bounds are checked too. Billow took (201 / 200, the value dropped
+# or stored as sent) a subscription's costBasisMode or settlementMode outside OpenMeter's enums, on create and on
+# change (a oneOf of plan / custom without a discriminator: held to the branch whose required field the body has),
+# and a billing profile's workflow.invoicing.subscriptionEndProrationMode. Every number bound probed (grant amount,
+# priority and expiration count, issueAfterReset and its priority, discount percentages, migrate's targetVersion,
+# an add-on's quantity) was already a 400 naming the field from the services; the body check now answers those first.
+
+
+def _subscribed(b: Billow) -> dict[str, Any]:
+    setup(b)
+    published(b, plan_body("pro", "10"))
+    published(b, plan_body("max", "20"))
+    return b.ok("POST", "/api/v1/subscriptions", {"customerKey": "acme", "plan": {"key": "pro"}})  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("edit", [{"costBasisMode": "weird"}, {"settlementMode": "cash"}])
+def test_a_subscription_outside_its_enums_is_refused(meta_billow: Billow, edit: dict[str, str]) -> None:
+    b = meta_billow
+    setup(b)
+    published(b, plan_body("pro", "10"))
+    _refused(b, "POST", "/api/v1/subscriptions", {"customerKey": "acme", "plan": {"key": "pro"}, **edit}, next(iter(edit)))
+    assert b.ok("GET", "/api/v1/customers/acme", query={"expand": "subscriptions"}).get("subscriptions") in (None, [])
+    b.ok("POST", "/api/v1/subscriptions", {"customerKey": "acme", "plan": {"key": "pro"},
+                                          "costBasisMode": "dynamic", "settlementMode": "credit_then_invoice"})
+
+
+def test_a_subscription_change_outside_its_enums_is_refused(meta_billow: Billow) -> None:
+    sub = _subscribed(meta_billow)
+    change = f"/api/v1/subscriptions/{sub['id']}/change"
+    _refused(meta_billow, "POST", change, {"plan": {"key": "max"}, "timing": "immediate", "costBasisMode": "weird"},
+             "costBasisMode")
+    assert meta_billow.ok("GET", f"/api/v1/subscriptions/{sub['id']}")["plan"]["key"] == "pro"
+
+
+def test_a_billing_profile_s_subscription_end_proration_mode_outside_its_enum_is_refused(meta_billow: Billow) -> None:
+    body = {**PROFILE, "workflow": {"invoicing": {"dueAfter": "P14D", "subscriptionEndProrationMode": "whatever"}}}
+    _refused(meta_billow, "POST", "/api/v1/billing/profiles", body, "workflow.invoicing.subscriptionEndProrationMode")
+    assert meta_billow.ok("GET", "/api/v1/billing/profiles")["items"] == []
+    body["workflow"]["invoicing"]["subscriptionEndProrationMode"] = "bill_full_period"  # type: ignore[index]
+    meta_billow.ok("POST", "/api/v1/billing/profiles", body)
+
+
+@pytest.mark.parametrize(("path", "body", "field", "message"), [
+    ("/api/v1/meters", {"slug": "m", "eventType": "e", "aggregation": "sum"}, "aggregation",
+     "must be one of SUM, COUNT, UNIQUE_COUNT, AVG, MIN, MAX, LATEST"),
+    ("/api/v1/subjects/customer_1/entitlements/tokens/grants",
+     {"amount": 10, "effectiveAt": "2026-01-01T00:00:00Z", "priority": 256,
+      "expiration": {"duration": "MONTH", "count": 0}}, "priority", "must be at most 255"),
+    ("/api/v1/subjects/customer_1/entitlements/tokens/grants",
+     {"amount": 10, "effectiveAt": "2026-01-01T00:00:00Z", "expiration": {"duration": "MONTH", "count": 0}},
+     "expiration.count", "must be at least 1"),
+    ("/api/v1/subjects/customer_1/entitlements/tokens/grants",
+     {"amount": "-1", "effectiveAt": "2026-01-01T00:00:00Z", "expiration": {"duration": "MONTH", "count": 1}},
+     None, None),  # a number as a string: its type is the service's to judge
+])
+def test_number_bounds_and_enums_name_the_field(path: str, body: dict[str, Any], field: str | None,
+                                                message: str | None) -> None:
+    if field is None:
+        body_contract.check("POST", path, body)
+        return
+    with pytest.raises(ValidationFailed) as caught:
+        body_contract.check("POST", path, body)
+    assert {"field": field, "message": message} in caught.value.errors
+
+
+def test_exclusive_bounds_of_either_openapi_version() -> None:
+    """OpenAPI 3.0's boolean exclusiveMinimum/exclusiveMaximum beside minimum/maximum, and 3.1's numbers."""
+    def problems(node: dict[str, Any], value: Any) -> list[str]:
+        out: list[dict[str, str]] = []
+        body_contract._walk(node, value, "n", out)
+        return [p["message"] for p in out]
+
+    assert problems({"type": "number", "minimum": 0, "exclusiveMinimum": True}, 0) == ["must be greater than 0"]
+    assert problems({"type": "number", "minimum": 0, "exclusiveMinimum": True}, Decimal("0.01")) == []
+    assert problems({"type": "number", "maximum": 1, "exclusiveMaximum": True}, 1) == ["must be less than 1"]
+    assert problems({"type": "number", "exclusiveMaximum": 1.5}, Decimal("1.5")) == ["must be less than 1.5"]
+    assert problems({"type": "number", "exclusiveMinimum": 0}, Decimal("0.000001")) == []
+    assert problems({"type": "integer", "minimum": 1}, True) == []  # a boolean is no number (the service's)
+    assert problems({"type": "string", "enum": ["a", "b"]}, "c") == ["must be one of a, b"]
+    assert problems({"enum": [1, 2]}, 3) == []  # only string enums

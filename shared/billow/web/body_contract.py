@@ -1,26 +1,41 @@
 """Request bodies checked against the bounds the served OpenAPI document gives their fields: a string's maxLength,
-minLength and pattern, an array's maxItems and minItems. OpenMeter validates every request against its document
-(kin-openapi), so a value outside them is a 400 there; here too, a 400 naming each field (`billingAddress.city`,
-`rateCards[0].key`, `[1].key` in an array body), before the route runs. Types, formats, required fields and nulls
-stay the services' (they say more than a schema can), and so do ids (ULID below). The API handler runs `check`
-before every route."""
+minLength, pattern and enum (string enums), a number's minimum, maximum, exclusiveMinimum and exclusiveMaximum, an
+array's maxItems and minItems. OpenMeter validates every request against its document (kin-openapi), so a value
+outside them is a 400 there; here too, a 400 naming each field (`billingAddress.city`, `rateCards[0].key`, `[1].key`
+in an array body), before the route runs. Types, formats, required fields and nulls stay the services' (they say
+more than a schema can), and so do ids (ULID below). A oneOf/anyOf holds its value to the one branch it can be: the
+discriminator's, the only one of its JSON type, or the only object branch whose required fields it has (a
+subscription's create: `plan` or `customPlan`). Where Billow takes more than an OpenMeter enum (WIDER), those
+values pass too. The API handler runs `check` before every route."""
 
 from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from functools import cache
 from typing import Any, Final
 
+from billow.domain.notifications import CHANNEL_TYPES
 from billow.errors import ValidationFailed
 from billow.web.openapi import document
 
 _METHODS: Final = ("post", "put", "patch")
 
 
+# Where Billow takes more values than OpenMeter's enum in the served document: (schema, property) -> Billow's values.
+# Notification channels: Slack and e-mail besides OpenMeter's webhook (the request schema is the webhook's).
+WIDER: Final = {("NotificationChannelWebhookCreateRequest", "type"): CHANNEL_TYPES}
+
+
 @cache
 def _doc() -> dict[str, Any]:
-    return json.loads(document())
+    """The served document, its enums widened by WIDER (for the check only)."""
+    doc: dict[str, Any] = json.loads(document())
+    for (schema, prop), values in WIDER.items():
+        node = doc["components"]["schemas"][schema]["properties"][prop]
+        node["enum"] = list(dict.fromkeys([*node["enum"], *values]))
+    return doc
 
 
 def _resolve(node: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +85,8 @@ _JSON_TYPES: Final = {"string": str, "array": list, "object": dict, "boolean": b
 
 
 def _branch(node: dict[str, Any], options: list[dict[str, Any]], value: Any) -> list[dict[str, Any]]:
-    """The branches of a oneOf/anyOf `value` is held to: the discriminator's, or the only one of its JSON type
-    (none when that is ambiguous: several objects without a discriminator)."""
+    """The branches of a oneOf/anyOf `value` is held to: the discriminator's, the only one of its JSON type, or the
+    only object branch whose required fields it has (none when that is ambiguous: then nothing is checked)."""
     disc = node.get("discriminator")
     if disc and isinstance(value, dict):
         tag = value.get(disc["propertyName"])
@@ -80,7 +95,28 @@ def _branch(node: dict[str, Any], options: list[dict[str, Any]], value: Any) -> 
     resolved = [_resolve(o) for o in options]
     fits = [o for o in resolved if isinstance(value, _JSON_TYPES.get(o.get("type", ""), ()))
             and not (isinstance(value, bool) and o.get("type") != "boolean")]
+    if len(fits) > 1 and isinstance(value, dict):  # a value without a branch's required field cannot be that branch
+        fits = [o for o in fits if all(k in value for k in _required(o))]
     return fits if len(fits) == 1 else []
+
+
+def _required(node: dict[str, Any]) -> list[str]:
+    return [*node.get("required", []), *(k for sub in node.get("allOf", []) for k in _required(_resolve(sub)))]
+
+
+def _number(node: dict[str, Any], value: int | Decimal, field: str, problems: list[dict[str, str]]) -> None:
+    """minimum/maximum, and OpenAPI 3.0's boolean exclusiveMinimum/exclusiveMaximum on them (or 3.1's numbers)."""
+    for bound, exclusive, below in (("minimum", "exclusiveMinimum", True), ("maximum", "exclusiveMaximum", False)):
+        limits = []
+        if isinstance(node.get(bound), (int, float)):
+            limits.append((Decimal(str(node[bound])), node.get(exclusive) is True))
+        if isinstance(node.get(exclusive), (int, float)) and not isinstance(node[exclusive], bool):
+            limits.append((Decimal(str(node[exclusive])), True))
+        for limit, strict in limits:
+            outside = (value <= limit if strict else value < limit) if below else (value >= limit if strict else value > limit)
+            if outside:
+                word = ("greater than" if strict else "at least") if below else ("less than" if strict else "at most")
+                problems.append({"field": field, "message": f"must be {word} {limit}"})
 
 
 def _name(at: str, key: str) -> str:
@@ -102,6 +138,11 @@ def _walk(node: dict[str, Any], value: Any, at: str, problems: list[dict[str, st
             problems.append({"field": field, "message": f"at least {node['minLength']} characters"})
         if node.get("pattern", ULID) != ULID and (rx := _regex(node["pattern"])) is not None and not rx.search(value):
             problems.append({"field": field, "message": f"must match the pattern {node['pattern']}"})
+        enum = node.get("enum")
+        if isinstance(enum, list) and enum and all(isinstance(e, str) for e in enum) and value not in enum:
+            problems.append({"field": field, "message": f"must be one of {', '.join(enum)}"})
+    elif isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+        _number(node, value, field, problems)
     elif isinstance(value, list):
         if "maxItems" in node and len(value) > node["maxItems"]:
             problems.append({"field": field, "message": f"at most {node['maxItems']} items"})
