@@ -758,6 +758,14 @@ def _quantity(value: object, name: str) -> Decimal:
     return checked
 
 
+def billable_usage(metered: Decimal) -> Decimal:
+    """A meter's reading as a usage price rates it: below zero (negative values on a SUM meter, e.g. refunds, or a
+    LATEST gauge below zero) is no usage. OpenMeter's unit and dynamic pricers bill nothing for a usage that is not
+    positive; Billow rates every usage price so (OpenMeter's graduated price fails on it, its package and volume prices
+    bill a negative amount), and the rest of the customer's bill is billed as usual."""
+    return metered if metered > 0 else _ZERO
+
+
 def _check_price(price: object) -> Price:
     if not isinstance(price, FlatPrice | UnitPrice | TieredPrice | PackagePrice | DynamicPrice):
         raise TypeError(f"price must be a Price, not {type(price).__name__}")

@@ -242,7 +242,7 @@ def charges(sub: dict[str, Any], period_start: datetime, period_end: datetime, *
         else:
             part = _prorated_commitments(price, ps, pe, s, e, cur, rounding) if prorate and (s, e) != (ps, pe) else price
             metered = usage(rc["featureKey"], s, e)
-            lines = pricing.rate(part, metered, currency=cur, rounding=rounding, period_start=ps,
+            lines = pricing.rate(part, pricing.billable_usage(metered), currency=cur, rounding=rounding, period_start=ps,
                                  period_end=pe, served_start=s, served_end=e, discounts=discounts, name=rc["name"])
             out += [Charge(item, ln, metered) for ln in lines]
             continue

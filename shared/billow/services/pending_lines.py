@@ -229,8 +229,8 @@ def rate_pending(namespace: str, line: dict[str, Any], currency: str, subjects: 
             price, Decimal(0), currency=currency, rounding="ROUND_HALF_UP", period_start=start, period_end=end,
             discounts=discounts, name=line["name"]), now)
     qty = usage_of(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage)
-    rated = pricing.rate(price, qty, currency=currency, rounding="ROUND_HALF_UP", period_start=start, period_end=end,
-                         discounts=discounts, name=line["name"])
+    rated = pricing.rate(price, pricing.billable_usage(qty), currency=currency, rounding="ROUND_HALF_UP",
+                         period_start=start, period_end=end, discounts=discounts, name=line["name"])
     # Usage lineage (issue 21), as a billing run records it on a subscription's usage line: how it was measured and
     # the digest of the events behind it, so its events can be listed and the line verified later.
     return {**_with_children(line, currency, qty, rated, now),
