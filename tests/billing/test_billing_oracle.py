@@ -15,6 +15,13 @@ billing period must have been billed, over all invoices, exactly what the refere
 line must have the reference's detailed lines; every invoice's total must be its lines' less prepaid credit; a
 further run bills nothing. On SQLite and PostgreSQL (usage in memory) and on SQLite with usage in chdb.
 
+A wide world (make_world(seed, wide=True); the extra seeds' default, BILLOW_ORACLE_WIDE=0 for narrow ones) adds, from
+an RNG of its own: monthly cadence in half the worlds, billing anchors on day 29-31 of January or March (periods
+clamped to the month's end: Feb 28, Apr 30), usage cards on a COUNT meter (events), a UNIQUE_COUNT meter (distinct
+`user` values) and a LATEST meter (the last `level` value in the span; one event a second), negative values (15% of
+the SUM meter's and of the LATEST meter's), and an add-on of 1-2 flat fees on every plan that some customers' last
+subscription takes at a random minute (quantity 1-3; half of them changed to 0-4 later, "immediate").
+
 The reference (OpenMeter, openmeter/billing/rating and worker/subscriptionsync):
 - amounts are rounded to the currency's minor unit half away from zero (currencyx.RoundToPrecision): each
   detailed line's quantity x unit price, each percentage discount (of the rounded line), the prorated flat fee;
@@ -24,13 +31,20 @@ The reference (OpenMeter, openmeter/billing/rating and worker/subscriptionsync):
   pricer, percentage discount per detailed line, maximum spend, minimum spend (rate/*.go, mutator/*.go); a volume
   tier's flat price comes before its unit price; graduated tier 1's flat price is due even with no usage, a volume
   tier's too;
-- usage is the sum of the events whose time lies in the served span (whole minutes here), each id+source once;
+- usage is the meter's aggregation of the events whose time lies in the served span (whole minutes here), each
+  id+source once: SUM, COUNT, UNIQUE_COUNT, LATEST (none: 0);
+- month periods are the anchor plus n months, the day clamped to the month's last (AddMonthsNoOverflow, counted from
+  the anchor, so Jan 31's periods start Feb 28 then Mar 31);
+- an add-on's flat fee is the add-on rate card's amount times the quantity (subscriptionaddon Apply, once an
+  instance), prorated over each span of one quantity like a plan's flat fee;
 - a plan change keeps the billing anchor.
 Where Billow differs on purpose (docs, domain/subscriptions.py, domain/billing.py), the reference follows Billow:
 - what changes in a billed period (late usage, a cancel that cuts an in-advance period already invoiced) is billed
   as a correction on a later invoice until CORRECTION_WINDOW after the period ends (OpenMeter leaves an issued
   invoice as it is and reports the drift), so a period's lines over all invoices add up to the reference as of the
   last run inside the window;
+- a usage below zero is rated as no usage (pricing.billable_usage): OpenMeter's unit and dynamic prices bill nothing
+  for it, but its graduated price fails the line and its package and volume prices bill a negative amount;
 - a cut period's minimum and maximum spend are prorated like a flat fee. OpenMeter does not (StateItem.GetExpectedLine
   copies a usage price as it is; shouldProrate is for flat prices only): BILLOW_ORACLE_PRORATE_COMMITMENTS=0 checks
   OpenMeter's rule, and fails wherever a cut period has a commitment.
@@ -39,6 +53,7 @@ Seeds: BILLOW_ORACLE_SEEDS=5,6,7 (comma separated) adds seeds to the fixed ones.
 
 from __future__ import annotations
 
+import calendar
 import math
 import os
 import random
@@ -57,10 +72,20 @@ from tests.support.billing import PROFILE, scheduled_run
 
 D = Decimal
 ZERO = D(0)
-FIXED_SEEDS = [1, 30, 82]  # 1 and 30 failed before c7add81 (volume tier line order), 82 before ed810ac (empty points)
-SEEDS = FIXED_SEEDS + [int(s) for s in os.environ.get("BILLOW_ORACLE_SEEDS", "").split(",") if s.strip()]
+# (seed, wide): a narrow world is the first generator's (SUM meter only, anchors on days <= 28); a wide one adds
+# month-end anchors, COUNT / UNIQUE_COUNT / LATEST meters and negative values (BILLOW_ORACLE_WIDE=0: extra seeds narrow)
+FIXED_SEEDS = [(1, False), (30, False), (82, False), (24, True)]  # 1 and 30 failed before c7add81 (volume tier line
+# order), 82 before ed810ac (empty points), 24 (wide) before ea43ee1 (usage below zero)
+WIDE = os.environ.get("BILLOW_ORACLE_WIDE", "1") == "1"
+SEEDS = FIXED_SEEDS + [(int(s), WIDE) for s in os.environ.get("BILLOW_ORACLE_SEEDS", "").split(",") if s.strip()]
 # (feature key, the meter's group-by value it counts, None for all)
 FEATURES = [("u_a1", "a"), ("u_a2", "a"), ("u_b1", "b"), ("u_b2", "b"), ("u_all1", None), ("u_all2", None)]
+# wide worlds' other meters: slug -> (aggregation, value property); their features (key, meter, group-by value)
+METERS = {"calls": ("COUNT", None), "users": ("UNIQUE_COUNT", "$.user"), "level": ("LATEST", "$.level")}
+WIDE_FEATURES = [("c_a", "calls", "a"), ("c_all", "calls", None), ("q_all", "users", None), ("q_b", "users", "b"),
+                 ("l_all", "level", None), ("l_a", "level", "a")]
+AGGREGATION = {"tokens": "SUM"} | {slug: agg for slug, (agg, _) in METERS.items()}
+USERS = [f"user{i}" for i in range(1, 7)]
 CADENCES = ["P1D", "P1W", "P2W", "P1M"]
 CURRENCIES = {"USD": 2, "EUR": 2, "JPY": 0, "KWD": 3}  # code: minor unit digits (ISO 4217, as OpenMeter's gobl)
 SUBJECTS = ["customer_1", "customer_2"]
@@ -99,6 +124,7 @@ class Card:
     kind: str  # flat_advance, flat_arrears, unit, graduated, volume, package, dynamic
     price: dict[str, Any]
     model: str | None = None  # the group-by value its feature counts (usage cards)
+    meter: str = "tokens"  # its feature's meter
     percentage: Decimal | None = None
     free: Decimal | None = None  # usage discount
     minimum: Decimal | None = None
@@ -203,8 +229,10 @@ def commitments(card: Card, lines: list[Detail], share: Fraction) -> list[Detail
     return lines
 
 
-def rate_flat(card: Card, share: Fraction) -> list[Detail]:
-    amount = D(card.price["amount"])
+def rate_flat(card: Card, share: Fraction, quantity: int = 1) -> list[Detail]:
+    """A flat fee (an add-on's: times its quantity, OpenMeter's Apply adds the add-on's amount once an instance),
+    prorated by `share`."""
+    amount = D(card.price["amount"]) * quantity
     fee = card.money(amount) if share == 1 else card.money(Fraction(amount) * share)
     return discounted(card, [Detail("flat fee", fee)]) if fee else []
 
@@ -240,8 +268,8 @@ def random_price(rng: random.Random, kind: str) -> dict[str, Any]:
     return {"type": "tiered", "mode": kind, "tiers": tiers}
 
 
-def random_card(rng: random.Random, kind: str, key: str, model: str | None, digits: int) -> Card:
-    card = Card(key, kind, random_price(rng, kind), model, digits=digits)
+def random_card(rng: random.Random, kind: str, key: str, model: str | None, digits: int, meter: str = "tokens") -> Card:
+    card = Card(key, kind, random_price(rng, kind), model, meter, digits=digits)
     if rng.random() < 0.4:
         card.percentage = amount(rng, 1, 1000, 1) if rng.random() < 0.5 else D(rng.randint(1, 100))
     if card.usage:
@@ -266,7 +294,12 @@ class Plan:
                 "phases": [{"key": "p", "name": "P", "rateCards": [c.body(self.cadence) for c in self.cards]}]}
 
 
-def random_plan(rng: random.Random, key: str, cadence: str, currency: str) -> Plan:
+def features(wide: bool) -> list[tuple[str, str, str | None]]:
+    """(feature key, meter, group-by value) a world's usage cards draw from."""
+    return [(k, "tokens", m) for k, m in FEATURES] + (WIDE_FEATURES if wide else [])
+
+
+def random_plan(rng: random.Random, key: str, cadence: str, currency: str, wide: bool = False) -> Plan:
     digits = CURRENCIES[currency]
     kinds = ["flat_advance", "flat_arrears", "unit", "graduated", "volume", "package", "dynamic"]
     cards: list[Card] = []
@@ -275,15 +308,18 @@ def random_plan(rng: random.Random, key: str, cadence: str, currency: str) -> Pl
     if rng.random() < 0.3:
         cards.append(random_card(rng, "flat_arrears" if cards and cards[0].kind == "flat_advance" else "flat_advance",
                                  "fee2", None, digits))
-    for fkey, model in rng.sample(FEATURES, rng.randint(1, 4)):
-        cards.append(random_card(rng, rng.choice(kinds[2:]), fkey, model, digits))
+    for fkey, meter, model in rng.sample(features(wide), rng.randint(1, 4)):
+        cards.append(random_card(rng, rng.choice(kinds[2:]), fkey, model, digits, meter))
     return Plan(key, cadence, currency, cards)
 
 
 def add_period(t: datetime, cadence: str, n: int) -> datetime:
+    """t plus n periods; months as OpenMeter's AddMonthsNoOverflow: the day clamped to the month's last (the n-th
+    period of an anchor on the 31st starts on Feb 28, Apr 30, ...: always counted from the anchor)."""
     if cadence == "P1M":
         month = t.month - 1 + n
-        return t.replace(year=t.year + month // 12, month=month % 12 + 1)
+        year, month = t.year + month // 12, month % 12 + 1
+        return t.replace(year=year, month=month, day=min(t.day, calendar.monthrange(year, month)[1]))
     return t + n * {"P1D": timedelta(days=1), "P1W": timedelta(weeks=1), "P2W": timedelta(weeks=2)}[cadence]
 
 
@@ -311,6 +347,8 @@ class Event:
     value: Decimal
     model: str
     sends: list[datetime]
+    user: str = ""  # wide worlds: the UNIQUE_COUNT meter's value
+    level: Decimal = ZERO  # wide worlds: the LATEST meter's value
 
 
 @dataclass
@@ -323,6 +361,31 @@ class World:
     horizon: datetime
     currency: str
     pending: list[Pending] = field(default_factory=list)
+    wide: bool = False
+    addon: list[Card] = field(default_factory=list)  # wide worlds: the add-on's rate cards (flat fees), on every plan
+    uses: list[AddonUse] = field(default_factory=list)
+    addon_id: str = ""
+
+
+@dataclass
+class AddonUse:
+    """The add-on on a subscription from `at` (quantity), its quantity changed at `change_at` (to 0-4), each
+    "immediate", so each is known when it takes effect."""
+
+    sub: Sub
+    at: datetime
+    quantity: int
+    change_at: datetime | None = None
+    new_quantity: int = 0
+    id: str = ""
+
+    def segments(self, as_of: datetime) -> list[tuple[datetime, datetime | None, int]]:
+        """(from, to, quantity) as known at as_of."""
+        if self.at > as_of:
+            return []
+        if self.change_at is not None and self.change_at <= as_of:
+            return [(self.at, self.change_at, self.quantity), (self.change_at, None, self.new_quantity)]
+        return [(self.at, None, self.quantity)]
 
 
 @dataclass
@@ -353,17 +416,23 @@ def minute_between(rng: random.Random, a: datetime, b: datetime) -> datetime:
     return a + timedelta(minutes=rng.randint(1, max(1, span - 1)))
 
 
-def make_world(seed: int) -> World:
-    rng = random.Random(seed)
+def make_world(seed: int, wide: bool = False) -> World:
+    """A seed's world. A wide one draws its extras from an RNG of their own (wrng), so that the narrow world's draws
+    stay as they were: half its worlds are monthly, a customer's anchor may be on day 29-31 of January or March,
+    its plans' usage cards may count the COUNT / UNIQUE_COUNT / LATEST meters, and some values are negative."""
+    rng, wrng = random.Random(seed), random.Random(seed * 7919 + 2)
     cadence = rng.choice(CADENCES)
+    if wide and wrng.random() < 0.5:
+        cadence = "P1M"
     currency = rng.choice(list(CURRENCIES))
-    plans = [random_plan(rng, f"plan{i}", cadence, currency) for i in range(3)]
+    plans = [random_plan(rng, f"plan{i}", cadence, currency, wide) for i in range(3)]
     start0 = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=rng.randint(0, 20), minutes=rng.randint(0, 1439))
     n = rng.randint(2, 3)
     horizon = add_period(start0 + timedelta(days=2), cadence, n)
     subs: list[Sub] = []
     events: list[Event] = []
     subjects: dict[str, str] = {}
+    tails: list[tuple[Sub, datetime]] = []  # each customer's last subscription and the end of its world
     for ci in range(rng.randint(1, 2)):
         customer = f"cust{ci}"
         subjects[customer] = SUBJECTS[ci]
@@ -371,6 +440,9 @@ def make_world(seed: int) -> World:
         anchor = start  # OpenMeter's default; else a billing anchor before or after the start: a cut first period
         if rng.random() < 0.35:
             anchor = start + timedelta(minutes=rng.randint(-20 * 1440, 5 * 1440))  # a day of month <= 28 (P1M)
+        if wide and wrng.random() < 0.5:  # a month-end anchor: periods from Jan 31 start Feb 28, Mar 31, Apr 30
+            anchor = datetime(2026, wrng.choice([1, 3]), wrng.choice([29, 30, 31]), wrng.randint(0, 23),
+                              wrng.randint(0, 59), tzinfo=UTC)
         first = Sub(customer, rng.choice(plans), start, anchor, start - timedelta(hours=rng.randint(1, 30)))
         subs.append(first)
         last = first
@@ -387,9 +459,14 @@ def make_world(seed: int) -> World:
             last.end = at
             asked = at - timedelta(minutes=rng.randint(0, int((at - last.start).total_seconds() // 60)))
             last.end_known_at = max(asked, last.created_at, last.start)
+        tails.append((last, end_limit))
         lo, hi = start - timedelta(hours=3), end_limit + timedelta(hours=3)
+        times: set[datetime] = set()
         for k in range(rng.randint(4, 30)):
             t = lo + timedelta(seconds=rng.randint(0, int((hi - lo).total_seconds())))
+            while wide and t in times:  # a LATEST meter's last value needs one event a second
+                t += timedelta(seconds=1)
+            times.add(t)
             value = amount(rng, 0, 300000, rng.choice([0, 1, 2, 3]))
             delay = timedelta(seconds=rng.randint(0, 600))
             if rng.random() < 0.2:  # late: after its period was likely invoiced
@@ -398,6 +475,11 @@ def make_world(seed: int) -> World:
             if rng.random() < 0.15:
                 sends.append(t + delay + timedelta(seconds=rng.randint(0, 3 * 86400)))
             events.append(Event(f"{customer}-e{k}", SUBJECTS[ci], t, value, rng.choice("ab"), sends))
+            if wide:
+                events[-1].user = wrng.choice(USERS)
+                events[-1].level = amount(wrng, 0, 5000, wrng.choice([0, 1])) * (-1 if wrng.random() < 0.15 else 1)
+                if wrng.random() < 0.15:  # e.g. a refund sent as negative usage
+                    events[-1].value = -events[-1].value
     runs: list[tuple[datetime, str | None]] = []
     for k in range(1, n + 2):
         boundary = add_period(start0, cadence, k)
@@ -406,9 +488,27 @@ def make_world(seed: int) -> World:
         runs.append((minute_between(rng, start0, horizon), rng.choice([None, *subjects])))
     last_send = max(s for e in events for s in e.sends)
     horizon = max(horizon, last_send, *(r for r, _ in runs)) + timedelta(hours=1)
-    w = World(plans, subs, events, runs, subjects, horizon, currency)
+    w = World(plans, subs, events, runs, subjects, horizon, currency, wide=wide)
+    if wide and wrng.random() < 0.6:
+        addons(wrng, w, tails)
     one_off(random.Random(seed * 7919 + 1), w, start0)
     return w
+
+
+def addons(rng: random.Random, w: World, tails: list[tuple[Sub, datetime]]) -> None:
+    """An add-on of 1-2 flat fees (in advance or in arrears, some discounted) offered on every plan; some customers'
+    last subscription takes it at a random minute, 1-3 of it, and some change its quantity later."""
+    digits = CURRENCIES[w.currency]
+    w.addon = [random_card(rng, rng.choice(["flat_advance", "flat_arrears"]), f"ao{i}", None, digits)
+               for i in range(1, rng.randint(1, 2) + 1)]
+    for sub, end_limit in tails:
+        if rng.random() < 0.3:
+            continue
+        limit = sub.end or end_limit
+        use = AddonUse(sub, minute_between(rng, sub.start, limit), rng.randint(1, 3))
+        if rng.random() < 0.5 and limit - use.at > timedelta(minutes=2):
+            use.change_at, use.new_quantity = minute_between(rng, use.at, limit), rng.randint(0, 4)
+        w.uses.append(use)
 
 
 def one_off(rng: random.Random, w: World, start0: datetime) -> None:
@@ -417,8 +517,8 @@ def one_off(rng: random.Random, w: World, start0: datetime) -> None:
     digits = CURRENCIES[w.currency]
     for customer in w.subjects:
         for i in range(rng.randint(0, 3)):
-            fkey, model = rng.choice(FEATURES)
-            card = random_card(rng, rng.choice(kinds), fkey, model, digits)
+            fkey, meter, model = rng.choice(features(w.wide))
+            card = random_card(rng, rng.choice(kinds), fkey, model, digits, meter)
             start = start0 + timedelta(seconds=rng.randint(-86400, 20 * 86400))
             end = start + timedelta(seconds=rng.randint(60, 10 * 86400))
             invoice_at = end + timedelta(seconds=rng.choice([0, 0, rng.randint(1, 86400)]))
@@ -442,10 +542,19 @@ def periods(sub: Sub, until: datetime) -> Iterator[tuple[datetime, datetime]]:
 
 
 def usage(w: World, sub: Sub, card: Card, start: datetime, end: datetime, as_of: datetime) -> Decimal:
-    """The card's usage in [start, end) from the events sent by as_of."""
+    """The card's usage in [start, end) from the events sent by as_of, as its meter aggregates them (an event counts
+    once however often it was sent; no event: 0)."""
     subject = w.subjects[sub.customer]
-    return sum((e.value for e in w.events if e.subject == subject and start <= e.time < end and min(e.sends) <= as_of
-                and (card.model is None or e.model == card.model)), ZERO)
+    seen = [e for e in w.events if e.subject == subject and start <= e.time < end and min(e.sends) <= as_of
+            and (card.model is None or e.model == card.model)]
+    aggregation = AGGREGATION[card.meter]
+    if aggregation == "COUNT":
+        return D(len(seen))
+    if aggregation == "UNIQUE_COUNT":
+        return D(len({e.user for e in seen}))
+    if aggregation == "LATEST":
+        return max(seen, key=lambda e: e.time).level if seen else ZERO
+    return sum((e.value for e in seen), ZERO)
 
 
 def last_look(w: World, customer: str, due: datetime, pe: datetime) -> datetime | None:
@@ -475,16 +584,36 @@ def expected(w: World) -> dict[tuple[str, str, str], list[Detail]]:
                     continue
                 share = Fraction(int((e - s).total_seconds()), int((pe - ps).total_seconds()))
                 if card.usage:
-                    lines = rate_usage(card, usage(w, sub, card, s, e, seen), share)
+                    lines = rate_usage(card, max(ZERO, usage(w, sub, card, s, e, seen)), share)
                 else:
                     lines = rate_flat(card, share)
                 out[(sub.id, card.key, iso(ps))] = lines
+    for use in w.uses:
+        sub = use.sub
+        for ps, pe in periods(sub, w.horizon):
+            s = max(ps, sub.start)
+            for card in w.addon:
+                due = s if card.kind == "flat_advance" else min(pe, sub.end or pe)
+                seen = last_look(w, sub.customer, due, pe)
+                if seen is None:
+                    continue
+                end = sub.end_as_of(seen)
+                e = pe if end is None else min(pe, end)
+                found: list[Detail] = []
+                for a, b, q in use.segments(seen):
+                    lo, hi = max(s, a), e if b is None else min(e, b)
+                    if hi > lo and q:
+                        found += rate_flat(card, Fraction(int((hi - lo).total_seconds()), int((pe - ps).total_seconds())),
+                                           q)
+                if found:
+                    out[(sub.id, card.key, iso(ps))] = found
     for p in w.pending:
         seen = min(r for r, who in [*w.runs, (w.horizon, None)]  # the first run it is due at; never again
                    if r >= max(p.invoice_at, p.created_at) and who in (None, p.customer))
         s, e = floor_minute(p.start), floor_minute(p.end)
         holder = Sub(p.customer, w.plans[0], s, s, s)
-        out[("pending", p.name, iso(p.start))] = (rate_usage(p.card, usage(w, holder, p.card, s, e, seen), Fraction(1))
+        out[("pending", p.name, iso(p.start))] = (rate_usage(p.card, max(ZERO, usage(w, holder, p.card, s, e, seen)),
+                                                             Fraction(1))
                                                   if p.card.usage else rate_flat(p.card, Fraction(1)))
     return out
 
@@ -501,13 +630,25 @@ def iso(t: datetime) -> str:
 def build(b: Billow, w: World) -> None:
     b.clock.set("2026-02-01T00:00:00Z")
     b.ok("POST", "/api/v1/billing/profiles", PROFILE)
-    for key, model in FEATURES:
-        body: dict[str, Any] = {"key": key, "name": key, "meterSlug": "tokens"}
+    if w.wide:
+        for slug, (aggregation, prop) in METERS.items():
+            meter = {"slug": slug, "eventType": "prompt", "aggregation": aggregation, "groupBy": {"model": "$.model"}}
+            b.ok("POST", "/api/v1/meters", meter | ({"valueProperty": prop} if prop else {}))
+    for key, slug, model in features(w.wide):
+        body: dict[str, Any] = {"key": key, "name": key, "meterSlug": slug}
         if model is not None:
             body["meterGroupByFilters"] = {"model": model}
         b.ok("POST", "/api/v1/features", body)
+    if w.addon:
+        addon = b.ok("POST", "/api/v1/addons", {"key": "extra", "name": "Extra", "currency": w.currency,
+                                                "instanceType": "multiple",
+                                                "rateCards": [c.body(w.plans[0].cadence) for c in w.addon]})
+        w.addon_id = b.ok("POST", f"/api/v1/addons/{addon['id']}/publish")["id"]
     for plan in w.plans:
         draft = b.ok("POST", "/api/v1/plans", plan.body())
+        if w.addon_id:
+            b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": w.addon_id, "fromPlanPhase": "p",
+                                                                 "maxQuantity": 10})
         b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
     for customer, subject in w.subjects.items():
         b.ok("POST", "/api/v1/customers", {"key": customer, "name": customer, "currency": w.currency,
@@ -530,6 +671,10 @@ def drive(b: Billow, w: World) -> list[str]:
         actions.append((at, 3, "run", who))
     for p in w.pending:
         actions.append((p.created_at, 1, "pending", p))
+    for use in w.uses:
+        actions.append((use.at, 1, "addon", use))
+        if use.change_at is not None:
+            actions.append((use.change_at, 1, "addon quantity", use))
     actions.append((w.horizon, 3, "run", None))
     actions.sort(key=lambda a: (a[0], a[1]))
     customer_ids = {c["key"]: c["id"] for c in b.ok("GET", "/api/v1/customers")["items"]}
@@ -541,7 +686,8 @@ def drive(b: Billow, w: World) -> list[str]:
             out = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": sub.plan.key}, "customerKey": sub.customer,
                                                          "timing": iso(sub.start), "billingAnchor": iso(sub.anchor)})
             sub.id = out["id"]
-            log.append(f"{iso(at)} subscribe {sub.customer} to {sub.plan.key} from {iso(sub.start)}")
+            log.append(f"{iso(at)} subscribe {sub.customer} to {sub.plan.key} from {iso(sub.start)}, anchor "
+                       f"{iso(sub.anchor)}")
         elif what == "change":
             sub = w.subs[arg]
             nxt = next(s for s in w.subs[arg + 1:] if s.customer == sub.customer and s.start == sub.end)
@@ -561,13 +707,26 @@ def drive(b: Billow, w: World) -> list[str]:
                  p.body(w.currency))
             log.append(f"{iso(at)} pending line {p.name} {iso(p.start)}..{iso(p.end)} at {iso(p.invoice_at)}: "
                        f"{p.card}")
+        elif what == "addon":
+            use = arg
+            use.id = b.ok("POST", f"/api/v1/subscriptions/{use.sub.id}/addons",
+                          {"addon": {"id": w.addon_id}, "quantity": use.quantity, "timing": "immediate",
+                           "name": "Extra"})["id"]
+            log.append(f"{iso(at)} add-on x{use.quantity} to {use.sub.customer}/{use.sub.plan.key}")
+        elif what == "addon quantity":
+            use = arg
+            b.ok("PATCH", f"/api/v1/subscriptions/{use.sub.id}/addons/{use.id}",
+                 {"quantity": use.new_quantity, "timing": "immediate"})
+            log.append(f"{iso(at)} add-on quantity {use.new_quantity} for {use.sub.customer}/{use.sub.plan.key}")
         elif what == "send":
             e = arg
             b.call("POST", "/api/v1/events", [{"specversion": "1.0", "id": e.id, "source": "oracle", "type": "prompt",
                                                "subject": e.subject, "time": iso(e.time),
-                                               "data": {"tokens": str(e.value), "model": e.model}}],
+                                               "data": {"tokens": str(e.value), "model": e.model}
+                                               | ({"user": e.user, "level": str(e.level)} if w.wide else {})}],
                    content_type="application/cloudevents-batch+json")
-            log.append(f"{iso(at)} send {e.id} {e.subject} {iso(e.time)} {e.value} model={e.model}")
+            log.append(f"{iso(at)} send {e.id} {e.subject} {iso(e.time)} {e.value} model={e.model}"
+                       + (f" user={e.user} level={e.level}" if w.wide else ""))
         elif arg is None:
             run = scheduled_run(b)
             assert not run["failures"], run
@@ -615,8 +774,8 @@ def billed(b: Billow) -> tuple[dict[Key, Decimal], dict[Key, list[list[Decimal]]
     return out, details, bad
 
 
-def check(b: Billow, seed: int) -> None:
-    w = make_world(seed)
+def check(b: Billow, seed: int, wide: bool = False) -> None:
+    w = make_world(seed, wide)
     build(b, w)
     log = drive(b, w)
     ref = expected(w)
@@ -630,7 +789,7 @@ def check(b: Billow, seed: int) -> None:
     diffs += [f"{names[k[0]]} {k[1]} {k[2]}: detailed lines {sorted(ls[0])}, expected {ref[k]}"
               for k, ls in details.items() if len(ls) == 1 and k in ref
               and sorted(x for x in ls[0] if x) != sorted(d.total for d in ref[k] if d.total)]
-    story = "\n".join(log + [repr(p) for p in w.plans])
+    story = "\n".join(log + [repr(p) for p in w.plans] + [f"add-on: {c!r}" for c in w.addon])
     assert not diffs and not bad, f"seed {seed}:\n" + "\n".join(diffs + bad) + "\n" + story
     rerun = scheduled_run(b)
     assert rerun["invoices"] == [], rerun
@@ -647,6 +806,6 @@ def store_billow(request: pytest.FixtureRequest, tmp_path: Path, namespace: str)
         yield b
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_random_plans_bill_what_openmeter_would(store_billow: Billow, seed: int) -> None:
-    check(store_billow, seed)
+@pytest.mark.parametrize(("seed", "wide"), SEEDS, ids=[f"{s}{'w' if wide else ''}" for s, wide in SEEDS])
+def test_random_plans_bill_what_openmeter_would(store_billow: Billow, seed: int, wide: bool) -> None:
+    check(store_billow, seed, wide)
