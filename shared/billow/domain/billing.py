@@ -159,8 +159,10 @@ def due_points(sub: dict[str, Any], as_of: datetime, marks: Mapping[tuple[str, d
 
 
 def charge_key(c: subs.Charge) -> str:
-    """What a mark records a billed amount under: source | rate card key | line key | category."""
-    return f"{c.item.source}|{c.item.rate_card['key']}|{c.line.key}|{c.line.category}"
+    """What a mark records a billed amount under: source | rate card key | line key | category. An add-on's spans of
+    one quantity each have their own (its first span's key as it always was; a later one's line key ends with
+    "@<its start>"), so two spans in one period are both billed, each a detailed line of the add-on's line."""
+    return f"{c.item.source}|{c.item.rate_card['key']}|{c.line.key}{c.item.span}|{c.line.category}"
 
 
 def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:

@@ -94,6 +94,7 @@ class Item:
     start: datetime
     end: datetime | None
     quantity: int = 1
+    span: str = ""  # an add-on's span of one quantity after its first: "@<its activeFrom>" (billing.charge_key)
 
 
 def items(sub: dict[str, Any]) -> list[Item]:
@@ -115,11 +116,11 @@ def items(sub: dict[str, Any]) -> list[Item]:
             if part is not None:
                 out.append(Item(f"phase:{ph['key']}{version}", rc, part[0], part[1]))
     for addon in sub.get("addons") or []:
-        for seg in addon["timeline"]:
+        for n, seg in enumerate(addon["timeline"]):
             within = _overlap(span, (parse_rfc3339(seg["activeFrom"], "activeFrom"), t(seg.get("activeTo"))))
             if within is not None and seg["quantity"] > 0:
-                out += [Item(f"addon:{addon['id']}", rc, within[0], within[1], seg["quantity"])
-                        for rc in addon["rateCards"]]
+                out += [Item(f"addon:{addon['id']}", rc, within[0], within[1], seg["quantity"],
+                             f"@{seg['activeFrom']}" if n else "") for rc in addon["rateCards"]]
     return out
 
 
