@@ -567,46 +567,43 @@ def last_look(w: World, customer: str, due: datetime, pe: datetime) -> datetime 
     return within[-1] if within else runs[0]
 
 
+def served(w: World, sub: Sub, cards: list[Card]) -> Iterator[tuple[Card, datetime, datetime, datetime, datetime,
+                                                                     datetime]]:
+    """(card, period start, period end, served start, served end, the run whose view stands) for each billing period
+    of the subscription and card (served as that run knew the subscription's end)."""
+    for ps, pe in periods(sub, w.horizon):
+        s = max(ps, sub.start)
+        for card in cards:
+            due = s if card.kind == "flat_advance" else min(pe, sub.end or pe)
+            seen = last_look(w, sub.customer, due, pe)
+            if seen is None:
+                continue
+            end = sub.end_as_of(seen)
+            yield card, ps, pe, s, pe if end is None else min(pe, end), seen
+
+
 def expected(w: World) -> dict[tuple[str, str, str], list[Detail]]:
     """(subscription id, rate card key, billing period start) -> its detailed lines."""
     out: dict[tuple[str, str, str], list[Detail]] = {}
     for sub in w.subs:
-        for ps, pe in periods(sub, w.horizon):
-            s = max(ps, sub.start)
-            for card in sub.plan.cards:
-                due = s if card.kind == "flat_advance" else min(pe, sub.end or pe)
-                seen = last_look(w, sub.customer, due, pe)
-                if seen is None:
-                    continue
-                end = sub.end_as_of(seen)
-                e = pe if end is None else min(pe, end)
-                if e <= s:
-                    continue
-                share = Fraction(int((e - s).total_seconds()), int((pe - ps).total_seconds()))
-                if card.usage:
-                    lines = rate_usage(card, max(ZERO, usage(w, sub, card, s, e, seen)), share)
-                else:
-                    lines = rate_flat(card, share)
-                out[(sub.id, card.key, iso(ps))] = lines
+        for card, ps, pe, s, e, seen in served(w, sub, sub.plan.cards):
+            if e <= s:
+                continue
+            share = Fraction(int((e - s).total_seconds()), int((pe - ps).total_seconds()))
+            if card.usage:
+                lines = rate_usage(card, max(ZERO, usage(w, sub, card, s, e, seen)), share)
+            else:
+                lines = rate_flat(card, share)
+            out[(sub.id, card.key, iso(ps))] = lines
     for use in w.uses:
-        sub = use.sub
-        for ps, pe in periods(sub, w.horizon):
-            s = max(ps, sub.start)
-            for card in w.addon:
-                due = s if card.kind == "flat_advance" else min(pe, sub.end or pe)
-                seen = last_look(w, sub.customer, due, pe)
-                if seen is None:
-                    continue
-                end = sub.end_as_of(seen)
-                e = pe if end is None else min(pe, end)
-                found: list[Detail] = []
-                for a, b, q in use.segments(seen):
-                    lo, hi = max(s, a), e if b is None else min(e, b)
-                    if hi > lo and q:
-                        found += rate_flat(card, Fraction(int((hi - lo).total_seconds()), int((pe - ps).total_seconds())),
-                                           q)
-                if found:
-                    out[(sub.id, card.key, iso(ps))] = found
+        for card, ps, pe, s, e, seen in served(w, use.sub, w.addon):
+            found: list[Detail] = []
+            for a, b, q in use.segments(seen):  # each span of one quantity, prorated on its own
+                lo, hi = max(s, a), e if b is None else min(e, b)
+                if hi > lo and q:
+                    found += rate_flat(card, Fraction(int((hi - lo).total_seconds()), int((pe - ps).total_seconds())), q)
+            if found:
+                out[(use.sub.id, card.key, iso(ps))] = found
     for p in w.pending:
         seen = min(r for r, who in [*w.runs, (w.horizon, None)]  # the first run it is due at; never again
                    if r >= max(p.invoice_at, p.created_at) and who in (None, p.customer))
