@@ -11,7 +11,10 @@ ingest --events new events into that store, each in a process of its own (chdb o
 Each figure: events/s (wall clock) beside issue 17's budget, and the CPU time per event (the use-case process, or
 the server process for HTTP: user + system, all threads, chdb's included), with its ratio to the same figure on the
 empty store (budget: within 20 % at 50 M). The machine's load average is printed with every figure: on a shared
-machine wall-clock rates fall with the load, CPU per event much less.
+machine wall-clock rates fall with the load, CPU per event much less; but the machine's own speed drifts (the same
+code's CPU per event moved ~35 % within an hour on an idle 2-CPU machine, 2026-12-07), so for each stored size the
+use-case path is also measured paired: the stored store and a fresh empty one in two processes, their batches
+alternated, each process's CPU (merges included) over the same minutes, and that ratio is the store-size figure.
 Run: .venv/bin/python -m bench.ingest [--events 100000] [--batch 5000,10000] [--preload 0,10000000,50000000]
 """
 
@@ -206,6 +209,87 @@ def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
                       "statements": timed}))
 
 
+def paired_worker(data_dir: str, n: int, size: int, prefix: str) -> None:
+    """One side of a paired measurement (`paired`): the use-case path on `data_dir` (the bench meter made there), one
+    batch per "go" line read from stdin, each answered "done"; on "stop", as JSON, this process's CPU seconds from the
+    first "go" on (every thread: the views, and the background merges it runs while the other side ingests), by
+    thread name, and the events ingested. Before "ready": a warm batch, then the merges of parts an earlier
+    measurement left on the store (the process that opens a store merges them) are waited out."""
+    from billow import heap
+    from billow.bootstrap import install
+    from billow.services.ingest import ingest_events
+    from functions.usage_sink.handler import lambda_handler as sink
+
+    c = _container(data_dir, deliver=lambda ev: sink(ev, None))
+    install(c)
+    heap.settle()
+    assert c.bus is not None
+    work = batches(n, size, prefix)
+    ingest_events(c.namespace, work[0], meta=c.meta, bus=c.bus, now=c.clock.now())  # warm, as service_path
+    store = c.usage._real() if hasattr(c.usage, "_real") else c.usage
+    quiet, t0 = 0, time.monotonic()
+    while quiet < 3 and time.monotonic() - t0 < 300:
+        quiet = 0 if store._query("SELECT count() FROM system.merges", {})[0][0] else quiet + 1
+        time.sleep(1)
+    print("ready", flush=True)
+    c0, th0, done = 0.0, _threads_cpu(os.getpid()), 0
+    for line in sys.stdin:
+        if line.strip() != "go" or done == len(work) - 1:
+            break
+        if done == 0:
+            c0, th0 = time.process_time(), _threads_cpu(os.getpid())
+        ingest_events(c.namespace, work[1 + done], meta=c.meta, bus=c.bus, now=c.clock.now())
+        done += 1
+        print("done", flush=True)
+    cpu, threads = time.process_time() - c0, _threads_delta(th0, _threads_cpu(os.getpid()))
+    c.close()
+    print(json.dumps({"cpu": cpu, "threads": threads, "events": sum(len(b) for b in work[1:1 + done])}), flush=True)
+
+
+def paired(stored_dir: str, n: int, size: int, prefix: str, here: str) -> list[dict[str, Any]]:
+    """The use-case path on a fresh empty store and on `stored_dir` in the same minutes: two processes (chdb holds
+    one data path a process), `n` events each, their batches alternated (A B, then B A, ...), so that what the
+    machine's speed does over the run (it moved ~35 % within an hour on the shared 2-CPU machine, 2026-12-07) falls
+    on both alike. Each side's paired_worker answer, empty store first; the empty store's total is checked (exact),
+    so that side did the values' work too."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BILLOW_BENCH_DIR")) as empty_dir:
+        _run(f"import sys; sys.path.insert(0, {here!r}); from bench.ingest import preload; preload({empty_dir!r}, 0)")
+        procs = [subprocess.Popen(
+            [sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); from bench.ingest import paired_worker; "
+                                   f"paired_worker({d!r}, {n}, {size}, {prefix!r})"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for d in (empty_dir, stored_dir)]
+        try:
+            for p in procs:
+                _say(p, None, "ready")
+            for i in range(len(batches(n, size, prefix)) - 1):
+                for p in procs if i % 2 == 0 else procs[::-1]:
+                    _say(p, "go", "done")
+            out = [json.loads(_say(p, "stop", None)) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+        got, want = _run(f"import sys, json; sys.path.insert(0, {here!r}); from bench.ingest import check_total; "
+                         f"print(json.dumps(check_total({empty_dir!r}, {sum(i % 1000 for i in range(n))})))")
+        if got != want:
+            raise SystemExit(f"bench.ingest: the paired empty store holds {got}, not the {want} sent")
+    return out
+
+
+def _say(p: subprocess.Popen[str], word: str | None, answer: str | None) -> str:
+    """Send `word` (if any) to a paired_worker and read its next line (which must be `answer`, if given); the bench
+    ends if the process has ended."""
+    assert p.stdin is not None and p.stdout is not None
+    if word is not None:
+        p.stdin.write(word + "\n")
+        p.stdin.flush()
+    line = p.stdout.readline().strip()
+    if not line or (answer is not None and line != answer):
+        raise SystemExit(f"bench.ingest: a paired measurement's process answered {line!r} (status {p.poll()})")
+    return line
+
+
 @contextlib.contextmanager
 def serving(data_dir: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`billow serve` on `data_dir` at a free port, ready: (its process, port); stopped on the way out (killed if it
@@ -346,6 +430,17 @@ def main(argv: list[str] | None = None) -> None:
                     if r.get("statements"):
                         print("    wall seconds in the usage store per statement (use-case path): " + "; ".join(
                             f"{k} {v:.3f}" for k, v in r["statements"].items()), flush=True)
+                    if n and path == "service":
+                        empty, stored = paired(tmp, args.events, size, f"p{size}-", here)
+                        expected += sum(i % 1000 for i in range(args.events))
+                        e_us, s_us = (side["cpu"] / side["events"] * 1e6 for side in (empty, stored))
+                        print(f"  paired (use-case), batches of {size:,}: {s_us:.1f} us CPU/event with {n:,} stored "
+                              f"vs {e_us:.1f} on an empty store in the same minutes (two processes, batches "
+                              f"alternated): {s_us / e_us:.2f} x [{ratio_verdict(s_us / e_us, n)}]; {load()}",
+                              flush=True)
+                        print("    CPU seconds by thread name, stored / empty: " + ", ".join(
+                            f"{k} {stored['threads'].get(k, 0):.2f} / {empty['threads'].get(k, 0):.2f}"
+                            for k in list(stored["threads"])[:5]), flush=True)
             got, want = _run(f"import sys, json; sys.path.insert(0, {here!r}); from bench.ingest import check_total; "
                              f"print(json.dumps(check_total({tmp!r}, {expected})))")
             print(f"  total of the bench meter: {got} (expected {want}: {'ok' if got == want else 'MISMATCH'})",
