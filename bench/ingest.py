@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 METER = {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens",
@@ -182,24 +182,35 @@ def _time_statements(store: Any) -> dict[str, float]:
     return spent
 
 
-def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
+def _use_case(data_dir: str) -> tuple[Any, Callable[[list[dict[str, Any]]], Any]]:
+    """The use-case path on `data_dir` as `billow serve` runs it (usage sink in process, heap settled): the container
+    and a function ingesting one batch."""
+    from billow import heap
     from billow.bootstrap import install
     from billow.services.ingest import ingest_events
     from functions.usage_sink.handler import lambda_handler as sink
 
     c = _container(data_dir, deliver=lambda ev: sink(ev, None))
     install(c)
-    from billow import heap
-
     heap.settle()  # as `billow serve` does once started
+    assert c.bus is not None
+    return c, lambda batch: ingest_events(c.namespace, batch, meta=c.meta, bus=c.bus, now=c.clock.now())
+
+
+def _sent(n: int) -> int:
+    """The bench meter's total over n events of `batches` (or of `preload`)."""
+    return sum(i % 1000 for i in range(n))
+
+
+def service_path(data_dir: str, n: int, size: int, prefix: str) -> None:
+    c, ingest = _use_case(data_dir)
     work = batches(n, size, prefix)
     statements = _time_statements(c.usage._real() if hasattr(c.usage, "_real") else c.usage)
-    assert c.bus is not None
-    ingest_events(c.namespace, work[0], meta=c.meta, bus=c.bus, now=c.clock.now())  # warm: meters, first insert
+    ingest(work[0])  # warm: meters, first insert
     statements.clear()  # the warm batch's (the key filter's first build among them) not counted
     t0, c0, th0 = time.perf_counter(), time.process_time(), _threads_cpu(os.getpid())
     for b in work[1:]:
-        ingest_events(c.namespace, b, meta=c.meta, bus=c.bus, now=c.clock.now())
+        ingest(b)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     threads = _threads_delta(th0, _threads_cpu(os.getpid()))
     c.close()
@@ -215,17 +226,9 @@ def paired_worker(data_dir: str, n: int, size: int, prefix: str) -> None:
     first "go" on (every thread: the views, and the background merges it runs while the other side ingests), by
     thread name, and the events ingested. Before "ready": a warm batch, then the merges of parts an earlier
     measurement left on the store (the process that opens a store merges them) are waited out."""
-    from billow import heap
-    from billow.bootstrap import install
-    from billow.services.ingest import ingest_events
-    from functions.usage_sink.handler import lambda_handler as sink
-
-    c = _container(data_dir, deliver=lambda ev: sink(ev, None))
-    install(c)
-    heap.settle()
-    assert c.bus is not None
+    c, ingest = _use_case(data_dir)
     work = batches(n, size, prefix)
-    ingest_events(c.namespace, work[0], meta=c.meta, bus=c.bus, now=c.clock.now())  # warm, as service_path
+    ingest(work[0])  # warm, as service_path
     store = c.usage._real() if hasattr(c.usage, "_real") else c.usage
     quiet, t0 = 0, time.monotonic()
     while quiet < 3 and time.monotonic() - t0 < 300:
@@ -238,7 +241,7 @@ def paired_worker(data_dir: str, n: int, size: int, prefix: str) -> None:
             break
         if done == 0:
             c0, th0 = time.process_time(), _threads_cpu(os.getpid())
-        ingest_events(c.namespace, work[1 + done], meta=c.meta, bus=c.bus, now=c.clock.now())
+        ingest(work[1 + done])
         done += 1
         print("done", flush=True)
     cpu, threads = time.process_time() - c0, _threads_delta(th0, _threads_cpu(os.getpid()))
@@ -261,7 +264,7 @@ def paired(stored_dir: str, n: int, size: int, prefix: str, here: str) -> list[d
         try:
             for p in procs:
                 _say(p, None, "ready")
-            for i in range(len(batches(n, size, prefix)) - 1):
+            for i in range(-(-n // size) - 1):  # the batches after each side's warm one
                 for p in procs if i % 2 == 0 else procs[::-1]:
                     _say(p, "go", "done")
             out = [json.loads(_say(p, "stop", None)) for p in procs]
@@ -271,7 +274,7 @@ def paired(stored_dir: str, n: int, size: int, prefix: str, here: str) -> list[d
                     p.kill()
                 p.wait()
         got, want = _run(f"import sys, json; sys.path.insert(0, {here!r}); from bench.ingest import check_total; "
-                         f"print(json.dumps(check_total({empty_dir!r}, {sum(i % 1000 for i in range(n))})))")
+                         f"print(json.dumps(check_total({empty_dir!r}, {_sent(n)})))")
         if got != want:
             raise SystemExit(f"bench.ingest: the paired empty store holds {got}, not the {want} sent")
     return out
@@ -405,13 +408,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"each table merged into one part (OPTIMIZE FINAL: a store that has held them a while) in "
                   f"{loaded['settled']:.0f} s"
                   if n else "store empty", flush=True)
-            expected = sum(i % 1000 for i in range(n))
+            expected = _sent(n)
             for size in sizes:
                 for path in paths:
                     prefix = f"{path[0]}{size}-"
                     r = _run(f"import sys; sys.path.insert(0, {here!r}); from bench.ingest import {path}_path; "
                              f"{path}_path({tmp!r}, {args.events}, {size}, {prefix!r})")
-                    expected += sum(i % 1000 for i in range(args.events))
+                    expected += _sent(args.events)
                     rate = r["events"] / r["seconds"]
                     wall_us, cpu_us = r["seconds"] / r["events"] * 1e6, r["cpu"] / r["events"] * 1e6
                     base.setdefault((path, size), (wall_us, cpu_us, n))
@@ -432,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
                             f"{k} {v:.3f}" for k, v in r["statements"].items()), flush=True)
                     if n and path == "service":
                         empty, stored = paired(tmp, args.events, size, f"p{size}-", here)
-                        expected += sum(i % 1000 for i in range(args.events))
+                        expected += _sent(args.events)
                         e_us, s_us = (side["cpu"] / side["events"] * 1e6 for side in (empty, stored))
                         print(f"  paired (use-case), batches of {size:,}: {s_us:.1f} us CPU/event with {n:,} stored "
                               f"vs {e_us:.1f} on an empty store in the same minutes (two processes, batches "
