@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from billow.adapters import clickhouse
 from billow.domain.usage import GroupFilter
 from billow.exact import exact_sum
 
@@ -88,7 +89,12 @@ def _instant(rng: random.Random, kind: str) -> datetime:
     return t
 
 
-def test_every_generated_check_is_the_raw_values_exactly(data: Any) -> None:
+@pytest.mark.parametrize("read", ["cells", "by segment"])
+def test_every_generated_check_is_the_raw_values_exactly(data: Any, read: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`read`: the hourly rollup's cells as stored, summed by segment here (a span of up to _CELLS_SPAN), or summed
+    by segment in the engine (a longer span with few bounds: every span here, with _CELLS_SPAN at 0)."""
+    if read == "by segment":
+        monkeypatch.setattr(clickhouse, "_CELLS_SPAN", timedelta(0))
     store, ns, rows = data
     rng = random.Random(17_5)
     filter_choices: list[list[list[GroupFilter]]] = [

@@ -699,24 +699,25 @@ class ClickHouseUsageStore:
 
     def bounded_usage(self, namespace: str, meter_id: str, aggregation: str, subjects: Sequence[str],
                       filters: list[list[GroupFilter]], bounds: Sequence[datetime]) -> list[Decimal]:
-        """See ports.UsageStore. Usually one statement reading one table: the subject-first hourly rollup over the
-        hours the bounds span, each segment's whole hours summed where it reads, and each hour a bound cuts (now,
-        mid-hour; a grant entering at 10:37) read as a cell of its own with the first and last instant it holds
-        (migration 6). Such a cell whose values all lie in one segment (nothing stored after now in the current hour)
-        is counted there whole; one that straddles a bound, or holds rows written before migration 6, is read again
-        in a second statement, from the minute rollup for its whole minutes and the raw values for the partial
-        minutes (to the millisecond). chdb charges a table read 1-3 ms whatever its rows. 10 M stored values for
-        10,000 subjects, 2 cores (2026-12-07): the same store, old and new statements alternated, six rounds of 200,
-        p50 6.7-10.0 ms before, 5.6-9.1 now; on another settled store 8.2-9.2 before, 5.4 now.
-        No outer aggregation: a segment's partial sums, one per branch or cell, are read back as text and added
-        exactly here. Shaped for chdb, which charges each expression of a statement more than the few rows it reads
-        (issue 17 item 5): the namespace, meter, subjects and times are literals (`_sql_string`, epoch seconds,
-        millisecond text) rather than parameters, the conditions a PREWHERE, and a read's segment a sum of
-        comparisons with the bounds inside what it reads (`_segment_sql`): a constant, with no GROUP BY, where that
-        is one segment. Past _LITERAL_BOUNDS bounds (a first check since measureUsageFrom over thousands of hourly
+        """See ports.UsageStore. Usually one statement reading one table: the subject-first hourly rollup's cells over
+        the hours the bounds span, as stored (no GROUP BY: a cell still in two parts comes twice, and its sums add
+        up), each whole hour's sum added to its segment here, and each hour a bound cuts (now, mid-hour; a grant
+        entering at 10:37) kept apart with the first and last instant it holds (migration 6). Such a cell whose
+        values all lie in one segment (nothing stored after now in the current hour) is counted there whole; one that
+        straddles a bound, or holds rows written before migration 6, is read again in a second statement, from the
+        minute rollup for its whole minutes and the raw values for the partial minutes (to the millisecond).
+        Shaped for chdb, which charges each expression of a statement more than the few rows it reads (issue 17 item
+        5): the namespace, meter, subjects and times are literals (`_sql_string`, epoch seconds, millisecond text)
+        rather than parameters, the conditions a PREWHERE, no expression on the rows and one thread (max_threads = 1:
+        a subject's hours are a granule or two). Before (2026-12-07), the hourly read grouped its rows by segment, a
+        sum of comparisons with the bounds: 10 M stored values for 10,000 subjects, 2 cores, the two alternated
+        (600 checks each, load 3-4), the read p50 6.20 -> 4.81 ms, the check 8.22 -> 6.76 (p99 29.3 -> 20.8: a loaded
+        machine); a month's period returns ~750 cells at most. A span longer than _CELLS_SPAN with few bounds (a
+        year's period: thousands of cells) is still summed by segment in the engine. The second statement sums its segments in the engine
+        (`_segment_sql`); past _LITERAL_BOUNDS bounds (a first check since measureUsageFrom over thousands of hourly
         periods, a grant recurring every minute) such an expression would pass ClickHouse's limits on a statement's
-        nesting (1,000) and size (256 KiB), and cost more than it saves: each read then sums by the cell or time it
-        reads, and each sum goes to its segment here."""
+        nesting (1,000) and size (256 KiB), and cost more than it saves: it then sums by the cell or time it reads,
+        and each sum goes to its segment here."""
         if aggregation not in ("SUM", "COUNT"):
             raise ValueError(f"bounded_usage sums SUM or COUNT meters, not {aggregation}")
         if len(bounds) < 2 or not subjects or bounds[0] >= bounds[-1]:
@@ -732,37 +733,48 @@ class ClickHouseUsageStore:
                   "IN (" + ", ".join(map(_sql_string, subjects)) + ")"))
         if filters:
             who += " AND " + self._filters_sql(filters, params)
-        cell = "toString(sum(sum_value))" if aggregation == "SUM" else "sum(cnt)"
-        by_time = len(bounds) - 2 > _LITERAL_BOUNDS  # w: the epoch millisecond a row's cell or value starts at
+        cell = "toString(sum(sum_value))" if aggregation == "SUM" else "sum(cnt)"  # (the second statement's)
         bound_ms = [(b - _EPOCH) // _MS for b in bounds]
         segment_of_ms = functools.partial(_segment_at, bound_ms)
-        segment_of = segment_of_ms if by_time else int
         parts: list[list[Decimal]] = [[] for _ in bounds[1:]]
-        # The hours a bound cuts: each its own group, with the first and last instant of its values.
-        edges = sorted({_floor_hour(b) for b in bounds if b.minute or b.second or b.microsecond})
+        # The hours a bound cuts (now's, mid-hour; a grant entering at 10:37), by their epoch ms: the first and last
+        # instant of their values (those of _NO_VALUES until a row is read), and the values.
+        cut: dict[int, list[Any]] = {(h - _EPOCH) // _MS: [*_NO_VALUES, []] for h in
+                                     {_floor_hour(b) for b in bounds if b.minute or b.second or b.microsecond}}
         lo, hi = _floor_hour(bounds[0]), _ceil_hour(bounds[-1])
-        if by_time:
-            w, grouped = "toInt64(minute) * 1000", True
+        by_time = len(bounds) - 2 > _LITERAL_BOUNDS  # (many bounds: the second statement sums by cell or value time)
+        # A long span (a yearly period) with few bounds is summed by segment in the engine: its cells are thousands.
+        grouped = not by_time and hi - lo > _CELLS_SPAN
+        cuts = sorted(cut)
+        if grouped:
+            w, _ = _segment_sql("minute", [(lo, hi)], bounds, _epoch_s)
+            w = ("multiIf(" + ", ".join(f"minute = {h // 1000}, {-2 - i}" for i, h in enumerate(cuts))  # (never < 0)
+                 + f", toInt64({w}))") if cuts else w
+            select = f"{w} AS w, {cell}, min(first_ms), max(last_ms)"
         else:
-            w, grouped = _segment_sql("minute", [(lo, hi)], bounds, _epoch_s)
-            if edges:  # (a whole hour's segment is never negative: edges are -2, -3, ...)
-                w, grouped = ("multiIf(" + ", ".join(f"minute = {_epoch_s(e)}, {-2 - i}" for i, e in enumerate(edges))
-                              + f", toInt64({w}))"), True
-        edge_at = {(e - _EPOCH) // _MS: e for e in edges} if by_time else dict(enumerate(edges))
-        straddled: list[datetime] = []
+            select = (f"toInt64(minute) * 1000, {'toString(sum_value)' if aggregation == 'SUM' else 'cnt'}, first_ms, "
+                      "last_ms")
         for at, v, first, last in self._query(
-                f"SELECT {w} AS w, {cell}, min(first_ms), max(last_ms) FROM meter_rollup_1h_by_subject "  # noqa: S608
-                f"PREWHERE {who} AND minute >= {_epoch_s(lo)} AND minute < {_epoch_s(hi)}"
-                + (" GROUP BY w" if grouped else ""), params, admit=False):
-            edge = edge_at.get(at) if by_time else (edge_at.get(-2 - at) if at <= -2 else None)
-            if edge is None:
-                parts[segment_of(at)].append(Decimal(v))
-            elif (i := segment_of_ms(first)) != segment_of_ms(last):
-                straddled.append(edge)
+                f"SELECT {select} FROM meter_rollup_1h_by_subject PREWHERE {who} AND "  # noqa: S608
+                f"minute >= {_epoch_s(lo)} AND minute < {_epoch_s(hi)}" + (" GROUP BY w" if grouped else "")
+                + " SETTINGS max_threads = 1", params, admit=False):
+            edge = cut.get(at) if not grouped else cut[cuts[-2 - at]] if at <= -2 else None
+            if edge is None:  # whole hours of one segment
+                parts[int(at) if grouped else segment_of_ms(at)].append(Decimal(v))
+            else:
+                edge[0], edge[1] = min(edge[0], first), max(edge[1], last)
+                edge[2].append(Decimal(v))
+        straddled: list[datetime] = []
+        for hour, (first, last, values) in sorted(cut.items()):
+            if not values:
+                continue
+            if (i := segment_of_ms(first)) != segment_of_ms(last):
+                straddled.append(_EPOCH + hour * _MS)
             elif 0 <= i < len(parts):  # (else every value of the cell lies outside the bounds)
-                parts[i].append(Decimal(v))
+                parts[i].extend(values)
         if straddled:
-            self._straddled(straddled, bounds, by_time, segment_of, who, params, cell, aggregation, parts)
+            self._straddled(straddled, bounds, by_time, segment_of_ms if by_time else int, who, params, cell,
+                            aggregation, parts)
         return [exact_sum(p) for p in parts]
 
     def _straddled(self, hours: list[datetime], bounds: Sequence[datetime], by_time: bool,
@@ -1349,6 +1361,10 @@ def _segment_sql(col: str, spans: Sequence[tuple[datetime, datetime]], bounds: S
 # nested past 1,000 (max_ast_depth) or over 256 KiB (max_query_size): the first check of an hourly period counted
 # from 45 days back, or of a grant recurring every minute, answered 500.
 _LITERAL_BOUNDS = 4
+# bounded_usage reads each cell of a span of up to this many hours (seconds): ~6 weeks, a month's period and more.
+_CELLS_SPAN = timedelta(hours=1000)
+# (first, last) of a cut hour no row has been read for: any row's instants replace them.
+_NO_VALUES = (2 ** 63, -(2 ** 63))
 _LITERAL_SUBJECTS = 16  # more subjects than this go to bounded_usage's statement as one Array(String) parameter
 
 
