@@ -195,10 +195,19 @@ def main(source: str) -> None:
         assert not set(named) & set(doc["components"].get(kind, {})), f"{kind}: a Billow name is OpenMeter's"
         doc["components"][kind] = dict(sorted({**doc["components"].get(kind, {}), **named}.items()))
     # Billow's fields on OpenMeter's schemas (billow_operations.yaml `x-billow-properties`: schema -> properties).
-    for name, props in (yaml.safe_load(BILLOW_OPERATIONS.read_text()).get("x-billow-properties") or {}).items():
+    own = yaml.safe_load(BILLOW_OPERATIONS.read_text())
+    for name, props in (own.get("x-billow-properties") or {}).items():
         target = doc["components"]["schemas"][name].setdefault("properties", {})
         assert not set(props) & set(target), f"{name}: a Billow property is OpenMeter's"
         target.update({k: {**v, "x-billow-extension": True} for k, v in props.items()})
+    # Billow's branches of OpenMeter's schemas (`x-billow-variants`: schema -> discriminator) and enum values.
+    for name, disc in (own.get("x-billow-variants") or {}).items():
+        schemas = doc["components"]["schemas"]
+        schemas[name] = {"type": "object", "oneOf": [{"$ref": r} for r in disc["mapping"].values()],
+                         "discriminator": disc}
+    for name, values in (own.get("x-billow-enums") or {}).items():
+        node = doc["components"]["schemas"][name]
+        node["enum"] = list(dict.fromkeys([*node["enum"], *values]))
     OUT.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     print(f"wrote {OUT} ({len(doc['paths'])} paths, {len(own_paths)} of them Billow's own)")
 

@@ -49,6 +49,45 @@ def test_bad_channels_are_400_naming_the_field(world: World, body: Any, field: s
     assert problem["status"] == 400 and problem["validationErrors"][0]["field"] == field
 
 
+SLACK = {"type": "SLACK", "name": "ops", "url": "https://hooks.slack.com/services/T/B/x"}
+EMAIL = {"type": "EMAIL", "name": "finance", "recipients": ["billing@example.com"]}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({**SLACK, "customHeaders": {"X-Team": "ops"}}, "customHeaders"),
+    ({**SLACK, "signingSecret": "whsec_" + "A" * 40}, "signingSecret"),
+    ({**SLACK, "recipients": ["billing@example.com"]}, "recipients"),
+    ({**EMAIL, "url": "https://example.com/hook"}, "url"),
+    ({**EMAIL, "customHeaders": {"X-Team": "ops"}}, "customHeaders"),
+    ({**EMAIL, "signingSecret": "whsec_" + "A" * 40}, "signingSecret"),
+])
+def test_a_field_of_another_channel_type_is_refused_not_dropped(world: World, body: Any, field: str) -> None:
+    # Billow's SLACK and EMAIL channels took a WEBHOOK's headers or secret, or an e-mail's recipients, and dropped
+    # them (201): a Slack channel asked to sign its posts did not. Now a 400 naming the field, nothing made.
+    status, problem = world.call("POST", CH, body)
+    assert status == 400, problem
+    assert [e["field"] for e in problem["validationErrors"]] == [field]
+    assert world.ok("GET", CH)["items"] == []
+
+
+def test_slack_and_email_bodies_are_held_to_their_own_schemas(world: World) -> None:
+    # The served document described a channel body as OpenMeter's WEBHOOK alone: an EMAIL's recipients were not
+    # checked before the route (its first bad field named, the rest not), and clients had no schema for them.
+    status, problem = world.call("POST", CH, {"type": "EMAIL", "name": "", "recipients": []})
+    assert status == 400
+    assert sorted(e["field"] for e in problem["validationErrors"]) == ["name", "recipients"]
+    status, problem = world.call("POST", CH, {**EMAIL, "recipients": ["a" * 250 + "@example.com"]})
+    assert (status, [e["field"] for e in problem["validationErrors"]]) == (400, ["recipients[0]"])
+    schemas = world.ok("GET", "/api/v1/openapi.json")["components"]["schemas"]
+    mapping = schemas["NotificationChannelCreateRequest"]["discriminator"]["mapping"]
+    email = schemas[mapping["EMAIL"].rsplit("/", 1)[1]]
+    assert set(mapping) == {"WEBHOOK", "SLACK", "EMAIL"} and email["required"] == ["type", "name", "recipients"]
+    assert "SLACK" in schemas["NotificationChannelType"]["enum"]
+    # what each type takes is still taken
+    assert world.ok("POST", CH, SLACK)["url"] == SLACK["url"]
+    assert world.ok("POST", CH, EMAIL)["recipients"] == EMAIL["recipients"]
+
+
 def test_bad_rules_and_unknown_ids(world: World, receiver: Receiver) -> None:
     w = world
     ch = w.channel(receiver.url("/x"))["id"]

@@ -40,6 +40,9 @@ JITTER = 0.2
 _SECRET_RE = re.compile(r"^(whsec_)?[a-zA-Z0-9+/=]{32,100}$")
 _HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 _EMAIL_RE = re.compile(r"^[^@\s<>,;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.)+[A-Za-z]{2,63}$")
+# The fields only some channel types have (OpenMeter's WEBHOOK ignores the others, as it ignores any unknown field).
+_TYPE_FIELDS = {"url": (WEBHOOK, SLACK), "customHeaders": (WEBHOOK,), "signingSecret": (WEBHOOK,),
+                "recipients": (EMAIL,)}
 _RESERVED_HEADERS = {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp", "webhook-signature",
                      "transfer-encoding", "connection"}
 
@@ -97,6 +100,10 @@ def parse_channel(body: Any, *, previous: dict[str, Any] | None = None) -> dict[
         raise bad("type", f"required, one of {', '.join(CHANNEL_TYPES)}")
     if previous is not None and previous["type"] != ctype:
         raise bad("type", "a channel's type cannot change")
+    if ctype != WEBHOOK:  # Billow's own schemas: a field of another channel type is a mistake, never dropped silently
+        for name, types in _TYPE_FIELDS.items():
+            if name in body and ctype not in types:
+                raise bad(name, f"not a field of {ctype} channels (only of {' and '.join(types)})")
     # OpenMeter's channel requests make none of these nullable (metadata alone): never a null taken for one left out.
     fields.not_null(body, ("disabled", "customHeaders", "signingSecret") if ctype == WEBHOOK else ("disabled",))
     doc: dict[str, Any] = {"type": ctype, "name": _name(body), "disabled": fields.flag(body, "disabled")}

@@ -5,8 +5,9 @@ outside them is a 400 there; here too, a 400 naming each field (`billingAddress.
 in an array body), before the route runs. Types, formats, required fields and nulls stay the services' (they say
 more than a schema can), and so do ids (ULID below). A oneOf/anyOf holds its value to the one branch it can be: the
 discriminator's, the only one of its JSON type, or the only object branch whose required fields it has (a
-subscription's create: `plan` or `customPlan`). Where Billow takes more than an OpenMeter enum (WIDER), those
-values pass too. The API handler runs `check` before every route."""
+subscription's create: `plan` or `customPlan`; a notification channel's SLACK and EMAIL bodies have Billow's schemas,
+a discriminated branch beside OpenMeter's WEBHOOK, scripts/billow_operations.yaml). The API handler runs `check`
+before every route."""
 
 from __future__ import annotations
 
@@ -16,25 +17,16 @@ from decimal import Decimal
 from functools import cache
 from typing import Any, Final
 
-from billow.domain.notifications import CHANNEL_TYPES
 from billow.errors import ValidationFailed
 from billow.web.openapi import document
 
 _METHODS: Final = ("post", "put", "patch")
 
 
-# Where Billow takes more values than OpenMeter's enum in the served document: (schema, property) -> Billow's values.
-# Notification channels: Slack and e-mail besides OpenMeter's webhook (the request schema is the webhook's).
-WIDER: Final = {("NotificationChannelWebhookCreateRequest", "type"): CHANNEL_TYPES}
-
-
 @cache
 def _doc() -> dict[str, Any]:
-    """The served document, its enums widened by WIDER (for the check only)."""
+    """The served document."""
     doc: dict[str, Any] = json.loads(document())
-    for (schema, prop), values in WIDER.items():
-        node = doc["components"]["schemas"][schema]["properties"][prop]
-        node["enum"] = list(dict.fromkeys([*node["enum"], *values]))
     return doc
 
 
