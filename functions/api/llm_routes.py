@@ -64,3 +64,10 @@ def costs() -> Response:
     c = container()
     return ok(llm_costs.cost_report(c.namespace, query_multi(_event()), meta=c.meta, usage=c.usage,
                                     store=c.llm_price_store()))
+
+
+@router.get("/api/v1/features/<feature>/cost")
+def feature_cost(feature: str) -> Response:
+    c = container()
+    return ok(llm_costs.feature_cost(c.namespace, path_param(feature), query_multi(_event()), features=c.entitlements,
+                                     meta=c.meta, usage=c.usage, store=c.llm_price_store()))

@@ -15,17 +15,20 @@ import pytest
 from billow.adapters.sql import SqlMetaStore
 from billow.adapters.sql_llm_prices import SqlLlmPriceStore
 from billow.domain.llm import (
+    OPENMETER_TOKEN_TYPES,
     PriceOverride,
     TokenCounts,
     TokenPrices,
     Unpriceable,
     override_in_effect,
     parse_override,
+    per_token_price,
     plain,
     token_cost,
 )
 from billow.errors import Conflict, ValidationFailed
 from billow.ids import new_id
+from billow.services.features import LLM_TOKEN_TYPES
 
 D = Decimal
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
@@ -124,3 +127,18 @@ def test_genai_prices_is_offline_and_loaded_only_for_a_cost() -> None:
                          env={"PYTHONPATH": f"{ROOT / 'shared'}:{ROOT}", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2.5", "10", "genai-prices"]
+
+
+def test_openmeter_token_types_map_to_billow_s_prices() -> None:
+    assert tuple(OPENMETER_TOKEN_TYPES) == LLM_TOKEN_TYPES  # the features' vocabulary is the mapped one
+    prices = TokenPrices(input=Decimal("2.5"), output=Decimal("10"), cached_input=Decimal("1.25"),
+                         cache_write=Decimal("3.75"))
+    got = {t: per_token_price(prices, t) for t in LLM_TOKEN_TYPES}
+    assert got == {"input": Decimal("0.0000025"), "request": Decimal("0.0000025"), "output": Decimal("0.00001"),
+                   "response": Decimal("0.00001"), "reasoning": Decimal("0.00001"),
+                   "cache_read": Decimal("0.00000125"), "cache_write": Decimal("0.00000375")}
+    bare = TokenPrices(input=Decimal("3"), output=None)
+    assert per_token_price(bare, "cache_read") == per_token_price(bare, "cache_write") == Decimal("0.000003")
+    for token_type in ("output", "reasoning", "cachedInput", "INPUT"):
+        with pytest.raises(Unpriceable):
+            per_token_price(bare, token_type)

@@ -170,6 +170,31 @@ def token_cost(tokens: TokenCounts, prices: TokenPrices) -> Cost:
                     output=part(tokens.output, prices.output, "output"))
 
 
+# OpenMeter's token types (a feature's `unitCost` of type llm: `tokenType`, or the values of its `tokenTypeProperty`)
+# -> the price of Billow's that prices them. `request` and `response` are OpenMeter's aliases of input and output.
+# Each is priced per token as it is counted, nothing subtracted: OpenMeter's `input` is the tokens billed at the input
+# price (Billow's own `input` meter counts every input token, cached reads and cache writes included). Reasoning tokens
+# are billed as output tokens by the providers (genai-prices has no reasoning price): the output price.
+OPENMETER_TOKEN_TYPES: Final = {"input": "input", "output": "output", "cache_read": "cached_input",
+                                "reasoning": "output", "cache_write": "cache_write", "request": "input",
+                                "response": "output"}
+
+
+def per_token_price(prices: TokenPrices, token_type: str) -> Decimal:
+    """USD per token of OpenMeter's `token_type` at these (per million) prices, exact; a cache read or write without
+    its own price is the input price, as token_cost prices it. Unpriceable for another token type or a missing price."""
+    part = OPENMETER_TOKEN_TYPES.get(token_type)
+    if part is None:
+        raise Unpriceable(f"{token_type!r} is not a token type ({', '.join(OPENMETER_TOKEN_TYPES)})")
+    price = getattr(prices, part)
+    if price is None and part in ("cached_input", "cache_write"):
+        price = prices.input
+    if price is None:
+        raise Unpriceable(f"no per-token {part.replace('_', ' ')} price for this model")
+    with decimal.localcontext(EXACT):
+        return price / _MILLION
+
+
 def plain(value: Decimal) -> str:
     """A Decimal as a plain string without exponent or trailing zeros (0.000025, 12, 3.5, never -0)."""
     text = format(value, "f")

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from billow.domain import fields
 from billow.domain.catalog import KEY_RE
-from billow.domain.llm import plain
+from billow.domain.llm import OPENMETER_TOKEN_TYPES, plain
 from billow.errors import NotFound, ValidationFailed
 from billow.exact import parse_decimal
 from billow.ids import new_id
@@ -105,8 +105,9 @@ def _meter_fields(namespace: str, slug: Any, body: dict[str, Any], doc: dict[str
     return meter.group_by
 
 
-# OpenMeter's LLM token types (request and response are its aliases of input and output).
-LLM_TOKEN_TYPES = ("input", "output", "cache_read", "reasoning", "cache_write", "request", "response")
+# OpenMeter's LLM token types (request and response are its aliases of input and output), each mapped to the price
+# Billow's LLM costs price it at (llm.OPENMETER_TOKEN_TYPES).
+LLM_TOKEN_TYPES = tuple(OPENMETER_TOKEN_TYPES)
 
 
 def unit_cost(raw: Any, group_by: dict[str, str] | None) -> dict[str, Any]:

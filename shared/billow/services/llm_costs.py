@@ -28,8 +28,17 @@ from billow.exact import EXACT
 from billow.ids import new_id
 from billow.jsonx import plain_decimal
 from billow.ports import MetaStore, UsageStore
+from billow.services.features import FeatureStore, get_feature
 from billow.services.meters import SinkLock, build_meter, create_meter, get_meter
-from billow.services.query import QueryParams, engine_window_ends, params_from_query_string, usage_query
+from billow.services.query import (
+    QueryParams,
+    engine_window_ends,
+    group_by_subjects,
+    params_from_query_string,
+    parse_filters,
+    query_meter,
+    usage_query,
+)
 from billow.timeutil import window_end, zone
 
 REPORT_GROUPS = ("provider", "model", "customer", "team", "feature", "subject")
@@ -454,3 +463,102 @@ def llm_cost(namespace: str, *, subject: str | None = None, customer: str | None
                             "override (POST /api/v1/llm/prices)",
                             extensions={"unpriced": [u.to_json(False) for u in report.unpriced]})
     return plain_decimal(report.cost.total)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A feature's cost (its `unitCost`, OpenMeter's vocabulary)
+
+
+def feature_cost(namespace: str, feature_id_or_key: str, qs: dict[str, list[str]], *, features: FeatureStore,
+                 meta: MetaStore, usage: UsageStore, store: PriceOverrideStore,
+                 table: GenaiPriceTable | None = None) -> dict[str, Any]:
+    """GET /api/v1/features/{featureId}/cost: the feature's meter usage (the meter query's parameters, the feature's
+    group-by filters ANDed in) times its unit cost, per row, as OpenMeter's queryFeatureCost answers it
+    (FeatureCostQueryResult). `manual`: the amount per unit. `llm`: provider, model and token type of each row (the
+    static value, or the row's value of the groupBy key named), priced per token (llm.per_token_price: OpenMeter's token
+    types mapped to Billow's prices) by the price book the LLM cost report uses (an override, else genai-prices) at
+    the row's window start (without windowSize: `from`, else the first event's time). Rows grouped by keys only the
+    pricing needed are added up into the groups asked for. A row any part of which has no price has no cost, and
+    says why in `detail` (never counted as zero: OpenMeter adds up the priced parts alone)."""
+    feature = get_feature(namespace, feature_id_or_key, store=features, include_archived=False)
+    unit = feature.get("unitCost")
+    if not feature.get("meterSlug"):
+        raise _bad("meterSlug", f"feature {feature['key']!r} has no meter")
+    if not unit:
+        raise _bad("unitCost", f"feature {feature['key']!r} has no unit cost")
+    p = group_by_subjects(params_from_query_string(qs))
+    asked = list(dict.fromkeys(p.group_by or []))
+    pricing_keys = [unit[k] for k in ("providerProperty", "modelProperty", "tokenTypeProperty") if unit.get(k)]
+    internal = [k for k in dict.fromkeys(pricing_keys) if k not in asked]
+    own = feature.get("advancedMeterGroupByFilters")
+    if own:
+        mine = parse_filters(own)
+        p.filters = [a + b for a in p.filters for b in mine] if p.filters else mine
+    answer = query_meter(namespace, feature["meterSlug"], replace(p, group_by=[*asked, *internal]), meta=meta,
+                         usage=usage)
+    book = PriceBook(store.list_overrides(namespace), table or _TABLE)
+    lines: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in answer["data"]:
+        groups = row["groupBy"]
+        shown = {k: v for k, v in groups.items() if k not in internal}
+        key = (row["windowStart"], row["windowEnd"], row["subject"], row.get("customerId"), tuple(shown.items()))
+        line = lines.get(key)
+        if line is None:
+            line = lines[key] = {"usage": _ZERO, "cost": _ZERO, "details": [], "windowStart": row["windowStart"],
+                                 "windowEnd": row["windowEnd"], "subject": row["subject"],
+                                 "customerId": row.get("customerId"), "groupBy": shown}
+        value = Decimal(row["value"])
+        line["usage"] = EXACT.add(line["usage"], value)
+        price = _unit_price(unit, groups, book, row["windowStart"])
+        if isinstance(price, str):
+            if price not in line["details"]:
+                line["details"].append(price)
+        else:
+            line["cost"] = EXACT.add(line["cost"], EXACT.multiply(value, price))
+    data = [_cost_row(line) for line in lines.values()]
+    out: dict[str, Any] = {k: answer[k] for k in ("from", "to", "windowSize") if k in answer}
+    total = _ZERO
+    for line in lines.values():
+        if not line["details"]:
+            total = EXACT.add(total, line["cost"])
+    out.update(currency=llm.PRICE_CURRENCY, total=llm.plain(total), complete=all(r["cost"] is not None for r in data),
+               data=data)
+    return out
+
+
+def _unit_price(unit: dict[str, Any], groups: dict[str, str | None], book: PriceBook,
+                at: datetime | None) -> Decimal | str:
+    """USD per unit of usage of one row, or why there is none."""
+    if unit["type"] == "manual":
+        return Decimal(unit["amount"])
+    values = {}
+    for static, prop in (("provider", "providerProperty"), ("model", "modelProperty"), ("tokenType", "tokenTypeProperty")):
+        value = unit.get(static) or groups.get(unit.get(prop) or "")
+        if not value:
+            return f"the usage has no {unit.get(prop)} value (the {static})"
+        values[static] = value
+    if at is None:  # not windowed, no `from` and no event time: no day to price at
+        return "no time to price at: give from"
+    found = book.price(values["provider"], values["model"], at)
+    if isinstance(found, str):
+        return f"{values['provider']}/{values['model']}: {found}"
+    try:
+        return llm.per_token_price(found.prices, values["tokenType"])
+    except Unpriceable as exc:
+        return f"{values['provider']}/{values['model']} {values['tokenType']}: {exc} ({found.source} {found.ref})"
+
+
+def _cost_row(line: dict[str, Any]) -> dict[str, Any]:
+    """One row of OpenMeter's FeatureCostQueryResult: usage and cost as exact decimal text, cost null with a detail
+    when a part of the row has no price."""
+    out: dict[str, Any] = {"usage": llm.plain(line["usage"]),
+                           "cost": None if line["details"] else llm.plain(line["cost"]),
+                           "currency": llm.PRICE_CURRENCY, "windowStart": line["windowStart"],
+                           "windowEnd": line["windowEnd"], "subject": line["subject"]}
+    if line["details"]:
+        out["detail"] = "; ".join(line["details"])
+    if line["customerId"]:
+        out["customerId"] = line["customerId"]
+    if line["groupBy"]:
+        out["groupBy"] = line["groupBy"]
+    return out
