@@ -169,4 +169,25 @@ def test_exclusive_bounds_of_either_openapi_version() -> None:
     assert problems({"type": "number", "exclusiveMinimum": 0}, Decimal("0.000001")) == []
     assert problems({"type": "integer", "minimum": 1}, True) == []  # a boolean is no number (the service's)
     assert problems({"type": "string", "enum": ["a", "b"]}, "c") == ["must be one of a, b"]
-    assert problems({"enum": [1, 2]}, 3) == []  # only string enums
+    assert problems({"enum": [1, 2]}, "3") == []  # a type is the service's to judge
+
+
+def test_number_and_boolean_enums_and_multiple_of() -> None:
+    """The document's number and boolean enums and multipleOf: they were not checked (a string enum alone was). None
+    is in OpenMeter's document today; a field that gains one is checked as kin-openapi would check it."""
+    def problems(node: dict[str, Any], value: Any) -> list[str]:
+        out: list[dict[str, str]] = []
+        body_contract._walk(node, value, "n", out)
+        return [p["message"] for p in out]
+
+    assert problems({"type": "integer", "enum": [1, 2]}, 3) == ["must be one of 1, 2"]
+    assert problems({"type": "integer", "enum": [1, 2]}, Decimal("2.0")) == []
+    assert problems({"type": "integer", "enum": [1, 2]}, True) == ["must be one of 1, 2"]  # true is not 1
+    assert problems({"type": "boolean", "enum": [True]}, False) == ["must be one of true"]
+    assert problems({"type": "boolean", "enum": [True]}, 1) == ["must be one of true"]
+    assert problems({"type": "number", "enum": [0.5, 1.5]}, Decimal("0.50")) == []
+    assert problems({"type": "number", "multipleOf": 0.01}, Decimal("0.3")) == []  # 0.3 % 0.01 is not 0 in floats
+    assert problems({"type": "number", "multipleOf": 0.01}, Decimal("0.305")) == ["must be a multiple of 0.01"]
+    assert problems({"type": "integer", "multipleOf": 5}, 12) == ["must be a multiple of 5"]
+    assert problems({"type": "integer", "multipleOf": 5}, Decimal("1E+999999")) == []  # too big to judge: not refused
+    assert problems({"type": "number", "multipleOf": 3}, Decimal("1E-999999")) == ["must be a multiple of 3"]

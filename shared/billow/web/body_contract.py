@@ -1,6 +1,7 @@
 """Request bodies checked against the bounds the served OpenAPI document gives their fields: a string's maxLength,
-minLength, pattern and enum (string enums), a number's minimum, maximum, exclusiveMinimum and exclusiveMaximum, an
-array's maxItems and minItems. OpenMeter validates every request against its document (kin-openapi), so a value
+minLength, pattern and enum, a number's minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf and enum
+(numbers and booleans compared as JSON values: true is not 1), an array's maxItems and minItems. (OpenMeter's document
+has no number or boolean enum and no multipleOf today; they are checked for when it has.) OpenMeter validates every request against its document (kin-openapi), so a value
 outside them is a 400 there; here too, a 400 naming each field (`billingAddress.city`, `rateCards[0].key`, `[1].key`
 in an array body), before the route runs. Types, formats, required fields and nulls stay the services' (they say
 more than a schema can), and so do ids (ULID below). A oneOf/anyOf holds its value to the one branch it can be: the
@@ -11,6 +12,7 @@ before every route."""
 
 from __future__ import annotations
 
+import decimal
 import json
 import re
 from decimal import Decimal
@@ -73,6 +75,9 @@ def _regex(pattern: str) -> re.Pattern[str] | None:
 # OpenMeter's ULID pattern: where it asks for an id, Billow takes an id or what names it (a customer's key, an app's
 # type such as "sandbox"), and the look-up answers for a wrong one (404 or 400 naming the field).
 ULID: Final = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"
+# multipleOf's remainder: exact while the quotient has at most 120 digits (else InvalidOperation), any exponent.
+_QUOTIENT: Final = decimal.Context(prec=120, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN,
+                                   traps=[decimal.Inexact, decimal.Overflow, decimal.InvalidOperation])
 _JSON_TYPES: Final = {"string": str, "array": list, "object": dict, "boolean": bool}
 
 
@@ -123,6 +128,7 @@ def _walk(node: dict[str, Any], value: Any, at: str, problems: list[dict[str, st
         for sub in _branch(node, node[combined], value) if combined in node else []:
             _walk(sub, value, at, problems)
     field = at or "body"
+    _other_enum(node, value, field, problems)
     if isinstance(value, str):
         if "maxLength" in node and len(value) > node["maxLength"]:
             problems.append({"field": field, "message": f"at most {node['maxLength']} characters"})
@@ -135,6 +141,7 @@ def _walk(node: dict[str, Any], value: Any, at: str, problems: list[dict[str, st
             problems.append({"field": field, "message": f"must be one of {', '.join(enum)}"})
     elif isinstance(value, (int, Decimal)) and not isinstance(value, bool):
         _number(node, value, field, problems)
+        _multiple_of(node, value, field, problems)
     elif isinstance(value, list):
         if "maxItems" in node and len(value) > node["maxItems"]:
             problems.append({"field": field, "message": f"at most {node['maxItems']} items"})
@@ -151,6 +158,40 @@ def _walk(node: dict[str, Any], value: Any, at: str, problems: list[dict[str, st
                 _walk(props[key], item, _name(at, key), problems)
             elif isinstance(extra, dict):
                 _walk(extra, item, _name(at, key), problems)
+
+
+def _multiple_of(node: dict[str, Any], value: int | Decimal, field: str, problems: list[dict[str, str]]) -> None:
+    """multipleOf, exactly (0.3 is a multiple of 0.1, as a float remainder would not say). A value whose quotient has
+    more than 120 digits (1e999999: no such number reaches a service) is not judged here."""
+    step = node.get("multipleOf")
+    if not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0:
+        return
+    try:
+        with decimal.localcontext(_QUOTIENT):
+            rest = Decimal(value) % Decimal(str(step))
+    except ArithmeticError:
+        return
+    if rest != 0:
+        problems.append({"field": field, "message": f"must be a multiple of {Decimal(str(step))}"})
+
+
+def _same(value: Any, option: Any) -> bool:
+    """JSON equality: a boolean is never a number (True is not 1), numbers compare exactly (1 and 1.0 are equal)."""
+    if isinstance(value, bool) or isinstance(option, bool):
+        return isinstance(value, bool) and isinstance(option, bool) and value == option
+    if isinstance(value, (int, Decimal)) and isinstance(option, (int, float)):
+        return Decimal(value) == Decimal(str(option))
+    return type(value) is type(option) and bool(value == option)
+
+
+def _other_enum(node: dict[str, Any], value: Any, field: str, problems: list[dict[str, str]]) -> None:
+    """An enum of numbers or booleans (a string enum is checked with the strings): a number or boolean outside it.
+    Another JSON type is the service's to judge, as types are."""
+    enum = node.get("enum")
+    if not isinstance(enum, list) or not enum or all(isinstance(e, str) for e in enum):
+        return
+    if isinstance(value, (bool, int, Decimal)) and not any(_same(value, e) for e in enum):
+        problems.append({"field": field, "message": "must be one of " + ", ".join(json.dumps(e) for e in enum)})
 
 
 def check(method: str, path: str, body: Any) -> None:
