@@ -400,3 +400,16 @@ def test_by_customer_the_totals_are_the_model_totals_to_the_last_digit(billow: B
     assert [(u["groupBy"]["customer"], u["groupBy"]["model"]) for u in by_customer["unpriced"]] == [
         ("globex", "gpt-99-imaginary")]
     assert [u["groupBy"]["model"] for u in by_model["unpriced"]] == ["gpt-99-imaginary"]
+
+
+def test_the_served_document_says_effective_from_takes_a_date(billow_memory: Billow) -> None:
+    # It said a date-time alone, while a YYYY-MM-DD date is taken (its midnight in UTC): a client validating its
+    # request against the document could not send what docs/llm-costs.md shows.
+    doc = billow_memory.ok("GET", "/api/v1/openapi.json")
+    body = doc["paths"]["/api/v1/llm/prices"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    formats = {branch.get("format") for branch in body["properties"]["effectiveFrom"]["anyOf"]}
+    assert formats == {"date-time", "date"}
+    price = billow_memory.ok("POST", "/api/v1/llm/prices", {"provider": "openai", "model": "gpt-4o",
+                                                            "inputPerMillionTokens": "1", "outputPerMillionTokens": "2",
+                                                            "effectiveFrom": "2026-03-01"})
+    assert price["effectiveFrom"] == "2026-03-01T00:00:00Z"
