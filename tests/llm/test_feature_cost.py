@@ -49,6 +49,8 @@ def test_each_openmeter_token_type_is_priced_at_billow_s_price_for_it(billow: Bi
     assert by_type["currency"] == "USD" and by_type["complete"] is True
     got = {r["groupBy"]["type"]: (r["usage"], r["cost"]) for r in by_type["data"]}
     assert got == {t: (str(n), str(D(n) * D(p) / 1_000_000).rstrip("0").rstrip(".")) for t, (n, p) in TOKENS.items()}
+    costs = [D(r["cost"]) for r in by_type["data"]]
+    assert costs == sorted(costs, reverse=True)  # OpenMeter's order: the costliest first
     expected = sum(D(n) * D(p) / 1_000_000 for n, p in TOKENS.values())
     assert D(by_type["total"]) == expected == D("13.5")
     # not grouped: the pricing keys are added up into one row

@@ -478,8 +478,9 @@ def feature_cost(namespace: str, feature_id_or_key: str, qs: dict[str, list[str]
     static value, or the row's value of the groupBy key named), priced per token (llm.per_token_price: OpenMeter's token
     types mapped to Billow's prices) by the price book the LLM cost report uses (an override, else genai-prices) at
     the row's window start (without windowSize: `from`, else the first event's time). Rows grouped by keys only the
-    pricing needed are added up into the groups asked for. A row any part of which has no price has no cost, and
-    says why in `detail` (never counted as zero: OpenMeter adds up the priced parts alone)."""
+    pricing needed are added up into the groups asked for, and sorted as OpenMeter sorts them (cost descending, rows
+    without one last). A row any part of which has no price has no cost, and says why in `detail` (never counted as
+    zero: OpenMeter adds up the priced parts alone)."""
     feature = get_feature(namespace, feature_id_or_key, store=features, include_archived=False)
     unit = feature.get("unitCost")
     if not feature.get("meterSlug"):
@@ -515,7 +516,9 @@ def feature_cost(namespace: str, feature_id_or_key: str, qs: dict[str, list[str]
                 line["details"].append(price)
         else:
             line["cost"] = EXACT.add(line["cost"], EXACT.multiply(value, price))
-    data = [_cost_row(line) for line in lines.values()]
+    # OpenMeter's order: the costliest first, rows without a cost last (ties as the store gave them)
+    data = sorted((_cost_row(line) for line in lines.values()),
+                  key=lambda r: (r["cost"] is None, -Decimal(r["cost"] or 0)))
     out: dict[str, Any] = {k: answer[k] for k in ("from", "to", "windowSize") if k in answer}
     total = _ZERO
     for line in lines.values():
