@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from billow.bootstrap import container
-from billow.services import balances, entitlements, features, pages, params
+from billow.services import balances, entitlements, features, llm_costs, pages, params
 from billow.timeutil import parse_rfc3339
 from billow.web.http import path_param, query_multi
 from functions.api.bodies import optional_request_body, request_body
@@ -24,23 +24,29 @@ def _event() -> dict[str, Any]:
 
 
 # -- features ---------------------------------------------------------------------------------------
+def _priced(answer: Any) -> Any:
+    """Features with OpenMeter's readOnly unitCost.pricing where it is known (llm_costs.with_pricing)."""
+    c = container()
+    return llm_costs.with_pricing(c.namespace, answer, store=c.llm_price_store(), now=c.clock.now())
+
+
 @router.get("/api/v1/features")
 def list_features() -> Response:
     c = container()
-    return ok(features.list_features(c.namespace, query_multi(_event()), store=c.entitlements))
+    return ok(_priced(features.list_features(c.namespace, query_multi(_event()), store=c.entitlements)))
 
 
 @router.post("/api/v1/features")
 def create_feature() -> Response:
     c = container()
-    return ok(features.create_feature(c.namespace, request_body(router), store=c.entitlements, meta=c.meta,
-                                      now=c.clock.now()), 201)
+    return ok(_priced(features.create_feature(c.namespace, request_body(router), store=c.entitlements, meta=c.meta,
+                                              now=c.clock.now())), 201)
 
 
 @router.get("/api/v1/features/<feature>")
 def get_feature(feature: str) -> Response:
     c = container()
-    return ok(features.get_feature(c.namespace, path_param(feature), store=c.entitlements))
+    return ok(_priced(features.get_feature(c.namespace, path_param(feature), store=c.entitlements)))
 
 
 @router.delete("/api/v1/features/<feature>")

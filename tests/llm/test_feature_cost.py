@@ -97,3 +97,28 @@ def test_a_manual_unit_cost_and_the_400s(billow_memory: Billow) -> None:
     status, problem = b.call("GET", "/api/v1/features/flat/cost", query={"windowSize": "FORTNIGHT"})
     assert (status, problem["validationErrors"][0]["field"]) == (400, "windowSize")
     assert b.call("GET", "/api/v1/features/nope/cost")[0] == 404
+
+
+def test_a_feature_shows_openmeter_s_pricing_where_its_model_is_known(billow_memory: Billow) -> None:
+    # OpenMeter's readOnly unitCost.pricing (FeatureLLMUnitCostPricing) was never shown: a client reading a feature's
+    # per-token prices found none.
+    b = billow_memory
+    b.ok("POST", "/api/v1/meters", METER)
+    b.ok("POST", "/api/v1/llm/prices", PRICE)
+    per_token = {"inputPerToken": "0.000002", "outputPerToken": "0.000008", "cacheReadPerToken": "0.0000005",
+                 "cacheWritePerToken": "0.000002", "reasoningPerToken": "0.000008"}
+    static = b.ok("POST", "/api/v1/features", {"key": "static", "name": "S", "meterSlug": "ai_tokens", "unitCost": {
+        "type": "llm", "provider": "openai", "model": "gpt-4o", "tokenTypeProperty": "type"}})
+    assert static["unitCost"]["pricing"] == per_token
+    b.ok("POST", "/api/v1/features", {"key": "filtered", "name": "F", "meterSlug": "ai_tokens",
+                                      "meterGroupByFilters": {"model": "gpt-4o"},
+                                      "unitCost": {"type": "llm", "provider": "openai", "modelProperty": "model",
+                                                   "tokenTypeProperty": "type"}})
+    b.ok("POST", "/api/v1/features", {"key": "any_model", "name": "A", "meterSlug": "ai_tokens", "unitCost": LLM_COST})
+    b.ok("POST", "/api/v1/features", {"key": "unknown", "name": "U", "meterSlug": "ai_tokens", "unitCost": {
+        "type": "llm", "provider": "openai", "model": "no-such-model-xyz", "tokenType": "input"}})
+    assert b.ok("GET", "/api/v1/features/filtered")["unitCost"]["pricing"] == per_token
+    listed = {f["key"]: f["unitCost"].get("pricing") for f in b.ok("GET", "/api/v1/features")}
+    assert listed == {"static": per_token, "filtered": per_token, "any_model": None, "unknown": None}
+    paged = b.ok("GET", "/api/v1/features", query={"page": "1", "pageSize": "10"})
+    assert {f["key"]: f["unitCost"].get("pricing") for f in paged["items"]} == listed

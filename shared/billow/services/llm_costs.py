@@ -565,3 +565,54 @@ def _cost_row(line: dict[str, Any]) -> dict[str, Any]:
     if line["groupBy"]:
         out["groupBy"] = line["groupBy"]
     return out
+
+
+def with_pricing(namespace: str, answer: Any, *, store: PriceOverrideStore, now: datetime,
+                 table: GenaiPriceTable | None = None) -> Any:
+    """Features as OpenMeter shows them: an `llm` unitCost whose provider and model are known (static values, or an
+    exact `$eq` filter of the feature on the groupBy key named) gets the readOnly `pricing` (FeatureLLMUnitCostPricing:
+    USD per token of each of OpenMeter's token types, exact decimal text) from the prices in effect `now` (an
+    override, else genai-prices), as llm.per_token_price prices them; none when no price covers the model. `answer`
+    is a feature, a list of them or a page of them (`items`); the stored documents are not changed."""
+    docs: Any = answer.get("items") if isinstance(answer, dict) and "items" in answer else answer
+    one = isinstance(docs, dict)
+    book: PriceBook | None = None
+    out: list[dict[str, Any]] = []
+    for doc in [docs] if one else docs:
+        unit: dict[str, Any] = doc.get("unitCost") or {}
+        provider = _known(doc, unit, "provider", "providerProperty") if unit.get("type") == "llm" else None
+        model = _known(doc, unit, "model", "modelProperty") if provider else None
+        if not provider or not model:
+            out.append(doc)
+            continue
+        if book is None:
+            book = PriceBook(store.list_overrides(namespace), table or _TABLE)
+        found = book.price(provider, model, now)
+        pricing = _pricing(found.prices) if not isinstance(found, str) else None
+        out.append({**doc, "unitCost": {**unit, "pricing": pricing}} if pricing else doc)
+    if one:
+        return out[0]
+    return {**answer, "items": out} if isinstance(answer, dict) else out
+
+
+def _known(doc: dict[str, Any], unit: dict[str, Any], static: str, prop: str) -> str | None:
+    """The static value, or the one value the feature's filters pin the groupBy key to."""
+    if unit.get(static):
+        return str(unit[static])
+    spec = (doc.get("advancedMeterGroupByFilters") or {}).get(unit.get(prop) or "")
+    return spec["$eq"] if isinstance(spec, dict) and list(spec) == ["$eq"] and isinstance(spec["$eq"], str) else None
+
+
+_PRICING = (("inputPerToken", "input"), ("outputPerToken", "output"), ("cacheReadPerToken", "cache_read"),
+            ("cacheWritePerToken", "cache_write"), ("reasoningPerToken", "reasoning"))
+
+
+def _pricing(prices: TokenPrices) -> dict[str, str] | None:
+    """OpenMeter's FeatureLLMUnitCostPricing of these prices; None without an input or output price (required)."""
+    out = {}
+    for name, token_type in _PRICING:
+        try:
+            out[name] = llm.plain(llm.per_token_price(prices, token_type))
+        except Unpriceable:
+            pass
+    return out if "inputPerToken" in out and "outputPerToken" in out else None
