@@ -70,6 +70,24 @@ def test_a_null_unit_cost_is_a_400_and_makes_no_feature(meta_billow: Billow) -> 
     assert meta_billow.ok("GET", "/api/v1/features") == []
 
 
+STATIC_LLM_COST = {"type": "llm", "provider": "openai", "model": "gpt-4o", "tokenType": "input"}
+
+
+@pytest.mark.parametrize("field", ["provider", "providerProperty", "model", "modelProperty", "tokenType",
+                                   "tokenTypeProperty"])
+def test_a_null_in_an_llm_unit_cost_is_a_400_and_makes_no_feature(meta_billow: Billow, field: str) -> None:
+    # OpenMeter's FeatureLLMUnitCost makes none nullable; a null beside its pair was taken for the field left out
+    # (201). Each static value's null is sent beside its groupBy key (the meter's `model`), and each key's beside the
+    # static value.
+    pair = field.removesuffix("Property")
+    unit = {**STATIC_LLM_COST, field: None} if field != pair else \
+        {**{k: v for k, v in STATIC_LLM_COST.items() if k != pair}, f"{pair}Property": "model", pair: None}
+    status, out = meta_billow.call("POST", "/api/v1/features", {"key": "ai", "name": "AI", "meterSlug": "tokens",
+                                                                "unitCost": unit})
+    assert status == 400 and _named(out, f"unitCost.{field}"), (status, out)
+    assert meta_billow.ok("GET", "/api/v1/features") == []
+
+
 @pytest.mark.parametrize("field", ["expiresAt", "createdAt", "expired", "token"])
 def test_a_null_in_a_portal_token_is_a_400_and_makes_no_token(meta_billow: Billow, field: str) -> None:
     status, out = meta_billow.call("POST", "/api/v1/portal/tokens", {"subject": "customer_1", field: None})

@@ -132,6 +132,9 @@ def unit_cost(raw: Any, group_by: dict[str, str] | None) -> dict[str, Any]:
         raise bad("unitCost.type", "must be 'manual' or 'llm'")
     if group_by is None:
         raise bad("unitCost", "an LLM unit cost needs a meter: set meterSlug")
+    # OpenMeter's FeatureLLMUnitCost makes none of these nullable: a null is never the field left out
+    fields.not_null(raw, ("provider", "providerProperty", "model", "modelProperty", "tokenType", "tokenTypeProperty"),
+                    "unitCost.")
     out: dict[str, Any] = {"type": "llm"}
     for static, prop in (("provider", "providerProperty"), ("model", "modelProperty"),
                          ("tokenType", "tokenTypeProperty")):
