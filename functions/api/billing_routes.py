@@ -135,8 +135,9 @@ def list_invoices() -> Response:
 
 @router.post("/api/v1/billing/invoices/invoice")
 def invoice_now() -> Response:
-    """Invoice a customer's due lines now (OpenMeter's InvoicePendingLinesActionInput: customerId, asOf, and
-    filters.lineIds: those pending lines alone). A customer the run skipped is a 409 problem naming it and why (a
+    """Invoice a customer's due lines now (OpenMeter's InvoicePendingLinesActionInput: customerId, asOf,
+    filters.lineIds: those pending lines alone, and progressiveBillingOverride: whether the usage of periods in
+    progress is invoiced up to now, over the customer's profile's progressiveBilling). A customer the run skipped is a 409 problem naming it and why (a
     concurrent billing run, e.g. the scheduled one, billed it meanwhile; no billing profile applies), never `201 []`,
     which says nothing was due."""
     c, store = _c()
@@ -151,9 +152,12 @@ def invoice_now() -> Response:
     line_ids = (filters or {}).get("lineIds")
     if line_ids is not None and not (isinstance(line_ids, list) and all(isinstance(x, str) for x in line_ids)):
         raise billing.bad("filters.lineIds", "must be an array of line ids")
+    progressive = body.get("progressiveBillingOverride")
+    if progressive is not None and not isinstance(progressive, bool):
+        raise billing.bad("progressiveBillingOverride", "must be a boolean")
     from billow.services import jobs
 
-    result = jobs.billing_run(c, customer_id=customer["id"], as_of=as_of, line_ids=line_ids)
+    result = jobs.billing_run(c, customer_id=customer["id"], as_of=as_of, line_ids=line_ids, progressive=progressive)
     skipped = [s["reason"] for s in result.skipped if s["customerId"] == customer["id"]]
     if skipped:  # not `201 []`, which reads as "nothing was due"
         name = f"{customer.get('key')} ({customer['id']})" if customer.get("key") else customer["id"]

@@ -20,7 +20,7 @@ from billow.domain import invoices as inv_rules
 from billow.domain import subscriptions as subs
 from billow.exact import EXACT
 from billow.ids import new_id
-from billow.timeutil import format_rfc3339
+from billow.timeutil import format_rfc3339, parse_rfc3339
 
 CORRECTION_WINDOW = timedelta(days=7)  # a period's points are re-checked for corrections this long after it ends
 
@@ -43,9 +43,17 @@ class Mark:
     # A deleted draft gave its part back: the point is owed again and due even after CORRECTION_WINDOW, until a
     # run bills it (and writes the mark without the flag).
     reopened: bool = False
+    # Progressive billing (an in-arrears point of a period in progress): the instant its usage was billed up to; the
+    # next part starts there, and the period's end bills the rest as the last part (not as a correction). None: the
+    # point was billed whole (or not progressively at all).
+    until: datetime | None = None
+    # Per invoice that billed a part of a progressively billed point: where the point's billing stood before it (the
+    # period's start for the first part): a deleted draft puts `until` back there.
+    split_from: dict[str, str] = field(default_factory=dict)
     # Not stored: what this run's advance of the mark billed (line key -> change), filed under its invoice's id when
-    # the invoice is made (services/billing_run._prepare).
+    # the invoice is made (services/billing_run._prepare); and where the point stood before it (`split_from`).
     change: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
+    was: datetime | None = field(default=None, compare=False)
 
     def doc(self) -> dict[str, Any]:
         """The stored JSON: `billed`, and the subjects, invoices and reopened flag under keys no line key can be
@@ -57,6 +65,10 @@ class Mark:
             out[INVOICES_ENTRY] = self.invoices
         if self.reopened:
             out[REOPENED_ENTRY] = True
+        if self.until is not None:
+            out[UNTIL_ENTRY] = format_rfc3339(self.until)
+        if self.split_from:
+            out[PARTS_ENTRY] = self.split_from
         return out
 
     @staticmethod
@@ -71,8 +83,10 @@ class Mark:
                billed_at: datetime | None) -> Mark:
         """A mark as read from its stored JSON (`doc`)."""
         billed, subjects = cls.parts(doc)
+        until = doc.get(UNTIL_ENTRY)
         return cls(subscription_id, period_start, term, rev, billed, billed_at, subjects,
-                   dict(doc.get(INVOICES_ENTRY) or {}), bool(doc.get(REOPENED_ENTRY)))
+                   dict(doc.get(INVOICES_ENTRY) or {}), bool(doc.get(REOPENED_ENTRY)),
+                   None if until is None else parse_rfc3339(until, UNTIL_ENTRY), dict(doc.get(PARTS_ENTRY) or {}))
 
     def without(self, invoice_id: str) -> Mark:
         """The mark with what invoice `invoice_id` billed of it given back (its draft was deleted): each entry less
@@ -88,7 +102,13 @@ class Mark:
                 else:
                     billed[k] = _entry(entry)
         invoices = {i: v for i, v in self.invoices.items() if i != invoice_id}
-        return replace(self, billed=billed, invoices=invoices, reopened=True)
+        until = self.until
+        if invoice_id in self.split_from:  # a part of a progressively billed point: its billing stands where it stood
+            # before that part (or earlier, when a later part is still billed)
+            before = parse_rfc3339(self.split_from[invoice_id], PARTS_ENTRY)
+            until = before if until is None else min(until, before)
+        parts = {i: v for i, v in self.split_from.items() if i != invoice_id}
+        return replace(self, billed=billed, invoices=invoices, reopened=True, until=until, split_from=parts)
 
     @property
     def empty(self) -> bool:
@@ -99,6 +119,8 @@ class Mark:
 SUBJECTS_ENTRY = "@subjects"  # the stored mark's entry of the subjects it was billed with (never a line key)
 INVOICES_ENTRY = "@invoices"  # ... of what each invoice billed of it
 REOPENED_ENTRY = "@reopened"  # ... saying a deleted draft gave its part back
+UNTIL_ENTRY = "@until"  # ... of the instant a progressively billed point was billed up to
+PARTS_ENTRY = "@parts"  # ... of where each part's invoice found the point's billing
 ENTRY_FIELDS = ("total", "quantity", "amount", "discounts", "usage")
 _QUANTITIES = ("quantity", "usage")
 
@@ -130,6 +152,9 @@ class Point:
     period: tuple[datetime, datetime]
     term: str
     mark: Mark  # rev 0 when new
+    # Progressive billing: the in-arrears point of a period in progress, rated up to this instant (its usage lines
+    # that may be split: `subscriptions.charges(until=)`). None: the point is due and rated whole.
+    until: datetime | None = None
 
 
 def due_points(sub: dict[str, Any], as_of: datetime, marks: Mapping[tuple[str, datetime, str], Mark],
@@ -158,6 +183,25 @@ def due_points(sub: dict[str, Any], as_of: datetime, marks: Mapping[tuple[str, d
     return out
 
 
+def progressive_point(sub: dict[str, Any], cut: datetime, marks: Mapping[tuple[str, datetime, str], Mark]) -> Point | None:
+    """OpenMeter's progressive billing (rating/service/rate/base.go ProgressiveBillingMeteredPricer): the in-arrears
+    point of `sub`'s period in progress at `cut` (a minute), to be billed up to `cut`: None when no period is in
+    progress (the subscription has not started by `cut`, or its point is due whole: its period or the subscription
+    ended) or when the point was billed up to `cut` already. A period's usage served only from `cut` on bills nothing
+    here (OpenMeter bills a line only when `cut` is after its period's start)."""
+    start, end = subs.t(sub["activeFrom"]), subs.t(sub.get("activeTo"))
+    assert start is not None
+    if cut <= start or (end is not None and cut >= end):
+        return None
+    ps, pe = subs.cycle(sub).containing(cut)
+    if cut == ps:
+        return None  # a period that starts at `cut`: nothing of it is served yet (the one before is due whole)
+    mark = marks.get((sub["id"], ps, "in_arrears"))
+    if mark is not None and (mark.until is None or mark.until >= cut):
+        return None  # billed whole (e.g. a late correction's mark), or up to `cut` already
+    return Point(sub, (ps, pe), "in_arrears", mark or Mark(sub["id"], ps, "in_arrears", 0, {}), until=cut)
+
+
 def charge_key(c: subs.Charge) -> str:
     """What a mark records a billed amount under: source | rate card key | line key | category. An add-on's spans of
     one quantity each have their own (its first span's key as it always was; a later one's line key ends with
@@ -166,8 +210,14 @@ def charge_key(c: subs.Charge) -> str:
 
 
 def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
-    """Invoice lines for what this point owes beyond what it was billed, and the new billed state."""
+    """Invoice lines for what this point owes beyond what it was billed, and the new billed state.
+
+    A progressively billed point (OpenMeter's split line): a part up to `point.until` is a line of its period up to
+    there, invoiceAt `until`; the part after one (the mark's `until`) bills the usage since as the next part, with
+    the usage billed before it as its `preLinePeriodQuantity`, not as a correction (`later_part` then shows its
+    period from there)."""
     billed: dict[str, dict[str, str]] = dict(point.mark.billed)
+    at = point.until or now  # OpenMeter: a split line's invoiceAt is where it was split
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     current: dict[str, subs.Charge] = {}
     metered: dict[tuple[str, str], dict[datetime, Decimal]] = {}  # a usage item's metered usage per item period
@@ -204,11 +254,11 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
                 billed[k]["usage"] = plain(now_usage)
             if d_total == 0:
                 continue  # a quantity that costs nothing more (e.g. inside a free allowance) is recorded, not invoiced
-            correction = point.mark.rev > 0 and k in point.mark.billed
+            correction = point.mark.rev > 0 and k in point.mark.billed and point.mark.until is None
             source, card_key, line_key, category = k.split("|")
             item = ch.item if ch else None
             rc: dict[str, Any] = item.rate_card if item else {"key": card_key, "name": card_key, "type": "usage_based"}
-            group = groups.setdefault((source, card_key), _parent(point, rc, item, source, now))
+            group = groups.setdefault((source, card_key), _parent(point, rc, item, source, now, at))
             d_amount = amount - Decimal(was.get("amount", was["total"]))
             d_disc = disc - Decimal(was.get("discounts", "0"))
             group["children"].append(detailed_line(
@@ -217,7 +267,7 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
                 managed_by="subscription", category=category, quantity=plain(d_qty),
                 per_unit=plain(ch.line.unit_price) if ch else "0", payment_term=point.term,
                 period=period_json(ch.line.period_start, ch.line.period_end) if ch else group["period"],
-                invoice_at=now, currency=point.sub["currency"], totals=inv_rules.totals(d_amount, d_disc),
+                invoice_at=at, currency=point.sub["currency"], totals=inv_rules.totals(d_amount, d_disc),
                 tax_config=rc.get("taxConfig"), now=now))
     lines = []
     for g, group in groups.items():
@@ -228,6 +278,9 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
                 # quantities: a tier's flat price 1, a package price its packages). A correction bills the usage
                 # since the period was last billed.
                 group["quantity"] = plain(usage[g] - before.get(g, Decimal(0)))
+                if point.mark.until is not None and before.get(g, Decimal(0)) != 0:  # a later part: OpenMeter's
+                    # usage billed by the parts before it
+                    group["preLinePeriodQuantity"] = plain(before[g])
             else:  # a flat fee; or a correction to a mark that recorded no usage (written before marks did)
                 group["quantity"] = plain(sum((Decimal(child["quantity"]) for child in group["children"]
                                                 if child["category"] == "regular"), Decimal(0)))
@@ -300,7 +353,25 @@ def detailed_line(*, name: str, managed_by: str, category: str, quantity: str, p
     return out
 
 
-def _parent(point: Point, rc: dict[str, Any], item: subs.Item | None, source: str, now: datetime) -> dict[str, Any]:
+def later_part(lines: list[dict[str, Any]], point: Point) -> None:
+    """The lines of a progressively billed point's part after the first (its mark billed up to `mark.until`): the
+    lines of the items billed in parts before (OpenMeter's split line after the split point) start there; an item
+    that was not split (e.g. a flat fee in arrears, a volume price) keeps its whole period."""
+    until = point.mark.until
+    if until is None:
+        return
+    parted = {subs.item_reference(point.sub, *_group(k), point.period[0])[1] for k in point.mark.billed}
+    for line in lines:
+        if (line.get("subscription") or {}).get("item", {}).get("id") not in parted:
+            continue
+        for ln in [line, *line.get("children", [])]:
+            span = (parse_rfc3339(ln["period"]["from"], "from"), parse_rfc3339(ln["period"]["to"], "to"))
+            if span[0] < until < span[1]:
+                ln["period"] = period_json(until, span[1])
+
+
+def _parent(point: Point, rc: dict[str, Any], item: subs.Item | None, source: str, now: datetime,
+            at: datetime) -> dict[str, Any]:
     """The line of one subscription item in a billing point: OpenMeter's InvoiceLine (type usage_based, also for a
     flat fee: its price is flat), carrying the item's rate card as the plan had it and the subscription reference
     (subscription, phase, item, billing period); `subscription.id` is Billow's older spelling of the subscription's
@@ -310,11 +381,13 @@ def _parent(point: Point, rc: dict[str, Any], item: subs.Item | None, source: st
     phase_ref, item_ref = subs.item_reference(sub, source, rc["key"], item.start if item else s)
     if item is not None:
         s, e = max(s, item.start), min(e, item.end) if item.end else e
+    if point.until is not None:
+        e = min(e, point.until)
     card = rate_card_json(price=rc.get("price"), feature_key=rc.get("featureKey"), tax_config=rc.get("taxConfig"),
                           discounts=rc.get("discounts"))
     ref = {"id": sub["id"], "subscription": {"id": sub["id"]}, "phase": {"id": phase_ref}, "item": {"id": item_ref},
            "billingPeriod": period_json(*point.period)}
     return {"id": new_id(), "name": rc["name"], "type": "usage_based", "managedBy": "subscription", "status": "valid",
             **line_rate_card_fields(card), "currency": sub["currency"],
-            "period": period_json(s, e), "invoiceAt": format_rfc3339(now), "createdAt": format_rfc3339(now),
+            "period": period_json(s, e), "invoiceAt": format_rfc3339(at), "createdAt": format_rfc3339(now),
             "updatedAt": format_rfc3339(now), "subscription": ref, "children": []}

@@ -59,6 +59,7 @@ __all__ = [
     "prorate",
     "rate",
     "rate_part",
+    "splittable",
     "totals",
 ]
 
@@ -830,6 +831,13 @@ def _rate_usage(price: UsagePrice, before: Decimal, after: Decimal, *, first: bo
     if last:
         lines = _apply_minimum(lines, price.minimum_amount, billed_before, ctx, period_start, period_end)
     return lines
+
+
+def splittable(price: Price) -> bool:
+    """Whether a price can be billed in parts of its period (`rate_part`): unit, graduated, package and dynamic
+    prices (OpenMeter's ProgressiveBillingMeteredPricer); never a flat or a volume tiered one."""
+    return isinstance(price, UnitPrice | PackagePrice | DynamicPrice) or (
+        isinstance(price, TieredPrice) and price.mode == "graduated")
 
 
 def rate_part(price: Price, *, usage_before: Decimal, usage_after: Decimal, billed_before: Decimal,

@@ -209,20 +209,49 @@ def _spans(sub: dict[str, Any], period_start: datetime, period_end: datetime) ->
                 yield item, ps, pe, served[0], served[1] if served[1] is not None else pe
 
 
-def usage_spans(sub: dict[str, Any], period_start: datetime, period_end: datetime) -> list[tuple[str, datetime, datetime]]:
-    """(feature key, start, end) of every usage measurement `charges` will ask for in this billing period."""
-    return [(item.rate_card["featureKey"], s, e) for item, _, _, s, e in _spans(sub, period_start, period_end)
+SplitsFn = Callable[[str], bool]  # feature key -> whether its meter's usage may be billed in parts (progressive)
+
+
+def _rated(sub: dict[str, Any], period_start: datetime, period_end: datetime, until: datetime | None,
+           splits: SplitsFn | None) -> Iterator[tuple[Item, datetime, datetime, datetime, datetime, datetime]]:
+    """`_spans` with where each span's usage is read up to: its end; or, billed progressively up to `until`, only the
+    usage prices that OpenMeter splits (unit, graduated, package, dynamic on a meter `splits` allows) of the rate
+    cards on the subscription's own cadence, each up to `until` (a span not started by then: none)."""
+    for item, ps, pe, s, e in _spans(sub, period_start, period_end):
+        if until is None:
+            yield item, ps, pe, s, e, e
+            continue
+        price = item.rate_card["price"]
+        if ((ps, pe) != (period_start, period_end) or not pricing.splittable(pricing.parse_price(price))
+                or (splits is not None and not splits(item.rate_card["featureKey"]))):
+            continue
+        if (cut := min(e, until)) > s:
+            yield item, ps, pe, s, e, cut
+
+
+def usage_spans(sub: dict[str, Any], period_start: datetime, period_end: datetime, *, until: datetime | None = None,
+                splits: SplitsFn | None = None) -> list[tuple[str, datetime, datetime]]:
+    """(feature key, start, end) of every usage measurement `charges` will ask for in this billing period (billed
+    progressively up to `until`: see `charges`)."""
+    return [(item.rate_card["featureKey"], s, cut) for item, _, _, s, _, cut in
+            _rated(sub, period_start, period_end, until, splits)
             if item.rate_card["type"] == "usage_based" and item.rate_card["price"].get("type") != "flat"]
 
 
 def charges(sub: dict[str, Any], period_start: datetime, period_end: datetime, *, usage: UsageFn,
-            rounding: Rounding = "ROUND_HALF_UP") -> list[Charge]:
+            rounding: Rounding = "ROUND_HALF_UP", until: datetime | None = None,
+            splits: SplitsFn | None = None) -> list[Charge]:
     """What the subscription owes for its billing period [period_start, period_end): one or more detailed lines
-    per rate card in force during it."""
+    per rate card in force during it.
+
+    `until` (progressive billing, OpenMeter's split line): what the period's usage up to `until` owes so far, of the
+    usage prices that may be split alone (`_rated`): rated as the period's first part (`pricing.rate_part`: a
+    graduated price's first tier fee, the maximum spend over the period, no minimum spend, which only its last part
+    bills); every other charge waits for the period's end."""
     prorate = bool((sub.get("proRatingConfig") or {}).get("enabled", True))
     cur = sub["currency"]
     out: list[Charge] = []
-    for item in items(sub):  # one-time fees: in the period where their item starts
+    for item in items(sub) if until is None else ():  # one-time fees: in the period where their item starts
         rc = item.rate_card
         if rc.get("price") is not None and rc.get("billingCadence") is None and period_start <= item.start < period_end:
             price = pricing.parse_price(rc["price"])
@@ -231,7 +260,7 @@ def charges(sub: dict[str, Any], period_start: datetime, period_end: datetime, *
             out += [Charge(item, ln) for ln in pricing.rate(
                 one, Decimal(0), currency=cur, rounding=rounding, period_start=period_start, period_end=period_end,
                 discounts=pricing.parse_discounts(rc.get("discounts")), name=rc["name"])]
-    for item, ps, pe, s, e in _spans(sub, period_start, period_end):
+    for item, ps, pe, s, e, cut in _rated(sub, period_start, period_end, until, splits):
         rc = item.rate_card
         price = pricing.parse_price(rc["price"])
         discounts = pricing.parse_discounts(rc.get("discounts"))
@@ -242,9 +271,15 @@ def charges(sub: dict[str, Any], period_start: datetime, period_end: datetime, *
                                  discounts=discounts, name=rc["name"])
         else:
             part = _prorated_commitments(price, ps, pe, s, e, cur, rounding) if prorate and (s, e) != (ps, pe) else price
-            metered = usage(rc["featureKey"], s, e)
-            lines = pricing.rate(part, pricing.billable_usage(metered), currency=cur, rounding=rounding, period_start=ps,
-                                 period_end=pe, served_start=s, served_end=e, discounts=discounts, name=rc["name"])
+            metered = usage(rc["featureKey"], s, cut)
+            if cut < e:  # progressive: the period's first part, up to `cut`
+                lines = pricing.rate_part(part, usage_before=Decimal(0), usage_after=pricing.billable_usage(metered),
+                                          billed_before=Decimal(0), currency=cur, rounding=rounding, period_start=s,
+                                          period_end=e, part_start=s, part_end=cut, discounts=discounts, name=rc["name"])
+            else:
+                lines = pricing.rate(part, pricing.billable_usage(metered), currency=cur, rounding=rounding,
+                                     period_start=ps, period_end=pe, served_start=s, served_end=e, discounts=discounts,
+                                     name=rc["name"])
             out += [Charge(item, ln, metered) for ln in lines]
             continue
         out += [Charge(item, ln) for ln in lines]

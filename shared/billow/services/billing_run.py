@@ -29,7 +29,7 @@ from typing import Any
 from billow import jsonx
 from billow.domain import invoices as inv_rules
 from billow.domain import subscriptions as subs
-from billow.domain.billing import Mark, Point, change, diff, due_points
+from billow.domain.billing import Mark, Point, change, diff, due_points, later_part, progressive_point
 from billow.domain.invoices import CreditBack, Invoice
 from billow.domain.lineage import EMPTY as EMPTY_DIGEST
 from billow.domain.lineage import UsageDigest, lineage_json
@@ -38,7 +38,7 @@ from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.exact import EXACT
 from billow.ids import new_id
 from billow.ports import BillingStore, InvoiceNumberTaken, MetaStore, SubscriptionStore, UsageStore
-from billow.services.billing_profiles import RunContext
+from billow.services.billing_profiles import RunContext, resolved_profile
 from billow.services.entitlements import EntitlementStore, minute
 from billow.services.invoices import new_invoice
 from billow.services.lineage import measurement
@@ -105,6 +105,14 @@ class BatchedUsage:
                 raise NotFound(f"feature {feature_key!r} has no meter to rate")
             found = self.features[feature_key] = (meter, measurement(feature, meter))
         return found
+
+    SPLIT = ("SUM", "COUNT", "MAX", "UNIQUE_COUNT")
+
+    def splits(self, feature_key: str) -> bool:
+        """Whether the feature's usage may be billed in parts (progressive billing): OpenMeter's meters whose value
+        over a period only grows with it (rating/service/billableperiod.go isDependingOnIncreaseOnlyMeters: SUM,
+        COUNT, MAX, UNIQUE_COUNT; never LATEST, AVG or MIN)."""
+        return self._measured(feature_key)[0].aggregation in self.SPLIT
 
     def fetch(self) -> None:
         shared: dict[tuple[str, datetime, datetime], list[tuple[str, datetime, datetime]]] = defaultdict(list)
@@ -243,11 +251,17 @@ COMMIT_BATCH = 200  # invoices per transaction: a durable commit costs milliseco
 def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore, meta: MetaStore,
         ents: EntitlementStore, usage: UsageStore, now: datetime, customer_id: str | None = None,
         as_of: datetime | None = None, on_issue: IssueFn | None = None, lineage: bool = True,
-        line_ids: list[str] | None = None) -> RunResult:
+        line_ids: list[str] | None = None, progressive: bool | None = None) -> RunResult:
     """One billing run (see the module docstring). Idempotent: run it again and nothing changes.
 
     `line_ids` (with `customer_id`: OpenMeter's `filters.lineIds`) invoices those pending lines of the customer and
     nothing else; each must be one of its pending lines, due by `as_of`, or nothing is invoiced (a 400 naming it).
+
+    `progressive` (with `customer_id`, none of `line_ids`: OpenMeter's InvoicePendingLines; its
+    `progressiveBillingOverride`, None: the customer's merged profile's `workflow.invoicing.progressiveBilling`): also
+    bill the usage of each subscription's period in progress up to `as_of` (the minute), the prices that may be split
+    (billow.domain.billing.progressive_point; the period's end bills the rest). A run for every customer (the
+    scheduled one) never does (OpenMeter's collector invoices with partial lines disabled).
 
     `lineage=False` leaves the lineage (and its digest query) off subscriptions' usage lines: only for
     bench.billing_run, which measures what writing lineage costs (issue 21's budget); every host runs with it on.
@@ -258,6 +272,11 @@ def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore
     r = _Run(namespace, store, meta, ents, usage, now, customer_id, min(as_of or now, now), on_issue, lineage)
     if line_ids is not None:
         r.only = _chosen_lines(namespace, store, customer_id, line_ids, r.as_of)
+    elif customer_id is not None:
+        if progressive is None:
+            profile = resolved_profile(namespace, customer_id, store=store) or {}
+            progressive = bool(profile.get("workflow", {}).get("invoicing", {}).get("progressiveBilling"))
+        r.cut = minute(r.as_of) if progressive else None
     docs = [] if r.only is not None else [  # lines chosen by id: those alone, no subscription's charges
         d for d in catalog_store.list_subscriptions(namespace, customer_id) if not d.get("deletedAt")]
     r.result.subscriptions = len(docs)
@@ -304,13 +323,15 @@ class _Run:
         self.now, self.customer_id, self.as_of, self.on_issue = now, customer_id, as_of, on_issue
         self.lineage = lineage
         self.only: set[str] | None = None  # the pending lines chosen by id (filters.lineIds), else every due one
+        self.cut: datetime | None = None  # progressive billing: periods in progress are billed up to this minute
         self.result = RunResult()
         self.customers = {c["id"]: c for c in meta.list_customers(namespace)}
         self.batch = BatchedUsage(namespace, meta=meta, ents=ents, usage=usage)
         self.batches = [self.batch]  # more only when a subject is read for two parties in one span (see `_read_as`)
         self.subjects_of: dict[str, list[str]] = {}
         # Per (subscription, period, subjects read): the batch that reads them and the party they are read as.
-        self.reads: dict[tuple[str, tuple[datetime, datetime], tuple[str, ...]], tuple[BatchedUsage, str]] = {}
+        self.reads: dict[tuple[str, tuple[datetime, datetime], tuple[str, ...], datetime | None],
+                         tuple[BatchedUsage, str]] = {}
         # One invoice per customer and currency (a customer may pay in more than one).
         self.per_customer: dict[tuple[str, str], list[Owed]] = defaultdict(list)
         self.gathering: dict[tuple[str, str], list[tuple[dict[str, Any], str]]] = defaultdict(list)
@@ -322,10 +343,12 @@ class _Run:
         for d in docs:
             try:
                 points = due_points(d, self.as_of, marks, self.now)
+                if self.cut is not None and (part := progressive_point(d, self.cut, marks)) is not None:
+                    points.append(part)
                 cust = self.customers.get(d["customerId"]) or self.meta.get_customer(self.ns, d["customerId"]) or {}
                 self.subjects_of[d["id"]] = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
-                for ps, subjects in {(p.period, self._subjects(d, p)) for p in points}:
-                    self._read_as(d, ps, subjects)
+                for ps, subjects, until in {(p.period, self._subjects(d, p), p.until) for p in points}:
+                    self._read_as(d, ps, subjects, until)
             except Exception as exc:
                 self.result.fail(d["customerId"], exc, subscription_id=d["id"])
                 continue
@@ -350,34 +373,46 @@ class _Run:
             return p.mark.subjects
         return tuple(self.subjects_of[d["id"]])
 
-    def _read_as(self, d: dict[str, Any], period: tuple[datetime, datetime], subjects: tuple[str, ...]) -> None:
+    def _read_as(self, d: dict[str, Any], period: tuple[datetime, datetime], subjects: tuple[str, ...],
+                 until: datetime | None) -> None:
         """Ask a batch for the usage of `subjects` over the period's spans: as the customer when they are its subjects
         of now, else as that subject set (its own party: a non-additive meter reads them apart from the customer's
         subjects of now), in the first batch where no subject is another party's."""
         current = sorted(self.subjects_of[d["id"]]) == sorted(subjects)
         party = BatchedUsage.party(list(subjects), d["customerId"] if current else "")
-        spans = subs.usage_spans(d, period[0], period[1])
+        spans = subs.usage_spans(d, period[0], period[1], until=until, splits=self.batch.splits)
         batch = next((b for b in self.batches if b.fits(list(subjects), spans, party)), None)
         if batch is None:
             batch = BatchedUsage(self.ns, meta=self.meta, ents=self.ents, usage=self.usage)
             self.batches.append(batch)
         batch.want(list(subjects), spans, party)
-        self.reads[(d["id"], period, subjects)] = (batch, party)
+        self.reads[(d["id"], period, subjects, until)] = (batch, party)
 
     def _owed(self, d: dict[str, Any], points: list[Point]) -> list[Owed]:
-        rated: dict[tuple[tuple[datetime, datetime], tuple[str, ...]], list[subs.Charge]] = {}
+        rated: dict[tuple[tuple[datetime, datetime], tuple[str, ...], datetime | None], list[subs.Charge]] = {}
         owed: list[Owed] = []
         for p in points:
             subjects = self._subjects(d, p)
-            batch, party = self.reads[(d["id"], p.period, subjects)]
-            if (p.period, subjects) not in rated:
-                rated[(p.period, subjects)] = subs.charges(d, p.period[0], p.period[1],
-                                                           usage=batch.reader(list(subjects)))
-            lines, billed = diff(p, rated[(p.period, subjects)], self.now)
+            batch, party = self.reads[(d["id"], p.period, subjects, p.until)]
+            if (key := (p.period, subjects, p.until)) not in rated:
+                rated[key] = subs.charges(d, p.period[0], p.period[1], usage=batch.reader(list(subjects)),
+                                          until=p.until, splits=self.batch.splits)
+            lines, billed = diff(p, rated[key], self.now)
             for ln in lines if self.lineage else ():
-                since = p.mark.billed_at if p.mark.rev > 0 else None
+                # (a correction's events are those since the mark; a progressively billed point's next part is no
+                # correction: its lineage is its measurement, the period up to where it bills)
+                since = p.mark.billed_at if p.mark.rev > 0 and p.mark.until is None else None
                 if (lin := batch.lineage(ln, party, list(subjects), self.now, since)) is not None:
                     ln["lineage"] = lin
+            later_part(lines, p)
+            if p.until is not None or p.mark.until is not None:  # a progressively billed point: its part is written
+                # when it bills something (a part that bills nothing changes nothing); the period's end always writes
+                # it whole (the rest billed, the point no longer billed in parts)
+                if billed != p.mark.billed or p.until is None:
+                    owed.append((lines, replace(p.mark, billed=billed, subjects=subjects, reopened=False,
+                                                until=p.until, change=change(p.mark.billed, billed),
+                                                was=p.mark.until or p.period[0])))
+                continue
             if billed != p.mark.billed or p.mark.rev == 0:  # the mark records the subjects its period was billed
                 # with, and what this run billed of it (filed under the invoice's id in _prepare: a deleted draft gives
                 # it back); a point seen for the first time is marked even when it bills nothing, so that it closes
@@ -485,8 +520,11 @@ def _prepare(namespace: str, customer_id: str, parts: list[Owed],
                 credit = inv.credit_back(now)
         invoice = inv.to_json()
     marks = [m for _, m in parts if m is not None]
-    if invoice is not None:  # each mark records what this invoice billed of it
-        marks = [replace(m, invoices={**m.invoices, invoice["id"]: m.change}) for m in marks]
+    if invoice is not None:  # each mark records what this invoice billed of it (and, a progressively billed point's,
+        # where the point's billing stood before it: billing.Mark.split_from)
+        marks = [replace(m, invoices={**m.invoices, invoice["id"]: m.change},
+                         split_from={**m.split_from, invoice["id"]: format_rfc3339(m.was)} if m.was is not None else m.split_from)
+                 for m in marks]
     return _Prepared(customer, invoice, marks, credit, gathering, ctx.counts[customer_id] if invoice else 0)
 
 

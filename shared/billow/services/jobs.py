@@ -79,10 +79,11 @@ def sync_entitlements(host: JobHost, *, on_error: Callable[[dict[str, Any], Exce
 
 
 def billing_run(host: JobHost, *, customer_id: str | None = None, as_of: datetime | None = None,
-                documents_budget_s: float = 20.0, lineage: bool = True, line_ids: list[str] | None = None) -> RunResult:
+                documents_budget_s: float = 20.0, lineage: bool = True, line_ids: list[str] | None = None,
+                progressive: bool | None = None) -> RunResult:
     """The billing run for the host's (the caller's) namespace: (scheduled, no `customer_id`) the entitlement sync
     first, then services.billing_run.run issuing through the profile's apps, then pending documents. (`lineage=False`
-    is bench.billing_run's switch, see services.billing_run.run; no host passes it.)"""
+    is bench.billing_run's switch, see services.billing_run.run; no host passes it. `progressive`: see there.)"""
     store = host.billing_store()
     sync_failed: list[tuple[dict[str, Any], Exception]] = []  # one subscription's entitlements never stop the run
     if customer_id is None:  # scheduled: phase changes and cancelations that came due move entitlements first
@@ -95,7 +96,7 @@ def billing_run(host: JobHost, *, customer_id: str | None = None, as_of: datetim
 
     result = run_module.run(host.namespace, store=store, catalog_store=host.catalog_store(), meta=host.meta,
                             ents=host.entitlements, usage=host.usage, now=now, customer_id=customer_id, as_of=as_of,
-                            on_issue=on_issue, lineage=lineage, line_ids=line_ids)
+                            on_issue=on_issue, lineage=lineage, line_ids=line_ids, progressive=progressive)
     for sub, exc in sync_failed:
         result.fail(sub["customerId"], exc, subscription_id=sub["id"])
     if result.failures:  # what the billing_run alarm and `billow serve`'s counters watch
