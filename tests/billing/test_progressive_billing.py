@@ -263,3 +263,20 @@ def test_only_meters_whose_usage_only_grows_are_split(b: Billow) -> None:
     april = {ln["featureKey"]: (ln["period"]["from"], D(ln["quantity"]), ln["totals"]["total"])
              for _, ln in _lines(b, "acme")[1:]}
     assert april == {"users": ("2026-04-15T00:00:00Z", 1, "3.00"), "gauge": ("2026-04-01T00:00:00Z", 4, "12.00")}
+
+
+def test_a_subscription_ended_inside_the_minute_is_billed_whole_once(b: Billow) -> None:
+    """A subscription canceled at 12:00:20 and invoiced at 12:00:40: its in-arrears point is due whole (its end has
+    passed), although the minute of the call (12:00) is before its end; it is not also billed as a part up to 12:00
+    (both wrote one mark: the call lost to itself, a 409, and nothing was invoiced; found from outside)."""
+    _world(b, PRICES["unit"])
+    b.clock.set("2026-04-15T12:00:10Z")
+    listed = b.ok("GET", "/api/v1/customers/acme/subscriptions")
+    sub_id = (listed["items"] if isinstance(listed, dict) else listed)[0]["id"]
+    b.ok("POST", f"/api/v1/subscriptions/{sub_id}/cancel", {"timing": "2026-04-15T12:00:20Z"})
+    b.clock.set("2026-04-15T12:00:40Z")
+    (inv,) = _invoice_now(b, "acme")
+    usage = [ln for ln in inv["lines"] if ln["name"] == "Tokens"]
+    # (usage in whole minutes: up to 12:00; the event at 12:00:00 is in the minute the subscription ended in)
+    assert [(ln["period"]["to"], D(ln["quantity"])) for ln in usage] == [("2026-04-15T12:00:20Z", 1234 + 1111)]
+    assert _invoice_now(b, "acme") == []

@@ -183,19 +183,21 @@ def due_points(sub: dict[str, Any], as_of: datetime, marks: Mapping[tuple[str, d
     return out
 
 
-def progressive_point(sub: dict[str, Any], cut: datetime, marks: Mapping[tuple[str, datetime, str], Mark]) -> Point | None:
+def progressive_point(sub: dict[str, Any], as_of: datetime, cut: datetime,
+                      marks: Mapping[tuple[str, datetime, str], Mark]) -> Point | None:
     """OpenMeter's progressive billing (rating/service/rate/base.go ProgressiveBillingMeteredPricer): the in-arrears
-    point of `sub`'s period in progress at `cut` (a minute), to be billed up to `cut`: None when no period is in
-    progress (the subscription has not started by `cut`, or its point is due whole: its period or the subscription
-    ended) or when the point was billed up to `cut` already. A period's usage served only from `cut` on bills nothing
-    here (OpenMeter bills a line only when `cut` is after its period's start)."""
+    point of `sub`'s period in progress at `cut` (`as_of`'s minute), to be billed up to `cut`: None when no period is
+    in progress (the subscription has not started by `cut`) or its in-arrears point is due whole by `as_of`
+    (`due_points`: its period or the subscription ended, also inside `cut`'s minute) or was billed up to `cut`
+    already. A period's usage served only from `cut` on bills nothing here (OpenMeter bills a line only when `cut`
+    is after its period's start)."""
     start, end = subs.t(sub["activeFrom"]), subs.t(sub.get("activeTo"))
     assert start is not None
-    if cut <= start or (end is not None and cut >= end):
+    if cut <= start:
         return None
     ps, pe = subs.cycle(sub).containing(cut)
-    if cut == ps:
-        return None  # a period that starts at `cut`: nothing of it is served yet (the one before is due whole)
+    if cut == ps or min(pe, end or pe) <= as_of:
+        return None  # nothing of the period served by `cut`; or its point due whole (`due_points` has it)
     mark = marks.get((sub["id"], ps, "in_arrears"))
     if mark is not None and (mark.until is None or mark.until >= cut):
         return None  # billed whole (e.g. a late correction's mark), or up to `cut` already

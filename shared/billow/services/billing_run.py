@@ -343,7 +343,7 @@ class _Run:
         for d in docs:
             try:
                 points = due_points(d, self.as_of, marks, self.now)
-                if self.cut is not None and (part := progressive_point(d, self.cut, marks)) is not None:
+                if self.cut is not None and (part := progressive_point(d, self.as_of, self.cut, marks)) is not None:
                     points.append(part)
                 cust = self.customers.get(d["customerId"]) or self.meta.get_customer(self.ns, d["customerId"]) or {}
                 self.subjects_of[d["id"]] = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
