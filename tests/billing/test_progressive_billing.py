@@ -280,3 +280,22 @@ def test_a_subscription_ended_inside_the_minute_is_billed_whole_once(b: Billow) 
     # (usage in whole minutes: up to 12:00; the event at 12:00:00 is in the minute the subscription ended in)
     assert [(ln["period"]["to"], D(ln["quantity"])) for ln in usage] == [("2026-04-15T12:00:20Z", 1234 + 1111)]
     assert _invoice_now(b, "acme") == []
+
+
+def test_progressive_billing_is_on_by_default(b: Billow) -> None:
+    """OpenMeter's default workflow has progressiveBilling true (billing/defaults.go; the API's default, which
+    Billow's own OpenAPI document states too): a profile made without the flag says so and bills a part."""
+    setup(b)
+    profile = b.ok("POST", "/api/v1/billing/profiles", PROFILE)  # no progressiveBilling
+    assert profile["workflow"]["invoicing"]["progressiveBilling"] is True
+    b.clock.set("2026-03-31T00:00:00Z")
+    published(b, {"key": "metered", "name": "Metered", "currency": "USD", "billingCadence": "P1M",
+                  "phases": [{"key": "p", "name": "P", "rateCards": [
+                      {"type": "usage_based", "key": "tokens", "name": "Tokens", "featureKey": "tokens",
+                       "billingCadence": "P1M", "price": PRICES["unit"]}]}]})
+    b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "metered"}, "customerKey": "acme",
+                                           "timing": "2026-04-01T00:00:00Z"})
+    b.usage(1234, "2026-04-03T10:00:00Z", "customer_1")
+    b.clock.set("2026-04-10T00:00:00Z")
+    (inv,) = _invoice_now(b, "acme")
+    assert [(ln["period"]["to"], D(ln["quantity"])) for ln in inv["lines"]] == [("2026-04-10T00:00:00Z", 1234)]

@@ -14,7 +14,7 @@ from billow.ids import is_ulid
 APP_TYPES = ("sandbox", "custom_invoicing", "stripe")
 WORKFLOW_DEFAULTS: dict[str, Any] = {
     "collection": {"alignment": {"type": "subscription"}, "interval": "PT1H"},
-    "invoicing": {"autoAdvance": True, "draftPeriod": "P0D", "dueAfter": "P30D", "progressiveBilling": False},
+    "invoicing": {"autoAdvance": True, "draftPeriod": "P0D", "dueAfter": "P30D", "progressiveBilling": True},
     "payment": {"collectionMethod": "charge_automatically"},
     "tax": {"enabled": False, "enforced": False},
 }
