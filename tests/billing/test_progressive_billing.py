@@ -128,6 +128,7 @@ def test_an_invoice_now_splits_the_usage_line_and_the_parts_add_up_to_the_whole(
     assert part["subscription"]["billingPeriod"] == {"from": "2026-04-01T00:00:00Z", "to": "2026-05-01T00:00:00Z"}
     assert D(part["quantity"]) == 2345 and "(correction)" not in str(part)
     assert all(ch["period"] == part["period"] for ch in part["children"])
+    assert part["lineage"]["period"] == part["period"]  # measured up to the cut
     assert not any(ch["category"] == "commitment" for ch in part["children"])  # a minimum only on the last part
     assert _invoice_now(b, "beta") == []  # progressive billing off: nothing of April's usage is invoiceable yet
     assert _invoice_now(b, "acme") == []  # the part is billed: again, nothing more up to this minute
@@ -141,6 +142,8 @@ def test_an_invoice_now_splits_the_usage_line_and_the_parts_add_up_to_the_whole(
     assert rest["period"] == {"from": CUT, "to": "2026-05-01T00:00:00Z"}
     assert D(rest["quantity"]) == 3045 and D(rest["preLinePeriodQuantity"]) == 2345
     assert "(correction)" not in str(rest)
+    # the rest is rated from the whole period's usage (less the part): its lineage is that measurement, no correction's
+    assert rest["lineage"]["period"] == whole["lineage"]["period"] and rest["lineage"]["since"] is None
     assert D(first["totals"]["total"]) + D(rest["totals"]["total"]) == D(whole["totals"]["total"])
     assert D(first["quantity"]) + D(rest["quantity"]) == D(whole["quantity"]) == 5390
     assert [ln["totals"]["total"] for ln in _april(acme, "Support")] == ["5.00"]  # in arrears: at the end, whole
