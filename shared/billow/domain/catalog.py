@@ -369,6 +369,62 @@ def alignment_problems(plan: dict[str, Any]) -> Problems:
             for field, rc in plan_rate_cards(plan) if rc.get("billingCadence") not in (None, cadence)]
 
 
+def instance_price_problems(addon: dict[str, Any]) -> Problems:
+    """A multiple-instance add-on's rate cards with a price other than flat: its quantity multiplies a flat amount,
+    while a usage price is rated once whatever the quantity (OpenMeter's Addon.Publishable,
+    ValidateAddonHasCompatiblePrices: ErrAddonInvalidPriceForMultiInstance)."""
+    if addon.get("instanceType") != "multiple":
+        return []
+    return [(f"rateCards[{i}].price.type", f"a multiple-instance add-on takes flat prices only (or none), not "
+                                           f"{rc['price']['type']!r}: its quantity multiplies a flat amount, a "
+                                           "usage price would be rated once whatever the quantity")
+            for i, rc in enumerate(addon["rateCards"]) if (rc.get("price") or {}).get("type", "flat") != "flat"]
+
+
+def _term(price: dict[str, Any]) -> str:
+    return str(price.get("paymentTerm") or "in_advance")
+
+
+def overlay_problems(plan: dict[str, Any], from_phase: str, addon: dict[str, Any]) -> Problems:
+    """The add-on's rate cards that share a key with a rate card of the plan (in the phase it is offered from or a
+    later one) but cannot be laid over it: both priced, unless both are flat fees of one payment term (their
+    amounts add up); another feature or billing cadence; a percentage discount on both; entitlement templates of two
+    types (OpenMeter's PlanAddon.Validate: ValidatePlanPhaseAndAddonRateCardsAreCompatible, RateCardWithOverlay)."""
+    keys = [ph["key"] for ph in plan["phases"]]
+    phases = plan["phases"][keys.index(from_phase):] if from_phase in keys else []
+    out: Problems = []
+    for i, arc in enumerate(addon["rateCards"]):
+        for ph in phases:
+            prc = next((rc for rc in ph["rateCards"] if rc["key"] == arc["key"]), None)
+            if prc is None:
+                continue
+            why = []
+            pp, ap = prc.get("price"), arc.get("price")
+            if pp is not None and ap is not None:
+                if pp["type"] != "flat" or ap["type"] != "flat":
+                    why.append("both are priced and only flat prices add up")
+                elif _term(pp) != _term(ap):
+                    why.append(f"its payment term is {_term(ap)}, the plan's {_term(pp)}")
+            if None not in (prc.get("featureKey"), arc.get("featureKey")) and prc["featureKey"] != arc["featureKey"]:
+                why.append(f"its feature is {arc['featureKey']!r}, the plan's {prc['featureKey']!r}")
+            if None not in (prc.get("billingCadence"), arc.get("billingCadence")) \
+                    and prc["billingCadence"] != arc["billingCadence"]:
+                why.append(f"its billing cadence is {arc['billingCadence']}, the plan's {prc['billingCadence']}")
+            if ((prc.get("discounts") or {}).get("percentage") is not None
+                    and (arc.get("discounts") or {}).get("percentage") is not None):
+                why.append("both have a percentage discount")
+            pt, at = (prc.get("entitlementTemplate") or {}).get("type"), (arc.get("entitlementTemplate") or {}).get("type")
+            if None not in (pt, at) and (pt != at or pt == "static"):
+                why.append(f"entitlement templates {at} and {pt} do not add up")
+            elif pt == at == "metered" and prc["entitlementTemplate"].get("usagePeriod") \
+                    != arc["entitlementTemplate"].get("usagePeriod"):
+                why.append("their metered entitlements have different usage periods")
+            if why:
+                out.append((f"addon.rateCards[{i}]", f"rate card {arc['key']!r} shares its key with phase "
+                                                     f"{ph['key']!r}'s and cannot be laid over it: {'; '.join(why)}"))
+    return out
+
+
 def plan_rate_cards(plan: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(f"phases[{i}].rateCards[{j}]", rc) for i, ph in enumerate(plan["phases"])
             for j, rc in enumerate(ph["rateCards"])]

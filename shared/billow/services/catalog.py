@@ -69,10 +69,12 @@ def _publish_problems(namespace: str, kind: str, doc: dict[str, Any], features: 
     found = {k: features.get_feature(namespace, k) for k in keys}
     unaligned = catalog.alignment_problems(doc) if kind == "plan" else []
     offered = _addon_problems(namespace, doc, store, now) if kind == "plan" and store and now else []
+    multiple = catalog.instance_price_problems(doc) if kind == "addon" else []
     return [{"field": f, "message": m, "code": code, "severity": "critical"}
             for code, problems in (("rate_card_billing_cadence_unaligned", unaligned),
                                    ("invalid_reference", catalog.publish_problems(cards, found)),
-                                   ("plan_has_incompatible_addon", offered))
+                                   ("plan_has_incompatible_addon", offered),
+                                   ("addon_invalid_price_for_multi_instance", multiple))
             for f, m in problems]
 
 
@@ -105,6 +107,9 @@ def _addon_problems(namespace: str, plan: dict[str, Any], store: CatalogStore, n
                         f"add-on {ref['key']!r} version {ref['version']} (plan add-on {pa['id']}) {why}: a published "
                         f"plan offers active add-ons only{also}; remove it (DELETE /api/v1/plans/{{planId}}/addons/"
                         f"{pa['id']}) and offer the active version"))
+        elif addon is not None:  # the plan's rate cards were edited since it was offered
+            out += [(f"addons[{pa['addon']['key']}@{pa['addon']['version']}]", m)
+                    for _, m in catalog.overlay_problems(plan, pa["fromPlanPhase"], addon)]
     return out
 
 
@@ -364,6 +369,8 @@ def add_plan_addon(namespace: str, plan_id: str, body: Any, *, store: CatalogSto
         problems.append(("maxQuantity", "must be a positive integer"))
     if addon is not None and addon.get("instanceType") == "single" and maxq not in (None, 1):
         problems.append(("maxQuantity", "a single-instance add-on can be added once"))
+    if not problems and addon is not None:
+        problems += [("addonId", m) for _, m in catalog.overlay_problems(plan, str(phase), addon)]
     if problems:
         raise catalog.failure(problems)
     assert addon is not None
@@ -423,6 +430,8 @@ def update_plan_addon(namespace: str, plan_id: str, plan_addon_id: str, body: An
     addon = store.get_versioned("addon", namespace, doc["addon"]["id"])
     if addon is not None and addon.get("instanceType") == "single" and maxq not in (None, 1):
         problems.append(("maxQuantity", "a single-instance add-on can be added once"))
+    if not problems and addon is not None:  # offered from another phase: that phase's rate cards and the later ones'
+        problems += [("fromPlanPhase", m) for _, m in catalog.overlay_problems(plan, str(phase), addon)]
     metadata = body.get("metadata")
     if metadata is not None and (not isinstance(metadata, dict)
                                  or not all(isinstance(v, str) for v in metadata.values())):
