@@ -119,6 +119,32 @@ def test_addon_quantity_timeline() -> None:
     assert owed(doc, t("2026-04-02T00:00:00Z")) == Decimal("40.00")
 
 
+def test_an_add_on_laid_over_a_plan_card_of_its_key() -> None:
+    """OpenMeter's addondiff apply: base $30 a month; add-on `base` $10 x2 from April 16 (a later span x1 from April
+    21): April bills 30 x 15/30 = 15.00, 50 x 5/30 = 8.33 and 40 x 10/30 = 13.33 as the plan's Base, each part under
+    a charge key of its own. An unpriced plan card takes the add-on's usage price (and its usage discount)."""
+    doc = sub(plan("30"), t("2026-04-01T00:00:00Z"))
+    doc["phases"][0]["rateCards"].append({"type": "usage_based", "key": "tokens", "name": "Tokens",
+                                          "featureKey": "tokens", "billingCadence": "P1M", "price": None})
+    base = {"type": "flat_fee", "key": "base", "name": "More", "billingCadence": "P1M",
+            "price": {"type": "flat", "amount": "10", "paymentTerm": "in_advance"}}
+    tokens = {"type": "usage_based", "key": "tokens", "name": "Tokens+", "featureKey": "tokens",
+              "billingCadence": "P1M", "price": {"type": "unit", "amount": "0.5"},
+              "discounts": {"usage": {"quantity": "4"}}}
+    doc["addons"] = [{"id": "a1", "rateCards": [base], "timeline": [
+        {"quantity": 2, "activeFrom": "2026-04-16T00:00:00Z", "activeTo": "2026-04-21T00:00:00Z"},
+        {"quantity": 1, "activeFrom": "2026-04-21T00:00:00Z", "activeTo": None}]},
+        {"id": "a2", "rateCards": [tokens], "timeline": [{"quantity": 1, "activeFrom": "2026-04-01T00:00:00Z",
+                                                          "activeTo": None}]}]
+    got = subs.charges(doc, t("2026-04-01T00:00:00Z"), t("2026-05-01T00:00:00Z"), usage=lambda f, s, e: Decimal(10))
+    assert [(c.item.source, c.item.rate_card["name"], c.item.span, c.line.total) for c in got] == [
+        ("phase:default", "Base", "", Decimal("15.00")),
+        ("phase:default", "Base", "@2026-04-16T00:00:00Z", Decimal("8.33")),
+        ("phase:default", "Base", "@2026-04-21T00:00:00Z", Decimal("13.33")),
+        ("phase:default", "Tokens", "", Decimal("3.00"))]  # (10 - 4) x 0.5
+    assert owed(doc, t("2026-05-02T00:00:00Z")) == Decimal("40")  # May: 30 + 10
+
+
 @settings(max_examples=200, deadline=None)
 @given(fee=st.decimals(min_value=0, max_value=100_000, places=2),
        offset_s=st.integers(min_value=0, max_value=30 * 86400))

@@ -124,6 +124,80 @@ def items(sub: dict[str, Any]) -> list[Item]:
     return out
 
 
+def _term(price: dict[str, Any]) -> str:
+    return str(price.get("paymentTerm") or "in_advance")
+
+
+def _layable(plan_rc: dict[str, Any], addon_rc: dict[str, Any]) -> bool:
+    """Whether an add-on rate card is laid over a plan's recurring one of its key when billed: it brings a price, and
+    the plan's has none or both are flat fees of one payment term (the catalog offers no other pair:
+    catalog.overlay_problems)."""
+    pp, ap = plan_rc.get("price"), addon_rc.get("price")
+    if ap is None or plan_rc.get("billingCadence") is None:  # a one-time fee stays an item of its own
+        return False
+    return pp is None or (pp.get("type") == ap.get("type") == "flat" and _term(pp) == _term(ap))
+
+
+def _laid(plan_rc: dict[str, Any], addon_rc: dict[str, Any], quantity: int) -> dict[str, Any]:
+    """The plan's rate card with `quantity` of the add-on's laid over it (OpenMeter's SubscriptionAddonRateCard.Apply,
+    once an instance): flat amounts add up; a price the plan's lacks is the add-on's; usage discounts add up; the
+    plan's name, payment term and percentage discount stay."""
+    pp, ap = plan_rc.get("price"), addon_rc["price"]
+    out = dict(plan_rc)
+    if pp is None:
+        out["price"], pp, quantity = ap, ap, quantity - 1
+        out["featureKey"] = plan_rc.get("featureKey") or addon_rc.get("featureKey")
+        out["billingCadence"] = plan_rc.get("billingCadence") or addon_rc.get("billingCadence")
+    if quantity and pp.get("type") == "flat":
+        out["price"] = {**pp, "amount": str(Decimal(pp["amount"]) + quantity * Decimal(ap["amount"]))}
+    free = ((addon_rc.get("discounts") or {}).get("usage") or {}).get("quantity")
+    if free is not None:
+        mine = dict(plan_rc.get("discounts") or {})
+        had = Decimal((mine.get("usage") or {}).get("quantity") or 0)
+        mine["usage"] = {"quantity": str(had + Decimal(free) * max(quantity, 1))}
+        out["discounts"] = mine
+    return out
+
+
+def billed_items(sub: dict[str, Any]) -> list[Item]:
+    """items() as billed: an add-on rate card that shares its key with a phase's rate card in force is laid over it
+    (OpenMeter's addondiff apply): the phase's item is split at the add-on span's bounds, its part inside the span
+    billed as one rate card (_laid; a part after its first bills under "@<its start>", so each part has its own
+    charge key), and the add-on card is billed on its own only where no phase rate card of its key is in force."""
+    every = items(sub)
+    phase = [i for i in every if i.source.startswith("phase:")]
+    out: list[Item] = []
+    for a in (i for i in every if not i.source.startswith("phase:")):
+        rest: list[tuple[datetime, datetime | None]] = [(a.start, a.end)]  # the add-on's span no phase item covers
+        parted: list[Item] = []
+        for p in phase:
+            inside = _overlap((p.start, p.end), (a.start, a.end))
+            if p.rate_card["key"] != a.rate_card["key"] or not _layable(p.rate_card, a.rate_card) or inside is None:
+                parted.append(p)
+                continue
+            for part in [(p.start, inside[0]), inside, (inside[1], p.end) if inside[1] is not None else None]:
+                if part is not None and (part[1] is None or part[0] < part[1]):
+                    parted.append(replace(p, rate_card=_laid(p.rate_card, a.rate_card, a.quantity) if part is inside
+                                          else p.rate_card, start=part[0], end=part[1],
+                                          span=p.span if part[0] == p.start else f"@{format_rfc3339(part[0])}"))
+            rest = [r for g in rest for r in _minus(g, inside)]
+        phase = parted
+        out += [replace(a, start=g[0], end=g[1]) for g in rest]
+    return phase + out
+
+
+def _minus(a: tuple[datetime, datetime | None], b: tuple[datetime, datetime | None]) -> list[tuple[datetime, datetime | None]]:
+    """The span a without b (0-2 spans)."""
+    if _overlap(a, b) is None:
+        return [a]
+    out: list[tuple[datetime, datetime | None]] = []
+    if a[0] < b[0]:
+        out.append((a[0], b[0]))
+    if b[1] is not None and (a[1] is None or b[1] < a[1]):
+        out.append((b[1], a[1]))
+    return out
+
+
 def phase_id(sub: dict[str, Any], phase_key: str) -> str:
     """The id of a subscription's phase (ULID-shaped, stable: the subscription's id and the phase's key)."""
     return derived_id(sub["id"], "phase", phase_key)
@@ -200,7 +274,7 @@ def _item_periods(item: Item, sub: dict[str, Any], start: datetime, end: datetim
 def _spans(sub: dict[str, Any], period_start: datetime, period_end: datetime) -> Iterator[tuple[Item, datetime, datetime, datetime, datetime]]:
     """(item, its period start/end, served start/end) for every recurring rate card with a price that this
     billing period settles."""
-    for item in items(sub):
+    for item in billed_items(sub):
         if item.rate_card.get("price") is None or item.rate_card.get("billingCadence") is None:
             continue
         for ps, pe in _item_periods(item, sub, period_start, period_end):
@@ -251,7 +325,7 @@ def charges(sub: dict[str, Any], period_start: datetime, period_end: datetime, *
     prorate = bool((sub.get("proRatingConfig") or {}).get("enabled", True))
     cur = sub["currency"]
     out: list[Charge] = []
-    for item in items(sub) if until is None else ():  # one-time fees: in the period where their item starts
+    for item in billed_items(sub) if until is None else ():  # one-time fees: in the period where their item starts
         rc = item.rate_card
         if rc.get("price") is not None and rc.get("billingCadence") is None and period_start <= item.start < period_end:
             price = pricing.parse_price(rc["price"])
