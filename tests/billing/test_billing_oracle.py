@@ -20,7 +20,13 @@ an RNG of its own: monthly cadence in half the worlds, billing anchors on day 29
 clamped to the month's end: Feb 28, Apr 30), usage cards on a COUNT meter (events), a UNIQUE_COUNT meter (distinct
 `user` values) and a LATEST meter (the last `level` value in the span; one event a second), negative values (15% of
 the SUM meter's and of the LATEST meter's), and an add-on of 1-2 flat fees on every plan that some customers' last
-subscription takes at a random minute (quantity 1-3; half of them changed to 0-4 later, "immediate").
+subscription takes at a random minute (quantity 1-3; half of them changed to 0-4 later, "immediate"). From an RNG of
+their own again (BILLOW_ORACLE_MORE=0 leaves them out): that add-on also on some subscriptions a plan change ends; a
+single-instance add-on "meter" with a usage card (any usage price, discounts, commitments) on a feature no plan
+prices, on any subscription (also one ended by a plan change or a cancel, or whose end was asked for already:
+Billow takes it, OpenMeter refuses any add-on change on a canceled subscription, 403); an add-on "bundle" of a flat
+fee on the plans' key `fee`, offered by the plans whose `fee` it can be laid over (BILLOW_ORACLE_SHARED=0 leaves it
+out); 0-3 more "invoice now" runs a customer at random minutes.
 
 The reference (OpenMeter, openmeter/billing/rating and worker/subscriptionsync):
 - amounts are rounded to the currency's minor unit half away from zero (currencyx.RoundToPrecision): each
@@ -36,8 +42,13 @@ The reference (OpenMeter, openmeter/billing/rating and worker/subscriptionsync):
 - month periods are the anchor plus n months, the day clamped to the month's last (AddMonthsNoOverflow, counted from
   the anchor, so Jan 31's periods start Feb 28 then Mar 31);
 - an add-on's flat fee is the add-on rate card's amount times the quantity (subscriptionaddon Apply, once an
-  instance), prorated over each span of one quantity like a plan's flat fee;
-- a plan change keeps the billing anchor.
+  instance), prorated over each span of one quantity like a plan's flat fee; a usage card of an add-on (single
+  instance) is rated over each span of quantity 1 as a plan's usage card over a cut period (an instance is an item);
+- an add-on card on the key of a plan's flat fee is laid over it (addondiff apply): the plan's item is split at the
+  instance's bounds, inside it the amount is the plan's plus quantity times the add-on's, with the plan's payment
+  term and percentage discount, each part prorated and rounded on its own;
+- a plan change keeps the billing anchor and leaves the add-ons behind (ChangeToPlan creates the next subscription
+  from the plan alone: the add-on ends with the subscription).
 Where Billow differs on purpose (docs, domain/subscriptions.py, domain/billing.py), the reference follows Billow:
 - what changes in a billed period (late usage, a cancel that cuts an in-advance period already invoiced) is billed
   as a correction on a later invoice until CORRECTION_WINDOW after the period ends (OpenMeter leaves an issued
@@ -74,8 +85,9 @@ D = Decimal
 ZERO = D(0)
 # (seed, wide): a narrow world is the first generator's (SUM meter only, anchors on days <= 28); a wide one adds
 # month-end anchors, COUNT / UNIQUE_COUNT / LATEST meters and negative values (BILLOW_ORACLE_WIDE=0: extra seeds narrow)
-FIXED_SEEDS = [(1, False), (30, False), (82, False), (24, True)]  # 1 and 30 failed before c7add81 (volume tier line
-# order), 82 before ed810ac (empty points), 24 (wide) before ea43ee1 (usage below zero)
+FIXED_SEEDS = [(1, False), (30, False), (82, False), (24, True), (8, True)]  # 1 and 30 failed before c7add81 (volume
+# tier line order), 82 before ed810ac (empty points), 24 (wide) before ea43ee1 (usage below zero), 8 (wide) before
+# billed_items (an add-on fee laid over the plan's `fee`: 122 JPY billed, 123 due)
 WIDE = os.environ.get("BILLOW_ORACLE_WIDE", "1") == "1"
 SEEDS = FIXED_SEEDS + [(int(s), WIDE) for s in os.environ.get("BILLOW_ORACLE_SEEDS", "").split(",") if s.strip()]
 # (feature key, the meter's group-by value it counts, None for all)
@@ -91,6 +103,9 @@ CURRENCIES = {"USD": 2, "EUR": 2, "JPY": 0, "KWD": 3}  # code: minor unit digits
 SUBJECTS = ["customer_1", "customer_2"]
 CORRECTION_WINDOW = timedelta(days=7)  # Billow: a billed period is re-checked for corrections this long after it ends
 PRORATE_COMMITMENTS = os.environ.get("BILLOW_ORACLE_PRORATE_COMMITMENTS", "1") == "1"  # see the module doc
+MORE = os.environ.get("BILLOW_ORACLE_MORE", "1") == "1"  # wide worlds: the usage add-on, add-ons ended by a plan change
+# or a cancel, random "invoice now" (make_world's more()); 0: wide worlds as before
+SHARED = os.environ.get("BILLOW_ORACLE_SHARED", "1") == "1"  # wide worlds: the "bundle" add-on laid over the plans' fee
 
 
 # -- the reference -------------------------------------------------------------------------------------------
@@ -229,10 +244,10 @@ def commitments(card: Card, lines: list[Detail], share: Fraction) -> list[Detail
     return lines
 
 
-def rate_flat(card: Card, share: Fraction, quantity: int = 1) -> list[Detail]:
-    """A flat fee (an add-on's: times its quantity, OpenMeter's Apply adds the add-on's amount once an instance),
-    prorated by `share`."""
-    amount = D(card.price["amount"]) * quantity
+def rate_flat(card: Card, share: Fraction, quantity: int = 1, plus: Decimal = ZERO) -> list[Detail]:
+    """A flat fee (an add-on's: times its quantity, OpenMeter's Apply adds the add-on's amount once an instance;
+    `plus`: an add-on's amount laid over it), prorated by `share`."""
+    amount = D(card.price["amount"]) * quantity + plus
     fee = card.money(amount) if share == 1 else card.money(Fraction(amount) * share)
     return discounted(card, [Detail("flat fee", fee)]) if fee else []
 
@@ -362,17 +377,30 @@ class World:
     currency: str
     pending: list[Pending] = field(default_factory=list)
     wide: bool = False
-    addon: list[Card] = field(default_factory=list)  # wide worlds: the add-on's rate cards (flat fees), on every plan
+    addons: list[Addon] = field(default_factory=list)  # wide worlds: the add-ons the plans offer
     uses: list[AddonUse] = field(default_factory=list)
-    addon_id: str = ""
+
+
+@dataclass
+class Addon:
+    """An add-on: "extra" (multiple instances, 1-2 flat fees of keys of their own), "meter" (single instance, a
+    usage card on a feature no plan prices) or "bundle" (multiple instances, a flat fee on the plans' key `fee`: laid
+    over the plan's fee where a plan has one, OpenMeter's Apply), offered by the plans in `plans`."""
+
+    key: str
+    instance: str
+    cards: list[Card]
+    plans: list[str]
+    id: str = ""
 
 
 @dataclass
 class AddonUse:
-    """The add-on on a subscription from `at` (quantity), its quantity changed at `change_at` (to 0-4), each
-    "immediate", so each is known when it takes effect."""
+    """An add-on on a subscription from `at` (quantity), its quantity changed at `change_at` (to 0-4; a single
+    instance's to 0-1), each "immediate", so each is known when it takes effect."""
 
     sub: Sub
+    addon: Addon
     at: datetime
     quantity: int
     change_at: datetime | None = None
@@ -433,6 +461,7 @@ def make_world(seed: int, wide: bool = False) -> World:
     events: list[Event] = []
     subjects: dict[str, str] = {}
     tails: list[tuple[Sub, datetime]] = []  # each customer's last subscription and the end of its world
+    limits: dict[str, datetime] = {}  # each customer's end of its world
     for ci in range(rng.randint(1, 2)):
         customer = f"cust{ci}"
         subjects[customer] = SUBJECTS[ci]
@@ -460,6 +489,7 @@ def make_world(seed: int, wide: bool = False) -> World:
             asked = at - timedelta(minutes=rng.randint(0, int((at - last.start).total_seconds() // 60)))
             last.end_known_at = max(asked, last.created_at, last.start)
         tails.append((last, end_limit))
+        limits[customer] = end_limit
         lo, hi = start - timedelta(hours=3), end_limit + timedelta(hours=3)
         times: set[datetime] = set()
         for k in range(rng.randint(4, 30)):
@@ -491,6 +521,8 @@ def make_world(seed: int, wide: bool = False) -> World:
     w = World(plans, subs, events, runs, subjects, horizon, currency, wide=wide)
     if wide and wrng.random() < 0.6:
         addons(wrng, w, tails)
+    if wide and MORE:
+        more(random.Random(seed * 7919 + 3), w, limits, start0)
     one_off(random.Random(seed * 7919 + 1), w, start0)
     return w
 
@@ -499,16 +531,61 @@ def addons(rng: random.Random, w: World, tails: list[tuple[Sub, datetime]]) -> N
     """An add-on of 1-2 flat fees (in advance or in arrears, some discounted) offered on every plan; some customers'
     last subscription takes it at a random minute, 1-3 of it, and some change its quantity later."""
     digits = CURRENCIES[w.currency]
-    w.addon = [random_card(rng, rng.choice(["flat_advance", "flat_arrears"]), f"ao{i}", None, digits)
-               for i in range(1, rng.randint(1, 2) + 1)]
+    extra = Addon("extra", "multiple", [random_card(rng, rng.choice(["flat_advance", "flat_arrears"]), f"ao{i}", None,
+                                                    digits) for i in range(1, rng.randint(1, 2) + 1)],
+                  [p.key for p in w.plans])
+    w.addons.append(extra)
     for sub, end_limit in tails:
         if rng.random() < 0.3:
             continue
-        limit = sub.end or end_limit
-        use = AddonUse(sub, minute_between(rng, sub.start, limit), rng.randint(1, 3))
-        if rng.random() < 0.5 and limit - use.at > timedelta(minutes=2):
-            use.change_at, use.new_quantity = minute_between(rng, use.at, limit), rng.randint(0, 4)
-        w.uses.append(use)
+        use(rng, w, extra, sub, end_limit, 3)
+
+
+def use(rng: random.Random, w: World, addon: Addon, sub: Sub, end_limit: datetime, most: int) -> None:
+    """The add-on on the subscription from a random minute (1 to `most` of it), its quantity changed later in half
+    of the uses (to 0 to `most` + 1; a single instance's to 0 or 1)."""
+    limit = sub.end or end_limit
+    one = AddonUse(sub, addon, minute_between(rng, sub.start, limit), rng.randint(1, most))
+    if rng.random() < 0.5 and limit - one.at > timedelta(minutes=2):
+        one.change_at = minute_between(rng, one.at, limit)
+        one.new_quantity = rng.randint(0, most + 1 if addon.instance == "multiple" else 1)
+    w.uses.append(one)
+
+
+def more(rng: random.Random, w: World, limits: dict[str, datetime], start0: datetime) -> None:
+    """A wide world's later extras (an RNG of their own): the "meter" add-on (one usage card on a feature no plan
+    prices, single instance) and, with BILLOW_ORACLE_SHARED, the "bundle" add-on (a flat fee on key `fee`, offered by
+    the plans whose `fee` it can be laid over), each on some subscriptions (any: also one a plan change or a cancel
+    ends, or whose end was already asked for); the "extra" add-on also on some subscriptions a plan change ends (it
+    does not move to the next plan: OpenMeter's ChangeToPlan creates the next subscription from the plan alone); 0-3
+    "invoice now" runs a customer at random minutes."""
+    digits = CURRENCIES[w.currency]
+    priced = {c.key for p in w.plans for c in p.cards}
+    free = [f for f in features(True) if f[0] not in priced]
+    if free and rng.random() < 0.7:
+        fkey, meter, model = rng.choice(free)
+        card = random_card(rng, rng.choice(["unit", "graduated", "volume", "package", "dynamic"]), fkey, model, digits,
+                           meter)
+        w.addons.append(Addon("meter", "single", [card], [p.key for p in w.plans]))
+    if SHARED and rng.random() < 0.6:
+        card = random_card(rng, rng.choice(["flat_advance", "flat_arrears"]), "fee", None, digits)
+
+        def fits(plan: Plan) -> bool:  # OpenMeter's RateCardWithOverlay: one payment term, one percentage discount
+            fee = next((c for c in plan.cards if c.key == "fee"), None)
+            return fee is None or (fee.kind == card.kind and None in (fee.percentage, card.percentage))
+
+        w.addons.append(Addon("bundle", "multiple", [card], [p.key for p in w.plans if fits(p)]))
+    for addon in w.addons:
+        for i, sub in enumerate(w.subs):
+            ends_by_change = any(o.by_change and o.customer == sub.customer and o.start == sub.end for o in w.subs[i:])
+            if addon.key == "extra" and not ends_by_change:
+                continue  # its uses on the last subscriptions are addons()'
+            if sub.plan.key in addon.plans and rng.random() < 0.5 and (sub.end or limits[sub.customer]) - sub.start \
+                    > timedelta(minutes=3) and not any(u.sub is sub and u.addon is addon for u in w.uses):
+                use(rng, w, addon, sub, limits[sub.customer], 1 if addon.instance == "single" else 3)
+    for customer in w.subjects:
+        for _ in range(rng.randint(0, 3)):
+            w.runs.append((minute_between(rng, start0, w.horizon), customer))
 
 
 def one_off(rng: random.Random, w: World, start0: datetime) -> None:
@@ -585,6 +662,8 @@ def served(w: World, sub: Sub, cards: list[Card]) -> Iterator[tuple[Card, dateti
 def expected(w: World) -> dict[tuple[str, str, str], list[Detail]]:
     """(subscription id, rate card key, billing period start) -> its detailed lines."""
     out: dict[tuple[str, str, str], list[Detail]] = {}
+    laid = {(u.sub.id, c.key): u for u in w.uses for c in u.addon.cards  # an add-on card on a plan card's key
+            if any(p.key == c.key for p in u.sub.plan.cards)}
     for sub in w.subs:
         for card, ps, pe, s, e, seen in served(w, sub, sub.plan.cards):
             if e <= s:
@@ -592,16 +671,24 @@ def expected(w: World) -> dict[tuple[str, str, str], list[Detail]]:
             share = Fraction(int((e - s).total_seconds()), int((pe - ps).total_seconds()))
             if card.usage:
                 lines = rate_usage(card, max(ZERO, usage(w, sub, card, s, e, seen)), share)
+            elif (sub.id, card.key) in laid:
+                lines = overlaid(card, laid[(sub.id, card.key)], ps, pe, s, e, seen)
             else:
                 lines = rate_flat(card, share)
             out[(sub.id, card.key, iso(ps))] = lines
     for use in w.uses:
-        for card, ps, pe, s, e, seen in served(w, use.sub, w.addon):
+        own = [c for c in use.addon.cards if (use.sub.id, c.key) not in laid]
+        for card, ps, pe, s, e, seen in served(w, use.sub, own):
             found: list[Detail] = []
-            for a, b, q in use.segments(seen):  # each span of one quantity, prorated on its own
+            for a, b, q in use.segments(seen):  # each span of one quantity, an item of its own (prorated on its own)
                 lo, hi = max(s, a), e if b is None else min(e, b)
-                if hi > lo and q:
-                    found += rate_flat(card, Fraction(int((hi - lo).total_seconds()), int((pe - ps).total_seconds())), q)
+                share = Fraction(int((hi - lo).total_seconds()), int((pe - ps).total_seconds()))
+                if hi <= lo or not q:
+                    continue
+                if card.usage:  # a single instance: quantity 1
+                    found += rate_usage(card, max(ZERO, usage(w, use.sub, card, lo, hi, seen)), share)
+                else:
+                    found += rate_flat(card, share, q)
             if found:
                 out[(use.sub.id, card.key, iso(ps))] = found
     for p in w.pending:
@@ -613,6 +700,22 @@ def expected(w: World) -> dict[tuple[str, str, str], list[Detail]]:
                                                              Fraction(1))
                                                   if p.card.usage else rate_flat(p.card, Fraction(1)))
     return out
+
+
+def overlaid(card: Card, use: AddonUse, ps: datetime, pe: datetime, s: datetime, e: datetime,
+             seen: datetime) -> list[Detail]:
+    """A plan's flat fee with an add-on's flat fee of its key laid over it (OpenMeter's addondiff apply: the plan's
+    item is split at each add-on instance's bounds; over an instance of quantity q its amount is the plan's plus q
+    times the add-on's, its payment term and discounts the plan's (Apply adds prices and usage discounts only));
+    each part prorated and rounded on its own."""
+    (extra,) = [c for c in use.addon.cards if c.key == card.key]
+    cuts = sorted({s, e} | {t for a, b, q in use.segments(seen) if q for t in (a, b) if t is not None and s < t < e})
+    lines: list[Detail] = []
+    for lo, hi in zip(cuts, cuts[1:], strict=False):
+        q = next((q for a, b, q in use.segments(seen) if a <= lo and (b is None or hi <= b)), 0)
+        lines += rate_flat(card, Fraction(int((hi - lo).total_seconds()), int((pe - ps).total_seconds())),
+                           plus=q * D(extra.price["amount"]))
+    return lines
 
 
 def floor_minute(t: datetime) -> datetime:
@@ -636,16 +739,17 @@ def build(b: Billow, w: World) -> None:
         if model is not None:
             body["meterGroupByFilters"] = {"model": model}
         b.ok("POST", "/api/v1/features", body)
-    if w.addon:
-        addon = b.ok("POST", "/api/v1/addons", {"key": "extra", "name": "Extra", "currency": w.currency,
-                                                "instanceType": "multiple",
-                                                "rateCards": [c.body(w.plans[0].cadence) for c in w.addon]})
-        w.addon_id = b.ok("POST", f"/api/v1/addons/{addon['id']}/publish")["id"]
+    for a in w.addons:
+        addon = b.ok("POST", "/api/v1/addons", {"key": a.key, "name": a.key.title(), "currency": w.currency,
+                                                "instanceType": a.instance,
+                                                "rateCards": [c.body(w.plans[0].cadence) for c in a.cards]})
+        a.id = b.ok("POST", f"/api/v1/addons/{addon['id']}/publish")["id"]
     for plan in w.plans:
         draft = b.ok("POST", "/api/v1/plans", plan.body())
-        if w.addon_id:
-            b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": w.addon_id, "fromPlanPhase": "p",
-                                                                 "maxQuantity": 10})
+        for a in w.addons:
+            if plan.key in a.plans:
+                b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": a.id, "fromPlanPhase": "p"}
+                     | ({"maxQuantity": 10} if a.instance == "multiple" else {}))
         b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
     for customer, subject in w.subjects.items():
         b.ok("POST", "/api/v1/customers", {"key": customer, "name": customer, "currency": w.currency,
@@ -707,14 +811,15 @@ def drive(b: Billow, w: World) -> list[str]:
         elif what == "addon":
             use = arg
             use.id = b.ok("POST", f"/api/v1/subscriptions/{use.sub.id}/addons",
-                          {"addon": {"id": w.addon_id}, "quantity": use.quantity, "timing": "immediate",
-                           "name": "Extra"})["id"]
-            log.append(f"{iso(at)} add-on x{use.quantity} to {use.sub.customer}/{use.sub.plan.key}")
+                          {"addon": {"id": use.addon.id}, "quantity": use.quantity, "timing": "immediate",
+                           "name": use.addon.key.title()})["id"]
+            log.append(f"{iso(at)} add-on {use.addon.key} x{use.quantity} to {use.sub.customer}/{use.sub.plan.key}")
         elif what == "addon quantity":
             use = arg
             b.ok("PATCH", f"/api/v1/subscriptions/{use.sub.id}/addons/{use.id}",
                  {"quantity": use.new_quantity, "timing": "immediate"})
-            log.append(f"{iso(at)} add-on quantity {use.new_quantity} for {use.sub.customer}/{use.sub.plan.key}")
+            log.append(f"{iso(at)} add-on {use.addon.key} quantity {use.new_quantity} for {use.sub.customer}/"
+                       f"{use.sub.plan.key}")
         elif what == "send":
             e = arg
             b.call("POST", "/api/v1/events", [{"specversion": "1.0", "id": e.id, "source": "oracle", "type": "prompt",
@@ -786,7 +891,7 @@ def check(b: Billow, seed: int, wide: bool = False) -> None:
     diffs += [f"{names[k[0]]} {k[1]} {k[2]}: detailed lines {sorted(ls[0])}, expected {ref[k]}"
               for k, ls in details.items() if len(ls) == 1 and k in ref
               and sorted(x for x in ls[0] if x) != sorted(d.total for d in ref[k] if d.total)]
-    story = "\n".join(log + [repr(p) for p in w.plans] + [f"add-on: {c!r}" for c in w.addon])
+    story = "\n".join(log + [repr(p) for p in w.plans] + [f"add-on {a.key}: {c!r}" for a in w.addons for c in a.cards])
     assert not diffs and not bad, f"seed {seed}:\n" + "\n".join(diffs + bad) + "\n" + story
     rerun = scheduled_run(b)
     assert rerun["invoices"] == [], rerun
