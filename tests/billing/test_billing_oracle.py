@@ -26,7 +26,9 @@ single-instance add-on "meter" with a usage card (any usage price, discounts, co
 prices, on any subscription (also one ended by a plan change or a cancel, or whose end was asked for already:
 Billow takes it, OpenMeter refuses any add-on change on a canceled subscription, 403); an add-on "bundle" of a flat
 fee on the plans' key `fee`, offered by the plans whose `fee` it can be laid over (BILLOW_ORACLE_SHARED=0 leaves it
-out); 0-3 more "invoice now" runs a customer at random minutes.
+out); in half of the worlds with "meter", plans with a rate card without a price on its feature, which the add-on's
+usage price is laid over (BILLOW_ORACLE_UNPRICED=0 leaves them out); 0-3 more "invoice now" runs a customer at random
+minutes.
 
 The reference (OpenMeter, openmeter/billing/rating and worker/subscriptionsync):
 - amounts are rounded to the currency's minor unit half away from zero (currencyx.RoundToPrecision): each
@@ -46,7 +48,8 @@ The reference (OpenMeter, openmeter/billing/rating and worker/subscriptionsync):
   instance) is rated over each span of quantity 1 as a plan's usage card over a cut period (an instance is an item);
 - an add-on card on the key of a plan's flat fee is laid over it (addondiff apply): the plan's item is split at the
   instance's bounds, inside it the amount is the plan's plus quantity times the add-on's, with the plan's payment
-  term and percentage discount, each part prorated and rounded on its own;
+  term and percentage discount, each part prorated and rounded on its own; over a plan card without a price, the
+  add-on's price and usage discount, not its percentage discount (Apply copies prices and usage discounts only);
 - a plan change keeps the billing anchor and leaves the add-ons behind (ChangeToPlan creates the next subscription
   from the plan alone: the add-on ends with the subscription).
 Where Billow differs on purpose (docs, domain/subscriptions.py, domain/billing.py), the reference follows Billow:
@@ -69,7 +72,7 @@ import math
 import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
@@ -105,7 +108,9 @@ CORRECTION_WINDOW = timedelta(days=7)  # Billow: a billed period is re-checked f
 PRORATE_COMMITMENTS = os.environ.get("BILLOW_ORACLE_PRORATE_COMMITMENTS", "1") == "1"  # see the module doc
 MORE = os.environ.get("BILLOW_ORACLE_MORE", "1") == "1"  # wide worlds: the usage add-on, add-ons ended by a plan change
 # or a cancel, random "invoice now" (make_world's more()); 0: wide worlds as before
-SHARED = os.environ.get("BILLOW_ORACLE_SHARED", "1") == "1"  # wide worlds: the "bundle" add-on laid over the plans' fee
+SHARED = os.environ.get("BILLOW_ORACLE_SHARED", "1") == "1"
+UNPRICED = os.environ.get("BILLOW_ORACLE_UNPRICED", "1") == "1"  # wide worlds: plan cards without a price on the
+# "meter" add-on's feature, which the add-on's usage price is laid over  # wide worlds: the "bundle" add-on laid over the plans' fee
 
 
 # -- the reference -------------------------------------------------------------------------------------------
@@ -136,8 +141,8 @@ class Detail:
 @dataclass
 class Card:
     key: str
-    kind: str  # flat_advance, flat_arrears, unit, graduated, volume, package, dynamic
-    price: dict[str, Any]
+    kind: str  # flat_advance, flat_arrears, unit, graduated, volume, package, dynamic; "free": usage_based, no price
+    price: dict[str, Any] | None
     model: str | None = None  # the group-by value its feature counts (usage cards)
     meter: str = "tokens"  # its feature's meter
     percentage: Decimal | None = None
@@ -159,10 +164,10 @@ class Card:
             discounts["percentage"] = {"percentage": float(self.percentage)}
         if self.free is not None:
             discounts["usage"] = {"quantity": str(self.free)}
-        price = dict(self.price)
-        if self.minimum is not None:
+        price: dict[str, Any] | None = None if self.price is None else dict(self.price)
+        if price is not None and self.minimum is not None:
             price["minimumAmount"] = str(self.minimum)
-        if self.maximum is not None:
+        if price is not None and self.maximum is not None:
             price["maximumAmount"] = str(self.maximum)
         out: dict[str, Any] = {"type": "usage_based" if self.usage else "flat_fee", "key": self.key, "name": self.key,
                                "billingCadence": cadence, "price": price}
@@ -567,6 +572,11 @@ def more(rng: random.Random, w: World, limits: dict[str, datetime], start0: date
         card = random_card(rng, rng.choice(["unit", "graduated", "volume", "package", "dynamic"]), fkey, model, digits,
                            meter)
         w.addons.append(Addon("meter", "single", [card], [p.key for p in w.plans]))
+        frng = random.Random(f"unpriced {fkey} {iso(w.horizon)}")  # the rest of the world stays as it was
+        if UNPRICED and frng.random() < 0.5:  # some plans have the feature on a rate card without a price
+            for plan in w.plans:
+                if frng.random() < 0.6:
+                    plan.cards.append(Card(fkey, "free", None, model, meter, digits=digits))
     if SHARED and rng.random() < 0.6:
         card = random_card(rng, rng.choice(["flat_advance", "flat_arrears"]), "fee", None, digits)
 
@@ -669,7 +679,13 @@ def expected(w: World) -> dict[tuple[str, str, str], list[Detail]]:
             if e <= s:
                 continue
             share = Fraction(int((e - s).total_seconds()), int((pe - ps).total_seconds()))
-            if card.usage:
+            if card.price is None:  # priced by an add-on laid over it, where it is
+                use = laid.get((sub.id, card.key))
+                if use is None:
+                    continue
+                (extra,) = [c for c in use.addon.cards if c.key == card.key]  # Apply: the add-on's price and usage
+                lines = per_span(w, use, replace(extra, percentage=card.percentage), ps, pe, s, e, seen)  # discount
+            elif card.usage:
                 lines = rate_usage(card, max(ZERO, usage(w, sub, card, s, e, seen)), share)
             elif (sub.id, card.key) in laid:
                 lines = overlaid(card, laid[(sub.id, card.key)], ps, pe, s, e, seen)
@@ -679,16 +695,7 @@ def expected(w: World) -> dict[tuple[str, str, str], list[Detail]]:
     for use in w.uses:
         own = [c for c in use.addon.cards if (use.sub.id, c.key) not in laid]
         for card, ps, pe, s, e, seen in served(w, use.sub, own):
-            found: list[Detail] = []
-            for a, b, q in use.segments(seen):  # each span of one quantity, an item of its own (prorated on its own)
-                lo, hi = max(s, a), e if b is None else min(e, b)
-                share = Fraction(int((hi - lo).total_seconds()), int((pe - ps).total_seconds()))
-                if hi <= lo or not q:
-                    continue
-                if card.usage:  # a single instance: quantity 1
-                    found += rate_usage(card, max(ZERO, usage(w, use.sub, card, lo, hi, seen)), share)
-                else:
-                    found += rate_flat(card, share, q)
+            found = per_span(w, use, card, ps, pe, s, e, seen)
             if found:
                 out[(use.sub.id, card.key, iso(ps))] = found
     for p in w.pending:
@@ -700,6 +707,23 @@ def expected(w: World) -> dict[tuple[str, str, str], list[Detail]]:
                                                              Fraction(1))
                                                   if p.card.usage else rate_flat(p.card, Fraction(1)))
     return out
+
+
+def per_span(w: World, use: AddonUse, card: Card, ps: datetime, pe: datetime, s: datetime, e: datetime,
+             seen: datetime) -> list[Detail]:
+    """An add-on card's lines in a period: each span of one quantity is an item of its own, prorated (a usage card,
+    single instance: rated over the span) on its own."""
+    found: list[Detail] = []
+    for a, b, q in use.segments(seen):
+        lo, hi = max(s, a), e if b is None else min(e, b)
+        share = Fraction(int((hi - lo).total_seconds()), int((pe - ps).total_seconds()))
+        if hi <= lo or not q:
+            continue
+        if card.usage:
+            found += rate_usage(card, max(ZERO, usage(w, use.sub, card, lo, hi, seen)), share)
+        else:
+            found += rate_flat(card, share, q)
+    return found
 
 
 def overlaid(card: Card, use: AddonUse, ps: datetime, pe: datetime, s: datetime, e: datetime,
