@@ -302,3 +302,20 @@ def test_progressive_billing_is_on_by_default(b: Billow) -> None:
     b.clock.set("2026-04-10T00:00:00Z")
     (inv,) = _invoice_now(b, "acme")
     assert [(ln["period"]["to"], D(ln["quantity"])) for ln in inv["lines"]] == [("2026-04-10T00:00:00Z", 1234)]
+
+
+def test_the_rest_of_a_split_period_is_billed_however_late_the_next_run(b: Billow) -> None:
+    """A period billed in part (an invoice now) owes the rest at its end whatever the time of the next run: the
+    first run after the period ended more than CORRECTION_WINDOW (7 days) later took the part's mark for a closed
+    period and billed neither the usage's rest, the in-arrears fee, nor a minimum spend (found by the billing
+    oracle: seed 116 wide, the period's fee and usage never billed)."""
+    _world(b, PRICES["unit-minimum"])
+    b.clock.set("2026-04-15T12:00:42Z")
+    _invoice_now(b, "acme")
+    b.clock.set("2026-05-12T00:00:00Z")  # the first run 11 days after April ended
+    assert not scheduled_run(b)["failures"]
+    acme, beta = _lines(b, "acme"), _lines(b, "beta")
+    assert len(_april(acme, "Tokens")) == 2 and [ln["totals"]["total"] for ln in _april(acme, "Support")] == ["5.00"]
+    for name in ("Tokens", "Support", "Base fee"):
+        assert sum(D(ln["totals"]["total"]) for ln in _april(acme, name)) == \
+               sum(D(ln["totals"]["total"]) for ln in _april(beta, name)), name

@@ -161,7 +161,8 @@ def due_points(sub: dict[str, Any], as_of: datetime, marks: Mapping[tuple[str, d
                now: datetime) -> list[Point]:
     """The billing points of `sub` due by `as_of`: each period's in-advance term at its start (or the
     subscription's), its in-arrears term at its end (or the subscription's end inside it). A point with a mark is
-    re-checked (for corrections) until CORRECTION_WINDOW after its period ends; a new point gets rev 0."""
+    re-checked (for corrections) until CORRECTION_WINDOW after its period ends (one billed progressively up to a cut,
+    `Mark.until`, until its period's end has billed the rest, however late); a new point gets rev 0."""
     start, end = subs.t(sub["activeFrom"]), subs.t(sub.get("activeTo"))
     assert start is not None
     if start > as_of or (end is not None and end <= start):
@@ -175,9 +176,9 @@ def due_points(sub: dict[str, Any], as_of: datetime, marks: Mapping[tuple[str, d
             if due_at > as_of:
                 continue
             mark = marks.get((sub["id"], ps, term))
-            if mark is not None and not mark.reopened and pe + CORRECTION_WINDOW < now:
+            if mark is not None and not mark.reopened and mark.until is None and pe + CORRECTION_WINDOW < now:
                 continue  # closed: corrections end CORRECTION_WINDOW after the period (unless a deleted draft
-                # gave its part back)
+                # gave its part back; or only a progressive part of it is billed: the rest is owed however late)
             out.append(Point(sub, (ps, pe), term, mark or Mark(sub["id"], ps, term, 0, {})))
         ps = pe
     return out
