@@ -405,21 +405,18 @@ class _Run:
                 if (lin := batch.lineage(ln, party, list(subjects), self.now, since)) is not None:
                     ln["lineage"] = lin
             later_part(lines, p)
-            if p.until is not None or p.mark.until is not None:  # a progressively billed point: its part is written
-                # when it bills something (a part that bills nothing changes nothing); the period's end always writes
-                # it whole (the rest billed, the point no longer billed in parts)
-                if billed != p.mark.billed or p.until is None:
-                    owed.append((lines, replace(p.mark, billed=billed, subjects=subjects, reopened=False,
-                                                until=p.until, change=change(p.mark.billed, billed),
-                                                was=p.mark.until or p.period[0])))
-                continue
-            if billed != p.mark.billed or p.mark.rev == 0:  # the mark records the subjects its period was billed
-                # with, and what this run billed of it (filed under the invoice's id in _prepare: a deleted draft gives
-                # it back); a point seen for the first time is marked even when it bills nothing, so that it closes
-                # CORRECTION_WINDOW after its period as every billed point does (unmarked, it stayed open for ever:
-                # re-rated by every run, its late usage billed however late)
-                owed.append((lines, replace(p.mark, billed=billed, subjects=subjects, reopened=False,
-                                            change=change(p.mark.billed, billed))))
+            # The mark records the subjects its period was billed with, and what this run billed of it (filed under
+            # the invoice's id in _prepare: a deleted draft gives it back). A point seen for the first time is marked
+            # even when it bills nothing, so that it closes CORRECTION_WINDOW after its period as every billed point
+            # does (unmarked, it stayed open for ever: re-rated by every run, its late usage billed however late). A
+            # progressively billed point's part is written when it bills something (a part that bills nothing changes
+            # nothing), with where it bills up to and where it stood before (`was`); the period's end always writes it
+            # whole (the rest billed, `until` cleared: the point no longer billed in parts).
+            parted = p.until is not None or p.mark.until is not None
+            if billed != p.mark.billed or (p.until is None if parted else p.mark.rev == 0):
+                owed.append((lines, replace(p.mark, billed=billed, subjects=subjects, reopened=False, until=p.until,
+                                            change=change(p.mark.billed, billed),
+                                            was=(p.mark.until or p.period[0]) if parted else None)))
         return owed
 
     def take_pending_lines(self) -> None:
