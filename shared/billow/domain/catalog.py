@@ -381,7 +381,8 @@ def instance_price_problems(addon: dict[str, Any]) -> Problems:
             for i, rc in enumerate(addon["rateCards"]) if (rc.get("price") or {}).get("type", "flat") != "flat"]
 
 
-def _term(price: dict[str, Any]) -> str:
+def payment_term(price: dict[str, Any]) -> str:
+    """A price document's payment term (a flat price's; in advance when it names none)."""
     return str(price.get("paymentTerm") or "in_advance")
 
 
@@ -403,8 +404,8 @@ def overlay_problems(plan: dict[str, Any], from_phase: str, addon: dict[str, Any
             if pp is not None and ap is not None:
                 if pp["type"] != "flat" or ap["type"] != "flat":
                     why.append("both are priced and only flat prices add up")
-                elif _term(pp) != _term(ap):
-                    why.append(f"its payment term is {_term(ap)}, the plan's {_term(pp)}")
+                elif payment_term(pp) != payment_term(ap):
+                    why.append(f"its payment term is {payment_term(ap)}, the plan's {payment_term(pp)}")
             if None not in (prc.get("featureKey"), arc.get("featureKey")) and prc["featureKey"] != arc["featureKey"]:
                 why.append(f"its feature is {arc['featureKey']!r}, the plan's {prc['featureKey']!r}")
             if None not in (prc.get("billingCadence"), arc.get("billingCadence")) \

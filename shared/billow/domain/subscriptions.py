@@ -24,6 +24,7 @@ from fractions import Fraction
 from typing import Any
 
 from billow.domain import pricing
+from billow.domain.catalog import payment_term
 from billow.domain.money import Rounding
 from billow.domain.periods import RecurringPeriod, add_offsets, offset, shifted
 from billow.errors import ValidationFailed
@@ -124,10 +125,6 @@ def items(sub: dict[str, Any]) -> list[Item]:
     return out
 
 
-def _term(price: dict[str, Any]) -> str:
-    return str(price.get("paymentTerm") or "in_advance")
-
-
 def _layable(plan_rc: dict[str, Any], addon_rc: dict[str, Any]) -> bool:
     """Whether an add-on rate card is laid over a plan's recurring one of its key when billed: it brings a price, and
     the plan's has none or both are flat fees of one payment term (the catalog offers no other pair:
@@ -135,7 +132,7 @@ def _layable(plan_rc: dict[str, Any], addon_rc: dict[str, Any]) -> bool:
     pp, ap = plan_rc.get("price"), addon_rc.get("price")
     if ap is None or plan_rc.get("billingCadence") is None:  # a one-time fee stays an item of its own
         return False
-    return pp is None or (pp.get("type") == ap.get("type") == "flat" and _term(pp) == _term(ap))
+    return pp is None or (pp.get("type") == ap.get("type") == "flat" and payment_term(pp) == payment_term(ap))
 
 
 def _laid(plan_rc: dict[str, Any], addon_rc: dict[str, Any], quantity: int) -> dict[str, Any]:
