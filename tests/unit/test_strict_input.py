@@ -514,3 +514,15 @@ def test_a_null_billing_address_field_is_a_400_naming_it(container: Any, field: 
 def test_a_null_customer_metadata_is_none(container: Any) -> None:
     status, created = call(api, "POST", "/api/v1/customers", {"name": "x", "metadata": None})
     assert status == 201 and created is not None and "metadata" not in created, created
+
+
+@pytest.mark.parametrize("value", ["", 0, False, [], {}])
+def test_a_falsy_meter_event_from_is_a_400_naming_it(container: Any, value: Any) -> None:
+    """eventFrom is an RFC 3339 time or absent. An empty string, 0, false, [] or {} was taken for no eventFrom and
+    the meter created (201), counting every event instead of refusing the value."""
+    before = call(api, "GET", "/api/v1/meters")[1]
+    body = {"slug": "m", "aggregation": "COUNT", "eventType": "x", "eventFrom": value}
+    status, problem = call(api, "POST", "/api/v1/meters", body)
+    assert status == 400 and problem is not None, problem
+    assert problem["validationErrors"][0]["field"] == "eventFrom"
+    assert call(api, "GET", "/api/v1/meters")[1] == before

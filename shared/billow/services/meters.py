@@ -28,7 +28,7 @@ UPDATE_NOT_NULL = ("name", "description", "groupBy", "ingestionPolicy")
 
 def build_meter(body: dict[str, Any], now: datetime) -> Meter:
     validate_meter_definition(body)
-    event_from = parse_rfc3339(body["eventFrom"], "eventFrom") if body.get("eventFrom") else None
+    event_from = parse_rfc3339(body["eventFrom"], "eventFrom") if body.get("eventFrom") is not None else None
     return Meter(
         id=new_id(), slug=body["slug"], aggregation=body["aggregation"], event_type=body["eventType"],
         name=body.get("name") or body["slug"], description=body.get("description"),
