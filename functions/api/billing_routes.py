@@ -145,7 +145,8 @@ def invoice_now() -> Response:
     if not isinstance(body, dict) or not isinstance(body.get("customerId"), str):
         raise billing.bad("customerId", "is required")
     customer = billing.resolve_customer(c.namespace, body["customerId"], c.meta)
-    as_of = parse_rfc3339(body["asOf"], "asOf") if body.get("asOf") else None
+    # Left out (or null) is now; anything else must be a date-time (an empty string, 0, [] or {} is no `asOf`).
+    as_of = parse_rfc3339(body["asOf"], "asOf") if body.get("asOf") is not None else None
     filters = body.get("filters")
     if filters is not None and not isinstance(filters, dict):
         raise billing.bad("filters", "must be an object")

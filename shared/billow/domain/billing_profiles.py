@@ -10,6 +10,7 @@ from typing import Any
 from billow.domain import catalog as catalog_rules
 from billow.errors import ValidationFailed
 from billow.ids import is_ulid
+from billow.timeutil import parse_rfc3339
 
 APP_TYPES = ("sandbox", "custom_invoicing", "stripe")
 WORKFLOW_DEFAULTS: dict[str, Any] = {
@@ -52,10 +53,37 @@ def parse_workflow(body: object, base: dict[str, Any]) -> dict[str, Any]:
     inv["dueAfter"] = _duration(inv.get("dueAfter"), "workflow.invoicing.dueAfter", zero_ok=True)
     if out["payment"].get("collectionMethod") not in ("charge_automatically", "send_invoice"):
         raise bad("workflow.payment.collectionMethod", "must be charge_automatically or send_invoice")
-    alignment = out["collection"].get("alignment") or {}
+    # The sections the body sets (a stored workflow, `base`, from before these checks is taken as it is):
+    for flag in ("enabled", "enforced") if "tax" in body else ():
+        if not isinstance(out["tax"].get(flag), bool):
+            raise bad(f"workflow.tax.{flag}", "must be a boolean")
+    if "collection" in body:
+        _collection(out["collection"])
+    return out
+
+
+def _collection(collection: dict[str, Any]) -> None:
+    """OpenMeter's BillingWorkflowCollectionSettings: an ISO 8601 `interval` and an `alignment` object."""
+    collection["interval"] = _duration(collection.get("interval"), "workflow.collection.interval", zero_ok=True)
+    alignment = collection.get("alignment")
+    if not isinstance(alignment, dict):
+        raise bad("workflow.collection.alignment", 'must be an object: {"type": "subscription"} or '
+                                                   '{"type": "anchored", "recurringPeriod": {...}}')
     if alignment.get("type") not in ("subscription", "anchored"):
         raise bad("workflow.collection.alignment.type", "must be subscription or anchored")
-    return out
+    if alignment["type"] == "anchored":
+        _recurring_period(alignment.get("recurringPeriod"), "workflow.collection.alignment.recurringPeriod")
+
+
+def _recurring_period(value: object, field: str) -> None:
+    """OpenMeter's RecurringPeriodV2 (an anchored collection's): an ISO 8601 `interval` and an RFC 3339 `anchor`."""
+    if not isinstance(value, dict):
+        raise bad(field, "required for an anchored alignment: {interval, anchor}")
+    _duration(value.get("interval"), f"{field}.interval", zero_ok=False)
+    anchor = value.get("anchor")
+    if not isinstance(anchor, str):
+        raise bad(f"{field}.anchor", "must be an RFC 3339 date-time")
+    parse_rfc3339(anchor, f"{field}.anchor")
 
 
 def parse_apps(body: object) -> dict[str, str]:

@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from billow.domain import pricing
+from billow.domain.entitlements import amount as entitlement_amount
 from billow.domain.money import Currency
 from billow.domain.periods import RecurringPeriod
 from billow.errors import ValidationFailed
@@ -135,6 +136,11 @@ def _entitlement_template(value: Any, field: str, problems: Problems, feature_ke
             issue = value["issueAfterReset"]
             if isinstance(issue, bool) or not isinstance(issue, int | Decimal) or not issue >= 0:
                 problems.append((f"{field}.issueAfterReset", "must be a number of at least 0"))
+            else:  # the grant it issues is checked as an entitlement's issueAfterReset is (1e999999 is none)
+                try:
+                    entitlement_amount(issue, f"{field}.issueAfterReset")
+                except ValidationFailed as exc:
+                    _nested(problems, f"{field}.issueAfterReset", exc)
             out["issueAfterReset"] = issue
         if value.get("issueAfterResetPriority") is not None:
             prio = value["issueAfterResetPriority"]

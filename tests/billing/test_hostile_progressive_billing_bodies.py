@@ -1,0 +1,115 @@
+"""Hostile bodies on the progressive billing routes and the catalog's entitlement templates (helper omclient13's
+probe): a billing profile's or a customer override's `workflow` (whose `invoicing.progressiveBilling` decides
+progressive billing), `POST /api/v1/billing/invoices/invoice` (`asOf`, `progressiveBillingOverride`) and an add-on's
+or a plan's rate card `entitlementTemplate.issueAfterReset`. Every bad value is a 400 problem naming its field:
+never a 500, never stored and shown back, never taken for a value left out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.entitlements.conftest import Billow, harness
+from tests.support.billing import PROFILE
+from tests.support.catalog import setup
+
+
+@pytest.fixture
+def b(tmp_path: Path, namespace: str) -> Iterator[Billow]:
+    with harness(tmp_path, namespace) as billow:
+        setup(billow)
+        yield billow
+
+
+def _refused(b: Billow, method: str, path: str, raw: bytes, field: str) -> None:
+    status, out = b.raw(method, path, raw)
+    assert status == 400, (raw[:120], status, out)
+    assert out["type"] and out["status"] == 400
+    fields = [e["field"] for e in out["extensions"]["validationErrors"]]
+    assert field in fields, (raw[:120], out)
+
+
+# (workflow JSON, the field named): the collection and tax sections were stored as sent (an `interval` of 1 or
+# 1e999999, `enabled: "yes"`); an alignment that is no object was a 500 (`str.get`).
+BAD_WORKFLOWS = [
+    ('{"collection": {"alignment": "anchored"}}', "workflow.collection.alignment"),
+    ('{"collection": {"alignment": 1}}', "workflow.collection.alignment"),
+    ('{"collection": {"alignment": true}}', "workflow.collection.alignment"),
+    ('{"collection": {"alignment": {"type": "anchored"}}}', "workflow.collection.alignment.recurringPeriod"),
+    ('{"collection": {"alignment": {"type": "anchored", "recurringPeriod": {"interval": "P1M", '
+     '"anchor": "2026-02-30T00:00:00Z"}}}}', "workflow.collection.alignment.recurringPeriod.anchor"),
+    ('{"collection": {"alignment": {"type": "anchored", "recurringPeriod": {"interval": "P1M", '
+     '"anchor": "10000-01-01T00:00:00Z"}}}}', "workflow.collection.alignment.recurringPeriod.anchor"),
+    ('{"collection": {"alignment": {"type": "anchored", "recurringPeriod": {"interval": 1e999999, '
+     '"anchor": "2026-01-01T00:00:00Z"}}}}', "workflow.collection.alignment.recurringPeriod.interval"),
+    ('{"collection": {"interval": 1e999999}}', "workflow.collection.interval"),
+    ('{"collection": {"interval": 1}}', "workflow.collection.interval"),
+    ('{"collection": {"interval": null}}', "workflow.collection.interval"),
+    ('{"collection": {"interval": "hourly"}}', "workflow.collection.interval"),
+    ('{"tax": {"enabled": "yes"}}', "workflow.tax.enabled"),
+    ('{"tax": {"enforced": 1e-999999}}', "workflow.tax.enforced"),
+    ('{"tax": {"enabled": null}}', "workflow.tax.enabled"),
+    ('{"invoicing": {"progressiveBilling": "\\ud800"}}', "workflow.invoicing.progressiveBilling"),
+    ('{"invoicing": {"progressiveBilling": null}}', "workflow.invoicing.progressiveBilling"),
+]
+
+
+@pytest.mark.parametrize(("workflow", "field"), BAD_WORKFLOWS)
+def test_a_bad_workflow_is_a_400_naming_its_field(b: Billow, workflow: str, field: str) -> None:
+    profile = b.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    customer = b.ok("GET", "/api/v1/customers/acme")
+    body = '{"name": "P", "supplier": {"name": "S"}, "workflow": ' + workflow + "}"
+    _refused(b, "POST", "/api/v1/billing/profiles", body.encode(), field)
+    _refused(b, "PUT", f"/api/v1/billing/profiles/{profile['id']}", body.encode(), field)
+    _refused(b, "PUT", f"/api/v1/billing/customers/{customer['id']}", ('{"workflow": ' + workflow + "}").encode(), field)
+    shown = b.ok("GET", f"/api/v1/billing/profiles/{profile['id']}")["workflow"]
+    assert shown["collection"] == {"alignment": {"type": "subscription"}, "interval": "PT1H"}
+    assert shown["tax"] == {"enabled": False, "enforced": False}
+
+
+def test_a_good_collection_and_tax_workflow_is_kept(b: Billow) -> None:
+    workflow = {"collection": {"interval": "PT2H", "alignment": {"type": "anchored", "recurringPeriod": {
+        "interval": "P1M", "anchor": "2026-01-01T00:00:00Z"}}}, "tax": {"enabled": True, "enforced": False},
+        "invoicing": {"progressiveBilling": False}}
+    made = b.ok("POST", "/api/v1/billing/profiles", {**PROFILE, "workflow": workflow})
+    assert made["workflow"]["collection"] == workflow["collection"]
+    assert made["workflow"]["tax"] == workflow["tax"]
+    assert made["workflow"]["invoicing"]["progressiveBilling"] is False
+
+
+# `asOf` was read with `if body.get("asOf")`: "", 0, false, [] and {} were taken for "now" and invoiced (201).
+@pytest.mark.parametrize("as_of", ['""', "0", "false", "[]", "{}", '"2026-02-30T00:00:00Z"', '"0000-01-01T00:00:00Z"',
+                                   '"10000-01-01T00:00:00Z"', "1e999999", '"\\ud800"'])
+def test_invoice_now_refuses_an_as_of_that_is_no_date_time(b: Billow, as_of: str) -> None:
+    b.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    b.ok("POST", "/api/v1/billing/customers/acme/invoices/pending-lines", {"currency": "USD", "lines": [{
+        "type": "flat_fee", "name": "Fee", "period": {"from": "2025-12-01T00:00:00Z", "to": "2025-12-31T00:00:00Z"},
+        "invoiceAt": "2025-12-31T00:00:00Z", "price": {"type": "flat", "amount": "5"}}]})
+    customer = b.ok("GET", "/api/v1/customers/acme")
+    body = '{"customerId": "' + customer["id"] + '", "asOf": ' + as_of + ', "progressiveBillingOverride": true}'
+    _refused(b, "POST", "/api/v1/billing/invoices/invoice", body.encode(), "asOf")
+    made = b.ok("GET", "/api/v1/billing/invoices")["items"]
+    assert [i["status"] for i in made] == ["gathering"]  # the line still waits: nothing was invoiced
+
+
+def _card(issue: str) -> str:
+    return ('{"type": "usage_based", "key": "tokens", "name": "Tokens", "featureKey": "tokens", "billingCadence": "P1M",'
+            ' "price": {"type": "unit", "amount": "1"}, "entitlementTemplate": {"type": "metered", "usagePeriod": "P1M",'
+            ' "issueAfterReset": ' + issue + "}}")
+
+
+# An entitlement refuses these as its issueAfterReset (at most 20 integer digits and 18 decimal places); a rate
+# card's template stored them (1E+999999 shown back) for the subscription's entitlement to fail on later.
+@pytest.mark.parametrize("issue", ["1e999999", "1e-999999", "100000000000000000000"])
+def test_an_entitlement_templates_issue_after_reset_is_bounded_as_an_entitlements(b: Billow, issue: str) -> None:
+    addon = '{"key": "a", "name": "A", "currency": "USD", "instanceType": "single", "rateCards": [' + _card(issue) + "]}"
+    _refused(b, "POST", "/api/v1/addons", addon.encode(), "rateCards[0].entitlementTemplate.issueAfterReset")
+    plan = ('{"key": "p", "name": "P", "currency": "USD", "billingCadence": "P1M", "phases": [{"key": "only", '
+            '"name": "Only", "rateCards": [' + _card(issue) + "]}]}")
+    _refused(b, "POST", "/api/v1/plans", plan.encode(), "phases[0].rateCards[0].entitlementTemplate.issueAfterReset")
+    ok: Any = b.ok("POST", "/api/v1/addons", {"key": "b", "name": "B", "currency": "USD", "instanceType": "single",
+                                               "rateCards": []})
+    assert ok["key"] == "b"
