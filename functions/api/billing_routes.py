@@ -82,7 +82,8 @@ def list_overrides() -> Response:
 @router.get("/api/v1/billing/customers/<cid>")
 def get_override(cid: str) -> Response:
     c, store = _c()
-    return ok(billing.get_override(c.namespace, path_param(cid), store=store, meta=c.meta))
+    expand = params.choices(_qs(), "expand", ("apps", "customer"))
+    return ok(billing.get_override(c.namespace, path_param(cid), store=store, meta=c.meta, expand=expand))
 
 
 @router.put("/api/v1/billing/customers/<cid>")

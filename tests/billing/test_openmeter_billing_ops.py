@@ -70,6 +70,41 @@ def test_billing_customers_lists_every_customer_with_its_effective_profile(billo
         _refused(b, "GET", "/api/v1/billing/customers", name, query={name: value})
 
 
+# -- GET / PUT /api/v1/billing/customers/{customerId} ---------------------------------------------------------
+def test_one_customers_override_is_answered_with_its_details_as_openmeter_does(billow: Billow) -> None:
+    """getBillingProfileCustomerOverride and upsertBillingProfileCustomerOverride answer
+    BillingProfileCustomerOverrideWithDetails (`customerOverride`, the required `baseBillingProfileId`,
+    `customerProfile` {supplier, workflow, apps}), as a list item is. Billow answered its stored row instead
+    ({customerId, billingProfileId, workflow, ..., billingProfile}): a client reading `baseBillingProfileId` or
+    `customerProfile.workflow.invoicing.progressiveBilling` found nothing."""
+    b = billow
+    subscribed(b)
+    default = next(p for p in b.ok("GET", "/api/v1/billing/profiles")["items"] if p["default"])
+    other = b.ok("POST", "/api/v1/billing/profiles", {**PROFILE, "name": "EU", "default": False})
+    acme = b.ok("GET", "/api/v1/customers/acme")
+
+    none = b.ok("GET", f"/api/v1/billing/customers/{acme['id']}")
+    assert none == {"baseBillingProfileId": default["id"], "customerProfile": {
+        "supplier": default["supplier"], "workflow": default["workflow"], "apps": default["apps"]}}
+
+    put = b.ok("PUT", f"/api/v1/billing/customers/{acme['id']}",
+               {"billingProfileId": other["id"], "workflow": {"invoicing": {"progressiveBilling": False}}})
+    got = b.ok("GET", f"/api/v1/billing/customers/{acme['id']}")
+    assert got == put
+    assert set(got) == {"customerOverride", "baseBillingProfileId", "customerProfile"}
+    assert got["baseBillingProfileId"] == other["id"]
+    assert got["customerOverride"]["customerId"] == acme["id"]
+    assert got["customerOverride"]["billingProfileId"] == other["id"]
+    assert got["customerProfile"]["workflow"]["invoicing"]["progressiveBilling"] is False  # the override's, merged
+    assert other["workflow"]["invoicing"]["progressiveBilling"] is True
+    listed = b.ok("GET", "/api/v1/billing/customers", query={"customerId": acme["id"]})["items"]
+    assert listed == [got]
+    assert b.ok("GET", f"/api/v1/billing/customers/{acme['id']}", query={"expand": "customer"})["customer"]["id"] \
+        == acme["id"]
+    _refused(b, "GET", f"/api/v1/billing/customers/{acme['id']}", "expand", query={"expand": "everything"})
+    _refused(b, "PUT", f"/api/v1/billing/customers/{acme['id']}", "billingProfileId", {"billingProfileId": 123})
+
+
 # -- POST /api/v1/billing/customers/{c}/invoices/simulate --------------------------------------------------------
 TIERED = {"type": "tiered", "mode": "graduated",
           "tiers": [{"upToAmount": "1000", "unitPrice": {"type": "unit", "amount": "0.01"}},

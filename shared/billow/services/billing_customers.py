@@ -18,7 +18,7 @@ from billow.errors import ValidationFailed
 from billow.ids import ULID_RE
 from billow.ports import BillingStore, MetaStore
 from billow.services import pages, params
-from billow.services.billing_profiles import RunContext
+from billow.services.billing_profiles import RunContext, override_details
 
 bad = ValidationFailed.at
 ORDER_BY = {"customerId": "id", "customerName": "name", "customerKey": "key", "customerPrimaryEmail": "primaryEmail",
@@ -78,19 +78,5 @@ def list_customer_overrides(namespace: str, qs: dict[str, list[str]], *, store: 
     customers.sort(key=lambda c: (str(c.get(field) or ""), c["id"]), reverse=order == "DESC")
 
     ctx = RunContext(profiles, overrides, {})
-    items = []
-    for c in customers:
-        merged = ctx.profile(c["id"])
-        item: dict[str, Any] = {}
-        if (o := overrides.get(c["id"])) is not None:
-            item["customerOverride"] = {k: v for k, v in {
-                "customerId": c["id"], "billingProfileId": o.get("billingProfileId"), "createdAt": o.get("createdAt"),
-                "updatedAt": o.get("updatedAt")}.items() if v is not None}
-        item["baseBillingProfileId"] = merged["id"] if merged else None
-        if merged is not None:
-            item["customerProfile"] = {"supplier": merged["supplier"], "workflow": merged["workflow"],
-                                       "apps": merged["apps"]}
-        if "customer" in expand:
-            item["customer"] = c
-        items.append(item)
+    items = [override_details(c, overrides.get(c["id"]), ctx, expand=sorted(expand)) for c in customers]
     return pages.page(items, qs)

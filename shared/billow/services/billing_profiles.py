@@ -136,25 +136,52 @@ def delete_profile(namespace: str, id_: str, *, store: BillingStore, now: dateti
 
 
 def put_override(namespace: str, customer_id: str, body: object, *, store: BillingStore, meta: MetaStore, now: datetime) -> dict[str, Any]:
+    """OpenMeter's upsertBillingProfileCustomerOverride: the override stored, answered as the GET answers it."""
     customer = resolve_customer(namespace, customer_id, meta)
     if not isinstance(body, dict):
         raise bad("body", "must be {billingProfileId?, workflow?}")
     if body.get("billingProfileId") is not None:
-        get_profile(namespace, str(body["billingProfileId"]), store=store)
+        if not isinstance(body["billingProfileId"], str):
+            raise bad("billingProfileId", "must be a billing profile's id")
+        get_profile(namespace, body["billingProfileId"], store=store)
     if body.get("workflow") is not None:
         parse_workflow(body["workflow"], WORKFLOW_DEFAULTS)
     stamp = format_rfc3339(now)
     doc = {"customerId": customer["id"], "billingProfileId": body.get("billingProfileId"),
            "workflow": body.get("workflow"), "createdAt": stamp, "updatedAt": stamp}
     store.put_override(namespace, customer["id"], doc)
-    return doc
+    return override_details(customer, doc, RunContext(store.list_profiles(namespace), {customer["id"]: doc}, {}))
 
 
-def get_override(namespace: str, customer_id: str, *, store: BillingStore, meta: MetaStore) -> dict[str, Any]:
-    """OpenMeter's BillingProfileCustomerOverride, with the profile that applies after it."""
+def get_override(namespace: str, customer_id: str, *, store: BillingStore, meta: MetaStore,
+                 expand: list[str] | None = None) -> dict[str, Any]:
+    """OpenMeter's getBillingProfileCustomerOverride (BillingProfileCustomerOverrideWithDetails): the customer's
+    override (if any), the profile that applies to it and that profile's supplier, workflow and apps with the
+    override's workflow on top; with expand=customer, the customer."""
     customer = resolve_customer(namespace, customer_id, meta)
-    return {"customerId": customer["id"], **(store.get_override(namespace, customer["id"]) or {}),
-            "billingProfile": resolved_profile(namespace, customer["id"], store=store)}
+    override = store.get_override(namespace, customer["id"])
+    ctx = RunContext(store.list_profiles(namespace), {customer["id"]: override} if override else {}, {})
+    return override_details(customer, override, ctx, expand=expand)
+
+
+def override_details(customer: dict[str, Any], override: dict[str, Any] | None, ctx: RunContext, *,
+                     expand: list[str] | None = None) -> dict[str, Any]:
+    """BillingProfileCustomerOverrideWithDetails: `customerOverride` (with the override's own `workflow`, a
+    Billow field, when it has one), `baseBillingProfileId`, `customerProfile` {supplier, workflow, apps} merged."""
+    item: dict[str, Any] = {}
+    if override is not None:
+        item["customerOverride"] = {k: v for k, v in {
+            "customerId": customer["id"], "billingProfileId": override.get("billingProfileId"),
+            "workflow": override.get("workflow"), "createdAt": override.get("createdAt"),
+            "updatedAt": override.get("updatedAt")}.items() if v is not None}
+    merged = ctx.profile(customer["id"])
+    item["baseBillingProfileId"] = merged["id"] if merged else None
+    if merged is not None:
+        item["customerProfile"] = {"supplier": merged["supplier"], "workflow": merged["workflow"],
+                                   "apps": merged["apps"]}
+    if "customer" in (expand or []):
+        item["customer"] = customer
+    return item
 
 
 def delete_override(namespace: str, customer_id: str, *, store: BillingStore, meta: MetaStore) -> None:
