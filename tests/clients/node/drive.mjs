@@ -29,16 +29,43 @@ async function step(op, fn) {
   try {
     await fn();
     const mine = calls.slice(from).filter((c) => matches(op, c));
-    results[op] = mine.some((c) => c.status < 300) ? 'pass' : `fail: no 2xx request (${JSON.stringify(mine)})`;
+    record(op, mine.some((c) => c.status < 300) ? 'pass' : `fail: no 2xx request (${JSON.stringify(mine)})`);
   } catch (err) {
     const detail = err?.problem ? JSON.stringify(err.problem) : String(err?.message ?? err);
-    results[op] = `fail: ${detail}`.slice(0, 400);
+    record(op, `fail: ${detail}`.slice(0, 400));
   }
+}
+
+// An operation driven in more than one step passes when each of its steps passed (its first failure is kept).
+function record(op, result) {
+  if (results[op] === undefined || results[op] === 'pass') results[op] = result;
 }
 
 const now = new Date();
 const hourAgo = new Date(Date.now() - 3600e3);
 const card = { type: 'flat_fee', key: 'n_fee', name: 'N Fee', billingCadence: 'P1M', price: { type: 'flat', amount: '1' } };
+
+// -- progressive billing, set up first: `invoice now` bills a period in progress up to the minute, so this usage
+// must be a minute old when the billing steps below invoice it (they wait for that minute if it has not passed). Its
+// own meter and feature, so that the meter steps' sums are the n_tokens events' alone. ----------------------------
+try {
+  await om.meters.create({ slug: 'n_prog_tokens', eventType: 'n_prog', aggregation: 'SUM', valueProperty: '$.tokens' });
+  await om.features.create({ key: 'n_prog_credits', name: 'Progressive credits', meterSlug: 'n_prog_tokens' });
+  v.prog = await om.customers.create({ name: 'Node Progressive', key: 'n_prog', currency: 'USD',
+    usageAttribution: { subjectKeys: ['n_prog_subj'] } });
+  const progPlan = await om.plans.create({ key: 'n_prog_plan', name: 'Progressive', currency: 'USD', billingCadence: 'P1M',
+    phases: [{ key: 'only', name: 'Only', rateCards: [{ type: 'usage_based', key: 'n_prog_credits', name: 'Tokens',
+      featureKey: 'n_prog_credits', billingCadence: 'P1M', price: { type: 'unit', amount: '2' } }] }] });
+  await om.plans.publish(progPlan.id);
+  await om.subscriptions.create({ plan: { key: 'n_prog_plan' }, customerId: v.prog.id });
+  v.progAt = new Date();
+  await om.events.ingest([
+    { id: 'np1', source: 'node', type: 'n_prog', subject: 'n_prog_subj', time: v.progAt, data: { tokens: 3, model: 'gpt' } },
+    { id: 'np2', source: 'node', type: 'n_prog', subject: 'n_prog_subj', time: v.progAt, data: { tokens: 4, model: 'gpt' } },
+  ]);
+} catch (err) {
+  v.progSetup = `progressive billing set-up failed: ${err?.problem ? JSON.stringify(err.problem) : err?.message ?? err}`;
+}
 
 // -- meters, events, subjects ------------------------------------------------------------------------------
 await step('POST /api/v1/meters', async () => {
@@ -97,8 +124,22 @@ await step('POST /api/v1/features', async () => {
   v.flag = await om.features.create({ key: 'n_flag', name: 'Flag' });
   v.flag2 = await om.features.create({ key: 'n_flag2', name: 'Flag 2' });
   v.gonef = await om.features.create({ key: 'n_gone_f', name: 'Gone' });
+  // unitCost (manual: a Numeric string, exact; llm: provider, model and token type, each static or a groupBy key)
+  v.manualCost = await om.features.create({ key: 'n_cost_manual', name: 'Manual cost', meterSlug: 'n_tokens',
+    unitCost: { type: 'manual', amount: '0.000002' } });
+  if (JSON.stringify(v.manualCost.unitCost) !== '{"type":"manual","amount":"0.000002"}') throw new Error(JSON.stringify(v.manualCost));
+  v.llmCost = await om.features.create({ key: 'n_cost_llm', name: 'LLM cost', meterSlug: 'n_tokens',
+    unitCost: { type: 'llm', provider: 'openai', modelProperty: 'model', tokenType: 'input' } });
+  const llm = v.llmCost.unitCost;
+  if (llm?.type !== 'llm' || llm.provider !== 'openai' || llm.modelProperty !== 'model' || llm.tokenType !== 'input') {
+    throw new Error(JSON.stringify(v.llmCost));
+  }
 });
-await step('GET /api/v1/features/{featureId}', async () => { await om.features.get(v.credits.id); });
+await step('GET /api/v1/features/{featureId}', async () => {
+  await om.features.get(v.credits.id);
+  const out = await om.features.get(v.manualCost.id);
+  if (out.unitCost?.amount !== '0.000002') throw new Error(JSON.stringify(out));
+});
 await step('GET /api/v1/features', async () => { await om.features.list({}); });
 await step('DELETE /api/v1/features/{featureId}', async () => { await om.features.delete(v.gonef.id); });
 
@@ -314,6 +355,11 @@ await step('POST /api/v1/billing/profiles', async () => {
   v.profile = await om.billing.profiles.create(profile('Node Profile'));
   v.profile2 = await om.billing.profiles.create(profile('Gone Profile'));
   v.manual = await om.billing.profiles.create(profile('Manual Profile', { autoAdvance: false }));
+  // workflow.invoicing.progressiveBilling: true unless a profile says otherwise (OpenMeter's default)
+  v.noProg = await om.billing.profiles.create(profile('No Progressive', { autoAdvance: true, draftPeriod: 'P1D',
+    progressiveBilling: false }));
+  if (v.profile.workflow.invoicing.progressiveBilling !== true) throw new Error(JSON.stringify(v.profile.workflow));
+  if (v.noProg.workflow.invoicing.progressiveBilling !== false) throw new Error(JSON.stringify(v.noProg.workflow));
 });
 await step('GET /api/v1/billing/profiles/{id}', async () => { await om.billing.profiles.get(v.profile.id); });
 await step('GET /api/v1/billing/profiles', async () => { await om.billing.profiles.list({}); });
@@ -326,7 +372,12 @@ await step('DELETE /api/v1/billing/profiles/{id}', async () => { await om.billin
 await step('PUT /api/v1/billing/customers/{customerId}', async () => {
   await om.billing.customers.createOverride(v.cust.id, { billingProfileId: v.profile.id });
 });
-await step('GET /api/v1/billing/customers/{customerId}', async () => { await om.billing.customers.getOverride(v.cust.id); });
+await step('GET /api/v1/billing/customers/{customerId}', async () => {
+  const out = await om.billing.customers.getOverride(v.cust.id);
+  // BillingProfileCustomerOverrideWithDetails: the override, the profile that applies and its merged workflow
+  if (out.baseBillingProfileId !== v.profile.id || out.customerOverride?.billingProfileId !== v.profile.id ||
+      typeof out.customerProfile?.workflow?.invoicing?.progressiveBilling !== 'boolean') throw new Error(JSON.stringify(out));
+});
 await step('GET /api/v1/billing/customers', async () => { await om.billing.customers.listOverrides({}); });
 await step('POST /api/v1/billing/customers/{customerId}/invoices/simulate', async () => {
   await om.billing.invoices.simulate(v.cust.id, { currency: 'USD', lines: [{ type: 'usage_based', name: 'sim',
@@ -340,6 +391,28 @@ await step('POST /api/v1/billing/invoices/invoice', async () => {
   const out = await om.billing.invoices.invoicePendingLines({ customerId: v.cust.id });
   v.invoice = out[0];
   if (!v.invoice) throw new Error('no invoice');
+});
+// Progressive billing: n_prog's period is in progress. Pinned to a profile with progressiveBilling off, `invoice now`
+// bills nothing of it; progressiveBillingOverride: true bills its usage so far (7 tokens at 2) up to the minute.
+await step('PUT /api/v1/billing/customers/{customerId}', async () => {
+  if (v.progSetup) throw new Error(v.progSetup);
+  const out = await om.billing.customers.createOverride(v.prog.id, { billingProfileId: v.noProg.id });
+  if (out.baseBillingProfileId !== v.noProg.id || out.customerProfile?.workflow?.invoicing?.progressiveBilling !== false) {
+    throw new Error(JSON.stringify(out));
+  }
+});
+await step('POST /api/v1/billing/invoices/invoice', async () => {
+  if (v.progSetup) throw new Error(v.progSetup);
+  const nextMinute = (Math.floor(v.progAt.getTime() / 60e3) + 1) * 60e3;
+  if (Date.now() < nextMinute + 1e3) await new Promise((r) => setTimeout(r, nextMinute + 1e3 - Date.now()));
+  const none = await om.billing.invoices.invoicePendingLines({ customerId: v.prog.id });
+  if (none.length !== 0) throw new Error(`invoiced with progressive billing off: ${JSON.stringify(none)}`);
+  const out = await om.billing.invoices.invoicePendingLines({ customerId: v.prog.id, progressiveBillingOverride: true });
+  const lines = out.flatMap((inv) => inv.lines ?? []);
+  const total = out.reduce((s, inv) => s + Number(inv.totals.total), 0);
+  if (out.length !== 1 || lines.length !== 1 || Number(lines[0].quantity) !== 7 || total !== 14) {
+    throw new Error(JSON.stringify(out).slice(0, 600));
+  }
 });
 await step('GET /api/v1/billing/invoices', async () => { await om.billing.invoices.list({}); });
 await step('GET /api/v1/billing/invoices/{invoiceId}', async () => { v.invoice = await om.billing.invoices.get(v.invoice.id); });
