@@ -137,8 +137,20 @@ def drive(srv: Server, standin: StandIn) -> dict[str, str]:  # noqa: C901 (one s
         v["credits"] = c.features.create({"key": "p_credits", "name": "Credits", "meterSlug": "p_tokens"})
         for key in ("p_flag", "p_flag2", "p_gone_f"):
             v[key] = c.features.create({"key": key, "name": key})
+        # unitCost: the client reads its FeatureUnitCost union back as the JSON object
+        manual = c.features.create({"key": "p_cost_manual", "name": "Manual cost", "meterSlug": "p_tokens",
+                                    "unitCost": {"type": "manual", "amount": "0.000002"}})
+        assert manual.unit_cost == {"type": "manual", "amount": "0.000002"}, manual
+        llm = {"type": "llm", "provider": "openai", "modelProperty": "model", "tokenType": "input"}
+        assert c.features.create({"key": "p_cost_llm", "name": "LLM cost", "meterSlug": "p_tokens",
+                                  "unitCost": llm}).unit_cost == llm
+        v["manual_cost"] = manual
     step("POST /api/v1/features", features_create)
-    step("GET /api/v1/features/{featureId}", lambda: c.features.get(v["credits"].id))
+
+    def feature_get() -> None:
+        c.features.get(v["credits"].id)
+        assert c.features.get(v["manual_cost"].id).unit_cost["amount"] == "0.000002"
+    step("GET /api/v1/features/{featureId}", feature_get)
     step("GET /api/v1/features", lambda: c.features.list())
     step("DELETE /api/v1/features/{featureId}", lambda: c.features.delete(v["p_gone_f"].id))
 
@@ -325,6 +337,10 @@ def drive(srv: Server, standin: StandIn) -> dict[str, str]:  # noqa: C901 (one s
         v["profile"] = c.billing_profiles.create(profile("Py Profile"))
         v["profile2"] = c.billing_profiles.create(profile("Gone Profile"))
         v["manual"] = c.billing_profiles.create(profile("Manual Profile", {"autoAdvance": False}))
+        # workflow.invoicing.progressiveBilling, read through the client's BillingWorkflowInvoicingSettings
+        assert v["profile"].workflow.invoicing.progressive_billing is True  # OpenMeter's default
+        off = c.billing_profiles.create(profile("No Progressive", {"autoAdvance": True, "progressiveBilling": False}))
+        assert off.workflow.invoicing.progressive_billing is False
     step("POST /api/v1/billing/profiles", profiles_create)
     step("GET /api/v1/billing/profiles/{id}", lambda: c.billing_profiles.get(v["profile"].id))
     step("GET /api/v1/billing/profiles", lambda: c.billing_profiles.list())
@@ -335,9 +351,19 @@ def drive(srv: Server, standin: StandIn) -> dict[str, str]:  # noqa: C901 (one s
                                                      "workflow": cur["workflow"], "default": cur["default"]})
     step("PUT /api/v1/billing/profiles/{id}", profile_update)
     step("DELETE /api/v1/billing/profiles/{id}", lambda: c.billing_profiles.delete(v["profile2"].id))
-    step("PUT /api/v1/billing/customers/{customerId}",
-         lambda: c.customer_overrides.upsert(v["cust"].id, {"billingProfileId": v["profile"].id}))
-    step("GET /api/v1/billing/customers/{customerId}", lambda: c.customer_overrides.get(v["cust"].id))
+    def override_upsert() -> None:
+        out = c.customer_overrides.upsert(v["cust"].id, {"billingProfileId": v["profile"].id})
+        assert out.base_billing_profile_id == v["profile"].id, out
+    step("PUT /api/v1/billing/customers/{customerId}", override_upsert)
+
+    def override_get() -> None:
+        from openmeter._generated import models as om
+
+        out = c.customer_overrides.get(v["cust"].id)
+        assert isinstance(out, om.BillingProfileCustomerOverrideWithDetails)
+        assert out.base_billing_profile_id == out.customer_override.billing_profile_id == v["profile"].id, out
+        assert isinstance(out.customer_profile.workflow.invoicing.progressive_billing, bool), out
+    step("GET /api/v1/billing/customers/{customerId}", override_get)
     step("GET /api/v1/billing/customers", lambda: c.customer_overrides.list())
 
     def line(name: str) -> dict[str, Any]:
@@ -355,9 +381,13 @@ def drive(srv: Server, standin: StandIn) -> dict[str, str]:  # noqa: C901 (one s
          lambda: c.customer_invoice.create_pending_invoice_line(v["cust"].id, line("Py line")))
 
     def invoice_now() -> None:
-        v["invoice"] = c.invoices.invoice_pending_lines_action({"customerId": v["cust"].id})[0]
-        # The client deserialises each line's rate card (OpenMeter's InvoiceUsageBasedRateCard) as typed models.
         from openmeter._generated import models as om
+
+        # The request as the client's own model builds it, progressiveBillingOverride too (a pending line is invoiced
+        # whatever the flag: only a subscription's period in progress is split, tests/clients/node/drive.mjs)
+        v["invoice"] = c.invoices.invoice_pending_lines_action(om.InvoicePendingLinesActionInput(
+            customer_id=v["cust"].id, progressive_billing_override=False))[0]
+        # The client deserialises each line's rate card (OpenMeter's InvoiceUsageBasedRateCard) as typed models.
 
         (py_line,) = [ln for ln in v["invoice"].lines if ln.name == "Py line"]
         assert isinstance(py_line, om.InvoiceLine) and isinstance(py_line.rate_card, om.InvoiceUsageBasedRateCard)
