@@ -6,6 +6,7 @@ never a 500, never stored and shown back, never taken for a value left out."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,20 @@ def test_an_entitlement_templates_issue_after_reset_is_bounded_as_an_entitlement
     ok: Any = b.ok("POST", "/api/v1/addons", {"key": "b", "name": "B", "currency": "USD", "instanceType": "single",
                                                "rateCards": []})
     assert ok["key"] == "b"
+
+
+# PUT replaces the profile (OpenMeter's BillingProfileReplaceUpdateWithWorkflow: name, supplier, workflow and default
+# required): a body without them, or with them null, was answered 200 with the profile unchanged, as if replaced.
+@pytest.mark.parametrize(("edit", "field"), [
+    ({"name": None}, "name"), ({"name": ""}, "name"), ({"name": 1}, "name"), ({"supplier": None}, "supplier"),
+    ({"supplier": "S"}, "supplier"), ({"workflow": None}, "workflow"), ({"workflow": []}, "workflow"),
+    ({"default": "yes"}, "default"), ({"default": None}, "default")])
+def test_a_profile_replaced_without_its_required_fields_is_a_400(b: Billow, edit: dict[str, Any], field: str) -> None:
+    made = b.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    body = {"name": "Renamed", "supplier": PROFILE["supplier"], "workflow": made["workflow"], "default": True}
+    _refused(b, "PUT", f"/api/v1/billing/profiles/{made['id']}", json.dumps({**body, **edit}).encode(), field)
+    if field != "default":  # left out
+        left = {k: v for k, v in body.items() if k != field}
+        _refused(b, "PUT", f"/api/v1/billing/profiles/{made['id']}", json.dumps(left).encode(), field)
+    assert b.ok("GET", f"/api/v1/billing/profiles/{made['id']}")["name"] == made["name"]
+    assert b.ok("PUT", f"/api/v1/billing/profiles/{made['id']}", body)["name"] == "Renamed"

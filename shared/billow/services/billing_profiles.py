@@ -106,6 +106,15 @@ def update_profile(namespace: str, id_: str, body: object, *, store: BillingStor
         _already_deleted()
     if not isinstance(body, dict):
         raise bad("body", "must be a billing profile")
+    # OpenMeter's BillingProfileReplaceUpdateWithWorkflow replaces the profile: a name, supplier and workflow left
+    # out or null were answered 200 with the profile unchanged, as if replaced.
+    if not isinstance(body.get("name"), str) or not body["name"].strip():
+        raise bad("name", "is required (the profile is replaced)")
+    for field_name in ("supplier", "workflow"):
+        if not isinstance(body.get(field_name), dict):
+            raise bad(field_name, "is required (the profile is replaced): an object")
+    if "default" in body and not isinstance(body["default"], bool):
+        raise bad("default", "must be a boolean")
     return _edit(namespace, id_, store, lambda doc: _apply(doc, body, now), _already_deleted)
 
 
