@@ -55,6 +55,8 @@ BAD_WORKFLOWS = [
     ('{"tax": {"enabled": null}}', "workflow.tax.enabled"),
     ('{"invoicing": {"progressiveBilling": "\\ud800"}}', "workflow.invoicing.progressiveBilling"),
     ('{"invoicing": {"progressiveBilling": null}}', "workflow.invoicing.progressiveBilling"),
+    ('{"invoicing": {"subscriptionEndProrationMode": 1}}', "workflow.invoicing.subscriptionEndProrationMode"),
+    ('{"invoicing": {"defaultTaxConfig": "inclusive"}}', "workflow.invoicing.defaultTaxConfig"),
 ]
 
 
@@ -79,6 +81,28 @@ def test_a_good_collection_and_tax_workflow_is_kept(b: Billow) -> None:
     assert made["workflow"]["collection"] == workflow["collection"]
     assert made["workflow"]["tax"] == workflow["tax"]
     assert made["workflow"]["invoicing"]["progressiveBilling"] is False
+
+
+def test_a_workflow_field_openmeter_does_not_have_is_ignored_not_stored(b: Billow) -> None:
+    """OpenMeter's decoder ignores a field its workflow sections do not have; Billow stored it and showed it back on
+    the profile and the override, whatever it held (a 100,000-character string, 1e999999, 500 nested arrays)."""
+    tax = '{"zzz": "' + "a" * 100_000 + '", "big": 1e999999, "deep": ' + "[" * 500 + "]" * 500 + ', "enabled": true}'
+    workflow = ('{"invoicing": {"progressiveBilling": false, "subscriptionEndProrationMode": "bill_full_period", '
+                '"zzz": 1}, "tax": ' + tax + "}")
+    body = '{"name": "P", "supplier": {"name": "S"}, "workflow": ' + workflow + "}"
+    status, made = b.raw("POST", "/api/v1/billing/profiles", body.encode())
+    assert status == 201, made
+    assert made["workflow"]["invoicing"] == {"autoAdvance": True, "draftPeriod": "P0D", "dueAfter": "P30D",
+                                             "progressiveBilling": False, "subscriptionEndProrationMode": "bill_full_period"}
+    assert made["workflow"]["tax"] == {"enabled": True, "enforced": False}
+    assert b.ok("GET", f"/api/v1/billing/profiles/{made['id']}")["workflow"] == made["workflow"]
+    customer = b.ok("GET", "/api/v1/customers/acme")
+    status, out = b.raw("PUT", f"/api/v1/billing/customers/{customer['id']}", ('{"workflow": ' + workflow + "}").encode())
+    assert status == 200, out
+    assert out["customerOverride"]["workflow"] == {"invoicing": {"progressiveBilling": False,
+                                                                 "subscriptionEndProrationMode": "bill_full_period"},
+                                                   "tax": {"enabled": True}}
+    assert "zzz" not in json.dumps(b.ok("GET", f"/api/v1/billing/customers/{customer['id']}"))
 
 
 # `asOf` was read with `if body.get("asOf")`: "", 0, false, [] and {} were taken for "now" and invoiced (201).

@@ -20,6 +20,17 @@ WORKFLOW_DEFAULTS: dict[str, Any] = {
     "tax": {"enabled": False, "enforced": False},
 }
 
+# The fields of OpenMeter's workflow sections (BillingWorkflowCollectionSettings, ...InvoicingSettings,
+# ...PaymentSettings, ...TaxSettings)
+WORKFLOW_FIELDS: dict[str, frozenset[str]] = {
+    "collection": frozenset({"alignment", "interval"}),
+    "invoicing": frozenset({"autoAdvance", "draftPeriod", "dueAfter", "progressiveBilling",
+                            "subscriptionEndProrationMode", "defaultTaxConfig"}),
+    "payment": frozenset({"collectionMethod"}),
+    "tax": frozenset({"enabled", "enforced"}),
+}
+PRORATION_MODES = ("bill_full_period", "bill_actual_period")
+
 bad = ValidationFailed.at
 
 
@@ -44,13 +55,21 @@ def parse_workflow(body: object, base: dict[str, Any]) -> dict[str, Any]:
     for section, values in body.items():
         if section not in out or not isinstance(values, dict):
             raise bad(f"workflow.{section}", "unknown workflow section" if section not in out else "must be an object")
-        out[section].update(values)
+        # A field OpenMeter's section does not have is ignored, as OpenMeter's decoder ignores it (it was stored
+        # and shown back, whatever it held)
+        out[section].update({k: v for k, v in values.items() if k in WORKFLOW_FIELDS[section]})
     inv = out["invoicing"]
     for flag in ("autoAdvance", "progressiveBilling"):
         if not isinstance(inv.get(flag), bool):
             raise bad(f"workflow.invoicing.{flag}", "must be a boolean")
     inv["draftPeriod"] = _duration(inv.get("draftPeriod"), "workflow.invoicing.draftPeriod", zero_ok=True)
     inv["dueAfter"] = _duration(inv.get("dueAfter"), "workflow.invoicing.dueAfter", zero_ok=True)
+    if "invoicing" in body:
+        mode = inv.get("subscriptionEndProrationMode")
+        if mode is not None and mode not in PRORATION_MODES:
+            raise bad("workflow.invoicing.subscriptionEndProrationMode", "must be one of " + ", ".join(PRORATION_MODES))
+        if inv.get("defaultTaxConfig") is not None and not isinstance(inv["defaultTaxConfig"], dict):
+            raise bad("workflow.invoicing.defaultTaxConfig", "must be an object")
     if out["payment"].get("collectionMethod") not in ("charge_automatically", "send_invoice"):
         raise bad("workflow.payment.collectionMethod", "must be charge_automatically or send_invoice")
     # The sections the body sets (a stored workflow, `base`, from before these checks is taken as it is):

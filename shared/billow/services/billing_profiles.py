@@ -14,7 +14,13 @@ from typing import Any
 
 from billow import jsonx
 from billow.domain.billing_profiles import APP_TYPES as APP_TYPES  # re-exported for billow.services.billing
-from billow.domain.billing_profiles import WORKFLOW_DEFAULTS, parse_apps, parse_supplier, parse_workflow
+from billow.domain.billing_profiles import (
+    WORKFLOW_DEFAULTS,
+    WORKFLOW_FIELDS,
+    parse_apps,
+    parse_supplier,
+    parse_workflow,
+)
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
 from billow.ports import AppStore, BillingStore, MetaStore
@@ -153,11 +159,15 @@ def put_override(namespace: str, customer_id: str, body: object, *, store: Billi
         if not isinstance(body["billingProfileId"], str):
             raise bad("billingProfileId", "must be a billing profile's id")
         get_profile(namespace, body["billingProfileId"], store=store)
+    workflow = None
     if body.get("workflow") is not None:
         parse_workflow(body["workflow"], WORKFLOW_DEFAULTS)
+        # the override's own fields alone (merged over its profile's workflow when read): OpenMeter's fields only
+        workflow = {section: {k: v for k, v in values.items() if k in WORKFLOW_FIELDS[section]}
+                    for section, values in body["workflow"].items()}
     stamp = format_rfc3339(now)
     doc = {"customerId": customer["id"], "billingProfileId": body.get("billingProfileId"),
-           "workflow": body.get("workflow"), "createdAt": stamp, "updatedAt": stamp}
+           "workflow": workflow, "createdAt": stamp, "updatedAt": stamp}
     store.put_override(namespace, customer["id"], doc)
     return override_details(customer, doc, RunContext(store.list_profiles(namespace), {customer["id"]: doc}, {}))
 
