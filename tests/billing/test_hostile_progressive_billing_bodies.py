@@ -155,3 +155,25 @@ def test_a_profile_replaced_without_its_required_fields_is_a_400(b: Billow, edit
         _refused(b, "PUT", f"/api/v1/billing/profiles/{made['id']}", json.dumps(left).encode(), field)
     assert b.ok("GET", f"/api/v1/billing/profiles/{made['id']}")["name"] == made["name"]
     assert b.ok("PUT", f"/api/v1/billing/profiles/{made['id']}", body)["name"] == "Renamed"
+
+
+# The supplier (OpenMeter's BillingParty, printed on every invoice) was stored as sent but for its name: any type in
+# key, taxId.code and the addresses' fields (1e999999, [], {}), and any field BillingParty does not have.
+@pytest.mark.parametrize(("supplier", "field"), [
+    ('{"name": "S", "key": 1e999999}', "supplier.key"),
+    ('{"name": "S", "taxId": "DE1"}', "supplier.taxId"),
+    ('{"name": "S", "taxId": {"code": 1}}', "supplier.taxId.code"),
+    ('{"name": "S", "addresses": ["Berlin"]}', "supplier.addresses[0]"),
+    ('{"name": "S", "addresses": [{"country": "DE", "city": []}]}', "supplier.addresses[0].city"),
+    ('{"name": "S", "addresses": [{"country": "DE", "line1": {"a": 1}}]}', "supplier.addresses[0].line1"),
+])
+def test_a_supplier_field_of_the_wrong_type_is_a_400(b: Billow, supplier: str, field: str) -> None:
+    _refused(b, "POST", "/api/v1/billing/profiles", ('{"name": "P", "supplier": ' + supplier + "}").encode(), field)
+
+
+def test_a_supplier_field_billing_party_does_not_have_is_ignored(b: Billow) -> None:
+    supplier = {"name": "S", "key": "s", "taxId": {"code": "DE1"}, "zzz": "a" * 100_000,
+                "addresses": [{"country": "DE", "city": "Berlin", "zzz": [[[]]]}]}
+    made = b.ok("POST", "/api/v1/billing/profiles", {"name": "P", "supplier": supplier})
+    assert made["supplier"] == {"name": "S", "key": "s", "taxId": {"code": "DE1"},
+                                "addresses": [{"country": "DE", "city": "Berlin"}]}

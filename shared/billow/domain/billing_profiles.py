@@ -122,9 +122,37 @@ def parse_apps(body: object) -> dict[str, str]:
     return out
 
 
+ADDRESS_FIELDS = ("country", "postalCode", "state", "city", "line1", "line2", "phoneNumber")
+
+
 def parse_supplier(body: object) -> dict[str, Any]:
+    """OpenMeter's BillingParty: `name` (required), `key`, `taxId` {code} and `addresses` of Address, every value a
+    string (each is printed on the invoice); a field BillingParty does not have is ignored, as OpenMeter does (it
+    was stored and printed, whatever it held)."""
     if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
         raise bad("supplier.name", "the supplier's name is required (it is printed on every invoice)")
-    if body.get("addresses") is not None and not isinstance(body["addresses"], list):
-        raise bad("supplier.addresses", "must be a list of addresses")
-    return dict(body)
+    out: dict[str, Any] = {"name": body["name"]}
+    for key in ("id", "key"):
+        if body.get(key) is not None:
+            out[key] = _text(body[key], f"supplier.{key}")
+    if body.get("taxId") is not None:
+        tax_id = body["taxId"]
+        if not isinstance(tax_id, dict):
+            raise bad("supplier.taxId", "must be an object: {code}")
+        out["taxId"] = {"code": _text(tax_id["code"], "supplier.taxId.code")} if tax_id.get("code") is not None else {}
+    if body.get("addresses") is not None:
+        if not isinstance(body["addresses"], list):
+            raise bad("supplier.addresses", "must be a list of addresses")
+        out["addresses"] = []
+        for i, address in enumerate(body["addresses"]):
+            if not isinstance(address, dict):
+                raise bad(f"supplier.addresses[{i}]", "must be an address object")
+            out["addresses"].append({k: _text(address[k], f"supplier.addresses[{i}].{k}")
+                                     for k in ADDRESS_FIELDS if address.get(k) is not None})
+    return out
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise bad(field, "must be a string")
+    return value
