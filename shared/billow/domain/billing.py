@@ -259,7 +259,7 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
                 continue  # a quantity that costs nothing more (e.g. inside a free allowance) is recorded, not invoiced
             correction = point.mark.rev > 0 and k in point.mark.billed and point.mark.until is None
             source, card_key, line_key, category = k.split("|")
-            item = ch.item if ch else None
+            item = ch.item if ch else _item_of(k, current, point)
             rc: dict[str, Any] = item.rate_card if item else {"key": card_key, "name": card_key, "type": "usage_based"}
             group = groups.setdefault((source, card_key), _parent(point, rc, item, source, now, at))
             d_amount = amount - Decimal(was.get("amount", was["total"]))
@@ -289,6 +289,24 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
                                                 if child["category"] == "regular"), Decimal(0)))
         lines.append(group)
     return lines, billed
+
+
+def _item_of(key: str, current: Mapping[str, subs.Charge], point: Point) -> subs.Item | None:
+    """The subscription item a charge billed before but gone now (its usage back to nothing, below a tier) belongs
+    to: a charge of the same item still billed, else the item in force in the point's period. Its credit then goes
+    on the rate card's line, named and priced as the plan has it; before, when it was the only change of the point,
+    the line was named by the rate card's key and had no price."""
+    source, card_key, line_key, _ = key.split("|")
+    span = line_key[line_key.index("@"):] if "@" in line_key else ""
+    for c in current.values():
+        if (c.item.source, c.item.rate_card["key"], c.item.span) == (source, card_key, span):
+            return c.item
+    ps, pe = point.period
+    for it in subs.billed_items(point.sub):
+        if ((it.source, it.rate_card["key"], it.span) == (source, card_key, span) and it.start < pe
+                and (it.end is None or it.end > ps)):
+            return it
+    return None
 
 
 def _group(key: str) -> tuple[str, str]:
