@@ -152,7 +152,11 @@ class Serve:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # never leave a server running
+                self.proc.kill()
+                self.proc.wait(timeout=30)
             self.proc = None
 
     @property
