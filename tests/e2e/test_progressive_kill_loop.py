@@ -285,7 +285,7 @@ def reference(c: Customer) -> dict[tuple[str, datetime], Decimal]:
 
 def billed(url: str, c: Customer) -> tuple[dict[tuple[str, datetime], Decimal], list[str], int, int]:
     """(card, period start): the sum of all the customer's invoiced usage lines (all parts, corrections); the
-    overlaps found among a period's parts; the number of parts; the number of (card, period)s billed in parts."""
+    overlaps found among a period's parts; the number of lines; the number of (card, period)s billed in parts."""
     sums: dict[tuple[str, datetime], Decimal] = {}
     spans: dict[tuple[str, datetime], list[tuple[datetime, datetime, str]]] = {}
     parts = 0
@@ -297,17 +297,27 @@ def billed(url: str, c: Customer) -> tuple[dict[tuple[str, datetime], Decimal], 
             key = (ln["name"], bp)
             sums[key] = sums.get(key, D(0)) + D(ln["totals"]["total"])
             parts += 1
-            if "(correction)" not in json.dumps(ln):
-                spans.setdefault(key, []).append((parse(ln["period"]["from"]), parse(ln["period"]["to"]),
+            span = (parse(ln["period"]["from"]), parse(ln["period"]["to"]))
+            end = bp + timedelta(hours=1)
+            whole = (max(bp, c.active_from), min(end, c.active_to) if c.active_to else end)
+            # a line of the whole period is no part (a late correction's line after the parts has that span too)
+            if "(correction)" not in json.dumps(ln) and span != whole:
+                spans.setdefault(key, []).append((*span,
                                                   f"{inv['id']} {inv['status']} total {ln['totals']['total']} "
                                                   f"quantity {ln.get('quantity')} pre {ln.get('preLinePeriodQuantity')}"
                                                   f" invoiceAt {ln.get('invoiceAt')}"))
     overlaps = []
-    for key, ss in spans.items():
-        ss.sort()
+    for key, all_spans in spans.items():
+        # a line over the very span of an earlier one is a correction of it (late usage of a period billed whole; a
+        # first bill of no usage makes its later lines no "(correction)"): its money is in the sums; parts that
+        # overlap otherwise are a period cut twice
+        firsts: dict[tuple[datetime, datetime], tuple[datetime, datetime, str]] = {}
+        for sp in all_spans:
+            firsts.setdefault(sp[:2], sp)
+        ss = sorted(firsts.values())
         overlaps += [f"{key[0]} {iso(key[1])}: {iso(a[0])}..{iso(a[1])} ({a[2]}) and {iso(b[0])}..{iso(b[1])} ({b[2]})"
                      for a, b in zip(ss, ss[1:], strict=False) if b[0] < a[1]]
-    return sums, overlaps, parts, sum(1 for ss in spans.values() if len(ss) > 1)
+    return sums, overlaps, parts, sum(1 for ss in spans.values() if len({sp[:2] for sp in ss}) > 1)
 
 
 # -- the clients and the kills ------------------------------------------------------------------------------------
