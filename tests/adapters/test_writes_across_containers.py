@@ -967,8 +967,8 @@ def test_containers_updating_and_deleting_one_customer_at_once_keep_it_deleted(m
 
 
 def test_containers_editing_one_billing_profile_at_once_keep_every_edit(metas: list[SqlMetaStore]) -> None:
-    """PUT /api/v1/billing/profiles/{p} changes the fields given and keeps the others as read, then writes the profile
-    back. Two containers editing one profile at once (one its name, one making it the default) both answered 200
+    """PUT /api/v1/billing/profiles/{p} replaces the profile, keeping its `default` as read when the body has none,
+    then writes it back. Two containers editing one profile at once (one its name, one making it the default) both answered 200
     and the later write put back what the other changed: the namespace's new default was not the default (none
     was). An edit racing its DELETE wrote the profile back live although the delete answered 204. Now every edit
     lands (the loser of a race reads again) and a deleted profile stays deleted (an edit after it is a 400, OpenMeter's
@@ -978,6 +978,9 @@ def test_containers_editing_one_billing_profile_at_once_keep_every_edit(metas: l
     from billow.services.billing_profiles import create_profile, delete_profile, update_profile
 
     stores = [SqlBillingStore(m.engine) for m in metas]
+    # A PUT replaces the profile (OpenMeter's BillingProfileReplaceUpdateWithWorkflow: name, supplier and workflow
+    # required); one left without `default` keeps the profile's as read.
+    whole = {"supplier": {"name": "S"}, "workflow": {}}
     failed: list[BaseException] = []
     lost = revived = 0
     for round_ in range(10):
@@ -985,10 +988,12 @@ def test_containers_editing_one_billing_profile_at_once_keep_every_edit(metas: l
         create_profile(namespace, {"name": "first", "supplier": {"name": "S"}}, store=stores[0], now=NOW)  # default
         profile = create_profile(namespace, {"name": "p", "supplier": {"name": "S"}}, store=stores[0], now=NOW)
         if round_ % 2 == 0:  # its name, and making it the default
-            calls = [partial(update_profile, namespace, profile["id"], {"name": f"n{n}"} if n % 2 else {"default": True},
+            calls = [partial(update_profile, namespace, profile["id"],
+                             {**whole, "name": f"n{n}"} if n % 2 else {**whole, "name": f"n{n}", "default": True},
                              store=stores[n % 2], now=NOW) for n in range(THREADS)]
         else:  # edits racing deletes
-            calls = [partial(update_profile, namespace, profile["id"], {"name": f"n{n}"}, store=stores[n % 2], now=NOW)
+            calls = [partial(update_profile, namespace, profile["id"], {**whole, "name": f"n{n}"}, store=stores[n % 2],
+                             now=NOW)
                      if n % 2 else partial(delete_profile, namespace, profile["id"], store=stores[n % 2], now=NOW)
                      for n in range(THREADS)]
         done, errors = at_once(calls)
