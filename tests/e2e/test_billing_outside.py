@@ -53,12 +53,9 @@ Bugs found and fixed (each test failed before):
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -70,6 +67,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Drained, Server
+from tests.support.net import json_call
 
 D = Decimal
 CONFIG = """namespace: default
@@ -103,19 +101,7 @@ UNIT_FREE = D(5)  # the unit rate card's usage discount
 
 def api(s: Server, method: str, path: str, body: Any = None, ctype: str = "application/json") -> tuple[int, Any]:
     """One request; JSON numbers are read as Decimals (the test's own reading must not round)."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(s.url + path, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", ctype)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            status, payload = resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        status, payload = err.code, err.read()
-    try:
-        return status, json.loads(payload, parse_float=Decimal) if payload else None
-    except ValueError:
-        return status, payload.decode()
+    return json_call(s.url, method, path, body, ctype, timeout=120)
 
 
 def ok(s: Server, method: str, path: str, body: Any = None) -> Any:

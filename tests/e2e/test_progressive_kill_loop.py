@@ -28,8 +28,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +40,7 @@ import pytest
 from tests.conftest import scratch_database
 from tests.e2e.conftest import BIN
 from tests.support.net import free_port
+from tests.support.net import json_call as call
 
 D = Decimal
 CONFIG = """namespace: default
@@ -162,24 +161,6 @@ class Serve:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def call(url: str, method: str, path: str, body: Any = None, ctype: str = "application/json",
-         timeout: float = 60) -> tuple[int, Any]:
-    """One request: (status, JSON read with Decimals); raises OSError when the server is gone."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url + path, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", ctype)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, payload = resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        status, payload = err.code, err.read()
-    try:
-        return status, json.loads(payload, parse_float=Decimal) if payload else None
-    except ValueError:
-        return status, payload.decode()
 
 
 def ok(url: str, method: str, path: str, body: Any = None) -> Any:
