@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from tests.billing.conftest import Billow
 from tests.support.billing import PROFILE, invoices, scheduled_run
-from tests.support.catalog import published, setup
+from tests.support.catalog import metered_plan, published, setup
 
-USAGE_ONLY = {"key": "metered", "name": "Metered", "currency": "USD", "billingCadence": "P1M",
-              "phases": [{"key": "p", "name": "P", "rateCards": [
-                  {"type": "usage_based", "key": "tokens", "name": "Tokens", "featureKey": "tokens",
-                   "billingCadence": "P1M", "price": {"type": "unit", "amount": "1"}}]}]}
+USAGE_ONLY = metered_plan({"type": "unit", "amount": "1"})
 
 
 def totals(b: Billow) -> list[tuple[str, str]]:

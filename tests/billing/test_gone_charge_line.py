@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.billing.conftest import Billow
 from tests.support.billing import PROFILE, scheduled_run
-from tests.support.catalog import published, setup
+from tests.support.catalog import metered_plan, published, setup
 
 D = Decimal
 GRAD = {"type": "tiered", "mode": "graduated", "tiers": [
@@ -30,10 +30,7 @@ def _world(b: Billow, price: dict[str, Any]) -> None:
     setup(b)
     b.ok("POST", "/api/v1/billing/profiles", PROFILE)
     b.clock.set("2026-03-31T00:00:00Z")
-    published(b, {"key": "metered", "name": "Metered", "currency": "USD", "billingCadence": "P1M",
-                  "phases": [{"key": "p", "name": "P", "rateCards": [
-                      {"type": "usage_based", "key": "tokens", "name": "Token usage", "featureKey": "tokens",
-                       "billingCadence": "P1M", "price": price}]}]})
+    published(b, metered_plan(price, card_name="Token usage"))
     b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "metered"}, "customerKey": "acme",
                                            "timing": "2026-04-01T00:00:00Z"})
 

@@ -65,16 +65,13 @@ def test_a_concurrent_run_on_a_period_that_owes_nothing_is_no_conflict(billow: B
     this call lost that race, but it had nothing to invoice and neither did the other run, so it answers `201 []`
     (nothing due). Since empty points are marked (131a293) the lost race was a 409 'billed by a concurrent run'."""
     from tests.support.billing import PROFILE
-    from tests.support.catalog import published, setup
+    from tests.support.catalog import metered_plan, published, setup
 
     b = billow
     setup(b)
     b.ok("POST", "/api/v1/billing/profiles", PROFILE)
     b.clock.set("2026-03-31T00:00:00Z")
-    published(b, {"key": "metered", "name": "Metered", "currency": "USD", "billingCadence": "P1M",
-                  "phases": [{"key": "p", "name": "P", "rateCards": [
-                      {"type": "usage_based", "key": "tokens", "name": "Tokens", "featureKey": "tokens",
-                       "billingCadence": "P1M", "price": {"type": "unit", "amount": "1"}}]}]})
+    published(b, metered_plan({"type": "unit", "amount": "1"}))
     b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "metered"}, "customerKey": "acme",
                                            "timing": "2026-04-01T00:00:00Z"})
     b.clock.set("2026-05-01T00:10:00Z")

@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import scratch_database
 from tests.entitlements.conftest import Billow, on_meta_store
 from tests.support.billing import PROFILE, scheduled_run
-from tests.support.catalog import published, setup
+from tests.support.catalog import metered_plan, published, setup
 
 D = Decimal
 BASE = {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
@@ -292,10 +292,7 @@ def test_progressive_billing_is_on_by_default(b: Billow) -> None:
     profile = b.ok("POST", "/api/v1/billing/profiles", PROFILE)  # no progressiveBilling
     assert profile["workflow"]["invoicing"]["progressiveBilling"] is True
     b.clock.set("2026-03-31T00:00:00Z")
-    published(b, {"key": "metered", "name": "Metered", "currency": "USD", "billingCadence": "P1M",
-                  "phases": [{"key": "p", "name": "P", "rateCards": [
-                      {"type": "usage_based", "key": "tokens", "name": "Tokens", "featureKey": "tokens",
-                       "billingCadence": "P1M", "price": PRICES["unit"]}]}]})
+    published(b, metered_plan(PRICES["unit"]))
     b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "metered"}, "customerKey": "acme",
                                            "timing": "2026-04-01T00:00:00Z"})
     b.usage(1234, "2026-04-03T10:00:00Z", "customer_1")

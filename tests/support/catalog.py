@@ -25,6 +25,14 @@ def plan_body(key: str, fee: str, *, feature: str = "tokens", extra: list[dict[s
             "phases": [{"key": "default", "name": "Default", "rateCards": cards + (extra or [])}]}
 
 
+def metered_plan(price: dict[str, Any], *, card_name: str = "Tokens") -> dict[str, Any]:
+    """Plan `metered`: one monthly usage rate card `tokens` on feature `tokens` at `price`, nothing else."""
+    return {"key": "metered", "name": "Metered", "currency": "USD", "billingCadence": "P1M",
+            "phases": [{"key": "p", "name": "P", "rateCards": [
+                {"type": "usage_based", "key": "tokens", "name": card_name, "featureKey": "tokens",
+                 "billingCadence": "P1M", "price": price}]}]}
+
+
 def setup(b: Billow) -> None:
     b.ok("POST", "/api/v1/features", {"key": "tokens", "name": "Tokens", "meterSlug": "tokens"})
     b.ok("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "currency": "USD",
