@@ -34,6 +34,12 @@ PRORATION_MODES = ("bill_full_period", "bill_actual_period")
 bad = ValidationFailed.at
 
 
+def workflow_fields(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a workflow section OpenMeter's section has; any other is ignored, as OpenMeter's decoder ignores
+    it (it was stored and shown back, whatever it held)."""
+    return {k: v for k, v in values.items() if k in WORKFLOW_FIELDS[section]}
+
+
 def _duration(value: object, field_name: str, *, zero_ok: bool) -> str:
     if zero_ok and value in ("P0D", "PT0S", "PT0H"):
         return str(value)
@@ -55,9 +61,7 @@ def parse_workflow(body: object, base: dict[str, Any]) -> dict[str, Any]:
     for section, values in body.items():
         if section not in out or not isinstance(values, dict):
             raise bad(f"workflow.{section}", "unknown workflow section" if section not in out else "must be an object")
-        # A field OpenMeter's section does not have is ignored, as OpenMeter's decoder ignores it (it was stored
-        # and shown back, whatever it held)
-        out[section].update({k: v for k, v in values.items() if k in WORKFLOW_FIELDS[section]})
+        out[section].update(workflow_fields(section, values))
     inv = out["invoicing"]
     for flag in ("autoAdvance", "progressiveBilling"):
         if not isinstance(inv.get(flag), bool):

@@ -16,10 +16,10 @@ from billow import jsonx
 from billow.domain.billing_profiles import APP_TYPES as APP_TYPES  # re-exported for billow.services.billing
 from billow.domain.billing_profiles import (
     WORKFLOW_DEFAULTS,
-    WORKFLOW_FIELDS,
     parse_apps,
     parse_supplier,
     parse_workflow,
+    workflow_fields,
 )
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
@@ -163,8 +163,7 @@ def put_override(namespace: str, customer_id: str, body: object, *, store: Billi
     if body.get("workflow") is not None:
         parse_workflow(body["workflow"], WORKFLOW_DEFAULTS)
         # the override's own fields alone (merged over its profile's workflow when read): OpenMeter's fields only
-        workflow = {section: {k: v for k, v in values.items() if k in WORKFLOW_FIELDS[section]}
-                    for section, values in body["workflow"].items()}
+        workflow = {section: workflow_fields(section, values) for section, values in body["workflow"].items()}
     stamp = format_rfc3339(now)
     doc = {"customerId": customer["id"], "billingProfileId": body.get("billingProfileId"),
            "workflow": workflow, "createdAt": stamp, "updatedAt": stamp}
