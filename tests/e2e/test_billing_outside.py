@@ -380,12 +380,14 @@ def test_one_off_usage_lines_over_a_past_hour_are_rated_exactly(world: World) ->
         "vol": (q, cents(q * 1)),  # 16 is inside the first tier (upToAmount inclusive)
         "pkg": (q, D(2) * 3),  # 16 / 8: two packages
         "grad": (q, cents(q * D("0.333"))),
-        "free": (q, D(0)),  # 20 free units cover all 16
+        "free": (D(0), D(0)),  # 20 free units cover all 16: OpenMeter's quantity after the usage discount
         "flat": (D(1), cents(D("12.345"))),
         "min": (q, D(50)),  # 16.08 topped up to the minimum
         "pct": (q, pct_amount - cents(pct_amount * D("0.125"))),
     }
     assert got == expected
+    # the metered usage beside it (OpenMeter's meteredQuantity, served where it differs from quantity)
+    assert {ln["name"]: D(ln["meteredQuantity"]) for ln in inv["lines"] if "meteredQuantity" in ln} == {"free": q}
     assert D(inv["totals"]["total"]) == sum(t for _, t in expected.values())
     assert D(inv["totals"]["discountsTotal"]) == cents(pct_amount * D("0.125"))
     after = ok(s, "GET", f"/api/v1/billing/invoices/{added['invoice']['id']}?expand=lines")

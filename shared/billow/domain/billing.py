@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from billow.domain import invoices as inv_rules
+from billow.domain import pricing
 from billow.domain import subscriptions as subs
 from billow.exact import EXACT
 from billow.ids import new_id
@@ -223,16 +224,18 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
     at = point.until or now  # OpenMeter: a split line's invoiceAt is where it was split
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     current: dict[str, subs.Charge] = {}
-    metered: dict[tuple[str, str], dict[datetime, Decimal]] = {}  # a usage item's metered usage per item period
+    # a usage item's metered usage per item period, with its rate card's usage discount (the units free first)
+    metered: dict[tuple[str, str], dict[datetime, tuple[Decimal, Decimal | None]]] = {}
     for c in charges:
         if c.line.payment_term != point.term:
             continue
         k = charge_key(c)
         current[k] = c
         if c.usage is not None:
-            metered.setdefault(_group(k), {})[c.line.period_start] = c.usage
+            free = pricing.parse_discounts(c.item.rate_card.get("discounts")).usage_quantity
+            metered.setdefault(_group(k), {})[c.line.period_start] = (c.usage, free)
     with decimal.localcontext(EXACT):
-        usage = {g: sum(per.values(), Decimal(0)) for g, per in metered.items()}
+        usage = {g: sum((u for u, _ in per.values()), Decimal(0)) for g, per in metered.items()}
         before = _usage_billed(billed)
         marked = {_group(k) for k in billed}
         keys = sorted(set(current) | set(billed))
@@ -277,18 +280,65 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
         group["totals"] = inv_rules.sum_totals(group["children"])
         with decimal.localcontext(EXACT):
             if g in usage and (g in before or g not in marked):
-                # OpenMeter's usage-based line: the metered usage it bills (its detailed lines carry their own
-                # quantities: a tier's flat price 1, a package price its packages). A correction bills the usage
-                # since the period was last billed.
-                group["quantity"] = plain(usage[g] - before.get(g, Decimal(0)))
-                if point.mark.until is not None and before.get(g, Decimal(0)) != 0:  # a later part: OpenMeter's
-                    # usage billed by the parts before it
-                    group["preLinePeriodQuantity"] = plain(before[g])
+                # OpenMeter's usage-based line: the usage it bills (its detailed lines carry their own quantities: a
+                # tier's flat price 1, a package price its packages), less its usage discount, and the metered usage
+                # when that differs; a later part of a progressively billed period also the usage of the parts before
+                # it. A correction bills the usage since the period was last billed.
+                group.update(usage_line_quantities(list(metered[g].values()), before.get(g, Decimal(0)),
+                                                   split=point.mark.until is not None))
             else:  # a flat fee; or a correction to a mark that recorded no usage (written before marks did)
                 group["quantity"] = plain(sum((Decimal(child["quantity"]) for child in group["children"]
                                                 if child["category"] == "regular"), Decimal(0)))
         lines.append(group)
     return lines, billed
+
+
+def usage_quantities(metered: Decimal, pre: Decimal, free: Decimal | None) -> tuple[Decimal, Decimal]:
+    """OpenMeter's usage discount on a usage line's quantities (rating/service/mutator/discountusage.go
+    ApplyUsageDiscount): the `free` units of the period go first to the usage before the line's period (`pre`: the
+    earlier parts of a progressively billed period), what is left of them to the line's own `metered` usage. Returns
+    (quantity, preLinePeriodQuantity) after the discount; without one, the metered values themselves."""
+    if free is None:
+        return metered, pre
+
+    def applied(available: Decimal, used: Decimal) -> tuple[Decimal, Decimal]:  # (units left, units applied)
+        return (Decimal(0), available) if available < used else (available - used, used)
+
+    with decimal.localcontext(EXACT):
+        left, on_pre = applied(free, pre)
+        _, on_line = applied(left, metered)
+        return metered - on_line, pre - on_pre
+
+
+def usage_line_quantities(metered: list[tuple[Decimal, Decimal | None]], billed: Decimal, *,
+                          split: bool) -> dict[str, str]:
+    """A usage-based line's quantity fields as OpenMeter serves them (billing/httpdriver/invoiceline.go
+    mapInvoiceLineToAPI, quantities from lineengine/quantitysnapshot.go): `quantity` after the usage discount,
+    `meteredQuantity` (the usage metered in the line's period, before discounts) only when it differs from it,
+    `preLinePeriodQuantity` (after discounts) and `meteredPreLinePeriodQuantity` (metered) of a split line's later
+    part, each only when not zero.
+
+    `metered`: the usage of each item period the line settles, cumulative from its start, with its usage discount;
+    `billed`: the metered usage billed of them before (a split line's earlier parts, `split`; or what a correction
+    corrects). A line of several item periods with usage billed before (a correction) shows its metered usage: the
+    discount each period used before is not recorded."""
+    with decimal.localcontext(EXACT):
+        raw = sum((u for u, _ in metered), Decimal(0)) - billed
+        pre_raw = billed if split else Decimal(0)
+        if len(metered) == 1:
+            qty, pre = usage_quantities(raw, billed, metered[0][1])
+        elif billed == 0:
+            qty, pre = sum((usage_quantities(u, Decimal(0), free)[0] for u, free in metered), Decimal(0)), billed
+        else:
+            qty, pre = raw, billed
+        out = {"quantity": plain(qty)}
+        if qty != raw:
+            out["meteredQuantity"] = plain(raw)
+        if split and pre != 0:
+            out["preLinePeriodQuantity"] = plain(pre)
+        if pre_raw != 0:
+            out["meteredPreLinePeriodQuantity"] = plain(pre_raw)
+        return out
 
 
 def _item_of(key: str, current: Mapping[str, subs.Charge], point: Point) -> subs.Item | None:

@@ -11,7 +11,13 @@ from typing import Any, Final
 from billow import jsonx
 from billow.domain import invoices as inv_rules
 from billow.domain import pricing
-from billow.domain.billing import detailed_line, line_rate_card_fields, plain, rate_card_json
+from billow.domain.billing import (
+    detailed_line,
+    line_rate_card_fields,
+    plain,
+    rate_card_json,
+    usage_line_quantities,
+)
 from billow.domain.catalog import parse_tax_config
 from billow.domain.entitlements import minute
 from billow.domain.lineage import EMPTY, lineage_json
@@ -89,7 +95,8 @@ def _new_holder(customer: dict[str, Any], currency: str, stamp: str) -> dict[str
     return holder
 
 
-RATED: Final = ("quantity", "children", "lineage")  # what rating adds to a pending line (_with_children, rate_pending)
+RATED: Final = ("quantity", "meteredQuantity", "children", "lineage")  # what rating adds to a pending line
+# (_with_children, rate_pending)
 
 
 def returned_to_gathering(namespace: str, customer: dict[str, Any], currency: str, lines: list[dict[str, Any]], *,
@@ -225,7 +232,7 @@ def rate_pending(namespace: str, line: dict[str, Any], currency: str, subjects: 
     price, discounts = _line_card(line)
     start, end = parse_rfc3339(line["period"]["from"], "from"), parse_rfc3339(line["period"]["to"], "to")
     if isinstance(price, pricing.FlatPrice):
-        return _with_children(line, currency, Decimal(0), pricing.rate(
+        return _with_children(line, currency, None, pricing.rate(
             price, Decimal(0), currency=currency, rounding="ROUND_HALF_UP", period_start=start, period_end=end,
             discounts=discounts, name=line["name"]), now)
     qty = usage_of(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage)
@@ -233,7 +240,8 @@ def rate_pending(namespace: str, line: dict[str, Any], currency: str, subjects: 
                          period_start=start, period_end=end, discounts=discounts, name=line["name"])
     # Usage lineage (issue 21), as a billing run records it on a subscription's usage line: how it was measured and
     # the digest of the events behind it, so its events can be listed and the line verified later.
-    return {**_with_children(line, currency, qty, rated, now),
+    quantities = usage_line_quantities([(qty, discounts.usage_quantity if discounts else None)], Decimal(0), split=False)
+    return {**_with_children(line, currency, quantities, rated, now),
             "lineage": _lineage(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage,
                                 now=now)}
 
@@ -254,16 +262,17 @@ def _lineage(namespace: str, feature_key: str, subjects: list[str], start: datet
                         query_time=now, since=None, usage=digest)
 
 
-def _with_children(line: dict[str, Any], currency: str, qty: Decimal, rated: list[pricing.Line],
+def _with_children(line: dict[str, Any], currency: str, quantities: dict[str, str] | None, rated: list[pricing.Line],
                    now: datetime) -> dict[str, Any]:
-    """A line with its rated detailed lines as children (each with the line's tax config) and exact totals."""
+    """A line with its rated detailed lines as children (each with the line's tax config) and exact totals; a usage
+    line with its quantity fields (`billing.usage_line_quantities`), a flat one with quantity 1."""
     tax = (line.get("rateCard") or {}).get("taxConfig")
     children = [detailed_line(name=ln.description, managed_by="manual", category=ln.category,
                               quantity=plain(ln.quantity), per_unit=plain(ln.unit_price), payment_term=ln.payment_term,
                               period=line["period"], invoice_at=line["invoiceAt"], currency=currency,
                               totals=inv_rules.totals(ln.amount_rounded, ln.discounts_total), tax_config=tax, now=now)
                 for ln in rated]
-    return {**line, "currency": currency, "quantity": plain(qty) if qty else "1", "children": children,
+    return {**line, "currency": currency, **(quantities or {"quantity": "1"}), "children": children,
             "totals": inv_rules.sum_totals(children)}
 
 
@@ -336,5 +345,9 @@ def _simulated_line(raw: object, field_name: str, currency: str, now: datetime) 
             "type": "usage_based", "managedBy": "manual", "status": "valid",
             "period": {"from": format_rfc3339(start), "to": format_rfc3339(end)},
             "invoiceAt": format_rfc3339(invoice_at), **line_rate_card_fields(card.to_json()),
-            "preLinePeriodQuantity": plain(before), "createdAt": stamp, "updatedAt": stamp}
-    return _with_children(line, currency, Decimal(0) if flat else qty, rated, now)
+            "createdAt": stamp, "updatedAt": stamp}
+    # OpenMeter (httpdriver mapSimulationLineToEntity): the given quantity and preLinePeriodQuantity are metered
+    # usage; the line shows them after its usage discount (and the metered ones where they differ, or are not zero)
+    quantities = None if flat else usage_line_quantities(
+        [(before + qty, discounts.usage_quantity if discounts else None)], before, split=True)
+    return _with_children(line, currency, quantities, rated, now)

@@ -51,11 +51,14 @@ const card = { type: 'flat_fee', key: 'n_fee', name: 'N Fee', billingCadence: 'P
 try {
   await om.meters.create({ slug: 'n_prog_tokens', eventType: 'n_prog', aggregation: 'SUM', valueProperty: '$.tokens' });
   await om.features.create({ key: 'n_prog_credits', name: 'Progressive credits', meterSlug: 'n_prog_tokens' });
+  await om.features.create({ key: 'n_prog_free', name: 'Progressive credits, 5 free', meterSlug: 'n_prog_tokens' });
   v.prog = await om.customers.create({ name: 'Node Progressive', key: 'n_prog', currency: 'USD',
     usageAttribution: { subjectKeys: ['n_prog_subj'] } });
   const progPlan = await om.plans.create({ key: 'n_prog_plan', name: 'Progressive', currency: 'USD', billingCadence: 'P1M',
     phases: [{ key: 'only', name: 'Only', rateCards: [{ type: 'usage_based', key: 'n_prog_credits', name: 'Tokens',
-      featureKey: 'n_prog_credits', billingCadence: 'P1M', price: { type: 'unit', amount: '2' } }] }] });
+      featureKey: 'n_prog_credits', billingCadence: 'P1M', price: { type: 'unit', amount: '2' } },
+    { type: 'usage_based', key: 'n_prog_free', name: 'Free tokens', featureKey: 'n_prog_free', billingCadence: 'P1M',
+      price: { type: 'unit', amount: '2' }, discounts: { usage: { quantity: '5' } } }] }] });
   await om.plans.publish(progPlan.id);
   await om.subscriptions.create({ plan: { key: 'n_prog_plan' }, customerId: v.prog.id });
   v.progAt = new Date();
@@ -393,7 +396,8 @@ await step('POST /api/v1/billing/invoices/invoice', async () => {
   if (!v.invoice) throw new Error('no invoice');
 });
 // Progressive billing: n_prog's period is in progress. Pinned to a profile with progressiveBilling off, `invoice now`
-// bills nothing of it; progressiveBillingOverride: true bills its usage so far (7 tokens at 2) up to the minute.
+// bills nothing of it; progressiveBillingOverride: true bills its usage so far (7 tokens at 2) up to the minute: on
+// the rate card with 5 tokens free, 2 of them (quantity 2, and the 7 metered as OpenMeter's meteredQuantity).
 await step('PUT /api/v1/billing/customers/{customerId}', async () => {
   if (v.progSetup) throw new Error(v.progSetup);
   const out = await om.billing.customers.createOverride(v.prog.id, { billingProfileId: v.noProg.id });
@@ -408,9 +412,13 @@ await step('POST /api/v1/billing/invoices/invoice', async () => {
   const none = await om.billing.invoices.invoicePendingLines({ customerId: v.prog.id });
   if (none.length !== 0) throw new Error(`invoiced with progressive billing off: ${JSON.stringify(none)}`);
   const out = await om.billing.invoices.invoicePendingLines({ customerId: v.prog.id, progressiveBillingOverride: true });
-  const lines = out.flatMap((inv) => inv.lines ?? []);
+  const lines = Object.fromEntries(out.flatMap((inv) => inv.lines ?? []).map((ln) => [ln.name,
+    [ln.quantity, ln.meteredQuantity, ln.preLinePeriodQuantity, ln.meteredPreLinePeriodQuantity]]));
   const total = out.reduce((s, inv) => s + Number(inv.totals.total), 0);
-  if (out.length !== 1 || lines.length !== 1 || Number(lines[0].quantity) !== 7 || total !== 14) {
+  const want = { Tokens: ['7', undefined, undefined, undefined], 'Free tokens': ['2', '7', undefined, undefined] };
+  const same = Object.keys(lines).length === 2 && Object.entries(want).every(([name, fields]) =>
+    JSON.stringify(lines[name]) === JSON.stringify(fields));
+  if (out.length !== 1 || !same || total !== 18) {
     throw new Error(JSON.stringify(out).slice(0, 600));
   }
 });
