@@ -185,6 +185,19 @@ def due_points(sub: dict[str, Any], as_of: datetime, marks: Mapping[tuple[str, d
     return out
 
 
+def due_at(point: Point) -> datetime:
+    """When a point is due (`due_points`), OpenMeter's invoiceAt of its lines (billing/worker/subscriptionsync/service/
+    targetstate/phaseiterator.go GetInvoiceAt): an in-advance term at its period's start (or the subscription's), an
+    in-arrears one at its period's end (or the subscription's end inside it). The last part of a progressively billed
+    period keeps it, as OpenMeter's split line after the split point keeps the line's invoiceAt."""
+    start, end = subs.t(point.sub["activeFrom"]), subs.t(point.sub.get("activeTo"))
+    assert start is not None
+    ps, pe = point.period
+    if point.term == "in_advance":
+        return max(ps, start)
+    return min(pe, end) if end is not None else pe
+
+
 def progressive_point(sub: dict[str, Any], as_of: datetime, cut: datetime,
                       marks: Mapping[tuple[str, datetime, str], Mark]) -> Point | None:
     """OpenMeter's progressive billing (rating/service/rate/base.go ProgressiveBillingMeteredPricer): the in-arrears
@@ -221,7 +234,7 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
     the usage billed before it as its `preLinePeriodQuantity`, not as a correction (`later_part` then shows its
     period from there)."""
     billed: dict[str, dict[str, str]] = dict(point.mark.billed)
-    at = point.until or now  # OpenMeter: a split line's invoiceAt is where it was split
+    at = point.until or due_at(point)  # OpenMeter: a split line's part up to the split is invoiced there
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     current: dict[str, subs.Charge] = {}
     # a usage item's metered usage per item period, with its rate card's usage discount (the units free first)
