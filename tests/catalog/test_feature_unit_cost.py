@@ -42,6 +42,10 @@ def test_an_llm_unit_cost_names_static_values_or_groupby_keys_of_its_meter(billo
     assert status == 201, made
     assert made["unitCost"] == cost
     assert b.ok("GET", "/api/v1/features/gpt_out")["unitCost"] == cost
+    longest = {"type": "llm", "provider": "p" * 128, "model": "m" * 256, "tokenType": "input"}
+    status, made = _create(b, "longest", longest)
+    assert status == 201, made
+    assert made["unitCost"] == longest
 
 
 @pytest.mark.parametrize(("unit_cost", "meter", "field"), [
@@ -62,6 +66,13 @@ def test_an_llm_unit_cost_names_static_values_or_groupby_keys_of_its_meter(billo
     ({"type": "llm", "provider": "openai", "model": "gpt-4", "tokenType": "prompt"}, True, "unitCost.tokenType"),
     ({"type": "llm", "provider": "openai", "model": "gpt-4"}, True, "unitCost.tokenType"),
     ({"type": "llm", "provider": 7, "model": "gpt-4", "tokenType": "input"}, True, "unitCost.provider"),
+    # OpenMeter's Numeric is a JSON string: its validator refuses a number, Billow took 0.01 and 1 (2026-12-08)
+    ({"type": "manual", "amount": 1}, False, "unitCost.amount"),
+    # longer than any LLM price's provider (128) or model (256): never priced, and was stored at any length
+    ({"type": "llm", "provider": "p" * 129, "model": "gpt-4", "tokenType": "input"}, True, "unitCost.provider"),
+    ({"type": "llm", "provider": "openai", "model": "m" * 257, "tokenType": "input"}, True, "unitCost.model"),
+    ({"type": "llm", "provider": "p" * 100_000, "modelProperty": "model", "tokenType": "input"}, True,
+     "unitCost.provider"),
 ])
 def test_a_bad_unit_cost_is_a_400_naming_its_field_and_makes_nothing(billow: Billow, unit_cost: Any, meter: bool,
                                                                       field: str) -> None:
@@ -70,3 +81,14 @@ def test_a_bad_unit_cost_is_a_400_naming_its_field_and_makes_nothing(billow: Bil
     assert status == 400, problem
     assert [e["field"] for e in problem["validationErrors"]] == [field], problem
     assert b.call("GET", "/api/v1/features/bad_cost")[0] == 404
+
+
+def test_a_manual_amount_sent_as_a_json_number_is_a_400_and_makes_nothing(billow: Billow) -> None:
+    """OpenMeter's FeatureManualUnitCost.amount is a Numeric: a JSON string. Billow took 0.01 and 1e-3 as numbers."""
+    b = billow
+    for number in (b"0.01", b"1e-3", b"0"):
+        body = b'{"key": "num_cost", "name": "n", "unitCost": {"type": "manual", "amount": ' + number + b"}}"
+        status, problem = b.raw("POST", "/api/v1/features", body)
+        assert status == 400, (number, problem)
+        assert [e["field"] for e in problem["extensions"]["validationErrors"]] == ["unitCost.amount"], problem
+    assert b.call("GET", "/api/v1/features/num_cost")[0] == 404

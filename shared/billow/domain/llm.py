@@ -275,6 +275,11 @@ def _price_value(raw: Any, name: str, problems: list[dict[str, str]]) -> Decimal
     return None
 
 
+# The longest provider and model name a price override takes (a feature's LLM unit cost names no longer one).
+PROVIDER_MAX = 128
+MODEL_MAX = 256
+
+
 def _name(raw: Any, name: str, limit: int, problems: list[dict[str, str]]) -> str:
     if not isinstance(raw, str) or not raw.strip():
         problems.append({"field": name, "message": "required: a non-empty string"})
@@ -308,8 +313,8 @@ def parse_override(body: Any, *, id: str, now: datetime) -> PriceOverride:
                                                               if not required)))
     except ValidationFailed as exc:
         problems.extend(exc.errors)
-    provider = _name(body.get("provider"), "provider", 128, problems)
-    model = _name(body.get("model"), "model", 256, problems)
+    provider = _name(body.get("provider"), "provider", PROVIDER_MAX, problems)
+    model = _name(body.get("model"), "model", MODEL_MAX, problems)
     currency = PRICE_CURRENCY if body.get("currency") is None else body["currency"]  # a null: named above
     try:
         code = Currency.of(currency).code

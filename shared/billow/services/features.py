@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from billow.domain import fields
 from billow.domain.catalog import KEY_RE
-from billow.domain.llm import OPENMETER_TOKEN_TYPES, plain
+from billow.domain.llm import MODEL_MAX, OPENMETER_TOKEN_TYPES, PROVIDER_MAX, plain
 from billow.errors import NotFound, ValidationFailed
 from billow.exact import parse_decimal
 from billow.ids import new_id
@@ -108,6 +108,9 @@ def _meter_fields(namespace: str, slug: Any, body: dict[str, Any], doc: dict[str
 # OpenMeter's LLM token types (request and response are its aliases of input and output), each mapped to the price
 # Billow's LLM costs price it at (llm.OPENMETER_TOKEN_TYPES).
 LLM_TOKEN_TYPES = tuple(OPENMETER_TOKEN_TYPES)
+# A static provider or model is looked up among the LLM prices, whose names are bounded (domain/llm.parse_override:
+# provider 128, model 256 characters): a longer one could never be priced, so it is refused, not stored.
+LLM_NAME_MAX = {"provider": PROVIDER_MAX, "model": MODEL_MAX}
 
 
 def unit_cost(raw: Any, group_by: dict[str, str] | None) -> dict[str, Any]:
@@ -121,6 +124,9 @@ def unit_cost(raw: Any, group_by: dict[str, str] | None) -> dict[str, Any]:
     if kind == "manual":
         if raw.get("amount") is None:
             raise bad("unitCost.amount", "required for a manual unit cost")
+        if not isinstance(raw["amount"], str):  # OpenMeter's Numeric is a JSON string (its validator refuses 0.01)
+            raise bad("unitCost.amount", 'must be a decimal string such as "0.01" (OpenMeter\'s Numeric), not a '
+                                         "JSON number")
         try:
             amount = parse_decimal(raw["amount"], int_digits=20, scale=18)
         except ValueError as exc:
@@ -141,6 +147,9 @@ def unit_cost(raw: Any, group_by: dict[str, str] | None) -> dict[str, Any]:
         for name in (static, prop):
             if raw.get(name) is not None and not isinstance(raw[name], str):
                 raise bad(f"unitCost.{name}", "must be a string")
+        if static in LLM_NAME_MAX and len(raw.get(static) or "") > LLM_NAME_MAX[static]:
+            raise bad(f"unitCost.{static}", f"at most {LLM_NAME_MAX[static]} characters (no LLM price names a longer "
+                                            f"{static})")
         value, key = raw.get(static) or "", raw.get(prop) or ""
         if not value and not key:
             raise bad(f"unitCost.{static}", f"either {static} or {prop} is required for an LLM unit cost")
