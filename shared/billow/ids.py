@@ -15,7 +15,7 @@ def new_id() -> str:
 
 
 def is_ulid(value: str) -> bool:
-    return bool(ULID_RE.match(value))
+    return bool(ULID_RE.fullmatch(value))  # (match took an id with a newline after it: `$` matches before one)
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -57,6 +57,22 @@ BAD_WORKFLOWS = [
     ('{"invoicing": {"progressiveBilling": null}}', "workflow.invoicing.progressiveBilling"),
     ('{"invoicing": {"subscriptionEndProrationMode": 1}}', "workflow.invoicing.subscriptionEndProrationMode"),
     ('{"invoicing": {"defaultTaxConfig": "inclusive"}}', "workflow.invoicing.defaultTaxConfig"),
+    # defaultTaxConfig's settings (OpenMeter's TaxConfig) were stored and shown back as sent, whatever they held
+    ('{"invoicing": {"defaultTaxConfig": {"behavior": 1e999999}}}', "workflow.invoicing.defaultTaxConfig.behavior"),
+    ('{"invoicing": {"defaultTaxConfig": {"behavior": "both"}}}', "workflow.invoicing.defaultTaxConfig.behavior"),
+    ('{"invoicing": {"defaultTaxConfig": {"behavior": null}}}', "workflow.invoicing.defaultTaxConfig.behavior"),
+    ('{"invoicing": {"defaultTaxConfig": {"stripe": "txcd_10000000"}}}', "workflow.invoicing.defaultTaxConfig.stripe.code"),
+    ('{"invoicing": {"defaultTaxConfig": {"stripe": {"code": ["txcd_10000000"]}}}}',
+     "workflow.invoicing.defaultTaxConfig.stripe.code"),
+    ('{"invoicing": {"defaultTaxConfig": {"customInvoicing": {"code": {"a": 1}}}}}',
+     "workflow.invoicing.defaultTaxConfig.customInvoicing.code"),
+    ('{"invoicing": {"defaultTaxConfig": {"taxCodeId": 7}}}', "workflow.invoicing.defaultTaxConfig.taxCodeId"),
+    ('{"invoicing": {"defaultTaxConfig": {"taxCodeId": "' + "a" * 100_000 + '"}}}',
+     "workflow.invoicing.defaultTaxConfig.taxCodeId"),
+    ('{"invoicing": {"defaultTaxConfig": {"taxCodeId": "01ARZ3NDEKTSV4RRFFQ69G5FAV\\n"}}}',
+     "workflow.invoicing.defaultTaxConfig.taxCodeId"),
+    ('{"invoicing": {"defaultTaxConfig": {"zzz": ' + "[" * 500 + "]" * 500 + '}}}',
+     "workflow.invoicing.defaultTaxConfig.zzz"),
 ]
 
 
@@ -71,6 +87,25 @@ def test_a_bad_workflow_is_a_400_naming_its_field(b: Billow, workflow: str, fiel
     shown = b.ok("GET", f"/api/v1/billing/profiles/{profile['id']}")["workflow"]
     assert shown["collection"] == {"alignment": {"type": "subscription"}, "interval": "PT1H"}
     assert shown["tax"] == {"enabled": False, "enforced": False}
+
+
+def test_a_default_tax_config_is_stored_as_checked(b: Billow) -> None:
+    """OpenMeter's TaxConfig settings are kept; a field inside `stripe` or `customInvoicing` OpenMeter's does not have
+    is dropped (it was stored and shown back on the profile, the override and the merged profile)."""
+    sent = {"behavior": "exclusive", "stripe": {"code": "txcd_10000000", "zzz": "a" * 100_000},
+            "customInvoicing": {"code": "VAT-19", "deep": [[[[]]]]}, "taxCodeId": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}
+    kept = {"behavior": "exclusive", "stripe": {"code": "txcd_10000000"}, "customInvoicing": {"code": "VAT-19"},
+            "taxCodeId": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}
+    made = b.ok("POST", "/api/v1/billing/profiles", {**PROFILE, "workflow": {"invoicing": {"defaultTaxConfig": sent}}})
+    assert made["workflow"]["invoicing"]["defaultTaxConfig"] == kept
+    assert b.ok("GET", f"/api/v1/billing/profiles/{made['id']}")["workflow"]["invoicing"]["defaultTaxConfig"] == kept
+    customer = b.ok("GET", "/api/v1/customers/acme")
+    out = b.ok("PUT", f"/api/v1/billing/customers/{customer['id']}",
+               {"workflow": {"invoicing": {"defaultTaxConfig": {**sent, "behavior": "inclusive"}}}})
+    assert out["customerOverride"]["workflow"]["invoicing"]["defaultTaxConfig"] == {**kept, "behavior": "inclusive"}
+    shown = b.ok("GET", f"/api/v1/billing/customers/{customer['id']}")
+    assert shown["customerProfile"]["workflow"]["invoicing"]["defaultTaxConfig"] == {**kept, "behavior": "inclusive"}
+    assert "zzz" not in json.dumps(shown) and "deep" not in json.dumps(shown)
 
 
 def test_a_good_collection_and_tax_workflow_is_kept(b: Billow) -> None:
@@ -177,3 +212,39 @@ def test_a_supplier_field_billing_party_does_not_have_is_ignored(b: Billow) -> N
     made = b.ok("POST", "/api/v1/billing/profiles", {"name": "P", "supplier": supplier})
     assert made["supplier"] == {"name": "S", "key": "s", "taxId": {"code": "DE1"},
                                 "addresses": [{"country": "DE", "city": "Berlin"}]}
+
+
+def _taxed_card(tax: str) -> str:
+    return ('{"type": "flat_fee", "key": "base", "name": "Base", "billingCadence": "P1M", "price": {"type": "flat", '
+            '"amount": "1"}, "taxConfig": ' + tax + "}")
+
+
+# A rate card's taxConfig (OpenMeter's TaxConfig) took any taxCodeId (7, a 100,000-character string, an object) and
+# stored `stripe` and `customInvoicing` as sent, fields OpenMeter's do not have included.
+@pytest.mark.parametrize(("tax", "field"), [
+    ('{"taxCodeId": 7}', "taxConfig.taxCodeId"),
+    ('{"taxCodeId": {"id": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}}', "taxConfig.taxCodeId"),
+    ('{"taxCodeId": "' + "a" * 100_000 + '"}', "taxConfig.taxCodeId"),
+    ('{"taxCodeId": null}', "taxConfig.taxCodeId"),
+    ('{"behavior": ["inclusive"]}', "taxConfig.behavior"),
+    ('{"stripe": null}', "taxConfig.stripe"),
+])
+def test_a_rate_cards_bad_tax_config_is_a_400_naming_its_field(b: Billow, tax: str, field: str) -> None:
+    addon = '{"key": "a", "name": "A", "currency": "USD", "instanceType": "single", "rateCards": [' + _taxed_card(tax) + "]}"
+    _refused(b, "POST", "/api/v1/addons", addon.encode(), f"rateCards[0].{field}")
+    plan = ('{"key": "p", "name": "P", "currency": "USD", "billingCadence": "P1M", "phases": [{"key": "only", '
+            '"name": "Only", "rateCards": [' + _taxed_card(tax) + "]}]}")
+    _refused(b, "POST", "/api/v1/plans", plan.encode(), f"phases[0].rateCards[0].{field}")
+
+
+def test_a_rate_cards_tax_config_is_stored_as_checked(b: Billow) -> None:
+    tax = ('{"behavior": "inclusive", "stripe": {"code": "txcd_10000000", "zzz": "' + "a" * 100_000 + '"}, '
+           '"customInvoicing": {"code": "VAT", "deep": ' + "[" * 500 + "]" * 500 + '}, '
+           '"taxCodeId": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}')
+    addon = '{"key": "a", "name": "A", "currency": "USD", "instanceType": "single", "rateCards": [' + _taxed_card(tax) + "]}"
+    status, made = b.raw("POST", "/api/v1/addons", addon.encode())
+    assert status == 201, made
+    kept = {"behavior": "inclusive", "stripe": {"code": "txcd_10000000"}, "customInvoicing": {"code": "VAT"},
+            "taxCodeId": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}
+    assert made["rateCards"][0]["taxConfig"] == kept
+    assert b.ok("GET", f"/api/v1/addons/{made['id']}")["rateCards"][0]["taxConfig"] == kept

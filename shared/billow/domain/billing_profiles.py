@@ -72,8 +72,11 @@ def parse_workflow(body: object, base: dict[str, Any]) -> dict[str, Any]:
         mode = inv.get("subscriptionEndProrationMode")
         if mode is not None and mode not in PRORATION_MODES:
             raise bad("workflow.invoicing.subscriptionEndProrationMode", "must be one of " + ", ".join(PRORATION_MODES))
-        if inv.get("defaultTaxConfig") is not None and not isinstance(inv["defaultTaxConfig"], dict):
-            raise bad("workflow.invoicing.defaultTaxConfig", "must be an object")
+        if isinstance(body["invoicing"], dict) and body["invoicing"].get("defaultTaxConfig") is not None:
+            # OpenMeter's TaxConfig, each setting checked as a rate card's is; stored as checked (it was stored and
+            # shown back as sent: any type, any size, in any field)
+            inv["defaultTaxConfig"] = catalog_rules.parse_tax_config(body["invoicing"]["defaultTaxConfig"],
+                                                                     "workflow.invoicing.defaultTaxConfig")
     if out["payment"].get("collectionMethod") not in ("charge_automatically", "send_invoice"):
         raise bad("workflow.payment.collectionMethod", "must be charge_automatically or send_invoice")
     # The sections the body sets (a stored workflow, `base`, from before these checks is taken as it is):
@@ -83,6 +86,27 @@ def parse_workflow(body: object, base: dict[str, Any]) -> dict[str, Any]:
     if "collection" in body:
         _collection(out["collection"])
     return out
+
+
+def merged_workflow(workflow: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """A stored override's workflow (checked by parse_workflow when it was written) over its profile's, section by
+    section; neither is changed."""
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in workflow.items():
+        if section in out and isinstance(values, dict):
+            out[section].update(values)
+    return out
+
+
+def override_workflow(body: object) -> dict[str, Any] | None:
+    """A customer override's own `workflow` as stored: the sections and OpenMeter's fields it sets, each as
+    parse_workflow checked it (merged over its profile's workflow when read). None for none."""
+    if body is None:
+        return None
+    checked = parse_workflow(body, WORKFLOW_DEFAULTS)
+    assert isinstance(body, dict)  # parse_workflow refuses anything else
+    return {section: {k: checked[section][k] for k in workflow_fields(section, values)}
+            for section, values in body.items()}
 
 
 def _collection(collection: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from billow.domain.entitlements import amount as entitlement_amount
 from billow.domain.money import Currency
 from billow.domain.periods import RecurringPeriod
 from billow.errors import ValidationFailed
+from billow.ids import is_ulid
 from billow.timeutil import parse_rfc3339
 
 KEY_RE: Final = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
@@ -152,25 +153,54 @@ def _entitlement_template(value: Any, field: str, problems: Problems, feature_ke
     return out
 
 
+TAX_SETTINGS: Final = ("behavior", "stripe", "customInvoicing", "taxCodeId")
+STRIPE_TAX_CODE: Final = re.compile(r"txcd_[0-9]{8}")
+
+
 def _tax_config(value: Any, field: str, problems: Problems) -> dict[str, Any] | None:
+    """OpenMeter's TaxConfig, rebuilt from the settings it has (each checked; none nullable): `behavior` inclusive or
+    exclusive, `stripe` {code: txcd_ and 8 digits}, `customInvoicing` {code: a string}, `taxCodeId` a tax code's id
+    (a ULID). What is stored and shown is what was checked: a field inside `stripe` or `customInvoicing` that
+    OpenMeter's does not have is dropped (it was stored and shown back as sent, whatever it held)."""
     if value is None:
         return None
     if not isinstance(value, dict):
         problems.append((field, "must be an object"))
         return None
-    unknown = set(value) - {"behavior", "stripe", "customInvoicing", "taxCodeId"}
+    unknown = set(value) - set(TAX_SETTINGS)
     if unknown:
         problems.append((f"{field}.{sorted(unknown)[0]}", "unknown tax setting"))
-    if value.get("behavior") is not None and value["behavior"] not in TAX_BEHAVIORS:
-        problems.append((f"{field}.behavior", "must be inclusive or exclusive"))
+    out: dict[str, Any] = {}
+    for name in TAX_SETTINGS:
+        if name in value and value[name] is None:
+            problems.append((f"{field}.{name}", "must not be null (leave it out)"))
+    behavior = value.get("behavior")
+    if behavior is not None:
+        if isinstance(behavior, str) and behavior in TAX_BEHAVIORS:
+            out["behavior"] = behavior
+        else:
+            problems.append((f"{field}.behavior", "must be inclusive or exclusive"))
     stripe = value.get("stripe")
-    if stripe is not None and (not isinstance(stripe, dict) or not isinstance(stripe.get("code"), str)
-                               or not re.fullmatch(r"txcd_\d{8}", stripe["code"])):
-        problems.append((f"{field}.stripe.code", "must be a Stripe product tax code such as txcd_10000000"))
+    if stripe is not None:
+        code = stripe.get("code") if isinstance(stripe, dict) else None
+        if isinstance(code, str) and STRIPE_TAX_CODE.fullmatch(code):
+            out["stripe"] = {"code": code}
+        else:
+            problems.append((f"{field}.stripe.code", "must be a Stripe product tax code such as txcd_10000000"))
     custom = value.get("customInvoicing")
-    if custom is not None and (not isinstance(custom, dict) or not isinstance(custom.get("code"), str)):
-        problems.append((f"{field}.customInvoicing.code", "must be a string"))
-    return dict(value)
+    if custom is not None:
+        code = custom.get("code") if isinstance(custom, dict) else None
+        if isinstance(code, str):
+            out["customInvoicing"] = {"code": code}
+        else:
+            problems.append((f"{field}.customInvoicing.code", "must be a string"))
+    tax_code = value.get("taxCodeId")
+    if tax_code is not None:
+        if isinstance(tax_code, str) and is_ulid(tax_code):
+            out["taxCodeId"] = tax_code
+        else:
+            problems.append((f"{field}.taxCodeId", "must be a tax code's id (a ULID)"))
+    return out
 
 
 def parse_tax_config(value: Any, field: str) -> dict[str, Any] | None:

@@ -16,10 +16,11 @@ from billow import jsonx
 from billow.domain.billing_profiles import APP_TYPES as APP_TYPES  # re-exported for billow.services.billing
 from billow.domain.billing_profiles import (
     WORKFLOW_DEFAULTS,
+    merged_workflow,
+    override_workflow,
     parse_apps,
     parse_supplier,
     parse_workflow,
-    workflow_fields,
 )
 from billow.errors import Conflict, NotFound, ValidationFailed
 from billow.ids import new_id
@@ -159,11 +160,8 @@ def put_override(namespace: str, customer_id: str, body: object, *, store: Billi
         if not isinstance(body["billingProfileId"], str):
             raise bad("billingProfileId", "must be a billing profile's id")
         get_profile(namespace, body["billingProfileId"], store=store)
-    workflow = None
-    if body.get("workflow") is not None:
-        parse_workflow(body["workflow"], WORKFLOW_DEFAULTS)
-        # the override's own fields alone (merged over its profile's workflow when read): OpenMeter's fields only
-        workflow = {section: workflow_fields(section, values) for section, values in body["workflow"].items()}
+    # the override's own fields alone, as checked (merged over its profile's workflow when read): OpenMeter's only
+    workflow = override_workflow(body.get("workflow"))
     stamp = format_rfc3339(now)
     doc = {"customerId": customer["id"], "billingProfileId": body.get("billingProfileId"),
            "workflow": workflow, "createdAt": stamp, "updatedAt": stamp}
@@ -233,5 +231,5 @@ class RunContext:
         found = next((p for p in self.profiles if p["id"] == override.get("billingProfileId")), None) or \
             next((p for p in self.profiles if p.get("default")), None)
         if found is not None and override.get("workflow"):
-            found = {**found, "workflow": parse_workflow(override["workflow"], found["workflow"])}
+            found = {**found, "workflow": merged_workflow(override["workflow"], found["workflow"])}
         return found
