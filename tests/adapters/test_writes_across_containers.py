@@ -967,20 +967,22 @@ def test_containers_updating_and_deleting_one_customer_at_once_keep_it_deleted(m
 
 
 def test_containers_editing_one_billing_profile_at_once_keep_every_edit(metas: list[SqlMetaStore]) -> None:
-    """PUT /api/v1/billing/profiles/{p} replaces the profile, keeping its `default` as read when the body has none,
-    then writes it back. Two containers editing one profile at once (one its name, one making it the default) both answered 200
-    and the later write put back what the other changed: the namespace's new default was not the default (none
-    was). An edit racing its DELETE wrote the profile back live although the delete answered 204. Now every edit
-    lands (the loser of a race reads again) and a deleted profile stays deleted (an edit after it is a 400, OpenMeter's
+    """PUT /api/v1/billing/profiles/{p} replaces the profile read, then writes it back. Two containers editing one
+    profile at once (one its name with `default: false`, one making it the default) both answered 200 and the later
+    write put back what the other changed: the namespace's new default was not the default (none was). An edit
+    racing its DELETE wrote the profile back live although the delete answered 204. Now every edit lands or is
+    refused as the profile stored then says (the loser of a race reads again: `default: false` on the profile another
+    edit made the default is OpenMeter's ErrDefaultProfileCannotBeUnset, a 400, never a write putting it back to
+    non-default) and a deleted profile stays deleted (an edit after it is a 400, OpenMeter's
     ErrProfileAlreadyDeleted)."""
     from billow.adapters.sql_billing import SqlBillingStore
     from billow.errors import Conflict, ValidationFailed
     from billow.services.billing_profiles import create_profile, delete_profile, update_profile
 
     stores = [SqlBillingStore(m.engine) for m in metas]
-    # A PUT replaces the profile (OpenMeter's BillingProfileReplaceUpdateWithWorkflow: name, supplier and workflow
-    # required); one left without `default` keeps the profile's as read.
-    whole = {"supplier": {"name": "S"}, "workflow": {}}
+    # A PUT replaces the profile (OpenMeter's BillingProfileReplaceUpdateWithWorkflow: name, supplier, workflow and
+    # default required; `default: false` on the default profile is a 400).
+    whole = {"supplier": {"name": "S"}, "workflow": {}, "default": False}
     failed: list[BaseException] = []
     lost = revived = 0
     for round_ in range(10):
@@ -1001,6 +1003,9 @@ def test_containers_editing_one_billing_profile_at_once_keep_every_edit(metas: l
         stored = stores[1].get_profile(namespace, profile["id"])
         assert stored is not None
         if round_ % 2 == 0:
+            # every name edit that was answered 200 wrote a non-default profile: it landed before the default one
+            renamed = sum(1 for d in done if d.get("default") is False)
+            lost += renamed + sum(isinstance(e, ValidationFailed) for e in errors) != THREADS // 2
             lost += not stored["name"].startswith("n") or not stored["default"]
             lost += [p["id"] for p in stores[1].list_profiles(namespace) if p["default"]] != [profile["id"]]
         else:

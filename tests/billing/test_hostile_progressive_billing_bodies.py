@@ -80,7 +80,7 @@ BAD_WORKFLOWS = [
 def test_a_bad_workflow_is_a_400_naming_its_field(b: Billow, workflow: str, field: str) -> None:
     profile = b.ok("POST", "/api/v1/billing/profiles", PROFILE)
     customer = b.ok("GET", "/api/v1/customers/acme")
-    body = '{"name": "P", "supplier": {"name": "S"}, "workflow": ' + workflow + "}"
+    body = '{"name": "P", "supplier": {"name": "S"}, "default": true, "workflow": ' + workflow + "}"
     _refused(b, "POST", "/api/v1/billing/profiles", body.encode(), field)
     _refused(b, "PUT", f"/api/v1/billing/profiles/{profile['id']}", body.encode(), field)
     _refused(b, "PUT", f"/api/v1/billing/customers/{customer['id']}", ('{"workflow": ' + workflow + "}").encode(), field)
@@ -176,20 +176,58 @@ def test_an_entitlement_templates_issue_after_reset_is_bounded_as_an_entitlement
 
 
 # PUT replaces the profile (OpenMeter's BillingProfileReplaceUpdateWithWorkflow: name, supplier, workflow and default
-# required): a body without them, or with them null, was answered 200 with the profile unchanged, as if replaced.
+# required): a body without them, or with them null, was answered 200 with the profile unchanged, as if replaced
+# (`default` left out until 2026-12-08).
 @pytest.mark.parametrize(("edit", "field"), [
     ({"name": None}, "name"), ({"name": ""}, "name"), ({"name": 1}, "name"), ({"supplier": None}, "supplier"),
     ({"supplier": "S"}, "supplier"), ({"workflow": None}, "workflow"), ({"workflow": []}, "workflow"),
-    ({"default": "yes"}, "default"), ({"default": None}, "default")])
+    ({"default": "yes"}, "default"), ({"default": None}, "default"), ({"default": 1}, "default"),
+    ({"description": 1e300}, "description"), ({"description": ["d"]}, "description"),
+    ({"metadata": "m"}, "metadata"), ({"metadata": {"k": 1}}, "metadata")])
 def test_a_profile_replaced_without_its_required_fields_is_a_400(b: Billow, edit: dict[str, Any], field: str) -> None:
     made = b.ok("POST", "/api/v1/billing/profiles", PROFILE)
     body = {"name": "Renamed", "supplier": PROFILE["supplier"], "workflow": made["workflow"], "default": True}
     _refused(b, "PUT", f"/api/v1/billing/profiles/{made['id']}", json.dumps({**body, **edit}).encode(), field)
-    if field != "default":  # left out
+    if field in body:  # left out
         left = {k: v for k, v in body.items() if k != field}
         _refused(b, "PUT", f"/api/v1/billing/profiles/{made['id']}", json.dumps(left).encode(), field)
     assert b.ok("GET", f"/api/v1/billing/profiles/{made['id']}")["name"] == made["name"]
     assert b.ok("PUT", f"/api/v1/billing/profiles/{made['id']}", body)["name"] == "Renamed"
+
+
+def test_the_default_profile_replaced_with_default_false_is_a_400_and_stays_the_default(b: Billow) -> None:
+    """OpenMeter's UpdateProfile refuses to unset the default profile (ErrDefaultProfileCannotBeUnset, a 400);
+    Billow answered 200 and kept it the default. Another profile replaced with `default: false` stays a non-default
+    one, with `default: true` it becomes the default."""
+    first = b.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    other = b.ok("POST", "/api/v1/billing/profiles", {**PROFILE, "name": "Other", "default": False})
+    assert first["default"] is True and other["default"] is False
+    whole = {"name": "Renamed", "supplier": PROFILE["supplier"], "workflow": first["workflow"]}
+    _refused(b, "PUT", f"/api/v1/billing/profiles/{first['id']}", json.dumps({**whole, "default": False}).encode(),
+             "default")
+    assert b.ok("GET", f"/api/v1/billing/profiles/{first['id']}")["name"] == "Default"
+    assert b.ok("PUT", f"/api/v1/billing/profiles/{other['id']}", {**whole, "default": False})["default"] is False
+    assert b.ok("PUT", f"/api/v1/billing/profiles/{other['id']}", {**whole, "default": True})["default"] is True
+    assert b.ok("GET", f"/api/v1/billing/profiles/{first['id']}")["default"] is False
+
+
+def test_a_profiles_description_and_metadata_are_typed_and_replaced(b: Billow) -> None:
+    """They were stored as sent on create (`metadata: 1e999999` shown back as Infinity, and every later profile
+    create was a 500: the provisioning check read it as an object) and ignored by PUT (answered 200 unchanged)."""
+    for bad, field in (('"description": 7', "description"), ('"description": {"a": [1]}', "description"),
+                       ('"metadata": 1e999999', "metadata"), ('"metadata": [1]', "metadata"),
+                       ('"metadata": {"k": {"deep": 1}}', "metadata"), ('"default": "yes"', "default")):
+        _refused(b, "POST", "/api/v1/billing/profiles", ('{"name": "P", "supplier": {"name": "S"}, ' + bad + "}").encode(),
+                 field)
+    made = b.ok("POST", "/api/v1/billing/profiles", {**PROFILE, "description": "d1", "metadata": {"a": "1"}})
+    assert (made["description"], made["metadata"]) == ("d1", {"a": "1"})
+    whole = {"name": "Default", "supplier": PROFILE["supplier"], "workflow": made["workflow"], "default": True}
+    out = b.ok("PUT", f"/api/v1/billing/profiles/{made['id']}", {**whole, "description": "d2", "metadata": {"b": "2"}})
+    assert (out["description"], out["metadata"]) == ("d2", {"b": "2"})
+    shown = b.ok("GET", f"/api/v1/billing/profiles/{made['id']}")
+    assert (shown["description"], shown["metadata"]) == ("d2", {"b": "2"})
+    cleared = b.ok("PUT", f"/api/v1/billing/profiles/{made['id']}", whole)  # replaced: left out is none
+    assert (cleared["description"], cleared["metadata"]) == (None, None)
 
 
 # The supplier (OpenMeter's BillingParty, printed on every invoice) was stored as sent but for its name: any type in

@@ -27,14 +27,23 @@ def not_null(body: dict[str, Any], names: Iterable[str], at: str = "") -> None:
                                [{"field": name, "message": "must not be null (leave it out)"} for name in nulls])
 
 
-def metadata(body: dict[str, Any]) -> dict[str, str] | None:
-    """The optional `metadata` field: an object of string values."""
+def metadata(body: dict[str, Any], at: str = "") -> dict[str, str] | None:
+    """The optional `metadata` field (OpenMeter's Metadata, nullable): an object of string values (named under `at`)."""
     md = body.get("metadata")
     if md is None:
         return None
     if not isinstance(md, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in md.items()):
-        raise ValidationFailed.at("metadata", "must be an object of strings")
+        raise ValidationFailed.at(at + "metadata", "must be an object of strings")
     return md
+
+
+def text(body: dict[str, Any], key: str, at: str = "") -> str | None:
+    """An optional string field (e.g. `description`; its length is the served document's, web/body_contract): left
+    out or null is None, any other JSON type a 400 naming it (it was stored and shown back as sent)."""
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValidationFailed.at(at + key, "must be a string")
+    return value
 
 
 # A subject key is stored in indexed text columns (subjects, customer_subjects, entitlements); PostgreSQL refuses an

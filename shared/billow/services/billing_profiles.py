@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 from billow import jsonx
+from billow.domain import fields
 from billow.domain.billing_profiles import APP_TYPES as APP_TYPES  # re-exported for billow.services.billing
 from billow.domain.billing_profiles import (
     WORKFLOW_DEFAULTS,
@@ -49,10 +50,14 @@ def create_profile(namespace: str, body: object, *, store: BillingStore, now: da
     if not isinstance(name, str) or not name.strip():
         raise bad("name", "is required")
     stamp = format_rfc3339(now)
+    # description and metadata were stored as sent (metadata 1e999999 made every later profile create a 500)
+    description, metadata = fields.text(body, "description"), fields.metadata(body)
+    if body.get("default") is not None and not isinstance(body["default"], bool):
+        raise bad("default", "must be a boolean")
     supplier, workflow = parse_supplier(body.get("supplier")), parse_workflow(body.get("workflow"), WORKFLOW_DEFAULTS)
     linked = _apps(namespace, body.get("apps", {}), apps, now)
-    doc = {"id": new_id(), "name": name, "description": body.get("description"), "metadata": body.get("metadata"),
-           "supplier": supplier, "workflow": workflow, "apps": linked, "default": bool(body.get("default")),
+    doc = {"id": new_id(), "name": name, "description": description, "metadata": metadata,
+           "supplier": supplier, "workflow": workflow, "apps": linked, "default": body.get("default") is True,
            "createdAt": stamp, "updatedAt": stamp, "deletedAt": None}
     # The first profile is the default one (the auto-provisioned sandbox profile does not count: it yields).
     if not [p for p in store.list_profiles(namespace) if not _provisioned(p)]:
@@ -120,22 +125,35 @@ def update_profile(namespace: str, id_: str, body: object, *, store: BillingStor
     for field_name in ("supplier", "workflow"):
         if not isinstance(body.get(field_name), dict):
             raise bad(field_name, "is required (the profile is replaced): an object")
-    if "default" in body and not isinstance(body["default"], bool):
-        raise bad("default", "must be a boolean")
+    # `default` is required too (OpenMeter's request validator refuses a body without it; its service reads one
+    # left out as false): one left out kept the profile's, so a PUT without it answered a default profile as if
+    # replaced.
+    if not isinstance(body.get("default"), bool):
+        raise bad("default", "is required (the profile is replaced): true or false")
+    fields.text(body, "description")
+    fields.metadata(body)
     return _edit(namespace, id_, store, lambda doc: _apply(doc, body, now), _already_deleted)
 
 
 def _apply(doc: dict[str, Any], body: dict[str, Any], now: datetime) -> None:
-    if body.get("name") is not None:
-        doc["name"] = body["name"]
-    if body.get("supplier") is not None:
-        doc["supplier"] = parse_supplier(body["supplier"])
-    if body.get("workflow") is not None:
-        doc["workflow"] = parse_workflow(body["workflow"], doc["workflow"])
+    """The replace, onto the profile as read (checked again by every retry of a lost race)."""
+    if doc.get("default") and body["default"] is False:
+        # OpenMeter's UpdateProfile: ErrDefaultProfileCannotBeUnset, a 400 (another profile made the default unsets
+        # it); `default: false` was answered 200 and the profile stayed the default.
+        raise bad("default", "the default profile cannot be unset: make another profile the default")
+    doc["name"] = body["name"]
+    # description and metadata are replaced as OpenMeter replaces them (a PUT's were ignored); the mark of the
+    # auto-provisioned profile (Billow's, in its metadata) stays, so an edited sandbox profile still yields as before
+    from billow.services.apps import PROVISIONED
+
+    marker = {PROVISIONED: "true"} if _provisioned(doc) else {}
+    metadata = {**(body.get("metadata") or {}), **marker}
+    doc["description"], doc["metadata"] = body.get("description"), metadata or None
+    doc["supplier"] = parse_supplier(body["supplier"])
+    doc["workflow"] = parse_workflow(body["workflow"], doc["workflow"])
     # OpenMeter's replace body (BillingProfileReplaceUpdateWithWorkflow) has no apps: an `apps` sent is ignored and
     # the profile keeps the apps it was created with (billing/httpdriver/profile.go UpdateProfile).
-    if body.get("default") is True:
-        doc["default"] = True
+    doc["default"] = body["default"]
     doc["updatedAt"] = format_rfc3339(as_of(now, doc.get("updatedAt")))  # never before the edit it follows
 
 
