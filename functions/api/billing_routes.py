@@ -76,14 +76,16 @@ def delete_profile(pid: str) -> Response:
 @router.get("/api/v1/billing/customers")
 def list_overrides() -> Response:
     c, store = _c()
-    return ok(billing_customers.list_customer_overrides(c.namespace, _qs(), store=store, meta=c.meta))
+    return ok(billing_customers.list_customer_overrides(c.namespace, _qs(), store=store, meta=c.meta,
+                                                        apps=c.app_store()))
 
 
 @router.get("/api/v1/billing/customers/<cid>")
 def get_override(cid: str) -> Response:
     c, store = _c()
     expand = params.choices(_qs(), "expand", ("apps", "customer"))
-    return ok(billing.get_override(c.namespace, path_param(cid), store=store, meta=c.meta, expand=expand))
+    return ok(billing.get_override(c.namespace, path_param(cid), store=store, meta=c.meta, expand=expand,
+                                   apps=c.app_store()))
 
 
 @router.put("/api/v1/billing/customers/<cid>")

@@ -105,6 +105,26 @@ def test_one_customers_override_is_answered_with_its_details_as_openmeter_does(b
     _refused(b, "PUT", f"/api/v1/billing/customers/{acme['id']}", "billingProfileId", {"billingProfileId": 123})
 
 
+def test_expand_apps_shows_the_customer_profiles_apps_themselves(billow: Billow) -> None:
+    """OpenMeter's expand=apps (BillingProfileCustomerOverrideExpand) on one customer's override and on the list:
+    `customerProfile.apps` is BillingProfileApps (each app itself), as a profile's expand=apps shows it. Billow
+    took the value and answered the references {id, type}, as without it."""
+    b = billow
+    subscribed(b)
+    default = next(p for p in b.ok("GET", "/api/v1/billing/profiles")["items"] if p["default"])
+    acme = b.ok("GET", "/api/v1/customers/acme")
+    apps = b.ok("GET", f"/api/v1/billing/profiles/{default['id']}", query={"expand": "apps"})["apps"]
+    assert apps["invoicing"]["id"] == default["apps"]["invoicing"]["id"] and "name" in apps["invoicing"]
+    got = b.ok("GET", f"/api/v1/billing/customers/{acme['id']}", query={"expand": "apps"})
+    assert got["customerProfile"]["apps"] == apps
+    both = b.ok("GET", f"/api/v1/billing/customers/{acme['id']}?expand=apps&expand=customer")
+    assert both["customerProfile"]["apps"] == apps and both["customer"]["id"] == acme["id"]
+    listed = b.ok("GET", "/api/v1/billing/customers", query={"customerId": acme["id"], "expand": "apps"})["items"]
+    assert [i["customerProfile"]["apps"] for i in listed] == [apps]
+    # without it, the references
+    assert b.ok("GET", f"/api/v1/billing/customers/{acme['id']}")["customerProfile"]["apps"] == default["apps"]
+
+
 # -- POST /api/v1/billing/customers/{c}/invoices/simulate --------------------------------------------------------
 TIERED = {"type": "tiered", "mode": "graduated",
           "tiers": [{"upToAmount": "1000", "unitPrice": {"type": "unit", "amount": "0.01"}},

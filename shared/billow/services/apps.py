@@ -317,13 +317,15 @@ def profiles_view(namespace: str, profiles: list[dict[str, Any]], qs: dict[str, 
         raise bad("expand", "must be apps")
     if not wanted:
         return profiles
-    out = []
-    for profile in profiles:
-        refs = profile.get("apps") or {}
-        docs = {role: apps.get_app(namespace, ref["id"]) if isinstance(ref, dict) and ref.get("id") else None
-                for role, ref in refs.items()}
-        out.append({**profile, "apps": {role: docs[role] or ref for role, ref in refs.items()}})
-    return out
+    return [{**profile, "apps": expanded_apps(namespace, profile.get("apps") or {}, apps=apps)} for profile in profiles]
+
+
+def expanded_apps(namespace: str, refs: dict[str, Any], *, apps: AppStore) -> dict[str, Any]:
+    """A profile's app references {id, type}, each as the app itself (OpenMeter's BillingProfileApps); a reference
+    to no app stored (or a bare app type) as it is."""
+    docs = {role: apps.get_app(namespace, ref["id"]) if isinstance(ref, dict) and ref.get("id") else None
+            for role, ref in refs.items()}
+    return {role: docs[role] or ref for role, ref in refs.items()}
 
 
 # -- customer app data ------------------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from typing import Any
 
 from billow.errors import ValidationFailed
 from billow.ids import ULID_RE
-from billow.ports import BillingStore, MetaStore
+from billow.ports import AppStore, BillingStore, MetaStore
 from billow.services import pages, params
-from billow.services.billing_profiles import RunContext, override_details
+from billow.services.billing_profiles import RunContext, app_view, override_details
 
 bad = ValidationFailed.at
 ORDER_BY = {"customerId": "id", "customerName": "name", "customerKey": "key", "customerPrimaryEmail": "primaryEmail",
@@ -34,7 +34,7 @@ def _ulids(qs: dict[str, list[str]], name: str) -> list[str]:
 
 
 def list_customer_overrides(namespace: str, qs: dict[str, list[str]], *, store: BillingStore,
-                            meta: MetaStore) -> dict[str, Any]:
+                            meta: MetaStore, apps: AppStore | None = None) -> dict[str, Any]:
     profiles_filter = _ulids(qs, "billingProfile")
     customer_ids = set(_ulids(qs, "customerId"))
     include_all = params.flag(qs, "includeAllCustomers", default=True)
@@ -78,5 +78,6 @@ def list_customer_overrides(namespace: str, qs: dict[str, list[str]], *, store: 
     customers.sort(key=lambda c: (str(c.get(field) or ""), c["id"]), reverse=order == "DESC")
 
     ctx = RunContext(profiles, overrides, {})
-    items = [override_details(c, overrides.get(c["id"]), ctx, expand=sorted(expand)) for c in customers]
+    view = app_view(namespace, apps)
+    items = [override_details(c, overrides.get(c["id"]), ctx, expand=sorted(expand), apps=view) for c in customers]
     return pages.page(items, qs)

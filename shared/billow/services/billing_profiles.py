@@ -188,20 +188,33 @@ def put_override(namespace: str, customer_id: str, body: object, *, store: Billi
 
 
 def get_override(namespace: str, customer_id: str, *, store: BillingStore, meta: MetaStore,
-                 expand: list[str] | None = None) -> dict[str, Any]:
+                 expand: list[str] | None = None, apps: AppStore | None = None) -> dict[str, Any]:
     """OpenMeter's getBillingProfileCustomerOverride (BillingProfileCustomerOverrideWithDetails): the customer's
     override (if any), the profile that applies to it and that profile's supplier, workflow and apps with the
-    override's workflow on top; with expand=customer, the customer."""
+    override's workflow on top; with expand=customer, the customer; with expand=apps (and the app store), the
+    profile's apps as the apps themselves."""
     customer = resolve_customer(namespace, customer_id, meta)
     override = store.get_override(namespace, customer["id"])
     ctx = RunContext(store.list_profiles(namespace), {customer["id"]: override} if override else {}, {})
-    return override_details(customer, override, ctx, expand=expand)
+    return override_details(customer, override, ctx, expand=expand, apps=app_view(namespace, apps))
+
+
+def app_view(namespace: str, apps: AppStore | None) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """A profile's app references -> the apps (services/apps.expanded_apps), or None without the app store."""
+    if apps is None:
+        return None
+    from billow.services.apps import expanded_apps
+
+    return partial(expanded_apps, namespace, apps=apps)
 
 
 def override_details(customer: dict[str, Any], override: dict[str, Any] | None, ctx: RunContext, *,
-                     expand: list[str] | None = None) -> dict[str, Any]:
+                     expand: list[str] | None = None,
+                     apps: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """BillingProfileCustomerOverrideWithDetails: `customerOverride` (with the override's own `workflow`, a
-    Billow field, when it has one), `baseBillingProfileId`, `customerProfile` {supplier, workflow, apps} merged."""
+    Billow field, when it has one), `baseBillingProfileId`, `customerProfile` {supplier, workflow, apps} merged
+    (with expand=apps, `apps` given, each app itself: OpenMeter's BillingProfileApps, as a profile's expand=apps
+    shows them; the references {id, type} before, whatever was asked)."""
     item: dict[str, Any] = {}
     if override is not None:
         item["customerOverride"] = {k: v for k, v in {
@@ -212,7 +225,7 @@ def override_details(customer: dict[str, Any], override: dict[str, Any] | None, 
     item["baseBillingProfileId"] = merged["id"] if merged else None
     if merged is not None:
         item["customerProfile"] = {"supplier": merged["supplier"], "workflow": merged["workflow"],
-                                   "apps": merged["apps"]}
+                                   "apps": apps(merged["apps"]) if apps and "apps" in (expand or []) else merged["apps"]}
     if "customer" in (expand or []):
         item["customer"] = customer
     return item
