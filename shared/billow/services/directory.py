@@ -71,6 +71,8 @@ def _validate_customer(body: Any) -> dict[str, Any]:
     _check_address(body.get("billingAddress"))
     out = {k: body[k] for k in CUSTOMER_FIELDS if body.get(k) is not None}
     out["usageAttribution"] = {"subjectKeys": subject_keys}
+    if "billingAddress" in out:  # OpenMeter's Address fields alone (any other was stored and shown back as sent)
+        out["billingAddress"] = {k: v for k, v in out["billingAddress"].items() if k in ADDRESS_FIELDS}
     return out
 
 

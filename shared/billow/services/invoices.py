@@ -20,6 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from billow import jsonx
+from billow.domain import fields
 from billow.domain import invoices as inv_rules
 from billow.domain.invoices import Invoice
 from billow.domain.money import Currency
@@ -278,6 +279,12 @@ def delete_invoice(namespace: str, id_: str, *, store: BillingStore, apps: Billi
 
 
 def update_invoice(namespace: str, id_: str, body: object, *, store: BillingStore, now: datetime) -> dict[str, Any]:
+    """A mutable invoice's `description` (a string) and `metadata` (an object of strings, or null) from OpenMeter's
+    InvoiceReplaceUpdate; they were stored and shown back as sent (1e999999 as Infinity, nested objects)."""
+    if isinstance(body, dict):
+        fields.text(body, "description")
+        fields.metadata(body)
+
     def apply(inv: Invoice) -> bool:
         inv.require_mutable()
         if not isinstance(body, dict):
@@ -374,7 +381,7 @@ def add_credit(namespace: str, customer_id: str, body: object, *, store: Billing
         raise bad("amount", f"must be positive with at most {currency.minor_units} decimals for {currency.code}")
     entry_id = new_id()
     entry = {"id": entry_id, "amount": format(amount, "f"), "currency": currency.code,
-             "description": body.get("description"), "createdAt": format_rfc3339(now)}
+             "description": fields.text(body, "description"), "createdAt": format_rfc3339(now)}
     store.add_credit(namespace, entry_id, customer["id"], currency.code, amount, entry)
     return {**entry, "balance": format(store.credit_balance(namespace, customer["id"], currency.code), "f")}
 

@@ -9,8 +9,8 @@ from decimal import Decimal
 from typing import Any, Final
 
 from billow import jsonx
+from billow.domain import fields, pricing
 from billow.domain import invoices as inv_rules
-from billow.domain import pricing
 from billow.domain.billing import (
     detailed_line,
     line_rate_card_fields,
@@ -139,6 +139,7 @@ def _line_head(doc: object, field_name: str, max_name: int | None = None) -> tup
     description = doc.get("description")
     if description is not None and (not isinstance(description, str) or len(description) > 1024):
         raise bad(f"{field_name}.description", "must be a string of at most 1024 characters")
+    fields.metadata(doc, f"{field_name}.")  # OpenMeter's Metadata: it was stored and shown back as sent
     return doc, name, start, end, parse_rfc3339(str(doc.get("invoiceAt")), f"{field_name}.invoiceAt")
 
 
