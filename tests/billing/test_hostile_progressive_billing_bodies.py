@@ -286,3 +286,18 @@ def test_a_rate_cards_tax_config_is_stored_as_checked(b: Billow) -> None:
             "taxCodeId": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}
     assert made["rateCards"][0]["taxConfig"] == kept
     assert b.ok("GET", f"/api/v1/addons/{made['id']}")["rateCards"][0]["taxConfig"] == kept
+
+
+# A plan's alignment and proRatingConfig that were no object were taken for the field left out (the plan made, 201,
+# with the defaults): alignment 1e999999, 7, "x" or []; proRatingConfig false, 0, "" or [].
+@pytest.mark.parametrize(("extra", "field"), [
+    ('"alignment": 1e999999', "alignment"), ('"alignment": 7', "alignment"), ('"alignment": "x"', "alignment"),
+    ('"alignment": []', "alignment"), ('"alignment": false', "alignment"),
+    ('"proRatingConfig": false', "proRatingConfig"), ('"proRatingConfig": 0', "proRatingConfig"),
+    ('"proRatingConfig": ""', "proRatingConfig"), ('"proRatingConfig": []', "proRatingConfig"),
+])
+def test_a_plans_alignment_or_prorating_that_is_no_object_is_a_400(b: Billow, extra: str, field: str) -> None:
+    plan = ('{"key": "p", "name": "P", "currency": "USD", "billingCadence": "P1M", ' + extra + ', "phases": [{"key": '
+            '"only", "name": "Only", "rateCards": [' + _taxed_card('{"behavior": "inclusive"}') + "]}]}")
+    _refused(b, "POST", "/api/v1/plans", plan.encode(), field)
+    assert b.call("GET", "/api/v1/plans/p")[0] == 404

@@ -309,13 +309,19 @@ def parse_plan(body: Any) -> dict[str, Any]:
     out = _common(body, "a plan", problems)
     cadence = duration(body.get("billingCadence"), "billingCadence", problems)
     out["billingCadence"] = cadence
-    alignment = body.get("alignment") or {}
-    must_align = alignment.get("billablesMustAlign", True) if isinstance(alignment, dict) else True
+    # alignment and proRatingConfig: objects (left out or null: the defaults). Any other value was read as left out
+    # (alignment 1e999999, 7 or "x"; proRatingConfig false, 0, "" or []) and the plan made with the defaults.
+    alignment = {} if body.get("alignment") is None else body["alignment"]
+    if not isinstance(alignment, dict):
+        problems.append(("alignment", "must be an object: {billablesMustAlign: boolean}"))
+        alignment = {}
+    must_align = alignment.get("billablesMustAlign", True)
     if not isinstance(must_align, bool):
         problems.append(("alignment.billablesMustAlign", "must be a boolean"))
         must_align = True
     out["alignment"] = {"billablesMustAlign": must_align}
-    pro = body.get("proRatingConfig") or {"enabled": True, "mode": "prorate_prices"}
+    pro = body.get("proRatingConfig")
+    pro = {"enabled": True, "mode": "prorate_prices"} if pro is None else pro
     if not isinstance(pro, dict) or not isinstance(pro.get("enabled"), bool) or pro.get("mode", "prorate_prices") != "prorate_prices":
         problems.append(("proRatingConfig", "must be {enabled: boolean, mode: prorate_prices}"))
     else:
