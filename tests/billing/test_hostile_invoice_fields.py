@@ -1,6 +1,7 @@
 """Fields stored and shown back but never checked (helper lenient14's probe): an invoice's `description` and
 `metadata` (PUT /api/v1/billing/invoices/{id}, OpenMeter's InvoiceReplaceUpdate), a pending line's `metadata`, a
-credit top-up's `description` and a customer's `billingAddress` fields Address does not have. Each was stored as
+credit top-up's `description`, a customer's `billingAddress` fields Address does not have, and a subscription's or
+a bought add-on's `name`, `description` and `metadata`. Each was stored as
 sent (1e999999 shown back as Infinity, nested objects and arrays); now a bad value is a 400 problem naming its
 field and nothing is stored."""
 
@@ -14,7 +15,7 @@ import pytest
 
 from tests.entitlements.conftest import Billow, harness
 from tests.support.billing import PROFILE
-from tests.support.catalog import setup
+from tests.support.catalog import plan_body, published_seats, setup
 
 LINE = {"type": "flat_fee", "name": "Fee", "period": {"from": "2025-12-01T00:00:00Z", "to": "2025-12-31T00:00:00Z"},
         "invoiceAt": "2025-12-31T00:00:00Z", "price": {"type": "flat", "amount": "5"}}
@@ -91,3 +92,30 @@ def test_a_billing_address_keeps_openmeters_address_fields_alone(b: Billow) -> N
     assert b.ok("GET", "/api/v1/customers/c")["billingAddress"] == {"country": "DE", "city": "Berlin"}
     put = b.ok("PUT", f"/api/v1/customers/{made['id']}", {"name": "C", "key": "c", "billingAddress": address})
     assert put["billingAddress"] == {"country": "DE", "city": "Berlin"}
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_a_subscriptions_and_its_addons_name_description_and_metadata_are_typed(b: Billow, value: str) -> None:
+    b.clock.set("2026-03-31T00:00:00Z")
+    plan = plan_body("basic", "49.99")
+    plan["phases"][0]["rateCards"].pop()  # the base fee alone
+    seats = published_seats(b)
+    draft = b.ok("POST", "/api/v1/plans", plan)
+    b.ok("POST", f"/api/v1/plans/{draft['id']}/addons", {"addonId": seats["id"], "fromPlanPhase": "default"})
+    b.ok("POST", f"/api/v1/plans/{draft['id']}/publish")
+    base = '{"plan": {"key": "basic"}, "customerKey": "acme", "timing": "2026-04-01T00:00:00Z", '
+    for field in ("name", "description", "metadata"):
+        if not (field == "metadata" and value.startswith("{")):
+            _refused(b, "POST", "/api/v1/subscriptions", base + f'"{field}": {value}' + "}", field)
+    _refused(b, "POST", "/api/v1/subscriptions", base + '"metadata": {"k": ' + value + "}}", "metadata")
+    assert b.ok("GET", "/api/v1/customers/acme/subscriptions")["items"] == []
+    sub = b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "basic"}, "customerKey": "acme",
+                                                 "timing": "2026-04-01T00:00:00Z", "description": "d",
+                                                 "metadata": {"k": "v"}})
+    assert (sub["description"], sub["metadata"]) == ("d", {"k": "v"})
+    b.clock.set("2026-04-02T00:00:00Z")
+    addon = '{"addon": {"id": "' + seats["id"] + '"}, "quantity": 1, "timing": "immediate", "name": "Seats", '
+    for field in ("name", "description", "metadata"):
+        if not (field == "metadata" and value.startswith("{")):
+            _refused(b, "POST", f"/api/v1/subscriptions/{sub['id']}/addons", addon + f'"{field}": {value}' + "}", field)
+    assert b.ok("GET", f"/api/v1/subscriptions/{sub['id']}/addons") == []

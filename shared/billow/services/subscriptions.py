@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from billow import jsonx
 from billow.domain import catalog as catalog_rules
-from billow.domain import pricing
+from billow.domain import fields, pricing
 from billow.domain import subscription_edits as sub_edits
 from billow.domain import subscriptions as subs
 from billow.domain.entitlements import minute
@@ -149,8 +149,17 @@ def _custom_plan(custom: Any) -> dict[str, Any]:
     return plan
 
 
+def _labels(body: dict[str, Any]) -> None:
+    """`name` and `description` strings, `metadata` an object of strings (or null): a subscription's (create,
+    change) and a bought add-on's. They were stored and shown back as sent (description 1e999999 as Infinity)."""
+    fields.text(body, "name")
+    fields.text(body, "description")
+    fields.metadata(body)
+
+
 def _new(namespace: str, body: dict[str, Any], customer: dict[str, Any], *, start: datetime, store: SubscriptionStore,
          now: datetime, anchor: datetime | None = None) -> dict[str, Any]:
+    _labels(body)
     if "customPlan" in body:
         plan = _custom_plan(body["customPlan"])
         plan_ref = None
@@ -585,6 +594,7 @@ def add_addon(namespace: str, id_: str, body: Any, *, store: SubscriptionStore, 
     current = get(namespace, id_, store=store)
     if not isinstance(body, dict):
         raise bad("body", "must be {addon: {id}, quantity, timing}")
+    _labels(body)
     ref = body.get("addon")
     addon = store.get_versioned("addon", namespace, str(ref.get("id"))) if isinstance(ref, dict) else None
     if addon is None or catalog_rules.status(addon, now) != "active":
