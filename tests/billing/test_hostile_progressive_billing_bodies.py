@@ -301,3 +301,25 @@ def test_a_plans_alignment_or_prorating_that_is_no_object_is_a_400(b: Billow, ex
             '"only", "name": "Only", "rateCards": [' + _taxed_card('{"behavior": "inclusive"}') + "]}]}")
     _refused(b, "POST", "/api/v1/plans", plan.encode(), field)
     assert b.call("GET", "/api/v1/plans/p")[0] == 404
+
+
+def test_a_profile_put_replaces_its_workflow_with_openmeters_defaults_for_what_it_leaves_out(b: Billow) -> None:
+    """OpenMeter's PUT maps a workflow field left out to its default (fromAPIBillingWorkflow; the stored
+    subscriptionEndProrationMode stays). Billow merged the body over the stored workflow: a PUT of `workflow: {}`
+    kept autoAdvance false, dueAfter P14D and the defaultTaxConfig, answered as if replaced."""
+    workflow = {"invoicing": {"autoAdvance": False, "dueAfter": "P14D", "progressiveBilling": False,
+                              "subscriptionEndProrationMode": "bill_full_period",
+                              "defaultTaxConfig": {"behavior": "inclusive"}},
+                "payment": {"collectionMethod": "send_invoice"}, "tax": {"enabled": True, "enforced": True}}
+    made = b.ok("POST", "/api/v1/billing/profiles", {**PROFILE, "workflow": workflow})
+    assert made["workflow"]["invoicing"]["dueAfter"] == "P14D"
+    whole = {"name": "Default", "supplier": PROFILE["supplier"], "default": True}
+    assert b.ok("PUT", f"/api/v1/billing/profiles/{made['id']}", {**whole, "workflow": made["workflow"]})["workflow"] \
+        == made["workflow"]  # the whole workflow sent back: unchanged
+    out = b.ok("PUT", f"/api/v1/billing/profiles/{made['id']}", {**whole, "workflow": {}})
+    assert out["workflow"]["invoicing"] == {"autoAdvance": True, "draftPeriod": "P0D", "dueAfter": "P30D",
+                                            "progressiveBilling": True,
+                                            "subscriptionEndProrationMode": "bill_full_period"}
+    assert out["workflow"]["payment"] == {"collectionMethod": "charge_automatically"}
+    assert out["workflow"]["tax"] == {"enabled": False, "enforced": False}
+    assert b.ok("GET", f"/api/v1/billing/profiles/{made['id']}")["workflow"] == out["workflow"]

@@ -150,7 +150,12 @@ def _apply(doc: dict[str, Any], body: dict[str, Any], now: datetime) -> None:
     metadata = {**(body.get("metadata") or {}), **marker}
     doc["description"], doc["metadata"] = body.get("description"), metadata or None
     doc["supplier"] = parse_supplier(body["supplier"])
-    doc["workflow"] = parse_workflow(body["workflow"], doc["workflow"])
+    # the workflow is replaced too: a field left out is OpenMeter's default (fromAPIBillingWorkflow), not the
+    # profile's (a PUT of {} kept every setting); subscriptionEndProrationMode left out stays (UpdateProfile)
+    kept = {k: doc["workflow"]["invoicing"][k] for k in ("subscriptionEndProrationMode",)
+            if k in doc["workflow"].get("invoicing", {})}
+    base = {**WORKFLOW_DEFAULTS, "invoicing": {**WORKFLOW_DEFAULTS["invoicing"], **kept}}
+    doc["workflow"] = parse_workflow(body["workflow"], base)
     # OpenMeter's replace body (BillingProfileReplaceUpdateWithWorkflow) has no apps: an `apps` sent is ignored and
     # the profile keeps the apps it was created with (billing/httpdriver/profile.go UpdateProfile).
     doc["default"] = body["default"]
