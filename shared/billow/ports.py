@@ -37,9 +37,10 @@ class UsageStore(Protocol):
         written. Its cost per key does not grow with the store."""
         ...
 
-    def valued_keys(self, namespace: str, meter_ids: Sequence[str], start: datetime, end: datetime,
+    def valued_keys(self, namespace: str, meter_ids: Sequence[str], start: datetime | None, end: datetime | None,
                     keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        """(source, id) pairs that already have meter values between start and end (a half-done earlier write)."""
+        """(source, id) pairs that already have meter values between start and end, inclusive (a half-done earlier
+        write); either bound None: no bound on that side."""
         ...
 
     def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:

@@ -170,6 +170,27 @@ def test_resend_repairs_torn_rollups(chdb_store: Any, meter_ns: tuple[Any, str, 
     assert answers(chdb_store, ns, mid) == truth(evs)
 
 
+def test_a_resend_at_another_time_after_a_torn_write_counts_each_event_once(
+        chdb_store: Any, meter_ns: tuple[Any, str, str]) -> None:
+    """A client that got no answer resends its events with the same ids, stamped again: a day later here. The dead
+    write stored their values at the first copy's times; the resend found them only within its own times, missed
+    them, and stored the values again (every event counted twice; found by the Stripe kill loop: usage 110.45 where
+    89.15 was sent). Each event counts once, at the time its values were first stored."""
+    meta, ns, mid = meter_ns
+    torn = events(60)
+    with pytest.raises(Killed):
+        tear(chdb_store, meta, ns, torn, raise_killed)
+    later = [{**e, "time": (t(e["time"]) + timedelta(days=1)).isoformat().replace("+00:00", "Z")} for e in torn]
+    result = sink_batch(records(ns, later), usage=chdb_store, meta=meta, dead_letter=_no_dead_letters)
+    assert (result.stored, result.duplicates) == (len(torn), 0)
+    keys = [("torn", e["id"]) for e in torn]
+    assert chdb_store.present_keys(ns, keys) == set(keys)
+    assert answers(chdb_store, ns, mid) == truth(torn)  # once, at the first copy's times, rollups repaired
+    result = sink_batch(records(ns, later), usage=chdb_store, meta=meta, dead_letter=_no_dead_letters)
+    assert (result.stored, result.duplicates) == (0, len(torn))
+    assert answers(chdb_store, ns, mid) == truth(torn)
+
+
 def test_backfill_rerun_repairs_torn_rollups(chdb_store: Any, meter_ns: tuple[Any, str, str]) -> None:
     """A meter backfill that died between its values part and the view parts is made whole by its re-run."""
     from billow.services.sink import backfill_meter

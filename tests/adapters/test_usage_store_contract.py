@@ -38,6 +38,12 @@ def test_dedup_ledger(usage_store: Any, namespace: str) -> None:
     assert usage_store.present_keys("other_ns", [("src", "e1")]) == set()
     assert usage_store.valued_keys(namespace, ["M1"], T0, T0, [("src", "1"), ("src", "2")]) == {("src", "1")}
     assert usage_store.valued_keys(namespace, ["M2"], T0, T0, [("src", "1")]) == set()
+    # Bounds are inclusive, and None is no bound on that side (the sink's look-up after a crash).
+    later, earlier = T0 + timedelta(milliseconds=1), T0 - timedelta(milliseconds=1)
+    assert usage_store.valued_keys(namespace, ["M1"], later, None, [("src", "1")]) == set()
+    assert usage_store.valued_keys(namespace, ["M1"], None, earlier, [("src", "1")]) == set()
+    assert usage_store.valued_keys(namespace, ["M1"], None, None, [("src", "1"), ("src", "2")]) == {("src", "1")}
+    assert usage_store.valued_keys(namespace, ["M1"], earlier, None, [("src", "1")]) == {("src", "1")}
 
 
 def test_aggregations_are_exact(usage_store: Any, namespace: str) -> None:

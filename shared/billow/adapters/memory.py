@@ -52,11 +52,12 @@ class InMemoryUsageStore:
         wanted = set(keys) - stored  # a write here is whole, so only values written alone begin without a raw event
         return stored, {(v.source, v.event_id) for ns, v in self._values if ns == namespace and (v.source, v.event_id) in wanted}
 
-    def valued_keys(self, namespace: str, meter_ids: Sequence[str], start: datetime, end: datetime,
+    def valued_keys(self, namespace: str, meter_ids: Sequence[str], start: datetime | None, end: datetime | None,
                     keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         wanted, mids = set(keys), set(meter_ids)
         return {(v.source, v.event_id) for ns, v in self._values
-                if ns == namespace and v.meter_id in mids and start <= v.time <= end and (v.source, v.event_id) in wanted}
+                if ns == namespace and v.meter_id in mids and (start is None or start <= v.time)
+                and (end is None or v.time <= end) and (v.source, v.event_id) in wanted}
 
     def write(self, namespace: str, values: Sequence[MeterValue], events: Sequence[StoredEvent]) -> None:
         with self._lock:

@@ -340,15 +340,16 @@ def _values_to_write(namespace: str, events: EventColumns, keys: list[tuple[str,
     """The meter values to write with the raw events (`keys`, in the order of `events`): those of events whose values
     are not stored yet. Values found without their raw event (a write that died in between) are not written again:
     their rollups are repaired first. Only valued events of which a write began (`begun`: written_keys) can have
-    values stored; the others were never written, so the values scan runs only after a crash. The subjects of the
-    events repaired join `repaired` (their stored sums changed)."""
+    values stored; the others were never written, so the values scan runs only after a crash. It looks at every time,
+    not only this copy's: a client resending an event it got no answer for may give it another time (a producer that
+    stamps its events as it sends them), and the dead write's values, at the first copy's time, count once (looked
+    for within this copy's times, they were missed and the values stored again: an event counted twice, the Stripe
+    kill loop's usage 110.45 where 89.15 was sent). The subjects of the events repaired join `repaired` (their stored
+    sums changed)."""
     at = {k: i for i, k in enumerate(keys) if k in begun and k in valued} if begun else {}
     if not at:
         return values
-    suspects = list(at)
-    ms = [events.ms[i] for i in at.values()]
-    half_done = usage.valued_keys(namespace, sorted({m.id for m in meters}), from_ms(min(ms)), from_ms(max(ms)),
-                                  suspects)
+    half_done = usage.valued_keys(namespace, sorted({m.id for m in meters}), None, None, list(at))
     repaired.update(events.subjects[at[k]] for k in half_done)
     usage.repair(namespace, sorted(half_done))  # before the raw events: a crash in it is retried on resend
     if not half_done:
