@@ -24,7 +24,7 @@ from __future__ import annotations
 import decimal
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -39,6 +39,11 @@ STATUSES: Final = ("gathering", "draft", "issuing", "issued", "payment_processin
                    "uncollectible", "voided")
 ACTIONS: Final = ("advance", "approve", "retry", "void", "delete")
 ZERO: Final = Decimal(0)
+# An invoice left in issuing.syncing this long (no failure recorded, not touched since) is taken to be a sync whose
+# process died (SIGKILL, a Lambda timeout) and is synced again by the billing run; the sync is idempotent (Stripe:
+# idempotency keys derived from Billow's ids), so a slow sync still running when it is taken up is repeated
+# harmlessly. Longer than a sync takes when nothing is wrong (seconds).
+SYNC_LEASE: Final = timedelta(seconds=15)
 
 
 def status_of(extended: str) -> str:
@@ -292,6 +297,13 @@ class Invoice:
         """A draft waiting for auto-approval whose draft period ended."""
         return self.extended_status == "draft.waiting_auto_approval" and bool(self.draft_until) \
             and parse_rfc3339(str(self.draft_until), "draftUntil") <= now
+
+    def sync_interrupted(self, now: datetime) -> bool:
+        """Issuing through an app that answers at once (not custom invoicing, whose sync waits for the user's
+        call-back), not failed, and not touched for SYNC_LEASE: the sync's process died, nobody else resumes it."""
+        return self.extended_status == "issuing.syncing" and not self.failed \
+            and self.invoicing_app != "custom_invoicing" and bool(self.updated_at) \
+            and parse_rfc3339(str(self.updated_at), "updatedAt") + SYNC_LEASE <= now
 
     def overdue_at(self, now: datetime) -> bool:
         """Issued (or payment processing) and past its due date."""

@@ -562,11 +562,12 @@ def _counted_meanwhile(namespace: str, p: _Prepared, store: BillingStore) -> boo
 
 def _advance_due(namespace: str, *, store: BillingStore, now: datetime, on_issue: IssueFn | None,
                  customer_id: str | None, result: RunResult) -> int:
-    """Drafts whose draft period ended are issued; issued invoices past due become overdue (one invoice failing
-    is recorded and leaves the others to advance)."""
+    """Drafts whose draft period ended are issued; an app sync whose process died (Invoice.sync_interrupted) is made
+    again; issued invoices past due become overdue (one invoice failing is recorded and leaves the others to
+    advance)."""
     n = 0
     for inv in store.list_invoices(namespace, customer_ids=[customer_id] if customer_id else None,
-                                   statuses=["draft", "issued", "payment_processing"]):
+                                   statuses=["draft", "issuing", "issued", "payment_processing"]):
         if inv.get("deletedAt"):
             continue  # a deleted draft is never issued (deleted before the store kept it apart)
         try:
@@ -581,7 +582,7 @@ def _advance_due(namespace: str, *, store: BillingStore, now: datetime, on_issue
 def _advance_one(namespace: str, inv: dict[str, Any], *, store: BillingStore, now: datetime,
                  on_issue: IssueFn | None) -> int:
     invoice = Invoice.from_json(inv)
-    if invoice.auto_approval_due(now):
+    if invoice.auto_approval_due(now) or invoice.sync_interrupted(now):
         if on_issue is not None:
             on_issue(inv)
             return 1

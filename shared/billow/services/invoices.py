@@ -126,8 +126,11 @@ def get_invoice(namespace: str, id_: str, *, store: BillingStore) -> dict[str, A
 
 def issue(namespace: str, doc: dict[str, Any], *, store: BillingStore, apps: BillingApps, now: datetime) -> dict[str, Any]:
     """draft -> issuing -> issued (the invoicing app) -> payment (the payment app). An invoice the run issued
-    already (sandbox, in its own transaction) only goes to the apps."""
-    return _issue(namespace, Invoice.from_json(doc), store=store, apps=apps, now=now).to_json()
+    already (sandbox, in its own transaction) only goes to the apps. One still issuing (a sync whose process died,
+    taken up again by the billing run) is synced again only if it is still stored as `doc`: of two runs that take it
+    up at once, one does (the other: 409)."""
+    read_as = jsonx.dumps(doc) if doc.get("status") == "issuing" else None
+    return _issue(namespace, Invoice.from_json(doc), store=store, apps=apps, now=now, read_as=read_as).to_json()
 
 
 DRAFT_SYNCED = "openmeter.io/custominvoicing/draft-synced-at"  # OpenMeter's mark of the draft call-back

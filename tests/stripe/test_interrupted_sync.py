@@ -1,0 +1,87 @@
+"""A Stripe sync whose process died (SIGKILL, a Lambda timeout) is taken up again by the billing run.
+
+Approving a draft moves it to `issuing.syncing`, saved, and then calls Stripe (customer, draft, items, finalise); the
+outcome is saved after. A process killed in between left the invoice in `issuing.syncing` for ever: not failed, so
+no `retry` action, and nothing took it up again (tests/e2e/test_stripe_kill_loop.py: 6 of 10 invoices stuck after 7
+kills, seed 1). The invoice here is left exactly as such a process leaves it in the store: `issuing.syncing`, with
+nothing in Stripe yet, or with Stripe's invoice made and finalised already."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from billow.adapters.sql_billing import SqlBillingStore
+from billow.adapters.stripe_app import StripeApp
+from billow.bootstrap import Settings, build, install
+from billow.domain.invoices import Invoice
+from functions.usage_sink.handler import lambda_handler as sink
+from tests.entitlements.conftest import METERS, Billow, Clock
+from tests.stripe_standin.server import StandIn
+from tests.support.billing import PROFILE, scheduled_run
+
+SECRET = "whsec_standin"
+STRIPE = {**PROFILE, "workflow": {"invoicing": {"autoAdvance": False, "dueAfter": "P14D"}},
+          "apps": {"tax": "sandbox", "invoicing": "stripe", "payment": "stripe"}}
+
+
+@pytest.fixture
+def billow(tmp_path: Path) -> Iterator[tuple[Billow, StandIn]]:
+    standin = StandIn(webhook_secret=SECRET).start()
+    clock = Clock("2026-05-01T00:00:00Z")
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace="stripe", meters=METERS,
+                                  stripe_api_key=standin.api_key, stripe_api_base=standin.url,
+                                  stripe_webhook_secret=SECRET)), deliver=lambda ev: sink(ev, None))
+    c.clock = clock
+    install(c)
+    yield Billow(c, clock), standin
+    install(None)
+    c.close()
+    standin.stop()
+
+
+def killed_mid_sync(b: Billow) -> dict[str, Any]:
+    """A draft of 12.34 USD, approved by a process that died during the sync: stored as `issuing.syncing`."""
+    b.ok("POST", "/api/v1/billing/profiles", STRIPE)
+    cust = b.ok("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "currency": "USD"})
+    period = {"from": "2026-04-01T00:00:00Z", "to": "2026-04-02T00:00:00Z"}
+    b.ok("POST", f"/api/v1/billing/customers/{cust['id']}/invoices/pending-lines", {"currency": "USD", "lines": [
+        {"name": "fee", "period": period, "invoiceAt": period["to"],
+         "rateCard": {"price": {"type": "flat", "amount": "12.34"}}}]})
+    (draft,) = b.ok("POST", "/api/v1/billing/invoices/invoice", {"customerId": cust["id"]})
+    assert draft["statusDetails"]["extendedStatus"] == "draft.manual_approval_needed"
+    store = b.c.store(SqlBillingStore)
+    inv = Invoice.from_json(store.get_invoice("stripe", draft["id"]))
+    inv.set_status("issuing.syncing")  # what services.invoices._issue saves before it calls the app
+    inv.touch(b.clock.now())
+    store.put_invoice("stripe", inv.to_json(), expect_status="draft")
+    return inv.to_json()
+
+
+@pytest.mark.parametrize("stripe_done", [False, True])
+def test_a_sync_killed_midway_is_resumed_by_the_billing_run_once(billow: tuple[Billow, StandIn],
+                                                                  stripe_done: bool) -> None:
+    b, standin = billow
+    doc = killed_mid_sync(b)
+    if stripe_done:  # the dead process had got as far as Stripe's finalised invoice
+        app = StripeApp(standin.api_key, standin.url)
+        app.issue_invoice(doc, app.ensure_customer(doc["customer"]))
+    store = b.c.store(SqlBillingStore)
+    b.clock.set("2026-05-01T00:00:05Z")
+    scheduled_run(b)  # a sync may still be running elsewhere: left alone for a while
+    assert store.get_invoice("stripe", doc["id"])["statusDetails"]["extendedStatus"] == "issuing.syncing"
+    b.clock.set("2026-05-01T00:01:00Z")
+    scheduled_run(b)
+    after = store.get_invoice("stripe", doc["id"])
+    assert after["statusDetails"]["extendedStatus"] == "payment_processing.pending", after.get("validationIssues")
+    (stripe_inv,) = standin.invoices.values()  # one Stripe invoice, not two
+    assert after["externalIds"]["invoicing"] == stripe_inv["id"] and stripe_inv["status"] == "open"
+    assert Decimal(stripe_inv["total"]) / 100 == Decimal(after["totals"]["total"]) == Decimal("12.34")
+    assert len(stripe_inv["lines"]["data"]) == 1 and len(standin.customers) == 1
+    b.clock.set("2026-05-01T00:02:00Z")
+    scheduled_run(b)  # nothing more
+    assert store.get_invoice("stripe", doc["id"]) == after and len(standin.invoices) == 1
