@@ -21,6 +21,7 @@ from billow.bootstrap import Settings, build, install
 from billow.domain.invoices import Invoice
 from functions.usage_sink.handler import lambda_handler as sink
 from tests.entitlements.conftest import METERS, Billow, Clock
+from tests.stripe.test_webhooks import billow_stripe  # noqa: F401 - the fixture
 from tests.stripe_standin.server import StandIn
 from tests.support.billing import PROFILE, scheduled_run
 
@@ -85,3 +86,27 @@ def test_a_sync_killed_midway_is_resumed_by_the_billing_run_once(billow: tuple[B
     b.clock.set("2026-05-01T00:02:00Z")
     scheduled_run(b)  # nothing more
     assert store.get_invoice("stripe", doc["id"]) == after and len(standin.invoices) == 1
+
+
+def test_a_payment_recorded_while_the_documents_render_is_kept(billow_stripe: tuple[Billow, StandIn]) -> None:  # noqa: F811
+    """The billing run renders the documents of issued invoices (jobs.render_pending_documents: the invoices read
+    first, each rendered, ~0.1 s a PDF, then saved with its documents ready). Stripe's invoice.paid webhook landing in
+    between was overwritten: the invoice saved from the stale read went back from paid to payment_processing, and
+    Stripe, answered 200, never sends it again (the kill loop: SK7-0002 paid, then payment_processing.pending for
+    good, seed 1, its invoice.paid notification delivered for an invoice Billow says is unpaid)."""
+    b, standin = billow_stripe
+    b.clock.set("2026-05-01T00:00:00Z")
+    killed_mid_sync(b)
+    b.clock.set("2026-05-01T00:01:00Z")
+    scheduled_run(b)  # issued through Stripe (documents pending: this run rendered them, so make them pending again)
+    store = b.c.store(SqlBillingStore)
+    (doc,) = [d for d in store.list_invoices("stripe") if d["status"] != "gathering"]
+    doc["documents"] = {"status": "pending"}
+    store.put_invoice("stripe", doc)
+    stale = store.get_invoice("stripe", doc["id"])  # as the run's list read it
+    assert stale["status"] == "payment_processing"
+    assert standin.pay(doc["externalIds"]["invoicing"]).status == 200  # meanwhile, Stripe says it is paid
+    assert store.get_invoice("stripe", doc["id"])["status"] == "paid"
+    b.c.billing_apps().documents(stale)  # the run renders and saves what it read
+    after = store.get_invoice("stripe", doc["id"])
+    assert after["status"] == "paid" and after["documents"]["status"] == "ready"

@@ -152,8 +152,26 @@ class BillingApps:
             store_documents(self.namespace, inv, store, self.renderer, owed=owed)
             html_key, pdf_key = document_keys(self.namespace, inv)
             inv["documents"] = {"status": "ready", "html": html_key, "pdf": pdf_key}
-            self.billing.put_invoice(self.namespace, inv)
+            self._documents_saved(inv["id"], inv["documents"])
         return store
+
+    def _documents_saved(self, invoice_id: str, ready: dict[str, Any]) -> None:
+        """Mark the invoice's documents ready on the invoice as stored now, written only as read (edits.until_written).
+        The invoice was read before its documents were rendered; saving that read whole overwrote what was written
+        meanwhile: a payment (Stripe's invoice.paid, answered 200, never sent again) went back to payment_processing."""
+        from billow import jsonx
+        from billow.services.edits import until_written
+
+        def step() -> tuple[None, Callable[[], None] | None]:
+            doc = self.billing.get_invoice(self.namespace, invoice_id)
+            if doc is None or doc.get("documents") == ready:
+                return None, None
+            before = jsonx.dumps(doc)
+            new = {**doc, "documents": ready}
+            return None, lambda: self.billing.put_invoice(self.namespace, new, expect_status=doc["status"],
+                                                          expect_doc=before)
+
+        until_written(step)
 
     def documents(self, inv: dict[str, Any], served_at: Callable[[str], str] | None = None) -> dict[str, Any]:
         """Fresh links to the invoice's HTML and PDF: presigned S3 URLs in AWS; with local files, `served_at(fmt)`
