@@ -110,3 +110,35 @@ def test_a_payment_recorded_while_the_documents_render_is_kept(billow_stripe: tu
     b.c.billing_apps().documents(stale)  # the run renders and saves what it read
     after = store.get_invoice("stripe", doc["id"])
     assert after["status"] == "paid" and after["documents"]["status"] == "ready"
+
+
+def test_a_payment_whose_process_died_before_its_notification_notifies_on_stripes_redelivery(
+        billow_stripe: tuple[Billow, StandIn]) -> None:  # noqa: F811
+    """Stripe's invoice.paid: the invoice is saved paid, then the invoice.paid notification event is made. A process
+    killed in between answered Stripe nothing, so Stripe sends the webhook again; that found the invoice paid already
+    and returned, and the invoice.paid event was never made (no receiver ever heard of the payment)."""
+    b, standin = billow_stripe
+    b.clock.set("2026-05-01T00:00:00Z")
+    channel = b.ok("POST", "/api/v1/notification/channels", {"type": "WEBHOOK", "name": "hook",
+                                                              "url": "http://127.0.0.1:9/hook", "disabled": False})
+    b.ok("POST", "/api/v1/notification/rules", {"type": "invoice.paid", "name": "paid", "channels": [channel["id"]]})
+    killed_mid_sync(b)
+    b.clock.set("2026-05-01T00:01:00Z")
+    scheduled_run(b)
+    store = b.c.store(SqlBillingStore)
+    (doc,) = [d for d in store.list_invoices("stripe") if d["status"] != "gathering"]
+    stripe_id = doc["externalIds"]["invoicing"]
+    inv = Invoice.from_json(doc)  # what services.invoices.record_payment saved before the process died
+    inv.set_status("paid")
+    inv.touch(b.clock.now())
+    store.put_invoice("stripe", inv.to_json(), expect_status="payment_processing")
+
+    def paid_events() -> list[str]:
+        return [e["id"] for e in b.ok("GET", "/api/v1/notification/events", query={"pageSize": "100"})["items"]
+                if e["type"] == "invoice.paid" and e["payload"]["data"]["id"] == doc["id"]]
+
+    assert paid_events() == []
+    assert standin.pay(stripe_id).status == 200  # Stripe's redelivery (it got no answer)
+    (event_id,) = paid_events()
+    assert standin.emit("invoice.paid", standin.invoices[stripe_id]).status == 200  # and once more: still one event
+    assert paid_events() == [event_id]

@@ -312,12 +312,21 @@ _FROM_UNCOLLECTIBLE: Final = ("paid", "voided")
 
 def record_payment(namespace: str, invoice_id: str, outcome: str, *, store: BillingStore, apps: BillingApps, now: datetime) -> dict[str, Any]:
     """Payment status from the payment app (Stripe webhook, custom invoicing). Idempotent: a repeated outcome
-    changes nothing; a paid or voided invoice stays so; an uncollectible one can only be paid or voided."""
+    changes nothing; a paid or voided invoice stays so; an uncollectible one can only be paid or voided.
+
+    A repeated outcome emits the invoice's notification again (the notification store drops it when it was made:
+    its dedup key is the invoice's and its updatedAt): the process that recorded the outcome may have died between
+    the invoice's write and its event's, and the payment app's redelivery (Stripe sends a webhook again until it is
+    answered 2xx) is the only call that can still make it; before, the event was lost for good."""
     inv = _load(namespace, invoice_id, store)
     target = _PAYMENT_STATES.get(outcome)
     if target is None:
         raise bad("trigger", f"must be one of {', '.join(_PAYMENT_STATES)}")
-    if inv.extended_status == target or inv.status in ("paid", "voided"):
+    if inv.extended_status == target:
+        doc = inv.to_json()
+        apps.updated(doc)
+        return doc
+    if inv.status in ("paid", "voided"):
         return inv.to_json()
     if inv.status == "uncollectible" and target not in _FROM_UNCOLLECTIBLE:
         raise Conflict(f"invoice {inv.number} is uncollectible: it can still be paid or voided, nothing else")
