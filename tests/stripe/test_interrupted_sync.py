@@ -142,3 +142,38 @@ def test_a_payment_whose_process_died_before_its_notification_notifies_on_stripe
     (event_id,) = paid_events()
     assert standin.emit("invoice.paid", standin.invoices[stripe_id]).status == 200  # and once more: still one event
     assert paid_events() == [event_id]
+
+
+def test_an_invoice_whose_process_died_before_its_notification_is_notified_by_the_run(
+        billow: tuple[Billow, StandIn]) -> None:
+    """An invoice is saved issued, then its invoice.created event is made, then its documents are rendered. A process
+    killed between the first two left an issued invoice whose event was never made, and nothing made it later (a
+    resent approve is a 409: the invoice is issued). The billing run renders the pending documents: it makes the
+    missing event first, once."""
+    b, standin = billow
+    killed_mid_sync(b)
+    b.clock.set("2026-05-01T00:01:00Z")
+    scheduled_run(b)  # issued; no rule yet, so no event: as if the process died before making it
+    store = b.c.store(SqlBillingStore)
+    (doc,) = [d for d in store.list_invoices("stripe") if d["status"] != "gathering"]
+    doc["documents"] = {"status": "pending"}  # the dead process never got to render them
+    store.put_invoice("stripe", doc)
+    channel = b.ok("POST", "/api/v1/notification/channels", {"type": "WEBHOOK", "name": "hook",
+                                                              "url": "http://127.0.0.1:9/hook"})
+    b.ok("POST", "/api/v1/notification/rules", {"type": "invoice.created", "name": "created",
+                                                "channels": [channel["id"]]})
+
+    def created() -> list[str]:
+        return [e["id"] for e in b.ok("GET", "/api/v1/notification/events", query={"pageSize": "100"})["items"]
+                if e["type"] == "invoice.created" and e["payload"]["data"]["id"] == doc["id"]]
+
+    assert created() == []
+    b.clock.set("2026-05-01T00:02:00Z")
+    scheduled_run(b)
+    (event_id,) = created()
+    assert store.get_invoice("stripe", doc["id"])["documents"]["status"] == "ready"
+    doc = store.get_invoice("stripe", doc["id"])
+    doc["documents"] = {"status": "pending"}
+    store.put_invoice("stripe", doc)
+    scheduled_run(b)  # rendered again: no second event
+    assert created() == [event_id]

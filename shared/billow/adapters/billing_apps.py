@@ -148,6 +148,12 @@ class BillingApps:
         if (inv.get("documents") or {}).get("status") != "ready":
             if inv["status"] in ("gathering", "draft", "issuing"):
                 raise Conflict(f"invoice {inv['number']} is {inv['status']}: documents exist once it is issued")
+            # Its notifications again (dropped by the store when they were made): an invoice is saved issued, then its
+            # invoice.created event is made, then its documents are rendered; a process killed between the first two
+            # left an issued invoice with no event, and its documents pending is the one trace of that. (Only one that
+            # was issued: a draft voided before it was has no invoice.created to make.)
+            if inv.get("issuedAt"):
+                self.issued(inv)
             owed = owed_back(self.namespace, inv, billing=self.billing, invoicing=self.invoicing)
             store_documents(self.namespace, inv, store, self.renderer, owed=owed)
             html_key, pdf_key = document_keys(self.namespace, inv)
