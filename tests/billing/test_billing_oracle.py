@@ -11,7 +11,9 @@ usage events at random seconds, inside and outside the subscriptions, some sent 
 invoiced, some past the correction window) and some resent; scheduled billing runs and "invoice now" at random
 times; one-off pending lines (0-3 a customer, any price, periods at random seconds). At the end every rate card's
 billing period must have been billed, over all invoices, exactly what the reference says, and every one-off line too
-(rated once, by the first run at or after its invoiceAt, over its period in whole minutes); a period billed in one
+(rated by the first run at or after its invoiceAt, over its period in whole minutes; an "invoice now" inside a
+usage line's period bills it up to then, progressive billing being the profile's default, and the parts add up to
+the line rated whole); a period billed in one
 line must have the reference's detailed lines; every invoice's total must be its lines' less prepaid credit; a
 further run bills nothing. On SQLite and PostgreSQL (usage in memory) and on SQLite with usage in chdb.
 
@@ -434,6 +436,17 @@ class Pending:
     invoice_at: datetime
     created_at: datetime
 
+    def billed_whole_by(self, run: datetime, progressive: bool) -> bool:
+        """Whether a run at `run` bills the line (or what is left of it) whole (OpenMeter's gatherInScopeLines and
+        ResolveBillablePeriod, in whole minutes): a flat price once its invoiceAt has come; a usage price, under
+        progressive billing ("invoice now": the profile's default) once its period has ended, else once its
+        invoiceAt has come. An earlier progressive run inside its period bills a part of it (a split line, whose
+        parts add up to the line rated whole with the usage this run sees)."""
+        at = floor_minute(run)
+        if self.card.usage and progressive:
+            return floor_minute(self.end) <= at
+        return floor_minute(self.invoice_at) <= at
+
     def body(self, currency: str) -> dict[str, Any]:
         card = self.card.body("P1D")
         rate_card = {k: card[k] for k in ("price", "discounts", "featureKey") if k in card}
@@ -699,8 +712,8 @@ def expected(w: World) -> dict[tuple[str, str, str], list[Detail]]:
             if found:
                 out[(use.sub.id, card.key, iso(ps))] = found
     for p in w.pending:
-        seen = min(r for r, who in [*w.runs, (w.horizon, None)]  # the first run it is due at; never again
-                   if r >= max(p.invoice_at, p.created_at) and who in (None, p.customer))
+        seen = min(r for r, who in [*w.runs, (w.horizon, None)]  # the first run that bills it (or its rest) whole
+                   if r >= p.created_at and who in (None, p.customer) and p.billed_whole_by(r, who is not None))
         s, e = floor_minute(p.start), floor_minute(p.end)
         holder = Sub(p.customer, w.plans[0], s, s, s)
         out[("pending", p.name, iso(p.start))] = (rate_usage(p.card, max(ZERO, usage(w, holder, p.card, s, e, seen)),
@@ -885,7 +898,7 @@ def billed(b: Billow, horizon: datetime) -> tuple[dict[Key, Decimal], dict[Key, 
         for line in full["lines"]:
             ref = line.get("subscription")
             key = ((ref["id"], line["name"], ref["billingPeriod"]["from"]) if ref is not None
-                   else ("pending", line["name"], line["period"]["from"]))
+                   else ("pending", line["name"], (line.get("splitLineGroup") or line)["period"]["from"]))
             total = D(line["totals"]["total"])
             out[key] = out.get(key, ZERO) + total
             if ref is not None and datetime.fromisoformat(ref["billingPeriod"]["to"]) > horizon:

@@ -131,6 +131,11 @@ def iso(t: datetime, offset_minutes: int = 0) -> str:
     return t.astimezone(timezone(timedelta(minutes=offset_minutes))).isoformat(timespec="milliseconds")
 
 
+def z(t: datetime) -> str:
+    """A whole second in UTC as Billow serves it (no milliseconds)."""
+    return iso(t).replace(".000Z", "Z")
+
+
 def parse(t: str) -> datetime:
     return datetime.fromisoformat(t.replace("Z", "+00:00"))
 
@@ -846,3 +851,56 @@ def test_a_negative_correction_becomes_the_customers_prepaid_credit_once(world: 
     assert [i["id"] for i in invoices(s, r["customer"]) if i["id"] not in before] == [made[0]["id"]]
     again = ok(s, "POST", f"/api/v1/billing/customers/{r['customer']}/credits", {"amount": "0.01", "currency": "USD"})
     assert D(again["balance"]) == D("4.02")  # given back once
+
+
+def test_a_pending_usage_line_chosen_by_id_is_billed_up_to_as_of_under_progressive_billing(world: World) -> None:
+    """OpenMeter's gatherInScopeLines: with progressive billing a usage line named in `filters.lineIds` whose invoiceAt
+    is still to come is billed up to asOf, the line split there (the rest pending as a new line); without it, or for a
+    flat fee whose invoiceAt is to come, the line is not billable: a 400 naming it. Before, any line whose invoiceAt
+    was after asOf was refused. The two parts add up to the line rated whole, to the cent."""
+    s = world.s
+    h = minute(datetime.now(UTC))
+    start, split, end = h - timedelta(hours=3), h - timedelta(hours=2), h - timedelta(hours=1)
+    c = ok(s, "POST", "/api/v1/customers", {"key": "parts", "name": "Parts", "currency": "USD",
+                                           "usageAttribution": {"subjectKeys": ["bo_pp"]}})
+    send(s, [ev("pp1", "bo_pp", iso(start), "7.5"), ev("pp2", "bo_pp", iso(split - timedelta(milliseconds=1)), "4.25"),
+             ev("pp3", "bo_pp", iso(split), "100.000000000000000001"), ev("pp4", "bo_pp", iso(end), "1000")])
+    q1, q2, free = D("11.75"), D("100.000000000000000001"), D(3)
+    period = {"from": z(start), "to": z(end)}
+    later = z(h + timedelta(days=1))
+    added = ok(s, "POST", f"/api/v1/billing/customers/{c['id']}/invoices/pending-lines", {"currency": "USD", "lines": [
+        {"name": "grad", "period": period, "invoiceAt": later,
+         "rateCard": {"price": GRAD, "featureKey": "bo_grad", "discounts": {"usage": {"quantity": str(free)}}}},
+        {"name": "fee", "period": period, "invoiceAt": later, "rateCard": {"price": {"type": "flat", "amount": "5"}}}]})
+    ids = {ln["name"]: ln["id"] for ln in added["lines"]}
+    act = "/api/v1/billing/invoices/invoice"
+    status, out = api(s, "POST", act, {"customerId": c["id"], "progressiveBillingOverride": False,
+                                       "filters": {"lineIds": [ids["grad"]]}})
+    assert status == 400 and [e["field"] for e in out["validationErrors"]] == ["filters.lineIds[0]"], out
+    status, out = api(s, "POST", act, {"customerId": c["id"], "progressiveBillingOverride": True,
+                                       "filters": {"lineIds": [ids["grad"], ids["fee"]]}})
+    assert status == 400 and [e["field"] for e in out["validationErrors"]] == ["filters.lineIds[1]"], out
+    assert ids["fee"] in out["detail"], out
+    assert invoices(s, c["id"]) == []
+
+    status, made = api(s, "POST", act, {"customerId": c["id"], "progressiveBillingOverride": True,
+                                        "asOf": iso(split), "filters": {"lineIds": [ids["grad"]]}})
+    assert status == 201, made
+    (part,) = made[0]["lines"]
+    assert (part["id"], part["period"], part["invoiceAt"]) == (ids["grad"], {"from": period["from"], "to": z(split)},
+                                                                z(split))
+    assert (D(part["quantity"]), D(part["meteredQuantity"]), D(part["totals"]["total"])) == (
+        q1 - free, q1, graduated(q1 - free))
+    (rest,) = [ln for ln in ok(s, "GET", f"/api/v1/billing/invoices/{added['invoice']['id']}?expand=lines")["lines"]
+               if ln["name"] == "grad"]
+    assert (rest["period"]["from"], rest["period"]["to"], rest["invoiceAt"]) == (
+        z(split), period["to"], later)
+
+    status, made = api(s, "POST", act, {"customerId": c["id"], "progressiveBillingOverride": True,
+                                        "filters": {"lineIds": [rest["id"]]}})
+    assert status == 201, made
+    (second,) = made[0]["lines"]
+    assert (D(second["quantity"]), D(second["preLinePeriodQuantity"]), D(second["meteredPreLinePeriodQuantity"])) == (
+        q2, q1 - free, q1)
+    assert D(part["totals"]["total"]) + D(second["totals"]["total"]) == graduated(q1 + q2 - free)
+    assert D(second["totals"]["total"]) == graduated(q1 + q2 - free) - graduated(q1 - free)

@@ -28,6 +28,7 @@ from typing import Any
 
 from billow import jsonx
 from billow.domain import invoices as inv_rules
+from billow.domain import pricing
 from billow.domain import subscriptions as subs
 from billow.domain.billing import Mark, Point, change, diff, due_points, later_part, progressive_point
 from billow.domain.invoices import CreditBack, Invoice
@@ -42,7 +43,7 @@ from billow.services.billing_profiles import RunContext, resolved_profile
 from billow.services.entitlements import EntitlementStore, minute
 from billow.services.invoices import new_invoice
 from billow.services.lineage import measurement
-from billow.services.pending_lines import rate_pending
+from billow.services.pending_lines import line_card, rate_pending, split_pending
 from billow.timeutil import format_rfc3339, parse_rfc3339
 
 log = logging.getLogger("billow.billing")
@@ -270,13 +271,16 @@ def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore
     `RunResult.failures` (and logged); every other customer is billed. Run for one customer (`customer_id`), its
     error is raised after the run."""
     r = _Run(namespace, store, meta, ents, usage, now, customer_id, min(as_of or now, now), on_issue, lineage)
-    if line_ids is not None:
-        r.only = _chosen_lines(namespace, store, customer_id, line_ids, r.as_of)
-    elif customer_id is not None:
+    if line_ids is not None and customer_id is None:
+        raise ValidationFailed.at("customerId", "is required to invoice lines by id")
+    if customer_id is not None:
         if progressive is None:
             profile = resolved_profile(namespace, customer_id, store=store) or {}
             progressive = bool(profile.get("workflow", {}).get("invoicing", {}).get("progressiveBilling"))
-        r.cut = minute(r.as_of) if progressive else None
+        r.progressive = bool(progressive)
+        r.cut = minute(r.as_of) if progressive and line_ids is None else None
+    if line_ids is not None:
+        r.only = _chosen_lines(namespace, store, customer_id, line_ids, r)
     docs = [] if r.only is not None else [  # lines chosen by id: those alone, no subscription's charges
         d for d in catalog_store.list_subscriptions(namespace, customer_id) if not d.get("deletedAt")]
     r.result.subscriptions = len(docs)
@@ -294,21 +298,27 @@ def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore
 
 
 def _chosen_lines(namespace: str, store: BillingStore, customer_id: str | None, line_ids: list[str],
-                  as_of: datetime) -> set[str]:
-    """The pending lines `filters.lineIds` names, each checked: the customer's, pending, due by `as_of`."""
+                  r: _Run) -> set[str]:
+    """The pending lines `filters.lineIds` names, each checked: the customer's, pending, billable as of the run's
+    `as_of` (`_Run.billable_until`). As OpenMeter's gatherInScopeLines, the lines that are not billable are named all
+    at once (its ErrInvoiceLinesNotBillable), each problem at its `filters.lineIds[i]`."""
     if customer_id is None:
         raise ValidationFailed.at("customerId", "is required to invoice lines by id")
     if not line_ids:
         raise ValidationFailed.at("filters.lineIds", "must name at least one pending line")
     pending = {ln["id"]: ln for g in store.list_invoices(namespace, customer_ids=[customer_id], statuses=["gathering"])
                for ln in g["lines"]}
+    problems = []
     for i, lid in enumerate(line_ids):
         ln = pending.get(lid)
         if ln is None:
-            raise ValidationFailed.at(f"filters.lineIds[{i}]", f"{lid[:64]!r} is not a pending line of the customer")
-        if parse_rfc3339(ln["invoiceAt"], "invoiceAt") > as_of:
-            raise ValidationFailed.at(f"filters.lineIds[{i}]", f"line {lid!r} is not invoiceable before its invoiceAt "
-                                                              f"{ln['invoiceAt']} (asOf {format_rfc3339(as_of)})")
+            problems.append((f"filters.lineIds[{i}]", f"{lid[:64]!r} is not a pending line of the customer"))
+        elif r.billable_until(ln) is None:
+            problems.append((f"filters.lineIds[{i}]", f"line {lid!r} is not billable as of {format_rfc3339(r.as_of)}: "
+                                                      + r.not_billable_why(ln)))
+    if problems:
+        raise ValidationFailed("; ".join(f"{f}: {m}" for f, m in problems),
+                               [{"field": f, "message": m} for f, m in problems])
     return set(line_ids)
 
 
@@ -324,6 +334,7 @@ class _Run:
         self.lineage = lineage
         self.only: set[str] | None = None  # the pending lines chosen by id (filters.lineIds), else every due one
         self.cut: datetime | None = None  # progressive billing: periods in progress are billed up to this minute
+        self.progressive = False  # progressive billing applies (pending usage lines are billed up to `as_of`)
         self.result = RunResult()
         self.customers = {c["id"]: c for c in meta.list_customers(namespace)}
         self.batch = BatchedUsage(namespace, meta=meta, ents=ents, usage=usage)
@@ -419,26 +430,79 @@ class _Run:
                                             was=(p.mark.until or p.period[0]) if parted else None)))
         return owed
 
+    def billable_until(self, line: dict[str, Any]) -> datetime | None:
+        """Where a pending line is billable up to as of the run's `as_of` (its period's end: whole; earlier: the part
+        up to there, the rest stays pending), None when it is not billable. OpenMeter's gatherInScopeLines with
+        rating's ResolveBillablePeriod, in whole minutes: a flat price when its invoiceAt has come; a usage price when
+        its period has ended (and its invoiceAt has come, without progressive billing); with progressive billing a
+        usage price that may be split (not a volume tiered price; a meter whose value only grows: SUM, COUNT, MAX,
+        UNIQUE_COUNT) as soon as its period has started, up to `as_of`."""
+        as_of = minute(self.as_of)
+        start = parse_rfc3339(line["period"]["from"], "from")
+        end = parse_rfc3339(line["period"]["to"], "to")
+        due = minute(parse_rfc3339(line["invoiceAt"], "invoiceAt")) <= as_of
+        price, _ = line_card(line)
+        if isinstance(price, pricing.FlatPrice):
+            return end if due else None
+        if not self.progressive and not due:
+            return None
+        if self.progressive and self._splits(line, price):
+            return None if as_of <= minute(start) else end if as_of >= minute(end) else as_of
+        return end if as_of >= minute(end) else None
+
+    def _splits(self, line: dict[str, Any], price: pricing.Price) -> bool:
+        """Whether a usage line may be billed in parts (OpenMeter's ProgressiveBillingMeteredPricer and
+        isDependingOnIncreaseOnlyMeters)."""
+        volume = isinstance(price, pricing.TieredPrice) and price.mode == "volume"
+        return not volume and bool(line.get("featureKey")) and self.batch.splits(line["featureKey"])
+
+    def not_billable_why(self, line: dict[str, Any]) -> str:
+        """Why `billable_until` found the line not billable (for the 400 naming it)."""
+        price, _ = line_card(line)
+        if isinstance(price, pricing.FlatPrice) or (not self.progressive and parse_rfc3339(
+                line["invoiceAt"], "invoiceAt") > self.as_of):
+            return f"its invoiceAt is {line['invoiceAt']}" + (
+                "" if isinstance(price, pricing.FlatPrice) else " (progressive billing would bill its usage up to asOf)")
+        if self.progressive and self._splits(line, price):
+            return f"its period starts at {line['period']['from']}"
+        return (f"its period ends at {line['period']['to']}" + (" (its price is not billed in parts)"
+                                                                 if self.progressive else ""))
+
     def take_pending_lines(self) -> None:
-        """Pending lines due by `as_of`, rated now, join their customer's invoice; their holders lose them."""
+        """Pending lines billable as of `as_of` (`billable_until`), rated now, join their customer's invoice; their
+        holders lose them. A line billable up to a point before its period's end is split there (progressive
+        billing): its part up to there is invoiced, the rest stays pending as a new line."""
         for g in self.store.list_invoices(self.ns, customer_ids=[self.customer_id] if self.customer_id else None,
                                           statuses=["gathering"]):
-            due_now = [ln for ln in g["lines"] if parse_rfc3339(ln["invoiceAt"], "invoiceAt") <= self.as_of
-                       and (self.only is None or ln["id"] in self.only)]
-            if not due_now or g["customer"]["id"] in self.result.errors:
+            if g["customer"]["id"] in self.result.errors:
                 continue
             cust = self.customers.get(g["customer"]["id"]) or {}
             subjects = list((cust.get("usageAttribution") or {}).get("subjectKeys") or [])
+            taken: list[dict[str, Any]] = []
+            rated_lines: list[dict[str, Any]] = []
+            rest: list[dict[str, Any]] = []
             try:
-                rated_lines = [rate_pending(self.ns, ln, g["currency"], subjects, meta=self.meta, ents=self.ents,
-                                            usage=self.usage, now=self.now) for ln in due_now]
+                for ln in g["lines"]:
+                    if (self.only is not None and ln["id"] not in self.only) or (until := self.billable_until(ln)) is None:
+                        continue
+                    taken.append(ln)
+                    if until < parse_rfc3339(ln["period"]["to"], "to"):
+                        part, later = split_pending(self.ns, ln, until, g["currency"], subjects, meta=self.meta,
+                                                    ents=self.ents, usage=self.usage, now=self.now)
+                        rated_lines.append(part)
+                        rest.append(later)
+                    else:
+                        rated_lines.append(rate_pending(self.ns, ln, g["currency"], subjects, meta=self.meta,
+                                                        ents=self.ents, usage=self.usage, now=self.now))
             except Exception as exc:
                 self.result.fail(g["customer"]["id"], exc, invoice_id=g["id"])
+                continue
+            if not taken:
                 continue
             key = (g["customer"]["id"], g["currency"])
             self.per_customer[key].append((rated_lines, None))
             before = jsonx.dumps(g)
-            self.gathering[key].append(({**g, "lines": [ln for ln in g["lines"] if ln not in due_now],
+            self.gathering[key].append(({**g, "lines": [ln for ln in g["lines"] if ln not in taken] + rest,
                                          "updatedAt": format_rfc3339(self.now)}, before))
 
     def prepare(self) -> list[_Prepared]:

@@ -3,7 +3,8 @@ invoice per currency until a billing run at or after their `invoiceAt` rates the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import decimal
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -23,7 +24,7 @@ from billow.domain.entitlements import minute
 from billow.domain.lineage import EMPTY, lineage_json
 from billow.domain.money import Currency
 from billow.errors import Conflict, ValidationFailed
-from billow.exact import parse_decimal
+from billow.exact import EXACT, parse_decimal
 from billow.ids import new_id
 from billow.ports import BillingStore, MetaStore, UsageStore
 from billow.services.billing_profiles import resolve_customer, resolved_profile
@@ -218,7 +219,7 @@ def _pending_line(raw: object, field_name: str, namespace: str, ents: Entitlemen
             "createdAt": format_rfc3339(now), "updatedAt": format_rfc3339(now)}
 
 
-def _line_card(line: dict[str, Any]) -> tuple[pricing.Price, pricing.Discounts | None]:
+def line_card(line: dict[str, Any]) -> tuple[pricing.Price, pricing.Discounts | None]:
     """The price and discounts a stored pending line is rated with (its rateCard; older lines: price alone)."""
     card = line.get("rateCard") or {"price": line["price"]}
     discounts = card.get("discounts")
@@ -228,23 +229,94 @@ def _line_card(line: dict[str, Any]) -> tuple[pricing.Price, pricing.Discounts |
 def rate_pending(namespace: str, line: dict[str, Any], currency: str, subjects: list[str], *, meta: MetaStore,
                   ents: EntitlementStore, usage: UsageStore, now: datetime) -> dict[str, Any]:
     """A one-off line, rated now: its detailed lines as children, exact totals."""
+    return _rated(namespace, line, currency, subjects, meta=meta, ents=ents, usage=usage, now=now)[0]
+
+
+def _rated(namespace: str, line: dict[str, Any], currency: str, subjects: list[str], *, meta: MetaStore,
+           ents: EntitlementStore, usage: UsageStore, now: datetime) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`rate_pending`, and for a part of a split line its group as it stands after the part (None otherwise)."""
     from billow.services.subscriptions import usage_of
 
-    price, discounts = _line_card(line)
+    price, discounts = line_card(line)
     start, end = parse_rfc3339(line["period"]["from"], "from"), parse_rfc3339(line["period"]["to"], "to")
     if isinstance(price, pricing.FlatPrice):
         return _with_children(line, currency, None, pricing.rate(
             price, Decimal(0), currency=currency, rounding="ROUND_HALF_UP", period_start=start, period_end=end,
-            discounts=discounts, name=line["name"]), now)
-    qty = usage_of(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage)
-    rated = pricing.rate(price, pricing.billable_usage(qty), currency=currency, rounding="ROUND_HALF_UP",
-                         period_start=start, period_end=end, discounts=discounts, name=line["name"])
+            discounts=discounts, name=line["name"]), now), None
+    free = discounts.usage_quantity if discounts else None
+    group = line.get("splitLineGroup")
+    after_part = None
+    if group is None:
+        qty = usage_of(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage)
+        rated = pricing.rate(price, pricing.billable_usage(qty), currency=currency, rounding="ROUND_HALF_UP",
+                             period_start=start, period_end=end, discounts=discounts, name=line["name"])
+        quantities = usage_line_quantities([(qty, free)], Decimal(0), split=False)
+    else:  # a part of a split line (progressive billing): as a subscription's period billed in parts, the group's
+        # usage from its start up to the part's end (cumulative: a UNIQUE_COUNT or MAX does not add up over parts),
+        # rated as the group's period so far (`rate_part` from its start; whole at its end: the minimum spend), less
+        # what its earlier parts billed, detailed line by detailed line: the parts add up to the line rated whole,
+        # digit for digit. A usage below what the earlier parts billed (negative events since) bills nothing more.
+        gs, ge = parse_rfc3339(group["period"]["from"], "from"), parse_rfc3339(group["period"]["to"], "to")
+        before = Decimal(group["usage"])
+        after = max(before, pricing.billable_usage(usage_of(namespace, line["featureKey"], subjects, gs, end,
+                                                            meta=meta, ents=ents, usage=usage)))
+        so_far = pricing.rate(price, after, currency=currency, rounding="ROUND_HALF_UP", period_start=gs,
+                              period_end=ge, discounts=discounts, name=line["name"]) if end >= ge else \
+            pricing.rate_part(price, usage_before=Decimal(0), usage_after=after, billed_before=Decimal(0),
+                              currency=currency, rounding="ROUND_HALF_UP", period_start=gs, period_end=ge,
+                              part_start=gs, part_end=end, discounts=discounts, name=line["name"])
+        rated, billed = _less_billed(so_far, group.get("lines") or {})
+        quantities = usage_line_quantities([(after, free)], before, split=True)
+        after_part = {**group, "usage": plain(after), "lines": billed}
     # Usage lineage (issue 21), as a billing run records it on a subscription's usage line: how it was measured and
     # the digest of the events behind it, so its events can be listed and the line verified later.
-    quantities = usage_line_quantities([(qty, discounts.usage_quantity if discounts else None)], Decimal(0), split=False)
     return {**_with_children(line, currency, quantities, rated, now),
             "lineage": _lineage(namespace, line["featureKey"], subjects, start, end, meta=meta, ents=ents, usage=usage,
-                                now=now)}
+                                now=now)}, after_part
+
+
+def _less_billed(so_far: list[pricing.Line], billed: dict[str, dict[str, str]]) -> tuple[list[pricing.Line],
+                                                                                       dict[str, dict[str, str]]]:
+    """A split line's detailed lines so far less what its earlier parts billed of each (by key and category), and
+    what all its parts have billed of each after this one. Each difference keeps the line's unit price; its amount
+    and discount are the differences of the rounded ones (a detailed line billed before and gone now is left as it
+    was: usage only grows here)."""
+    out, now_billed = [], dict(billed)
+    with decimal.localcontext(EXACT):
+        for ln in so_far:
+            k = f"{ln.key}|{ln.category}"
+            was = billed.get(k, {"quantity": "0", "amount": "0", "discounts": "0"})
+            now_billed[k] = {"quantity": plain(ln.quantity), "amount": format(ln.amount_rounded, "f"),
+                             "discounts": format(ln.discounts_total, "f")}
+            d_qty = ln.quantity - Decimal(was["quantity"])
+            d_amount = ln.amount_rounded - Decimal(was["amount"])
+            d_disc = ln.discounts_total - Decimal(was["discounts"])
+            if d_qty == 0 and d_amount == 0 and d_disc == 0:
+                continue
+            first = ln.discounts[0] if ln.discounts else None
+            out.append(replace(ln, quantity=d_qty, amount=d_amount, amount_rounded=d_amount, discounts=(
+                (pricing.LineDiscount(first.reason, first.description, d_disc),) if first is not None and d_disc else ())))
+    return out, now_billed
+
+
+def split_pending(namespace: str, line: dict[str, Any], at: datetime, currency: str, subjects: list[str], *,
+                  meta: MetaStore, ents: EntitlementStore, usage: UsageStore,
+                  now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+    """OpenMeter's split of a gathering line for progressive billing (lineengine/splitlinegroup.go
+    SplitGatheringLine): the part up to `at` keeps the line's id, ends and is invoiced at `at`, and is rated now; the
+    part after it is a new pending line from `at` to the line's end, invoiced at the line's invoiceAt. Both belong to
+    the line's split group (`splitLineGroup`: its id and whole period, the metered usage its parts billed so far and
+    what they billed of each detailed line, which the next part is rated after). Returns (the rated part, the
+    pending rest)."""
+    group = line.get("splitLineGroup") or {"id": new_id(), "period": dict(line["period"]), "usage": "0", "lines": {}}
+    stamp = format_rfc3339(at)
+    part, after = _rated(namespace, {**line, "period": {"from": line["period"]["from"], "to": stamp},
+                                     "invoiceAt": stamp, "splitLineGroup": group},
+                         currency, subjects, meta=meta, ents=ents, usage=usage, now=now)
+    assert after is not None  # a usage line (flat prices are never split)
+    rest = {**line, "id": new_id(), "period": {"from": stamp, "to": line["period"]["to"]}, "splitLineGroup": after,
+            "createdAt": format_rfc3339(now), "updatedAt": format_rfc3339(now)}
+    return part, rest
 
 
 def _lineage(namespace: str, feature_key: str, subjects: list[str], start: datetime, end: datetime, *, meta: MetaStore,

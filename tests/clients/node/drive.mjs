@@ -422,6 +422,39 @@ await step('POST /api/v1/billing/invoices/invoice', async () => {
     throw new Error(JSON.stringify(out).slice(0, 600));
   }
 });
+// filters.lineIds under progressive billing (OpenMeter's gatherInScopeLines): a pending usage line whose invoiceAt is an
+// hour away is not billable with progressive billing off (a 400 naming filters.lineIds[0]); with
+// progressiveBillingOverride: true it is billed up to the minute (its 7 tokens at 2: 14), keeping its id, and the
+// rest of it stays pending as a new line to its end.
+await step('POST /api/v1/billing/invoices/invoice', async () => {
+  if (v.progSetup) throw new Error(v.progSetup);
+  const later = new Date(Date.now() + 3600e3);
+  const added = await om.billing.invoices.createLineItems(v.prog.id, { currency: 'USD', lines: [{ type: 'usage_based',
+    name: 'Prog line', period: { from: hourAgo, to: later }, invoiceAt: later, price: { type: 'unit', amount: '2' },
+    featureKey: 'n_prog_credits' }] });
+  const id = added.lines[0].id;
+  let problem;
+  try {
+    await om.billing.invoices.invoicePendingLines({ customerId: v.prog.id, filters: { lineIds: [id] } });
+  } catch (err) {
+    problem = err?.problem;
+  }
+  if (problem?.status !== 400 || !JSON.stringify(problem).includes('filters.lineIds[0]')) {
+    throw new Error(`not refused without progressive billing: ${JSON.stringify(problem)}`);
+  }
+  const out = await om.billing.invoices.invoicePendingLines({ customerId: v.prog.id, progressiveBillingOverride: true,
+    filters: { lineIds: [id] } });
+  const lines = out.flatMap((inv) => inv.lines ?? []);
+  if (out.length !== 1 || lines.length !== 1 || lines[0].id !== id || Number(out[0].totals.total) !== 14 ||
+      new Date(lines[0].period.to) >= later) {
+    throw new Error(JSON.stringify(out).slice(0, 600));
+  }
+  const gathering = await om.billing.invoices.list({ customers: [v.prog.id], statuses: ['gathering'], expand: ['lines'] });
+  const rest = (gathering.items ?? []).flatMap((inv) => inv.lines ?? []).filter((ln) => ln.name === 'Prog line');
+  if (rest.length !== 1 || rest[0].id === id || new Date(rest[0].period.from).getTime() !== new Date(lines[0].period.to).getTime()) {
+    throw new Error(JSON.stringify(gathering).slice(0, 600));
+  }
+});
 await step('GET /api/v1/billing/invoices', async () => { await om.billing.invoices.list({}); });
 await step('GET /api/v1/billing/invoices/{invoiceId}', async () => { v.invoice = await om.billing.invoices.get(v.invoice.id); });
 await step('POST /api/v1/billing/invoices/{invoiceId}/snapshot-quantities', async () => { await om.billing.invoices.snapshotQuantities(v.invoice.id); });
