@@ -5,7 +5,10 @@ the quantities from lineengine/quantitysnapshot.go and rating/service/mutator/di
   usage of the period's earlier parts, what is left to the line's own);
 - `meteredQuantity` is the usage metered in the line's period before any discount, served only when it differs;
 - a later part of a progressively billed period has `preLinePeriodQuantity` (the earlier parts' usage, after the
-  discount) and `meteredPreLinePeriodQuantity` (metered), each only when not zero.
+  discount) and `meteredPreLinePeriodQuantity` (metered), each only when not zero;
+- a progressive part whose usage bills nothing (all of it free) is a 0.00 line (OpenMeter keeps its split line), and
+  the part after it starts at the split with that usage before it (before, Billow wrote no line and no usage to the
+  mark: the later line was the whole period, 2200 metered, with no pre-line fields).
 
 Before, Billow's lines had none of the metered fields and showed the metered usage as `quantity` even where a usage
 discount made it bill less (a line of 1500 units with 1000 free said 1500 while billing 500). Amounts do not move:
@@ -65,11 +68,15 @@ def test_a_progressive_parts_quantities_before_and_after_the_usage_discount(bill
                          {"customerId": b.ok("GET", "/api/v1/customers/acme")["id"], "progressiveBillingOverride": True})
     assert status == 201, out
     (first,) = out
-    # 1500 metered up to the cut: 1000 of them free; the 2000 free cover it all (a part of 0.00 bills no line)
+    # 1500 metered up to the cut: 1000 of them free; the 2000 free cover it all: OpenMeter keeps that split line, 0.00
+    # (before, Billow wrote no line and no usage to the mark, so the later line was the whole period, 2200 metered)
     assert _fields(first) == {
         "Tokens": ({"quantity": D(500), "meteredQuantity": D(1500)}, D("5.00")),
+        "Spare": ({"quantity": D(0), "meteredQuantity": D(1500)}, D("0.00")),
         "Plain": ({"quantity": D(1500)}, D("15.00")),
     }
+    spare = next(ln for ln in first["lines"] if ln["name"] == "Spare")
+    assert (spare["period"]["to"], spare["children"]) == ("2026-04-15T12:00:00Z", [])  # no detailed line
     assert _fields(_invoice(b, first["id"])) == _fields(first)  # stored as served
 
     b.clock.set("2026-05-01T00:10:00Z")
@@ -80,13 +87,14 @@ def test_a_progressive_parts_quantities_before_and_after_the_usage_discount(bill
         # the discount was used up by the first part: all 700 billed; 1500 before it, 500 of them billed
         "Tokens": ({"quantity": D(700), "preLinePeriodQuantity": D(500), "meteredPreLinePeriodQuantity": D(1500)},
                    D("7.00")),
-        # its first part billed nothing (no line): its line is the whole of April, 2200 metered, 2000 of them free
-        "Spare": ({"quantity": D(200), "meteredQuantity": D(2200)}, D("2.00")),
+        # its first part billed 0.00 of 1500 (all free): 700 more, 500 of them free; the usage before it is 1500
+        # metered, 0 after the discount (left out, as OpenMeter serves a zero pre-line quantity)
+        "Spare": ({"quantity": D(200), "meteredQuantity": D(700), "meteredPreLinePeriodQuantity": D(1500)}, D("2.00")),
         "Plain": ({"quantity": D(700), "preLinePeriodQuantity": D(1500), "meteredPreLinePeriodQuantity": D(1500)},
                   D("7.00")),
     }
     periods = {ln["name"]: ln["period"]["from"] for ln in _invoice(b, rest["id"])["lines"]}
-    assert periods == {"Tokens": "2026-04-15T12:00:00Z", "Spare": "2026-04-01T00:00:00Z", "Plain": "2026-04-15T12:00:00Z"}
+    assert periods == {"Tokens": "2026-04-15T12:00:00Z", "Spare": "2026-04-15T12:00:00Z", "Plain": "2026-04-15T12:00:00Z"}
 
 
 def test_a_whole_period_line_and_its_correction(billow: Billow) -> None:

@@ -264,17 +264,24 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
             d_qty = qty - Decimal(was["quantity"])
             now_usage = usage.get(_group(k)) if ch is not None else None
             # usage recorded before that changed (e.g. inside the same package) is recorded, not invoiced
-            usage_moved = now_usage is not None and "usage" in was and Decimal(was["usage"]) != now_usage
+            # (a progressively billed part records the usage it saw also when it bills nothing of it: the part after
+            # it has that usage before it, as OpenMeter's split line does)
+            usage_moved = now_usage is not None and ("usage" in was or point.until is not None) \
+                and Decimal(was.get("usage", "0")) != now_usage
             if d_total == 0 and d_qty == 0 and not usage_moved:
                 continue
             billed[k] = {"total": format(total, "f"), "quantity": plain(qty), "amount": format(amount, "f"),
                          "discounts": format(disc, "f")}
             if now_usage is not None:
                 billed[k]["usage"] = plain(now_usage)
-            if d_total == 0:
-                continue  # a quantity that costs nothing more (e.g. inside a free allowance) is recorded, not invoiced
-            correction = point.mark.rev > 0 and k in point.mark.billed and point.mark.until is None
             source, card_key, line_key, category = k.split("|")
+            if d_total == 0:  # a quantity that costs nothing more (e.g. inside a free allowance) is recorded, not
+                # invoiced; a progressively billed part's usage line that bills nothing is on the invoice (0.00, no
+                # detailed line), as OpenMeter keeps its split line
+                if point.until is not None and ch is not None and ch.usage is not None:
+                    groups.setdefault((source, card_key), _parent(point, ch.item.rate_card, ch.item, source, now, at))
+                continue
+            correction = point.mark.rev > 0 and k in point.mark.billed and point.mark.until is None
             item = ch.item if ch else _item_of(k, current, point)
             rc: dict[str, Any] = item.rate_card if item else {"key": card_key, "name": card_key, "type": "usage_based"}
             group = groups.setdefault((source, card_key), _parent(point, rc, item, source, now, at))
@@ -288,6 +295,10 @@ def diff(point: Point, charges: list[subs.Charge], now: datetime) -> tuple[list[
                 period=period_json(ch.line.period_start, ch.line.period_end) if ch else group["period"],
                 invoice_at=at, currency=point.sub["currency"], totals=inv_rules.totals(d_amount, d_disc),
                 tax_config=rc.get("taxConfig"), now=now))
+    for k, entry in billed.items():  # a usage item's entries all say the usage billed of it so far (a part's zero
+        # line, `subscriptions.charges`, is one more entry of its item)
+        if "usage" in entry and _group(k) in usage and billed != point.mark.billed:
+            billed[k] = {**entry, "usage": plain(usage[_group(k)])}
     lines = []
     for g, group in groups.items():
         group["totals"] = inv_rules.sum_totals(group["children"])

@@ -351,6 +351,12 @@ def charges(sub: dict[str, Any], period_start: datetime, period_end: datetime, *
                 lines = pricing.rate(part, pricing.billable_usage(metered), currency=cur, rounding=rounding,
                                      period_start=ps, period_end=pe, served_start=s, served_end=e, discounts=discounts,
                                      name=rc["name"])
+            if not lines and cut < e and metered > 0:  # a part that bills nothing of its usage (e.g. all of it free):
+                # OpenMeter keeps the split line (0.00) and the later part has its usage before it; a zero line
+                # carries the usage to the mark (billing.diff)
+                lines = [pricing.Line(key="usage", description=rc["name"], quantity=Decimal(0), unit_price=Decimal(0),
+                                      amount=Decimal(0), amount_rounded=Decimal(0), currency=cur,
+                                      rounding=rounding, period_start=s, period_end=cut)]
             out += [Charge(item, ln, metered) for ln in lines]
             continue
         out += [Charge(item, ln) for ln in lines]
