@@ -904,3 +904,38 @@ def test_a_pending_usage_line_chosen_by_id_is_billed_up_to_as_of_under_progressi
         q2, q1 - free, q1)
     assert D(part["totals"]["total"]) + D(second["totals"]["total"]) == graduated(q1 + q2 - free)
     assert D(second["totals"]["total"]) == graduated(q1 + q2 - free) - graduated(q1 - free)
+
+
+def test_a_progressive_part_that_bills_nothing_keeps_its_zero_line(world: World) -> None:
+    """OpenMeter keeps a split line that bills 0.00 (all its usage within the usage discount) and the part after it
+    starts at the split with that usage before it. Before, Billow wrote no line and no usage to the mark: the later
+    line was the whole period (24 metered, quantity 4) with no pre-line fields."""
+    s = world.s
+    card = {"type": "usage_based", "key": "bo_unit", "name": "Zero first", "featureKey": "bo_unit", "billingCadence": "PT1H",
+            "price": {"type": "unit", "amount": "0.5"}, "discounts": {"usage": {"quantity": "20"}}}
+    draft = ok(s, "POST", "/api/v1/plans", {"key": "bo_zero", "name": "Zero", "currency": "USD", "billingCadence": "PT1H",
+                                             "phases": [{"key": "p", "name": "P", "rateCards": [card]}]})
+    ok(s, "POST", f"/api/v1/plans/{draft['id']}/publish")
+    c = ok(s, "POST", "/api/v1/customers", {"key": "zerofirst", "name": "Zero first", "currency": "USD",
+                                           "usageAttribution": {"subjectKeys": ["bo_zf"]}})
+    sub = ok(s, "POST", "/api/v1/subscriptions", {"plan": {"key": "bo_zero"}, "customerKey": "zerofirst"})
+    af = parse(sub["activeFrom"])
+    send(s, [ev("zf1", "bo_zf", iso(af + timedelta(milliseconds=1)), "15")])
+    wait_past_minute(af)
+    cut = minute(datetime.now(UTC))
+    status, made = api(s, "POST", "/api/v1/billing/invoices/invoice", {"customerId": c["id"],
+                                                                       "progressiveBillingOverride": True})
+    assert status == 201, made
+    (part,) = [ln for i in made for ln in i["lines"]]
+    assert (part["name"], part["period"]["to"], D(part["totals"]["total"])) == ("Zero first", z(cut), 0)
+    assert (D(part["quantity"]), D(part["meteredQuantity"]), part.get("children", [])) == (0, 15, [])
+    later = datetime.now(UTC)
+    send(s, [ev("zf2", "bo_zf", iso(later), "9")])
+    wait_past_minute(later)
+    ok(s, "POST", f"/api/v1/subscriptions/{sub['id']}/cancel", {"timing": "immediate"})
+    bill(s, c["id"])
+    rest = [ln for i in invoices(s, c["id"]) if i["id"] != made[0]["id"]
+            for ln in ok(s, "GET", f"/api/v1/billing/invoices/{i['id']}?expand=lines")["lines"]]
+    assert [(ln["period"]["from"], D(ln["quantity"]), D(ln["meteredQuantity"]), D(ln["meteredPreLinePeriodQuantity"]),
+             "preLinePeriodQuantity" in ln, D(ln["totals"]["total"])) for ln in rest] == [
+        (z(cut), D(4), D(9), D(15), False, D("2.00"))]  # 24 - 20 free at 0.5
