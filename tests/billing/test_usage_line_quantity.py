@@ -15,8 +15,7 @@ from billow.domain import subscriptions as subs
 from billow.domain.billing import Point, diff
 from tests.billing.conftest import Billow
 from tests.billing.test_lineage import all_events
-from tests.support.billing import PROFILE, invoices, scheduled_run
-from tests.support.catalog import published
+from tests.support.billing import invoices, scheduled_run, subscribed_to_usage_cards
 
 PRICES: dict[str, dict[str, Any]] = {
     "grad": {"type": "tiered", "mode": "graduated", "tiers": [
@@ -30,18 +29,7 @@ PRICES: dict[str, dict[str, Any]] = {
 
 
 def _subscribed(b: Billow) -> None:
-    for key in PRICES:
-        b.ok("POST", "/api/v1/features", {"key": key, "name": key.title(), "meterSlug": "tokens"})
-    b.ok("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "currency": "USD",
-                                       "usageAttribution": {"subjectKeys": ["customer_1"]}})
-    b.ok("POST", "/api/v1/billing/profiles", PROFILE)
-    b.clock.set("2026-03-31T00:00:00Z")
-    cards = [{"type": "usage_based", "key": key, "name": key.title(), "featureKey": key, "billingCadence": "P1M",
-              "price": price} for key, price in PRICES.items()]
-    published(b, {"key": "usage", "name": "Usage", "currency": "USD", "billingCadence": "P1M",
-                  "phases": [{"key": "default", "name": "Default", "rateCards": cards}]})
-    b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "usage"}, "customerKey": "acme",
-                                           "timing": "2026-04-01T00:00:00Z"})
+    subscribed_to_usage_cards(b, {key: {"price": price} for key, price in PRICES.items()})
 
 
 def _lines(inv: dict[str, Any]) -> dict[str, tuple[str, str, list[tuple[str, str]]]]:

@@ -20,8 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from tests.billing.conftest import Billow
-from tests.support.billing import PROFILE, scheduled_run
-from tests.support.catalog import published
+from tests.support.billing import scheduled_run, subscribed_to_usage_cards
 
 D = Decimal
 UNIT = {"type": "unit", "amount": "0.01"}
@@ -30,19 +29,8 @@ CARDS = {  # feature -> its rate card's usage discount (units free each period)
 
 
 def _world(b: Billow) -> None:
-    for key in CARDS:
-        b.ok("POST", "/api/v1/features", {"key": key, "name": key.title(), "meterSlug": "tokens"})
-    b.ok("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "currency": "USD",
-                                       "usageAttribution": {"subjectKeys": ["customer_1"]}})
-    b.ok("POST", "/api/v1/billing/profiles", PROFILE)
-    b.clock.set("2026-03-31T00:00:00Z")
-    cards = [{"type": "usage_based", "key": key, "name": key.title(), "featureKey": key, "billingCadence": "P1M",
-              "price": UNIT, **({"discounts": {"usage": {"quantity": free}}} if free else {})}
-             for key, free in CARDS.items()]
-    published(b, {"key": "usage", "name": "Usage", "currency": "USD", "billingCadence": "P1M",
-                  "phases": [{"key": "default", "name": "Default", "rateCards": cards}]})
-    b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "usage"}, "customerKey": "acme",
-                                           "timing": "2026-04-01T00:00:00Z"})
+    subscribed_to_usage_cards(b, {key: {"price": UNIT, **({"discounts": {"usage": {"quantity": free}}} if free else {})}
+                                  for key, free in CARDS.items()})
 
 
 QUANTITIES = ("quantity", "meteredQuantity", "preLinePeriodQuantity", "meteredPreLinePeriodQuantity")

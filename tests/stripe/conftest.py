@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from billow.adapters.stripe_app import StripeApp
+from billow.bootstrap import Settings, build, install
+from functions.usage_sink.handler import lambda_handler as sink
 from tests.stripe_standin.server import StandIn
+
+if TYPE_CHECKING:
+    from tests.entitlements.conftest import Billow
 
 # The invoice of the brief: graduated tiers (one with a discount), a flat fee, and 5.00 of prepaid credit.
 INVOICE: dict[str, Any] = {
@@ -52,3 +59,22 @@ def standin() -> Iterator[StandIn]:
 @pytest.fixture
 def app(standin: StandIn) -> StripeApp:
     return StripeApp(standin.api_key, standin.url, timeout=5)
+
+
+@contextmanager
+def billow_on_standin(data_dir: Path, standin: StandIn, at: str, secret: str) -> Iterator[Billow]:
+    """A Billow (memory usage, SQLite meta, namespace `stripe`, the clock frozen at `at`) whose Stripe app talks to
+    `standin` and whose webhook handler checks `secret`, installed while the block runs."""
+    from tests.entitlements.conftest import METERS, Billow, Clock
+
+    clock = Clock(at)
+    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(data_dir), namespace="stripe", meters=METERS,
+                                  stripe_api_key=standin.api_key, stripe_api_base=standin.url,
+                                  stripe_webhook_secret=secret)), deliver=lambda ev: sink(ev, None))
+    c.clock = clock
+    install(c)
+    try:
+        yield Billow(c, clock)
+    finally:
+        install(None)
+        c.close()

@@ -17,10 +17,9 @@ import pytest
 
 from billow.adapters.sql_billing import SqlBillingStore
 from billow.adapters.stripe_app import StripeApp
-from billow.bootstrap import Settings, build, install
 from billow.domain.invoices import Invoice
-from functions.usage_sink.handler import lambda_handler as sink
-from tests.entitlements.conftest import METERS, Billow, Clock
+from tests.entitlements.conftest import Billow
+from tests.stripe.conftest import billow_on_standin
 from tests.stripe.test_webhooks import billow_stripe  # noqa: F401 - the fixture
 from tests.stripe_standin.server import StandIn
 from tests.support.billing import PROFILE, scheduled_run
@@ -33,15 +32,8 @@ STRIPE = {**PROFILE, "workflow": {"invoicing": {"autoAdvance": False, "dueAfter"
 @pytest.fixture
 def billow(tmp_path: Path) -> Iterator[tuple[Billow, StandIn]]:
     standin = StandIn(webhook_secret=SECRET).start()
-    clock = Clock("2026-05-01T00:00:00Z")
-    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace="stripe", meters=METERS,
-                                  stripe_api_key=standin.api_key, stripe_api_base=standin.url,
-                                  stripe_webhook_secret=SECRET)), deliver=lambda ev: sink(ev, None))
-    c.clock = clock
-    install(c)
-    yield Billow(c, clock), standin
-    install(None)
-    c.close()
+    with billow_on_standin(tmp_path, standin, "2026-05-01T00:00:00Z", SECRET) as b:
+        yield b, standin
     standin.stop()
 
 

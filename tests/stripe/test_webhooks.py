@@ -19,11 +19,10 @@ import pytest
 
 from billow.adapters.sql_billing import SqlBillingStore
 from billow.adapters.stripe_app import WebhookSignatureInvalid, parse_webhook
-from billow.bootstrap import Settings, build, install
 from billow.local.server import apigw_event
 from functions.stripe_webhook.handler import lambda_handler as webhook
-from functions.usage_sink.handler import lambda_handler as sink
-from tests.entitlements.conftest import METERS, Billow, Clock
+from tests.entitlements.conftest import Billow
+from tests.stripe.conftest import billow_on_standin
 from tests.stripe_standin.server import StandIn, sign
 from tests.support.billing import PROFILE, scheduled_run, subscribed
 from tests.support.webhook_receiver import WebhookReceiver
@@ -85,17 +84,9 @@ def billow_stripe(tmp_path: Path) -> Iterator[tuple[Billow, StandIn]]:
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), WebhookReceiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     standin.webhook_url = f"http://127.0.0.1:{receiver.server_address[1]}{ROUTE}"
-    clock = Clock("2026-01-01T00:00:00Z")
-    c = build(Settings.parse(dict(usage_store="memory", data_dir=str(tmp_path), namespace="stripe", meters=METERS,
-                                  stripe_api_key=standin.api_key, stripe_api_base=standin.url,
-                                  stripe_webhook_secret=SECRET)), deliver=lambda ev: sink(ev, None))
-    c.clock = clock
-    install(c)
-    b = Billow(c, clock)
-    b.ok("POST", "/api/v1/subjects", [{"key": "customer_1"}])
-    yield b, standin
-    install(None)
-    c.close()
+    with billow_on_standin(tmp_path, standin, "2026-01-01T00:00:00Z", SECRET) as b:
+        b.ok("POST", "/api/v1/subjects", [{"key": "customer_1"}])
+        yield b, standin
     receiver.shutdown()
     receiver.server_close()
     standin.stop()

@@ -34,3 +34,21 @@ def scheduled_run(b: Billow) -> dict[str, Any]:
 
 def invoices(b: Billow) -> list[dict[str, Any]]:
     return b.ok("GET", "/api/v1/billing/invoices")["items"]  # type: ignore[no-any-return]
+
+
+def subscribed_to_usage_cards(b: Billow, cards: dict[str, dict[str, Any]]) -> None:
+    """Customer `acme` (subject customer_1, USD) with the default billing profile, subscribed from 2026-04-01 to plan
+    `usage`: one monthly usage rate card per feature key in `cards` (its name the key's title; the card's fields
+    beside them: its price, its discounts), each feature on meter `tokens`."""
+    for key in cards:
+        b.ok("POST", "/api/v1/features", {"key": key, "name": key.title(), "meterSlug": "tokens"})
+    b.ok("POST", "/api/v1/customers", {"key": "acme", "name": "Acme", "currency": "USD",
+                                       "usageAttribution": {"subjectKeys": ["customer_1"]}})
+    b.ok("POST", "/api/v1/billing/profiles", PROFILE)
+    b.clock.set("2026-03-31T00:00:00Z")
+    rate_cards = [{"type": "usage_based", "key": key, "name": key.title(), "featureKey": key, "billingCadence": "P1M",
+                   **card} for key, card in cards.items()]
+    published(b, {"key": "usage", "name": "Usage", "currency": "USD", "billingCadence": "P1M",
+                  "phases": [{"key": "default", "name": "Default", "rateCards": rate_cards}]})
+    b.ok("POST", "/api/v1/subscriptions", {"plan": {"key": "usage"}, "customerKey": "acme",
+                                           "timing": "2026-04-01T00:00:00Z"})
