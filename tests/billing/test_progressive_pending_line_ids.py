@@ -110,3 +110,30 @@ def test_progressive_billing_without_line_ids_splits_pending_usage_lines_too(bil
     # not progressive: nothing is billable yet (the rest's invoiceAt, the volume line's period, the fee's invoiceAt)
     status, out = b.call("POST", ACT, {"customerId": cid, "progressiveBillingOverride": False})
     assert status == 400 or out == [], out
+
+
+def test_usage_that_falls_after_a_part_is_credited_so_the_parts_add_up_to_the_line_rated_whole(billow: Billow) -> None:
+    """Negative usage in the span an earlier part billed (a correction) after the split: the rest credits what the
+    part billed over, a tier's detailed line gone since whole, so the parts add up to the line rated whole on the
+    final usage. Before, the rest was clamped at what the part had billed: 12.01 + 0.00 where the line is 7.01
+    (usage 1701, 1000 free: 701 x 0.01) and 12.01 + 0.00 where it is 2.00 (usage 1200: 200 x 0.01)."""
+    b = billow
+    cid, added = _world(b)
+    ids = {ln["name"]: ln["id"] for ln in added["lines"]}
+    status, made = b.call("POST", ACT, {"customerId": cid, "progressiveBillingOverride": True,
+                                        "filters": {"lineIds": [ids["Graduated"]]}})
+    assert status == 201, made
+    (part,) = made[0]["lines"]
+    assert _fields(part) == ({"quantity": D(1401), "meteredQuantity": D(2401)}, D("12.01"))
+    # 3101 metered in April; -1400 in the billed span: 1701, 701 billable after the 1000 free, all in tier 1
+    b.usage(-1400, "2026-04-03T11:00:00Z")
+    b.clock.set("2026-05-01T00:10:00Z")
+    (second,) = b.ok("POST", ACT, {"customerId": cid, "progressiveBillingOverride": False})
+    rest = {ln["name"]: ln for ln in second["lines"]}["Graduated"]
+    assert _fields(rest) == ({"quantity": D(-700), "preLinePeriodQuantity": D(1401),
+                              "meteredPreLinePeriodQuantity": D(2401)}, D("-5.00"))
+    # tier 1 now 701 units where the part billed 1000 (-299 x 0.01); the tier-2 line the part billed (401 x 0.005 =
+    # 2.01) is gone: credited whole, as it was billed
+    assert sorted((D(ch["quantity"]), D(ch["perUnitAmount"]), D(ch["totals"]["total"])) for ch in rest["children"]) \
+        == [(D(-401), D("0.005"), D("-2.01")), (D(-299), D("0.01"), D("-2.99"))]
+    assert D(part["totals"]["total"]) + D(rest["totals"]["total"]) == D("7.01")  # 701 x 0.01, the line rated whole

@@ -324,14 +324,11 @@ def usage_quantities(metered: Decimal, pre: Decimal, free: Decimal | None) -> tu
     (quantity, preLinePeriodQuantity) after the discount; without one, the metered values themselves."""
     if free is None:
         return metered, pre
-
-    def applied(available: Decimal, used: Decimal) -> tuple[Decimal, Decimal]:  # (units left, units applied)
-        return (Decimal(0), available) if available < used else (available - used, used)
-
     with decimal.localcontext(EXACT):
-        left, on_pre = applied(free, pre)
-        _, on_line = applied(left, metered)
-        return metered - on_line, pre - on_pre
+        # the same as the free units going to `pre` first and what is left of them to `metered`, and also right for
+        # a `metered` below zero (usage back down since the earlier parts: the line credits what they billed over)
+        whole = pre + metered
+        return (whole - min(free, max(whole, Decimal(0)))) - (pre - min(free, pre)), pre - min(free, pre)
 
 
 def usage_line_quantities(metered: list[tuple[Decimal, Decimal | None]], billed: Decimal, *,

@@ -255,17 +255,18 @@ def _rated(namespace: str, line: dict[str, Any], currency: str, subjects: list[s
         # usage from its start up to the part's end (cumulative: a UNIQUE_COUNT or MAX does not add up over parts),
         # rated as the group's period so far (`rate_part` from its start; whole at its end: the minimum spend), less
         # what its earlier parts billed, detailed line by detailed line: the parts add up to the line rated whole,
-        # digit for digit. A usage below what the earlier parts billed (negative events since) bills nothing more.
+        # digit for digit. A usage below what the earlier parts billed (negative events since) credits the
+        # difference, a detailed line gone since (usage back below a tier) whole: the line rated whole then.
         gs, ge = parse_rfc3339(group["period"]["from"], "from"), parse_rfc3339(group["period"]["to"], "to")
         before = Decimal(group["usage"])
-        after = max(before, pricing.billable_usage(usage_of(namespace, line["featureKey"], subjects, gs, end,
-                                                            meta=meta, ents=ents, usage=usage)))
+        after = pricing.billable_usage(usage_of(namespace, line["featureKey"], subjects, gs, end, meta=meta, ents=ents,
+                                                usage=usage))
         so_far = pricing.rate(price, after, currency=currency, rounding="ROUND_HALF_UP", period_start=gs,
                               period_end=ge, discounts=discounts, name=line["name"]) if end >= ge else \
             pricing.rate_part(price, usage_before=Decimal(0), usage_after=after, billed_before=Decimal(0),
                               currency=currency, rounding="ROUND_HALF_UP", period_start=gs, period_end=ge,
                               part_start=gs, part_end=end, discounts=discounts, name=line["name"])
-        rated, billed = _less_billed(so_far, group.get("lines") or {})
+        rated, billed = _less_billed(so_far, group.get("lines") or {}, currency=currency, start=start, end=end)
         quantities = usage_line_quantities([(after, free)], before, split=True)
         after_part = {**group, "usage": plain(after), "lines": billed}
     # Usage lineage (issue 21), as a billing run records it on a subscription's usage line: how it was measured and
@@ -275,27 +276,44 @@ def _rated(namespace: str, line: dict[str, Any], currency: str, subjects: list[s
                                 now=now)}, after_part
 
 
-def _less_billed(so_far: list[pricing.Line], billed: dict[str, dict[str, str]]) -> tuple[list[pricing.Line],
-                                                                                       dict[str, dict[str, str]]]:
+def _less_billed(so_far: list[pricing.Line], billed: dict[str, dict[str, str]], *, currency: str, start: datetime,
+                 end: datetime) -> tuple[list[pricing.Line], dict[str, dict[str, str]]]:
     """A split line's detailed lines so far less what its earlier parts billed of each (by key and category), and
     what all its parts have billed of each after this one. Each difference keeps the line's unit price; its amount
-    and discount are the differences of the rounded ones (a detailed line billed before and gone now is left as it
-    was: usage only grows here)."""
+    and discount are the differences of the rounded ones. A detailed line billed before and gone now (usage back below
+    a tier) is credited whole, named and priced as it was billed (this part's period, `start` to `end`)."""
     out, now_billed = [], dict(billed)
     with decimal.localcontext(EXACT):
         for ln in so_far:
             k = f"{ln.key}|{ln.category}"
             was = billed.get(k, {"quantity": "0", "amount": "0", "discounts": "0"})
+            first = ln.discounts[0] if ln.discounts else None
             now_billed[k] = {"quantity": plain(ln.quantity), "amount": format(ln.amount_rounded, "f"),
-                             "discounts": format(ln.discounts_total, "f")}
+                             "discounts": format(ln.discounts_total, "f"), "description": ln.description,
+                             "unitPrice": plain(ln.unit_price),
+                             **({"discount": first.description, "reason": first.reason} if first is not None else {})}
             d_qty = ln.quantity - Decimal(was["quantity"])
             d_amount = ln.amount_rounded - Decimal(was["amount"])
             d_disc = ln.discounts_total - Decimal(was["discounts"])
             if d_qty == 0 and d_amount == 0 and d_disc == 0:
                 continue
-            first = ln.discounts[0] if ln.discounts else None
             out.append(replace(ln, quantity=d_qty, amount=d_amount, amount_rounded=d_amount, discounts=(
                 (pricing.LineDiscount(first.reason, first.description, d_disc),) if first is not None and d_disc else ())))
+        present = {f"{ln.key}|{ln.category}" for ln in so_far}
+        for k, was in billed.items():
+            amount, disc, qty = Decimal(was["amount"]), Decimal(was["discounts"]), Decimal(was["quantity"])
+            if k in present or (amount == 0 and disc == 0 and qty == 0):
+                continue
+            key, _, stored_category = k.rpartition("|")
+            category: pricing.LineCategory = "commitment" if stored_category == "commitment" else "regular"
+            reason: pricing.DiscountReason = "maximum_spend" if was.get("reason") == "maximum_spend" else \
+                "ratecard_percentage"
+            now_billed[k] = {**was, "quantity": "0", "amount": "0", "discounts": "0"}
+            out.append(pricing.Line(
+                key=key, description=was.get("description", key), quantity=-qty,
+                unit_price=Decimal(was.get("unitPrice", "0")), amount=-amount, amount_rounded=-amount, currency=currency,
+                rounding="ROUND_HALF_UP", period_start=start, period_end=end, category=category,
+                discounts=(pricing.LineDiscount(reason, was.get("discount", ""), -disc),) if disc else ()))
     return out, now_billed
 
 
