@@ -80,6 +80,33 @@ def test_a_sync_killed_midway_is_resumed_by_the_billing_run_once(billow: tuple[B
     assert store.get_invoice("stripe", doc["id"]) == after and len(standin.invoices) == 1
 
 
+@pytest.mark.parametrize("stripe_done", [False, True])
+def test_a_sync_dead_for_longer_than_stripe_keeps_idempotency_keys_is_failed_not_repeated(
+        billow: tuple[Billow, StandIn], stripe_done: bool) -> None:
+    """Stripe keeps an idempotency key 24 hours: a dead sync taken up later could make a second Stripe invoice beside
+    the dead process's. Past SYNC_RESUME_WITHIN (23 h) the billing run marks it failed, naming what to look for in
+    Stripe, and sends nothing; a person retries (the retry action) or voids. Before, the run repeated it whatever its
+    age."""
+    b, standin = billow
+    doc = killed_mid_sync(b)
+    if stripe_done:
+        app = StripeApp(standin.api_key, standin.url)
+        app.issue_invoice(doc, app.ensure_customer(doc["customer"]))
+    sent = (len(standin.invoices), len(standin.customers))
+    requests = len(standin.requests)
+    store = b.c.store(SqlBillingStore)
+    b.clock.set("2026-05-02T00:00:00Z")  # 24 hours after the sync began, nothing ran meanwhile (the host was down)
+    scheduled_run(b)
+    after = store.get_invoice("stripe", doc["id"])
+    assert after["statusDetails"]["extendedStatus"] == "issuing.failed", after
+    (issue,) = after["validationIssues"]
+    assert issue["code"] == "app_sync_failed" and f"billow_invoice_id={doc['id']}" in issue["message"], issue
+    assert "retry" in after["statusDetails"]["availableActions"], after["statusDetails"]
+    assert (len(standin.invoices), len(standin.customers), len(standin.requests)) == (*sent, requests)  # nothing sent
+    scheduled_run(b)  # and left so
+    assert store.get_invoice("stripe", doc["id"]) == after
+
+
 def test_a_payment_recorded_while_the_documents_render_is_kept(billow_stripe: tuple[Billow, StandIn]) -> None:  # noqa: F811
     """The billing run renders the documents of issued invoices (jobs.render_pending_documents: the invoices read
     first, each rendered, ~0.1 s a PDF, then saved with its documents ready). Stripe's invoice.paid webhook landing in

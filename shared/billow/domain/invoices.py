@@ -44,6 +44,10 @@ ZERO: Final = Decimal(0)
 # idempotency keys derived from Billow's ids), so a slow sync still running when it is taken up is repeated
 # harmlessly. Longer than a sync takes when nothing is wrong (seconds).
 SYNC_LEASE: Final = timedelta(seconds=15)
+# Past this, a dead sync is not taken up again by itself: Stripe keeps an idempotency key 24 hours, so a repeat after
+# that could make a second Stripe invoice beside the one the dead process made. The invoice is marked failed instead
+# (a `retry` action, a message naming what to look for in the app first).
+SYNC_RESUME_WITHIN: Final = timedelta(hours=23)
 
 
 def status_of(extended: str) -> str:
@@ -304,6 +308,10 @@ class Invoice:
         return self.extended_status == "issuing.syncing" and not self.failed \
             and self.invoicing_app != "custom_invoicing" and bool(self.updated_at) \
             and parse_rfc3339(str(self.updated_at), "updatedAt") + SYNC_LEASE <= now
+
+    def sync_stale(self, now: datetime) -> bool:
+        """An interrupted sync (`sync_interrupted`) untouched for SYNC_RESUME_WITHIN: too old to repeat safely."""
+        return self.sync_interrupted(now) and parse_rfc3339(str(self.updated_at), "updatedAt") + SYNC_RESUME_WITHIN <= now
 
     def overdue_at(self, now: datetime) -> bool:
         """Issued (or payment processing) and past its due date."""

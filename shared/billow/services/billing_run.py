@@ -31,7 +31,7 @@ from billow.domain import invoices as inv_rules
 from billow.domain import pricing
 from billow.domain import subscriptions as subs
 from billow.domain.billing import Mark, Point, change, diff, due_points, later_part, progressive_point
-from billow.domain.invoices import CreditBack, Invoice
+from billow.domain.invoices import SYNC_RESUME_WITHIN, CreditBack, Invoice
 from billow.domain.lineage import EMPTY as EMPTY_DIGEST
 from billow.domain.lineage import UsageDigest, lineage_json
 from billow.domain.usage import GroupFilter, UsageQuery, final_value
@@ -646,6 +646,17 @@ def _advance_due(namespace: str, *, store: BillingStore, now: datetime, on_issue
 def _advance_one(namespace: str, inv: dict[str, Any], *, store: BillingStore, now: datetime,
                  on_issue: IssueFn | None) -> int:
     invoice = Invoice.from_json(inv)
+    if invoice.sync_stale(now):  # repeated now, the app's idempotency keys may have lapsed: a person decides
+        invoice.issue_failed(invoice.invoicing_app, (
+            f"the sync to {invoice.invoicing_app} was interrupted (its process died) more than "
+            f"{SYNC_RESUME_WITHIN.total_seconds() / 3600:g} hours ago, longer than the app's idempotency keys are "
+            f"kept: look in {invoice.invoicing_app} for an invoice with metadata billow_invoice_id={invoice.id} "
+            "(void or keep it) before retrying"))
+        try:
+            store.put_invoice(namespace, invoice.to_json(), expect_status="issuing", expect_doc=jsonx.dumps(inv))
+        except Conflict:
+            return 0  # changed meanwhile (a concurrent run marked it, or it was retried): as it stands now
+        return 1
     if invoice.auto_approval_due(now) or invoice.sync_interrupted(now):
         if on_issue is not None:
             on_issue(inv)
