@@ -280,6 +280,7 @@ def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore
         r.progressive = bool(progressive)
         r.cut = minute(r.as_of) if progressive and line_ids is None else None
     if line_ids is not None:
+        assert customer_id is not None  # (refused above)
         r.only = _chosen_lines(namespace, store, customer_id, line_ids, r)
     docs = [] if r.only is not None else [  # lines chosen by id: those alone, no subscription's charges
         d for d in catalog_store.list_subscriptions(namespace, customer_id) if not d.get("deletedAt")]
@@ -297,13 +298,10 @@ def run(namespace: str, *, store: BillingStore, catalog_store: SubscriptionStore
     return r.result
 
 
-def _chosen_lines(namespace: str, store: BillingStore, customer_id: str | None, line_ids: list[str],
-                  r: _Run) -> set[str]:
+def _chosen_lines(namespace: str, store: BillingStore, customer_id: str, line_ids: list[str], r: _Run) -> set[str]:
     """The pending lines `filters.lineIds` names, each checked: the customer's, pending, billable as of the run's
     `as_of` (`_Run.billable_until`). As OpenMeter's gatherInScopeLines, the lines that are not billable are named all
     at once (its ErrInvoiceLinesNotBillable), each problem at its `filters.lineIds[i]`."""
-    if customer_id is None:
-        raise ValidationFailed.at("customerId", "is required to invoice lines by id")
     if not line_ids:
         raise ValidationFailed.at("filters.lineIds", "must name at least one pending line")
     pending = {ln["id"]: ln for g in store.list_invoices(namespace, customer_ids=[customer_id], statuses=["gathering"])
@@ -432,10 +430,18 @@ class _Run:
 
     def billable_until(self, line: dict[str, Any]) -> datetime | None:
         """Where a pending line is billable up to as of the run's `as_of` (its period's end: whole; earlier: the part
-        up to there, the rest stays pending), None when it is not billable. OpenMeter's gatherInScopeLines with
-        rating's ResolveBillablePeriod, in whole minutes: a flat price when its invoiceAt has come; a usage price when
-        its period has ended (and its invoiceAt has come, without progressive billing); with progressive billing a
-        usage price that may be split (not a volume tiered price; a meter whose value only grows: SUM, COUNT, MAX,
+        up to there, the rest stays pending), None when it is not billable (`_billable`)."""
+        return self._billable(line)[0]
+
+    def not_billable_why(self, line: dict[str, Any]) -> str:
+        """Why `billable_until` found the line not billable (for the 400 naming it)."""
+        return self._billable(line)[1]
+
+    def _billable(self, line: dict[str, Any]) -> tuple[datetime | None, str]:
+        """(where the line is billable up to, or None; why not). OpenMeter's gatherInScopeLines with rating's
+        ResolveBillablePeriod, in whole minutes: a flat price when its invoiceAt has come; a usage price when its
+        period has ended (and its invoiceAt has come, without progressive billing); with progressive billing a usage
+        price that may be split (not a volume tiered price; a meter whose value only grows: SUM, COUNT, MAX,
         UNIQUE_COUNT) as soon as its period has started, up to `as_of`."""
         as_of = minute(self.as_of)
         start = parse_rfc3339(line["period"]["from"], "from")
@@ -443,30 +449,23 @@ class _Run:
         due = minute(parse_rfc3339(line["invoiceAt"], "invoiceAt")) <= as_of
         price, _ = line_card(line)
         if isinstance(price, pricing.FlatPrice):
-            return end if due else None
+            return (end, "") if due else (None, f"its invoiceAt is {line['invoiceAt']}")
         if not self.progressive and not due:
-            return None
+            return None, f"its invoiceAt is {line['invoiceAt']} (progressive billing would bill its usage up to asOf)"
         if self.progressive and self._splits(line, price):
-            return None if as_of <= minute(start) else end if as_of >= minute(end) else as_of
-        return end if as_of >= minute(end) else None
+            if as_of <= minute(start):
+                return None, f"its period starts at {line['period']['from']}"
+            return (end if as_of >= minute(end) else as_of), ""
+        if as_of >= minute(end):
+            return end, ""
+        return None, f"its period ends at {line['period']['to']}" + (
+            " (its price is not billed in parts)" if self.progressive else "")
 
     def _splits(self, line: dict[str, Any], price: pricing.Price) -> bool:
         """Whether a usage line may be billed in parts (OpenMeter's ProgressiveBillingMeteredPricer and
         isDependingOnIncreaseOnlyMeters)."""
         volume = isinstance(price, pricing.TieredPrice) and price.mode == "volume"
         return not volume and bool(line.get("featureKey")) and self.batch.splits(line["featureKey"])
-
-    def not_billable_why(self, line: dict[str, Any]) -> str:
-        """Why `billable_until` found the line not billable (for the 400 naming it)."""
-        price, _ = line_card(line)
-        if isinstance(price, pricing.FlatPrice) or (not self.progressive and parse_rfc3339(
-                line["invoiceAt"], "invoiceAt") > self.as_of):
-            return f"its invoiceAt is {line['invoiceAt']}" + (
-                "" if isinstance(price, pricing.FlatPrice) else " (progressive billing would bill its usage up to asOf)")
-        if self.progressive and self._splits(line, price):
-            return f"its period starts at {line['period']['from']}"
-        return (f"its period ends at {line['period']['to']}" + (" (its price is not billed in parts)"
-                                                                 if self.progressive else ""))
 
     def take_pending_lines(self) -> None:
         """Pending lines billable as of `as_of` (`billable_until`), rated now, join their customer's invoice; their
